@@ -1,0 +1,608 @@
+//! Managed backups: the operations behind the public API, on safe types.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+use crate::catalog::{Catalog, JobLock};
+use crate::disk::{self, Source, Target as ImageTarget};
+use crate::error::{Error, ErrorCode, Result};
+use crate::flags::*;
+use crate::job::{self, Job};
+use crate::libvirt::{self, DomainRef};
+use crate::xml::backup::{
+    BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
+    JobStats, RestoreRequest, Target, UnmanagedRequest,
+};
+use crate::xml::domain::{self, DomainDisk};
+
+/// A backup as seen through a handle.
+#[derive(Debug)]
+pub struct Backup {
+    pub uuid: Uuid,
+    pub domain_uuid: Uuid,
+    /// `None` when the backup was looked up and its domain no longer exists.
+    pub domain: Option<DomainRef>,
+    catalog: Catalog,
+    /// The job, when it ran (or runs) in this process.
+    job: Option<Arc<Job>>,
+}
+
+/// Typed parameters of `GetParameters`, in API.md's order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamValue {
+    Int(i32),
+    UInt(u32),
+    ULLong(u64),
+    Boolean(bool),
+    String(String),
+}
+
+/// Default targets set with `VIR_DOMAIN_AFFECT_LIVE`: they last for this process.
+static LIVE_TARGETS: LazyLock<Mutex<HashMap<Uuid, DefaultTarget>>> = LazyLock::new(Default::default);
+
+fn now() -> (i64, u64) {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, d.as_nanos() as u64)
+}
+
+/// One disk of a backup being prepared: where it comes from and goes to.
+struct PlannedDisk {
+    record: DiskRecord,
+    source: Source,
+}
+
+impl Backup {
+    fn new(uuid: Uuid, domain_uuid: Uuid, domain: Option<DomainRef>, catalog: Catalog) -> Arc<Backup> {
+        let job = job::running(&uuid);
+        Arc::new(Backup { uuid, domain_uuid, domain, catalog, job })
+    }
+
+    /// `virDomainBackupCreateXML`.
+    pub fn create(dom: &DomainRef, xml: &str, flags: u32) -> Result<Arc<Backup>> {
+        let req = CreateRequest::parse(xml)?;
+        let catalog = Catalog::open()?;
+        let domain_uuid = dom.uuid()?;
+        if let Some(parent) = req.parent {
+            check_parent(&catalog, &domain_uuid, &parent)?;
+            return Err(Error::not_supported_yet("incremental backup (<parent>)"));
+        }
+        let active = dom.is_active()?;
+        if flags & VIR_DOMAIN_BACKUP_CREATE_QUIESCE != 0 {
+            if !active {
+                return Err(Error::operation_invalid("cannot quiesce the file systems of an inactive domain"));
+            }
+            return Err(Error::not_supported_yet("quiescing guest file systems"));
+        }
+        if !dom.images_are_quiet()? {
+            return Err(Error::not_supported_yet(format!(
+                "backup of a running domain of the '{}' driver",
+                dom.driver()?
+            )));
+        }
+        if job::running_for_domain(&domain_uuid).is_some() {
+            return Err(Error::operation_invalid("the domain already has a backup job running"));
+        }
+        let domain_xml = dom.xml()?;
+        let dom_disks = domain::parse_disks(&domain_xml)?;
+        let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
+        let default_target = effective_default_target(&catalog, &domain_uuid, active)?;
+
+        let mut planned = Vec::new();
+        for d in &dom_disks {
+            let asked = req.disks.as_deref().unwrap_or(&[]).iter().find(|r| r.name == d.name);
+            planned_disk(&catalog, &domain_uuid, &uuid, d, asked, default_target.as_ref())?
+                .map(|p| planned.push(p));
+        }
+        for r in req.disks.as_deref().unwrap_or(&[]) {
+            if !dom_disks.iter().any(|d| d.name == r.name) {
+                return Err(Error::invalid_arg(format!("domain has no disk named '{}'", r.name)));
+            }
+        }
+        if planned.is_empty() {
+            return Err(Error::invalid_arg("the backup would include no disk"));
+        }
+        for (i, p) in planned.iter().enumerate() {
+            if planned[..i].iter().any(|o| o.record.target == p.record.target) {
+                return Err(Error::invalid_arg(format!(
+                    "target '{}' is given to two disks",
+                    p.record.target.display()
+                )));
+            }
+            if p.record.target.exists() || fs::symlink_metadata(&p.record.target).is_ok() {
+                return Err(Error::invalid_arg(format!(
+                    "target file '{}' already exists",
+                    p.record.target.display()
+                )));
+            }
+        }
+
+        let (creation_time, created_ns) = now();
+        let mut record = BackupRecord {
+            uuid,
+            creation_time,
+            created_ns,
+            description: req.description.clone(),
+            state: BackupState::Running,
+            parent: None,
+            domain_uuid,
+            domain_name: dom.name()?,
+            disks: planned.iter().map(|p| p.record.clone()).collect(),
+            uri: dom.uri()?,
+            domain_xml,
+            stats: JobStats::default(),
+            created_dirs: Vec::new(),
+        };
+
+        // Register the backup under the catalog lock, creating its files, so
+        // that a failure here leaves nothing behind.
+        let guard = catalog.lock()?;
+        if catalog.find(&uuid)?.is_some() || job::running(&uuid).is_some() {
+            return Err(Error::invalid_arg(format!("a backup with uuid '{uuid}' already exists")));
+        }
+        let mut targets = Vec::new();
+        let prepared = (|| -> Result<JobLock> {
+            for p in &planned {
+                let dir = p.record.target.parent().unwrap_or(Path::new("/"));
+                record.created_dirs.extend(create_dirs(dir)?);
+                targets.push(ImageTarget::create(&p.record.target, p.record.format, p.record.virtual_size)?);
+            }
+            let lock = catalog.lock_job(&domain_uuid, &uuid)?;
+            catalog.write_record(&record)?;
+            Ok(lock)
+        })();
+        let lock = match prepared {
+            Ok(l) => l,
+            Err(e) => {
+                drop(targets);
+                let _ = catalog.remove_with_data(&record);
+                return Err(e);
+            }
+        };
+        drop(guard);
+
+        let total = record.disks.iter().map(|d| d.virtual_size).sum();
+        let job = Job::new(uuid, domain_uuid, total, record.disks.len() as u32, false);
+        let sources: Vec<Source> = planned.into_iter().map(|p| p.source).collect();
+        let work_catalog = catalog.clone();
+        let work_record = record.clone();
+        if let Err(e) = job.spawn(move |job| run_copy(job, &work_catalog, work_record, sources, targets, lock)) {
+            let _ = catalog.remove_with_data(&record);
+            return Err(e);
+        }
+        let backup = Arc::new(Backup { uuid, domain_uuid, domain: Some(dom.clone()), catalog, job: Some(job) });
+        if flags & VIR_DOMAIN_BACKUP_CREATE_WAIT != 0 {
+            backup.job.as_ref().unwrap().wait()?;
+        }
+        Ok(backup)
+    }
+
+    /// `virDomainBackupStartUnmanaged`: the request is validated, the NBD
+    /// export itself belongs to the live engine.
+    pub fn start_unmanaged(dom: &DomainRef, xml: &str) -> Result<Arc<Backup>> {
+        let req = UnmanagedRequest::parse(xml)?;
+        if let Some(parent) = req.parent {
+            check_parent(&Catalog::open()?, &dom.uuid()?, &parent)?;
+        }
+        Err(Error::not_supported_yet("an unmanaged backup (NBD export)"))
+    }
+
+    /// `virDomainBackupList`.
+    pub fn list(dom: &DomainRef, flags: u32) -> Result<Vec<Arc<Backup>>> {
+        let catalog = Catalog::open()?;
+        let domain_uuid = dom.uuid()?;
+        let records = catalog.list_domain(&domain_uuid)?;
+        let chosen = filter_records(&records, records.iter().collect(), flags);
+        Ok(chosen
+            .into_iter()
+            .map(|r| Backup::new(r.uuid, domain_uuid, Some(dom.clone()), catalog.clone()))
+            .collect())
+    }
+
+    /// `virDomainBackupListChildren`.
+    pub fn list_children(&self, flags: u32) -> Result<Vec<Arc<Backup>>> {
+        self.record()?;
+        let records = self.catalog.list_domain(&self.domain_uuid)?;
+        let mut found: Vec<&BackupRecord> = Vec::new();
+        let mut frontier = vec![self.uuid];
+        while let Some(p) = frontier.pop() {
+            for r in records.iter().filter(|r| r.parent == Some(p)) {
+                found.push(r);
+                if flags & VIR_DOMAIN_BACKUP_LIST_DESCENDANTS != 0 {
+                    frontier.push(r.uuid);
+                }
+            }
+        }
+        found.sort_by_key(|r| r.created_ns);
+        let chosen = filter_records(&records, found, flags);
+        Ok(chosen
+            .into_iter()
+            .map(|r| Backup::new(r.uuid, self.domain_uuid, self.domain.clone(), self.catalog.clone()))
+            .collect())
+    }
+
+    /// `virDomainBackupLookupByUUID`.
+    pub fn lookup(uuid: &str) -> Result<Arc<Backup>> {
+        let uuid = Uuid::parse_str(uuid.trim())
+            .map_err(|_| Error::invalid_arg(format!("malformed backup uuid '{uuid}'")))?;
+        let catalog = Catalog::open()?;
+        let rec = catalog.find(&uuid)?.ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
+        let domain = libvirt::open_domain(&rec.uri, &rec.domain_uuid).ok();
+        Ok(Backup::new(uuid, rec.domain_uuid, domain, catalog))
+    }
+
+    /// The catalog record, or "no such backup" once it is gone.
+    pub fn record(&self) -> Result<BackupRecord> {
+        self.catalog
+            .reload(&self.domain_uuid, &self.uuid)?
+            .ok_or_else(|| Error::no_backup(&self.uuid.to_string()))
+    }
+
+    /// The job's final state when it failed or was cancelled (no record is left).
+    fn ended_without_record(&self) -> Option<(BackupState, Option<Error>)> {
+        let job = self.job.as_ref()?;
+        match job.state() {
+            s @ (BackupState::Failed | BackupState::Cancelled) => Some((s, job.error())),
+            _ => None,
+        }
+    }
+
+    /// `virDomainBackupGetXMLDesc`.
+    pub fn xml_desc(&self) -> Result<String> {
+        if let Some((state, _)) = self.ended_without_record() {
+            let job = self.job.as_ref().unwrap();
+            let mut el = crate::xml::dom::Element::new("domainbackup")
+                .with_child(crate::xml::dom::Element::new("uuid").with_text(self.uuid.to_string()))
+                .with_child(crate::xml::dom::Element::new("state").with_text(state.as_str()));
+            el.push(crate::xml::dom::Element::new("domain").with_attr("uuid", job.domain.to_string()));
+            return Ok(el.to_xml());
+        }
+        Ok(self.record()?.public_element().to_xml())
+    }
+
+    pub fn domain(&self) -> Result<&DomainRef> {
+        self.domain.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorCode::NoDomain,
+                format!("Domain not found: domain '{}' of backup '{}' no longer exists", self.domain_uuid, self.uuid),
+            )
+        })
+    }
+
+    /// `virDomainBackupGetParameters`, all of them.
+    pub fn parameters(&self) -> Result<Vec<(&'static str, ParamValue)>> {
+        let (state, stats, disks, incremental, error) = match &self.job {
+            Some(job) => (job.state(), job.stats(), job.disks, job.incremental, job.error()),
+            None => {
+                let rec = self.record()?;
+                let incremental = rec.disks.iter().any(|d| d.mode == BackupMode::Incremental);
+                (rec.state, rec.stats, rec.disks.len() as u32, incremental, None)
+            }
+        };
+        let mut out = vec![
+            ("state", ParamValue::Int(state as i32)),
+            ("incremental", ParamValue::Boolean(incremental)),
+            ("bytes.total", ParamValue::ULLong(stats.total)),
+            ("bytes.processed", ParamValue::ULLong(stats.processed)),
+            ("bytes.written", ParamValue::ULLong(stats.written)),
+            ("time.elapsed", ParamValue::ULLong(stats.elapsed_ms)),
+            ("disks", ParamValue::UInt(disks)),
+        ];
+        if state == BackupState::Failed {
+            let msg = error.map(|e| e.message).unwrap_or_else(|| "backup job failed".into());
+            out.push(("error", ParamValue::String(msg)));
+        }
+        Ok(out)
+    }
+
+    /// `virDomainBackupFinishJob`: 0 completed, 1 still running (CHECK).
+    pub fn finish_job(&self, flags: u32) -> Result<i32> {
+        if flags & VIR_DOMAIN_BACKUP_FINISH_JOB_CANCEL != 0 {
+            self.abort()?;
+            return Ok(0);
+        }
+        let check = flags & VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK != 0;
+        if let Some(job) = &self.job {
+            if check && job.state() == BackupState::Running {
+                return Ok(1);
+            }
+            job.wait()?;
+            self.record()?;
+            return Ok(0);
+        }
+        // The job, if any, belongs to another process: follow the catalog.
+        loop {
+            let rec = self.record()?;
+            match rec.state {
+                BackupState::Completed => return Ok(0),
+                BackupState::Running if check => return Ok(1),
+                BackupState::Running => std::thread::sleep(Duration::from_millis(50)),
+                s => return Err(Error::operation_failed(format!("backup job ended {}", s.as_str()))),
+            }
+        }
+    }
+
+    /// `virDomainBackupAbortJob` and `FinishJob(CANCEL)`.
+    pub fn abort(&self) -> Result<()> {
+        match &self.job {
+            Some(job) => job.cancel(),
+            None => match self.record()?.state {
+                BackupState::Running => Err(Error::operation_invalid(
+                    "the backup job runs in another process; cancel it from there",
+                )),
+                _ => Err(Error::operation_invalid("the backup job has already ended")),
+            },
+        }
+    }
+
+    /// `virDomainBackupDelete`.
+    pub fn delete(&self, flags: u32) -> Result<()> {
+        let _guard = self.catalog.lock()?;
+        let rec = self.record()?;
+        let all = self.catalog.list_domain(&self.domain_uuid)?;
+        let doomed: Vec<&BackupRecord> = if flags & VIR_DOMAIN_BACKUP_DELETE_ALL != 0 {
+            all.iter().collect()
+        } else {
+            let mut set = vec![&rec];
+            let mut i = 0;
+            while i < set.len() {
+                let p = set[i].uuid;
+                set.extend(all.iter().filter(|r| r.parent == Some(p)));
+                i += 1;
+            }
+            if set.len() > 1 && flags & VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN == 0 {
+                return Err(Error::not_supported_yet(
+                    "deleting a backup that has children (merging it into them)",
+                ));
+            }
+            set
+        };
+        if let Some(r) = doomed.iter().find(|r| r.state == BackupState::Running) {
+            return Err(Error::operation_invalid(format!(
+                "backup '{}' has a job running; abort it first",
+                r.uuid
+            )));
+        }
+        // Children first, so a crash midway never leaves a child without its parent.
+        for r in doomed.iter().rev() {
+            if flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0 {
+                self.catalog.remove_record(r)?;
+            } else {
+                self.catalog.remove_with_data(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `virDomainBackupRestore`: the backup is looked up, the copy belongs to
+    /// the restore stage.
+    pub fn restore(xml: &str, _flags: u32) -> Result<()> {
+        let req = RestoreRequest::parse(xml)?;
+        Catalog::open()?.find(&req.uuid)?.ok_or_else(|| Error::no_backup(&req.uuid.to_string()))?;
+        Err(Error::not_supported_yet("restoring a managed backup"))
+    }
+
+    /// `virDomainBackupRestoreUnmanaged`.
+    pub fn restore_unmanaged(_dom: &DomainRef, xml: &str, _flags: u32) -> Result<()> {
+        let root = crate::xml::dom::parse(xml)?;
+        if root.name != "domainbackup" {
+            return Err(Error::xml(format!("expected root element <domainbackup>, found <{}>", root.name)));
+        }
+        Err(Error::not_supported_yet("restoring from unmanaged sources"))
+    }
+}
+
+/// Check that `parent` can be the parent of a new backup of `domain`.
+fn check_parent(catalog: &Catalog, domain: &Uuid, parent: &Uuid) -> Result<()> {
+    let rec = catalog.find(parent)?.ok_or_else(|| Error::no_backup(&parent.to_string()))?;
+    if rec.domain_uuid != *domain {
+        return Err(Error::operation_invalid(format!(
+            "parent backup '{parent}' belongs to another domain ({})",
+            rec.domain_name
+        )));
+    }
+    if rec.state != BackupState::Completed {
+        return Err(Error::operation_invalid(format!("parent backup '{parent}' is not completed")));
+    }
+    Ok(())
+}
+
+/// The default target in force for a new backup: the LIVE one while the
+/// domain runs, else the persistent one.
+fn effective_default_target(catalog: &Catalog, domain: &Uuid, active: bool) -> Result<Option<DefaultTarget>> {
+    if active {
+        if let Some(t) = LIVE_TARGETS.lock().unwrap().get(domain) {
+            return Ok(Some(t.clone()));
+        }
+    }
+    catalog.default_target(domain)
+}
+
+/// Plan one domain disk: `None` if it is not part of the backup. Disks the
+/// request does not list are included, as libvirt does for checkpoints;
+/// `backup='no'` leaves a disk out.
+fn planned_disk(
+    catalog: &Catalog,
+    domain: &Uuid,
+    backup: &Uuid,
+    d: &DomainDisk,
+    asked: Option<&crate::xml::backup::DiskRequest>,
+    default_target: Option<&DefaultTarget>,
+) -> Result<Option<PlannedDisk>> {
+    match asked {
+        Some(r) if !r.backup => return Ok(None),
+        None if d.device != "disk" => return Ok(None),
+        Some(_) if d.device != "disk" => {
+            return Err(Error::invalid_arg(format!(
+                "disk '{}' is a {}; only device='disk' can be backed up",
+                d.name, d.device
+            )));
+        }
+        _ => {}
+    }
+    if d.kind != "file" && d.kind != "block" {
+        return Err(Error::no_support(format!(
+            "disk '{}' of type '{}' cannot be backed up (file and block disks can)",
+            d.name, d.kind
+        )));
+    }
+    let source = d
+        .source
+        .clone()
+        .ok_or_else(|| Error::invalid_arg(format!("disk '{}' has no source to back up", d.name)))?;
+    let source_format = d.image_format()?;
+    let format = asked.and_then(|r| r.format).unwrap_or(DiskFormat::Qcow2);
+    let file_name = format!("{}.{}", d.name, format.as_str());
+    let target = match asked.and_then(|r| r.target.clone()) {
+        Some(Target::File(p)) => {
+            let dir = p.parent().unwrap_or(Path::new("/"));
+            if !dir.is_dir() {
+                return Err(Error::invalid_arg(format!(
+                    "folder of target '{}' does not exist",
+                    p.display()
+                )));
+            }
+            p
+        }
+        Some(Target::Volume { .. }) => {
+            return Err(Error::not_supported_yet("a storage volume target (type='volume')"));
+        }
+        None => match default_target {
+            Some(DefaultTarget::Dir(dir)) => dir.join(backup.to_string()).join(file_name),
+            Some(DefaultTarget::Pool(_)) => {
+                return Err(Error::not_supported_yet("a storage pool default target"));
+            }
+            None => catalog.data_dir(domain, backup).join(file_name),
+        },
+    };
+    let src = Source::open(&source, source_format)?;
+    Ok(Some(PlannedDisk {
+        record: DiskRecord {
+            name: d.name.clone(),
+            source,
+            source_format,
+            target,
+            format,
+            mode: BackupMode::Full,
+            virtual_size: src.size(),
+        },
+        source: src,
+    }))
+}
+
+/// Create `dir` and its missing ancestors; returns the folders created, outermost first.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.exists() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    missing.reverse();
+    for d in &missing {
+        fs::create_dir(d).map_err(|e| Error::io("cannot create folder", d, e))?;
+    }
+    Ok(missing)
+}
+
+/// The body of a backup job on the library's own disk engine.
+fn run_copy(
+    job: &Job,
+    catalog: &Catalog,
+    mut record: BackupRecord,
+    sources: Vec<Source>,
+    targets: Vec<ImageTarget>,
+    lock: JobLock,
+) -> Result<()> {
+    let copy = || -> Result<()> {
+        for ((src, dst), d) in sources.iter().zip(targets).zip(&record.disks) {
+            disk::copy_image(src, &dst, &job.progress)?;
+            dst.finish(&d.target)?;
+        }
+        Ok(())
+    };
+    let result = copy().and_then(|()| {
+        let _guard = catalog.lock()?;
+        record.state = BackupState::Completed;
+        record.stats = job.stats();
+        catalog.write_record(&record)
+    });
+    if result.is_err() {
+        let _guard = catalog.lock();
+        let _ = catalog.remove_with_data(&record);
+    }
+    lock.release();
+    result
+}
+
+/// Keep only the records `flags` asks for (FULL/INCREMENTAL, LEAVES, LATEST).
+fn filter_records<'a>(all: &[BackupRecord], candidates: Vec<&'a BackupRecord>, flags: u32) -> Vec<&'a BackupRecord> {
+    let mut out: Vec<&BackupRecord> = candidates
+        .into_iter()
+        .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_FULL == 0 || r.parent.is_none())
+        .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_INCREMENTAL == 0 || r.parent.is_some())
+        .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_LEAVES == 0 || !all.iter().any(|c| c.parent == Some(r.uuid)))
+        .collect();
+    if flags & VIR_DOMAIN_BACKUP_LIST_LATEST != 0 {
+        out.sort_by_key(|r| r.created_ns);
+        out = out.pop().into_iter().collect();
+    }
+    out
+}
+
+/// `virDomainSetDefaultTarget`.
+pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
+    let target = DefaultTarget::parse(xml)?;
+    match &target {
+        DefaultTarget::Pool(_) => return Err(Error::not_supported_yet("a storage pool default target")),
+        DefaultTarget::Dir(p) if !p.is_dir() => {
+            return Err(Error::invalid_arg(format!("default target folder '{}' does not exist", p.display())));
+        }
+        DefaultTarget::Dir(_) => {}
+    }
+    let uuid = dom.uuid()?;
+    let active = dom.is_active()?;
+    let (mut live, mut config) = (flags & VIR_DOMAIN_AFFECT_LIVE != 0, flags & VIR_DOMAIN_AFFECT_CONFIG != 0);
+    if !live && !config {
+        // VIR_DOMAIN_AFFECT_CURRENT: the live state of a running domain, else its config.
+        (live, config) = (active, !active);
+    }
+    if live && !active {
+        return Err(Error::operation_invalid("domain is not running"));
+    }
+    if config {
+        Catalog::open()?.set_default_target(&uuid, &target)?;
+    }
+    if live {
+        LIVE_TARGETS.lock().unwrap().insert(uuid, target);
+    }
+    Ok(())
+}
+
+/// `virDomainBackupUndefineFlags`.
+pub fn undefine(dom: &DomainRef, flags: u32) -> Result<()> {
+    let catalog = Catalog::open()?;
+    let uuid = dom.uuid()?;
+    let _guard = catalog.lock()?;
+    let records = catalog.list_domain(&uuid)?;
+    if flags & VIR_DOMAIN_UNDEFINE_BACKUP == 0 && !records.is_empty() {
+        return Err(Error::operation_invalid(format!(
+            "cannot undefine domain with {} managed backups",
+            records.len()
+        )));
+    }
+    if job::running_for_domain(&uuid).is_some() || records.iter().any(|r| r.state == BackupState::Running) {
+        return Err(Error::operation_invalid("cannot undefine a domain while a backup job runs"));
+    }
+    dom.undefine(flags & !VIR_DOMAIN_UNDEFINE_BACKUP)?;
+    catalog.forget_domain(&uuid)?;
+    LIVE_TARGETS.lock().unwrap().remove(&uuid);
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The backup catalog on disk.
+//!
+//! Layout under the root (`LIBVIRT_BACKUP_DIR`, see API.md):
+//! - `.lock`                      flock taken by every writer (threads and processes)
+//! - `<domain>/<backup>.xml`      one record per backup, replaced atomically
+//! - `<domain>/<backup>.lock`     flock held by the job while it copies
+//! - `<domain>/<backup>/`         default folder for the backup's images
+//! - `<domain>/default-target.xml` the persistent default target (CONFIG)
+//!
+//! A record in state `running` whose job lock can be taken belongs to a
+//! process that died: the next reader discards it with its files.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::disk::remove_if_exists;
+use crate::error::{Error, Result};
+use crate::xml::backup::{BackupRecord, BackupState, DefaultTarget};
+
+const DEFAULT_TARGET_FILE: &str = "default-target.xml";
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    root: PathBuf,
+}
+
+/// The catalog-wide writer lock; released on drop. Re-entrant within a
+/// thread (a second flock on a new descriptor would wait for itself).
+pub struct CatalogLock {
+    _file: Option<File>,
+}
+
+thread_local! {
+    static LOCK_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+impl Drop for CatalogLock {
+    fn drop(&mut self) {
+        LOCK_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// The lock a running job holds on its backup; released on drop.
+pub struct JobLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl JobLock {
+    /// Release the lock and remove its file.
+    pub fn release(self) {
+        let _ = fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+fn default_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LIBVIRT_BACKUP_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/libvirt/backup");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(x).join("libvirt-backup");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    PathBuf::from(home).join(".local/share/libvirt-backup")
+}
+
+/// Write `data` to `path` so that a crash leaves the old or the new content:
+/// temporary file, fsync, rename, fsync of the folder.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| Error::internal("catalog path has no folder"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("cannot write catalog file", path, e)
+    })
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Catalog {
+    /// The catalog at the configured root, created if missing.
+    pub fn open() -> Result<Catalog> {
+        Catalog::at(default_root())
+    }
+
+    pub fn at(root: PathBuf) -> Result<Catalog> {
+        fs::create_dir_all(&root).map_err(|e| Error::io("cannot create catalog folder", &root, e))?;
+        Ok(Catalog { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn domain_dir(&self, domain: &Uuid) -> PathBuf {
+        self.root.join(domain.to_string())
+    }
+
+    fn record_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
+        self.domain_dir(domain).join(format!("{backup}.xml"))
+    }
+
+    fn job_lock_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
+        self.domain_dir(domain).join(format!("{backup}.lock"))
+    }
+
+    /// Default folder for a backup's images.
+    pub fn data_dir(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
+        self.domain_dir(domain).join(backup.to_string())
+    }
+
+    /// Take the writer lock (blocks while another thread or process holds it).
+    pub fn lock(&self) -> Result<CatalogLock> {
+        if LOCK_DEPTH.with(|d| d.get()) > 0 {
+            LOCK_DEPTH.with(|d| d.set(d.get() + 1));
+            return Ok(CatalogLock { _file: None });
+        }
+        let path = self.root.join(".lock");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open catalog lock", &path, e))?;
+        file.lock().map_err(|e| Error::io("cannot lock catalog", &path, e))?;
+        LOCK_DEPTH.with(|d| d.set(d.get() + 1));
+        Ok(CatalogLock { _file: Some(file) })
+    }
+
+    /// Take the job lock of a new backup. Call with the catalog lock held.
+    pub fn lock_job(&self, domain: &Uuid, backup: &Uuid) -> Result<JobLock> {
+        let dir = self.domain_dir(domain);
+        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create catalog folder", &dir, e))?;
+        let path = self.job_lock_path(domain, backup);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("cannot create job lock", &path, e))?;
+        file.try_lock().map_err(|_| Error::operation_invalid(format!("backup '{backup}' already has a job")))?;
+        Ok(JobLock { file, path })
+    }
+
+    /// Whether the job of a running record is still alive somewhere.
+    fn job_alive(&self, rec: &BackupRecord) -> bool {
+        let path = self.job_lock_path(&rec.domain_uuid, &rec.uuid);
+        match OpenOptions::new().write(true).open(&path) {
+            Err(_) => false,
+            Ok(f) => match f.try_lock() {
+                Ok(()) => {
+                    let _ = f.unlock();
+                    false
+                }
+                Err(_) => true,
+            },
+        }
+    }
+
+    pub fn write_record(&self, rec: &BackupRecord) -> Result<()> {
+        let dir = self.domain_dir(&rec.domain_uuid);
+        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create catalog folder", &dir, e))?;
+        write_atomic(&self.record_path(&rec.domain_uuid, &rec.uuid), rec.to_catalog_xml().as_bytes())
+    }
+
+    /// Forget a backup; its data files stay.
+    pub fn remove_record(&self, rec: &BackupRecord) -> Result<()> {
+        let path = self.record_path(&rec.domain_uuid, &rec.uuid);
+        remove_if_exists(&path)?;
+        sync_dir(&self.domain_dir(&rec.domain_uuid));
+        Ok(())
+    }
+
+    /// Remove a backup's data files and the folders it created, then its record.
+    pub fn remove_with_data(&self, rec: &BackupRecord) -> Result<()> {
+        for d in &rec.disks {
+            remove_if_exists(&d.target)?;
+        }
+        for dir in rec.created_dirs.iter().rev() {
+            // Only empty folders go: a folder may have gained other files.
+            let _ = fs::remove_dir(dir);
+        }
+        self.remove_record(rec)
+    }
+
+    fn read_record(path: &Path) -> Option<BackupRecord> {
+        let text = fs::read_to_string(path).ok()?;
+        BackupRecord::from_catalog_xml(&text).ok()
+    }
+
+    /// Records of one domain, oldest first, after discarding dead jobs.
+    pub fn list_domain(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
+        let dir = self.domain_dir(domain);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("cannot read catalog folder", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".xml") else { continue };
+            if Uuid::parse_str(stem).is_err() {
+                continue;
+            }
+            if let Some(rec) = Self::read_record(&entry.path()) {
+                out.push(rec);
+            }
+        }
+        let mut live = Vec::with_capacity(out.len());
+        for rec in out {
+            if rec.state == BackupState::Running && !self.job_alive(&rec) {
+                self.discard_dead(&rec)?;
+            } else {
+                live.push(rec);
+            }
+        }
+        live.sort_by(|a, b| a.creation_time.cmp(&b.creation_time).then(a.uuid.cmp(&b.uuid)));
+        Ok(live)
+    }
+
+    /// Discard the record and partial files of a job whose process died.
+    fn discard_dead(&self, rec: &BackupRecord) -> Result<()> {
+        let _guard = self.lock()?;
+        // Re-check under the lock: the job may have finished meanwhile.
+        let path = self.record_path(&rec.domain_uuid, &rec.uuid);
+        match Self::read_record(&path) {
+            Some(cur) if cur.state == BackupState::Running && !self.job_alive(&cur) => {
+                self.remove_with_data(&cur)?;
+                let _ = fs::remove_file(self.job_lock_path(&cur.domain_uuid, &cur.uuid));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Domains that have a folder in the catalog.
+    fn domains(&self) -> Result<Vec<Uuid>> {
+        let entries = fs::read_dir(&self.root).map_err(|e| Error::io("cannot read catalog folder", &self.root, e))?;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| Uuid::parse_str(&e.file_name().to_string_lossy()).ok())
+            .collect())
+    }
+
+    /// Find a backup of any domain.
+    pub fn find(&self, backup: &Uuid) -> Result<Option<BackupRecord>> {
+        for dom in self.domains()? {
+            let path = self.record_path(&dom, backup);
+            if path.exists() {
+                return Ok(self.list_domain(&dom)?.into_iter().find(|r| r.uuid == *backup));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Current record of a backup, if it is still in the catalog.
+    pub fn reload(&self, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
+        let path = self.record_path(domain, backup);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(self.list_domain(domain)?.into_iter().find(|r| r.uuid == *backup))
+    }
+
+    pub fn default_target(&self, domain: &Uuid) -> Result<Option<DefaultTarget>> {
+        let path = self.domain_dir(domain).join(DEFAULT_TARGET_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(DefaultTarget::parse(&text)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read", &path, e)),
+        }
+    }
+
+    pub fn set_default_target(&self, domain: &Uuid, target: &DefaultTarget) -> Result<()> {
+        let dir = self.domain_dir(domain);
+        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create catalog folder", &dir, e))?;
+        write_atomic(&dir.join(DEFAULT_TARGET_FILE), target.to_xml().as_bytes())
+    }
+
+    /// Forget every backup of a domain and its settings (data files stay).
+    pub fn forget_domain(&self, domain: &Uuid) -> Result<()> {
+        for rec in self.list_domain(domain)? {
+            self.remove_record(&rec)?;
+        }
+        remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
+        let _ = fs::remove_dir(self.domain_dir(domain));
+        Ok(())
+    }
+}

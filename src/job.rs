@@ -1,0 +1,147 @@
+//! The job runner: one background thread per backup job, with progress
+//! counters, cancellation and a final state that waiters can block on.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::disk::Progress;
+use crate::error::{Error, ErrorCode, Result};
+use crate::xml::backup::{BackupState, JobStats};
+
+#[derive(Debug)]
+struct Outcome {
+    state: BackupState,
+    error: Option<Error>,
+    elapsed_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Job {
+    pub uuid: Uuid,
+    pub domain: Uuid,
+    pub progress: Progress,
+    pub total: AtomicU64,
+    pub disks: u32,
+    pub incremental: bool,
+    started: Instant,
+    outcome: Mutex<Outcome>,
+    ended: Condvar,
+}
+
+/// Jobs running in this process, by backup UUID, so every handle on a
+/// backup sees the same job.
+static RUNNING: LazyLock<Mutex<HashMap<Uuid, Arc<Job>>>> = LazyLock::new(Default::default);
+
+pub fn running(backup: &Uuid) -> Option<Arc<Job>> {
+    RUNNING.lock().unwrap().get(backup).cloned()
+}
+
+pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
+    RUNNING.lock().unwrap().values().find(|j| j.domain == *domain).cloned()
+}
+
+impl Job {
+    pub fn new(uuid: Uuid, domain: Uuid, total: u64, disks: u32, incremental: bool) -> Arc<Job> {
+        Arc::new(Job {
+            uuid,
+            domain,
+            progress: Progress::default(),
+            total: AtomicU64::new(total),
+            disks,
+            incremental,
+            started: Instant::now(),
+            outcome: Mutex::new(Outcome { state: BackupState::Running, error: None, elapsed_ms: None }),
+            ended: Condvar::new(),
+        })
+    }
+
+    /// Register the job and run `work` on a new thread. `work` returns the
+    /// job's result; it must have cleaned up after itself when it fails.
+    pub fn spawn<F>(self: &Arc<Self>, work: F) -> Result<()>
+    where
+        F: FnOnce(&Job) -> Result<()> + Send + 'static,
+    {
+        RUNNING.lock().unwrap().insert(self.uuid, Arc::clone(self));
+        let job = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("backup-{}", &self.uuid.to_string()[..8]))
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&job)))
+                    .unwrap_or_else(|_| Err(Error::internal("backup job panicked")));
+                job.end(result);
+            });
+        if let Err(e) = spawned {
+            RUNNING.lock().unwrap().remove(&self.uuid);
+            return Err(Error::operation_failed(format!("cannot start backup job thread: {e}")));
+        }
+        Ok(())
+    }
+
+    fn end(&self, result: Result<()>) {
+        let mut o = self.outcome.lock().unwrap();
+        o.elapsed_ms = Some(self.started.elapsed().as_millis() as u64);
+        match result {
+            Ok(()) => o.state = BackupState::Completed,
+            Err(e) => {
+                o.state = if e.is(ErrorCode::OperationAborted) {
+                    BackupState::Cancelled
+                } else {
+                    BackupState::Failed
+                };
+                o.error = Some(e);
+            }
+        }
+        RUNNING.lock().unwrap().remove(&self.uuid);
+        self.ended.notify_all();
+    }
+
+    pub fn state(&self) -> BackupState {
+        self.outcome.lock().unwrap().state
+    }
+
+    pub fn error(&self) -> Option<Error> {
+        self.outcome.lock().unwrap().error.clone()
+    }
+
+    pub fn elapsed_ms(&self) -> u64 {
+        let o = self.outcome.lock().unwrap();
+        o.elapsed_ms.unwrap_or_else(|| self.started.elapsed().as_millis() as u64)
+    }
+
+    pub fn stats(&self) -> JobStats {
+        JobStats {
+            total: self.total.load(Ordering::Relaxed),
+            processed: self.progress.processed.load(Ordering::Relaxed),
+            written: self.progress.written.load(Ordering::Relaxed),
+            elapsed_ms: self.elapsed_ms(),
+        }
+    }
+
+    /// Block until the job has ended; Ok if it completed, else its error.
+    pub fn wait(&self) -> Result<()> {
+        let mut o = self.outcome.lock().unwrap();
+        while o.state == BackupState::Running {
+            o = self.ended.wait(o).unwrap();
+        }
+        match o.state {
+            BackupState::Completed => Ok(()),
+            _ => Err(o.error.clone().unwrap_or_else(|| Error::operation_failed("backup job failed"))),
+        }
+    }
+
+    /// Ask the job to stop and wait until its partial data is gone.
+    pub fn cancel(&self) -> Result<()> {
+        if self.state() != BackupState::Running {
+            return Err(Error::operation_invalid("the backup job has already ended"));
+        }
+        self.progress.cancel.store(true, Ordering::Relaxed);
+        match self.wait() {
+            Ok(()) => Err(Error::operation_invalid("the backup job completed before it could be cancelled")),
+            Err(_) => Ok(()),
+        }
+    }
+}

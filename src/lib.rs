@@ -1,0 +1,15 @@
+//! libvirt-backup: managed backups for libvirt domains, behind a C ABI.
+//!
+//! Layers: `capi` (the only `unsafe`/`extern "C"` code) calls `backup`
+//! (operations), which uses `catalog` (metadata on disk), `job` (background
+//! jobs), `disk` (image copy engine), `libvirt` (domain adapter) and `xml`.
+
+pub mod backup;
+pub mod capi;
+pub mod catalog;
+pub mod disk;
+pub mod error;
+pub mod flags;
+pub mod job;
+pub mod libvirt;
+pub mod xml;

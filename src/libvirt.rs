@@ -1,0 +1,85 @@
+//! The libvirt adapter: everything the core asks of a domain, through the
+//! `virt` crate's safe wrappers.
+
+use uuid::Uuid;
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// libvirt's `VIR_DOMAIN_XML_SECURE`: the saved definition keeps secrets so a
+/// restored domain is the same machine.
+use crate::flags::VIR_DOMAIN_XML_SECURE;
+
+/// A domain handle the library holds a reference on.
+#[derive(Clone, Debug)]
+pub struct DomainRef {
+    dom: Domain,
+}
+
+impl DomainRef {
+    pub fn new(dom: Domain) -> Self {
+        DomainRef { dom }
+    }
+
+    /// The wrapped handle, for the C boundary that hands it back to callers.
+    pub fn domain(&self) -> &Domain {
+        &self.dom
+    }
+
+    pub fn uuid(&self) -> Result<Uuid> {
+        let s = self.dom.uuid_string()?;
+        Uuid::parse_str(&s).map_err(|_| Error::internal(format!("libvirt returned a bad uuid '{s}'")))
+    }
+
+    pub fn name(&self) -> Result<String> {
+        Ok(self.dom.name()?)
+    }
+
+    /// The current definition, secrets included.
+    pub fn xml(&self) -> Result<String> {
+        Ok(self.dom.xml_desc(VIR_DOMAIN_XML_SECURE)?)
+    }
+
+    pub fn is_active(&self) -> Result<bool> {
+        Ok(self.dom.is_active()?)
+    }
+
+    pub fn uri(&self) -> Result<String> {
+        Ok(self.dom.connect()?.uri()?)
+    }
+
+    /// The hypervisor driver name, e.g. "Test" or "QEMU".
+    pub fn driver(&self) -> Result<String> {
+        Ok(self.dom.connect()?.driver_type()?)
+    }
+
+    /// Whether the library copies this domain's images itself: always for an
+    /// inactive domain, and for a running one on drivers that have no backup
+    /// job of their own (the test driver's guests never write to their files).
+    pub fn images_are_quiet(&self) -> Result<bool> {
+        Ok(!self.is_active()? || self.driver()? == "Test")
+    }
+
+    pub fn undefine(&self, flags: u32) -> Result<()> {
+        Ok(self.dom.undefine_flags(flags)?)
+    }
+}
+
+/// Find a domain again from a process that has only the URI and UUID.
+pub fn open_domain(uri: &str, uuid: &Uuid) -> Result<DomainRef> {
+    let conn = Connect::open(Some(uri))?;
+    match conn.lookup_domain_by_uuid_string(&uuid.to_string()) {
+        Ok(d) => Ok(DomainRef::new(d)),
+        Err(e) => {
+            let mut err = Error::from(e);
+            if err.code == ErrorCode::NoDomain as i32 || err.message.is_empty() {
+                err = Error::new(
+                    ErrorCode::NoDomain,
+                    format!("Domain not found: no domain with matching uuid '{uuid}' on '{uri}'"),
+                );
+            }
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,602 @@
+//! The `<domainbackup>` documents of API.md: what callers send (create,
+//! unmanaged, restore, default target) and the record the catalog keeps.
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::dom::{self, Element};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "raw" => Ok(DiskFormat::Raw),
+            "qcow2" => Ok(DiskFormat::Qcow2),
+            other => Err(Error::xml(format!("unsupported disk format '{other}' (raw or qcow2)"))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Where a disk's backup goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    File(PathBuf),
+    Volume { pool: String, volume: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRequest {
+    pub name: String,
+    pub backup: bool,
+    pub target: Option<Target>,
+    pub format: Option<DiskFormat>,
+}
+
+/// Input of `virDomainBackupCreateXML`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub uuid: Option<Uuid>,
+    pub description: Option<String>,
+    pub parent: Option<Uuid>,
+    /// `None`: every disk with device='disk'.
+    pub disks: Option<Vec<DiskRequest>>,
+}
+
+fn expect_root(el: &Element, name: &str) -> Result<()> {
+    if el.name != name {
+        return Err(Error::xml(format!("expected root element <{name}>, found <{}>", el.name)));
+    }
+    Ok(())
+}
+
+pub fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s.trim()).map_err(|_| Error::xml(format!("malformed uuid '{}'", s.trim())))
+}
+
+fn parse_parent(root: &Element) -> Result<Option<Uuid>> {
+    match root.child("parent") {
+        None => Ok(None),
+        Some(p) => {
+            let u = p.child_text("uuid").ok_or_else(|| Error::xml("<parent> needs a <uuid>"))?;
+            Ok(Some(parse_uuid(u)?))
+        }
+    }
+}
+
+fn absolute_path(s: &str, what: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(s);
+    if !p.is_absolute() {
+        return Err(Error::xml(format!("{what} '{s}' must be an absolute path")));
+    }
+    Ok(p)
+}
+
+fn disk_name(d: &Element) -> Result<String> {
+    match d.attr("name") {
+        Some(n) if !n.is_empty() => Ok(n.to_string()),
+        _ => Err(Error::xml("<disk> needs a non-empty name attribute")),
+    }
+}
+
+fn parse_driver(d: &Element) -> Result<Option<DiskFormat>> {
+    match d.child("driver") {
+        None => Ok(None),
+        Some(drv) => match drv.attr("type") {
+            None => Ok(None),
+            Some(t) => Ok(Some(DiskFormat::parse(t)?)),
+        },
+    }
+}
+
+/// Collect `<disks><disk/></disks>` with unique names.
+fn disk_elements(root: &Element) -> Result<Option<Vec<&Element>>> {
+    let Some(disks) = root.child("disks") else { return Ok(None) };
+    let list: Vec<&Element> = disks.children_named("disk").collect();
+    for (i, d) in list.iter().enumerate() {
+        let n = disk_name(d)?;
+        if list[..i].iter().any(|o| o.attr("name") == Some(n.as_str())) {
+            return Err(Error::xml(format!("disk '{n}' is listed twice")));
+        }
+    }
+    Ok(Some(list))
+}
+
+impl CreateRequest {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse(xml)?;
+        expect_root(&root, "domainbackup")?;
+        let uuid = root.child_text("uuid").map(parse_uuid).transpose()?;
+        let description = root.child("description").map(|d| d.text.clone());
+        let parent = parse_parent(&root)?;
+        let disks = match disk_elements(&root)? {
+            None => None,
+            Some(list) => Some(list.into_iter().map(parse_disk_request).collect::<Result<Vec<_>>>()?),
+        };
+        Ok(CreateRequest { uuid, description, parent, disks })
+    }
+}
+
+fn parse_disk_request(d: &Element) -> Result<DiskRequest> {
+    let name = disk_name(d)?;
+    let backup = match d.attr("backup") {
+        None | Some("yes") => true,
+        Some("no") => false,
+        Some(o) => return Err(Error::xml(format!("disk '{name}': backup='{o}' must be yes or no"))),
+    };
+    let kind = d.attr("type").unwrap_or("file");
+    let target = match d.child("target") {
+        None => None,
+        Some(t) => Some(match kind {
+            "file" => {
+                let f = t
+                    .attr("file")
+                    .ok_or_else(|| Error::xml(format!("disk '{name}': <target> needs a file attribute")))?;
+                Target::File(absolute_path(f, "target file")?)
+            }
+            "volume" => {
+                let pool = t.attr("pool").unwrap_or_default();
+                let volume = t.attr("volume").unwrap_or_default();
+                if pool.is_empty() || volume.is_empty() {
+                    return Err(Error::xml(format!("disk '{name}': <target> needs pool and volume")));
+                }
+                Target::Volume { pool: pool.to_string(), volume: volume.to_string() }
+            }
+            o => return Err(Error::xml(format!("disk '{name}': unknown disk type '{o}'"))),
+        }),
+    };
+    if kind == "volume" && target.is_none() {
+        return Err(Error::xml(format!("disk '{name}': type='volume' needs a <target pool volume>")));
+    }
+    Ok(DiskRequest { name, backup, target, format: parse_driver(d)? })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupState {
+    Running = 1,
+    Completed = 2,
+    Failed = 3,
+    Cancelled = 4,
+}
+
+impl BackupState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupState::Running => "running",
+            BackupState::Completed => "completed",
+            BackupState::Failed => "failed",
+            BackupState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "running" => BackupState::Running,
+            "completed" => BackupState::Completed,
+            "failed" => BackupState::Failed,
+            "cancelled" => BackupState::Cancelled,
+            o => return Err(Error::xml(format!("unknown backup state '{o}'"))),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupMode {
+    Full,
+    Incremental,
+}
+
+/// One disk as recorded in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRecord {
+    pub name: String,
+    pub source: PathBuf,
+    pub source_format: DiskFormat,
+    pub target: PathBuf,
+    pub format: DiskFormat,
+    pub mode: BackupMode,
+    pub virtual_size: u64,
+}
+
+/// Final or current numbers of a backup job, kept so that `GetParameters`
+/// answers the same from any process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobStats {
+    pub total: u64,
+    pub processed: u64,
+    pub written: u64,
+    pub elapsed_ms: u64,
+}
+
+/// A managed backup as the catalog stores it (one file per backup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRecord {
+    pub uuid: Uuid,
+    pub creation_time: i64,
+    /// Creation time in nanoseconds: orders backups taken within a second.
+    pub created_ns: u64,
+    pub description: Option<String>,
+    pub state: BackupState,
+    pub parent: Option<Uuid>,
+    pub domain_uuid: Uuid,
+    pub domain_name: String,
+    pub disks: Vec<DiskRecord>,
+    /// Connection URI the backup was taken through, to find the domain again
+    /// from a process that only has the backup's UUID.
+    pub uri: String,
+    /// The domain definition at backup time (for restore as a new domain).
+    pub domain_xml: String,
+    pub stats: JobStats,
+    /// Files the backup created (targets and folders), removed if it is discarded.
+    pub created_dirs: Vec<PathBuf>,
+}
+
+impl BackupRecord {
+    /// The document `virDomainBackupGetXMLDesc` returns.
+    pub fn public_element(&self) -> Element {
+        let mut root = Element::new("domainbackup")
+            .with_child(Element::new("uuid").with_text(self.uuid.to_string()))
+            .with_child(Element::new("creationTime").with_text(self.creation_time.to_string()));
+        if let Some(d) = &self.description {
+            root.push(Element::new("description").with_text(d.clone()));
+        }
+        root.push(Element::new("state").with_text(self.state.as_str()));
+        if let Some(p) = &self.parent {
+            root.push(Element::new("parent").with_child(Element::new("uuid").with_text(p.to_string())));
+        }
+        root.push(
+            Element::new("domain")
+                .with_attr("uuid", self.domain_uuid.to_string())
+                .with_attr("name", self.domain_name.clone()),
+        );
+        let mut disks = Element::new("disks");
+        for d in &self.disks {
+            disks.push(
+                Element::new("disk")
+                    .with_attr("name", d.name.clone())
+                    .with_attr("type", "file")
+                    .with_attr(
+                        "backupmode",
+                        match d.mode {
+                            BackupMode::Full => "full",
+                            BackupMode::Incremental => "incremental",
+                        },
+                    )
+                    .with_child(Element::new("source").with_attr("file", path_str(&d.source)))
+                    .with_child(Element::new("target").with_attr("file", path_str(&d.target)))
+                    .with_child(Element::new("driver").with_attr("type", d.format.as_str())),
+            );
+        }
+        root.push(disks);
+        root
+    }
+
+    /// The catalog file: the public document plus what the library needs later.
+    pub fn to_catalog_xml(&self) -> String {
+        let mut root = self.public_element();
+        root.push(Element::new("connection").with_attr("uri", self.uri.clone()));
+        root.push(Element::new("created").with_attr("ns", self.created_ns.to_string()));
+        let mut disks = Element::new("diskinfo");
+        for d in &self.disks {
+            disks.push(
+                Element::new("disk")
+                    .with_attr("name", d.name.clone())
+                    .with_attr("sourceformat", d.source_format.as_str())
+                    .with_attr("size", d.virtual_size.to_string()),
+            );
+        }
+        root.push(disks);
+        let mut dirs = Element::new("createddirs");
+        for d in &self.created_dirs {
+            dirs.push(Element::new("dir").with_attr("path", path_str(d)));
+        }
+        root.push(dirs);
+        root.push(
+            Element::new("stats")
+                .with_attr("total", self.stats.total.to_string())
+                .with_attr("processed", self.stats.processed.to_string())
+                .with_attr("written", self.stats.written.to_string())
+                .with_attr("elapsed", self.stats.elapsed_ms.to_string()),
+        );
+        root.push(Element::new("domainxml").with_text(self.domain_xml.clone()));
+        root.to_xml()
+    }
+
+    pub fn from_catalog_xml(xml: &str) -> Result<Self> {
+        let root = dom::parse(xml)?;
+        expect_root(&root, "domainbackup")?;
+        let need = |name: &str| {
+            root.child_text(name).ok_or_else(|| Error::xml(format!("catalog record lacks <{name}>")))
+        };
+        let uuid = parse_uuid(need("uuid")?)?;
+        let creation_time = need("creationTime")?
+            .parse()
+            .map_err(|_| Error::xml("bad <creationTime>"))?;
+        let state = BackupState::parse(need("state")?)?;
+        let dom_el = root.child("domain").ok_or_else(|| Error::xml("catalog record lacks <domain>"))?;
+        let domain_uuid = parse_uuid(dom_el.attr("uuid").unwrap_or_default())?;
+        let domain_name = dom_el.attr("name").unwrap_or_default().to_string();
+        let info = root.child("diskinfo");
+        let mut disks = Vec::new();
+        for d in root.child("disks").into_iter().flat_map(|d| d.children_named("disk")) {
+            let name = disk_name(d)?;
+            let file_of = |child: &str| {
+                d.child(child)
+                    .and_then(|c| c.attr("file"))
+                    .map(PathBuf::from)
+                    .ok_or_else(|| Error::xml(format!("disk '{name}' lacks <{child} file>")))
+            };
+            let extra = info
+                .and_then(|i| i.children_named("disk").find(|x| x.attr("name") == Some(name.as_str())));
+            let mode = match d.attr("backupmode") {
+                Some("incremental") => BackupMode::Incremental,
+                _ => BackupMode::Full,
+            };
+            disks.push(DiskRecord {
+                source: file_of("source")?,
+                target: file_of("target")?,
+                format: parse_driver(d)?.unwrap_or(DiskFormat::Qcow2),
+                source_format: DiskFormat::parse(
+                    extra.and_then(|x| x.attr("sourceformat")).unwrap_or("raw"),
+                )?,
+                virtual_size: extra.and_then(|x| x.attr("size")).and_then(|s| s.parse().ok()).unwrap_or(0),
+                mode,
+                name,
+            });
+        }
+        let num = |el: Option<&Element>, a: &str| -> u64 {
+            el.and_then(|e| e.attr(a)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        let stats_el = root.child("stats");
+        Ok(BackupRecord {
+            uuid,
+            creation_time,
+            created_ns: root
+                .child("created")
+                .and_then(|c| c.attr("ns"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(creation_time as u64 * 1_000_000_000),
+            description: root.child("description").map(|d| d.text.clone()),
+            state,
+            parent: parse_parent(&root)?,
+            domain_uuid,
+            domain_name,
+            disks,
+            uri: root.child("connection").and_then(|c| c.attr("uri")).unwrap_or_default().to_string(),
+            domain_xml: root.child("domainxml").map(|d| d.text.clone()).unwrap_or_default(),
+            stats: JobStats {
+                total: num(stats_el, "total"),
+                processed: num(stats_el, "processed"),
+                written: num(stats_el, "written"),
+                elapsed_ms: num(stats_el, "elapsed"),
+            },
+            created_dirs: root
+                .child("createddirs")
+                .into_iter()
+                .flat_map(|d| d.children_named("dir"))
+                .filter_map(|d| d.attr("path").map(PathBuf::from))
+                .collect(),
+        })
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// `virDomainSetDefaultTarget` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultTarget {
+    Dir(PathBuf),
+    Pool(String),
+}
+
+impl DefaultTarget {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse(xml)?;
+        expect_root(&root, "target")?;
+        match root.attr("type") {
+            Some("dir") => {
+                let p = root.child_text("path").ok_or_else(|| Error::xml("<target type='dir'> needs <path>"))?;
+                Ok(DefaultTarget::Dir(absolute_path(p, "default target path")?))
+            }
+            Some("pool") => {
+                let p = root.child_text("pool").filter(|p| !p.is_empty());
+                Ok(DefaultTarget::Pool(
+                    p.ok_or_else(|| Error::xml("<target type='pool'> needs <pool>"))?.to_string(),
+                ))
+            }
+            Some(o) => Err(Error::xml(format!("unknown default target type '{o}' (dir or pool)"))),
+            None => Err(Error::xml("<target> needs a type attribute (dir or pool)")),
+        }
+    }
+
+    pub fn to_xml(&self) -> String {
+        match self {
+            DefaultTarget::Dir(p) => Element::new("target")
+                .with_attr("type", "dir")
+                .with_child(Element::new("path").with_text(path_str(p))),
+            DefaultTarget::Pool(p) => Element::new("target")
+                .with_attr("type", "pool")
+                .with_child(Element::new("pool").with_text(p.clone())),
+        }
+        .to_xml()
+    }
+}
+
+/// `virDomainBackupRestore` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreRequest {
+    pub uuid: Uuid,
+    pub domain_name: Option<String>,
+    pub disks: Option<Vec<RestoreDisk>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreDisk {
+    pub name: String,
+    pub target: Option<PathBuf>,
+    pub format: Option<DiskFormat>,
+}
+
+impl RestoreRequest {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse(xml)?;
+        expect_root(&root, "domainbackup")?;
+        let uuid = parse_uuid(
+            root.child_text("uuid").ok_or_else(|| Error::xml("restore needs the backup's <uuid>"))?,
+        )?;
+        let domain_name = root.child("domain").and_then(|d| d.attr("name")).map(str::to_string);
+        let disks = match disk_elements(&root)? {
+            None => None,
+            Some(list) => Some(
+                list.into_iter()
+                    .map(|d| {
+                        Ok(RestoreDisk {
+                            name: disk_name(d)?,
+                            target: d
+                                .child("target")
+                                .and_then(|t| t.attr("file"))
+                                .map(|f| absolute_path(f, "restore target"))
+                                .transpose()?,
+                            format: parse_driver(d)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        Ok(RestoreRequest { uuid, domain_name, disks })
+    }
+}
+
+/// `virDomainBackupStartUnmanaged` input: validated now, served by the live engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmanagedRequest {
+    pub parent: Option<Uuid>,
+    pub disks: Option<Vec<(String, String)>>,
+}
+
+impl UnmanagedRequest {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse(xml)?;
+        expect_root(&root, "domainbackup")?;
+        let server = root.child("server").ok_or_else(|| Error::xml("unmanaged backup needs a <server>"))?;
+        match server.attr("transport").unwrap_or("tcp") {
+            "tcp" | "unix" => {}
+            o => return Err(Error::xml(format!("unknown server transport '{o}' (tcp or unix)"))),
+        }
+        let disks = disk_elements(&root)?.map(|list| {
+            list.into_iter()
+                .map(|d| {
+                    let n = d.attr("name").unwrap_or_default().to_string();
+                    (n.clone(), d.attr("exportname").map(str::to_string).unwrap_or(n))
+                })
+                .collect()
+        });
+        Ok(UnmanagedRequest { parent: parse_parent(&root)?, disks })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INPUT: &str = "<domainbackup>
+      <uuid>54c70d40-26bb-48cd-9639-b3a1e9adf650</uuid>
+      <description>Any &amp; string</description>
+      <parent><uuid>d2ee2566-bef2-408f-ac7a-eb8004186074</uuid></parent>
+      <disks>
+        <disk name='vda' backup='yes' type='file'>
+          <target file='/backups/vm1-vda.qcow2'/>
+          <driver type='qcow2'/>
+        </disk>
+        <disk name='vdb' type='volume'><target pool='default' volume='v.qcow2'/></disk>
+        <disk name='vdc' backup='no'/>
+      </disks>
+    </domainbackup>";
+
+    #[test]
+    fn parses_the_api_example() {
+        let r = CreateRequest::parse(INPUT).unwrap();
+        assert_eq!(r.uuid.unwrap().to_string(), "54c70d40-26bb-48cd-9639-b3a1e9adf650");
+        assert_eq!(r.description.as_deref(), Some("Any & string"));
+        assert!(r.parent.is_some());
+        let disks = r.disks.unwrap();
+        assert_eq!(disks.len(), 3);
+        assert_eq!(disks[0].target, Some(Target::File("/backups/vm1-vda.qcow2".into())));
+        assert_eq!(disks[0].format, Some(DiskFormat::Qcow2));
+        assert!(matches!(disks[1].target, Some(Target::Volume { .. })));
+        assert!(!disks[2].backup);
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        for bad in [
+            "<domainbackup><uuid>nope</uuid></domainbackup>",
+            "<backup/>",
+            "<domainbackup><disks><disk/></disks></domainbackup>",
+            "<domainbackup><disks><disk name='a'/><disk name='a'/></disks></domainbackup>",
+            "<domainbackup><disks><disk name='a'><target file='rel'/></disk></disks></domainbackup>",
+            "<domainbackup><disks><disk name='a'><driver type='vmdk'/></disk></disks></domainbackup>",
+            "<domainbackup><disks><disk name='a' backup='maybe'/></disks></domainbackup>",
+            "<domainbackup><parent/></domainbackup>",
+        ] {
+            let e = CreateRequest::parse(bad).unwrap_err();
+            assert!(e.is(crate::error::ErrorCode::XmlError), "{bad}");
+        }
+    }
+
+    #[test]
+    fn catalog_record_round_trips_and_public_form_parses_as_input() {
+        let rec = BackupRecord {
+            uuid: Uuid::new_v4(),
+            creation_time: 1270477159,
+            created_ns: 1270477159_000_000_123,
+            description: Some("d <x>".into()),
+            state: BackupState::Completed,
+            parent: None,
+            domain_uuid: Uuid::new_v4(),
+            domain_name: "vm1".into(),
+            disks: vec![DiskRecord {
+                name: "vda".into(),
+                source: "/img/a.raw".into(),
+                source_format: DiskFormat::Raw,
+                target: "/b/vda.qcow2".into(),
+                format: DiskFormat::Qcow2,
+                mode: BackupMode::Full,
+                virtual_size: 1 << 30,
+            }],
+            uri: "test:///default".into(),
+            domain_xml: "<domain><name>vm1</name></domain>".into(),
+            stats: JobStats { total: 1, processed: 1, written: 1, elapsed_ms: 5 },
+            created_dirs: vec!["/b".into()],
+        };
+        let back = BackupRecord::from_catalog_xml(&rec.to_catalog_xml()).unwrap();
+        assert_eq!(back, rec);
+        let input = CreateRequest::parse(&rec.public_element().to_xml()).unwrap();
+        assert_eq!(input.uuid, Some(rec.uuid));
+        assert_eq!(input.disks.unwrap()[0].target, Some(Target::File("/b/vda.qcow2".into())));
+    }
+
+    #[test]
+    fn default_target_forms() {
+        let d = DefaultTarget::parse("<target type='dir'><path>/backups</path></target>").unwrap();
+        assert_eq!(d, DefaultTarget::Dir("/backups".into()));
+        assert_eq!(DefaultTarget::parse(&d.to_xml()).unwrap(), d);
+        assert!(DefaultTarget::parse("<target type='nfs'/>").is_err());
+        assert!(DefaultTarget::parse("<target type='dir'><path>rel</path></target>").is_err());
+    }
+}
