@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, JobLock};
 use crate::disk::{self, Source, Target as ImageTarget};
 use crate::error::{Error, ErrorCode, Result};
-use crate::flags::*;
+use crate::flags::bits::*;
 use crate::job::{self, Job};
 use crate::libvirt::{self, DomainRef};
 use crate::xml::backup::{
@@ -43,10 +43,13 @@ pub enum ParamValue {
 }
 
 /// Default targets set with `VIR_DOMAIN_AFFECT_LIVE`: they last for this process.
-static LIVE_TARGETS: LazyLock<Mutex<HashMap<Uuid, DefaultTarget>>> = LazyLock::new(Default::default);
+static LIVE_TARGETS: LazyLock<Mutex<HashMap<Uuid, DefaultTarget>>> =
+    LazyLock::new(Default::default);
 
 fn now() -> (i64, u64) {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (d.as_secs() as i64, d.as_nanos() as u64)
 }
 
@@ -57,9 +60,20 @@ struct PlannedDisk {
 }
 
 impl Backup {
-    fn new(uuid: Uuid, domain_uuid: Uuid, domain: Option<DomainRef>, catalog: Catalog) -> Arc<Backup> {
+    fn new(
+        uuid: Uuid,
+        domain_uuid: Uuid,
+        domain: Option<DomainRef>,
+        catalog: Catalog,
+    ) -> Arc<Backup> {
         let job = job::running(&uuid);
-        Arc::new(Backup { uuid, domain_uuid, domain, catalog, job })
+        Arc::new(Backup {
+            uuid,
+            domain_uuid,
+            domain,
+            catalog,
+            job,
+        })
     }
 
     /// `virDomainBackupCreateXML`.
@@ -74,7 +88,9 @@ impl Backup {
         let active = dom.is_active()?;
         if flags & VIR_DOMAIN_BACKUP_CREATE_QUIESCE != 0 {
             if !active {
-                return Err(Error::operation_invalid("cannot quiesce the file systems of an inactive domain"));
+                return Err(Error::operation_invalid(
+                    "cannot quiesce the file systems of an inactive domain",
+                ));
             }
             return Err(Error::not_supported_yet("quiescing guest file systems"));
         }
@@ -85,7 +101,9 @@ impl Backup {
             )));
         }
         if job::running_for_domain(&domain_uuid).is_some() {
-            return Err(Error::operation_invalid("the domain already has a backup job running"));
+            return Err(Error::operation_invalid(
+                "the domain already has a backup job running",
+            ));
         }
         let domain_xml = dom.xml()?;
         let dom_disks = domain::parse_disks(&domain_xml)?;
@@ -94,20 +112,38 @@ impl Backup {
 
         let mut planned = Vec::new();
         for d in &dom_disks {
-            let asked = req.disks.as_deref().unwrap_or(&[]).iter().find(|r| r.name == d.name);
-            planned_disk(&catalog, &domain_uuid, &uuid, d, asked, default_target.as_ref())?
-                .map(|p| planned.push(p));
+            let asked = req
+                .disks
+                .as_deref()
+                .unwrap_or(&[])
+                .iter()
+                .find(|r| r.name == d.name);
+            planned_disk(
+                &catalog,
+                &domain_uuid,
+                &uuid,
+                d,
+                asked,
+                default_target.as_ref(),
+            )?
+            .map(|p| planned.push(p));
         }
         for r in req.disks.as_deref().unwrap_or(&[]) {
             if !dom_disks.iter().any(|d| d.name == r.name) {
-                return Err(Error::invalid_arg(format!("domain has no disk named '{}'", r.name)));
+                return Err(Error::invalid_arg(format!(
+                    "domain has no disk named '{}'",
+                    r.name
+                )));
             }
         }
         if planned.is_empty() {
             return Err(Error::invalid_arg("the backup would include no disk"));
         }
         for (i, p) in planned.iter().enumerate() {
-            if planned[..i].iter().any(|o| o.record.target == p.record.target) {
+            if planned[..i]
+                .iter()
+                .any(|o| o.record.target == p.record.target)
+            {
                 return Err(Error::invalid_arg(format!(
                     "target '{}' is given to two disks",
                     p.record.target.display()
@@ -142,14 +178,20 @@ impl Backup {
         // that a failure here leaves nothing behind.
         let guard = catalog.lock()?;
         if catalog.find(&uuid)?.is_some() || job::running(&uuid).is_some() {
-            return Err(Error::invalid_arg(format!("a backup with uuid '{uuid}' already exists")));
+            return Err(Error::invalid_arg(format!(
+                "a backup with uuid '{uuid}' already exists"
+            )));
         }
         let mut targets = Vec::new();
         let prepared = (|| -> Result<JobLock> {
             for p in &planned {
                 let dir = p.record.target.parent().unwrap_or(Path::new("/"));
                 record.created_dirs.extend(create_dirs(dir)?);
-                targets.push(ImageTarget::create(&p.record.target, p.record.format, p.record.virtual_size)?);
+                targets.push(ImageTarget::create(
+                    &p.record.target,
+                    p.record.format,
+                    p.record.virtual_size,
+                )?);
             }
             let lock = catalog.lock_job(&domain_uuid, &uuid)?;
             catalog.write_record(&record)?;
@@ -170,11 +212,19 @@ impl Backup {
         let sources: Vec<Source> = planned.into_iter().map(|p| p.source).collect();
         let work_catalog = catalog.clone();
         let work_record = record.clone();
-        if let Err(e) = job.spawn(move |job| run_copy(job, &work_catalog, work_record, sources, targets, lock)) {
+        if let Err(e) =
+            job.spawn(move |job| run_copy(job, &work_catalog, work_record, sources, targets, lock))
+        {
             let _ = catalog.remove_with_data(&record);
             return Err(e);
         }
-        let backup = Arc::new(Backup { uuid, domain_uuid, domain: Some(dom.clone()), catalog, job: Some(job) });
+        let backup = Arc::new(Backup {
+            uuid,
+            domain_uuid,
+            domain: Some(dom.clone()),
+            catalog,
+            job: Some(job),
+        });
         if flags & VIR_DOMAIN_BACKUP_CREATE_WAIT != 0 {
             backup.job.as_ref().unwrap().wait()?;
         }
@@ -221,7 +271,14 @@ impl Backup {
         let chosen = filter_records(&records, found, flags);
         Ok(chosen
             .into_iter()
-            .map(|r| Backup::new(r.uuid, self.domain_uuid, self.domain.clone(), self.catalog.clone()))
+            .map(|r| {
+                Backup::new(
+                    r.uuid,
+                    self.domain_uuid,
+                    self.domain.clone(),
+                    self.catalog.clone(),
+                )
+            })
             .collect())
     }
 
@@ -230,7 +287,9 @@ impl Backup {
         let uuid = Uuid::parse_str(uuid.trim())
             .map_err(|_| Error::invalid_arg(format!("malformed backup uuid '{uuid}'")))?;
         let catalog = Catalog::open()?;
-        let rec = catalog.find(&uuid)?.ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
+        let rec = catalog
+            .find(&uuid)?
+            .ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
         let domain = libvirt::open_domain(&rec.uri, &rec.domain_uuid).ok();
         Ok(Backup::new(uuid, rec.domain_uuid, domain, catalog))
     }
@@ -258,7 +317,9 @@ impl Backup {
             let mut el = crate::xml::dom::Element::new("domainbackup")
                 .with_child(crate::xml::dom::Element::new("uuid").with_text(self.uuid.to_string()))
                 .with_child(crate::xml::dom::Element::new("state").with_text(state.as_str()));
-            el.push(crate::xml::dom::Element::new("domain").with_attr("uuid", job.domain.to_string()));
+            el.push(
+                crate::xml::dom::Element::new("domain").with_attr("uuid", job.domain.to_string()),
+            );
             return Ok(el.to_xml());
         }
         Ok(self.record()?.public_element().to_xml())
@@ -268,7 +329,10 @@ impl Backup {
         self.domain.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorCode::NoDomain,
-                format!("Domain not found: domain '{}' of backup '{}' no longer exists", self.domain_uuid, self.uuid),
+                format!(
+                    "Domain not found: domain '{}' of backup '{}' no longer exists",
+                    self.domain_uuid, self.uuid
+                ),
             )
         })
     }
@@ -276,11 +340,23 @@ impl Backup {
     /// `virDomainBackupGetParameters`, all of them.
     pub fn parameters(&self) -> Result<Vec<(&'static str, ParamValue)>> {
         let (state, stats, disks, incremental, error) = match &self.job {
-            Some(job) => (job.state(), job.stats(), job.disks, job.incremental, job.error()),
+            Some(job) => (
+                job.state(),
+                job.stats(),
+                job.disks,
+                job.incremental,
+                job.error(),
+            ),
             None => {
                 let rec = self.record()?;
                 let incremental = rec.disks.iter().any(|d| d.mode == BackupMode::Incremental);
-                (rec.state, rec.stats, rec.disks.len() as u32, incremental, None)
+                (
+                    rec.state,
+                    rec.stats,
+                    rec.disks.len() as u32,
+                    incremental,
+                    None,
+                )
             }
         };
         let mut out = vec![
@@ -293,7 +369,9 @@ impl Backup {
             ("disks", ParamValue::UInt(disks)),
         ];
         if state == BackupState::Failed {
-            let msg = error.map(|e| e.message).unwrap_or_else(|| "backup job failed".into());
+            let msg = error
+                .map(|e| e.message)
+                .unwrap_or_else(|| "backup job failed".into());
             out.push(("error", ParamValue::String(msg)));
         }
         Ok(out)
@@ -321,7 +399,12 @@ impl Backup {
                 BackupState::Completed => return Ok(0),
                 BackupState::Running if check => return Ok(1),
                 BackupState::Running => std::thread::sleep(Duration::from_millis(50)),
-                s => return Err(Error::operation_failed(format!("backup job ended {}", s.as_str()))),
+                s => {
+                    return Err(Error::operation_failed(format!(
+                        "backup job ended {}",
+                        s.as_str()
+                    )));
+                }
             }
         }
     }
@@ -382,7 +465,9 @@ impl Backup {
     /// the restore stage.
     pub fn restore(xml: &str, _flags: u32) -> Result<()> {
         let req = RestoreRequest::parse(xml)?;
-        Catalog::open()?.find(&req.uuid)?.ok_or_else(|| Error::no_backup(&req.uuid.to_string()))?;
+        Catalog::open()?
+            .find(&req.uuid)?
+            .ok_or_else(|| Error::no_backup(&req.uuid.to_string()))?;
         Err(Error::not_supported_yet("restoring a managed backup"))
     }
 
@@ -390,7 +475,10 @@ impl Backup {
     pub fn restore_unmanaged(_dom: &DomainRef, xml: &str, _flags: u32) -> Result<()> {
         let root = crate::xml::dom::parse(xml)?;
         if root.name != "domainbackup" {
-            return Err(Error::xml(format!("expected root element <domainbackup>, found <{}>", root.name)));
+            return Err(Error::xml(format!(
+                "expected root element <domainbackup>, found <{}>",
+                root.name
+            )));
         }
         Err(Error::not_supported_yet("restoring from unmanaged sources"))
     }
@@ -398,7 +486,9 @@ impl Backup {
 
 /// Check that `parent` can be the parent of a new backup of `domain`.
 fn check_parent(catalog: &Catalog, domain: &Uuid, parent: &Uuid) -> Result<()> {
-    let rec = catalog.find(parent)?.ok_or_else(|| Error::no_backup(&parent.to_string()))?;
+    let rec = catalog
+        .find(parent)?
+        .ok_or_else(|| Error::no_backup(&parent.to_string()))?;
     if rec.domain_uuid != *domain {
         return Err(Error::operation_invalid(format!(
             "parent backup '{parent}' belongs to another domain ({})",
@@ -406,14 +496,20 @@ fn check_parent(catalog: &Catalog, domain: &Uuid, parent: &Uuid) -> Result<()> {
         )));
     }
     if rec.state != BackupState::Completed {
-        return Err(Error::operation_invalid(format!("parent backup '{parent}' is not completed")));
+        return Err(Error::operation_invalid(format!(
+            "parent backup '{parent}' is not completed"
+        )));
     }
     Ok(())
 }
 
 /// The default target in force for a new backup: the LIVE one while the
 /// domain runs, else the persistent one.
-fn effective_default_target(catalog: &Catalog, domain: &Uuid, active: bool) -> Result<Option<DefaultTarget>> {
+fn effective_default_target(
+    catalog: &Catalog,
+    domain: &Uuid,
+    active: bool,
+) -> Result<Option<DefaultTarget>> {
     if active {
         if let Some(t) = LIVE_TARGETS.lock().unwrap().get(domain) {
             return Ok(Some(t.clone()));
@@ -469,7 +565,9 @@ fn planned_disk(
             p
         }
         Some(Target::Volume { .. }) => {
-            return Err(Error::not_supported_yet("a storage volume target (type='volume')"));
+            return Err(Error::not_supported_yet(
+                "a storage volume target (type='volume')",
+            ));
         }
         None => match default_target {
             Some(DefaultTarget::Dir(dir)) => dir.join(backup.to_string()).join(file_name),
@@ -543,12 +641,19 @@ fn run_copy(
 }
 
 /// Keep only the records `flags` asks for (FULL/INCREMENTAL, LEAVES, LATEST).
-fn filter_records<'a>(all: &[BackupRecord], candidates: Vec<&'a BackupRecord>, flags: u32) -> Vec<&'a BackupRecord> {
+fn filter_records<'a>(
+    all: &[BackupRecord],
+    candidates: Vec<&'a BackupRecord>,
+    flags: u32,
+) -> Vec<&'a BackupRecord> {
     let mut out: Vec<&BackupRecord> = candidates
         .into_iter()
         .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_FULL == 0 || r.parent.is_none())
         .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_INCREMENTAL == 0 || r.parent.is_some())
-        .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_LEAVES == 0 || !all.iter().any(|c| c.parent == Some(r.uuid)))
+        .filter(|r| {
+            flags & VIR_DOMAIN_BACKUP_LIST_LEAVES == 0
+                || !all.iter().any(|c| c.parent == Some(r.uuid))
+        })
         .collect();
     if flags & VIR_DOMAIN_BACKUP_LIST_LATEST != 0 {
         out.sort_by_key(|r| r.created_ns);
@@ -561,15 +666,23 @@ fn filter_records<'a>(all: &[BackupRecord], candidates: Vec<&'a BackupRecord>, f
 pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     let target = DefaultTarget::parse(xml)?;
     match &target {
-        DefaultTarget::Pool(_) => return Err(Error::not_supported_yet("a storage pool default target")),
+        DefaultTarget::Pool(_) => {
+            return Err(Error::not_supported_yet("a storage pool default target"));
+        }
         DefaultTarget::Dir(p) if !p.is_dir() => {
-            return Err(Error::invalid_arg(format!("default target folder '{}' does not exist", p.display())));
+            return Err(Error::invalid_arg(format!(
+                "default target folder '{}' does not exist",
+                p.display()
+            )));
         }
         DefaultTarget::Dir(_) => {}
     }
     let uuid = dom.uuid()?;
     let active = dom.is_active()?;
-    let (mut live, mut config) = (flags & VIR_DOMAIN_AFFECT_LIVE != 0, flags & VIR_DOMAIN_AFFECT_CONFIG != 0);
+    let (mut live, mut config) = (
+        flags & VIR_DOMAIN_AFFECT_LIVE != 0,
+        flags & VIR_DOMAIN_AFFECT_CONFIG != 0,
+    );
     if !live && !config {
         // VIR_DOMAIN_AFFECT_CURRENT: the live state of a running domain, else its config.
         (live, config) = (active, !active);
@@ -598,8 +711,12 @@ pub fn undefine(dom: &DomainRef, flags: u32) -> Result<()> {
             records.len()
         )));
     }
-    if job::running_for_domain(&uuid).is_some() || records.iter().any(|r| r.state == BackupState::Running) {
-        return Err(Error::operation_invalid("cannot undefine a domain while a backup job runs"));
+    if job::running_for_domain(&uuid).is_some()
+        || records.iter().any(|r| r.state == BackupState::Running)
+    {
+        return Err(Error::operation_invalid(
+            "cannot undefine a domain while a backup job runs",
+        ));
     }
     dom.undefine(flags & !VIR_DOMAIN_UNDEFINE_BACKUP)?;
     catalog.forget_domain(&uuid)?;

@@ -74,13 +74,21 @@ fn default_root() -> PathBuf {
 /// Write `data` to `path` so that a crash leaves the old or the new content:
 /// temporary file, fsync, rename, fsync of the folder.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::internal("catalog path has no folder"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::internal("catalog path has no folder"))?;
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -105,7 +113,8 @@ impl Catalog {
     }
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
-        fs::create_dir_all(&root).map_err(|e| Error::io("cannot create catalog folder", &root, e))?;
+        fs::create_dir_all(&root)
+            .map_err(|e| Error::io("cannot create catalog folder", &root, e))?;
         Ok(Catalog { root })
     }
 
@@ -143,7 +152,8 @@ impl Catalog {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io("cannot open catalog lock", &path, e))?;
-        file.lock().map_err(|e| Error::io("cannot lock catalog", &path, e))?;
+        file.lock()
+            .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
         LOCK_DEPTH.with(|d| d.set(d.get() + 1));
         Ok(CatalogLock { _file: Some(file) })
     }
@@ -159,7 +169,9 @@ impl Catalog {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io("cannot create job lock", &path, e))?;
-        file.try_lock().map_err(|_| Error::operation_invalid(format!("backup '{backup}' already has a job")))?;
+        file.try_lock().map_err(|_| {
+            Error::operation_invalid(format!("backup '{backup}' already has a job"))
+        })?;
         Ok(JobLock { file, path })
     }
 
@@ -181,7 +193,10 @@ impl Catalog {
     pub fn write_record(&self, rec: &BackupRecord) -> Result<()> {
         let dir = self.domain_dir(&rec.domain_uuid);
         fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create catalog folder", &dir, e))?;
-        write_atomic(&self.record_path(&rec.domain_uuid, &rec.uuid), rec.to_catalog_xml().as_bytes())
+        write_atomic(
+            &self.record_path(&rec.domain_uuid, &rec.uuid),
+            rec.to_catalog_xml().as_bytes(),
+        )
     }
 
     /// Forget a backup; its data files stay.
@@ -220,7 +235,9 @@ impl Catalog {
         let mut out = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".xml") else { continue };
+            let Some(stem) = name.strip_suffix(".xml") else {
+                continue;
+            };
             if Uuid::parse_str(stem).is_err() {
                 continue;
             }
@@ -236,7 +253,11 @@ impl Catalog {
                 live.push(rec);
             }
         }
-        live.sort_by(|a, b| a.creation_time.cmp(&b.creation_time).then(a.uuid.cmp(&b.uuid)));
+        live.sort_by(|a, b| {
+            a.creation_time
+                .cmp(&b.creation_time)
+                .then(a.uuid.cmp(&b.uuid))
+        });
         Ok(live)
     }
 
@@ -257,7 +278,8 @@ impl Catalog {
 
     /// Domains that have a folder in the catalog.
     fn domains(&self) -> Result<Vec<Uuid>> {
-        let entries = fs::read_dir(&self.root).map_err(|e| Error::io("cannot read catalog folder", &self.root, e))?;
+        let entries = fs::read_dir(&self.root)
+            .map_err(|e| Error::io("cannot read catalog folder", &self.root, e))?;
         Ok(entries
             .flatten()
             .filter_map(|e| Uuid::parse_str(&e.file_name().to_string_lossy()).ok())
@@ -269,7 +291,10 @@ impl Catalog {
         for dom in self.domains()? {
             let path = self.record_path(&dom, backup);
             if path.exists() {
-                return Ok(self.list_domain(&dom)?.into_iter().find(|r| r.uuid == *backup));
+                return Ok(self
+                    .list_domain(&dom)?
+                    .into_iter()
+                    .find(|r| r.uuid == *backup));
             }
         }
         Ok(None)
@@ -281,7 +306,10 @@ impl Catalog {
         if !path.exists() {
             return Ok(None);
         }
-        Ok(self.list_domain(domain)?.into_iter().find(|r| r.uuid == *backup))
+        Ok(self
+            .list_domain(domain)?
+            .into_iter()
+            .find(|r| r.uuid == *backup))
     }
 
     pub fn default_target(&self, domain: &Uuid) -> Result<Option<DefaultTarget>> {

@@ -21,11 +21,11 @@ use crate::xml::backup::DiskFormat;
 
 /// Copy buffer: the only per-disk data held in memory. 4 MiB keeps syscalls
 /// few while bounding memory per job.
-pub const COPY_CHUNK: u64 = 4 << 20;
+pub(crate) const COPY_CHUNK: u64 = 4 << 20;
 
 /// Granularity of the all-zero test: the qcow2 cluster size, so a skipped
 /// block is exactly an unallocated cluster in the target.
-pub const ZERO_BLOCK: usize = 64 << 10;
+pub(crate) const ZERO_BLOCK: usize = 64 << 10;
 
 /// Shared counters of a copy, read by `GetParameters` while it runs.
 #[derive(Debug, Default)]
@@ -66,7 +66,10 @@ impl Source {
         match format {
             DiskFormat::Raw => {
                 let file = File::open(path).map_err(io_err("cannot open source image", path))?;
-                let size = file.metadata().map_err(io_err("cannot stat source image", path))?.len();
+                let size = file
+                    .metadata()
+                    .map_err(io_err("cannot stat source image", path))?
+                    .len();
                 Ok(Source::Raw { file, size })
             }
             DiskFormat::Qcow2 => {
@@ -139,7 +142,8 @@ impl Target {
             .map_err(io_err("cannot create target image", path))?;
         match format {
             DiskFormat::Raw => {
-                file.set_len(size).map_err(io_err("cannot size target image", path))?;
+                file.set_len(size)
+                    .map_err(io_err("cannot size target image", path))?;
                 Ok(Target::Raw { file })
             }
             DiskFormat::Qcow2 => {
@@ -169,9 +173,12 @@ impl Target {
     /// Flush metadata and make the data durable.
     pub fn finish(self, path: &Path) -> Result<()> {
         match self {
-            Target::Raw { file } => file.sync_all().map_err(io_err("cannot sync target image", path)),
+            Target::Raw { file } => file
+                .sync_all()
+                .map_err(io_err("cannot sync target image", path)),
             Target::Qcow2(q) => {
-                q.flush().map_err(io_err("cannot flush target image", path))?;
+                q.flush()
+                    .map_err(io_err("cannot flush target image", path))?;
                 q.sync().map_err(io_err("cannot sync target image", path))
             }
         }
@@ -183,7 +190,9 @@ pub fn is_zero(buf: &[u8]) -> bool {
     // OR 16-byte words together without branching, so the loop vectorises.
     let words = buf.chunks_exact(16);
     let tail = words.remainder();
-    words.fold(0u128, |acc, w| acc | u128::from_ne_bytes(w.try_into().unwrap())) == 0
+    words.fold(0u128, |acc, w| {
+        acc | u128::from_ne_bytes(w.try_into().unwrap())
+    }) == 0
         && tail.iter().all(|&b| b == 0)
 }
 
@@ -196,14 +205,15 @@ pub fn copy_image(src: &Source, dst: &Target, progress: &Progress) -> Result<()>
     while offset < size {
         progress.check_cancel()?;
         let max = COPY_CHUNK.min(size - offset);
-        let (kind, len) = src
-            .extent(offset, max)
-            .map_err(|e| Error::operation_failed(format!("cannot map source image at offset {offset}: {e}")))?;
+        let (kind, len) = src.extent(offset, max).map_err(|e| {
+            Error::operation_failed(format!("cannot map source image at offset {offset}: {e}"))
+        })?;
         let len = len.clamp(1, max);
         if kind == Extent::Data {
             let chunk = &mut buf[..len as usize];
-            src.read_at(chunk, offset)
-                .map_err(|e| Error::operation_failed(format!("cannot read source image at offset {offset}: {e}")))?;
+            src.read_at(chunk, offset).map_err(|e| {
+                Error::operation_failed(format!("cannot read source image at offset {offset}: {e}"))
+            })?;
             write_nonzero(dst, chunk, offset, progress)?;
         }
         offset += len;
@@ -218,13 +228,21 @@ fn write_nonzero(dst: &Target, chunk: &[u8], offset: u64, progress: &Progress) -
     let mut pos = 0usize;
     let flush = |start: usize, end: usize| -> Result<()> {
         dst.write_at(&chunk[start..end], offset + start as u64)
-            .map_err(|e| Error::operation_failed(format!("cannot write target image at offset {}: {e}", offset + start as u64)))?;
-        progress.written.fetch_add((end - start) as u64, Ordering::Relaxed);
+            .map_err(|e| {
+                Error::operation_failed(format!(
+                    "cannot write target image at offset {}: {e}",
+                    offset + start as u64
+                ))
+            })?;
+        progress
+            .written
+            .fetch_add((end - start) as u64, Ordering::Relaxed);
         Ok(())
     };
     while pos < chunk.len() {
         // Blocks are aligned to guest offsets so they match target clusters.
-        let block_end = (((offset as usize + pos) / ZERO_BLOCK + 1) * ZERO_BLOCK - offset as usize).min(chunk.len());
+        let block_end = (((offset as usize + pos) / ZERO_BLOCK + 1) * ZERO_BLOCK - offset as usize)
+            .min(chunk.len());
         let zero = is_zero(&chunk[pos..block_end]);
         match (zero, run_start) {
             (false, None) => run_start = Some(pos),

@@ -21,7 +21,7 @@ pub enum ErrorCode {
 }
 
 /// libvirt's `VIR_FROM_DOMAIN`: backups are a domain feature, as snapshots are.
-pub const VIR_FROM_DOMAIN: i32 = 20;
+pub(crate) const VIR_FROM_DOMAIN: i32 = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Error {
@@ -42,7 +42,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error { code: code as i32, domain: VIR_FROM_DOMAIN, message: message.into() }
+        Error {
+            code: code as i32,
+            domain: VIR_FROM_DOMAIN,
+            message: message.into(),
+        }
     }
 
     pub fn is(&self, code: ErrorCode) -> bool {
@@ -50,11 +54,17 @@ impl Error {
     }
 
     pub fn invalid_arg(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidArg, format!("invalid argument: {}", message.into()))
+        Self::new(
+            ErrorCode::InvalidArg,
+            format!("invalid argument: {}", message.into()),
+        )
     }
 
     pub fn xml(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::XmlError, format!("XML error: {}", message.into()))
+        Self::new(
+            ErrorCode::XmlError,
+            format!("XML error: {}", message.into()),
+        )
     }
 
     pub fn no_backup(uuid: &str) -> Self {
@@ -72,7 +82,10 @@ impl Error {
     }
 
     pub fn operation_failed(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::OperationFailed, format!("operation failed: {}", message.into()))
+        Self::new(
+            ErrorCode::OperationFailed,
+            format!("operation failed: {}", message.into()),
+        )
     }
 
     pub fn aborted(message: impl Into<String>) -> Self {
@@ -86,19 +99,28 @@ impl Error {
     pub fn not_supported_yet(what: impl Into<String>) -> Self {
         Self::new(
             ErrorCode::NoSupport,
-            format!("this function is not supported by the connection driver: {} is not supported yet", what.into()),
+            format!(
+                "this function is not supported by the connection driver: {} is not supported yet",
+                what.into()
+            ),
         )
     }
 
     pub fn no_support(message: impl Into<String>) -> Self {
         Self::new(
             ErrorCode::NoSupport,
-            format!("this function is not supported by the connection driver: {}", message.into()),
+            format!(
+                "this function is not supported by the connection driver: {}",
+                message.into()
+            ),
         )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InternalError, format!("internal error: {}", message.into()))
+        Self::new(
+            ErrorCode::InternalError,
+            format!("internal error: {}", message.into()),
+        )
     }
 
     /// An I/O failure on a named file.
@@ -108,7 +130,9 @@ impl Error {
 
     /// libvirt's wording for unknown flag bits.
     pub fn bad_flags(flags: u32, function: &str) -> Self {
-        Self::invalid_arg(format!("unsupported flags (0x{flags:x}) in function {function}"))
+        Self::invalid_arg(format!(
+            "unsupported flags (0x{flags:x}) in function {function}"
+        ))
     }
 }
 

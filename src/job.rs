@@ -41,7 +41,12 @@ pub fn running(backup: &Uuid) -> Option<Arc<Job>> {
 }
 
 pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
-    RUNNING.lock().unwrap().values().find(|j| j.domain == *domain).cloned()
+    RUNNING
+        .lock()
+        .unwrap()
+        .values()
+        .find(|j| j.domain == *domain)
+        .cloned()
 }
 
 impl Job {
@@ -54,7 +59,11 @@ impl Job {
             disks,
             incremental,
             started: Instant::now(),
-            outcome: Mutex::new(Outcome { state: BackupState::Running, error: None, elapsed_ms: None }),
+            outcome: Mutex::new(Outcome {
+                state: BackupState::Running,
+                error: None,
+                elapsed_ms: None,
+            }),
             ended: Condvar::new(),
         })
     }
@@ -76,7 +85,9 @@ impl Job {
             });
         if let Err(e) = spawned {
             RUNNING.lock().unwrap().remove(&self.uuid);
-            return Err(Error::operation_failed(format!("cannot start backup job thread: {e}")));
+            return Err(Error::operation_failed(format!(
+                "cannot start backup job thread: {e}"
+            )));
         }
         Ok(())
     }
@@ -109,7 +120,8 @@ impl Job {
 
     pub fn elapsed_ms(&self) -> u64 {
         let o = self.outcome.lock().unwrap();
-        o.elapsed_ms.unwrap_or_else(|| self.started.elapsed().as_millis() as u64)
+        o.elapsed_ms
+            .unwrap_or_else(|| self.started.elapsed().as_millis() as u64)
     }
 
     pub fn stats(&self) -> JobStats {
@@ -129,7 +141,10 @@ impl Job {
         }
         match o.state {
             BackupState::Completed => Ok(()),
-            _ => Err(o.error.clone().unwrap_or_else(|| Error::operation_failed("backup job failed"))),
+            _ => Err(o
+                .error
+                .clone()
+                .unwrap_or_else(|| Error::operation_failed("backup job failed"))),
         }
     }
 
@@ -140,7 +155,9 @@ impl Job {
         }
         self.progress.cancel.store(true, Ordering::Relaxed);
         match self.wait() {
-            Ok(()) => Err(Error::operation_invalid("the backup job completed before it could be cancelled")),
+            Ok(()) => Err(Error::operation_invalid(
+                "the backup job completed before it could be cancelled",
+            )),
             Err(_) => Ok(()),
         }
     }

@@ -9,7 +9,7 @@ use crate::error::{Error, ErrorCode, Result};
 
 /// libvirt's `VIR_DOMAIN_XML_SECURE`: the saved definition keeps secrets so a
 /// restored domain is the same machine.
-use crate::flags::VIR_DOMAIN_XML_SECURE;
+use crate::flags::bits::VIR_DOMAIN_XML_SECURE;
 
 /// A domain handle the library holds a reference on.
 #[derive(Clone, Debug)]
@@ -29,7 +29,8 @@ impl DomainRef {
 
     pub fn uuid(&self) -> Result<Uuid> {
         let s = self.dom.uuid_string()?;
-        Uuid::parse_str(&s).map_err(|_| Error::internal(format!("libvirt returned a bad uuid '{s}'")))
+        Uuid::parse_str(&s)
+            .map_err(|_| Error::internal(format!("libvirt returned a bad uuid '{s}'")))
     }
 
     pub fn name(&self) -> Result<String> {

@@ -19,7 +19,9 @@ impl DiskFormat {
         match s {
             "raw" => Ok(DiskFormat::Raw),
             "qcow2" => Ok(DiskFormat::Qcow2),
-            other => Err(Error::xml(format!("unsupported disk format '{other}' (raw or qcow2)"))),
+            other => Err(Error::xml(format!(
+                "unsupported disk format '{other}' (raw or qcow2)"
+            ))),
         }
     }
 
@@ -58,7 +60,10 @@ pub struct CreateRequest {
 
 fn expect_root(el: &Element, name: &str) -> Result<()> {
     if el.name != name {
-        return Err(Error::xml(format!("expected root element <{name}>, found <{}>", el.name)));
+        return Err(Error::xml(format!(
+            "expected root element <{name}>, found <{}>",
+            el.name
+        )));
     }
     Ok(())
 }
@@ -71,7 +76,9 @@ fn parse_parent(root: &Element) -> Result<Option<Uuid>> {
     match root.child("parent") {
         None => Ok(None),
         Some(p) => {
-            let u = p.child_text("uuid").ok_or_else(|| Error::xml("<parent> needs a <uuid>"))?;
+            let u = p
+                .child_text("uuid")
+                .ok_or_else(|| Error::xml("<parent> needs a <uuid>"))?;
             Ok(Some(parse_uuid(u)?))
         }
     }
@@ -104,7 +111,9 @@ fn parse_driver(d: &Element) -> Result<Option<DiskFormat>> {
 
 /// Collect `<disks><disk/></disks>` with unique names.
 fn disk_elements(root: &Element) -> Result<Option<Vec<&Element>>> {
-    let Some(disks) = root.child("disks") else { return Ok(None) };
+    let Some(disks) = root.child("disks") else {
+        return Ok(None);
+    };
     let list: Vec<&Element> = disks.children_named("disk").collect();
     for (i, d) in list.iter().enumerate() {
         let n = disk_name(d)?;
@@ -124,9 +133,18 @@ impl CreateRequest {
         let parent = parse_parent(&root)?;
         let disks = match disk_elements(&root)? {
             None => None,
-            Some(list) => Some(list.into_iter().map(parse_disk_request).collect::<Result<Vec<_>>>()?),
+            Some(list) => Some(
+                list.into_iter()
+                    .map(parse_disk_request)
+                    .collect::<Result<Vec<_>>>()?,
+            ),
         };
-        Ok(CreateRequest { uuid, description, parent, disks })
+        Ok(CreateRequest {
+            uuid,
+            description,
+            parent,
+            disks,
+        })
     }
 }
 
@@ -135,33 +153,53 @@ fn parse_disk_request(d: &Element) -> Result<DiskRequest> {
     let backup = match d.attr("backup") {
         None | Some("yes") => true,
         Some("no") => false,
-        Some(o) => return Err(Error::xml(format!("disk '{name}': backup='{o}' must be yes or no"))),
+        Some(o) => {
+            return Err(Error::xml(format!(
+                "disk '{name}': backup='{o}' must be yes or no"
+            )));
+        }
     };
     let kind = d.attr("type").unwrap_or("file");
     let target = match d.child("target") {
         None => None,
         Some(t) => Some(match kind {
             "file" => {
-                let f = t
-                    .attr("file")
-                    .ok_or_else(|| Error::xml(format!("disk '{name}': <target> needs a file attribute")))?;
+                let f = t.attr("file").ok_or_else(|| {
+                    Error::xml(format!("disk '{name}': <target> needs a file attribute"))
+                })?;
                 Target::File(absolute_path(f, "target file")?)
             }
             "volume" => {
                 let pool = t.attr("pool").unwrap_or_default();
                 let volume = t.attr("volume").unwrap_or_default();
                 if pool.is_empty() || volume.is_empty() {
-                    return Err(Error::xml(format!("disk '{name}': <target> needs pool and volume")));
+                    return Err(Error::xml(format!(
+                        "disk '{name}': <target> needs pool and volume"
+                    )));
                 }
-                Target::Volume { pool: pool.to_string(), volume: volume.to_string() }
+                Target::Volume {
+                    pool: pool.to_string(),
+                    volume: volume.to_string(),
+                }
             }
-            o => return Err(Error::xml(format!("disk '{name}': unknown disk type '{o}'"))),
+            o => {
+                return Err(Error::xml(format!(
+                    "disk '{name}': unknown disk type '{o}'"
+                )));
+            }
         }),
     };
     if kind == "volume" && target.is_none() {
-        return Err(Error::xml(format!("disk '{name}': type='volume' needs a <target pool volume>")));
+        return Err(Error::xml(format!(
+            "disk '{name}': type='volume' needs a <target pool volume>"
+        )));
     }
-    Ok(DiskRequest { name, backup, target, format: parse_driver(d)? })
+    Ok(DiskRequest {
+        name,
+        backup,
+        target,
+        format: parse_driver(d)?,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,7 +293,9 @@ impl BackupRecord {
         }
         root.push(Element::new("state").with_text(self.state.as_str()));
         if let Some(p) = &self.parent {
-            root.push(Element::new("parent").with_child(Element::new("uuid").with_text(p.to_string())));
+            root.push(
+                Element::new("parent").with_child(Element::new("uuid").with_text(p.to_string())),
+            );
         }
         root.push(
             Element::new("domain")
@@ -319,19 +359,26 @@ impl BackupRecord {
         let root = dom::parse(xml)?;
         expect_root(&root, "domainbackup")?;
         let need = |name: &str| {
-            root.child_text(name).ok_or_else(|| Error::xml(format!("catalog record lacks <{name}>")))
+            root.child_text(name)
+                .ok_or_else(|| Error::xml(format!("catalog record lacks <{name}>")))
         };
         let uuid = parse_uuid(need("uuid")?)?;
         let creation_time = need("creationTime")?
             .parse()
             .map_err(|_| Error::xml("bad <creationTime>"))?;
         let state = BackupState::parse(need("state")?)?;
-        let dom_el = root.child("domain").ok_or_else(|| Error::xml("catalog record lacks <domain>"))?;
+        let dom_el = root
+            .child("domain")
+            .ok_or_else(|| Error::xml("catalog record lacks <domain>"))?;
         let domain_uuid = parse_uuid(dom_el.attr("uuid").unwrap_or_default())?;
         let domain_name = dom_el.attr("name").unwrap_or_default().to_string();
         let info = root.child("diskinfo");
         let mut disks = Vec::new();
-        for d in root.child("disks").into_iter().flat_map(|d| d.children_named("disk")) {
+        for d in root
+            .child("disks")
+            .into_iter()
+            .flat_map(|d| d.children_named("disk"))
+        {
             let name = disk_name(d)?;
             let file_of = |child: &str| {
                 d.child(child)
@@ -339,8 +386,10 @@ impl BackupRecord {
                     .map(PathBuf::from)
                     .ok_or_else(|| Error::xml(format!("disk '{name}' lacks <{child} file>")))
             };
-            let extra = info
-                .and_then(|i| i.children_named("disk").find(|x| x.attr("name") == Some(name.as_str())));
+            let extra = info.and_then(|i| {
+                i.children_named("disk")
+                    .find(|x| x.attr("name") == Some(name.as_str()))
+            });
             let mode = match d.attr("backupmode") {
                 Some("incremental") => BackupMode::Incremental,
                 _ => BackupMode::Full,
@@ -352,13 +401,18 @@ impl BackupRecord {
                 source_format: DiskFormat::parse(
                     extra.and_then(|x| x.attr("sourceformat")).unwrap_or("raw"),
                 )?,
-                virtual_size: extra.and_then(|x| x.attr("size")).and_then(|s| s.parse().ok()).unwrap_or(0),
+                virtual_size: extra
+                    .and_then(|x| x.attr("size"))
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
                 mode,
                 name,
             });
         }
         let num = |el: Option<&Element>, a: &str| -> u64 {
-            el.and_then(|e| e.attr(a)).and_then(|v| v.parse().ok()).unwrap_or(0)
+            el.and_then(|e| e.attr(a))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
         };
         let stats_el = root.child("stats");
         Ok(BackupRecord {
@@ -375,8 +429,15 @@ impl BackupRecord {
             domain_uuid,
             domain_name,
             disks,
-            uri: root.child("connection").and_then(|c| c.attr("uri")).unwrap_or_default().to_string(),
-            domain_xml: root.child("domainxml").map(|d| d.text.clone()).unwrap_or_default(),
+            uri: root
+                .child("connection")
+                .and_then(|c| c.attr("uri"))
+                .unwrap_or_default()
+                .to_string(),
+            domain_xml: root
+                .child("domainxml")
+                .map(|d| d.text.clone())
+                .unwrap_or_default(),
             stats: JobStats {
                 total: num(stats_el, "total"),
                 processed: num(stats_el, "processed"),
@@ -410,16 +471,21 @@ impl DefaultTarget {
         expect_root(&root, "target")?;
         match root.attr("type") {
             Some("dir") => {
-                let p = root.child_text("path").ok_or_else(|| Error::xml("<target type='dir'> needs <path>"))?;
+                let p = root
+                    .child_text("path")
+                    .ok_or_else(|| Error::xml("<target type='dir'> needs <path>"))?;
                 Ok(DefaultTarget::Dir(absolute_path(p, "default target path")?))
             }
             Some("pool") => {
                 let p = root.child_text("pool").filter(|p| !p.is_empty());
                 Ok(DefaultTarget::Pool(
-                    p.ok_or_else(|| Error::xml("<target type='pool'> needs <pool>"))?.to_string(),
+                    p.ok_or_else(|| Error::xml("<target type='pool'> needs <pool>"))?
+                        .to_string(),
                 ))
             }
-            Some(o) => Err(Error::xml(format!("unknown default target type '{o}' (dir or pool)"))),
+            Some(o) => Err(Error::xml(format!(
+                "unknown default target type '{o}' (dir or pool)"
+            ))),
             None => Err(Error::xml("<target> needs a type attribute (dir or pool)")),
         }
     }
@@ -457,9 +523,13 @@ impl RestoreRequest {
         let root = dom::parse(xml)?;
         expect_root(&root, "domainbackup")?;
         let uuid = parse_uuid(
-            root.child_text("uuid").ok_or_else(|| Error::xml("restore needs the backup's <uuid>"))?,
+            root.child_text("uuid")
+                .ok_or_else(|| Error::xml("restore needs the backup's <uuid>"))?,
         )?;
-        let domain_name = root.child("domain").and_then(|d| d.attr("name")).map(str::to_string);
+        let domain_name = root
+            .child("domain")
+            .and_then(|d| d.attr("name"))
+            .map(str::to_string);
         let disks = match disk_elements(&root)? {
             None => None,
             Some(list) => Some(
@@ -478,7 +548,11 @@ impl RestoreRequest {
                     .collect::<Result<Vec<_>>>()?,
             ),
         };
-        Ok(RestoreRequest { uuid, domain_name, disks })
+        Ok(RestoreRequest {
+            uuid,
+            domain_name,
+            disks,
+        })
     }
 }
 
@@ -493,20 +567,32 @@ impl UnmanagedRequest {
     pub fn parse(xml: &str) -> Result<Self> {
         let root = dom::parse(xml)?;
         expect_root(&root, "domainbackup")?;
-        let server = root.child("server").ok_or_else(|| Error::xml("unmanaged backup needs a <server>"))?;
+        let server = root
+            .child("server")
+            .ok_or_else(|| Error::xml("unmanaged backup needs a <server>"))?;
         match server.attr("transport").unwrap_or("tcp") {
             "tcp" | "unix" => {}
-            o => return Err(Error::xml(format!("unknown server transport '{o}' (tcp or unix)"))),
+            o => {
+                return Err(Error::xml(format!(
+                    "unknown server transport '{o}' (tcp or unix)"
+                )));
+            }
         }
         let disks = disk_elements(&root)?.map(|list| {
             list.into_iter()
                 .map(|d| {
                     let n = d.attr("name").unwrap_or_default().to_string();
-                    (n.clone(), d.attr("exportname").map(str::to_string).unwrap_or(n))
+                    (
+                        n.clone(),
+                        d.attr("exportname").map(str::to_string).unwrap_or(n),
+                    )
                 })
                 .collect()
         });
-        Ok(UnmanagedRequest { parent: parse_parent(&root)?, disks })
+        Ok(UnmanagedRequest {
+            parent: parse_parent(&root)?,
+            disks,
+        })
     }
 }
 
@@ -531,12 +617,18 @@ mod tests {
     #[test]
     fn parses_the_api_example() {
         let r = CreateRequest::parse(INPUT).unwrap();
-        assert_eq!(r.uuid.unwrap().to_string(), "54c70d40-26bb-48cd-9639-b3a1e9adf650");
+        assert_eq!(
+            r.uuid.unwrap().to_string(),
+            "54c70d40-26bb-48cd-9639-b3a1e9adf650"
+        );
         assert_eq!(r.description.as_deref(), Some("Any & string"));
         assert!(r.parent.is_some());
         let disks = r.disks.unwrap();
         assert_eq!(disks.len(), 3);
-        assert_eq!(disks[0].target, Some(Target::File("/backups/vm1-vda.qcow2".into())));
+        assert_eq!(
+            disks[0].target,
+            Some(Target::File("/backups/vm1-vda.qcow2".into()))
+        );
         assert_eq!(disks[0].format, Some(DiskFormat::Qcow2));
         assert!(matches!(disks[1].target, Some(Target::Volume { .. })));
         assert!(!disks[2].backup);
@@ -581,14 +673,22 @@ mod tests {
             }],
             uri: "test:///default".into(),
             domain_xml: "<domain><name>vm1</name></domain>".into(),
-            stats: JobStats { total: 1, processed: 1, written: 1, elapsed_ms: 5 },
+            stats: JobStats {
+                total: 1,
+                processed: 1,
+                written: 1,
+                elapsed_ms: 5,
+            },
             created_dirs: vec!["/b".into()],
         };
         let back = BackupRecord::from_catalog_xml(&rec.to_catalog_xml()).unwrap();
         assert_eq!(back, rec);
         let input = CreateRequest::parse(&rec.public_element().to_xml()).unwrap();
         assert_eq!(input.uuid, Some(rec.uuid));
-        assert_eq!(input.disks.unwrap()[0].target, Some(Target::File("/b/vda.qcow2".into())));
+        assert_eq!(
+            input.disks.unwrap()[0].target,
+            Some(Target::File("/b/vda.qcow2".into()))
+        );
     }
 
     #[test]

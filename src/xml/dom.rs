@@ -1,8 +1,8 @@
 //! A small element tree over quick-xml: enough to read and write the backup
 //! and domain documents, which are small and element-oriented (no mixed content).
 
-use quick_xml::{Reader, XmlVersion};
 use quick_xml::events::{BytesStart, Event};
+use quick_xml::{Reader, XmlVersion};
 
 use crate::error::{Error, Result};
 
@@ -16,11 +16,17 @@ pub struct Element {
 
 impl Element {
     pub fn new(name: &str) -> Self {
-        Element { name: name.to_string(), ..Default::default() }
+        Element {
+            name: name.to_string(),
+            ..Default::default()
+        }
     }
 
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn child(&self, name: &str) -> Option<&Element> {
@@ -143,7 +149,10 @@ pub fn parse(xml: &str) -> Result<Element> {
     let mut root: Option<Element> = None;
     loop {
         let ev = reader.read_event().map_err(|e| {
-            Error::xml(format!("malformed document at byte {}: {e}", reader.buffer_position()))
+            Error::xml(format!(
+                "malformed document at byte {}: {e}",
+                reader.buffer_position()
+            ))
         })?;
         match ev {
             Event::Start(e) => {
@@ -161,9 +170,14 @@ pub fn parse(xml: &str) -> Result<Element> {
                 }
             }
             Event::End(e) => {
-                let el = stack.pop().ok_or_else(|| Error::xml("unexpected closing tag"))?;
+                let el = stack
+                    .pop()
+                    .ok_or_else(|| Error::xml("unexpected closing tag"))?;
                 if e.name().as_ref() != el.name {
-                    return Err(Error::xml(format!("mismatched closing tag for <{}>", el.name)));
+                    return Err(Error::xml(format!(
+                        "mismatched closing tag for <{}>",
+                        el.name
+                    )));
                 }
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(el),
@@ -205,7 +219,10 @@ pub fn parse(xml: &str) -> Result<Element> {
         }
     }
     if !stack.is_empty() {
-        return Err(Error::xml(format!("unterminated element <{}>", stack[stack.len() - 1].name)));
+        return Err(Error::xml(format!(
+            "unterminated element <{}>",
+            stack[stack.len() - 1].name
+        )));
     }
     root.ok_or_else(|| Error::xml("empty document"))
 }
@@ -226,7 +243,15 @@ mod tests {
 
     #[test]
     fn malformed_documents_are_refused() {
-        for bad in ["", "<a>", "<a></b>", "<a/><b/>", "<a x='1' x='2'/>", "<a>&nope;</a>", "junk"] {
+        for bad in [
+            "",
+            "<a>",
+            "<a></b>",
+            "<a/><b/>",
+            "<a x='1' x='2'/>",
+            "<a>&nope;</a>",
+            "junk",
+        ] {
             let err = parse(bad).unwrap_err();
             assert!(err.is(crate::error::ErrorCode::XmlError), "{bad}: {err:?}");
         }

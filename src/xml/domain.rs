@@ -40,15 +40,26 @@ pub fn parse_disks(xml: &str) -> Result<Vec<DomainDisk>> {
         return Err(Error::xml("domain definition has no <domain> root"));
     }
     let mut out = Vec::new();
-    for d in root.child("devices").into_iter().flat_map(|d| d.children_named("disk")) {
-        let Some(name) = d.child("target").and_then(|t| t.attr("dev")) else { continue };
-        let source = d.child("source").and_then(|s| s.attr("file").or_else(|| s.attr("dev")));
+    for d in root
+        .child("devices")
+        .into_iter()
+        .flat_map(|d| d.children_named("disk"))
+    {
+        let Some(name) = d.child("target").and_then(|t| t.attr("dev")) else {
+            continue;
+        };
+        let source = d
+            .child("source")
+            .and_then(|s| s.attr("file").or_else(|| s.attr("dev")));
         out.push(DomainDisk {
             name: name.to_string(),
             device: d.attr("device").unwrap_or("disk").to_string(),
             kind: d.attr("type").unwrap_or("file").to_string(),
             source: source.map(PathBuf::from),
-            format: d.child("driver").and_then(|drv| drv.attr("type")).map(str::to_string),
+            format: d
+                .child("driver")
+                .and_then(|drv| drv.attr("type"))
+                .map(str::to_string),
         });
     }
     Ok(out)

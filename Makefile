@@ -1,0 +1,115 @@
+# libvirt-backup: build, install, test.
+#
+#   make demo     install what is missing, build, run the demo (test:///default)
+#   make check    install what is missing, build, run every test
+#   make install PREFIX=DIR [DESTDIR=...]
+#   make header   regenerate include/libvirt-backup/libvirt-backup.h
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+VERSION := 0.1.0
+SONAME := libvirt-backup.so.0
+
+CARGO ?= cargo
+CBINDGEN ?= $(shell command -v cbindgen 2>/dev/null || echo $(HOME)/.cargo/bin/cbindgen)
+CC ?= cc
+PYTHON ?= /usr/bin/python3
+
+BUILD := build
+STAGE := $(abspath $(BUILD)/stage)
+LIB := $(BUILD)/$(SONAME)
+HEADER := include/libvirt-backup/libvirt-backup.h
+STATICLIB := target/release/liblibvirt_backup.a
+
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps header check-header install uninstall demo check test-rust \
+        c-tests python-tests clean FORCE
+
+all: $(LIB)
+
+deps:
+	@sh scripts/install-deps.sh
+
+$(STATICLIB): FORCE
+	$(CARGO) build --release --locked --lib
+
+# The shared object is linked here rather than by rustc so that our version
+# script (symbol version LIBVIRT_BACKUP_0.1, only the public API exported)
+# and -Bsymbolic apply; rustc's cdylib script would replace ours.
+$(LIB): $(STATICLIB) libvirt-backup.map
+	@mkdir -p $(BUILD)
+	$(CC) -shared -o $@.tmp -Wl,-soname,$(SONAME) -Wl,-Bsymbolic \
+	    -Wl,--version-script=libvirt-backup.map -Wl,--gc-sections \
+	    -Wl,--whole-archive $(STATICLIB) -Wl,--no-whole-archive \
+	    $$(pkg-config --libs libvirt) -lpthread -ldl -lm -lgcc_s -lc
+	mv $@.tmp $@
+	ln -sf $(SONAME) $(BUILD)/libvirt-backup.so
+
+header:
+	$(CBINDGEN) --quiet --config cbindgen.toml --crate libvirt_backup --output $(HEADER)
+
+# Fails when the committed header differs from what the sources generate.
+check-header:
+	@$(CBINDGEN) --quiet --config cbindgen.toml --crate libvirt_backup --output $(BUILD)/header-check.h
+	@if ! cmp -s $(BUILD)/header-check.h $(HEADER); then \
+	    diff -u $(HEADER) $(BUILD)/header-check.h | head -40; \
+	    echo "error: $(HEADER) is stale: run 'make header' and commit it" >&2; exit 1; fi
+	@echo "header: $(HEADER) is up to date"
+
+$(BUILD)/libvirt-backup.pc: pkgconfig/libvirt-backup.pc.in FORCE
+	@mkdir -p $(BUILD)
+	@sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
+	    $< > $(BUILD)/libvirt-backup.pc
+	@if [ "$(LIBDIR)" != /usr/lib ] && [ "$(LIBDIR)" != /usr/lib/x86_64-linux-gnu ]; then \
+	    sed -i 's|^Libs: .*|& -Wl,-rpath,$${libdir}|' $(BUILD)/libvirt-backup.pc; fi
+
+install: $(LIB) $(BUILD)/libvirt-backup.pc
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/libvirt-backup
+	install -m 0755 $(LIB) $(DESTDIR)$(LIBDIR)/libvirt-backup.so.$(VERSION)
+	ln -sf libvirt-backup.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libvirt-backup.so
+	install -m 0644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/libvirt-backup/
+	install -m 0644 $(BUILD)/libvirt-backup.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then ldconfig 2>/dev/null || true; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libvirt-backup.so* $(DESTDIR)$(LIBDIR)/pkgconfig/libvirt-backup.pc
+	rm -rf $(DESTDIR)$(INCLUDEDIR)/libvirt-backup
+
+# A private install used by the demo and the C tests, which build only
+# through the installed pkg-config file.
+stage: $(LIB)
+	@$(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
+
+STAGE_ENV := PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig
+
+demo: deps
+	@$(MAKE) --no-print-directory stage
+	$(STAGE_ENV) $(CC) -Wall -Wextra -Werror -o $(BUILD)/demo examples/demo.c \
+	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup)
+	./examples/run-demo.sh $(BUILD)/demo
+
+check: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory check-header
+	@$(MAKE) --no-print-directory test-rust
+	@$(MAKE) --no-print-directory c-tests
+	@$(MAKE) --no-print-directory python-tests
+	@echo "make check: all suites passed"
+
+test-rust:
+	$(CARGO) test --release --locked
+
+c-tests: stage
+	STAGE=$(STAGE) BUILD=$(abspath $(BUILD)) CC=$(CC) sh c-tests/run.sh
+
+python-tests: $(LIB)
+	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) -m pytest -q python-tests
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)
+
+FORCE:

@@ -1,0 +1,39 @@
+#!/bin/sh
+# Install what building and testing libvirt-backup needs on Debian 12, as root.
+# Idempotent and quick: it only calls apt-get or cargo for what is missing.
+set -eu
+
+# Debian packages, by name.
+PACKAGES="build-essential g++ pkg-config libvirt-dev libvirt0 libvirt-clients
+qemu-utils valgrind python3 python3-pytest"
+
+# cbindgen from crates.io: Debian's 0.24 cannot parse Rust 2024 sources.
+CBINDGEN_VERSION=0.29.4
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "install-deps: missing packages:$missing (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "install-deps: installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $missing
+fi
+
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$CARGO_BIN/cargo" ]; then
+    echo "install-deps: cargo (Rust toolchain) not found; install rustup's stable toolchain" >&2
+    exit 1
+fi
+if ! "$CARGO_BIN/cbindgen" --version 2>/dev/null | grep -q " $CBINDGEN_VERSION\$"; then
+    echo "install-deps: installing cbindgen $CBINDGEN_VERSION"
+    PATH="$CARGO_BIN:$PATH" cargo install --quiet --locked cbindgen --version "$CBINDGEN_VERSION"
+fi

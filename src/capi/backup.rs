@@ -1,0 +1,297 @@
+//! Exports: creating, finding, describing and deleting backups.
+
+use std::ffi::{c_char, c_int, c_uint, c_void};
+
+use virt::sys;
+
+use super::{
+    backup_of, domain_of, ffi_entry, handle_ref, handle_unref, is_handle, malloc_string,
+    new_handle, return_list, str_arg, virDomainBackupPtr,
+};
+use crate::backup::Backup;
+use crate::error::{Error, check_exclusive, check_flags};
+use crate::flags::bits::*;
+
+/// virDomainBackupCreateXML:
+/// @domain: a domain object
+/// @xmlDesc: a <domainbackup> document describing the backup
+/// @flags: bitwise-OR of virDomainBackupCreateFlags
+///
+/// Start a managed backup of @domain's disks. Everything is checked first
+/// (XML, disk names, parent, targets); on any problem nothing is created.
+/// The copy then runs as a background job and the backup is listed at once
+/// with state "running"; with VIR_DOMAIN_BACKUP_CREATE_WAIT the call returns
+/// only when the job has ended.
+///
+/// Returns a new backup object (one reference: release it with
+/// virDomainBackupFree()), or NULL on error, including a job that failed
+/// under VIR_DOMAIN_BACKUP_CREATE_WAIT.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupCreateXML(
+    domain: sys::virDomainPtr,
+    xmlDesc: *const c_char,
+    flags: c_uint,
+) -> virDomainBackupPtr {
+    ffi_entry!("virDomainBackupCreateXML", std::ptr::null_mut(), {
+        let dom = domain_of(domain, "virDomainBackupCreateXML")?;
+        let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupCreateXML")?;
+        check_flags(flags, CREATE_FLAGS, "virDomainBackupCreateXML")?;
+        Ok(new_handle(Backup::create(&dom, xml, flags)?))
+    })
+}
+
+/// virDomainBackupStartUnmanaged:
+/// @domain: a domain object
+/// @xmlDesc: a <domainbackup> document with a <server> and the disks to export
+/// @flags: bitwise-OR of virDomainBackupCreateFlags
+///
+/// Start an NBD export of @domain's disks as they are now, for a backup tool
+/// of the caller's. Unmanaged backups are never listed.
+///
+/// Returns a new backup object (release it with virDomainBackupFree()), or
+/// NULL on error. This version checks the request and then fails with
+/// VIR_ERR_NO_SUPPORT: NBD exports are not supported yet.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupStartUnmanaged(
+    domain: sys::virDomainPtr,
+    xmlDesc: *const c_char,
+    flags: c_uint,
+) -> virDomainBackupPtr {
+    ffi_entry!("virDomainBackupStartUnmanaged", std::ptr::null_mut(), {
+        let dom = domain_of(domain, "virDomainBackupStartUnmanaged")?;
+        let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupStartUnmanaged")?;
+        check_flags(flags, CREATE_FLAGS, "virDomainBackupStartUnmanaged")?;
+        Ok(new_handle(Backup::start_unmanaged(&dom, xml)?))
+    })
+}
+
+/// Reset a caller's out pointer before anything can fail.
+fn clear_out(backups: *mut *mut virDomainBackupPtr) {
+    if !backups.is_null() {
+        // SAFETY: a non-NULL out pointer points to writable storage.
+        unsafe { *backups = std::ptr::null_mut() };
+    }
+}
+
+fn check_list_flags(flags: u32, allowed: u32, func: &str) -> crate::error::Result<()> {
+    check_flags(flags, allowed, func)?;
+    check_exclusive(
+        flags,
+        (VIR_DOMAIN_BACKUP_LIST_FULL, "VIR_DOMAIN_BACKUP_LIST_FULL"),
+        (
+            VIR_DOMAIN_BACKUP_LIST_INCREMENTAL,
+            "VIR_DOMAIN_BACKUP_LIST_INCREMENTAL",
+        ),
+    )
+}
+
+/// virDomainBackupList:
+/// @domain: a domain object
+/// @backups: where to store the array of backups, or NULL to only count them
+/// @flags: bitwise-OR of virDomainBackupListFlags (FULL and INCREMENTAL
+///         exclude each other; DESCENDANTS is for virDomainBackupListChildren())
+///
+/// Collect @domain's managed backups (completed and running), oldest first.
+/// If @backups is non-NULL, *backups is set to a malloc'd array of
+/// count + 1 entries, the last NULL: free each entry with
+/// virDomainBackupFree(), then the array with free(). On error *backups is NULL.
+///
+/// Returns the number of backups, or -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupList(
+    domain: sys::virDomainPtr,
+    backups: *mut *mut virDomainBackupPtr,
+    flags: c_uint,
+) -> c_int {
+    clear_out(backups);
+    ffi_entry!("virDomainBackupList", -1, {
+        let dom = domain_of(domain, "virDomainBackupList")?;
+        check_list_flags(flags, LIST_FLAGS, "virDomainBackupList")?;
+        return_list(Backup::list(&dom, flags)?, backups)
+    })
+}
+
+/// virDomainBackupListChildren:
+/// @backup: a backup object
+/// @backups: where to store the array of backups, or NULL to only count them
+/// @flags: bitwise-OR of virDomainBackupListFlags
+///
+/// Collect the direct children of @backup (backups made incrementally on top
+/// of it), or all its descendants with VIR_DOMAIN_BACKUP_LIST_DESCENDANTS.
+/// The array is returned and freed as for virDomainBackupList().
+///
+/// Returns the number of backups, or -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupListChildren(
+    backup: virDomainBackupPtr,
+    backups: *mut *mut virDomainBackupPtr,
+    flags: c_uint,
+) -> c_int {
+    clear_out(backups);
+    ffi_entry!("virDomainBackupListChildren", -1, {
+        let b = backup_of(backup, "virDomainBackupListChildren")?;
+        check_list_flags(flags, LIST_CHILDREN_FLAGS, "virDomainBackupListChildren")?;
+        return_list(b.list_children(flags)?, backups)
+    })
+}
+
+/// virDomainBackupLookupByUUID:
+/// @uuid: the backup's UUID in its string form
+/// @flags: extra flags; not used yet, so callers should always pass 0
+///
+/// Find a managed backup of any domain in the catalog. The backup's domain is
+/// looked up again through the connection URI it was taken with.
+///
+/// Returns a new backup object (release it with virDomainBackupFree()), or
+/// NULL on error (VIR_ERR_NO_DOMAIN_BACKUP if there is no such backup).
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupLookupByUUID(
+    uuid: *const c_char,
+    flags: c_uint,
+) -> virDomainBackupPtr {
+    ffi_entry!("virDomainBackupLookupByUUID", std::ptr::null_mut(), {
+        let uuid = str_arg(uuid, "uuid", "virDomainBackupLookupByUUID")?;
+        check_flags(flags, 0, "virDomainBackupLookupByUUID")?;
+        Ok(new_handle(Backup::lookup(uuid)?))
+    })
+}
+
+/// virDomainBackupObjGetXMLDesc:
+/// @backup: a backup object
+/// @flags: 0 or VIR_DOMAIN_XML_SECURE
+///
+/// The unambiguous name of virDomainBackupGetXMLDesc() for backup objects
+/// (libvirt >= 6.0 has a function of that name taking a virDomainPtr; see the
+/// header). Describes the backup as a <domainbackup> document, which parses
+/// back as virDomainBackupCreateXML() input.
+///
+/// Returns a malloc'd string the caller must free(), or NULL on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupObjGetXMLDesc(
+    backup: virDomainBackupPtr,
+    flags: c_uint,
+) -> *mut c_char {
+    ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
+        let b = backup_of(backup, "virDomainBackupGetXMLDesc")?;
+        check_flags(flags, VIR_DOMAIN_XML_SECURE, "virDomainBackupGetXMLDesc")?;
+        malloc_string(&b.xml_desc()?)
+    })
+}
+
+type LibvirtGetXMLDesc = unsafe extern "C" fn(sys::virDomainPtr, c_uint) -> *mut c_char;
+
+/// libvirt's own virDomainBackupGetXMLDesc, found by version so that it is
+/// never our export of the same name.
+fn libvirt_backup_get_xml_desc() -> Option<LibvirtGetXMLDesc> {
+    // SAFETY: dlvsym with constant NUL-terminated names; the symbol, if
+    // found, has libvirt's documented signature.
+    unsafe {
+        let sym = libc::dlvsym(
+            libc::RTLD_NEXT,
+            c"virDomainBackupGetXMLDesc".as_ptr(),
+            c"LIBVIRT_6.0.0".as_ptr(),
+        );
+        if sym.is_null() {
+            None
+        } else {
+            Some(std::mem::transmute::<*mut c_void, LibvirtGetXMLDesc>(sym))
+        }
+    }
+}
+
+/// Exported as `virDomainBackupGetXMLDesc` under our own symbol version (the
+/// Makefile's version script); not declared in the header. It answers for
+/// our handles and hands anything else to libvirt's function, so whichever
+/// library a caller's reference binds to, both kinds of object work.
+#[unsafe(export_name = "virDomainBackupGetXMLDesc")]
+pub extern "C" fn get_xml_desc_dispatch(obj: *mut c_void, flags: c_uint) -> *mut c_char {
+    if is_handle(obj as virDomainBackupPtr) {
+        return virDomainBackupObjGetXMLDesc(obj as virDomainBackupPtr, flags);
+    }
+    match libvirt_backup_get_xml_desc() {
+        // SAFETY: not one of our handles, so it is the caller's virDomainPtr.
+        Some(f) => unsafe { f(obj as sys::virDomainPtr, flags) },
+        None => ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
+            Err(Error::invalid_arg(
+                "backup in virDomainBackupGetXMLDesc must be a valid virDomainBackupPtr",
+            ))
+        }),
+    }
+}
+
+/// virDomainBackupGetDomain:
+/// @backup: a backup object
+///
+/// The domain the backup belongs to. No reference is added: the pointer is
+/// valid as long as @backup is.
+///
+/// Returns the domain, or NULL on error (VIR_ERR_NO_DOMAIN if a backup found
+/// with virDomainBackupLookupByUUID() belongs to a domain that no longer exists).
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupGetDomain(backup: virDomainBackupPtr) -> sys::virDomainPtr {
+    ffi_entry!("virDomainBackupGetDomain", std::ptr::null_mut(), {
+        let b = backup_of(backup, "virDomainBackupGetDomain")?;
+        // SAFETY: the handle keeps its reference on the domain.
+        Ok(unsafe { b.domain()?.domain().as_ptr() })
+    })
+}
+
+/// virDomainBackupRef:
+/// @backup: a backup object
+///
+/// Add a reference to @backup; each one is released with virDomainBackupFree().
+///
+/// Returns 0 on success, -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupRef(backup: virDomainBackupPtr) -> c_int {
+    ffi_entry!("virDomainBackupRef", -1, {
+        handle_ref(backup, "virDomainBackupRef")?;
+        Ok(0)
+    })
+}
+
+/// virDomainBackupFree:
+/// @backup: a backup object
+///
+/// Release one reference to @backup; the last one frees the object. The
+/// backup itself (catalog entry, data, a running job) is not affected.
+///
+/// Returns 0 on success, -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupFree(backup: virDomainBackupPtr) -> c_int {
+    ffi_entry!("virDomainBackupFree", -1, {
+        handle_unref(backup, "virDomainBackupFree")?;
+        Ok(0)
+    })
+}
+
+/// virDomainBackupDelete:
+/// @backup: a backup object
+/// @flags: bitwise-OR of virDomainBackupDeleteFlags (ALL and ALL_CHILDREN
+///         exclude each other)
+///
+/// Delete @backup: its catalog entry and, unless
+/// VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY, its data files. With
+/// VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN its descendants go too; with
+/// VIR_DOMAIN_BACKUP_DELETE_ALL every backup of its domain. A backup whose
+/// job is running is refused (abort it first). Afterwards the handle is still
+/// safe to free, and other calls on it fail with VIR_ERR_NO_DOMAIN_BACKUP.
+///
+/// Returns 0 on success, -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupDelete(backup: virDomainBackupPtr, flags: c_uint) -> c_int {
+    ffi_entry!("virDomainBackupDelete", -1, {
+        let b = backup_of(backup, "virDomainBackupDelete")?;
+        check_flags(flags, DELETE_FLAGS, "virDomainBackupDelete")?;
+        check_exclusive(
+            flags,
+            (VIR_DOMAIN_BACKUP_DELETE_ALL, "VIR_DOMAIN_BACKUP_DELETE_ALL"),
+            (
+                VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN,
+                "VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN",
+            ),
+        )?;
+        b.delete(flags)?;
+        Ok(0)
+    })
+}

@@ -1,0 +1,59 @@
+//! Exports: per-domain settings and undefine.
+
+use std::ffi::{c_char, c_int, c_uint};
+
+use virt::sys;
+
+use super::{domain_of, ffi_entry, str_arg};
+use crate::backup;
+use crate::error::check_flags;
+use crate::flags::bits::AFFECT_FLAGS;
+
+/// virDomainSetDefaultTarget:
+/// @domain: a domain object
+/// @xmlDesc: <target type='dir'><path>/backups</path></target>
+///           (type='pool' is not supported yet)
+/// @flags: bitwise-OR of virDomainModificationImpact
+///
+/// Set where backups of @domain go when a disk has no <target>: each disk to
+/// <path>/<backup uuid>/<disk>.<format>. VIR_DOMAIN_AFFECT_CONFIG keeps the
+/// setting in the catalog; VIR_DOMAIN_AFFECT_LIVE keeps it in this process
+/// while the domain runs (and wins over CONFIG); VIR_DOMAIN_AFFECT_CURRENT
+/// means LIVE for a running domain and CONFIG otherwise.
+///
+/// Returns 0 on success, -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainSetDefaultTarget(
+    domain: sys::virDomainPtr,
+    xmlDesc: *const c_char,
+    flags: c_uint,
+) -> c_int {
+    ffi_entry!("virDomainSetDefaultTarget", -1, {
+        let dom = domain_of(domain, "virDomainSetDefaultTarget")?;
+        let xml = str_arg(xmlDesc, "xmlDesc", "virDomainSetDefaultTarget")?;
+        check_flags(flags, AFFECT_FLAGS, "virDomainSetDefaultTarget")?;
+        backup::set_default_target(&dom, xml, flags)?;
+        Ok(0)
+    })
+}
+
+/// virDomainBackupUndefineFlags:
+/// @domain: a domain object
+/// @flags: bitwise-OR of virDomainUndefineFlagsValues and VIR_DOMAIN_UNDEFINE_BACKUP
+///
+/// virDomainUndefineFlags() that knows about managed backups: a domain that
+/// has some is only undefined with VIR_DOMAIN_UNDEFINE_BACKUP, which also
+/// forgets their metadata (data files stay); without it the call fails with
+/// VIR_ERR_OPERATION_INVALID, as libvirt does for snapshots. The other flags
+/// go to libvirt unchanged. The header maps virDomainUndefineFlags() here
+/// unless LIBVIRT_BACKUP_NO_UNDEFINE_HOOK is defined.
+///
+/// Returns 0 on success, -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainBackupUndefineFlags(domain: sys::virDomainPtr, flags: c_uint) -> c_int {
+    ffi_entry!("virDomainBackupUndefineFlags", -1, {
+        let dom = domain_of(domain, "virDomainBackupUndefineFlags")?;
+        backup::undefine(&dom, flags)?;
+        Ok(0)
+    })
+}
