@@ -337,3 +337,111 @@ impl Catalog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::backup::{BackupMode, DiskFormat, DiskRecord, JobStats};
+
+    fn record(domain: Uuid, target: PathBuf, state: BackupState) -> BackupRecord {
+        BackupRecord {
+            uuid: Uuid::new_v4(),
+            creation_time: 1,
+            created_ns: 1,
+            description: None,
+            state,
+            parent: None,
+            domain_uuid: domain,
+            domain_name: "d".into(),
+            disks: vec![DiskRecord {
+                name: "vda".into(),
+                source: "/src".into(),
+                source_format: DiskFormat::Raw,
+                target,
+                format: DiskFormat::Qcow2,
+                mode: BackupMode::Full,
+                virtual_size: 1,
+            }],
+            uri: "test:///default".into(),
+            domain_xml: String::new(),
+            stats: JobStats::default(),
+            created_dirs: vec![],
+        }
+    }
+
+    #[test]
+    fn dead_jobs_are_discarded_with_their_files_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+
+        // A job whose process died: record says running, nobody holds its lock.
+        let dead_target = dir.path().join("dead.qcow2");
+        std::fs::write(&dead_target, b"partial").unwrap();
+        let dead = record(dom, dead_target.clone(), BackupState::Running);
+        drop(cat.lock_job(&dom, &dead.uuid).unwrap());
+        cat.write_record(&dead).unwrap();
+
+        // A job still running (we hold its lock).
+        let live_target = dir.path().join("live.qcow2");
+        std::fs::write(&live_target, b"in progress").unwrap();
+        let live = record(dom, live_target.clone(), BackupState::Running);
+        let lock = cat.lock_job(&dom, &live.uuid).unwrap();
+        cat.write_record(&live).unwrap();
+
+        // A completed backup.
+        let done_target = dir.path().join("done.qcow2");
+        std::fs::write(&done_target, b"complete").unwrap();
+        let done = record(dom, done_target.clone(), BackupState::Completed);
+        cat.write_record(&done).unwrap();
+
+        let listed: Vec<Uuid> = cat
+            .list_domain(&dom)
+            .unwrap()
+            .iter()
+            .map(|r| r.uuid)
+            .collect();
+        assert!(!listed.contains(&dead.uuid));
+        assert!(listed.contains(&live.uuid) && listed.contains(&done.uuid));
+        assert!(!dead_target.exists());
+        assert!(live_target.exists() && done_target.exists());
+
+        // Once the live job's process "dies" too, it goes the same way.
+        drop(lock);
+        assert_eq!(cat.list_domain(&dom).unwrap().len(), 1);
+        assert!(!live_target.exists());
+        assert!(cat.find(&done.uuid).unwrap().is_some());
+    }
+
+    #[test]
+    fn lock_is_reentrant_in_a_thread_and_exclusive_across_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().to_path_buf()).unwrap();
+        let outer = cat.lock().unwrap();
+        let inner = cat.lock().unwrap();
+        let cat2 = cat.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let _g = cat2.lock().unwrap();
+            tx.send(()).unwrap();
+        });
+        drop(inner);
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err()
+        );
+        drop(outer);
+        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.xml");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

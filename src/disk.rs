@@ -152,8 +152,10 @@ impl Target {
                     StorageOpenOptions::new().filename(path).write(true),
                 )
                 .map_err(io_err("cannot open target image", path))?;
+                // qcow2 sizes are whole sectors; round up so a raw source's
+                // odd tail is kept (as qemu-img convert does).
                 let q = Qcow2::<ImagoFile>::create_builder(storage)
-                    .size(size)
+                    .size(size.div_ceil(512) * 512)
                     .create_open(DenyImplicitOpenGate::default(), |img| {
                         Ok(Qcow2::<ImagoFile>::builder(img).write(true))
                     })

@@ -1,0 +1,185 @@
+//! The disk engine against real images made and checked by qemu-img.
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use libvirt_backup::disk::{Progress, Source, Target, copy_image, is_zero};
+use libvirt_backup::error::ErrorCode;
+use libvirt_backup::xml::backup::DiskFormat;
+
+fn qemu_img(args: &[&str]) {
+    let st = Command::new("qemu-img")
+        .args(args)
+        .status()
+        .expect("qemu-img runs");
+    assert!(st.success(), "qemu-img {args:?} failed");
+}
+
+fn qemu_io(fmt: &str, path: &Path, cmd: &str) {
+    let out = Command::new("qemu-io")
+        .args(["-f", fmt, "-c", cmd])
+        .arg(path)
+        .output()
+        .expect("qemu-io runs");
+    assert!(
+        out.status.success(),
+        "qemu-io {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn identical(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
+    Command::new("qemu-img")
+        .args(["compare", "-q", "-f", fa, "-F", fb])
+        .arg(a)
+        .arg(b)
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn copy(src: &Path, sfmt: DiskFormat, dst: &Path, dfmt: DiskFormat) -> Progress {
+    let s = Source::open(src, sfmt).unwrap();
+    let t = Target::create(dst, dfmt, s.size()).unwrap();
+    let p = Progress::default();
+    copy_image(&s, &t, &p).unwrap();
+    t.finish(dst).unwrap();
+    p
+}
+
+fn path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+#[test]
+fn sparse_raw_to_qcow2_copies_only_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = path(&dir, "src.raw");
+    qemu_img(&["create", "-q", "-f", "raw", src.to_str().unwrap(), "1G"]);
+    qemu_io("raw", &src, "write -P 0xab 0 8M");
+    qemu_io("raw", &src, "write -P 0x11 500M 8M");
+    qemu_io("raw", &src, "write -P 0x77 1016M 8M");
+    let dst = path(&dir, "dst.qcow2");
+    let p = copy(&src, DiskFormat::Raw, &dst, DiskFormat::Qcow2);
+    assert!(identical(&src, "raw", &dst, "qcow2"));
+    assert_eq!(p.processed.load(Ordering::Relaxed), 1 << 30);
+    assert_eq!(p.written.load(Ordering::Relaxed), 24 << 20);
+    let used = std::fs::metadata(&dst).unwrap().blocks() * 512;
+    assert!(used < 64 << 20, "target uses {used} bytes");
+}
+
+#[test]
+fn qcow2_chain_to_raw_reads_through_backing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = path(&dir, "base.qcow2");
+    let top = path(&dir, "top.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"]);
+    qemu_io("qcow2", &base, "write -P 0x01 0 4M");
+    qemu_io("qcow2", &base, "write -P 0x02 32M 4M");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        base.to_str().unwrap(),
+        top.to_str().unwrap(),
+    ]);
+    qemu_io("qcow2", &top, "write -P 0x03 2M 4M");
+    qemu_io("qcow2", &top, "write -z 32M 1M");
+    let dst = path(&dir, "flat.raw");
+    copy(&top, DiskFormat::Qcow2, &dst, DiskFormat::Raw);
+    assert!(identical(&top, "qcow2", &dst, "raw"));
+    // The same chain into qcow2.
+    let dst2 = path(&dir, "flat.qcow2");
+    copy(&top, DiskFormat::Qcow2, &dst2, DiskFormat::Qcow2);
+    assert!(identical(&top, "qcow2", &dst2, "qcow2"));
+}
+
+#[test]
+fn allocated_zeros_are_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = path(&dir, "zeros.raw");
+    // Fully allocated, all zero except one 64 KiB block.
+    let f = std::fs::File::create(&src).unwrap();
+    f.write_all_at(&vec![0u8; 16 << 20], 0).unwrap();
+    f.write_all_at(&vec![0x42u8; 64 << 10], 3 << 20).unwrap();
+    drop(f);
+    let dst = path(&dir, "zeros.qcow2");
+    let p = copy(&src, DiskFormat::Raw, &dst, DiskFormat::Qcow2);
+    assert_eq!(p.written.load(Ordering::Relaxed), 64 << 10);
+    assert!(identical(&src, "raw", &dst, "qcow2"));
+}
+
+#[test]
+fn unaligned_sizes_and_tails() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = path(&dir, "odd.raw");
+    let f = std::fs::File::create(&src).unwrap();
+    let size = (5 << 20) + 12345;
+    f.set_len(size).unwrap();
+    f.write_all_at(&vec![0x9cu8; 1000], size - 1000).unwrap();
+    f.write_all_at(&vec![0x9du8; 70000], 100).unwrap();
+    drop(f);
+    for (name, fmt, fs) in [
+        ("odd.qcow2", DiskFormat::Qcow2, "qcow2"),
+        ("odd2.raw", DiskFormat::Raw, "raw"),
+    ] {
+        let dst = path(&dir, name);
+        copy(&src, DiskFormat::Raw, &dst, fmt);
+        assert!(identical(&src, "raw", &dst, fs), "{name}");
+    }
+}
+
+#[test]
+fn cancel_stops_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = path(&dir, "c.raw");
+    qemu_img(&["create", "-q", "-f", "raw", src.to_str().unwrap(), "64M"]);
+    qemu_io("raw", &src, "write -P 0xab 0 64M");
+    let s = Source::open(&src, DiskFormat::Raw).unwrap();
+    let dst = path(&dir, "c.qcow2");
+    let t = Target::create(&dst, DiskFormat::Qcow2, s.size()).unwrap();
+    let p = Progress::default();
+    p.cancel.store(true, Ordering::Relaxed);
+    let err = copy_image(&s, &t, &p).unwrap_err();
+    assert!(err.is(ErrorCode::OperationAborted));
+    assert_eq!(p.written.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn targets_are_never_overwritten_and_sources_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let existing = path(&dir, "exists.qcow2");
+    std::fs::write(&existing, b"keep me").unwrap();
+    let err = Target::create(&existing, DiskFormat::Qcow2, 1 << 20)
+        .err()
+        .unwrap();
+    assert!(err.is(ErrorCode::OperationFailed));
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+    let err = Source::open(&path(&dir, "missing.raw"), DiskFormat::Raw)
+        .err()
+        .unwrap();
+    assert!(err.is(ErrorCode::OperationFailed), "{err:?}");
+    assert!(err.message.contains("missing.raw"));
+    // A raw file is not accepted as qcow2.
+    let err = Source::open(&existing, DiskFormat::Qcow2).err().unwrap();
+    assert!(err.is(ErrorCode::OperationFailed));
+}
+
+#[test]
+fn zero_test() {
+    assert!(is_zero(&[]));
+    assert!(is_zero(&[0; 100]));
+    let mut v = vec![0u8; 65536 + 7];
+    assert!(is_zero(&v));
+    v[65536 + 6] = 1;
+    assert!(!is_zero(&v));
+    v[65536 + 6] = 0;
+    v[17] = 1;
+    assert!(!is_zero(&v));
+}
