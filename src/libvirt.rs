@@ -67,9 +67,19 @@ impl DomainRef {
     }
 }
 
+/// Keep libvirt from printing errors raised on a connection the library
+/// opened itself: they are reported through our last error instead. The
+/// caller's own connections and global handler are left alone.
+fn silence(conn: &Connect) {
+    extern "C" fn ignore(_data: *mut std::ffi::c_void, _err: virt::sys::virErrorPtr) {}
+    // SAFETY: a valid connection; the handler is a plain function.
+    unsafe { virt::sys::virConnSetErrorFunc(conn.as_ptr(), std::ptr::null_mut(), Some(ignore)) };
+}
+
 /// Find a domain again from a process that has only the URI and UUID.
 pub fn open_domain(uri: &str, uuid: &Uuid) -> Result<DomainRef> {
     let conn = Connect::open(Some(uri))?;
+    silence(&conn);
     match conn.lookup_domain_by_uuid_string(&uuid.to_string()) {
         Ok(d) => Ok(DomainRef::new(d)),
         Err(e) => {

@@ -255,3 +255,56 @@ fn list_flags_and_undefine_guard() {
             .is(ErrorCode::NoDomainBackup)
     );
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let dir = WORK.join(format!("fs-{}", Uuid::new_v4()));
+        std::fs::create_dir(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_target_disk_fails_cleanly_and_keeps_earlier_backups() {
+    let a = disk("full-a.raw", "raw", "64M", &["write -P 0x5c 0 64M"]);
+    let dom = domain("fulldisk", &[("vda", &a, "raw")]);
+    let earlier = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    let fs = SmallFs::mount("8M");
+    let target = fs.0.join("vda.qcow2");
+    let xml = format!(
+        "<domainbackup><disks><disk name='vda'><target file='{}'/></disk></disks></domainbackup>",
+        target.display()
+    );
+    let err = Backup::create(&dom, &xml, WAIT).unwrap_err();
+    assert!(err.is(ErrorCode::OperationFailed), "{err:?}");
+    assert!(err.message.contains("target image"), "{}", err.message);
+    assert_eq!(
+        std::fs::read_dir(&fs.0).unwrap().count(),
+        0,
+        "partial target left behind"
+    );
+    let listed = Backup::list(&dom, 0).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].uuid, earlier.uuid);
+    let rec = earlier.record().unwrap();
+    assert!(identical(&a, "raw", &rec.disks[0].target, "qcow2"));
+    earlier.delete(0).unwrap();
+}
