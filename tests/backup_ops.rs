@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
+use common::{identical, qemu_img, qemu_io};
 use std::sync::{LazyLock, Mutex};
 
 use libvirt_backup::backup::{Backup, ParamValue};
@@ -28,20 +31,9 @@ static CONN: LazyLock<Mutex<Connect>> =
 
 fn disk(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
     let p = WORK.join(name);
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", fmt])
-        .arg(&p)
-        .arg(size)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), size]);
     for w in writes {
-        let out = Command::new("qemu-io")
-            .args(["-f", fmt, "-c", w])
-            .arg(&p)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        qemu_io(fmt, &p, w);
     }
     p
 }
@@ -59,16 +51,6 @@ fn domain(name: &str, disks: &[(&str, &Path, &str)]) -> DomainRef {
     );
     let conn = CONN.lock().unwrap();
     DomainRef::new(conn.define_domain_xml(&xml).unwrap())
-}
-
-fn identical(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
-    Command::new("qemu-img")
-        .args(["compare", "-q", "-f", fa, "-F", fb])
-        .arg(a)
-        .arg(b)
-        .status()
-        .unwrap()
-        .success()
 }
 
 fn catalog_files(dom: &DomainRef) -> usize {

@@ -2,43 +2,14 @@
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
+use common::{identical, qemu_img, qemu_io};
 use std::sync::atomic::Ordering;
 
 use libvirt_backup::disk::{Progress, Source, Target, copy_image, is_zero};
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::xml::backup::DiskFormat;
-
-fn qemu_img(args: &[&str]) {
-    let st = Command::new("qemu-img")
-        .args(args)
-        .status()
-        .expect("qemu-img runs");
-    assert!(st.success(), "qemu-img {args:?} failed");
-}
-
-fn qemu_io(fmt: &str, path: &Path, cmd: &str) {
-    let out = Command::new("qemu-io")
-        .args(["-f", fmt, "-c", cmd])
-        .arg(path)
-        .output()
-        .expect("qemu-io runs");
-    assert!(
-        out.status.success(),
-        "qemu-io {cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn identical(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
-    Command::new("qemu-img")
-        .args(["compare", "-q", "-f", fa, "-F", fb])
-        .arg(a)
-        .arg(b)
-        .status()
-        .unwrap()
-        .success()
-}
 
 fn copy(src: &Path, sfmt: DiskFormat, dst: &Path, dfmt: DiskFormat) -> Progress {
     let s = Source::open(src, sfmt).unwrap();
