@@ -110,30 +110,28 @@ impl Backup {
         let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
         let default_target = effective_default_target(&catalog, &domain_uuid, active)?;
 
+        let requested = req.disks.as_deref().unwrap_or(&[]);
+        if let Some(r) = requested
+            .iter()
+            .find(|r| !dom_disks.iter().any(|d| d.name == r.name))
+        {
+            return Err(Error::invalid_arg(format!(
+                "domain has no disk named '{}'",
+                r.name
+            )));
+        }
         let mut planned = Vec::new();
         for d in &dom_disks {
-            let asked = req
-                .disks
-                .as_deref()
-                .unwrap_or(&[])
-                .iter()
-                .find(|r| r.name == d.name);
-            planned_disk(
+            let asked = requested.iter().find(|r| r.name == d.name);
+            if let Some(p) = planned_disk(
                 &catalog,
                 &domain_uuid,
                 &uuid,
                 d,
                 asked,
                 default_target.as_ref(),
-            )?
-            .map(|p| planned.push(p));
-        }
-        for r in req.disks.as_deref().unwrap_or(&[]) {
-            if !dom_disks.iter().any(|d| d.name == r.name) {
-                return Err(Error::invalid_arg(format!(
-                    "domain has no disk named '{}'",
-                    r.name
-                )));
+            )? {
+                planned.push(p);
             }
         }
         if planned.is_empty() {
@@ -510,10 +508,8 @@ fn effective_default_target(
     domain: &Uuid,
     active: bool,
 ) -> Result<Option<DefaultTarget>> {
-    if active {
-        if let Some(t) = LIVE_TARGETS.lock().unwrap().get(domain) {
-            return Ok(Some(t.clone()));
-        }
+    if let Some(t) = LIVE_TARGETS.lock().unwrap().get(domain).filter(|_| active) {
+        return Ok(Some(t.clone()));
     }
     catalog.default_target(domain)
 }

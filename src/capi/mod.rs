@@ -3,7 +3,14 @@
 //! libvirt's entry-point order (reset error, check handles, check flags, do,
 //! dispatch error) and turns panics into an error and the sentinel.
 
-#![allow(non_camel_case_types, non_snake_case, clippy::missing_safety_doc)]
+// Exports take raw pointers from C and check them themselves (NULL, handle
+// registry, libvirt's class check), so they are safe to call from Rust's view.
+#![allow(
+    non_camel_case_types,
+    non_snake_case,
+    clippy::missing_safety_doc,
+    clippy::not_unsafe_ptr_arg_deref
+)]
 
 use std::collections::HashSet;
 use std::ffi::{CStr, c_char};

@@ -656,7 +656,7 @@ mod tests {
         let rec = BackupRecord {
             uuid: Uuid::new_v4(),
             creation_time: 1270477159,
-            created_ns: 1270477159_000_000_123,
+            created_ns: 1_270_477_159_000_000_123,
             description: Some("d <x>".into()),
             state: BackupState::Completed,
             parent: None,
