@@ -100,6 +100,7 @@ check: deps
 	@echo "make check: all suites passed"
 
 test-rust:
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 	$(CARGO) test --release --locked
 
 c-tests: stage
