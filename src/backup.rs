@@ -299,6 +299,19 @@ impl Backup {
             .ok_or_else(|| Error::no_backup(&self.uuid.to_string()))
     }
 
+    /// Ok while the backup exists: its job runs or ended without a record
+    /// (failed, cancelled) in this process, or the catalog has it.
+    fn ensure_exists(&self) -> Result<()> {
+        if self
+            .job
+            .as_ref()
+            .is_some_and(|j| j.state() != BackupState::Completed)
+        {
+            return Ok(());
+        }
+        self.record().map(|_| ())
+    }
+
     /// The job's final state when it failed or was cancelled (no record is left).
     fn ended_without_record(&self) -> Option<(BackupState, Option<Error>)> {
         let job = self.job.as_ref()?;
@@ -324,6 +337,7 @@ impl Backup {
     }
 
     pub fn domain(&self) -> Result<&DomainRef> {
+        self.ensure_exists()?;
         self.domain.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorCode::NoDomain,
@@ -337,6 +351,7 @@ impl Backup {
 
     /// `virDomainBackupGetParameters`, all of them.
     pub fn parameters(&self) -> Result<Vec<(&'static str, ParamValue)>> {
+        self.ensure_exists()?;
         let (state, stats, disks, incremental, error) = match &self.job {
             Some(job) => (
                 job.state(),
@@ -409,6 +424,7 @@ impl Backup {
 
     /// `virDomainBackupAbortJob` and `FinishJob(CANCEL)`.
     pub fn abort(&self) -> Result<()> {
+        self.ensure_exists()?;
         match &self.job {
             Some(job) => job.cancel(),
             None => match self.record()?.state {

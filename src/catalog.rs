@@ -253,11 +253,7 @@ impl Catalog {
                 live.push(rec);
             }
         }
-        live.sort_by(|a, b| {
-            a.creation_time
-                .cmp(&b.creation_time)
-                .then(a.uuid.cmp(&b.uuid))
-        });
+        live.sort_by_key(|r| (r.created_ns, r.uuid));
         Ok(live)
     }
 

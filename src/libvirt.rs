@@ -59,7 +59,7 @@ impl DomainRef {
     /// inactive domain, and for a running one on drivers that have no backup
     /// job of their own (the test driver's guests never write to their files).
     pub fn images_are_quiet(&self) -> Result<bool> {
-        Ok(!self.is_active()? || self.driver()? == "Test")
+        Ok(!self.is_active()? || self.driver()?.eq_ignore_ascii_case("test"))
     }
 
     pub fn undefine(&self, flags: u32) -> Result<()> {

@@ -5,8 +5,8 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 use virt::sys;
 
 use super::{
-    backup_of, domain_of, ffi_entry, handle_ref, handle_unref, is_handle, malloc_string,
-    new_handle, return_list, str_arg, virDomainBackupPtr,
+    backup_of, domain_of, ffi_entry, handle_ref, handle_unref, is_ours, malloc_string, new_handle,
+    return_list, str_arg, virDomainBackupPtr,
 };
 use crate::backup::Backup;
 use crate::error::{Error, check_exclusive, check_flags};
@@ -201,11 +201,12 @@ fn libvirt_backup_get_xml_desc() -> Option<LibvirtGetXMLDesc> {
 
 /// Exported as `virDomainBackupGetXMLDesc` under our own symbol version (the
 /// Makefile's version script); not declared in the header. It answers for
-/// our handles and hands anything else to libvirt's function, so whichever
-/// library a caller's reference binds to, both kinds of object work.
+/// our handles (live or released) and NULL, and hands anything else to
+/// libvirt's function, so whichever library a caller's reference binds to,
+/// both kinds of object work.
 #[unsafe(export_name = "virDomainBackupGetXMLDesc")]
 pub extern "C" fn get_xml_desc_dispatch(obj: *mut c_void, flags: c_uint) -> *mut c_char {
-    if is_handle(obj as virDomainBackupPtr) {
+    if obj.is_null() || is_ours(obj as virDomainBackupPtr) {
         return virDomainBackupObjGetXMLDesc(obj as virDomainBackupPtr, flags);
     }
     match libvirt_backup_get_xml_desc() {

@@ -12,9 +12,8 @@
     clippy::not_unsafe_ptr_arg_deref
 )]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, c_char};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use virt::domain::Domain;
@@ -61,32 +60,50 @@ macro_rules! ffi_entry {
 }
 pub(crate) use ffi_entry;
 
-/// The object behind a `virDomainBackupPtr`.
+/// The opaque type behind `virDomainBackupPtr`. Its address is only a
+/// token: the library never reads through it.
 pub struct virDomainBackup {
-    refs: AtomicUsize,
-    backup: Arc<Backup>,
+    _token: u64,
 }
 
 /// A pointer to a backup object, as in API.md.
 pub type virDomainBackupPtr = *mut virDomainBackup;
 
-/// Live handles: a pointer is only dereferenced if it is in this set, so a
-/// stale or foreign pointer gives VIR_ERR_INVALID_ARG instead of a crash.
-static HANDLES: LazyLock<Mutex<HashSet<usize>>> = LazyLock::new(Default::default);
+struct Entry {
+    refs: usize,
+    backup: Arc<Backup>,
+}
+
+/// Handle tokens and what they stand for. Token memory is never given back
+/// to the allocator (a released token is reused for a later handle), so an
+/// address that was once a backup handle can never become a libvirt object:
+/// a stale handle is recognised and refused instead of being dereferenced or
+/// passed on to libvirt.
+#[derive(Default)]
+struct Handles {
+    live: HashMap<usize, Entry>,
+    /// Every token ever made, live or released.
+    tokens: HashSet<usize>,
+    released: Vec<usize>,
+}
+
+static HANDLES: LazyLock<Mutex<Handles>> = LazyLock::new(Default::default);
 
 /// Hand a new handle (holding one reference) to the caller.
 pub(crate) fn new_handle(backup: Arc<Backup>) -> virDomainBackupPtr {
-    let ptr = Box::into_raw(Box::new(virDomainBackup {
-        refs: AtomicUsize::new(1),
-        backup,
-    }));
-    HANDLES.lock().unwrap().insert(ptr as usize);
-    ptr
+    let mut h = HANDLES.lock().unwrap();
+    let token = h.released.pop().unwrap_or_else(|| {
+        let t = Box::leak(Box::new(virDomainBackup { _token: 0 })) as *mut virDomainBackup as usize;
+        h.tokens.insert(t);
+        t
+    });
+    h.live.insert(token, Entry { refs: 1, backup });
+    token as virDomainBackupPtr
 }
 
-/// Whether `ptr` is one of our live handles.
-pub(crate) fn is_handle(ptr: *const virDomainBackup) -> bool {
-    HANDLES.lock().unwrap().contains(&(ptr as usize))
+/// Whether `ptr` is (or was) one of our handles, rather than a libvirt object.
+pub(crate) fn is_ours(ptr: *const virDomainBackup) -> bool {
+    HANDLES.lock().unwrap().tokens.contains(&(ptr as usize))
 }
 
 fn bad_handle(func: &str) -> Error {
@@ -97,36 +114,31 @@ fn bad_handle(func: &str) -> Error {
 
 /// The backup behind a handle.
 pub(crate) fn backup_of(ptr: virDomainBackupPtr, func: &str) -> Result<Arc<Backup>> {
-    let handles = HANDLES.lock().unwrap();
-    if ptr.is_null() || !handles.contains(&(ptr as usize)) {
-        return Err(bad_handle(func));
-    }
-    // SAFETY: registered pointers come from Box::into_raw and are removed
-    // (under this lock) before they are freed.
-    Ok(Arc::clone(unsafe { &(*ptr).backup }))
+    let h = HANDLES.lock().unwrap();
+    h.live
+        .get(&(ptr as usize))
+        .map(|e| Arc::clone(&e.backup))
+        .ok_or_else(|| bad_handle(func))
 }
 
 pub(crate) fn handle_ref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
-    let handles = HANDLES.lock().unwrap();
-    if ptr.is_null() || !handles.contains(&(ptr as usize)) {
-        return Err(bad_handle(func));
-    }
-    // SAFETY: as in backup_of.
-    unsafe { (*ptr).refs.fetch_add(1, Ordering::Relaxed) };
+    let mut h = HANDLES.lock().unwrap();
+    let e = h
+        .live
+        .get_mut(&(ptr as usize))
+        .ok_or_else(|| bad_handle(func))?;
+    e.refs += 1;
     Ok(())
 }
 
 pub(crate) fn handle_unref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
-    let mut handles = HANDLES.lock().unwrap();
-    if ptr.is_null() || !handles.contains(&(ptr as usize)) {
-        return Err(bad_handle(func));
-    }
-    // SAFETY: as in backup_of; the last reference removes and frees it.
-    unsafe {
-        if (*ptr).refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-            handles.remove(&(ptr as usize));
-            drop(Box::from_raw(ptr));
-        }
+    let mut h = HANDLES.lock().unwrap();
+    let key = ptr as usize;
+    let e = h.live.get_mut(&key).ok_or_else(|| bad_handle(func))?;
+    e.refs -= 1;
+    if e.refs == 0 {
+        h.live.remove(&key);
+        h.released.push(key);
     }
     Ok(())
 }

@@ -1,0 +1,164 @@
+"""Crash safety (API.md "Job semantics"): a process killed in the middle of
+a backup leaves no half-written backup listed; the next process that opens
+the catalog discards it with its partial data.
+
+A helper process starts a backup (without WAIT) of the 2 GiB `big_disk` of a
+node-file domain, prints the backup's UUID and target, then sleeps. The test
+stops it (SIGSTOP, so the copy cannot finish meanwhile), checks the backup is
+listed as running, then kills it with SIGKILL."""
+
+import os
+import select
+import signal
+import threading
+
+import pytest
+
+from conftest import (FINISH_JOB_CHECK, MiB, STATE_RUNNING,
+                      VIR_ERR_NO_DOMAIN_BACKUP, assert_same_image,
+                      backup_state, backup_uuid, backup_xml_for,
+                      count_backups, create, expect_error, free, get_params,
+                      lib, list_handles, list_uuids, py_subprocess, run_py,
+                      target_of)
+
+
+def start_backup_process(env, uri, dom_name, xml):
+    p = py_subprocess(f"""
+        import time
+        conn = virt.virConnectOpen({uri!r}.encode())
+        d = virt.virDomainLookupByName(conn, {dom_name!r}.encode())
+        assert d
+        b = lib.virDomainBackupCreateXML(d, {xml!r}.encode(), 0)
+        assert b, last_error()
+        print(backup_uuid(b), target_of(b), flush=True)
+        time.sleep(300)
+    """, env.catalog)
+    ready, _, _ = select.select([p.stdout], [], [], 30)
+    if not ready:
+        p.kill()
+        pytest.fail("backup process printed nothing in 30 s")
+    line = p.stdout.readline().split()
+    if len(line) != 2:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"backup process failed: {line} {err}")
+    os.kill(p.pid, signal.SIGSTOP)
+    return p, line[0], line[1]
+
+
+def kill(p):
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    assert p.returncode == -signal.SIGKILL
+    p.stdout.close()
+    p.stderr.close()
+
+
+def catalog_entries_named(env, uuid):
+    hits = []
+    for root, dirs, files in os.walk(env.catalog):
+        hits += [os.path.join(root, n) for n in dirs + files if uuid in n]
+    return hits
+
+
+def test_killed_job_is_discarded(env, big_disk):
+    small = env.disk("small.raw", 16 * MiB)
+    uri, dom = env.node_domain(disks=[("vda", big_disk, "raw"), ("vdb", small, "raw")])
+
+    # An earlier completed backup of the same domain (its small disk).
+    earlier_t = env.path("earlier-vdb.qcow2")
+    earlier = create(dom, backup_xml_for({"vda": None, "vdb": earlier_t}))
+    earlier_uuid = backup_uuid(earlier)
+    free(earlier)
+
+    target = env.path("killed-vda.qcow2")
+    p, uuid, printed_target = start_backup_process(
+        env, uri, dom.name, backup_xml_for({"vda": target, "vdb": None}))
+    try:
+        assert printed_target == target
+        assert os.path.exists(target)
+
+        # Listed as running, seen from this process.
+        hs = list_handles(dom)
+        states = {backup_uuid(h): backup_state(h) for h in hs}
+        for h in hs:
+            free(h)
+        assert states == {earlier_uuid: "completed", uuid: "running"}
+        h = lib.virDomainBackupLookupByUUID(uuid.encode(), 0)
+        assert h, lib.virDomainBackupGetLastErrorMessage()
+        assert backup_state(h) == "running"
+        assert get_params(h)["state"][1] == STATE_RUNNING
+        assert lib.virDomainBackupFinishJob(h, FINISH_JOB_CHECK) == 1
+
+        # Someone here waits for the other process's job.
+        waited = {}
+
+        def waiter():
+            waited["r"] = lib.virDomainBackupFinishJob(h, 0)
+            waited["code"] = lib.virDomainBackupGetLastErrorCode()
+
+        t = threading.Thread(target=waiter, daemon=True)
+        t.start()
+    except BaseException:
+        kill(p)
+        raise
+
+    kill(p)
+
+    # The waiter learns the job is gone instead of hanging.
+    t.join(15)
+    assert not t.is_alive(), "FinishJob(0) still waiting for a job whose process died"
+    assert waited["r"] == -1
+    assert waited["code"] != 0
+
+    # The killed backup is gone: not found, not listed, no partial file.
+    assert lib.virDomainBackupLookupByUUID(uuid.encode(), 0) is None
+    expect_error(VIR_ERR_NO_DOMAIN_BACKUP)
+    assert list_uuids(dom) == [earlier_uuid]
+    assert not os.path.exists(target), "partial target of the killed job left behind"
+    assert catalog_entries_named(env, uuid) == []
+    # The old handle now reports the backup as gone.
+    assert lib.virDomainBackupGetXMLDesc(h, 0) is None
+    expect_error(VIR_ERR_NO_DOMAIN_BACKUP)
+    free(h)
+
+    # The earlier backup is intact.
+    e = lib.virDomainBackupLookupByUUID(earlier_uuid.encode(), 0)
+    assert e
+    assert backup_state(e) == "completed"
+    assert target_of(e, "vdb") == earlier_t
+    free(e)
+    assert_same_image(small, "raw", earlier_t, "qcow2")
+
+    # And the domain can be backed up again.
+    again = env.path("again-vdb.qcow2")
+    free(create(dom, backup_xml_for({"vda": None, "vdb": again})))
+    assert count_backups(dom) == 2
+    assert_same_image(small, "raw", again, "qcow2")
+
+
+def test_killed_job_discarded_by_fresh_process(env, big_disk):
+    """Default target in the catalog; the first process to look after the
+    kill is a fresh one."""
+    uri, dom = env.node_domain(disks=[("vda", big_disk, "raw")])
+    p, uuid, target = start_backup_process(env, uri, dom.name, "<domainbackup/>")
+    try:
+        assert target.startswith(env.catalog)
+        assert os.path.exists(target)
+        assert count_backups(dom) == 1
+    finally:
+        kill(p)
+    out = run_py(f"""
+        h = lib.virDomainBackupLookupByUUID({uuid!r}.encode(), 0)
+        print("LOOKUP", h, last_error()[0])
+        conn = virt.virConnectOpen({uri!r}.encode())
+        d = virt.virDomainLookupByName(conn, {dom.name!r}.encode())
+        print("LIST", lib.virDomainBackupList(d, None, 0))
+        print("EXISTS", os.path.exists({target!r}))
+    """, env.catalog)
+    assert f"LOOKUP None {VIR_ERR_NO_DOMAIN_BACKUP}" in out
+    assert "LIST 0" in out
+    assert "EXISTS False" in out
+    assert not os.path.exists(target)
+    assert count_backups(dom) == 0
+    assert catalog_entries_named(env, uuid) == []
