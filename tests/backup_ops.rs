@@ -290,3 +290,51 @@ fn full_target_disk_fails_cleanly_and_keeps_earlier_backups() {
     assert!(identical(&a, "raw", &rec.disks[0].target, "qcow2"));
     earlier.delete(0).unwrap();
 }
+
+#[test]
+fn default_targets_live_and_config() {
+    let a = disk("deftgt-a.raw", "raw", "4M", &["write -P 7 0 1M"]);
+    let dom = domain("deftgt", &[("vda", &a, "raw")]);
+    let config_dir = WORK.join("deftgt-config");
+    let live_dir = WORK.join("deftgt-live");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&live_dir).unwrap();
+    let xml = |d: &Path| format!("<target type='dir'><path>{}</path></target>", d.display());
+    use libvirt_backup::backup::set_default_target;
+
+    // Inactive domain: LIVE is refused, CURRENT means CONFIG.
+    let err = set_default_target(&dom, &xml(&live_dir), 1).unwrap_err();
+    assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
+    set_default_target(&dom, &xml(&config_dir), 0).unwrap();
+    let b1 = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    let t1 = b1.record().unwrap().disks[0].target.clone();
+    assert_eq!(t1, config_dir.join(b1.uuid.to_string()).join("vda.qcow2"));
+    assert!(identical(&a, "raw", &t1, "qcow2"));
+
+    // Running (test driver): LIVE wins over CONFIG while it runs.
+    dom.domain().create().unwrap();
+    set_default_target(&dom, &xml(&live_dir), 1).unwrap();
+    let b2 = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    let t2 = b2.record().unwrap().disks[0].target.clone();
+    assert!(t2.starts_with(&live_dir), "{}", t2.display());
+    assert!(identical(&a, "raw", &t2, "qcow2"));
+
+    // Shut off again: back to CONFIG.
+    dom.domain().destroy().unwrap();
+    let b3 = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    assert!(
+        b3.record().unwrap().disks[0]
+            .target
+            .starts_with(&config_dir)
+    );
+
+    // A pool target is for a later stage; a missing folder is refused.
+    let err = set_default_target(&dom, "<target type='pool'><pool>default</pool></target>", 2)
+        .unwrap_err();
+    assert!(err.is(ErrorCode::NoSupport));
+    let err = set_default_target(&dom, &xml(&WORK.join("nope")), 2).unwrap_err();
+    assert!(err.is(ErrorCode::InvalidArg));
+    for b in [b1, b2, b3] {
+        b.delete(0).unwrap();
+    }
+}
