@@ -61,9 +61,11 @@ macro_rules! ffi_entry {
 pub(crate) use ffi_entry;
 
 /// The opaque type behind `virDomainBackupPtr`. Its address is only a
-/// token: the library never reads through it.
+/// token: the library never reads through it. It is zero-filled and as large
+/// as a libvirt object header, so libvirt's own class check, given one by
+/// mistake, sees no class instead of reading past it.
 pub struct virDomainBackup {
-    _token: u64,
+    _token: [u64; 4],
 }
 
 /// A pointer to a backup object, as in API.md.
@@ -93,7 +95,7 @@ static HANDLES: LazyLock<Mutex<Handles>> = LazyLock::new(Default::default);
 pub(crate) fn new_handle(backup: Arc<Backup>) -> virDomainBackupPtr {
     let mut h = HANDLES.lock().unwrap();
     let token = h.released.pop().unwrap_or_else(|| {
-        let t = Box::leak(Box::new(virDomainBackup { _token: 0 })) as *mut virDomainBackup as usize;
+        let t = Box::leak(Box::new(virDomainBackup { _token: [0; 4] })) as *mut virDomainBackup as usize;
         h.tokens.insert(t);
         t
     });
