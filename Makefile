@@ -12,7 +12,7 @@ VERSION := 0.1.0
 SONAME := libvirt-backup.so.0
 
 CARGO ?= cargo
-CBINDGEN ?= $(shell command -v cbindgen 2>/dev/null || echo $(HOME)/.cargo/bin/cbindgen)
+CBINDGEN ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/cbindgen
 CC ?= cc
 PYTHON ?= /usr/bin/python3
 
@@ -22,7 +22,7 @@ LIB := $(BUILD)/$(SONAME)
 HEADER := include/libvirt-backup/libvirt-backup.h
 STATICLIB := target/release/liblibvirt_backup.a
 
-export PATH := $(HOME)/.cargo/bin:$(PATH)
+export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
 .PHONY: all deps header check-header install uninstall demo check test-rust \
         c-tests python-tests clean FORCE

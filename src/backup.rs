@@ -633,14 +633,19 @@ fn run_copy(
 ) -> Result<()> {
     let copy = || -> Result<()> {
         for ((src, dst), d) in sources.iter().zip(targets).zip(&record.disks) {
-            disk::copy_image(src, &dst, &job.progress)?;
-            dst.finish(&d.target)?;
+            disk::copy_image(src, &dst, &job.progress)
+                .and_then(|()| dst.finish(&d.target))
+                .map_err(|mut e| {
+                    e.message = format!("disk '{}': {}", d.name, e.message);
+                    e
+                })?;
         }
         Ok(())
     };
     let result = copy().and_then(|()| {
         let _guard = catalog.lock()?;
         record.state = BackupState::Completed;
+        job.freeze_elapsed();
         record.stats = job.stats();
         catalog.write_record(&record)
     });

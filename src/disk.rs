@@ -117,6 +117,14 @@ impl Source {
         }
     }
 
+    /// The size now: a raw file can be resized behind the library's back.
+    fn current_size(&self) -> std::io::Result<u64> {
+        match self {
+            Source::Raw { file, .. } => Ok(file.metadata()?.len()),
+            Source::Qcow2(q) => Ok(q.size()),
+        }
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         match self {
             Source::Raw { file, .. } => file.read_exact_at(buf, offset),
@@ -220,6 +228,15 @@ pub fn copy_image(src: &Source, dst: &Target, progress: &Progress) -> Result<()>
         }
         offset += len;
         progress.processed.fetch_add(len, Ordering::Relaxed);
+    }
+    // A source that shrank while it was read would have read as holes.
+    let now = src
+        .current_size()
+        .map_err(|e| Error::operation_failed(format!("cannot stat source image: {e}")))?;
+    if now != size {
+        return Err(Error::operation_failed(format!(
+            "source image changed size during the backup ({size} -> {now} bytes)"
+        )));
     }
     Ok(())
 }

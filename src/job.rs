@@ -92,9 +92,17 @@ impl Job {
         Ok(())
     }
 
-    fn end(&self, result: Result<()>) {
+    /// Stop the clock (once): the elapsed time recorded in the catalog and
+    /// the one the job reports are then the same.
+    pub fn freeze_elapsed(&self) {
         let mut o = self.outcome.lock().unwrap();
-        o.elapsed_ms = Some(self.started.elapsed().as_millis() as u64);
+        o.elapsed_ms
+            .get_or_insert(self.started.elapsed().as_millis() as u64);
+    }
+
+    fn end(&self, result: Result<()>) {
+        self.freeze_elapsed();
+        let mut o = self.outcome.lock().unwrap();
         match result {
             Ok(()) => o.state = BackupState::Completed,
             Err(e) => {

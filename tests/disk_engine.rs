@@ -154,3 +154,23 @@ fn zero_test() {
     v[17] = 1;
     assert!(!is_zero(&v));
 }
+
+#[test]
+fn a_source_that_changes_size_fails_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = path(&dir, "shrink.raw");
+    qemu_img(&["create", "-q", "-f", "raw", src.to_str().unwrap(), "8M"]);
+    qemu_io("raw", &src, "write -P 0xab 0 8M");
+    let s = Source::open(&src, DiskFormat::Raw).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let dst = path(&dir, "shrink.qcow2");
+    let t = Target::create(&dst, DiskFormat::Qcow2, s.size()).unwrap();
+    let err = copy_image(&s, &t, &Progress::default()).unwrap_err();
+    assert!(err.is(ErrorCode::OperationFailed));
+    assert!(err.message.contains("changed size"), "{}", err.message);
+}

@@ -95,7 +95,8 @@ static HANDLES: LazyLock<Mutex<Handles>> = LazyLock::new(Default::default);
 pub(crate) fn new_handle(backup: Arc<Backup>) -> virDomainBackupPtr {
     let mut h = HANDLES.lock().unwrap();
     let token = h.released.pop().unwrap_or_else(|| {
-        let t = Box::leak(Box::new(virDomainBackup { _token: [0; 4] })) as *mut virDomainBackup as usize;
+        let t = Box::leak(Box::new(virDomainBackup { _token: [0; 4] })) as *mut virDomainBackup
+            as usize;
         h.tokens.insert(t);
         t
     });

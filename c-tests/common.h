@@ -1,0 +1,641 @@
+/*
+ * common.h: helpers shared by the C tests of libvirt-backup.
+ *
+ * Every test program includes this file first. It gives:
+ *  - CHECK-style assertions that print file:line, the failed expression and
+ *    the library's last error, count failures and keep going;
+ *  - EXPECT_*_FAIL macros that check a call failed with a given
+ *    virErrorNumber (virDomainBackupGetLastErrorCode());
+ *  - disk helpers (qemu-img create, pwrite / qemu-io data, qemu-img compare,
+ *    allocated size);
+ *  - domain helpers on libvirt's test driver;
+ *  - tree_list(): a sorted listing of every file under a folder, used to
+ *    check that a failed call created nothing.
+ *
+ * The environment comes from c-tests/run.sh: LIBVIRT_BACKUP_DIR (the
+ * catalog, private to this program) and TEST_WORKDIR (a private scratch
+ * folder for disks and targets).
+ */
+#ifndef LIBVIRT_BACKUP_C_TESTS_COMMON_H
+#define LIBVIRT_BACKUP_C_TESTS_COMMON_H
+
+#define _GNU_SOURCE
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libvirt-backup/libvirt-backup.h>
+
+#define MiB (1024LL * 1024LL)
+#define GiB (1024LL * MiB)
+
+/* ------------------------------------------------------------------ */
+/* Assertions                                                          */
+/* ------------------------------------------------------------------ */
+
+static int t_checks;
+static int t_failures;
+static const char *t_section = "";
+
+/* Name the group of checks that follows (printed with failures). */
+static inline void section(const char *name)
+{
+    t_section = name;
+    printf("--- %s\n", name);
+    fflush(stdout);
+}
+
+static inline const char *err_name(int code)
+{
+    switch (code) {
+    case VIR_ERR_OK: return "VIR_ERR_OK";
+    case VIR_ERR_INTERNAL_ERROR: return "VIR_ERR_INTERNAL_ERROR";
+    case VIR_ERR_NO_SUPPORT: return "VIR_ERR_NO_SUPPORT";
+    case VIR_ERR_INVALID_ARG: return "VIR_ERR_INVALID_ARG";
+    case VIR_ERR_OPERATION_FAILED: return "VIR_ERR_OPERATION_FAILED";
+    case VIR_ERR_XML_ERROR: return "VIR_ERR_XML_ERROR";
+    case VIR_ERR_NO_DOMAIN: return "VIR_ERR_NO_DOMAIN";
+    case VIR_ERR_OPERATION_INVALID: return "VIR_ERR_OPERATION_INVALID";
+    case VIR_ERR_OPERATION_ABORTED: return "VIR_ERR_OPERATION_ABORTED";
+    case VIR_ERR_NO_DOMAIN_BACKUP: return "VIR_ERR_NO_DOMAIN_BACKUP";
+    default: return "(other)";
+    }
+}
+
+static inline void t_fail(const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+    t_failures++;
+    fflush(stdout);
+    fprintf(stderr, "FAIL %s:%d [%s]: ", file, line, t_section);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+    fflush(stderr);
+}
+
+/* Print the library's last error with a failure (captured by the caller
+ * before anything else can reset it). */
+static inline void t_fail_lasterr(const char *file, int line, const char *what,
+                                  int code, const char *msg)
+{
+    t_fail(file, line, "%s  (last error: %s %d: %s)", what, err_name(code), code,
+           msg ? msg : "(null)");
+}
+
+static inline bool t_check(bool ok, const char *expr, const char *file, int line)
+{
+    t_checks++;
+    if (!ok) {
+        int code = virDomainBackupGetLastErrorCode();
+        t_fail_lasterr(file, line, expr, code, virDomainBackupGetLastErrorMessage());
+    }
+    return ok;
+}
+
+/* CHECK(cond): record a failure if cond is false; evaluates to cond. */
+#define CHECK(cond) t_check(!!(cond), #cond, __FILE__, __LINE__)
+
+/* CHECKF(cond, fmt, ...): as CHECK with an explanation. */
+#define CHECKF(cond, ...)                                                   \
+    ((t_checks++, (cond)) ? true                                            \
+                          : (t_fail(__FILE__, __LINE__, __VA_ARGS__), false))
+
+/* Check that the call that just returned its failure sentinel set the last
+ * error to @code; @failed says whether it returned the sentinel. */
+static inline bool t_check_err(bool failed, int code, const char *expr,
+                               const char *file, int line)
+{
+    int got = virDomainBackupGetLastErrorCode();
+    const char *msg = virDomainBackupGetLastErrorMessage();
+    t_checks++;
+    if (!failed) {
+        t_fail(file, line, "%s: expected failure with %s (%d), but it succeeded",
+               expr, err_name(code), code);
+        return false;
+    }
+    if (got != code) {
+        t_fail(file, line, "%s: expected %s (%d), got %s (%d): %s", expr,
+               err_name(code), code, err_name(got), got, msg ? msg : "(null)");
+        return false;
+    }
+    if (!msg || !*msg || strcmp(msg, "no error") == 0) {
+        t_fail(file, line, "%s: failed with %s but without a message", expr,
+               err_name(code));
+        return false;
+    }
+    return true;
+}
+
+/* A call returning virDomainBackupPtr must fail with @code. */
+#define EXPECT_BACKUP_FAIL(expr, code)                                      \
+    do {                                                                    \
+        virDomainBackupPtr t_b_ = (expr);                                   \
+        t_check_err(t_b_ == NULL, (code), #expr, __FILE__, __LINE__);       \
+        if (t_b_)                                                           \
+            virDomainBackupFree(t_b_);                                      \
+    } while (0)
+
+/* A call returning int must return -1 with @code. */
+#define EXPECT_INT_FAIL(expr, code)                                         \
+    do {                                                                    \
+        int t_r_ = (expr);                                                  \
+        t_check_err(t_r_ == -1, (code), #expr, __FILE__, __LINE__);         \
+    } while (0)
+
+/* A call returning a malloc'd string must fail with @code. */
+#define EXPECT_STR_FAIL(expr, code)                                         \
+    do {                                                                    \
+        char *t_s_ = (expr);                                                \
+        t_check_err(t_s_ == NULL, (code), #expr, __FILE__, __LINE__);       \
+        free(t_s_);                                                         \
+    } while (0)
+
+/* The last error's message contains @sub. */
+#define EXPECT_MSG_CONTAINS(sub)                                            \
+    do {                                                                    \
+        const char *t_m_ = virDomainBackupGetLastErrorMessage();            \
+        CHECKF(t_m_ && strstr(t_m_, (sub)),                                 \
+               "last error message \"%s\" does not contain \"%s\"",         \
+               t_m_ ? t_m_ : "(null)", (sub));                              \
+    } while (0)
+
+/* A call expected to succeed (non-NULL pointer / int >= 0). */
+#define EXPECT_OK(cond) CHECK(cond)
+
+/* End of main(): print the totals, return the exit status. */
+static inline int t_done(const char *prog)
+{
+    printf("%s: %d checks, %d failed\n", prog, t_checks, t_failures);
+    fflush(stdout);
+    return t_failures ? 1 : 0;
+}
+
+/* Give up on the program (setup failure): nothing after makes sense. */
+#define FATAL(...)                                                          \
+    do {                                                                    \
+        t_fail(__FILE__, __LINE__, __VA_ARGS__);                            \
+        t_done(__FILE__);                                                   \
+        exit(1);                                     \
+    } while (0)
+
+/* CHECK, and abort the program when it fails (the rest depends on it). */
+#define REQUIRE(cond)                                                       \
+    do {                                                                    \
+        if (!CHECK(cond))                                                   \
+            FATAL("required condition failed: %s", #cond);                 \
+    } while (0)
+
+/* ------------------------------------------------------------------ */
+/* Environment, files, commands                                        */
+/* ------------------------------------------------------------------ */
+
+static inline const char *workdir(void)
+{
+    const char *w = getenv("TEST_WORKDIR");
+    if (!w || !*w)
+        FATAL("TEST_WORKDIR is not set (run through c-tests/run.sh)");
+    return w;
+}
+
+static inline const char *catalog_dir(void)
+{
+    const char *c = getenv("LIBVIRT_BACKUP_DIR");
+    if (!c || !*c)
+        FATAL("LIBVIRT_BACKUP_DIR is not set (run through c-tests/run.sh)");
+    return c;
+}
+
+/* snprintf into a static rotating buffer: "path(...)" values stay valid for
+ * the next 16 calls. */
+static inline const char *fmt(const char *f, ...)
+{
+    static char bufs[16][1024];
+    static int next;
+    char *b = bufs[next++ % 16];
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(b, sizeof(bufs[0]), f, ap);
+    va_end(ap);
+    return b;
+}
+
+/* A path under the work folder. */
+#define WPATH(...) fmt("%s/%s", workdir(), fmt(__VA_ARGS__))
+
+/* Run a shell command; true if it exited 0. Output goes to ours. */
+static inline bool run(const char *cmd)
+{
+    int st;
+    fflush(stdout);
+    fflush(stderr);
+    st = system(cmd);
+    return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static inline bool file_exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+/* Bytes the file occupies on disk; -1 if it cannot be stat'ed. */
+static inline long long allocated_bytes(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return -1;
+    return (long long)st.st_blocks * 512;
+}
+
+static inline long long file_size(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return -1;
+    return (long long)st.st_size;
+}
+
+static inline bool file_contains(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char buf[65536];
+    size_t n;
+    if (!f)
+        return false;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* Modification time with nanoseconds, to check a file was not touched. */
+static inline bool same_stat(const struct stat *a, const struct stat *b)
+{
+    return a->st_size == b->st_size && a->st_ino == b->st_ino &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+           a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* Create an empty sparse image (raw or qcow2) of @size bytes. */
+static inline void make_image(const char *path, const char *format, long long size)
+{
+    if (!run(fmt("qemu-img create -q -f %s '%s' %lld", format, path, size)))
+        FATAL("qemu-img create %s failed", path);
+}
+
+/* Write @len bytes of @pattern at @offset: pwrite for raw, qemu-io for
+ * qcow2 (so the data lands in the image's clusters). */
+static inline void write_data(const char *path, const char *format, long long offset,
+                              long long len, int pattern)
+{
+    if (strcmp(format, "raw") == 0) {
+        int fd = open(path, O_WRONLY);
+        char *buf = malloc(1 << 20);
+        long long done = 0;
+        if (fd < 0 || !buf)
+            FATAL("cannot open %s: %s", path, strerror(errno));
+        memset(buf, pattern, 1 << 20);
+        while (done < len) {
+            size_t n = (size_t)((len - done) < (1 << 20) ? (len - done) : (1 << 20));
+            if (pwrite(fd, buf, n, (off_t)(offset + done)) != (ssize_t)n)
+                FATAL("pwrite %s: %s", path, strerror(errno));
+            done += (long long)n;
+        }
+        free(buf);
+        close(fd);
+    } else {
+        if (!run(fmt("qemu-io -f %s -c 'write -q -P 0x%x %lld %lld' '%s' >/dev/null",
+                     format, pattern & 0xff, offset, len, path)))
+            FATAL("qemu-io write to %s failed", path);
+    }
+}
+
+/* An image with a few MiB of recognisable data in three places. */
+static inline void make_disk(const char *path, const char *format, long long size, int pattern)
+{
+    make_image(path, format, size);
+    write_data(path, format, 0, 1 * MiB, pattern);
+    write_data(path, format, size / 2, 512 * 1024, pattern + 1);
+    write_data(path, format, size - 1 * MiB, 1 * MiB, pattern + 2);
+}
+
+/* Two images hold the same guest data (qemu-img compare exits 0). */
+static inline bool images_equal(const char *a, const char *fa, const char *b, const char *fb)
+{
+    return run(fmt("qemu-img compare -q -f %s -F %s '%s' '%s'", fa, fb, a, b));
+}
+
+/* The image format qemu-img detects, e.g. "qcow2" ("" if unknown). */
+static inline const char *image_format(const char *path)
+{
+    static char out[64];
+    FILE *p;
+    out[0] = '\0';
+    fflush(stdout);
+    p = popen(fmt("qemu-img info '%s' 2>/dev/null | sed -n 's/^file format: //p' | head -1",
+                  path),
+              "r");
+    if (!p)
+        return out;
+    if (fgets(out, sizeof(out), p))
+        out[strcspn(out, "\n")] = '\0';
+    pclose(p);
+    return out;
+}
+
+/* The virtual size qemu-img reports for an image; -1 if unknown. */
+static inline long long image_virtual_size(const char *path)
+{
+    char out[64] = "";
+    FILE *p;
+    fflush(stdout);
+    p = popen(fmt("qemu-img info '%s' 2>/dev/null | "
+                  "sed -n 's/^virtual size: .*(\\([0-9]*\\) bytes).*/\\1/p' | head -1", path),
+              "r");
+    if (!p)
+        return -1;
+    if (!fgets(out, sizeof(out), p))
+        out[0] = '\0';
+    pclose(p);
+    return out[0] ? atoll(out) : -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Listing a folder tree (to check that nothing was created)           */
+/* ------------------------------------------------------------------ */
+
+static inline int t_cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static inline void t_walk(const char *dir, char ***names, size_t *n, size_t *cap)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    if (!d)
+        return;
+    while ((e = readdir(d))) {
+        char path[4096];
+        struct stat st;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        /* The catalog's writer lock is created by any catalog access. */
+        if (strcmp(e->d_name, ".lock") == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if (*n == *cap) {
+            *cap = *cap ? *cap * 2 : 32;
+            *names = realloc(*names, *cap * sizeof(char *));
+        }
+        (*names)[(*n)++] = strdup(path);
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            t_walk(path, names, n, cap);
+    }
+    closedir(d);
+}
+
+/* Sorted newline-separated list of every path under @dir (malloc'd). */
+static inline char *tree_list(const char *dir)
+{
+    char **names = NULL;
+    size_t n = 0, cap = 0, len = 1, i;
+    char *out;
+    t_walk(dir, &names, &n, &cap);
+    if (n)
+        qsort(names, n, sizeof(char *), t_cmp_str);
+    for (i = 0; i < n; i++)
+        len += strlen(names[i]) + 1;
+    out = malloc(len);
+    out[0] = '\0';
+    for (i = 0; i < n; i++) {
+        strcat(out, names[i]);
+        strcat(out, "\n");
+        free(names[i]);
+    }
+    free(names);
+    return out;
+}
+
+/* Snapshot of the catalog and the work folder. */
+static inline char *state_snapshot(void)
+{
+    char *a = tree_list(catalog_dir());
+    char *b = tree_list(workdir());
+    char *out = malloc(strlen(a) + strlen(b) + 8);
+    sprintf(out, "%s--\n%s", a, b);
+    free(a);
+    free(b);
+    return out;
+}
+
+/* Check that the catalog and work folder are as in @before; frees @before. */
+#define EXPECT_UNCHANGED(before)                                            \
+    do {                                                                    \
+        char *t_after_ = state_snapshot();                                  \
+        CHECKF(strcmp((before), t_after_) == 0,                             \
+               "files were created or removed by a failed call:\n"          \
+               "before:\n%s\nafter:\n%s", (before), t_after_);              \
+        free(t_after_);                                                     \
+        free(before);                                                       \
+    } while (0)
+
+/* Number of backup records (<uuid>.xml) in the catalog, all domains. */
+static inline int catalog_records(void)
+{
+    char *l = tree_list(catalog_dir());
+    int n = 0;
+    char *line = l, *nl;
+    while ((nl = strchr(line, '\n'))) {
+        *nl = '\0';
+        size_t len = strlen(line);
+        const char *base = strrchr(line, '/');
+        base = base ? base + 1 : line;
+        /* <36-char uuid>.xml */
+        if (len > 4 && strcmp(line + len - 4, ".xml") == 0 && strlen(base) == 40)
+            n++;
+        line = nl + 1;
+    }
+    free(l);
+    return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* libvirt test driver                                                 */
+/* ------------------------------------------------------------------ */
+
+typedef struct {
+    const char *dev;      /* vda */
+    const char *path;     /* absolute image path */
+    const char *format;   /* raw | qcow2 */
+    const char *device;   /* disk (default) | cdrom */
+} test_disk;
+
+/* The <domain> XML of a test-driver domain with @ndisks disks. */
+static inline char *domain_xml(const char *name, const char *uuid, const test_disk *disks,
+                               int ndisks)
+{
+    size_t cap = 4096 + (size_t)ndisks * 1024;
+    char *x = malloc(cap);
+    int i;
+    snprintf(x, cap, "<domain type='test'><name>%s</name>", name);
+    if (uuid)
+        snprintf(x + strlen(x), cap - strlen(x), "<uuid>%s</uuid>", uuid);
+    snprintf(x + strlen(x), cap - strlen(x),
+             "<memory>65536</memory><os><type>hvm</type></os><devices>");
+    for (i = 0; i < ndisks; i++)
+        snprintf(x + strlen(x), cap - strlen(x),
+                 "<disk type='file' device='%s'><driver name='qemu' type='%s'/>"
+                 "<source file='%s'/><target dev='%s'/>%s</disk>",
+                 disks[i].device ? disks[i].device : "disk", disks[i].format,
+                 disks[i].path, disks[i].dev,
+                 disks[i].device && strcmp(disks[i].device, "cdrom") == 0 ? "<readonly/>" : "");
+    snprintf(x + strlen(x), cap - strlen(x), "</devices></domain>");
+    return x;
+}
+
+static inline virConnectPtr open_test_conn(void)
+{
+    virConnectPtr c = virConnectOpen("test:///default");
+    if (!c)
+        FATAL("virConnectOpen(test:///default) failed");
+    return c;
+}
+
+/* Define an (inactive) domain on the test driver. */
+static inline virDomainPtr define_domain(virConnectPtr conn, const char *name,
+                                         const test_disk *disks, int ndisks)
+{
+    char *x = domain_xml(name, NULL, disks, ndisks);
+    virDomainPtr d = virDomainDefineXML(conn, x);
+    free(x);
+    if (!d) {
+        virErrorPtr e = virGetLastError();
+        FATAL("virDomainDefineXML(%s) failed: %s", name, e && e->message ? e->message : "?");
+    }
+    return d;
+}
+
+/* A domain with one raw disk @dev of @size bytes holding some data. */
+static inline virDomainPtr simple_domain(virConnectPtr conn, const char *name,
+                                         const char *format, long long size)
+{
+    test_disk d = { "vda", NULL, format, NULL };
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s-vda.%s", workdir(), name, format);
+    make_disk(path, format, size, 0x41);
+    d.path = path;
+    return define_domain(conn, name, &d, 1);
+}
+
+/* Undefine and free a domain, quietly (it may be gone already). */
+static inline void drop_domain(virDomainPtr dom)
+{
+    if (!dom)
+        return;
+    /* The header maps virDomainUndefineFlags to the library's version. */
+    if (virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_BACKUP) < 0)
+        virResetLastError();
+    virDomainFree(dom);
+}
+
+static inline const char *dom_uuid(virDomainPtr dom)
+{
+    static char u[VIR_UUID_STRING_BUFLEN];
+    if (virDomainGetUUIDString(dom, u) < 0)
+        FATAL("virDomainGetUUIDString failed");
+    return u;
+}
+
+/* Free every entry of a list returned by virDomainBackupList*, then it. */
+static inline void free_list(virDomainBackupPtr *list)
+{
+    virDomainBackupPtr *p;
+    if (!list)
+        return;
+    for (p = list; *p; p++)
+        CHECK(virDomainBackupFree(*p) == 0);
+    free(list);
+}
+
+/* The text of <tag>...</tag> in @xml, in a static buffer ("" if absent). */
+static inline const char *xml_text(const char *xml, const char *tag)
+{
+    static char out[1024];
+    char open_[128], close_[128];
+    const char *s, *e;
+    out[0] = '\0';
+    snprintf(open_, sizeof(open_), "<%s>", tag);
+    snprintf(close_, sizeof(close_), "</%s>", tag);
+    if (!xml || !(s = strstr(xml, open_)))
+        return out;
+    s += strlen(open_);
+    if (!(e = strstr(s, close_)))
+        return out;
+    snprintf(out, sizeof(out), "%.*s", (int)(e - s), s);
+    return out;
+}
+
+/* The backup's UUID, from its XML (static buffer). */
+static inline const char *backup_uuid(virDomainBackupPtr b)
+{
+    static char u[64];
+    char *x = virDomainBackupGetXMLDesc(b, 0);
+    u[0] = '\0';
+    if (!x) {
+        CHECKF(false, "virDomainBackupGetXMLDesc failed: %s",
+               virDomainBackupGetLastErrorMessage());
+        return u;
+    }
+    snprintf(u, sizeof(u), "%s", xml_text(x, "uuid"));
+    free(x);
+    return u;
+}
+
+/* Create a backup with WAIT and check it succeeded. */
+static inline virDomainBackupPtr backup_wait_at(virDomainPtr dom, const char *xml,
+                                                const char *file, int line)
+{
+    virDomainBackupPtr b = virDomainBackupCreateXML(dom, xml, VIR_DOMAIN_BACKUP_CREATE_WAIT);
+    t_checks++;
+    if (!b)
+        t_fail(file, line, "virDomainBackupCreateXML(WAIT) failed: %s (%d)\n  xml: %s",
+               virDomainBackupGetLastErrorMessage(), virDomainBackupGetLastErrorCode(), xml);
+    return b;
+}
+#define backup_wait(dom, xml) backup_wait_at((dom), (xml), __FILE__, __LINE__)
+
+/* Run a program (e.g. this one again, for "fresh process" checks) with the
+ * same environment; returns its exit status, or -1. */
+static inline int run_argv(const char *const args[])
+{
+    pid_t pid;
+    int st;
+    fflush(stdout);
+    fflush(stderr);
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        execv(args[0], (char *const *)args);
+        _exit(127);
+    }
+    if (waitpid(pid, &st, 0) < 0)
+        return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+#endif /* LIBVIRT_BACKUP_C_TESTS_COMMON_H */

@@ -1,0 +1,167 @@
+#!/bin/sh
+# C test suite of libvirt-backup.
+#
+#   STAGE=<abs install prefix> BUILD=<abs build folder> CC=cc sh c-tests/run.sh [NAME...]
+#
+# (`make c-tests` does this.) Every program is built only through the
+# installed pkg-config file, put under $BUILD/c-tests/, and run under
+# valgrind with its own catalog (LIBVIRT_BACKUP_DIR) and work folder
+# (TEST_WORKDIR), both fresh `mktemp -d` folders under /tmp removed
+# afterwards. NAME arguments (e.g. test-create) run only those tests.
+# The last line is "N passed, M failed"; the exit status is non-zero if any
+# test failed.
+set -u
+
+: "${STAGE:?STAGE must be the absolute install prefix (make c-tests sets it)}"
+: "${BUILD:?BUILD must be the absolute build folder (make c-tests sets it)}"
+CC=${CC:-cc}
+CXX=${CXX:-c++}
+SRC=$(cd "$(dirname "$0")" && pwd)
+OUT=$BUILD/c-tests
+PKG_CONFIG_PATH=$STAGE/lib/pkgconfig
+export PKG_CONFIG_PATH
+mkdir -p "$OUT"
+
+CWARN="-std=c11 -Wall -Wextra -Werror"
+CXXWARN="-std=c++17 -Wall -Wextra -Werror"
+VALGRIND="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite --quiet"
+# A hung test must not hang the suite.
+TIMEOUT="timeout -k 10 150"
+
+passed=0
+failed=0
+failed_names=""
+tmpdirs=""
+
+cleanup() {
+    for d in $tmpdirs; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
+
+pass() { passed=$((passed + 1)); echo "PASS $1${2:+ ($2)}"; }
+fail() {
+    failed=$((failed + 1)); failed_names="$failed_names $1"
+    echo "FAIL $1${2:+ ($2)}"
+}
+
+# Only the tests named on the command line, if any.
+SELECT="$*"
+selected() {
+    [ -z "$SELECT" ] && return 0
+    for s in $SELECT; do [ "$s" = "$1" ] && return 0; done
+    return 1
+}
+
+now() { date +%s; }
+
+# build NAME OUTPUT-LOG COMMAND...: run a build command, log its output.
+build() {
+    name=$1; log=$2; shift 2
+    if "$@" >"$log" 2>&1; then
+        return 0
+    fi
+    cat "$log"
+    fail "$name" "build failed: $*"
+    return 1
+}
+
+# run_test NAME BINARY [ARGS...]: run under valgrind with a private catalog
+# and work folder.
+run_test() {
+    name=$1; bin=$2; shift 2
+    work=$(mktemp -d /tmp/libvirt-backup-ctest-work.XXXXXX)
+    cat=$(mktemp -d /tmp/libvirt-backup-ctest-catalog.XXXXXX)
+    tmpdirs="$tmpdirs $work $cat"
+    log=$OUT/$name.log
+    t0=$(now)
+    LIBVIRT_BACKUP_DIR=$cat TEST_WORKDIR=$work \
+        $TIMEOUT $VALGRIND "$bin" "$@" >"$log" 2>&1
+    rc=$?
+    t1=$(now)
+    rm -rf "$work" "$cat"
+    if [ $rc -eq 0 ]; then
+        pass "$name" "$((t1 - t0))s"
+    else
+        cat "$log"
+        case $rc in
+            99) why="valgrind reported errors" ;;
+            124|137) why="timed out" ;;
+            *) why="exit status $rc" ;;
+        esac
+        fail "$name" "$why, $((t1 - t0))s; log: $log"
+    fi
+}
+
+start=$(now)
+CFLAGS_LIBS=$(pkg-config --cflags --libs libvirt-backup) || {
+    echo "pkg-config cannot find libvirt-backup under $PKG_CONFIG_PATH" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+}
+
+# One program per API area.
+for src in "$SRC"/test-*.c; do
+    name=$(basename "$src" .c)
+    selected "$name" || continue
+    # shellcheck disable=SC2086
+    build "$name" "$OUT/$name.build.log" \
+        $CC $CWARN "$src" -o "$OUT/$name" $CFLAGS_LIBS || continue
+    run_test "$name" "$OUT/$name"
+done
+
+# Name clash with libvirt >= 6.0 (API.md, points 1 and 2): a C11 program
+# linked in both orders, and a C++17 program.
+CFLAGS_ONLY=$(pkg-config --cflags libvirt-backup)
+LIBDIR_FLAGS="-L$STAGE/lib -Wl,-rpath,$STAGE/lib"
+if selected clash-c11; then
+    # shellcheck disable=SC2086
+    if build clash-c11-virt-first "$OUT/clash-c11-virt-first.build.log" \
+        $CC $CWARN "$SRC/clash-c11.c" -o "$OUT/clash-c11-virt-first" \
+        $CFLAGS_ONLY $LIBDIR_FLAGS -lvirt -lvirt-backup; then
+        run_test clash-c11-virt-first "$OUT/clash-c11-virt-first"
+    fi
+    # shellcheck disable=SC2086
+    if build clash-c11-backup-first "$OUT/clash-c11-backup-first.build.log" \
+        $CC $CWARN "$SRC/clash-c11.c" -o "$OUT/clash-c11-backup-first" \
+        $CFLAGS_ONLY $LIBDIR_FLAGS -lvirt-backup -lvirt; then
+        run_test clash-c11-backup-first "$OUT/clash-c11-backup-first"
+    fi
+fi
+if selected clash-cxx17; then
+    # shellcheck disable=SC2086
+    if build clash-cxx17 "$OUT/clash-cxx17.build.log" \
+        $CXX $CXXWARN "$SRC/clash-cxx17.cpp" -o "$OUT/clash-cxx17" $CFLAGS_LIBS; then
+        run_test clash-cxx17 "$OUT/clash-cxx17"
+    fi
+fi
+
+# Point 4: loading the library into virsh changes nothing it prints.
+if selected clash-virsh-preload; then
+    lib=$STAGE/lib/libvirt-backup.so.0
+    plain=$OUT/virsh-plain.out
+    preloaded=$OUT/virsh-preload.out
+    cat=$(mktemp -d /tmp/libvirt-backup-ctest-catalog.XXXXXX)
+    tmpdirs="$tmpdirs $cat"
+    LIBVIRT_BACKUP_DIR=$cat virsh -c test:///default backup-dumpxml test >"$plain" 2>&1
+    rc_plain=$?
+    LIBVIRT_BACKUP_DIR=$cat LD_PRELOAD=$lib virsh -c test:///default backup-dumpxml test \
+        >"$preloaded" 2>&1
+    rc_pre=$?
+    rm -rf "$cat"
+    if [ ! -e "$lib" ]; then
+        fail clash-virsh-preload "$lib does not exist"
+    elif [ $rc_plain -ne $rc_pre ]; then
+        fail clash-virsh-preload "exit status $rc_plain without LD_PRELOAD, $rc_pre with it"
+    elif ! cmp -s "$plain" "$preloaded"; then
+        diff -u "$plain" "$preloaded"
+        fail clash-virsh-preload "output differs under LD_PRELOAD"
+    else
+        pass clash-virsh-preload "exit status $rc_plain both ways"
+    fi
+fi
+
+end=$(now)
+echo "c-tests took $((end - start))s${failed_names:+; failed:$failed_names}"
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]
