@@ -24,7 +24,7 @@ STATICLIB := target/release/liblibvirt_backup.a
 
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
-.PHONY: all deps header check-header install uninstall demo check test-rust \
+.PHONY: all deps header check-header install uninstall demo check test-rust libvirtd stage \
         c-tests python-tests clean FORCE
 
 all: $(LIB)
@@ -99,7 +99,11 @@ check: deps
 	@$(MAKE) --no-print-directory python-tests
 	@echo "make check: all suites passed"
 
-test-rust:
+# libvirtd with the QEMU driver, for tests on qemu:///system domains.
+libvirtd:
+	@sh scripts/start-libvirtd.sh
+
+test-rust: libvirtd
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 	$(CARGO) test --release --locked
 

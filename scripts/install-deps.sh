@@ -5,7 +5,8 @@ set -eu
 
 # Debian packages, by name.
 PACKAGES="build-essential g++ pkg-config libvirt-dev libvirt0 libvirt-clients
-qemu-utils valgrind python3 python3-pytest"
+libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
+valgrind python3 python3-pytest"
 
 # cbindgen from crates.io: Debian's 0.24 cannot parse Rust 2024 sources.
 CBINDGEN_VERSION=0.29.4
@@ -26,6 +27,12 @@ if [ -n "$missing" ]; then
     apt-get update -q
     # shellcheck disable=SC2086
     apt-get install -y -q --no-install-recommends $missing
+fi
+# Installing qemu-system-x86 removes a newer qemu-utils from backports where
+# one was preinstalled: put Debian's own back.
+if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1; then
+    echo "install-deps: reinstalling qemu-utils"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-utils
 fi
 
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"

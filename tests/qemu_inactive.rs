@@ -1,0 +1,134 @@
+//! Backups of inactive domains of the QEMU driver (qemu:///system), through
+//! a real libvirtd started by scripts/start-libvirtd.sh (make check does).
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+mod common;
+use common::{identical, qemu_img, qemu_io};
+
+use libvirt_backup::backup::Backup;
+use libvirt_backup::error::ErrorCode;
+use libvirt_backup::libvirt::DomainRef;
+use virt::connect::Connect;
+
+const WAIT: u32 = 1 << 2;
+const URI: &str = "qemu:///system";
+
+static WORK: LazyLock<PathBuf> = LazyLock::new(|| {
+    let dir = tempfile::tempdir().unwrap().keep();
+    // SAFETY: set once, before any test reads it (all go through WORK).
+    unsafe { std::env::set_var("LIBVIRT_BACKUP_DIR", dir.join("catalog")) };
+    dir
+});
+
+fn connect() -> Connect {
+    Connect::open(Some(URI)).unwrap_or_else(|e| {
+        panic!("{URI} is not reachable ({e}); start it with scripts/start-libvirtd.sh")
+    })
+}
+
+/// A QEMU domain (TCG, no guest OS) that is undefined, stopped and has its
+/// backup metadata forgotten when the test ends, even on failure.
+struct QemuDomain {
+    dom: DomainRef,
+}
+
+impl QemuDomain {
+    fn define(conn: &Connect, name: &str, disks: &[(&str, &Path, &str)]) -> QemuDomain {
+        let name = format!("lvb-{name}-{}", std::process::id());
+        let mut devs = String::new();
+        for (dev, path, fmt) in disks {
+            devs.push_str(&format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>\
+                 <source file='{}'/><target dev='{dev}' bus='virtio'/></disk>",
+                path.display()
+            ));
+        }
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os>\
+             <devices>{devs}</devices></domain>"
+        );
+        QemuDomain {
+            dom: DomainRef::new(conn.define_domain_xml(&xml).unwrap()),
+        }
+    }
+}
+
+impl Drop for QemuDomain {
+    fn drop(&mut self) {
+        let d = self.dom.domain();
+        if d.is_active().unwrap_or(false) {
+            let _ = d.destroy();
+        }
+        let _ = libvirt_backup::backup::undefine(&self.dom, 1 << 30);
+        let _ = d.undefine();
+    }
+}
+
+fn image(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
+    let p = WORK.join(name);
+    qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), size]);
+    for w in writes {
+        qemu_io(fmt, &p, w);
+    }
+    p
+}
+
+#[test]
+fn inactive_qemu_domain_full_backup() {
+    let conn = connect();
+    let a = image(
+        "q-a.qcow2",
+        "qcow2",
+        "256M",
+        &["write -P 0x41 0 3M", "write -P 0x42 200M 5M"],
+    );
+    let b = image("q-b.raw", "raw", "64M", &["write -P 0x43 1M 2M"]);
+    let qd = QemuDomain::define(&conn, "full", &[("vda", &a, "qcow2"), ("vdb", &b, "raw")]);
+    assert!(!qd.dom.is_active().unwrap());
+
+    let bk = Backup::create(
+        &qd.dom,
+        "<domainbackup><description>qemu</description></domainbackup>",
+        WAIT,
+    )
+    .unwrap();
+    let rec = bk.record().unwrap();
+    assert_eq!(rec.uri, URI);
+    assert!(identical(&a, "qcow2", &rec.disks[0].target, "qcow2"));
+    assert!(identical(&b, "raw", &rec.disks[1].target, "qcow2"));
+    assert!(rec.domain_xml.contains("<domain type='qemu'"));
+
+    // Found again through the daemon, as a fresh process would.
+    let found = Backup::lookup(&bk.uuid.to_string()).unwrap();
+    assert_eq!(
+        found.domain().unwrap().uuid().unwrap(),
+        qd.dom.uuid().unwrap()
+    );
+
+    // The domain starts from its (untouched) disks; a running QEMU domain is
+    // for the live engine, which is not built yet: refused, nothing created.
+    qd.dom.domain().create().unwrap();
+    let err = Backup::create(&qd.dom, "<domainbackup/>", WAIT).unwrap_err();
+    assert!(
+        err.is(ErrorCode::NoSupport) && err.message.contains("not supported yet"),
+        "{err:?}"
+    );
+    assert_eq!(Backup::list(&qd.dom, 0).unwrap().len(), 1);
+    qd.dom.domain().destroy().unwrap();
+
+    // Undefine is refused while backups exist, then forgets them.
+    let err = libvirt_backup::backup::undefine(&qd.dom, 0).unwrap_err();
+    assert!(err.is(ErrorCode::OperationInvalid));
+    libvirt_backup::backup::undefine(&qd.dom, 1 << 30).unwrap();
+    assert!(
+        conn.lookup_domain_by_uuid_string(&qd.dom.uuid().unwrap().to_string())
+            .is_err()
+    );
+    assert!(
+        rec.disks[0].target.exists(),
+        "undefine keeps the data files"
+    );
+}
