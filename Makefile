@@ -24,7 +24,7 @@ STATICLIB := target/release/liblibvirt_backup.a
 
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
-.PHONY: all deps header check-header install uninstall demo check test-rust libvirtd stage \
+.PHONY: all bench deps header check-header install uninstall demo check test-rust libvirtd stage \
         c-tests python-tests clean FORCE
 
 all: $(LIB)
@@ -90,6 +90,14 @@ demo: deps
 	$(STAGE_ENV) $(CC) -Wall -Wextra -Werror -o $(BUILD)/demo examples/demo.c \
 	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup)
 	./examples/run-demo.sh $(BUILD)/demo
+
+# Side-by-side timings against qemu-img (sizes: see bench/bench.c).
+bench: deps
+	@$(MAKE) --no-print-directory stage
+	$(STAGE_ENV) $(CC) -O2 -Wall -Wextra -Werror -o $(BUILD)/bench bench/bench.c \
+	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup)
+	@rm -rf $(BUILD)/bench-catalog
+	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench
 
 check: deps
 	@$(MAKE) --no-print-directory all
