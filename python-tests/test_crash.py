@@ -162,3 +162,39 @@ def test_killed_job_discarded_by_fresh_process(env, big_disk):
     assert not os.path.exists(target)
     assert count_backups(dom) == 0
     assert catalog_entries_named(env, uuid) == []
+
+
+def test_abort_from_another_process(env, big_disk):
+    """AbortJob on a handle of a process that does not run the job: it asks
+    the job's process to stop (a marker in the catalog), waits until the
+    partial data is gone, and returns 0. The job's process is stopped while
+    the request is made, so the job cannot complete first."""
+    uri, dom = env.node_domain(disks=[("vda", big_disk, "raw")])
+    target = env.path("remote-abort.qcow2")
+    p, uuid, _ = start_backup_process(env, uri, dom.name, backup_xml_for({"vda": target}))
+    try:
+        h = lib.virDomainBackupLookupByUUID(uuid.encode(), 0)
+        assert h, lib.virDomainBackupGetLastErrorMessage()
+        result = {}
+
+        def abort():
+            result["r"] = lib.virDomainBackupAbortJob(h, 0)
+            result["code"] = lib.virDomainBackupGetLastErrorCode()
+
+        t = threading.Thread(target=abort, daemon=True)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive(), "AbortJob returned before the job's process could react"
+        os.kill(p.pid, signal.SIGCONT)
+        t.join(30)
+        assert not t.is_alive(), "AbortJob did not return"
+        assert result == {"r": 0, "code": 0}
+        assert not os.path.exists(target), "partial target left behind"
+        assert count_backups(dom) == 0
+        assert catalog_entries_named(env, uuid) == []
+        # Nothing is left to cancel.
+        assert lib.virDomainBackupAbortJob(h, 0) == -1
+        expect_error(VIR_ERR_NO_DOMAIN_BACKUP)
+        free(h)
+    finally:
+        kill(p)

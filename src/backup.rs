@@ -206,7 +206,14 @@ impl Backup {
         drop(guard);
 
         let total = record.disks.iter().map(|d| d.virtual_size).sum();
-        let job = Job::new(uuid, domain_uuid, total, record.disks.len() as u32, false);
+        let job = Job::new(
+            uuid,
+            domain_uuid,
+            total,
+            record.disks.len() as u32,
+            false,
+            catalog.cancel_path(&domain_uuid, &uuid),
+        );
         let sources: Vec<Source> = planned.into_iter().map(|p| p.source).collect();
         let work_catalog = catalog.clone();
         let work_record = record.clone();
@@ -425,14 +432,30 @@ impl Backup {
     /// `virDomainBackupAbortJob` and `FinishJob(CANCEL)`.
     pub fn abort(&self) -> Result<()> {
         self.ensure_exists()?;
-        match &self.job {
-            Some(job) => job.cancel(),
-            None => match self.record()?.state {
-                BackupState::Running => Err(Error::operation_invalid(
-                    "the backup job runs in another process; cancel it from there",
-                )),
-                _ => Err(Error::operation_invalid("the backup job has already ended")),
-            },
+        if let Some(job) = &self.job {
+            return job.cancel();
+        }
+        // The job runs in another process: leave it a cancel marker and
+        // wait until it has removed its data (or completed first).
+        let rec = self.record()?;
+        if rec.state != BackupState::Running {
+            return Err(Error::operation_invalid("the backup job has already ended"));
+        }
+        self.catalog.request_cancel(&rec)?;
+        loop {
+            match self.catalog.reload(&self.domain_uuid, &self.uuid)? {
+                None => return Ok(()),
+                Some(r) if r.state == BackupState::Running => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Some(_) => {
+                    let _ =
+                        fs::remove_file(self.catalog.cancel_path(&self.domain_uuid, &self.uuid));
+                    return Err(Error::operation_invalid(
+                        "the backup job completed before it could be cancelled",
+                    ));
+                }
+            }
         }
     }
 
@@ -642,18 +665,20 @@ fn run_copy(
         }
         Ok(())
     };
-    let result = copy().and_then(|()| {
-        let _guard = catalog.lock()?;
+    let result = copy();
+    // Finish under the catalog lock, the record last: once it says
+    // completed, or is gone, every other file of the job is in its final state.
+    let _guard = catalog.lock().ok();
+    let result = result.and_then(|()| {
         record.state = BackupState::Completed;
         job.freeze_elapsed();
         record.stats = job.stats();
         catalog.write_record(&record)
     });
+    lock.release();
     if result.is_err() {
-        let _guard = catalog.lock();
         let _ = catalog.remove_with_data(&record);
     }
-    lock.release();
     result
 }
 

@@ -52,6 +52,7 @@ pub struct JobLock {
 impl JobLock {
     /// Release the lock and remove its file.
     pub fn release(self) {
+        let _ = fs::remove_file(self.path.with_extension("cancel"));
         let _ = fs::remove_file(&self.path);
         let _ = self.file.unlock();
     }
@@ -132,6 +133,19 @@ impl Catalog {
 
     fn job_lock_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
         self.domain_dir(domain).join(format!("{backup}.lock"))
+    }
+
+    /// The marker another process creates to cancel a running job.
+    pub fn cancel_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
+        self.domain_dir(domain).join(format!("{backup}.cancel"))
+    }
+
+    /// Ask the job of a running backup, in whatever process, to stop.
+    pub fn request_cancel(&self, rec: &BackupRecord) -> Result<()> {
+        let path = self.cancel_path(&rec.domain_uuid, &rec.uuid);
+        File::create(&path)
+            .map(|_| ())
+            .map_err(|e| Error::io("cannot create", &path, e))
     }
 
     /// Default folder for a backup's images.
@@ -266,6 +280,7 @@ impl Catalog {
             Some(cur) if cur.state == BackupState::Running && !self.job_alive(&cur) => {
                 self.remove_with_data(&cur)?;
                 let _ = fs::remove_file(self.job_lock_path(&cur.domain_uuid, &cur.uuid));
+                let _ = fs::remove_file(self.cancel_path(&cur.domain_uuid, &cur.uuid));
             }
             _ => {}
         }

@@ -32,12 +32,18 @@ pub(crate) const ZERO_BLOCK: usize = 64 << 10;
 pub struct Progress {
     pub processed: AtomicU64,
     pub written: AtomicU64,
+    /// Set by a canceller in this process.
     pub cancel: AtomicBool,
+    /// A file whose existence asks the copy to stop: how another process
+    /// cancels (one stat per chunk).
+    pub cancel_file: Option<PathBuf>,
 }
 
 impl Progress {
     fn check_cancel(&self) -> Result<()> {
-        if self.cancel.load(Ordering::Relaxed) {
+        if self.cancel.load(Ordering::Relaxed)
+            || self.cancel_file.as_ref().is_some_and(|f| f.exists())
+        {
             return Err(Error::aborted("backup job cancelled"));
         }
         Ok(())

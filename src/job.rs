@@ -2,6 +2,7 @@
 //! counters, cancellation and a final state that waiters can block on.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::Instant;
@@ -50,11 +51,22 @@ pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
 }
 
 impl Job {
-    pub fn new(uuid: Uuid, domain: Uuid, total: u64, disks: u32, incremental: bool) -> Arc<Job> {
+    /// A new job; `cancel_file` appearing asks it to stop (see [`Progress`]).
+    pub fn new(
+        uuid: Uuid,
+        domain: Uuid,
+        total: u64,
+        disks: u32,
+        incremental: bool,
+        cancel_file: PathBuf,
+    ) -> Arc<Job> {
         Arc::new(Job {
             uuid,
             domain,
-            progress: Progress::default(),
+            progress: Progress {
+                cancel_file: Some(cancel_file),
+                ..Progress::default()
+            },
             total: AtomicU64::new(total),
             disks,
             incremental,
