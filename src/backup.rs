@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -640,7 +641,10 @@ fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     missing.reverse();
     for d in &missing {
-        fs::create_dir(d).map_err(|e| Error::io("cannot create folder", d, e))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(d)
+            .map_err(|e| Error::io("cannot create folder", d, e))?;
     }
     Ok(missing)
 }

@@ -12,6 +12,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -86,6 +87,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     ));
     let write = || -> std::io::Result<()> {
         let mut f = OpenOptions::new()
+            .mode(0o600)
             .write(true)
             .create(true)
             .truncate(true)
@@ -101,6 +103,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     })
 }
 
+/// Create a catalog folder (and its parents) readable by its owner only:
+/// records hold domain definitions with their secrets.
+fn make_private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create catalog folder", dir, e))
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
@@ -114,8 +126,7 @@ impl Catalog {
     }
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
-        fs::create_dir_all(&root)
-            .map_err(|e| Error::io("cannot create catalog folder", &root, e))?;
+        make_private_dir(&root)?;
         Ok(Catalog { root })
     }
 
@@ -175,7 +186,7 @@ impl Catalog {
     /// Take the job lock of a new backup. Call with the catalog lock held.
     pub fn lock_job(&self, domain: &Uuid, backup: &Uuid) -> Result<JobLock> {
         let dir = self.domain_dir(domain);
-        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create catalog folder", &dir, e))?;
+        make_private_dir(&dir)?;
         let path = self.job_lock_path(domain, backup);
         let file = OpenOptions::new()
             .write(true)
@@ -206,7 +217,7 @@ impl Catalog {
 
     pub fn write_record(&self, rec: &BackupRecord) -> Result<()> {
         let dir = self.domain_dir(&rec.domain_uuid);
-        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create catalog folder", &dir, e))?;
+        make_private_dir(&dir)?;
         write_atomic(
             &self.record_path(&rec.domain_uuid, &rec.uuid),
             rec.to_catalog_xml().as_bytes(),
@@ -334,7 +345,7 @@ impl Catalog {
 
     pub fn set_default_target(&self, domain: &Uuid, target: &DefaultTarget) -> Result<()> {
         let dir = self.domain_dir(domain);
-        fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create catalog folder", &dir, e))?;
+        make_private_dir(&dir)?;
         write_atomic(&dir.join(DEFAULT_TARGET_FILE), target.to_xml().as_bytes())
     }
 
@@ -454,5 +465,19 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn records_and_folders_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("root")).unwrap();
+        let dom = Uuid::new_v4();
+        let rec = record(dom, dir.path().join("t.qcow2"), BackupState::Completed);
+        cat.write_record(&rec).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(cat.root()), 0o700);
+        assert_eq!(mode(&cat.domain_dir(&dom)), 0o700);
+        assert_eq!(mode(&cat.record_path(&dom, &rec.uuid)), 0o600);
     }
 }

@@ -3,7 +3,7 @@
 //! with a fixed-size buffer.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -146,9 +146,11 @@ pub enum Target {
 }
 
 impl Target {
-    /// Create a new image; an existing file is never overwritten.
+    /// Create a new image, readable by its owner only (it holds guest data);
+    /// an existing file is never overwritten.
     pub fn create(path: &Path, format: DiskFormat, size: u64) -> Result<Target> {
         let file = OpenOptions::new()
+            .mode(0o600)
             .read(true)
             .write(true)
             .create_new(true)

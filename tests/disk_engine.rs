@@ -37,8 +37,14 @@ fn sparse_raw_to_qcow2_copies_only_data() {
     assert!(identical(&src, "raw", &dst, "qcow2"));
     assert_eq!(p.processed.load(Ordering::Relaxed), 1 << 30);
     assert_eq!(p.written.load(Ordering::Relaxed), 24 << 20);
-    let used = std::fs::metadata(&dst).unwrap().blocks() * 512;
+    let meta = std::fs::metadata(&dst).unwrap();
+    let used = meta.blocks() * 512;
     assert!(used < 64 << 20, "target uses {used} bytes");
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o600,
+        "a backup image is private to its owner"
+    );
 }
 
 #[test]
