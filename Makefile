@@ -85,7 +85,8 @@ stage: $(LIB)
 
 STAGE_ENV := PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig
 
-demo: deps
+demo:
+	@sh scripts/install-deps.sh demo
 	@$(MAKE) --no-print-directory stage
 	$(STAGE_ENV) $(CC) -Wall -Wextra -Werror -o $(BUILD)/demo examples/demo.c \
 	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup)

@@ -1,12 +1,16 @@
 #!/bin/sh
 # Install what building and testing libvirt-backup needs on Debian 12, as root.
 # Idempotent and quick: it only calls apt-get or cargo for what is missing.
+#   install-deps.sh        everything `make check` needs
+#   install-deps.sh demo   only what building and `make demo` need
 set -eu
 
 # Debian packages, by name.
-PACKAGES="build-essential g++ pkg-config libvirt-dev libvirt0 libvirt-clients
-libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils
-valgrind python3 python3-pytest"
+PACKAGES="build-essential pkg-config libvirt-dev libvirt0 qemu-utils"
+if [ "${1:-}" != demo ]; then
+    PACKAGES="$PACKAGES g++ libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
+qemu-system-x86 valgrind python3 python3-pytest"
+fi
 
 # cbindgen from crates.io: Debian's 0.24 cannot parse Rust 2024 sources.
 CBINDGEN_VERSION=0.29.4
