@@ -44,7 +44,8 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$CARGO_BIN/cargo" ]; then
     echo "install-deps: cargo (Rust toolchain) not found; install rustup's stable toolchain" >&2
     exit 1
 fi
-if ! "$CARGO_BIN/cbindgen" --version 2>/dev/null | grep -q " $CBINDGEN_VERSION\$"; then
+# Only `make check` and `make header` regenerate the header.
+if [ "${1:-}" != demo ] && ! "$CARGO_BIN/cbindgen" --version 2>/dev/null | grep -q " $CBINDGEN_VERSION\$"; then
     echo "install-deps: installing cbindgen $CBINDGEN_VERSION"
     PATH="$CARGO_BIN:$PATH" cargo install --quiet --locked cbindgen --version "$CBINDGEN_VERSION"
 fi
