@@ -68,6 +68,7 @@ AFTER_DELETE_CALLS = {
     "ListChildren": (_call_listchildren, -1),
     "ListChildren-array": (_call_listchildren_arr, -1),
     "GetDomain": (lambda b: lib.virDomainBackupGetDomain(b), None),
+    "Ref": (lambda b: lib.virDomainBackupRef(b), -1),
 }
 
 

@@ -309,7 +309,7 @@ impl Backup {
 
     /// Ok while the backup exists: its job runs or ended without a record
     /// (failed, cancelled) in this process, or the catalog has it.
-    fn ensure_exists(&self) -> Result<()> {
+    pub fn ensure_exists(&self) -> Result<()> {
         if self
             .job
             .as_ref()

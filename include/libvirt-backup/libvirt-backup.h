@@ -242,7 +242,8 @@ virDomainPtr virDomainBackupGetDomain(virDomainBackupPtr backup);
  *
  * Add a reference to @backup; each one is released with virDomainBackupFree().
  *
- * Returns 0 on success, -1 on error.
+ * Returns 0 on success, -1 on error (VIR_ERR_NO_DOMAIN_BACKUP once the
+ * backup has been deleted: only Free is left to do with its handle).
  */
 int virDomainBackupRef(virDomainBackupPtr backup);
 

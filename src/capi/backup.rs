@@ -242,10 +242,12 @@ pub extern "C" fn virDomainBackupGetDomain(backup: virDomainBackupPtr) -> sys::v
 ///
 /// Add a reference to @backup; each one is released with virDomainBackupFree().
 ///
-/// Returns 0 on success, -1 on error.
+/// Returns 0 on success, -1 on error (VIR_ERR_NO_DOMAIN_BACKUP once the
+/// backup has been deleted: only Free is left to do with its handle).
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupRef(backup: virDomainBackupPtr) -> c_int {
     ffi_entry!("virDomainBackupRef", -1, {
+        backup_of(backup, "virDomainBackupRef")?.ensure_exists()?;
         handle_ref(backup, "virDomainBackupRef")?;
         Ok(0)
     })
