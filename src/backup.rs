@@ -19,6 +19,7 @@ use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
     JobStats, RestoreRequest, Target, UnmanagedRequest,
 };
+use crate::xml::dom::Element;
 use crate::xml::domain::{self, DomainDisk};
 
 /// A backup as seen through a handle.
@@ -148,7 +149,8 @@ impl Backup {
                     p.record.target.display()
                 )));
             }
-            if p.record.target.exists() || fs::symlink_metadata(&p.record.target).is_ok() {
+            // symlink_metadata: a dangling link is an existing target too.
+            if fs::symlink_metadata(&p.record.target).is_ok() {
                 return Err(Error::invalid_arg(format!(
                     "target file '{}' already exists",
                     p.record.target.display()
@@ -261,8 +263,10 @@ impl Backup {
 
     /// `virDomainBackupListChildren`.
     pub fn list_children(&self, flags: u32) -> Result<Vec<Arc<Backup>>> {
-        self.record()?;
         let records = self.catalog.list_domain(&self.domain_uuid)?;
+        if !records.iter().any(|r| r.uuid == self.uuid) {
+            return Err(Error::no_backup(&self.uuid.to_string()));
+        }
         let mut found: Vec<&BackupRecord> = Vec::new();
         let mut frontier = vec![self.uuid];
         while let Some(p) = frontier.pop() {
@@ -321,25 +325,22 @@ impl Backup {
     }
 
     /// The job's final state when it failed or was cancelled (no record is left).
-    fn ended_without_record(&self) -> Option<(BackupState, Option<Error>)> {
+    fn ended_without_record(&self) -> Option<(&Job, BackupState)> {
         let job = self.job.as_ref()?;
         match job.state() {
-            s @ (BackupState::Failed | BackupState::Cancelled) => Some((s, job.error())),
+            s @ (BackupState::Failed | BackupState::Cancelled) => Some((job, s)),
             _ => None,
         }
     }
 
     /// `virDomainBackupGetXMLDesc`.
     pub fn xml_desc(&self) -> Result<String> {
-        if let Some((state, _)) = self.ended_without_record() {
-            let job = self.job.as_ref().unwrap();
-            let mut el = crate::xml::dom::Element::new("domainbackup")
-                .with_child(crate::xml::dom::Element::new("uuid").with_text(self.uuid.to_string()))
-                .with_child(crate::xml::dom::Element::new("state").with_text(state.as_str()));
-            el.push(
-                crate::xml::dom::Element::new("domain").with_attr("uuid", job.domain.to_string()),
-            );
-            return Ok(el.to_xml());
+        if let Some((job, state)) = self.ended_without_record() {
+            return Ok(Element::new("domainbackup")
+                .with_child(Element::new("uuid").with_text(self.uuid.to_string()))
+                .with_child(Element::new("state").with_text(state.as_str()))
+                .with_child(Element::new("domain").with_attr("uuid", job.domain.to_string()))
+                .to_xml());
         }
         Ok(self.record()?.public_element().to_xml())
     }
@@ -679,7 +680,7 @@ fn run_copy(
         record.stats = job.stats();
         catalog.write_record(&record)
     });
-    lock.release();
+    drop(lock);
     if result.is_err() {
         let _ = catalog.remove_with_data(&record);
     }

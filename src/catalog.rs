@@ -44,15 +44,15 @@ impl Drop for CatalogLock {
     }
 }
 
-/// The lock a running job holds on its backup; released on drop.
+/// The lock a running job holds on its backup. Dropping it removes the lock
+/// file and any cancel request, then releases the lock.
 pub struct JobLock {
     file: File,
     path: PathBuf,
 }
 
-impl JobLock {
-    /// Release the lock and remove its file.
-    pub fn release(self) {
+impl Drop for JobLock {
+    fn drop(&mut self) {
         let _ = fs::remove_file(self.path.with_extension("cancel"));
         let _ = fs::remove_file(&self.path);
         let _ = self.file.unlock();
@@ -311,12 +311,8 @@ impl Catalog {
     /// Find a backup of any domain.
     pub fn find(&self, backup: &Uuid) -> Result<Option<BackupRecord>> {
         for dom in self.domains()? {
-            let path = self.record_path(&dom, backup);
-            if path.exists() {
-                return Ok(self
-                    .list_domain(&dom)?
-                    .into_iter()
-                    .find(|r| r.uuid == *backup));
+            if self.record_path(&dom, backup).exists() {
+                return self.reload(&dom, backup);
             }
         }
         Ok(None)
@@ -324,14 +320,14 @@ impl Catalog {
 
     /// Current record of a backup, if it is still in the catalog.
     pub fn reload(&self, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
-        let path = self.record_path(domain, backup);
-        if !path.exists() {
+        let Some(rec) = Self::read_record(&self.record_path(domain, backup)) else {
+            return Ok(None);
+        };
+        if rec.state == BackupState::Running && !self.job_alive(&rec) {
+            self.discard_dead(&rec)?;
             return Ok(None);
         }
-        Ok(self
-            .list_domain(domain)?
-            .into_iter()
-            .find(|r| r.uuid == *backup))
+        Ok(Some(rec))
     }
 
     pub fn default_target(&self, domain: &Uuid) -> Result<Option<DefaultTarget>> {
