@@ -232,6 +232,15 @@ static inline const char *fmt(const char *f, ...)
     return b;
 }
 
+/* A <domainbackup> that backs vda up into @target, in format @driver (NULL:
+ * the default), and no other listed disk. */
+static inline const char *vda_backup_xml(const char *target, const char *driver)
+{
+    return fmt("<domainbackup><disks><disk name='vda'><target file='%s'/>%s</disk>"
+               "</disks></domainbackup>",
+               target, driver ? fmt("<driver type='%s'/>", driver) : "");
+}
+
 /* A path under the work folder. */
 #define WPATH(...) fmt("%s/%s", workdir(), fmt(__VA_ARGS__))
 

@@ -198,9 +198,7 @@ int main(void)
         CHECK(virDomainBackupFree(b) == 0);
     }
     /* A disk's own <target> wins over the default target. */
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><disks><disk name='vda'><target file='%s/own.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("own.qcow2"), NULL));
     b = backup_wait(dom2, xml);
     CHECKF(file_exists(WPATH("own.qcow2")), "explicit target ignored");
     if (b)
@@ -260,9 +258,7 @@ int main(void)
             test_disk d = { "vda", disk, "raw", NULL };
             dom3 = define_domain(conn, "create-dom3", &d, 1);
         }
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/sparse-bk.qcow2'/>"
-                 "</disk></disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("sparse-bk.qcow2"), NULL));
         b = backup_wait(dom3, xml);
         if (b) {
             long long used = allocated_bytes(WPATH("sparse-bk.qcow2"));
@@ -274,9 +270,7 @@ int main(void)
                    "sparse copy differs");
             virDomainBackupFree(b);
         }
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/sparse-bk.raw'/>"
-                 "<driver type='raw'/></disk></disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("sparse-bk.raw"), "raw"));
         b = backup_wait(dom3, xml);
         if (b) {
             long long used = allocated_bytes(WPATH("sparse-bk.raw"));
@@ -301,9 +295,7 @@ int main(void)
             test_disk d = { "vda", disk, "qcow2", NULL };
             dq = define_domain(conn, "create-sparse-q", &d, 1);
         }
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/sparse-q-bk.qcow2'/>"
-                 "</disk></disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("sparse-q-bk.qcow2"), NULL));
         b = backup_wait(dq, xml);
         if (b) {
             long long used = allocated_bytes(WPATH("sparse-q-bk.qcow2"));
@@ -336,9 +328,7 @@ int main(void)
             test_disk d = { "vda", top, "qcow2", NULL };
             dc = define_domain(conn, "create-chain", &d, 1);
         }
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/chain-bk.qcow2'/>"
-                 "</disk></disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("chain-bk.qcow2"), NULL));
         b = backup_wait(dc, xml);
         if (b) {
             CHECKF(images_equal(top, "qcow2", WPATH("chain-bk.qcow2"), "qcow2"),
@@ -366,9 +356,7 @@ int main(void)
             test_disk d = { "vda", disk, "raw", NULL };
             dodd = define_domain(conn, "create-odd", &d, 1);
         }
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/odd-bk.qcow2'/>"
-                 "</disk></disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("odd-bk.qcow2"), NULL));
         b = backup_wait(dodd, xml);
         if (b) {
             CHECKF(image_virtual_size(WPATH("odd-bk.qcow2")) == size,
@@ -378,9 +366,7 @@ int main(void)
                    "odd-sized qcow2 copy differs");
             virDomainBackupFree(b);
         }
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/odd-bk.raw'/>"
-                 "<driver type='raw'/></disk></disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("odd-bk.raw"), "raw"));
         b = backup_wait(dodd, xml);
         if (b) {
             CHECKF(file_size(WPATH("odd-bk.raw")) == size, "raw target size %lld, want %lld",
@@ -501,9 +487,7 @@ int main(void)
     section("target folder does not exist");
     {
         char *before = state_snapshot();
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/no/such/dir/x.qcow2'/>"
-                 "</disk></disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("no/such/dir/x.qcow2"), NULL));
         b = virDomainBackupCreateXML(dom1, xml, 0);
         CHECKF(b == NULL, "a backup into a missing folder was accepted");
         CHECKF(virDomainBackupGetLastErrorCode() == VIR_ERR_INVALID_ARG ||

@@ -65,9 +65,7 @@ int main(void)
     check_deleted_handle(b, "CreateXML handle");
 
     section("Delete through one handle, another handle on the same backup");
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><disks><disk name='vda'><target file='%s/two.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("two.qcow2"), NULL));
     b = backup_wait(dom, xml);
     REQUIRE(b != NULL);
     lb = virDomainBackupLookupByUUID(backup_uuid(b), 0);
@@ -79,9 +77,7 @@ int main(void)
 
     /* ---------------------------------------------------------------- */
     section("Delete METADATA_ONLY keeps the data file");
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><disks><disk name='vda'><target file='%s/meta.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("meta.qcow2"), NULL));
     b = backup_wait(dom, xml);
     REQUIRE(b != NULL);
     snprintf(u, sizeof(u), "%s", backup_uuid(b));
@@ -163,13 +159,9 @@ int main(void)
     section("Delete ALL|METADATA_ONLY keeps every file");
     {
         virDomainBackupPtr b1, b3;
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/am-1.qcow2'/>"
-                 "</disk></disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("am-1.qcow2"), NULL));
         b1 = backup_wait(dom, xml);
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/am-2.qcow2'/>"
-                 "</disk></disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("am-2.qcow2"), NULL));
         b3 = backup_wait(dom, xml);
         CHECK(count_backups(dom) == 2);
         if (b3)
@@ -188,9 +180,7 @@ int main(void)
     section("undefine without VIR_DOMAIN_UNDEFINE_BACKUP is refused");
     und = simple_domain(conn, "del-undef", "raw", 16 * MiB);
     b = backup_wait(und, "<domainbackup/>");
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><disks><disk name='vda'><target file='%s/und.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("und.qcow2"), NULL));
     b2 = backup_wait(und, xml);
     REQUIRE(b && b2);
     snprintf(u, sizeof(u), "%s", backup_uuid(b));

@@ -151,9 +151,7 @@ int main(int argc, char **argv)
 
     /* ---------------------------------------------------------------- */
     section("a job without WAIT: running or completed, listed at once");
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><disks><disk name='vda'><target file='%s/job.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("job.qcow2"), NULL));
     b = virDomainBackupCreateXML(dom, xml, 0);
     REQUIRE(b != NULL);
     {
@@ -325,9 +323,7 @@ int main(int argc, char **argv)
     }
 
     section("AbortJob on a running job");
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><disks><disk name='vda'><target file='%s/cancel/big.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("cancel/big.qcow2"), NULL));
     if (mkdir(WPATH("cancel"), 0755) < 0)
         FATAL("mkdir: %s", strerror(errno));
     b = virDomainBackupCreateXML(bigdom, xml, 0);
@@ -342,9 +338,7 @@ int main(int argc, char **argv)
             CHECK(count_backups(bigdom) == 1);
             CHECK(file_exists(WPATH("cancel/big.qcow2")));
             /* A second job on the same domain while one runs. */
-            snprintf(xml, sizeof(xml),
-                     "<domainbackup><disks><disk name='vda'><target file='%s/second.qcow2'/>"
-                     "</disk></disks></domainbackup>", w);
+            snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("second.qcow2"), NULL));
             EXPECT_BACKUP_FAIL(virDomainBackupCreateXML(bigdom, xml, 0),
                                VIR_ERR_OPERATION_INVALID);
             CHECK(!file_exists(WPATH("second.qcow2")));
@@ -384,9 +378,7 @@ int main(int argc, char **argv)
     }
 
     section("FinishJob(CANCEL) on a running job");
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><disks><disk name='vda'><target file='%s/cancel2.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("cancel2.qcow2"), NULL));
     b = virDomainBackupCreateXML(bigdom, xml, 0);
     REQUIRE(b != NULL);
     n = virDomainBackupFinishJob(b, VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK);
@@ -448,9 +440,7 @@ int main(int argc, char **argv)
 
     /* Freeing the only handle of a running job neither stops nor breaks it. */
     section("a job outlives its handle");
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><disks><disk name='vda'><target file='%s/orphan.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("orphan.qcow2"), NULL));
     b = virDomainBackupCreateXML(dom, xml, 0);
     CHECK(b != NULL);
     if (b) {
@@ -478,9 +468,7 @@ int main(int argc, char **argv)
         REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
         lim = old;
         lim.rlim_cur = 32 * MiB;
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/failed.qcow2'/></disk>"
-                 "</disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("failed.qcow2"), NULL));
         REQUIRE(setrlimit(RLIMIT_FSIZE, &lim) == 0);
         b = virDomainBackupCreateXML(bigdom, xml, 0);
         CHECK(b != NULL);
@@ -511,9 +499,7 @@ int main(int argc, char **argv)
         }
 
         /* With WAIT, the failed job gives NULL and leaves nothing. */
-        snprintf(xml, sizeof(xml),
-                 "<domainbackup><disks><disk name='vda'><target file='%s/failed2.qcow2'/></disk>"
-                 "</disks></domainbackup>", w);
+        snprintf(xml, sizeof(xml), "%s", vda_backup_xml(WPATH("failed2.qcow2"), NULL));
         {
             char *before = state_snapshot();
             REQUIRE(setrlimit(RLIMIT_FSIZE, &lim) == 0);
