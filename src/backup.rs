@@ -96,7 +96,7 @@ impl Backup {
             }
             return Err(Error::not_supported_yet("quiescing guest file systems"));
         }
-        if !dom.images_are_quiet()? {
+        if !dom.images_are_quiet(active)? {
             return Err(Error::not_supported_yet(format!(
                 "backup of a running domain of the '{}' driver",
                 dom.driver()?

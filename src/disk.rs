@@ -287,11 +287,6 @@ fn write_nonzero(dst: &Target, chunk: &[u8], offset: u64, progress: &Progress) -
     Ok(())
 }
 
-/// The virtual size of an image.
-pub fn virtual_size(path: &Path, format: DiskFormat) -> Result<u64> {
-    Ok(Source::open(path, format)?.size())
-}
-
 /// Remove a file if it exists; a missing file is not an error.
 pub fn remove_if_exists(path: &PathBuf) -> Result<()> {
     match fs::remove_file(path) {

@@ -55,11 +55,12 @@ impl DomainRef {
         Ok(self.dom.connect()?.driver_type()?)
     }
 
-    /// Whether the library copies this domain's images itself: always for an
-    /// inactive domain, and for a running one on drivers that have no backup
-    /// job of their own (the test driver's guests never write to their files).
-    pub fn images_are_quiet(&self) -> Result<bool> {
-        Ok(!self.is_active()? || self.driver()?.eq_ignore_ascii_case("test"))
+    /// Whether the library copies this domain's images itself, given whether
+    /// it is `active`: always for an inactive domain, and for a running one on
+    /// drivers that have no backup job of their own (the test driver's guests
+    /// never write to their files).
+    pub fn images_are_quiet(&self, active: bool) -> Result<bool> {
+        Ok(!active || self.driver()?.eq_ignore_ascii_case("test"))
     }
 
     pub fn undefine(&self, flags: u32) -> Result<()> {
