@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, JobLock};
+use crate::digest::{IndexReader, IndexWriter};
 use crate::disk::{self, Source, Target as ImageTarget};
 use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
@@ -59,6 +60,15 @@ fn now() -> (i64, u64) {
 struct PlannedDisk {
     record: DiskRecord,
     source: Source,
+    /// Set for an incremental disk: what its target is a delta against.
+    baseline: Option<Baseline>,
+}
+
+/// The parent's copy of a disk an incremental target builds on.
+struct Baseline {
+    target: PathBuf,
+    format: DiskFormat,
+    index: IndexReader,
 }
 
 impl Backup {
@@ -83,10 +93,10 @@ impl Backup {
         let req = CreateRequest::parse(xml)?;
         let catalog = Catalog::open()?;
         let domain_uuid = dom.uuid()?;
-        if let Some(parent) = req.parent {
-            check_parent(&catalog, &domain_uuid, &parent)?;
-            return Err(Error::not_supported_yet("incremental backup (<parent>)"));
-        }
+        let parent = match req.parent {
+            Some(p) => Some(check_parent(&catalog, &domain_uuid, &p)?),
+            None => None,
+        };
         let active = dom.is_active()?;
         if flags & VIR_DOMAIN_BACKUP_CREATE_QUIESCE != 0 {
             if !active {
@@ -139,6 +149,11 @@ impl Backup {
         if planned.is_empty() {
             return Err(Error::invalid_arg("the backup would include no disk"));
         }
+        if let Some(parent) = &parent {
+            for p in &mut planned {
+                choose_mode(&catalog, parent, p, flags)?;
+            }
+        }
         for (i, p) in planned.iter().enumerate() {
             if planned[..i]
                 .iter()
@@ -165,7 +180,7 @@ impl Backup {
             created_ns,
             description: req.description.clone(),
             state: BackupState::Running,
-            parent: None,
+            parent: parent.as_ref().map(|p| p.uuid),
             domain_uuid,
             domain_name: dom.name()?,
             disks: planned.iter().map(|p| p.record.clone()).collect(),
@@ -188,12 +203,16 @@ impl Backup {
             for p in &planned {
                 let dir = p.record.target.parent().unwrap_or(Path::new("/"));
                 record.created_dirs.extend(create_dirs(dir)?);
+                let backing = p.baseline.as_ref().map(|b| (b.target.as_path(), b.format));
                 targets.push(ImageTarget::create(
                     &p.record.target,
                     p.record.format,
                     p.record.virtual_size,
+                    backing,
+                    false,
                 )?);
             }
+            catalog.create_index_dir(&domain_uuid, &uuid)?;
             let lock = catalog.lock_job(&domain_uuid, &uuid)?;
             catalog.write_record(&record)?;
             Ok(lock)
@@ -214,10 +233,13 @@ impl Backup {
             domain_uuid,
             total,
             record.disks.len() as u32,
-            false,
+            record.disks.iter().any(|d| d.mode == BackupMode::Incremental),
             catalog.cancel_path(&domain_uuid, &uuid),
         );
-        let sources: Vec<Source> = planned.into_iter().map(|p| p.source).collect();
+        let sources: Vec<(Source, Option<IndexReader>)> = planned
+            .into_iter()
+            .map(|p| (p.source, p.baseline.map(|b| b.index)))
+            .collect();
         let work_catalog = catalog.clone();
         let work_record = record.clone();
         if let Err(e) =
@@ -524,7 +546,7 @@ impl Backup {
 }
 
 /// Check that `parent` can be the parent of a new backup of `domain`.
-fn check_parent(catalog: &Catalog, domain: &Uuid, parent: &Uuid) -> Result<()> {
+fn check_parent(catalog: &Catalog, domain: &Uuid, parent: &Uuid) -> Result<BackupRecord> {
     let rec = catalog
         .find(parent)?
         .ok_or_else(|| Error::no_backup(&parent.to_string()))?;
@@ -539,7 +561,7 @@ fn check_parent(catalog: &Catalog, domain: &Uuid, parent: &Uuid) -> Result<()> {
             "parent backup '{parent}' is not completed"
         )));
     }
-    Ok(())
+    Ok(rec)
 }
 
 /// The default target in force for a new backup: the LIVE one while the
@@ -626,7 +648,74 @@ fn planned_disk(
             virtual_size: src.size(),
         },
         source: src,
+        baseline: None,
     }))
+}
+
+/// Decide whether a disk of an incremental backup can be stored as a delta
+/// against `parent`'s copy, and if so set it up. A disk falls back to a full
+/// copy (`backupmode='full'`) when the parent has no copy of it, its disk
+/// shrank or changed format since, or the parent's target or digest index
+/// is gone or unreadable; `CREATE_NO_FALLBACK` makes each of these an error.
+fn choose_mode(
+    catalog: &Catalog,
+    parent: &BackupRecord,
+    p: &mut PlannedDisk,
+    flags: u32,
+) -> Result<()> {
+    let name = &p.record.name;
+    let base = parent.disks.iter().find(|d| &d.name == name);
+    let why_not = match base {
+        None => Some("the parent backup has no copy of it".to_string()),
+        Some(b) if p.record.virtual_size < b.virtual_size => Some(format!(
+            "it shrank since the parent backup ({} -> {} bytes)",
+            b.virtual_size, p.record.virtual_size
+        )),
+        Some(b) if p.record.source_format != b.source_format => Some(format!(
+            "its format changed since the parent backup ({} -> {})",
+            b.source_format.as_str(),
+            p.record.source_format.as_str()
+        )),
+        Some(b) if fs::metadata(&b.target).is_err() => Some(format!(
+            "the parent's copy '{}' is missing",
+            b.target.display()
+        )),
+        Some(_) => None,
+    };
+    let index = match (why_not, base) {
+        (None, Some(b)) => IndexReader::open(&catalog.index_path(&parent.domain_uuid, &parent.uuid, &b.name))
+            .map_err(|e| e.message),
+        (why, _) => Err(why.unwrap_or_default()),
+    };
+    match index {
+        Ok(index) if index.size() == base.unwrap().virtual_size => {
+            if p.record.format == DiskFormat::Raw {
+                return Err(Error::invalid_arg(format!(
+                    "disk '{name}': a raw target holds only full copies; an incremental copy needs qcow2"
+                )));
+            }
+            let b = base.unwrap();
+            p.record.mode = BackupMode::Incremental;
+            p.baseline = Some(Baseline {
+                target: b.target.clone(),
+                format: b.format,
+                index,
+            });
+            Ok(())
+        }
+        other => {
+            let why = match other {
+                Ok(_) => "the parent's digest index does not match its disk size".to_string(),
+                Err(w) => w,
+            };
+            if flags & VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK != 0 {
+                return Err(Error::operation_invalid(format!(
+                    "disk '{name}' cannot be backed up incrementally ({why}) and VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK forbids a full copy"
+                )));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Create `dir` and its missing ancestors; returns the folders created, outermost first.
@@ -655,13 +744,23 @@ fn run_copy(
     job: &Job,
     catalog: &Catalog,
     mut record: BackupRecord,
-    sources: Vec<Source>,
+    sources: Vec<(Source, Option<IndexReader>)>,
     targets: Vec<ImageTarget>,
     lock: JobLock,
 ) -> Result<()> {
     let copy = || -> Result<()> {
-        for ((src, dst), d) in sources.iter().zip(targets).zip(&record.disks) {
-            disk::copy_image(src, &dst, &job.progress)
+        for (((src, parent), dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
+            let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
+            let mut parent = parent;
+            let baseline = match &mut parent {
+                Some(r) => disk::Baseline::Index(r),
+                None => disk::Baseline::Empty,
+            };
+            IndexWriter::create(&index_path, d.virtual_size)
+                .and_then(|mut index| {
+                    disk::copy_image(&src, &dst, &job.progress, baseline, &mut index)?;
+                    index.finish()
+                })
                 .and_then(|()| dst.finish(&d.target))
                 .map_err(|mut e| {
                     e.message = format!("disk '{}': {}", d.name, e.message);

@@ -159,6 +159,21 @@ impl Catalog {
             .map_err(|e| Error::io("cannot create", &path, e))
     }
 
+    /// Folder of a backup's digest indexes, one file per disk.
+    pub fn index_dir(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
+        self.domain_dir(domain).join(format!("{backup}.index"))
+    }
+
+    /// The digest index of one disk of a backup.
+    pub fn index_path(&self, domain: &Uuid, backup: &Uuid, disk: &str) -> PathBuf {
+        self.index_dir(domain, backup).join(format!("{disk}.b3"))
+    }
+
+    /// Create the index folder of a new backup.
+    pub fn create_index_dir(&self, domain: &Uuid, backup: &Uuid) -> Result<()> {
+        make_private_dir(&self.index_dir(domain, backup))
+    }
+
     /// Default folder for a backup's images.
     pub fn data_dir(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
         self.domain_dir(domain).join(backup.to_string())
@@ -229,7 +244,15 @@ impl Catalog {
         let path = self.record_path(&rec.domain_uuid, &rec.uuid);
         remove_if_exists(&path)?;
         sync_dir(&self.domain_dir(&rec.domain_uuid));
-        Ok(())
+        // The indexes go after the record: an index without a record is
+        // never read, a record without its index would be a broken parent.
+        let index = self.index_dir(&rec.domain_uuid, &rec.uuid);
+        match fs::remove_dir_all(&index) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("cannot remove digest index", &index, e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Remove a backup's data files and the folders it created, then its record.

@@ -10,22 +10,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
 use imago::{
-    DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping,
+    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping,
     PermissiveImplicitOpenGate, StorageOpenOptions,
 };
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
+use crate::digest::{DIGEST_CHUNK, Digest, DigestSink, IndexReader, ZERO_DIGEST, digest};
 use crate::error::{Error, Result};
 use crate::xml::backup::DiskFormat;
 
 /// Copy buffer: the only per-disk data held in memory. 4 MiB keeps syscalls
 /// few while bounding memory per job.
 pub(crate) const COPY_CHUNK: u64 = 4 << 20;
-
-/// Granularity of the all-zero test: the qcow2 cluster size, so a skipped
-/// block is exactly an unallocated cluster in the target.
-pub(crate) const ZERO_BLOCK: usize = 64 << 10;
 
 /// Shared counters of a copy, read by `GetParameters` while it runs.
 #[derive(Debug, Default)]
@@ -146,23 +143,35 @@ pub enum Target {
 }
 
 impl Target {
-    /// Create a new image, readable by its owner only (it holds guest data);
-    /// an existing file is never overwritten.
-    pub fn create(path: &Path, format: DiskFormat, size: u64) -> Result<Target> {
-        let file = OpenOptions::new()
-            .mode(0o600)
-            .read(true)
-            .write(true)
-            .create_new(true)
+    /// Create a new image, readable by its owner only (it holds guest data).
+    /// An existing file is never overwritten unless `replace` (a storage
+    /// volume libvirt has just created for us). A qcow2 image may get a
+    /// `backing` file: an incremental target reads through to its parent's.
+    pub fn create(
+        path: &Path,
+        format: DiskFormat,
+        size: u64,
+        backing: Option<(&Path, DiskFormat)>,
+        replace: bool,
+    ) -> Result<Target> {
+        let mut opts = OpenOptions::new();
+        opts.mode(0o600).read(true).write(true);
+        if replace {
+            opts.create(true).truncate(true);
+        } else {
+            opts.create_new(true);
+        }
+        let file = opts
             .open(path)
             .map_err(io_err("cannot create target image", path))?;
-        match format {
-            DiskFormat::Raw => {
+        match (format, backing) {
+            (DiskFormat::Raw, None) => {
                 file.set_len(size)
                     .map_err(io_err("cannot size target image", path))?;
                 Ok(Target::Raw { file })
             }
-            DiskFormat::Qcow2 => {
+            (DiskFormat::Raw, Some(_)) => Err(Error::internal("a raw image cannot have a backing file")),
+            (DiskFormat::Qcow2, backing) => {
                 let storage = ImagoFile::from_open_file(
                     file,
                     StorageOpenOptions::new().filename(path).write(true),
@@ -170,12 +179,37 @@ impl Target {
                 .map_err(io_err("cannot open target image", path))?;
                 // qcow2 sizes are whole sectors; round up so a raw source's
                 // odd tail is kept (as qemu-img convert does).
-                let q = Qcow2::<ImagoFile>::create_builder(storage)
-                    .size(size.div_ceil(512) * 512)
-                    .create_open(DenyImplicitOpenGate::default(), |img| {
+                let mut builder =
+                    Qcow2::<ImagoFile>::create_builder(storage).size(size.div_ceil(512) * 512);
+                if let Some((b, f)) = backing {
+                    builder = builder.backing(path_string(b), f.as_str().to_string());
+                }
+                let q = builder
+                    .create_open(PermissiveImplicitOpenGate::default(), |img| {
                         Ok(Qcow2::<ImagoFile>::builder(img).write(true))
                     })
                     .map_err(io_err("cannot format target image", path))?;
+                Ok(Target::Qcow2(FormatAccess::new(q)))
+            }
+        }
+    }
+
+    /// Open an existing image to write into it (in-place restore).
+    pub fn open_existing(path: &Path, format: DiskFormat) -> Result<Target> {
+        match format {
+            DiskFormat::Raw => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err("cannot open disk image for writing", path))?;
+                Ok(Target::Raw { file })
+            }
+            DiskFormat::Qcow2 => {
+                let q = Qcow2::<ImagoFile>::builder_path(path)
+                    .write(true)
+                    .open(PermissiveImplicitOpenGate::default())
+                    .map_err(io_err("cannot open qcow2 disk image for writing", path))?;
                 Ok(Target::Qcow2(FormatAccess::new(q)))
             }
         }
@@ -185,6 +219,23 @@ impl Target {
         match self {
             Target::Raw { file } => file.write_all_at(buf, offset),
             Target::Qcow2(q) => q.write(buf, offset),
+        }
+    }
+
+    /// Make a range read as zeroes: a zero cluster in qcow2 (which hides a
+    /// backing file's data), a punched hole in a raw file.
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        match self {
+            Target::Raw { file } => {
+                use rustix::fs::{FallocateFlags, fallocate};
+                let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+                if fallocate(file, punch, offset, len).is_ok() {
+                    return Ok(());
+                }
+                let zeroes = vec![0u8; len as usize];
+                file.write_all_at(&zeroes, offset)
+            }
+            Target::Qcow2(q) => q.write_zeroes(offset, len),
         }
     }
 
@@ -214,28 +265,132 @@ pub fn is_zero(buf: &[u8]) -> bool {
         && tail.iter().all(|&b| b == 0)
 }
 
-/// Copy every data range of `src` into `dst`, skipping holes and all-zero
-/// blocks, counting progress and written bytes in `progress`.
-pub fn copy_image(src: &Source, dst: &Target, progress: &Progress) -> Result<()> {
+/// What a copy compares the source against to decide what to write.
+pub enum Baseline<'a> {
+    /// A new, empty target: every chunk that is not all zeroes is written.
+    Empty,
+    /// A target whose backing file holds the disk this index describes:
+    /// only chunks whose digest differs are written, zeroes included.
+    Index(&'a mut IndexReader),
+}
+
+/// Writes of a copy, gathered into runs so that adjacent chunks go out in
+/// one call.
+struct Writer<'a> {
+    dst: &'a Target,
+    progress: &'a Progress,
+    /// Pending data run: start offset in the image and in the buffer.
+    run: Option<(u64, usize, usize)>,
+}
+
+impl Writer<'_> {
+    fn data(&mut self, buf: &[u8], window: u64, start: usize, end: usize) -> Result<()> {
+        match &mut self.run {
+            Some((_, _, e)) if *e == start => *e = end,
+            _ => {
+                self.flush(buf)?;
+                self.run = Some((window + start as u64, start, end));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, buf: &[u8]) -> Result<()> {
+        if let Some((offset, s, e)) = self.run.take() {
+            self.dst.write_at(&buf[s..e], offset).map_err(|e| {
+                Error::operation_failed(format!("cannot write target image at offset {offset}: {e}"))
+            })?;
+            self.progress
+                .written
+                .fetch_add((e - s) as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn zeroes(&mut self, buf: &[u8], offset: u64, len: u64) -> Result<()> {
+        self.flush(buf)?;
+        self.dst.write_zeroes(offset, len).map_err(|e| {
+            Error::operation_failed(format!("cannot write zeroes to target image at offset {offset}: {e}"))
+        })
+    }
+}
+
+/// Read `buf.len()` bytes at `offset` of `src`: data extents are read, holes
+/// filled with zeroes. Returns false when the whole range is a hole (and
+/// `buf` was left as it was).
+fn fill_window(src: &Source, buf: &mut [u8], offset: u64) -> Result<bool> {
+    let end = offset + buf.len() as u64;
+    let mut pos = offset;
+    let mut any_data = false;
+    while pos < end {
+        let (kind, len) = src.extent(pos, end - pos).map_err(|e| {
+            Error::operation_failed(format!("cannot map source image at offset {pos}: {e}"))
+        })?;
+        let len = len.clamp(1, end - pos);
+        let part = &mut buf[(pos - offset) as usize..(pos - offset + len) as usize];
+        match kind {
+            Extent::Data => {
+                src.read_at(part, pos).map_err(|e| {
+                    Error::operation_failed(format!("cannot read source image at offset {pos}: {e}"))
+                })?;
+                any_data = true;
+            }
+            Extent::Zero if pos == offset && len == end - offset => return Ok(false),
+            Extent::Zero => part.fill(0),
+        }
+        pos += len;
+    }
+    Ok(any_data)
+}
+
+/// Copy `src` into `dst`, writing what `baseline` says differs, and record
+/// every chunk's digest in `index`. One 4 MiB buffer; progress and cancel
+/// are checked per buffer.
+pub fn copy_image(
+    src: &Source,
+    dst: &Target,
+    progress: &Progress,
+    mut baseline: Baseline,
+    index: &mut dyn DigestSink,
+) -> Result<()> {
     let size = src.size();
     let mut buf = vec![0u8; COPY_CHUNK as usize];
-    let mut offset = 0u64;
-    while offset < size {
+    let mut w = Writer {
+        dst,
+        progress,
+        run: None,
+    };
+    let mut window = 0u64;
+    while window < size {
         progress.check_cancel()?;
-        let max = COPY_CHUNK.min(size - offset);
-        let (kind, len) = src.extent(offset, max).map_err(|e| {
-            Error::operation_failed(format!("cannot map source image at offset {offset}: {e}"))
-        })?;
-        let len = len.clamp(1, max);
-        if kind == Extent::Data {
-            let chunk = &mut buf[..len as usize];
-            src.read_at(chunk, offset).map_err(|e| {
-                Error::operation_failed(format!("cannot read source image at offset {offset}: {e}"))
-            })?;
-            write_nonzero(dst, chunk, offset, progress)?;
+        let len = COPY_CHUNK.min(size - window) as usize;
+        let has_data = fill_window(src, &mut buf[..len], window)?;
+        let mut start = 0usize;
+        while start < len {
+            let end = (start + DIGEST_CHUNK as usize).min(len);
+            let d = if has_data {
+                digest(&buf[start..end])
+            } else {
+                ZERO_DIGEST
+            };
+            index.push(&d)?;
+            let old = match &mut baseline {
+                Baseline::Empty => Some(ZERO_DIGEST),
+                // Past the parent's end the target reads zeroes too.
+                Baseline::Index(r) => r.next_digest()?.or(Some(ZERO_DIGEST)),
+            };
+            if old != Some(d) {
+                if d == ZERO_DIGEST {
+                    w.zeroes(&buf, window + start as u64, (end - start) as u64)?;
+                } else {
+                    w.data(&buf, window, start, end)?;
+                }
+            }
+            start = end;
         }
-        offset += len;
-        progress.processed.fetch_add(len, Ordering::Relaxed);
+        w.flush(&buf)?;
+        window += len as u64;
+        progress.processed.fetch_add(len as u64, Ordering::Relaxed);
     }
     // A source that shrank while it was read would have read as holes.
     let now = src
@@ -249,42 +404,133 @@ pub fn copy_image(src: &Source, dst: &Target, progress: &Progress) -> Result<()>
     Ok(())
 }
 
-/// Write the runs of `chunk` that are not all-zero blocks.
-fn write_nonzero(dst: &Target, chunk: &[u8], offset: u64, progress: &Progress) -> Result<()> {
-    let mut run_start: Option<usize> = None;
-    let mut pos = 0usize;
-    let flush = |start: usize, end: usize| -> Result<()> {
-        dst.write_at(&chunk[start..end], offset + start as u64)
-            .map_err(|e| {
-                Error::operation_failed(format!(
-                    "cannot write target image at offset {}: {e}",
-                    offset + start as u64
-                ))
-            })?;
-        progress
-            .written
-            .fetch_add((end - start) as u64, Ordering::Relaxed);
-        Ok(())
-    };
-    while pos < chunk.len() {
-        // Blocks are aligned to guest offsets so they match target clusters.
-        let block_end = (((offset as usize + pos) / ZERO_BLOCK + 1) * ZERO_BLOCK - offset as usize)
-            .min(chunk.len());
-        let zero = is_zero(&chunk[pos..block_end]);
-        match (zero, run_start) {
-            (false, None) => run_start = Some(pos),
-            (true, Some(s)) => {
-                flush(s, pos)?;
-                run_start = None;
-            }
-            _ => {}
-        }
-        pos = block_end;
+/// Chunks of an existing disk that differ from a backup, one bit each.
+pub struct Rewrite {
+    bits: Vec<u64>,
+    pub chunks: u64,
+}
+
+impl Rewrite {
+    fn set(&mut self, i: u64) {
+        self.bits[(i / 64) as usize] |= 1 << (i % 64);
+        self.chunks += 1;
     }
-    if let Some(s) = run_start {
-        flush(s, chunk.len())?;
+
+    fn get(&self, i: u64) -> bool {
+        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+}
+
+/// Read `len` bytes at `offset` of the backup and check them against `want`.
+fn read_verified(backup: &Source, buf: &mut [u8], offset: u64, want: &[Digest]) -> Result<()> {
+    fill_window(backup, buf, offset).and_then(|data| {
+        if !data {
+            buf.fill(0);
+        }
+        Ok(())
+    })?;
+    for (i, (c, w)) in buf.chunks(DIGEST_CHUNK as usize).zip(want).enumerate() {
+        if digest(c) != *w {
+            return Err(Error::operation_failed(format!(
+                "backup data does not match its digest index at offset {}",
+                offset + i as u64 * DIGEST_CHUNK
+            )));
+        }
     }
     Ok(())
+}
+
+/// First pass of an in-place restore, which writes nothing: hash `disk`
+/// chunk by chunk against the backup's index `want`, and read every chunk
+/// that differs from `backup`, checking it against the index. Only when this
+/// succeeds is the disk touched.
+pub fn plan_rewrite(
+    backup: &Source,
+    want: &mut IndexReader,
+    disk: &Source,
+    progress: &Progress,
+) -> Result<Rewrite> {
+    let size = want.size();
+    let total = crate::digest::chunks(size);
+    let mut plan = Rewrite {
+        bits: vec![0; total.div_ceil(64) as usize],
+        chunks: 0,
+    };
+    let mut buf = vec![0u8; COPY_CHUNK as usize];
+    let mut check = vec![0u8; DIGEST_CHUNK as usize];
+    let mut window = 0u64;
+    let mut i = 0u64;
+    while window < size {
+        progress.check_cancel()?;
+        let len = COPY_CHUNK.min(size - window) as usize;
+        let has_data = fill_window(disk, &mut buf[..len], window)?;
+        for start in (0..len).step_by(DIGEST_CHUNK as usize) {
+            let end = (start + DIGEST_CHUNK as usize).min(len);
+            let have = if has_data { digest(&buf[start..end]) } else { ZERO_DIGEST };
+            let w = want.next_digest()?.unwrap_or(ZERO_DIGEST);
+            if have != w {
+                read_verified(backup, &mut check[..end - start], window + start as u64, &[w])?;
+                plan.set(i);
+            }
+            i += 1;
+        }
+        window += len as u64;
+        progress.processed.fetch_add(len as u64, Ordering::Relaxed);
+    }
+    Ok(plan)
+}
+
+/// Second pass of an in-place restore: write the chunks `plan` found
+/// different, from `backup` into `dst`.
+pub fn apply_rewrite(
+    backup: &Source,
+    want: &mut IndexReader,
+    dst: &Target,
+    plan: &Rewrite,
+    progress: &Progress,
+) -> Result<()> {
+    let size = want.size();
+    let mut buf = vec![0u8; COPY_CHUNK as usize];
+    let mut w = Writer {
+        dst,
+        progress,
+        run: None,
+    };
+    let per_window = COPY_CHUNK / DIGEST_CHUNK;
+    let mut window = 0u64;
+    let mut digests: Vec<Digest> = Vec::with_capacity(per_window as usize);
+    while window < size {
+        let len = COPY_CHUNK.min(size - window) as usize;
+        let first = window / DIGEST_CHUNK;
+        let n = (len as u64).div_ceil(DIGEST_CHUNK);
+        digests.clear();
+        for _ in 0..n {
+            digests.push(want.next_digest()?.unwrap_or(ZERO_DIGEST));
+        }
+        let dirty: Vec<u64> = (0..n).filter(|k| plan.get(first + k)).collect();
+        if let (Some(&lo), Some(&hi)) = (dirty.first(), dirty.last()) {
+            // Read only the span that holds the differing chunks.
+            let s = (lo * DIGEST_CHUNK) as usize;
+            let e = (((hi + 1) * DIGEST_CHUNK) as usize).min(len);
+            read_verified(backup, &mut buf[s..e], window + s as u64, &digests[lo as usize..])?;
+            for &k in &dirty {
+                let cs = (k * DIGEST_CHUNK) as usize;
+                let ce = (cs + DIGEST_CHUNK as usize).min(len);
+                if digests[k as usize] == ZERO_DIGEST {
+                    w.zeroes(&buf, window + cs as u64, (ce - cs) as u64)?;
+                } else {
+                    w.data(&buf, window, cs, ce)?;
+                }
+            }
+            w.flush(&buf)?;
+        }
+        window += len as u64;
+    }
+    Ok(())
+}
+
+fn path_string(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
 }
 
 /// Remove a file if it exists; a missing file is not an error.

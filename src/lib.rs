@@ -7,9 +7,11 @@
 pub mod backup;
 pub mod capi;
 pub mod catalog;
+pub mod digest;
 pub mod disk;
 pub mod error;
 pub mod flags;
 pub mod job;
 pub mod libvirt;
+pub mod storage_pool;
 pub mod xml;

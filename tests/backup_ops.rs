@@ -4,54 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{identical, qemu_img, qemu_io};
-use std::sync::{LazyLock, Mutex};
+use common::{WAIT, WORK, disk, domain, identical};
 
 use libvirt_backup::backup::{Backup, ParamValue};
 use libvirt_backup::catalog::Catalog;
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::libvirt::DomainRef;
 use uuid::Uuid;
-use virt::connect::Connect;
-
-const WAIT: u32 = 1 << 2;
-
-/// One catalog and work folder for this test binary (the catalog root is
-/// process-wide, from LIBVIRT_BACKUP_DIR).
-static WORK: LazyLock<PathBuf> = LazyLock::new(|| {
-    let dir = tempfile::tempdir().unwrap().keep();
-    // SAFETY: set once, before any test reads it (all go through WORK).
-    unsafe { std::env::set_var("LIBVIRT_BACKUP_DIR", dir.join("catalog")) };
-    dir
-});
-
-/// The test driver shares one state per process; keep a connection open.
-static CONN: LazyLock<Mutex<Connect>> =
-    LazyLock::new(|| Mutex::new(Connect::open(Some("test:///default")).unwrap()));
-
-fn disk(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
-    let p = WORK.join(name);
-    qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), size]);
-    for w in writes {
-        qemu_io(fmt, &p, w);
-    }
-    p
-}
-
-fn domain(name: &str, disks: &[(&str, &Path, &str)]) -> DomainRef {
-    let mut devs = String::new();
-    for (dev, path, fmt) in disks {
-        devs.push_str(&format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{}'/><target dev='{dev}'/></disk>",
-            path.display()
-        ));
-    }
-    let xml = format!(
-        "<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os><devices>{devs}</devices></domain>"
-    );
-    let conn = CONN.lock().unwrap();
-    DomainRef::new(conn.define_domain_xml(&xml).unwrap())
-}
 
 fn catalog_files(dom: &DomainRef) -> usize {
     let dir = Catalog::open().unwrap().domain_dir(&dom.uuid().unwrap());

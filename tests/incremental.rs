@@ -1,0 +1,188 @@
+//! Incremental chains and branches on libvirt's test driver: each backup,
+//! read through its backing chain, equals the source at its time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod common;
+use common::{WAIT, WORK, disk, domain, identical, qemu_img, qemu_io};
+
+use libvirt_backup::backup::{Backup, ParamValue};
+use libvirt_backup::error::ErrorCode;
+use libvirt_backup::xml::backup::BackupMode;
+
+const NO_FALLBACK: u32 = 1 << 1;
+
+fn child_xml(parent: &Backup) -> String {
+    format!(
+        "<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>",
+        parent.uuid
+    )
+}
+
+/// A copy of the source as it is now, to compare a backup with later.
+fn snapshot(src: &Path, name: &str) -> PathBuf {
+    let p = WORK.join(name);
+    std::fs::copy(src, &p).unwrap();
+    p
+}
+
+fn backing_chain(p: &Path) -> Vec<String> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--backing-chain", "--output=json"])
+        .arg(p)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("\"filename\": \"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+fn written(b: &Backup) -> u64 {
+    b.parameters()
+        .unwrap()
+        .into_iter()
+        .find_map(|(k, v)| match (k, v) {
+            ("bytes.written", ParamValue::ULLong(n)) => Some(n),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn chain_and_branch_each_equal_the_source_at_their_time() {
+    let src = disk("chain.qcow2", "qcow2", "64M", &["write -P 0x11 0 16M"]);
+    let dom = domain("chain", &[("vda", &src, "qcow2")]);
+    let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    let t0 = snapshot(&src, "chain-t0.qcow2");
+
+    qemu_io("qcow2", &src, "write -P 0x22 4M 1M");
+    let inc1 = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
+    let t1 = snapshot(&src, "chain-t1.qcow2");
+    assert!(written(&inc1) <= 1 << 20, "only the changed 1 MiB is stored");
+
+    // A zeroed range must read as zeroes through the chain.
+    qemu_io("qcow2", &src, "write -z 8M 2M");
+    qemu_io("qcow2", &src, "write -P 0x33 40M 64k");
+    let inc2 = Backup::create(&dom, &child_xml(&inc1), WAIT).unwrap();
+    let t2 = snapshot(&src, "chain-t2.qcow2");
+
+    // A branch: a second child of inc1.
+    qemu_io("qcow2", &src, "write -P 0x44 0 64k");
+    let branch = Backup::create(&dom, &child_xml(&inc1), WAIT).unwrap();
+    let t3 = snapshot(&src, "chain-t3.qcow2");
+
+    for (b, t) in [(&full, &t0), (&inc1, &t1), (&inc2, &t2), (&branch, &t3)] {
+        let rec = b.record().unwrap();
+        assert!(identical(&rec.disks[0].target, "qcow2", t, "qcow2"), "{}", b.uuid);
+    }
+    let leaf = inc2.record().unwrap();
+    assert_eq!(leaf.disks[0].mode, BackupMode::Incremental);
+    assert_eq!(
+        backing_chain(&leaf.disks[0].target).len(),
+        3,
+        "inc2 -> inc1 -> full"
+    );
+    assert!(
+        inc2.xml_desc()
+            .unwrap()
+            .contains("backupmode='incremental'")
+    );
+    let params = inc2.parameters().unwrap();
+    assert!(params.contains(&("incremental", ParamValue::Boolean(true))));
+
+    // Tree listings.
+    let direct = full.list_children(0).unwrap();
+    assert_eq!(direct.len(), 1);
+    let all = full.list_children(1 << 4).unwrap();
+    assert_eq!(all.len(), 3);
+    let leaves = Backup::list(&dom, 1 << 3).unwrap();
+    let mut leaf_ids: Vec<_> = leaves.iter().map(|b| b.uuid).collect();
+    leaf_ids.sort();
+    let mut want = vec![inc2.uuid, branch.uuid];
+    want.sort();
+    assert_eq!(leaf_ids, want);
+    assert_eq!(Backup::list(&dom, 1 << 2).unwrap().len(), 3);
+    assert_eq!(Backup::list(&dom, 1).unwrap().len(), 1);
+    Backup::list(&dom, 0)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .delete(1)
+        .unwrap();
+}
+
+#[test]
+fn grown_disk_stores_its_tail_shrunk_or_new_disk_falls_back() {
+    let a = disk("grow-a.raw", "raw", "8M", &["write -P 0x51 0 8M"]);
+    let dom = domain("grow", &[("vda", &a, "raw")]);
+    let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+
+    qemu_img(&["resize", "-q", "-f", "raw", a.to_str().unwrap(), "12M"]);
+    qemu_io("raw", &a, "write -P 0x52 9M 1M");
+    let grown = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
+    let rec = grown.record().unwrap();
+    assert_eq!(rec.disks[0].mode, BackupMode::Incremental);
+    assert_eq!(written(&grown), 1 << 20);
+    assert!(identical(&rec.disks[0].target, "qcow2", &a, "raw"));
+
+    // Shrunk: a full copy, or an error with NO_FALLBACK (nothing created).
+    qemu_img(&["resize", "-q", "--shrink", "-f", "raw", a.to_str().unwrap(), "4M"]);
+    let before = Backup::list(&dom, 0).unwrap().len();
+    let err = Backup::create(&dom, &child_xml(&grown), WAIT | NO_FALLBACK).unwrap_err();
+    assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
+    assert!(err.message.contains("shrank"), "{}", err.message);
+    assert_eq!(Backup::list(&dom, 0).unwrap().len(), before);
+    let shrunk = Backup::create(&dom, &child_xml(&grown), WAIT).unwrap();
+    let rec = shrunk.record().unwrap();
+    assert_eq!(rec.disks[0].mode, BackupMode::Full);
+    assert!(shrunk.xml_desc().unwrap().contains("backupmode='full'"));
+    assert!(identical(&rec.disks[0].target, "qcow2", &a, "raw"));
+    assert_eq!(backing_chain(&rec.disks[0].target).len(), 1);
+
+    // A raw target cannot hold an incremental copy.
+    let raw = WORK.join("grow-raw-target.raw");
+    let err = Backup::create(
+        &dom,
+        &format!(
+            "<domainbackup><parent><uuid>{}</uuid></parent><disks><disk name='vda'><target file='{}'/><driver type='raw'/></disk></disks></domainbackup>",
+            shrunk.uuid,
+            raw.display()
+        ),
+        WAIT,
+    )
+    .unwrap_err();
+    assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
+    assert!(!raw.exists());
+    full.delete(1 << 1).unwrap();
+}
+
+#[test]
+fn new_disk_and_missing_parent_copy_fall_back_to_full() {
+    let a = disk("fb-a.qcow2", "qcow2", "8M", &["write -P 0x61 0 1M"]);
+    let b = disk("fb-b.qcow2", "qcow2", "8M", &["write -P 0x62 0 1M"]);
+    let one = domain("fb", &[("vda", &a, "qcow2")]);
+    let full = Backup::create(&one, "<domainbackup/>", WAIT).unwrap();
+    // The domain gains a disk.
+    let dom = domain("fb", &[("vda", &a, "qcow2"), ("vdb", &b, "qcow2")]);
+    let err = Backup::create(&dom, &child_xml(&full), WAIT | NO_FALLBACK).unwrap_err();
+    assert!(err.message.contains("vdb"), "{}", err.message);
+    let inc = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
+    let rec = inc.record().unwrap();
+    assert_eq!(rec.disks[0].mode, BackupMode::Incremental);
+    assert_eq!(rec.disks[1].mode, BackupMode::Full);
+    assert!(identical(&rec.disks[1].target, "qcow2", &b, "qcow2"));
+
+    // The parent's copy deleted behind the library's back.
+    std::fs::remove_file(&rec.disks[1].target).unwrap();
+    let err = Backup::create(&dom, &child_xml(&inc), WAIT | NO_FALLBACK).unwrap_err();
+    assert!(err.message.contains("missing"), "{}", err.message);
+    let again = Backup::create(&dom, &child_xml(&inc), WAIT).unwrap();
+    let rec = again.record().unwrap();
+    assert_eq!(rec.disks[1].mode, BackupMode::Full);
+    assert!(identical(&rec.disks[0].target, "qcow2", &a, "qcow2"));
+    full.delete(1 << 1 | 1 << 2).unwrap();
+}
