@@ -18,7 +18,7 @@ use crate::job::{self, Job};
 use crate::libvirt::{self, DomainRef};
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
-    JobStats, RestoreRequest, Target, UnmanagedRequest,
+    JobStats, Target, UnmanagedRequest,
 };
 use crate::xml::dom::Element;
 use crate::xml::domain::{self, DomainDisk};
@@ -522,14 +522,9 @@ impl Backup {
         Ok(())
     }
 
-    /// `virDomainBackupRestore`: the backup is looked up, the copy belongs to
-    /// the restore stage.
-    pub fn restore(xml: &str, _flags: u32) -> Result<()> {
-        let req = RestoreRequest::parse(xml)?;
-        Catalog::open()?
-            .find(&req.uuid)?
-            .ok_or_else(|| Error::no_backup(&req.uuid.to_string()))?;
-        Err(Error::not_supported_yet("restoring a managed backup"))
+    /// `virDomainBackupRestore`.
+    pub fn restore(xml: &str, flags: u32) -> Result<()> {
+        crate::restore::restore(xml, flags)
     }
 
     /// `virDomainBackupRestoreUnmanaged`.

@@ -13,5 +13,6 @@ pub mod error;
 pub mod flags;
 pub mod job;
 pub mod libvirt;
+pub mod restore;
 pub mod storage_pool;
 pub mod xml;

@@ -63,6 +63,17 @@ impl DomainRef {
         Ok(!active || self.driver()?.eq_ignore_ascii_case("test"))
     }
 
+    /// The connection the domain was obtained on.
+    pub fn connect(&self) -> Result<Connect> {
+        Ok(self.dom.connect()?)
+    }
+
+    /// Replace the persistent definition (same name and UUID).
+    pub fn redefine(&self, xml: &str) -> Result<()> {
+        Connect::define_domain_xml(&self.connect()?, xml)?;
+        Ok(())
+    }
+
     pub fn undefine(&self, flags: u32) -> Result<()> {
         Ok(self.dom.undefine_flags(flags)?)
     }
@@ -71,16 +82,35 @@ impl DomainRef {
 /// Keep libvirt from printing errors raised on a connection the library
 /// opened itself: they are reported through our last error instead. The
 /// caller's own connections and global handler are left alone.
-fn silence(conn: &Connect) {
+pub(crate) fn silence(conn: &Connect) {
     extern "C" fn ignore(_data: *mut std::ffi::c_void, _err: virt::sys::virErrorPtr) {}
     // SAFETY: a valid connection; the handler is a plain function.
     unsafe { virt::sys::virConnSetErrorFunc(conn.as_ptr(), std::ptr::null_mut(), Some(ignore)) };
 }
 
-/// Find a domain again from a process that has only the URI and UUID.
-pub fn open_domain(uri: &str, uuid: &Uuid) -> Result<DomainRef> {
+/// Open a connection of the library's own, its errors silenced.
+pub fn open_connection(uri: &str) -> Result<Connect> {
     let conn = Connect::open(Some(uri))?;
     silence(&conn);
+    Ok(conn)
+}
+
+/// Whether a domain of this name exists on the connection.
+pub fn domain_name_taken(conn: &Connect, name: &str) -> Result<bool> {
+    Ok(conn
+        .list_all_domains(0)?
+        .iter()
+        .any(|d| d.name().is_ok_and(|n| n == name)))
+}
+
+/// Define a new persistent domain.
+pub fn define_domain(conn: &Connect, xml: &str) -> Result<DomainRef> {
+    Ok(DomainRef::new(conn.define_domain_xml(xml)?))
+}
+
+/// Find a domain again from a process that has only the URI and UUID.
+pub fn open_domain(uri: &str, uuid: &Uuid) -> Result<DomainRef> {
+    let conn = open_connection(uri)?;
     match conn.lookup_domain_by_uuid_string(&uuid.to_string()) {
         Ok(d) => Ok(DomainRef::new(d)),
         Err(e) => {

@@ -1,6 +1,6 @@
 //! What the library reads from a libvirt domain definition: its disks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::backup::DiskFormat;
 use super::dom;
@@ -65,6 +65,83 @@ pub fn parse_disks(xml: &str) -> Result<Vec<DomainDisk>> {
     Ok(out)
 }
 
+/// A disk of a restored domain: where its data now lives.
+pub struct RestoredDisk<'a> {
+    pub name: &'a str,
+    pub path: &'a Path,
+    pub format: DiskFormat,
+}
+
+/// The definition a restore defines: `xml` with each restored disk pointing
+/// at its new file (no backing chain: the file is complete). For a new
+/// domain (`new_name`), the UUID and MAC addresses are dropped so libvirt
+/// makes new ones, and disks that were not restored are left out, so the
+/// copy never shares an image with the original.
+pub fn restored_definition(
+    xml: &str,
+    new_name: Option<&str>,
+    disks: &[RestoredDisk],
+) -> Result<String> {
+    let mut root = dom::parse(xml)?;
+    if root.name != "domain" {
+        return Err(Error::xml("domain definition has no <domain> root"));
+    }
+    if let Some(name) = new_name {
+        root.children.retain(|c| c.name != "uuid");
+        match root.children.iter_mut().find(|c| c.name == "name") {
+            Some(n) => n.text = name.to_string(),
+            None => root.push(dom::Element::new("name").with_text(name)),
+        }
+    }
+    let Some(devices) = root.children.iter_mut().find(|c| c.name == "devices") else {
+        return Ok(root.to_xml());
+    };
+    devices.children.retain(|d| {
+        let restored = d
+            .child("target")
+            .and_then(|t| t.attr("dev"))
+            .is_some_and(|dev| disks.iter().any(|r| r.name == dev));
+        let is_disk = d.name == "disk" && d.attr("device").unwrap_or("disk") == "disk";
+        new_name.is_none() || !is_disk || restored
+    });
+    for dev in devices.children.iter_mut() {
+        if new_name.is_some() && dev.name == "interface" {
+            dev.children.retain(|c| c.name != "mac");
+        }
+        let Some(r) = (dev.name == "disk")
+            .then(|| dev.child("target").and_then(|t| t.attr("dev")))
+            .flatten()
+            .and_then(|n| disks.iter().find(|r| r.name == n))
+        else {
+            continue;
+        };
+        set_attr(dev, "type", "file");
+        dev.children
+            .retain(|c| c.name != "source" && c.name != "backingStore");
+        dev.children.insert(
+            0,
+            dom::Element::new("source").with_attr("file", r.path.to_string_lossy()),
+        );
+        match dev.children.iter_mut().find(|c| c.name == "driver") {
+            Some(drv) => set_attr(drv, "type", r.format.as_str()),
+            None => dev.children.insert(
+                0,
+                dom::Element::new("driver")
+                    .with_attr("name", "qemu")
+                    .with_attr("type", r.format.as_str()),
+            ),
+        }
+    }
+    Ok(root.to_xml())
+}
+
+fn set_attr(el: &mut dom::Element, name: &str, value: &str) {
+    match el.attrs.iter_mut().find(|(k, _)| k == name) {
+        Some((_, v)) => *v = value.to_string(),
+        None => el.attrs.push((name.to_string(), value.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +161,32 @@ mod tests {
         assert_eq!(disks[1].source, None);
         assert_eq!(disks[2].source, Some("/dev/sdz".into()));
         assert_eq!(disks[2].image_format().unwrap(), DiskFormat::Raw);
+    }
+
+    #[test]
+    fn restored_definition_renames_and_repoints() {
+        let xml = "<domain type='test'><name>a</name><uuid>0b6c1f7e-8a44-4a8b-9d53-3c2a1f7b9e10</uuid><devices>
+            <disk type='block' device='disk'><source dev='/dev/x'/><backingStore/><target dev='vda'/></disk>
+            <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/i/b.raw'/><target dev='vdb'/></disk>
+            <disk type='file' device='cdrom'><target dev='hdc'/></disk>
+            <interface type='network'><mac address='52:54:00:00:00:01'/><source network='default'/></interface>
+            </devices></domain>";
+        let p = PathBuf::from("/r/a-vda.qcow2");
+        let disks = [RestoredDisk { name: "vda", path: &p, format: DiskFormat::Qcow2 }];
+        let out = restored_definition(xml, Some("b"), &disks).unwrap();
+        let root = dom::parse(&out).unwrap();
+        assert_eq!(root.child_text("name"), Some("b"));
+        assert!(root.child("uuid").is_none());
+        assert!(!out.contains("52:54:00"));
+        let d = parse_disks(&out).unwrap();
+        assert_eq!(d.len(), 2, "vdb was not restored, the cdrom stays");
+        assert_eq!(d[0].source, Some(p.clone()));
+        assert_eq!(d[0].kind, "file");
+        assert_eq!(d[0].format.as_deref(), Some("qcow2"));
+        assert!(!out.contains("backingStore"));
+        // In place: nothing dropped, the uuid kept.
+        let same = restored_definition(xml, None, &disks).unwrap();
+        assert_eq!(parse_disks(&same).unwrap().len(), 3);
+        assert!(same.contains("0b6c1f7e"));
     }
 }

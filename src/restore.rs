@@ -1,0 +1,420 @@
+//! Restore: write a backup's disks back, into its own (shut off) domain, to
+//! new files, or as a new domain.
+//!
+//! What a failure leaves behind:
+//! - nothing is written until every target has been validated;
+//! - new files (new targets, and the temporary files that replace an
+//!   existing disk of another format or size) are written and synced first;
+//!   if any of them fails, all of them are removed and no existing disk has
+//!   been touched;
+//! - an existing disk of the same format and size is rewritten in place,
+//!   writing only the chunks that differ, and only after every one of those
+//!   chunks has been read from the backup and matched its recorded digest.
+//!   An I/O error on the disk itself (or a killed process) during that last
+//!   pass can leave it partly restored: running the restore again finishes
+//!   it, writing only what still differs.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::catalog::Catalog;
+use crate::digest::{DigestSink, IndexReader, IndexVerifier};
+use crate::disk::{self, Baseline, Progress, Rewrite, Source, Target};
+use crate::error::{Error, Result};
+use crate::flags::bits::*;
+use crate::job;
+use crate::libvirt::{self, DomainRef};
+use crate::xml::backup::{BackupRecord, BackupState, DiskFormat, RestoreRequest};
+use crate::xml::domain::{self, DomainDisk, RestoredDisk};
+
+/// Where one disk's data comes from.
+struct Origin {
+    image: PathBuf,
+    format: DiskFormat,
+    /// The backup's digest index: verifies what is read, and lets an
+    /// in-place restore find what differs without reading the backup.
+    index: Option<PathBuf>,
+}
+
+/// How a target file is written.
+enum How {
+    /// A file that does not exist yet.
+    New,
+    /// An existing disk of the same format and size: changed chunks only.
+    InPlace,
+    /// An existing file of another format or size: a new file renamed over it.
+    Replace { tmp: PathBuf },
+}
+
+struct DiskPlan {
+    name: String,
+    origin: Origin,
+    target: PathBuf,
+    format: DiskFormat,
+    how: How,
+}
+
+/// Accepts any digest: a copy from a source that has no index.
+struct NoCheck;
+
+impl DigestSink for NoCheck {
+    fn push(&mut self, _: &crate::digest::Digest) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The format of an existing image file, from its first bytes.
+fn probe_format(path: &Path) -> Result<DiskFormat> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f = fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    let n = f.read(&mut magic).map_err(|e| Error::io("cannot read", path, e))?;
+    Ok(if n == 4 && &magic == b"QFI\xfb" {
+        DiskFormat::Qcow2
+    } else {
+        DiskFormat::Raw
+    })
+}
+
+fn open_index(p: &Option<PathBuf>) -> Result<Option<IndexReader>> {
+    p.as_deref().map(IndexReader::open).transpose()
+}
+
+impl DiskPlan {
+    /// Decide how to write the target, refusing an existing file without
+    /// `REWRITE_EXISTING_DISK`. `current` is the target's format as the
+    /// domain knows it, if it is one of the domain's disks.
+    fn new(
+        name: &str,
+        origin: Origin,
+        target: PathBuf,
+        asked: Option<DiskFormat>,
+        current: Option<DiskFormat>,
+        flags: u32,
+    ) -> Result<DiskPlan> {
+        let exists = fs::symlink_metadata(&target).is_ok();
+        if exists && flags & VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK == 0 {
+            return Err(Error::operation_invalid(format!(
+                "disk '{name}': '{}' exists; VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK is needed to write over it",
+                target.display()
+            )));
+        }
+        let dir = target.parent().unwrap_or(Path::new("/"));
+        if !dir.is_dir() {
+            return Err(Error::invalid_arg(format!(
+                "folder of restore target '{}' does not exist",
+                target.display()
+            )));
+        }
+        let (format, how) = if exists {
+            let now = match current {
+                Some(f) => f,
+                None => probe_format(&target)?,
+            };
+            let format = asked.unwrap_or(now);
+            let size_now = Source::open(&target, now)?.size();
+            let size = Source::open(&origin.image, origin.format)?.size();
+            let same = format == now && size_now == size && origin.index.is_some();
+            let how = if same {
+                How::InPlace
+            } else {
+                let file = target.file_name().unwrap_or_default().to_string_lossy();
+                How::Replace {
+                    tmp: dir.join(format!(".{file}.restore-{}", Uuid::new_v4())),
+                }
+            };
+            (format, how)
+        } else {
+            (asked.unwrap_or(DiskFormat::Qcow2), How::New)
+        };
+        Ok(DiskPlan {
+            name: name.to_string(),
+            origin,
+            target,
+            format,
+            how,
+        })
+    }
+
+    fn context(&self) -> impl Fn(Error) -> Error + '_ {
+        move |mut e| {
+            e.message = format!("disk '{}': {}", self.name, e.message);
+            e
+        }
+    }
+
+    /// The file the first pass writes, if any.
+    fn staged_file(&self) -> Option<&Path> {
+        match &self.how {
+            How::New => Some(&self.target),
+            How::Replace { tmp } => Some(tmp),
+            How::InPlace => None,
+        }
+    }
+
+    /// Write a complete new image at `path` from the origin.
+    fn write_new(&self, path: &Path) -> Result<()> {
+        let src = Source::open(&self.origin.image, self.origin.format)?;
+        let dst = Target::create(path, self.format, src.size(), None, false)?;
+        let progress = Progress::default();
+        match open_index(&self.origin.index)? {
+            Some(r) => {
+                let mut verify = IndexVerifier::new(r);
+                disk::copy_image(&src, &dst, &progress, Baseline::Empty, &mut verify)?
+            }
+            None => disk::copy_image(&src, &dst, &progress, Baseline::Empty, &mut NoCheck)?,
+        }
+        dst.finish(path)
+    }
+
+    /// First pass of an in-place rewrite: what differs, verified readable.
+    fn plan_in_place(&self) -> Result<Rewrite> {
+        let src = Source::open(&self.origin.image, self.origin.format)?;
+        let have = Source::open(&self.target, self.format)?;
+        let mut want = open_index(&self.origin.index)?
+            .ok_or_else(|| Error::internal("in-place restore without an index"))?;
+        disk::plan_rewrite(&src, &mut want, &have, &Progress::default())
+    }
+
+    fn apply_in_place(&self, plan: &Rewrite) -> Result<()> {
+        let src = Source::open(&self.origin.image, self.origin.format)?;
+        let dst = Target::open_existing(&self.target, self.format)?;
+        let mut want = open_index(&self.origin.index)?
+            .ok_or_else(|| Error::internal("in-place restore without an index"))?;
+        disk::apply_rewrite(&src, &mut want, &dst, plan, &Progress::default())?;
+        dst.finish(&self.target)
+    }
+}
+
+/// Give a replacement file the owner and mode of the file it replaces, so
+/// the hypervisor can still open it.
+fn copy_ownership(from: &Path, to: &Path) -> Result<()> {
+    let m = fs::metadata(from).map_err(|e| Error::io("cannot stat", from, e))?;
+    std::os::unix::fs::chown(to, Some(m.uid()), Some(m.gid()))
+        .map_err(|e| Error::io("cannot set owner of", to, e))?;
+    fs::set_permissions(to, m.permissions()).map_err(|e| Error::io("cannot set mode of", to, e))
+}
+
+/// Write every planned disk (see the module comment for the order).
+fn execute(plans: &[DiskPlan]) -> Result<()> {
+    let mut in_place = Vec::new();
+    for p in plans {
+        if matches!(p.how, How::InPlace) {
+            in_place.push(p.plan_in_place().map_err(p.context())?);
+        }
+    }
+    let mut staged: Vec<&Path> = Vec::new();
+    let staging = plans.iter().try_for_each(|p| {
+        let Some(path) = p.staged_file() else {
+            return Ok(());
+        };
+        staged.push(path);
+        p.write_new(path).map_err(p.context())
+    });
+    if let Err(e) = staging {
+        for path in staged {
+            let _ = fs::remove_file(path);
+        }
+        return Err(e);
+    }
+    let mut rewrites = in_place.iter();
+    for p in plans {
+        match &p.how {
+            How::New => {}
+            How::InPlace => p
+                .apply_in_place(rewrites.next().unwrap())
+                .map_err(p.context())?,
+            How::Replace { tmp } => {
+                let done = copy_ownership(&p.target, tmp).and_then(|()| {
+                    fs::rename(tmp, &p.target)
+                        .map_err(|e| Error::io("cannot rename over", &p.target, e))
+                });
+                if let Err(e) = done {
+                    let _ = fs::remove_file(tmp);
+                    return Err(p.context()(e));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_distinct(plans: &[DiskPlan]) -> Result<()> {
+    for (i, p) in plans.iter().enumerate() {
+        if plans[..i].iter().any(|o| o.target == p.target) {
+            return Err(Error::invalid_arg(format!(
+                "restore target '{}' is given to two disks",
+                p.target.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn restored<'a>(plans: &'a [DiskPlan]) -> Vec<RestoredDisk<'a>> {
+    plans
+        .iter()
+        .map(|p| RestoredDisk {
+            name: &p.name,
+            path: &p.target,
+            format: p.format,
+        })
+        .collect()
+}
+
+/// Which disks a request selects: each must be one of `available`.
+fn select<'a, T>(
+    requested: Option<&'a [T]>,
+    available: &[&'a str],
+    name_of: impl Fn(&T) -> &str,
+) -> Result<Vec<(&'a str, Option<&'a T>)>> {
+    match requested {
+        None => Ok(available.iter().map(|n| (*n, None)).collect()),
+        Some(list) => list
+            .iter()
+            .map(|r| {
+                let n = name_of(r);
+                available
+                    .iter()
+                    .find(|a| **a == n)
+                    .map(|a| (*a, Some(r)))
+                    .ok_or_else(|| Error::invalid_arg(format!("the backup has no disk named '{n}'")))
+            })
+            .collect(),
+    }
+}
+
+/// The shut-off domain a restore writes into.
+fn shut_off(dom: &DomainRef) -> Result<()> {
+    if dom.is_active()? {
+        return Err(Error::operation_invalid(
+            "the domain is running; shut it off before restoring its disks",
+        ));
+    }
+    if job::running_for_domain(&dom.uuid()?).is_some() {
+        return Err(Error::operation_invalid("the domain has a backup job running"));
+    }
+    Ok(())
+}
+
+fn current_disk<'a>(disks: &'a [DomainDisk], name: &str) -> Result<&'a DomainDisk> {
+    disks.iter().find(|d| d.name == name).ok_or_else(|| {
+        Error::invalid_arg(format!(
+            "the domain has no disk '{name}' any more; give a <target> or restore as a new domain"
+        ))
+    })
+}
+
+/// `virDomainBackupRestore`.
+pub fn restore(xml: &str, flags: u32) -> Result<()> {
+    let req = RestoreRequest::parse(xml)?;
+    let catalog = Catalog::open()?;
+    let rec = catalog
+        .find(&req.uuid)?
+        .ok_or_else(|| Error::no_backup(&req.uuid.to_string()))?;
+    if rec.state != BackupState::Completed {
+        return Err(Error::operation_invalid(format!(
+            "backup '{}' is not completed",
+            rec.uuid
+        )));
+    }
+    let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
+    let chosen = select(req.disks.as_deref(), &names, |d| d.name.as_str())?;
+    let origin = |name: &str| {
+        let d = rec.disks.iter().find(|d| d.name == name).unwrap();
+        Origin {
+            image: d.target.clone(),
+            format: d.format,
+            index: Some(catalog.index_path(&rec.domain_uuid, &rec.uuid, name)),
+        }
+    };
+    if flags & VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN != 0 {
+        return restore_new_domain(&rec, &req, chosen, origin, flags);
+    }
+    if req.domain_name.is_some() {
+        return Err(Error::invalid_arg(
+            "<domain name> is only for VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN",
+        ));
+    }
+    let dom = libvirt::open_domain(&rec.uri, &rec.domain_uuid)?;
+    shut_off(&dom)?;
+    let now_xml = dom.xml()?;
+    let now = domain::parse_disks(&now_xml)?;
+    let mut plans = Vec::new();
+    for (name, asked) in chosen {
+        let d = current_disk(&now, name)?;
+        let given = asked.and_then(|a| a.target.clone());
+        let current = match &given {
+            Some(t) if Some(t) != d.source.as_ref() => None,
+            _ => Some(d.image_format()?),
+        };
+        let target = given.or_else(|| d.source.clone()).ok_or_else(|| {
+            Error::invalid_arg(format!("disk '{name}' has no source to restore into"))
+        })?;
+        let format = asked.and_then(|a| a.format);
+        plans.push(DiskPlan::new(name, origin(name), target, format, current, flags)?);
+    }
+    check_distinct(&plans)?;
+    execute(&plans)?;
+    // Point the domain at files it did not use before, or at a new format.
+    let changed = plans.iter().any(|p| {
+        let d = now.iter().find(|d| d.name == p.name).unwrap();
+        d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
+    });
+    if changed {
+        dom.redefine(&domain::restored_definition(&now_xml, None, &restored(&plans))?)?;
+    }
+    Ok(())
+}
+
+fn restore_new_domain(
+    rec: &BackupRecord,
+    req: &RestoreRequest,
+    chosen: Vec<(&str, Option<&crate::xml::backup::RestoreDisk>)>,
+    origin: impl Fn(&str) -> Origin,
+    flags: u32,
+) -> Result<()> {
+    let name = req.domain_name.clone().unwrap_or_else(|| {
+        format!(
+            "{}-restore-{}",
+            rec.domain_name,
+            &rec.uuid.to_string()[..8]
+        )
+    });
+    if name.is_empty() || name.contains('/') {
+        return Err(Error::invalid_arg(format!("bad domain name '{name}'")));
+    }
+    let conn = libvirt::open_connection(&rec.uri)?;
+    if libvirt::domain_name_taken(&conn, &name)? {
+        return Err(Error::operation_invalid(format!(
+            "a domain named '{name}' already exists"
+        )));
+    }
+    let mut plans = Vec::new();
+    for (disk, asked) in chosen {
+        let d = rec.disks.iter().find(|d| d.name == disk).unwrap();
+        let format = asked.and_then(|a| a.format);
+        let target = match asked.and_then(|a| a.target.clone()) {
+            Some(t) => t,
+            None => {
+                let dir = d.source.parent().unwrap_or(Path::new("/"));
+                let ext = format.unwrap_or(DiskFormat::Qcow2).as_str();
+                dir.join(format!("{name}-{disk}.{ext}"))
+            }
+        };
+        plans.push(DiskPlan::new(disk, origin(disk), target, format, None, flags)?);
+    }
+    check_distinct(&plans)?;
+    let xml = domain::restored_definition(&rec.domain_xml, Some(&name), &restored(&plans))?;
+    execute(&plans)?;
+    if let Err(e) = libvirt::define_domain(&conn, &xml) {
+        for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
+            let _ = fs::remove_file(&p.target);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
