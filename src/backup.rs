@@ -498,22 +498,34 @@ impl Backup {
                 set.extend(all.iter().filter(|r| r.parent == Some(p)));
                 i += 1;
             }
-            if set.len() > 1 && flags & VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN == 0 {
-                return Err(Error::not_supported_yet(
-                    "deleting a backup that has children (merging it into them)",
-                ));
+            if flags & VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN == 0 {
+                // Only this backup goes; its children keep their data.
+                set.truncate(1);
             }
             set
         };
+        let metadata_only = flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0;
         if let Some(r) = doomed.iter().find(|r| r.state == BackupState::Running) {
             return Err(Error::operation_invalid(format!(
                 "backup '{}' has a job running; abort it first",
                 r.uuid
             )));
         }
+        if doomed.len() == 1 && flags & VIR_DOMAIN_BACKUP_DELETE_ALL == 0 {
+            if let Some(r) = all
+                .iter()
+                .find(|r| r.parent == Some(rec.uuid) && r.state == BackupState::Running)
+            {
+                return Err(Error::operation_invalid(format!(
+                    "child backup '{}' has a job running; abort it first",
+                    r.uuid
+                )));
+            }
+            crate::merge::merge_into_children(&self.catalog, &rec, &all, metadata_only)?;
+        }
         // Children first, so a crash midway never leaves a child without its parent.
         for r in doomed.iter().rev() {
-            if flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0 {
+            if metadata_only {
                 self.catalog.remove_record(r)?;
             } else {
                 self.catalog.remove_with_data(r)?;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod flags;
 pub mod job;
 pub mod libvirt;
+pub mod merge;
 pub mod restore;
 pub mod storage_pool;
 pub mod xml;

@@ -186,3 +186,72 @@ fn new_disk_and_missing_parent_copy_fall_back_to_full() {
     assert!(identical(&rec.disks[0].target, "qcow2", &a, "qcow2"));
     full.delete(1 << 1 | 1 << 2).unwrap();
 }
+
+#[test]
+fn deleting_inside_a_chain_merges_into_the_children() {
+    let src = disk("merge.qcow2", "qcow2", "32M", &["write -P 0x71 0 8M"]);
+    let dom = domain("merge", &[("vda", &src, "qcow2")]);
+    let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    qemu_io("qcow2", &src, "write -P 0x72 1M 1M");
+    let mid = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
+    qemu_io("qcow2", &src, "write -P 0x73 3M 64k");
+    qemu_io("qcow2", &src, "write -z 5M 1M");
+    let leaf = Backup::create(&dom, &child_xml(&mid), WAIT).unwrap();
+    let t_leaf = snapshot(&src, "merge-leaf.qcow2");
+    qemu_io("qcow2", &src, "write -P 0x74 9M 64k");
+    let branch = Backup::create(&dom, &child_xml(&mid), WAIT).unwrap();
+    let t_branch = snapshot(&src, "merge-branch.qcow2");
+    let mid_files = mid.record().unwrap().disks[0].target.clone();
+
+    // The middle goes: both children are re-parented onto the full backup.
+    mid.delete(0).unwrap();
+    assert!(!mid_files.exists());
+    for (b, t) in [(&leaf, &t_leaf), (&branch, &t_branch)] {
+        let rec = b.record().unwrap();
+        assert_eq!(rec.parent, Some(full.uuid));
+        assert_eq!(rec.disks[0].mode, BackupMode::Incremental);
+        assert_eq!(backing_chain(&rec.disks[0].target).len(), 2);
+        assert!(identical(&rec.disks[0].target, "qcow2", t, "qcow2"));
+    }
+    // The chain root goes: its children become full copies.
+    full.delete(0).unwrap();
+    for (b, t) in [(&leaf, &t_leaf), (&branch, &t_branch)] {
+        let rec = b.record().unwrap();
+        assert_eq!(rec.parent, None);
+        assert_eq!(rec.disks[0].mode, BackupMode::Full);
+        assert_eq!(backing_chain(&rec.disks[0].target).len(), 1);
+        assert!(identical(&rec.disks[0].target, "qcow2", t, "qcow2"));
+    }
+    assert_eq!(Backup::list(&dom, 1).unwrap().len(), 2);
+    // A new incremental on a merged backup still works.
+    qemu_io("qcow2", &src, "write -P 0x75 0 64k");
+    let next = Backup::create(&dom, &child_xml(&branch), WAIT).unwrap();
+    assert!(identical(&next.record().unwrap().disks[0].target, "qcow2", &src, "qcow2"));
+    Backup::list(&dom, 0).unwrap()[0].delete(1).unwrap();
+    assert!(Backup::list(&dom, 0).unwrap().is_empty());
+}
+
+#[test]
+fn metadata_only_and_all_children() {
+    let src = disk("mdo.raw", "raw", "8M", &["write -P 0x81 0 2M"]);
+    let dom = domain("mdo", &[("vda", &src, "raw")]);
+    let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    qemu_io("raw", &src, "write -P 0x82 0 64k");
+    let mid = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
+    qemu_io("raw", &src, "write -P 0x83 64k 64k");
+    let leaf = Backup::create(&dom, &child_xml(&mid), WAIT).unwrap();
+    let t_leaf = snapshot(&src, "mdo-leaf.raw");
+    let mid_file = mid.record().unwrap().disks[0].target.clone();
+    // Forget the middle: its files stay and the leaf still reads through them.
+    mid.delete(1 << 2).unwrap();
+    assert!(mid_file.exists());
+    let rec = leaf.record().unwrap();
+    assert_eq!(rec.parent, Some(full.uuid));
+    assert!(identical(&rec.disks[0].target, "qcow2", &t_leaf, "raw"));
+    // The subtree goes at once.
+    let full_file = full.record().unwrap().disks[0].target.clone();
+    full.delete(1 << 1).unwrap();
+    assert!(!full_file.exists() && !rec.disks[0].target.exists());
+    assert!(Backup::list(&dom, 0).unwrap().is_empty());
+    std::fs::remove_file(&mid_file).unwrap();
+}

@@ -1,0 +1,123 @@
+//! Deleting a backup that has children: its data is first merged into each
+//! direct child, so every descendant stays restorable.
+//!
+//! Each incremental disk of a child is rewritten as a new file holding the
+//! child's full content as a delta against the deleted backup's own parent
+//! (or as a full copy when the deleted backup was a chain root), checked
+//! chunk by chunk against the child's digest index, synced, and renamed over
+//! the child's file. Then the child's record is rewritten with its new
+//! parent, and only then is the backup removed. A crash at any point leaves
+//! files and records that read back the same data: before the rename the
+//! old chain is intact; after it the child no longer needs the deleted
+//! backup's files; a child record that still names the deleted parent is
+//! merged again (a no-op copy) by the next delete.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::catalog::Catalog;
+use crate::digest::{IndexReader, IndexVerifier};
+use crate::disk::{self, Baseline, Progress, Source, Target};
+use crate::error::{Error, Result};
+use crate::xml::backup::{BackupMode, BackupRecord, DiskRecord};
+
+/// What a rewritten child disk is a delta against, if anything.
+struct Base<'a> {
+    disk: &'a DiskRecord,
+    index: PathBuf,
+}
+
+/// Rewrite one incremental disk of a child so it no longer reads through
+/// the deleted backup. Returns the disk's new mode.
+fn rewrite_disk(
+    catalog: &Catalog,
+    child: &BackupRecord,
+    d: &DiskRecord,
+    base: Option<Base>,
+) -> Result<BackupMode> {
+    let src = Source::open(&d.target, d.format)?;
+    let dir = d.target.parent().unwrap_or(Path::new("/"));
+    let name = d.target.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.merge-{}", Uuid::new_v4()));
+    let own_index = catalog.index_path(&child.domain_uuid, &child.uuid, &d.name);
+    let work = || -> Result<BackupMode> {
+        let mut verify = IndexVerifier::new(IndexReader::open(&own_index)?);
+        let progress = Progress::default();
+        let (dst, mode) = match &base {
+            Some(b) => {
+                let mut parent = IndexReader::open(&b.index)?;
+                let dst = Target::create(
+                    &tmp,
+                    d.format,
+                    src.size(),
+                    Some((&b.disk.target, b.disk.format)),
+                    false,
+                )?;
+                disk::copy_image(&src, &dst, &progress, Baseline::Index(&mut parent), &mut verify)?;
+                (dst, BackupMode::Incremental)
+            }
+            None => {
+                let dst = Target::create(&tmp, d.format, src.size(), None, false)?;
+                disk::copy_image(&src, &dst, &progress, Baseline::Empty, &mut verify)?;
+                (dst, BackupMode::Full)
+            }
+        };
+        dst.finish(&tmp)?;
+        fs::rename(&tmp, &d.target).map_err(|e| Error::io("cannot rename over", &d.target, e))?;
+        if let Ok(dirf) = fs::File::open(dir) {
+            let _ = dirf.sync_all();
+        }
+        Ok(mode)
+    };
+    work().map_err(|mut e| {
+        let _ = fs::remove_file(&tmp);
+        e.message = format!(
+            "cannot merge into disk '{}' of backup '{}': {}",
+            d.name, child.uuid, e.message
+        );
+        e
+    })
+}
+
+/// Merge `doomed` into each of its direct children among `all`, re-parenting
+/// them onto its parent. With `metadata_only` the files stay as they are (the
+/// children keep reading through the doomed backup's files) and only the
+/// records change.
+pub fn merge_into_children(
+    catalog: &Catalog,
+    doomed: &BackupRecord,
+    all: &[BackupRecord],
+    metadata_only: bool,
+) -> Result<()> {
+    let grandparent = doomed
+        .parent
+        .and_then(|p| all.iter().find(|r| r.uuid == p));
+    for child in all.iter().filter(|r| r.parent == Some(doomed.uuid)) {
+        let mut updated = child.clone();
+        updated.parent = doomed.parent;
+        if !metadata_only {
+            for d in updated.disks.iter_mut() {
+                if d.mode != BackupMode::Incremental {
+                    continue;
+                }
+                // The deleted backup's copy of this disk was itself a delta
+                // against the grandparent's: the child becomes one too.
+                let via = doomed
+                    .disks
+                    .iter()
+                    .find(|x| x.name == d.name && x.mode == BackupMode::Incremental);
+                let base = grandparent.zip(via).and_then(|(g, _)| {
+                    g.disks.iter().find(|x| x.name == d.name).map(|disk| Base {
+                        disk,
+                        index: catalog.index_path(&g.domain_uuid, &g.uuid, &d.name),
+                    })
+                });
+                d.mode = rewrite_disk(catalog, child, d, base)?;
+            }
+        }
+        catalog.write_record(&updated)?;
+    }
+    Ok(())
+}
