@@ -540,15 +540,8 @@ impl Backup {
     }
 
     /// `virDomainBackupRestoreUnmanaged`.
-    pub fn restore_unmanaged(_dom: &DomainRef, xml: &str, _flags: u32) -> Result<()> {
-        let root = crate::xml::dom::parse(xml)?;
-        if root.name != "domainbackup" {
-            return Err(Error::xml(format!(
-                "expected root element <domainbackup>, found <{}>",
-                root.name
-            )));
-        }
-        Err(Error::not_supported_yet("restoring from unmanaged sources"))
+    pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
+        crate::restore::restore_unmanaged(dom, xml, flags)
     }
 }
 

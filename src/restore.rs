@@ -19,6 +19,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
+use virt::connect::Connect;
 
 use crate::catalog::Catalog;
 use crate::digest::{DigestSink, IndexReader, IndexVerifier};
@@ -27,7 +28,9 @@ use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::job;
 use crate::libvirt::{self, DomainRef};
-use crate::xml::backup::{BackupRecord, BackupState, DiskFormat, RestoreRequest};
+use crate::xml::backup::{
+    BackupState, DiskFormat, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest, UnmanagedSource,
+};
 use crate::xml::domain::{self, DomainDisk, RestoredDisk};
 
 /// Where one disk's data comes from.
@@ -308,6 +311,104 @@ fn current_disk<'a>(disks: &'a [DomainDisk], name: &str) -> Result<&'a DomainDis
     })
 }
 
+/// One disk to restore, whatever it comes from.
+struct Item<'a> {
+    name: &'a str,
+    origin: Origin,
+    asked: Option<&'a RestoreDisk>,
+    /// The disk's file when its data was saved: a new domain's default
+    /// files go next to it.
+    original: Option<PathBuf>,
+}
+
+/// Restore into `dom` itself (shut off): each disk's current file by
+/// default, repointing the definition at any other file or format.
+fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> {
+    shut_off(dom)?;
+    let now_xml = dom.xml()?;
+    let now = domain::parse_disks(&now_xml)?;
+    let mut plans = Vec::new();
+    for it in items {
+        let d = current_disk(&now, it.name)?;
+        let given = it.asked.and_then(|a| a.target.clone());
+        let current = match &given {
+            Some(t) if Some(t) != d.source.as_ref() => None,
+            _ => Some(d.image_format()?),
+        };
+        let target = given.or_else(|| d.source.clone()).ok_or_else(|| {
+            Error::invalid_arg(format!("disk '{}' has no source to restore into", it.name))
+        })?;
+        let format = it.asked.and_then(|a| a.format);
+        plans.push(DiskPlan::new(it.name, it.origin, target, format, current, flags)?);
+    }
+    check_distinct(&plans)?;
+    execute(&plans)?;
+    let changed = plans.iter().any(|p| {
+        let d = now.iter().find(|d| d.name == p.name).unwrap();
+        d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
+    });
+    if changed {
+        dom.redefine(&domain::restored_definition(&now_xml, None, &restored(&plans))?)?;
+    }
+    Ok(())
+}
+
+/// Define a new domain named `name` from `base_xml`, its disks restored to
+/// new files (by default `<folder of the original>/<name>-<disk>.<format>`).
+fn as_new_domain(
+    conn: &Connect,
+    base_xml: &str,
+    name: &str,
+    items: Vec<Item>,
+    flags: u32,
+) -> Result<()> {
+    if name.is_empty() || name.contains('/') {
+        return Err(Error::invalid_arg(format!("bad domain name '{name}'")));
+    }
+    if libvirt::domain_name_taken(conn, name)? {
+        return Err(Error::operation_invalid(format!(
+            "a domain named '{name}' already exists"
+        )));
+    }
+    let mut plans = Vec::new();
+    for it in items {
+        let format = it.asked.and_then(|a| a.format);
+        let target = match it.asked.and_then(|a| a.target.clone()) {
+            Some(t) => t,
+            None => {
+                let dir = it
+                    .original
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new("/"));
+                let ext = format.unwrap_or(DiskFormat::Qcow2).as_str();
+                dir.join(format!("{name}-{}.{ext}", it.name))
+            }
+        };
+        plans.push(DiskPlan::new(it.name, it.origin, target, format, None, flags)?);
+    }
+    check_distinct(&plans)?;
+    let xml = domain::restored_definition(base_xml, Some(name), &restored(&plans))?;
+    execute(&plans)?;
+    if let Err(e) = libvirt::define_domain(conn, &xml) {
+        for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
+            let _ = fs::remove_file(&p.target);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn new_domain_asked(flags: u32, name: &Option<String>) -> Result<bool> {
+    let asked = flags & VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN != 0;
+    if !asked && name.is_some() {
+        return Err(Error::invalid_arg(
+            "<domain name> is only for VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN",
+        ));
+    }
+    Ok(asked)
+}
+
 /// `virDomainBackupRestore`.
 pub fn restore(xml: &str, flags: u32) -> Result<()> {
     let req = RestoreRequest::parse(xml)?;
@@ -322,99 +423,74 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
         )));
     }
     let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
-    let chosen = select(req.disks.as_deref(), &names, |d| d.name.as_str())?;
-    let origin = |name: &str| {
-        let d = rec.disks.iter().find(|d| d.name == name).unwrap();
-        Origin {
-            image: d.target.clone(),
-            format: d.format,
-            index: Some(catalog.index_path(&rec.domain_uuid, &rec.uuid, name)),
-        }
-    };
-    if flags & VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN != 0 {
-        return restore_new_domain(&rec, &req, chosen, origin, flags);
-    }
-    if req.domain_name.is_some() {
-        return Err(Error::invalid_arg(
-            "<domain name> is only for VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN",
-        ));
+    let items = select(req.disks.as_deref(), &names, |d| d.name.as_str())?
+        .into_iter()
+        .map(|(name, asked)| {
+            let d = rec.disks.iter().find(|d| d.name == name).unwrap();
+            Item {
+                name,
+                origin: Origin {
+                    image: d.target.clone(),
+                    format: d.format,
+                    index: Some(catalog.index_path(&rec.domain_uuid, &rec.uuid, name)),
+                },
+                asked,
+                original: Some(d.source.clone()),
+            }
+        })
+        .collect();
+    if new_domain_asked(flags, &req.domain_name)? {
+        let name = req.domain_name.clone().unwrap_or_else(|| {
+            format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8])
+        });
+        let conn = libvirt::open_connection(&rec.uri)?;
+        return as_new_domain(&conn, &rec.domain_xml, &name, items, flags);
     }
     let dom = libvirt::open_domain(&rec.uri, &rec.domain_uuid)?;
-    shut_off(&dom)?;
-    let now_xml = dom.xml()?;
-    let now = domain::parse_disks(&now_xml)?;
-    let mut plans = Vec::new();
-    for (name, asked) in chosen {
-        let d = current_disk(&now, name)?;
-        let given = asked.and_then(|a| a.target.clone());
-        let current = match &given {
-            Some(t) if Some(t) != d.source.as_ref() => None,
-            _ => Some(d.image_format()?),
-        };
-        let target = given.or_else(|| d.source.clone()).ok_or_else(|| {
-            Error::invalid_arg(format!("disk '{name}' has no source to restore into"))
-        })?;
-        let format = asked.and_then(|a| a.format);
-        plans.push(DiskPlan::new(name, origin(name), target, format, current, flags)?);
-    }
-    check_distinct(&plans)?;
-    execute(&plans)?;
-    // Point the domain at files it did not use before, or at a new format.
-    let changed = plans.iter().any(|p| {
-        let d = now.iter().find(|d| d.name == p.name).unwrap();
-        d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
-    });
-    if changed {
-        dom.redefine(&domain::restored_definition(&now_xml, None, &restored(&plans))?)?;
-    }
-    Ok(())
+    into_own_domain(&dom, items, flags)
 }
 
-fn restore_new_domain(
-    rec: &BackupRecord,
-    req: &RestoreRequest,
-    chosen: Vec<(&str, Option<&crate::xml::backup::RestoreDisk>)>,
-    origin: impl Fn(&str) -> Origin,
-    flags: u32,
-) -> Result<()> {
-    let name = req.domain_name.clone().unwrap_or_else(|| {
-        format!(
-            "{}-restore-{}",
-            rec.domain_name,
-            &rec.uuid.to_string()[..8]
-        )
-    });
-    if name.is_empty() || name.contains('/') {
-        return Err(Error::invalid_arg(format!("bad domain name '{name}'")));
-    }
-    let conn = libvirt::open_connection(&rec.uri)?;
-    if libvirt::domain_name_taken(&conn, &name)? {
-        return Err(Error::operation_invalid(format!(
-            "a domain named '{name}' already exists"
-        )));
-    }
-    let mut plans = Vec::new();
-    for (disk, asked) in chosen {
-        let d = rec.disks.iter().find(|d| d.name == disk).unwrap();
-        let format = asked.and_then(|a| a.format);
-        let target = match asked.and_then(|a| a.target.clone()) {
-            Some(t) => t,
-            None => {
-                let dir = d.source.parent().unwrap_or(Path::new("/"));
-                let ext = format.unwrap_or(DiskFormat::Qcow2).as_str();
-                dir.join(format!("{name}-{disk}.{ext}"))
+/// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
+/// did not make (their format is read from their first bytes).
+pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
+    let req = UnmanagedRestoreRequest::parse(xml)?;
+    let new_domain = new_domain_asked(flags, &req.domain_name)?;
+    let def = dom.xml()?;
+    let disks = domain::parse_disks(&def)?;
+    let mut items = Vec::new();
+    for r in &req.disks {
+        let d = disks.iter().find(|d| d.name == r.disk.name).ok_or_else(|| {
+            Error::invalid_arg(format!("domain has no disk named '{}'", r.disk.name))
+        })?;
+        let image = match &r.source {
+            UnmanagedSource::File(f) if f.is_file() => f.clone(),
+            UnmanagedSource::File(f) => {
+                return Err(Error::invalid_arg(format!(
+                    "disk '{}': source file '{}' does not exist",
+                    d.name,
+                    f.display()
+                )));
+            }
+            UnmanagedSource::Nbd { .. } => {
+                return Err(Error::not_supported_yet("restoring from an NBD source"));
             }
         };
-        plans.push(DiskPlan::new(disk, origin(disk), target, format, None, flags)?);
+        items.push(Item {
+            name: &r.disk.name,
+            origin: Origin {
+                format: probe_format(&image)?,
+                image,
+                index: None,
+            },
+            asked: Some(&r.disk),
+            original: d.source.clone(),
+        });
     }
-    check_distinct(&plans)?;
-    let xml = domain::restored_definition(&rec.domain_xml, Some(&name), &restored(&plans))?;
-    execute(&plans)?;
-    if let Err(e) = libvirt::define_domain(&conn, &xml) {
-        for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
-            let _ = fs::remove_file(&p.target);
-        }
-        return Err(e);
+    if new_domain {
+        let name = req.domain_name.clone().unwrap_or_else(|| {
+            format!("{}-restore-{}", dom.name().unwrap_or_default(), &Uuid::new_v4().to_string()[..8])
+        });
+        return as_new_domain(&dom.connect()?, &def, &name, items, flags);
     }
-    Ok(())
+    into_own_domain(dom, items, flags)
 }

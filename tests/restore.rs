@@ -184,3 +184,41 @@ fn as_a_new_domain() {
     drop(conn);
     bk.delete(0).unwrap();
 }
+
+#[test]
+fn unmanaged_from_files() {
+    let a = disk("run-a.qcow2", "qcow2", "8M", &["write -P 0x71 0 1M"]);
+    let dom = domain("run", &[("vda", &a, "qcow2")]);
+    let other = disk("run-src.raw", "raw", "8M", &["write -P 0x72 2M 1M"]);
+    let xml = format!(
+        "<domainbackup><disks><disk name='vda'><source file='{}'/></disk></disks></domainbackup>",
+        other.display()
+    );
+    let before = checksum(&a);
+    let err = Backup::restore_unmanaged(&dom, &xml, 0).unwrap_err();
+    assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
+    assert_eq!(checksum(&a), before);
+    Backup::restore_unmanaged(&dom, &xml, REWRITE).unwrap();
+    assert!(identical(&a, "qcow2", &other, "raw"));
+
+    Backup::restore_unmanaged(
+        &dom,
+        &xml.replace("<disks>", "<domain name='run-copy'/><disks>"),
+        NEW_DOMAIN,
+    )
+    .unwrap();
+    let copy = WORK.join("run-copy-vda.qcow2");
+    assert!(identical(&copy, "qcow2", &other, "raw"));
+    assert!(CONN.lock().unwrap().lookup_domain_by_name("run-copy").is_ok());
+
+    let nbd = "<domainbackup><disks><disk name='vda'><source protocol='nbd' name='vda'><host name='127.0.0.1' port='10809'/></source></disk></disks></domainbackup>";
+    let err = Backup::restore_unmanaged(&dom, nbd, REWRITE).unwrap_err();
+    assert!(err.is(ErrorCode::NoSupport) && err.message.contains("not supported yet"));
+    let missing = xml.replace("run-src.raw", "run-nothing.raw");
+    let err = Backup::restore_unmanaged(&dom, &missing, REWRITE).unwrap_err();
+    assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
+    let unknown = xml.replace("name='vda'", "name='vdq'");
+    assert!(Backup::restore_unmanaged(&dom, &unknown, REWRITE).unwrap_err().is(ErrorCode::InvalidArg));
+    let nodisks = "<domainbackup/>";
+    assert!(Backup::restore_unmanaged(&dom, nodisks, REWRITE).unwrap_err().is(ErrorCode::XmlError));
+}

@@ -518,6 +518,24 @@ pub struct RestoreDisk {
     pub format: Option<DiskFormat>,
 }
 
+fn parse_domain_name(root: &Element) -> Option<String> {
+    root.child("domain")
+        .and_then(|d| d.attr("name"))
+        .map(str::to_string)
+}
+
+fn parse_restore_disk(d: &Element) -> Result<RestoreDisk> {
+    Ok(RestoreDisk {
+        name: disk_name(d)?,
+        target: d
+            .child("target")
+            .and_then(|t| t.attr("file"))
+            .map(|f| absolute_path(f, "restore target"))
+            .transpose()?,
+        format: parse_driver(d)?,
+    })
+}
+
 impl RestoreRequest {
     pub fn parse(xml: &str) -> Result<Self> {
         let root = dom::parse(xml)?;
@@ -526,31 +544,114 @@ impl RestoreRequest {
             root.child_text("uuid")
                 .ok_or_else(|| Error::xml("restore needs the backup's <uuid>"))?,
         )?;
-        let domain_name = root
-            .child("domain")
-            .and_then(|d| d.attr("name"))
-            .map(str::to_string);
-        let disks = match disk_elements(&root)? {
-            None => None,
-            Some(list) => Some(
-                list.into_iter()
-                    .map(|d| {
-                        Ok(RestoreDisk {
-                            name: disk_name(d)?,
-                            target: d
-                                .child("target")
-                                .and_then(|t| t.attr("file"))
-                                .map(|f| absolute_path(f, "restore target"))
-                                .transpose()?,
-                            format: parse_driver(d)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-        };
+        let domain_name = parse_domain_name(&root);
+        let disks = disk_elements(&root)?
+            .map(|list| list.into_iter().map(parse_restore_disk).collect::<Result<Vec<_>>>())
+            .transpose()?;
         Ok(RestoreRequest {
             uuid,
             domain_name,
+            disks,
+        })
+    }
+}
+
+/// Where `virDomainBackupRestoreUnmanaged` reads a disk from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnmanagedSource {
+    File(PathBuf),
+    /// An NBD export: `name` on a tcp `host:port` or a unix `socket`.
+    Nbd {
+        name: String,
+        host: Option<(String, u16)>,
+        socket: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmanagedRestoreDisk {
+    pub disk: RestoreDisk,
+    pub source: UnmanagedSource,
+}
+
+/// `virDomainBackupRestoreUnmanaged` input: the restore document with a
+/// `<source>` in every disk instead of a backup `<uuid>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmanagedRestoreRequest {
+    pub domain_name: Option<String>,
+    pub disks: Vec<UnmanagedRestoreDisk>,
+}
+
+fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> {
+    if let Some(f) = src.attr("file") {
+        return Ok(UnmanagedSource::File(absolute_path(f, "source file")?));
+    }
+    match src.attr("protocol") {
+        Some("nbd") => {}
+        Some(o) => {
+            return Err(Error::xml(format!(
+                "disk '{name}': unknown source protocol '{o}' (nbd)"
+            )));
+        }
+        None => {
+            return Err(Error::xml(format!(
+                "disk '{name}': <source> needs a file or protocol='nbd'"
+            )));
+        }
+    }
+    let host = src
+        .child("host")
+        .ok_or_else(|| Error::xml(format!("disk '{name}': an nbd <source> needs a <host>")))?;
+    let (host_port, socket) = match host.attr("transport").unwrap_or("tcp") {
+        "tcp" => {
+            let h = host.attr("name").unwrap_or("localhost").to_string();
+            let port = match host.attr("port") {
+                None => 10809,
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| Error::xml(format!("disk '{name}': bad nbd port '{p}'")))?,
+            };
+            (Some((h, port)), None)
+        }
+        "unix" => {
+            let s = host.attr("socket").ok_or_else(|| {
+                Error::xml(format!("disk '{name}': a unix <host> needs a socket"))
+            })?;
+            (None, Some(absolute_path(s, "nbd socket")?))
+        }
+        o => {
+            return Err(Error::xml(format!(
+                "disk '{name}': unknown nbd transport '{o}' (tcp or unix)"
+            )));
+        }
+    };
+    Ok(UnmanagedSource::Nbd {
+        name: src.attr("name").unwrap_or_default().to_string(),
+        host: host_port,
+        socket,
+    })
+}
+
+impl UnmanagedRestoreRequest {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse(xml)?;
+        expect_root(&root, "domainbackup")?;
+        let list = disk_elements(&root)?
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| Error::xml("restoring from unmanaged sources needs <disks>"))?;
+        let disks = list
+            .into_iter()
+            .map(|d| {
+                let disk = parse_restore_disk(d)?;
+                let src = d.child("source").ok_or_else(|| {
+                    Error::xml(format!("disk '{}' needs a <source>", disk.name))
+                })?;
+                let source = parse_unmanaged_source(&disk.name, src)?;
+                Ok(UnmanagedRestoreDisk { disk, source })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UnmanagedRestoreRequest {
+            domain_name: parse_domain_name(&root),
             disks,
         })
     }
