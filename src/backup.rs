@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
+use virt::connect::Connect;
 
 use crate::catalog::{Catalog, JobLock};
 use crate::digest::{IndexReader, IndexWriter};
@@ -16,6 +17,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
 use crate::job::{self, Job};
 use crate::libvirt::{self, DomainRef};
+use crate::storage_pool;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
     JobStats, Target, UnmanagedRequest,
@@ -137,6 +139,7 @@ impl Backup {
             let asked = requested.iter().find(|r| r.name == d.name);
             if let Some(p) = planned_disk(
                 &catalog,
+                dom,
                 &domain_uuid,
                 &uuid,
                 d,
@@ -204,12 +207,29 @@ impl Backup {
                 let dir = p.record.target.parent().unwrap_or(Path::new("/"));
                 record.created_dirs.extend(create_dirs(dir)?);
                 let backing = p.baseline.as_ref().map(|b| (b.target.as_path(), b.format));
+                if let Some((pool, volume)) = &p.record.volume {
+                    let v = storage_pool::create_volume(
+                        &dom.connect()?,
+                        pool,
+                        volume,
+                        p.record.format,
+                        p.record.virtual_size,
+                    )?;
+                    if v.path != p.record.target {
+                        let _ = storage_pool::delete_volume(Some(&dom.connect()?), &v);
+                        return Err(Error::operation_failed(format!(
+                            "volume '{volume}' was created at '{}', not at '{}'",
+                            v.path.display(),
+                            p.record.target.display()
+                        )));
+                    }
+                }
                 targets.push(ImageTarget::create(
                     &p.record.target,
                     p.record.format,
                     p.record.virtual_size,
                     backing,
-                    false,
+                    p.record.volume.is_some(),
                 )?);
             }
             catalog.create_index_dir(&domain_uuid, &uuid)?;
@@ -221,7 +241,11 @@ impl Backup {
             Ok(l) => l,
             Err(e) => {
                 drop(targets);
-                let _ = catalog.remove_with_data(&record);
+                let _ = remove_backup(
+                    &catalog,
+                    &record,
+                    volume_connection(&record, Some(dom)).as_ref(),
+                );
                 return Err(e);
             }
         };
@@ -233,7 +257,10 @@ impl Backup {
             domain_uuid,
             total,
             record.disks.len() as u32,
-            record.disks.iter().any(|d| d.mode == BackupMode::Incremental),
+            record
+                .disks
+                .iter()
+                .any(|d| d.mode == BackupMode::Incremental),
             catalog.cancel_path(&domain_uuid, &uuid),
         );
         let sources: Vec<(Source, Option<IndexReader>)> = planned
@@ -242,10 +269,23 @@ impl Backup {
             .collect();
         let work_catalog = catalog.clone();
         let work_record = record.clone();
-        if let Err(e) =
-            job.spawn(move |job| run_copy(job, &work_catalog, work_record, sources, targets, lock))
-        {
-            let _ = catalog.remove_with_data(&record);
+        let conn = volume_connection(&record, Some(dom));
+        if let Err(e) = job.spawn(move |job| {
+            run_copy(
+                job,
+                &work_catalog,
+                work_record,
+                sources,
+                targets,
+                lock,
+                conn,
+            )
+        }) {
+            let _ = remove_backup(
+                &catalog,
+                &record,
+                volume_connection(&record, Some(dom)).as_ref(),
+            );
             return Err(e);
         }
         let backup = Arc::new(Backup {
@@ -528,7 +568,11 @@ impl Backup {
             if metadata_only {
                 self.catalog.remove_record(r)?;
             } else {
-                self.catalog.remove_with_data(r)?;
+                remove_backup(
+                    &self.catalog,
+                    r,
+                    volume_connection(r, self.domain.as_ref()).as_ref(),
+                )?;
             }
         }
         Ok(())
@@ -582,6 +626,7 @@ fn effective_default_target(
 /// `backup='no'` leaves a disk out.
 fn planned_disk(
     catalog: &Catalog,
+    dom: &DomainRef,
     domain: &Uuid,
     backup: &Uuid,
     d: &DomainDisk,
@@ -612,7 +657,11 @@ fn planned_disk(
     let source_format = d.image_format()?;
     let format = asked.and_then(|r| r.format).unwrap_or(DiskFormat::Qcow2);
     let file_name = format!("{}.{}", d.name, format.as_str());
-    let target = match asked.and_then(|r| r.target.clone()) {
+    let volume = |pool: &str, volume: &str| -> Result<(PathBuf, Option<(String, String)>)> {
+        let path = storage_pool::check_new_volume(&dom.connect()?, pool, volume)?;
+        Ok((path, Some((pool.to_string(), volume.to_string()))))
+    };
+    let (target, volume) = match asked.and_then(|r| r.target.clone()) {
         Some(Target::File(p)) => {
             let dir = p.parent().unwrap_or(Path::new("/"));
             if !dir.is_dir() {
@@ -621,19 +670,16 @@ fn planned_disk(
                     p.display()
                 )));
             }
-            p
+            (p, None)
         }
-        Some(Target::Volume { .. }) => {
-            return Err(Error::not_supported_yet(
-                "a storage volume target (type='volume')",
-            ));
-        }
+        Some(Target::Volume { pool, volume: v }) => volume(&pool, &v)?,
         None => match default_target {
-            Some(DefaultTarget::Dir(dir)) => dir.join(backup.to_string()).join(file_name),
-            Some(DefaultTarget::Pool(_)) => {
-                return Err(Error::not_supported_yet("a storage pool default target"));
-            }
-            None => catalog.data_dir(domain, backup).join(file_name),
+            Some(DefaultTarget::Dir(dir)) => (dir.join(backup.to_string()).join(file_name), None),
+            Some(DefaultTarget::Pool(pool)) => volume(
+                pool,
+                &storage_pool::default_volume_name(&dom.name()?, backup, &d.name, format),
+            )?,
+            None => (catalog.data_dir(domain, backup).join(file_name), None),
         },
     };
     let src = Source::open(&source, source_format)?;
@@ -646,6 +692,7 @@ fn planned_disk(
             format,
             mode: BackupMode::Full,
             virtual_size: src.size(),
+            volume,
         },
         source: src,
         baseline: None,
@@ -683,8 +730,10 @@ fn choose_mode(
         Some(_) => None,
     };
     let index = match (why_not, base) {
-        (None, Some(b)) => IndexReader::open(&catalog.index_path(&parent.domain_uuid, &parent.uuid, &b.name))
-            .map_err(|e| e.message),
+        (None, Some(b)) => {
+            IndexReader::open(&catalog.index_path(&parent.domain_uuid, &parent.uuid, &b.name))
+                .map_err(|e| e.message)
+        }
         (why, _) => Err(why.unwrap_or_default()),
     };
     match index {
@@ -718,6 +767,33 @@ fn choose_mode(
     }
 }
 
+/// Remove a backup's data and record; its pool volumes are deleted through
+/// libvirt when `conn` is given (else only their files go).
+fn remove_backup(catalog: &Catalog, rec: &BackupRecord, conn: Option<&Connect>) -> Result<()> {
+    for d in &rec.disks {
+        if let Some((pool, volume)) = &d.volume {
+            storage_pool::delete_volume(
+                conn,
+                &storage_pool::PoolVolume {
+                    pool: pool.clone(),
+                    volume: volume.clone(),
+                    path: d.target.clone(),
+                },
+            )?;
+        }
+    }
+    catalog.remove_with_data(rec)
+}
+
+/// A connection for volume work on a backup's pools, if it has any.
+fn volume_connection(rec: &BackupRecord, dom: Option<&DomainRef>) -> Option<Connect> {
+    if rec.disks.iter().all(|d| d.volume.is_none()) {
+        return None;
+    }
+    dom.and_then(|d| d.connect().ok())
+        .or_else(|| libvirt::open_connection(&rec.uri).ok())
+}
+
 /// Create `dir` and its missing ancestors; returns the folders created, outermost first.
 fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
@@ -747,6 +823,7 @@ fn run_copy(
     sources: Vec<(Source, Option<IndexReader>)>,
     targets: Vec<ImageTarget>,
     lock: JobLock,
+    conn: Option<Connect>,
 ) -> Result<()> {
     let copy = || -> Result<()> {
         for (((src, parent), dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
@@ -781,7 +858,12 @@ fn run_copy(
     });
     drop(lock);
     if result.is_err() {
-        let _ = catalog.remove_with_data(&record);
+        let _ = remove_backup(catalog, &record, conn.as_ref());
+    } else if let Some(conn) = &conn {
+        // Let libvirt see the volumes' real size and allocation.
+        for (pool, _) in record.disks.iter().filter_map(|d| d.volume.as_ref()) {
+            storage_pool::refresh(conn, pool);
+        }
     }
     result
 }
@@ -812,9 +894,7 @@ fn filter_records<'a>(
 pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     let target = DefaultTarget::parse(xml)?;
     match &target {
-        DefaultTarget::Pool(_) => {
-            return Err(Error::not_supported_yet("a storage pool default target"));
-        }
+        DefaultTarget::Pool(p) => storage_pool::check_pool(&dom.connect()?, p)?,
         DefaultTarget::Dir(p) if !p.is_dir() => {
             return Err(Error::invalid_arg(format!(
                 "default target folder '{}' does not exist",

@@ -402,6 +402,7 @@ mod tests {
                 format: DiskFormat::Qcow2,
                 mode: BackupMode::Full,
                 virtual_size: 1,
+                volume: None,
             }],
             uri: "test:///default".into(),
             domain_xml: String::new(),

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
 use imago::{
-    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping,
-    PermissiveImplicitOpenGate, StorageOpenOptions,
+    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping, PermissiveImplicitOpenGate,
+    StorageOpenOptions,
 };
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
@@ -170,7 +170,9 @@ impl Target {
                     .map_err(io_err("cannot size target image", path))?;
                 Ok(Target::Raw { file })
             }
-            (DiskFormat::Raw, Some(_)) => Err(Error::internal("a raw image cannot have a backing file")),
+            (DiskFormat::Raw, Some(_)) => {
+                Err(Error::internal("a raw image cannot have a backing file"))
+            }
             (DiskFormat::Qcow2, backing) => {
                 let storage = ImagoFile::from_open_file(
                     file,
@@ -298,7 +300,9 @@ impl Writer<'_> {
     fn flush(&mut self, buf: &[u8]) -> Result<()> {
         if let Some((offset, s, e)) = self.run.take() {
             self.dst.write_at(&buf[s..e], offset).map_err(|e| {
-                Error::operation_failed(format!("cannot write target image at offset {offset}: {e}"))
+                Error::operation_failed(format!(
+                    "cannot write target image at offset {offset}: {e}"
+                ))
             })?;
             self.progress
                 .written
@@ -310,7 +314,9 @@ impl Writer<'_> {
     fn zeroes(&mut self, buf: &[u8], offset: u64, len: u64) -> Result<()> {
         self.flush(buf)?;
         self.dst.write_zeroes(offset, len).map_err(|e| {
-            Error::operation_failed(format!("cannot write zeroes to target image at offset {offset}: {e}"))
+            Error::operation_failed(format!(
+                "cannot write zeroes to target image at offset {offset}: {e}"
+            ))
         })
     }
 }
@@ -331,7 +337,9 @@ fn fill_window(src: &Source, buf: &mut [u8], offset: u64) -> Result<bool> {
         match kind {
             Extent::Data => {
                 src.read_at(part, pos).map_err(|e| {
-                    Error::operation_failed(format!("cannot read source image at offset {pos}: {e}"))
+                    Error::operation_failed(format!(
+                        "cannot read source image at offset {pos}: {e}"
+                    ))
                 })?;
                 any_data = true;
             }
@@ -423,12 +431,9 @@ impl Rewrite {
 
 /// Read `len` bytes at `offset` of the backup and check them against `want`.
 fn read_verified(backup: &Source, buf: &mut [u8], offset: u64, want: &[Digest]) -> Result<()> {
-    fill_window(backup, buf, offset).and_then(|data| {
-        if !data {
-            buf.fill(0);
-        }
-        Ok(())
-    })?;
+    if !fill_window(backup, buf, offset)? {
+        buf.fill(0);
+    }
     for (i, (c, w)) in buf.chunks(DIGEST_CHUNK as usize).zip(want).enumerate() {
         if digest(c) != *w {
             return Err(Error::operation_failed(format!(
@@ -466,10 +471,19 @@ pub fn plan_rewrite(
         let has_data = fill_window(disk, &mut buf[..len], window)?;
         for start in (0..len).step_by(DIGEST_CHUNK as usize) {
             let end = (start + DIGEST_CHUNK as usize).min(len);
-            let have = if has_data { digest(&buf[start..end]) } else { ZERO_DIGEST };
+            let have = if has_data {
+                digest(&buf[start..end])
+            } else {
+                ZERO_DIGEST
+            };
             let w = want.next_digest()?.unwrap_or(ZERO_DIGEST);
             if have != w {
-                read_verified(backup, &mut check[..end - start], window + start as u64, &[w])?;
+                read_verified(
+                    backup,
+                    &mut check[..end - start],
+                    window + start as u64,
+                    &[w],
+                )?;
                 plan.set(i);
             }
             i += 1;
@@ -512,7 +526,12 @@ pub fn apply_rewrite(
             // Read only the span that holds the differing chunks.
             let s = (lo * DIGEST_CHUNK) as usize;
             let e = (((hi + 1) * DIGEST_CHUNK) as usize).min(len);
-            read_verified(backup, &mut buf[s..e], window + s as u64, &digests[lo as usize..])?;
+            read_verified(
+                backup,
+                &mut buf[s..e],
+                window + s as u64,
+                &digests[lo as usize..],
+            )?;
             for &k in &dirty {
                 let cs = (k * DIGEST_CHUNK) as usize;
                 let ce = (cs + DIGEST_CHUNK as usize).min(len);

@@ -55,7 +55,13 @@ fn rewrite_disk(
                     Some((&b.disk.target, b.disk.format)),
                     false,
                 )?;
-                disk::copy_image(&src, &dst, &progress, Baseline::Index(&mut parent), &mut verify)?;
+                disk::copy_image(
+                    &src,
+                    &dst,
+                    &progress,
+                    Baseline::Index(&mut parent),
+                    &mut verify,
+                )?;
                 (dst, BackupMode::Incremental)
             }
             None => {
@@ -91,9 +97,7 @@ pub fn merge_into_children(
     all: &[BackupRecord],
     metadata_only: bool,
 ) -> Result<()> {
-    let grandparent = doomed
-        .parent
-        .and_then(|p| all.iter().find(|r| r.uuid == p));
+    let grandparent = doomed.parent.and_then(|p| all.iter().find(|r| r.uuid == p));
     for child in all.iter().filter(|r| r.parent == Some(doomed.uuid)) {
         let mut updated = child.clone();
         updated.parent = doomed.parent;

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use virt::connect::Connect;
 
 use crate::catalog::Catalog;
-use crate::digest::{DigestSink, IndexReader, IndexVerifier};
+use crate::digest::{IndexReader, IndexVerifier, NoDigests};
 use crate::disk::{self, Baseline, Progress, Rewrite, Source, Target};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
@@ -60,21 +60,14 @@ struct DiskPlan {
     how: How,
 }
 
-/// Accepts any digest: a copy from a source that has no index.
-struct NoCheck;
-
-impl DigestSink for NoCheck {
-    fn push(&mut self, _: &crate::digest::Digest) -> Result<()> {
-        Ok(())
-    }
-}
-
 /// The format of an existing image file, from its first bytes.
 fn probe_format(path: &Path) -> Result<DiskFormat> {
     use std::io::Read;
     let mut magic = [0u8; 4];
     let mut f = fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-    let n = f.read(&mut magic).map_err(|e| Error::io("cannot read", path, e))?;
+    let n = f
+        .read(&mut magic)
+        .map_err(|e| Error::io("cannot read", path, e))?;
     Ok(if n == 4 && &magic == b"QFI\xfb" {
         DiskFormat::Qcow2
     } else {
@@ -168,7 +161,7 @@ impl DiskPlan {
                 let mut verify = IndexVerifier::new(r);
                 disk::copy_image(&src, &dst, &progress, Baseline::Empty, &mut verify)?
             }
-            None => disk::copy_image(&src, &dst, &progress, Baseline::Empty, &mut NoCheck)?,
+            None => disk::copy_image(&src, &dst, &progress, Baseline::Empty, &mut NoDigests)?,
         }
         dst.finish(path)
     }
@@ -284,7 +277,9 @@ fn select<'a, T>(
                     .iter()
                     .find(|a| **a == n)
                     .map(|a| (*a, Some(r)))
-                    .ok_or_else(|| Error::invalid_arg(format!("the backup has no disk named '{n}'")))
+                    .ok_or_else(|| {
+                        Error::invalid_arg(format!("the backup has no disk named '{n}'"))
+                    })
             })
             .collect(),
     }
@@ -298,7 +293,9 @@ fn shut_off(dom: &DomainRef) -> Result<()> {
         ));
     }
     if job::running_for_domain(&dom.uuid()?).is_some() {
-        return Err(Error::operation_invalid("the domain has a backup job running"));
+        return Err(Error::operation_invalid(
+            "the domain has a backup job running",
+        ));
     }
     Ok(())
 }
@@ -339,7 +336,9 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
             Error::invalid_arg(format!("disk '{}' has no source to restore into", it.name))
         })?;
         let format = it.asked.and_then(|a| a.format);
-        plans.push(DiskPlan::new(it.name, it.origin, target, format, current, flags)?);
+        plans.push(DiskPlan::new(
+            it.name, it.origin, target, format, current, flags,
+        )?);
     }
     check_distinct(&plans)?;
     execute(&plans)?;
@@ -348,7 +347,11 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
         d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
     });
     if changed {
-        dom.redefine(&domain::restored_definition(&now_xml, None, &restored(&plans))?)?;
+        dom.redefine(&domain::restored_definition(
+            &now_xml,
+            None,
+            &restored(&plans),
+        )?)?;
     }
     Ok(())
 }
@@ -385,7 +388,9 @@ fn as_new_domain(
                 dir.join(format!("{name}-{}.{ext}", it.name))
             }
         };
-        plans.push(DiskPlan::new(it.name, it.origin, target, format, None, flags)?);
+        plans.push(DiskPlan::new(
+            it.name, it.origin, target, format, None, flags,
+        )?);
     }
     check_distinct(&plans)?;
     let xml = domain::restored_definition(base_xml, Some(name), &restored(&plans))?;
@@ -459,9 +464,12 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     let disks = domain::parse_disks(&def)?;
     let mut items = Vec::new();
     for r in &req.disks {
-        let d = disks.iter().find(|d| d.name == r.disk.name).ok_or_else(|| {
-            Error::invalid_arg(format!("domain has no disk named '{}'", r.disk.name))
-        })?;
+        let d = disks
+            .iter()
+            .find(|d| d.name == r.disk.name)
+            .ok_or_else(|| {
+                Error::invalid_arg(format!("domain has no disk named '{}'", r.disk.name))
+            })?;
         let image = match &r.source {
             UnmanagedSource::File(f) if f.is_file() => f.clone(),
             UnmanagedSource::File(f) => {
@@ -488,7 +496,11 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     }
     if new_domain {
         let name = req.domain_name.clone().unwrap_or_else(|| {
-            format!("{}-restore-{}", dom.name().unwrap_or_default(), &Uuid::new_v4().to_string()[..8])
+            format!(
+                "{}-restore-{}",
+                dom.name().unwrap_or_default(),
+                &Uuid::new_v4().to_string()[..8]
+            )
         });
         return as_new_domain(&dom.connect()?, &def, &name, items, flags);
     }

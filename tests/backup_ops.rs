@@ -80,10 +80,6 @@ fn refused_requests_create_nothing() {
             ErrorCode::InvalidArg,
         ),
         (
-            "<domainbackup><disks><disk name='vda' type='volume'><target pool='p' volume='v'/></disk></disks></domainbackup>",
-            ErrorCode::NoSupport,
-        ),
-        (
             "<domainbackup><disks><disk name='vda'><target file='/nonexistent-dir/x.qcow2'/></disk></disks></domainbackup>",
             ErrorCode::InvalidArg,
         ),
@@ -94,6 +90,15 @@ fn refused_requests_create_nothing() {
         assert_eq!(catalog_files(&dom), 0, "{xml} left files behind");
     }
     assert_eq!(std::fs::read(&existing).unwrap(), b"precious");
+    // An unknown pool keeps libvirt's VIR_ERR_NO_STORAGE_POOL.
+    let err = Backup::create(
+        &dom,
+        "<domainbackup><disks><disk name='vda' type='volume'><target pool='p' volume='v'/></disk></disks></domainbackup>",
+        0,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, 49, "{err:?}");
+    assert_eq!(catalog_files(&dom), 0);
 
     // A source that vanished is reported with its name.
     let gone = disk("refuse-gone.raw", "raw", "1M", &[]);
@@ -116,18 +121,14 @@ fn uuid_must_be_unused_and_parent_must_exist() {
     assert_eq!(bk.uuid, u);
     let err = Backup::create(&dom, &xml, WAIT).unwrap_err();
     assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
-    // An existing, completed parent is accepted by validation; incremental
-    // copies are not implemented yet and say so.
-    let err = Backup::create(
+    // An existing, completed parent is accepted.
+    let child = Backup::create(
         &dom,
         &format!("<domainbackup><parent><uuid>{u}</uuid></parent></domainbackup>"),
-        0,
+        WAIT,
     )
-    .unwrap_err();
-    assert!(
-        err.is(ErrorCode::NoSupport) && err.message.contains("not supported yet"),
-        "{err:?}"
-    );
+    .unwrap();
+    child.delete(0).unwrap();
     // A parent of another domain is refused.
     let b = disk("uuid-b.raw", "raw", "4M", &[]);
     let other = domain("uuidcheck-other", &[("vda", &b, "raw")]);
@@ -287,10 +288,10 @@ fn default_targets_live_and_config() {
             .starts_with(&config_dir)
     );
 
-    // A pool target is for a later stage; a missing folder is refused.
-    let err = set_default_target(&dom, "<target type='pool'><pool>default</pool></target>", 2)
+    // An unknown pool and a missing folder are refused.
+    let err = set_default_target(&dom, "<target type='pool'><pool>nopool</pool></target>", 2)
         .unwrap_err();
-    assert!(err.is(ErrorCode::NoSupport));
+    assert_eq!(err.code, 49, "{err:?}");
     let err = set_default_target(&dom, &xml(&WORK.join("nope")), 2).unwrap_err();
     assert!(err.is(ErrorCode::InvalidArg));
     for b in [b1, b2, b3] {

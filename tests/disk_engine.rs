@@ -7,15 +7,16 @@ mod common;
 use common::{identical, qemu_img, qemu_io};
 use std::sync::atomic::Ordering;
 
-use libvirt_backup::disk::{Progress, Source, Target, copy_image, is_zero};
+use libvirt_backup::digest::NoDigests;
+use libvirt_backup::disk::{Baseline, Progress, Source, Target, copy_image, is_zero};
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::xml::backup::DiskFormat;
 
 fn copy(src: &Path, sfmt: DiskFormat, dst: &Path, dfmt: DiskFormat) -> Progress {
     let s = Source::open(src, sfmt).unwrap();
-    let t = Target::create(dst, dfmt, s.size()).unwrap();
+    let t = Target::create(dst, dfmt, s.size(), None, false).unwrap();
     let p = Progress::default();
-    copy_image(&s, &t, &p).unwrap();
+    copy_image(&s, &t, &p, Baseline::Empty, &mut NoDigests).unwrap();
     t.finish(dst).unwrap();
     p
 }
@@ -120,10 +121,10 @@ fn cancel_stops_the_copy() {
     qemu_io("raw", &src, "write -P 0xab 0 64M");
     let s = Source::open(&src, DiskFormat::Raw).unwrap();
     let dst = path(&dir, "c.qcow2");
-    let t = Target::create(&dst, DiskFormat::Qcow2, s.size()).unwrap();
+    let t = Target::create(&dst, DiskFormat::Qcow2, s.size(), None, false).unwrap();
     let p = Progress::default();
     p.cancel.store(true, Ordering::Relaxed);
-    let err = copy_image(&s, &t, &p).unwrap_err();
+    let err = copy_image(&s, &t, &p, Baseline::Empty, &mut NoDigests).unwrap_err();
     assert!(err.is(ErrorCode::OperationAborted));
     assert_eq!(p.written.load(Ordering::Relaxed), 0);
 }
@@ -133,7 +134,7 @@ fn targets_are_never_overwritten_and_sources_must_exist() {
     let dir = tempfile::tempdir().unwrap();
     let existing = path(&dir, "exists.qcow2");
     std::fs::write(&existing, b"keep me").unwrap();
-    let err = Target::create(&existing, DiskFormat::Qcow2, 1 << 20)
+    let err = Target::create(&existing, DiskFormat::Qcow2, 1 << 20, None, false)
         .err()
         .unwrap();
     assert!(err.is(ErrorCode::OperationFailed));
@@ -175,8 +176,15 @@ fn a_source_that_changes_size_fails_the_copy() {
         .set_len(4 << 20)
         .unwrap();
     let dst = path(&dir, "shrink.qcow2");
-    let t = Target::create(&dst, DiskFormat::Qcow2, s.size()).unwrap();
-    let err = copy_image(&s, &t, &Progress::default()).unwrap_err();
+    let t = Target::create(&dst, DiskFormat::Qcow2, s.size(), None, false).unwrap();
+    let err = copy_image(
+        &s,
+        &t,
+        &Progress::default(),
+        Baseline::Empty,
+        &mut NoDigests,
+    )
+    .unwrap_err();
     assert!(err.is(ErrorCode::OperationFailed));
     assert!(err.message.contains("changed size"), "{}", err.message);
 }

@@ -61,7 +61,10 @@ fn chain_and_branch_each_equal_the_source_at_their_time() {
     qemu_io("qcow2", &src, "write -P 0x22 4M 1M");
     let inc1 = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
     let t1 = snapshot(&src, "chain-t1.qcow2");
-    assert!(written(&inc1) <= 1 << 20, "only the changed 1 MiB is stored");
+    assert!(
+        written(&inc1) <= 1 << 20,
+        "only the changed 1 MiB is stored"
+    );
 
     // A zeroed range must read as zeroes through the chain.
     qemu_io("qcow2", &src, "write -z 8M 2M");
@@ -76,7 +79,11 @@ fn chain_and_branch_each_equal_the_source_at_their_time() {
 
     for (b, t) in [(&full, &t0), (&inc1, &t1), (&inc2, &t2), (&branch, &t3)] {
         let rec = b.record().unwrap();
-        assert!(identical(&rec.disks[0].target, "qcow2", t, "qcow2"), "{}", b.uuid);
+        assert!(
+            identical(&rec.disks[0].target, "qcow2", t, "qcow2"),
+            "{}",
+            b.uuid
+        );
     }
     let leaf = inc2.record().unwrap();
     assert_eq!(leaf.disks[0].mode, BackupMode::Incremental);
@@ -130,7 +137,15 @@ fn grown_disk_stores_its_tail_shrunk_or_new_disk_falls_back() {
     assert!(identical(&rec.disks[0].target, "qcow2", &a, "raw"));
 
     // Shrunk: a full copy, or an error with NO_FALLBACK (nothing created).
-    qemu_img(&["resize", "-q", "--shrink", "-f", "raw", a.to_str().unwrap(), "4M"]);
+    qemu_img(&[
+        "resize",
+        "-q",
+        "--shrink",
+        "-f",
+        "raw",
+        a.to_str().unwrap(),
+        "4M",
+    ]);
     let before = Backup::list(&dom, 0).unwrap().len();
     let err = Backup::create(&dom, &child_xml(&grown), WAIT | NO_FALLBACK).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
@@ -226,7 +241,12 @@ fn deleting_inside_a_chain_merges_into_the_children() {
     // A new incremental on a merged backup still works.
     qemu_io("qcow2", &src, "write -P 0x75 0 64k");
     let next = Backup::create(&dom, &child_xml(&branch), WAIT).unwrap();
-    assert!(identical(&next.record().unwrap().disks[0].target, "qcow2", &src, "qcow2"));
+    assert!(identical(
+        &next.record().unwrap().disks[0].target,
+        "qcow2",
+        &src,
+        "qcow2"
+    ));
     Backup::list(&dom, 0).unwrap()[0].delete(1).unwrap();
     assert!(Backup::list(&dom, 0).unwrap().is_empty());
 }

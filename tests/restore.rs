@@ -20,7 +20,10 @@ fn snapshot(src: &Path, name: &str) -> PathBuf {
 }
 
 fn child(parent: &Backup) -> String {
-    format!("<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>", parent.uuid)
+    format!(
+        "<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>",
+        parent.uuid
+    )
 }
 
 fn whole(b: &Backup) -> String {
@@ -54,7 +57,10 @@ fn in_place_from_every_backup_of_a_chain() {
     Backup::restore(&whole(&inc), REWRITE).unwrap();
     assert!(identical(&src, "qcow2", &t1, "qcow2"));
     // The definition did not change: same file, same format.
-    assert_eq!(parse_disks(&dom.xml().unwrap()).unwrap()[0].source, Some(src.clone()));
+    assert_eq!(
+        parse_disks(&dom.xml().unwrap()).unwrap()[0].source,
+        Some(src.clone())
+    );
 
     // A running domain is refused.
     dom.domain().create().unwrap();
@@ -135,10 +141,22 @@ fn to_new_files_in_each_format_and_subsets() {
         "<domainbackup><uuid>{}</uuid><disks><disk name='vdz'/></disks></domainbackup>",
         bk.uuid
     );
-    assert!(Backup::restore(&bad, 0).unwrap_err().is(ErrorCode::InvalidArg));
-    assert!(Backup::restore("<domainbackup>", 0).unwrap_err().is(ErrorCode::XmlError));
+    assert!(
+        Backup::restore(&bad, 0)
+            .unwrap_err()
+            .is(ErrorCode::InvalidArg)
+    );
+    assert!(
+        Backup::restore("<domainbackup>", 0)
+            .unwrap_err()
+            .is(ErrorCode::XmlError)
+    );
     let none = "<domainbackup><uuid>d2ee2566-bef2-408f-ac7a-eb8004186074</uuid></domainbackup>";
-    assert!(Backup::restore(none, 0).unwrap_err().is(ErrorCode::NoDomainBackup));
+    assert!(
+        Backup::restore(none, 0)
+            .unwrap_err()
+            .is(ErrorCode::NoDomainBackup)
+    );
     bk.delete(0).unwrap();
 }
 
@@ -209,7 +227,12 @@ fn unmanaged_from_files() {
     .unwrap();
     let copy = WORK.join("run-copy-vda.qcow2");
     assert!(identical(&copy, "qcow2", &other, "raw"));
-    assert!(CONN.lock().unwrap().lookup_domain_by_name("run-copy").is_ok());
+    assert!(
+        CONN.lock()
+            .unwrap()
+            .lookup_domain_by_name("run-copy")
+            .is_ok()
+    );
 
     let nbd = "<domainbackup><disks><disk name='vda'><source protocol='nbd' name='vda'><host name='127.0.0.1' port='10809'/></source></disk></disks></domainbackup>";
     let err = Backup::restore_unmanaged(&dom, nbd, REWRITE).unwrap_err();
@@ -218,7 +241,15 @@ fn unmanaged_from_files() {
     let err = Backup::restore_unmanaged(&dom, &missing, REWRITE).unwrap_err();
     assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
     let unknown = xml.replace("name='vda'", "name='vdq'");
-    assert!(Backup::restore_unmanaged(&dom, &unknown, REWRITE).unwrap_err().is(ErrorCode::InvalidArg));
+    assert!(
+        Backup::restore_unmanaged(&dom, &unknown, REWRITE)
+            .unwrap_err()
+            .is(ErrorCode::InvalidArg)
+    );
     let nodisks = "<domainbackup/>";
-    assert!(Backup::restore_unmanaged(&dom, nodisks, REWRITE).unwrap_err().is(ErrorCode::XmlError));
+    assert!(
+        Backup::restore_unmanaged(&dom, nodisks, REWRITE)
+            .unwrap_err()
+            .is(ErrorCode::XmlError)
+    );
 }

@@ -247,6 +247,8 @@ pub struct DiskRecord {
     pub format: DiskFormat,
     pub mode: BackupMode,
     pub virtual_size: u64,
+    /// The storage pool and volume the target is, for `type='volume'`.
+    pub volume: Option<(String, String)>,
 }
 
 /// Final or current numbers of a backup job, kept so that `GetParameters`
@@ -304,10 +306,16 @@ impl BackupRecord {
         );
         let mut disks = Element::new("disks");
         for d in &self.disks {
+            let mut target = Element::new("target");
+            if let Some((pool, volume)) = &d.volume {
+                target = target
+                    .with_attr("pool", pool.clone())
+                    .with_attr("volume", volume.clone());
+            }
             disks.push(
                 Element::new("disk")
                     .with_attr("name", d.name.clone())
-                    .with_attr("type", "file")
+                    .with_attr("type", if d.volume.is_some() { "volume" } else { "file" })
                     .with_attr(
                         "backupmode",
                         match d.mode {
@@ -316,7 +324,7 @@ impl BackupRecord {
                         },
                     )
                     .with_child(Element::new("source").with_attr("file", path_str(&d.source)))
-                    .with_child(Element::new("target").with_attr("file", path_str(&d.target)))
+                    .with_child(target.with_attr("file", path_str(&d.target)))
                     .with_child(Element::new("driver").with_attr("type", d.format.as_str())),
             );
         }
@@ -406,6 +414,9 @@ impl BackupRecord {
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0),
                 mode,
+                volume: d.child("target").and_then(|t| {
+                    Some((t.attr("pool")?.to_string(), t.attr("volume")?.to_string()))
+                }),
                 name,
             });
         }
@@ -546,7 +557,11 @@ impl RestoreRequest {
         )?;
         let domain_name = parse_domain_name(&root);
         let disks = disk_elements(&root)?
-            .map(|list| list.into_iter().map(parse_restore_disk).collect::<Result<Vec<_>>>())
+            .map(|list| {
+                list.into_iter()
+                    .map(parse_restore_disk)
+                    .collect::<Result<Vec<_>>>()
+            })
             .transpose()?;
         Ok(RestoreRequest {
             uuid,
@@ -643,9 +658,9 @@ impl UnmanagedRestoreRequest {
             .into_iter()
             .map(|d| {
                 let disk = parse_restore_disk(d)?;
-                let src = d.child("source").ok_or_else(|| {
-                    Error::xml(format!("disk '{}' needs a <source>", disk.name))
-                })?;
+                let src = d
+                    .child("source")
+                    .ok_or_else(|| Error::xml(format!("disk '{}' needs a <source>", disk.name)))?;
                 let source = parse_unmanaged_source(&disk.name, src)?;
                 Ok(UnmanagedRestoreDisk { disk, source })
             })
@@ -771,6 +786,7 @@ mod tests {
                 format: DiskFormat::Qcow2,
                 mode: BackupMode::Full,
                 virtual_size: 1 << 30,
+                volume: None,
             }],
             uri: "test:///default".into(),
             domain_xml: "<domain><name>vm1</name></domain>".into(),

@@ -172,7 +172,11 @@ mod tests {
             <interface type='network'><mac address='52:54:00:00:00:01'/><source network='default'/></interface>
             </devices></domain>";
         let p = PathBuf::from("/r/a-vda.qcow2");
-        let disks = [RestoredDisk { name: "vda", path: &p, format: DiskFormat::Qcow2 }];
+        let disks = [RestoredDisk {
+            name: "vda",
+            path: &p,
+            format: DiskFormat::Qcow2,
+        }];
         let out = restored_definition(xml, Some("b"), &disks).unwrap();
         let root = dom::parse(&out).unwrap();
         assert_eq!(root.child_text("name"), Some("b"));

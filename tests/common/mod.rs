@@ -9,7 +9,6 @@ use std::sync::{LazyLock, Mutex};
 use libvirt_backup::libvirt::DomainRef;
 use virt::connect::Connect;
 
-
 /// Run `qemu-img` and require success.
 pub fn qemu_img(args: &[&str]) {
     let st = Command::new("qemu-img")
