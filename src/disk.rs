@@ -351,9 +351,92 @@ fn fill_window(src: &Source, buf: &mut [u8], offset: u64) -> Result<bool> {
     Ok(any_data)
 }
 
+/// One window of a source image, read ahead of its use.
+struct Window {
+    offset: u64,
+    len: usize,
+    /// False when the whole window is a hole (`buf` then holds stale bytes).
+    has_data: bool,
+    buf: Vec<u8>,
+}
+
+impl Window {
+    /// Each digest chunk of the window: its range in `buf` and its digest.
+    fn digests(&self) -> impl Iterator<Item = (usize, usize, Digest)> + '_ {
+        (0..self.len)
+            .step_by(DIGEST_CHUNK as usize)
+            .map(move |start| {
+                let end = (start + DIGEST_CHUNK as usize).min(self.len);
+                let d = if self.has_data {
+                    digest(&self.buf[start..end])
+                } else {
+                    ZERO_DIGEST
+                };
+                (start, end, d)
+            })
+    }
+}
+
+/// Buffers in flight between the reader and the consumer: one being read,
+/// one being used, one waiting. Bounds a job's memory at 12 MiB.
+const WINDOWS_IN_FLIGHT: usize = 3;
+
+/// Call `use_window` on each window of `src` in order, while a second
+/// thread reads the next ones: reading (a copy out of the page cache or a
+/// disk read) overlaps hashing and writing, which roughly halves the time
+/// of an incremental pass on two cores. Cancel is checked per window.
+fn for_each_window(
+    src: &Source,
+    progress: &Progress,
+    mut use_window: impl FnMut(&Window) -> Result<()>,
+) -> Result<()> {
+    let size = src.size();
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Window>>(WINDOWS_IN_FLIGHT);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..WINDOWS_IN_FLIGHT {
+        free_tx.send(vec![0u8; COPY_CHUNK as usize]).unwrap();
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut offset = 0u64;
+            while offset < size {
+                // The consumer has stopped when it drops its channels.
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let len = COPY_CHUNK.min(size - offset) as usize;
+                let w = fill_window(src, &mut buf[..len], offset).map(|has_data| Window {
+                    offset,
+                    len,
+                    has_data,
+                    buf,
+                });
+                let failed = w.is_err();
+                if full_tx.send(w).is_err() || failed {
+                    return;
+                }
+                offset += len as u64;
+            }
+        });
+        let result = (|| {
+            for w in full_rx.iter() {
+                progress.check_cancel()?;
+                let w = w?;
+                use_window(&w)?;
+                progress
+                    .processed
+                    .fetch_add(w.len as u64, Ordering::Relaxed);
+                let _ = free_tx.send(w.buf);
+            }
+            Ok(())
+        })();
+        // Unblock the reader if the consumer stopped early.
+        drop(full_rx);
+        drop(free_tx);
+        result
+    })
+}
+
 /// Copy `src` into `dst`, writing what `baseline` says differs, and record
-/// every chunk's digest in `index`. One 4 MiB buffer; progress and cancel
-/// are checked per buffer.
+/// every chunk's digest in `index`. Progress and cancel are per 4 MiB window.
 pub fn copy_image(
     src: &Source,
     dst: &Target,
@@ -362,44 +445,30 @@ pub fn copy_image(
     index: &mut dyn DigestSink,
 ) -> Result<()> {
     let size = src.size();
-    let mut buf = vec![0u8; COPY_CHUNK as usize];
     let mut w = Writer {
         dst,
         progress,
         run: None,
     };
-    let mut window = 0u64;
-    while window < size {
-        progress.check_cancel()?;
-        let len = COPY_CHUNK.min(size - window) as usize;
-        let has_data = fill_window(src, &mut buf[..len], window)?;
-        let mut start = 0usize;
-        while start < len {
-            let end = (start + DIGEST_CHUNK as usize).min(len);
-            let d = if has_data {
-                digest(&buf[start..end])
-            } else {
-                ZERO_DIGEST
-            };
+    for_each_window(src, progress, |win| {
+        let buf = &win.buf;
+        for (start, end, d) in win.digests() {
             index.push(&d)?;
             let old = match &mut baseline {
-                Baseline::Empty => Some(ZERO_DIGEST),
+                Baseline::Empty => ZERO_DIGEST,
                 // Past the parent's end the target reads zeroes too.
-                Baseline::Index(r) => r.next_digest()?.or(Some(ZERO_DIGEST)),
+                Baseline::Index(r) => r.next_digest()?.unwrap_or(ZERO_DIGEST),
             };
-            if old != Some(d) {
+            if old != d {
                 if d == ZERO_DIGEST {
-                    w.zeroes(&buf, window + start as u64, (end - start) as u64)?;
+                    w.zeroes(buf, win.offset + start as u64, (end - start) as u64)?;
                 } else {
-                    w.data(&buf, window, start, end)?;
+                    w.data(buf, win.offset, start, end)?;
                 }
             }
-            start = end;
         }
-        w.flush(&buf)?;
-        window += len as u64;
-        progress.processed.fetch_add(len as u64, Ordering::Relaxed);
-    }
+        w.flush(buf)
+    })?;
     // A source that shrank while it was read would have read as holes.
     let now = src
         .current_size()
@@ -461,36 +530,24 @@ pub fn plan_rewrite(
         bits: vec![0; total.div_ceil(64) as usize],
         chunks: 0,
     };
-    let mut buf = vec![0u8; COPY_CHUNK as usize];
     let mut check = vec![0u8; DIGEST_CHUNK as usize];
-    let mut window = 0u64;
     let mut i = 0u64;
-    while window < size {
-        progress.check_cancel()?;
-        let len = COPY_CHUNK.min(size - window) as usize;
-        let has_data = fill_window(disk, &mut buf[..len], window)?;
-        for start in (0..len).step_by(DIGEST_CHUNK as usize) {
-            let end = (start + DIGEST_CHUNK as usize).min(len);
-            let have = if has_data {
-                digest(&buf[start..end])
-            } else {
-                ZERO_DIGEST
-            };
+    for_each_window(disk, progress, |win| {
+        for (start, end, have) in win.digests() {
             let w = want.next_digest()?.unwrap_or(ZERO_DIGEST);
             if have != w {
                 read_verified(
                     backup,
                     &mut check[..end - start],
-                    window + start as u64,
+                    win.offset + start as u64,
                     &[w],
                 )?;
                 plan.set(i);
             }
             i += 1;
         }
-        window += len as u64;
-        progress.processed.fetch_add(len as u64, Ordering::Relaxed);
-    }
+        Ok(())
+    })?;
     Ok(plan)
 }
 
