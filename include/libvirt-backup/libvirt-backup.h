@@ -25,6 +25,17 @@ typedef virDomainBackup *virDomainBackupPtr;
 
 
 /**
+ * Chunk size of the index. Measured on this project's 2-core machine over
+ * 1 GiB of random data (`pread` alone takes ~100 ms): BLAKE3 hashing costs
+ * the same ~70 ms for 16 KiB, 64 KiB, 256 KiB or 1 MiB chunks, so speed does
+ * not decide. 64 KiB is the qcow2 cluster size: a chunk that changed is
+ * exactly the clusters an incremental target stores, so a 4 KiB guest write
+ * costs 64 KiB in the backup (1 MiB chunks would store 16 times that), while
+ * the index stays at 1/2048 of the disk and is streamed, never held in memory.
+ */
+#define DIGEST_CHUNK (64 << 10)
+
+/**
  * Flags of virDomainBackupCreateXML() and virDomainBackupStartUnmanaged().
  */
 typedef enum {
@@ -136,6 +147,13 @@ extern "C" {
  *
  * Start a managed backup of @domain's disks. Everything is checked first
  * (XML, disk names, parent, targets); on any problem nothing is created.
+ * With a <parent>, each disk is stored as a qcow2 delta whose backing file
+ * is the parent's copy of that disk, holding only the 64 KiB chunks whose
+ * digest differs from the parent's digest index. A disk that is new, shrank,
+ * changed format, or whose parent copy or index is gone is copied in full
+ * (backupmode='full'); VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK makes that an
+ * error (VIR_ERR_OPERATION_INVALID). <disk type='volume'> targets are new
+ * volumes of a file-backed storage pool, created through libvirt.
  * The copy then runs as a background job and the backup is listed at once
  * with state "running"; with VIR_DOMAIN_BACKUP_CREATE_WAIT the call returns
  * only when the job has ended.
@@ -265,11 +283,19 @@ int virDomainBackupFree(virDomainBackupPtr backup);
  *         exclude each other)
  *
  * Delete @backup: its catalog entry and, unless
- * VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY, its data files. With
- * VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN its descendants go too; with
- * VIR_DOMAIN_BACKUP_DELETE_ALL every backup of its domain. A backup whose
- * job is running is refused (abort it first). Afterwards the handle is still
- * safe to free, and other calls on it fail with VIR_ERR_NO_DOMAIN_BACKUP.
+ * VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY, its data files (storage volumes
+ * are deleted through libvirt). With VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN
+ * its descendants go too; with VIR_DOMAIN_BACKUP_DELETE_ALL every backup of
+ * its domain. Without them, a backup that has children is first merged into
+ * each direct child: the child's files are rewritten (checked against its
+ * digests, then renamed over the old ones) as deltas against @backup's
+ * parent, or as full copies if @backup had none, and the child is
+ * re-parented; every descendant stays restorable. A crash meanwhile leaves
+ * the old or the new state of each child. With METADATA_ONLY the children
+ * are re-parented and keep reading through @backup's files. A backup whose
+ * job (or a child's) is running is refused (abort it first). Afterwards the
+ * handle is still safe to free, and other calls on it fail with
+ * VIR_ERR_NO_DOMAIN_BACKUP.
  *
  * Returns 0 on success, -1 on error.
  */
@@ -278,12 +304,14 @@ int virDomainBackupDelete(virDomainBackupPtr backup, unsigned int flags);
 /**
  * virDomainSetDefaultTarget:
  * @domain: a domain object
- * @xmlDesc: <target type='dir'><path>/backups</path></target>
- *           (type='pool' is not supported yet)
+ * @xmlDesc: <target type='dir'><path>/backups</path></target> or
+ *           <target type='pool'><pool>default</pool></target>
  * @flags: bitwise-OR of virDomainModificationImpact
  *
  * Set where backups of @domain go when a disk has no <target>: each disk to
- * <path>/<backup uuid>/<disk>.<format>. VIR_DOMAIN_AFFECT_CONFIG keeps the
+ * <path>/<backup uuid>/<disk>.<format>, or to a new volume
+ * '<domain name>-<backup uuid>-<disk>.<format>' of a running, file-backed
+ * (dir, fs, netfs) storage pool. VIR_DOMAIN_AFFECT_CONFIG keeps the
  * setting in the catalog; VIR_DOMAIN_AFFECT_LIVE keeps it in this process
  * while the domain runs (and wins over CONFIG); VIR_DOMAIN_AFFECT_CURRENT
  * means LIVE for a running domain and CONFIG otherwise.
@@ -403,12 +431,32 @@ int virDomainBackupGetParameters(virDomainBackupPtr backup,
  *           optionally, the disks to restore and where
  * @flags: bitwise-OR of virDomainBackupRestoreFlags
  *
- * Restore a managed backup into its domain (which must be shut off) or, with
- * VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN, as a new domain. Existing files are
- * only written with VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK.
+ * Restore a managed backup (any backup of a chain: the disks as they were
+ * when it was taken, byte for byte) into its own domain or, with
+ * VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN, as a new persistent domain.
  *
- * Returns 0 on success, -1 on error. This version checks the request and
- * the backup, then fails with VIR_ERR_NO_SUPPORT: restore is not supported yet.
+ * Into its own domain: the domain must be shut off (else
+ * VIR_ERR_OPERATION_INVALID). Each disk goes to its current file unless the
+ * request gives a <target file>; a file of another format (<driver type>)
+ * or another size is replaced by a new file renamed over it, a file of the
+ * same format and size is rewritten in place, writing only the 64 KiB
+ * chunks that differ. The domain definition is updated to any new file or
+ * format. As a new domain: the saved definition with the new name (default
+ * '<name>-restore-<first 8 of the backup uuid>'), a new UUID, new MAC
+ * addresses, only the restored disks, each at its <target file> or
+ * '<folder of the original>/<name>-<disk>.<format>' (qcow2 by default).
+ *
+ * An existing file is only written with
+ * VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK; without it the call
+ * fails with VIR_ERR_OPERATION_INVALID and touches nothing. Everything read
+ * from the backup is checked against the digests recorded at backup time
+ * (VIR_ERR_OPERATION_FAILED on a mismatch). New files are written and
+ * synced before any existing disk is touched, and removed if one fails; an
+ * in-place rewrite starts only after every chunk it will write has been
+ * read and verified. A failure during that last pass can leave the disk
+ * partly restored; running the restore again completes it.
+ *
+ * Returns 0 on success, -1 on error.
  */
 int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
 
@@ -418,10 +466,18 @@ int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
  * @xmlDesc: a <domainbackup> document giving each disk's source (file or NBD)
  * @flags: bitwise-OR of virDomainBackupRestoreFlags
  *
- * Write @domain's disks from sources the library did not make.
+ * Write @domain's disks from sources the library did not make, with the
+ * rules of virDomainBackupRestore(): each <disk> names one of @domain's
+ * disks and its <source file='…'/> (raw or qcow2, read from the file's
+ * first bytes; backing files are followed), with an optional <target file>
+ * and <driver type>; VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN defines a new
+ * domain from @domain's current definition (name from <domain name>, else
+ * '<name>-restore-<8 random hex digits>'). An existing file is replaced by
+ * a complete new file renamed over it (there is no digest index to compare
+ * against). NBD sources (<source protocol='nbd'>) are checked, then
+ * refused with VIR_ERR_NO_SUPPORT: not supported yet.
  *
- * Returns 0 on success, -1 on error. This version checks the request and
- * then fails with VIR_ERR_NO_SUPPORT: it is not supported yet.
+ * Returns 0 on success, -1 on error.
  */
 int virDomainBackupRestoreUnmanaged(virDomainPtr domain, const char *xmlDesc, unsigned int flags);
 

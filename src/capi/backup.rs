@@ -19,6 +19,13 @@ use crate::flags::bits::*;
 ///
 /// Start a managed backup of @domain's disks. Everything is checked first
 /// (XML, disk names, parent, targets); on any problem nothing is created.
+/// With a <parent>, each disk is stored as a qcow2 delta whose backing file
+/// is the parent's copy of that disk, holding only the 64 KiB chunks whose
+/// digest differs from the parent's digest index. A disk that is new, shrank,
+/// changed format, or whose parent copy or index is gone is copied in full
+/// (backupmode='full'); VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK makes that an
+/// error (VIR_ERR_OPERATION_INVALID). <disk type='volume'> targets are new
+/// volumes of a file-backed storage pool, created through libvirt.
 /// The copy then runs as a background job and the backup is listed at once
 /// with state "running"; with VIR_DOMAIN_BACKUP_CREATE_WAIT the call returns
 /// only when the job has ended.
@@ -274,11 +281,19 @@ pub extern "C" fn virDomainBackupFree(backup: virDomainBackupPtr) -> c_int {
 ///         exclude each other)
 ///
 /// Delete @backup: its catalog entry and, unless
-/// VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY, its data files. With
-/// VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN its descendants go too; with
-/// VIR_DOMAIN_BACKUP_DELETE_ALL every backup of its domain. A backup whose
-/// job is running is refused (abort it first). Afterwards the handle is still
-/// safe to free, and other calls on it fail with VIR_ERR_NO_DOMAIN_BACKUP.
+/// VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY, its data files (storage volumes
+/// are deleted through libvirt). With VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN
+/// its descendants go too; with VIR_DOMAIN_BACKUP_DELETE_ALL every backup of
+/// its domain. Without them, a backup that has children is first merged into
+/// each direct child: the child's files are rewritten (checked against its
+/// digests, then renamed over the old ones) as deltas against @backup's
+/// parent, or as full copies if @backup had none, and the child is
+/// re-parented; every descendant stays restorable. A crash meanwhile leaves
+/// the old or the new state of each child. With METADATA_ONLY the children
+/// are re-parented and keep reading through @backup's files. A backup whose
+/// job (or a child's) is running is refused (abort it first). Afterwards the
+/// handle is still safe to free, and other calls on it fail with
+/// VIR_ERR_NO_DOMAIN_BACKUP.
 ///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]

@@ -11,12 +11,14 @@ use crate::flags::bits::AFFECT_FLAGS;
 
 /// virDomainSetDefaultTarget:
 /// @domain: a domain object
-/// @xmlDesc: <target type='dir'><path>/backups</path></target>
-///           (type='pool' is not supported yet)
+/// @xmlDesc: <target type='dir'><path>/backups</path></target> or
+///           <target type='pool'><pool>default</pool></target>
 /// @flags: bitwise-OR of virDomainModificationImpact
 ///
 /// Set where backups of @domain go when a disk has no <target>: each disk to
-/// <path>/<backup uuid>/<disk>.<format>. VIR_DOMAIN_AFFECT_CONFIG keeps the
+/// <path>/<backup uuid>/<disk>.<format>, or to a new volume
+/// '<domain name>-<backup uuid>-<disk>.<format>' of a running, file-backed
+/// (dir, fs, netfs) storage pool. VIR_DOMAIN_AFFECT_CONFIG keeps the
 /// setting in the catalog; VIR_DOMAIN_AFFECT_LIVE keeps it in this process
 /// while the domain runs (and wins over CONFIG); VIR_DOMAIN_AFFECT_CURRENT
 /// means LIVE for a running domain and CONFIG otherwise.

@@ -14,12 +14,32 @@ use crate::flags::bits::RESTORE_FLAGS;
 ///           optionally, the disks to restore and where
 /// @flags: bitwise-OR of virDomainBackupRestoreFlags
 ///
-/// Restore a managed backup into its domain (which must be shut off) or, with
-/// VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN, as a new domain. Existing files are
-/// only written with VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK.
+/// Restore a managed backup (any backup of a chain: the disks as they were
+/// when it was taken, byte for byte) into its own domain or, with
+/// VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN, as a new persistent domain.
 ///
-/// Returns 0 on success, -1 on error. This version checks the request and
-/// the backup, then fails with VIR_ERR_NO_SUPPORT: restore is not supported yet.
+/// Into its own domain: the domain must be shut off (else
+/// VIR_ERR_OPERATION_INVALID). Each disk goes to its current file unless the
+/// request gives a <target file>; a file of another format (<driver type>)
+/// or another size is replaced by a new file renamed over it, a file of the
+/// same format and size is rewritten in place, writing only the 64 KiB
+/// chunks that differ. The domain definition is updated to any new file or
+/// format. As a new domain: the saved definition with the new name (default
+/// '<name>-restore-<first 8 of the backup uuid>'), a new UUID, new MAC
+/// addresses, only the restored disks, each at its <target file> or
+/// '<folder of the original>/<name>-<disk>.<format>' (qcow2 by default).
+///
+/// An existing file is only written with
+/// VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK; without it the call
+/// fails with VIR_ERR_OPERATION_INVALID and touches nothing. Everything read
+/// from the backup is checked against the digests recorded at backup time
+/// (VIR_ERR_OPERATION_FAILED on a mismatch). New files are written and
+/// synced before any existing disk is touched, and removed if one fails; an
+/// in-place rewrite starts only after every chunk it will write has been
+/// read and verified. A failure during that last pass can leave the disk
+/// partly restored; running the restore again completes it.
+///
+/// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) -> c_int {
     ffi_entry!("virDomainBackupRestore", -1, {
@@ -35,10 +55,18 @@ pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) 
 /// @xmlDesc: a <domainbackup> document giving each disk's source (file or NBD)
 /// @flags: bitwise-OR of virDomainBackupRestoreFlags
 ///
-/// Write @domain's disks from sources the library did not make.
+/// Write @domain's disks from sources the library did not make, with the
+/// rules of virDomainBackupRestore(): each <disk> names one of @domain's
+/// disks and its <source file='…'/> (raw or qcow2, read from the file's
+/// first bytes; backing files are followed), with an optional <target file>
+/// and <driver type>; VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN defines a new
+/// domain from @domain's current definition (name from <domain name>, else
+/// '<name>-restore-<8 random hex digits>'). An existing file is replaced by
+/// a complete new file renamed over it (there is no digest index to compare
+/// against). NBD sources (<source protocol='nbd'>) are checked, then
+/// refused with VIR_ERR_NO_SUPPORT: not supported yet.
 ///
-/// Returns 0 on success, -1 on error. This version checks the request and
-/// then fails with VIR_ERR_NO_SUPPORT: it is not supported yet.
+/// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupRestoreUnmanaged(
     domain: sys::virDomainPtr,
