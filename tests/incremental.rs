@@ -275,3 +275,32 @@ fn metadata_only_and_all_children() {
     assert!(Backup::list(&dom, 0).unwrap().is_empty());
     std::fs::remove_file(&mid_file).unwrap();
 }
+
+#[test]
+fn a_failed_merge_leaves_the_old_state() {
+    let src = disk("mfail.raw", "raw", "8M", &["write -P 0x91 0 4M"]);
+    let dom = domain("mfail", &[("vda", &src, "raw")]);
+    let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    qemu_io("raw", &src, "write -P 0x92 0 64k");
+    let mid = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
+    qemu_io("raw", &src, "write -P 0x93 1M 64k");
+    let leaf = Backup::create(&dom, &child_xml(&mid), WAIT).unwrap();
+    let leaf_file = leaf.record().unwrap().disks[0].target.clone();
+    // Damage the middle backup: the merged data would not match the leaf's
+    // digests, so the merge must stop before replacing anything.
+    let mid_file = mid.record().unwrap().disks[0].target.clone();
+    qemu_io("qcow2", &mid_file, "write -P 0x99 0 64k");
+    let leaf_bytes = std::fs::read(&leaf_file).unwrap();
+    let dir_before = std::fs::read_dir(leaf_file.parent().unwrap()).unwrap().count();
+    let err = mid.delete(0).unwrap_err();
+    assert!(err.message.contains("digest"), "{}", err.message);
+    assert_eq!(std::fs::read(&leaf_file).unwrap(), leaf_bytes);
+    assert_eq!(
+        std::fs::read_dir(leaf_file.parent().unwrap()).unwrap().count(),
+        dir_before,
+        "no temporary file is left"
+    );
+    assert!(mid_file.exists());
+    assert_eq!(leaf.record().unwrap().parent, Some(mid.uuid));
+    full.delete(1 << 1).unwrap();
+}
