@@ -730,10 +730,9 @@ fn choose_mode(
         Some(_) => None,
     };
     let index = match (why_not, base) {
-        (None, Some(b)) => {
-            IndexReader::open(&catalog.index_path(&parent.domain_uuid, &parent.uuid, &b.name))
-                .map_err(|e| e.message)
-        }
+        (None, Some(b)) => crate::digest::ensure_index(catalog, parent, &b.name)
+            .and_then(|p| IndexReader::open(&p))
+            .map_err(|e| e.message),
         (why, _) => Err(why.unwrap_or_default()),
     };
     match index {

@@ -481,6 +481,14 @@ pub fn copy_image(
     Ok(())
 }
 
+/// Record the digest of every chunk of `src` (a backup the library did not
+/// copy itself: QEMU wrote it).
+pub fn build_index(src: &Source, out: &mut dyn DigestSink) -> Result<()> {
+    for_each_window(src, &Progress::default(), |win| {
+        win.digests().try_for_each(|(_, _, d)| out.push(&d))
+    })
+}
+
 /// Chunks of an existing disk that differ from a backup, one bit each.
 pub struct Rewrite {
     bits: Vec<u64>,

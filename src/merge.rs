@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
-use crate::digest::{IndexReader, IndexVerifier};
+use crate::digest::{IndexReader, IndexVerifier, ensure_index};
 use crate::disk::{self, Baseline, Progress, Source, Target};
 use crate::error::{Error, Result};
 use crate::xml::backup::{BackupMode, BackupRecord, DiskRecord};
@@ -41,7 +41,7 @@ fn rewrite_disk(
     let dir = d.target.parent().unwrap_or(Path::new("/"));
     let name = d.target.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.merge-{}", Uuid::new_v4()));
-    let own_index = catalog.index_path(&child.domain_uuid, &child.uuid, &d.name);
+    let own_index = ensure_index(catalog, child, &d.name)?;
     let work = || -> Result<BackupMode> {
         let mut verify = IndexVerifier::new(IndexReader::open(&own_index)?);
         let progress = Progress::default();
@@ -112,12 +112,16 @@ pub fn merge_into_children(
                     .disks
                     .iter()
                     .find(|x| x.name == d.name && x.mode == BackupMode::Incremental);
-                let base = grandparent.zip(via).and_then(|(g, _)| {
-                    g.disks.iter().find(|x| x.name == d.name).map(|disk| Base {
-                        disk,
-                        index: catalog.index_path(&g.domain_uuid, &g.uuid, &d.name),
-                    })
-                });
+                let base = match grandparent.zip(via) {
+                    Some((g, _)) => match g.disks.iter().find(|x| x.name == d.name) {
+                        Some(disk) => Some(Base {
+                            disk,
+                            index: ensure_index(catalog, g, &d.name)?,
+                        }),
+                        None => None,
+                    },
+                    None => None,
+                };
                 d.mode = rewrite_disk(catalog, child, d, base)?;
             }
         }

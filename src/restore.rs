@@ -22,7 +22,7 @@ use uuid::Uuid;
 use virt::connect::Connect;
 
 use crate::catalog::Catalog;
-use crate::digest::{IndexReader, IndexVerifier, NoDigests};
+use crate::digest::{IndexReader, IndexVerifier, NoDigests, ensure_index};
 use crate::disk::{self, Baseline, Progress, Rewrite, Source, Target};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
@@ -432,18 +432,18 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
         .into_iter()
         .map(|(name, asked)| {
             let d = rec.disks.iter().find(|d| d.name == name).unwrap();
-            Item {
+            Ok(Item {
                 name,
                 origin: Origin {
                     image: d.target.clone(),
                     format: d.format,
-                    index: Some(catalog.index_path(&rec.domain_uuid, &rec.uuid, name)),
+                    index: Some(ensure_index(&catalog, &rec, name)?),
                 },
                 asked,
                 original: Some(d.source.clone()),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     if new_domain_asked(flags, &req.domain_name)? {
         let name = req.domain_name.clone().unwrap_or_else(|| {
             format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8])

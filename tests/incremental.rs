@@ -291,16 +291,41 @@ fn a_failed_merge_leaves_the_old_state() {
     let mid_file = mid.record().unwrap().disks[0].target.clone();
     qemu_io("qcow2", &mid_file, "write -P 0x99 0 64k");
     let leaf_bytes = std::fs::read(&leaf_file).unwrap();
-    let dir_before = std::fs::read_dir(leaf_file.parent().unwrap()).unwrap().count();
+    let dir_before = std::fs::read_dir(leaf_file.parent().unwrap())
+        .unwrap()
+        .count();
     let err = mid.delete(0).unwrap_err();
     assert!(err.message.contains("digest"), "{}", err.message);
     assert_eq!(std::fs::read(&leaf_file).unwrap(), leaf_bytes);
     assert_eq!(
-        std::fs::read_dir(leaf_file.parent().unwrap()).unwrap().count(),
+        std::fs::read_dir(leaf_file.parent().unwrap())
+            .unwrap()
+            .count(),
         dir_before,
         "no temporary file is left"
     );
     assert!(mid_file.exists());
     assert_eq!(leaf.record().unwrap().parent, Some(mid.uuid));
+    full.delete(1 << 1).unwrap();
+}
+
+#[test]
+fn a_missing_index_is_rebuilt_from_the_backup() {
+    let src = disk("reidx.qcow2", "qcow2", "16M", &["write -P 0xa1 0 4M"]);
+    let dom = domain("reidx", &[("vda", &src, "qcow2")]);
+    let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    let catalog = libvirt_backup::catalog::Catalog::open().unwrap();
+    let index = catalog.index_dir(&dom.uuid().unwrap(), &full.uuid);
+    std::fs::remove_dir_all(&index).unwrap();
+    qemu_io("qcow2", &src, "write -P 0xa2 1M 64k");
+    let inc = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
+    assert!(index.join("vda.b3").exists());
+    assert_eq!(written(&inc), 64 << 10);
+    assert!(identical(
+        &inc.record().unwrap().disks[0].target,
+        "qcow2",
+        &src,
+        "qcow2"
+    ));
     full.delete(1 << 1).unwrap();
 }
