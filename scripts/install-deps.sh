@@ -9,7 +9,7 @@ set -eu
 PACKAGES="build-essential pkg-config libvirt-dev libvirt0 qemu-utils"
 if [ "${1:-}" != demo ]; then
     PACKAGES="$PACKAGES g++ libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
-qemu-system-x86 valgrind python3 python3-pytest"
+qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest"
 fi
 
 # cbindgen from crates.io: Debian's 0.24 cannot parse Rust 2024 sources.

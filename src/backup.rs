@@ -17,6 +17,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
 use crate::job::{self, Job};
 use crate::libvirt::{self, DomainRef};
+use crate::live;
 use crate::storage_pool;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
@@ -66,11 +67,14 @@ struct PlannedDisk {
     baseline: Option<Baseline>,
 }
 
-/// The parent's copy of a disk an incremental target builds on.
+/// The parent's copy of a disk an incremental target builds on, and what
+/// tells the changes since: its digest index (the library's engine) or its
+/// checkpoint (libvirt's).
 struct Baseline {
     target: PathBuf,
     format: DiskFormat,
-    index: IndexReader,
+    index: Option<IndexReader>,
+    checkpoint: Option<String>,
 }
 
 impl Backup {
@@ -100,15 +104,20 @@ impl Backup {
             None => None,
         };
         let active = dom.is_active()?;
-        if flags & VIR_DOMAIN_BACKUP_CREATE_QUIESCE != 0 {
-            if !active {
-                return Err(Error::operation_invalid(
-                    "cannot quiesce the file systems of an inactive domain",
-                ));
-            }
-            return Err(Error::not_supported_yet("quiescing guest file systems"));
+        let is_live = live::is_live(dom, active)?;
+        let quiesce = flags & VIR_DOMAIN_BACKUP_CREATE_QUIESCE != 0;
+        if quiesce && !active {
+            return Err(Error::operation_invalid(
+                "cannot quiesce the file systems of an inactive domain",
+            ));
         }
-        if !dom.images_are_quiet(active)? {
+        if quiesce && !is_live {
+            return Err(Error::not_supported_yet(format!(
+                "quiescing the guest file systems of a '{}' domain",
+                dom.driver()?
+            )));
+        }
+        if !is_live && !dom.images_are_quiet(active)? {
             return Err(Error::not_supported_yet(format!(
                 "backup of a running domain of the '{}' driver",
                 dom.driver()?
@@ -118,6 +127,9 @@ impl Backup {
             return Err(Error::operation_invalid(
                 "the domain already has a backup job running",
             ));
+        }
+        if is_live {
+            live::check_no_job(dom)?;
         }
         let domain_xml = dom.xml()?;
         let dom_disks = domain::parse_disks(&domain_xml)?;
@@ -154,7 +166,11 @@ impl Backup {
         }
         if let Some(parent) = &parent {
             for p in &mut planned {
-                choose_mode(&catalog, parent, p, flags)?;
+                if is_live {
+                    choose_live_mode(dom, parent, p, &dom_disks, flags)?;
+                } else {
+                    choose_mode(&catalog, parent, p, flags)?;
+                }
             }
         }
         for (i, p) in planned.iter().enumerate() {
@@ -191,6 +207,7 @@ impl Backup {
             domain_xml,
             stats: JobStats::default(),
             created_dirs: Vec::new(),
+            checkpoint: is_live.then(|| live::checkpoint_name(&uuid)),
         };
 
         // Register the backup under the catalog lock, creating its files, so
@@ -250,6 +267,25 @@ impl Backup {
             }
         };
         drop(guard);
+        let discard = |rec: &BackupRecord| {
+            let _ = remove_backup(&catalog, rec, volume_connection(rec, Some(dom)).as_ref());
+        };
+        if is_live {
+            // QEMU writes the targets: close them first.
+            targets.clear();
+            let disks: Vec<live::LiveDisk> = planned
+                .iter()
+                .map(|p| live::LiveDisk {
+                    record: &p.record,
+                    since: p.baseline.as_ref().and_then(|b| b.checkpoint.as_deref()),
+                })
+                .collect();
+            if let Err(e) = live::begin(dom, &record, &disks, &dom_disks, quiesce) {
+                drop(lock);
+                discard(&record);
+                return Err(e);
+            }
+        }
 
         let total = record.disks.iter().map(|d| d.virtual_size).sum();
         let job = Job::new(
@@ -265,27 +301,34 @@ impl Backup {
         );
         let sources: Vec<(Source, Option<IndexReader>)> = planned
             .into_iter()
-            .map(|p| (p.source, p.baseline.map(|b| b.index)))
+            .map(|p| (p.source, p.baseline.and_then(|b| b.index)))
             .collect();
         let work_catalog = catalog.clone();
         let work_record = record.clone();
         let conn = volume_connection(&record, Some(dom));
-        if let Err(e) = job.spawn(move |job| {
-            run_copy(
-                job,
-                &work_catalog,
-                work_record,
-                sources,
-                targets,
-                lock,
-                conn,
-            )
-        }) {
-            let _ = remove_backup(
-                &catalog,
-                &record,
-                volume_connection(&record, Some(dom)).as_ref(),
-            );
+        let work_dom = dom.clone();
+        let spawned = if is_live {
+            job.spawn(move |job| {
+                let discard_catalog = work_catalog.clone();
+                live::run(job, &work_catalog, work_record, work_dom, lock, |rec| {
+                    let _ = remove_backup(&discard_catalog, rec, conn.as_ref());
+                })
+            })
+        } else {
+            job.spawn(move |job| {
+                run_copy(
+                    job,
+                    &work_catalog,
+                    work_record,
+                    sources,
+                    targets,
+                    lock,
+                    conn,
+                )
+            })
+        };
+        if let Err(e) = spawned {
+            discard(&record);
             return Err(e);
         }
         let backup = Arc::new(Backup {
@@ -565,6 +608,10 @@ impl Backup {
         }
         // Children first, so a crash midway never leaves a child without its parent.
         for r in doomed.iter().rev() {
+            // A checkpoint nobody will use again only slows the guest's writes.
+            if let (Some(cp), Some(dom)) = (&r.checkpoint, &self.domain) {
+                live::remove_checkpoint(dom, cp)?;
+            }
             if metadata_only {
                 self.catalog.remove_record(r)?;
             } else {
@@ -738,16 +785,15 @@ fn choose_mode(
     match index {
         Ok(index) if index.size() == base.unwrap().virtual_size => {
             if p.record.format == DiskFormat::Raw {
-                return Err(Error::invalid_arg(format!(
-                    "disk '{name}': a raw target holds only full copies; an incremental copy needs qcow2"
-                )));
+                return Err(raw_incremental(name));
             }
             let b = base.unwrap();
             p.record.mode = BackupMode::Incremental;
             p.baseline = Some(Baseline {
                 target: b.target.clone(),
                 format: b.format,
-                index,
+                index: Some(index),
+                checkpoint: None,
             });
             Ok(())
         }
@@ -756,14 +802,57 @@ fn choose_mode(
                 Ok(_) => "the parent's digest index does not match its disk size".to_string(),
                 Err(w) => w,
             };
-            if flags & VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK != 0 {
-                return Err(Error::operation_invalid(format!(
-                    "disk '{name}' cannot be backed up incrementally ({why}) and VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK forbids a full copy"
-                )));
-            }
-            Ok(())
+            refuse_fallback(name, &why, flags)
         }
     }
+}
+
+/// The live engine's choice for one disk of an incremental backup (see
+/// `live::usable_checkpoint` for what is checked).
+fn choose_live_mode(
+    dom: &DomainRef,
+    parent: &BackupRecord,
+    p: &mut PlannedDisk,
+    dom_disks: &[DomainDisk],
+    flags: u32,
+) -> Result<()> {
+    let name = p.record.name.clone();
+    let base = parent.disks.iter().find(|d| d.name == name);
+    let disk = dom_disks.iter().find(|d| d.name == name).unwrap();
+    match live::usable_checkpoint(dom, parent, base, disk, p.record.virtual_size) {
+        Ok(cp) => {
+            if p.record.format == DiskFormat::Raw {
+                return Err(raw_incremental(&name));
+            }
+            let b = base.unwrap();
+            p.record.mode = BackupMode::Incremental;
+            p.baseline = Some(Baseline {
+                target: b.target.clone(),
+                format: b.format,
+                index: None,
+                checkpoint: Some(cp),
+            });
+            Ok(())
+        }
+        Err(why) => refuse_fallback(&name, &why, flags),
+    }
+}
+
+/// A raw target asked for a disk that would be copied incrementally.
+fn raw_incremental(name: &str) -> Error {
+    Error::invalid_arg(format!(
+        "disk '{name}': a raw target holds only full copies; an incremental copy needs qcow2"
+    ))
+}
+
+/// A disk falls back to a full copy, unless `CREATE_NO_FALLBACK` forbids it.
+fn refuse_fallback(name: &str, why: &str, flags: u32) -> Result<()> {
+    if flags & VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK != 0 {
+        return Err(Error::operation_invalid(format!(
+            "disk '{name}' cannot be backed up incrementally ({why}) and VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK forbids a full copy"
+        )));
+    }
+    Ok(())
 }
 
 /// Remove a backup's data and record; its pool volumes are deleted through
@@ -943,7 +1032,12 @@ pub fn undefine(dom: &DomainRef, flags: u32) -> Result<()> {
             "cannot undefine a domain while a backup job runs",
         ));
     }
-    dom.undefine(flags & !VIR_DOMAIN_UNDEFINE_BACKUP)?;
+    let mut flags = flags & !VIR_DOMAIN_UNDEFINE_BACKUP;
+    if records.iter().any(|r| r.checkpoint.is_some()) {
+        // The checkpoints of our backups go with the backups' metadata.
+        flags |= virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
+    }
+    dom.undefine(flags)?;
     catalog.forget_domain(&uuid)?;
     LIVE_TARGETS.lock().unwrap().remove(&uuid);
     Ok(())

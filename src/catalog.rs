@@ -8,7 +8,8 @@
 //! - `<domain>/default-target.xml` the persistent default target (CONFIG)
 //!
 //! A record in state `running` whose job lock can be taken belongs to a
-//! process that died: the next reader discards it with its files.
+//! process that died: the next reader discards it with its files, or, for a
+//! backup libvirt copies, settles it by what libvirt says (`resolve_dead`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -293,32 +294,47 @@ impl Catalog {
                 out.push(rec);
             }
         }
-        let mut live = Vec::with_capacity(out.len());
+        let mut kept = Vec::with_capacity(out.len());
         for rec in out {
             if rec.state == BackupState::Running && !self.job_alive(&rec) {
-                self.discard_dead(&rec)?;
+                kept.extend(self.resolve_dead(&rec)?);
             } else {
-                live.push(rec);
+                kept.push(rec);
             }
         }
-        live.sort_by_key(|r| (r.created_ns, r.uuid));
-        Ok(live)
+        kept.sort_by_key(|r| (r.created_ns, r.uuid));
+        Ok(kept)
     }
 
-    /// Discard the record and partial files of a job whose process died.
-    fn discard_dead(&self, rec: &BackupRecord) -> Result<()> {
+    /// A running record whose process died. The library's own copy died
+    /// with it: discard the record and partial files. libvirt's job (a
+    /// backup of a running domain) outlives it: keep the record while
+    /// libvirt still copies, complete it once libvirt says the job completed
+    /// and the targets are there, else discard it with its checkpoint.
+    /// Returns the record if it stays.
+    fn resolve_dead(&self, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
         let _guard = self.lock()?;
         // Re-check under the lock: the job may have finished meanwhile.
         let path = self.record_path(&rec.domain_uuid, &rec.uuid);
-        match Self::read_record(&path) {
-            Some(cur) if cur.state == BackupState::Running && !self.job_alive(&cur) => {
-                self.remove_with_data(&cur)?;
-                let _ = fs::remove_file(self.job_lock_path(&cur.domain_uuid, &cur.uuid));
-                let _ = fs::remove_file(self.cancel_path(&cur.domain_uuid, &cur.uuid));
+        let mut cur = match Self::read_record(&path) {
+            Some(cur) if cur.state == BackupState::Running && !self.job_alive(&cur) => cur,
+            other => return Ok(other),
+        };
+        let outcome = match cur.checkpoint {
+            Some(_) => crate::live::orphan_outcome(&cur),
+            None => Some(false),
+        };
+        match outcome {
+            None => return Ok(Some(cur)),
+            Some(true) => {
+                cur.state = BackupState::Completed;
+                self.write_record(&cur)?;
             }
-            _ => {}
+            Some(false) => self.remove_with_data(&cur)?,
         }
-        Ok(())
+        let _ = fs::remove_file(self.job_lock_path(&cur.domain_uuid, &cur.uuid));
+        let _ = fs::remove_file(self.cancel_path(&cur.domain_uuid, &cur.uuid));
+        Ok(outcome.unwrap().then_some(cur))
     }
 
     /// Domains that have a folder in the catalog.
@@ -347,8 +363,7 @@ impl Catalog {
             return Ok(None);
         };
         if rec.state == BackupState::Running && !self.job_alive(&rec) {
-            self.discard_dead(&rec)?;
-            return Ok(None);
+            return self.resolve_dead(&rec);
         }
         Ok(Some(rec))
     }
@@ -408,6 +423,7 @@ mod tests {
             domain_xml: String::new(),
             stats: JobStats::default(),
             created_dirs: vec![],
+            checkpoint: None,
         }
     }
 

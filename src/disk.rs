@@ -37,7 +37,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    fn check_cancel(&self) -> Result<()> {
+    /// An `OperationAborted` error once a cancel was asked for.
+    pub fn check_cancel(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed)
             || self.cancel_file.as_ref().is_some_and(|f| f.exists())
         {

@@ -125,3 +125,241 @@ pub fn open_domain(uri: &str, uuid: &Uuid) -> Result<DomainRef> {
         }
     }
 }
+
+/// What `virDomainGetJobStats` says about a domain's job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobInfo {
+    /// A `virDomainJobType`: 0 none, 1/2 running, 3 completed, 4 failed, 5 cancelled.
+    pub kind: i32,
+    /// A `virDomainJobOperation` (9 is a backup), when libvirt reports one.
+    pub operation: Option<i32>,
+    pub total: u64,
+    pub processed: u64,
+    pub error: Option<String>,
+}
+
+impl JobInfo {
+    pub fn is_active(&self) -> bool {
+        matches!(self.kind, 1 | 2)
+    }
+}
+
+/// A libvirt call's result: the last libvirt error when it returned -1 or NULL.
+fn check(rc: i32) -> Result<i32> {
+    if rc < 0 {
+        return Err(virt::error::Error::last_error().into());
+    }
+    Ok(rc)
+}
+
+fn c_string(s: &str) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(s).map_err(|_| Error::invalid_arg("string contains a NUL byte"))
+}
+
+/// Take over a string libvirt allocated.
+///
+/// SAFETY: `p` is NULL or a NUL-terminated string from libvirt's allocator.
+unsafe fn owned_string(p: *mut std::ffi::c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: per the function's contract.
+    let s = unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: allocated by libvirt with malloc.
+    unsafe { libc::free(p.cast()) };
+    Some(s)
+}
+
+/// The backup, checkpoint and job calls the `virt` crate does not wrap.
+impl DomainRef {
+    fn ptr(&self) -> virt::sys::virDomainPtr {
+        // SAFETY: the pointer stays valid while `self` holds its reference.
+        unsafe { self.dom.as_ptr() }
+    }
+
+    /// `virDomainBackupBegin`.
+    pub fn backup_begin(
+        &self,
+        backup_xml: &str,
+        checkpoint_xml: Option<&str>,
+        flags: u32,
+    ) -> Result<()> {
+        let b = c_string(backup_xml)?;
+        let c = checkpoint_xml.map(c_string).transpose()?;
+        // SAFETY: valid domain and NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            virt::sys::virDomainBackupBegin(
+                self.ptr(),
+                b.as_ptr(),
+                c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                flags,
+            )
+        };
+        check(rc).map(|_| ())
+    }
+
+    /// `virDomainGetJobStats` of the current job, or of the last completed
+    /// one with `completed`. The `virt` crate's own wrapper is unsound when
+    /// no job runs, hence this one.
+    pub fn job_info(&self, completed: bool) -> Result<JobInfo> {
+        let mut kind = 0;
+        let mut params: virt::sys::virTypedParameterPtr = std::ptr::null_mut();
+        let mut n = 0;
+        let flags = if completed {
+            virt::sys::VIR_DOMAIN_JOB_STATS_COMPLETED
+        } else {
+            0
+        };
+        // SAFETY: valid domain and out-pointers.
+        check(unsafe {
+            virt::sys::virDomainGetJobStats(self.ptr(), &mut kind, &mut params, &mut n, flags)
+        })?;
+        let mut info = JobInfo {
+            kind,
+            ..JobInfo::default()
+        };
+        let ull = |name: &std::ffi::CStr| -> Option<u64> {
+            let mut v = 0u64;
+            // SAFETY: `params`/`n` as libvirt returned them.
+            let rc =
+                unsafe { virt::sys::virTypedParamsGetULLong(params, n, name.as_ptr(), &mut v) };
+            (rc == 1).then_some(v)
+        };
+        info.total = ull(virt::sys::VIR_DOMAIN_JOB_DISK_TOTAL)
+            .or_else(|| ull(virt::sys::VIR_DOMAIN_JOB_DATA_TOTAL))
+            .unwrap_or(0);
+        info.processed = ull(virt::sys::VIR_DOMAIN_JOB_DISK_PROCESSED)
+            .or_else(|| ull(virt::sys::VIR_DOMAIN_JOB_DATA_PROCESSED))
+            .unwrap_or(0);
+        let mut op = 0;
+        // SAFETY: as above.
+        if unsafe {
+            virt::sys::virTypedParamsGetInt(
+                params,
+                n,
+                virt::sys::VIR_DOMAIN_JOB_OPERATION.as_ptr(),
+                &mut op,
+            )
+        } == 1
+        {
+            info.operation = Some(op);
+        }
+        let mut msg: *const std::ffi::c_char = std::ptr::null();
+        // SAFETY: as above; the string stays owned by `params`.
+        if unsafe {
+            virt::sys::virTypedParamsGetString(
+                params,
+                n,
+                virt::sys::VIR_DOMAIN_JOB_ERRMSG.as_ptr(),
+                &mut msg,
+            )
+        } == 1
+            && !msg.is_null()
+        {
+            // SAFETY: a NUL-terminated string inside `params`.
+            info.error = Some(
+                unsafe { std::ffi::CStr::from_ptr(msg) }
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        if !params.is_null() {
+            // SAFETY: frees what virDomainGetJobStats allocated.
+            unsafe { virt::sys::virTypedParamsFree(params, n) };
+        }
+        Ok(info)
+    }
+
+    /// `virDomainAbortJob`.
+    pub fn abort_job(&self) -> Result<()> {
+        // SAFETY: valid domain.
+        check(unsafe { virt::sys::virDomainAbortJob(self.ptr()) }).map(|_| ())
+    }
+
+    /// Freeze (true) or thaw the guest's file systems through its agent.
+    pub fn fs_freeze(&self, freeze: bool) -> Result<()> {
+        // SAFETY: valid domain, no mount point list.
+        let rc = unsafe {
+            if freeze {
+                virt::sys::virDomainFSFreeze(self.ptr(), std::ptr::null_mut(), 0, 0)
+            } else {
+                virt::sys::virDomainFSThaw(self.ptr(), std::ptr::null_mut(), 0, 0)
+            }
+        };
+        check(rc).map(|_| ())
+    }
+
+    /// The domain's checkpoints: name and XML. Listing (rather than looking
+    /// one up by name) raises no libvirt error for a missing one.
+    pub fn checkpoints(&self) -> Result<Vec<(String, String)>> {
+        let mut list: *mut virt::sys::virDomainCheckpointPtr = std::ptr::null_mut();
+        // SAFETY: valid domain and out-pointer.
+        let n = check(unsafe { virt::sys::virDomainListAllCheckpoints(self.ptr(), &mut list, 0) })?;
+        let mut out = Vec::new();
+        for i in 0..n as usize {
+            // SAFETY: libvirt returned `n` valid checkpoint pointers.
+            let cp = unsafe { *list.add(i) };
+            // SAFETY: valid checkpoint; the name is owned by it.
+            let name =
+                unsafe { std::ffi::CStr::from_ptr(virt::sys::virDomainCheckpointGetName(cp)) }
+                    .to_string_lossy()
+                    .into_owned();
+            // SAFETY: valid checkpoint; the XML is ours to free.
+            let xml = unsafe { owned_string(virt::sys::virDomainCheckpointGetXMLDesc(cp, 0)) };
+            // SAFETY: each entry holds one reference.
+            unsafe { virt::sys::virDomainCheckpointFree(cp) };
+            out.push((name, xml.unwrap_or_default()));
+        }
+        if !list.is_null() {
+            // SAFETY: the array itself was malloc'd by libvirt.
+            unsafe { libc::free(list.cast()) };
+        }
+        Ok(out)
+    }
+
+    /// A checkpoint's XML with `VIR_DOMAIN_CHECKPOINT_XML_SIZE`: QEMU sizes
+    /// each disk's changes since the checkpoint, which fails if a bitmap is
+    /// missing or broken.
+    pub fn checkpoint_sizes(&self, name: &str) -> Result<String> {
+        let n = c_string(name)?;
+        // SAFETY: valid domain and name.
+        let cp = unsafe { virt::sys::virDomainCheckpointLookupByName(self.ptr(), n.as_ptr(), 0) };
+        if cp.is_null() {
+            return Err(virt::error::Error::last_error().into());
+        }
+        // SAFETY: valid checkpoint; the XML is ours to free.
+        let xml = unsafe {
+            owned_string(virt::sys::virDomainCheckpointGetXMLDesc(
+                cp,
+                virt::sys::VIR_DOMAIN_CHECKPOINT_XML_SIZE,
+            ))
+        };
+        let result = xml.ok_or_else(|| virt::error::Error::last_error().into());
+        // SAFETY: the reference the lookup gave.
+        unsafe { virt::sys::virDomainCheckpointFree(cp) };
+        result
+    }
+
+    /// Delete a checkpoint by name (`metadata_only`: forget it, keep bitmaps).
+    pub fn delete_checkpoint(&self, name: &str, metadata_only: bool) -> Result<()> {
+        let n = c_string(name)?;
+        // SAFETY: valid domain and name.
+        let cp = unsafe { virt::sys::virDomainCheckpointLookupByName(self.ptr(), n.as_ptr(), 0) };
+        if cp.is_null() {
+            return Err(virt::error::Error::last_error().into());
+        }
+        let flags = if metadata_only {
+            virt::sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+        } else {
+            0
+        };
+        // SAFETY: valid checkpoint.
+        let rc = unsafe { virt::sys::virDomainCheckpointDelete(cp, flags) };
+        let result = check(rc).map(|_| ());
+        // SAFETY: the reference the lookup gave.
+        unsafe { virt::sys::virDomainCheckpointFree(cp) };
+        result
+    }
+}

@@ -1,82 +1,13 @@
 //! Backups of inactive domains of the QEMU driver (qemu:///system), through
 //! a real libvirtd started by scripts/start-libvirtd.sh (make check does).
 
-use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
-
 mod common;
-use common::{identical, qemu_img, qemu_io};
+use common::qemu::{QemuDomain, URI, connect, image};
+use common::{WAIT, WORK, identical, qemu_io};
 
 use libvirt_backup::backup::Backup;
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::libvirt::DomainRef;
-use virt::connect::Connect;
-
-const WAIT: u32 = 1 << 2;
-const URI: &str = "qemu:///system";
-
-static WORK: LazyLock<PathBuf> = LazyLock::new(|| {
-    let dir = tempfile::tempdir().unwrap().keep();
-    // SAFETY: set once, before any test reads it (all go through WORK).
-    unsafe { std::env::set_var("LIBVIRT_BACKUP_DIR", dir.join("catalog")) };
-    dir
-});
-
-fn connect() -> Connect {
-    // The test expects some libvirt calls to fail; keep libvirt from printing them.
-    virt::error::clear_error_callback();
-    Connect::open(Some(URI)).unwrap_or_else(|e| {
-        panic!("{URI} is not reachable ({e}); start it with scripts/start-libvirtd.sh")
-    })
-}
-
-/// A QEMU domain (TCG, no guest OS) that is undefined, stopped and has its
-/// backup metadata forgotten when the test ends, even on failure.
-struct QemuDomain {
-    dom: DomainRef,
-}
-
-impl QemuDomain {
-    fn define(conn: &Connect, name: &str, disks: &[(&str, &Path, &str)]) -> QemuDomain {
-        let name = format!("lvb-{name}-{}", std::process::id());
-        let mut devs = String::new();
-        for (dev, path, fmt) in disks {
-            devs.push_str(&format!(
-                "<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>\
-                 <source file='{}'/><target dev='{dev}' bus='virtio'/></disk>",
-                path.display()
-            ));
-        }
-        let xml = format!(
-            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
-             <os><type arch='x86_64' machine='pc'>hvm</type></os>\
-             <devices>{devs}</devices></domain>"
-        );
-        QemuDomain {
-            dom: DomainRef::new(conn.define_domain_xml(&xml).unwrap()),
-        }
-    }
-}
-
-impl Drop for QemuDomain {
-    fn drop(&mut self) {
-        let d = self.dom.domain();
-        if d.is_active().unwrap_or(false) {
-            let _ = d.destroy();
-        }
-        let _ = libvirt_backup::backup::undefine(&self.dom, 1 << 30);
-        let _ = d.undefine();
-    }
-}
-
-fn image(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
-    let p = WORK.join(name);
-    qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), size]);
-    for w in writes {
-        qemu_io(fmt, &p, w);
-    }
-    p
-}
 
 #[test]
 fn inactive_qemu_domain_full_backup() {

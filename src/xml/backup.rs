@@ -282,6 +282,9 @@ pub struct BackupRecord {
     pub stats: JobStats,
     /// Files the backup created (targets and folders), removed if it is discarded.
     pub created_dirs: Vec<PathBuf>,
+    /// The libvirt checkpoint created with a backup of a running domain:
+    /// its bitmaps are what the next incremental backup copies.
+    pub checkpoint: Option<String>,
 }
 
 impl BackupRecord {
@@ -304,6 +307,9 @@ impl BackupRecord {
                 .with_attr("uuid", self.domain_uuid.to_string())
                 .with_attr("name", self.domain_name.clone()),
         );
+        if let Some(cp) = &self.checkpoint {
+            root.push(Element::new("checkpoint").with_attr("name", cp.clone()));
+        }
         let mut disks = Element::new("disks");
         for d in &self.disks {
             let mut target = Element::new("target");
@@ -455,6 +461,10 @@ impl BackupRecord {
                 written: num(stats_el, "written"),
                 elapsed_ms: num(stats_el, "elapsed"),
             },
+            checkpoint: root
+                .child("checkpoint")
+                .and_then(|c| c.attr("name"))
+                .map(str::to_string),
             created_dirs: root
                 .child("createddirs")
                 .into_iter()
@@ -797,6 +807,7 @@ mod tests {
                 elapsed_ms: 5,
             },
             created_dirs: vec!["/b".into()],
+            checkpoint: None,
         };
         let back = BackupRecord::from_catalog_xml(&rec.to_catalog_xml()).unwrap();
         assert_eq!(back, rec);

@@ -1,0 +1,413 @@
+//! Backups of running QEMU domains: libvirt does the data path.
+//!
+//! A managed backup is one `virDomainBackupBegin` in push mode that also
+//! creates a libvirt checkpoint named after the backup (its bitmaps record
+//! every write from that moment on). Targets are created by the library
+//! first (`REUSE_EXTERNAL`), so an incremental target's backing file is the
+//! parent's copy, exactly as for the library's own engine. The backup holds
+//! the disks as they were when `virDomainBackupBegin` returned: QEMU copies
+//! a block before the guest overwrites it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::catalog::{Catalog, JobLock};
+use crate::error::{Error, ErrorCode, Result};
+use crate::job::Job;
+use crate::libvirt::DomainRef;
+use crate::xml::backup::{BackupRecord, BackupState, DiskFormat, DiskRecord};
+use crate::xml::dom::{self, Element};
+use crate::xml::domain::DomainDisk;
+
+/// How often the job thread asks libvirt about the job.
+const POLL: Duration = Duration::from_millis(10);
+
+/// libvirt's VIR_DOMAIN_JOB_COMPLETED and VIR_DOMAIN_JOB_OPERATION_BACKUP.
+const JOB_COMPLETED: i32 = 3;
+const OPERATION_BACKUP: i32 = 9;
+
+/// Whether the library hands this domain's backups to libvirt: a running
+/// domain of the QEMU driver.
+pub fn is_live(dom: &DomainRef, active: bool) -> Result<bool> {
+    Ok(active && dom.driver()?.eq_ignore_ascii_case("qemu"))
+}
+
+/// The checkpoint a backup creates.
+pub fn checkpoint_name(backup: &uuid::Uuid) -> String {
+    backup.to_string()
+}
+
+/// The bitmap a checkpoint keeps for `disk`, from the checkpoint's XML.
+fn checkpoint_bitmap(xml: &str, disk: &str) -> Option<String> {
+    let root = dom::parse(xml).ok()?;
+    let d = root
+        .child("disks")?
+        .children_named("disk")
+        .find(|d| d.attr("name") == Some(disk))?;
+    if d.attr("checkpoint") != Some("bitmap") {
+        return None;
+    }
+    Some(d.attr("bitmap").unwrap_or(disk).to_string())
+}
+
+/// The persistent bitmaps of a qcow2 image and whether each is usable,
+/// read with `qemu-img info --force-share` (safe while QEMU runs).
+fn image_bitmaps(image: &Path) -> Result<Vec<(String, bool)>> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--force-share", "--output=json", "-f", "qcow2"])
+        .arg(image)
+        .output()
+        .map_err(|e| Error::operation_failed(format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::operation_failed(format!(
+            "qemu-img info '{}': {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::operation_failed(format!("qemu-img info output: {e}")))?;
+    let list = info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(list
+        .iter()
+        .filter_map(|b| {
+            let name = b["name"].as_str()?.to_string();
+            let flags = b["flags"].as_array().cloned().unwrap_or_default();
+            let inconsistent = flags.iter().any(|f| f.as_str() == Some("inconsistent"));
+            Some((name, !inconsistent))
+        })
+        .collect())
+}
+
+/// Why the parent's checkpoint cannot serve an incremental copy of `disk`,
+/// or the checkpoint name when it can. What is checked: the parent was taken
+/// while the domain ran (it has a checkpoint); libvirt still has that
+/// checkpoint and it holds a bitmap for this disk; the disk is still the
+/// image it was (same file and format, not smaller); and QEMU can size the
+/// changes since the checkpoint, i.e. its bitmap exists and is consistent
+/// (a disk swapped while the domain was off, or a crashed QEMU, loses or
+/// spoils it).
+pub fn usable_checkpoint(
+    dom: &DomainRef,
+    parent: &BackupRecord,
+    base: Option<&DiskRecord>,
+    disk: &DomainDisk,
+    size: u64,
+) -> std::result::Result<String, String> {
+    let base = base.ok_or("the parent backup has no copy of it")?;
+    let cp = parent
+        .checkpoint
+        .as_ref()
+        .ok_or("the parent backup was taken while the domain was off (it has no checkpoint)")?;
+    if disk.source.as_deref() != Some(base.source.as_path()) {
+        return Err(format!(
+            "its image changed since the parent backup (was '{}')",
+            base.source.display()
+        ));
+    }
+    if disk.image_format().ok() != Some(base.source_format) {
+        return Err("its format changed since the parent backup".into());
+    }
+    if base.source_format != DiskFormat::Qcow2 {
+        return Err("it is not qcow2, so it cannot keep a dirty bitmap".into());
+    }
+    if size < base.virtual_size {
+        return Err(format!(
+            "it shrank since the parent backup ({} -> {size} bytes)",
+            base.virtual_size
+        ));
+    }
+    let cps = dom.checkpoints().map_err(|e| e.message)?;
+    let xml = cps
+        .iter()
+        .find(|(n, _)| n == cp)
+        .map(|(_, x)| x)
+        .ok_or_else(|| format!("the parent's checkpoint '{cp}' no longer exists"))?;
+    checkpoint_bitmap(xml, &disk.name)
+        .ok_or_else(|| format!("the parent's checkpoint '{cp}' has no bitmap for it"))?;
+    // QEMU holds the bitmaps of a running domain (the image file only gets
+    // them at shutdown): asking QEMU for the size of the changes proves the
+    // bitmap is there and consistent.
+    let sized = dom.checkpoint_sizes(cp).map_err(|e| {
+        format!(
+            "the bitmap of the parent's checkpoint '{cp}' is unusable: {}",
+            e.message
+        )
+    })?;
+    let has_size = dom::parse(&sized).ok().is_some_and(|root| {
+        root.child("disks").is_some_and(|ds| {
+            ds.children_named("disk")
+                .any(|d| d.attr("name") == Some(disk.name.as_str()) && d.attr("size").is_some())
+        })
+    });
+    if !has_size {
+        return Err(format!(
+            "QEMU has no usable bitmap of the parent's checkpoint '{cp}' for it"
+        ));
+    }
+    Ok(cp.clone())
+}
+
+/// One disk of a live backup.
+pub struct LiveDisk<'a> {
+    pub record: &'a DiskRecord,
+    /// The checkpoint to copy changes since (an incremental disk).
+    pub since: Option<&'a str>,
+}
+
+/// The `<domainbackup>` and `<domaincheckpoint>` documents for libvirt:
+/// every disk of the domain is named, those outside the backup with
+/// backup='no' / checkpoint='no'.
+fn documents(rec: &BackupRecord, disks: &[LiveDisk], all: &[DomainDisk]) -> (String, String) {
+    let mut bdisks = Element::new("disks");
+    let mut cdisks = Element::new("disks");
+    for d in all {
+        let ours = disks.iter().find(|l| l.record.name == d.name);
+        let (b, c) = match ours {
+            Some(l) => {
+                let mut b = Element::new("disk")
+                    .with_attr("name", d.name.clone())
+                    .with_attr("backup", "yes")
+                    .with_attr("type", "file");
+                b = match l.since {
+                    Some(cp) => b
+                        .with_attr("backupmode", "incremental")
+                        .with_attr("incremental", cp),
+                    None => b.with_attr("backupmode", "full"),
+                };
+                let b = b
+                    .with_child(
+                        Element::new("target").with_attr("file", l.record.target.to_string_lossy()),
+                    )
+                    .with_child(Element::new("driver").with_attr("type", l.record.format.as_str()));
+                // Only qcow2 images can keep a bitmap: the next backup of
+                // another format is a full copy anyway.
+                let kind = if d.format.as_deref() == Some("qcow2") {
+                    "bitmap"
+                } else {
+                    "no"
+                };
+                let c = Element::new("disk")
+                    .with_attr("name", d.name.clone())
+                    .with_attr("checkpoint", kind);
+                (b, c)
+            }
+            None => (
+                Element::new("disk")
+                    .with_attr("name", d.name.clone())
+                    .with_attr("backup", "no"),
+                Element::new("disk")
+                    .with_attr("name", d.name.clone())
+                    .with_attr("checkpoint", "no"),
+            ),
+        };
+        bdisks.push(b);
+        cdisks.push(c);
+    }
+    let backup = Element::new("domainbackup")
+        .with_attr("mode", "push")
+        .with_child(bdisks)
+        .to_xml();
+    let mut cp = Element::new("domaincheckpoint")
+        .with_child(Element::new("name").with_text(rec.checkpoint.clone().unwrap_or_default()));
+    if let Some(desc) = &rec.description {
+        cp.push(Element::new("description").with_text(desc.clone()));
+    }
+    cp.push(cdisks);
+    (backup, cp.to_xml())
+}
+
+/// Start libvirt's job. With `quiesce` the guest's file systems are frozen
+/// around the start (the point in time), through the guest agent.
+pub fn begin(
+    dom: &DomainRef,
+    rec: &BackupRecord,
+    disks: &[LiveDisk],
+    all: &[DomainDisk],
+    quiesce: bool,
+) -> Result<()> {
+    let (backup_xml, checkpoint_xml) = documents(rec, disks, all);
+    if quiesce {
+        dom.fs_freeze(true).map_err(|mut e| {
+            e.message = format!("cannot quiesce the guest's file systems: {}", e.message);
+            e
+        })?;
+    }
+    let started = dom.backup_begin(
+        &backup_xml,
+        Some(&checkpoint_xml),
+        virt::sys::VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL,
+    );
+    if quiesce {
+        let thawed = dom.fs_freeze(false);
+        if started.is_ok() {
+            thawed?;
+        }
+    }
+    started
+}
+
+/// Remove a backup's checkpoint: through libvirt while the domain runs (it
+/// drops the bitmaps); for a shut-off domain, whose checkpoints libvirt
+/// cannot delete, forget the metadata and remove the bitmaps from the
+/// images with qemu-img. A checkpoint that is already gone is fine.
+pub fn remove_checkpoint(dom: &DomainRef, name: &str) -> Result<()> {
+    let cps = dom.checkpoints()?;
+    let Some((_, xml)) = cps.iter().find(|(n, _)| n == name) else {
+        return Ok(());
+    };
+    if dom.is_active()? {
+        return dom.delete_checkpoint(name, false);
+    }
+    let root = dom::parse(xml)?;
+    let disks = crate::xml::domain::parse_disks(&dom.xml()?)?;
+    for d in root
+        .child("disks")
+        .into_iter()
+        .flat_map(|d| d.children_named("disk"))
+        .filter(|d| d.attr("checkpoint") == Some("bitmap"))
+    {
+        let disk = d.attr("name").unwrap_or_default();
+        let bitmap = d.attr("bitmap").unwrap_or(disk);
+        let Some(image) = disks
+            .iter()
+            .find(|x| x.name == disk)
+            .and_then(|x| x.source.clone())
+        else {
+            continue;
+        };
+        if image_bitmaps(&image)?.iter().any(|(n, _)| n == bitmap) {
+            remove_bitmap(&image, bitmap)?;
+        }
+    }
+    dom.delete_checkpoint(name, true)
+}
+
+fn remove_bitmap(image: &PathBuf, bitmap: &str) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["bitmap", "--remove", "-f", "qcow2"])
+        .arg(image)
+        .arg(bitmap)
+        .output()
+        .map_err(|e| Error::operation_failed(format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::operation_failed(format!(
+            "cannot remove bitmap '{bitmap}' from '{}': {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Follow libvirt's job until it ends, mirroring its progress into `job`;
+/// a cancel request aborts it.
+fn follow(job: &Job, dom: &DomainRef) -> Result<()> {
+    let mut aborted = false;
+    loop {
+        if !aborted && job.progress.check_cancel().is_err() {
+            dom.abort_job()?;
+            aborted = true;
+        }
+        let info = dom.job_info(false)?;
+        if !info.is_active() {
+            break;
+        }
+        if info.total > 0 {
+            job.total
+                .store(info.total, std::sync::atomic::Ordering::Relaxed);
+        }
+        job.progress
+            .processed
+            .store(info.processed, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(POLL);
+    }
+    if aborted {
+        return Err(Error::aborted("backup job cancelled"));
+    }
+    let done = dom.job_info(true)?;
+    if done.kind == JOB_COMPLETED && done.operation.is_none_or(|o| o == OPERATION_BACKUP) {
+        use std::sync::atomic::Ordering::Relaxed;
+        job.total.store(done.total, Relaxed);
+        job.progress.processed.store(done.total, Relaxed);
+        // QEMU does not say how much it wrote; what it copied is the best figure.
+        job.progress.written.store(done.processed, Relaxed);
+        return Ok(());
+    }
+    Err(Error::operation_failed(format!(
+        "libvirt backup job failed: {}",
+        done.error.unwrap_or_else(|| "no reason given".into())
+    )))
+}
+
+/// The body of a live backup job: follow libvirt's job, then complete the
+/// record, or remove the checkpoint, the targets and the record.
+pub fn run(
+    job: &Job,
+    catalog: &Catalog,
+    mut record: BackupRecord,
+    dom: DomainRef,
+    lock: JobLock,
+    discard: impl FnOnce(&BackupRecord),
+) -> Result<()> {
+    let result = follow(job, &dom);
+    let _guard = catalog.lock().ok();
+    let result = result.and_then(|()| {
+        record.state = BackupState::Completed;
+        job.freeze_elapsed();
+        record.stats = job.stats();
+        catalog.write_record(&record)
+    });
+    drop(lock);
+    if result.is_err() {
+        if let Some(cp) = &record.checkpoint {
+            let _ = remove_checkpoint(&dom, cp);
+        }
+        discard(&record);
+    }
+    result
+}
+
+/// What became of a live backup whose process died while libvirt copied:
+/// `Some(true)` completed (targets present and readable at their size),
+/// `Some(false)` failed or gone, `None` still running.
+pub fn orphan_outcome(rec: &BackupRecord) -> Option<bool> {
+    let Ok(dom) = crate::libvirt::open_domain(&rec.uri, &rec.domain_uuid) else {
+        return Some(false);
+    };
+    if dom.job_info(false).is_ok_and(|i| i.is_active()) {
+        return None;
+    }
+    let completed = dom.job_info(true).is_ok_and(|i| {
+        i.kind == JOB_COMPLETED && i.operation.is_none_or(|o| o == OPERATION_BACKUP)
+    });
+    let has_checkpoint = rec.checkpoint.as_ref().is_some_and(|cp| {
+        dom.checkpoints()
+            .is_ok_and(|l| l.iter().any(|(n, _)| n == cp))
+    });
+    let readable = rec.disks.iter().all(|d| {
+        crate::disk::Source::open(&d.target, d.format).is_ok_and(|s| s.size() >= d.virtual_size)
+    });
+    if !(completed && has_checkpoint && readable) {
+        if let Some(cp) = &rec.checkpoint {
+            let _ = remove_checkpoint(&dom, cp);
+        }
+        return Some(false);
+    }
+    Some(true)
+}
+
+/// Refuse a second job on the domain: libvirt runs one at a time.
+pub fn check_no_job(dom: &DomainRef) -> Result<()> {
+    if dom.job_info(false)?.is_active() {
+        return Err(Error::new(
+            ErrorCode::OperationInvalid,
+            "Requested operation is not valid: the domain already has a job running",
+        ));
+    }
+    Ok(())
+}
