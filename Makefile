@@ -98,7 +98,8 @@ bench: deps
 	$(STAGE_ENV) $(CC) -O2 -Wall -Wextra -Werror -o $(BUILD)/bench bench/bench.c \
 	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup)
 	@rm -rf $(BUILD)/bench-catalog
-	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench
+	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench; \
+	    rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
 
 check: deps
 	@$(MAKE) --no-print-directory all

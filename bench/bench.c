@@ -1,21 +1,46 @@
 /*
  * bench.c: libvirt-backup against its peer, side by side, in one run.
  *
- * For each row, the same source image is copied by the library (a managed
- * full backup of a test:///default domain, CREATE_WAIT) and by
- * `qemu-img convert -O qcow2` followed by an fsync of its output (the
- * library fsyncs its targets before it calls a backup completed). Each side
- * runs BENCH_RUNS times, alternating, each after a sync(); the table shows
- * the best time of each side (timings on a shared 2-core machine have large
- * additive spikes, which the minimum filters out) and the ratio
- * library/peer (lower is better).
+ * Two source images with the same content (a raw one and a qcow2 one), each
+ * the disk vda of a test:///default domain (defined, never started, so the
+ * library copies the data itself). For each source, one row per question:
+ *
+ *  1. full backup (CREATE_WAIT) vs `qemu-img convert -O qcow2` + sync of
+ *     the same image;
+ *  2. incremental backup (parent: that full backup) after 1% of the data
+ *     changed vs that full backup (ours vs ours); the notes give the
+ *     incremental's bytes.written;
+ *  3. restore of a 5-deep chain (full + 4 incrementals, ~1% changed before
+ *     each) to a new qcow2 file vs `qemu-img convert -O qcow2` + sync of
+ *     the chain's newest file (such a restore points the domain's vda at
+ *     the new file; the bench points it back at the source, untimed);
+ *  4. in-place restore (REWRITE_EXISTING_DISK) of the disk after 1% of it
+ *     changed vs a full rewrite, `qemu-img convert -n` + sync of the same
+ *     content over the disk.
+ *
+ * "1% changed" is 1% of the data, written by qemu-io as 64 KiB blocks spread
+ * evenly over the disk, with a new pattern byte each time. A restore is timed
+ * up to an fsync of the file it wrote, like the peer's `sync FILE` (and like a
+ * backup, which the library fsyncs before calling it completed).
+ *
+ * Each side runs BENCH_RUNS times, alternating, each after a sync(); the
+ * table shows the best time of each side (timings on a shared 2-core machine
+ * have large additive spikes, which the minimum filters out) and the ratio
+ * ours/peer (lower is better) next to its target. Every row checks its
+ * result with `qemu-img compare` against the source as it was at backup
+ * time; a mismatch shows as MISMATCH in the row's notes and makes the
+ * program exit 1 once the table is complete. A restore that fails with
+ * VIR_ERR_NO_SUPPORT shows as "n/a (reason)".
  *
  * Environment: BENCH_SIZE_MB (virtual disk size, default 2048),
  * BENCH_DATA_PCT (share of the disk holding data, default 50),
- * BENCH_RUNS (default 5), BENCH_DIR (work folder, default a new one in /tmp).
+ * BENCH_RUNS (default 3), BENCH_DIR (parent of the work folder, default
+ * /var/tmp), BENCH_VERBOSE (print every run).
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +52,41 @@
 #include <libvirt-backup/libvirt-backup.h>
 
 #define MiB (1024LL * 1024)
+#define CHUNK (64 * 1024LL)   /* size and alignment of the scattered writes */
+#define MAX_RUNS 16
+#define CHAIN_DEPTH 5         /* backups in the chain that row 3 restores */
+#define NA (-1.0)             /* a timing that could not be taken */
+
+/* One source image, its domain, and the backups made of it so far. */
+struct disk {
+    const char *fmt;             /* raw or qcow2 */
+    char *src;                   /* the domain's disk */
+    char *saved;                 /* copy of src when the leaf backup was made */
+    char *restored;              /* row 3: the restore's new file */
+    virDomainPtr dom;
+    virDomainBackupPtr full;     /* root of the chain */
+    virDomainBackupPtr leaf;     /* newest backup of the chain */
+    int depth;                   /* backups in the chain */
+    int pattern;                 /* last qemu-io pattern byte used */
+    double full_best;            /* best full backup time: row 2's reference */
+    char note[256];              /* what the row prints in its notes */
+};
+
+/* One kind of row: how each side runs once, and how to check ours. */
+struct row {
+    const char *what;
+    double target;                      /* ratio to stay under; 0: none */
+    void (*setup)(struct disk *);       /* before the runs, untimed */
+    double (*ours)(struct disk *);      /* seconds, or NA (d->note says why) */
+    double (*peer)(struct disk *);      /* NULL: d->full_best */
+    int (*verify)(struct disk *);       /* after the runs, on ours' result: 0 if right */
+};
+
+static char *workdir;
+static long size_mb, data_pct;
+static int runs;
+static int verbose;
+static int mismatches;
 
 static long env_long(const char *name, long dflt)
 {
@@ -48,12 +108,74 @@ static void die(const char *what)
     exit(1);
 }
 
-static void run(const char *cmd)
+static char *vxprintf(const char *fmt, va_list ap)
 {
+    char *s;
+    if (vasprintf(&s, fmt, ap) < 0)
+        die("vasprintf");
+    return s;
+}
+
+/* A malloc'd, formatted string. */
+static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s;
+    va_start(ap, fmt);
+    s = vxprintf(fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+/* Run a formatted shell command; exit on failure. */
+static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sh(const char *fmt, ...)
+{
+    va_list ap;
+    char *cmd;
+    va_start(ap, fmt);
+    cmd = vxprintf(fmt, ap);
+    va_end(ap);
     if (system(cmd) != 0) {
         fprintf(stderr, "bench: command failed: %s\n", cmd);
         exit(1);
     }
+    free(cmd);
+}
+
+/* Like sh(), timed, after a sync() so that no side pays for the other. */
+static double timed_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static double timed_sh(const char *fmt, ...)
+{
+    va_list ap;
+    char *cmd;
+    double t0;
+    va_start(ap, fmt);
+    cmd = vxprintf(fmt, ap);
+    va_end(ap);
+    sync();
+    t0 = now();
+    sh("%s", cmd);
+    t0 = now() - t0;
+    free(cmd);
+    return t0;
+}
+
+static void fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0 || fsync(fd) < 0)
+        die(path);
+    close(fd);
+}
+
+static double best(const double *v, int n)
+{
+    double m = v[0];
+    for (int i = 1; i < n; i++)
+        m = v[i] < m ? v[i] : m;
+    return m;
 }
 
 /*
@@ -92,127 +214,448 @@ static void make_raw(const char *path, long size_mb, long pct)
     free(zero);
 }
 
-static double best(const double *v, int n)
+/*
+ * Change 1% of the data of @d's disk: 64 KiB writes of a new pattern byte,
+ * one every disk/count bytes, shifted by @slot blocks so that different slots
+ * touch different blocks.
+ */
+static void change_1pct(struct disk *d, int slot)
 {
-    double m = v[0];
-    for (int i = 1; i < n; i++)
-        m = v[i] < m ? v[i] : m;
-    return m;
+    long long size = size_mb * MiB;
+    long long count = size * data_pct / 100 / 100 / CHUNK;
+    long long stride, shift;
+    size_t cap, len;
+    char *cmd;
+    count = count < 1 ? 1 : count;
+    stride = size / count / CHUNK * CHUNK;
+    shift = slot % (stride / CHUNK) * CHUNK;
+    d->pattern = d->pattern % 0xfe + 1;
+    cap = count * 48 + strlen(d->src) + 64;
+    if (!(cmd = malloc(cap)))
+        die("malloc");
+    len = snprintf(cmd, cap, "qemu-io -f %s", d->fmt);
+    for (long long i = 0; i < count; i++)
+        len += snprintf(cmd + len, cap - len, " -c 'write -P 0x%02x %lld 64k'",
+                        d->pattern, i * stride + shift);
+    snprintf(cmd + len, cap - len, " '%s' >/dev/null", d->src);
+    sh("%s", cmd);
+    free(cmd);
 }
 
-/* One managed full backup of @dom's vda into @target; seconds taken. */
-static double ours(virDomainPtr dom, const char *target)
+/* The text between @open and the next @close in @xml, malloc'd. */
+static char *xml_value(const char *xml, const char *open, const char *close)
 {
-    char xml[2048], cmd[1100];
+    const char *s = strstr(xml, open), *e;
+    if (!s || !(e = strstr(s += strlen(open), close))) {
+        fprintf(stderr, "bench: no %s in backup XML:\n%s\n", open, xml);
+        exit(1);
+    }
+    return strndup(s, e - s);
+}
+
+static char *backup_field(virDomainBackupPtr b, const char *open, const char *close)
+{
+    char *xml = virDomainBackupGetXMLDesc(b, 0), *v;
+    if (!xml)
+        die("virDomainBackupGetXMLDesc");
+    v = xml_value(xml, open, close);
+    free(xml);
+    return v;
+}
+
+static char *backup_uuid(virDomainBackupPtr b)
+{
+    return backup_field(b, "<uuid>", "</uuid>");
+}
+
+/* The file the backup stored vda in. */
+static char *backup_file(virDomainBackupPtr b)
+{
+    return backup_field(b, "<target file='", "'");
+}
+
+static unsigned long long bytes_written(virDomainBackupPtr b)
+{
+    virTypedParameter params[16];
+    int n = 16;
+    unsigned long long v = 0;
+    if (virDomainBackupGetParameters(b, params, &n, 0) < 0)
+        die("virDomainBackupGetParameters");
+    if (virTypedParamsGetULLong(params, n, "bytes.written", &v) != 1)
+        die("no bytes.written parameter");
+    virTypedParamsClear(params, n);
+    return v;
+}
+
+/* Delete a backup and its data, if there is one. */
+static void forget(virDomainBackupPtr *b)
+{
+    if (!*b)
+        return;
+    if (virDomainBackupDelete(*b, 0) < 0)
+        die("virDomainBackupDelete");
+    virDomainBackupFree(*b);
+    *b = NULL;
+}
+
+/* The path workdir/@name-FMT.qcow2, with no file there; malloc'd. */
+static char *fresh_file(const struct disk *d, const char *name)
+{
+    char *path = xprintf("%s/%s-%s.qcow2", workdir, name, d->fmt);
+    sh("rm -f '%s'", path);
+    return path;
+}
+
+/* A managed backup of vda into fresh_file(@name) (on top of @parent if any); seconds. */
+static double backup(struct disk *d, virDomainBackupPtr parent, const char *name,
+                     virDomainBackupPtr *out)
+{
+    char *uuid = parent ? backup_uuid(parent) : NULL, *target = fresh_file(d, name);
+    char *xml = xprintf("<domainbackup>%s%s%s<disks><disk name='vda'>"
+                        "<target file='%s'/></disk></disks></domainbackup>",
+                        uuid ? "<parent><uuid>" : "", uuid ? uuid : "",
+                        uuid ? "</uuid></parent>" : "", target);
     double t0;
-    virDomainBackupPtr b;
-    snprintf(cmd, sizeof(cmd), "rm -f '%s'", target);
-    run(cmd);
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><disks><disk name='vda'><target file='%s'/></disk></disks></domainbackup>",
-             target);
-    sync();   /* start with nothing dirty, so neither side pays for the other */
+    sync();
     t0 = now();
-    if (!(b = virDomainBackupCreateXML(dom, xml, VIR_DOMAIN_BACKUP_CREATE_WAIT)))
+    if (!(*out = virDomainBackupCreateXML(d->dom, xml, VIR_DOMAIN_BACKUP_CREATE_WAIT)))
         die("virDomainBackupCreateXML");
     t0 = now() - t0;
-    /* Forget it (keep the file) so the next run can reuse the path. */
-    if (virDomainBackupDelete(b, VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY) < 0)
-        die("virDomainBackupDelete");
-    virDomainBackupFree(b);
+    free(xml);
+    free(target);
+    free(uuid);
     return t0;
 }
 
-static double peer(const char *src, const char *fmt, const char *target)
+/*
+ * virDomainBackupRestore of @d's leaf backup (with @disks, if any, inside
+ * the XML), then an fsync of @written; seconds, or NA if not supported.
+ */
+static double restore(struct disk *d, const char *disks, unsigned int flags, const char *written)
 {
-    char cmd[2048];
+    const char *prefix = "this function is not supported by the connection driver: ";
+    char *uuid = backup_uuid(d->leaf);
+    char *xml = xprintf("<domainbackup><uuid>%s</uuid>%s</domainbackup>", uuid, disks);
+    const char *msg;
     double t0;
-    snprintf(cmd, sizeof(cmd), "rm -f '%s'", target);
-    run(cmd);
-    snprintf(cmd, sizeof(cmd), "qemu-img convert -f %s -O qcow2 '%s' '%s' && sync '%s'",
-             fmt, src, target, target);
     sync();
     t0 = now();
-    run(cmd);
-    return now() - t0;
+    if (virDomainBackupRestore(xml, flags) < 0) {
+        if (virDomainBackupGetLastErrorCode() != VIR_ERR_NO_SUPPORT)
+            die("virDomainBackupRestore");
+        msg = virDomainBackupGetLastErrorMessage();
+        if (!strncmp(msg, prefix, strlen(prefix)))
+            msg += strlen(prefix);
+        snprintf(d->note, sizeof(d->note), "n/a (%s)", msg);
+        t0 = NA;
+    } else {
+        fsync_path(written);
+        t0 = now() - t0;
+    }
+    free(xml);
+    free(uuid);
+    return t0;
 }
 
-static void row(virConnectPtr conn, const char *label, const char *dir,
-                const char *src, const char *fmt, int runs)
+/* 0 if the two images have the same content, else -1 (and say so). */
+static int compare(const char *fmt_a, const char *a, const char *fmt_b, const char *b)
 {
-    char xml[2048], t_ours[600], t_peer[600], cmd[3000];
-    double a[16], b[16];
+    char *cmd = xprintf("qemu-img compare -q -f %s -F %s '%s' '%s'", fmt_a, fmt_b, a, b);
+    int rc = system(cmd);
+    if (rc != 0)
+        fprintf(stderr, "bench: MISMATCH: %s differs from %s (%s: status %d)\n", b, a, cmd, rc);
+    free(cmd);
+    return rc ? -1 : 0;
+}
+
+/* The peer's copy: `qemu-img convert` and a sync of its output; seconds. */
+static double convert(const char *opts, const char *fmt_in, const char *in,
+                      const char *fmt_out, const char *out)
+{
+    return timed_sh("qemu-img convert %s -f %s -O %s '%s' '%s' && sync '%s'",
+                    opts, fmt_in, fmt_out, in, out, out);
+}
+
+/* The chain's newest backup holds what the disk held: convert it. */
+static double convert_leaf(struct disk *d, const char *opts, const char *fmt, const char *out)
+{
+    char *leaf = backup_file(d->leaf);
+    double t = convert(opts, "qcow2", leaf, fmt, out);
+    free(leaf);
+    return t;
+}
+
+/* (Re)define @d's domain, inactive, with its disk vda on d->src. */
+static void define_domain(virConnectPtr conn, struct disk *d)
+{
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    char *xml;
     virDomainPtr dom;
-    snprintf(xml, sizeof(xml),
-             "<domain type='test'><name>bench-%s</name><memory>65536</memory>"
-             "<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
-             "<driver name='qemu' type='%s'/><source file='%s'/><target dev='vda'/>"
-             "</disk></devices></domain>", fmt, fmt, src);
+    if (d->dom && virDomainGetUUIDString(d->dom, uuid) < 0)
+        die("virDomainGetUUIDString");
+    xml = xprintf("<domain type='test'><name>bench-%s</name>%s%s%s<memory>65536</memory>"
+                  "<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
+                  "<driver name='qemu' type='%s'/><source file='%s'/><target dev='vda'/>"
+                  "</disk></devices></domain>", d->fmt, *uuid ? "<uuid>" : "", uuid,
+                  *uuid ? "</uuid>" : "", d->fmt, d->src);
     if (!(dom = virDomainDefineXML(conn, xml)))
         die("virDomainDefineXML");
-    snprintf(t_ours, sizeof(t_ours), "%s/ours-%s.qcow2", dir, fmt);
-    snprintf(t_peer, sizeof(t_peer), "%s/peer-%s.qcow2", dir, fmt);
-    peer(src, fmt, t_peer);   /* warm the page cache for both sides */
-    for (int i = 0; i < runs; i++) {
-        b[i] = peer(src, fmt, t_peer);
-        a[i] = ours(dom, t_ours);
-        if (getenv("BENCH_VERBOSE"))
-            fprintf(stderr, "  %s run %d: ours %.3f s, peer %.3f s\n", fmt, i + 1, a[i], b[i]);
+    if (d->dom)
+        virDomainFree(d->dom);
+    d->dom = dom;
+    free(xml);
+}
+
+/* Row 1: full backups. */
+
+static double full_ours(struct disk *d)
+{
+    double t;
+    forget(&d->full);
+    t = backup(d, NULL, "full", &d->full);
+    d->leaf = d->full;
+    d->depth = 1;
+    if (!d->full_best || t < d->full_best)
+        d->full_best = t;
+    return t;
+}
+
+static double full_peer(struct disk *d)
+{
+    char *out = fresh_file(d, "peer");
+    double t = convert("", d->fmt, d->src, "qcow2", out);
+    free(out);
+    return t;
+}
+
+static int verify_leaf(struct disk *d)
+{
+    char *leaf = backup_file(d->leaf);
+    int rc = compare(d->fmt, d->src, "qcow2", leaf);
+    free(leaf);
+    return rc;
+}
+
+/* Row 2: an incremental on top of the full backup, same 1% changed each run. */
+
+static double incr_ours(struct disk *d)
+{
+    double t;
+    change_1pct(d, 0);
+    if (d->leaf != d->full)
+        forget(&d->leaf);
+    t = backup(d, d->full, "incr1", &d->leaf);
+    d->depth = 2;
+    snprintf(d->note, sizeof(d->note), "bytes.written %.1f MiB",
+             bytes_written(d->leaf) / (double)MiB);
+    return t;
+}
+
+/* Row 3: restore the whole chain to a new file. */
+
+static void extend_chain(struct disk *d)
+{
+    virDomainBackupPtr parent;
+    char name[32];
+    while (d->depth < CHAIN_DEPTH) {
+        parent = d->leaf;
+        change_1pct(d, d->depth);
+        snprintf(name, sizeof(name), "incr%d", d->depth++);
+        backup(d, parent, name, &d->leaf);
+        if (parent != d->full)
+            virDomainBackupFree(parent);
     }
-    snprintf(cmd, sizeof(cmd), "qemu-img compare -q -f %s -F qcow2 '%s' '%s'", fmt, src, t_ours);
-    run(cmd);
-    double ma = best(a, runs), mb = best(b, runs);
-    printf("| %-34s | %8.3f s | %8.3f s | %6.2fx |\n", label, ma, mb, ma / mb);
+    d->saved = xprintf("%s/saved-%s.%s", workdir, d->fmt, d->fmt);
+    sh("cp --sparse=always '%s' '%s'", d->src, d->saved);
+}
+
+static double chain_ours(struct disk *d)
+{
+    char *disks;
+    double t;
+    free(d->restored);
+    d->restored = fresh_file(d, "restored");
+    disks = xprintf("<disks><disk name='vda'><target file='%s'/><driver type='qcow2'/>"
+                    "</disk></disks>", d->restored);
+    t = restore(d, disks, 0, d->restored);
+    /* A restore into the domain points its disk at the restored file: move it back. */
+    define_domain(virDomainGetConnect(d->dom), d);
+    free(disks);
+    return t;
+}
+
+static double chain_peer(struct disk *d)
+{
+    char *out = fresh_file(d, "peer");
+    double t = convert_leaf(d, "", "qcow2", out);
+    free(out);
+    return t;
+}
+
+static int verify_restored(struct disk *d)
+{
+    return compare(d->fmt, d->saved, "qcow2", d->restored);
+}
+
+/* Row 4: restore over the disk itself after 1% of it changed. */
+
+static double inplace_ours(struct disk *d)
+{
+    change_1pct(d, CHAIN_DEPTH);
+    return restore(d, "", VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK, d->src);
+}
+
+static double inplace_peer(struct disk *d)
+{
+    change_1pct(d, CHAIN_DEPTH);
+    return convert_leaf(d, "-n", d->fmt, d->src);
+}
+
+static int verify_inplace(struct disk *d)
+{
+    return compare(d->fmt, d->saved, d->fmt, d->src);
+}
+
+static const struct row rows[] = {
+    { "full backup vs qemu-img convert", 1.1, NULL, full_ours, full_peer, verify_leaf },
+    { "incremental, 1% changed, vs full backup", 0.2, NULL, incr_ours, NULL, verify_leaf },
+    { "restore 5-deep chain vs convert of leaf", 1.1, extend_chain, chain_ours, chain_peer,
+      verify_restored },
+    { "in-place restore, 1% differs, vs rewrite", 0, NULL, inplace_ours, inplace_peer,
+      verify_inplace },
+};
+
+static void print_cells(const char *label, const char *ours, const char *peer,
+                        const char *ratio, const char *target, const char *notes)
+{
+    printf("| %-48s | %10s | %10s | %7s | %8s | %s\n", label, ours, peer, ratio, target, notes);
     fflush(stdout);
-    virDomainUndefine(dom);
-    virDomainFree(dom);
+}
+
+/* "n/a" for NA, else @v in @fmt; into @buf. */
+static const char *cell(char *buf, size_t size, const char *fmt, double v)
+{
+    if (v == NA)
+        return "n/a";
+    snprintf(buf, size, fmt, v);
+    return buf;
+}
+
+static void print_row(const struct row *r, const struct disk *d, double ours, double peer,
+                      int wrong)
+{
+    char label[96], t_ours[32], t_peer[32], ratio[32], target[32], notes[300];
+    double q = ours == NA ? NA : ours / peer;
+    const char *verdict = wrong ? "MISMATCH (result differs from the source)"
+                          : q == NA || !r->target ? ""
+                          : q <= r->target ? "met" : "MISSED";
+    snprintf(label, sizeof(label), "%s (%s)", r->what, d->fmt);
+    snprintf(notes, sizeof(notes), "%s%s%s", verdict, *verdict && d->note[0] ? "; " : "", d->note);
+    print_cells(label, cell(t_ours, sizeof(t_ours), "%.3f s", ours),
+                cell(t_peer, sizeof(t_peer), "%.3f s", peer),
+                cell(ratio, sizeof(ratio), "%.2fx", q),
+                r->target ? cell(target, sizeof(target), "<= %.2fx", r->target) : "-", notes);
+}
+
+static void bench_row(const struct row *r, struct disk *d)
+{
+    double a[MAX_RUNS], b[MAX_RUNS];
+    int n = 0, wrong;
+    d->note[0] = '\0';
+    if (r->setup)
+        r->setup(d);
+    if (r->peer)
+        r->peer(d);   /* warm the page cache for both sides */
+    while (n < runs) {
+        b[n] = r->peer ? r->peer(d) : d->full_best;
+        a[n] = r->ours(d);
+        if (verbose)
+            fprintf(stderr, "  %s (%s) run %d: ours %.3f s, peer %.3f s\n",
+                    r->what, d->fmt, n + 1, a[n] == NA ? 0 : a[n], b[n]);
+        if (a[n++] == NA)
+            break;
+    }
+    wrong = a[n - 1] != NA && r->verify(d) < 0;
+    mismatches += wrong;
+    print_row(r, d, a[n - 1] == NA ? NA : best(a, n), best(b, n), wrong);
+}
+
+/* Drop the handles; undefining with UNDEFINE_BACKUP forgets the backups. */
+static void release_disk(struct disk *d)
+{
+    if (d->leaf != d->full)
+        virDomainBackupFree(d->leaf);
+    virDomainBackupFree(d->full);
+    if (virDomainUndefineFlags(d->dom, VIR_DOMAIN_UNDEFINE_BACKUP) < 0)
+        die("virDomainUndefineFlags");
+    virDomainFree(d->dom);
+    free(d->src);
+    free(d->saved);
+    free(d->restored);
+}
+
+static void remove_workdir(void)
+{
+    char *cmd = xprintf("rm -rf '%s'", workdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench: could not remove %s\n", workdir);
+    free(cmd);
+    free(workdir);
+}
+
+static void make_workdir(void)
+{
+    const char *parent = getenv("BENCH_DIR") && *getenv("BENCH_DIR") ? getenv("BENCH_DIR") : "/var/tmp";
+    workdir = xprintf("%s/libvirt-backup-bench.XXXXXX", parent);
+    if (!mkdtemp(workdir))
+        die("mkdtemp");
+    atexit(remove_workdir);
 }
 
 int main(void)
 {
-    long size_mb = env_long("BENCH_SIZE_MB", 2048);
-    long pct = env_long("BENCH_DATA_PCT", 50);
-    int runs = (int)env_long("BENCH_RUNS", 5);
-    char dir[400], raw[500], qcow[500], cmd[1200], *tmp = NULL;
-    char tmpl[] = "/var/tmp/libvirt-backup-bench.XXXXXX";
+    struct disk disks[] = { { .fmt = "raw" }, { .fmt = "qcow2" } };
+    const size_t ndisks = sizeof(disks) / sizeof(disks[0]);
     virConnectPtr conn;
+    struct rusage ru;
 
-    if (runs < 1 || runs > 16)
-        runs = 5;
-    if (getenv("BENCH_DIR") && *getenv("BENCH_DIR")) {
-        snprintf(dir, sizeof(dir), "%s", getenv("BENCH_DIR"));
-    } else {
-        if (!(tmp = mkdtemp(tmpl)))
-            die("mkdtemp");
-        snprintf(dir, sizeof(dir), "%s", tmp);
+    size_mb = env_long("BENCH_SIZE_MB", 2048);
+    data_pct = env_long("BENCH_DATA_PCT", 50);
+    runs = (int)env_long("BENCH_RUNS", 3);
+    verbose = getenv("BENCH_VERBOSE") != NULL;
+    if (runs < 1 || runs > MAX_RUNS)
+        runs = 3;
+    if (size_mb < 16 || data_pct < 1 || data_pct > 100) {
+        fprintf(stderr, "bench: need BENCH_SIZE_MB >= 16 and 1 <= BENCH_DATA_PCT <= 100\n");
+        return 2;
     }
-    snprintf(raw, sizeof(raw), "%s/src.raw", dir);
-    snprintf(qcow, sizeof(qcow), "%s/src.qcow2", dir);
-    make_raw(raw, size_mb, pct);
-    snprintf(cmd, sizeof(cmd), "qemu-img convert -f raw -O qcow2 '%s' '%s'", raw, qcow);
-    run(cmd);
+    make_workdir();
+    for (size_t i = 0; i < ndisks; i++)
+        disks[i].src = xprintf("%s/src.%s", workdir, disks[i].fmt);
+    make_raw(disks[0].src, size_mb, data_pct);
+    sh("qemu-img convert -f raw -O qcow2 '%s' '%s'", disks[0].src, disks[1].src);
     if (!(conn = virConnectOpen("test:///default")))
         die("virConnectOpen");
+    for (size_t i = 0; i < ndisks; i++)
+        define_domain(conn, &disks[i]);
 
     printf("libvirt-backup benchmark: %ld MiB disk, %ld%% data, best of %d runs\n\n",
-           size_mb, pct, runs);
-    printf("| %-34s | %10s | %10s | %7s |\n", "row", "ours", "peer", "ratio");
-    printf("|%s|%s|%s|%s|\n", "------------------------------------", "------------",
-           "------------", "---------");
-    row(conn, "full backup raw vs qemu-img convert", dir, raw, "raw", runs);
-    row(conn, "full backup qcow2 vs qemu-img convert", dir, qcow, "qcow2", runs);
+           size_mb, data_pct, runs);
+    print_cells("row", "ours", "peer", "ratio", "target", "notes");
+    print_cells("------------------------------------------------", "----------",
+                "----------", "-------", "--------", "-----");
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++)
+        for (size_t i = 0; i < ndisks; i++)
+            bench_row(&rows[r], &disks[i]);
 
-    {
-        /* The whole process: the copies ran in it, with their bounded buffers. */
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
-        printf("\npeak resident memory of the process that ran the backups: %.1f MiB\n",
-               ru.ru_maxrss / 1024.0);
-    }
+    /* The whole process: the copies ran in it, with their bounded buffers. */
+    getrusage(RUSAGE_SELF, &ru);
+    printf("\npeak resident memory of the process that ran the backups: %.1f MiB\n",
+           ru.ru_maxrss / 1024.0);
+    for (size_t i = 0; i < ndisks; i++)
+        release_disk(&disks[i]);
     virConnectClose(conn);
-    if (tmp) {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
-        run(cmd);
-    }
-    return 0;
+    if (mismatches)
+        fprintf(stderr, "bench: %d row(s) gave a wrong result\n", mismatches);
+    return mismatches ? 1 : 0;
 }

@@ -9,8 +9,11 @@
  *  - disk helpers (qemu-img create, pwrite / qemu-io data, qemu-img compare,
  *    allocated size);
  *  - domain helpers on libvirt's test driver;
- *  - tree_list(): a sorted listing of every file under a folder, used to
- *    check that a failed call created nothing.
+ *  - tree_list() / content_list(): every file under the work folder and
+ *    the catalog (names, or names with SHA-256), to check that a failed call
+ *    created, removed or changed nothing;
+ *  - backup helpers: XML fields (parent, each disk's backupmode and
+ *    target), typed parameters, listings as description labels.
  *
  * The environment comes from c-tests/run.sh: LIBVIRT_BACKUP_DIR (the
  * catalog, private to this program) and TEST_WORKDIR (a private scratch
@@ -69,6 +72,7 @@ static inline const char *err_name(int code)
     case VIR_ERR_OPERATION_INVALID: return "VIR_ERR_OPERATION_INVALID";
     case VIR_ERR_OPERATION_ABORTED: return "VIR_ERR_OPERATION_ABORTED";
     case VIR_ERR_NO_DOMAIN_BACKUP: return "VIR_ERR_NO_DOMAIN_BACKUP";
+    case VIR_ERR_NO_STORAGE_POOL: return "VIR_ERR_NO_STORAGE_POOL";
     default: return "(other)";
     }
 }
@@ -218,13 +222,14 @@ static inline const char *catalog_dir(void)
     return c;
 }
 
-/* snprintf into a static rotating buffer: "path(...)" values stay valid for
- * the next 16 calls. */
+/* snprintf into a static rotating buffer: values stay valid for the next
+ * 64 calls (helpers below use it too: copy a value that must outlive a
+ * few helper calls). */
 static inline const char *fmt(const char *f, ...)
 {
-    static char bufs[16][1024];
+    static char bufs[64][1024];
     static int next;
-    char *b = bufs[next++ % 16];
+    char *b = bufs[next++ % 64];
     va_list ap;
     va_start(ap, f);
     vsnprintf(b, sizeof(bufs[0]), f, ap);
@@ -232,13 +237,24 @@ static inline const char *fmt(const char *f, ...)
     return b;
 }
 
-/* A <domainbackup> that backs vda up into @target, in format @driver (NULL:
- * the default), and no other listed disk. */
+/* A <domainbackup> described as @desc (NULL: no description), incremental
+ * on top of backup @parent (NULL: a full backup), that backs vda up into
+ * @target (NULL: the default location) in format @driver (NULL: the
+ * default), and no other listed disk. */
+static inline const char *vda_child_xml(const char *desc, const char *parent,
+                                        const char *target, const char *driver)
+{
+    return fmt("<domainbackup>%s%s<disks><disk name='vda'>%s%s</disk></disks></domainbackup>",
+               desc ? fmt("<description>%s</description>", desc) : "",
+               parent ? fmt("<parent><uuid>%s</uuid></parent>", parent) : "",
+               target ? fmt("<target file='%s'/>", target) : "",
+               driver ? fmt("<driver type='%s'/>", driver) : "");
+}
+
+/* A full backup of vda into @target, in format @driver (NULL: the default). */
 static inline const char *vda_backup_xml(const char *target, const char *driver)
 {
-    return fmt("<domainbackup><disks><disk name='vda'><target file='%s'/>%s</disk>"
-               "</disks></domainbackup>",
-               target, driver ? fmt("<driver type='%s'/>", driver) : "");
+    return vda_child_xml(NULL, NULL, target, driver);
 }
 
 /* A path under the work folder. */
@@ -341,6 +357,39 @@ static inline void make_disk(const char *path, const char *format, long long siz
     write_data(path, format, size - 1 * MiB, 1 * MiB, pattern + 2);
 }
 
+/* Everything a shell command prints on stdout (malloc'd, "" if it cannot
+ * run). */
+static inline char *cmd_output(const char *cmd)
+{
+    size_t len = 0, cap = 4096, n;
+    char *out = malloc(cap);
+    FILE *p;
+    fflush(stdout);
+    out[0] = '\0';
+    if (!(p = popen(cmd, "r")))
+        return out;
+    while ((n = fread(out + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (cap - len < 1024)
+            out = realloc(out, cap *= 2);
+    }
+    out[len] = '\0';
+    pclose(p);
+    return out;
+}
+
+/* The first line a shell command prints, without its newline (a
+ * fmt() buffer). */
+static inline const char *cmd_line(const char *cmd)
+{
+    char *out = cmd_output(cmd);
+    const char *line;
+    out[strcspn(out, "\n")] = '\0';
+    line = fmt("%s", out);
+    free(out);
+    return line;
+}
+
 /* Two images hold the same guest data (qemu-img compare exits 0). */
 static inline bool images_equal(const char *a, const char *fa, const char *b, const char *fb)
 {
@@ -350,36 +399,57 @@ static inline bool images_equal(const char *a, const char *fa, const char *b, co
 /* The image format qemu-img detects, e.g. "qcow2" ("" if unknown). */
 static inline const char *image_format(const char *path)
 {
-    static char out[64];
-    FILE *p;
-    out[0] = '\0';
-    fflush(stdout);
-    p = popen(fmt("qemu-img info '%s' 2>/dev/null | sed -n 's/^file format: //p' | head -1",
-                  path),
-              "r");
-    if (!p)
-        return out;
-    if (fgets(out, sizeof(out), p))
-        out[strcspn(out, "\n")] = '\0';
-    pclose(p);
-    return out;
+    return cmd_line(fmt("qemu-img info '%s' 2>/dev/null | sed -n 's/^file format: //p'", path));
 }
 
 /* The virtual size qemu-img reports for an image; -1 if unknown. */
 static inline long long image_virtual_size(const char *path)
 {
-    char out[64] = "";
-    FILE *p;
-    fflush(stdout);
-    p = popen(fmt("qemu-img info '%s' 2>/dev/null | "
-                  "sed -n 's/^virtual size: .*(\\([0-9]*\\) bytes).*/\\1/p' | head -1", path),
-              "r");
-    if (!p)
-        return -1;
-    if (!fgets(out, sizeof(out), p))
-        out[0] = '\0';
-    pclose(p);
-    return out[0] ? atoll(out) : -1;
+    const char *s = cmd_line(fmt("qemu-img info '%s' 2>/dev/null | "
+                                 "sed -n 's/^virtual size: .*(\\([0-9]*\\) bytes).*/\\1/p'",
+                                 path));
+    return *s ? atoll(s) : -1;
+}
+
+/* Two files have the same bytes (cmp): raw images, byte for byte. */
+static inline bool files_identical(const char *a, const char *b)
+{
+    return run(fmt("cmp -s '%s' '%s'", a, b));
+}
+
+/* Same guest data and same virtual size: the restored disk is the disk,
+ * byte for byte over its whole size. */
+static inline bool disks_identical(const char *a, const char *fa, const char *b, const char *fb)
+{
+    return image_virtual_size(a) == image_virtual_size(b) && images_equal(a, fa, b, fb);
+}
+
+/* How many images `qemu-img info --backing-chain` lists for @path (1: no
+ * backing file; 0: not an image). */
+static inline int chain_depth(const char *path)
+{
+    return atoi(cmd_line(fmt("qemu-img info --backing-chain '%s' 2>/dev/null | grep -c '^image:'",
+                             path)));
+}
+
+/* The backing file qemu-img names for @path ("" if none). */
+static inline const char *backing_file(const char *path)
+{
+    return cmd_line(fmt("qemu-img info '%s' 2>/dev/null | "
+                        "sed -n 's/^backing file: \\([^ ]*\\).*/\\1/p'", path));
+}
+
+/* SHA-256 of a file's bytes (a fmt() buffer; "" if unreadable). */
+static inline const char *file_sha256(const char *path)
+{
+    return cmd_line(fmt("sha256sum '%s' 2>/dev/null | cut -d' ' -f1", path));
+}
+
+/* Copy a file, keeping it sparse (a disk "as it was at backup time"). */
+static inline void copy_file(const char *from, const char *to)
+{
+    if (!run(fmt("cp --sparse=always '%s' '%s'", from, to)))
+        FATAL("cannot copy %s to %s", from, to);
 }
 
 /* ------------------------------------------------------------------ */
@@ -481,6 +551,47 @@ static inline int catalog_records(void)
     free(l);
     return n;
 }
+
+/* "<sha256>  <path>" for every regular file under the catalog and the work
+ * folder, sorted (malloc'd): what a refused call must leave as it was. */
+static inline char *content_snapshot(void)
+{
+    return cmd_output(fmt("find '%s' '%s' -type f ! -name .lock -print0 | sort -z | "
+                          "xargs -0r sha256sum", catalog_dir(), workdir()));
+}
+
+/* Check that every file has the content it had in @before; frees @before. */
+#define EXPECT_CONTENT_UNCHANGED(before)                                    \
+    do {                                                                    \
+        char *t_after_ = content_snapshot();                                \
+        CHECKF(strcmp((before), t_after_) == 0,                             \
+               "file contents changed:\nbefore:\n%s\nafter:\n%s", (before), \
+               t_after_);                                                   \
+        free(t_after_);                                                     \
+        free(before);                                                       \
+    } while (0)
+
+/* A call returning int must fail with @code and create, remove and change
+ * no file (restore refusals). */
+#define EXPECT_INT_FAIL_UNTOUCHED(expr, code)                               \
+    do {                                                                    \
+        char *t_names_ = state_snapshot();                                  \
+        char *t_sums_ = content_snapshot();                                 \
+        EXPECT_INT_FAIL((expr), (code));                                    \
+        EXPECT_UNCHANGED(t_names_);                                         \
+        EXPECT_CONTENT_UNCHANGED(t_sums_);                                  \
+    } while (0)
+
+/* virDomainBackupCreateXML must fail with @code and change no file. */
+#define EXPECT_CREATE_FAIL(dom, xml, flags, code)                           \
+    do {                                                                    \
+        char *t_before_ = state_snapshot();                                 \
+        int t_recs_ = catalog_records();                                    \
+        EXPECT_BACKUP_FAIL(virDomainBackupCreateXML((dom), (xml), (flags)), (code)); \
+        CHECKF(catalog_records() == t_recs_, "catalog records changed: %d -> %d", \
+               t_recs_, catalog_records());                                 \
+        EXPECT_UNCHANGED(t_before_);                                        \
+    } while (0)
 
 /* ------------------------------------------------------------------ */
 /* libvirt test driver                                                 */
@@ -626,6 +737,243 @@ static inline virDomainBackupPtr backup_wait_at(virDomainPtr dom, const char *xm
     return b;
 }
 #define backup_wait(dom, xml) backup_wait_at((dom), (xml), __FILE__, __LINE__)
+
+/* Number of backups of a domain (virDomainBackupList must succeed). */
+static inline int count_backups(virDomainPtr dom)
+{
+    int n = virDomainBackupList(dom, NULL, 0);
+    CHECKF(n >= 0, "virDomainBackupList failed: %s", virDomainBackupGetLastErrorMessage());
+    return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* Reading backup and domain XML                                       */
+/* ------------------------------------------------------------------ */
+
+/* The value of attribute @attr of the first <@tag> element in @s[0..len)
+ * (a fmt() buffer; "" if there is none). */
+static inline const char *xml_attr_n(const char *s, size_t len, const char *tag,
+                                     const char *attr)
+{
+    const char *end = s + len, *p = s, *gt, *a;
+    char open_[64], key[64];
+    size_t ol, kl;
+    snprintf(open_, sizeof(open_), "<%s", tag);
+    snprintf(key, sizeof(key), " %s=", attr);
+    ol = strlen(open_);
+    kl = strlen(key);
+    while ((p = memmem(p, (size_t)(end - p), open_, ol))) {
+        p += ol;
+        if (*p == ' ' || *p == '>' || *p == '/')
+            break;
+    }
+    if (!p || !(gt = memchr(p, '>', (size_t)(end - p))))
+        return "";
+    if (!(a = memmem(p, (size_t)(gt - p), key, kl)))
+        return "";
+    a += kl;
+    {
+        const char *close_ = memchr(a + 1, *a, (size_t)(gt - a - 1));
+        return close_ ? fmt("%.*s", (int)(close_ - a - 1), a + 1) : "";
+    }
+}
+
+/* The <disk> element of @xml for disk @dev: <disk name='@dev'> in backup
+ * XML, <disk> with <target dev='@dev'/> in domain XML. Sets *len; NULL if
+ * there is none. */
+static inline const char *xml_disk(const char *xml, const char *dev, size_t *len)
+{
+    const char *p = xml;
+    while (p && (p = strstr(p, "<disk "))) {
+        const char *e = strstr(p, "</disk>");
+        size_t n = e ? (size_t)(e - p) + 7 : strlen(p);
+        if (strcmp(xml_attr_n(p, n, "disk", "name"), dev) == 0 ||
+            strcmp(xml_attr_n(p, n, "target", "dev"), dev) == 0) {
+            *len = n;
+            return p;
+        }
+        p += n;
+    }
+    return NULL;
+}
+
+/* Attribute @attr of element <@tag> inside disk @dev's element of @xml
+ * (@tag "disk": the disk element itself); "" if absent. */
+static inline const char *xml_disk_attr(const char *xml, const char *dev, const char *tag,
+                                        const char *attr)
+{
+    size_t n = 0;
+    const char *d = xml ? xml_disk(xml, dev, &n) : NULL;
+    return d ? xml_attr_n(d, n, tag, attr) : "";
+}
+
+/* As xml_disk_attr, in a backup's XML ("" if it cannot be read). */
+static inline const char *backup_disk_attr(virDomainBackupPtr b, const char *dev,
+                                           const char *tag, const char *attr)
+{
+    char *x = virDomainBackupGetXMLDesc(b, 0);
+    const char *v = fmt("%s", xml_disk_attr(x, dev, tag, attr));
+    free(x);
+    return v;
+}
+
+/* 'full' or 'incremental': how the backup stored disk @dev. */
+#define backup_mode(b, dev) backup_disk_attr((b), (dev), "disk", "backupmode")
+/* The file the backup stored disk @dev in. */
+#define backup_target(b, dev) backup_disk_attr((b), (dev), "target", "file")
+
+/* As xml_disk_attr, in a domain's current XML. */
+static inline const char *domain_disk_attr(virDomainPtr dom, const char *dev, const char *tag,
+                                           const char *attr)
+{
+    char *x = virDomainGetXMLDesc(dom, 0);
+    const char *v = fmt("%s", xml_disk_attr(x, dev, tag, attr));
+    free(x);
+    return v;
+}
+
+/* The UUID of the backup's parent ("" for a full backup). */
+static inline const char *backup_parent(virDomainBackupPtr b)
+{
+    char *x = virDomainBackupGetXMLDesc(b, 0);
+    const char *p = x ? strstr(x, "<parent>") : NULL;
+    const char *u = fmt("%s", p ? xml_text(p, "uuid") : "");
+    free(x);
+    return u;
+}
+
+/* The descriptions of the backups in a list, in its order, each followed
+ * by a space (a fmt() buffer); the list is freed. */
+static inline const char *list_labels(virDomainBackupPtr *list)
+{
+    char out[1024] = "";
+    virDomainBackupPtr *p;
+    for (p = list; p && *p; p++) {
+        char *x = virDomainBackupGetXMLDesc(*p, 0);
+        snprintf(out + strlen(out), sizeof(out) - strlen(out), "%s ",
+                 x ? xml_text(x, "description") : "?");
+        free(x);
+    }
+    free_list(list);
+    return fmt("%s", out);
+}
+
+/* virDomainBackupList / ListChildren with @flags gives the backups
+ * described @want ("a b c ", creation order), and counts them alike. */
+#define EXPECT_LIST(dom, flags, want)                                       \
+    t_expect_list(list_labels_of((dom), NULL, (flags)), virDomainBackupList((dom), NULL, (flags)), \
+                  (want), #dom, (flags), __FILE__, __LINE__)
+#define EXPECT_CHILDREN(b, flags, want)                                     \
+    t_expect_list(list_labels_of(NULL, (b), (flags)),                       \
+                  virDomainBackupListChildren((b), NULL, (flags)), (want), #b, (flags), \
+                  __FILE__, __LINE__)
+
+static inline const char *list_labels_of(virDomainPtr dom, virDomainBackupPtr b,
+                                         unsigned int flags)
+{
+    virDomainBackupPtr *list = NULL;
+    int n = dom ? virDomainBackupList(dom, &list, flags)
+                : virDomainBackupListChildren(b, &list, flags);
+    if (n < 0)
+        return fmt("(failed: %s)", virDomainBackupGetLastErrorMessage());
+    return list_labels(list);
+}
+
+static inline void t_expect_list(const char *got, int count, const char *want, const char *what,
+                                 unsigned int flags, const char *file, int line)
+{
+    int words = 0;
+    const char *c;
+    for (c = want; *c; c++)
+        words += *c == ' ';
+    t_checks++;
+    if (strcmp(got, want) != 0 || count != words)
+        t_fail(file, line, "listing %s with flags 0x%x: got \"%s\" (count %d), want \"%s\"",
+               what, flags, got, count, want);
+}
+
+/* ------------------------------------------------------------------ */
+/* Typed parameters                                                    */
+/* ------------------------------------------------------------------ */
+
+typedef struct {
+    virTypedParameterPtr p;
+    int n;
+} params;
+
+static inline params get_params(virDomainBackupPtr b, const char *file, int line)
+{
+    params r = { NULL, 0 };
+    int count = 0;
+    if (virDomainBackupGetParameters(b, NULL, &count, 0) < 0) {
+        t_fail(file, line, "GetParameters(count) failed: %s",
+               virDomainBackupGetLastErrorMessage());
+        return r;
+    }
+    r.p = calloc((size_t)count + 1, sizeof(virTypedParameter));
+    r.n = count;
+    if (virDomainBackupGetParameters(b, r.p, &r.n, 0) < 0) {
+        t_fail(file, line, "GetParameters failed: %s", virDomainBackupGetLastErrorMessage());
+        free(r.p);
+        r.p = NULL;
+        r.n = 0;
+    } else if (r.n != count) {
+        t_fail(file, line, "GetParameters filled %d of %d", r.n, count);
+    }
+    return r;
+}
+#define GET_PARAMS(b) get_params((b), __FILE__, __LINE__)
+
+static inline void free_params(params *r)
+{
+    if (r->p) {
+        virTypedParamsClear(r->p, r->n);
+        free(r->p);
+    }
+    r->p = NULL;
+    r->n = 0;
+}
+
+/* Parameter @name, which must exist with @type. */
+static inline virTypedParameterPtr param(params *r, const char *name, int type)
+{
+    virTypedParameterPtr p = virTypedParamsGet(r->p, r->n, name);
+    CHECKF(p != NULL, "parameter '%s' missing", name);
+    if (p)
+        CHECKF(p->type == type, "parameter '%s' has type %d, want %d", name, p->type, type);
+    return p && p->type == type ? p : NULL;
+}
+
+static inline int p_state(params *r)
+{
+    virTypedParameterPtr p = param(r, "state", VIR_TYPED_PARAM_INT);
+    return p ? p->value.i : -1;
+}
+
+static inline unsigned long long p_ull(params *r, const char *name)
+{
+    virTypedParameterPtr p = param(r, name, VIR_TYPED_PARAM_ULLONG);
+    return p ? p->value.ul : 0;
+}
+
+/* The bytes a backup stored (its "bytes.written"). */
+static inline unsigned long long backup_written(virDomainBackupPtr b)
+{
+    params r = GET_PARAMS(b);
+    unsigned long long v = r.p ? p_ull(&r, "bytes.written") : 0;
+    free_params(&r);
+    return v;
+}
+
+/* The backup's "incremental" parameter (-1 if it cannot be read). */
+static inline int backup_incremental(virDomainBackupPtr b)
+{
+    params r = GET_PARAMS(b);
+    virTypedParameterPtr p = r.p ? param(&r, "incremental", VIR_TYPED_PARAM_BOOLEAN) : NULL;
+    int v = p ? p->value.b : -1;
+    free_params(&r);
+    return v;
+}
 
 /* Run a program (e.g. this one again, for "fresh process" checks) with the
  * same environment; returns its exit status, or -1. */

@@ -3,9 +3,10 @@
  *
  * Full backups raw->qcow2 (default format), raw->raw and qcow2->qcow2,
  * several disks with backup='no', given and generated UUIDs, description,
- * the default location in the catalog, a default target folder, sparse
- * targets; then every validation error, each checked by its code and for
- * leaving no file and no catalog entry behind.
+ * the default location in the catalog, a default target folder, storage
+ * pool volumes (explicit and as the default target), sparse
+ * targets, one incremental backup; then every validation error, each
+ * checked by its code and for leaving no file and no catalog entry behind.
  */
 #include "common.h"
 
@@ -31,23 +32,11 @@ static bool looks_like_uuid(const char *s)
     return true;
 }
 
-/* A backup call that must fail with @code and change no file. */
-#define EXPECT_CREATE_FAIL(dom, xml, flags, code)                           \
-    do {                                                                    \
-        char *t_before_ = state_snapshot();                                 \
-        int t_recs_ = catalog_records();                                    \
-        EXPECT_BACKUP_FAIL(virDomainBackupCreateXML((dom), (xml), (flags)), (code)); \
-        CHECKF(catalog_records() == t_recs_, "catalog records changed: %d -> %d", \
-               t_recs_, catalog_records());                                 \
-        EXPECT_UNCHANGED(t_before_);                                        \
-    } while (0)
-
-/* Count the backups of a domain (must succeed). */
-static int count_backups(virDomainPtr dom)
+/* A backup of vda into volume @volume of storage pool @pool. */
+static const char *volume_xml(const char *pool, const char *volume)
 {
-    int n = virDomainBackupList(dom, NULL, 0);
-    CHECKF(n >= 0, "virDomainBackupList failed: %s", virDomainBackupGetLastErrorMessage());
-    return n;
+    return fmt("<domainbackup><disks><disk name='vda' type='volume'>"
+               "<target pool='%s' volume='%s'/></disk></disks></domainbackup>", pool, volume);
 }
 
 int main(void)
@@ -460,29 +449,94 @@ int main(void)
              "</disks></domainbackup>", w);
     EXPECT_CREATE_FAIL(dom2, xml, 0, VIR_ERR_INVALID_ARG);
 
-    section("parent: missing, of another domain, existing (incremental not implemented)");
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><parent><uuid>" OTHER_UUID "</uuid></parent><disks>"
-             "<disk name='vda'><target file='%s/inc-vda.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    section("parent: missing, of another domain, raw target for a delta");
+    snprintf(xml, sizeof(xml), "%s",
+             vda_child_xml(NULL, OTHER_UUID, WPATH("inc-vda.qcow2"), NULL));
     EXPECT_CREATE_FAIL(dom1, xml, 0, VIR_ERR_NO_DOMAIN_BACKUP);
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><parent><uuid>" GIVEN_UUID "</uuid></parent><disks>"
-             "<disk name='vda'><target file='%s/inc2-vda.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
+    snprintf(xml, sizeof(xml), "%s",
+             vda_child_xml(NULL, GIVEN_UUID, WPATH("inc2-vda.qcow2"), NULL));
     EXPECT_CREATE_FAIL(dom2, xml, 0, VIR_ERR_OPERATION_INVALID);
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><parent><uuid>" GIVEN_UUID "</uuid></parent><disks>"
-             "<disk name='vda'><target file='%s/inc-vda.qcow2'/></disk>"
-             "</disks></domainbackup>", w);
-    EXPECT_CREATE_FAIL(dom1, xml, 0, VIR_ERR_NO_SUPPORT);
-    EXPECT_MSG_CONTAINS("not supported yet");
+    snprintf(xml, sizeof(xml), "<domainbackup><parent><uuid>" GIVEN_UUID "</uuid></parent>"
+             "<disks><disk name='vda'><target file='%s'/><driver type='raw'/></disk>"
+             "<disk name='vdb' backup='no'/><disk name='vdc' backup='no'/></disks>"
+             "</domainbackup>", WPATH("inc-vda.raw"));
+    EXPECT_CREATE_FAIL(dom1, xml, 0, VIR_ERR_INVALID_ARG);
+    EXPECT_MSG_CONTAINS("vda");
 
-    section("type='volume' target");
-    EXPECT_CREATE_FAIL(dom1,
-                       "<domainbackup><disks><disk name='vda' type='volume'>"
-                       "<target pool='default' volume='vm1-vda-bk.qcow2'/></disk>"
-                       "</disks></domainbackup>", 0, VIR_ERR_NO_SUPPORT);
+    /* The details (chains, fallbacks, listing) are in test-incremental.c. */
+    section("an incremental backup on top of the first one");
+    snprintf(xml, sizeof(xml), "<domainbackup><parent><uuid>" GIVEN_UUID "</uuid></parent>"
+             "<disks><disk name='vda'><target file='%s'/></disk>"
+             "<disk name='vdb' backup='no'/><disk name='vdc' backup='no'/></disks>"
+             "</domainbackup>", WPATH("inc-vda.qcow2"));
+    b = backup_wait(dom1, xml);
+    if (b) {
+        CHECK(strcmp(backup_parent(b), GIVEN_UUID) == 0);
+        CHECKF(strcmp(backup_mode(b, "vda"), "incremental") == 0, "vda stored '%s'",
+               backup_mode(b, "vda"));
+        CHECKF(strcmp(backing_file(WPATH("inc-vda.qcow2")),
+                      fmt("%s/%s/" GIVEN_UUID "/vda.qcow2", cat, dom1_uuid)) == 0,
+               "backing file of the incremental copy: '%s'",
+               backing_file(WPATH("inc-vda.qcow2")));
+        CHECK(images_equal(vda, "raw", WPATH("inc-vda.qcow2"), "qcow2"));
+        /* Nothing changed since the parent: nothing stored. */
+        CHECKF(backup_written(b) == 0, "bytes.written %llu", backup_written(b));
+        CHECK(virDomainBackupDelete(b, 0) == 0);
+        virDomainBackupFree(b);
+    }
+
+    /* A dir pool of the test driver whose folder is real: libvirt knows the
+     * volume, the library writes its file. */
+    section("type='volume' targets, SetDefaultTarget type='pool'");
+    {
+        char pdir[1024];
+        virStoragePoolPtr pool;
+        snprintf(pdir, sizeof(pdir), "%s", WPATH("pool"));
+        if (mkdir(pdir, 0755) < 0)
+            FATAL("mkdir %s: %s", pdir, strerror(errno));
+        pool = virStoragePoolCreateXML(conn, fmt("<pool type='dir'><name>bk-pool</name>"
+                                                 "<target><path>%s</path></target></pool>", pdir),
+                                       0);
+        REQUIRE(pool != NULL);
+        EXPECT_CREATE_FAIL(dom2, volume_xml("no-such-pool", "vm1-vda-bk.qcow2"), 0,
+                           VIR_ERR_NO_STORAGE_POOL);
+        EXPECT_MSG_CONTAINS("no-such-pool");
+        b = backup_wait(dom2, volume_xml("bk-pool", "vm1-vda-bk.qcow2"));
+        if (b) {
+            const char *t = fmt("%s/vm1-vda-bk.qcow2", pdir);
+            CHECKF(strcmp(backup_target(b, "vda"), t) == 0, "target '%s', want %s",
+                   backup_target(b, "vda"), t);
+            CHECK(images_equal(WPATH("create-dom2-vda.raw"), "raw", t, "qcow2"));
+            CHECKF(virStoragePoolNumOfVolumes(pool) == 1, "the pool has %d volumes",
+                   virStoragePoolNumOfVolumes(pool));
+            /* The volume exists now. */
+            EXPECT_CREATE_FAIL(dom2, volume_xml("bk-pool", "vm1-vda-bk.qcow2"), 0,
+                               VIR_ERR_INVALID_ARG);
+            CHECK(virDomainBackupDelete(b, 0) == 0);
+            CHECK(!file_exists(t));
+            CHECK(virStoragePoolNumOfVolumes(pool) == 0);
+            virDomainBackupFree(b);
+        }
+        CHECK(virDomainSetDefaultTarget(dom2, "<target type='pool'><pool>bk-pool</pool></target>",
+                                        VIR_DOMAIN_AFFECT_CONFIG) == 0);
+        b = backup_wait(dom2, "<domainbackup/>");
+        if (b) {
+            /* Default volume name: <domain>-<backup uuid>-<disk>.<format>. */
+            const char *t = fmt("%s/create-dom2-%s-vda.qcow2", pdir, backup_uuid(b));
+            CHECKF(strcmp(backup_target(b, "vda"), t) == 0, "target '%s', want %s",
+                   backup_target(b, "vda"), t);
+            CHECK(images_equal(WPATH("create-dom2-vda.raw"), "raw", t, "qcow2"));
+            CHECK(virDomainBackupDelete(b, 0) == 0);
+            CHECK(virStoragePoolNumOfVolumes(pool) == 0);
+            virDomainBackupFree(b);
+        }
+        EXPECT_INT_FAIL(virDomainSetDefaultTarget(
+                            dom2, "<target type='pool'><pool>no-such-pool</pool></target>",
+                            VIR_DOMAIN_AFFECT_CONFIG),
+                        VIR_ERR_NO_STORAGE_POOL);
+        CHECK(virStoragePoolDestroy(pool) == 0);
+        virStoragePoolFree(pool);
+    }
 
     section("target folder does not exist");
     {

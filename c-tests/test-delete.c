@@ -1,17 +1,12 @@
 /*
  * test-delete.c: virDomainBackupDelete (0, METADATA_ONLY, ALL, flag
- * errors), the handle after a delete, and virDomainBackupUndefineFlags /
+ * errors; backups with children: a chain root, METADATA_ONLY inside a
+ * chain, ALL_CHILDREN on a subtree), the handle after a delete, and
+ * virDomainBackupUndefineFlags /
  * virDomainUndefineFlags (mapped by the header) with and without
  * VIR_DOMAIN_UNDEFINE_BACKUP.
  */
 #include "common.h"
-
-static int count_backups(virDomainPtr dom)
-{
-    int n = virDomainBackupList(dom, NULL, 0);
-    CHECKF(n >= 0, "virDomainBackupList failed: %s", virDomainBackupGetLastErrorMessage());
-    return n;
-}
 
 /* Every call on a deleted backup's handle fails with NO_DOMAIN_BACKUP
  * (API.md Ownership), and the handle can still be freed. */
@@ -117,6 +112,78 @@ int main(void)
     CHECK(virDomainBackupDelete(b, VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN) == 0);
     CHECK(count_backups(dom) == 0);
     CHECK(virDomainBackupFree(b) == 0);
+
+    /* ---------------------------------------------------------------- */
+    /* Deleting in the middle of a chain: test-incremental.c. */
+    section("Delete a chain root: its child becomes a full backup");
+    {
+        const char *disk = fmt("%s", WPATH("del-dom-vda.raw"));
+        virDomainBackupPtr root, kid;
+        root = backup_wait(dom, vda_child_xml("root", NULL, WPATH("root.qcow2"), NULL));
+        REQUIRE(root != NULL);
+        write_data(disk, "raw", 2 * MiB, 1 * MiB, 0x5c);
+        kid = backup_wait(dom, vda_child_xml("kid", backup_uuid(root), WPATH("kid.qcow2"), NULL));
+        REQUIRE(kid != NULL);
+        CHECK(chain_depth(WPATH("kid.qcow2")) == 2);
+        CHECK(virDomainBackupDelete(root, 0) == 0);
+        CHECK(!file_exists(WPATH("root.qcow2")));
+        CHECKF(strcmp(backup_parent(kid), "") == 0, "kid still has parent %s",
+               backup_parent(kid));
+        CHECK(strcmp(backup_mode(kid, "vda"), "full") == 0);
+        CHECK(chain_depth(WPATH("kid.qcow2")) == 1);
+        CHECK(images_equal(disk, "raw", WPATH("kid.qcow2"), "qcow2"));
+        EXPECT_LIST(dom, VIR_DOMAIN_BACKUP_LIST_FULL, "kid ");
+        check_deleted_handle(root, "chain root merged into its child");
+        CHECK(virDomainBackupDelete(kid, 0) == 0);
+        CHECK(virDomainBackupFree(kid) == 0);
+        CHECK(count_backups(dom) == 0);
+    }
+
+    section("Delete METADATA_ONLY inside a chain: files kept, the child re-parented");
+    {
+        const char *disk = fmt("%s", WPATH("del-dom-vda.raw"));
+        virDomainBackupPtr r, m, l, s, t;
+        char ru[64];
+        r = backup_wait(dom, vda_child_xml("r", NULL, WPATH("r.qcow2"), NULL));
+        REQUIRE(r != NULL);
+        snprintf(ru, sizeof(ru), "%s", backup_uuid(r));
+        write_data(disk, "raw", 3 * MiB, 1 * MiB, 0x5d);
+        m = backup_wait(dom, vda_child_xml("m", ru, WPATH("m.qcow2"), NULL));
+        REQUIRE(m != NULL);
+        write_data(disk, "raw", 5 * MiB, 1 * MiB, 0x5e);
+        l = backup_wait(dom, vda_child_xml("l", backup_uuid(m), WPATH("l.qcow2"), NULL));
+        REQUIRE(l != NULL);
+        CHECK(virDomainBackupDelete(m, VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY) == 0);
+        CHECK(virDomainBackupFree(m) == 0);
+        CHECKF(file_exists(WPATH("m.qcow2")), "METADATA_ONLY removed m's file");
+        CHECK(strcmp(backup_parent(l), ru) == 0);
+        /* l still reads through m's file. */
+        CHECK(chain_depth(WPATH("l.qcow2")) == 3);
+        CHECK(images_equal(disk, "raw", WPATH("l.qcow2"), "qcow2"));
+        EXPECT_CHILDREN(r, 0, "l ");
+
+        section("Delete ALL_CHILDREN removes a subtree only");
+        /* r <- l <- s, and t a sibling of l. */
+        s = backup_wait(dom, vda_child_xml("s", backup_uuid(l), WPATH("s.qcow2"), NULL));
+        write_data(disk, "raw", 6 * MiB, 64 * 1024, 0x5f);
+        t = backup_wait(dom, vda_child_xml("t", ru, WPATH("t.qcow2"), NULL));
+        REQUIRE(s && t);
+        EXPECT_LIST(dom, 0, "r l s t ");
+        CHECK(virDomainBackupDelete(l, VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN) == 0);
+        EXPECT_LIST(dom, 0, "r t ");
+        CHECK(!file_exists(WPATH("l.qcow2")));
+        CHECK(!file_exists(WPATH("s.qcow2")));
+        CHECK(file_exists(WPATH("m.qcow2")));
+        CHECK(images_equal(disk, "raw", WPATH("t.qcow2"), "qcow2"));
+        check_deleted_handle(l, "deleted with ALL_CHILDREN");
+        check_deleted_handle(s, "descendant deleted with ALL_CHILDREN");
+        CHECK(virDomainBackupDelete(r, VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN) == 0);
+        CHECK(!file_exists(WPATH("r.qcow2")));
+        CHECK(!file_exists(WPATH("t.qcow2")));
+        CHECK(count_backups(dom) == 0);
+        check_deleted_handle(t, "child of a root deleted with ALL_CHILDREN");
+        CHECK(virDomainBackupFree(r) == 0);
+    }
 
     /* ---------------------------------------------------------------- */
     section("Delete ALL removes every backup of the domain, only of it");

@@ -8,75 +8,10 @@
 #include <signal.h>
 #include <sys/resource.h>
 
-/* Typed parameters as a small map. */
-typedef struct {
-    virTypedParameterPtr p;
-    int n;
-} params;
-
-static params get_params(virDomainBackupPtr b, const char *file, int line)
-{
-    params r = { NULL, 0 };
-    int count = 0;
-    if (virDomainBackupGetParameters(b, NULL, &count, 0) < 0) {
-        t_fail(file, line, "GetParameters(count) failed: %s",
-               virDomainBackupGetLastErrorMessage());
-        return r;
-    }
-    r.p = calloc((size_t)count + 1, sizeof(virTypedParameter));
-    r.n = count;
-    if (virDomainBackupGetParameters(b, r.p, &r.n, 0) < 0) {
-        t_fail(file, line, "GetParameters failed: %s", virDomainBackupGetLastErrorMessage());
-        free(r.p);
-        r.p = NULL;
-        r.n = 0;
-    } else if (r.n != count) {
-        t_fail(file, line, "GetParameters filled %d of %d", r.n, count);
-    }
-    return r;
-}
-#define GET_PARAMS(b) get_params((b), __FILE__, __LINE__)
-
-static void free_params(params *r)
-{
-    if (r->p) {
-        virTypedParamsClear(r->p, r->n);
-        free(r->p);
-    }
-    r->p = NULL;
-    r->n = 0;
-}
-
-static virTypedParameterPtr param(params *r, const char *name, int type)
-{
-    virTypedParameterPtr p = virTypedParamsGet(r->p, r->n, name);
-    CHECKF(p != NULL, "parameter '%s' missing", name);
-    if (p)
-        CHECKF(p->type == type, "parameter '%s' has type %d, want %d", name, p->type, type);
-    return p && p->type == type ? p : NULL;
-}
-
-static int p_state(params *r)
-{
-    virTypedParameterPtr p = param(r, "state", VIR_TYPED_PARAM_INT);
-    return p ? p->value.i : -1;
-}
-
-static unsigned long long p_ull(params *r, const char *name)
-{
-    virTypedParameterPtr p = param(r, name, VIR_TYPED_PARAM_ULLONG);
-    return p ? p->value.ul : 0;
-}
-
 static void sleep_ms(long ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
     nanosleep(&ts, NULL);
-}
-
-static int count_backups(virDomainPtr dom)
-{
-    return virDomainBackupList(dom, NULL, 0);
 }
 
 /* The state named in a backup's XML ("" if none). */
@@ -129,7 +64,7 @@ int main(int argc, char **argv)
     virDomainPtr dom, bigdom;
     virDomainBackupPtr b, c;
     params pr;
-    long long data = 0;
+    long long data = 0, stored = 0;
     int i, n;
 
     if (argc == 6 && strcmp(argv[1], "killchild") == 0)
@@ -137,12 +72,16 @@ int main(int argc, char **argv)
     conn = open_test_conn();
     w = workdir();
 
-    /* 512 MiB with 256 KiB of data every 8 MiB: 16 MiB of data. */
+    /* 512 MiB with 256 KiB of data every 8 MiB: 16 MiB of data. The
+     * library stores whole 64 KiB chunks (its digest and qcow2 cluster
+     * size): a run that does not start on a chunk stores 5 of them. */
     snprintf(disk, sizeof(disk), "%s/job-vda.raw", w);
     make_image(disk, "raw", 512 * MiB);
     for (i = 0; i < 64; i++) {
-        write_data(disk, "raw", (long long)i * 8 * MiB + 4096 * i, 256 * 1024, 0x10 + i);
-        data += 256 * 1024;
+        long long off = (long long)i * 8 * MiB + 4096 * i, len = 256 * 1024;
+        write_data(disk, "raw", off, len, 0x10 + i);
+        data += len;
+        stored += ((off + len - 1) / (64 * 1024) - off / (64 * 1024) + 1) * 64 * 1024;
     }
     {
         test_disk d = { "vda", disk, "raw", NULL };
@@ -190,7 +129,7 @@ int main(int argc, char **argv)
             CHECKF(p_ull(&pr, "bytes.processed") >= last, "bytes.processed went backwards");
             last = p_ull(&pr, "bytes.processed");
             CHECK(last <= p_ull(&pr, "bytes.total"));
-            CHECK(p_ull(&pr, "bytes.written") <= (unsigned long long)data);
+            CHECK(p_ull(&pr, "bytes.written") <= (unsigned long long)stored);
             free_params(&pr);
             if (n != VIR_DOMAIN_BACKUP_STATE_RUNNING)
                 break;
@@ -213,9 +152,10 @@ int main(int argc, char **argv)
         CHECK(p && p->value.b == 0);
         CHECK(p_ull(&pr, "bytes.total") == 512ULL * MiB);
         CHECK(p_ull(&pr, "bytes.processed") == 512ULL * MiB);
-        CHECKF(p_ull(&pr, "bytes.written") > 0 &&
-                   p_ull(&pr, "bytes.written") <= (unsigned long long)data,
-               "bytes.written %llu, data %lld", p_ull(&pr, "bytes.written"), data);
+        CHECKF(p_ull(&pr, "bytes.written") >= (unsigned long long)data &&
+                   p_ull(&pr, "bytes.written") <= (unsigned long long)stored,
+               "bytes.written %llu, data %lld, in whole chunks %lld",
+               p_ull(&pr, "bytes.written"), data, stored);
         param(&pr, "time.elapsed", VIR_TYPED_PARAM_ULLONG);
         p = param(&pr, "disks", VIR_TYPED_PARAM_UINT);
         CHECK(p && p->value.ui == 1);

@@ -1,18 +1,19 @@
 /*
- * demo.c: a managed backup of a domain of libvirt's built-in test driver.
+ * demo.c: managed backups of a domain of libvirt's built-in test driver.
  *
- * Creates a 1 GiB raw disk holding a few MiB of data, defines a domain that
- * uses it on test:///default, takes a full backup into the catalog, lists
- * the domain's backups, prints the backup's XML, and checks the copy byte
- * for byte with `qemu-img compare`.
+ * On test:///default it defines a domain with a sparse 1 GiB raw disk
+ * holding 8 MiB of data, takes a full backup, changes 4 MiB of the disk
+ * with qemu-io, takes an incremental backup on top of the full one, shows
+ * what each stored and the incremental's backing chain, restores the
+ * incremental as a new domain, and checks with `qemu-img compare` that the
+ * restored disk equals the disk at incremental time. Then it cleans up.
  *
  * Usage: demo WORKDIR   (the catalog is $LIBVIRT_BACKUP_DIR, see README)
  */
-#include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <libvirt-backup/libvirt-backup.h>
 
@@ -22,49 +23,76 @@ static int fail(const char *what)
     return 1;
 }
 
-/* Write @len bytes of @pattern at @offset of @path. */
-static int write_pattern(const char *path, off_t offset, size_t len, int pattern)
+/* Run a shell command built like printf; its exit status. */
+static int sh(const char *format, ...)
 {
-    char *buf = malloc(len);
-    int fd = open(path, O_WRONLY);
-    int ok = buf && fd >= 0;
-    if (ok) {
-        memset(buf, pattern, len);
-        ok = pwrite(fd, buf, len, offset) == (ssize_t)len;
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(cmd, sizeof(cmd), format, ap);
+    va_end(ap);
+    fflush(stdout);
+    return system(cmd);
+}
+
+/* MiB the backup stored (its "bytes.written" parameter). */
+static double written_mib(virDomainBackupPtr b)
+{
+    virTypedParameter params[16];
+    int n = 16;
+    unsigned long long v = 0;
+    if (virDomainBackupGetParameters(b, params, &n, 0) == 0) {
+        virTypedParamsGetULLong(params, n, "bytes.written", &v);
+        virTypedParamsClear(params, n);
     }
-    if (fd >= 0)
-        close(fd);
-    free(buf);
-    return ok ? 0 : -1;
+    return v / 1048576.0;
+}
+
+/* Back vda up into @target, on top of @parent (NULL: a full backup). */
+static virDomainBackupPtr backup(virDomainPtr dom, const char *parent, const char *target,
+                                 char uuid[VIR_UUID_STRING_BUFLEN])
+{
+    char xml[2048];
+    char *desc;
+    virDomainBackupPtr b;
+    snprintf(xml, sizeof(xml),
+             "<domainbackup>%s%s%s<disks><disk name='vda'><target file='%s'/></disk></disks>"
+             "</domainbackup>", parent ? "<parent><uuid>" : "", parent ? parent : "",
+             parent ? "</uuid></parent>" : "", target);
+    if (!(b = virDomainBackupCreateXML(dom, xml, VIR_DOMAIN_BACKUP_CREATE_WAIT)))
+        return NULL;
+    desc = virDomainBackupGetXMLDesc(b, 0);
+    sscanf(desc ? strstr(desc, "<uuid>") : "", "<uuid>%36s", uuid);
+    printf("%s backup %s\n  stored %.1f MiB in %s\n", parent ? "incremental" : "full", uuid,
+           written_mib(b), target);
+    free(desc);
+    return b;
 }
 
 int main(int argc, char **argv)
 {
-    char disk[512], xml[2048], cmd[2048], target[600];
+    char disk[512], xml[2048], full_file[600], inc_file[600], restored[600];
+    char full_uuid[VIR_UUID_STRING_BUFLEN] = "", inc_uuid[VIR_UUID_STRING_BUFLEN] = "";
     virConnectPtr conn = NULL;
-    virDomainPtr dom = NULL;
-    virDomainBackupPtr backup = NULL;
-    virDomainBackupPtr *list = NULL;
-    char *desc = NULL;
-    int ret = 1, n, i;
+    virDomainPtr dom = NULL, copy = NULL;
+    virDomainBackupPtr full = NULL, inc = NULL;
+    int ret = 1;
 
     if (argc != 2) {
         fprintf(stderr, "usage: %s WORKDIR\n", argv[0]);
         return 2;
     }
     snprintf(disk, sizeof(disk), "%s/demo-vda.raw", argv[1]);
-    snprintf(target, sizeof(target), "%s/demo-vda-backup.qcow2", argv[1]);
+    snprintf(full_file, sizeof(full_file), "%s/demo-vda.full.qcow2", argv[1]);
+    snprintf(inc_file, sizeof(inc_file), "%s/demo-vda.inc.qcow2", argv[1]);
+    snprintf(restored, sizeof(restored), "%s/demo-restored-vda.qcow2", argv[1]);
 
     /* A sparse 1 GiB disk with 8 MiB of data in three places. */
-    snprintf(cmd, sizeof(cmd), "qemu-img create -q -f raw '%s' 1G", disk);
-    if (system(cmd) != 0 ||
-        write_pattern(disk, 0, 4 << 20, 0xab) < 0 ||
-        write_pattern(disk, 300 << 20, 2 << 20, 0x5a) < 0 ||
-        write_pattern(disk, (1 << 30) - (2 << 20), 2 << 20, 0x77) < 0) {
+    if (sh("qemu-img create -q -f raw '%s' 1G && qemu-io -f raw -c 'write -q -P 0xab 0 4M' "
+           "-c 'write -q -P 0x5a 300M 2M' -c 'write -q -P 0x77 1022M 2M' '%s'", disk, disk)) {
         fprintf(stderr, "demo: cannot prepare %s\n", disk);
         return 1;
     }
-
     if (!(conn = virConnectOpen("test:///default")))
         return 1;
     snprintf(xml, sizeof(xml),
@@ -75,57 +103,63 @@ int main(int argc, char **argv)
              "</devices></domain>", disk);
     if (!(dom = virDomainDefineXML(conn, xml)))
         goto cleanup;
-    printf("defined domain 'demo' with disk %s\n", disk);
+    printf("defined domain 'demo': disk %s, 1 GiB raw, 8 MiB of data\n", disk);
 
-    snprintf(xml, sizeof(xml),
-             "<domainbackup><description>demo backup</description><disks>"
-             "<disk name='vda'><target file='%s'/></disk>"
-             "</disks></domainbackup>", target);
-    if (!(backup = virDomainBackupCreateXML(dom, xml, VIR_DOMAIN_BACKUP_CREATE_WAIT))) {
-        fail("virDomainBackupCreateXML");
+    if (!(full = backup(dom, NULL, full_file, full_uuid))) {
+        fail("full backup");
         goto cleanup;
     }
-
-    if ((n = virDomainBackupList(dom, &list, 0)) < 0) {
-        fail("virDomainBackupList");
+    if (sh("qemu-io -f raw -c 'write -q -P 0xcd 500M 4M' '%s'", disk))
+        goto cleanup;
+    printf("qemu-io wrote 4 MiB at offset 500 MiB of the disk\n");
+    if (!(inc = backup(dom, full_uuid, inc_file, inc_uuid))) {
+        fail("incremental backup");
         goto cleanup;
     }
-    printf("domain 'demo' has %d backup(s)\n", n);
-    for (i = 0; i < n; i++)
-        virDomainBackupFree(list[i]);
-    free(list);
+    printf("  backing chain (qemu-img info --backing-chain):\n");
+    sh("qemu-img info --backing-chain '%s' | grep -E '^(image|backing file|disk size):' | "
+       "sed 's/^/    /'", inc_file);
+    printf("domain 'demo' has %d backups: %d full, %d incremental\n",
+           virDomainBackupList(dom, NULL, 0),
+           virDomainBackupList(dom, NULL, VIR_DOMAIN_BACKUP_LIST_FULL),
+           virDomainBackupList(dom, NULL, VIR_DOMAIN_BACKUP_LIST_INCREMENTAL));
 
-    if (!(desc = virDomainBackupGetXMLDesc(backup, 0))) {
-        fail("virDomainBackupGetXMLDesc");
+    snprintf(xml, sizeof(xml), "<domainbackup><uuid>%s</uuid><domain name='demo-restored'/>"
+             "</domainbackup>", inc_uuid);
+    if (virDomainBackupRestore(xml, VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN) < 0) {
+        fail("virDomainBackupRestore");
         goto cleanup;
     }
-    printf("%s", desc);
-
-    fflush(stdout);
-    snprintf(cmd, sizeof(cmd), "qemu-img compare -f raw -F qcow2 '%s' '%s'", disk, target);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "demo: the backup differs from the disk\n");
+    if (!(copy = virDomainLookupByName(conn, "demo-restored")))
+        goto cleanup;
+    printf("restored the incremental backup as new domain 'demo-restored', disk %s\n", restored);
+    printf("  restored disk vs the disk at incremental time: ");
+    if (sh("qemu-img compare -f raw -F qcow2 '%s' '%s'", disk, restored)) {
+        fprintf(stderr, "demo: the restored disk differs\n");
         goto cleanup;
     }
-    snprintf(cmd, sizeof(cmd), "du -k '%s' | cut -f1", target);
-    printf("backup file uses (KiB): ");
-    fflush(stdout);
-    if (system(cmd) != 0)
-        goto cleanup;
+    printf("  restored disk vs the full backup: %s\n",
+           sh("qemu-img compare -q -f qcow2 -F qcow2 '%s' '%s'", full_file, restored)
+               ? "different (it has the 4 MiB written after it)" : "identical?!");
 
-    if (virDomainBackupDelete(backup, 0) < 0) {
+    if (virDomainBackupDelete(full, VIR_DOMAIN_BACKUP_DELETE_ALL) < 0) {
         fail("virDomainBackupDelete");
         goto cleanup;
     }
-    printf("backup deleted; demo OK\n");
+    printf("deleted both backups; demo OK\n");
     ret = 0;
 
  cleanup:
-    free(desc);
-    if (backup)
-        virDomainBackupFree(backup);
+    if (inc)
+        virDomainBackupFree(inc);
+    if (full)
+        virDomainBackupFree(full);
+    if (copy) {
+        virDomainUndefine(copy);
+        virDomainFree(copy);
+    }
     if (dom) {
-        virDomainUndefine(dom);
+        virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_BACKUP);
         virDomainFree(dom);
     }
     if (conn)

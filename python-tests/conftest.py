@@ -10,8 +10,10 @@ for the fixtures it defines.
 """
 
 import ctypes
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -41,6 +43,7 @@ VIR_ERR_INVALID_ARG = 8
 VIR_ERR_OPERATION_FAILED = 9
 VIR_ERR_XML_ERROR = 27
 VIR_ERR_NO_DOMAIN = 42
+VIR_ERR_NO_STORAGE_POOL = 49
 VIR_ERR_OPERATION_INVALID = 55
 VIR_ERR_OPERATION_ABORTED = 78
 VIR_ERR_NO_DOMAIN_BACKUP = 104
@@ -90,6 +93,7 @@ VIR_DOMAIN_UNDEFINE_BACKUP = 1 << 30
 
 MiB = 1 << 20
 GiB = 1 << 30
+K64 = 64 << 10  # the chunk an incremental backup stores or skips
 
 
 # --------------------------------------------------------------------------
@@ -137,7 +141,13 @@ assert ctypes.sizeof(virTypedParameter) == 96
 # --------------------------------------------------------------------------
 # Libraries
 # --------------------------------------------------------------------------
-LIB_PATH = os.environ["LIBVIRT_BACKUP_LIB"]
+# `make python-tests` names the freshly linked library; a bare
+# `python3 -m pytest python-tests` after `make stage` uses the staged one.
+LIB_PATH = os.environ.get("LIBVIRT_BACKUP_LIB") or os.path.join(
+    os.path.dirname(HERE), "build", "stage", "lib", "libvirt-backup.so.0")
+if not os.path.exists(LIB_PATH):
+    raise ImportError(f"{LIB_PATH} not found: run 'make all stage' or set LIBVIRT_BACKUP_LIB")
+os.environ["LIBVIRT_BACKUP_LIB"] = LIB_PATH  # for the helper subprocesses
 lib = ctypes.CDLL(LIB_PATH)
 virt = ctypes.CDLL("libvirt.so.0")
 libc = ctypes.CDLL("libc.so.6")
@@ -186,6 +196,7 @@ _decl(lib, "virDomainBackupObjGetXMLDesc", c_void_p, c_void_p, c_uint)
 _decl(virt, "virConnectOpen", c_void_p, c_char_p)
 _decl(virt, "virConnectClose", c_int, c_void_p)
 _decl(virt, "virDomainDefineXML", c_void_p, c_void_p, c_char_p)
+_decl(virt, "virDomainGetXMLDesc", c_void_p, c_void_p, c_uint)
 _decl(virt, "virDomainUndefine", c_int, c_void_p)
 _decl(virt, "virDomainFree", c_int, c_void_p)
 _decl(virt, "virDomainGetUUIDString", c_int, c_void_p, c_char_p)
@@ -193,10 +204,15 @@ _decl(virt, "virDomainGetName", c_char_p, c_void_p)
 _decl(virt, "virDomainLookupByName", c_void_p, c_void_p, c_char_p)
 _decl(virt, "virDomainLookupByUUIDString", c_void_p, c_void_p, c_char_p)
 _decl(virt, "virDomainIsActive", c_int, c_void_p)
+_decl(virt, "virDomainIsPersistent", c_int, c_void_p)
 _decl(virt, "virDomainDestroy", c_int, c_void_p)
 _decl(virt, "virDomainCreate", c_int, c_void_p)
 _decl(virt, "virDomainBackupGetXMLDesc", c_void_p, c_void_p, c_uint)
 _decl(virt, "virTypedParamsClear", None, POINTER(virTypedParameter), c_int)
+_decl(virt, "virStoragePoolCreateXML", c_void_p, c_void_p, c_char_p, c_uint)
+_decl(virt, "virStoragePoolDestroy", c_int, c_void_p)
+_decl(virt, "virStoragePoolFree", c_int, c_void_p)
+_decl(virt, "virStoragePoolNumOfVolumes", c_int, c_void_p)
 _decl(virt, "virGetLastErrorCode", c_int)
 
 _VIR_ERROR_FUNC = ctypes.CFUNCTYPE(None, c_void_p, c_void_p)
@@ -264,11 +280,28 @@ def backup_state(backup):
     return xml_tree(backup).findtext("state").strip()
 
 
-def target_of(backup, disk="vda"):
+def disk_element(backup, disk="vda"):
+    """The <disk> of the backup's XML named `disk`."""
     for d in xml_tree(backup).find("disks").findall("disk"):
         if d.get("name") == disk:
-            return d.find("target").get("file")
+            return d
     raise AssertionError(f"disk {disk} not in backup XML")
+
+
+def target_of(backup, disk="vda"):
+    return disk_element(backup, disk).find("target").get("file")
+
+
+def disk_modes(backup):
+    """{disk name: backupmode} of a backup's XML."""
+    return {d.get("name"): d.get("backupmode")
+            for d in xml_tree(backup).find("disks").findall("disk")}
+
+
+def parent_of(backup):
+    """The parent's UUID in a backup's XML, or None for a full backup."""
+    p = xml_tree(backup).find("parent")
+    return None if p is None else p.findtext("uuid").strip()
 
 
 def list_handles(dom, flags=0):
@@ -285,12 +318,13 @@ def list_handles(dom, flags=0):
     return handles
 
 
-def list_uuids(dom, flags=0):
-    """UUIDs of the domain's backups (order kept); handles and array freed
-    element first, then the array."""
+def _listed_uuids(func, obj, flags):
+    """UUIDs returned by a virDomainBackupList-shaped call (order kept);
+    handles and array freed element first, then the array."""
     arr = BackupArray()
-    n = lib.virDomainBackupList(dom, byref(arr), flags)
-    assert n >= 0, f"virDomainBackupList failed: {last_error()}"
+    n = func(obj, byref(arr), flags)
+    assert n >= 0, f"{func.__name__} failed: {last_error()}"
+    assert func(obj, None, flags) == n, "count without an array differs"
     out = []
     for i in range(n):
         out.append(backup_uuid(arr[i]))
@@ -299,6 +333,16 @@ def list_uuids(dom, flags=0):
         assert lib.virDomainBackupFree(arr[i]) == 0
     libc.free(ctypes.cast(arr, c_void_p))
     return out
+
+
+def list_uuids(dom, flags=0):
+    """UUIDs of the domain's backups, as virDomainBackupList orders them."""
+    return _listed_uuids(lib.virDomainBackupList, dom, flags)
+
+
+def children_uuids(backup, flags=0):
+    """UUIDs virDomainBackupListChildren gives for `backup`."""
+    return _listed_uuids(lib.virDomainBackupListChildren, backup, flags)
 
 
 def count_backups(dom, flags=0):
@@ -343,6 +387,11 @@ def get_params(backup):
     return out
 
 
+def param(backup, name):
+    """The value of one typed parameter."""
+    return get_params(backup)[name][1]
+
+
 def create(dom, xml, flags=CREATE_WAIT):
     """CreateXML that must succeed; returns the handle."""
     b = lib.virDomainBackupCreateXML(dom, xml.encode(), flags)
@@ -350,13 +399,80 @@ def create(dom, xml, flags=CREATE_WAIT):
     return b
 
 
+def create_fails(dom, xml, flags, code, *fragments):
+    """CreateXML that must fail with `code` (message containing `fragments`)."""
+    b = lib.virDomainBackupCreateXML(dom, xml.encode(), flags)
+    if b:
+        free(b)
+        raise AssertionError("virDomainBackupCreateXML succeeded")
+    return expect_error(code, *fragments)
+
+
+def _restore_call(xml, flags, dom):
+    if dom is None:
+        return lib.virDomainBackupRestore(xml.encode(), flags)
+    return lib.virDomainBackupRestoreUnmanaged(dom, xml.encode(), flags)
+
+
+def restore(xml, flags=0, dom=None):
+    """virDomainBackupRestore (with `dom`: RestoreUnmanaged) that must succeed."""
+    assert _restore_call(xml, flags, dom) == 0, f"restore failed: {last_error()}"
+
+
+def restore_fails(xml, flags, code, *fragments, dom=None):
+    """virDomainBackupRestore (with `dom`: RestoreUnmanaged) that must fail
+    with `code`."""
+    assert _restore_call(xml, flags, dom) == -1, "restore succeeded"
+    return expect_error(code, *fragments)
+
+
+def delete(backup, flags=0):
+    assert lib.virDomainBackupDelete(backup, flags) == 0, \
+        f"virDomainBackupDelete failed: {last_error()}"
+
+
 def free(backup):
     assert lib.virDomainBackupFree(backup) == 0, last_error()
 
 
+class Volume:
+    """A storage-pool volume as a backup target (type='volume')."""
+
+    def __init__(self, pool, name):
+        self.pool, self.name = pool, name
+
+
+def _disks_xml(disks, create, sources=None):
+    """<disks> of a create (`create`) or restore document. Each value is a
+    target (a path or a Volume), (target or None, format), or None: a disk
+    with backup='no' (create) or with no <target>/<driver> (restore).
+    `sources` maps a disk to the <source file> RestoreUnmanaged reads."""
+    sources = sources or {}
+    parts = ["<disks>"]
+    for name, spec in disks.items():
+        if spec is None and create:
+            parts.append(f"<disk name='{name}' backup='no'/>")
+            continue
+        target, fmt = spec if isinstance(spec, tuple) else (spec, None)
+        kind = "volume" if isinstance(target, Volume) else "file"
+        parts.append(f"<disk name='{name}' backup='yes' type='{kind}'>" if create
+                     else f"<disk name='{name}'>")
+        if name in sources:
+            parts.append(f"<source file='{sources[name]}'/>")
+        if isinstance(target, Volume):
+            parts.append(f"<target pool='{target.pool}' volume='{target.name}'/>")
+        elif target is not None:
+            parts.append(f"<target file='{target}'/>")
+        if fmt:
+            parts.append(f"<driver type='{fmt}'/>")
+        parts.append("</disk>")
+    parts.append("</disks>")
+    return "".join(parts)
+
+
 def backup_xml_for(disks=None, uuid=None, description=None, parent=None):
     """A <domainbackup> create document. `disks` maps a disk name to a target
-    path (str), to (path, format), or to None (backup='no')."""
+    (a path or a Volume), to (target, format), or to None (backup='no')."""
     parts = ["<domainbackup>"]
     if uuid:
         parts.append(f"<uuid>{uuid}</uuid>")
@@ -365,22 +481,26 @@ def backup_xml_for(disks=None, uuid=None, description=None, parent=None):
     if parent:
         parts.append(f"<parent><uuid>{parent}</uuid></parent>")
     if disks is not None:
-        parts.append("<disks>")
-        for name, spec in disks.items():
-            if spec is None:
-                parts.append(f"<disk name='{name}' backup='no'/>")
-                continue
-            if isinstance(spec, tuple):
-                path, fmt = spec
-            else:
-                path, fmt = spec, None
-            parts.append(f"<disk name='{name}' backup='yes' type='file'>")
-            if path is not None:
-                parts.append(f"<target file='{path}'/>")
-            if fmt:
-                parts.append(f"<driver type='{fmt}'/>")
-            parts.append("</disk>")
-        parts.append("</disks>")
+        parts.append(_disks_xml(disks, create=True))
+    parts.append("</domainbackup>")
+    return "".join(parts)
+
+
+def restore_xml_for(uuid, disks=None, domain=None, sources=None):
+    """A virDomainBackupRestore document for backup `uuid` (None: a
+    RestoreUnmanaged one). `disks` maps a disk name to a target path, to
+    (path or None, format), or to None (no <target>/<driver>); `domain` is
+    the NEW_DOMAIN name; `sources` maps disks to RestoreUnmanaged's <source
+    file> (each is added to `disks`)."""
+    parts = ["<domainbackup>"]
+    if uuid is not None:
+        parts.append(f"<uuid>{uuid}</uuid>")
+    if domain is not None:
+        parts.append(f"<domain name='{domain}'/>")
+    if sources:
+        disks = {**{d: None for d in sources}, **(disks or {})}
+    if disks is not None:
+        parts.append(_disks_xml(disks, create=False, sources=sources))
     parts.append("</domainbackup>")
     return "".join(parts)
 
@@ -393,22 +513,63 @@ def run(cmd, **kw):
                           stderr=subprocess.PIPE, text=True, **kw)
 
 
-def make_disk(path, size, fmt="raw", writes=()):
-    """Create an image with qemu-img and write (offset, length, byte) runs."""
-    path = str(path)
-    run(["qemu-img", "create", "-q", "-f", fmt, path, str(size)])
+def qemu_io(path, fmt, *cmds):
+    """Run qemu-io commands (e.g. "write -P 0x22 1M 64k", "write -z 0 1M") on
+    an image, in one qemu-io process."""
+    args = []
+    for c in cmds:
+        args += ["-c", c]
+    run(["qemu-io", "-f", fmt] + args + [str(path)])
+
+
+def write_disk(path, fmt, writes):
+    """Write (offset, length, byte) runs into an image; byte None writes zeroes
+    (a zero write, which qcow2 may store as a zero cluster)."""
     if fmt == "raw":
         with open(path, "r+b") as f:
             for off, length, byte in writes:
                 f.seek(off)
-                f.write(bytes([byte]) * length)
-    else:
-        cmds = []
-        for off, length, byte in writes:
-            cmds += ["-c", f"write -q -P {byte:#x} {off} {length}"]
-        if cmds:
-            run(["qemu-io", "-f", fmt] + cmds + [path])
+                f.write(bytes([byte or 0]) * length)
+    elif writes:
+        qemu_io(path, fmt, *(f"write -q -z {o} {n}" if b is None else
+                             f"write -q -P {b:#x} {o} {n}" for o, n, b in writes))
+
+
+def make_disk(path, size, fmt="raw", writes=()):
+    """Create an image with qemu-img and write (offset, length, byte) runs."""
+    path = str(path)
+    run(["qemu-img", "create", "-q", "-f", fmt, path, str(size)])
+    write_disk(path, fmt, writes)
     return path
+
+
+def resize_disk(path, fmt, size):
+    args = ["qemu-img", "resize", "-q", "-f", fmt]
+    if size < img_info(path)["virtual-size"]:
+        args.append("--shrink")
+    run(args + [str(path), str(size)])
+
+
+def backing_chain(path):
+    """Filenames of `path`'s backing chain, `path` first."""
+    out = run(["qemu-img", "info", "--backing-chain", "--output=json", str(path)]).stdout
+    return [i["filename"] for i in json.loads(out)]
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def tree_state(root):
+    """{relative path: sha256} of every file under `root`, to show that a
+    refused call created, removed and changed nothing."""
+    out = {}
+    for d, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, root)] = sha256(p)
+    return out
 
 
 def img_info(path):
@@ -428,6 +589,17 @@ def assert_same_image(a, fa, b, fb):
     assert images_equal(a, fa, b, fb), f"{b} ({fb}) differs from {a} ({fa})"
 
 
+def assert_byte_exact(path, fmt, want, want_fmt):
+    """`path` holds, byte for byte over its virtual size, what `want` holds:
+    the same virtual size and the same data (qemu-img compare), or the same
+    bytes for two raw files."""
+    if fmt == want_fmt == "raw":
+        assert sha256(path) == sha256(want), f"{path} differs from {want}"
+        return
+    assert img_info(path)["virtual-size"] == img_info(want)["virtual-size"], path
+    assert_same_image(want, want_fmt, path, fmt)
+
+
 # --------------------------------------------------------------------------
 # Domains
 # --------------------------------------------------------------------------
@@ -437,21 +609,48 @@ TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 SHUTOFF_STATE = f"<test:runstate xmlns:test='{TEST_NS}'>5</test:runstate>"
 
 
-def domain_xml(name, disks, uuid=None, extra=""):
-    """disks: list of (dev, path, fmt)."""
+def domain_xml(name, disks, uuid=None, extra="", devices="", kind="test"):
+    """disks: list of (dev, path, fmt); `devices`: more devices (XML);
+    `kind`: 'test' (test:///default) or 'qemu' (TCG, no guest OS)."""
+    bus, os_type = "", "<type>hvm</type>"
+    if kind == "qemu":
+        bus, os_type = " bus='virtio'", "<type arch='x86_64' machine='pc'>hvm</type>"
     devs = "".join(
         f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>"
-        f"<source file='{path}'/><target dev='{dev}'/></disk>"
+        f"<source file='{path}'/><target dev='{dev}'{bus}/></disk>"
         for dev, path, fmt in disks)
     u = f"<uuid>{uuid}</uuid>" if uuid else ""
-    return (f"<domain type='test'><name>{name}</name>{u}<memory>65536</memory>"
-            f"<os><type>hvm</type></os><devices>{devs}</devices>{extra}</domain>")
+    return (f"<domain type='{kind}'><name>{name}</name>{u}<memory>65536</memory>"
+            f"<os>{os_type}</os><devices>{devs}{devices}</devices>{extra}</domain>")
 
 
 def domain_uuid(dom):
     buf = ctypes.create_string_buffer(37)
     assert virt.virDomainGetUUIDString(dom, buf) == 0
     return buf.value.decode()
+
+
+def domain_definition(dom):
+    """The domain's current XML, as libvirt has it."""
+    s = take_string(virt.virDomainGetXMLDesc(dom, 0))
+    assert s is not None, "virDomainGetXMLDesc failed"
+    return s
+
+
+def domain_disks(dom):
+    """{dev: (source file, driver type)} of the domain's current definition."""
+    out = {}
+    for d in ET.fromstring(domain_definition(dom)).iter("disk"):
+        src, drv = d.find("source"), d.find("driver")
+        out[d.find("target").get("dev")] = (
+            src.get("file") if src is not None else None,
+            drv.get("type") if drv is not None else None)
+    return out
+
+
+def lookup_domain(conn, name):
+    """The domain named `name` (caller frees it with virDomainFree), or None."""
+    return virt.virDomainLookupByName(conn, name.encode())
 
 
 def write_node_file(path, domains, running=False):
@@ -465,15 +664,86 @@ def write_node_file(path, domains, running=False):
 
 
 class Domain:
-    def __init__(self, ptr, name, disks):
+    def __init__(self, ptr, name, disks, conn=None, kind="test", devices=""):
         self.ptr = ptr
         self.name = name
         self.disks = disks  # [(dev, path, fmt)]
         self.uuid = domain_uuid(ptr)
+        self.conn, self.kind, self.devices = conn, kind, devices  # for redefine
 
     @property
     def _as_parameter_(self):
         return c_void_p(self.ptr)
+
+
+class Taken:
+    """One backup of a History: its handle, UUID, vda target and a copy of
+    the source disk made right after the backup."""
+
+    def __init__(self, handle, target, copy):
+        self.handle = handle
+        self.uuid = backup_uuid(handle)
+        self.target = target
+        self.copy = copy
+
+    @property
+    def _as_parameter_(self):
+        return c_void_p(self.handle)
+
+
+class History:
+    """Backups of a one-disk domain, full or on top of each other, each with
+    a copy of the disk as it was when it was taken (Env.history)."""
+
+    def __init__(self, env, dom):
+        self.env = env
+        self.dom = dom
+        (self.disk, self.src, self.fmt), = dom.disks
+        self.taken = []
+
+    def take(self, name, parent=None, writes=()):
+        """Write `writes` (see write_disk) into the disk, then back it up to
+        <tmp>/<name>.qcow2 on top of `parent` (a Taken, or None: full)."""
+        write_disk(self.src, self.fmt, writes)
+        target = self.env.path(name + ".qcow2")
+        b = self.env.backup(self.dom, backup_xml_for({self.disk: target},
+                                                     parent=parent and parent.uuid))
+        t = Taken(b, target, self.env.snapshot(self.src, f"{name}-at-backup.{self.fmt}"))
+        self.taken.append(t)
+        return t
+
+    def check(self, *taken):
+        """Each backup (default: all) reads back as the disk at its time."""
+        for t in taken or self.taken:
+            assert_byte_exact(t.target, "qcow2", t.copy, self.fmt)
+
+
+def chain_with_branch(env, fmt="qcow2"):
+    """A History of a 16 MiB disk: full -> mid -> leaf -> tip, and mid -> br.
+    Each step changes whole 64 KiB chunks: mid 1 MiB, leaf 64 KiB of data
+    and 128 KiB of data to zeroes, tip 128 KiB, br 256 KiB."""
+    h = env.history(env.domain(fmt=fmt, size=16 * MiB))
+    full = h.take("full")
+    mid = h.take("mid", full, [(1 * MiB, 1 * MiB, 0x72)])
+    leaf = h.take("leaf", mid, [(3 * MiB, K64, 0x73), (0, 2 * K64, None)])
+    tip = h.take("tip", leaf, [(15 * MiB, 2 * K64, 0x74)])
+    br = h.take("br", mid, [(9 * MiB, 4 * K64, 0x75)])
+    return h, (full, mid, leaf, tip, br)
+
+
+class Pool:
+    def __init__(self, ptr, name, path):
+        self.ptr, self.name, self.path = ptr, name, path
+
+    def volume(self, name):
+        """A Volume target in this pool."""
+        return Volume(self.name, name)
+
+    def count(self):
+        """How many volumes libvirt lists in the pool."""
+        n = virt.virStoragePoolNumOfVolumes(self.ptr)
+        assert n >= 0
+        return n
 
 
 class Env:
@@ -484,10 +754,28 @@ class Env:
         self.catalog = catalog
         self.conn = conn
         self._defined = []
+        self._expected = []
+        self._handles = []
+        self._pools = []
         self._conns = []
 
     def path(self, name):
         return os.path.join(self.tmp, name)
+
+    def snapshot(self, src, name):
+        """A copy of the image `src` as it is now (to compare a backup or a
+        restored disk with later)."""
+        dst = self.path(name)
+        shutil.copyfile(src, dst)
+        return dst
+
+    def targets(self, tag, disks):
+        """{disk: <tmp>/<tag>-<disk>.qcow2} for backup_xml_for."""
+        return {d: self.path(f"{tag}-{d}.qcow2") for d in disks}
+
+    def files(self):
+        """tree_state of the whole workspace (disks, targets, catalog)."""
+        return tree_state(self.tmp)
 
     def disk(self, name, size=64 * MiB, fmt="raw", writes=None):
         if writes is None:
@@ -495,16 +783,54 @@ class Env:
                       (size - 256 * 1024, 256 * 1024, 0x77)]
         return make_disk(self.path(name), size, fmt, writes)
 
-    def domain(self, disks=None, name=None, fmt="raw", size=64 * MiB):
-        """Define an (inactive) domain on test:///default. disks: list of
-        (dev, path, fmt); default: one fresh disk vda."""
+    def domain(self, disks=None, name=None, fmt="raw", size=64 * MiB,
+               conn=None, kind="test", devices=""):
+        """Define an (inactive) domain on test:///default (or on `conn`, of
+        type `kind`), undefined when the test ends. disks: list of (dev, path,
+        fmt); default: one fresh disk vda."""
         name = name or "pytest-" + uuidlib.uuid4().hex[:12]
         if disks is None:
             disks = [("vda", self.disk(name + "-vda." + fmt, size, fmt), fmt)]
-        ptr = virt.virDomainDefineXML(self.conn, domain_xml(name, disks).encode())
+        xml = domain_xml(name, disks, devices=devices, kind=kind)
+        ptr = virt.virDomainDefineXML(conn or self.conn, xml.encode())
         assert ptr, "virDomainDefineXML failed"
         self._defined.append(ptr)
-        return Domain(ptr, name, disks)
+        return Domain(ptr, name, disks, conn or self.conn, kind, devices)
+
+    def redefine(self, dom, disks):
+        """Give `dom` (same name and UUID) these disks."""
+        xml = domain_xml(dom.name, disks, uuid=dom.uuid, devices=dom.devices, kind=dom.kind)
+        ptr = virt.virDomainDefineXML(dom.conn, xml.encode())
+        assert ptr, "virDomainDefineXML (redefine) failed"
+        virt.virDomainFree(ptr)
+        dom.disks = disks
+
+    def backup(self, dom, xml, flags=CREATE_WAIT):
+        """create(), the handle freed when the test ends."""
+        b = create(dom, xml, flags)
+        self._handles.append(b)
+        return b
+
+    def history(self, dom):
+        return History(self, dom)
+
+    def pool(self):
+        """A started, transient dir pool on test:///default over a fresh
+        folder, destroyed when the test ends."""
+        name = "pytest-pool-" + uuidlib.uuid4().hex[:8]
+        path = self.path(name)
+        os.mkdir(path)
+        xml = f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"
+        ptr = virt.virStoragePoolCreateXML(self.conn, xml.encode(), 0)
+        assert ptr, "virStoragePoolCreateXML failed"
+        self._pools.append(ptr)
+        return Pool(ptr, name, path)
+
+    def expect_domain(self, name, conn=None):
+        """A domain named `name` may be defined by the library (a restore as
+        a new domain): undefine it when the test ends, whatever happens."""
+        self._expected.append((conn or self.conn, name))
+        return name
 
     def node_domain(self, disks=None, name=None, fmt="raw", size=64 * MiB,
                     node_file=None, uuid=None, running=False):
@@ -532,6 +858,12 @@ class Env:
         return conn
 
     def cleanup(self):
+        for b in self._handles:
+            lib.virDomainBackupFree(b)
+        for conn, name in self._expected:
+            ptr = lookup_domain(conn, name)
+            if ptr:
+                self._defined.append(ptr)
         for ptr in self._defined:
             if virt.virDomainIsActive(ptr) == 1:
                 virt.virDomainDestroy(ptr)
@@ -539,6 +871,9 @@ class Env:
             virt.virDomainFree(ptr)
         for ptr in getattr(self, "_owned_domains", []):
             virt.virDomainFree(ptr)
+        for ptr in self._pools:
+            virt.virStoragePoolDestroy(ptr)
+            virt.virStoragePoolFree(ptr)
         for c in self._conns:
             virt.virConnectClose(c)
 
@@ -547,6 +882,17 @@ class Env:
 def default_conn():
     conn = virt.virConnectOpen(b"test:///default")
     assert conn, "cannot open test:///default"
+    yield conn
+    virt.virConnectClose(conn)
+
+
+@pytest.fixture(scope="session")
+def qemu_conn():
+    """qemu:///system (libvirtd, see scripts/start-libvirtd.sh); the test is
+    skipped when it is not reachable."""
+    conn = virt.virConnectOpen(b"qemu:///system")
+    if not conn:
+        pytest.skip("qemu:///system is not reachable (scripts/start-libvirtd.sh starts it)")
     yield conn
     virt.virConnectClose(conn)
 
