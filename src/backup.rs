@@ -19,6 +19,7 @@ use crate::job::{self, Job};
 use crate::libvirt::{self, DomainRef};
 use crate::live;
 use crate::storage_pool;
+use crate::unmanaged;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
     JobStats, Target, UnmanagedRequest,
@@ -36,6 +37,8 @@ pub struct Backup {
     catalog: Catalog,
     /// The job, when it ran (or runs) in this process.
     job: Option<Arc<Job>>,
+    /// Set for an unmanaged backup (an NBD export): it has no record.
+    export: Option<Arc<unmanaged::Export>>,
 }
 
 /// Typed parameters of `GetParameters`, in API.md's order.
@@ -91,6 +94,7 @@ impl Backup {
             domain,
             catalog,
             job,
+            export: None,
         })
     }
 
@@ -337,6 +341,7 @@ impl Backup {
             domain: Some(dom.clone()),
             catalog,
             job: Some(job),
+            export: None,
         });
         if flags & VIR_DOMAIN_BACKUP_CREATE_WAIT != 0 {
             backup.job.as_ref().unwrap().wait()?;
@@ -344,14 +349,34 @@ impl Backup {
         Ok(backup)
     }
 
-    /// `virDomainBackupStartUnmanaged`: the request is validated, the NBD
-    /// export itself belongs to the live engine.
+    /// `virDomainBackupStartUnmanaged`.
     pub fn start_unmanaged(dom: &DomainRef, xml: &str) -> Result<Arc<Backup>> {
         let req = UnmanagedRequest::parse(xml)?;
-        if let Some(parent) = req.parent {
-            check_parent(&Catalog::open()?, &dom.uuid()?, &parent)?;
+        let catalog = Catalog::open()?;
+        let domain_uuid = dom.uuid()?;
+        let parent = match req.parent {
+            Some(p) => Some(check_parent(&catalog, &domain_uuid, &p)?),
+            None => None,
+        };
+        let export = unmanaged::start(dom, &req, parent)?;
+        Ok(Arc::new(Backup {
+            uuid: export.uuid,
+            domain_uuid,
+            domain: Some(dom.clone()),
+            catalog,
+            job: None,
+            export: Some(export),
+        }))
+    }
+
+    /// Refuse catalog operations on an unmanaged backup.
+    fn managed_only(&self) -> Result<()> {
+        if self.export.is_some() {
+            return Err(Error::operation_invalid(
+                "an unmanaged backup is not in the catalog; end it with FinishJob or AbortJob",
+            ));
         }
-        Err(Error::not_supported_yet("an unmanaged backup (NBD export)"))
+        Ok(())
     }
 
     /// `virDomainBackupList`.
@@ -368,6 +393,7 @@ impl Backup {
 
     /// `virDomainBackupListChildren`.
     pub fn list_children(&self, flags: u32) -> Result<Vec<Arc<Backup>>> {
+        self.managed_only()?;
         let records = self.catalog.list_domain(&self.domain_uuid)?;
         if !records.iter().any(|r| r.uuid == self.uuid) {
             return Err(Error::no_backup(&self.uuid.to_string()));
@@ -419,6 +445,9 @@ impl Backup {
     /// Ok while the backup exists: its job runs or ended without a record
     /// (failed, cancelled) in this process, or the catalog has it.
     pub fn ensure_exists(&self) -> Result<()> {
+        if self.export.is_some() {
+            return Ok(());
+        }
         if self
             .job
             .as_ref()
@@ -440,6 +469,9 @@ impl Backup {
 
     /// `virDomainBackupGetXMLDesc`.
     pub fn xml_desc(&self) -> Result<String> {
+        if let Some(e) = &self.export {
+            return Ok(e.xml_desc());
+        }
         if let Some((job, state)) = self.ended_without_record() {
             return Ok(Element::new("domainbackup")
                 .with_child(Element::new("uuid").with_text(self.uuid.to_string()))
@@ -466,15 +498,25 @@ impl Backup {
     /// `virDomainBackupGetParameters`, all of them.
     pub fn parameters(&self) -> Result<Vec<(&'static str, ParamValue)>> {
         self.ensure_exists()?;
-        let (state, stats, disks, incremental, error) = match &self.job {
-            Some(job) => (
+        let (state, stats, disks, incremental, error) = match (&self.job, &self.export) {
+            (_, Some(e)) => (
+                e.state(),
+                JobStats {
+                    elapsed_ms: e.elapsed_ms(),
+                    ..JobStats::default()
+                },
+                e.disk_count(),
+                e.has_bitmaps(),
+                None,
+            ),
+            (Some(job), None) => (
                 job.state(),
                 job.stats(),
                 job.disks,
                 job.incremental,
                 job.error(),
             ),
-            None => {
+            (None, None) => {
                 let rec = self.record()?;
                 let incremental = rec.disks.iter().any(|d| d.mode == BackupMode::Incremental);
                 (
@@ -511,6 +553,17 @@ impl Backup {
             return Ok(0);
         }
         let check = flags & VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK != 0;
+        if let Some(e) = &self.export {
+            return match e.state() {
+                BackupState::Running if check => Ok(1),
+                BackupState::Running => e.finish(false).map(|()| 0),
+                BackupState::Completed => Ok(0),
+                s => Err(Error::operation_invalid(format!(
+                    "the export was {}",
+                    s.as_str()
+                ))),
+            };
+        }
         if let Some(job) = &self.job {
             if check && job.state() == BackupState::Running {
                 return Ok(1);
@@ -539,6 +592,9 @@ impl Backup {
     /// `virDomainBackupAbortJob` and `FinishJob(CANCEL)`.
     pub fn abort(&self) -> Result<()> {
         self.ensure_exists()?;
+        if let Some(e) = &self.export {
+            return e.finish(true);
+        }
         if let Some(job) = &self.job {
             return job.cancel();
         }
@@ -568,6 +624,7 @@ impl Backup {
 
     /// `virDomainBackupDelete`.
     pub fn delete(&self, flags: u32) -> Result<()> {
+        self.managed_only()?;
         let _guard = self.catalog.lock()?;
         let rec = self.record()?;
         let all = self.catalog.list_domain(&self.domain_uuid)?;

@@ -98,6 +98,39 @@ pub fn usable_checkpoint(
     disk: &DomainDisk,
     size: u64,
 ) -> std::result::Result<String, String> {
+    let cp = checkpoint_of(dom, parent, base, disk, size)?.0;
+    // QEMU holds the bitmaps of a running domain (the image file only gets
+    // them at shutdown): asking QEMU for the size of the changes proves the
+    // bitmap is there and consistent.
+    let sized = dom.checkpoint_sizes(&cp).map_err(|e| {
+        format!(
+            "the bitmap of the parent's checkpoint '{cp}' is unusable: {}",
+            e.message
+        )
+    })?;
+    let has_size = dom::parse(&sized).ok().is_some_and(|root| {
+        root.child("disks").is_some_and(|ds| {
+            ds.children_named("disk")
+                .any(|d| d.attr("name") == Some(disk.name.as_str()) && d.attr("size").is_some())
+        })
+    });
+    if !has_size {
+        return Err(format!(
+            "QEMU has no usable bitmap of the parent's checkpoint '{cp}' for it"
+        ));
+    }
+    Ok(cp)
+}
+
+/// What does not depend on QEMU running: the parent's checkpoint for
+/// `disk`, and the bitmap name it keeps for it.
+fn checkpoint_of(
+    dom: &DomainRef,
+    parent: &BackupRecord,
+    base: Option<&DiskRecord>,
+    disk: &DomainDisk,
+    size: u64,
+) -> std::result::Result<(String, String), String> {
     let base = base.ok_or("the parent backup has no copy of it")?;
     let cp = parent
         .checkpoint
@@ -127,29 +160,34 @@ pub fn usable_checkpoint(
         .find(|(n, _)| n == cp)
         .map(|(_, x)| x)
         .ok_or_else(|| format!("the parent's checkpoint '{cp}' no longer exists"))?;
-    checkpoint_bitmap(xml, &disk.name)
+    let bitmap = checkpoint_bitmap(xml, &disk.name)
         .ok_or_else(|| format!("the parent's checkpoint '{cp}' has no bitmap for it"))?;
-    // QEMU holds the bitmaps of a running domain (the image file only gets
-    // them at shutdown): asking QEMU for the size of the changes proves the
-    // bitmap is there and consistent.
-    let sized = dom.checkpoint_sizes(cp).map_err(|e| {
-        format!(
-            "the bitmap of the parent's checkpoint '{cp}' is unusable: {}",
-            e.message
-        )
-    })?;
-    let has_size = dom::parse(&sized).ok().is_some_and(|root| {
-        root.child("disks").is_some_and(|ds| {
-            ds.children_named("disk")
-                .any(|d| d.attr("name") == Some(disk.name.as_str()) && d.attr("size").is_some())
-        })
-    });
-    if !has_size {
-        return Err(format!(
-            "QEMU has no usable bitmap of the parent's checkpoint '{cp}' for it"
-        ));
+    Ok((cp.clone(), bitmap))
+}
+
+/// For a shut-off domain: the persistent bitmap in the disk's image that
+/// holds its changes since `parent` (same checks as `usable_checkpoint`,
+/// then the image itself must carry the bitmap, not flagged inconsistent).
+pub fn usable_offline_bitmap(
+    dom: &DomainRef,
+    parent: &BackupRecord,
+    base: Option<&DiskRecord>,
+    disk: &DomainDisk,
+    size: u64,
+) -> std::result::Result<String, String> {
+    let (_, bitmap) = checkpoint_of(dom, parent, base, disk, size)?;
+    let image = disk.source.as_deref().unwrap_or(Path::new(""));
+    match image_bitmaps(image)
+        .map_err(|e| e.message)?
+        .iter()
+        .find(|(n, _)| *n == bitmap)
+    {
+        None => Err(format!("its image lacks the bitmap '{bitmap}'")),
+        Some((_, false)) => Err(format!(
+            "the bitmap '{bitmap}' in its image is inconsistent"
+        )),
+        Some(_) => Ok(bitmap),
     }
-    Ok(cp.clone())
 }
 
 /// One disk of a live backup.

@@ -581,15 +581,69 @@ impl RestoreRequest {
     }
 }
 
+/// An NBD server: where an unmanaged backup exports its disks, or where
+/// `RestoreUnmanaged` reads them from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NbdServer {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+/// NBD's registered port.
+pub const NBD_PORT: u16 = 10809;
+
+impl NbdServer {
+    /// `<server transport='tcp' name='H' port='P'/>`, `<server
+    /// transport='unix' socket='/path'/>` (and the same attributes on a
+    /// restore source's `<host>`).
+    pub fn parse(el: &Element, what: &str) -> Result<Self> {
+        match el.attr("transport").unwrap_or("tcp") {
+            "tcp" => {
+                let host = el.attr("name").unwrap_or("localhost").to_string();
+                let port = match el.attr("port") {
+                    None => NBD_PORT,
+                    Some(p) => p
+                        .parse()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| Error::xml(format!("{what}: bad port '{p}'")))?,
+                };
+                Ok(NbdServer::Tcp { host, port })
+            }
+            "unix" => {
+                let s = el.attr("socket").ok_or_else(|| {
+                    Error::xml(format!("{what}: a unix transport needs a socket"))
+                })?;
+                Ok(NbdServer::Unix(absolute_path(s, "nbd socket")?))
+            }
+            o => Err(Error::xml(format!(
+                "{what}: unknown transport '{o}' (tcp or unix)"
+            ))),
+        }
+    }
+
+    /// The element `parse` reads, named `name`.
+    pub fn element(&self, name: &str) -> Element {
+        match self {
+            NbdServer::Tcp { host, port } => Element::new(name)
+                .with_attr("transport", "tcp")
+                .with_attr("name", host.clone())
+                .with_attr("port", port.to_string()),
+            NbdServer::Unix(p) => Element::new(name)
+                .with_attr("transport", "unix")
+                .with_attr("socket", path_str(p)),
+        }
+    }
+}
+
 /// Where `virDomainBackupRestoreUnmanaged` reads a disk from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnmanagedSource {
     File(PathBuf),
-    /// An NBD export: `name` on a tcp `host:port` or a unix `socket`.
+    /// The NBD export `name` on `server`.
     Nbd {
         name: String,
-        host: Option<(String, u16)>,
-        socket: Option<PathBuf>,
+        server: NbdServer,
     },
 }
 
@@ -627,33 +681,9 @@ fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> 
     let host = src
         .child("host")
         .ok_or_else(|| Error::xml(format!("disk '{name}': an nbd <source> needs a <host>")))?;
-    let (host_port, socket) = match host.attr("transport").unwrap_or("tcp") {
-        "tcp" => {
-            let h = host.attr("name").unwrap_or("localhost").to_string();
-            let port = match host.attr("port") {
-                None => 10809,
-                Some(p) => p
-                    .parse()
-                    .map_err(|_| Error::xml(format!("disk '{name}': bad nbd port '{p}'")))?,
-            };
-            (Some((h, port)), None)
-        }
-        "unix" => {
-            let s = host.attr("socket").ok_or_else(|| {
-                Error::xml(format!("disk '{name}': a unix <host> needs a socket"))
-            })?;
-            (None, Some(absolute_path(s, "nbd socket")?))
-        }
-        o => {
-            return Err(Error::xml(format!(
-                "disk '{name}': unknown nbd transport '{o}' (tcp or unix)"
-            )));
-        }
-    };
     Ok(UnmanagedSource::Nbd {
         name: src.attr("name").unwrap_or_default().to_string(),
-        host: host_port,
-        socket,
+        server: NbdServer::parse(host, &format!("disk '{name}': nbd <host>"))?,
     })
 }
 
@@ -682,10 +712,13 @@ impl UnmanagedRestoreRequest {
     }
 }
 
-/// `virDomainBackupStartUnmanaged` input: validated now, served by the live engine.
+/// `virDomainBackupStartUnmanaged` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnmanagedRequest {
     pub parent: Option<Uuid>,
+    pub server: NbdServer,
+    /// (disk, export name); `None`: every disk with device='disk', exported
+    /// under its own name.
     pub disks: Option<Vec<(String, String)>>,
 }
 
@@ -696,27 +729,27 @@ impl UnmanagedRequest {
         let server = root
             .child("server")
             .ok_or_else(|| Error::xml("unmanaged backup needs a <server>"))?;
-        match server.attr("transport").unwrap_or("tcp") {
-            "tcp" | "unix" => {}
-            o => {
-                return Err(Error::xml(format!(
-                    "unknown server transport '{o}' (tcp or unix)"
-                )));
+        let server = NbdServer::parse(server, "<server>")?;
+        let disks = match disk_elements(&root)? {
+            None => None,
+            Some(list) => {
+                let mut out: Vec<(String, String)> = Vec::new();
+                for d in list.into_iter().filter(|d| d.attr("backup") != Some("no")) {
+                    let n = disk_name(d)?;
+                    let e = d.attr("exportname").unwrap_or(&n).to_string();
+                    if e.is_empty() || out.iter().any(|(_, x)| *x == e) {
+                        return Err(Error::xml(format!(
+                            "disk '{n}': export name '{e}' is empty or used twice"
+                        )));
+                    }
+                    out.push((n, e));
+                }
+                Some(out)
             }
-        }
-        let disks = disk_elements(&root)?.map(|list| {
-            list.into_iter()
-                .map(|d| {
-                    let n = d.attr("name").unwrap_or_default().to_string();
-                    (
-                        n.clone(),
-                        d.attr("exportname").map(str::to_string).unwrap_or(n),
-                    )
-                })
-                .collect()
-        });
+        };
         Ok(UnmanagedRequest {
             parent: parse_parent(&root)?,
+            server,
             disks,
         })
     }

@@ -1,0 +1,633 @@
+//! Read-only NBD exports of disk images served by one `qemu-storage-daemon`.
+//!
+//! This is the export side of unmanaged backups (`virDomainBackupStartUnmanaged`)
+//! for domains libvirt cannot back up itself: inactive domains, and drivers with
+//! no backup support (libvirt's `test:///default`). One daemon process serves
+//! every selected disk as a named, read-only NBD export, each optionally with a
+//! persistent dirty bitmap of its qcow2 image (`qemu:dirty-bitmap:<name>`).
+//!
+//! # Point in time
+//!
+//! The images belong to an inactive domain, so nothing writes them while the
+//! export is set up. The daemon opens every image read-only with QEMU's image
+//! locking (OFD locks, `locking=auto`): it holds the "consistent read"
+//! permission and does not share "write". As long as the daemon runs, any QEMU
+//! process that wants to open the image for writing — starting the domain,
+//! `qemu-io`, `qemu-img commit`, … — fails with `Failed to get "write" lock`,
+//! so what the export serves stays the image as it was when the export
+//! started. (Tools that ignore QEMU's locks can still write; libvirt does not.)
+//! Stop the export before the domain is started again.
+//!
+//! # Process
+//!
+//! The daemon gets a private scratch folder (mode 0700 under
+//! [`std::env::temp_dir`]) holding its QMP monitor socket, pid file and stderr
+//! log; the folder is removed on [`StorageDaemonExport::stop`]. The daemon
+//! writes its pid file only after every block node, the NBD server and every
+//! export were created, so the pid file plus a successful NBD handshake mean
+//! the export is fully up; any configuration error (port in use, unreadable
+//! image, missing bitmap) makes the daemon exit with the reason on stderr,
+//! which [`StorageDaemonExport::start`] returns.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::xml::backup::DiskFormat;
+
+/// The program started; found through `PATH`.
+const DAEMON: &str = "qemu-storage-daemon";
+/// How long `start` waits for the NBD server to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `stop` waits for the daemon to exit before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of single socket operations (NBD probe, QMP).
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// NBD's limit on export names (bytes).
+const NBD_MAX_NAME: usize = 4096;
+
+/// Where the NBD server listens (tcp: exactly `host:port`, port 0 refused;
+/// unix: a socket path whose folder must exist).
+pub type ExportServer = crate::xml::backup::NbdServer;
+
+/// One disk image to export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportDisk {
+    pub export_name: String,
+    pub image: PathBuf,
+    pub format: DiskFormat,
+    /// A persistent bitmap already in the (qcow2) image to export as "qemu:dirty-bitmap:<name>".
+    pub bitmap: Option<String>,
+}
+
+/// A running `qemu-storage-daemon` serving read-only NBD exports.
+/// Stopped by [`stop`](Self::stop) or when dropped.
+#[derive(Debug)]
+pub struct StorageDaemonExport {
+    pid: u32,
+    server: ExportServer,
+    scratch: PathBuf,
+    qmp_socket: PathBuf,
+    /// `None` once stopped.
+    child: Mutex<Option<Child>>,
+}
+
+impl StorageDaemonExport {
+    /// Start qemu-storage-daemon: for each disk a read-only file blockdev + format blockdev,
+    /// an NBD server on `server` (tcp: bind exactly host:port; port 0 is not allowed — callers pass one; unix: the socket path, whose folder must exist),
+    /// one export per disk (writable=off, name=export_name, bitmaps=[bitmap] if any), and a QMP monitor on a private unix socket
+    /// in a scratch folder (created 0700 under std::env::temp_dir(), removed on stop).
+    /// Waits until the NBD server accepts connections (poll connect, up to 10 s), else kills the daemon and returns an error with the daemon's stderr.
+    /// Errors: port in use / bad image / bitmap missing -> Error::operation_failed with qemu-storage-daemon's message.
+    /// Bad arguments (no disk, empty or duplicate export names, port 0, a bitmap on a raw image,
+    /// a unix path that is not a socket or is served by someone else) -> Error::invalid_arg / operation_failed before anything starts.
+    pub fn start(server: &ExportServer, disks: &[ExportDisk]) -> Result<StorageDaemonExport> {
+        validate(server, disks)?;
+
+        let scratch = make_scratch_dir()?;
+        match spawn_and_wait(server, disks, &scratch) {
+            Ok((child, qmp_socket)) => Ok(StorageDaemonExport {
+                pid: child.id(),
+                server: server.clone(),
+                scratch,
+                qmp_socket,
+                child: Mutex::new(Some(child)),
+            }),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&scratch);
+                if let ExportServer::Unix(path) = server {
+                    remove_socket(path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The daemon's pid (tests).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Stop: quit via QMP (or SIGTERM), wait for exit (SIGKILL after 5 s), remove the scratch folder and a unix server socket. Idempotent.
+    pub fn stop(&self) -> Result<()> {
+        let mut guard = self.lock();
+        let Some(mut child) = guard.take() else {
+            return Ok(());
+        };
+        let ended = self.terminate(&mut child);
+
+        let mut cleanup = Ok(());
+        if let Err(e) = fs::remove_dir_all(&self.scratch)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            cleanup = Err(Error::io(
+                "cannot remove the export's scratch folder",
+                &self.scratch,
+                e,
+            ));
+        }
+        if let ExportServer::Unix(path) = &self.server {
+            remove_socket(path);
+        }
+        ended.and(cleanup)
+    }
+
+    /// Whether the daemon still runs.
+    pub fn is_running(&self) -> bool {
+        match self.lock().as_mut() {
+            None => false,
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// End the daemon and reap it.
+    fn terminate(&self, child: &mut Child) -> Result<()> {
+        let reap_err = |e: io::Error| {
+            Error::operation_failed(format!("cannot wait for {DAEMON} (pid {}): {e}", self.pid))
+        };
+        if child.try_wait().map_err(reap_err)?.is_some() {
+            return Ok(());
+        }
+        if qmp_quit(&self.qmp_socket).is_err() {
+            // The monitor is unusable: qemu-storage-daemon also quits cleanly on SIGTERM.
+            if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if child.try_wait().map_err(reap_err)?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        // Still there after STOP_TIMEOUT: SIGKILL.
+        let _ = child.kill();
+        child.wait().map_err(reap_err)?;
+        Ok(())
+    }
+}
+
+impl Drop for StorageDaemonExport {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn validate(server: &ExportServer, disks: &[ExportDisk]) -> Result<()> {
+    match server {
+        ExportServer::Tcp { host, port } => {
+            if host.is_empty() {
+                return Err(Error::invalid_arg("NBD server host must not be empty"));
+            }
+            if *port == 0 {
+                return Err(Error::invalid_arg("NBD server port must not be 0"));
+            }
+        }
+        ExportServer::Unix(path) => check_unix_path(path)?,
+    }
+    if disks.is_empty() {
+        return Err(Error::invalid_arg("no disk to export"));
+    }
+    for (i, d) in disks.iter().enumerate() {
+        if d.export_name.is_empty() || d.export_name.len() > NBD_MAX_NAME {
+            return Err(Error::invalid_arg(format!(
+                "export name '{}' must have 1 to {NBD_MAX_NAME} bytes",
+                d.export_name
+            )));
+        }
+        if disks[..i].iter().any(|o| o.export_name == d.export_name) {
+            return Err(Error::invalid_arg(format!(
+                "export name '{}' is used twice",
+                d.export_name
+            )));
+        }
+        if d.image.as_os_str().is_empty() || d.image.to_str().is_none() {
+            return Err(Error::invalid_arg(format!(
+                "image path '{}' must be non-empty UTF-8",
+                d.image.display()
+            )));
+        }
+        match &d.bitmap {
+            Some(b) if b.is_empty() => {
+                return Err(Error::invalid_arg(format!(
+                    "empty bitmap name for export '{}'",
+                    d.export_name
+                )));
+            }
+            Some(b) if d.format == DiskFormat::Raw => {
+                return Err(Error::invalid_arg(format!(
+                    "bitmap '{b}' requested for export '{}', but raw image '{}' cannot hold bitmaps",
+                    d.export_name,
+                    d.image.display()
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The unix socket's folder must exist; an existing path must be a stale
+/// socket (QEMU unlinks whatever is at the path before binding).
+fn check_unix_path(path: &Path) -> Result<()> {
+    if path.to_str().is_none_or(str::is_empty) {
+        return Err(Error::invalid_arg(format!(
+            "socket path '{}' must be non-empty UTF-8",
+            path.display()
+        )));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::invalid_arg(format!(
+            "the folder of socket '{}' does not exist",
+            path.display()
+        )));
+    }
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("cannot inspect socket path", path, e)),
+        Ok(m) if !m.file_type().is_socket() => Err(Error::operation_failed(format!(
+            "'{}' exists and is not a socket",
+            path.display()
+        ))),
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => Err(Error::operation_failed(format!(
+                "socket '{}' is already in use by another server",
+                path.display()
+            ))),
+            Err(_) => Ok(()), // stale: the daemon replaces it
+        },
+    }
+}
+
+fn make_scratch_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "libvirt-backup-nbd-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::io("cannot create scratch folder", &dir, e))?;
+    Ok(dir)
+}
+
+/// Start the daemon and wait until it serves. Returns it and its QMP socket path.
+fn spawn_and_wait(
+    server: &ExportServer,
+    disks: &[ExportDisk],
+    scratch: &Path,
+) -> Result<(Child, PathBuf)> {
+    let qmp_socket = scratch.join("qmp.sock");
+    let pid_file = scratch.join("daemon.pid");
+    let log_path = scratch.join("stderr.log");
+    let log =
+        File::create(&log_path).map_err(|e| Error::io("cannot create daemon log", &log_path, e))?;
+
+    let mut cmd = Command::new(DAEMON);
+    cmd.args(daemon_args(server, disks, &qmp_socket)?)
+        .arg("--pidfile")
+        .arg(&pid_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::operation_failed(format!("cannot run {DAEMON}: {e}")))?;
+
+    let stderr = || {
+        fs::read_to_string(&log_path)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let msg = stderr();
+                return Err(Error::operation_failed(if msg.is_empty() {
+                    format!("{DAEMON} exited at start ({status})")
+                } else {
+                    msg
+                }));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::operation_failed(format!(
+                    "cannot wait for {DAEMON}: {e}"
+                )));
+            }
+        }
+        // The pid file comes after every export was created.
+        if pid_file.exists() && probe_nbd(server).is_ok() {
+            return Ok((child, qmp_socket));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let msg = stderr();
+            return Err(Error::operation_failed(format!(
+                "{DAEMON} did not serve NBD on {} within {} s{}{}",
+                describe(server),
+                START_TIMEOUT.as_secs(),
+                if msg.is_empty() { "" } else { ": " },
+                msg
+            )));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+fn describe(server: &ExportServer) -> String {
+    match server {
+        ExportServer::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+        ExportServer::Tcp { host, port } => format!("{host}:{port}"),
+        ExportServer::Unix(p) => format!("unix socket '{}'", p.display()),
+    }
+}
+
+/// The daemon's command line, without `--pidfile`. Order matters: nodes, then
+/// the NBD server, then the exports that need both.
+fn daemon_args(
+    server: &ExportServer,
+    disks: &[ExportDisk],
+    qmp_socket: &Path,
+) -> Result<Vec<String>> {
+    let utf8 = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::invalid_arg(format!("path '{}' is not UTF-8", p.display())))
+    };
+    let mut args = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        args.push("--blockdev".into());
+        args.push(format!(
+            r#"{{"driver":"file","node-name":"file{i}","filename":{},"read-only":true}}"#,
+            json_str(&utf8(&d.image)?)
+        ));
+        args.push("--blockdev".into());
+        args.push(format!(
+            r#"{{"driver":"{}","node-name":"disk{i}","file":"file{i}","read-only":true}}"#,
+            d.format.as_str()
+        ));
+    }
+    args.push("--nbd-server".into());
+    args.push(match server {
+        ExportServer::Tcp { host, port } => format!(
+            r#"{{"addr":{{"type":"inet","host":{},"port":"{port}"}}}}"#,
+            json_str(host)
+        ),
+        ExportServer::Unix(path) => format!(
+            r#"{{"addr":{{"type":"unix","path":{}}}}}"#,
+            json_str(&utf8(path)?)
+        ),
+    });
+    for (i, d) in disks.iter().enumerate() {
+        let bitmaps = match &d.bitmap {
+            Some(b) => format!(r#","bitmaps":[{}]"#, json_str(b)),
+            None => String::new(),
+        };
+        args.push("--export".into());
+        args.push(format!(
+            r#"{{"type":"nbd","id":"export{i}","node-name":"disk{i}","name":{},"writable":false{bitmaps}}}"#,
+            json_str(&d.export_name)
+        ));
+    }
+    // --chardev takes QemuOpts syntax only: a comma in a value is doubled.
+    args.push("--chardev".into());
+    args.push(format!(
+        "socket,id=qmp0,path={},server=on,wait=off",
+        utf8(qmp_socket)?.replace(',', ",,")
+    ));
+    args.push("--monitor".into());
+    args.push("chardev=qmp0,mode=control".into());
+    Ok(args)
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+const NBD_MAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
+const NBD_IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
+const NBD_FLAG_C_FIXED_NEWSTYLE: u32 = 1;
+const NBD_FLAG_C_NO_ZEROES: u32 = 2;
+const NBD_OPT_ABORT: u32 = 2;
+
+/// Connect to the NBD server, check its newstyle greeting and leave politely
+/// (NBD_OPT_ABORT), so the daemon logs no failed negotiation.
+fn probe_nbd(server: &ExportServer) -> io::Result<()> {
+    match server {
+        ExportServer::Unix(path) => {
+            let s = UnixStream::connect(path)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            nbd_handshake(s)
+        }
+        ExportServer::Tcp { host, port } => {
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolves to nothing");
+            for addr in (host.as_str(), *port).to_socket_addrs()? {
+                match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+                    Ok(s) => {
+                        s.set_read_timeout(Some(IO_TIMEOUT))?;
+                        s.set_write_timeout(Some(IO_TIMEOUT))?;
+                        return nbd_handshake(s);
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }
+    }
+}
+
+fn nbd_handshake<S: Read + Write>(mut s: S) -> io::Result<()> {
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting)?;
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&greeting[i..i + 8]);
+        u64::from_be_bytes(b)
+    };
+    if word(0) != NBD_MAGIC || word(8) != NBD_IHAVEOPT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an NBD newstyle server",
+        ));
+    }
+    let mut msg = Vec::with_capacity(20);
+    msg.extend_from_slice(&(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES).to_be_bytes());
+    msg.extend_from_slice(&NBD_IHAVEOPT.to_be_bytes());
+    msg.extend_from_slice(&NBD_OPT_ABORT.to_be_bytes());
+    msg.extend_from_slice(&0u32.to_be_bytes());
+    s.write_all(&msg)?;
+    s.flush()?;
+    // The server acknowledges the abort and closes; wait for that so it does
+    // not see a connection dropped mid-negotiation.
+    let mut sink = [0u8; 64];
+    while let Ok(n) = s.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Ask the daemon to quit over its QMP monitor.
+fn qmp_quit(path: &Path) -> io::Result<()> {
+    let s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut reader = BufReader::new(s.try_clone()?);
+    let mut writer = s;
+    let mut line = String::new();
+
+    reader.read_line(&mut line)?;
+    if !line.contains("\"QMP\"") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no QMP greeting",
+        ));
+    }
+    for command in ["qmp_capabilities", "quit"] {
+        writer.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())?;
+        // Wait for the answer: QEMU drops the commands still queued when the
+        // client hangs up, so closing right after "quit" would lose it.
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if line.contains("\"return\"") {
+                break;
+            }
+            if line.contains("\"error\"") {
+                return Err(io::Error::other(line.trim().to_string()));
+            }
+            // An event: keep reading.
+        }
+    }
+    Ok(())
+}
+
+/// Remove a unix socket file (only a socket: never another kind of file).
+fn remove_socket(path: &Path) {
+    if let Ok(m) = fs::symlink_metadata(path)
+        && m.file_type().is_socket()
+    {
+        let _ = fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escaping() {
+        assert_eq!(json_str(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(json_str("x\u{1}"), r#""x\u0001""#);
+        assert_eq!(json_str("/p,q/é"), r#""/p,q/é""#);
+    }
+
+    #[test]
+    fn command_line() {
+        let disks = [ExportDisk {
+            export_name: "vda".into(),
+            image: "/i/a,b.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            bitmap: Some("b0".into()),
+        }];
+        let args = daemon_args(
+            &ExportServer::Tcp {
+                host: "127.0.0.1".into(),
+                port: 10809,
+            },
+            &disks,
+            Path::new("/s,x/qmp.sock"),
+        )
+        .unwrap();
+        assert_eq!(
+            args,
+            [
+                "--blockdev",
+                r#"{"driver":"file","node-name":"file0","filename":"/i/a,b.qcow2","read-only":true}"#,
+                "--blockdev",
+                r#"{"driver":"qcow2","node-name":"disk0","file":"file0","read-only":true}"#,
+                "--nbd-server",
+                r#"{"addr":{"type":"inet","host":"127.0.0.1","port":"10809"}}"#,
+                "--export",
+                r#"{"type":"nbd","id":"export0","node-name":"disk0","name":"vda","writable":false,"bitmaps":["b0"]}"#,
+                "--chardev",
+                "socket,id=qmp0,path=/s,,x/qmp.sock,server=on,wait=off",
+                "--monitor",
+                "chardev=qmp0,mode=control",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_arguments() {
+        let disk = |name: &str, fmt, bitmap: Option<&str>| ExportDisk {
+            export_name: name.into(),
+            image: "/nonexistent.img".into(),
+            format: fmt,
+            bitmap: bitmap.map(Into::into),
+        };
+        let tcp = |port| ExportServer::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let ok = [disk("vda", DiskFormat::Raw, None)];
+        assert!(validate(&tcp(0), &ok).is_err());
+        assert!(validate(&tcp(1), &[]).is_err());
+        assert!(validate(&tcp(1), &[disk("", DiskFormat::Raw, None)]).is_err());
+        assert!(
+            validate(
+                &tcp(1),
+                &[
+                    disk("a", DiskFormat::Raw, None),
+                    disk("a", DiskFormat::Raw, None)
+                ]
+            )
+            .is_err()
+        );
+        assert!(validate(&tcp(1), &[disk("a", DiskFormat::Raw, Some("b0"))]).is_err());
+        assert!(validate(&tcp(1), &[disk("a", DiskFormat::Qcow2, Some(""))]).is_err());
+        assert!(validate(&ExportServer::Unix("/nonexistent-dir/s.sock".into()), &ok).is_err());
+        assert!(validate(&tcp(1), &ok).is_ok());
+    }
+}

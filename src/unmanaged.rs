@@ -1,0 +1,382 @@
+//! Unmanaged backups: a point-in-time, read-only NBD export of a domain's
+//! disks for third-party backup tools. Never listed; ended by FinishJob or
+//! AbortJob.
+//!
+//! A running QEMU domain is exported by libvirt's pull-mode backup job
+//! (QEMU serves the disks as they were at the start, keeping overwritten
+//! blocks in scratch files). An inactive domain, or a domain of a driver
+//! with no backup job (libvirt's test driver), is exported by one
+//! `qemu-storage-daemon` over the image files, which its image locks keep
+//! unchanged while it runs. With a `<parent>`, each export also carries the
+//! changes since the parent as the dirty bitmap named in `exportbitmap`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::libvirt::DomainRef;
+use crate::live;
+use crate::nbd_export::{ExportDisk, StorageDaemonExport};
+use crate::xml::backup::{BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest};
+use crate::xml::dom::Element;
+use crate::xml::domain::{self, DomainDisk};
+
+/// One exported disk.
+#[derive(Debug, Clone)]
+struct Exported {
+    disk: String,
+    export: String,
+    bitmap: Option<String>,
+}
+
+#[derive(Debug)]
+enum Server {
+    /// libvirt's pull-mode job; its scratch files live in this folder.
+    Libvirt {
+        scratch: PathBuf,
+    },
+    Daemon(StorageDaemonExport),
+}
+
+/// A running (or ended) export.
+#[derive(Debug)]
+pub struct Export {
+    pub uuid: Uuid,
+    pub domain_uuid: Uuid,
+    domain: DomainRef,
+    domain_name: String,
+    parent: Option<Uuid>,
+    address: NbdServer,
+    disks: Vec<Exported>,
+    server: Server,
+    started: Instant,
+    /// Running until ended; then the final state and elapsed time.
+    ended: Mutex<Option<(BackupState, u64)>>,
+}
+
+/// Exports of this process, kept until they end (a freed handle does not
+/// stop an export, as a freed libvirt object does not stop its job).
+static EXPORTS: LazyLock<Mutex<HashMap<Uuid, Arc<Export>>>> = LazyLock::new(Default::default);
+
+pub fn running(uuid: &Uuid) -> Option<Arc<Export>> {
+    EXPORTS.lock().unwrap().get(uuid).cloned()
+}
+
+pub fn running_for_domain(domain: &Uuid) -> bool {
+    EXPORTS
+        .lock()
+        .unwrap()
+        .values()
+        .any(|e| e.domain_uuid == *domain)
+}
+
+/// The disks to export: the request's, else every device='disk' disk.
+fn selected(req: &UnmanagedRequest, disks: &[DomainDisk]) -> Result<Vec<(DomainDisk, String)>> {
+    let pairs: Vec<(String, String)> = match &req.disks {
+        Some(list) => list.clone(),
+        None => disks
+            .iter()
+            .filter(|d| d.device == "disk")
+            .map(|d| (d.name.clone(), d.name.clone()))
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for (name, export) in pairs {
+        let d = disks
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| Error::invalid_arg(format!("domain has no disk named '{name}'")))?;
+        if d.device != "disk" || d.source.is_none() {
+            return Err(Error::invalid_arg(format!(
+                "disk '{name}' is not a disk with an image to export"
+            )));
+        }
+        d.image_format()?;
+        out.push((d.clone(), export));
+    }
+    if out.is_empty() {
+        return Err(Error::invalid_arg("the export would include no disk"));
+    }
+    Ok(out)
+}
+
+/// The bitmap name QEMU exports a disk's changes under.
+fn bitmap_name(export: &str) -> String {
+    format!("{export}-changes")
+}
+
+/// `virDomainBackupStartUnmanaged`.
+pub fn start(
+    dom: &DomainRef,
+    req: &UnmanagedRequest,
+    parent: Option<BackupRecord>,
+) -> Result<Arc<Export>> {
+    let domain_uuid = dom.uuid()?;
+    if running_for_domain(&domain_uuid) || crate::job::running_for_domain(&domain_uuid).is_some() {
+        return Err(Error::operation_invalid(
+            "the domain already has a backup job running",
+        ));
+    }
+    let active = dom.is_active()?;
+    let is_live = live::is_live(dom, active)?;
+    if !is_live && !dom.images_are_quiet(active)? {
+        return Err(Error::not_supported_yet(format!(
+            "an unmanaged backup of a running domain of the '{}' driver",
+            dom.driver()?
+        )));
+    }
+    if let NbdServer::Unix(p) = &req.server {
+        if !p.parent().is_some_and(|d| d.is_dir()) {
+            return Err(Error::invalid_arg(format!(
+                "folder of socket '{}' does not exist",
+                p.display()
+            )));
+        }
+    }
+    let all = domain::parse_disks(&dom.xml()?)?;
+    let chosen = selected(req, &all)?;
+    let uuid = Uuid::new_v4();
+    let mut disks = Vec::new();
+    for (d, export) in &chosen {
+        // The parent's checkpoint names the bitmap that holds the changes.
+        let since = match &parent {
+            None => None,
+            Some(p) => Some(changes_since(dom, p, d, is_live)?),
+        };
+        disks.push((d, export.clone(), since));
+    }
+    let server = if is_live {
+        live::check_no_job(dom)?;
+        let scratch = Catalog::open()?
+            .root()
+            .join(".scratch")
+            .join(uuid.to_string());
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&scratch)
+            .map_err(|e| Error::io("cannot create scratch folder", &scratch, e))?;
+        let xml = pull_document(&req.server, &disks, &all, &scratch);
+        if let Err(e) = dom.backup_begin(&xml, None, 0) {
+            let _ = fs::remove_dir_all(&scratch);
+            return Err(e);
+        }
+        Server::Libvirt { scratch }
+    } else {
+        let list: Vec<ExportDisk> = disks
+            .iter()
+            .map(|(d, export, since)| ExportDisk {
+                export_name: export.clone(),
+                image: d.source.clone().unwrap(),
+                format: d.image_format().unwrap_or(DiskFormat::Raw),
+                bitmap: since.clone(),
+            })
+            .collect();
+        Server::Daemon(StorageDaemonExport::start(&req.server, &list)?)
+    };
+    let export = Arc::new(Export {
+        uuid,
+        domain_uuid,
+        domain: dom.clone(),
+        domain_name: dom.name()?,
+        parent: parent.map(|p| p.uuid),
+        address: req.server.clone(),
+        disks: disks
+            .iter()
+            .map(|(d, export, since)| Exported {
+                disk: d.name.clone(),
+                export: export.clone(),
+                bitmap: since.as_ref().map(|b| {
+                    if is_live {
+                        bitmap_name(export)
+                    } else {
+                        b.clone()
+                    }
+                }),
+            })
+            .collect(),
+        server,
+        started: Instant::now(),
+        ended: Mutex::new(None),
+    });
+    EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
+    Ok(export)
+}
+
+/// The checkpoint (running domain) or persistent bitmap (image of an
+/// inactive domain) that holds a disk's changes since `parent`.
+fn changes_since(
+    dom: &DomainRef,
+    parent: &BackupRecord,
+    d: &DomainDisk,
+    is_live: bool,
+) -> Result<String> {
+    let base = parent.disks.iter().find(|x| x.name == d.name);
+    let size = match d.source.as_deref() {
+        Some(p) => crate::disk::Source::open(p, d.image_format()?)?.size(),
+        None => 0,
+    };
+    let cp = if is_live {
+        live::usable_checkpoint(dom, parent, base, d, size)
+    } else {
+        live::usable_offline_bitmap(dom, parent, base, d, size)
+    };
+    cp.map_err(|why| {
+        Error::operation_invalid(format!(
+            "cannot export the changes of disk '{}' since backup '{}': {why}",
+            d.name, parent.uuid
+        ))
+    })
+}
+
+/// libvirt's pull-mode `<domainbackup>`: every disk named, the exported
+/// ones with their export name, scratch file and, for changes since a
+/// checkpoint, the bitmap to export.
+fn pull_document(
+    server: &NbdServer,
+    disks: &[(&DomainDisk, String, Option<String>)],
+    all: &[DomainDisk],
+    scratch: &std::path::Path,
+) -> String {
+    let mut list = Element::new("disks");
+    for d in all {
+        let el = match disks.iter().find(|(x, _, _)| x.name == d.name) {
+            None => Element::new("disk")
+                .with_attr("name", d.name.clone())
+                .with_attr("backup", "no"),
+            Some((_, export, since)) => {
+                let mut el = Element::new("disk")
+                    .with_attr("name", d.name.clone())
+                    .with_attr("backup", "yes")
+                    .with_attr("type", "file")
+                    .with_attr("exportname", export.clone());
+                el = match since {
+                    Some(cp) => el
+                        .with_attr("backupmode", "incremental")
+                        .with_attr("incremental", cp.clone())
+                        .with_attr("exportbitmap", bitmap_name(export)),
+                    None => el.with_attr("backupmode", "full"),
+                };
+                el.with_child(
+                    Element::new("scratch").with_attr(
+                        "file",
+                        scratch
+                            .join(format!("{}.scratch", d.name))
+                            .to_string_lossy(),
+                    ),
+                )
+            }
+        };
+        list.push(el);
+    }
+    Element::new("domainbackup")
+        .with_attr("mode", "pull")
+        .with_child(server.element("server"))
+        .with_child(list)
+        .to_xml()
+}
+
+impl Export {
+    pub fn state(&self) -> BackupState {
+        self.ended
+            .lock()
+            .unwrap()
+            .map_or(BackupState::Running, |(s, _)| s)
+    }
+
+    pub fn elapsed_ms(&self) -> u64 {
+        self.ended
+            .lock()
+            .unwrap()
+            .map_or(self.started.elapsed().as_millis() as u64, |(_, e)| e)
+    }
+
+    pub fn disk_count(&self) -> u32 {
+        self.disks.len() as u32
+    }
+
+    pub fn has_bitmaps(&self) -> bool {
+        self.disks.iter().any(|d| d.bitmap.is_some())
+    }
+
+    pub fn domain(&self) -> &DomainRef {
+        &self.domain
+    }
+
+    /// What a third-party tool needs to connect.
+    pub fn xml_desc(&self) -> String {
+        let mut root = Element::new("domainbackup")
+            .with_child(Element::new("uuid").with_text(self.uuid.to_string()))
+            .with_child(Element::new("state").with_text(self.state().as_str()));
+        if let Some(p) = &self.parent {
+            root.push(
+                Element::new("parent").with_child(Element::new("uuid").with_text(p.to_string())),
+            );
+        }
+        root.push(
+            Element::new("domain")
+                .with_attr("uuid", self.domain_uuid.to_string())
+                .with_attr("name", self.domain_name.clone()),
+        );
+        root.push(self.address.element("server"));
+        let mut disks = Element::new("disks");
+        for d in &self.disks {
+            let mut el = Element::new("disk")
+                .with_attr("name", d.disk.clone())
+                .with_attr("exportname", d.export.clone());
+            if let Some(b) = &d.bitmap {
+                el = el.with_attr("exportbitmap", b.clone());
+            }
+            disks.push(el);
+        }
+        root.push(disks);
+        root.to_xml()
+    }
+
+    /// End the export (`cancel`: AbortJob, else FinishJob) and remove its
+    /// scratch files. A second call is refused.
+    pub fn finish(&self, cancel: bool) -> Result<()> {
+        let mut ended = self.ended.lock().unwrap();
+        if ended.is_some() {
+            return Err(Error::operation_invalid("the export has already ended"));
+        }
+        let result = match &self.server {
+            Server::Libvirt { scratch } => {
+                let stopped = stop_pull_job(&self.domain);
+                let _ = fs::remove_dir_all(scratch);
+                stopped
+            }
+            Server::Daemon(d) => d.stop(),
+        };
+        let state = if cancel {
+            BackupState::Cancelled
+        } else {
+            BackupState::Completed
+        };
+        *ended = Some((state, self.started.elapsed().as_millis() as u64));
+        EXPORTS.lock().unwrap().remove(&self.uuid);
+        result
+    }
+}
+
+/// A pull-mode job runs until aborted; wait until libvirt has removed it.
+fn stop_pull_job(dom: &DomainRef) -> Result<()> {
+    if dom.is_active()? && dom.job_info(false)?.is_active() {
+        dom.abort_job()?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dom.is_active()? && dom.job_info(false)?.is_active() {
+        if Instant::now() > deadline {
+            return Err(Error::operation_failed("libvirt's backup job does not end"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
