@@ -132,13 +132,13 @@ pub fn start(
             dom.driver()?
         )));
     }
-    if let NbdServer::Unix(p) = &req.server {
-        if !p.parent().is_some_and(|d| d.is_dir()) {
-            return Err(Error::invalid_arg(format!(
-                "folder of socket '{}' does not exist",
-                p.display()
-            )));
-        }
+    if let NbdServer::Unix(p) = &req.server
+        && !p.parent().is_some_and(|d| d.is_dir())
+    {
+        return Err(Error::invalid_arg(format!(
+            "folder of socket '{}' does not exist",
+            p.display()
+        )));
     }
     let all = domain::parse_disks(&dom.xml()?)?;
     let chosen = selected(req, &all)?;
