@@ -18,6 +18,7 @@ use rustix::io::Errno;
 
 use crate::digest::{DIGEST_CHUNK, Digest, DigestSink, IndexReader, ZERO_DIGEST, digest};
 use crate::error::{Error, Result};
+use crate::nbd::{NbdAddress, NbdClient};
 use crate::xml::backup::DiskFormat;
 
 /// Copy buffer: the only per-disk data held in memory. 4 MiB keeps syscalls
@@ -57,8 +58,17 @@ enum Extent {
 
 /// A readable disk image.
 pub enum Source {
-    Raw { file: File, size: u64 },
+    Raw {
+        file: File,
+        size: u64,
+    },
     Qcow2(FormatAccess<ImagoFile>),
+    /// An export of an NBD server (a source of `RestoreUnmanaged`).
+    Nbd(NbdClient),
+}
+
+fn nbd_io(e: Error) -> std::io::Error {
+    std::io::Error::other(e.message)
 }
 
 fn io_err<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -87,10 +97,16 @@ impl Source {
         }
     }
 
+    /// Connect to an NBD export, read-only.
+    pub fn open_nbd(server: &NbdAddress, export: &str) -> Result<Source> {
+        Ok(Source::Nbd(NbdClient::connect(server, export, None)?))
+    }
+
     pub fn size(&self) -> u64 {
         match self {
             Source::Raw { size, .. } => *size,
             Source::Qcow2(q) => q.size(),
+            Source::Nbd(c) => c.size(),
         }
     }
 
@@ -118,6 +134,10 @@ impl Source {
                     _ => (Extent::Data, len),
                 })
             }
+            Source::Nbd(c) => {
+                let (data, len) = c.extent(offset, max).map_err(nbd_io)?;
+                Ok((if data { Extent::Data } else { Extent::Zero }, len))
+            }
         }
     }
 
@@ -126,6 +146,7 @@ impl Source {
         match self {
             Source::Raw { file, .. } => Ok(file.metadata()?.len()),
             Source::Qcow2(q) => Ok(q.size()),
+            Source::Nbd(c) => Ok(c.size()),
         }
     }
 
@@ -133,6 +154,7 @@ impl Source {
         match self {
             Source::Raw { file, .. } => file.read_exact_at(buf, offset),
             Source::Qcow2(q) => q.read(buf, offset),
+            Source::Nbd(c) => c.read_at(buf, offset).map_err(nbd_io),
         }
     }
 }

@@ -29,17 +29,31 @@ use crate::flags::bits::*;
 use crate::job;
 use crate::libvirt::{self, DomainRef};
 use crate::xml::backup::{
-    BackupState, DiskFormat, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest, UnmanagedSource,
+    BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest,
+    UnmanagedSource,
 };
 use crate::xml::domain::{self, DomainDisk, RestoredDisk};
 
 /// Where one disk's data comes from.
 struct Origin {
-    image: PathBuf,
-    format: DiskFormat,
+    image: OriginImage,
     /// The backup's digest index: verifies what is read, and lets an
     /// in-place restore find what differs without reading the backup.
     index: Option<PathBuf>,
+}
+
+enum OriginImage {
+    File(PathBuf, DiskFormat),
+    Nbd(NbdServer, String),
+}
+
+impl Origin {
+    fn open(&self) -> Result<Source> {
+        match &self.image {
+            OriginImage::File(p, f) => Source::open(p, *f),
+            OriginImage::Nbd(server, export) => Source::open_nbd(server, export),
+        }
+    }
 }
 
 /// How a target file is written.
@@ -112,7 +126,7 @@ impl DiskPlan {
             };
             let format = asked.unwrap_or(now);
             let size_now = Source::open(&target, now)?.size();
-            let size = Source::open(&origin.image, origin.format)?.size();
+            let size = origin.open()?.size();
             let same = format == now && size_now == size && origin.index.is_some();
             let how = if same {
                 How::InPlace
@@ -153,7 +167,7 @@ impl DiskPlan {
 
     /// Write a complete new image at `path` from the origin.
     fn write_new(&self, path: &Path) -> Result<()> {
-        let src = Source::open(&self.origin.image, self.origin.format)?;
+        let src = self.origin.open()?;
         let dst = Target::create(path, self.format, src.size(), None, false)?;
         let progress = Progress::default();
         match open_index(&self.origin.index)? {
@@ -168,7 +182,7 @@ impl DiskPlan {
 
     /// First pass of an in-place rewrite: what differs, verified readable.
     fn plan_in_place(&self) -> Result<Rewrite> {
-        let src = Source::open(&self.origin.image, self.origin.format)?;
+        let src = self.origin.open()?;
         let have = Source::open(&self.target, self.format)?;
         let mut want = open_index(&self.origin.index)?
             .ok_or_else(|| Error::internal("in-place restore without an index"))?;
@@ -176,7 +190,7 @@ impl DiskPlan {
     }
 
     fn apply_in_place(&self, plan: &Rewrite) -> Result<()> {
-        let src = Source::open(&self.origin.image, self.origin.format)?;
+        let src = self.origin.open()?;
         let dst = Target::open_existing(&self.target, self.format)?;
         let mut want = open_index(&self.origin.index)?
             .ok_or_else(|| Error::internal("in-place restore without an index"))?;
@@ -435,8 +449,7 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             Ok(Item {
                 name,
                 origin: Origin {
-                    image: d.target.clone(),
-                    format: d.format,
+                    image: OriginImage::File(d.target.clone(), d.format),
                     index: Some(ensure_index(&catalog, &rec, name)?),
                 },
                 asked,
@@ -471,7 +484,9 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
                 Error::invalid_arg(format!("domain has no disk named '{}'", r.disk.name))
             })?;
         let image = match &r.source {
-            UnmanagedSource::File(f) if f.is_file() => f.clone(),
+            UnmanagedSource::File(f) if f.is_file() => {
+                OriginImage::File(f.clone(), probe_format(f)?)
+            }
             UnmanagedSource::File(f) => {
                 return Err(Error::invalid_arg(format!(
                     "disk '{}': source file '{}' does not exist",
@@ -479,17 +494,11 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
                     f.display()
                 )));
             }
-            UnmanagedSource::Nbd { .. } => {
-                return Err(Error::not_supported_yet("restoring from an NBD source"));
-            }
+            UnmanagedSource::Nbd { name, server } => OriginImage::Nbd(server.clone(), name.clone()),
         };
         items.push(Item {
             name: &r.disk.name,
-            origin: Origin {
-                format: probe_format(&image)?,
-                image,
-                index: None,
-            },
+            origin: Origin { image, index: None },
             asked: Some(&r.disk),
             original: d.source.clone(),
         });

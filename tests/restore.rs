@@ -234,9 +234,20 @@ fn unmanaged_from_files() {
             .is_ok()
     );
 
-    let nbd = "<domainbackup><disks><disk name='vda'><source protocol='nbd' name='vda'><host name='127.0.0.1' port='10809'/></source></disk></disks></domainbackup>";
-    let err = Backup::restore_unmanaged(&dom, nbd, REWRITE).unwrap_err();
-    assert!(err.is(ErrorCode::NoSupport) && err.message.contains("not supported yet"));
+    // An NBD server that is not there (tests/unmanaged.rs reads real ones).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nbd = format!(
+        "<domainbackup><disks><disk name='vda'><source protocol='nbd' name='vda'><host name='127.0.0.1' port='{port}'/></source></disk></disks></domainbackup>"
+    );
+    let err = Backup::restore_unmanaged(&dom, &nbd, REWRITE).unwrap_err();
+    assert!(
+        err.is(ErrorCode::OperationFailed) && err.message.contains("connect"),
+        "{err:?}"
+    );
     let missing = xml.replace("run-src.raw", "run-nothing.raw");
     let err = Backup::restore_unmanaged(&dom, &missing, REWRITE).unwrap_err();
     assert!(err.is(ErrorCode::InvalidArg), "{err:?}");

@@ -183,3 +183,39 @@ fn inactive_qemu_domain_exports_the_bitmap_of_a_live_parent() {
     bk.finish_job(0).unwrap();
     parent.delete(0).unwrap();
 }
+
+#[test]
+fn restore_from_an_nbd_export() {
+    let a = disk("umr-a.qcow2", "qcow2", "16M", &["write -P 0x71 0 3M"]);
+    let src_dom = domain("umr-src", &[("vda", &a, "qcow2")]);
+    let b = disk("umr-b.raw", "raw", "16M", &["write -P 0x72 0 1M"]);
+    let dst_dom = domain("umr-dst", &[("vda", &b, "raw")]);
+    let sock = socket_path("umr.sock");
+    let export = Backup::start_unmanaged(
+        &src_dom,
+        &format!(
+            "<domainbackup><server transport='unix' socket='{}'/></domainbackup>",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let xml = format!(
+        "<domainbackup><disks><disk name='vda'><source protocol='nbd' name='vda'><host transport='unix' socket='{}'/></source></disk></disks></domainbackup>",
+        sock.display()
+    );
+    let err = Backup::restore_unmanaged(&dst_dom, &xml, 0).unwrap_err();
+    assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
+    Backup::restore_unmanaged(&dst_dom, &xml, 1 << 1).unwrap();
+    assert!(identical(&b, "raw", &a, "qcow2"));
+    // An export that is not there: a clear error, nothing written.
+    let before = std::fs::read(&b).unwrap();
+    let err = Backup::restore_unmanaged(
+        &dst_dom,
+        &xml.replace("name='vda'>", "name='nope'>"),
+        1 << 1,
+    )
+    .unwrap_err();
+    assert!(err.message.contains("nope"), "{err:?}");
+    assert_eq!(std::fs::read(&b).unwrap(), before);
+    export.finish_job(0).unwrap();
+}
