@@ -64,7 +64,7 @@ pub enum Source {
     },
     Qcow2(FormatAccess<ImagoFile>),
     /// An export of an NBD server (a source of `RestoreUnmanaged`).
-    Nbd(NbdClient),
+    Nbd(Box<NbdClient>),
 }
 
 fn nbd_io(e: Error) -> std::io::Error {
@@ -99,7 +99,7 @@ impl Source {
 
     /// Connect to an NBD export, read-only.
     pub fn open_nbd(server: &NbdAddress, export: &str) -> Result<Source> {
-        Ok(Source::Nbd(NbdClient::connect(server, export, None)?))
+        Ok(Source::Nbd(Box::new(NbdClient::connect(server, export, None)?)))
     }
 
     pub fn size(&self) -> u64 {
