@@ -99,7 +99,9 @@ impl Source {
 
     /// Connect to an NBD export, read-only.
     pub fn open_nbd(server: &NbdAddress, export: &str) -> Result<Source> {
-        Ok(Source::Nbd(Box::new(NbdClient::connect(server, export, None)?)))
+        Ok(Source::Nbd(Box::new(NbdClient::connect(
+            server, export, None,
+        )?)))
     }
 
     pub fn size(&self) -> u64 {
@@ -510,6 +512,27 @@ pub fn build_index(src: &Source, out: &mut dyn DigestSink) -> Result<()> {
     for_each_window(src, &Progress::default(), |win| {
         win.digests().try_for_each(|(_, _, d)| out.push(&d))
     })
+}
+
+/// The ranges of `src` whose chunks differ from the disk `parent` indexes
+/// (past its end: chunks that are not zero), merged into runs.
+pub fn changed_ranges(src: &Source, parent: &mut IndexReader) -> Result<Vec<(u64, u64)>> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for_each_window(src, &Progress::default(), |win| {
+        for (start, end, d) in win.digests() {
+            let old = parent.next_digest()?.unwrap_or(ZERO_DIGEST);
+            if old == d {
+                continue;
+            }
+            let (off, len) = (win.offset + start as u64, (end - start) as u64);
+            match runs.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += len,
+                _ => runs.push((off, len)),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(runs)
 }
 
 /// Chunks of an existing disk that differ from a backup, one bit each.

@@ -13,13 +13,15 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
+use crate::digest::IndexReader;
 use crate::error::{Error, Result};
 use crate::libvirt::DomainRef;
 use crate::live;
@@ -39,10 +41,21 @@ struct Exported {
 #[derive(Debug)]
 enum Server {
     /// libvirt's pull-mode job; its scratch files live in this folder.
-    Libvirt {
-        scratch: PathBuf,
-    },
-    Daemon(StorageDaemonExport),
+    Libvirt { scratch: PathBuf },
+    /// qemu-storage-daemon, and the folder of any overlay it serves.
+    Daemon(StorageDaemonExport, PathBuf),
+}
+
+/// Where an export's changes since the parent come from.
+#[derive(Debug, Clone)]
+enum Since {
+    /// The parent's checkpoint, on a running domain (libvirt exports it).
+    Checkpoint(String),
+    /// The checkpoint's persistent bitmap in the image of a shut-off domain.
+    Bitmap(String),
+    /// The parent's digest index: the library computes the changed chunks
+    /// and serves the image through an overlay carrying them as a bitmap.
+    Digests(BackupRecord),
 }
 
 /// A running (or ended) export.
@@ -152,35 +165,32 @@ pub fn start(
         };
         disks.push((d, export.clone(), since));
     }
-    let server = if is_live {
-        live::check_no_job(dom)?;
-        let scratch = Catalog::open()?
-            .root()
-            .join(".scratch")
-            .join(uuid.to_string());
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&scratch)
-            .map_err(|e| Error::io("cannot create scratch folder", &scratch, e))?;
-        let xml = pull_document(&req.server, &disks, &all, &scratch);
-        if let Err(e) = dom.backup_begin(&xml, None, 0) {
-            let _ = fs::remove_dir_all(&scratch);
-            return Err(e);
-        }
-        Server::Libvirt { scratch }
-    } else {
-        let list: Vec<ExportDisk> = disks
-            .iter()
-            .map(|(d, export, since)| ExportDisk {
-                export_name: export.clone(),
-                image: d.source.clone().unwrap(),
-                format: d.image_format().unwrap_or(DiskFormat::Raw),
-                bitmap: since.clone(),
+    let scratch = Catalog::open()?
+        .root()
+        .join(".scratch")
+        .join(uuid.to_string());
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&scratch)
+        .map_err(|e| Error::io("cannot create scratch folder", &scratch, e))?;
+    let started = if is_live {
+        live::check_no_job(dom)
+            .and_then(|()| {
+                let xml = pull_document(&req.server, &disks, &all, &scratch);
+                dom.backup_begin(&xml, None, 0)
             })
-            .collect();
-        Server::Daemon(StorageDaemonExport::start(&req.server, &list)?)
+            .map(|()| Server::Libvirt {
+                scratch: scratch.clone(),
+            })
+    } else {
+        daemon_disks(&disks, &scratch)
+            .and_then(|list| StorageDaemonExport::start(&req.server, &list))
+            .map(|d| Server::Daemon(d, scratch.clone()))
     };
+    let server = started.inspect_err(|_| {
+        let _ = fs::remove_dir_all(&scratch);
+    })?;
     let export = Arc::new(Export {
         uuid,
         domain_uuid,
@@ -193,12 +203,9 @@ pub fn start(
             .map(|(d, export, since)| Exported {
                 disk: d.name.clone(),
                 export: export.clone(),
-                bitmap: since.as_ref().map(|b| {
-                    if is_live {
-                        bitmap_name(export)
-                    } else {
-                        b.clone()
-                    }
+                bitmap: since.as_ref().map(|b| match b {
+                    Since::Bitmap(name) => name.clone(),
+                    _ => bitmap_name(export),
                 }),
             })
             .collect(),
@@ -217,18 +224,21 @@ fn changes_since(
     parent: &BackupRecord,
     d: &DomainDisk,
     is_live: bool,
-) -> Result<String> {
+) -> Result<Since> {
+    if !is_live && parent.checkpoint.is_none() {
+        return Ok(Since::Digests(parent.clone()));
+    }
     let base = parent.disks.iter().find(|x| x.name == d.name);
     let size = match d.source.as_deref() {
         Some(p) => crate::disk::Source::open(p, d.image_format()?)?.size(),
         None => 0,
     };
-    let cp = if is_live {
-        live::usable_checkpoint(dom, parent, base, d, size)
+    let found = if is_live {
+        live::usable_checkpoint(dom, parent, base, d, size).map(Since::Checkpoint)
     } else {
-        live::usable_offline_bitmap(dom, parent, base, d, size)
+        live::usable_offline_bitmap(dom, parent, base, d, size).map(Since::Bitmap)
     };
-    cp.map_err(|why| {
+    found.map_err(|why| {
         Error::operation_invalid(format!(
             "cannot export the changes of disk '{}' since backup '{}': {why}",
             d.name, parent.uuid
@@ -236,14 +246,162 @@ fn changes_since(
     })
 }
 
+/// What qemu-storage-daemon serves for each disk: the image itself, or an
+/// overlay carrying the changes computed from a parent's digest index.
+fn daemon_disks(
+    disks: &[(&DomainDisk, String, Option<Since>)],
+    scratch: &Path,
+) -> Result<Vec<ExportDisk>> {
+    disks
+        .iter()
+        .map(|(d, export, since)| {
+            let image = d.source.clone().unwrap_or_default();
+            let format = d.image_format()?;
+            Ok(match since {
+                None => ExportDisk {
+                    export_name: export.clone(),
+                    image,
+                    format,
+                    bitmap: None,
+                },
+                Some(Since::Bitmap(b)) | Some(Since::Checkpoint(b)) => ExportDisk {
+                    export_name: export.clone(),
+                    image,
+                    format,
+                    bitmap: Some(b.clone()),
+                },
+                Some(Since::Digests(parent)) => {
+                    let bitmap = bitmap_name(export);
+                    let overlay = changes_overlay(parent, d, &image, format, &bitmap, scratch)?;
+                    ExportDisk {
+                        export_name: export.clone(),
+                        image: overlay,
+                        format: DiskFormat::Qcow2,
+                        bitmap: Some(bitmap),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn qemu_tool(program: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| Error::operation_failed(format!("cannot run {program}: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::operation_failed(format!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// An overlay on `image` (unchanged, read through it) whose persistent
+/// bitmap `bitmap` marks the chunks that differ from `parent`'s copy. The
+/// bits are made by zero-writes into a throw-away image with that bitmap
+/// enabled (qemu-io records them; no data is written), then merged into
+/// the overlay's bitmap: nothing ever writes to the domain's image.
+fn changes_overlay(
+    parent: &BackupRecord,
+    d: &DomainDisk,
+    image: &Path,
+    format: DiskFormat,
+    bitmap: &str,
+    scratch: &Path,
+) -> Result<PathBuf> {
+    let catalog = Catalog::open()?;
+    let index = crate::digest::ensure_index(&catalog, parent, &d.name).map_err(|e| {
+        Error::operation_invalid(format!(
+            "cannot export the changes of disk '{}' since backup '{}': {}",
+            d.name, parent.uuid, e.message
+        ))
+    })?;
+    let src = crate::disk::Source::open(image, format)?;
+    let size = src.size().to_string();
+    let runs = crate::disk::changed_ranges(&src, &mut IndexReader::open(&index)?)?;
+    drop(src);
+    let marks = scratch.join(format!("{}.marks.qcow2", d.name));
+    let overlay = scratch.join(format!("{}.overlay.qcow2", d.name));
+    let os = |s: &str| std::ffi::OsString::from(s);
+    qemu_tool(
+        "qemu-img",
+        &[
+            &os("create"),
+            &os("-q"),
+            &os("-f"),
+            &os("qcow2"),
+            marks.as_os_str(),
+            &os(&size),
+        ],
+    )?;
+    qemu_tool(
+        "qemu-img",
+        &[&os("bitmap"), &os("--add"), marks.as_os_str(), &os(bitmap)],
+    )?;
+    // One qemu-io per batch keeps each command line short.
+    for batch in runs.chunks(512) {
+        let mut args: Vec<std::ffi::OsString> = vec![os("-f"), os("qcow2")];
+        for (off, len) in batch {
+            args.push(os("-c"));
+            args.push(os(&format!("write -q -z {off} {len}")));
+        }
+        args.push(marks.clone().into_os_string());
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        qemu_tool("qemu-io", &refs)?;
+    }
+    qemu_tool(
+        "qemu-img",
+        &[
+            &os("create"),
+            &os("-q"),
+            &os("-f"),
+            &os("qcow2"),
+            &os("-b"),
+            image.as_os_str(),
+            &os("-F"),
+            &os(format.as_str()),
+            overlay.as_os_str(),
+            &os(&size),
+        ],
+    )?;
+    qemu_tool(
+        "qemu-img",
+        &[
+            &os("bitmap"),
+            &os("--add"),
+            overlay.as_os_str(),
+            &os(bitmap),
+        ],
+    )?;
+    qemu_tool(
+        "qemu-img",
+        &[
+            &os("bitmap"),
+            &os("--merge"),
+            &os(bitmap),
+            &os("-b"),
+            marks.as_os_str(),
+            &os("-F"),
+            &os("qcow2"),
+            overlay.as_os_str(),
+            &os(bitmap),
+        ],
+    )?;
+    let _ = fs::remove_file(&marks);
+    Ok(overlay)
+}
+
 /// libvirt's pull-mode `<domainbackup>`: every disk named, the exported
 /// ones with their export name, scratch file and, for changes since a
 /// checkpoint, the bitmap to export.
 fn pull_document(
     server: &NbdServer,
-    disks: &[(&DomainDisk, String, Option<String>)],
+    disks: &[(&DomainDisk, String, Option<Since>)],
     all: &[DomainDisk],
-    scratch: &std::path::Path,
+    scratch: &Path,
 ) -> String {
     let mut list = Element::new("disks");
     for d in all {
@@ -258,11 +416,11 @@ fn pull_document(
                     .with_attr("type", "file")
                     .with_attr("exportname", export.clone());
                 el = match since {
-                    Some(cp) => el
+                    Some(Since::Checkpoint(cp)) => el
                         .with_attr("backupmode", "incremental")
                         .with_attr("incremental", cp.clone())
                         .with_attr("exportbitmap", bitmap_name(export)),
-                    None => el.with_attr("backupmode", "full"),
+                    _ => el.with_attr("backupmode", "full"),
                 };
                 el.with_child(
                     Element::new("scratch").with_attr(
@@ -353,7 +511,11 @@ impl Export {
                 let _ = fs::remove_dir_all(scratch);
                 stopped
             }
-            Server::Daemon(d) => d.stop(),
+            Server::Daemon(d, scratch) => {
+                let stopped = d.stop();
+                let _ = fs::remove_dir_all(scratch);
+                stopped
+            }
         };
         let state = if cancel {
             BackupState::Cancelled

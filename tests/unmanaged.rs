@@ -219,3 +219,46 @@ fn restore_from_an_nbd_export() {
     assert_eq!(std::fs::read(&b).unwrap(), before);
     export.finish_job(0).unwrap();
 }
+
+#[test]
+fn test_driver_export_with_changes_from_the_digest_index() {
+    let a = disk("umd-a.qcow2", "qcow2", "16M", &["write -P 0x81 0 8M"]);
+    let dom = domain("umd", &[("vda", &a, "qcow2")]);
+    let parent = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
+    common::qemu_io("qcow2", &a, "write -P 0x82 4M 128k");
+    common::qemu_io("qcow2", &a, "write -P 0x83 12M 64k");
+    let sock = socket_path("umd.sock");
+    let bk = Backup::start_unmanaged(
+        &dom,
+        &format!(
+            "<domainbackup><parent><uuid>{}</uuid></parent><server transport='unix' socket='{}'/></domainbackup>",
+            parent.uuid,
+            sock.display()
+        ),
+    )
+    .unwrap();
+    assert!(
+        bk.xml_desc()
+            .unwrap()
+            .contains("exportbitmap='vda-changes'")
+    );
+    let uri = unix_uri("vda", &sock);
+    let got = nbd_copy(&uri, "umd-got.raw");
+    assert!(identical(&got, "raw", &a, "qcow2"));
+    let map = nbd_map(&uri, "qemu:dirty-bitmap:vda-changes");
+    let dirty: Vec<String> = map
+        .lines()
+        .filter(|l| l.contains("dirty") && !l.contains("clean"))
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(dirty, ["4194304 131072", "12582912 65536"], "{map}");
+    bk.finish_job(0).unwrap();
+    // The domain's image was never written: still a plain qcow2 without bitmaps.
+    let info = Command::new("qemu-img")
+        .arg("info")
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&info.stdout).contains("bitmaps"));
+    parent.delete(0).unwrap();
+}
