@@ -55,7 +55,7 @@ enum Since {
     Bitmap(String),
     /// The parent's digest index: the library computes the changed chunks
     /// and serves the image through an overlay carrying them as a bitmap.
-    Digests(BackupRecord),
+    Digests(Box<BackupRecord>),
 }
 
 /// A running (or ended) export.
@@ -226,7 +226,7 @@ fn changes_since(
     is_live: bool,
 ) -> Result<Since> {
     if !is_live && parent.checkpoint.is_none() {
-        return Ok(Since::Digests(parent.clone()));
+        return Ok(Since::Digests(Box::new(parent.clone())));
     }
     let base = parent.disks.iter().find(|x| x.name == d.name);
     let size = match d.source.as_deref() {
