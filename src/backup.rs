@@ -350,7 +350,7 @@ impl Backup {
     }
 
     /// `virDomainBackupStartUnmanaged`.
-    pub fn start_unmanaged(dom: &DomainRef, xml: &str) -> Result<Arc<Backup>> {
+    pub fn start_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<Arc<Backup>> {
         let req = UnmanagedRequest::parse(xml)?;
         let catalog = Catalog::open()?;
         let domain_uuid = dom.uuid()?;
@@ -358,7 +358,12 @@ impl Backup {
             Some(p) => Some(check_parent(&catalog, &domain_uuid, &p)?),
             None => None,
         };
-        let export = unmanaged::start(dom, &req, parent)?;
+        let export = unmanaged::start(
+            dom,
+            &req,
+            parent,
+            flags & VIR_DOMAIN_BACKUP_CREATE_QUIESCE != 0,
+        )?;
         Ok(Arc::new(Backup {
             uuid: export.uuid,
             domain_uuid,

@@ -269,24 +269,28 @@ pub fn begin(
     quiesce: bool,
 ) -> Result<()> {
     let (backup_xml, checkpoint_xml) = documents(rec, disks, all);
-    if quiesce {
-        dom.fs_freeze(true).map_err(|mut e| {
-            e.message = format!("cannot quiesce the guest's file systems: {}", e.message);
-            e
-        })?;
+    quiesced(dom, quiesce, || {
+        dom.backup_begin(
+            &backup_xml,
+            Some(&checkpoint_xml),
+            virt::sys::VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL,
+        )
+    })
+}
+
+/// Run `start` with the guest's file systems frozen (through its agent)
+/// when `quiesce`; they are thawed whatever happens.
+pub fn quiesced(dom: &DomainRef, quiesce: bool, start: impl FnOnce() -> Result<()>) -> Result<()> {
+    if !quiesce {
+        return start();
     }
-    let started = dom.backup_begin(
-        &backup_xml,
-        Some(&checkpoint_xml),
-        virt::sys::VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL,
-    );
-    if quiesce {
-        let thawed = dom.fs_freeze(false);
-        if started.is_ok() {
-            thawed?;
-        }
-    }
-    started
+    dom.fs_freeze(true).map_err(|mut e| {
+        e.message = format!("cannot quiesce the guest's file systems: {}", e.message);
+        e
+    })?;
+    let started = start();
+    let thawed = dom.fs_freeze(false);
+    started.and(thawed)
 }
 
 /// Remove a backup's checkpoint: through libvirt while the domain runs (it

@@ -130,6 +130,7 @@ pub fn start(
     dom: &DomainRef,
     req: &UnmanagedRequest,
     parent: Option<BackupRecord>,
+    quiesce: bool,
 ) -> Result<Arc<Export>> {
     let domain_uuid = dom.uuid()?;
     if running_for_domain(&domain_uuid) || crate::job::running_for_domain(&domain_uuid).is_some() {
@@ -139,6 +140,11 @@ pub fn start(
     }
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
+    if quiesce && !is_live {
+        return Err(Error::operation_invalid(
+            "only a running QEMU domain's file systems can be quiesced",
+        ));
+    }
     if !is_live && !dom.images_are_quiet(active)? {
         return Err(Error::not_supported_yet(format!(
             "an unmanaged backup of a running domain of the '{}' driver",

@@ -69,7 +69,7 @@ fn test_driver_domain_exported_by_the_storage_daemon() {
         "<domainbackup><server transport='unix' socket='{}'/><disks><disk name='vda' exportname='first'/><disk name='vdb'/></disks></domainbackup>",
         sock.display()
     );
-    let bk = Backup::start_unmanaged(&dom, &xml).unwrap();
+    let bk = Backup::start_unmanaged(&dom, &xml, 0).unwrap();
     let desc = bk.xml_desc().unwrap();
     assert!(
         desc.contains("exportname='first'") && desc.contains(&*sock.to_string_lossy()),
@@ -86,7 +86,7 @@ fn test_driver_domain_exported_by_the_storage_daemon() {
     assert!(Backup::list(&dom, 0).unwrap().is_empty());
     assert!(bk.delete(0).unwrap_err().is(ErrorCode::OperationInvalid));
     // A second export of the same domain waits for this one.
-    let err = Backup::start_unmanaged(&dom, &xml).unwrap_err();
+    let err = Backup::start_unmanaged(&dom, &xml, 0).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
 
     assert_eq!(bk.finish_job(0).unwrap(), 0);
@@ -111,7 +111,7 @@ fn test_driver_domain_exported_by_the_storage_daemon() {
         ),
     ];
     for (x, code) in bad {
-        let err = Backup::start_unmanaged(&dom, x).unwrap_err();
+        let err = Backup::start_unmanaged(&dom, x, 0).unwrap_err();
         assert!(err.is(code), "{x}: {err:?}");
     }
 }
@@ -131,7 +131,7 @@ fn running_qemu_domain_pull_mode_with_changes_since_a_parent() {
         "<domainbackup><parent><uuid>{}</uuid></parent><server transport='tcp' name='127.0.0.1' port='{port}'/></domainbackup>",
         parent.uuid
     );
-    let bk = Backup::start_unmanaged(&qd.dom, &xml).unwrap();
+    let bk = Backup::start_unmanaged(&qd.dom, &xml, 0).unwrap();
     let desc = bk.xml_desc().unwrap();
     assert!(desc.contains("exportbitmap='vda-changes'"), "{desc}");
     // Writes after the start are not in the export.
@@ -167,7 +167,7 @@ fn inactive_qemu_domain_exports_the_bitmap_of_a_live_parent() {
         parent.uuid,
         sock.display()
     );
-    let bk = Backup::start_unmanaged(&qd.dom, &xml).unwrap();
+    let bk = Backup::start_unmanaged(&qd.dom, &xml, 0).unwrap();
     let desc = bk.xml_desc().unwrap();
     let bitmap = parent.uuid.to_string();
     assert!(desc.contains(&format!("exportbitmap='{bitmap}'")), "{desc}");
@@ -197,6 +197,7 @@ fn restore_from_an_nbd_export() {
             "<domainbackup><server transport='unix' socket='{}'/></domainbackup>",
             sock.display()
         ),
+        0,
     )
     .unwrap();
     let xml = format!(
@@ -235,6 +236,7 @@ fn test_driver_export_with_changes_from_the_digest_index() {
             parent.uuid,
             sock.display()
         ),
+        0,
     )
     .unwrap();
     assert!(

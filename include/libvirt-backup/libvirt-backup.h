@@ -36,6 +36,11 @@ typedef virDomainBackup *virDomainBackupPtr;
 #define DIGEST_CHUNK (64 << 10)
 
 /**
+ * NBD's registered port.
+ */
+#define NBD_PORT 10809
+
+/**
  * Flags of virDomainBackupCreateXML() and virDomainBackupStartUnmanaged().
  */
 typedef enum {
@@ -147,11 +152,21 @@ extern "C" {
  *
  * Start a managed backup of @domain's disks. Everything is checked first
  * (XML, disk names, parent, targets); on any problem nothing is created.
+ * A running QEMU domain is backed up by libvirt (push mode) with one new
+ * libvirt checkpoint per backup, named after the backup's UUID: the backup
+ * holds the disks as they were when this call returned.
+ * VIR_DOMAIN_BACKUP_CREATE_QUIESCE freezes the guest's file systems through
+ * its agent around that moment; without an agent the call fails and
+ * creates nothing. Inactive domains, and domains of drivers without backup
+ * jobs (the test driver), are copied by the library itself.
  * With a <parent>, each disk is stored as a qcow2 delta whose backing file
  * is the parent's copy of that disk, holding only the 64 KiB chunks whose
- * digest differs from the parent's digest index. A disk that is new, shrank,
- * changed format, or whose parent copy or index is gone is copied in full
- * (backupmode='full'); VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK makes that an
+ * digest differs from the parent's digest index (running QEMU domains: the
+ * blocks the parent's checkpoint bitmap marks). A disk that is new, shrank,
+ * changed format, or whose parent copy, index or checkpoint is gone or
+ * unusable (a parent taken while the domain was off, a raw disk, a broken
+ * bitmap) is copied in full (backupmode='full');
+ * VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK makes that an
  * error (VIR_ERR_OPERATION_INVALID). <disk type='volume'> targets are new
  * volumes of a file-backed storage pool, created through libvirt.
  * The copy then runs as a background job and the backup is listed at once
@@ -170,14 +185,29 @@ virDomainBackupPtr virDomainBackupCreateXML(virDomainPtr domain,
  * virDomainBackupStartUnmanaged:
  * @domain: a domain object
  * @xmlDesc: a <domainbackup> document with a <server> and the disks to export
- * @flags: bitwise-OR of virDomainBackupCreateFlags
+ * @flags: 0 or VIR_DOMAIN_BACKUP_CREATE_QUIESCE (running QEMU domains)
  *
- * Start an NBD export of @domain's disks as they are now, for a backup tool
- * of the caller's. Unmanaged backups are never listed.
+ * Start a read-only NBD export of @domain's disks as they are now, for a
+ * backup tool of the caller's: one server (<server transport='tcp'
+ * name='H' port='P'/> or transport='unix' socket='/path'), each disk under
+ * its exportname (default: its name). A running QEMU domain is exported by
+ * libvirt's pull-mode backup job (QEMU keeps the old data of blocks the
+ * guest overwrites in scratch files, removed at the end); a shut-off
+ * domain, or one of a driver without backup jobs, by qemu-storage-daemon
+ * over its image files, which its image locks keep unchanged (the domain
+ * cannot start until the export ends). With a <parent>, each export also
+ * carries the changes since that backup as a dirty bitmap
+ * ("qemu:dirty-bitmap:<exportbitmap>"): the parent's checkpoint bitmap, or,
+ * for a parent without one, bits computed from its digest index and served
+ * through an overlay. virDomainBackupGetXMLDesc() gives the server, and
+ * each disk's exportname and exportbitmap. End it with
+ * virDomainBackupFinishJob(0) or virDomainBackupAbortJob(); freeing the
+ * handle does not end it. Unmanaged backups are never listed; Delete and
+ * ListChildren fail on them with VIR_ERR_OPERATION_INVALID.
  *
  * Returns a new backup object (release it with virDomainBackupFree()), or
- * NULL on error. This version checks the request and then fails with
- * VIR_ERR_NO_SUPPORT: NBD exports are not supported yet.
+ * NULL on error (VIR_ERR_OPERATION_INVALID if the domain already has a
+ * backup job or export, or the parent's changes cannot be exported).
  */
 virDomainBackupPtr virDomainBackupStartUnmanaged(virDomainPtr domain,
                                                  const char *xmlDesc,
@@ -468,14 +498,15 @@ int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
  *
  * Write @domain's disks from sources the library did not make, with the
  * rules of virDomainBackupRestore(): each <disk> names one of @domain's
- * disks and its <source file='…'/> (raw or qcow2, read from the file's
- * first bytes; backing files are followed), with an optional <target file>
+ * disks and its source: <source file='…'/> (raw or qcow2, read from the
+ * file's first bytes; backing files are followed) or an NBD export (see
+ * below), with an optional <target file>
  * and <driver type>; VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN defines a new
  * domain from @domain's current definition (name from <domain name>, else
  * '<name>-restore-<8 random hex digits>'). An existing file is replaced by
  * a complete new file renamed over it (there is no digest index to compare
- * against). NBD sources (<source protocol='nbd'>) are checked, then
- * refused with VIR_ERR_NO_SUPPORT: not supported yet.
+ * against). An NBD source is <source protocol='nbd' name='EXPORT'> with
+ * <host name='H' port='P'/> or <host transport='unix' socket='/path'/>.
  *
  * Returns 0 on success, -1 on error.
  */

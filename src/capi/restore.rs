@@ -57,14 +57,15 @@ pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) 
 ///
 /// Write @domain's disks from sources the library did not make, with the
 /// rules of virDomainBackupRestore(): each <disk> names one of @domain's
-/// disks and its <source file='…'/> (raw or qcow2, read from the file's
-/// first bytes; backing files are followed), with an optional <target file>
+/// disks and its source: <source file='…'/> (raw or qcow2, read from the
+/// file's first bytes; backing files are followed) or an NBD export (see
+/// below), with an optional <target file>
 /// and <driver type>; VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN defines a new
 /// domain from @domain's current definition (name from <domain name>, else
 /// '<name>-restore-<8 random hex digits>'). An existing file is replaced by
 /// a complete new file renamed over it (there is no digest index to compare
-/// against). NBD sources (<source protocol='nbd'>) are checked, then
-/// refused with VIR_ERR_NO_SUPPORT: not supported yet.
+/// against). An NBD source is <source protocol='nbd' name='EXPORT'> with
+/// <host name='H' port='P'/> or <host transport='unix' socket='/path'/>.
 ///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
