@@ -996,17 +996,8 @@ fn run_copy(
         }
         Ok(())
     };
-    let result = copy();
-    // Finish under the catalog lock, the record last: once it says
-    // completed, or is gone, every other file of the job is in its final state.
-    let _guard = catalog.lock().ok();
-    let result = result.and_then(|()| {
-        record.state = BackupState::Completed;
-        job.freeze_elapsed();
-        record.stats = job.stats();
-        catalog.write_record(&record)
-    });
-    drop(lock);
+    let copied = copy();
+    let (result, _guard) = job.settle(catalog, &mut record, copied, lock);
     if result.is_err() {
         let _ = remove_backup(catalog, &record, conn.as_ref());
     } else if let Some(conn) = &conn {

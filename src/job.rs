@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use crate::catalog::{Catalog, CatalogLock, JobLock};
 use crate::disk::Progress;
 use crate::error::{Error, ErrorCode, Result};
-use crate::xml::backup::{BackupState, JobStats};
+use crate::xml::backup::{BackupRecord, BackupState, JobStats};
 
 #[derive(Debug)]
 struct Outcome {
@@ -106,6 +107,28 @@ impl Job {
 
     /// Stop the clock (once): the elapsed time recorded in the catalog and
     /// the one the job reports are then the same.
+    /// End of the job's work: under the catalog lock, the record says
+    /// completed only if `result` is Ok. Returns the outcome and the lock,
+    /// which the caller keeps while it cleans up a failure, so that once a
+    /// record says completed, or is gone, every file of the job is final.
+    pub fn settle(
+        &self,
+        catalog: &Catalog,
+        record: &mut BackupRecord,
+        result: Result<()>,
+        lock: JobLock,
+    ) -> (Result<()>, Option<CatalogLock>) {
+        let guard = catalog.lock().ok();
+        let result = result.and_then(|()| {
+            record.state = BackupState::Completed;
+            self.freeze_elapsed();
+            record.stats = self.stats();
+            catalog.write_record(record)
+        });
+        drop(lock);
+        (result, guard)
+    }
+
     pub fn freeze_elapsed(&self) {
         let mut o = self.outcome.lock().unwrap();
         o.elapsed_ms

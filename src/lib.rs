@@ -19,5 +19,6 @@ pub mod nbd;
 pub mod nbd_export;
 pub mod restore;
 pub mod storage_pool;
+pub mod tools;
 pub mod unmanaged;
 pub mod xml;

@@ -8,15 +8,15 @@
 //! the disks as they were when `virDomainBackupBegin` returned: QEMU copies
 //! a block before the guest overwrites it.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, JobLock};
 use crate::error::{Error, ErrorCode, Result};
 use crate::job::Job;
 use crate::libvirt::DomainRef;
-use crate::xml::backup::{BackupRecord, BackupState, DiskFormat, DiskRecord};
+use crate::tools::{self, os};
+use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord};
 use crate::xml::dom::{self, Element};
 use crate::xml::domain::DomainDisk;
 
@@ -54,19 +54,18 @@ fn checkpoint_bitmap(xml: &str, disk: &str) -> Option<String> {
 /// The persistent bitmaps of a qcow2 image and whether each is usable,
 /// read with `qemu-img info --force-share` (safe while QEMU runs).
 fn image_bitmaps(image: &Path) -> Result<Vec<(String, bool)>> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--force-share", "--output=json", "-f", "qcow2"])
-        .arg(image)
-        .output()
-        .map_err(|e| Error::operation_failed(format!("cannot run qemu-img: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::operation_failed(format!(
-            "qemu-img info '{}': {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let out = tools::run(
+        "qemu-img",
+        [
+            os("info"),
+            os("--force-share"),
+            os("--output=json"),
+            os("-f"),
+            os("qcow2"),
+            image.as_os_str(),
+        ],
+    )?;
+    let info: serde_json::Value = serde_json::from_slice(&out)
         .map_err(|e| Error::operation_failed(format!("qemu-img info output: {e}")))?;
     let list = info["format-specific"]["data"]["bitmaps"]
         .as_array()
@@ -329,21 +328,19 @@ pub fn remove_checkpoint(dom: &DomainRef, name: &str) -> Result<()> {
     dom.delete_checkpoint(name, true)
 }
 
-fn remove_bitmap(image: &PathBuf, bitmap: &str) -> Result<()> {
-    let out = Command::new("qemu-img")
-        .args(["bitmap", "--remove", "-f", "qcow2"])
-        .arg(image)
-        .arg(bitmap)
-        .output()
-        .map_err(|e| Error::operation_failed(format!("cannot run qemu-img: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::operation_failed(format!(
-            "cannot remove bitmap '{bitmap}' from '{}': {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+fn remove_bitmap(image: &Path, bitmap: &str) -> Result<()> {
+    tools::run(
+        "qemu-img",
+        [
+            os("bitmap"),
+            os("--remove"),
+            os("-f"),
+            os("qcow2"),
+            image.as_os_str(),
+            os(bitmap),
+        ],
+    )
+    .map(|_| ())
 }
 
 /// Follow libvirt's job until it ends, mirroring its progress into `job`;
@@ -396,15 +393,7 @@ pub fn run(
     lock: JobLock,
     discard: impl FnOnce(&BackupRecord),
 ) -> Result<()> {
-    let result = follow(job, &dom);
-    let _guard = catalog.lock().ok();
-    let result = result.and_then(|()| {
-        record.state = BackupState::Completed;
-        job.freeze_elapsed();
-        record.stats = job.stats();
-        catalog.write_record(&record)
-    });
-    drop(lock);
+    let (result, _guard) = job.settle(catalog, &mut record, follow(job, &dom), lock);
     if result.is_err() {
         if let Some(cp) = &record.checkpoint {
             let _ = remove_checkpoint(&dom, cp);

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,10 @@ use crate::error::{Error, Result};
 use crate::libvirt::DomainRef;
 use crate::live;
 use crate::nbd_export::{ExportDisk, StorageDaemonExport};
-use crate::xml::backup::{BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest};
+use crate::tools::{os, run};
+use crate::xml::backup::{
+    BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest, parent_and_domain,
+};
 use crate::xml::dom::Element;
 use crate::xml::domain::{self, DomainDisk};
 
@@ -291,20 +293,6 @@ fn daemon_disks(
         .collect()
 }
 
-fn qemu_tool(program: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| Error::operation_failed(format!("cannot run {program}: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::operation_failed(format!(
-            "{program} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
 /// An overlay on `image` (unchanged, read through it) whose persistent
 /// bitmap `bitmap` marks the chunks that differ from `parent`'s copy. The
 /// bits are made by zero-writes into a throw-away image with that bitmap
@@ -331,70 +319,37 @@ fn changes_overlay(
     drop(src);
     let marks = scratch.join(format!("{}.marks.qcow2", d.name));
     let overlay = scratch.join(format!("{}.overlay.qcow2", d.name));
-    let os = |s: &str| std::ffi::OsString::from(s);
-    qemu_tool(
+    let (m, o) = (marks.as_os_str(), overlay.as_os_str());
+    run(
         "qemu-img",
-        &[
-            &os("create"),
-            &os("-q"),
-            &os("-f"),
-            &os("qcow2"),
-            marks.as_os_str(),
-            &os(&size),
-        ],
+        [os("create"), os("-q"), os("-f"), os("qcow2"), m, os(&size)],
     )?;
-    qemu_tool(
-        "qemu-img",
-        &[&os("bitmap"), &os("--add"), marks.as_os_str(), &os(bitmap)],
-    )?;
+    run("qemu-img", [os("bitmap"), os("--add"), m, os(bitmap)])?;
     // One qemu-io per batch keeps each command line short.
     for batch in runs.chunks(512) {
-        let mut args: Vec<std::ffi::OsString> = vec![os("-f"), os("qcow2")];
+        let mut args: Vec<String> = vec!["-f".into(), "qcow2".into()];
         for (off, len) in batch {
-            args.push(os("-c"));
-            args.push(os(&format!("write -q -z {off} {len}")));
+            args.push("-c".into());
+            args.push(format!("write -q -z {off} {len}"));
         }
-        args.push(marks.clone().into_os_string());
-        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        qemu_tool("qemu-io", &refs)?;
+        run("qemu-io", args.iter().map(|a| os(a)).chain([m]))?;
     }
-    qemu_tool(
+    let backing = [os("-b"), image.as_os_str(), os("-F"), os(format.as_str())];
+    run(
         "qemu-img",
-        &[
-            &os("create"),
-            &os("-q"),
-            &os("-f"),
-            &os("qcow2"),
-            &os("-b"),
-            image.as_os_str(),
-            &os("-F"),
-            &os(format.as_str()),
-            overlay.as_os_str(),
-            &os(&size),
-        ],
+        [os("create"), os("-q"), os("-f"), os("qcow2")]
+            .into_iter()
+            .chain(backing)
+            .chain([o, os(&size)]),
     )?;
-    qemu_tool(
+    run("qemu-img", [os("bitmap"), os("--add"), o, os(bitmap)])?;
+    let from = [os("-b"), m, os("-F"), os("qcow2")];
+    run(
         "qemu-img",
-        &[
-            &os("bitmap"),
-            &os("--add"),
-            overlay.as_os_str(),
-            &os(bitmap),
-        ],
-    )?;
-    qemu_tool(
-        "qemu-img",
-        &[
-            &os("bitmap"),
-            &os("--merge"),
-            &os(bitmap),
-            &os("-b"),
-            marks.as_os_str(),
-            &os("-F"),
-            &os("qcow2"),
-            overlay.as_os_str(),
-            &os(bitmap),
-        ],
+        [os("bitmap"), os("--merge"), os(bitmap)]
+            .into_iter()
+            .chain(from)
+            .chain([o, os(bitmap)]),
     )?;
     let _ = fs::remove_file(&marks);
     Ok(overlay)
@@ -479,16 +434,11 @@ impl Export {
         let mut root = Element::new("domainbackup")
             .with_child(Element::new("uuid").with_text(self.uuid.to_string()))
             .with_child(Element::new("state").with_text(self.state().as_str()));
-        if let Some(p) = &self.parent {
-            root.push(
-                Element::new("parent").with_child(Element::new("uuid").with_text(p.to_string())),
-            );
-        }
-        root.push(
-            Element::new("domain")
-                .with_attr("uuid", self.domain_uuid.to_string())
-                .with_attr("name", self.domain_name.clone()),
-        );
+        root.children.extend(parent_and_domain(
+            self.parent,
+            self.domain_uuid,
+            &self.domain_name,
+        ));
         root.push(self.address.element("server"));
         let mut disks = Element::new("disks");
         for d in &self.disks {

@@ -297,16 +297,11 @@ impl BackupRecord {
             root.push(Element::new("description").with_text(d.clone()));
         }
         root.push(Element::new("state").with_text(self.state.as_str()));
-        if let Some(p) = &self.parent {
-            root.push(
-                Element::new("parent").with_child(Element::new("uuid").with_text(p.to_string())),
-            );
-        }
-        root.push(
-            Element::new("domain")
-                .with_attr("uuid", self.domain_uuid.to_string())
-                .with_attr("name", self.domain_name.clone()),
-        );
+        root.children.extend(parent_and_domain(
+            self.parent,
+            self.domain_uuid,
+            &self.domain_name,
+        ));
         if let Some(cp) = &self.checkpoint {
             root.push(Element::new("checkpoint").with_attr("name", cp.clone()));
         }
@@ -473,6 +468,17 @@ impl BackupRecord {
                 .collect(),
         })
     }
+}
+
+/// `<parent><uuid/></parent>` (if any) and `<domain uuid name/>` of a
+/// backup's description.
+pub fn parent_and_domain(parent: Option<Uuid>, domain: Uuid, name: &str) -> Vec<Element> {
+    let parent = parent
+        .map(|p| Element::new("parent").with_child(Element::new("uuid").with_text(p.to_string())));
+    let domain = Element::new("domain")
+        .with_attr("uuid", domain.to_string())
+        .with_attr("name", name);
+    parent.into_iter().chain([domain]).collect()
 }
 
 pub fn path_str(p: &Path) -> String {
