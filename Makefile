@@ -117,10 +117,10 @@ test-rust: libvirtd
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 	$(CARGO) test --release --locked
 
-c-tests: stage
+c-tests: stage libvirtd
 	STAGE=$(STAGE) BUILD=$(abspath $(BUILD)) CC=$(CC) sh c-tests/run.sh
 
-python-tests: $(LIB)
+python-tests: $(LIB) libvirtd
 	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) -m pytest -q python-tests
 
 clean:
