@@ -6,6 +6,8 @@
 //! - `<domain>/<backup>.lock`     flock held by the job while it copies
 //! - `<domain>/<backup>/`         default folder for the backup's images
 //! - `<domain>/default-target.xml` the persistent default target (CONFIG)
+//! - `<domain>/<backup>.<disk>.merging` the temporary file of a merge into
+//!   that backup's disk, while it runs
 //!
 //! A record in state `running` whose job lock can be taken belongs to a
 //! process that died: the next reader discards it with its files, or, for a
@@ -13,6 +15,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -199,6 +202,68 @@ impl Catalog {
         Ok(CatalogLock { _file: Some(file) })
     }
 
+    /// The writer lock if nobody else holds it now, else `None`.
+    fn try_lock(&self) -> Option<CatalogLock> {
+        if LOCK_DEPTH.with(|d| d.get()) > 0 {
+            return self.lock().ok();
+        }
+        let path = self.root.join(".lock");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .ok()?;
+        file.try_lock().ok()?;
+        LOCK_DEPTH.with(|d| d.set(d.get() + 1));
+        Some(CatalogLock { _file: Some(file) })
+    }
+
+    /// Note, before a merge writes `tmp` for a disk of `child`, where that
+    /// temporary file is: if the process dies, the next reader removes it.
+    pub fn mark_merge(&self, child: &BackupRecord, disk: &str, tmp: &Path) -> Result<()> {
+        let path = self.merge_marker(child, disk);
+        write_atomic(&path, tmp.as_os_str().as_encoded_bytes())
+    }
+
+    /// The merge of that disk ended (its file renamed, or removed).
+    pub fn unmark_merge(&self, child: &BackupRecord, disk: &str) {
+        let _ = fs::remove_file(self.merge_marker(child, disk));
+    }
+
+    fn merge_marker(&self, child: &BackupRecord, disk: &str) -> PathBuf {
+        self.domain_dir(&child.domain_uuid)
+            .join(format!("{}.{disk}.merging", child.uuid))
+    }
+
+    /// Remove what merges cut short by a dead process left: their temporary
+    /// files and markers. Skipped while anyone holds the catalog lock (a
+    /// merge runs under it).
+    fn sweep_merges(&self, domain: &Uuid) {
+        let dir = self.domain_dir(domain);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        let markers: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "merging"))
+            .collect();
+        if markers.is_empty() {
+            return;
+        }
+        let Some(_guard) = self.try_lock() else {
+            return;
+        };
+        for m in markers {
+            if let Ok(tmp) = fs::read(&m) {
+                let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
+                let _ = fs::remove_file(tmp);
+            }
+            let _ = fs::remove_file(&m);
+        }
+    }
+
     /// Take the job lock of a new backup. Call with the catalog lock held.
     pub fn lock_job(&self, domain: &Uuid, backup: &Uuid) -> Result<JobLock> {
         let dir = self.domain_dir(domain);
@@ -275,6 +340,7 @@ impl Catalog {
 
     /// Records of one domain, oldest first, after discarding dead jobs.
     pub fn list_domain(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
+        self.sweep_merges(domain);
         let dir = self.domain_dir(domain);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,

@@ -376,86 +376,111 @@ fn fill_window(src: &Source, buf: &mut [u8], offset: u64) -> Result<bool> {
     Ok(any_data)
 }
 
-/// One window of a source image, read ahead of its use.
+/// One window of a source image, read and hashed ahead of its use.
 struct Window {
     offset: u64,
     len: usize,
     /// False when the whole window is a hole (`buf` then holds stale bytes).
     has_data: bool,
     buf: Vec<u8>,
+    /// The digest of each `DIGEST_CHUNK` of the window.
+    sums: Vec<Digest>,
 }
 
 impl Window {
     /// Each digest chunk of the window: its range in `buf` and its digest.
     fn digests(&self) -> impl Iterator<Item = (usize, usize, Digest)> + '_ {
-        (0..self.len)
-            .step_by(DIGEST_CHUNK as usize)
-            .map(move |start| {
-                let end = (start + DIGEST_CHUNK as usize).min(self.len);
-                let d = if self.has_data {
-                    digest(&self.buf[start..end])
-                } else {
-                    ZERO_DIGEST
-                };
-                (start, end, d)
-            })
+        self.sums.iter().enumerate().map(move |(i, d)| {
+            let start = i * DIGEST_CHUNK as usize;
+            (start, (start + DIGEST_CHUNK as usize).min(self.len), *d)
+        })
+    }
+
+    fn hash(&mut self) {
+        self.sums.clear();
+        for start in (0..self.len).step_by(DIGEST_CHUNK as usize) {
+            let end = (start + DIGEST_CHUNK as usize).min(self.len);
+            self.sums.push(if self.has_data {
+                digest(&self.buf[start..end])
+            } else {
+                ZERO_DIGEST
+            });
+        }
     }
 }
 
-/// Buffers in flight between the reader and the consumer: one being read,
-/// one being used, one waiting. Bounds a job's memory at 12 MiB.
-const WINDOWS_IN_FLIGHT: usize = 3;
+/// Threads that read and hash windows, taking turns: on two cores reading
+/// (a copy out of the page cache, or a disk read) and hashing of the next
+/// windows overlap each other and the use of the current one.
+const READERS: usize = 2;
+/// Buffers per reader: one being filled, one waiting. With the one in use,
+/// a job holds at most 5 windows (20 MiB).
+const WINDOWS_PER_READER: usize = 2;
 
-/// Call `use_window` on each window of `src` in order, while a second
-/// thread reads the next ones: reading (a copy out of the page cache or a
-/// disk read) overlaps hashing and writing, which roughly halves the time
-/// of an incremental pass on two cores. Cancel is checked per window.
+/// Call `use_window` on each window of `src` in order, while reader
+/// threads read and hash the next ones. Cancel is checked per window.
 fn for_each_window(
     src: &Source,
     progress: &Progress,
     mut use_window: impl FnMut(&Window) -> Result<()>,
 ) -> Result<()> {
+    use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
     let size = src.size();
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Window>>(WINDOWS_IN_FLIGHT);
-    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..WINDOWS_IN_FLIGHT {
-        free_tx.send(vec![0u8; COPY_CHUNK as usize]).unwrap();
-    }
+    let mut full: Vec<Receiver<Result<Window>>> = Vec::new();
+    let mut free: Vec<Sender<Window>> = Vec::new();
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            let mut offset = 0u64;
-            while offset < size {
-                // The consumer has stopped when it drops its channels.
-                let Ok(mut buf) = free_rx.recv() else { return };
-                let len = COPY_CHUNK.min(size - offset) as usize;
-                let w = fill_window(src, &mut buf[..len], offset).map(|has_data| Window {
-                    offset,
-                    len,
-                    has_data,
-                    buf,
+        for r in 0..READERS {
+            let (full_tx, full_rx) = sync_channel::<Result<Window>>(WINDOWS_PER_READER);
+            let (free_tx, free_rx) = channel::<Window>();
+            for _ in 0..WINDOWS_PER_READER {
+                let _ = free_tx.send(Window {
+                    offset: 0,
+                    len: 0,
+                    has_data: false,
+                    buf: vec![0u8; COPY_CHUNK as usize],
+                    sums: Vec::with_capacity((COPY_CHUNK / DIGEST_CHUNK) as usize),
                 });
-                let failed = w.is_err();
-                if full_tx.send(w).is_err() || failed {
-                    return;
-                }
-                offset += len as u64;
             }
-        });
+            full.push(full_rx);
+            free.push(free_tx);
+            scope.spawn(move || {
+                let mut offset = r as u64 * COPY_CHUNK;
+                while offset < size {
+                    // The consumer has stopped when it drops its channels.
+                    let Ok(mut w) = free_rx.recv() else { return };
+                    w.offset = offset;
+                    w.len = COPY_CHUNK.min(size - offset) as usize;
+                    let filled = fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
+                        w.has_data = has_data;
+                        w.hash();
+                        w
+                    });
+                    let failed = filled.is_err();
+                    if full_tx.send(filled).is_err() || failed {
+                        return;
+                    }
+                    offset += READERS as u64 * COPY_CHUNK;
+                }
+            });
+        }
         let result = (|| {
-            for w in full_rx.iter() {
+            let windows = size.div_ceil(COPY_CHUNK);
+            for k in 0..windows as usize {
                 progress.check_cancel()?;
-                let w = w?;
+                let w = full[k % READERS]
+                    .recv()
+                    .map_err(|_| Error::internal("a reader thread stopped"))??;
                 use_window(&w)?;
                 progress
                     .processed
                     .fetch_add(w.len as u64, Ordering::Relaxed);
-                let _ = free_tx.send(w.buf);
+                let _ = free[k % READERS].send(w);
             }
             Ok(())
         })();
-        // Unblock the reader if the consumer stopped early.
-        drop(full_rx);
-        drop(free_tx);
+        // Unblock the readers if the consumer stopped early.
+        full.clear();
+        free.clear();
         result
     })
 }

@@ -42,6 +42,7 @@ fn rewrite_disk(
     let name = d.target.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.merge-{}", Uuid::new_v4()));
     let own_index = ensure_index(catalog, child, &d.name)?;
+    catalog.mark_merge(child, &d.name, &tmp)?;
     let work = || -> Result<BackupMode> {
         let mut verify = IndexVerifier::new(IndexReader::open(&own_index)?);
         let progress = Progress::default();
@@ -77,8 +78,12 @@ fn rewrite_disk(
         }
         Ok(mode)
     };
-    work().map_err(|mut e| {
+    let result = work();
+    if result.is_err() {
         let _ = fs::remove_file(&tmp);
+    }
+    catalog.unmark_merge(child, &d.name);
+    result.map_err(|mut e| {
         e.message = format!(
             "cannot merge into disk '{}' of backup '{}': {}",
             d.name, child.uuid, e.message

@@ -819,6 +819,14 @@ enum Header {
     Chunk { flags: u16, typ: u16, len: u32 },
 }
 
+/// How the reply to one request ended, as `Conn::read_reply` saw it.
+enum Ended {
+    /// With a simple reply (`error` 0: success), its payload unread.
+    Simple { error: u32 },
+    /// With the chunk flagged DONE; the text of the first error chunk, if any.
+    Done { error: Option<String> },
+}
+
 impl Conn {
     /// Record a failure; returns its text.
     fn fail(&mut self, f: Fail) -> String {
@@ -929,6 +937,48 @@ impl Conn {
         Fail::Server(nbd_errno_text(err))
     }
 
+    /// Read the reply to request `handle` up to its end. NBD_REPLY_TYPE_NONE
+    /// and error chunks are handled here (the first error's text is kept);
+    /// every other chunk goes to `chunk` with its type and payload length,
+    /// which reads the payload, or returns Ok(false) for a type that has no
+    /// place in a reply to `cmd`. A simple reply ends the walk unread beyond
+    /// its header: a read's data follows it.
+    fn read_reply(
+        &mut self,
+        handle: u64,
+        cmd: &str,
+        mut chunk: impl FnMut(&mut Conn, u16, u32) -> Step<bool>,
+    ) -> Step<Ended> {
+        let mut error: Option<String> = None;
+        loop {
+            let (flags, typ, len) = match self.read_header(handle)? {
+                Header::Simple { error } => return Ok(Ended::Simple { error }),
+                Header::Chunk { flags, typ, len } => (flags, typ, len),
+            };
+            match typ {
+                NBD_REPLY_TYPE_NONE => {
+                    if len != 0 {
+                        return Err(Fail::Broken("bad NBD_REPLY_TYPE_NONE chunk".into()));
+                    }
+                }
+                t if t & NBD_REPLY_TYPE_ERROR_BIT != 0 => {
+                    let text = self.read_error_chunk(t, len)?;
+                    error.get_or_insert(text);
+                }
+                t => {
+                    if !chunk(self, t, len)? {
+                        return Err(Fail::Broken(format!(
+                            "unexpected chunk type {t} in reply to {cmd}"
+                        )));
+                    }
+                }
+            }
+            if flags & NBD_REPLY_FLAG_DONE != 0 {
+                return Ok(Ended::Done { error });
+            }
+        }
+    }
+
     /// One NBD_CMD_READ of `dst.len()` bytes (at most u32::MAX) at `offset`.
     fn read_request(&mut self, offset: u64, dst: &mut [u8]) -> Step<()> {
         let len = dst.len() as u64;
@@ -937,158 +987,105 @@ impl Conn {
         // Byte ranges received so far, sorted and merged (one range when the
         // server sends chunks in order).
         let mut covered: Vec<(u64, u64)> = Vec::new();
-        let mut error: Option<String> = None;
-        loop {
-            match self.read_header(handle)? {
-                Header::Simple { error: 0 } => {
-                    if !covered.is_empty() {
-                        return Err(Fail::Broken("simple reply after structured chunks".into()));
+        let ended = self.read_reply(handle, "NBD_CMD_READ", |conn, typ, len| {
+            match typ {
+                NBD_REPLY_TYPE_OFFSET_DATA => {
+                    if len < 9 {
+                        return Err(Fail::Broken("short data chunk".into()));
                     }
-                    self.io.read_exact(dst)?;
-                    return Ok(());
+                    let mut o = [0u8; 8];
+                    conn.io.read_exact(&mut o)?;
+                    let at = be_u64(&o);
+                    let n = (len - 8) as u64;
+                    let chunk_end = at
+                        .checked_add(n)
+                        .filter(|&e| at >= offset && e <= req_end)
+                        .ok_or_else(|| Fail::Broken("data chunk outside the request".into()))?;
+                    add_range(&mut covered, at, chunk_end)?;
+                    let from = (at - offset) as usize;
+                    conn.io.read_exact(&mut dst[from..from + n as usize])?;
                 }
-                Header::Simple { error: e } => {
-                    if !covered.is_empty() {
-                        return Err(Fail::Broken("simple reply after structured chunks".into()));
+                NBD_REPLY_TYPE_OFFSET_HOLE => {
+                    if len != 12 {
+                        return Err(Fail::Broken("bad hole chunk".into()));
                     }
-                    return Err(self.simple_error(e));
+                    let mut p = [0u8; 12];
+                    conn.io.read_exact(&mut p)?;
+                    let at = be_u64(&p);
+                    let n = be_u32(&p[8..]) as u64;
+                    let hole_end = at
+                        .checked_add(n)
+                        .filter(|&e| n > 0 && at >= offset && e <= req_end)
+                        .ok_or_else(|| Fail::Broken("hole chunk outside the request".into()))?;
+                    add_range(&mut covered, at, hole_end)?;
+                    let from = (at - offset) as usize;
+                    dst[from..from + n as usize].fill(0);
                 }
-                Header::Chunk { flags, typ, len } => {
-                    match typ {
-                        NBD_REPLY_TYPE_NONE => {
-                            if len != 0 {
-                                return Err(Fail::Broken("bad NBD_REPLY_TYPE_NONE chunk".into()));
-                            }
-                        }
-                        NBD_REPLY_TYPE_OFFSET_DATA => {
-                            if len < 9 {
-                                return Err(Fail::Broken("short data chunk".into()));
-                            }
-                            let mut o = [0u8; 8];
-                            self.io.read_exact(&mut o)?;
-                            let at = be_u64(&o);
-                            let n = (len - 8) as u64;
-                            let chunk_end = at
-                                .checked_add(n)
-                                .filter(|&e| at >= offset && e <= req_end)
-                                .ok_or_else(|| {
-                                    Fail::Broken("data chunk outside the request".into())
-                                })?;
-                            add_range(&mut covered, at, chunk_end)?;
-                            let from = (at - offset) as usize;
-                            self.io.read_exact(&mut dst[from..from + n as usize])?;
-                        }
-                        NBD_REPLY_TYPE_OFFSET_HOLE => {
-                            if len != 12 {
-                                return Err(Fail::Broken("bad hole chunk".into()));
-                            }
-                            let mut p = [0u8; 12];
-                            self.io.read_exact(&mut p)?;
-                            let at = be_u64(&p);
-                            let n = be_u32(&p[8..]) as u64;
-                            let hole_end = at
-                                .checked_add(n)
-                                .filter(|&e| n > 0 && at >= offset && e <= req_end)
-                                .ok_or_else(|| {
-                                    Fail::Broken("hole chunk outside the request".into())
-                                })?;
-                            add_range(&mut covered, at, hole_end)?;
-                            let from = (at - offset) as usize;
-                            dst[from..from + n as usize].fill(0);
-                        }
-                        t if t & NBD_REPLY_TYPE_ERROR_BIT != 0 => {
-                            let text = self.read_error_chunk(t, len)?;
-                            error.get_or_insert(text);
-                        }
-                        t => {
-                            return Err(Fail::Broken(format!(
-                                "unexpected chunk type {t} in reply to NBD_CMD_READ"
-                            )));
-                        }
-                    }
-                    if flags & NBD_REPLY_FLAG_DONE != 0 {
-                        break;
-                    }
-                }
+                _ => return Ok(false),
             }
-        }
-        if let Some(e) = error {
-            return Err(Fail::Server(e));
-        }
-        if covered != [(offset, req_end)] {
-            return Err(Fail::Broken(
+            Ok(true)
+        })?;
+        match ended {
+            Ended::Simple { .. } if !covered.is_empty() => {
+                Err(Fail::Broken("simple reply after structured chunks".into()))
+            }
+            Ended::Simple { error: 0 } => {
+                self.io.read_exact(dst)?;
+                Ok(())
+            }
+            Ended::Simple { error } => Err(self.simple_error(error)),
+            Ended::Done { error: Some(e) } => Err(Fail::Server(e)),
+            Ended::Done { error: None } if covered != [(offset, req_end)] => Err(Fail::Broken(
                 "the server's reply does not cover the whole request".into(),
-            ));
+            )),
+            Ended::Done { error: None } => Ok(()),
         }
-        Ok(())
     }
 
     /// One NBD_CMD_BLOCK_STATUS of `len` bytes at `offset`; refreshes the
     /// extent caches of the contexts it reports.
     fn block_status_request(&mut self, offset: u64, len: u32, size: u64) -> Step<()> {
         let handle = self.send_request(NBD_CMD_BLOCK_STATUS, 0, offset, len)?;
-        let mut error: Option<String> = None;
         let (mut seen_alloc, mut seen_dirty) = (false, false);
-        loop {
-            match self.read_header(handle)? {
-                Header::Simple { error: 0 } => {
-                    return Err(Fail::Broken(
-                        "simple reply without an error to NBD_CMD_BLOCK_STATUS".into(),
-                    ));
-                }
-                Header::Simple { error: e } => return Err(self.simple_error(e)),
-                Header::Chunk { flags, typ, len } => {
-                    match typ {
-                        NBD_REPLY_TYPE_NONE => {
-                            if len != 0 {
-                                return Err(Fail::Broken("bad NBD_REPLY_TYPE_NONE chunk".into()));
-                            }
-                        }
-                        NBD_REPLY_TYPE_BLOCK_STATUS => {
-                            if len < 12 || (len - 4) % 8 != 0 {
-                                return Err(Fail::Broken("bad block status chunk length".into()));
-                            }
-                            let mut c = [0u8; 4];
-                            self.io.read_exact(&mut c)?;
-                            let id = be_u32(&c);
-                            let count = ((len - 4) / 8) as usize;
-                            let ctx = if Some(id) == self.alloc_id && !seen_alloc {
-                                seen_alloc = true;
-                                Some(Context::Allocation)
-                            } else if Some(id) == self.dirty_id && !seen_dirty {
-                                seen_dirty = true;
-                                Some(Context::Dirty)
-                            } else {
-                                None
-                            };
-                            match ctx {
-                                Some(ctx) => self.read_extents(ctx, offset, count, size)?,
-                                None => self.skip((count * 8) as u64)?,
-                            }
-                        }
-                        t if t & NBD_REPLY_TYPE_ERROR_BIT != 0 => {
-                            let text = self.read_error_chunk(t, len)?;
-                            error.get_or_insert(text);
-                        }
-                        t => {
-                            return Err(Fail::Broken(format!(
-                                "unexpected chunk type {t} in reply to NBD_CMD_BLOCK_STATUS"
-                            )));
-                        }
-                    }
-                    if flags & NBD_REPLY_FLAG_DONE != 0 {
-                        break;
-                    }
-                }
+        let ended = self.read_reply(handle, "NBD_CMD_BLOCK_STATUS", |conn, typ, len| {
+            if typ != NBD_REPLY_TYPE_BLOCK_STATUS {
+                return Ok(false);
             }
+            if len < 12 || (len - 4) % 8 != 0 {
+                return Err(Fail::Broken("bad block status chunk length".into()));
+            }
+            let mut c = [0u8; 4];
+            conn.io.read_exact(&mut c)?;
+            let id = be_u32(&c);
+            let count = ((len - 4) / 8) as usize;
+            let ctx = if Some(id) == conn.alloc_id && !seen_alloc {
+                seen_alloc = true;
+                Some(Context::Allocation)
+            } else if Some(id) == conn.dirty_id && !seen_dirty {
+                seen_dirty = true;
+                Some(Context::Dirty)
+            } else {
+                None
+            };
+            match ctx {
+                Some(ctx) => conn.read_extents(ctx, offset, count, size)?,
+                None => conn.skip((count * 8) as u64)?,
+            }
+            Ok(true)
+        })?;
+        match ended {
+            Ended::Simple { error: 0 } => Err(Fail::Broken(
+                "simple reply without an error to NBD_CMD_BLOCK_STATUS".into(),
+            )),
+            Ended::Simple { error } => Err(self.simple_error(error)),
+            Ended::Done { error: Some(e) } => {
+                // Whatever was cached from this reply is not to be trusted.
+                self.alloc = Extents::default();
+                self.dirty = Extents::default();
+                Err(Fail::Server(e))
+            }
+            Ended::Done { error: None } => Ok(()),
         }
-        if let Some(e) = error {
-            // Whatever was cached from this reply is not to be trusted.
-            self.alloc = Extents::default();
-            self.dirty = Extents::default();
-            return Err(Fail::Server(e));
-        }
-        Ok(())
     }
 
     /// Read `count` descriptors starting at `offset` into the cache of `ctx`,
