@@ -1,27 +1,18 @@
 //! The NBD client against real servers (qemu-nbd, qemu-storage-daemon) on
 //! loopback: unix sockets and 127.0.0.1.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{assert_send_sync, free_port, loopback, qemu_img, raw_contents};
 use libvirt_backup::nbd::{NbdAddress, NbdClient};
 
 const MIB: u64 = 1 << 20;
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A server process, killed when the guard goes away (even on panic).
 struct Server {
@@ -72,58 +63,45 @@ fn connect(
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A 40 MiB qcow2 with 0xab at [1M, 3M) and nothing else allocated, and its
 /// raw contents as qemu-img sees them.
 fn make_image(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let img = dir.join("disk.qcow2");
-    let img_s = img.to_str().unwrap();
-    run("qemu-img", &["create", "-q", "-f", "qcow2", img_s, "40M"]);
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -q -P 0xab 1M 2M", img_s],
+    let img = common::image_in(
+        dir,
+        "disk.qcow2",
+        "qcow2",
+        "40M",
+        &["write -q -P 0xab 1M 2M"],
     );
-    let raw = dir.join("disk.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            img_s,
-            raw.to_str().unwrap(),
-        ],
-    );
-    let expected = std::fs::read(&raw).unwrap();
+    let expected = raw_contents(&img, "qcow2", &dir.join("disk.raw"));
     assert_eq!(expected.len() as u64, 40 * MIB);
     (img, expected)
 }
 
-fn qemu_nbd_unix(img: &Path, sock: &Path, log: &Path, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "-r",
-        "-t",
-        "-e",
-        "8",
-        "-f",
-        "qcow2",
-        "-x",
-        "vda",
-        "-k",
-        sock.to_str().unwrap(),
-    ];
+/// qemu-nbd serving the qcow2 `img` read-only as export 'vda', logging to
+/// `dir`/qemu-nbd.log; `args`: where it listens, and more options.
+fn qemu_nbd(dir: &Path, img: &Path, args: &[&str]) -> Server {
+    let mut all = vec!["-r", "-t", "-e", "8", "-f", "qcow2", "-x", "vda"];
+    all.extend_from_slice(args);
+    all.push(img.to_str().unwrap());
+    spawn("qemu-nbd", &all, &dir.join("qemu-nbd.log"))
+}
+
+/// qemu-nbd serving `img` (see `qemu_nbd`) on the unix socket `dir`/nbd.sock
+/// with `extra` options; its address, and a client asking for `bitmap`.
+fn qemu_nbd_unix(
+    dir: &Path,
+    img: &Path,
+    extra: &[&str],
+    bitmap: Option<&str>,
+) -> (Server, NbdAddress, NbdClient) {
+    let sock = dir.join("nbd.sock");
+    let mut args = vec!["-k", sock.to_str().unwrap()];
     args.extend_from_slice(extra);
-    args.push(img.to_str().unwrap());
-    spawn("qemu-nbd", &args, log)
+    let mut server = qemu_nbd(dir, img, &args);
+    let addr = NbdAddress::Unix(sock);
+    let client = connect(&mut server, &addr, "vda", bitmap);
+    (server, addr, client)
 }
 
 /// All extents of one kind, from offset 0, merged: (flag, start, length).
@@ -202,18 +180,14 @@ fn check_contents_and_extents(client: &NbdClient, expected: &[u8]) {
 
 #[test]
 fn client_is_send_and_sync() {
-    fn check<T: Send + Sync>() {}
-    check::<NbdClient>();
+    assert_send_sync::<NbdClient>();
 }
 
 #[test]
 fn qemu_nbd_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let (img, expected) = make_image(dir.path());
-    let sock = dir.path().join("nbd.sock");
-    let mut server = qemu_nbd_unix(&img, &sock, &dir.path().join("qemu-nbd.log"), &[]);
-    let addr = NbdAddress::Unix(sock.clone());
-    let client = connect(&mut server, &addr, "vda", None);
+    let (_server, addr, client) = qemu_nbd_unix(dir.path(), &img, &[], None);
     check_contents_and_extents(&client, &expected);
 
     // No bitmap negotiated: dirty_extent() is an error, the connection stays usable.
@@ -228,6 +202,7 @@ fn qemu_nbd_unix_socket() {
     let err = NbdClient::connect(&addr, "nope", None)
         .err()
         .expect("unknown export accepted");
+    let sock = dir.path().join("nbd.sock");
     let want = format!("NBD server unix:{} has no export 'nope'", sock.display());
     assert!(err.message.contains(&want), "{}", err.message);
 
@@ -251,30 +226,12 @@ fn qemu_nbd_tcp() {
     let dir = tempfile::tempdir().unwrap();
     let (img, expected) = make_image(dir.path());
     let port = free_port();
-    let port_s = port.to_string();
-    let mut server = spawn(
-        "qemu-nbd",
-        &[
-            "-r",
-            "-t",
-            "-e",
-            "8",
-            "-f",
-            "qcow2",
-            "-x",
-            "vda",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            &port_s,
-            img.to_str().unwrap(),
-        ],
-        &dir.path().join("qemu-nbd.log"),
+    let mut server = qemu_nbd(
+        dir.path(),
+        &img,
+        &["-b", "127.0.0.1", "-p", &port.to_string()],
     );
-    let addr = NbdAddress::Tcp {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let addr = loopback(port);
     let client = Arc::new(connect(&mut server, &addr, "vda", None));
     check_contents_and_extents(&client, &expected);
 
@@ -305,10 +262,7 @@ fn qemu_nbd_tcp() {
 #[test]
 fn closed_port_and_missing_socket() {
     let port = free_port(); // nothing listens there once the listener is dropped
-    let addr = NbdAddress::Tcp {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let addr = loopback(port);
     let err = NbdClient::connect(&addr, "vda", None)
         .err()
         .expect("connected to a closed port");
@@ -334,10 +288,7 @@ fn not_an_nbd_server() {
         let (mut s, _) = listener.accept().unwrap();
         let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n");
     });
-    let addr = NbdAddress::Tcp {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let addr = loopback(port);
     let err = NbdClient::connect(&addr, "vda", None)
         .err()
         .expect("garbage accepted");
@@ -355,8 +306,8 @@ fn not_an_nbd_server() {
 fn make_bitmap_image(dir: &Path) -> (PathBuf, Vec<u8>) {
     let (img, _) = make_image(dir);
     let img_s = img.to_str().unwrap();
-    run("qemu-img", &["bitmap", "--add", "--enable", img_s, "b0"]);
-    run(
+    qemu_img(&["bitmap", "--add", "--enable", img_s, "b0"]);
+    common::run_ok(
         "qemu-io",
         &[
             "-f",
@@ -368,20 +319,8 @@ fn make_bitmap_image(dir: &Path) -> (PathBuf, Vec<u8>) {
             img_s,
         ],
     );
-    let raw = dir.join("disk2.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            img_s,
-            raw.to_str().unwrap(),
-        ],
-    );
-    (img, std::fs::read(&raw).unwrap())
+    let expected = raw_contents(&img, "qcow2", &dir.join("disk2.raw"));
+    (img, expected)
 }
 
 fn check_bitmap(client: &NbdClient, expected: &[u8]) {
@@ -421,10 +360,7 @@ fn check_bitmap(client: &NbdClient, expected: &[u8]) {
 fn qemu_nbd_dirty_bitmap() {
     let dir = tempfile::tempdir().unwrap();
     let (img, expected) = make_bitmap_image(dir.path());
-    let sock = dir.path().join("nbd.sock");
-    let mut server = qemu_nbd_unix(&img, &sock, &dir.path().join("qemu-nbd.log"), &["-B", "b0"]);
-    let addr = NbdAddress::Unix(sock.clone());
-    let client = connect(&mut server, &addr, "vda", Some("b0"));
+    let (_server, addr, client) = qemu_nbd_unix(dir.path(), &img, &["-B", "b0"], Some("b0"));
     check_bitmap(&client, &expected);
 
     // Another bitmap name than the exported one.
@@ -469,9 +405,7 @@ fn qemu_storage_daemon_dirty_bitmap() {
 fn server_killed_mid_session() {
     let dir = tempfile::tempdir().unwrap();
     let (img, expected) = make_image(dir.path());
-    let sock = dir.path().join("nbd.sock");
-    let mut server = qemu_nbd_unix(&img, &sock, &dir.path().join("qemu-nbd.log"), &[]);
-    let client = connect(&mut server, &NbdAddress::Unix(sock), "vda", None);
+    let (server, _, client) = qemu_nbd_unix(dir.path(), &img, &[], None);
     let mut b = vec![0u8; MIB as usize];
     client.read_at(&mut b, MIB).unwrap();
     assert!(b == expected[MIB as usize..2 * MIB as usize]);
@@ -714,10 +648,7 @@ fn check_fake(client: &NbdClient, server: &str) {
 #[test]
 fn scripted_server_structured() {
     let (port, server) = fake::start(true);
-    let addr = NbdAddress::Tcp {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let addr = loopback(port);
     let client = NbdClient::connect(&addr, "vda", None).unwrap();
     check_fake(&client, &addr.to_string());
     let mut b = vec![0u8; 4096];
@@ -748,10 +679,7 @@ fn scripted_server_simple_replies() {
 #[test]
 fn scripted_server_unknown_export() {
     let (port, server) = fake::start(true);
-    let addr = NbdAddress::Tcp {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let addr = loopback(port);
     let err = NbdClient::connect(&addr, "sda", None).err().unwrap();
     assert!(
         err.message

@@ -1,32 +1,17 @@
 //! `nbd_export`: qemu-storage-daemon serving read-only NBD exports, checked
 //! with real processes on loopback (qemu-img, qemu-io, nbdinfo, nbdcopy).
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use libvirt_backup::error::ErrorCode;
+use common::{assert_send_sync, free_port, image_in, loopback, qemu_io, run, run_ok};
+use libvirt_backup::error::{ErrorCode, Result};
 use libvirt_backup::nbd_export::{ExportDisk, ExportServer, StorageDaemonExport};
 use libvirt_backup::xml::backup::DiskFormat;
 
 const MIB: u64 = 1024 * 1024;
-
-fn run(prog: &str, args: &[&str]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog} runs: {e}"))
-}
-
-fn run_ok(prog: &str, args: &[&str]) -> Output {
-    let out = run(prog, args);
-    assert!(
-        out.status.success(),
-        "{prog} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn stdout_of(prog: &str, args: &[&str]) -> String {
     String::from_utf8(run_ok(prog, args).stdout).unwrap()
@@ -36,47 +21,13 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn qemu_io(fmt: &str, img: &Path, cmd: &str) {
-    run_ok("qemu-io", &["-f", fmt, "-c", cmd, s(img)]);
-}
-
 /// A qcow2 image of `size` MiB with `writes` (qemu-io commands) applied.
 fn qcow2(dir: &Path, name: &str, size_mib: u64, writes: &[&str]) -> PathBuf {
-    let img = dir.join(name);
-    run_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            s(&img),
-            &format!("{size_mib}M"),
-        ],
-    );
-    for w in writes {
-        qemu_io("qcow2", &img, w);
-    }
-    img
+    image_in(dir, name, "qcow2", &format!("{size_mib}M"), writes)
 }
 
 fn raw(dir: &Path, name: &str, size_mib: u64, writes: &[&str]) -> PathBuf {
-    let img = dir.join(name);
-    run_ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "raw",
-            s(&img),
-            &format!("{size_mib}M"),
-        ],
-    );
-    for w in writes {
-        qemu_io("raw", &img, w);
-    }
-    img
+    image_in(dir, name, "raw", &format!("{size_mib}M"), writes)
 }
 
 fn disk(name: &str, image: &Path, format: DiskFormat, bitmap: Option<&str>) -> ExportDisk {
@@ -88,25 +39,35 @@ fn disk(name: &str, image: &Path, format: DiskFormat, bitmap: Option<&str>) -> E
     }
 }
 
+/// Export `disks` on the unix socket `sock`.
+fn start_unix(sock: &Path, disks: &[ExportDisk]) -> Result<StorageDaemonExport> {
+    StorageDaemonExport::start(&ExportServer::Unix(sock.to_path_buf()), disks)
+}
+
+/// A qcow2 image `dir`/a.qcow2 of `size_mib` MiB with `writes` applied,
+/// exported as `name` on `dir`/s.sock.
+fn qcow2_export(
+    dir: &Path,
+    name: &str,
+    size_mib: u64,
+    writes: &[&str],
+) -> (PathBuf, StorageDaemonExport) {
+    let img = qcow2(dir, "a.qcow2", size_mib, writes);
+    let exp = start_unix(
+        &dir.join("s.sock"),
+        &[disk(name, &img, DiskFormat::Qcow2, None)],
+    )
+    .unwrap();
+    (img, exp)
+}
+
 /// The image's guest-visible bytes.
 fn raw_bytes(img: &Path, fmt: &str, tmp: &Path) -> Vec<u8> {
     let out = tmp.join(format!(
         "{}.ref.raw",
         img.file_name().unwrap().to_str().unwrap()
     ));
-    run_ok(
-        "qemu-img",
-        &["convert", "-f", fmt, "-O", "raw", s(img), s(&out)],
-    );
-    std::fs::read(out).unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::raw_contents(img, fmt, &out)
 }
 
 fn unix_uri(export: &str, sock: &Path) -> String {
@@ -174,8 +135,7 @@ fn process_gone(pid: u32) -> bool {
 
 #[test]
 fn export_is_send_and_sync() {
-    fn check<T: Send + Sync>() {}
-    check::<StorageDaemonExport>();
+    assert_send_sync::<StorageDaemonExport>();
 }
 
 #[test]
@@ -193,8 +153,8 @@ fn unix_two_disks_copy_list_map() {
     let want_r = raw_bytes(&r, "raw", d);
     let sock = d.join("nbd.sock");
 
-    let exp = StorageDaemonExport::start(
-        &ExportServer::Unix(sock.clone()),
+    let exp = start_unix(
+        &sock,
         &[
             disk("vda", &q, DiskFormat::Qcow2, None),
             disk("vdb", &r, DiskFormat::Raw, None),
@@ -270,12 +230,7 @@ fn unix_two_disks_copy_list_map() {
 fn scratch_folder_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
-    let img = qcow2(tmp.path(), "a.qcow2", 1, &[]);
-    let exp = StorageDaemonExport::start(
-        &ExportServer::Unix(tmp.path().join("s.sock")),
-        &[disk("a", &img, DiskFormat::Qcow2, None)],
-    )
-    .unwrap();
+    let (_, exp) = qcow2_export(tmp.path(), "a", 1, &[]);
     let scratch = scratch_of(exp.pid());
     assert!(scratch.starts_with(std::env::temp_dir()));
     let mode = std::fs::metadata(&scratch).unwrap().permissions().mode();
@@ -300,10 +255,7 @@ fn tcp_port_and_port_in_use() {
     let img = qcow2(tmp.path(), "a.qcow2", 4, &["write -P 0x11 0 1M"]);
     let want = raw_bytes(&img, "qcow2", tmp.path());
     let port = free_port();
-    let server = ExportServer::Tcp {
-        host: "127.0.0.1".into(),
-        port,
-    };
+    let server = loopback(port);
     let exp =
         StorageDaemonExport::start(&server, &[disk("vda", &img, DiskFormat::Qcow2, None)]).unwrap();
     let uri = format!("nbd://127.0.0.1:{port}/vda");
@@ -333,13 +285,8 @@ fn tcp_port_and_port_in_use() {
 #[test]
 fn drop_stops_the_daemon() {
     let tmp = tempfile::tempdir().unwrap();
-    let img = qcow2(tmp.path(), "a.qcow2", 1, &[]);
+    let (_, exp) = qcow2_export(tmp.path(), "a", 1, &[]);
     let sock = tmp.path().join("s.sock");
-    let exp = StorageDaemonExport::start(
-        &ExportServer::Unix(sock.clone()),
-        &[disk("a", &img, DiskFormat::Qcow2, None)],
-    )
-    .unwrap();
     let pid = exp.pid();
     let scratch = scratch_of(pid);
     assert!(sock.exists());
@@ -352,12 +299,7 @@ fn drop_stops_the_daemon() {
 #[test]
 fn stop_after_the_daemon_died() {
     let tmp = tempfile::tempdir().unwrap();
-    let img = qcow2(tmp.path(), "a.qcow2", 1, &[]);
-    let exp = StorageDaemonExport::start(
-        &ExportServer::Unix(tmp.path().join("s.sock")),
-        &[disk("a", &img, DiskFormat::Qcow2, None)],
-    )
-    .unwrap();
+    let (_, exp) = qcow2_export(tmp.path(), "a", 1, &[]);
     let scratch = scratch_of(exp.pid());
     run_ok("kill", &["-KILL", &exp.pid().to_string()]);
     let t = std::time::Instant::now();
@@ -381,11 +323,7 @@ fn dirty_bitmap_export() {
     qemu_io("qcow2", &img, "write -P 0x03 10M 64k");
     let sock = d.join("s.sock");
 
-    let exp = StorageDaemonExport::start(
-        &ExportServer::Unix(sock.clone()),
-        &[disk("vda", &img, DiskFormat::Qcow2, Some("b0"))],
-    )
-    .unwrap();
+    let exp = start_unix(&sock, &[disk("vda", &img, DiskFormat::Qcow2, Some("b0"))]).unwrap();
     let uri = unix_uri("vda", &sock);
     let list = stdout_of("nbdinfo", &[&uri]);
     assert!(list.contains("qemu:dirty-bitmap:b0"), "{list}");
@@ -403,11 +341,7 @@ fn dirty_bitmap_export() {
     exp.stop().unwrap();
 
     // A bitmap the image does not have: qemu-storage-daemon's message.
-    let err = StorageDaemonExport::start(
-        &ExportServer::Unix(sock.clone()),
-        &[disk("vda", &img, DiskFormat::Qcow2, Some("nope"))],
-    )
-    .unwrap_err();
+    let err = start_unix(&sock, &[disk("vda", &img, DiskFormat::Qcow2, Some("nope"))]).unwrap_err();
     assert!(err.is(ErrorCode::OperationFailed), "{err:?}");
     assert!(err.message.contains("nope"), "{err}");
     assert!(err.message.to_lowercase().contains("bitmap"), "{err}");
@@ -415,23 +349,14 @@ fn dirty_bitmap_export() {
 
     // A bitmap on a raw image is refused up front.
     let r = raw(d, "b.raw", 1, &[]);
-    let err = StorageDaemonExport::start(
-        &ExportServer::Unix(sock),
-        &[disk("vdb", &r, DiskFormat::Raw, Some("b0"))],
-    )
-    .unwrap_err();
+    let err = start_unix(&sock, &[disk("vdb", &r, DiskFormat::Raw, Some("b0"))]).unwrap_err();
     assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
 }
 
 #[test]
 fn export_holds_the_image_read_only() {
     let tmp = tempfile::tempdir().unwrap();
-    let img = qcow2(tmp.path(), "a.qcow2", 4, &["write -P 0x44 0 64k"]);
-    let exp = StorageDaemonExport::start(
-        &ExportServer::Unix(tmp.path().join("s.sock")),
-        &[disk("vda", &img, DiskFormat::Qcow2, None)],
-    )
-    .unwrap();
+    let (img, exp) = qcow2_export(tmp.path(), "vda", 4, &["write -P 0x44 0 64k"]);
     // QEMU's image locking: no writer while the export runs.
     let w = run("qemu-io", &["-f", "qcow2", "-c", "write 0 4k", s(&img)]);
     assert!(!w.status.success());
@@ -451,8 +376,8 @@ fn startup_errors() {
     let good = qcow2(d, "a.qcow2", 1, &[]);
 
     // Missing image.
-    let err = StorageDaemonExport::start(
-        &ExportServer::Unix(d.join("s.sock")),
+    let err = start_unix(
+        &d.join("s.sock"),
         &[
             disk("a", &good, DiskFormat::Qcow2, None),
             disk("b", &d.join("missing.qcow2"), DiskFormat::Qcow2, None),
@@ -464,50 +389,29 @@ fn startup_errors() {
 
     // Not a qcow2 image.
     let r = raw(d, "b.raw", 1, &[]);
-    let err = StorageDaemonExport::start(
-        &ExportServer::Unix(d.join("s.sock")),
-        &[disk("b", &r, DiskFormat::Qcow2, None)],
-    )
-    .unwrap_err();
+    let err = start_unix(&d.join("s.sock"), &[disk("b", &r, DiskFormat::Qcow2, None)]).unwrap_err();
     assert!(err.is(ErrorCode::OperationFailed), "{err:?}");
     assert!(err.message.contains("qcow2"), "{err}");
 
     // Port 0, missing socket folder, a path that is not a socket.
-    let err = StorageDaemonExport::start(
-        &ExportServer::Tcp {
-            host: "127.0.0.1".into(),
-            port: 0,
-        },
+    let err =
+        StorageDaemonExport::start(&loopback(0), &[disk("a", &good, DiskFormat::Qcow2, None)])
+            .unwrap_err();
+    assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
+    let err = start_unix(
+        &d.join("nodir/s.sock"),
         &[disk("a", &good, DiskFormat::Qcow2, None)],
     )
     .unwrap_err();
     assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
-    let err = StorageDaemonExport::start(
-        &ExportServer::Unix(d.join("nodir/s.sock")),
-        &[disk("a", &good, DiskFormat::Qcow2, None)],
-    )
-    .unwrap_err();
-    assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
-    let err = StorageDaemonExport::start(
-        &ExportServer::Unix(good.clone()),
-        &[disk("a", &good, DiskFormat::Qcow2, None)],
-    )
-    .unwrap_err();
+    let err = start_unix(&good, &[disk("a", &good, DiskFormat::Qcow2, None)]).unwrap_err();
     assert!(err.message.contains("not a socket"), "{err}");
     assert!(good.is_file(), "the image was touched");
 
     // A socket another export serves is not taken over.
     let sock = d.join("s.sock");
-    let first = StorageDaemonExport::start(
-        &ExportServer::Unix(sock.clone()),
-        &[disk("a", &good, DiskFormat::Qcow2, None)],
-    )
-    .unwrap();
-    let err = StorageDaemonExport::start(
-        &ExportServer::Unix(sock.clone()),
-        &[disk("b", &r, DiskFormat::Raw, None)],
-    )
-    .unwrap_err();
+    let first = start_unix(&sock, &[disk("a", &good, DiskFormat::Qcow2, None)]).unwrap();
+    let err = start_unix(&sock, &[disk("b", &r, DiskFormat::Raw, None)]).unwrap_err();
     assert!(err.message.contains("in use"), "{err}");
     run_ok("nbdinfo", &["--size", &unix_uri("a", &sock)]);
     first.stop().unwrap();

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::{LazyLock, Mutex};
 
 use libvirt_backup::libvirt::DomainRef;
+use libvirt_backup::xml::backup::NbdServer;
 use virt::connect::Connect;
 
 /// Run `qemu-img` and require success.
@@ -91,3 +92,60 @@ pub fn domain(name: &str, disks: &[(&str, &Path, &str)]) -> DomainRef {
     );
     DomainRef::new(conn.define_domain_xml(&xml).unwrap())
 }
+
+/// Run a program and return its output, whatever its exit status.
+pub fn run(prog: &str, args: &[&str]) -> std::process::Output {
+    Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog} runs: {e}"))
+}
+
+/// Run a program and require success; its output.
+pub fn run_ok(prog: &str, args: &[&str]) -> std::process::Output {
+    let out = run(prog, args);
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Make an image of `size` (qemu-img's notation) at `dir/name` with `writes`
+/// (qemu-io commands) applied.
+pub fn image_in(dir: &Path, name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
+    let p = dir.join(name);
+    qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), size]);
+    for w in writes {
+        qemu_io(fmt, &p, w);
+    }
+    p
+}
+
+/// An image's guest-visible bytes: converted to the raw file `out`, read back.
+pub fn raw_contents(img: &Path, fmt: &str, out: &Path) -> Vec<u8> {
+    let (from, to) = (img.to_str().unwrap(), out.to_str().unwrap());
+    qemu_img(&["convert", "-f", fmt, "-O", "raw", from, to]);
+    std::fs::read(out).unwrap()
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on (once this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An NBD server (or export listener) on 127.0.0.1 at `port`.
+pub fn loopback(port: u16) -> NbdServer {
+    NbdServer::Tcp {
+        host: "127.0.0.1".into(),
+        port,
+    }
+}
+
+/// Fails to compile unless `T` may be shared between threads.
+pub fn assert_send_sync<T: Send + Sync>() {}
