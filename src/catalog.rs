@@ -387,7 +387,10 @@ impl Catalog {
             other => return Ok(other),
         };
         let outcome = match cur.checkpoint {
-            Some(_) => crate::live::orphan_outcome(&cur),
+            Some(_) => {
+                let cancel = self.cancel_path(&cur.domain_uuid, &cur.uuid).exists();
+                crate::live::orphan_outcome(&cur, cancel)
+            }
             None => Some(false),
         };
         match outcome {

@@ -406,12 +406,24 @@ pub fn run(
 /// What became of a live backup whose process died while libvirt copied:
 /// `Some(true)` completed (targets present and readable at their size),
 /// `Some(false)` failed or gone, `None` still running.
-pub fn orphan_outcome(rec: &BackupRecord) -> Option<bool> {
+/// With `cancel` (someone asked to abort it), a job still running is
+/// aborted and the backup discarded.
+pub fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
     let Ok(dom) = crate::libvirt::open_domain(&rec.uri, &rec.domain_uuid) else {
         return Some(false);
     };
-    if dom.job_info(false).is_ok_and(|i| i.is_active()) {
-        return None;
+    let running = || dom.job_info(false).is_ok_and(|i| i.is_active());
+    if running() {
+        if !cancel || dom.abort_job().is_err() {
+            return None;
+        }
+        while running() {
+            std::thread::sleep(POLL);
+        }
+        if let Some(cp) = &rec.checkpoint {
+            let _ = remove_checkpoint(&dom, cp);
+        }
+        return Some(false);
     }
     let completed = dom.job_info(true).is_ok_and(|i| {
         i.kind == JOB_COMPLETED && i.operation.is_none_or(|o| o == OPERATION_BACKUP)
