@@ -92,11 +92,14 @@ demo:
 	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup)
 	./examples/run-demo.sh $(BUILD)/demo
 
-# Side-by-side timings against qemu-img (sizes: see bench/bench.c).
-bench: deps
+# Side-by-side timings against qemu-img, libvirt and virtnbdbackup (sizes:
+# see bench/bench.c); the live rows need libvirtd (BENCH_LIVE=0 skips them).
+bench:
+	@sh scripts/install-deps.sh bench
+	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then sh scripts/start-libvirtd.sh; fi
 	@$(MAKE) --no-print-directory stage
-	$(STAGE_ENV) $(CC) -O2 -Wall -Wextra -Werror -o $(BUILD)/bench bench/bench.c \
-	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup)
+	$(STAGE_ENV) $(CC) -O2 -Wall -Wextra -Werror -o $(BUILD)/bench bench/bench.c bench/live.c \
+	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup libvirt-qemu)
 	@rm -rf $(BUILD)/bench-catalog
 	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench; \
 	    rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc

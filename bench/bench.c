@@ -18,28 +18,41 @@
  *     changed vs a full rewrite, `qemu-img convert -n` + sync of the same
  *     content over the disk.
  *
+ * Then, on one running QEMU domain (qemu:///system, TCG, no guest OS; see
+ * live.c), whose virtio qcow2 disk libvirt backs up in push mode:
+ *
+ *  5. full backup vs the same push-mode backup driven by hand through
+ *     libvirt (virDomainBackupBegin with a checkpoint, job polled);
+ *  6. full backup vs `virtnbdbackup -l full` (pull mode over NBD);
+ *  7. incremental backup after 1% of the data changed vs that full backup.
+ *
  * "1% changed" is 1% of the data, written by qemu-io as 64 KiB blocks spread
- * evenly over the disk, with a new pattern byte each time. A restore is timed
- * up to an fsync of the file it wrote, like the peer's `sync FILE` (and like a
- * backup, which the library fsyncs before calling it completed).
+ * evenly over the disk, with a new pattern byte each time (on the running
+ * domain, through QEMU: qemu-io on its monitor). A restore is timed up to an
+ * fsync of the file it wrote, like the peer's `sync FILE` (and like a backup,
+ * which the library fsyncs before calling it completed).
  *
  * Each side runs BENCH_RUNS times, alternating, each after a sync(); the
  * table shows the best time of each side (timings on a shared 2-core machine
  * have large additive spikes, which the minimum filters out) and the ratio
- * ours/peer (lower is better) next to its target. Every row checks its
- * result with `qemu-img compare` against the source as it was at backup
- * time; a mismatch shows as MISMATCH in the row's notes and makes the
- * program exit 1 once the table is complete. A restore that fails with
+ * ours/peer (lower is better) next to its target. After each of ours' runs
+ * the row checks the result with `qemu-img compare` against the source as it
+ * was at backup time (for the running domain: a raw copy taken right before
+ * the backup, after a flush); a mismatch shows as MISMATCH in the row's
+ * notes and makes the program exit 1 once the table is complete. A restore that fails with
  * VIR_ERR_NO_SUPPORT shows as "n/a (reason)".
  *
  * Environment: BENCH_SIZE_MB (virtual disk size, default 2048),
  * BENCH_DATA_PCT (share of the disk holding data, default 50),
  * BENCH_RUNS (default 3), BENCH_DIR (parent of the work folder, default
- * /var/tmp), BENCH_VERBOSE (print every run).
+ * /var/tmp), BENCH_VERBOSE (print every run), BENCH_LIVE_SIZE_MB (the
+ * running domain's disk, default 2048), BENCH_LIVE=0 (skip rows 5-7; by
+ * default they run and an unreachable libvirtd is an error).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -49,59 +62,32 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <libvirt-backup/libvirt-backup.h>
+#include "bench.h"
 
-#define MiB (1024LL * 1024)
-#define CHUNK (64 * 1024LL)   /* size and alignment of the scattered writes */
 #define MAX_RUNS 16
 #define CHAIN_DEPTH 5         /* backups in the chain that row 3 restores */
-#define NA (-1.0)             /* a timing that could not be taken */
 
-/* One source image, its domain, and the backups made of it so far. */
-struct disk {
-    const char *fmt;             /* raw or qcow2 */
-    char *src;                   /* the domain's disk */
-    char *saved;                 /* copy of src when the leaf backup was made */
-    char *restored;              /* row 3: the restore's new file */
-    virDomainPtr dom;
-    virDomainBackupPtr full;     /* root of the chain */
-    virDomainBackupPtr leaf;     /* newest backup of the chain */
-    int depth;                   /* backups in the chain */
-    int pattern;                 /* last qemu-io pattern byte used */
-    double full_best;            /* best full backup time: row 2's reference */
-    char note[256];              /* what the row prints in its notes */
-};
-
-/* One kind of row: how each side runs once, and how to check ours. */
-struct row {
-    const char *what;
-    double target;                      /* ratio to stay under; 0: none */
-    void (*setup)(struct disk *);       /* before the runs, untimed */
-    double (*ours)(struct disk *);      /* seconds, or NA (d->note says why) */
-    double (*peer)(struct disk *);      /* NULL: d->full_best */
-    int (*verify)(struct disk *);       /* after the runs, on ours' result: 0 if right */
-};
-
-static char *workdir;
-static long size_mb, data_pct;
+char *workdir;
+long data_pct;
+static long size_mb;
 static int runs;
 static int verbose;
 static int mismatches;
 
-static long env_long(const char *name, long dflt)
+long env_long(const char *name, long dflt)
 {
     const char *v = getenv(name);
     return v && *v ? strtol(v, NULL, 10) : dflt;
 }
 
-static double now(void)
+double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void die(const char *what)
+void die(const char *what)
 {
     fprintf(stderr, "bench: %s: %s\n", what,
             virDomainBackupGetLastErrorCode() ? virDomainBackupGetLastErrorMessage() : strerror(errno));
@@ -117,8 +103,7 @@ static char *vxprintf(const char *fmt, va_list ap)
 }
 
 /* A malloc'd, formatted string. */
-static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xprintf(const char *fmt, ...)
+char *xprintf(const char *fmt, ...)
 {
     va_list ap;
     char *s;
@@ -129,8 +114,7 @@ static char *xprintf(const char *fmt, ...)
 }
 
 /* Run a formatted shell command; exit on failure. */
-static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void sh(const char *fmt, ...)
+void sh(const char *fmt, ...)
 {
     va_list ap;
     char *cmd;
@@ -145,8 +129,7 @@ static void sh(const char *fmt, ...)
 }
 
 /* Like sh(), timed, after a sync() so that no side pays for the other. */
-static double timed_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static double timed_sh(const char *fmt, ...)
+double timed_sh(const char *fmt, ...)
 {
     va_list ap;
     char *cmd;
@@ -214,6 +197,40 @@ static void make_raw(const char *path, long size_mb, long pct)
     free(zero);
 }
 
+/* One qemu-io run on @path: @n writes of @len bytes of @pattern at @offsets. */
+void qemu_io_writes(const char *fmt, const char *path, int pattern,
+                    const long long *offsets, long long n, long long len)
+{
+    size_t cap = n * 64 + strlen(path) + 64, used;
+    char *cmd = malloc(cap);
+    if (!cmd)
+        die("malloc");
+    used = snprintf(cmd, cap, "qemu-io -f %s", fmt);
+    for (long long i = 0; i < n; i++)
+        used += snprintf(cmd + used, cap - used, " -c 'write -P 0x%02x %lld %lld'",
+                         pattern, offsets[i], len);
+    snprintf(cmd + used, cap - used, " '%s' >/dev/null", path);
+    sh("%s", cmd);
+    free(cmd);
+}
+
+/* The disk's writer for images no process has open. */
+static void write_image(struct disk *d, const long long *offsets, long long n)
+{
+    qemu_io_writes(d->fmt, d->src, d->pattern, offsets, n, CHUNK);
+}
+
+/* @n offsets, @stride apart from @first; malloc'd. */
+long long *spaced(long long n, long long stride, long long first)
+{
+    long long *offsets = malloc(n * sizeof(*offsets));
+    if (!offsets)
+        die("malloc");
+    for (long long i = 0; i < n; i++)
+        offsets[i] = first + i * stride;
+    return offsets;
+}
+
 /*
  * Change 1% of the data of @d's disk: 64 KiB writes of a new pattern byte,
  * one every disk/count bytes, shifted by @slot blocks so that different slots
@@ -221,25 +238,15 @@ static void make_raw(const char *path, long size_mb, long pct)
  */
 static void change_1pct(struct disk *d, int slot)
 {
-    long long size = size_mb * MiB;
+    long long size = d->size_mb * MiB;
     long long count = size * data_pct / 100 / 100 / CHUNK;
-    long long stride, shift;
-    size_t cap, len;
-    char *cmd;
+    long long stride, *offsets;
     count = count < 1 ? 1 : count;
     stride = size / count / CHUNK * CHUNK;
-    shift = slot % (stride / CHUNK) * CHUNK;
+    offsets = spaced(count, stride, slot % (stride / CHUNK) * CHUNK);
     d->pattern = d->pattern % 0xfe + 1;
-    cap = count * 48 + strlen(d->src) + 64;
-    if (!(cmd = malloc(cap)))
-        die("malloc");
-    len = snprintf(cmd, cap, "qemu-io -f %s", d->fmt);
-    for (long long i = 0; i < count; i++)
-        len += snprintf(cmd + len, cap - len, " -c 'write -P 0x%02x %lld 64k'",
-                        d->pattern, i * stride + shift);
-    snprintf(cmd + len, cap - len, " '%s' >/dev/null", d->src);
-    sh("%s", cmd);
-    free(cmd);
+    d->write(d, offsets, count);
+    free(offsets);
 }
 
 /* The text between @open and the next @close in @xml, malloc'd. */
@@ -269,7 +276,7 @@ static char *backup_uuid(virDomainBackupPtr b)
 }
 
 /* The file the backup stored vda in. */
-static char *backup_file(virDomainBackupPtr b)
+char *backup_file(virDomainBackupPtr b)
 {
     return backup_field(b, "<target file='", "'");
 }
@@ -288,7 +295,7 @@ static unsigned long long bytes_written(virDomainBackupPtr b)
 }
 
 /* Delete a backup and its data, if there is one. */
-static void forget(virDomainBackupPtr *b)
+void forget(virDomainBackupPtr *b)
 {
     if (!*b)
         return;
@@ -298,10 +305,10 @@ static void forget(virDomainBackupPtr *b)
     *b = NULL;
 }
 
-/* The path workdir/@name-FMT.qcow2, with no file there; malloc'd. */
-static char *fresh_file(const struct disk *d, const char *name)
+/* The path workdir/@name-DISK.qcow2, with no file there; malloc'd. */
+char *fresh_file(const struct disk *d, const char *name)
 {
-    char *path = xprintf("%s/%s-%s.qcow2", workdir, name, d->fmt);
+    char *path = xprintf("%s/%s-%s.qcow2", workdir, name, d->name);
     sh("rm -f '%s'", path);
     return path;
 }
@@ -358,7 +365,7 @@ static double restore(struct disk *d, const char *disks, unsigned int flags, con
 }
 
 /* 0 if the two images have the same content, else -1 (and say so). */
-static int compare(const char *fmt_a, const char *a, const char *fmt_b, const char *b)
+int compare(const char *fmt_a, const char *a, const char *fmt_b, const char *b)
 {
     char *cmd = xprintf("qemu-img compare -q -f %s -F %s '%s' '%s'", fmt_a, fmt_b, a, b);
     int rc = system(cmd);
@@ -408,7 +415,7 @@ static void define_domain(virConnectPtr conn, struct disk *d)
 
 /* Row 1: full backups. */
 
-static double full_ours(struct disk *d)
+double full_ours(struct disk *d)
 {
     double t;
     forget(&d->full);
@@ -428,17 +435,23 @@ static double full_peer(struct disk *d)
     return t;
 }
 
-static int verify_leaf(struct disk *d)
+/* 0 if the chain's newest backup holds what @path holds, else -1. */
+int compare_leaf(struct disk *d, const char *fmt, const char *path)
 {
     char *leaf = backup_file(d->leaf);
-    int rc = compare(d->fmt, d->src, "qcow2", leaf);
+    int rc = compare(fmt, path, "qcow2", leaf);
     free(leaf);
     return rc;
 }
 
+static int verify_leaf(struct disk *d)
+{
+    return compare_leaf(d, d->fmt, d->src);
+}
+
 /* Row 2: an incremental on top of the full backup, same 1% changed each run. */
 
-static double incr_ours(struct disk *d)
+double incr_ours(struct disk *d)
 {
     double t;
     change_1pct(d, 0);
@@ -465,7 +478,7 @@ static void extend_chain(struct disk *d)
         if (parent != d->full)
             virDomainBackupFree(parent);
     }
-    d->saved = xprintf("%s/saved-%s.%s", workdir, d->fmt, d->fmt);
+    d->saved = xprintf("%s/saved-%s.%s", workdir, d->name, d->fmt);
     sh("cp --sparse=always '%s' '%s'", d->src, d->saved);
 }
 
@@ -549,7 +562,7 @@ static void print_row(const struct row *r, const struct disk *d, double ours, do
     const char *verdict = wrong ? "MISMATCH (result differs from the source)"
                           : q == NA || !r->target ? ""
                           : q <= r->target ? "met" : "MISSED";
-    snprintf(label, sizeof(label), "%s (%s)", r->what, d->fmt);
+    snprintf(label, sizeof(label), "%s (%s)", r->what, d->name);
     snprintf(notes, sizeof(notes), "%s%s%s", verdict, *verdict && d->note[0] ? "; " : "", d->note);
     print_cells(label, cell(t_ours, sizeof(t_ours), "%.3f s", ours),
                 cell(t_peer, sizeof(t_peer), "%.3f s", peer),
@@ -557,25 +570,25 @@ static void print_row(const struct row *r, const struct disk *d, double ours, do
                 r->target ? cell(target, sizeof(target), "<= %.2fx", r->target) : "-", notes);
 }
 
-static void bench_row(const struct row *r, struct disk *d)
+void bench_row(const struct row *r, struct disk *d)
 {
     double a[MAX_RUNS], b[MAX_RUNS];
-    int n = 0, wrong;
+    int n = 0, wrong = 0;
     d->note[0] = '\0';
     if (r->setup)
         r->setup(d);
     if (r->peer)
         r->peer(d);   /* warm the page cache for both sides */
-    while (n < runs) {
+    do {   /* runs >= 1 */
         b[n] = r->peer ? r->peer(d) : d->full_best;
         a[n] = r->ours(d);
         if (verbose)
             fprintf(stderr, "  %s (%s) run %d: ours %.3f s, peer %.3f s\n",
-                    r->what, d->fmt, n + 1, a[n] == NA ? 0 : a[n], b[n]);
+                    r->what, d->name, n + 1, a[n] == NA ? 0 : a[n], b[n]);
         if (a[n++] == NA)
             break;
-    }
-    wrong = a[n - 1] != NA && r->verify(d) < 0;
+        wrong |= r->verify(d) < 0;
+    } while (n < runs);
     mismatches += wrong;
     print_row(r, d, a[n - 1] == NA ? NA : best(a, n), best(b, n), wrong);
 }
@@ -603,6 +616,23 @@ static void remove_workdir(void)
     free(workdir);
 }
 
+/*
+ * SIGINT, SIGTERM, SIGHUP: exit, so that the atexit handlers remove the
+ * work folder and the running domain (a second signal kills outright).
+ */
+static void exit_on_signal(int sig)
+{
+    exit(128 + sig);
+}
+
+static void exit_on_signals(void)
+{
+    struct sigaction sa = { .sa_handler = exit_on_signal, .sa_flags = SA_RESETHAND };
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
 static void make_workdir(void)
 {
     const char *parent = getenv("BENCH_DIR") && *getenv("BENCH_DIR") ? getenv("BENCH_DIR") : "/var/tmp";
@@ -614,7 +644,8 @@ static void make_workdir(void)
 
 int main(void)
 {
-    struct disk disks[] = { { .fmt = "raw" }, { .fmt = "qcow2" } };
+    struct disk disks[] = { { .name = "raw", .fmt = "raw", .write = write_image },
+                            { .name = "qcow2", .fmt = "qcow2", .write = write_image } };
     const size_t ndisks = sizeof(disks) / sizeof(disks[0]);
     virConnectPtr conn;
     struct rusage ru;
@@ -629,9 +660,13 @@ int main(void)
         fprintf(stderr, "bench: need BENCH_SIZE_MB >= 16 and 1 <= BENCH_DATA_PCT <= 100\n");
         return 2;
     }
+    live_open();
+    exit_on_signals();
     make_workdir();
-    for (size_t i = 0; i < ndisks; i++)
+    for (size_t i = 0; i < ndisks; i++) {
         disks[i].src = xprintf("%s/src.%s", workdir, disks[i].fmt);
+        disks[i].size_mb = size_mb;
+    }
     make_raw(disks[0].src, size_mb, data_pct);
     sh("qemu-img convert -f raw -O qcow2 '%s' '%s'", disks[0].src, disks[1].src);
     if (!(conn = virConnectOpen("test:///default")))
@@ -639,22 +674,25 @@ int main(void)
     for (size_t i = 0; i < ndisks; i++)
         define_domain(conn, &disks[i]);
 
-    printf("libvirt-backup benchmark: %ld MiB disk, %ld%% data, best of %d runs\n\n",
-           size_mb, data_pct, runs);
+    printf("libvirt-backup benchmark: %ld MiB disk, %ld%% data, best of %d runs%s\n\n",
+           size_mb, data_pct, runs, live_summary());
     print_cells("row", "ours", "peer", "ratio", "target", "notes");
     print_cells("------------------------------------------------", "----------",
                 "----------", "-------", "--------", "-----");
     for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++)
         for (size_t i = 0; i < ndisks; i++)
             bench_row(&rows[r], &disks[i]);
-
-    /* The whole process: the copies ran in it, with their bounded buffers. */
+    /* The whole process: the copies ran in it, with their bounded buffers
+     * (the live rows' copies run in QEMU). */
     getrusage(RUSAGE_SELF, &ru);
-    printf("\npeak resident memory of the process that ran the backups: %.1f MiB\n",
-           ru.ru_maxrss / 1024.0);
     for (size_t i = 0; i < ndisks; i++)
         release_disk(&disks[i]);
     virConnectClose(conn);
+    sh("rm -f '%s'/*", workdir);   /* room for the live rows */
+
+    live_rows();
+    printf("\npeak resident memory of the process that ran the backups: %.1f MiB\n",
+           ru.ru_maxrss / 1024.0);
     if (mismatches)
         fprintf(stderr, "bench: %d row(s) gave a wrong result\n", mismatches);
     return mismatches ? 1 : 0;

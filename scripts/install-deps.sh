@@ -3,6 +3,7 @@
 # Idempotent and quick: it only calls apt-get or cargo for what is missing.
 #   install-deps.sh        everything `make check` needs
 #   install-deps.sh demo   only what building and `make demo` need
+#   install-deps.sh bench  what `make check` needs, plus virtnbdbackup (for `make bench`)
 set -eu
 
 # Debian packages, by name.
@@ -10,6 +11,9 @@ PACKAGES="build-essential pkg-config libvirt-dev libvirt0 qemu-utils"
 if [ "${1:-}" != demo ]; then
     PACKAGES="$PACKAGES g++ libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
 qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest"
+fi
+if [ "${1:-}" = bench ]; then
+    PACKAGES="$PACKAGES virtnbdbackup"
 fi
 
 # cbindgen from crates.io: Debian's 0.24 cannot parse Rust 2024 sources.

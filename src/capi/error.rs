@@ -20,8 +20,12 @@ thread_local! {
 /// libvirt's `VIR_ERR_ERROR` level.
 const VIR_ERR_ERROR: sys::virErrorLevel = 2;
 
+// Every access goes through `try_with`: in a C program's atexit handler the
+// thread's Rust locals are already destroyed, and a call must still not abort
+// (the error is then simply not kept).
+
 pub(crate) fn reset() {
-    LAST.with(|l| *l.borrow_mut() = None);
+    let _ = LAST.try_with(|l| *l.borrow_mut() = None);
 }
 
 pub(crate) fn set(e: Error) {
@@ -40,7 +44,7 @@ pub(crate) fn set(e: Error) {
         int2: 0,
         net: std::ptr::null_mut(),
     };
-    LAST.with(|l| {
+    let _ = LAST.try_with(|l| {
         *l.borrow_mut() = Some(Box::new(Stored {
             err,
             _message: message,
@@ -58,10 +62,11 @@ pub(crate) fn set(e: Error) {
 /// Do not free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupGetLastError() -> sys::virErrorPtr {
-    LAST.with(|l| match l.borrow_mut().as_mut() {
+    LAST.try_with(|l| match l.borrow_mut().as_mut() {
         Some(s) => &mut s.err as sys::virErrorPtr,
         None => std::ptr::null_mut(),
     })
+    .unwrap_or(std::ptr::null_mut())
 }
 
 /// virDomainBackupGetLastErrorMessage:
@@ -72,10 +77,11 @@ pub extern "C" fn virDomainBackupGetLastError() -> sys::virErrorPtr {
 /// libvirt-backup call on this thread, or "no error" if there is none.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupGetLastErrorMessage() -> *const c_char {
-    LAST.with(|l| match l.borrow().as_ref() {
+    LAST.try_with(|l| match l.borrow().as_ref() {
         Some(s) => s.err.message as *const c_char,
         None => c"no error".as_ptr(),
     })
+    .unwrap_or(c"no error".as_ptr())
 }
 
 /// virDomainBackupGetLastErrorCode:
@@ -85,7 +91,8 @@ pub extern "C" fn virDomainBackupGetLastErrorMessage() -> *const c_char {
 /// Returns a virErrorNumber, VIR_ERR_OK (0) if there is no error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupGetLastErrorCode() -> c_int {
-    LAST.with(|l| l.borrow().as_ref().map_or(0, |s| s.err.code))
+    LAST.try_with(|l| l.borrow().as_ref().map_or(0, |s| s.err.code))
+        .unwrap_or(0)
 }
 
 /// virDomainBackupResetLastError:
