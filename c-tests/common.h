@@ -8,7 +8,10 @@
  *    virErrorNumber (virDomainBackupGetLastErrorCode());
  *  - disk helpers (qemu-img create, pwrite / qemu-io data, qemu-img compare,
  *    allocated size);
- *  - domain helpers on libvirt's test driver;
+ *  - domain helpers on libvirt's test driver, and QEMU domains on
+ *    qemu:///system (guest writes through QEMU's monitor, checkpoints,
+ *    libvirt jobs, a big image whose backup job runs for seconds);
+ *  - NBD helpers (libnbd's nbdcopy and nbdinfo, a free tcp port);
  *  - tree_list() / content_list(): every file under the work folder and
  *    the catalog (names, or names with SHA-256), to check that a failed call
  *    created, removed or changed nothing;
@@ -24,14 +27,17 @@
 
 #define _GNU_SOURCE
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -604,27 +610,37 @@ typedef struct {
     const char *device;   /* disk (default) | cdrom */
 } test_disk;
 
+/* The <domain> XML (malloc'd) of a domain of type @kind with @ndisks
+ * disks: "test" (libvirt's test driver), or "qemu" (TCG, no guest OS,
+ * virtio disks). */
+static inline char *domain_xml_of(const char *kind, const char *name, const char *uuid,
+                                  const test_disk *disks, int ndisks)
+{
+    size_t cap = 4096 + (size_t)ndisks * 1024;
+    char *x = malloc(cap);
+    bool qemu = strcmp(kind, "qemu") == 0;
+    int i;
+    snprintf(x, cap, "<domain type='%s'><name>%s</name>", kind, name);
+    if (uuid)
+        snprintf(x + strlen(x), cap - strlen(x), "<uuid>%s</uuid>", uuid);
+    snprintf(x + strlen(x), cap - strlen(x), "<memory>65536</memory><os><type%s>hvm</type></os>"
+             "<devices>", qemu ? " arch='x86_64' machine='pc'" : "");
+    for (i = 0; i < ndisks; i++)
+        snprintf(x + strlen(x), cap - strlen(x),
+                 "<disk type='file' device='%s'><driver name='qemu' type='%s'/>"
+                 "<source file='%s'/><target dev='%s'%s/>%s</disk>",
+                 disks[i].device ? disks[i].device : "disk", disks[i].format,
+                 disks[i].path, disks[i].dev, qemu ? " bus='virtio'" : "",
+                 disks[i].device && strcmp(disks[i].device, "cdrom") == 0 ? "<readonly/>" : "");
+    snprintf(x + strlen(x), cap - strlen(x), "</devices></domain>");
+    return x;
+}
+
 /* The <domain> XML of a test-driver domain with @ndisks disks. */
 static inline char *domain_xml(const char *name, const char *uuid, const test_disk *disks,
                                int ndisks)
 {
-    size_t cap = 4096 + (size_t)ndisks * 1024;
-    char *x = malloc(cap);
-    int i;
-    snprintf(x, cap, "<domain type='test'><name>%s</name>", name);
-    if (uuid)
-        snprintf(x + strlen(x), cap - strlen(x), "<uuid>%s</uuid>", uuid);
-    snprintf(x + strlen(x), cap - strlen(x),
-             "<memory>65536</memory><os><type>hvm</type></os><devices>");
-    for (i = 0; i < ndisks; i++)
-        snprintf(x + strlen(x), cap - strlen(x),
-                 "<disk type='file' device='%s'><driver name='qemu' type='%s'/>"
-                 "<source file='%s'/><target dev='%s'/>%s</disk>",
-                 disks[i].device ? disks[i].device : "disk", disks[i].format,
-                 disks[i].path, disks[i].dev,
-                 disks[i].device && strcmp(disks[i].device, "cdrom") == 0 ? "<readonly/>" : "");
-    snprintf(x + strlen(x), cap - strlen(x), "</devices></domain>");
-    return x;
+    return domain_xml_of("test", name, uuid, disks, ndisks);
 }
 
 static inline virConnectPtr open_test_conn(void)
@@ -635,11 +651,12 @@ static inline virConnectPtr open_test_conn(void)
     return c;
 }
 
-/* Define an (inactive) domain on the test driver. */
-static inline virDomainPtr define_domain(virConnectPtr conn, const char *name,
-                                         const test_disk *disks, int ndisks)
+/* Define an (inactive) domain of type @kind. */
+static inline virDomainPtr define_domain_of(virConnectPtr conn, const char *kind,
+                                            const char *name, const test_disk *disks,
+                                            int ndisks)
 {
-    char *x = domain_xml(name, NULL, disks, ndisks);
+    char *x = domain_xml_of(kind, name, NULL, disks, ndisks);
     virDomainPtr d = virDomainDefineXML(conn, x);
     free(x);
     if (!d) {
@@ -647,6 +664,13 @@ static inline virDomainPtr define_domain(virConnectPtr conn, const char *name,
         FATAL("virDomainDefineXML(%s) failed: %s", name, e && e->message ? e->message : "?");
     }
     return d;
+}
+
+/* Define an (inactive) domain on the test driver. */
+static inline virDomainPtr define_domain(virConnectPtr conn, const char *name,
+                                         const test_disk *disks, int ndisks)
+{
+    return define_domain_of(conn, "test", name, disks, ndisks);
 }
 
 /* A domain with one raw disk @dev of @size bytes holding some data. */
@@ -661,13 +685,22 @@ static inline virDomainPtr simple_domain(virConnectPtr conn, const char *name,
     return define_domain(conn, name, &d, 1);
 }
 
-/* Undefine and free a domain, quietly (it may be gone already). */
+/* Stop (if it runs), undefine and free a domain, quietly (it may be gone
+ * already), with its backups' metadata and its libvirt checkpoints (the
+ * test driver has none and refuses the flag). */
 static inline void drop_domain(virDomainPtr dom)
 {
+    const char *driver;
     if (!dom)
         return;
+    driver = virConnectGetType(virDomainGetConnect(dom));
+    if (virDomainIsActive(dom) == 1)
+        virDomainDestroy(dom);
     /* The header maps virDomainUndefineFlags to the library's version. */
-    if (virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_BACKUP) < 0)
+    if (virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_BACKUP |
+                                        (driver && strcmp(driver, "QEMU") == 0
+                                             ? VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                                             : 0)) < 0)
         virResetLastError();
     virDomainFree(dom);
 }
@@ -956,11 +989,26 @@ static inline unsigned long long p_ull(params *r, const char *name)
     return p ? p->value.ul : 0;
 }
 
-/* The bytes a backup stored (its "bytes.written"). */
-static inline unsigned long long backup_written(virDomainBackupPtr b)
+/* A backup's ullong parameter @name (0 if it cannot be read). */
+static inline unsigned long long backup_ull(virDomainBackupPtr b, const char *name)
 {
     params r = GET_PARAMS(b);
-    unsigned long long v = r.p ? p_ull(&r, "bytes.written") : 0;
+    unsigned long long v = r.p ? p_ull(&r, name) : 0;
+    free_params(&r);
+    return v;
+}
+
+/* The bytes a backup stored (its "bytes.written"). */
+#define backup_written(b) backup_ull((b), "bytes.written")
+/* The bytes its job had to examine (its "bytes.total"). */
+#define backup_total(b) backup_ull((b), "bytes.total")
+
+/* The backup's "state" parameter, a virDomainBackupState (-1 if it cannot
+ * be read). */
+static inline int backup_param_state(virDomainBackupPtr b)
+{
+    params r = GET_PARAMS(b);
+    int v = r.p ? p_state(&r) : -1;
     free_params(&r);
     return v;
 }
@@ -993,6 +1041,224 @@ static inline int run_argv(const char *const args[])
     if (waitpid(pid, &st, 0) < 0)
         return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* QEMU domains on qemu:///system                                      */
+/* ------------------------------------------------------------------ */
+
+/* QEMU domains a test made, dropped at exit if the test did not (FATAL);
+ * run.sh removes any left by a crash (names start with
+ * $TEST_DOMAIN_PREFIX). */
+static virDomainPtr t_qemu_domains[16];
+
+static inline void t_drop_qemu_domains(void)
+{
+    size_t i;
+    for (i = 0; i < sizeof(t_qemu_domains) / sizeof(t_qemu_domains[0]); i++) {
+        drop_domain(t_qemu_domains[i]);
+        t_qemu_domains[i] = NULL;
+    }
+}
+
+static inline virConnectPtr open_qemu_conn(void)
+{
+    virConnectPtr c = virConnectOpen("qemu:///system");
+    if (!c)
+        FATAL("virConnectOpen(qemu:///system) failed: start libvirtd "
+              "(scripts/start-libvirtd.sh)");
+    return c;
+}
+
+/* A QEMU domain (TCG, no guest OS) named <$TEST_DOMAIN_PREFIX>-@tag with
+ * these disks, started if @start. Drop it with drop_qemu_domain(). */
+static inline virDomainPtr qemu_domain(virConnectPtr conn, const char *tag,
+                                       const test_disk *disks, int ndisks, bool start)
+{
+    static bool registered;
+    const char *prefix = getenv("TEST_DOMAIN_PREFIX");
+    virDomainPtr d = define_domain_of(conn, "qemu",
+                                      prefix && *prefix
+                                          ? fmt("%s-%s", prefix, tag)
+                                          : fmt("lvb-ctest-%d-%s", (int)getpid(), tag),
+                                      disks, ndisks);
+    size_t i;
+    if (!registered)
+        atexit(t_drop_qemu_domains);
+    registered = true;
+    for (i = 0; i < sizeof(t_qemu_domains) / sizeof(t_qemu_domains[0]); i++) {
+        if (!t_qemu_domains[i]) {
+            t_qemu_domains[i] = d;
+            break;
+        }
+    }
+    if (start && virDomainCreate(d) < 0) {
+        virErrorPtr e = virGetLastError();
+        FATAL("cannot start %s: %s", virDomainGetName(d), e && e->message ? e->message : "?");
+    }
+    return d;
+}
+
+/* A QEMU domain with one qcow2 disk vda at @path. */
+static inline virDomainPtr qemu_domain_on(virConnectPtr conn, const char *tag, const char *path,
+                                          bool start)
+{
+    test_disk d = { "vda", path, "qcow2", NULL };
+    return qemu_domain(conn, tag, &d, 1, start);
+}
+
+/* Stop, undefine (with checkpoints and backups) and free a QEMU domain. */
+static inline void drop_qemu_domain(virDomainPtr dom)
+{
+    size_t i;
+    for (i = 0; i < sizeof(t_qemu_domains) / sizeof(t_qemu_domains[0]); i++)
+        if (t_qemu_domains[i] == dom)
+            t_qemu_domains[i] = NULL;
+    drop_domain(dom);
+}
+
+/* Run qemu-io command @cmd on the domain's virtio disk @device (e.g.
+ * "virtio-disk0") through QEMU's monitor, as the guest would write, then
+ * flush (so the image is consistent for qemu-img -U). */
+static inline bool guest_io_on(virDomainPtr dom, const char *device, const char *cmd)
+{
+    const char *cmds[2] = { cmd, "flush" };
+    int i;
+    for (i = 0; i < 2; i++) {
+        char *out = cmd_output(fmt(
+            "virsh -c qemu:///system qemu-monitor-command '%s' --hmp "
+            "'qemu-io -d /machine/peripheral/%s/virtio-backend \"%s\"' 2>&1; echo rc=$?",
+            virDomainGetName(dom), device, cmds[i]));
+        bool ok = strstr(out, "rc=0") && !strstr(out, "rror");
+        if (!ok)
+            t_fail(__FILE__, __LINE__, "guest io '%s': %s", cmds[i], out);
+        free(out);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+#define guest_io(dom, cmd) guest_io_on((dom), "virtio-disk0", (cmd))
+
+/* A raw copy of an image in use by QEMU, as it is now (after a guest
+ * flush); with @base (the image's backing file), a qcow2 copy of only what
+ * lies above it. */
+static inline void live_snapshot(const char *image, const char *base, const char *out)
+{
+    if (!run(base ? fmt("qemu-img convert -U -f qcow2 -O qcow2 -B '%s' -F qcow2 '%s' '%s'",
+                        base, image, out)
+                  : fmt("qemu-img convert -U -f qcow2 -O raw '%s' '%s'", image, out)))
+        FATAL("qemu-img convert of %s failed", image);
+}
+
+/* A 2 GiB qcow2 image with 1.5 GiB of data: a libvirt backup job of a
+ * domain on it (or on an overlay of it) runs for about 2 s. */
+static inline void make_big_image(const char *path)
+{
+    make_image(path, "qcow2", 2 * GiB);
+    write_data(path, "qcow2", 0, 1536 * MiB, 0x31);
+}
+
+/* A qcow2 overlay @path backed by the qcow2 image @base. */
+static inline void make_overlay(const char *base, const char *path)
+{
+    if (!run(fmt("qemu-img create -q -f qcow2 -b '%s' -F qcow2 '%s'", base, path)))
+        FATAL("cannot create overlay %s", path);
+}
+
+/* How many libvirt checkpoints the domain has (-1 on error). */
+static inline int checkpoint_count(virDomainPtr dom)
+{
+    return virDomainListAllCheckpoints(dom, NULL, 0);
+}
+
+/* The domain has a libvirt checkpoint named @name. */
+static inline bool has_checkpoint(virDomainPtr dom, const char *name)
+{
+    virDomainCheckpointPtr *list = NULL;
+    int n = virDomainListAllCheckpoints(dom, &list, 0), i;
+    bool found = false;
+    for (i = 0; i < n; i++) {
+        found = found || strcmp(virDomainCheckpointGetName(list[i]), name) == 0;
+        virDomainCheckpointFree(list[i]);
+    }
+    free(list);
+    return found;
+}
+
+/* libvirt runs a job (a backup) on the domain. */
+static inline bool job_active(virDomainPtr dom)
+{
+    virDomainJobInfo info;
+    return virDomainGetJobInfo(dom, &info) == 0 &&
+           (info.type == VIR_DOMAIN_JOB_BOUNDED || info.type == VIR_DOMAIN_JOB_UNBOUNDED);
+}
+
+/* ------------------------------------------------------------------ */
+/* NBD (libnbd's tools)                                                */
+/* ------------------------------------------------------------------ */
+
+/* A tcp port of 127.0.0.1 nobody listens on now. */
+static inline int free_tcp_port(void)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
+        FATAL("cannot find a free tcp port: %s", strerror(errno));
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* A RestoreUnmanaged <domainbackup> restoring vda from export @export of
+ * the NBD server @host (a <host> element), with @extra in the disk element
+ * (a fmt() buffer). */
+static inline const char *nbd_restore_xml(const char *export, const char *host,
+                                          const char *extra)
+{
+    return fmt("<domainbackup><disks><disk name='vda'><source protocol='nbd' name='%s'>%s"
+               "</source>%s</disk></disks></domainbackup>", export, host, extra);
+}
+
+/* The URI of export @export on a unix socket or on 127.0.0.1:@port. */
+static inline const char *nbd_unix_uri(const char *socket, const char *export)
+{
+    return fmt("nbd+unix:///%s?socket=%s", export, socket);
+}
+static inline const char *nbd_tcp_uri(int port, const char *export)
+{
+    return fmt("nbd://127.0.0.1:%d/%s", port, export);
+}
+
+/* Copy an NBD export into the raw file @out. */
+static inline bool nbd_copy(const char *uri, const char *out)
+{
+    return run(fmt("nbdcopy '%s' '%s'", uri, out));
+}
+
+/* A server answers at @uri. */
+static inline bool nbd_reachable(const char *uri)
+{
+    return run(fmt("nbdinfo --size '%s' >/dev/null 2>&1", uri));
+}
+
+/* The export at @uri is read-only. */
+static inline bool nbd_read_only(const char *uri)
+{
+    return run(fmt("nbdinfo --is read-only '%s'", uri));
+}
+
+/* No export left anything in the catalog's scratch folder. */
+static inline bool scratch_empty(void)
+{
+    char *l = tree_list(fmt("%s/.scratch", catalog_dir()));
+    bool empty = !*l;
+    free(l);
+    return empty;
 }
 
 #endif /* LIBVIRT_BACKUP_C_TESTS_COMMON_H */

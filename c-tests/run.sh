@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 
 CWARN="-std=c11 -Wall -Wextra -Werror"
 CXXWARN="-std=c++17 -Wall -Wextra -Werror"
-VALGRIND="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite --quiet"
+VALGRIND="valgrind --error-exitcode=99 --suppressions=$SRC/valgrind.supp --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite --quiet"
 # A hung test must not hang the suite.
 TIMEOUT="timeout -k 10 150"
 
@@ -66,19 +66,33 @@ build() {
     return 1
 }
 
+# drop_qemu_domains PREFIX: destroy and undefine (with their checkpoints)
+# the QEMU domains whose name starts with PREFIX- that a test left behind
+# (it crashed or timed out).
+drop_qemu_domains() {
+    virsh -c qemu:///system list --all --name 2>/dev/null | grep "^$1-" |
+        while read -r dom; do
+            virsh -c qemu:///system destroy "$dom" >/dev/null 2>&1
+            virsh -c qemu:///system undefine --checkpoints-metadata "$dom" >/dev/null 2>&1
+            echo "removed QEMU domain $dom left by the test"
+        done
+}
+
 # run_test NAME BINARY [ARGS...]: run under valgrind with a private catalog
-# and work folder.
+# and work folder; its QEMU domains are named lvb-ctest-<pid>-NAME-*.
 run_test() {
     name=$1; bin=$2; shift 2
     work=$(mktemp -d /tmp/libvirt-backup-ctest-work.XXXXXX)
     cat=$(mktemp -d /tmp/libvirt-backup-ctest-catalog.XXXXXX)
     tmpdirs="$tmpdirs $work $cat"
     log=$OUT/$name.log
+    prefix=lvb-ctest-$$-$name
     t0=$(now)
-    LIBVIRT_BACKUP_DIR=$cat TEST_WORKDIR=$work \
+    LIBVIRT_BACKUP_DIR=$cat TEST_WORKDIR=$work TEST_DOMAIN_PREFIX=$prefix \
         $TIMEOUT $VALGRIND "$bin" "$@" >"$log" 2>&1
     rc=$?
     t1=$(now)
+    drop_qemu_domains "$prefix" >>"$log"
     rm -rf "$work" "$cat"
     if [ $rc -eq 0 ]; then
         pass "$name" "$((t1 - t0))s"

@@ -2,9 +2,10 @@
  * test-restore-unmanaged.c: virDomainBackupRestoreUnmanaged from image
  * files the library did not make (over the domain's own disk, into a new
  * file, as a new domain; every refusal leaves every file as it was), NBD
- * sources (not supported yet), and virDomainBackupStartUnmanaged, which
- * validates its input and then fails with VIR_ERR_NO_SUPPORT ("... not
- * supported yet"). virDomainBackupRestore is in test-restore.c.
+ * sources nobody serves, and the input checks of
+ * virDomainBackupStartUnmanaged, then one export of the (test-driver)
+ * domain. virDomainBackupRestore is in test-restore.c; exports read with
+ * libnbd's tools and restores from them are in test-unmanaged.c.
  */
 #include "common.h"
 
@@ -54,7 +55,8 @@ int main(void)
     char xml[4096], u[64], src_vda[1024], ext_q[1024], ext_r[1024], sum[80];
     struct stat st1, st2;
     virDomainPtr dom, copy;
-    virDomainBackupPtr b;
+    virDomainBackupPtr b, e;
+    int port;
 
     dom = simple_domain(conn, "ru-dom", "raw", 16 * MiB);
     snprintf(src_vda, sizeof(src_vda), "%s", WPATH("ru-dom-vda.raw"));
@@ -124,25 +126,21 @@ int main(void)
                         VIR_ERR_OPERATION_INVALID);
     EXPECT_MSG_CONTAINS("ru-dom");
 
-    section("virDomainBackupRestoreUnmanaged: NBD sources are not supported yet");
+    section("virDomainBackupRestoreUnmanaged: NBD sources nobody serves");
     REQUIRE(stat(src_vda, &st1) == 0);
+    port = free_tcp_port();
     EXPECT_RESTORE_FAIL(virDomainBackupRestoreUnmanaged(
-                            dom,
-                            "<domainbackup><disks><disk name='vda'>"
-                            "<source protocol='nbd' name='vda'><host name='127.0.0.1' port='10809'/>"
-                            "</source></disk></disks></domainbackup>",
+                            dom, nbd_restore_xml("vda", fmt("<host name='127.0.0.1' port='%d'/>",
+                                                            port), ""),
                             VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK),
-                        VIR_ERR_NO_SUPPORT);
-    EXPECT_MSG_CONTAINS("not supported yet");
+                        VIR_ERR_OPERATION_FAILED);
+    EXPECT_MSG_CONTAINS(fmt("127.0.0.1:%d", port));
     EXPECT_RESTORE_FAIL(virDomainBackupRestoreUnmanaged(
-                            dom,
-                            "<domainbackup><disks><disk name='vda'>"
-                            "<source protocol='nbd' name='vda'>"
-                            "<host transport='unix' socket='/tmp/nbd.sock'/></source></disk>"
-                            "</disks></domainbackup>",
+                            dom, nbd_restore_xml("vda", fmt("<host transport='unix' socket='%s'/>",
+                                                            WPATH("none.sock")), ""),
                             VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN),
-                        VIR_ERR_NO_SUPPORT);
-    EXPECT_MSG_CONTAINS("not supported yet");
+                        VIR_ERR_OPERATION_FAILED);
+    EXPECT_MSG_CONTAINS("none.sock");
     CHECK(stat(src_vda, &st2) == 0 && same_stat(&st1, &st2));
 
     /* ---------------------------------------------------------------- */
@@ -221,17 +219,24 @@ int main(void)
                                    "</domainbackup>", 0),
                           VIR_ERR_NO_DOMAIN_BACKUP);
 
-        section("virDomainBackupStartUnmanaged: not supported yet");
-        EXPECT_START_FAIL(virDomainBackupStartUnmanaged(dom, ok, 0), VIR_ERR_NO_SUPPORT);
-        EXPECT_MSG_CONTAINS("not supported yet");
+        section("virDomainBackupStartUnmanaged: an export, never listed");
         snprintf(xml, sizeof(xml),
                  "<domainbackup><parent><uuid>%s</uuid></parent>"
                  "<server transport='unix' socket='%s'/></domainbackup>", u, WPATH("nbd.sock"));
-        EXPECT_START_FAIL(virDomainBackupStartUnmanaged(dom, xml, 0), VIR_ERR_NO_SUPPORT);
-        EXPECT_MSG_CONTAINS("not supported yet");
-        CHECK(!file_exists(WPATH("nbd.sock")));
-        /* Unmanaged backups are never listed. */
+        e = virDomainBackupStartUnmanaged(dom, xml, 0);
+        REQUIRE(e != NULL);
+        CHECK(file_exists(WPATH("nbd.sock")));
+        CHECK(strcmp(backup_disk_attr(e, "vda", "disk", "exportname"), "vda") == 0);
+        CHECK(strcmp(backup_disk_attr(e, "vda", "disk", "exportbitmap"), "vda-changes") == 0);
+        CHECK(virDomainBackupFinishJob(e, VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK) == 1);
         CHECK(virDomainBackupList(dom, NULL, 0) == 1);
+        EXPECT_INT_FAIL(virDomainBackupDelete(e, 0), VIR_ERR_OPERATION_INVALID);
+        /* One export of a domain at a time. */
+        EXPECT_START_FAIL(virDomainBackupStartUnmanaged(dom, ok, 0), VIR_ERR_OPERATION_INVALID);
+        CHECK(virDomainBackupFinishJob(e, 0) == 0);
+        CHECK(!file_exists(WPATH("nbd.sock")));
+        CHECK(scratch_empty());
+        CHECK(virDomainBackupFree(e) == 0);
     }
 
     virDomainBackupFree(b);

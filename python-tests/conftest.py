@@ -4,6 +4,9 @@ The library under test is loaded with ctypes from $LIBVIRT_BACKUP_LIB; libvirt
 itself is loaded from libvirt.so.0 (the Python binding is not used). Every
 function of API.md gets argtypes/restype; handles are c_void_p.
 
+QEMU domains (qenv fixture, Env.qemu_domain) run on qemu:///system; NBD
+exports are read with libnbd's tools (Nbd, nbd_copy, nbd_dirty).
+
 This module is also imported by the helper subprocesses some tests start
 (``import conftest``), so it must not depend on running under pytest except
 for the fixtures it defines.
@@ -13,10 +16,14 @@ import ctypes
 import hashlib
 import json
 import os
+import select
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
@@ -45,6 +52,7 @@ VIR_ERR_XML_ERROR = 27
 VIR_ERR_NO_DOMAIN = 42
 VIR_ERR_NO_STORAGE_POOL = 49
 VIR_ERR_OPERATION_INVALID = 55
+VIR_ERR_ARGUMENT_UNSUPPORTED = 74  # e.g. quiesce without a guest agent
 VIR_ERR_OPERATION_ABORTED = 78
 VIR_ERR_NO_DOMAIN_BACKUP = 104
 
@@ -90,6 +98,7 @@ STATE_FAILED = 3
 STATE_CANCELLED = 4
 
 VIR_DOMAIN_UNDEFINE_BACKUP = 1 << 30
+VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA = 1 << 4
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -134,6 +143,13 @@ class virError(ctypes.Structure):
         ("int2", c_int),
         ("net", c_void_p),
     ]
+
+
+class virDomainJobInfo(ctypes.Structure):
+    _fields_ = [("type", c_int)] + [(f, c_ulonglong) for f in (
+        "timeElapsed", "timeRemaining", "dataTotal", "dataProcessed", "dataRemaining",
+        "memTotal", "memProcessed", "memRemaining", "fileTotal", "fileProcessed",
+        "fileRemaining")]
 
 
 assert ctypes.sizeof(virTypedParameter) == 96
@@ -214,6 +230,14 @@ _decl(virt, "virStoragePoolDestroy", c_int, c_void_p)
 _decl(virt, "virStoragePoolFree", c_int, c_void_p)
 _decl(virt, "virStoragePoolNumOfVolumes", c_int, c_void_p)
 _decl(virt, "virGetLastErrorCode", c_int)
+_decl(virt, "virDomainUndefineFlags", c_int, c_void_p, c_uint)
+_decl(virt, "virDomainGetJobInfo", c_int, c_void_p, POINTER(virDomainJobInfo))
+_decl(virt, "virDomainAbortJob", c_int, c_void_p)
+_decl(virt, "virDomainListAllCheckpoints", c_int, c_void_p, POINTER(POINTER(c_void_p)), c_uint)
+_decl(virt, "virDomainCheckpointGetName", c_char_p, c_void_p)
+_decl(virt, "virDomainCheckpointLookupByName", c_void_p, c_void_p, c_char_p, c_uint)
+_decl(virt, "virDomainCheckpointDelete", c_int, c_void_p, c_uint)
+_decl(virt, "virDomainCheckpointFree", c_int, c_void_p)
 
 _VIR_ERROR_FUNC = ctypes.CFUNCTYPE(None, c_void_p, c_void_p)
 
@@ -392,6 +416,22 @@ def param(backup, name):
     return get_params(backup)[name][1]
 
 
+def catalog_entries_named(env, uuid):
+    """Every file or folder of the catalog whose name holds `uuid`."""
+    hits = []
+    for root, dirs, files in os.walk(env.catalog):
+        hits += [os.path.join(root, n) for n in dirs + files if uuid in n]
+    return hits
+
+
+def assert_backup_holds(backup, want):
+    """Each disk of `want` ({disk: raw image}) reads back from the backup's
+    target byte for byte."""
+    for dev, image in want.items():
+        fmt = disk_element(backup, dev).find("driver").get("type")
+        assert_byte_exact(target_of(backup, dev), fmt, image, "raw")
+
+
 def create(dom, xml, flags=CREATE_WAIT):
     """CreateXML that must succeed; returns the handle."""
     b = lib.virDomainBackupCreateXML(dom, xml.encode(), flags)
@@ -442,11 +482,37 @@ class Volume:
         self.pool, self.name = pool, name
 
 
+class Nbd:
+    """An NBD server address: a unix socket, or 127.0.0.1:`port` over tcp.
+    `server_xml()` is the <server> of StartUnmanaged, `source_xml(export)`
+    a RestoreUnmanaged <source>, `uri(export)` what libnbd's tools take."""
+
+    def __init__(self, socket=None, port=None):
+        assert (socket is None) != (port is None)
+        self.socket, self.port = socket, port
+
+    def server_xml(self):
+        if self.socket:
+            return f"<server transport='unix' socket='{self.socket}'/>"
+        return f"<server transport='tcp' name='127.0.0.1' port='{self.port}'/>"
+
+    def source_xml(self, export):
+        host = (f"<host transport='unix' socket='{self.socket}'/>" if self.socket
+                else f"<host name='127.0.0.1' port='{self.port}'/>")
+        return f"<source protocol='nbd' name='{export}'>{host}</source>"
+
+    def uri(self, export=""):
+        if self.socket:
+            return f"nbd+unix:///{export}?socket={self.socket}"
+        return f"nbd://127.0.0.1:{self.port}/{export}"
+
+
 def _disks_xml(disks, create, sources=None):
     """<disks> of a create (`create`) or restore document. Each value is a
     target (a path or a Volume), (target or None, format), or None: a disk
     with backup='no' (create) or with no <target>/<driver> (restore).
-    `sources` maps a disk to the <source file> RestoreUnmanaged reads."""
+    `sources` maps a disk to what RestoreUnmanaged reads: an image path
+    (<source file>) or (Nbd, export name)."""
     sources = sources or {}
     parts = ["<disks>"]
     for name, spec in disks.items():
@@ -457,7 +523,10 @@ def _disks_xml(disks, create, sources=None):
         kind = "volume" if isinstance(target, Volume) else "file"
         parts.append(f"<disk name='{name}' backup='yes' type='{kind}'>" if create
                      else f"<disk name='{name}'>")
-        if name in sources:
+        if isinstance(sources.get(name), tuple):
+            server, export = sources[name]
+            parts.append(server.source_xml(export))
+        elif name in sources:
             parts.append(f"<source file='{sources[name]}'/>")
         if isinstance(target, Volume):
             parts.append(f"<target pool='{target.pool}' volume='{target.name}'/>")
@@ -486,12 +555,37 @@ def backup_xml_for(disks=None, uuid=None, description=None, parent=None):
     return "".join(parts)
 
 
+def unmanaged_xml(server, disks=None, parent=None):
+    """A StartUnmanaged document: `server` an Nbd, `disks` {disk: export
+    name or None (no exportname)} (None: no <disks>), `parent` a UUID."""
+    parts = ["<domainbackup>"]
+    if parent:
+        parts.append(f"<parent><uuid>{parent}</uuid></parent>")
+    parts.append(server.server_xml())
+    if disks is not None:
+        parts.append("<disks>")
+        for d, export in disks.items():
+            parts.append(f"<disk name='{d}'" + (f" exportname='{export}'/>" if export else "/>"))
+        parts.append("</disks>")
+    parts.append("</domainbackup>")
+    return "".join(parts)
+
+
+def export_of(backup):
+    """An unmanaged backup's XML: (attributes of <server>, {disk:
+    (exportname, exportbitmap or None)})."""
+    t = xml_tree(backup)
+    disks = {d.get("name"): (d.get("exportname"), d.get("exportbitmap"))
+             for d in t.find("disks").findall("disk")}
+    return dict(t.find("server").attrib), disks
+
+
 def restore_xml_for(uuid, disks=None, domain=None, sources=None):
     """A virDomainBackupRestore document for backup `uuid` (None: a
     RestoreUnmanaged one). `disks` maps a disk name to a target path, to
     (path or None, format), or to None (no <target>/<driver>); `domain` is
-    the NEW_DOMAIN name; `sources` maps disks to RestoreUnmanaged's <source
-    file> (each is added to `disks`)."""
+    the NEW_DOMAIN name; `sources` maps disks to RestoreUnmanaged's sources
+    (a path or (Nbd, export); each is added to `disks`)."""
     parts = ["<domainbackup>"]
     if uuid is not None:
         parts.append(f"<uuid>{uuid}</uuid>")
@@ -568,7 +662,8 @@ def tree_state(root):
     for d, _dirs, files in os.walk(root):
         for f in files:
             p = os.path.join(d, f)
-            out[os.path.relpath(p, root)] = sha256(p)
+            if os.path.isfile(p):  # not an NBD server's socket
+                out[os.path.relpath(p, root)] = sha256(p)
     return out
 
 
@@ -598,6 +693,59 @@ def assert_byte_exact(path, fmt, want, want_fmt):
         return
     assert img_info(path)["virtual-size"] == img_info(want)["virtual-size"], path
     assert_same_image(want, want_fmt, path, fmt)
+
+
+def live_snapshot(image, fmt, dst, base=None):
+    """A copy of the image of a running domain as it is now (after a guest
+    flush), read with --force-share: raw, or, with `base` (the image's own
+    backing file), a qcow2 holding only what lies above `base`."""
+    args = ["qemu-img", "convert", "-U", "-f", fmt]
+    args += ["-O", "qcow2", "-B", base, "-F", "qcow2"] if base else ["-O", "raw"]
+    run(args + [str(image), str(dst)])
+    return str(dst)
+
+
+# --------------------------------------------------------------------------
+# NBD (libnbd's tools)
+# --------------------------------------------------------------------------
+def free_port():
+    """A tcp port of 127.0.0.1 nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nbd_copy(uri, dst):
+    """Copy an NBD export into the raw file `dst` with nbdcopy."""
+    run(["nbdcopy", uri, str(dst)])
+    return str(dst)
+
+
+def nbd_exports(uri):
+    """{export name: nbdinfo's JSON of it} of the server at `uri`."""
+    out = run(["nbdinfo", "--list", "--json", uri]).stdout
+    return {e["export-name"]: e for e in json.loads(out)["exports"]}
+
+
+def nbd_dirty(uri, bitmap):
+    """The dirty extents [(offset, length)] of the export's bitmap
+    `bitmap`, adjacent ones merged."""
+    out = run(["nbdinfo", "--json", f"--map=qemu:dirty-bitmap:{bitmap}", uri]).stdout
+    runs = []
+    for e in json.loads(out):
+        if not e["type"] & 1:
+            continue
+        if runs and runs[-1][0] + runs[-1][1] == e["offset"]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + e["length"])
+        else:
+            runs.append((e["offset"], e["length"]))
+    return runs
+
+
+def nbd_reachable(uri):
+    """Whether a server answers at `uri`."""
+    return subprocess.run(["nbdinfo", "--size", uri], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
 
 
 # --------------------------------------------------------------------------
@@ -674,6 +822,53 @@ class Domain:
     @property
     def _as_parameter_(self):
         return c_void_p(self.ptr)
+
+    # QEMU domains (qemu:///system, TCG, no guest OS)
+    def start(self):
+        assert virt.virDomainCreate(self.ptr) == 0, f"cannot start {self.name}"
+
+    def stop(self):
+        assert virt.virDomainDestroy(self.ptr) == 0, f"cannot stop {self.name}"
+
+    def active(self):
+        return virt.virDomainIsActive(self.ptr) == 1
+
+    def guest_io(self, cmd, device="virtio-disk0"):
+        """Run a qemu-io command (e.g. "write -P 0xcd 32M 4M") on a virtio
+        disk through QEMU's monitor, as the guest would write, then flush
+        so the image file is consistent for readers outside QEMU."""
+        for c in (cmd, "flush"):
+            hmp = f'qemu-io -d /machine/peripheral/{device}/virtio-backend "{c}"'
+            r = subprocess.run(["virsh", "-c", "qemu:///system", "qemu-monitor-command",
+                                self.name, "--hmp", hmp], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            assert r.returncode == 0 and "rror" not in r.stdout, f"guest io {c!r}: {r.stdout}"
+
+    def checkpoints(self):
+        """Names of the domain's libvirt checkpoints, sorted."""
+        arr = POINTER(c_void_p)()
+        n = virt.virDomainListAllCheckpoints(self.ptr, byref(arr), 0)
+        assert n >= 0, "virDomainListAllCheckpoints failed"
+        names = sorted(virt.virDomainCheckpointGetName(arr[i]).decode() for i in range(n))
+        for i in range(n):
+            virt.virDomainCheckpointFree(arr[i])
+        libc.free(ctypes.cast(arr, c_void_p))
+        return names
+
+    def delete_checkpoint(self, name):
+        """Delete a checkpoint through libvirt, behind the library's back."""
+        cp = virt.virDomainCheckpointLookupByName(self.ptr, name.encode(), 0)
+        assert cp, f"no checkpoint {name}"
+        try:
+            assert virt.virDomainCheckpointDelete(cp, 0) == 0
+        finally:
+            virt.virDomainCheckpointFree(cp)
+
+    def job_active(self):
+        """Whether libvirt runs a job (e.g. a backup) on the domain."""
+        info = virDomainJobInfo()
+        assert virt.virDomainGetJobInfo(self.ptr, byref(info)) == 0
+        return info.type in (1, 2)  # VIR_DOMAIN_JOB_BOUNDED, _UNBOUNDED
 
 
 class Taken:
@@ -758,6 +953,8 @@ class Env:
         self._handles = []
         self._pools = []
         self._conns = []
+        self.qemu = None  # qemu:///system, set by the qenv fixture
+        self._remove_tmp = False
 
     def path(self, name):
         return os.path.join(self.tmp, name)
@@ -769,13 +966,21 @@ class Env:
         shutil.copyfile(src, dst)
         return dst
 
+    def live_snapshots(self, dom, tag):
+        """{disk: <tmp>/<tag>-<disk>.raw}: raw copies of every disk of a
+        (running) domain as it is now (see live_snapshot)."""
+        return {dev: live_snapshot(path, fmt, self.path(f"{tag}-{dev}.raw"))
+                for dev, path, fmt in dom.disks}
+
     def targets(self, tag, disks):
         """{disk: <tmp>/<tag>-<disk>.qcow2} for backup_xml_for."""
         return {d: self.path(f"{tag}-{d}.qcow2") for d in disks}
 
     def files(self):
-        """tree_state of the whole workspace (disks, targets, catalog)."""
-        return tree_state(self.tmp)
+        """tree_state of the whole workspace (disks, targets, catalog), but
+        the catalog's lock file (made by the first call that writes)."""
+        return {p: h for p, h in tree_state(self.tmp).items()
+                if p != os.path.join("catalog", ".lock")}
 
     def disk(self, name, size=64 * MiB, fmt="raw", writes=None):
         if writes is None:
@@ -797,6 +1002,28 @@ class Env:
         self._defined.append(ptr)
         return Domain(ptr, name, disks, conn or self.conn, kind, devices)
 
+    def qemu_domain(self, disks=None, size=64 * MiB, writes=None, start=True, name=None):
+        """A QEMU domain on qemu:///system (TCG, no guest OS, virtio disks)
+        named lvb-pytest-*, started unless `start` is false; destroyed and
+        undefined with its checkpoints, and the whole workspace removed, when
+        the test ends. Default disks: vda, a fresh qcow2 of `size` with
+        `writes` (see Env.disk)."""
+        assert self.qemu, "use the qenv fixture"
+        name = name or "lvb-pytest-" + uuidlib.uuid4().hex[:12]
+        if disks is None:
+            disks = [("vda", self.disk(name + "-vda.qcow2", size, "qcow2", writes), "qcow2")]
+        self._remove_tmp = True
+        dom = self.domain(disks=disks, name=name, conn=self.qemu, kind="qemu")
+        if start:
+            dom.start()
+        return dom
+
+    def overlay(self, base, name):
+        """A qcow2 image <tmp>/`name` backed by the qcow2 image `base`."""
+        path = self.path(name)
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", path])
+        return path
+
     def redefine(self, dom, disks):
         """Give `dom` (same name and UUID) these disks."""
         xml = domain_xml(dom.name, disks, uuid=dom.uuid, devices=dom.devices, kind=dom.kind)
@@ -808,6 +1035,14 @@ class Env:
     def backup(self, dom, xml, flags=CREATE_WAIT):
         """create(), the handle freed when the test ends."""
         b = create(dom, xml, flags)
+        self._handles.append(b)
+        return b
+
+    def start_unmanaged(self, dom, xml, flags=0):
+        """virDomainBackupStartUnmanaged that must succeed; the export is
+        ended (if still running) and the handle freed when the test ends."""
+        b = lib.virDomainBackupStartUnmanaged(dom, xml.encode(), flags)
+        assert b, f"virDomainBackupStartUnmanaged failed: {last_error()}"
         self._handles.append(b)
         return b
 
@@ -859,16 +1094,21 @@ class Env:
 
     def cleanup(self):
         for b in self._handles:
+            # Never leave a job or an export running behind a test.
+            if lib.virDomainBackupFinishJob(b, FINISH_JOB_CHECK) == 1:
+                lib.virDomainBackupAbortJob(b, 0)
             lib.virDomainBackupFree(b)
         for conn, name in self._expected:
             ptr = lookup_domain(conn, name)
             if ptr:
                 self._defined.append(ptr)
-        for ptr in self._defined:
-            if virt.virDomainIsActive(ptr) == 1:
-                virt.virDomainDestroy(ptr)
-            virt.virDomainUndefine(ptr)
-            virt.virDomainFree(ptr)
+        if self.qemu:
+            # libvirtd takes seconds to notice a destroyed QEMU has exited:
+            # let that overlap with the next tests (joined at the end).
+            domains, tmp, self._defined = self._defined, self._remove_tmp and self.tmp, []
+            self._remove_tmp = False
+            reap_later(lambda: _drop_domains(domains, tmp))
+        _drop_domains(self._defined, None)
         for ptr in getattr(self, "_owned_domains", []):
             virt.virDomainFree(ptr)
         for ptr in self._pools:
@@ -876,6 +1116,41 @@ class Env:
             virt.virStoragePoolFree(ptr)
         for c in self._conns:
             virt.virConnectClose(c)
+
+
+def _drop_domains(ptrs, tmp):
+    """Destroy, undefine and free domains, then remove the folder `tmp`
+    (QEMU tests' images and copies are big)."""
+    for ptr in ptrs:
+        if virt.virDomainIsActive(ptr) == 1:
+            virt.virDomainDestroy(ptr)
+        # QEMU domains may keep checkpoints, which plain undefine refuses.
+        if virt.virDomainUndefineFlags(ptr, VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA) < 0:
+            virt.virDomainUndefine(ptr)
+        virt.virDomainFree(ptr)
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_REAPERS = []
+
+
+def reap_later(fn):
+    """Run a cleanup `fn` in a thread; join_reapers() waits for them all."""
+    t = threading.Thread(target=fn)
+    t.start()
+    _REAPERS.append(t)
+
+
+def join_reapers():
+    while _REAPERS:
+        _REAPERS.pop().join()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reapers():
+    yield
+    join_reapers()
 
 
 @pytest.fixture(scope="session")
@@ -894,7 +1169,15 @@ def qemu_conn():
     if not conn:
         pytest.skip("qemu:///system is not reachable (scripts/start-libvirtd.sh starts it)")
     yield conn
+    join_reapers()
     virt.virConnectClose(conn)
+
+
+@pytest.fixture
+def qenv(env, qemu_conn):
+    """env, with QEMU domains on qemu:///system (Env.qemu_domain)."""
+    env.qemu = qemu_conn
+    return env
 
 
 @pytest.fixture
@@ -941,10 +1224,49 @@ def run_py(code, catalog, timeout=60, check=True):
     return out
 
 
+def start_backup_process(env, uri, dom_name, xml, stop=True):
+    """A helper process that opens `uri`, starts a backup (without WAIT) of
+    the domain named `dom_name`, prints the backup's UUID and vda target,
+    then sleeps. Once it printed, it is stopped with SIGSTOP if `stop` (so a
+    job the library runs cannot go on). Returns (Popen, uuid, target)."""
+    p = py_subprocess(f"""
+        import time
+        conn = virt.virConnectOpen({uri!r}.encode())
+        d = virt.virDomainLookupByName(conn, {dom_name!r}.encode())
+        assert d
+        b = lib.virDomainBackupCreateXML(d, {xml!r}.encode(), 0)
+        assert b, last_error()
+        print(backup_uuid(b), target_of(b), flush=True)
+        time.sleep(300)
+    """, env.catalog)
+    ready, _, _ = select.select([p.stdout], [], [], 30)
+    if not ready:
+        p.kill()
+        pytest.fail("backup process printed nothing in 30 s")
+    line = p.stdout.readline().split()
+    if len(line) != 2:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"backup process failed: {line} {err}")
+    if stop:
+        os.kill(p.pid, signal.SIGSTOP)
+    return p, line[0], line[1]
+
+
+def kill_process(p):
+    """SIGKILL a helper process and reap it."""
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    assert p.returncode == -signal.SIGKILL
+    p.stdout.close()
+    p.stderr.close()
+
+
 # --------------------------------------------------------------------------
 # A big disk with data everywhere, for jobs that must run for a while
 # --------------------------------------------------------------------------
 BIG_DISK_SIZE = 2 * GiB
+BIG_DATA = 1536 * MiB
 
 
 @pytest.fixture(scope="session")
@@ -957,6 +1279,19 @@ def big_disk(tmp_path_factory):
             f.write(chunk)
     yield path
     os.unlink(path)  # do not keep 2 GiB in pytest's retained temp dirs
+
+
+@pytest.fixture(scope="session")
+def big_qcow2(tmp_path_factory):
+    """A 2 GiB qcow2 image holding 1.5 GiB of 0x31 from offset 0, made once:
+    QEMU domains run on overlays of it (Env.overlay), so that a backup job
+    of theirs runs long enough (about 2 s) to be looked at, cancelled or
+    outlived."""
+    path = str(tmp_path_factory.mktemp("bigq") / "big.qcow2")
+    make_disk(path, BIG_DISK_SIZE, "qcow2", [(0, BIG_DATA, 0x31)])
+    yield path
+    join_reapers()  # domains on overlays of it
+    os.unlink(path)
 
 
 def wait_until(pred, timeout=30, step=0.02):

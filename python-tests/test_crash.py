@@ -8,57 +8,16 @@ stops it (SIGSTOP, so the copy cannot finish meanwhile), checks the backup is
 listed as running, then kills it with SIGKILL."""
 
 import os
-import select
 import signal
 import threading
-
-import pytest
 
 from conftest import (FINISH_JOB_CHECK, MiB, STATE_RUNNING,
                       VIR_ERR_NO_DOMAIN_BACKUP, assert_same_image,
                       backup_state, backup_uuid, backup_xml_for,
-                      count_backups, create, expect_error, free, get_params,
-                      lib, list_handles, list_uuids, py_subprocess, run_py,
+                      catalog_entries_named, count_backups, create,
+                      expect_error, free, get_params, kill_process, lib,
+                      list_handles, list_uuids, run_py, start_backup_process,
                       target_of)
-
-
-def start_backup_process(env, uri, dom_name, xml):
-    p = py_subprocess(f"""
-        import time
-        conn = virt.virConnectOpen({uri!r}.encode())
-        d = virt.virDomainLookupByName(conn, {dom_name!r}.encode())
-        assert d
-        b = lib.virDomainBackupCreateXML(d, {xml!r}.encode(), 0)
-        assert b, last_error()
-        print(backup_uuid(b), target_of(b), flush=True)
-        time.sleep(300)
-    """, env.catalog)
-    ready, _, _ = select.select([p.stdout], [], [], 30)
-    if not ready:
-        p.kill()
-        pytest.fail("backup process printed nothing in 30 s")
-    line = p.stdout.readline().split()
-    if len(line) != 2:
-        p.kill()
-        out, err = p.communicate()
-        pytest.fail(f"backup process failed: {line} {err}")
-    os.kill(p.pid, signal.SIGSTOP)
-    return p, line[0], line[1]
-
-
-def kill(p):
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait(timeout=10)
-    assert p.returncode == -signal.SIGKILL
-    p.stdout.close()
-    p.stderr.close()
-
-
-def catalog_entries_named(env, uuid):
-    hits = []
-    for root, dirs, files in os.walk(env.catalog):
-        hits += [os.path.join(root, n) for n in dirs + files if uuid in n]
-    return hits
 
 
 def test_killed_job_is_discarded(env, big_disk):
@@ -100,10 +59,10 @@ def test_killed_job_is_discarded(env, big_disk):
         t = threading.Thread(target=waiter, daemon=True)
         t.start()
     except BaseException:
-        kill(p)
+        kill_process(p)
         raise
 
-    kill(p)
+    kill_process(p)
 
     # The waiter learns the job is gone instead of hanging.
     t.join(15)
@@ -147,7 +106,7 @@ def test_killed_job_discarded_by_fresh_process(env, big_disk):
         assert os.path.exists(target)
         assert count_backups(dom) == 1
     finally:
-        kill(p)
+        kill_process(p)
     out = run_py(f"""
         h = lib.virDomainBackupLookupByUUID({uuid!r}.encode(), 0)
         print("LOOKUP", h, last_error()[0])
@@ -197,4 +156,4 @@ def test_abort_from_another_process(env, big_disk):
         expect_error(VIR_ERR_NO_DOMAIN_BACKUP)
         free(h)
     finally:
-        kill(p)
+        kill_process(p)

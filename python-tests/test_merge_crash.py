@@ -2,8 +2,9 @@
 (merging it into its child) leaves the old state or the new one, never a
 broken chain: whatever the catalog lists afterwards restores byte for byte.
 
-The disk is big enough (256 MiB of data) that the merge runs for a while;
-the deleting process is killed at several moments of it."""
+The disk is big enough (128 MiB of data) that the merge runs for a while;
+the deleting process is killed at several moments of it. The big files are
+removed at the end (pytest keeps temporary folders of recent runs)."""
 
 import os
 import shutil
@@ -28,13 +29,13 @@ def take(env, dom, src, name, parent=None, writes=()):
     return uuid, copy
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
+@pytest.mark.parametrize("delay", [0.02, 0.15, 0.5])
 def test_killed_merge_leaves_a_whole_chain(env, delay):
-    src = env.disk("mc.raw", 512 * MiB, "raw", [(0, 256 * MiB, 0x31)])
+    src = env.disk("mc.raw", 256 * MiB, "raw", [(0, 128 * MiB, 0x31)])
     uri, dom = env.node_domain(disks=[("vda", src, "raw")])
     full, _ = take(env, dom, src, "full")
     mid, _ = take(env, dom, src, "mid", full, [(0, 64 * MiB, 0x32)])
-    leaf, at_leaf = take(env, dom, src, "leaf", mid, [(300 * MiB, 1 * MiB, 0x33)])
+    leaf, at_leaf = take(env, dom, src, "leaf", mid, [(200 * MiB, 1 * MiB, 0x33)])
 
     p = py_subprocess(f"""
         b = lib.virDomainBackupLookupByUUID({mid!r}.encode(), 0)
@@ -65,3 +66,6 @@ def test_killed_merge_leaves_a_whole_chain(env, delay):
     # No temporary file of the merge is left next to the leaf's copy.
     leftovers = [n for n in os.listdir(env.path("")) if ".merge-" in n]
     assert leftovers == []
+    for name in os.listdir(env.path("")):
+        if name.endswith((".raw", ".qcow2")):
+            os.unlink(env.path(name))

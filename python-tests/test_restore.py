@@ -9,13 +9,12 @@ import uuid as uuidlib
 
 import pytest
 
-from conftest import (K64, MiB, RESTORE_NEW_DOMAIN, RESTORE_REWRITE_EXISTING_DISK,
-                      VIR_ERR_INVALID_ARG, VIR_ERR_NO_SUPPORT,
-                      VIR_ERR_OPERATION_FAILED, VIR_ERR_OPERATION_INVALID,
-                      assert_byte_exact, backup_uuid, backup_xml_for,
-                      chain_with_branch, domain_definition, domain_disks, domain_uuid,
-                      img_info, lookup_domain, qemu_io, restore, restore_fails,
-                      restore_xml_for, sha256, virt, write_disk)
+from conftest import (K64, MiB, Nbd, RESTORE_NEW_DOMAIN, RESTORE_REWRITE_EXISTING_DISK,
+                      VIR_ERR_INVALID_ARG, VIR_ERR_OPERATION_FAILED, VIR_ERR_OPERATION_INVALID,
+                      assert_byte_exact, backup_uuid, backup_xml_for, chain_with_branch,
+                      domain_definition, domain_disks, domain_uuid, free_port, img_info,
+                      lookup_domain, qemu_io, restore, restore_fails, restore_xml_for, sha256,
+                      virt, write_disk)
 
 REWRITE = RESTORE_REWRITE_EXISTING_DISK
 MAC = "52:54:00:aa:bb:cc"
@@ -214,10 +213,6 @@ def test_damaged_parent_is_detected_through_the_chain(env):
 
 
 # ---------------------------------------------- RestoreUnmanaged (files)
-NBD_XML = ("<domainbackup><disks><disk name='vda'><source protocol='nbd' name='vda'>"
-           "<host name='127.0.0.1' port='10809'/></source></disk></disks></domainbackup>")
-
-
 def test_restore_unmanaged_from_files(env):
     a = env.disk("u-a.qcow2", 8 * MiB, "qcow2")
     b = env.disk("u-b.raw", 8 * MiB)
@@ -228,13 +223,17 @@ def test_restore_unmanaged_from_files(env):
     definition = domain_definition(dom)
     into_vda = restore_xml_for(None, sources={"vda": ext_a})
 
-    # Refusals touch nothing: no REWRITE, a missing source, NBD (not
-    # supported yet), a running domain.
+    # Refusals touch nothing: no REWRITE, a missing source, an NBD server
+    # nobody runs (test_unmanaged.py has real ones), a running domain.
     before = env.files()
     restore_fails(into_vda, 0, VIR_ERR_OPERATION_INVALID, dom=dom)
     restore_fails(restore_xml_for(None, sources={"vda": env.path("none.qcow2")}), REWRITE,
                   VIR_ERR_INVALID_ARG, dom=dom)
-    restore_fails(NBD_XML, REWRITE, VIR_ERR_NO_SUPPORT, "not supported yet", dom=dom)
+    port = free_port()
+    restore_fails(restore_xml_for(None, sources={"vda": (Nbd(port=port), "vda")}), REWRITE,
+                  VIR_ERR_OPERATION_FAILED, f"127.0.0.1:{port}", dom=dom)
+    restore_fails(restore_xml_for(None, sources={"vda": (Nbd(socket=env.path("no.sock")), "vda")}),
+                  REWRITE, VIR_ERR_OPERATION_FAILED, "no.sock", dom=dom)
     assert virt.virDomainCreate(dom) == 0
     restore_fails(into_vda, REWRITE, VIR_ERR_OPERATION_INVALID, dom=dom)
     assert virt.virDomainDestroy(dom) == 0
@@ -256,11 +255,11 @@ def test_restore_unmanaged_from_files(env):
 
 
 # ------------------------------------------------- qemu:///system, inactive
-def test_inactive_qemu_domain(env, qemu_conn):
+def test_inactive_qemu_domain(qenv):
+    env, qemu_conn = qenv, qenv.qemu
     a = env.disk("q-a.qcow2", 16 * MiB, "qcow2")
     b = env.disk("q-b.raw", 8 * MiB)
-    dom = env.domain(disks=[("vda", a, "qcow2"), ("vdb", b, "raw")], conn=qemu_conn,
-                     kind="qemu", name="lvb-pytest-" + uuidlib.uuid4().hex[:8])
+    dom = env.qemu_domain(disks=[("vda", a, "qcow2"), ("vdb", b, "raw")], start=False)
     assert virt.virDomainIsActive(dom) == 0
     snaps = []  # per backup: (uuid, copy of vda, copy of vdb)
     parent = None

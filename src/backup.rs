@@ -277,13 +277,20 @@ impl Backup {
         if is_live {
             // QEMU writes the targets: close them first.
             targets.clear();
-            let disks: Vec<live::LiveDisk> = planned
-                .iter()
-                .map(|p| live::LiveDisk {
+            let mut disks: Vec<live::LiveDisk> = Vec::with_capacity(planned.len());
+            for p in &planned {
+                let since = match &p.baseline {
+                    Some(Baseline {
+                        checkpoint: Some(cp),
+                        ..
+                    }) => Some(cp.as_str()),
+                    _ => None,
+                };
+                disks.push(live::LiveDisk {
                     record: &p.record,
-                    since: p.baseline.as_ref().and_then(|b| b.checkpoint.as_deref()),
-                })
-                .collect();
+                    since,
+                });
+            }
             if let Err(e) = live::begin(dom, &record, &disks, &dom_disks, quiesce) {
                 drop(lock);
                 discard(&record);

@@ -441,6 +441,16 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             rec.uuid
         )));
     }
+    let new_domain = new_domain_asked(flags, &req.domain_name)?;
+    // Refuse a running domain before any work (building a missing index).
+    let own = match new_domain {
+        true => None,
+        false => {
+            let dom = libvirt::open_domain(&rec.uri, &rec.domain_uuid)?;
+            shut_off(&dom)?;
+            Some(dom)
+        }
+    };
     let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
     let items = select(req.disks.as_deref(), &names, |d| d.name.as_str())?
         .into_iter()
@@ -457,14 +467,13 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    if new_domain_asked(flags, &req.domain_name)? {
+    let Some(dom) = own else {
         let name = req.domain_name.clone().unwrap_or_else(|| {
             format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8])
         });
         let conn = libvirt::open_connection(&rec.uri)?;
         return as_new_domain(&conn, &rec.domain_xml, &name, items, flags);
-    }
-    let dom = libvirt::open_domain(&rec.uri, &rec.domain_uuid)?;
+    };
     into_own_domain(&dom, items, flags)
 }
 
