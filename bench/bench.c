@@ -32,7 +32,9 @@
  * fsync of the file it wrote, like the peer's `sync FILE` (and like a backup,
  * which the library fsyncs before calling it completed).
  *
- * Each side runs BENCH_RUNS times, alternating, each after a sync(); the
+ * Each side runs BENCH_RUNS times, each after a sync(), taking turns at
+ * going first (freeing the last run's files, with online discard, slows
+ * whoever runs next); the
  * table shows the best time of each side (timings on a shared 2-core machine
  * have large additive spikes, which the minimum filters out) and the ratio
  * ours/peer (lower is better) next to its target. After each of ours' runs
@@ -44,7 +46,7 @@
  *
  * Environment: BENCH_SIZE_MB (virtual disk size, default 2048),
  * BENCH_DATA_PCT (share of the disk holding data, default 50),
- * BENCH_RUNS (default 3), BENCH_DIR (parent of the work folder, default
+ * BENCH_RUNS (default 4), BENCH_DIR (parent of the work folder, default
  * /var/tmp), BENCH_VERBOSE (print every run), BENCH_LIVE_SIZE_MB (the
  * running domain's disk, default 2048), BENCH_LIVE=0 (skip rows 5-7; by
  * default they run and an unreachable libvirtd is an error).
@@ -579,15 +581,21 @@ void bench_row(const struct row *r, struct disk *d)
         r->setup(d);
     if (r->peer)
         r->peer(d);   /* warm the page cache for both sides */
-    do {   /* runs >= 1 */
-        b[n] = r->peer ? r->peer(d) : d->full_best;
+    do {   /* runs >= 1; who goes first alternates, as freeing the last
+            * run's files (online discard) slows whoever runs next */
+        if (n % 2 == 0)
+            b[n] = r->peer ? r->peer(d) : d->full_best;
+        /* Check ours right away: a peer may remove what ours made. */
         a[n] = r->ours(d);
+        if (a[n] != NA)
+            wrong |= r->verify(d) < 0;
+        if (n % 2 == 1)
+            b[n] = r->peer ? r->peer(d) : d->full_best;
         if (verbose)
             fprintf(stderr, "  %s (%s) run %d: ours %.3f s, peer %.3f s\n",
                     r->what, d->name, n + 1, a[n] == NA ? 0 : a[n], b[n]);
         if (a[n++] == NA)
             break;
-        wrong |= r->verify(d) < 0;
     } while (n < runs);
     mismatches += wrong;
     print_row(r, d, a[n - 1] == NA ? NA : best(a, n), best(b, n), wrong);
@@ -652,7 +660,7 @@ int main(void)
 
     size_mb = env_long("BENCH_SIZE_MB", 2048);
     data_pct = env_long("BENCH_DATA_PCT", 50);
-    runs = (int)env_long("BENCH_RUNS", 3);
+    runs = (int)env_long("BENCH_RUNS", 4);
     verbose = getenv("BENCH_VERBOSE") != NULL;
     if (runs < 1 || runs > MAX_RUNS)
         runs = 3;
