@@ -1301,3 +1301,15 @@ def wait_until(pred, timeout=30, step=0.02):
             return True
         time.sleep(step)
     return pred()
+
+
+def assert_new_domain_starts(conn, name, disk_file, want):
+    """The domain `name` a restore defined on `conn` exists, its disk file
+    holds `want` (raw) byte for byte, and it starts."""
+    dom = lookup_domain(conn, name)
+    assert dom
+    try:
+        assert_byte_exact(disk_file, "qcow2", want, "raw")
+        assert virt.virDomainCreate(dom) == 0
+    finally:
+        virt.virDomainFree(dom)

@@ -15,7 +15,7 @@ copy of the disk made when it was taken."""
 
 import os
 
-from conftest import (BIG_DISK_SIZE, CREATE_NO_FALLBACK, CREATE_QUIESCE, CREATE_WAIT,
+from conftest import (assert_new_domain_starts, BIG_DISK_SIZE, CREATE_NO_FALLBACK, CREATE_QUIESCE, CREATE_WAIT,
                       FINISH_JOB_CANCEL, FINISH_JOB_CHECK, K64, MiB, RESTORE_NEW_DOMAIN,
                       RESTORE_REWRITE_EXISTING_DISK, STATE_CANCELLED, STATE_COMPLETED,
                       STATE_RUNNING, VIR_DOMAIN_UNDEFINE_BACKUP, VIR_ERR_ARGUMENT_UNSUPPORTED,
@@ -281,13 +281,7 @@ def test_restore_refused_while_running_restored_domains_start(qenv):
     # As a new domain, which starts.
     name = env.expect_domain(dom.name + "-copy", env.qemu)
     restore(restore_xml_for(u, domain=name), RESTORE_NEW_DOMAIN)
-    copy = lookup_domain(env.qemu, name)
-    assert copy
-    try:
-        assert_byte_exact(env.path(f"{name}-vda.qcow2"), "qcow2", then, "raw")
-        assert virt.virDomainCreate(copy) == 0
-    finally:
-        virt.virDomainFree(copy)
+    assert_new_domain_starts(env.qemu, name, env.path(f"{name}-vda.qcow2"), then)
 
     # In place once shut off; it starts again.
     dom.stop()

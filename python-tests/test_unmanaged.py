@@ -10,7 +10,7 @@ refuses it. Then virDomainBackupRestoreUnmanaged from such exports."""
 
 import os
 
-from conftest import (CREATE_WAIT, FINISH_JOB_CHECK, K64, MiB, Nbd, RESTORE_NEW_DOMAIN,
+from conftest import (assert_new_domain_starts, CREATE_WAIT, FINISH_JOB_CHECK, K64, MiB, Nbd, RESTORE_NEW_DOMAIN,
                       RESTORE_REWRITE_EXISTING_DISK, STATE_CANCELLED, STATE_COMPLETED,
                       STATE_RUNNING, VIR_ERR_OPERATION_FAILED, VIR_ERR_OPERATION_INVALID,
                       assert_byte_exact, backup_uuid, backup_xml_for, count_backups,
@@ -197,10 +197,4 @@ def test_restore_unmanaged_from_exports(qenv):
     restore(restore_xml_for(None, domain=name, sources={"vda": (tcp, "vda")}),
             RESTORE_NEW_DOMAIN, dom=live)
     assert lib.virDomainBackupFinishJob(ex, 0) == 0
-    copy = lookup_domain(env.qemu, name)
-    assert copy
-    try:
-        assert_byte_exact(env.path(f"{name}-vda.qcow2"), "qcow2", then, "raw")
-        assert virt.virDomainCreate(copy) == 0
-    finally:
-        virt.virDomainFree(copy)
+    assert_new_domain_starts(env.qemu, name, env.path(f"{name}-vda.qcow2"), then)

@@ -185,9 +185,19 @@ impl Catalog {
 
     /// Take the writer lock (blocks while another thread or process holds it).
     pub fn lock(&self) -> Result<CatalogLock> {
+        self.acquire(true)
+            .map(|l| l.expect("a blocking lock is always taken"))
+    }
+
+    /// The writer lock if nobody else holds it now, else `None`.
+    fn try_lock(&self) -> Option<CatalogLock> {
+        self.acquire(false).ok().flatten()
+    }
+
+    fn acquire(&self, wait: bool) -> Result<Option<CatalogLock>> {
         if LOCK_DEPTH.with(|d| d.get()) > 0 {
             LOCK_DEPTH.with(|d| d.set(d.get() + 1));
-            return Ok(CatalogLock { _file: None });
+            return Ok(Some(CatalogLock { _file: None }));
         }
         let path = self.root.join(".lock");
         let file = OpenOptions::new()
@@ -196,27 +206,14 @@ impl Catalog {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io("cannot open catalog lock", &path, e))?;
-        file.lock()
-            .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
-        LOCK_DEPTH.with(|d| d.set(d.get() + 1));
-        Ok(CatalogLock { _file: Some(file) })
-    }
-
-    /// The writer lock if nobody else holds it now, else `None`.
-    fn try_lock(&self) -> Option<CatalogLock> {
-        if LOCK_DEPTH.with(|d| d.get()) > 0 {
-            return self.lock().ok();
+        if wait {
+            file.lock()
+                .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
+        } else if file.try_lock().is_err() {
+            return Ok(None);
         }
-        let path = self.root.join(".lock");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .ok()?;
-        file.try_lock().ok()?;
         LOCK_DEPTH.with(|d| d.set(d.get() + 1));
-        Some(CatalogLock { _file: Some(file) })
+        Ok(Some(CatalogLock { _file: Some(file) }))
     }
 
     /// Note, before a merge writes `tmp` for a disk of `child`, where that
