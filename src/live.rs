@@ -302,7 +302,11 @@ pub fn remove_checkpoint(dom: &DomainRef, name: &str) -> Result<()> {
         return Ok(());
     };
     if dom.is_active()? {
-        return dom.delete_checkpoint(name, false);
+        // A checkpoint whose bitmap is gone (its disk was swapped) cannot
+        // be deleted the normal way: forget it, there is nothing to merge.
+        return dom
+            .delete_checkpoint(name, false)
+            .or_else(|_| dom.delete_checkpoint(name, true));
     }
     let root = dom::parse(xml)?;
     let disks = crate::xml::domain::parse_disks(&dom.xml()?)?;

@@ -180,3 +180,36 @@ fn quiesce_without_agent_cancel_and_one_job_at_a_time() {
     libvirt_backup::backup::undefine(&qd.dom, 1 << 30).unwrap();
     assert!(kept.record().is_err());
 }
+
+#[test]
+fn a_disk_swapped_while_off_falls_back_to_a_full_copy() {
+    let conn = connect();
+    let a = image("swap-a.qcow2", "qcow2", "64M", &["write -P 0x41 0 8M"]);
+    let qd = QemuDomain::define(&conn, "swap", &[("vda", &a, "qcow2")]);
+    qd.start();
+    let parent = Backup::create(&qd.dom, "<domainbackup/>", WAIT).unwrap();
+    qd.stop();
+    // The same file name, another image: a copy without the checkpoint's bitmap.
+    let copy = a.with_extension("copy");
+    common::qemu_img(&[
+        "convert",
+        "-O",
+        "qcow2",
+        a.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    ]);
+    std::fs::rename(&copy, &a).unwrap();
+    qd.start();
+    qd.guest_io("virtio-disk0", "write -P 0x42 1M 64k");
+    let err = Backup::create(&qd.dom, &child_xml(&parent), WAIT | NO_FALLBACK).unwrap_err();
+    assert!(
+        err.is(ErrorCode::OperationInvalid) && err.message.contains("bitmap"),
+        "{err:?}"
+    );
+    let child = Backup::create(&qd.dom, &child_xml(&parent), WAIT).unwrap();
+    let rec = child.record().unwrap();
+    assert_eq!(rec.disks[0].mode, BackupMode::Full);
+    let t = snapshot(&a, "qcow2", "swap-t.raw");
+    assert!(identical(&rec.disks[0].target, "qcow2", &t, "raw"));
+    parent.delete(1 << 1).unwrap();
+}
