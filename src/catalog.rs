@@ -5,6 +5,8 @@
 //! - `<domain>/<backup>.xml`      one record per backup, replaced atomically
 //! - `<domain>/<backup>.lock`     flock held by the job while it copies
 //! - `<domain>/<backup>/`         default folder for the backup's images
+//! - `.restoring/<id>.list`      files a running restore writes from scratch
+//!   (locked by it; removed by the next process if it died)
 //! - `<domain>/default-target.xml` the persistent default target (CONFIG)
 //! - `<domain>/<backup>.<disk>.merging` the temporary file of a merge into
 //!   that backup's disk, while it runs
@@ -45,6 +47,28 @@ thread_local! {
 impl Drop for CatalogLock {
     fn drop(&mut self) {
         LOCK_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Folder (under the root) of the notes of restores writing new files.
+const RESTORING: &str = ".restoring";
+
+/// The note of a restore's new files, locked while the restore writes them.
+pub struct StagedFiles {
+    _file: File,
+    path: PathBuf,
+}
+
+impl StagedFiles {
+    /// The files are complete (or removed): forget the note.
+    pub fn done(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for StagedFiles {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -131,7 +155,56 @@ impl Catalog {
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
         make_private_dir(&root)?;
-        Ok(Catalog { root })
+        let catalog = Catalog { root };
+        catalog.sweep_restores();
+        Ok(catalog)
+    }
+
+    /// Note the files a restore is about to write from scratch; until
+    /// `StagedFiles::done`, a process that finds the note unlocked (its
+    /// restore died) removes them.
+    pub fn stage_files(&self, paths: &[&Path]) -> Result<StagedFiles> {
+        let dir = self.root.join(RESTORING);
+        make_private_dir(&dir)?;
+        let path = dir.join(format!("{}.list", Uuid::new_v4()));
+        let mut file = OpenOptions::new()
+            .mode(0o600)
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("cannot create", &path, e))?;
+        let _ = file.lock();
+        let mut text = Vec::new();
+        for p in paths {
+            text.extend_from_slice(p.as_os_str().as_encoded_bytes());
+            text.push(b'\n');
+        }
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io("cannot write", &path, e))?;
+        Ok(StagedFiles { _file: file, path })
+    }
+
+    /// Remove the files of restores whose process died while writing them.
+    fn sweep_restores(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join(RESTORING)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(file) = File::open(e.path()) else {
+                continue;
+            };
+            if file.try_lock().is_err() {
+                continue; // a restore in progress
+            }
+            if let Ok(text) = fs::read(e.path()) {
+                for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let _ = fs::remove_file(std::ffi::OsStr::from_bytes(line));
+                }
+            }
+            let _ = fs::remove_file(e.path());
+        }
     }
 
     pub fn root(&self) -> &Path {

@@ -209,13 +209,19 @@ fn copy_ownership(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Write every planned disk (see the module comment for the order).
-fn execute(plans: &[DiskPlan]) -> Result<()> {
+fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
     let mut in_place = Vec::new();
     for p in plans {
         if matches!(p.how, How::InPlace) {
             in_place.push(p.plan_in_place().map_err(p.context())?);
         }
     }
+    let note = catalog.stage_files(
+        &plans
+            .iter()
+            .filter_map(DiskPlan::staged_file)
+            .collect::<Vec<_>>(),
+    )?;
     let mut staged: Vec<&Path> = Vec::new();
     let staging = plans.iter().try_for_each(|p| {
         let Some(path) = p.staged_file() else {
@@ -230,6 +236,7 @@ fn execute(plans: &[DiskPlan]) -> Result<()> {
         }
         return Err(e);
     }
+    note.done();
     let mut rewrites = in_place.iter();
     for p in plans {
         match &p.how {
@@ -355,7 +362,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
         )?);
     }
     check_distinct(&plans)?;
-    execute(&plans)?;
+    execute(&Catalog::open()?, &plans)?;
     let changed = plans.iter().any(|p| {
         let d = now.iter().find(|d| d.name == p.name).unwrap();
         d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
@@ -408,7 +415,7 @@ fn as_new_domain(
     }
     check_distinct(&plans)?;
     let xml = domain::restored_definition(base_xml, Some(name), &restored(&plans))?;
-    execute(&plans)?;
+    execute(&Catalog::open()?, &plans)?;
     if let Err(e) = libvirt::define_domain(conn, &xml) {
         for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
             let _ = fs::remove_file(&p.target);
