@@ -37,7 +37,9 @@ use crate::flags::bits::RESTORE_FLAGS;
 /// synced before any existing disk is touched, and removed if one fails; an
 /// in-place rewrite starts only after every chunk it will write has been
 /// read and verified. A failure during that last pass can leave the disk
-/// partly restored; running the restore again completes it.
+/// partly restored; running the restore again completes it. If the process
+/// dies while it writes new files, the next process that opens the catalog
+/// removes them.
 ///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
