@@ -93,7 +93,7 @@ def test_killed_restore_leaves_no_new_file(env):
         pytest.skip("the restore finished before it could be killed")
     list_uuids(dom)  # any call opens the catalog
     assert not os.path.exists(out), "half-written restore target left behind"
-    assert os.listdir(os.path.join(env.catalog, ".restoring")) == []
+    assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")] == []
     for name in os.listdir(env.path("")):
         if name.endswith((".raw", ".qcow2")):
             os.unlink(env.path(name))

@@ -23,9 +23,10 @@ REWRITE = RESTORE_REWRITE_EXISTING_DISK
 
 
 def scratch(env):
-    """What the exports left in the catalog's scratch folder."""
-    d = os.path.join(env.catalog, ".scratch")
-    return os.listdir(d) if os.path.isdir(d) else []
+    """What the exports left in the catalog: their .scratch-<id> folders."""
+    if not os.path.isdir(env.catalog):
+        return []
+    return [n for n in os.listdir(env.catalog) if n.startswith(".scratch")]
 
 
 def check_export(env, server, want):

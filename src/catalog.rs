@@ -5,7 +5,7 @@
 //! - `<domain>/<backup>.xml`      one record per backup, replaced atomically
 //! - `<domain>/<backup>.lock`     flock held by the job while it copies
 //! - `<domain>/<backup>/`         default folder for the backup's images
-//! - `.restoring/<id>.list`      files a running restore writes from scratch
+//! - `.restoring-<id>`           files a running restore writes from scratch
 //!   (locked by it; removed by the next process if it died)
 //! - `<domain>/default-target.xml` the persistent default target (CONFIG)
 //! - `<domain>/<backup>.<disk>.merging` the temporary file of a merge into
@@ -50,8 +50,8 @@ impl Drop for CatalogLock {
     }
 }
 
-/// Folder (under the root) of the notes of restores writing new files.
-const RESTORING: &str = ".restoring";
+/// Name prefix (in the root) of the notes of restores writing new files.
+const RESTORING: &str = ".restoring-";
 
 /// The note of a restore's new files, locked while the restore writes them.
 pub struct StagedFiles {
@@ -164,9 +164,7 @@ impl Catalog {
     /// `StagedFiles::done`, a process that finds the note unlocked (its
     /// restore died) removes them.
     pub fn stage_files(&self, paths: &[&Path]) -> Result<StagedFiles> {
-        let dir = self.root.join(RESTORING);
-        make_private_dir(&dir)?;
-        let path = dir.join(format!("{}.list", Uuid::new_v4()));
+        let path = self.root.join(format!("{RESTORING}{}", Uuid::new_v4()));
         let mut file = OpenOptions::new()
             .mode(0o600)
             .read(true)
@@ -188,10 +186,13 @@ impl Catalog {
 
     /// Remove the files of restores whose process died while writing them.
     fn sweep_restores(&self) {
-        let Ok(entries) = fs::read_dir(self.root.join(RESTORING)) else {
+        let Ok(entries) = fs::read_dir(&self.root) else {
             return;
         };
-        for e in entries.flatten() {
+        let notes = entries
+            .flatten()
+            .filter(|e| e.file_name().as_bytes().starts_with(RESTORING.as_bytes()));
+        for e in notes {
             let Ok(file) = File::open(e.path()) else {
                 continue;
             };

@@ -173,10 +173,7 @@ pub fn start(
         };
         disks.push((d, export.clone(), since));
     }
-    let scratch = Catalog::open()?
-        .root()
-        .join(".scratch")
-        .join(uuid.to_string());
+    let scratch = Catalog::open()?.root().join(format!(".scratch-{uuid}"));
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
