@@ -54,8 +54,23 @@ pub static WORK: LazyLock<PathBuf> = LazyLock::new(|| {
     let dir = tempfile::tempdir().unwrap().keep();
     // SAFETY: set once, before any test reads it (all go through WORK).
     unsafe { std::env::set_var("LIBVIRT_BACKUP_DIR", dir.join("catalog")) };
+    // The images are big: remove the folder when the test binary exits
+    // (KEEP_TEST_WORK=1 keeps it for a look after a failure).
+    if std::env::var_os("KEEP_TEST_WORK").is_none() {
+        let _ = WORK_PATH.set(dir.clone());
+        // SAFETY: registers a plain function that only removes a folder.
+        unsafe { libc::atexit(remove_work) };
+    }
     dir
 });
+
+static WORK_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+extern "C" fn remove_work() {
+    if let Some(dir) = WORK_PATH.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
 
 /// The test driver shares one state per process; keep a connection open.
 pub static CONN: LazyLock<Mutex<Connect>> =
