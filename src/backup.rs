@@ -127,14 +127,7 @@ impl Backup {
                 dom.driver()?
             )));
         }
-        if job::running_for_domain(&domain_uuid).is_some() {
-            return Err(Error::operation_invalid(
-                "the domain already has a backup job running",
-            ));
-        }
-        if is_live {
-            live::check_no_job(dom)?;
-        }
+        job::check_domain_idle(dom, &domain_uuid, is_live)?;
         let domain_xml = dom.xml()?;
         let dom_disks = domain::parse_disks(&domain_xml)?;
         let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
@@ -986,10 +979,7 @@ fn run_copy(
         for (((src, parent), dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
             let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
             let mut parent = parent;
-            let baseline = match &mut parent {
-                Some(r) => disk::Baseline::Index(r),
-                None => disk::Baseline::Empty,
-            };
+            let baseline = disk::Baseline::of(parent.as_mut());
             IndexWriter::create(&index_path, d.virtual_size)
                 .and_then(|mut index| {
                     disk::copy_image(&src, &dst, &job.progress, baseline, &mut index)?;

@@ -141,7 +141,8 @@ fn make_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("cannot create catalog folder", dir, e))
 }
 
-fn sync_dir(dir: &Path) {
+/// Make a rename or removal in `dir` durable.
+pub fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
@@ -158,6 +159,13 @@ impl Catalog {
         let catalog = Catalog { root };
         catalog.sweep_restores();
         Ok(catalog)
+    }
+
+    /// A new private folder `<root>/<name>` (an export's scratch files).
+    pub fn private_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.root.join(name);
+        make_private_dir(&dir)?;
+        Ok(dir)
     }
 
     /// Note the files a restore is about to write from scratch; until

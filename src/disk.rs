@@ -301,6 +301,21 @@ pub enum Baseline<'a> {
     Index(&'a mut IndexReader),
 }
 
+impl<'a> Baseline<'a> {
+    /// Against `parent`'s index if there is one, else a new, empty target.
+    pub fn of(parent: Option<&'a mut IndexReader>) -> Self {
+        parent.map_or(Baseline::Empty, Baseline::Index)
+    }
+}
+
+/// A new file next to `path` to build its replacement in, named after it
+/// and `what` (merge, restore), hidden and unique.
+pub fn sibling_tmp(path: &Path, what: &str) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    dir.join(format!(".{name}.{what}-{}", uuid::Uuid::new_v4()))
+}
+
 /// Writes of a copy, gathered into runs so that adjacent chunks go out in
 /// one call.
 struct Writer<'a> {

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, CatalogLock, JobLock};
 use crate::disk::Progress;
 use crate::error::{Error, ErrorCode, Result};
+use crate::libvirt::DomainRef;
 use crate::xml::backup::{BackupRecord, BackupState, JobStats};
 
 #[derive(Debug)]
@@ -49,6 +50,23 @@ pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
         .values()
         .find(|j| j.domain == *domain)
         .cloned()
+}
+
+/// One backup job per domain: refuse when this process runs a managed job
+/// or an export of `domain`, or (with `libvirt`, for a running QEMU domain)
+/// libvirt runs a job on it.
+pub fn check_domain_idle(dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<()> {
+    if running_for_domain(domain).is_some() || crate::unmanaged::running_for_domain(domain) {
+        return Err(Error::operation_invalid(
+            "the domain already has a backup job running",
+        ));
+    }
+    if libvirt && dom.job_info(false)?.is_active() {
+        return Err(Error::operation_invalid(
+            "the domain already has a job running",
+        ));
+    }
+    Ok(())
 }
 
 impl Job {

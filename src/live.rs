@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, JobLock};
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::libvirt::DomainRef;
 use crate::tools::{self, os};
@@ -196,6 +196,25 @@ pub struct LiveDisk<'a> {
     pub since: Option<&'a str>,
 }
 
+/// A disk of a libvirt `<domainbackup>`: backed up in full, or (`since`)
+/// incrementally since that checkpoint; `None` for the domain's other
+/// disks, which are named with backup='no'.
+pub fn backup_disk_element(name: &str, since: Option<Option<&str>>) -> Element {
+    let el = Element::new("disk").with_attr("name", name);
+    match since {
+        None => el.with_attr("backup", "no"),
+        Some(since) => {
+            let el = el.with_attr("backup", "yes").with_attr("type", "file");
+            match since {
+                Some(cp) => el
+                    .with_attr("backupmode", "incremental")
+                    .with_attr("incremental", cp),
+                None => el.with_attr("backupmode", "full"),
+            }
+        }
+    }
+}
+
 /// The `<domainbackup>` and `<domaincheckpoint>` documents for libvirt:
 /// every disk of the domain is named, those outside the backup with
 /// backup='no' / checkpoint='no'.
@@ -206,17 +225,7 @@ fn documents(rec: &BackupRecord, disks: &[LiveDisk], all: &[DomainDisk]) -> (Str
         let ours = disks.iter().find(|l| l.record.name == d.name);
         let (b, c) = match ours {
             Some(l) => {
-                let mut b = Element::new("disk")
-                    .with_attr("name", d.name.clone())
-                    .with_attr("backup", "yes")
-                    .with_attr("type", "file");
-                b = match l.since {
-                    Some(cp) => b
-                        .with_attr("backupmode", "incremental")
-                        .with_attr("incremental", cp),
-                    None => b.with_attr("backupmode", "full"),
-                };
-                let b = b
+                let b = backup_disk_element(&d.name, Some(l.since))
                     .with_child(
                         Element::new("target").with_attr("file", l.record.target.to_string_lossy()),
                     )
@@ -234,9 +243,7 @@ fn documents(rec: &BackupRecord, disks: &[LiveDisk], all: &[DomainDisk]) -> (Str
                 (b, c)
             }
             None => (
-                Element::new("disk")
-                    .with_attr("name", d.name.clone())
-                    .with_attr("backup", "no"),
+                backup_disk_element(&d.name, None),
                 Element::new("disk")
                     .with_attr("name", d.name.clone())
                     .with_attr("checkpoint", "no"),
@@ -308,25 +315,12 @@ pub fn remove_checkpoint(dom: &DomainRef, name: &str) -> Result<()> {
             .delete_checkpoint(name, false)
             .or_else(|_| dom.delete_checkpoint(name, true));
     }
-    let root = dom::parse(xml)?;
-    let disks = crate::xml::domain::parse_disks(&dom.xml()?)?;
-    for d in root
-        .child("disks")
-        .into_iter()
-        .flat_map(|d| d.children_named("disk"))
-        .filter(|d| d.attr("checkpoint") == Some("bitmap"))
-    {
-        let disk = d.attr("name").unwrap_or_default();
-        let bitmap = d.attr("bitmap").unwrap_or(disk);
-        let Some(image) = disks
-            .iter()
-            .find(|x| x.name == disk)
-            .and_then(|x| x.source.clone())
-        else {
+    for d in crate::xml::domain::parse_disks(&dom.xml()?)? {
+        let (Some(bitmap), Some(image)) = (checkpoint_bitmap(xml, &d.name), d.source) else {
             continue;
         };
-        if image_bitmaps(&image)?.iter().any(|(n, _)| n == bitmap) {
-            remove_bitmap(&image, bitmap)?;
+        if image_bitmaps(&image)?.iter().any(|(n, _)| *n == bitmap) {
+            remove_bitmap(&image, &bitmap)?;
         }
     }
     dom.delete_checkpoint(name, true)
@@ -446,15 +440,4 @@ pub fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
         return Some(false);
     }
     Some(true)
-}
-
-/// Refuse a second job on the domain: libvirt runs one at a time.
-pub fn check_no_job(dom: &DomainRef) -> Result<()> {
-    if dom.job_info(false)?.is_active() {
-        return Err(Error::new(
-            ErrorCode::OperationInvalid,
-            "Requested operation is not valid: the domain already has a job running",
-        ));
-    }
-    Ok(())
 }

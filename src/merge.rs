@@ -15,9 +15,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use uuid::Uuid;
-
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, sync_dir};
 use crate::digest::{IndexReader, IndexVerifier, ensure_index};
 use crate::disk::{self, Baseline, Progress, Source, Target};
 use crate::error::{Error, Result};
@@ -38,45 +36,29 @@ fn rewrite_disk(
     base: Option<Base>,
 ) -> Result<BackupMode> {
     let src = Source::open(&d.target, d.format)?;
-    let dir = d.target.parent().unwrap_or(Path::new("/"));
-    let name = d.target.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.merge-{}", Uuid::new_v4()));
+    let tmp = disk::sibling_tmp(&d.target, "merge");
     let own_index = ensure_index(catalog, child, &d.name)?;
     catalog.mark_merge(child, &d.name, &tmp)?;
     let work = || -> Result<BackupMode> {
         let mut verify = IndexVerifier::new(IndexReader::open(&own_index)?);
-        let progress = Progress::default();
-        let (dst, mode) = match &base {
-            Some(b) => {
-                let mut parent = IndexReader::open(&b.index)?;
-                let dst = Target::create(
-                    &tmp,
-                    d.format,
-                    src.size(),
-                    Some((&b.disk.target, b.disk.format)),
-                    false,
-                )?;
-                disk::copy_image(
-                    &src,
-                    &dst,
-                    &progress,
-                    Baseline::Index(&mut parent),
-                    &mut verify,
-                )?;
-                (dst, BackupMode::Incremental)
-            }
-            None => {
-                let dst = Target::create(&tmp, d.format, src.size(), None, false)?;
-                disk::copy_image(&src, &dst, &progress, Baseline::Empty, &mut verify)?;
-                (dst, BackupMode::Full)
-            }
-        };
+        let mut parent = base
+            .as_ref()
+            .map(|b| IndexReader::open(&b.index))
+            .transpose()?;
+        let backing = base
+            .as_ref()
+            .map(|b| (b.disk.target.as_path(), b.disk.format));
+        let dst = Target::create(&tmp, d.format, src.size(), backing, false)?;
+        let baseline = Baseline::of(parent.as_mut());
+        disk::copy_image(&src, &dst, &Progress::default(), baseline, &mut verify)?;
         dst.finish(&tmp)?;
         fs::rename(&tmp, &d.target).map_err(|e| Error::io("cannot rename over", &d.target, e))?;
-        if let Ok(dirf) = fs::File::open(dir) {
-            let _ = dirf.sync_all();
-        }
-        Ok(mode)
+        sync_dir(d.target.parent().unwrap_or(Path::new("/")));
+        Ok(if base.is_some() {
+            BackupMode::Incremental
+        } else {
+            BackupMode::Full
+        })
     };
     let result = work();
     if result.is_err() {

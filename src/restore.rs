@@ -22,7 +22,7 @@ use uuid::Uuid;
 use virt::connect::Connect;
 
 use crate::catalog::Catalog;
-use crate::digest::{IndexReader, IndexVerifier, NoDigests, ensure_index};
+use crate::digest::{DigestSink, IndexReader, IndexVerifier, NoDigests, ensure_index};
 use crate::disk::{self, Baseline, Progress, Rewrite, Source, Target};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
@@ -131,9 +131,8 @@ impl DiskPlan {
             let how = if same {
                 How::InPlace
             } else {
-                let file = target.file_name().unwrap_or_default().to_string_lossy();
                 How::Replace {
-                    tmp: dir.join(format!(".{file}.restore-{}", Uuid::new_v4())),
+                    tmp: disk::sibling_tmp(&target, "restore"),
                 }
             };
             (format, how)
@@ -169,32 +168,38 @@ impl DiskPlan {
     fn write_new(&self, path: &Path) -> Result<()> {
         let src = self.origin.open()?;
         let dst = Target::create(path, self.format, src.size(), None, false)?;
-        let progress = Progress::default();
-        match open_index(&self.origin.index)? {
-            Some(r) => {
-                let mut verify = IndexVerifier::new(r);
-                disk::copy_image(&src, &dst, &progress, Baseline::Empty, &mut verify)?
-            }
-            None => disk::copy_image(&src, &dst, &progress, Baseline::Empty, &mut NoDigests)?,
-        }
+        let mut sink: Box<dyn DigestSink> = match open_index(&self.origin.index)? {
+            Some(r) => Box::new(IndexVerifier::new(r)),
+            None => Box::new(NoDigests),
+        };
+        disk::copy_image(
+            &src,
+            &dst,
+            &Progress::default(),
+            Baseline::Empty,
+            sink.as_mut(),
+        )?;
         dst.finish(path)
+    }
+
+    /// The backup's digests, from the start (an in-place rewrite reads
+    /// them once per pass).
+    fn wanted(&self) -> Result<IndexReader> {
+        open_index(&self.origin.index)?
+            .ok_or_else(|| Error::internal("in-place restore without an index"))
     }
 
     /// First pass of an in-place rewrite: what differs, verified readable.
     fn plan_in_place(&self) -> Result<Rewrite> {
         let src = self.origin.open()?;
         let have = Source::open(&self.target, self.format)?;
-        let mut want = open_index(&self.origin.index)?
-            .ok_or_else(|| Error::internal("in-place restore without an index"))?;
-        disk::plan_rewrite(&src, &mut want, &have, &Progress::default())
+        disk::plan_rewrite(&src, &mut self.wanted()?, &have, &Progress::default())
     }
 
     fn apply_in_place(&self, plan: &Rewrite) -> Result<()> {
         let src = self.origin.open()?;
         let dst = Target::open_existing(&self.target, self.format)?;
-        let mut want = open_index(&self.origin.index)?
-            .ok_or_else(|| Error::internal("in-place restore without an index"))?;
-        disk::apply_rewrite(&src, &mut want, &dst, plan, &Progress::default())?;
+        disk::apply_rewrite(&src, &mut self.wanted()?, &dst, plan, &Progress::default())?;
         dst.finish(&self.target)
     }
 }
@@ -313,12 +318,8 @@ fn shut_off(dom: &DomainRef) -> Result<()> {
             "the domain is running; shut it off before restoring its disks",
         ));
     }
-    if job::running_for_domain(&dom.uuid()?).is_some() {
-        return Err(Error::operation_invalid(
-            "the domain has a backup job running",
-        ));
-    }
-    Ok(())
+    // An export of the domain must keep serving its images unchanged.
+    job::check_domain_idle(dom, &dom.uuid()?, false)
 }
 
 fn current_disk<'a>(disks: &'a [DomainDisk], name: &str) -> Result<&'a DomainDisk> {

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -135,13 +134,9 @@ pub fn start(
     quiesce: bool,
 ) -> Result<Arc<Export>> {
     let domain_uuid = dom.uuid()?;
-    if running_for_domain(&domain_uuid) || crate::job::running_for_domain(&domain_uuid).is_some() {
-        return Err(Error::operation_invalid(
-            "the domain already has a backup job running",
-        ));
-    }
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
+    crate::job::check_domain_idle(dom, &domain_uuid, is_live)?;
     if quiesce && !is_live {
         return Err(Error::operation_invalid(
             "only a running QEMU domain's file systems can be quiesced",
@@ -173,21 +168,12 @@ pub fn start(
         };
         disks.push((d, export.clone(), since));
     }
-    let scratch = Catalog::open()?.root().join(format!(".scratch-{uuid}"));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&scratch)
-        .map_err(|e| Error::io("cannot create scratch folder", &scratch, e))?;
+    let scratch = Catalog::open()?.private_dir(&format!(".scratch-{uuid}"))?;
     let started = if is_live {
-        live::check_no_job(dom)
-            .and_then(|()| {
-                let xml = pull_document(&req.server, &disks, &all, &scratch);
-                dom.backup_begin(&xml, None, 0)
-            })
-            .map(|()| Server::Libvirt {
-                scratch: scratch.clone(),
-            })
+        let xml = pull_document(&req.server, &disks, &all, &scratch);
+        dom.backup_begin(&xml, None, 0).map(|()| Server::Libvirt {
+            scratch: scratch.clone(),
+        })
     } else {
         daemon_disks(&disks, &scratch)
             .and_then(|list| StorageDaemonExport::start(&req.server, &list))
@@ -364,30 +350,19 @@ fn pull_document(
     let mut list = Element::new("disks");
     for d in all {
         let el = match disks.iter().find(|(x, _, _)| x.name == d.name) {
-            None => Element::new("disk")
-                .with_attr("name", d.name.clone())
-                .with_attr("backup", "no"),
+            None => live::backup_disk_element(&d.name, None),
             Some((_, export, since)) => {
-                let mut el = Element::new("disk")
-                    .with_attr("name", d.name.clone())
-                    .with_attr("backup", "yes")
-                    .with_attr("type", "file")
-                    .with_attr("exportname", export.clone());
-                el = match since {
-                    Some(Since::Checkpoint(cp)) => el
-                        .with_attr("backupmode", "incremental")
-                        .with_attr("incremental", cp.clone())
-                        .with_attr("exportbitmap", bitmap_name(export)),
-                    _ => el.with_attr("backupmode", "full"),
+                let cp = match since {
+                    Some(Since::Checkpoint(cp)) => Some(cp.as_str()),
+                    _ => None,
                 };
-                el.with_child(
-                    Element::new("scratch").with_attr(
-                        "file",
-                        scratch
-                            .join(format!("{}.scratch", d.name))
-                            .to_string_lossy(),
-                    ),
-                )
+                let mut el = live::backup_disk_element(&d.name, Some(cp))
+                    .with_attr("exportname", export.clone());
+                if cp.is_some() {
+                    el = el.with_attr("exportbitmap", bitmap_name(export));
+                }
+                let scratch = scratch.join(format!("{}.scratch", d.name));
+                el.with_child(Element::new("scratch").with_attr("file", scratch.to_string_lossy()))
             }
         };
         list.push(el);

@@ -85,8 +85,17 @@ fn test_driver_domain_exported_by_the_storage_daemon() {
     // Never listed; catalog operations are refused.
     assert!(Backup::list(&dom, 0).unwrap().is_empty());
     assert!(bk.delete(0).unwrap_err().is(ErrorCode::OperationInvalid));
-    // A second export of the same domain waits for this one.
+    // A second export of the same domain waits for this one, and so do a
+    // managed backup and a restore (which would change the exported images).
     let err = Backup::start_unmanaged(&dom, &xml, 0).unwrap_err();
+    assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
+    let err = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap_err();
+    assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
+    let src = b.to_string_lossy().replace("um-b.raw", "um-a.qcow2");
+    let from_file = format!(
+        "<domainbackup><disks><disk name='vdb'><source file='{src}'/></disk></disks></domainbackup>"
+    );
+    let err = Backup::restore_unmanaged(&dom, &from_file, 1 << 1).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
 
     assert_eq!(bk.finish_job(0).unwrap(), 0);
