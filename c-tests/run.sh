@@ -150,6 +150,81 @@ if selected clash-cxx17; then
     fi
 fi
 
+# Strict C99 users: the header compiles without _Generic, and it defines no
+# macro outside the vir/VIR_/LIBVIRT_BACKUP_ prefixes.
+if selected header-c99; then
+    # shellcheck disable=SC2086
+    if build header-c99 "$OUT/header-c99.build.log" \
+        $CC -std=c99 -pedantic -Wall -Wextra -Werror "$SRC/header-c99.c" \
+        -o "$OUT/header-c99" $CFLAGS_LIBS; then
+        stray=$(sed -n 's/^[[:space:]]*#[[:space:]]*define[[:space:]]\{1,\}\([A-Za-z_][A-Za-z0-9_]*\).*/\1/p' \
+            "$STAGE/include/libvirt-backup/libvirt-backup.h" |
+            grep -v -e '^vir' -e '^VIR_' -e '^LIBVIRT_BACKUP_')
+        if [ -n "$stray" ]; then
+            fail header-c99 "unprefixed macros in the header: $stray"
+        else
+            run_test header-c99 "$OUT/header-c99"
+        fi
+    fi
+fi
+
+# The README's short example, built from the README text as written and run
+# on a test-driver node file whose domain has a real qcow2 disk: the backup
+# it makes must equal the disk.
+if selected readme-example; then
+    ex=$OUT/readme-example
+    mkdir -p "$ex"
+    awk '/^## A short example/ { on = 1 } on && /^```c$/ { grab = 1; next }
+         grab && /^```$/ { exit } grab { print }' "$SRC/../README.md" >"$ex/backup-vm.c"
+    # shellcheck disable=SC2086
+    if [ ! -s "$ex/backup-vm.c" ]; then
+        fail readme-example "no C example found in README.md"
+    elif build readme-example "$ex/build.log" \
+        $CC $CWARN "$ex/backup-vm.c" -o "$ex/backup-vm" $CFLAGS_LIBS; then
+        work=$(mktemp -d /tmp/libvirt-backup-ctest-work.XXXXXX)
+        cat=$(mktemp -d /tmp/libvirt-backup-ctest-catalog.XXXXXX)
+        tmpdirs="$tmpdirs $work $cat"
+        mkdir "$work/backups"
+        qemu-img create -q -f qcow2 "$work/vm1.qcow2" 64M
+        qemu-io -f qcow2 -c "write -P 0x5a 1M 3M" -c "write -P 0xa5 40M 1M" \
+            "$work/vm1.qcow2" >/dev/null
+        sed "s|@DISK@|$work/vm1.qcow2|" >"$work/node.xml" <<'EOF'
+<node>
+  <domain type='test'>
+    <name>vm1</name>
+    <memory>65536</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='file' device='disk'>
+        <driver name='qemu' type='qcow2'/>
+        <source file='@DISK@'/>
+        <target dev='vda' bus='virtio'/>
+      </disk>
+    </devices>
+  </domain>
+</node>
+EOF
+        log=$OUT/readme-example.log
+        LIBVIRT_BACKUP_DIR=$cat $TIMEOUT $VALGRIND "$ex/backup-vm" \
+            "test://$work/node.xml" vm1 vda "$work/backups" >"$log" 2>&1
+        rc=$?
+        if [ $rc -ne 0 ]; then
+            cat "$log"
+            fail readme-example "exit status $rc; log: $log"
+        elif ! grep -q "<state>completed</state>" "$log"; then
+            cat "$log"
+            fail readme-example "the printed XML does not say completed"
+        elif ! qemu-img compare -q -f qcow2 -F qcow2 "$work/vm1.qcow2" \
+            "$work/backups/vm1-vda.qcow2" >>"$log" 2>&1; then
+            cat "$log"
+            fail readme-example "the backup differs from the disk"
+        else
+            pass readme-example "backup equals the disk"
+        fi
+        rm -rf "$work" "$cat"
+    fi
+fi
+
 # Point 4: loading the library into virsh changes nothing it prints.
 if selected clash-virsh-preload; then
     lib=$STAGE/lib/libvirt-backup.so.0

@@ -25,22 +25,6 @@ typedef virDomainBackup *virDomainBackupPtr;
 
 
 /**
- * Chunk size of the index. Measured on this project's 2-core machine over
- * 1 GiB of random data (`pread` alone takes ~100 ms): BLAKE3 hashing costs
- * the same ~70 ms for 16 KiB, 64 KiB, 256 KiB or 1 MiB chunks, so speed does
- * not decide. 64 KiB is the qcow2 cluster size: a chunk that changed is
- * exactly the clusters an incremental target stores, so a 4 KiB guest write
- * costs 64 KiB in the backup (1 MiB chunks would store 16 times that), while
- * the index stays at 1/2048 of the disk and is streamed, never held in memory.
- */
-#define DIGEST_CHUNK (64 << 10)
-
-/**
- * NBD's registered port.
- */
-#define NBD_PORT 10809
-
-/**
  * Flags of virDomainBackupCreateXML() and virDomainBackupStartUnmanaged().
  */
 typedef enum {
@@ -529,10 +513,16 @@ inline char *virDomainBackupGetXMLDesc(virDomainBackupPtr backup, unsigned int f
 {
     return virDomainBackupObjGetXMLDesc(backup, flags);
 }
-#else
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
 #define virDomainBackupGetXMLDesc(obj, flags) \
     _Generic((obj), virDomainBackupPtr: virDomainBackupObjGetXMLDesc, \
                     default: virDomainBackupGetXMLDesc)((obj), (flags))
+#else
+/*
+ * Before C11 there is no _Generic: virDomainBackupGetXMLDesc() is libvirt's
+ * function (taking a virDomainPtr) and the backup's XML comes from
+ * virDomainBackupObjGetXMLDesc(), which works in every language mode.
+ */
 #endif
 
 /*
