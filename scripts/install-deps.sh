@@ -10,7 +10,7 @@ set -eu
 PACKAGES="build-essential pkg-config libvirt-dev libvirt0 qemu-utils"
 if [ "${1:-}" != demo ]; then
     PACKAGES="$PACKAGES g++ libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
-qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest"
+qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest python3-libvirt"
 fi
 if [ "${1:-}" = bench ]; then
     PACKAGES="$PACKAGES virtnbdbackup"
