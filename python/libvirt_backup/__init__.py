@@ -141,7 +141,13 @@ def _domain_ptr(dom: "libvirt.virDomain", func: str) -> int:
     if not isinstance(dom, libvirt.virDomain):
         raise _own_error(libvirt.VIR_ERR_INVALID_ARG,
                          f"domain in {func} must be a libvirt.virDomain, not {type(dom).__name__}")
-    ptr = dom.c_pointer() if getattr(dom, "_o", None) is not None else 0
+    o = getattr(dom, "_o", None)
+    if o is None:  # libvirt-python already let go of the pointer
+        ptr = 0
+    elif hasattr(dom, "c_pointer"):
+        ptr = dom.c_pointer()
+    else:
+        ptr = _capi.capsule_pointer(o)
     if not ptr:
         raise _own_error(libvirt.VIR_ERR_INVALID_ARG, f"domain in {func} is no longer valid")
     return ptr

@@ -107,6 +107,20 @@ _decl(virt, "virTypedParamsClear", None, POINTER(virTypedParameter), c_int)
 _decl(libc, "free", None, c_void_p)
 
 
+# libvirt-python objects keep their C pointer in a PyCapsule (`_o`); read
+# it only where virDomain.c_pointer() is missing (libvirt-python < 1.3.5).
+_api = ctypes.pythonapi
+_api.PyCapsule_GetName.restype = c_char_p
+_api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+_api.PyCapsule_GetPointer.restype = c_void_p
+_api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, c_char_p]
+
+
+def capsule_pointer(capsule: object) -> int:
+    """The pointer a libvirt-python PyCapsule holds (0 if none)."""
+    return _api.PyCapsule_GetPointer(capsule, _api.PyCapsule_GetName(capsule)) or 0
+
+
 def take_string(ptr: Optional[int]) -> Optional[str]:
     """Copy a malloc'd C string and free() it."""
     if not ptr:

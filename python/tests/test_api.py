@@ -95,7 +95,18 @@ def test_errors_are_libvirt_errors(env):
         env.conn.lookupByName("no-such-domain-xyz")
     with pytest.raises(libvirt.libvirtError) as e:
         lb.lookupByUUID("not-a-uuid")
-    assert e.value.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN
+    assert e.value.get_error_code() == libvirt.VIR_ERR_INVALID_ARG
+    assert "not-a-uuid" in e.value.get_error_message()
+
+
+def test_domain_pointer_both_ways(env, monkeypatch):
+    """c_pointer() and the capsule fallback (libvirt-python without
+    c_pointer) read the same virDomainPtr."""
+    dom = env.domain()
+    b = lb.createXML(dom, "<domainbackup/>", WAIT)
+    assert dom.c_pointer() and _capi.capsule_pointer(dom._o) == dom.c_pointer()
+    monkeypatch.delattr(libvirt.virDomain, "c_pointer")
+    assert [x.UUIDString() for x in lb.listBackups(dom)] == [b.UUIDString()]
 
 
 def test_released_handles_are_refused(env):
