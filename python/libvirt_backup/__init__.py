@@ -291,7 +291,9 @@ class Backup:
             uri = _capi.take_string(virt.virConnectGetURI(virt.virDomainGetConnect(d)))
             if uri is None:
                 raise libvirt.libvirtError("virConnectGetURI failed")
-        conn = self._conn if _same_uri(self._conn, uri) else _connection(uri)
+        conn = self._conn
+        if conn is None or not _same_uri(conn, uri):
+            conn = _connection(uri)
         return conn.lookupByUUIDString(buf.value.decode())
 
     def listChildren(self, flags: int = 0) -> List["Backup"]:

@@ -8,6 +8,7 @@ loaded, so C pointers pass freely between the two bindings.
 """
 
 import ctypes
+import importlib
 import os
 from ctypes import POINTER, c_char, c_char_p, c_double, c_int, c_longlong, c_uint, c_ulonglong, c_void_p
 from typing import List, Optional
@@ -20,9 +21,8 @@ def _candidates() -> List[str]:
     env = os.environ.get("LIBVIRT_BACKUP_LIB")
     if env:
         tried.append(env)
-    try:
-        from . import _paths  # written by `make install`
-        tried.append(_paths.LIBRARY)
+    try:  # written by `make install`
+        tried.append(importlib.import_module(__package__ + "._paths").LIBRARY)
     except ImportError:
         pass
     tried.append(SONAME)  # the loader's search path (ld.so.cache, LD_LIBRARY_PATH)

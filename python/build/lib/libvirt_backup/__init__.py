@@ -141,7 +141,13 @@ def _domain_ptr(dom: "libvirt.virDomain", func: str) -> int:
     if not isinstance(dom, libvirt.virDomain):
         raise _own_error(libvirt.VIR_ERR_INVALID_ARG,
                          f"domain in {func} must be a libvirt.virDomain, not {type(dom).__name__}")
-    ptr = dom.c_pointer() if getattr(dom, "_o", None) is not None else 0
+    o = getattr(dom, "_o", None)
+    if o is None:  # libvirt-python already let go of the pointer
+        ptr = 0
+    elif hasattr(dom, "c_pointer"):
+        ptr = dom.c_pointer()
+    else:
+        ptr = _capi.capsule_pointer(o)
     if not ptr:
         raise _own_error(libvirt.VIR_ERR_INVALID_ARG, f"domain in {func} is no longer valid")
     return ptr
@@ -285,7 +291,9 @@ class Backup:
             uri = _capi.take_string(virt.virConnectGetURI(virt.virDomainGetConnect(d)))
             if uri is None:
                 raise libvirt.libvirtError("virConnectGetURI failed")
-        conn = self._conn if _same_uri(self._conn, uri) else _connection(uri)
+        conn = self._conn
+        if conn is None or not _same_uri(conn, uri):
+            conn = _connection(uri)
         return conn.lookupByUUIDString(buf.value.decode())
 
     def listChildren(self, flags: int = 0) -> List["Backup"]:

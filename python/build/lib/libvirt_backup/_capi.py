@@ -8,6 +8,7 @@ loaded, so C pointers pass freely between the two bindings.
 """
 
 import ctypes
+import importlib
 import os
 from ctypes import POINTER, c_char, c_char_p, c_double, c_int, c_longlong, c_uint, c_ulonglong, c_void_p
 from typing import List, Optional
@@ -20,9 +21,8 @@ def _candidates() -> List[str]:
     env = os.environ.get("LIBVIRT_BACKUP_LIB")
     if env:
         tried.append(env)
-    try:
-        from . import _paths  # written by `make install`
-        tried.append(_paths.LIBRARY)
+    try:  # written by `make install`
+        tried.append(importlib.import_module(__package__ + "._paths").LIBRARY)
     except ImportError:
         pass
     tried.append(SONAME)  # the loader's search path (ld.so.cache, LD_LIBRARY_PATH)
@@ -105,6 +105,20 @@ _decl(virt, "virDomainGetConnect", c_void_p, c_void_p)
 _decl(virt, "virConnectGetURI", c_void_p, c_void_p)
 _decl(virt, "virTypedParamsClear", None, POINTER(virTypedParameter), c_int)
 _decl(libc, "free", None, c_void_p)
+
+
+# libvirt-python objects keep their C pointer in a PyCapsule (`_o`); read
+# it only where virDomain.c_pointer() is missing (libvirt-python < 1.3.5).
+_api = ctypes.pythonapi
+_api.PyCapsule_GetName.restype = c_char_p
+_api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+_api.PyCapsule_GetPointer.restype = c_void_p
+_api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, c_char_p]
+
+
+def capsule_pointer(capsule: object) -> int:
+    """The pointer a libvirt-python PyCapsule holds (0 if none)."""
+    return _api.PyCapsule_GetPointer(capsule, _api.PyCapsule_GetName(capsule)) or 0
 
 
 def take_string(ptr: Optional[int]) -> Optional[str]:
