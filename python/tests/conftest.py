@@ -24,7 +24,6 @@ sys.path.insert(0, PKG_ROOT)
 os.environ.setdefault("LIBVIRT_BACKUP_LIB", os.path.join(REPO, "build", "libvirt-backup.so.0"))
 
 import libvirt  # noqa: E402
-import libvirt_backup as lb  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -4,13 +4,14 @@ parameters, the domain bridge, restore, delete, default targets, undefine."""
 
 import gc
 import os
+import subprocess
 import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
 
 import libvirt_backup as lb
-from conftest import MiB, backing_chain, disk_of, same_image, write_disk
+from conftest import MiB, backing_chain, disk_of, run, same_image, write_disk
 
 WAIT = lb.VIR_DOMAIN_BACKUP_CREATE_WAIT
 
@@ -270,3 +271,32 @@ def test_verify(env):
         b.verify()
     assert e.value.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED
     assert "vda" in e.value.get_error_message()
+
+
+def test_unmanaged_export_and_restore_from_it(env):
+    """startUnmanaged: an NBD export the caller reads (nbdcopy), ended by
+    finishJob(); the copy restores the disk through restoreUnmanaged."""
+    dom = env.domain()
+    src = disk_of(dom)
+    sock = env.path("nbd.sock")
+    ex = lb.startUnmanaged(dom, f"<domainbackup><server transport='unix' socket='{sock}'/>"
+                                "<disks><disk name='vda' exportname='disk0'/></disks></domainbackup>")
+    t = ET.fromstring(ex.getXMLDesc())
+    assert t.find("server").get("socket") == sock
+    assert t.find("disks/disk").get("exportname") == "disk0"
+    assert ex.finishJob(lb.VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK) == 1
+    assert ex.parameters()["state"] == lb.VIR_DOMAIN_BACKUP_STATE_RUNNING
+    assert lb.listBackups(dom) == []  # never listed
+    copy = env.path("copy.raw")
+    run(["nbdcopy", f"nbd+unix:///disk0?socket={sock}", copy])
+    assert ex.finishJob() == 0  # ends the export (no waiting for a job to end by itself)
+    assert ex.parameters()["state"] == lb.VIR_DOMAIN_BACKUP_STATE_COMPLETED
+    assert subprocess.run(["nbdinfo", "--size", f"nbd+unix:///disk0?socket={sock}"],
+                          capture_output=True).returncode != 0
+    assert same_image(copy, "raw", src, "raw")
+    at_export = env.copy(src, "at-export.raw")
+    write_disk(src, "raw", [(0, 2 * MiB, 0x99)])
+    lb.restoreUnmanaged(dom, f"<domainbackup><disks><disk name='vda'><source file='{copy}'/>"
+                             "</disk></disks></domainbackup>",
+                        lb.VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK)
+    assert same_image(src, "raw", at_export, "raw")
