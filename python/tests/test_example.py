@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 
-from conftest import PKG_ROOT, MiB, disk_of, run, same_image
+from conftest import PKG_ROOT, REPO, MiB, disk_of, run, same_image
 
 SCRIPT = os.path.join(PKG_ROOT, "examples", "full_incremental_restore.py")
 
@@ -20,6 +20,11 @@ def test_example_is_short_and_plain():
         text = f.read()
     assert len(text.splitlines()) < 30
     assert "ctypes" not in text and "_o" not in text and "c_pointer" not in text
+    # README.md shows it whole, from `import sys` on.
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    code = text[text.index("import sys"):]
+    assert "```python\n" + code + "```" in readme
 
 
 def check_output(env, out, dom, at_backup, fmt):
