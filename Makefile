@@ -15,6 +15,14 @@ CARGO ?= cargo
 CBINDGEN ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/cbindgen
 CC ?= cc
 PYTHON ?= /usr/bin/python3
+# The libvirt_backup Python package: Debian's system site-packages for a
+# system prefix, else a tree of its own under PREFIX (put it on PYTHONPATH).
+ifneq ($(filter /usr /usr/local,$(PREFIX)),)
+PYTHONDIR ?= /usr/lib/python3/dist-packages
+else
+PYTHONDIR ?= $(PREFIX)/lib/python3/dist-packages
+endif
+PYPKG := python/libvirt_backup
 
 BUILD := build
 STAGE := $(abspath $(BUILD)/stage)
@@ -25,7 +33,7 @@ STATICLIB := target/release/liblibvirt_backup.a
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
 .PHONY: all bench deps header check-header install uninstall demo check test-rust libvirtd stage \
-        c-tests python-tests clean FORCE
+        c-tests python-tests clean FORCE install-python python-pkg-tests
 
 all: $(LIB)
 
@@ -73,10 +81,19 @@ install: $(LIB) $(BUILD)/libvirt-backup.pc
 	install -m 0644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/libvirt-backup/
 	install -m 0644 $(BUILD)/libvirt-backup.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then ldconfig 2>/dev/null || true; fi
+	@$(MAKE) --no-print-directory install-python
+
+# The Python package, with _paths.py naming the library installed above.
+install-python:
+	install -d $(DESTDIR)$(PYTHONDIR)/libvirt_backup
+	install -m 0644 $(PYPKG)/__init__.py $(PYPKG)/_capi.py $(PYPKG)/py.typed $(DESTDIR)$(PYTHONDIR)/libvirt_backup/
+	printf '# Written by make install.\nLIBRARY = "%s"\n' '$(LIBDIR)/$(SONAME)' \
+	    > $(DESTDIR)$(PYTHONDIR)/libvirt_backup/_paths.py
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libvirt-backup.so* $(DESTDIR)$(LIBDIR)/pkgconfig/libvirt-backup.pc
 	rm -rf $(DESTDIR)$(INCLUDEDIR)/libvirt-backup
+	rm -rf $(DESTDIR)$(PYTHONDIR)/libvirt_backup
 
 # A private install used by the demo and the C tests, which build only
 # through the installed pkg-config file.
@@ -110,6 +127,7 @@ check: deps
 	@$(MAKE) --no-print-directory test-rust
 	@$(MAKE) --no-print-directory c-tests
 	@$(MAKE) --no-print-directory python-tests
+	@$(MAKE) --no-print-directory python-pkg-tests
 	@echo "make check: all suites passed"
 
 # libvirtd with the QEMU driver, for tests on qemu:///system domains.
@@ -125,6 +143,10 @@ c-tests: stage libvirtd
 
 python-tests: $(LIB) libvirtd
 	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) -m pytest -q python-tests
+
+# The libvirt_backup package (python/), through libvirt-python objects.
+python-pkg-tests: $(LIB) libvirtd
+	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) -m pytest -q python/tests
 
 clean:
 	$(CARGO) clean

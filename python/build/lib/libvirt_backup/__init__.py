@@ -1,0 +1,508 @@
+"""Managed backups of libvirt domains, for libvirt-python programs.
+
+A pure-Python binding of libvirt-backup (the ``virDomainBackup*`` C API),
+shaped like libvirt-python: module-level constants with the C names,
+functions taking ``libvirt.virDomain`` objects, a :class:`Backup` object per
+backup handle, and errors raised as :class:`libvirtBackupError`, a
+``libvirt.libvirtError``::
+
+    import libvirt, libvirt_backup as lb
+    conn = libvirt.open("qemu:///system")
+    dom = conn.lookupByName("vm1")
+    full = lb.createXML(dom, "<domainbackup/>", lb.VIR_DOMAIN_BACKUP_CREATE_WAIT)
+    print(full.UUIDString(), full.parameters()["bytes.written"])
+
+Handles are released by the garbage collector or at the end of a ``with``
+block; nothing is freed by hand.
+
+Bridging the two bindings (the one supported way, kept in this package):
+
+* Python to C: a ``libvirt.virDomain`` gives its ``virDomainPtr`` through
+  libvirt-python's public ``virDomain.c_pointer()``. The pointer is only
+  borrowed for the duration of a call (the library takes its own reference
+  on the domains it keeps), so nothing of libvirt-python's object changes.
+* C to Python: :meth:`Backup.domain` never wraps a C pointer into a
+  ``libvirt.virDomain`` (that would need libvirt-python's private
+  constructor and a reference it would later free). It reads the domain's
+  UUID and connection URI from the library and looks the domain up by UUID
+  on the caller's connection (the one the backup came from, when its URI is
+  the same), else on a connection this package opens to that URI and keeps
+  open. The result is an ordinary ``libvirt.virDomain`` holding its own
+  reference, independent of the :class:`Backup`.
+
+Interrupting a wait (Ctrl-C): :func:`createXML` with
+``VIR_DOMAIN_BACKUP_CREATE_WAIT`` and :meth:`Backup.finishJob` with no
+flags wait in short slices, so ``KeyboardInterrupt`` arrives within 0.1 s.
+In ``createXML`` the caller has no handle yet, so the job is *aborted*
+(partial data removed, as after a failure) before the interrupt propagates;
+if the job had completed in the meantime the backup is kept and listed.
+In ``Backup.finishJob`` the caller holds the handle, so the job *keeps
+running*: call ``finishJob()`` again, or ``abortJob()``.
+"""
+
+import ctypes
+import threading
+import time
+import xml.etree.ElementTree as ET
+from ctypes import byref, c_int, c_void_p
+from typing import Dict, List, Optional, Tuple, Union
+
+import libvirt
+
+from . import _capi
+from ._capi import lib, virt
+
+__all__ = [
+    "Backup", "libvirtBackupError", "createXML", "startUnmanaged", "listBackups",
+    "lookupByUUID", "restore", "restoreUnmanaged", "setDefaultTarget", "undefine",
+]
+
+# --------------------------------------------------------------------------
+# Constants (API.md; values fixed)
+# --------------------------------------------------------------------------
+# virDomainBackupCreateFlags
+VIR_DOMAIN_BACKUP_CREATE_QUIESCE = 1 << 0
+VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK = 1 << 1
+VIR_DOMAIN_BACKUP_CREATE_WAIT = 1 << 2
+# virDomainBackupListFlags
+VIR_DOMAIN_BACKUP_LIST_FULL = 1 << 0
+VIR_DOMAIN_BACKUP_LIST_LATEST = 1 << 1
+VIR_DOMAIN_BACKUP_LIST_INCREMENTAL = 1 << 2
+VIR_DOMAIN_BACKUP_LIST_LEAVES = 1 << 3
+VIR_DOMAIN_BACKUP_LIST_DESCENDANTS = 1 << 4
+# virDomainBackupRestoreFlags
+VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN = 1 << 0
+VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK = 1 << 1
+VIR_DOMAIN_BACKUP_RESTORE_INSTANT = 1 << 2
+VIR_DOMAIN_BACKUP_RESTORE_START = 1 << 3
+VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY = 1 << 4
+# virDomainBackupDeleteFlags
+VIR_DOMAIN_BACKUP_DELETE_ALL = 1 << 0
+VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN = 1 << 1
+VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY = 1 << 2
+# virDomainBackupFinishJobFlags
+VIR_DOMAIN_BACKUP_FINISH_JOB_CANCEL = 1 << 0
+VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK = 1 << 1
+# virDomainBackupState
+VIR_DOMAIN_BACKUP_STATE_RUNNING = 1
+VIR_DOMAIN_BACKUP_STATE_COMPLETED = 2
+VIR_DOMAIN_BACKUP_STATE_FAILED = 3
+VIR_DOMAIN_BACKUP_STATE_CANCELLED = 4
+# virDomainBackupUndefineFlags(): with libvirt's virDomainUndefineFlagsValues
+VIR_DOMAIN_UNDEFINE_BACKUP = 1 << 30
+
+# Longest sleep between two checks of a job we wait for: the delay of Ctrl-C.
+_WAIT_SLICE = 0.1
+
+ParamValue = Union[int, bool, str, float]
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+class libvirtBackupError(libvirt.libvirtError):
+    """An error of libvirt-backup. A ``libvirt.libvirtError``, so existing
+    ``except libvirt.libvirtError`` handlers catch it; ``get_error_code()``,
+    ``get_error_domain()``, ``get_error_message()`` (and the other getters)
+    give the library's error, not libvirt's last one."""
+
+    def __init__(self, defmsg: str, err: Optional[Tuple] = None) -> None:
+        # Not libvirtError.__init__: it would read libvirt's own last error.
+        Exception.__init__(self, err[2] if err else defmsg)
+        self.err = err
+
+
+def _error(func: str) -> libvirtBackupError:
+    """The library's last error on this thread, read right after a failed
+    call (the next library call resets it)."""
+    e = lib.virDomainBackupGetLastError()
+    if not e:
+        return _own_error(libvirt.VIR_ERR_INTERNAL_ERROR, f"{func} failed")
+    e = e.contents
+
+    def s(v: Optional[bytes]) -> Optional[str]:
+        return v.decode(errors="replace") if v is not None else None
+    return libvirtBackupError(f"{func} failed", (e.code, e.domain, s(e.message), e.level,
+                                                 s(e.str1), s(e.str2), s(e.str3), e.int1, e.int2))
+
+
+def _own_error(code: int, msg: str) -> libvirtBackupError:
+    """An error raised by the package itself, shaped like the library's."""
+    return libvirtBackupError(msg, (code, libvirt.VIR_FROM_DOMAIN, msg, libvirt.VIR_ERR_ERROR,
+                                    None, None, None, 0, 0))
+
+
+# --------------------------------------------------------------------------
+# libvirt-python <-> C
+# --------------------------------------------------------------------------
+def _domain_ptr(dom: "libvirt.virDomain", func: str) -> int:
+    """The virDomainPtr of a libvirt-python domain, borrowed: valid while
+    the caller holds `dom`, which it does for the duration of the call."""
+    if not isinstance(dom, libvirt.virDomain):
+        raise _own_error(libvirt.VIR_ERR_INVALID_ARG,
+                         f"domain in {func} must be a libvirt.virDomain, not {type(dom).__name__}")
+    o = getattr(dom, "_o", None)
+    if o is None:  # libvirt-python already let go of the pointer
+        ptr = 0
+    elif hasattr(dom, "c_pointer"):
+        ptr = dom.c_pointer()
+    else:
+        ptr = _capi.capsule_pointer(o)
+    if not ptr:
+        raise _own_error(libvirt.VIR_ERR_INVALID_ARG, f"domain in {func} is no longer valid")
+    return ptr
+
+
+_own_conns: Dict[str, "libvirt.virConnect"] = {}
+_own_conns_lock = threading.Lock()
+
+
+def _connection(uri: str) -> "libvirt.virConnect":
+    """A connection to `uri` this package opened and keeps (for domains of
+    backups that came without a caller's connection)."""
+    with _own_conns_lock:
+        c = _own_conns.get(uri)
+        if c is None or not c.isAlive():
+            c = _own_conns[uri] = libvirt.open(uri)
+        return c
+
+
+def _same_uri(conn: Optional["libvirt.virConnect"], uri: str) -> bool:
+    if conn is None:
+        return False
+    try:
+        return conn.getURI() == uri
+    except libvirt.libvirtError:  # closed
+        return False
+
+
+# --------------------------------------------------------------------------
+# Backup objects
+# --------------------------------------------------------------------------
+class Backup:
+    """A backup handle (``virDomainBackupPtr``), obtained from
+    :func:`createXML`, :func:`startUnmanaged`, :func:`listBackups`,
+    :meth:`listChildren` or :func:`lookupByUUID`. The handle is released
+    when the object is garbage collected or at the end of a ``with`` block
+    (after which every method raises ``VIR_ERR_INVALID_ARG``); releasing it
+    does not touch the backup itself or a running job. Thread-safe."""
+
+    def __init__(self, _ptr: int, _conn: Optional["libvirt.virConnect"] = None,
+                 _unmanaged: bool = False) -> None:
+        # Private: Backups come from the functions above, never from users.
+        self._ptr: Optional[int] = _ptr
+        self._conn = _conn
+        self._unmanaged = _unmanaged
+        self._uuid: Optional[str] = None
+        self._lock = threading.Lock()
+        self._busy = 0          # calls in flight on the handle
+        self._closing = False   # released once they are done
+
+    # ---------------------------------------------------------- lifetime
+    class _Use:
+        __slots__ = ("b", "ptr")
+
+        def __init__(self, b: "Backup") -> None:
+            self.b = b
+
+        def __enter__(self) -> int:
+            b = self.b
+            with b._lock:
+                if b._closing or b._ptr is None:
+                    raise _own_error(libvirt.VIR_ERR_INVALID_ARG,
+                                     "backup handle was released (used after its 'with' block)")
+                b._busy += 1
+                return b._ptr
+
+        def __exit__(self, *exc) -> None:
+            b = self.b
+            with b._lock:
+                b._busy -= 1
+                if b._busy == 0 and b._closing:
+                    b._free_locked()
+
+    def _use(self) -> "Backup._Use":
+        """Borrow the handle for one call: a release meanwhile (another
+        thread's ``with`` block ending) waits for the call to return."""
+        return Backup._Use(self)
+
+    def _free_locked(self) -> None:
+        if self._ptr is not None:
+            lib.virDomainBackupFree(self._ptr)
+            self._ptr = None
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if self._busy == 0:
+                self._free_locked()
+
+    def __enter__(self) -> "Backup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release()
+
+    def __del__(self) -> None:
+        try:
+            self._release()
+        except Exception:  # interpreter shutdown: modules already torn down
+            pass
+
+    def __repr__(self) -> str:
+        try:
+            return f"<libvirt_backup.Backup {self.UUIDString()}>"
+        except libvirt.libvirtError:
+            return "<libvirt_backup.Backup (unavailable)>"
+
+    # ---------------------------------------------------------- queries
+    def UUIDString(self) -> str:
+        """The backup's UUID, as a string."""
+        if self._uuid is None:
+            u = ET.fromstring(self.getXMLDesc()).findtext("uuid")
+            if u is None:  # an unmanaged export has no UUID of its own
+                raise _own_error(libvirt.VIR_ERR_NO_SUPPORT, "this backup has no UUID")
+            self._uuid = u.strip()
+        return self._uuid
+
+    def getXMLDesc(self, flags: int = 0) -> str:
+        """The ``<domainbackup>`` document of the backup (flags: 0 or
+        ``libvirt.VIR_DOMAIN_XML_SECURE``)."""
+        with self._use() as p:
+            s = _capi.take_string(lib.virDomainBackupObjGetXMLDesc(p, flags))
+            if s is None:
+                raise _error("virDomainBackupGetXMLDesc")
+        return s
+
+    def domain(self) -> "libvirt.virDomain":
+        """The backed-up domain, as a ``libvirt.virDomain`` with its own
+        reference: on the connection the backup came from when its URI is
+        the backup's, else on one this package opens (see the module
+        docstring)."""
+        buf = ctypes.create_string_buffer(37)  # VIR_UUID_STRING_BUFLEN
+        with self._use() as p:
+            d = lib.virDomainBackupGetDomain(p)  # borrowed, valid while p is
+            if not d:
+                raise _error("virDomainBackupGetDomain")
+            if virt.virDomainGetUUIDString(d, buf) < 0:
+                raise libvirt.libvirtError("virDomainGetUUIDString failed")
+            uri = _capi.take_string(virt.virConnectGetURI(virt.virDomainGetConnect(d)))
+            if uri is None:
+                raise libvirt.libvirtError("virConnectGetURI failed")
+        conn = self._conn
+        if conn is None or not _same_uri(conn, uri):
+            conn = _connection(uri)
+        return conn.lookupByUUIDString(buf.value.decode())
+
+    def listChildren(self, flags: int = 0) -> List["Backup"]:
+        """Direct children (backups made on top of this one), or all
+        descendants with ``VIR_DOMAIN_BACKUP_LIST_DESCENDANTS``; other
+        ``VIR_DOMAIN_BACKUP_LIST_*`` flags filter, as in :func:`listBackups`."""
+        with self._use() as p:
+            return _collect(lib.virDomainBackupListChildren, p, flags,
+                            "virDomainBackupListChildren", self._conn)
+
+    def parameters(self) -> Dict[str, ParamValue]:
+        """The job's typed parameters: ``state`` (a
+        ``VIR_DOMAIN_BACKUP_STATE_*``), ``incremental`` (bool),
+        ``bytes.total``, ``bytes.processed``, ``bytes.written``,
+        ``time.elapsed`` (ms), ``disks``, and ``error`` (str, failed jobs);
+        live while the job runs."""
+        with self._use() as p:
+            n = c_int(0)
+            if lib.virDomainBackupGetParameters(p, None, byref(n), 0) < 0:
+                raise _error("virDomainBackupGetParameters")
+            arr = (_capi.virTypedParameter * max(n.value, 1))()
+            n = c_int(n.value)
+            if lib.virDomainBackupGetParameters(p, arr, byref(n), 0) < 0:
+                raise _error("virDomainBackupGetParameters")
+        try:
+            return {arr[i].field.decode(): _typed_value(arr[i]) for i in range(n.value)}
+        finally:
+            virt.virTypedParamsClear(arr, n.value)
+
+    # ---------------------------------------------------------- jobs
+    def finishJob(self, flags: int = 0) -> int:
+        """With 0: wait for the job to end (0 completed; raises if it failed
+        or was cancelled). ``VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK``: do not
+        block, 1 while it runs. ``VIR_DOMAIN_BACKUP_FINISH_JOB_CANCEL``:
+        cancel it. For an unmanaged backup, 0 ends the export. Ctrl-C
+        interrupts a wait and leaves the job running."""
+        if flags == 0 and not self._unmanaged:
+            self._wait()
+        with self._use() as p:
+            r = lib.virDomainBackupFinishJob(p, flags)
+            if r < 0:
+                raise _error("virDomainBackupFinishJob")
+        return r
+
+    def _wait(self) -> None:
+        """Poll until the job ends, in slices short enough for Ctrl-C (a
+        blocking C call would hold KeyboardInterrupt until the job ends)."""
+        delay = 0.001
+        while True:
+            with self._use() as p:
+                r = lib.virDomainBackupFinishJob(p, VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK)
+                if r < 0:
+                    raise _error("virDomainBackupFinishJob")
+            if r != 1:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, _WAIT_SLICE)
+
+    def abortJob(self) -> int:
+        """Cancel the job (or a running :meth:`verify`) and wait until its
+        partial data is removed. Raises ``VIR_ERR_OPERATION_INVALID`` if it
+        has already ended."""
+        with self._use() as p:
+            if lib.virDomainBackupAbortJob(p, 0) < 0:
+                raise _error("virDomainBackupAbortJob")
+        return 0
+
+    def delete(self, flags: int = 0) -> int:
+        """Delete the backup (``VIR_DOMAIN_BACKUP_DELETE_*``); children are
+        merged so they stay restorable. Afterwards only releasing is left."""
+        with self._use() as p:
+            if lib.virDomainBackupDelete(p, flags) < 0:
+                raise _error("virDomainBackupDelete")
+        return 0
+
+    def verify(self, flags: int = 0) -> int:
+        """Re-read the stored backup and check it against its digests
+        (``virDomainBackupVerify``); raises ``VIR_ERR_OPERATION_FAILED``
+        naming the first mismatch, or ``VIR_ERR_NO_SUPPORT`` when the loaded
+        library has no such call."""
+        if not _capi.HAVE_VERIFY:
+            raise _own_error(libvirt.VIR_ERR_NO_SUPPORT,
+                             "virDomainBackupVerify: not supported by this library build")
+        with self._use() as p:
+            if lib.virDomainBackupVerify(p, flags) < 0:
+                raise _error("virDomainBackupVerify")
+        return 0
+
+
+def _typed_value(p: "_capi.virTypedParameter") -> ParamValue:
+    t, v = p.type, p.value
+    if t == libvirt.VIR_TYPED_PARAM_INT:
+        return v.i
+    if t == libvirt.VIR_TYPED_PARAM_UINT:
+        return v.ui
+    if t == libvirt.VIR_TYPED_PARAM_LLONG:
+        return v.l
+    if t == libvirt.VIR_TYPED_PARAM_ULLONG:
+        return v.ul
+    if t == libvirt.VIR_TYPED_PARAM_DOUBLE:
+        return v.d
+    if t == libvirt.VIR_TYPED_PARAM_BOOLEAN:
+        return v.b != b"\0"
+    if t == libvirt.VIR_TYPED_PARAM_STRING:
+        return ctypes.string_at(v.s).decode() if v.s else ""
+    raise _own_error(libvirt.VIR_ERR_INTERNAL_ERROR,
+                     f"unknown type {t} of typed parameter {p.field.decode()}")
+
+
+def _collect(func, obj: int, flags: int, name: str,
+             conn: Optional["libvirt.virConnect"]) -> List[Backup]:
+    """Run a virDomainBackupList-shaped call; each handle goes into a
+    Backup at once (so none is lost), then the array is freed."""
+    arr = _capi.BackupArray()
+    n = func(obj, byref(arr), flags)
+    if n < 0:
+        raise _error(name)
+    try:
+        return [Backup(arr[i], conn) for i in range(n)]
+    finally:
+        _capi.libc.free(ctypes.cast(arr, c_void_p))
+
+
+# --------------------------------------------------------------------------
+# Functions
+# --------------------------------------------------------------------------
+def createXML(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> Backup:
+    """Start a managed backup of `dom` described by a ``<domainbackup>``
+    document (flags: ``VIR_DOMAIN_BACKUP_CREATE_*``). Returns at once with
+    the job running, or, with ``VIR_DOMAIN_BACKUP_CREATE_WAIT``, when it has
+    completed (raises if it failed). Ctrl-C during that wait aborts the job."""
+    ptr = _domain_ptr(dom, "createXML")
+    # WAIT is done here, in slices, so that Ctrl-C is not held up.
+    h = lib.virDomainBackupCreateXML(ptr, xml.encode(), flags & ~VIR_DOMAIN_BACKUP_CREATE_WAIT)
+    if not h:
+        raise _error("virDomainBackupCreateXML")
+    b = Backup(h, dom.connect())
+    if flags & VIR_DOMAIN_BACKUP_CREATE_WAIT:
+        try:
+            b._wait()
+        except KeyboardInterrupt:
+            try:
+                b.abortJob()
+            except libvirt.libvirtError:
+                pass  # it ended meanwhile: a completed backup stays listed
+            raise
+        b.finishJob(0)  # raises the job's error if it failed
+    return b
+
+
+def startUnmanaged(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> Backup:
+    """Start a read-only NBD export of `dom`'s disks (a ``<server>`` and
+    the disks in `xml`); end it with ``finishJob()`` or ``abortJob()``."""
+    ptr = _domain_ptr(dom, "startUnmanaged")
+    h = lib.virDomainBackupStartUnmanaged(ptr, xml.encode(), flags)
+    if not h:
+        raise _error("virDomainBackupStartUnmanaged")
+    return Backup(h, dom.connect(), _unmanaged=True)
+
+
+def listBackups(dom: "libvirt.virDomain", flags: int = 0) -> List[Backup]:
+    """`dom`'s managed backups, oldest first, filtered by
+    ``VIR_DOMAIN_BACKUP_LIST_*`` flags."""
+    ptr = _domain_ptr(dom, "listBackups")
+    return _collect(lib.virDomainBackupList, ptr, flags, "virDomainBackupList", dom.connect())
+
+
+def lookupByUUID(uuid: str, flags: int = 0) -> Backup:
+    """The managed backup with this UUID, of any domain (raises
+    ``VIR_ERR_NO_DOMAIN_BACKUP`` if there is none)."""
+    h = lib.virDomainBackupLookupByUUID(uuid.encode(), flags)
+    if not h:
+        raise _error("virDomainBackupLookupByUUID")
+    return Backup(h)
+
+
+def restore(xml: str, flags: int = 0) -> int:
+    """Restore the backup named by the ``<uuid>`` of `xml` into its own
+    (shut off) domain or, with ``VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN``, as
+    a new persistent domain (then found with ``conn.lookupByName``)."""
+    if lib.virDomainBackupRestore(xml.encode(), flags) < 0:
+        raise _error("virDomainBackupRestore")
+    return 0
+
+
+def restoreUnmanaged(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> int:
+    """Write `dom`'s disks from sources the library did not make (files or
+    NBD exports named in `xml`)."""
+    ptr = _domain_ptr(dom, "restoreUnmanaged")
+    if lib.virDomainBackupRestoreUnmanaged(ptr, xml.encode(), flags) < 0:
+        raise _error("virDomainBackupRestoreUnmanaged")
+    return 0
+
+
+def setDefaultTarget(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> int:
+    """Set where `dom`'s backups go when a disk has no ``<target>``
+    (flags: ``libvirt.VIR_DOMAIN_AFFECT_*``)."""
+    ptr = _domain_ptr(dom, "setDefaultTarget")
+    if lib.virDomainSetDefaultTarget(ptr, xml.encode(), flags) < 0:
+        raise _error("virDomainSetDefaultTarget")
+    return 0
+
+
+def undefine(dom: "libvirt.virDomain", flags: int = 0) -> int:
+    """``dom.undefineFlags(flags)`` that knows about managed backups: with
+    ``VIR_DOMAIN_UNDEFINE_BACKUP`` their metadata goes too (data files
+    stay); without it a domain that has some is refused
+    (``VIR_ERR_OPERATION_INVALID``)."""
+    ptr = _domain_ptr(dom, "undefine")
+    if lib.virDomainBackupUndefineFlags(ptr, flags) < 0:
+        raise _error("virDomainBackupUndefineFlags")
+    return 0
