@@ -210,7 +210,7 @@ int main(void)
     /* ---------------------------------------------------------------- */
     /* The test driver has no backup job of its own and its guests never
      * write to their images, so the library copies the images of a running
-     * test domain itself (API.md DESIGN NOTES; src/libvirt.rs
+     * test domain itself (API.md DESIGN NOTES; src/hv/libvirt.rs
      * images_are_quiet). LIVE default targets apply to running domains. */
     section("running test-driver domain, LIVE default target");
     {

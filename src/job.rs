@@ -3,16 +3,15 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::Instant;
 
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, CatalogLock, JobLock};
-use crate::disk::Progress;
 use crate::error::{Error, ErrorCode, Result};
-use crate::libvirt::DomainRef;
+use crate::hv::libvirt::DomainRef;
+use crate::store::catalog::{Catalog, CatalogLock, JobLock};
 use crate::xml::backup::{BackupRecord, BackupState, JobStats};
 
 #[derive(Debug)]
@@ -56,7 +55,7 @@ pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
 /// or an export of `domain`, or (with `libvirt`, for a running QEMU domain)
 /// libvirt runs a job on it.
 pub fn check_domain_idle(dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<()> {
-    if running_for_domain(domain).is_some() || crate::unmanaged::running_for_domain(domain) {
+    if running_for_domain(domain).is_some() || crate::ops::export::running_for_domain(domain) {
         return Err(Error::operation_invalid(
             "the domain already has a backup job running",
         ));
@@ -221,5 +220,29 @@ impl Job {
             )),
             Err(_) => Ok(()),
         }
+    }
+}
+
+/// Shared counters of a copy, read by `GetParameters` while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub processed: AtomicU64,
+    pub written: AtomicU64,
+    /// Set by a canceller in this process.
+    pub cancel: AtomicBool,
+    /// A file whose existence asks the copy to stop: how another process
+    /// cancels (one stat per chunk).
+    pub cancel_file: Option<PathBuf>,
+}
+
+impl Progress {
+    /// An `OperationAborted` error once a cancel was asked for.
+    pub fn check_cancel(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed)
+            || self.cancel_file.as_ref().is_some_and(|f| f.exists())
+        {
+            return Err(Error::aborted("backup job cancelled"));
+        }
+        Ok(())
     }
 }

@@ -1,24 +1,18 @@
 //! libvirt-backup: managed backups for libvirt domains, behind a C ABI.
 //!
-//! Layers: `capi` (the only `unsafe`/`extern "C"` code) calls `backup`
-//! (operations), which uses `catalog` (metadata on disk), `job` (background
-//! jobs), `disk` (image copy engine), `libvirt` (domain adapter) and `xml`.
+//! Layers, each folder using only those below it (checked by `tests/layers.rs`):
+//! `capi` (the only `unsafe`/`extern "C"` code) calls `ops` (the operations),
+//! which drive `engine` (how bytes move) over `image` (raw/qcow2/NBD),
+//! `store` (catalog and digest indexes), `hv` (libvirt, pools, qemu tools)
+//! and `job` (background jobs); `xml`, `error` and `flags` serve everyone.
 
-pub mod backup;
 pub mod capi;
-pub mod catalog;
-pub mod digest;
-pub mod disk;
+pub mod engine;
 pub mod error;
 pub mod flags;
+pub mod hv;
+pub mod image;
 pub mod job;
-pub mod libvirt;
-pub mod live;
-pub mod merge;
-pub mod nbd;
-pub mod nbd_export;
-pub mod restore;
-pub mod storage_pool;
-pub mod tools;
-pub mod unmanaged;
+pub mod ops;
+pub mod store;
 pub mod xml;

@@ -6,10 +6,10 @@ use std::process::Command;
 mod common;
 use common::{WAIT, WORK, disk, domain, identical};
 
-use libvirt_backup::backup::{Backup, ParamValue};
-use libvirt_backup::catalog::Catalog;
 use libvirt_backup::error::ErrorCode;
-use libvirt_backup::libvirt::DomainRef;
+use libvirt_backup::hv::libvirt::DomainRef;
+use libvirt_backup::ops::backup::{Backup, ParamValue};
+use libvirt_backup::store::catalog::Catalog;
 use uuid::Uuid;
 
 fn catalog_files(dom: &DomainRef) -> usize {
@@ -185,11 +185,11 @@ fn list_flags_and_undefine_guard() {
     assert_eq!(Backup::list(&dom, 1 << 3).unwrap().len(), 2); // LEAVES
     assert_eq!(first.list_children(1 << 4).unwrap().len(), 0);
 
-    let err = libvirt_backup::backup::undefine(&dom, 0).unwrap_err();
+    let err = libvirt_backup::ops::backup::undefine(&dom, 0).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid));
     assert!(dom.uuid().is_ok());
     let target = first.record().unwrap().disks[0].target.clone();
-    libvirt_backup::backup::undefine(&dom, 1 << 30).unwrap();
+    libvirt_backup::ops::backup::undefine(&dom, 1 << 30).unwrap();
     assert!(target.exists(), "undefine keeps data files");
     assert!(
         Backup::lookup(&first.uuid.to_string())
@@ -260,7 +260,7 @@ fn default_targets_live_and_config() {
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::create_dir_all(&live_dir).unwrap();
     let xml = |d: &Path| format!("<target type='dir'><path>{}</path></target>", d.display());
-    use libvirt_backup::backup::set_default_target;
+    use libvirt_backup::ops::backup::set_default_target;
 
     // Inactive domain: LIVE is refused, CURRENT means CONFIG.
     let err = set_default_target(&dom, &xml(&live_dir), 1).unwrap_err();

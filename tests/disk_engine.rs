@@ -7,9 +7,12 @@ mod common;
 use common::{identical, qemu_img, qemu_io};
 use std::sync::atomic::Ordering;
 
-use libvirt_backup::digest::NoDigests;
-use libvirt_backup::disk::{Baseline, Progress, Source, Target, copy_image, is_zero};
+use libvirt_backup::engine::copy::{Baseline, copy_image};
 use libvirt_backup::error::ErrorCode;
+use libvirt_backup::image::disk::{Source, Target};
+use libvirt_backup::job::Progress;
+use libvirt_backup::store::index::NoDigests;
+use libvirt_backup::store::index::is_zero;
 use libvirt_backup::xml::backup::DiskFormat;
 
 fn copy(src: &Path, sfmt: DiskFormat, dst: &Path, dfmt: DiskFormat) -> Progress {

@@ -7,8 +7,8 @@ use std::process::Command;
 mod common;
 use common::{WAIT, WORK, disk, domain, identical, qemu_img, qemu_io};
 
-use libvirt_backup::backup::{Backup, ParamValue};
 use libvirt_backup::error::ErrorCode;
+use libvirt_backup::ops::backup::{Backup, ParamValue};
 use libvirt_backup::xml::backup::BackupMode;
 
 const NO_FALLBACK: u32 = 1 << 1;
@@ -314,7 +314,7 @@ fn a_missing_index_is_rebuilt_from_the_backup() {
     let src = disk("reidx.qcow2", "qcow2", "16M", &["write -P 0xa1 0 4M"]);
     let dom = domain("reidx", &[("vda", &src, "qcow2")]);
     let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
-    let catalog = libvirt_backup::catalog::Catalog::open().unwrap();
+    let catalog = libvirt_backup::store::catalog::Catalog::open().unwrap();
     let index = catalog.index_dir(&dom.uuid().unwrap(), &full.uuid);
     std::fs::remove_dir_all(&index).unwrap();
     qemu_io("qcow2", &src, "write -P 0xa2 1M 64k");

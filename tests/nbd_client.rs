@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{assert_send_sync, free_port, loopback, qemu_img, raw_contents};
-use libvirt_backup::nbd::{NbdAddress, NbdClient};
+use libvirt_backup::image::nbd::{NbdAddress, NbdClient};
 
 const MIB: u64 = 1 << 20;
 

@@ -3,8 +3,8 @@
 mod common;
 use common::{CONN, WAIT, WORK, disk, domain, identical, qemu_io};
 
-use libvirt_backup::backup::{Backup, set_default_target};
 use libvirt_backup::error::ErrorCode;
+use libvirt_backup::ops::backup::{Backup, set_default_target};
 use virt::storage_pool::StoragePool;
 
 fn volumes(pool: &StoragePool) -> Vec<String> {

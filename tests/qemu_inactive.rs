@@ -5,9 +5,9 @@ mod common;
 use common::qemu::{QemuDomain, URI, connect, image};
 use common::{WAIT, WORK, identical, qemu_io};
 
-use libvirt_backup::backup::Backup;
 use libvirt_backup::error::ErrorCode;
-use libvirt_backup::libvirt::DomainRef;
+use libvirt_backup::hv::libvirt::DomainRef;
+use libvirt_backup::ops::backup::Backup;
 
 #[test]
 fn inactive_qemu_domain_full_backup() {
@@ -50,9 +50,9 @@ fn inactive_qemu_domain_full_backup() {
     qd.dom.domain().destroy().unwrap();
 
     // Undefine is refused while backups exist, then forgets them.
-    let err = libvirt_backup::backup::undefine(&qd.dom, 0).unwrap_err();
+    let err = libvirt_backup::ops::backup::undefine(&qd.dom, 0).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid));
-    libvirt_backup::backup::undefine(&qd.dom, 1 << 30).unwrap();
+    libvirt_backup::ops::backup::undefine(&qd.dom, 1 << 30).unwrap();
     assert!(
         conn.lookup_domain_by_uuid_string(&qd.dom.uuid().unwrap().to_string())
             .is_err()

@@ -6,8 +6,8 @@ mod common;
 use common::qemu::{QemuDomain, connect, image, snapshot};
 use common::{WAIT, identical};
 
-use libvirt_backup::backup::{Backup, ParamValue};
 use libvirt_backup::error::ErrorCode;
+use libvirt_backup::ops::backup::{Backup, ParamValue};
 use libvirt_backup::xml::backup::BackupMode;
 
 const QUIESCE: u32 = 1;
@@ -177,7 +177,7 @@ fn quiesce_without_agent_cancel_and_one_job_at_a_time() {
     // Undefine with the backup flag takes the checkpoints' metadata along.
     let kept = Backup::create(&qd.dom, "<domainbackup/>", WAIT).unwrap();
     assert_eq!(qd.checkpoints().len(), 1);
-    libvirt_backup::backup::undefine(&qd.dom, 1 << 30).unwrap();
+    libvirt_backup::ops::backup::undefine(&qd.dom, 1 << 30).unwrap();
     assert!(kept.record().is_err());
 }
 

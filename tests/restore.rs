@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::{CONN, WAIT, WORK, disk, domain, identical, qemu_io};
 
-use libvirt_backup::backup::Backup;
 use libvirt_backup::error::ErrorCode;
+use libvirt_backup::ops::backup::Backup;
 use libvirt_backup::xml::domain::parse_disks;
 
 const NEW_DOMAIN: u32 = 1;

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use libvirt_backup::error::{Error, ErrorCode};
-use libvirt_backup::storage_pool::{
+use libvirt_backup::hv::storage_pool::{
     PoolVolume, check_new_volume, check_pool, create_volume, default_volume_name, delete_volume,
     refresh,
 };

@@ -9,8 +9,8 @@ mod common;
 use common::qemu::{QemuDomain, connect, image, snapshot};
 use common::{WAIT, WORK, disk, domain, identical};
 
-use libvirt_backup::backup::{Backup, ParamValue};
 use libvirt_backup::error::ErrorCode;
+use libvirt_backup::ops::backup::{Backup, ParamValue};
 
 /// A tcp port nobody listens on now.
 fn free_port() -> u16 {

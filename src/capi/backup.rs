@@ -8,9 +8,9 @@ use super::{
     backup_of, domain_of, ffi_entry, handle_ref, handle_unref, is_ours, malloc_string, new_handle,
     return_list, str_arg, virDomainBackupPtr,
 };
-use crate::backup::Backup;
 use crate::error::{Error, check_exclusive, check_flags};
 use crate::flags::bits::*;
+use crate::ops::backup::Backup;
 
 /// virDomainBackupCreateXML:
 /// @domain: a domain object

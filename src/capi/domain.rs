@@ -5,9 +5,9 @@ use std::ffi::{c_char, c_int, c_uint};
 use virt::sys;
 
 use super::{domain_of, ffi_entry, str_arg};
-use crate::backup;
 use crate::error::check_flags;
 use crate::flags::bits::AFFECT_FLAGS;
+use crate::ops::backup;
 
 /// virDomainSetDefaultTarget:
 /// @domain: a domain object

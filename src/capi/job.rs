@@ -5,9 +5,9 @@ use std::ffi::{c_int, c_uint};
 use virt::sys;
 
 use super::{backup_of, ffi_entry, malloc_string, virDomainBackupPtr};
-use crate::backup::ParamValue;
 use crate::error::{Error, Result, check_exclusive, check_flags};
 use crate::flags::bits::*;
+use crate::ops::backup::ParamValue;
 
 /// virDomainBackupFinishJob:
 /// @backup: a backup object

@@ -19,9 +19,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 use virt::domain::Domain;
 use virt::sys;
 
-use crate::backup::Backup;
 use crate::error::{Error, Result};
-use crate::libvirt::DomainRef;
+use crate::hv::libvirt::DomainRef;
+use crate::ops::backup::Backup;
 
 pub mod backup;
 pub mod domain;

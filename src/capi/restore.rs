@@ -5,9 +5,9 @@ use std::ffi::{c_char, c_int, c_uint};
 use virt::sys;
 
 use super::{domain_of, ffi_entry, str_arg};
-use crate::backup::Backup;
 use crate::error::check_flags;
 use crate::flags::bits::RESTORE_FLAGS;
+use crate::ops::backup::Backup;
 
 /// virDomainBackupRestore:
 /// @xmlDesc: a <domainbackup> document naming the backup (<uuid>) and,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{LazyLock, Mutex};
 
-use libvirt_backup::libvirt::DomainRef;
+use libvirt_backup::hv::libvirt::DomainRef;
 use libvirt_backup::xml::backup::NbdServer;
 use virt::connect::Connect;
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use libvirt_backup::libvirt::DomainRef;
+use libvirt_backup::hv::libvirt::DomainRef;
 use virt::connect::Connect;
 
 use super::{WORK, qemu_img, qemu_io};
@@ -53,7 +53,7 @@ impl Drop for QemuDomain {
         if d.is_active().unwrap_or(false) {
             let _ = d.destroy();
         }
-        let _ = libvirt_backup::backup::undefine(&self.dom, 1 << 30);
+        let _ = libvirt_backup::ops::backup::undefine(&self.dom, 1 << 30);
         let _ = d.undefine();
     }
 }

@@ -11,11 +11,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::catalog::{Catalog, JobLock};
 use crate::error::{Error, Result};
+use crate::hv::libvirt::DomainRef;
+use crate::hv::qemu_tools::{self, os};
 use crate::job::Job;
-use crate::libvirt::DomainRef;
-use crate::tools::{self, os};
+use crate::store::catalog::{Catalog, JobLock};
 use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord};
 use crate::xml::dom::{self, Element};
 use crate::xml::domain::DomainDisk;
@@ -54,7 +54,7 @@ fn checkpoint_bitmap(xml: &str, disk: &str) -> Option<String> {
 /// The persistent bitmaps of a qcow2 image and whether each is usable,
 /// read with `qemu-img info --force-share` (safe while QEMU runs).
 fn image_bitmaps(image: &Path) -> Result<Vec<(String, bool)>> {
-    let out = tools::run(
+    let out = qemu_tools::run(
         "qemu-img",
         [
             os("info"),
@@ -327,7 +327,7 @@ pub fn remove_checkpoint(dom: &DomainRef, name: &str) -> Result<()> {
 }
 
 fn remove_bitmap(image: &Path, bitmap: &str) -> Result<()> {
-    tools::run(
+    qemu_tools::run(
         "qemu-img",
         [
             os("bitmap"),
@@ -407,7 +407,7 @@ pub fn run(
 /// With `cancel` (someone asked to abort it), a job still running is
 /// aborted and the backup discarded.
 pub fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
-    let Ok(dom) = crate::libvirt::open_domain(&rec.uri, &rec.domain_uuid) else {
+    let Ok(dom) = crate::hv::libvirt::open_domain(&rec.uri, &rec.domain_uuid) else {
         return Some(false);
     };
     let running = || dom.job_info(false).is_ok_and(|i| i.is_active());
@@ -431,7 +431,8 @@ pub fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
             .is_ok_and(|l| l.iter().any(|(n, _)| n == cp))
     });
     let readable = rec.disks.iter().all(|d| {
-        crate::disk::Source::open(&d.target, d.format).is_ok_and(|s| s.size() >= d.virtual_size)
+        crate::image::disk::Source::open(&d.target, d.format)
+            .is_ok_and(|s| s.size() >= d.virtual_size)
     });
     if !(completed && has_checkpoint && readable) {
         if let Some(cp) = &rec.checkpoint {

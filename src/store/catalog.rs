@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::disk::remove_if_exists;
 use crate::error::{Error, Result};
 use crate::xml::backup::{BackupRecord, BackupState, DefaultTarget};
 
@@ -468,7 +467,7 @@ impl Catalog {
         let outcome = match cur.checkpoint {
             Some(_) => {
                 let cancel = self.cancel_path(&cur.domain_uuid, &cur.uuid).exists();
-                crate::live::orphan_outcome(&cur, cancel)
+                crate::engine::live::orphan_outcome(&cur, cancel)
             }
             None => Some(false),
         };
@@ -539,6 +538,15 @@ impl Catalog {
         remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
         let _ = fs::remove_dir(self.domain_dir(domain));
         Ok(())
+    }
+}
+
+/// Remove a file if it exists; a missing file is not an error.
+pub fn remove_if_exists(path: &PathBuf) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("cannot remove", path, e)),
     }
 }
 

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::catalog::Catalog;
-use crate::digest::IndexReader;
+use crate::engine::export::{ExportDisk, StorageDaemonExport};
+use crate::engine::live;
 use crate::error::{Error, Result};
-use crate::libvirt::DomainRef;
-use crate::live;
-use crate::nbd_export::{ExportDisk, StorageDaemonExport};
-use crate::tools::{os, run};
+use crate::hv::libvirt::DomainRef;
+use crate::hv::qemu_tools::{os, run};
+use crate::store::catalog::Catalog;
+use crate::store::index::IndexReader;
 use crate::xml::backup::{
     BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest, parent_and_domain,
 };
@@ -221,7 +221,7 @@ fn changes_since(
     }
     let base = parent.disks.iter().find(|x| x.name == d.name);
     let size = match d.source.as_deref() {
-        Some(p) => crate::disk::Source::open(p, d.image_format()?)?.size(),
+        Some(p) => crate::image::disk::Source::open(p, d.image_format()?)?.size(),
         None => 0,
     };
     let found = if is_live {
@@ -290,15 +290,15 @@ fn changes_overlay(
     scratch: &Path,
 ) -> Result<PathBuf> {
     let catalog = Catalog::open()?;
-    let index = crate::digest::ensure_index(&catalog, parent, &d.name).map_err(|e| {
+    let index = crate::engine::copy::ensure_index(&catalog, parent, &d.name).map_err(|e| {
         Error::operation_invalid(format!(
             "cannot export the changes of disk '{}' since backup '{}': {}",
             d.name, parent.uuid, e.message
         ))
     })?;
-    let src = crate::disk::Source::open(image, format)?;
+    let src = crate::image::disk::Source::open(image, format)?;
     let size = src.size().to_string();
-    let runs = crate::disk::changed_ranges(&src, &mut IndexReader::open(&index)?)?;
+    let runs = crate::engine::copy::changed_ranges(&src, &mut IndexReader::open(&index)?)?;
     drop(src);
     let marks = scratch.join(format!("{}.marks.qcow2", d.name));
     let overlay = scratch.join(format!("{}.overlay.qcow2", d.name));

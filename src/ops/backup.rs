@@ -10,16 +10,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use crate::catalog::{Catalog, JobLock};
-use crate::digest::{IndexReader, IndexWriter};
-use crate::disk::{self, Source, Target as ImageTarget};
+use crate::engine::copy;
+use crate::engine::live;
 use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
+use crate::hv::libvirt::{self, DomainRef};
+use crate::hv::storage_pool;
+use crate::image::disk::{Source, Target as ImageTarget};
 use crate::job::{self, Job};
-use crate::libvirt::{self, DomainRef};
-use crate::live;
-use crate::storage_pool;
-use crate::unmanaged;
+use crate::ops::export;
+use crate::store::catalog::{Catalog, JobLock};
+use crate::store::index::{IndexReader, IndexWriter};
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
     JobStats, Target, UnmanagedRequest,
@@ -38,7 +39,7 @@ pub struct Backup {
     /// The job, when it ran (or runs) in this process.
     job: Option<Arc<Job>>,
     /// Set for an unmanaged backup (an NBD export): it has no record.
-    export: Option<Arc<unmanaged::Export>>,
+    export: Option<Arc<export::Export>>,
 }
 
 /// Typed parameters of `GetParameters`, in API.md's order.
@@ -358,7 +359,7 @@ impl Backup {
             Some(p) => Some(check_parent(&catalog, &domain_uuid, &p)?),
             None => None,
         };
-        let export = unmanaged::start(
+        let export = export::start(
             dom,
             &req,
             parent,
@@ -666,7 +667,7 @@ impl Backup {
                     r.uuid
                 )));
             }
-            crate::merge::merge_into_children(&self.catalog, &rec, &all, metadata_only)?;
+            crate::ops::merge::merge_into_children(&self.catalog, &rec, &all, metadata_only)?;
         }
         // Children first, so a crash midway never leaves a child without its parent.
         for r in doomed.iter().rev() {
@@ -689,12 +690,12 @@ impl Backup {
 
     /// `virDomainBackupRestore`.
     pub fn restore(xml: &str, flags: u32) -> Result<()> {
-        crate::restore::restore(xml, flags)
+        crate::ops::restore::restore(xml, flags)
     }
 
     /// `virDomainBackupRestoreUnmanaged`.
     pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
-        crate::restore::restore_unmanaged(dom, xml, flags)
+        crate::ops::restore::restore_unmanaged(dom, xml, flags)
     }
 }
 
@@ -839,7 +840,7 @@ fn choose_mode(
         Some(_) => None,
     };
     let index = match (why_not, base) {
-        (None, Some(b)) => crate::digest::ensure_index(catalog, parent, &b.name)
+        (None, Some(b)) => crate::engine::copy::ensure_index(catalog, parent, &b.name)
             .and_then(|p| IndexReader::open(&p))
             .map_err(|e| e.message),
         (why, _) => Err(why.unwrap_or_default()),
@@ -979,10 +980,10 @@ fn run_copy(
         for (((src, parent), dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
             let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
             let mut parent = parent;
-            let baseline = disk::Baseline::of(parent.as_mut());
+            let baseline = copy::Baseline::of(parent.as_mut());
             IndexWriter::create(&index_path, d.virtual_size)
                 .and_then(|mut index| {
-                    disk::copy_image(&src, &dst, &job.progress, baseline, &mut index)?;
+                    copy::copy_image(&src, &dst, &job.progress, baseline, &mut index)?;
                     index.finish()
                 })
                 .and_then(|()| dst.finish(&d.target))

@@ -15,10 +15,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::catalog::{Catalog, sync_dir};
-use crate::digest::{IndexReader, IndexVerifier, ensure_index};
-use crate::disk::{self, Baseline, Progress, Source, Target};
+use crate::engine::copy::ensure_index;
+use crate::engine::copy::{self, Baseline};
 use crate::error::{Error, Result};
+use crate::image::disk::{self, Source, Target};
+use crate::job::Progress;
+use crate::store::catalog::{Catalog, sync_dir};
+use crate::store::index::{IndexReader, IndexVerifier};
 use crate::xml::backup::{BackupMode, BackupRecord, DiskRecord};
 
 /// What a rewritten child disk is a delta against, if anything.
@@ -50,7 +53,7 @@ fn rewrite_disk(
             .map(|b| (b.disk.target.as_path(), b.disk.format));
         let dst = Target::create(&tmp, d.format, src.size(), backing, false)?;
         let baseline = Baseline::of(parent.as_mut());
-        disk::copy_image(&src, &dst, &Progress::default(), baseline, &mut verify)?;
+        copy::copy_image(&src, &dst, &Progress::default(), baseline, &mut verify)?;
         dst.finish(&tmp)?;
         fs::rename(&tmp, &d.target).map_err(|e| Error::io("cannot rename over", &d.target, e))?;
         sync_dir(d.target.parent().unwrap_or(Path::new("/")));

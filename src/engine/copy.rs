@@ -1,296 +1,20 @@
-//! The disk engine: reads raw and qcow2 images (with backing chains), finds
-//! which ranges hold data, and copies only those into raw or qcow2 targets
-//! with a fixed-size buffer.
+//! The copy engine: copies only the ranges of a source image that hold data
+//! (or that differ from a parent's digest index) into a target, with a
+//! fixed-size buffer, and plans and applies in-place restores.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
-use imago::file::File as ImagoFile;
-use imago::qcow2::Qcow2;
-use imago::{
-    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping, PermissiveImplicitOpenGate,
-    StorageOpenOptions,
-};
-use rustix::fs::SeekFrom;
-use rustix::io::Errno;
-
-use crate::digest::{DIGEST_CHUNK, Digest, DigestSink, IndexReader, ZERO_DIGEST, digest};
 use crate::error::{Error, Result};
-use crate::nbd::{NbdAddress, NbdClient};
-use crate::xml::backup::DiskFormat;
+use crate::image::disk::{Extent, Source, Target};
+use crate::job::Progress;
+use crate::store::index::{
+    DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, ZERO_DIGEST, digest,
+};
 
 /// Copy buffer: the only per-disk data held in memory. 4 MiB keeps syscalls
 /// few while bounding memory per job.
 pub(crate) const COPY_CHUNK: u64 = 4 << 20;
-
-/// Shared counters of a copy, read by `GetParameters` while it runs.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub processed: AtomicU64,
-    pub written: AtomicU64,
-    /// Set by a canceller in this process.
-    pub cancel: AtomicBool,
-    /// A file whose existence asks the copy to stop: how another process
-    /// cancels (one stat per chunk).
-    pub cancel_file: Option<PathBuf>,
-}
-
-impl Progress {
-    /// An `OperationAborted` error once a cancel was asked for.
-    pub fn check_cancel(&self) -> Result<()> {
-        if self.cancel.load(Ordering::Relaxed)
-            || self.cancel_file.as_ref().is_some_and(|f| f.exists())
-        {
-            return Err(Error::aborted("backup job cancelled"));
-        }
-        Ok(())
-    }
-}
-
-/// What a range of a source image holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Extent {
-    Data,
-    Zero,
-}
-
-/// A readable disk image.
-pub enum Source {
-    Raw {
-        file: File,
-        size: u64,
-    },
-    Qcow2(FormatAccess<ImagoFile>),
-    /// An export of an NBD server (a source of `RestoreUnmanaged`).
-    Nbd(Box<NbdClient>),
-}
-
-fn nbd_io(e: Error) -> std::io::Error {
-    std::io::Error::other(e.message)
-}
-
-fn io_err<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |e| Error::io(what, path, e)
-}
-
-impl Source {
-    pub fn open(path: &Path, format: DiskFormat) -> Result<Source> {
-        match format {
-            DiskFormat::Raw => {
-                let file = File::open(path).map_err(io_err("cannot open source image", path))?;
-                let size = file
-                    .metadata()
-                    .map_err(io_err("cannot stat source image", path))?
-                    .len();
-                Ok(Source::Raw { file, size })
-            }
-            DiskFormat::Qcow2 => {
-                // Backing files are opened as the image names them, as QEMU does.
-                let q = Qcow2::<ImagoFile>::builder_path(path)
-                    .write(false)
-                    .open(PermissiveImplicitOpenGate::default())
-                    .map_err(io_err("cannot open qcow2 source image", path))?;
-                Ok(Source::Qcow2(FormatAccess::new(q)))
-            }
-        }
-    }
-
-    /// Connect to an NBD export, read-only.
-    pub fn open_nbd(server: &NbdAddress, export: &str) -> Result<Source> {
-        Ok(Source::Nbd(Box::new(NbdClient::connect(
-            server, export, None,
-        )?)))
-    }
-
-    pub fn size(&self) -> u64 {
-        match self {
-            Source::Raw { size, .. } => *size,
-            Source::Qcow2(q) => q.size(),
-            Source::Nbd(c) => c.size(),
-        }
-    }
-
-    /// The kind and length of the extent at `offset`, at most `max` bytes.
-    fn extent(&self, offset: u64, max: u64) -> std::io::Result<(Extent, u64)> {
-        match self {
-            Source::Raw { file, size } => {
-                let end = (*size).min(offset + max);
-                match rustix::fs::seek(file, SeekFrom::Data(offset)) {
-                    Err(Errno::NXIO) => Ok((Extent::Zero, end - offset)),
-                    Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => Ok((Extent::Data, end - offset)),
-                    Err(e) => Err(e.into()),
-                    Ok(data) if data > offset => Ok((Extent::Zero, data.min(end) - offset)),
-                    Ok(_) => {
-                        let hole = rustix::fs::seek(file, SeekFrom::Hole(offset))?;
-                        Ok((Extent::Data, hole.min(end) - offset))
-                    }
-                }
-            }
-            Source::Qcow2(q) => {
-                let (m, len) = q.get_mapping(offset, max)?;
-                Ok(match m {
-                    Mapping::Zero { .. } => (Extent::Zero, len),
-                    Mapping::Eof { .. } => (Extent::Zero, max),
-                    _ => (Extent::Data, len),
-                })
-            }
-            Source::Nbd(c) => {
-                let (data, len) = c.extent(offset, max).map_err(nbd_io)?;
-                Ok((if data { Extent::Data } else { Extent::Zero }, len))
-            }
-        }
-    }
-
-    /// The size now: a raw file can be resized behind the library's back.
-    fn current_size(&self) -> std::io::Result<u64> {
-        match self {
-            Source::Raw { file, .. } => Ok(file.metadata()?.len()),
-            Source::Qcow2(q) => Ok(q.size()),
-            Source::Nbd(c) => Ok(c.size()),
-        }
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        match self {
-            Source::Raw { file, .. } => file.read_exact_at(buf, offset),
-            Source::Qcow2(q) => q.read(buf, offset),
-            Source::Nbd(c) => c.read_at(buf, offset).map_err(nbd_io),
-        }
-    }
-}
-
-/// A disk image being written.
-pub enum Target {
-    Raw { file: File },
-    Qcow2(FormatAccess<ImagoFile>),
-}
-
-impl Target {
-    /// Create a new image, readable by its owner only (it holds guest data).
-    /// An existing file is never overwritten unless `replace` (a storage
-    /// volume libvirt has just created for us). A qcow2 image may get a
-    /// `backing` file: an incremental target reads through to its parent's.
-    pub fn create(
-        path: &Path,
-        format: DiskFormat,
-        size: u64,
-        backing: Option<(&Path, DiskFormat)>,
-        replace: bool,
-    ) -> Result<Target> {
-        let mut opts = OpenOptions::new();
-        opts.mode(0o600).read(true).write(true);
-        if replace {
-            opts.create(true).truncate(true);
-        } else {
-            opts.create_new(true);
-        }
-        let file = opts
-            .open(path)
-            .map_err(io_err("cannot create target image", path))?;
-        match (format, backing) {
-            (DiskFormat::Raw, None) => {
-                file.set_len(size)
-                    .map_err(io_err("cannot size target image", path))?;
-                Ok(Target::Raw { file })
-            }
-            (DiskFormat::Raw, Some(_)) => {
-                Err(Error::internal("a raw image cannot have a backing file"))
-            }
-            (DiskFormat::Qcow2, backing) => {
-                let storage = ImagoFile::from_open_file(
-                    file,
-                    StorageOpenOptions::new().filename(path).write(true),
-                )
-                .map_err(io_err("cannot open target image", path))?;
-                // qcow2 sizes are whole sectors; round up so a raw source's
-                // odd tail is kept (as qemu-img convert does).
-                let mut builder =
-                    Qcow2::<ImagoFile>::create_builder(storage).size(size.div_ceil(512) * 512);
-                if let Some((b, f)) = backing {
-                    builder = builder.backing(path_string(b), f.as_str().to_string());
-                }
-                let q = builder
-                    .create_open(PermissiveImplicitOpenGate::default(), |img| {
-                        Ok(Qcow2::<ImagoFile>::builder(img).write(true))
-                    })
-                    .map_err(io_err("cannot format target image", path))?;
-                Ok(Target::Qcow2(FormatAccess::new(q)))
-            }
-        }
-    }
-
-    /// Open an existing image to write into it (in-place restore).
-    pub fn open_existing(path: &Path, format: DiskFormat) -> Result<Target> {
-        match format {
-            DiskFormat::Raw => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err("cannot open disk image for writing", path))?;
-                Ok(Target::Raw { file })
-            }
-            DiskFormat::Qcow2 => {
-                let q = Qcow2::<ImagoFile>::builder_path(path)
-                    .write(true)
-                    .open(PermissiveImplicitOpenGate::default())
-                    .map_err(io_err("cannot open qcow2 disk image for writing", path))?;
-                Ok(Target::Qcow2(FormatAccess::new(q)))
-            }
-        }
-    }
-
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        match self {
-            Target::Raw { file } => file.write_all_at(buf, offset),
-            Target::Qcow2(q) => q.write(buf, offset),
-        }
-    }
-
-    /// Make a range read as zeroes: a zero cluster in qcow2 (which hides a
-    /// backing file's data), a punched hole in a raw file.
-    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        match self {
-            Target::Raw { file } => {
-                use rustix::fs::{FallocateFlags, fallocate};
-                let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-                if fallocate(file, punch, offset, len).is_ok() {
-                    return Ok(());
-                }
-                let zeroes = vec![0u8; len as usize];
-                file.write_all_at(&zeroes, offset)
-            }
-            Target::Qcow2(q) => q.write_zeroes(offset, len),
-        }
-    }
-
-    /// Flush metadata and make the data durable.
-    pub fn finish(self, path: &Path) -> Result<()> {
-        match self {
-            Target::Raw { file } => file
-                .sync_all()
-                .map_err(io_err("cannot sync target image", path)),
-            Target::Qcow2(q) => {
-                q.flush()
-                    .map_err(io_err("cannot flush target image", path))?;
-                q.sync().map_err(io_err("cannot sync target image", path))
-            }
-        }
-    }
-}
-
-/// True when every byte of `buf` is zero.
-pub fn is_zero(buf: &[u8]) -> bool {
-    // OR 16-byte words together without branching, so the loop vectorises.
-    let words = buf.chunks_exact(16);
-    let tail = words.remainder();
-    words.fold(0u128, |acc, w| {
-        acc | u128::from_ne_bytes(w.try_into().unwrap())
-    }) == 0
-        && tail.iter().all(|&b| b == 0)
-}
 
 /// What a copy compares the source against to decide what to write.
 pub enum Baseline<'a> {
@@ -306,14 +30,6 @@ impl<'a> Baseline<'a> {
     pub fn of(parent: Option<&'a mut IndexReader>) -> Self {
         parent.map_or(Baseline::Empty, Baseline::Index)
     }
-}
-
-/// A new file next to `path` to build its replacement in, named after it
-/// and `what` (merge, restore), hidden and unique.
-pub fn sibling_tmp(path: &Path, what: &str) -> PathBuf {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    dir.join(format!(".{name}.{what}-{}", uuid::Uuid::new_v4()))
 }
 
 /// Writes of a copy, gathered into runs so that adjacent chunks go out in
@@ -619,7 +335,7 @@ pub fn plan_rewrite(
     progress: &Progress,
 ) -> Result<Rewrite> {
     let size = want.size();
-    let total = crate::digest::chunks(size);
+    let total = crate::store::index::chunks(size);
     let mut plan = Rewrite {
         bits: vec![0; total.div_ceil(64) as usize],
         chunks: 0,
@@ -699,15 +415,36 @@ pub fn apply_rewrite(
     Ok(())
 }
 
-fn path_string(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-/// Remove a file if it exists; a missing file is not an error.
-pub fn remove_if_exists(path: &PathBuf) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("cannot remove", path, e)),
+/// The digest index of one disk of a completed backup, built from the
+/// backup's own files if the backup has none yet (backups of running
+/// domains are written by QEMU, so their index is made the first time an
+/// offline incremental, a restore or a merge needs it).
+pub fn ensure_index(
+    catalog: &crate::store::catalog::Catalog,
+    rec: &crate::xml::backup::BackupRecord,
+    disk: &str,
+) -> Result<PathBuf> {
+    let path = catalog.index_path(&rec.domain_uuid, &rec.uuid, disk);
+    if path.exists() {
+        return Ok(path);
     }
+    let d =
+        rec.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
+            Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid))
+        })?;
+    catalog.create_index_dir(&rec.domain_uuid, &rec.uuid)?;
+    let src = Source::open(&d.target, d.format)?;
+    let tmp = path.with_extension("b3.tmp");
+    let built = IndexWriter::create(&tmp, src.size()).and_then(|mut w| {
+        build_index(&src, &mut w)?;
+        w.finish()
+    });
+    built
+        .and_then(|()| {
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot rename", &tmp, e))
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+    Ok(path)
 }

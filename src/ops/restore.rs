@@ -21,13 +21,16 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use crate::catalog::Catalog;
-use crate::digest::{DigestSink, IndexReader, IndexVerifier, NoDigests, ensure_index};
-use crate::disk::{self, Baseline, Progress, Rewrite, Source, Target};
+use crate::engine::copy::ensure_index;
+use crate::engine::copy::{self, Baseline, Rewrite};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
+use crate::hv::libvirt::{self, DomainRef};
+use crate::image::disk::{self, Source, Target};
 use crate::job;
-use crate::libvirt::{self, DomainRef};
+use crate::job::Progress;
+use crate::store::catalog::Catalog;
+use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
 use crate::xml::backup::{
     BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest,
     UnmanagedSource,
@@ -172,7 +175,7 @@ impl DiskPlan {
             Some(r) => Box::new(IndexVerifier::new(r)),
             None => Box::new(NoDigests),
         };
-        disk::copy_image(
+        copy::copy_image(
             &src,
             &dst,
             &Progress::default(),
@@ -193,13 +196,13 @@ impl DiskPlan {
     fn plan_in_place(&self) -> Result<Rewrite> {
         let src = self.origin.open()?;
         let have = Source::open(&self.target, self.format)?;
-        disk::plan_rewrite(&src, &mut self.wanted()?, &have, &Progress::default())
+        copy::plan_rewrite(&src, &mut self.wanted()?, &have, &Progress::default())
     }
 
     fn apply_in_place(&self, plan: &Rewrite) -> Result<()> {
         let src = self.origin.open()?;
         let dst = Target::open_existing(&self.target, self.format)?;
-        disk::apply_rewrite(&src, &mut self.wanted()?, &dst, plan, &Progress::default())?;
+        copy::apply_rewrite(&src, &mut self.wanted()?, &dst, plan, &Progress::default())?;
         dst.finish(&self.target)
     }
 }

@@ -1,0 +1,6 @@
+//! How bytes move: the library's own copy (offline), libvirt push/pull
+//! (live), and the qemu-storage-daemon export.
+
+pub mod copy;
+pub mod export;
+pub mod live;

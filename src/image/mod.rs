@@ -1,0 +1,4 @@
+//! Reading and writing disk images: raw and qcow2 files, and NBD exports.
+
+pub mod disk;
+pub mod nbd;

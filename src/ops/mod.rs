@@ -1,0 +1,7 @@
+//! The operations behind the C API: create, list and lookup, restore,
+//! delete and merge, exports.
+
+pub mod backup;
+pub mod export;
+pub mod merge;
+pub mod restore;

@@ -1,0 +1,5 @@
+//! What is kept on disk between calls: the catalog (records, locks, paths)
+//! and the format of the digest indexes.
+
+pub mod catalog;
+pub mod index;
