@@ -29,6 +29,11 @@ STAGE := $(abspath $(BUILD)/stage)
 LIB := $(BUILD)/$(SONAME)
 HEADER := include/libvirt-backup/libvirt-backup.h
 STATICLIB := target/release/liblibvirt_backup.a
+# The test build: the same library with the crash-test stop points
+# (feature test-hooks, src/testhook.rs), in its own cargo target folder so
+# that it never replaces the release objects. Only python-tests use it.
+TESTLIB := $(BUILD)/test/$(SONAME)
+TESTSTATICLIB := target/test-hooks/release/liblibvirt_backup.a
 
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
@@ -46,14 +51,24 @@ $(STATICLIB): FORCE
 # The shared object is linked here rather than by rustc so that our version
 # script (symbol version LIBVIRT_BACKUP_0.1, only the public API exported)
 # and -Bsymbolic apply; rustc's cdylib script would replace ours.
-$(LIB): $(STATICLIB) libvirt-backup.map
-	@mkdir -p $(BUILD)
+define link_so
+	@mkdir -p $(dir $@)
 	$(CC) -shared -o $@.tmp -Wl,-soname,$(SONAME) -Wl,-Bsymbolic \
 	    -Wl,--version-script=libvirt-backup.map -Wl,--gc-sections \
-	    -Wl,--whole-archive $(STATICLIB) -Wl,--no-whole-archive \
+	    -Wl,--whole-archive $< -Wl,--no-whole-archive \
 	    $$(pkg-config --libs libvirt) -lpthread -ldl -lm -lgcc_s -lc
 	mv $@.tmp $@
-	ln -sf $(SONAME) $(BUILD)/libvirt-backup.so
+	ln -sf $(SONAME) $(dir $@)libvirt-backup.so
+endef
+
+$(LIB): $(STATICLIB) libvirt-backup.map
+	$(link_so)
+
+$(TESTSTATICLIB): FORCE
+	$(CARGO) build --release --locked --lib --features test-hooks --target-dir target/test-hooks
+
+$(TESTLIB): $(TESTSTATICLIB) libvirt-backup.map
+	$(link_so)
 
 header:
 	$(CBINDGEN) --quiet --config cbindgen.toml --crate libvirt_backup --output $(HEADER)
@@ -141,8 +156,11 @@ test-rust: libvirtd
 c-tests: stage libvirtd
 	STAGE=$(STAGE) BUILD=$(abspath $(BUILD)) CC=$(CC) sh c-tests/run.sh
 
-python-tests: $(LIB) libvirtd
-	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) -m pytest -q python-tests
+# On the test build (crash tests stop it at named points); the release
+# library is named too, to check that it has no stop points.
+python-tests: $(LIB) $(TESTLIB) libvirtd
+	LIBVIRT_BACKUP_LIB=$(abspath $(TESTLIB)) LIBVIRT_BACKUP_RELEASE_LIB=$(abspath $(LIB)) \
+	    $(PYTHON) -m pytest -q python-tests
 
 # The libvirt_backup package (python/), through libvirt-python objects.
 python-pkg-tests: $(LIB) libvirtd

@@ -15,4 +15,6 @@ pub mod image;
 pub mod job;
 pub mod ops;
 pub mod store;
+#[doc(hidden)]
+pub mod testhook;
 pub mod xml;

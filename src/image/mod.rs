@@ -1,4 +1,5 @@
 //! Reading and writing disk images: raw and qcow2 files, and NBD exports.
 
+pub mod backing;
 pub mod disk;
 pub mod nbd;

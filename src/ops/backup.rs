@@ -18,7 +18,7 @@ use crate::hv::libvirt::{self, DomainRef};
 use crate::hv::storage_pool;
 use crate::image::disk::{Source, Target as ImageTarget};
 use crate::job::{self, Job};
-use crate::ops::export;
+use crate::ops::{export, recovery};
 use crate::store::catalog::{Catalog, JobLock};
 use crate::store::index::{IndexReader, IndexWriter};
 use crate::xml::backup::{
@@ -128,6 +128,10 @@ impl Backup {
                 dom.driver()?
             )));
         }
+        // One job per domain: the domain's job lock is taken here, before
+        // the checks, and held by the job until it ends, so a check and the
+        // job it admits are one step for every thread and process.
+        let domain_lock = catalog.lock_domain(&domain_uuid)?;
         job::check_domain_idle(dom, &domain_uuid, is_live)?;
         let domain_xml = dom.xml()?;
         let dom_disks = domain::parse_disks(&domain_xml)?;
@@ -217,10 +221,24 @@ impl Backup {
             )));
         }
         let mut targets = Vec::new();
+        // The record (state running) and the job's lock file are written
+        // before any folder or file is created: a process killed while it
+        // creates them leaves a dead job whose record names every one of
+        // them, which the next process removes.
+        for p in &planned {
+            let dir = p.record.target.parent().unwrap_or(Path::new("/"));
+            for d in missing_dirs(dir) {
+                if !record.created_dirs.contains(&d) {
+                    record.created_dirs.push(d);
+                }
+            }
+        }
         let prepared = (|| -> Result<JobLock> {
+            let lock = catalog.lock_job(&domain_uuid, &uuid, domain_lock)?;
+            catalog.write_record(&record)?;
             for p in &planned {
                 let dir = p.record.target.parent().unwrap_or(Path::new("/"));
-                record.created_dirs.extend(create_dirs(dir)?);
+                create_dirs(dir)?;
                 let backing = p.baseline.as_ref().map(|b| (b.target.as_path(), b.format));
                 if let Some((pool, volume)) = &p.record.volume {
                     let v = storage_pool::create_volume(
@@ -246,10 +264,9 @@ impl Backup {
                     backing,
                     p.record.volume.is_some(),
                 )?);
+                crate::test_stop!("create-target-created");
             }
             catalog.create_index_dir(&domain_uuid, &uuid)?;
-            let lock = catalog.lock_job(&domain_uuid, &uuid)?;
-            catalog.write_record(&record)?;
             Ok(lock)
         })();
         let lock = match prepared {
@@ -286,8 +303,10 @@ impl Backup {
                 });
             }
             if let Err(e) = live::begin(dom, &record, &disks, &dom_disks, quiesce) {
-                drop(lock);
+                // The record goes while the job lock is held: a running
+                // record without its lock file reads as damaged.
                 discard(&record);
+                drop(lock);
                 return Err(e);
             }
         }
@@ -389,6 +408,7 @@ impl Backup {
     pub fn list(dom: &DomainRef, flags: u32) -> Result<Vec<Arc<Backup>>> {
         let catalog = Catalog::open()?;
         let domain_uuid = dom.uuid()?;
+        recovery::finish_deletes(&catalog, &domain_uuid);
         let records = catalog.list_domain(&domain_uuid)?;
         let chosen = filter_records(&records, records.iter().collect(), flags);
         Ok(chosen
@@ -632,6 +652,7 @@ impl Backup {
     pub fn delete(&self, flags: u32) -> Result<()> {
         self.managed_only()?;
         let _guard = self.catalog.lock()?;
+        recovery::finish_deletes(&self.catalog, &self.domain_uuid);
         let rec = self.record()?;
         let all = self.catalog.list_domain(&self.domain_uuid)?;
         let doomed: Vec<&BackupRecord> = if flags & VIR_DOMAIN_BACKUP_DELETE_ALL != 0 {
@@ -668,6 +689,11 @@ impl Backup {
                 )));
             }
             crate::ops::merge::merge_into_children(&self.catalog, &rec, &all, metadata_only)?;
+        }
+        if !metadata_only {
+            // After the merge, no listed child reads through `rec` any more:
+            // an image that still does is one the records do not know of.
+            recovery::check_no_backing_users(&all, &doomed)?;
         }
         // Children first, so a crash midway never leaves a child without its parent.
         for r in doomed.iter().rev() {
@@ -918,9 +944,11 @@ fn refuse_fallback(name: &str, why: &str, flags: u32) -> Result<()> {
     Ok(())
 }
 
-/// Remove a backup's data and record; its pool volumes are deleted through
+/// Remove a backup's record and data in crash order (see
+/// `Catalog::remove_with_data`); its pool volumes are deleted through
 /// libvirt when `conn` is given (else only their files go).
 fn remove_backup(catalog: &Catalog, rec: &BackupRecord, conn: Option<&Connect>) -> Result<()> {
+    catalog.mark_deleting(rec)?;
     for d in &rec.disks {
         if let Some((pool, volume)) = &d.volume {
             storage_pool::delete_volume(
@@ -933,7 +961,8 @@ fn remove_backup(catalog: &Catalog, rec: &BackupRecord, conn: Option<&Connect>) 
             )?;
         }
     }
-    catalog.remove_with_data(rec)
+    catalog.remove_data(rec)?;
+    catalog.finish_delete(rec)
 }
 
 /// A connection for volume work on a backup's pools, if it has any.
@@ -945,8 +974,8 @@ fn volume_connection(rec: &BackupRecord, dom: Option<&DomainRef>) -> Option<Conn
         .or_else(|| libvirt::open_connection(&rec.uri).ok())
 }
 
-/// Create `dir` and its missing ancestors; returns the folders created, outermost first.
-fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The folders `dir` and its ancestors that do not exist, outermost first.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
     let mut missing = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur {
@@ -957,6 +986,12 @@ fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
         cur = d.parent();
     }
     missing.reverse();
+    missing
+}
+
+/// Create `dir` and its missing ancestors; returns the folders created, outermost first.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let missing = missing_dirs(dir);
     for d in &missing {
         std::fs::DirBuilder::new()
             .mode(0o700)

@@ -23,7 +23,7 @@ use crate::engine::live;
 use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{os, run};
-use crate::store::catalog::Catalog;
+use crate::store::catalog::{Catalog, DomainLock};
 use crate::store::index::IndexReader;
 use crate::xml::backup::{
     BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest, parent_and_domain,
@@ -73,6 +73,8 @@ pub struct Export {
     started: Instant,
     /// Running until ended; then the final state and elapsed time.
     ended: Mutex<Option<(BackupState, u64)>>,
+    /// The domain's job lock, released when the export ends.
+    domain_lock: Mutex<Option<DomainLock>>,
 }
 
 /// Exports of this process, kept until they end (a freed handle does not
@@ -136,6 +138,7 @@ pub fn start(
     let domain_uuid = dom.uuid()?;
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
+    let domain_lock = Catalog::open()?.lock_domain(&domain_uuid)?;
     crate::job::check_domain_idle(dom, &domain_uuid, is_live)?;
     if quiesce && !is_live {
         return Err(Error::operation_invalid(
@@ -203,6 +206,7 @@ pub fn start(
         server,
         started: Instant::now(),
         ended: Mutex::new(None),
+        domain_lock: Mutex::new(Some(domain_lock)),
     });
     EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
     Ok(export)
@@ -452,6 +456,7 @@ impl Export {
         };
         *ended = Some((state, self.started.elapsed().as_millis() as u64));
         EXPORTS.lock().unwrap().remove(&self.uuid);
+        self.domain_lock.lock().unwrap().take();
         result
     }
 }

@@ -4,4 +4,5 @@
 pub mod backup;
 pub mod export;
 pub mod merge;
+pub mod recovery;
 pub mod restore;

@@ -29,10 +29,10 @@ use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Source, Target};
 use crate::job;
 use crate::job::Progress;
-use crate::store::catalog::Catalog;
+use crate::store::catalog::{Catalog, DomainLock, StagedFiles};
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
 use crate::xml::backup::{
-    BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest,
+    BackupRecord, BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest,
     UnmanagedSource,
 };
 use crate::xml::domain::{self, DomainDisk, RestoredDisk};
@@ -217,7 +217,10 @@ fn copy_ownership(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Write every planned disk (see the module comment for the order).
-fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
+/// Returns the note of the new files: the caller forgets it (`done`) once
+/// the definition that uses them is in place, so a process killed before
+/// that leaves no file behind.
+fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<StagedFiles> {
     let mut in_place = Vec::new();
     for p in plans {
         if matches!(p.how, How::InPlace) {
@@ -244,7 +247,6 @@ fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
         }
         return Err(e);
     }
-    note.done();
     let mut rewrites = in_place.iter();
     for p in plans {
         match &p.how {
@@ -264,7 +266,7 @@ fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(note)
 }
 
 fn check_distinct(plans: &[DiskPlan]) -> Result<()> {
@@ -314,15 +316,18 @@ fn select<'a, T>(
     }
 }
 
-/// The shut-off domain a restore writes into.
-fn shut_off(dom: &DomainRef) -> Result<()> {
+/// The shut-off domain a restore writes into; the domain's job lock, held
+/// until the restore ends, keeps any backup, export or other restore out.
+fn shut_off(dom: &DomainRef) -> Result<DomainLock> {
+    let lock = Catalog::open()?.lock_domain(&dom.uuid()?)?;
     if dom.is_active()? {
         return Err(Error::operation_invalid(
             "the domain is running; shut it off before restoring its disks",
         ));
     }
     // An export of the domain must keep serving its images unchanged.
-    job::check_domain_idle(dom, &dom.uuid()?, false)
+    job::check_domain_idle(dom, &dom.uuid()?, false)?;
+    Ok(lock)
 }
 
 fn current_disk<'a>(disks: &'a [DomainDisk], name: &str) -> Result<&'a DomainDisk> {
@@ -345,8 +350,16 @@ struct Item<'a> {
 
 /// Restore into `dom` itself (shut off): each disk's current file by
 /// default, repointing the definition at any other file or format.
-fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> {
-    shut_off(dom)?;
+fn into_own_domain(
+    dom: &DomainRef,
+    items: Vec<Item>,
+    flags: u32,
+    held: Option<DomainLock>,
+) -> Result<()> {
+    let _lock = match held {
+        Some(l) => l,
+        None => shut_off(dom)?,
+    };
     let now_xml = dom.xml()?;
     let now = domain::parse_disks(&now_xml)?;
     let mut plans = Vec::new();
@@ -366,7 +379,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
         )?);
     }
     check_distinct(&plans)?;
-    execute(&Catalog::open()?, &plans)?;
+    let note = execute(&Catalog::open()?, &plans)?;
     let changed = plans.iter().any(|p| {
         let d = now.iter().find(|d| d.name == p.name).unwrap();
         d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
@@ -378,6 +391,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
             &restored(&plans),
         )?)?;
     }
+    note.done();
     Ok(())
 }
 
@@ -419,13 +433,15 @@ fn as_new_domain(
     }
     check_distinct(&plans)?;
     let xml = domain::restored_definition(base_xml, Some(name), &restored(&plans))?;
-    execute(&Catalog::open()?, &plans)?;
+    let note = execute(&Catalog::open()?, &plans)?;
+    crate::test_stop!("restore-before-define");
     if let Err(e) = libvirt::define_domain(conn, &xml) {
         for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
             let _ = fs::remove_file(&p.target);
         }
         return Err(e);
     }
+    note.done();
     Ok(())
 }
 
@@ -437,6 +453,25 @@ fn new_domain_asked(flags: u32, name: &Option<String>) -> Result<bool> {
         ));
     }
     Ok(asked)
+}
+
+/// The digest index a restore of `disk` verifies every byte against. The
+/// library's engine writes it with the backup, so a missing one means the
+/// catalog was damaged: rebuilding it from the image would only "verify"
+/// the image against itself, so the restore fails instead. A backup QEMU
+/// copied (it has a checkpoint) never had one: its index is built from the
+/// image the first time, which checks that every chunk reads back, not
+/// that the data is what the guest had.
+fn backup_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
+    let path = catalog.index_path(&rec.domain_uuid, &rec.uuid, disk);
+    if rec.checkpoint.is_none() && !path.exists() {
+        return Err(Error::operation_failed(format!(
+            "digest index of disk '{disk}' of backup '{}' is missing ('{}'): the data cannot be verified",
+            rec.uuid,
+            path.display()
+        )));
+    }
+    ensure_index(catalog, rec, disk)
 }
 
 /// `virDomainBackupRestore`.
@@ -458,8 +493,8 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
         true => None,
         false => {
             let dom = libvirt::open_domain(&rec.uri, &rec.domain_uuid)?;
-            shut_off(&dom)?;
-            Some(dom)
+            let lock = shut_off(&dom)?;
+            Some((dom, lock))
         }
     };
     let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
@@ -471,21 +506,21 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
                 name,
                 origin: Origin {
                     image: OriginImage::File(d.target.clone(), d.format),
-                    index: Some(ensure_index(&catalog, &rec, name)?),
+                    index: Some(backup_index(&catalog, &rec, name)?),
                 },
                 asked,
                 original: Some(d.source.clone()),
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let Some(dom) = own else {
+    let Some((dom, lock)) = own else {
         let name = req.domain_name.clone().unwrap_or_else(|| {
             format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8])
         });
         let conn = libvirt::open_connection(&rec.uri)?;
         return as_new_domain(&conn, &rec.domain_xml, &name, items, flags);
     };
-    into_own_domain(&dom, items, flags)
+    into_own_domain(&dom, items, flags, Some(lock))
 }
 
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
@@ -533,5 +568,5 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
         });
         return as_new_domain(&dom.connect()?, &def, &name, items, flags);
     }
-    into_own_domain(dom, items, flags)
+    into_own_domain(dom, items, flags, None)
 }

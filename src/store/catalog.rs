@@ -72,11 +72,31 @@ impl Drop for StagedFiles {
 }
 
 /// The lock a running job holds on its backup. Dropping it removes the lock
-/// file and any cancel request, then releases the lock.
+/// file and any cancel request, then releases the lock (and the domain's).
+/// The file is the evidence that a job existed: a `running` record whose
+/// lock file is there but unlocked belongs to a job that died.
 pub struct JobLock {
     file: File,
     path: PathBuf,
+    _domain: DomainLock,
 }
+
+/// One job per domain (backup, export or restore), across threads and
+/// processes: an flock on `<root>/<domain>/domain.lock`, taken with
+/// `try_lock` (each taker opens its own descriptor, so threads of one
+/// process exclude each other too) and released when the job ends. The
+/// file is never removed while the domain has a folder: a lock taken on a
+/// file another taker just unlinked would not exclude anyone.
+#[derive(Debug)]
+pub struct DomainLock {
+    _file: File,
+}
+
+/// Name of the per-domain job lock in the domain's folder.
+const DOMAIN_LOCK: &str = "domain.lock";
+
+/// Extension of a record whose backup is being deleted.
+const DELETING: &str = "deleting";
 
 impl Drop for JobLock {
     fn drop(&mut self) {
@@ -271,7 +291,7 @@ impl Catalog {
     }
 
     /// The writer lock if nobody else holds it now, else `None`.
-    fn try_lock(&self) -> Option<CatalogLock> {
+    pub fn try_lock(&self) -> Option<CatalogLock> {
         self.acquire(false).ok().flatten()
     }
 
@@ -342,8 +362,9 @@ impl Catalog {
         }
     }
 
-    /// Take the job lock of a new backup. Call with the catalog lock held.
-    pub fn lock_job(&self, domain: &Uuid, backup: &Uuid) -> Result<JobLock> {
+    /// Take the job lock of a new backup, keeping the domain's job lock for
+    /// the job's lifetime. Call with the catalog lock held.
+    pub fn lock_job(&self, domain: &Uuid, backup: &Uuid, held: DomainLock) -> Result<JobLock> {
         let dir = self.domain_dir(domain);
         make_private_dir(&dir)?;
         let path = self.job_lock_path(domain, backup);
@@ -356,20 +377,44 @@ impl Catalog {
         file.try_lock().map_err(|_| {
             Error::operation_invalid(format!("backup '{backup}' already has a job"))
         })?;
-        Ok(JobLock { file, path })
+        Ok(JobLock {
+            file,
+            path,
+            _domain: held,
+        })
     }
 
-    /// Whether the job of a running record is still alive somewhere.
-    fn job_alive(&self, rec: &BackupRecord) -> bool {
+    /// Take the job lock of `domain`, or fail with `OPERATION_INVALID` if
+    /// a job of any kind holds it, in this process or another.
+    pub fn lock_domain(&self, domain: &Uuid) -> Result<DomainLock> {
+        let dir = self.domain_dir(domain);
+        make_private_dir(&dir)?;
+        let path = dir.join(DOMAIN_LOCK);
+        let file = OpenOptions::new()
+            .mode(0o600)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open domain job lock", &path, e))?;
+        file.try_lock().map_err(|_| {
+            Error::operation_invalid("the domain already has a backup job running")
+        })?;
+        Ok(DomainLock { _file: file })
+    }
+
+    /// Whether the job of a running record is alive, died, or never left
+    /// the evidence (its lock file) that it existed.
+    fn job_status(&self, rec: &BackupRecord) -> JobStatus {
         let path = self.job_lock_path(&rec.domain_uuid, &rec.uuid);
         match OpenOptions::new().write(true).open(&path) {
-            Err(_) => false,
+            Err(_) => JobStatus::NoEvidence,
             Ok(f) => match f.try_lock() {
                 Ok(()) => {
                     let _ = f.unlock();
-                    false
+                    JobStatus::Dead
                 }
-                Err(_) => true,
+                Err(_) => JobStatus::Alive,
             },
         }
     }
@@ -399,21 +444,99 @@ impl Catalog {
         }
     }
 
-    /// Remove a backup's data files and the folders it created, then its record.
+    /// Remove a backup in crash order (`mark_deleting`, `remove_data`,
+    /// `finish_delete`): a failure or a crash at any point leaves either
+    /// the listed backup with all its data, or a `.deleting` note that the
+    /// next process finishes (`ops::recovery`), never a listed backup
+    /// without its data.
     pub fn remove_with_data(&self, rec: &BackupRecord) -> Result<()> {
-        for d in &rec.disks {
+        self.mark_deleting(rec)?;
+        self.remove_data(rec)?;
+        self.finish_delete(rec)
+    }
+
+    fn deleting_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
+        self.domain_dir(domain).join(format!("{backup}.{DELETING}"))
+    }
+
+    /// First step of a delete: rename the record to `<backup>.deleting`,
+    /// so the backup is no longer listed before any of its data goes. A
+    /// record that is already gone (a job that failed before writing it)
+    /// is not an error.
+    pub fn mark_deleting(&self, rec: &BackupRecord) -> Result<()> {
+        let from = self.record_path(&rec.domain_uuid, &rec.uuid);
+        let to = self.deleting_path(&rec.domain_uuid, &rec.uuid);
+        match fs::rename(&from, &to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("cannot mark for deletion the record", &from, e));
+            }
+            _ => {}
+        }
+        sync_dir(&self.domain_dir(&rec.domain_uuid));
+        crate::test_stop!("delete-marked");
+        Ok(())
+    }
+
+    /// Second step: the backup's data files and the folders it created.
+    pub fn remove_data(&self, rec: &BackupRecord) -> Result<()> {
+        for (i, d) in rec.disks.iter().enumerate() {
             remove_if_exists(&d.target)?;
+            if i == 0 {
+                crate::test_stop!("delete-first-disk-removed");
+            }
         }
         for dir in rec.created_dirs.iter().rev() {
             // Only empty folders go: a folder may have gained other files.
             let _ = fs::remove_dir(dir);
         }
-        self.remove_record(rec)
+        Ok(())
     }
 
-    fn read_record(path: &Path) -> Option<BackupRecord> {
-        let text = fs::read_to_string(path).ok()?;
-        BackupRecord::from_catalog_xml(&text).ok()
+    /// Last step: the digest index, then the `.deleting` note.
+    pub fn finish_delete(&self, rec: &BackupRecord) -> Result<()> {
+        let index = self.index_dir(&rec.domain_uuid, &rec.uuid);
+        match fs::remove_dir_all(&index) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("cannot remove digest index", &index, e));
+            }
+            _ => {}
+        }
+        remove_if_exists(&self.deleting_path(&rec.domain_uuid, &rec.uuid))?;
+        sync_dir(&self.domain_dir(&rec.domain_uuid));
+        Ok(())
+    }
+
+    /// Deletes of `domain` a process left half done: each note with its
+    /// record (or why it cannot be read).
+    pub fn pending_deletes(&self, domain: &Uuid) -> Vec<(PathBuf, Result<BackupRecord>)> {
+        let Ok(entries) = fs::read_dir(self.domain_dir(domain)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == DELETING))
+            .map(|p| {
+                let rec = Self::read_record(&p)
+                    .and_then(|r| r.ok_or_else(|| Error::internal("note vanished")));
+                (p, rec)
+            })
+            .collect()
+    }
+
+    /// The record at `path`: `None` if there is none, an error naming the
+    /// file if it cannot be read or parsed. A damaged record is reported,
+    /// never skipped: skipping it would hide its backup and let a delete of
+    /// its parent take the images it still needs.
+    fn read_record(path: &Path) -> Result<Option<BackupRecord>> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(damaged(path, &e.to_string())),
+        };
+        BackupRecord::from_catalog_xml(&text)
+            .map(Some)
+            .map_err(|e| damaged(path, &e.message))
     }
 
     /// Records of one domain, oldest first, after discarding dead jobs.
@@ -434,13 +557,13 @@ impl Catalog {
             if Uuid::parse_str(stem).is_err() {
                 continue;
             }
-            if let Some(rec) = Self::read_record(&entry.path()) {
+            if let Some(rec) = Self::read_record(&entry.path())? {
                 out.push(rec);
             }
         }
         let mut kept = Vec::with_capacity(out.len());
         for rec in out {
-            if rec.state == BackupState::Running && !self.job_alive(&rec) {
+            if rec.state == BackupState::Running && self.job_status(&rec) != JobStatus::Alive {
                 kept.extend(self.resolve_dead(&rec)?);
             } else {
                 kept.push(rec);
@@ -458,12 +581,26 @@ impl Catalog {
     /// Returns the record if it stays.
     fn resolve_dead(&self, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
         let _guard = self.lock()?;
-        // Re-check under the lock: the job may have finished meanwhile.
+        // Re-check under the lock: the job may have finished meanwhile (a
+        // failing job drops its lock file before it removes its record, both
+        // under the catalog lock).
         let path = self.record_path(&rec.domain_uuid, &rec.uuid);
-        let mut cur = match Self::read_record(&path) {
-            Some(cur) if cur.state == BackupState::Running && !self.job_alive(&cur) => cur,
+        let mut cur = match Self::read_record(&path)? {
+            Some(cur) if cur.state == BackupState::Running => cur,
             other => return Ok(other),
         };
+        match self.job_status(&cur) {
+            JobStatus::Alive => return Ok(Some(cur)),
+            JobStatus::Dead => {}
+            // The state word alone is no proof that a job ever ran: a
+            // record edited to say `running` must not cost its images.
+            JobStatus::NoEvidence => {
+                return Err(damaged(
+                    &path,
+                    "it says 'running' but no job of this backup ever left its lock file",
+                ));
+            }
+        }
         let outcome = match cur.checkpoint {
             Some(_) => {
                 let cancel = self.cancel_path(&cur.domain_uuid, &cur.uuid).exists();
@@ -506,10 +643,10 @@ impl Catalog {
 
     /// Current record of a backup, if it is still in the catalog.
     pub fn reload(&self, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
-        let Some(rec) = Self::read_record(&self.record_path(domain, backup)) else {
+        let Some(rec) = Self::read_record(&self.record_path(domain, backup))? else {
             return Ok(None);
         };
-        if rec.state == BackupState::Running && !self.job_alive(&rec) {
+        if rec.state == BackupState::Running && self.job_status(&rec) != JobStatus::Alive {
             return self.resolve_dead(&rec);
         }
         Ok(Some(rec))
@@ -536,9 +673,25 @@ impl Catalog {
             self.remove_record(&rec)?;
         }
         remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
+        let _ = fs::remove_file(self.domain_dir(domain).join(DOMAIN_LOCK));
         let _ = fs::remove_dir(self.domain_dir(domain));
         Ok(())
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobStatus {
+    Alive,
+    Dead,
+    NoEvidence,
+}
+
+/// The error for a record that cannot be trusted: it names the file.
+fn damaged(path: &Path, why: &str) -> Error {
+    Error::operation_failed(format!(
+        "backup record '{}' is damaged: {why}; repair or remove it by hand (its images are kept)",
+        path.display()
+    ))
 }
 
 /// Remove a file if it exists; a missing file is not an error.
@@ -593,14 +746,19 @@ mod tests {
         let dead_target = dir.path().join("dead.qcow2");
         std::fs::write(&dead_target, b"partial").unwrap();
         let dead = record(dom, dead_target.clone(), BackupState::Running);
-        drop(cat.lock_job(&dom, &dead.uuid).unwrap());
+        drop(
+            cat.lock_job(&dom, &dead.uuid, cat.lock_domain(&dom).unwrap())
+                .unwrap(),
+        );
         cat.write_record(&dead).unwrap();
 
         // A job still running (we hold its lock).
         let live_target = dir.path().join("live.qcow2");
         std::fs::write(&live_target, b"in progress").unwrap();
         let live = record(dom, live_target.clone(), BackupState::Running);
-        let lock = cat.lock_job(&dom, &live.uuid).unwrap();
+        let lock = cat
+            .lock_job(&dom, &live.uuid, cat.lock_domain(&dom).unwrap())
+            .unwrap();
         cat.write_record(&live).unwrap();
 
         // A completed backup.
