@@ -1206,11 +1206,12 @@ SUBPROCESS_PRELUDE = (
 )
 
 
-def py_subprocess(code, catalog, stdout=subprocess.PIPE, **kw):
+def py_subprocess(code, catalog, stdout=subprocess.PIPE, extra_env=None, **kw):
     """Start `sys.executable -c` with our bindings imported and the given
-    catalog dir; returns the Popen."""
+    catalog dir (and `extra_env` variables); returns the Popen."""
     env = dict(os.environ)
     env["LIBVIRT_BACKUP_DIR"] = catalog
+    env.update(extra_env or {})
     return subprocess.Popen(
         [sys.executable, "-c", SUBPROCESS_PRELUDE + textwrap.dedent(code)],
         env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, **kw)

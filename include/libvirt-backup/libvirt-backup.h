@@ -208,6 +208,9 @@ virDomainBackupPtr virDomainBackupStartUnmanaged(virDomainPtr domain,
  * If @backups is non-NULL, *backups is set to a malloc'd array of
  * count + 1 entries, the last NULL: free each entry with
  * virDomainBackupFree(), then the array with free(). On error *backups is NULL.
+ * A catalog record of the domain that cannot be read, or that says
+ * "running" without the lock file its job would have made, fails the call
+ * with VIR_ERR_OPERATION_FAILED naming the file (nothing is removed).
  *
  * Returns the number of backups, or -1 on error.
  */
@@ -307,7 +310,12 @@ int virDomainBackupFree(virDomainBackupPtr backup);
  * re-parented; every descendant stays restorable. A crash meanwhile leaves
  * the old or the new state of each child. With METADATA_ONLY the children
  * are re-parented and keep reading through @backup's files. A backup whose
- * job (or a child's) is running is refused (abort it first). Afterwards the
+ * job (or a child's) is running is refused (abort it first), and so is a
+ * delete that would remove a file another backup's image still names as
+ * its backing file (VIR_ERR_OPERATION_INVALID). The record is renamed
+ * away before any data goes: a failure or crash midway never leaves a
+ * listed backup without its data, and the next List or Delete of the
+ * domain finishes a delete cut short. Afterwards the
  * handle is still safe to free, and other calls on it fail with
  * VIR_ERR_NO_DOMAIN_BACKUP.
  *
@@ -464,13 +472,16 @@ int virDomainBackupGetParameters(virDomainBackupPtr backup,
  * VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK; without it the call
  * fails with VIR_ERR_OPERATION_INVALID and touches nothing. Everything read
  * from the backup is checked against the digests recorded at backup time
- * (VIR_ERR_OPERATION_FAILED on a mismatch). New files are written and
+ * (VIR_ERR_OPERATION_FAILED on a mismatch, or when the digest index of a
+ * backup the library copied is missing: "the data cannot be verified";
+ * a running domain's backup, copied by QEMU, has its index built from its
+ * image). New files are written and
  * synced before any existing disk is touched, and removed if one fails; an
  * in-place rewrite starts only after every chunk it will write has been
  * read and verified. A failure during that last pass can leave the disk
  * partly restored; running the restore again completes it. If the process
- * dies while it writes new files, the next process that opens the catalog
- * removes them.
+ * dies after writing new files but before the domain using them is
+ * defined, the next process that opens the catalog removes them.
  *
  * Returns 0 on success, -1 on error.
  */

@@ -131,6 +131,9 @@ fn check_list_flags(flags: u32, allowed: u32, func: &str) -> crate::error::Resul
 /// If @backups is non-NULL, *backups is set to a malloc'd array of
 /// count + 1 entries, the last NULL: free each entry with
 /// virDomainBackupFree(), then the array with free(). On error *backups is NULL.
+/// A catalog record of the domain that cannot be read, or that says
+/// "running" without the lock file its job would have made, fails the call
+/// with VIR_ERR_OPERATION_FAILED naming the file (nothing is removed).
 ///
 /// Returns the number of backups, or -1 on error.
 #[unsafe(no_mangle)]
@@ -320,7 +323,12 @@ pub extern "C" fn virDomainBackupFree(backup: virDomainBackupPtr) -> c_int {
 /// re-parented; every descendant stays restorable. A crash meanwhile leaves
 /// the old or the new state of each child. With METADATA_ONLY the children
 /// are re-parented and keep reading through @backup's files. A backup whose
-/// job (or a child's) is running is refused (abort it first). Afterwards the
+/// job (or a child's) is running is refused (abort it first), and so is a
+/// delete that would remove a file another backup's image still names as
+/// its backing file (VIR_ERR_OPERATION_INVALID). The record is renamed
+/// away before any data goes: a failure or crash midway never leaves a
+/// listed backup without its data, and the next List or Delete of the
+/// domain finishes a delete cut short. Afterwards the
 /// handle is still safe to free, and other calls on it fail with
 /// VIR_ERR_NO_DOMAIN_BACKUP.
 ///

@@ -33,13 +33,16 @@ use crate::ops::backup::Backup;
 /// VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK; without it the call
 /// fails with VIR_ERR_OPERATION_INVALID and touches nothing. Everything read
 /// from the backup is checked against the digests recorded at backup time
-/// (VIR_ERR_OPERATION_FAILED on a mismatch). New files are written and
+/// (VIR_ERR_OPERATION_FAILED on a mismatch, or when the digest index of a
+/// backup the library copied is missing: "the data cannot be verified";
+/// a running domain's backup, copied by QEMU, has its index built from its
+/// image). New files are written and
 /// synced before any existing disk is touched, and removed if one fails; an
 /// in-place rewrite starts only after every chunk it will write has been
 /// read and verified. A failure during that last pass can leave the disk
 /// partly restored; running the restore again completes it. If the process
-/// dies while it writes new files, the next process that opens the catalog
-/// removes them.
+/// dies after writing new files but before the domain using them is
+/// defined, the next process that opens the catalog removes them.
 ///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]

@@ -865,6 +865,10 @@ fn choose_mode(
         )),
         Some(_) => None,
     };
+    // A parent whose index is missing gets one rebuilt from its image. For
+    // a backup that is only a baseline: a chunk that differs from a
+    // damaged parent is copied again, so a wrong index costs size, not
+    // data (a restore, which must verify, refuses a missing index).
     let index = match (why_not, base) {
         (None, Some(b)) => crate::engine::copy::ensure_index(catalog, parent, &b.name)
             .and_then(|p| IndexReader::open(&p))

@@ -3,7 +3,13 @@
 //! Layout under the root (`LIBVIRT_BACKUP_DIR`, see API.md):
 //! - `.lock`                      flock taken by every writer (threads and processes)
 //! - `<domain>/<backup>.xml`      one record per backup, replaced atomically
-//! - `<domain>/<backup>.lock`     flock held by the job while it copies
+//! - `<domain>/<backup>.lock`     flock held by the job while it copies; the
+//!   job creates it before its record, so a `running` record without it was
+//!   never a job's (a damaged record, reported, never cleaned up)
+//! - `<domain>/domain.lock`        flock held by the domain's one job (backup,
+//!   export or restore) for its lifetime
+//! - `<domain>/<backup>.deleting`  the record of a backup being deleted: renamed
+//!   before any data goes, removed last; `ops::recovery` finishes it
 //! - `<domain>/<backup>/`         default folder for the backup's images
 //! - `.restoring-<id>`           files a running restore writes from scratch
 //!   (locked by it; removed by the next process if it died)
@@ -11,6 +17,7 @@
 //! - `<domain>/<backup>.<disk>.merging` the temporary file of a merge into
 //!   that backup's disk, while it runs
 //!
+//! A record that cannot be read is an error naming the file, never skipped.
 //! A record in state `running` whose job lock can be taken belongs to a
 //! process that died: the next reader discards it with its files, or, for a
 //! backup libvirt copies, settles it by what libvirt says (`resolve_dead`).
@@ -783,6 +790,63 @@ mod tests {
         assert_eq!(cat.list_domain(&dom).unwrap().len(), 1);
         assert!(!live_target.exists());
         assert!(cat.find(&done.uuid).unwrap().is_some());
+    }
+
+    #[test]
+    fn damaged_records_are_reported_and_keep_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let target = dir.path().join("t.qcow2");
+        std::fs::write(&target, b"data").unwrap();
+
+        // Says running, but no job ever took its lock: no evidence of a job.
+        let rec = record(dom, target.clone(), BackupState::Running);
+        cat.write_record(&rec).unwrap();
+        let e = cat.list_domain(&dom).unwrap_err();
+        assert!(e.message.contains("damaged") && e.message.contains(&rec.uuid.to_string()));
+        assert!(cat.reload(&dom, &rec.uuid).is_err());
+        assert!(target.exists());
+
+        // Cannot be parsed.
+        let path = cat.record_path(&dom, &rec.uuid);
+        std::fs::write(&path, b"<domainbackup>").unwrap();
+        let e = cat.list_domain(&dom).unwrap_err();
+        assert!(e.message.contains(&path.display().to_string()), "{}", e.message);
+        assert!(target.exists());
+    }
+
+    #[test]
+    fn a_delete_cut_short_is_not_listed_and_can_be_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let target = dir.path().join("t.qcow2");
+        std::fs::write(&target, b"data").unwrap();
+        let rec = record(dom, target.clone(), BackupState::Completed);
+        cat.write_record(&rec).unwrap();
+        cat.mark_deleting(&rec).unwrap();
+        assert!(cat.list_domain(&dom).unwrap().is_empty());
+        let pending = cat.pending_deletes(&dom);
+        assert_eq!(pending.len(), 1);
+        let found = pending[0].1.as_ref().unwrap();
+        assert_eq!(found.uuid, rec.uuid);
+        cat.remove_data(found).unwrap();
+        cat.finish_delete(found).unwrap();
+        assert!(!target.exists() && cat.pending_deletes(&dom).is_empty());
+    }
+
+    #[test]
+    fn one_domain_lock_at_a_time_across_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let held = cat.lock_domain(&dom).unwrap();
+        let e = cat.lock_domain(&dom).unwrap_err();
+        assert!(e.message.contains("already has a backup job"));
+        assert!(cat.lock_domain(&Uuid::new_v4()).is_ok());
+        drop(held);
+        cat.lock_domain(&dom).unwrap();
     }
 
     #[test]
