@@ -237,6 +237,24 @@ def test_restore_with_missing_index_fails(env):
     assert lookup_domain(env.conn, name) is None
 
 
+@pytest.mark.parametrize("damage", ["digests", "truncated"])
+def test_restore_with_garbled_index_fails(env, damage):
+    dom, [(uuid, target, _)] = chain(env, 1)
+    index = os.path.join(record_path(env, dom, uuid, "index"), "vda.b3")
+    with open(index, "r+b") as f:
+        if damage == "digests":
+            f.seek(24)  # the first chunk's digest (it holds data)
+            f.write(b"\xff" * 32)
+        else:
+            f.truncate(os.path.getsize(index) - 32)
+    name = env.expect_domain("garbled-" + uuid[:8])
+    new_file = env.path("garbled.qcow2")
+    restore_fails(restore_xml_for(uuid, {"vda": new_file}, domain=name),
+                  RESTORE_NEW_DOMAIN, VIR_ERR_OPERATION_FAILED, "vda")
+    assert not os.path.exists(new_file)
+    assert lookup_domain(env.conn, name) is None
+
+
 # --------------------------------------------------------------------------
 # Crash windows
 # --------------------------------------------------------------------------

@@ -59,6 +59,9 @@ impl Drop for CatalogLock {
 /// Name prefix (in the root) of the notes of restores writing new files.
 const RESTORING: &str = ".restoring-";
 
+/// Last line of a complete restore note.
+const NOTE_END: &[u8] = b"end\n";
+
 /// The note of a restore's new files, locked while the restore writes them.
 pub struct StagedFiles {
     _file: File,
@@ -212,6 +215,9 @@ impl Catalog {
             text.extend_from_slice(p.as_os_str().as_encoded_bytes());
             text.push(b'\n');
         }
+        // The end mark: a note cut short by a crash while it was written
+        // (a path truncated into another file's name) is never acted on.
+        text.extend_from_slice(NOTE_END);
         file.write_all(&text)
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io("cannot write", &path, e))?;
@@ -233,8 +239,12 @@ impl Catalog {
             if file.try_lock().is_err() {
                 continue; // a restore in progress
             }
-            if let Ok(text) = fs::read(e.path()) {
-                for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Some(paths) = fs::read(e.path())
+                .ok()
+                .as_deref()
+                .and_then(|t| t.strip_suffix(NOTE_END))
+            {
+                for line in paths.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     let _ = fs::remove_file(std::ffi::OsStr::from_bytes(line));
                 }
             }
@@ -363,7 +373,11 @@ impl Catalog {
         for m in markers {
             if let Ok(tmp) = fs::read(&m) {
                 let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
-                let _ = fs::remove_file(tmp);
+                // Only ever a merge's own temporary file: a marker that was
+                // damaged or edited must not name an image to remove.
+                if is_merge_tmp(&tmp) {
+                    let _ = fs::remove_file(tmp);
+                }
             }
             let _ = fs::remove_file(&m);
         }
@@ -686,6 +700,19 @@ impl Catalog {
     }
 }
 
+/// Whether `path` is named like a merge's temporary file,
+/// `.<image>.merge-<uuid>` (see `image::disk::sibling_tmp`).
+fn is_merge_tmp(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.starts_with('.')
+        && name
+            .rsplit_once(".merge-")
+            .is_some_and(|(image, id)| image.len() > 1 && Uuid::parse_str(id).is_ok())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobStatus {
     Alive,
@@ -743,6 +770,13 @@ mod tests {
         }
     }
 
+    /// What a killed process leaves of its job lock: the file, unlocked.
+    fn die(lock: JobLock) {
+        lock.file.unlock().unwrap();
+        lock._domain._file.unlock().unwrap();
+        std::mem::forget(lock);
+    }
+
     #[test]
     fn dead_jobs_are_discarded_with_their_files_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -753,10 +787,9 @@ mod tests {
         let dead_target = dir.path().join("dead.qcow2");
         std::fs::write(&dead_target, b"partial").unwrap();
         let dead = record(dom, dead_target.clone(), BackupState::Running);
-        drop(
-            cat.lock_job(&dom, &dead.uuid, cat.lock_domain(&dom).unwrap())
-                .unwrap(),
-        );
+        die(cat
+            .lock_job(&dom, &dead.uuid, cat.lock_domain(&dom).unwrap())
+            .unwrap());
         cat.write_record(&dead).unwrap();
 
         // A job still running (we hold its lock).
@@ -786,7 +819,7 @@ mod tests {
         assert!(live_target.exists() && done_target.exists());
 
         // Once the live job's process "dies" too, it goes the same way.
-        drop(lock);
+        die(lock);
         assert_eq!(cat.list_domain(&dom).unwrap().len(), 1);
         assert!(!live_target.exists());
         assert!(cat.find(&done.uuid).unwrap().is_some());
@@ -834,6 +867,39 @@ mod tests {
         cat.remove_data(found).unwrap();
         cat.finish_delete(found).unwrap();
         assert!(!target.exists() && cat.pending_deletes(&dom).is_empty());
+    }
+
+    #[test]
+    fn damaged_notes_never_name_a_file_to_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cat");
+        let cat = Catalog::at(root.clone()).unwrap();
+        let keep = dir.path().join("disk.qcow2");
+        std::fs::write(&keep, b"guest data").unwrap();
+        // A restore note cut short while written: "disk.qcow2.restore-tmp"
+        // truncated into the name of the disk itself, no end mark.
+        let note = root.join(format!("{RESTORING}{}", Uuid::new_v4()));
+        std::fs::write(&note, keep.as_os_str().as_encoded_bytes()).unwrap();
+        // A merge marker edited to name an image.
+        let child = record(Uuid::new_v4(), keep.clone(), BackupState::Completed);
+        cat.write_record(&child).unwrap();
+        cat.mark_merge(&child, "vda", &keep).unwrap();
+        Catalog::at(root.clone()).unwrap();
+        cat.list_domain(&child.domain_uuid).unwrap();
+        assert!(keep.exists());
+        assert!(!note.exists());
+        // A complete note, and a real merge temporary file, do go.
+        let tmp = dir.path().join(format!(".disk.qcow2.merge-{}", Uuid::new_v4()));
+        std::fs::write(&tmp, b"partial").unwrap();
+        cat.mark_merge(&child, "vda", &tmp).unwrap();
+        let staged = dir.path().join("new.qcow2");
+        std::fs::write(&staged, b"partial").unwrap();
+        let mut text = staged.as_os_str().as_encoded_bytes().to_vec();
+        text.extend_from_slice(b"\nend\n");
+        std::fs::write(&note, text).unwrap();
+        cat.list_domain(&child.domain_uuid).unwrap();
+        Catalog::at(root.clone()).unwrap();
+        assert!(!tmp.exists() && !staged.exists() && !note.exists());
     }
 
     #[test]
