@@ -979,11 +979,11 @@ class Env:
     def files(self):
         """tree_state of the whole workspace (disks, targets, catalog), but
         the catalog's lock files: `.lock` (made by the first call that
-        writes) and each domain's job lock `<domain>/domain.lock` (made by
-        the first job, backup, export or restore, that asks for it)."""
+        writes) and the domains' job locks in `.domain-locks/` (made by the
+        first job, backup, export or restore, that asks for one)."""
         return {p: h for p, h in tree_state(self.tmp).items()
                 if p != os.path.join("catalog", ".lock")
-                and not (p.startswith("catalog" + os.sep) and p.endswith(os.sep + "domain.lock"))}
+                and not p.startswith(os.path.join("catalog", ".domain-locks") + os.sep)}
 
     def disk(self, name, size=64 * MiB, fmt="raw", writes=None):
         if writes is None:

@@ -128,10 +128,6 @@ impl Backup {
                 dom.driver()?
             )));
         }
-        // One job per domain: the domain's job lock is taken here, before
-        // the checks, and held by the job until it ends, so a check and the
-        // job it admits are one step for every thread and process.
-        let domain_lock = catalog.lock_domain(&domain_uuid)?;
         job::check_domain_idle(dom, &domain_uuid, is_live)?;
         let domain_xml = dom.xml()?;
         let dom_disks = domain::parse_disks(&domain_xml)?;
@@ -212,6 +208,12 @@ impl Backup {
             checkpoint: is_live.then(|| live::checkpoint_name(&uuid)),
         };
 
+        // One job per domain: the domain's job lock is taken, the checks
+        // are made again under it, and the job holds it until it ends, so a
+        // check and the job it admits are one step for every thread and
+        // process (the early check above only spares the planning).
+        let domain_lock = catalog.lock_domain(&domain_uuid)?;
+        job::check_domain_idle(dom, &domain_uuid, is_live)?;
         // Register the backup under the catalog lock, creating its files, so
         // that a failure here leaves nothing behind.
         let guard = catalog.lock()?;

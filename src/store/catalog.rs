@@ -6,7 +6,7 @@
 //! - `<domain>/<backup>.lock`     flock held by the job while it copies; the
 //!   job creates it before its record, so a `running` record without it was
 //!   never a job's (a damaged record, reported, never cleaned up)
-//! - `<domain>/domain.lock`        flock held by the domain's one job (backup,
+//! - `.domain-locks/<domain>`      flock held by the domain's one job (backup,
 //!   export or restore) for its lifetime
 //! - `<domain>/<backup>.deleting`  the record of a backup being deleted: renamed
 //!   before any data goes, removed last; `ops::recovery` finishes it
@@ -92,18 +92,19 @@ pub struct JobLock {
 }
 
 /// One job per domain (backup, export or restore), across threads and
-/// processes: an flock on `<root>/<domain>/domain.lock`, taken with
+/// processes: an flock on `<root>/.domain-locks/<domain>`, taken with
 /// `try_lock` (each taker opens its own descriptor, so threads of one
 /// process exclude each other too) and released when the job ends. The
-/// file is never removed while the domain has a folder: a lock taken on a
-/// file another taker just unlinked would not exclude anyone.
+/// file is never removed while the domain is defined: a lock taken on a
+/// file another taker just unlinked would not exclude anyone. It sits
+/// outside the domain's folder, which a refused request leaves untouched.
 #[derive(Debug)]
 pub struct DomainLock {
     _file: File,
 }
 
-/// Name of the per-domain job lock in the domain's folder.
-const DOMAIN_LOCK: &str = "domain.lock";
+/// Folder (in the root) of the per-domain job locks, one file per domain.
+const DOMAIN_LOCKS: &str = ".domain-locks";
 
 /// Extension of a record whose backup is being deleted.
 const DELETING: &str = "deleting";
@@ -408,9 +409,9 @@ impl Catalog {
     /// Take the job lock of `domain`, or fail with `OPERATION_INVALID` if
     /// a job of any kind holds it, in this process or another.
     pub fn lock_domain(&self, domain: &Uuid) -> Result<DomainLock> {
-        let dir = self.domain_dir(domain);
+        let dir = self.root.join(DOMAIN_LOCKS);
         make_private_dir(&dir)?;
-        let path = dir.join(DOMAIN_LOCK);
+        let path = dir.join(domain.to_string());
         let file = OpenOptions::new()
             .mode(0o600)
             .write(true)
@@ -694,7 +695,7 @@ impl Catalog {
             self.remove_record(&rec)?;
         }
         remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
-        let _ = fs::remove_file(self.domain_dir(domain).join(DOMAIN_LOCK));
+        let _ = fs::remove_file(self.root.join(DOMAIN_LOCKS).join(domain.to_string()));
         let _ = fs::remove_dir(self.domain_dir(domain));
         Ok(())
     }
