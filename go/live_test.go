@@ -3,7 +3,9 @@ package libvirtbackup
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -99,5 +101,39 @@ func TestLiveBackupOfRunningQemuDomain(t *testing.T) {
 	}
 	if out := virsh(t, "checkpoint-list", name, "--name"); strings.TrimSpace(out) != "" {
 		t.Fatalf("checkpoints left after Delete: %q", out)
+	}
+}
+
+// The README's example program, built and run as a user would, on a
+// shut-off QEMU domain (qemu:///system keeps the domain across processes;
+// the example inherits this run's catalog, LIBVIRT_BACKUP_DIR).
+func TestExampleBackupCycle(t *testing.T) {
+	conn := qemuConn(t)
+	dir := workDir(t)
+	vda := makeDisk(t, filepath.Join(dir, "vda.qcow2"), "qcow2", 32*MiB,
+		write{0, 2 * MiB, 0x42}, write{20 * MiB, MiB, 0x24})
+	vdb := makeDisk(t, filepath.Join(dir, "vdb.raw"), "raw", 8*MiB, write{MiB, MiB, 0x99})
+	at0a := snapshot(t, vda, "qcow2", filepath.Join(dir, "at0-vda.raw"))
+	at0b := snapshot(t, vdb, "raw", filepath.Join(dir, "at0-vdb.raw"))
+	dom := defineDomain(t, conn, "qemu", disk{"vda", vda, "qcow2"}, disk{"vdb", vdb, "raw"})
+	name, _ := dom.Name()
+
+	bin := filepath.Join(dir, "backupcycle")
+	run(t, filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "./examples/backupcycle")
+	out := run(t, bin, qemuURI, name)
+	t.Logf("backupcycle: %q", out)
+
+	sameImage(t, vda, "qcow2", at0a, "raw")
+	sameImage(t, vdb, "raw", at0b, "raw")
+	list, err := dom.List(0)
+	if got := uuids(t, list, err); len(got) != 0 {
+		t.Fatalf("the example left backups: %v", got)
+	}
+	// It made two backups: their catalog folders are gone with them.
+	entries, _ := os.ReadDir(filepath.Join(os.Getenv("LIBVIRT_BACKUP_DIR"), mustUUID(t, dom)))
+	for _, e := range entries {
+		if e.IsDir() {
+			t.Errorf("left in the catalog: %s", e.Name())
+		}
 	}
 }
