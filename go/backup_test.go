@@ -245,6 +245,26 @@ func TestXMLDomainAndLookup(t *testing.T) {
 	}
 	_, err = LookupDomain(testURI, "lvb-go-no-such-domain")
 	wantError(t, err, ERR_NO_DOMAIN)
+
+	// A domain outlives the Conn it came from.
+	c2, err := Connect(testURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d3, err := c2.LookupDomain(dn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d3.Close()
+	if err := c2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c2.LookupDomain(dn)
+	wantError(t, err, ERR_INVALID_ARG)
+	list, err := d3.List(DOMAIN_BACKUP_LIST_LATEST)
+	if got := uuids(t, list, err); !reflect.DeepEqual(got, []string{u2}) {
+		t.Errorf("List(LATEST) after the Conn closed: %v, want %s", got, u2)
+	}
 }
 
 // A job cancelled through FinishJob's context is aborted: no data, no
@@ -571,5 +591,54 @@ func TestDomainFromPointer(t *testing.T) {
 	}
 	if u := mustUUID(t, d); u != mustUUID(t, dom) {
 		t.Fatalf("DomainFromPointer: %s", u)
+	}
+}
+
+// An unmanaged export of a shut-off test-driver domain over a unix socket,
+// read with nbdcopy; FinishJob ends it. A second one is ended by a
+// cancelled context (aborted).
+func TestUnmanagedExport(t *testing.T) {
+	dir := workDir(t)
+	dom, vda := simpleDomain(t, dir, "qcow2", 16*MiB)
+	sock := filepath.Join(dir, "nbd.sock")
+	xml := "<domainbackup><server transport='unix' socket='" + sock + "'/>" +
+		"<disks><disk name='vda' exportname='first'/></disks></domainbackup>"
+	ex, err := dom.StartUnmanaged(xml, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ex.Free()
+	if x, _ := ex.XMLDesc(0); !strings.Contains(x, "socket='"+sock+"'") || !strings.Contains(x, "exportname='first'") {
+		t.Fatalf("export XML:\n%s", x)
+	}
+	if running, err := ex.CheckJob(); !running || err != nil {
+		t.Fatalf("CheckJob of a running export: %v %v", running, err)
+	}
+	got := filepath.Join(dir, "got.raw")
+	run(t, "nbdcopy", "nbd+unix:///first?socket="+sock, got)
+	sameImage(t, got, "raw", vda, "qcow2")
+	if err := ex.FinishJob(context.Background()); err != nil {
+		t.Fatalf("FinishJob of an export: %v", err)
+	}
+	if running, err := ex.CheckJob(); running || err != nil {
+		t.Fatalf("CheckJob after the end: %v %v", running, err)
+	}
+	list, err := dom.List(0)
+	if got := uuids(t, list, err); len(got) != 0 {
+		t.Fatalf("an export is listed: %v", got)
+	}
+
+	ex2, err := dom.StartUnmanaged(xml, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ex2.Free()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := ex2.FinishJob(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("FinishJob of an export with a cancelled context: %v", err)
+	}
+	if p := params(t, ex2); p.State != DOMAIN_BACKUP_STATE_CANCELLED {
+		t.Fatalf("export after the abort: %+v", p)
 	}
 }
