@@ -226,8 +226,9 @@ func (d *Domain) CreateXML(xml string, flags DomainBackupCreateFlags) (b *Backup
 
 // StartUnmanaged starts an NBD export of the domain's disks as they are now
 // (virDomainBackupStartUnmanaged); end it with Backup.FinishJob or
-// Backup.AbortJob. On a nil *Domain it exports the stored backup whose
-// <uuid> the XML names (a NULL domain in C).
+// Backup.AbortJob. On a nil *Domain it asks for an export of the stored
+// backup whose <uuid> the XML names (a NULL domain in C, an API.md
+// extension; a library that does not have it yet answers ERR_INVALID_ARG).
 func (d *Domain) StartUnmanaged(xml string, flags DomainBackupCreateFlags) (b *Backup, err error) {
 	start := func(p C.virDomainPtr) error {
 		cs := C.CString(xml)
