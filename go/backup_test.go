@@ -271,7 +271,7 @@ func TestXMLDomainAndLookup(t *testing.T) {
 // entry, state cancelled; a context that does not end lets it complete.
 func TestFinishJobContext(t *testing.T) {
 	dir := workDir(t)
-	const size = 512 * MiB
+	const size = 256 * MiB
 	path := makeDisk(t, filepath.Join(dir, "big.raw"), "raw", size, write{0, size, 0x3c})
 	dom := testDomain(t, disk{"vda", path, "raw"})
 
@@ -330,6 +330,26 @@ func TestFinishJobContext(t *testing.T) {
 	cancel3()
 	if err := b3.FinishJob(ctx3); err != nil {
 		t.Fatalf("FinishJob of a completed job with a cancelled context: %v", err)
+	}
+
+	// A job that fails (its raw source grows while it is copied): the
+	// job's error, and the reason in the parameters.
+	failT := filepath.Join(dir, "failed.qcow2")
+	b4 := mustCreate(t, dom, backupXML(failT, ""), 0)
+	if err := os.Truncate(path, size+MiB); err != nil {
+		t.Fatal(err)
+	}
+	if p := params(t, b4); p.State != DOMAIN_BACKUP_STATE_RUNNING {
+		t.Fatalf("the job ended before the source grew: %+v", p)
+	}
+	e := wantError(t, b4.FinishJob(context.Background()), ERR_OPERATION_FAILED)
+	p = params(t, b4)
+	if p.State != DOMAIN_BACKUP_STATE_FAILED || !strings.Contains(p.Error, "changed size") ||
+		!strings.Contains(e.Message, "changed size") {
+		t.Fatalf("failed job: %+v (error %v)", p, e)
+	}
+	if _, err := os.Stat(failT); !os.IsNotExist(err) {
+		t.Fatalf("the failed backup left its target: %v", err)
 	}
 }
 
