@@ -2,7 +2,7 @@
 //! (or that differ from a parent's digest index) into a target, with a
 //! fixed-size buffer, and plans and applies in-place restores.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
@@ -11,6 +11,7 @@ use crate::job::Progress;
 use crate::store::index::{
     DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, ZERO_DIGEST, digest,
 };
+use crate::xml::backup::DiskFormat;
 
 /// Copy buffer: the only per-disk data held in memory. 4 MiB keeps syscalls
 /// few while bounding memory per job.
@@ -415,36 +416,18 @@ pub fn apply_rewrite(
     Ok(())
 }
 
-/// The digest index of one disk of a completed backup, built from the
-/// backup's own files if the backup has none yet (backups of running
-/// domains are written by QEMU, so their index is made the first time an
-/// offline incremental, a restore or a merge needs it).
-pub fn ensure_index(
-    catalog: &crate::store::catalog::Catalog,
-    rec: &crate::xml::backup::BackupRecord,
-    disk: &str,
-) -> Result<PathBuf> {
-    let path = catalog.index_path(&rec.domain_uuid, &rec.uuid, disk);
-    if path.exists() {
-        return Ok(path);
-    }
-    let d =
-        rec.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
-            Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid))
-        })?;
-    catalog.create_index_dir(&rec.domain_uuid, &rec.uuid)?;
-    let src = Source::open(&d.target, d.format)?;
+/// Write the digest index of the image at `image` to `path`, through a
+/// temporary file so that a cut-short build leaves no index behind.
+pub fn write_index_file(path: &Path, image: &Path, format: DiskFormat) -> Result<()> {
+    let src = Source::open(image, format)?;
     let tmp = path.with_extension("b3.tmp");
     let built = IndexWriter::create(&tmp, src.size()).and_then(|mut w| {
         build_index(&src, &mut w)?;
         w.finish()
     });
     built
-        .and_then(|()| {
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot rename", &tmp, e))
-        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename", &tmp, e)))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-        })?;
-    Ok(path)
+        })
 }

@@ -19,6 +19,7 @@ use crate::hv::storage_pool;
 use crate::image::disk::{Source, Target as ImageTarget};
 use crate::job::{self, Job};
 use crate::ops::export;
+use crate::ops::recovery;
 use crate::store::catalog::{Catalog, JobLock};
 use crate::store::index::{IndexReader, IndexWriter};
 use crate::xml::backup::{
@@ -102,7 +103,7 @@ impl Backup {
     /// `virDomainBackupCreateXML`.
     pub fn create(dom: &DomainRef, xml: &str, flags: u32) -> Result<Arc<Backup>> {
         let req = CreateRequest::parse(xml)?;
-        let catalog = Catalog::open()?;
+        let catalog = recovery::open_catalog()?;
         let domain_uuid = dom.uuid()?;
         let parent = match req.parent {
             Some(p) => Some(check_parent(&catalog, &domain_uuid, &p)?),
@@ -128,7 +129,7 @@ impl Backup {
                 dom.driver()?
             )));
         }
-        job::check_domain_idle(dom, &domain_uuid, is_live)?;
+        super::check_domain_idle(dom, &domain_uuid, is_live)?;
         let domain_xml = dom.xml()?;
         let dom_disks = domain::parse_disks(&domain_xml)?;
         let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
@@ -211,7 +212,7 @@ impl Backup {
         // Register the backup under the catalog lock, creating its files, so
         // that a failure here leaves nothing behind.
         let guard = catalog.lock()?;
-        if catalog.find(&uuid)?.is_some() || job::running(&uuid).is_some() {
+        if recovery::find(&catalog, &uuid)?.is_some() || job::running(&uuid).is_some() {
             return Err(Error::invalid_arg(format!(
                 "a backup with uuid '{uuid}' already exists"
             )));
@@ -313,12 +314,7 @@ impl Backup {
         let conn = volume_connection(&record, Some(dom));
         let work_dom = dom.clone();
         let spawned = if is_live {
-            job.spawn(move |job| {
-                let discard_catalog = work_catalog.clone();
-                live::run(job, &work_catalog, work_record, work_dom, lock, |rec| {
-                    let _ = remove_backup(&discard_catalog, rec, conn.as_ref());
-                })
-            })
+            job.spawn(move |job| run_live(job, &work_catalog, work_record, work_dom, lock, conn))
         } else {
             job.spawn(move |job| {
                 run_copy(
@@ -353,7 +349,7 @@ impl Backup {
     /// `virDomainBackupStartUnmanaged`.
     pub fn start_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<Arc<Backup>> {
         let req = UnmanagedRequest::parse(xml)?;
-        let catalog = Catalog::open()?;
+        let catalog = recovery::open_catalog()?;
         let domain_uuid = dom.uuid()?;
         let parent = match req.parent {
             Some(p) => Some(check_parent(&catalog, &domain_uuid, &p)?),
@@ -387,9 +383,9 @@ impl Backup {
 
     /// `virDomainBackupList`.
     pub fn list(dom: &DomainRef, flags: u32) -> Result<Vec<Arc<Backup>>> {
-        let catalog = Catalog::open()?;
+        let catalog = recovery::open_catalog()?;
         let domain_uuid = dom.uuid()?;
-        let records = catalog.list_domain(&domain_uuid)?;
+        let records = recovery::list_domain(&catalog, &domain_uuid)?;
         let chosen = filter_records(&records, records.iter().collect(), flags);
         Ok(chosen
             .into_iter()
@@ -400,7 +396,7 @@ impl Backup {
     /// `virDomainBackupListChildren`.
     pub fn list_children(&self, flags: u32) -> Result<Vec<Arc<Backup>>> {
         self.managed_only()?;
-        let records = self.catalog.list_domain(&self.domain_uuid)?;
+        let records = recovery::list_domain(&self.catalog, &self.domain_uuid)?;
         if !records.iter().any(|r| r.uuid == self.uuid) {
             return Err(Error::no_backup(&self.uuid.to_string()));
         }
@@ -433,18 +429,16 @@ impl Backup {
     pub fn lookup(uuid: &str) -> Result<Arc<Backup>> {
         let uuid = Uuid::parse_str(uuid.trim())
             .map_err(|_| Error::invalid_arg(format!("malformed backup uuid '{uuid}'")))?;
-        let catalog = Catalog::open()?;
-        let rec = catalog
-            .find(&uuid)?
-            .ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
+        let catalog = recovery::open_catalog()?;
+        let rec =
+            recovery::find(&catalog, &uuid)?.ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
         let domain = libvirt::open_domain(&rec.uri, &rec.domain_uuid).ok();
         Ok(Backup::new(uuid, rec.domain_uuid, domain, catalog))
     }
 
     /// The catalog record, or "no such backup" once it is gone.
     pub fn record(&self) -> Result<BackupRecord> {
-        self.catalog
-            .reload(&self.domain_uuid, &self.uuid)?
+        recovery::reload(&self.catalog, &self.domain_uuid, &self.uuid)?
             .ok_or_else(|| Error::no_backup(&self.uuid.to_string()))
     }
 
@@ -612,7 +606,7 @@ impl Backup {
         }
         self.catalog.request_cancel(&rec)?;
         loop {
-            match self.catalog.reload(&self.domain_uuid, &self.uuid)? {
+            match recovery::reload(&self.catalog, &self.domain_uuid, &self.uuid)? {
                 None => return Ok(()),
                 Some(r) if r.state == BackupState::Running => {
                     std::thread::sleep(Duration::from_millis(20))
@@ -633,7 +627,7 @@ impl Backup {
         self.managed_only()?;
         let _guard = self.catalog.lock()?;
         let rec = self.record()?;
-        let all = self.catalog.list_domain(&self.domain_uuid)?;
+        let all = recovery::list_domain(&self.catalog, &self.domain_uuid)?;
         let doomed: Vec<&BackupRecord> = if flags & VIR_DOMAIN_BACKUP_DELETE_ALL != 0 {
             all.iter().collect()
         } else {
@@ -701,9 +695,8 @@ impl Backup {
 
 /// Check that `parent` can be the parent of a new backup of `domain`.
 fn check_parent(catalog: &Catalog, domain: &Uuid, parent: &Uuid) -> Result<BackupRecord> {
-    let rec = catalog
-        .find(parent)?
-        .ok_or_else(|| Error::no_backup(&parent.to_string()))?;
+    let rec =
+        recovery::find(catalog, parent)?.ok_or_else(|| Error::no_backup(&parent.to_string()))?;
     if rec.domain_uuid != *domain {
         return Err(Error::operation_invalid(format!(
             "parent backup '{parent}' belongs to another domain ({})",
@@ -840,7 +833,7 @@ fn choose_mode(
         Some(_) => None,
     };
     let index = match (why_not, base) {
-        (None, Some(b)) => crate::engine::copy::ensure_index(catalog, parent, &b.name)
+        (None, Some(b)) => super::ensure_index(catalog, parent, &b.name)
             .and_then(|p| IndexReader::open(&p))
             .map_err(|e| e.message),
         (why, _) => Err(why.unwrap_or_default()),
@@ -966,6 +959,26 @@ fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(missing)
 }
 
+/// The body of a live backup job: follow libvirt's job, then complete the
+/// record, or remove the checkpoint, the targets and the record.
+fn run_live(
+    job: &Job,
+    catalog: &Catalog,
+    mut record: BackupRecord,
+    dom: DomainRef,
+    lock: JobLock,
+    conn: Option<Connect>,
+) -> Result<()> {
+    let (result, _guard) = job.settle(catalog, &mut record, live::follow(job, &dom), lock);
+    if result.is_err() {
+        if let Some(cp) = &record.checkpoint {
+            let _ = live::remove_checkpoint(&dom, cp);
+        }
+        let _ = remove_backup(catalog, &record, conn.as_ref());
+    }
+    result
+}
+
 /// The body of a backup job on the library's own disk engine.
 fn run_copy(
     job: &Job,
@@ -1056,7 +1069,7 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> 
         return Err(Error::operation_invalid("domain is not running"));
     }
     if config {
-        Catalog::open()?.set_default_target(&uuid, &target)?;
+        recovery::open_catalog()?.set_default_target(&uuid, &target)?;
     }
     if live {
         LIVE_TARGETS.lock().unwrap().insert(uuid, target);
@@ -1066,10 +1079,10 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> 
 
 /// `virDomainBackupUndefineFlags`.
 pub fn undefine(dom: &DomainRef, flags: u32) -> Result<()> {
-    let catalog = Catalog::open()?;
+    let catalog = recovery::open_catalog()?;
     let uuid = dom.uuid()?;
     let _guard = catalog.lock()?;
-    let records = catalog.list_domain(&uuid)?;
+    let records = recovery::list_domain(&catalog, &uuid)?;
     if flags & VIR_DOMAIN_UNDEFINE_BACKUP == 0 && !records.is_empty() {
         return Err(Error::operation_invalid(format!(
             "cannot undefine domain with {} managed backups",
