@@ -120,6 +120,15 @@ struct Window {
 }
 
 impl Window {
+    fn new() -> Window {
+        Window {
+            offset: 0,
+            len: 0,
+            has_data: false,
+            buf: vec![0u8; COPY_CHUNK as usize],
+            sums: Vec::with_capacity((COPY_CHUNK / DIGEST_CHUNK) as usize),
+        }
+    }
     /// Each digest chunk of the window: its range in `buf` and its digest.
     fn digests(&self) -> impl Iterator<Item = (usize, usize, Digest)> + '_ {
         self.sums.iter().enumerate().map(move |(i, d)| {
@@ -151,6 +160,34 @@ const WINDOWS_PER_READER: usize = 2;
 
 /// Call `use_window` on each window of `src` in order, while reader
 /// threads read and hash the next ones. Cancel is checked per window.
+/// Reader `r`'s share of the copy: every `READERS`-th window, filled into
+/// the buffers the consumer hands back.
+fn read_windows(
+    src: &Source,
+    r: usize,
+    free_rx: &std::sync::mpsc::Receiver<Window>,
+    full_tx: &std::sync::mpsc::SyncSender<Result<Window>>,
+) {
+    let size = src.size();
+    let mut offset = r as u64 * COPY_CHUNK;
+    while offset < size {
+        // The consumer has stopped when it drops its channels.
+        let Ok(mut w) = free_rx.recv() else { return };
+        w.offset = offset;
+        w.len = COPY_CHUNK.min(size - offset) as usize;
+        let filled = fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
+            w.has_data = has_data;
+            w.hash();
+            w
+        });
+        let failed = filled.is_err();
+        if full_tx.send(filled).is_err() || failed {
+            return;
+        }
+        offset += READERS as u64 * COPY_CHUNK;
+    }
+}
+
 fn for_each_window(
     src: &Source,
     progress: &Progress,
@@ -165,35 +202,11 @@ fn for_each_window(
             let (full_tx, full_rx) = sync_channel::<Result<Window>>(WINDOWS_PER_READER);
             let (free_tx, free_rx) = channel::<Window>();
             for _ in 0..WINDOWS_PER_READER {
-                let _ = free_tx.send(Window {
-                    offset: 0,
-                    len: 0,
-                    has_data: false,
-                    buf: vec![0u8; COPY_CHUNK as usize],
-                    sums: Vec::with_capacity((COPY_CHUNK / DIGEST_CHUNK) as usize),
-                });
+                let _ = free_tx.send(Window::new());
             }
             full.push(full_rx);
             free.push(free_tx);
-            scope.spawn(move || {
-                let mut offset = r as u64 * COPY_CHUNK;
-                while offset < size {
-                    // The consumer has stopped when it drops its channels.
-                    let Ok(mut w) = free_rx.recv() else { return };
-                    w.offset = offset;
-                    w.len = COPY_CHUNK.min(size - offset) as usize;
-                    let filled = fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
-                        w.has_data = has_data;
-                        w.hash();
-                        w
-                    });
-                    let failed = filled.is_err();
-                    if full_tx.send(filled).is_err() || failed {
-                        return;
-                    }
-                    offset += READERS as u64 * COPY_CHUNK;
-                }
-            });
+            scope.spawn(move || read_windows(src, r, &free_rx, &full_tx));
         }
         let result = (|| {
             let windows = size.div_ceil(COPY_CHUNK);

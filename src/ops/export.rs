@@ -119,17 +119,17 @@ fn bitmap_name(export: &str) -> String {
     format!("{export}-changes")
 }
 
-/// `virDomainBackupStartUnmanaged`.
-pub fn start(
+/// Refuse an export the domain's state rules out; returns whether libvirt
+/// serves it (a running QEMU domain) rather than qemu-storage-daemon.
+fn check_can_export(
     dom: &DomainRef,
+    domain_uuid: &Uuid,
     req: &UnmanagedRequest,
-    parent: Option<BackupRecord>,
     quiesce: bool,
-) -> Result<Arc<Export>> {
-    let domain_uuid = dom.uuid()?;
+) -> Result<bool> {
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
-    super::check_domain_idle(dom, &domain_uuid, is_live)?;
+    super::check_domain_idle(dom, domain_uuid, is_live)?;
     if quiesce && !is_live {
         return Err(Error::operation_invalid(
             "only a running QEMU domain's file systems can be quiesced",
@@ -149,6 +149,39 @@ pub fn start(
             p.display()
         )));
     }
+    Ok(is_live)
+}
+
+/// Start serving the disks: libvirt's pull-mode job, or qemu-storage-daemon.
+fn start_server(
+    dom: &DomainRef,
+    req: &UnmanagedRequest,
+    disks: &[(&DomainDisk, String, Option<Since>)],
+    all: &[DomainDisk],
+    scratch: &Path,
+    is_live: bool,
+) -> Result<Server> {
+    if is_live {
+        let xml = pull_document(&req.server, disks, all, scratch);
+        dom.backup_begin(&xml, None, 0).map(|()| Server::Libvirt {
+            scratch: scratch.to_path_buf(),
+        })
+    } else {
+        daemon_disks(disks, scratch)
+            .and_then(|list| StorageDaemonExport::start(&req.server, &list))
+            .map(|d| Server::Daemon(d, scratch.to_path_buf()))
+    }
+}
+
+/// `virDomainBackupStartUnmanaged`.
+pub fn start(
+    dom: &DomainRef,
+    req: &UnmanagedRequest,
+    parent: Option<BackupRecord>,
+    quiesce: bool,
+) -> Result<Arc<Export>> {
+    let domain_uuid = dom.uuid()?;
+    let is_live = check_can_export(dom, &domain_uuid, req, quiesce)?;
     let all = domain::parse_disks(&dom.xml()?)?;
     let chosen = selected(req, &all)?;
     let uuid = Uuid::new_v4();
@@ -162,17 +195,7 @@ pub fn start(
         disks.push((d, export.clone(), since));
     }
     let scratch = recovery::open_catalog()?.private_dir(&format!(".scratch-{uuid}"))?;
-    let started = if is_live {
-        let xml = pull_document(&req.server, &disks, &all, &scratch);
-        dom.backup_begin(&xml, None, 0).map(|()| Server::Libvirt {
-            scratch: scratch.clone(),
-        })
-    } else {
-        daemon_disks(&disks, &scratch)
-            .and_then(|list| StorageDaemonExport::start(&req.server, &list))
-            .map(|d| Server::Daemon(d, scratch.clone()))
-    };
-    let server = started.inspect_err(|_| {
+    let server = start_server(dom, req, &disks, &all, &scratch, is_live).inspect_err(|_| {
         let _ = fs::remove_dir_all(&scratch);
     })?;
     let export = Arc::new(Export {

@@ -14,8 +14,11 @@ use crate::xml::backup::BackupRecord;
 pub use crate::hv::libvirt::DomainRef;
 
 pub mod backup;
+pub mod create;
 pub mod export;
+mod files;
 pub mod merge;
+pub mod plan;
 pub mod recovery;
 pub mod restore;
 
