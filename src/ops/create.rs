@@ -48,16 +48,18 @@ struct PlannedDisk {
     source: Source,
     /// Set for an incremental disk: what its target is a delta against.
     baseline: Option<Baseline>,
+    /// For a live incremental disk: the parent's checkpoint, which libvirt
+    /// copies the changes since.
+    since: Option<String>,
 }
 
-/// The parent's copy of a disk an incremental target builds on, and what
-/// tells the changes since: its digest index (the library's engine) or its
-/// checkpoint (libvirt's).
+/// The parent's copy of a disk an incremental target builds on, and, for
+/// the library's engine, its digest index, which tells the changes since
+/// (libvirt's engine uses the checkpoint, `PlannedDisk::since`).
 struct Baseline {
     target: PathBuf,
     format: DiskFormat,
     index: Option<IndexReader>,
-    checkpoint: Option<String>,
 }
 
 /// A backup whose job has started.
@@ -202,6 +204,7 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan) -> Result<PlannedDisk> {
         },
         source: src,
         baseline: None,
+        since: None,
     })
 }
 
@@ -394,13 +397,7 @@ fn begin_live(
         .iter()
         .map(|p| live::LiveDisk {
             record: &p.record,
-            since: match &p.baseline {
-                Some(Baseline {
-                    checkpoint: Some(cp),
-                    ..
-                }) => Some(cp.as_str()),
-                _ => None,
-            },
+            since: p.since.as_deref(),
         })
         .collect();
     live::begin(dom, record, &live_disks, dom_disks, quiesce)
@@ -504,7 +501,6 @@ fn choose_mode(
                 target: b.target.clone(),
                 format: b.format,
                 index: Some(index),
-                checkpoint: None,
             });
             Ok(())
         }
@@ -541,8 +537,8 @@ fn choose_live_mode(
                 target: b.target.clone(),
                 format: b.format,
                 index: None,
-                checkpoint: Some(cp),
             });
+            p.since = Some(cp);
             Ok(())
         }
         Err(why) => refuse_fallback(&name, &why, flags),
