@@ -342,7 +342,9 @@ impl Backup {
         self.catalog.request_cancel(&rec)?;
         loop {
             match recovery::reload(&self.catalog, &self.domain_uuid, &self.uuid)? {
-                None => return Ok(()),
+                // The job's process removes the record first and keeps the
+                // catalog lock until its other files are gone: wait for it.
+                None => return self.catalog.lock().map(drop),
                 Some(r) if r.state == BackupState::Running => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
