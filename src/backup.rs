@@ -548,6 +548,7 @@ impl Backup {
                 .unwrap_or_else(|| "backup job failed".into());
             out.push(("error", ParamValue::String(msg)));
         }
+        out.extend(crate::verify::parameters(&self.uuid));
         Ok(out)
     }
 
@@ -596,6 +597,9 @@ impl Backup {
 
     /// `virDomainBackupAbortJob` and `FinishJob(CANCEL)`.
     pub fn abort(&self) -> Result<()> {
+        if let Some(stopped) = crate::verify::abort(&self.uuid) {
+            return stopped;
+        }
         self.ensure_exists()?;
         if let Some(e) = &self.export {
             return e.finish(true);

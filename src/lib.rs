@@ -21,4 +21,5 @@ pub mod restore;
 pub mod storage_pool;
 pub mod tools;
 pub mod unmanaged;
+pub mod verify;
 pub mod xml;
