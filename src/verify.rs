@@ -89,7 +89,15 @@ pub fn verify(backup: &Backup) -> Result<()> {
             rec.uuid
         )));
     }
+    let catalog = Catalog::open()?;
+    // Open every disk first: the total is known before anyone can ask.
     let run = Arc::new(Run::default());
+    let mut sources = Vec::new();
+    for d in &rec.disks {
+        let src = Source::open(&d.target, d.format).map_err(|e| in_disk(&d.name, e))?;
+        run.total.fetch_add(src.size(), Ordering::Relaxed);
+        sources.push((d, src));
+    }
     {
         let mut running = RUNNING.lock().unwrap();
         if running.contains_key(&rec.uuid) {
@@ -101,14 +109,6 @@ pub fn verify(backup: &Backup) -> Result<()> {
         running.insert(rec.uuid, Arc::clone(&run));
     }
     let _registered = Registered(rec.uuid, Arc::clone(&run));
-    let catalog = Catalog::open()?;
-    // Open every disk first: the total is known before the first byte is read.
-    let mut sources = Vec::new();
-    for d in &rec.disks {
-        let src = Source::open(&d.target, d.format).map_err(|e| in_disk(&d.name, e))?;
-        run.total.fetch_add(src.size(), Ordering::Relaxed);
-        sources.push((d, src));
-    }
     for (d, src) in &sources {
         let checked = (|| {
             let index = IndexReader::open(&ensure_index(&catalog, &rec, &d.name)?)?;
