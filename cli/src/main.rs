@@ -78,6 +78,9 @@ enum Command {
         #[arg(value_name = "UUID|DOMAIN")]
         what: String,
     },
+    /// Print a shell completion script (bash, zsh, fish)
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Args)]
@@ -260,15 +263,15 @@ impl Ctx {
     /// A domain by id, UUID or name, as virsh finds one.
     fn domain(&mut self, s: &str) -> Res<Domain> {
         let conn = self.conn()?;
-        if let Ok(id) = s.parse::<u32>() {
-            if let Ok(d) = conn.lookup_domain_by_id(id) {
-                return Ok(d);
-            }
+        if let Ok(id) = s.parse::<u32>()
+            && let Ok(d) = conn.lookup_domain_by_id(id)
+        {
+            return Ok(d);
         }
-        if s.len() == 36 {
-            if let Ok(d) = conn.lookup_domain_by_uuid_string(s) {
-                return Ok(d);
-            }
+        if s.len() == 36
+            && let Ok(d) = conn.lookup_domain_by_uuid_string(s)
+        {
+            return Ok(d);
         }
         conn.lookup_domain_by_name(s)
             .map_err(|_| err(format!("failed to get domain '{s}'")))
@@ -931,6 +934,11 @@ fn main() {
         Command::DefaultTarget(a) => cmd_default_target(&mut ctx, a),
         Command::Prune(a) => cmd_prune(&mut ctx, a),
         Command::Verify { what } => cmd_verify(&mut ctx, what),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "virt-backup", &mut std::io::stdout());
+            Ok(())
+        }
     };
     if let Err(e) = r {
         let _ = std::io::stdout().flush();
