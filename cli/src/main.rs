@@ -640,8 +640,7 @@ fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
     // The restore call is synchronous and has no job handle: it runs on a
     // thread while this one shows that it is alive and watches for Ctrl-C.
     let worker = std::thread::spawn(move || api::restore(&x, flags));
-    let mut bar = Progress::new("restore", ctx.silent());
-    let started = Instant::now();
+    let mut bar = Progress::spinner("restore", ctx.silent());
     while !worker.is_finished() {
         if interrupted() {
             // The library has no abort for a restore: leave at once. Files
@@ -651,9 +650,6 @@ fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
             eprintln!("error: restore interrupted");
             let _ = std::io::stderr().flush();
             unsafe { libc::_exit(1) };
-        }
-        if let Progress::Bar(pb) = &bar {
-            pb.set_message(format!("{}s", started.elapsed().as_secs()));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -911,6 +907,8 @@ fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
 }
 
 fn main() {
+    // Quiet end when the reader of our output goes away (`| head`).
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     // libvirt's default handler prints every error; ours are printed once, below.
     virt::error::clear_error_callback();

@@ -12,6 +12,8 @@ pub enum Progress {
         label: String,
         last: Option<Instant>,
         last_done: u64,
+        /// The latest numbers, printed or not.
+        now: (u64, u64),
     },
     Silent,
 }
@@ -38,6 +40,7 @@ impl Progress {
                 label: label.to_string(),
                 last: None,
                 last_done: u64::MAX,
+                now: (0, 0),
             }
         }
     }
@@ -52,9 +55,14 @@ impl Progress {
                 label,
                 last,
                 last_done,
+                now,
             } => {
+                *now = (done, total);
                 // A line per second at most, and only when something moved.
-                if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) || *last_done == done {
+                if total == 0
+                    || last.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+                    || *last_done == done
+                {
                     return;
                 }
                 *last = Some(Instant::now());
@@ -67,17 +75,40 @@ impl Progress {
         }
     }
 
-    /// Leave the bar as it ended (or clear it on failure).
+    /// A display for work whose size the library does not report: a
+    /// spinner with the elapsed time on a terminal, one line at the end
+    /// otherwise.
+    pub fn spinner(label: &str, silent: bool) -> Progress {
+        if silent {
+            return Progress::Silent;
+        }
+        if std::io::stdout().is_terminal() {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+            bar.set_style(ProgressStyle::with_template("{prefix} {spinner} {elapsed}").unwrap());
+            bar.set_prefix(label.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            Progress::Bar(bar)
+        } else {
+            Progress::Silent
+        }
+    }
+
+    /// Leave the bar as it ended (complete on success) or as it stopped.
     pub fn finish(&mut self, ok: bool) {
         match self {
             Progress::Bar(b) => {
                 if ok {
+                    if let Some(len) = b.length() {
+                        b.set_position(len);
+                    }
                     b.finish();
                 } else {
                     b.abandon();
                 }
             }
-            Progress::Lines { label, .. } if ok => println!("{label}: done"),
+            Progress::Lines { label, now, .. } if ok => {
+                println!("{label}: {}/{} bytes, done", now.1, now.1)
+            }
             _ => {}
         }
     }
