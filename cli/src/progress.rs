@@ -105,6 +105,8 @@ impl Progress {
                 } else {
                     b.abandon();
                 }
+                // indicatif leaves the cursor after the bar.
+                println!();
             }
             Progress::Lines { label, now, .. } if ok => {
                 println!("{label}: {}/{} bytes, done", now.1, now.1)
