@@ -476,9 +476,11 @@ fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
     let b = Backup::create(&dom, &xml, flags)?;
     let uuid = info_of(&b)?.uuid;
     if a.no_wait {
-        ctx.say(&format!("Backup {uuid} started"));
-        ctx.print_json(json!({"uuid": uuid, "state": "running"}));
-        return Ok(());
+        // In the detached process (see `detach`): hand the UUID to the
+        // parent, then keep the job's thread alive until the job ends.
+        report_to_parent(&format!("OK {uuid}"));
+        let _ = b.finish(0);
+        std::process::exit(0);
     }
     let r = watch_job(ctx, &b, "backup", true);
     if interrupted() {
@@ -502,6 +504,77 @@ fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
     j["bytes_written"] = written.into();
     ctx.print_json(j);
     Ok(())
+}
+
+/// The pipe to the parent of a detached `create --no-wait` (-1: none).
+static PARENT_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// `create --no-wait`: the library copies a shut-off domain's disks on a
+/// thread of the process that called it, so the job runs in a child
+/// process of its own session, which outlives this one; this process
+/// prints what the child reports (the UUID, or why it failed) and exits.
+/// Returns only in the child.
+fn detach(json_out: bool, quiet: bool) {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        eprintln!("error: cannot create a pipe");
+        std::process::exit(1);
+    }
+    match unsafe { libc::fork() } {
+        -1 => {
+            eprintln!("error: cannot fork");
+            std::process::exit(1);
+        }
+        0 => {
+            unsafe {
+                libc::close(fds[0]);
+                libc::setsid();
+            }
+            PARENT_PIPE.store(fds[1], Ordering::SeqCst);
+        }
+        _ => {
+            unsafe { libc::close(fds[1]) };
+            let mut msg = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+                msg.extend_from_slice(&buf[..n as usize]);
+            }
+            let msg = String::from_utf8_lossy(&msg);
+            match msg.split_once(' ') {
+                Some(("OK", uuid)) => {
+                    if json_out {
+                        println!("{}", json!({"uuid": uuid, "state": "running"}));
+                    } else if !quiet {
+                        println!("Backup {uuid} started");
+                    }
+                    std::process::exit(0);
+                }
+                Some(("ERR", e)) => eprintln!("error: {e}"),
+                _ => eprintln!("error: the backup process ended without a word"),
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// In a detached child: tell the parent, then leave the terminal alone.
+fn report_to_parent(msg: &str) {
+    let fd = PARENT_PIPE.swap(-1, Ordering::SeqCst);
+    if fd < 0 {
+        return;
+    }
+    unsafe {
+        libc::write(fd, msg.as_ptr().cast(), msg.len());
+        libc::close(fd);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        for std_fd in 0..3 {
+            libc::dup2(null, std_fd);
+        }
+    }
 }
 
 fn cmd_list(ctx: &mut Ctx, a: &ListArgs) -> Res<()> {
@@ -913,6 +986,11 @@ fn main() {
     // libvirt's default handler prints every error; ours are printed once, below.
     virt::error::clear_error_callback();
     catch_sigint();
+    if let Command::Create(a) = &cli.command
+        && a.no_wait
+    {
+        detach(cli.json, cli.quiet);
+    }
     let mut ctx = Ctx {
         uri: cli.connect.clone(),
         json: cli.json,
@@ -939,6 +1017,7 @@ fn main() {
         }
     };
     if let Err(e) = r {
+        report_to_parent(&format!("ERR {}", e.message));
         let _ = std::io::stdout().flush();
         eprintln!("error: {}", e.message);
         std::process::exit(1);

@@ -313,3 +313,32 @@ def test_progress_bar_on_a_terminal(env):
     p = vb("verify", uuid)
     assert "\x1b" not in p.stdout and "\r" not in p.stdout
     assert p.stdout.splitlines()[-2].endswith("bytes, done")
+
+
+def test_no_wait_wait_abort_and_default_target(env):
+    """create --no-wait leaves the job running in a process of its own;
+    `wait` and `abort` from other processes follow and cancel it."""
+    dom = big_domain(env)
+    vda = env.path("big.qcow2")
+    t1 = env.path("bg1.qcow2")
+    j = vbj("create", dom, "--no-wait", "--disk", f"vda={t1}")
+    assert j["state"] == "running"
+    assert vbj("list", dom)[0]["state"] == "running"
+    vb("wait", j["uuid"])
+    assert vbj("status", j["uuid"])["state"] == 2
+    assert same(t1, vda)
+
+    t2 = env.path("bg2.qcow2")
+    j2 = vbj("create", dom, "--no-wait", "--disk", f"vda={t2}")
+    vb("abort", j2["uuid"])
+    assert [b["uuid"] for b in vbj("list", dom)] == [j["uuid"]]
+    assert not os.path.exists(t2)
+    p = vb("create", dom, "--no-wait", "--disk", "vdz", rc=1)
+    assert "vdz" in p.stderr and p.stderr.startswith("error: ")
+
+    # default-target: where a backup without a target goes.
+    folder = env.path("default")
+    os.mkdir(folder)
+    vb("default-target", dom, folder, "--config")
+    b = vbj("create", dom, "--incremental")
+    assert b["disks"][0]["target"].startswith(folder + "/")
