@@ -810,7 +810,10 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
     let info = info_of(&b)?;
     if ctx.json {
         ctx.print_json(json!({
-            "server": x,
+            "server": match (&a.tcp, &a.unix) {
+                (Some(t), _) => json!({"tcp": t}),
+                (None, u) => json!({"unix": u}),
+            },
             "exports": info.disks.iter().map(|d| json!({
                 "disk": d.name, "exportname": d.exportname, "exportbitmap": d.exportbitmap,
             })).collect::<Vec<_>>(),
