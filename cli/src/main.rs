@@ -78,6 +78,9 @@ enum Command {
         #[arg(value_name = "UUID|DOMAIN")]
         what: String,
     },
+    /// Clean up after an interrupted restore (run by `restore` itself)
+    #[command(hide = true)]
+    RestoreInterrupted { uuid: String },
     /// Print a shell completion script (bash, zsh, fish)
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
@@ -716,13 +719,7 @@ fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
     let mut bar = Progress::spinner("restore", ctx.silent());
     while !worker.is_finished() {
         if interrupted() {
-            // The library has no abort for a restore: leave at once. Files
-            // being written are removed by the library the next time a
-            // process opens the catalog; an in-place rewrite may be partial
-            // (running the restore again completes it).
-            eprintln!("error: restore interrupted");
-            let _ = std::io::stderr().flush();
-            unsafe { libc::_exit(1) };
+            restart_after_interrupted_restore(&a.uuid);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -732,6 +729,32 @@ fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
     ctx.say(&format!("Backup {} restored", a.uuid));
     ctx.print_json(json!({"uuid": a.uuid, "restored": true, "new_domain": a.new_domain}));
     Ok(())
+}
+
+/// The library has no abort for a restore. What it does promise: the new
+/// files of a restore whose process is gone are removed by the next process
+/// that opens the catalog. So this process becomes that next process: it
+/// replaces itself (exec: the restore's thread and its locks are gone) with
+/// `virt-backup restore-interrupted UUID`, which opens the catalog.
+fn restart_after_interrupted_restore(uuid: &str) -> ! {
+    let exe = std::env::current_exe().ok().and_then(|p| {
+        std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok()
+    });
+    if let (Some(exe), Ok(u)) = (exe, std::ffi::CString::new(uuid)) {
+        let args = [exe.as_ptr(), c"restore-interrupted".as_ptr(), u.as_ptr(), std::ptr::null()];
+        unsafe { libc::execv(exe.as_ptr(), args.as_ptr()) };
+    }
+    eprintln!("error: restore interrupted");
+    unsafe { libc::_exit(1) }
+}
+
+fn cmd_restore_interrupted(uuid: &str) -> Res<()> {
+    // Opening the catalog (any lookup does) removes the unfinished files.
+    let _ = Backup::lookup(uuid);
+    Err(err(format!(
+        "restore of backup {uuid} interrupted: the new files it was writing are removed; \
+         a disk it was rewriting in place may be partly restored (restoring again completes it)"
+    )))
 }
 
 fn cmd_delete(ctx: &mut Ctx, a: &DeleteArgs) -> Res<()> {
@@ -1013,6 +1036,7 @@ fn main() {
         Command::DefaultTarget(a) => cmd_default_target(&mut ctx, a),
         Command::Prune(a) => cmd_prune(&mut ctx, a),
         Command::Verify { what } => cmd_verify(&mut ctx, what),
+        Command::RestoreInterrupted { uuid } => cmd_restore_interrupted(uuid),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(*shell, &mut Cli::command(), "virt-backup", &mut std::io::stdout());

@@ -342,3 +342,25 @@ def test_no_wait_wait_abort_and_default_target(env):
     vb("default-target", dom, folder, "--config")
     b = vbj("create", dom, "--incremental")
     assert b["disks"][0]["target"].startswith(folder + "/")
+
+
+def test_sigint_during_restore_leaves_nothing(env):
+    dom = big_domain(env)
+    b = vbj("create", dom)
+    target = env.path("restored.qcow2")
+    name = env.expect_domain(dom + "-r")
+    p = subprocess.Popen([VB, "-c", URI, "restore", b["uuid"], "--new-domain", name,
+                          "--disk", f"vda={target}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Interrupt once the new file is being written.
+    deadline = time.monotonic() + 60
+    while not os.path.exists(target) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert p.poll() is None, "the restore ended before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1, (out, err)
+    assert "interrupted" in err and "removed" in err, err
+    assert not os.path.exists(target)
+    assert virsh("dominfo", name, check=False).returncode != 0
+    assert not [f for f in os.listdir(os.environ["LIBVIRT_BACKUP_DIR"]) if f.startswith(".restoring-")]
