@@ -76,7 +76,9 @@ pub fn last_error() -> ApiError {
     let message = if msg.is_null() {
         "unknown error".to_string()
     } else {
-        unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned()
     };
     ApiError {
         code: unsafe { virDomainBackupGetLastErrorCode() },
@@ -220,9 +222,9 @@ impl Backup {
                     sys::VIR_TYPED_PARAM_UINT => Param::UInt(p.value.ui),
                     sys::VIR_TYPED_PARAM_ULLONG => Param::ULLong(p.value.ul),
                     sys::VIR_TYPED_PARAM_BOOLEAN => Param::Bool(p.value.b != 0),
-                    sys::VIR_TYPED_PARAM_STRING => Param::Str(
-                        CStr::from_ptr(p.value.s).to_string_lossy().into_owned(),
-                    ),
+                    sys::VIR_TYPED_PARAM_STRING => {
+                        Param::Str(CStr::from_ptr(p.value.s).to_string_lossy().into_owned())
+                    }
                     _ => continue,
                 }
             };

@@ -123,7 +123,10 @@ pub fn local_time(t: i64) -> String {
 /// roots at the left, each child under "  |" then "  +- name".
 pub fn tree(items: &[(String, Option<String>)]) -> String {
     let mut out = String::new();
-    let is_root = |p: &Option<String>| p.as_ref().is_none_or(|p| !items.iter().any(|(n, _)| n == p));
+    let is_root = |p: &Option<String>| {
+        p.as_ref()
+            .is_none_or(|p| !items.iter().any(|(n, _)| n == p))
+    };
     for (i, (_, p)) in items.iter().enumerate() {
         if is_root(p) {
             let mut indent = String::new();
@@ -142,7 +145,10 @@ fn node(
     out: &mut String,
 ) {
     let name = &items[id].0;
-    out.push_str(&format!("{indent}{}{name}\n", if root { "" } else { "+- " }));
+    out.push_str(&format!(
+        "{indent}{}{name}\n",
+        if root { "" } else { "+- " }
+    ));
     if !root {
         indent.push(if id == last { ' ' } else { '|' });
         indent.push(' ');

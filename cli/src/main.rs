@@ -171,7 +171,12 @@ struct DeleteArgs {
 struct ExportArgs {
     domain: String,
     /// Listen on HOST:PORT
-    #[arg(long, value_name = "HOST:PORT", required_unless_present = "unix", conflicts_with = "unix")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "unix",
+        conflicts_with = "unix"
+    )]
     tcp: Option<String>,
     /// Listen on a UNIX socket
     #[arg(long, value_name = "PATH")]
@@ -311,9 +316,7 @@ fn info_of(b: &Backup) -> Res<BackupInfo> {
 
 /// The disks with device='disk' of a domain's definition.
 fn domain_disks(dom: &Domain) -> Res<Vec<String>> {
-    let xml = dom
-        .xml_desc(0)
-        .map_err(|e| err(e.message().to_string()))?;
+    let xml = dom.xml_desc(0).map_err(|e| err(e.message().to_string()))?;
     let doc = roxmltree::Document::parse(&xml).map_err(|e| err(e.to_string()))?;
     Ok(doc
         .descendants()
@@ -489,7 +492,9 @@ fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
     if interrupted() {
         return Err(err(format!(
             "backup {uuid} aborted: {}",
-            r.err().map(|e| e.message).unwrap_or_else(|| "completed before the abort".into())
+            r.err()
+                .map(|e| e.message)
+                .unwrap_or_else(|| "completed before the abort".into())
         )));
     }
     r?;
@@ -599,7 +604,9 @@ fn cmd_list(ctx: &mut Ctx, a: &ListArgs) -> Res<()> {
         .collect::<Res<Vec<_>>>()?;
     infos.sort_by_key(|i| i.creation_time);
     if ctx.json {
-        ctx.print_json(json!(infos.iter().map(BackupInfo::to_json).collect::<Vec<_>>()));
+        ctx.print_json(json!(
+            infos.iter().map(BackupInfo::to_json).collect::<Vec<_>>()
+        ));
         return Ok(());
     }
     if a.tree {
@@ -737,11 +744,16 @@ fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
 /// replaces itself (exec: the restore's thread and its locks are gone) with
 /// `virt-backup restore-interrupted UUID`, which opens the catalog.
 fn restart_after_interrupted_restore(uuid: &str) -> ! {
-    let exe = std::env::current_exe().ok().and_then(|p| {
-        std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok()
-    });
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok());
     if let (Some(exe), Ok(u)) = (exe, std::ffi::CString::new(uuid)) {
-        let args = [exe.as_ptr(), c"restore-interrupted".as_ptr(), u.as_ptr(), std::ptr::null()];
+        let args = [
+            exe.as_ptr(),
+            c"restore-interrupted".as_ptr(),
+            u.as_ptr(),
+            std::ptr::null(),
+        ];
         unsafe { libc::execv(exe.as_ptr(), args.as_ptr()) };
     }
     eprintln!("error: restore interrupted");
@@ -856,7 +868,10 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
     }
     let _ = std::io::stdout().flush();
     let start = Instant::now();
-    while !interrupted() && a.timeout.is_none_or(|t| start.elapsed() < Duration::from_secs(t)) {
+    while !interrupted()
+        && a.timeout
+            .is_none_or(|t| start.elapsed() < Duration::from_secs(t))
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     b.finish(0)?;
@@ -867,7 +882,10 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
 fn cmd_default_target(ctx: &mut Ctx, a: &DefaultTargetArgs) -> Res<()> {
     let dom = ctx.domain(&a.domain)?;
     let x = match a.target.strip_prefix("pool:") {
-        Some(p) => format!("<target type='pool'><pool>{}</pool></target>", xml_escape(p)),
+        Some(p) => format!(
+            "<target type='pool'><pool>{}</pool></target>",
+            xml_escape(p)
+        ),
         None => format!(
             "<target type='dir'><path>{}</path></target>",
             xml_escape(&a.target)
@@ -1039,7 +1057,12 @@ fn main() {
         Command::RestoreInterrupted { uuid } => cmd_restore_interrupted(uuid),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(*shell, &mut Cli::command(), "virt-backup", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "virt-backup",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     };
