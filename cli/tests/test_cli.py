@@ -102,6 +102,8 @@ class Env:
         for d in self.domains:
             virsh("destroy", d, check=False)
             virsh("undefine", "--checkpoints-metadata", d, check=False)
+        # Images of a GiB: pytest would keep them in its retained temp dirs.
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @pytest.fixture
