@@ -17,10 +17,8 @@ macro_rules! test_stop {
 #[cfg(feature = "test-hooks")]
 pub fn stop(point: &str) {
     if std::env::var("LIBVIRT_BACKUP_TEST_STOP").is_ok_and(|p| p == point) {
-        let _ = rustix::process::kill_process(
-            rustix::process::getpid(),
-            rustix::process::Signal::KILL,
-        );
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         // SIGKILL cannot be caught; this only keeps the signature honest.
         std::process::abort();
     }

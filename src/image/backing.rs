@@ -30,7 +30,8 @@ pub fn backing_file(path: &Path) -> Option<PathBuf> {
     use std::io::{Seek, SeekFrom};
     f.seek(SeekFrom::Start(offset)).ok()?;
     f.read_exact(&mut name).ok()?;
-    let name: PathBuf = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name).into();
+    let name: PathBuf =
+        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name).into();
     Some(match name.is_absolute() {
         true => name,
         false => path.parent().unwrap_or(Path::new("/")).join(name),
@@ -55,15 +56,43 @@ mod tests {
     fn reads_absolute_relative_and_no_backing() {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
-        qemu_img(&["create", "-q", "-f", "qcow2", p("base.qcow2").to_str().unwrap(), "1M"]);
-        qemu_img(&["create", "-q", "-f", "raw", p("raw.img").to_str().unwrap(), "1M"]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            p("base.qcow2").to_str().unwrap(),
+            "1M",
+        ]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "raw",
+            p("raw.img").to_str().unwrap(),
+            "1M",
+        ]);
         let abs = p("base.qcow2");
         qemu_img(&[
-            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", abs.to_str().unwrap(),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            abs.to_str().unwrap(),
             p("abs.qcow2").to_str().unwrap(),
         ]);
         qemu_img(&[
-            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "base.qcow2",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "base.qcow2",
             p("rel.qcow2").to_str().unwrap(),
         ]);
         assert_eq!(backing_file(&p("abs.qcow2")), Some(abs.clone()));

@@ -1,22 +1,155 @@
-//! What damaged metadata or a killed process must not cost: deletes left
-//! half done are finished, and a backup's images are never removed while
-//! another image of the domain still reads through them.
+//! Recovery of what a process that died left behind, done by whoever next
+//! reads the catalog: the records of dead jobs (settled by asking the engine
+//! that ran the job), deletes, merges and restores cut short. The catalog
+//! itself only stores and locks.
+//!
+//! Damaged metadata must not cost data: cleanup rests on evidence (a dead
+//! job's lock file), a record that cannot be trusted is reported, and a
+//! backup's images are never removed while another image of the domain
+//! still reads through them.
 
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use crate::engine::live;
 use crate::error::{Error, Result};
 use crate::image::backing::backing_file;
-use crate::store::catalog::Catalog;
-use crate::xml::backup::BackupRecord;
+use crate::store::catalog::{Catalog, JobStatus};
+use crate::xml::backup::{BackupRecord, BackupState};
+
+/// The catalog at the configured root, after removing the files of
+/// restores whose process died while writing them.
+pub fn open_catalog() -> Result<Catalog> {
+    let catalog = Catalog::open()?;
+    sweep_restores(&catalog);
+    Ok(catalog)
+}
+
+/// Records of one domain, oldest first, after settling dead jobs.
+pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>> {
+    sweep_merges(catalog, domain);
+    finish_deletes(catalog, domain);
+    let mut kept = Vec::new();
+    for rec in catalog.records(domain)? {
+        if is_orphan(catalog, &rec) {
+            kept.extend(resolve_dead(catalog, &rec)?);
+        } else {
+            kept.push(rec);
+        }
+    }
+    Ok(kept)
+}
+
+/// Current record of a backup, if it is still in the catalog.
+pub fn reload(catalog: &Catalog, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
+    match catalog.record(domain, backup)? {
+        Some(rec) if is_orphan(catalog, &rec) => resolve_dead(catalog, &rec),
+        other => Ok(other),
+    }
+}
+
+/// Find a backup of any domain.
+pub fn find(catalog: &Catalog, backup: &Uuid) -> Result<Option<BackupRecord>> {
+    match catalog.domain_of(backup)? {
+        Some(domain) => reload(catalog, &domain, backup),
+        None => Ok(None),
+    }
+}
+
+/// A record that says running while nobody holds its job lock (a dead job,
+/// or a record that only says so: `resolve_dead` tells them apart).
+fn is_orphan(catalog: &Catalog, rec: &BackupRecord) -> bool {
+    rec.state == BackupState::Running && catalog.job_status(rec) != JobStatus::Alive
+}
+
+/// A running record whose process died. The library's own copy died
+/// with it: discard the record and partial files. libvirt's job (a
+/// backup of a running domain) outlives it: keep the record while
+/// libvirt still copies, complete it once libvirt says the job completed
+/// and the targets are there, else discard it with its checkpoint.
+/// Returns the record if it stays.
+fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
+    let _guard = catalog.lock()?;
+    // Re-check under the lock: the job may have finished meanwhile (a
+    // failing job drops its lock file before it removes its record, both
+    // under the catalog lock).
+    let mut cur = match catalog.record(&rec.domain_uuid, &rec.uuid)? {
+        Some(cur) if is_orphan(catalog, &cur) => cur,
+        other => return Ok(other),
+    };
+    // The state word alone is no proof that a job ever ran (a job makes its
+    // lock file before its record): a record edited to say `running` must
+    // not cost its images.
+    if catalog.job_status(&cur) == JobStatus::NoEvidence {
+        return Err(catalog.damaged(
+            &cur,
+            "it says 'running' but no job of this backup ever left its lock file",
+        ));
+    }
+    let outcome = match cur.checkpoint {
+        Some(_) => {
+            let cancel = catalog.cancel_path(&cur.domain_uuid, &cur.uuid).exists();
+            live::orphan_outcome(&cur, cancel)
+        }
+        None => Some(false),
+    };
+    match outcome {
+        None => return Ok(Some(cur)),
+        Some(true) => {
+            cur.state = BackupState::Completed;
+            catalog.write_record(&cur)?;
+        }
+        Some(false) => catalog.remove_with_data(&cur)?,
+    }
+    catalog.clear_job_files(&cur);
+    Ok(outcome.unwrap().then_some(cur))
+}
+
+/// Remove what merges cut short by a dead process left: their temporary
+/// files and markers. Skipped while anyone holds the catalog lock (a
+/// merge runs under it).
+fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
+    let markers = catalog.merge_markers(domain);
+    if markers.is_empty() {
+        return;
+    }
+    let Some(_guard) = catalog.try_lock() else {
+        return;
+    };
+    // `merge_markers` names only merge temporary files (an empty path else).
+    for (marker, tmp) in markers {
+        if !tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(tmp);
+        }
+        let _ = fs::remove_file(&marker);
+    }
+}
+
+/// Remove the files of restores whose process died while writing them.
+fn sweep_restores(catalog: &Catalog) {
+    for note in catalog.restore_notes() {
+        let Ok(file) = File::open(&note) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // a restore in progress
+        }
+        // A note cut short while written names nothing (`staged_paths`).
+        for path in Catalog::staged_paths(&note).unwrap_or_default() {
+            let _ = fs::remove_file(path);
+        }
+        let _ = fs::remove_file(&note);
+    }
+}
 
 /// Finish the deletes of `domain` a dead process left half done (their
 /// record renamed to `<backup>.deleting`, some data maybe gone): remove what
 /// is left. Skipped while anyone holds the catalog lock (deletes run under
 /// it). A note that cannot be read is left alone: it is not listed, and
 /// whatever it names is better kept than guessed.
-pub fn finish_deletes(catalog: &Catalog, domain: &Uuid) {
+fn finish_deletes(catalog: &Catalog, domain: &Uuid) {
     let pending = catalog.pending_deletes(domain);
     if pending.is_empty() {
         return;
@@ -73,4 +206,117 @@ pub fn check_no_backing_users(all: &[BackupRecord], doomed: &[&BackupRecord]) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::xml::backup::{BackupMode, DiskFormat, DiskRecord, JobStats};
+
+    fn record(domain: Uuid, target: PathBuf, state: BackupState) -> BackupRecord {
+        BackupRecord {
+            uuid: Uuid::new_v4(),
+            creation_time: 1,
+            created_ns: 1,
+            description: None,
+            state,
+            parent: None,
+            domain_uuid: domain,
+            domain_name: "d".into(),
+            disks: vec![DiskRecord {
+                name: "vda".into(),
+                source: "/src".into(),
+                source_format: DiskFormat::Raw,
+                target,
+                format: DiskFormat::Qcow2,
+                mode: BackupMode::Full,
+                virtual_size: 1,
+                volume: None,
+            }],
+            uri: "test:///default".into(),
+            domain_xml: String::new(),
+            stats: JobStats::default(),
+            created_dirs: vec![],
+            checkpoint: None,
+        }
+    }
+    #[test]
+    fn dead_jobs_are_discarded_with_their_files_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+
+        // A job whose process died: record says running, nobody holds its lock.
+        let dead_target = dir.path().join("dead.qcow2");
+        std::fs::write(&dead_target, b"partial").unwrap();
+        let dead = record(dom, dead_target.clone(), BackupState::Running);
+        cat.lock_job(&dom, &dead.uuid, cat.lock_domain(&dom).unwrap())
+            .unwrap()
+            .leave_as_killed();
+        cat.write_record(&dead).unwrap();
+
+        // A job still running (we hold its lock).
+        let live_target = dir.path().join("live.qcow2");
+        std::fs::write(&live_target, b"in progress").unwrap();
+        let live = record(dom, live_target.clone(), BackupState::Running);
+        let lock = cat
+            .lock_job(&dom, &live.uuid, cat.lock_domain(&dom).unwrap())
+            .unwrap();
+        cat.write_record(&live).unwrap();
+
+        // A completed backup.
+        let done_target = dir.path().join("done.qcow2");
+        std::fs::write(&done_target, b"complete").unwrap();
+        let done = record(dom, done_target.clone(), BackupState::Completed);
+        cat.write_record(&done).unwrap();
+
+        let listed: Vec<Uuid> = list_domain(&cat, &dom)
+            .unwrap()
+            .iter()
+            .map(|r| r.uuid)
+            .collect();
+        assert!(!listed.contains(&dead.uuid));
+        assert!(listed.contains(&live.uuid) && listed.contains(&done.uuid));
+        assert!(!dead_target.exists());
+        assert!(live_target.exists() && done_target.exists());
+
+        // Once the live job's process "dies" too, it goes the same way.
+        lock.leave_as_killed();
+        assert_eq!(list_domain(&cat, &dom).unwrap().len(), 1);
+        assert!(!live_target.exists());
+        assert!(find(&cat, &done.uuid).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_running_record_without_a_job_is_reported_not_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let target = dir.path().join("t.qcow2");
+        std::fs::write(&target, b"data").unwrap();
+        // Says running, but no job ever took its lock.
+        let rec = record(dom, target.clone(), BackupState::Running);
+        cat.write_record(&rec).unwrap();
+        let e = list_domain(&cat, &dom).unwrap_err();
+        assert!(e.message.contains("damaged") && e.message.contains(&rec.uuid.to_string()));
+        assert!(find(&cat, &rec.uuid).is_err());
+        assert!(target.exists());
+    }
+
+    #[test]
+    fn a_delete_cut_short_is_finished_by_the_next_lister() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let target = dir.path().join("t.qcow2");
+        std::fs::write(&target, b"data").unwrap();
+        let rec = record(dom, target.clone(), BackupState::Completed);
+        cat.write_record(&rec).unwrap();
+        cat.mark_deleting(&rec).unwrap();
+        assert!(list_domain(&cat, &dom).unwrap().is_empty());
+        assert!(!target.exists());
+        assert!(cat.pending_deletes(&dom).is_empty());
+    }
 }

@@ -21,18 +21,17 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use crate::engine::copy::ensure_index;
 use crate::engine::copy::{self, Baseline, Rewrite};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Source, Target};
-use crate::job;
 use crate::job::Progress;
+use crate::ops::recovery;
 use crate::store::catalog::{Catalog, DomainLock, StagedFiles};
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
 use crate::xml::backup::{
-    BackupRecord, BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest,
+    BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest,
     UnmanagedSource,
 };
 use crate::xml::domain::{self, DomainDisk, RestoredDisk};
@@ -319,14 +318,14 @@ fn select<'a, T>(
 /// The shut-off domain a restore writes into; the domain's job lock, held
 /// until the restore ends, keeps any backup, export or other restore out.
 fn shut_off(dom: &DomainRef) -> Result<DomainLock> {
-    let lock = Catalog::open()?.lock_domain(&dom.uuid()?)?;
+    let lock = recovery::open_catalog()?.lock_domain(&dom.uuid()?)?;
     if dom.is_active()? {
         return Err(Error::operation_invalid(
             "the domain is running; shut it off before restoring its disks",
         ));
     }
     // An export of the domain must keep serving its images unchanged.
-    job::check_domain_idle(dom, &dom.uuid()?, false)?;
+    super::check_domain_idle(dom, &dom.uuid()?, false)?;
     Ok(lock)
 }
 
@@ -379,7 +378,7 @@ fn into_own_domain(
         )?);
     }
     check_distinct(&plans)?;
-    let note = execute(&Catalog::open()?, &plans)?;
+    let note = execute(&recovery::open_catalog()?, &plans)?;
     let changed = plans.iter().any(|p| {
         let d = now.iter().find(|d| d.name == p.name).unwrap();
         d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
@@ -433,7 +432,7 @@ fn as_new_domain(
     }
     check_distinct(&plans)?;
     let xml = domain::restored_definition(base_xml, Some(name), &restored(&plans))?;
-    let note = execute(&Catalog::open()?, &plans)?;
+    let note = execute(&recovery::open_catalog()?, &plans)?;
     crate::test_stop!("restore-before-define");
     if let Err(e) = libvirt::define_domain(conn, &xml) {
         for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
@@ -455,31 +454,11 @@ fn new_domain_asked(flags: u32, name: &Option<String>) -> Result<bool> {
     Ok(asked)
 }
 
-/// The digest index a restore of `disk` verifies every byte against. The
-/// library's engine writes it with the backup, so a missing one means the
-/// catalog was damaged: rebuilding it from the image would only "verify"
-/// the image against itself, so the restore fails instead. A backup QEMU
-/// copied (it has a checkpoint) never had one: its index is built from the
-/// image the first time, which checks that every chunk reads back, not
-/// that the data is what the guest had.
-fn backup_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
-    let path = catalog.index_path(&rec.domain_uuid, &rec.uuid, disk);
-    if rec.checkpoint.is_none() && !path.exists() {
-        return Err(Error::operation_failed(format!(
-            "digest index of disk '{disk}' of backup '{}' is missing ('{}'): the data cannot be verified",
-            rec.uuid,
-            path.display()
-        )));
-    }
-    ensure_index(catalog, rec, disk)
-}
-
 /// `virDomainBackupRestore`.
 pub fn restore(xml: &str, flags: u32) -> Result<()> {
     let req = RestoreRequest::parse(xml)?;
-    let catalog = Catalog::open()?;
-    let rec = catalog
-        .find(&req.uuid)?
+    let catalog = recovery::open_catalog()?;
+    let rec = recovery::find(&catalog, &req.uuid)?
         .ok_or_else(|| Error::no_backup(&req.uuid.to_string()))?;
     if rec.state != BackupState::Completed {
         return Err(Error::operation_invalid(format!(
@@ -506,7 +485,7 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
                 name,
                 origin: Origin {
                     image: OriginImage::File(d.target.clone(), d.format),
-                    index: Some(backup_index(&catalog, &rec, name)?),
+                    index: Some(super::verified_index(&catalog, &rec, name)?),
                 },
                 asked,
                 original: Some(d.source.clone()),

@@ -18,9 +18,9 @@
 //!   that backup's disk, while it runs
 //!
 //! A record that cannot be read is an error naming the file, never skipped.
-//! A record in state `running` whose job lock can be taken belongs to a
-//! process that died: the next reader discards it with its files, or, for a
-//! backup libvirt copies, settles it by what libvirt says (`resolve_dead`).
+//! The catalog only stores and locks: a record in state `running` whose job
+//! lock can be taken belongs to a process that died, and what becomes of it
+//! (and of cut-short merges and restores) is decided in `ops::recovery`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::xml::backup::{BackupRecord, BackupState, DefaultTarget};
+use crate::xml::backup::{BackupRecord, DefaultTarget};
 
 const DEFAULT_TARGET_FILE: &str = "default-target.xml";
 
@@ -59,9 +59,6 @@ impl Drop for CatalogLock {
 /// Name prefix (in the root) of the notes of restores writing new files.
 const RESTORING: &str = ".restoring-";
 
-/// Last line of a complete restore note.
-const NOTE_END: &[u8] = b"end\n";
-
 /// The note of a restore's new files, locked while the restore writes them.
 pub struct StagedFiles {
     _file: File,
@@ -88,7 +85,18 @@ impl Drop for StagedFiles {
 pub struct JobLock {
     file: File,
     path: PathBuf,
-    _domain: DomainLock,
+    domain: DomainLock,
+}
+
+impl JobLock {
+    /// What a killed process leaves of its locks (for tests of recovery):
+    /// the job's lock file, unlocked, and the domain's lock released.
+    #[doc(hidden)]
+    pub fn leave_as_killed(self) {
+        let _ = self.file.unlock();
+        let _ = self.domain.file.unlock();
+        std::mem::forget(self);
+    }
 }
 
 /// One job per domain (backup, export or restore), across threads and
@@ -100,7 +108,7 @@ pub struct JobLock {
 /// outside the domain's folder, which a refused request leaves untouched.
 #[derive(Debug)]
 pub struct DomainLock {
-    _file: File,
+    file: File,
 }
 
 /// Folder (in the root) of the per-domain job locks, one file per domain.
@@ -108,6 +116,18 @@ const DOMAIN_LOCKS: &str = ".domain-locks";
 
 /// Extension of a record whose backup is being deleted.
 const DELETING: &str = "deleting";
+
+/// Last line of a complete restore note.
+const NOTE_END: &[u8] = b"end\n";
+
+/// Whether the job of a `running` record is alive, died, or never left the
+/// evidence (its lock file) that it existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Alive,
+    Dead,
+    NoEvidence,
+}
 
 impl Drop for JobLock {
     fn drop(&mut self) {
@@ -186,9 +206,7 @@ impl Catalog {
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
         make_private_dir(&root)?;
-        let catalog = Catalog { root };
-        catalog.sweep_restores();
-        Ok(catalog)
+        Ok(Catalog { root })
     }
 
     /// A new private folder `<root>/<name>` (an export's scratch files).
@@ -223,34 +241,6 @@ impl Catalog {
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io("cannot write", &path, e))?;
         Ok(StagedFiles { _file: file, path })
-    }
-
-    /// Remove the files of restores whose process died while writing them.
-    fn sweep_restores(&self) {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return;
-        };
-        let notes = entries
-            .flatten()
-            .filter(|e| e.file_name().as_bytes().starts_with(RESTORING.as_bytes()));
-        for e in notes {
-            let Ok(file) = File::open(e.path()) else {
-                continue;
-            };
-            if file.try_lock().is_err() {
-                continue; // a restore in progress
-            }
-            if let Some(paths) = fs::read(e.path())
-                .ok()
-                .as_deref()
-                .and_then(|t| t.strip_suffix(NOTE_END))
-            {
-                for line in paths.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    let _ = fs::remove_file(std::ffi::OsStr::from_bytes(line));
-                }
-            }
-            let _ = fs::remove_file(e.path());
-        }
     }
 
     pub fn root(&self) -> &Path {
@@ -352,36 +342,22 @@ impl Catalog {
             .join(format!("{}.{disk}.merging", child.uuid))
     }
 
-    /// Remove what merges cut short by a dead process left: their temporary
-    /// files and markers. Skipped while anyone holds the catalog lock (a
-    /// merge runs under it).
-    fn sweep_merges(&self, domain: &Uuid) {
-        let dir = self.domain_dir(domain);
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return;
-        };
-        let markers: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "merging"))
-            .collect();
-        if markers.is_empty() {
-            return;
-        }
-        let Some(_guard) = self.try_lock() else {
-            return;
-        };
-        for m in markers {
-            if let Ok(tmp) = fs::read(&m) {
-                let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
-                // Only ever a merge's own temporary file: a marker that was
-                // damaged or edited must not name an image to remove.
-                if is_merge_tmp(&tmp) {
-                    let _ = fs::remove_file(tmp);
-                }
-            }
-            let _ = fs::remove_file(&m);
-        }
+    /// Take the job lock of `domain`, or fail with `OPERATION_INVALID` if
+    /// a job of any kind holds it, in this process or another.
+    pub fn lock_domain(&self, domain: &Uuid) -> Result<DomainLock> {
+        let dir = self.root.join(DOMAIN_LOCKS);
+        make_private_dir(&dir)?;
+        let path = dir.join(domain.to_string());
+        let file = OpenOptions::new()
+            .mode(0o600)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open domain job lock", &path, e))?;
+        file.try_lock()
+            .map_err(|_| Error::operation_invalid("the domain already has a backup job running"))?;
+        Ok(DomainLock { file })
     }
 
     /// Take the job lock of a new backup, keeping the domain's job lock for
@@ -402,32 +378,13 @@ impl Catalog {
         Ok(JobLock {
             file,
             path,
-            _domain: held,
+            domain: held,
         })
-    }
-
-    /// Take the job lock of `domain`, or fail with `OPERATION_INVALID` if
-    /// a job of any kind holds it, in this process or another.
-    pub fn lock_domain(&self, domain: &Uuid) -> Result<DomainLock> {
-        let dir = self.root.join(DOMAIN_LOCKS);
-        make_private_dir(&dir)?;
-        let path = dir.join(domain.to_string());
-        let file = OpenOptions::new()
-            .mode(0o600)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("cannot open domain job lock", &path, e))?;
-        file.try_lock().map_err(|_| {
-            Error::operation_invalid("the domain already has a backup job running")
-        })?;
-        Ok(DomainLock { _file: file })
     }
 
     /// Whether the job of a running record is alive, died, or never left
     /// the evidence (its lock file) that it existed.
-    fn job_status(&self, rec: &BackupRecord) -> JobStatus {
+    pub fn job_status(&self, rec: &BackupRecord) -> JobStatus {
         let path = self.job_lock_path(&rec.domain_uuid, &rec.uuid);
         match OpenOptions::new().write(true).open(&path) {
             Err(_) => JobStatus::NoEvidence,
@@ -439,6 +396,11 @@ impl Catalog {
                 Err(_) => JobStatus::Alive,
             },
         }
+    }
+
+    /// The error for a record of this catalog that cannot be trusted.
+    pub fn damaged(&self, rec: &BackupRecord, why: &str) -> Error {
+        damaged(&self.record_path(&rec.domain_uuid, &rec.uuid), why)
     }
 
     pub fn write_record(&self, rec: &BackupRecord) -> Result<()> {
@@ -561,9 +523,9 @@ impl Catalog {
             .map_err(|e| damaged(path, &e.message))
     }
 
-    /// Records of one domain, oldest first, after discarding dead jobs.
-    pub fn list_domain(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
-        self.sweep_merges(domain);
+    /// The records of one domain as stored (a dead job's record still says
+    /// running: `ops::recovery` resolves those), oldest first.
+    pub fn records(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
         let dir = self.domain_dir(domain);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -583,64 +545,80 @@ impl Catalog {
                 out.push(rec);
             }
         }
-        let mut kept = Vec::with_capacity(out.len());
-        for rec in out {
-            if rec.state == BackupState::Running && self.job_status(&rec) != JobStatus::Alive {
-                kept.extend(self.resolve_dead(&rec)?);
-            } else {
-                kept.push(rec);
-            }
-        }
-        kept.sort_by_key(|r| (r.created_ns, r.uuid));
-        Ok(kept)
+        out.sort_by_key(|r| (r.created_ns, r.uuid));
+        Ok(out)
     }
 
-    /// A running record whose process died. The library's own copy died
-    /// with it: discard the record and partial files. libvirt's job (a
-    /// backup of a running domain) outlives it: keep the record while
-    /// libvirt still copies, complete it once libvirt says the job completed
-    /// and the targets are there, else discard it with its checkpoint.
-    /// Returns the record if it stays.
-    fn resolve_dead(&self, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
-        let _guard = self.lock()?;
-        // Re-check under the lock: the job may have finished meanwhile (a
-        // failing job drops its lock file before it removes its record, both
-        // under the catalog lock).
-        let path = self.record_path(&rec.domain_uuid, &rec.uuid);
-        let mut cur = match Self::read_record(&path)? {
-            Some(cur) if cur.state == BackupState::Running => cur,
-            other => return Ok(other),
+    /// The record of a backup as stored, if there is one (an error naming
+    /// the file if it is damaged).
+    pub fn record(&self, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
+        Self::read_record(&self.record_path(domain, backup))
+    }
+
+    /// The domain a backup of any domain belongs to.
+    pub fn domain_of(&self, backup: &Uuid) -> Result<Option<Uuid>> {
+        Ok(self
+            .domains()?
+            .into_iter()
+            .find(|dom| self.record_path(dom, backup).exists()))
+    }
+
+    /// Remove the job lock and cancel request of a job that ended.
+    pub fn clear_job_files(&self, rec: &BackupRecord) {
+        let _ = fs::remove_file(self.job_lock_path(&rec.domain_uuid, &rec.uuid));
+        let _ = fs::remove_file(self.cancel_path(&rec.domain_uuid, &rec.uuid));
+    }
+
+    /// The merge markers of a domain: (marker, temporary file it names). A
+    /// marker that names anything but a merge's own temporary file (damaged
+    /// or edited) names nothing: it must never lead to an image's removal.
+    pub fn merge_markers(&self, domain: &Uuid) -> Vec<(PathBuf, PathBuf)> {
+        let Ok(entries) = fs::read_dir(self.domain_dir(domain)) else {
+            return Vec::new();
         };
-        match self.job_status(&cur) {
-            JobStatus::Alive => return Ok(Some(cur)),
-            JobStatus::Dead => {}
-            // The state word alone is no proof that a job ever ran: a
-            // record edited to say `running` must not cost its images.
-            JobStatus::NoEvidence => {
-                return Err(damaged(
-                    &path,
-                    "it says 'running' but no job of this backup ever left its lock file",
-                ));
-            }
-        }
-        let outcome = match cur.checkpoint {
-            Some(_) => {
-                let cancel = self.cancel_path(&cur.domain_uuid, &cur.uuid).exists();
-                crate::engine::live::orphan_outcome(&cur, cancel)
-            }
-            None => Some(false),
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "merging"))
+            .map(|m| {
+                let tmp = fs::read(&m).unwrap_or_default();
+                let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
+                (
+                    m,
+                    if is_merge_tmp(&tmp) {
+                        tmp
+                    } else {
+                        PathBuf::new()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The notes of staged restore files (see `stage_files`).
+    pub fn restore_notes(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
         };
-        match outcome {
-            None => return Ok(Some(cur)),
-            Some(true) => {
-                cur.state = BackupState::Completed;
-                self.write_record(&cur)?;
-            }
-            Some(false) => self.remove_with_data(&cur)?,
-        }
-        let _ = fs::remove_file(self.job_lock_path(&cur.domain_uuid, &cur.uuid));
-        let _ = fs::remove_file(self.cancel_path(&cur.domain_uuid, &cur.uuid));
-        Ok(outcome.unwrap().then_some(cur))
+        entries
+            .flatten()
+            .filter(|e| e.file_name().as_bytes().starts_with(RESTORING.as_bytes()))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// The files a restore note names, if the note is complete (see
+    /// `stage_files`): a note cut short names nothing.
+    pub fn staged_paths(note: &Path) -> Option<Vec<PathBuf>> {
+        let text = fs::read(note).ok()?;
+        let paths = text.strip_suffix(NOTE_END)?;
+        Some(
+            paths
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| PathBuf::from(std::ffi::OsStr::from_bytes(l)))
+                .collect(),
+        )
     }
 
     /// Domains that have a folder in the catalog.
@@ -651,27 +629,6 @@ impl Catalog {
             .flatten()
             .filter_map(|e| Uuid::parse_str(&e.file_name().to_string_lossy()).ok())
             .collect())
-    }
-
-    /// Find a backup of any domain.
-    pub fn find(&self, backup: &Uuid) -> Result<Option<BackupRecord>> {
-        for dom in self.domains()? {
-            if self.record_path(&dom, backup).exists() {
-                return self.reload(&dom, backup);
-            }
-        }
-        Ok(None)
-    }
-
-    /// Current record of a backup, if it is still in the catalog.
-    pub fn reload(&self, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
-        let Some(rec) = Self::read_record(&self.record_path(domain, backup))? else {
-            return Ok(None);
-        };
-        if rec.state == BackupState::Running && self.job_status(&rec) != JobStatus::Alive {
-            return self.resolve_dead(&rec);
-        }
-        Ok(Some(rec))
     }
 
     pub fn default_target(&self, domain: &Uuid) -> Result<Option<DefaultTarget>> {
@@ -691,7 +648,7 @@ impl Catalog {
 
     /// Forget every backup of a domain and its settings (data files stay).
     pub fn forget_domain(&self, domain: &Uuid) -> Result<()> {
-        for rec in self.list_domain(domain)? {
+        for rec in self.records(domain)? {
             self.remove_record(&rec)?;
         }
         remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
@@ -714,13 +671,6 @@ fn is_merge_tmp(path: &Path) -> bool {
             .is_some_and(|(image, id)| image.len() > 1 && Uuid::parse_str(id).is_ok())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum JobStatus {
-    Alive,
-    Dead,
-    NoEvidence,
-}
-
 /// The error for a record that cannot be trusted: it names the file.
 fn damaged(path: &Path, why: &str) -> Error {
     Error::operation_failed(format!(
@@ -741,7 +691,7 @@ pub fn remove_if_exists(path: &PathBuf) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::backup::{BackupMode, DiskFormat, DiskRecord, JobStats};
+    use crate::xml::backup::{BackupMode, BackupState, DiskFormat, DiskRecord, JobStats};
 
     fn record(domain: Uuid, target: PathBuf, state: BackupState) -> BackupRecord {
         BackupRecord {
@@ -771,83 +721,26 @@ mod tests {
         }
     }
 
-    /// What a killed process leaves of its job lock: the file, unlocked.
-    fn die(lock: JobLock) {
-        lock.file.unlock().unwrap();
-        lock._domain._file.unlock().unwrap();
-        std::mem::forget(lock);
-    }
-
     #[test]
-    fn dead_jobs_are_discarded_with_their_files_live_ones_kept() {
+    fn damaged_records_are_errors_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::at(dir.path().join("cat")).unwrap();
         let dom = Uuid::new_v4();
-
-        // A job whose process died: record says running, nobody holds its lock.
-        let dead_target = dir.path().join("dead.qcow2");
-        std::fs::write(&dead_target, b"partial").unwrap();
-        let dead = record(dom, dead_target.clone(), BackupState::Running);
-        die(cat
-            .lock_job(&dom, &dead.uuid, cat.lock_domain(&dom).unwrap())
-            .unwrap());
-        cat.write_record(&dead).unwrap();
-
-        // A job still running (we hold its lock).
-        let live_target = dir.path().join("live.qcow2");
-        std::fs::write(&live_target, b"in progress").unwrap();
-        let live = record(dom, live_target.clone(), BackupState::Running);
-        let lock = cat
-            .lock_job(&dom, &live.uuid, cat.lock_domain(&dom).unwrap())
-            .unwrap();
-        cat.write_record(&live).unwrap();
-
-        // A completed backup.
-        let done_target = dir.path().join("done.qcow2");
-        std::fs::write(&done_target, b"complete").unwrap();
-        let done = record(dom, done_target.clone(), BackupState::Completed);
-        cat.write_record(&done).unwrap();
-
-        let listed: Vec<Uuid> = cat
-            .list_domain(&dom)
-            .unwrap()
-            .iter()
-            .map(|r| r.uuid)
-            .collect();
-        assert!(!listed.contains(&dead.uuid));
-        assert!(listed.contains(&live.uuid) && listed.contains(&done.uuid));
-        assert!(!dead_target.exists());
-        assert!(live_target.exists() && done_target.exists());
-
-        // Once the live job's process "dies" too, it goes the same way.
-        die(lock);
-        assert_eq!(cat.list_domain(&dom).unwrap().len(), 1);
-        assert!(!live_target.exists());
-        assert!(cat.find(&done.uuid).unwrap().is_some());
-    }
-
-    #[test]
-    fn damaged_records_are_reported_and_keep_their_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = Catalog::at(dir.path().join("cat")).unwrap();
-        let dom = Uuid::new_v4();
-        let target = dir.path().join("t.qcow2");
-        std::fs::write(&target, b"data").unwrap();
-
-        // Says running, but no job ever took its lock: no evidence of a job.
-        let rec = record(dom, target.clone(), BackupState::Running);
+        let rec = record(dom, dir.path().join("t.qcow2"), BackupState::Completed);
         cat.write_record(&rec).unwrap();
-        let e = cat.list_domain(&dom).unwrap_err();
-        assert!(e.message.contains("damaged") && e.message.contains(&rec.uuid.to_string()));
-        assert!(cat.reload(&dom, &rec.uuid).is_err());
-        assert!(target.exists());
-
-        // Cannot be parsed.
         let path = cat.record_path(&dom, &rec.uuid);
         std::fs::write(&path, b"<domainbackup>").unwrap();
-        let e = cat.list_domain(&dom).unwrap_err();
-        assert!(e.message.contains(&path.display().to_string()), "{}", e.message);
-        assert!(target.exists());
+        for e in [
+            cat.records(&dom).unwrap_err(),
+            cat.record(&dom, &rec.uuid).unwrap_err(),
+        ] {
+            assert!(
+                e.message.contains(&path.display().to_string()),
+                "{}",
+                e.message
+            );
+            assert!(e.message.contains("damaged"), "{}", e.message);
+        }
     }
 
     #[test]
@@ -860,7 +753,8 @@ mod tests {
         let rec = record(dom, target.clone(), BackupState::Completed);
         cat.write_record(&rec).unwrap();
         cat.mark_deleting(&rec).unwrap();
-        assert!(cat.list_domain(&dom).unwrap().is_empty());
+        assert!(cat.records(&dom).unwrap().is_empty());
+        assert!(target.exists());
         let pending = cat.pending_deletes(&dom);
         assert_eq!(pending.len(), 1);
         let found = pending[0].1.as_ref().unwrap();
@@ -868,39 +762,6 @@ mod tests {
         cat.remove_data(found).unwrap();
         cat.finish_delete(found).unwrap();
         assert!(!target.exists() && cat.pending_deletes(&dom).is_empty());
-    }
-
-    #[test]
-    fn damaged_notes_never_name_a_file_to_remove() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("cat");
-        let cat = Catalog::at(root.clone()).unwrap();
-        let keep = dir.path().join("disk.qcow2");
-        std::fs::write(&keep, b"guest data").unwrap();
-        // A restore note cut short while written: "disk.qcow2.restore-tmp"
-        // truncated into the name of the disk itself, no end mark.
-        let note = root.join(format!("{RESTORING}{}", Uuid::new_v4()));
-        std::fs::write(&note, keep.as_os_str().as_encoded_bytes()).unwrap();
-        // A merge marker edited to name an image.
-        let child = record(Uuid::new_v4(), keep.clone(), BackupState::Completed);
-        cat.write_record(&child).unwrap();
-        cat.mark_merge(&child, "vda", &keep).unwrap();
-        Catalog::at(root.clone()).unwrap();
-        cat.list_domain(&child.domain_uuid).unwrap();
-        assert!(keep.exists());
-        assert!(!note.exists());
-        // A complete note, and a real merge temporary file, do go.
-        let tmp = dir.path().join(format!(".disk.qcow2.merge-{}", Uuid::new_v4()));
-        std::fs::write(&tmp, b"partial").unwrap();
-        cat.mark_merge(&child, "vda", &tmp).unwrap();
-        let staged = dir.path().join("new.qcow2");
-        std::fs::write(&staged, b"partial").unwrap();
-        let mut text = staged.as_os_str().as_encoded_bytes().to_vec();
-        text.extend_from_slice(b"\nend\n");
-        std::fs::write(&note, text).unwrap();
-        cat.list_domain(&child.domain_uuid).unwrap();
-        Catalog::at(root.clone()).unwrap();
-        assert!(!tmp.exists() && !staged.exists() && !note.exists());
     }
 
     #[test]
@@ -914,6 +775,37 @@ mod tests {
         assert!(cat.lock_domain(&Uuid::new_v4()).is_ok());
         drop(held);
         cat.lock_domain(&dom).unwrap();
+    }
+
+    #[test]
+    fn damaged_notes_and_markers_name_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let disk = dir.path().join("disk.qcow2");
+        // A restore note cut short while written: "disk.qcow2.restore-tmp"
+        // truncated into the name of the disk itself, no end mark.
+        let note = dir.path().join("note");
+        std::fs::write(&note, disk.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(Catalog::staged_paths(&note), None);
+        let mut whole = disk.as_os_str().as_encoded_bytes().to_vec();
+        whole.extend_from_slice(b"\nend\n");
+        std::fs::write(&note, whole).unwrap();
+        assert_eq!(Catalog::staged_paths(&note), Some(vec![disk.clone()]));
+        // A merge marker edited to name an image names nothing.
+        let child = record(Uuid::new_v4(), disk.clone(), BackupState::Completed);
+        cat.write_record(&child).unwrap();
+        cat.mark_merge(&child, "vda", &disk).unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".disk.qcow2.merge-{}", Uuid::new_v4()));
+        cat.mark_merge(&child, "vdb", &tmp).unwrap();
+        let mut named: Vec<PathBuf> = cat
+            .merge_markers(&child.domain_uuid)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        named.sort();
+        assert_eq!(named, vec![PathBuf::new(), tmp]);
     }
 
     #[test]
