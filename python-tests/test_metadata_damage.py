@@ -237,6 +237,23 @@ def test_restore_with_missing_index_fails(env):
     assert lookup_domain(env.conn, name) is None
 
 
+def test_verify_with_missing_index_fails(env):
+    from ctypes import c_int, c_uint, c_void_p
+    from conftest import _decl
+    _decl(lib, "virDomainBackupVerify", c_int, c_void_p, c_uint)
+    dom, [(uuid, target, _)] = chain(env, 1)
+    index = os.path.join(record_path(env, dom, uuid, "index"), "vda.b3")
+    os.remove(index)
+    b = lib.virDomainBackupLookupByUUID(uuid.encode(), 0)
+    try:
+        assert lib.virDomainBackupVerify(b, 0) == -1, "verify succeeded"
+        expect_error(VIR_ERR_OPERATION_FAILED, "digest index of disk 'vda'",
+                     "cannot be verified")
+    finally:
+        free(b)
+    assert not os.path.exists(index), "the index was rebuilt from the image"
+
+
 @pytest.mark.parametrize("damage", ["digests", "truncated"])
 def test_restore_with_garbled_index_fails(env, damage):
     dom, [(uuid, target, _)] = chain(env, 1)

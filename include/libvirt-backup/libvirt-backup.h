@@ -522,7 +522,10 @@ int virDomainBackupRestoreUnmanaged(virDomainPtr domain, const char *xmlDesc, un
  * as a restore reads them) and check each 64 KiB chunk against the digest
  * index recorded at backup time. Synchronous. A backup written by QEMU (of
  * a running domain) has no index until something first reads it: the first
- * verification records it from the files, later ones check against it.
+ * verification records it from the files, later ones check against it. A
+ * backup the library copied whose index is missing fails with
+ * VIR_ERR_OPERATION_FAILED ("the data cannot be verified"): its index is
+ * never rebuilt from the images it should check.
  *
  * While it runs, virDomainBackupGetParameters() on @backup (from another
  * thread, on any handle of the backup) also reports "verify.bytes.total"
