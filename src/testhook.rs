@@ -3,6 +3,12 @@
 //! the point named by `LIBVIRT_BACKUP_TEST_STOP`, it kills itself with
 //! SIGKILL, so a crash window is hit deterministically instead of by timing.
 //! The release library contains neither the code nor the variable's name.
+//!
+//! Points: `create-target-created` (CreateXML, after each target file is
+//! created), `delete-marked` (a record renamed to `.deleting`, no data
+//! removed yet), `delete-first-disk-removed` (a delete that removed its
+//! first disk), `restore-before-define` (a NEW_DOMAIN restore whose files
+//! are written, before the domain is defined).
 
 /// Kill the process here if `LIBVIRT_BACKUP_TEST_STOP` names `$point`
 /// (test builds only; nothing in release builds).

@@ -315,17 +315,24 @@ fn select<'a, T>(
     }
 }
 
-/// The shut-off domain a restore writes into; the domain's job lock, held
-/// until the restore ends, keeps any backup, export or other restore out.
-fn shut_off(dom: &DomainRef) -> Result<DomainLock> {
-    let lock = recovery::open_catalog()?.lock_domain(&dom.uuid()?)?;
+/// The shut-off domain a restore writes into.
+fn shut_off(dom: &DomainRef) -> Result<()> {
     if dom.is_active()? {
         return Err(Error::operation_invalid(
             "the domain is running; shut it off before restoring its disks",
         ));
     }
     // An export of the domain must keep serving its images unchanged.
-    super::check_domain_idle(dom, &dom.uuid()?, false)?;
+    super::check_domain_idle(dom, &dom.uuid()?, false)
+}
+
+/// The domain's job lock for a restore about to write, with the checks of
+/// `shut_off` made again under it: held until the restore ends, it keeps
+/// any backup, export or other restore out. Taken once the request is
+/// checked, so that a refused request leaves no lock file behind.
+fn lock_for_restore(catalog: &Catalog, dom: &DomainRef) -> Result<DomainLock> {
+    let lock = catalog.lock_domain(&dom.uuid()?)?;
+    shut_off(dom)?;
     Ok(lock)
 }
 
@@ -349,16 +356,8 @@ struct Item<'a> {
 
 /// Restore into `dom` itself (shut off): each disk's current file by
 /// default, repointing the definition at any other file or format.
-fn into_own_domain(
-    dom: &DomainRef,
-    items: Vec<Item>,
-    flags: u32,
-    held: Option<DomainLock>,
-) -> Result<()> {
-    let _lock = match held {
-        Some(l) => l,
-        None => shut_off(dom)?,
-    };
+fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> {
+    shut_off(dom)?;
     let now_xml = dom.xml()?;
     let now = domain::parse_disks(&now_xml)?;
     let mut plans = Vec::new();
@@ -378,7 +377,9 @@ fn into_own_domain(
         )?);
     }
     check_distinct(&plans)?;
-    let note = execute(&recovery::open_catalog()?, &plans)?;
+    let catalog = recovery::open_catalog()?;
+    let _lock = lock_for_restore(&catalog, dom)?;
+    let note = execute(&catalog, &plans)?;
     let changed = plans.iter().any(|p| {
         let d = now.iter().find(|d| d.name == p.name).unwrap();
         d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
@@ -472,8 +473,8 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
         true => None,
         false => {
             let dom = libvirt::open_domain(&rec.uri, &rec.domain_uuid)?;
-            let lock = shut_off(&dom)?;
-            Some((dom, lock))
+            shut_off(&dom)?;
+            Some(dom)
         }
     };
     let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
@@ -492,14 +493,14 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let Some((dom, lock)) = own else {
+    let Some(dom) = own else {
         let name = req.domain_name.clone().unwrap_or_else(|| {
             format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8])
         });
         let conn = libvirt::open_connection(&rec.uri)?;
         return as_new_domain(&conn, &rec.domain_xml, &name, items, flags);
     };
-    into_own_domain(&dom, items, flags, Some(lock))
+    into_own_domain(&dom, items, flags)
 }
 
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
@@ -547,5 +548,5 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
         });
         return as_new_domain(&dom.connect()?, &def, &name, items, flags);
     }
-    into_own_domain(dom, items, flags, None)
+    into_own_domain(dom, items, flags)
 }
