@@ -248,7 +248,9 @@ pub fn copy_image(
                 }
             }
         }
-        w.flush(buf)
+        w.flush(buf)?;
+        dst.written(win.offset, win.offset + win.len as u64);
+        Ok(())
     })?;
     // A source that shrank while it was read would have read as holes.
     let now = src
@@ -409,6 +411,7 @@ pub fn apply_rewrite(
                 }
             }
             w.flush(&buf)?;
+            dst.written(window, window + len as u64);
         }
         window += len as u64;
     }
