@@ -49,7 +49,9 @@
  * BENCH_RUNS (default 4), BENCH_DIR (parent of the work folder, default
  * /var/tmp), BENCH_VERBOSE (print every run), BENCH_LIVE_SIZE_MB (the
  * running domain's disk, default 2048), BENCH_LIVE=0 (skip rows 5-7; by
- * default they run and an unreachable libvirtd is an error).
+ * default they run and an unreachable libvirtd is an error), BENCH_MAIN=0
+ * (skip rows 1-4), and the copy engine's rows' knobs (see copy.c:
+ * BENCH_COPY_MAX_MB, BENCH_COPY_RUNS, BENCH_COPY_LAYOUTS).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -687,9 +689,10 @@ int main(void)
     print_cells("row", "ours", "peer", "ratio", "target", "notes");
     print_cells("------------------------------------------------", "----------",
                 "----------", "-------", "--------", "-----");
-    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++)
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]) && env_long("BENCH_MAIN", 1); r++)
         for (size_t i = 0; i < ndisks; i++)
             bench_row(&rows[r], &disks[i]);
+    mismatches += copy_rows(conn);
     /* The whole process: the copies ran in it, with their bounded buffers
      * (the live rows' copies run in QEMU). */
     getrusage(RUSAGE_SELF, &ru);

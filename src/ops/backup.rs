@@ -980,8 +980,10 @@ fn run_copy(
         for (((src, parent), dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
             let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
             let mut parent = parent;
+            // An incremental's index holds only what changed from its parent's.
+            let parent_index = parent.as_ref().map(|p| p.path().to_path_buf());
             let baseline = copy::Baseline::of(parent.as_mut());
-            IndexWriter::create(&index_path, d.virtual_size)
+            IndexWriter::create_delta(&index_path, d.virtual_size, parent_index.as_deref())
                 .and_then(|mut index| {
                     copy::copy_image(&src, &dst, &job.progress, baseline, &mut index)?;
                     index.finish()
