@@ -116,6 +116,9 @@ struct Window {
     buf: Vec<u8>,
     /// The digest of each `DIGEST_CHUNK` of the window.
     sums: Vec<Digest>,
+    /// Chunks a dirty bitmap says did not change: not read, their digest
+    /// is the parent's (only with a bitmap, else empty).
+    clean: Vec<bool>,
 }
 
 impl Window {
@@ -127,7 +130,41 @@ impl Window {
         })
     }
 
+    fn is_clean(&self, k: usize) -> bool {
+        self.clean.get(k).copied().unwrap_or(false)
+    }
+
+    /// Read and hash only the chunks of the window that `dirty` (sorted,
+    /// chunk-aligned runs) touches; mark the others clean.
+    fn fill_dirty(&mut self, src: &Source, dirty: &[(u64, u64)]) -> Result<()> {
+        let (offset, len) = (self.offset, self.len as u64);
+        self.clean.clear();
+        self.sums.clear();
+        self.has_data = true;
+        let first = dirty.partition_point(|&(o, l)| o + l <= offset);
+        for start in (0..len).step_by(DIGEST_CHUNK as usize) {
+            let end = (start + DIGEST_CHUNK).min(len);
+            let (a, b) = (offset + start, offset + end);
+            let hit = dirty[first..]
+                .iter()
+                .take_while(|&&(o, _)| o < b)
+                .any(|&(o, l)| o + l > a);
+            self.clean.push(!hit);
+            let part = &mut self.buf[start as usize..end as usize];
+            self.sums.push(if !hit {
+                ZERO_DIGEST
+            } else if fill_window(src, part, a)? {
+                digest(part)
+            } else {
+                part.fill(0);
+                ZERO_DIGEST
+            });
+        }
+        Ok(())
+    }
+
     fn hash(&mut self) {
+        self.clean.clear();
         self.sums.clear();
         for start in (0..self.len).step_by(DIGEST_CHUNK as usize) {
             let end = (start + DIGEST_CHUNK as usize).min(self.len);
@@ -153,6 +190,16 @@ const WINDOWS_PER_READER: usize = 2;
 fn for_each_window(
     src: &Source,
     progress: &Progress,
+    use_window: impl FnMut(&Window) -> Result<()>,
+) -> Result<()> {
+    for_each_window_of(src, progress, None, use_window)
+}
+
+/// [`for_each_window`], reading only the chunks `dirty` touches if given.
+fn for_each_window_of(
+    src: &Source,
+    progress: &Progress,
+    dirty: Option<&[(u64, u64)]>,
     mut use_window: impl FnMut(&Window) -> Result<()>,
 ) -> Result<()> {
     use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
@@ -170,6 +217,7 @@ fn for_each_window(
                     has_data: false,
                     buf: vec![0u8; COPY_CHUNK as usize],
                     sums: Vec::with_capacity((COPY_CHUNK / DIGEST_CHUNK) as usize),
+                    clean: Vec::new(),
                 });
             }
             full.push(full_rx);
@@ -181,11 +229,14 @@ fn for_each_window(
                     let Ok(mut w) = free_rx.recv() else { return };
                     w.offset = offset;
                     w.len = COPY_CHUNK.min(size - offset) as usize;
-                    let filled = fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
-                        w.has_data = has_data;
-                        w.hash();
-                        w
-                    });
+                    let filled = match dirty {
+                        Some(runs) => w.fill_dirty(src, runs).map(|()| w),
+                        None => fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
+                            w.has_data = has_data;
+                            w.hash();
+                            w
+                        }),
+                    };
                     let failed = filled.is_err();
                     if full_tx.send(filled).is_err() || failed {
                         return;
@@ -222,8 +273,22 @@ pub fn copy_image(
     src: &Source,
     dst: &Target,
     progress: &Progress,
+    baseline: Baseline,
+    index: &mut dyn DigestSink,
+) -> Result<()> {
+    copy_changes(src, dst, progress, baseline, index, None)
+}
+
+/// [`copy_image`] where a dirty bitmap tells which chunks may differ from
+/// `baseline` (sorted, chunk-aligned runs): only those are read; the
+/// others keep the parent's digest.
+pub fn copy_changes(
+    src: &Source,
+    dst: &Target,
+    progress: &Progress,
     mut baseline: Baseline,
     index: &mut dyn DigestSink,
+    dirty: Option<&[(u64, u64)]>,
 ) -> Result<()> {
     let size = src.size();
     let mut w = Writer {
@@ -231,15 +296,16 @@ pub fn copy_image(
         progress,
         run: None,
     };
-    for_each_window(src, progress, |win| {
+    for_each_window_of(src, progress, dirty, |win| {
         let buf = &win.buf;
-        for (start, end, d) in win.digests() {
-            index.push(&d)?;
+        for (k, (start, end, d)) in win.digests().enumerate() {
             let old = match &mut baseline {
                 Baseline::Empty => ZERO_DIGEST,
                 // Past the parent's end the target reads zeroes too.
                 Baseline::Index(r) => r.next_digest()?.unwrap_or(ZERO_DIGEST),
             };
+            let d = if win.is_clean(k) { old } else { d };
+            index.push(&d)?;
             if old != d {
                 if d == ZERO_DIGEST {
                     w.zeroes(buf, win.offset + start as u64, (end - start) as u64)?;

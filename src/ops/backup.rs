@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use crate::engine::copy;
+use crate::engine::{bitmap, copy};
 use crate::engine::live;
 use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
@@ -79,6 +79,9 @@ struct Baseline {
     format: DiskFormat,
     index: Option<IndexReader>,
     checkpoint: Option<String>,
+    /// Shut-off domain after a live parent: the image and the persistent
+    /// bitmap of the parent's checkpoint in it, which mark the changes.
+    bitmap: Option<(PathBuf, String)>,
 }
 
 impl Backup {
@@ -168,6 +171,7 @@ impl Backup {
                     choose_live_mode(dom, parent, p, &dom_disks, flags)?;
                 } else {
                     choose_mode(&catalog, parent, p, flags)?;
+                    use_offline_bitmap(dom, parent, p, &dom_disks);
                 }
             }
         }
@@ -304,9 +308,12 @@ impl Backup {
                 .any(|d| d.mode == BackupMode::Incremental),
             catalog.cancel_path(&domain_uuid, &uuid),
         );
-        let sources: Vec<(Source, Option<IndexReader>)> = planned
+        let sources: Vec<CopySource> = planned
             .into_iter()
-            .map(|p| (p.source, p.baseline.and_then(|b| b.index)))
+            .map(|p| {
+                let (index, bitmap) = p.baseline.map_or((None, None), |b| (b.index, b.bitmap));
+                (p.source, index, bitmap)
+            })
             .collect();
         let work_catalog = catalog.clone();
         let work_record = record.clone();
@@ -809,6 +816,29 @@ fn planned_disk(
     }))
 }
 
+/// An incremental disk of a shut-off domain whose parent was taken live:
+/// when the parent's checkpoint's bitmap in the image can be trusted (see
+/// `live::usable_offline_bitmap`), the copy reads only what it marks;
+/// otherwise it compares every chunk against the parent's index.
+fn use_offline_bitmap(
+    dom: &DomainRef,
+    parent: &BackupRecord,
+    p: &mut PlannedDisk,
+    dom_disks: &[DomainDisk],
+) {
+    let Some(b) = p.baseline.as_mut() else { return };
+    if parent.checkpoint.is_none() || p.record.source_format != DiskFormat::Qcow2 {
+        return;
+    }
+    let base = parent.disks.iter().find(|d| d.name == p.record.name);
+    let Some(disk) = dom_disks.iter().find(|d| d.name == p.record.name) else {
+        return;
+    };
+    if let Ok(name) = live::usable_offline_bitmap(dom, parent, base, disk, p.record.virtual_size) {
+        b.bitmap = Some((p.record.source.clone(), name));
+    }
+}
+
 /// Decide whether a disk of an incremental backup can be stored as a delta
 /// against `parent`'s copy, and if so set it up. A disk falls back to a full
 /// copy (`backupmode='full'`) when the parent has no copy of it, its disk
@@ -857,6 +887,7 @@ fn choose_mode(
                 format: b.format,
                 index: Some(index),
                 checkpoint: None,
+                bitmap: None,
             });
             Ok(())
         }
@@ -894,6 +925,7 @@ fn choose_live_mode(
                 format: b.format,
                 index: None,
                 checkpoint: Some(cp),
+                bitmap: None,
             });
             Ok(())
         }
@@ -966,26 +998,42 @@ fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(missing)
 }
 
+/// A disk the library copies: its source, the parent's index for an
+/// incremental, and the image and bitmap that mark its changes if usable.
+type CopySource = (Source, Option<IndexReader>, Option<(PathBuf, String)>);
+
 /// The body of a backup job on the library's own disk engine.
 fn run_copy(
     job: &Job,
     catalog: &Catalog,
     mut record: BackupRecord,
-    sources: Vec<(Source, Option<IndexReader>)>,
+    sources: Vec<CopySource>,
     targets: Vec<ImageTarget>,
     lock: JobLock,
     conn: Option<Connect>,
 ) -> Result<()> {
     let copy = || -> Result<()> {
-        for (((src, parent), dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
+        for (((src, parent, bitmap), dst), d) in sources.into_iter().zip(targets).zip(&record.disks)
+        {
             let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
+            let dirty = bitmap.zip(parent.as_ref()).and_then(|((image, name), p)| {
+                // An unreadable bitmap costs time, not correctness: compare all.
+                bitmap::dirty_ranges(&image, &name, src.size(), p.size()).ok()
+            });
             let mut parent = parent;
             // An incremental's index holds only what changed from its parent's.
             let parent_index = parent.as_ref().map(|p| p.path().to_path_buf());
             let baseline = copy::Baseline::of(parent.as_mut());
             IndexWriter::create_delta(&index_path, d.virtual_size, parent_index.as_deref())
                 .and_then(|mut index| {
-                    copy::copy_image(&src, &dst, &job.progress, baseline, &mut index)?;
+                    copy::copy_changes(
+                        &src,
+                        &dst,
+                        &job.progress,
+                        baseline,
+                        &mut index,
+                        dirty.as_deref(),
+                    )?;
                     index.finish()
                 })
                 .and_then(|()| dst.finish(&d.target))
