@@ -64,7 +64,13 @@ impl DropBehind {
         if s.off || end <= offset {
             return;
         }
-        if sync_range(&self.file, offset, end - offset, libc::SYNC_FILE_RANGE_WRITE) != 0 {
+        if sync_range(
+            &self.file,
+            offset,
+            end - offset,
+            libc::SYNC_FILE_RANGE_WRITE,
+        ) != 0
+        {
             s.off = true;
             return;
         }

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use crate::engine::{bitmap, copy};
 use crate::engine::live;
+use crate::engine::{bitmap, copy};
 use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};

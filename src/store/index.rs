@@ -100,9 +100,11 @@ fn relative_parent(path: &Path, parent: &Path) -> Option<String> {
 fn resolve_parent(path: &Path, rel: &str) -> Option<PathBuf> {
     let parts: Vec<Component> = Path::new(rel).components().collect();
     match parts.as_slice() {
-        [Component::ParentDir, Component::Normal(_), Component::Normal(_)] => {
-            Some(path.parent()?.join(rel))
-        }
+        [
+            Component::ParentDir,
+            Component::Normal(_),
+            Component::Normal(_),
+        ] => Some(path.parent()?.join(rel)),
         _ => None,
     }
 }
@@ -303,7 +305,9 @@ fn open_one(path: &Path) -> Result<Opened> {
         .len();
     let mut input = BufReader::with_capacity(64 << 10, file);
     let mut h = [0u8; HEADER];
-    input.read_exact(&mut h).map_err(|_| bad("truncated header"))?;
+    input
+        .read_exact(&mut h)
+        .map_err(|_| bad("truncated header"))?;
     let delta = match &h[..8] {
         m if m == MAGIC => false,
         m if m == MAGIC_DELTA => true,
@@ -325,9 +329,13 @@ fn open_one(path: &Path) -> Result<Opened> {
         });
     }
     let mut n = [0u8; 2];
-    input.read_exact(&mut n).map_err(|_| bad("truncated header"))?;
+    input
+        .read_exact(&mut n)
+        .map_err(|_| bad("truncated header"))?;
     let mut rel = vec![0u8; u16::from_le_bytes(n) as usize];
-    input.read_exact(&mut rel).map_err(|_| bad("truncated header"))?;
+    input
+        .read_exact(&mut rel)
+        .map_err(|_| bad("truncated header"))?;
     let parent = std::str::from_utf8(&rel)
         .ok()
         .and_then(|r| resolve_parent(path, r))
@@ -448,7 +456,11 @@ impl IndexReader {
             }
         }
         self.update_fast();
-        Ok(Some(found.unwrap_or(if i < self.base_limit { d } else { ZERO_DIGEST })))
+        Ok(Some(found.unwrap_or(if i < self.base_limit {
+            d
+        } else {
+            ZERO_DIGEST
+        })))
     }
 }
 
@@ -600,7 +612,11 @@ mod tests {
     fn delta_chain_resolves_and_stores_only_changes() {
         let dir = tempfile::tempdir().unwrap();
         let c = DIGEST_CHUNK;
-        let (a, b, x) = (slot(dir.path(), "a"), slot(dir.path(), "b"), slot(dir.path(), "c"));
+        let (a, b, x) = (
+            slot(dir.path(), "a"),
+            slot(dir.path(), "b"),
+            slot(dir.path(), "c"),
+        );
         let base = vec![d(1), ZERO_DIGEST, d(2), d(3)];
         write(&a, 4 * c, None, &base);
         // b: one chunk changed, one became zero, and the disk grew by two.
