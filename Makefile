@@ -120,6 +120,8 @@ bench:
 	@rm -rf $(BUILD)/bench-catalog
 	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench; \
 	    rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
+	@# The digest index rows (delta chains), from a Rust bench test.
+	$(CARGO) test --release --locked --test index_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 
 check: deps
 	@$(MAKE) --no-print-directory all

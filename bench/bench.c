@@ -24,7 +24,15 @@
  *  5. full backup vs the same push-mode backup driven by hand through
  *     libvirt (virDomainBackupBegin with a checkpoint, job polled);
  *  6. full backup vs `virtnbdbackup -l full` (pull mode over NBD);
- *  7. incremental backup after 1% of the data changed vs that full backup.
+ *  7. incremental backup after 1% of the data changed vs that full backup;
+ *  8. the domain shut off, 1% changed offline (qemu-io on its image): an
+ *     incremental through the checkpoint's persistent bitmap vs the same
+ *     with the bitmap disabled (every chunk compared with the digests).
+ *
+ * Then the copy engine's rows (copy.c: data layouts x sizes, medians and
+ * minima, page-cache growth, raw targets, an O_DIRECT dd peer) and the
+ * digest index rows (tests/index_bench.rs: a 30-deep delta chain read vs a
+ * flat index, a year of daily incrementals' index size).
  *
  * "1% changed" is 1% of the data, written by qemu-io as 64 KiB blocks spread
  * evenly over the disk, with a new pattern byte each time (on the running
