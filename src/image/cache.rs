@@ -24,9 +24,11 @@ use std::sync::Mutex;
 
 use rustix::fs::Advice;
 
-/// Bytes written but not yet dropped: enough for writeback to run
-/// asynchronously behind the copy, small next to any page cache.
-pub const LAG: u64 = 32 << 20;
+/// Bytes written but not yet dropped: enough writeback in flight to keep a
+/// busy disk's queue full (a slow or shared disk has long latencies; 32 MiB
+/// stalled the copy on this shared machine), and what bounds the page
+/// cache a copy holds (under 256 MiB for any size).
+pub const LAG: u64 = 128 << 20;
 
 /// Drop-behind state of one file being written.
 pub struct DropBehind {
