@@ -267,9 +267,10 @@ impl DeltaLevel {
     }
 }
 
-/// Reads an index front to back, a delta resolved through its parents: the
-/// flat index at the bottom is streamed as it is, and each delta level only
-/// costs work at its own entries (and at chunks past a level's end).
+/// Reads an index front to back, a delta resolved through its parents, in
+/// batches: the flat index at the bottom is read in bulk into the batch,
+/// then each delta level, oldest first, writes its entries over it. The
+/// work is the flat index's bytes plus the entries, whatever the depth.
 pub struct IndexReader {
     base: BufReader<File>,
     base_path: PathBuf,
@@ -278,11 +279,15 @@ pub struct IndexReader {
     levels: Vec<DeltaLevel>,
     path: PathBuf,
     size: u64,
-    chunk: u64,
-    /// Below this chunk number no level has an entry and none has ended:
-    /// the flat index's digest is the answer.
-    fast_until: u64,
+    /// The resolved digests of chunks `batch_start..`, and the next one's
+    /// position in it.
+    batch: Vec<u8>,
+    batch_start: u64,
+    batch_pos: usize,
 }
+
+/// Chunks resolved per batch (512 KiB of digests).
+const BATCH: u64 = 16 << 10;
 
 /// One index file's header: its size, and its parent for a delta.
 struct Opened {
@@ -303,7 +308,7 @@ fn open_one(path: &Path) -> Result<Opened> {
         .metadata()
         .map_err(|e| Error::io("cannot stat digest index", path, e))?
         .len();
-    let mut input = BufReader::with_capacity(64 << 10, file);
+    let mut input = BufReader::with_capacity(16 << 10, file);
     let mut h = [0u8; HEADER];
     input
         .read_exact(&mut h)
@@ -388,26 +393,48 @@ impl IndexReader {
             l.advance()?;
         }
         let size = size.unwrap_or(top.size);
-        let mut r = IndexReader {
+        Ok(IndexReader {
             base: top.input,
             base_path: at,
             base_limit: chunks(top.size),
             levels,
             path: path.to_path_buf(),
             size,
-            chunk: 0,
-            fast_until: 0,
-        };
-        r.update_fast();
-        Ok(r)
+            batch: Vec::new(),
+            batch_start: 0,
+            batch_pos: 0,
+        })
     }
 
-    fn update_fast(&mut self) {
-        let mut f = self.base_limit;
-        for l in &self.levels {
-            f = f.min(l.limit).min(l.head.map_or(u64::MAX, |(c, _)| c));
+    /// Resolve the next batch of chunks.
+    fn refill(&mut self) -> Result<()> {
+        let start = self.batch_start + (self.batch.len() / 32) as u64;
+        let end = chunks(self.size).min(start + BATCH);
+        let n = (end - start) as usize;
+        self.batch.clear();
+        self.batch.resize(n * 32, 0);
+        let from_base = self.base_limit.clamp(start, end) - start;
+        self.base
+            .read_exact(&mut self.batch[..from_base as usize * 32])
+            .map_err(|e| Error::io("cannot read digest index", &self.base_path, e))?;
+        // Each level: what lies past the end of the level below reads as
+        // zeroes, then its own entries win.
+        let mut below = self.base_limit;
+        for l in self.levels.iter_mut().rev() {
+            if below < end {
+                let z = below.max(start) - start;
+                self.batch[z as usize * 32..].fill(0);
+            }
+            while let Some((c, d)) = l.head.filter(|&(c, _)| c < end) {
+                let at = (c - start) as usize * 32;
+                self.batch[at..at + 32].copy_from_slice(&d);
+                l.advance()?;
+            }
+            below = l.limit;
         }
-        self.fast_until = f;
+        self.batch_start = start;
+        self.batch_pos = 0;
+        Ok(())
     }
 
     /// Virtual size of the disk the index describes.
@@ -427,40 +454,15 @@ impl IndexReader {
 
     /// The next chunk's digest; `None` past the end of the disk.
     pub fn next_digest(&mut self) -> Result<Option<Digest>> {
-        let i = self.chunk;
-        if i >= chunks(self.size) {
-            return Ok(None);
-        }
-        self.chunk += 1;
-        let mut d = ZERO_DIGEST;
-        if i < self.base_limit {
-            self.base
-                .read_exact(&mut d)
-                .map_err(|e| Error::io("cannot read digest index", &self.base_path, e))?;
-        }
-        if i < self.fast_until {
-            return Ok(Some(d));
-        }
-        // Newest first: a level's entry wins; a level that ended before `i`
-        // hides everything below it (its disk read zeroes there).
-        let mut found = None;
-        for l in &mut self.levels {
-            if found.is_none() && i >= l.limit {
-                found = Some(ZERO_DIGEST);
+        if self.batch_pos * 32 == self.batch.len() {
+            if self.batch_start + (self.batch.len() / 32) as u64 >= chunks(self.size) {
+                return Ok(None);
             }
-            if let Some((c, e)) = l.head
-                && c == i
-            {
-                found.get_or_insert(e);
-                l.advance()?;
-            }
+            self.refill()?;
         }
-        self.update_fast();
-        Ok(Some(found.unwrap_or(if i < self.base_limit {
-            d
-        } else {
-            ZERO_DIGEST
-        })))
+        let at = self.batch_pos * 32;
+        self.batch_pos += 1;
+        Ok(Some(self.batch[at..at + 32].try_into().unwrap()))
     }
 }
 
