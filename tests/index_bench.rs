@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use libvirt_backup::store::index::{
-    Digest, IndexReader, IndexWriter, ZERO_DIGEST, chunks, rebase,
-};
+use libvirt_backup::store::index::{Digest, IndexReader, IndexWriter, ZERO_DIGEST, chunks, rebase};
 
 struct Rng(u64);
 
@@ -43,8 +41,12 @@ fn day(path: &Path, parent: Option<&Path>, size: u64, rng: &mut Rng) {
         let old = prev
             .as_mut()
             .map_or_else(|| rng.digest(), |r| r.next_digest().unwrap().unwrap());
-        w.push(&if rng.next() % 100 == 0 { rng.digest() } else { old })
-            .unwrap();
+        w.push(&if rng.next() % 100 == 0 {
+            rng.digest()
+        } else {
+            old
+        })
+        .unwrap();
     }
     w.finish().unwrap();
 }
