@@ -214,6 +214,10 @@ fn read_windows(
         let Ok(mut w) = free_rx.recv() else { return };
         w.offset = offset;
         w.len = COPY_CHUNK.min(size - offset) as usize;
+        // One residency check per window: source pages the copy brings in
+        // are dropped after use, pages the host had cached stay.
+        let len = w.len as u64;
+        let cold = src.is_cold(offset, len);
         let filled = match dirty {
             Some(runs) => w.fill_dirty(src, runs).map(|()| w),
             None => fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
@@ -222,6 +226,9 @@ fn read_windows(
                 w
             }),
         };
+        if cold {
+            src.drop_cached(offset, len);
+        }
         let failed = filled.is_err();
         if full_tx.send(filled).is_err() || failed {
             return;

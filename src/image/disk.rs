@@ -123,17 +123,26 @@ impl Source {
         }
     }
 
+    /// Whether no page of `offset..offset+len` is in the page cache, so a
+    /// read of it may drop it afterwards (see `image::cache`); false when
+    /// unknown or not a file read here.
+    pub(crate) fn is_cold(&self, offset: u64, len: u64) -> bool {
+        match self {
+            Source::Raw { file, .. } => cache::is_cold(file, offset, len),
+            _ => false,
+        }
+    }
+
+    /// Drop `offset..offset+len`, found cold before it was read.
+    pub(crate) fn drop_cached(&self, offset: u64, len: u64) {
+        if let Source::Raw { file, .. } = self {
+            cache::drop_cached(file, offset, len);
+        }
+    }
+
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         match self {
-            Source::Raw { file, .. } => {
-                let len = buf.len() as u64;
-                let cold = cache::is_cold(file, offset, len);
-                file.read_exact_at(buf, offset)?;
-                if cold {
-                    cache::drop_cached(file, offset, len);
-                }
-                Ok(())
-            }
+            Source::Raw { file, .. } => file.read_exact_at(buf, offset),
             Source::Qcow2(q) => q.read(buf, offset),
             Source::Nbd(c) => c.read_at(buf, offset).map_err(nbd_io),
         }
