@@ -176,3 +176,57 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> i32 {
 fn advise(file: &File, offset: u64, len: u64, advice: Advice) {
     let _ = rustix::fs::fadvise(file, offset, NonZeroU64::new(len), advice);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// Written ranges leave the cache once `LAG` bytes newer ones were
+    /// written, the rest at `finish`; the data stays as written. On /var/tmp
+    /// (a disk) and /dev/shm (tmpfs: pages are the file, the calls change
+    /// nothing and the file stays whole).
+    #[test]
+    fn drop_behind_empties_the_cache_and_keeps_the_data() {
+        for root in ["/var/tmp", "/dev/shm"] {
+            let Ok(dir) = tempfile::tempdir_in(root) else {
+                continue;
+            };
+            let path = dir.path().join("t");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            let db = DropBehind::new(file.try_clone().unwrap());
+            let win = 4u64 << 20;
+            let buf: Vec<u8> = (0..win).map(|i| (i % 251) as u8).collect();
+            let n = (LAG / win) * 2;
+            for k in 0..n {
+                file.write_all_at(&buf, k * win).unwrap();
+                db.written(k * win, (k + 1) * win);
+            }
+            let tmpfs = root == "/dev/shm";
+            // The first half is long gone from the cache; the last window is not yet.
+            assert_eq!(is_cold(&file, 0, win), !tmpfs, "{root}");
+            assert!(!is_cold(&file, (n - 1) * win, win), "{root}");
+            file.sync_all().unwrap();
+            db.finish(true);
+            assert_eq!(is_cold(&file, (n - 1) * win, win), !tmpfs, "{root}");
+            let mut back = vec![0u8; win as usize];
+            file.read_exact_at(&mut back, (n / 2) * win).unwrap();
+            assert_eq!(back, buf);
+            // A range read while cold is dropped again.
+            if !tmpfs {
+                drop_cached(&file, 0, 0);
+                assert!(is_cold(&file, 0, win));
+                file.read_exact_at(&mut back, 0).unwrap();
+                assert!(!is_cold(&file, 0, win));
+                drop_cached(&file, 0, win);
+                assert!(is_cold(&file, 0, win));
+            }
+        }
+    }
+}
