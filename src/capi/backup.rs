@@ -53,7 +53,7 @@ pub extern "C" fn virDomainBackupCreateXML(
         let dom = domain_of(domain, "virDomainBackupCreateXML")?;
         let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupCreateXML")?;
         check_flags(flags, CREATE_FLAGS, "virDomainBackupCreateXML")?;
-        Ok(new_handle(Backup::create(&dom, xml, flags)?))
+        new_handle(Backup::create(&dom, xml, flags)?)
     })
 }
 
@@ -97,7 +97,7 @@ pub extern "C" fn virDomainBackupStartUnmanaged(
             VIR_DOMAIN_BACKUP_CREATE_QUIESCE,
             "virDomainBackupStartUnmanaged",
         )?;
-        Ok(new_handle(Backup::start_unmanaged(&dom, xml, flags)?))
+        new_handle(Backup::start_unmanaged(&dom, xml, flags)?)
     })
 }
 
@@ -188,7 +188,7 @@ pub extern "C" fn virDomainBackupLookupByUUID(
     ffi_entry!("virDomainBackupLookupByUUID", std::ptr::null_mut(), {
         let uuid = str_arg(uuid, "uuid", "virDomainBackupLookupByUUID")?;
         check_flags(flags, 0, "virDomainBackupLookupByUUID")?;
-        Ok(new_handle(Backup::lookup(uuid)?))
+        new_handle(Backup::lookup(uuid)?)
     })
 }
 
@@ -239,21 +239,35 @@ fn libvirt_backup_get_xml_desc() -> Option<LibvirtGetXMLDesc> {
 /// Makefile's version script); not declared in the header. It answers for
 /// our handles (live or released) and NULL, and hands anything else to
 /// libvirt's function, so whichever library a caller's reference binds to,
-/// both kinds of object work.
+/// both kinds of object work. Either way the outcome is this library's last
+/// error too: libvirt's error, when libvirt refuses the object (a
+/// virConnectPtr, say), is carried over, so NULL never comes with "no error".
 #[unsafe(export_name = "virDomainBackupGetXMLDesc")]
 pub extern "C" fn get_xml_desc_dispatch(obj: *mut c_void, flags: c_uint) -> *mut c_char {
     if obj.is_null() || is_ours(obj as virDomainBackupPtr) {
         return virDomainBackupObjGetXMLDesc(obj as virDomainBackupPtr, flags);
     }
-    match libvirt_backup_get_xml_desc() {
-        // SAFETY: not one of our handles, so it is the caller's virDomainPtr.
-        Some(f) => unsafe { f(obj as sys::virDomainPtr, flags) },
-        None => ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
-            Err(Error::invalid_arg(
-                "backup in virDomainBackupGetXMLDesc must be a valid virDomainBackupPtr",
-            ))
-        }),
-    }
+    ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
+        let bad = || {
+            Error::invalid_arg(
+                "backup in virDomainBackupGetXMLDesc must be a valid virDomainBackupPtr or virDomainPtr",
+            )
+        };
+        let f = libvirt_backup_get_xml_desc().ok_or_else(bad)?;
+        // SAFETY: not one of our handles, so it is the caller's virDomainPtr
+        // (libvirt checks its class and refuses other objects).
+        let xml = unsafe { f(obj as sys::virDomainPtr, flags) };
+        if xml.is_null() {
+            // SAFETY: libvirt's thread-local error, read before any other libvirt call.
+            let has_error = !unsafe { sys::virGetLastError() }.is_null();
+            return Err(if has_error {
+                virt::error::Error::last_error().into()
+            } else {
+                bad()
+            });
+        }
+        Ok(xml)
+    })
 }
 
 /// virDomainBackupGetDomain:
