@@ -25,7 +25,7 @@ STATICLIB := target/release/liblibvirt_backup.a
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
 .PHONY: all bench deps header check-header install uninstall demo check test-rust libvirtd stage \
-        c-tests python-tests clean FORCE
+        c-tests python-tests fuzz clean FORCE
 
 all: $(LIB)
 
@@ -125,6 +125,11 @@ c-tests: stage libvirtd
 
 python-tests: $(LIB) libvirtd
 	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) -m pytest -q python-tests
+
+# The XML fuzz test for FUZZ_SECONDS (default 600) instead of a fixed count;
+# FUZZ_SEED picks another random sequence.
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} $(CARGO) test --release --locked --test xml_fuzz -- --nocapture
 
 clean:
 	$(CARGO) clean

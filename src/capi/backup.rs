@@ -40,6 +40,13 @@ use crate::flags::bits::*;
 /// with state "running"; with VIR_DOMAIN_BACKUP_CREATE_WAIT the call returns
 /// only when the job has ended.
 ///
+/// The document is checked as libvirt's schema validation checks libvirt's:
+/// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+/// beyond the predefined ones), that holds an element or attribute outside
+/// the <domainbackup> vocabulary of API.md, repeats a single element, or is
+/// over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+/// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
+///
 /// Returns a new backup object (one reference: release it with
 /// virDomainBackupFree()), or NULL on error, including a job that failed
 /// under VIR_DOMAIN_BACKUP_CREATE_WAIT.
@@ -79,6 +86,13 @@ pub extern "C" fn virDomainBackupCreateXML(
 /// virDomainBackupFinishJob(0) or virDomainBackupAbortJob(); freeing the
 /// handle does not end it. Unmanaged backups are never listed; Delete and
 /// ListChildren fail on them with VIR_ERR_OPERATION_INVALID.
+///
+/// The document is checked as libvirt's schema validation checks libvirt's:
+/// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+/// beyond the predefined ones), that holds an element or attribute outside
+/// the <domainbackup> vocabulary of API.md, repeats a single element, or is
+/// over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+/// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
 ///
 /// Returns a new backup object (release it with virDomainBackupFree()), or
 /// NULL on error (VIR_ERR_OPERATION_INVALID if the domain already has a
@@ -307,7 +321,9 @@ pub extern "C" fn virDomainBackupRef(backup: virDomainBackupPtr) -> c_int {
 /// @backup: a backup object
 ///
 /// Release one reference to @backup; the last one frees the object. The
-/// backup itself (catalog entry, data, a running job) is not affected.
+/// backup itself (catalog entry, data, a running job) is not affected. A
+/// freed object's address is never handed out again by this process: every
+/// later call given it fails with VIR_ERR_INVALID_ARG.
 ///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]

@@ -9,7 +9,7 @@ use super::dom::{self, Element, Schema};
 use crate::error::{Error, Result};
 
 /// At most this many `<disk>` elements in one document.
-pub const MAX_DISKS: usize = 1024;
+const MAX_DISKS: usize = 1024;
 
 // The <domainbackup> vocabulary: what callers send to CreateXML,
 // StartUnmanaged, Restore and RestoreUnmanaged, and what GetXMLDesc returns

@@ -167,6 +167,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Bounds on a document, checked while it is read.
+/// cbindgen:ignore
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_bytes: usize,
@@ -174,6 +175,7 @@ pub struct Limits {
     pub max_elements: usize,
 }
 
+/// cbindgen:ignore
 impl Limits {
     /// The library's own documents (`<domainbackup>`, `<target>`): small by
     /// nature (at most 1024 disks of a few elements each).
