@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use libvirt_backup::error::Error;
+use libvirt_backup::xml::backup::DiskFormat;
 use libvirt_backup::xml::backup::{
     BackupRecord, CreateRequest, DefaultTarget, RestoreRequest, UnmanagedRequest,
     UnmanagedRestoreRequest,
 };
-use libvirt_backup::xml::backup::DiskFormat;
 use libvirt_backup::xml::{dom, domain};
 
 const VIR_ERR_XML_ERROR: i32 = 27;
@@ -36,7 +36,11 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
     fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
         &v[self.below(v.len())]
@@ -84,13 +88,64 @@ const SEEDS: &[&str] = &[
 
 /// Pieces the mutator inserts: XML syntax, both valid and broken.
 const TOKENS: &[&str] = &[
-    "<", ">", "</", "/>", "&", "&amp;", "&lt;", "&#", "&#x", ";", "&#0;", "&#xD800;", "&#x10FFFF;",
-    "&nope;", "'", "\"", "=", " ", "\n", "\r", "\t", "<!--", "-->", "--", "<![CDATA[", "]]>",
-    "<?xml version='1.0'?>", "<?xml version='1.0' encoding='latin1'?>", "<?pi x?>", "<?xml?>",
-    "<!DOCTYPE a [<!ENTITY e 'x'>]>", "<!ENTITY", "xmlns:a='u'", "xmlns=''", "a:", ":", "\u{0}",
-    "\u{1}", "\u{FFFE}", "\u{feff}", "é", "\u{10000}", "<disk name='x'/>", "<disks>", "</disks>",
-    "<disk name='vda'>", "</disk>", "<uuid>", "</uuid>", " backup='no'", " name='a'", "<x>", "</x>",
-    "<domainbackup>", "</domainbackup>", "<target file='/t'/>", "<devices>", "</devices>",
+    "<",
+    ">",
+    "</",
+    "/>",
+    "&",
+    "&amp;",
+    "&lt;",
+    "&#",
+    "&#x",
+    ";",
+    "&#0;",
+    "&#xD800;",
+    "&#x10FFFF;",
+    "&nope;",
+    "'",
+    "\"",
+    "=",
+    " ",
+    "\n",
+    "\r",
+    "\t",
+    "<!--",
+    "-->",
+    "--",
+    "<![CDATA[",
+    "]]>",
+    "<?xml version='1.0'?>",
+    "<?xml version='1.0' encoding='latin1'?>",
+    "<?pi x?>",
+    "<?xml?>",
+    "<!DOCTYPE a [<!ENTITY e 'x'>]>",
+    "<!ENTITY",
+    "xmlns:a='u'",
+    "xmlns=''",
+    "a:",
+    ":",
+    "\u{0}",
+    "\u{1}",
+    "\u{FFFE}",
+    "\u{feff}",
+    "é",
+    "\u{10000}",
+    "<disk name='x'/>",
+    "<disks>",
+    "</disks>",
+    "<disk name='vda'>",
+    "</disk>",
+    "<uuid>",
+    "</uuid>",
+    " backup='no'",
+    " name='a'",
+    "<x>",
+    "</x>",
+    "<domainbackup>",
+    "</domainbackup>",
+    "<target file='/t'/>",
+    "<devices>",
+    "</devices>",
 ];
 
 fn mutate(rng: &mut Rng, doc: &[u8]) -> Vec<u8> {
@@ -165,8 +220,18 @@ fn generated(rng: &mut Rng) -> String {
 }
 
 fn xml_error(what: &str, doc: &str, e: &Error) {
-    assert!(!e.message.is_empty(), "{what}: empty error for {}", show(doc));
-    assert_eq!(e.code, VIR_ERR_XML_ERROR, "{what}: {} for {}", e.message, show(doc));
+    assert!(
+        !e.message.is_empty(),
+        "{what}: empty error for {}",
+        show(doc)
+    );
+    assert_eq!(
+        e.code,
+        VIR_ERR_XML_ERROR,
+        "{what}: {} for {}",
+        e.message,
+        show(doc)
+    );
 }
 
 fn show(doc: &str) -> String {
@@ -185,7 +250,12 @@ fn check(doc: &str) {
             let out = el.to_xml();
             let back = dom::parse(&out)
                 .unwrap_or_else(|e| panic!("re-parse failed: {} for {}", e.message, show(doc)));
-            assert_eq!(back.to_xml(), out, "unstable serialization of {}", show(doc));
+            assert_eq!(
+                back.to_xml(),
+                out,
+                "unstable serialization of {}",
+                show(doc)
+            );
         }
         Err(e) => xml_error("dom::parse", doc, &e),
     }
@@ -197,7 +267,10 @@ fn check(doc: &str) {
         ("CreateRequest", CreateRequest::parse(doc).err()),
         ("RestoreRequest", RestoreRequest::parse(doc).err()),
         ("UnmanagedRequest", UnmanagedRequest::parse(doc).err()),
-        ("UnmanagedRestoreRequest", UnmanagedRestoreRequest::parse(doc).err()),
+        (
+            "UnmanagedRestoreRequest",
+            UnmanagedRestoreRequest::parse(doc).err(),
+        ),
         ("DefaultTarget", DefaultTarget::parse(doc).err()),
         ("BackupRecord", BackupRecord::from_catalog_xml(doc).err()),
         ("parse_disks", domain::parse_disks(doc).err()),
@@ -220,7 +293,11 @@ fn check(doc: &str) {
         match domain::restored_definition(doc, name, &disks) {
             Ok(out) => {
                 dom::parse(&out).unwrap_or_else(|e| {
-                    panic!("restored definition does not parse: {} for {}", e.message, show(doc))
+                    panic!(
+                        "restored definition does not parse: {} for {}",
+                        e.message,
+                        show(doc)
+                    )
                 });
             }
             Err(e) => xml_error("restored_definition", doc, &e),
@@ -242,7 +319,7 @@ while True:
     if len(h) < 4:
         break
     d = i.read(struct.unpack('<I', h)[0])
-    p = E.ParserCreate(namespace_separator=' ')
+    p = E.ParserCreate(namespace_separator='\x01')
     try:
         p.Parse(d, True)
         o.write(b'1')
@@ -269,7 +346,12 @@ impl Expat {
         stdin.write_all(doc.as_bytes()).unwrap();
         stdin.flush().unwrap();
         let mut b = [0u8];
-        self.child.stdout.as_mut().unwrap().read_exact(&mut b).unwrap();
+        self.child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut b)
+            .unwrap();
         b[0] == b'1'
     }
 }
@@ -292,7 +374,14 @@ fn compare(expat: &mut Expat, doc: &str) {
         // libxml2's) the 5th edition's, which allow more non-ASCII names.
         (Ok(_), false) if doc.is_ascii() => panic!("accepted, expat refuses: {}", show(doc)),
         (Err(e), true) => {
-            let by_design = ["DOCTYPE", "UTF-8", "version 1.0", "nested deeper", "elements in the document", "larger than the limit"];
+            let by_design = [
+                "DOCTYPE",
+                "UTF-8",
+                "version 1.0",
+                "nested deeper",
+                "elements in the document",
+                "larger than the limit",
+            ];
             // Expat leaves NUL handling to the caller (C strings have none).
             if !by_design.iter().any(|w| e.message.contains(w)) && !doc.contains('\0') {
                 panic!("refused ({}), expat accepts: {}", e.message, show(doc));
@@ -317,7 +406,9 @@ fn run_one(doc: &str) {
 
 #[test]
 fn every_xml_parser_survives_hostile_input() {
-    let seconds: Option<u64> = std::env::var("FUZZ_SECONDS").ok().and_then(|s| s.parse().ok());
+    let seconds: Option<u64> = std::env::var("FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok());
     let seed: u64 = std::env::var("FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -51,7 +51,10 @@ fn dom_ptr(dom: &DomainRef) -> sys::virDomainPtr {
 }
 
 /// Every export that takes a document, called with `xml`: (name, rc == failure).
-fn call_every_entry_point(dom: sys::virDomainPtr, xml: &str) -> Vec<(&'static str, bool, i32, String)> {
+fn call_every_entry_point(
+    dom: sys::virDomainPtr,
+    xml: &str,
+) -> Vec<(&'static str, bool, i32, String)> {
     let x = CString::new(xml).unwrap();
     let mut out = Vec::new();
     let mut record = |name, failed: bool| out.push((name, failed, last_code(), last_message()));
@@ -67,7 +70,10 @@ fn call_every_entry_point(dom: sys::virDomainPtr, xml: &str) -> Vec<(&'static st
         "virDomainSetDefaultTarget",
         virDomainSetDefaultTarget(dom, x.as_ptr(), 0) == -1,
     );
-    record("virDomainBackupRestore", virDomainBackupRestore(x.as_ptr(), 0) == -1);
+    record(
+        "virDomainBackupRestore",
+        virDomainBackupRestore(x.as_ptr(), 0) == -1,
+    );
     record(
         "virDomainBackupRestoreUnmanaged",
         virDomainBackupRestoreUnmanaged(dom, x.as_ptr(), 0) == -1,
@@ -127,7 +133,11 @@ fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn deep_nesting_is_refused_by_every_entry_point() {
     let dom = test_domain();
     let ptr = dom_ptr(&dom) as usize;
-    for (root, inner) in [("domainbackup", "disks"), ("target", "path"), ("domainbackup", "x")] {
+    for (root, inner) in [
+        ("domainbackup", "disks"),
+        ("target", "path"),
+        ("domainbackup", "x"),
+    ] {
         for n in [150_000, 10_000] {
             let xml = nested(root, inner, n);
             let t = Instant::now();
@@ -137,7 +147,8 @@ fn deep_nesting_is_refused_by_every_entry_point() {
                 "",
             );
             let x2 = xml.clone();
-            let small = on_small_stack(move || call_every_entry_point(ptr as sys::virDomainPtr, &x2));
+            let small =
+                on_small_stack(move || call_every_entry_point(ptr as sys::virDomainPtr, &x2));
             assert_xml_error(&small, "a deep document on a small stack", "");
             assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         }
@@ -163,9 +174,14 @@ fn deep_libvirt_documents_are_refused_without_recursion() {
         for n in [150_000, 10_000, 300] {
             let domain_xml = nested("domain", "devices", n);
             let e = domxml::parse_disks(&domain_xml).unwrap_err();
-            assert!(e.message.contains("nested deeper than 256"), "{}", e.message);
+            assert!(
+                e.message.contains("nested deeper than 256"),
+                "{}",
+                e.message
+            );
             assert!(domxml::restored_definition(&domain_xml, Some("b"), &[]).is_err());
-            let e = BackupRecord::from_catalog_xml(&nested("domainbackup", "disks", n)).unwrap_err();
+            let e =
+                BackupRecord::from_catalog_xml(&nested("domainbackup", "disks", n)).unwrap_err();
             assert_eq!(e.code, VIR_ERR_XML_ERROR);
             assert!(dom::parse(&nested("a", "b", n)).is_err());
         }
@@ -209,19 +225,46 @@ fn deep_trees_serialize_and_drop_iteratively() {
 /// old parser did with some of them in the comment.
 const MALFORMED: &[(&str, &str)] = &[
     // A malformed attribute silently dropped backup='no'.
-    ("<domainbackup><disks><disk name='vda' backup='no' bad/></disks></domainbackup>", "needs '='"),
-    ("<domainbackup><disks><disk name='vda' backup=no/></disks></domainbackup>", "must be quoted"),
-    ("<domainbackup><disks><disk name='vda'backup='no'/></disks></domainbackup>", "separated by whitespace"),
-    ("<domainbackup><disks><disk name='a' name='b'/></disks></domainbackup>", "duplicate attribute"),
-    ("<domainbackup><disks><disk name='a<b'/></disks></domainbackup>", "'<' is not allowed"),
-    ("<domainbackup><disks><disk name='a&b'/></disks></domainbackup>", "reference"),
-    ("<domainbackup><disks><disk name='&#0;'/></disks></domainbackup>", "reference"),
+    (
+        "<domainbackup><disks><disk name='vda' backup='no' bad/></disks></domainbackup>",
+        "needs '='",
+    ),
+    (
+        "<domainbackup><disks><disk name='vda' backup=no/></disks></domainbackup>",
+        "must be quoted",
+    ),
+    (
+        "<domainbackup><disks><disk name='vda'backup='no'/></disks></domainbackup>",
+        "separated by whitespace",
+    ),
+    (
+        "<domainbackup><disks><disk name='a' name='b'/></disks></domainbackup>",
+        "duplicate attribute",
+    ),
+    (
+        "<domainbackup><disks><disk name='a<b'/></disks></domainbackup>",
+        "'<' is not allowed",
+    ),
+    (
+        "<domainbackup><disks><disk name='a&b'/></disks></domainbackup>",
+        "reference",
+    ),
+    (
+        "<domainbackup><disks><disk name='&#0;'/></disks></domainbackup>",
+        "reference",
+    ),
     // A declared non-UTF-8 encoding was ignored.
-    ("<?xml version='1.0' encoding='ISO-8859-1'?><domainbackup/>", "must be UTF-8"),
+    (
+        "<?xml version='1.0' encoding='ISO-8859-1'?><domainbackup/>",
+        "must be UTF-8",
+    ),
     ("<?xml version='1.1'?><domainbackup/>", "version 1.0"),
     ("<?xml encoding='UTF-8'?><domainbackup/>", "needs version"),
     (" <?xml version='1.0'?><domainbackup/>", "must come first"),
-    ("<domainbackup><uuid>x</uid></domainbackup>", "malformed document"),
+    (
+        "<domainbackup><uuid>x</uid></domainbackup>",
+        "malformed document",
+    ),
     ("<domainbackup><disks>", "not closed"),
     ("<domainbackup/>junk", "outside the root"),
     ("junk<domainbackup/>", "outside the root"),
@@ -232,26 +275,65 @@ const MALFORMED: &[(&str, &str)] = &[
     ("<1domainbackup/>", "invalid element name"),
     ("<domainbackup><a:b/></domainbackup>", "not declared"),
     ("<domainbackup a:b='1'/>", "not declared"),
-    ("<domainbackup><description>&nope;</description></domainbackup>", "unknown entity"),
-    ("<domainbackup><description>&#xD800;</description></domainbackup>", "character reference"),
-    ("<domainbackup><description>a & b</description></domainbackup>", "malformed document"),
-    ("<domainbackup><description>\u{1}</description></domainbackup>", "U+0001"),
-    ("<domainbackup><description>]]></description></domainbackup>", "']]>'"),
-    ("<domainbackup><!-- a -- b --></domainbackup>", "malformed document"),
-    ("<?xml-stylesheet x?><?XML y?><domainbackup/>", "processing instruction"),
+    (
+        "<domainbackup><description>&nope;</description></domainbackup>",
+        "unknown entity",
+    ),
+    (
+        "<domainbackup><description>&#xD800;</description></domainbackup>",
+        "character reference",
+    ),
+    (
+        "<domainbackup><description>a & b</description></domainbackup>",
+        "malformed document",
+    ),
+    (
+        "<domainbackup><description>\u{1}</description></domainbackup>",
+        "U+0001",
+    ),
+    (
+        "<domainbackup><description>]]></description></domainbackup>",
+        "']]>'",
+    ),
+    (
+        "<domainbackup><!-- a -- b --></domainbackup>",
+        "malformed document",
+    ),
+    (
+        "<?xml-stylesheet x?><?XML y?><domainbackup/>",
+        "processing instruction",
+    ),
     ("<![CDATA[x]]><domainbackup/>", "outside the root"),
     // Entities can only come from a DOCTYPE: refused outright.
     (
         "<!DOCTYPE domainbackup [<!ENTITY x 'vda'>]><domainbackup><description>&x;</description></domainbackup>",
         "DOCTYPE",
     ),
-    ("<!DOCTYPE domainbackup SYSTEM '/etc/passwd'><domainbackup/>", "DOCTYPE"),
+    (
+        "<!DOCTYPE domainbackup SYSTEM '/etc/passwd'><domainbackup/>",
+        "DOCTYPE",
+    ),
     // Our vocabulary: a misspelt <disks> used to send every disk to default targets.
-    ("<domainbackup><dsks><disk name='vda'/></dsks></domainbackup>", "unknown element <dsks>"),
-    ("<domainbackup><disks><disk name='vda'><traget file='/x'/></disk></disks></domainbackup>", "unknown element <traget>"),
-    ("<domainbackup><disks><disk name='vda' bakup='no'/></disks></domainbackup>", "unknown attribute 'bakup'"),
-    ("<domainbackup><uuid>a</uuid><uuid>b</uuid></domainbackup>", "more than once"),
-    ("<domainbackup><disks>vda</disks></domainbackup>", "text is not allowed"),
+    (
+        "<domainbackup><dsks><disk name='vda'/></dsks></domainbackup>",
+        "unknown element <dsks>",
+    ),
+    (
+        "<domainbackup><disks><disk name='vda'><traget file='/x'/></disk></disks></domainbackup>",
+        "unknown element <traget>",
+    ),
+    (
+        "<domainbackup><disks><disk name='vda' bakup='no'/></disks></domainbackup>",
+        "unknown attribute 'bakup'",
+    ),
+    (
+        "<domainbackup><uuid>a</uuid><uuid>b</uuid></domainbackup>",
+        "more than once",
+    ),
+    (
+        "<domainbackup><disks>vda</disks></domainbackup>",
+        "text is not allowed",
+    ),
     ("<domainbackups/>", "expected root element"),
 ];
 
@@ -326,7 +408,11 @@ fn huge_disk_lists_are_refused_quickly() {
         let xml = many_disks(n, true);
         let t = Instant::now();
         let r = call_every_entry_point(ptr, &xml);
-        assert!(t.elapsed() < Duration::from_secs(2), "{n} disks: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{n} disks: {:?}",
+            t.elapsed()
+        );
         for (name, failed, code, msg) in &r {
             assert!(*failed && *code == VIR_ERR_XML_ERROR, "{name}: {msg}");
             if *name != "virDomainSetDefaultTarget" {
@@ -342,10 +428,20 @@ fn huge_disk_lists_are_refused_quickly() {
     assert_eq!(r.disks.unwrap().len(), 1024);
     let mut dup = many_disks(1024, true);
     dup = dup.replace("name='d1023'", "name='d0'");
-    assert!(RestoreRequest::parse(&dup).unwrap_err().message.contains("listed twice"));
+    assert!(
+        RestoreRequest::parse(&dup)
+            .unwrap_err()
+            .message
+            .contains("listed twice")
+    );
     // A megabyte of white space is over the size limit, refused before reading.
     let big = format!("<domainbackup>{}</domainbackup>", " ".repeat(1 << 20));
-    assert!(RestoreRequest::parse(&big).unwrap_err().message.contains("larger than the limit"));
+    assert!(
+        RestoreRequest::parse(&big)
+            .unwrap_err()
+            .message
+            .contains("larger than the limit")
+    );
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 }
 
@@ -427,7 +523,13 @@ fn desc(h: virDomainBackupPtr) -> Option<String> {
 }
 
 fn between(s: &str, a: &str, b: &str) -> String {
-    s.split(a).nth(1).unwrap().split(b).next().unwrap().to_string()
+    s.split(a)
+        .nth(1)
+        .unwrap()
+        .split(b)
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// virDomainBackupGetXMLDesc given an object of the wrong type fails with

@@ -157,7 +157,7 @@ pub(crate) fn new_handle(backup: Arc<Backup>) -> Result<virDomainBackupPtr> {
 pub(crate) fn is_ours(ptr: *const virDomainBackup) -> bool {
     let h = lock_handles();
     let p = ptr as usize;
-    h.base != 0 && p >= h.base && p < h.base + h.used && (p - h.base) % TOKEN_SIZE == 0
+    h.base != 0 && p >= h.base && p < h.base + h.used && (p - h.base).is_multiple_of(TOKEN_SIZE)
 }
 
 fn bad_handle(func: &str) -> Error {

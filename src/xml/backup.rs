@@ -21,7 +21,14 @@ static UUID: Schema = Schema::text("uuid");
 static HOST: Schema = Schema::element("host", &["transport", "name", "port", "socket"], &[]);
 static DISK: Schema = Schema::element(
     "disk",
-    &["name", "backup", "type", "backupmode", "exportname", "exportbitmap"],
+    &[
+        "name",
+        "backup",
+        "type",
+        "backupmode",
+        "exportname",
+        "exportbitmap",
+    ],
     &[
         &Schema::element("source", &["file", "protocol", "name"], &[&HOST]),
         &Schema::element("target", &["file", "pool", "volume"], &[]),

@@ -338,7 +338,9 @@ fn char_ref(body: &str) -> Option<char> {
         Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
             u32::from_str_radix(hex, 16).ok()?
         }
-        None if !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit()) => body.parse().ok()?,
+        None if !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit()) => {
+            body.parse().ok()?
+        }
         _ => return None,
     };
     char::from_u32(n).filter(|&c| is_xml_char(c))
@@ -347,10 +349,9 @@ fn char_ref(body: &str) -> Option<char> {
 /// A reference starting at `s` (just after `&`): the character and the
 /// length consumed including the `;`.
 fn reference(s: &str) -> std::result::Result<(char, usize), String> {
-    let end = s
-        .find(';')
-        .filter(|&e| e <= 16)
-        .ok_or_else(|| "'&' must start an entity or character reference ending in ';'".to_string())?;
+    let end = s.find(';').filter(|&e| e <= 16).ok_or_else(|| {
+        "'&' must start an entity or character reference ending in ';'".to_string()
+    })?;
     let body = &s[..end];
     let c = match body.strip_prefix('#') {
         Some(num) => char_ref(num).ok_or_else(|| format!("bad character reference '&{body};'"))?,
@@ -391,7 +392,10 @@ fn parse_attrs(raw: &str) -> std::result::Result<Vec<(String, String)>, (usize, 
             i += 1;
         }
         if i == b.len() || b[i] != b'=' {
-            return Err((i, format!("attribute '{name}' needs '=' and a quoted value")));
+            return Err((
+                i,
+                format!("attribute '{name}' needs '=' and a quoted value"),
+            ));
         }
         i += 1;
         while i < b.len() && is_space(b[i] as char) {
@@ -404,14 +408,20 @@ fn parse_attrs(raw: &str) -> std::result::Result<Vec<(String, String)>, (usize, 
         i += 1;
         let value_start = i;
         let Some(len) = raw[i..].find(quote as char) else {
-            return Err((value_start, format!("unterminated value of attribute '{name}'")));
+            return Err((
+                value_start,
+                format!("unterminated value of attribute '{name}'"),
+            ));
         };
         let value = &raw[value_start..value_start + len];
         i = value_start + len + 1;
         if out.iter().any(|(k, _)| k == name) {
             return Err((name_start, format!("duplicate attribute '{name}'")));
         }
-        out.push((name.to_string(), attr_value(value).map_err(|(o, m)| (value_start + o, m))?));
+        out.push((
+            name.to_string(),
+            attr_value(value).map_err(|(o, m)| (value_start + o, m))?,
+        ));
     }
 }
 
@@ -438,7 +448,10 @@ fn attr_value(v: &str) -> std::result::Result<String, (usize, String)> {
             }
             '\t' | '\n' => out.push(' '),
             c if !is_xml_char(c) => {
-                return Err((i, format!("character U+{:04X} is not allowed in XML", c as u32)));
+                return Err((
+                    i,
+                    format!("character U+{:04X} is not allowed in XML", c as u32),
+                ));
             }
             c => out.push(c),
         }
@@ -459,7 +472,10 @@ fn check_decl(body: &str) -> std::result::Result<(), (usize, String)> {
             | ["version", "encoding", "standalone"]
     );
     if !order_ok {
-        return Err((0, "the XML declaration needs version, then optionally encoding and standalone".into()));
+        return Err((
+            0,
+            "the XML declaration needs version, then optionally encoding and standalone".into(),
+        ));
     }
     for (k, v) in &attrs {
         let ok = match k.as_str() {
@@ -519,26 +535,43 @@ impl StartCheck<'_> {
             };
             match declared {
                 Some("xml" | "xmlns") => {
-                    return Err(error_at(xml, pos, format!("the prefix of '{k}' is reserved")));
+                    return Err(error_at(
+                        xml,
+                        pos,
+                        format!("the prefix of '{k}' is reserved"),
+                    ));
                 }
                 Some(p) if v.is_empty() => {
-                    return Err(error_at(xml, pos, format!("namespace prefix '{p}' is bound to an empty name")));
+                    return Err(error_at(
+                        xml,
+                        pos,
+                        format!("namespace prefix '{p}' is bound to an empty name"),
+                    ));
                 }
                 Some(p) => self.ns.push(p.to_string()),
                 None => {}
             }
         }
         let in_scope = |p: &str| p == "xml" || self.ns.iter().any(|n| n == p);
-        if let Some(p) = prefix {
-            if !in_scope(p) {
-                return Err(error_at(xml, pos, format!("namespace prefix '{p}' of <{name}> is not declared")));
-            }
+        if let Some(p) = prefix
+            && !in_scope(p)
+        {
+            return Err(error_at(
+                xml,
+                pos,
+                format!("namespace prefix '{p}' of <{name}> is not declared"),
+            ));
         }
         for (k, _) in &attrs {
-            if let Ok(Some(p)) = qname_prefix(k) {
-                if p != "xmlns" && !in_scope(p) {
-                    return Err(error_at(xml, pos, format!("namespace prefix '{p}' of attribute '{k}' is not declared")));
-                }
+            if let Ok(Some(p)) = qname_prefix(k)
+                && p != "xmlns"
+                && !in_scope(p)
+            {
+                return Err(error_at(
+                    xml,
+                    pos,
+                    format!("namespace prefix '{p}' of attribute '{k}' is not declared"),
+                ));
             }
         }
         let mut el = Element::new(&name);
@@ -558,7 +591,11 @@ fn schema_child(
         return Ok(None);
     };
     let Some(i) = ps.children.iter().position(|c| c.name == el.name) else {
-        return Err(error_at(xml, pos, format!("unknown element <{}> in <{}>", el.name, ps.name)));
+        return Err(error_at(
+            xml,
+            pos,
+            format!("unknown element <{}> in <{}>", el.name, ps.name),
+        ));
     };
     let s = ps.children[i];
     let bit = 1u64 << (i % 64);
@@ -566,7 +603,10 @@ fn schema_child(
         return Err(error_at(
             xml,
             pos,
-            format!("element <{}> appears more than once in <{}>", el.name, ps.name),
+            format!(
+                "element <{}> appears more than once in <{}>",
+                el.name, ps.name
+            ),
         ));
     }
     parent.seen |= bit;
@@ -574,10 +614,17 @@ fn schema_child(
 }
 
 fn check_attrs(xml: &str, pos: usize, el: &Element, schema: Option<&Schema>) -> Result<()> {
-    if let Some(s) = schema {
-        if let Some((k, _)) = el.attrs.iter().find(|(k, _)| !s.attrs.contains(&k.as_str())) {
-            return Err(error_at(xml, pos, format!("unknown attribute '{k}' in <{}>", el.name)));
-        }
+    if let Some(s) = schema
+        && let Some((k, _)) = el
+            .attrs
+            .iter()
+            .find(|(k, _)| !s.attrs.contains(&k.as_str()))
+    {
+        return Err(error_at(
+            xml,
+            pos,
+            format!("unknown attribute '{k}' in <{}>", el.name),
+        ));
     }
     Ok(())
 }
@@ -610,7 +657,13 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
         let pos = reader.buffer_position() as usize;
         let ev = match reader.read_event() {
             Ok(ev) => ev,
-            Err(e) => return Err(error_at(xml, reader.error_position() as usize, format!("malformed document: {e}"))),
+            Err(e) => {
+                return Err(error_at(
+                    xml,
+                    reader.error_position() as usize,
+                    format!("malformed document: {e}"),
+                ));
+            }
         };
         let was_first = std::mem::replace(&mut first, false);
         match ev {
@@ -679,7 +732,11 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
             Event::Text(ref t) => {
                 let raw: &str = t;
                 if let Some((o, c)) = bad_char(raw) {
-                    return Err(error_at(xml, pos + o, format!("character U+{:04X} is not allowed in XML", c as u32)));
+                    return Err(error_at(
+                        xml,
+                        pos + o,
+                        format!("character U+{:04X} is not allowed in XML", c as u32),
+                    ));
                 }
                 if let Some(o) = raw.find("]]>") {
                     return Err(error_at(xml, pos + o, "']]>' is not allowed in text"));
@@ -693,10 +750,19 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
             Event::CData(c) => {
                 let text = c.into_inner();
                 if let Some((o, ch)) = bad_char(&text) {
-                    return Err(error_at(xml, pos + 9 + o, format!("character U+{:04X} is not allowed in XML", ch as u32)));
+                    return Err(error_at(
+                        xml,
+                        pos + 9 + o,
+                        format!("character U+{:04X} is not allowed in XML", ch as u32),
+                    ));
                 }
                 match stack.last_mut() {
-                    Some(open) => push_text(xml, pos, open, &text.replace("\r\n", "\n").replace('\r', "\n"))?,
+                    Some(open) => push_text(
+                        xml,
+                        pos,
+                        open,
+                        &text.replace("\r\n", "\n").replace('\r', "\n"),
+                    )?,
                     None => return Err(error_at(xml, pos, "text outside the root element")),
                 }
             }
@@ -731,19 +797,35 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
             Event::PI(p) => {
                 let target = p.target();
                 if !is_ncname(target) || target.eq_ignore_ascii_case("xml") {
-                    return Err(error_at(xml, pos, format!("invalid processing instruction target '{target}'")));
+                    return Err(error_at(
+                        xml,
+                        pos,
+                        format!("invalid processing instruction target '{target}'"),
+                    ));
                 }
                 if let Some((o, c)) = bad_char(p.content()) {
-                    return Err(error_at(xml, pos + o, format!("character U+{:04X} is not allowed in XML", c as u32)));
+                    return Err(error_at(
+                        xml,
+                        pos + o,
+                        format!("character U+{:04X} is not allowed in XML", c as u32),
+                    ));
                 }
             }
             Event::Comment(c) => {
                 if let Some((o, ch)) = bad_char(&c) {
-                    return Err(error_at(xml, pos + 4 + o, format!("character U+{:04X} is not allowed in XML", ch as u32)));
+                    return Err(error_at(
+                        xml,
+                        pos + 4 + o,
+                        format!("character U+{:04X} is not allowed in XML", ch as u32),
+                    ));
                 }
             }
             Event::DocType(_) => {
-                return Err(error_at(xml, pos, "DOCTYPE declarations (and so entity declarations) are not allowed"));
+                return Err(error_at(
+                    xml,
+                    pos,
+                    "DOCTYPE declarations (and so entity declarations) are not allowed",
+                ));
             }
             Event::Eof => break,
         }
@@ -752,17 +834,25 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
         return Err(error_at(
             xml,
             open.pos,
-            format!("element <{}> is not closed at the end of the document", open.el.name),
+            format!(
+                "element <{}> is not closed at the end of the document",
+                open.el.name
+            ),
         ));
     }
     root.ok_or_else(|| error_at(xml, xml.len(), "the document has no root element"))
 }
 
 fn push_text(xml: &str, pos: usize, open: &mut Open, text: &str) -> Result<()> {
-    if let Some(s) = open.schema {
-        if !s.text && !is_blank(text) {
-            return Err(error_at(xml, pos, format!("text is not allowed in <{}>", s.name)));
-        }
+    if let Some(s) = open.schema
+        && !s.text
+        && !is_blank(text)
+    {
+        return Err(error_at(
+            xml,
+            pos,
+            format!("text is not allowed in <{}>", s.name),
+        ));
     }
     open.el.text.push_str(text);
     Ok(())
