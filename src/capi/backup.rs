@@ -251,36 +251,30 @@ fn libvirt_backup_get_xml_desc() -> Option<LibvirtGetXMLDesc> {
 
 /// Exported as `virDomainBackupGetXMLDesc` under our own symbol version (the
 /// Makefile's version script); not declared in the header. It answers for
-/// our handles (live or released) and NULL, and hands anything else to
-/// libvirt's function, so whichever library a caller's reference binds to,
-/// both kinds of object work. Either way the outcome is this library's last
-/// error too: libvirt's error, when libvirt refuses the object (a
-/// virConnectPtr, say), is carried over, so NULL never comes with "no error".
+/// our handles (live or released) and NULL, and hands a virDomainPtr to
+/// libvirt's function (whose error is then libvirt's, as for any libvirt
+/// call), so whichever library a caller's reference binds to, both kinds of
+/// object work. Any other object (a virConnectPtr, say) is refused here with
+/// our own VIR_ERR_INVALID_ARG, never NULL with "no error".
 #[unsafe(export_name = "virDomainBackupGetXMLDesc")]
 pub extern "C" fn get_xml_desc_dispatch(obj: *mut c_void, flags: c_uint) -> *mut c_char {
     if obj.is_null() || is_ours(obj as virDomainBackupPtr) {
         return virDomainBackupObjGetXMLDesc(obj as virDomainBackupPtr, flags);
     }
-    ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
-        let bad = || {
-            Error::invalid_arg(
-                "backup in virDomainBackupGetXMLDesc must be a valid virDomainBackupPtr or virDomainPtr",
-            )
-        };
-        let f = libvirt_backup_get_xml_desc().ok_or_else(bad)?;
-        // SAFETY: not one of our handles, so it is the caller's virDomainPtr
-        // (libvirt checks its class and refuses other objects).
-        let xml = unsafe { f(obj as sys::virDomainPtr, flags) };
-        if xml.is_null() {
-            // SAFETY: libvirt's thread-local error, read before any other libvirt call.
-            let has_error = !unsafe { sys::virGetLastError() }.is_null();
-            return Err(if has_error {
-                virt::error::Error::last_error().into()
-            } else {
-                bad()
-            });
+    let dom = obj as sys::virDomainPtr;
+    // SAFETY: virDomainRef checks the object's class and refuses others;
+    // the reference it takes on a domain is dropped at once.
+    if unsafe { sys::virDomainRef(dom) } == 0 {
+        unsafe { sys::virDomainFree(dom) };
+        if let Some(f) = libvirt_backup_get_xml_desc() {
+            // SAFETY: a live virDomainPtr, as checked.
+            return unsafe { f(dom, flags) };
         }
-        Ok(xml)
+    }
+    ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
+        Err(Error::invalid_arg(
+            "backup in virDomainBackupGetXMLDesc must be a valid virDomainBackupPtr or virDomainPtr",
+        ))
     })
 }
 
