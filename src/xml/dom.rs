@@ -349,7 +349,7 @@ fn char_ref(body: &str) -> Option<char> {
 /// A reference starting at `s` (just after `&`): the character and the
 /// length consumed including the `;`.
 fn reference(s: &str) -> std::result::Result<(char, usize), String> {
-    let end = s.find(';').filter(|&e| e <= 16).ok_or_else(|| {
+    let end = s.find(';').ok_or_else(|| {
         "'&' must start an entity or character reference ending in ';'".to_string()
     })?;
     let body = &s[..end];
@@ -367,6 +367,8 @@ fn reference(s: &str) -> std::result::Result<(char, usize), String> {
 /// Errors carry the byte offset in `raw`.
 fn parse_attrs(raw: &str) -> std::result::Result<Vec<(String, String)>, (usize, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
+    // A set, not a search of `out`: a tag may have many attributes.
+    let mut seen = std::collections::HashSet::new();
     let mut i = 0;
     let b = raw.as_bytes();
     loop {
@@ -415,7 +417,7 @@ fn parse_attrs(raw: &str) -> std::result::Result<Vec<(String, String)>, (usize, 
         };
         let value = &raw[value_start..value_start + len];
         i = value_start + len + 1;
-        if out.iter().any(|(k, _)| k == name) {
+        if !seen.insert(name) {
             return Err((name_start, format!("duplicate attribute '{name}'")));
         }
         out.push((
@@ -495,6 +497,40 @@ fn check_decl(body: &str) -> std::result::Result<(), (usize, String)> {
     Ok(())
 }
 
+/// The namespace prefixes in scope: declarations in order (to leave an
+/// element's scope) and counted by prefix (to look one up in constant time).
+#[derive(Default)]
+struct Namespaces {
+    order: Vec<String>,
+    count: std::collections::HashMap<String, usize>,
+}
+
+impl Namespaces {
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn declare(&mut self, prefix: &str) {
+        self.order.push(prefix.to_string());
+        *self.count.entry(prefix.to_string()).or_default() += 1;
+    }
+
+    fn in_scope(&self, prefix: &str) -> bool {
+        self.count.get(prefix).is_some_and(|&n| n > 0)
+    }
+
+    /// Forget the declarations made after the first `len`.
+    fn restore(&mut self, len: usize) {
+        while self.order.len() > len {
+            if let Some(p) = self.order.pop()
+                && let Some(n) = self.count.get_mut(&p)
+            {
+                *n -= 1;
+            }
+        }
+    }
+}
+
 /// An element being read.
 struct Open {
     el: Element,
@@ -511,7 +547,7 @@ struct Open {
 /// document so far.
 struct StartCheck<'a> {
     xml: &'a str,
-    ns: &'a mut Vec<String>,
+    ns: &'a mut Namespaces,
 }
 
 impl StartCheck<'_> {
@@ -548,11 +584,11 @@ impl StartCheck<'_> {
                         format!("namespace prefix '{p}' is bound to an empty name"),
                     ));
                 }
-                Some(p) => self.ns.push(p.to_string()),
+                Some(p) => self.ns.declare(p),
                 None => {}
             }
         }
-        let in_scope = |p: &str| p == "xml" || self.ns.iter().any(|n| n == p);
+        let in_scope = |p: &str| p == "xml" || self.ns.in_scope(p);
         if let Some(p) = prefix
             && !in_scope(p)
         {
@@ -649,7 +685,7 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
     cfg.expand_empty_elements = false;
     cfg.trim_text(false);
     let mut stack: Vec<Open> = Vec::new();
-    let mut ns: Vec<String> = Vec::new();
+    let mut ns = Namespaces::default();
     let mut root: Option<Element> = None;
     let mut elements = 0usize;
     let mut first = true;
@@ -703,7 +739,7 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
                 };
                 check_attrs(xml, pos, &el, el_schema)?;
                 if matches!(ev, Event::Empty(_)) {
-                    ns.truncate(ns_len);
+                    ns.restore(ns_len);
                     match stack.last_mut() {
                         Some(parent) => parent.el.children.push(el),
                         None => root = Some(el),
@@ -723,7 +759,7 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
                 let open = stack
                     .pop()
                     .ok_or_else(|| error_at(xml, pos, "closing tag without an open element"))?;
-                ns.truncate(open.ns_len);
+                ns.restore(open.ns_len);
                 match stack.last_mut() {
                     Some(parent) => parent.el.children.push(open.el),
                     None => root = Some(open.el),
