@@ -27,7 +27,7 @@ use rustix::fs::Advice;
 /// Bytes written but not yet dropped: enough writeback in flight to keep a
 /// busy disk's queue full (a shared disk has long latencies), and what
 /// bounds the page cache a copy holds (under 256 MiB for any size).
-pub const LAG: u64 = 128 << 20;
+pub(crate) const LAG: u64 = 128 << 20;
 
 /// Drop-behind state of one file being written.
 pub struct DropBehind {

@@ -56,7 +56,7 @@ const HEADER: usize = 24;
 const ENTRY: u64 = 40;
 
 /// Deltas stacked on one flat index at most (see the module doc).
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// The digest of one chunk: ZERO_DIGEST for zeroes, BLAKE3 otherwise.
 pub fn digest(chunk: &[u8]) -> Digest {
