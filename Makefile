@@ -38,7 +38,7 @@ TESTSTATICLIB := target/test-hooks/release/liblibvirt_backup.a
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
 .PHONY: all bench deps header check-header install uninstall demo check test-rust libvirtd stage \
-        c-tests python-tests clean FORCE install-python python-pkg-tests go-tests
+        c-tests python-tests clean FORCE install-python python-pkg-tests go-tests fuzz
 
 all: $(LIB)
 
@@ -130,11 +130,13 @@ bench:
 	@sh scripts/install-deps.sh bench
 	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then sh scripts/start-libvirtd.sh; fi
 	@$(MAKE) --no-print-directory stage
-	$(STAGE_ENV) $(CC) -O2 -Wall -Wextra -Werror -o $(BUILD)/bench bench/bench.c bench/live.c \
+	$(STAGE_ENV) $(CC) -O2 -Wall -Wextra -Werror -o $(BUILD)/bench bench/bench.c bench/copy.c bench/live.c \
 	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup libvirt-qemu)
 	@rm -rf $(BUILD)/bench-catalog
 	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench; \
 	    rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
+	@# The digest index rows (delta chains), from a Rust bench test.
+	$(CARGO) test --release --locked --test index_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 
 check: deps
 	@$(MAKE) --no-print-directory all
@@ -179,6 +181,10 @@ GO_ENV := $(STAGE_ENV) GOFLAGS=-mod=mod GOPROXY=off GOENV=off GOTOOLCHAIN=local 
 go-tests: stage libvirtd
 	cd go && $(GO_ENV) $(GO) vet ./...
 	cd go && $(GO_ENV) $(GO) test -race -count=1 -v ./...
+# The XML fuzz test for FUZZ_SECONDS (default 600) instead of a fixed count;
+# FUZZ_SEED picks another random sequence.
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} $(CARGO) test --release --locked --test xml_fuzz -- --nocapture
 
 clean:
 	$(CARGO) clean

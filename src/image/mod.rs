@@ -1,5 +1,6 @@
 //! Reading and writing disk images: raw and qcow2 files, and NBD exports.
 
 pub mod backing;
+pub mod cache;
 pub mod disk;
 pub mod nbd;
