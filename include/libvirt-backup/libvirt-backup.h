@@ -80,6 +80,18 @@ typedef enum {
    * Allow writing over existing disk images.
    */
   VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK = (1 << 1),
+  /**
+   * Disks become thin qcow2 overlays on the backup's own chain; no copy.
+   */
+  VIR_DOMAIN_BACKUP_RESTORE_INSTANT = (1 << 2),
+  /**
+   * Start the restored domain when done.
+   */
+  VIR_DOMAIN_BACKUP_RESTORE_START = (1 << 3),
+  /**
+   * Write the disks to the given targets; touch no domain, need no connection.
+   */
+  VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY = (1 << 4),
 } virDomainBackupRestoreFlags;
 
 /**
@@ -472,6 +484,26 @@ int virDomainBackupGetParameters(virDomainBackupPtr backup,
  * dies while it writes new files, the next process that opens the catalog
  * removes them.
  *
+ * VIR_DOMAIN_BACKUP_RESTORE_START starts the domain once its disks are
+ * restored (the restore stays done if it fails to start).
+ *
+ * VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY writes the selected disks to image
+ * files and touches no domain (neither the backup's own, which need not
+ * exist any more, nor a new one): each disk to its <target file>, else to
+ * '<dir>/<disk>.<format>' where <target dir='…'/> sits directly under
+ * <domainbackup> (the folder must exist); qcow2 unless <driver type='raw'/>.
+ * It opens no hypervisor connection (the catalog and the images are
+ * enough), so it works with no libvirt daemon running. An existing file is
+ * refused (VIR_ERR_OPERATION_INVALID, nothing written) unless
+ * VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK is given: then a file of
+ * the same format and size is rewritten in place (only differing chunks),
+ * another one replaced by a new file. A file of the backup's own chain is
+ * never a target (VIR_ERR_INVALID_ARG). It cannot be combined with
+ * NEW_DOMAIN, INSTANT or START; <target dir> is only for it.
+ *
+ * VIR_DOMAIN_BACKUP_RESTORE_INSTANT is not supported yet
+ * (VIR_ERR_NO_SUPPORT).
+ *
  * Returns 0 on success, -1 on error.
  */
 int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
@@ -493,6 +525,13 @@ int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
  * a complete new file renamed over it (there is no digest index to compare
  * against). An NBD source is <source protocol='nbd' name='EXPORT'> with
  * <host name='H' port='P'/> or <host transport='unix' socket='/path'/>.
+ *
+ * With VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY the sources are written to
+ * files as virDomainBackupRestore() does (<target file>, or <target dir>
+ * giving '<dir>/<disk>.<format>'): @domain is neither read nor changed,
+ * the disk names only name the files. VIR_DOMAIN_BACKUP_RESTORE_START
+ * starts the domain once its disks are written. INSTANT is not supported
+ * yet from unmanaged sources (VIR_ERR_NO_SUPPORT).
  *
  * Returns 0 on success, -1 on error.
  */

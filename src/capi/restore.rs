@@ -5,8 +5,8 @@ use std::ffi::{c_char, c_int, c_uint};
 use virt::sys;
 
 use super::{domain_of, ffi_entry, str_arg};
-use crate::error::check_flags;
-use crate::flags::bits::RESTORE_FLAGS;
+use crate::error::{Result, check_exclusive, check_flags};
+use crate::flags::bits::*;
 use crate::ops::backup::Backup;
 
 /// virDomainBackupRestore:
@@ -41,12 +41,33 @@ use crate::ops::backup::Backup;
 /// dies while it writes new files, the next process that opens the catalog
 /// removes them.
 ///
+/// VIR_DOMAIN_BACKUP_RESTORE_START starts the domain once its disks are
+/// restored (the restore stays done if it fails to start).
+///
+/// VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY writes the selected disks to image
+/// files and touches no domain (neither the backup's own, which need not
+/// exist any more, nor a new one): each disk to its <target file>, else to
+/// '<dir>/<disk>.<format>' where <target dir='…'/> sits directly under
+/// <domainbackup> (the folder must exist); qcow2 unless <driver type='raw'/>.
+/// It opens no hypervisor connection (the catalog and the images are
+/// enough), so it works with no libvirt daemon running. An existing file is
+/// refused (VIR_ERR_OPERATION_INVALID, nothing written) unless
+/// VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK is given: then a file of
+/// the same format and size is rewritten in place (only differing chunks),
+/// another one replaced by a new file. A file of the backup's own chain is
+/// never a target (VIR_ERR_INVALID_ARG). It cannot be combined with
+/// NEW_DOMAIN, INSTANT or START; <target dir> is only for it.
+///
+/// VIR_DOMAIN_BACKUP_RESTORE_INSTANT is not supported yet
+/// (VIR_ERR_NO_SUPPORT).
+///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) -> c_int {
     ffi_entry!("virDomainBackupRestore", -1, {
         let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupRestore")?;
         check_flags(flags, RESTORE_FLAGS, "virDomainBackupRestore")?;
+        check_files_only(flags)?;
         Backup::restore(xml, flags)?;
         Ok(0)
     })
@@ -69,6 +90,13 @@ pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) 
 /// against). An NBD source is <source protocol='nbd' name='EXPORT'> with
 /// <host name='H' port='P'/> or <host transport='unix' socket='/path'/>.
 ///
+/// With VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY the sources are written to
+/// files as virDomainBackupRestore() does (<target file>, or <target dir>
+/// giving '<dir>/<disk>.<format>'): @domain is neither read nor changed,
+/// the disk names only name the files. VIR_DOMAIN_BACKUP_RESTORE_START
+/// starts the domain once its disks are written. INSTANT is not supported
+/// yet from unmanaged sources (VIR_ERR_NO_SUPPORT).
+///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupRestoreUnmanaged(
@@ -80,7 +108,37 @@ pub extern "C" fn virDomainBackupRestoreUnmanaged(
         let dom = domain_of(domain, "virDomainBackupRestoreUnmanaged")?;
         let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupRestoreUnmanaged")?;
         check_flags(flags, RESTORE_FLAGS, "virDomainBackupRestoreUnmanaged")?;
+        check_files_only(flags)?;
         Backup::restore_unmanaged(&dom, xml, flags)?;
         Ok(0)
     })
+}
+
+/// FILES_ONLY touches no domain: the flags that make or start one are out.
+fn check_files_only(flags: u32) -> Result<()> {
+    let files = (
+        VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY,
+        "VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY",
+    );
+    check_exclusive(
+        flags,
+        files,
+        (
+            VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN,
+            "VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN",
+        ),
+    )?;
+    check_exclusive(
+        flags,
+        files,
+        (
+            VIR_DOMAIN_BACKUP_RESTORE_INSTANT,
+            "VIR_DOMAIN_BACKUP_RESTORE_INSTANT",
+        ),
+    )?;
+    check_exclusive(
+        flags,
+        files,
+        (VIR_DOMAIN_BACKUP_RESTORE_START, "VIR_DOMAIN_BACKUP_RESTORE_START"),
+    )
 }

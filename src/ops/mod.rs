@@ -5,3 +5,4 @@ pub mod backup;
 pub mod export;
 pub mod merge;
 pub mod restore;
+pub mod restore_files;

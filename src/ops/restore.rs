@@ -29,16 +29,17 @@ use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Source, Target};
 use crate::job;
 use crate::job::Progress;
+use crate::ops::restore_files;
 use crate::store::catalog::Catalog;
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
 use crate::xml::backup::{
-    BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest,
-    UnmanagedSource,
+    BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreDisk,
+    UnmanagedRestoreRequest, UnmanagedSource,
 };
 use crate::xml::domain::{self, DomainDisk, RestoredDisk};
 
 /// Where one disk's data comes from.
-struct Origin {
+pub(crate) struct Origin {
     image: OriginImage,
     /// The backup's digest index: verifies what is read, and lets an
     /// in-place restore find what differs without reading the backup.
@@ -69,7 +70,7 @@ enum How {
     Replace { tmp: PathBuf },
 }
 
-struct DiskPlan {
+pub(crate) struct DiskPlan {
     name: String,
     origin: Origin,
     target: PathBuf,
@@ -100,7 +101,7 @@ impl DiskPlan {
     /// Decide how to write the target, refusing an existing file without
     /// `REWRITE_EXISTING_DISK`. `current` is the target's format as the
     /// domain knows it, if it is one of the domain's disks.
-    fn new(
+    pub(crate) fn new(
         name: &str,
         origin: Origin,
         target: PathBuf,
@@ -217,7 +218,7 @@ fn copy_ownership(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Write every planned disk (see the module comment for the order).
-fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
+pub(crate) fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
     let mut in_place = Vec::new();
     for p in plans {
         if matches!(p.how, How::InPlace) {
@@ -267,7 +268,7 @@ fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
     Ok(())
 }
 
-fn check_distinct(plans: &[DiskPlan]) -> Result<()> {
+pub(crate) fn check_distinct(plans: &[DiskPlan]) -> Result<()> {
     for (i, p) in plans.iter().enumerate() {
         if plans[..i].iter().any(|o| o.target == p.target) {
             return Err(Error::invalid_arg(format!(
@@ -334,10 +335,10 @@ fn current_disk<'a>(disks: &'a [DomainDisk], name: &str) -> Result<&'a DomainDis
 }
 
 /// One disk to restore, whatever it comes from.
-struct Item<'a> {
-    name: &'a str,
-    origin: Origin,
-    asked: Option<&'a RestoreDisk>,
+pub(crate) struct Item<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) origin: Origin,
+    pub(crate) asked: Option<&'a RestoreDisk>,
     /// The disk's file when its data was saved: a new domain's default
     /// files go next to it.
     original: Option<PathBuf>,
@@ -378,7 +379,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
             &restored(&plans),
         )?)?;
     }
-    Ok(())
+    start_if_asked(dom, flags)
 }
 
 /// Define a new domain named `name` from `base_xml`, its disks restored to
@@ -420,13 +421,38 @@ fn as_new_domain(
     check_distinct(&plans)?;
     let xml = domain::restored_definition(base_xml, Some(name), &restored(&plans))?;
     execute(&Catalog::open()?, &plans)?;
-    if let Err(e) = libvirt::define_domain(conn, &xml) {
-        for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
-            let _ = fs::remove_file(&p.target);
+    match libvirt::define_domain(conn, &xml) {
+        Ok(dom) => start_if_asked(&dom, flags),
+        Err(e) => {
+            for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
+                let _ = fs::remove_file(&p.target);
+            }
+            Err(e)
         }
-        return Err(e);
     }
-    Ok(())
+}
+
+/// `VIR_DOMAIN_BACKUP_RESTORE_START`: start the restored domain. A failure
+/// to start leaves the restore done and says so.
+pub(crate) fn start_if_asked(dom: &DomainRef, flags: u32) -> Result<()> {
+    if flags & VIR_DOMAIN_BACKUP_RESTORE_START == 0 {
+        return Ok(());
+    }
+    dom.start().map_err(|mut e| {
+        e.message = format!("the disks are restored but the domain did not start: {}", e.message);
+        e
+    })
+}
+
+/// Whether the restore writes files only; a `<target dir>` is only for that.
+fn files_only_asked(flags: u32, dir: &Option<PathBuf>) -> Result<bool> {
+    let asked = flags & VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY != 0;
+    if !asked && dir.is_some() {
+        return Err(Error::invalid_arg(
+            "<target dir> is only for VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY",
+        ));
+    }
+    Ok(asked)
 }
 
 fn new_domain_asked(flags: u32, name: &Option<String>) -> Result<bool> {
@@ -452,9 +478,13 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             rec.uuid
         )));
     }
+    if flags & VIR_DOMAIN_BACKUP_RESTORE_INSTANT != 0 {
+        return Err(Error::not_supported_yet("VIR_DOMAIN_BACKUP_RESTORE_INSTANT"));
+    }
+    let files_only = files_only_asked(flags, &req.target_dir)?;
     let new_domain = new_domain_asked(flags, &req.domain_name)?;
     // Refuse a running domain before any work (building a missing index).
-    let own = match new_domain {
+    let own = match new_domain || files_only {
         true => None,
         false => {
             let dom = libvirt::open_domain(&rec.uri, &rec.domain_uuid)?;
@@ -478,6 +508,10 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    if files_only {
+        let protected = restore_files::chain_files(&catalog, &rec)?;
+        return restore_files::write_files(items, req.target_dir.as_deref(), &protected, flags);
+    }
     let Some(dom) = own else {
         let name = req.domain_name.clone().unwrap_or_else(|| {
             format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8])
@@ -488,11 +522,56 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
     into_own_domain(&dom, items, flags)
 }
 
+/// Where an unmanaged restore reads one disk from.
+fn unmanaged_origin(r: &UnmanagedRestoreDisk) -> Result<Origin> {
+    let image = match &r.source {
+        UnmanagedSource::File(f) if f.is_file() => OriginImage::File(f.clone(), probe_format(f)?),
+        UnmanagedSource::File(f) => {
+            return Err(Error::invalid_arg(format!(
+                "disk '{}': source file '{}' does not exist",
+                r.disk.name,
+                f.display()
+            )));
+        }
+        UnmanagedSource::Nbd { name, server } => OriginImage::Nbd(server.clone(), name.clone()),
+    };
+    Ok(Origin { image, index: None })
+}
+
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
 /// did not make (their format is read from their first bytes).
 pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     let req = UnmanagedRestoreRequest::parse(xml)?;
+    if flags & VIR_DOMAIN_BACKUP_RESTORE_INSTANT != 0 {
+        return Err(Error::not_supported_yet(
+            "VIR_DOMAIN_BACKUP_RESTORE_INSTANT from unmanaged sources",
+        ));
+    }
     let new_domain = new_domain_asked(flags, &req.domain_name)?;
+    if files_only_asked(flags, &req.target_dir)? {
+        // The domain is not asked anything: disk names only name the files.
+        let items = req
+            .disks
+            .iter()
+            .map(|r| {
+                Ok(Item {
+                    name: &r.disk.name,
+                    origin: unmanaged_origin(r)?,
+                    asked: Some(&r.disk),
+                    original: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sources: Vec<PathBuf> = req
+            .disks
+            .iter()
+            .filter_map(|r| match &r.source {
+                UnmanagedSource::File(f) => fs::canonicalize(f).ok(),
+                UnmanagedSource::Nbd { .. } => None,
+            })
+            .collect();
+        return restore_files::write_files(items, req.target_dir.as_deref(), &sources, flags);
+    }
     let def = dom.xml()?;
     let disks = domain::parse_disks(&def)?;
     let mut items = Vec::new();
@@ -503,19 +582,7 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
             .ok_or_else(|| {
                 Error::invalid_arg(format!("domain has no disk named '{}'", r.disk.name))
             })?;
-        let image = match &r.source {
-            UnmanagedSource::File(f) if f.is_file() => {
-                OriginImage::File(f.clone(), probe_format(f)?)
-            }
-            UnmanagedSource::File(f) => {
-                return Err(Error::invalid_arg(format!(
-                    "disk '{}': source file '{}' does not exist",
-                    d.name,
-                    f.display()
-                )));
-            }
-            UnmanagedSource::Nbd { name, server } => OriginImage::Nbd(server.clone(), name.clone()),
-        };
+        let image = unmanaged_origin(r)?.image;
         items.push(Item {
             name: &r.disk.name,
             origin: Origin { image, index: None },

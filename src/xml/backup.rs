@@ -536,6 +536,9 @@ pub struct RestoreRequest {
     pub uuid: Uuid,
     pub domain_name: Option<String>,
     pub disks: Option<Vec<RestoreDisk>>,
+    /// `<target dir='…'/>` under the root: the folder of every disk without
+    /// its own `<target file>` (`<dir>/<disk>.<format>`).
+    pub target_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -549,6 +552,16 @@ fn parse_domain_name(root: &Element) -> Option<String> {
     root.child("domain")
         .and_then(|d| d.attr("name"))
         .map(str::to_string)
+}
+
+fn parse_target_dir(root: &Element) -> Result<Option<PathBuf>> {
+    match root.child("target") {
+        None => Ok(None),
+        Some(t) => match t.attr("dir") {
+            Some(d) => absolute_path(d, "restore target dir").map(Some),
+            None => Err(Error::xml("<target> under <domainbackup> needs a dir attribute")),
+        },
+    }
 }
 
 fn parse_restore_disk(d: &Element) -> Result<RestoreDisk> {
@@ -583,6 +596,7 @@ impl RestoreRequest {
             uuid,
             domain_name,
             disks,
+            target_dir: parse_target_dir(&root)?,
         })
     }
 }
@@ -665,6 +679,8 @@ pub struct UnmanagedRestoreDisk {
 pub struct UnmanagedRestoreRequest {
     pub domain_name: Option<String>,
     pub disks: Vec<UnmanagedRestoreDisk>,
+    /// As in [`RestoreRequest::target_dir`].
+    pub target_dir: Option<PathBuf>,
 }
 
 fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> {
@@ -714,6 +730,7 @@ impl UnmanagedRestoreRequest {
         Ok(UnmanagedRestoreRequest {
             domain_name: parse_domain_name(&root),
             disks,
+            target_dir: parse_target_dir(&root)?,
         })
     }
 }
