@@ -353,6 +353,11 @@ impl Backup {
     /// `virDomainBackupStartUnmanaged`.
     pub fn start_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<Arc<Backup>> {
         let req = UnmanagedRequest::parse(xml)?;
+        if req.backup.is_some() {
+            return Err(Error::invalid_arg(
+                "a <uuid> names a stored backup to export: pass no domain for that",
+            ));
+        }
         let catalog = Catalog::open()?;
         let domain_uuid = dom.uuid()?;
         let parent = match req.parent {
@@ -370,6 +375,19 @@ impl Backup {
             domain_uuid,
             domain: Some(dom.clone()),
             catalog,
+            job: None,
+            export: Some(export),
+        }))
+    }
+
+    /// `virDomainBackupStartUnmanaged(NULL, …)`: export a stored backup.
+    pub fn export_stored(xml: &str) -> Result<Arc<Backup>> {
+        let export = crate::ops::export_stored::start(&UnmanagedRequest::parse(xml)?)?;
+        Ok(Arc::new(Backup {
+            uuid: export.uuid,
+            domain_uuid: export.domain_uuid,
+            domain: None,
+            catalog: Catalog::open()?,
             job: None,
             export: Some(export),
         }))

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod export;
+pub mod export_stored;
 pub mod merge;
 pub mod restore;
 pub mod restore_files;

@@ -738,6 +738,8 @@ impl UnmanagedRestoreRequest {
 /// `virDomainBackupStartUnmanaged` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnmanagedRequest {
+    /// `<uuid>`: the stored backup to export (the form with no domain).
+    pub backup: Option<Uuid>,
     pub parent: Option<Uuid>,
     pub server: NbdServer,
     /// (disk, export name); `None`: every disk with device='disk', exported
@@ -771,6 +773,7 @@ impl UnmanagedRequest {
             }
         };
         Ok(UnmanagedRequest {
+            backup: root.child_text("uuid").map(parse_uuid).transpose()?,
             parent: parse_parent(&root)?,
             server,
             disks,
