@@ -179,7 +179,7 @@ virDomainBackupPtr virDomainBackupCreateXML(virDomainPtr domain,
 
 /**
  * virDomainBackupStartUnmanaged:
- * @domain: a domain object
+ * @domain: a domain object, or NULL to export a stored backup
  * @xmlDesc: a <domainbackup> document with a <server> and the disks to export
  * @flags: 0 or VIR_DOMAIN_BACKUP_CREATE_QUIESCE (running QEMU domains)
  *
@@ -200,6 +200,17 @@ virDomainBackupPtr virDomainBackupCreateXML(virDomainPtr domain,
  * virDomainBackupFinishJob(0) or virDomainBackupAbortJob(); freeing the
  * handle does not end it. Unmanaged backups are never listed; Delete and
  * ListChildren fail on them with VIR_ERR_OPERATION_INVALID.
+ *
+ * With a NULL @domain, @xmlDesc holds the <uuid> of a completed managed
+ * backup and a <server>: that stored point in time is served read-only
+ * (same <disks>/exportname rules, every disk of the backup by default),
+ * each disk through the backup's own chain of files, by
+ * qemu-storage-daemon; no domain and no hypervisor connection are used, and
+ * nothing is copied. @flags must be 0; a <parent> is not supported yet
+ * there. While it runs, deleting the backup or one of its ancestors fails
+ * with VIR_ERR_OPERATION_INVALID. It ends with FinishJob or AbortJob; its
+ * virDomainBackupGetDomain() fails with VIR_ERR_NO_DOMAIN. A <uuid> with a
+ * non-NULL @domain is VIR_ERR_INVALID_ARG.
  *
  * Returns a new backup object (release it with virDomainBackupFree()), or
  * NULL on error (VIR_ERR_OPERATION_INVALID if the domain already has a
@@ -501,8 +512,22 @@ int virDomainBackupGetParameters(virDomainBackupPtr backup,
  * never a target (VIR_ERR_INVALID_ARG). It cannot be combined with
  * NEW_DOMAIN, INSTANT or START; <target dir> is only for it.
  *
- * VIR_DOMAIN_BACKUP_RESTORE_INSTANT is not supported yet
- * (VIR_ERR_NO_SUPPORT).
+ * VIR_DOMAIN_BACKUP_RESTORE_INSTANT copies nothing: each restored disk
+ * becomes a new, empty qcow2 overlay whose backing file is the backup's own
+ * image of that disk (named explicitly, with its recorded format), at its
+ * <target file> or next to the disk's file ('<newname>-<disk>.qcow2' with
+ * NEW_DOMAIN, '<name>-<disk>-instant-<backup uuid>.qcow2' into the own
+ * shut-off domain, whose current files are left as they are); the domain
+ * is defined (and started with START) at once whatever the disks' size.
+ * The overlay must be a new file (<driver type> can only be qcow2). The
+ * guest writes to the overlay only; the backup is never modified. While a
+ * disk reads through its files, the backup is pinned: deleting it or one
+ * of its ancestors fails with VIR_ERR_OPERATION_INVALID naming the domain
+ * and disk, and its XML lists <pinnedby domain='…' disk='…' overlay='…'/>.
+ * virDomainBlockPull (virsh blockpull --wait) on the running domain makes
+ * the disk independent; the pin is dropped the next time pins are read
+ * once no disk of the domain reads the backup's files (or the domain is
+ * gone). The backup's images must be readable by the hypervisor.
  *
  * Returns 0 on success, -1 on error.
  */

@@ -58,8 +58,22 @@ use crate::ops::backup::Backup;
 /// never a target (VIR_ERR_INVALID_ARG). It cannot be combined with
 /// NEW_DOMAIN, INSTANT or START; <target dir> is only for it.
 ///
-/// VIR_DOMAIN_BACKUP_RESTORE_INSTANT is not supported yet
-/// (VIR_ERR_NO_SUPPORT).
+/// VIR_DOMAIN_BACKUP_RESTORE_INSTANT copies nothing: each restored disk
+/// becomes a new, empty qcow2 overlay whose backing file is the backup's own
+/// image of that disk (named explicitly, with its recorded format), at its
+/// <target file> or next to the disk's file ('<newname>-<disk>.qcow2' with
+/// NEW_DOMAIN, '<name>-<disk>-instant-<backup uuid>.qcow2' into the own
+/// shut-off domain, whose current files are left as they are); the domain
+/// is defined (and started with START) at once whatever the disks' size.
+/// The overlay must be a new file (<driver type> can only be qcow2). The
+/// guest writes to the overlay only; the backup is never modified. While a
+/// disk reads through its files, the backup is pinned: deleting it or one
+/// of its ancestors fails with VIR_ERR_OPERATION_INVALID naming the domain
+/// and disk, and its XML lists <pinnedby domain='…' disk='…' overlay='…'/>.
+/// virDomainBlockPull (virsh blockpull --wait) on the running domain makes
+/// the disk independent; the pin is dropped the next time pins are read
+/// once no disk of the domain reads the backup's files (or the domain is
+/// gone). The backup's images must be readable by the hypervisor.
 ///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]

@@ -503,7 +503,10 @@ impl Backup {
                 .with_child(Element::new("domain").with_attr("uuid", job.domain.to_string()))
                 .to_xml());
         }
-        Ok(self.record()?.public_element().to_xml())
+        let rec = self.record()?;
+        let mut el = rec.public_element();
+        crate::ops::pins::add_pinned_by(&self.catalog, &rec, &mut el)?;
+        Ok(el.to_xml())
     }
 
     pub fn domain(&self) -> Result<&DomainRef> {
@@ -669,6 +672,7 @@ impl Backup {
             set
         };
         let metadata_only = flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0;
+        crate::ops::pins::check_delete(&self.catalog, &doomed)?;
         if let Some(r) = doomed.iter().find(|r| r.state == BackupState::Running) {
             return Err(Error::operation_invalid(format!(
                 "backup '{}' has a job running; abort it first",

@@ -4,6 +4,8 @@
 pub mod backup;
 pub mod export;
 pub mod export_stored;
+pub mod instant;
 pub mod merge;
+pub mod pins;
 pub mod restore;
 pub mod restore_files;

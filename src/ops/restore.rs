@@ -292,7 +292,7 @@ fn restored<'a>(plans: &'a [DiskPlan]) -> Vec<RestoredDisk<'a>> {
 }
 
 /// Which disks a request selects: each must be one of `available`.
-fn select<'a, T>(
+pub(crate) fn select<'a, T>(
     requested: Option<&'a [T]>,
     available: &[&'a str],
     name_of: impl Fn(&T) -> &str,
@@ -478,9 +478,6 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             rec.uuid
         )));
     }
-    if flags & VIR_DOMAIN_BACKUP_RESTORE_INSTANT != 0 {
-        return Err(Error::not_supported_yet("VIR_DOMAIN_BACKUP_RESTORE_INSTANT"));
-    }
     let files_only = files_only_asked(flags, &req.target_dir)?;
     let new_domain = new_domain_asked(flags, &req.domain_name)?;
     // Refuse a running domain before any work (building a missing index).
@@ -492,6 +489,9 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             Some(dom)
         }
     };
+    if flags & VIR_DOMAIN_BACKUP_RESTORE_INSTANT != 0 {
+        return crate::ops::instant::restore(&catalog, &rec, &req, own, flags);
+    }
     let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
     let items = select(req.disks.as_deref(), &names, |d| d.name.as_str())?
         .into_iter()
