@@ -120,6 +120,10 @@ bench:
 	@rm -rf $(BUILD)/bench-catalog
 	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench; \
 	    rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
+	@# Instant restore next to a full one (QEMU domain on qemu:///system).
+	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then \
+	    LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \
+	    $(PYTHON) bench/instant_restore.py; rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc; fi
 
 check: deps
 	@$(MAKE) --no-print-directory all
