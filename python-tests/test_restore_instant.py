@@ -6,12 +6,13 @@ until virsh blockpull flattens the disk or the domain goes."""
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
 
 from conftest import (K64, MiB, RESTORE_NEW_DOMAIN, VIR_ERR_INVALID_ARG,
-                      VIR_ERR_OPERATION_INVALID, Domain, assert_byte_exact, backing_chain,
+                      SUBPROCESS_PRELUDE, VIR_ERR_OPERATION_INVALID, Domain, assert_byte_exact, backing_chain,
                       backup_uuid, backup_xml_for, chain_with_branch, delete, domain_definition,
                       domain_disks, expect_error, get_xml, img_info, lib, lookup_domain, qemu_io,
                       restore, restore_fails, sha256, virt, write_disk, xml_tree)
@@ -195,3 +196,38 @@ def test_instant_start_guest_writes_blockpull_releases_pin(qenv):
     r = subprocess.run(["qemu-img", "compare", "-U", "-f", "qcow2", "-F", "qcow2",
                         overlay, at_inc], stdout=subprocess.PIPE, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def test_killed_midway_leaves_no_domain_and_no_overlay(qenv):
+    """The restoring process is killed (SIGKILL, injected by strace) when
+    it writes the second disk's pin, once the first overlay and its pin
+    exist: no domain is defined, and the next process that opens the
+    catalog removes the overlay; the stale pin is dropped when read."""
+    env = qenv
+    disks = [("vda", env.disk("k-vda.qcow2", 8 * MiB, "qcow2"), "qcow2"),
+             ("vdb", env.disk("k-vdb.qcow2", 8 * MiB, "qcow2"), "qcow2")]
+    dom = env.qemu_domain(disks=disks, start=False)
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b-vda.qcow2"),
+                                        "vdb": env.path("b-vdb.qcow2")}))
+    name = env.expect_domain("lvb-pytest-killed-" + os.urandom(4).hex(), conn=env.qemu)
+    code = (SUBPROCESS_PRELUDE + f"rc = lib.virDomainBackupRestore("
+            f"{instant_xml(backup_uuid(b), name)!r}.encode(), {NEW | INSTANT})\n"
+            "print('survived', rc)\n")
+    # The pins are written with write_atomic (a rename each): die at the 2nd.
+    r = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
+                        "-e", "inject=rename,renameat,renameat2:signal=SIGKILL:when=2",
+                        sys.executable, "-c", code],
+                       env=dict(os.environ, LIBVIRT_BACKUP_DIR=env.catalog),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert "survived" not in r.stdout, (r.stdout, r.stderr)
+    overlays = [env.path(f"{name}-{d}.qcow2") for d in ("vda", "vdb")]
+    assert os.path.exists(overlays[0]), "killed too early to test anything"
+    assert lookup_domain(env.qemu, name) is None
+    # Any call that opens the catalog cleans up; the pin goes when read.
+    again = lib.virDomainBackupLookupByUUID(backup_uuid(b).encode(), 0)
+    assert again
+    lib.virDomainBackupFree(again)
+    assert not any(os.path.exists(p) for p in overlays)
+    assert pinned_by(b) == []
+    assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")] == []
+    delete(b)

@@ -14,7 +14,10 @@
 //! defined in one libvirt call, and only then is the note dropped. A kill
 //! before the definition leaves a note that the next process opening the
 //! catalog finds unlocked (it removes the overlays) and pins naming a
-//! domain that does not exist (dropped when next read).
+//! domain that does not exist (dropped when next read). One window is left:
+//! a kill after libvirt has defined the domain and before the note is
+//! removed (one unlink) leaves the domain defined and its overlays removed
+//! by the next process; the domain then fails to start, naming the file.
 
 use std::fs;
 use std::path::{Path, PathBuf};

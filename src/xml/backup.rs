@@ -879,6 +879,28 @@ mod tests {
     }
 
     #[test]
+    fn restore_target_dir_and_stored_export_uuid() {
+        let u = "54c70d40-26bb-48cd-9639-b3a1e9adf650";
+        let r = RestoreRequest::parse(&format!(
+            "<domainbackup><uuid>{u}</uuid><target dir='/r'/></domainbackup>"
+        ))
+        .unwrap();
+        assert_eq!(r.target_dir, Some(PathBuf::from("/r")));
+        for bad in ["<target dir='rel'/>", "<target file='/x'/>"] {
+            let xml = format!("<domainbackup><uuid>{u}</uuid>{bad}</domainbackup>");
+            assert!(RestoreRequest::parse(&xml).is_err(), "{bad}");
+        }
+        let srv = "<server transport='unix' socket='/s'/>";
+        let e = UnmanagedRequest::parse(&format!(
+            "<domainbackup><uuid>{u}</uuid>{srv}</domainbackup>"
+        ))
+        .unwrap();
+        assert_eq!(e.backup, Some(Uuid::parse_str(u).unwrap()));
+        let e = UnmanagedRequest::parse(&format!("<domainbackup>{srv}</domainbackup>")).unwrap();
+        assert_eq!(e.backup, None);
+    }
+
+    #[test]
     fn default_target_forms() {
         let d = DefaultTarget::parse("<target type='dir'><path>/backups</path></target>").unwrap();
         assert_eq!(d, DefaultTarget::Dir("/backups".into()));
