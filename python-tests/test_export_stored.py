@@ -94,7 +94,8 @@ def test_refusals(env):
     u = backup_uuid(b)
     srv = Nbd(port=free_port())
     cases = [
-        (f"<domainbackup>{srv.server_xml()}</domainbackup>", 0, VIR_ERR_INVALID_ARG, "<uuid>"),
+        (f"<domainbackup>{srv.server_xml()}</domainbackup>", 0, VIR_ERR_INVALID_ARG,
+         "valid virDomainPtr"),
         (stored_xml(u, srv), 1, VIR_ERR_INVALID_ARG, "unsupported flags (0x1)"),
         (stored_xml("6f1c1f55-3e36-4b4b-8f7f-2e2b5e0f7a11", srv), 0, VIR_ERR_NO_DOMAIN_BACKUP,
          "6f1c1f55"),

@@ -382,7 +382,7 @@ impl Backup {
 
     /// `virDomainBackupStartUnmanaged(NULL, …)`: export a stored backup.
     pub fn export_stored(xml: &str) -> Result<Arc<Backup>> {
-        let export = crate::ops::export_stored::start(&UnmanagedRequest::parse(xml)?)?;
+        let export = crate::ops::export_stored::start(xml)?;
         Ok(Arc::new(Backup {
             uuid: export.uuid,
             domain_uuid: export.domain_uuid,

@@ -47,11 +47,17 @@ fn selected(rec: &BackupRecord, req: &UnmanagedRequest) -> Result<Vec<(String, E
         .collect()
 }
 
-/// Start serving the stored backup `req.backup`.
-pub fn start(req: &UnmanagedRequest) -> Result<Arc<Export>> {
-    let uuid = req.backup.ok_or_else(|| {
-        Error::invalid_arg("without a domain, the <domainbackup> needs the <uuid> of a stored backup")
-    })?;
+/// Start serving the stored backup named by the `<uuid>` of `xml`.
+pub fn start(xml: &str) -> Result<Arc<Export>> {
+    // Without a <uuid> a NULL domain is just a missing argument.
+    if crate::xml::dom::parse(xml)?.child("uuid").is_none() {
+        return Err(Error::invalid_arg(
+            "domain in virDomainBackupStartUnmanaged must be a valid virDomainPtr \
+             (NULL only with the <uuid> of a stored backup to export)",
+        ));
+    }
+    let req = UnmanagedRequest::parse(xml)?;
+    let uuid = req.backup.ok_or_else(|| Error::internal("stored export without a uuid"))?;
     if req.parent.is_some() {
         return Err(Error::not_supported_yet(
             "a <parent> (changes as a bitmap) in the export of a stored backup",
@@ -66,7 +72,7 @@ pub fn start(req: &UnmanagedRequest) -> Result<Arc<Export>> {
             "backup '{uuid}' is not completed"
         )));
     }
-    let disks = selected(&rec, req)?;
+    let disks = selected(&rec, &req)?;
     for (name, d) in &disks {
         if !d.image.is_file() {
             return Err(Error::operation_failed(format!(
