@@ -180,6 +180,12 @@ CHILD = """
     assert dom
     rc = lib.virDomainBackupRestoreUnmanaged(dom, {uxml!r}.encode(), {flags})
     assert rc == 0, last_error()
+    # And into a test-driver domain's own disk (not FILES_ONLY).
+    own = virt.virDomainDefineXML(conn, domain_xml("nodaemon", [("vda", {own!r}, "raw")]).encode())
+    assert own
+    xml = "<domainbackup><disks><disk name='vda'><source file='{inc}'/></disk></disks></domainbackup>"
+    rc = lib.virDomainBackupRestoreUnmanaged(own, xml.encode(), {rewrite})
+    assert rc == 0, last_error()
     print("restored")
 """
 
@@ -206,7 +212,11 @@ def test_files_only_with_no_libvirtd_reachable(qenv):
     uxml = (f"<domainbackup><disks><disk name='vda'><source file='{inc_target}'/>"
             f"<target file='{out}/unmanaged.raw'/><driver type='raw'/></disk></disks>"
             "</domainbackup>")
-    code = SUBPROCESS_PRELUDE + textwrap.dedent(CHILD.format(xml=xml, uxml=uxml, flags=FILES_ONLY))
+    own = env.path("own.raw")
+    with open(own, "wb") as f:
+        f.truncate(32 * MiB)
+    code = SUBPROCESS_PRELUDE + textwrap.dedent(CHILD.format(
+        xml=xml, uxml=uxml, flags=FILES_ONLY, own=own, inc=inc_target, rewrite=REWRITE))
     trace = env.path("strace.log")
     script = (
         "set -e; mount -t tmpfs none /run/libvirt; "
@@ -223,5 +233,6 @@ def test_files_only_with_no_libvirtd_reachable(qenv):
     assert not [c for c in connects if "libvirt" in c], connects
     assert_byte_exact(os.path.join(out, "vda.qcow2"), "qcow2", want, fmt)
     assert_byte_exact(os.path.join(out, "unmanaged.raw"), "raw", want, fmt)
+    assert_byte_exact(own, "raw", want, fmt)
     # The shared daemon was never disturbed.
     assert virt.virConnectIsAlive(env.qemu) == 1
