@@ -538,6 +538,32 @@ fn unmanaged_origin(r: &UnmanagedRestoreDisk) -> Result<Origin> {
     Ok(Origin { image, index: None })
 }
 
+/// `RestoreUnmanaged` with FILES_ONLY: the domain is not asked anything,
+/// disk names only name the files.
+fn unmanaged_to_files(req: &UnmanagedRestoreRequest, flags: u32) -> Result<()> {
+    let items = req
+        .disks
+        .iter()
+        .map(|r| {
+            Ok(Item {
+                name: &r.disk.name,
+                origin: unmanaged_origin(r)?,
+                asked: Some(&r.disk),
+                original: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sources: Vec<PathBuf> = req
+        .disks
+        .iter()
+        .filter_map(|r| match &r.source {
+            UnmanagedSource::File(f) => fs::canonicalize(f).ok(),
+            UnmanagedSource::Nbd { .. } => None,
+        })
+        .collect();
+    restore_files::write_files(items, req.target_dir.as_deref(), &sources, flags)
+}
+
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
 /// did not make (their format is read from their first bytes).
 pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
@@ -549,28 +575,7 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     }
     let new_domain = new_domain_asked(flags, &req.domain_name)?;
     if files_only_asked(flags, &req.target_dir)? {
-        // The domain is not asked anything: disk names only name the files.
-        let items = req
-            .disks
-            .iter()
-            .map(|r| {
-                Ok(Item {
-                    name: &r.disk.name,
-                    origin: unmanaged_origin(r)?,
-                    asked: Some(&r.disk),
-                    original: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let sources: Vec<PathBuf> = req
-            .disks
-            .iter()
-            .filter_map(|r| match &r.source {
-                UnmanagedSource::File(f) => fs::canonicalize(f).ok(),
-                UnmanagedSource::Nbd { .. } => None,
-            })
-            .collect();
-        return restore_files::write_files(items, req.target_dir.as_deref(), &sources, flags);
+        return unmanaged_to_files(&req, flags);
     }
     let def = dom.xml()?;
     let disks = domain::parse_disks(&def)?;
