@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::hv::libvirt::{self, DomainRef};
 use crate::hv::qemu_tools::{os, run};
 use crate::image::disk::Source;
-use crate::ops::restore::{select, start_if_asked};
+use crate::ops::restore_steps::{select, start_if_asked};
 use crate::store::catalog::Catalog;
 use crate::store::pins::{self, Pin};
 use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord, RestoreRequest};

@@ -8,4 +8,4 @@ pub mod instant;
 pub mod merge;
 pub mod pins;
 pub mod restore;
-pub mod restore_files;
+pub mod restore_steps;

@@ -10,13 +10,13 @@
 //! asked (the connection fails), the pin is kept: a wrong "in use" is safer
 //! than deleting a file a guest reads.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::hv::qemu_tools::{os, run};
 use crate::ops::export;
-use crate::ops::restore_files::chain_files;
 use crate::store::catalog::Catalog;
 use crate::store::pins::{self, Pin};
 use crate::xml::backup::{BackupRecord, path_str};
@@ -140,3 +140,30 @@ pub fn add_pinned_by(catalog: &Catalog, rec: &BackupRecord, el: &mut Element) ->
     }
     Ok(())
 }
+
+/// `path` with its folder resolved (the file itself may not exist yet), so
+/// two spellings of one file compare equal.
+pub(crate) fn resolved(path: &Path) -> PathBuf {
+    if let Ok(p) = fs::canonicalize(path) {
+        return p;
+    }
+    match (path.parent().map(fs::canonicalize), path.file_name()) {
+        (Some(Ok(dir)), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Every image file `rec` reads through: its own and its ancestors'.
+pub(crate) fn chain_files(catalog: &Catalog, rec: &BackupRecord) -> Result<Vec<PathBuf>> {
+    let all = catalog.list_domain(&rec.domain_uuid)?;
+    let mut out = Vec::new();
+    let mut cur = Some(rec.clone());
+    while let Some(r) = cur {
+        out.extend(r.disks.iter().map(|d| resolved(&d.target)));
+        cur = r
+            .parent
+            .and_then(|p| all.iter().find(|x| x.uuid == p).cloned());
+    }
+    Ok(out)
+}
+

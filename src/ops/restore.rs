@@ -29,7 +29,8 @@ use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Source, Target};
 use crate::job;
 use crate::job::Progress;
-use crate::ops::restore_files;
+use crate::ops::pins;
+use crate::ops::restore_steps::{select, start_if_asked};
 use crate::store::catalog::Catalog;
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
 use crate::xml::backup::{
@@ -39,7 +40,7 @@ use crate::xml::backup::{
 use crate::xml::domain::{self, DomainDisk, RestoredDisk};
 
 /// Where one disk's data comes from.
-pub(crate) struct Origin {
+struct Origin {
     image: OriginImage,
     /// The backup's digest index: verifies what is read, and lets an
     /// in-place restore find what differs without reading the backup.
@@ -70,7 +71,7 @@ enum How {
     Replace { tmp: PathBuf },
 }
 
-pub(crate) struct DiskPlan {
+struct DiskPlan {
     name: String,
     origin: Origin,
     target: PathBuf,
@@ -101,7 +102,7 @@ impl DiskPlan {
     /// Decide how to write the target, refusing an existing file without
     /// `REWRITE_EXISTING_DISK`. `current` is the target's format as the
     /// domain knows it, if it is one of the domain's disks.
-    pub(crate) fn new(
+    fn new(
         name: &str,
         origin: Origin,
         target: PathBuf,
@@ -218,7 +219,7 @@ fn copy_ownership(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Write every planned disk (see the module comment for the order).
-pub(crate) fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
+fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
     let mut in_place = Vec::new();
     for p in plans {
         if matches!(p.how, How::InPlace) {
@@ -268,7 +269,7 @@ pub(crate) fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check_distinct(plans: &[DiskPlan]) -> Result<()> {
+fn check_distinct(plans: &[DiskPlan]) -> Result<()> {
     for (i, p) in plans.iter().enumerate() {
         if plans[..i].iter().any(|o| o.target == p.target) {
             return Err(Error::invalid_arg(format!(
@@ -291,30 +292,6 @@ fn restored<'a>(plans: &'a [DiskPlan]) -> Vec<RestoredDisk<'a>> {
         .collect()
 }
 
-/// Which disks a request selects: each must be one of `available`.
-pub(crate) fn select<'a, T>(
-    requested: Option<&'a [T]>,
-    available: &[&'a str],
-    name_of: impl Fn(&T) -> &str,
-) -> Result<Vec<(&'a str, Option<&'a T>)>> {
-    match requested {
-        None => Ok(available.iter().map(|n| (*n, None)).collect()),
-        Some(list) => list
-            .iter()
-            .map(|r| {
-                let n = name_of(r);
-                available
-                    .iter()
-                    .find(|a| **a == n)
-                    .map(|a| (*a, Some(r)))
-                    .ok_or_else(|| {
-                        Error::invalid_arg(format!("the backup has no disk named '{n}'"))
-                    })
-            })
-            .collect(),
-    }
-}
-
 /// The shut-off domain a restore writes into.
 fn shut_off(dom: &DomainRef) -> Result<()> {
     if dom.is_active()? {
@@ -335,10 +312,10 @@ fn current_disk<'a>(disks: &'a [DomainDisk], name: &str) -> Result<&'a DomainDis
 }
 
 /// One disk to restore, whatever it comes from.
-pub(crate) struct Item<'a> {
-    pub(crate) name: &'a str,
-    pub(crate) origin: Origin,
-    pub(crate) asked: Option<&'a RestoreDisk>,
+struct Item<'a> {
+    name: &'a str,
+    origin: Origin,
+    asked: Option<&'a RestoreDisk>,
     /// The disk's file when its data was saved: a new domain's default
     /// files go next to it.
     original: Option<PathBuf>,
@@ -432,18 +409,6 @@ fn as_new_domain(
     }
 }
 
-/// `VIR_DOMAIN_BACKUP_RESTORE_START`: start the restored domain. A failure
-/// to start leaves the restore done and says so.
-pub(crate) fn start_if_asked(dom: &DomainRef, flags: u32) -> Result<()> {
-    if flags & VIR_DOMAIN_BACKUP_RESTORE_START == 0 {
-        return Ok(());
-    }
-    dom.start().map_err(|mut e| {
-        e.message = format!("the disks are restored but the domain did not start: {}", e.message);
-        e
-    })
-}
-
 /// Whether the restore writes files only; a `<target dir>` is only for that.
 fn files_only_asked(flags: u32, dir: &Option<PathBuf>) -> Result<bool> {
     let asked = flags & VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY != 0;
@@ -509,8 +474,8 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     if files_only {
-        let protected = restore_files::chain_files(&catalog, &rec)?;
-        return restore_files::write_files(items, req.target_dir.as_deref(), &protected, flags);
+        let protected = pins::chain_files(&catalog, &rec)?;
+        return write_files(items, req.target_dir.as_deref(), &protected, flags);
     }
     let Some(dom) = own else {
         let name = req.domain_name.clone().unwrap_or_else(|| {
@@ -561,7 +526,7 @@ fn unmanaged_to_files(req: &UnmanagedRestoreRequest, flags: u32) -> Result<()> {
             UnmanagedSource::Nbd { .. } => None,
         })
         .collect();
-    restore_files::write_files(items, req.target_dir.as_deref(), &sources, flags)
+    write_files(items, req.target_dir.as_deref(), &sources, flags)
 }
 
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
@@ -606,4 +571,65 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
         return as_new_domain(&dom.connect()?, &def, &name, items, flags);
     }
     into_own_domain(dom, items, flags)
+}
+
+// `VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY`: write the selected disks of a
+// backup (or of unmanaged sources) to image files and touch no domain.
+//
+// Nothing here opens a hypervisor connection: the catalog record and the
+// images are all it reads, so it works when the backup's domain is gone
+// and when no libvirt daemon runs. Each disk goes to its `<target file>`,
+// else to `<target dir>/<disk>.<format>` (qcow2 unless `<driver type>`
+// says raw). An existing file is refused unless
+// `VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK` is given, which follows
+// the rules of a restore into a domain (same format and size: rewritten in
+// place, only differing chunks; else replaced by a new file renamed over
+// it). A file of the backup's own chain is never a target.
+
+/// Where one disk is written: its own `<target file>`, else the folder.
+fn target_of(it: &Item, dir: Option<&Path>) -> Result<(PathBuf, Option<DiskFormat>)> {
+    let format = it.asked.and_then(|a| a.format);
+    if let Some(t) = it.asked.and_then(|a| a.target.clone()) {
+        return Ok((t, format));
+    }
+    let dir = dir.ok_or_else(|| {
+        Error::invalid_arg(format!(
+            "disk '{}': VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY needs a <target file> or a <target dir>",
+            it.name
+        ))
+    })?;
+    if !dir.is_dir() {
+        return Err(Error::invalid_arg(format!(
+            "restore target dir '{}' is not a folder",
+            dir.display()
+        )));
+    }
+    let ext = format.unwrap_or(DiskFormat::Qcow2).as_str();
+    Ok((dir.join(format!("{}.{ext}", it.name)), format))
+}
+
+/// Write every item to its file. `protected`: files that must not be
+/// written (the backup's chain).
+fn write_files(
+    items: Vec<Item>,
+    dir: Option<&Path>,
+    protected: &[PathBuf],
+    flags: u32,
+) -> Result<()> {
+    let mut plans = Vec::new();
+    for it in items {
+        let (target, format) = target_of(&it, dir)?;
+        if protected.contains(&pins::resolved(&target)) {
+            return Err(Error::invalid_arg(format!(
+                "disk '{}': '{}' is a file of the backup itself",
+                it.name,
+                target.display()
+            )));
+        }
+        plans.push(DiskPlan::new(
+            it.name, it.origin, target, format, None, flags,
+        )?);
+    }
+    check_distinct(&plans)?;
+    execute(&Catalog::open()?, &plans)
 }
