@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::engine::export::ExportDisk;
 use crate::error::{Error, Result};
 use crate::ops::export::{self, Export};
-use crate::store::catalog::Catalog;
+use crate::ops::recovery;
 use crate::xml::backup::{BackupRecord, BackupState, UnmanagedRequest};
 
 /// The disks to serve: the request's (each must be one of the backup's),
@@ -63,9 +63,8 @@ pub fn start(xml: &str) -> Result<Arc<Export>> {
             "a <parent> (changes as a bitmap) in the export of a stored backup",
         ));
     }
-    let catalog = Catalog::open()?;
-    let rec = catalog
-        .find(&uuid)?
+    let catalog = recovery::open_catalog()?;
+    let rec = recovery::find(&catalog, &uuid)?
         .ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
     if rec.state != BackupState::Completed {
         return Err(Error::operation_invalid(format!(

@@ -17,6 +17,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::hv::qemu_tools::{os, run};
 use crate::ops::export;
+use crate::ops::recovery;
 use crate::store::catalog::Catalog;
 use crate::store::pins::{self, Pin};
 use crate::xml::backup::{BackupRecord, path_str};
@@ -77,7 +78,7 @@ fn still_used(pin: &Pin, files: &[PathBuf]) -> bool {
 fn live(catalog: &Catalog) -> Result<Vec<(Pin, Vec<PathBuf>)>> {
     let mut out = Vec::new();
     for (path, pin) in pins::list(catalog)? {
-        let files = match catalog.find(&pin.backup)? {
+        let files = match recovery::find(catalog, &pin.backup)? {
             Some(rec) => chain_files(catalog, &rec)?,
             None => Vec::new(),
         };
@@ -111,7 +112,7 @@ pub fn check_delete(catalog: &Catalog, doomed: &[&BackupRecord]) -> Result<()> {
         }
     }
     for (backup, export) in export::stored_exports() {
-        let Some(rec) = catalog.find(&backup)? else {
+        let Some(rec) = recovery::find(catalog, &backup)? else {
             continue;
         };
         let files = chain_files(catalog, &rec)?;
@@ -155,7 +156,7 @@ pub(crate) fn resolved(path: &Path) -> PathBuf {
 
 /// Every image file `rec` reads through: its own and its ancestors'.
 pub(crate) fn chain_files(catalog: &Catalog, rec: &BackupRecord) -> Result<Vec<PathBuf>> {
-    let all = catalog.list_domain(&rec.domain_uuid)?;
+    let all = recovery::list_domain(catalog, &rec.domain_uuid)?;
     let mut out = Vec::new();
     let mut cur = Some(rec.clone());
     while let Some(r) = cur {
