@@ -201,6 +201,20 @@ def test_instant_start_guest_writes_blockpull_releases_pin(qenv):
     assert r.returncode == 0, r.stdout
 
 
+def killed_restore(env, name, backup, syscalls, when):
+    """Run an instant restore as a new domain in a child process that
+    strace kills (SIGKILL) at its `when`-th call of one of `syscalls`."""
+    code = (SUBPROCESS_PRELUDE + f"rc = lib.virDomainBackupRestore("
+            f"{instant_xml(backup_uuid(backup), name)!r}.encode(), {NEW | INSTANT})\n"
+            "print('survived', rc)\n")
+    r = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", f"trace={syscalls}",
+                        "-e", f"inject={syscalls}:signal=SIGKILL:when={when}",
+                        sys.executable, "-c", code],
+                       env=dict(os.environ, LIBVIRT_BACKUP_DIR=env.catalog),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert "survived" not in r.stdout, (r.stdout, r.stderr)
+
+
 def test_killed_midway_leaves_no_domain_and_no_overlay(qenv):
     """The restoring process is killed (SIGKILL, injected by strace) when
     it writes the second disk's pin, once the first overlay and its pin
@@ -213,16 +227,8 @@ def test_killed_midway_leaves_no_domain_and_no_overlay(qenv):
     b = env.backup(dom, backup_xml_for({"vda": env.path("b-vda.qcow2"),
                                         "vdb": env.path("b-vdb.qcow2")}))
     name = env.expect_domain("lvb-pytest-killed-" + os.urandom(4).hex(), conn=env.qemu)
-    code = (SUBPROCESS_PRELUDE + f"rc = lib.virDomainBackupRestore("
-            f"{instant_xml(backup_uuid(b), name)!r}.encode(), {NEW | INSTANT})\n"
-            "print('survived', rc)\n")
     # The pins are written with write_atomic (a rename each): die at the 2nd.
-    r = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
-                        "-e", "inject=rename,renameat,renameat2:signal=SIGKILL:when=2",
-                        sys.executable, "-c", code],
-                       env=dict(os.environ, LIBVIRT_BACKUP_DIR=env.catalog),
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-    assert "survived" not in r.stdout, (r.stdout, r.stderr)
+    killed_restore(env, name, b, "rename,renameat,renameat2", 2)
     overlays = [env.path(f"{name}-{d}.qcow2") for d in ("vda", "vdb")]
     assert os.path.exists(overlays[0]), "killed too early to test anything"
     assert lookup_domain(env.qemu, name) is None
@@ -234,3 +240,30 @@ def test_killed_midway_leaves_no_domain_and_no_overlay(qenv):
     assert pinned_by(b) == []
     assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")] == []
     delete(b)
+
+
+def test_killed_after_the_definition_keeps_the_domain_whole(qenv):
+    """Killed at the removal of the note (the first unlink of the process),
+    right after libvirt defined the domain: the next sweep finds the domain
+    named in the note using the overlays and keeps them; the domain starts
+    and reads the backup."""
+    env = qenv
+    dom = env.qemu_domain(size=16 * MiB, start=False, writes=[(0, 1 * MiB, 0x3C)])
+    (disk, src, fmt), = dom.disks
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b.qcow2")}))
+    name = env.expect_domain("lvb-pytest-killed-" + os.urandom(4).hex(), conn=env.qemu)
+    killed_restore(env, name, b, "unlink,unlinkat", 1)
+    overlay = env.path(f"{name}-vda.qcow2")
+    ptr = lookup_domain(env.qemu, name)
+    assert ptr, "killed before the definition"
+    env._defined.append(ptr)
+    assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")]
+    again = lib.virDomainBackupLookupByUUID(backup_uuid(b).encode(), 0)
+    assert again
+    lib.virDomainBackupFree(again)
+    assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")] == []
+    assert os.path.exists(overlay)
+    assert pinned_by(b) == [(name, "vda")]
+    new = Domain(ptr, name, [], env.qemu, "qemu")
+    new.start()
+    hmp(name, "read -P 0x3c 0 1M")

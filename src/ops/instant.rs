@@ -14,10 +14,11 @@
 //! defined in one libvirt call, and only then is the note dropped. A kill
 //! before the definition leaves a note that the next process opening the
 //! catalog finds unlocked (it removes the overlays) and pins naming a
-//! domain that does not exist (dropped when next read). One window is left:
-//! a kill after libvirt has defined the domain and before the note is
-//! removed (one unlink) leaves the domain defined and its overlays removed
-//! by the next process; the domain then fails to start, naming the file.
+//! domain that does not exist (dropped when next read). The note names the
+//! domain: a kill after libvirt has defined it but before the note is
+//! removed leaves a domain whose disks are the noted overlays, and the
+//! sweep then keeps them (it asks libvirt; when libvirt cannot answer, the
+//! note waits for a later sweep).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -209,7 +210,7 @@ pub fn restore(
     // pins and the domain that makes them hold.
     let _guard = catalog.lock()?;
     let paths: Vec<&Path> = list.iter().map(|o| o.path.as_path()).collect();
-    let note = catalog.stage_files(&paths)?;
+    let note = catalog.stage_files_of_domain(&paths, &to.uuid, &to.uri)?;
     let mut made: Vec<PathBuf> = Vec::new();
     let done = (|| {
         for o in &list {
