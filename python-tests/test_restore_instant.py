@@ -267,3 +267,19 @@ def test_killed_after_the_definition_keeps_the_domain_whole(qenv):
     new = Domain(ptr, name, [], env.qemu, "qemu")
     new.start()
     hmp(name, "read -P 0x3c 0 1M")
+
+
+def test_start_after_a_full_restore_and_an_instant_one(env):
+    """START with a copying restore (NEW_DOMAIN) and with INSTANT into the
+    own shut-off domain: each domain runs when the call returns."""
+    h, (full, mid, leaf, tip, br) = chain_with_branch(env, "qcow2")
+    name = env.expect_domain("pytest-start-" + os.urandom(4).hex())
+    restore(instant_xml(mid.uuid, name), NEW | START)
+    new = lookup_domain(env.conn, name)
+    assert new and virt.virDomainIsActive(new) == 1
+    assert_byte_exact(env.path(f"{name}-vda.qcow2"), "qcow2", mid.copy, "qcow2")
+    virt.virDomainDestroy(new)
+    virt.virDomainFree(new)
+    restore(instant_xml(tip.uuid), INSTANT | START)
+    assert h.dom.active()
+    virt.virDomainDestroy(h.dom.ptr)
