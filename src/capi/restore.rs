@@ -153,6 +153,9 @@ fn check_files_only(flags: u32) -> Result<()> {
     check_exclusive(
         flags,
         files,
-        (VIR_DOMAIN_BACKUP_RESTORE_START, "VIR_DOMAIN_BACKUP_RESTORE_START"),
+        (
+            VIR_DOMAIN_BACKUP_RESTORE_START,
+            "VIR_DOMAIN_BACKUP_RESTORE_START",
+        ),
     )
 }

@@ -57,15 +57,17 @@ pub fn start(xml: &str) -> Result<Arc<Export>> {
         ));
     }
     let req = UnmanagedRequest::parse(xml)?;
-    let uuid = req.backup.ok_or_else(|| Error::internal("stored export without a uuid"))?;
+    let uuid = req
+        .backup
+        .ok_or_else(|| Error::internal("stored export without a uuid"))?;
     if req.parent.is_some() {
         return Err(Error::not_supported_yet(
             "a <parent> (changes as a bitmap) in the export of a stored backup",
         ));
     }
     let catalog = recovery::open_catalog()?;
-    let rec = recovery::find(&catalog, &uuid)?
-        .ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
+    let rec =
+        recovery::find(&catalog, &uuid)?.ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
     if rec.state != BackupState::Completed {
         return Err(Error::operation_invalid(format!(
             "backup '{uuid}' is not completed"

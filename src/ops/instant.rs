@@ -62,9 +62,10 @@ fn receiver(rec: &BackupRecord, req: &RestoreRequest, own: Option<DomainRef>) ->
             own: Some(dom),
         });
     }
-    let name = req.domain_name.clone().unwrap_or_else(|| {
-        format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8])
-    });
+    let name = req
+        .domain_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8]));
     if name.is_empty() || name.contains('/') {
         return Err(Error::invalid_arg(format!("bad domain name '{name}'")));
     }
@@ -87,7 +88,11 @@ fn receiver(rec: &BackupRecord, req: &RestoreRequest, own: Option<DomainRef>) ->
 /// next to the disk's file (`<name>-<disk>.qcow2` for a new domain,
 /// `<name>-<disk>-instant-<backup uuid>.qcow2` for the own domain, whose
 /// current file stays as it is).
-fn overlays<'a>(rec: &'a BackupRecord, req: &RestoreRequest, to: &Receiver) -> Result<Vec<Overlay<'a>>> {
+fn overlays<'a>(
+    rec: &'a BackupRecord,
+    req: &RestoreRequest,
+    to: &Receiver,
+) -> Result<Vec<Overlay<'a>>> {
     let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
     let current = match &to.own {
         Some(_) => domain::parse_disks(&to.base_xml)?,
@@ -95,7 +100,10 @@ fn overlays<'a>(rec: &'a BackupRecord, req: &RestoreRequest, to: &Receiver) -> R
     };
     let mut out: Vec<Overlay> = Vec::new();
     for (name, asked) in select(req.disks.as_deref(), &names, |d| d.name.as_str())? {
-        if asked.and_then(|a| a.format).is_some_and(|f| f != DiskFormat::Qcow2) {
+        if asked
+            .and_then(|a| a.format)
+            .is_some_and(|f| f != DiskFormat::Qcow2)
+        {
             return Err(Error::invalid_arg(format!(
                 "disk '{name}': an instant restore gives the disk a qcow2 overlay; <driver type> can only be qcow2"
             )));
@@ -147,7 +155,9 @@ fn check_new_file(name: &str, path: &Path) -> Result<()> {
 /// The overlay: empty qcow2, backing file the backup's image, named
 /// explicitly with its format (never probed).
 fn create_overlay(o: &Overlay) -> Result<()> {
-    let size = Source::open(&o.disk.target, o.disk.format)?.size().to_string();
+    let size = Source::open(&o.disk.target, o.disk.format)?
+        .size()
+        .to_string();
     run(
         "qemu-img",
         [

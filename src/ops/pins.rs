@@ -167,4 +167,3 @@ pub(crate) fn chain_files(catalog: &Catalog, rec: &BackupRecord) -> Result<Vec<P
     }
     Ok(out)
 }
-

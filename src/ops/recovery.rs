@@ -139,7 +139,10 @@ fn sweep_restores(catalog: &Catalog) {
             continue; // a restore in progress
         }
         let text = fs::read(&note).unwrap_or_default();
-        let mut lines = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).peekable();
+        let mut lines = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .peekable();
         let head = lines.next_if(|l| l.starts_with(NOTE_DOMAIN.as_bytes()));
         let files: Vec<&std::ffi::OsStr> = lines.map(std::ffi::OsStr::from_bytes).collect();
         match head.map(|h| domain_uses(&String::from_utf8_lossy(h), &files)) {

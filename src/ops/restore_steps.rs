@@ -36,7 +36,10 @@ pub(crate) fn start_if_asked(dom: &DomainRef, flags: u32) -> Result<()> {
         return Ok(());
     }
     dom.start().map_err(|mut e| {
-        e.message = format!("the disks are restored but the domain did not start: {}", e.message);
+        e.message = format!(
+            "the disks are restored but the domain did not start: {}",
+            e.message
+        );
         e
     })
 }

@@ -559,7 +559,9 @@ fn parse_target_dir(root: &Element) -> Result<Option<PathBuf>> {
         None => Ok(None),
         Some(t) => match t.attr("dir") {
             Some(d) => absolute_path(d, "restore target dir").map(Some),
-            None => Err(Error::xml("<target> under <domainbackup> needs a dir attribute")),
+            None => Err(Error::xml(
+                "<target> under <domainbackup> needs a dir attribute",
+            )),
         },
     }
 }
