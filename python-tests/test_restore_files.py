@@ -132,7 +132,7 @@ def test_refusals_touch_nothing(env):
         (files_xml(leaf.uuid, {"vda": (out, None)}), FILES_ONLY | INSTANT,
          VIR_ERR_INVALID_ARG, "mutually exclusive"),
         (f"<domainbackup><uuid>{leaf.uuid}</uuid><target file='/x'/></domainbackup>",
-         FILES_ONLY, VIR_ERR_XML_ERROR, "dir attribute"),
+         FILES_ONLY, VIR_ERR_XML_ERROR, "unknown attribute 'file' in <target>"),
         (files_xml(leaf.uuid, {"vda": (out, None)}), 1 << 9, VIR_ERR_INVALID_ARG,
          "unsupported flags (0x200)"),
     ]

@@ -75,6 +75,13 @@ use crate::ops::backup::Backup;
 /// once no disk of the domain reads the backup's files (or the domain is
 /// gone). The backup's images must be readable by the hypervisor.
 ///
+/// The document is checked as libvirt's schema validation checks libvirt's:
+/// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+/// beyond the predefined ones), that holds an element or attribute outside
+/// the <domainbackup> vocabulary of API.md, repeats a single element, or is
+/// over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+/// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
+///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) -> c_int {
@@ -110,6 +117,13 @@ pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) 
 /// the disk names only name the files. VIR_DOMAIN_BACKUP_RESTORE_START
 /// starts the domain once its disks are written. INSTANT is not supported
 /// yet from unmanaged sources (VIR_ERR_NO_SUPPORT).
+///
+/// The document is checked as libvirt's schema validation checks libvirt's:
+/// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+/// beyond the predefined ones), that holds an element or attribute outside
+/// the <domainbackup> vocabulary of API.md, repeats a single element, or is
+/// over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+/// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
 ///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
