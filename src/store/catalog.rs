@@ -59,6 +59,10 @@ impl Drop for CatalogLock {
 /// Name prefix (in the root) of the notes of restores writing new files.
 const RESTORING: &str = ".restoring-";
 
+/// The first line of a note of files a domain is defined on (paths are
+/// absolute, so no path line starts like this).
+pub const NOTE_DOMAIN: &str = "domain ";
+
 /// The note of a restore's new files, locked while the restore writes them.
 pub struct StagedFiles {
     _file: File,
@@ -118,7 +122,7 @@ const DOMAIN_LOCKS: &str = ".domain-locks";
 const DELETING: &str = "deleting";
 
 /// Last line of a complete restore note.
-const NOTE_END: &[u8] = b"end\n";
+pub const NOTE_END: &[u8] = b"end\n";
 
 /// Whether the job of a `running` record is alive, died, or never left the
 /// evidence (its lock file) that it existed.
@@ -220,6 +224,23 @@ impl Catalog {
     /// `StagedFiles::done`, a process that finds the note unlocked (its
     /// restore died) removes them.
     pub fn stage_files(&self, paths: &[&Path]) -> Result<StagedFiles> {
+        self.stage(None, paths)
+    }
+
+    /// `stage_files` for files a domain is about to be defined on: the
+    /// note also names the domain (first line `domain <uuid> <uri>`), so
+    /// that whoever sweeps a dead restore's note keeps the files when the
+    /// domain was defined on them before the process died.
+    pub fn stage_files_of_domain(
+        &self,
+        paths: &[&Path],
+        domain: &Uuid,
+        uri: &str,
+    ) -> Result<StagedFiles> {
+        self.stage(Some(format!("{NOTE_DOMAIN}{domain} {uri}")), paths)
+    }
+
+    fn stage(&self, head: Option<String>, paths: &[&Path]) -> Result<StagedFiles> {
         let path = self.root.join(format!("{RESTORING}{}", Uuid::new_v4()));
         let mut file = OpenOptions::new()
             .mode(0o600)
@@ -230,6 +251,10 @@ impl Catalog {
             .map_err(|e| Error::io("cannot create", &path, e))?;
         let _ = file.lock();
         let mut text = Vec::new();
+        if let Some(h) = head {
+            text.extend_from_slice(h.as_bytes());
+            text.push(b'\n');
+        }
         for p in paths {
             text.extend_from_slice(p.as_os_str().as_encoded_bytes());
             text.push(b'\n');
@@ -607,20 +632,6 @@ impl Catalog {
             .collect()
     }
 
-    /// The files a restore note names, if the note is complete (see
-    /// `stage_files`): a note cut short names nothing.
-    pub fn staged_paths(note: &Path) -> Option<Vec<PathBuf>> {
-        let text = fs::read(note).ok()?;
-        let paths = text.strip_suffix(NOTE_END)?;
-        Some(
-            paths
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| PathBuf::from(std::ffi::OsStr::from_bytes(l)))
-                .collect(),
-        )
-    }
-
     /// Domains that have a folder in the catalog.
     fn domains(&self) -> Result<Vec<Uuid>> {
         let entries = fs::read_dir(&self.root)
@@ -782,15 +793,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::at(dir.path().join("cat")).unwrap();
         let disk = dir.path().join("disk.qcow2");
-        // A restore note cut short while written: "disk.qcow2.restore-tmp"
-        // truncated into the name of the disk itself, no end mark.
-        let note = dir.path().join("note");
-        std::fs::write(&note, disk.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(Catalog::staged_paths(&note), None);
-        let mut whole = disk.as_os_str().as_encoded_bytes().to_vec();
-        whole.extend_from_slice(b"\nend\n");
-        std::fs::write(&note, whole).unwrap();
-        assert_eq!(Catalog::staged_paths(&note), Some(vec![disk.clone()]));
         // A merge marker edited to name an image names nothing.
         let child = record(Uuid::new_v4(), disk.clone(), BackupState::Completed);
         cat.write_record(&child).unwrap();
