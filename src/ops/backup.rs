@@ -1,6 +1,6 @@
 //! Managed backups: the operations behind the public API, on safe types.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use crate::job::{self, Job};
 use crate::ops::export;
 use crate::store::catalog::{Catalog, JobLock};
 use crate::store::index::{IndexReader, IndexWriter};
+use crate::store::summary::Entry;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
     JobStats, Target, UnmanagedRequest,
@@ -210,8 +211,11 @@ impl Backup {
 
         // Register the backup under the catalog lock, creating its files, so
         // that a failure here leaves nothing behind.
-        let guard = catalog.lock()?;
-        if catalog.find(&uuid)?.is_some() || job::running(&uuid).is_some() {
+        // The domain's lock, then (only to make the UUID unique among all
+        // domains) the catalog-wide one, which no data work ever holds.
+        let guard = catalog.lock_domain(&domain_uuid)?;
+        let names = catalog.lock()?;
+        if catalog.domain_of(&uuid)?.is_some() || job::running(&uuid).is_some() {
             return Err(Error::invalid_arg(format!(
                 "a backup with uuid '{uuid}' already exists"
             )));
@@ -264,6 +268,7 @@ impl Backup {
                 return Err(e);
             }
         };
+        drop(names);
         drop(guard);
         let discard = |rec: &BackupRecord| {
             let _ = remove_backup(&catalog, rec, volume_connection(rec, Some(dom)).as_ref());
@@ -389,38 +394,39 @@ impl Backup {
     pub fn list(dom: &DomainRef, flags: u32) -> Result<Vec<Arc<Backup>>> {
         let catalog = Catalog::open()?;
         let domain_uuid = dom.uuid()?;
-        let records = catalog.list_domain(&domain_uuid)?;
-        let chosen = filter_records(&records, records.iter().collect(), flags);
+        let entries = listed_entries(&catalog, &domain_uuid)?;
+        let chosen = filter_entries(&entries, entries.iter().collect(), flags);
         Ok(chosen
             .into_iter()
-            .map(|r| Backup::new(r.uuid, domain_uuid, Some(dom.clone()), catalog.clone()))
+            .map(|e| Backup::new(e.uuid, domain_uuid, Some(dom.clone()), catalog.clone()))
             .collect())
     }
 
     /// `virDomainBackupListChildren`.
     pub fn list_children(&self, flags: u32) -> Result<Vec<Arc<Backup>>> {
         self.managed_only()?;
-        let records = self.catalog.list_domain(&self.domain_uuid)?;
-        if !records.iter().any(|r| r.uuid == self.uuid) {
+        let entries = listed_entries(&self.catalog, &self.domain_uuid)?;
+        if !entries.iter().any(|e| e.uuid == self.uuid) {
             return Err(Error::no_backup(&self.uuid.to_string()));
         }
-        let mut found: Vec<&BackupRecord> = Vec::new();
+        let children = children_of(&entries);
+        let mut found: Vec<&Entry> = Vec::new();
         let mut frontier = vec![self.uuid];
         while let Some(p) = frontier.pop() {
-            for r in records.iter().filter(|r| r.parent == Some(p)) {
-                found.push(r);
+            for e in children.get(&p).into_iter().flatten() {
+                found.push(e);
                 if flags & VIR_DOMAIN_BACKUP_LIST_DESCENDANTS != 0 {
-                    frontier.push(r.uuid);
+                    frontier.push(e.uuid);
                 }
             }
         }
-        found.sort_by_key(|r| r.created_ns);
-        let chosen = filter_records(&records, found, flags);
+        found.sort_by_key(|e| (e.created_ns, e.uuid));
+        let chosen = filter_entries(&entries, found, flags);
         Ok(chosen
             .into_iter()
-            .map(|r| {
+            .map(|e| {
                 Backup::new(
-                    r.uuid,
+                    e.uuid,
                     self.domain_uuid,
                     self.domain.clone(),
                     self.catalog.clone(),
@@ -631,17 +637,21 @@ impl Backup {
     /// `virDomainBackupDelete`.
     pub fn delete(&self, flags: u32) -> Result<()> {
         self.managed_only()?;
-        let _guard = self.catalog.lock()?;
+        // Only this domain's lock: a merge never holds up other domains.
+        let _guard = self.catalog.lock_domain(&self.domain_uuid)?;
         let rec = self.record()?;
-        let all = self.catalog.list_domain(&self.domain_uuid)?;
-        let doomed: Vec<&BackupRecord> = if flags & VIR_DOMAIN_BACKUP_DELETE_ALL != 0 {
+        let all = listed_entries(&self.catalog, &self.domain_uuid)?;
+        let children = children_of(&all);
+        let doomed: Vec<&Entry> = if flags & VIR_DOMAIN_BACKUP_DELETE_ALL != 0 {
             all.iter().collect()
         } else {
-            let mut set = vec![&rec];
+            let Some(own) = all.iter().find(|e| e.uuid == rec.uuid) else {
+                return Err(Error::no_backup(&rec.uuid.to_string()));
+            };
+            let mut set = vec![own];
             let mut i = 0;
             while i < set.len() {
-                let p = set[i].uuid;
-                set.extend(all.iter().filter(|r| r.parent == Some(p)));
+                set.extend(children.get(&set[i].uuid).into_iter().flatten());
                 i += 1;
             }
             if flags & VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN == 0 {
@@ -651,41 +661,66 @@ impl Backup {
             set
         };
         let metadata_only = flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0;
-        if let Some(r) = doomed.iter().find(|r| r.state == BackupState::Running) {
+        if let Some(e) = doomed.iter().find(|e| e.state == BackupState::Running) {
             return Err(Error::operation_invalid(format!(
                 "backup '{}' has a job running; abort it first",
-                r.uuid
+                e.uuid
             )));
         }
         if doomed.len() == 1 && flags & VIR_DOMAIN_BACKUP_DELETE_ALL == 0 {
-            if let Some(r) = all
-                .iter()
-                .find(|r| r.parent == Some(rec.uuid) && r.state == BackupState::Running)
-            {
-                return Err(Error::operation_invalid(format!(
-                    "child backup '{}' has a job running; abort it first",
-                    r.uuid
-                )));
-            }
-            crate::ops::merge::merge_into_children(&self.catalog, &rec, &all, metadata_only)?;
+            self.merge_before_delete(&rec, children.get(&rec.uuid), metadata_only)?;
         }
         // Children first, so a crash midway never leaves a child without its parent.
-        for r in doomed.iter().rev() {
+        for e in doomed.iter().rev() {
+            let r = match e.uuid == rec.uuid {
+                true => rec.clone(),
+                false => match self.catalog.record(&self.domain_uuid, &e.uuid) {
+                    Some(r) => r,
+                    None => continue,
+                },
+            };
             // A checkpoint nobody will use again only slows the guest's writes.
             if let (Some(cp), Some(dom)) = (&r.checkpoint, &self.domain) {
                 live::remove_checkpoint(dom, cp)?;
             }
             if metadata_only {
-                self.catalog.remove_record(r)?;
+                self.catalog.remove_record(&r)?;
             } else {
                 remove_backup(
                     &self.catalog,
-                    r,
-                    volume_connection(r, self.domain.as_ref()).as_ref(),
+                    &r,
+                    volume_connection(&r, self.domain.as_ref()).as_ref(),
                 )?;
             }
         }
         Ok(())
+    }
+
+    /// Merge `rec` into its children before it goes alone: only the
+    /// children's and the parent's records are read.
+    fn merge_before_delete(
+        &self,
+        rec: &BackupRecord,
+        children: Option<&Vec<&Entry>>,
+        metadata_only: bool,
+    ) -> Result<()> {
+        let children = children.map(|c| c.as_slice()).unwrap_or(&[]);
+        if let Some(e) = children.iter().find(|e| e.state == BackupState::Running) {
+            return Err(Error::operation_invalid(format!(
+                "child backup '{}' has a job running; abort it first",
+                e.uuid
+            )));
+        }
+        if children.is_empty() {
+            return Ok(());
+        }
+        let near: Vec<BackupRecord> = children
+            .iter()
+            .map(|e| e.uuid)
+            .chain(rec.parent)
+            .filter_map(|u| self.catalog.record(&self.domain_uuid, &u))
+            .collect();
+        crate::ops::merge::merge_into_children(&self.catalog, rec, &near, metadata_only)
     }
 
     /// `virDomainBackupRestore`.
@@ -1007,23 +1042,51 @@ fn run_copy(
     result
 }
 
-/// Keep only the records `flags` asks for (FULL/INCREMENTAL, LEAVES, LATEST).
-fn filter_records<'a>(
-    all: &[BackupRecord],
-    candidates: Vec<&'a BackupRecord>,
-    flags: u32,
-) -> Vec<&'a BackupRecord> {
-    let mut out: Vec<&BackupRecord> = candidates
+/// The domain's backups as listed: the summary's entries, with the
+/// records of jobs whose process died settled first.
+fn listed_entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
+    let mut out = catalog.entries(domain)?;
+    let mut gone = HashSet::new();
+    for e in out.iter_mut().filter(|e| e.state == BackupState::Running) {
+        match catalog.reload(domain, &e.uuid)? {
+            Some(rec) => *e = Entry::of(&rec),
+            None => {
+                gone.insert(e.uuid);
+            }
+        }
+    }
+    if !gone.is_empty() {
+        out.retain(|e| !gone.contains(&e.uuid));
+    }
+    Ok(out)
+}
+
+/// Each backup's direct children, oldest first, built once.
+fn children_of(all: &[Entry]) -> HashMap<Uuid, Vec<&Entry>> {
+    let mut map: HashMap<Uuid, Vec<&Entry>> = HashMap::new();
+    for e in all {
+        if let Some(p) = e.parent {
+            map.entry(p).or_default().push(e);
+        }
+    }
+    map
+}
+
+/// Keep only the entries `flags` asks for (FULL/INCREMENTAL, LEAVES, LATEST).
+fn filter_entries<'a>(all: &[Entry], candidates: Vec<&'a Entry>, flags: u32) -> Vec<&'a Entry> {
+    // The set of parents is built once: LEAVES stays O(N).
+    let parents: HashSet<Uuid> = match flags & VIR_DOMAIN_BACKUP_LIST_LEAVES {
+        0 => HashSet::new(),
+        _ => all.iter().filter_map(|e| e.parent).collect(),
+    };
+    let mut out: Vec<&Entry> = candidates
         .into_iter()
-        .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_FULL == 0 || r.parent.is_none())
-        .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_INCREMENTAL == 0 || r.parent.is_some())
-        .filter(|r| {
-            flags & VIR_DOMAIN_BACKUP_LIST_LEAVES == 0
-                || !all.iter().any(|c| c.parent == Some(r.uuid))
-        })
+        .filter(|e| flags & VIR_DOMAIN_BACKUP_LIST_FULL == 0 || e.parent.is_none())
+        .filter(|e| flags & VIR_DOMAIN_BACKUP_LIST_INCREMENTAL == 0 || e.parent.is_some())
+        .filter(|e| flags & VIR_DOMAIN_BACKUP_LIST_LEAVES == 0 || !parents.contains(&e.uuid))
         .collect();
     if flags & VIR_DOMAIN_BACKUP_LIST_LATEST != 0 {
-        out.sort_by_key(|r| r.created_ns);
+        out.sort_by_key(|e| (e.created_ns, e.uuid));
         out = out.pop().into_iter().collect();
     }
     out
@@ -1068,7 +1131,7 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> 
 pub fn undefine(dom: &DomainRef, flags: u32) -> Result<()> {
     let catalog = Catalog::open()?;
     let uuid = dom.uuid()?;
-    let _guard = catalog.lock()?;
+    let _guard = catalog.lock_domain(&uuid)?;
     let records = catalog.list_domain(&uuid)?;
     if flags & VIR_DOMAIN_UNDEFINE_BACKUP == 0 && !records.is_empty() {
         return Err(Error::operation_invalid(format!(

@@ -8,7 +8,10 @@
 //! - `.restoring-<id>`           files a running restore writes from scratch
 //!   (locked by it; removed by the next process if it died)
 //! - `<domain>/default-target.xml` the persistent default target (CONFIG)
-//! - `<domain>/<backup>.<disk>.merging` the temporary file of a merge into
+//! - `<domain>/summary`           what listing needs of each record (see
+//!   `summary`), kept with the records under the domain's lock
+//! - `.locks/<domain>`            the domain's lock (flock)
+//! - `<domain>/merging/<backup>.<disk>` the temporary file of a merge into
 //!   that backup's disk, while it runs
 //!
 //! A record in state `running` whose job lock can be taken belongs to a
@@ -23,29 +26,46 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use super::summary::{self, Entry};
 use crate::error::{Error, Result};
 use crate::xml::backup::{BackupRecord, BackupState, DefaultTarget};
 
 const DEFAULT_TARGET_FILE: &str = "default-target.xml";
+/// Folder (in a domain's) of the markers of running merges.
+const MERGING: &str = "merging";
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
     root: PathBuf,
 }
 
-/// The catalog-wide writer lock; released on drop. Re-entrant within a
-/// thread (a second flock on a new descriptor would wait for itself).
+/// A writer lock of the catalog: the catalog-wide one (taken only to
+/// register a backup's UUID) or a domain's (everything that changes the
+/// domain's records). Released on drop. Re-entrant within a thread (a
+/// second flock on a new descriptor would wait for itself). Order: a
+/// domain's lock before the catalog-wide one, never two domains at once.
 pub struct CatalogLock {
     _file: Option<File>,
+    path: PathBuf,
 }
 
 thread_local! {
-    static LOCK_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// The locks this thread holds, with their depth.
+    static HELD: std::cell::RefCell<std::collections::HashMap<PathBuf, u32>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 impl Drop for CatalogLock {
     fn drop(&mut self) {
-        LOCK_DEPTH.with(|d| d.set(d.get() - 1));
+        HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(d) = h.get_mut(&self.path) {
+                *d -= 1;
+                if *d == 0 {
+                    h.remove(&self.path);
+                }
+            }
+        });
     }
 }
 
@@ -84,6 +104,31 @@ impl Drop for JobLock {
         let _ = fs::remove_file(&self.path);
         let _ = self.file.unlock();
     }
+}
+
+fn acquire(path: PathBuf, wait: bool) -> Result<Option<CatalogLock>> {
+    let held = HELD.with(|h| h.borrow_mut().get_mut(&path).map(|d| *d += 1).is_some());
+    if held {
+        return Ok(Some(CatalogLock { _file: None, path }));
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io("cannot open catalog lock", &path, e))?;
+    if wait {
+        file.lock()
+            .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
+    } else if file.try_lock().is_err() {
+        return Ok(None);
+    }
+    HELD.with(|h| h.borrow_mut().insert(path.clone(), 1));
+    Ok(Some(CatalogLock {
+        _file: Some(file),
+        path,
+    }))
 }
 
 fn default_root() -> PathBuf {
@@ -264,42 +309,38 @@ impl Catalog {
         self.domain_dir(domain).join(backup.to_string())
     }
 
-    /// Take the writer lock (blocks while another thread or process holds it).
+    /// Take the catalog-wide lock (blocks while another thread or process
+    /// holds it). Only for what spans domains: a new backup's UUID.
     pub fn lock(&self) -> Result<CatalogLock> {
-        self.acquire(true)
+        acquire(self.root.join(".lock"), true).map(|l| l.expect("a blocking lock is always taken"))
+    }
+
+    /// Where a domain's lock lives: outside its folder, which goes away
+    /// with the domain's last backup.
+    fn domain_lock_path(&self, domain: &Uuid) -> Result<PathBuf> {
+        let dir = self.root.join(".locks");
+        make_private_dir(&dir)?;
+        Ok(dir.join(domain.to_string()))
+    }
+
+    /// Take a domain's lock: held by whatever changes the domain's records
+    /// (a job registering or settling, a delete and its merges, recovery).
+    pub fn lock_domain(&self, domain: &Uuid) -> Result<CatalogLock> {
+        acquire(self.domain_lock_path(domain)?, true)
             .map(|l| l.expect("a blocking lock is always taken"))
     }
 
-    /// The writer lock if nobody else holds it now, else `None`.
-    fn try_lock(&self) -> Option<CatalogLock> {
-        self.acquire(false).ok().flatten()
-    }
-
-    fn acquire(&self, wait: bool) -> Result<Option<CatalogLock>> {
-        if LOCK_DEPTH.with(|d| d.get()) > 0 {
-            LOCK_DEPTH.with(|d| d.set(d.get() + 1));
-            return Ok(Some(CatalogLock { _file: None }));
-        }
-        let path = self.root.join(".lock");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("cannot open catalog lock", &path, e))?;
-        if wait {
-            file.lock()
-                .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
-        } else if file.try_lock().is_err() {
-            return Ok(None);
-        }
-        LOCK_DEPTH.with(|d| d.set(d.get() + 1));
-        Ok(Some(CatalogLock { _file: Some(file) }))
+    /// A domain's lock if nobody else holds it now, else `None`.
+    pub fn try_lock_domain(&self, domain: &Uuid) -> Option<CatalogLock> {
+        acquire(self.domain_lock_path(domain).ok()?, false)
+            .ok()
+            .flatten()
     }
 
     /// Note, before a merge writes `tmp` for a disk of `child`, where that
     /// temporary file is: if the process dies, the next reader removes it.
     pub fn mark_merge(&self, child: &BackupRecord, disk: &str, tmp: &Path) -> Result<()> {
+        make_private_dir(&self.merge_dir(&child.domain_uuid))?;
         let path = self.merge_marker(child, disk);
         write_atomic(&path, tmp.as_os_str().as_encoded_bytes())
     }
@@ -309,28 +350,29 @@ impl Catalog {
         let _ = fs::remove_file(self.merge_marker(child, disk));
     }
 
+    /// Markers live in a folder of their own: looking for them on every
+    /// listing must not read a folder of thousands of records.
     fn merge_marker(&self, child: &BackupRecord, disk: &str) -> PathBuf {
-        self.domain_dir(&child.domain_uuid)
-            .join(format!("{}.{disk}.merging", child.uuid))
+        self.merge_dir(&child.domain_uuid)
+            .join(format!("{}.{disk}", child.uuid))
+    }
+
+    fn merge_dir(&self, domain: &Uuid) -> PathBuf {
+        self.domain_dir(domain).join(MERGING)
     }
 
     /// Remove what merges cut short by a dead process left: their temporary
-    /// files and markers. Skipped while anyone holds the catalog lock (a
+    /// files and markers. Skipped while anyone holds the domain's lock (a
     /// merge runs under it).
     fn sweep_merges(&self, domain: &Uuid) {
-        let dir = self.domain_dir(domain);
-        let Ok(entries) = fs::read_dir(&dir) else {
+        let Ok(entries) = fs::read_dir(self.merge_dir(domain)) else {
             return;
         };
-        let markers: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "merging"))
-            .collect();
+        let markers: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
         if markers.is_empty() {
             return;
         }
-        let Some(_guard) = self.try_lock() else {
+        let Some(_guard) = self.try_lock_domain(domain) else {
             return;
         };
         for m in markers {
@@ -342,7 +384,7 @@ impl Catalog {
         }
     }
 
-    /// Take the job lock of a new backup. Call with the catalog lock held.
+    /// Take the job lock of a new backup. Call with the domain's lock held.
     pub fn lock_job(&self, domain: &Uuid, backup: &Uuid) -> Result<JobLock> {
         let dir = self.domain_dir(domain);
         make_private_dir(&dir)?;
@@ -360,7 +402,7 @@ impl Catalog {
     }
 
     /// Whether the job of a running record is still alive somewhere.
-    fn job_alive(&self, rec: &BackupRecord) -> bool {
+    pub fn job_alive(&self, rec: &BackupRecord) -> bool {
         let path = self.job_lock_path(&rec.domain_uuid, &rec.uuid);
         match OpenOptions::new().write(true).open(&path) {
             Err(_) => false,
@@ -374,20 +416,28 @@ impl Catalog {
         }
     }
 
+    /// Write a backup's record, and note it in the domain's summary.
     pub fn write_record(&self, rec: &BackupRecord) -> Result<()> {
         let dir = self.domain_dir(&rec.domain_uuid);
         make_private_dir(&dir)?;
+        let _guard = self.lock_domain(&rec.domain_uuid)?;
+        summary::note_pending(&dir, &rec.uuid)?;
         write_atomic(
             &self.record_path(&rec.domain_uuid, &rec.uuid),
             rec.to_catalog_xml().as_bytes(),
-        )
+        )?;
+        summary::note_written(&dir, &Entry::of(rec))
     }
 
     /// Forget a backup; its data files stay.
     pub fn remove_record(&self, rec: &BackupRecord) -> Result<()> {
+        let dir = self.domain_dir(&rec.domain_uuid);
+        let _guard = self.lock_domain(&rec.domain_uuid)?;
+        summary::note_pending(&dir, &rec.uuid)?;
         let path = self.record_path(&rec.domain_uuid, &rec.uuid);
         remove_if_exists(&path)?;
-        sync_dir(&self.domain_dir(&rec.domain_uuid));
+        sync_dir(&dir);
+        summary::note_removed(&dir, &rec.uuid)?;
         // The indexes go after the record: an index without a record is
         // never read, a record without its index would be a broken parent.
         let index = self.index_dir(&rec.domain_uuid, &rec.uuid);
@@ -416,9 +466,10 @@ impl Catalog {
         BackupRecord::from_catalog_xml(&text).ok()
     }
 
-    /// Records of one domain, oldest first, after discarding dead jobs.
-    pub fn list_domain(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
-        self.sweep_merges(domain);
+    /// The records of one domain as stored (a dead job's record still says
+    /// running), oldest first. Reads and parses every record: listing uses
+    /// `entries`.
+    pub fn records(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
         let dir = self.domain_dir(domain);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -438,6 +489,69 @@ impl Catalog {
                 out.push(rec);
             }
         }
+        out.sort_by_key(|r| (r.created_ns, r.uuid));
+        Ok(out)
+    }
+
+    /// The record of a backup as stored, if there is one.
+    pub fn record(&self, domain: &Uuid, backup: &Uuid) -> Option<BackupRecord> {
+        Self::read_record(&self.record_path(domain, backup))
+    }
+
+    /// What listing needs of each record of a domain, oldest first, from
+    /// the domain's summary (rebuilt from the records when it is missing or
+    /// damaged). A dead job's entry still says running.
+    pub fn entries(&self, domain: &Uuid) -> Result<Vec<Entry>> {
+        self.sweep_merges(domain);
+        let dir = self.domain_dir(domain);
+        let replayed = match summary::read(&dir)? {
+            Some(r) => r,
+            None => {
+                let _guard = self.lock_domain(domain)?;
+                match summary::read(&dir)? {
+                    Some(r) => r,
+                    None => self.rebuild_summary(domain)?,
+                }
+            }
+        };
+        let compact = summary::wants_compaction(&replayed);
+        let mut map = replayed.entries;
+        for u in replayed.pending {
+            match self.record(domain, &u) {
+                Some(rec) => map.insert(Entry::of(&rec)),
+                None => map.remove(&u),
+            };
+        }
+        if let Some(_guard) = compact.then(|| self.try_lock_domain(domain)).flatten() {
+            // Re-read under the lock: a writer may have come in between.
+            if let Some(r) = summary::read(&dir)?.filter(|r| r.pending.is_empty()) {
+                summary::rewrite(&dir, r.entries.values())?;
+            }
+        }
+        let mut out = map.into_vec();
+        // Nearly sorted already: the log keeps the order records came in.
+        out.sort_by_key(|e| (e.created_ns, e.uuid));
+        Ok(out)
+    }
+
+    /// Write a domain's summary from its records. Domain lock held.
+    fn rebuild_summary(&self, domain: &Uuid) -> Result<summary::Replayed> {
+        let dir = self.domain_dir(domain);
+        let entries: summary::Entries = self.records(domain)?.iter().map(Entry::of).collect();
+        if dir.is_dir() {
+            summary::rewrite(&dir, entries.values())?;
+        }
+        Ok(summary::Replayed {
+            lines: entries.len(),
+            entries,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Records of one domain, oldest first, after discarding dead jobs.
+    pub fn list_domain(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
+        self.sweep_merges(domain);
+        let out = self.records(domain)?;
         let mut kept = Vec::with_capacity(out.len());
         for rec in out {
             if rec.state == BackupState::Running && !self.job_alive(&rec) {
@@ -446,7 +560,6 @@ impl Catalog {
                 kept.push(rec);
             }
         }
-        kept.sort_by_key(|r| (r.created_ns, r.uuid));
         Ok(kept)
     }
 
@@ -457,7 +570,7 @@ impl Catalog {
     /// and the targets are there, else discard it with its checkpoint.
     /// Returns the record if it stays.
     fn resolve_dead(&self, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
-        let _guard = self.lock()?;
+        let _guard = self.lock_domain(&rec.domain_uuid)?;
         // Re-check under the lock: the job may have finished meanwhile.
         let path = self.record_path(&rec.domain_uuid, &rec.uuid);
         let mut cur = match Self::read_record(&path) {
@@ -492,6 +605,14 @@ impl Catalog {
             .flatten()
             .filter_map(|e| Uuid::parse_str(&e.file_name().to_string_lossy()).ok())
             .collect())
+    }
+
+    /// The domain a backup of any domain belongs to.
+    pub fn domain_of(&self, backup: &Uuid) -> Result<Option<Uuid>> {
+        Ok(self
+            .domains()?
+            .into_iter()
+            .find(|dom| self.record_path(dom, backup).exists()))
     }
 
     /// Find a backup of any domain.
@@ -536,6 +657,8 @@ impl Catalog {
             self.remove_record(&rec)?;
         }
         remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
+        remove_if_exists(&summary::path(&self.domain_dir(domain)))?;
+        let _ = fs::remove_dir(self.merge_dir(domain));
         let _ = fs::remove_dir(self.domain_dir(domain));
         Ok(())
     }
@@ -671,5 +794,134 @@ mod tests {
         assert_eq!(mode(cat.root()), 0o700);
         assert_eq!(mode(&cat.domain_dir(&dom)), 0o700);
         assert_eq!(mode(&cat.record_path(&dom, &rec.uuid)), 0o600);
+    }
+
+    fn listed(cat: &Catalog, dom: &Uuid) -> Vec<(Uuid, Option<Uuid>, u8)> {
+        let mut v: Vec<_> = cat
+            .entries(dom)
+            .unwrap()
+            .iter()
+            .map(|e| (e.uuid, e.parent, e.state as u8))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn from_records(cat: &Catalog, dom: &Uuid) -> Vec<(Uuid, Option<Uuid>, u8)> {
+        let mut v: Vec<_> = cat
+            .records(dom)
+            .unwrap()
+            .iter()
+            .map(|r| (r.uuid, r.parent, r.state as u8))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn summary_follows_the_records_and_survives_crashes_between_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let sum = summary::path(&cat.domain_dir(&dom));
+        let mut a = record(dom, dir.path().join("a"), BackupState::Running);
+        cat.write_record(&a).unwrap();
+        // The first listing builds the summary from the records.
+        assert!(!sum.exists());
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        assert!(sum.exists());
+        // Later changes are appended to it.
+        a.state = BackupState::Completed;
+        cat.write_record(&a).unwrap();
+        let mut b = record(dom, dir.path().join("b"), BackupState::Completed);
+        b.parent = Some(a.uuid);
+        cat.write_record(&b).unwrap();
+        let c = record(dom, dir.path().join("c"), BackupState::Completed);
+        cat.write_record(&c).unwrap();
+        cat.remove_record(&c).unwrap();
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        assert_eq!(listed(&cat, &dom).len(), 2);
+
+        // A crash after the note and the record change, before the answer:
+        // the record itself is read back.
+        let text = std::fs::read_to_string(&sum).unwrap();
+        let mut b2 = b.clone();
+        b2.parent = None;
+        summary::note_pending(&cat.domain_dir(&dom), &b.uuid).unwrap();
+        write_atomic(
+            &cat.record_path(&dom, &b.uuid),
+            b2.to_catalog_xml().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        // The same for a removal, and for a new record.
+        let d = record(dom, dir.path().join("d"), BackupState::Completed);
+        summary::note_pending(&cat.domain_dir(&dom), &d.uuid).unwrap();
+        write_atomic(
+            &cat.record_path(&dom, &d.uuid),
+            d.to_catalog_xml().as_bytes(),
+        )
+        .unwrap();
+        summary::note_pending(&cat.domain_dir(&dom), &a.uuid).unwrap();
+        std::fs::remove_file(cat.record_path(&dom, &a.uuid)).unwrap();
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+
+        // A line cut short is dropped; the next writer starts over.
+        std::fs::write(&sum, format!("{text}? 1234")).unwrap();
+        assert_eq!(listed(&cat, &dom).len(), 2); // as the old text says
+        cat.write_record(&b).unwrap();
+        assert!(!sum.exists());
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        // A damaged or foreign summary is rebuilt from the records.
+        std::fs::write(&sum, "garbage\n").unwrap();
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        assert!(
+            std::fs::read_to_string(&sum)
+                .unwrap()
+                .starts_with("LVBKSUM1\n")
+        );
+    }
+
+    #[test]
+    fn a_long_summary_log_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let mut a = record(dom, dir.path().join("a"), BackupState::Completed);
+        cat.write_record(&a).unwrap();
+        assert_eq!(listed(&cat, &dom).len(), 1);
+        for i in 0..100 {
+            a.created_ns = i;
+            cat.write_record(&a).unwrap();
+        }
+        let sum = summary::path(&cat.domain_dir(&dom));
+        assert!(std::fs::read_to_string(&sum).unwrap().lines().count() > 200);
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        assert_eq!(std::fs::read_to_string(&sum).unwrap().lines().count(), 2);
+        assert_eq!(cat.entries(&dom).unwrap()[0].created_ns, 99);
+    }
+
+    #[test]
+    fn domain_locks_exclude_the_same_domain_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().to_path_buf()).unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let held = cat.lock_domain(&a).unwrap();
+        let again = cat.lock_domain(&a).unwrap(); // re-entrant in this thread
+        let cat2 = cat.clone();
+        std::thread::spawn(move || {
+            assert!(cat2.try_lock_domain(&a).is_none());
+            assert!(cat2.try_lock_domain(&b).is_some());
+            // The catalog-wide lock is free too.
+            drop(cat2.lock().unwrap());
+        })
+        .join()
+        .unwrap();
+        drop(again);
+        drop(held);
+        let cat3 = cat.clone();
+        std::thread::spawn(move || assert!(cat3.try_lock_domain(&a).is_some()))
+            .join()
+            .unwrap();
     }
 }
