@@ -32,7 +32,7 @@ STATICLIB := target/release/liblibvirt_backup.a
 
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
-.PHONY: all bench deps header check-header install uninstall demo check test-rust libvirtd stage \
+.PHONY: all bench bench-scale deps header check-header install uninstall demo check test-rust libvirtd stage \
         c-tests python-tests clean FORCE install-python python-pkg-tests
 
 all: $(LIB)
@@ -120,6 +120,11 @@ bench:
 	@rm -rf $(BUILD)/bench-catalog
 	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench; \
 	    rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
+
+# A year of backups on one domain (SCALE_N, default 10000): List, ListChildren,
+# LookupByUUID, Delete, and another domain's CreateXML during a merge.
+bench-scale: $(LIB)
+	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) bench/scale.py
 
 check: deps
 	@$(MAKE) --no-print-directory all
