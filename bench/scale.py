@@ -8,8 +8,10 @@ Rows, each with its target:
   first call of a new process), at 1/10, 3/10 and all of SCALE_N to show the
   growth;
 - Delete of one leaf at SCALE_N;
-- CreateXML latency of domain B while a Delete of domain A merges
-  SCALE_MERGE_MB (default 256) MiB into its child, against B alone.
+- CreateXML and List latency of domain B while a Delete of domain A merges
+  SCALE_MERGE_MB (default 256) MiB into its child, against B alone;
+- a backup of 4 disks of SCALE_PARALLEL_MB (default 256) MiB in memory with
+  LIBVIRT_BACKUP_WORKERS=1 against the default number of workers.
 
 The catalog of one domain is grown from two real backups (a full and an
 incremental taken through the API): their records are copied with new
@@ -40,6 +42,7 @@ N = int(os.environ.get("SCALE_N", "10000"))
 CHAIN = 30
 MERGE_MB = int(os.environ.get("SCALE_MERGE_MB", "256"))
 WARM_RUNS = int(os.environ.get("SCALE_RUNS", "11"))
+PAR_MB = int(os.environ.get("SCALE_PARALLEL_MB", "256"))
 COLD_RUNS = int(os.environ.get("SCALE_COLD_RUNS", "3"))
 
 # A domain definition of a realistic size (records embed it).
@@ -281,6 +284,42 @@ def merge_row(work):
             f"during: median {ms(statistics.median(d))}")
 
 
+def parallel_row(work):
+    """A 4-disk backup with one worker against the default, in memory
+    (/dev/shm) so that the storage is not what limits it."""
+    shm = tempfile.mkdtemp(prefix="bench-scale-", dir="/dev/shm")
+    try:
+        os.environ["LIBVIRT_BACKUP_DIR"] = os.path.join(shm, "catalog")
+        size = PAR_MB * MiB
+        disks = [(f"vd{c}", ct.make_disk(os.path.join(shm, f"p{c}.raw"), size, "raw",
+                                         [(0, size, 0x21 + i)]), "raw")
+                 for i, c in enumerate("abcd")]
+        uri = ct.write_node_file(os.path.join(shm, "par-node.xml"),
+                                 [("scale-par", str(uuidlib.uuid4()), disks)])
+        conn = ct.virt.virConnectOpen(uri.encode())
+        dom = ct.virt.virDomainLookupByName(conn, b"scale-par")
+
+        def once():
+            t = time.perf_counter()
+            b = ct.create(dom, "<domainbackup/>")
+            t = time.perf_counter() - t
+            ct.delete(b)
+            ct.free(b)
+            return t
+        times = {}
+        for workers in ("1", ""):
+            os.environ["LIBVIRT_BACKUP_WORKERS"] = workers
+            times[workers] = best(once, 3)
+        os.environ.pop("LIBVIRT_BACKUP_WORKERS")
+        speedup = times["1"] / times[""]
+        row(f"4-disk backup ({PAR_MB} MiB each, in memory): one worker / default",
+            f"{speedup:.2f}x", ">= 1.6x", speedup >= 1.6,
+            f"one worker {times['1']:.2f} s, default ({os.cpu_count()} cores) "
+            f"{times['']:.2f} s")
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
 def main():
     work = tempfile.mkdtemp(prefix="bench-scale-", dir=os.environ.get("BENCH_DIR"))
     try:
@@ -309,6 +348,8 @@ def main():
             d[N] <= 2 * d[small])
         if MERGE_MB:
             merge_row(work)
+        if PAR_MB:
+            parallel_row(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()

@@ -2,5 +2,6 @@
 //! (live), and the qemu-storage-daemon export.
 
 pub mod copy;
+pub mod disks;
 pub mod export;
 pub mod live;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use crate::engine::copy;
+use crate::engine::disks::{self, DiskCopy};
 use crate::engine::live;
 use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
@@ -20,7 +20,7 @@ use crate::image::disk::{Source, Target as ImageTarget};
 use crate::job::{self, Job};
 use crate::ops::export;
 use crate::store::catalog::{Catalog, JobLock};
-use crate::store::index::{IndexReader, IndexWriter};
+use crate::store::index::IndexReader;
 use crate::store::summary::Entry;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
@@ -1011,25 +1011,21 @@ fn run_copy(
     lock: JobLock,
     conn: Option<Connect>,
 ) -> Result<()> {
-    let copy = || -> Result<()> {
-        for (((src, parent), dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
-            let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
-            let mut parent = parent;
-            let baseline = copy::Baseline::of(parent.as_mut());
-            IndexWriter::create(&index_path, d.virtual_size)
-                .and_then(|mut index| {
-                    copy::copy_image(&src, &dst, &job.progress, baseline, &mut index)?;
-                    index.finish()
-                })
-                .and_then(|()| dst.finish(&d.target))
-                .map_err(|mut e| {
-                    e.message = format!("disk '{}': {}", d.name, e.message);
-                    e
-                })?;
-        }
-        Ok(())
-    };
-    let copied = copy();
+    let work = sources
+        .into_iter()
+        .zip(targets)
+        .zip(&record.disks)
+        .map(|(((source, parent), target), d)| DiskCopy {
+            name: d.name.clone(),
+            source,
+            parent,
+            target,
+            target_path: d.target.clone(),
+            index_path: catalog.index_path(&record.domain_uuid, &record.uuid, &d.name),
+            size: d.virtual_size,
+        })
+        .collect();
+    let copied = disks::copy_disks(work, &job.progress);
     let (result, _guard) = job.settle(catalog, &mut record, copied, lock);
     if result.is_err() {
         let _ = remove_backup(catalog, &record, conn.as_ref());
