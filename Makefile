@@ -33,7 +33,7 @@ STATICLIB := target/release/liblibvirt_backup.a
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
 .PHONY: all bench bench-scale deps header check-header install uninstall demo check test-rust libvirtd stage \
-        c-tests python-tests clean FORCE install-python python-pkg-tests
+        c-tests python-tests clean FORCE install-python python-pkg-tests go-tests
 
 all: $(LIB)
 
@@ -133,6 +133,7 @@ check: deps
 	@$(MAKE) --no-print-directory c-tests
 	@$(MAKE) --no-print-directory python-tests
 	@$(MAKE) --no-print-directory python-pkg-tests
+	@$(MAKE) --no-print-directory go-tests
 	@echo "make check: all suites passed"
 
 # libvirtd with the QEMU driver, for tests on qemu:///system domains.
@@ -152,6 +153,18 @@ python-tests: $(LIB) libvirtd
 # The libvirt_backup package (python/), through libvirt-python objects.
 python-pkg-tests: $(LIB) libvirtd
 	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) -m pytest -q python/tests
+
+# The Go package (go/), built through the staged .pc file: vet, then its
+# tests under the race detector (test:///default and qemu:///system).
+# Module mode with no network and no third-party module; Go's caches live
+# under build/ so nothing depends on $$HOME.
+GO ?= go
+GO_ENV := $(STAGE_ENV) GOFLAGS=-mod=mod GOPROXY=off GOENV=off GOTOOLCHAIN=local \
+    GOCACHE=$(abspath $(BUILD))/go-cache GOPATH=$(abspath $(BUILD))/go-path CGO_ENABLED=1
+
+go-tests: stage libvirtd
+	cd go && $(GO_ENV) $(GO) vet ./...
+	cd go && $(GO_ENV) $(GO) test -race -count=1 -v ./...
 
 clean:
 	$(CARGO) clean

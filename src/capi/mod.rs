@@ -20,7 +20,7 @@ use virt::domain::Domain;
 use virt::sys;
 
 use crate::error::{Error, Result};
-use crate::hv::libvirt::DomainRef;
+use crate::ops::DomainRef;
 use crate::ops::backup::Backup;
 
 pub mod backup;

@@ -23,7 +23,8 @@ use crate::engine::live;
 use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{os, run};
-use crate::store::catalog::Catalog;
+use crate::job;
+use crate::ops::recovery;
 use crate::store::index::IndexReader;
 use crate::xml::backup::{
     BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest, parent_and_domain,
@@ -83,14 +84,6 @@ pub fn running(uuid: &Uuid) -> Option<Arc<Export>> {
     EXPORTS.lock().unwrap().get(uuid).cloned()
 }
 
-pub fn running_for_domain(domain: &Uuid) -> bool {
-    EXPORTS
-        .lock()
-        .unwrap()
-        .values()
-        .any(|e| e.domain_uuid == *domain)
-}
-
 /// The disks to export: the request's, else every device='disk' disk.
 fn selected(req: &UnmanagedRequest, disks: &[DomainDisk]) -> Result<Vec<(DomainDisk, String)>> {
     let pairs: Vec<(String, String)> = match &req.disks {
@@ -126,17 +119,17 @@ fn bitmap_name(export: &str) -> String {
     format!("{export}-changes")
 }
 
-/// `virDomainBackupStartUnmanaged`.
-pub fn start(
+/// Refuse an export the domain's state rules out; returns whether libvirt
+/// serves it (a running QEMU domain) rather than qemu-storage-daemon.
+fn check_can_export(
     dom: &DomainRef,
+    domain_uuid: &Uuid,
     req: &UnmanagedRequest,
-    parent: Option<BackupRecord>,
     quiesce: bool,
-) -> Result<Arc<Export>> {
-    let domain_uuid = dom.uuid()?;
+) -> Result<bool> {
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
-    crate::job::check_domain_idle(dom, &domain_uuid, is_live)?;
+    super::check_domain_idle(dom, domain_uuid, is_live)?;
     if quiesce && !is_live {
         return Err(Error::operation_invalid(
             "only a running QEMU domain's file systems can be quiesced",
@@ -156,6 +149,39 @@ pub fn start(
             p.display()
         )));
     }
+    Ok(is_live)
+}
+
+/// Start serving the disks: libvirt's pull-mode job, or qemu-storage-daemon.
+fn start_server(
+    dom: &DomainRef,
+    req: &UnmanagedRequest,
+    disks: &[(&DomainDisk, String, Option<Since>)],
+    all: &[DomainDisk],
+    scratch: &Path,
+    is_live: bool,
+) -> Result<Server> {
+    if is_live {
+        let xml = pull_document(&req.server, disks, all, scratch);
+        dom.backup_begin(&xml, None, 0).map(|()| Server::Libvirt {
+            scratch: scratch.to_path_buf(),
+        })
+    } else {
+        daemon_disks(disks, scratch)
+            .and_then(|list| StorageDaemonExport::start(&req.server, &list))
+            .map(|d| Server::Daemon(d, scratch.to_path_buf()))
+    }
+}
+
+/// `virDomainBackupStartUnmanaged`.
+pub fn start(
+    dom: &DomainRef,
+    req: &UnmanagedRequest,
+    parent: Option<BackupRecord>,
+    quiesce: bool,
+) -> Result<Arc<Export>> {
+    let domain_uuid = dom.uuid()?;
+    let is_live = check_can_export(dom, &domain_uuid, req, quiesce)?;
     let all = domain::parse_disks(&dom.xml()?)?;
     let chosen = selected(req, &all)?;
     let uuid = Uuid::new_v4();
@@ -168,18 +194,8 @@ pub fn start(
         };
         disks.push((d, export.clone(), since));
     }
-    let scratch = Catalog::open()?.private_dir(&format!(".scratch-{uuid}"))?;
-    let started = if is_live {
-        let xml = pull_document(&req.server, &disks, &all, &scratch);
-        dom.backup_begin(&xml, None, 0).map(|()| Server::Libvirt {
-            scratch: scratch.clone(),
-        })
-    } else {
-        daemon_disks(&disks, &scratch)
-            .and_then(|list| StorageDaemonExport::start(&req.server, &list))
-            .map(|d| Server::Daemon(d, scratch.clone()))
-    };
-    let server = started.inspect_err(|_| {
+    let scratch = recovery::open_catalog()?.private_dir(&format!(".scratch-{uuid}"))?;
+    let server = start_server(dom, req, &disks, &all, &scratch, is_live).inspect_err(|_| {
         let _ = fs::remove_dir_all(&scratch);
     })?;
     let export = Arc::new(Export {
@@ -205,6 +221,7 @@ pub fn start(
         ended: Mutex::new(None),
     });
     EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
+    job::hold_domain(uuid, domain_uuid);
     Ok(export)
 }
 
@@ -289,8 +306,8 @@ fn changes_overlay(
     bitmap: &str,
     scratch: &Path,
 ) -> Result<PathBuf> {
-    let catalog = Catalog::open()?;
-    let index = crate::engine::copy::ensure_index(&catalog, parent, &d.name).map_err(|e| {
+    let catalog = recovery::open_catalog()?;
+    let index = super::ensure_index(&catalog, parent, &d.name).map_err(|e| {
         Error::operation_invalid(format!(
             "cannot export the changes of disk '{}' since backup '{}': {}",
             d.name, parent.uuid, e.message
@@ -452,6 +469,7 @@ impl Export {
         };
         *ended = Some((state, self.started.elapsed().as_millis() as u64));
         EXPORTS.lock().unwrap().remove(&self.uuid);
+        job::release_domain(&self.uuid);
         result
     }
 }

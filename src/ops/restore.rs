@@ -21,14 +21,14 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use crate::engine::copy::ensure_index;
+use super::ensure_index;
 use crate::engine::copy::{self, Baseline, Rewrite};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Source, Target};
-use crate::job;
 use crate::job::Progress;
+use crate::ops::recovery;
 use crate::store::catalog::Catalog;
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
 use crate::xml::backup::{
@@ -322,7 +322,7 @@ fn shut_off(dom: &DomainRef) -> Result<()> {
         ));
     }
     // An export of the domain must keep serving its images unchanged.
-    job::check_domain_idle(dom, &dom.uuid()?, false)
+    super::check_domain_idle(dom, &dom.uuid()?, false)
 }
 
 fn current_disk<'a>(disks: &'a [DomainDisk], name: &str) -> Result<&'a DomainDisk> {
@@ -366,7 +366,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
         )?);
     }
     check_distinct(&plans)?;
-    execute(&Catalog::open()?, &plans)?;
+    execute(&recovery::open_catalog()?, &plans)?;
     let changed = plans.iter().any(|p| {
         let d = now.iter().find(|d| d.name == p.name).unwrap();
         d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
@@ -419,7 +419,7 @@ fn as_new_domain(
     }
     check_distinct(&plans)?;
     let xml = domain::restored_definition(base_xml, Some(name), &restored(&plans))?;
-    execute(&Catalog::open()?, &plans)?;
+    execute(&recovery::open_catalog()?, &plans)?;
     if let Err(e) = libvirt::define_domain(conn, &xml) {
         for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
             let _ = fs::remove_file(&p.target);
@@ -442,9 +442,8 @@ fn new_domain_asked(flags: u32, name: &Option<String>) -> Result<bool> {
 /// `virDomainBackupRestore`.
 pub fn restore(xml: &str, flags: u32) -> Result<()> {
     let req = RestoreRequest::parse(xml)?;
-    let catalog = Catalog::open()?;
-    let rec = catalog
-        .find(&req.uuid)?
+    let catalog = recovery::open_catalog()?;
+    let rec = recovery::find(&catalog, &req.uuid)?
         .ok_or_else(|| Error::no_backup(&req.uuid.to_string()))?;
     if rec.state != BackupState::Completed {
         return Err(Error::operation_invalid(format!(

@@ -14,9 +14,9 @@
 //! - `<domain>/merging/<backup>.<disk>` the temporary file of a merge into
 //!   that backup's disk, while it runs
 //!
-//! A record in state `running` whose job lock can be taken belongs to a
-//! process that died: the next reader discards it with its files, or, for a
-//! backup libvirt copies, settles it by what libvirt says (`resolve_dead`).
+//! The catalog only stores and locks: a record in state `running` whose job
+//! lock can be taken belongs to a process that died, and what becomes of it
+//! (and of cut-short merges and restores) is decided in `ops::recovery`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use super::summary::{self, Entry};
 use crate::error::{Error, Result};
-use crate::xml::backup::{BackupRecord, BackupState, DefaultTarget};
+use crate::xml::backup::{BackupRecord, DefaultTarget};
 
 const DEFAULT_TARGET_FILE: &str = "default-target.xml";
 /// Folder (in a domain's) of the markers of running merges.
@@ -200,9 +200,7 @@ impl Catalog {
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
         make_private_dir(&root)?;
-        let catalog = Catalog { root };
-        catalog.sweep_restores();
-        Ok(catalog)
+        Ok(Catalog { root })
     }
 
     /// A new private folder `<root>/<name>` (an export's scratch files).
@@ -234,30 +232,6 @@ impl Catalog {
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io("cannot write", &path, e))?;
         Ok(StagedFiles { _file: file, path })
-    }
-
-    /// Remove the files of restores whose process died while writing them.
-    fn sweep_restores(&self) {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return;
-        };
-        let notes = entries
-            .flatten()
-            .filter(|e| e.file_name().as_bytes().starts_with(RESTORING.as_bytes()));
-        for e in notes {
-            let Ok(file) = File::open(e.path()) else {
-                continue;
-            };
-            if file.try_lock().is_err() {
-                continue; // a restore in progress
-            }
-            if let Ok(text) = fs::read(e.path()) {
-                for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    let _ = fs::remove_file(std::ffi::OsStr::from_bytes(line));
-                }
-            }
-            let _ = fs::remove_file(e.path());
-        }
     }
 
     pub fn root(&self) -> &Path {
@@ -361,29 +335,6 @@ impl Catalog {
         self.domain_dir(domain).join(MERGING)
     }
 
-    /// Remove what merges cut short by a dead process left: their temporary
-    /// files and markers. Skipped while anyone holds the domain's lock (a
-    /// merge runs under it).
-    fn sweep_merges(&self, domain: &Uuid) {
-        let Ok(entries) = fs::read_dir(self.merge_dir(domain)) else {
-            return;
-        };
-        let markers: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        if markers.is_empty() {
-            return;
-        }
-        let Some(_guard) = self.try_lock_domain(domain) else {
-            return;
-        };
-        for m in markers {
-            if let Ok(tmp) = fs::read(&m) {
-                let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
-                let _ = fs::remove_file(tmp);
-            }
-            let _ = fs::remove_file(&m);
-        }
-    }
-
     /// Take the job lock of a new backup. Call with the domain's lock held.
     pub fn lock_job(&self, domain: &Uuid, backup: &Uuid) -> Result<JobLock> {
         let dir = self.domain_dir(domain);
@@ -467,8 +418,8 @@ impl Catalog {
     }
 
     /// The records of one domain as stored (a dead job's record still says
-    /// running), oldest first. Reads and parses every record: listing uses
-    /// `entries`.
+    /// running: `ops::recovery` resolves those), oldest first. Reads and
+    /// parses every record: listing uses `entries`.
     pub fn records(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
         let dir = self.domain_dir(domain);
         let entries = match fs::read_dir(&dir) {
@@ -500,9 +451,9 @@ impl Catalog {
 
     /// What listing needs of each record of a domain, oldest first, from
     /// the domain's summary (rebuilt from the records when it is missing or
-    /// damaged). A dead job's entry still says running.
+    /// damaged). A dead job's entry still says running: `ops::recovery`
+    /// resolves those.
     pub fn entries(&self, domain: &Uuid) -> Result<Vec<Entry>> {
-        self.sweep_merges(domain);
         let dir = self.domain_dir(domain);
         let replayed = match summary::read(&dir)? {
             Some(r) => r,
@@ -525,7 +476,10 @@ impl Catalog {
         if let Some(_guard) = compact.then(|| self.try_lock_domain(domain)).flatten() {
             // Re-read under the lock: a writer may have come in between.
             if let Some(r) = summary::read(&dir)?.filter(|r| r.pending.is_empty()) {
-                summary::rewrite(&dir, r.entries.values())?;
+                write_atomic(
+                    &summary::path(&dir),
+                    summary::render(r.entries.values()).as_bytes(),
+                )?;
             }
         }
         let mut out = map.into_vec();
@@ -539,72 +493,16 @@ impl Catalog {
         let dir = self.domain_dir(domain);
         let entries: summary::Entries = self.records(domain)?.iter().map(Entry::of).collect();
         if dir.is_dir() {
-            summary::rewrite(&dir, entries.values())?;
+            write_atomic(
+                &summary::path(&dir),
+                summary::render(entries.values()).as_bytes(),
+            )?;
         }
         Ok(summary::Replayed {
             lines: entries.len(),
             entries,
             pending: Vec::new(),
         })
-    }
-
-    /// Records of one domain, oldest first, after discarding dead jobs.
-    pub fn list_domain(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
-        self.sweep_merges(domain);
-        let out = self.records(domain)?;
-        let mut kept = Vec::with_capacity(out.len());
-        for rec in out {
-            if rec.state == BackupState::Running && !self.job_alive(&rec) {
-                kept.extend(self.resolve_dead(&rec)?);
-            } else {
-                kept.push(rec);
-            }
-        }
-        Ok(kept)
-    }
-
-    /// A running record whose process died. The library's own copy died
-    /// with it: discard the record and partial files. libvirt's job (a
-    /// backup of a running domain) outlives it: keep the record while
-    /// libvirt still copies, complete it once libvirt says the job completed
-    /// and the targets are there, else discard it with its checkpoint.
-    /// Returns the record if it stays.
-    fn resolve_dead(&self, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
-        let _guard = self.lock_domain(&rec.domain_uuid)?;
-        // Re-check under the lock: the job may have finished meanwhile.
-        let path = self.record_path(&rec.domain_uuid, &rec.uuid);
-        let mut cur = match Self::read_record(&path) {
-            Some(cur) if cur.state == BackupState::Running && !self.job_alive(&cur) => cur,
-            other => return Ok(other),
-        };
-        let outcome = match cur.checkpoint {
-            Some(_) => {
-                let cancel = self.cancel_path(&cur.domain_uuid, &cur.uuid).exists();
-                crate::engine::live::orphan_outcome(&cur, cancel)
-            }
-            None => Some(false),
-        };
-        match outcome {
-            None => return Ok(Some(cur)),
-            Some(true) => {
-                cur.state = BackupState::Completed;
-                self.write_record(&cur)?;
-            }
-            Some(false) => self.remove_with_data(&cur)?,
-        }
-        let _ = fs::remove_file(self.job_lock_path(&cur.domain_uuid, &cur.uuid));
-        let _ = fs::remove_file(self.cancel_path(&cur.domain_uuid, &cur.uuid));
-        Ok(outcome.unwrap().then_some(cur))
-    }
-
-    /// Domains that have a folder in the catalog.
-    fn domains(&self) -> Result<Vec<Uuid>> {
-        let entries = fs::read_dir(&self.root)
-            .map_err(|e| Error::io("cannot read catalog folder", &self.root, e))?;
-        Ok(entries
-            .flatten()
-            .filter_map(|e| Uuid::parse_str(&e.file_name().to_string_lossy()).ok())
-            .collect())
     }
 
     /// The domain a backup of any domain belongs to.
@@ -615,25 +513,47 @@ impl Catalog {
             .find(|dom| self.record_path(dom, backup).exists()))
     }
 
-    /// Find a backup of any domain.
-    pub fn find(&self, backup: &Uuid) -> Result<Option<BackupRecord>> {
-        for dom in self.domains()? {
-            if self.record_path(&dom, backup).exists() {
-                return self.reload(&dom, backup);
-            }
-        }
-        Ok(None)
+    /// Remove the job lock and cancel request of a job that ended.
+    pub fn clear_job_files(&self, rec: &BackupRecord) {
+        let _ = fs::remove_file(self.job_lock_path(&rec.domain_uuid, &rec.uuid));
+        let _ = fs::remove_file(self.cancel_path(&rec.domain_uuid, &rec.uuid));
     }
 
-    /// Current record of a backup, if it is still in the catalog.
-    pub fn reload(&self, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
-        let Some(rec) = Self::read_record(&self.record_path(domain, backup)) else {
-            return Ok(None);
+    /// The merge markers of a domain: (marker, temporary file it names).
+    pub fn merge_markers(&self, domain: &Uuid) -> Vec<(PathBuf, PathBuf)> {
+        let Ok(entries) = fs::read_dir(self.merge_dir(domain)) else {
+            return Vec::new();
         };
-        if rec.state == BackupState::Running && !self.job_alive(&rec) {
-            return self.resolve_dead(&rec);
-        }
-        Ok(Some(rec))
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .map(|m| {
+                let tmp = fs::read(&m).unwrap_or_default();
+                (m, PathBuf::from(std::ffi::OsStr::from_bytes(&tmp)))
+            })
+            .collect()
+    }
+
+    /// The notes of staged restore files (see `stage_files`).
+    pub fn restore_notes(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().as_bytes().starts_with(RESTORING.as_bytes()))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Domains that have a folder in the catalog.
+    fn domains(&self) -> Result<Vec<Uuid>> {
+        let entries = fs::read_dir(&self.root)
+            .map_err(|e| Error::io("cannot read catalog folder", &self.root, e))?;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| Uuid::parse_str(&e.file_name().to_string_lossy()).ok())
+            .collect())
     }
 
     pub fn default_target(&self, domain: &Uuid) -> Result<Option<DefaultTarget>> {
@@ -653,7 +573,7 @@ impl Catalog {
 
     /// Forget every backup of a domain and its settings (data files stay).
     pub fn forget_domain(&self, domain: &Uuid) -> Result<()> {
-        for rec in self.list_domain(domain)? {
+        for rec in self.records(domain)? {
             self.remove_record(&rec)?;
         }
         remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
@@ -676,7 +596,7 @@ pub fn remove_if_exists(path: &PathBuf) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::backup::{BackupMode, DiskFormat, DiskRecord, JobStats};
+    use crate::xml::backup::{BackupMode, BackupState, DiskFormat, DiskRecord, JobStats};
 
     fn record(domain: Uuid, target: PathBuf, state: BackupState) -> BackupRecord {
         BackupRecord {
@@ -704,50 +624,6 @@ mod tests {
             created_dirs: vec![],
             checkpoint: None,
         }
-    }
-
-    #[test]
-    fn dead_jobs_are_discarded_with_their_files_live_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = Catalog::at(dir.path().join("cat")).unwrap();
-        let dom = Uuid::new_v4();
-
-        // A job whose process died: record says running, nobody holds its lock.
-        let dead_target = dir.path().join("dead.qcow2");
-        std::fs::write(&dead_target, b"partial").unwrap();
-        let dead = record(dom, dead_target.clone(), BackupState::Running);
-        drop(cat.lock_job(&dom, &dead.uuid).unwrap());
-        cat.write_record(&dead).unwrap();
-
-        // A job still running (we hold its lock).
-        let live_target = dir.path().join("live.qcow2");
-        std::fs::write(&live_target, b"in progress").unwrap();
-        let live = record(dom, live_target.clone(), BackupState::Running);
-        let lock = cat.lock_job(&dom, &live.uuid).unwrap();
-        cat.write_record(&live).unwrap();
-
-        // A completed backup.
-        let done_target = dir.path().join("done.qcow2");
-        std::fs::write(&done_target, b"complete").unwrap();
-        let done = record(dom, done_target.clone(), BackupState::Completed);
-        cat.write_record(&done).unwrap();
-
-        let listed: Vec<Uuid> = cat
-            .list_domain(&dom)
-            .unwrap()
-            .iter()
-            .map(|r| r.uuid)
-            .collect();
-        assert!(!listed.contains(&dead.uuid));
-        assert!(listed.contains(&live.uuid) && listed.contains(&done.uuid));
-        assert!(!dead_target.exists());
-        assert!(live_target.exists() && done_target.exists());
-
-        // Once the live job's process "dies" too, it goes the same way.
-        drop(lock);
-        assert_eq!(cat.list_domain(&dom).unwrap().len(), 1);
-        assert!(!live_target.exists());
-        assert!(cat.find(&done.uuid).unwrap().is_some());
     }
 
     #[test]

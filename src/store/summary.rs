@@ -243,13 +243,14 @@ pub fn read(domain_dir: &Path) -> Result<Option<Replayed>> {
     }
 }
 
-/// Write the whole summary (a rebuild or a compaction). Domain lock held.
-pub fn rewrite<'a>(domain_dir: &Path, entries: impl Iterator<Item = &'a Entry>) -> Result<()> {
+/// The whole summary of these entries (a rebuild or a compaction), to be
+/// written atomically under the domain lock.
+pub fn render<'a>(entries: impl Iterator<Item = &'a Entry>) -> String {
     let mut text = String::from(HEADER);
     for e in entries {
         text.push_str(&e.line());
     }
-    super::catalog::write_atomic(&path(domain_dir), text.as_bytes())
+    text
 }
 
 /// Append lines to an existing summary; with `sync`, they are on disk when
