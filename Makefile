@@ -134,6 +134,7 @@ check: deps
 	@$(MAKE) --no-print-directory python-tests
 	@$(MAKE) --no-print-directory python-pkg-tests
 	@$(MAKE) --no-print-directory go-tests
+	@$(MAKE) --no-print-directory cli-tests
 	@echo "make check: all suites passed"
 
 # libvirtd with the QEMU driver, for tests on qemu:///system domains.
@@ -171,3 +172,44 @@ clean:
 	rm -rf $(BUILD)
 
 FORCE:
+
+# virt-backup, the command (cli/, its own Cargo.lock): linked against the
+# shared object above like any C program, installed with the library.
+CLI := target/release/virt-backup
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+CLI_STAGE := $(abspath $(BUILD)/cli-stage)
+
+.PHONY: cli install-cli uninstall-cli cli-tests
+
+all: cli
+
+cli: $(LIB)
+	$(CARGO) build --release --locked --manifest-path cli/Cargo.toml --target-dir target
+	LD_LIBRARY_PATH=$(BUILD) $(CLI) completions bash > $(BUILD)/virt-backup.bash.tmp
+	mv $(BUILD)/virt-backup.bash.tmp $(BUILD)/virt-backup.bash
+
+install: install-cli
+
+install-cli: cli
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR)
+	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/virt-backup
+	install -m 0644 man/virt-backup.1 $(DESTDIR)$(MANDIR)/man1/virt-backup.1
+	install -m 0644 $(BUILD)/virt-backup.bash $(DESTDIR)$(BASHCOMPDIR)/virt-backup
+
+uninstall: uninstall-cli
+
+uninstall-cli:
+	rm -f $(DESTDIR)$(BINDIR)/virt-backup $(DESTDIR)$(MANDIR)/man1/virt-backup.1 \
+	    $(DESTDIR)$(BASHCOMPDIR)/virt-backup
+
+# Unit tests (prune selection, tree drawing), then the installed command run
+# as a user runs it, on test:///default and qemu:///system domains.
+cli-tests: cli libvirtd
+	$(CARGO) clippy --release --locked --manifest-path cli/Cargo.toml --target-dir target -- -D warnings
+	$(CARGO) test --release --locked --manifest-path cli/Cargo.toml --target-dir target
+	@rm -rf $(CLI_STAGE)
+	@$(MAKE) --no-print-directory install PREFIX=$(CLI_STAGE) >/dev/null
+	VIRT_BACKUP=$(CLI_STAGE)/bin/virt-backup LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) \
+	    $(PYTHON) -m pytest -q cli/tests; rc=$$?; rm -rf $(CLI_STAGE); exit $$rc

@@ -28,6 +28,7 @@ pub mod domain;
 pub mod error;
 pub mod job;
 pub mod restore;
+pub mod verify;
 
 pub use crate::flags::{
     virDomainBackupCreateFlags, virDomainBackupDeleteFlags, virDomainBackupFinishJobFlags,

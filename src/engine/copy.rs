@@ -279,7 +279,13 @@ pub fn copy_image(
 /// Record the digest of every chunk of `src` (a backup the library did not
 /// copy itself: QEMU wrote it).
 pub fn build_index(src: &Source, out: &mut dyn DigestSink) -> Result<()> {
-    for_each_window(src, &Progress::default(), |win| {
+    read_digests(src, &Progress::default(), out)
+}
+
+/// Read all of `src` and hand every chunk's digest to `out` (an index
+/// writer, or a verifier that compares them), counting into `progress`.
+pub fn read_digests(src: &Source, progress: &Progress, out: &mut dyn DigestSink) -> Result<()> {
+    for_each_window(src, progress, |win| {
         win.digests().try_for_each(|(_, _, d)| out.push(&d))
     })
 }

@@ -281,6 +281,11 @@ impl Backup {
                 .unwrap_or_else(|| "backup job failed".into());
             out.push(("error", ParamValue::String(msg)));
         }
+        out.extend(
+            super::verify::parameters(&self.uuid)
+                .into_iter()
+                .map(|(k, v)| (k, ParamValue::ULLong(v))),
+        );
         Ok(out)
     }
 
@@ -327,8 +332,17 @@ impl Backup {
         }
     }
 
+    /// `virDomainBackupVerify`: every stored block checked against the
+    /// backup's digest index.
+    pub fn verify(&self) -> Result<()> {
+        super::verify::verify(&self.record()?)
+    }
+
     /// `virDomainBackupAbortJob` and `FinishJob(CANCEL)`.
     pub fn abort(&self) -> Result<()> {
+        if let Some(stopped) = super::verify::abort(&self.uuid) {
+            return stopped;
+        }
         self.ensure_exists()?;
         if let Some(e) = &self.export {
             return e.finish(true);

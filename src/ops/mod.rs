@@ -21,6 +21,7 @@ pub mod merge;
 pub mod plan;
 pub mod recovery;
 pub mod restore;
+pub mod verify;
 
 /// One backup job per domain: refuse when this process runs a job or an
 /// export of `domain`, or (with `libvirt`, for a running QEMU domain)
