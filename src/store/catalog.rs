@@ -10,7 +10,7 @@
 //! - `<domain>/default-target.xml` the persistent default target (CONFIG)
 //! - `<domain>/summary`           what listing needs of each record (see
 //!   `summary`), kept with the records under the domain's lock
-//! - `.locks/<domain>`            the domain's lock (flock)
+//! - `<domain>/`                  its flock is the domain's lock
 //! - `<domain>/merging/<backup>.<disk>` the temporary file of a merge into
 //!   that backup's disk, while it runs
 //!
@@ -106,29 +106,50 @@ impl Drop for JobLock {
     }
 }
 
-fn acquire(path: PathBuf, wait: bool) -> Result<Option<CatalogLock>> {
+/// Take the flock of `path`: a lock file, or (`dir`) a folder, created if
+/// missing. A folder removed while we waited for it is made and locked anew.
+fn acquire(path: PathBuf, wait: bool, dir: bool) -> Result<Option<CatalogLock>> {
     let held = HELD.with(|h| h.borrow_mut().get_mut(&path).map(|d| *d += 1).is_some());
     if held {
         return Ok(Some(CatalogLock { _file: None, path }));
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::io("cannot open catalog lock", &path, e))?;
-    if wait {
-        file.lock()
-            .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
-    } else if file.try_lock().is_err() {
-        return Ok(None);
-    }
+    let file = loop {
+        let file = match dir {
+            true => make_private_dir(&path).and_then(|()| {
+                File::open(&path).map_err(|e| Error::io("cannot open catalog folder", &path, e))
+            })?,
+            false => OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| Error::io("cannot open catalog lock", &path, e))?,
+        };
+        if wait {
+            file.lock()
+                .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
+        } else if file.try_lock().is_err() {
+            return Ok(None);
+        }
+        if !dir || same_file(&file, &path) {
+            break file;
+        }
+    };
     HELD.with(|h| h.borrow_mut().insert(path.clone(), 1));
     Ok(Some(CatalogLock {
         _file: Some(file),
         path,
     }))
+}
+
+/// Whether `path` still names the open `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 fn default_root() -> PathBuf {
@@ -286,29 +307,21 @@ impl Catalog {
     /// Take the catalog-wide lock (blocks while another thread or process
     /// holds it). Only for what spans domains: a new backup's UUID.
     pub fn lock(&self) -> Result<CatalogLock> {
-        acquire(self.root.join(".lock"), true).map(|l| l.expect("a blocking lock is always taken"))
+        acquire(self.root.join(".lock"), true, false)
+            .map(|l| l.expect("a blocking lock is always taken"))
     }
 
-    /// Where a domain's lock lives: outside its folder, which goes away
-    /// with the domain's last backup.
-    fn domain_lock_path(&self, domain: &Uuid) -> Result<PathBuf> {
-        let dir = self.root.join(".locks");
-        make_private_dir(&dir)?;
-        Ok(dir.join(domain.to_string()))
-    }
-
-    /// Take a domain's lock: held by whatever changes the domain's records
-    /// (a job registering or settling, a delete and its merges, recovery).
+    /// Take a domain's lock (the flock of its folder): held by whatever
+    /// changes the domain's records (a job registering or settling, a
+    /// delete and its merges, recovery).
     pub fn lock_domain(&self, domain: &Uuid) -> Result<CatalogLock> {
-        acquire(self.domain_lock_path(domain)?, true)
+        acquire(self.domain_dir(domain), true, true)
             .map(|l| l.expect("a blocking lock is always taken"))
     }
 
     /// A domain's lock if nobody else holds it now, else `None`.
     pub fn try_lock_domain(&self, domain: &Uuid) -> Option<CatalogLock> {
-        acquire(self.domain_lock_path(domain).ok()?, false)
-            .ok()
-            .flatten()
+        acquire(self.domain_dir(domain), false, true).ok().flatten()
     }
 
     /// Note, before a merge writes `tmp` for a disk of `child`, where that
@@ -372,23 +385,72 @@ impl Catalog {
         let dir = self.domain_dir(&rec.domain_uuid);
         make_private_dir(&dir)?;
         let _guard = self.lock_domain(&rec.domain_uuid)?;
-        summary::note_pending(&dir, &rec.uuid)?;
+        self.note_pending(&rec.domain_uuid, &rec.uuid)?;
         write_atomic(
             &self.record_path(&rec.domain_uuid, &rec.uuid),
             rec.to_catalog_xml().as_bytes(),
         )?;
-        summary::note_written(&dir, &Entry::of(rec))
+        summary::note_written(&dir, &Entry::of(rec))?;
+        self.compact_summary(&rec.domain_uuid)
+    }
+
+    /// Note in the summary that a record is about to change, writing the
+    /// summary first if it is missing (the domain's first backup, or a
+    /// catalog from before summaries). Domain lock held.
+    fn note_pending(&self, domain: &Uuid, backup: &Uuid) -> Result<()> {
+        let dir = self.domain_dir(domain);
+        if !summary::note_pending(&dir, backup)? {
+            self.write_summary(domain, true)?;
+            summary::note_pending(&dir, backup)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the summary of a domain left without records (a refused or
+    /// failed first backup leaves nothing behind). Only a short summary can
+    /// be empty, so a long one is not read. Domain lock held.
+    fn drop_empty_summary(&self, domain: &Uuid) -> Result<()> {
+        let path = summary::path(&self.domain_dir(domain));
+        if fs::metadata(&path).map_or(true, |m| m.len() > 4096) {
+            return Ok(());
+        }
+        let empty = summary::read(&self.domain_dir(domain))?
+            .is_some_and(|r| self.settle_pending(domain, r).is_empty());
+        match empty {
+            true => remove_if_exists(&path),
+            false => Ok(()),
+        }
+    }
+
+    /// Rewrite a long summary log as its entries. Domain lock held.
+    fn compact_summary(&self, domain: &Uuid) -> Result<()> {
+        let dir = self.domain_dir(domain);
+        if !summary::wants_compaction(&dir) {
+            return Ok(());
+        }
+        match summary::read(&dir)? {
+            Some(r) => {
+                let entries = self.settle_pending(domain, r);
+                write_atomic(
+                    &summary::path(&dir),
+                    summary::render(entries.values()).as_bytes(),
+                )
+            }
+            None => self.write_summary(domain, true).map(drop),
+        }
     }
 
     /// Forget a backup; its data files stay.
     pub fn remove_record(&self, rec: &BackupRecord) -> Result<()> {
         let dir = self.domain_dir(&rec.domain_uuid);
         let _guard = self.lock_domain(&rec.domain_uuid)?;
-        summary::note_pending(&dir, &rec.uuid)?;
+        self.note_pending(&rec.domain_uuid, &rec.uuid)?;
         let path = self.record_path(&rec.domain_uuid, &rec.uuid);
         remove_if_exists(&path)?;
         sync_dir(&dir);
         summary::note_removed(&dir, &rec.uuid)?;
+        self.compact_summary(&rec.domain_uuid)?;
+        self.drop_empty_summary(&rec.domain_uuid)?;
         // The indexes go after the record: an index without a record is
         // never read, a record without its index would be a broken parent.
         let index = self.index_dir(&rec.domain_uuid, &rec.uuid);
@@ -457,42 +519,43 @@ impl Catalog {
         let dir = self.domain_dir(domain);
         let replayed = match summary::read(&dir)? {
             Some(r) => r,
+            None if !dir.is_dir() => return Ok(Vec::new()),
             None => {
+                // Damaged, or left behind by a crash or an older version.
                 let _guard = self.lock_domain(domain)?;
                 match summary::read(&dir)? {
                     Some(r) => r,
-                    None => self.rebuild_summary(domain)?,
+                    None => self.write_summary(domain, false)?,
                 }
             }
         };
-        let compact = summary::wants_compaction(&replayed);
-        let mut map = replayed.entries;
-        for u in replayed.pending {
-            match self.record(domain, &u) {
-                Some(rec) => map.insert(Entry::of(&rec)),
-                None => map.remove(&u),
-            };
-        }
-        if let Some(_guard) = compact.then(|| self.try_lock_domain(domain)).flatten() {
-            // Re-read under the lock: a writer may have come in between.
-            if let Some(r) = summary::read(&dir)?.filter(|r| r.pending.is_empty()) {
-                write_atomic(
-                    &summary::path(&dir),
-                    summary::render(r.entries.values()).as_bytes(),
-                )?;
-            }
-        }
-        let mut out = map.into_vec();
+        let mut out = self.settle_pending(domain, replayed).into_vec();
         // Nearly sorted already: the log keeps the order records came in.
         out.sort_by_key(|e| (e.created_ns, e.uuid));
         Ok(out)
     }
 
-    /// Write a domain's summary from its records. Domain lock held.
-    fn rebuild_summary(&self, domain: &Uuid) -> Result<summary::Replayed> {
+    /// The entries of a replayed summary, with the records it says were
+    /// about to change read back.
+    fn settle_pending(&self, domain: &Uuid, r: summary::Replayed) -> summary::Entries {
+        let mut map = r.entries;
+        for u in r.pending {
+            match self.record(domain, &u) {
+                Some(rec) => map.insert(Entry::of(&rec)),
+                None => map.remove(&u),
+            };
+        }
+        map
+    }
+
+    /// Write a domain's summary from its records (when `always`, or when
+    /// there are records: a domain without any keeps no file). Domain lock
+    /// held.
+    fn write_summary(&self, domain: &Uuid, always: bool) -> Result<summary::Replayed> {
         let dir = self.domain_dir(domain);
         let entries: summary::Entries = self.records(domain)?.iter().map(Entry::of).collect();
-        if dir.is_dir() {
+        if always || !entries.is_empty() {
+            make_private_dir(&dir)?;
             write_atomic(
                 &summary::path(&dir),
                 summary::render(entries.values()).as_bytes(),
@@ -701,9 +764,16 @@ mod tests {
         let dom = Uuid::new_v4();
         let sum = summary::path(&cat.domain_dir(&dom));
         let mut a = record(dom, dir.path().join("a"), BackupState::Running);
+        // Listing a domain without backups writes nothing.
+        assert!(listed(&cat, &dom).is_empty());
+        assert!(!cat.domain_dir(&dom).exists());
+        // The first record writes the summary.
         cat.write_record(&a).unwrap();
-        // The first listing builds the summary from the records.
-        assert!(!sum.exists());
+        assert!(sum.exists());
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        // One from before summaries (or lost) is rewritten by the next
+        // listing, or the next write.
+        std::fs::remove_file(&sum).unwrap();
         assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
         assert!(sum.exists());
         // Later changes are appended to it.
@@ -746,7 +816,7 @@ mod tests {
         std::fs::write(&sum, format!("{text}? 1234")).unwrap();
         assert_eq!(listed(&cat, &dom).len(), 2); // as the old text says
         cat.write_record(&b).unwrap();
-        assert!(!sum.exists());
+        assert!(!std::fs::read_to_string(&sum).unwrap().contains("? 1234"));
         assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
         // A damaged or foreign summary is rebuilt from the records.
         std::fs::write(&sum, "garbage\n").unwrap();
@@ -754,7 +824,7 @@ mod tests {
         assert!(
             std::fs::read_to_string(&sum)
                 .unwrap()
-                .starts_with("LVBKSUM1\n")
+                .starts_with("LVBKSUM1 ")
         );
     }
 
@@ -764,17 +834,17 @@ mod tests {
         let cat = Catalog::at(dir.path().join("cat")).unwrap();
         let dom = Uuid::new_v4();
         let mut a = record(dom, dir.path().join("a"), BackupState::Completed);
-        cat.write_record(&a).unwrap();
-        assert_eq!(listed(&cat, &dom).len(), 1);
-        for i in 0..100 {
+        let sum = summary::path(&cat.domain_dir(&dom));
+        let mut longest = 0;
+        for i in 0..300 {
             a.created_ns = i;
             cat.write_record(&a).unwrap();
+            longest = longest.max(std::fs::read_to_string(&sum).unwrap().lines().count());
         }
-        let sum = summary::path(&cat.domain_dir(&dom));
-        assert!(std::fs::read_to_string(&sum).unwrap().lines().count() > 200);
+        // Two lines a write, rewritten as one entry every few dozen writes.
+        assert!(longest < 200, "{longest} lines");
         assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
-        assert_eq!(std::fs::read_to_string(&sum).unwrap().lines().count(), 2);
-        assert_eq!(cat.entries(&dom).unwrap()[0].created_ns, 99);
+        assert_eq!(cat.entries(&dom).unwrap()[0].created_ns, 299);
     }
 
     #[test]

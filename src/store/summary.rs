@@ -29,7 +29,9 @@ use crate::error::{Error, Result};
 use crate::xml::backup::{BackupRecord, BackupState};
 
 pub const SUMMARY_FILE: &str = "summary";
-const HEADER: &str = "LVBKSUM1\n";
+/// The header names the number of entries when the file was last written
+/// whole: the log is compacted once it is much longer than that.
+const MAGIC: &str = "LVBKSUM1 ";
 
 /// What listing needs of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +199,8 @@ fn parse_line(line: &str) -> Option<Line> {
 
 /// Replay a summary's text; `None` if it cannot be trusted (rebuild it).
 pub fn replay(text: &str) -> Option<Replayed> {
-    let body = text.strip_prefix(HEADER)?;
+    let (count, body) = text.strip_prefix(MAGIC)?.split_once('\n')?;
+    count.parse::<usize>().ok()?;
     // A last line without its newline never reached the disk whole.
     let complete = &body[..body.rfind('\n').map_or(0, |i| i + 1)];
     // About 90 bytes a line.
@@ -246,7 +249,8 @@ pub fn read(domain_dir: &Path) -> Result<Option<Replayed>> {
 /// The whole summary of these entries (a rebuild or a compaction), to be
 /// written atomically under the domain lock.
 pub fn render<'a>(entries: impl Iterator<Item = &'a Entry>) -> String {
-    let mut text = String::from(HEADER);
+    let entries: Vec<&Entry> = entries.collect();
+    let mut text = format!("{MAGIC}{}\n", entries.len());
     for e in entries {
         text.push_str(&e.line());
     }
@@ -256,7 +260,7 @@ pub fn render<'a>(entries: impl Iterator<Item = &'a Entry>) -> String {
 /// Append lines to an existing summary; with `sync`, they are on disk when
 /// this returns. A missing summary is left missing (the next reader
 /// rebuilds it from the records). Domain lock held.
-fn append(domain_dir: &Path, text: &str, sync: bool) -> Result<()> {
+fn append(domain_dir: &Path, text: &str, sync: bool) -> Result<bool> {
     let p = path(domain_dir);
     let f = match OpenOptions::new()
         .read(true)
@@ -265,7 +269,7 @@ fn append(domain_dir: &Path, text: &str, sync: bool) -> Result<()> {
         .open(&p)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io("cannot open backup summary", &p, e)),
     };
     let io = |e| Error::io("cannot write backup summary", &p, e);
@@ -277,33 +281,51 @@ fn append(domain_dir: &Path, text: &str, sync: bool) -> Result<()> {
     if last[0] != b'\n' {
         // A line cut short by a crash would swallow this one: start over
         // from the records.
-        return fs::remove_file(&p).map_err(io);
+        return fs::remove_file(&p).map(|()| false).map_err(io);
     }
     (&f).write_all(text.as_bytes()).map_err(io)?;
     if sync {
         f.sync_data().map_err(io)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Before a record changes: note it, synced.
-pub fn note_pending(domain_dir: &Path, backup: &Uuid) -> Result<()> {
+/// Each returns false, writing nothing, when the summary is missing (or
+/// ends in a cut line, which is then removed): the caller rewrites it from
+/// the records first.
+pub fn note_pending(domain_dir: &Path, backup: &Uuid) -> Result<bool> {
     append(domain_dir, &format!("? {backup}\n"), true)
 }
 
 /// After a record was written.
-pub fn note_written(domain_dir: &Path, entry: &Entry) -> Result<()> {
+pub fn note_written(domain_dir: &Path, entry: &Entry) -> Result<bool> {
     append(domain_dir, &entry.line(), false)
 }
 
 /// After a record was removed.
-pub fn note_removed(domain_dir: &Path, backup: &Uuid) -> Result<()> {
+pub fn note_removed(domain_dir: &Path, backup: &Uuid) -> Result<bool> {
     append(domain_dir, &format!("- {backup}\n"), false)
 }
 
-/// Whether the log is long enough (against its entries) to be rewritten.
-pub fn wants_compaction(r: &Replayed) -> bool {
-    r.lines > 2 * r.entries.len() + 64
+/// Whether the log has grown to about twice the lines of its entries (plus
+/// some slack): read from its header and size, not by reading it.
+pub fn wants_compaction(domain_dir: &Path) -> bool {
+    let Ok(f) = fs::File::open(path(domain_dir)) else {
+        return false;
+    };
+    let mut head = [0u8; 32];
+    let n = f.read_at(&mut head, 0).unwrap_or(0);
+    let count = std::str::from_utf8(&head[..n]).ok().and_then(|h| {
+        h.strip_prefix(MAGIC)?
+            .split('\n')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    let len = f.metadata().map_or(0, |m| m.len());
+    // A `+` line is about 110 bytes.
+    count.is_some_and(|c| len > 2 * 110 * (c + 32))
 }
 
 #[cfg(test)]
@@ -327,7 +349,7 @@ mod tests {
         let mut b_done = b;
         b_done.state = BackupState::Completed;
         let text = format!(
-            "{HEADER}? {}\n{}? {}\n{}? {}\n{}? {}\n{}? {}\n- {}\n? {}\n",
+            "{MAGIC}0\n? {}\n{}? {}\n{}? {}\n{}? {}\n{}? {}\n- {}\n? {}\n",
             a.uuid,
             a.line(),
             b.uuid,
@@ -351,7 +373,7 @@ mod tests {
     #[test]
     fn a_cut_line_is_dropped_and_anything_else_wrong_is_untrusted() {
         let a = entry(None, BackupState::Completed);
-        let whole = format!("{HEADER}{}", a.line());
+        let whole = format!("{MAGIC}1\n{}", a.line());
         let cut = format!("{whole}? {}", &a.uuid.to_string()[..10]);
         assert_eq!(replay(&cut).unwrap().entries.len(), 1);
         assert!(replay(&format!("{whole}? nonsense\n")).is_none());
