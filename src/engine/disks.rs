@@ -6,29 +6,12 @@
 //! many-disk domain. Workers: `LIBVIRT_BACKUP_WORKERS` if set (1 copies one
 //! disk after another), else the number of cores, at most 4.
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 
-use crate::engine::copy::{self, Baseline};
 use crate::error::{Error, Result};
-use crate::image::disk::{Source, Target};
-use crate::job::Progress;
-use crate::store::index::{IndexReader, IndexWriter};
 
 /// Most workers by default: past that, disks compete for the same storage.
 const MAX_DEFAULT_WORKERS: usize = 4;
-
-/// One disk to copy: from its source, against its parent's index if any,
-/// into its target, writing its own index.
-pub struct DiskCopy {
-    pub name: String,
-    pub source: Source,
-    pub parent: Option<IndexReader>,
-    pub target: Target,
-    pub target_path: PathBuf,
-    pub index_path: PathBuf,
-    pub size: u64,
-}
 
 /// How many disks are copied at once.
 pub fn workers() -> usize {
@@ -43,33 +26,10 @@ pub fn workers() -> usize {
     })
 }
 
-fn copy_one(d: DiskCopy, progress: &Progress) -> Result<()> {
-    let DiskCopy {
-        name,
-        source,
-        mut parent,
-        target,
-        target_path,
-        index_path,
-        size,
-    } = d;
-    let baseline = Baseline::of(parent.as_mut());
-    IndexWriter::create(&index_path, size)
-        .and_then(|mut index| {
-            copy::copy_image(&source, &target, progress, baseline, &mut index)?;
-            index.finish()
-        })
-        .and_then(|()| target.finish(&target_path))
-        .map_err(|mut e| {
-            e.message = format!("disk '{name}': {}", e.message);
-            e
-        })
-}
-
-/// Copy every disk, `workers()` at a time. The first error stops the
-/// workers from starting other disks and is returned once the disks being
-/// copied are done.
-pub fn copy_disks(disks: Vec<DiskCopy>, progress: &Progress) -> Result<()> {
+/// Run `copy` on every disk, `workers()` at a time, in their order. The
+/// first error stops the workers from starting other disks and is returned
+/// once the disks being copied are done.
+pub fn copy_disks<T: Send>(disks: Vec<T>, copy: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
     let n = workers().min(disks.len()).max(1);
     let queue = Mutex::new(disks.into_iter());
     let failed: Mutex<Option<Error>> = Mutex::new(None);
@@ -81,7 +41,7 @@ pub fn copy_disks(disks: Vec<DiskCopy>, progress: &Progress) -> Result<()> {
             let Some(d) = queue.lock().unwrap().next() else {
                 return;
             };
-            if let Err(e) = copy_one(d, progress) {
+            if let Err(e) = copy(d) {
                 failed.lock().unwrap().get_or_insert(e);
             }
         }
@@ -95,5 +55,38 @@ pub fn copy_disks(disks: Vec<DiskCopy>, progress: &Progress) -> Result<()> {
     match failed.into_inner().unwrap() {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn every_disk_once_at_most_workers_at_a_time_first_error_kept() {
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let done = Mutex::new(Vec::new());
+        copy_disks((0..12).collect(), |i: u32| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            running.fetch_sub(1, Ordering::SeqCst);
+            done.lock().unwrap().push(i);
+            Ok(())
+        })
+        .unwrap();
+        let mut done = done.into_inner().unwrap();
+        done.sort();
+        assert_eq!(done, (0..12).collect::<Vec<_>>());
+        assert!(most.load(Ordering::SeqCst) <= workers());
+
+        let e = copy_disks((0..8).collect(), |i: u32| match i {
+            3 => Err(Error::internal("disk 3 broke")),
+            _ => Ok(()),
+        })
+        .unwrap_err();
+        assert!(e.message.contains("disk 3"));
     }
 }
