@@ -86,6 +86,11 @@ impl Backup {
     /// `virDomainBackupStartUnmanaged`.
     pub fn start_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<Arc<Backup>> {
         let req = UnmanagedRequest::parse(xml)?;
+        if req.backup.is_some() {
+            return Err(Error::invalid_arg(
+                "a <uuid> names a stored backup to export: pass no domain for that",
+            ));
+        }
         let catalog = recovery::open_catalog()?;
         let domain_uuid = dom.uuid()?;
         let parent = match req.parent {
@@ -103,6 +108,19 @@ impl Backup {
             domain_uuid,
             domain: Some(dom.clone()),
             catalog,
+            job: None,
+            export: Some(export),
+        }))
+    }
+
+    /// `virDomainBackupStartUnmanaged(NULL, …)`: export a stored backup.
+    pub fn export_stored(xml: &str) -> Result<Arc<Backup>> {
+        let export = crate::ops::export_stored::start(xml)?;
+        Ok(Arc::new(Backup {
+            uuid: export.uuid,
+            domain_uuid: export.domain_uuid,
+            domain: None,
+            catalog: recovery::open_catalog()?,
             job: None,
             export: Some(export),
         }))
@@ -217,7 +235,10 @@ impl Backup {
                 .with_child(Element::new("domain").with_attr("uuid", job.domain.to_string()))
                 .to_xml());
         }
-        Ok(self.record()?.public_element().to_xml())
+        let rec = self.record()?;
+        let mut el = rec.public_element();
+        crate::ops::pins::add_pinned_by(&self.catalog, &rec, &mut el)?;
+        Ok(el.to_xml())
     }
 
     pub fn domain(&self) -> Result<&DomainRef> {
@@ -403,6 +424,8 @@ impl Backup {
             set
         };
         let metadata_only = flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0;
+        let records = self.doomed_records(&rec, &doomed);
+        crate::ops::pins::check_delete(&self.catalog, &records.iter().collect::<Vec<_>>())?;
         if let Some(e) = doomed.iter().find(|e| e.state == BackupState::Running) {
             return Err(Error::operation_invalid(format!(
                 "backup '{}' has a job running; abort it first",
@@ -413,29 +436,34 @@ impl Backup {
             self.merge_before_delete(&rec, children.get(&rec.uuid), metadata_only)?;
         }
         // Children first, so a crash midway never leaves a child without its parent.
-        for e in doomed.iter().rev() {
-            let r = match e.uuid == rec.uuid {
-                true => rec.clone(),
-                false => match self.catalog.record(&self.domain_uuid, &e.uuid) {
-                    Some(r) => r,
-                    None => continue,
-                },
-            };
+        for r in records.iter().rev() {
             // A checkpoint nobody will use again only slows the guest's writes.
             if let (Some(cp), Some(dom)) = (&r.checkpoint, &self.domain) {
                 live::remove_checkpoint(dom, cp)?;
             }
             if metadata_only {
-                self.catalog.remove_record(&r)?;
+                self.catalog.remove_record(r)?;
             } else {
                 remove_backup(
                     &self.catalog,
-                    &r,
-                    volume_connection(&r, self.domain.as_ref()).as_ref(),
+                    r,
+                    volume_connection(r, self.domain.as_ref()).as_ref(),
                 )?;
             }
         }
         Ok(())
+    }
+
+    /// The full records of the backups a delete removes (`rec` and its
+    /// descendants among `doomed`), read only for those.
+    fn doomed_records(&self, rec: &BackupRecord, doomed: &[&Entry]) -> Vec<BackupRecord> {
+        doomed
+            .iter()
+            .filter_map(|e| match e.uuid == rec.uuid {
+                true => Some(rec.clone()),
+                false => self.catalog.record(&self.domain_uuid, &e.uuid),
+            })
+            .collect()
     }
 
     /// Merge `rec` into its children before it goes alone: only the

@@ -10,10 +10,12 @@ use std::os::unix::ffi::OsStrExt;
 use uuid::Uuid;
 
 use crate::engine::live;
-use crate::error::Result;
-use crate::store::catalog::Catalog;
+use crate::error::{ErrorCode, Result};
+use crate::hv::libvirt;
+use crate::store::catalog::{Catalog, NOTE_DOMAIN};
 use crate::store::summary::Entry;
 use crate::xml::backup::{BackupRecord, BackupState};
+use crate::xml::domain;
 
 /// The catalog at the configured root, after removing the files of
 /// restores whose process died while writing them.
@@ -129,7 +131,27 @@ fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
     }
 }
 
-/// Remove the files of restores whose process died while writing them.
+/// Whether the domain a note names (`domain <uuid> <uri>`) exists and has
+/// one of `files` as a disk; `None` when libvirt cannot say.
+fn domain_uses(head: &str, files: &[&std::ffi::OsStr]) -> Option<bool> {
+    let rest = head.strip_prefix(NOTE_DOMAIN)?;
+    let (uuid, uri) = rest.split_once(' ')?;
+    let uuid = Uuid::parse_str(uuid).ok()?;
+    let dom = match libvirt::open_domain(uri, &uuid) {
+        Ok(d) => d,
+        Err(e) if e.is(ErrorCode::NoDomain) => return Some(false),
+        Err(_) => return None,
+    };
+    let disks = domain::parse_disks(&dom.xml().ok()?).ok()?;
+    Some(disks.iter().any(|d| {
+        d.source
+            .as_deref()
+            .is_some_and(|s| files.contains(&s.as_os_str()))
+    }))
+}
+
+/// Remove the files of restores whose process died while writing them
+/// (unless the note names a domain that was defined on them).
 fn sweep_restores(catalog: &Catalog) {
     for note in catalog.restore_notes() {
         let Ok(file) = File::open(&note) else {
@@ -138,9 +160,20 @@ fn sweep_restores(catalog: &Catalog) {
         if file.try_lock().is_err() {
             continue; // a restore in progress
         }
-        if let Ok(text) = fs::read(&note) {
-            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let _ = fs::remove_file(std::ffi::OsStr::from_bytes(line));
+        let text = fs::read(&note).unwrap_or_default();
+        let mut lines = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .peekable();
+        let head = lines.next_if(|l| l.starts_with(NOTE_DOMAIN.as_bytes()));
+        let files: Vec<&std::ffi::OsStr> = lines.map(std::ffi::OsStr::from_bytes).collect();
+        match head.map(|h| domain_uses(&String::from_utf8_lossy(h), &files)) {
+            Some(None) => continue, // cannot tell now: a later sweep will
+            Some(Some(true)) => {}  // the domain was defined: the files are its disks
+            Some(Some(false)) | None => {
+                for f in files {
+                    let _ = fs::remove_file(f);
+                }
             }
         }
         let _ = fs::remove_file(&note);

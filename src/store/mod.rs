@@ -3,4 +3,5 @@
 
 pub mod catalog;
 pub mod index;
+pub mod pins;
 pub mod summary;
