@@ -37,7 +37,7 @@ TESTSTATICLIB := target/test-hooks/release/liblibvirt_backup.a
 
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
-.PHONY: all bench deps header check-header install uninstall demo check test-rust libvirtd stage \
+.PHONY: all bench bench-scale deps header check-header install uninstall demo check test-rust libvirtd stage \
         c-tests python-tests clean FORCE install-python python-pkg-tests go-tests fuzz
 
 all: $(LIB)
@@ -141,6 +141,11 @@ bench:
 	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then \
 	    LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \
 	    $(PYTHON) bench/instant_restore.py; rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc; fi
+
+# A year of backups on one domain (SCALE_N, default 10000): List, ListChildren,
+# LookupByUUID, Delete, and another domain's CreateXML during a merge.
+bench-scale: $(LIB)
+	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) bench/scale.py
 
 check: deps
 	@$(MAKE) --no-print-directory all

@@ -131,7 +131,7 @@ impl Job {
 
     /// Stop the clock (once): the elapsed time recorded in the catalog and
     /// the one the job reports are then the same.
-    /// End of the job's work: under the catalog lock, the record says
+    /// End of the job's work: under the domain's lock, the record says
     /// completed only if `result` is Ok. Returns the outcome and the lock,
     /// which the caller keeps while it cleans up a failure, so that once a
     /// record says completed, or is gone, every file of the job is final.
@@ -142,7 +142,7 @@ impl Job {
         result: Result<()>,
         lock: JobLock,
     ) -> (Result<()>, Option<CatalogLock>) {
-        let guard = catalog.lock().ok();
+        let guard = catalog.lock_domain(&record.domain_uuid).ok();
         let result = result.and_then(|()| {
             record.state = BackupState::Completed;
             self.freeze_elapsed();

@@ -3,5 +3,6 @@
 
 pub mod bitmap;
 pub mod copy;
+pub mod disks;
 pub mod export;
 pub mod live;

@@ -11,15 +11,19 @@ use crate::error::{Error, ErrorCode, Result};
 /// restored domain is the same machine.
 use crate::flags::bits::VIR_DOMAIN_XML_SECURE;
 
-/// A domain handle the library holds a reference on.
+/// A domain handle the library holds a reference on. Clones share it: a
+/// listing hands one to each of thousands of backups, and each libvirt
+/// reference costs a call into libvirt.
 #[derive(Clone, Debug)]
 pub struct DomainRef {
-    dom: Domain,
+    dom: std::sync::Arc<Domain>,
 }
 
 impl DomainRef {
     pub fn new(dom: Domain) -> Self {
-        DomainRef { dom }
+        DomainRef {
+            dom: std::sync::Arc::new(dom),
+        }
     }
 
     /// The wrapped handle, for the C boundary that hands it back to callers.

@@ -216,9 +216,13 @@ impl Target {
                 if let Some((b, f)) = backing {
                     builder = builder.backing(path_string(b), f.as_str().to_string());
                 }
+                // The backing file is only named: nothing reads through a
+                // target while it is written (whole 64 KiB clusters, zero
+                // clusters hide the parent), and opening the chain would
+                // cost a descriptor and a cache per level.
                 let q = builder
                     .create_open(PermissiveImplicitOpenGate::default(), |img| {
-                        Ok(Qcow2::<ImagoFile>::builder(img).write(true))
+                        Ok(Qcow2::<ImagoFile>::builder(img).write(true).backing(None))
                     })
                     .map_err(io_err("cannot format target image", path))?;
                 TargetImage::Qcow2(FormatAccess::new(q))

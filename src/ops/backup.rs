@@ -1,5 +1,6 @@
 //! Managed backups: the operations behind the public API, on safe types.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::job::{self, Job};
 use crate::ops::export;
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
+use crate::store::summary::Entry;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, DefaultTarget, JobStats, UnmanagedRequest,
 };
@@ -138,38 +140,39 @@ impl Backup {
     pub fn list(dom: &DomainRef, flags: u32) -> Result<Vec<Arc<Backup>>> {
         let catalog = recovery::open_catalog()?;
         let domain_uuid = dom.uuid()?;
-        let records = recovery::list_domain(&catalog, &domain_uuid)?;
-        let chosen = filter_records(&records, records.iter().collect(), flags);
+        let entries = recovery::entries(&catalog, &domain_uuid)?;
+        let chosen = filter_entries(&entries, entries.iter().collect(), flags);
         Ok(chosen
             .into_iter()
-            .map(|r| Backup::new(r.uuid, domain_uuid, Some(dom.clone()), catalog.clone()))
+            .map(|e| Backup::new(e.uuid, domain_uuid, Some(dom.clone()), catalog.clone()))
             .collect())
     }
 
     /// `virDomainBackupListChildren`.
     pub fn list_children(&self, flags: u32) -> Result<Vec<Arc<Backup>>> {
         self.managed_only()?;
-        let records = recovery::list_domain(&self.catalog, &self.domain_uuid)?;
-        if !records.iter().any(|r| r.uuid == self.uuid) {
+        let entries = recovery::entries(&self.catalog, &self.domain_uuid)?;
+        if !entries.iter().any(|e| e.uuid == self.uuid) {
             return Err(Error::no_backup(&self.uuid.to_string()));
         }
-        let mut found: Vec<&BackupRecord> = Vec::new();
+        let children = children_of(&entries);
+        let mut found: Vec<&Entry> = Vec::new();
         let mut frontier = vec![self.uuid];
         while let Some(p) = frontier.pop() {
-            for r in records.iter().filter(|r| r.parent == Some(p)) {
-                found.push(r);
+            for e in children.get(&p).into_iter().flatten() {
+                found.push(e);
                 if flags & VIR_DOMAIN_BACKUP_LIST_DESCENDANTS != 0 {
-                    frontier.push(r.uuid);
+                    frontier.push(e.uuid);
                 }
             }
         }
-        found.sort_by_key(|r| r.created_ns);
-        let chosen = filter_records(&records, found, flags);
+        found.sort_by_key(|e| (e.created_ns, e.uuid));
+        let chosen = filter_entries(&entries, found, flags);
         Ok(chosen
             .into_iter()
-            .map(|r| {
+            .map(|e| {
                 Backup::new(
-                    r.uuid,
+                    e.uuid,
                     self.domain_uuid,
                     self.domain.clone(),
                     self.catalog.clone(),
@@ -378,8 +381,8 @@ impl Backup {
         loop {
             match recovery::reload(&self.catalog, &self.domain_uuid, &self.uuid)? {
                 // The job's process removes the record first and keeps the
-                // catalog lock until its other files are gone: wait for it.
-                None => return self.catalog.lock().map(drop),
+                // domain's lock until its other files are gone: wait for it.
+                None => return self.catalog.lock_domain(&self.domain_uuid).map(drop),
                 Some(r) if r.state == BackupState::Running => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
@@ -397,37 +400,51 @@ impl Backup {
     /// `virDomainBackupDelete`.
     pub fn delete(&self, flags: u32) -> Result<()> {
         self.managed_only()?;
-        let _guard = self.catalog.lock()?;
+        // Only this domain's lock: a merge never holds up other domains.
+        let _guard = self.catalog.lock_domain(&self.domain_uuid)?;
         let rec = self.record()?;
-        let all = recovery::list_domain(&self.catalog, &self.domain_uuid)?;
-        let doomed = doomed(&rec, &all, flags);
+        let all = recovery::entries(&self.catalog, &self.domain_uuid)?;
+        let children = children_of(&all);
+        let doomed: Vec<&Entry> = if flags & VIR_DOMAIN_BACKUP_DELETE_ALL != 0 {
+            all.iter().collect()
+        } else {
+            let Some(own) = all.iter().find(|e| e.uuid == rec.uuid) else {
+                return Err(Error::no_backup(&rec.uuid.to_string()));
+            };
+            let mut set = vec![own];
+            let mut i = 0;
+            while i < set.len() {
+                set.extend(children.get(&set[i].uuid).into_iter().flatten());
+                i += 1;
+            }
+            if flags & VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN == 0 {
+                // Only this backup goes; its children keep their data.
+                set.truncate(1);
+            }
+            set
+        };
         let metadata_only = flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0;
-        crate::ops::pins::check_delete(&self.catalog, &doomed)?;
-        if let Some(r) = doomed.iter().find(|r| r.state == BackupState::Running) {
+        let records = self.doomed_records(&rec, &doomed)?;
+        crate::ops::pins::check_delete(&self.catalog, &records.iter().collect::<Vec<_>>())?;
+        if let Some(e) = doomed.iter().find(|e| e.state == BackupState::Running) {
             return Err(Error::operation_invalid(format!(
                 "backup '{}' has a job running; abort it first",
-                r.uuid
+                e.uuid
             )));
         }
         if doomed.len() == 1 && flags & VIR_DOMAIN_BACKUP_DELETE_ALL == 0 {
-            if let Some(r) = all
-                .iter()
-                .find(|r| r.parent == Some(rec.uuid) && r.state == BackupState::Running)
-            {
-                return Err(Error::operation_invalid(format!(
-                    "child backup '{}' has a job running; abort it first",
-                    r.uuid
-                )));
-            }
-            crate::ops::merge::merge_into_children(&self.catalog, &rec, &all, metadata_only)?;
+            self.merge_before_delete(&rec, children.get(&rec.uuid), metadata_only)?;
         }
         if !metadata_only {
             // After the merge, no listed child reads through `rec` any more:
             // an image that still does is one the records do not know of.
-            recovery::check_no_backing_users(&all, &doomed)?;
+            // This reads every record of the domain: parenthood must not
+            // rest on the summary (or the records) alone.
+            let all = recovery::list_domain(&self.catalog, &self.domain_uuid)?;
+            recovery::check_no_backing_users(&all, &records.iter().collect::<Vec<_>>())?;
         }
         // Children first, so a crash midway never leaves a child without its parent.
-        for r in doomed.iter().rev() {
+        for r in records.iter().rev() {
             // A checkpoint nobody will use again only slows the guest's writes.
             if let (Some(cp), Some(dom)) = (&r.checkpoint, &self.domain) {
                 live::remove_checkpoint(dom, cp)?;
@@ -445,6 +462,47 @@ impl Backup {
         Ok(())
     }
 
+    /// The full records of the backups a delete removes (`rec` and its
+    /// descendants among `doomed`), read only for those.
+    fn doomed_records(&self, rec: &BackupRecord, doomed: &[&Entry]) -> Result<Vec<BackupRecord>> {
+        let mut out = Vec::with_capacity(doomed.len());
+        for e in doomed {
+            if e.uuid == rec.uuid {
+                out.push(rec.clone());
+            } else if let Some(r) = self.catalog.record(&self.domain_uuid, &e.uuid)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Merge `rec` into its children before it goes alone: only the
+    /// children's and the parent's records are read.
+    fn merge_before_delete(
+        &self,
+        rec: &BackupRecord,
+        children: Option<&Vec<&Entry>>,
+        metadata_only: bool,
+    ) -> Result<()> {
+        let children = children.map(|c| c.as_slice()).unwrap_or(&[]);
+        if let Some(e) = children.iter().find(|e| e.state == BackupState::Running) {
+            return Err(Error::operation_invalid(format!(
+                "child backup '{}' has a job running; abort it first",
+                e.uuid
+            )));
+        }
+        if children.is_empty() {
+            return Ok(());
+        }
+        let mut near: Vec<BackupRecord> = Vec::with_capacity(children.len() + 1);
+        for u in children.iter().map(|e| e.uuid).chain(rec.parent) {
+            if let Some(r) = self.catalog.record(&self.domain_uuid, &u)? {
+                near.push(r);
+            }
+        }
+        crate::ops::merge::merge_into_children(&self.catalog, rec, &near, metadata_only)
+    }
+
     /// `virDomainBackupRestore`.
     pub fn restore(xml: &str, flags: u32) -> Result<()> {
         crate::ops::restore::restore(xml, flags)
@@ -456,46 +514,37 @@ impl Backup {
     }
 }
 
-/// Keep only the records `flags` asks for (FULL/INCREMENTAL, LEAVES, LATEST).
-fn filter_records<'a>(
-    all: &[BackupRecord],
-    candidates: Vec<&'a BackupRecord>,
-    flags: u32,
-) -> Vec<&'a BackupRecord> {
-    let mut out: Vec<&BackupRecord> = candidates
+/// Each backup's direct children, oldest first, built once.
+fn children_of(all: &[Entry]) -> HashMap<Uuid, Vec<&Entry>> {
+    let mut map: HashMap<Uuid, Vec<&Entry>> = HashMap::new();
+    for e in all {
+        if let Some(p) = e.parent {
+            map.entry(p).or_default().push(e);
+        }
+    }
+    map
+}
+
+/// Keep only the entries `flags` asks for (FULL/INCREMENTAL, LEAVES, LATEST).
+fn filter_entries<'a>(all: &[Entry], candidates: Vec<&'a Entry>, flags: u32) -> Vec<&'a Entry> {
+    // The set of parents is built once: LEAVES stays O(N).
+    let parents: HashSet<Uuid> = match flags & VIR_DOMAIN_BACKUP_LIST_LEAVES {
+        0 => HashSet::new(),
+        _ => all.iter().filter_map(|e| e.parent).collect(),
+    };
+    let mut out: Vec<&Entry> = candidates
         .into_iter()
-        .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_FULL == 0 || r.parent.is_none())
-        .filter(|r| flags & VIR_DOMAIN_BACKUP_LIST_INCREMENTAL == 0 || r.parent.is_some())
-        .filter(|r| {
-            flags & VIR_DOMAIN_BACKUP_LIST_LEAVES == 0
-                || !all.iter().any(|c| c.parent == Some(r.uuid))
-        })
+        .filter(|e| flags & VIR_DOMAIN_BACKUP_LIST_FULL == 0 || e.parent.is_none())
+        .filter(|e| flags & VIR_DOMAIN_BACKUP_LIST_INCREMENTAL == 0 || e.parent.is_some())
+        .filter(|e| flags & VIR_DOMAIN_BACKUP_LIST_LEAVES == 0 || !parents.contains(&e.uuid))
         .collect();
     if flags & VIR_DOMAIN_BACKUP_LIST_LATEST != 0 {
-        out.sort_by_key(|r| r.created_ns);
+        out.sort_by_key(|e| (e.created_ns, e.uuid));
         out = out.pop().into_iter().collect();
     }
     out
 }
 
-/// The backups a delete of `rec` removes, parents before children.
-fn doomed<'a>(rec: &'a BackupRecord, all: &'a [BackupRecord], flags: u32) -> Vec<&'a BackupRecord> {
-    if flags & VIR_DOMAIN_BACKUP_DELETE_ALL != 0 {
-        return all.iter().collect();
-    }
-    let mut set = vec![rec];
-    let mut i = 0;
-    while i < set.len() {
-        let p = set[i].uuid;
-        set.extend(all.iter().filter(|r| r.parent == Some(p)));
-        i += 1;
-    }
-    if flags & VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN == 0 {
-        // Only this backup goes; its children keep their data.
-        set.truncate(1);
-    }
-    set
-}
 
 /// `virDomainSetDefaultTarget`.
 pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
@@ -536,7 +585,7 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> 
 pub fn undefine(dom: &DomainRef, flags: u32) -> Result<()> {
     let catalog = recovery::open_catalog()?;
     let uuid = dom.uuid()?;
-    let _guard = catalog.lock()?;
+    let _guard = catalog.lock_domain(&uuid)?;
     let records = recovery::list_domain(&catalog, &uuid)?;
     if flags & VIR_DOMAIN_UNDEFINE_BACKUP == 0 && !records.is_empty() {
         return Err(Error::operation_invalid(format!(

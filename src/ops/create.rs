@@ -16,7 +16,7 @@ use virt::connect::Connect;
 use super::files::{remove_backup, volume_connection};
 use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
 use super::recovery;
-use crate::engine::{bitmap, copy, live};
+use crate::engine::{bitmap, copy, disks, live};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::DomainRef;
@@ -91,7 +91,7 @@ pub fn create(dom: &DomainRef, xml: &str, flags: u32) -> Result<Created> {
     // again under it, and the job holds it until it ends, so a check and
     // the job it admits are one step for every thread and process (the
     // check in `prepare` only spares the planning).
-    let domain_lock = catalog.lock_domain(&prepared.record.domain_uuid)?;
+    let domain_lock = catalog.lock_domain_job(&prepared.record.domain_uuid)?;
     super::check_domain_idle(dom, &prepared.record.domain_uuid, prepared.is_live)?;
     let (targets, lock) = register(
         &catalog,
@@ -268,7 +268,7 @@ fn new_record(
     })
 }
 
-/// Register the backup under the catalog lock, creating its files, so that
+/// Register the backup under the domain's lock, creating its files, so that
 /// a failure here leaves nothing behind. Returns the open targets and the
 /// job lock. The job lock file and the record (state running, naming every
 /// target and every folder to create) are written before any of them is
@@ -281,9 +281,12 @@ fn register(
     disks: &[PlannedDisk],
     domain_lock: DomainLock,
 ) -> Result<(Vec<ImageTarget>, JobLock)> {
-    let _guard = catalog.lock()?;
+    // The domain's lock, then (only to make the UUID unique among all
+    // domains) the catalog-wide one, which no data work ever holds.
+    let _guard = catalog.lock_domain(&record.domain_uuid)?;
+    let _names = catalog.lock()?;
     let uuid = record.uuid;
-    if recovery::find(catalog, &uuid)?.is_some() || crate::job::running(&uuid).is_some() {
+    if catalog.domain_of(&uuid)?.is_some() || crate::job::running(&uuid).is_some() {
         return Err(Error::invalid_arg(format!(
             "a backup with uuid '{uuid}' already exists"
         )));
@@ -722,14 +725,15 @@ fn run_copy(
     lock: JobLock,
     conn: Option<Connect>,
 ) -> Result<()> {
-    let copy = || -> Result<()> {
-        for ((source, dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
-            let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
-            copy_disk(job, &index_path, source, dst, d)?;
-        }
-        Ok(())
-    };
-    let copied = copy();
+    let work: Vec<_> = sources
+        .into_iter()
+        .zip(targets)
+        .zip(&record.disks)
+        .collect();
+    let copied = disks::copy_disks(work, |((source, dst), d)| {
+        let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
+        copy_disk(job, &index_path, source, dst, d)
+    });
     let (result, _guard) = job.settle(catalog, &mut record, copied, lock);
     if result.is_err() {
         let _ = remove_backup(catalog, &record, conn.as_ref());

@@ -252,7 +252,7 @@ pub fn start(
     // One job per domain: the check is made again under the domain's job
     // lock, which the export holds until it ends.
     let catalog = recovery::open_catalog()?;
-    let domain_lock = catalog.lock_domain(&domain_uuid)?;
+    let domain_lock = catalog.lock_domain_job(&domain_uuid)?;
     super::check_domain_idle(dom, &domain_uuid, is_live)?;
     let scratch = catalog.private_dir(&format!(".scratch-{uuid}"))?;
     let server = start_server(dom, req, &disks, &all, &scratch, is_live).inspect_err(|_| {

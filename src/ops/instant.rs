@@ -216,9 +216,10 @@ pub fn restore(
     let to = receiver(rec, req, own)?;
     let list = overlays(rec, req, &to)?;
     let xml = definition(&to, &list)?;
-    // Held until the domain is defined: a Delete cannot slip between the
-    // pins and the domain that makes them hold.
-    let _guard = catalog.lock()?;
+    // The backup's domain lock, held until the domain is defined: a Delete
+    // (which takes it) cannot slip between the pins and the domain that
+    // makes them hold.
+    let _guard = catalog.lock_domain(&rec.domain_uuid)?;
     let paths: Vec<&Path> = list.iter().map(|o| o.path.as_path()).collect();
     let note = catalog.stage_files_of_domain(&paths, &to.uuid, &to.uri)?;
     let mut made: Vec<PathBuf> = Vec::new();

@@ -8,6 +8,7 @@
 //! backup's images are never removed while another image of the domain
 //! still reads through them.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::image::backing::backing_file;
 use crate::store::catalog::{Catalog, JobStatus, NOTE_DOMAIN, NOTE_END};
+use crate::store::summary::Entry;
 use crate::xml::backup::{BackupRecord, BackupState};
 use crate::xml::domain;
 
@@ -43,6 +45,26 @@ pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>
         }
     }
     Ok(kept)
+}
+
+/// What listing needs of each backup of a domain (its summary), oldest
+/// first, after settling dead jobs: only their records are read.
+pub fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
+    sweep_merges(catalog, domain);
+    let mut out = catalog.entries(domain)?;
+    let mut gone = HashSet::new();
+    for e in out.iter_mut().filter(|e| e.state == BackupState::Running) {
+        match reload(catalog, domain, &e.uuid)? {
+            Some(rec) => *e = Entry::of(&rec),
+            None => {
+                gone.insert(e.uuid);
+            }
+        }
+    }
+    if !gone.is_empty() {
+        out.retain(|e| !gone.contains(&e.uuid));
+    }
+    Ok(out)
 }
 
 /// Current record of a backup, if it is still in the catalog.
@@ -74,10 +96,10 @@ fn is_orphan(catalog: &Catalog, rec: &BackupRecord) -> bool {
 /// and the targets are there, else discard it with its checkpoint.
 /// Returns the record if it stays.
 fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
-    let _guard = catalog.lock()?;
+    let _guard = catalog.lock_domain(&rec.domain_uuid)?;
     // Re-check under the lock: the job may have finished meanwhile (a
     // failing job drops its lock file before it removes its record, both
-    // under the catalog lock).
+    // under the domain's lock).
     let mut cur = match catalog.record(&rec.domain_uuid, &rec.uuid)? {
         Some(cur) if is_orphan(catalog, &cur) => cur,
         other => return Ok(other),
@@ -111,14 +133,14 @@ fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRe
 }
 
 /// Remove what merges cut short by a dead process left: their temporary
-/// files and markers. Skipped while anyone holds the catalog lock (a
+/// files and markers. Skipped while anyone holds the domain's lock (a
 /// merge runs under it).
 fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
     let markers = catalog.merge_markers(domain);
     if markers.is_empty() {
         return;
     }
-    let Some(_guard) = catalog.try_lock() else {
+    let Some(_guard) = catalog.try_lock_domain(domain) else {
         return;
     };
     // `merge_markers` names only merge temporary files (an empty path else).
@@ -186,15 +208,15 @@ fn sweep_restores(catalog: &Catalog) {
 
 /// Finish the deletes of `domain` a dead process left half done (their
 /// record renamed to `<backup>.deleting`, some data maybe gone): remove what
-/// is left. Skipped while anyone holds the catalog lock (deletes run under
-/// it). A note that cannot be read is left alone: it is not listed, and
+/// is left. Skipped while anyone holds the domain's lock (deletes run
+/// under it). A note that cannot be read is left alone: it is not listed, and
 /// whatever it names is better kept than guessed.
 fn finish_deletes(catalog: &Catalog, domain: &Uuid) {
     let pending = catalog.pending_deletes(domain);
     if pending.is_empty() {
         return;
     }
-    let Some(_guard) = catalog.try_lock() else {
+    let Some(_guard) = catalog.try_lock_domain(domain) else {
         return;
     };
     for (_, rec) in catalog.pending_deletes(domain) {
@@ -292,7 +314,7 @@ mod tests {
         let dead_target = dir.path().join("dead.qcow2");
         std::fs::write(&dead_target, b"partial").unwrap();
         let dead = record(dom, dead_target.clone(), BackupState::Running);
-        cat.lock_job(&dom, &dead.uuid, cat.lock_domain(&dom).unwrap())
+        cat.lock_job(&dom, &dead.uuid, cat.lock_domain_job(&dom).unwrap())
             .unwrap()
             .leave_as_killed();
         cat.write_record(&dead).unwrap();
@@ -302,7 +324,7 @@ mod tests {
         std::fs::write(&live_target, b"in progress").unwrap();
         let live = record(dom, live_target.clone(), BackupState::Running);
         let lock = cat
-            .lock_job(&dom, &live.uuid, cat.lock_domain(&dom).unwrap())
+            .lock_job(&dom, &live.uuid, cat.lock_domain_job(&dom).unwrap())
             .unwrap();
         cat.write_record(&live).unwrap();
 

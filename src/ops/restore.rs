@@ -309,7 +309,7 @@ fn shut_off(dom: &DomainRef) -> Result<()> {
 /// any backup, export or other restore out. Taken once the request is
 /// checked, so that a refused request leaves no lock file behind.
 fn lock_for_restore(catalog: &Catalog, dom: &DomainRef) -> Result<DomainLock> {
-    let lock = catalog.lock_domain(&dom.uuid()?)?;
+    let lock = catalog.lock_domain_job(&dom.uuid()?)?;
     shut_off(dom)?;
     Ok(lock)
 }

@@ -14,7 +14,10 @@
 //! - `.restoring-<id>`           files a running restore writes from scratch
 //!   (locked by it; removed by the next process if it died)
 //! - `<domain>/default-target.xml` the persistent default target (CONFIG)
-//! - `<domain>/<backup>.<disk>.merging` the temporary file of a merge into
+//! - `<domain>/summary`           what listing needs of each record (see
+//!   `summary`), kept with the records under the domain's lock
+//! - `<domain>/`                  its flock is the domain's lock
+//! - `<domain>/merging/<backup>.<disk>` the temporary file of a merge into
 //!   that backup's disk, while it runs
 //!
 //! A record that cannot be read is an error naming the file, never skipped.
@@ -30,29 +33,46 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use super::summary::{self, Entry};
 use crate::error::{Error, Result};
 use crate::xml::backup::{BackupRecord, DefaultTarget};
 
 const DEFAULT_TARGET_FILE: &str = "default-target.xml";
+/// Folder (in a domain's) of the markers of running merges.
+const MERGING: &str = "merging";
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
     root: PathBuf,
 }
 
-/// The catalog-wide writer lock; released on drop. Re-entrant within a
-/// thread (a second flock on a new descriptor would wait for itself).
+/// A writer lock of the catalog: the catalog-wide one (taken only to
+/// register a backup's UUID) or a domain's (everything that changes the
+/// domain's records). Released on drop. Re-entrant within a thread (a
+/// second flock on a new descriptor would wait for itself). Order: a
+/// domain's lock before the catalog-wide one, never two domains at once.
 pub struct CatalogLock {
     _file: Option<File>,
+    path: PathBuf,
 }
 
 thread_local! {
-    static LOCK_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// The locks this thread holds, with their depth.
+    static HELD: std::cell::RefCell<std::collections::HashMap<PathBuf, u32>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 impl Drop for CatalogLock {
     fn drop(&mut self) {
-        LOCK_DEPTH.with(|d| d.set(d.get() - 1));
+        HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(d) = h.get_mut(&self.path) {
+                *d -= 1;
+                if *d == 0 {
+                    h.remove(&self.path);
+                }
+            }
+        });
     }
 }
 
@@ -138,6 +158,52 @@ impl Drop for JobLock {
         let _ = fs::remove_file(self.path.with_extension("cancel"));
         let _ = fs::remove_file(&self.path);
         let _ = self.file.unlock();
+    }
+}
+
+/// Take the flock of `path`: a lock file, or (`dir`) a folder, created if
+/// missing. A folder removed while we waited for it is made and locked anew.
+fn acquire(path: PathBuf, wait: bool, dir: bool) -> Result<Option<CatalogLock>> {
+    let held = HELD.with(|h| h.borrow_mut().get_mut(&path).map(|d| *d += 1).is_some());
+    if held {
+        return Ok(Some(CatalogLock { _file: None, path }));
+    }
+    let file = loop {
+        let file = match dir {
+            true => make_private_dir(&path).and_then(|()| {
+                File::open(&path).map_err(|e| Error::io("cannot open catalog folder", &path, e))
+            })?,
+            false => OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| Error::io("cannot open catalog lock", &path, e))?,
+        };
+        if wait {
+            file.lock()
+                .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
+        } else if file.try_lock().is_err() {
+            return Ok(None);
+        }
+        if !dir || same_file(&file, &path) {
+            break file;
+        }
+    };
+    HELD.with(|h| h.borrow_mut().insert(path.clone(), 1));
+    Ok(Some(CatalogLock {
+        _file: Some(file),
+        path,
+    }))
+}
+
+/// Whether `path` still names the open `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -317,42 +383,30 @@ impl Catalog {
         self.domain_dir(domain).join(backup.to_string())
     }
 
-    /// Take the writer lock (blocks while another thread or process holds it).
+    /// Take the catalog-wide lock (blocks while another thread or process
+    /// holds it). Only for what spans domains: a new backup's UUID.
     pub fn lock(&self) -> Result<CatalogLock> {
-        self.acquire(true)
+        acquire(self.root.join(".lock"), true, false)
             .map(|l| l.expect("a blocking lock is always taken"))
     }
 
-    /// The writer lock if nobody else holds it now, else `None`.
-    pub fn try_lock(&self) -> Option<CatalogLock> {
-        self.acquire(false).ok().flatten()
+    /// Take a domain's lock (the flock of its folder): held by whatever
+    /// changes the domain's records (a job registering or settling, a
+    /// delete and its merges, recovery).
+    pub fn lock_domain(&self, domain: &Uuid) -> Result<CatalogLock> {
+        acquire(self.domain_dir(domain), true, true)
+            .map(|l| l.expect("a blocking lock is always taken"))
     }
 
-    fn acquire(&self, wait: bool) -> Result<Option<CatalogLock>> {
-        if LOCK_DEPTH.with(|d| d.get()) > 0 {
-            LOCK_DEPTH.with(|d| d.set(d.get() + 1));
-            return Ok(Some(CatalogLock { _file: None }));
-        }
-        let path = self.root.join(".lock");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("cannot open catalog lock", &path, e))?;
-        if wait {
-            file.lock()
-                .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
-        } else if file.try_lock().is_err() {
-            return Ok(None);
-        }
-        LOCK_DEPTH.with(|d| d.set(d.get() + 1));
-        Ok(Some(CatalogLock { _file: Some(file) }))
+    /// A domain's lock if nobody else holds it now, else `None`.
+    pub fn try_lock_domain(&self, domain: &Uuid) -> Option<CatalogLock> {
+        acquire(self.domain_dir(domain), false, true).ok().flatten()
     }
 
     /// Note, before a merge writes `tmp` for a disk of `child`, where that
     /// temporary file is: if the process dies, the next reader removes it.
     pub fn mark_merge(&self, child: &BackupRecord, disk: &str, tmp: &Path) -> Result<()> {
+        make_private_dir(&self.merge_dir(&child.domain_uuid))?;
         let path = self.merge_marker(child, disk);
         write_atomic(&path, tmp.as_os_str().as_encoded_bytes())
     }
@@ -362,14 +416,20 @@ impl Catalog {
         let _ = fs::remove_file(self.merge_marker(child, disk));
     }
 
+    /// Markers live in a folder of their own: looking for them on every
+    /// listing must not read a folder of thousands of records.
     fn merge_marker(&self, child: &BackupRecord, disk: &str) -> PathBuf {
-        self.domain_dir(&child.domain_uuid)
-            .join(format!("{}.{disk}.merging", child.uuid))
+        self.merge_dir(&child.domain_uuid)
+            .join(format!("{}.{disk}", child.uuid))
+    }
+
+    fn merge_dir(&self, domain: &Uuid) -> PathBuf {
+        self.domain_dir(domain).join(MERGING)
     }
 
     /// Take the job lock of `domain`, or fail with `OPERATION_INVALID` if
     /// a job of any kind holds it, in this process or another.
-    pub fn lock_domain(&self, domain: &Uuid) -> Result<DomainLock> {
+    pub fn lock_domain_job(&self, domain: &Uuid) -> Result<DomainLock> {
         let dir = self.root.join(DOMAIN_LOCKS);
         make_private_dir(&dir)?;
         let path = dir.join(domain.to_string());
@@ -386,7 +446,7 @@ impl Catalog {
     }
 
     /// Take the job lock of a new backup, keeping the domain's job lock for
-    /// the job's lifetime. Call with the catalog lock held.
+    /// the job's lifetime. Call with the domain's catalog lock held.
     pub fn lock_job(&self, domain: &Uuid, backup: &Uuid, held: DomainLock) -> Result<JobLock> {
         let dir = self.domain_dir(domain);
         make_private_dir(&dir)?;
@@ -428,20 +488,79 @@ impl Catalog {
         damaged(&self.record_path(&rec.domain_uuid, &rec.uuid), why)
     }
 
+    /// Write a backup's record, and note it in the domain's summary.
     pub fn write_record(&self, rec: &BackupRecord) -> Result<()> {
         let dir = self.domain_dir(&rec.domain_uuid);
         make_private_dir(&dir)?;
+        let _guard = self.lock_domain(&rec.domain_uuid)?;
+        self.note_pending(&rec.domain_uuid, &rec.uuid)?;
         write_atomic(
             &self.record_path(&rec.domain_uuid, &rec.uuid),
             rec.to_catalog_xml().as_bytes(),
-        )
+        )?;
+        summary::note_written(&dir, &Entry::of(rec))?;
+        self.compact_summary(&rec.domain_uuid)
+    }
+
+    /// Note in the summary that a record is about to change, writing the
+    /// summary first if it is missing (the domain's first backup, or a
+    /// catalog from before summaries). Domain lock held.
+    fn note_pending(&self, domain: &Uuid, backup: &Uuid) -> Result<()> {
+        let dir = self.domain_dir(domain);
+        if !summary::note_pending(&dir, backup)? {
+            self.write_summary(domain, true)?;
+            summary::note_pending(&dir, backup)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the summary of a domain left without records (a refused or
+    /// failed first backup leaves nothing behind). Only a short summary can
+    /// be empty, so a long one is not read. Domain lock held.
+    fn drop_empty_summary(&self, domain: &Uuid) -> Result<()> {
+        let path = summary::path(&self.domain_dir(domain));
+        if fs::metadata(&path).map_or(true, |m| m.len() > 4096) {
+            return Ok(());
+        }
+        let empty = match summary::read(&self.domain_dir(domain))? {
+            Some(r) => self.settle_pending(domain, r)?.is_empty(),
+            None => false,
+        };
+        match empty {
+            true => remove_if_exists(&path),
+            false => Ok(()),
+        }
+    }
+
+    /// Rewrite a long summary log as its entries. Domain lock held.
+    fn compact_summary(&self, domain: &Uuid) -> Result<()> {
+        let dir = self.domain_dir(domain);
+        if !summary::wants_compaction(&dir) {
+            return Ok(());
+        }
+        match summary::read(&dir)? {
+            Some(r) => {
+                let entries = self.settle_pending(domain, r)?;
+                write_atomic(
+                    &summary::path(&dir),
+                    summary::render(entries.values()).as_bytes(),
+                )
+            }
+            None => self.write_summary(domain, true).map(drop),
+        }
     }
 
     /// Forget a backup; its data files stay.
     pub fn remove_record(&self, rec: &BackupRecord) -> Result<()> {
+        let dir = self.domain_dir(&rec.domain_uuid);
+        let _guard = self.lock_domain(&rec.domain_uuid)?;
+        self.note_pending(&rec.domain_uuid, &rec.uuid)?;
         let path = self.record_path(&rec.domain_uuid, &rec.uuid);
         remove_if_exists(&path)?;
-        sync_dir(&self.domain_dir(&rec.domain_uuid));
+        sync_dir(&dir);
+        summary::note_removed(&dir, &rec.uuid)?;
+        self.compact_summary(&rec.domain_uuid)?;
+        self.drop_empty_summary(&rec.domain_uuid)?;
         // The indexes go after the record: an index without a record is
         // never read, a record without its index would be a broken parent.
         let index = self.index_dir(&rec.domain_uuid, &rec.uuid);
@@ -549,7 +668,8 @@ impl Catalog {
     }
 
     /// The records of one domain as stored (a dead job's record still says
-    /// running: `ops::recovery` resolves those), oldest first.
+    /// running: `ops::recovery` resolves those), oldest first. Reads and
+    /// parses every record: listing uses `entries`.
     pub fn records(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
         let dir = self.domain_dir(domain);
         let entries = match fs::read_dir(&dir) {
@@ -580,6 +700,63 @@ impl Catalog {
         Self::read_record(&self.record_path(domain, backup))
     }
 
+    /// What listing needs of each record of a domain, oldest first, from
+    /// the domain's summary (rebuilt from the records when it is missing or
+    /// damaged). A dead job's entry still says running: `ops::recovery`
+    /// resolves those.
+    pub fn entries(&self, domain: &Uuid) -> Result<Vec<Entry>> {
+        let dir = self.domain_dir(domain);
+        let replayed = match summary::read(&dir)? {
+            Some(r) => r,
+            None if !dir.is_dir() => return Ok(Vec::new()),
+            None => {
+                // Damaged, or left behind by a crash or an older version.
+                let _guard = self.lock_domain(domain)?;
+                match summary::read(&dir)? {
+                    Some(r) => r,
+                    None => self.write_summary(domain, false)?,
+                }
+            }
+        };
+        let mut out = self.settle_pending(domain, replayed)?.into_vec();
+        // Nearly sorted already: the log keeps the order records came in.
+        out.sort_by_key(|e| (e.created_ns, e.uuid));
+        Ok(out)
+    }
+
+    /// The entries of a replayed summary, with the records it says were
+    /// about to change read back.
+    fn settle_pending(&self, domain: &Uuid, r: summary::Replayed) -> Result<summary::Entries> {
+        let mut map = r.entries;
+        for u in r.pending {
+            match self.record(domain, &u)? {
+                Some(rec) => map.insert(Entry::of(&rec)),
+                None => map.remove(&u),
+            };
+        }
+        Ok(map)
+    }
+
+    /// Write a domain's summary from its records (when `always`, or when
+    /// there are records: a domain without any keeps no file). Domain lock
+    /// held.
+    fn write_summary(&self, domain: &Uuid, always: bool) -> Result<summary::Replayed> {
+        let dir = self.domain_dir(domain);
+        let entries: summary::Entries = self.records(domain)?.iter().map(Entry::of).collect();
+        if always || !entries.is_empty() {
+            make_private_dir(&dir)?;
+            write_atomic(
+                &summary::path(&dir),
+                summary::render(entries.values()).as_bytes(),
+            )?;
+        }
+        Ok(summary::Replayed {
+            lines: entries.len(),
+            entries,
+            pending: Vec::new(),
+        })
+    }
+
     /// The domain a backup of any domain belongs to.
     pub fn domain_of(&self, backup: &Uuid) -> Result<Option<Uuid>> {
         Ok(self
@@ -598,13 +775,12 @@ impl Catalog {
     /// marker that names anything but a merge's own temporary file (damaged
     /// or edited) names nothing: it must never lead to an image's removal.
     pub fn merge_markers(&self, domain: &Uuid) -> Vec<(PathBuf, PathBuf)> {
-        let Ok(entries) = fs::read_dir(self.domain_dir(domain)) else {
+        let Ok(entries) = fs::read_dir(self.merge_dir(domain)) else {
             return Vec::new();
         };
         entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "merging"))
             .map(|m| {
                 let tmp = fs::read(&m).unwrap_or_default();
                 let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
@@ -664,6 +840,8 @@ impl Catalog {
         }
         remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
         let _ = fs::remove_file(self.root.join(DOMAIN_LOCKS).join(domain.to_string()));
+        remove_if_exists(&summary::path(&self.domain_dir(domain)))?;
+        let _ = fs::remove_dir(self.merge_dir(domain));
         let _ = fs::remove_dir(self.domain_dir(domain));
         Ok(())
     }
@@ -780,12 +958,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::at(dir.path().join("cat")).unwrap();
         let dom = Uuid::new_v4();
-        let held = cat.lock_domain(&dom).unwrap();
-        let e = cat.lock_domain(&dom).unwrap_err();
+        let held = cat.lock_domain_job(&dom).unwrap();
+        let e = cat.lock_domain_job(&dom).unwrap_err();
         assert!(e.message.contains("already has a backup job"));
-        assert!(cat.lock_domain(&Uuid::new_v4()).is_ok());
+        assert!(cat.lock_domain_job(&Uuid::new_v4()).is_ok());
         drop(held);
-        cat.lock_domain(&dom).unwrap();
+        cat.lock_domain_job(&dom).unwrap();
     }
 
     #[test]
@@ -854,5 +1032,141 @@ mod tests {
         assert_eq!(mode(cat.root()), 0o700);
         assert_eq!(mode(&cat.domain_dir(&dom)), 0o700);
         assert_eq!(mode(&cat.record_path(&dom, &rec.uuid)), 0o600);
+    }
+
+    fn listed(cat: &Catalog, dom: &Uuid) -> Vec<(Uuid, Option<Uuid>, u8)> {
+        let mut v: Vec<_> = cat
+            .entries(dom)
+            .unwrap()
+            .iter()
+            .map(|e| (e.uuid, e.parent, e.state as u8))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn from_records(cat: &Catalog, dom: &Uuid) -> Vec<(Uuid, Option<Uuid>, u8)> {
+        let mut v: Vec<_> = cat
+            .records(dom)
+            .unwrap()
+            .iter()
+            .map(|r| (r.uuid, r.parent, r.state as u8))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn summary_follows_the_records_and_survives_crashes_between_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let sum = summary::path(&cat.domain_dir(&dom));
+        let mut a = record(dom, dir.path().join("a"), BackupState::Running);
+        // Listing a domain without backups writes nothing.
+        assert!(listed(&cat, &dom).is_empty());
+        assert!(!cat.domain_dir(&dom).exists());
+        // The first record writes the summary.
+        cat.write_record(&a).unwrap();
+        assert!(sum.exists());
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        // One from before summaries (or lost) is rewritten by the next
+        // listing, or the next write.
+        std::fs::remove_file(&sum).unwrap();
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        assert!(sum.exists());
+        // Later changes are appended to it.
+        a.state = BackupState::Completed;
+        cat.write_record(&a).unwrap();
+        let mut b = record(dom, dir.path().join("b"), BackupState::Completed);
+        b.parent = Some(a.uuid);
+        cat.write_record(&b).unwrap();
+        let c = record(dom, dir.path().join("c"), BackupState::Completed);
+        cat.write_record(&c).unwrap();
+        cat.remove_record(&c).unwrap();
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        assert_eq!(listed(&cat, &dom).len(), 2);
+
+        // A crash after the note and the record change, before the answer:
+        // the record itself is read back.
+        let text = std::fs::read_to_string(&sum).unwrap();
+        let mut b2 = b.clone();
+        b2.parent = None;
+        summary::note_pending(&cat.domain_dir(&dom), &b.uuid).unwrap();
+        write_atomic(
+            &cat.record_path(&dom, &b.uuid),
+            b2.to_catalog_xml().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        // The same for a removal, and for a new record.
+        let d = record(dom, dir.path().join("d"), BackupState::Completed);
+        summary::note_pending(&cat.domain_dir(&dom), &d.uuid).unwrap();
+        write_atomic(
+            &cat.record_path(&dom, &d.uuid),
+            d.to_catalog_xml().as_bytes(),
+        )
+        .unwrap();
+        summary::note_pending(&cat.domain_dir(&dom), &a.uuid).unwrap();
+        std::fs::remove_file(cat.record_path(&dom, &a.uuid)).unwrap();
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+
+        // A line cut short is dropped; the next writer starts over.
+        std::fs::write(&sum, format!("{text}? 1234")).unwrap();
+        assert_eq!(listed(&cat, &dom).len(), 2); // as the old text says
+        cat.write_record(&b).unwrap();
+        assert!(!std::fs::read_to_string(&sum).unwrap().contains("? 1234"));
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        // A damaged or foreign summary is rebuilt from the records.
+        std::fs::write(&sum, "garbage\n").unwrap();
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        assert!(
+            std::fs::read_to_string(&sum)
+                .unwrap()
+                .starts_with("LVBKSUM1 ")
+        );
+    }
+
+    #[test]
+    fn a_long_summary_log_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let mut a = record(dom, dir.path().join("a"), BackupState::Completed);
+        let sum = summary::path(&cat.domain_dir(&dom));
+        let mut longest = 0;
+        for i in 0..300 {
+            a.created_ns = i;
+            cat.write_record(&a).unwrap();
+            longest = longest.max(std::fs::read_to_string(&sum).unwrap().lines().count());
+        }
+        // Two lines a write, rewritten as one entry every few dozen writes.
+        assert!(longest < 200, "{longest} lines");
+        assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
+        assert_eq!(cat.entries(&dom).unwrap()[0].created_ns, 299);
+    }
+
+    #[test]
+    fn domain_locks_exclude_the_same_domain_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().to_path_buf()).unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let held = cat.lock_domain(&a).unwrap();
+        let again = cat.lock_domain(&a).unwrap(); // re-entrant in this thread
+        let cat2 = cat.clone();
+        std::thread::spawn(move || {
+            assert!(cat2.try_lock_domain(&a).is_none());
+            assert!(cat2.try_lock_domain(&b).is_some());
+            // The catalog-wide lock is free too.
+            drop(cat2.lock().unwrap());
+        })
+        .join()
+        .unwrap();
+        drop(again);
+        drop(held);
+        let cat3 = cat.clone();
+        std::thread::spawn(move || assert!(cat3.try_lock_domain(&a).is_some()))
+            .join()
+            .unwrap();
     }
 }

@@ -4,3 +4,4 @@
 pub mod catalog;
 pub mod index;
 pub mod pins;
+pub mod summary;

@@ -1,0 +1,364 @@
+"""Scale benchmark (`make bench-scale`): a catalog the size of a year of
+backups, and what a host with many domains does to locks.
+
+Rows, each with its target:
+- List, ListChildren, LookupByUUID and every LIST_* flag on one domain with
+  SCALE_N backups (default 10,000; chains of 30: a full then 29
+  incrementals), warm (best of several calls in one process) and cold (the
+  first call of a new process), at 1/10, 3/10 and all of SCALE_N to show the
+  growth;
+- Delete of one leaf at SCALE_N;
+- CreateXML and List latency of domain B while a Delete of domain A merges
+  SCALE_MERGE_MB (default 256) MiB into its child, against B alone;
+- a backup of 4 disks of SCALE_PARALLEL_MB (default 256) MiB in memory with
+  LIBVIRT_BACKUP_WORKERS=1 against the default number of workers.
+
+The catalog of one domain is grown from two real backups (a full and an
+incremental taken through the API): their records are copied with new
+UUIDs, parents and times, without data files (listing never reads them).
+The library is $LIBVIRT_BACKUP_LIB (the Makefile names build/'s); run the
+same script against another build to compare.
+"""
+
+import ctypes
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+from ctypes import byref, c_void_p
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python-tests"))
+import conftest as ct  # noqa: E402  (bindings shared with the tests)
+
+MiB = 1 << 20
+N = int(os.environ.get("SCALE_N", "10000"))
+CHAIN = 30
+MERGE_MB = int(os.environ.get("SCALE_MERGE_MB", "256"))
+WARM_RUNS = int(os.environ.get("SCALE_RUNS", "11"))
+PAR_MB = int(os.environ.get("SCALE_PARALLEL_MB", "256"))
+COLD_RUNS = int(os.environ.get("SCALE_COLD_RUNS", "3"))
+
+# A domain definition of a realistic size (records embed it).
+DEVICES = "".join([
+    "<interface type='network'><source network='default'/>"
+    f"<mac address='52:54:00:00:00:{i:02x}'/><model type='virtio'/></interface>"
+    for i in range(4)
+] + ["<serial type='pty'><target port='0'/></serial>",
+     "<console type='pty'><target type='serial' port='0'/></console>",
+     "<input type='tablet' bus='usb'/>", "<graphics type='vnc' port='-1'/>",
+     "<video><model type='vga' vram='16384' heads='1'/></video>",
+     "<memballoon model='virtio'/>"])
+
+rows = []
+
+
+def row(name, value, target, ok, note=""):
+    rows.append((name, value, target, "met" if ok else "MISSED", note))
+    print(f"  {name}: {value} (target {target}) {note}", flush=True)
+
+
+def ms(s):
+    return f"{s * 1000:.1f} ms"
+
+
+class Catalog:
+    """One domain on a test-driver node file, with its backups' records."""
+
+    def __init__(self, work):
+        self.work = work
+        self.root = os.path.join(work, "catalog")
+        os.environ["LIBVIRT_BACKUP_DIR"] = self.root
+        name = "scale-" + uuidlib.uuid4().hex[:8]
+        disk = ct.make_disk(os.path.join(work, name + ".raw"), 4 * MiB, "raw",
+                            [(0, MiB, 0xAB)])
+        self.uuid = str(uuidlib.uuid4())
+        self.uri = ct.write_node_file(os.path.join(work, "node.xml"),
+                                      [(name, self.uuid, [("vda", disk, "raw")])])
+        node = open(os.path.join(work, "node.xml")).read()
+        with open(os.path.join(work, "node.xml"), "w") as f:
+            f.write(node.replace("</devices>", DEVICES + "</devices>"))
+        self.conn = ct.virt.virConnectOpen(self.uri.encode())
+        self.dom = ct.virt.virDomainLookupByName(self.conn, name.encode())
+        assert self.dom, "no bench domain"
+        self.dir = os.path.join(self.root, self.uuid)
+        full = ct.create(self.dom, "<domainbackup/>")
+        full_id = ct.backup_uuid(full)
+        ct.write_disk(disk, "raw", [(2 * MiB, 64 * 1024, 0x11)])
+        inc = ct.create(self.dom, ct.backup_xml_for(parent=full_id))
+        inc_id = ct.backup_uuid(inc)
+        ct.free(full)
+        ct.free(inc)
+        self.full_tpl = (full_id, open(os.path.join(self.dir, full_id + ".xml")).read())
+        self.inc_tpl = (inc_id, open(os.path.join(self.dir, inc_id + ".xml")).read(),
+                        full_id)
+        self.ids = []
+
+    def fill(self, n):
+        """Replace the domain's backups with n synthetic ones in chains."""
+        for f in os.listdir(self.dir):
+            p = os.path.join(self.dir, f)
+            shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
+        base_ns = time.time_ns() - n * 10**9
+        ns_re = re.compile(r"(<created ns=')(\d+)(')")
+        ids, parent = [], None
+        for i in range(n):
+            new = str(uuidlib.uuid4())
+            if i % CHAIN == 0:
+                tpl_id, text = self.full_tpl
+                text = text.replace(tpl_id, new)
+                parent = None
+            else:
+                tpl_id, text, tpl_parent = self.inc_tpl
+                text = text.replace(tpl_id, new).replace(tpl_parent, parent)
+            text = ns_re.sub(lambda m: f"{m[1]}{base_ns + i * 10**9}{m[3]}", text)
+            with open(os.path.join(self.dir, new + ".xml"), "w") as f:
+                f.write(text)
+            # What a real backup leaves next to its record.
+            os.mkdir(os.path.join(self.dir, new + ".index"))
+            os.mkdir(os.path.join(self.dir, new))
+            ids.append(new)
+            parent = new
+        self.ids = ids
+
+
+def list_call(func, obj, flags):
+    """One List-shaped call; returns (seconds, count). Handles freed after."""
+    arr = ct.BackupArray()
+    t = time.perf_counter()
+    n = func(obj, byref(arr), flags)
+    t = time.perf_counter() - t
+    assert n >= 0, ct.last_error()
+    for i in range(n):
+        ct.lib.virDomainBackupFree(arr[i])
+    ct.libc.free(ctypes.cast(arr, c_void_p))
+    return t, n
+
+
+def best(fn, runs=WARM_RUNS):
+    return min(fn() for _ in range(runs))
+
+
+COLD = """
+import ctypes, sys, time
+sys.path.insert(0, {tests!r})
+import conftest as ct
+conn = ct.virt.virConnectOpen({uri!r}.encode())
+dom = ct.virt.virDomainLookupByUUIDString(conn, {dom!r}.encode())
+arr = ct.BackupArray()
+t = time.perf_counter()
+n = ct.lib.virDomainBackupList(dom, ctypes.byref(arr), 0)
+t1 = time.perf_counter() - t
+t = time.perf_counter()
+b = ct.lib.virDomainBackupLookupByUUID({some!r}.encode(), 0)
+t2 = time.perf_counter() - t
+assert n > 0 and b, ct.last_error()
+print(t1, t2)
+"""
+
+
+def cold(cat):
+    """First List and first LookupByUUID of fresh processes."""
+    script = COLD.format(tests=os.path.join(os.path.dirname(HERE), "python-tests"),
+                         uri=cat.uri, dom=cat.uuid, some=cat.ids[len(cat.ids) // 2])
+    out = []
+    for _ in range(COLD_RUNS):
+        p = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                           text=True, env=os.environ)
+        assert p.returncode == 0, p.stderr
+        out.append(tuple(float(x) for x in p.stdout.split()))
+    return min(o[0] for o in out), min(o[1] for o in out)
+
+
+def listing(cat, n, final):
+    cat.fill(n)
+    lib = ct.lib
+    t = time.perf_counter()
+    _, count = list_call(lib.virDomainBackupList, cat.dom, 0)
+    first = time.perf_counter() - t
+    assert count == n, (count, n)
+    print(f"N={n}: first List after the records were written {ms(first)}", flush=True)
+    warm = best(lambda: list_call(lib.virDomainBackupList, cat.dom, 0)[0])
+    cold_list, cold_lookup = cold(cat)
+    leaf = lib.virDomainBackupLookupByUUID(cat.ids[-1].encode(), 0)
+    t = time.perf_counter()
+    ct.delete(leaf)
+    t = time.perf_counter() - t
+    ct.free(leaf)
+    res = {"warm": warm, "cold": cold_list, "delete": t}
+    if not final:
+        return res
+    flags = [("LIST_FULL", ct.LIST_FULL), ("LIST_INCREMENTAL", ct.LIST_INCREMENTAL),
+             ("LIST_LEAVES", ct.LIST_LEAVES), ("LIST_LATEST", ct.LIST_LATEST),
+             ("LIST_LEAVES|LIST_FULL", ct.LIST_LEAVES | ct.LIST_FULL)]
+    row(f"List, {n} backups, warm", ms(warm), "< 20 ms", warm < 0.020)
+    row(f"List, {n} backups, cold (first call of a process)", ms(cold_list), "< 100 ms",
+        cold_list < 0.100)
+    for name, f in flags:
+        t = best(lambda: list_call(lib.virDomainBackupList, cat.dom, f)[0])
+        row(f"List {name}, {n} backups, warm", ms(t), "< 20 ms", t < 0.020)
+    root = lib.virDomainBackupLookupByUUID(cat.ids[-CHAIN].encode(), 0)
+    assert root, ct.last_error()
+    for name, f in [("0", 0), ("DESCENDANTS", ct.LIST_DESCENDANTS),
+                    ("DESCENDANTS|LEAVES", ct.LIST_DESCENDANTS | ct.LIST_LEAVES)]:
+        t = best(lambda: list_call(lib.virDomainBackupListChildren, root, f)[0])
+        row(f"ListChildren {name} of a chain root, {n} backups", ms(t), "< 20 ms",
+            t < 0.020)
+    ct.free(root)
+
+    def lookup():
+        t = time.perf_counter()
+        b = lib.virDomainBackupLookupByUUID(cat.ids[n // 2].encode(), 0)
+        t = time.perf_counter() - t
+        assert b, ct.last_error()
+        ct.free(b)
+        return t
+    t = best(lookup)
+    row(f"LookupByUUID, {n} backups, warm", ms(t), "< 20 ms", t < 0.020)
+    row(f"LookupByUUID, {n} backups, cold", ms(cold_lookup), "< 100 ms", cold_lookup < 0.100)
+
+    return res
+
+
+def merge_row(work):
+    """CreateXML of domain B while domain A's Delete merges MERGE_MB MiB."""
+    root = os.path.join(work, "merge-catalog")
+    os.environ["LIBVIRT_BACKUP_DIR"] = root
+    size = MERGE_MB * MiB
+    a_disk = ct.make_disk(os.path.join(work, "a.raw"), size, "raw",
+                          [(0, size, 0x3C)])
+    b_disk = ct.make_disk(os.path.join(work, "b.raw"), 4 * MiB, "raw", [(0, MiB, 0x42)])
+    ids = [str(uuidlib.uuid4()), str(uuidlib.uuid4())]
+    uri = ct.write_node_file(os.path.join(work, "merge-node.xml"),
+                             [("scale-a", ids[0], [("vda", a_disk, "raw")]),
+                              ("scale-b", ids[1], [("vda", b_disk, "raw")])])
+    conn = ct.virt.virConnectOpen(uri.encode())
+    dom_a = ct.virt.virDomainLookupByName(conn, b"scale-a")
+    dom_b = ct.virt.virDomainLookupByName(conn, b"scale-b")
+    full = ct.create(dom_a, "<domainbackup/>")
+    ct.write_disk(a_disk, "raw", [(MiB, 4 * MiB, 0x77)])
+    inc = ct.create(dom_a, ct.backup_xml_for(parent=ct.backup_uuid(full)))
+    ct.free(inc)
+
+    def b_create():
+        t = time.perf_counter()
+        b = ct.create(dom_b, "<domainbackup/>")
+        t = time.perf_counter() - t
+        ct.delete(b)
+        ct.free(b)
+        return t
+
+    def b_list():
+        return list_call(ct.lib.virDomainBackupList, dom_b, 0)[0]
+    alone = [b_create() for _ in range(5)]
+    alone_list = [b_list() for _ in range(5)]
+    done = threading.Event()
+    took = []
+
+    def merge():
+        t = time.perf_counter()
+        ct.delete(full)
+        took.append(time.perf_counter() - t)
+        done.set()
+    th = threading.Thread(target=merge)
+    th.start()
+    time.sleep(0.05)
+    during, during_list = [], []
+    while not done.is_set():
+        during.append(b_create())
+        during_list.append(b_list())
+    th.join()
+    ct.free(full)
+    for what, a, d in (("CreateXML", alone, during), ("List", alone_list, during_list)):
+        worst, base = max(d), max(a)
+        row(f"{what} of domain B during a {MERGE_MB} MiB merge of domain A, worst of "
+            f"{len(d)}", ms(worst), f"<= worst of B alone ({ms(base)}) + 5 ms",
+            worst <= base + 0.005,
+            f"merge took {took[0]:.2f} s; B alone {ms(min(a))}-{ms(base)}, "
+            f"during: median {ms(statistics.median(d))}")
+
+
+def parallel_row(work):
+    """A 4-disk backup with one worker against the default, in memory
+    (/dev/shm) so that the storage is not what limits it."""
+    shm = tempfile.mkdtemp(prefix="bench-scale-", dir="/dev/shm")
+    try:
+        os.environ["LIBVIRT_BACKUP_DIR"] = os.path.join(shm, "catalog")
+        size = PAR_MB * MiB
+        disks = [(f"vd{c}", ct.make_disk(os.path.join(shm, f"p{c}.raw"), size, "raw",
+                                         [(0, size, 0x21 + i)]), "raw")
+                 for i, c in enumerate("abcd")]
+        uri = ct.write_node_file(os.path.join(shm, "par-node.xml"),
+                                 [("scale-par", str(uuidlib.uuid4()), disks)])
+        conn = ct.virt.virConnectOpen(uri.encode())
+        dom = ct.virt.virDomainLookupByName(conn, b"scale-par")
+
+        def once():
+            t = time.perf_counter()
+            b = ct.create(dom, "<domainbackup/>")
+            t = time.perf_counter() - t
+            ct.delete(b)
+            ct.free(b)
+            return t
+        times = {}
+        for workers in ("1", ""):
+            os.environ["LIBVIRT_BACKUP_WORKERS"] = workers
+            times[workers] = best(once, 3)
+        os.environ.pop("LIBVIRT_BACKUP_WORKERS")
+        speedup = times["1"] / times[""]
+        row(f"4-disk backup ({PAR_MB} MiB each, in memory): one worker / default",
+            f"{speedup:.2f}x", ">= 1.6x", speedup >= 1.6,
+            f"one worker {times['1']:.2f} s, default ({os.cpu_count()} cores) "
+            f"{times['']:.2f} s")
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="bench-scale-", dir=os.environ.get("BENCH_DIR"))
+    try:
+        print(f"libvirt-backup scale benchmark: {N} backups, chains of {CHAIN}; "
+              f"library {ct.LIB_PATH}", flush=True)
+        cat = Catalog(work)
+        sizes = sorted({max(N // 10, CHAIN), max(3 * N // 10, CHAIN), N})
+        res = {}
+        for n in sizes:
+            res[n] = listing(cat, n, n == N)
+        if n == N:
+            d = res[n]["delete"]
+            row(f"Delete of one leaf, {n} backups", ms(d), "< 50 ms", d < 0.050)
+        small = sizes[0]
+        for kind in ("warm", "cold"):
+            per = {k: v[kind] / k * 1e6 for k, v in res.items()}
+            row(f"List {kind}: cost per backup at " + "/".join(map(str, per)),
+                " / ".join(f"{v:.2f} us" for v in per.values()),
+                f"<= {(20 if kind == 'warm' else 100) * 1000 / N:.1f} us at {N}",
+                per[N] * N <= (0.020 if kind == "warm" else 0.100) * 1e6,
+                f"time at {N} / time at {small}: "
+                f"{res[N][kind] / max(res[small][kind], 1e-9):.1f}x")
+        d = {k: v["delete"] for k, v in res.items()}
+        row("Delete of a leaf at " + "/".join(map(str, d)),
+            " / ".join(ms(v) for v in d.values()), f"at {N} <= 2x at {small}",
+            d[N] <= 2 * d[small])
+        if MERGE_MB:
+            merge_row(work)
+        if PAR_MB:
+            parallel_row(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print("| row | value | target | result | notes")
+    print("| --- | --- | --- | --- | ---")
+    for r in rows:
+        print("| " + " | ".join(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
