@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
-use crate::image::disk::{Extent, Source, Target};
+use crate::image::disk::{Chain, Extent, Source, Target};
 use crate::job::Progress;
 use crate::store::index::{
     DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, ZERO_DIGEST, digest,
@@ -433,7 +433,8 @@ pub fn ensure_index(
             Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid))
         })?;
     catalog.create_index_dir(&rec.domain_uuid, &rec.uuid)?;
-    let src = Source::open(&d.target, d.format)?;
+    let chain = catalog.recorded_chain(rec, disk)?;
+    let src = Source::open(&d.target, d.format, Chain::Recorded(&chain))?;
     let tmp = path.with_extension("b3.tmp");
     let built = IndexWriter::create(&tmp, src.size()).and_then(|mut w| {
         build_index(&src, &mut w)?;

@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::hv::storage_pool;
-use crate::image::disk::{Source, Target as ImageTarget};
+use crate::image::disk::{Chain, Source, Target as ImageTarget};
 use crate::job::{self, Job};
 use crate::ops::export;
 use crate::store::catalog::{Catalog, JobLock};
@@ -168,6 +168,9 @@ impl Backup {
                     choose_live_mode(dom, parent, p, &dom_disks, flags)?;
                 } else {
                     choose_mode(&catalog, parent, p, flags)?;
+                }
+                if p.record.mode == BackupMode::Incremental {
+                    p.record.backing = catalog.chain_from(parent, &p.record.name)?;
                 }
             }
         }
@@ -792,7 +795,8 @@ fn planned_disk(
             None => (catalog.data_dir(domain, backup).join(file_name), None),
         },
     };
-    let src = Source::open(&source, source_format)?;
+    // The format libvirt's definition states (raw when it states none).
+    let src = Source::open(&source, source_format, Chain::Header)?;
     Ok(Some(PlannedDisk {
         record: DiskRecord {
             name: d.name.clone(),
@@ -803,6 +807,7 @@ fn planned_disk(
             mode: BackupMode::Full,
             virtual_size: src.size(),
             volume,
+            backing: Vec::new(),
         },
         source: src,
         baseline: None,

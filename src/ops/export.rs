@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::engine::export::{ExportDisk, StorageDaemonExport};
+use crate::image::disk::Chain;
+use crate::ops::export_access;
 use crate::engine::live;
 use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
@@ -133,6 +135,7 @@ pub fn start(
     parent: Option<BackupRecord>,
     quiesce: bool,
 ) -> Result<Arc<Export>> {
+    export_access::check_server(req)?;
     let domain_uuid = dom.uuid()?;
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
@@ -182,6 +185,10 @@ pub fn start(
     let server = started.inspect_err(|_| {
         let _ = fs::remove_dir_all(&scratch);
     })?;
+    if let Err(e) = export_access::restrict_socket(&req.server) {
+        end_server(dom, &server);
+        return Err(e);
+    }
     let export = Arc::new(Export {
         uuid,
         domain_uuid,
@@ -221,7 +228,7 @@ fn changes_since(
     }
     let base = parent.disks.iter().find(|x| x.name == d.name);
     let size = match d.source.as_deref() {
-        Some(p) => crate::image::disk::Source::open(p, d.image_format()?)?.size(),
+        Some(p) => crate::image::disk::Source::open(p, d.image_format()?, Chain::Header)?.size(),
         None => 0,
     };
     let found = if is_live {
@@ -296,7 +303,7 @@ fn changes_overlay(
             d.name, parent.uuid, e.message
         ))
     })?;
-    let src = crate::image::disk::Source::open(image, format)?;
+    let src = crate::image::disk::Source::open(image, format, Chain::Header)?;
     let size = src.size().to_string();
     let runs = crate::engine::copy::changed_ranges(&src, &mut IndexReader::open(&index)?)?;
     drop(src);
@@ -307,7 +314,8 @@ fn changes_overlay(
         "qemu-img",
         [os("create"), os("-q"), os("-f"), os("qcow2"), m, os(&size)],
     )?;
-    run("qemu-img", [os("bitmap"), os("--add"), m, os(bitmap)])?;
+    let q = [os("-f"), os("qcow2")];
+    run("qemu-img", [os("bitmap"), os("--add")].into_iter().chain(q).chain([m, os(bitmap)]))?;
     // One qemu-io per batch keeps each command line short.
     for batch in runs.chunks(512) {
         let mut args: Vec<String> = vec!["-f".into(), "qcow2".into()];
@@ -325,12 +333,13 @@ fn changes_overlay(
             .chain(backing)
             .chain([o, os(&size)]),
     )?;
-    run("qemu-img", [os("bitmap"), os("--add"), o, os(bitmap)])?;
+    run("qemu-img", [os("bitmap"), os("--add")].into_iter().chain(q).chain([o, os(bitmap)]))?;
     let from = [os("-b"), m, os("-F"), os("qcow2")];
     run(
         "qemu-img",
         [os("bitmap"), os("--merge"), os(bitmap)]
             .into_iter()
+            .chain(q)
             .chain(from)
             .chain([o, os(bitmap)]),
     )?;
@@ -453,6 +462,20 @@ impl Export {
         *ended = Some((state, self.started.elapsed().as_millis() as u64));
         EXPORTS.lock().unwrap().remove(&self.uuid);
         result
+    }
+}
+
+/// Stop a server that was started but will not be announced.
+fn end_server(dom: &DomainRef, server: &Server) {
+    match server {
+        Server::Libvirt { scratch } => {
+            let _ = stop_pull_job(dom);
+            let _ = fs::remove_dir_all(scratch);
+        }
+        Server::Daemon(d, scratch) => {
+            let _ = d.stop();
+            let _ = fs::remove_dir_all(scratch);
+        }
     }
 }
 

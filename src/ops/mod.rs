@@ -3,5 +3,6 @@
 
 pub mod backup;
 pub mod export;
+pub mod export_access;
 pub mod merge;
 pub mod restore;

@@ -26,7 +26,7 @@ use crate::engine::copy::{self, Baseline, Rewrite};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
-use crate::image::disk::{self, Source, Target};
+use crate::image::disk::{self, Chain, Source, Target};
 use crate::job;
 use crate::job::Progress;
 use crate::store::catalog::Catalog;
@@ -46,14 +46,19 @@ struct Origin {
 }
 
 enum OriginImage {
-    File(PathBuf, DiskFormat),
+    /// A file, its format and the chain it reads through: a backup's as
+    /// the catalog recorded it, or none for a file the caller names.
+    File(PathBuf, DiskFormat, Option<Vec<(PathBuf, DiskFormat)>>),
     Nbd(NbdServer, String),
 }
 
 impl Origin {
     fn open(&self) -> Result<Source> {
         match &self.image {
-            OriginImage::File(p, f) => Source::open(p, *f),
+            OriginImage::File(p, f, chain) => {
+                let chain = chain.as_deref().map_or(Chain::None, Chain::Recorded);
+                Source::open(p, *f, chain)
+            }
             OriginImage::Nbd(server, export) => Source::open_nbd(server, export),
         }
     }
@@ -75,21 +80,6 @@ struct DiskPlan {
     target: PathBuf,
     format: DiskFormat,
     how: How,
-}
-
-/// The format of an existing image file, from its first bytes.
-fn probe_format(path: &Path) -> Result<DiskFormat> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let mut f = fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-    let n = f
-        .read(&mut magic)
-        .map_err(|e| Error::io("cannot read", path, e))?;
-    Ok(if n == 4 && &magic == b"QFI\xfb" {
-        DiskFormat::Qcow2
-    } else {
-        DiskFormat::Raw
-    })
 }
 
 fn open_index(p: &Option<PathBuf>) -> Result<Option<IndexReader>> {
@@ -123,12 +113,28 @@ impl DiskPlan {
             )));
         }
         let (format, how) = if exists {
-            let now = match current {
-                Some(f) => f,
-                None => probe_format(&target)?,
+            // A file that is not the disk's current image has no format we
+            // know, and guessing it from its bytes is what a guest could
+            // abuse: it is replaced whole, in the format the caller states.
+            let Some(now) = current else {
+                let format = asked.ok_or_else(|| {
+                    Error::invalid_arg(format!(
+                        "disk '{name}': '{}' exists and is not the disk's image: \
+                         a <driver type> is required to replace it",
+                        target.display()
+                    ))
+                })?;
+                let tmp = disk::sibling_tmp(&target, "restore");
+                return Ok(DiskPlan {
+                    name: name.to_string(),
+                    origin,
+                    target,
+                    format,
+                    how: How::Replace { tmp },
+                });
             };
             let format = asked.unwrap_or(now);
-            let size_now = Source::open(&target, now)?.size();
+            let size_now = Source::open(&target, now, Chain::Header)?.size();
             let size = origin.open()?.size();
             let same = format == now && size_now == size && origin.index.is_some();
             let how = if same {
@@ -195,13 +201,13 @@ impl DiskPlan {
     /// First pass of an in-place rewrite: what differs, verified readable.
     fn plan_in_place(&self) -> Result<Rewrite> {
         let src = self.origin.open()?;
-        let have = Source::open(&self.target, self.format)?;
+        let have = Source::open(&self.target, self.format, Chain::Header)?;
         copy::plan_rewrite(&src, &mut self.wanted()?, &have, &Progress::default())
     }
 
     fn apply_in_place(&self, plan: &Rewrite) -> Result<()> {
         let src = self.origin.open()?;
-        let dst = Target::open_existing(&self.target, self.format)?;
+        let dst = Target::open_existing(&self.target, self.format, Chain::Header)?;
         copy::apply_rewrite(&src, &mut self.wanted()?, &dst, plan, &Progress::default())?;
         dst.finish(&self.target)
     }
@@ -470,7 +476,11 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             Ok(Item {
                 name,
                 origin: Origin {
-                    image: OriginImage::File(d.target.clone(), d.format),
+                    image: OriginImage::File(
+                        d.target.clone(),
+                        d.format,
+                        Some(catalog.recorded_chain(&rec, name)?),
+                    ),
                     index: Some(ensure_index(&catalog, &rec, name)?),
                 },
                 asked,
@@ -489,7 +499,7 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
 }
 
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
-/// did not make (their format is read from their first bytes).
+/// did not make (in the format the caller states, never with a backing file).
 pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     let req = UnmanagedRestoreRequest::parse(xml)?;
     let new_domain = new_domain_asked(flags, &req.domain_name)?;
@@ -504,10 +514,10 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
                 Error::invalid_arg(format!("domain has no disk named '{}'", r.disk.name))
             })?;
         let image = match &r.source {
-            UnmanagedSource::File(f) if f.is_file() => {
-                OriginImage::File(f.clone(), probe_format(f)?)
+            UnmanagedSource::File(f, format) if f.is_file() => {
+                OriginImage::File(f.clone(), *format, None)
             }
-            UnmanagedSource::File(f) => {
+            UnmanagedSource::File(f, _) => {
                 return Err(Error::invalid_arg(format!(
                     "disk '{}': source file '{}' does not exist",
                     d.name,

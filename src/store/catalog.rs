@@ -574,6 +574,7 @@ mod tests {
                 mode: BackupMode::Full,
                 virtual_size: 1,
                 volume: None,
+                backing: vec![],
             }],
             uri: "test:///default".into(),
             domain_xml: String::new(),

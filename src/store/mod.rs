@@ -2,4 +2,5 @@
 //! and the format of the digest indexes.
 
 pub mod catalog;
+pub mod chain;
 pub mod index;

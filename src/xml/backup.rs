@@ -249,6 +249,10 @@ pub struct DiskRecord {
     pub virtual_size: u64,
     /// The storage pool and volume the target is, for `type='volume'`.
     pub volume: Option<(String, String)>,
+    /// The images the target reads through, nearest first (the parent's
+    /// copy, its parent's...): empty for a full copy. Images are opened
+    /// with this chain, never the one their own headers name.
+    pub backing: Vec<(PathBuf, DiskFormat)>,
 }
 
 /// Final or current numbers of a backup job, kept so that `GetParameters`
@@ -340,12 +344,18 @@ impl BackupRecord {
         root.push(Element::new("created").with_attr("ns", self.created_ns.to_string()));
         let mut disks = Element::new("diskinfo");
         for d in &self.disks {
-            disks.push(
-                Element::new("disk")
-                    .with_attr("name", d.name.clone())
-                    .with_attr("sourceformat", d.source_format.as_str())
-                    .with_attr("size", d.virtual_size.to_string()),
-            );
+            let mut info = Element::new("disk")
+                .with_attr("name", d.name.clone())
+                .with_attr("sourceformat", d.source_format.as_str())
+                .with_attr("size", d.virtual_size.to_string());
+            for (path, format) in &d.backing {
+                info.push(
+                    Element::new("backingStore")
+                        .with_attr("file", path_str(path))
+                        .with_attr("format", format.as_str()),
+                );
+            }
+            disks.push(info);
         }
         root.push(disks);
         let mut dirs = Element::new("createddirs");
@@ -418,6 +428,16 @@ impl BackupRecord {
                 volume: d.child("target").and_then(|t| {
                     Some((t.attr("pool")?.to_string(), t.attr("volume")?.to_string()))
                 }),
+                backing: extra
+                    .into_iter()
+                    .flat_map(|x| x.children_named("backingStore"))
+                    .map(|b| {
+                        let file = b.attr("file").ok_or_else(|| {
+                            Error::xml(format!("disk '{name}': <backingStore> lacks a file"))
+                        })?;
+                        Ok((PathBuf::from(file), DiskFormat::parse(b.attr("format").unwrap_or(""))?))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
                 name,
             });
         }
@@ -645,7 +665,9 @@ impl NbdServer {
 /// Where `virDomainBackupRestoreUnmanaged` reads a disk from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnmanagedSource {
-    File(PathBuf),
+    /// A file and its format, stated by the caller: a format is never
+    /// guessed from bytes a guest may have written.
+    File(PathBuf, DiskFormat),
     /// The NBD export `name` on `server`.
     Nbd {
         name: String,
@@ -669,7 +691,13 @@ pub struct UnmanagedRestoreRequest {
 
 fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> {
     if let Some(f) = src.attr("file") {
-        return Ok(UnmanagedSource::File(absolute_path(f, "source file")?));
+        let format = parse_driver(src)?.ok_or_else(|| {
+            Error::xml(format!(
+                "disk '{name}': a <driver type> is required in <source file>: \
+                 the library never guesses the format of a file a guest may have written"
+            ))
+        })?;
+        return Ok(UnmanagedSource::File(absolute_path(f, "source file")?, format));
     }
     match src.attr("protocol") {
         Some("nbd") => {}
@@ -723,6 +751,8 @@ impl UnmanagedRestoreRequest {
 pub struct UnmanagedRequest {
     pub parent: Option<Uuid>,
     pub server: NbdServer,
+    /// `<server tls='yes'>`.
+    pub tls: bool,
     /// (disk, export name); `None`: every disk with device='disk', exported
     /// under its own name.
     pub disks: Option<Vec<(String, String)>>,
@@ -735,6 +765,11 @@ impl UnmanagedRequest {
         let server = root
             .child("server")
             .ok_or_else(|| Error::xml("unmanaged backup needs a <server>"))?;
+        let tls = match server.attr("tls") {
+            None | Some("no") => false,
+            Some("yes") => true,
+            Some(o) => return Err(Error::xml(format!("<server>: bad tls '{o}' (yes or no)"))),
+        };
         let server = NbdServer::parse(server, "<server>")?;
         let disks = match disk_elements(&root)? {
             None => None,
@@ -756,6 +791,7 @@ impl UnmanagedRequest {
         Ok(UnmanagedRequest {
             parent: parse_parent(&root)?,
             server,
+            tls,
             disks,
         })
     }
@@ -836,6 +872,7 @@ mod tests {
                 mode: BackupMode::Full,
                 virtual_size: 1 << 30,
                 volume: None,
+                backing: vec![],
             }],
             uri: "test:///default".into(),
             domain_xml: "<domain><name>vm1</name></domain>".into(),
