@@ -111,7 +111,10 @@ fn open_backing(
         }
         (Chain::Header, Some((b, Some(f)))) => {
             let f = DiskFormat::parse(&f).map_err(|_| {
-                bad_chain(path, format!("backing file '{}' has format '{f}'", b.display()))
+                bad_chain(
+                    path,
+                    format!("backing file '{}' has format '{f}'", b.display()),
+                )
             })?;
             (b, f, Chain::Header)
         }

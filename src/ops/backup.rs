@@ -21,6 +21,7 @@ use crate::job::{self, Job};
 use crate::ops::export;
 use crate::store::catalog::{Catalog, JobLock};
 use crate::store::index::{IndexReader, IndexWriter};
+use crate::store::secure;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
     JobStats, Target, UnmanagedRequest,
@@ -772,9 +773,11 @@ fn planned_disk(
     let file_name = format!("{}.{}", d.name, format.as_str());
     let volume = |pool: &str, volume: &str| -> Result<(PathBuf, Option<(String, String)>)> {
         let path = storage_pool::check_new_volume(&dom.connect()?, pool, volume)?;
+        secure::refuse_inside(catalog.root(), &path, "target volume")?;
         Ok((path, Some((pool.to_string(), volume.to_string()))))
     };
     let (target, volume) = match asked.and_then(|r| r.target.clone()) {
+        // Only the library's own default place lies inside the catalog.
         Some(Target::File(p)) => {
             let dir = p.parent().unwrap_or(Path::new("/"));
             if !dir.is_dir() {
@@ -783,11 +786,15 @@ fn planned_disk(
                     p.display()
                 )));
             }
+            secure::refuse_inside(catalog.root(), &p, "backup target")?;
             (p, None)
         }
         Some(Target::Volume { pool, volume: v }) => volume(&pool, &v)?,
         None => match default_target {
-            Some(DefaultTarget::Dir(dir)) => (dir.join(backup.to_string()).join(file_name), None),
+            Some(DefaultTarget::Dir(dir)) => {
+                secure::refuse_inside(catalog.root(), dir, "default target folder")?;
+                (dir.join(backup.to_string()).join(file_name), None)
+            }
             Some(DefaultTarget::Pool(pool)) => volume(
                 pool,
                 &storage_pool::default_volume_name(&dom.name()?, backup, &d.name, format),
@@ -1045,7 +1052,9 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> 
                 p.display()
             )));
         }
-        DefaultTarget::Dir(_) => {}
+        DefaultTarget::Dir(p) => {
+            secure::refuse_inside(Catalog::open()?.root(), p, "default target folder")?
+        }
     }
     let uuid = dom.uuid()?;
     let active = dom.is_active()?;

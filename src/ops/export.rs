@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::engine::export::{ExportDisk, StorageDaemonExport};
-use crate::image::disk::Chain;
-use crate::ops::export_access;
 use crate::engine::live;
 use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{os, run};
+use crate::image::disk::Chain;
+use crate::ops::export_access;
 use crate::store::catalog::Catalog;
 use crate::store::index::IndexReader;
 use crate::xml::backup::{
@@ -315,7 +315,13 @@ fn changes_overlay(
         [os("create"), os("-q"), os("-f"), os("qcow2"), m, os(&size)],
     )?;
     let q = [os("-f"), os("qcow2")];
-    run("qemu-img", [os("bitmap"), os("--add")].into_iter().chain(q).chain([m, os(bitmap)]))?;
+    run(
+        "qemu-img",
+        [os("bitmap"), os("--add")]
+            .into_iter()
+            .chain(q)
+            .chain([m, os(bitmap)]),
+    )?;
     // One qemu-io per batch keeps each command line short.
     for batch in runs.chunks(512) {
         let mut args: Vec<String> = vec!["-f".into(), "qcow2".into()];
@@ -333,7 +339,13 @@ fn changes_overlay(
             .chain(backing)
             .chain([o, os(&size)]),
     )?;
-    run("qemu-img", [os("bitmap"), os("--add")].into_iter().chain(q).chain([o, os(bitmap)]))?;
+    run(
+        "qemu-img",
+        [os("bitmap"), os("--add")]
+            .into_iter()
+            .chain(q)
+            .chain([o, os(bitmap)]),
+    )?;
     let from = [os("-b"), m, os("-F"), os("qcow2")];
     run(
         "qemu-img",

@@ -55,8 +55,8 @@ pub fn restrict_socket(server: &NbdServer) -> Result<()> {
 }
 
 fn restrict_socket_path(path: &Path) -> Result<()> {
-    let m = std::fs::symlink_metadata(path)
-        .map_err(|e| Error::io("cannot inspect socket", path, e))?;
+    let m =
+        std::fs::symlink_metadata(path).map_err(|e| Error::io("cannot inspect socket", path, e))?;
     if !m.file_type().is_socket() {
         return Err(Error::operation_failed(format!(
             "'{}' is not the export's socket",

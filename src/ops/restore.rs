@@ -31,6 +31,7 @@ use crate::job;
 use crate::job::Progress;
 use crate::store::catalog::Catalog;
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
+use crate::store::secure;
 use crate::xml::backup::{
     BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest,
     UnmanagedSource,
@@ -112,6 +113,7 @@ impl DiskPlan {
                 target.display()
             )));
         }
+        secure::refuse_inside(Catalog::open()?.root(), &target, "restore target")?;
         let (format, how) = if exists {
             // A file that is not the disk's current image has no format we
             // know, and guessing it from its bytes is what a guest could

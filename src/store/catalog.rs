@@ -15,14 +15,15 @@
 //! process that died: the next reader discards it with its files, or, for a
 //! backup libvirt copies, settles it by what libvirt says (`resolve_dead`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use super::secure;
 use crate::error::{Error, Result};
 use crate::xml::backup::{BackupRecord, BackupState, DefaultTarget};
 
@@ -113,12 +114,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
             .unwrap_or_default()
     ));
     let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .mode(0o600)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        // A stale temporary file (or a link planted at its name) goes
+        // first: the new one is created, never opened through a link.
+        let _ = fs::remove_file(&tmp);
+        let mut f = secure::options().write(true).create_new(true).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -133,11 +132,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// Create a catalog folder (and its parents) readable by its owner only:
 /// records hold domain definitions with their secrets.
 fn make_private_dir(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("cannot create catalog folder", dir, e))
+    secure::make_dir(dir)
 }
 
 /// Make a rename or removal in `dir` durable.
@@ -154,7 +149,7 @@ impl Catalog {
     }
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
-        make_private_dir(&root)?;
+        secure::prepare_root(&root)?;
         let catalog = Catalog { root };
         catalog.sweep_restores();
         Ok(catalog)
@@ -172,8 +167,7 @@ impl Catalog {
     /// restore died) removes them.
     pub fn stage_files(&self, paths: &[&Path]) -> Result<StagedFiles> {
         let path = self.root.join(format!("{RESTORING}{}", Uuid::new_v4()));
-        let mut file = OpenOptions::new()
-            .mode(0o600)
+        let mut file = secure::options()
             .read(true)
             .write(true)
             .create_new(true)
@@ -200,15 +194,20 @@ impl Catalog {
             .flatten()
             .filter(|e| e.file_name().as_bytes().starts_with(RESTORING.as_bytes()));
         for e in notes {
-            let Ok(file) = File::open(e.path()) else {
+            // Only a note the library wrote: a regular file of ours, 0600.
+            if !secure::removable(&e.path()) {
+                continue;
+            }
+            let Ok(mut file) = secure::options().read(true).open(e.path()) else {
                 continue;
             };
             if file.try_lock().is_err() {
                 continue; // a restore in progress
             }
-            if let Ok(text) = fs::read(e.path()) {
+            let mut text = Vec::new();
+            if std::io::Read::read_to_end(&mut file, &mut text).is_ok() {
                 for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    let _ = fs::remove_file(std::ffi::OsStr::from_bytes(line));
+                    secure::remove_own_file(Path::new(std::ffi::OsStr::from_bytes(line)));
                 }
             }
             let _ = fs::remove_file(e.path());
@@ -239,7 +238,12 @@ impl Catalog {
     /// Ask the job of a running backup, in whatever process, to stop.
     pub fn request_cancel(&self, rec: &BackupRecord) -> Result<()> {
         let path = self.cancel_path(&rec.domain_uuid, &rec.uuid);
-        File::create(&path)
+        secure::check_dir(&self.domain_dir(&rec.domain_uuid))?;
+        secure::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
             .map(|_| ())
             .map_err(|e| Error::io("cannot create", &path, e))
     }
@@ -281,11 +285,7 @@ impl Catalog {
             return Ok(Some(CatalogLock { _file: None }));
         }
         let path = self.root.join(".lock");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        let file = secure::open_lock(&path)
             .map_err(|e| Error::io("cannot open catalog lock", &path, e))?;
         if wait {
             file.lock()
@@ -335,8 +335,12 @@ impl Catalog {
         };
         for m in markers {
             if let Ok(tmp) = fs::read(&m) {
+                // Only a merge's temporary file, named as `sibling_tmp` names it.
                 let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
-                let _ = fs::remove_file(tmp);
+                let name = tmp.file_name().unwrap_or_default().to_string_lossy();
+                if name.starts_with('.') && name.contains(".merge-") {
+                    secure::remove_own_file(&tmp);
+                }
             }
             let _ = fs::remove_file(&m);
         }
@@ -347,12 +351,8 @@ impl Catalog {
         let dir = self.domain_dir(domain);
         make_private_dir(&dir)?;
         let path = self.job_lock_path(domain, backup);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("cannot create job lock", &path, e))?;
+        let file =
+            secure::open_lock(&path).map_err(|e| Error::io("cannot create job lock", &path, e))?;
         file.try_lock().map_err(|_| {
             Error::operation_invalid(format!("backup '{backup}' already has a job"))
         })?;
@@ -362,7 +362,7 @@ impl Catalog {
     /// Whether the job of a running record is still alive somewhere.
     fn job_alive(&self, rec: &BackupRecord) -> bool {
         let path = self.job_lock_path(&rec.domain_uuid, &rec.uuid);
-        match OpenOptions::new().write(true).open(&path) {
+        match secure::options().write(true).open(&path) {
             Err(_) => false,
             Ok(f) => match f.try_lock() {
                 Ok(()) => {
@@ -411,6 +411,18 @@ impl Catalog {
         self.remove_record(rec)
     }
 
+    /// Remove what a job that died left: only files it created (regular
+    /// files of ours, private), never whatever else a record names.
+    fn remove_dead_data(&self, rec: &BackupRecord) -> Result<()> {
+        for d in &rec.disks {
+            secure::remove_own_file(&d.target);
+        }
+        for dir in rec.created_dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+        self.remove_record(rec)
+    }
+
     fn read_record(path: &Path) -> Option<BackupRecord> {
         let text = fs::read_to_string(path).ok()?;
         BackupRecord::from_catalog_xml(&text).ok()
@@ -418,8 +430,9 @@ impl Catalog {
 
     /// Records of one domain, oldest first, after discarding dead jobs.
     pub fn list_domain(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
-        self.sweep_merges(domain);
         let dir = self.domain_dir(domain);
+        secure::check_dir_if_exists(&dir)?;
+        self.sweep_merges(domain);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -477,7 +490,7 @@ impl Catalog {
                 cur.state = BackupState::Completed;
                 self.write_record(&cur)?;
             }
-            Some(false) => self.remove_with_data(&cur)?,
+            Some(false) => self.remove_dead_data(&cur)?,
         }
         let _ = fs::remove_file(self.job_lock_path(&cur.domain_uuid, &cur.uuid));
         let _ = fs::remove_file(self.cancel_path(&cur.domain_uuid, &cur.uuid));
@@ -506,6 +519,7 @@ impl Catalog {
 
     /// Current record of a backup, if it is still in the catalog.
     pub fn reload(&self, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
+        secure::check_dir_if_exists(&self.domain_dir(domain))?;
         let Some(rec) = Self::read_record(&self.record_path(domain, backup)) else {
             return Ok(None);
         };
@@ -516,6 +530,7 @@ impl Catalog {
     }
 
     pub fn default_target(&self, domain: &Uuid) -> Result<Option<DefaultTarget>> {
+        secure::check_dir_if_exists(&self.domain_dir(domain))?;
         let path = self.domain_dir(domain).join(DEFAULT_TARGET_FILE);
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Some(DefaultTarget::parse(&text)?)),

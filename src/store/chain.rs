@@ -19,11 +19,9 @@ impl Catalog {
         rec: &BackupRecord,
         disk: &str,
     ) -> Result<Vec<(PathBuf, DiskFormat)>> {
-        let d = rec
-            .disks
-            .iter()
-            .find(|d| d.name == disk)
-            .ok_or_else(|| Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid)))?;
+        let d = rec.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
+            Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid))
+        })?;
         if d.mode == BackupMode::Full {
             return Ok(Vec::new());
         }
@@ -65,7 +63,9 @@ impl Catalog {
             .disks
             .iter()
             .find(|d| d.name == disk)
-            .ok_or_else(|| Error::internal(format!("backup '{}' has no disk '{disk}'", parent.uuid)))?;
+            .ok_or_else(|| {
+                Error::internal(format!("backup '{}' has no disk '{disk}'", parent.uuid))
+            })?;
         let mut out = vec![(d.target.clone(), d.format)];
         out.extend(self.recorded_chain(parent, disk)?);
         Ok(out)

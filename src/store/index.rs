@@ -65,6 +65,7 @@ impl IndexWriter {
     pub fn create(path: &Path, size: u64) -> Result<IndexWriter> {
         let file = OpenOptions::new()
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .write(true)
             .create(true)
             .truncate(true)

@@ -4,3 +4,4 @@
 pub mod catalog;
 pub mod chain;
 pub mod index;
+pub mod secure;

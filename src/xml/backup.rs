@@ -435,7 +435,10 @@ impl BackupRecord {
                         let file = b.attr("file").ok_or_else(|| {
                             Error::xml(format!("disk '{name}': <backingStore> lacks a file"))
                         })?;
-                        Ok((PathBuf::from(file), DiskFormat::parse(b.attr("format").unwrap_or(""))?))
+                        Ok((
+                            PathBuf::from(file),
+                            DiskFormat::parse(b.attr("format").unwrap_or(""))?,
+                        ))
                     })
                     .collect::<Result<Vec<_>>>()?,
                 name,
@@ -669,10 +672,7 @@ pub enum UnmanagedSource {
     /// guessed from bytes a guest may have written.
     File(PathBuf, DiskFormat),
     /// The NBD export `name` on `server`.
-    Nbd {
-        name: String,
-        server: NbdServer,
-    },
+    Nbd { name: String, server: NbdServer },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -697,7 +697,10 @@ fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> 
                  the library never guesses the format of a file a guest may have written"
             ))
         })?;
-        return Ok(UnmanagedSource::File(absolute_path(f, "source file")?, format));
+        return Ok(UnmanagedSource::File(
+            absolute_path(f, "source file")?,
+            format,
+        ));
     }
     match src.attr("protocol") {
         Some("nbd") => {}
