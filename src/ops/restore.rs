@@ -117,15 +117,9 @@ impl DiskPlan {
         let (format, how) = if exists {
             // A file that is not the disk's current image has no format we
             // know, and guessing it from its bytes is what a guest could
-            // abuse: it is replaced whole, in the format the caller states.
+            // abuse: it is replaced whole, as a new file would be written.
             let Some(now) = current else {
-                let format = asked.ok_or_else(|| {
-                    Error::invalid_arg(format!(
-                        "disk '{name}': '{}' exists and is not the disk's image: \
-                         a <driver type> is required to replace it",
-                        target.display()
-                    ))
-                })?;
+                let format = asked.unwrap_or(DiskFormat::Qcow2);
                 let tmp = disk::sibling_tmp(&target, "restore");
                 return Ok(DiskPlan {
                     name: name.to_string(),

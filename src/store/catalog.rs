@@ -599,6 +599,18 @@ mod tests {
         }
     }
 
+    /// A file as the library creates its images: private to its owner.
+    fn write_private(path: &Path, data: &[u8]) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .mode(0o600)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap();
+        f.write_all(data).unwrap();
+    }
+
     #[test]
     fn dead_jobs_are_discarded_with_their_files_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -607,21 +619,21 @@ mod tests {
 
         // A job whose process died: record says running, nobody holds its lock.
         let dead_target = dir.path().join("dead.qcow2");
-        std::fs::write(&dead_target, b"partial").unwrap();
+        write_private(&dead_target, b"partial");
         let dead = record(dom, dead_target.clone(), BackupState::Running);
         drop(cat.lock_job(&dom, &dead.uuid).unwrap());
         cat.write_record(&dead).unwrap();
 
         // A job still running (we hold its lock).
         let live_target = dir.path().join("live.qcow2");
-        std::fs::write(&live_target, b"in progress").unwrap();
+        write_private(&live_target, b"in progress");
         let live = record(dom, live_target.clone(), BackupState::Running);
         let lock = cat.lock_job(&dom, &live.uuid).unwrap();
         cat.write_record(&live).unwrap();
 
         // A completed backup.
         let done_target = dir.path().join("done.qcow2");
-        std::fs::write(&done_target, b"complete").unwrap();
+        write_private(&done_target, b"complete");
         let done = record(dom, done_target.clone(), BackupState::Completed);
         cat.write_record(&done).unwrap();
 
