@@ -13,7 +13,7 @@ use crate::xml::backup::{NbdServer, UnmanagedRequest};
 /// starts.
 pub fn check_server(req: &UnmanagedRequest) -> Result<()> {
     if req.tls {
-        return Err(Error::not_supported_yet("TLS exports"));
+        return Err(Error::no_support("TLS exports are not supported yet"));
     }
     let NbdServer::Tcp { host, port } = &req.server else {
         return Ok(());
