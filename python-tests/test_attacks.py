@@ -17,7 +17,8 @@ from conftest import (RESTORE_REWRITE_EXISTING_DISK as REWRITE, MiB, VIR_ERR_INV
                       VIR_ERR_NO_SUPPORT, VIR_ERR_OPERATION_FAILED, VIR_ERR_XML_ERROR, Nbd,
                       backup_uuid, backup_xml_for, count_backups, create_fails, domain_uuid,
                       domain_xml, expect_error, lib, make_disk, restore, restore_fails,
-                      restore_xml_for, run, sha256, target_of, unmanaged_xml, virt)
+                      restore_xml_for, run, sha256, target_of, unmanaged_xml, virt,
+                      free_port)
 
 if os.geteuid() != 0:
     pytest.skip("the attacks need root (the library's user) and nobody", allow_module_level=True)
@@ -373,17 +374,27 @@ def test_export_socket_is_private_even_under_umask_0(env, open_dir):
     assert lib.virDomainBackupFinishJob(b, 0) == 0
 
 
+def refused(dom, xml):
+    """StartUnmanaged must fail (an export it started anyway is ended)."""
+    b = lib.virDomainBackupStartUnmanaged(dom, xml.encode(), 0)
+    if b:
+        lib.virDomainBackupAbortJob(b, 0)
+        lib.virDomainBackupFree(b)
+        raise AssertionError("the export started")
+    return b
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
 def test_tcp_export_on_a_non_loopback_address_is_refused(env, host):
     dom = env.domain()
-    xml = f"<domainbackup><server transport='tcp' name='{host}' port='10899'/></domainbackup>"
-    assert not lib.virDomainBackupStartUnmanaged(dom, xml.encode(), 0)
+    xml = f"<domainbackup><server transport='tcp' name='{host}' port='{free_port()}'/></domainbackup>"
+    refused(dom, xml)
     expect_error(VIR_ERR_INVALID_ARG, "not a loopback address", "readable by anyone")
 
 
 def test_tls_export_is_not_supported_yet(env):
     dom = env.domain()
-    xml = ("<domainbackup><server transport='tcp' name='127.0.0.1' port='10899' tls='yes'/>"
-           "</domainbackup>")
-    assert not lib.virDomainBackupStartUnmanaged(dom, xml.encode(), 0)
+    xml = (f"<domainbackup><server transport='tcp' name='127.0.0.1' port='{free_port()}' "
+           "tls='yes'/></domainbackup>")
+    refused(dom, xml)
     expect_error(VIR_ERR_NO_SUPPORT, "TLS exports are not supported yet")

@@ -35,8 +35,9 @@ pub enum Chain<'a> {
     /// None: an image the caller named; one with a backing file is refused.
     None,
     /// A backup's own image: the chain below it the catalog recorded
-    /// (parent's copy first, down to a full copy). The image's header must
-    /// name the same backing file, else it was tampered with.
+    /// (parent's copy first, down to a full copy). The header may name only
+    /// one of those images (or none, once merged into a full copy), in the
+    /// format the catalog recorded.
     Recorded(&'a [(PathBuf, DiskFormat)]),
     /// A domain's disk: the backing files its qcow2 headers name, each with
     /// the format the header records (as libvirt requires); a header naming
@@ -77,28 +78,22 @@ fn open_backing(
                 b.display()
             )));
         }
-        (Chain::Recorded([]), None) => return Ok(None),
-        (Chain::Recorded([]), Some((b, _))) => {
-            return Err(bad_chain(
-                path,
-                format!(
-                    "names a backing file ('{}') the catalog did not record",
-                    b.display()
-                ),
-            ));
-        }
-        (Chain::Recorded([(want, f), rest @ ..]), got) => {
-            if got.as_ref().map(|g| &g.0) != Some(want) {
+        (Chain::Recorded(_), None) => return Ok(None),
+        (Chain::Recorded(list), Some((b, _))) => {
+            // The header may name a deeper recorded level: a merge removed
+            // the levels above it (its record may not say so yet after a
+            // crash). Anything the catalog did not record is refused.
+            let Some(at) = list.iter().position(|(p, _)| *p == b) else {
                 return Err(bad_chain(
                     path,
                     format!(
-                        "its backing file is {:?}, the catalog recorded '{}'",
-                        got.map(|g| g.0),
-                        want.display()
+                        "it names backing file '{}', which the catalog did not record",
+                        b.display()
                     ),
                 ));
-            }
-            (want.clone(), *f, Chain::Recorded(rest))
+            };
+            let (want, f) = &list[at];
+            (want.clone(), *f, Chain::Recorded(&list[at + 1..]))
         }
         (Chain::Header, Some((b, None))) => {
             return Err(bad_chain(
