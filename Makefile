@@ -33,7 +33,7 @@ STATICLIB := target/release/liblibvirt_backup.a
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
 .PHONY: all bench deps header check-header install uninstall demo check test-rust libvirtd stage \
-        c-tests python-tests clean FORCE install-python python-pkg-tests
+        c-tests python-tests clean FORCE install-python python-pkg-tests go-tests
 
 all: $(LIB)
 
@@ -128,6 +128,8 @@ check: deps
 	@$(MAKE) --no-print-directory c-tests
 	@$(MAKE) --no-print-directory python-tests
 	@$(MAKE) --no-print-directory python-pkg-tests
+	@$(MAKE) --no-print-directory go-tests
+	@$(MAKE) --no-print-directory cli-tests
 	@echo "make check: all suites passed"
 
 # libvirtd with the QEMU driver, for tests on qemu:///system domains.
@@ -148,8 +150,61 @@ python-tests: $(LIB) libvirtd
 python-pkg-tests: $(LIB) libvirtd
 	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) -m pytest -q python/tests
 
+# The Go package (go/), built through the staged .pc file: vet, then its
+# tests under the race detector (test:///default and qemu:///system).
+# Module mode with no network and no third-party module; Go's caches live
+# under build/ so nothing depends on $$HOME.
+GO ?= go
+GO_ENV := $(STAGE_ENV) GOFLAGS=-mod=mod GOPROXY=off GOENV=off GOTOOLCHAIN=local \
+    GOCACHE=$(abspath $(BUILD))/go-cache GOPATH=$(abspath $(BUILD))/go-path CGO_ENABLED=1
+
+go-tests: stage libvirtd
+	cd go && $(GO_ENV) $(GO) vet ./...
+	cd go && $(GO_ENV) $(GO) test -race -count=1 -v ./...
+
 clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
 
 FORCE:
+
+# virt-backup, the command (cli/, its own Cargo.lock): linked against the
+# shared object above like any C program, installed with the library.
+CLI := target/release/virt-backup
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+CLI_STAGE := $(abspath $(BUILD)/cli-stage)
+
+.PHONY: cli install-cli uninstall-cli cli-tests
+
+all: cli
+
+cli: $(LIB)
+	$(CARGO) build --release --locked --manifest-path cli/Cargo.toml --target-dir target
+	LD_LIBRARY_PATH=$(BUILD) $(CLI) completions bash > $(BUILD)/virt-backup.bash.tmp
+	mv $(BUILD)/virt-backup.bash.tmp $(BUILD)/virt-backup.bash
+
+install: install-cli
+
+install-cli: cli
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR)
+	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/virt-backup
+	install -m 0644 man/virt-backup.1 $(DESTDIR)$(MANDIR)/man1/virt-backup.1
+	install -m 0644 $(BUILD)/virt-backup.bash $(DESTDIR)$(BASHCOMPDIR)/virt-backup
+
+uninstall: uninstall-cli
+
+uninstall-cli:
+	rm -f $(DESTDIR)$(BINDIR)/virt-backup $(DESTDIR)$(MANDIR)/man1/virt-backup.1 \
+	    $(DESTDIR)$(BASHCOMPDIR)/virt-backup
+
+# Unit tests (prune selection, tree drawing), then the installed command run
+# as a user runs it, on test:///default and qemu:///system domains.
+cli-tests: cli libvirtd
+	$(CARGO) clippy --release --locked --manifest-path cli/Cargo.toml --target-dir target -- -D warnings
+	$(CARGO) test --release --locked --manifest-path cli/Cargo.toml --target-dir target
+	@rm -rf $(CLI_STAGE)
+	@$(MAKE) --no-print-directory install PREFIX=$(CLI_STAGE) >/dev/null
+	VIRT_BACKUP=$(CLI_STAGE)/bin/virt-backup LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) \
+	    $(PYTHON) -m pytest -q cli/tests; rc=$$?; rm -rf $(CLI_STAGE); exit $$rc

@@ -10,7 +10,6 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::hv::libvirt::DomainRef;
 use crate::store::catalog::{Catalog, CatalogLock, JobLock};
 use crate::xml::backup::{BackupRecord, BackupState, JobStats};
 
@@ -51,18 +50,26 @@ pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
         .cloned()
 }
 
+/// Other work holding a domain (an export), by owner UUID: registered by
+/// whoever runs it, so that one check sees every job of a domain.
+static HOLDERS: LazyLock<Mutex<HashMap<Uuid, Uuid>>> = LazyLock::new(Default::default);
+
+/// Note that `owner` (an export) works on `domain` until `release_domain`.
+pub fn hold_domain(owner: Uuid, domain: Uuid) {
+    HOLDERS.lock().unwrap().insert(owner, domain);
+}
+
+pub fn release_domain(owner: &Uuid) {
+    HOLDERS.lock().unwrap().remove(owner);
+}
+
 /// One backup job per domain: refuse when this process runs a managed job
-/// or an export of `domain`, or (with `libvirt`, for a running QEMU domain)
-/// libvirt runs a job on it.
-pub fn check_domain_idle(dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<()> {
-    if running_for_domain(domain).is_some() || crate::ops::export::running_for_domain(domain) {
+/// or holds `domain` otherwise (an export).
+pub fn check_domain_free(domain: &Uuid) -> Result<()> {
+    if running_for_domain(domain).is_some() || HOLDERS.lock().unwrap().values().any(|d| d == domain)
+    {
         return Err(Error::operation_invalid(
             "the domain already has a backup job running",
-        ));
-    }
-    if libvirt && dom.job_info(false)?.is_active() {
-        return Err(Error::operation_invalid(
-            "the domain already has a job running",
         ));
     }
     Ok(())

@@ -422,7 +422,8 @@ int virDomainBackupFinishJob(virDomainBackupPtr backup, unsigned int flags);
  *
  * Cancel the backup job and wait until its partial data and catalog entry
  * are removed. The handle still answers virDomainBackupGetParameters() with
- * the state "cancelled".
+ * the state "cancelled". While virDomainBackupVerify() runs on the backup in
+ * this process, stop that instead (it returns VIR_ERR_OPERATION_ABORTED).
  *
  * Returns 0 on success, -1 on error (VIR_ERR_OPERATION_INVALID if the job
  * has already ended).
@@ -440,6 +441,8 @@ int virDomainBackupAbortJob(virDomainBackupPtr backup, unsigned int flags);
  * "incremental" (boolean), "bytes.total", "bytes.processed", "bytes.written",
  * "time.elapsed" (ullong; milliseconds), "disks" (uint) and, only when the
  * state is FAILED, "error" (string). Values are live while the job runs.
+ * While virDomainBackupVerify() runs on the backup in this process, also
+ * "verify.bytes.total" and "verify.bytes.processed" (ullong).
  * With @params NULL and *nparams 0, *nparams is set to the number available.
  * String values are malloc'd: release them with virTypedParamsClear().
  *
@@ -514,6 +517,31 @@ int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
  * Returns 0 on success, -1 on error.
  */
 int virDomainBackupRestoreUnmanaged(virDomainPtr domain, const char *xmlDesc, unsigned int flags);
+
+/**
+ * virDomainBackupVerify:
+ * @backup: a managed backup object
+ * @flags: extra flags; not used yet, so callers should always pass 0
+ *
+ * Re-read every stored block of the completed backup @backup through its
+ * chain (an incremental backup's disks read through their parents' files,
+ * as a restore reads them) and check each 64 KiB chunk against the digest
+ * index recorded at backup time. Synchronous. A backup written by QEMU (of
+ * a running domain) has no index until something first reads it: the first
+ * verification records it from the files, later ones check against it.
+ *
+ * While it runs, virDomainBackupGetParameters() on @backup (from another
+ * thread, on any handle of the backup) also reports "verify.bytes.total"
+ * and "verify.bytes.processed" (ullong), and virDomainBackupAbortJob()
+ * stops it.
+ *
+ * Returns 0 when every disk matches; -1 with VIR_ERR_OPERATION_FAILED
+ * naming the first mismatching disk and guest offset, with
+ * VIR_ERR_OPERATION_ABORTED when it was aborted, or with the error that
+ * stopped it (VIR_ERR_OPERATION_INVALID for a backup that is not completed
+ * or is already being verified in this process).
+ */
+int virDomainBackupVerify(virDomainBackupPtr backup, unsigned int flags);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -4,6 +4,7 @@ and `make install-python` (as run by `make install`), whose _paths.py
 makes the installed library found without any environment variable."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,8 +27,11 @@ def run_python(python, **env):
 def test_pip_install(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # pip builds in the source folder (build/, *.egg-info): give it a copy.
+    src = tmp_path / "src"
+    shutil.copytree(PKG_ROOT, src, ignore=shutil.ignore_patterns("tests", "__pycache__"))
     r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-build-isolation",
-                        "--no-index", PKG_ROOT], capture_output=True, text=True)
+                        "--no-index", str(src)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     lib = os.environ["LIBVIRT_BACKUP_LIB"]
     out = run_python(str(venv / "bin" / "python"), LIBVIRT_BACKUP_LIB=lib)

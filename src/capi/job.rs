@@ -47,7 +47,8 @@ pub extern "C" fn virDomainBackupFinishJob(backup: virDomainBackupPtr, flags: c_
 ///
 /// Cancel the backup job and wait until its partial data and catalog entry
 /// are removed. The handle still answers virDomainBackupGetParameters() with
-/// the state "cancelled".
+/// the state "cancelled". While virDomainBackupVerify() runs on the backup in
+/// this process, stop that instead (it returns VIR_ERR_OPERATION_ABORTED).
 ///
 /// Returns 0 on success, -1 on error (VIR_ERR_OPERATION_INVALID if the job
 /// has already ended).
@@ -102,6 +103,8 @@ fn fill(slot: &mut sys::virTypedParameter, name: &str, value: &ParamValue) -> Re
 /// "incremental" (boolean), "bytes.total", "bytes.processed", "bytes.written",
 /// "time.elapsed" (ullong; milliseconds), "disks" (uint) and, only when the
 /// state is FAILED, "error" (string). Values are live while the job runs.
+/// While virDomainBackupVerify() runs on the backup in this process, also
+/// "verify.bytes.total" and "verify.bytes.processed" (ullong).
 /// With @params NULL and *nparams 0, *nparams is set to the number available.
 /// String values are malloc'd: release them with virTypedParamsClear().
 ///

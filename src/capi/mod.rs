@@ -20,7 +20,7 @@ use virt::domain::Domain;
 use virt::sys;
 
 use crate::error::{Error, Result};
-use crate::hv::libvirt::DomainRef;
+use crate::ops::DomainRef;
 use crate::ops::backup::Backup;
 
 pub mod backup;
@@ -28,6 +28,7 @@ pub mod domain;
 pub mod error;
 pub mod job;
 pub mod restore;
+pub mod verify;
 
 pub use crate::flags::{
     virDomainBackupCreateFlags, virDomainBackupDeleteFlags, virDomainBackupFinishJobFlags,

@@ -2,7 +2,7 @@
 //! (or that differ from a parent's digest index) into a target, with a
 //! fixed-size buffer, and plans and applies in-place restores.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
@@ -11,6 +11,7 @@ use crate::job::Progress;
 use crate::store::index::{
     DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, ZERO_DIGEST, digest,
 };
+use crate::xml::backup::DiskFormat;
 
 /// Copy buffer: the only per-disk data held in memory. 4 MiB keeps syscalls
 /// few while bounding memory per job.
@@ -119,6 +120,15 @@ struct Window {
 }
 
 impl Window {
+    fn new() -> Window {
+        Window {
+            offset: 0,
+            len: 0,
+            has_data: false,
+            buf: vec![0u8; COPY_CHUNK as usize],
+            sums: Vec::with_capacity((COPY_CHUNK / DIGEST_CHUNK) as usize),
+        }
+    }
     /// Each digest chunk of the window: its range in `buf` and its digest.
     fn digests(&self) -> impl Iterator<Item = (usize, usize, Digest)> + '_ {
         self.sums.iter().enumerate().map(move |(i, d)| {
@@ -150,6 +160,34 @@ const WINDOWS_PER_READER: usize = 2;
 
 /// Call `use_window` on each window of `src` in order, while reader
 /// threads read and hash the next ones. Cancel is checked per window.
+/// Reader `r`'s share of the copy: every `READERS`-th window, filled into
+/// the buffers the consumer hands back.
+fn read_windows(
+    src: &Source,
+    r: usize,
+    free_rx: &std::sync::mpsc::Receiver<Window>,
+    full_tx: &std::sync::mpsc::SyncSender<Result<Window>>,
+) {
+    let size = src.size();
+    let mut offset = r as u64 * COPY_CHUNK;
+    while offset < size {
+        // The consumer has stopped when it drops its channels.
+        let Ok(mut w) = free_rx.recv() else { return };
+        w.offset = offset;
+        w.len = COPY_CHUNK.min(size - offset) as usize;
+        let filled = fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
+            w.has_data = has_data;
+            w.hash();
+            w
+        });
+        let failed = filled.is_err();
+        if full_tx.send(filled).is_err() || failed {
+            return;
+        }
+        offset += READERS as u64 * COPY_CHUNK;
+    }
+}
+
 fn for_each_window(
     src: &Source,
     progress: &Progress,
@@ -164,35 +202,11 @@ fn for_each_window(
             let (full_tx, full_rx) = sync_channel::<Result<Window>>(WINDOWS_PER_READER);
             let (free_tx, free_rx) = channel::<Window>();
             for _ in 0..WINDOWS_PER_READER {
-                let _ = free_tx.send(Window {
-                    offset: 0,
-                    len: 0,
-                    has_data: false,
-                    buf: vec![0u8; COPY_CHUNK as usize],
-                    sums: Vec::with_capacity((COPY_CHUNK / DIGEST_CHUNK) as usize),
-                });
+                let _ = free_tx.send(Window::new());
             }
             full.push(full_rx);
             free.push(free_tx);
-            scope.spawn(move || {
-                let mut offset = r as u64 * COPY_CHUNK;
-                while offset < size {
-                    // The consumer has stopped when it drops its channels.
-                    let Ok(mut w) = free_rx.recv() else { return };
-                    w.offset = offset;
-                    w.len = COPY_CHUNK.min(size - offset) as usize;
-                    let filled = fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
-                        w.has_data = has_data;
-                        w.hash();
-                        w
-                    });
-                    let failed = filled.is_err();
-                    if full_tx.send(filled).is_err() || failed {
-                        return;
-                    }
-                    offset += READERS as u64 * COPY_CHUNK;
-                }
-            });
+            scope.spawn(move || read_windows(src, r, &free_rx, &full_tx));
         }
         let result = (|| {
             let windows = size.div_ceil(COPY_CHUNK);
@@ -265,7 +279,13 @@ pub fn copy_image(
 /// Record the digest of every chunk of `src` (a backup the library did not
 /// copy itself: QEMU wrote it).
 pub fn build_index(src: &Source, out: &mut dyn DigestSink) -> Result<()> {
-    for_each_window(src, &Progress::default(), |win| {
+    read_digests(src, &Progress::default(), out)
+}
+
+/// Read all of `src` and hand every chunk's digest to `out` (an index
+/// writer, or a verifier that compares them), counting into `progress`.
+pub fn read_digests(src: &Source, progress: &Progress, out: &mut dyn DigestSink) -> Result<()> {
+    for_each_window(src, progress, |win| {
         win.digests().try_for_each(|(_, _, d)| out.push(&d))
     })
 }
@@ -415,37 +435,19 @@ pub fn apply_rewrite(
     Ok(())
 }
 
-/// The digest index of one disk of a completed backup, built from the
-/// backup's own files if the backup has none yet (backups of running
-/// domains are written by QEMU, so their index is made the first time an
-/// offline incremental, a restore or a merge needs it).
-pub fn ensure_index(
-    catalog: &crate::store::catalog::Catalog,
-    rec: &crate::xml::backup::BackupRecord,
-    disk: &str,
-) -> Result<PathBuf> {
-    let path = catalog.index_path(&rec.domain_uuid, &rec.uuid, disk);
-    if path.exists() {
-        return Ok(path);
-    }
-    let d =
-        rec.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
-            Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid))
-        })?;
-    catalog.create_index_dir(&rec.domain_uuid, &rec.uuid)?;
-    let chain = catalog.recorded_chain(rec, disk)?;
-    let src = Source::open(&d.target, d.format, Chain::Recorded(&chain))?;
+/// Write the digest index of the image at `image` (read through `chain`)
+/// to `path`, through a temporary file so that a cut-short build leaves no
+/// index behind.
+pub fn write_index_file(path: &Path, image: &Path, format: DiskFormat, chain: Chain) -> Result<()> {
+    let src = Source::open(image, format, chain)?;
     let tmp = path.with_extension("b3.tmp");
     let built = IndexWriter::create(&tmp, src.size()).and_then(|mut w| {
         build_index(&src, &mut w)?;
         w.finish()
     });
     built
-        .and_then(|()| {
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot rename", &tmp, e))
-        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename", &tmp, e)))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-        })?;
-    Ok(path)
+        })
 }

@@ -317,12 +317,23 @@ fn spawn_and_wait(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| Error::operation_failed(format!("cannot run {DAEMON}: {e}")))?;
 
+    wait_until_serving(child, server, &pid_file, &log_path).map(|child| (child, qmp_socket))
+}
+
+/// Wait until the daemon serves NBD (its pid file appears after every
+/// export was created); on exit or timeout, fail with what it printed.
+fn wait_until_serving(
+    mut child: Child,
+    server: &ExportServer,
+    pid_file: &Path,
+    log_path: &Path,
+) -> Result<Child> {
     let stderr = || {
-        fs::read_to_string(&log_path)
+        fs::read_to_string(log_path)
             .map(|s| s.trim().to_string())
             .unwrap_or_default()
     };
@@ -346,9 +357,8 @@ fn spawn_and_wait(
                 )));
             }
         }
-        // The pid file comes after every export was created.
         if pid_file.exists() && probe_nbd(server).is_ok() {
-            return Ok((child, qmp_socket));
+            return Ok(child);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();

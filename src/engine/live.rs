@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{self, os};
 use crate::job::Job;
-use crate::store::catalog::{Catalog, JobLock};
 use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord};
 use crate::xml::dom::{self, Element};
 use crate::xml::domain::DomainDisk;
@@ -343,7 +342,7 @@ fn remove_bitmap(image: &Path, bitmap: &str) -> Result<()> {
 
 /// Follow libvirt's job until it ends, mirroring its progress into `job`;
 /// a cancel request aborts it.
-fn follow(job: &Job, dom: &DomainRef) -> Result<()> {
+pub fn follow(job: &Job, dom: &DomainRef) -> Result<()> {
     let mut aborted = false;
     loop {
         if !aborted && job.progress.check_cancel().is_err() {
@@ -379,26 +378,6 @@ fn follow(job: &Job, dom: &DomainRef) -> Result<()> {
         "libvirt backup job failed: {}",
         done.error.unwrap_or_else(|| "no reason given".into())
     )))
-}
-
-/// The body of a live backup job: follow libvirt's job, then complete the
-/// record, or remove the checkpoint, the targets and the record.
-pub fn run(
-    job: &Job,
-    catalog: &Catalog,
-    mut record: BackupRecord,
-    dom: DomainRef,
-    lock: JobLock,
-    discard: impl FnOnce(&BackupRecord),
-) -> Result<()> {
-    let (result, _guard) = job.settle(catalog, &mut record, follow(job, &dom), lock);
-    if result.is_err() {
-        if let Some(cp) = &record.checkpoint {
-            let _ = remove_checkpoint(&dom, cp);
-        }
-        discard(&record);
-    }
-    result
 }
 
 /// What became of a live backup whose process died while libvirt copied:

@@ -24,8 +24,9 @@ use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{os, run};
 use crate::image::disk::Chain;
+use crate::job;
 use crate::ops::export_access;
-use crate::store::catalog::Catalog;
+use crate::ops::recovery;
 use crate::store::index::IndexReader;
 use crate::xml::backup::{
     BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest, parent_and_domain,
@@ -85,14 +86,6 @@ pub fn running(uuid: &Uuid) -> Option<Arc<Export>> {
     EXPORTS.lock().unwrap().get(uuid).cloned()
 }
 
-pub fn running_for_domain(domain: &Uuid) -> bool {
-    EXPORTS
-        .lock()
-        .unwrap()
-        .values()
-        .any(|e| e.domain_uuid == *domain)
-}
-
 /// The disks to export: the request's, else every device='disk' disk.
 fn selected(req: &UnmanagedRequest, disks: &[DomainDisk]) -> Result<Vec<(DomainDisk, String)>> {
     let pairs: Vec<(String, String)> = match &req.disks {
@@ -128,18 +121,18 @@ fn bitmap_name(export: &str) -> String {
     format!("{export}-changes")
 }
 
-/// `virDomainBackupStartUnmanaged`.
-pub fn start(
+/// Refuse an export the domain's state rules out; returns whether libvirt
+/// serves it (a running QEMU domain) rather than qemu-storage-daemon.
+fn check_can_export(
     dom: &DomainRef,
+    domain_uuid: &Uuid,
     req: &UnmanagedRequest,
-    parent: Option<BackupRecord>,
     quiesce: bool,
-) -> Result<Arc<Export>> {
+) -> Result<bool> {
     export_access::check_server(req)?;
-    let domain_uuid = dom.uuid()?;
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
-    crate::job::check_domain_idle(dom, &domain_uuid, is_live)?;
+    super::check_domain_idle(dom, domain_uuid, is_live)?;
     if quiesce && !is_live {
         return Err(Error::operation_invalid(
             "only a running QEMU domain's file systems can be quiesced",
@@ -159,6 +152,39 @@ pub fn start(
             p.display()
         )));
     }
+    Ok(is_live)
+}
+
+/// Start serving the disks: libvirt's pull-mode job, or qemu-storage-daemon.
+fn start_server(
+    dom: &DomainRef,
+    req: &UnmanagedRequest,
+    disks: &[(&DomainDisk, String, Option<Since>)],
+    all: &[DomainDisk],
+    scratch: &Path,
+    is_live: bool,
+) -> Result<Server> {
+    if is_live {
+        let xml = pull_document(&req.server, disks, all, scratch);
+        dom.backup_begin(&xml, None, 0).map(|()| Server::Libvirt {
+            scratch: scratch.to_path_buf(),
+        })
+    } else {
+        daemon_disks(disks, scratch)
+            .and_then(|list| StorageDaemonExport::start(&req.server, &list))
+            .map(|d| Server::Daemon(d, scratch.to_path_buf()))
+    }
+}
+
+/// `virDomainBackupStartUnmanaged`.
+pub fn start(
+    dom: &DomainRef,
+    req: &UnmanagedRequest,
+    parent: Option<BackupRecord>,
+    quiesce: bool,
+) -> Result<Arc<Export>> {
+    let domain_uuid = dom.uuid()?;
+    let is_live = check_can_export(dom, &domain_uuid, req, quiesce)?;
     let all = domain::parse_disks(&dom.xml()?)?;
     let chosen = selected(req, &all)?;
     let uuid = Uuid::new_v4();
@@ -171,18 +197,8 @@ pub fn start(
         };
         disks.push((d, export.clone(), since));
     }
-    let scratch = Catalog::open()?.private_dir(&format!(".scratch-{uuid}"))?;
-    let started = if is_live {
-        let xml = pull_document(&req.server, &disks, &all, &scratch);
-        dom.backup_begin(&xml, None, 0).map(|()| Server::Libvirt {
-            scratch: scratch.clone(),
-        })
-    } else {
-        daemon_disks(&disks, &scratch)
-            .and_then(|list| StorageDaemonExport::start(&req.server, &list))
-            .map(|d| Server::Daemon(d, scratch.clone()))
-    };
-    let server = started.inspect_err(|_| {
+    let scratch = recovery::open_catalog()?.private_dir(&format!(".scratch-{uuid}"))?;
+    let server = start_server(dom, req, &disks, &all, &scratch, is_live).inspect_err(|_| {
         let _ = fs::remove_dir_all(&scratch);
     })?;
     if let Err(e) = export_access::restrict_socket(&req.server) {
@@ -212,6 +228,7 @@ pub fn start(
         ended: Mutex::new(None),
     });
     EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
+    job::hold_domain(uuid, domain_uuid);
     Ok(export)
 }
 
@@ -296,8 +313,8 @@ fn changes_overlay(
     bitmap: &str,
     scratch: &Path,
 ) -> Result<PathBuf> {
-    let catalog = Catalog::open()?;
-    let index = crate::engine::copy::ensure_index(&catalog, parent, &d.name).map_err(|e| {
+    let catalog = recovery::open_catalog()?;
+    let index = super::ensure_index(&catalog, parent, &d.name).map_err(|e| {
         Error::operation_invalid(format!(
             "cannot export the changes of disk '{}' since backup '{}': {}",
             d.name, parent.uuid, e.message
@@ -310,18 +327,8 @@ fn changes_overlay(
     let marks = scratch.join(format!("{}.marks.qcow2", d.name));
     let overlay = scratch.join(format!("{}.overlay.qcow2", d.name));
     let (m, o) = (marks.as_os_str(), overlay.as_os_str());
-    run(
-        "qemu-img",
-        [os("create"), os("-q"), os("-f"), os("qcow2"), m, os(&size)],
-    )?;
-    let q = [os("-f"), os("qcow2")];
-    run(
-        "qemu-img",
-        [os("bitmap"), os("--add")]
-            .into_iter()
-            .chain(q)
-            .chain([m, os(bitmap)]),
-    )?;
+    create_qcow2(m, &size, &[])?;
+    add_bitmap(m, bitmap)?;
     // One qemu-io per batch keeps each command line short.
     for batch in runs.chunks(512) {
         let mut args: Vec<String> = vec!["-f".into(), "qcow2".into()];
@@ -332,31 +339,47 @@ fn changes_overlay(
         run("qemu-io", args.iter().map(|a| os(a)).chain([m]))?;
     }
     let backing = [os("-b"), image.as_os_str(), os("-F"), os(format.as_str())];
-    run(
-        "qemu-img",
-        [os("create"), os("-q"), os("-f"), os("qcow2")]
-            .into_iter()
-            .chain(backing)
-            .chain([o, os(&size)]),
-    )?;
-    run(
-        "qemu-img",
-        [os("bitmap"), os("--add")]
-            .into_iter()
-            .chain(q)
-            .chain([o, os(bitmap)]),
-    )?;
+    create_qcow2(o, &size, &backing)?;
+    add_bitmap(o, bitmap)?;
     let from = [os("-b"), m, os("-F"), os("qcow2")];
     run(
         "qemu-img",
-        [os("bitmap"), os("--merge"), os(bitmap)]
-            .into_iter()
-            .chain(q)
-            .chain(from)
-            .chain([o, os(bitmap)]),
+        [
+            os("bitmap"),
+            os("--merge"),
+            os(bitmap),
+            os("-f"),
+            os("qcow2"),
+        ]
+        .into_iter()
+        .chain(from)
+        .chain([o, os(bitmap)]),
     )?;
     let _ = fs::remove_file(&marks);
     Ok(overlay)
+}
+
+/// Create a qcow2 image of ours, with the backing options given.
+fn create_qcow2(image: &std::ffi::OsStr, size: &str, backing: &[&std::ffi::OsStr]) -> Result<()> {
+    let (head, tail) = (
+        [os("create"), os("-q"), os("-f"), os("qcow2")],
+        [image, os(size)],
+    );
+    run("qemu-img", head.iter().chain(backing).chain(&tail)).map(|_| ())
+}
+
+/// Add a persistent bitmap to one of our own qcow2 images (format given,
+/// never probed).
+fn add_bitmap(image: &std::ffi::OsStr, bitmap: &str) -> Result<()> {
+    let args = [
+        os("bitmap"),
+        os("--add"),
+        os("-f"),
+        os("qcow2"),
+        image,
+        os(bitmap),
+    ];
+    run("qemu-img", args).map(|_| ())
 }
 
 /// libvirt's pull-mode `<domainbackup>`: every disk named, the exported
@@ -473,6 +496,7 @@ impl Export {
         };
         *ended = Some((state, self.started.elapsed().as_millis() as u64));
         EXPORTS.lock().unwrap().remove(&self.uuid);
+        job::release_domain(&self.uuid);
         result
     }
 }

@@ -15,7 +15,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::engine::copy::ensure_index;
+use super::ensure_index;
 use crate::engine::copy::{self, Baseline};
 use crate::error::{Error, Result};
 use crate::image::disk::{self, Chain, Source, Target};

@@ -1,8 +1,58 @@
 //! The operations behind the C API: create, list and lookup, restore,
-//! delete and merge, exports.
+//! delete and merge, exports, and recovery of what a dead process left.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use crate::engine::copy;
+use crate::error::{Error, Result};
+use crate::image::disk::Chain;
+use crate::job;
+use crate::store::catalog::Catalog;
+use crate::xml::backup::BackupRecord;
+
+pub use crate::hv::libvirt::DomainRef;
 
 pub mod backup;
+pub mod create;
 pub mod export;
 pub mod export_access;
+mod files;
 pub mod merge;
+pub mod plan;
+pub mod recovery;
 pub mod restore;
+pub mod verify;
+
+/// One backup job per domain: refuse when this process runs a job or an
+/// export of `domain`, or (with `libvirt`, for a running QEMU domain)
+/// libvirt runs a job on it.
+fn check_domain_idle(dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<()> {
+    job::check_domain_free(domain)?;
+    if libvirt && dom.job_info(false)?.is_active() {
+        return Err(Error::operation_invalid(
+            "the domain already has a job running",
+        ));
+    }
+    Ok(())
+}
+
+/// The digest index of one disk of a completed backup, built from the
+/// backup's own files if the backup has none yet (backups of running
+/// domains are written by QEMU, so their index is made the first time an
+/// offline incremental, a restore or a merge needs it).
+pub fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
+    let path = catalog.index_path(&rec.domain_uuid, &rec.uuid, disk);
+    if path.exists() {
+        return Ok(path);
+    }
+    let d =
+        rec.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
+            Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid))
+        })?;
+    catalog.create_index_dir(&rec.domain_uuid, &rec.uuid)?;
+    let chain = catalog.recorded_chain(rec, disk)?;
+    copy::write_index_file(&path, &d.target, d.format, Chain::Recorded(&chain))?;
+    Ok(path)
+}

@@ -21,14 +21,14 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use crate::engine::copy::ensure_index;
+use super::ensure_index;
 use crate::engine::copy::{self, Baseline, Rewrite};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Chain, Source, Target};
-use crate::job;
 use crate::job::Progress;
+use crate::ops::recovery;
 use crate::store::catalog::Catalog;
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
 use crate::store::secure;
@@ -119,15 +119,7 @@ impl DiskPlan {
             // know, and guessing it from its bytes is what a guest could
             // abuse: it is replaced whole, as a new file would be written.
             let Some(now) = current else {
-                let format = asked.unwrap_or(DiskFormat::Qcow2);
-                let tmp = disk::sibling_tmp(&target, "restore");
-                return Ok(DiskPlan {
-                    name: name.to_string(),
-                    origin,
-                    target,
-                    format,
-                    how: How::Replace { tmp },
-                });
+                return Ok(DiskPlan::replacing(name, origin, target, asked));
             };
             let format = asked.unwrap_or(now);
             let size_now = Source::open(&target, now, Chain::Header)?.size();
@@ -151,6 +143,24 @@ impl DiskPlan {
             format,
             how,
         })
+    }
+
+    /// An existing file that is not the disk's image: written whole as a
+    /// new file renamed over it, in the format asked (else qcow2).
+    fn replacing(
+        name: &str,
+        origin: Origin,
+        target: PathBuf,
+        asked: Option<DiskFormat>,
+    ) -> DiskPlan {
+        let tmp = disk::sibling_tmp(&target, "restore");
+        DiskPlan {
+            name: name.to_string(),
+            origin,
+            target,
+            format: asked.unwrap_or(DiskFormat::Qcow2),
+            how: How::Replace { tmp },
+        }
     }
 
     fn context(&self) -> impl Fn(Error) -> Error + '_ {
@@ -324,7 +334,7 @@ fn shut_off(dom: &DomainRef) -> Result<()> {
         ));
     }
     // An export of the domain must keep serving its images unchanged.
-    job::check_domain_idle(dom, &dom.uuid()?, false)
+    super::check_domain_idle(dom, &dom.uuid()?, false)
 }
 
 fn current_disk<'a>(disks: &'a [DomainDisk], name: &str) -> Result<&'a DomainDisk> {
@@ -368,7 +378,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
         )?);
     }
     check_distinct(&plans)?;
-    execute(&Catalog::open()?, &plans)?;
+    execute(&recovery::open_catalog()?, &plans)?;
     let changed = plans.iter().any(|p| {
         let d = now.iter().find(|d| d.name == p.name).unwrap();
         d.source.as_ref() != Some(&p.target) || d.image_format().ok() != Some(p.format)
@@ -421,7 +431,7 @@ fn as_new_domain(
     }
     check_distinct(&plans)?;
     let xml = domain::restored_definition(base_xml, Some(name), &restored(&plans))?;
-    execute(&Catalog::open()?, &plans)?;
+    execute(&recovery::open_catalog()?, &plans)?;
     if let Err(e) = libvirt::define_domain(conn, &xml) {
         for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
             let _ = fs::remove_file(&p.target);
@@ -444,9 +454,8 @@ fn new_domain_asked(flags: u32, name: &Option<String>) -> Result<bool> {
 /// `virDomainBackupRestore`.
 pub fn restore(xml: &str, flags: u32) -> Result<()> {
     let req = RestoreRequest::parse(xml)?;
-    let catalog = Catalog::open()?;
-    let rec = catalog
-        .find(&req.uuid)?
+    let catalog = recovery::open_catalog()?;
+    let rec = recovery::find(&catalog, &req.uuid)?
         .ok_or_else(|| Error::no_backup(&req.uuid.to_string()))?;
     if rec.state != BackupState::Completed {
         return Err(Error::operation_invalid(format!(

@@ -11,21 +11,20 @@
 //! - `<domain>/<backup>.<disk>.merging` the temporary file of a merge into
 //!   that backup's disk, while it runs
 //!
-//! A record in state `running` whose job lock can be taken belongs to a
-//! process that died: the next reader discards it with its files, or, for a
-//! backup libvirt copies, settles it by what libvirt says (`resolve_dead`).
+//! The catalog only stores and locks: a record in state `running` whose job
+//! lock can be taken belongs to a process that died, and what becomes of it
+//! (and of cut-short merges and restores) is decided in `ops::recovery`.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
 use super::secure;
 use crate::error::{Error, Result};
-use crate::xml::backup::{BackupRecord, BackupState, DefaultTarget};
+use crate::xml::backup::{BackupRecord, DefaultTarget};
 
 const DEFAULT_TARGET_FILE: &str = "default-target.xml";
 
@@ -150,9 +149,7 @@ impl Catalog {
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
         secure::prepare_root(&root)?;
-        let catalog = Catalog { root };
-        catalog.sweep_restores();
-        Ok(catalog)
+        Ok(Catalog { root })
     }
 
     /// A new private folder `<root>/<name>` (an export's scratch files).
@@ -183,35 +180,6 @@ impl Catalog {
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io("cannot write", &path, e))?;
         Ok(StagedFiles { _file: file, path })
-    }
-
-    /// Remove the files of restores whose process died while writing them.
-    fn sweep_restores(&self) {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return;
-        };
-        let notes = entries
-            .flatten()
-            .filter(|e| e.file_name().as_bytes().starts_with(RESTORING.as_bytes()));
-        for e in notes {
-            // Only a note the library wrote: a regular file of ours, 0600.
-            if !secure::removable(&e.path()) {
-                continue;
-            }
-            let Ok(mut file) = secure::options().read(true).open(e.path()) else {
-                continue;
-            };
-            if file.try_lock().is_err() {
-                continue; // a restore in progress
-            }
-            let mut text = Vec::new();
-            if std::io::Read::read_to_end(&mut file, &mut text).is_ok() {
-                for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    secure::remove_own_file(Path::new(std::ffi::OsStr::from_bytes(line)));
-                }
-            }
-            let _ = fs::remove_file(e.path());
-        }
     }
 
     pub fn root(&self) -> &Path {
@@ -275,7 +243,7 @@ impl Catalog {
     }
 
     /// The writer lock if nobody else holds it now, else `None`.
-    fn try_lock(&self) -> Option<CatalogLock> {
+    pub fn try_lock(&self) -> Option<CatalogLock> {
         self.acquire(false).ok().flatten()
     }
 
@@ -314,38 +282,6 @@ impl Catalog {
             .join(format!("{}.{disk}.merging", child.uuid))
     }
 
-    /// Remove what merges cut short by a dead process left: their temporary
-    /// files and markers. Skipped while anyone holds the catalog lock (a
-    /// merge runs under it).
-    fn sweep_merges(&self, domain: &Uuid) {
-        let dir = self.domain_dir(domain);
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return;
-        };
-        let markers: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "merging"))
-            .collect();
-        if markers.is_empty() {
-            return;
-        }
-        let Some(_guard) = self.try_lock() else {
-            return;
-        };
-        for m in markers {
-            if let Ok(tmp) = fs::read(&m) {
-                // Only a merge's temporary file, named as `sibling_tmp` names it.
-                let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
-                let name = tmp.file_name().unwrap_or_default().to_string_lossy();
-                if name.starts_with('.') && name.contains(".merge-") {
-                    secure::remove_own_file(&tmp);
-                }
-            }
-            let _ = fs::remove_file(&m);
-        }
-    }
-
     /// Take the job lock of a new backup. Call with the catalog lock held.
     pub fn lock_job(&self, domain: &Uuid, backup: &Uuid) -> Result<JobLock> {
         let dir = self.domain_dir(domain);
@@ -360,7 +296,7 @@ impl Catalog {
     }
 
     /// Whether the job of a running record is still alive somewhere.
-    fn job_alive(&self, rec: &BackupRecord) -> bool {
+    pub fn job_alive(&self, rec: &BackupRecord) -> bool {
         let path = self.job_lock_path(&rec.domain_uuid, &rec.uuid);
         match secure::options().write(true).open(&path) {
             Err(_) => false,
@@ -411,28 +347,16 @@ impl Catalog {
         self.remove_record(rec)
     }
 
-    /// Remove what a job that died left: only files it created (regular
-    /// files of ours, private), never whatever else a record names.
-    fn remove_dead_data(&self, rec: &BackupRecord) -> Result<()> {
-        for d in &rec.disks {
-            secure::remove_own_file(&d.target);
-        }
-        for dir in rec.created_dirs.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
-        self.remove_record(rec)
-    }
-
     fn read_record(path: &Path) -> Option<BackupRecord> {
         let text = fs::read_to_string(path).ok()?;
         BackupRecord::from_catalog_xml(&text).ok()
     }
 
-    /// Records of one domain, oldest first, after discarding dead jobs.
-    pub fn list_domain(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
+    /// The records of one domain as stored (a dead job's record still says
+    /// running: `ops::recovery` resolves those), oldest first.
+    pub fn records(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
         let dir = self.domain_dir(domain);
         secure::check_dir_if_exists(&dir)?;
-        self.sweep_merges(domain);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -451,50 +375,72 @@ impl Catalog {
                 out.push(rec);
             }
         }
-        let mut kept = Vec::with_capacity(out.len());
-        for rec in out {
-            if rec.state == BackupState::Running && !self.job_alive(&rec) {
-                kept.extend(self.resolve_dead(&rec)?);
-            } else {
-                kept.push(rec);
-            }
-        }
-        kept.sort_by_key(|r| (r.created_ns, r.uuid));
-        Ok(kept)
+        out.sort_by_key(|r| (r.created_ns, r.uuid));
+        Ok(out)
     }
 
-    /// A running record whose process died. The library's own copy died
-    /// with it: discard the record and partial files. libvirt's job (a
-    /// backup of a running domain) outlives it: keep the record while
-    /// libvirt still copies, complete it once libvirt says the job completed
-    /// and the targets are there, else discard it with its checkpoint.
-    /// Returns the record if it stays.
-    fn resolve_dead(&self, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
-        let _guard = self.lock()?;
-        // Re-check under the lock: the job may have finished meanwhile.
-        let path = self.record_path(&rec.domain_uuid, &rec.uuid);
-        let mut cur = match Self::read_record(&path) {
-            Some(cur) if cur.state == BackupState::Running && !self.job_alive(&cur) => cur,
-            other => return Ok(other),
-        };
-        let outcome = match cur.checkpoint {
-            Some(_) => {
-                let cancel = self.cancel_path(&cur.domain_uuid, &cur.uuid).exists();
-                crate::engine::live::orphan_outcome(&cur, cancel)
-            }
-            None => Some(false),
-        };
-        match outcome {
-            None => return Ok(Some(cur)),
-            Some(true) => {
-                cur.state = BackupState::Completed;
-                self.write_record(&cur)?;
-            }
-            Some(false) => self.remove_dead_data(&cur)?,
+    /// Refuse a domain folder another user could write to (see `secure`).
+    pub fn check_domain_dir(&self, domain: &Uuid) -> Result<()> {
+        secure::check_dir_if_exists(&self.domain_dir(domain))
+    }
+
+    /// Remove what a job that died left: only files it created (regular
+    /// files of ours, private), never whatever else a record names.
+    pub fn remove_dead_data(&self, rec: &BackupRecord) -> Result<()> {
+        for d in &rec.disks {
+            secure::remove_own_file(&d.target);
         }
-        let _ = fs::remove_file(self.job_lock_path(&cur.domain_uuid, &cur.uuid));
-        let _ = fs::remove_file(self.cancel_path(&cur.domain_uuid, &cur.uuid));
-        Ok(outcome.unwrap().then_some(cur))
+        for dir in rec.created_dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+        self.remove_record(rec)
+    }
+
+    /// The record of a backup as stored, if there is one.
+    pub fn record(&self, domain: &Uuid, backup: &Uuid) -> Option<BackupRecord> {
+        Self::read_record(&self.record_path(domain, backup))
+    }
+
+    /// The domain a backup of any domain belongs to.
+    pub fn domain_of(&self, backup: &Uuid) -> Result<Option<Uuid>> {
+        Ok(self
+            .domains()?
+            .into_iter()
+            .find(|dom| self.record_path(dom, backup).exists()))
+    }
+
+    /// Remove the job lock and cancel request of a job that ended.
+    pub fn clear_job_files(&self, rec: &BackupRecord) {
+        let _ = fs::remove_file(self.job_lock_path(&rec.domain_uuid, &rec.uuid));
+        let _ = fs::remove_file(self.cancel_path(&rec.domain_uuid, &rec.uuid));
+    }
+
+    /// The merge markers of a domain: (marker, temporary file it names).
+    pub fn merge_markers(&self, domain: &Uuid) -> Vec<(PathBuf, PathBuf)> {
+        let Ok(entries) = fs::read_dir(self.domain_dir(domain)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "merging"))
+            .map(|m| {
+                let tmp = fs::read(&m).unwrap_or_default();
+                (m, PathBuf::from(std::ffi::OsStr::from_bytes(&tmp)))
+            })
+            .collect()
+    }
+
+    /// The notes of staged restore files (see `stage_files`).
+    pub fn restore_notes(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().as_bytes().starts_with(RESTORING.as_bytes()))
+            .map(|e| e.path())
+            .collect()
     }
 
     /// Domains that have a folder in the catalog.
@@ -507,30 +453,8 @@ impl Catalog {
             .collect())
     }
 
-    /// Find a backup of any domain.
-    pub fn find(&self, backup: &Uuid) -> Result<Option<BackupRecord>> {
-        for dom in self.domains()? {
-            if self.record_path(&dom, backup).exists() {
-                return self.reload(&dom, backup);
-            }
-        }
-        Ok(None)
-    }
-
-    /// Current record of a backup, if it is still in the catalog.
-    pub fn reload(&self, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
-        secure::check_dir_if_exists(&self.domain_dir(domain))?;
-        let Some(rec) = Self::read_record(&self.record_path(domain, backup)) else {
-            return Ok(None);
-        };
-        if rec.state == BackupState::Running && !self.job_alive(&rec) {
-            return self.resolve_dead(&rec);
-        }
-        Ok(Some(rec))
-    }
-
     pub fn default_target(&self, domain: &Uuid) -> Result<Option<DefaultTarget>> {
-        secure::check_dir_if_exists(&self.domain_dir(domain))?;
+        self.check_domain_dir(domain)?;
         let path = self.domain_dir(domain).join(DEFAULT_TARGET_FILE);
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Some(DefaultTarget::parse(&text)?)),
@@ -547,7 +471,7 @@ impl Catalog {
 
     /// Forget every backup of a domain and its settings (data files stay).
     pub fn forget_domain(&self, domain: &Uuid) -> Result<()> {
-        for rec in self.list_domain(domain)? {
+        for rec in self.records(domain)? {
             self.remove_record(&rec)?;
         }
         remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
@@ -568,7 +492,7 @@ pub fn remove_if_exists(path: &PathBuf) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::backup::{BackupMode, DiskFormat, DiskRecord, JobStats};
+    use crate::xml::backup::{BackupMode, BackupState, DiskFormat, DiskRecord, JobStats};
 
     fn record(domain: Uuid, target: PathBuf, state: BackupState) -> BackupRecord {
         BackupRecord {
@@ -597,62 +521,6 @@ mod tests {
             created_dirs: vec![],
             checkpoint: None,
         }
-    }
-
-    /// A file as the library creates its images: private to its owner.
-    fn write_private(path: &Path, data: &[u8]) {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .mode(0o600)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .unwrap();
-        f.write_all(data).unwrap();
-    }
-
-    #[test]
-    fn dead_jobs_are_discarded_with_their_files_live_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = Catalog::at(dir.path().join("cat")).unwrap();
-        let dom = Uuid::new_v4();
-
-        // A job whose process died: record says running, nobody holds its lock.
-        let dead_target = dir.path().join("dead.qcow2");
-        write_private(&dead_target, b"partial");
-        let dead = record(dom, dead_target.clone(), BackupState::Running);
-        drop(cat.lock_job(&dom, &dead.uuid).unwrap());
-        cat.write_record(&dead).unwrap();
-
-        // A job still running (we hold its lock).
-        let live_target = dir.path().join("live.qcow2");
-        write_private(&live_target, b"in progress");
-        let live = record(dom, live_target.clone(), BackupState::Running);
-        let lock = cat.lock_job(&dom, &live.uuid).unwrap();
-        cat.write_record(&live).unwrap();
-
-        // A completed backup.
-        let done_target = dir.path().join("done.qcow2");
-        write_private(&done_target, b"complete");
-        let done = record(dom, done_target.clone(), BackupState::Completed);
-        cat.write_record(&done).unwrap();
-
-        let listed: Vec<Uuid> = cat
-            .list_domain(&dom)
-            .unwrap()
-            .iter()
-            .map(|r| r.uuid)
-            .collect();
-        assert!(!listed.contains(&dead.uuid));
-        assert!(listed.contains(&live.uuid) && listed.contains(&done.uuid));
-        assert!(!dead_target.exists());
-        assert!(live_target.exists() && done_target.exists());
-
-        // Once the live job's process "dies" too, it goes the same way.
-        drop(lock);
-        assert_eq!(cat.list_domain(&dom).unwrap().len(), 1);
-        assert!(!live_target.exists());
-        assert!(cat.find(&done.uuid).unwrap().is_some());
     }
 
     #[test]

@@ -35,8 +35,12 @@ impl Catalog {
         while out.len() < MAX_DEPTH {
             let parent = cur
                 .parent
-                .and_then(|p| self.find(&p).transpose())
+                .map(|p| {
+                    self.domain_of(&p)
+                        .map(|d| d.and_then(|d| self.record(&d, &p)))
+                })
                 .transpose()?
+                .flatten()
                 .ok_or_else(|| missing_parent(rec, disk))?;
             let pd = parent
                 .disks

@@ -180,19 +180,19 @@ pub fn remove_own_file(path: &Path) {
     }
 }
 
-/// The real path of `path`, whose last component may not exist yet (a new
-/// target): its folder is resolved, the name kept.
+/// The real path of `path`, whose last components may not exist yet (a new
+/// target, a folder made for it): its deepest existing folder is resolved,
+/// the rest kept.
 fn resolve(path: &Path) -> Option<PathBuf> {
-    if let Ok(p) = fs::canonicalize(path) {
-        return Some(p);
+    let mut rest = Vec::new();
+    let mut cur = path;
+    loop {
+        if let Ok(real) = fs::canonicalize(cur) {
+            return Some(rest.iter().rev().fold(real, |p, c| p.join(c)));
+        }
+        rest.push(cur.file_name()?);
+        cur = cur.parent()?;
     }
-    let dir = path.parent()?;
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    Some(fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }
 
 /// Refuse a backup target, restore target or default-target folder inside

@@ -1,0 +1,250 @@
+//! The library's public C API, as declared in <libvirt-backup/libvirt-backup.h>,
+//! and thin safe wrappers. Nothing here reaches inside the library: the
+//! command only does what a C, Python or Go program can do.
+
+use std::ffi::{CStr, CString, c_char, c_int, c_uint};
+use std::ptr;
+
+use virt::domain::Domain;
+use virt::sys;
+
+#[repr(C)]
+pub struct VirDomainBackup {
+    _opaque: [u8; 0],
+}
+pub type BackupPtr = *mut VirDomainBackup;
+
+pub const CREATE_QUIESCE: u32 = 1 << 0;
+pub const CREATE_NO_FALLBACK: u32 = 1 << 1;
+pub const LIST_FULL: u32 = 1 << 0;
+pub const LIST_LATEST: u32 = 1 << 1;
+pub const LIST_INCREMENTAL: u32 = 1 << 2;
+pub const LIST_LEAVES: u32 = 1 << 3;
+pub const RESTORE_NEW_DOMAIN: u32 = 1 << 0;
+pub const RESTORE_REWRITE: u32 = 1 << 1;
+pub const DELETE_ALL_CHILDREN: u32 = 1 << 1;
+pub const DELETE_METADATA_ONLY: u32 = 1 << 2;
+pub const FINISH_CHECK: u32 = 1 << 1;
+pub const AFFECT_LIVE: u32 = 1 << 0;
+pub const AFFECT_CONFIG: u32 = 1 << 1;
+
+unsafe extern "C" {
+    fn virDomainBackupCreateXML(d: sys::virDomainPtr, xml: *const c_char, f: c_uint) -> BackupPtr;
+    fn virDomainBackupStartUnmanaged(
+        d: sys::virDomainPtr,
+        xml: *const c_char,
+        f: c_uint,
+    ) -> BackupPtr;
+    fn virDomainBackupList(d: sys::virDomainPtr, out: *mut *mut BackupPtr, f: c_uint) -> c_int;
+    fn virDomainBackupLookupByUUID(uuid: *const c_char, f: c_uint) -> BackupPtr;
+    fn virDomainBackupObjGetXMLDesc(b: BackupPtr, f: c_uint) -> *mut c_char;
+    fn virDomainBackupFree(b: BackupPtr) -> c_int;
+    fn virDomainBackupDelete(b: BackupPtr, f: c_uint) -> c_int;
+    fn virDomainSetDefaultTarget(d: sys::virDomainPtr, xml: *const c_char, f: c_uint) -> c_int;
+    fn virDomainBackupGetLastErrorMessage() -> *const c_char;
+    fn virDomainBackupGetLastErrorCode() -> c_int;
+    fn virDomainBackupFinishJob(b: BackupPtr, f: c_uint) -> c_int;
+    fn virDomainBackupAbortJob(b: BackupPtr, f: c_uint) -> c_int;
+    fn virDomainBackupGetParameters(
+        b: BackupPtr,
+        p: sys::virTypedParameterPtr,
+        n: *mut c_int,
+        f: c_uint,
+    ) -> c_int;
+    fn virDomainBackupRestore(xml: *const c_char, f: c_uint) -> c_int;
+    fn virDomainBackupVerify(b: BackupPtr, f: c_uint) -> c_int;
+}
+
+/// The library's last error on this thread.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ApiError>;
+
+pub fn last_error() -> ApiError {
+    // SAFETY: the message is owned by the library, valid until the next call.
+    let msg = unsafe { virDomainBackupGetLastErrorMessage() };
+    let message = if msg.is_null() {
+        "unknown error".to_string()
+    } else {
+        unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    ApiError {
+        code: unsafe { virDomainBackupGetLastErrorCode() },
+        message,
+    }
+}
+
+pub fn err(message: impl Into<String>) -> ApiError {
+    ApiError {
+        code: 0,
+        message: message.into(),
+    }
+}
+
+fn cstr(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| err("argument contains a NUL byte"))
+}
+
+fn check(rc: c_int) -> Result<c_int> {
+    if rc < 0 { Err(last_error()) } else { Ok(rc) }
+}
+
+/// One reference on a backup object, released on drop.
+pub struct Backup(BackupPtr);
+
+// The library's handles are thread-safe (API.md: "handles may be shared").
+unsafe impl Send for Backup {}
+unsafe impl Sync for Backup {}
+
+impl Drop for Backup {
+    fn drop(&mut self) {
+        unsafe { virDomainBackupFree(self.0) };
+    }
+}
+
+fn wrap(p: BackupPtr) -> Result<Backup> {
+    if p.is_null() {
+        Err(last_error())
+    } else {
+        Ok(Backup(p))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Int(i32),
+    UInt(u32),
+    ULLong(u64),
+    Bool(bool),
+    Str(String),
+}
+
+impl Param {
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Param::Int(v) => Some(*v as u64),
+            Param::UInt(v) => Some(*v as u64),
+            Param::ULLong(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Param::Int(v) => (*v).into(),
+            Param::UInt(v) => (*v).into(),
+            Param::ULLong(v) => (*v).into(),
+            Param::Bool(v) => (*v).into(),
+            Param::Str(v) => v.clone().into(),
+        }
+    }
+}
+
+impl Backup {
+    pub fn create(dom: &Domain, xml: &str, flags: u32) -> Result<Backup> {
+        let x = cstr(xml)?;
+        wrap(unsafe { virDomainBackupCreateXML(dom.as_ptr(), x.as_ptr(), flags) })
+    }
+
+    pub fn start_unmanaged(dom: &Domain, xml: &str) -> Result<Backup> {
+        let x = cstr(xml)?;
+        wrap(unsafe { virDomainBackupStartUnmanaged(dom.as_ptr(), x.as_ptr(), 0) })
+    }
+
+    pub fn lookup(uuid: &str) -> Result<Backup> {
+        let u = cstr(uuid)?;
+        wrap(unsafe { virDomainBackupLookupByUUID(u.as_ptr(), 0) })
+    }
+
+    pub fn list(dom: &Domain, flags: u32) -> Result<Vec<Backup>> {
+        let mut arr: *mut BackupPtr = ptr::null_mut();
+        let n = check(unsafe { virDomainBackupList(dom.as_ptr(), &mut arr, flags) })?;
+        let mut out = Vec::with_capacity(n as usize);
+        for i in 0..n as usize {
+            out.push(Backup(unsafe { *arr.add(i) }));
+        }
+        unsafe { libc::free(arr as *mut libc::c_void) };
+        Ok(out)
+    }
+
+    pub fn xml(&self) -> Result<String> {
+        let p = unsafe { virDomainBackupObjGetXMLDesc(self.0, 0) };
+        if p.is_null() {
+            return Err(last_error());
+        }
+        let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        unsafe { libc::free(p as *mut libc::c_void) };
+        Ok(s)
+    }
+
+    pub fn delete(&self, flags: u32) -> Result<()> {
+        check(unsafe { virDomainBackupDelete(self.0, flags) }).map(drop)
+    }
+
+    pub fn finish(&self, flags: u32) -> Result<i32> {
+        check(unsafe { virDomainBackupFinishJob(self.0, flags) })
+    }
+
+    pub fn abort(&self) -> Result<()> {
+        check(unsafe { virDomainBackupAbortJob(self.0, 0) }).map(drop)
+    }
+
+    pub fn verify(&self) -> Result<()> {
+        check(unsafe { virDomainBackupVerify(self.0, 0) }).map(drop)
+    }
+
+    pub fn parameters(&self) -> Result<Vec<(String, Param)>> {
+        let mut n: c_int = 0;
+        check(unsafe { virDomainBackupGetParameters(self.0, ptr::null_mut(), &mut n, 0) })?;
+        let mut params: Vec<sys::virTypedParameter> =
+            vec![unsafe { std::mem::zeroed() }; n as usize];
+        check(unsafe { virDomainBackupGetParameters(self.0, params.as_mut_ptr(), &mut n, 0) })?;
+        let mut out = Vec::new();
+        for p in &params[..n as usize] {
+            let name = unsafe { CStr::from_ptr(p.field.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
+            let v = unsafe {
+                match p.type_ as u32 {
+                    sys::VIR_TYPED_PARAM_INT => Param::Int(p.value.i),
+                    sys::VIR_TYPED_PARAM_UINT => Param::UInt(p.value.ui),
+                    sys::VIR_TYPED_PARAM_ULLONG => Param::ULLong(p.value.ul),
+                    sys::VIR_TYPED_PARAM_BOOLEAN => Param::Bool(p.value.b != 0),
+                    sys::VIR_TYPED_PARAM_STRING => {
+                        Param::Str(CStr::from_ptr(p.value.s).to_string_lossy().into_owned())
+                    }
+                    _ => continue,
+                }
+            };
+            out.push((name, v));
+        }
+        unsafe { sys::virTypedParamsClear(params.as_mut_ptr(), n) };
+        Ok(out)
+    }
+}
+
+pub fn param<'a>(params: &'a [(String, Param)], name: &str) -> Option<&'a Param> {
+    params.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+pub fn restore(xml: &str, flags: u32) -> Result<()> {
+    let x = cstr(xml)?;
+    check(unsafe { virDomainBackupRestore(x.as_ptr(), flags) }).map(drop)
+}
+
+pub fn set_default_target(dom: &Domain, xml: &str, flags: u32) -> Result<()> {
+    let x = cstr(xml)?;
+    check(unsafe { virDomainSetDefaultTarget(dom.as_ptr(), x.as_ptr(), flags) }).map(drop)
+}

@@ -1,0 +1,1075 @@
+//! virt-backup: managed backups of libvirt domains from the command line.
+//!
+//! Every operation goes through libvirt-backup's public C API (linked
+//! dynamically, as a C program links it), and libvirt's own API for the
+//! connection and the domain lookup: whatever this command does, a C,
+//! Python or Go program can do.
+
+mod api;
+mod info;
+mod progress;
+mod prune;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+use api::{ApiError, Backup, Param};
+use info::BackupInfo;
+use progress::Progress;
+
+#[derive(Parser)]
+#[command(
+    name = "virt-backup",
+    version,
+    about = "Managed backups of libvirt domains",
+    long_about = "Managed backups of libvirt domains: full and incremental backups kept in a \
+                  catalog, listed as a tree, verified, restored, pruned and exported over NBD. \
+                  Built on libvirt-backup's public C API.\n\n\
+                  Exit status: 0 done, 1 failed (message on stderr), 2 bad usage."
+)]
+struct Cli {
+    /// Hypervisor connection URI (default: $LIBVIRT_DEFAULT_URI, else libvirt's default)
+    #[arg(short = 'c', long = "connect", global = true, value_name = "URI")]
+    connect: Option<String>,
+    /// Print one JSON document on stdout (no progress)
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing but errors
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Back up a domain's disks (full, or incremental on a parent)
+    Create(CreateArgs),
+    /// List a domain's backups
+    List(ListArgs),
+    /// Print a backup's XML description
+    Info { uuid: String },
+    /// Print a backup job's typed parameters
+    Status { uuid: String },
+    /// Restore a backup into its (shut off) domain or as a new domain
+    Restore(RestoreArgs),
+    /// Delete a backup (its children keep their data: it is merged into them)
+    Delete(DeleteArgs),
+    /// Cancel a running backup job and remove its partial data
+    Abort { uuid: String },
+    /// Wait for a backup job to end, showing its progress
+    Wait { uuid: String },
+    /// Serve a domain's disks read-only over NBD until Ctrl-C or --timeout
+    Export(ExportArgs),
+    /// Set where a domain's backups go by default
+    DefaultTarget(DefaultTargetArgs),
+    /// Delete the backups a retention policy does not keep
+    Prune(PruneArgs),
+    /// Re-read a backup (or every backup of a domain) and check it against its digests
+    Verify {
+        /// A backup UUID, or a domain (name, UUID or id): all its backups
+        #[arg(value_name = "UUID|DOMAIN")]
+        what: String,
+    },
+    /// Clean up after an interrupted restore (run by `restore` itself)
+    #[command(hide = true)]
+    RestoreInterrupted { uuid: String },
+    /// Print a shell completion script (bash, zsh, fish)
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Domain name, UUID or id
+    domain: String,
+    /// A disk to back up, with its target file or storage pool (repeatable)
+    #[arg(long = "disk", value_name = "NAME[=PATH|=pool:POOL]")]
+    disks: Vec<String>,
+    /// Format of the target images
+    #[arg(long, value_parser = ["qcow2", "raw"])]
+    format: Option<String>,
+    /// Incremental on top of this backup
+    #[arg(long, value_name = "UUID", conflicts_with = "incremental")]
+    parent: Option<String>,
+    /// Incremental on top of the domain's latest backup
+    #[arg(long)]
+    incremental: bool,
+    /// Freeze the guest's file systems (guest agent)
+    #[arg(long)]
+    quiesce: bool,
+    /// Fail rather than copy in full a disk whose parent is unusable
+    #[arg(long)]
+    no_fallback: bool,
+    /// Return as soon as the job has started (print its UUID)
+    #[arg(long)]
+    no_wait: bool,
+    /// A description kept with the backup
+    #[arg(long, value_name = "TEXT")]
+    description: Option<String>,
+    /// Use this <domainbackup> document as is
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "format", "parent", "incremental", "description"])]
+    xml: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    domain: String,
+    /// Draw the backups as a tree (like virsh snapshot-list --tree)
+    #[arg(long)]
+    tree: bool,
+    /// Only full backups (chain roots)
+    #[arg(long, conflicts_with = "incremental")]
+    full: bool,
+    /// Only incremental backups
+    #[arg(long)]
+    incremental: bool,
+    /// Only backups with no children
+    #[arg(long)]
+    leaves: bool,
+    /// Only the newest backup
+    #[arg(long)]
+    latest: bool,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    uuid: String,
+    /// Define a new domain (default name: <name>-restore-<uuid prefix>)
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+    new_domain: Option<String>,
+    /// Restore this disk (repeatable; default: all), optionally to PATH
+    #[arg(long = "disk", value_name = "NAME[=PATH]")]
+    disks: Vec<String>,
+    /// Write over existing files
+    #[arg(long)]
+    rewrite: bool,
+    /// Format of the restored images
+    #[arg(long, value_parser = ["qcow2", "raw"])]
+    format: Option<String>,
+}
+
+#[derive(Args)]
+struct DeleteArgs {
+    uuid: String,
+    /// Delete its descendants too
+    #[arg(long)]
+    children: bool,
+    /// Forget the backup but keep its files
+    #[arg(long)]
+    metadata_only: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    domain: String,
+    /// Listen on HOST:PORT
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "unix",
+        conflicts_with = "unix"
+    )]
+    tcp: Option<String>,
+    /// Listen on a UNIX socket
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    /// Also export the changes since this backup as a dirty bitmap
+    #[arg(long, value_name = "UUID")]
+    parent: Option<String>,
+    /// Name each export <disk>-SUFFIX (default SUFFIX: the domain's name)
+    #[arg(long, value_name = "SUFFIX", num_args = 0..=1, default_missing_value = "")]
+    name_suffix: Option<String>,
+    /// End the export after this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+}
+
+#[derive(Args)]
+struct DefaultTargetArgs {
+    domain: String,
+    /// A folder, or pool:POOL
+    #[arg(value_name = "DIR|pool:POOL")]
+    target: String,
+    /// For this process only (while the domain runs)
+    #[arg(long, conflicts_with = "config")]
+    live: bool,
+    /// Persistently
+    #[arg(long)]
+    config: bool,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    domain: String,
+    #[arg(long, value_name = "N")]
+    keep_last: usize,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_daily: usize,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_weekly: usize,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_monthly: usize,
+    /// Only print what would be kept and removed
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// SIGINT count: the first asks the running job to stop, the second exits.
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    if INTERRUPTS.fetch_add(1, Ordering::SeqCst) >= 1 {
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTS.load(Ordering::SeqCst) > 0
+}
+
+fn catch_sigint() {
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigint as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+    }
+}
+
+type Res<T> = Result<T, ApiError>;
+use api::err;
+
+struct Ctx {
+    uri: Option<String>,
+    json: bool,
+    quiet: bool,
+    conn: Option<Connect>,
+}
+
+impl Ctx {
+    fn conn(&mut self) -> Res<&Connect> {
+        if self.conn.is_none() {
+            let c = Connect::open(self.uri.as_deref()).map_err(|e| {
+                err(format!(
+                    "failed to connect to the hypervisor: {}",
+                    e.message()
+                ))
+            })?;
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_ref().unwrap())
+    }
+
+    /// A domain by id, UUID or name, as virsh finds one.
+    fn domain(&mut self, s: &str) -> Res<Domain> {
+        let conn = self.conn()?;
+        if let Ok(id) = s.parse::<u32>()
+            && let Ok(d) = conn.lookup_domain_by_id(id)
+        {
+            return Ok(d);
+        }
+        if s.len() == 36
+            && let Ok(d) = conn.lookup_domain_by_uuid_string(s)
+        {
+            return Ok(d);
+        }
+        conn.lookup_domain_by_name(s)
+            .map_err(|_| err(format!("failed to get domain '{s}'")))
+    }
+
+    fn silent(&self) -> bool {
+        self.json || self.quiet
+    }
+
+    fn say(&self, s: &str) {
+        if !self.silent() {
+            println!("{s}");
+        }
+    }
+
+    fn print_json(&self, v: serde_json::Value) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        }
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+fn info_of(b: &Backup) -> Res<BackupInfo> {
+    BackupInfo::parse(&b.xml()?).map_err(err)
+}
+
+/// The disks with device='disk' of a domain's definition.
+fn domain_disks(dom: &Domain) -> Res<Vec<String>> {
+    let xml = dom.xml_desc(0).map_err(|e| err(e.message().to_string()))?;
+    let doc = roxmltree::Document::parse(&xml).map_err(|e| err(e.to_string()))?;
+    Ok(doc
+        .descendants()
+        .filter(|n| n.has_tag_name("disk") && n.attribute("device").unwrap_or("disk") == "disk")
+        .filter_map(|n| {
+            n.children()
+                .find(|c| c.has_tag_name("target"))
+                .and_then(|t| t.attribute("dev"))
+                .map(str::to_string)
+        })
+        .collect())
+}
+
+/// Follow a job through GetParameters (`prefix`: "bytes" or
+/// "verify.bytes") until `done` says it ended; Ctrl-C calls `on_interrupt`
+/// once.
+fn follow(
+    b: &Backup,
+    prefix: &str,
+    label: &str,
+    silent: bool,
+    mut done: impl FnMut() -> Res<bool>,
+    mut on_interrupt: impl FnMut(),
+) -> Res<Progress> {
+    let mut bar = Progress::new(label, silent);
+    let mut asked = false;
+    loop {
+        if interrupted() && !asked {
+            asked = true;
+            on_interrupt();
+        }
+        if done()? {
+            break;
+        }
+        if let Ok(p) = b.parameters() {
+            let get = |n: &str| {
+                api::param(&p, &format!("{prefix}.{n}"))
+                    .and_then(Param::as_u64)
+                    .unwrap_or(0)
+            };
+            bar.update(get("processed"), get("total"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(bar)
+}
+
+fn job_running(b: &Backup) -> Res<bool> {
+    Ok(b.finish(api::FINISH_CHECK)? == 1)
+}
+
+/// Wait for a job with a progress display; Ctrl-C aborts it when `abort`.
+fn watch_job(ctx: &Ctx, b: &Backup, label: &str, abort: bool) -> Res<()> {
+    let mut bar = follow(
+        b,
+        "bytes",
+        label,
+        ctx.silent(),
+        || match job_running(b) {
+            Ok(r) => Ok(!r),
+            Err(_) => Ok(true),
+        },
+        || {
+            if abort {
+                eprintln!("\ninterrupted: aborting the backup job (Ctrl-C again to exit at once)");
+                let _ = b.abort();
+            }
+        },
+    )?;
+    // The final answer, with the job's own error.
+    let result = b.finish(0).map(drop);
+    if let Ok(p) = b.parameters() {
+        let get = |n: &str| api::param(&p, n).and_then(Param::as_u64).unwrap_or(0);
+        bar.update(get("bytes.processed"), get("bytes.total"));
+    }
+    bar.finish(result.is_ok());
+    if !abort && interrupted() {
+        return Err(err("interrupted"));
+    }
+    result
+}
+
+fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
+    let dom = ctx.domain(&a.domain)?;
+    let xml = match &a.xml {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| err(format!("cannot read '{}': {e}", f.display())))?,
+        None => {
+            let mut x = String::from("<domainbackup>");
+            if let Some(d) = &a.description {
+                x += &format!("<description>{}</description>", xml_escape(d));
+            }
+            let parent = match (&a.parent, a.incremental) {
+                (Some(p), _) => Some(p.clone()),
+                (None, true) => {
+                    let latest = Backup::list(&dom, api::LIST_LATEST)?;
+                    let b = latest.first().ok_or_else(|| {
+                        err(format!(
+                            "domain '{}' has no backup to be incremental on",
+                            a.domain
+                        ))
+                    })?;
+                    Some(info_of(b)?.uuid)
+                }
+                _ => None,
+            };
+            if let Some(p) = parent {
+                x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(&p));
+            }
+            let mut disks: Vec<(String, Option<String>)> = a
+                .disks
+                .iter()
+                .map(|d| match d.split_once('=') {
+                    Some((n, t)) => (n.to_string(), Some(t.to_string())),
+                    None => (d.clone(), None),
+                })
+                .collect();
+            if disks.is_empty() && a.format.is_some() {
+                disks = domain_disks(&dom)?.into_iter().map(|n| (n, None)).collect();
+            }
+            if !disks.is_empty() {
+                x += "<disks>";
+                let dom_name = dom.name().unwrap_or_default();
+                let fmt = a.format.clone().unwrap_or_else(|| "qcow2".into());
+                for (name, target) in &disks {
+                    let n = xml_escape(name);
+                    let driver = a
+                        .format
+                        .as_ref()
+                        .map(|f| format!("<driver type='{}'/>", xml_escape(f)))
+                        .unwrap_or_default();
+                    x += &match target.as_deref() {
+                        Some(t) if t.starts_with("pool:") => {
+                            let stamp = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_secs();
+                            format!(
+                                "<disk name='{n}' type='volume'><target pool='{}' volume='{}'/>{driver}</disk>",
+                                xml_escape(&t[5..]),
+                                xml_escape(&format!("{dom_name}-{name}-{stamp}.{fmt}"))
+                            )
+                        }
+                        Some(t) => format!(
+                            "<disk name='{n}' type='file'><target file='{}'/>{driver}</disk>",
+                            xml_escape(t)
+                        ),
+                        None => format!("<disk name='{n}'>{driver}</disk>"),
+                    };
+                }
+                x += "</disks>";
+            }
+            x + "</domainbackup>"
+        }
+    };
+    let mut flags = 0;
+    if a.quiesce {
+        flags |= api::CREATE_QUIESCE;
+    }
+    if a.no_fallback {
+        flags |= api::CREATE_NO_FALLBACK;
+    }
+    let b = Backup::create(&dom, &xml, flags)?;
+    let uuid = info_of(&b)?.uuid;
+    if a.no_wait {
+        // In the detached process (see `detach`): hand the UUID to the
+        // parent, then keep the job's thread alive until the job ends.
+        report_to_parent(&format!("OK {uuid}"));
+        let _ = b.finish(0);
+        std::process::exit(0);
+    }
+    let r = watch_job(ctx, &b, "backup", true);
+    if interrupted() {
+        return Err(err(format!(
+            "backup {uuid} aborted: {}",
+            r.err()
+                .map(|e| e.message)
+                .unwrap_or_else(|| "completed before the abort".into())
+        )));
+    }
+    r?;
+    let info = info_of(&b)?;
+    let written = b
+        .parameters()
+        .ok()
+        .and_then(|p| api::param(&p, "bytes.written").and_then(Param::as_u64))
+        .unwrap_or(0);
+    ctx.say(&format!(
+        "Backup {uuid} completed ({}, {written} bytes written)",
+        info.kind()
+    ));
+    let mut j = info.to_json();
+    j["bytes_written"] = written.into();
+    ctx.print_json(j);
+    Ok(())
+}
+
+/// The pipe to the parent of a detached `create --no-wait` (-1: none).
+static PARENT_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// `create --no-wait`: the library copies a shut-off domain's disks on a
+/// thread of the process that called it, so the job runs in a child
+/// process of its own session, which outlives this one; this process
+/// prints what the child reports (the UUID, or why it failed) and exits.
+/// Returns only in the child.
+fn detach(json_out: bool, quiet: bool) {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        eprintln!("error: cannot create a pipe");
+        std::process::exit(1);
+    }
+    match unsafe { libc::fork() } {
+        -1 => {
+            eprintln!("error: cannot fork");
+            std::process::exit(1);
+        }
+        0 => {
+            unsafe {
+                libc::close(fds[0]);
+                libc::setsid();
+            }
+            PARENT_PIPE.store(fds[1], Ordering::SeqCst);
+        }
+        _ => {
+            unsafe { libc::close(fds[1]) };
+            let mut msg = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+                msg.extend_from_slice(&buf[..n as usize]);
+            }
+            let msg = String::from_utf8_lossy(&msg);
+            match msg.split_once(' ') {
+                Some(("OK", uuid)) => {
+                    if json_out {
+                        println!("{}", json!({"uuid": uuid, "state": "running"}));
+                    } else if !quiet {
+                        println!("Backup {uuid} started");
+                    }
+                    std::process::exit(0);
+                }
+                Some(("ERR", e)) => eprintln!("error: {e}"),
+                _ => eprintln!("error: the backup process ended without a word"),
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// In a detached child: tell the parent, then leave the terminal alone.
+fn report_to_parent(msg: &str) {
+    let fd = PARENT_PIPE.swap(-1, Ordering::SeqCst);
+    if fd < 0 {
+        return;
+    }
+    unsafe {
+        libc::write(fd, msg.as_ptr().cast(), msg.len());
+        libc::close(fd);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        for std_fd in 0..3 {
+            libc::dup2(null, std_fd);
+        }
+    }
+}
+
+fn cmd_list(ctx: &mut Ctx, a: &ListArgs) -> Res<()> {
+    let dom = ctx.domain(&a.domain)?;
+    let mut flags = 0;
+    for (on, f) in [
+        (a.full, api::LIST_FULL),
+        (a.incremental, api::LIST_INCREMENTAL),
+        (a.leaves, api::LIST_LEAVES),
+        (a.latest, api::LIST_LATEST),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    let mut infos = Backup::list(&dom, flags)?
+        .iter()
+        .map(info_of)
+        .collect::<Res<Vec<_>>>()?;
+    infos.sort_by_key(|i| i.creation_time);
+    if ctx.json {
+        ctx.print_json(json!(
+            infos.iter().map(BackupInfo::to_json).collect::<Vec<_>>()
+        ));
+        return Ok(());
+    }
+    if a.tree {
+        let items: Vec<(String, Option<String>)> = infos
+            .iter()
+            .map(|i| (i.uuid.clone(), i.parent.clone()))
+            .collect();
+        print!("{}", info::tree(&items));
+        return Ok(());
+    }
+    println!(
+        " {:<36}   {:<25}   {:<11}   {:<9}   Description",
+        "UUID", "Creation Time", "Kind", "State"
+    );
+    println!("{}", "-".repeat(110));
+    for i in &infos {
+        println!(
+            " {:<36}   {:<25}   {:<11}   {:<9}   {}",
+            i.uuid,
+            info::local_time(i.creation_time),
+            i.kind(),
+            i.state,
+            i.description
+        );
+    }
+    Ok(())
+}
+
+fn cmd_info(ctx: &mut Ctx, uuid: &str) -> Res<()> {
+    let b = Backup::lookup(uuid)?;
+    let xml = b.xml()?;
+    if ctx.json {
+        ctx.print_json(info_of(&b)?.to_json());
+    } else {
+        println!("{xml}");
+    }
+    Ok(())
+}
+
+fn state_name(v: i32) -> &'static str {
+    match v {
+        1 => "running",
+        2 => "completed",
+        3 => "failed",
+        4 => "cancelled",
+        _ => "unknown",
+    }
+}
+
+fn cmd_status(ctx: &mut Ctx, uuid: &str) -> Res<()> {
+    let b = Backup::lookup(uuid)?;
+    let params = b.parameters()?;
+    if ctx.json {
+        let mut m = serde_json::Map::new();
+        for (n, v) in &params {
+            m.insert(n.clone(), v.to_json());
+        }
+        ctx.print_json(m.into());
+        return Ok(());
+    }
+    for (n, v) in &params {
+        let shown = match (n.as_str(), v) {
+            ("state", Param::Int(s)) => format!("{s} ({})", state_name(*s)),
+            (_, Param::Bool(b)) => (if *b { "yes" } else { "no" }).to_string(),
+            (_, Param::Str(s)) => s.clone(),
+            (_, v) => v.as_u64().unwrap_or(0).to_string(),
+        };
+        println!("{:<24} {shown}", format!("{n}:"));
+    }
+    Ok(())
+}
+
+fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
+    let b = Backup::lookup(&a.uuid)?;
+    let info = info_of(&b)?;
+    let mut x = format!("<domainbackup><uuid>{}</uuid>", xml_escape(&a.uuid));
+    let mut flags = 0;
+    if let Some(n) = &a.new_domain {
+        flags |= api::RESTORE_NEW_DOMAIN;
+        if !n.is_empty() {
+            x += &format!("<domain name='{}'/>", xml_escape(n));
+        }
+    }
+    if a.rewrite {
+        flags |= api::RESTORE_REWRITE;
+    }
+    let mut disks: Vec<(String, Option<String>)> = a
+        .disks
+        .iter()
+        .map(|d| match d.split_once('=') {
+            Some((n, t)) => (n.to_string(), Some(t.to_string())),
+            None => (d.clone(), None),
+        })
+        .collect();
+    if disks.is_empty() && a.format.is_some() {
+        disks = info.disks.iter().map(|d| (d.name.clone(), None)).collect();
+    }
+    if !disks.is_empty() {
+        x += "<disks>";
+        for (n, t) in &disks {
+            x += &format!("<disk name='{}'>", xml_escape(n));
+            if let Some(t) = t {
+                x += &format!("<target file='{}'/>", xml_escape(t));
+            }
+            if let Some(f) = &a.format {
+                x += &format!("<driver type='{}'/>", xml_escape(f));
+            }
+            x += "</disk>";
+        }
+        x += "</disks>";
+    }
+    x += "</domainbackup>";
+    drop(b);
+    // The restore call is synchronous and has no job handle: it runs on a
+    // thread while this one shows that it is alive and watches for Ctrl-C.
+    let worker = std::thread::spawn(move || api::restore(&x, flags));
+    let mut bar = Progress::spinner("restore", ctx.silent());
+    while !worker.is_finished() {
+        if interrupted() {
+            restart_after_interrupted_restore(&a.uuid);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = worker.join().unwrap();
+    bar.finish(r.is_ok());
+    r?;
+    ctx.say(&format!("Backup {} restored", a.uuid));
+    ctx.print_json(json!({"uuid": a.uuid, "restored": true, "new_domain": a.new_domain}));
+    Ok(())
+}
+
+/// The library has no abort for a restore. What it does promise: the new
+/// files of a restore whose process is gone are removed by the next process
+/// that opens the catalog. So this process becomes that next process: it
+/// replaces itself (exec: the restore's thread and its locks are gone) with
+/// `virt-backup restore-interrupted UUID`, which opens the catalog.
+fn restart_after_interrupted_restore(uuid: &str) -> ! {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok());
+    if let (Some(exe), Ok(u)) = (exe, std::ffi::CString::new(uuid)) {
+        let args = [
+            exe.as_ptr(),
+            c"restore-interrupted".as_ptr(),
+            u.as_ptr(),
+            std::ptr::null(),
+        ];
+        unsafe { libc::execv(exe.as_ptr(), args.as_ptr()) };
+    }
+    eprintln!("error: restore interrupted");
+    unsafe { libc::_exit(1) }
+}
+
+fn cmd_restore_interrupted(uuid: &str) -> Res<()> {
+    // Opening the catalog (any lookup does) removes the unfinished files.
+    let _ = Backup::lookup(uuid);
+    Err(err(format!(
+        "restore of backup {uuid} interrupted: the new files it was writing are removed; \
+         a disk it was rewriting in place may be partly restored (restoring again completes it)"
+    )))
+}
+
+fn cmd_delete(ctx: &mut Ctx, a: &DeleteArgs) -> Res<()> {
+    let b = Backup::lookup(&a.uuid)?;
+    let mut flags = 0;
+    if a.children {
+        flags |= api::DELETE_ALL_CHILDREN;
+    }
+    if a.metadata_only {
+        flags |= api::DELETE_METADATA_ONLY;
+    }
+    b.delete(flags)?;
+    ctx.say(&format!("Backup {} deleted", a.uuid));
+    ctx.print_json(json!({"uuid": a.uuid, "deleted": true}));
+    Ok(())
+}
+
+fn cmd_abort(ctx: &mut Ctx, uuid: &str) -> Res<()> {
+    Backup::lookup(uuid)?.abort()?;
+    ctx.say(&format!("Backup job {uuid} aborted"));
+    ctx.print_json(json!({"uuid": uuid, "aborted": true}));
+    Ok(())
+}
+
+fn cmd_wait(ctx: &mut Ctx, uuid: &str) -> Res<()> {
+    let b = Backup::lookup(uuid)?;
+    watch_job(ctx, &b, "backup", false)?;
+    ctx.say(&format!("Backup {uuid} completed"));
+    ctx.print_json(json!({"uuid": uuid, "state": "completed"}));
+    Ok(())
+}
+
+fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
+    let dom = ctx.domain(&a.domain)?;
+    let mut x = String::from("<domainbackup>");
+    if let Some(p) = &a.parent {
+        x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(p));
+    }
+    match (&a.tcp, &a.unix) {
+        (Some(hp), _) => {
+            let (h, p) = hp
+                .rsplit_once(':')
+                .ok_or_else(|| err(format!("--tcp wants HOST:PORT, not '{hp}'")))?;
+            x += &format!(
+                "<server transport='tcp' name='{}' port='{}'/>",
+                xml_escape(h),
+                xml_escape(p)
+            );
+        }
+        (None, Some(path)) => {
+            x += &format!(
+                "<server transport='unix' socket='{}'/>",
+                xml_escape(&path.to_string_lossy())
+            );
+        }
+        _ => unreachable!("clap requires one"),
+    }
+    if let Some(s) = &a.name_suffix {
+        let suffix = if s.is_empty() {
+            dom.name().unwrap_or_default()
+        } else {
+            s.clone()
+        };
+        x += "<disks>";
+        for d in domain_disks(&dom)? {
+            x += &format!(
+                "<disk name='{}' exportname='{}'/>",
+                xml_escape(&d),
+                xml_escape(&format!("{d}-{suffix}"))
+            );
+        }
+        x += "</disks>";
+    }
+    x += "</domainbackup>";
+    let b = Backup::start_unmanaged(&dom, &x)?;
+    let info = info_of(&b)?;
+    if ctx.json {
+        ctx.print_json(json!({
+            "server": match (&a.tcp, &a.unix) {
+                (Some(t), _) => json!({"tcp": t}),
+                (None, u) => json!({"unix": u}),
+            },
+            "exports": info.disks.iter().map(|d| json!({
+                "disk": d.name, "exportname": d.exportname, "exportbitmap": d.exportbitmap,
+            })).collect::<Vec<_>>(),
+        }));
+    } else if !ctx.quiet {
+        for d in &info.disks {
+            if d.exportbitmap.is_empty() {
+                println!("disk {}: export '{}'", d.name, d.exportname);
+            } else {
+                println!(
+                    "disk {}: export '{}' bitmap '{}'",
+                    d.name, d.exportname, d.exportbitmap
+                );
+            }
+        }
+        println!("serving; Ctrl-C ends the export");
+    }
+    let _ = std::io::stdout().flush();
+    let start = Instant::now();
+    while !interrupted()
+        && a.timeout
+            .is_none_or(|t| start.elapsed() < Duration::from_secs(t))
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.finish(0)?;
+    ctx.say("export ended");
+    Ok(())
+}
+
+fn cmd_default_target(ctx: &mut Ctx, a: &DefaultTargetArgs) -> Res<()> {
+    let dom = ctx.domain(&a.domain)?;
+    let x = match a.target.strip_prefix("pool:") {
+        Some(p) => format!(
+            "<target type='pool'><pool>{}</pool></target>",
+            xml_escape(p)
+        ),
+        None => format!(
+            "<target type='dir'><path>{}</path></target>",
+            xml_escape(&a.target)
+        ),
+    };
+    let flags = if a.live {
+        api::AFFECT_LIVE
+    } else if a.config {
+        api::AFFECT_CONFIG
+    } else {
+        0
+    };
+    api::set_default_target(&dom, &x, flags)?;
+    ctx.say(&format!("Default backup target of {} set", a.domain));
+    ctx.print_json(json!({"domain": a.domain, "target": a.target}));
+    Ok(())
+}
+
+fn cmd_prune(ctx: &mut Ctx, a: &PruneArgs) -> Res<()> {
+    let dom = ctx.domain(&a.domain)?;
+    let all = Backup::list(&dom, 0)?;
+    let mut items = Vec::new();
+    for b in all {
+        let i = info_of(&b)?;
+        if i.state == "completed" {
+            items.push((b, i));
+        }
+    }
+    // Oldest first: equal times keep the list's order.
+    items.sort_by_key(|(_, i)| i.creation_time);
+    let times: Vec<i64> = items.iter().map(|(_, i)| i.creation_time).collect();
+    let policy = prune::Policy {
+        keep_last: a.keep_last,
+        keep_daily: a.keep_daily,
+        keep_weekly: a.keep_weekly,
+        keep_monthly: a.keep_monthly,
+    };
+    let keep = prune::select(&times, &policy, prune::local_period);
+    let kept: Vec<&str> = items
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|((_, i), _)| i.uuid.as_str())
+        .collect();
+    let removed: Vec<&str> = items
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| !**k)
+        .map(|((_, i), _)| i.uuid.as_str())
+        .collect();
+    if !ctx.silent() {
+        for ((_, i), k) in items.iter().zip(&keep) {
+            println!(
+                "{} {}  {}",
+                if *k { "keep  " } else { "remove" },
+                i.uuid,
+                info::local_time(i.creation_time)
+            );
+        }
+    }
+    if !a.dry_run {
+        // Newest first: each delete merges the backup into its children, so
+        // a kept child is rebased step by step instead of made full each time.
+        for ((b, i), k) in items.iter().zip(&keep).rev() {
+            if !*k {
+                b.delete(0)
+                    .map_err(|e| err(format!("cannot delete backup {}: {}", i.uuid, e.message)))?;
+            }
+        }
+    }
+    ctx.print_json(json!({"keep": kept, "remove": removed, "dry_run": a.dry_run}));
+    Ok(())
+}
+
+fn verify_one(ctx: &Ctx, b: Backup, uuid: &str) -> Res<()> {
+    let b = std::sync::Arc::new(b);
+    let worker = {
+        let b = std::sync::Arc::clone(&b);
+        std::thread::spawn(move || b.verify())
+    };
+    let mut bar = follow(
+        &b,
+        "verify.bytes",
+        &format!("verify {}", &uuid[..8.min(uuid.len())]),
+        ctx.silent(),
+        || Ok(worker.is_finished()),
+        || {
+            eprintln!("\ninterrupted: stopping the verification");
+            let _ = b.abort();
+        },
+    )?;
+    let r = worker.join().unwrap();
+    bar.finish(r.is_ok());
+    r
+}
+
+fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
+    let targets: Vec<(Backup, String)> = match Backup::lookup(what) {
+        Ok(b) => vec![(b, what.to_string())],
+        Err(e) if e.code != 0 && what.len() == 36 && ctx.domain(what).is_err() => return Err(e),
+        Err(_) => {
+            let dom = ctx.domain(what)?;
+            let mut v = Vec::new();
+            for b in Backup::list(&dom, 0)? {
+                let i = info_of(&b)?;
+                if i.state == "completed" {
+                    v.push((i.creation_time, b, i.uuid));
+                }
+            }
+            v.sort_by_key(|t| t.0);
+            v.into_iter().map(|(_, b, u)| (b, u)).collect()
+        }
+    };
+    let mut results = Vec::new();
+    let mut failed = None;
+    for (b, uuid) in targets {
+        match verify_one(ctx, b, &uuid) {
+            Ok(()) => {
+                ctx.say(&format!("Backup {uuid}: OK"));
+                results.push(json!({"uuid": uuid, "ok": true}));
+            }
+            Err(e) => {
+                results.push(json!({"uuid": uuid, "ok": false, "error": e.message}));
+                failed.get_or_insert(err(format!("backup {uuid}: {}", e.message)));
+                if interrupted() {
+                    break;
+                }
+            }
+        }
+    }
+    ctx.print_json(json!({"ok": failed.is_none(), "backups": results}));
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn main() {
+    // Quiet end when the reader of our output goes away (`| head`).
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let cli = Cli::parse();
+    // libvirt's default handler prints every error; ours are printed once, below.
+    virt::error::clear_error_callback();
+    catch_sigint();
+    if let Command::Create(a) = &cli.command
+        && a.no_wait
+    {
+        detach(cli.json, cli.quiet);
+    }
+    let mut ctx = Ctx {
+        uri: cli.connect.clone(),
+        json: cli.json,
+        quiet: cli.quiet,
+        conn: None,
+    };
+    let r = match &cli.command {
+        Command::Create(a) => cmd_create(&mut ctx, a),
+        Command::List(a) => cmd_list(&mut ctx, a),
+        Command::Info { uuid } => cmd_info(&mut ctx, uuid),
+        Command::Status { uuid } => cmd_status(&mut ctx, uuid),
+        Command::Restore(a) => cmd_restore(&mut ctx, a),
+        Command::Delete(a) => cmd_delete(&mut ctx, a),
+        Command::Abort { uuid } => cmd_abort(&mut ctx, uuid),
+        Command::Wait { uuid } => cmd_wait(&mut ctx, uuid),
+        Command::Export(a) => cmd_export(&mut ctx, a),
+        Command::DefaultTarget(a) => cmd_default_target(&mut ctx, a),
+        Command::Prune(a) => cmd_prune(&mut ctx, a),
+        Command::Verify { what } => cmd_verify(&mut ctx, what),
+        Command::RestoreInterrupted { uuid } => cmd_restore_interrupted(uuid),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "virt-backup",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    };
+    if let Err(e) = r {
+        report_to_parent(&format!("ERR {}", e.message));
+        let _ = std::io::stdout().flush();
+        eprintln!("error: {}", e.message);
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,368 @@
+"""The installed virt-backup command, run as a user runs it ($VIRT_BACKUP,
+set by `make cli-tests` to a `make install` under build/cli-stage), on
+qemu:///system TCG domains (shut off and running) with a private catalog.
+
+Every backup and restore is checked byte for byte with qemu-img compare
+against a copy of the disk taken when the backup was made."""
+
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import subprocess
+import time
+import uuid as uuidlib
+
+import pytest
+
+VB = os.environ.get("VIRT_BACKUP", "virt-backup")
+URI = "qemu:///system"
+MiB = 1 << 20
+
+
+def run(*args, check=True, **kw):
+    p = subprocess.run(list(args), capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}): {p.stdout}\n{p.stderr}")
+    return p
+
+
+def vb(*args, rc=0, env=None):
+    """Run virt-backup; assert its exit status; return the process."""
+    p = subprocess.run([VB, "-c", URI, *args], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == rc, f"virt-backup {args}: exit {p.returncode}, want {rc}\n" \
+                               f"stdout: {p.stdout}\nstderr: {p.stderr}"
+    return p
+
+
+def vbj(*args):
+    return json.loads(vb("--json", *args).stdout)
+
+
+def virsh(*args, check=True):
+    return run("virsh", "-q", "-c", URI, *args, check=check)
+
+
+def same(a, b):
+    """qemu-img compare of two images (formats probed)."""
+    p = run("qemu-img", "compare", a, b, check=False)
+    return p.returncode == 0
+
+
+def qemu_io(path, cmd):
+    run("qemu-io", "-f", "qcow2", "-c", cmd, path)
+
+
+class Env:
+    def __init__(self, tmp):
+        self.tmp = str(tmp)
+        self.domains = []
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def disk(self, name, size=64 * MiB, writes=(("0x11", 0, 4 * MiB),)):
+        p = self.path(name)
+        run("qemu-img", "create", "-q", "-f", "qcow2", p, str(size))
+        for pat, off, ln in writes:
+            qemu_io(p, f"write -q -P {pat} {off} {ln}")
+        return p
+
+    def domain(self, disks, start=False, name=None):
+        name = name or "lvb-clitest-" + uuidlib.uuid4().hex[:10]
+        devs = "".join(
+            f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+            f"<source file='{p}'/><target dev='{d}' bus='virtio'/></disk>" for d, p in disks)
+        xml = (f"<domain type='qemu'><name>{name}</name><memory>65536</memory>"
+               f"<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+               f"<devices>{devs}</devices></domain>")
+        f = self.path(name + ".xml")
+        with open(f, "w") as fh:
+            fh.write(xml)
+        virsh("define", f)
+        self.domains.append(name)
+        if start:
+            virsh("start", name)
+        return name
+
+    def expect_domain(self, name):
+        self.domains.append(name)
+        return name
+
+    def snapshot(self, src, name):
+        dst = self.path(name)
+        run("qemu-img", "convert", "-O", "raw", src, dst)
+        return dst
+
+    def cleanup(self):
+        for d in self.domains:
+            virsh("destroy", d, check=False)
+            virsh("undefine", "--checkpoints-metadata", d, check=False)
+        # Images of a GiB: pytest would keep them in its retained temp dirs.
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    if subprocess.run(["virsh", "-c", URI, "version"], capture_output=True).returncode != 0:
+        pytest.skip("qemu:///system is not reachable")
+    monkeypatch.setenv("LIBVIRT_BACKUP_DIR", str(tmp_path / "catalog"))
+    e = Env(tmp_path)
+    yield e
+    e.cleanup()
+
+
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def catalog_files(env):
+    root = os.environ["LIBVIRT_BACKUP_DIR"]
+    out = []
+    for d, _, files in os.walk(root):
+        out += [os.path.relpath(os.path.join(d, f), root) for f in files if f != ".lock"]
+    return sorted(out)
+
+
+def test_usage_and_errors(env):
+    p = subprocess.run([VB, "create"], capture_output=True, text=True)
+    assert p.returncode == 2 and "Usage" in p.stderr
+    p = subprocess.run([VB, "frobnicate"], capture_output=True, text=True)
+    assert p.returncode == 2
+    p = vb("list", "no-such-domain-" + uuidlib.uuid4().hex[:6], rc=1)
+    assert p.stderr.startswith("error: failed to get domain"), p.stderr
+    p = vb("info", str(uuidlib.uuid4()), rc=1)
+    assert p.stderr.startswith("error: ") and "backup" in p.stderr.lower(), p.stderr
+    for cmd in ["create", "list", "restore", "verify", "prune", "export"]:
+        h = subprocess.run([VB, cmd, "--help"], capture_output=True, text=True)
+        assert h.returncode == 0 and "Usage: virt-backup " + cmd in h.stdout
+    comp = os.path.join(os.path.dirname(os.path.dirname(VB)),
+                        "share/bash-completion/completions/virt-backup")
+    man = os.path.join(os.path.dirname(os.path.dirname(VB)), "share/man/man1/virt-backup.1")
+    assert "prune" in open(comp).read() and "prune" in open(man).read()
+
+
+def test_shut_off_domain_backup_verify_restore_prune(env):
+    vda = env.disk("vda.qcow2")
+    dom = env.domain([("vda", vda)])
+
+    # Full (into a raw file of our choosing), then three incrementals.
+    full_t = env.path("full-vda.raw")
+    full = vbj("create", dom, "--disk", f"vda={full_t}", "--format", "raw",
+               "--description", "full")
+    assert full["kind"] == "full" and full["state"] == "completed"
+    copies = {full["uuid"]: env.snapshot(vda, "at-full.raw")}
+    uuids = [full["uuid"]]
+    for i in range(3):
+        qemu_io(vda, f"write -q -P 0x{0x40 + i:x} {(8 + 4 * i) * MiB} {MiB}")
+        b = vbj("create", dom, "--incremental", "--description", f"inc{i}")
+        assert b["kind"] == "incremental" and b["parent"] == uuids[-1]
+        assert b["bytes_written"] == MiB
+        copies[b["uuid"]] = env.snapshot(vda, f"at-inc{i}.raw")
+        uuids.append(b["uuid"])
+
+    listed = vbj("list", dom)
+    assert [b["uuid"] for b in listed] == uuids
+    tree = vb("list", dom, "--tree").stdout
+    want = uuids[0] + "\n"
+    for depth, u in enumerate(uuids[1:]):
+        pad = "    " * depth
+        want += f"{pad}  |\n{pad}  +- {u}\n"
+    assert tree.rstrip("\n") + "\n" == want, tree
+    assert [b["uuid"] for b in vbj("list", dom, "--leaves")] == [uuids[-1]]
+    assert [b["uuid"] for b in vbj("list", dom, "--full")] == [uuids[0]]
+    status = vbj("status", uuids[1])
+    assert status["state"] == 2 and status["incremental"] is True
+    assert "<domainbackup>" in vb("info", uuids[1]).stdout
+
+    # verify: all good, then one flipped byte in the full backup's raw file
+    # (guest offset = file offset), seen through every child's chain.
+    assert vbj("verify", dom)["ok"] is True
+    flip_byte(full_t, 2 * MiB + 100)
+    p = vb("verify", uuids[2], rc=1)
+    assert "disk 'vda'" in p.stderr and f"offset {2 * MiB}" in p.stderr, p.stderr
+    assert p.stderr.startswith("error: ")
+    j = json.loads(vb("--json", "verify", dom, rc=1).stdout)
+    assert [b["ok"] for b in j["backups"]] == [False] * 4
+    flip_byte(full_t, 2 * MiB + 100)
+    vb("verify", dom, "-q")
+
+    # restore --new-domain: byte for byte the disk at that backup.
+    name = env.expect_domain(dom + "-r")
+    vb("restore", uuids[2], "--new-domain", name)
+    src = virsh("domblklist", name).stdout.split()[1]
+    assert same(src, copies[uuids[2]])
+
+    # prune: keep the two newest; the older ones are merged away and every
+    # kept backup still restores byte for byte.
+    dry = vbj("prune", dom, "--keep-last", "2", "--dry-run")
+    assert dry["keep"] == uuids[2:] and dry["remove"] == uuids[:2]
+    assert [b["uuid"] for b in vbj("list", dom)] == uuids
+    out = vb("prune", dom, "--keep-last", "2").stdout
+    assert out.count("remove ") == 2 and out.count("keep ") == 2
+    assert [b["uuid"] for b in vbj("list", dom)] == uuids[2:]
+    assert not os.path.exists(full_t)
+    vb("verify", dom)
+    for u in uuids[2:]:
+        t = env.path(f"restored-{u}.qcow2")
+        vb("restore", u, "--new-domain", env.expect_domain(f"{dom}-p{u[:6]}"),
+           "--disk", f"vda={t}")
+        assert same(t, copies[u]), f"kept backup {u} does not restore"
+
+    # delete the rest; nothing is left in the catalog but the domain folder.
+    vb("delete", uuids[2])
+    assert vbj("list", dom)[0]["parent"] is None
+    vb("delete", uuids[3])
+    assert vbj("list", dom) == []
+    assert catalog_files(env) == []
+
+
+def test_running_domain_backup_export(env):
+    vda = env.disk("vda.qcow2")
+    dom = env.domain([("vda", vda)], start=True)
+    full = vbj("create", dom)
+    assert full["kind"] == "full"
+    virsh("qemu-monitor-command", dom, "--hmp",
+          "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -P 0xcd 32M 1M\"")
+    inc = vbj("create", dom, "--incremental")
+    assert inc["kind"] == "incremental" and inc["bytes_written"] == MiB
+    vb("verify", inc["uuid"])  # records the index QEMU did not write, then checks it
+    vb("verify", inc["uuid"])
+
+    # export: an unmanaged backup over TCP until --timeout, read by nbdinfo.
+    port = 20000 + os.getpid() % 20000
+    p = subprocess.Popen([VB, "-c", URI, "export", dom, "--tcp", f"127.0.0.1:{port}",
+                          "--parent", inc["uuid"], "--timeout", "60"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        m = re.match(r"disk vda: export '([^']+)' bitmap '([^']+)'", line)
+        assert m, line + p.stderr.read() if p.poll() is not None else line
+        info = run("nbdinfo", "--json", f"nbd://127.0.0.1:{port}/{m.group(1)}").stdout
+        assert json.loads(info)["exports"][0]["export-size"] == 64 * MiB
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "export ended" in out
+
+
+def big_domain(env):
+    vda = env.disk("big.qcow2", 1024 * MiB, writes=(("0x31", 0, 1024 * MiB),))
+    return env.domain([("vda", vda)])
+
+
+def test_sigint_aborts_create_and_leaves_nothing(env):
+    dom = big_domain(env)
+    p = subprocess.Popen([VB, "-c", URI, "create", dom, "--disk",
+                          f"vda={env.path('t.qcow2')}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Wait until the job has made progress (a line per second when not a tty).
+    line = p.stdout.readline()
+    assert line.startswith("backup: "), line + p.stderr.read()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, (out, err)
+    assert "aborted" in err, err
+    assert vbj("list", dom) == []
+    assert not os.path.exists(env.path("t.qcow2"))
+    assert catalog_files(env) == []
+
+
+def pty_run(args):
+    """Run under a pseudo-terminal; return (exit status, everything drawn)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["COLUMNS"] = "120"
+        os.execv(args[0], args)
+    out = b""
+    while True:
+        r, _, _ = select.select([fd], [], [], 60)
+        if not r:
+            break
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal(env):
+    dom = big_domain(env)
+    rc, out = pty_run([VB, "-c", URI, "create", dom])
+    assert rc == 0, out
+    uuid = re.search(r"Backup (\S+) completed", out).group(1)
+    # The bar was drawn (redrawn with \r) and ends full, then the summary.
+    assert "\r" in out and "[" in out and "=" in out, repr(out[:500])
+    assert re.search(r"1\.00 GiB/1\.00 GiB", out), repr(out[-800:])
+    assert out.rstrip().endswith("written)"), repr(out[-300:])
+    rc, out = pty_run([VB, "-c", URI, "verify", uuid])
+    assert rc == 0, out
+    assert re.search(r"1\.00 GiB/1\.00 GiB", out) and f"Backup {uuid}: OK" in out, repr(out[-800:])
+    # Not a terminal: plain lines, no escape sequences.
+    p = vb("verify", uuid)
+    assert "\x1b" not in p.stdout and "\r" not in p.stdout
+    assert p.stdout.splitlines()[-2].endswith("bytes, done")
+
+
+def test_no_wait_wait_abort_and_default_target(env):
+    """create --no-wait leaves the job running in a process of its own;
+    `wait` and `abort` from other processes follow and cancel it."""
+    dom = big_domain(env)
+    vda = env.path("big.qcow2")
+    t1 = env.path("bg1.qcow2")
+    j = vbj("create", dom, "--no-wait", "--disk", f"vda={t1}")
+    assert j["state"] == "running"
+    assert vbj("list", dom)[0]["state"] == "running"
+    vb("wait", j["uuid"])
+    assert vbj("status", j["uuid"])["state"] == 2
+    assert same(t1, vda)
+
+    t2 = env.path("bg2.qcow2")
+    j2 = vbj("create", dom, "--no-wait", "--disk", f"vda={t2}")
+    vb("abort", j2["uuid"])
+    assert [b["uuid"] for b in vbj("list", dom)] == [j["uuid"]]
+    assert not os.path.exists(t2)
+    p = vb("create", dom, "--no-wait", "--disk", "vdz", rc=1)
+    assert "vdz" in p.stderr and p.stderr.startswith("error: ")
+
+    # default-target: where a backup without a target goes.
+    folder = env.path("default")
+    os.mkdir(folder)
+    vb("default-target", dom, folder, "--config")
+    b = vbj("create", dom, "--incremental")
+    assert b["disks"][0]["target"].startswith(folder + "/")
+
+
+def test_sigint_during_restore_leaves_nothing(env):
+    dom = big_domain(env)
+    b = vbj("create", dom)
+    target = env.path("restored.qcow2")
+    name = env.expect_domain(dom + "-r")
+    p = subprocess.Popen([VB, "-c", URI, "restore", b["uuid"], "--new-domain", name,
+                          "--disk", f"vda={target}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Interrupt once the new file is being written.
+    deadline = time.monotonic() + 60
+    while not os.path.exists(target) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert p.poll() is None, "the restore ended before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1, (out, err)
+    assert "interrupted" in err and "removed" in err, err
+    assert not os.path.exists(target)
+    assert virsh("dominfo", name, check=False).returncode != 0
+    assert not [f for f in os.listdir(os.environ["LIBVIRT_BACKUP_DIR"]) if f.startswith(".restoring-")]

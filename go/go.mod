@@ -1,0 +1,3 @@
+module libvirtbackup
+
+go 1.19

@@ -1,0 +1,667 @@
+//! `virDomainBackupCreateXML`: parse the request, plan the disks
+//! (`ops::plan`, pure), check the plan against the world (sources, targets,
+//! the parent for an incremental), register the backup in the catalog with
+//! its target files, then run its job on the engine that fits the domain.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+use virt::connect::Connect;
+
+use super::files::{remove_backup, volume_connection};
+use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
+use super::recovery;
+use crate::engine::{copy, live};
+use crate::error::{Error, Result};
+use crate::flags::bits::*;
+use crate::hv::libvirt::DomainRef;
+use crate::hv::storage_pool;
+use crate::image::disk::{Chain, Source, Target as ImageTarget};
+use crate::job::Job;
+use crate::store::catalog::{Catalog, JobLock};
+use crate::store::index::{IndexReader, IndexWriter};
+use crate::store::secure;
+use crate::xml::backup::{
+    BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
+    JobStats,
+};
+use crate::xml::domain::{self, DomainDisk};
+
+/// Default targets set with `VIR_DOMAIN_AFFECT_LIVE`: they last for this process.
+pub(super) static LIVE_TARGETS: LazyLock<Mutex<HashMap<Uuid, DefaultTarget>>> =
+    LazyLock::new(Default::default);
+
+fn now() -> (i64, u64) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.as_nanos() as u64)
+}
+
+/// One disk of a backup being prepared: where it comes from and goes to.
+struct PlannedDisk {
+    record: DiskRecord,
+    source: Source,
+    /// Set for an incremental disk: what its target is a delta against.
+    baseline: Option<Baseline>,
+    /// For a live incremental disk: the parent's checkpoint, which libvirt
+    /// copies the changes since.
+    since: Option<String>,
+}
+
+/// The parent's copy of a disk an incremental target builds on, and, for
+/// the library's engine, its digest index, which tells the changes since
+/// (libvirt's engine uses the checkpoint, `PlannedDisk::since`).
+struct Baseline {
+    target: PathBuf,
+    format: DiskFormat,
+    index: Option<IndexReader>,
+}
+
+/// A backup whose job has started.
+pub struct Created {
+    pub uuid: Uuid,
+    pub domain_uuid: Uuid,
+    pub catalog: Catalog,
+    pub job: Arc<Job>,
+}
+
+/// What a new backup is made of once planned and checked.
+struct Prepared {
+    record: BackupRecord,
+    disks: Vec<PlannedDisk>,
+    dom_disks: Vec<DomainDisk>,
+    is_live: bool,
+    quiesce: bool,
+}
+
+/// `virDomainBackupCreateXML`: parse → plan → register → run.
+pub fn create(dom: &DomainRef, xml: &str, flags: u32) -> Result<Created> {
+    let req = CreateRequest::parse(xml)?;
+    let catalog = recovery::open_catalog()?;
+    let mut prepared = prepare(&catalog, dom, &req, flags)?;
+    let (targets, lock) = register(&catalog, dom, &mut prepared.record, &prepared.disks)?;
+    let job = run(&catalog, dom, prepared, targets, lock)?;
+    Ok(Created {
+        uuid: job.uuid,
+        domain_uuid: job.domain,
+        catalog,
+        job,
+    })
+}
+
+/// What the planner needs of the domain (its disks are read once it is
+/// known to be free).
+fn domain_facts(dom: &DomainRef) -> Result<DomainFacts> {
+    let active = dom.is_active()?;
+    let is_live = live::is_live(dom, active)?;
+    let images_quiet = is_live || dom.images_are_quiet(active)?;
+    let facts = DomainFacts {
+        name: dom.name()?,
+        driver: dom.driver()?,
+        active,
+        is_live,
+        images_quiet,
+        disks: Vec::new(),
+    };
+    Ok(facts)
+}
+
+/// Check the domain and the parent, plan the disks, and check the plan
+/// against the sources and targets it names.
+fn prepare(
+    catalog: &Catalog,
+    dom: &DomainRef,
+    req: &CreateRequest,
+    flags: u32,
+) -> Result<Prepared> {
+    let domain_uuid = dom.uuid()?;
+    let parent = match req.parent {
+        Some(p) => Some(check_parent(catalog, &domain_uuid, &p)?),
+        None => None,
+    };
+    let mut facts = domain_facts(dom)?;
+    let quiesce = flags & VIR_DOMAIN_BACKUP_CREATE_QUIESCE != 0;
+    plan::check_domain(&facts, quiesce)?;
+    super::check_domain_idle(dom, &domain_uuid, facts.is_live)?;
+    let domain_xml = dom.xml()?;
+    facts.disks = domain::parse_disks(&domain_xml)?;
+    let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
+    let default_target = effective_default_target(catalog, &domain_uuid, facts.active)?;
+    let plans = plan::plan_disks(
+        &facts,
+        req.disks.as_deref().unwrap_or(&[]),
+        default_target.as_ref(),
+        &catalog.data_dir(&domain_uuid, &uuid),
+        &uuid,
+    )?;
+    let mut disks = plans
+        .into_iter()
+        .map(|p| resolve_disk(dom, p))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(parent) = &parent {
+        for p in &mut disks {
+            if facts.is_live {
+                choose_live_mode(dom, parent, p, &facts.disks, flags)?;
+            } else {
+                choose_mode(catalog, parent, p, flags)?;
+            }
+            record_chain(catalog, parent, p)?;
+        }
+    }
+    check_targets(catalog, &catalog.data_dir(&domain_uuid, &uuid), &disks)?;
+    let record = new_record(
+        dom,
+        req,
+        uuid,
+        parent.as_ref(),
+        &disks,
+        domain_xml,
+        facts.is_live,
+    )?;
+    Ok(Prepared {
+        record,
+        disks,
+        dom_disks: facts.disks,
+        is_live: facts.is_live,
+        quiesce,
+    })
+}
+
+/// A planned disk checked against the world: the folder of a file target
+/// exists, a volume can be made, the source opens (which gives its size).
+fn resolve_disk(dom: &DomainRef, p: DiskPlan) -> Result<PlannedDisk> {
+    let (target, volume) = match p.target {
+        TargetPlan::File { path, checked } => {
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            if !checked && !dir.is_dir() {
+                return Err(Error::invalid_arg(format!(
+                    "folder of target '{}' does not exist",
+                    path.display()
+                )));
+            }
+            (path, None)
+        }
+        TargetPlan::Volume { pool, volume } => {
+            let path = storage_pool::check_new_volume(&dom.connect()?, &pool, &volume)?;
+            (path, Some((pool, volume)))
+        }
+    };
+    // The format libvirt's definition states (raw when it states none).
+    let src = Source::open(&p.source, p.source_format, Chain::Header)?;
+    Ok(PlannedDisk {
+        record: DiskRecord {
+            name: p.name,
+            source: p.source,
+            source_format: p.source_format,
+            target,
+            format: p.format,
+            mode: BackupMode::Full,
+            virtual_size: src.size(),
+            volume,
+            backing: Vec::new(),
+        },
+        source: src,
+        baseline: None,
+        since: None,
+    })
+}
+
+/// Refuse a target given to two disks, or one that exists already.
+/// Only the library's own default place, `own`, lies inside the catalog.
+fn check_targets(catalog: &Catalog, own: &Path, disks: &[PlannedDisk]) -> Result<()> {
+    for (i, p) in disks.iter().enumerate() {
+        plan::check_distinct(disks[..=i].iter().map(|o| o.record.target.as_path()))?;
+        if p.record.target.parent() != Some(own) {
+            let what = match p.record.volume {
+                Some(_) => "target volume",
+                None => "backup target",
+            };
+            secure::refuse_inside(catalog.root(), &p.record.target, what)?;
+        }
+        // symlink_metadata: a dangling link is an existing target too.
+        if fs::symlink_metadata(&p.record.target).is_ok() {
+            return Err(Error::invalid_arg(format!(
+                "target file '{}' already exists",
+                p.record.target.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The record of the new backup, in state running.
+fn new_record(
+    dom: &DomainRef,
+    req: &CreateRequest,
+    uuid: Uuid,
+    parent: Option<&BackupRecord>,
+    disks: &[PlannedDisk],
+    domain_xml: String,
+    is_live: bool,
+) -> Result<BackupRecord> {
+    let (creation_time, created_ns) = now();
+    Ok(BackupRecord {
+        uuid,
+        creation_time,
+        created_ns,
+        description: req.description.clone(),
+        state: BackupState::Running,
+        parent: parent.map(|p| p.uuid),
+        domain_uuid: dom.uuid()?,
+        domain_name: dom.name()?,
+        disks: disks.iter().map(|p| p.record.clone()).collect(),
+        uri: dom.uri()?,
+        domain_xml,
+        stats: JobStats::default(),
+        created_dirs: Vec::new(),
+        checkpoint: is_live.then(|| live::checkpoint_name(&uuid)),
+    })
+}
+
+/// Register the backup under the catalog lock, creating its files, so that
+/// a failure here leaves nothing behind. Returns the open targets and the
+/// job lock. `record.created_dirs` is filled in as folders are made.
+fn register(
+    catalog: &Catalog,
+    dom: &DomainRef,
+    record: &mut BackupRecord,
+    disks: &[PlannedDisk],
+) -> Result<(Vec<ImageTarget>, JobLock)> {
+    let _guard = catalog.lock()?;
+    let uuid = record.uuid;
+    if recovery::find(catalog, &uuid)?.is_some() || crate::job::running(&uuid).is_some() {
+        return Err(Error::invalid_arg(format!(
+            "a backup with uuid '{uuid}' already exists"
+        )));
+    }
+    let mut targets = Vec::new();
+    let prepared = create_targets(dom, record, disks, &mut targets).and_then(|()| {
+        catalog.create_index_dir(&record.domain_uuid, &uuid)?;
+        let lock = catalog.lock_job(&record.domain_uuid, &uuid)?;
+        catalog.write_record(record)?;
+        Ok(lock)
+    });
+    match prepared {
+        Ok(lock) => Ok((targets, lock)),
+        Err(e) => {
+            drop(targets);
+            let _ = remove_backup(
+                catalog,
+                record,
+                volume_connection(record, Some(dom)).as_ref(),
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Create each disk's target (and its pool volume, and missing folders).
+fn create_targets(
+    dom: &DomainRef,
+    record: &mut BackupRecord,
+    disks: &[PlannedDisk],
+    targets: &mut Vec<ImageTarget>,
+) -> Result<()> {
+    for p in disks {
+        let dir = p.record.target.parent().unwrap_or(Path::new("/"));
+        record.created_dirs.extend(create_dirs(dir)?);
+        if let Some((pool, volume)) = &p.record.volume {
+            create_volume(dom, pool, volume, &p.record)?;
+        }
+        let backing = p.baseline.as_ref().map(|b| (b.target.as_path(), b.format));
+        targets.push(ImageTarget::create(
+            &p.record.target,
+            p.record.format,
+            p.record.virtual_size,
+            backing,
+            p.record.volume.is_some(),
+        )?);
+    }
+    Ok(())
+}
+
+/// Create the pool volume of a disk's target, where the plan expects it.
+fn create_volume(dom: &DomainRef, pool: &str, volume: &str, d: &DiskRecord) -> Result<()> {
+    let v = storage_pool::create_volume(&dom.connect()?, pool, volume, d.format, d.virtual_size)?;
+    if v.path != d.target {
+        let _ = storage_pool::delete_volume(Some(&dom.connect()?), &v);
+        return Err(Error::operation_failed(format!(
+            "volume '{volume}' was created at '{}', not at '{}'",
+            v.path.display(),
+            d.target.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Start the job: libvirt's backup job for a live domain, else the
+/// library's copy. A failure to start discards the backup.
+fn run(
+    catalog: &Catalog,
+    dom: &DomainRef,
+    prepared: Prepared,
+    mut targets: Vec<ImageTarget>,
+    lock: JobLock,
+) -> Result<Arc<Job>> {
+    let Prepared {
+        record,
+        disks,
+        dom_disks,
+        is_live,
+        quiesce,
+    } = prepared;
+    let discard = |rec: &BackupRecord| {
+        let _ = remove_backup(catalog, rec, volume_connection(rec, Some(dom)).as_ref());
+    };
+    if is_live {
+        // QEMU writes the targets: close them first.
+        targets.clear();
+        if let Err(e) = begin_live(dom, &record, &disks, &dom_disks, quiesce) {
+            drop(lock);
+            discard(&record);
+            return Err(e);
+        }
+    }
+    let job = new_job(catalog, &record);
+    let sources: Vec<(Source, Option<IndexReader>)> = disks
+        .into_iter()
+        .map(|p| (p.source, p.baseline.and_then(|b| b.index)))
+        .collect();
+    let (work_catalog, work_record, work_dom) = (catalog.clone(), record.clone(), dom.clone());
+    let conn = volume_connection(&record, Some(dom));
+    let spawned = if is_live {
+        job.spawn(move |job| run_live(job, &work_catalog, work_record, work_dom, lock, conn))
+    } else {
+        job.spawn(move |job| {
+            run_copy(
+                job,
+                &work_catalog,
+                work_record,
+                sources,
+                targets,
+                lock,
+                conn,
+            )
+        })
+    };
+    if let Err(e) = spawned {
+        discard(&record);
+        return Err(e);
+    }
+    Ok(job)
+}
+
+/// Start libvirt's push-mode backup job of a running domain.
+fn begin_live(
+    dom: &DomainRef,
+    record: &BackupRecord,
+    disks: &[PlannedDisk],
+    dom_disks: &[DomainDisk],
+    quiesce: bool,
+) -> Result<()> {
+    let live_disks: Vec<live::LiveDisk> = disks
+        .iter()
+        .map(|p| live::LiveDisk {
+            record: &p.record,
+            since: p.since.as_deref(),
+        })
+        .collect();
+    live::begin(dom, record, &live_disks, dom_disks, quiesce)
+}
+
+/// The job of a new backup, its totals taken from the record.
+fn new_job(catalog: &Catalog, record: &BackupRecord) -> Arc<Job> {
+    let (uuid, domain) = (record.uuid, record.domain_uuid);
+    Job::new(
+        uuid,
+        domain,
+        record.disks.iter().map(|d| d.virtual_size).sum(),
+        record.disks.len() as u32,
+        record
+            .disks
+            .iter()
+            .any(|d| d.mode == BackupMode::Incremental),
+        catalog.cancel_path(&domain, &uuid),
+    )
+}
+
+/// Check that `parent` can be the parent of a new backup of `domain`.
+pub(super) fn check_parent(
+    catalog: &Catalog,
+    domain: &Uuid,
+    parent: &Uuid,
+) -> Result<BackupRecord> {
+    let rec =
+        recovery::find(catalog, parent)?.ok_or_else(|| Error::no_backup(&parent.to_string()))?;
+    if rec.domain_uuid != *domain {
+        return Err(Error::operation_invalid(format!(
+            "parent backup '{parent}' belongs to another domain ({})",
+            rec.domain_name
+        )));
+    }
+    if rec.state != BackupState::Completed {
+        return Err(Error::operation_invalid(format!(
+            "parent backup '{parent}' is not completed"
+        )));
+    }
+    Ok(rec)
+}
+
+/// The default target in force for a new backup: the LIVE one while the
+/// domain runs, else the persistent one.
+fn effective_default_target(
+    catalog: &Catalog,
+    domain: &Uuid,
+    active: bool,
+) -> Result<Option<DefaultTarget>> {
+    if let Some(t) = LIVE_TARGETS.lock().unwrap().get(domain).filter(|_| active) {
+        return Ok(Some(t.clone()));
+    }
+    catalog.default_target(domain)
+}
+
+/// Decide whether a disk of an incremental backup can be stored as a delta
+/// against `parent`'s copy, and if so set it up. A disk falls back to a full
+/// copy (`backupmode='full'`) when the parent has no copy of it, its disk
+/// shrank or changed format since, or the parent's target or digest index
+/// is gone or unreadable; `CREATE_NO_FALLBACK` makes each of these an error.
+fn choose_mode(
+    catalog: &Catalog,
+    parent: &BackupRecord,
+    p: &mut PlannedDisk,
+    flags: u32,
+) -> Result<()> {
+    let name = &p.record.name;
+    let base = parent.disks.iter().find(|d| &d.name == name);
+    let why_not = match base {
+        None => Some("the parent backup has no copy of it".to_string()),
+        Some(b) if p.record.virtual_size < b.virtual_size => Some(format!(
+            "it shrank since the parent backup ({} -> {} bytes)",
+            b.virtual_size, p.record.virtual_size
+        )),
+        Some(b) if p.record.source_format != b.source_format => Some(format!(
+            "its format changed since the parent backup ({} -> {})",
+            b.source_format.as_str(),
+            p.record.source_format.as_str()
+        )),
+        Some(b) if fs::metadata(&b.target).is_err() => Some(format!(
+            "the parent's copy '{}' is missing",
+            b.target.display()
+        )),
+        Some(_) => None,
+    };
+    let index = match (why_not, base) {
+        (None, Some(b)) => super::ensure_index(catalog, parent, &b.name)
+            .and_then(|p| IndexReader::open(&p))
+            .map_err(|e| e.message),
+        (why, _) => Err(why.unwrap_or_default()),
+    };
+    match index {
+        Ok(index) if index.size() == base.unwrap().virtual_size => {
+            if p.record.format == DiskFormat::Raw {
+                return Err(raw_incremental(name));
+            }
+            let b = base.unwrap();
+            p.record.mode = BackupMode::Incremental;
+            p.baseline = Some(Baseline {
+                target: b.target.clone(),
+                format: b.format,
+                index: Some(index),
+            });
+            Ok(())
+        }
+        other => {
+            let why = match other {
+                Ok(_) => "the parent's digest index does not match its disk size".to_string(),
+                Err(w) => w,
+            };
+            refuse_fallback(name, &why, flags)
+        }
+    }
+}
+
+/// What an incremental copy reads through: the parent's copy and its chain,
+/// kept in the record (images are opened with it, never with the chain
+/// their headers name).
+fn record_chain(catalog: &Catalog, parent: &BackupRecord, p: &mut PlannedDisk) -> Result<()> {
+    if p.record.mode == BackupMode::Incremental {
+        p.record.backing = catalog.chain_from(parent, &p.record.name)?;
+    }
+    Ok(())
+}
+
+/// The live engine's choice for one disk of an incremental backup (see
+/// `live::usable_checkpoint` for what is checked).
+fn choose_live_mode(
+    dom: &DomainRef,
+    parent: &BackupRecord,
+    p: &mut PlannedDisk,
+    dom_disks: &[DomainDisk],
+    flags: u32,
+) -> Result<()> {
+    let name = p.record.name.clone();
+    let base = parent.disks.iter().find(|d| d.name == name);
+    let disk = dom_disks.iter().find(|d| d.name == name).unwrap();
+    match live::usable_checkpoint(dom, parent, base, disk, p.record.virtual_size) {
+        Ok(cp) => {
+            if p.record.format == DiskFormat::Raw {
+                return Err(raw_incremental(&name));
+            }
+            let b = base.unwrap();
+            p.record.mode = BackupMode::Incremental;
+            p.baseline = Some(Baseline {
+                target: b.target.clone(),
+                format: b.format,
+                index: None,
+            });
+            p.since = Some(cp);
+            Ok(())
+        }
+        Err(why) => refuse_fallback(&name, &why, flags),
+    }
+}
+
+/// A raw target asked for a disk that would be copied incrementally.
+fn raw_incremental(name: &str) -> Error {
+    Error::invalid_arg(format!(
+        "disk '{name}': a raw target holds only full copies; an incremental copy needs qcow2"
+    ))
+}
+
+/// A disk falls back to a full copy, unless `CREATE_NO_FALLBACK` forbids it.
+fn refuse_fallback(name: &str, why: &str, flags: u32) -> Result<()> {
+    if flags & VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK != 0 {
+        return Err(Error::operation_invalid(format!(
+            "disk '{name}' cannot be backed up incrementally ({why}) and VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK forbids a full copy"
+        )));
+    }
+    Ok(())
+}
+
+/// Create `dir` and its missing ancestors; returns the folders created, outermost first.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.exists() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    missing.reverse();
+    for d in &missing {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(d)
+            .map_err(|e| Error::io("cannot create folder", d, e))?;
+    }
+    Ok(missing)
+}
+
+/// The body of a live backup job: follow libvirt's job, then complete the
+/// record, or remove the checkpoint, the targets and the record.
+fn run_live(
+    job: &Job,
+    catalog: &Catalog,
+    mut record: BackupRecord,
+    dom: DomainRef,
+    lock: JobLock,
+    conn: Option<Connect>,
+) -> Result<()> {
+    let (result, _guard) = job.settle(catalog, &mut record, live::follow(job, &dom), lock);
+    if result.is_err() {
+        if let Some(cp) = &record.checkpoint {
+            let _ = live::remove_checkpoint(&dom, cp);
+        }
+        let _ = remove_backup(catalog, &record, conn.as_ref());
+    }
+    result
+}
+
+/// The body of a backup job on the library's own disk engine.
+fn run_copy(
+    job: &Job,
+    catalog: &Catalog,
+    mut record: BackupRecord,
+    sources: Vec<(Source, Option<IndexReader>)>,
+    targets: Vec<ImageTarget>,
+    lock: JobLock,
+    conn: Option<Connect>,
+) -> Result<()> {
+    let copy = || -> Result<()> {
+        for (((src, parent), dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
+            let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
+            let mut parent = parent;
+            let baseline = copy::Baseline::of(parent.as_mut());
+            IndexWriter::create(&index_path, d.virtual_size)
+                .and_then(|mut index| {
+                    copy::copy_image(&src, &dst, &job.progress, baseline, &mut index)?;
+                    index.finish()
+                })
+                .and_then(|()| dst.finish(&d.target))
+                .map_err(|mut e| {
+                    e.message = format!("disk '{}': {}", d.name, e.message);
+                    e
+                })?;
+        }
+        Ok(())
+    };
+    let copied = copy();
+    let (result, _guard) = job.settle(catalog, &mut record, copied, lock);
+    if result.is_err() {
+        let _ = remove_backup(catalog, &record, conn.as_ref());
+    } else if let Some(conn) = &conn {
+        // Let libvirt see the volumes' real size and allocation.
+        for (pool, _) in record.disks.iter().filter_map(|d| d.volume.as_ref()) {
+            storage_pool::refresh(conn, pool);
+        }
+    }
+    result
+}

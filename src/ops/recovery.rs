@@ -1,0 +1,230 @@
+//! Recovery of what a process that died left behind, done by whoever next
+//! reads the catalog: the records of dead jobs (settled by asking the engine
+//! that ran the job), the temporary files of merges cut short, and the files
+//! of restores cut short. The catalog itself only stores and locks.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use uuid::Uuid;
+
+use crate::engine::live;
+use crate::error::Result;
+use crate::store::catalog::Catalog;
+use crate::store::secure;
+use crate::xml::backup::{BackupRecord, BackupState};
+
+/// The catalog at the configured root, after removing the files of
+/// restores whose process died while writing them.
+pub fn open_catalog() -> Result<Catalog> {
+    let catalog = Catalog::open()?;
+    sweep_restores(&catalog);
+    Ok(catalog)
+}
+
+/// Records of one domain, oldest first, after settling dead jobs.
+pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>> {
+    catalog.check_domain_dir(domain)?;
+    sweep_merges(catalog, domain);
+    let mut kept = Vec::new();
+    for rec in catalog.records(domain)? {
+        if is_orphan(catalog, &rec) {
+            kept.extend(resolve_dead(catalog, &rec)?);
+        } else {
+            kept.push(rec);
+        }
+    }
+    Ok(kept)
+}
+
+/// Current record of a backup, if it is still in the catalog.
+pub fn reload(catalog: &Catalog, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
+    catalog.check_domain_dir(domain)?;
+    match catalog.record(domain, backup) {
+        Some(rec) if is_orphan(catalog, &rec) => resolve_dead(catalog, &rec),
+        other => Ok(other),
+    }
+}
+
+/// Find a backup of any domain.
+pub fn find(catalog: &Catalog, backup: &Uuid) -> Result<Option<BackupRecord>> {
+    match catalog.domain_of(backup)? {
+        Some(domain) => reload(catalog, &domain, backup),
+        None => Ok(None),
+    }
+}
+
+/// A record that says running while nobody holds its job lock.
+fn is_orphan(catalog: &Catalog, rec: &BackupRecord) -> bool {
+    rec.state == BackupState::Running && !catalog.job_alive(rec)
+}
+
+/// A running record whose process died. The library's own copy died
+/// with it: discard the record and partial files. libvirt's job (a
+/// backup of a running domain) outlives it: keep the record while
+/// libvirt still copies, complete it once libvirt says the job completed
+/// and the targets are there, else discard it with its checkpoint.
+/// Returns the record if it stays.
+fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
+    let _guard = catalog.lock()?;
+    // Re-check under the lock: the job may have finished meanwhile.
+    let mut cur = match catalog.record(&rec.domain_uuid, &rec.uuid) {
+        Some(cur) if is_orphan(catalog, &cur) => cur,
+        other => return Ok(other),
+    };
+    let outcome = match cur.checkpoint {
+        Some(_) => {
+            let cancel = catalog.cancel_path(&cur.domain_uuid, &cur.uuid).exists();
+            live::orphan_outcome(&cur, cancel)
+        }
+        None => Some(false),
+    };
+    match outcome {
+        None => return Ok(Some(cur)),
+        Some(true) => {
+            cur.state = BackupState::Completed;
+            catalog.write_record(&cur)?;
+        }
+        Some(false) => catalog.remove_dead_data(&cur)?,
+    }
+    catalog.clear_job_files(&cur);
+    Ok(outcome.unwrap().then_some(cur))
+}
+
+/// Remove what merges cut short by a dead process left: their temporary
+/// files and markers. Skipped while anyone holds the catalog lock (a
+/// merge runs under it).
+fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
+    let markers = catalog.merge_markers(domain);
+    if markers.is_empty() {
+        return;
+    }
+    let Some(_guard) = catalog.try_lock() else {
+        return;
+    };
+    for (marker, tmp) in markers {
+        // Only a merge's temporary file, named as `sibling_tmp` names it.
+        let name = tmp.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with('.') && name.contains(".merge-") {
+            secure::remove_own_file(&tmp);
+        }
+        let _ = fs::remove_file(&marker);
+    }
+}
+
+/// Remove the files of restores whose process died while writing them.
+fn sweep_restores(catalog: &Catalog) {
+    for note in catalog.restore_notes() {
+        // Only a note the library wrote: a regular file of ours, 0600.
+        if !secure::removable(&note) {
+            continue;
+        }
+        let Ok(mut file) = secure::options().read(true).open(&note) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // a restore in progress
+        }
+        let mut text = Vec::new();
+        if file.read_to_end(&mut text).is_ok() {
+            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                secure::remove_own_file(Path::new(std::ffi::OsStr::from_bytes(line)));
+            }
+        }
+        let _ = fs::remove_file(&note);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::xml::backup::{BackupMode, DiskFormat, DiskRecord, JobStats};
+
+    fn record(domain: Uuid, target: PathBuf, state: BackupState) -> BackupRecord {
+        BackupRecord {
+            uuid: Uuid::new_v4(),
+            creation_time: 1,
+            created_ns: 1,
+            description: None,
+            state,
+            parent: None,
+            domain_uuid: domain,
+            domain_name: "d".into(),
+            disks: vec![DiskRecord {
+                name: "vda".into(),
+                source: "/src".into(),
+                source_format: DiskFormat::Raw,
+                target,
+                format: DiskFormat::Qcow2,
+                mode: BackupMode::Full,
+                virtual_size: 1,
+                volume: None,
+                backing: vec![],
+            }],
+            uri: "test:///default".into(),
+            domain_xml: String::new(),
+            stats: JobStats::default(),
+            created_dirs: vec![],
+            checkpoint: None,
+        }
+    }
+    /// A file as the library creates its images: private to its owner.
+    fn write_private(path: &std::path::Path, data: &[u8]) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .mode(0o600)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap();
+        f.write_all(data).unwrap();
+    }
+
+    #[test]
+    fn dead_jobs_are_discarded_with_their_files_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+
+        // A job whose process died: record says running, nobody holds its lock.
+        let dead_target = dir.path().join("dead.qcow2");
+        write_private(&dead_target, b"partial");
+        let dead = record(dom, dead_target.clone(), BackupState::Running);
+        drop(cat.lock_job(&dom, &dead.uuid).unwrap());
+        cat.write_record(&dead).unwrap();
+
+        // A job still running (we hold its lock).
+        let live_target = dir.path().join("live.qcow2");
+        write_private(&live_target, b"in progress");
+        let live = record(dom, live_target.clone(), BackupState::Running);
+        let lock = cat.lock_job(&dom, &live.uuid).unwrap();
+        cat.write_record(&live).unwrap();
+
+        // A completed backup.
+        let done_target = dir.path().join("done.qcow2");
+        write_private(&done_target, b"complete");
+        let done = record(dom, done_target.clone(), BackupState::Completed);
+        cat.write_record(&done).unwrap();
+
+        let listed: Vec<Uuid> = list_domain(&cat, &dom)
+            .unwrap()
+            .iter()
+            .map(|r| r.uuid)
+            .collect();
+        assert!(!listed.contains(&dead.uuid));
+        assert!(listed.contains(&live.uuid) && listed.contains(&done.uuid));
+        assert!(!dead_target.exists());
+        assert!(live_target.exists() && done_target.exists());
+
+        // Once the live job's process "dies" too, it goes the same way.
+        drop(lock);
+        assert_eq!(list_domain(&cat, &dom).unwrap().len(), 1);
+        assert!(!live_target.exists());
+        assert!(find(&cat, &done.uuid).unwrap().is_some());
+    }
+}

@@ -1,0 +1,334 @@
+//! The layers of `src/` (README, "How it is built"): every file may use only
+//! its own layer and the layers listed for it below, and no two files may
+//! use each other, directly or through others.
+//!
+//! The check reads the `crate::…` paths of every file under `src/` (in `use`
+//! lines and in code; `super::` is resolved; comments are skipped), maps each
+//! path to the file that defines it, and fails on an import of a layer not
+//! listed for the importer, or on a cycle between files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Each layer and what it may use besides itself. A layer is the first part
+/// of a module path; `store::index` is listed apart because the engines may
+/// read the digest index but not the catalog.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("capi", &["ops", "xml", "error", "flags"]),
+    (
+        "ops",
+        &[
+            "engine", "image", "store", "hv", "job", "xml", "error", "flags",
+        ],
+    ),
+    (
+        "engine",
+        &[
+            "image",
+            "store::index",
+            "hv",
+            "job",
+            "xml",
+            "error",
+            "flags",
+        ],
+    ),
+    ("job", &["store", "xml", "error", "flags"]),
+    ("hv", &["xml", "error", "flags"]),
+    ("image", &["xml", "error", "flags"]),
+    ("store", &["xml", "error", "flags"]),
+    ("xml", &["error", "flags"]),
+    ("error", &[]),
+    ("flags", &[]),
+];
+
+/// Module path of a file under `src/`: `ops/backup.rs` → `ops::backup`,
+/// `ops/mod.rs` → `ops`, `lib.rs` → ``.
+fn module_of(rel: &str) -> String {
+    let rel = rel.strip_suffix(".rs").unwrap();
+    let rel = rel.strip_suffix("/mod").unwrap_or(rel);
+    if rel == "lib" {
+        return String::new();
+    }
+    rel.replace('/', "::")
+}
+
+/// The source without comments and string literals, so that prose and
+/// messages that name a path do not count.
+fn code_only(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            i += 2;
+            while i < b.len() && !b[i..].starts_with(b"*/") {
+                i += 1;
+            }
+            i += 2;
+        } else if b[i] == b'"' && (i == 0 || b[i - 1] != b'\'') {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The module paths `file_mod` refers to: `crate::a::b::c`, the items of
+/// `crate::a::{b, c::d}`, and `super::…` resolved against `file_mod`.
+fn referenced_paths(file_mod: &str, is_mod_rs: bool, code: &str) -> Vec<Vec<String>> {
+    // The identifiers of `a::b::c` up to the first thing that is not one.
+    let ident = |s: &str| -> Vec<String> {
+        let mut parts = Vec::new();
+        for seg in s.split("::") {
+            let id: String = seg
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let whole = id.len() == seg.len();
+            if !id.is_empty() {
+                parts.push(id);
+            }
+            if !whole || parts.is_empty() {
+                break;
+            }
+        }
+        parts
+    };
+    let mut out = Vec::new();
+    for (prefix, base) in [
+        ("crate::", Vec::new()),
+        ("super::", {
+            let mut m: Vec<String> = file_mod
+                .split("::")
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            if !is_mod_rs {
+                m.pop();
+            }
+            m
+        }),
+    ] {
+        let mut rest = code;
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().next_back();
+            let tail = &rest[at + prefix.len()..];
+            rest = tail;
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            let head = ident(tail);
+            let after_head: usize = head.iter().map(|h| h.len() + 2).sum();
+            let mut full = base.clone();
+            full.extend(head.iter().cloned());
+            if tail.get(after_head..).is_some_and(|t| t.starts_with('{')) {
+                let inner = &tail[after_head + 1..];
+                let inner = &inner[..inner.find('}').unwrap_or(inner.len())];
+                for item in inner.split(',') {
+                    let mut p = full.clone();
+                    p.extend(ident(item.trim()));
+                    out.push(p);
+                }
+            } else if !full.is_empty() {
+                out.push(full);
+            }
+        }
+    }
+    out
+}
+
+/// The file module a path points into: its longest prefix that is a file.
+fn owner<'a>(path: &[String], files: &'a BTreeSet<String>) -> Option<&'a String> {
+    (1..=path.len())
+        .rev()
+        .find_map(|n| files.get(&path[..n].join("::")))
+}
+
+fn layer_of(module: &str) -> &str {
+    module.split("::").next().unwrap_or("")
+}
+
+fn may_use(from: &str, to: &str) -> bool {
+    let (lf, lt) = (layer_of(from), layer_of(to));
+    if lf == lt || from.is_empty() {
+        return true;
+    }
+    let Some((_, allowed)) = LAYERS.iter().find(|(l, _)| *l == lf) else {
+        return false;
+    };
+    allowed
+        .iter()
+        .any(|a| *a == lt || to == *a || to.starts_with(&format!("{a}::")))
+}
+
+/// Problems in a tree given as (path under src/, text) pairs.
+fn check(files: &[(String, String)]) -> Vec<String> {
+    let modules: BTreeSet<String> = files.iter().map(|(p, _)| module_of(p)).collect();
+    let mut problems = Vec::new();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (rel, text) in files {
+        let from = module_of(rel);
+        if !from.is_empty() && !LAYERS.iter().any(|(l, _)| *l == layer_of(&from)) {
+            problems.push(format!(
+                "src/{rel}: in no layer (add it to tests/layers.rs)"
+            ));
+        }
+        let code = code_only(text);
+        for path in referenced_paths(&from, rel.ends_with("mod.rs"), &code) {
+            let Some(to) = owner(&path, &modules) else {
+                continue;
+            };
+            if *to == from || to.is_empty() {
+                continue;
+            }
+            if !may_use(&from, to) {
+                problems.push(format!(
+                    "src/{rel}: `{}` reaches layer `{}` from layer `{}`",
+                    path.join("::"),
+                    layer_of(to),
+                    layer_of(&from)
+                ));
+            }
+            edges.entry(from.clone()).or_default().insert(to.clone());
+        }
+    }
+    problems.extend(cycles(&edges));
+    problems
+}
+
+/// Each cycle of the file graph, found by depth-first search.
+fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    fn visit<'a>(
+        n: &'a str,
+        edges: &'a BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<&'a str, u8>,
+        stack: &mut Vec<&'a str>,
+        out: &mut Vec<String>,
+    ) {
+        state.insert(n, 1);
+        stack.push(n);
+        for m in edges.get(n).into_iter().flatten() {
+            match state.get(m.as_str()) {
+                Some(1) => {
+                    let at = stack.iter().position(|s| *s == m).unwrap();
+                    let mut c: Vec<&str> = stack[at..].to_vec();
+                    c.push(m);
+                    out.push(format!("import cycle: {}", c.join(" -> ")));
+                }
+                Some(_) => {}
+                None => visit(m, edges, state, stack, out),
+            }
+        }
+        stack.pop();
+        state.insert(n, 2);
+    }
+    let mut state = BTreeMap::new();
+    let mut out = Vec::new();
+    for n in edges.keys() {
+        if !state.contains_key(n.as_str()) {
+            visit(n, edges, &mut state, &mut Vec::new(), &mut out);
+        }
+    }
+    out
+}
+
+fn read_tree(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+    entries.sort_by_key(|e| e.path());
+    for e in entries {
+        let p = e.path();
+        if p.is_dir() {
+            read_tree(&p, root, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.push((rel, std::fs::read_to_string(&p).unwrap()));
+        }
+    }
+}
+
+#[test]
+fn src_imports_run_down_the_layers_without_cycles() {
+    // LAYERS_SRC: check another tree (to see what the check reports on it).
+    let root: PathBuf = std::env::var_os("LAYERS_SRC")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let mut files = Vec::new();
+    read_tree(&root, &root, &mut files);
+    assert!(
+        files.len() > 20,
+        "read {} files under {root:?}",
+        files.len()
+    );
+    let problems = check(&files);
+    assert!(problems.is_empty(), "\n{}\n", problems.join("\n"));
+}
+
+#[test]
+fn the_check_catches_upward_imports_and_cycles() {
+    let tree = |files: &[(&str, &str)]| -> Vec<(String, String)> {
+        files
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect()
+    };
+    // Clean: downward only, comments and strings ignored.
+    let ok = tree(&[
+        (
+            "ops/backup.rs",
+            "use crate::engine::copy::{self, Baseline};\nuse crate::store::catalog::Catalog;",
+        ),
+        (
+            "engine/copy.rs",
+            "use crate::store::index::IndexReader; // crate::ops::backup\nlet s = \"crate::ops\";",
+        ),
+        ("store/index.rs", "use crate::error::Result;"),
+        ("store/catalog.rs", ""),
+        ("error.rs", ""),
+    ]);
+    assert_eq!(check(&ok), Vec::<String>::new());
+    // Upward: the catalog asks an engine; an engine reads the catalog.
+    let up = tree(&[
+        (
+            "store/catalog.rs",
+            "fn f() { crate::engine::live::orphan_outcome(); }",
+        ),
+        (
+            "engine/live.rs",
+            "use crate::store::{catalog::Catalog, index};",
+        ),
+        ("store/index.rs", ""),
+    ]);
+    let p = check(&up);
+    assert!(
+        p.iter()
+            .any(|p| p.contains("store/catalog.rs") && p.contains("layer `engine`")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.contains("engine/live.rs") && p.contains("store::catalog")),
+        "{p:?}"
+    );
+    assert!(!p.iter().any(|p| p.contains("store::index")), "{p:?}");
+    // A cycle inside one layer, one side through `super::`.
+    let cyc = tree(&[
+        ("ops/a.rs", "use super::b::X;"),
+        ("ops/b.rs", "use crate::ops::c::Y;"),
+        ("ops/c.rs", "use crate::ops::a::Z;"),
+        ("ops/mod.rs", ""),
+    ]);
+    let p = check(&cyc);
+    assert!(p.iter().any(|p| p.starts_with("import cycle: ")), "{p:?}");
+}
