@@ -33,7 +33,7 @@ STATICLIB := target/release/liblibvirt_backup.a
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
 .PHONY: all bench deps header check-header install uninstall demo check test-rust libvirtd stage \
-        c-tests python-tests clean FORCE install-python python-pkg-tests go-tests
+        c-tests python-tests clean FORCE install-python python-pkg-tests go-tests fuzz
 
 all: $(LIB)
 
@@ -161,6 +161,10 @@ GO_ENV := $(STAGE_ENV) GOFLAGS=-mod=mod GOPROXY=off GOENV=off GOTOOLCHAIN=local 
 go-tests: stage libvirtd
 	cd go && $(GO_ENV) $(GO) vet ./...
 	cd go && $(GO_ENV) $(GO) test -race -count=1 -v ./...
+# The XML fuzz test for FUZZ_SECONDS (default 600) instead of a fixed count;
+# FUZZ_SEED picks another random sequence.
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} $(CARGO) test --release --locked --test xml_fuzz -- --nocapture
 
 clean:
 	$(CARGO) clean

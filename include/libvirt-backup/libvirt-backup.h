@@ -160,6 +160,13 @@ extern "C" {
  * catalog folder another user could write to (VIR_ERR_OPERATION_FAILED,
  * for every call that uses the catalog).
  *
+ * The document is checked as libvirt's schema validation checks libvirt's:
+ * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+ * beyond the predefined ones), that holds an element or attribute outside
+ * the <domainbackup> vocabulary of API.md, repeats a single element, or is
+ * over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+ * VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
+ *
  * Returns a new backup object (one reference: release it with
  * virDomainBackupFree()), or NULL on error, including a job that failed
  * under VIR_DOMAIN_BACKUP_CREATE_WAIT.
@@ -198,6 +205,13 @@ virDomainBackupPtr virDomainBackupCreateXML(virDomainPtr domain,
  * VIR_ERR_NO_SUPPORT (TLS exports are not supported yet). A unix socket is
  * made mode 0600 (its owner only) before this call returns; its folder is
  * the caller's choice.
+ *
+ * The document is checked as libvirt's schema validation checks libvirt's:
+ * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+ * beyond the predefined ones), that holds an element or attribute outside
+ * the <domainbackup> vocabulary of API.md, repeats a single element, or is
+ * over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+ * VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
  *
  * Returns a new backup object (release it with virDomainBackupFree()), or
  * NULL on error (VIR_ERR_OPERATION_INVALID if the domain already has a
@@ -294,7 +308,9 @@ int virDomainBackupRef(virDomainBackupPtr backup);
  * @backup: a backup object
  *
  * Release one reference to @backup; the last one frees the object. The
- * backup itself (catalog entry, data, a running job) is not affected.
+ * backup itself (catalog entry, data, a running job) is not affected. A
+ * freed object's address is never handed out again by this process: every
+ * later call given it fails with VIR_ERR_INVALID_ARG.
  *
  * Returns 0 on success, -1 on error.
  */
@@ -340,6 +356,13 @@ int virDomainBackupDelete(virDomainBackupPtr backup, unsigned int flags);
  * while the domain runs (and wins over CONFIG); VIR_DOMAIN_AFFECT_CURRENT
  * means LIVE for a running domain and CONFIG otherwise. A folder inside
  * the backup catalog is refused (VIR_ERR_INVALID_ARG).
+ *
+ * The document is checked as libvirt's schema validation checks libvirt's:
+ * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+ * beyond the predefined ones), that holds an element or attribute outside
+ * the <target> document, repeats a single element, or is
+ * over the limits (1 MiB, 64 levels) is refused with
+ * VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
  *
  * Returns 0 on success, -1 on error.
  */
@@ -490,6 +513,13 @@ int virDomainBackupGetParameters(virDomainBackupPtr backup,
  * dies while it writes new files, the next process that opens the catalog
  * removes them.
  *
+ * The document is checked as libvirt's schema validation checks libvirt's:
+ * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+ * beyond the predefined ones), that holds an element or attribute outside
+ * the <domainbackup> vocabulary of API.md, repeats a single element, or is
+ * over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+ * VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
+ *
  * Returns 0 on success, -1 on error.
  */
 int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
@@ -513,6 +543,13 @@ int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
  * a complete new file renamed over it (there is no digest index to compare
  * against). An NBD source is <source protocol='nbd' name='EXPORT'> with
  * <host name='H' port='P'/> or <host transport='unix' socket='/path'/>.
+ *
+ * The document is checked as libvirt's schema validation checks libvirt's:
+ * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+ * beyond the predefined ones), that holds an element or attribute outside
+ * the <domainbackup> vocabulary of API.md, repeats a single element, or is
+ * over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+ * VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
  *
  * Returns 0 on success, -1 on error.
  */

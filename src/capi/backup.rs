@@ -43,6 +43,13 @@ use crate::ops::backup::Backup;
 /// catalog folder another user could write to (VIR_ERR_OPERATION_FAILED,
 /// for every call that uses the catalog).
 ///
+/// The document is checked as libvirt's schema validation checks libvirt's:
+/// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+/// beyond the predefined ones), that holds an element or attribute outside
+/// the <domainbackup> vocabulary of API.md, repeats a single element, or is
+/// over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+/// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
+///
 /// Returns a new backup object (one reference: release it with
 /// virDomainBackupFree()), or NULL on error, including a job that failed
 /// under VIR_DOMAIN_BACKUP_CREATE_WAIT.
@@ -56,7 +63,7 @@ pub extern "C" fn virDomainBackupCreateXML(
         let dom = domain_of(domain, "virDomainBackupCreateXML")?;
         let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupCreateXML")?;
         check_flags(flags, CREATE_FLAGS, "virDomainBackupCreateXML")?;
-        Ok(new_handle(Backup::create(&dom, xml, flags)?))
+        new_handle(Backup::create(&dom, xml, flags)?)
     })
 }
 
@@ -90,6 +97,13 @@ pub extern "C" fn virDomainBackupCreateXML(
 /// made mode 0600 (its owner only) before this call returns; its folder is
 /// the caller's choice.
 ///
+/// The document is checked as libvirt's schema validation checks libvirt's:
+/// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+/// beyond the predefined ones), that holds an element or attribute outside
+/// the <domainbackup> vocabulary of API.md, repeats a single element, or is
+/// over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+/// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
+///
 /// Returns a new backup object (release it with virDomainBackupFree()), or
 /// NULL on error (VIR_ERR_OPERATION_INVALID if the domain already has a
 /// backup job or export, or the parent's changes cannot be exported).
@@ -107,7 +121,7 @@ pub extern "C" fn virDomainBackupStartUnmanaged(
             VIR_DOMAIN_BACKUP_CREATE_QUIESCE,
             "virDomainBackupStartUnmanaged",
         )?;
-        Ok(new_handle(Backup::start_unmanaged(&dom, xml, flags)?))
+        new_handle(Backup::start_unmanaged(&dom, xml, flags)?)
     })
 }
 
@@ -198,7 +212,7 @@ pub extern "C" fn virDomainBackupLookupByUUID(
     ffi_entry!("virDomainBackupLookupByUUID", std::ptr::null_mut(), {
         let uuid = str_arg(uuid, "uuid", "virDomainBackupLookupByUUID")?;
         check_flags(flags, 0, "virDomainBackupLookupByUUID")?;
-        Ok(new_handle(Backup::lookup(uuid)?))
+        new_handle(Backup::lookup(uuid)?)
     })
 }
 
@@ -247,23 +261,31 @@ fn libvirt_backup_get_xml_desc() -> Option<LibvirtGetXMLDesc> {
 
 /// Exported as `virDomainBackupGetXMLDesc` under our own symbol version (the
 /// Makefile's version script); not declared in the header. It answers for
-/// our handles (live or released) and NULL, and hands anything else to
-/// libvirt's function, so whichever library a caller's reference binds to,
-/// both kinds of object work.
+/// our handles (live or released) and NULL, and hands a virDomainPtr to
+/// libvirt's function (whose error is then libvirt's, as for any libvirt
+/// call), so whichever library a caller's reference binds to, both kinds of
+/// object work. Any other object (a virConnectPtr, say) is refused here with
+/// our own VIR_ERR_INVALID_ARG, never NULL with "no error".
 #[unsafe(export_name = "virDomainBackupGetXMLDesc")]
 pub extern "C" fn get_xml_desc_dispatch(obj: *mut c_void, flags: c_uint) -> *mut c_char {
     if obj.is_null() || is_ours(obj as virDomainBackupPtr) {
         return virDomainBackupObjGetXMLDesc(obj as virDomainBackupPtr, flags);
     }
-    match libvirt_backup_get_xml_desc() {
-        // SAFETY: not one of our handles, so it is the caller's virDomainPtr.
-        Some(f) => unsafe { f(obj as sys::virDomainPtr, flags) },
-        None => ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
-            Err(Error::invalid_arg(
-                "backup in virDomainBackupGetXMLDesc must be a valid virDomainBackupPtr",
-            ))
-        }),
+    let dom = obj as sys::virDomainPtr;
+    // SAFETY: virDomainRef checks the object's class and refuses others;
+    // the reference it takes on a domain is dropped at once.
+    if unsafe { sys::virDomainRef(dom) } == 0 {
+        unsafe { sys::virDomainFree(dom) };
+        if let Some(f) = libvirt_backup_get_xml_desc() {
+            // SAFETY: a live virDomainPtr, as checked.
+            return unsafe { f(dom, flags) };
+        }
     }
+    ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
+        Err(Error::invalid_arg(
+            "backup in virDomainBackupGetXMLDesc must be a valid virDomainBackupPtr or virDomainPtr",
+        ))
+    })
 }
 
 /// virDomainBackupGetDomain:
@@ -303,7 +325,9 @@ pub extern "C" fn virDomainBackupRef(backup: virDomainBackupPtr) -> c_int {
 /// @backup: a backup object
 ///
 /// Release one reference to @backup; the last one frees the object. The
-/// backup itself (catalog entry, data, a running job) is not affected.
+/// backup itself (catalog entry, data, a running job) is not affected. A
+/// freed object's address is never handed out again by this process: every
+/// later call given it fails with VIR_ERR_INVALID_ARG.
 ///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]

@@ -24,6 +24,13 @@ use crate::ops::backup;
 /// means LIVE for a running domain and CONFIG otherwise. A folder inside
 /// the backup catalog is refused (VIR_ERR_INVALID_ARG).
 ///
+/// The document is checked as libvirt's schema validation checks libvirt's:
+/// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+/// beyond the predefined ones), that holds an element or attribute outside
+/// the <target> document, repeats a single element, or is
+/// over the limits (1 MiB, 64 levels) is refused with
+/// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
+///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainSetDefaultTarget(

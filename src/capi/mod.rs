@@ -12,7 +12,7 @@
     clippy::not_unsafe_ptr_arg_deref
 )]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::{CStr, c_char};
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -62,9 +62,10 @@ macro_rules! ffi_entry {
 pub(crate) use ffi_entry;
 
 /// The opaque type behind `virDomainBackupPtr`. Its address is only a
-/// token: the library never reads through it. It is zero-filled and as large
-/// as a libvirt object header, so libvirt's own class check, given one by
-/// mistake, sees no class instead of reading past it.
+/// token: the library never reads through it. It lies in read-only
+/// zero-filled memory and is as large as a libvirt object header, so
+/// libvirt's own class check, given one by mistake, sees no class instead of
+/// reading past it or crashing.
 pub struct virDomainBackup {
     _token: [u64; 4],
 }
@@ -77,37 +78,87 @@ struct Entry {
     backup: Arc<Backup>,
 }
 
-/// Handle tokens and what they stand for. Token memory is never given back
-/// to the allocator (a released token is reused for a later handle), so an
-/// address that was once a backup handle can never become a libvirt object:
-/// a stale handle is recognised and refused instead of being dereferenced or
-/// passed on to libvirt.
+/// Address space reserved for handle tokens: 2^35 handles of 32 bytes. A
+/// read-only MAP_NORESERVE mapping costs no memory, only address space.
+const TOKEN_SPACE: usize = 1 << 40;
+/// The smallest reservation accepted when address space is limited
+/// (RLIMIT_AS): still 2^21 handles.
+const MIN_TOKEN_SPACE: usize = 1 << 26;
+const TOKEN_SIZE: usize = std::mem::size_of::<virDomainBackup>();
+
+/// Handle tokens and what they stand for. Tokens are consecutive addresses
+/// in a region reserved once and never unmapped, and no address is ever
+/// handed out twice: a freed handle stays recognisably ours and refused
+/// forever, instead of silently naming a later backup, and can never become
+/// a libvirt object either.
 #[derive(Default)]
 struct Handles {
     live: HashMap<usize, Entry>,
-    /// Every token ever made, live or released.
-    tokens: HashSet<usize>,
-    released: Vec<usize>,
+    /// The reserved region (0 until the first handle) and its size.
+    base: usize,
+    size: usize,
+    /// Bytes of it handed out so far.
+    used: usize,
+}
+
+/// Reserve the token region: as large as the address-space limit allows.
+fn reserve_tokens() -> Result<(usize, usize)> {
+    let mut size = TOKEN_SPACE;
+    while size >= MIN_TOKEN_SPACE {
+        // SAFETY: a new anonymous mapping at an address of the kernel's
+        // choosing; it is never unmapped, so its addresses stay ours.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            return Ok((p as usize, size));
+        }
+        size /= 2;
+    }
+    Err(Error::internal(format!(
+        "cannot reserve address space for backup handles: {}",
+        std::io::Error::last_os_error()
+    )))
 }
 
 static HANDLES: LazyLock<Mutex<Handles>> = LazyLock::new(Default::default);
 
+fn lock_handles() -> std::sync::MutexGuard<'static, Handles> {
+    // The table stays consistent across a panic (every change is one
+    // insert or remove), so a poisoned lock is still usable.
+    HANDLES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Hand a new handle (holding one reference) to the caller.
-pub(crate) fn new_handle(backup: Arc<Backup>) -> virDomainBackupPtr {
-    let mut h = HANDLES.lock().unwrap();
-    let token = h.released.pop().unwrap_or_else(|| {
-        let t = Box::leak(Box::new(virDomainBackup { _token: [0; 4] })) as *mut virDomainBackup
-            as usize;
-        h.tokens.insert(t);
-        t
-    });
+pub(crate) fn new_handle(backup: Arc<Backup>) -> Result<virDomainBackupPtr> {
+    let mut h = lock_handles();
+    if h.base == 0 {
+        (h.base, h.size) = reserve_tokens()?;
+    }
+    if h.used + TOKEN_SIZE > h.size {
+        return Err(Error::internal(format!(
+            "all {} backup handles of this process have been used",
+            h.size / TOKEN_SIZE
+        )));
+    }
+    let token = h.base + h.used;
+    h.used += TOKEN_SIZE;
     h.live.insert(token, Entry { refs: 1, backup });
-    token as virDomainBackupPtr
+    Ok(token as virDomainBackupPtr)
 }
 
 /// Whether `ptr` is (or was) one of our handles, rather than a libvirt object.
 pub(crate) fn is_ours(ptr: *const virDomainBackup) -> bool {
-    HANDLES.lock().unwrap().tokens.contains(&(ptr as usize))
+    let h = lock_handles();
+    let p = ptr as usize;
+    h.base != 0 && p >= h.base && p < h.base + h.used && (p - h.base).is_multiple_of(TOKEN_SIZE)
 }
 
 fn bad_handle(func: &str) -> Error {
@@ -118,7 +169,7 @@ fn bad_handle(func: &str) -> Error {
 
 /// The backup behind a handle.
 pub(crate) fn backup_of(ptr: virDomainBackupPtr, func: &str) -> Result<Arc<Backup>> {
-    let h = HANDLES.lock().unwrap();
+    let h = lock_handles();
     h.live
         .get(&(ptr as usize))
         .map(|e| Arc::clone(&e.backup))
@@ -126,7 +177,7 @@ pub(crate) fn backup_of(ptr: virDomainBackupPtr, func: &str) -> Result<Arc<Backu
 }
 
 pub(crate) fn handle_ref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
-    let mut h = HANDLES.lock().unwrap();
+    let mut h = lock_handles();
     let e = h
         .live
         .get_mut(&(ptr as usize))
@@ -136,13 +187,12 @@ pub(crate) fn handle_ref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
 }
 
 pub(crate) fn handle_unref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
-    let mut h = HANDLES.lock().unwrap();
+    let mut h = lock_handles();
     let key = ptr as usize;
     let e = h.live.get_mut(&key).ok_or_else(|| bad_handle(func))?;
     e.refs -= 1;
     if e.refs == 0 {
         h.live.remove(&key);
-        h.released.push(key);
     }
     Ok(())
 }
@@ -150,7 +200,8 @@ pub(crate) fn handle_unref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
 /// Borrow a caller's `virDomainPtr`, taking our own reference on it.
 pub(crate) fn domain_of(ptr: sys::virDomainPtr, func: &str) -> Result<DomainRef> {
     let bad = || Error::invalid_arg(format!("domain in {func} must be a valid virDomainPtr"));
-    if ptr.is_null() {
+    // One of our handles is not handed to libvirt at all.
+    if ptr.is_null() || is_ours(ptr as *const virDomainBackup) {
         return Err(bad());
     }
     // SAFETY: virDomainRef checks the object's class and refuses others;
@@ -210,7 +261,17 @@ pub(crate) fn return_list(
             return Err(Error::internal("out of memory"));
         }
         for (i, b) in backups.into_iter().enumerate() {
-            *arr.add(i) = new_handle(b);
+            match new_handle(b) {
+                Ok(h) => *arr.add(i) = h,
+                Err(e) => {
+                    // Nothing is handed out on failure.
+                    for j in 0..i {
+                        let _ = handle_unref(*arr.add(j), "virDomainBackupList");
+                    }
+                    libc::free(arr as *mut libc::c_void);
+                    return Err(e);
+                }
+            }
         }
         *out = arr;
     }

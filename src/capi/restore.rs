@@ -45,6 +45,13 @@ use crate::ops::backup::Backup;
 /// dies while it writes new files, the next process that opens the catalog
 /// removes them.
 ///
+/// The document is checked as libvirt's schema validation checks libvirt's:
+/// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+/// beyond the predefined ones), that holds an element or attribute outside
+/// the <domainbackup> vocabulary of API.md, repeats a single element, or is
+/// over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+/// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
+///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) -> c_int {
@@ -74,6 +81,13 @@ pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) 
 /// a complete new file renamed over it (there is no digest index to compare
 /// against). An NBD source is <source protocol='nbd' name='EXPORT'> with
 /// <host name='H' port='P'/> or <host transport='unix' socket='/path'/>.
+///
+/// The document is checked as libvirt's schema validation checks libvirt's:
+/// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
+/// beyond the predefined ones), that holds an element or attribute outside
+/// the <domainbackup> vocabulary of API.md, repeats a single element, or is
+/// over the limits (1 MiB, 64 levels, 1024 disks) is refused with
+/// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
 ///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]

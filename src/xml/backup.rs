@@ -5,8 +5,59 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::dom::{self, Element};
+use super::dom::{self, Element, Schema};
 use crate::error::{Error, Result};
+
+/// At most this many `<disk>` elements in one document.
+const MAX_DISKS: usize = 1024;
+
+// The <domainbackup> vocabulary: what callers send to CreateXML,
+// StartUnmanaged, Restore and RestoreUnmanaged, and what GetXMLDesc returns
+// (so that a description parses back as input). Anything else is an error,
+// as libvirt's schema validation makes it for its own documents; each
+// document type ignores the parts of the vocabulary it does not use
+// (GetXMLDesc's output-only elements).
+static UUID: Schema = Schema::text("uuid");
+static HOST: Schema = Schema::element("host", &["transport", "name", "port", "socket"], &[]);
+static DISK: Schema = Schema::element(
+    "disk",
+    &[
+        "name",
+        "backup",
+        "type",
+        "backupmode",
+        "exportname",
+        "exportbitmap",
+    ],
+    &[
+        &Schema::element("source", &["file", "protocol", "name"], &[&HOST]),
+        &Schema::element("target", &["file", "pool", "volume"], &[]),
+        &Schema::element("driver", &["type"], &[]),
+    ],
+)
+.repeated();
+pub static DOMAINBACKUP: Schema = Schema::element(
+    "domainbackup",
+    &[],
+    &[
+        &UUID,
+        &Schema::text("creationTime"),
+        &Schema::text("description"),
+        &Schema::text("state"),
+        &Schema::element("parent", &[], &[&UUID]),
+        &Schema::element("domain", &["uuid", "name"], &[]),
+        &Schema::element("checkpoint", &["name"], &[]),
+        &Schema::element("server", &["transport", "name", "port", "socket"], &[]),
+        &Schema::element("pinnedby", &["domain", "disk"], &[]).repeated(),
+        &Schema::element("disks", &[], &[&DISK]),
+    ],
+);
+/// virDomainSetDefaultTarget's document.
+pub static DEFAULT_TARGET: Schema = Schema::element(
+    "target",
+    &["type"],
+    &[&Schema::text("path"), &Schema::text("pool")],
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskFormat {
@@ -109,16 +160,26 @@ fn parse_driver(d: &Element) -> Result<Option<DiskFormat>> {
     }
 }
 
-/// Collect `<disks><disk/></disks>` with unique names.
+/// Collect `<disks><disk/></disks>` with unique names (at most [`MAX_DISKS`]).
 fn disk_elements(root: &Element) -> Result<Option<Vec<&Element>>> {
     let Some(disks) = root.child("disks") else {
         return Ok(None);
     };
     let list: Vec<&Element> = disks.children_named("disk").collect();
-    for (i, d) in list.iter().enumerate() {
+    if list.len() > MAX_DISKS {
+        return Err(Error::xml(format!(
+            "{} disks in one document; at most {MAX_DISKS} are allowed",
+            list.len()
+        )));
+    }
+    let mut names = std::collections::HashSet::with_capacity(list.len());
+    for d in &list {
         let n = disk_name(d)?;
-        if list[..i].iter().any(|o| o.attr("name") == Some(n.as_str())) {
-            return Err(Error::xml(format!("disk '{n}' is listed twice")));
+        if !names.insert(n) {
+            return Err(Error::xml(format!(
+                "disk '{}' is listed twice",
+                d.attr("name").unwrap_or_default()
+            )));
         }
     }
     Ok(Some(list))
@@ -126,8 +187,7 @@ fn disk_elements(root: &Element) -> Result<Option<Vec<&Element>>> {
 
 impl CreateRequest {
     pub fn parse(xml: &str) -> Result<Self> {
-        let root = dom::parse(xml)?;
-        expect_root(&root, "domainbackup")?;
+        let root = dom::parse_document(xml, &DOMAINBACKUP)?;
         let uuid = root.child_text("uuid").map(parse_uuid).transpose()?;
         let description = root.child("description").map(|d| d.text.clone());
         let parent = parse_parent(&root)?;
@@ -376,6 +436,9 @@ impl BackupRecord {
 
     pub fn from_catalog_xml(xml: &str) -> Result<Self> {
         let root = dom::parse(xml)?;
+        // The catalog is the library's own file and may come from a newer
+        // version: bounded like libvirt's documents (it embeds one), not
+        // held to the input vocabulary.
         expect_root(&root, "domainbackup")?;
         let need = |name: &str| {
             root.child_text(name)
@@ -391,7 +454,13 @@ impl BackupRecord {
             .ok_or_else(|| Error::xml("catalog record lacks <domain>"))?;
         let domain_uuid = parse_uuid(dom_el.attr("uuid").unwrap_or_default())?;
         let domain_name = dom_el.attr("name").unwrap_or_default().to_string();
-        let info = root.child("diskinfo");
+        // One map instead of a search per disk: linear in the disk count.
+        let info: std::collections::HashMap<&str, &Element> = root
+            .child("diskinfo")
+            .into_iter()
+            .flat_map(|i| i.children_named("disk"))
+            .filter_map(|x| Some((x.attr("name")?, x)))
+            .collect();
         let mut disks = Vec::new();
         for d in root
             .child("disks")
@@ -405,10 +474,7 @@ impl BackupRecord {
                     .map(PathBuf::from)
                     .ok_or_else(|| Error::xml(format!("disk '{name}' lacks <{child} file>")))
             };
-            let extra = info.and_then(|i| {
-                i.children_named("disk")
-                    .find(|x| x.attr("name") == Some(name.as_str()))
-            });
+            let extra = info.get(name.as_str()).copied();
             let mode = match d.attr("backupmode") {
                 Some("incremental") => BackupMode::Incremental,
                 _ => BackupMode::Full,
@@ -517,8 +583,7 @@ pub enum DefaultTarget {
 
 impl DefaultTarget {
     pub fn parse(xml: &str) -> Result<Self> {
-        let root = dom::parse(xml)?;
-        expect_root(&root, "target")?;
+        let root = dom::parse_document(xml, &DEFAULT_TARGET)?;
         match root.attr("type") {
             Some("dir") => {
                 let p = root
@@ -588,8 +653,7 @@ fn parse_restore_disk(d: &Element) -> Result<RestoreDisk> {
 
 impl RestoreRequest {
     pub fn parse(xml: &str) -> Result<Self> {
-        let root = dom::parse(xml)?;
-        expect_root(&root, "domainbackup")?;
+        let root = dom::parse_document(xml, &DOMAINBACKUP)?;
         let uuid = parse_uuid(
             root.child_text("uuid")
                 .ok_or_else(|| Error::xml("restore needs the backup's <uuid>"))?,
@@ -726,8 +790,7 @@ fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> 
 
 impl UnmanagedRestoreRequest {
     pub fn parse(xml: &str) -> Result<Self> {
-        let root = dom::parse(xml)?;
-        expect_root(&root, "domainbackup")?;
+        let root = dom::parse_document(xml, &DOMAINBACKUP)?;
         let list = disk_elements(&root)?
             .filter(|l| !l.is_empty())
             .ok_or_else(|| Error::xml("restoring from unmanaged sources needs <disks>"))?;
@@ -763,8 +826,8 @@ pub struct UnmanagedRequest {
 
 impl UnmanagedRequest {
     pub fn parse(xml: &str) -> Result<Self> {
-        let root = dom::parse(xml)?;
-        expect_root(&root, "domainbackup")?;
+        let root = dom::parse_document(xml, &DOMAINBACKUP)?;
+        let list = disk_elements(&root)?;
         let server = root
             .child("server")
             .ok_or_else(|| Error::xml("unmanaged backup needs a <server>"))?;
@@ -774,14 +837,15 @@ impl UnmanagedRequest {
             Some(o) => return Err(Error::xml(format!("<server>: bad tls '{o}' (yes or no)"))),
         };
         let server = NbdServer::parse(server, "<server>")?;
-        let disks = match disk_elements(&root)? {
+        let disks = match list {
             None => None,
             Some(list) => {
                 let mut out: Vec<(String, String)> = Vec::new();
+                let mut exports = std::collections::HashSet::new();
                 for d in list.into_iter().filter(|d| d.attr("backup") != Some("no")) {
                     let n = disk_name(d)?;
                     let e = d.attr("exportname").unwrap_or(&n).to_string();
-                    if e.is_empty() || out.iter().any(|(_, x)| *x == e) {
+                    if e.is_empty() || !exports.insert(e.clone()) {
                         return Err(Error::xml(format!(
                             "disk '{n}': export name '{e}' is empty or used twice"
                         )));

@@ -1,8 +1,18 @@
 //! A small element tree over quick-xml: enough to read and write the backup
 //! and domain documents, which are small and element-oriented (no mixed content).
+//!
+//! The parser is the library's only way into XML, and the library runs inside
+//! long-lived management daemons, so it never trusts a document: it accepts
+//! only well-formed XML 1.0 (plus namespace well-formedness), refuses DOCTYPEs
+//! and so every entity but the five predefined ones and character references,
+//! bounds size, depth and element count, and never recurses over the input
+//! (parsing keeps an explicit stack; dropping a tree is iterative).
+//! quick-xml checks end names, comments and dangling `&`; the rest
+//! (names, attributes, characters, the declaration, document structure) is
+//! checked here.
 
+use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::{Reader, XmlVersion};
 
 use crate::error::{Error, Result};
 
@@ -14,11 +24,28 @@ pub struct Element {
     pub text: String,
 }
 
+/// Dropping a tree takes its descendants one level at a time into a flat
+/// list, so a deep tree cannot exhaust the stack the way the compiler's
+/// recursive drop glue would.
+impl Drop for Element {
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.children);
+        while let Some(mut el) = pending.pop() {
+            pending.append(&mut el.children);
+        }
+    }
+}
+
 impl Element {
     pub fn new(name: &str) -> Self {
         Element {
             name: name.to_string(),
-            ..Default::default()
+            attrs: Vec::new(),
+            children: Vec::new(),
+            text: String::new(),
         }
     }
 
@@ -62,15 +89,40 @@ impl Element {
     }
 
     /// Serialize with two-space indentation and a trailing newline, as libvirt does.
+    /// Iterative (an explicit stack of open elements), like [`Drop`].
     pub fn to_xml(&self) -> String {
         let mut out = String::new();
-        self.write(&mut out, 0);
+        // (element, index of the next child to write)
+        let mut stack: Vec<(&Element, usize)> = Vec::new();
+        self.write_start(&mut out, 0);
+        if !self.children.is_empty() {
+            stack.push((self, 0));
+        }
+        while let Some(&(el, i)) = stack.last() {
+            let depth = stack.len();
+            match el.children.get(i) {
+                Some(c) => {
+                    if let Some(top) = stack.last_mut() {
+                        top.1 += 1;
+                    }
+                    c.write_start(&mut out, depth);
+                    if !c.children.is_empty() {
+                        stack.push((c, 0));
+                    }
+                }
+                None => {
+                    stack.pop();
+                    out.push_str(&"  ".repeat(depth - 1));
+                    el.write_end(&mut out);
+                }
+            }
+        }
         out
     }
 
-    fn write(&self, out: &mut String, depth: usize) {
-        let indent = "  ".repeat(depth);
-        out.push_str(&indent);
+    /// The start tag, and for an element without children the whole element.
+    fn write_start(&self, out: &mut String, depth: usize) {
+        out.push_str(&"  ".repeat(depth));
         out.push('<');
         out.push_str(&self.name);
         for (k, v) in &self.attrs {
@@ -82,18 +134,16 @@ impl Element {
         }
         if self.children.is_empty() && self.text.is_empty() {
             out.push_str("/>\n");
-            return;
-        }
-        out.push('>');
-        if self.children.is_empty() {
+        } else if self.children.is_empty() {
+            out.push('>');
             out.push_str(&escape(&self.text));
+            self.write_end(out);
         } else {
-            out.push('\n');
-            for c in &self.children {
-                c.write(out, depth + 1);
-            }
-            out.push_str(&indent);
+            out.push_str(">\n");
         }
+    }
+
+    fn write_end(&self, out: &mut String) {
         out.push_str("</");
         out.push_str(&self.name);
         out.push_str(">\n");
@@ -116,22 +166,162 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-fn start_element(e: &BytesStart<'_>) -> Result<Element> {
-    let name = e.name().as_ref().to_string();
-    let mut el = Element::new(&name);
-    for a in e.attributes() {
-        let a = a.map_err(|err| Error::xml(format!("bad attribute in <{name}>: {err}")))?;
-        let key = a.key.as_ref().to_string();
-        let value = a
-            .normalized_value(XmlVersion::Implicit1_0)
-            .map_err(|err| Error::xml(format!("bad value of attribute '{key}': {err}")))?
-            .into_owned();
-        el.attrs.push((key, value));
-    }
-    Ok(el)
+/// Bounds on a document, checked while it is read.
+/// cbindgen:ignore
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+    pub max_elements: usize,
 }
 
-fn resolve_entity(name: &str) -> Option<char> {
+/// cbindgen:ignore
+impl Limits {
+    /// The library's own documents (`<domainbackup>`, `<target>`): small by
+    /// nature (at most 1024 disks of a few elements each).
+    pub const DOCUMENT: Limits = Limits {
+        max_bytes: 1 << 20,
+        max_depth: 64,
+        max_elements: 16 * 1024,
+    };
+    /// Documents libvirt writes (domain, pool, checkpoint XML) and catalog
+    /// records, which embed a domain definition. libxml2's own default depth
+    /// limit is 256; libvirt's RPC strings are far below the size limit.
+    pub const LIBVIRT: Limits = Limits {
+        max_bytes: 32 << 20,
+        max_depth: 256,
+        max_elements: 1 << 20,
+    };
+}
+
+/// The elements and attributes a document type allows: what libvirt's RNG
+/// schemas do for its own documents. Elements are allowed once unless
+/// `repeat`; non-blank text only where `text`.
+#[derive(Debug)]
+pub struct Schema {
+    pub name: &'static str,
+    pub attrs: &'static [&'static str],
+    pub text: bool,
+    pub repeat: bool,
+    pub children: &'static [&'static Schema],
+}
+
+impl Schema {
+    /// An element with attributes and children, no text.
+    pub const fn element(
+        name: &'static str,
+        attrs: &'static [&'static str],
+        children: &'static [&'static Schema],
+    ) -> Schema {
+        Schema {
+            name,
+            attrs,
+            text: false,
+            repeat: false,
+            children,
+        }
+    }
+
+    /// An element holding only text.
+    pub const fn text(name: &'static str) -> Schema {
+        Schema {
+            name,
+            attrs: &[],
+            text: true,
+            repeat: false,
+            children: &[],
+        }
+    }
+
+    /// The same element, allowed any number of times.
+    pub const fn repeated(self) -> Schema {
+        Schema {
+            repeat: true,
+            ..self
+        }
+    }
+}
+
+/// Parse a document written by libvirt (or the catalog): well-formed and
+/// bounded by [`Limits::LIBVIRT`], any elements.
+pub fn parse(xml: &str) -> Result<Element> {
+    parse_with(xml, &Limits::LIBVIRT, None)
+}
+
+/// Parse one of the library's own documents: bounded by
+/// [`Limits::DOCUMENT`] and valid against `schema` (its root included).
+pub fn parse_document(xml: &str, schema: &'static Schema) -> Result<Element> {
+    parse_with(xml, &Limits::DOCUMENT, Some(schema))
+}
+
+/// 1-based line and column (in characters) of byte `pos` of `xml`.
+fn line_col(xml: &str, pos: usize) -> (usize, usize) {
+    let mut pos = pos.min(xml.len());
+    while !xml.is_char_boundary(pos) {
+        pos -= 1;
+    }
+    let before = &xml[..pos];
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, col)
+}
+
+fn error_at(xml: &str, pos: usize, msg: impl std::fmt::Display) -> Error {
+    let (line, col) = line_col(xml, pos);
+    Error::xml(format!("line {line}, column {col}: {msg}"))
+}
+
+/// XML 1.0 `Char`.
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// XML 1.0 (5th edition) `NameStartChar`, without ':' (namespaces give it
+/// its own meaning).
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+fn is_name_char(c: char) -> bool {
+    is_name_start(c)
+        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// A namespace `NCName`.
+fn is_ncname(s: &str) -> bool {
+    let mut it = s.chars();
+    it.next().is_some_and(is_name_start) && it.all(is_name_char)
+}
+
+/// A namespace `QName`: `local` or `prefix:local`; returns the prefix.
+fn qname_prefix(s: &str) -> std::result::Result<Option<&str>, ()> {
+    match s.split_once(':') {
+        None if is_ncname(s) => Ok(None),
+        Some((p, l)) if is_ncname(p) && is_ncname(l) => Ok(Some(p)),
+        _ => Err(()),
+    }
+}
+
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
+fn is_blank(s: &str) -> bool {
+    s.chars().all(is_space)
+}
+
+/// Check that `s` holds only XML characters; the offset of the first bad one.
+fn bad_char(s: &str) -> Option<(usize, char)> {
+    s.char_indices().find(|&(_, c)| !is_xml_char(c))
+}
+
+/// One of the five predefined entities.
+fn predefined_entity(name: &str) -> Option<char> {
     Some(match name {
         "amp" => '&',
         "lt" => '<',
@@ -142,89 +332,566 @@ fn resolve_entity(name: &str) -> Option<char> {
     })
 }
 
-/// Parse a whole document and return its root element.
-pub fn parse(xml: &str) -> Result<Element> {
-    let mut reader = Reader::from_str(xml);
-    let mut stack: Vec<Element> = Vec::new();
-    let mut root: Option<Element> = None;
+/// A character reference body (after `&#`, before `;`), as a legal Char.
+fn char_ref(body: &str) -> Option<char> {
+    let n = match body.strip_prefix('x') {
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u32::from_str_radix(hex, 16).ok()?
+        }
+        None if !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit()) => {
+            body.parse().ok()?
+        }
+        _ => return None,
+    };
+    char::from_u32(n).filter(|&c| is_xml_char(c))
+}
+
+/// A reference starting at `s` (just after `&`): the character and the
+/// length consumed including the `;`.
+fn reference(s: &str) -> std::result::Result<(char, usize), String> {
+    let end = s.find(';').ok_or_else(|| {
+        "'&' must start an entity or character reference ending in ';'".to_string()
+    })?;
+    let body = &s[..end];
+    let c = match body.strip_prefix('#') {
+        Some(num) => char_ref(num).ok_or_else(|| format!("bad character reference '&{body};'"))?,
+        None => predefined_entity(body).ok_or_else(|| {
+            format!("unknown entity '&{body};' (only the five predefined entities are allowed)")
+        })?,
+    };
+    Ok((c, end + 1))
+}
+
+/// The attributes of a start tag (`raw`: what follows the element name),
+/// parsed and normalized as XML 1.0 requires for CDATA attributes.
+/// Errors carry the byte offset in `raw`.
+fn parse_attrs(raw: &str) -> std::result::Result<Vec<(String, String)>, (usize, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    // A set, not a search of `out`: a tag may have many attributes.
+    let mut seen = std::collections::HashSet::new();
+    let mut i = 0;
+    let b = raw.as_bytes();
     loop {
-        let ev = reader.read_event().map_err(|e| {
-            Error::xml(format!(
-                "malformed document at byte {}: {e}",
-                reader.buffer_position()
-            ))
-        })?;
+        let ws_start = i;
+        while i < b.len() && is_space(b[i] as char) {
+            i += 1;
+        }
+        if i == b.len() {
+            return Ok(out);
+        }
+        if i == ws_start {
+            return Err((i, "attributes must be separated by whitespace".into()));
+        }
+        let name_start = i;
+        while i < b.len() && !is_space(b[i] as char) && b[i] != b'=' {
+            i += 1;
+        }
+        let name = &raw[name_start..i];
+        if qname_prefix(name).is_err() {
+            return Err((name_start, format!("invalid attribute name '{name}'")));
+        }
+        while i < b.len() && is_space(b[i] as char) {
+            i += 1;
+        }
+        if i == b.len() || b[i] != b'=' {
+            return Err((
+                i,
+                format!("attribute '{name}' needs '=' and a quoted value"),
+            ));
+        }
+        i += 1;
+        while i < b.len() && is_space(b[i] as char) {
+            i += 1;
+        }
+        let quote = match b.get(i) {
+            Some(&q @ (b'\'' | b'"')) => q,
+            _ => return Err((i, format!("the value of attribute '{name}' must be quoted"))),
+        };
+        i += 1;
+        let value_start = i;
+        let Some(len) = raw[i..].find(quote as char) else {
+            return Err((
+                value_start,
+                format!("unterminated value of attribute '{name}'"),
+            ));
+        };
+        let value = &raw[value_start..value_start + len];
+        i = value_start + len + 1;
+        if !seen.insert(name) {
+            return Err((name_start, format!("duplicate attribute '{name}'")));
+        }
+        out.push((
+            name.to_string(),
+            attr_value(value).map_err(|(o, m)| (value_start + o, m))?,
+        ));
+    }
+}
+
+/// Decode references and normalize white space of an attribute value.
+fn attr_value(v: &str) -> std::result::Result<String, (usize, String)> {
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v.char_indices().peekable();
+    while let Some((i, c)) = rest.next() {
+        match c {
+            '<' => return Err((i, "'<' is not allowed in an attribute value".into())),
+            '&' => {
+                let (ch, used) = reference(&v[i + 1..]).map_err(|m| (i, m))?;
+                out.push(ch);
+                while rest.peek().is_some_and(|&(j, _)| j < i + 1 + used) {
+                    rest.next();
+                }
+            }
+            '\r' => {
+                // A CR LF pair is one line end, hence one space.
+                if rest.peek().is_some_and(|&(_, n)| n == '\n') {
+                    rest.next();
+                }
+                out.push(' ');
+            }
+            '\t' | '\n' => out.push(' '),
+            c if !is_xml_char(c) => {
+                return Err((
+                    i,
+                    format!("character U+{:04X} is not allowed in XML", c as u32),
+                ));
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// The XML declaration `<?xml version='1.0' encoding='UTF-8' standalone='yes'?>`:
+/// version 1.0 only, UTF-8 only (the library gets strings, already decoded).
+fn check_decl(body: &str) -> std::result::Result<(), (usize, String)> {
+    let attrs = parse_attrs(body)?;
+    let names: Vec<&str> = attrs.iter().map(|(k, _)| k.as_str()).collect();
+    let order_ok = matches!(
+        names.as_slice(),
+        ["version"]
+            | ["version", "encoding"]
+            | ["version", "standalone"]
+            | ["version", "encoding", "standalone"]
+    );
+    if !order_ok {
+        return Err((
+            0,
+            "the XML declaration needs version, then optionally encoding and standalone".into(),
+        ));
+    }
+    for (k, v) in &attrs {
+        let ok = match k.as_str() {
+            "version" => v == "1.0",
+            "encoding" => v.eq_ignore_ascii_case("utf-8"),
+            _ => v == "yes" || v == "no",
+        };
+        if !ok {
+            let why = match k.as_str() {
+                "version" => "only XML version 1.0 is supported".to_string(),
+                "encoding" => format!("encoding '{v}' is not supported: documents must be UTF-8"),
+                _ => format!("standalone='{v}' must be yes or no"),
+            };
+            return Err((0, why));
+        }
+    }
+    Ok(())
+}
+
+/// The namespace prefixes in scope: declarations in order (to leave an
+/// element's scope) and counted by prefix (to look one up in constant time).
+#[derive(Default)]
+struct Namespaces {
+    order: Vec<String>,
+    count: std::collections::HashMap<String, usize>,
+}
+
+impl Namespaces {
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn declare(&mut self, prefix: &str) {
+        self.order.push(prefix.to_string());
+        *self.count.entry(prefix.to_string()).or_default() += 1;
+    }
+
+    fn in_scope(&self, prefix: &str) -> bool {
+        self.count.get(prefix).is_some_and(|&n| n > 0)
+    }
+
+    /// Forget the declarations made after the first `len`.
+    fn restore(&mut self, len: usize) {
+        while self.order.len() > len {
+            if let Some(p) = self.order.pop()
+                && let Some(n) = self.count.get_mut(&p)
+            {
+                *n -= 1;
+            }
+        }
+    }
+}
+
+/// An element being read.
+struct Open {
+    el: Element,
+    /// Where its start tag is, for errors about it.
+    pos: usize,
+    schema: Option<&'static Schema>,
+    /// Which of the schema's children have appeared (at most 64 kinds).
+    seen: u64,
+    /// Namespace prefixes in scope before this element.
+    ns_len: usize,
+}
+
+/// What a start tag (`e`, at byte `pos`) makes, checked against the
+/// document so far.
+struct StartCheck<'a> {
+    xml: &'a str,
+    ns: &'a mut Namespaces,
+}
+
+impl StartCheck<'_> {
+    fn element(&mut self, e: &BytesStart<'_>, pos: usize) -> Result<Element> {
+        let xml = self.xml;
+        let name = e.name().as_ref().to_string();
+        let prefix = qname_prefix(&name)
+            .map_err(|()| error_at(xml, pos + 1, format!("invalid element name '{name}'")))?;
+        let raw = e.attributes_raw();
+        // The raw attributes borrow from the input: their offset locates errors.
+        let raw_pos = (raw.as_ptr() as usize)
+            .checked_sub(xml.as_ptr() as usize)
+            .filter(|&o| o <= xml.len())
+            .unwrap_or(pos);
+        let attrs = parse_attrs(raw).map_err(|(o, m)| error_at(xml, raw_pos + o, m))?;
+        for (k, v) in &attrs {
+            let declared = match k.split_once(':') {
+                Some(("xmlns", p)) => Some(p),
+                None if k == "xmlns" => None,
+                _ => continue,
+            };
+            match declared {
+                Some("xml" | "xmlns") => {
+                    return Err(error_at(
+                        xml,
+                        pos,
+                        format!("the prefix of '{k}' is reserved"),
+                    ));
+                }
+                Some(p) if v.is_empty() => {
+                    return Err(error_at(
+                        xml,
+                        pos,
+                        format!("namespace prefix '{p}' is bound to an empty name"),
+                    ));
+                }
+                Some(p) => self.ns.declare(p),
+                None => {}
+            }
+        }
+        let in_scope = |p: &str| p == "xml" || self.ns.in_scope(p);
+        if let Some(p) = prefix
+            && !in_scope(p)
+        {
+            return Err(error_at(
+                xml,
+                pos,
+                format!("namespace prefix '{p}' of <{name}> is not declared"),
+            ));
+        }
+        for (k, _) in &attrs {
+            if let Ok(Some(p)) = qname_prefix(k)
+                && p != "xmlns"
+                && !in_scope(p)
+            {
+                return Err(error_at(
+                    xml,
+                    pos,
+                    format!("namespace prefix '{p}' of attribute '{k}' is not declared"),
+                ));
+            }
+        }
+        let mut el = Element::new(&name);
+        el.attrs = attrs;
+        Ok(el)
+    }
+}
+
+/// Find `el` among what `parent` allows, marking it seen.
+fn schema_child(
+    xml: &str,
+    pos: usize,
+    el: &Element,
+    parent: &mut Open,
+) -> Result<Option<&'static Schema>> {
+    let Some(ps) = parent.schema else {
+        return Ok(None);
+    };
+    let Some(i) = ps.children.iter().position(|c| c.name == el.name) else {
+        return Err(error_at(
+            xml,
+            pos,
+            format!("unknown element <{}> in <{}>", el.name, ps.name),
+        ));
+    };
+    let s = ps.children[i];
+    let bit = 1u64 << (i % 64);
+    if !s.repeat && parent.seen & bit != 0 {
+        return Err(error_at(
+            xml,
+            pos,
+            format!(
+                "element <{}> appears more than once in <{}>",
+                el.name, ps.name
+            ),
+        ));
+    }
+    parent.seen |= bit;
+    Ok(Some(s))
+}
+
+fn check_attrs(xml: &str, pos: usize, el: &Element, schema: Option<&Schema>) -> Result<()> {
+    if let Some(s) = schema
+        && let Some((k, _)) = el
+            .attrs
+            .iter()
+            .find(|(k, _)| !s.attrs.contains(&k.as_str()))
+    {
+        return Err(error_at(
+            xml,
+            pos,
+            format!("unknown attribute '{k}' in <{}>", el.name),
+        ));
+    }
+    Ok(())
+}
+
+/// Parse a whole document and return its root element.
+pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -> Result<Element> {
+    if xml.len() > limits.max_bytes {
+        return Err(Error::xml(format!(
+            "document of {} bytes is larger than the limit of {} bytes",
+            xml.len(),
+            limits.max_bytes
+        )));
+    }
+    // Positions are counted without a byte order mark.
+    let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
+    let mut reader = Reader::from_str(xml);
+    let cfg = reader.config_mut();
+    cfg.check_end_names = true;
+    cfg.check_comments = true;
+    cfg.allow_dangling_amp = false;
+    cfg.allow_unmatched_ends = false;
+    cfg.expand_empty_elements = false;
+    cfg.trim_text(false);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut ns = Namespaces::default();
+    let mut root: Option<Element> = None;
+    let mut elements = 0usize;
+    let mut first = true;
+    loop {
+        let pos = reader.buffer_position() as usize;
+        let ev = match reader.read_event() {
+            Ok(ev) => ev,
+            Err(e) => {
+                return Err(error_at(
+                    xml,
+                    reader.error_position() as usize,
+                    format!("malformed document: {e}"),
+                ));
+            }
+        };
+        let was_first = std::mem::replace(&mut first, false);
         match ev {
-            Event::Start(e) => {
+            Event::Start(ref e) | Event::Empty(ref e) => {
                 if root.is_some() {
-                    return Err(Error::xml("extra content after the root element"));
+                    return Err(error_at(xml, pos, "extra content after the root element"));
                 }
-                stack.push(start_element(&e)?);
-            }
-            Event::Empty(e) => {
-                let el = start_element(&e)?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(el),
-                    None if root.is_none() => root = Some(el),
-                    None => return Err(Error::xml("extra content after the root element")),
+                elements += 1;
+                if elements > limits.max_elements {
+                    return Err(error_at(
+                        xml,
+                        pos,
+                        format!("more than {} elements in the document", limits.max_elements),
+                    ));
+                }
+                if stack.len() >= limits.max_depth {
+                    return Err(error_at(
+                        xml,
+                        pos,
+                        format!("elements nested deeper than {} levels", limits.max_depth),
+                    ));
+                }
+                let ns_len = ns.len();
+                let el = StartCheck { xml, ns: &mut ns }.element(e, pos)?;
+                let el_schema = match stack.last_mut() {
+                    Some(parent) => schema_child(xml, pos, &el, parent)?,
+                    None => match schema {
+                        Some(s) if s.name != el.name => {
+                            return Err(error_at(
+                                xml,
+                                pos,
+                                format!("expected root element <{}>, found <{}>", s.name, el.name),
+                            ));
+                        }
+                        s => s,
+                    },
+                };
+                check_attrs(xml, pos, &el, el_schema)?;
+                if matches!(ev, Event::Empty(_)) {
+                    ns.restore(ns_len);
+                    match stack.last_mut() {
+                        Some(parent) => parent.el.children.push(el),
+                        None => root = Some(el),
+                    }
+                } else {
+                    stack.push(Open {
+                        el,
+                        pos,
+                        schema: el_schema,
+                        seen: 0,
+                        ns_len,
+                    });
                 }
             }
-            Event::End(e) => {
-                let el = stack
+            Event::End(_) => {
+                // quick-xml has checked that the name matches the open element.
+                let open = stack
                     .pop()
-                    .ok_or_else(|| Error::xml("unexpected closing tag"))?;
-                if e.name().as_ref() != el.name {
-                    return Err(Error::xml(format!(
-                        "mismatched closing tag for <{}>",
-                        el.name
-                    )));
-                }
+                    .ok_or_else(|| error_at(xml, pos, "closing tag without an open element"))?;
+                ns.restore(open.ns_len);
                 match stack.last_mut() {
-                    Some(parent) => parent.children.push(el),
-                    None => root = Some(el),
+                    Some(parent) => parent.el.children.push(open.el),
+                    None => root = Some(open.el),
                 }
             }
-            Event::Text(t) => {
-                let text = t.xml10_content();
+            Event::Text(ref t) => {
+                let raw: &str = t;
+                if let Some((o, c)) = bad_char(raw) {
+                    return Err(error_at(
+                        xml,
+                        pos + o,
+                        format!("character U+{:04X} is not allowed in XML", c as u32),
+                    ));
+                }
+                if let Some(o) = raw.find("]]>") {
+                    return Err(error_at(xml, pos + o, "']]>' is not allowed in text"));
+                }
                 match stack.last_mut() {
-                    Some(el) => el.text.push_str(&text),
-                    None if text.trim().is_empty() => {}
-                    None => return Err(Error::xml("text outside the root element")),
+                    Some(open) => push_text(xml, pos, open, &t.xml10_content())?,
+                    None if is_blank(raw) => {}
+                    None => return Err(error_at(xml, pos, "text outside the root element")),
                 }
             }
             Event::CData(c) => {
                 let text = c.into_inner();
+                if let Some((o, ch)) = bad_char(&text) {
+                    return Err(error_at(
+                        xml,
+                        pos + 9 + o,
+                        format!("character U+{:04X} is not allowed in XML", ch as u32),
+                    ));
+                }
                 match stack.last_mut() {
-                    Some(el) => el.text.push_str(&text),
-                    None => return Err(Error::xml("text outside the root element")),
+                    Some(open) => push_text(
+                        xml,
+                        pos,
+                        open,
+                        &text.replace("\r\n", "\n").replace('\r', "\n"),
+                    )?,
+                    None => return Err(error_at(xml, pos, "text outside the root element")),
                 }
             }
             Event::GeneralRef(r) => {
-                let ch = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c,
-                    Ok(None) => {
-                        let name: &str = r.as_ref();
-                        resolve_entity(name)
-                            .ok_or_else(|| Error::xml(format!("unknown entity '&{name};'")))?
-                    }
-                    Err(e) => return Err(Error::xml(format!("bad character reference: {e}"))),
+                let body: &str = &r;
+                let ch = match body.strip_prefix('#') {
+                    Some(num) => char_ref(num).ok_or_else(|| {
+                        error_at(xml, pos, format!("bad character reference '&{body};'"))
+                    })?,
+                    None => predefined_entity(body).ok_or_else(|| {
+                        error_at(
+                            xml,
+                            pos,
+                            format!("unknown entity '&{body};' (only the five predefined entities are allowed)"),
+                        )
+                    })?,
                 };
                 match stack.last_mut() {
-                    Some(el) => el.text.push(ch),
-                    None => return Err(Error::xml("text outside the root element")),
+                    Some(open) => push_text(xml, pos, open, ch.encode_utf8(&mut [0; 4]))?,
+                    None => return Err(error_at(xml, pos, "text outside the root element")),
                 }
             }
+            Event::Decl(_) => {
+                if !was_first || pos != 0 {
+                    return Err(error_at(xml, pos, "the XML declaration must come first"));
+                }
+                let end = reader.buffer_position() as usize;
+                // "<?xml" ... "?>"
+                let body = xml.get(pos + 5..end.saturating_sub(2)).unwrap_or("");
+                check_decl(body).map_err(|(o, m)| error_at(xml, pos + 5 + o, m))?;
+            }
+            Event::PI(p) => {
+                let target = p.target();
+                if !is_ncname(target) || target.eq_ignore_ascii_case("xml") {
+                    return Err(error_at(
+                        xml,
+                        pos,
+                        format!("invalid processing instruction target '{target}'"),
+                    ));
+                }
+                if let Some((o, c)) = bad_char(p.content()) {
+                    return Err(error_at(
+                        xml,
+                        pos + o,
+                        format!("character U+{:04X} is not allowed in XML", c as u32),
+                    ));
+                }
+            }
+            Event::Comment(c) => {
+                if let Some((o, ch)) = bad_char(&c) {
+                    return Err(error_at(
+                        xml,
+                        pos + 4 + o,
+                        format!("character U+{:04X} is not allowed in XML", ch as u32),
+                    ));
+                }
+            }
+            Event::DocType(_) => {
+                return Err(error_at(
+                    xml,
+                    pos,
+                    "DOCTYPE declarations (and so entity declarations) are not allowed",
+                ));
+            }
             Event::Eof => break,
-            Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_) => {}
         }
     }
-    if !stack.is_empty() {
-        return Err(Error::xml(format!(
-            "unterminated element <{}>",
-            stack[stack.len() - 1].name
-        )));
+    if let Some(open) = stack.last() {
+        return Err(error_at(
+            xml,
+            open.pos,
+            format!(
+                "element <{}> is not closed at the end of the document",
+                open.el.name
+            ),
+        ));
     }
-    root.ok_or_else(|| Error::xml("empty document"))
+    root.ok_or_else(|| error_at(xml, xml.len(), "the document has no root element"))
+}
+
+fn push_text(xml: &str, pos: usize, open: &mut Open, text: &str) -> Result<()> {
+    if let Some(s) = open.schema
+        && !s.text
+        && !is_blank(text)
+    {
+        return Err(error_at(
+            xml,
+            pos,
+            format!("text is not allowed in <{}>", s.name),
+        ));
+    }
+    open.el.text.push_str(text);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -96,11 +96,14 @@ pub fn restored_definition(
     let Some(devices) = root.children.iter_mut().find(|c| c.name == "devices") else {
         return Ok(root.to_xml());
     };
+    // By name, so that the work is linear in the number of devices.
+    let by_name: std::collections::HashMap<&str, &RestoredDisk> =
+        disks.iter().map(|r| (r.name, r)).collect();
     devices.children.retain(|d| {
         let restored = d
             .child("target")
             .and_then(|t| t.attr("dev"))
-            .is_some_and(|dev| disks.iter().any(|r| r.name == dev));
+            .is_some_and(|dev| by_name.contains_key(dev));
         let is_disk = d.name == "disk" && d.attr("device").unwrap_or("disk") == "disk";
         new_name.is_none() || !is_disk || restored
     });
@@ -111,7 +114,7 @@ pub fn restored_definition(
         let Some(r) = (dev.name == "disk")
             .then(|| dev.child("target").and_then(|t| t.attr("dev")))
             .flatten()
-            .and_then(|n| disks.iter().find(|r| r.name == n))
+            .and_then(|n| by_name.get(n).copied())
         else {
             continue;
         };
