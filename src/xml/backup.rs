@@ -19,6 +19,8 @@ const MAX_DISKS: usize = 1024;
 // (GetXMLDesc's output-only elements).
 static UUID: Schema = Schema::text("uuid");
 static HOST: Schema = Schema::element("host", &["transport", "name", "port", "socket"], &[]);
+/// The format of a `<source file>` (RestoreUnmanaged), stated by the caller.
+static SOURCE_DRIVER: Schema = Schema::element("driver", &["type"], &[]);
 static DISK: Schema = Schema::element(
     "disk",
     &[
@@ -30,7 +32,11 @@ static DISK: Schema = Schema::element(
         "exportbitmap",
     ],
     &[
-        &Schema::element("source", &["file", "protocol", "name"], &[&HOST]),
+        &Schema::element(
+            "source",
+            &["file", "protocol", "name"],
+            &[&HOST, &SOURCE_DRIVER],
+        ),
         &Schema::element("target", &["file", "pool", "volume"], &[]),
         &Schema::element("driver", &["type"], &[]),
     ],
@@ -47,7 +53,11 @@ pub static DOMAINBACKUP: Schema = Schema::element(
         &Schema::element("parent", &[], &[&UUID]),
         &Schema::element("domain", &["uuid", "name"], &[]),
         &Schema::element("checkpoint", &["name"], &[]),
-        &Schema::element("server", &["transport", "name", "port", "socket"], &[]),
+        &Schema::element(
+            "server",
+            &["transport", "name", "port", "socket", "tls"],
+            &[],
+        ),
         &Schema::element("pinnedby", &["domain", "disk"], &[]).repeated(),
         &Schema::element("disks", &[], &[&DISK]),
     ],
