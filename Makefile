@@ -115,11 +115,13 @@ bench:
 	@sh scripts/install-deps.sh bench
 	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then sh scripts/start-libvirtd.sh; fi
 	@$(MAKE) --no-print-directory stage
-	$(STAGE_ENV) $(CC) -O2 -Wall -Wextra -Werror -o $(BUILD)/bench bench/bench.c bench/live.c \
+	$(STAGE_ENV) $(CC) -O2 -Wall -Wextra -Werror -o $(BUILD)/bench bench/bench.c bench/copy.c bench/live.c \
 	    $$($(STAGE_ENV) pkg-config --cflags --libs libvirt-backup libvirt-qemu)
 	@rm -rf $(BUILD)/bench-catalog
 	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench; \
 	    rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
+	@# The digest index rows (delta chains), from a Rust bench test.
+	$(CARGO) test --release --locked --test index_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 
 check: deps
 	@$(MAKE) --no-print-directory all

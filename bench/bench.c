@@ -24,7 +24,15 @@
  *  5. full backup vs the same push-mode backup driven by hand through
  *     libvirt (virDomainBackupBegin with a checkpoint, job polled);
  *  6. full backup vs `virtnbdbackup -l full` (pull mode over NBD);
- *  7. incremental backup after 1% of the data changed vs that full backup.
+ *  7. incremental backup after 1% of the data changed vs that full backup;
+ *  8. the domain shut off, 1% changed offline (qemu-io on its image): an
+ *     incremental through the checkpoint's persistent bitmap vs the same
+ *     with the bitmap disabled (every chunk compared with the digests).
+ *
+ * Then the copy engine's rows (copy.c: data layouts x sizes, medians and
+ * minima, page-cache growth, raw targets, an O_DIRECT dd peer) and the
+ * digest index rows (tests/index_bench.rs: a 30-deep delta chain read vs a
+ * flat index, a year of daily incrementals' index size).
  *
  * "1% changed" is 1% of the data, written by qemu-io as 64 KiB blocks spread
  * evenly over the disk, with a new pattern byte each time (on the running
@@ -49,7 +57,9 @@
  * BENCH_RUNS (default 4), BENCH_DIR (parent of the work folder, default
  * /var/tmp), BENCH_VERBOSE (print every run), BENCH_LIVE_SIZE_MB (the
  * running domain's disk, default 2048), BENCH_LIVE=0 (skip rows 5-7; by
- * default they run and an unreachable libvirtd is an error).
+ * default they run and an unreachable libvirtd is an error), BENCH_MAIN=0
+ * (skip rows 1-4), and the copy engine's rows' knobs (see copy.c:
+ * BENCH_COPY_MAX_MB, BENCH_COPY_RUNS, BENCH_COPY_LAYOUTS).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -687,9 +697,10 @@ int main(void)
     print_cells("row", "ours", "peer", "ratio", "target", "notes");
     print_cells("------------------------------------------------", "----------",
                 "----------", "-------", "--------", "-----");
-    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++)
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]) && env_long("BENCH_MAIN", 1); r++)
         for (size_t i = 0; i < ndisks; i++)
             bench_row(&rows[r], &disks[i]);
+    mismatches += copy_rows(conn);
     /* The whole process: the copies ran in it, with their bounded buffers
      * (the live rows' copies run in QEMU). */
     getrusage(RUSAGE_SELF, &ru);

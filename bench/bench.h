@@ -63,6 +63,9 @@ double full_ours(struct disk *d);
 double incr_ours(struct disk *d);
 void bench_row(const struct row *r, struct disk *d);
 
+/* copy.c: the copy engine's rows (layouts x sizes); rows that gave a wrong result. */
+int copy_rows(virConnectPtr conn);
+
 /* live.c: rows on a running QEMU domain (qemu:///system). */
 void live_open(void);
 void live_rows(void);

@@ -257,6 +257,54 @@ static const struct row rows[] = {
       verify_snapshot },
 };
 
+/*
+ * Row 8: the domain shut off, 1% changed by qemu-io on its image (QEMU's
+ * block layer keeps the checkpoint's persistent bitmap up to date), an
+ * incremental on the live full backup: through the bitmap (ours) vs the
+ * same with the bitmap disabled, so the library compares every chunk with
+ * the parent's digests (peer). Both are checked against the image.
+ */
+static void write_offline(struct disk *d, const long long *offsets, long long n)
+{
+    qemu_io_writes(d->fmt, d->src, d->pattern, offsets, n, CHUNK);
+    sh("qemu-img convert -f %s -O raw '%s' '%s'", d->fmt, d->src, d->saved);
+}
+
+static void shut_off(struct disk *d)
+{
+    ensure_full(d);
+    if (virDomainIsActive(d->dom) == 1 && virDomainShutdownFlags(d->dom, 0) < 0)
+        die_virt("virDomainShutdown");
+    /* No guest OS to act on ACPI: QEMU quits on destroy (SIGTERM) and
+     * stores its persistent bitmaps in the image first. */
+    if (virDomainIsActive(d->dom) == 1 && virDomainDestroy(d->dom) < 0)
+        die_virt("virDomainDestroy");
+    d->write = write_offline;
+}
+
+/* The full backup's checkpoint names the bitmap: its uuid. */
+static void set_bitmap(struct disk *d, const char *how)
+{
+    char *xml = virDomainBackupGetXMLDesc(d->full, 0), *u = xml ? strstr(xml, "<uuid>") : NULL;
+    if (!u)
+        die("virDomainBackupGetXMLDesc");
+    sh("qemu-img bitmap %s -f qcow2 '%s' '%.36s'", how, d->src, u + 6);
+    free(xml);
+}
+
+static double offline_digests(struct disk *d)
+{
+    double t;
+    set_bitmap(d, "--disable");
+    t = incr_ours(d);
+    set_bitmap(d, "--enable");
+    return t;
+}
+
+static const struct row offline_row = { "offline incremental, 1%, bitmap vs digests", 0.5,
+                                        shut_off, incr_ours, offline_digests,
+                                        verify_snapshot };
+
 /* data_pct percent of the disk: one run of pattern bytes per FILL_PERIOD. */
 static void fill(struct disk *d)
 {
@@ -339,6 +387,7 @@ void live_rows(void)
     start(&live);
     for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++)
         bench_row(&rows[r], &live);
+    bench_row(&offline_row, &live);
     teardown();
     free(live.src);
     free(live.saved);

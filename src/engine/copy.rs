@@ -117,6 +117,9 @@ struct Window {
     buf: Vec<u8>,
     /// The digest of each `DIGEST_CHUNK` of the window.
     sums: Vec<Digest>,
+    /// Chunks a dirty bitmap says did not change: not read, their digest
+    /// is the parent's (only with a bitmap, else empty).
+    clean: Vec<bool>,
 }
 
 impl Window {
@@ -127,7 +130,41 @@ impl Window {
             has_data: false,
             buf: vec![0u8; COPY_CHUNK as usize],
             sums: Vec::with_capacity((COPY_CHUNK / DIGEST_CHUNK) as usize),
+            clean: Vec::new(),
         }
+    }
+
+    fn is_clean(&self, k: usize) -> bool {
+        self.clean.get(k).copied().unwrap_or(false)
+    }
+
+    /// Read and hash only the chunks of the window that `dirty` (sorted,
+    /// chunk-aligned runs) touches; mark the others clean.
+    fn fill_dirty(&mut self, src: &Source, dirty: &[(u64, u64)]) -> Result<()> {
+        let (offset, len) = (self.offset, self.len as u64);
+        self.clean.clear();
+        self.sums.clear();
+        self.has_data = true;
+        let first = dirty.partition_point(|&(o, l)| o + l <= offset);
+        for start in (0..len).step_by(DIGEST_CHUNK as usize) {
+            let end = (start + DIGEST_CHUNK).min(len);
+            let (a, b) = (offset + start, offset + end);
+            let hit = dirty[first..]
+                .iter()
+                .take_while(|&&(o, _)| o < b)
+                .any(|&(o, l)| o + l > a);
+            self.clean.push(!hit);
+            let part = &mut self.buf[start as usize..end as usize];
+            self.sums.push(if !hit {
+                ZERO_DIGEST
+            } else if fill_window(src, part, a)? {
+                digest(part)
+            } else {
+                part.fill(0);
+                ZERO_DIGEST
+            });
+        }
+        Ok(())
     }
     /// Each digest chunk of the window: its range in `buf` and its digest.
     fn digests(&self) -> impl Iterator<Item = (usize, usize, Digest)> + '_ {
@@ -138,6 +175,7 @@ impl Window {
     }
 
     fn hash(&mut self) {
+        self.clean.clear();
         self.sums.clear();
         for start in (0..self.len).step_by(DIGEST_CHUNK as usize) {
             let end = (start + DIGEST_CHUNK as usize).min(self.len);
@@ -165,6 +203,7 @@ const WINDOWS_PER_READER: usize = 2;
 fn read_windows(
     src: &Source,
     r: usize,
+    dirty: Option<&[(u64, u64)]>,
     free_rx: &std::sync::mpsc::Receiver<Window>,
     full_tx: &std::sync::mpsc::SyncSender<Result<Window>>,
 ) {
@@ -175,11 +214,21 @@ fn read_windows(
         let Ok(mut w) = free_rx.recv() else { return };
         w.offset = offset;
         w.len = COPY_CHUNK.min(size - offset) as usize;
-        let filled = fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
-            w.has_data = has_data;
-            w.hash();
-            w
-        });
+        // One residency check per window: source pages the copy brings in
+        // are dropped after use, pages the host had cached stay.
+        let len = w.len as u64;
+        let cold = src.is_cold(offset, len);
+        let filled = match dirty {
+            Some(runs) => w.fill_dirty(src, runs).map(|()| w),
+            None => fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
+                w.has_data = has_data;
+                w.hash();
+                w
+            }),
+        };
+        if cold {
+            src.drop_cached(offset, len);
+        }
         let failed = filled.is_err();
         if full_tx.send(filled).is_err() || failed {
             return;
@@ -191,6 +240,16 @@ fn read_windows(
 fn for_each_window(
     src: &Source,
     progress: &Progress,
+    use_window: impl FnMut(&Window) -> Result<()>,
+) -> Result<()> {
+    for_each_window_of(src, progress, None, use_window)
+}
+
+/// [`for_each_window`], reading only the chunks `dirty` touches if given.
+fn for_each_window_of(
+    src: &Source,
+    progress: &Progress,
+    dirty: Option<&[(u64, u64)]>,
     mut use_window: impl FnMut(&Window) -> Result<()>,
 ) -> Result<()> {
     use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
@@ -206,7 +265,7 @@ fn for_each_window(
             }
             full.push(full_rx);
             free.push(free_tx);
-            scope.spawn(move || read_windows(src, r, &free_rx, &full_tx));
+            scope.spawn(move || read_windows(src, r, dirty, &free_rx, &full_tx));
         }
         let result = (|| {
             let windows = size.div_ceil(COPY_CHUNK);
@@ -236,8 +295,22 @@ pub fn copy_image(
     src: &Source,
     dst: &Target,
     progress: &Progress,
+    baseline: Baseline,
+    index: &mut dyn DigestSink,
+) -> Result<()> {
+    copy_changes(src, dst, progress, baseline, index, None)
+}
+
+/// [`copy_image`] where a dirty bitmap tells which chunks may differ from
+/// `baseline` (sorted, chunk-aligned runs): only those are read; the
+/// others keep the parent's digest.
+pub fn copy_changes(
+    src: &Source,
+    dst: &Target,
+    progress: &Progress,
     mut baseline: Baseline,
     index: &mut dyn DigestSink,
+    dirty: Option<&[(u64, u64)]>,
 ) -> Result<()> {
     let size = src.size();
     let mut w = Writer {
@@ -245,15 +318,16 @@ pub fn copy_image(
         progress,
         run: None,
     };
-    for_each_window(src, progress, |win| {
+    for_each_window_of(src, progress, dirty, |win| {
         let buf = &win.buf;
-        for (start, end, d) in win.digests() {
-            index.push(&d)?;
+        for (k, (start, end, d)) in win.digests().enumerate() {
             let old = match &mut baseline {
                 Baseline::Empty => ZERO_DIGEST,
                 // Past the parent's end the target reads zeroes too.
                 Baseline::Index(r) => r.next_digest()?.unwrap_or(ZERO_DIGEST),
             };
+            let d = if win.is_clean(k) { old } else { d };
+            index.push(&d)?;
             if old != d {
                 if d == ZERO_DIGEST {
                     w.zeroes(buf, win.offset + start as u64, (end - start) as u64)?;
@@ -262,7 +336,9 @@ pub fn copy_image(
                 }
             }
         }
-        w.flush(buf)
+        w.flush(buf)?;
+        dst.written(win.offset, win.offset + win.len as u64);
+        Ok(())
     })?;
     // A source that shrank while it was read would have read as holes.
     let now = src
@@ -429,6 +505,7 @@ pub fn apply_rewrite(
                 }
             }
             w.flush(&buf)?;
+            dst.written(window, window + len as u64);
         }
         window += len as u64;
     }

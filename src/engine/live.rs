@@ -75,8 +75,10 @@ fn image_bitmaps(image: &Path) -> Result<Vec<(String, bool)>> {
         .filter_map(|b| {
             let name = b["name"].as_str()?.to_string();
             let flags = b["flags"].as_array().cloned().unwrap_or_default();
-            let inconsistent = flags.iter().any(|f| f.as_str() == Some("inconsistent"));
-            Some((name, !inconsistent))
+            let has = |f: &str| flags.iter().any(|x| x.as_str() == Some(f));
+            // Trusted only if it recorded every write: enabled ("auto"), not
+            // left open by a QEMU that died ("in-use"), not "inconsistent".
+            Some((name, has("auto") && !has("in-use") && !has("inconsistent")))
         })
         .collect())
 }
@@ -182,7 +184,7 @@ pub fn usable_offline_bitmap(
     {
         None => Err(format!("its image lacks the bitmap '{bitmap}'")),
         Some((_, false)) => Err(format!(
-            "the bitmap '{bitmap}' in its image is inconsistent"
+            "the bitmap '{bitmap}' in its image is inconsistent, in use or disabled"
         )),
         Some(_) => Ok(bitmap),
     }

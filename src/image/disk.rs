@@ -16,6 +16,7 @@ use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
+use crate::image::cache::{self, DropBehind};
 use crate::image::nbd::{NbdAddress, NbdClient};
 use crate::xml::backup::DiskFormat;
 
@@ -200,6 +201,7 @@ impl Source {
                     .metadata()
                     .map_err(io_err("cannot stat source image", path))?
                     .len();
+                cache::sequential(&file);
                 Ok(Source::Raw { file, size })
             }
             DiskFormat::Qcow2 => Ok(Source::Qcow2(open_qcow2(path, false, &chain, 0)?)),
@@ -261,6 +263,23 @@ impl Source {
         }
     }
 
+    /// Whether no page of `offset..offset+len` is in the page cache, so a
+    /// read of it may drop it afterwards (see `image::cache`); false when
+    /// unknown or not a file read here.
+    pub(crate) fn is_cold(&self, offset: u64, len: u64) -> bool {
+        match self {
+            Source::Raw { file, .. } => cache::is_cold(file, offset, len),
+            _ => false,
+        }
+    }
+
+    /// Drop `offset..offset+len`, found cold before it was read.
+    pub(crate) fn drop_cached(&self, offset: u64, len: u64) {
+        if let Source::Raw { file, .. } = self {
+            cache::drop_cached(file, offset, len);
+        }
+    }
+
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         match self {
             Source::Raw { file, .. } => file.read_exact_at(buf, offset),
@@ -270,10 +289,26 @@ impl Source {
     }
 }
 
-/// A disk image being written.
-pub enum Target {
+/// A disk image being written, with drop-behind of what was written (see
+/// `image::cache`).
+pub struct Target {
+    img: TargetImage,
+    cache: DropBehind,
+    /// A file the copy created: once synced, none of it needs caching.
+    created: bool,
+}
+
+enum TargetImage {
     Raw { file: File },
     Qcow2(FormatAccess<ImagoFile>),
+}
+
+/// A second handle on `file` for the page-cache calls.
+fn cache_of(file: &File, path: &Path) -> Result<DropBehind> {
+    let dup = file
+        .try_clone()
+        .map_err(io_err("cannot duplicate the handle of target image", path))?;
+    Ok(DropBehind::new(dup))
 }
 
 impl Target {
@@ -298,14 +333,15 @@ impl Target {
         let file = opts
             .open(path)
             .map_err(io_err("cannot create target image", path))?;
-        match (format, backing) {
+        let cache = cache_of(&file, path)?;
+        let img = match (format, backing) {
             (DiskFormat::Raw, None) => {
                 file.set_len(size)
                     .map_err(io_err("cannot size target image", path))?;
-                Ok(Target::Raw { file })
+                TargetImage::Raw { file }
             }
             (DiskFormat::Raw, Some(_)) => {
-                Err(Error::internal("a raw image cannot have a backing file"))
+                return Err(Error::internal("a raw image cannot have a backing file"));
             }
             (DiskFormat::Qcow2, backing) => {
                 let storage = ImagoFile::from_open_file(
@@ -325,39 +361,64 @@ impl Target {
                         Ok(Qcow2::<ImagoFile>::builder(img).write(true))
                     })
                     .map_err(io_err("cannot format target image", path))?;
-                Ok(Target::Qcow2(FormatAccess::new(q)))
+                TargetImage::Qcow2(FormatAccess::new(q))
             }
-        }
+        };
+        Ok(Target {
+            img,
+            cache,
+            created: true,
+        })
     }
 
     /// Open an existing image to write into it (in-place restore); its
     /// backing files, read-only, as `chain` allows.
     pub fn open_existing(path: &Path, format: DiskFormat, chain: Chain) -> Result<Target> {
-        match format {
-            DiskFormat::Raw => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err("cannot open disk image for writing", path))?;
-                Ok(Target::Raw { file })
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err("cannot open disk image for writing", path))?;
+        let cache = cache_of(&file, path)?;
+        let img = match format {
+            DiskFormat::Raw => TargetImage::Raw { file },
+            DiskFormat::Qcow2 => {
+                let storage = ImagoFile::from_open_file(
+                    file,
+                    StorageOpenOptions::new().filename(path).write(true),
+                )
+                .map_err(io_err("cannot open qcow2 disk image for writing", path))?;
+                TargetImage::Qcow2(open_qcow2_storage(path, storage, true, &chain, 0)?)
             }
-            DiskFormat::Qcow2 => Ok(Target::Qcow2(open_qcow2(path, true, &chain, 0)?)),
+        };
+        Ok(Target {
+            img,
+            cache,
+            created: false,
+        })
+    }
+
+    /// The guest range `offset..end` was just written: hand it to
+    /// writeback and drop what was written long enough ago.
+    pub(crate) fn written(&self, offset: u64, end: u64) {
+        match self.img {
+            TargetImage::Raw { .. } => self.cache.written(offset, end),
+            TargetImage::Qcow2(_) => self.cache.appended(),
         }
     }
 
     pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        match self {
-            Target::Raw { file } => file.write_all_at(buf, offset),
-            Target::Qcow2(q) => q.write(buf, offset),
+        match &self.img {
+            TargetImage::Raw { file } => file.write_all_at(buf, offset),
+            TargetImage::Qcow2(q) => q.write(buf, offset),
         }
     }
 
     /// Make a range read as zeroes: a zero cluster in qcow2 (which hides a
     /// backing file's data), a punched hole in a raw file.
     pub(crate) fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        match self {
-            Target::Raw { file } => {
+        match &self.img {
+            TargetImage::Raw { file } => {
                 use rustix::fs::{FallocateFlags, fallocate};
                 let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
                 if fallocate(file, punch, offset, len).is_ok() {
@@ -366,22 +427,24 @@ impl Target {
                 let zeroes = vec![0u8; len as usize];
                 file.write_all_at(&zeroes, offset)
             }
-            Target::Qcow2(q) => q.write_zeroes(offset, len),
+            TargetImage::Qcow2(q) => q.write_zeroes(offset, len),
         }
     }
 
     /// Flush metadata and make the data durable.
     pub fn finish(self, path: &Path) -> Result<()> {
-        match self {
-            Target::Raw { file } => file
+        match &self.img {
+            TargetImage::Raw { file } => file
                 .sync_all()
-                .map_err(io_err("cannot sync target image", path)),
-            Target::Qcow2(q) => {
+                .map_err(io_err("cannot sync target image", path))?,
+            TargetImage::Qcow2(q) => {
                 q.flush()
                     .map_err(io_err("cannot flush target image", path))?;
-                q.sync().map_err(io_err("cannot sync target image", path))
+                q.sync().map_err(io_err("cannot sync target image", path))?
             }
         }
+        self.cache.finish(self.created);
+        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
 //! Reading and writing disk images: raw and qcow2 files, and NBD exports.
 
+pub mod cache;
 pub mod disk;
 pub mod nbd;

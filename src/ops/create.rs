@@ -16,7 +16,7 @@ use virt::connect::Connect;
 use super::files::{remove_backup, volume_connection};
 use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
 use super::recovery;
-use crate::engine::{copy, live};
+use crate::engine::{bitmap, copy, live};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::DomainRef;
@@ -61,6 +61,9 @@ struct Baseline {
     target: PathBuf,
     format: DiskFormat,
     index: Option<IndexReader>,
+    /// Shut-off domain after a live parent: the image and the persistent
+    /// bitmap of the parent's checkpoint in it, which mark the changes.
+    bitmap: Option<(PathBuf, String)>,
 }
 
 /// A backup whose job has started.
@@ -150,6 +153,7 @@ fn prepare(
                 choose_live_mode(dom, parent, p, &facts.disks, flags)?;
             } else {
                 choose_mode(catalog, parent, p, flags)?;
+                use_offline_bitmap(dom, parent, p, &facts.disks);
             }
             record_chain(catalog, parent, p)?;
         }
@@ -369,9 +373,12 @@ fn run(
         }
     }
     let job = new_job(catalog, &record);
-    let sources: Vec<(Source, Option<IndexReader>)> = disks
+    let sources: Vec<CopySource> = disks
         .into_iter()
-        .map(|p| (p.source, p.baseline.and_then(|b| b.index)))
+        .map(|p| {
+            let (index, bitmap) = p.baseline.map_or((None, None), |b| (b.index, b.bitmap));
+            (p.source, index, bitmap)
+        })
         .collect();
     let (work_catalog, work_record, work_dom) = (catalog.clone(), record.clone(), dom.clone());
     let conn = volume_connection(&record, Some(dom));
@@ -513,6 +520,7 @@ fn choose_mode(
                 target: b.target.clone(),
                 format: b.format,
                 index: Some(index),
+                bitmap: None,
             });
             Ok(())
         }
@@ -534,6 +542,29 @@ fn record_chain(catalog: &Catalog, parent: &BackupRecord, p: &mut PlannedDisk) -
         p.record.backing = catalog.chain_from(parent, &p.record.name)?;
     }
     Ok(())
+}
+
+/// An incremental disk of a shut-off domain whose parent was taken live:
+/// when the parent's checkpoint's bitmap in the image can be trusted (see
+/// `live::usable_offline_bitmap`), the copy reads only what it marks;
+/// otherwise it compares every chunk against the parent's index.
+fn use_offline_bitmap(
+    dom: &DomainRef,
+    parent: &BackupRecord,
+    p: &mut PlannedDisk,
+    dom_disks: &[DomainDisk],
+) {
+    let Some(b) = p.baseline.as_mut() else { return };
+    if parent.checkpoint.is_none() || p.record.source_format != DiskFormat::Qcow2 {
+        return;
+    }
+    let base = parent.disks.iter().find(|d| d.name == p.record.name);
+    let Some(disk) = dom_disks.iter().find(|d| d.name == p.record.name) else {
+        return;
+    };
+    if let Ok(name) = live::usable_offline_bitmap(dom, parent, base, disk, p.record.virtual_size) {
+        b.bitmap = Some((p.record.source.clone(), name));
+    }
 }
 
 /// The live engine's choice for one disk of an incremental backup (see
@@ -559,6 +590,7 @@ fn choose_live_mode(
                 target: b.target.clone(),
                 format: b.format,
                 index: None,
+                bitmap: None,
             });
             p.since = Some(cp);
             Ok(())
@@ -625,31 +657,53 @@ fn run_live(
     result
 }
 
+/// A disk the library copies: its source, the parent's index for an
+/// incremental, and the image and bitmap that mark its changes if usable.
+type CopySource = (Source, Option<IndexReader>, Option<(PathBuf, String)>);
+
+/// Copy one disk of a backup and write its digest index (a delta against
+/// the parent's for an incremental).
+fn copy_disk(
+    job: &Job,
+    index_path: &Path,
+    (src, parent, bitmap): CopySource,
+    dst: ImageTarget,
+    d: &DiskRecord,
+) -> Result<()> {
+    let dirty = bitmap.zip(parent.as_ref()).and_then(|((image, name), p)| {
+        // An unreadable bitmap costs time, not correctness: compare all.
+        bitmap::dirty_ranges(&image, &name, src.size(), p.size()).ok()
+    });
+    let mut parent = parent;
+    let parent_index = parent.as_ref().map(|p| p.path().to_path_buf());
+    let baseline = copy::Baseline::of(parent.as_mut());
+    IndexWriter::create_delta(index_path, d.virtual_size, parent_index.as_deref())
+        .and_then(|mut index| {
+            let dirty = dirty.as_deref();
+            copy::copy_changes(&src, &dst, &job.progress, baseline, &mut index, dirty)?;
+            index.finish()
+        })
+        .and_then(|()| dst.finish(&d.target))
+        .map_err(|mut e| {
+            e.message = format!("disk '{}': {}", d.name, e.message);
+            e
+        })
+}
+
 /// The body of a backup job on the library's own disk engine.
 fn run_copy(
     job: &Job,
     catalog: &Catalog,
     mut record: BackupRecord,
-    sources: Vec<(Source, Option<IndexReader>)>,
+    sources: Vec<CopySource>,
     targets: Vec<ImageTarget>,
     lock: JobLock,
     conn: Option<Connect>,
 ) -> Result<()> {
     let copy = || -> Result<()> {
-        for (((src, parent), dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
+        for ((source, dst), d) in sources.into_iter().zip(targets).zip(&record.disks) {
             let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
-            let mut parent = parent;
-            let baseline = copy::Baseline::of(parent.as_mut());
-            IndexWriter::create(&index_path, d.virtual_size)
-                .and_then(|mut index| {
-                    copy::copy_image(&src, &dst, &job.progress, baseline, &mut index)?;
-                    index.finish()
-                })
-                .and_then(|()| dst.finish(&d.target))
-                .map_err(|mut e| {
-                    e.message = format!("disk '{}': {}", d.name, e.message);
-                    e
-                })?;
+            copy_disk(job, &index_path, source, dst, d)?;
         }
         Ok(())
     };

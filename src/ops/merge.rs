@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
 use crate::store::catalog::{Catalog, sync_dir};
-use crate::store::index::{IndexReader, IndexVerifier};
+use crate::store::index::{self, IndexReader, IndexVerifier};
 use crate::xml::backup::{BackupMode, BackupRecord, DiskRecord};
 
 /// What a rewritten child disk is a delta against, if anything.
@@ -78,6 +78,43 @@ fn rewrite_disk(
     })
 }
 
+/// A child's digest indexes that are deltas against `doomed`'s are
+/// rewritten against the grandparent's index of the same disk (or flat), so
+/// that removing `doomed`'s indexes leaves every index readable. The
+/// digests do not change: the index describes the disk, not the files.
+fn rebase_indexes(
+    catalog: &Catalog,
+    doomed: &BackupRecord,
+    grandparent: Option<&BackupRecord>,
+    child: &BackupRecord,
+) -> Result<()> {
+    let doomed_dir = catalog.index_dir(&doomed.domain_uuid, &doomed.uuid);
+    for d in &child.disks {
+        let own = catalog.index_path(&child.domain_uuid, &child.uuid, &d.name);
+        if !own.exists() {
+            continue;
+        }
+        // A delta names its parent as `../<backup>.index/<disk>.b3`.
+        let refers = index::parent_of(&own)?
+            .is_some_and(|p| p.parent().and_then(|f| f.file_name()) == doomed_dir.file_name());
+        if !refers {
+            continue;
+        }
+        let new_parent = grandparent
+            .filter(|g| g.disks.iter().any(|x| x.name == d.name))
+            .map(|g| catalog.index_path(&g.domain_uuid, &g.uuid, &d.name))
+            .filter(|p| p.exists());
+        index::rebase(&own, new_parent.as_deref()).map_err(|mut e| {
+            e.message = format!(
+                "cannot rewrite the digest index of disk '{}' of backup '{}': {}",
+                d.name, child.uuid, e.message
+            );
+            e
+        })?;
+    }
+    Ok(())
+}
+
 /// Merge `doomed` into each of its direct children among `all`, re-parenting
 /// them onto its parent. With `metadata_only` the files stay as they are (the
 /// children keep reading through the doomed backup's files) and only the
@@ -121,6 +158,7 @@ pub fn merge_into_children(
                 d.backing = backing;
             }
         }
+        rebase_indexes(catalog, doomed, grandparent, child)?;
         catalog.write_record(&updated)?;
     }
     Ok(())

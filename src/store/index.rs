@@ -10,15 +10,29 @@
 //! place, or an incremental skips them. BLAKE3 rules that out and still
 //! hashes 1 GiB in ~70 ms per core here, less than reading it costs.
 //!
-//! File layout: the magic `LVBKDIG1`, the chunk size and the disk's virtual
-//! size (little-endian u64 each), then one 32-byte digest per chunk. An
-//! all-zero chunk is stored as 32 zero bytes instead of its hash: zero chunks
-//! need no hashing, and 32 zero bytes is not a BLAKE3 output one will meet.
+//! Flat layout (`LVBKDIG1`, a full backup's): the magic, the chunk size and
+//! the disk's virtual size (little-endian u64 each), then one 32-byte digest
+//! per chunk. An all-zero chunk is stored as 32 zero bytes instead of its
+//! hash: zero chunks need no hashing, and 32 zero bytes is not a BLAKE3
+//! output one will meet.
+//!
+//! Delta layout (`LVBKDIG2`, an incremental's): the same 24 bytes, then the
+//! parent's index as a path relative to this index's folder (u16 length,
+//! then `../<backup>.index/<disk>.b3`), then one 40-byte entry (chunk number
+//! as u64, digest) per chunk whose digest differs from the parent's, in
+//! increasing order, then the number of entries (u64). A chunk without an
+//! entry has the parent's digest (zeroes past the parent's end). A year of
+//! daily 1 % changes of a 100 GiB disk costs ~0.6 MiB a day instead of 50.
+//! A delta's parent may itself be a delta, up to [`MAX_DEPTH`] levels;
+//! beyond that a new index is written flat, which bounds the files a reader
+//! holds open and the work per chunk. A delta's parent must outlive it: the
+//! merge that deletes a backup first rewrites its children's indexes
+//! ([`rebase`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -37,7 +51,12 @@ pub type Digest = [u8; 32];
 pub const ZERO_DIGEST: Digest = [0; 32];
 
 const MAGIC: &[u8; 8] = b"LVBKDIG1";
+const MAGIC_DELTA: &[u8; 8] = b"LVBKDIG2";
 const HEADER: usize = 24;
+const ENTRY: u64 = 40;
+
+/// Deltas stacked on one flat index at most (see the module doc).
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// The digest of one chunk: ZERO_DIGEST for zeroes, BLAKE3 otherwise.
 pub fn digest(chunk: &[u8]) -> Digest {
@@ -53,16 +72,87 @@ pub fn chunks(size: u64) -> u64 {
     size.div_ceil(DIGEST_CHUNK)
 }
 
+fn header(magic: &[u8; 8], size: u64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(magic);
+    h[8..16].copy_from_slice(&DIGEST_CHUNK.to_le_bytes());
+    h[16..].copy_from_slice(&size.to_le_bytes());
+    h
+}
+
+/// `parent` as a delta names it from `path`: both must be
+/// `<dir>/<folder>/<file>` with the same `<dir>`.
+fn relative_parent(path: &Path, parent: &Path) -> Option<String> {
+    let (dir, pdir) = (path.parent()?, parent.parent()?);
+    if dir.parent()? != pdir.parent()? || dir == pdir {
+        return None;
+    }
+    let rel = format!(
+        "../{}/{}",
+        pdir.file_name()?.to_str()?,
+        parent.file_name()?.to_str()?
+    );
+    resolve_parent(path, &rel).map(|_| rel)
+}
+
+/// The parent file a delta at `path` names with `rel`, which must be
+/// exactly `../<folder>/<file>`: an index never points elsewhere.
+fn resolve_parent(path: &Path, rel: &str) -> Option<PathBuf> {
+    let parts: Vec<Component> = Path::new(rel).components().collect();
+    match parts.as_slice() {
+        [
+            Component::ParentDir,
+            Component::Normal(_),
+            Component::Normal(_),
+        ] => Some(path.parent()?.join(rel)),
+        _ => None,
+    }
+}
+
+enum Mode {
+    Flat,
+    /// Entries are written where the digest differs from `parent`'s.
+    Delta {
+        parent: Box<IndexReader>,
+        chunk: u64,
+        entries: u64,
+    },
+}
+
 /// Writes an index as the copy goes, front to back.
 pub struct IndexWriter {
     out: BufWriter<File>,
     path: PathBuf,
     expected: u64,
     written: u64,
+    mode: Mode,
 }
 
 impl IndexWriter {
+    /// A flat index.
     pub fn create(path: &Path, size: u64) -> Result<IndexWriter> {
+        Self::create_with(path, size, None)
+    }
+
+    /// An index that stores only the chunks that differ from the index at
+    /// `parent` (a sibling folder's file); flat when `parent` is `None`, is
+    /// not a sibling, or is already [`MAX_DEPTH`] deltas deep.
+    pub fn create_delta(path: &Path, size: u64, parent: Option<&Path>) -> Result<IndexWriter> {
+        let Some((parent, rel)) = parent.and_then(|p| Some((p, relative_parent(path, p)?))) else {
+            return Self::create(path, size);
+        };
+        let reader = IndexReader::open(parent)?;
+        if reader.depth() >= MAX_DEPTH {
+            return Self::create(path, size);
+        }
+        Self::create_with(path, size, Some((reader, rel)))
+    }
+
+    fn create_with(
+        path: &Path,
+        size: u64,
+        delta: Option<(IndexReader, String)>,
+    ) -> Result<IndexWriter> {
         let file = OpenOptions::new()
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
@@ -72,29 +162,56 @@ impl IndexWriter {
             .open(path)
             .map_err(|e| Error::io("cannot create digest index", path, e))?;
         let mut out = BufWriter::with_capacity(64 << 10, file);
-        let mut header = [0u8; HEADER];
-        header[..8].copy_from_slice(MAGIC);
-        header[8..16].copy_from_slice(&DIGEST_CHUNK.to_le_bytes());
-        header[16..].copy_from_slice(&size.to_le_bytes());
-        out.write_all(&header)
-            .map_err(|e| Error::io("cannot write digest index", path, e))?;
+        let wrote = match &delta {
+            None => out.write_all(&header(MAGIC, size)),
+            Some((_, rel)) => out
+                .write_all(&header(MAGIC_DELTA, size))
+                .and_then(|()| out.write_all(&(rel.len() as u16).to_le_bytes()))
+                .and_then(|()| out.write_all(rel.as_bytes())),
+        };
+        wrote.map_err(|e| Error::io("cannot write digest index", path, e))?;
         Ok(IndexWriter {
             out,
             path: path.to_path_buf(),
             expected: chunks(size),
             written: 0,
+            mode: match delta {
+                None => Mode::Flat,
+                Some((parent, _)) => Mode::Delta {
+                    parent: Box::new(parent),
+                    chunk: 0,
+                    entries: 0,
+                },
+            },
         })
     }
 
     pub fn push(&mut self, d: &Digest) -> Result<()> {
         self.written += 1;
-        self.out
-            .write_all(d)
-            .map_err(|e| Error::io("cannot write digest index", &self.path, e))
+        let wrote = match &mut self.mode {
+            Mode::Flat => self.out.write_all(d),
+            Mode::Delta {
+                parent,
+                chunk,
+                entries,
+            } => {
+                let old = parent.next_digest()?.unwrap_or(ZERO_DIGEST);
+                *chunk += 1;
+                if old == *d {
+                    Ok(())
+                } else {
+                    *entries += 1;
+                    self.out
+                        .write_all(&(*chunk - 1).to_le_bytes())
+                        .and_then(|()| self.out.write_all(d))
+                }
+            }
+        };
+        wrote.map_err(|e| Error::io("cannot write digest index", &self.path, e))
     }
 
     /// Flush and sync; an index that misses entries is an internal error.
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
         if self.written != self.expected {
             return Err(Error::internal(format!(
                 "digest index '{}' has {} entries, expected {}",
@@ -102,6 +219,11 @@ impl IndexWriter {
                 self.written,
                 self.expected
             )));
+        }
+        if let Mode::Delta { entries, .. } = self.mode {
+            self.out
+                .write_all(&entries.to_le_bytes())
+                .map_err(|e| Error::io("cannot write digest index", &self.path, e))?;
         }
         let file = self
             .out
@@ -112,49 +234,208 @@ impl IndexWriter {
     }
 }
 
-/// Reads an index front to back.
-pub struct IndexReader {
+/// The entries of one delta level, read in order.
+struct DeltaLevel {
     input: BufReader<File>,
     path: PathBuf,
+    left: u64,
+    /// Chunks the level describes (its disk's size).
+    limit: u64,
+    /// The next entry, if any.
+    head: Option<(u64, Digest)>,
+}
+
+impl DeltaLevel {
+    fn advance(&mut self) -> Result<()> {
+        if self.left == 0 {
+            self.head = None;
+            return Ok(());
+        }
+        self.left -= 1;
+        let mut e = [0u8; ENTRY as usize];
+        self.input
+            .read_exact(&mut e)
+            .map_err(|e| Error::io("cannot read digest index", &self.path, e))?;
+        let chunk = u64::from_le_bytes(e[..8].try_into().unwrap());
+        if self.head.is_some_and(|(prev, _)| chunk <= prev) || chunk >= self.limit {
+            return Err(Error::operation_failed(format!(
+                "digest index '{}' is unusable: entries out of order",
+                self.path.display()
+            )));
+        }
+        self.head = Some((chunk, e[8..].try_into().unwrap()));
+        Ok(())
+    }
+}
+
+/// Reads an index front to back, a delta resolved through its parents, in
+/// batches: the flat index at the bottom is read in bulk into the batch,
+/// then each delta level, oldest first, writes its entries over it. The
+/// work is the flat index's bytes plus the entries, whatever the depth.
+pub struct IndexReader {
+    base: BufReader<File>,
+    base_path: PathBuf,
+    base_limit: u64,
+    /// Delta levels, newest first.
+    levels: Vec<DeltaLevel>,
+    path: PathBuf,
     size: u64,
-    remaining: u64,
+    /// The resolved digests of chunks `batch_start..`, and the next one's
+    /// position in it.
+    batch: Vec<u8>,
+    batch_start: u64,
+    batch_pos: usize,
+}
+
+/// Chunks resolved per batch (512 KiB of digests).
+const BATCH: u64 = 16 << 10;
+
+/// One index file's header: its size, and its parent for a delta.
+struct Opened {
+    input: BufReader<File>,
+    size: u64,
+    parent: Option<(PathBuf, u64)>,
+}
+
+fn open_one(path: &Path) -> Result<Opened> {
+    let bad = |why: &str| {
+        Error::operation_failed(format!(
+            "digest index '{}' is unusable: {why}",
+            path.display()
+        ))
+    };
+    let file = File::open(path).map_err(|e| Error::io("cannot open digest index", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat digest index", path, e))?
+        .len();
+    let mut input = BufReader::with_capacity(16 << 10, file);
+    let mut h = [0u8; HEADER];
+    input
+        .read_exact(&mut h)
+        .map_err(|_| bad("truncated header"))?;
+    let delta = match &h[..8] {
+        m if m == MAGIC => false,
+        m if m == MAGIC_DELTA => true,
+        _ => return Err(bad("bad magic")),
+    };
+    let chunk = u64::from_le_bytes(h[8..16].try_into().unwrap());
+    if chunk != DIGEST_CHUNK {
+        return Err(bad(&format!("chunk size {chunk}, expected {DIGEST_CHUNK}")));
+    }
+    let size = u64::from_le_bytes(h[16..].try_into().unwrap());
+    if !delta {
+        if len != HEADER as u64 + chunks(size) * 32 {
+            return Err(bad("length does not match the disk size"));
+        }
+        return Ok(Opened {
+            input,
+            size,
+            parent: None,
+        });
+    }
+    let mut n = [0u8; 2];
+    input
+        .read_exact(&mut n)
+        .map_err(|_| bad("truncated header"))?;
+    let mut rel = vec![0u8; u16::from_le_bytes(n) as usize];
+    input
+        .read_exact(&mut rel)
+        .map_err(|_| bad("truncated header"))?;
+    let parent = std::str::from_utf8(&rel)
+        .ok()
+        .and_then(|r| resolve_parent(path, r))
+        .ok_or_else(|| bad("bad parent name"))?;
+    let body = len
+        .checked_sub(HEADER as u64 + 2 + rel.len() as u64 + 8)
+        .ok_or_else(|| bad("truncated"))?;
+    let entries = body / ENTRY;
+    let mut trailer = [0u8; 8];
+    let at = HEADER as u64 + 2 + rel.len() as u64 + entries * ENTRY;
+    std::os::unix::fs::FileExt::read_exact_at(input.get_ref(), &mut trailer, at)
+        .map_err(|e| Error::io("cannot read digest index", path, e))?;
+    if body % ENTRY != 0 || u64::from_le_bytes(trailer) != entries || entries > chunks(size) {
+        return Err(bad("length does not match its entry count"));
+    }
+    Ok(Opened {
+        input,
+        size,
+        parent: Some((parent, entries)),
+    })
 }
 
 impl IndexReader {
     pub fn open(path: &Path) -> Result<IndexReader> {
-        let bad = |why: &str| {
-            Error::operation_failed(format!(
-                "digest index '{}' is unusable: {why}",
-                path.display()
-            ))
+        let mut levels = Vec::new();
+        let mut at = path.to_path_buf();
+        let mut size = None;
+        let top = loop {
+            let o = open_one(&at)?;
+            size.get_or_insert(o.size);
+            let Some((parent, entries)) = o.parent else {
+                break o;
+            };
+            if levels.len() >= MAX_DEPTH {
+                return Err(Error::operation_failed(format!(
+                    "digest index '{}' is unusable: more than {MAX_DEPTH} deltas deep",
+                    path.display()
+                )));
+            }
+            levels.push(DeltaLevel {
+                input: o.input,
+                path: at.clone(),
+                left: entries,
+                limit: chunks(o.size),
+                head: None,
+            });
+            at = parent;
         };
-        let file = File::open(path).map_err(|e| Error::io("cannot open digest index", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("cannot stat digest index", path, e))?
-            .len();
-        let mut input = BufReader::with_capacity(64 << 10, file);
-        let mut header = [0u8; HEADER];
-        input
-            .read_exact(&mut header)
-            .map_err(|_| bad("truncated header"))?;
-        if &header[..8] != MAGIC {
-            return Err(bad("bad magic"));
+        for l in &mut levels {
+            l.advance()?;
         }
-        let chunk = u64::from_le_bytes(header[8..16].try_into().unwrap());
-        if chunk != DIGEST_CHUNK {
-            return Err(bad(&format!("chunk size {chunk}, expected {DIGEST_CHUNK}")));
-        }
-        let size = u64::from_le_bytes(header[16..].try_into().unwrap());
-        if len != HEADER as u64 + chunks(size) * 32 {
-            return Err(bad("length does not match the disk size"));
-        }
+        let size = size.unwrap_or(top.size);
         Ok(IndexReader {
-            input,
+            base: top.input,
+            base_path: at,
+            base_limit: chunks(top.size),
+            levels,
             path: path.to_path_buf(),
             size,
-            remaining: chunks(size),
+            batch: Vec::new(),
+            batch_start: 0,
+            batch_pos: 0,
         })
+    }
+
+    /// Resolve the next batch of chunks.
+    fn refill(&mut self) -> Result<()> {
+        let start = self.batch_start + (self.batch.len() / 32) as u64;
+        let end = chunks(self.size).min(start + BATCH);
+        let n = (end - start) as usize;
+        self.batch.clear();
+        self.batch.resize(n * 32, 0);
+        let from_base = self.base_limit.clamp(start, end) - start;
+        self.base
+            .read_exact(&mut self.batch[..from_base as usize * 32])
+            .map_err(|e| Error::io("cannot read digest index", &self.base_path, e))?;
+        // Each level: what lies past the end of the level below reads as
+        // zeroes, then its own entries win.
+        let mut below = self.base_limit;
+        for l in self.levels.iter_mut().rev() {
+            if below < end {
+                let z = below.max(start) - start;
+                self.batch[z as usize * 32..].fill(0);
+            }
+            while let Some((c, d)) = l.head.filter(|&(c, _)| c < end) {
+                let at = (c - start) as usize * 32;
+                self.batch[at..at + 32].copy_from_slice(&d);
+                l.advance()?;
+            }
+            below = l.limit;
+        }
+        self.batch_start = start;
+        self.batch_pos = 0;
+        Ok(())
     }
 
     /// Virtual size of the disk the index describes.
@@ -162,18 +443,57 @@ impl IndexReader {
         self.size
     }
 
+    /// The index file this reader was opened on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Deltas between this index and the flat one it resolves through.
+    pub fn depth(&self) -> usize {
+        self.levels.len()
+    }
+
     /// The next chunk's digest; `None` past the end of the disk.
     pub fn next_digest(&mut self) -> Result<Option<Digest>> {
-        if self.remaining == 0 {
-            return Ok(None);
+        if self.batch_pos * 32 == self.batch.len() {
+            if self.batch_start + (self.batch.len() / 32) as u64 >= chunks(self.size) {
+                return Ok(None);
+            }
+            self.refill()?;
         }
-        self.remaining -= 1;
-        let mut d = ZERO_DIGEST;
-        self.input
-            .read_exact(&mut d)
-            .map_err(|e| Error::io("cannot read digest index", &self.path, e))?;
-        Ok(Some(d))
+        let at = self.batch_pos * 32;
+        self.batch_pos += 1;
+        Ok(Some(self.batch[at..at + 32].try_into().unwrap()))
     }
+}
+
+/// Rewrite the index at `path` so that it no longer needs its parent: as a
+/// delta against `new_parent` (a sibling index) if given, else flat. The
+/// digests it resolves to stay the same. Written aside, synced and renamed
+/// over, so a crash leaves the old or the new index.
+pub fn rebase(path: &Path, new_parent: Option<&Path>) -> Result<()> {
+    let mut old = IndexReader::open(path)?;
+    let tmp = path.with_extension("b3.rebase");
+    let written = IndexWriter::create_delta(&tmp, old.size(), new_parent).and_then(|mut w| {
+        while let Some(d) = old.next_digest()? {
+            w.push(&d)?;
+        }
+        w.finish()
+    });
+    written
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename", &tmp, e)))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+    if let Some(dir) = path.parent().and_then(|d| File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// The parent index a delta index at `path` reads through (None when flat).
+pub fn parent_of(path: &Path) -> Result<Option<PathBuf>> {
+    Ok(open_one(path)?.parent.map(|(p, _)| p))
 }
 
 /// Where a copy sends the digest of each chunk it reads.
@@ -265,5 +585,100 @@ mod tests {
         assert!(IndexReader::open(&p).is_err());
         std::fs::write(&p, b"garbage").unwrap();
         assert!(IndexReader::open(&p).is_err());
+    }
+
+    fn d(n: u8) -> Digest {
+        digest(&[n; 64])
+    }
+
+    fn write(path: &Path, size: u64, parent: Option<&Path>, ds: &[Digest]) {
+        let mut w = IndexWriter::create_delta(path, size, parent).unwrap();
+        for x in ds {
+            w.push(x).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    fn read_all(path: &Path) -> Vec<Digest> {
+        let mut r = IndexReader::open(path).unwrap();
+        std::iter::from_fn(|| r.next_digest().unwrap()).collect()
+    }
+
+    /// `<dir>/<name>.index/vda.b3`, its folder created.
+    fn slot(dir: &Path, name: &str) -> PathBuf {
+        let f = dir.join(format!("{name}.index"));
+        std::fs::create_dir_all(&f).unwrap();
+        f.join("vda.b3")
+    }
+
+    #[test]
+    fn delta_chain_resolves_and_stores_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DIGEST_CHUNK;
+        let (a, b, x) = (
+            slot(dir.path(), "a"),
+            slot(dir.path(), "b"),
+            slot(dir.path(), "c"),
+        );
+        let base = vec![d(1), ZERO_DIGEST, d(2), d(3)];
+        write(&a, 4 * c, None, &base);
+        // b: one chunk changed, one became zero, and the disk grew by two.
+        let vb = vec![d(1), ZERO_DIGEST, d(9), ZERO_DIGEST, ZERO_DIGEST, d(5)];
+        write(&b, 6 * c, Some(&a), &vb);
+        assert_eq!(std::fs::read(&b).unwrap()[..8], *MAGIC_DELTA);
+        assert_eq!(parent_of(&b).unwrap().unwrap().file_name(), a.file_name());
+        // 3 entries: chunks 2, 3 (zero now) and 5.
+        let hdr = HEADER as u64 + 2 + "../a.index/vda.b3".len() as u64;
+        assert_eq!(std::fs::metadata(&b).unwrap().len(), hdr + 3 * ENTRY + 8);
+        assert_eq!(read_all(&b), vb);
+        // c on b: smaller than b (its tail must not show through), one change.
+        let vc = vec![d(7), ZERO_DIGEST, d(9), ZERO_DIGEST, ZERO_DIGEST];
+        write(&x, 5 * c - 100, Some(&b), &vc);
+        assert_eq!(IndexReader::open(&x).unwrap().depth(), 2);
+        assert_eq!(read_all(&x), vc);
+
+        // Rebase c past b onto a, then flat: same digests, b no longer needed.
+        rebase(&x, Some(&a)).unwrap();
+        assert_eq!(parent_of(&x).unwrap().unwrap().file_name(), a.file_name());
+        std::fs::remove_dir_all(b.parent().unwrap()).unwrap();
+        assert_eq!(read_all(&x), vc);
+        rebase(&x, None).unwrap();
+        assert!(parent_of(&x).unwrap().is_none());
+        std::fs::remove_dir_all(a.parent().unwrap()).unwrap();
+        assert_eq!(read_all(&x), vc);
+    }
+
+    #[test]
+    fn delta_refuses_damage_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DIGEST_CHUNK;
+        let root = slot(dir.path(), "r0");
+        write(&root, 2 * c, None, &[d(1), d(2)]);
+        // A missing parent, a truncated delta, a parent path that leaves the
+        // catalog's layout: all refused.
+        let a = slot(dir.path(), "a");
+        write(&a, 2 * c, Some(&root), &[d(1), d(3)]);
+        let bytes = std::fs::read(&a).unwrap();
+        std::fs::write(&a, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(IndexReader::open(&a).is_err());
+        let mut evil = bytes.clone();
+        let at = HEADER + 2;
+        evil[at..at + 2].copy_from_slice(b"//");
+        std::fs::write(&a, &evil).unwrap();
+        assert!(IndexReader::open(&a).is_err());
+        std::fs::write(&a, &bytes).unwrap();
+        assert_eq!(read_all(&a), vec![d(1), d(3)]);
+        // A chain MAX_DEPTH deltas deep; the next index is written flat.
+        let mut prev = root.clone();
+        for k in 0..=MAX_DEPTH {
+            let p = slot(dir.path(), &format!("l{k}"));
+            write(&p, 2 * c, Some(&prev), &[d(1), d(10 + k as u8)]);
+            let depth = IndexReader::open(&p).unwrap().depth();
+            assert_eq!(depth, if k < MAX_DEPTH { k + 1 } else { 0 });
+            assert_eq!(read_all(&p), vec![d(1), d(10 + k as u8)]);
+            prev = p;
+        }
+        std::fs::remove_file(&root).unwrap();
+        assert!(IndexReader::open(&a).is_err());
     }
 }
