@@ -41,7 +41,7 @@ fn day(path: &Path, parent: Option<&Path>, size: u64, rng: &mut Rng) {
         let old = prev
             .as_mut()
             .map_or_else(|| rng.digest(), |r| r.next_digest().unwrap().unwrap());
-        w.push(&if rng.next() % 100 == 0 {
+        w.push(&if rng.next().is_multiple_of(100) {
             rng.digest()
         } else {
             old
