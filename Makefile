@@ -122,6 +122,10 @@ bench:
 	    rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
 	@# The digest index rows (delta chains), from a Rust bench test.
 	$(CARGO) test --release --locked --test index_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
+	@# Instant restore next to a full one (QEMU domain on qemu:///system).
+	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then \
+	    LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \
+	    $(PYTHON) bench/instant_restore.py; rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc; fi
 
 check: deps
 	@$(MAKE) --no-print-directory all

@@ -149,9 +149,9 @@ def _flag_calls(dom, b):
             dom, b"<domainbackup><server transport='tcp' name='127.0.0.1' port='10809'/></domainbackup>", f)),
         ("virDomainBackupList", 1 << 5, lambda f: lib.virDomainBackupList(dom, None, f)),
         ("virDomainBackupListChildren", 1 << 5, lambda f: lib.virDomainBackupListChildren(b, None, f)),
-        ("virDomainBackupRestore", 1 << 2, lambda f: lib.virDomainBackupRestore(
+        ("virDomainBackupRestore", 1 << 5, lambda f: lib.virDomainBackupRestore(
             f"<domainbackup><uuid>{backup_uuid(b)}</uuid></domainbackup>".encode(), f)),
-        ("virDomainBackupRestoreUnmanaged", 1 << 2, lambda f: lib.virDomainBackupRestoreUnmanaged(
+        ("virDomainBackupRestoreUnmanaged", 1 << 5, lambda f: lib.virDomainBackupRestoreUnmanaged(
             dom, b"<domainbackup/>", f)),
         ("virDomainBackupDelete", 1 << 3, lambda f: lib.virDomainBackupDelete(b, f)),
         ("virDomainBackupGetXMLDesc", 1 << 1, lambda f: lib.virDomainBackupGetXMLDesc(b, f)),

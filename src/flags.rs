@@ -36,6 +36,12 @@ pub enum virDomainBackupRestoreFlags {
     VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN = 1 << 0,
     /// Allow writing over existing disk images.
     VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK = 1 << 1,
+    /// Disks become thin qcow2 overlays on the backup's own chain; no copy.
+    VIR_DOMAIN_BACKUP_RESTORE_INSTANT = 1 << 2,
+    /// Start the restored domain when done.
+    VIR_DOMAIN_BACKUP_RESTORE_START = 1 << 3,
+    /// Write the disks to the given targets; touch no domain, need no connection.
+    VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY = 1 << 4,
 }
 
 /// Flags of virDomainBackupDelete().
@@ -93,6 +99,12 @@ pub(crate) mod bits {
         virDomainBackupRestoreFlags::VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN as u32;
     pub(crate) const VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK: u32 =
         virDomainBackupRestoreFlags::VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK as u32;
+    pub(crate) const VIR_DOMAIN_BACKUP_RESTORE_INSTANT: u32 =
+        virDomainBackupRestoreFlags::VIR_DOMAIN_BACKUP_RESTORE_INSTANT as u32;
+    pub(crate) const VIR_DOMAIN_BACKUP_RESTORE_START: u32 =
+        virDomainBackupRestoreFlags::VIR_DOMAIN_BACKUP_RESTORE_START as u32;
+    pub(crate) const VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY: u32 =
+        virDomainBackupRestoreFlags::VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY as u32;
 
     pub(crate) const VIR_DOMAIN_BACKUP_DELETE_ALL: u32 =
         virDomainBackupDeleteFlags::VIR_DOMAIN_BACKUP_DELETE_ALL as u32;
@@ -123,8 +135,11 @@ pub(crate) mod bits {
         | VIR_DOMAIN_BACKUP_LIST_INCREMENTAL
         | VIR_DOMAIN_BACKUP_LIST_LEAVES;
     pub(crate) const LIST_CHILDREN_FLAGS: u32 = LIST_FLAGS | VIR_DOMAIN_BACKUP_LIST_DESCENDANTS;
-    pub(crate) const RESTORE_FLAGS: u32 =
-        VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN | VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK;
+    pub(crate) const RESTORE_FLAGS: u32 = VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN
+        | VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK
+        | VIR_DOMAIN_BACKUP_RESTORE_INSTANT
+        | VIR_DOMAIN_BACKUP_RESTORE_START
+        | VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY;
     pub(crate) const DELETE_FLAGS: u32 = VIR_DOMAIN_BACKUP_DELETE_ALL
         | VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN
         | VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY;

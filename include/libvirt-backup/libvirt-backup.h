@@ -80,6 +80,18 @@ typedef enum {
    * Allow writing over existing disk images.
    */
   VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK = (1 << 1),
+  /**
+   * Disks become thin qcow2 overlays on the backup's own chain; no copy.
+   */
+  VIR_DOMAIN_BACKUP_RESTORE_INSTANT = (1 << 2),
+  /**
+   * Start the restored domain when done.
+   */
+  VIR_DOMAIN_BACKUP_RESTORE_START = (1 << 3),
+  /**
+   * Write the disks to the given targets; touch no domain, need no connection.
+   */
+  VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY = (1 << 4),
 } virDomainBackupRestoreFlags;
 
 /**
@@ -177,7 +189,7 @@ virDomainBackupPtr virDomainBackupCreateXML(virDomainPtr domain,
 
 /**
  * virDomainBackupStartUnmanaged:
- * @domain: a domain object
+ * @domain: a domain object, or NULL to export a stored backup
  * @xmlDesc: a <domainbackup> document with a <server> and the disks to export
  * @flags: 0 or VIR_DOMAIN_BACKUP_CREATE_QUIESCE (running QEMU domains)
  *
@@ -205,6 +217,17 @@ virDomainBackupPtr virDomainBackupCreateXML(virDomainPtr domain,
  * VIR_ERR_NO_SUPPORT (TLS exports are not supported yet). A unix socket is
  * made mode 0600 (its owner only) before this call returns; its folder is
  * the caller's choice.
+ *
+ * With a NULL @domain, @xmlDesc holds the <uuid> of a completed managed
+ * backup and a <server>: that stored point in time is served read-only
+ * (same <disks>/exportname rules, every disk of the backup by default),
+ * each disk through the backup's own chain of files, by
+ * qemu-storage-daemon; no domain and no hypervisor connection are used, and
+ * nothing is copied. @flags must be 0; a <parent> is not supported yet
+ * there. While it runs, deleting the backup or one of its ancestors fails
+ * with VIR_ERR_OPERATION_INVALID. It ends with FinishJob or AbortJob; its
+ * virDomainBackupGetDomain() fails with VIR_ERR_NO_DOMAIN. A <uuid> with a
+ * non-NULL @domain is VIR_ERR_INVALID_ARG.
  *
  * The document is checked as libvirt's schema validation checks libvirt's:
  * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
@@ -513,6 +536,40 @@ int virDomainBackupGetParameters(virDomainBackupPtr backup,
  * dies while it writes new files, the next process that opens the catalog
  * removes them.
  *
+ * VIR_DOMAIN_BACKUP_RESTORE_START starts the domain once its disks are
+ * restored (the restore stays done if it fails to start).
+ *
+ * VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY writes the selected disks to image
+ * files and touches no domain (neither the backup's own, which need not
+ * exist any more, nor a new one): each disk to its <target file>, else to
+ * '<dir>/<disk>.<format>' where <target dir='…'/> sits directly under
+ * <domainbackup> (the folder must exist); qcow2 unless <driver type='raw'/>.
+ * It opens no hypervisor connection (the catalog and the images are
+ * enough), so it works with no libvirt daemon running. An existing file is
+ * refused (VIR_ERR_OPERATION_INVALID, nothing written) unless
+ * VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK is given: then a file of
+ * the same format and size is rewritten in place (only differing chunks),
+ * another one replaced by a new file. A file of the backup's own chain is
+ * never a target (VIR_ERR_INVALID_ARG). It cannot be combined with
+ * NEW_DOMAIN, INSTANT or START; <target dir> is only for it.
+ *
+ * VIR_DOMAIN_BACKUP_RESTORE_INSTANT copies nothing: each restored disk
+ * becomes a new, empty qcow2 overlay whose backing file is the backup's own
+ * image of that disk (named explicitly, with its recorded format), at its
+ * <target file> or next to the disk's file ('<newname>-<disk>.qcow2' with
+ * NEW_DOMAIN, '<name>-<disk>-instant-<backup uuid>.qcow2' into the own
+ * shut-off domain, whose current files are left as they are); the domain
+ * is defined (and started with START) at once whatever the disks' size.
+ * The overlay must be a new file (<driver type> can only be qcow2). The
+ * guest writes to the overlay only; the backup is never modified. While a
+ * disk reads through its files, the backup is pinned: deleting it or one
+ * of its ancestors fails with VIR_ERR_OPERATION_INVALID naming the domain
+ * and disk, and its XML lists <pinnedby domain='…' disk='…' overlay='…'/>.
+ * virDomainBlockPull (virsh blockpull --wait) on the running domain makes
+ * the disk independent; the pin is dropped the next time pins are read
+ * once no disk of the domain reads the backup's files (or the domain is
+ * gone). The backup's images must be readable by the hypervisor.
+ *
  * The document is checked as libvirt's schema validation checks libvirt's:
  * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
  * beyond the predefined ones), that holds an element or attribute outside
@@ -543,6 +600,13 @@ int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
  * a complete new file renamed over it (there is no digest index to compare
  * against). An NBD source is <source protocol='nbd' name='EXPORT'> with
  * <host name='H' port='P'/> or <host transport='unix' socket='/path'/>.
+ *
+ * With VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY the sources are written to
+ * files as virDomainBackupRestore() does (<target file>, or <target dir>
+ * giving '<dir>/<disk>.<format>'): @domain is neither read nor changed,
+ * the disk names only name the files. VIR_DOMAIN_BACKUP_RESTORE_START
+ * starts the domain once its disks are written. INSTANT is not supported
+ * yet from unmanaged sources (VIR_ERR_NO_SUPPORT).
  *
  * The document is checked as libvirt's schema validation checks libvirt's:
  * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities

@@ -68,7 +68,7 @@ pub extern "C" fn virDomainBackupCreateXML(
 }
 
 /// virDomainBackupStartUnmanaged:
-/// @domain: a domain object
+/// @domain: a domain object, or NULL to export a stored backup
 /// @xmlDesc: a <domainbackup> document with a <server> and the disks to export
 /// @flags: 0 or VIR_DOMAIN_BACKUP_CREATE_QUIESCE (running QEMU domains)
 ///
@@ -97,6 +97,17 @@ pub extern "C" fn virDomainBackupCreateXML(
 /// made mode 0600 (its owner only) before this call returns; its folder is
 /// the caller's choice.
 ///
+/// With a NULL @domain, @xmlDesc holds the <uuid> of a completed managed
+/// backup and a <server>: that stored point in time is served read-only
+/// (same <disks>/exportname rules, every disk of the backup by default),
+/// each disk through the backup's own chain of files, by
+/// qemu-storage-daemon; no domain and no hypervisor connection are used, and
+/// nothing is copied. @flags must be 0; a <parent> is not supported yet
+/// there. While it runs, deleting the backup or one of its ancestors fails
+/// with VIR_ERR_OPERATION_INVALID. It ends with FinishJob or AbortJob; its
+/// virDomainBackupGetDomain() fails with VIR_ERR_NO_DOMAIN. A <uuid> with a
+/// non-NULL @domain is VIR_ERR_INVALID_ARG.
+///
 /// The document is checked as libvirt's schema validation checks libvirt's:
 /// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
 /// beyond the predefined ones), that holds an element or attribute outside
@@ -114,6 +125,12 @@ pub extern "C" fn virDomainBackupStartUnmanaged(
     flags: c_uint,
 ) -> virDomainBackupPtr {
     ffi_entry!("virDomainBackupStartUnmanaged", std::ptr::null_mut(), {
+        if domain.is_null() {
+            // The export of a stored backup: the one form without a domain.
+            let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupStartUnmanaged")?;
+            check_flags(flags, 0, "virDomainBackupStartUnmanaged")?;
+            return new_handle(Backup::export_stored(xml)?);
+        }
         let dom = domain_of(domain, "virDomainBackupStartUnmanaged")?;
         let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupStartUnmanaged")?;
         check_flags(

@@ -5,8 +5,8 @@ use std::ffi::{c_char, c_int, c_uint};
 use virt::sys;
 
 use super::{domain_of, ffi_entry, str_arg};
-use crate::error::check_flags;
-use crate::flags::bits::RESTORE_FLAGS;
+use crate::error::{Result, check_exclusive, check_flags};
+use crate::flags::bits::*;
 use crate::ops::backup::Backup;
 
 /// virDomainBackupRestore:
@@ -45,6 +45,40 @@ use crate::ops::backup::Backup;
 /// dies while it writes new files, the next process that opens the catalog
 /// removes them.
 ///
+/// VIR_DOMAIN_BACKUP_RESTORE_START starts the domain once its disks are
+/// restored (the restore stays done if it fails to start).
+///
+/// VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY writes the selected disks to image
+/// files and touches no domain (neither the backup's own, which need not
+/// exist any more, nor a new one): each disk to its <target file>, else to
+/// '<dir>/<disk>.<format>' where <target dir='…'/> sits directly under
+/// <domainbackup> (the folder must exist); qcow2 unless <driver type='raw'/>.
+/// It opens no hypervisor connection (the catalog and the images are
+/// enough), so it works with no libvirt daemon running. An existing file is
+/// refused (VIR_ERR_OPERATION_INVALID, nothing written) unless
+/// VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK is given: then a file of
+/// the same format and size is rewritten in place (only differing chunks),
+/// another one replaced by a new file. A file of the backup's own chain is
+/// never a target (VIR_ERR_INVALID_ARG). It cannot be combined with
+/// NEW_DOMAIN, INSTANT or START; <target dir> is only for it.
+///
+/// VIR_DOMAIN_BACKUP_RESTORE_INSTANT copies nothing: each restored disk
+/// becomes a new, empty qcow2 overlay whose backing file is the backup's own
+/// image of that disk (named explicitly, with its recorded format), at its
+/// <target file> or next to the disk's file ('<newname>-<disk>.qcow2' with
+/// NEW_DOMAIN, '<name>-<disk>-instant-<backup uuid>.qcow2' into the own
+/// shut-off domain, whose current files are left as they are); the domain
+/// is defined (and started with START) at once whatever the disks' size.
+/// The overlay must be a new file (<driver type> can only be qcow2). The
+/// guest writes to the overlay only; the backup is never modified. While a
+/// disk reads through its files, the backup is pinned: deleting it or one
+/// of its ancestors fails with VIR_ERR_OPERATION_INVALID naming the domain
+/// and disk, and its XML lists <pinnedby domain='…' disk='…' overlay='…'/>.
+/// virDomainBlockPull (virsh blockpull --wait) on the running domain makes
+/// the disk independent; the pin is dropped the next time pins are read
+/// once no disk of the domain reads the backup's files (or the domain is
+/// gone). The backup's images must be readable by the hypervisor.
+///
 /// The document is checked as libvirt's schema validation checks libvirt's:
 /// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
 /// beyond the predefined ones), that holds an element or attribute outside
@@ -58,6 +92,7 @@ pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) 
     ffi_entry!("virDomainBackupRestore", -1, {
         let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupRestore")?;
         check_flags(flags, RESTORE_FLAGS, "virDomainBackupRestore")?;
+        check_files_only(flags)?;
         Backup::restore(xml, flags)?;
         Ok(0)
     })
@@ -82,6 +117,13 @@ pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) 
 /// against). An NBD source is <source protocol='nbd' name='EXPORT'> with
 /// <host name='H' port='P'/> or <host transport='unix' socket='/path'/>.
 ///
+/// With VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY the sources are written to
+/// files as virDomainBackupRestore() does (<target file>, or <target dir>
+/// giving '<dir>/<disk>.<format>'): @domain is neither read nor changed,
+/// the disk names only name the files. VIR_DOMAIN_BACKUP_RESTORE_START
+/// starts the domain once its disks are written. INSTANT is not supported
+/// yet from unmanaged sources (VIR_ERR_NO_SUPPORT).
+///
 /// The document is checked as libvirt's schema validation checks libvirt's:
 /// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
 /// beyond the predefined ones), that holds an element or attribute outside
@@ -100,7 +142,40 @@ pub extern "C" fn virDomainBackupRestoreUnmanaged(
         let dom = domain_of(domain, "virDomainBackupRestoreUnmanaged")?;
         let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupRestoreUnmanaged")?;
         check_flags(flags, RESTORE_FLAGS, "virDomainBackupRestoreUnmanaged")?;
+        check_files_only(flags)?;
         Backup::restore_unmanaged(&dom, xml, flags)?;
         Ok(0)
     })
+}
+
+/// FILES_ONLY touches no domain: the flags that make or start one are out.
+fn check_files_only(flags: u32) -> Result<()> {
+    let files = (
+        VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY,
+        "VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY",
+    );
+    check_exclusive(
+        flags,
+        files,
+        (
+            VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN,
+            "VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN",
+        ),
+    )?;
+    check_exclusive(
+        flags,
+        files,
+        (
+            VIR_DOMAIN_BACKUP_RESTORE_INSTANT,
+            "VIR_DOMAIN_BACKUP_RESTORE_INSTANT",
+        ),
+    )?;
+    check_exclusive(
+        flags,
+        files,
+        (
+            VIR_DOMAIN_BACKUP_RESTORE_START,
+            "VIR_DOMAIN_BACKUP_RESTORE_START",
+        ),
+    )
 }

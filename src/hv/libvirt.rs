@@ -77,6 +77,12 @@ impl DomainRef {
     pub fn undefine(&self, flags: u32) -> Result<()> {
         Ok(self.dom.undefine_flags(flags)?)
     }
+
+    /// Start the (persistent, shut-off) domain.
+    pub fn start(&self) -> Result<()> {
+        self.dom.create()?;
+        Ok(())
+    }
 }
 
 /// Keep libvirt from printing errors raised on a connection the library

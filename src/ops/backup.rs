@@ -85,6 +85,11 @@ impl Backup {
     /// `virDomainBackupStartUnmanaged`.
     pub fn start_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<Arc<Backup>> {
         let req = UnmanagedRequest::parse(xml)?;
+        if req.backup.is_some() {
+            return Err(Error::invalid_arg(
+                "a <uuid> names a stored backup to export: pass no domain for that",
+            ));
+        }
         let catalog = recovery::open_catalog()?;
         let domain_uuid = dom.uuid()?;
         let parent = match req.parent {
@@ -102,6 +107,19 @@ impl Backup {
             domain_uuid,
             domain: Some(dom.clone()),
             catalog,
+            job: None,
+            export: Some(export),
+        }))
+    }
+
+    /// `virDomainBackupStartUnmanaged(NULL, …)`: export a stored backup.
+    pub fn export_stored(xml: &str) -> Result<Arc<Backup>> {
+        let export = crate::ops::export_stored::start(xml)?;
+        Ok(Arc::new(Backup {
+            uuid: export.uuid,
+            domain_uuid: export.domain_uuid,
+            domain: None,
+            catalog: recovery::open_catalog()?,
             job: None,
             export: Some(export),
         }))
@@ -215,7 +233,10 @@ impl Backup {
                 .with_child(Element::new("domain").with_attr("uuid", job.domain.to_string()))
                 .to_xml());
         }
-        Ok(self.record()?.public_element().to_xml())
+        let rec = self.record()?;
+        let mut el = rec.public_element();
+        crate::ops::pins::add_pinned_by(&self.catalog, &rec, &mut el)?;
+        Ok(el.to_xml())
     }
 
     pub fn domain(&self) -> Result<&DomainRef> {
@@ -397,6 +418,7 @@ impl Backup {
             set
         };
         let metadata_only = flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0;
+        crate::ops::pins::check_delete(&self.catalog, &doomed)?;
         if let Some(r) = doomed.iter().find(|r| r.state == BackupState::Running) {
             return Err(Error::operation_invalid(format!(
                 "backup '{}' has a job running; abort it first",

@@ -67,8 +67,11 @@ enum Since {
 pub struct Export {
     pub uuid: Uuid,
     pub domain_uuid: Uuid,
-    domain: DomainRef,
+    /// `None` for the export of a stored backup (no domain is involved).
+    domain: Option<DomainRef>,
     domain_name: String,
+    /// The stored backup served, for an export of one.
+    pub stored: Option<Uuid>,
     parent: Option<Uuid>,
     address: NbdServer,
     disks: Vec<Exported>,
@@ -84,6 +87,53 @@ static EXPORTS: LazyLock<Mutex<HashMap<Uuid, Arc<Export>>>> = LazyLock::new(Defa
 
 pub fn running(uuid: &Uuid) -> Option<Arc<Export>> {
     EXPORTS.lock().unwrap().get(uuid).cloned()
+}
+
+/// Exports of stored backups running in this process: (backup, export).
+pub fn stored_exports() -> Vec<(Uuid, Uuid)> {
+    EXPORTS
+        .lock()
+        .unwrap()
+        .values()
+        .filter_map(|e| e.stored.map(|b| (b, e.uuid)))
+        .collect()
+}
+
+/// Serve `disks` of the stored backup `rec` through qemu-storage-daemon
+/// (see `ops::export_stored`); `disks`: (disk name, export name, image).
+pub(crate) fn serve_stored(
+    rec: &BackupRecord,
+    address: &NbdServer,
+    disks: Vec<(String, ExportDisk)>,
+) -> Result<Arc<Export>> {
+    let uuid = Uuid::new_v4();
+    let list: Vec<ExportDisk> = disks.iter().map(|(_, d)| d.clone()).collect();
+    let scratch = recovery::open_catalog()?.private_dir(&format!(".scratch-{uuid}"))?;
+    let daemon = StorageDaemonExport::start(address, &list).inspect_err(|_| {
+        let _ = fs::remove_dir_all(&scratch);
+    })?;
+    let export = Arc::new(Export {
+        uuid,
+        domain_uuid: rec.domain_uuid,
+        domain: None,
+        domain_name: rec.domain_name.clone(),
+        stored: Some(rec.uuid),
+        parent: None,
+        address: address.clone(),
+        disks: disks
+            .into_iter()
+            .map(|(disk, d)| Exported {
+                disk,
+                export: d.export_name,
+                bitmap: None,
+            })
+            .collect(),
+        server: Server::Daemon(daemon, scratch),
+        started: Instant::now(),
+        ended: Mutex::new(None),
+    });
+    EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
+    Ok(export)
 }
 
 /// The disks to export: the request's, else every device='disk' disk.
@@ -208,8 +258,9 @@ pub fn start(
     let export = Arc::new(Export {
         uuid,
         domain_uuid,
-        domain: dom.clone(),
+        domain: Some(dom.clone()),
         domain_name: dom.name()?,
+        stored: None,
         parent: parent.map(|p| p.uuid),
         address: req.server.clone(),
         disks: disks
@@ -441,8 +492,8 @@ impl Export {
         self.disks.iter().any(|d| d.bitmap.is_some())
     }
 
-    pub fn domain(&self) -> &DomainRef {
-        &self.domain
+    pub fn domain(&self) -> Option<&DomainRef> {
+        self.domain.as_ref()
     }
 
     /// What a third-party tool needs to connect.
@@ -479,7 +530,7 @@ impl Export {
         }
         let result = match &self.server {
             Server::Libvirt { scratch } => {
-                let stopped = stop_pull_job(&self.domain);
+                let stopped = self.domain.as_ref().map_or(Ok(()), stop_pull_job);
                 let _ = fs::remove_dir_all(scratch);
                 stopped
             }

@@ -18,11 +18,15 @@ pub mod backup;
 pub mod create;
 pub mod export;
 pub mod export_access;
+pub mod export_stored;
 mod files;
+pub mod instant;
 pub mod merge;
+pub mod pins;
 pub mod plan;
 pub mod recovery;
 pub mod restore;
+pub mod restore_steps;
 pub mod verify;
 
 /// One backup job per domain: refuse when this process runs a job or an

@@ -11,10 +11,12 @@ use std::path::Path;
 use uuid::Uuid;
 
 use crate::engine::live;
-use crate::error::Result;
-use crate::store::catalog::Catalog;
+use crate::error::{ErrorCode, Result};
+use crate::hv::libvirt;
+use crate::store::catalog::{Catalog, NOTE_DOMAIN};
 use crate::store::secure;
 use crate::xml::backup::{BackupRecord, BackupState};
+use crate::xml::domain;
 
 /// The catalog at the configured root, after removing the files of
 /// restores whose process died while writing them.
@@ -114,7 +116,27 @@ fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
     }
 }
 
-/// Remove the files of restores whose process died while writing them.
+/// Whether the domain a note names (`domain <uuid> <uri>`) exists and has
+/// one of `files` as a disk; `None` when libvirt cannot say.
+fn domain_uses(head: &str, files: &[&std::ffi::OsStr]) -> Option<bool> {
+    let rest = head.strip_prefix(NOTE_DOMAIN)?;
+    let (uuid, uri) = rest.split_once(' ')?;
+    let uuid = Uuid::parse_str(uuid).ok()?;
+    let dom = match libvirt::open_domain(uri, &uuid) {
+        Ok(d) => d,
+        Err(e) if e.is(ErrorCode::NoDomain) => return Some(false),
+        Err(_) => return None,
+    };
+    let disks = domain::parse_disks(&dom.xml().ok()?).ok()?;
+    Some(disks.iter().any(|d| {
+        d.source
+            .as_deref()
+            .is_some_and(|s| files.contains(&s.as_os_str()))
+    }))
+}
+
+/// Remove the files of restores whose process died while writing them
+/// (unless the note names a domain that was defined on them).
 fn sweep_restores(catalog: &Catalog) {
     for note in catalog.restore_notes() {
         // Only a note the library wrote: a regular file of ours, 0600.
@@ -128,9 +150,20 @@ fn sweep_restores(catalog: &Catalog) {
             continue; // a restore in progress
         }
         let mut text = Vec::new();
-        if file.read_to_end(&mut text).is_ok() {
-            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                secure::remove_own_file(Path::new(std::ffi::OsStr::from_bytes(line)));
+        let _ = file.read_to_end(&mut text);
+        let mut lines = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .peekable();
+        let head = lines.next_if(|l| l.starts_with(NOTE_DOMAIN.as_bytes()));
+        let files: Vec<&std::ffi::OsStr> = lines.map(std::ffi::OsStr::from_bytes).collect();
+        match head.map(|h| domain_uses(&String::from_utf8_lossy(h), &files)) {
+            Some(None) => continue, // cannot tell now: a later sweep will
+            Some(Some(true)) => {}  // the domain was defined: the files are its disks
+            Some(Some(false)) | None => {
+                for f in files {
+                    secure::remove_own_file(Path::new(f));
+                }
             }
         }
         let _ = fs::remove_file(&note);

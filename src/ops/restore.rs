@@ -28,13 +28,15 @@ use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
+use crate::ops::pins;
 use crate::ops::recovery;
+use crate::ops::restore_steps::{select, start_if_asked};
 use crate::store::catalog::Catalog;
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
 use crate::store::secure;
 use crate::xml::backup::{
-    BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreRequest,
-    UnmanagedSource,
+    BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreDisk,
+    UnmanagedRestoreRequest, UnmanagedSource,
 };
 use crate::xml::domain::{self, DomainDisk, RestoredDisk};
 
@@ -302,30 +304,6 @@ fn restored<'a>(plans: &'a [DiskPlan]) -> Vec<RestoredDisk<'a>> {
         .collect()
 }
 
-/// Which disks a request selects: each must be one of `available`.
-fn select<'a, T>(
-    requested: Option<&'a [T]>,
-    available: &[&'a str],
-    name_of: impl Fn(&T) -> &str,
-) -> Result<Vec<(&'a str, Option<&'a T>)>> {
-    match requested {
-        None => Ok(available.iter().map(|n| (*n, None)).collect()),
-        Some(list) => list
-            .iter()
-            .map(|r| {
-                let n = name_of(r);
-                available
-                    .iter()
-                    .find(|a| **a == n)
-                    .map(|a| (*a, Some(r)))
-                    .ok_or_else(|| {
-                        Error::invalid_arg(format!("the backup has no disk named '{n}'"))
-                    })
-            })
-            .collect(),
-    }
-}
-
 /// The shut-off domain a restore writes into.
 fn shut_off(dom: &DomainRef) -> Result<()> {
     if dom.is_active()? {
@@ -390,7 +368,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
             &restored(&plans),
         )?)?;
     }
-    Ok(())
+    start_if_asked(dom, flags)
 }
 
 /// Define a new domain named `name` from `base_xml`, its disks restored to
@@ -432,13 +410,26 @@ fn as_new_domain(
     check_distinct(&plans)?;
     let xml = domain::restored_definition(base_xml, Some(name), &restored(&plans))?;
     execute(&recovery::open_catalog()?, &plans)?;
-    if let Err(e) = libvirt::define_domain(conn, &xml) {
-        for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
-            let _ = fs::remove_file(&p.target);
+    match libvirt::define_domain(conn, &xml) {
+        Ok(dom) => start_if_asked(&dom, flags),
+        Err(e) => {
+            for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
+                let _ = fs::remove_file(&p.target);
+            }
+            Err(e)
         }
-        return Err(e);
     }
-    Ok(())
+}
+
+/// Whether the restore writes files only; a `<target dir>` is only for that.
+fn files_only_asked(flags: u32, dir: &Option<PathBuf>) -> Result<bool> {
+    let asked = flags & VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY != 0;
+    if !asked && dir.is_some() {
+        return Err(Error::invalid_arg(
+            "<target dir> is only for VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY",
+        ));
+    }
+    Ok(asked)
 }
 
 fn new_domain_asked(flags: u32, name: &Option<String>) -> Result<bool> {
@@ -463,9 +454,10 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             rec.uuid
         )));
     }
+    let files_only = files_only_asked(flags, &req.target_dir)?;
     let new_domain = new_domain_asked(flags, &req.domain_name)?;
     // Refuse a running domain before any work (building a missing index).
-    let own = match new_domain {
+    let own = match new_domain || files_only {
         true => None,
         false => {
             let dom = libvirt::open_domain(&rec.uri, &rec.domain_uuid)?;
@@ -473,6 +465,9 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             Some(dom)
         }
     };
+    if flags & VIR_DOMAIN_BACKUP_RESTORE_INSTANT != 0 {
+        return crate::ops::instant::restore(&catalog, &rec, &req, own, flags);
+    }
     let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
     let items = select(req.disks.as_deref(), &names, |d| d.name.as_str())?
         .into_iter()
@@ -493,6 +488,10 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    if files_only {
+        let protected = pins::chain_files(&catalog, &rec)?;
+        return write_files(items, req.target_dir.as_deref(), &protected, flags);
+    }
     let Some(dom) = own else {
         let name = req.domain_name.clone().unwrap_or_else(|| {
             format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8])
@@ -503,11 +502,63 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
     into_own_domain(&dom, items, flags)
 }
 
+/// Where an unmanaged restore reads one disk from.
+fn unmanaged_origin(r: &UnmanagedRestoreDisk) -> Result<Origin> {
+    let image = match &r.source {
+        UnmanagedSource::File(f, format) if f.is_file() => {
+            OriginImage::File(f.clone(), *format, None)
+        }
+        UnmanagedSource::File(f, _) => {
+            return Err(Error::invalid_arg(format!(
+                "disk '{}': source file '{}' does not exist",
+                r.disk.name,
+                f.display()
+            )));
+        }
+        UnmanagedSource::Nbd { name, server } => OriginImage::Nbd(server.clone(), name.clone()),
+    };
+    Ok(Origin { image, index: None })
+}
+
+/// `RestoreUnmanaged` with FILES_ONLY: the domain is not asked anything,
+/// disk names only name the files.
+fn unmanaged_to_files(req: &UnmanagedRestoreRequest, flags: u32) -> Result<()> {
+    let items = req
+        .disks
+        .iter()
+        .map(|r| {
+            Ok(Item {
+                name: &r.disk.name,
+                origin: unmanaged_origin(r)?,
+                asked: Some(&r.disk),
+                original: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sources: Vec<PathBuf> = req
+        .disks
+        .iter()
+        .filter_map(|r| match &r.source {
+            UnmanagedSource::File(f, _) => fs::canonicalize(f).ok(),
+            UnmanagedSource::Nbd { .. } => None,
+        })
+        .collect();
+    write_files(items, req.target_dir.as_deref(), &sources, flags)
+}
+
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
 /// did not make (in the format the caller states, never with a backing file).
 pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     let req = UnmanagedRestoreRequest::parse(xml)?;
+    if flags & VIR_DOMAIN_BACKUP_RESTORE_INSTANT != 0 {
+        return Err(Error::not_supported_yet(
+            "VIR_DOMAIN_BACKUP_RESTORE_INSTANT from unmanaged sources",
+        ));
+    }
     let new_domain = new_domain_asked(flags, &req.domain_name)?;
+    if files_only_asked(flags, &req.target_dir)? {
+        return unmanaged_to_files(&req, flags);
+    }
     let def = dom.xml()?;
     let disks = domain::parse_disks(&def)?;
     let mut items = Vec::new();
@@ -518,19 +569,7 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
             .ok_or_else(|| {
                 Error::invalid_arg(format!("domain has no disk named '{}'", r.disk.name))
             })?;
-        let image = match &r.source {
-            UnmanagedSource::File(f, format) if f.is_file() => {
-                OriginImage::File(f.clone(), *format, None)
-            }
-            UnmanagedSource::File(f, _) => {
-                return Err(Error::invalid_arg(format!(
-                    "disk '{}': source file '{}' does not exist",
-                    d.name,
-                    f.display()
-                )));
-            }
-            UnmanagedSource::Nbd { name, server } => OriginImage::Nbd(server.clone(), name.clone()),
-        };
+        let image = unmanaged_origin(r)?.image;
         items.push(Item {
             name: &r.disk.name,
             origin: Origin { image, index: None },
@@ -549,4 +588,65 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
         return as_new_domain(&dom.connect()?, &def, &name, items, flags);
     }
     into_own_domain(dom, items, flags)
+}
+
+// `VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY`: write the selected disks of a
+// backup (or of unmanaged sources) to image files and touch no domain.
+//
+// Nothing here opens a hypervisor connection: the catalog record and the
+// images are all it reads, so it works when the backup's domain is gone
+// and when no libvirt daemon runs. Each disk goes to its `<target file>`,
+// else to `<target dir>/<disk>.<format>` (qcow2 unless `<driver type>`
+// says raw). An existing file is refused unless
+// `VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK` is given, which follows
+// the rules of a restore into a domain (same format and size: rewritten in
+// place, only differing chunks; else replaced by a new file renamed over
+// it). A file of the backup's own chain is never a target.
+
+/// Where one disk is written: its own `<target file>`, else the folder.
+fn target_of(it: &Item, dir: Option<&Path>) -> Result<(PathBuf, Option<DiskFormat>)> {
+    let format = it.asked.and_then(|a| a.format);
+    if let Some(t) = it.asked.and_then(|a| a.target.clone()) {
+        return Ok((t, format));
+    }
+    let dir = dir.ok_or_else(|| {
+        Error::invalid_arg(format!(
+            "disk '{}': VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY needs a <target file> or a <target dir>",
+            it.name
+        ))
+    })?;
+    if !dir.is_dir() {
+        return Err(Error::invalid_arg(format!(
+            "restore target dir '{}' is not a folder",
+            dir.display()
+        )));
+    }
+    let ext = format.unwrap_or(DiskFormat::Qcow2).as_str();
+    Ok((dir.join(format!("{}.{ext}", it.name)), format))
+}
+
+/// Write every item to its file. `protected`: files that must not be
+/// written (the backup's chain).
+fn write_files(
+    items: Vec<Item>,
+    dir: Option<&Path>,
+    protected: &[PathBuf],
+    flags: u32,
+) -> Result<()> {
+    let mut plans = Vec::new();
+    for it in items {
+        let (target, format) = target_of(&it, dir)?;
+        if protected.contains(&pins::resolved(&target)) {
+            return Err(Error::invalid_arg(format!(
+                "disk '{}': '{}' is a file of the backup itself",
+                it.name,
+                target.display()
+            )));
+        }
+        plans.push(DiskPlan::new(
+            it.name, it.origin, target, format, None, flags,
+        )?);
+    }
+    check_distinct(&plans)?;
+    execute(&recovery::open_catalog()?, &plans)
 }

@@ -52,6 +52,10 @@ impl Drop for CatalogLock {
 /// Name prefix (in the root) of the notes of restores writing new files.
 const RESTORING: &str = ".restoring-";
 
+/// The first line of a note of files a domain is defined on (paths are
+/// absolute, so no path line starts like this).
+pub const NOTE_DOMAIN: &str = "domain ";
+
 /// The note of a restore's new files, locked while the restore writes them.
 pub struct StagedFiles {
     _file: File,
@@ -163,6 +167,23 @@ impl Catalog {
     /// `StagedFiles::done`, a process that finds the note unlocked (its
     /// restore died) removes them.
     pub fn stage_files(&self, paths: &[&Path]) -> Result<StagedFiles> {
+        self.stage(None, paths)
+    }
+
+    /// `stage_files` for files a domain is about to be defined on: the
+    /// note also names the domain (first line `domain <uuid> <uri>`), so
+    /// that whoever sweeps a dead restore's note keeps the files when the
+    /// domain was defined on them before the process died.
+    pub fn stage_files_of_domain(
+        &self,
+        paths: &[&Path],
+        domain: &Uuid,
+        uri: &str,
+    ) -> Result<StagedFiles> {
+        self.stage(Some(format!("{NOTE_DOMAIN}{domain} {uri}")), paths)
+    }
+
+    fn stage(&self, head: Option<String>, paths: &[&Path]) -> Result<StagedFiles> {
         let path = self.root.join(format!("{RESTORING}{}", Uuid::new_v4()));
         let mut file = secure::options()
             .read(true)
@@ -172,6 +193,10 @@ impl Catalog {
             .map_err(|e| Error::io("cannot create", &path, e))?;
         let _ = file.lock();
         let mut text = Vec::new();
+        if let Some(h) = head {
+            text.extend_from_slice(h.as_bytes());
+            text.push(b'\n');
+        }
         for p in paths {
             text.extend_from_slice(p.as_os_str().as_encoded_bytes());
             text.push(b'\n');

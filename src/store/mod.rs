@@ -4,4 +4,5 @@
 pub mod catalog;
 pub mod chain;
 pub mod index;
+pub mod pins;
 pub mod secure;

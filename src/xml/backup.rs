@@ -58,7 +58,9 @@ pub static DOMAINBACKUP: Schema = Schema::element(
             &["transport", "name", "port", "socket", "tls"],
             &[],
         ),
-        &Schema::element("pinnedby", &["domain", "disk"], &[]).repeated(),
+        &Schema::element("pinnedby", &["domain", "disk", "overlay"], &[]).repeated(),
+        // Restore with FILES_ONLY: the folder of the disks without a file.
+        &Schema::element("target", &["dir"], &[]),
         &Schema::element("disks", &[], &[&DISK]),
     ],
 );
@@ -634,6 +636,9 @@ pub struct RestoreRequest {
     pub uuid: Uuid,
     pub domain_name: Option<String>,
     pub disks: Option<Vec<RestoreDisk>>,
+    /// `<target dir='…'/>` under the root: the folder of every disk without
+    /// its own `<target file>` (`<dir>/<disk>.<format>`).
+    pub target_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -647,6 +652,18 @@ fn parse_domain_name(root: &Element) -> Option<String> {
     root.child("domain")
         .and_then(|d| d.attr("name"))
         .map(str::to_string)
+}
+
+fn parse_target_dir(root: &Element) -> Result<Option<PathBuf>> {
+    match root.child("target") {
+        None => Ok(None),
+        Some(t) => match t.attr("dir") {
+            Some(d) => absolute_path(d, "restore target dir").map(Some),
+            None => Err(Error::xml(
+                "<target> under <domainbackup> needs a dir attribute",
+            )),
+        },
+    }
 }
 
 fn parse_restore_disk(d: &Element) -> Result<RestoreDisk> {
@@ -680,6 +697,7 @@ impl RestoreRequest {
             uuid,
             domain_name,
             disks,
+            target_dir: parse_target_dir(&root)?,
         })
     }
 }
@@ -761,6 +779,8 @@ pub struct UnmanagedRestoreDisk {
 pub struct UnmanagedRestoreRequest {
     pub domain_name: Option<String>,
     pub disks: Vec<UnmanagedRestoreDisk>,
+    /// As in [`RestoreRequest::target_dir`].
+    pub target_dir: Option<PathBuf>,
 }
 
 fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> {
@@ -818,6 +838,7 @@ impl UnmanagedRestoreRequest {
         Ok(UnmanagedRestoreRequest {
             domain_name: parse_domain_name(&root),
             disks,
+            target_dir: parse_target_dir(&root)?,
         })
     }
 }
@@ -825,6 +846,8 @@ impl UnmanagedRestoreRequest {
 /// `virDomainBackupStartUnmanaged` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnmanagedRequest {
+    /// `<uuid>`: the stored backup to export (the form with no domain).
+    pub backup: Option<Uuid>,
     pub parent: Option<Uuid>,
     pub server: NbdServer,
     /// `<server tls='yes'>`.
@@ -866,6 +889,7 @@ impl UnmanagedRequest {
             }
         };
         Ok(UnmanagedRequest {
+            backup: root.child_text("uuid").map(parse_uuid).transpose()?,
             parent: parse_parent(&root)?,
             server,
             tls,
@@ -970,6 +994,28 @@ mod tests {
             input.disks.unwrap()[0].target,
             Some(Target::File("/b/vda.qcow2".into()))
         );
+    }
+
+    #[test]
+    fn restore_target_dir_and_stored_export_uuid() {
+        let u = "54c70d40-26bb-48cd-9639-b3a1e9adf650";
+        let r = RestoreRequest::parse(&format!(
+            "<domainbackup><uuid>{u}</uuid><target dir='/r'/></domainbackup>"
+        ))
+        .unwrap();
+        assert_eq!(r.target_dir, Some(PathBuf::from("/r")));
+        for bad in ["<target dir='rel'/>", "<target file='/x'/>"] {
+            let xml = format!("<domainbackup><uuid>{u}</uuid>{bad}</domainbackup>");
+            assert!(RestoreRequest::parse(&xml).is_err(), "{bad}");
+        }
+        let srv = "<server transport='unix' socket='/s'/>";
+        let e = UnmanagedRequest::parse(&format!(
+            "<domainbackup><uuid>{u}</uuid>{srv}</domainbackup>"
+        ))
+        .unwrap();
+        assert_eq!(e.backup, Some(Uuid::parse_str(u).unwrap()));
+        let e = UnmanagedRequest::parse(&format!("<domainbackup>{srv}</domainbackup>")).unwrap();
+        assert_eq!(e.backup, None);
     }
 
     #[test]

@@ -1,0 +1,113 @@
+"""Export of a stored backup: virDomainBackupStartUnmanaged(NULL, xml, 0)
+with the <uuid> of a completed backup serves that point in time read-only
+over NBD (qemu-storage-daemon over the backup's own chain), read back here
+with nbdcopy/nbdinfo; the backup is pinned while it is served; FinishJob and
+AbortJob end it; the backup's domain need not exist."""
+
+import os
+import subprocess
+
+from conftest import (K64, MiB, Nbd, STATE_RUNNING, VIR_ERR_INVALID_ARG,
+                      VIR_ERR_NO_DOMAIN, VIR_ERR_NO_DOMAIN_BACKUP, VIR_ERR_NO_SUPPORT,
+                      VIR_ERR_OPERATION_INVALID, assert_byte_exact, backup_uuid, backup_xml_for,
+                      delete, expect_error, free_port, lib, nbd_copy, nbd_exports, nbd_reachable,
+                      param, virt, write_disk, xml_tree)
+
+DELETE_ALL_CHILDREN = 1 << 1
+
+
+def stored_xml(uuid, server, disks=None, parent=None):
+    parts = [f"<domainbackup><uuid>{uuid}</uuid>", server.server_xml()]
+    if parent:
+        parts.append(f"<parent><uuid>{parent}</uuid></parent>")
+    if disks is not None:
+        parts.append("<disks>" + "".join(
+            f"<disk name='{d}' exportname='{e}'/>" for d, e in disks.items()) + "</disks>")
+    return "".join(parts) + "</domainbackup>"
+
+
+def start_stored(env, xml, flags=0):
+    b = lib.virDomainBackupStartUnmanaged(None, xml.encode(), flags)
+    assert b, f"export failed: {lib.virDomainBackupGetLastErrorMessage()}"
+    env._handles.append(b)
+    return b
+
+
+def read_range(uri, offset, length):
+    """`length` bytes at `offset` of an NBD export, through nbdcopy into a
+    pipe (libnbd's tools; no client of the library's own)."""
+    r = subprocess.run(["nbdcopy", "--synchronous", uri, "-"], stdout=subprocess.PIPE,
+                       check=True)
+    return r.stdout[offset:offset + length]
+
+
+def test_points_in_time_read_back_through_nbd(env):
+    size = 32 * MiB
+    disks = [("vda", env.disk("a.raw", size, writes=[(3 * MiB, 1 * MiB, 0x41)]), "raw"),
+             ("vdb", env.disk("b.qcow2", 8 * MiB, "qcow2", writes=[(0, K64, 0x42)]), "qcow2")]
+    dom = env.domain(disks=disks)
+    full = env.backup(dom, backup_xml_for({"vda": env.path("f-vda.qcow2"),
+                                           "vdb": env.path("f-vdb.qcow2")}))
+    at_full = env.snapshot(disks[0][1], "vda-at-full.raw")
+    write_disk(disks[0][1], "raw", [(3 * MiB + K64, 2 * K64, 0x5A)])
+    inc = env.backup(dom, backup_xml_for({"vda": env.path("i-vda.qcow2"),
+                                          "vdb": env.path("i-vdb.qcow2")},
+                                         parent=backup_uuid(full)))
+    at_inc = env.snapshot(disks[0][1], "vda-at-inc.raw")
+    # The domain is gone: the catalog and the files are enough.
+    assert virt.virDomainUndefine(dom.ptr) == 0
+
+    old = Nbd(socket=env.path("old.sock"))
+    new = Nbd(port=free_port())
+    e_old = start_stored(env, stored_xml(backup_uuid(full), old, {"vda": "disk"}))
+    e_new = start_stored(env, stored_xml(backup_uuid(inc), new))
+    assert sorted(nbd_exports(old.uri())) == ["disk"]
+    assert sorted(nbd_exports(new.uri())) == ["vda", "vdb"]
+    assert nbd_exports(new.uri())["vda"]["is_read_only"]
+    # The known pattern at its offset, each point in time its own.
+    assert read_range(old.uri("disk"), 3 * MiB + K64, K64) == b"\x41" * K64
+    assert read_range(new.uri("vda"), 3 * MiB + K64, K64) == b"\x5a" * K64
+    assert_byte_exact(nbd_copy(old.uri("disk"), env.path("got-old.raw")), "raw", at_full, "raw")
+    assert_byte_exact(nbd_copy(new.uri("vda"), env.path("got-new.raw")), "raw", at_inc, "raw")
+    # What a client needs, from the handle.
+    root = xml_tree(e_new)
+    assert root.find("server").get("port") == str(new.port)
+    assert [d.get("exportname") for d in root.iter("disk")] == ["vda", "vdb"]
+    assert param(e_new, "state") == STATE_RUNNING
+    assert lib.virDomainBackupGetDomain(e_new) is None
+    expect_error(VIR_ERR_NO_DOMAIN)
+    # Served backups and their ancestors are pinned.
+    for b in (full, inc):
+        assert lib.virDomainBackupDelete(b, DELETE_ALL_CHILDREN) == -1
+        expect_error(VIR_ERR_OPERATION_INVALID, "being exported")
+    assert lib.virDomainBackupFinishJob(e_old, 0) == 0
+    assert not nbd_reachable(old.uri())
+    assert lib.virDomainBackupAbortJob(e_new, 0) == 0
+    assert not nbd_reachable(new.uri())
+    assert not [n for n in os.listdir(env.catalog) if n.startswith(".scratch")]
+    delete(full, DELETE_ALL_CHILDREN)
+
+
+def test_refusals(env):
+    dom = env.domain(size=4 * MiB)
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b.qcow2")}))
+    u = backup_uuid(b)
+    srv = Nbd(port=free_port())
+    cases = [
+        (f"<domainbackup>{srv.server_xml()}</domainbackup>", 0, VIR_ERR_INVALID_ARG,
+         "valid virDomainPtr"),
+        (stored_xml(u, srv), 1, VIR_ERR_INVALID_ARG, "unsupported flags (0x1)"),
+        (stored_xml("6f1c1f55-3e36-4b4b-8f7f-2e2b5e0f7a11", srv), 0, VIR_ERR_NO_DOMAIN_BACKUP,
+         "6f1c1f55"),
+        (stored_xml(u, srv, {"vdz": "x"}), 0, VIR_ERR_INVALID_ARG, "vdz"),
+        (stored_xml(u, srv, parent=u), 0, VIR_ERR_NO_SUPPORT, "not supported yet"),
+    ]
+    for xml, flags, code, frag in cases:
+        assert lib.virDomainBackupStartUnmanaged(None, xml.encode(), flags) is None
+        expect_error(code, frag)
+        assert not nbd_reachable(srv.uri())
+    # With a domain, a <uuid> is not an export of the domain.
+    assert lib.virDomainBackupStartUnmanaged(dom, stored_xml(u, srv).encode(), 0) is None
+    expect_error(VIR_ERR_INVALID_ARG, "stored backup")
+    assert lib.virDomainBackupStartUnmanaged(None, None, 0) is None
+    expect_error(VIR_ERR_INVALID_ARG, "xmlDesc")

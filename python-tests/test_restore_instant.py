@@ -1,0 +1,285 @@
+"""VIR_DOMAIN_BACKUP_RESTORE_INSTANT (with START): disks restored as thin
+qcow2 overlays on the backup's own chain, the domain defined (and started)
+at once; the backup never modified while the restored guest writes; the
+backup and its ancestors pinned (Delete refused, <pinnedby> in the XML)
+until virsh blockpull flattens the disk or the domain goes."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import (K64, MiB, RESTORE_NEW_DOMAIN, VIR_ERR_INVALID_ARG,
+                      SUBPROCESS_PRELUDE, VIR_ERR_OPERATION_INVALID, Domain, assert_byte_exact, backing_chain,
+                      backup_uuid, backup_xml_for, chain_with_branch, delete, domain_definition,
+                      domain_disks, expect_error, get_xml, img_info, lib, lookup_domain, qemu_io,
+                      restore, restore_fails, sha256, virt, write_disk, xml_tree)
+
+INSTANT = 1 << 2
+START = 1 << 3
+NEW = RESTORE_NEW_DOMAIN
+DELETE_ALL_CHILDREN = 1 << 1
+
+
+def instant_xml(uuid, name=None, disks=None):
+    parts = [f"<domainbackup><uuid>{uuid}</uuid>"]
+    if name:
+        parts.append(f"<domain name='{name}'/>")
+    if disks:
+        parts.append("<disks>")
+        for d, (path, fmt) in disks.items():
+            parts.append(f"<disk name='{d}'>")
+            if path:
+                parts.append(f"<target file='{path}'/>")
+            if fmt:
+                parts.append(f"<driver type='{fmt}'/>")
+            parts.append("</disk>")
+        parts.append("</disks>")
+    return "".join(parts) + "</domainbackup>"
+
+
+def pinned_by(backup):
+    return [(p.get("domain"), p.get("disk")) for p in xml_tree(backup).iter("pinnedby")]
+
+
+def delete_fails(backup, flags, code, *fragments):
+    assert lib.virDomainBackupDelete(backup, flags) == -1, "delete succeeded"
+    return expect_error(code, *fragments)
+
+
+def test_new_domain_on_overlays_pinned_until_undefined(env):
+    h, (full, mid, leaf, tip, br) = chain_with_branch(env, "qcow2")
+    name = env.expect_domain("pytest-instant-" + os.urandom(4).hex())
+    digests = {t.target: sha256(t.target) for t in h.taken}
+    restore(instant_xml(leaf.uuid, name), NEW | INSTANT)
+    overlay = env.path(f"{name}-vda.qcow2")
+    new = lookup_domain(env.conn, name)
+    assert new
+    try:
+        assert domain_disks(new) == {"vda": (overlay, "qcow2")}
+    finally:
+        virt.virDomainFree(new)
+    # A thin overlay on the backup's own file, its format named.
+    info = img_info(overlay)
+    assert info["backing-filename"] == leaf.target
+    assert info["backing-filename-format"] == "qcow2"
+    assert os.path.getsize(overlay) < 1 * MiB
+    assert backing_chain(overlay)[:2] == [overlay, leaf.target]
+    assert_byte_exact(overlay, "qcow2", leaf.copy, "qcow2")
+    # Pinned: leaf and its ancestors, not its children nor the branch.
+    assert pinned_by(leaf.handle) == [(name, "vda")]
+    assert pinned_by(full.handle) == [(name, "vda")]
+    assert pinned_by(tip.handle) == [] and pinned_by(br.handle) == []
+    for t, flags in ((leaf, 0), (mid, 0), (full, 0), (full, DELETE_ALL_CHILDREN)):
+        delete_fails(t.handle, flags, VIR_ERR_OPERATION_INVALID, name, "'vda'", "in use")
+    # Writes into the restored disk go to the overlay only.
+    qemu_io(overlay, "qcow2", "write -P 0x99 1M 64k")
+    assert {p: sha256(p) for p in digests} == digests
+    # The tip (not read by the overlay) can go.
+    delete(tip.handle)
+    # Once the domain is gone the pin is dropped at the next look.
+    new = lookup_domain(env.conn, name)
+    assert virt.virDomainUndefine(new) == 0
+    virt.virDomainFree(new)
+    assert pinned_by(leaf.handle) == []
+    delete(full.handle, DELETE_ALL_CHILDREN)
+
+
+def test_into_own_shut_off_domain_keeps_its_file(env):
+    h, (full, mid, leaf, tip, br) = chain_with_branch(env, "raw")
+    disk_now = sha256(h.src)
+    restore(instant_xml(mid.uuid), INSTANT)
+    (path, fmt), = domain_disks(h.dom.ptr).values()
+    assert fmt == "qcow2" and path != h.src
+    assert os.path.basename(path) == f"{h.dom.name}-vda-instant-{mid.uuid}.qcow2"
+    assert img_info(path)["backing-filename"] == mid.target
+    assert_byte_exact(path, "qcow2", mid.copy, "raw")
+    assert sha256(h.src) == disk_now
+    assert pinned_by(mid.handle) == [(h.dom.name, "vda")]
+    delete_fails(full.handle, 0, VIR_ERR_OPERATION_INVALID, h.dom.name)
+    # Flattened while shut off (the overlay takes in its backing chain):
+    # the pin goes by itself, the data stays.
+    subprocess.run(["qemu-img", "rebase", "-q", "-b", "", path], check=True)
+    assert pinned_by(mid.handle) == []
+    delete(full.handle, DELETE_ALL_CHILDREN)
+    assert_byte_exact(path, "qcow2", mid.copy, "raw")
+
+
+def test_refusals_leave_nothing(env):
+    h, (full, mid, leaf, tip, br) = chain_with_branch(env, "qcow2")
+    name = env.expect_domain("pytest-instant-" + os.urandom(4).hex())
+    taken = env.path("taken.qcow2")
+    open(taken, "w").close()
+    before, definition = env.files(), domain_definition(h.dom)
+    cases = [
+        (instant_xml(leaf.uuid, name, {"vda": (None, "raw")}), NEW | INSTANT,
+         VIR_ERR_INVALID_ARG, "qcow2"),
+        (instant_xml(leaf.uuid, name, {"vda": (taken, None)}), NEW | INSTANT,
+         VIR_ERR_OPERATION_INVALID, "exists"),
+        (instant_xml(leaf.uuid, name, {"vda": (env.path("no/x.qcow2"), None)}), NEW | INSTANT,
+         VIR_ERR_INVALID_ARG, "does not exist"),
+        (instant_xml(leaf.uuid, h.dom.name), NEW | INSTANT, VIR_ERR_OPERATION_INVALID,
+         "already exists"),
+        (instant_xml(leaf.uuid, name, {"vdz": (None, None)}), NEW | INSTANT,
+         VIR_ERR_INVALID_ARG, "vdz"),
+    ]
+    for xml, flags, code, frag in cases:
+        restore_fails(xml, flags, code, frag)
+        assert env.files() == before
+        assert lookup_domain(env.conn, name) is None
+    assert domain_definition(h.dom) == definition
+    assert pinned_by(leaf.handle) == []
+
+
+# ------------------------------------------------ qemu:///system, running
+def hmp(dom_name, cmd):
+    for c in (cmd, "flush"):
+        r = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "qemu-monitor-command", dom_name, "--hmp",
+             f'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "{c}"'],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert r.returncode == 0 and "rror" not in r.stdout and "failed" not in r.stdout, r.stdout
+
+
+def test_instant_start_guest_writes_blockpull_releases_pin(qenv):
+    env = qenv
+    dom = env.qemu_domain(size=64 * MiB, start=False,
+                          writes=[(0, 2 * MiB, 0x11), (40 * MiB, 1 * MiB, 0x12)])
+    (disk, src, fmt), = dom.disks
+    full = env.backup(dom, backup_xml_for({"vda": env.path("full.qcow2")}))
+    write_disk(src, fmt, [(8 * MiB, 3 * K64, 0x13)])
+    inc = env.backup(dom, backup_xml_for({"vda": env.path("inc.qcow2")},
+                                         parent=backup_uuid(full)))
+    at_inc = env.snapshot(src, "at-inc.qcow2")
+    files = [env.path("full.qcow2"), env.path("inc.qcow2")]
+    digests = {p: sha256(p) for p in files}
+    name = env.expect_domain("lvb-pytest-instant-" + os.urandom(4).hex(), conn=env.qemu)
+
+    t0 = time.monotonic()
+    restore(instant_xml(backup_uuid(inc), name), NEW | INSTANT | START)
+    elapsed = time.monotonic() - t0
+    ptr = lookup_domain(env.qemu, name)
+    assert ptr
+    new = Domain(ptr, name, [], env.qemu, "qemu")
+    env._defined.append(ptr)
+    assert new.active(), "START did not start the domain"
+    assert elapsed < 5, elapsed  # measured well under a second; slack for a busy host
+    overlay = env.path(f"{name}-vda.qcow2")
+
+    # The guest writes through the running restored domain.
+    hmp(name, "write -P 0xcd 16M 1M")
+    hmp(name, "write -P 0xce 0 64k")
+    qemu_io(at_inc, "qcow2", "write -P 0xcd 16M 1M", "write -P 0xce 0 64k")
+    assert {p: sha256(p) for p in files} == digests, "the backup changed"
+    # Through the overlay, the disk is the backup plus the guest's writes.
+    r = subprocess.run(["qemu-img", "compare", "-U", "-f", "qcow2", "-F", "qcow2",
+                        overlay, at_inc], stdout=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stdout
+
+    assert pinned_by(inc) == [(name, "vda")] and pinned_by(full) == [(name, "vda")]
+    delete_fails(full, 0, VIR_ERR_OPERATION_INVALID, name, "'vda'")
+    delete_fails(inc, 0, VIR_ERR_OPERATION_INVALID, name, "'vda'")
+
+    # Flatten while it runs: the overlay then holds everything.
+    subprocess.run(["virsh", "-c", "qemu:///system", "blockpull", name, "vda", "--wait"],
+                   check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert new.active()
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", overlay],
+                          stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert "backing-filename" not in info
+    assert pinned_by(inc) == [] and pinned_by(full) == []
+    delete(full, DELETE_ALL_CHILDREN)
+    assert not os.path.exists(files[0]) and not os.path.exists(files[1])
+    # The running guest still reads its data, now all in the overlay.
+    hmp(name, "read -P 0x13 8M 192k")
+    hmp(name, "read -P 0xcd 16M 1M")
+    hmp(name, "read -P 0x12 40M 1M")
+    r = subprocess.run(["qemu-img", "compare", "-U", "-f", "qcow2", "-F", "qcow2",
+                        overlay, at_inc], stdout=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def killed_restore(env, name, backup, syscalls, when):
+    """Run an instant restore as a new domain in a child process that
+    strace kills (SIGKILL) at its `when`-th call of one of `syscalls`."""
+    code = (SUBPROCESS_PRELUDE + f"rc = lib.virDomainBackupRestore("
+            f"{instant_xml(backup_uuid(backup), name)!r}.encode(), {NEW | INSTANT})\n"
+            "print('survived', rc)\n")
+    r = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", f"trace={syscalls}",
+                        "-e", f"inject={syscalls}:signal=SIGKILL:when={when}",
+                        sys.executable, "-c", code],
+                       env=dict(os.environ, LIBVIRT_BACKUP_DIR=env.catalog),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert "survived" not in r.stdout, (r.stdout, r.stderr)
+
+
+def test_killed_midway_leaves_no_domain_and_no_overlay(qenv):
+    """The restoring process is killed (SIGKILL, injected by strace) when
+    it writes the second disk's pin, once the first overlay and its pin
+    exist: no domain is defined, and the next process that opens the
+    catalog removes the overlay; the stale pin is dropped when read."""
+    env = qenv
+    disks = [("vda", env.disk("k-vda.qcow2", 8 * MiB, "qcow2"), "qcow2"),
+             ("vdb", env.disk("k-vdb.qcow2", 8 * MiB, "qcow2"), "qcow2")]
+    dom = env.qemu_domain(disks=disks, start=False)
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b-vda.qcow2"),
+                                        "vdb": env.path("b-vdb.qcow2")}))
+    name = env.expect_domain("lvb-pytest-killed-" + os.urandom(4).hex(), conn=env.qemu)
+    # The pins are written with write_atomic (a rename each): die at the 2nd.
+    killed_restore(env, name, b, "rename,renameat,renameat2", 2)
+    overlays = [env.path(f"{name}-{d}.qcow2") for d in ("vda", "vdb")]
+    assert os.path.exists(overlays[0]), "killed too early to test anything"
+    assert lookup_domain(env.qemu, name) is None
+    # Any call that opens the catalog cleans up; the pin goes when read.
+    again = lib.virDomainBackupLookupByUUID(backup_uuid(b).encode(), 0)
+    assert again
+    lib.virDomainBackupFree(again)
+    assert not any(os.path.exists(p) for p in overlays)
+    assert pinned_by(b) == []
+    assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")] == []
+    delete(b)
+
+
+def test_killed_after_the_definition_keeps_the_domain_whole(qenv):
+    """Killed at the removal of the note (the first unlink of the process),
+    right after libvirt defined the domain: the next sweep finds the domain
+    named in the note using the overlays and keeps them; the domain starts
+    and reads the backup."""
+    env = qenv
+    dom = env.qemu_domain(size=16 * MiB, start=False, writes=[(0, 1 * MiB, 0x3C)])
+    (disk, src, fmt), = dom.disks
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b.qcow2")}))
+    name = env.expect_domain("lvb-pytest-killed-" + os.urandom(4).hex(), conn=env.qemu)
+    killed_restore(env, name, b, "unlink,unlinkat", 1)
+    overlay = env.path(f"{name}-vda.qcow2")
+    ptr = lookup_domain(env.qemu, name)
+    assert ptr, "killed before the definition"
+    env._defined.append(ptr)
+    assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")]
+    again = lib.virDomainBackupLookupByUUID(backup_uuid(b).encode(), 0)
+    assert again
+    lib.virDomainBackupFree(again)
+    assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")] == []
+    assert os.path.exists(overlay)
+    assert pinned_by(b) == [(name, "vda")]
+    new = Domain(ptr, name, [], env.qemu, "qemu")
+    new.start()
+    hmp(name, "read -P 0x3c 0 1M")
+
+
+def test_start_after_a_full_restore_and_an_instant_one(env):
+    """START with a copying restore (NEW_DOMAIN) and with INSTANT into the
+    own shut-off domain: each domain runs when the call returns."""
+    h, (full, mid, leaf, tip, br) = chain_with_branch(env, "qcow2")
+    name = env.expect_domain("pytest-start-" + os.urandom(4).hex())
+    restore(instant_xml(mid.uuid, name), NEW | START)
+    new = lookup_domain(env.conn, name)
+    assert new and virt.virDomainIsActive(new) == 1
+    assert_byte_exact(env.path(f"{name}-vda.qcow2"), "qcow2", mid.copy, "qcow2")
+    virt.virDomainDestroy(new)
+    virt.virDomainFree(new)
+    restore(instant_xml(tip.uuid), INSTANT | START)
+    assert h.dom.active()
+    virt.virDomainDestroy(h.dom.ptr)

@@ -1,0 +1,86 @@
+//! Export of a stored backup (`virDomainBackupStartUnmanaged(NULL, xml, 0)`):
+//! one point in time of the catalog served read-only over NBD by
+//! qemu-storage-daemon, each disk through its backup's own chain (the
+//! daemon opens the newest file and follows its backing files). Nothing is
+//! copied and no domain or hypervisor connection is involved; the backup's
+//! files are opened read-only. While the export runs, Delete of the backup
+//! or of one of its ancestors is refused (see `ops::pins`).
+
+use std::sync::Arc;
+
+use crate::engine::export::ExportDisk;
+use crate::error::{Error, Result};
+use crate::ops::export::{self, Export};
+use crate::ops::recovery;
+use crate::xml::backup::{BackupRecord, BackupState, UnmanagedRequest};
+
+/// The disks to serve: the request's (each must be one of the backup's),
+/// else all of them under their own names.
+fn selected(rec: &BackupRecord, req: &UnmanagedRequest) -> Result<Vec<(String, ExportDisk)>> {
+    let pairs: Vec<(String, String)> = match &req.disks {
+        Some(list) => list.clone(),
+        None => rec
+            .disks
+            .iter()
+            .map(|d| (d.name.clone(), d.name.clone()))
+            .collect(),
+    };
+    if pairs.is_empty() {
+        return Err(Error::invalid_arg("the export would include no disk"));
+    }
+    pairs
+        .into_iter()
+        .map(|(name, export_name)| {
+            let d = rec.disks.iter().find(|d| d.name == name).ok_or_else(|| {
+                Error::invalid_arg(format!("backup '{}' has no disk named '{name}'", rec.uuid))
+            })?;
+            Ok((
+                name,
+                ExportDisk {
+                    export_name,
+                    image: d.target.clone(),
+                    format: d.format,
+                    bitmap: None,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Start serving the stored backup named by the `<uuid>` of `xml`.
+pub fn start(xml: &str) -> Result<Arc<Export>> {
+    // Without a <uuid> a NULL domain is just a missing argument.
+    if crate::xml::dom::parse(xml)?.child("uuid").is_none() {
+        return Err(Error::invalid_arg(
+            "domain in virDomainBackupStartUnmanaged must be a valid virDomainPtr \
+             (NULL only with the <uuid> of a stored backup to export)",
+        ));
+    }
+    let req = UnmanagedRequest::parse(xml)?;
+    let uuid = req
+        .backup
+        .ok_or_else(|| Error::internal("stored export without a uuid"))?;
+    if req.parent.is_some() {
+        return Err(Error::not_supported_yet(
+            "a <parent> (changes as a bitmap) in the export of a stored backup",
+        ));
+    }
+    let catalog = recovery::open_catalog()?;
+    let rec =
+        recovery::find(&catalog, &uuid)?.ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
+    if rec.state != BackupState::Completed {
+        return Err(Error::operation_invalid(format!(
+            "backup '{uuid}' is not completed"
+        )));
+    }
+    let disks = selected(&rec, &req)?;
+    for (name, d) in &disks {
+        if !d.image.is_file() {
+            return Err(Error::operation_failed(format!(
+                "disk '{name}' of backup '{uuid}': '{}' is missing",
+                d.image.display()
+            )));
+        }
+    }
+    export::serve_stored(&rec, &req.server, disks)
+}

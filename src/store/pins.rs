@@ -1,0 +1,136 @@
+//! Pins: which instant-restored disk reads through which backup's files.
+//!
+//! One file per pinned disk, `<root>/.pins/<backup>-<domain uuid>-<disk>.xml`,
+//! written atomically. A pin says nothing about whether the disk still uses
+//! the backup: whoever reads the pins checks that (`ops::pins`) and drops
+//! the ones that no longer hold.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::store::catalog::{Catalog, write_atomic};
+use crate::xml::backup::{parse_uuid, path_str};
+use crate::xml::dom::{self, Element};
+
+const PINS: &str = ".pins";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The backup whose point in time the disk was restored from.
+    pub backup: Uuid,
+    /// The restored domain, where to find it, and its disk.
+    pub domain_uuid: Uuid,
+    pub domain_name: String,
+    pub uri: String,
+    pub disk: String,
+    /// The overlay the disk was given.
+    pub overlay: PathBuf,
+}
+
+impl Pin {
+    fn file_name(&self) -> String {
+        format!("{}-{}-{}.xml", self.backup, self.domain_uuid, self.disk)
+    }
+
+    fn to_xml(&self) -> String {
+        Element::new("pin")
+            .with_attr("backup", self.backup.to_string())
+            .with_attr("domain", self.domain_uuid.to_string())
+            .with_attr("name", self.domain_name.clone())
+            .with_attr("uri", self.uri.clone())
+            .with_attr("disk", self.disk.clone())
+            .with_attr("overlay", path_str(&self.overlay))
+            .to_xml()
+    }
+
+    fn from_xml(text: &str) -> Result<Pin> {
+        let el = dom::parse(text)?;
+        let get = |a: &str| {
+            el.attr(a)
+                .map(str::to_string)
+                .ok_or_else(|| Error::xml(format!("pin without {a}")))
+        };
+        Ok(Pin {
+            backup: parse_uuid(&get("backup")?)?,
+            domain_uuid: parse_uuid(&get("domain")?)?,
+            domain_name: get("name")?,
+            uri: get("uri")?,
+            disk: get("disk")?,
+            overlay: PathBuf::from(get("overlay")?),
+        })
+    }
+}
+
+fn dir(catalog: &Catalog) -> Result<PathBuf> {
+    catalog.private_dir(PINS)
+}
+
+/// Record a pin (replacing one of the same backup, domain and disk).
+pub fn add(catalog: &Catalog, pin: &Pin) -> Result<PathBuf> {
+    let path = dir(catalog)?.join(pin.file_name());
+    write_atomic(&path, pin.to_xml().as_bytes())?;
+    Ok(path)
+}
+
+/// Every pin, with the file that holds it. Unreadable files are skipped
+/// (a half-written one cannot exist: pins are written atomically).
+pub fn list(catalog: &Catalog) -> Result<Vec<(PathBuf, Pin)>> {
+    let dir = catalog.root().join(PINS);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot read", &dir, e)),
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "xml") {
+            continue;
+        }
+        if let Some(pin) = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| Pin::from_xml(&t).ok())
+        {
+            out.push((path, pin));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Forget a pin.
+pub fn remove(path: &Path) {
+    if fs::remove_file(path).is_ok()
+        && let Some(d) = path.parent()
+    {
+        crate::store::catalog::sync_dir(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_round_trip() {
+        let root = std::env::temp_dir().join(format!("lvb-pins-{}", Uuid::new_v4()));
+        let catalog = Catalog::at(root.clone()).unwrap();
+        let pin = Pin {
+            backup: Uuid::new_v4(),
+            domain_uuid: Uuid::new_v4(),
+            domain_name: "a&b".into(),
+            uri: "qemu:///system".into(),
+            disk: "vda".into(),
+            overlay: "/x/y z.qcow2".into(),
+        };
+        let path = add(&catalog, &pin).unwrap();
+        let all = list(&catalog).unwrap();
+        assert_eq!(all, vec![(path.clone(), pin)]);
+        remove(&path);
+        assert!(list(&catalog).unwrap().is_empty());
+        fs::remove_dir_all(root).unwrap();
+    }
+}
