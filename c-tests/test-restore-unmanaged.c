@@ -25,8 +25,11 @@
  * element and @top before <disks>. */
 static const char *from_file(const char *source, const char *extra, const char *top)
 {
-    return fmt("<domainbackup>%s<disks><disk name='vda'><source file='%s'/>%s</disk></disks>"
-               "</domainbackup>", top, source, extra);
+    size_t n = strlen(source);
+    const char *format = n > 6 && strcmp(source + n - 6, ".qcow2") == 0 ? "qcow2" : "raw";
+    return fmt("<domainbackup>%s<disks><disk name='vda'><source file='%s'>"
+               "<driver type='%s'/></source>%s</disk></disks></domainbackup>",
+               top, source, format, extra);
 }
 
 /* The one defined domain whose name starts with @prefix (NULL if not
@@ -97,7 +100,8 @@ int main(void)
                         VIR_ERR_XML_ERROR);
     EXPECT_RESTORE_FAIL(virDomainBackupRestoreUnmanaged(
                             dom,
-                            "<domainbackup><disks><disk name='vdz'><source file='/x.qcow2'/>"
+                            "<domainbackup><disks><disk name='vdz'><source file='/x.qcow2'>"
+                            "<driver type='qcow2'/></source>"
                             "</disk></disks></domainbackup>", 0),
                         VIR_ERR_INVALID_ARG);
     EXPECT_MSG_CONTAINS("vdz");

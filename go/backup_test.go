@@ -400,7 +400,7 @@ func TestRestore(t *testing.T) {
 
 	// RestoreUnmanaged from a file the library did not make.
 	src := makeDisk(t, filepath.Join(dir, "src.qcow2"), "qcow2", 16*MiB, write{0, 16 * MiB, 0x11})
-	xml := "<domainbackup><disks><disk name='vda'><source file='" + src + "'/></disk></disks></domainbackup>"
+	xml := "<domainbackup><disks><disk name='vda'><source file='" + src + "'><driver type='qcow2'/></source></disk></disks></domainbackup>"
 	wantError(t, dom.RestoreUnmanaged(xml, 0), ERR_OPERATION_INVALID)
 	sameImage(t, vda, "raw", at0, "raw")
 	if err := dom.RestoreUnmanaged(xml, DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK); err != nil {

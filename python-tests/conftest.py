@@ -527,7 +527,9 @@ def _disks_xml(disks, create, sources=None):
             server, export = sources[name]
             parts.append(server.source_xml(export))
         elif name in sources:
-            parts.append(f"<source file='{sources[name]}'/>")
+            # The test files' names end with their format.
+            src_fmt = "qcow2" if str(sources[name]).endswith(".qcow2") else "raw"
+            parts.append(f"<source file='{sources[name]}'><driver type='{src_fmt}'/></source>")
         if isinstance(target, Volume):
             parts.append(f"<target pool='{target.pool}' volume='{target.name}'/>")
         elif target is not None:

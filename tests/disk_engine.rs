@@ -9,14 +9,14 @@ use std::sync::atomic::Ordering;
 
 use libvirt_backup::engine::copy::{Baseline, copy_image};
 use libvirt_backup::error::ErrorCode;
-use libvirt_backup::image::disk::{Source, Target};
+use libvirt_backup::image::disk::{Chain, Source, Target};
 use libvirt_backup::job::Progress;
 use libvirt_backup::store::index::NoDigests;
 use libvirt_backup::store::index::is_zero;
 use libvirt_backup::xml::backup::DiskFormat;
 
 fn copy(src: &Path, sfmt: DiskFormat, dst: &Path, dfmt: DiskFormat) -> Progress {
-    let s = Source::open(src, sfmt).unwrap();
+    let s = Source::open(src, sfmt, Chain::Header).unwrap();
     let t = Target::create(dst, dfmt, s.size(), None, false).unwrap();
     let p = Progress::default();
     copy_image(&s, &t, &p, Baseline::Empty, &mut NoDigests).unwrap();
@@ -122,7 +122,7 @@ fn cancel_stops_the_copy() {
     let src = path(&dir, "c.raw");
     qemu_img(&["create", "-q", "-f", "raw", src.to_str().unwrap(), "64M"]);
     qemu_io("raw", &src, "write -P 0xab 0 64M");
-    let s = Source::open(&src, DiskFormat::Raw).unwrap();
+    let s = Source::open(&src, DiskFormat::Raw, Chain::None).unwrap();
     let dst = path(&dir, "c.qcow2");
     let t = Target::create(&dst, DiskFormat::Qcow2, s.size(), None, false).unwrap();
     let p = Progress::default();
@@ -142,13 +142,15 @@ fn targets_are_never_overwritten_and_sources_must_exist() {
         .unwrap();
     assert!(err.is(ErrorCode::OperationFailed));
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
-    let err = Source::open(&path(&dir, "missing.raw"), DiskFormat::Raw)
+    let err = Source::open(&path(&dir, "missing.raw"), DiskFormat::Raw, Chain::None)
         .err()
         .unwrap();
     assert!(err.is(ErrorCode::OperationFailed), "{err:?}");
     assert!(err.message.contains("missing.raw"));
     // A raw file is not accepted as qcow2.
-    let err = Source::open(&existing, DiskFormat::Qcow2).err().unwrap();
+    let err = Source::open(&existing, DiskFormat::Qcow2, Chain::None)
+        .err()
+        .unwrap();
     assert!(err.is(ErrorCode::OperationFailed));
 }
 
@@ -171,7 +173,7 @@ fn a_source_that_changes_size_fails_the_copy() {
     let src = path(&dir, "shrink.raw");
     qemu_img(&["create", "-q", "-f", "raw", src.to_str().unwrap(), "8M"]);
     qemu_io("raw", &src, "write -P 0xab 0 8M");
-    let s = Source::open(&src, DiskFormat::Raw).unwrap();
+    let s = Source::open(&src, DiskFormat::Raw, Chain::None).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&src)
@@ -190,4 +192,84 @@ fn a_source_that_changes_size_fails_the_copy() {
     .unwrap_err();
     assert!(err.is(ErrorCode::OperationFailed));
     assert!(err.message.contains("changed size"), "{}", err.message);
+}
+
+/// A raw file whose first bytes are a qcow2 header naming `backing`
+/// (what a guest can write at the start of its raw disk).
+fn forged_qcow2(dir: &tempfile::TempDir, name: &str, backing: &Path, fmt: Option<&str>) -> PathBuf {
+    let p = path(dir, name);
+    let b = backing.to_str().unwrap();
+    let f = fmt.unwrap_or("raw");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        b,
+        "-F",
+        f,
+        p.to_str().unwrap(),
+        "8M",
+    ]);
+    if fmt.is_none() {
+        // qemu-img always records a format now: hide the backing format
+        // extension (magic 0xe2792aca) behind an unknown magic.
+        let mut bytes = std::fs::read(&p).unwrap();
+        let at = bytes[..4096]
+            .windows(4)
+            .position(|w| w == [0xe2, 0x79, 0x2a, 0xca])
+            .unwrap();
+        bytes[at..at + 4].copy_from_slice(&[0x0b, 0xad, 0xf0, 0x0d]);
+        std::fs::write(&p, bytes).unwrap();
+    }
+    p
+}
+
+#[test]
+fn backing_files_are_followed_only_as_stated() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = path(&dir, "host-secret.raw");
+    std::fs::write(&secret, vec![0x5a; 1 << 20]).unwrap();
+
+    // A caller-named image may not have a backing file at all.
+    let with_fmt = forged_qcow2(&dir, "named.qcow2", &secret, Some("raw"));
+    let err = Source::open(&with_fmt, DiskFormat::Qcow2, Chain::None)
+        .err()
+        .unwrap();
+    assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
+    assert!(err.message.contains("backing file"), "{err:?}");
+
+    // Headers are followed only when they record the backing format:
+    // without one, the backing file's format would have to be probed.
+    let no_fmt = forged_qcow2(&dir, "probe.qcow2", &secret, None);
+    let err = Source::open(&no_fmt, DiskFormat::Qcow2, Chain::Header)
+        .err()
+        .unwrap();
+    assert!(err.message.contains("never probes"), "{err:?}");
+    let flat = path(&dir, "flat.raw");
+    copy(&with_fmt, DiskFormat::Qcow2, &flat, DiskFormat::Raw);
+    let buf = std::fs::read(&flat).unwrap();
+    assert!(buf[..1 << 20].iter().all(|b| *b == 0x5a));
+
+    // A backup's image reads through what the catalog recorded, and a
+    // header naming anything else is refused.
+    let other = path(&dir, "other.raw");
+    std::fs::write(&other, vec![0u8; 1 << 20]).unwrap();
+    let recorded = [(other.clone(), DiskFormat::Raw)];
+    let err = Source::open(&with_fmt, DiskFormat::Qcow2, Chain::Recorded(&recorded))
+        .err()
+        .unwrap();
+    assert!(err.message.contains("did not record"), "{err:?}");
+    let err = Source::open(&with_fmt, DiskFormat::Qcow2, Chain::Recorded(&[]))
+        .err()
+        .unwrap();
+    assert!(err.message.contains("did not record"), "{err:?}");
+    let recorded = [(secret.clone(), DiskFormat::Raw)];
+    Source::open(&with_fmt, DiskFormat::Qcow2, Chain::Recorded(&recorded)).unwrap();
+    // Detached: the image's own header only, nothing it names is opened.
+    let gone = forged_qcow2(&dir, "dangling.qcow2", &path(&dir, "nothing"), Some("raw"));
+    let s = Source::open(&gone, DiskFormat::Qcow2, Chain::Detached).unwrap();
+    assert_eq!(s.size(), 8 << 20);
 }

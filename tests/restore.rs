@@ -209,10 +209,18 @@ fn unmanaged_from_files() {
     let dom = domain("run", &[("vda", &a, "qcow2")]);
     let other = disk("run-src.raw", "raw", "8M", &["write -P 0x72 2M 1M"]);
     let xml = format!(
-        "<domainbackup><disks><disk name='vda'><source file='{}'/></disk></disks></domainbackup>",
+        "<domainbackup><disks><disk name='vda'><source file='{}'><driver type='raw'/></source></disk></disks></domainbackup>",
         other.display()
     );
     let before = checksum(&a);
+    // A file source's format is stated, never guessed from its bytes.
+    let unstated = xml.replace("<driver type='raw'/></source>", "</source>");
+    let err = Backup::restore_unmanaged(&dom, &unstated, REWRITE).unwrap_err();
+    assert!(
+        err.is(ErrorCode::XmlError) && err.message.contains("<driver type> is required"),
+        "{err:?}"
+    );
+    assert_eq!(checksum(&a), before);
     let err = Backup::restore_unmanaged(&dom, &xml, 0).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
     assert_eq!(checksum(&a), before);

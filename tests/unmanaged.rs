@@ -93,7 +93,7 @@ fn test_driver_domain_exported_by_the_storage_daemon() {
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
     let src = b.to_string_lossy().replace("um-b.raw", "um-a.qcow2");
     let from_file = format!(
-        "<domainbackup><disks><disk name='vdb'><source file='{src}'/></disk></disks></domainbackup>"
+        "<domainbackup><disks><disk name='vdb'><source file='{src}'><driver type='qcow2'/></source></disk></disks></domainbackup>"
     );
     let err = Backup::restore_unmanaged(&dom, &from_file, 1 << 1).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");

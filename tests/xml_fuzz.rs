@@ -79,7 +79,7 @@ const SEEDS: &[&str] = &[
     "<domainbackup><server transport='unix' socket='/run/x.sock'/></domainbackup>",
     "<domainbackup><uuid>54c70d40-26bb-48cd-9639-b3a1e9adf650</uuid><domain name='vm1-restored'/>
 <disks><disk name='vda'><target file='/images/a.qcow2'/><driver type='qcow2'/></disk></disks></domainbackup>",
-    "<domainbackup><domain name='n'/><disks><disk name='vda'><source file='/x.qcow2'/></disk>
+    "<domainbackup><domain name='n'/><disks><disk name='vda'><source file='/x.qcow2'><driver type='qcow2'/></source></disk>
 <disk name='vdb'><source protocol='nbd' name='vdb'><host name='127.0.0.1' port='10809'/></source></disk>
 <disk name='vdc'><source protocol='nbd' name='e'><host transport='unix' socket='/s'/></source></disk></disks></domainbackup>",
     "<target type='dir'><path>/backups</path></target>",

@@ -167,7 +167,10 @@ extern "C" {
  * volumes of a file-backed storage pool, created through libvirt.
  * The copy then runs as a background job and the backup is listed at once
  * with state "running"; with VIR_DOMAIN_BACKUP_CREATE_WAIT the call returns
- * only when the job has ended.
+ * only when the job has ended. Explicit targets and default-target folders
+ * inside the backup catalog are refused (VIR_ERR_INVALID_ARG), and so is a
+ * catalog folder another user could write to (VIR_ERR_OPERATION_FAILED,
+ * for every call that uses the catalog).
  *
  * The document is checked as libvirt's schema validation checks libvirt's:
  * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
@@ -207,6 +210,13 @@ virDomainBackupPtr virDomainBackupCreateXML(virDomainPtr domain,
  * virDomainBackupFinishJob(0) or virDomainBackupAbortJob(); freeing the
  * handle does not end it. Unmanaged backups are never listed; Delete and
  * ListChildren fail on them with VIR_ERR_OPERATION_INVALID.
+ * Who can read the export: anyone who connects reads the disks. A plain
+ * TCP export is readable by anyone who can reach the port, so the server
+ * must be a loopback address (127.0.0.1, ::1, a name resolving only to
+ * loopback), else VIR_ERR_INVALID_ARG; tls='yes' fails with
+ * VIR_ERR_NO_SUPPORT (TLS exports are not supported yet). A unix socket is
+ * made mode 0600 (its owner only) before this call returns; its folder is
+ * the caller's choice.
  *
  * With a NULL @domain, @xmlDesc holds the <uuid> of a completed managed
  * backup and a <server>: that stored point in time is served read-only
@@ -375,7 +385,8 @@ int virDomainBackupDelete(virDomainBackupPtr backup, unsigned int flags);
  * (dir, fs, netfs) storage pool. VIR_DOMAIN_AFFECT_CONFIG keeps the
  * setting in the catalog; VIR_DOMAIN_AFFECT_LIVE keeps it in this process
  * while the domain runs (and wins over CONFIG); VIR_DOMAIN_AFFECT_CURRENT
- * means LIVE for a running domain and CONFIG otherwise.
+ * means LIVE for a running domain and CONFIG otherwise. A folder inside
+ * the backup catalog is refused (VIR_ERR_INVALID_ARG).
  *
  * The document is checked as libvirt's schema validation checks libvirt's:
  * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
@@ -516,6 +527,10 @@ int virDomainBackupGetParameters(virDomainBackupPtr backup,
  * '<name>-restore-<first 8 of the backup uuid>'), a new UUID, new MAC
  * addresses, only the restored disks, each at its <target file> or
  * '<folder of the original>/<name>-<disk>.<format>' (qcow2 by default).
+ * A target inside the backup catalog is refused (VIR_ERR_INVALID_ARG); an
+ * existing <target file> that is not the disk's current image is replaced
+ * whole (its format is never guessed from its bytes), in the <driver type>
+ * given, else qcow2.
  *
  * An existing file is only written with
  * VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK; without it the call
@@ -585,9 +600,11 @@ int virDomainBackupRestore(const char *xmlDesc, unsigned int flags);
  *
  * Write @domain's disks from sources the library did not make, with the
  * rules of virDomainBackupRestore(): each <disk> names one of @domain's
- * disks and its source: <source file='…'/> (raw or qcow2, read from the
- * file's first bytes; backing files are followed) or an NBD export (see
- * below), with an optional <target file>
+ * disks and its source: <source file='…'><driver type='raw|qcow2'/></source>
+ * (the format is required, VIR_ERR_XML_ERROR without it: a format is never
+ * guessed from the file's bytes, which a guest may have written; a qcow2
+ * file with a backing file is refused with VIR_ERR_INVALID_ARG) or an NBD
+ * export (see below), with an optional <target file>
  * and <driver type>; VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN defines a new
  * domain from @domain's current definition (name from <domain name>, else
  * '<name>-restore-<8 random hex digits>'). An existing file is replaced by

@@ -204,7 +204,8 @@ def test_restore_unmanaged_from_a_file(env):
     b = lb.createXML(dom, bxml(env.path("u.qcow2")), WAIT)
     at_backup = env.copy(src, "at-backup.raw")
     write_disk(src, "raw", [(1 * MiB, 1 * MiB, 0x44)])
-    lb.restoreUnmanaged(dom, f"<domainbackup><disks><disk name='vda'><source file='{target_of(b)}'/>"
+    lb.restoreUnmanaged(dom, f"<domainbackup><disks><disk name='vda'><source file='{target_of(b)}'>"
+                             "<driver type='qcow2'/></source>"
                              "</disk></disks></domainbackup>",
                         lb.VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK)
     assert same_image(src, "raw", at_backup, "raw")
@@ -296,7 +297,8 @@ def test_unmanaged_export_and_restore_from_it(env):
     assert same_image(copy, "raw", src, "raw")
     at_export = env.copy(src, "at-export.raw")
     write_disk(src, "raw", [(0, 2 * MiB, 0x99)])
-    lb.restoreUnmanaged(dom, f"<domainbackup><disks><disk name='vda'><source file='{copy}'/>"
+    lb.restoreUnmanaged(dom, f"<domainbackup><disks><disk name='vda'><source file='{copy}'>"
+                             "<driver type='raw'/></source>"
                              "</disk></disks></domainbackup>",
                         lb.VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK)
     assert same_image(src, "raw", at_export, "raw")

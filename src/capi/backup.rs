@@ -38,7 +38,10 @@ use crate::ops::backup::Backup;
 /// volumes of a file-backed storage pool, created through libvirt.
 /// The copy then runs as a background job and the backup is listed at once
 /// with state "running"; with VIR_DOMAIN_BACKUP_CREATE_WAIT the call returns
-/// only when the job has ended.
+/// only when the job has ended. Explicit targets and default-target folders
+/// inside the backup catalog are refused (VIR_ERR_INVALID_ARG), and so is a
+/// catalog folder another user could write to (VIR_ERR_OPERATION_FAILED,
+/// for every call that uses the catalog).
 ///
 /// The document is checked as libvirt's schema validation checks libvirt's:
 /// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
@@ -86,6 +89,13 @@ pub extern "C" fn virDomainBackupCreateXML(
 /// virDomainBackupFinishJob(0) or virDomainBackupAbortJob(); freeing the
 /// handle does not end it. Unmanaged backups are never listed; Delete and
 /// ListChildren fail on them with VIR_ERR_OPERATION_INVALID.
+/// Who can read the export: anyone who connects reads the disks. A plain
+/// TCP export is readable by anyone who can reach the port, so the server
+/// must be a loopback address (127.0.0.1, ::1, a name resolving only to
+/// loopback), else VIR_ERR_INVALID_ARG; tls='yes' fails with
+/// VIR_ERR_NO_SUPPORT (TLS exports are not supported yet). A unix socket is
+/// made mode 0600 (its owner only) before this call returns; its folder is
+/// the caller's choice.
 ///
 /// With a NULL @domain, @xmlDesc holds the <uuid> of a completed managed
 /// backup and a <server>: that stored point in time is served read-only

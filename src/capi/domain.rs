@@ -21,7 +21,8 @@ use crate::ops::backup;
 /// (dir, fs, netfs) storage pool. VIR_DOMAIN_AFFECT_CONFIG keeps the
 /// setting in the catalog; VIR_DOMAIN_AFFECT_LIVE keeps it in this process
 /// while the domain runs (and wins over CONFIG); VIR_DOMAIN_AFFECT_CURRENT
-/// means LIVE for a running domain and CONFIG otherwise.
+/// means LIVE for a running domain and CONFIG otherwise. A folder inside
+/// the backup catalog is refused (VIR_ERR_INVALID_ARG).
 ///
 /// The document is checked as libvirt's schema validation checks libvirt's:
 /// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities

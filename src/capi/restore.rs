@@ -28,6 +28,10 @@ use crate::ops::backup::Backup;
 /// '<name>-restore-<first 8 of the backup uuid>'), a new UUID, new MAC
 /// addresses, only the restored disks, each at its <target file> or
 /// '<folder of the original>/<name>-<disk>.<format>' (qcow2 by default).
+/// A target inside the backup catalog is refused (VIR_ERR_INVALID_ARG); an
+/// existing <target file> that is not the disk's current image is replaced
+/// whole (its format is never guessed from its bytes), in the <driver type>
+/// given, else qcow2.
 ///
 /// An existing file is only written with
 /// VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK; without it the call
@@ -104,9 +108,11 @@ pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) 
 ///
 /// Write @domain's disks from sources the library did not make, with the
 /// rules of virDomainBackupRestore(): each <disk> names one of @domain's
-/// disks and its source: <source file='…'/> (raw or qcow2, read from the
-/// file's first bytes; backing files are followed) or an NBD export (see
-/// below), with an optional <target file>
+/// disks and its source: <source file='…'><driver type='raw|qcow2'/></source>
+/// (the format is required, VIR_ERR_XML_ERROR without it: a format is never
+/// guessed from the file's bytes, which a guest may have written; a qcow2
+/// file with a backing file is refused with VIR_ERR_INVALID_ARG) or an NBD
+/// export (see below), with an optional <target file>
 /// and <driver type>; VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN defines a new
 /// domain from @domain's current definition (name from <domain name>, else
 /// '<name>-restore-<8 random hex digits>'). An existing file is replaced by

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
-use crate::image::disk::{Extent, Source, Target};
+use crate::image::disk::{Chain, Extent, Source, Target};
 use crate::job::Progress;
 use crate::store::index::{
     DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, ZERO_DIGEST, digest,
@@ -512,10 +512,11 @@ pub fn apply_rewrite(
     Ok(())
 }
 
-/// Write the digest index of the image at `image` to `path`, through a
-/// temporary file so that a cut-short build leaves no index behind.
-pub fn write_index_file(path: &Path, image: &Path, format: DiskFormat) -> Result<()> {
-    let src = Source::open(image, format)?;
+/// Write the digest index of the image at `image` (read through `chain`)
+/// to `path`, through a temporary file so that a cut-short build leaves no
+/// index behind.
+pub fn write_index_file(path: &Path, image: &Path, format: DiskFormat, chain: Chain) -> Result<()> {
+    let src = Source::open(image, format, chain)?;
     let tmp = path.with_extension("b3.tmp");
     let built = IndexWriter::create(&tmp, src.size()).and_then(|mut w| {
         build_index(&src, &mut w)?;

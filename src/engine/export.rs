@@ -40,6 +40,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::image::disk::{Chain, Source};
 use crate::xml::backup::DiskFormat;
 
 /// The program started; found through `PATH`.
@@ -91,6 +92,12 @@ impl StorageDaemonExport {
     /// a unix path that is not a socket or is served by someone else) -> Error::invalid_arg / operation_failed before anything starts.
     pub fn start(server: &ExportServer, disks: &[ExportDisk]) -> Result<StorageDaemonExport> {
         validate(server, disks)?;
+        // The daemon follows qcow2 backing files as their headers name
+        // them: only chains whose every level records its format (never
+        // probed) are served.
+        for d in disks {
+            Source::open(&d.image, d.format, Chain::Header)?;
+        }
 
         let scratch = make_scratch_dir()?;
         match spawn_and_wait(server, disks, &scratch) {
@@ -300,8 +307,11 @@ fn spawn_and_wait(
     let log =
         File::create(&log_path).map_err(|e| Error::io("cannot create daemon log", &log_path, e))?;
 
-    let mut cmd = Command::new(DAEMON);
-    cmd.args(daemon_args(server, disks, &qmp_socket)?)
+    // Through sh for its umask: the NBD socket the daemon creates is its
+    // owner's from the start (anyone who can connect reads the disks).
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "umask 077 && exec \"$0\" \"$@\"", DAEMON])
+        .args(daemon_args(server, disks, &qmp_socket)?)
         .arg("--pidfile")
         .arg(&pid_file)
         .stdin(Stdio::null())

@@ -412,7 +412,8 @@ pub fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
             .is_ok_and(|l| l.iter().any(|(n, _)| n == cp))
     });
     let readable = rec.disks.iter().all(|d| {
-        crate::image::disk::Source::open(&d.target, d.format)
+        // Only the size is checked: the image's own header is enough.
+        crate::image::disk::Source::open(&d.target, d.format, crate::image::disk::Chain::Detached)
             .is_ok_and(|s| s.size() >= d.virtual_size)
     });
     if !(completed && has_checkpoint && readable) {

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
+use imago::raw::Raw as ImagoRaw;
 use imago::{
-    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping, PermissiveImplicitOpenGate,
-    StorageOpenOptions,
+    DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping,
+    PermissiveImplicitOpenGate, Storage, StorageOpenOptions,
 };
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
@@ -24,6 +25,150 @@ use crate::xml::backup::DiskFormat;
 pub(crate) enum Extent {
     Data,
     Zero,
+}
+
+/// Which backing files a qcow2 image may read through. A backing file or
+/// its format is never taken from a header someone else could have written
+/// (a guest can write a qcow2 header naming any host file at the start of
+/// its raw disk), and a format is never probed.
+#[derive(Debug, Clone, Copy)]
+pub enum Chain<'a> {
+    /// None: an image the caller named; one with a backing file is refused.
+    None,
+    /// A backup's own image: the chain below it the catalog recorded
+    /// (parent's copy first, down to a full copy). The header may name only
+    /// one of those images (or none, once merged into a full copy), in the
+    /// format the catalog recorded.
+    Recorded(&'a [(PathBuf, DiskFormat)]),
+    /// A domain's disk: the backing files its qcow2 headers name, each with
+    /// the format the header records (as libvirt requires); a header naming
+    /// a backing file without a format is refused, never probed.
+    Header,
+    /// Only the image's own header and clusters (checks of its size).
+    Detached,
+}
+
+/// Deepest backing chain followed through headers.
+const MAX_CHAIN: usize = 64;
+
+/// The backing file a qcow2 header names, made absolute as QEMU does
+/// (relative to the image's folder), with the format it records.
+fn header_backing(q: &Qcow2<ImagoFile>, path: &Path) -> Option<(PathBuf, Option<String>)> {
+    let name = q.implicit_backing_file()?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    Some((dir.join(name), q.implicit_backing_format().cloned()))
+}
+
+fn bad_chain(path: &Path, why: String) -> Error {
+    Error::operation_failed(format!("image '{}': {why}", path.display()))
+}
+
+/// The image `chain` lets `path` read through, opened read-only.
+fn open_backing(
+    path: &Path,
+    header: Option<(PathBuf, Option<String>)>,
+    chain: &Chain,
+    depth: usize,
+) -> Result<Option<FormatAccess<ImagoFile>>> {
+    let (file, format, below) = match (*chain, header) {
+        (Chain::Detached, _) | (Chain::None | Chain::Header, None) => return Ok(None),
+        (Chain::None, Some((b, _))) => {
+            return Err(Error::invalid_arg(format!(
+                "'{}' is a qcow2 image with a backing file ('{}'): images given to the library must be complete (no backing file)",
+                path.display(),
+                b.display()
+            )));
+        }
+        (Chain::Recorded(_), None) => return Ok(None),
+        (Chain::Recorded(list), Some((b, _))) => {
+            // The header may name a deeper recorded level: a merge removed
+            // the levels above it (its record may not say so yet after a
+            // crash). Anything the catalog did not record is refused.
+            let Some(at) = list.iter().position(|(p, _)| *p == b) else {
+                return Err(bad_chain(
+                    path,
+                    format!(
+                        "it names backing file '{}', which the catalog did not record",
+                        b.display()
+                    ),
+                ));
+            };
+            let (want, f) = &list[at];
+            (want.clone(), *f, Chain::Recorded(&list[at + 1..]))
+        }
+        (Chain::Header, Some((b, None))) => {
+            return Err(bad_chain(
+                path,
+                format!(
+                    "its backing file '{}' has no recorded format; the library never probes one",
+                    b.display()
+                ),
+            ));
+        }
+        (Chain::Header, Some((b, Some(f)))) => {
+            let f = DiskFormat::parse(&f).map_err(|_| {
+                bad_chain(
+                    path,
+                    format!("backing file '{}' has format '{f}'", b.display()),
+                )
+            })?;
+            (b, f, Chain::Header)
+        }
+    };
+    if depth >= MAX_CHAIN {
+        return Err(bad_chain(path, "its backing chain is too deep".into()));
+    }
+    let storage = open_storage(&file, false)?;
+    Ok(Some(match format {
+        DiskFormat::Raw => FormatAccess::new(
+            ImagoRaw::builder(storage)
+                .open(DenyImplicitOpenGate::default())
+                .map_err(io_err("cannot open backing image", &file))?,
+        ),
+        DiskFormat::Qcow2 => open_qcow2_storage(&file, storage, false, &below, depth + 1)?,
+    }))
+}
+
+fn open_storage(path: &Path, write: bool) -> Result<ImagoFile> {
+    ImagoFile::open(StorageOpenOptions::new().filename(path).write(write))
+        .map_err(io_err("cannot open image", path))
+}
+
+/// Open a qcow2 image with exactly the backing image `chain` allows and no
+/// external data file (it would be another file named by the header).
+fn open_qcow2(
+    path: &Path,
+    write: bool,
+    chain: &Chain,
+    depth: usize,
+) -> Result<FormatAccess<ImagoFile>> {
+    open_qcow2_storage(path, open_storage(path, write)?, write, chain, depth)
+}
+
+fn open_qcow2_storage(
+    path: &Path,
+    storage: ImagoFile,
+    write: bool,
+    chain: &Chain,
+    depth: usize,
+) -> Result<FormatAccess<ImagoFile>> {
+    // First without any backing image, to read what the header names.
+    let bare = Qcow2::<ImagoFile>::builder(storage)
+        .write(write)
+        .backing(None)
+        .open(DenyImplicitOpenGate::default())
+        .map_err(io_err("cannot open qcow2 image", path))?;
+    let header = header_backing(&bare, path);
+    let Some(backing) = open_backing(path, header, chain, depth)? else {
+        return Ok(FormatAccess::new(bare));
+    };
+    drop(bare);
+    let q = Qcow2::<ImagoFile>::builder(open_storage(path, write)?)
+        .write(write)
+        .backing(Some(backing))
+        .open(DenyImplicitOpenGate::default())
+        .map_err(io_err("cannot open qcow2 image", path))?;
+    Ok(FormatAccess::new(q))
 }
 
 /// A readable disk image.
@@ -46,7 +191,9 @@ fn io_err<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> E
 }
 
 impl Source {
-    pub fn open(path: &Path, format: DiskFormat) -> Result<Source> {
+    /// Open an image read-only; `chain` says which backing files it may
+    /// read through (never a probed format: see `Chain`).
+    pub fn open(path: &Path, format: DiskFormat, chain: Chain) -> Result<Source> {
         match format {
             DiskFormat::Raw => {
                 let file = File::open(path).map_err(io_err("cannot open source image", path))?;
@@ -57,14 +204,7 @@ impl Source {
                 cache::sequential(&file);
                 Ok(Source::Raw { file, size })
             }
-            DiskFormat::Qcow2 => {
-                // Backing files are opened as the image names them, as QEMU does.
-                let q = Qcow2::<ImagoFile>::builder_path(path)
-                    .write(false)
-                    .open(PermissiveImplicitOpenGate::default())
-                    .map_err(io_err("cannot open qcow2 source image", path))?;
-                Ok(Source::Qcow2(FormatAccess::new(q)))
-            }
+            DiskFormat::Qcow2 => Ok(Source::Qcow2(open_qcow2(path, false, &chain, 0)?)),
         }
     }
 
@@ -235,8 +375,9 @@ impl Target {
         })
     }
 
-    /// Open an existing image to write into it (in-place restore).
-    pub fn open_existing(path: &Path, format: DiskFormat) -> Result<Target> {
+    /// Open an existing image to write into it (in-place restore); its
+    /// backing files, read-only, as `chain` allows.
+    pub fn open_existing(path: &Path, format: DiskFormat, chain: Chain) -> Result<Target> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -251,11 +392,7 @@ impl Target {
                     StorageOpenOptions::new().filename(path).write(true),
                 )
                 .map_err(io_err("cannot open qcow2 disk image for writing", path))?;
-                let q = Qcow2::<ImagoFile>::builder(storage)
-                    .write(true)
-                    .open(PermissiveImplicitOpenGate::default())
-                    .map_err(io_err("cannot open qcow2 disk image for writing", path))?;
-                TargetImage::Qcow2(FormatAccess::new(q))
+                TargetImage::Qcow2(open_qcow2_storage(path, storage, true, &chain, 0)?)
             }
         };
         Ok(Target {

@@ -19,6 +19,7 @@ use crate::ops::export;
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
 use crate::store::summary::Entry;
+use crate::store::secure;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, DefaultTarget, JobStats, UnmanagedRequest,
 };
@@ -557,7 +558,9 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> 
                 p.display()
             )));
         }
-        DefaultTarget::Dir(_) => {}
+        DefaultTarget::Dir(p) => {
+            secure::refuse_inside(Catalog::open()?.root(), p, "default target folder")?
+        }
     }
     let uuid = dom.uuid()?;
     let active = dom.is_active()?;

@@ -21,10 +21,11 @@ use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::DomainRef;
 use crate::hv::storage_pool;
-use crate::image::disk::{Source, Target as ImageTarget};
+use crate::image::disk::{Chain, Source, Target as ImageTarget};
 use crate::job::Job;
 use crate::store::catalog::{Catalog, DomainLock, JobLock};
 use crate::store::index::{IndexReader, IndexWriter};
+use crate::store::secure;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
     JobStats,
@@ -166,9 +167,10 @@ fn prepare(
                 choose_mode(catalog, parent, p, flags)?;
                 use_offline_bitmap(dom, parent, p, &facts.disks);
             }
+            record_chain(catalog, parent, p)?;
         }
     }
-    check_targets(&disks)?;
+    check_targets(catalog, &catalog.data_dir(&domain_uuid, &uuid), &disks)?;
     let record = new_record(
         dom,
         req,
@@ -206,7 +208,8 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan) -> Result<PlannedDisk> {
             (path, Some((pool, volume)))
         }
     };
-    let src = Source::open(&p.source, p.source_format)?;
+    // The format libvirt's definition states (raw when it states none).
+    let src = Source::open(&p.source, p.source_format, Chain::Header)?;
     Ok(PlannedDisk {
         record: DiskRecord {
             name: p.name,
@@ -217,6 +220,7 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan) -> Result<PlannedDisk> {
             mode: BackupMode::Full,
             virtual_size: src.size(),
             volume,
+            backing: Vec::new(),
         },
         source: src,
         baseline: None,
@@ -225,9 +229,17 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan) -> Result<PlannedDisk> {
 }
 
 /// Refuse a target given to two disks, or one that exists already.
-fn check_targets(disks: &[PlannedDisk]) -> Result<()> {
+/// Only the library's own default place, `own`, lies inside the catalog.
+fn check_targets(catalog: &Catalog, own: &Path, disks: &[PlannedDisk]) -> Result<()> {
     for (i, p) in disks.iter().enumerate() {
         plan::check_distinct(disks[..=i].iter().map(|o| o.record.target.as_path()))?;
+        if p.record.target.parent() != Some(own) {
+            let what = match p.record.volume {
+                Some(_) => "target volume",
+                None => "backup target",
+            };
+            secure::refuse_inside(catalog.root(), &p.record.target, what)?;
+        }
         // symlink_metadata: a dangling link is an existing target too.
         if fs::symlink_metadata(&p.record.target).is_ok() {
             return Err(Error::invalid_arg(format!(
@@ -561,6 +573,16 @@ fn choose_mode(
             refuse_fallback(name, &why, flags)
         }
     }
+}
+
+/// What an incremental copy reads through: the parent's copy and its chain,
+/// kept in the record (images are opened with it, never with the chain
+/// their headers name).
+fn record_chain(catalog: &Catalog, parent: &BackupRecord, p: &mut PlannedDisk) -> Result<()> {
+    if p.record.mode == BackupMode::Incremental {
+        p.record.backing = catalog.chain_from(parent, &p.record.name)?;
+    }
+    Ok(())
 }
 
 /// An incremental disk of a shut-off domain whose parent was taken live:

@@ -23,7 +23,9 @@ use crate::engine::live;
 use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{os, run};
+use crate::image::disk::Chain;
 use crate::job;
+use crate::ops::export_access;
 use crate::ops::recovery;
 use crate::store::catalog::DomainLock;
 use crate::store::index::IndexReader;
@@ -182,6 +184,7 @@ fn check_can_export(
     req: &UnmanagedRequest,
     quiesce: bool,
 ) -> Result<bool> {
+    export_access::check_server(req)?;
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
     super::check_domain_idle(dom, domain_uuid, is_live)?;
@@ -258,6 +261,10 @@ pub fn start(
     let server = start_server(dom, req, &disks, &all, &scratch, is_live).inspect_err(|_| {
         let _ = fs::remove_dir_all(&scratch);
     })?;
+    if let Err(e) = export_access::restrict_socket(&req.server) {
+        end_server(dom, &server);
+        return Err(e);
+    }
     let export = Arc::new(Export {
         uuid,
         domain_uuid,
@@ -300,7 +307,7 @@ fn changes_since(
     }
     let base = parent.disks.iter().find(|x| x.name == d.name);
     let size = match d.source.as_deref() {
-        Some(p) => crate::image::disk::Source::open(p, d.image_format()?)?.size(),
+        Some(p) => crate::image::disk::Source::open(p, d.image_format()?, Chain::Header)?.size(),
         None => 0,
     };
     let found = if is_live {
@@ -375,18 +382,15 @@ fn changes_overlay(
             d.name, parent.uuid, e.message
         ))
     })?;
-    let src = crate::image::disk::Source::open(image, format)?;
+    let src = crate::image::disk::Source::open(image, format, Chain::Header)?;
     let size = src.size().to_string();
     let runs = crate::engine::copy::changed_ranges(&src, &mut IndexReader::open(&index)?)?;
     drop(src);
     let marks = scratch.join(format!("{}.marks.qcow2", d.name));
     let overlay = scratch.join(format!("{}.overlay.qcow2", d.name));
     let (m, o) = (marks.as_os_str(), overlay.as_os_str());
-    run(
-        "qemu-img",
-        [os("create"), os("-q"), os("-f"), os("qcow2"), m, os(&size)],
-    )?;
-    run("qemu-img", [os("bitmap"), os("--add"), m, os(bitmap)])?;
+    create_qcow2(m, &size, &[])?;
+    add_bitmap(m, bitmap)?;
     // One qemu-io per batch keeps each command line short.
     for batch in runs.chunks(512) {
         let mut args: Vec<String> = vec!["-f".into(), "qcow2".into()];
@@ -397,24 +401,47 @@ fn changes_overlay(
         run("qemu-io", args.iter().map(|a| os(a)).chain([m]))?;
     }
     let backing = [os("-b"), image.as_os_str(), os("-F"), os(format.as_str())];
-    run(
-        "qemu-img",
-        [os("create"), os("-q"), os("-f"), os("qcow2")]
-            .into_iter()
-            .chain(backing)
-            .chain([o, os(&size)]),
-    )?;
-    run("qemu-img", [os("bitmap"), os("--add"), o, os(bitmap)])?;
+    create_qcow2(o, &size, &backing)?;
+    add_bitmap(o, bitmap)?;
     let from = [os("-b"), m, os("-F"), os("qcow2")];
     run(
         "qemu-img",
-        [os("bitmap"), os("--merge"), os(bitmap)]
-            .into_iter()
-            .chain(from)
-            .chain([o, os(bitmap)]),
+        [
+            os("bitmap"),
+            os("--merge"),
+            os(bitmap),
+            os("-f"),
+            os("qcow2"),
+        ]
+        .into_iter()
+        .chain(from)
+        .chain([o, os(bitmap)]),
     )?;
     let _ = fs::remove_file(&marks);
     Ok(overlay)
+}
+
+/// Create a qcow2 image of ours, with the backing options given.
+fn create_qcow2(image: &std::ffi::OsStr, size: &str, backing: &[&std::ffi::OsStr]) -> Result<()> {
+    let (head, tail) = (
+        [os("create"), os("-q"), os("-f"), os("qcow2")],
+        [image, os(size)],
+    );
+    run("qemu-img", head.iter().chain(backing).chain(&tail)).map(|_| ())
+}
+
+/// Add a persistent bitmap to one of our own qcow2 images (format given,
+/// never probed).
+fn add_bitmap(image: &std::ffi::OsStr, bitmap: &str) -> Result<()> {
+    let args = [
+        os("bitmap"),
+        os("--add"),
+        os("-f"),
+        os("qcow2"),
+        image,
+        os(bitmap),
+    ];
+    run("qemu-img", args).map(|_| ())
 }
 
 /// libvirt's pull-mode `<domainbackup>`: every disk named, the exported
@@ -534,6 +561,20 @@ impl Export {
         self.domain_lock.lock().unwrap().take();
         job::release_domain(&self.uuid);
         result
+    }
+}
+
+/// Stop a server that was started but will not be announced.
+fn end_server(dom: &DomainRef, server: &Server) {
+    match server {
+        Server::Libvirt { scratch } => {
+            let _ = stop_pull_job(dom);
+            let _ = fs::remove_dir_all(scratch);
+        }
+        Server::Daemon(d, scratch) => {
+            let _ = d.stop();
+            let _ = fs::remove_dir_all(scratch);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::engine::export::ExportDisk;
 use crate::error::{Error, Result};
 use crate::ops::export::{self, Export};
+use crate::ops::export_access;
 use crate::ops::recovery;
 use crate::xml::backup::{BackupRecord, BackupState, UnmanagedRequest};
 
@@ -57,6 +58,7 @@ pub fn start(xml: &str) -> Result<Arc<Export>> {
         ));
     }
     let req = UnmanagedRequest::parse(xml)?;
+    export_access::check_server(&req)?;
     let uuid = req
         .backup
         .ok_or_else(|| Error::internal("stored export without a uuid"))?;
@@ -82,5 +84,10 @@ pub fn start(xml: &str) -> Result<Arc<Export>> {
             )));
         }
     }
-    export::serve_stored(&rec, &req.server, disks)
+    let export = export::serve_stored(&rec, &req.server, disks)?;
+    if let Err(e) = export_access::restrict_socket(&req.server) {
+        let _ = export.finish(true);
+        return Err(e);
+    }
+    Ok(export)
 }

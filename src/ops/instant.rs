@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::hv::libvirt::{self, DomainRef};
 use crate::hv::qemu_tools::{os, run};
-use crate::image::disk::Source;
+use crate::image::disk::{Chain, Source};
 use crate::ops::restore_steps::{select, start_if_asked};
 use crate::store::catalog::Catalog;
 use crate::store::pins::{self, Pin};
@@ -155,7 +155,7 @@ fn check_new_file(name: &str, path: &Path) -> Result<()> {
 /// The overlay: empty qcow2, backing file the backup's image, named
 /// explicitly with its format (never probed).
 fn create_overlay(o: &Overlay) -> Result<()> {
-    let size = Source::open(&o.disk.target, o.disk.format)?
+    let size = Source::open(&o.disk.target, o.disk.format, Chain::Detached)?
         .size()
         .to_string();
     run(

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use super::ensure_index;
 use crate::engine::copy::{self, Baseline};
 use crate::error::{Error, Result};
-use crate::image::disk::{self, Source, Target};
+use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
 use crate::store::catalog::{Catalog, sync_dir};
 use crate::store::index::{self, IndexReader, IndexVerifier};
@@ -38,7 +38,8 @@ fn rewrite_disk(
     d: &DiskRecord,
     base: Option<Base>,
 ) -> Result<BackupMode> {
-    let src = Source::open(&d.target, d.format)?;
+    let chain = catalog.recorded_chain(child, &d.name)?;
+    let src = Source::open(&d.target, d.format, Chain::Recorded(&chain))?;
     let tmp = disk::sibling_tmp(&d.target, "merge");
     let own_index = ensure_index(catalog, child, &d.name)?;
     catalog.mark_merge(child, &d.name, &tmp)?;
@@ -149,7 +150,12 @@ pub fn merge_into_children(
                     },
                     None => None,
                 };
+                let backing = match (&base, grandparent) {
+                    (Some(_), Some(g)) => catalog.chain_from(g, &d.name)?,
+                    _ => Vec::new(),
+                };
                 d.mode = rewrite_disk(catalog, child, d, base)?;
+                d.backing = backing;
             }
         }
         rebase_indexes(catalog, doomed, grandparent, child)?;

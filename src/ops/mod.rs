@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::engine::copy;
 use crate::error::{Error, Result};
+use crate::image::disk::Chain;
 use crate::job;
 use crate::store::catalog::Catalog;
 use crate::xml::backup::BackupRecord;
@@ -16,6 +17,7 @@ pub use crate::hv::libvirt::DomainRef;
 pub mod backup;
 pub mod create;
 pub mod export;
+pub mod export_access;
 pub mod export_stored;
 mod files;
 pub mod instant;
@@ -54,7 +56,8 @@ pub fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result
             Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid))
         })?;
     catalog.create_index_dir(&rec.domain_uuid, &rec.uuid)?;
-    copy::write_index_file(&path, &d.target, d.format)?;
+    let chain = catalog.recorded_chain(rec, disk)?;
+    copy::write_index_file(&path, &d.target, d.format, Chain::Recorded(&chain))?;
     Ok(path)
 }
 

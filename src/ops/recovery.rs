@@ -9,7 +9,8 @@
 //! still reads through them.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::image::backing::backing_file;
 use crate::store::catalog::{Catalog, JobStatus, NOTE_DOMAIN, NOTE_END};
+use crate::store::secure;
 use crate::store::summary::Entry;
 use crate::xml::backup::{BackupRecord, BackupState};
 use crate::xml::domain;
@@ -34,6 +36,7 @@ pub fn open_catalog() -> Result<Catalog> {
 
 /// Records of one domain, oldest first, after settling dead jobs.
 pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>> {
+    catalog.check_domain_dir(domain)?;
     sweep_merges(catalog, domain);
     finish_deletes(catalog, domain);
     let mut kept = Vec::new();
@@ -50,7 +53,9 @@ pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>
 /// What listing needs of each backup of a domain (its summary), oldest
 /// first, after settling dead jobs: only their records are read.
 pub fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
+    catalog.check_domain_dir(domain)?;
     sweep_merges(catalog, domain);
+    finish_deletes(catalog, domain);
     let mut out = catalog.entries(domain)?;
     let mut gone = HashSet::new();
     for e in out.iter_mut().filter(|e| e.state == BackupState::Running) {
@@ -69,6 +74,7 @@ pub fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
 
 /// Current record of a backup, if it is still in the catalog.
 pub fn reload(catalog: &Catalog, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
+    catalog.check_domain_dir(domain)?;
     match catalog.record(domain, backup)? {
         Some(rec) if is_orphan(catalog, &rec) => resolve_dead(catalog, &rec),
         other => Ok(other),
@@ -126,7 +132,7 @@ fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRe
             cur.state = BackupState::Completed;
             catalog.write_record(&cur)?;
         }
-        Some(false) => catalog.remove_with_data(&cur)?,
+        Some(false) => catalog.remove_dead_data(&cur)?,
     }
     catalog.clear_job_files(&cur);
     Ok(outcome.unwrap().then_some(cur))
@@ -145,8 +151,10 @@ fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
     };
     // `merge_markers` names only merge temporary files (an empty path else).
     for (marker, tmp) in markers {
-        if !tmp.as_os_str().is_empty() {
-            let _ = fs::remove_file(tmp);
+        // Only a merge's temporary file, named as `sibling_tmp` names it.
+        let name = tmp.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with('.') && name.contains(".merge-") {
+            secure::remove_own_file(&tmp);
         }
         let _ = fs::remove_file(&marker);
     }
@@ -175,13 +183,18 @@ fn domain_uses(head: &str, files: &[&std::ffi::OsStr]) -> Option<bool> {
 /// (unless the note names a domain that was defined on them).
 fn sweep_restores(catalog: &Catalog) {
     for note in catalog.restore_notes() {
-        let Ok(file) = File::open(&note) else {
+        // Only a note the library wrote: a regular file of ours, 0600.
+        if !secure::removable(&note) {
+            continue;
+        }
+        let Ok(mut file) = secure::options().read(true).open(&note) else {
             continue;
         };
         if file.try_lock().is_err() {
             continue; // a restore in progress
         }
-        let text = fs::read(&note).unwrap_or_default();
+        let mut text = Vec::new();
+        let _ = file.read_to_end(&mut text);
         // A note cut short while written names nothing (see `stage_files`).
         let Some(text) = text.strip_suffix(NOTE_END) else {
             let _ = fs::remove_file(&note);
@@ -198,7 +211,7 @@ fn sweep_restores(catalog: &Catalog) {
             Some(Some(true)) => {}  // the domain was defined: the files are its disks
             Some(Some(false)) | None => {
                 for f in files {
-                    let _ = fs::remove_file(f);
+                    secure::remove_own_file(Path::new(f));
                 }
             }
         }
@@ -296,6 +309,7 @@ mod tests {
                 mode: BackupMode::Full,
                 virtual_size: 1,
                 volume: None,
+                backing: vec![],
             }],
             uri: "test:///default".into(),
             domain_xml: String::new(),
@@ -304,6 +318,19 @@ mod tests {
             checkpoint: None,
         }
     }
+    /// A file as the library creates its images: private to its owner.
+    fn write_private(path: &std::path::Path, data: &[u8]) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .mode(0o600)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap();
+        f.write_all(data).unwrap();
+    }
+
     #[test]
     fn dead_jobs_are_discarded_with_their_files_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -312,7 +339,7 @@ mod tests {
 
         // A job whose process died: record says running, nobody holds its lock.
         let dead_target = dir.path().join("dead.qcow2");
-        std::fs::write(&dead_target, b"partial").unwrap();
+        write_private(&dead_target, b"partial");
         let dead = record(dom, dead_target.clone(), BackupState::Running);
         cat.lock_job(&dom, &dead.uuid, cat.lock_domain_job(&dom).unwrap())
             .unwrap()
@@ -321,7 +348,7 @@ mod tests {
 
         // A job still running (we hold its lock).
         let live_target = dir.path().join("live.qcow2");
-        std::fs::write(&live_target, b"in progress").unwrap();
+        write_private(&live_target, b"in progress");
         let live = record(dom, live_target.clone(), BackupState::Running);
         let lock = cat
             .lock_job(&dom, &live.uuid, cat.lock_domain_job(&dom).unwrap())
@@ -330,7 +357,7 @@ mod tests {
 
         // A completed backup.
         let done_target = dir.path().join("done.qcow2");
-        std::fs::write(&done_target, b"complete").unwrap();
+        write_private(&done_target, b"complete");
         let done = record(dom, done_target.clone(), BackupState::Completed);
         cat.write_record(&done).unwrap();
 

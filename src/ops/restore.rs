@@ -25,13 +25,14 @@ use crate::engine::copy::{self, Baseline, Rewrite};
 use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
-use crate::image::disk::{self, Source, Target};
+use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
 use crate::ops::pins;
 use crate::ops::recovery;
 use crate::ops::restore_steps::{select, start_if_asked};
 use crate::store::catalog::{Catalog, DomainLock, StagedFiles};
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
+use crate::store::secure;
 use crate::xml::backup::{
     BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreDisk,
     UnmanagedRestoreRequest, UnmanagedSource,
@@ -47,14 +48,19 @@ struct Origin {
 }
 
 enum OriginImage {
-    File(PathBuf, DiskFormat),
+    /// A file, its format and the chain it reads through: a backup's as
+    /// the catalog recorded it, or none for a file the caller names.
+    File(PathBuf, DiskFormat, Option<Vec<(PathBuf, DiskFormat)>>),
     Nbd(NbdServer, String),
 }
 
 impl Origin {
     fn open(&self) -> Result<Source> {
         match &self.image {
-            OriginImage::File(p, f) => Source::open(p, *f),
+            OriginImage::File(p, f, chain) => {
+                let chain = chain.as_deref().map_or(Chain::None, Chain::Recorded);
+                Source::open(p, *f, chain)
+            }
             OriginImage::Nbd(server, export) => Source::open_nbd(server, export),
         }
     }
@@ -76,21 +82,6 @@ struct DiskPlan {
     target: PathBuf,
     format: DiskFormat,
     how: How,
-}
-
-/// The format of an existing image file, from its first bytes.
-fn probe_format(path: &Path) -> Result<DiskFormat> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let mut f = fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-    let n = f
-        .read(&mut magic)
-        .map_err(|e| Error::io("cannot read", path, e))?;
-    Ok(if n == 4 && &magic == b"QFI\xfb" {
-        DiskFormat::Qcow2
-    } else {
-        DiskFormat::Raw
-    })
 }
 
 fn open_index(p: &Option<PathBuf>) -> Result<Option<IndexReader>> {
@@ -123,13 +114,16 @@ impl DiskPlan {
                 target.display()
             )));
         }
+        secure::refuse_inside(Catalog::open()?.root(), &target, "restore target")?;
         let (format, how) = if exists {
-            let now = match current {
-                Some(f) => f,
-                None => probe_format(&target)?,
+            // A file that is not the disk's current image has no format we
+            // know, and guessing it from its bytes is what a guest could
+            // abuse: it is replaced whole, as a new file would be written.
+            let Some(now) = current else {
+                return Ok(DiskPlan::replacing(name, origin, target, asked));
             };
             let format = asked.unwrap_or(now);
-            let size_now = Source::open(&target, now)?.size();
+            let size_now = Source::open(&target, now, Chain::Header)?.size();
             let size = origin.open()?.size();
             let same = format == now && size_now == size && origin.index.is_some();
             let how = if same {
@@ -150,6 +144,24 @@ impl DiskPlan {
             format,
             how,
         })
+    }
+
+    /// An existing file that is not the disk's image: written whole as a
+    /// new file renamed over it, in the format asked (else qcow2).
+    fn replacing(
+        name: &str,
+        origin: Origin,
+        target: PathBuf,
+        asked: Option<DiskFormat>,
+    ) -> DiskPlan {
+        let tmp = disk::sibling_tmp(&target, "restore");
+        DiskPlan {
+            name: name.to_string(),
+            origin,
+            target,
+            format: asked.unwrap_or(DiskFormat::Qcow2),
+            how: How::Replace { tmp },
+        }
     }
 
     fn context(&self) -> impl Fn(Error) -> Error + '_ {
@@ -196,13 +208,13 @@ impl DiskPlan {
     /// First pass of an in-place rewrite: what differs, verified readable.
     fn plan_in_place(&self) -> Result<Rewrite> {
         let src = self.origin.open()?;
-        let have = Source::open(&self.target, self.format)?;
+        let have = Source::open(&self.target, self.format, Chain::Header)?;
         copy::plan_rewrite(&src, &mut self.wanted()?, &have, &Progress::default())
     }
 
     fn apply_in_place(&self, plan: &Rewrite) -> Result<()> {
         let src = self.origin.open()?;
-        let dst = Target::open_existing(&self.target, self.format)?;
+        let dst = Target::open_existing(&self.target, self.format, Chain::Header)?;
         copy::apply_rewrite(&src, &mut self.wanted()?, &dst, plan, &Progress::default())?;
         dst.finish(&self.target)
     }
@@ -482,7 +494,11 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             Ok(Item {
                 name,
                 origin: Origin {
-                    image: OriginImage::File(d.target.clone(), d.format),
+                    image: OriginImage::File(
+                        d.target.clone(),
+                        d.format,
+                        Some(catalog.recorded_chain(&rec, name)?),
+                    ),
                     index: Some(super::verified_index(&catalog, &rec, name)?),
                 },
                 asked,
@@ -507,8 +523,10 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
 /// Where an unmanaged restore reads one disk from.
 fn unmanaged_origin(r: &UnmanagedRestoreDisk) -> Result<Origin> {
     let image = match &r.source {
-        UnmanagedSource::File(f) if f.is_file() => OriginImage::File(f.clone(), probe_format(f)?),
-        UnmanagedSource::File(f) => {
+        UnmanagedSource::File(f, format) if f.is_file() => {
+            OriginImage::File(f.clone(), *format, None)
+        }
+        UnmanagedSource::File(f, _) => {
             return Err(Error::invalid_arg(format!(
                 "disk '{}': source file '{}' does not exist",
                 r.disk.name,
@@ -539,7 +557,7 @@ fn unmanaged_to_files(req: &UnmanagedRestoreRequest, flags: u32) -> Result<()> {
         .disks
         .iter()
         .filter_map(|r| match &r.source {
-            UnmanagedSource::File(f) => fs::canonicalize(f).ok(),
+            UnmanagedSource::File(f, _) => fs::canonicalize(f).ok(),
             UnmanagedSource::Nbd { .. } => None,
         })
         .collect();
@@ -547,7 +565,7 @@ fn unmanaged_to_files(req: &UnmanagedRestoreRequest, flags: u32) -> Result<()> {
 }
 
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
-/// did not make (their format is read from their first bytes).
+/// did not make (in the format the caller states, never with a backing file).
 pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     let req = UnmanagedRestoreRequest::parse(xml)?;
     if flags & VIR_DOMAIN_BACKUP_RESTORE_INSTANT != 0 {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::engine::copy::read_digests;
 use crate::error::{Error, ErrorCode, Result};
-use crate::image::disk::Source;
+use crate::image::disk::{Chain, Source};
 use crate::job::Progress;
 use crate::store::catalog::Catalog;
 use crate::store::index::{IndexReader, IndexVerifier};
@@ -93,7 +93,11 @@ pub fn verify(rec: &BackupRecord) -> Result<()> {
     let run = Arc::new(Run::default());
     let mut sources = Vec::new();
     for d in &rec.disks {
-        let src = Source::open(&d.target, d.format).map_err(|e| in_disk(&d.name, e))?;
+        let chain = catalog
+            .recorded_chain(rec, &d.name)
+            .map_err(|e| in_disk(&d.name, e))?;
+        let src = Source::open(&d.target, d.format, Chain::Recorded(&chain))
+            .map_err(|e| in_disk(&d.name, e))?;
         run.total.fetch_add(src.size(), Ordering::Relaxed);
         sources.push((d, src));
     }

@@ -25,15 +25,16 @@
 //! lock can be taken belongs to a process that died, and what becomes of it
 //! (and of cut-short merges and restores) is decided in `ops::recovery`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
 use super::summary::{self, Entry};
+use super::secure;
 use crate::error::{Error, Result};
 use crate::xml::backup::{BackupRecord, DefaultTarget};
 
@@ -171,14 +172,13 @@ fn acquire(path: PathBuf, wait: bool, dir: bool) -> Result<Option<CatalogLock>> 
     let file = loop {
         let file = match dir {
             true => make_private_dir(&path).and_then(|()| {
-                File::open(&path).map_err(|e| Error::io("cannot open catalog folder", &path, e))
+                secure::options()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_DIRECTORY)
+                    .open(&path)
+                    .map_err(|e| Error::io("cannot open catalog folder", &path, e))
             })?,
-            false => OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
+            false => secure::open_lock(&path)
                 .map_err(|e| Error::io("cannot open catalog lock", &path, e))?,
         };
         if wait {
@@ -234,12 +234,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
             .unwrap_or_default()
     ));
     let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .mode(0o600)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        // A stale temporary file (or a link planted at its name) goes
+        // first: the new one is created, never opened through a link.
+        let _ = fs::remove_file(&tmp);
+        let mut f = secure::options().write(true).create_new(true).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -254,11 +252,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// Create a catalog folder (and its parents) readable by its owner only:
 /// records hold domain definitions with their secrets.
 fn make_private_dir(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("cannot create catalog folder", dir, e))
+    secure::make_dir(dir)
 }
 
 /// Make a rename or removal in `dir` durable.
@@ -275,7 +269,7 @@ impl Catalog {
     }
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
-        make_private_dir(&root)?;
+        secure::prepare_root(&root)?;
         Ok(Catalog { root })
     }
 
@@ -308,8 +302,7 @@ impl Catalog {
 
     fn stage(&self, head: Option<String>, paths: &[&Path]) -> Result<StagedFiles> {
         let path = self.root.join(format!("{RESTORING}{}", Uuid::new_v4()));
-        let mut file = OpenOptions::new()
-            .mode(0o600)
+        let mut file = secure::options()
             .read(true)
             .write(true)
             .create_new(true)
@@ -358,7 +351,12 @@ impl Catalog {
     /// Ask the job of a running backup, in whatever process, to stop.
     pub fn request_cancel(&self, rec: &BackupRecord) -> Result<()> {
         let path = self.cancel_path(&rec.domain_uuid, &rec.uuid);
-        File::create(&path)
+        secure::check_dir(&self.domain_dir(&rec.domain_uuid))?;
+        secure::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
             .map(|_| ())
             .map_err(|e| Error::io("cannot create", &path, e))
     }
@@ -433,12 +431,7 @@ impl Catalog {
         let dir = self.root.join(DOMAIN_LOCKS);
         make_private_dir(&dir)?;
         let path = dir.join(domain.to_string());
-        let file = OpenOptions::new()
-            .mode(0o600)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        let file = secure::open_lock(&path)
             .map_err(|e| Error::io("cannot open domain job lock", &path, e))?;
         file.try_lock()
             .map_err(|_| Error::operation_invalid("the domain already has a backup job running"))?;
@@ -451,12 +444,8 @@ impl Catalog {
         let dir = self.domain_dir(domain);
         make_private_dir(&dir)?;
         let path = self.job_lock_path(domain, backup);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("cannot create job lock", &path, e))?;
+        let file =
+            secure::open_lock(&path).map_err(|e| Error::io("cannot create job lock", &path, e))?;
         file.try_lock().map_err(|_| {
             Error::operation_invalid(format!("backup '{backup}' already has a job"))
         })?;
@@ -471,7 +460,7 @@ impl Catalog {
     /// the evidence (its lock file) that it existed.
     pub fn job_status(&self, rec: &BackupRecord) -> JobStatus {
         let path = self.job_lock_path(&rec.domain_uuid, &rec.uuid);
-        match OpenOptions::new().write(true).open(&path) {
+        match secure::options().write(true).open(&path) {
             Err(_) => JobStatus::NoEvidence,
             Ok(f) => match f.try_lock() {
                 Ok(()) => {
@@ -672,6 +661,7 @@ impl Catalog {
     /// parses every record: listing uses `entries`.
     pub fn records(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
         let dir = self.domain_dir(domain);
+        secure::check_dir_if_exists(&dir)?;
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -692,6 +682,23 @@ impl Catalog {
         }
         out.sort_by_key(|r| (r.created_ns, r.uuid));
         Ok(out)
+    }
+
+    /// Refuse a domain folder another user could write to (see `secure`).
+    pub fn check_domain_dir(&self, domain: &Uuid) -> Result<()> {
+        secure::check_dir_if_exists(&self.domain_dir(domain))
+    }
+
+    /// Remove what a job that died left: only files it created (regular
+    /// files of ours, private), never whatever else a record names.
+    pub fn remove_dead_data(&self, rec: &BackupRecord) -> Result<()> {
+        for d in &rec.disks {
+            secure::remove_own_file(&d.target);
+        }
+        for dir in rec.created_dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+        self.remove_record(rec)
     }
 
     /// The record of a backup as stored, if there is one (an error naming
@@ -819,6 +826,7 @@ impl Catalog {
     }
 
     pub fn default_target(&self, domain: &Uuid) -> Result<Option<DefaultTarget>> {
+        self.check_domain_dir(domain)?;
         let path = self.domain_dir(domain).join(DEFAULT_TARGET_FILE);
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Some(DefaultTarget::parse(&text)?)),
@@ -901,6 +909,7 @@ mod tests {
                 mode: BackupMode::Full,
                 virtual_size: 1,
                 volume: None,
+                backing: vec![],
             }],
             uri: "test:///default".into(),
             domain_xml: String::new(),

@@ -155,6 +155,7 @@ impl IndexWriter {
     ) -> Result<IndexWriter> {
         let file = OpenOptions::new()
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .write(true)
             .create(true)
             .truncate(true)

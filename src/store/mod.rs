@@ -2,6 +2,8 @@
 //! and the format of the digest indexes.
 
 pub mod catalog;
+pub mod chain;
 pub mod index;
 pub mod pins;
 pub mod summary;
+pub mod secure;

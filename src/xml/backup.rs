@@ -19,6 +19,8 @@ const MAX_DISKS: usize = 1024;
 // (GetXMLDesc's output-only elements).
 static UUID: Schema = Schema::text("uuid");
 static HOST: Schema = Schema::element("host", &["transport", "name", "port", "socket"], &[]);
+/// The format of a `<source file>` (RestoreUnmanaged), stated by the caller.
+static SOURCE_DRIVER: Schema = Schema::element("driver", &["type"], &[]);
 static DISK: Schema = Schema::element(
     "disk",
     &[
@@ -30,7 +32,11 @@ static DISK: Schema = Schema::element(
         "exportbitmap",
     ],
     &[
-        &Schema::element("source", &["file", "protocol", "name"], &[&HOST]),
+        &Schema::element(
+            "source",
+            &["file", "protocol", "name"],
+            &[&HOST, &SOURCE_DRIVER],
+        ),
         &Schema::element("target", &["file", "pool", "volume"], &[]),
         &Schema::element("driver", &["type"], &[]),
     ],
@@ -47,7 +53,11 @@ pub static DOMAINBACKUP: Schema = Schema::element(
         &Schema::element("parent", &[], &[&UUID]),
         &Schema::element("domain", &["uuid", "name"], &[]),
         &Schema::element("checkpoint", &["name"], &[]),
-        &Schema::element("server", &["transport", "name", "port", "socket"], &[]),
+        &Schema::element(
+            "server",
+            &["transport", "name", "port", "socket", "tls"],
+            &[],
+        ),
         &Schema::element("pinnedby", &["domain", "disk", "overlay"], &[]).repeated(),
         // Restore with FILES_ONLY: the folder of the disks without a file.
         &Schema::element("target", &["dir"], &[]),
@@ -311,6 +321,10 @@ pub struct DiskRecord {
     pub virtual_size: u64,
     /// The storage pool and volume the target is, for `type='volume'`.
     pub volume: Option<(String, String)>,
+    /// The images the target reads through, nearest first (the parent's
+    /// copy, its parent's...): empty for a full copy. Images are opened
+    /// with this chain, never the one their own headers name.
+    pub backing: Vec<(PathBuf, DiskFormat)>,
 }
 
 /// Final or current numbers of a backup job, kept so that `GetParameters`
@@ -402,12 +416,18 @@ impl BackupRecord {
         root.push(Element::new("created").with_attr("ns", self.created_ns.to_string()));
         let mut disks = Element::new("diskinfo");
         for d in &self.disks {
-            disks.push(
-                Element::new("disk")
-                    .with_attr("name", d.name.clone())
-                    .with_attr("sourceformat", d.source_format.as_str())
-                    .with_attr("size", d.virtual_size.to_string()),
-            );
+            let mut info = Element::new("disk")
+                .with_attr("name", d.name.clone())
+                .with_attr("sourceformat", d.source_format.as_str())
+                .with_attr("size", d.virtual_size.to_string());
+            for (path, format) in &d.backing {
+                info.push(
+                    Element::new("backingStore")
+                        .with_attr("file", path_str(path))
+                        .with_attr("format", format.as_str()),
+                );
+            }
+            disks.push(info);
         }
         root.push(disks);
         let mut dirs = Element::new("createddirs");
@@ -486,6 +506,19 @@ impl BackupRecord {
                 volume: d.child("target").and_then(|t| {
                     Some((t.attr("pool")?.to_string(), t.attr("volume")?.to_string()))
                 }),
+                backing: extra
+                    .into_iter()
+                    .flat_map(|x| x.children_named("backingStore"))
+                    .map(|b| {
+                        let file = b.attr("file").ok_or_else(|| {
+                            Error::xml(format!("disk '{name}': <backingStore> lacks a file"))
+                        })?;
+                        Ok((
+                            PathBuf::from(file),
+                            DiskFormat::parse(b.attr("format").unwrap_or(""))?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
                 name,
             });
         }
@@ -727,12 +760,11 @@ impl NbdServer {
 /// Where `virDomainBackupRestoreUnmanaged` reads a disk from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnmanagedSource {
-    File(PathBuf),
+    /// A file and its format, stated by the caller: a format is never
+    /// guessed from bytes a guest may have written.
+    File(PathBuf, DiskFormat),
     /// The NBD export `name` on `server`.
-    Nbd {
-        name: String,
-        server: NbdServer,
-    },
+    Nbd { name: String, server: NbdServer },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -753,7 +785,16 @@ pub struct UnmanagedRestoreRequest {
 
 fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> {
     if let Some(f) = src.attr("file") {
-        return Ok(UnmanagedSource::File(absolute_path(f, "source file")?));
+        let format = parse_driver(src)?.ok_or_else(|| {
+            Error::xml(format!(
+                "disk '{name}': a <driver type> is required in <source file>: \
+                 the library never guesses the format of a file a guest may have written"
+            ))
+        })?;
+        return Ok(UnmanagedSource::File(
+            absolute_path(f, "source file")?,
+            format,
+        ));
     }
     match src.attr("protocol") {
         Some("nbd") => {}
@@ -809,6 +850,8 @@ pub struct UnmanagedRequest {
     pub backup: Option<Uuid>,
     pub parent: Option<Uuid>,
     pub server: NbdServer,
+    /// `<server tls='yes'>`.
+    pub tls: bool,
     /// (disk, export name); `None`: every disk with device='disk', exported
     /// under its own name.
     pub disks: Option<Vec<(String, String)>>,
@@ -821,6 +864,11 @@ impl UnmanagedRequest {
         let server = root
             .child("server")
             .ok_or_else(|| Error::xml("unmanaged backup needs a <server>"))?;
+        let tls = match server.attr("tls") {
+            None | Some("no") => false,
+            Some("yes") => true,
+            Some(o) => return Err(Error::xml(format!("<server>: bad tls '{o}' (yes or no)"))),
+        };
         let server = NbdServer::parse(server, "<server>")?;
         let disks = match list {
             None => None,
@@ -844,6 +892,7 @@ impl UnmanagedRequest {
             backup: root.child_text("uuid").map(parse_uuid).transpose()?,
             parent: parse_parent(&root)?,
             server,
+            tls,
             disks,
         })
     }
@@ -924,6 +973,7 @@ mod tests {
                 mode: BackupMode::Full,
                 virtual_size: 1 << 30,
                 volume: None,
+                backing: vec![],
             }],
             uri: "test:///default".into(),
             domain_xml: "<domain><name>vm1</name></domain>".into(),

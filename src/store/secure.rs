@@ -1,0 +1,213 @@
+//! The catalog as a security boundary. The library runs as root and
+//! deletes and overwrites files the catalog names, so whoever can write in
+//! the catalog could make it delete or overwrite any file. As OpenSSH's
+//! StrictModes does, a catalog folder is used only when it is a real folder
+//! (not a symbolic link) owned by the caller's uid (or root) and writable
+//! by nobody else, and so is every folder above it (a world-writable one
+//! only with the sticky bit, like /tmp). Files are created without
+//! following symbolic links, and crash cleanup removes only regular files
+//! of ours with the private mode the library gives them.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+fn unsafe_path(path: &Path, what: &str) -> Error {
+    Error::operation_failed(format!(
+        "refusing to use catalog path '{}': {what}",
+        path.display()
+    ))
+}
+
+fn owner_ok(m: &fs::Metadata) -> bool {
+    m.uid() == euid() || m.uid() == 0
+}
+
+/// Check one catalog folder: a real folder, ours (or root's), writable by
+/// its owner only.
+pub fn check_dir(path: &Path) -> Result<()> {
+    let m = fs::symlink_metadata(path).map_err(|e| Error::io("cannot inspect", path, e))?;
+    if m.file_type().is_symlink() {
+        return Err(unsafe_path(path, "it is a symbolic link"));
+    }
+    if !m.is_dir() {
+        return Err(unsafe_path(path, "it is not a folder"));
+    }
+    if !owner_ok(&m) {
+        return Err(unsafe_path(
+            path,
+            &format!(
+                "it is owned by uid {}, not by uid {} or root",
+                m.uid(),
+                euid()
+            ),
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(unsafe_path(
+            path,
+            &format!(
+                "it is writable by group or others (mode {:o})",
+                m.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check the folders above the root: owned by us or root, and not
+/// writable by others unless sticky (nobody else could rename our folder).
+fn check_ancestors(root: &Path) -> Result<()> {
+    let mut cur = PathBuf::new();
+    let parents: Vec<Component> = root.components().collect();
+    for c in &parents[..parents.len().saturating_sub(1)] {
+        cur.push(c);
+        let m = fs::metadata(&cur).map_err(|e| Error::io("cannot inspect", &cur, e))?;
+        let sticky = m.mode() & 0o1000 != 0;
+        if !owner_ok(&m) || (m.mode() & 0o022 != 0 && !sticky) {
+            return Err(unsafe_path(
+                root,
+                &format!(
+                    "its parent folder '{}' (uid {}, mode {:o}) can be changed by another user",
+                    cur.display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Make the catalog root usable: created 0700 if missing; an existing one
+/// must pass `check_dir` (with its parents), and loses any read or search
+/// permission for others (records hold domain definitions with secrets).
+/// Returns the root with symbolic links of its parents resolved.
+pub fn prepare_root(root: &Path) -> Result<PathBuf> {
+    if fs::symlink_metadata(root).is_err() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| Error::io("cannot create catalog folder", root, e))?;
+    }
+    check_dir(root)?;
+    let real = fs::canonicalize(root).map_err(|e| Error::io("cannot resolve", root, e))?;
+    check_ancestors(&real)?;
+    let m = fs::symlink_metadata(&real).map_err(|e| Error::io("cannot inspect", &real, e))?;
+    if m.uid() == euid() && m.mode() & 0o077 != 0 {
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("cannot set mode of", &real, e))?;
+    }
+    Ok(real)
+}
+
+/// Create a private folder inside a checked one (missing levels 0700),
+/// then check it: a symbolic link planted at its name is refused.
+pub fn make_dir(dir: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io("cannot create catalog folder", dir, e))?;
+        }
+        Err(e) => return Err(Error::io("cannot create catalog folder", dir, e)),
+    }
+    check_dir(dir)
+}
+
+/// Check a catalog folder if it exists.
+pub fn check_dir_if_exists(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => check_dir(dir),
+    }
+}
+
+/// Options for a catalog file: never through a symbolic link, private.
+pub fn options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    o
+}
+
+/// Open (creating it) a lock file: a regular file of ours, mode 0600.
+pub fn open_lock(path: &Path) -> std::io::Result<File> {
+    let f = options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() || m.uid() != euid() {
+        return Err(std::io::Error::other(
+            "the lock file is not a regular file of ours",
+        ));
+    }
+    if m.mode() & 0o077 != 0 {
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
+}
+
+/// Whether crash cleanup may remove `path`: an absolute path to a regular
+/// file (not a symbolic link) owned by us with no permission for anyone
+/// else, as the library creates every image and temporary file. Anything
+/// else named by a note or record is left alone.
+pub fn removable(path: &Path) -> bool {
+    path.is_absolute()
+        && !path.components().any(|c| c == Component::ParentDir)
+        && fs::symlink_metadata(path)
+            .is_ok_and(|m| m.is_file() && m.uid() == euid() && m.mode() & 0o077 == 0)
+}
+
+/// Remove `path` if `removable` allows it.
+pub fn remove_own_file(path: &Path) {
+    if removable(path) {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// The real path of `path`, whose last components may not exist yet (a new
+/// target, a folder made for it): its deepest existing folder is resolved,
+/// the rest kept.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    let mut rest = Vec::new();
+    let mut cur = path;
+    loop {
+        if let Ok(real) = fs::canonicalize(cur) {
+            return Some(rest.iter().rev().fold(real, |p, c| p.join(c)));
+        }
+        rest.push(cur.file_name()?);
+        cur = cur.parent()?;
+    }
+}
+
+/// Refuse a backup target, restore target or default-target folder inside
+/// the catalog: it would let one backup overwrite or delete another's
+/// files, or the catalog's own records.
+pub fn refuse_inside(root: &Path, path: &Path, what: &str) -> Result<()> {
+    let (Some(p), Ok(r)) = (resolve(path), fs::canonicalize(root)) else {
+        return Ok(()); // a missing folder is reported by the caller
+    };
+    if p.starts_with(&r) {
+        return Err(Error::invalid_arg(format!(
+            "{what} '{}' lies inside the backup catalog '{}'; choose a place outside it",
+            path.display(),
+            root.display()
+        )));
+    }
+    Ok(())
+}
