@@ -555,10 +555,12 @@ impl Catalog {
         let index = self.index_dir(&rec.domain_uuid, &rec.uuid);
         match fs::remove_dir_all(&index) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io("cannot remove digest index", &index, e))
+                return Err(Error::io("cannot remove digest index", &index, e));
             }
-            _ => Ok(()),
+            _ => {}
         }
+        self.drop_domain_dir_if_empty(&rec.domain_uuid);
+        Ok(())
     }
 
     /// Remove a backup in crash order (`mark_deleting`, `remove_data`,
@@ -581,6 +583,11 @@ impl Catalog {
     /// record that is already gone (a job that failed before writing it)
     /// is not an error.
     pub fn mark_deleting(&self, rec: &BackupRecord) -> Result<()> {
+        let dir = self.domain_dir(&rec.domain_uuid);
+        let _guard = self.lock_domain(&rec.domain_uuid)?;
+        // The summary follows the record: pending first, so a crash between
+        // the rename and the summary's update is read back correctly.
+        self.note_pending(&rec.domain_uuid, &rec.uuid)?;
         let from = self.record_path(&rec.domain_uuid, &rec.uuid);
         let to = self.deleting_path(&rec.domain_uuid, &rec.uuid);
         match fs::rename(&from, &to) {
@@ -589,7 +596,10 @@ impl Catalog {
             }
             _ => {}
         }
-        sync_dir(&self.domain_dir(&rec.domain_uuid));
+        sync_dir(&dir);
+        summary::note_removed(&dir, &rec.uuid)?;
+        self.compact_summary(&rec.domain_uuid)?;
+        self.drop_empty_summary(&rec.domain_uuid)?;
         crate::test_stop!("delete-marked");
         Ok(())
     }
@@ -620,7 +630,15 @@ impl Catalog {
         }
         remove_if_exists(&self.deleting_path(&rec.domain_uuid, &rec.uuid))?;
         sync_dir(&self.domain_dir(&rec.domain_uuid));
+        self.drop_domain_dir_if_empty(&rec.domain_uuid);
         Ok(())
+    }
+
+    /// A domain folder that holds nothing any more goes (its lock is the
+    /// folder's flock: a waiter finds it gone and makes it anew).
+    fn drop_domain_dir_if_empty(&self, domain: &Uuid) {
+        let _ = fs::remove_dir(self.merge_dir(domain));
+        let _ = fs::remove_dir(self.domain_dir(domain));
     }
 
     /// Deletes of `domain` a process left half done: each note with its
