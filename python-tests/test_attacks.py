@@ -161,8 +161,19 @@ def test_planted_running_record_does_not_delete_its_targets(env, victim):
     u, text = forged_record(dom, victim)
     with open(os.path.join(ddir, f"{u}.xml"), "w") as f:
         f.write(text)
-    assert count_backups(dom) == 1  # the dead job's record is discarded...
-    assert intact(victim)  # ...but not the file it names
+    # No job lock file says a job ever ran: not a dead job but a damaged
+    # record, reported when read and kept, and nothing it names is touched.
+    assert count_backups(dom) == 1
+    assert lib.virDomainBackupLookupByUUID(u.encode(), 0) is None
+    assert intact(victim)
+    assert os.path.exists(os.path.join(ddir, f"{u}.xml"))
+    # With a job lock file too (a dead job, as far as anyone can tell): the
+    # record goes, the victim stays (it is not a private file of ours).
+    fd = os.open(os.path.join(ddir, f"{u}.lock"), os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    assert count_backups(dom) == 1
+    assert lib.virDomainBackupLookupByUUID(u.encode(), 0) is None
+    assert intact(victim)
     assert not os.path.exists(os.path.join(ddir, f"{u}.xml"))
 
 

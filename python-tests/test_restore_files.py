@@ -154,15 +154,18 @@ def test_restore_unmanaged_files_only_leaves_the_domain_alone(env):
     definition, disk_now = domain_definition(h.dom), sha256(h.src)
     out = env.path("um")
     os.mkdir(out)
-    # The disk name is only the file's name: the domain has no 'sdz'.
+    # The disk name is only the file's name: the domain has no 'sdz'. A
+    # caller-named source states its format and has no backing file.
     xml = (f"<domainbackup><target dir='{out}'/><disks><disk name='sdz'>"
-           f"<source file='{leaf.target}'/><driver type='raw'/></disk></disks></domainbackup>")
+           f"<source file='{leaf.copy}'><driver type='qcow2'/></source><driver type='raw'/>"
+           "</disk></disks></domainbackup>")
     assert lib.virDomainBackupRestoreUnmanaged(h.dom, xml.encode(), FILES_ONLY) == 0, last_error()
     assert_byte_exact(os.path.join(out, "sdz.raw"), "raw", leaf.copy, "qcow2")
     assert domain_definition(h.dom) == definition and sha256(h.src) == disk_now
     # Its own source is never a target.
-    bad = (f"<domainbackup><disks><disk name='vda'><source file='{leaf.target}'/>"
-           f"<target file='{leaf.target}'/></disk></disks></domainbackup>")
+    bad = (f"<domainbackup><disks><disk name='vda'><source file='{leaf.copy}'>"
+           f"<driver type='qcow2'/></source><target file='{leaf.copy}'/></disk></disks>"
+           "</domainbackup>")
     assert lib.virDomainBackupRestoreUnmanaged(h.dom, bad.encode(), FILES_ONLY | REWRITE) == -1
     assert last_error()[0] == VIR_ERR_INVALID_ARG
 
@@ -183,7 +186,8 @@ CHILD = """
     # And into a test-driver domain's own disk (not FILES_ONLY).
     own = virt.virDomainDefineXML(conn, domain_xml("nodaemon", [("vda", {own!r}, "raw")]).encode())
     assert own
-    xml = "<domainbackup><disks><disk name='vda'><source file='{inc}'/></disk></disks></domainbackup>"
+    xml = ("<domainbackup><disks><disk name='vda'><source file='{inc}'>"
+           "<driver type='{fmt}'/></source></disk></disks></domainbackup>")
     rc = lib.virDomainBackupRestoreUnmanaged(own, xml.encode(), {rewrite})
     assert rc == 0, last_error()
     print("restored")
@@ -204,19 +208,21 @@ def test_files_only_with_no_libvirtd_reachable(qenv):
     want = env.snapshot(src, "want.qcow2")
     inc = env.backup(dom, backup_xml_for({"vda": env.path("inc.qcow2")},
                                          parent=backup_uuid(full)))
-    inc_target = env.path("inc.qcow2")
     assert virt.virDomainUndefine(dom.ptr) == 0
     out = env.path("out")
     os.mkdir(out)
     xml = files_xml(backup_uuid(inc), target_dir=out)
-    uxml = (f"<domainbackup><disks><disk name='vda'><source file='{inc_target}'/>"
+    # Caller-named sources state their format and have no backing file:
+    # the flat copy of the disk at incremental time.
+    uxml = (f"<domainbackup><disks><disk name='vda'><source file='{want}'><driver type='{fmt}'/>"
+            "</source>"
             f"<target file='{out}/unmanaged.raw'/><driver type='raw'/></disk></disks>"
             "</domainbackup>")
     own = env.path("own.raw")
     with open(own, "wb") as f:
         f.truncate(32 * MiB)
     code = SUBPROCESS_PRELUDE + textwrap.dedent(CHILD.format(
-        xml=xml, uxml=uxml, flags=FILES_ONLY, own=own, inc=inc_target, rewrite=REWRITE))
+        xml=xml, uxml=uxml, flags=FILES_ONLY, own=own, inc=want, fmt=fmt, rewrite=REWRITE))
     trace = env.path("strace.log")
     script = (
         "set -e; mount -t tmpfs none /run/libvirt; "

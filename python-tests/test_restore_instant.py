@@ -201,24 +201,22 @@ def test_instant_start_guest_writes_blockpull_releases_pin(qenv):
     assert r.returncode == 0, r.stdout
 
 
-def killed_restore(env, name, backup, syscalls, when):
-    """Run an instant restore as a new domain in a child process that
-    strace kills (SIGKILL) at its `when`-th call of one of `syscalls`."""
+def killed_restore(env, name, backup, point):
+    """Run an instant restore as a new domain in a child process of the
+    test build that kills itself (SIGKILL) at the named stop `point`."""
     code = (SUBPROCESS_PRELUDE + f"rc = lib.virDomainBackupRestore("
             f"{instant_xml(backup_uuid(backup), name)!r}.encode(), {NEW | INSTANT})\n"
             "print('survived', rc)\n")
-    r = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", f"trace={syscalls}",
-                        "-e", f"inject={syscalls}:signal=SIGKILL:when={when}",
-                        sys.executable, "-c", code],
-                       env=dict(os.environ, LIBVIRT_BACKUP_DIR=env.catalog),
+    r = subprocess.run([sys.executable, "-c", code],
+                       env=dict(os.environ, LIBVIRT_BACKUP_DIR=env.catalog,
+                                LIBVIRT_BACKUP_TEST_STOP=point),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
     assert "survived" not in r.stdout, (r.stdout, r.stderr)
 
 
 def test_killed_midway_leaves_no_domain_and_no_overlay(qenv):
-    """The restoring process is killed (SIGKILL, injected by strace) when
-    it writes the second disk's pin, once the first overlay and its pin
-    exist: no domain is defined, and the next process that opens the
+    """The restoring process is killed (SIGKILL, at a stop point of the test
+    build) once the first overlay and its pin exist: no domain is defined, and the next process that opens the
     catalog removes the overlay; the stale pin is dropped when read."""
     env = qenv
     disks = [("vda", env.disk("k-vda.qcow2", 8 * MiB, "qcow2"), "qcow2"),
@@ -227,8 +225,7 @@ def test_killed_midway_leaves_no_domain_and_no_overlay(qenv):
     b = env.backup(dom, backup_xml_for({"vda": env.path("b-vda.qcow2"),
                                         "vdb": env.path("b-vdb.qcow2")}))
     name = env.expect_domain("lvb-pytest-killed-" + os.urandom(4).hex(), conn=env.qemu)
-    # The pins are written with write_atomic (a rename each): die at the 2nd.
-    killed_restore(env, name, b, "rename,renameat,renameat2", 2)
+    killed_restore(env, name, b, "instant-pin-written")
     overlays = [env.path(f"{name}-{d}.qcow2") for d in ("vda", "vdb")]
     assert os.path.exists(overlays[0]), "killed too early to test anything"
     assert lookup_domain(env.qemu, name) is None
@@ -243,8 +240,8 @@ def test_killed_midway_leaves_no_domain_and_no_overlay(qenv):
 
 
 def test_killed_after_the_definition_keeps_the_domain_whole(qenv):
-    """Killed at the removal of the note (the first unlink of the process),
-    right after libvirt defined the domain: the next sweep finds the domain
+    """Killed right after libvirt defined the domain, before the note is
+    removed: the next sweep finds the domain
     named in the note using the overlays and keeps them; the domain starts
     and reads the backup."""
     env = qenv
@@ -252,7 +249,7 @@ def test_killed_after_the_definition_keeps_the_domain_whole(qenv):
     (disk, src, fmt), = dom.disks
     b = env.backup(dom, backup_xml_for({"vda": env.path("b.qcow2")}))
     name = env.expect_domain("lvb-pytest-killed-" + os.urandom(4).hex(), conn=env.qemu)
-    killed_restore(env, name, b, "unlink,unlinkat", 1)
+    killed_restore(env, name, b, "instant-defined")
     overlay = env.path(f"{name}-vda.qcow2")
     ptr = lookup_domain(env.qemu, name)
     assert ptr, "killed before the definition"

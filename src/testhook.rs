@@ -8,7 +8,9 @@
 //! created), `delete-marked` (a record renamed to `.deleting`, no data
 //! removed yet), `delete-first-disk-removed` (a delete that removed its
 //! first disk), `restore-before-define` (a NEW_DOMAIN restore whose files
-//! are written, before the domain is defined).
+//! are written, before the domain is defined), `instant-pin-written` (an
+//! instant restore, after each disk's overlay and pin), `instant-defined`
+//! (an instant restore whose domain is defined, its note still there).
 
 /// Kill the process here if `LIBVIRT_BACKUP_TEST_STOP` names `$point`
 /// (test builds only; nothing in release builds).

@@ -158,6 +158,13 @@ fn create_overlay(o: &Overlay) -> Result<()> {
     let size = Source::open(&o.disk.target, o.disk.format, Chain::Detached)?
         .size()
         .to_string();
+    // Made here first, private and never through a link: qemu-img then
+    // writes into our file, which crash cleanup may remove (`secure`).
+    crate::store::secure::options()
+        .write(true)
+        .create_new(true)
+        .open(&o.path)
+        .map_err(|e| Error::io("cannot create overlay", &o.path, e))?;
     run(
         "qemu-img",
         [
@@ -228,6 +235,7 @@ pub fn restore(
             create_overlay(o)?;
             made.push(o.path.clone());
             made.push(pins::add(catalog, &pin_of(rec, &to, o))?);
+            crate::test_stop!("instant-pin-written");
         }
         define(&to, &xml)
     })();
@@ -240,6 +248,7 @@ pub fn restore(
             return Err(e);
         }
     };
+    crate::test_stop!("instant-defined");
     note.done();
     drop(_guard);
     start_if_asked(&dom, flags)
