@@ -128,6 +128,9 @@ def catalog_files(env):
     root = os.environ["LIBVIRT_BACKUP_DIR"]
     out = []
     for d, _, files in os.walk(root):
+        # The catalog's lock and the domains' job locks stay, empty.
+        if os.path.relpath(d, root) == ".domain-locks":
+            continue
         out += [os.path.relpath(os.path.join(d, f), root) for f in files if f != ".lock"]
     return sorted(out)
 
