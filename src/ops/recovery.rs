@@ -288,36 +288,12 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::xml::backup::{BackupMode, DiskFormat, DiskRecord, JobStats};
+    use crate::xml::backup::BackupRecord;
 
     fn record(domain: Uuid, target: PathBuf, state: BackupState) -> BackupRecord {
-        BackupRecord {
-            uuid: Uuid::new_v4(),
-            creation_time: 1,
-            created_ns: 1,
-            description: None,
-            state,
-            parent: None,
-            domain_uuid: domain,
-            domain_name: "d".into(),
-            disks: vec![DiskRecord {
-                name: "vda".into(),
-                source: "/src".into(),
-                source_format: DiskFormat::Raw,
-                target,
-                format: DiskFormat::Qcow2,
-                mode: BackupMode::Full,
-                virtual_size: 1,
-                volume: None,
-                backing: vec![],
-            }],
-            uri: "test:///default".into(),
-            domain_xml: String::new(),
-            stats: JobStats::default(),
-            created_dirs: vec![],
-            checkpoint: None,
-        }
+        BackupRecord::sample(domain, target, state)
     }
+
     /// A file as the library creates its images: private to its owner.
     fn write_private(path: &std::path::Path, data: &[u8]) {
         use std::io::Write;

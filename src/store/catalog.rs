@@ -906,36 +906,12 @@ pub fn remove_if_exists(path: &PathBuf) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::backup::{BackupMode, BackupState, DiskFormat, DiskRecord, JobStats};
+    use crate::xml::backup::BackupState;
 
     fn record(domain: Uuid, target: PathBuf, state: BackupState) -> BackupRecord {
-        BackupRecord {
-            uuid: Uuid::new_v4(),
-            creation_time: 1,
-            created_ns: 1,
-            description: None,
-            state,
-            parent: None,
-            domain_uuid: domain,
-            domain_name: "d".into(),
-            disks: vec![DiskRecord {
-                name: "vda".into(),
-                source: "/src".into(),
-                source_format: DiskFormat::Raw,
-                target,
-                format: DiskFormat::Qcow2,
-                mode: BackupMode::Full,
-                virtual_size: 1,
-                volume: None,
-                backing: vec![],
-            }],
-            uri: "test:///default".into(),
-            domain_xml: String::new(),
-            stats: JobStats::default(),
-            created_dirs: vec![],
-            checkpoint: None,
-        }
+        BackupRecord::sample(domain, target, state)
     }
+
 
     #[test]
     fn damaged_records_are_errors_naming_the_file() {

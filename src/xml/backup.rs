@@ -898,6 +898,39 @@ impl UnmanagedRequest {
     }
 }
 
+/// A one-disk record for unit tests of the catalog and of recovery.
+#[cfg(test)]
+impl BackupRecord {
+    pub fn sample(domain: Uuid, target: std::path::PathBuf, state: BackupState) -> BackupRecord {
+        BackupRecord {
+            uuid: Uuid::new_v4(),
+            creation_time: 1,
+            created_ns: 1,
+            description: None,
+            state,
+            parent: None,
+            domain_uuid: domain,
+            domain_name: "d".into(),
+            disks: vec![DiskRecord {
+                name: "vda".into(),
+                source: "/src".into(),
+                source_format: DiskFormat::Raw,
+                target,
+                format: DiskFormat::Qcow2,
+                mode: BackupMode::Full,
+                virtual_size: 1,
+                volume: None,
+                backing: vec![],
+            }],
+            uri: "test:///default".into(),
+            domain_xml: String::new(),
+            stats: JobStats::default(),
+            created_dirs: vec![],
+            checkpoint: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
