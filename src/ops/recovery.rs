@@ -149,11 +149,10 @@ fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
     let Some(_guard) = catalog.try_lock_domain(domain) else {
         return;
     };
-    // `merge_markers` names only merge temporary files (an empty path else).
+    // `merge_markers` names only merge temporary files (an empty path else),
+    // and only a private regular file of ours is removed.
     for (marker, tmp) in markers {
-        // Only a merge's temporary file, named as `sibling_tmp` names it.
-        let name = tmp.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with('.') && name.contains(".merge-") {
+        if !tmp.as_os_str().is_empty() {
             secure::remove_own_file(&tmp);
         }
         let _ = fs::remove_file(&marker);
