@@ -1,8 +1,10 @@
 //! Copy buffers aligned for direct I/O: an `O_DIRECT` write needs its
 //! memory aligned to the device's block size, and a `Vec<u8>` of a few MiB
-//! comes from `malloc` 16 bytes past a page boundary.
+//! comes from `malloc` 16 bytes past a page boundary. Buffers are anonymous
+//! mappings: page-aligned, and zero pages until written, so a window a
+//! copy never fills (a small disk, a hole) costs no memory, as with
+//! `calloc` (an aligned `alloc_zeroed` would write every page).
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
@@ -16,25 +18,39 @@ pub struct AlignedBuf {
     len: usize,
 }
 
-// SAFETY: the buffer owns its memory exclusively, like a Vec<u8>.
+// SAFETY: the buffer owns its mapping exclusively, like a Vec<u8>.
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared access only hands out `&[u8]`.
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     pub fn zeroed(len: usize) -> AlignedBuf {
-        let layout = Self::layout(len);
-        // SAFETY: the layout has a non-zero size (at least ALIGN bytes).
-        let ptr = unsafe { alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(ptr) else {
+        let map_len = Self::map_len(len);
+        // SAFETY: a new private anonymous mapping; no existing memory is
+        // touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let ptr = match ptr {
+            libc::MAP_FAILED => None,
+            p => NonNull::new(p.cast::<u8>()),
+        };
+        let Some(ptr) = ptr else {
+            let layout = std::alloc::Layout::from_size_align(map_len, ALIGN).expect("buffer size");
             std::alloc::handle_alloc_error(layout);
         };
         AlignedBuf { ptr, len }
     }
 
-    fn layout(len: usize) -> Layout {
-        Layout::from_size_align(len.max(1).next_multiple_of(ALIGN), ALIGN)
-            .expect("copy buffer size")
+    fn map_len(len: usize) -> usize {
+        len.max(1).next_multiple_of(ALIGN)
     }
 }
 
@@ -55,8 +71,10 @@ impl DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with the same layout.
-        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        // SAFETY: mapped in `zeroed` with this length, unmapped once.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), Self::map_len(self.len));
+        }
     }
 }
 
