@@ -10,7 +10,7 @@ use std::ptr::NonNull;
 
 /// Alignment of every buffer: a page, which covers every block size a
 /// Linux block device has (512 to 4096 bytes).
-pub const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 
 /// A zero-filled, fixed-size byte buffer starting on a page boundary.
 pub struct AlignedBuf {

@@ -337,6 +337,25 @@ fn direct_wanted() -> bool {
     std::env::var_os("LIBVIRT_BACKUP_DIRECT").is_none_or(|v| v != "0")
 }
 
+/// A new qcow2 target formatted through the page cache, opened again for
+/// its data writes through `direct` (imago aligns what needs it: header
+/// updates, odd tails).
+fn reopen_qcow2_direct(direct: File, path: &Path) -> Result<Qcow2<ImagoFile>> {
+    let storage = ImagoFile::from_open_file(
+        direct,
+        StorageOpenOptions::new()
+            .filename(path)
+            .write(true)
+            .direct(true),
+    )
+    .map_err(io_err("cannot open target image", path))?;
+    Qcow2::<ImagoFile>::builder(storage)
+        .write(true)
+        .backing(None)
+        .open(DenyImplicitOpenGate::default())
+        .map_err(io_err("cannot open target image", path))
+}
+
 /// `file` opened again with `O_DIRECT`, through its descriptor (the same
 /// file whatever its path names by now); None where that is refused.
 fn reopen_direct(file: &File) -> Option<File> {
@@ -394,17 +413,13 @@ impl Target {
                 return Err(Error::internal("a raw image cannot have a backing file"));
             }
             (DiskFormat::Qcow2, backing) => {
-                // imago aligns what needs it (headers, odd tails) itself.
-                let (file, direct) = match reopen_direct(&file) {
-                    Some(d) => (d, true),
-                    None => (file, false),
-                };
+                // Formatted through the page cache, then reopened direct:
+                // imago probes a direct file's alignment by reading and
+                // writing back its first bytes, which must exist by then.
+                let direct = reopen_direct(&file);
                 let storage = ImagoFile::from_open_file(
                     file,
-                    StorageOpenOptions::new()
-                        .filename(path)
-                        .write(true)
-                        .direct(direct),
+                    StorageOpenOptions::new().filename(path).write(true),
                 )
                 .map_err(io_err("cannot open target image", path))?;
                 // qcow2 sizes are whole sectors; round up so a raw source's
@@ -423,7 +438,16 @@ impl Target {
                         Ok(Qcow2::<ImagoFile>::builder(img).write(true).backing(None))
                     })
                     .map_err(io_err("cannot format target image", path))?;
-                TargetImage::Qcow2(FormatAccess::new(q))
+                let q = FormatAccess::new(q);
+                TargetImage::Qcow2(match direct {
+                    Some(d) => {
+                        q.flush()
+                            .map_err(io_err("cannot flush target image", path))?;
+                        drop(q);
+                        FormatAccess::new(reopen_qcow2_direct(d, path)?)
+                    }
+                    None => q,
+                })
             }
         };
         Ok(Target {
