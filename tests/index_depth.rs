@@ -14,7 +14,7 @@ const DEPTH: usize = 32;
 const CHUNKS: u64 = 16384;
 /// Chunks the middle level changes: more than the reader takes from a
 /// level at a time, so it comes back to the file.
-const MID: usize = 1500;
+const MID: usize = 1200;
 
 fn d(a: usize, b: usize) -> Digest {
     digest(format!("{a}/{b}").as_bytes())
