@@ -1,7 +1,8 @@
 //! Bench rows of the digest index (run by `make bench` and `make
 //! bench-scale`; ignored by `cargo test`), for a 100 GiB disk
-//! (INDEX_BENCH_GIB), each read INDEX_BENCH_RUNS times (default 11), flat
-//! and delta alternately, wall time median/minimum:
+//! (INDEX_BENCH_GIB), each read INDEX_BENCH_RUNS times (default 31), flat
+//! and delta alternately, wall time median/minimum (and the ratio of the
+//! thread CPU times' medians, less disturbed by a busy machine):
 //! - the deepest index a year of daily 1 % changes makes (its deltas kept
 //!   within an eighth of a flat index's bytes) read vs a flat one of the same
 //!   digests;
@@ -58,15 +59,25 @@ fn day(path: &Path, parent: Option<&Path>, size: u64, every: u64, rng: &mut Rng)
     w.finish().unwrap();
 }
 
-fn read_all(path: &Path) -> f64 {
-    let t = Instant::now();
+/// Read the index at `path` through: wall and thread CPU seconds.
+fn read_all(path: &Path) -> (f64, f64) {
+    let (t, c) = (Instant::now(), cpu());
     let mut r = IndexReader::open(path).unwrap();
     let mut n = 0u64;
     while let Some(d) = r.next_digest().unwrap() {
         n += d[0] as u64;
     }
     std::hint::black_box(n);
-    t.elapsed().as_secs_f64()
+    (t.elapsed().as_secs_f64(), cpu() - c)
+}
+
+fn cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 fn env(name: &str, default: u64) -> u64 {
@@ -100,7 +111,7 @@ fn compare(dir: &Path, what: &str, deep: &Path) {
     files.iter().for_each(|p| recache(p));
     let depth = IndexReader::open(deep).unwrap().depth();
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..env("INDEX_BENCH_RUNS", 11) {
+    for _ in 0..env("INDEX_BENCH_RUNS", 31) {
         b.push(read_all(&flat));
         a.push(read_all(deep));
     }
@@ -108,11 +119,14 @@ fn compare(dir: &Path, what: &str, deep: &Path) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (ma, mb) = (median(&mut a), median(&mut b));
-    let (na, nb) = (a[0], b[0]);
+    let split = |v: &[(f64, f64)]| -> (Vec<f64>, Vec<f64>) { v.iter().copied().unzip() };
+    let ((mut wa, mut ca), (mut wb, mut cb)) = (split(&a), split(&b));
+    let (ma, mb) = (median(&mut wa), median(&mut wb));
+    let (na, nb) = (wa[0], wb[0]);
+    let cpu = median(&mut ca) / median(&mut cb);
     println!(
         "| index read, {what} ({depth} deltas) vs flat | {ma:.4}/{na:.4} s | {mb:.4}/{nb:.4} s | \
-         {:.2}x (minima {:.2}x) | <= 1.2x |",
+         {:.2}x (minima {:.2}x, CPU time medians {cpu:.2}x) | <= 1.2x |",
         ma / mb,
         na / nb
     );
