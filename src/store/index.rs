@@ -23,9 +23,11 @@
 //! increasing order, then the number of entries (u64). A chunk without an
 //! entry has the parent's digest (zeroes past the parent's end). A year of
 //! daily 1 % changes of a 100 GiB disk costs ~0.6 MiB a day instead of 50.
-//! A delta's parent may itself be a delta, up to [`MAX_DEPTH`] levels;
-//! beyond that a new index is written flat, which bounds the files a reader
-//! holds open and the work per chunk. A delta's parent must outlive it: the
+//! A delta's parent may itself be a delta, up to [`MAX_DEPTH`] levels and
+//! within a byte budget (`DELTA_SHARE`); beyond that a new index is
+//! written flat, which bounds the work of a read to ~1.2x a flat one's. A
+//! reader holds one descriptor whatever the depth ([`IndexReader`]). A
+//! delta's parent must outlive it: the
 //! merge that deletes a backup first rewrites its children's indexes
 //! ([`rebase`]).
 
@@ -156,7 +158,7 @@ impl IndexWriter {
     /// An index that stores only the chunks that differ from the index at
     /// `parent` (a sibling folder's file); flat when `parent` is `None`, is
     /// not a sibling, is already [`MAX_DEPTH`] deltas deep, or its deltas
-    /// are past the budget ([`DELTA_SHARE`]). A delta that ends past the
+    /// are past the budget (`DELTA_SHARE`). A delta that ends past the
     /// budget is rewritten flat by [`IndexWriter::finish`].
     pub fn create_delta(path: &Path, size: u64, parent: Option<&Path>) -> Result<IndexWriter> {
         let Some((parent, rel)) = parent.and_then(|p| Some((p, relative_parent(path, p)?))) else {
