@@ -306,8 +306,8 @@ fn identity(file: &File, path: &Path) -> Result<(u64, u64)> {
 struct DeltaLevel {
     path: PathBuf,
     /// The file checked when the reader was opened: one replaced since (a
-    /// merge rebases a child's index by renaming over it) is refused, not
-    /// misread.
+    /// merge rebases a child's index by renaming over it) is not read on
+    /// from the old one's offset (see IndexReader::refill).
     id: (u64, u64),
     /// File offset of the first entry not yet read, and how many are left.
     at: u64,
@@ -324,15 +324,16 @@ struct DeltaLevel {
 }
 
 impl DeltaLevel {
-    /// Read the next slice of entries: open, read, close.
-    fn load(&mut self) -> Result<()> {
+    /// Read the next slice of entries: open, read, close. False when the
+    /// file was replaced.
+    fn load(&mut self) -> Result<bool> {
         let n = self.left.min((LEVEL_READ / ENTRY as usize) as u64) as usize;
         if self.buf.len() < n * ENTRY as usize {
             self.buf = vec![0; n * ENTRY as usize];
         }
         let file = open_read(&self.path)?;
         if identity(&file, &self.path)? != self.id {
-            return Err(unusable(&self.path, "replaced while it was being read"));
+            return Ok(false);
         }
         std::os::unix::fs::FileExt::read_exact_at(
             &file,
@@ -343,21 +344,24 @@ impl DeltaLevel {
         self.at += n as u64 * ENTRY;
         self.left -= n as u64;
         (self.pos, self.len) = (0, n * ENTRY as usize);
-        Ok(())
+        Ok(true)
     }
 
     /// Write this level's entries for chunks `start..end` over `batch`
-    /// (their digests, from chunk `start` on).
-    fn apply(&mut self, batch: &mut [u8], start: u64, end: u64) -> Result<()> {
+    /// (their digests, from chunk `start` on), or only pass them when not
+    /// WRITE. False when the file was replaced.
+    fn apply<const WRITE: bool>(&mut self, batch: &mut [u8], start: u64, end: u64) -> Result<bool> {
         // Every entry below `start` was applied by an earlier batch.
         self.least = self.least.max(start);
         loop {
             if self.pos == self.len {
                 if self.left == 0 {
                     self.buf = Vec::new();
-                    return Ok(());
+                    return Ok(true);
                 }
-                self.load()?;
+                if !self.load()? {
+                    return Ok(false);
+                }
             }
             let mut least = self.least;
             let mut used = 0;
@@ -371,15 +375,17 @@ impl DeltaLevel {
                 if c < least || c >= self.limit {
                     return Err(unusable(&self.path, "entries out of order"));
                 }
-                let at = (c - start) as usize * 32;
-                batch[at..at + 32].copy_from_slice(&e[8..]);
+                if WRITE {
+                    let at = (c - start) as usize * 32;
+                    batch[at..at + 32].copy_from_slice(&e[8..]);
+                }
                 least = c + 1;
                 used += ENTRY as usize;
             }
             self.pos += used;
             self.least = least;
             if !more {
-                return Ok(());
+                return Ok(true);
             }
         }
     }
@@ -552,6 +558,35 @@ impl IndexReader {
     #[inline(never)]
     fn refill(&mut self) -> Result<()> {
         let start = self.batch_start + (self.batch_len / 32) as u64;
+        for _ in 0..3 {
+            if self.resolve(start)? {
+                return Ok(());
+            }
+            // A merge renamed a rewritten index over one of the levels: the
+            // same digests in other entries, maybe through other parents.
+            // Read the chain again from the top, past what was read.
+            let mut fresh = IndexReader::open(&self.path)?;
+            if fresh.size != self.size {
+                return Err(unusable(&self.path, "replaced by another disk's"));
+            }
+            let mut passed = true;
+            for l in &mut fresh.levels {
+                passed &= l.apply::<false>(&mut [], 0, start)?;
+            }
+            if passed {
+                self.base = fresh.base;
+                self.base_path = fresh.base_path;
+                self.base_limit = fresh.base_limit;
+                self.levels = fresh.levels;
+                self.entries = fresh.entries;
+            }
+        }
+        Err(unusable(&self.path, "its levels keep being replaced while it is read"))
+    }
+
+    /// Resolve the batch of chunks from `start` on; false when a level was
+    /// replaced meanwhile.
+    fn resolve(&mut self, start: u64) -> Result<bool> {
         let end = chunks(self.size).min(start + BATCH);
         let n = (end - start) as usize * 32;
         if self.batch.len() < n {
@@ -572,13 +607,15 @@ impl IndexReader {
             if below < end {
                 batch[(below.max(start) - start) as usize * 32..].fill(0);
             }
-            l.apply(batch, start, end)?;
+            if !l.apply::<true>(batch, start, end)? {
+                return Ok(false);
+            }
             below = l.limit;
         }
         self.batch_start = start;
         self.batch_len = n;
         self.batch_pos = 0;
-        Ok(())
+        Ok(true)
     }
 
     /// Virtual size of the disk the index describes.
