@@ -108,6 +108,9 @@ fn compare(dir: &Path, what: &str, deep: &Path) {
     while let Some(p) = parent_of(files.last().unwrap()).unwrap() {
         files.push(p);
     }
+    // The year's files written back first, so that writeback does not run
+    // beside the reads.
+    unsafe { libc::sync() };
     files.iter().for_each(|p| recache(p));
     let depth = IndexReader::open(deep).unwrap().depth();
     let (mut a, mut b) = (Vec::new(), Vec::new());
