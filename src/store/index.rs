@@ -278,7 +278,8 @@ const LEVEL_READ: usize = 32 << 10;
 /// Index files are read without following a link in the last component,
 /// like every file of the catalog.
 fn open_read(path: &Path) -> Result<File> {
-    OpenOptions::new()
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
