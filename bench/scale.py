@@ -400,7 +400,7 @@ def depth_row(work):
 def index_rows():
     """The digest index rows, from the Rust bench test (built if needed)."""
     root = os.path.dirname(HERE)
-    p = subprocess.run(["cargo", "test", "--release", "--locked", "--test", "index_bench",
+    p = subprocess.run([os.environ.get("CARGO", "cargo"), "test", "--release", "--locked", "--test", "index_bench",
                         "--", "--ignored", "--nocapture"], cwd=root, capture_output=True,
                        text=True)
     assert p.returncode == 0, p.stderr[-2000:]
