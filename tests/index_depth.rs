@@ -148,16 +148,18 @@ fn a_32_deep_delta_index_reads_as_flat_with_one_descriptor_and_names_damage() {
     assert!(e.message.contains(&name), "{}", e.message);
     assert!(e.message.contains("out of order"), "{}", e.message);
 
-    // A merge while a reader reads through the chain: the middle level is
-    // rewritten as a delta against its grandparent (renamed over it), then
-    // its parent's index removed. The reader goes on with the same digests.
+    // A merge while a reader reads through the chain: the middle level's
+    // backup is deleted, so its child's index is rewritten as a delta
+    // against the middle one's parent (renamed over it), then the middle
+    // level removed. The reader goes on with the same digests.
     std::fs::write(mid, &good).unwrap();
     let mut r = IndexReader::open(leaf).unwrap();
     let first = r.next_digest().unwrap().unwrap();
-    let before = std::fs::metadata(mid).unwrap().len();
-    rebase(mid, Some(&levels[DEPTH / 2 - 2])).unwrap();
-    assert_ne!(std::fs::metadata(mid).unwrap().len(), before);
-    std::fs::remove_dir_all(levels[DEPTH / 2 - 1].parent().unwrap()).unwrap();
+    let child = &levels[DEPTH / 2 + 1];
+    let before = std::fs::metadata(child).unwrap().len();
+    rebase(child, Some(&levels[DEPTH / 2 - 1])).unwrap();
+    assert!(std::fs::metadata(child).unwrap().len() > before);
+    std::fs::remove_dir_all(mid.parent().unwrap()).unwrap();
     let rest = read_all(&mut r).unwrap();
     assert_eq!([vec![first], rest].concat(), want);
     assert_eq!(IndexReader::open(leaf).unwrap().depth(), DEPTH - 1);

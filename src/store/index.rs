@@ -326,13 +326,17 @@ struct DeltaLevel {
 
 impl DeltaLevel {
     /// Read the next slice of entries: open, read, close. False when the
-    /// file was replaced.
+    /// file was replaced or removed (a merge removes the deleted backup's
+    /// index once its children's no longer read through it).
     fn load(&mut self) -> Result<bool> {
         let n = self.left.min((LEVEL_READ / ENTRY as usize) as u64) as usize;
         if self.buf.len() < n * ENTRY as usize {
             self.buf = vec![0; n * ENTRY as usize];
         }
-        let file = open_read(&self.path)?;
+        let file = match open_read(&self.path) {
+            Err(_) if !self.path.exists() => return Ok(false),
+            other => other?,
+        };
         if identity(&file, &self.path)? != self.id {
             return Ok(false);
         }
