@@ -5,8 +5,10 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use crate::engine::background;
 use crate::error::{Error, Result};
 use crate::image::disk::{Chain, Extent, Source, Target};
+use crate::image::buffer::AlignedBuf;
 use crate::job::Progress;
 use crate::store::index::{
     DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, ZERO_DIGEST, digest,
@@ -56,11 +58,16 @@ impl Writer<'_> {
 
     fn flush(&mut self, buf: &[u8]) -> Result<()> {
         if let Some((offset, s, e)) = self.run.take() {
-            self.dst.write_at(&buf[s..e], offset).map_err(|e| {
-                Error::operation_failed(format!(
-                    "cannot write target image at offset {offset}: {e}"
-                ))
-            })?;
+            let piece = background::write_piece();
+            for at in (s..e).step_by(piece) {
+                let end = e.min(at.saturating_add(piece));
+                let pos = offset + (at - s) as u64;
+                self.dst.write_at(&buf[at..end], pos).map_err(|e| {
+                    Error::operation_failed(format!(
+                        "cannot write target image at offset {pos}: {e}"
+                    ))
+                })?;
+            }
             self.progress
                 .written
                 .fetch_add((e - s) as u64, Ordering::Relaxed);
@@ -114,7 +121,7 @@ struct Window {
     len: usize,
     /// False when the whole window is a hole (`buf` then holds stale bytes).
     has_data: bool,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     /// The digest of each `DIGEST_CHUNK` of the window.
     sums: Vec<Digest>,
     /// Chunks a dirty bitmap says did not change: not read, their digest
@@ -128,7 +135,7 @@ impl Window {
             offset: 0,
             len: 0,
             has_data: false,
-            buf: vec![0u8; COPY_CHUNK as usize],
+            buf: AlignedBuf::zeroed(COPY_CHUNK as usize),
             sums: Vec::with_capacity((COPY_CHUNK / DIGEST_CHUNK) as usize),
             clean: Vec::new(),
         }
@@ -467,7 +474,7 @@ pub fn apply_rewrite(
     progress: &Progress,
 ) -> Result<()> {
     let size = want.size();
-    let mut buf = vec![0u8; COPY_CHUNK as usize];
+    let mut buf = AlignedBuf::zeroed(COPY_CHUNK as usize);
     let mut w = Writer {
         dst,
         progress,
