@@ -143,9 +143,10 @@ bench:
 	    $(PYTHON) bench/instant_restore.py; rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc; fi
 
 # A year of backups on one domain (SCALE_N, default 10000): List, ListChildren,
-# LookupByUUID, Delete, and another domain's CreateXML during a merge.
+# LookupByUUID, Delete, and another domain's CreateXML during a merge; memory
+# of a backup vs chain depth; the digest index rows.
 bench-scale: $(LIB)
-	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) bench/scale.py
+	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) CARGO=$(CARGO) $(PYTHON) bench/scale.py
 
 check: deps
 	@$(MAKE) --no-print-directory all

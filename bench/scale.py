@@ -11,7 +11,12 @@ Rows, each with its target:
 - CreateXML and List latency of domain B while a Delete of domain A merges
   SCALE_MERGE_MB (default 256) MiB into its child, against B alone;
 - a backup of 4 disks of SCALE_PARALLEL_MB (default 256) MiB in memory with
-  LIBVIRT_BACKUP_WORKERS=1 against the default number of workers.
+  LIBVIRT_BACKUP_WORKERS=1 against the default number of workers;
+- memory and descriptors of one incremental backup (a child process per
+  depth) on chains SCALE_DEPTHS (default 1,10,30,100) deep;
+- the digest index rows of tests/index_bench.rs (SCALE_INDEX=0 skips
+  them): the deepest delta index a year of daily 1 % changes makes and a
+  30-deep chain, read against flat ones, and that year's index files.
 
 The catalog of one domain is grown from two real backups (a full and an
 incremental taken through the API): their records are copied with new
@@ -45,6 +50,8 @@ MERGE_MB = int(os.environ.get("SCALE_MERGE_MB", "256"))
 WARM_RUNS = int(os.environ.get("SCALE_RUNS", "11"))
 PAR_MB = int(os.environ.get("SCALE_PARALLEL_MB", "256"))
 COLD_RUNS = int(os.environ.get("SCALE_COLD_RUNS", "3"))
+DEPTHS = [int(d) for d in os.environ.get("SCALE_DEPTHS", "1,10,30,100").split(",") if d]
+INDEX = os.environ.get("SCALE_INDEX", "1") != "0"
 
 # A domain definition of a realistic size (records embed it).
 DEVICES = "".join([
@@ -329,6 +336,98 @@ def parallel_row(work):
         shutil.rmtree(shm, ignore_errors=True)
 
 
+JOB = """
+import os, sys, threading, time
+sys.path.insert(0, {tests!r})
+import conftest as ct
+conn = ct.virt.virConnectOpen({uri!r}.encode())
+dom = ct.virt.virDomainLookupByName(conn, b"scale-depth")
+peak, stop = [0], threading.Event()
+def poll():
+    while not stop.is_set():
+        peak[0] = max(peak[0], len(os.listdir("/proc/self/fd")))
+        time.sleep(0.0005)
+th = threading.Thread(target=poll)
+th.start()
+time.sleep(0.01)
+fds = len(os.listdir("/proc/self/fd"))
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+b = ct.create(dom, ct.backup_xml_for(parent={parent!r}))
+stop.set()
+th.join()
+print(ct.backup_uuid(b), rss, fds, peak[0])
+"""
+
+
+def depth_row(work):
+    """One incremental backup by a child process on chains of each depth in
+    DEPTHS: its peak RSS (wait4's ru_maxrss) over its RSS before the backup
+    (least of 3), and its descriptors (sampled every 0.5 ms) over those
+    before (most of 3)."""
+    os.environ["LIBVIRT_BACKUP_DIR"] = os.path.join(work, "depth-catalog")
+    disk = ct.make_disk(os.path.join(work, "depth.raw"), 64 * MiB, "raw",
+                        [(0, 8 * MiB, 0x5A)])
+    uri = ct.write_node_file(os.path.join(work, "depth-node.xml"),
+                             [("scale-depth", str(uuidlib.uuid4()), [("vda", disk, "raw")])])
+    conn = ct.virt.virConnectOpen(uri.encode())
+    dom = ct.virt.virDomainLookupByName(conn, b"scale-depth")
+    b = ct.create(dom, "<domainbackup/>")
+    leaf, chain = ct.backup_uuid(b), 1
+    ct.free(b)
+
+    def change():
+        ct.write_disk(disk, "raw", [(chain * 64 * 1024 % (64 * MiB), 64 * 1024, chain % 250 + 1)])
+    res = {}
+    for depth in DEPTHS:
+        while chain < depth:
+            change()
+            b = ct.create(dom, ct.backup_xml_for(parent=leaf))
+            leaf, chain = ct.backup_uuid(b), chain + 1
+            ct.free(b)
+        change()
+        script = JOB.format(tests=os.path.join(os.path.dirname(HERE), "python-tests"),
+                            uri=uri, parent=leaf)
+        runs = []
+        # Three children of the same parent, the least growth kept: the
+        # copy's 4 MiB buffers come and go with its threads' timing.
+        for _ in range(3):
+            p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=os.environ)
+            out, err = p.stdout.read(), p.stderr.read()
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            assert p.returncode == 0, err
+            new, rss, fds, peak = out.split()
+            runs.append((usage.ru_maxrss - int(rss), int(peak) - int(fds), usage.ru_maxrss))
+        leaf, chain = new, chain + 1
+        res[depth] = (min(r[0] for r in runs), max(r[1] for r in runs), min(r[2] for r in runs))
+    grow = {d: r[0] for d, r in res.items()}
+    first, last = DEPTHS[0], DEPTHS[-1]
+    row("memory of one incremental backup vs chain depth " + "/".join(map(str, DEPTHS)),
+        " / ".join(f"+{g / 1024:.1f} MiB" for g in grow.values()),
+        f"bounded independent of depth (at {last} <= at {first} + 1 MiB)",
+        grow[last] <= grow[first] + 1024,
+        "descriptors opened: " + " / ".join(str(r[1]) for r in res.values())
+        + "; peak RSS of the process: "
+        + " / ".join(f"{r[2] / 1024:.0f} MiB" for r in res.values()))
+
+
+def index_rows():
+    """The digest index rows, from the Rust bench test (built if needed)."""
+    root = os.path.dirname(HERE)
+    p = subprocess.run([os.environ.get("CARGO", "cargo"), "test", "--release", "--locked", "--test", "index_bench",
+                        "--", "--ignored", "--nocapture"], cwd=root, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for line in p.stdout.splitlines():
+        if not line.startswith("|"):
+            continue
+        name, ours, flat, ratio, target = [c.strip() for c in line.strip("|").split("|")]
+        value = float(ratio.split("x")[0])
+        ok = value <= 1.2 if "read" in name else float(ours.split()[0]) <= 2.0
+        row(name, f"{ours} vs {flat}", target, ok, ratio)
+
+
 def main():
     work = tempfile.mkdtemp(prefix="bench-scale-", dir=os.environ.get("BENCH_DIR"))
     try:
@@ -359,6 +458,10 @@ def main():
             merge_row(work)
         if PAR_MB:
             parallel_row(work)
+        if DEPTHS:
+            depth_row(work)
+        if INDEX:
+            index_rows()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
