@@ -2,5 +2,6 @@
 
 pub mod backing;
 pub mod cache;
+pub mod chain;
 pub mod disk;
 pub mod nbd;
