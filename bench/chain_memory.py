@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from ctypes import c_char_p, c_int, c_uint, c_void_p
@@ -98,11 +99,12 @@ def restore_child(xml, leaf, out):
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = vm("VmHWM")
+    t0 = time.monotonic()
     doc = (f"<domainbackup><uuid>{leaf}</uuid><disks><disk name='vda'>"
            f"<target file='{out}'/><driver type='raw'/></disk></disks></domainbackup>")
     if lib.virDomainBackupRestore(doc.encode(), 0) != 0:
         fail("restore")
-    print(before, vm("VmHWM"))
+    print(before, vm("VmHWM"), time.monotonic() - t0)
 
 
 def vm(field):
@@ -120,8 +122,8 @@ def main():
     depths = [int(a) for a in sys.argv[1:]] or [10, 200]
     size_mb = int(os.environ.get("BENCH_CHAIN_SIZE_MB", "256"))
     print(f"| restore of a {size_mb} MiB disk, chain depth | peak RSS before | "
-          "peak RSS after | growth |")
-    print("| --- | --- | --- | --- |")
+          "peak RSS after | growth | restore time |")
+    print("| --- | --- | --- | --- | --- |")
     for depth in depths:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR", "/var/tmp")) as work:
             os.environ["LIBVIRT_BACKUP_DIR"] = os.path.join(work, "catalog")
@@ -129,11 +131,12 @@ def main():
             out = os.path.join(work, "restored.raw")
             r = subprocess.run([sys.executable, __file__, "--restore", xml, leaf, out],
                                check=True, stdout=subprocess.PIPE, text=True)
-            before, after = (int(x) for x in r.stdout.split())
+            before, after, secs = r.stdout.split()
+            before, after = int(before), int(after)
             subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", disk, out],
                            check=True)
             print(f"| {depth} | {before / 1024:.1f} MiB | {after / 1024:.1f} MiB | "
-                  f"{(after - before) / 1024:.1f} MiB |")
+                  f"{(after - before) / 1024:.1f} MiB | {float(secs):.2f} s |")
 
 
 main()

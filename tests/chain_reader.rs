@@ -9,7 +9,7 @@ mod common;
 use common::{identical, qemu_img};
 
 use libvirt_backup::engine::copy::{Baseline, copy_image};
-use libvirt_backup::image::chain::{ChainReader, OPEN_LEVELS};
+use libvirt_backup::image::chain::{ChainReader, MAX_OPEN};
 use libvirt_backup::image::disk::{Chain, Source, Target};
 use libvirt_backup::job::Progress;
 use libvirt_backup::store::index::NoDigests;
@@ -58,8 +58,9 @@ fn create(path: &Path, backing: Option<&Path>) {
 
 /// A chain of `DEPTH` qcow2 levels above a base: each level writes its own
 /// 64 KiB cluster (at a distinct offset), rewrites one a lower level wrote,
-/// and every tenth level zeroes a cluster lower levels hold data in (an
-/// explicit zero cluster, which must hide them). The last 17 MiB stay
+/// every tenth level zeroes a cluster lower levels hold data in (an
+/// explicit zero cluster, which must hide them), every 25th writes a
+/// compressed cluster. The last 17 MiB stay
 /// unallocated everywhere. Returns the levels, base first.
 fn deep_chain(dir: &Path) -> Vec<PathBuf> {
     let base = dir.join("l000.qcow2");
@@ -77,6 +78,14 @@ fn deep_chain(dir: &Path) -> Vec<PathBuf> {
                 (k / 2) * K64 + 16384
             ),
         ];
+        if k % 25 == 0 {
+            // A compressed cluster: read through the format driver.
+            cmds.push(format!(
+                "write -c -P {} {} 64k",
+                k / 25 + 0x40,
+                (13 << 20) + (k / 25) * K64
+            ));
+        }
         if k % 10 == 0 {
             cmds.push(format!("write -z {} 64k", (k * 3 % 128) * K64));
         }
@@ -138,7 +147,7 @@ fn a_deep_chain_reads_as_qemu_img_convert_with_few_descriptors() {
     assert!(whole == want, "a whole-disk read differs");
     most = most.max(open_fds());
     assert!(
-        most - before <= OPEN_LEVELS,
+        most - before <= MAX_OPEN,
         "{} descriptors open for a {}-level chain",
         most - before,
         DEPTH + 1
@@ -176,7 +185,7 @@ fn a_deep_chain_reads_as_qemu_img_convert_with_few_descriptors() {
     assert!(identical(top, "qcow2", &out, "raw"));
     // Levels, the target and its page-cache handle, the sampler's listing.
     assert!(
-        peak - before <= OPEN_LEVELS + 4,
+        peak - before <= MAX_OPEN + 4,
         "{} descriptors open during a copy of a {}-level chain",
         peak - before,
         DEPTH + 1
