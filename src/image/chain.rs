@@ -292,6 +292,8 @@ impl ChainReader {
                             explicit: false, ..
                         } => None,
                         Mapping::Zero { .. } | Mapping::Eof { .. } => Some(Piece::Zero),
+                        // In the level's own file: an image with an
+                        // external data file does not open (deny gate).
                         Mapping::Raw { offset, .. } => Some(Piece::File {
                             level: l,
                             host: offset,
