@@ -2,6 +2,7 @@
 """Peak memory of a restore against the depth of the backup's chain.
 
 For each depth: a shut-off domain of test:///default with one sparse disk
+(its first 32 MiB hold data, so every copy window is used at any depth)
 gets a full backup and depth-1 incrementals (one changed 64 KiB cluster
 each); then a fresh process defines the same domain (test:///default keeps
 its state per process; the catalog is keyed by the domain's UUID), restores
@@ -74,7 +75,7 @@ def build(work, depth, size_mb):
     disk = os.path.join(work, "vda.raw")
     with open(disk, "wb") as f:
         f.truncate(size_mb * MiB)
-        f.write(b"\x11" * (4 * MiB))
+        f.write(b"\x11" * (32 * MiB))
     xml = domain_xml("chainmem-" + uuid.uuid4().hex[:8], uuid.uuid4(), disk)
     dom = define(xml)
     parent = None
