@@ -225,6 +225,14 @@ fn a_header_may_skip_recorded_levels_but_not_name_others() {
     assert!(r.fill(&mut buf, 0).unwrap());
     assert!(buf[..1 << 20].iter().all(|&x| x == 0x0a));
     assert!(buf[1 << 20..].iter().all(|&x| x == 0x0c));
+    // A level replaced after the open (another file at its path) is
+    // refused when it is opened for reading, not read.
+    let r = ChainReader::open(&c, &chain).unwrap();
+    let copy = d.join("a.copy");
+    std::fs::copy(&a, &copy).unwrap();
+    std::fs::rename(&copy, &a).unwrap();
+    let e = r.fill(&mut buf, 0).err().unwrap();
+    assert!(e.message.contains("changed while it was read"), "{}", e.message);
     // A header naming a file the catalog did not record is refused, even
     // one that exists; so is a level that is not below the one naming it.
     let e = ChainReader::open(&c, &[(stray.clone(), DiskFormat::Qcow2)])
