@@ -232,7 +232,11 @@ fn a_header_may_skip_recorded_levels_but_not_name_others() {
     std::fs::copy(&a, &copy).unwrap();
     std::fs::rename(&copy, &a).unwrap();
     let e = r.fill(&mut buf, 0).err().unwrap();
-    assert!(e.message.contains("changed while it was read"), "{}", e.message);
+    assert!(
+        e.message.contains("changed while it was read"),
+        "{}",
+        e.message
+    );
     // A header naming a file the catalog did not record is refused, even
     // one that exists; so is a level that is not below the one naming it.
     let e = ChainReader::open(&c, &[(stray.clone(), DiskFormat::Qcow2)])
