@@ -1,12 +1,17 @@
 """Scale limits that are behaviour, not timing: a backup holds descriptors
-for its disks, not for every level of their chains."""
+for its disks, not for every level of their chains, and a restore, a merge
+or a verification reads a chain a few levels at a time."""
 
 import os
 import resource
+import time
+from ctypes import c_int, c_uint, c_void_p
 
-from conftest import (MiB, assert_byte_exact, backing_chain, backup_uuid,
-                      backup_xml_for, create, free, restore, restore_xml_for,
-                      write_disk)
+from conftest import (MiB, _decl, assert_byte_exact, backing_chain, backup_uuid,
+                      backup_xml_for, create, delete, free, last_error, lib, restore,
+                      restore_xml_for, write_disk)
+
+_decl(lib, "virDomainBackupVerify", c_int, c_void_p, c_uint)
 
 DISKS = 16
 DEPTH = 40  # 16 disks x 40 levels: far past 256 descriptors if chains were opened
@@ -42,3 +47,58 @@ def test_deep_chains_of_many_disks_back_up_under_a_low_descriptor_limit(env):
     assert_byte_exact(leaf, "raw", disks[-1][1], "raw")
     target = os.path.join(env.catalog, dom.uuid, ids[-1], "vdp.qcow2")
     assert len(backing_chain(target)) == DEPTH
+
+
+DEEP = 200
+K64 = 64 * 1024
+
+
+def test_deep_chains_of_many_disks_back_up_restore_merge_and_verify_under_a_low_descriptor_limit(env):
+    """16 disks, 200 levels, all under RLIMIT_NOFILE 256: the backups that
+    build the chains, restore of the leaf, delete of a middle backup (merged
+    into its child) and verification."""
+    names = [f"vd{chr(ord('a') + i)}" for i in range(DISKS)]
+    disks = [(n, env.disk(f"deep-{n}.raw", 1 * MiB, "raw", [(0, K64, 0x10 + i)]), "raw")
+             for i, n in enumerate(names)]
+    dom = env.domain(disks=disks)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, hard))
+    try:
+        deep_chain_under_the_limit(env, names, disks, dom)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def deep_chain_under_the_limit(env, names, disks, dom):
+    started = time.monotonic()
+    handles = [create(dom, "<domainbackup/>")]
+    for level in range(1, DEEP):
+        # One 64 KiB cluster changes on every disk at each level.
+        for i, (_, path, _) in enumerate(disks):
+            write_disk(path, "raw", [((level % 16) * K64, K64, (level + i) % 250 + 1)])
+        b = create(dom, backup_xml_for(parent=backup_uuid(handles[-1])))
+        handles.append(b)
+    built = time.monotonic() - started
+    leaf = backup_uuid(handles[-1])
+    top = os.path.join(env.catalog, dom.uuid, leaf, "vdp.qcow2")
+    assert len(backing_chain(top)) == DEEP, f"chain built in {built:.1f} s"
+
+    def restore_all(tag):
+        targets = {n: env.path(f"{tag}-{n}.raw") for n in names}
+        restore(restore_xml_for(leaf, {n: (p, "raw") for n, p in targets.items()}))
+        for (n, path, _) in disks:
+            assert_byte_exact(targets[n], "raw", path, "raw")
+
+    try:
+        restore_all("first")
+        # A middle backup goes: its data is merged into its child.
+        middle = handles.pop(DEEP // 2)
+        delete(middle)
+        free(middle)
+        assert len(backing_chain(top)) == DEEP - 1
+        restore_all("again")
+        assert lib.virDomainBackupVerify(handles[-1], 0) == 0, last_error()
+        assert len(os.listdir("/proc/self/fd")) < LIMIT // 2
+    finally:
+        for b in handles:
+            free(b)

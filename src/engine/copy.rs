@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use crate::engine::background;
 use crate::error::{Error, Result};
-use crate::image::disk::{Chain, Extent, Source, Target};
 use crate::image::buffer::AlignedBuf;
+use crate::image::disk::{Chain, Source, Target};
 use crate::job::Progress;
 use crate::store::index::{
     DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, ZERO_DIGEST, digest,
@@ -85,34 +85,10 @@ impl Writer<'_> {
     }
 }
 
-/// Read `buf.len()` bytes at `offset` of `src`: data extents are read, holes
-/// filled with zeroes. Returns false when the whole range is a hole (and
-/// `buf` was left as it was).
+/// Read `buf.len()` bytes at `offset` of `src`; false when the whole range
+/// is a hole (and `buf` was left as it was).
 fn fill_window(src: &Source, buf: &mut [u8], offset: u64) -> Result<bool> {
-    let end = offset + buf.len() as u64;
-    let mut pos = offset;
-    let mut any_data = false;
-    while pos < end {
-        let (kind, len) = src.extent(pos, end - pos).map_err(|e| {
-            Error::operation_failed(format!("cannot map source image at offset {pos}: {e}"))
-        })?;
-        let len = len.clamp(1, end - pos);
-        let part = &mut buf[(pos - offset) as usize..(pos - offset + len) as usize];
-        match kind {
-            Extent::Data => {
-                src.read_at(part, pos).map_err(|e| {
-                    Error::operation_failed(format!(
-                        "cannot read source image at offset {pos}: {e}"
-                    ))
-                })?;
-                any_data = true;
-            }
-            Extent::Zero if pos == offset && len == end - offset => return Ok(false),
-            Extent::Zero => part.fill(0),
-        }
-        pos += len;
-    }
-    Ok(any_data)
+    src.fill(buf, offset)
 }
 
 /// One window of a source image, read and hashed ahead of its use.

@@ -18,12 +18,13 @@ use rustix::io::Errno;
 use crate::error::{Error, Result};
 use crate::image::buffer;
 use crate::image::cache::{self, DropBehind};
+use crate::image::chain::ChainReader;
 use crate::image::nbd::{NbdAddress, NbdClient};
 use crate::xml::backup::DiskFormat;
 
 /// What a range of a source image holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Extent {
+enum Extent {
     Data,
     Zero,
 }
@@ -183,6 +184,9 @@ pub enum Source {
         data_run: std::sync::Mutex<(u64, u64)>,
     },
     Qcow2(FormatAccess<ImagoFile>),
+    /// A backup's qcow2 image read through its recorded chain, each level
+    /// opened only while needed (see `image::chain`).
+    Chain(Box<ChainReader>),
     /// An export of an NBD server (a source of `RestoreUnmanaged`).
     Nbd(Box<NbdClient>),
 }
@@ -213,7 +217,12 @@ impl Source {
                     data_run: Default::default(),
                 })
             }
-            DiskFormat::Qcow2 => Ok(Source::Qcow2(open_qcow2(path, false, &chain, 0)?)),
+            DiskFormat::Qcow2 => match chain {
+                Chain::Recorded(list) => {
+                    Ok(Source::Chain(Box::new(ChainReader::open(path, list)?)))
+                }
+                _ => Ok(Source::Qcow2(open_qcow2(path, false, &chain, 0)?)),
+            },
         }
     }
 
@@ -228,12 +237,46 @@ impl Source {
         match self {
             Source::Raw { size, .. } => *size,
             Source::Qcow2(q) => q.size(),
+            Source::Chain(c) => c.size(),
             Source::Nbd(c) => c.size(),
         }
     }
 
+    /// Read `buf.len()` bytes at `offset`: data extents are read, holes
+    /// filled with zeroes. Returns false when the whole range is a hole
+    /// (and `buf` was left as it was).
+    pub(crate) fn fill(&self, buf: &mut [u8], offset: u64) -> Result<bool> {
+        if let Source::Chain(c) = self {
+            return c.fill(buf, offset);
+        }
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        let mut any_data = false;
+        while pos < end {
+            let (kind, len) = self.extent(pos, end - pos).map_err(|e| {
+                Error::operation_failed(format!("cannot map source image at offset {pos}: {e}"))
+            })?;
+            let len = len.clamp(1, end - pos);
+            let part = &mut buf[(pos - offset) as usize..(pos - offset + len) as usize];
+            match kind {
+                Extent::Data => {
+                    self.read_at(part, pos).map_err(|e| {
+                        Error::operation_failed(format!(
+                            "cannot read source image at offset {pos}: {e}"
+                        ))
+                    })?;
+                    any_data = true;
+                }
+                Extent::Zero if pos == offset && len == end - offset => return Ok(false),
+                Extent::Zero => part.fill(0),
+            }
+            pos += len;
+        }
+        Ok(any_data)
+    }
+
     /// The kind and length of the extent at `offset`, at most `max` bytes.
-    pub(crate) fn extent(&self, offset: u64, max: u64) -> std::io::Result<(Extent, u64)> {
+    fn extent(&self, offset: u64, max: u64) -> std::io::Result<(Extent, u64)> {
         match self {
             Source::Raw {
                 file,
@@ -269,6 +312,8 @@ impl Source {
                 let (data, len) = c.extent(offset, max).map_err(nbd_io)?;
                 Ok((if data { Extent::Data } else { Extent::Zero }, len))
             }
+            // Not reached: `fill` reads a chain itself.
+            Source::Chain(_) => Ok((Extent::Data, max)),
         }
     }
 
@@ -277,6 +322,7 @@ impl Source {
         match self {
             Source::Raw { file, .. } => Ok(file.metadata()?.len()),
             Source::Qcow2(q) => Ok(q.size()),
+            Source::Chain(c) => Ok(c.size()),
             Source::Nbd(c) => Ok(c.size()),
         }
     }
@@ -298,10 +344,19 @@ impl Source {
         }
     }
 
-    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         match self {
             Source::Raw { file, .. } => file.read_exact_at(buf, offset),
             Source::Qcow2(q) => q.read(buf, offset),
+            // Not reached: `fill` reads a chain itself.
+            Source::Chain(c) => match c.fill(buf, offset) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    buf.fill(0);
+                    Ok(())
+                }
+                Err(e) => Err(std::io::Error::other(e.message)),
+            },
             Source::Nbd(c) => c.read_at(buf, offset).map_err(nbd_io),
         }
     }

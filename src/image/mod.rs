@@ -3,5 +3,6 @@
 pub mod backing;
 pub mod buffer;
 pub mod cache;
+pub mod chain;
 pub mod disk;
 pub mod nbd;
