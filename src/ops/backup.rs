@@ -1,7 +1,6 @@
 //! Managed backups: the operations behind the public API, on safe types.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +17,8 @@ use crate::job::{self, Job};
 use crate::ops::export;
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
-use crate::store::summary::Entry;
 use crate::store::secure;
+use crate::store::summary::Entry;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, DefaultTarget, JobStats, UnmanagedRequest,
 };
@@ -388,8 +387,7 @@ impl Backup {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Some(_) => {
-                    let _ =
-                        fs::remove_file(self.catalog.cancel_path(&self.domain_uuid, &self.uuid));
+                    self.catalog.clear_cancel(&self.domain_uuid, &self.uuid);
                     return Err(Error::operation_invalid(
                         "the backup job completed before it could be cancelled",
                     ));
@@ -545,7 +543,6 @@ fn filter_entries<'a>(all: &[Entry], candidates: Vec<&'a Entry>, flags: u32) -> 
     }
     out
 }
-
 
 /// `virDomainSetDefaultTarget`.
 pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {

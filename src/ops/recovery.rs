@@ -9,7 +9,6 @@
 //! still reads through them.
 
 use std::collections::HashSet;
-use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -155,7 +154,7 @@ fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
         if !tmp.as_os_str().is_empty() {
             secure::remove_own_file(&tmp);
         }
-        let _ = fs::remove_file(&marker);
+        catalog.remove_merge_marker(domain, &marker);
     }
 }
 
@@ -183,10 +182,7 @@ fn domain_uses(head: &str, files: &[&std::ffi::OsStr]) -> Option<bool> {
 fn sweep_restores(catalog: &Catalog) {
     for note in catalog.restore_notes() {
         // Only a note the library wrote: a regular file of ours, 0600.
-        if !secure::removable(&note) {
-            continue;
-        }
-        let Ok(mut file) = secure::options().read(true).open(&note) else {
+        let Some(mut file) = catalog.open_note(&note) else {
             continue;
         };
         if file.try_lock().is_err() {
@@ -196,7 +192,7 @@ fn sweep_restores(catalog: &Catalog) {
         let _ = file.read_to_end(&mut text);
         // A note cut short while written names nothing (see `stage_files`).
         let Some(text) = text.strip_suffix(NOTE_END) else {
-            let _ = fs::remove_file(&note);
+            catalog.remove_note(&note);
             continue;
         };
         let mut lines = text
@@ -214,7 +210,7 @@ fn sweep_restores(catalog: &Catalog) {
                 }
             }
         }
-        let _ = fs::remove_file(&note);
+        catalog.remove_note(&note);
     }
 }
 

@@ -748,6 +748,13 @@ impl Catalog {
             .find(|dom| matches!(self.domain_folder(dom), Ok(Some(d)) if d.stat(&name).is_ok())))
     }
 
+    /// Withdraw a cancel request (its job ended first).
+    pub fn clear_cancel(&self, domain: &Uuid, backup: &Uuid) {
+        if let Ok(Some(dir)) = self.domain_folder(domain) {
+            let _ = dir.remove(&format!("{backup}.cancel"));
+        }
+    }
+
     /// Remove the job lock and cancel request of a job that ended.
     pub fn clear_job_files(&self, rec: &BackupRecord) {
         if let Ok(Some(dir)) = self.domain_folder(&rec.domain_uuid) {
@@ -796,6 +803,26 @@ impl Catalog {
             .filter(|n| n.as_bytes().starts_with(RESTORING.as_bytes()))
             .map(|n| self.root.join(n))
             .collect()
+    }
+
+    /// Open a note `restore_notes` named if the library wrote it: a
+    /// regular file of ours, private (checked on the open file).
+    pub fn open_note(&self, note: &Path) -> Option<File> {
+        use std::os::unix::fs::MetadataExt;
+        let file = self
+            .dir
+            .open(&note.file_name()?.to_string_lossy(), OFlags::RDONLY);
+        let file = file.ok()?;
+        let m = file.metadata().ok()?;
+        let euid = rustix::process::geteuid().as_raw();
+        (m.is_file() && m.uid() == euid && m.mode() & 0o077 == 0).then_some(file)
+    }
+
+    /// Remove a note `restore_notes` named.
+    pub fn remove_note(&self, note: &Path) {
+        if let Some(name) = note.file_name() {
+            let _ = self.dir.remove(&name.to_string_lossy());
+        }
     }
 
     /// Domains that have a folder in the catalog.
@@ -1210,5 +1237,97 @@ mod tests {
         std::thread::spawn(move || assert!(cat3.try_lock_domain(&a).is_some()))
             .join()
             .unwrap();
+    }
+
+    /// Every file under `dir` (links not followed) with its content.
+    fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            match e.file_type().unwrap().is_dir() {
+                true => out.extend(tree(&p)),
+                false => out.push((p.clone(), std::fs::read(&p).unwrap_or_default())),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A folder holding what a domain's folder holds for `backups`: what a
+    /// library following a link to it would overwrite or remove.
+    fn victim_like(dir: &Path, backups: &[Uuid]) -> PathBuf {
+        let v = dir.join("victim");
+        std::fs::create_dir_all(v.join("merging")).unwrap();
+        std::fs::write(v.join("summary"), b"LVBKSUM1 0\n").unwrap();
+        for u in backups {
+            for name in [
+                format!("{u}.xml"),
+                format!(".{u}.xml.tmp"),
+                format!("{u}.deleting"),
+            ] {
+                std::fs::write(v.join(name), b"victim").unwrap();
+            }
+            std::fs::create_dir_all(v.join(format!("{u}.index"))).unwrap();
+            std::fs::write(v.join(format!("{u}.index/vda.b3")), b"victim").unwrap();
+        }
+        v
+    }
+
+    /// Swap `folder` with a link to `victim` and back (atomic exchanges,
+    /// so the folder's name never goes missing) until `stop`.
+    fn swapper(
+        folder: PathBuf,
+        victim: PathBuf,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<u64> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        let link = folder.with_extension("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        std::thread::spawn(move || {
+            let mut swaps = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if renameat_with(CWD, &folder, CWD, &link, RenameFlags::EXCHANGE).is_ok() {
+                    swaps += 1;
+                    std::thread::yield_now();
+                    renameat_with(CWD, &folder, CWD, &link, RenameFlags::EXCHANGE).unwrap();
+                }
+                std::thread::yield_now();
+            }
+            swaps
+        })
+    }
+
+    /// An attacker keeps swapping a domain's folder for a link to a victim
+    /// folder while backups are created, indexed and deleted: the victim
+    /// is never written to nor removed from (calls may fail meanwhile).
+    #[test]
+    fn a_domain_folder_swapped_for_a_link_is_never_written_through() {
+        use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let backups: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+        let victim = victim_like(dir.path(), &backups);
+        let before = tree(&victim);
+        let keep = record(dom, dir.path().join("keep"), BackupState::Completed);
+        cat.write_record(&keep).unwrap(); // the folder stays between backups
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacker = swapper(cat.domain_dir(&dom), victim.clone(), stop.clone());
+        for u in &backups {
+            let mut rec = record(dom, dir.path().join("t"), BackupState::Running);
+            rec.uuid = *u;
+            let _ = cat.write_record(&rec);
+            let _ = cat.create_index_dir(&dom, u);
+            let index = cat.index_path(&dom, u, "vda");
+            let _ = super::super::index::IndexWriter::create(&index, 1)
+                .and_then(|mut w| w.push(&[1; 32]).and_then(|()| w.finish()));
+            rec.state = BackupState::Completed;
+            let _ = cat.write_record(&rec);
+            let _ = cat.remove_with_data(&rec);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let swaps = attacker.join().unwrap();
+        assert!(swaps > 100, "only {swaps} swaps");
+        assert_eq!(tree(&victim), before, "the victim folder was changed");
     }
 }
