@@ -17,8 +17,8 @@ use crate::job::{self, Job};
 use crate::ops::export;
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
-use crate::store::secure;
 use crate::store::summary::Entry;
+use crate::store::secure;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, DefaultTarget, JobStats, UnmanagedRequest,
 };
@@ -543,6 +543,7 @@ fn filter_entries<'a>(all: &[Entry], candidates: Vec<&'a Entry>, flags: u32) -> 
     }
     out
 }
+
 
 /// `virDomainSetDefaultTarget`.
 pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
