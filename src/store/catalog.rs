@@ -1328,6 +1328,16 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         let swaps = attacker.join().unwrap();
         assert!(swaps > 100, "only {swaps} swaps");
-        assert_eq!(tree(&victim), before, "the victim folder was changed");
+        let after = tree(&victim);
+        let changed: Vec<&Path> = (before.iter().filter(|f| !after.contains(f)))
+            .chain(after.iter().filter(|f| !before.contains(f)))
+            .map(|(p, _)| p.as_path())
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "{} files of the victim folder written or removed, e.g. {:?}",
+            changed.len(),
+            &changed[..changed.len().min(4)]
+        );
     }
 }
