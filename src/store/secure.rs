@@ -4,9 +4,10 @@
 //! StrictModes does, a catalog folder is used only when it is a real folder
 //! (not a symbolic link) owned by the caller's uid (or root) and writable
 //! by nobody else, and so is every folder above it (a world-writable one
-//! only with the sticky bit, like /tmp). Files are created without
-//! following symbolic links, and crash cleanup removes only regular files
-//! of ours with the private mode the library gives them.
+//! only with the sticky bit, like /tmp). Folders and files are opened
+//! relative to their folder's descriptor without following symbolic links
+//! (`folder`), and crash cleanup removes only regular files of ours with
+//! the private mode the library gives them.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
