@@ -670,6 +670,15 @@ impl Catalog {
         }
     }
 
+    /// The backups of one domain that have a record file, from the folder
+    /// itself (not the summary), in no particular order; nothing is parsed.
+    pub fn record_ids(&self, domain: &Uuid) -> Result<Vec<Uuid>> {
+        match self.domain_folder(domain)? {
+            Some(dir) => record_ids_in(&dir),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Refuse a domain folder another user could write to (see `secure`).
     pub fn check_domain_dir(&self, domain: &Uuid) -> Result<()> {
         self.domain_folder(domain).map(drop)
@@ -906,21 +915,26 @@ fn read_record(dir: &Folder, name: &str) -> Result<Option<BackupRecord>> {
         .map_err(|e| damaged(&path, &e.message))
 }
 
-/// Every record in a domain's folder, oldest first.
-fn records_in(dir: &Folder) -> Result<Vec<BackupRecord>> {
+/// The backups that have a record file in a domain's folder.
+fn record_ids_in(dir: &Folder) -> Result<Vec<Uuid>> {
     let names = dir
         .names()
         .map_err(|e| Error::io("cannot read catalog folder", dir.path(), e))?;
+    Ok(names
+        .iter()
+        .filter_map(|name| {
+            let stem = name.to_str()?.strip_suffix(".xml")?;
+            // Only the name this catalog gives a record.
+            Uuid::parse_str(stem).ok().filter(|u| u.to_string() == stem)
+        })
+        .collect())
+}
+
+/// Every record in a domain's folder, oldest first.
+fn records_in(dir: &Folder) -> Result<Vec<BackupRecord>> {
     let mut out = Vec::new();
-    for name in names {
-        let name = name.to_string_lossy();
-        let Some(stem) = name.strip_suffix(".xml") else {
-            continue;
-        };
-        if Uuid::parse_str(stem).is_err() {
-            continue;
-        }
-        if let Some(rec) = read_record(dir, &name)? {
+    for backup in record_ids_in(dir)? {
+        if let Some(rec) = read_record(dir, &record_name(&backup))? {
             out.push(rec);
         }
     }
