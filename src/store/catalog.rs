@@ -607,16 +607,61 @@ impl Catalog {
     /// Second step: the backup's data files and the folders it created.
     pub fn remove_data(&self, rec: &BackupRecord) -> Result<()> {
         for (i, d) in rec.disks.iter().enumerate() {
-            remove_if_exists(&d.target)?;
+            self.remove_target(rec, &d.target, false)?;
             if i == 0 {
                 crate::test_stop!("delete-first-disk-removed");
             }
         }
-        for dir in rec.created_dirs.iter().rev() {
-            // Only empty folders go: a folder may have gained other files.
-            let _ = std::fs::remove_dir(dir);
-        }
+        self.remove_created_dirs(rec);
         Ok(())
+    }
+
+    /// The backup's default folder in the catalog (`<domain>/<backup>/`),
+    /// open, and the name in it of `path` if `path` lies there.
+    fn in_data_dir(&self, rec: &BackupRecord, path: &Path) -> Result<Option<(Folder, String)>> {
+        let data = self.data_dir(&rec.domain_uuid, &rec.uuid);
+        let (Some(name), true) = (path.file_name(), path.parent() == Some(data.as_path())) else {
+            return Ok(None);
+        };
+        let dir = match self.domain_folder(&rec.domain_uuid)? {
+            Some(d) => d.sub(&rec.uuid.to_string())?,
+            None => None,
+        };
+        Ok(dir.map(|d| (d, name.to_string_lossy().into_owned())))
+    }
+
+    /// Remove a target of `rec`: one in its default folder in the catalog
+    /// through the folders' descriptors, any other by path. With `own`,
+    /// only a private regular file of ours (see `secure::removable`).
+    fn remove_target(&self, rec: &BackupRecord, path: &Path, own: bool) -> Result<()> {
+        let Some((dir, name)) = self.in_data_dir(rec, path)? else {
+            if own {
+                secure::remove_own_file(path);
+                return Ok(());
+            }
+            return remove_if_exists(&path.to_path_buf());
+        };
+        if own
+            && !dir
+                .stat(&name)
+                .is_ok_and(|st| secure::own_private_file(&st))
+        {
+            return Ok(());
+        }
+        dir.remove_if_exists(&name)
+    }
+
+    /// The folders the backup's targets needed, innermost first, if empty:
+    /// a folder may have gained other files.
+    fn remove_created_dirs(&self, rec: &BackupRecord) {
+        let data = self.data_dir(&rec.domain_uuid, &rec.uuid);
+        for dir in rec.created_dirs.iter().rev() {
+            if *dir != data {
+                let _ = std::fs::remove_dir(dir);
+            } else if let Ok(Some(d)) = self.domain_folder(&rec.domain_uuid) {
+                let _ = d.remove_dir(&rec.uuid.to_string());
+            }
+        }
     }
 
     /// Last step: the digest index, then the `.deleting` note.
@@ -688,11 +733,9 @@ impl Catalog {
     /// files of ours, private), never whatever else a record names.
     pub fn remove_dead_data(&self, rec: &BackupRecord) -> Result<()> {
         for d in &rec.disks {
-            secure::remove_own_file(&d.target);
+            let _ = self.remove_target(rec, &d.target, true);
         }
-        for dir in rec.created_dirs.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
+        self.remove_created_dirs(rec);
         self.remove_record(rec)
     }
 

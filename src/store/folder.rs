@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use super::secure;
 use crate::error::{Error, Result};
 
 /// An open catalog folder, and its path (for messages, and for the files
@@ -49,7 +48,7 @@ impl Folder {
     fn checked(fd: OwnedFd, path: PathBuf) -> Result<Folder> {
         let st =
             rustix::fs::fstat(&fd).map_err(|e| Error::io("cannot inspect", &path, e.into()))?;
-        secure::check_stat(&path, &st)?;
+        check_stat(&path, &st)?;
         Ok(Folder { fd, path })
     }
 
@@ -277,12 +276,53 @@ fn link_at(dir: Option<&OwnedFd>, path: &Path) -> bool {
 /// name is refused as `secure::check_dir` words it.
 fn open_error(path: &Path, e: Errno, is_link: impl Fn() -> bool) -> Error {
     match e {
-        Errno::LOOP | Errno::NOTDIR if is_link() => {
-            secure::unsafe_path(path, "it is a symbolic link")
-        }
-        Errno::NOTDIR => secure::unsafe_path(path, "it is not a folder"),
+        Errno::LOOP | Errno::NOTDIR if is_link() => unsafe_path(path, "it is a symbolic link"),
+        Errno::NOTDIR => unsafe_path(path, "it is not a folder"),
         _ => Error::io("cannot open catalog folder", path, e.into()),
     }
+}
+
+pub(crate) fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+pub(crate) fn unsafe_path(path: &Path, what: &str) -> Error {
+    Error::operation_failed(format!(
+        "refusing to use catalog path '{}': {what}",
+        path.display()
+    ))
+}
+
+pub(crate) fn owner_ok(uid: u32) -> bool {
+    uid == euid() || uid == 0
+}
+
+/// `check_dir` on an open folder's `fstat`.
+fn check_stat(path: &Path, st: &rustix::fs::Stat) -> Result<()> {
+    let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
+    check_mode(path, is_dir, st.st_uid, st.st_mode)
+}
+
+pub(crate) fn check_mode(path: &Path, is_dir: bool, uid: u32, mode: u32) -> Result<()> {
+    if !is_dir {
+        return Err(unsafe_path(path, "it is not a folder"));
+    }
+    if !owner_ok(uid) {
+        return Err(unsafe_path(
+            path,
+            &format!("it is owned by uid {uid}, not by uid {} or root", euid()),
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(unsafe_path(
+            path,
+            &format!(
+                "it is writable by group or others (mode {:o})",
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

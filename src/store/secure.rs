@@ -15,23 +15,8 @@ use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::OFlags;
 
-use super::folder::Folder;
+use super::folder::{Folder, check_mode, euid, owner_ok, unsafe_path};
 use crate::error::{Error, Result};
-
-fn euid() -> u32 {
-    rustix::process::geteuid().as_raw()
-}
-
-pub(crate) fn unsafe_path(path: &Path, what: &str) -> Error {
-    Error::operation_failed(format!(
-        "refusing to use catalog path '{}': {what}",
-        path.display()
-    ))
-}
-
-fn owner_ok(uid: u32) -> bool {
-    uid == euid() || uid == 0
-}
 
 /// Check one catalog folder by path: a real folder, ours (or root's),
 /// writable by its owner only.
@@ -41,34 +26,6 @@ pub fn check_dir(path: &Path) -> Result<()> {
         return Err(unsafe_path(path, "it is a symbolic link"));
     }
     check_mode(path, m.is_dir(), m.uid(), m.mode())
-}
-
-/// `check_dir` on an open folder's `fstat`.
-pub fn check_stat(path: &Path, st: &rustix::fs::Stat) -> Result<()> {
-    let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
-    check_mode(path, is_dir, st.st_uid, st.st_mode)
-}
-
-fn check_mode(path: &Path, is_dir: bool, uid: u32, mode: u32) -> Result<()> {
-    if !is_dir {
-        return Err(unsafe_path(path, "it is not a folder"));
-    }
-    if !owner_ok(uid) {
-        return Err(unsafe_path(
-            path,
-            &format!("it is owned by uid {uid}, not by uid {} or root", euid()),
-        ));
-    }
-    if mode & 0o022 != 0 {
-        return Err(unsafe_path(
-            path,
-            &format!(
-                "it is writable by group or others (mode {:o})",
-                mode & 0o7777
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Check the folders above the root: owned by us or root, and not
@@ -154,6 +111,13 @@ pub fn removable(path: &Path) -> bool {
         && !path.components().any(|c| c == Component::ParentDir)
         && fs::symlink_metadata(path)
             .is_ok_and(|m| m.is_file() && m.uid() == euid() && m.mode() & 0o077 == 0)
+}
+
+/// `removable` on a file's `lstat`: a regular file of ours, private.
+pub fn own_private_file(st: &rustix::fs::Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode).is_file()
+        && st.st_uid == euid()
+        && st.st_mode & 0o077 == 0
 }
 
 /// Remove `path` if `removable` allows it.
