@@ -143,6 +143,23 @@ pub struct DomainLock {
     file: File,
 }
 
+/// Where another process asks a running job to stop: the file
+/// `<domain>/<backup>.cancel`, looked for through the domain's folder
+/// descriptor (a link swapped in for the folder asks nothing).
+#[derive(Debug)]
+pub struct CancelMarker {
+    root: Arc<Folder>,
+    domain: String,
+    name: String,
+}
+
+impl CancelMarker {
+    /// Whether the marker is there.
+    pub fn requested(&self) -> bool {
+        matches!(self.root.sub(&self.domain), Ok(Some(d)) if d.stat(&self.name).is_ok())
+    }
+}
+
 /// Folder (in the root) of the per-domain job locks, one file per domain.
 const DOMAIN_LOCKS: &str = ".domain-locks";
 
@@ -309,8 +326,17 @@ impl Catalog {
     }
 
     /// The marker another process creates to cancel a running job.
-    pub fn cancel_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
+    fn cancel_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
         self.domain_dir(domain).join(format!("{backup}.cancel"))
+    }
+
+    /// The cancel marker of a backup's job (see `CancelMarker`).
+    pub fn cancel_marker(&self, domain: &Uuid, backup: &Uuid) -> CancelMarker {
+        CancelMarker {
+            root: self.dir.clone(),
+            domain: domain.to_string(),
+            name: format!("{backup}.cancel"),
+        }
     }
 
     /// Ask the job of a running backup, in whatever process, to stop.
