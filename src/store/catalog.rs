@@ -1357,27 +1357,42 @@ mod tests {
     }
 
     /// Swap `folder` with a link to `victim` and back (atomic exchanges,
-    /// so the folder's name never goes missing) until `stop`.
+    /// so the folder's name never goes missing), counting in `swaps`,
+    /// until `stop`.
     fn swapper(
         folder: PathBuf,
         victim: PathBuf,
+        swaps: std::sync::Arc<std::sync::atomic::AtomicU64>,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> std::thread::JoinHandle<u64> {
+    ) -> std::thread::JoinHandle<()> {
         use rustix::fs::{CWD, RenameFlags, renameat_with};
+        use std::sync::atomic::Ordering::Relaxed;
         let link = folder.with_extension("link");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         std::thread::spawn(move || {
-            let mut swaps = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Relaxed) {
                 if renameat_with(CWD, &folder, CWD, &link, RenameFlags::EXCHANGE).is_ok() {
-                    swaps += 1;
+                    swaps.fetch_add(1, Relaxed);
                     std::thread::yield_now();
                     renameat_with(CWD, &folder, CWD, &link, RenameFlags::EXCHANGE).unwrap();
                 }
                 std::thread::yield_now();
             }
-            swaps
         })
+    }
+
+    /// Create, index and delete backup `u` of `dom`; failures are fine.
+    fn churn(cat: &Catalog, dom: Uuid, u: &Uuid, target: PathBuf) {
+        let mut rec = record(dom, target, BackupState::Running);
+        rec.uuid = *u;
+        let _ = cat.write_record(&rec);
+        let _ = cat.create_index_dir(&dom, u);
+        let index = cat.index_path(&dom, u, "vda");
+        let _ = super::super::index::IndexWriter::create(&index, 1)
+            .and_then(|mut w| w.push(&[1; 32]).and_then(|()| w.finish()));
+        rec.state = BackupState::Completed;
+        let _ = cat.write_record(&rec);
+        let _ = cat.remove_with_data(&rec);
     }
 
     /// An attacker keeps swapping a domain's folder for a link to a victim
@@ -1385,7 +1400,7 @@ mod tests {
     /// is never written to nor removed from (calls may fail meanwhile).
     #[test]
     fn a_domain_folder_swapped_for_a_link_is_never_written_through() {
-        use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::at(dir.path().join("cat")).unwrap();
         let dom = Uuid::new_v4();
@@ -1394,23 +1409,21 @@ mod tests {
         let before = tree(&victim);
         let keep = record(dom, dir.path().join("keep"), BackupState::Completed);
         cat.write_record(&keep).unwrap(); // the folder stays between backups
-        let stop = Arc::new(AtomicBool::new(false));
-        let attacker = swapper(cat.domain_dir(&dom), victim.clone(), stop.clone());
-        for u in &backups {
-            let mut rec = record(dom, dir.path().join("t"), BackupState::Running);
-            rec.uuid = *u;
-            let _ = cat.write_record(&rec);
-            let _ = cat.create_index_dir(&dom, u);
-            let index = cat.index_path(&dom, u, "vda");
-            let _ = super::super::index::IndexWriter::create(&index, 1)
-                .and_then(|mut w| w.push(&[1; 32]).and_then(|()| w.finish()));
-            rec.state = BackupState::Completed;
-            let _ = cat.write_record(&rec);
-            let _ = cat.remove_with_data(&rec);
+        let (swaps, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let attacker = swapper(cat.domain_dir(&dom), victim.clone(), swaps.clone(), stop.clone());
+        // Each backup once, and on (a loaded machine may start the attacker
+        // late) until it swapped enough times, within a minute.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for (i, u) in backups.iter().cycle().enumerate() {
+            let enough = i >= backups.len() && swaps.load(Relaxed) >= 300;
+            if enough || std::time::Instant::now() > end {
+                break;
+            }
+            churn(&cat, dom, u, dir.path().join("t"));
         }
-        stop.store(true, Ordering::Relaxed);
-        let swaps = attacker.join().unwrap();
-        assert!(swaps > 100, "only {swaps} swaps");
+        stop.store(true, Relaxed);
+        attacker.join().unwrap();
+        assert!(swaps.load(Relaxed) >= 300, "only {swaps:?} swaps");
         let after = tree(&victim);
         let changed: Vec<&Path> = (before.iter().filter(|f| !after.contains(f)))
             .chain(after.iter().filter(|f| !before.contains(f)))
