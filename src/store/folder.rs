@@ -282,6 +282,7 @@ fn open_error(path: &Path, e: Errno, is_link: impl Fn() -> bool) -> Error {
     }
 }
 
+/// The uid whose catalog this is.
 pub(crate) fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
@@ -293,6 +294,7 @@ pub(crate) fn unsafe_path(path: &Path, what: &str) -> Error {
     ))
 }
 
+/// Whether a catalog folder's owner is us or root.
 pub(crate) fn owner_ok(uid: u32) -> bool {
     uid == euid() || uid == 0
 }
@@ -303,6 +305,8 @@ fn check_stat(path: &Path, st: &rustix::fs::Stat) -> Result<()> {
     check_mode(path, is_dir, st.st_uid, st.st_mode)
 }
 
+/// A catalog folder as OpenSSH's StrictModes wants it: a real folder,
+/// ours (or root's), writable by its owner only.
 pub(crate) fn check_mode(path: &Path, is_dir: bool, uid: u32, mode: u32) -> Result<()> {
     if !is_dir {
         return Err(unsafe_path(path, "it is not a folder"));
