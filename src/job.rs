@@ -245,7 +245,10 @@ impl Progress {
     /// An `OperationAborted` error once a cancel was asked for.
     pub fn check_cancel(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed)
-            || self.cancel_file.as_ref().is_some_and(CancelMarker::requested)
+            || self
+                .cancel_file
+                .as_ref()
+                .is_some_and(CancelMarker::requested)
         {
             return Err(Error::aborted("backup job cancelled"));
         }

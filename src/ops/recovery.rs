@@ -120,7 +120,9 @@ fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRe
     }
     let outcome = match cur.checkpoint {
         Some(_) => {
-            let cancel = catalog.cancel_marker(&cur.domain_uuid, &cur.uuid).requested();
+            let cancel = catalog
+                .cancel_marker(&cur.domain_uuid, &cur.uuid)
+                .requested();
             live::orphan_outcome(&cur, cancel)
         }
         None => Some(false),

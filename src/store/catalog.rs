@@ -1409,8 +1409,16 @@ mod tests {
         let before = tree(&victim);
         let keep = record(dom, dir.path().join("keep"), BackupState::Completed);
         cat.write_record(&keep).unwrap(); // the folder stays between backups
-        let (swaps, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let attacker = swapper(cat.domain_dir(&dom), victim.clone(), swaps.clone(), stop.clone());
+        let (swaps, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let attacker = swapper(
+            cat.domain_dir(&dom),
+            victim.clone(),
+            swaps.clone(),
+            stop.clone(),
+        );
         // Each backup once, and on (a loaded machine may start the attacker
         // late) until it swapped enough times, within a minute.
         let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
