@@ -8,6 +8,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import uuid as uuidlib
 
@@ -18,7 +19,7 @@ from conftest import (RESTORE_REWRITE_EXISTING_DISK as REWRITE, MiB, VIR_ERR_INV
                       backup_uuid, backup_xml_for, count_backups, create_fails, domain_uuid,
                       domain_xml, expect_error, lib, make_disk, restore, restore_fails,
                       restore_xml_for, run, sha256, target_of, unmanaged_xml, virt,
-                      free_port)
+                      free_port, SUBPROCESS_PRELUDE)
 
 if os.geteuid() != 0:
     pytest.skip("the attacks need root (the library's user) and nobody", allow_module_level=True)
@@ -249,6 +250,119 @@ def test_links_at_lock_temporary_and_index_names_are_not_followed(env, tmp_path,
     env.backup(dom, backup_xml_for({"vda": env.path("d.qcow2")}, uuid=u))
     assert intact(victim)
     assert count_backups(dom) == 2
+
+
+# ------------------------------------------ folders swapped while in use
+# The library, run as nobody on nobody's catalog, creates and deletes
+# backups; a second process of the same user keeps exchanging the domain's
+# folder with a link to a victim folder that holds files named as the
+# library's (renameat2 RENAME_EXCHANGE, so the folder's name never goes
+# missing). Only the catalog's owner can rename in the catalog, so this is
+# the case where a folder checked by path could change before its use.
+SWAPPER = """
+import ctypes, os, random, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+folder, link, victim, stop = (a.encode() for a in sys.argv[1:5])
+os.symlink(victim, link)
+swaps, end = 0, time.monotonic() + 600
+# Until told to stop, or its test is gone.
+while not os.path.exists(stop) and os.path.isdir(os.path.dirname(stop)) \
+        and time.monotonic() < end:
+    if libc.renameat2(-100, folder, -100, link, 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+        swaps += 1
+        os.sched_yield()
+        assert libc.renameat2(-100, folder, -100, link, 2) == 0
+    # The library gets some calls through between the swaps.
+    until = time.perf_counter() + random.random() / 2000
+    while time.perf_counter() < until:
+        pass
+print(swaps)
+"""
+
+LIBRARY_USER = """
+work, dom_uuid, backups = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+conn = virt.virConnectOpen(b"test:///default")
+disk = make_disk(os.path.join(work, "disk.raw"), 4 * MiB, writes=[(0, MiB, 0xab)])
+xml = domain_xml("openat-race", [("vda", disk, "raw")], uuid=dom_uuid)
+d = virt.virDomainDefineXML(conn, xml.encode())
+assert d, "cannot define the domain"
+# A backup kept throughout, so that the domain's folder stays.
+assert lib.virDomainBackupCreateXML(
+    d, backup_xml_for({"vda": os.path.join(work, "keep.qcow2")}).encode(), CREATE_WAIT), \
+    last_error()
+print("ready", flush=True)
+done, errors = 0, set()
+for i, u in enumerate(backups):
+    t = os.path.join(work, f"t{i}.qcow2")
+    b = lib.virDomainBackupCreateXML(d, backup_xml_for({"vda": t}, uuid=u).encode(), CREATE_WAIT)
+    ok = bool(b) and lib.virDomainBackupDelete(b, 0) == 0
+    done += ok
+    errors.add("" if ok else last_error()[1])
+print(done, sorted(errors), flush=True)
+"""
+
+
+def files_under(top):
+    """{path: content} of every file under `top`, links not followed."""
+    out = {}
+    for d, _, files in os.walk(top):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                out[os.path.join(d, f)] = fh.read()
+    return out
+
+
+def victim_folder(path, backups):
+    """A folder of nobody's holding what a domain's folder holds for
+    `backups`: what a library following a link to it would overwrite or
+    remove."""
+    os.makedirs(os.path.join(path, "merging"))
+    names = ["summary", ".summary.tmp", "default-target.xml"]
+    for u in backups:
+        names += [f"{u}.xml", f".{u}.xml.tmp", f"{u}.deleting", f"{u}.lock", f"{u}.cancel",
+                  f"{u}.index/vda.b3"]
+        os.makedirs(os.path.join(path, f"{u}.index"))
+    for n in names:
+        with open(os.path.join(path, n), "wb") as f:
+            f.write(b"victim " + n.encode())
+    subprocess.run(["chown", "-R", "nobody:", path], check=True)
+
+
+def test_domain_folder_swapped_for_a_link_is_never_followed():
+    top = tempfile.mkdtemp(prefix="openat-race-", dir="/var/tmp")
+    try:
+        os.chmod(top, 0o755)
+        work, victim = os.path.join(top, "work"), os.path.join(top, "victim")
+        catalog = os.path.join(top, "catalog")
+        for d in (work, catalog):
+            os.mkdir(d, 0o700)
+            subprocess.run(["chown", "nobody:", d], check=True)
+        dom_uuid = str(uuidlib.uuid4())
+        backups = [str(uuidlib.uuid4()) for _ in range(200)]
+        victim_folder(victim, backups)
+        before = files_under(victim)
+        user = subprocess.Popen(
+            ["runuser", "-u", "nobody", "--", "env", f"LIBVIRT_BACKUP_DIR={catalog}",
+             sys.executable, "-c", SUBPROCESS_PRELUDE + LIBRARY_USER, work, dom_uuid,
+             ",".join(backups)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert user.stdout.readline().strip() == "ready", user.communicate()[1]
+        stop = os.path.join(work, "stop")
+        folder = os.path.join(catalog, dom_uuid)
+        swapper = subprocess.Popen(
+            ["runuser", "-u", "nobody", "--", sys.executable, "-c", SWAPPER, folder,
+             folder + ".link", victim, stop], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        out, err = user.communicate(timeout=600)
+        open(stop, "w").close()
+        swaps, serr = swapper.communicate(timeout=60)
+        assert user.returncode == 0, err
+        assert swapper.returncode == 0 and int(swaps) > 20, (swaps, serr)
+        after = files_under(victim)
+        changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+        assert not changed, (f"{len(changed)} victim files written or removed: {changed[:4]}; "
+                             f"backups done and errors: {out[:300]}")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 # ------------------------------------------------------ targets in the catalog

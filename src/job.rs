@@ -2,7 +2,6 @@
 //! counters, cancellation and a final state that waiters can block on.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::Instant;
@@ -10,7 +9,7 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::catalog::{Catalog, CatalogLock, JobLock};
+use crate::store::catalog::{CancelMarker, Catalog, CatalogLock, JobLock};
 use crate::xml::backup::{BackupRecord, BackupState, JobStats};
 
 #[derive(Debug)]
@@ -76,20 +75,20 @@ pub fn check_domain_free(domain: &Uuid) -> Result<()> {
 }
 
 impl Job {
-    /// A new job; `cancel_file` appearing asks it to stop (see [`Progress`]).
+    /// A new job; `cancel` appearing asks it to stop (see [`Progress`]).
     pub fn new(
         uuid: Uuid,
         domain: Uuid,
         total: u64,
         disks: u32,
         incremental: bool,
-        cancel_file: PathBuf,
+        cancel: CancelMarker,
     ) -> Arc<Job> {
         Arc::new(Job {
             uuid,
             domain,
             progress: Progress {
-                cancel_file: Some(cancel_file),
+                cancel_file: Some(cancel),
                 ..Progress::default()
             },
             total: AtomicU64::new(total),
@@ -238,15 +237,18 @@ pub struct Progress {
     /// Set by a canceller in this process.
     pub cancel: AtomicBool,
     /// A file whose existence asks the copy to stop: how another process
-    /// cancels (one stat per chunk).
-    pub cancel_file: Option<PathBuf>,
+    /// cancels (one look per chunk).
+    pub cancel_file: Option<CancelMarker>,
 }
 
 impl Progress {
     /// An `OperationAborted` error once a cancel was asked for.
     pub fn check_cancel(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed)
-            || self.cancel_file.as_ref().is_some_and(|f| f.exists())
+            || self
+                .cancel_file
+                .as_ref()
+                .is_some_and(CancelMarker::requested)
         {
             return Err(Error::aborted("backup job cancelled"));
         }

@@ -506,8 +506,6 @@ pub fn write_index_file(path: &Path, image: &Path, format: DiskFormat, chain: Ch
         w.finish()
     });
     built
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename", &tmp, e)))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+        .and_then(|()| crate::store::index::install(&tmp, path))
+        .inspect_err(|_| crate::store::index::discard(&tmp))
 }

@@ -1,7 +1,6 @@
 //! Managed backups: the operations behind the public API, on safe types.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -388,8 +387,7 @@ impl Backup {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Some(_) => {
-                    let _ =
-                        fs::remove_file(self.catalog.cancel_path(&self.domain_uuid, &self.uuid));
+                    self.catalog.clear_cancel(&self.domain_uuid, &self.uuid);
                     return Err(Error::operation_invalid(
                         "the backup job completed before it could be cancelled",
                     ));

@@ -471,7 +471,7 @@ fn new_job(catalog: &Catalog, record: &BackupRecord) -> Arc<Job> {
             .disks
             .iter()
             .any(|d| d.mode == BackupMode::Incremental),
-        catalog.cancel_path(&domain, &uuid),
+        catalog.cancel_marker(&domain, &uuid),
     )
 }
 

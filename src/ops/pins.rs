@@ -85,7 +85,7 @@ fn live(catalog: &Catalog) -> Result<Vec<(Pin, Vec<PathBuf>)>> {
         if !files.is_empty() && still_used(&pin, &files) {
             out.push((pin, files));
         } else {
-            pins::remove(&path);
+            pins::remove(catalog, &path);
         }
     }
     Ok(out)

@@ -9,7 +9,6 @@
 //! still reads through them.
 
 use std::collections::HashSet;
-use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -121,7 +120,9 @@ fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRe
     }
     let outcome = match cur.checkpoint {
         Some(_) => {
-            let cancel = catalog.cancel_path(&cur.domain_uuid, &cur.uuid).exists();
+            let cancel = catalog
+                .cancel_marker(&cur.domain_uuid, &cur.uuid)
+                .requested();
             live::orphan_outcome(&cur, cancel)
         }
         None => Some(false),
@@ -155,7 +156,7 @@ fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
         if !tmp.as_os_str().is_empty() {
             secure::remove_own_file(&tmp);
         }
-        let _ = fs::remove_file(&marker);
+        catalog.remove_merge_marker(domain, &marker);
     }
 }
 
@@ -183,10 +184,7 @@ fn domain_uses(head: &str, files: &[&std::ffi::OsStr]) -> Option<bool> {
 fn sweep_restores(catalog: &Catalog) {
     for note in catalog.restore_notes() {
         // Only a note the library wrote: a regular file of ours, 0600.
-        if !secure::removable(&note) {
-            continue;
-        }
-        let Ok(mut file) = secure::options().read(true).open(&note) else {
+        let Some(mut file) = catalog.open_note(&note) else {
             continue;
         };
         if file.try_lock().is_err() {
@@ -196,7 +194,7 @@ fn sweep_restores(catalog: &Catalog) {
         let _ = file.read_to_end(&mut text);
         // A note cut short while written names nothing (see `stage_files`).
         let Some(text) = text.strip_suffix(NOTE_END) else {
-            let _ = fs::remove_file(&note);
+            catalog.remove_note(&note);
             continue;
         };
         let mut lines = text
@@ -214,7 +212,7 @@ fn sweep_restores(catalog: &Catalog) {
                 }
             }
         }
-        let _ = fs::remove_file(&note);
+        catalog.remove_note(&note);
     }
 }
 

@@ -24,17 +24,22 @@
 //! The catalog only stores and locks: a record in state `running` whose job
 //! lock can be taken belongs to a process that died, and what becomes of it
 //! (and of cut-short merges and restores) is decided in `ops::recovery`.
+//!
+//! Every file and folder is opened relative to the descriptor of the
+//! folder it is in (`folder`): the root is opened once per `Catalog`, a
+//! domain's folder relative to it at each use.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use rustix::fs::OFlags;
 use uuid::Uuid;
 
-use super::summary::{self, Entry};
+use super::folder::Folder;
 use super::secure;
+use super::summary::{self, Entry};
 use crate::error::{Error, Result};
 use crate::xml::backup::{BackupRecord, DefaultTarget};
 
@@ -45,6 +50,7 @@ const MERGING: &str = "merging";
 #[derive(Debug, Clone)]
 pub struct Catalog {
     root: PathBuf,
+    dir: Arc<Folder>,
 }
 
 /// A writer lock of the catalog: the catalog-wide one (taken only to
@@ -86,20 +92,19 @@ pub const NOTE_DOMAIN: &str = "domain ";
 
 /// The note of a restore's new files, locked while the restore writes them.
 pub struct StagedFiles {
-    _file: File,
-    path: PathBuf,
+    file: File,
+    root: Arc<Folder>,
+    name: String,
 }
 
 impl StagedFiles {
     /// The files are complete (or removed): forget the note.
-    pub fn done(self) {
-        let _ = fs::remove_file(&self.path);
-    }
+    pub fn done(self) {}
 }
 
 impl Drop for StagedFiles {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        let _ = self.root.remove(&self.name);
     }
 }
 
@@ -109,7 +114,9 @@ impl Drop for StagedFiles {
 /// lock file is there but unlocked belongs to a job that died.
 pub struct JobLock {
     file: File,
-    path: PathBuf,
+    /// The domain's folder, and the backup's UUID.
+    dir: Folder,
+    backup: Uuid,
     domain: DomainLock,
 }
 
@@ -136,6 +143,23 @@ pub struct DomainLock {
     file: File,
 }
 
+/// Where another process asks a running job to stop: the file
+/// `<domain>/<backup>.cancel`, looked for through the domain's folder
+/// descriptor (a link swapped in for the folder asks nothing).
+#[derive(Debug)]
+pub struct CancelMarker {
+    root: Arc<Folder>,
+    domain: String,
+    name: String,
+}
+
+impl CancelMarker {
+    /// Whether the marker is there.
+    pub fn requested(&self) -> bool {
+        matches!(self.root.sub(&self.domain), Ok(Some(d)) if d.stat(&self.name).is_ok())
+    }
+}
+
 /// Folder (in the root) of the per-domain job locks, one file per domain.
 const DOMAIN_LOCKS: &str = ".domain-locks";
 
@@ -156,53 +180,18 @@ pub enum JobStatus {
 
 impl Drop for JobLock {
     fn drop(&mut self) {
-        let _ = fs::remove_file(self.path.with_extension("cancel"));
-        let _ = fs::remove_file(&self.path);
+        let _ = self.dir.remove(&format!("{}.cancel", self.backup));
+        let _ = self.dir.remove(&format!("{}.lock", self.backup));
         let _ = self.file.unlock();
     }
 }
 
-/// Take the flock of `path`: a lock file, or (`dir`) a folder, created if
-/// missing. A folder removed while we waited for it is made and locked anew.
-fn acquire(path: PathBuf, wait: bool, dir: bool) -> Result<Option<CatalogLock>> {
-    let held = HELD.with(|h| h.borrow_mut().get_mut(&path).map(|d| *d += 1).is_some());
-    if held {
-        return Ok(Some(CatalogLock { _file: None, path }));
-    }
-    let file = loop {
-        let file = match dir {
-            true => make_private_dir(&path).and_then(|()| {
-                secure::options()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_DIRECTORY)
-                    .open(&path)
-                    .map_err(|e| Error::io("cannot open catalog folder", &path, e))
-            })?,
-            false => secure::open_lock(&path)
-                .map_err(|e| Error::io("cannot open catalog lock", &path, e))?,
-        };
-        if wait {
-            file.lock()
-                .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
-        } else if file.try_lock().is_err() {
-            return Ok(None);
-        }
-        if !dir || same_file(&file, &path) {
-            break file;
-        }
-    };
-    HELD.with(|h| h.borrow_mut().insert(path.clone(), 1));
-    Ok(Some(CatalogLock {
-        _file: Some(file),
-        path,
-    }))
-}
-
-/// Whether `path` still names the open `file`.
-fn same_file(file: &File, path: &Path) -> bool {
+/// Whether `name` in `dir` still is the open `file` (not a folder removed
+/// and made anew while we waited for its lock).
+fn same_file(file: &File, dir: &Folder, name: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+    match (file.metadata(), dir.stat(name)) {
+        (Ok(a), Ok(b)) => a.dev() == b.st_dev && a.ino() == b.st_ino,
         _ => false,
     }
 }
@@ -221,45 +210,20 @@ fn default_root() -> PathBuf {
     PathBuf::from(home).join(".local/share/libvirt-backup")
 }
 
-/// Write `data` to `path` so that a crash leaves the old or the new content:
-/// temporary file, fsync, rename, fsync of the folder.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::internal("catalog path has no folder"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let write = || -> std::io::Result<()> {
-        // A stale temporary file (or a link planted at its name) goes
-        // first: the new one is created, never opened through a link.
-        let _ = fs::remove_file(&tmp);
-        let mut f = secure::options().write(true).create_new(true).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("cannot write catalog file", path, e)
-    })
-}
-
-/// Create a catalog folder (and its parents) readable by its owner only:
-/// records hold domain definitions with their secrets.
-fn make_private_dir(dir: &Path) -> Result<()> {
-    secure::make_dir(dir)
-}
-
-/// Make a rename or removal in `dir` durable.
+/// Make a rename or removal in `dir` (a folder outside the catalog, such
+/// as an image's) durable.
 pub fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+fn record_name(backup: &Uuid) -> String {
+    format!("{backup}.xml")
+}
+
+fn index_name(backup: &Uuid) -> String {
+    format!("{backup}.index")
 }
 
 impl Catalog {
@@ -269,15 +233,23 @@ impl Catalog {
     }
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
-        secure::prepare_root(&root)?;
-        Ok(Catalog { root })
+        let dir = Arc::new(secure::prepare_root(&root)?);
+        Ok(Catalog { root, dir })
     }
 
     /// A new private folder `<root>/<name>` (an export's scratch files).
     pub fn private_dir(&self, name: &str) -> Result<PathBuf> {
-        let dir = self.root.join(name);
-        make_private_dir(&dir)?;
-        Ok(dir)
+        self.private_folder(name).map(|f| f.path().to_path_buf())
+    }
+
+    /// The private folder `<root>/<name>`, open, created if missing.
+    pub fn private_folder(&self, name: &str) -> Result<Folder> {
+        self.dir.make_sub(name)
+    }
+
+    /// The folder `<root>/<name>` if it exists.
+    pub fn folder(&self, name: &str) -> Result<Option<Folder>> {
+        self.dir.sub(name)
     }
 
     /// Note the files a restore is about to write from scratch; until
@@ -301,14 +273,18 @@ impl Catalog {
     }
 
     fn stage(&self, head: Option<String>, paths: &[&Path]) -> Result<StagedFiles> {
-        let path = self.root.join(format!("{RESTORING}{}", Uuid::new_v4()));
-        let mut file = secure::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let name = format!("{RESTORING}{}", Uuid::new_v4());
+        let path = self.root.join(&name);
+        let file = self
+            .dir
+            .create_new(&name)
             .map_err(|e| Error::io("cannot create", &path, e))?;
-        let _ = file.lock();
+        let staged = StagedFiles {
+            file,
+            root: self.dir.clone(),
+            name,
+        };
+        let _ = staged.file.lock();
         let mut text = Vec::new();
         if let Some(h) = head {
             text.extend_from_slice(h.as_bytes());
@@ -321,10 +297,10 @@ impl Catalog {
         // The end mark: a note cut short by a crash while it was written
         // (a path truncated into another file's name) is never acted on.
         text.extend_from_slice(NOTE_END);
-        file.write_all(&text)
-            .and_then(|()| file.sync_all())
+        std::io::Write::write_all(&mut &staged.file, &text)
+            .and_then(|()| staged.file.sync_all())
             .map_err(|e| Error::io("cannot write", &path, e))?;
-        Ok(StagedFiles { _file: file, path })
+        Ok(staged)
     }
 
     pub fn root(&self) -> &Path {
@@ -335,35 +311,53 @@ impl Catalog {
         self.root.join(domain.to_string())
     }
 
-    fn record_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
-        self.domain_dir(domain).join(format!("{backup}.xml"))
+    /// The domain's folder, open and checked, if it exists.
+    fn domain_folder(&self, domain: &Uuid) -> Result<Option<Folder>> {
+        self.dir.sub(&domain.to_string())
     }
 
-    fn job_lock_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
-        self.domain_dir(domain).join(format!("{backup}.lock"))
+    /// The domain's folder, open and checked, created if missing.
+    fn make_domain_folder(&self, domain: &Uuid) -> Result<Folder> {
+        self.dir.make_sub(&domain.to_string())
+    }
+
+    fn record_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
+        self.domain_dir(domain).join(record_name(backup))
     }
 
     /// The marker another process creates to cancel a running job.
-    pub fn cancel_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
+    fn cancel_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
         self.domain_dir(domain).join(format!("{backup}.cancel"))
+    }
+
+    /// The cancel marker of a backup's job (see `CancelMarker`).
+    pub fn cancel_marker(&self, domain: &Uuid, backup: &Uuid) -> CancelMarker {
+        CancelMarker {
+            root: self.dir.clone(),
+            domain: domain.to_string(),
+            name: format!("{backup}.cancel"),
+        }
     }
 
     /// Ask the job of a running backup, in whatever process, to stop.
     pub fn request_cancel(&self, rec: &BackupRecord) -> Result<()> {
         let path = self.cancel_path(&rec.domain_uuid, &rec.uuid);
-        secure::check_dir(&self.domain_dir(&rec.domain_uuid))?;
-        secure::options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map(|_| ())
+        let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        self.domain_folder(&rec.domain_uuid)?
+            .ok_or_else(missing)
+            .and_then(|d| {
+                d.open(
+                    &format!("{}.cancel", rec.uuid),
+                    OFlags::WRONLY | OFlags::CREATE,
+                )
+            })
+            .map(drop)
             .map_err(|e| Error::io("cannot create", &path, e))
     }
 
     /// Folder of a backup's digest indexes, one file per disk.
     pub fn index_dir(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
-        self.domain_dir(domain).join(format!("{backup}.index"))
+        self.domain_dir(domain).join(index_name(backup))
     }
 
     /// The digest index of one disk of a backup.
@@ -373,7 +367,9 @@ impl Catalog {
 
     /// Create the index folder of a new backup.
     pub fn create_index_dir(&self, domain: &Uuid, backup: &Uuid) -> Result<()> {
-        make_private_dir(&self.index_dir(domain, backup))
+        self.make_domain_folder(domain)?
+            .make_sub(&index_name(backup))
+            .map(drop)
     }
 
     /// Default folder for a backup's images.
@@ -381,10 +377,42 @@ impl Catalog {
         self.domain_dir(domain).join(backup.to_string())
     }
 
+    /// Take the flock of `name` in the root: a lock file, or (`dir`) a
+    /// folder, created if missing. A folder removed while we waited for it
+    /// is made and locked anew.
+    fn acquire(&self, name: &str, wait: bool, dir: bool) -> Result<Option<CatalogLock>> {
+        let path = self.root.join(name);
+        let held = HELD.with(|h| h.borrow_mut().get_mut(&path).map(|d| *d += 1).is_some());
+        if held {
+            return Ok(Some(CatalogLock { _file: None, path }));
+        }
+        let file = loop {
+            let file = match dir {
+                true => self.dir.make_sub(name)?.into_file(),
+                false => secure::open_lock(&self.dir, name)
+                    .map_err(|e| Error::io("cannot open catalog lock", &path, e))?,
+            };
+            if wait {
+                file.lock()
+                    .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
+            } else if file.try_lock().is_err() {
+                return Ok(None);
+            }
+            if !dir || same_file(&file, &self.dir, name) {
+                break file;
+            }
+        };
+        HELD.with(|h| h.borrow_mut().insert(path.clone(), 1));
+        Ok(Some(CatalogLock {
+            _file: Some(file),
+            path,
+        }))
+    }
+
     /// Take the catalog-wide lock (blocks while another thread or process
     /// holds it). Only for what spans domains: a new backup's UUID.
     pub fn lock(&self) -> Result<CatalogLock> {
-        acquire(self.root.join(".lock"), true, false)
+        self.acquire(".lock", true, false)
             .map(|l| l.expect("a blocking lock is always taken"))
     }
 
@@ -392,47 +420,49 @@ impl Catalog {
     /// changes the domain's records (a job registering or settling, a
     /// delete and its merges, recovery).
     pub fn lock_domain(&self, domain: &Uuid) -> Result<CatalogLock> {
-        acquire(self.domain_dir(domain), true, true)
+        self.acquire(&domain.to_string(), true, true)
             .map(|l| l.expect("a blocking lock is always taken"))
     }
 
     /// A domain's lock if nobody else holds it now, else `None`.
     pub fn try_lock_domain(&self, domain: &Uuid) -> Option<CatalogLock> {
-        acquire(self.domain_dir(domain), false, true).ok().flatten()
+        self.acquire(&domain.to_string(), false, true)
+            .ok()
+            .flatten()
     }
 
     /// Note, before a merge writes `tmp` for a disk of `child`, where that
     /// temporary file is: if the process dies, the next reader removes it.
+    /// Markers live in a folder of their own: looking for them on every
+    /// listing must not read a folder of thousands of records.
     pub fn mark_merge(&self, child: &BackupRecord, disk: &str, tmp: &Path) -> Result<()> {
-        make_private_dir(&self.merge_dir(&child.domain_uuid))?;
-        let path = self.merge_marker(child, disk);
-        write_atomic(&path, tmp.as_os_str().as_encoded_bytes())
+        self.make_domain_folder(&child.domain_uuid)?
+            .make_sub(MERGING)?
+            .write_atomic(
+                &marker_name(child, disk),
+                tmp.as_os_str().as_encoded_bytes(),
+            )
     }
 
     /// The merge of that disk ended (its file renamed, or removed).
     pub fn unmark_merge(&self, child: &BackupRecord, disk: &str) {
-        let _ = fs::remove_file(self.merge_marker(child, disk));
+        if let Some(m) = self.merge_folder(&child.domain_uuid) {
+            let _ = m.remove(&marker_name(child, disk));
+        }
     }
 
-    /// Markers live in a folder of their own: looking for them on every
-    /// listing must not read a folder of thousands of records.
-    fn merge_marker(&self, child: &BackupRecord, disk: &str) -> PathBuf {
-        self.merge_dir(&child.domain_uuid)
-            .join(format!("{}.{disk}", child.uuid))
-    }
-
-    fn merge_dir(&self, domain: &Uuid) -> PathBuf {
-        self.domain_dir(domain).join(MERGING)
+    /// The domain's folder of merge markers, if it and the domain's exist.
+    fn merge_folder(&self, domain: &Uuid) -> Option<Folder> {
+        self.domain_folder(domain).ok()??.sub(MERGING).ok()?
     }
 
     /// Take the job lock of `domain`, or fail with `OPERATION_INVALID` if
     /// a job of any kind holds it, in this process or another.
     pub fn lock_domain_job(&self, domain: &Uuid) -> Result<DomainLock> {
-        let dir = self.root.join(DOMAIN_LOCKS);
-        make_private_dir(&dir)?;
-        let path = dir.join(domain.to_string());
-        let file = secure::open_lock(&path)
-            .map_err(|e| Error::io("cannot open domain job lock", &path, e))?;
+        let dir = self.dir.make_sub(DOMAIN_LOCKS)?;
+        let name = domain.to_string();
+        let file = secure::open_lock(&dir, &name)
+            .map_err(|e| Error::io("cannot open domain job lock", &dir.join(&name), e))?;
         file.try_lock()
             .map_err(|_| Error::operation_invalid("the domain already has a backup job running"))?;
         Ok(DomainLock { file })
@@ -441,17 +471,17 @@ impl Catalog {
     /// Take the job lock of a new backup, keeping the domain's job lock for
     /// the job's lifetime. Call with the domain's catalog lock held.
     pub fn lock_job(&self, domain: &Uuid, backup: &Uuid, held: DomainLock) -> Result<JobLock> {
-        let dir = self.domain_dir(domain);
-        make_private_dir(&dir)?;
-        let path = self.job_lock_path(domain, backup);
-        let file =
-            secure::open_lock(&path).map_err(|e| Error::io("cannot create job lock", &path, e))?;
+        let dir = self.make_domain_folder(domain)?;
+        let name = format!("{backup}.lock");
+        let file = secure::open_lock(&dir, &name)
+            .map_err(|e| Error::io("cannot create job lock", &dir.join(&name), e))?;
         file.try_lock().map_err(|_| {
             Error::operation_invalid(format!("backup '{backup}' already has a job"))
         })?;
         Ok(JobLock {
             file,
-            path,
+            dir,
+            backup: *backup,
             domain: held,
         })
     }
@@ -459,8 +489,12 @@ impl Catalog {
     /// Whether the job of a running record is alive, died, or never left
     /// the evidence (its lock file) that it existed.
     pub fn job_status(&self, rec: &BackupRecord) -> JobStatus {
-        let path = self.job_lock_path(&rec.domain_uuid, &rec.uuid);
-        match secure::options().write(true).open(&path) {
+        let name = format!("{}.lock", rec.uuid);
+        let file = match self.domain_folder(&rec.domain_uuid) {
+            Ok(Some(d)) => d.open(&name, OFlags::WRONLY),
+            _ => return JobStatus::NoEvidence,
+        };
+        match file {
             Err(_) => JobStatus::NoEvidence,
             Ok(f) => match f.try_lock() {
                 Ok(()) => {
@@ -479,26 +513,21 @@ impl Catalog {
 
     /// Write a backup's record, and note it in the domain's summary.
     pub fn write_record(&self, rec: &BackupRecord) -> Result<()> {
-        let dir = self.domain_dir(&rec.domain_uuid);
-        make_private_dir(&dir)?;
         let _guard = self.lock_domain(&rec.domain_uuid)?;
-        self.note_pending(&rec.domain_uuid, &rec.uuid)?;
-        write_atomic(
-            &self.record_path(&rec.domain_uuid, &rec.uuid),
-            rec.to_catalog_xml().as_bytes(),
-        )?;
+        let dir = self.make_domain_folder(&rec.domain_uuid)?;
+        self.note_pending(&dir, &rec.uuid)?;
+        dir.write_atomic(&record_name(&rec.uuid), rec.to_catalog_xml().as_bytes())?;
         summary::note_written(&dir, &Entry::of(rec))?;
-        self.compact_summary(&rec.domain_uuid)
+        self.compact_summary(&dir)
     }
 
     /// Note in the summary that a record is about to change, writing the
     /// summary first if it is missing (the domain's first backup, or a
     /// catalog from before summaries). Domain lock held.
-    fn note_pending(&self, domain: &Uuid, backup: &Uuid) -> Result<()> {
-        let dir = self.domain_dir(domain);
-        if !summary::note_pending(&dir, backup)? {
-            self.write_summary(domain, true)?;
-            summary::note_pending(&dir, backup)?;
+    fn note_pending(&self, dir: &Folder, backup: &Uuid) -> Result<()> {
+        if !summary::note_pending(dir, backup)? {
+            self.write_summary(dir, true)?;
+            summary::note_pending(dir, backup)?;
         }
         Ok(())
     }
@@ -506,61 +535,62 @@ impl Catalog {
     /// Remove the summary of a domain left without records (a refused or
     /// failed first backup leaves nothing behind). Only a short summary can
     /// be empty, so a long one is not read. Domain lock held.
-    fn drop_empty_summary(&self, domain: &Uuid) -> Result<()> {
-        let path = summary::path(&self.domain_dir(domain));
-        if fs::metadata(&path).map_or(true, |m| m.len() > 4096) {
+    fn drop_empty_summary(&self, dir: &Folder) -> Result<()> {
+        if dir
+            .stat(summary::SUMMARY_FILE)
+            .map_or(true, |m| m.st_size > 4096)
+        {
             return Ok(());
         }
-        let empty = match summary::read(&self.domain_dir(domain))? {
-            Some(r) => self.settle_pending(domain, r)?.is_empty(),
+        let empty = match summary::read(dir)? {
+            Some(r) => settle_pending(dir, r)?.is_empty(),
             None => false,
         };
         match empty {
-            true => remove_if_exists(&path),
+            true => dir.remove_if_exists(summary::SUMMARY_FILE),
             false => Ok(()),
         }
     }
 
     /// Rewrite a long summary log as its entries. Domain lock held.
-    fn compact_summary(&self, domain: &Uuid) -> Result<()> {
-        let dir = self.domain_dir(domain);
-        if !summary::wants_compaction(&dir) {
+    fn compact_summary(&self, dir: &Folder) -> Result<()> {
+        if !summary::wants_compaction(dir) {
             return Ok(());
         }
-        match summary::read(&dir)? {
+        match summary::read(dir)? {
             Some(r) => {
-                let entries = self.settle_pending(domain, r)?;
-                write_atomic(
-                    &summary::path(&dir),
+                let entries = settle_pending(dir, r)?;
+                dir.write_atomic(
+                    summary::SUMMARY_FILE,
                     summary::render(entries.values()).as_bytes(),
                 )
             }
-            None => self.write_summary(domain, true).map(drop),
+            None => self.write_summary(dir, true).map(drop),
         }
     }
 
     /// Forget a backup; its data files stay.
     pub fn remove_record(&self, rec: &BackupRecord) -> Result<()> {
-        let dir = self.domain_dir(&rec.domain_uuid);
         let _guard = self.lock_domain(&rec.domain_uuid)?;
-        self.note_pending(&rec.domain_uuid, &rec.uuid)?;
-        let path = self.record_path(&rec.domain_uuid, &rec.uuid);
-        remove_if_exists(&path)?;
-        sync_dir(&dir);
-        summary::note_removed(&dir, &rec.uuid)?;
-        self.compact_summary(&rec.domain_uuid)?;
-        self.drop_empty_summary(&rec.domain_uuid)?;
+        let Some(dir) = self.domain_folder(&rec.domain_uuid)? else {
+            return Ok(());
+        };
+        self.note_pending(&dir, &rec.uuid)?;
+        dir.remove_if_exists(&record_name(&rec.uuid))?;
+        dir.sync();
+        self.settle_removal(&dir, &rec.uuid)?;
         // The indexes go after the record: an index without a record is
         // never read, a record without its index would be a broken parent.
-        let index = self.index_dir(&rec.domain_uuid, &rec.uuid);
-        match fs::remove_dir_all(&index) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io("cannot remove digest index", &index, e));
-            }
-            _ => {}
-        }
+        remove_index(&dir, &rec.uuid)?;
         self.drop_domain_dir_if_empty(&rec.domain_uuid);
         Ok(())
+    }
+
+    /// The summary after a record went away. Domain lock held.
+    fn settle_removal(&self, dir: &Folder, backup: &Uuid) -> Result<()> {
+        summary::note_removed(dir, backup)?;
+        self.compact_summary(dir)?;
+        self.drop_empty_summary(dir)
     }
 
     /// Remove a backup in crash order (`mark_deleting`, `remove_data`,
@@ -574,32 +604,28 @@ impl Catalog {
         self.finish_delete(rec)
     }
 
-    fn deleting_path(&self, domain: &Uuid, backup: &Uuid) -> PathBuf {
-        self.domain_dir(domain).join(format!("{backup}.{DELETING}"))
-    }
-
     /// First step of a delete: rename the record to `<backup>.deleting`,
     /// so the backup is no longer listed before any of its data goes. A
     /// record that is already gone (a job that failed before writing it)
     /// is not an error.
     pub fn mark_deleting(&self, rec: &BackupRecord) -> Result<()> {
-        let dir = self.domain_dir(&rec.domain_uuid);
         let _guard = self.lock_domain(&rec.domain_uuid)?;
+        let Some(dir) = self.domain_folder(&rec.domain_uuid)? else {
+            return Ok(());
+        };
         // The summary follows the record: pending first, so a crash between
         // the rename and the summary's update is read back correctly.
-        self.note_pending(&rec.domain_uuid, &rec.uuid)?;
-        let from = self.record_path(&rec.domain_uuid, &rec.uuid);
-        let to = self.deleting_path(&rec.domain_uuid, &rec.uuid);
-        match fs::rename(&from, &to) {
+        self.note_pending(&dir, &rec.uuid)?;
+        let from = record_name(&rec.uuid);
+        match dir.rename(&from, &format!("{}.{DELETING}", rec.uuid)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io("cannot mark for deletion the record", &from, e));
+                let path = dir.join(&from);
+                return Err(Error::io("cannot mark for deletion the record", &path, e));
             }
             _ => {}
         }
-        sync_dir(&dir);
-        summary::note_removed(&dir, &rec.uuid)?;
-        self.compact_summary(&rec.domain_uuid)?;
-        self.drop_empty_summary(&rec.domain_uuid)?;
+        dir.sync();
+        self.settle_removal(&dir, &rec.uuid)?;
         crate::test_stop!("delete-marked");
         Ok(())
     }
@@ -607,29 +633,71 @@ impl Catalog {
     /// Second step: the backup's data files and the folders it created.
     pub fn remove_data(&self, rec: &BackupRecord) -> Result<()> {
         for (i, d) in rec.disks.iter().enumerate() {
-            remove_if_exists(&d.target)?;
+            self.remove_target(rec, &d.target, false)?;
             if i == 0 {
                 crate::test_stop!("delete-first-disk-removed");
             }
         }
-        for dir in rec.created_dirs.iter().rev() {
-            // Only empty folders go: a folder may have gained other files.
-            let _ = fs::remove_dir(dir);
-        }
+        self.remove_created_dirs(rec);
         Ok(())
+    }
+
+    /// The backup's default folder in the catalog (`<domain>/<backup>/`),
+    /// open, and the name in it of `path` if `path` lies there.
+    fn in_data_dir(&self, rec: &BackupRecord, path: &Path) -> Result<Option<(Folder, String)>> {
+        let data = self.data_dir(&rec.domain_uuid, &rec.uuid);
+        let (Some(name), true) = (path.file_name(), path.parent() == Some(data.as_path())) else {
+            return Ok(None);
+        };
+        let dir = match self.domain_folder(&rec.domain_uuid)? {
+            Some(d) => d.sub(&rec.uuid.to_string())?,
+            None => None,
+        };
+        Ok(dir.map(|d| (d, name.to_string_lossy().into_owned())))
+    }
+
+    /// Remove a target of `rec`: one in its default folder in the catalog
+    /// through the folders' descriptors, any other by path. With `own`,
+    /// only a private regular file of ours (see `secure::removable`).
+    fn remove_target(&self, rec: &BackupRecord, path: &Path, own: bool) -> Result<()> {
+        let Some((dir, name)) = self.in_data_dir(rec, path)? else {
+            if own {
+                secure::remove_own_file(path);
+                return Ok(());
+            }
+            return remove_if_exists(&path.to_path_buf());
+        };
+        if own
+            && !dir
+                .stat(&name)
+                .is_ok_and(|st| secure::own_private_file(&st))
+        {
+            return Ok(());
+        }
+        dir.remove_if_exists(&name)
+    }
+
+    /// The folders the backup's targets needed, innermost first, if empty:
+    /// a folder may have gained other files.
+    fn remove_created_dirs(&self, rec: &BackupRecord) {
+        let data = self.data_dir(&rec.domain_uuid, &rec.uuid);
+        for dir in rec.created_dirs.iter().rev() {
+            if *dir != data {
+                let _ = std::fs::remove_dir(dir);
+            } else if let Ok(Some(d)) = self.domain_folder(&rec.domain_uuid) {
+                let _ = d.remove_dir(&rec.uuid.to_string());
+            }
+        }
     }
 
     /// Last step: the digest index, then the `.deleting` note.
     pub fn finish_delete(&self, rec: &BackupRecord) -> Result<()> {
-        let index = self.index_dir(&rec.domain_uuid, &rec.uuid);
-        match fs::remove_dir_all(&index) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io("cannot remove digest index", &index, e));
-            }
-            _ => {}
-        }
-        remove_if_exists(&self.deleting_path(&rec.domain_uuid, &rec.uuid))?;
-        sync_dir(&self.domain_dir(&rec.domain_uuid));
+        let Some(dir) = self.domain_folder(&rec.domain_uuid)? else {
+            return Ok(());
+        };
+        remove_index(&dir, &rec.uuid)?;
+        dir.remove_if_exists(&format!("{}.{DELETING}", rec.uuid))?;
+        dir.sync();
         self.drop_domain_dir_if_empty(&rec.domain_uuid);
         Ok(())
     }
@@ -637,99 +705,73 @@ impl Catalog {
     /// A domain folder that holds nothing any more goes (its lock is the
     /// folder's flock: a waiter finds it gone and makes it anew).
     fn drop_domain_dir_if_empty(&self, domain: &Uuid) {
-        let _ = fs::remove_dir(self.merge_dir(domain));
-        let _ = fs::remove_dir(self.domain_dir(domain));
+        let name = domain.to_string();
+        if let Ok(Some(dir)) = self.dir.sub(&name) {
+            let _ = dir.remove_dir(MERGING);
+        }
+        let _ = self.dir.remove_dir(&name);
     }
 
     /// Deletes of `domain` a process left half done: each note with its
     /// record (or why it cannot be read).
     pub fn pending_deletes(&self, domain: &Uuid) -> Vec<(PathBuf, Result<BackupRecord>)> {
-        let Ok(entries) = fs::read_dir(self.domain_dir(domain)) else {
+        let Ok(Some(dir)) = self.domain_folder(domain) else {
             return Vec::new();
         };
-        entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == DELETING))
-            .map(|p| {
-                let rec = Self::read_record(&p)
+        let names = dir.names().unwrap_or_default();
+        names
+            .iter()
+            .filter(|n| Path::new(n).extension().is_some_and(|x| x == DELETING))
+            .map(|n| {
+                let n = n.to_string_lossy();
+                let rec = read_record(&dir, &n)
                     .and_then(|r| r.ok_or_else(|| Error::internal("note vanished")));
-                (p, rec)
+                (dir.join(&n), rec)
             })
             .collect()
-    }
-
-    /// The record at `path`: `None` if there is none, an error naming the
-    /// file if it cannot be read or parsed. A damaged record is reported,
-    /// never skipped: skipping it would hide its backup and let a delete of
-    /// its parent take the images it still needs.
-    fn read_record(path: &Path) -> Result<Option<BackupRecord>> {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(damaged(path, &e.to_string())),
-        };
-        BackupRecord::from_catalog_xml(&text)
-            .map(Some)
-            .map_err(|e| damaged(path, &e.message))
     }
 
     /// The records of one domain as stored (a dead job's record still says
     /// running: `ops::recovery` resolves those), oldest first. Reads and
     /// parses every record: listing uses `entries`.
     pub fn records(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
-        let mut out = Vec::new();
-        for backup in self.record_ids(domain)? {
-            if let Some(rec) = self.record(domain, &backup)? {
-                out.push(rec);
-            }
+        match self.domain_folder(domain)? {
+            Some(dir) => records_in(&dir),
+            None => Ok(Vec::new()),
         }
-        out.sort_by_key(|r| (r.created_ns, r.uuid));
-        Ok(out)
     }
 
     /// The backups of one domain that have a record file, from the folder
     /// itself (not the summary), in no particular order; nothing is parsed.
     pub fn record_ids(&self, domain: &Uuid) -> Result<Vec<Uuid>> {
-        let dir = self.domain_dir(domain);
-        secure::check_dir_if_exists(&dir)?;
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("cannot read catalog folder", &dir, e)),
-        };
-        Ok(entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name();
-                let stem = name.to_str()?.strip_suffix(".xml")?;
-                // Only the name this catalog gives a record.
-                Uuid::parse_str(stem).ok().filter(|u| u.to_string() == stem)
-            })
-            .collect())
+        match self.domain_folder(domain)? {
+            Some(dir) => record_ids_in(&dir),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Refuse a domain folder another user could write to (see `secure`).
     pub fn check_domain_dir(&self, domain: &Uuid) -> Result<()> {
-        secure::check_dir_if_exists(&self.domain_dir(domain))
+        self.domain_folder(domain).map(drop)
     }
 
     /// Remove what a job that died left: only files it created (regular
     /// files of ours, private), never whatever else a record names.
     pub fn remove_dead_data(&self, rec: &BackupRecord) -> Result<()> {
         for d in &rec.disks {
-            secure::remove_own_file(&d.target);
+            let _ = self.remove_target(rec, &d.target, true);
         }
-        for dir in rec.created_dirs.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
+        self.remove_created_dirs(rec);
         self.remove_record(rec)
     }
 
     /// The record of a backup as stored, if there is one (an error naming
     /// the file if it is damaged).
     pub fn record(&self, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
-        Self::read_record(&self.record_path(domain, backup))
+        match self.domain_folder(domain)? {
+            Some(dir) => read_record(&dir, &record_name(backup)),
+            None => Ok(None),
+        }
     }
 
     /// What listing needs of each record of a domain, oldest first, from
@@ -737,48 +779,34 @@ impl Catalog {
     /// damaged). A dead job's entry still says running: `ops::recovery`
     /// resolves those.
     pub fn entries(&self, domain: &Uuid) -> Result<Vec<Entry>> {
-        let dir = self.domain_dir(domain);
+        let Some(dir) = self.domain_folder(domain)? else {
+            return Ok(Vec::new());
+        };
         let replayed = match summary::read(&dir)? {
             Some(r) => r,
-            None if !dir.is_dir() => return Ok(Vec::new()),
             None => {
                 // Damaged, or left behind by a crash or an older version.
                 let _guard = self.lock_domain(domain)?;
                 match summary::read(&dir)? {
                     Some(r) => r,
-                    None => self.write_summary(domain, false)?,
+                    None => self.write_summary(&dir, false)?,
                 }
             }
         };
-        let mut out = self.settle_pending(domain, replayed)?.into_vec();
+        let mut out = settle_pending(&dir, replayed)?.into_vec();
         // Nearly sorted already: the log keeps the order records came in.
         out.sort_by_key(|e| (e.created_ns, e.uuid));
         Ok(out)
     }
 
-    /// The entries of a replayed summary, with the records it says were
-    /// about to change read back.
-    fn settle_pending(&self, domain: &Uuid, r: summary::Replayed) -> Result<summary::Entries> {
-        let mut map = r.entries;
-        for u in r.pending {
-            match self.record(domain, &u)? {
-                Some(rec) => map.insert(Entry::of(&rec)),
-                None => map.remove(&u),
-            };
-        }
-        Ok(map)
-    }
-
     /// Write a domain's summary from its records (when `always`, or when
     /// there are records: a domain without any keeps no file). Domain lock
     /// held.
-    fn write_summary(&self, domain: &Uuid, always: bool) -> Result<summary::Replayed> {
-        let dir = self.domain_dir(domain);
-        let entries: summary::Entries = self.records(domain)?.iter().map(Entry::of).collect();
+    fn write_summary(&self, dir: &Folder, always: bool) -> Result<summary::Replayed> {
+        let entries: summary::Entries = records_in(dir)?.iter().map(Entry::of).collect();
         if always || !entries.is_empty() {
-            make_private_dir(&dir)?;
-            write_atomic(
-                &summary::path(&dir),
+            dir.write_atomic(
+                summary::SUMMARY_FILE,
                 summary::render(entries.values()).as_bytes(),
             )?;
         }
@@ -791,79 +819,122 @@ impl Catalog {
 
     /// The domain a backup of any domain belongs to.
     pub fn domain_of(&self, backup: &Uuid) -> Result<Option<Uuid>> {
+        let name = record_name(backup);
         Ok(self
             .domains()?
             .into_iter()
-            .find(|dom| self.record_path(dom, backup).exists()))
+            .find(|dom| matches!(self.domain_folder(dom), Ok(Some(d)) if d.stat(&name).is_ok())))
+    }
+
+    /// Withdraw a cancel request (its job ended first).
+    pub fn clear_cancel(&self, domain: &Uuid, backup: &Uuid) {
+        if let Ok(Some(dir)) = self.domain_folder(domain) {
+            let _ = dir.remove(&format!("{backup}.cancel"));
+        }
     }
 
     /// Remove the job lock and cancel request of a job that ended.
     pub fn clear_job_files(&self, rec: &BackupRecord) {
-        let _ = fs::remove_file(self.job_lock_path(&rec.domain_uuid, &rec.uuid));
-        let _ = fs::remove_file(self.cancel_path(&rec.domain_uuid, &rec.uuid));
+        if let Ok(Some(dir)) = self.domain_folder(&rec.domain_uuid) {
+            let _ = dir.remove(&format!("{}.lock", rec.uuid));
+            let _ = dir.remove(&format!("{}.cancel", rec.uuid));
+        }
     }
 
     /// The merge markers of a domain: (marker, temporary file it names). A
     /// marker that names anything but a merge's own temporary file (damaged
     /// or edited) names nothing: it must never lead to an image's removal.
     pub fn merge_markers(&self, domain: &Uuid) -> Vec<(PathBuf, PathBuf)> {
-        let Ok(entries) = fs::read_dir(self.merge_dir(domain)) else {
+        let Some(dir) = self.merge_folder(domain) else {
             return Vec::new();
         };
-        entries
-            .flatten()
-            .map(|e| e.path())
-            .map(|m| {
-                let tmp = fs::read(&m).unwrap_or_default();
+        let names = dir.names().unwrap_or_default();
+        names
+            .iter()
+            .map(|n| {
+                let n = n.to_string_lossy();
+                let tmp = dir.read(&n).unwrap_or_default();
                 let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
-                (
-                    m,
-                    if is_merge_tmp(&tmp) {
-                        tmp
-                    } else {
-                        PathBuf::new()
-                    },
-                )
+                let tmp = if is_merge_tmp(&tmp) {
+                    tmp
+                } else {
+                    PathBuf::new()
+                };
+                (dir.join(&n), tmp)
             })
             .collect()
     }
 
+    /// Remove a merge marker `merge_markers` named.
+    pub fn remove_merge_marker(&self, domain: &Uuid, marker: &Path) {
+        let name = marker.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let (Some(dir), Some(name)) = (self.merge_folder(domain), name) {
+            let _ = dir.remove(&name);
+        }
+    }
+
     /// The notes of staged restore files (see `stage_files`).
     pub fn restore_notes(&self) -> Vec<PathBuf> {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter(|e| e.file_name().as_bytes().starts_with(RESTORING.as_bytes()))
-            .map(|e| e.path())
+        let names = self.dir.names().unwrap_or_default();
+        names
+            .iter()
+            .filter(|n| n.as_bytes().starts_with(RESTORING.as_bytes()))
+            .map(|n| self.root.join(n))
             .collect()
+    }
+
+    /// Open a note `restore_notes` named if the library wrote it: a
+    /// regular file of ours, private (checked on the open file).
+    pub fn open_note(&self, note: &Path) -> Option<File> {
+        use std::os::unix::fs::MetadataExt;
+        let file = self
+            .dir
+            .open(&note.file_name()?.to_string_lossy(), OFlags::RDONLY);
+        let file = file.ok()?;
+        let m = file.metadata().ok()?;
+        let euid = rustix::process::geteuid().as_raw();
+        (m.is_file() && m.uid() == euid && m.mode() & 0o077 == 0).then_some(file)
+    }
+
+    /// Remove a note `restore_notes` named.
+    pub fn remove_note(&self, note: &Path) {
+        if let Some(name) = note.file_name() {
+            let _ = self.dir.remove(&name.to_string_lossy());
+        }
     }
 
     /// Domains that have a folder in the catalog.
     fn domains(&self) -> Result<Vec<Uuid>> {
-        let entries = fs::read_dir(&self.root)
+        let names = self
+            .dir
+            .names()
             .map_err(|e| Error::io("cannot read catalog folder", &self.root, e))?;
-        Ok(entries
-            .flatten()
-            .filter_map(|e| Uuid::parse_str(&e.file_name().to_string_lossy()).ok())
+        Ok(names
+            .iter()
+            .filter_map(|n| Uuid::parse_str(&n.to_string_lossy()).ok())
             .collect())
     }
 
     pub fn default_target(&self, domain: &Uuid) -> Result<Option<DefaultTarget>> {
-        self.check_domain_dir(domain)?;
-        let path = self.domain_dir(domain).join(DEFAULT_TARGET_FILE);
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(DefaultTarget::parse(&text)?)),
+        let Some(dir) = self.domain_folder(domain)? else {
+            return Ok(None);
+        };
+        match dir.read(DEFAULT_TARGET_FILE) {
+            Ok(text) => {
+                let text = String::from_utf8(text).map_err(|e| {
+                    let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+                    Error::io("cannot read", &dir.join(DEFAULT_TARGET_FILE), e)
+                })?;
+                Ok(Some(DefaultTarget::parse(&text)?))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("cannot read", &path, e)),
+            Err(e) => Err(Error::io("cannot read", &dir.join(DEFAULT_TARGET_FILE), e)),
         }
     }
 
     pub fn set_default_target(&self, domain: &Uuid, target: &DefaultTarget) -> Result<()> {
-        let dir = self.domain_dir(domain);
-        make_private_dir(&dir)?;
-        write_atomic(&dir.join(DEFAULT_TARGET_FILE), target.to_xml().as_bytes())
+        self.make_domain_folder(domain)?
+            .write_atomic(DEFAULT_TARGET_FILE, target.to_xml().as_bytes())
     }
 
     /// Forget every backup of a domain and its settings (data files stay).
@@ -871,13 +942,86 @@ impl Catalog {
         for rec in self.records(domain)? {
             self.remove_record(&rec)?;
         }
-        remove_if_exists(&self.domain_dir(domain).join(DEFAULT_TARGET_FILE))?;
-        let _ = fs::remove_file(self.root.join(DOMAIN_LOCKS).join(domain.to_string()));
-        remove_if_exists(&summary::path(&self.domain_dir(domain)))?;
-        let _ = fs::remove_dir(self.merge_dir(domain));
-        let _ = fs::remove_dir(self.domain_dir(domain));
+        if let Ok(Some(locks)) = self.dir.sub(DOMAIN_LOCKS) {
+            let _ = locks.remove(&domain.to_string());
+        }
+        if let Some(dir) = self.domain_folder(domain)? {
+            dir.remove_if_exists(DEFAULT_TARGET_FILE)?;
+            dir.remove_if_exists(summary::SUMMARY_FILE)?;
+        }
+        self.drop_domain_dir_if_empty(domain);
         Ok(())
     }
+}
+
+fn marker_name(child: &BackupRecord, disk: &str) -> String {
+    format!("{}.{disk}", child.uuid)
+}
+
+/// Remove a backup's index folder (a link at its name is removed, never
+/// followed).
+fn remove_index(dir: &Folder, backup: &Uuid) -> Result<()> {
+    let name = index_name(backup);
+    dir.remove_tree(&name)
+        .map_err(|e| Error::io("cannot remove digest index", &dir.join(&name), e))
+}
+
+/// The record `name` in `dir`: `None` if there is none, an error naming
+/// the file if it cannot be read or parsed. A damaged record is reported,
+/// never skipped: skipping it would hide its backup and let a delete of
+/// its parent take the images it still needs.
+fn read_record(dir: &Folder, name: &str) -> Result<Option<BackupRecord>> {
+    let path = dir.join(name);
+    let text = match dir.read(name).and_then(|t| {
+        String::from_utf8(t).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(damaged(&path, &e.to_string())),
+    };
+    BackupRecord::from_catalog_xml(&text)
+        .map(Some)
+        .map_err(|e| damaged(&path, &e.message))
+}
+
+/// The backups that have a record file in a domain's folder.
+fn record_ids_in(dir: &Folder) -> Result<Vec<Uuid>> {
+    let names = dir
+        .names()
+        .map_err(|e| Error::io("cannot read catalog folder", dir.path(), e))?;
+    Ok(names
+        .iter()
+        .filter_map(|name| {
+            let stem = name.to_str()?.strip_suffix(".xml")?;
+            // Only the name this catalog gives a record.
+            Uuid::parse_str(stem).ok().filter(|u| u.to_string() == stem)
+        })
+        .collect())
+}
+
+/// Every record in a domain's folder, oldest first.
+fn records_in(dir: &Folder) -> Result<Vec<BackupRecord>> {
+    let mut out = Vec::new();
+    for backup in record_ids_in(dir)? {
+        if let Some(rec) = read_record(dir, &record_name(&backup))? {
+            out.push(rec);
+        }
+    }
+    out.sort_by_key(|r| (r.created_ns, r.uuid));
+    Ok(out)
+}
+
+/// The entries of a replayed summary, with the records it says were
+/// about to change read back.
+fn settle_pending(dir: &Folder, r: summary::Replayed) -> Result<summary::Entries> {
+    let mut map = r.entries;
+    for u in r.pending {
+        match read_record(dir, &record_name(&u))? {
+            Some(rec) => map.insert(Entry::of(&rec)),
+            None => map.remove(&u),
+        };
+    }
+    Ok(map)
 }
 
 /// Whether `path` is named like a merge's temporary file,
@@ -901,9 +1045,10 @@ fn damaged(path: &Path, why: &str) -> Error {
     ))
 }
 
-/// Remove a file if it exists; a missing file is not an error.
+/// Remove a file outside the catalog (an image) if it exists; a missing
+/// file is not an error.
 pub fn remove_if_exists(path: &PathBuf) -> Result<()> {
-    match fs::remove_file(path) {
+    match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("cannot remove", path, e)),
@@ -918,7 +1063,6 @@ mod tests {
     fn record(domain: Uuid, target: PathBuf, state: BackupState) -> BackupRecord {
         BackupRecord::sample(domain, target, state)
     }
-
 
     #[test]
     fn damaged_records_are_errors_naming_the_file() {
@@ -1024,8 +1168,9 @@ mod tests {
     fn atomic_write_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.xml");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
+        let folder = Folder::open_root(dir.path()).unwrap();
+        folder.write_atomic("x.xml", b"one").unwrap();
+        folder.write_atomic("x.xml", b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -1099,25 +1244,22 @@ mod tests {
 
         // A crash after the note and the record change, before the answer:
         // the record itself is read back.
+        let folder = cat.make_domain_folder(&dom).unwrap();
         let text = std::fs::read_to_string(&sum).unwrap();
         let mut b2 = b.clone();
         b2.parent = None;
-        summary::note_pending(&cat.domain_dir(&dom), &b.uuid).unwrap();
-        write_atomic(
-            &cat.record_path(&dom, &b.uuid),
-            b2.to_catalog_xml().as_bytes(),
-        )
-        .unwrap();
+        summary::note_pending(&folder, &b.uuid).unwrap();
+        folder
+            .write_atomic(&record_name(&b.uuid), b2.to_catalog_xml().as_bytes())
+            .unwrap();
         assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
         // The same for a removal, and for a new record.
         let d = record(dom, dir.path().join("d"), BackupState::Completed);
-        summary::note_pending(&cat.domain_dir(&dom), &d.uuid).unwrap();
-        write_atomic(
-            &cat.record_path(&dom, &d.uuid),
-            d.to_catalog_xml().as_bytes(),
-        )
-        .unwrap();
-        summary::note_pending(&cat.domain_dir(&dom), &a.uuid).unwrap();
+        summary::note_pending(&folder, &d.uuid).unwrap();
+        folder
+            .write_atomic(&record_name(&d.uuid), d.to_catalog_xml().as_bytes())
+            .unwrap();
+        summary::note_pending(&folder, &a.uuid).unwrap();
         std::fs::remove_file(cat.record_path(&dom, &a.uuid)).unwrap();
         assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
 
@@ -1178,5 +1320,128 @@ mod tests {
         std::thread::spawn(move || assert!(cat3.try_lock_domain(&a).is_some()))
             .join()
             .unwrap();
+    }
+
+    /// Every file under `dir` (links not followed) with its content.
+    fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            match e.file_type().unwrap().is_dir() {
+                true => out.extend(tree(&p)),
+                false => out.push((p.clone(), std::fs::read(&p).unwrap_or_default())),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A folder holding what a domain's folder holds for `backups`: what a
+    /// library following a link to it would overwrite or remove.
+    fn victim_like(dir: &Path, backups: &[Uuid]) -> PathBuf {
+        let v = dir.join("victim");
+        std::fs::create_dir_all(v.join("merging")).unwrap();
+        std::fs::write(v.join("summary"), b"LVBKSUM1 0\n").unwrap();
+        for u in backups {
+            for name in [
+                format!("{u}.xml"),
+                format!(".{u}.xml.tmp"),
+                format!("{u}.deleting"),
+            ] {
+                std::fs::write(v.join(name), b"victim").unwrap();
+            }
+            std::fs::create_dir_all(v.join(format!("{u}.index"))).unwrap();
+            std::fs::write(v.join(format!("{u}.index/vda.b3")), b"victim").unwrap();
+        }
+        v
+    }
+
+    /// Swap `folder` with a link to `victim` and back (atomic exchanges,
+    /// so the folder's name never goes missing), counting in `swaps`,
+    /// until `stop`.
+    fn swapper(
+        folder: PathBuf,
+        victim: PathBuf,
+        swaps: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        use std::sync::atomic::Ordering::Relaxed;
+        let link = folder.with_extension("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                if renameat_with(CWD, &folder, CWD, &link, RenameFlags::EXCHANGE).is_ok() {
+                    swaps.fetch_add(1, Relaxed);
+                    std::thread::yield_now();
+                    renameat_with(CWD, &folder, CWD, &link, RenameFlags::EXCHANGE).unwrap();
+                }
+                std::thread::yield_now();
+            }
+        })
+    }
+
+    /// Create, index and delete backup `u` of `dom`; failures are fine.
+    fn churn(cat: &Catalog, dom: Uuid, u: &Uuid, target: PathBuf) {
+        let mut rec = record(dom, target, BackupState::Running);
+        rec.uuid = *u;
+        let _ = cat.write_record(&rec);
+        let _ = cat.create_index_dir(&dom, u);
+        let index = cat.index_path(&dom, u, "vda");
+        let _ = super::super::index::IndexWriter::create(&index, 1)
+            .and_then(|mut w| w.push(&[1; 32]).and_then(|()| w.finish()));
+        rec.state = BackupState::Completed;
+        let _ = cat.write_record(&rec);
+        let _ = cat.remove_with_data(&rec);
+    }
+
+    /// An attacker keeps swapping a domain's folder for a link to a victim
+    /// folder while backups are created, indexed and deleted: the victim
+    /// is never written to nor removed from (calls may fail meanwhile).
+    #[test]
+    fn a_domain_folder_swapped_for_a_link_is_never_written_through() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let backups: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+        let victim = victim_like(dir.path(), &backups);
+        let before = tree(&victim);
+        let keep = record(dom, dir.path().join("keep"), BackupState::Completed);
+        cat.write_record(&keep).unwrap(); // the folder stays between backups
+        let (swaps, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let attacker = swapper(
+            cat.domain_dir(&dom),
+            victim.clone(),
+            swaps.clone(),
+            stop.clone(),
+        );
+        // Each backup once, and on (a loaded machine may start the attacker
+        // late) until it swapped enough times, within a minute.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for (i, u) in backups.iter().cycle().enumerate() {
+            let enough = i >= backups.len() && swaps.load(Relaxed) >= 300;
+            if enough || std::time::Instant::now() > end {
+                break;
+            }
+            churn(&cat, dom, u, dir.path().join("t"));
+        }
+        stop.store(true, Relaxed);
+        attacker.join().unwrap();
+        assert!(swaps.load(Relaxed) >= 300, "only {swaps:?} swaps");
+        let after = tree(&victim);
+        let changed: Vec<&Path> = (before.iter().filter(|f| !after.contains(f)))
+            .chain(after.iter().filter(|f| !before.contains(f)))
+            .map(|(p, _)| p.as_path())
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "{} files of the victim folder written or removed, e.g. {:?}",
+            changed.len(),
+            &changed[..changed.len().min(4)]
+        );
     }
 }

@@ -31,11 +31,13 @@
 //! merge that deletes a backup first rewrites its children's indexes
 //! ([`rebase`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use rustix::fs::OFlags;
+
+use super::folder::Folder;
 use crate::error::{Error, Result};
 
 /// Chunk size of the index. Measured on this project's 2-core machine over
@@ -176,13 +178,9 @@ impl IndexWriter {
         size: u64,
         delta: Option<(IndexReader, String)>,
     ) -> Result<IndexWriter> {
-        let file = OpenOptions::new()
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
+        let (dir, name) = index_folder(path)?;
+        let file = dir
+            .open(&name, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC)
             .map_err(|e| Error::io("cannot create digest index", path, e))?;
         let mut out = BufWriter::with_capacity(64 << 10, file);
         let wrote = match &delta {
@@ -666,14 +664,39 @@ pub fn rebase(path: &Path, new_parent: Option<&Path>) -> Result<()> {
         w.finish()
     });
     written
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename", &tmp, e)))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
-    if let Some(dir) = path.parent().and_then(|d| File::open(d).ok()) {
-        let _ = dir.sync_all();
+        .and_then(|()| install(&tmp, path))
+        .inspect_err(|_| discard(&tmp))
+}
+
+/// The folder of the index file at `path`, opened from the catalog root
+/// through its domain's and its own folder without following links, and
+/// the file's name in it.
+fn index_folder(path: &Path) -> Result<(Folder, String)> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    match (path.parent(), name) {
+        (Some(dir), Some(name)) => Ok((Folder::open_below(dir, 2)?, name)),
+        _ => Err(Error::internal(format!(
+            "'{}' names no index",
+            path.display()
+        ))),
     }
+}
+
+/// Rename the index written at `tmp` to `path` (same folder), durably.
+pub fn install(tmp: &Path, path: &Path) -> Result<()> {
+    let (dir, name) = index_folder(path)?;
+    let from = tmp.file_name().map(|n| n.to_string_lossy().into_owned());
+    dir.rename(&from.unwrap_or_default(), &name)
+        .map_err(|e| Error::io("cannot rename", tmp, e))?;
+    dir.sync();
     Ok(())
+}
+
+/// Remove an index file left half written.
+pub fn discard(path: &Path) {
+    if let Ok((dir, name)) = index_folder(path) {
+        let _ = dir.remove(&name);
+    }
 }
 
 /// The parent index a delta index at `path` reads through (None when flat).
@@ -747,7 +770,7 @@ mod tests {
     #[test]
     fn round_trip_and_validation() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("i");
+        let p = slot(dir.path(), "i");
         let size = 3 * DIGEST_CHUNK + 5;
         let mut w = IndexWriter::create(&p, size).unwrap();
         let data = vec![7u8; 100];

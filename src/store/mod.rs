@@ -3,7 +3,8 @@
 
 pub mod catalog;
 pub mod chain;
+pub mod folder;
 pub mod index;
 pub mod pins;
-pub mod summary;
 pub mod secure;
+pub mod summary;

@@ -5,13 +5,12 @@
 //! the backup: whoever reads the pins checks that (`ops::pins`) and drops
 //! the ones that no longer hold.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::store::catalog::{Catalog, write_atomic};
+use crate::store::catalog::Catalog;
 use crate::xml::backup::{parse_uuid, path_str};
 use crate::xml::dom::{self, Element};
 
@@ -64,49 +63,47 @@ impl Pin {
     }
 }
 
-fn dir(catalog: &Catalog) -> Result<PathBuf> {
-    catalog.private_dir(PINS)
-}
-
 /// Record a pin (replacing one of the same backup, domain and disk).
 pub fn add(catalog: &Catalog, pin: &Pin) -> Result<PathBuf> {
-    let path = dir(catalog)?.join(pin.file_name());
-    write_atomic(&path, pin.to_xml().as_bytes())?;
-    Ok(path)
+    let dir = catalog.private_folder(PINS)?;
+    dir.write_atomic(&pin.file_name(), pin.to_xml().as_bytes())?;
+    Ok(dir.join(&pin.file_name()))
 }
 
 /// Every pin, with the file that holds it. Unreadable files are skipped
 /// (a half-written one cannot exist: pins are written atomically).
 pub fn list(catalog: &Catalog) -> Result<Vec<(PathBuf, Pin)>> {
-    let dir = catalog.root().join(PINS);
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("cannot read", &dir, e)),
+    let Some(dir) = catalog.folder(PINS)? else {
+        return Ok(Vec::new());
     };
+    let names = dir
+        .names()
+        .map_err(|e| Error::io("cannot read", dir.path(), e))?;
     let mut out = Vec::new();
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.extension().is_none_or(|x| x != "xml") {
+    for n in names {
+        let n = n.to_string_lossy();
+        if Path::new(n.as_ref()).extension().is_none_or(|x| x != "xml") {
             continue;
         }
-        if let Some(pin) = fs::read_to_string(&path)
+        if let Some(pin) = dir
+            .read(&n)
             .ok()
-            .and_then(|t| Pin::from_xml(&t).ok())
+            .and_then(|t| Pin::from_xml(&String::from_utf8_lossy(&t)).ok())
         {
-            out.push((path, pin));
+            out.push((dir.join(&n), pin));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
-/// Forget a pin.
-pub fn remove(path: &Path) {
-    if fs::remove_file(path).is_ok()
-        && let Some(d) = path.parent()
-    {
-        crate::store::catalog::sync_dir(d);
+/// Forget the pin `list` found at `path`.
+pub fn remove(catalog: &Catalog, path: &Path) {
+    let (Ok(Some(dir)), Some(name)) = (catalog.folder(PINS), path.file_name()) else {
+        return;
+    };
+    if dir.remove(&name.to_string_lossy()).is_ok() {
+        dir.sync();
     }
 }
 
@@ -129,8 +126,8 @@ mod tests {
         let path = add(&catalog, &pin).unwrap();
         let all = list(&catalog).unwrap();
         assert_eq!(all, vec![(path.clone(), pin)]);
-        remove(&path);
+        remove(&catalog, &path);
         assert!(list(&catalog).unwrap().is_empty());
-        fs::remove_dir_all(root).unwrap();
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -4,61 +4,28 @@
 //! StrictModes does, a catalog folder is used only when it is a real folder
 //! (not a symbolic link) owned by the caller's uid (or root) and writable
 //! by nobody else, and so is every folder above it (a world-writable one
-//! only with the sticky bit, like /tmp). Files are created without
-//! following symbolic links, and crash cleanup removes only regular files
-//! of ours with the private mode the library gives them.
+//! only with the sticky bit, like /tmp). Folders and files are opened
+//! relative to their folder's descriptor without following symbolic links
+//! (`folder`), and crash cleanup removes only regular files of ours with
+//! the private mode the library gives them.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use rustix::fs::OFlags;
+
+use super::folder::{Folder, check_mode, euid, owner_ok, unsafe_path};
 use crate::error::{Error, Result};
 
-fn euid() -> u32 {
-    rustix::process::geteuid().as_raw()
-}
-
-fn unsafe_path(path: &Path, what: &str) -> Error {
-    Error::operation_failed(format!(
-        "refusing to use catalog path '{}': {what}",
-        path.display()
-    ))
-}
-
-fn owner_ok(m: &fs::Metadata) -> bool {
-    m.uid() == euid() || m.uid() == 0
-}
-
-/// Check one catalog folder: a real folder, ours (or root's), writable by
-/// its owner only.
+/// Check one catalog folder by path: a real folder, ours (or root's),
+/// writable by its owner only.
 pub fn check_dir(path: &Path) -> Result<()> {
     let m = fs::symlink_metadata(path).map_err(|e| Error::io("cannot inspect", path, e))?;
     if m.file_type().is_symlink() {
         return Err(unsafe_path(path, "it is a symbolic link"));
     }
-    if !m.is_dir() {
-        return Err(unsafe_path(path, "it is not a folder"));
-    }
-    if !owner_ok(&m) {
-        return Err(unsafe_path(
-            path,
-            &format!(
-                "it is owned by uid {}, not by uid {} or root",
-                m.uid(),
-                euid()
-            ),
-        ));
-    }
-    if m.mode() & 0o022 != 0 {
-        return Err(unsafe_path(
-            path,
-            &format!(
-                "it is writable by group or others (mode {:o})",
-                m.mode() & 0o7777
-            ),
-        ));
-    }
-    Ok(())
+    check_mode(path, m.is_dir(), m.uid(), m.mode())
 }
 
 /// Check the folders above the root: owned by us or root, and not
@@ -70,7 +37,7 @@ fn check_ancestors(root: &Path) -> Result<()> {
         cur.push(c);
         let m = fs::metadata(&cur).map_err(|e| Error::io("cannot inspect", &cur, e))?;
         let sticky = m.mode() & 0o1000 != 0;
-        if !owner_ok(&m) || (m.mode() & 0o022 != 0 && !sticky) {
+        if !owner_ok(m.uid()) || (m.mode() & 0o022 != 0 && !sticky) {
             return Err(unsafe_path(
                 root,
                 &format!(
@@ -85,11 +52,12 @@ fn check_ancestors(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Make the catalog root usable: created 0700 if missing; an existing one
-/// must pass `check_dir` (with its parents), and loses any read or search
-/// permission for others (records hold domain definitions with secrets).
-/// Returns the root with symbolic links of its parents resolved.
-pub fn prepare_root(root: &Path) -> Result<PathBuf> {
+/// Open the catalog root, the folder every other catalog file and folder
+/// is opened relative to: created 0700 if missing; an existing one must
+/// pass the folder checks (on its descriptor, with its parents), and loses
+/// any read or search permission for others (records hold domain
+/// definitions with secrets).
+pub fn prepare_root(root: &Path) -> Result<Folder> {
     if fs::symlink_metadata(root).is_err() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -97,41 +65,17 @@ pub fn prepare_root(root: &Path) -> Result<PathBuf> {
             .create(root)
             .map_err(|e| Error::io("cannot create catalog folder", root, e))?;
     }
-    check_dir(root)?;
+    let dir = Folder::open_root(root)?;
     let real = fs::canonicalize(root).map_err(|e| Error::io("cannot resolve", root, e))?;
     check_ancestors(&real)?;
-    let m = fs::symlink_metadata(&real).map_err(|e| Error::io("cannot inspect", &real, e))?;
-    if m.uid() == euid() && m.mode() & 0o077 != 0 {
-        fs::set_permissions(&real, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("cannot set mode of", &real, e))?;
+    let st = dir
+        .own_stat()
+        .map_err(|e| Error::io("cannot inspect", root, e))?;
+    if st.st_uid == euid() && st.st_mode & 0o077 != 0 {
+        dir.set_mode(0o700)
+            .map_err(|e| Error::io("cannot set mode of", root, e))?;
     }
-    Ok(real)
-}
-
-/// Create a private folder inside a checked one (missing levels 0700),
-/// then check it: a symbolic link planted at its name is refused.
-pub fn make_dir(dir: &Path) -> Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| Error::io("cannot create catalog folder", dir, e))?;
-        }
-        Err(e) => return Err(Error::io("cannot create catalog folder", dir, e)),
-    }
-    check_dir(dir)
-}
-
-/// Check a catalog folder if it exists.
-pub fn check_dir_if_exists(dir: &Path) -> Result<()> {
-    match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        _ => check_dir(dir),
-    }
+    Ok(dir)
 }
 
 /// Options for a catalog file: never through a symbolic link, private.
@@ -142,14 +86,10 @@ pub fn options() -> OpenOptions {
     o
 }
 
-/// Open (creating it) a lock file: a regular file of ours, mode 0600.
-pub fn open_lock(path: &Path) -> std::io::Result<File> {
-    let f = options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
+/// Open (creating it) the lock file `name` of `dir`: a regular file of
+/// ours, mode 0600.
+pub fn open_lock(dir: &Folder, name: &str) -> std::io::Result<File> {
+    let f = dir.open(name, OFlags::RDWR | OFlags::CREATE)?;
     let m = f.metadata()?;
     if !m.is_file() || m.uid() != euid() {
         return Err(std::io::Error::other(
@@ -171,6 +111,13 @@ pub fn removable(path: &Path) -> bool {
         && !path.components().any(|c| c == Component::ParentDir)
         && fs::symlink_metadata(path)
             .is_ok_and(|m| m.is_file() && m.uid() == euid() && m.mode() & 0o077 == 0)
+}
+
+/// `removable` on a file's `lstat`: a regular file of ours, private.
+pub fn own_private_file(st: &rustix::fs::Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode).is_file()
+        && st.st_uid == euid()
+        && st.st_mode & 0o077 == 0
 }
 
 /// Remove `path` if `removable` allows it.

@@ -18,13 +18,15 @@
 //! rewritten whole (atomically) when the log grows past twice its entries.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::OFlags;
 
 use uuid::Uuid;
 
+use super::folder::Folder;
 use crate::error::{Error, Result};
 use crate::xml::backup::{BackupRecord, BackupState};
 
@@ -235,14 +237,16 @@ pub fn path(domain_dir: &Path) -> PathBuf {
 }
 
 /// Read a domain's summary; `Ok(None)` when it is missing or untrusted.
-pub fn read(domain_dir: &Path) -> Result<Option<Replayed>> {
-    let p = path(domain_dir);
-    match fs::read_to_string(&p) {
-        Ok(text) => Ok(replay(&text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+pub fn read(domain_dir: &Folder) -> Result<Option<Replayed>> {
+    match domain_dir.read(SUMMARY_FILE) {
         // Not UTF-8: damaged, rebuild.
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(None),
-        Err(e) => Err(Error::io("cannot read backup summary", &p, e)),
+        Ok(text) => Ok(String::from_utf8(text).ok().and_then(|t| replay(&t))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(
+            "cannot read backup summary",
+            &domain_dir.join(SUMMARY_FILE),
+            e,
+        )),
     }
 }
 
@@ -260,14 +264,9 @@ pub fn render<'a>(entries: impl Iterator<Item = &'a Entry>) -> String {
 /// Append lines to an existing summary; with `sync`, they are on disk when
 /// this returns. A missing summary is left missing (the next reader
 /// rebuilds it from the records). Domain lock held.
-fn append(domain_dir: &Path, text: &str, sync: bool) -> Result<bool> {
-    let p = path(domain_dir);
-    let f = match OpenOptions::new()
-        .read(true)
-        .append(true)
-        .mode(0o600)
-        .open(&p)
-    {
+fn append(domain_dir: &Folder, text: &str, sync: bool) -> Result<bool> {
+    let p = domain_dir.join(SUMMARY_FILE);
+    let f = match domain_dir.open(SUMMARY_FILE, OFlags::RDWR | OFlags::APPEND) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io("cannot open backup summary", &p, e)),
@@ -281,7 +280,7 @@ fn append(domain_dir: &Path, text: &str, sync: bool) -> Result<bool> {
     if last[0] != b'\n' {
         // A line cut short by a crash would swallow this one: start over
         // from the records.
-        return fs::remove_file(&p).map(|()| false).map_err(io);
+        return domain_dir.remove(SUMMARY_FILE).map(|()| false).map_err(io);
     }
     (&f).write_all(text.as_bytes()).map_err(io)?;
     if sync {
@@ -294,24 +293,24 @@ fn append(domain_dir: &Path, text: &str, sync: bool) -> Result<bool> {
 /// Each returns false, writing nothing, when the summary is missing (or
 /// ends in a cut line, which is then removed): the caller rewrites it from
 /// the records first.
-pub fn note_pending(domain_dir: &Path, backup: &Uuid) -> Result<bool> {
+pub fn note_pending(domain_dir: &Folder, backup: &Uuid) -> Result<bool> {
     append(domain_dir, &format!("? {backup}\n"), true)
 }
 
 /// After a record was written.
-pub fn note_written(domain_dir: &Path, entry: &Entry) -> Result<bool> {
+pub fn note_written(domain_dir: &Folder, entry: &Entry) -> Result<bool> {
     append(domain_dir, &entry.line(), false)
 }
 
 /// After a record was removed.
-pub fn note_removed(domain_dir: &Path, backup: &Uuid) -> Result<bool> {
+pub fn note_removed(domain_dir: &Folder, backup: &Uuid) -> Result<bool> {
     append(domain_dir, &format!("- {backup}\n"), false)
 }
 
 /// Whether the log has grown to about twice the lines of its entries (plus
 /// some slack): read from its header and size, not by reading it.
-pub fn wants_compaction(domain_dir: &Path) -> bool {
-    let Ok(f) = fs::File::open(path(domain_dir)) else {
+pub fn wants_compaction(domain_dir: &Folder) -> bool {
+    let Ok(f) = domain_dir.open(SUMMARY_FILE, OFlags::RDONLY) else {
         return false;
     };
     let mut head = [0u8; 32];
