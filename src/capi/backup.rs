@@ -84,11 +84,13 @@ pub extern "C" fn virDomainBackupCreateXML(
 /// carries the changes since that backup as a dirty bitmap
 /// ("qemu:dirty-bitmap:<exportbitmap>"): the parent's checkpoint bitmap, or,
 /// for a parent without one, bits computed from its digest index and served
-/// through an overlay. virDomainBackupGetXMLDesc() gives the server, and
-/// each disk's exportname and exportbitmap. End it with
-/// virDomainBackupFinishJob(0) or virDomainBackupAbortJob(); freeing the
-/// handle does not end it. Unmanaged backups are never listed; Delete and
-/// ListChildren fail on them with VIR_ERR_OPERATION_INVALID.
+/// through an overlay. virDomainBackupGetXMLDesc() gives the server (with
+/// tls='yes' for a TLS export), and each disk's exportname and
+/// exportbitmap. End it with virDomainBackupFinishJob(0) or
+/// virDomainBackupAbortJob(); freeing the handle does not end it. Unmanaged
+/// backups are never listed; Delete and ListChildren fail on them with
+/// VIR_ERR_OPERATION_INVALID.
+///
 /// Who can read the export: anyone who connects reads the disks.
 /// Warning: a plain TCP export (no tls='yes') is readable by anyone who can
 /// reach the port, so its server must be a loopback address (127.0.0.1,

@@ -670,12 +670,15 @@ mod tests {
         };
         let dir = Path::new("/etc/pki/a,b");
         let args = daemon_args(&server, &disks, Some(dir), Path::new("/s/q")).unwrap();
-        assert_eq!(args[4..8], [
-            "--object",
-            r#"{"qom-type":"tls-creds-x509","id":"tls0","dir":"/etc/pki/a,b","endpoint":"server","verify-peer":true}"#,
-            "--nbd-server",
-            r#"{"addr":{"type":"inet","host":"0.0.0.0","port":"10809"},"tls-creds":"tls0"}"#,
-        ]);
+        assert_eq!(
+            args[4..8],
+            [
+                "--object",
+                r#"{"qom-type":"tls-creds-x509","id":"tls0","dir":"/etc/pki/a,b","endpoint":"server","verify-peer":true}"#,
+                "--nbd-server",
+                r#"{"addr":{"type":"inet","host":"0.0.0.0","port":"10809"},"tls-creds":"tls0"}"#,
+            ]
+        );
     }
 
     #[test]

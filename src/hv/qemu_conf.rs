@@ -112,7 +112,9 @@ fn value_of(text: &str, key: &str) -> Option<Value> {
         found = if let Some(s) = quoted('"').or_else(|| quoted('\'')) {
             Some(Value::Str(s))
         } else {
-            let digits = value.split(|c: char| c == '#' || c.is_whitespace()).next()?;
+            let digits = value
+                .split(|c: char| c == '#' || c.is_whitespace())
+                .next()?;
             digits.parse().ok().map(Value::Int)
         };
     }
@@ -141,7 +143,8 @@ mod tests {
         assert_eq!(tls.dir, Path::new("/etc/pki/d"));
         assert!(!tls.verify);
 
-        let text = format!("{text}backup_tls_x509_cert_dir='/etc/pki/b'\nbackup_tls_x509_verify=1\n");
+        let text =
+            format!("{text}backup_tls_x509_cert_dir='/etc/pki/b'\nbackup_tls_x509_verify=1\n");
         std::fs::write(&conf, text).unwrap();
         let tls = backup_tls(&conf).unwrap();
         assert_eq!(tls.dir, Path::new("/etc/pki/b"));
