@@ -75,10 +75,16 @@ fn daemon_cert_dir() -> Result<PathBuf> {
 /// certificates, after checking its certificate folder where it can be
 /// read (a local connection); unknown (false) for a remote daemon.
 fn libvirt_verifies(uri: &str) -> Result<bool> {
-    let Some(conf) = qemu_conf::conf_of_uri(uri) else {
-        return Ok(false);
-    };
-    let tls = qemu_conf::backup_tls(&conf)?;
+    match qemu_conf::conf_of_uri(uri) {
+        Some(conf) => conf_verifies(&conf),
+        None => Ok(false),
+    }
+}
+
+/// Whether libvirt's backup TLS as `conf` sets it verifies clients, after
+/// checking its certificate folder.
+fn conf_verifies(conf: &Path) -> Result<bool> {
+    let tls = qemu_conf::backup_tls(conf)?;
     check_cert_dir(&tls.dir, false)?;
     Ok(tls.verify)
 }
@@ -199,4 +205,116 @@ fn restrict_socket_path(path: &Path) -> Result<()> {
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io("cannot set mode of socket", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A certificate folder with placeholder files (only their metadata is
+    /// checked here), keys 0600.
+    fn cert_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for f in SERVER_FILES {
+            std::fs::write(dir.join(f), "x").unwrap();
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        dir
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn refused(dir: &Path, own: bool, why: &str) {
+        let e = check_cert_dir(dir, own).unwrap_err();
+        assert!(e.is(crate::error::ErrorCode::ConfigUnsupported), "{e}");
+        assert!(e.message.contains(why), "{e}");
+    }
+
+    #[test]
+    fn certificate_folder_checks() {
+        let dir = cert_dir("checks");
+        let key = dir.join("server-key.pem");
+        check_cert_dir(&dir, true).unwrap();
+        // Group-readable: QEMU under libvirt may read it so, our daemon not.
+        chmod(&key, 0o640);
+        check_cert_dir(&dir, false).unwrap();
+        refused(&dir, true, "server-key.pem' has mode 640");
+        chmod(&key, 0o604);
+        refused(&dir, false, "server-key.pem' has mode 604");
+        chmod(&key, 0o600);
+        chmod(&dir.join("ca-cert.pem"), 0o666);
+        refused(&dir, false, "ca-cert.pem' has mode 666");
+        chmod(&dir.join("ca-cert.pem"), 0o644);
+        chmod(&dir, 0o777);
+        refused(&dir, false, "writable by group or others");
+        chmod(&dir, 0o755);
+        std::fs::rename(&key, dir.join("real-key")).unwrap();
+        refused(&dir, true, "server-key.pem' is missing");
+        symlink(dir.join("real-key"), &key).unwrap();
+        refused(&dir, false, "symbolic link");
+        std::fs::remove_dir_all(&dir).unwrap();
+        refused(&dir, true, "does not exist");
+    }
+
+    #[test]
+    fn libvirt_client_verification_from_its_configuration() {
+        let dir = cert_dir("conf");
+        let conf = dir.join("qemu.conf");
+        let text = format!("backup_tls_x509_cert_dir = \"{}\"\n", dir.display());
+        std::fs::write(&conf, &text).unwrap();
+        assert!(conf_verifies(&conf).unwrap());
+        std::fs::write(&conf, format!("{text}default_tls_x509_verify = 0\n")).unwrap();
+        assert!(!conf_verifies(&conf).unwrap());
+        std::fs::write(&conf, format!("{text}backup_tls_x509_verify = 1\n")).unwrap();
+        assert!(conf_verifies(&conf).unwrap());
+        std::fs::remove_file(dir.join("ca-cert.pem")).unwrap();
+        assert!(conf_verifies(&conf).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A remote daemon's configuration is unknown: not verified.
+        assert!(!libvirt_verifies("qemu+ssh://elsewhere/system").unwrap());
+    }
+
+    #[test]
+    fn plain_tcp_needs_loopback_and_tls_needs_tcp() {
+        let req = |host: &str, tls| UnmanagedRequest {
+            backup: None,
+            parent: None,
+            server: NbdServer::Tcp {
+                host: host.into(),
+                port: 10809,
+            },
+            tls,
+            disks: None,
+        };
+        let daemon = Served::Daemon;
+        assert_eq!(
+            check_server(&req("127.0.0.1", false), daemon).unwrap(),
+            None
+        );
+        let e = check_server(&req("0.0.0.0", false), daemon).unwrap_err();
+        assert!(
+            e.message
+                .contains("readable by anyone who can reach the port")
+        );
+        // Over a remote connection, whether libvirt checks clients is unknown.
+        let remote = Served::Libvirt {
+            uri: "qemu+ssh://elsewhere/system",
+        };
+        let e = check_server(&req("0.0.0.0", true), remote).unwrap_err();
+        assert!(
+            e.message
+                .contains("not known to verify client certificates")
+        );
+        assert_eq!(check_server(&req("::1", true), remote).unwrap(), None);
+        let mut unix = req("", true);
+        unix.server = NbdServer::Unix("/run/x.sock".into());
+        let e = check_server(&unix, daemon).unwrap_err();
+        assert!(e.is(crate::error::ErrorCode::ConfigUnsupported));
+    }
 }
