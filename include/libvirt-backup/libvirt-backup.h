@@ -230,9 +230,10 @@ virDomainBackupPtr virDomainBackupCreateXML(virDomainPtr domain,
  * qemu.conf of a local connection (qemu:///system: /etc/libvirt/qemu.conf).
  * The exports qemu-storage-daemon serves (shut-off domains, stored
  * backups) always check client certificates, from the folder named by the
- * environment variable LIBVIRT_BACKUP_TLS_X509_DIR if set, else the same
- * folder as libvirt's (the qemu.conf of the system daemon for root, of the
- * session daemon otherwise). The folder must hold ca-cert.pem,
+ * environment variable LIBVIRT_BACKUP_TLS_X509_DIR if set (libvirt's
+ * exports do not look at it), else the same folder as libvirt's (the
+ * qemu.conf of the system daemon for root, of the session daemon
+ * otherwise). The folder must hold ca-cert.pem,
  * server-cert.pem and server-key.pem as regular files (no symbolic links),
  * must not be writable by group or others, and the key must not be
  * readable by others (for qemu-storage-daemon: by anyone but its owner,
