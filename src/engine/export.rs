@@ -415,11 +415,6 @@ fn daemon_args(
     cert_dir: Option<&Path>,
     qmp_socket: &Path,
 ) -> Result<Vec<String>> {
-    let utf8 = |p: &Path| {
-        p.to_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::invalid_arg(format!("path '{}' is not UTF-8", p.display())))
-    };
     let mut args = Vec::new();
     for (i, d) in disks.iter().enumerate() {
         args.push("--blockdev".into());
@@ -433,7 +428,34 @@ fn daemon_args(
             d.format.as_str()
         ));
     }
-    // JSON, not QemuOpts: a folder name may hold commas.
+    args.extend(server_args(server, cert_dir)?);
+    for (i, d) in disks.iter().enumerate() {
+        let bitmaps = match &d.bitmap {
+            Some(b) => format!(r#","bitmaps":[{}]"#, json_str(b)),
+            None => String::new(),
+        };
+        args.push("--export".into());
+        args.push(format!(
+            r#"{{"type":"nbd","id":"export{i}","node-name":"disk{i}","name":{},"writable":false{bitmaps}}}"#,
+            json_str(&d.export_name)
+        ));
+    }
+    // --chardev takes QemuOpts syntax only: a comma in a value is doubled.
+    args.push("--chardev".into());
+    args.push(format!(
+        "socket,id=qmp0,path={},server=on,wait=off",
+        utf8(qmp_socket)?.replace(',', ",,")
+    ));
+    args.push("--monitor".into());
+    args.push("chardev=qmp0,mode=control".into());
+    Ok(args)
+}
+
+/// The NBD server's arguments: with `cert_dir`, its x509 credentials
+/// object (JSON, not QemuOpts: a folder name may hold commas) and
+/// `tls-creds`.
+fn server_args(server: &ExportServer, cert_dir: Option<&Path>) -> Result<Vec<String>> {
+    let mut args: Vec<String> = Vec::new();
     let tls = match cert_dir {
         Some(dir) => {
             args.push("--object".into());
@@ -456,26 +478,14 @@ fn daemon_args(
             json_str(&utf8(path)?)
         ),
     });
-    for (i, d) in disks.iter().enumerate() {
-        let bitmaps = match &d.bitmap {
-            Some(b) => format!(r#","bitmaps":[{}]"#, json_str(b)),
-            None => String::new(),
-        };
-        args.push("--export".into());
-        args.push(format!(
-            r#"{{"type":"nbd","id":"export{i}","node-name":"disk{i}","name":{},"writable":false{bitmaps}}}"#,
-            json_str(&d.export_name)
-        ));
-    }
-    // --chardev takes QemuOpts syntax only: a comma in a value is doubled.
-    args.push("--chardev".into());
-    args.push(format!(
-        "socket,id=qmp0,path={},server=on,wait=off",
-        utf8(qmp_socket)?.replace(',', ",,")
-    ));
-    args.push("--monitor".into());
-    args.push("chardev=qmp0,mode=control".into());
     Ok(args)
+}
+
+/// A path the daemon's JSON arguments can carry.
+fn utf8(p: &Path) -> Result<String> {
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::invalid_arg(format!("path '{}' is not UTF-8", p.display())))
 }
 
 /// A JSON string literal.

@@ -255,15 +255,14 @@ pub fn start(
     let all = domain::parse_disks(&dom.xml()?)?;
     let chosen = selected(req, &all)?;
     let uuid = Uuid::new_v4();
-    let mut disks = Vec::new();
-    for (d, export) in &chosen {
-        // The parent's checkpoint names the bitmap that holds the changes.
-        let since = match &parent {
-            None => None,
-            Some(p) => Some(changes_since(dom, p, d, is_live)?),
-        };
-        disks.push((d, export.clone(), since));
-    }
+    // The parent's checkpoint names the bitmap that holds the changes.
+    let disks = chosen
+        .iter()
+        .map(|(d, export)| {
+            let since = parent.as_ref().map(|p| changes_since(dom, p, d, is_live));
+            Ok((d, export.clone(), since.transpose()?))
+        })
+        .collect::<Result<Vec<_>>>()?;
     // One job per domain: the check is made again under the domain's job
     // lock, which the export holds until it ends.
     let catalog = recovery::open_catalog()?;
