@@ -67,6 +67,12 @@ fn daemon_cert_dir() -> Result<PathBuf> {
         Some(d) => PathBuf::from(d),
         None => qemu_conf::backup_tls(&qemu_conf::own_conf())?.dir,
     };
+    if !dir.is_absolute() {
+        return Err(Error::config_unsupported(format!(
+            "TLS certificate folder '{}' is not an absolute path",
+            dir.display()
+        )));
+    }
     check_cert_dir(&dir, true)?;
     Ok(dir)
 }
