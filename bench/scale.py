@@ -23,6 +23,7 @@ same script against another build to compare.
 import ctypes
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -299,23 +300,31 @@ def parallel_row(work):
         conn = ct.virt.virConnectOpen(uri.encode())
         dom = ct.virt.virDomainLookupByName(conn, b"scale-par")
 
+        busy = {}
+
         def once():
-            t = time.perf_counter()
+            # The library runs in this process: its CPU time is ours.
+            r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             b = ct.create(dom, "<domainbackup/>")
-            t = time.perf_counter() - t
+            t, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            busy.setdefault(os.environ["LIBVIRT_BACKUP_WORKERS"], []).append(cpu / t)
             ct.delete(b)
             ct.free(b)
             return t
         times = {}
-        for workers in ("1", ""):
+        for workers in ("1", "", "1", ""):
             os.environ["LIBVIRT_BACKUP_WORKERS"] = workers
-            times[workers] = best(once, 3)
+            times[workers] = min(times.get(workers, 1e9), best(once, 3))
         os.environ.pop("LIBVIRT_BACKUP_WORKERS")
         speedup = times["1"] / times[""]
+        cores = statistics.median(busy["1"])
         row(f"4-disk backup ({PAR_MB} MiB each, in memory): one worker / default",
             f"{speedup:.2f}x", ">= 1.6x", speedup >= 1.6,
             f"one worker {times['1']:.2f} s, default ({os.cpu_count()} cores) "
-            f"{times['']:.2f} s")
+            f"{times['']:.2f} s; one worker already keeps {cores:.2f} cores busy "
+            f"(its readers hash ahead), so {os.cpu_count()} cores allow at most "
+            f"{os.cpu_count() / cores:.2f}x")
     finally:
         shutil.rmtree(shm, ignore_errors=True)
 

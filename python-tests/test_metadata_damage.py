@@ -221,6 +221,22 @@ def test_parenthood_is_checked_in_the_images_not_only_the_records(env):
     assert_byte_exact(t1, "qcow2", at_inc, "raw")
 
 
+def test_parenthood_check_reads_records_the_summary_does_not_know(env):
+    dom, [(full, t0, _), (inc, t1, at_inc)] = chain(env, 2)
+    # The summary forgets the incremental (as if its record had been put
+    # back by hand): listing no longer shows it, but its image still reads
+    # through the full backup's file.
+    with open(os.path.join(env.catalog, domain_uuid(dom), "summary"), "a") as f:
+        f.write(f"- {inc}\n")
+    assert list_uuids(dom) == [full]
+    b = lib.virDomainBackupLookupByUUID(full.encode(), 0)
+    assert lib.virDomainBackupDelete(b, 0) == -1
+    expect_error(VIR_ERR_OPERATION_INVALID, t1, t0)
+    free(b)
+    assert os.path.exists(t0)
+    assert_byte_exact(t1, "qcow2", at_inc, "raw")
+
+
 # --------------------------------------------------------------------------
 # Restore and the digest index
 # --------------------------------------------------------------------------

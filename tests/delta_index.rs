@@ -3,10 +3,10 @@
 //! restores, merges (delete of a parent) and metadata-only deletes all read
 //! them; every result is checked byte for byte. On libvirt's test driver.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
-use common::{WAIT, WORK, disk, domain, identical, qemu_io};
+use common::{WAIT, WORK, child_xml, disk, domain, identical, qemu_io, snapshot};
 
 use libvirt_backup::ops::backup::Backup;
 use libvirt_backup::store::catalog::Catalog;
@@ -14,19 +14,6 @@ use libvirt_backup::store::index::{IndexReader, parent_of};
 
 const REWRITE: u32 = 1 << 1;
 const METADATA_ONLY: u32 = 1 << 2;
-
-fn child_xml(parent: &Backup) -> String {
-    format!(
-        "<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>",
-        parent.uuid
-    )
-}
-
-fn snapshot(src: &Path, name: &str) -> PathBuf {
-    let p = WORK.join(name);
-    std::fs::copy(src, &p).unwrap();
-    p
-}
 
 fn magic(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()[..8].to_vec()

@@ -1,31 +1,17 @@
 //! Incremental chains and branches on libvirt's test driver: each backup,
 //! read through its backing chain, equals the source at its time.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{WAIT, WORK, disk, domain, identical, qemu_img, qemu_io};
+use common::{WAIT, WORK, child_xml, disk, domain, identical, qemu_img, qemu_io, snapshot};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::{Backup, ParamValue};
 use libvirt_backup::xml::backup::BackupMode;
 
 const NO_FALLBACK: u32 = 1 << 1;
-
-fn child_xml(parent: &Backup) -> String {
-    format!(
-        "<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>",
-        parent.uuid
-    )
-}
-
-/// A copy of the source as it is now, to compare a backup with later.
-fn snapshot(src: &Path, name: &str) -> PathBuf {
-    let p = WORK.join(name);
-    std::fs::copy(src, &p).unwrap();
-    p
-}
 
 fn backing_chain(p: &Path) -> Vec<String> {
     let out = Command::new("qemu-img")

@@ -8,20 +8,13 @@ use std::path::Path;
 use std::process::Command;
 
 use common::qemu::{QemuDomain, connect, image, snapshot};
-use common::{WAIT, identical, qemu_io};
+use common::{WAIT, child_xml, identical, qemu_io};
 
 use libvirt_backup::engine::bitmap::dirty_ranges;
 use libvirt_backup::ops::backup::Backup;
 use libvirt_backup::xml::backup::BackupMode;
 
 const K64: u64 = 64 << 10;
-
-fn child_xml(parent: &Backup) -> String {
-    format!(
-        "<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>",
-        parent.uuid
-    )
-}
 
 /// Overwrite the guest cluster at `guest` directly in the image file,
 /// behind QEMU's back (so no bitmap sees it): where the data sits comes

@@ -4,7 +4,7 @@
 
 mod common;
 use common::qemu::{QemuDomain, connect, image, snapshot};
-use common::{WAIT, identical};
+use common::{WAIT, child_xml, identical};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::{Backup, ParamValue};
@@ -12,13 +12,6 @@ use libvirt_backup::xml::backup::BackupMode;
 
 const QUIESCE: u32 = 1;
 const NO_FALLBACK: u32 = 1 << 1;
-
-fn child_xml(parent: &Backup) -> String {
-    format!(
-        "<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>",
-        parent.uuid
-    )
-}
 
 fn param(b: &Backup, name: &str) -> ParamValue {
     b.parameters()

@@ -1,10 +1,10 @@
 //! Restore on libvirt's test driver: in place, to new files, as a new
 //! domain, from any backup of a chain; refusals touch nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
-use common::{CONN, WAIT, WORK, disk, domain, identical, qemu_io};
+use common::{CONN, WAIT, WORK, child_xml, disk, domain, identical, qemu_io, snapshot};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::Backup;
@@ -12,19 +12,6 @@ use libvirt_backup::xml::domain::parse_disks;
 
 const NEW_DOMAIN: u32 = 1;
 const REWRITE: u32 = 1 << 1;
-
-fn snapshot(src: &Path, name: &str) -> PathBuf {
-    let p = WORK.join(name);
-    std::fs::copy(src, &p).unwrap();
-    p
-}
-
-fn child(parent: &Backup) -> String {
-    format!(
-        "<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>",
-        parent.uuid
-    )
-}
 
 fn whole(b: &Backup) -> String {
     format!("<domainbackup><uuid>{}</uuid></domainbackup>", b.uuid)
@@ -42,7 +29,7 @@ fn in_place_from_every_backup_of_a_chain() {
     let t0 = snapshot(&src, "rip-t0.qcow2");
     qemu_io("qcow2", &src, "write -P 0x22 1M 1M");
     qemu_io("qcow2", &src, "write -z 6M 1M");
-    let inc = Backup::create(&dom, &child(&full), WAIT).unwrap();
+    let inc = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
     let t1 = snapshot(&src, "rip-t1.qcow2");
     qemu_io("qcow2", &src, "write -P 0x33 20M 2M");
 

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
 use crate::image::disk::{Chain, Extent, Source, Target};
+use crate::image::buffer::AlignedBuf;
 use crate::job::Progress;
 use crate::store::index::{
     DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, ZERO_DIGEST, digest,
@@ -114,7 +115,7 @@ struct Window {
     len: usize,
     /// False when the whole window is a hole (`buf` then holds stale bytes).
     has_data: bool,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     /// The digest of each `DIGEST_CHUNK` of the window.
     sums: Vec<Digest>,
     /// Chunks a dirty bitmap says did not change: not read, their digest
@@ -128,7 +129,7 @@ impl Window {
             offset: 0,
             len: 0,
             has_data: false,
-            buf: vec![0u8; COPY_CHUNK as usize],
+            buf: AlignedBuf::zeroed(COPY_CHUNK as usize),
             sums: Vec::with_capacity((COPY_CHUNK / DIGEST_CHUNK) as usize),
             clean: Vec::new(),
         }
@@ -467,7 +468,7 @@ pub fn apply_rewrite(
     progress: &Progress,
 ) -> Result<()> {
     let size = want.size();
-    let mut buf = vec![0u8; COPY_CHUNK as usize];
+    let mut buf = AlignedBuf::zeroed(COPY_CHUNK as usize);
     let mut w = Writer {
         dst,
         progress,

@@ -439,10 +439,8 @@ impl Backup {
         if !metadata_only {
             // After the merge, no listed child reads through `rec` any more:
             // an image that still does is one the records do not know of.
-            // This reads every record of the domain: parenthood must not
-            // rest on the summary (or the records) alone.
-            let all = recovery::list_domain(&self.catalog, &self.domain_uuid)?;
-            recovery::check_no_backing_users(&all, &records.iter().collect::<Vec<_>>())?;
+            let users = self.possible_backing_users(&all, &records)?;
+            recovery::check_no_backing_users(&users, &records.iter().collect::<Vec<_>>())?;
         }
         // Children first, so a crash midway never leaves a child without its parent.
         for r in records.iter().rev() {
@@ -461,6 +459,32 @@ impl Backup {
             }
         }
         Ok(())
+    }
+
+    /// The records of the backups whose images could read through the
+    /// files of `doomed`: every record file in the domain's folder that the
+    /// summary does not know, and every backup made since the oldest of
+    /// `doomed` (the library only ever points an image at an older
+    /// backup's file: a new incremental at its parent, a merge at the
+    /// grandparent). Deleting a leaf so reads no other record; a damaged
+    /// record among them fails the delete.
+    fn possible_backing_users(
+        &self,
+        all: &[Entry],
+        doomed: &[BackupRecord],
+    ) -> Result<Vec<BackupRecord>> {
+        let since = doomed.iter().map(|r| r.created_ns).min().unwrap_or(0);
+        let known: HashMap<Uuid, u64> = all.iter().map(|e| (e.uuid, e.created_ns)).collect();
+        let gone: HashSet<Uuid> = doomed.iter().map(|r| r.uuid).collect();
+        let mut out = Vec::new();
+        for u in self.catalog.record_ids(&self.domain_uuid)? {
+            let newer = known.get(&u).is_none_or(|&ns| ns >= since);
+            if gone.contains(&u) || !newer {
+                continue;
+            }
+            out.extend(self.catalog.record(&self.domain_uuid, &u)?);
+        }
+        Ok(out)
     }
 
     /// The full records of the backups a delete removes (`rec` and its

@@ -678,6 +678,19 @@ impl Catalog {
     /// running: `ops::recovery` resolves those), oldest first. Reads and
     /// parses every record: listing uses `entries`.
     pub fn records(&self, domain: &Uuid) -> Result<Vec<BackupRecord>> {
+        let mut out = Vec::new();
+        for backup in self.record_ids(domain)? {
+            if let Some(rec) = self.record(domain, &backup)? {
+                out.push(rec);
+            }
+        }
+        out.sort_by_key(|r| (r.created_ns, r.uuid));
+        Ok(out)
+    }
+
+    /// The backups of one domain that have a record file, from the folder
+    /// itself (not the summary), in no particular order; nothing is parsed.
+    pub fn record_ids(&self, domain: &Uuid) -> Result<Vec<Uuid>> {
         let dir = self.domain_dir(domain);
         secure::check_dir_if_exists(&dir)?;
         let entries = match fs::read_dir(&dir) {
@@ -685,21 +698,15 @@ impl Catalog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("cannot read catalog folder", &dir, e)),
         };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".xml") else {
-                continue;
-            };
-            if Uuid::parse_str(stem).is_err() {
-                continue;
-            }
-            if let Some(rec) = Self::read_record(&entry.path())? {
-                out.push(rec);
-            }
-        }
-        out.sort_by_key(|r| (r.created_ns, r.uuid));
-        Ok(out)
+        Ok(entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let stem = name.to_str()?.strip_suffix(".xml")?;
+                // Only the name this catalog gives a record.
+                Uuid::parse_str(stem).ok().filter(|u| u.to_string() == stem)
+            })
+            .collect())
     }
 
     /// Refuse a domain folder another user could write to (see `secure`).

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::{LazyLock, Mutex};
 
 use libvirt_backup::hv::libvirt::DomainRef;
+use libvirt_backup::ops::backup::Backup;
 use libvirt_backup::xml::backup::NbdServer;
 use virt::connect::Connect;
 
@@ -164,3 +165,18 @@ pub fn loopback(port: u16) -> NbdServer {
 
 /// Fails to compile unless `T` may be shared between threads.
 pub fn assert_send_sync<T: Send + Sync>() {}
+
+/// The XML of an incremental backup of `parent`.
+pub fn child_xml(parent: &Backup) -> String {
+    format!(
+        "<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>",
+        parent.uuid
+    )
+}
+
+/// A copy of the source as it is now, to compare a backup with later.
+pub fn snapshot(src: &Path, name: &str) -> PathBuf {
+    let p = WORK.join(name);
+    std::fs::copy(src, &p).unwrap();
+    p
+}
