@@ -15,6 +15,7 @@ starts; a non-loopback address needs TLS."""
 import os
 import shutil
 import socket
+import stat
 import subprocess
 
 import pytest
@@ -279,3 +280,22 @@ def test_running_domain_export_on_every_address(qenv):
     assert int(r.stdout) == 4 * MiB
     assert lib.virDomainBackupAbortJob(b, 0) == 0
 
+
+
+def test_libvirt_folder_checked_before_the_job_starts(qenv):
+    """libvirt's certificate folder (as /etc/libvirt/qemu.conf names it) is
+    checked like the library's own: a key others can read is refused
+    before libvirt's job starts."""
+    env = qenv
+    libvirt_certs()
+    dom = env.qemu_domain(size=4 * MiB)
+    key = os.path.join(LIBVIRT_SERVER_DIR, "server-key.pem")
+    mode = stat.S_IMODE(os.stat(key).st_mode)
+    port, server = tls_server()
+    os.chmod(key, 0o604)
+    try:
+        refused(dom, unmanaged(server), port)
+    finally:
+        os.chmod(key, mode)
+    expect_error(VIR_ERR_CONFIG_UNSUPPORTED, key, "mode 604")
+    assert not dom.job_active()
