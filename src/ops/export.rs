@@ -193,9 +193,10 @@ fn check_can_export(
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
     let uri = dom.uri()?;
-    let served = match is_live {
-        true => export_access::Served::Libvirt { uri: &uri },
-        false => export_access::Served::Daemon,
+    let served = if is_live {
+        export_access::Served::Libvirt { uri: &uri }
+    } else {
+        export_access::Served::Daemon
     };
     let cert_dir = export_access::check_server(req, served)?;
     super::check_domain_idle(dom, domain_uuid, is_live)?;
