@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use crate::engine::background;
 use crate::error::{Error, Result};
 use crate::image::disk::{Chain, Extent, Source, Target};
 use crate::image::buffer::AlignedBuf;
@@ -57,11 +58,16 @@ impl Writer<'_> {
 
     fn flush(&mut self, buf: &[u8]) -> Result<()> {
         if let Some((offset, s, e)) = self.run.take() {
-            self.dst.write_at(&buf[s..e], offset).map_err(|e| {
-                Error::operation_failed(format!(
-                    "cannot write target image at offset {offset}: {e}"
-                ))
-            })?;
+            let piece = background::write_piece();
+            for at in (s..e).step_by(piece) {
+                let end = e.min(at.saturating_add(piece));
+                let pos = offset + (at - s) as u64;
+                self.dst.write_at(&buf[at..end], pos).map_err(|e| {
+                    Error::operation_failed(format!(
+                        "cannot write target image at offset {pos}: {e}"
+                    ))
+                })?;
+            }
             self.progress
                 .written
                 .fetch_add((e - s) as u64, Ordering::Relaxed);

@@ -16,6 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::ensure_index;
+use crate::engine::background;
 use crate::engine::copy::{self, Baseline};
 use crate::error::{Error, Result};
 use crate::image::disk::{self, Chain, Source, Target};
@@ -64,7 +65,8 @@ fn rewrite_disk(
             BackupMode::Full
         })
     };
-    let result = work();
+    // Housekeeping: other domains' jobs get the CPU first.
+    let result = background::run_as_housekeeping(work);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
