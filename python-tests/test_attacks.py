@@ -15,7 +15,7 @@ import uuid as uuidlib
 import pytest
 
 from conftest import (RESTORE_REWRITE_EXISTING_DISK as REWRITE, MiB, VIR_ERR_INVALID_ARG,
-                      VIR_ERR_NO_SUPPORT, VIR_ERR_OPERATION_FAILED, VIR_ERR_XML_ERROR, Nbd,
+                      VIR_ERR_OPERATION_FAILED, VIR_ERR_XML_ERROR, Nbd,
                       backup_uuid, backup_xml_for, count_backups, create_fails, domain_uuid,
                       domain_xml, expect_error, lib, make_disk, restore, restore_fails,
                       restore_xml_for, run, sha256, target_of, unmanaged_xml, virt,
@@ -516,10 +516,3 @@ def test_tcp_export_on_a_non_loopback_address_is_refused(env, host):
     refused(dom, xml)
     expect_error(VIR_ERR_INVALID_ARG, "not a loopback address", "readable by anyone")
 
-
-def test_tls_export_is_not_supported_yet(env):
-    dom = env.domain()
-    xml = (f"<domainbackup><server transport='tcp' name='127.0.0.1' port='{free_port()}' "
-           "tls='yes'/></domainbackup>")
-    refused(dom, xml)
-    expect_error(VIR_ERR_NO_SUPPORT, "TLS exports are not supported yet")

@@ -22,6 +22,15 @@ if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
     pkill -x libvirtd 2>/dev/null && sleep 1 || true
 fi
 
+# TLS exports (python-tests/test_export_tls.py): libvirt's backup jobs read
+# their certificates from its default folder, /etc/pki/qemu (the qemu.conf
+# above names none); a throw-away test CA is put there once, its client side
+# in /etc/pki/libvirt-backup-test. Nothing to restart: QEMU reads the folder
+# when a job starts. A folder holding another CA's certificates is left
+# alone (the tests that need it are then skipped).
+sh "$(dirname "$0")/tls-test-certs.sh" /etc/pki/qemu /etc/pki/libvirt-backup-test/client \
+    /etc/pki/libvirt-backup-test/ca || true
+
 pgrep -x virtlogd >/dev/null || virtlogd -d
 if ! pgrep -x libvirtd >/dev/null; then
     libvirtd -d

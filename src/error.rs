@@ -16,6 +16,7 @@ pub enum ErrorCode {
     XmlError = 27,
     NoDomain = 42,
     OperationInvalid = 55,
+    ConfigUnsupported = 67,
     OperationAborted = 78,
     NoDomainBackup = 104,
 }
@@ -113,6 +114,15 @@ impl Error {
                 "this function is not supported by the connection driver: {}",
                 message.into()
             ),
+        )
+    }
+
+    /// A configuration (of the host or of the caller) the library cannot
+    /// work with, as libvirt's `VIR_ERR_CONFIG_UNSUPPORTED`.
+    pub fn config_unsupported(message: impl Into<String>) -> Self {
+        Self::new(
+            ErrorCode::ConfigUnsupported,
+            format!("unsupported configuration: {}", message.into()),
         )
     }
 

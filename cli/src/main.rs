@@ -181,6 +181,10 @@ struct ExportArgs {
     /// Listen on a UNIX socket
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
+    /// Serve over TLS to clients with a certificate of the CA (--tcp only;
+    /// then HOST may be any address)
+    #[arg(long, requires = "tcp")]
+    tls: bool,
     /// Also export the changes since this backup as a dirty bitmap
     #[arg(long, value_name = "UUID")]
     parent: Option<String>,
@@ -811,9 +815,10 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
                 .rsplit_once(':')
                 .ok_or_else(|| err(format!("--tcp wants HOST:PORT, not '{hp}'")))?;
             x += &format!(
-                "<server transport='tcp' name='{}' port='{}'/>",
+                "<server transport='tcp' name='{}' port='{}'{}/>",
                 xml_escape(h),
-                xml_escape(p)
+                xml_escape(p),
+                if a.tls { " tls='yes'" } else { "" }
             );
         }
         (None, Some(path)) => {
@@ -846,7 +851,7 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
     if ctx.json {
         ctx.print_json(json!({
             "server": match (&a.tcp, &a.unix) {
-                (Some(t), _) => json!({"tcp": t}),
+                (Some(t), _) => json!({"tcp": t, "tls": a.tls}),
                 (None, u) => json!({"unix": u}),
             },
             "exports": info.disks.iter().map(|d| json!({

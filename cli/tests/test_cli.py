@@ -258,6 +258,36 @@ def test_running_domain_backup_export(env):
     assert "export ended" in out
 
 
+
+def test_export_over_tls(env, monkeypatch):
+    """export --tls of a shut-off domain on 0.0.0.0: read with the client
+    certificate byte for byte; a plain client is refused; without --tls the
+    address is refused."""
+    certs = env.path("certs")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts",
+                          "tls-test-certs.sh")
+    run("sh", script, f"{certs}/server", f"{certs}/client", f"{certs}/ca")
+    monkeypatch.setenv("LIBVIRT_BACKUP_TLS_X509_DIR", f"{certs}/server")
+    vda = env.disk("tls.qcow2", 16 * MiB, writes=(("0x5e", MiB, 2 * MiB),))
+    dom = env.domain([("vda", vda)])
+    vb("export", dom, "--tcp", "0.0.0.0:10809", rc=1)
+    port = 20000 + (os.getpid() + 7) % 20000
+    p = subprocess.Popen([VB, "-c", URI, "export", dom, "--tcp", f"0.0.0.0:{port}",
+                          "--tls", "--timeout", "60"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line == "disk vda: export 'vda'\n", \
+            line + (p.stderr.read() if p.poll() is not None else "")
+        url = f"nbds://127.0.0.1:{port}/vda?tls-certificates={certs}/client"
+        run("nbdcopy", url, env.path("got.raw"))
+        assert same(env.path("got.raw"), vda)
+        assert run("nbdinfo", "--size", f"nbd://127.0.0.1:{port}/vda", check=False).returncode
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+
 def big_domain(env):
     vda = env.disk("big.qcow2", 1024 * MiB, writes=(("0x31", 0, 1024 * MiB),))
     return env.domain([("vda", vda)])

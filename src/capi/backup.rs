@@ -84,18 +84,43 @@ pub extern "C" fn virDomainBackupCreateXML(
 /// carries the changes since that backup as a dirty bitmap
 /// ("qemu:dirty-bitmap:<exportbitmap>"): the parent's checkpoint bitmap, or,
 /// for a parent without one, bits computed from its digest index and served
-/// through an overlay. virDomainBackupGetXMLDesc() gives the server, and
-/// each disk's exportname and exportbitmap. End it with
-/// virDomainBackupFinishJob(0) or virDomainBackupAbortJob(); freeing the
-/// handle does not end it. Unmanaged backups are never listed; Delete and
-/// ListChildren fail on them with VIR_ERR_OPERATION_INVALID.
-/// Who can read the export: anyone who connects reads the disks. A plain
-/// TCP export is readable by anyone who can reach the port, so the server
-/// must be a loopback address (127.0.0.1, ::1, a name resolving only to
-/// loopback), else VIR_ERR_INVALID_ARG; tls='yes' fails with
-/// VIR_ERR_NO_SUPPORT (TLS exports are not supported yet). A unix socket is
-/// made mode 0600 (its owner only) before this call returns; its folder is
-/// the caller's choice.
+/// through an overlay. virDomainBackupGetXMLDesc() gives the server (with
+/// tls='yes' for a TLS export), and each disk's exportname and
+/// exportbitmap. End it with virDomainBackupFinishJob(0) or
+/// virDomainBackupAbortJob(); freeing the handle does not end it. Unmanaged
+/// backups are never listed; Delete and ListChildren fail on them with
+/// VIR_ERR_OPERATION_INVALID.
+///
+/// Who can read the export: anyone who connects reads the disks.
+/// Warning: a plain TCP export (no tls='yes') is readable by anyone who can
+/// reach the port, so its server must be a loopback address (127.0.0.1,
+/// ::1, a name resolving only to loopback), else VIR_ERR_INVALID_ARG. A
+/// unix socket is made mode 0600 (its owner only) before this call returns;
+/// its folder is the caller's choice.
+///
+/// TLS: <server transport='tcp' ... tls='yes'/> serves NBD over TLS with
+/// x509 certificates, and only to clients that show a certificate signed by
+/// the same CA; such a server may listen on any address (0.0.0.0, a LAN
+/// address). The certificates: a running QEMU domain's export is served by
+/// libvirt, with the folder and client check of libvirt's qemu.conf
+/// (backup_tls_x509_cert_dir, else default_tls_x509_cert_dir, else
+/// /etc/pki/qemu; backup_tls_x509_verify, else default_tls_x509_verify,
+/// else on); a non-loopback address needs that check on, as seen in the
+/// qemu.conf of a local connection (qemu:///system: /etc/libvirt/qemu.conf).
+/// The exports qemu-storage-daemon serves (shut-off domains, stored
+/// backups) always check client certificates, from the folder named by the
+/// environment variable LIBVIRT_BACKUP_TLS_X509_DIR if set (libvirt's
+/// exports do not look at it), else the same folder as libvirt's (the
+/// qemu.conf of the system daemon for root, of the session daemon
+/// otherwise). The folder must hold ca-cert.pem,
+/// server-cert.pem and server-key.pem as regular files (no symbolic links),
+/// must not be writable by group or others, and the key must not be
+/// readable by others (for qemu-storage-daemon: by anyone but its owner,
+/// this user or root); otherwise VIR_ERR_CONFIG_UNSUPPORTED names the
+/// file, and nothing is started. tls='yes' with a unix socket is
+/// VIR_ERR_CONFIG_UNSUPPORTED. A client reads such an export with, e.g.,
+/// nbdinfo/nbdcopy 'nbds://HOST:PORT/EXPORT?tls-certificates=DIR', DIR
+/// holding ca-cert.pem, client-cert.pem and client-key.pem.
 ///
 /// With a NULL @domain, @xmlDesc holds the <uuid> of a completed managed
 /// backup and a <server>: that stored point in time is served read-only

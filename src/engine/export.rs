@@ -28,6 +28,14 @@
 //! the export is fully up; any configuration error (port in use, unreadable
 //! image, missing bitmap) makes the daemon exit with the reason on stderr,
 //! which [`StorageDaemonExport::start`] returns.
+//!
+//! # TLS
+//!
+//! With a certificate folder ([`StorageDaemonExport::start_tls`]) the NBD
+//! server takes a `tls-creds-x509` object (endpoint server, `verify-peer`):
+//! a client must negotiate TLS and show a certificate of the folder's CA.
+//! The readiness probe is unaffected: before TLS the server still answers
+//! `NBD_OPT_ABORT`.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -91,6 +99,20 @@ impl StorageDaemonExport {
     /// Bad arguments (no disk, empty or duplicate export names, port 0, a bitmap on a raw image,
     /// a unix path that is not a socket or is served by someone else) -> Error::invalid_arg / operation_failed before anything starts.
     pub fn start(server: &ExportServer, disks: &[ExportDisk]) -> Result<StorageDaemonExport> {
+        Self::start_tls(server, disks, None)
+    }
+
+    /// [`start`](Self::start), with TLS when `cert_dir` is given: the
+    /// server's x509 credentials are read from that folder (`ca-cert.pem`,
+    /// `server-cert.pem`, `server-key.pem`, QEMU's layout) and every client
+    /// must show a certificate signed by its CA (`verify-peer`); a client
+    /// that does not speak TLS is refused during NBD negotiation. The
+    /// caller checks the folder first (`ops::export_access`).
+    pub fn start_tls(
+        server: &ExportServer,
+        disks: &[ExportDisk],
+        cert_dir: Option<&Path>,
+    ) -> Result<StorageDaemonExport> {
         validate(server, disks)?;
         // The daemon follows qcow2 backing files as their headers name
         // them: only chains whose every level records its format (never
@@ -100,7 +122,7 @@ impl StorageDaemonExport {
         }
 
         let scratch = make_scratch_dir()?;
-        match spawn_and_wait(server, disks, &scratch) {
+        match spawn_and_wait(server, disks, cert_dir, &scratch) {
             Ok((child, qmp_socket)) => Ok(StorageDaemonExport {
                 pid: child.id(),
                 server: server.clone(),
@@ -299,6 +321,7 @@ fn make_scratch_dir() -> Result<PathBuf> {
 fn spawn_and_wait(
     server: &ExportServer,
     disks: &[ExportDisk],
+    cert_dir: Option<&Path>,
     scratch: &Path,
 ) -> Result<(Child, PathBuf)> {
     let qmp_socket = scratch.join("qmp.sock");
@@ -311,7 +334,7 @@ fn spawn_and_wait(
     // owner's from the start (anyone who can connect reads the disks).
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "umask 077 && exec \"$0\" \"$@\"", DAEMON])
-        .args(daemon_args(server, disks, &qmp_socket)?)
+        .args(daemon_args(server, disks, cert_dir, &qmp_socket)?)
         .arg("--pidfile")
         .arg(&pid_file)
         .stdin(Stdio::null())
@@ -389,13 +412,9 @@ fn describe(server: &ExportServer) -> String {
 fn daemon_args(
     server: &ExportServer,
     disks: &[ExportDisk],
+    cert_dir: Option<&Path>,
     qmp_socket: &Path,
 ) -> Result<Vec<String>> {
-    let utf8 = |p: &Path| {
-        p.to_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::invalid_arg(format!("path '{}' is not UTF-8", p.display())))
-    };
     let mut args = Vec::new();
     for (i, d) in disks.iter().enumerate() {
         args.push("--blockdev".into());
@@ -409,17 +428,7 @@ fn daemon_args(
             d.format.as_str()
         ));
     }
-    args.push("--nbd-server".into());
-    args.push(match server {
-        ExportServer::Tcp { host, port } => format!(
-            r#"{{"addr":{{"type":"inet","host":{},"port":"{port}"}}}}"#,
-            json_str(host)
-        ),
-        ExportServer::Unix(path) => format!(
-            r#"{{"addr":{{"type":"unix","path":{}}}}}"#,
-            json_str(&utf8(path)?)
-        ),
-    });
+    args.extend(server_args(server, cert_dir)?);
     for (i, d) in disks.iter().enumerate() {
         let bitmaps = match &d.bitmap {
             Some(b) => format!(r#","bitmaps":[{}]"#, json_str(b)),
@@ -440,6 +449,43 @@ fn daemon_args(
     args.push("--monitor".into());
     args.push("chardev=qmp0,mode=control".into());
     Ok(args)
+}
+
+/// The NBD server's arguments: with `cert_dir`, its x509 credentials
+/// object (JSON, not QemuOpts: a folder name may hold commas) and
+/// `tls-creds`.
+fn server_args(server: &ExportServer, cert_dir: Option<&Path>) -> Result<Vec<String>> {
+    let mut args: Vec<String> = Vec::new();
+    let tls = match cert_dir {
+        Some(dir) => {
+            args.push("--object".into());
+            args.push(format!(
+                r#"{{"qom-type":"tls-creds-x509","id":"tls0","dir":{},"endpoint":"server","verify-peer":true}}"#,
+                json_str(&utf8(dir)?)
+            ));
+            r#","tls-creds":"tls0""#
+        }
+        None => "",
+    };
+    args.push("--nbd-server".into());
+    args.push(match server {
+        ExportServer::Tcp { host, port } => format!(
+            r#"{{"addr":{{"type":"inet","host":{},"port":"{port}"}}{tls}}}"#,
+            json_str(host)
+        ),
+        ExportServer::Unix(path) => format!(
+            r#"{{"addr":{{"type":"unix","path":{}}}{tls}}}"#,
+            json_str(&utf8(path)?)
+        ),
+    });
+    Ok(args)
+}
+
+/// A path the daemon's JSON arguments can carry.
+fn utf8(p: &Path) -> Result<String> {
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::invalid_arg(format!("path '{}' is not UTF-8", p.display())))
 }
 
 /// A JSON string literal.
@@ -597,6 +643,7 @@ mod tests {
                 port: 10809,
             },
             &disks,
+            None,
             Path::new("/s,x/qmp.sock"),
         )
         .unwrap();
@@ -615,6 +662,31 @@ mod tests {
                 "socket,id=qmp0,path=/s,,x/qmp.sock,server=on,wait=off",
                 "--monitor",
                 "chardev=qmp0,mode=control",
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_command_line() {
+        let disks = [ExportDisk {
+            export_name: "vda".into(),
+            image: "/i/a.raw".into(),
+            format: DiskFormat::Raw,
+            bitmap: None,
+        }];
+        let server = ExportServer::Tcp {
+            host: "0.0.0.0".into(),
+            port: 10809,
+        };
+        let dir = Path::new("/etc/pki/a,b");
+        let args = daemon_args(&server, &disks, Some(dir), Path::new("/s/q")).unwrap();
+        assert_eq!(
+            args[4..8],
+            [
+                "--object",
+                r#"{"qom-type":"tls-creds-x509","id":"tls0","dir":"/etc/pki/a,b","endpoint":"server","verify-peer":true}"#,
+                "--nbd-server",
+                r#"{"addr":{"type":"inet","host":"0.0.0.0","port":"10809"},"tls-creds":"tls0"}"#,
             ]
         );
     }

@@ -75,6 +75,8 @@ pub struct Export {
     pub stored: Option<Uuid>,
     parent: Option<Uuid>,
     address: NbdServer,
+    /// Served with TLS (`<server tls='yes'>`).
+    tls: bool,
     disks: Vec<Exported>,
     server: Server,
     started: Instant,
@@ -103,16 +105,18 @@ pub fn stored_exports() -> Vec<(Uuid, Uuid)> {
 }
 
 /// Serve `disks` of the stored backup `rec` through qemu-storage-daemon
-/// (see `ops::export_stored`); `disks`: (disk name, export name, image).
+/// (see `ops::export_stored`); `disks`: (disk name, export name, image);
+/// `cert_dir`: the TLS certificate folder of a TLS export.
 pub(crate) fn serve_stored(
     rec: &BackupRecord,
     address: &NbdServer,
     disks: Vec<(String, ExportDisk)>,
+    cert_dir: Option<&Path>,
 ) -> Result<Arc<Export>> {
     let uuid = Uuid::new_v4();
     let list: Vec<ExportDisk> = disks.iter().map(|(_, d)| d.clone()).collect();
     let scratch = recovery::open_catalog()?.private_dir(&format!(".scratch-{uuid}"))?;
-    let daemon = StorageDaemonExport::start(address, &list).inspect_err(|_| {
+    let daemon = StorageDaemonExport::start_tls(address, &list, cert_dir).inspect_err(|_| {
         let _ = fs::remove_dir_all(&scratch);
     })?;
     let export = Arc::new(Export {
@@ -123,6 +127,7 @@ pub(crate) fn serve_stored(
         stored: Some(rec.uuid),
         parent: None,
         address: address.clone(),
+        tls: cert_dir.is_some(),
         disks: disks
             .into_iter()
             .map(|(disk, d)| Exported {
@@ -177,16 +182,23 @@ fn bitmap_name(export: &str) -> String {
 }
 
 /// Refuse an export the domain's state rules out; returns whether libvirt
-/// serves it (a running QEMU domain) rather than qemu-storage-daemon.
+/// serves it (a running QEMU domain) rather than qemu-storage-daemon, and
+/// the certificate folder of a TLS export qemu-storage-daemon serves.
 fn check_can_export(
     dom: &DomainRef,
     domain_uuid: &Uuid,
     req: &UnmanagedRequest,
     quiesce: bool,
-) -> Result<bool> {
-    export_access::check_server(req)?;
+) -> Result<(bool, Option<PathBuf>)> {
     let active = dom.is_active()?;
     let is_live = live::is_live(dom, active)?;
+    let uri = dom.uri()?;
+    let served = if is_live {
+        export_access::Served::Libvirt { uri: &uri }
+    } else {
+        export_access::Served::Daemon
+    };
+    let cert_dir = export_access::check_server(req, served)?;
     super::check_domain_idle(dom, domain_uuid, is_live)?;
     if quiesce && !is_live {
         return Err(Error::operation_invalid(
@@ -207,26 +219,27 @@ fn check_can_export(
             p.display()
         )));
     }
-    Ok(is_live)
+    Ok((is_live, cert_dir))
 }
 
-/// Start serving the disks: libvirt's pull-mode job, or qemu-storage-daemon.
+/// Start serving the disks: libvirt's pull-mode job, or qemu-storage-daemon
+/// (with TLS from `cert_dir` if given).
 fn start_server(
     dom: &DomainRef,
     req: &UnmanagedRequest,
     disks: &[(&DomainDisk, String, Option<Since>)],
     all: &[DomainDisk],
     scratch: &Path,
-    is_live: bool,
+    (is_live, cert_dir): (bool, Option<&Path>),
 ) -> Result<Server> {
     if is_live {
-        let xml = pull_document(&req.server, disks, all, scratch);
+        let xml = pull_document(req, disks, all, scratch);
         dom.backup_begin(&xml, None, 0).map(|()| Server::Libvirt {
             scratch: scratch.to_path_buf(),
         })
     } else {
         daemon_disks(disks, scratch)
-            .and_then(|list| StorageDaemonExport::start(&req.server, &list))
+            .and_then(|list| StorageDaemonExport::start_tls(&req.server, &list, cert_dir))
             .map(|d| Server::Daemon(d, scratch.to_path_buf()))
     }
 }
@@ -239,26 +252,26 @@ pub fn start(
     quiesce: bool,
 ) -> Result<Arc<Export>> {
     let domain_uuid = dom.uuid()?;
-    let is_live = check_can_export(dom, &domain_uuid, req, quiesce)?;
+    let (is_live, cert_dir) = check_can_export(dom, &domain_uuid, req, quiesce)?;
     let all = domain::parse_disks(&dom.xml()?)?;
     let chosen = selected(req, &all)?;
     let uuid = Uuid::new_v4();
-    let mut disks = Vec::new();
-    for (d, export) in &chosen {
-        // The parent's checkpoint names the bitmap that holds the changes.
-        let since = match &parent {
-            None => None,
-            Some(p) => Some(changes_since(dom, p, d, is_live)?),
-        };
-        disks.push((d, export.clone(), since));
-    }
+    // The parent's checkpoint names the bitmap that holds the changes.
+    let disks = chosen
+        .iter()
+        .map(|(d, export)| {
+            let since = parent.as_ref().map(|p| changes_since(dom, p, d, is_live));
+            Ok((d, export.clone(), since.transpose()?))
+        })
+        .collect::<Result<Vec<_>>>()?;
     // One job per domain: the check is made again under the domain's job
     // lock, which the export holds until it ends.
     let catalog = recovery::open_catalog()?;
     let domain_lock = catalog.lock_domain_job(&domain_uuid)?;
     super::check_domain_idle(dom, &domain_uuid, is_live)?;
     let scratch = catalog.private_dir(&format!(".scratch-{uuid}"))?;
-    let server = start_server(dom, req, &disks, &all, &scratch, is_live).inspect_err(|_| {
+    let how = (is_live, cert_dir.as_deref());
+    let server = start_server(dom, req, &disks, &all, &scratch, how).inspect_err(|_| {
         let _ = fs::remove_dir_all(&scratch);
     })?;
     if let Err(e) = export_access::restrict_socket(&req.server) {
@@ -273,6 +286,7 @@ pub fn start(
         stored: None,
         parent: parent.map(|p| p.uuid),
         address: req.server.clone(),
+        tls: req.tls,
         disks: disks
             .iter()
             .map(|(d, export, since)| Exported {
@@ -444,11 +458,12 @@ fn add_bitmap(image: &std::ffi::OsStr, bitmap: &str) -> Result<()> {
     run("qemu-img", args).map(|_| ())
 }
 
-/// libvirt's pull-mode `<domainbackup>`: every disk named, the exported
-/// ones with their export name, scratch file and, for changes since a
+/// libvirt's pull-mode `<domainbackup>`: the server (with `tls='yes'`:
+/// libvirt's backup certificates), every disk named, the exported ones
+/// with their export name, scratch file and, for changes since a
 /// checkpoint, the bitmap to export.
 fn pull_document(
-    server: &NbdServer,
+    req: &UnmanagedRequest,
     disks: &[(&DomainDisk, String, Option<Since>)],
     all: &[DomainDisk],
     scratch: &Path,
@@ -475,9 +490,15 @@ fn pull_document(
     }
     Element::new("domainbackup")
         .with_attr("mode", "pull")
-        .with_child(server.element("server"))
+        .with_child(server_element(&req.server, req.tls))
         .with_child(list)
         .to_xml()
+}
+
+/// `<server>` as the caller wrote it: the address, and `tls='yes'`.
+fn server_element(server: &NbdServer, tls: bool) -> Element {
+    let el = server.element("server");
+    if tls { el.with_attr("tls", "yes") } else { el }
 }
 
 impl Export {
@@ -517,7 +538,7 @@ impl Export {
             self.domain_uuid,
             &self.domain_name,
         ));
-        root.push(self.address.element("server"));
+        root.push(server_element(&self.address, self.tls));
         let mut disks = Element::new("disks");
         for d in &self.disks {
             let mut el = Element::new("disk")

@@ -58,7 +58,7 @@ pub fn start(xml: &str) -> Result<Arc<Export>> {
         ));
     }
     let req = UnmanagedRequest::parse(xml)?;
-    export_access::check_server(&req)?;
+    let cert_dir = export_access::check_server(&req, export_access::Served::Daemon)?;
     let uuid = req
         .backup
         .ok_or_else(|| Error::internal("stored export without a uuid"))?;
@@ -84,7 +84,7 @@ pub fn start(xml: &str) -> Result<Arc<Export>> {
             )));
         }
     }
-    let export = export::serve_stored(&rec, &req.server, disks)?;
+    let export = export::serve_stored(&rec, &req.server, disks, cert_dir.as_deref())?;
     if let Err(e) = export_access::restrict_socket(&req.server) {
         let _ = export.finish(true);
         return Err(e);
