@@ -53,6 +53,28 @@ pub struct Catalog {
     dir: Arc<Folder>,
 }
 
+/// The open root folder every `Catalog` of the same root shares: each
+/// backup handle holds a `Catalog`, and a descriptor per handle would put
+/// a program that keeps a year of handles past its descriptor limit.
+/// `fresh` was just opened and checked; it replaces a shared one that no
+/// longer names the same folder (the root was moved and made again).
+fn shared_root(fresh: Folder) -> Arc<Folder> {
+    static ROOTS: std::sync::Mutex<Vec<std::sync::Weak<Folder>>> =
+        std::sync::Mutex::new(Vec::new());
+    let id = |f: &Folder| f.own_stat().ok().map(|st| (st.st_dev, st.st_ino));
+    let mut roots = ROOTS.lock().unwrap_or_else(|e| e.into_inner());
+    roots.retain(|w| w.strong_count() > 0);
+    let want = id(&fresh);
+    let same = roots.iter().filter_map(|w| w.upgrade()).find(|r| {
+        want.is_some() && id(r) == want && r.path() == fresh.path()
+    });
+    same.unwrap_or_else(|| {
+        let new = Arc::new(fresh);
+        roots.push(Arc::downgrade(&new));
+        new
+    })
+}
+
 /// A writer lock of the catalog: the catalog-wide one (taken only to
 /// register a backup's UUID) or a domain's (everything that changes the
 /// domain's records). Released on drop. Re-entrant within a thread (a
@@ -233,7 +255,7 @@ impl Catalog {
     }
 
     pub fn at(root: PathBuf) -> Result<Catalog> {
-        let dir = Arc::new(secure::prepare_root(&root)?);
+        let dir = shared_root(secure::prepare_root(&root)?);
         Ok(Catalog { root, dir })
     }
 
@@ -1277,6 +1299,19 @@ mod tests {
                 .unwrap()
                 .starts_with("LVBKSUM1 ")
         );
+    }
+
+    #[test]
+    fn catalogs_of_one_root_share_one_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Catalog::at(dir.path().join("cat")).unwrap();
+        let b = Catalog::at(dir.path().join("cat")).unwrap();
+        assert!(Arc::ptr_eq(&a.dir, &b.dir));
+        // A root moved away and made again is a new folder.
+        drop(b);
+        std::fs::rename(dir.path().join("cat"), dir.path().join("old")).unwrap();
+        let c = Catalog::at(dir.path().join("cat")).unwrap();
+        assert!(!Arc::ptr_eq(&a.dir, &c.dir));
     }
 
     #[test]
