@@ -351,17 +351,21 @@ th = threading.Thread(target=poll)
 th.start()
 time.sleep(0.01)
 fds = len(os.listdir("/proc/self/fd"))
-rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+def status(key):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key))
+rss = status("VmRSS:")
 b = ct.create(dom, ct.backup_xml_for(parent={parent!r}))
 stop.set()
 th.join()
-print(ct.backup_uuid(b), rss, fds, peak[0])
+# VmHWM: this program's own peak (wait4's ru_maxrss would count the pages
+# of the parent it was forked from, before exec).
+print(ct.backup_uuid(b), rss, fds, peak[0], status("VmHWM:"))
 """
 
 
 def depth_row(work):
     """One incremental backup by a child process on chains of each depth in
-    DEPTHS: its peak RSS (wait4's ru_maxrss) over its RSS before the backup
+    DEPTHS: its peak RSS (VmHWM) over its RSS before the backup
     (least of 3), and its descriptors (sampled every 0.5 ms) over those
     before (most of 3)."""
     os.environ["LIBVIRT_BACKUP_DIR"] = os.path.join(work, "depth-catalog")
@@ -394,11 +398,10 @@ def depth_row(work):
             p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=os.environ)
             out, err = p.stdout.read(), p.stderr.read()
-            _, status, usage = os.wait4(p.pid, 0)
-            p.returncode = os.waitstatus_to_exitcode(status)
+            p.wait()
             assert p.returncode == 0, err
-            new, rss, fds, peak = out.split()
-            runs.append((usage.ru_maxrss - int(rss), int(peak) - int(fds), usage.ru_maxrss))
+            new, rss, fds, peak, hwm = out.split()
+            runs.append((int(hwm) - int(rss), int(peak) - int(fds), int(hwm)))
         leaf, chain = new, chain + 1
         res[depth] = (min(r[0] for r in runs), max(r[1] for r in runs), min(r[2] for r in runs))
     grow = {d: r[0] for d, r in res.items()}
