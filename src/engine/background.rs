@@ -7,8 +7,9 @@
 //! behind A's writes in the device's queue. So the merge runs on a thread
 //! of its own (the caller's keeps its priority: raising it back needs
 //! privileges) with nice +10 and the idle I/O class, both inherited by the
-//! threads it starts, and writes at most 512 KiB at a time: B's median
-//! fell to ~32 ms, for a merge ~1.4x slower.
+//! threads it starts, writes its targets with `O_DIRECT` (no dirty data
+//! for B's fsyncs to wait behind: 178 -> 84 ms) and at most 512 KiB at a
+//! time: B's median fell to ~32 ms, for a merge ~1.4x slower.
 
 use crate::error::Result;
 
@@ -45,6 +46,7 @@ pub fn run_as_housekeeping<T: Send>(work: impl FnOnce() -> Result<T> + Send) -> 
             }
             set_idle_io();
             HOUSEKEEPING.with(|h| h.set(true));
+            crate::image::disk::use_direct_targets();
             work()
         });
         match t.join() {
@@ -98,6 +100,10 @@ mod tests {
         assert_eq!(classes, (3, 3), "idle I/O class, inherited");
         assert_eq!(run_as_housekeeping(|| Ok(write_piece())).unwrap(), HOUSEKEEPING_WRITE);
         assert_eq!(write_piece(), usize::MAX);
+        if std::env::var_os("LIBVIRT_BACKUP_DIRECT").is_none() {
+            let direct = run_as_housekeeping(|| Ok(crate::image::disk::direct_wanted()));
+            assert!(direct.unwrap(), "housekeeping writes direct");
+        }
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
         let e = run_as_housekeeping::<()>(|| Err(crate::error::Error::internal("x"))).unwrap_err();
         assert_eq!(e.message, "internal error: x");
