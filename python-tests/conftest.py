@@ -582,17 +582,20 @@ def export_of(backup):
     return dict(t.find("server").attrib), disks
 
 
-def restore_xml_for(uuid, disks=None, domain=None, sources=None):
+def restore_xml_for(uuid, disks=None, domain=None, sources=None, target_dir=None):
     """A virDomainBackupRestore document for backup `uuid` (None: a
     RestoreUnmanaged one). `disks` maps a disk name to a target path, to
     (path or None, format), or to None (no <target>/<driver>); `domain` is
     the NEW_DOMAIN name; `sources` maps disks to RestoreUnmanaged's sources
-    (a path or (Nbd, export); each is added to `disks`)."""
+    (a path or (Nbd, export); each is added to `disks`); `target_dir` is a
+    FILES_ONLY restore's <target dir>."""
     parts = ["<domainbackup>"]
     if uuid is not None:
         parts.append(f"<uuid>{uuid}</uuid>")
     if domain is not None:
         parts.append(f"<domain name='{domain}'/>")
+    if target_dir:
+        parts.append(f"<target dir='{target_dir}'/>")
     if sources:
         disks = {**{d: None for d in sources}, **(disks or {})}
     if disks is not None:

@@ -15,7 +15,7 @@ import pytest
 from conftest import (HERE, K64, MiB, RESTORE_NEW_DOMAIN, RESTORE_REWRITE_EXISTING_DISK,
                       SUBPROCESS_PRELUDE, VIR_ERR_INVALID_ARG, VIR_ERR_OPERATION_INVALID,
                       VIR_ERR_XML_ERROR, assert_byte_exact, backup_uuid, backup_xml_for, chain_with_branch,
-                      domain_definition, img_info, lib, last_error, restore, restore_fails,
+                      domain_definition, img_info, lib, last_error, restore, restore_fails, restore_xml_for,
                       sha256, virt, write_disk)
 
 FILES_ONLY = 1 << 4
@@ -26,21 +26,7 @@ REWRITE = RESTORE_REWRITE_EXISTING_DISK
 
 def files_xml(uuid, disks=None, target_dir=None):
     """A FILES_ONLY document: `disks` maps a disk to (path or None, format or None)."""
-    parts = [f"<domainbackup><uuid>{uuid}</uuid>"]
-    if target_dir:
-        parts.append(f"<target dir='{target_dir}'/>")
-    if disks is not None:
-        parts.append("<disks>")
-        for d, (path, fmt) in disks.items():
-            parts.append(f"<disk name='{d}'>")
-            if path:
-                parts.append(f"<target file='{path}'/>")
-            if fmt:
-                parts.append(f"<driver type='{fmt}'/>")
-            parts.append("</disk>")
-        parts.append("</disks>")
-    parts.append("</domainbackup>")
-    return "".join(parts)
+    return restore_xml_for(uuid, disks=disks, target_dir=target_dir)
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])

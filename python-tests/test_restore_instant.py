@@ -15,7 +15,7 @@ from conftest import (K64, MiB, RESTORE_NEW_DOMAIN, VIR_ERR_INVALID_ARG,
                       SUBPROCESS_PRELUDE, VIR_ERR_OPERATION_INVALID, Domain, assert_byte_exact, backing_chain,
                       backup_uuid, backup_xml_for, chain_with_branch, delete, domain_definition,
                       domain_disks, expect_error, get_xml, img_info, lib, lookup_domain, qemu_io,
-                      restore, restore_fails, sha256, virt, write_disk, xml_tree)
+                      restore, restore_fails, restore_xml_for, sha256, virt, write_disk, xml_tree)
 
 INSTANT = 1 << 2
 START = 1 << 3
@@ -24,20 +24,7 @@ DELETE_ALL_CHILDREN = 1 << 1
 
 
 def instant_xml(uuid, name=None, disks=None):
-    parts = [f"<domainbackup><uuid>{uuid}</uuid>"]
-    if name:
-        parts.append(f"<domain name='{name}'/>")
-    if disks:
-        parts.append("<disks>")
-        for d, (path, fmt) in disks.items():
-            parts.append(f"<disk name='{d}'>")
-            if path:
-                parts.append(f"<target file='{path}'/>")
-            if fmt:
-                parts.append(f"<driver type='{fmt}'/>")
-            parts.append("</disk>")
-        parts.append("</disks>")
-    return "".join(parts) + "</domainbackup>"
+    return restore_xml_for(uuid, disks=disks or None, domain=name)
 
 
 def pinned_by(backup):

@@ -19,17 +19,8 @@ use libvirt_backup::xml::backup::{
 };
 use libvirt_backup::xml::{dom, domain};
 
-/// CPU time of this thread: the bound on work, unlike wall time, does not
-/// depend on what else the machine runs.
-fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+mod common;
+use common::cpu_time;
 
 const VIR_ERR_XML_ERROR: i32 = 27;
 /// Cases of the default run.

@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString, c_void};
 use std::time::Duration;
 
 mod common;
-use common::{CONN, WAIT, disk, domain};
+use common::{CONN, WAIT, cpu_time, disk, domain};
 
 use libvirt_backup::capi::backup::{
     get_xml_desc_dispatch, virDomainBackupCreateXML, virDomainBackupDelete, virDomainBackupFree,
@@ -24,18 +24,6 @@ use libvirt_backup::hv::libvirt::DomainRef;
 use libvirt_backup::xml::backup::{BackupRecord, CreateRequest, DefaultTarget, RestoreRequest};
 use libvirt_backup::xml::{dom, domain as domxml};
 use virt::sys;
-
-/// CPU time of this thread: the bound on work, unlike wall time, does not
-/// depend on what else the machine runs.
-fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 const VIR_ERR_INVALID_ARG: i32 = 8;
 const VIR_ERR_XML_ERROR: i32 = 27;

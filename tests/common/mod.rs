@@ -180,3 +180,15 @@ pub fn snapshot(src: &Path, name: &str) -> PathBuf {
     std::fs::copy(src, &p).unwrap();
     p
 }
+
+/// CPU time of this thread: the bound on work, unlike wall time, does not
+/// depend on what else the machine runs.
+pub fn cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
