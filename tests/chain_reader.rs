@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{identical, qemu_img};
+use common::{identical, qcow2_over, qemu_img};
 
 use libvirt_backup::engine::copy::{Baseline, copy_image};
 use libvirt_backup::image::chain::{ChainReader, MAX_OPEN};
@@ -42,17 +42,7 @@ fn create(path: &Path, backing: Option<&Path>) {
     let p = path.to_str().unwrap();
     match backing {
         None => qemu_img(&["create", "-q", "-f", "qcow2", p, "32M"]),
-        Some(b) => qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            b.to_str().unwrap(),
-            p,
-        ]),
+        Some(b) => qcow2_over(path, b),
     }
 }
 

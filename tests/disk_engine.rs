@@ -4,7 +4,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{identical, qemu_img, qemu_io};
+use common::{identical, qcow2_over, qemu_img, qemu_io};
 use std::sync::atomic::Ordering;
 
 use libvirt_backup::engine::copy::{Baseline, copy_image};
@@ -59,17 +59,7 @@ fn qcow2_chain_to_raw_reads_through_backing() {
     qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"]);
     qemu_io("qcow2", &base, "write -P 0x01 0 4M");
     qemu_io("qcow2", &base, "write -P 0x02 32M 4M");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "qcow2",
-        "-b",
-        base.to_str().unwrap(),
-        top.to_str().unwrap(),
-    ]);
+    qcow2_over(&top, &base);
     qemu_io("qcow2", &top, "write -P 0x03 2M 4M");
     qemu_io("qcow2", &top, "write -z 32M 1M");
     let dst = path(&dir, "flat.raw");

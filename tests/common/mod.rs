@@ -192,3 +192,18 @@ pub fn cpu_time() -> std::time::Duration {
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+/// A new qcow2 image at `top` over the qcow2 image `backing`.
+pub fn qcow2_over(top: &Path, backing: &Path) {
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        backing.to_str().unwrap(),
+        top.to_str().unwrap(),
+    ]);
+}
