@@ -474,15 +474,9 @@ impl Backup {
         let since = doomed.iter().map(|r| r.created_ns).min().unwrap_or(0);
         let known: HashMap<Uuid, u64> = all.iter().map(|e| (e.uuid, e.created_ns)).collect();
         let gone: HashSet<Uuid> = doomed.iter().map(|r| r.uuid).collect();
-        let mut out = Vec::new();
-        for u in self.catalog.record_ids(&self.domain_uuid)? {
-            let newer = known.get(&u).is_none_or(|&ns| ns >= since);
-            if gone.contains(&u) || !newer {
-                continue;
-            }
-            out.extend(self.catalog.record(&self.domain_uuid, &u)?);
-        }
-        Ok(out)
+        let mut ids = self.catalog.record_ids(&self.domain_uuid)?;
+        ids.retain(|u| !gone.contains(u) && known.get(u).is_none_or(|&ns| ns >= since));
+        self.catalog.records_of(&self.domain_uuid, &ids)
     }
 
     /// The full records of the backups a delete removes (`rec` and its

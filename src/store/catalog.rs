@@ -763,6 +763,15 @@ impl Catalog {
         }
     }
 
+    /// The records of `backups` that exist (errors name a damaged one),
+    /// read through one open of the domain's folder.
+    pub fn records_of(&self, domain: &Uuid, backups: &[Uuid]) -> Result<Vec<BackupRecord>> {
+        match self.domain_folder(domain)? {
+            Some(dir) => read_records(&dir, backups),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// The backups of one domain that have a record file, from the folder
     /// itself (not the summary), in no particular order; nothing is parsed.
     pub fn record_ids(&self, domain: &Uuid) -> Result<Vec<Uuid>> {
@@ -1023,13 +1032,17 @@ fn record_ids_in(dir: &Folder) -> Result<Vec<Uuid>> {
 
 /// Every record in a domain's folder, oldest first.
 fn records_in(dir: &Folder) -> Result<Vec<BackupRecord>> {
-    let mut out = Vec::new();
-    for backup in record_ids_in(dir)? {
-        if let Some(rec) = read_record(dir, &record_name(&backup))? {
-            out.push(rec);
-        }
-    }
+    let mut out = read_records(dir, &record_ids_in(dir)?)?;
     out.sort_by_key(|r| (r.created_ns, r.uuid));
+    Ok(out)
+}
+
+/// The records of `backups` that exist in a domain's folder, in that order.
+fn read_records(dir: &Folder, backups: &[Uuid]) -> Result<Vec<BackupRecord>> {
+    let mut out = Vec::new();
+    for backup in backups {
+        out.extend(read_record(dir, &record_name(backup))?);
+    }
     Ok(out)
 }
 
