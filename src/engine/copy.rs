@@ -60,6 +60,7 @@ impl Writer<'_> {
         if let Some((offset, s, e)) = self.run.take() {
             let piece = background::write_piece();
             for at in (s..e).step_by(piece) {
+                background::pace();
                 let end = e.min(at.saturating_add(piece));
                 let pos = offset + (at - s) as u64;
                 self.dst.write_at(&buf[at..end], pos).map_err(|e| {
@@ -89,6 +90,36 @@ impl Writer<'_> {
 /// is a hole (and `buf` was left as it was).
 fn fill_window(src: &Source, buf: &mut [u8], offset: u64) -> Result<bool> {
     src.fill(buf, offset)
+}
+
+/// [`fill_window`] for housekeeping: in pieces of `pacer.piece()` bytes,
+/// pacing after each piece that held data (holes cost no I/O).
+fn fill_paced(
+    src: &Source,
+    buf: &mut [u8],
+    offset: u64,
+    pacer: Option<&background::Pacer>,
+) -> Result<bool> {
+    let Some(pacer) = pacer else {
+        return fill_window(src, buf, offset);
+    };
+    let piece = pacer.piece();
+    let mut holes = Vec::new();
+    let mut any = false;
+    for (i, part) in buf.chunks_mut(piece).enumerate() {
+        if fill_window(src, part, offset + (i * piece) as u64)? {
+            any = true;
+            pacer.pace();
+        } else {
+            holes.push(i);
+        }
+    }
+    // A hole leaves its part as it was: zero it when the window has data.
+    for i in holes.into_iter().filter(|_| any) {
+        let end = buf.len().min((i + 1) * piece);
+        buf[i * piece..end].fill(0);
+    }
+    Ok(any)
 }
 
 /// One window of a source image, read and hashed ahead of its use.
@@ -189,6 +220,7 @@ fn read_windows(
     dirty: Option<&[(u64, u64)]>,
     free_rx: &std::sync::mpsc::Receiver<Window>,
     full_tx: &std::sync::mpsc::SyncSender<Result<Window>>,
+    pacer: Option<background::Pacer>,
 ) {
     let size = src.size();
     let mut offset = r as u64 * COPY_CHUNK;
@@ -203,7 +235,7 @@ fn read_windows(
         let cold = src.is_cold(offset, len);
         let filled = match dirty {
             Some(runs) => w.fill_dirty(src, runs).map(|()| w),
-            None => fill_window(src, &mut w.buf[..w.len], offset).map(|has_data| {
+            None => fill_paced(src, &mut w.buf[..w.len], offset, pacer.as_ref()).map(|has_data| {
                 w.has_data = has_data;
                 w.hash();
                 w
@@ -248,7 +280,8 @@ fn for_each_window_of(
             }
             full.push(full_rx);
             free.push(free_tx);
-            scope.spawn(move || read_windows(src, r, dirty, &free_rx, &full_tx));
+            let pacer = background::pacer();
+            scope.spawn(move || read_windows(src, r, dirty, &free_rx, &full_tx, pacer));
         }
         let result = (|| {
             let windows = size.div_ceil(COPY_CHUNK);

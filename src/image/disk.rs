@@ -644,13 +644,18 @@ mod tests {
                     assert!(direct.is_some(), "no O_DIRECT on {root}");
                 }
                 let mut data = AlignedBuf::zeroed(1 << 20);
-                data.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8 + 1);
+                data.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, b)| *b = (i % 251) as u8 + 1);
                 t.write_at(&data, 1 << 20).unwrap();
                 t.write_at(&data[..1234], SIZE - 1234).unwrap();
                 t.write_at(&data[7..4096 + 7], 5000).unwrap();
                 t.write_zeroes(1 << 20, 64 << 10).unwrap();
                 if let (TargetImage::Raw { file, .. }, "/var/tmp") = (&t.img, root) {
-                    assert!(cache::is_cold(file, 2 << 20, 1 << 20), "direct writes were cached");
+                    assert!(
+                        cache::is_cold(file, 2 << 20, 1 << 20),
+                        "direct writes were cached"
+                    );
                 }
                 t.finish(&path).unwrap();
 

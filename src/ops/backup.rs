@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::create;
 use super::files::{remove_backup, volume_connection};
-use crate::engine::live;
+use crate::engine::{background, live};
 use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
@@ -17,8 +17,8 @@ use crate::job::{self, Job};
 use crate::ops::export;
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
-use crate::store::summary::Entry;
 use crate::store::secure;
+use crate::store::summary::Entry;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, DefaultTarget, JobStats, UnmanagedRequest,
 };
@@ -449,11 +449,12 @@ impl Backup {
             if metadata_only {
                 self.catalog.remove_record(r)?;
             } else {
-                remove_backup(
-                    &self.catalog,
-                    r,
-                    volume_connection(r, self.domain.as_ref()).as_ref(),
-                )?;
+                let conn = volume_connection(r, self.domain.as_ref());
+                // Freeing a large image's blocks is housekeeping too; this
+                // thread holds the domain's lock, so it stays on it.
+                background::paced(self.catalog.foreground_probe(), || {
+                    remove_backup(&self.catalog, r, conn.as_ref())
+                })?;
             }
         }
         Ok(())
@@ -561,7 +562,6 @@ fn filter_entries<'a>(all: &[Entry], candidates: Vec<&'a Entry>, flags: u32) -> 
     }
     out
 }
-
 
 /// `virDomainSetDefaultTarget`.
 pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use virt::connect::Connect;
 
+use crate::engine::background;
 use crate::error::Result;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::hv::storage_pool;
@@ -29,7 +30,9 @@ pub(super) fn remove_backup(
             )?;
         }
     }
-    catalog.remove_data(rec)?;
+    // In a housekeeping thread, each step of a file's removal waits its
+    // turn behind other domains' jobs (see `background::pace`).
+    catalog.remove_data(rec, &mut background::pace)?;
     catalog.finish_delete(rec)
 }
 

@@ -66,7 +66,7 @@ fn rewrite_disk(
         })
     };
     // Housekeeping: other domains' jobs get the CPU first.
-    let result = background::run_as_housekeeping(work);
+    let result = background::run_as_housekeeping(catalog.foreground_probe(), work);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

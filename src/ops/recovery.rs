@@ -236,7 +236,7 @@ fn finish_deletes(catalog: &Catalog, domain: &Uuid) {
         // A note is a record the delete renamed: its volumes lose their
         // files here, and a pool refresh drops them from libvirt's list.
         let _ = catalog
-            .remove_data(&rec)
+            .remove_data(&rec, &mut || {})
             .and_then(|()| catalog.finish_delete(&rec));
     }
 }

@@ -8,6 +8,8 @@
 //!   never a job's (a damaged record, reported, never cleaned up)
 //! - `.domain-locks/<domain>`      flock held by the domain's one job (backup,
 //!   export or restore) for its lifetime
+//! - `.foreground`                shared flock held with every domain's job lock:
+//!   housekeeping (a delete's merge) paces its writes while anyone holds it
 //! - `<domain>/<backup>.deleting`  the record of a backup being deleted: renamed
 //!   before any data goes, removed last; `ops::recovery` finishes it
 //! - `<domain>/<backup>/`         default folder for the backup's images
@@ -65,9 +67,10 @@ fn shared_root(fresh: Folder) -> Arc<Folder> {
     let mut roots = ROOTS.lock().unwrap_or_else(|e| e.into_inner());
     roots.retain(|w| w.strong_count() > 0);
     let want = id(&fresh);
-    let same = roots.iter().filter_map(|w| w.upgrade()).find(|r| {
-        want.is_some() && id(r) == want && r.path() == fresh.path()
-    });
+    let same = roots
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .find(|r| want.is_some() && id(r) == want && r.path() == fresh.path());
     same.unwrap_or_else(|| {
         let new = Arc::new(fresh);
         roots.push(Arc::downgrade(&new));
@@ -146,9 +149,10 @@ impl JobLock {
     /// What a killed process leaves of its locks (for tests of recovery):
     /// the job's lock file, unlocked, and the domain's lock released.
     #[doc(hidden)]
-    pub fn leave_as_killed(self) {
+    pub fn leave_as_killed(mut self) {
         let _ = self.file.unlock();
         let _ = self.domain.file.unlock();
+        drop(self.domain.foreground.take());
         std::mem::forget(self);
     }
 }
@@ -163,6 +167,8 @@ impl JobLock {
 #[derive(Debug)]
 pub struct DomainLock {
     file: File,
+    /// Shared flock on `<root>/.foreground` (see `background::pace`).
+    foreground: Option<File>,
 }
 
 /// Where another process asks a running job to stop: the file
@@ -184,6 +190,9 @@ impl CancelMarker {
 
 /// Folder (in the root) of the per-domain job locks, one file per domain.
 const DOMAIN_LOCKS: &str = ".domain-locks";
+
+/// Held shared by every running job a user waits for; probed by housekeeping.
+const FOREGROUND: &str = ".foreground";
 
 /// Extension of a record whose backup is being deleted.
 const DELETING: &str = "deleting";
@@ -487,7 +496,18 @@ impl Catalog {
             .map_err(|e| Error::io("cannot open domain job lock", &dir.join(&name), e))?;
         file.try_lock()
             .map_err(|_| Error::operation_invalid("the domain already has a backup job running"))?;
-        Ok(DomainLock { file })
+        // Only pacing hangs on it: a lock that cannot be had is no error.
+        // A probe holds it exclusively for two syscalls, so this waits little.
+        let foreground = secure::open_lock(&self.dir, FOREGROUND)
+            .ok()
+            .filter(|f| f.lock_shared().is_ok());
+        Ok(DomainLock { file, foreground })
+    }
+
+    /// What housekeeping probes to learn whether a job is running on any
+    /// domain of this catalog, in any process (see `background::pace`).
+    pub fn foreground_probe(&self) -> Option<File> {
+        secure::open_lock(&self.dir, FOREGROUND).ok()
     }
 
     /// Take the job lock of a new backup, keeping the domain's job lock for
@@ -622,7 +642,7 @@ impl Catalog {
     /// without its data.
     pub fn remove_with_data(&self, rec: &BackupRecord) -> Result<()> {
         self.mark_deleting(rec)?;
-        self.remove_data(rec)?;
+        self.remove_data(rec, &mut || {})?;
         self.finish_delete(rec)
     }
 
@@ -653,9 +673,11 @@ impl Catalog {
     }
 
     /// Second step: the backup's data files and the folders it created.
-    pub fn remove_data(&self, rec: &BackupRecord) -> Result<()> {
+    /// Each file gives back its blocks a step at a time before it goes,
+    /// calling `between` after each (see `secure::shrink_before_removal`).
+    pub fn remove_data(&self, rec: &BackupRecord, between: &mut dyn FnMut()) -> Result<()> {
         for (i, d) in rec.disks.iter().enumerate() {
-            self.remove_target(rec, &d.target, false)?;
+            self.remove_target(rec, &d.target, false, between)?;
             if i == 0 {
                 crate::test_stop!("delete-first-disk-removed");
             }
@@ -681,11 +703,20 @@ impl Catalog {
     /// Remove a target of `rec`: one in its default folder in the catalog
     /// through the folders' descriptors, any other by path. With `own`,
     /// only a private regular file of ours (see `secure::removable`).
-    fn remove_target(&self, rec: &BackupRecord, path: &Path, own: bool) -> Result<()> {
+    fn remove_target(
+        &self,
+        rec: &BackupRecord,
+        path: &Path,
+        own: bool,
+        between: &mut dyn FnMut(),
+    ) -> Result<()> {
         let Some((dir, name)) = self.in_data_dir(rec, path)? else {
             if own {
                 secure::remove_own_file(path);
                 return Ok(());
+            }
+            if let Some(f) = secure::open_for_removal(path) {
+                secure::shrink_before_removal(&f, between);
             }
             return remove_if_exists(&path.to_path_buf());
         };
@@ -695,6 +726,9 @@ impl Catalog {
                 .is_ok_and(|st| secure::own_private_file(&st))
         {
             return Ok(());
+        }
+        if let Ok(f) = dir.open(&name, OFlags::WRONLY | OFlags::NONBLOCK) {
+            secure::shrink_before_removal(&f, between);
         }
         dir.remove_if_exists(&name)
     }
@@ -790,7 +824,7 @@ impl Catalog {
     /// files of ours, private), never whatever else a record names.
     pub fn remove_dead_data(&self, rec: &BackupRecord) -> Result<()> {
         for d in &rec.disks {
-            let _ = self.remove_target(rec, &d.target, true);
+            let _ = self.remove_target(rec, &d.target, true, &mut || {});
         }
         self.remove_created_dirs(rec);
         self.remove_record(rec)
@@ -1137,7 +1171,7 @@ mod tests {
         assert_eq!(pending.len(), 1);
         let found = pending[0].1.as_ref().unwrap();
         assert_eq!(found.uuid, rec.uuid);
-        cat.remove_data(found).unwrap();
+        cat.remove_data(found, &mut || {}).unwrap();
         cat.finish_delete(found).unwrap();
         assert!(!target.exists() && cat.pending_deletes(&dom).is_empty());
     }
@@ -1153,6 +1187,27 @@ mod tests {
         assert!(cat.lock_domain_job(&Uuid::new_v4()).is_ok());
         drop(held);
         cat.lock_domain_job(&dom).unwrap();
+    }
+
+    #[test]
+    fn a_domain_job_shows_housekeeping_that_a_user_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let probe = cat.foreground_probe().unwrap();
+        let busy = |p: &File| match p.try_lock() {
+            Ok(()) => p.unlock().map(|()| false).unwrap(),
+            Err(_) => true,
+        };
+        assert!(!busy(&probe));
+        let a = cat.lock_domain_job(&Uuid::new_v4()).unwrap();
+        let b = Catalog::at(dir.path().join("cat"))
+            .unwrap()
+            .lock_domain_job(&Uuid::new_v4());
+        assert!(busy(&probe));
+        drop(a);
+        assert!(busy(&probe), "another job still runs");
+        drop(b);
+        assert!(!busy(&probe));
     }
 
     #[test]

@@ -127,6 +127,43 @@ pub fn remove_own_file(path: &Path) {
     }
 }
 
+/// Blocks a file gives back per step of `shrink_before_removal`.
+const SHRINK_STEP: u64 = 4 << 20;
+
+/// Give back the blocks of `file`, about to be removed, a step at a time
+/// from its end, calling `between` after each step. Freeing a large file's
+/// blocks in one unlink is one long journal transaction (49 ms for 256 MiB
+/// here, with online discard) that every other job's fsync waits behind;
+/// 4 MiB steps cost under 1.5 ms each, 16 MiB ones up to 11 ms. Only a regular file of ours with no other
+/// name: truncating a hard link would destroy what its other name holds.
+pub fn shrink_before_removal(file: &File, between: &mut dyn FnMut()) {
+    let Ok(m) = file.metadata() else { return };
+    if !m.is_file() || m.nlink() != 1 || m.uid() != euid() {
+        return;
+    }
+    let mut size = m.len();
+    while size > SHRINK_STEP {
+        size -= SHRINK_STEP;
+        if file.set_len(size).is_err() {
+            return;
+        }
+        between();
+    }
+}
+
+/// Open `path` to shrink it before its removal: never through a link at
+/// its name, never blocking (a FIFO), and only if it is the file that
+/// `path` names now.
+pub fn open_for_removal(path: &Path) -> Option<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let (a, b) = (f.metadata().ok()?, fs::symlink_metadata(path).ok()?);
+    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(f)
+}
+
 /// The real path of `path`, whose last components may not exist yet (a new
 /// target, a folder made for it): its deepest existing folder is resolved,
 /// the rest kept.
@@ -157,4 +194,62 @@ pub fn refuse_inside(root: &Path, path: &Path, what: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_doomed_file_gives_back_its_blocks_a_step_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        fs::write(&p, vec![7u8; (3 * SHRINK_STEP + 100) as usize]).unwrap();
+        let f = open_for_removal(&p).unwrap();
+        let mut sizes = Vec::new();
+        shrink_before_removal(&f, &mut || sizes.push(fs::metadata(&p).unwrap().len()));
+        let step = SHRINK_STEP;
+        assert_eq!(sizes, vec![2 * step + 100, step + 100, 100]);
+    }
+
+    /// The attacker swaps a backup's image for a hard link to a file they
+    /// want destroyed, or for a link or a FIFO: the delete may remove the
+    /// name, never shrink what else the file is, nor hang.
+    #[test]
+    fn only_a_private_name_of_our_own_file_is_shrunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        let data = vec![9u8; (2 * SHRINK_STEP) as usize];
+        fs::write(&victim, &data).unwrap();
+        let img = dir.path().join("img");
+        fs::hard_link(&victim, &img).unwrap();
+        let f = open_for_removal(&img).expect("a hard link is a regular file");
+        shrink_before_removal(&f, &mut || panic!("a file with two names was shrunk"));
+        assert_eq!(fs::read(&victim).unwrap(), data);
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(open_for_removal(&link).is_none(), "followed a link");
+
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(open_for_removal(&fifo).is_none(), "a FIFO with no reader");
+
+        if euid() == 0 {
+            // A file someone else owns is theirs to keep whole.
+            let theirs = dir.path().join("theirs");
+            fs::write(&theirs, &data).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let f = open_for_removal(&theirs).unwrap();
+            shrink_before_removal(&f, &mut || panic!("another user's file was shrunk"));
+            assert_eq!(fs::metadata(&theirs).unwrap().len(), data.len() as u64);
+        }
+    }
 }
