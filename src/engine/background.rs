@@ -15,7 +15,7 @@
 //! syncs meeting a merge that keeps the device busy, which no priority
 //! undoes once a write is dispatched. So a merge also *paces* itself:
 //! while any job a user waits for runs on this catalog, in any process
-//! (the shared flock of `.foreground`, taken with a domain's job lock),
+//! (the shared flock of `.domain-locks/.foreground`, taken with a domain's job lock),
 //! it reads or writes at most one piece per `FOREGROUND_PACE` instead of
 //! back to back (its reads from disk delayed B as much as its writes). It
 //! never stops: pruning still ends under constant load.

@@ -8,8 +8,8 @@
 //!   never a job's (a damaged record, reported, never cleaned up)
 //! - `.domain-locks/<domain>`      flock held by the domain's one job (backup,
 //!   export or restore) for its lifetime
-//! - `.foreground`                shared flock held with every domain's job lock:
-//!   housekeeping (a delete's merge) paces its writes while anyone holds it
+//! - `.domain-locks/.foreground`   shared flock held with every domain's job
+//!   lock: housekeeping (a delete's merge) paces its I/O while anyone holds it
 //! - `<domain>/<backup>.deleting`  the record of a backup being deleted: renamed
 //!   before any data goes, removed last; `ops::recovery` finishes it
 //! - `<domain>/<backup>/`         default folder for the backup's images
@@ -191,7 +191,8 @@ impl CancelMarker {
 /// Folder (in the root) of the per-domain job locks, one file per domain.
 const DOMAIN_LOCKS: &str = ".domain-locks";
 
-/// Held shared by every running job a user waits for; probed by housekeeping.
+/// Held shared by every running job a user waits for; probed by
+/// housekeeping. In `DOMAIN_LOCKS`, where no domain UUID can take its name.
 const FOREGROUND: &str = ".foreground";
 
 /// Extension of a record whose backup is being deleted.
@@ -498,7 +499,7 @@ impl Catalog {
             .map_err(|_| Error::operation_invalid("the domain already has a backup job running"))?;
         // Only pacing hangs on it: a lock that cannot be had is no error.
         // A probe holds it exclusively for two syscalls, so this waits little.
-        let foreground = secure::open_lock(&self.dir, FOREGROUND)
+        let foreground = secure::open_lock(&dir, FOREGROUND)
             .ok()
             .filter(|f| f.lock_shared().is_ok());
         Ok(DomainLock { file, foreground })
@@ -507,7 +508,7 @@ impl Catalog {
     /// What housekeeping probes to learn whether a job is running on any
     /// domain of this catalog, in any process (see `background::pace`).
     pub fn foreground_probe(&self) -> Option<File> {
-        secure::open_lock(&self.dir, FOREGROUND).ok()
+        secure::open_lock(&self.dir.make_sub(DOMAIN_LOCKS).ok()?, FOREGROUND).ok()
     }
 
     /// Take the job lock of a new backup, keeping the domain's job lock for
