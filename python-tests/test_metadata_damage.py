@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -147,6 +148,12 @@ def test_delete_killed_midway_is_finished_by_the_next_process(env):
     b = create(dom, backup_xml_for({"vda": ta, "vdb": tb}))
     uuid = backup_uuid(b)
     free(b)
+    # This process has looked at the domain's folder and, 100 ms after its
+    # last change, remembers it had no delete to finish: the note the
+    # killed process leaves must still be seen.
+    assert list_uuids(dom) == [uuid]
+    time.sleep(0.2)
+    assert list_uuids(dom) == [uuid]
     run_until_stopped(env, "delete-first-disk-removed", f"""
         b = lib.virDomainBackupLookupByUUID({uuid!r}.encode(), 0)
         assert b, last_error()

@@ -769,6 +769,19 @@ impl Catalog {
         let _ = self.dir.remove_dir(&name);
     }
 
+    /// The domain folder's identity and change time (device, inode,
+    /// ctime seconds, nanoseconds): renaming or removing anything in the
+    /// folder changes it, and nobody can set it back.
+    pub fn domain_stamp(&self, domain: &Uuid) -> Option<[i64; 4]> {
+        let st = self.domain_folder(domain).ok()??.own_stat().ok()?;
+        Some([
+            st.st_dev as i64,
+            st.st_ino as i64,
+            st.st_ctime,
+            st.st_ctime_nsec as i64,
+        ])
+    }
+
     /// Deletes of `domain` a process left half done: each note with its
     /// record (or why it cannot be read).
     pub fn pending_deletes(&self, domain: &Uuid) -> Vec<(PathBuf, Result<BackupRecord>)> {
