@@ -34,6 +34,7 @@ pub fn copy_disks<T: Send>(disks: Vec<T>, copy: impl Fn(T) -> Result<()> + Sync)
     let queue = Mutex::new(disks.into_iter());
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     let work = || {
+        super::copy::share_cores(n > 1);
         loop {
             if failed.lock().unwrap().is_some() {
                 return;
@@ -51,6 +52,7 @@ pub fn copy_disks<T: Send>(disks: Vec<T>, copy: impl Fn(T) -> Result<()> + Sync)
             s.spawn(work);
         }
         work();
+        super::copy::share_cores(false);
     });
     match failed.into_inner().unwrap() {
         Some(e) => Err(e),
