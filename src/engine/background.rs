@@ -41,11 +41,30 @@ const HOUSEKEEPING_WRITE: usize = 512 << 10;
 /// a user waits for runs: at 512 KiB pieces, at most ~50 MiB/s.
 const FOREGROUND_PACE: Duration = Duration::from_millis(10);
 
+/// The catalog's probes: `.foreground` (held shared while a job a user
+/// waits for runs) and `.waiting` (held shared while anyone is blocked on
+/// a domain's lock, maybe one this housekeeping holds: pacing then would
+/// only slow the job it yields to).
+pub struct Gate {
+    pub foreground: File,
+    pub waiting: File,
+}
+
+impl Gate {
+    fn yields(&self) -> bool {
+        let held = |f: &File| match f.try_lock() {
+            Ok(()) => f.unlock().map(|()| false).unwrap_or(false),
+            Err(_) => true,
+        };
+        held(&self.foreground) && !held(&self.waiting)
+    }
+}
+
 /// The pace of one housekeeping task, shared by its threads (the writer
-/// and the readers): the catalog's `.foreground` lock file, and when the
-/// last piece of I/O went.
+/// and the readers): the catalog's probes, and when the last piece of I/O
+/// went.
 #[derive(Clone)]
-pub struct Pacer(Arc<Mutex<(File, Instant)>>);
+pub struct Pacer(Arc<Mutex<(Gate, Instant)>>);
 
 impl Pacer {
     /// The most a paced read or write moves at once.
@@ -53,15 +72,14 @@ impl Pacer {
         HOUSEKEEPING_WRITE
     }
 
-    /// Before a piece of I/O: if a foreground job holds the gate (our
-    /// exclusive probe fails), let `FOREGROUND_PACE` pass since the last
-    /// piece, checking every millisecond whether the job ended.
+    /// Before a piece of I/O: while the gate says yield, let
+    /// `FOREGROUND_PACE` pass since the last piece, checking every
+    /// millisecond whether that changed.
     pub fn pace(&self) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (probe, last) = &mut *g;
+        let (gate, last) = &mut *g;
         loop {
-            if probe.try_lock().is_ok() {
-                let _ = probe.unlock();
+            if !gate.yields() {
                 break;
             }
             if last.elapsed() >= FOREGROUND_PACE {
@@ -90,7 +108,7 @@ pub fn pace() {
     }
 }
 
-fn install(gate: Option<File>) -> Option<Pacer> {
+fn install(gate: Option<Gate>) -> Option<Pacer> {
     let new = gate.map(|f| Pacer(Arc::new(Mutex::new((f, Instant::now())))));
     PACER.with(|p| p.replace(new))
 }
@@ -106,7 +124,7 @@ pub fn write_piece() -> usize {
 /// Run `work` on the calling thread with its housekeeping steps paced on
 /// `gate` (see `pace`): for work that must keep the caller's locks (they
 /// are per thread), such as freeing a deleted backup's blocks.
-pub fn paced<T>(gate: Option<File>, work: impl FnOnce() -> Result<T>) -> Result<T> {
+pub fn paced<T>(gate: Option<Gate>, work: impl FnOnce() -> Result<T>) -> Result<T> {
     let before = install(gate);
     let result = work();
     PACER.with(|p| *p.borrow_mut() = before);
@@ -116,7 +134,7 @@ pub fn paced<T>(gate: Option<File>, work: impl FnOnce() -> Result<T>) -> Result<
 /// Run `work` on a new thread at housekeeping priority and wait for it;
 /// its copies pace themselves on `gate` (see `pace`), if given.
 pub fn run_as_housekeeping<T: Send>(
-    gate: Option<File>,
+    gate: Option<Gate>,
     work: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
     std::thread::scope(|s| {
@@ -170,9 +188,15 @@ mod tests {
     #[test]
     fn housekeeping_paces_itself_only_while_a_foreground_job_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let gate = dir.path().join(".foreground");
+        let (gate, wait) = (dir.path().join(".foreground"), dir.path().join(".waiting"));
         let job = File::create(&gate).unwrap();
-        let probe = || Some(File::open(&gate).unwrap());
+        let waiter = File::create(&wait).unwrap();
+        let probe = || {
+            Some(Gate {
+                foreground: File::open(&gate).unwrap(),
+                waiting: File::open(&wait).unwrap(),
+            })
+        };
         let paces = |n: u32| {
             paced(probe(), || {
                 let t = Instant::now();
@@ -184,6 +208,13 @@ mod tests {
         job.lock_shared().unwrap();
         // The first pace may go at once (none went before it).
         assert!(paces(4) >= FOREGROUND_PACE * 3, "did not wait for the job");
+        // Someone blocked on a domain's lock (maybe ours): no waiting.
+        waiter.lock_shared().unwrap();
+        assert!(
+            paces(100) < FOREGROUND_PACE * 100,
+            "slowed a job waiting for it"
+        );
+        waiter.unlock().unwrap();
         job.unlock().unwrap();
         assert!(
             paces(100) < FOREGROUND_PACE * 100,

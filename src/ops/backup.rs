@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::create;
 use super::files::{remove_backup, volume_connection};
+use super::{create, gate};
 use crate::engine::{background, live};
 use crate::error::{Error, ErrorCode, Result};
 use crate::flags::bits::*;
@@ -452,7 +452,7 @@ impl Backup {
                 let conn = volume_connection(r, self.domain.as_ref());
                 // Freeing a large image's blocks is housekeeping too; this
                 // thread holds the domain's lock, so it stays on it.
-                background::paced(self.catalog.foreground_probe(), || {
+                background::paced(gate(&self.catalog), || {
                     remove_backup(&self.catalog, r, conn.as_ref())
                 })?;
             }

@@ -15,7 +15,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::ensure_index;
+use super::{ensure_index, gate};
 use crate::engine::background;
 use crate::engine::copy::{self, Baseline};
 use crate::error::{Error, Result};
@@ -66,7 +66,7 @@ fn rewrite_disk(
         })
     };
     // Housekeeping: other domains' jobs get the CPU first.
-    let result = background::run_as_housekeeping(catalog.foreground_probe(), work);
+    let result = background::run_as_housekeeping(gate(catalog), work);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

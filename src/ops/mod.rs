@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
-use crate::engine::copy;
+use crate::engine::{background, copy};
 use crate::error::{Error, Result};
 use crate::image::disk::Chain;
 use crate::job;
@@ -40,6 +40,16 @@ fn check_domain_idle(dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// What housekeeping on `catalog` yields to (see `background::pace`).
+fn gate(catalog: &Catalog) -> Option<background::Gate> {
+    catalog
+        .foreground_probe()
+        .map(|(foreground, waiting)| background::Gate {
+            foreground,
+            waiting,
+        })
 }
 
 /// The digest index of one disk of a completed backup, built from the

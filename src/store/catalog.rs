@@ -10,6 +10,8 @@
 //!   export or restore) for its lifetime
 //! - `.domain-locks/.foreground`   shared flock held with every domain's job
 //!   lock: housekeeping (a delete's merge) paces its I/O while anyone holds it
+//! - `.domain-locks/.waiting`      shared flock held while blocked on a domain's
+//!   lock: housekeeping then stops pacing (the waiter may wait for it)
 //! - `<domain>/<backup>.deleting`  the record of a backup being deleted: renamed
 //!   before any data goes, removed last; `ops::recovery` finishes it
 //! - `<domain>/<backup>/`         default folder for the backup's images
@@ -194,6 +196,10 @@ const DOMAIN_LOCKS: &str = ".domain-locks";
 /// Held shared by every running job a user waits for; probed by
 /// housekeeping. In `DOMAIN_LOCKS`, where no domain UUID can take its name.
 const FOREGROUND: &str = ".foreground";
+
+/// Held shared by every thread blocked on a domain's lock: a job of the
+/// merging domain may be among them, so housekeeping stops pacing.
+const WAITING: &str = ".waiting";
 
 /// Extension of a record whose backup is being deleted.
 const DELETING: &str = "deleting";
@@ -424,10 +430,13 @@ impl Catalog {
                 false => secure::open_lock(&self.dir, name)
                     .map_err(|e| Error::io("cannot open catalog lock", &path, e))?,
             };
-            if wait {
+            if wait && file.try_lock().is_err() {
+                // Whoever holds it may be a paced merge: it must not crawl
+                // while a job a user waits for waits for it.
+                let _waiting = self.note_waiting();
                 file.lock()
                     .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
-            } else if file.try_lock().is_err() {
+            } else if !wait && file.try_lock().is_err() {
                 return Ok(None);
             }
             if !dir || same_file(&file, &self.dir, name) {
@@ -505,10 +514,22 @@ impl Catalog {
         Ok(DomainLock { file, foreground })
     }
 
-    /// What housekeeping probes to learn whether a job is running on any
-    /// domain of this catalog, in any process (see `background::pace`).
-    pub fn foreground_probe(&self) -> Option<File> {
-        secure::open_lock(&self.dir.make_sub(DOMAIN_LOCKS).ok()?, FOREGROUND).ok()
+    /// What housekeeping probes (see `background::pace`): whether a job is
+    /// running on any domain of this catalog, in any process, and whether
+    /// anyone waits for a domain's lock (which a merge may hold).
+    pub fn foreground_probe(&self) -> Option<(File, File)> {
+        let dir = self.dir.make_sub(DOMAIN_LOCKS).ok()?;
+        let open = |name| secure::open_lock(&dir, name).ok();
+        Some((open(FOREGROUND)?, open(WAITING)?))
+    }
+
+    /// A shared flock on `.domain-locks/.waiting`, held while blocked on a
+    /// domain's lock.
+    fn note_waiting(&self) -> Option<File> {
+        let dir = self.dir.make_sub(DOMAIN_LOCKS).ok()?;
+        secure::open_lock(&dir, WAITING)
+            .ok()
+            .filter(|f| f.lock_shared().is_ok())
     }
 
     /// Take the job lock of a new backup, keeping the domain's job lock for
@@ -1207,7 +1228,7 @@ mod tests {
     fn a_domain_job_shows_housekeeping_that_a_user_waits() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::at(dir.path().join("cat")).unwrap();
-        let probe = cat.foreground_probe().unwrap();
+        let (probe, _) = cat.foreground_probe().unwrap();
         let busy = |p: &File| match p.try_lock() {
             Ok(()) => p.unlock().map(|()| false).unwrap(),
             Err(_) => true,
@@ -1222,6 +1243,33 @@ mod tests {
         assert!(busy(&probe), "another job still runs");
         drop(b);
         assert!(!busy(&probe));
+    }
+
+    #[test]
+    fn a_thread_blocked_on_a_domain_lock_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let (_, waiting) = cat.foreground_probe().unwrap();
+        let busy = || match waiting.try_lock() {
+            Ok(()) => waiting.unlock().map(|()| false).unwrap(),
+            Err(_) => true,
+        };
+        let dom = Uuid::new_v4();
+        let held = cat.lock_domain(&dom).unwrap();
+        assert!(!busy(), "nobody waits yet");
+        let root = dir.path().join("cat");
+        let waiter = std::thread::spawn(move || {
+            let cat = Catalog::at(root).unwrap();
+            let _l = cat.lock_domain(&dom).unwrap();
+        });
+        let t = std::time::Instant::now();
+        while !busy() {
+            assert!(t.elapsed().as_secs() < 10, "the waiter never showed");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(held);
+        waiter.join().unwrap();
+        assert!(!busy(), "the waiter got the lock and stopped waiting");
     }
 
     #[test]
