@@ -357,7 +357,8 @@ def parallel_row(work):
             f"one worker {times['1']:.2f} s, default ({os.cpu_count()} cores) "
             f"{times['']:.2f} s; one worker already keeps {cores:.2f} cores busy "
             f"(its readers hash ahead), so {os.cpu_count()} cores allow at most "
-            f"{os.cpu_count() / cores:.2f}x")
+            f"{os.cpu_count() / cores:.2f}x; the default keeps "
+            f"{statistics.median(busy['']):.2f} busy")
     finally:
         shutil.rmtree(shm, ignore_errors=True)
 
