@@ -242,3 +242,55 @@ fn a_header_may_skip_recorded_levels_but_not_name_others() {
         .unwrap();
     assert!(e.message.contains("did not record"), "{}", e.message);
 }
+
+/// A delete gives back a removed image's blocks by shrinking it from the
+/// end: a reader still inside it must fail, never take what imago reads
+/// past the new end (zeroes) for the image's metadata or data.
+#[test]
+fn a_level_shrinking_while_read_is_an_error_not_zeroes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, c) = (d.join("a.qcow2"), d.join("c.qcow2"));
+    create(&a, None);
+    qemu_io_all(&a, &["write -P 0x0a 0 4M".into()]);
+    create(&c, Some(&a));
+    qemu_io_all(&c, &["write -P 0x0c 4M 1M".into()]);
+    let chain = vec![(a.clone(), DiskFormat::Qcow2)];
+    let r = ChainReader::open(&c, &chain).unwrap();
+    // The header and the first tables stay; the data and what follows go.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_len(256 << 10)
+        .unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    let e = r
+        .fill(&mut buf, 0)
+        .err()
+        .expect("read zeroes from a shrunk level");
+    assert!(e.message.contains(a.to_str().unwrap()), "{}", e.message);
+
+    // A raw image read on its own: its new end is not a hole.
+    let raw = d.join("r.raw");
+    std::fs::write(&raw, vec![0x5au8; 8 << 20]).unwrap();
+    let src = Source::open(&raw, DiskFormat::Raw, Chain::None).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&raw)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    let out = d.join("out.raw");
+    let dst = Target::create(&out, DiskFormat::Raw, src.size(), None, false).unwrap();
+    let e = copy_image(
+        &src,
+        &dst,
+        &Progress::default(),
+        Baseline::Empty,
+        &mut NoDigests,
+    )
+    .err()
+    .expect("a shrunk raw file read as a hole");
+    assert!(e.message.contains("shrank"), "{}", e.message);
+}

@@ -63,9 +63,9 @@ struct SpanMap {
 struct Level {
     path: PathBuf,
     format: DiskFormat,
-    /// Device and inode of the file checked at open: a reopened level must
-    /// be that file.
-    id: (u64, u64),
+    /// The file checked at open: a reopened level must be that file, and
+    /// no read of it is trusted once it is not (see `unchanged`).
+    id: FileId,
 }
 
 /// A qcow2 image and the levels below it, read lazily.
@@ -91,19 +91,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Open a level file read-only; its device and inode.
-fn open_file(path: &Path) -> Result<(File, (u64, u64))> {
+fn open_file(path: &Path) -> Result<(File, FileId)> {
     let file = File::open(path).map_err(|e| Error::io("cannot open image", path, e))?;
-    let m = file
-        .metadata()
-        .map_err(|e| Error::io("cannot stat image", path, e))?;
-    Ok((file, (m.dev(), m.ino())))
+    let id = file_id(&file).map_err(|e| Error::io("cannot stat image", path, e))?;
+    Ok((file, id))
+}
+
+/// Device, inode and length of a level file: a backup's files never
+/// change, so any difference means another file, or one a delete is
+/// shrinking (see `store::secure::shrink_before_removal`) whose ends
+/// imago would read as zeroes.
+type FileId = (u64, u64, u64);
+
+fn file_id(file: &File) -> std::io::Result<FileId> {
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino(), m.len()))
 }
 
 /// Open one level, read-only, with no backing file and no external data
 /// file (the deny gate refuses both); also its file's identity and the
 /// backing file its header names, made absolute as QEMU does (relative to
 /// the image's folder).
-fn open_level(path: &Path, format: DiskFormat) -> Result<(Image, (u64, u64), Option<PathBuf>)> {
+fn open_level(path: &Path, format: DiskFormat) -> Result<(Image, FileId, Option<PathBuf>)> {
     let io = |what: &'static str| move |e| Error::io(what, path, e);
     let (file, id) = open_file(path)?;
     let storage =
@@ -258,6 +267,18 @@ impl ChainReader {
         Ok(file)
     }
 
+    /// Fail unless level `l`'s file is still as it was at open. Called
+    /// after what imago read of it: a file shrinking only shrinks, so one
+    /// still whole after a read was whole during it.
+    fn unchanged(&self, l: usize) -> Result<()> {
+        let f = self.file(l)?;
+        match file_id(&f) {
+            Ok(id) if id == self.levels[l].id => Ok(()),
+            Ok(_) => Err(self.changed(l)),
+            Err(e) => Err(self.failed("cannot stat", l, 0, e)),
+        }
+    }
+
     fn failed(&self, what: &str, l: usize, pos: u64, e: std::io::Error) -> Error {
         Error::operation_failed(format!(
             "{what} '{}' at offset {pos}: {e}",
@@ -310,6 +331,7 @@ impl ChainReader {
                     pos += len;
                 }
             }
+            self.unchanged(l)?;
             todo = below;
         }
         runs.extend(todo.into_iter().map(|(a, b)| (a, b, Piece::Zero)));
@@ -399,6 +421,7 @@ impl ChainReader {
                     self.image(level)?
                         .read(part, a)
                         .map_err(|e| self.failed("cannot read", level, a, e))?;
+                    self.unchanged(level)?;
                 }
             }
         }

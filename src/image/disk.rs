@@ -288,11 +288,23 @@ impl Source {
                 if (start..hole).contains(&offset) {
                     return Ok((Extent::Data, hole.min(end) - offset));
                 }
+                // A hole is trusted only while the file is as long as it
+                // was: one a delete is shrinking reads as holes past its
+                // new end.
+                let whole = || {
+                    let m = file.metadata()?;
+                    match m.is_file() && m.len() < *size {
+                        false => Ok(()),
+                        true => Err(std::io::Error::other("the file shrank while it was read")),
+                    }
+                };
                 match rustix::fs::seek(file, SeekFrom::Data(offset)) {
-                    Err(Errno::NXIO) => Ok((Extent::Zero, end - offset)),
+                    Err(Errno::NXIO) => whole().map(|()| (Extent::Zero, end - offset)),
                     Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => Ok((Extent::Data, end - offset)),
                     Err(e) => Err(e.into()),
-                    Ok(data) if data > offset => Ok((Extent::Zero, data.min(end) - offset)),
+                    Ok(data) if data > offset => {
+                        whole().map(|()| (Extent::Zero, data.min(end) - offset))
+                    }
                     Ok(_) => {
                         let hole = rustix::fs::seek(file, SeekFrom::Hole(offset))?;
                         *data_run.lock().unwrap() = (offset, hole);
