@@ -267,8 +267,7 @@ fn a_level_shrinking_while_read_is_an_error_not_zeroes() {
     let mut buf = vec![0u8; 8 << 20];
     let e = r
         .fill(&mut buf, 0)
-        .err()
-        .expect("read zeroes from a shrunk level");
+        .expect_err("read zeroes from a shrunk level");
     assert!(e.message.contains(a.to_str().unwrap()), "{}", e.message);
 
     // A raw image read on its own: its new end is not a hole.
@@ -290,7 +289,6 @@ fn a_level_shrinking_while_read_is_an_error_not_zeroes() {
         Baseline::Empty,
         &mut NoDigests,
     )
-    .err()
-    .expect("a shrunk raw file read as a hole");
+    .expect_err("a shrunk raw file read as a hole");
     assert!(e.message.contains("shrank"), "{}", e.message);
 }
