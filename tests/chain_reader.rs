@@ -292,3 +292,37 @@ fn a_level_shrinking_while_read_is_an_error_not_zeroes() {
     .expect_err("a shrunk raw file read as a hole");
     assert!(e.message.contains("shrank"), "{}", e.message);
 }
+
+/// While a reader has a level open, a delete removing that level only
+/// unlinks it: the reader reads on from the unlinked file, as before
+/// deletes gave blocks back in steps.
+#[test]
+fn a_delete_does_not_shrink_a_level_a_reader_holds() {
+    use libvirt_backup::store::secure::{open_for_removal, shrink_before_removal};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, c) = (d.join("a.qcow2"), d.join("c.qcow2"));
+    create(&a, None);
+    qemu_io_all(&a, &["write -P 0x0a 0 12M".into()]);
+    create(&c, Some(&a));
+    qemu_io_all(&c, &["write -P 0x0c 12M 1M".into()]);
+    let r = ChainReader::open(&c, &[(a.clone(), DiskFormat::Qcow2)]).unwrap();
+    // Levels are held from their first read on (opening checks headers
+    // only: a level shrunk before it is read fails the read instead).
+    let mut buf = vec![0u8; 13 << 20];
+    assert!(r.fill(&mut buf[..1 << 20], 0).unwrap());
+    let f = open_for_removal(&a).unwrap();
+    shrink_before_removal(&f, &mut || panic!("shrank a level a reader holds"));
+    drop(f);
+    std::fs::remove_file(&a).unwrap();
+    assert!(r.fill(&mut buf, 0).unwrap());
+    assert!(buf[..12 << 20].iter().all(|&x| x == 0x0a));
+    assert!(buf[12 << 20..].iter().all(|&x| x == 0x0c));
+    // Nobody reading: the same file gives its blocks back.
+    drop(r);
+    std::fs::write(&a, vec![1u8; 12 << 20]).unwrap();
+    let f = open_for_removal(&a).unwrap();
+    let mut steps = 0;
+    shrink_before_removal(&f, &mut || steps += 1);
+    assert!(steps >= 2, "{steps} steps");
+}

@@ -93,6 +93,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Open a level file read-only; its device and inode.
 fn open_file(path: &Path) -> Result<(File, FileId)> {
     let file = File::open(path).map_err(|e| Error::io("cannot open image", path, e))?;
+    // While held, a delete leaves the file whole (it only unlinks it: see
+    // `store::secure::shrink_before_removal`). Not had: `unchanged` tells.
+    let _ = file.try_lock_shared();
     let id = file_id(&file).map_err(|e| Error::io("cannot stat image", path, e))?;
     Ok((file, id))
 }

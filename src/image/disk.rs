@@ -211,6 +211,10 @@ impl Source {
                     .map_err(io_err("cannot stat source image", path))?
                     .len();
                 cache::sequential(&file);
+                if let Chain::Recorded(_) = chain {
+                    // A backup's own file: see `chain::open_file`.
+                    let _ = file.try_lock_shared();
+                }
                 Ok(Source::Raw {
                     file,
                     size,

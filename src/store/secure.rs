@@ -141,6 +141,12 @@ pub fn shrink_before_removal(file: &File, between: &mut dyn FnMut()) {
     if !m.is_file() || m.nlink() != 1 || m.uid() != euid() {
         return;
     }
+    // The library's readers of a backup's files hold a shared flock on
+    // them (`image::chain`): such a file is only unlinked, so that they
+    // read on from the unlinked file as before.
+    if file.try_lock().is_err() {
+        return;
+    }
     let mut size = m.len();
     while size > SHRINK_STEP {
         size -= SHRINK_STEP;
