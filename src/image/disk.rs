@@ -299,7 +299,10 @@ impl Source {
                     let m = file.metadata()?;
                     match m.is_file() && m.len() < *size {
                         false => Ok(()),
-                        true => Err(std::io::Error::other("the file shrank while it was read")),
+                        true => Err(std::io::Error::other(format!(
+                            "the file changed size while it was read ({size} -> {} bytes)",
+                            m.len()
+                        ))),
                     }
                 };
                 match rustix::fs::seek(file, SeekFrom::Data(offset)) {
