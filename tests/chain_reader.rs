@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{identical, qcow2_over, qemu_img};
+use common::{identical, qcow2_over, qemu_img, truncate};
 
 use libvirt_backup::engine::copy::{Baseline, copy_image};
 use libvirt_backup::image::chain::{ChainReader, MAX_OPEN};
@@ -243,6 +243,17 @@ fn a_header_may_skip_recorded_levels_but_not_name_others() {
     assert!(e.message.contains("did not record"), "{}", e.message);
 }
 
+/// `a.qcow2` with `mib` MiB of 0x0a, and `c.qcow2` over it with 1 MiB of
+/// 0x0c right after them.
+fn two_levels(d: &Path, mib: u64) -> (PathBuf, PathBuf) {
+    let (a, c) = (d.join("a.qcow2"), d.join("c.qcow2"));
+    create(&a, None);
+    qemu_io_all(&a, &[format!("write -P 0x0a 0 {mib}M")]);
+    create(&c, Some(&a));
+    qemu_io_all(&c, &[format!("write -P 0x0c {mib}M 1M")]);
+    (a, c)
+}
+
 /// A delete gives back a removed image's blocks by shrinking it from the
 /// end: a reader still inside it must fail, never take what imago reads
 /// past the new end (zeroes) for the image's metadata or data.
@@ -250,51 +261,16 @@ fn a_header_may_skip_recorded_levels_but_not_name_others() {
 fn a_level_shrinking_while_read_is_an_error_not_zeroes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (a, c) = (d.join("a.qcow2"), d.join("c.qcow2"));
-    create(&a, None);
-    qemu_io_all(&a, &["write -P 0x0a 0 4M".into()]);
-    create(&c, Some(&a));
-    qemu_io_all(&c, &["write -P 0x0c 4M 1M".into()]);
+    let (a, c) = two_levels(d, 4);
     let chain = vec![(a.clone(), DiskFormat::Qcow2)];
     let r = ChainReader::open(&c, &chain).unwrap();
     // The header and the first tables stay; the data and what follows go.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&a)
-        .unwrap()
-        .set_len(256 << 10)
-        .unwrap();
+    truncate(&a, 256 << 10);
     let mut buf = vec![0u8; 8 << 20];
     let e = r
         .fill(&mut buf, 0)
         .expect_err("read zeroes from a shrunk level");
     assert!(e.message.contains(a.to_str().unwrap()), "{}", e.message);
-
-    // A raw image read on its own: its new end is not a hole.
-    let raw = d.join("r.raw");
-    std::fs::write(&raw, vec![0x5au8; 8 << 20]).unwrap();
-    let src = Source::open(&raw, DiskFormat::Raw, Chain::None).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&raw)
-        .unwrap()
-        .set_len(2 << 20)
-        .unwrap();
-    let out = d.join("out.raw");
-    let dst = Target::create(&out, DiskFormat::Raw, src.size(), None, false).unwrap();
-    let e = copy_image(
-        &src,
-        &dst,
-        &Progress::default(),
-        Baseline::Empty,
-        &mut NoDigests,
-    )
-    .expect_err("a shrunk raw file read as a hole");
-    assert!(
-        e.message.contains("changed size while it was read"),
-        "{}",
-        e.message
-    );
 }
 
 /// While a reader has a level open, a delete removing that level only
@@ -305,11 +281,7 @@ fn a_delete_does_not_shrink_a_level_a_reader_holds() {
     use libvirt_backup::store::secure::{open_for_removal, shrink_before_removal};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (a, c) = (d.join("a.qcow2"), d.join("c.qcow2"));
-    create(&a, None);
-    qemu_io_all(&a, &["write -P 0x0a 0 12M".into()]);
-    create(&c, Some(&a));
-    qemu_io_all(&c, &["write -P 0x0c 12M 1M".into()]);
+    let (a, c) = two_levels(d, 12);
     let r = ChainReader::open(&c, &[(a.clone(), DiskFormat::Qcow2)]).unwrap();
     // Levels are held from their first read on (opening checks headers
     // only: a level shrunk before it is read fails the read instead).

@@ -207,3 +207,13 @@ pub fn qcow2_over(top: &Path, backing: &Path) {
         top.to_str().unwrap(),
     ]);
 }
+
+/// Cut the file at `path` to `len` bytes, as a delete's shrinking does.
+pub fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
