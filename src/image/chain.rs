@@ -82,15 +82,40 @@ pub struct ChainReader {
     spans: Mutex<Vec<Arc<SpanMap>>>,
 }
 
-fn bad_chain(path: &Path, why: String) -> Error {
+pub(crate) fn bad_chain(path: &Path, why: String) -> Error {
     Error::operation_failed(format!("image '{}': {why}", path.display()))
+}
+
+/// Where `named`, the backing file the header of `above` names, lies in
+/// `recorded` (the chain the catalog recorded below it, nearest first): it
+/// may be a deeper level than the next (a merge removed the levels in
+/// between; after a crash the record may not say so yet), never a file the
+/// catalog did not record.
+pub(crate) fn recorded_at(
+    above: &Path,
+    recorded: &[(PathBuf, DiskFormat)],
+    named: &Path,
+) -> Result<usize> {
+    recorded
+        .iter()
+        .position(|(p, _)| p == named)
+        .ok_or_else(|| {
+            bad_chain(
+                above,
+                format!(
+                    "it names backing file '{}', which the catalog did not record",
+                    named.display()
+                ),
+            )
+        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Open a level file read-only; its device and inode.
+/// Open a level file read-only, holding a shared flock on it if it can;
+/// its identity (`FileId`).
 fn open_file(path: &Path) -> Result<(File, FileId)> {
     let file = File::open(path).map_err(|e| Error::io("cannot open image", path, e))?;
     // While held, a delete leaves the file whole (it only unlinks it: see
@@ -195,16 +220,7 @@ impl ChainReader {
         }];
         let mut rest = recorded;
         while let Some(b) = named {
-            let Some(at) = rest.iter().position(|(p, _)| *p == b) else {
-                let above = &levels[levels.len() - 1].path;
-                return Err(bad_chain(
-                    above,
-                    format!(
-                        "it names backing file '{}', which the catalog did not record",
-                        b.display()
-                    ),
-                ));
-            };
+            let at = recorded_at(&levels[levels.len() - 1].path, rest, &b)?;
             let (p, f) = &rest[at];
             rest = &rest[at + 1..];
             let (_, id, n) = open_level(p, *f)?;

@@ -18,7 +18,7 @@ use rustix::io::Errno;
 use crate::error::{Error, Result};
 use crate::image::buffer;
 use crate::image::cache::{self, DropBehind};
-use crate::image::chain::ChainReader;
+use crate::image::chain::{ChainReader, bad_chain, recorded_at};
 use crate::image::nbd::{NbdAddress, NbdClient};
 use crate::xml::backup::DiskFormat;
 
@@ -61,10 +61,6 @@ fn header_backing(q: &Qcow2<ImagoFile>, path: &Path) -> Option<(PathBuf, Option<
     Some((dir.join(name), q.implicit_backing_format().cloned()))
 }
 
-fn bad_chain(path: &Path, why: String) -> Error {
-    Error::operation_failed(format!("image '{}': {why}", path.display()))
-}
-
 /// The image `chain` lets `path` read through, opened read-only.
 fn open_backing(
     path: &Path,
@@ -83,18 +79,7 @@ fn open_backing(
         }
         (Chain::Recorded(_), None) => return Ok(None),
         (Chain::Recorded(list), Some((b, _))) => {
-            // The header may name a deeper recorded level: a merge removed
-            // the levels above it (its record may not say so yet after a
-            // crash). Anything the catalog did not record is refused.
-            let Some(at) = list.iter().position(|(p, _)| *p == b) else {
-                return Err(bad_chain(
-                    path,
-                    format!(
-                        "it names backing file '{}', which the catalog did not record",
-                        b.display()
-                    ),
-                ));
-            };
+            let at = recorded_at(path, list, &b)?;
             let (want, f) = &list[at];
             (want.clone(), *f, Chain::Recorded(&list[at + 1..]))
         }
