@@ -169,7 +169,7 @@ impl JobLock {
 #[derive(Debug)]
 pub struct DomainLock {
     file: File,
-    /// Shared flock on `<root>/.foreground` (see `background::pace`).
+    /// Shared flock on `.domain-locks/.foreground` (see `background::pace`).
     foreground: Option<File>,
 }
 
@@ -433,7 +433,7 @@ impl Catalog {
             if wait && file.try_lock().is_err() {
                 // Whoever holds it may be a paced merge: it must not crawl
                 // while a job a user waits for waits for it.
-                let _waiting = self.note_waiting();
+                let _waiting = self.hold_shared(WAITING);
                 file.lock()
                     .map_err(|e| Error::io("cannot lock catalog", &path, e))?;
             } else if !wait && file.try_lock().is_err() {
@@ -506,11 +506,7 @@ impl Catalog {
             .map_err(|e| Error::io("cannot open domain job lock", &dir.join(&name), e))?;
         file.try_lock()
             .map_err(|_| Error::operation_invalid("the domain already has a backup job running"))?;
-        // Only pacing hangs on it: a lock that cannot be had is no error.
-        // A probe holds it exclusively for two syscalls, so this waits little.
-        let foreground = secure::open_lock(&dir, FOREGROUND)
-            .ok()
-            .filter(|f| f.lock_shared().is_ok());
+        let foreground = self.hold_shared(FOREGROUND);
         Ok(DomainLock { file, foreground })
     }
 
@@ -523,11 +519,12 @@ impl Catalog {
         Some((open(FOREGROUND)?, open(WAITING)?))
     }
 
-    /// A shared flock on `.domain-locks/.waiting`, held while blocked on a
-    /// domain's lock.
-    fn note_waiting(&self) -> Option<File> {
+    /// A shared flock on `.domain-locks/<name>` (`FOREGROUND`, `WAITING`).
+    /// Only pacing hangs on these: one that cannot be had is no error. A
+    /// probe holds one exclusively for two syscalls, so this waits little.
+    fn hold_shared(&self, name: &str) -> Option<File> {
         let dir = self.dir.make_sub(DOMAIN_LOCKS).ok()?;
-        secure::open_lock(&dir, WAITING)
+        secure::open_lock(&dir, name)
             .ok()
             .filter(|f| f.lock_shared().is_ok())
     }

@@ -134,8 +134,9 @@ const SHRINK_STEP: u64 = 4 << 20;
 /// from its end, calling `between` after each step. Freeing a large file's
 /// blocks in one unlink is one long journal transaction (49 ms for 256 MiB
 /// here, with online discard) that every other job's fsync waits behind;
-/// 4 MiB steps cost under 1.5 ms each, 16 MiB ones up to 11 ms. Only a regular file of ours with no other
-/// name: truncating a hard link would destroy what its other name holds.
+/// 4 MiB steps cost under 1.5 ms each, 16 MiB ones up to 11 ms. Only a
+/// regular file of ours with no other name: truncating a hard link would
+/// destroy what its other name holds.
 pub fn shrink_before_removal(file: &File, between: &mut dyn FnMut()) {
     let Ok(m) = file.metadata() else { return };
     if !m.is_file() || m.nlink() != 1 || m.uid() != euid() {
