@@ -85,10 +85,7 @@ fn a_32_deep_delta_index_reads_as_flat_with_one_descriptor_and_names_damage() {
     write(&flat, None, &want);
     assert_eq!(IndexReader::open(&flat).unwrap().depth(), 0);
     let got = read_all(&mut IndexReader::open(leaf).unwrap()).unwrap();
-    assert_eq!(
-        got,
-        read_all(&mut IndexReader::open(&flat).unwrap()).unwrap()
-    );
+    assert_eq!(got, read_all(&mut IndexReader::open(&flat).unwrap()).unwrap());
     assert_eq!(got, want);
 
     // (b) One descriptor per reader, checked after every digest; 16
@@ -139,9 +136,7 @@ fn a_32_deep_delta_index_reads_as_flat_with_one_descriptor_and_names_damage() {
     let name = mid.display().to_string();
     let good = std::fs::read(mid).unwrap();
     std::fs::write(mid, &good[..good.len() - 20]).unwrap();
-    let e = IndexReader::open(leaf)
-        .err()
-        .expect("a cut-short level is refused");
+    let e = IndexReader::open(leaf).err().expect("a cut-short level is refused");
     assert!(e.message.contains(&name), "{}", e.message);
     let mut bad = good.clone();
     // The header (24 bytes), the parent's name, then 40-byte entries: make
@@ -168,8 +163,5 @@ fn a_32_deep_delta_index_reads_as_flat_with_one_descriptor_and_names_damage() {
     let rest = read_all(&mut r).unwrap();
     assert_eq!([vec![first], rest].concat(), want);
     assert_eq!(IndexReader::open(leaf).unwrap().depth(), DEPTH - 1);
-    assert_eq!(
-        read_all(&mut IndexReader::open(leaf).unwrap()).unwrap(),
-        want
-    );
+    assert_eq!(read_all(&mut IndexReader::open(leaf).unwrap()).unwrap(), want);
 }

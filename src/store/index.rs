@@ -584,10 +584,7 @@ impl IndexReader {
                 self.entries = fresh.entries;
             }
         }
-        Err(unusable(
-            &self.path,
-            "its levels keep being replaced while it is read",
-        ))
+        Err(unusable(&self.path, "its levels keep being replaced while it is read"))
     }
 
     /// Resolve the batch of chunks from `start` on; false when a level was
@@ -838,14 +835,7 @@ mod tests {
         let base = pad(vec![d(1), ZERO_DIGEST, d(2), d(3)]);
         write(&a, p + 4 * c, None, &base);
         // b: one chunk changed, one became zero, and the disk grew by two.
-        let vb = pad(vec![
-            d(1),
-            ZERO_DIGEST,
-            d(9),
-            ZERO_DIGEST,
-            ZERO_DIGEST,
-            d(5),
-        ]);
+        let vb = pad(vec![d(1), ZERO_DIGEST, d(9), ZERO_DIGEST, ZERO_DIGEST, d(5)]);
         write(&b, p + 6 * c, Some(&a), &vb);
         assert_eq!(std::fs::read(&b).unwrap()[..8], *MAGIC_DELTA);
         assert_eq!(parent_of(&b).unwrap().unwrap().file_name(), a.file_name());
