@@ -206,7 +206,7 @@ impl SmallFs {
         let dir = WORK.join(format!("fs-{}", Uuid::new_v4()));
         std::fs::create_dir(&dir).unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
             .arg(&dir)
             .status()
             .unwrap();

@@ -26,6 +26,9 @@ pub enum Baseline<'a> {
     /// A target whose backing file holds the disk this index describes:
     /// only chunks whose digest differs are written, zeroes included.
     Index(&'a mut IndexReader),
+    /// A target whose content is unknown (a block device written in
+    /// place): every chunk is written, zeroes included.
+    Unknown,
 }
 
 impl<'a> Baseline<'a> {
@@ -360,13 +363,17 @@ pub fn copy_changes(
         let buf = &win.buf;
         for (k, (start, end, d)) in win.digests().enumerate() {
             let old = match &mut baseline {
-                Baseline::Empty => ZERO_DIGEST,
+                Baseline::Empty => Some(ZERO_DIGEST),
                 // Past the parent's end the target reads zeroes too.
-                Baseline::Index(r) => r.next_digest()?.unwrap_or(ZERO_DIGEST),
+                Baseline::Index(r) => Some(r.next_digest()?.unwrap_or(ZERO_DIGEST)),
+                Baseline::Unknown => None,
             };
-            let d = if win.is_clean(k) { old } else { d };
+            let d = match old {
+                Some(o) if win.is_clean(k) => o,
+                _ => d,
+            };
             index.push(&d)?;
-            if old != d {
+            if old != Some(d) {
                 if d == ZERO_DIGEST {
                     w.zeroes(buf, win.offset + start as u64, (end - start) as u64)?;
                 } else {

@@ -476,6 +476,18 @@ impl Target {
         let file = opts
             .open(path)
             .map_err(io_err("cannot create target image", path))?;
+        Target::create_from(file, path, format, size, backing)
+    }
+
+    /// Format `file`, an empty file just created and opened by the caller
+    /// (`path` names it in messages and nothing opens it by that path).
+    pub fn create_from(
+        file: File,
+        path: &Path,
+        format: DiskFormat,
+        size: u64,
+        backing: Option<(&Path, DiskFormat)>,
+    ) -> Result<Target> {
         let cache = cache_of(&file, path)?;
         let img = match (format, backing) {
             (DiskFormat::Raw, None) => {

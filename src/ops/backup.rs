@@ -17,6 +17,7 @@ use crate::job::{self, Job};
 use crate::ops::export;
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
+use crate::store::folder::Folder;
 use crate::store::secure;
 use crate::store::summary::Entry;
 use crate::xml::backup::{
@@ -425,6 +426,9 @@ impl Backup {
         let metadata_only = flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0;
         let records = self.doomed_records(&rec, &doomed)?;
         crate::ops::pins::check_delete(&self.catalog, &records.iter().collect::<Vec<_>>())?;
+        if !metadata_only {
+            check_target_folders(&records)?;
+        }
         if let Some(e) = doomed.iter().find(|e| e.state == BackupState::Running) {
             return Err(Error::operation_invalid(format!(
                 "backup '{}' has a job running; abort it first",
@@ -563,6 +567,18 @@ fn filter_entries<'a>(all: &[Entry], candidates: Vec<&'a Entry>, flags: u32) -> 
     out
 }
 
+/// Refuse, before anything is changed, a delete whose files lie in a
+/// folder the removal will not go through (`Folder::open_outside`): it
+/// would stop midway.
+fn check_target_folders(records: &[BackupRecord]) -> Result<()> {
+    for r in records {
+        for d in &r.disks {
+            Folder::outside_parent(&d.target, "backup target")?;
+        }
+    }
+    Ok(())
+}
+
 /// `virDomainSetDefaultTarget`.
 pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
     let target = DefaultTarget::parse(xml)?;
@@ -575,7 +591,11 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> 
             )));
         }
         DefaultTarget::Dir(p) => {
-            secure::refuse_inside(Catalog::open()?.root(), p, "default target folder")?
+            secure::refuse_inside(Catalog::open()?.root(), p, "default target folder")?;
+            // Backups' folders are made in it and later removed from it:
+            // a folder another user can write is refused (they could swap
+            // a backup's folder for a link to another VM's images).
+            Folder::open_outside(p, "default target")?;
         }
     }
     let uuid = dom.uuid()?;

@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustix::fs::OFlags;
 use uuid::Uuid;
 use virt::connect::Connect;
 
@@ -24,6 +24,7 @@ use crate::hv::storage_pool;
 use crate::image::disk::{Chain, Source, Target as ImageTarget};
 use crate::job::Job;
 use crate::store::catalog::{Catalog, DomainLock, JobLock};
+use crate::store::folder::Folder;
 use crate::store::index::{IndexReader, IndexWriter};
 use crate::store::secure;
 use crate::xml::backup::{
@@ -347,18 +348,29 @@ fn create_targets(
     targets: &mut Vec<ImageTarget>,
 ) -> Result<()> {
     for p in disks {
-        let dir = p.record.target.parent().unwrap_or(Path::new("/"));
-        create_dirs(dir)?;
+        let path = &p.record.target;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        // Every folder on the way is one only we or root can write, and
+        // the file is made through its folder's descriptor: nobody can
+        // swap a name under a file that Delete later removes.
+        let folder = Folder::make_outside(dir, "backup target")?;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
         if let Some((pool, volume)) = &p.record.volume {
             create_volume(dom, pool, volume, &p.record)?;
         }
+        // A pool volume libvirt has just created is ours to format.
+        let file = match p.record.volume {
+            Some(_) => folder.open(&name, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC),
+            None => folder.create_new(&name),
+        }
+        .map_err(|e| Error::io("cannot create target image", path, e))?;
         let backing = p.baseline.as_ref().map(|b| (b.target.as_path(), b.format));
-        targets.push(ImageTarget::create(
-            &p.record.target,
+        targets.push(ImageTarget::create_from(
+            file,
+            path,
             p.record.format,
             p.record.virtual_size,
             backing,
-            p.record.volume.is_some(),
         )?);
         crate::test_stop!("create-target-created");
     }
@@ -672,17 +684,6 @@ fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
     missing
 }
 
-/// Create `dir` and its missing ancestors; returns the folders created, outermost first.
-fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let missing = missing_dirs(dir);
-    for d in &missing {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(d)
-            .map_err(|e| Error::io("cannot create folder", d, e))?;
-    }
-    Ok(missing)
-}
 
 /// The body of a live backup job: follow libvirt's job, then complete the
 /// record, or remove the checkpoint, the targets and the record.

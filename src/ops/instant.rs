@@ -27,10 +27,10 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::hv::libvirt::{self, DomainRef};
-use crate::hv::qemu_tools::{os, run};
-use crate::image::disk::{Chain, Source};
+use crate::image::disk::{Chain, Source, Target};
 use crate::ops::restore_steps::{select, start_if_asked};
 use crate::store::catalog::Catalog;
+use crate::store::folder::Folder;
 use crate::store::pins::{self, Pin};
 use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord, RestoreRequest};
 use crate::xml::dom;
@@ -149,38 +149,39 @@ fn check_new_file(name: &str, path: &Path) -> Result<()> {
             path.display()
         )));
     }
-    Ok(())
+    overlay_folder(path).map(drop)
 }
 
 /// The overlay: empty qcow2, backing file the backup's image, named
 /// explicitly with its format (never probed).
 fn create_overlay(o: &Overlay) -> Result<()> {
-    let size = Source::open(&o.disk.target, o.disk.format, Chain::Detached)?
-        .size()
-        .to_string();
-    // Made here first, private and never through a link: qemu-img then
-    // writes into our file, which crash cleanup may remove (`secure`).
-    crate::store::secure::options()
-        .write(true)
-        .create_new(true)
-        .open(&o.path)
+    let size = Source::open(&o.disk.target, o.disk.format, Chain::Detached)?.size();
+    let (folder, name) = overlay_folder(&o.path)?;
+    // Created here, private and never through a link, in a folder nobody
+    // else can write, and formatted through the descriptor of its
+    // creation: no other program opens the path in between.
+    let file = folder
+        .create_new(&name)
         .map_err(|e| Error::io("cannot create overlay", &o.path, e))?;
-    run(
-        "qemu-img",
-        [
-            os("create"),
-            os("-q"),
-            os("-f"),
-            os("qcow2"),
-            os("-b"),
-            o.disk.target.as_os_str(),
-            os("-F"),
-            os(o.disk.format.as_str()),
-            o.path.as_os_str(),
-            os(&size),
-        ],
-    )?;
-    Ok(())
+    let backing = Some((o.disk.target.as_path(), o.disk.format));
+    let made = Target::create_from(file, &o.path, DiskFormat::Qcow2, size, backing)
+        .and_then(|t| t.finish(&o.path));
+    if made.is_err() {
+        let _ = folder.remove(&name);
+    }
+    made
+}
+
+/// The checked folder of an overlay, and the overlay's name in it.
+fn overlay_folder(path: &Path) -> Result<(Folder, String)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| {
+            Error::invalid_arg(format!("restore target '{}' does not name a file", path.display()))
+        })?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    Ok((Folder::open_outside(dir, "restore target")?, name.to_string()))
 }
 
 /// The receiver's new definition: disks at the overlays; a new domain gets

@@ -27,6 +27,7 @@ pub mod plan;
 pub mod recovery;
 pub mod restore;
 pub mod restore_steps;
+mod restore_target;
 pub mod verify;
 
 /// One backup job per domain: refuse when this process runs a job or an

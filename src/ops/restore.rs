@@ -14,8 +14,9 @@
 //!   pass can leave it partly restored: running the restore again finishes
 //!   it, writing only what still differs.
 
-use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -27,10 +28,13 @@ use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
-use crate::ops::pins;
 use crate::ops::recovery;
 use crate::ops::restore_steps::{select, start_if_asked};
+use crate::ops::restore_target::{
+    FileId, Kind, Place, backup_files, check_disk_file_name, file_id,
+};
 use crate::store::catalog::{Catalog, DomainLock, StagedFiles};
+use crate::store::folder::Folder;
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
 use crate::store::secure;
 use crate::xml::backup::{
@@ -74,12 +78,18 @@ enum How {
     InPlace,
     /// An existing file of another format or size: a new file renamed over it.
     Replace { tmp: PathBuf },
+    /// A block device (an LVM volume): written in place, raw, every chunk
+    /// of the disk's size, zeroes included; what lies past it is left.
+    Device,
 }
 
 struct DiskPlan {
     name: String,
     origin: Origin,
+    /// The target as the request or the definition names it.
     target: PathBuf,
+    /// Its checked folder, the file written, and its name there.
+    place: Place,
     format: DiskFormat,
     how: How,
 }
@@ -98,70 +108,60 @@ impl DiskPlan {
         target: PathBuf,
         asked: Option<DiskFormat>,
         current: Option<DiskFormat>,
-        flags: u32,
+        guard: &mut Untouchable,
     ) -> Result<DiskPlan> {
-        let exists = fs::symlink_metadata(&target).is_ok();
-        if exists && flags & VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK == 0 {
+        let place = Place::of(&target)?;
+        let exists = !matches!(place.kind, Kind::Missing);
+        if exists && guard.flags & VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK == 0 {
             return Err(Error::operation_invalid(format!(
                 "disk '{name}': '{}' exists; VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK is needed to write over it",
                 target.display()
             )));
         }
-        let dir = target.parent().unwrap_or(Path::new("/"));
-        if !dir.is_dir() {
-            return Err(Error::invalid_arg(format!(
-                "folder of restore target '{}' does not exist",
-                target.display()
-            )));
+        secure::refuse_inside(Catalog::open()?.root(), &place.path, "restore target")?;
+        if exists {
+            guard.check(name, &target, &place)?;
         }
-        secure::refuse_inside(Catalog::open()?.root(), &target, "restore target")?;
-        let (format, how) = if exists {
+        let (format, how) = match place.kind {
+            Kind::Missing => (asked.unwrap_or(DiskFormat::Qcow2), How::New),
+            Kind::Device(size_now) => {
+                if asked.or(current).is_some_and(|f| f != DiskFormat::Raw) {
+                    return Err(Error::not_supported_yet(format!(
+                        "disk '{name}': a qcow2 image on block device '{}'",
+                        target.display()
+                    )));
+                }
+                let size = origin.open()?.size();
+                if size_now < size {
+                    return Err(Error::invalid_arg(format!(
+                        "disk '{name}': block device '{}' holds {size_now} bytes, the disk needs {size}",
+                        target.display()
+                    )));
+                }
+                (DiskFormat::Raw, How::Device)
+            }
             // A file that is not the disk's current image has no format we
             // know, and guessing it from its bytes is what a guest could
             // abuse: it is replaced whole, as a new file would be written.
-            let Some(now) = current else {
-                return Ok(DiskPlan::replacing(name, origin, target, asked));
-            };
-            let format = asked.unwrap_or(now);
-            let size_now = Source::open(&target, now, Chain::Header)?.size();
-            let size = origin.open()?.size();
-            let same = format == now && size_now == size && origin.index.is_some();
-            let how = if same {
-                How::InPlace
-            } else {
-                How::Replace {
-                    tmp: disk::sibling_tmp(&target, "restore"),
+            Kind::Regular => match current {
+                None => (asked.unwrap_or(DiskFormat::Qcow2), replace(&place.path)),
+                Some(now) => {
+                    let format = asked.unwrap_or(now);
+                    let size_now = Source::open(&place.path, now, Chain::Header)?.size();
+                    let size = origin.open()?.size();
+                    let same = format == now && size_now == size && origin.index.is_some();
+                    (format, if same { How::InPlace } else { replace(&place.path) })
                 }
-            };
-            (format, how)
-        } else {
-            (asked.unwrap_or(DiskFormat::Qcow2), How::New)
+            },
         };
         Ok(DiskPlan {
             name: name.to_string(),
             origin,
             target,
+            place,
             format,
             how,
         })
-    }
-
-    /// An existing file that is not the disk's image: written whole as a
-    /// new file renamed over it, in the format asked (else qcow2).
-    fn replacing(
-        name: &str,
-        origin: Origin,
-        target: PathBuf,
-        asked: Option<DiskFormat>,
-    ) -> DiskPlan {
-        let tmp = disk::sibling_tmp(&target, "restore");
-        DiskPlan {
-            name: name.to_string(),
-            origin,
-            target,
-            format: asked.unwrap_or(DiskFormat::Qcow2),
-            how: How::Replace { tmp },
-        }
     }
 
     fn context(&self) -> impl Fn(Error) -> Error + '_ {
@@ -174,28 +174,68 @@ impl DiskPlan {
     /// The file the first pass writes, if any.
     fn staged_file(&self) -> Option<&Path> {
         match &self.how {
-            How::New => Some(&self.target),
+            How::New => Some(&self.place.path),
             How::Replace { tmp } => Some(tmp),
-            How::InPlace => None,
+            How::InPlace | How::Device => None,
         }
     }
 
-    /// Write a complete new image at `path` from the origin.
-    fn write_new(&self, path: &Path) -> Result<()> {
-        let src = self.origin.open()?;
-        let dst = Target::create(path, self.format, src.size(), None, false)?;
-        let mut sink: Box<dyn DigestSink> = match open_index(&self.origin.index)? {
+    /// The origin's digests as a sink that checks what is read.
+    fn verifier(&self) -> Result<Box<dyn DigestSink>> {
+        Ok(match open_index(&self.origin.index)? {
             Some(r) => Box::new(IndexVerifier::new(r)),
             None => Box::new(NoDigests),
-        };
+        })
+    }
+
+    /// Create the new file `path` (named `name` in the target's folder,
+    /// never through a link) and write a complete image into it from the
+    /// origin. Returns the open file, for its owner and mode.
+    fn write_new(&self, path: &Path, name: &str) -> Result<File> {
+        let file = self
+            .place
+            .folder
+            .create_new(name)
+            .map_err(|e| Error::io("cannot create target image", path, e))?;
+        let kept = file
+            .try_clone()
+            .map_err(|e| Error::io("cannot create target image", path, e))?;
+        let src = self.origin.open()?;
+        let dst = Target::create_from(file, path, self.format, src.size(), None)?;
         copy::copy_image(
             &src,
             &dst,
             &Progress::default(),
             Baseline::Empty,
-            sink.as_mut(),
+            self.verifier()?.as_mut(),
         )?;
-        dst.finish(path)
+        dst.finish(path)?;
+        Ok(kept)
+    }
+
+    /// Before a block device is written: every chunk of the backup read
+    /// and checked against its digests, as an in-place rewrite's first
+    /// pass does, so a damaged backup leaves the device untouched.
+    fn verify_origin(&self) -> Result<()> {
+        if self.origin.index.is_some() {
+            let src = self.origin.open()?;
+            copy::read_digests(&src, &Progress::default(), self.verifier()?.as_mut())?;
+        }
+        Ok(())
+    }
+
+    /// Write the whole disk into the block device, zeroes included.
+    fn write_device(&self) -> Result<()> {
+        let src = self.origin.open()?;
+        let dst = Target::open_existing(&self.place.path, DiskFormat::Raw, Chain::Header)?;
+        copy::copy_image(
+            &src,
+            &dst,
+            &Progress::default(),
+            Baseline::Unknown,
+            self.verifier()?.as_mut(),
+        )?;
+        dst.finish(&self.place.path)
     }
 
     /// The backup's digests, from the start (an in-place rewrite reads
@@ -208,25 +248,91 @@ impl DiskPlan {
     /// First pass of an in-place rewrite: what differs, verified readable.
     fn plan_in_place(&self) -> Result<Rewrite> {
         let src = self.origin.open()?;
-        let have = Source::open(&self.target, self.format, Chain::Header)?;
+        let have = Source::open(&self.place.path, self.format, Chain::Header)?;
         copy::plan_rewrite(&src, &mut self.wanted()?, &have, &Progress::default())
     }
 
     fn apply_in_place(&self, plan: &Rewrite) -> Result<()> {
         let src = self.origin.open()?;
-        let dst = Target::open_existing(&self.target, self.format, Chain::Header)?;
+        let dst = Target::open_existing(&self.place.path, self.format, Chain::Header)?;
         copy::apply_rewrite(&src, &mut self.wanted()?, &dst, plan, &Progress::default())?;
-        dst.finish(&self.target)
+        dst.finish(&self.place.path)
+    }
+
+    /// Put the written replacement `tmp` (open as `file`) in place of the
+    /// target, with the target's owner and mode so the hypervisor can still
+    /// open it: read, set and renamed through the folder's descriptor and
+    /// the open file, never by a path.
+    fn replace_with(&self, tmp: &Path, file: &File) -> Result<()> {
+        let dir = &self.place.folder;
+        let st = dir
+            .stat(&self.place.name)
+            .map_err(|e| Error::io("cannot stat", &self.place.path, e))?;
+        Folder::chown_file(file, st.st_uid, st.st_gid)
+            .map_err(|e| Error::io("cannot set owner of", tmp, e))?;
+        file.set_permissions(fs::Permissions::from_mode(st.st_mode & 0o7777))
+            .map_err(|e| Error::io("cannot set mode of", tmp, e))?;
+        dir.rename(&tmp_name(tmp), &self.place.name)
+            .map_err(|e| Error::io("cannot rename over", &self.place.path, e))?;
+        dir.sync();
+        Ok(())
+    }
+
+    /// Remove a file the first pass created (through the folder).
+    fn remove_staged(&self, path: &Path) {
+        let _ = self.place.folder.remove(&tmp_name(path));
     }
 }
 
-/// Give a replacement file the owner and mode of the file it replaces, so
-/// the hypervisor can still open it.
-fn copy_ownership(from: &Path, to: &Path) -> Result<()> {
-    let m = fs::metadata(from).map_err(|e| Error::io("cannot stat", from, e))?;
-    std::os::unix::fs::chown(to, Some(m.uid()), Some(m.gid()))
-        .map_err(|e| Error::io("cannot set owner of", to, e))?;
-    fs::set_permissions(to, m.permissions()).map_err(|e| Error::io("cannot set mode of", to, e))
+/// A new file next to `path` to build its replacement in.
+fn replace(path: &Path) -> How {
+    How::Replace {
+        tmp: disk::sibling_tmp(path, "restore"),
+    }
+}
+
+/// The name in its folder of a file the restore makes.
+fn tmp_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// What no restore target may be: a file of any backup in the catalog, or
+/// a source the restore reads (unmanaged). The catalog's files are listed
+/// only once a target exists, the only case where it matters.
+struct Untouchable {
+    flags: u32,
+    sources: Vec<FileId>,
+    backups: Option<HashSet<FileId>>,
+}
+
+impl Untouchable {
+    fn new(flags: u32, sources: &[PathBuf]) -> Untouchable {
+        Untouchable {
+            flags,
+            sources: sources.iter().filter_map(|p| file_id(p)).collect(),
+            backups: None,
+        }
+    }
+
+    fn check(&mut self, name: &str, target: &Path, place: &Place) -> Result<()> {
+        let Some(id) = place.id() else {
+            return Ok(());
+        };
+        if self.backups.is_none() {
+            self.backups = Some(backup_files(&recovery::open_catalog()?)?);
+        }
+        let of_backup = self.backups.as_ref().is_some_and(|b| b.contains(&id));
+        if of_backup || self.sources.contains(&id) {
+            return Err(Error::invalid_arg(format!(
+                "disk '{name}': '{}' is a file of a backup in the catalog{}; it cannot be a restore target",
+                target.display(),
+                if of_backup { "" } else { " (or a source of this restore)" }
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Write every planned disk (see the module comment for the order).
@@ -236,8 +342,10 @@ fn copy_ownership(from: &Path, to: &Path) -> Result<()> {
 fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<StagedFiles> {
     let mut in_place = Vec::new();
     for p in plans {
-        if matches!(p.how, How::InPlace) {
-            in_place.push(p.plan_in_place().map_err(p.context())?);
+        match p.how {
+            How::InPlace => in_place.push(p.plan_in_place().map_err(p.context())?),
+            How::Device => p.verify_origin().map_err(p.context())?,
+            How::New | How::Replace { .. } => {}
         }
     }
     let note = catalog.stage_files(
@@ -246,34 +354,37 @@ fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<StagedFiles> {
             .filter_map(DiskPlan::staged_file)
             .collect::<Vec<_>>(),
     )?;
-    let mut staged: Vec<&Path> = Vec::new();
+    let mut staged: Vec<(&DiskPlan, &Path, File)> = Vec::new();
     let staging = plans.iter().try_for_each(|p| {
         let Some(path) = p.staged_file() else {
             return Ok(());
         };
-        staged.push(path);
-        p.write_new(path).map_err(p.context())
+        let file = p.write_new(path, &tmp_name(path)).map_err(|e| {
+            p.remove_staged(path);
+            p.context()(e)
+        })?;
+        staged.push((p, path, file));
+        Ok(())
     });
     if let Err(e) = staging {
-        for path in staged {
-            let _ = fs::remove_file(path);
+        for (p, path, _) in staged {
+            p.remove_staged(path);
         }
         return Err(e);
     }
     let mut rewrites = in_place.iter();
+    let mut replacements = staged.iter().filter(|(p, ..)| matches!(p.how, How::Replace { .. }));
     for p in plans {
         match &p.how {
             How::New => {}
             How::InPlace => p
                 .apply_in_place(rewrites.next().unwrap())
                 .map_err(p.context())?,
+            How::Device => p.write_device().map_err(p.context())?,
             How::Replace { tmp } => {
-                let done = copy_ownership(&p.target, tmp).and_then(|()| {
-                    fs::rename(tmp, &p.target)
-                        .map_err(|e| Error::io("cannot rename over", &p.target, e))
-                });
-                if let Err(e) = done {
-                    let _ = fs::remove_file(tmp);
+                let (_, _, file) = replacements.next().unwrap();
+                if let Err(e) = p.replace_with(tmp, file) {
+                    p.remove_staged(tmp);
                     return Err(p.context()(e));
                 }
             }
@@ -284,7 +395,12 @@ fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<StagedFiles> {
 
 fn check_distinct(plans: &[DiskPlan]) -> Result<()> {
     for (i, p) in plans.iter().enumerate() {
-        if plans[..i].iter().any(|o| o.target == p.target) {
+        let same = |o: &DiskPlan| {
+            o.target == p.target
+                || o.place.path == p.place.path
+                || o.place.id().is_some_and(|id| p.place.id() == Some(id))
+        };
+        if plans[..i].iter().any(same) {
             return Err(Error::invalid_arg(format!(
                 "restore target '{}' is given to two disks",
                 p.target.display()
@@ -351,6 +467,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
     let now_xml = dom.xml()?;
     let now = domain::parse_disks(&now_xml)?;
     let mut plans = Vec::new();
+    let mut guard = Untouchable::new(flags, &[]);
     for it in items {
         let d = current_disk(&now, it.name)?;
         let given = it.asked.and_then(|a| a.target.clone());
@@ -363,7 +480,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
         })?;
         let format = it.asked.and_then(|a| a.format);
         plans.push(DiskPlan::new(
-            it.name, it.origin, target, format, current, flags,
+            it.name, it.origin, target, format, current, &mut guard,
         )?);
     }
     check_distinct(&plans)?;
@@ -403,11 +520,13 @@ fn as_new_domain(
         )));
     }
     let mut plans = Vec::new();
+    let mut guard = Untouchable::new(flags, &[]);
     for it in items {
         let format = it.asked.and_then(|a| a.format);
         let target = match it.asked.and_then(|a| a.target.clone()) {
             Some(t) => t,
             None => {
+                check_disk_file_name(it.name)?;
                 let dir = it
                     .original
                     .as_deref()
@@ -418,7 +537,7 @@ fn as_new_domain(
             }
         };
         plans.push(DiskPlan::new(
-            it.name, it.origin, target, format, None, flags,
+            it.name, it.origin, target, format, None, &mut guard,
         )?);
     }
     check_distinct(&plans)?;
@@ -432,7 +551,7 @@ fn as_new_domain(
         }
         Err(e) => {
             for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
-                let _ = fs::remove_file(&p.target);
+                p.remove_staged(&p.place.path);
             }
             Err(e)
         }
@@ -507,8 +626,7 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     if files_only {
-        let protected = pins::chain_files(&catalog, &rec)?;
-        return write_files(items, req.target_dir.as_deref(), &protected, flags);
+        return write_files(items, req.target_dir.as_deref(), &[], flags);
     }
     let Some(dom) = own else {
         let name = req.domain_name.clone().unwrap_or_else(|| {
@@ -557,7 +675,7 @@ fn unmanaged_to_files(req: &UnmanagedRestoreRequest, flags: u32) -> Result<()> {
         .disks
         .iter()
         .filter_map(|r| match &r.source {
-            UnmanagedSource::File(f, _) => fs::canonicalize(f).ok(),
+            UnmanagedSource::File(f, _) => Some(f.clone()),
             UnmanagedSource::Nbd { .. } => None,
         })
         .collect();
@@ -639,30 +757,25 @@ fn target_of(it: &Item, dir: Option<&Path>) -> Result<(PathBuf, Option<DiskForma
             dir.display()
         )));
     }
+    check_disk_file_name(it.name)?;
     let ext = format.unwrap_or(DiskFormat::Qcow2).as_str();
     Ok((dir.join(format!("{}.{ext}", it.name)), format))
 }
 
-/// Write every item to its file. `protected`: files that must not be
-/// written (the backup's chain).
+/// Write every item to its file. `sources`: files the restore reads,
+/// which it must not write (besides every backup's files).
 fn write_files(
     items: Vec<Item>,
     dir: Option<&Path>,
-    protected: &[PathBuf],
+    sources: &[PathBuf],
     flags: u32,
 ) -> Result<()> {
     let mut plans = Vec::new();
+    let mut guard = Untouchable::new(flags, sources);
     for it in items {
         let (target, format) = target_of(&it, dir)?;
-        if protected.contains(&pins::resolved(&target)) {
-            return Err(Error::invalid_arg(format!(
-                "disk '{}': '{}' is a file of the backup itself",
-                it.name,
-                target.display()
-            )));
-        }
         plans.push(DiskPlan::new(
-            it.name, it.origin, target, format, None, flags,
+            it.name, it.origin, target, format, None, &mut guard,
         )?);
     }
     check_distinct(&plans)?;

@@ -719,9 +719,11 @@ impl Catalog {
         Ok(dir.map(|d| (d, name.to_string_lossy().into_owned())))
     }
 
-    /// Remove a target of `rec`: one in its default folder in the catalog
-    /// through the folders' descriptors, any other by path. With `own`,
-    /// only a private regular file of ours (see `secure::removable`).
+    /// Remove a target of `rec` through its folder's descriptor: one in
+    /// its default folder in the catalog, any other in a folder that
+    /// `Folder::open_outside` accepts (else the removal is refused). With
+    /// `own`, only a private regular file of ours at an absolute path (see
+    /// `secure::removable`).
     fn remove_target(
         &self,
         rec: &BackupRecord,
@@ -729,15 +731,19 @@ impl Catalog {
         own: bool,
         between: &mut dyn FnMut(),
     ) -> Result<()> {
-        let Some((dir, name)) = self.in_data_dir(rec, path)? else {
-            if own {
-                secure::remove_own_file(path);
-                return Ok(());
-            }
-            if let Some(f) = secure::open_for_removal(path) {
-                secure::shrink_before_removal(&f, between);
-            }
-            return remove_if_exists(&path.to_path_buf());
+        if own && !secure::plain_absolute(path) {
+            return Ok(());
+        }
+        let found = match self.in_data_dir(rec, path)? {
+            Some(found) => Some(found),
+            // Elsewhere, through the descriptor of a folder nobody else
+            // can write (`Folder::open_outside`): in any other folder a
+            // user could swap a name (or a whole folder) for a link to
+            // another VM's files between our calls.
+            None => Folder::outside_parent(path, "backup target")?,
+        };
+        let Some((dir, name)) = found else {
+            return Ok(());
         };
         if own
             && !dir
@@ -758,7 +764,9 @@ impl Catalog {
         let data = self.data_dir(&rec.domain_uuid, &rec.uuid);
         for dir in rec.created_dirs.iter().rev() {
             if *dir != data {
-                let _ = std::fs::remove_dir(dir);
+                if let Ok(Some((up, name))) = Folder::outside_parent(dir, "backup target") {
+                    let _ = up.remove_dir(&name);
+                }
             } else if let Ok(Some(d)) = self.domain_folder(&rec.domain_uuid) {
                 let _ = d.remove_dir(&rec.uuid.to_string());
             }
@@ -1001,7 +1009,7 @@ impl Catalog {
     }
 
     /// Domains that have a folder in the catalog.
-    fn domains(&self) -> Result<Vec<Uuid>> {
+    pub fn domains(&self) -> Result<Vec<Uuid>> {
         let names = self
             .dir
             .names()

@@ -218,6 +218,100 @@ impl Folder {
         Ok(rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(mode))?)
     }
 
+    /// A folder outside the catalog where the library creates, replaces,
+    /// chowns or removes files (restore targets, backup targets, default
+    /// target folders, instant-restore overlays). Opened by path, the
+    /// folder itself never through a link, and checked on its descriptor
+    /// as a catalog folder is: a real folder owned by us or root that
+    /// nobody else can write. In any other folder another user could swap
+    /// a name between two of our calls and turn a chown, a rename or a
+    /// removal onto a file of their choice, so such a folder is refused
+    /// (`what` says what the folder is for, in the message). Every file
+    /// the caller then creates, renames or removes in it goes through the
+    /// descriptor.
+    pub fn open_outside(path: &Path, what: &str) -> Result<Folder> {
+        let refuse = |why: &str| refuse_outside(path, what, why);
+        let fd = match rustix::fs::open(path, dir_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP) if link_at(None, path) => {
+                return Err(refuse("it is a symbolic link"));
+            }
+            Err(Errno::NOTDIR | Errno::LOOP) => return Err(refuse("it is not a folder")),
+            Err(e) => return Err(Error::io("cannot open folder", path, e.into())),
+        };
+        check_outside(&fd, path, what)?;
+        Ok(Folder {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The folder `name` in this folder outside the catalog, created
+    /// private if missing, and opened and checked as `open_outside` does.
+    pub fn make_outside_sub(&self, name: &str, what: &str) -> Result<Folder> {
+        let path = self.join(name);
+        match rustix::fs::mkdirat(&self.fd, name, Mode::RWXU) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(Error::io("cannot create folder", &path, e.into())),
+        }
+        let fd = rustix::fs::openat(&self.fd, name, dir_flags(), Mode::empty()).map_err(|e| {
+            match e {
+                Errno::LOOP | Errno::NOTDIR => refuse_outside(&path, what, "it is not a folder"),
+                e => Error::io("cannot open folder", &path, e.into()),
+            }
+        })?;
+        check_outside(&fd, &path, what)?;
+        Ok(Folder { fd, path })
+    }
+
+    /// The checked folder of `path` (a file outside the catalog) and the
+    /// file's name in it; `None` when the folder does not exist.
+    pub fn outside_parent(path: &Path, what: &str) -> Result<Option<(Folder, String)>> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(Error::invalid_arg(format!(
+                "'{}' does not name a file",
+                path.display()
+            )));
+        };
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let name = name.to_string_lossy().into_owned();
+        Ok(Some((Folder::open_outside(dir, what)?, name)))
+    }
+
+    /// The folder `dir` outside the catalog, its missing folders created
+    /// (private) one by one through the descriptor of the one above, the
+    /// deepest existing one and each new one checked as `open_outside`
+    /// does.
+    pub fn make_outside(dir: &Path, what: &str) -> Result<Folder> {
+        let mut missing = Vec::new();
+        let mut base = dir;
+        while !base.is_dir() {
+            let (Some(up), Some(name)) = (base.parent(), base.file_name()) else {
+                break;
+            };
+            missing.push(name.to_string_lossy().into_owned());
+            base = up;
+        }
+        let mut at = Folder::open_outside(base, what)?;
+        for name in missing.iter().rev() {
+            at = at.make_outside_sub(name, what)?;
+        }
+        Ok(at)
+    }
+
+    /// Change the owner of an open file (through its descriptor: never a
+    /// path another user could swap).
+    pub fn chown_file(file: &File, uid: u32, gid: u32) -> std::io::Result<()> {
+        use rustix::process::{Gid, Uid};
+        Ok(rustix::fs::fchown(
+            file,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )?)
+    }
+
     /// The folder at `path` opened through its last `levels` components
     /// one by one, each without following a link and checked; what is
     /// above them is the catalog root, whose path was checked when the
@@ -280,6 +374,27 @@ fn open_error(path: &Path, e: Errno, is_link: impl Fn() -> bool) -> Error {
         Errno::NOTDIR => unsafe_path(path, "it is not a folder"),
         _ => Error::io("cannot open catalog folder", path, e.into()),
     }
+}
+
+fn refuse_outside(path: &Path, what: &str, why: &str) -> Error {
+    Error::operation_invalid(format!(
+        "refusing folder '{}' of {what}: {why}",
+        path.display()
+    ))
+}
+
+/// `Folder::open_outside`'s check, on the open folder's descriptor.
+fn check_outside(fd: &OwnedFd, path: &Path, what: &str) -> Result<()> {
+    let st = rustix::fs::fstat(fd).map_err(|e| Error::io("cannot inspect", path, e.into()))?;
+    if !owner_ok(st.st_uid) {
+        let why = format!("it is owned by uid {}, not by uid {} or root", st.st_uid, euid());
+        return Err(refuse_outside(path, what, &why));
+    }
+    if st.st_mode & 0o022 != 0 {
+        let why = format!("other users can write in it (mode {:o})", st.st_mode & 0o7777);
+        return Err(refuse_outside(path, what, &why));
+    }
+    Ok(())
 }
 
 /// The uid whose catalog this is.

@@ -107,10 +107,14 @@ pub fn open_lock(dir: &Folder, name: &str) -> std::io::Result<File> {
 /// else, as the library creates every image and temporary file. Anything
 /// else named by a note or record is left alone.
 pub fn removable(path: &Path) -> bool {
-    path.is_absolute()
-        && !path.components().any(|c| c == Component::ParentDir)
+    plain_absolute(path)
         && fs::symlink_metadata(path)
             .is_ok_and(|m| m.is_file() && m.uid() == euid() && m.mode() & 0o077 == 0)
+}
+
+/// An absolute path with no `..` in it.
+pub fn plain_absolute(path: &Path) -> bool {
+    path.is_absolute() && !path.components().any(|c| c == Component::ParentDir)
 }
 
 /// `removable` on a file's `lstat`: a regular file of ours, private.
