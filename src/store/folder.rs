@@ -233,7 +233,7 @@ impl Folder {
         let refuse = |why: &str| refuse_outside(path, what, why);
         let fd = match rustix::fs::open(path, dir_flags(), Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::LOOP) if link_at(None, path) => {
+            Err(Errno::LOOP | Errno::NOTDIR) if link_at(None, path) => {
                 return Err(refuse("it is a symbolic link"));
             }
             Err(Errno::NOTDIR | Errno::LOOP) => return Err(refuse("it is not a folder")),
