@@ -231,6 +231,7 @@ static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_sigint(_: libc::c_int) {
     if INTERRUPTS.fetch_add(1, Ordering::SeqCst) >= 1 {
+        // SAFETY: _exit is async-signal-safe and takes no pointer.
         unsafe { libc::_exit(130) };
     }
 }
@@ -240,6 +241,9 @@ fn interrupted() -> bool {
 }
 
 fn catch_sigint() {
+    // SAFETY: `sa` is a zeroed plain C struct (valid for sigaction), filled
+    // with a handler that only touches an atomic and calls _exit, both
+    // async-signal-safe; the pointers passed live across each call.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigint as *const () as usize;
@@ -528,16 +532,21 @@ static PARENT_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32:
 /// Returns only in the child.
 fn detach(json_out: bool, quiet: bool) {
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         eprintln!("error: cannot create a pipe");
         std::process::exit(1);
     }
+    // SAFETY: called from main before the command has started a thread or
+    // opened a connection, so the child is a whole copy of this process.
     match unsafe { libc::fork() } {
         -1 => {
             eprintln!("error: cannot fork");
             std::process::exit(1);
         }
         0 => {
+            // SAFETY: closes the child's copy of the read end, which nothing
+            // else owns, and starts a new session; no pointer is passed.
             unsafe {
                 libc::close(fds[0]);
                 libc::setsid();
@@ -545,10 +554,13 @@ fn detach(json_out: bool, quiet: bool) {
             PARENT_PIPE.store(fds[1], Ordering::SeqCst);
         }
         _ => {
+            // SAFETY: the parent's copy of the write end, owned by nothing
+            // else, closed once.
             unsafe { libc::close(fds[1]) };
             let mut msg = Vec::new();
             let mut buf = [0u8; 4096];
             loop {
+                // SAFETY: reads at most `buf.len()` bytes into `buf`.
                 let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
                 if n <= 0 {
                     break;
@@ -579,6 +591,9 @@ fn report_to_parent(msg: &str) {
     if fd < 0 {
         return;
     }
+    // SAFETY: writes `msg.len()` bytes from `msg`; `fd` was taken out of
+    // PARENT_PIPE above, so it is closed once; dup2 only replaces the
+    // standard descriptors with /dev/null (a path given as a C string).
     unsafe {
         libc::write(fd, msg.as_ptr().cast(), msg.len());
         libc::close(fd);
@@ -758,9 +773,14 @@ fn restart_after_interrupted_restore(uuid: &str) -> ! {
             u.as_ptr(),
             std::ptr::null(),
         ];
+        // SAFETY: `exe` and `u` are C strings that outlive the call and
+        // `args` is a null-terminated array of pointers to them (or to a
+        // static C string).
         unsafe { libc::execv(exe.as_ptr(), args.as_ptr()) };
     }
     eprintln!("error: restore interrupted");
+    // SAFETY: _exit takes no pointer; the restore's thread and its locks
+    // are left behind on purpose (see above).
     unsafe { libc::_exit(1) }
 }
 
@@ -1030,6 +1050,7 @@ fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
 
 fn main() {
     // Quiet end when the reader of our output goes away (`| head`).
+    // SAFETY: restores the default action of a signal; no handler of ours.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     // libvirt's default handler prints every error; ours are printed once, below.

@@ -38,7 +38,11 @@ pub fn period_key(t: i64, p: Period, utc: bool) -> String {
         Period::Month => c"%Y/%m",
     };
     let time = t as libc::time_t;
+    // SAFETY: libc::tm is a plain C struct (ints and a pointer) for which
+    // all zeroes is valid.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals; the _r variants are
+    // thread-safe.
     unsafe {
         if utc {
             libc::gmtime_r(&time, &mut tm);
@@ -47,6 +51,8 @@ pub fn period_key(t: i64, p: Period, utc: bool) -> String {
         }
     }
     let mut buf = [0u8; 32];
+    // SAFETY: strftime writes at most `buf.len()` bytes into `buf`, from a
+    // static C format and a filled `tm`, and returns how many.
     let n = unsafe {
         libc::strftime(
             buf.as_mut_ptr() as *mut libc::c_char,
