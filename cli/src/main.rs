@@ -71,6 +71,11 @@ enum Command {
     /// Set where a domain's backups go by default
     DefaultTarget(DefaultTargetArgs),
     /// Delete the backups a retention policy does not keep
+    #[command(
+        after_help = "A policy in which every --keep-* is 0 keeps every backup (as Proxmox \
+                            Backup Server does) and says so. A prune that would remove every \
+                            completed backup of the domain is refused unless --force is given."
+    )]
     Prune(PruneArgs),
     /// Re-read a backup (or every backup of a domain) and check it against its digests
     Verify {
@@ -213,17 +218,25 @@ struct DefaultTargetArgs {
 #[derive(Args)]
 struct PruneArgs {
     domain: String,
+    /// Keep the N newest backups
     #[arg(long, value_name = "N")]
     keep_last: usize,
+    /// Keep the newest backup of each of the last N days that have backups
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_daily: usize,
+    /// Keep the newest backup of each of the last N ISO weeks that have backups
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_weekly: usize,
+    /// Keep the newest backup of each of the last N months that have backups
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_monthly: usize,
     /// Only print what would be kept and removed
     #[arg(long)]
     dry_run: bool,
+    /// Allow a prune that would remove every completed backup of the domain
+    /// (refused without it)
+    #[arg(long)]
+    force: bool,
 }
 
 /// SIGINT count: the first asks the running job to stop, the second exits.
@@ -949,6 +962,24 @@ fn cmd_prune(ctx: &mut Ctx, a: &PruneArgs) -> Res<()> {
         keep_monthly: a.keep_monthly,
     };
     let keep = prune::select(&times, &policy, prune::local_period);
+    // Proxmox's rule: no option keeps anything, so nothing is pruned.
+    let keep_all = !policy.keeps_something();
+    if keep_all {
+        ctx.say(&format!(
+            "no --keep-* option keeps a backup (all are 0): keeping all {} backups of {}",
+            items.len(),
+            a.domain
+        ));
+    }
+    // A safety net under the selection: never every backup without --force.
+    if prune::removes_all(&keep) && !a.force {
+        return Err(err(format!(
+            "this prune would remove all {} backups of {} and keep none: refused \
+             (give --force to remove them all)",
+            items.len(),
+            a.domain
+        )));
+    }
     let kept: Vec<&str> = items
         .iter()
         .zip(&keep)
@@ -981,7 +1012,9 @@ fn cmd_prune(ctx: &mut Ctx, a: &PruneArgs) -> Res<()> {
             }
         }
     }
-    ctx.print_json(json!({"keep": kept, "remove": removed, "dry_run": a.dry_run}));
+    ctx.print_json(json!({
+        "keep": kept, "remove": removed, "dry_run": a.dry_run, "keep_all": keep_all,
+    }));
     Ok(())
 }
 

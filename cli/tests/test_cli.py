@@ -228,6 +228,38 @@ def test_shut_off_domain_backup_verify_restore_prune(env):
     assert catalog_files(env) == []
 
 
+def test_prune_that_keeps_nothing_keeps_every_backup(env):
+    """Every --keep-* at 0 is no policy, as in Proxmox Backup Server (which
+    keeps everything when no option keeps anything), not "remove all": it
+    removed every backup. Now nothing is deleted and the command says so;
+    --force, which a prune removing every backup would need, is documented."""
+    vda = env.disk("vda.qcow2", 16 * MiB)
+    dom = env.domain([("vda", vda)])
+    uuids = [vbj("create", dom)["uuid"]]
+    qemu_io(vda, f"write -q -P 0x22 {8 * MiB} {MiB}")
+    uuids.append(vbj("create", dom, "--incremental")["uuid"])
+    zeros = ["--keep-daily", "0", "--keep-weekly", "0", "--keep-monthly", "0"]
+    for args in (["--keep-last", "0"], ["--keep-last", "0", *zeros],
+                 ["--keep-last", "0", "--force"], ["--keep-last", "0", "--dry-run"]):
+        j = vbj("prune", dom, *args)
+        assert j["keep"] == uuids and j["remove"] == [] and j["keep_all"] is True, (args, j)
+        assert [b["uuid"] for b in vbj("list", dom)] == uuids, args
+    out = vb("prune", dom, "--keep-last", "0").stdout
+    assert f"keeping all 2 backups of {dom}" in out, out
+    assert out.count("keep   ") == 2 and "remove" not in out, out
+    assert vb("-q", "prune", dom, "--keep-last", "0").stdout == ""
+    assert [b["uuid"] for b in vbj("list", dom)] == uuids
+    # A policy that keeps something still prunes; what it keeps verifies.
+    j = vbj("prune", dom, "--keep-last", "1")
+    assert j["keep"] == uuids[1:] and j["remove"] == uuids[:1] and j["keep_all"] is False, j
+    assert [b["uuid"] for b in vbj("list", dom)] == uuids[1:]
+    vb("verify", dom)
+    h = subprocess.run([VB, "prune", "--help"], capture_output=True, text=True).stdout
+    assert "--force" in h and "every --keep-* is 0 keeps every backup" in h, h
+    man = os.path.join(os.path.dirname(os.path.dirname(VB)), "share/man/man1/virt-backup.1")
+    assert "\\-\\-force" in open(man).read()
+
+
 def test_running_domain_backup_export(env):
     vda = env.disk("vda.qcow2")
     dom = env.domain([("vda", vda)], start=True)
