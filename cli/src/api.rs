@@ -208,11 +208,13 @@ impl Backup {
         }
         // SAFETY: not null, a NUL-terminated string the library malloc'd for
         // us; copied out before it is freed.
-        let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        let s = unsafe { CStr::from_ptr(p) }.to_str().map(str::to_owned);
         // SAFETY: malloc'd by the library for the caller to free, once; not
         // read after this.
         unsafe { libc::free(p as *mut libc::c_void) };
-        Ok(s)
+        // Data the command reads (UUIDs, paths), not a message: never a
+        // lossy copy.
+        s.map_err(|_| err("the library returned a backup description that is not UTF-8"))
     }
 
     pub fn delete(&self, flags: u32) -> Result<()> {

@@ -183,7 +183,8 @@ struct ExportArgs {
         conflicts_with = "unix"
     )]
     tcp: Option<String>,
-    /// Listen on a UNIX socket
+    /// Listen on a UNIX socket at exactly PATH (which must be valid UTF-8:
+    /// it goes into the XML the library reads)
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
     /// Serve over TLS to clients with a certificate of the CA (--tcp only;
@@ -323,12 +324,40 @@ impl Ctx {
     }
 }
 
+/// `s` as XML text or attribute value that the library reads back as `s`:
+/// the markup characters as entities, and tab, line feed and carriage
+/// return as character references, since an XML parser turns them into
+/// spaces in an attribute value (and a carriage return into a line feed in
+/// text), which would make a path with one of them another path.
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A path given on the command line, as it goes into the XML for the
+/// library: XML carries Unicode text, not arbitrary bytes, so a path that
+/// is not UTF-8 is refused (naming it, its bytes escaped) rather than
+/// replaced by a lossy copy that names another file.
+fn utf8_path<'a>(option: &str, path: &'a std::path::Path) -> Res<&'a str> {
+    path.to_str().ok_or_else(|| {
+        err(format!(
+            "{option} {path:?}: the path is not valid UTF-8, and the XML description \
+             given to the library cannot carry it; use a path that is valid UTF-8"
+        ))
+    })
 }
 
 fn info_of(b: &Backup) -> Res<BackupInfo> {
@@ -837,12 +866,18 @@ fn cmd_wait(ctx: &mut Ctx, uuid: &str) -> Res<()> {
 }
 
 fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
+    // Checked before anything starts: never serve at another path.
+    let unix = a
+        .unix
+        .as_deref()
+        .map(|p| utf8_path("--unix", p))
+        .transpose()?;
     let dom = ctx.domain(&a.domain)?;
     let mut x = String::from("<domainbackup>");
     if let Some(p) = &a.parent {
         x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(p));
     }
-    match (&a.tcp, &a.unix) {
+    match (&a.tcp, unix) {
         (Some(hp), _) => {
             let (h, p) = hp
                 .rsplit_once(':')
@@ -855,10 +890,7 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
             );
         }
         (None, Some(path)) => {
-            x += &format!(
-                "<server transport='unix' socket='{}'/>",
-                xml_escape(&path.to_string_lossy())
-            );
+            x += &format!("<server transport='unix' socket='{}'/>", xml_escape(path));
         }
         _ => unreachable!("clap requires one"),
     }
@@ -883,7 +915,7 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
     let info = info_of(&b)?;
     if ctx.json {
         ctx.print_json(json!({
-            "server": match (&a.tcp, &a.unix) {
+            "server": match (&a.tcp, unix) {
                 (Some(t), _) => json!({"tcp": t, "tls": a.tls}),
                 (None, u) => json!({"unix": u}),
             },
@@ -1130,5 +1162,45 @@ fn main() {
         let _ = std::io::stdout().flush();
         eprintln!("error: {}", e.message);
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_escape_reads_back_as_the_same_string() {
+        // In an attribute a parser turns tab, line feed and carriage return
+        // into spaces, and in text a carriage return into a line feed,
+        // unless they are character references.
+        for s in [
+            "/tmp/a b.sock",
+            "/tmp/a\tb\nc\rd\r\ne.sock",
+            "<&'\">",
+            "é/日本/\u{1F600}",
+        ] {
+            let x = format!("<a v='{0}' w=\"{0}\">{0}</a>", xml_escape(s));
+            let doc = roxmltree::Document::parse(&x).unwrap();
+            let a = doc.root_element();
+            assert_eq!(a.attribute("v"), Some(s), "{x}");
+            assert_eq!(a.attribute("w"), Some(s), "{x}");
+            assert_eq!(a.text(), Some(s), "{x}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_refused_by_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/tmp/nbd-\xff.sock"));
+        let e = utf8_path("--unix", p).unwrap_err();
+        assert!(
+            e.message.starts_with("--unix \"/tmp/nbd-\\xFF.sock\": "),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("not valid UTF-8"), "{}", e.message);
+        let p = std::path::Path::new("/tmp/a\nb.sock");
+        assert_eq!(utf8_path("--unix", p).unwrap(), "/tmp/a\nb.sock");
     }
 }

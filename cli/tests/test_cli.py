@@ -12,8 +12,10 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import time
+import urllib.parse
 import uuid as uuidlib
 
 import pytest
@@ -258,6 +260,57 @@ def test_prune_that_keeps_nothing_keeps_every_backup(env):
     assert "--force" in h and "every --keep-* is 0 keeps every backup" in h, h
     man = os.path.join(os.path.dirname(os.path.dirname(VB)), "share/man/man1/virt-backup.1")
     assert "\\-\\-force" in open(man).read()
+
+
+def test_export_unix_serves_at_exactly_the_path_given(env):
+    """--unix PATH: the export listens at PATH itself, never at a rewritten
+    one. A path that is not UTF-8 cannot go into the XML: it was served at a
+    lossy copy (U+FFFD for the byte); now it is refused, naming the path,
+    and nothing listens. A tab, line feed or carriage return in the path
+    reaches the library intact (an XML parser reads them as spaces in an
+    attribute value, unless written as character references)."""
+    vda = env.disk("u.qcow2", 16 * MiB, writes=(("0x5e", MiB, MiB),))
+    dom = env.domain([("vda", vda)])
+    folder = env.path("s")
+    os.mkdir(folder)
+    bad = os.path.join(os.fsencode(folder), b"nbd-\xff.sock")
+    p = subprocess.run([os.fsencode(VB), b"-c", URI.encode(), b"export", dom.encode(),
+                        b"--unix", bad, b"--timeout", b"3"], capture_output=True, timeout=120)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert p.stderr.startswith(b"error: --unix ") and b"nbd-\\xFF.sock" in p.stderr, p.stderr
+    assert b"not valid UTF-8" in p.stderr and p.stdout == b"", p.stderr
+    assert os.listdir(folder) == []
+
+    odd = os.path.join(folder, "a\tb\nc\rd.sock")
+    p = subprocess.Popen([VB, "-c", URI, "export", dom, "--unix", odd, "--timeout", "60"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line == "disk vda: export 'vda'\n", \
+            line + (p.stderr.read() if p.poll() is not None else "")
+        assert os.listdir(folder) == [os.path.basename(odd)]
+        assert stat.S_ISSOCK(os.stat(odd).st_mode)
+        url = "nbd+unix:///vda?socket=" + urllib.parse.quote(odd, safe="/")
+        info = run("nbdinfo", "--json", url).stdout
+        assert json.loads(info)["exports"][0]["export-size"] == 16 * MiB
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+
+
+def test_create_target_path_with_white_space_is_kept(env):
+    """The CLI writes --disk NAME=PATH into the XML: a line feed or tab in
+    PATH reached the library as a space, and the backup went to another
+    file."""
+    vda = env.disk("w.qcow2", 16 * MiB)
+    dom = env.domain([("vda", vda)])
+    folder = env.path("t")
+    os.mkdir(folder)
+    target = os.path.join(folder, "full\nof\tspace.qcow2")
+    vb("create", dom, "--disk", f"vda={target}")
+    assert os.listdir(folder) == [os.path.basename(target)]
+    assert same(target, vda)
 
 
 def test_running_domain_backup_export(env):
