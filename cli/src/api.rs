@@ -71,16 +71,20 @@ impl std::fmt::Display for ApiError {
 pub type Result<T> = std::result::Result<T, ApiError>;
 
 pub fn last_error() -> ApiError {
-    // SAFETY: the message is owned by the library, valid until the next call.
+    // SAFETY: takes no argument; the message is owned by the library, valid
+    // until the next call on this thread.
     let msg = unsafe { virDomainBackupGetLastErrorMessage() };
     let message = if msg.is_null() {
         "unknown error".to_string()
     } else {
+        // SAFETY: not null, a NUL-terminated string the library keeps until
+        // its next call on this thread; copied out at once.
         unsafe { CStr::from_ptr(msg) }
             .to_string_lossy()
             .into_owned()
     };
     ApiError {
+        // SAFETY: takes no argument and returns a plain int.
         code: unsafe { virDomainBackupGetLastErrorCode() },
         message,
     }
@@ -104,12 +108,17 @@ fn check(rc: c_int) -> Result<c_int> {
 /// One reference on a backup object, released on drop.
 pub struct Backup(BackupPtr);
 
-// The library's handles are thread-safe (API.md: "handles may be shared").
+// SAFETY: the library's handles are thread-safe (API.md: "handles may be
+// shared"), and `Backup` only passes its pointer to the library.
 unsafe impl Send for Backup {}
+// SAFETY: as for Send: every call on a shared handle is the library's to
+// synchronize.
 unsafe impl Sync for Backup {}
 
 impl Drop for Backup {
     fn drop(&mut self) {
+        // SAFETY: `self.0` is a live handle holding the one reference this
+        // `Backup` owns; it is released once, here, and never used again.
         unsafe { virDomainBackupFree(self.0) };
     }
 }
@@ -155,67 +164,101 @@ impl Param {
 impl Backup {
     pub fn create(dom: &Domain, xml: &str, flags: u32) -> Result<Backup> {
         let x = cstr(xml)?;
+        // SAFETY: `dom` is a live virDomainPtr borrowed for the call and `x` a
+        // NUL-terminated string that outlives it; a null result is checked.
         wrap(unsafe { virDomainBackupCreateXML(dom.as_ptr(), x.as_ptr(), flags) })
     }
 
     pub fn start_unmanaged(dom: &Domain, xml: &str) -> Result<Backup> {
         let x = cstr(xml)?;
+        // SAFETY: as in `create`: a live domain and a C string that outlive
+        // the call; a null result is checked.
         wrap(unsafe { virDomainBackupStartUnmanaged(dom.as_ptr(), x.as_ptr(), 0) })
     }
 
     pub fn lookup(uuid: &str) -> Result<Backup> {
         let u = cstr(uuid)?;
+        // SAFETY: `u` is a NUL-terminated string that outlives the call; a
+        // null result is checked.
         wrap(unsafe { virDomainBackupLookupByUUID(u.as_ptr(), 0) })
     }
 
     pub fn list(dom: &Domain, flags: u32) -> Result<Vec<Backup>> {
         let mut arr: *mut BackupPtr = ptr::null_mut();
+        // SAFETY: `dom` is a live virDomainPtr borrowed for the call and `arr`
+        // a valid place for the library to store its array.
         let n = check(unsafe { virDomainBackupList(dom.as_ptr(), &mut arr, flags) })?;
         let mut out = Vec::with_capacity(n as usize);
         for i in 0..n as usize {
+            // SAFETY: on success `arr` holds `n` handles, each a reference
+            // handed to us; each goes into one `Backup` that frees it.
             out.push(Backup(unsafe { *arr.add(i) }));
         }
+        // SAFETY: the array was malloc'd by the library for the caller to
+        // free; its handles were moved out above and it is not read again.
         unsafe { libc::free(arr as *mut libc::c_void) };
         Ok(out)
     }
 
     pub fn xml(&self) -> Result<String> {
+        // SAFETY: `self.0` is a live handle; a null result is checked.
         let p = unsafe { virDomainBackupObjGetXMLDesc(self.0, 0) };
         if p.is_null() {
             return Err(last_error());
         }
-        let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        // SAFETY: not null, a NUL-terminated string the library malloc'd for
+        // us; copied out before it is freed.
+        let s = unsafe { CStr::from_ptr(p) }.to_str().map(str::to_owned);
+        // SAFETY: malloc'd by the library for the caller to free, once; not
+        // read after this.
         unsafe { libc::free(p as *mut libc::c_void) };
-        Ok(s)
+        // Data the command reads (UUIDs, paths), not a message: never a
+        // lossy copy.
+        s.map_err(|_| err("the library returned a backup description that is not UTF-8"))
     }
 
     pub fn delete(&self, flags: u32) -> Result<()> {
+        // SAFETY: `self.0` is a live handle; deleting leaves it valid to free.
         check(unsafe { virDomainBackupDelete(self.0, flags) }).map(drop)
     }
 
     pub fn finish(&self, flags: u32) -> Result<i32> {
+        // SAFETY: `self.0` is a live handle.
         check(unsafe { virDomainBackupFinishJob(self.0, flags) })
     }
 
     pub fn abort(&self) -> Result<()> {
+        // SAFETY: `self.0` is a live handle.
         check(unsafe { virDomainBackupAbortJob(self.0, 0) }).map(drop)
     }
 
     pub fn verify(&self) -> Result<()> {
+        // SAFETY: `self.0` is a live handle.
         check(unsafe { virDomainBackupVerify(self.0, 0) }).map(drop)
     }
 
     pub fn parameters(&self) -> Result<Vec<(String, Param)>> {
         let mut n: c_int = 0;
+        // SAFETY: `self.0` is a live handle; a null array asks only for the
+        // count, written to `n`.
         check(unsafe { virDomainBackupGetParameters(self.0, ptr::null_mut(), &mut n, 0) })?;
         let mut params: Vec<sys::virTypedParameter> =
+            // SAFETY: virTypedParameter is a plain C struct (bytes, ints, a
+            // union of numbers and a pointer) for which all zeroes is valid.
             vec![unsafe { std::mem::zeroed() }; n as usize];
+        // SAFETY: `params` has room for the `n` parameters the library was
+        // asked for; it writes back how many it filled in `n`.
         check(unsafe { virDomainBackupGetParameters(self.0, params.as_mut_ptr(), &mut n, 0) })?;
         let mut out = Vec::new();
         for p in &params[..n as usize] {
+            // SAFETY: the library fills `field` with a NUL-terminated name
+            // within its fixed size.
             let name = unsafe { CStr::from_ptr(p.field.as_ptr()) }
                 .to_string_lossy()
                 .into_owned();
+            // SAFETY: the union member read is the one `type_` names, and a
+            // string parameter's `s` is a NUL-terminated string the library
+            // allocated (freed by virTypedParamsClear below).
             let v = unsafe {
                 match p.type_ as u32 {
                     sys::VIR_TYPED_PARAM_INT => Param::Int(p.value.i),
@@ -230,6 +273,8 @@ impl Backup {
             };
             out.push((name, v));
         }
+        // SAFETY: frees the strings of the `n` parameters the library filled,
+        // once; `out` holds copies of them.
         unsafe { sys::virTypedParamsClear(params.as_mut_ptr(), n) };
         Ok(out)
     }
@@ -241,10 +286,13 @@ pub fn param<'a>(params: &'a [(String, Param)], name: &str) -> Option<&'a Param>
 
 pub fn restore(xml: &str, flags: u32) -> Result<()> {
     let x = cstr(xml)?;
+    // SAFETY: `x` is a NUL-terminated string that outlives the call.
     check(unsafe { virDomainBackupRestore(x.as_ptr(), flags) }).map(drop)
 }
 
 pub fn set_default_target(dom: &Domain, xml: &str, flags: u32) -> Result<()> {
     let x = cstr(xml)?;
+    // SAFETY: `dom` is a live virDomainPtr borrowed for the call and `x` a
+    // NUL-terminated string that outlives it.
     check(unsafe { virDomainSetDefaultTarget(dom.as_ptr(), x.as_ptr(), flags) }).map(drop)
 }

@@ -105,9 +105,14 @@ impl BackupInfo {
 /// `ctime`-like local time, as virsh prints creation times.
 pub fn local_time(t: i64) -> String {
     let time = t as libc::time_t;
+    // SAFETY: libc::tm is a plain C struct (ints and a pointer) for which
+    // all zeroes is valid.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals; localtime_r is thread-safe.
     unsafe { libc::localtime_r(&time, &mut tm) };
     let mut buf = [0u8; 64];
+    // SAFETY: strftime writes at most `buf.len()` bytes into `buf`, from a
+    // static C format and a filled `tm`, and returns how many.
     let n = unsafe {
         libc::strftime(
             buf.as_mut_ptr() as *mut libc::c_char,

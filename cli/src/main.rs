@@ -71,6 +71,11 @@ enum Command {
     /// Set where a domain's backups go by default
     DefaultTarget(DefaultTargetArgs),
     /// Delete the backups a retention policy does not keep
+    #[command(
+        after_help = "A policy in which every --keep-* is 0 keeps every backup (as Proxmox \
+                            Backup Server does) and says so. A prune that would remove every \
+                            completed backup of the domain is refused unless --force is given."
+    )]
     Prune(PruneArgs),
     /// Re-read a backup (or every backup of a domain) and check it against its digests
     Verify {
@@ -178,7 +183,8 @@ struct ExportArgs {
         conflicts_with = "unix"
     )]
     tcp: Option<String>,
-    /// Listen on a UNIX socket
+    /// Listen on a UNIX socket at exactly PATH (which must be valid UTF-8:
+    /// it goes into the XML the library reads)
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
     /// Serve over TLS to clients with a certificate of the CA (--tcp only;
@@ -213,17 +219,25 @@ struct DefaultTargetArgs {
 #[derive(Args)]
 struct PruneArgs {
     domain: String,
+    /// Keep the N newest backups
     #[arg(long, value_name = "N")]
     keep_last: usize,
+    /// Keep the newest backup of each of the last N days that have backups
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_daily: usize,
+    /// Keep the newest backup of each of the last N ISO weeks that have backups
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_weekly: usize,
+    /// Keep the newest backup of each of the last N months that have backups
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_monthly: usize,
     /// Only print what would be kept and removed
     #[arg(long)]
     dry_run: bool,
+    /// Allow a prune that would remove every completed backup of the domain
+    /// (refused without it)
+    #[arg(long)]
+    force: bool,
 }
 
 /// SIGINT count: the first asks the running job to stop, the second exits.
@@ -231,6 +245,7 @@ static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_sigint(_: libc::c_int) {
     if INTERRUPTS.fetch_add(1, Ordering::SeqCst) >= 1 {
+        // SAFETY: _exit is async-signal-safe and takes no pointer.
         unsafe { libc::_exit(130) };
     }
 }
@@ -240,6 +255,9 @@ fn interrupted() -> bool {
 }
 
 fn catch_sigint() {
+    // SAFETY: `sa` is a zeroed plain C struct (valid for sigaction), filled
+    // with a handler that only touches an atomic and calls _exit, both
+    // async-signal-safe; the pointers passed live across each call.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigint as *const () as usize;
@@ -306,12 +324,40 @@ impl Ctx {
     }
 }
 
+/// `s` as XML text or attribute value that the library reads back as `s`:
+/// the markup characters as entities, and tab, line feed and carriage
+/// return as character references, since an XML parser turns them into
+/// spaces in an attribute value (and a carriage return into a line feed in
+/// text), which would make a path with one of them another path.
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A path given on the command line, as it goes into the XML for the
+/// library: XML carries Unicode text, not arbitrary bytes, so a path that
+/// is not UTF-8 is refused (naming it, its bytes escaped) rather than
+/// replaced by a lossy copy that names another file.
+fn utf8_path<'a>(option: &str, path: &'a std::path::Path) -> Res<&'a str> {
+    path.to_str().ok_or_else(|| {
+        err(format!(
+            "{option} {path:?}: the path is not valid UTF-8, and the XML description \
+             given to the library cannot carry it; use a path that is valid UTF-8"
+        ))
+    })
 }
 
 fn info_of(b: &Backup) -> Res<BackupInfo> {
@@ -528,16 +574,21 @@ static PARENT_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32:
 /// Returns only in the child.
 fn detach(json_out: bool, quiet: bool) {
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         eprintln!("error: cannot create a pipe");
         std::process::exit(1);
     }
+    // SAFETY: called from main before the command has started a thread or
+    // opened a connection, so the child is a whole copy of this process.
     match unsafe { libc::fork() } {
         -1 => {
             eprintln!("error: cannot fork");
             std::process::exit(1);
         }
         0 => {
+            // SAFETY: closes the child's copy of the read end, which nothing
+            // else owns, and starts a new session; no pointer is passed.
             unsafe {
                 libc::close(fds[0]);
                 libc::setsid();
@@ -545,10 +596,13 @@ fn detach(json_out: bool, quiet: bool) {
             PARENT_PIPE.store(fds[1], Ordering::SeqCst);
         }
         _ => {
+            // SAFETY: the parent's copy of the write end, owned by nothing
+            // else, closed once.
             unsafe { libc::close(fds[1]) };
             let mut msg = Vec::new();
             let mut buf = [0u8; 4096];
             loop {
+                // SAFETY: reads at most `buf.len()` bytes into `buf`.
                 let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
                 if n <= 0 {
                     break;
@@ -579,6 +633,9 @@ fn report_to_parent(msg: &str) {
     if fd < 0 {
         return;
     }
+    // SAFETY: writes `msg.len()` bytes from `msg`; `fd` was taken out of
+    // PARENT_PIPE above, so it is closed once; dup2 only replaces the
+    // standard descriptors with /dev/null (a path given as a C string).
     unsafe {
         libc::write(fd, msg.as_ptr().cast(), msg.len());
         libc::close(fd);
@@ -758,9 +815,14 @@ fn restart_after_interrupted_restore(uuid: &str) -> ! {
             u.as_ptr(),
             std::ptr::null(),
         ];
+        // SAFETY: `exe` and `u` are C strings that outlive the call and
+        // `args` is a null-terminated array of pointers to them (or to a
+        // static C string).
         unsafe { libc::execv(exe.as_ptr(), args.as_ptr()) };
     }
     eprintln!("error: restore interrupted");
+    // SAFETY: _exit takes no pointer; the restore's thread and its locks
+    // are left behind on purpose (see above).
     unsafe { libc::_exit(1) }
 }
 
@@ -804,12 +866,18 @@ fn cmd_wait(ctx: &mut Ctx, uuid: &str) -> Res<()> {
 }
 
 fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
+    // Checked before anything starts: never serve at another path.
+    let unix = a
+        .unix
+        .as_deref()
+        .map(|p| utf8_path("--unix", p))
+        .transpose()?;
     let dom = ctx.domain(&a.domain)?;
     let mut x = String::from("<domainbackup>");
     if let Some(p) = &a.parent {
         x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(p));
     }
-    match (&a.tcp, &a.unix) {
+    match (&a.tcp, unix) {
         (Some(hp), _) => {
             let (h, p) = hp
                 .rsplit_once(':')
@@ -822,10 +890,7 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
             );
         }
         (None, Some(path)) => {
-            x += &format!(
-                "<server transport='unix' socket='{}'/>",
-                xml_escape(&path.to_string_lossy())
-            );
+            x += &format!("<server transport='unix' socket='{}'/>", xml_escape(path));
         }
         _ => unreachable!("clap requires one"),
     }
@@ -850,7 +915,7 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
     let info = info_of(&b)?;
     if ctx.json {
         ctx.print_json(json!({
-            "server": match (&a.tcp, &a.unix) {
+            "server": match (&a.tcp, unix) {
                 (Some(t), _) => json!({"tcp": t, "tls": a.tls}),
                 (None, u) => json!({"unix": u}),
             },
@@ -929,6 +994,24 @@ fn cmd_prune(ctx: &mut Ctx, a: &PruneArgs) -> Res<()> {
         keep_monthly: a.keep_monthly,
     };
     let keep = prune::select(&times, &policy, prune::local_period);
+    // Proxmox's rule: no option keeps anything, so nothing is pruned.
+    let keep_all = !policy.keeps_something();
+    if keep_all {
+        ctx.say(&format!(
+            "no --keep-* option keeps a backup (all are 0): keeping all {} backups of {}",
+            items.len(),
+            a.domain
+        ));
+    }
+    // A safety net under the selection: never every backup without --force.
+    if prune::removes_all(&keep) && !a.force {
+        return Err(err(format!(
+            "this prune would remove all {} backups of {} and keep none: refused \
+             (give --force to remove them all)",
+            items.len(),
+            a.domain
+        )));
+    }
     let kept: Vec<&str> = items
         .iter()
         .zip(&keep)
@@ -961,7 +1044,9 @@ fn cmd_prune(ctx: &mut Ctx, a: &PruneArgs) -> Res<()> {
             }
         }
     }
-    ctx.print_json(json!({"keep": kept, "remove": removed, "dry_run": a.dry_run}));
+    ctx.print_json(json!({
+        "keep": kept, "remove": removed, "dry_run": a.dry_run, "keep_all": keep_all,
+    }));
     Ok(())
 }
 
@@ -1030,6 +1115,7 @@ fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
 
 fn main() {
     // Quiet end when the reader of our output goes away (`| head`).
+    // SAFETY: restores the default action of a signal; no handler of ours.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     // libvirt's default handler prints every error; ours are printed once, below.
@@ -1076,5 +1162,45 @@ fn main() {
         let _ = std::io::stdout().flush();
         eprintln!("error: {}", e.message);
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_escape_reads_back_as_the_same_string() {
+        // In an attribute a parser turns tab, line feed and carriage return
+        // into spaces, and in text a carriage return into a line feed,
+        // unless they are character references.
+        for s in [
+            "/tmp/a b.sock",
+            "/tmp/a\tb\nc\rd\r\ne.sock",
+            "<&'\">",
+            "é/日本/\u{1F600}",
+        ] {
+            let x = format!("<a v='{0}' w=\"{0}\">{0}</a>", xml_escape(s));
+            let doc = roxmltree::Document::parse(&x).unwrap();
+            let a = doc.root_element();
+            assert_eq!(a.attribute("v"), Some(s), "{x}");
+            assert_eq!(a.attribute("w"), Some(s), "{x}");
+            assert_eq!(a.text(), Some(s), "{x}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_refused_by_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/tmp/nbd-\xff.sock"));
+        let e = utf8_path("--unix", p).unwrap_err();
+        assert!(
+            e.message.starts_with("--unix \"/tmp/nbd-\\xFF.sock\": "),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("not valid UTF-8"), "{}", e.message);
+        let p = std::path::Path::new("/tmp/a\nb.sock");
+        assert_eq!(utf8_path("--unix", p).unwrap(), "/tmp/a\nb.sock");
     }
 }

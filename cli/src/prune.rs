@@ -6,7 +6,8 @@
 //! that have backups, skipping periods that already hold a backup kept by an
 //! earlier option and backups an earlier option already decided about; the
 //! other backups of a period it covered are removed. Whatever no option kept
-//! is removed.
+//! is removed. As in Proxmox Backup Server, a policy in which no option keeps
+//! anything (every N is 0) keeps every backup instead of none.
 
 use std::collections::{HashMap, HashSet};
 
@@ -16,6 +17,20 @@ pub struct Policy {
     pub keep_daily: usize,
     pub keep_weekly: usize,
     pub keep_monthly: usize,
+}
+
+impl Policy {
+    /// Whether some option keeps a backup (Proxmox Backup Server's
+    /// `keeps_something`). A policy that keeps nothing keeps everything.
+    pub fn keeps_something(&self) -> bool {
+        self.keep_last > 0 || self.keep_daily > 0 || self.keep_weekly > 0 || self.keep_monthly > 0
+    }
+}
+
+/// Whether a selection (`select`'s result) removes every backup it was given
+/// (and there was one): such a prune needs `--force`.
+pub fn removes_all(keep: &[bool]) -> bool {
+    !keep.is_empty() && keep.iter().all(|k| !*k)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +53,11 @@ pub fn period_key(t: i64, p: Period, utc: bool) -> String {
         Period::Month => c"%Y/%m",
     };
     let time = t as libc::time_t;
+    // SAFETY: libc::tm is a plain C struct (ints and a pointer) for which
+    // all zeroes is valid.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals; the _r variants are
+    // thread-safe.
     unsafe {
         if utc {
             libc::gmtime_r(&time, &mut tm);
@@ -47,6 +66,8 @@ pub fn period_key(t: i64, p: Period, utc: bool) -> String {
         }
     }
     let mut buf = [0u8; 32];
+    // SAFETY: strftime writes at most `buf.len()` bytes into `buf`, from a
+    // static C format and a filled `tm`, and returns how many.
     let n = unsafe {
         libc::strftime(
             buf.as_mut_ptr() as *mut libc::c_char,
@@ -99,7 +120,11 @@ fn mark_selections(
 
 /// For backups given as (creation time, order among equal times), which to
 /// keep: a vector of the same length. `period` names the period of a time.
+/// A policy that keeps nothing keeps them all.
 pub fn select(times: &[i64], policy: &Policy, period: impl Fn(i64, Period) -> String) -> Vec<bool> {
+    if !policy.keeps_something() {
+        return vec![true; times.len()];
+    }
     let mut order: Vec<(usize, i64)> = times.iter().copied().enumerate().collect();
     // Newest first; among equal times the later in the list is newer.
     order.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
@@ -210,10 +235,61 @@ mod tests {
         };
         assert_eq!(kept(&times, p), vec![0, 1, 2, 3, 4]);
         let p = Policy {
-            keep_last: 0,
-            keep_daily: 0,
+            keep_last: 2,
             ..Policy::default()
         };
-        assert!(kept(&times, p).is_empty());
+        assert_eq!(kept(&times, p), vec![3, 4]);
+    }
+
+    #[test]
+    fn a_policy_that_keeps_nothing_keeps_everything() {
+        // As Proxmox Backup Server: every N at 0 is no policy, not "remove all".
+        let times: Vec<i64> = (0..5).map(|d| MON + d * DAY).collect();
+        for p in [
+            Policy::default(),
+            Policy {
+                keep_last: 0,
+                keep_daily: 0,
+                keep_weekly: 0,
+                keep_monthly: 0,
+            },
+        ] {
+            assert!(!p.keeps_something());
+            assert_eq!(kept(&times, p), vec![0, 1, 2, 3, 4]);
+            assert!(!removes_all(&select(&times, &p, utc)));
+        }
+        assert!(kept(&[], Policy::default()).is_empty());
+        // Any single option at 1 keeps something, hence at least one backup.
+        for p in [
+            Policy {
+                keep_last: 1,
+                ..Policy::default()
+            },
+            Policy {
+                keep_daily: 1,
+                ..Policy::default()
+            },
+            Policy {
+                keep_weekly: 1,
+                ..Policy::default()
+            },
+            Policy {
+                keep_monthly: 1,
+                ..Policy::default()
+            },
+        ] {
+            assert!(p.keeps_something());
+            assert_eq!(kept(&times, p), vec![4]);
+        }
+    }
+
+    #[test]
+    fn removing_every_backup_is_told_apart() {
+        assert!(removes_all(&[false]));
+        assert!(removes_all(&[false, false, false]));
+        assert!(!removes_all(&[false, true, false]));
+        assert!(!removes_all(&[true]));
+        // Nothing to remove is not removing everything.
+        assert!(!removes_all(&[]));
     }
 }

@@ -12,8 +12,10 @@ import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import time
+import urllib.parse
 import uuid as uuidlib
 
 import pytest
@@ -226,6 +228,89 @@ def test_shut_off_domain_backup_verify_restore_prune(env):
     vb("delete", uuids[3])
     assert vbj("list", dom) == []
     assert catalog_files(env) == []
+
+
+def test_prune_that_keeps_nothing_keeps_every_backup(env):
+    """Every --keep-* at 0 is no policy, as in Proxmox Backup Server (which
+    keeps everything when no option keeps anything), not "remove all": it
+    removed every backup. Now nothing is deleted and the command says so;
+    --force, which a prune removing every backup would need, is documented."""
+    vda = env.disk("vda.qcow2", 16 * MiB)
+    dom = env.domain([("vda", vda)])
+    uuids = [vbj("create", dom)["uuid"]]
+    qemu_io(vda, f"write -q -P 0x22 {8 * MiB} {MiB}")
+    uuids.append(vbj("create", dom, "--incremental")["uuid"])
+    zeros = ["--keep-daily", "0", "--keep-weekly", "0", "--keep-monthly", "0"]
+    for args in (["--keep-last", "0"], ["--keep-last", "0", *zeros],
+                 ["--keep-last", "0", "--force"], ["--keep-last", "0", "--dry-run"]):
+        j = vbj("prune", dom, *args)
+        assert j["keep"] == uuids and j["remove"] == [] and j["keep_all"] is True, (args, j)
+        assert [b["uuid"] for b in vbj("list", dom)] == uuids, args
+    out = vb("prune", dom, "--keep-last", "0").stdout
+    assert f"keeping all 2 backups of {dom}" in out, out
+    assert out.count("keep   ") == 2 and "remove" not in out, out
+    assert vb("-q", "prune", dom, "--keep-last", "0").stdout == ""
+    assert [b["uuid"] for b in vbj("list", dom)] == uuids
+    # A policy that keeps something still prunes; what it keeps verifies.
+    j = vbj("prune", dom, "--keep-last", "1")
+    assert j["keep"] == uuids[1:] and j["remove"] == uuids[:1] and j["keep_all"] is False, j
+    assert [b["uuid"] for b in vbj("list", dom)] == uuids[1:]
+    vb("verify", dom)
+    h = subprocess.run([VB, "prune", "--help"], capture_output=True, text=True).stdout
+    assert "--force" in h and "every --keep-* is 0 keeps every backup" in h, h
+    man = os.path.join(os.path.dirname(os.path.dirname(VB)), "share/man/man1/virt-backup.1")
+    assert "\\-\\-force" in open(man).read()
+
+
+def test_export_unix_serves_at_exactly_the_path_given(env):
+    """--unix PATH: the export listens at PATH itself, never at a rewritten
+    one. A path that is not UTF-8 cannot go into the XML: it was served at a
+    lossy copy (U+FFFD for the byte); now it is refused, naming the path,
+    and nothing listens. A tab, line feed or carriage return in the path
+    reaches the library intact (an XML parser reads them as spaces in an
+    attribute value, unless written as character references)."""
+    vda = env.disk("u.qcow2", 16 * MiB, writes=(("0x5e", MiB, MiB),))
+    dom = env.domain([("vda", vda)])
+    folder = env.path("s")
+    os.mkdir(folder)
+    bad = os.path.join(os.fsencode(folder), b"nbd-\xff.sock")
+    p = subprocess.run([os.fsencode(VB), b"-c", URI.encode(), b"export", dom.encode(),
+                        b"--unix", bad, b"--timeout", b"3"], capture_output=True, timeout=120)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert p.stderr.startswith(b"error: --unix ") and b"nbd-\\xFF.sock" in p.stderr, p.stderr
+    assert b"not valid UTF-8" in p.stderr and p.stdout == b"", p.stderr
+    assert os.listdir(folder) == []
+
+    odd = os.path.join(folder, "a\tb\nc\rd.sock")
+    p = subprocess.Popen([VB, "-c", URI, "export", dom, "--unix", odd, "--timeout", "60"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line == "disk vda: export 'vda'\n", \
+            line + (p.stderr.read() if p.poll() is not None else "")
+        assert os.listdir(folder) == [os.path.basename(odd)]
+        assert stat.S_ISSOCK(os.stat(odd).st_mode)
+        url = "nbd+unix:///vda?socket=" + urllib.parse.quote(odd, safe="/")
+        info = run("nbdinfo", "--json", url).stdout
+        assert json.loads(info)["exports"][0]["export-size"] == 16 * MiB
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+
+
+def test_create_target_path_with_white_space_is_kept(env):
+    """The CLI writes --disk NAME=PATH into the XML: a line feed or tab in
+    PATH reached the library as a space, and the backup went to another
+    file."""
+    vda = env.disk("w.qcow2", 16 * MiB)
+    dom = env.domain([("vda", vda)])
+    folder = env.path("t")
+    os.mkdir(folder)
+    target = os.path.join(folder, "full\nof\tspace.qcow2")
+    vb("create", dom, "--disk", f"vda={target}")
+    assert os.listdir(folder) == [os.path.basename(target)]
+    assert same(target, vda)
 
 
 def test_running_domain_backup_export(env):

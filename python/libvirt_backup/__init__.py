@@ -15,6 +15,12 @@ backup handle, and errors raised as :class:`libvirtBackupError`, a
 Handles are released by the garbage collector or at the end of a ``with``
 block; nothing is freed by hand.
 
+Arguments are checked before they reach C, as libvirt-python checks them:
+flags that do not fit in a C ``unsigned int`` (negative, or ``2**32`` and
+up) raise ``OverflowError`` rather than lose their high bits, and a string
+with a NUL character in it raises ``ValueError`` rather than reach the
+library cut short at the NUL.
+
 Bridging the two bindings (the one supported way, kept in this package):
 
 * Python to C: a ``libvirt.virDomain`` gives its ``virDomainPtr`` through
@@ -95,6 +101,35 @@ VIR_DOMAIN_UNDEFINE_BACKUP = 1 << 30
 _WAIT_SLICE = 0.1
 
 ParamValue = Union[int, bool, str, float]
+
+_UINT_MAX = 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------
+# Arguments to C, checked as libvirt-python checks them
+# --------------------------------------------------------------------------
+def _flags(flags: int) -> int:
+    """`flags` as a C ``unsigned int``. ctypes would keep the low 32 bits of
+    a larger int (``2**33`` would pass as 0, ``-1`` as ``0xffffffff``), so the
+    library could not refuse the bits it does not know; like libvirt-python,
+    raise ``OverflowError`` for what does not fit."""
+    if not isinstance(flags, int):
+        raise TypeError(f"flags must be an int, not {type(flags).__name__}")
+    if not 0 <= flags <= _UINT_MAX:
+        raise OverflowError(f"flags {flags} do not fit in a C unsigned int")
+    return int(flags)
+
+
+def _cstr(s: str, what: str) -> bytes:
+    """`s` as a NUL-terminated C string. A NUL inside would end it there and
+    the library would read only the part before; like libvirt-python, raise
+    ``ValueError`` instead."""
+    if not isinstance(s, str):
+        raise TypeError(f"{what} must be a str, not {type(s).__name__}")
+    b = s.encode()
+    if b"\0" in b:
+        raise ValueError(f"embedded null character in {what}")
+    return b
 
 
 # --------------------------------------------------------------------------
@@ -270,6 +305,7 @@ class Backup:
     def getXMLDesc(self, flags: int = 0) -> str:
         """The ``<domainbackup>`` document of the backup (flags: 0 or
         ``libvirt.VIR_DOMAIN_XML_SECURE``)."""
+        flags = _flags(flags)
         with self._use() as p:
             s = _capi.take_string(lib.virDomainBackupObjGetXMLDesc(p, flags))
             if s is None:
@@ -300,6 +336,7 @@ class Backup:
         """Direct children (backups made on top of this one), or all
         descendants with ``VIR_DOMAIN_BACKUP_LIST_DESCENDANTS``; other
         ``VIR_DOMAIN_BACKUP_LIST_*`` flags filter, as in :func:`listBackups`."""
+        flags = _flags(flags)
         with self._use() as p:
             return _collect(lib.virDomainBackupListChildren, p, flags,
                             "virDomainBackupListChildren", self._conn)
@@ -330,6 +367,7 @@ class Backup:
         block, 1 while it runs. ``VIR_DOMAIN_BACKUP_FINISH_JOB_CANCEL``:
         cancel it. For an unmanaged backup, 0 ends the export. Ctrl-C
         interrupts a wait and leaves the job running."""
+        flags = _flags(flags)
         if flags == 0 and not self._unmanaged:
             self._wait()
         with self._use() as p:
@@ -364,6 +402,7 @@ class Backup:
     def delete(self, flags: int = 0) -> int:
         """Delete the backup (``VIR_DOMAIN_BACKUP_DELETE_*``); children are
         merged so they stay restorable. Afterwards only releasing is left."""
+        flags = _flags(flags)
         with self._use() as p:
             if lib.virDomainBackupDelete(p, flags) < 0:
                 raise _error("virDomainBackupDelete")
@@ -374,6 +413,7 @@ class Backup:
         (``virDomainBackupVerify``); raises ``VIR_ERR_OPERATION_FAILED``
         naming the first mismatch, or ``VIR_ERR_NO_SUPPORT`` when the loaded
         library has no such call."""
+        flags = _flags(flags)
         if not _capi.HAVE_VERIFY:
             raise _own_error(libvirt.VIR_ERR_NO_SUPPORT,
                              "virDomainBackupVerify: not supported by this library build")
@@ -426,8 +466,9 @@ def createXML(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> Backup:
     the job running, or, with ``VIR_DOMAIN_BACKUP_CREATE_WAIT``, when it has
     completed (raises if it failed). Ctrl-C during that wait aborts the job."""
     ptr = _domain_ptr(dom, "createXML")
+    x, flags = _cstr(xml, "xml"), _flags(flags)
     # WAIT is done here, in slices, so that Ctrl-C is not held up.
-    h = lib.virDomainBackupCreateXML(ptr, xml.encode(), flags & ~VIR_DOMAIN_BACKUP_CREATE_WAIT)
+    h = lib.virDomainBackupCreateXML(ptr, x, flags & ~VIR_DOMAIN_BACKUP_CREATE_WAIT)
     if not h:
         raise _error("virDomainBackupCreateXML")
     b = Backup(h, dom.connect())
@@ -448,7 +489,7 @@ def startUnmanaged(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> Backup
     """Start a read-only NBD export of `dom`'s disks (a ``<server>`` and
     the disks in `xml`); end it with ``finishJob()`` or ``abortJob()``."""
     ptr = _domain_ptr(dom, "startUnmanaged")
-    h = lib.virDomainBackupStartUnmanaged(ptr, xml.encode(), flags)
+    h = lib.virDomainBackupStartUnmanaged(ptr, _cstr(xml, "xml"), _flags(flags))
     if not h:
         raise _error("virDomainBackupStartUnmanaged")
     return Backup(h, dom.connect(), _unmanaged=True)
@@ -458,13 +499,14 @@ def listBackups(dom: "libvirt.virDomain", flags: int = 0) -> List[Backup]:
     """`dom`'s managed backups, oldest first, filtered by
     ``VIR_DOMAIN_BACKUP_LIST_*`` flags."""
     ptr = _domain_ptr(dom, "listBackups")
-    return _collect(lib.virDomainBackupList, ptr, flags, "virDomainBackupList", dom.connect())
+    return _collect(lib.virDomainBackupList, ptr, _flags(flags), "virDomainBackupList",
+                    dom.connect())
 
 
 def lookupByUUID(uuid: str, flags: int = 0) -> Backup:
     """The managed backup with this UUID, of any domain (raises
     ``VIR_ERR_NO_DOMAIN_BACKUP`` if there is none)."""
-    h = lib.virDomainBackupLookupByUUID(uuid.encode(), flags)
+    h = lib.virDomainBackupLookupByUUID(_cstr(uuid, "uuid"), _flags(flags))
     if not h:
         raise _error("virDomainBackupLookupByUUID")
     return Backup(h)
@@ -474,7 +516,7 @@ def restore(xml: str, flags: int = 0) -> int:
     """Restore the backup named by the ``<uuid>`` of `xml` into its own
     (shut off) domain or, with ``VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN``, as
     a new persistent domain (then found with ``conn.lookupByName``)."""
-    if lib.virDomainBackupRestore(xml.encode(), flags) < 0:
+    if lib.virDomainBackupRestore(_cstr(xml, "xml"), _flags(flags)) < 0:
         raise _error("virDomainBackupRestore")
     return 0
 
@@ -483,7 +525,7 @@ def restoreUnmanaged(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> int:
     """Write `dom`'s disks from sources the library did not make (files or
     NBD exports named in `xml`)."""
     ptr = _domain_ptr(dom, "restoreUnmanaged")
-    if lib.virDomainBackupRestoreUnmanaged(ptr, xml.encode(), flags) < 0:
+    if lib.virDomainBackupRestoreUnmanaged(ptr, _cstr(xml, "xml"), _flags(flags)) < 0:
         raise _error("virDomainBackupRestoreUnmanaged")
     return 0
 
@@ -492,7 +534,7 @@ def setDefaultTarget(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> int:
     """Set where `dom`'s backups go when a disk has no ``<target>``
     (flags: ``libvirt.VIR_DOMAIN_AFFECT_*``)."""
     ptr = _domain_ptr(dom, "setDefaultTarget")
-    if lib.virDomainSetDefaultTarget(ptr, xml.encode(), flags) < 0:
+    if lib.virDomainSetDefaultTarget(ptr, _cstr(xml, "xml"), _flags(flags)) < 0:
         raise _error("virDomainSetDefaultTarget")
     return 0
 
@@ -503,6 +545,6 @@ def undefine(dom: "libvirt.virDomain", flags: int = 0) -> int:
     stay); without it a domain that has some is refused
     (``VIR_ERR_OPERATION_INVALID``)."""
     ptr = _domain_ptr(dom, "undefine")
-    if lib.virDomainBackupUndefineFlags(ptr, flags) < 0:
+    if lib.virDomainBackupUndefineFlags(ptr, _flags(flags)) < 0:
         raise _error("virDomainBackupUndefineFlags")
     return 0

@@ -12,7 +12,7 @@ import libvirt
 import pytest
 
 import libvirt_backup as lb
-from conftest import PKG_ROOT, REPO, in_threads
+from conftest import PKG_ROOT, REPO, disk_of, in_threads
 from libvirt_backup import _capi
 
 WAIT = lb.VIR_DOMAIN_BACKUP_CREATE_WAIT
@@ -239,3 +239,91 @@ def test_library_search_order(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == real
+
+
+def _entry_points(env, dom, b, flags, xml_tail=""):
+    """Every call of the package that passes flags or strings to C, each as
+    (name, thunk), with `flags` and `xml_tail` added to its arguments."""
+    u = b.UUIDString()
+    sock = env.path("never.sock")
+    new = env.expect_domain(dom.name() + "-r")
+    restore_xml = (f"<domainbackup><uuid>{u}</uuid><domain name='{new}'/></domainbackup>"
+                   + xml_tail)
+    # Sources that exist: were the call to run, it would do something.
+    src = env.copy(disk_of(dom), "src.raw")
+    return [
+        ("Backup.delete", lambda: b.delete(flags)),
+        ("Backup.getXMLDesc", lambda: b.getXMLDesc(flags)),
+        ("Backup.listChildren", lambda: b.listChildren(flags)),
+        ("Backup.finishJob", lambda: b.finishJob(flags)),
+        ("Backup.verify", lambda: b.verify(flags)),
+        ("createXML", lambda: lb.createXML(dom, "<domainbackup/>" + xml_tail, flags)),
+        ("startUnmanaged", lambda: lb.startUnmanaged(
+            dom, f"<domainbackup><server transport='unix' socket='{sock}'/></domainbackup>"
+            + xml_tail, flags)),
+        ("listBackups", lambda: lb.listBackups(dom, flags)),
+        ("lookupByUUID", lambda: lb.lookupByUUID(u + xml_tail, flags)),
+        ("restore", lambda: lb.restore(restore_xml, flags)),
+        ("restoreUnmanaged", lambda: lb.restoreUnmanaged(
+            dom, f"<domainbackup><disks><disk name='vda'><source file='{src}'>"
+                 "<driver type='raw'/></source></disk></disks></domainbackup>" + xml_tail, flags)),
+        ("setDefaultTarget", lambda: lb.setDefaultTarget(
+            dom, f"<target type='dir'><path>{env.tmp}</path></target>" + xml_tail, flags)),
+        ("undefine", lambda: lb.undefine(dom, flags)),
+    ]
+
+
+def _nothing_changed(env, dom, u):
+    assert [x.UUIDString() for x in lb.listBackups(dom)] == [u]
+    assert env.conn.lookupByName(dom.name()).name() == dom.name()
+    assert not os.path.exists(env.path("never.sock"))
+    with pytest.raises(libvirt.libvirtError):
+        env.conn.lookupByName(dom.name() + "-r")
+
+
+def test_flags_that_do_not_fit_unsigned_int_raise_overflow_error(env):
+    """ctypes keeps the low 32 bits of an int passed as c_uint: delete(2**33)
+    ran as delete(0), and deleted the backup. Like libvirt-python, every
+    entry point raises OverflowError for flags outside C unsigned int (a
+    negative one too), before anything reaches the library."""
+    dom = env.domain()
+    b = lb.createXML(dom, "<domainbackup/>", WAIT)
+    u = b.UUIDString()
+    for bad in (2**33, 2**32 + WAIT, 2**64 + lb.VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY, -1,
+                -(2**32)):
+        for name, call in _entry_points(env, dom, b, bad):
+            with pytest.raises(OverflowError, match="unsigned int"):
+                call()
+                pytest.fail(f"{name}({bad:#x}) reached the library")
+        _nothing_changed(env, dom, u)
+    # The largest unsigned int reaches the library, which refuses the bits
+    # it does not know.
+    with pytest.raises(libvirt.libvirtError) as e:
+        b.delete(2**32 - 1)
+    assert e.value.get_error_code() == libvirt.VIR_ERR_INVALID_ARG
+    assert "unsupported flags" in e.value.get_error_message()
+    # Not an int at all, as libvirt-python: TypeError.
+    with pytest.raises(TypeError):
+        b.delete(1.0)
+    _nothing_changed(env, dom, u)
+
+
+def test_nul_in_a_string_raises_value_error(env):
+    """A NUL inside a str ended the C string there: the library read a
+    shorter document (or UUID) than the caller wrote. Like libvirt-python,
+    every string argument with a NUL raises ValueError."""
+    dom = env.domain()
+    b = lb.createXML(dom, "<domainbackup/>", WAIT)
+    u = b.UUIDString()
+    # What follows the NUL would make each call fail, were it read.
+    for tail in ("\0<not-xml", "\0", "\0" + "x" * 100):
+        for name, call in _entry_points(env, dom, b, 0, xml_tail=tail):
+            if name.startswith("Backup.") or name in ("listBackups", "undefine"):
+                continue  # no string argument
+            with pytest.raises(ValueError, match="null character"):
+                call()
+                pytest.fail(f"{name} took a string with a NUL")
+        _nothing_changed(env, dom, u)
+    with pytest.raises(TypeError):
+        lb.lookupByUUID(u.encode())
+    _nothing_changed(env, dom, u)
