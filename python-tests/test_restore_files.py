@@ -96,11 +96,11 @@ def test_refusals_touch_nothing(env):
     cases = [
         # No target for the disk.
         (files_xml(leaf.uuid), FILES_ONLY, VIR_ERR_INVALID_ARG, "needs a <target file>"),
-        # A file of the backup's own chain, even with REWRITE.
+        # A file of the backup's own chain (of any backup), even with REWRITE.
         (files_xml(leaf.uuid, {"vda": (mid.target, None)}), FILES_ONLY | REWRITE,
-         VIR_ERR_INVALID_ARG, "file of the backup itself"),
+         VIR_ERR_INVALID_ARG, "is a file of a backup in the catalog"),
         (files_xml(leaf.uuid, {"vda": (leaf.target, None)}), FILES_ONLY | REWRITE,
-         VIR_ERR_INVALID_ARG, "file of the backup itself"),
+         VIR_ERR_INVALID_ARG, "is a file of a backup in the catalog"),
         # A folder that does not exist.
         (files_xml(leaf.uuid, target_dir=env.path("nope")), FILES_ONLY,
          VIR_ERR_INVALID_ARG, "not a folder"),

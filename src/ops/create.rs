@@ -202,6 +202,9 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan) -> Result<PlannedDisk> {
                     path.display()
                 )));
             }
+            // Refused here, before the record is written, rather than
+            // when the target is made (`create_targets`).
+            Folder::check_outside(dir, "backup target")?;
             (path, None)
         }
         TargetPlan::Volume { pool, volume } => {

@@ -285,20 +285,18 @@ impl Folder {
     /// deepest existing one and each new one checked as `open_outside`
     /// does.
     pub fn make_outside(dir: &Path, what: &str) -> Result<Folder> {
-        let mut missing = Vec::new();
-        let mut base = dir;
-        while !base.is_dir() {
-            let (Some(up), Some(name)) = (base.parent(), base.file_name()) else {
-                break;
-            };
-            missing.push(name.to_string_lossy().into_owned());
-            base = up;
-        }
+        let (base, missing) = existing_part(dir);
         let mut at = Folder::open_outside(base, what)?;
         for name in missing.iter().rev() {
             at = at.make_outside_sub(name, what)?;
         }
         Ok(at)
+    }
+
+    /// Whether `make_outside(dir, what)` would find its deepest existing
+    /// folder usable (the error it would give), creating nothing.
+    pub fn check_outside(dir: &Path, what: &str) -> Result<()> {
+        Folder::open_outside(existing_part(dir).0, what).map(drop)
     }
 
     /// Change the owner of an open file (through its descriptor: never a
@@ -374,6 +372,21 @@ fn open_error(path: &Path, e: Errno, is_link: impl Fn() -> bool) -> Error {
         Errno::NOTDIR => unsafe_path(path, "it is not a folder"),
         _ => Error::io("cannot open catalog folder", path, e.into()),
     }
+}
+
+/// The deepest existing folder of `dir`, and the names below it that do
+/// not exist yet, innermost first.
+fn existing_part(dir: &Path) -> (&Path, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut base = dir;
+    while !base.is_dir() {
+        let (Some(up), Some(name)) = (base.parent(), base.file_name()) else {
+            break;
+        };
+        missing.push(name.to_string_lossy().into_owned());
+        base = up;
+    }
+    (base, missing)
 }
 
 fn refuse_outside(path: &Path, what: &str, why: &str) -> Error {
