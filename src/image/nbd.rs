@@ -414,6 +414,26 @@ fn push_string(v: &mut Vec<u8>, s: &str) {
 
 /// The whole option haggling phase, up to transmission.
 fn handshake(io: &mut BufReader<Sock>, export: &str, bitmap: Option<&str>) -> Hs<Negotiated> {
+    let no_zeroes = greet(io)?;
+    let structured = structured_replies(io)?;
+    let (alloc_id, dirty_id) = match structured {
+        true => meta_contexts(io, export, bitmap)?,
+        false => (None, None),
+    };
+    let go = go(io, export, no_zeroes)?;
+    Ok(Negotiated {
+        size: go.size,
+        structured,
+        alloc_id,
+        dirty_id,
+        min_block: go.min_block,
+        max_block: go.max_block,
+    })
+}
+
+/// The server's greeting and our flags; whether the server leaves out the
+/// 124 zero bytes after an export's size (`NBD_FLAG_NO_ZEROES`).
+fn greet(io: &mut BufReader<Sock>) -> Hs<bool> {
     let mut h = [0u8; 18];
     io.read_exact(&mut h)?;
     if be_u64(&h[0..]) != NBDMAGIC {
@@ -440,126 +460,99 @@ fn handshake(io: &mut BufReader<Sock>, export: &str, bitmap: Option<&str>) -> Hs
         client_flags |= NBD_FLAG_C_NO_ZEROES;
     }
     io.get_mut().write_all(&client_flags.to_be_bytes())?;
+    Ok(no_zeroes)
+}
 
-    // Structured replies (needed for block status).
+/// `NBD_OPT_STRUCTURED_REPLY` (needed for block status): whether the
+/// server agreed.
+fn structured_replies(io: &mut BufReader<Sock>) -> Hs<bool> {
     send_option(io, NBD_OPT_STRUCTURED_REPLY, &[])?;
     let rep = read_option_reply(io, NBD_OPT_STRUCTURED_REPLY)?;
-    let structured = match rep.typ {
-        NBD_REP_ACK => true,
-        NBD_REP_ERR_TLS_REQD => {
-            return Err(HsFail::Refused(refusal(NBD_OPT_STRUCTURED_REPLY, &rep)));
-        }
-        t if t & NBD_REP_ERR_BIT != 0 => false,
-        t => {
-            return Err(HsFail::Broken(format!(
-                "unexpected reply {t} to NBD_OPT_STRUCTURED_REPLY"
-            )));
-        }
-    };
+    match rep.typ {
+        NBD_REP_ACK => Ok(true),
+        NBD_REP_ERR_TLS_REQD => Err(HsFail::Refused(refusal(NBD_OPT_STRUCTURED_REPLY, &rep))),
+        t if t & NBD_REP_ERR_BIT != 0 => Ok(false),
+        t => Err(HsFail::Broken(format!(
+            "unexpected reply {t} to NBD_OPT_STRUCTURED_REPLY"
+        ))),
+    }
+}
 
-    // Metadata contexts.
+/// `NBD_OPT_SET_META_CONTEXT` for "base:allocation" and the dirty bitmap
+/// (if any): their context ids, each `None` when the server has none.
+fn meta_contexts(
+    io: &mut BufReader<Sock>,
+    export: &str,
+    bitmap: Option<&str>,
+) -> Hs<(Option<u32>, Option<u32>)> {
     let (mut alloc_id, mut dirty_id) = (None, None);
-    if structured {
-        let dirty_name = bitmap.map(|b| format!("{DIRTY_BITMAP_PREFIX}{b}"));
-        let mut data = Vec::new();
-        push_string(&mut data, export);
-        let queries: Vec<&str> = std::iter::once(BASE_ALLOCATION)
-            .chain(dirty_name.as_deref())
-            .collect();
-        data.extend_from_slice(&(queries.len() as u32).to_be_bytes());
-        for q in &queries {
-            push_string(&mut data, q);
-        }
-        send_option(io, NBD_OPT_SET_META_CONTEXT, &data)?;
-        loop {
-            let rep = read_option_reply(io, NBD_OPT_SET_META_CONTEXT)?;
-            match rep.typ {
-                NBD_REP_ACK => break,
-                NBD_REP_META_CONTEXT => {
-                    if rep.data.len() < 4 {
-                        return Err(HsFail::Broken("short NBD_REP_META_CONTEXT".into()));
-                    }
-                    let id = be_u32(&rep.data);
-                    let name = &rep.data[4..];
-                    if name == BASE_ALLOCATION.as_bytes() {
-                        alloc_id = Some(id);
-                    } else if dirty_name.as_deref().map(str::as_bytes) == Some(name) {
-                        dirty_id = Some(id);
-                    }
+    let dirty_name = bitmap.map(|b| format!("{DIRTY_BITMAP_PREFIX}{b}"));
+    let mut data = Vec::new();
+    push_string(&mut data, export);
+    let queries: Vec<&str> = std::iter::once(BASE_ALLOCATION)
+        .chain(dirty_name.as_deref())
+        .collect();
+    data.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in &queries {
+        push_string(&mut data, q);
+    }
+    send_option(io, NBD_OPT_SET_META_CONTEXT, &data)?;
+    loop {
+        let rep = read_option_reply(io, NBD_OPT_SET_META_CONTEXT)?;
+        match rep.typ {
+            NBD_REP_ACK => return Ok((alloc_id, dirty_id)),
+            NBD_REP_META_CONTEXT => {
+                if rep.data.len() < 4 {
+                    return Err(HsFail::Broken("short NBD_REP_META_CONTEXT".into()));
                 }
-                NBD_REP_ERR_UNKNOWN => return Err(HsFail::NoExport),
-                NBD_REP_ERR_TLS_REQD => {
-                    return Err(HsFail::Refused(refusal(NBD_OPT_SET_META_CONTEXT, &rep)));
+                let id = be_u32(&rep.data);
+                let name = &rep.data[4..];
+                if name == BASE_ALLOCATION.as_bytes() {
+                    alloc_id = Some(id);
+                } else if dirty_name.as_deref().map(str::as_bytes) == Some(name) {
+                    dirty_id = Some(id);
                 }
-                // Any other error: no metadata contexts, which is allowed.
-                t if t & NBD_REP_ERR_BIT != 0 => {
-                    alloc_id = None;
-                    dirty_id = None;
-                    break;
-                }
-                _ => {} // unknown informational reply: ignore
             }
+            NBD_REP_ERR_UNKNOWN => return Err(HsFail::NoExport),
+            NBD_REP_ERR_TLS_REQD => {
+                return Err(HsFail::Refused(refusal(NBD_OPT_SET_META_CONTEXT, &rep)));
+            }
+            // Any other error: no metadata contexts, which is allowed.
+            t if t & NBD_REP_ERR_BIT != 0 => return Ok((None, None)),
+            _ => {} // unknown informational reply: ignore
         }
     }
+}
 
-    // Enter transmission with NBD_OPT_GO, asking for block size constraints.
+/// What `NBD_OPT_GO` tells of the export.
+struct Go {
+    size: u64,
+    min_block: u64,
+    max_block: u64,
+}
+
+/// Enter transmission with `NBD_OPT_GO`, asking for block size
+/// constraints (or with `NBD_OPT_EXPORT_NAME` on a server without it).
+fn go(io: &mut BufReader<Sock>, export: &str, no_zeroes: bool) -> Hs<Go> {
     let mut data = Vec::new();
     push_string(&mut data, export);
     data.extend_from_slice(&1u16.to_be_bytes());
     data.extend_from_slice(&NBD_INFO_BLOCK_SIZE.to_be_bytes());
     send_option(io, NBD_OPT_GO, &data)?;
-    let mut export_info = None;
+    let mut size = None;
     let (mut min_block, mut max_block) = (1u64, MAX_REQUEST);
     loop {
         let rep = read_option_reply(io, NBD_OPT_GO)?;
         match rep.typ {
             NBD_REP_ACK => break,
-            NBD_REP_INFO => {
-                if rep.data.len() < 2 {
-                    return Err(HsFail::Broken("short NBD_REP_INFO".into()));
-                }
-                match be_u16(&rep.data) {
-                    NBD_INFO_EXPORT => {
-                        if rep.data.len() != 12 {
-                            return Err(HsFail::Broken("bad NBD_INFO_EXPORT length".into()));
-                        }
-                        export_info = Some(be_u64(&rep.data[2..]));
-                    }
-                    NBD_INFO_BLOCK_SIZE => {
-                        if rep.data.len() != 14 {
-                            return Err(HsFail::Broken("bad NBD_INFO_BLOCK_SIZE length".into()));
-                        }
-                        let min = be_u32(&rep.data[2..]) as u64;
-                        let max = be_u32(&rep.data[10..]) as u64;
-                        if !min.is_power_of_two() || min > 65536 || max < min {
-                            return Err(HsFail::Broken(format!(
-                                "invalid block size constraints (minimum {min}, maximum {max})"
-                            )));
-                        }
-                        min_block = min;
-                        max_block = max;
-                    }
-                    _ => {} // name, description, ...: not needed
-                }
-            }
+            NBD_REP_INFO => match info(&rep.data)? {
+                Info::Size(n) => size = Some(n),
+                Info::BlockSize(min, max) => (min_block, max_block) = (min, max),
+                Info::Other => {}
+            },
             NBD_REP_ERR_UNKNOWN => return Err(HsFail::NoExport),
             NBD_REP_ERR_UNSUP => {
-                // A server without NBD_OPT_GO: fall back to NBD_OPT_EXPORT_NAME.
-                send_option(io, NBD_OPT_EXPORT_NAME, export.as_bytes())?;
-                let mut r = [0u8; 10];
-                match io.read_exact(&mut r) {
-                    Ok(()) => {}
-                    // The server drops the connection for an unknown export.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        return Err(HsFail::NoExport);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                if !no_zeroes {
-                    let mut zeroes = [0u8; 124];
-                    io.read_exact(&mut zeroes)?;
-                }
-                export_info = Some(be_u64(&r));
+                size = Some(export_name(io, export, no_zeroes)?);
                 break;
             }
             t if t & NBD_REP_ERR_BIT != 0 => {
@@ -568,17 +561,68 @@ fn handshake(io: &mut BufReader<Sock>, export: &str, bitmap: Option<&str>) -> Hs
             _ => {} // unknown informational reply: ignore
         }
     }
-    let size = export_info.ok_or_else(|| {
+    let size = size.ok_or_else(|| {
         HsFail::Broken("the server did not send the export size (NBD_INFO_EXPORT)".into())
     })?;
-    Ok(Negotiated {
+    Ok(Go {
         size,
-        structured,
-        alloc_id,
-        dirty_id,
         min_block,
         max_block,
     })
+}
+
+/// One `NBD_REP_INFO` of `NBD_OPT_GO`.
+enum Info {
+    Size(u64),
+    /// Minimum and maximum block size.
+    BlockSize(u64, u64),
+    /// Name, description, ...: not needed.
+    Other,
+}
+
+fn info(data: &[u8]) -> Hs<Info> {
+    if data.len() < 2 {
+        return Err(HsFail::Broken("short NBD_REP_INFO".into()));
+    }
+    match be_u16(data) {
+        NBD_INFO_EXPORT => {
+            if data.len() != 12 {
+                return Err(HsFail::Broken("bad NBD_INFO_EXPORT length".into()));
+            }
+            Ok(Info::Size(be_u64(&data[2..])))
+        }
+        NBD_INFO_BLOCK_SIZE => {
+            if data.len() != 14 {
+                return Err(HsFail::Broken("bad NBD_INFO_BLOCK_SIZE length".into()));
+            }
+            let min = be_u32(&data[2..]) as u64;
+            let max = be_u32(&data[10..]) as u64;
+            if !min.is_power_of_two() || min > 65536 || max < min {
+                return Err(HsFail::Broken(format!(
+                    "invalid block size constraints (minimum {min}, maximum {max})"
+                )));
+            }
+            Ok(Info::BlockSize(min, max))
+        }
+        _ => Ok(Info::Other),
+    }
+}
+
+/// A server without `NBD_OPT_GO`: `NBD_OPT_EXPORT_NAME`, which answers
+/// with the export's size (and drops the connection for an unknown one).
+fn export_name(io: &mut BufReader<Sock>, export: &str, no_zeroes: bool) -> Hs<u64> {
+    send_option(io, NBD_OPT_EXPORT_NAME, export.as_bytes())?;
+    let mut r = [0u8; 10];
+    match io.read_exact(&mut r) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(HsFail::NoExport),
+        Err(e) => return Err(e.into()),
+    }
+    if !no_zeroes {
+        let mut zeroes = [0u8; 124];
+        io.read_exact(&mut zeroes)?;
+    }
+    Ok(be_u64(&r))
 }
 
 impl NbdClient {
