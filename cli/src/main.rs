@@ -454,73 +454,7 @@ fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
     let xml = match &a.xml {
         Some(f) => std::fs::read_to_string(f)
             .map_err(|e| err(format!("cannot read '{}': {e}", f.display())))?,
-        None => {
-            let mut x = String::from("<domainbackup>");
-            if let Some(d) = &a.description {
-                x += &format!("<description>{}</description>", xml_escape(d));
-            }
-            let parent = match (&a.parent, a.incremental) {
-                (Some(p), _) => Some(p.clone()),
-                (None, true) => {
-                    let latest = Backup::list(&dom, api::LIST_LATEST)?;
-                    let b = latest.first().ok_or_else(|| {
-                        err(format!(
-                            "domain '{}' has no backup to be incremental on",
-                            a.domain
-                        ))
-                    })?;
-                    Some(info_of(b)?.uuid)
-                }
-                _ => None,
-            };
-            if let Some(p) = parent {
-                x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(&p));
-            }
-            let mut disks: Vec<(String, Option<String>)> = a
-                .disks
-                .iter()
-                .map(|d| match d.split_once('=') {
-                    Some((n, t)) => (n.to_string(), Some(t.to_string())),
-                    None => (d.clone(), None),
-                })
-                .collect();
-            if disks.is_empty() && a.format.is_some() {
-                disks = domain_disks(&dom)?.into_iter().map(|n| (n, None)).collect();
-            }
-            if !disks.is_empty() {
-                x += "<disks>";
-                let dom_name = dom.name().unwrap_or_default();
-                let fmt = a.format.clone().unwrap_or_else(|| "qcow2".into());
-                for (name, target) in &disks {
-                    let n = xml_escape(name);
-                    let driver = a
-                        .format
-                        .as_ref()
-                        .map(|f| format!("<driver type='{}'/>", xml_escape(f)))
-                        .unwrap_or_default();
-                    x += &match target.as_deref() {
-                        Some(t) if t.starts_with("pool:") => {
-                            let stamp = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .unwrap()
-                                .as_secs();
-                            format!(
-                                "<disk name='{n}' type='volume'><target pool='{}' volume='{}'/>{driver}</disk>",
-                                xml_escape(&t[5..]),
-                                xml_escape(&format!("{dom_name}-{name}-{stamp}.{fmt}"))
-                            )
-                        }
-                        Some(t) => format!(
-                            "<disk name='{n}' type='file'><target file='{}'/>{driver}</disk>",
-                            xml_escape(t)
-                        ),
-                        None => format!("<disk name='{n}'>{driver}</disk>"),
-                    };
-                }
-                x += "</disks>";
-            }
-            x + "</domainbackup>"
-        }
+        None => create_xml(&dom, a)?,
     };
     let mut flags = 0;
     if a.quiesce {
@@ -562,6 +496,81 @@ fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
     j["bytes_written"] = written.into();
     ctx.print_json(j);
     Ok(())
+}
+
+/// The `<domainbackup>` document of `create` without `--xml`.
+fn create_xml(dom: &Domain, a: &CreateArgs) -> Res<String> {
+    let mut x = String::from("<domainbackup>");
+    if let Some(d) = &a.description {
+        x += &format!("<description>{}</description>", xml_escape(d));
+    }
+    let parent = match (&a.parent, a.incremental) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => {
+            let latest = Backup::list(dom, api::LIST_LATEST)?;
+            let b = latest.first().ok_or_else(|| {
+                err(format!(
+                    "domain '{}' has no backup to be incremental on",
+                    a.domain
+                ))
+            })?;
+            Some(info_of(b)?.uuid)
+        }
+        _ => None,
+    };
+    if let Some(p) = parent {
+        x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(&p));
+    }
+    let mut disks: Vec<(String, Option<String>)> = a
+        .disks
+        .iter()
+        .map(|d| match d.split_once('=') {
+            Some((n, t)) => (n.to_string(), Some(t.to_string())),
+            None => (d.clone(), None),
+        })
+        .collect();
+    if disks.is_empty() && a.format.is_some() {
+        disks = domain_disks(dom)?.into_iter().map(|n| (n, None)).collect();
+    }
+    if !disks.is_empty() {
+        x += "<disks>";
+        let dom_name = dom.name().unwrap_or_default();
+        for (name, target) in &disks {
+            x += &create_disk_xml(a, &dom_name, name, target.as_deref());
+        }
+        x += "</disks>";
+    }
+    Ok(x + "</domainbackup>")
+}
+
+/// One `<disk>` of `create_xml`: `target` a file, `pool:NAME` (a new
+/// volume named after the domain, the disk and the time), or none.
+fn create_disk_xml(a: &CreateArgs, dom_name: &str, name: &str, target: Option<&str>) -> String {
+    let n = xml_escape(name);
+    let fmt = a.format.clone().unwrap_or_else(|| "qcow2".into());
+    let driver = a
+        .format
+        .as_ref()
+        .map(|f| format!("<driver type='{}'/>", xml_escape(f)))
+        .unwrap_or_default();
+    match target {
+        Some(t) if t.starts_with("pool:") => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            format!(
+                "<disk name='{n}' type='volume'><target pool='{}' volume='{}'/>{driver}</disk>",
+                xml_escape(&t[5..]),
+                xml_escape(&format!("{dom_name}-{name}-{stamp}.{fmt}"))
+            )
+        }
+        Some(t) => format!(
+            "<disk name='{n}' type='file'><target file='{}'/>{driver}</disk>",
+            xml_escape(t)
+        ),
+        None => format!("<disk name='{n}'>{driver}</disk>"),
+    }
 }
 
 /// The pipe to the parent of a detached `create --no-wait` (-1: none).
@@ -865,14 +874,8 @@ fn cmd_wait(ctx: &mut Ctx, uuid: &str) -> Res<()> {
     Ok(())
 }
 
-fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
-    // Checked before anything starts: never serve at another path.
-    let unix = a
-        .unix
-        .as_deref()
-        .map(|p| utf8_path("--unix", p))
-        .transpose()?;
-    let dom = ctx.domain(&a.domain)?;
+/// The `<domainbackup>` document of `export`.
+fn export_xml(dom: &Domain, a: &ExportArgs, unix: Option<&str>) -> Res<String> {
     let mut x = String::from("<domainbackup>");
     if let Some(p) = &a.parent {
         x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(p));
@@ -901,7 +904,7 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
             s.clone()
         };
         x += "<disks>";
-        for d in domain_disks(&dom)? {
+        for d in domain_disks(dom)? {
             x += &format!(
                 "<disk name='{}' exportname='{}'/>",
                 xml_escape(&d),
@@ -910,7 +913,18 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
         }
         x += "</disks>";
     }
-    x += "</domainbackup>";
+    Ok(x + "</domainbackup>")
+}
+
+fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
+    // Checked before anything starts: never serve at another path.
+    let unix = a
+        .unix
+        .as_deref()
+        .map(|p| utf8_path("--unix", p))
+        .transpose()?;
+    let dom = ctx.domain(&a.domain)?;
+    let x = export_xml(&dom, a, unix)?;
     let b = Backup::start_unmanaged(&dom, &x)?;
     let info = info_of(&b)?;
     if ctx.json {
