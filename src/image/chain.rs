@@ -22,6 +22,7 @@ use imago::raw::Raw as ImagoRaw;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, StorageOpenOptions};
 
 use crate::error::{Error, Result};
+use crate::image::file::{self as image_file, Kind};
 use crate::xml::backup::DiskFormat;
 
 /// Levels whose metadata (imago's caches) is open at once.
@@ -114,10 +115,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Open a level file read-only, holding a shared flock on it if it can;
-/// its identity (`FileId`).
-fn open_file(path: &Path) -> Result<(File, FileId)> {
-    let file = File::open(path).map_err(|e| Error::io("cannot open image", path, e))?;
+/// Open a level file read-only (never blocking, only a kind of file an
+/// image of `format` can be: see `image::file`), holding a shared flock on
+/// it if it can; its identity (`FileId`).
+fn open_file(path: &Path, format: DiskFormat) -> Result<(File, FileId)> {
+    let file = image_file::open(path, false, Kind::of(format), "cannot open image")?;
     // While held, a delete leaves the file whole (it only unlinks it: see
     // `store::secure::shrink_before_removal`). Not had: `unchanged` tells.
     let _ = file.try_lock_shared();
@@ -142,7 +144,7 @@ fn file_id(file: &File) -> std::io::Result<FileId> {
 /// the image's folder).
 fn open_level(path: &Path, format: DiskFormat) -> Result<(Image, FileId, Option<PathBuf>)> {
     let io = |what: &'static str| move |e| Error::io(what, path, e);
-    let (file, id) = open_file(path)?;
+    let (file, id) = open_file(path, format)?;
     let storage =
         ImagoFile::from_open_file(file, StorageOpenOptions::new().filename(path).write(false))
             .map_err(io("cannot open image"))?;
@@ -277,7 +279,8 @@ impl ChainReader {
         if let Some(f) = lru_hit(&mut open, l) {
             return Ok(f);
         }
-        let (file, id) = open_file(&self.levels[l].path)?;
+        let lv = &self.levels[l];
+        let (file, id) = open_file(&lv.path, lv.format)?;
         if id != self.levels[l].id {
             return Err(self.changed(l));
         }
