@@ -2,9 +2,10 @@
 //! image is opened): how a delete learns which images still read through a
 //! file, whatever the catalog's records say.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use crate::image::file::{self as image_file, Kind};
 
 /// qcow2 header: magic, version, backing file offset (u64 BE) and size (u32 BE).
 const HEADER: usize = 20;
@@ -13,9 +14,10 @@ const MAX_NAME: u32 = 1023;
 
 /// The backing file named by the qcow2 image at `path` (relative names are
 /// taken from the image's folder), or `None` for a raw image, a qcow2
-/// image without one, or a file that cannot be read as either.
+/// image without one, or a file that cannot be read as either (only a
+/// regular file is read, never blocking: see `image::file`).
 pub fn backing_file(path: &Path) -> Option<PathBuf> {
-    let mut f = File::open(path).ok()?;
+    let mut f = image_file::open(path, false, Kind::Regular, "cannot open image").ok()?;
     let mut head = [0u8; HEADER];
     f.read_exact(&mut head).ok()?;
     if &head[..4] != b"QFI\xfb" {

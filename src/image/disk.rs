@@ -10,7 +10,7 @@ use imago::qcow2::Qcow2;
 use imago::raw::Raw as ImagoRaw;
 use imago::{
     DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping,
-    PermissiveImplicitOpenGate, Storage, StorageOpenOptions,
+    PermissiveImplicitOpenGate, StorageOpenOptions,
 };
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::image::buffer;
 use crate::image::cache::{self, DropBehind};
 use crate::image::chain::{ChainReader, bad_chain, recorded_at};
+use crate::image::file::{self as image_file, Kind};
 use crate::image::nbd::{NbdAddress, NbdClient};
 use crate::xml::backup::DiskFormat;
 
@@ -105,7 +106,7 @@ fn open_backing(
     if depth >= MAX_CHAIN {
         return Err(bad_chain(path, "its backing chain is too deep".into()));
     }
-    let storage = open_storage(&file, false)?;
+    let storage = open_storage(&file, format, false)?;
     Ok(Some(match format {
         DiskFormat::Raw => FormatAccess::new(
             ImagoRaw::builder(storage)
@@ -116,8 +117,18 @@ fn open_backing(
     }))
 }
 
-fn open_storage(path: &Path, write: bool) -> Result<ImagoFile> {
-    ImagoFile::open(StorageOpenOptions::new().filename(path).write(write))
+/// The image file at `path` for imago, opened by the library (never
+/// blocking, only a kind of file an image of `format` can be: see
+/// `image::file`), never by imago from a path.
+fn open_storage(path: &Path, format: DiskFormat, write: bool) -> Result<ImagoFile> {
+    let file = image_file::open(path, write, Kind::of(format), "cannot open image")?;
+    storage_of(file, path, write)
+}
+
+/// An open file handed to imago; `path` only names it (imago resolves a
+/// relative backing name from it, and the library never lets it open one).
+fn storage_of(file: File, path: &Path, write: bool) -> Result<ImagoFile> {
+    ImagoFile::from_open_file(file, StorageOpenOptions::new().filename(path).write(write))
         .map_err(io_err("cannot open image", path))
 }
 
@@ -129,7 +140,8 @@ fn open_qcow2(
     chain: &Chain,
     depth: usize,
 ) -> Result<FormatAccess<ImagoFile>> {
-    open_qcow2_storage(path, open_storage(path, write)?, write, chain, depth)
+    let storage = open_storage(path, DiskFormat::Qcow2, write)?;
+    open_qcow2_storage(path, storage, write, chain, depth)
 }
 
 fn open_qcow2_storage(
@@ -139,22 +151,18 @@ fn open_qcow2_storage(
     chain: &Chain,
     depth: usize,
 ) -> Result<FormatAccess<ImagoFile>> {
-    // First without any backing image, to read what the header names.
-    let bare = Qcow2::<ImagoFile>::builder(storage)
+    // First without any backing image, to read what the header names;
+    // the backing image is then given to the same open image (the file is
+    // never opened again by its path, which may name another by then).
+    let mut q = Qcow2::<ImagoFile>::builder(storage)
         .write(write)
         .backing(None)
         .open(DenyImplicitOpenGate::default())
         .map_err(io_err("cannot open qcow2 image", path))?;
-    let header = header_backing(&bare, path);
-    let Some(backing) = open_backing(path, header, chain, depth)? else {
-        return Ok(FormatAccess::new(bare));
-    };
-    drop(bare);
-    let q = Qcow2::<ImagoFile>::builder(open_storage(path, write)?)
-        .write(write)
-        .backing(Some(backing))
-        .open(DenyImplicitOpenGate::default())
-        .map_err(io_err("cannot open qcow2 image", path))?;
+    let header = header_backing(&q, path);
+    if let Some(backing) = open_backing(path, header, chain, depth)? {
+        q.set_backing(Some(backing));
+    }
     Ok(FormatAccess::new(q))
 }
 
@@ -186,15 +194,17 @@ fn io_err<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> E
 
 impl Source {
     /// Open an image read-only; `chain` says which backing files it may
-    /// read through (never a probed format: see `Chain`).
+    /// read through (never a probed format: see `Chain`). Only a regular
+    /// file, or for a raw image a block device (its size the device's), is
+    /// opened, never blocking (see `image::file`): anything else, a FIFO
+    /// above all, is an error.
     pub fn open(path: &Path, format: DiskFormat, chain: Chain) -> Result<Source> {
         match format {
             DiskFormat::Raw => {
-                let file = File::open(path).map_err(io_err("cannot open source image", path))?;
-                let size = file
-                    .metadata()
-                    .map_err(io_err("cannot stat source image", path))?
-                    .len();
+                let file =
+                    image_file::open(path, false, Kind::of(format), "cannot open source image")?;
+                let size = image_file::size(&file)
+                    .map_err(io_err("cannot find the size of source image", path))?;
                 cache::sequential(&file);
                 if let Chain::Recorded(_) = chain {
                     // A backup's own file: see `chain::open_file`.
@@ -324,7 +334,7 @@ impl Source {
     /// The size now: a raw file can be resized behind the library's back.
     pub(crate) fn current_size(&self) -> std::io::Result<u64> {
         match self {
-            Source::Raw { file, .. } => Ok(file.metadata()?.len()),
+            Source::Raw { file, .. } => image_file::size(file),
             Source::Qcow2(q) => Ok(q.size()),
             Source::Chain(c) => Ok(c.size()),
             Source::Nbd(c) => Ok(c.size()),
@@ -431,8 +441,11 @@ fn reopen_qcow2_direct(direct: File, path: &Path) -> Result<Qcow2<ImagoFile>> {
         .map_err(io_err("cannot open target image", path))
 }
 
-/// `file` opened again with `O_DIRECT`, through its descriptor (the same
-/// file whatever its path names by now); None where that is refused.
+/// `file` opened again with `O_DIRECT`, through its descriptor: the magic
+/// link `/proc/self/fd/N` opens the very file the descriptor is on (even
+/// one renamed over or unlinked since), never what a path names now.
+/// Nothing else in `Target` opens a file: `create_from` and `open_existing`
+/// hand imago the descriptor they have. None where `O_DIRECT` is refused.
 fn reopen_direct(file: &File) -> Option<File> {
     use std::os::fd::AsRawFd;
     if !direct_wanted() {
@@ -457,8 +470,10 @@ fn cache_of(file: &File, path: &Path) -> Result<DropBehind> {
 impl Target {
     /// Create a new image, readable by its owner only (it holds guest data).
     /// An existing file is never overwritten unless `replace` (a storage
-    /// volume libvirt has just created for us). A qcow2 image may get a
-    /// `backing` file: an incremental target reads through to its parent's.
+    /// volume libvirt has just created for us), and then only a regular
+    /// file (nothing else is opened: see `image::file`). A qcow2 image may
+    /// get a `backing` file: an incremental target reads through to its
+    /// parent's. The file is opened here and formatted by `create_from`.
     pub fn create(
         path: &Path,
         format: DiskFormat,
@@ -466,21 +481,34 @@ impl Target {
         backing: Option<(&Path, DiskFormat)>,
         replace: bool,
     ) -> Result<Target> {
+        const WHAT: &str = "cannot create target image";
         let mut opts = OpenOptions::new();
-        opts.mode(0o600).read(true).write(true);
+        opts.mode(0o600)
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
         if replace {
+            if let Ok(m) = std::fs::metadata(path)
+                && !m.is_file()
+            {
+                // Refused before the open (and its truncation) touches it.
+                image_file::check_metadata(&m, path, Kind::Regular, WHAT)?;
+            }
             opts.create(true).truncate(true);
         } else {
             opts.create_new(true);
         }
-        let file = opts
-            .open(path)
-            .map_err(io_err("cannot create target image", path))?;
+        let file = opts.open(path).map_err(io_err(WHAT, path))?;
         Target::create_from(file, path, format, size, backing)
     }
 
-    /// Format `file`, an empty file just created and opened by the caller
-    /// (`path` names it in messages and nothing opens it by that path).
+    /// Format `file`, a new empty regular file already created and open
+    /// for reading and writing (a caller that creates its files itself,
+    /// through a checked folder descriptor with `O_EXCL|O_NOFOLLOW`), as an
+    /// image of `format` and `size`; a qcow2 image may get a `backing` file
+    /// (named in its header as given). `path` only names the file in
+    /// messages: nothing opens it by its path (see `reopen_direct`). A
+    /// file that is not regular or not empty is refused.
     pub fn create_from(
         file: File,
         path: &Path,
@@ -488,6 +516,18 @@ impl Target {
         size: u64,
         backing: Option<(&Path, DiskFormat)>,
     ) -> Result<Target> {
+        const WHAT: &str = "cannot create target image";
+        image_file::check(&file, path, Kind::Regular, WHAT)?;
+        let len = file
+            .metadata()
+            .map_err(io_err("cannot stat target image", path))?
+            .len();
+        if len != 0 {
+            return Err(Error::operation_failed(format!(
+                "{WHAT} '{}': it is not empty ({len} bytes); only a new, empty file is formatted",
+                path.display()
+            )));
+        }
         let cache = cache_of(&file, path)?;
         let img = match (format, backing) {
             (DiskFormat::Raw, None) => {
@@ -545,22 +585,22 @@ impl Target {
     }
 
     /// Open an existing image to write into it (in-place restore); its
-    /// backing files, read-only, as `chain` allows.
+    /// backing files, read-only, as `chain` allows. Only a regular file,
+    /// or for a raw image a block device (a logical volume: written in
+    /// place, never resized), is opened, never blocking (see
+    /// `image::file`).
     pub fn open_existing(path: &Path, format: DiskFormat, chain: Chain) -> Result<Target> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io_err("cannot open disk image for writing", path))?;
+        let file = image_file::open(
+            path,
+            true,
+            Kind::of(format),
+            "cannot open disk image for writing",
+        )?;
         let cache = cache_of(&file, path)?;
         let img = match format {
             DiskFormat::Raw => TargetImage::Raw { file, direct: None },
             DiskFormat::Qcow2 => {
-                let storage = ImagoFile::from_open_file(
-                    file,
-                    StorageOpenOptions::new().filename(path).write(true),
-                )
-                .map_err(io_err("cannot open qcow2 disk image for writing", path))?;
+                let storage = storage_of(file, path, true)?;
                 TargetImage::Qcow2(open_qcow2_storage(path, storage, true, &chain, 0)?)
             }
         };
@@ -591,7 +631,9 @@ impl Target {
     }
 
     /// Make a range read as zeroes: a zero cluster in qcow2 (which hides a
-    /// backing file's data), a punched hole in a raw file.
+    /// backing file's data), a punched hole in a raw file (on a block
+    /// device the punch zeroes the range); written zeroes where a punch is
+    /// refused.
     pub(crate) fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
         match &self.img {
             TargetImage::Raw { file, .. } => {

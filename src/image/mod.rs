@@ -5,4 +5,5 @@ pub mod buffer;
 pub mod cache;
 pub mod chain;
 pub mod disk;
+pub mod file;
 pub mod nbd;

@@ -18,13 +18,13 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Stat};
 
 use crate::error::{Error, Result};
+use crate::image::file;
 use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
 
@@ -155,9 +155,8 @@ fn kind_of(path: &Path, st: &Stat) -> Result<Kind> {
 
 /// The size of the block device at `path` (its `stat` says 0).
 fn device_size(path: &Path) -> Result<u64> {
-    let mut f = fs::File::open(path).map_err(|e| Error::io("cannot open block device", path, e))?;
-    f.seek(SeekFrom::End(0))
-        .map_err(|e| Error::io("cannot size block device", path, e))
+    let f = fs::File::open(path).map_err(|e| Error::io("cannot open block device", path, e))?;
+    file::size(&f).map_err(|e| Error::io("cannot size block device", path, e))
 }
 
 /// The device and inode of every image file of every backup in the
