@@ -13,6 +13,7 @@ pub mod flags;
 pub mod hv;
 pub mod image;
 pub mod job;
+mod logging;
 pub mod ops;
 pub mod store;
 #[doc(hidden)]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// of a module path; `store::index` is listed apart because the engines may
 /// read the digest index but not the catalog.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("capi", &["ops", "xml", "error", "flags", "testhook"]),
+    ("capi", &["ops", "xml", "error", "flags", "testhook", "logging"]),
     (
         "ops",
         &[
@@ -41,6 +41,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("xml", &["error", "flags"]),
     ("error", &[]),
     ("flags", &[]),
+    // The log's set-up (`log` macros are used everywhere; only the C
+    // boundary sets it up).
+    ("logging", &[]),
     // Crash-test stop points (feature `test-hooks`): usable from anywhere,
     // using nothing.
     ("testhook", &[]),

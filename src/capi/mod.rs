@@ -39,6 +39,7 @@ pub use crate::flags::{
 /// catch panics, and on failure record the error and return `$sentinel`.
 macro_rules! ffi_entry {
     ($func:expr, $sentinel:expr, $body:block) => {{
+        $crate::logging::init();
         $crate::capi::error::reset();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
             || -> $crate::error::Result<_> { $body },
