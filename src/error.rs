@@ -2,7 +2,6 @@
 //! it is reported under, and a human-readable message. The core returns
 //! `Result<_, Error>`; the C boundary turns it into the thread-local last error.
 
-use std::fmt;
 
 /// The subset of libvirt's `virErrorNumber` values this library reports.
 /// The numbers are libvirt's ABI and never change.
@@ -25,18 +24,13 @@ pub enum ErrorCode {
 pub(crate) const VIR_FROM_DOMAIN: i32 = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct Error {
     /// A libvirt `virErrorNumber` (ours, or carried over from a libvirt call).
     pub code: i32,
     /// A libvirt `virErrorDomain`.
     pub domain: i32,
     pub message: String,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -26,23 +26,17 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     pub fn zeroed(len: usize) -> AlignedBuf {
         let map_len = Self::map_len(len);
-        // SAFETY: a new private anonymous mapping; no existing memory is
-        // touched.
+        // SAFETY: a new private anonymous mapping at an address the kernel
+        // picks; no existing memory is touched.
         let ptr = unsafe {
-            libc::mmap(
+            rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
             )
         };
-        let ptr = match ptr {
-            libc::MAP_FAILED => None,
-            p => NonNull::new(p.cast::<u8>()),
-        };
-        let Some(ptr) = ptr else {
+        let Some(ptr) = ptr.ok().and_then(|p| NonNull::new(p.cast::<u8>())) else {
             let layout = std::alloc::Layout::from_size_align(map_len, ALIGN).expect("buffer size");
             std::alloc::handle_alloc_error(layout);
         };
@@ -72,9 +66,7 @@ impl DerefMut for AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: mapped in `zeroed` with this length, unmapped once.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), Self::map_len(self.len));
-        }
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), Self::map_len(self.len)) };
     }
 }
 

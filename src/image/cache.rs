@@ -128,33 +128,35 @@ impl DropBehind {
 /// reader drops it once read ([`drop_cached`]), so a backup of a cold disk
 /// leaves the cache as it found it and a warm one's pages stay.
 pub fn is_cold(file: &File, offset: u64, len: u64) -> bool {
-    // SAFETY: sysconf has no memory effects.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let page = rustix::param::page_size().max(4096) as u64;
     if len == 0 {
         return false;
     }
     let start = offset / page * page;
     let span = (offset + len - start) as usize;
     let mut vec = vec![0u8; span.div_ceil(page as usize)];
-    // SAFETY: a shared read-only mapping of our own open file, never
-    // dereferenced (mincore only reads the page tables of the range), and
-    // unmapped before returning.
-    unsafe {
-        let map = libc::mmap(
+    // SAFETY: a new shared read-only mapping of our own open file at an
+    // address the kernel picks; it overlaps nothing of ours.
+    let map = unsafe {
+        rustix::mm::mmap(
             std::ptr::null_mut(),
             span,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            start as libc::off_t,
-        );
-        if map == libc::MAP_FAILED {
-            return false;
-        }
-        let ok = libc::mincore(map, span, vec.as_mut_ptr()) == 0;
-        libc::munmap(map, span);
-        ok && vec.iter().all(|v| v & 1 == 0)
-    }
+            rustix::mm::ProtFlags::READ,
+            rustix::mm::MapFlags::SHARED,
+            file,
+            start,
+        )
+    };
+    let Ok(map) = map else {
+        return false;
+    };
+    // SAFETY: `map` is the `span`-byte mapping made above, never
+    // dereferenced (mincore only reads the page tables of the range), and
+    // `vec` has one byte per page of it.
+    let ok = unsafe { libc::mincore(map, span, vec.as_mut_ptr()) } == 0;
+    // SAFETY: the mapping made above, unmapped once; nothing refers to it.
+    let _ = unsafe { rustix::mm::munmap(map, span) };
+    ok && vec.iter().all(|v| v & 1 == 0)
 }
 
 /// Drop `offset..offset+len` of `file` from the page cache.
