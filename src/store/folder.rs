@@ -234,7 +234,17 @@ impl Folder {
         let fd = match rustix::fs::open(path, dir_flags(), Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::LOOP | Errno::NOTDIR) if link_at(None, path) => {
-                return Err(refuse("it is a symbolic link"));
+                // A link at the folder's name is followed only where
+                // nobody else could have made it or could swap it: in a
+                // folder that passes the same check (`/backups` made a
+                // link to another disk by root).
+                let parent = path.parent().unwrap_or(Path::new("/"));
+                Folder::open_outside(parent, what).map_err(|_| {
+                    refuse("it is a symbolic link in a folder other users can change")
+                })?;
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                rustix::fs::open(path, flags, Mode::empty())
+                    .map_err(|e| Error::io("cannot open folder", path, e.into()))?
             }
             Err(Errno::NOTDIR | Errno::LOOP) => return Err(refuse("it is not a folder")),
             Err(e) => return Err(Error::io("cannot open folder", path, e.into())),
