@@ -250,11 +250,11 @@ fn check(doc: &str) {
     match dom::parse(doc) {
         Ok(el) => {
             // What parses serializes to a document that parses the same.
-            let out = el.to_xml();
+            let out = el.to_xml().unwrap();
             let back = dom::parse(&out)
                 .unwrap_or_else(|e| panic!("re-parse failed: {} for {}", e.message, show(doc)));
             assert_eq!(
-                back.to_xml(),
+                back.to_xml().unwrap(),
                 out,
                 "unstable serialization of {}",
                 show(doc)
@@ -283,8 +283,15 @@ fn check(doc: &str) {
         }
     }
     if let Ok(rec) = BackupRecord::from_catalog_xml(doc) {
-        let _ = CreateRequest::parse(&rec.public_element().to_xml());
-        let _ = rec.to_catalog_xml();
+        // What the catalog reads, it writes, and reads back the same.
+        let out = rec.to_catalog_xml().unwrap();
+        assert_eq!(
+            BackupRecord::from_catalog_xml(&out).unwrap(),
+            rec,
+            "record rewritten differently: {}",
+            show(doc)
+        );
+        let _ = CreateRequest::parse(&rec.public_element().unwrap().to_xml().unwrap());
     }
     let p = PathBuf::from("/r/vda.qcow2");
     let disks = [domain::RestoredDisk {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{self, os};
 use crate::job::Job;
-use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord};
+use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord, path_str};
 use crate::xml::dom::{self, Element};
 use crate::xml::domain::DomainDisk;
 
@@ -219,7 +219,11 @@ pub fn backup_disk_element(name: &str, since: Option<Option<&str>>) -> Element {
 /// The `<domainbackup>` and `<domaincheckpoint>` documents for libvirt:
 /// every disk of the domain is named, those outside the backup with
 /// backup='no' / checkpoint='no'.
-fn documents(rec: &BackupRecord, disks: &[LiveDisk], all: &[DomainDisk]) -> (String, String) {
+fn documents(
+    rec: &BackupRecord,
+    disks: &[LiveDisk],
+    all: &[DomainDisk],
+) -> Result<(String, String)> {
     let mut bdisks = Element::new("disks");
     let mut cdisks = Element::new("disks");
     for d in all {
@@ -228,7 +232,7 @@ fn documents(rec: &BackupRecord, disks: &[LiveDisk], all: &[DomainDisk]) -> (Str
             Some(l) => {
                 let b = backup_disk_element(&d.name, Some(l.since))
                     .with_child(
-                        Element::new("target").with_attr("file", l.record.target.to_string_lossy()),
+                        Element::new("target").with_attr("file", path_str(&l.record.target)?),
                     )
                     .with_child(Element::new("driver").with_attr("type", l.record.format.as_str()));
                 // Only qcow2 images can keep a bitmap: the next backup of
@@ -256,14 +260,14 @@ fn documents(rec: &BackupRecord, disks: &[LiveDisk], all: &[DomainDisk]) -> (Str
     let backup = Element::new("domainbackup")
         .with_attr("mode", "push")
         .with_child(bdisks)
-        .to_xml();
+        .to_xml()?;
     let mut cp = Element::new("domaincheckpoint")
         .with_child(Element::new("name").with_text(rec.checkpoint.clone().unwrap_or_default()));
     if let Some(desc) = &rec.description {
         cp.push(Element::new("description").with_text(desc.clone()));
     }
     cp.push(cdisks);
-    (backup, cp.to_xml())
+    Ok((backup, cp.to_xml()?))
 }
 
 /// Start libvirt's job. With `quiesce` the guest's file systems are frozen
@@ -275,7 +279,7 @@ pub fn begin(
     all: &[DomainDisk],
     quiesce: bool,
 ) -> Result<()> {
-    let (backup_xml, checkpoint_xml) = documents(rec, disks, all);
+    let (backup_xml, checkpoint_xml) = documents(rec, disks, all)?;
     quiesced(dom, quiesce, || {
         dom.backup_begin(
             &backup_xml,

@@ -172,7 +172,7 @@ pub fn check_pool(conn: &Connect, pool: &str) -> Result<()> {
 /// The `<volume>` document: sparse (allocation 0, so libvirt does not
 /// preallocate a raw file), mode 0600, owned by this process's user so the
 /// engine can rewrite the file when libvirtd runs as another user.
-fn volume_xml(volume: &str, format: DiskFormat, capacity: u64) -> String {
+fn volume_xml(volume: &str, format: DiskFormat, capacity: u64) -> Result<String> {
     let bytes = |name: &str, n: u64| {
         Element::new(name)
             .with_attr("unit", "bytes")
@@ -211,15 +211,15 @@ pub fn create_volume(
     capacity: u64,
 ) -> Result<PoolVolume> {
     let (p, _) = check_new(conn, pool, volume)?;
-    let vol =
-        StorageVol::create_xml(&p, &volume_xml(volume, format, capacity), 0).map_err(|e| {
-            let mut err = Error::from(e);
-            err.message = format!(
-                "cannot create volume '{volume}' in storage pool '{pool}': {}",
-                err.message
-            );
-            err
-        })?;
+    let xml = volume_xml(volume, format, capacity)?;
+    let vol = StorageVol::create_xml(&p, &xml, 0).map_err(|e| {
+        let mut err = Error::from(e);
+        err.message = format!(
+            "cannot create volume '{volume}' in storage pool '{pool}': {}",
+            err.message
+        );
+        err
+    })?;
     let path = match vol.path() {
         Ok(path) if path.starts_with('/') => PathBuf::from(path),
         other => {

@@ -227,19 +227,19 @@ impl Backup {
     /// `virDomainBackupGetXMLDesc`.
     pub fn xml_desc(&self) -> Result<String> {
         if let Some(e) = &self.export {
-            return Ok(e.xml_desc());
+            return e.xml_desc();
         }
         if let Some((job, state)) = self.ended_without_record() {
-            return Ok(Element::new("domainbackup")
+            return Element::new("domainbackup")
                 .with_child(Element::new("uuid").with_text(self.uuid.to_string()))
                 .with_child(Element::new("state").with_text(state.as_str()))
                 .with_child(Element::new("domain").with_attr("uuid", job.domain.to_string()))
-                .to_xml());
+                .to_xml();
         }
         let rec = self.record()?;
-        let mut el = rec.public_element();
+        let mut el = rec.public_element()?;
         crate::ops::pins::add_pinned_by(&self.catalog, &rec, &mut el)?;
-        Ok(el.to_xml())
+        el.to_xml()
     }
 
     pub fn domain(&self) -> Result<&DomainRef> {

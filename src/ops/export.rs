@@ -30,7 +30,7 @@ use crate::ops::recovery;
 use crate::store::catalog::DomainLock;
 use crate::store::index::IndexReader;
 use crate::xml::backup::{
-    BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest, parent_and_domain,
+    BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest, parent_and_domain, path_str,
 };
 use crate::xml::dom::Element;
 use crate::xml::domain::{self, DomainDisk};
@@ -233,7 +233,7 @@ fn start_server(
     (is_live, cert_dir): (bool, Option<&Path>),
 ) -> Result<Server> {
     if is_live {
-        let xml = pull_document(req, disks, all, scratch);
+        let xml = pull_document(req, disks, all, scratch)?;
         dom.backup_begin(&xml, None, 0).map(|()| Server::Libvirt {
             scratch: scratch.to_path_buf(),
         })
@@ -467,7 +467,7 @@ fn pull_document(
     disks: &[(&DomainDisk, String, Option<Since>)],
     all: &[DomainDisk],
     scratch: &Path,
-) -> String {
+) -> Result<String> {
     let mut list = Element::new("disks");
     for d in all {
         let el = match disks.iter().find(|(x, _, _)| x.name == d.name) {
@@ -483,22 +483,22 @@ fn pull_document(
                     el = el.with_attr("exportbitmap", bitmap_name(export));
                 }
                 let scratch = scratch.join(format!("{}.scratch", d.name));
-                el.with_child(Element::new("scratch").with_attr("file", scratch.to_string_lossy()))
+                el.with_child(Element::new("scratch").with_attr("file", path_str(&scratch)?))
             }
         };
         list.push(el);
     }
     Element::new("domainbackup")
         .with_attr("mode", "pull")
-        .with_child(server_element(&req.server, req.tls))
+        .with_child(server_element(&req.server, req.tls)?)
         .with_child(list)
         .to_xml()
 }
 
 /// `<server>` as the caller wrote it: the address, and `tls='yes'`.
-fn server_element(server: &NbdServer, tls: bool) -> Element {
-    let el = server.element("server");
-    if tls { el.with_attr("tls", "yes") } else { el }
+fn server_element(server: &NbdServer, tls: bool) -> Result<Element> {
+    let el = server.element("server")?;
+    Ok(if tls { el.with_attr("tls", "yes") } else { el })
 }
 
 impl Export {
@@ -529,7 +529,7 @@ impl Export {
     }
 
     /// What a third-party tool needs to connect.
-    pub fn xml_desc(&self) -> String {
+    pub fn xml_desc(&self) -> Result<String> {
         let mut root = Element::new("domainbackup")
             .with_child(Element::new("uuid").with_text(self.uuid.to_string()))
             .with_child(Element::new("state").with_text(self.state().as_str()));
@@ -538,7 +538,7 @@ impl Export {
             self.domain_uuid,
             &self.domain_name,
         ));
-        root.push(server_element(&self.address, self.tls));
+        root.push(server_element(&self.address, self.tls)?);
         let mut disks = Element::new("disks");
         for d in &self.disks {
             let mut el = Element::new("disk")

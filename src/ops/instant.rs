@@ -202,7 +202,7 @@ fn definition(to: &Receiver, list: &[Overlay]) -> Result<String> {
     }
     let mut root = dom::parse(&xml)?;
     root.push(dom::Element::new("uuid").with_text(to.uuid.to_string()));
-    Ok(root.to_xml())
+    root.to_xml()
 }
 
 /// Define (or redefine) the receiver.

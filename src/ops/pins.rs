@@ -135,7 +135,7 @@ pub fn add_pinned_by(catalog: &Catalog, rec: &BackupRecord, el: &mut Element) ->
                 Element::new("pinnedby")
                     .with_attr("domain", pin.domain_name.clone())
                     .with_attr("disk", pin.disk.clone())
-                    .with_attr("overlay", path_str(&pin.overlay)),
+                    .with_attr("overlay", path_str(&pin.overlay)?),
             );
         }
     }

@@ -574,10 +574,12 @@ impl Catalog {
 
     /// Write a backup's record, and note it in the domain's summary.
     pub fn write_record(&self, rec: &BackupRecord) -> Result<()> {
+        // Refused (a value XML cannot carry) before anything is noted.
+        let xml = rec.to_catalog_xml()?;
         let _guard = self.lock_domain(&rec.domain_uuid)?;
         let dir = self.make_domain_folder(&rec.domain_uuid)?;
         self.note_pending(&dir, &rec.uuid)?;
-        dir.write_atomic(&record_name(&rec.uuid), rec.to_catalog_xml().as_bytes())?;
+        dir.write_atomic(&record_name(&rec.uuid), xml.as_bytes())?;
         summary::note_written(&dir, &Entry::of(rec))?;
         self.compact_summary(&dir)
     }
@@ -1038,8 +1040,9 @@ impl Catalog {
     }
 
     pub fn set_default_target(&self, domain: &Uuid, target: &DefaultTarget) -> Result<()> {
+        let xml = target.to_xml()?;
         self.make_domain_folder(domain)?
-            .write_atomic(DEFAULT_TARGET_FILE, target.to_xml().as_bytes())
+            .write_atomic(DEFAULT_TARGET_FILE, xml.as_bytes())
     }
 
     /// Forget every backup of a domain and its settings (data files stay).
@@ -1407,14 +1410,20 @@ mod tests {
         b2.parent = None;
         summary::note_pending(&folder, &b.uuid).unwrap();
         folder
-            .write_atomic(&record_name(&b.uuid), b2.to_catalog_xml().as_bytes())
+            .write_atomic(
+                &record_name(&b.uuid),
+                b2.to_catalog_xml().unwrap().as_bytes(),
+            )
             .unwrap();
         assert_eq!(listed(&cat, &dom), from_records(&cat, &dom));
         // The same for a removal, and for a new record.
         let d = record(dom, dir.path().join("d"), BackupState::Completed);
         summary::note_pending(&folder, &d.uuid).unwrap();
         folder
-            .write_atomic(&record_name(&d.uuid), d.to_catalog_xml().as_bytes())
+            .write_atomic(
+                &record_name(&d.uuid),
+                d.to_catalog_xml().unwrap().as_bytes(),
+            )
             .unwrap();
         summary::note_pending(&folder, &a.uuid).unwrap();
         std::fs::remove_file(cat.record_path(&dom, &a.uuid)).unwrap();

@@ -34,14 +34,14 @@ impl Pin {
         format!("{}-{}-{}.xml", self.backup, self.domain_uuid, self.disk)
     }
 
-    fn to_xml(&self) -> String {
+    fn to_xml(&self) -> Result<String> {
         Element::new("pin")
             .with_attr("backup", self.backup.to_string())
             .with_attr("domain", self.domain_uuid.to_string())
             .with_attr("name", self.domain_name.clone())
             .with_attr("uri", self.uri.clone())
             .with_attr("disk", self.disk.clone())
-            .with_attr("overlay", path_str(&self.overlay))
+            .with_attr("overlay", path_str(&self.overlay)?)
             .to_xml()
     }
 
@@ -66,7 +66,7 @@ impl Pin {
 /// Record a pin (replacing one of the same backup, domain and disk).
 pub fn add(catalog: &Catalog, pin: &Pin) -> Result<PathBuf> {
     let dir = catalog.private_folder(PINS)?;
-    dir.write_atomic(&pin.file_name(), pin.to_xml().as_bytes())?;
+    dir.write_atomic(&pin.file_name(), pin.to_xml()?.as_bytes())?;
     Ok(dir.join(&pin.file_name()))
 }
 

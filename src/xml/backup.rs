@@ -365,7 +365,7 @@ pub struct BackupRecord {
 
 impl BackupRecord {
     /// The document `virDomainBackupGetXMLDesc` returns.
-    pub fn public_element(&self) -> Element {
+    pub fn public_element(&self) -> Result<Element> {
         let mut root = Element::new("domainbackup")
             .with_child(Element::new("uuid").with_text(self.uuid.to_string()))
             .with_child(Element::new("creationTime").with_text(self.creation_time.to_string()));
@@ -400,18 +400,18 @@ impl BackupRecord {
                             BackupMode::Incremental => "incremental",
                         },
                     )
-                    .with_child(Element::new("source").with_attr("file", path_str(&d.source)))
-                    .with_child(target.with_attr("file", path_str(&d.target)))
+                    .with_child(Element::new("source").with_attr("file", path_str(&d.source)?))
+                    .with_child(target.with_attr("file", path_str(&d.target)?))
                     .with_child(Element::new("driver").with_attr("type", d.format.as_str())),
             );
         }
         root.push(disks);
-        root
+        Ok(root)
     }
 
     /// The catalog file: the public document plus what the library needs later.
-    pub fn to_catalog_xml(&self) -> String {
-        let mut root = self.public_element();
+    pub fn to_catalog_xml(&self) -> Result<String> {
+        let mut root = self.public_element()?;
         root.push(Element::new("connection").with_attr("uri", self.uri.clone()));
         root.push(Element::new("created").with_attr("ns", self.created_ns.to_string()));
         let mut disks = Element::new("diskinfo");
@@ -423,7 +423,7 @@ impl BackupRecord {
             for (path, format) in &d.backing {
                 info.push(
                     Element::new("backingStore")
-                        .with_attr("file", path_str(path))
+                        .with_attr("file", path_str(path)?)
                         .with_attr("format", format.as_str()),
                 );
             }
@@ -432,7 +432,7 @@ impl BackupRecord {
         root.push(disks);
         let mut dirs = Element::new("createddirs");
         for d in &self.created_dirs {
-            dirs.push(Element::new("dir").with_attr("path", path_str(d)));
+            dirs.push(Element::new("dir").with_attr("path", path_str(d)?));
         }
         root.push(dirs);
         root.push(
@@ -582,8 +582,18 @@ pub fn parent_and_domain(parent: Option<Uuid>, domain: Uuid, name: &str) -> Vec<
     parent.into_iter().chain([domain]).collect()
 }
 
-pub fn path_str(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
+/// A path as the string XML carries: exactly the path, never another one.
+/// The library's paths come from XML (callers' documents, libvirt's), so
+/// they are UTF-8; one that is not is a broken invariant, refused with an
+/// internal error naming it (its bytes escaped) rather than written lossily
+/// (a lossy conversion makes it another path, its bad bytes U+FFFD).
+pub fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().ok_or_else(|| {
+        Error::internal(format!(
+            "path '{}' is not valid UTF-8 and cannot be written into XML",
+            p.as_os_str().as_encoded_bytes().escape_ascii()
+        ))
+    })
 }
 
 /// `virDomainSetDefaultTarget` input.
@@ -617,11 +627,24 @@ impl DefaultTarget {
         }
     }
 
-    pub fn to_xml(&self) -> String {
+    /// The document [`DefaultTarget::parse`] reads back as `self`. A path
+    /// that starts or ends with white space is refused: `<path>` is read
+    /// trimmed (as callers indent it), so it would read back as another
+    /// path. [`DefaultTarget::parse`] never makes one.
+    pub fn to_xml(&self) -> Result<String> {
         match self {
-            DefaultTarget::Dir(p) => Element::new("target")
-                .with_attr("type", "dir")
-                .with_child(Element::new("path").with_text(path_str(p))),
+            DefaultTarget::Dir(p) => {
+                let s = path_str(p)?;
+                if s.trim() != s {
+                    return Err(Error::invalid_arg(format!(
+                        "default target path \"{}\" starts or ends with white space",
+                        s.escape_debug()
+                    )));
+                }
+                Element::new("target")
+                    .with_attr("type", "dir")
+                    .with_child(Element::new("path").with_text(s))
+            }
             DefaultTarget::Pool(p) => Element::new("target")
                 .with_attr("type", "pool")
                 .with_child(Element::new("pool").with_text(p.clone())),
@@ -744,16 +767,16 @@ impl NbdServer {
     }
 
     /// The element `parse` reads, named `name`.
-    pub fn element(&self, name: &str) -> Element {
-        match self {
+    pub fn element(&self, name: &str) -> Result<Element> {
+        Ok(match self {
             NbdServer::Tcp { host, port } => Element::new(name)
                 .with_attr("transport", "tcp")
                 .with_attr("name", host.clone())
                 .with_attr("port", port.to_string()),
             NbdServer::Unix(p) => Element::new(name)
                 .with_attr("transport", "unix")
-                .with_attr("socket", path_str(p)),
-        }
+                .with_attr("socket", path_str(p)?),
+        })
     }
 }
 
@@ -1019,13 +1042,164 @@ mod tests {
             created_dirs: vec!["/b".into()],
             checkpoint: None,
         };
-        let back = BackupRecord::from_catalog_xml(&rec.to_catalog_xml()).unwrap();
+        let back = BackupRecord::from_catalog_xml(&rec.to_catalog_xml().unwrap()).unwrap();
         assert_eq!(back, rec);
-        let input = CreateRequest::parse(&rec.public_element().to_xml()).unwrap();
+        let input = CreateRequest::parse(&rec.public_element().unwrap().to_xml().unwrap()).unwrap();
         assert_eq!(input.uuid, Some(rec.uuid));
         assert_eq!(
             input.disks.unwrap()[0].target,
             Some(Target::File("/b/vda.qcow2".into()))
+        );
+    }
+
+    /// Absolute paths with every character an XML reader would otherwise
+    /// change or misread.
+    const ODD_PATHS: &[&str] = &[
+        "/b/\u{fc}ber dir/vda.qcow2",
+        "/b/q\"uote'apos",
+        "/b/back\\slash",
+        "/b/amp&amp;<lt>&gt;",
+        "/b/tab\there",
+        "/b/new\nline",
+        "/b/cr\rhere",
+        "/b/crlf\r\nhere",
+        "/b/trailing \n",
+        "/b/all \u{fc}\"'\\&<>\t\n\r end",
+    ];
+
+    /// `s` as an attribute value, written independently of the library's
+    /// writer: every markup or white space character as a character reference.
+    fn attr(s: &str) -> String {
+        s.chars()
+            .map(|c| match c {
+                '&' | '<' | '>' | '\'' | '"' | '\t' | '\n' | '\r' => format!("&#{};", c as u32),
+                c => c.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn odd_paths_round_trip_through_catalog_record_and_description() {
+        for &p in ODD_PATHS {
+            let mut rec = BackupRecord::sample(Uuid::new_v4(), p.into(), BackupState::Completed);
+            rec.description = Some(format!("about {p}"));
+            rec.disks[0].source = format!("{p}.src").into();
+            rec.disks[0].backing = vec![(format!("{p}.parent").into(), DiskFormat::Qcow2)];
+            rec.created_dirs = vec![p.into(), "/b".into()];
+            rec.domain_xml = format!(
+                "<domain><devices><disk><source file='{}'/></disk></devices></domain>\r\n",
+                attr(p)
+            );
+            let back = BackupRecord::from_catalog_xml(&rec.to_catalog_xml().unwrap()).unwrap();
+            assert_eq!(back, rec, "{p:?}");
+            // GetXMLDesc's document parses back as input with the same target.
+            let desc = rec.public_element().unwrap().to_xml().unwrap();
+            let input = CreateRequest::parse(&desc).unwrap();
+            assert_eq!(
+                input.disks.unwrap()[0].target,
+                Some(Target::File(p.into())),
+                "{desc}"
+            );
+            // And as a restore document.
+            let restore = RestoreRequest::parse(&desc).unwrap();
+            assert_eq!(restore.disks.unwrap()[0].target, Some(PathBuf::from(p)));
+            // An export socket.
+            let srv = NbdServer::Unix(p.into());
+            let el = dom::parse(&srv.element("server").unwrap().to_xml().unwrap()).unwrap();
+            assert_eq!(NbdServer::parse(&el, "server").unwrap(), srv);
+        }
+    }
+
+    #[test]
+    fn odd_paths_in_caller_documents_are_read_exactly() {
+        for &p in ODD_PATHS {
+            let xml = format!(
+                "<domainbackup><disks><disk name='vda'><target file='{}'/></disk></disks></domainbackup>",
+                attr(p)
+            );
+            let r = CreateRequest::parse(&xml).unwrap();
+            assert_eq!(r.disks.unwrap()[0].target, Some(Target::File(p.into())));
+            let u = "54c70d40-26bb-48cd-9639-b3a1e9adf650";
+            let xml = format!(
+                "<domainbackup><uuid>{u}</uuid><target dir='{}'/></domainbackup>",
+                attr(p)
+            );
+            let r = RestoreRequest::parse(&xml).unwrap();
+            assert_eq!(r.target_dir, Some(PathBuf::from(p)));
+        }
+    }
+
+    #[test]
+    fn default_target_paths_read_back_exactly_or_are_refused() {
+        for &p in ODD_PATHS {
+            let d = DefaultTarget::Dir(p.into());
+            if p.trim() != p {
+                // <path> is read trimmed: such a path would come back as
+                // another one, so it is refused (parse never makes one).
+                let e = d.to_xml().unwrap_err();
+                assert!(e.is(crate::error::ErrorCode::InvalidArg), "{e:?}");
+                assert!(
+                    e.message.contains(&p.escape_debug().to_string()),
+                    "{}",
+                    e.message
+                );
+                continue;
+            }
+            assert_eq!(
+                DefaultTarget::parse(&d.to_xml().unwrap()).unwrap(),
+                d,
+                "{p:?}"
+            );
+        }
+        let d =
+            DefaultTarget::parse("<target type='dir'><path>\n  /b/x y\n</path></target>").unwrap();
+        assert_eq!(d, DefaultTarget::Dir("/b/x y".into()));
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_refused_not_rewritten() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = Path::new(std::ffi::OsStr::from_bytes(b"/b/x\xff\xfe\ny.qcow2"));
+        let e = path_str(p).unwrap_err();
+        assert!(e.is(crate::error::ErrorCode::InternalError), "{e:?}");
+        assert!(
+            e.message.contains("'/b/x\\xff\\xfe\\ny.qcow2'"),
+            "{}",
+            e.message
+        );
+        assert_eq!(path_str(Path::new("/b/\u{fc}\n")).unwrap(), "/b/\u{fc}\n");
+        // Nothing with such a path is written.
+        let rec = BackupRecord::sample(Uuid::new_v4(), p.into(), BackupState::Completed);
+        assert!(
+            rec.to_catalog_xml()
+                .unwrap_err()
+                .is(crate::error::ErrorCode::InternalError)
+        );
+        assert!(rec.public_element().is_err());
+        assert!(DefaultTarget::Dir(p.into()).to_xml().is_err());
+        assert!(NbdServer::Unix(p.into()).element("server").is_err());
+    }
+
+    #[test]
+    fn a_record_holding_a_character_xml_cannot_carry_is_refused() {
+        let mut rec = BackupRecord::sample(Uuid::new_v4(), "/b/v".into(), BackupState::Completed);
+        rec.uri = "test:///default?x=\u{1}".into();
+        let e = rec.to_catalog_xml().unwrap_err();
+        assert!(e.is(crate::error::ErrorCode::InvalidArg), "{e:?}");
+        assert!(
+            e.message.contains("attribute 'uri' of <connection>")
+                && e.message.contains("test:///default?x=\\u{1}"),
+            "{}",
+            e.message
+        );
+        let mut rec =
+            BackupRecord::sample(Uuid::new_v4(), "/b/v\u{0}".into(), BackupState::Completed);
+        rec.description = None;
+        let e = rec.to_catalog_xml().unwrap_err();
+        assert!(
+            e.message.contains("attribute 'file' of <target>"),
+            "{}",
+            e.message
         );
     }
 
@@ -1055,7 +1229,7 @@ mod tests {
     fn default_target_forms() {
         let d = DefaultTarget::parse("<target type='dir'><path>/backups</path></target>").unwrap();
         assert_eq!(d, DefaultTarget::Dir("/backups".into()));
-        assert_eq!(DefaultTarget::parse(&d.to_xml()).unwrap(), d);
+        assert_eq!(DefaultTarget::parse(&d.to_xml().unwrap()).unwrap(), d);
         assert!(DefaultTarget::parse("<target type='nfs'/>").is_err());
         assert!(DefaultTarget::parse("<target type='dir'><path>rel</path></target>").is_err());
     }

@@ -90,11 +90,17 @@ impl Element {
 
     /// Serialize with two-space indentation and a trailing newline, as libvirt does.
     /// Iterative (an explicit stack of open elements), like [`Drop`].
-    pub fn to_xml(&self) -> String {
+    ///
+    /// Every attribute value and text reads back exactly as it is here
+    /// (see [`escape_attr`] and [`escape_text`]); a value holding a
+    /// character XML 1.0 cannot carry at all (NUL, the other C0 controls
+    /// but tab, line feed and carriage return, U+FFFE, U+FFFF) is refused
+    /// with an error naming it, rather than written as something else.
+    pub fn to_xml(&self) -> Result<String> {
         let mut out = String::new();
         // (element, index of the next child to write)
         let mut stack: Vec<(&Element, usize)> = Vec::new();
-        self.write_start(&mut out, 0);
+        self.write_start(&mut out, 0)?;
         if !self.children.is_empty() {
             stack.push((self, 0));
         }
@@ -105,7 +111,7 @@ impl Element {
                     if let Some(top) = stack.last_mut() {
                         top.1 += 1;
                     }
-                    c.write_start(&mut out, depth);
+                    c.write_start(&mut out, depth)?;
                     if !c.children.is_empty() {
                         stack.push((c, 0));
                     }
@@ -117,11 +123,11 @@ impl Element {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// The start tag, and for an element without children the whole element.
-    fn write_start(&self, out: &mut String, depth: usize) {
+    fn write_start(&self, out: &mut String, depth: usize) -> Result<()> {
         out.push_str(&"  ".repeat(depth));
         out.push('<');
         out.push_str(&self.name);
@@ -129,18 +135,27 @@ impl Element {
             out.push(' ');
             out.push_str(k);
             out.push_str("='");
-            out.push_str(&escape(v));
+            out.push_str(
+                &escape_attr(v).map_err(|c| {
+                    unwritable(c, &format!("attribute '{k}' of <{}>", self.name), v)
+                })?,
+            );
             out.push('\'');
         }
         if self.children.is_empty() && self.text.is_empty() {
             out.push_str("/>\n");
         } else if self.children.is_empty() {
             out.push('>');
-            out.push_str(&escape(&self.text));
+            out.push_str(
+                &escape_text(&self.text).map_err(|c| {
+                    unwritable(c, &format!("the text of <{}>", self.name), &self.text)
+                })?,
+            );
             self.write_end(out);
         } else {
             out.push_str(">\n");
         }
+        Ok(())
     }
 
     fn write_end(&self, out: &mut String) {
@@ -150,8 +165,36 @@ impl Element {
     }
 }
 
-/// Escape text and attribute values (attributes are written with single quotes).
-pub fn escape(s: &str) -> String {
+/// The error for a value holding `c`, which no XML 1.0 document can carry.
+fn unwritable(c: char, what: &str, value: &str) -> Error {
+    Error::invalid_arg(format!(
+        "{what} cannot be written as XML: the value \"{}\" holds character U+{:04X}, \
+         which XML 1.0 cannot carry",
+        value.escape_debug(),
+        c as u32
+    ))
+}
+
+/// `s` as an attribute value (written between single quotes) that every XML
+/// 1.0 reader reads back as `s`: the markup characters as entities, and tab,
+/// line feed and carriage return as character references, since a reader
+/// turns them into spaces in an attribute value (attribute-value
+/// normalization), which would make a path holding one another path.
+/// Err: the first character XML 1.0 cannot carry at all.
+pub fn escape_attr(s: &str) -> std::result::Result<String, char> {
+    escape(s, true)
+}
+
+/// `s` as element text that every XML 1.0 reader reads back as `s`: the
+/// markup characters as entities (`>` too, so that `]]>` never appears),
+/// and carriage return as a character reference, since a reader turns a
+/// literal one (alone or before a line feed) into a line feed.
+/// Err: the first character XML 1.0 cannot carry at all.
+pub fn escape_text(s: &str) -> std::result::Result<String, char> {
+    escape(s, false)
+}
+
+fn escape(s: &str, attr: bool) -> std::result::Result<String, char> {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {
@@ -160,10 +203,14 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '\'' => out.push_str("&apos;"),
             '"' => out.push_str("&quot;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' if attr => out.push_str("&#9;"),
+            '\n' if attr => out.push_str("&#10;"),
+            c if !is_xml_char(c) => return Err(c),
             c => out.push(c),
         }
     }
-    out
+    Ok(out)
 }
 
 /// Bounds on a document, checked while it is read.
@@ -903,7 +950,7 @@ mod tests {
         let el = Element::new("a")
             .with_attr("x", "1 & 'two' <3>")
             .with_child(Element::new("b").with_text("x < y & \"z\""));
-        let back = parse(&el.to_xml()).unwrap();
+        let back = parse(&el.to_xml().unwrap()).unwrap();
         assert_eq!(back.attr("x"), Some("1 & 'two' <3>"));
         assert_eq!(back.child_text("b"), Some("x < y & \"z\""));
     }
@@ -921,6 +968,139 @@ mod tests {
         ] {
             let err = parse(bad).unwrap_err();
             assert!(err.is(crate::error::ErrorCode::XmlError), "{bad}: {err:?}");
+        }
+    }
+
+    /// Values with every character a reader would otherwise change or
+    /// misread: markup, quotes, white space, non-ASCII.
+    const ODD: &[&str] = &[
+        "/b/\u{fc}ber.qcow2",
+        "/b/q\"uote",
+        "/b/a'pos",
+        "/b/back\\slash",
+        "/b/amp&amp;",
+        "/b/<lt>&gt;",
+        "/b/a b",
+        "/b/tab\there",
+        "/b/new\nline",
+        "/b/cr\rhere",
+        "/b/crlf\r\nhere",
+        "/b/]]>",
+        "  /b/  two  ",
+        "\n/b/\t\r\n",
+        "/b/all \u{fc}\"'\\&<>\t\n\r end",
+        "\u{10FFFF}\u{FFFD}\u{E000}\u{D7FF}",
+    ];
+
+    #[test]
+    fn attribute_values_and_text_read_back_exactly() {
+        for &v in ODD {
+            let el = Element::new("a")
+                .with_attr("x", v)
+                .with_attr("y", format!("{v}{v}"))
+                .with_child(Element::new("t").with_text(v).with_attr("z", v));
+            let xml = el.to_xml().unwrap();
+            let back = parse(&xml).unwrap();
+            assert_eq!(back.attr("x"), Some(v), "{xml}");
+            assert_eq!(back.attr("y"), Some(format!("{v}{v}").as_str()), "{xml}");
+            let t = back.child("t").unwrap();
+            assert_eq!(t.text, v, "{xml}");
+            assert_eq!(t.attr("z"), Some(v), "{xml}");
+            // Stable: written again, the same document.
+            assert_eq!(back.to_xml().unwrap(), xml);
+        }
+    }
+
+    #[test]
+    fn white_space_is_written_as_character_references() {
+        assert_eq!(
+            escape_attr("a\tb\nc\rd \u{fc}&<>\"'\\").unwrap(),
+            "a&#9;b&#10;c&#13;d \u{fc}&amp;&lt;&gt;&quot;&apos;\\"
+        );
+        // In text, tab and line feed are kept by readers; carriage return is not.
+        assert_eq!(
+            escape_text("a\tb\nc\r\nd]]>").unwrap(),
+            "a\tb\nc&#13;\nd]]&gt;"
+        );
+        let xml = Element::new("a").with_attr("x", "1\n2").to_xml().unwrap();
+        assert_eq!(xml, "<a x='1&#10;2'/>\n");
+    }
+
+    #[test]
+    fn character_references_read_back_exactly() {
+        let el = parse("<a x='&#9;&#10;&#13;&#xD;&#xA;&#x9;&#32;&#xFC;'>&#13;&#10;&#9;&#xD;</a>")
+            .unwrap();
+        assert_eq!(el.attr("x"), Some("\t\n\r\r\n\t \u{fc}"));
+        assert_eq!(el.text, "\r\n\t\r");
+        // Literal white space in an attribute is normalized to spaces, as
+        // XML 1.0 requires (hence the writer's references).
+        let el = parse("<a x='1\t2\n3\r4\r\n5'/>").unwrap();
+        assert_eq!(el.attr("x"), Some("1 2 3 4 5"));
+    }
+
+    /// NUL and the other C0 controls but tab, line feed and carriage
+    /// return, U+FFFE and U+FFFF: no XML 1.0 document holds them, literally
+    /// or as a reference.
+    const NOT_XML: &[char] = &[
+        '\0', '\u{1}', '\u{8}', '\u{B}', '\u{C}', '\u{E}', '\u{1F}', '\u{FFFE}', '\u{FFFF}',
+    ];
+
+    #[test]
+    fn values_xml_cannot_carry_are_refused_not_written() {
+        for &c in NOT_XML {
+            let v = format!("/b/x{c}y");
+            let shown = v.escape_debug().to_string();
+            let err = Element::new("a")
+                .with_child(Element::new("target").with_attr("file", v.clone()))
+                .to_xml()
+                .unwrap_err();
+            assert!(err.is(crate::error::ErrorCode::InvalidArg), "{err:?}");
+            assert!(
+                err.message.contains("attribute 'file' of <target>")
+                    && err.message.contains(&shown)
+                    && err.message.contains(&format!("U+{:04X}", c as u32)),
+                "{}",
+                err.message
+            );
+            let err = Element::new("description")
+                .with_text(v.clone())
+                .to_xml()
+                .unwrap_err();
+            assert!(err.is(crate::error::ErrorCode::InvalidArg), "{err:?}");
+            assert!(
+                err.message.contains("the text of <description>") && err.message.contains(&shown),
+                "{}",
+                err.message
+            );
+            assert_eq!(escape_attr(&v), Err(c));
+            assert_eq!(escape_text(&v), Err(c));
+        }
+    }
+
+    #[test]
+    fn references_to_characters_xml_cannot_carry_are_refused() {
+        for &c in NOT_XML {
+            let n = c as u32;
+            for doc in [
+                format!("<a x='&#{n};'/>"),
+                format!("<a x='&#x{n:X};'/>"),
+                format!("<a>&#{n};</a>"),
+                format!("<a>&#x{n:x};</a>"),
+            ] {
+                let err = parse(&doc).unwrap_err();
+                assert!(err.is(crate::error::ErrorCode::XmlError), "{doc}: {err:?}");
+                assert!(
+                    err.message.contains("bad character reference"),
+                    "{doc}: {}",
+                    err.message
+                );
+            }
+            let err = parse(&format!("<a x='{c}'/>")).unwrap_err();
+            assert!(
+                err.message.contains("is not allowed in XML"),
+                "{}",
+                err.message
+            );
         }
     }
 

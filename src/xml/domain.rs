@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::backup::DiskFormat;
+use super::backup::{DiskFormat, path_str};
 use super::dom;
 use crate::error::{Error, Result};
 
@@ -94,7 +94,7 @@ pub fn restored_definition(
         }
     }
     let Some(devices) = root.children.iter_mut().find(|c| c.name == "devices") else {
-        return Ok(root.to_xml());
+        return root.to_xml();
     };
     // By name, so that the work is linear in the number of devices.
     let by_name: std::collections::HashMap<&str, &RestoredDisk> =
@@ -123,7 +123,7 @@ pub fn restored_definition(
             .retain(|c| c.name != "source" && c.name != "backingStore");
         dev.children.insert(
             0,
-            dom::Element::new("source").with_attr("file", r.path.to_string_lossy()),
+            dom::Element::new("source").with_attr("file", path_str(r.path)?),
         );
         match dev.children.iter_mut().find(|c| c.name == "driver") {
             Some(drv) => set_attr(drv, "type", r.format.as_str()),
@@ -135,7 +135,7 @@ pub fn restored_definition(
             ),
         }
     }
-    Ok(root.to_xml())
+    root.to_xml()
 }
 
 fn set_attr(el: &mut dom::Element, name: &str, value: &str) {
@@ -195,5 +195,43 @@ mod tests {
         let same = restored_definition(xml, None, &disks).unwrap();
         assert_eq!(parse_disks(&same).unwrap().len(), 3);
         assert!(same.contains("0b6c1f7e"));
+    }
+
+    /// The definition given to libvirt names the restored file exactly,
+    /// whatever its path holds; a path that is not UTF-8 is refused.
+    #[test]
+    fn restored_definition_keeps_odd_paths_exactly() {
+        let xml = "<domain type='test'><name>a</name><devices>
+            <disk type='file' device='disk'><source file='/i/a.raw'/><target dev='vda'/></disk>
+            </devices></domain>";
+        for p in [
+            "/r/\u{fc}ber \"q\" 'a' back\\slash.qcow2",
+            "/r/tab\tnl\ncr\rcrlf\r\n&amp;<lt>.qcow2",
+            "/r/trailing\n",
+        ] {
+            let path = PathBuf::from(p);
+            let disks = [RestoredDisk {
+                name: "vda",
+                path: &path,
+                format: DiskFormat::Qcow2,
+            }];
+            for name in [None, Some("b")] {
+                let out = restored_definition(xml, name, &disks).unwrap();
+                assert_eq!(
+                    parse_disks(&out).unwrap()[0].source,
+                    Some(path.clone()),
+                    "{out}"
+                );
+            }
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let path = Path::new(std::ffi::OsStr::from_bytes(b"/r/\xff.qcow2"));
+        let disks = [RestoredDisk {
+            name: "vda",
+            path,
+            format: DiskFormat::Qcow2,
+        }];
+        let err = restored_definition(xml, None, &disks).unwrap_err();
+        assert!(err.message.contains("'/r/\\xff.qcow2'"), "{}", err.message);
     }
 }
