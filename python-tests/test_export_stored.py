@@ -111,3 +111,25 @@ def test_refusals(env):
     expect_error(VIR_ERR_INVALID_ARG, "stored backup")
     assert lib.virDomainBackupStartUnmanaged(None, None, 0) is None
     expect_error(VIR_ERR_INVALID_ARG, "xmlDesc")
+
+
+def test_paths_of_any_spelling_are_served(env, monkeypatch):
+    """The daemon's JSON arguments carry a catalog and targets whose names
+    hold a non-ASCII letter, quotes, a backslash, spaces and a line end."""
+    odd = env.path('f\u00fcr "q" \\ two\nlines')
+    os.mkdir(odd)
+    monkeypatch.setenv("LIBVIRT_BACKUP_DIR", os.path.join(odd, "catalog"))
+    env.catalog = os.path.join(odd, "catalog")
+    dom = env.domain(size=8 * MiB)
+    full = env.backup(dom, "<domainbackup/>")  # in the catalog
+    write_disk(dom.disks[0][1], "raw", [(2 * MiB, K64, 0x62)])
+    inc_target = os.path.join(odd, "inc \u00fc.qcow2")
+    inc = env.backup(dom, (
+        f"<domainbackup><parent><uuid>{backup_uuid(full)}</uuid></parent><disks>"
+        "<disk name='vda'><target file='" + inc_target.replace("\n", "&#10;").replace(
+            '"', "&quot;") + "'/></disk></disks></domainbackup>"))
+    at_inc = env.snapshot(dom.disks[0][1], "at-inc.raw")
+    srv = Nbd(socket=env.path("odd.sock"))
+    e = start_stored(env, stored_xml(backup_uuid(inc), srv))
+    assert_byte_exact(nbd_copy(srv.uri("vda"), env.path("got.raw")), "raw", at_inc, "raw")
+    assert lib.virDomainBackupFinishJob(e, 0) == 0

@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 
@@ -20,7 +19,7 @@ use crate::engine::live;
 use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::image::backing::backing_file;
-use crate::store::catalog::{Catalog, JobStatus, NOTE_DOMAIN, NOTE_END};
+use crate::store::catalog::{Catalog, JobStatus, NOTE_DOMAIN, read_note};
 use crate::store::secure;
 use crate::store::summary::Entry;
 use crate::xml::backup::{BackupRecord, BackupState};
@@ -194,17 +193,12 @@ fn sweep_restores(catalog: &Catalog) {
         let mut text = Vec::new();
         let _ = file.read_to_end(&mut text);
         // A note cut short while written names nothing (see `stage_files`).
-        let Some(text) = text.strip_suffix(NOTE_END) else {
+        let Some((head, files)) = read_note(&text) else {
             catalog.remove_note(&note);
             continue;
         };
-        let mut lines = text
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .peekable();
-        let head = lines.next_if(|l| l.starts_with(NOTE_DOMAIN.as_bytes()));
-        let files: Vec<&std::ffi::OsStr> = lines.map(std::ffi::OsStr::from_bytes).collect();
-        match head.map(|h| domain_uses(&String::from_utf8_lossy(h), &files)) {
+        let files: Vec<&std::ffi::OsStr> = files.iter().map(|f| f.as_os_str()).collect();
+        match head.map(|h| domain_uses(&h, &files)) {
             Some(None) => continue, // cannot tell now: a later sweep will
             Some(Some(true)) => {}  // the domain was defined: the files are its disks
             Some(Some(false)) | None => {

@@ -114,7 +114,7 @@ impl Drop for CatalogLock {
 const RESTORING: &str = ".restoring-";
 
 /// The first line of a note of files a domain is defined on (paths are
-/// absolute, so no path line starts like this).
+/// absolute, so no path starts like this).
 pub const NOTE_DOMAIN: &str = "domain ";
 
 /// The note of a restore's new files, locked while the restore writes them.
@@ -206,6 +206,27 @@ const DELETING: &str = "deleting";
 
 /// Last line of a complete restore note.
 pub const NOTE_END: &[u8] = b"end\n";
+
+/// What a complete restore note says: its `domain <uuid> <uri>` line if it
+/// has one, and the files; `None` for a note cut short by a crash while it
+/// was written (it names nothing). Paths end with a NUL; a note without
+/// any NUL is from before that, one path a line.
+pub fn read_note(text: &[u8]) -> Option<(Option<String>, Vec<PathBuf>)> {
+    let mut text = text.strip_suffix(NOTE_END)?;
+    let mut head = None;
+    if text.starts_with(NOTE_DOMAIN.as_bytes()) {
+        let end = text.iter().position(|&b| b == b'\n')?;
+        head = Some(String::from_utf8_lossy(&text[..end]).into_owned());
+        text = &text[end + 1..];
+    }
+    let sep = if text.contains(&0) { 0 } else { b'\n' };
+    let files = text
+        .split(|&b| b == sep)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+        .collect();
+    Some((head, files))
+}
 
 /// Whether the job of a `running` record is alive, died, or never left the
 /// evidence (its lock file) that it existed.
@@ -328,9 +349,11 @@ impl Catalog {
             text.extend_from_slice(h.as_bytes());
             text.push(b'\n');
         }
+        // Each path ends with a NUL, the one byte no path holds (a line end
+        // may be part of a name).
         for p in paths {
             text.extend_from_slice(p.as_os_str().as_encoded_bytes());
-            text.push(b'\n');
+            text.push(0);
         }
         // The end mark: a note cut short by a crash while it was written
         // (a path truncated into another file's name) is never acted on.
@@ -1185,6 +1208,30 @@ mod tests {
             );
             assert!(e.message.contains("damaged"), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn restore_notes_name_any_path_and_old_notes_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let odd = dir.path().join("a\nb \"q\" \\ f\u{fc}r.qcow2");
+        let plain = dir.path().join("plain.qcow2");
+        let dom = Uuid::new_v4();
+        let note = cat
+            .stage_files_of_domain(&[&odd, &plain], &dom, "test:///default")
+            .unwrap();
+        let text = std::fs::read(&cat.restore_notes()[0]).unwrap();
+        let (head, files) = read_note(&text).unwrap();
+        assert_eq!(head, Some(format!("{NOTE_DOMAIN}{dom} test:///default")));
+        assert_eq!(files, vec![odd.clone(), plain.clone()]);
+        note.done();
+        // A note from before paths ended with a NUL: one a line.
+        let old = format!("{}\n{}\nend\n", odd.display(), plain.display());
+        let (head, files) = read_note(old.as_bytes()).unwrap();
+        assert_eq!(head, None);
+        assert_eq!(files.len(), 3);
+        // Cut short: names nothing.
+        assert!(read_note(&text[..text.len() - 2]).is_none());
     }
 
     #[test]

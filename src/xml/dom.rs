@@ -129,7 +129,7 @@ impl Element {
             out.push(' ');
             out.push_str(k);
             out.push_str("='");
-            out.push_str(&escape(v));
+            out.push_str(&escape_attr(v));
             out.push('\'');
         }
         if self.children.is_empty() && self.text.is_empty() {
@@ -162,6 +162,21 @@ pub fn escape(s: &str) -> String {
             '"' => out.push_str("&quot;"),
             c => out.push(c),
         }
+    }
+    out
+}
+
+/// Escape an attribute value: as `escape`, and white space other than
+/// the space as character references, which a reader keeps (a literal tab
+/// or line end in a value is read back as a space: a path holding one
+/// would name another file).
+fn escape_attr(s: &str) -> String {
+    let mut out = escape(s);
+    if out.contains(['\t', '\n', '\r']) {
+        out = out
+            .replace('\t', "&#9;")
+            .replace('\n', "&#10;")
+            .replace('\r', "&#13;");
     }
     out
 }
@@ -906,6 +921,13 @@ mod tests {
         let back = parse(&el.to_xml()).unwrap();
         assert_eq!(back.attr("x"), Some("1 & 'two' <3>"));
         assert_eq!(back.child_text("b"), Some("x < y & \"z\""));
+    }
+
+    #[test]
+    fn attribute_white_space_round_trips() {
+        let path = "/a b/\"q\" \\ t\tn\nr\r\nf\u{fc}r.qcow2";
+        let el = Element::new("source").with_attr("file", path);
+        assert_eq!(parse(&el.to_xml()).unwrap().attr("file"), Some(path));
     }
 
     #[test]
