@@ -145,6 +145,8 @@ pub struct JobLock {
     dir: Folder,
     backup: Uuid,
     domain: DomainLock,
+    /// Set by `abandon`: the lock file stays.
+    keep_file: bool,
 }
 
 impl JobLock {
@@ -156,6 +158,16 @@ impl JobLock {
         let _ = self.domain.file.unlock();
         drop(self.domain.foreground.take());
         std::mem::forget(self);
+    }
+
+    /// The job failed and its record could not be removed (a full disk:
+    /// removing a record writes the summary): release the locks but keep
+    /// the lock file, unlocked, as a killed job would. The next reader
+    /// then finds a dead job's record and settles it (`ops::recovery`);
+    /// without the file the record would read as damaged, and every List
+    /// and Delete of the domain would fail on it.
+    pub fn abandon(mut self) {
+        self.keep_file = true;
     }
 }
 
@@ -239,8 +251,10 @@ pub enum JobStatus {
 
 impl Drop for JobLock {
     fn drop(&mut self) {
-        let _ = self.dir.remove(&format!("{}.cancel", self.backup));
-        let _ = self.dir.remove(&format!("{}.lock", self.backup));
+        if !self.keep_file {
+            let _ = self.dir.remove(&format!("{}.cancel", self.backup));
+            let _ = self.dir.remove(&format!("{}.lock", self.backup));
+        }
         let _ = self.file.unlock();
     }
 }
@@ -567,6 +581,7 @@ impl Catalog {
             dir,
             backup: *backup,
             domain: held,
+            keep_file: false,
         })
     }
 
@@ -1232,6 +1247,23 @@ mod tests {
         assert_eq!(files.len(), 3);
         // Cut short: names nothing.
         assert!(read_note(&text[..text.len() - 2]).is_none());
+    }
+
+    #[test]
+    fn an_abandoned_job_lock_keeps_its_file_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let rec = record(dom, dir.path().join("t"), BackupState::Running);
+        let lock = cat
+            .lock_job(&dom, &rec.uuid, cat.lock_domain_job(&dom).unwrap())
+            .unwrap();
+        cat.write_record(&rec).unwrap();
+        assert_eq!(cat.job_status(&rec), JobStatus::Alive);
+        lock.abandon();
+        assert_eq!(cat.job_status(&rec), JobStatus::Dead);
+        // The domain's job lock went with it.
+        assert!(cat.lock_domain_job(&dom).is_ok());
     }
 
     #[test]
