@@ -27,7 +27,9 @@
 //! export were created, so the pid file plus a successful NBD handshake mean
 //! the export is fully up; any configuration error (port in use, unreadable
 //! image, missing bitmap) makes the daemon exit with the reason on stderr,
-//! which [`StorageDaemonExport::start`] returns.
+//! which [`StorageDaemonExport::start`] returns. The daemon gets SIGTERM
+//! when the process that started it dies: an export never outlives the
+//! process that can stop it.
 //!
 //! # TLS
 //!
@@ -342,11 +344,60 @@ fn spawn_and_wait(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
-    let child = cmd
-        .spawn()
+    let child = spawn_tied_to_process(cmd)
         .map_err(|e| Error::operation_failed(format!("cannot run {DAEMON}: {e}")))?;
 
     wait_until_serving(child, server, &pid_file, &log_path).map(|child| (child, qmp_socket))
+}
+
+/// Start `cmd` so that the child gets SIGTERM when this process dies: an
+/// export ends with the process that runs it (whose registration in the
+/// catalog, `store::exports`, goes stale at the same time), instead of a
+/// daemon serving on with nobody to stop it. Linux signals the child when
+/// the thread that forked it ends, not the process: children are forked by
+/// one thread that lasts as long as the process (one per process, made
+/// anew in a forked child, which has no threads but the forking one).
+fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Request>)>> = Mutex::new(None);
+
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only two system calls, both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+            // The parent died before the line above: nobody would signal.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::other("the parent process ended"));
+            }
+            Ok(())
+        });
+    }
+    let (reply, answer) = mpsc::channel();
+    {
+        let mut spawner = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
+        let me = std::process::id();
+        if spawner.as_ref().is_none_or(|(pid, _)| *pid != me) {
+            let (tx, rx) = mpsc::channel::<Request>();
+            std::thread::Builder::new()
+                .name("lvb-spawner".into())
+                .spawn(move || {
+                    for (mut cmd, reply) in rx {
+                        let _ = reply.send(cmd.spawn());
+                    }
+                })?;
+            *spawner = Some((me, tx));
+        }
+        let (_, tx) = spawner.as_ref().expect("made above");
+        tx.send((cmd, reply))
+            .map_err(|_| io::Error::other("the spawning thread ended"))?;
+    }
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the spawning thread ended"))?
 }
 
 /// Wait until the daemon serves NBD (its pid file appears after every

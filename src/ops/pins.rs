@@ -1,7 +1,7 @@
 //! What keeps a backup's files in use, checked before they are deleted or
 //! rewritten: disks restored with `VIR_DOMAIN_BACKUP_RESTORE_INSTANT` (their
-//! overlays read through the backup's chain) and exports of stored backups
-//! in this process.
+//! overlays read through the backup's chain) and exports of stored backups,
+//! in any process (`store::exports`).
 //!
 //! Pins are checked lazily, whenever they are read: a pin whose domain no
 //! longer exists, whose disk is gone, or whose disk's backing chain no
@@ -13,12 +13,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use uuid::Uuid;
+
 use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::hv::qemu_tools::{os, run};
 use crate::ops::export;
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
+use crate::store::exports;
 use crate::store::pins::{self, Pin};
 use crate::xml::backup::{BackupRecord, path_str};
 use crate::xml::dom::Element;
@@ -115,7 +118,7 @@ pub fn check_delete(catalog: &Catalog, doomed: &[&BackupRecord]) -> Result<()> {
             )));
         }
     }
-    for (backup, export) in export::stored_exports() {
+    for (backup, export) in stored_exports(catalog)? {
         let Some(rec) = recovery::find(catalog, &backup)? else {
             continue;
         };
@@ -128,6 +131,20 @@ pub fn check_delete(catalog: &Catalog, doomed: &[&BackupRecord]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Exports of stored backups running in any process, this one's included:
+/// (backup, export).
+fn stored_exports(catalog: &Catalog) -> Result<Vec<(Uuid, Uuid)>> {
+    let mut out = export::stored_exports();
+    for r in exports::running(catalog)? {
+        if let Some(b) = r.backup
+            && !out.iter().any(|(_, e)| *e == r.export)
+        {
+            out.push((b, r.export));
+        }
+    }
+    Ok(out)
 }
 
 /// Add `<pinnedby domain='…' disk='…'/>` to a backup's XML for every

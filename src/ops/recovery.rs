@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::image::backing::backing_file;
 use crate::store::catalog::{Catalog, JobStatus, NOTE_DOMAIN, read_note};
+use crate::store::exports;
 use crate::store::secure;
 use crate::store::summary::Entry;
 use crate::xml::backup::{BackupRecord, BackupState};
@@ -30,7 +31,27 @@ use crate::xml::domain;
 pub fn open_catalog() -> Result<Catalog> {
     let catalog = Catalog::open()?;
     sweep_restores(&catalog);
+    sweep_exports(&catalog);
     Ok(catalog)
+}
+
+/// Remove the scratch folders of exports whose process died (and their
+/// registrations, which `exports::running` drops on the way). A scratch
+/// folder is made after its export's registration and removed before it:
+/// one whose export is not running now is a dead exporter's.
+fn sweep_exports(catalog: &Catalog) {
+    let scratch = catalog.scratch_folders();
+    if scratch.is_empty() {
+        return;
+    }
+    let Ok(running) = exports::running(catalog) else {
+        return;
+    };
+    for s in scratch {
+        if !running.iter().any(|r| r.export == s) {
+            catalog.remove_scratch(&s);
+        }
+    }
 }
 
 /// Records of one domain, oldest first, after settling dead jobs.

@@ -113,6 +113,9 @@ impl Drop for CatalogLock {
 /// Name prefix (in the root) of the notes of restores writing new files.
 const RESTORING: &str = ".restoring-";
 
+/// Name prefix (in the root) of exports' scratch folders.
+const SCRATCH: &str = ".scratch-";
+
 /// The first line of a note of files a domain is defined on (paths are
 /// absolute, so no path starts like this).
 pub const NOTE_DOMAIN: &str = "domain ";
@@ -261,7 +264,7 @@ impl Drop for JobLock {
 
 /// Whether `name` in `dir` still is the open `file` (not a folder removed
 /// and made anew while we waited for its lock).
-fn same_file(file: &File, dir: &Folder, name: &str) -> bool {
+pub(crate) fn same_file(file: &File, dir: &Folder, name: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (file.metadata(), dir.stat(name)) {
         (Ok(a), Ok(b)) => a.dev() == b.st_dev && a.ino() == b.st_ino,
@@ -1008,6 +1011,28 @@ impl Catalog {
         }
     }
 
+    /// An export's scratch folder, `<root>/.scratch-<export>`, made
+    /// private. Make it once the export is registered (`exports`): a
+    /// scratch folder without a live export is a dead exporter's.
+    pub fn scratch_dir(&self, export: &Uuid) -> Result<PathBuf> {
+        self.private_dir(&format!("{SCRATCH}{export}"))
+    }
+
+    /// The exports that have a scratch folder in the root.
+    pub fn scratch_folders(&self) -> Vec<Uuid> {
+        let names = self.dir.names().unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|n| n.to_str()?.strip_prefix(SCRATCH).and_then(exact_uuid))
+            .collect()
+    }
+
+    /// Remove an export's scratch folder and what is in it (a link at its
+    /// name is removed, never followed).
+    pub fn remove_scratch(&self, export: &Uuid) {
+        let _ = self.dir.remove_tree(&format!("{SCRATCH}{export}"));
+    }
+
     /// The notes of staged restore files (see `stage_files`).
     pub fn restore_notes(&self) -> Vec<PathBuf> {
         let names = self.dir.names().unwrap_or_default();
@@ -1087,6 +1112,11 @@ impl Catalog {
         self.drop_domain_dir_if_empty(domain);
         Ok(())
     }
+}
+
+/// A UUID as the library writes it in a file name, and only that.
+fn exact_uuid(s: &str) -> Option<Uuid> {
+    Uuid::parse_str(s).ok().filter(|u| u.to_string() == s)
 }
 
 fn marker_name(child: &BackupRecord, disk: &str) -> String {
