@@ -350,6 +350,82 @@ def test_pins_hold_on_paths_of_any_spelling(env, monkeypatch, odd):
     assert not os.path.exists(inc_target) and not os.path.exists(full_target)
 
 
+# ------------------------------------------------ cut short
+def test_killed_while_writing_a_pin_leaves_no_temporary_file(env):
+    """Regression: an instant restore killed while it wrote a pin left
+    `.pins/.<pin>.xml.tmp`, which nothing removed. The next process that
+    opens the catalog removes it, with the overlay (its restore note)."""
+    dom = env.domain(fmt="qcow2", size=8 * MiB)
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b.qcow2")}))
+    name = "pytest-killed-" + os.urandom(4).hex()
+    killed_restore(env, name, b, "atomic-tmp-written#1")
+    pins = os.path.join(env.catalog, ".pins")
+    assert [n for n in os.listdir(pins) if n.endswith(".tmp")], "nothing left to test"
+    assert os.path.exists(env.path(f"{name}-vda.qcow2"))
+    again = lib.virDomainBackupLookupByUUID(backup_uuid(b).encode(), 0)
+    assert again
+    lib.virDomainBackupFree(again)
+    assert os.listdir(pins) == []
+    assert not os.path.exists(env.path(f"{name}-vda.qcow2"))
+    assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")] == []
+    delete(b)
+
+
+def test_a_restore_failing_for_want_of_descriptors_leaves_nothing(env):
+    """Regression: an instant restore that ran out of file descriptors
+    (EMFILE) once its overlay was made, but before qemu-img had written it,
+    left the empty overlay behind, and a retry was refused ('exists'). A
+    child process tries with 0, 1, 2... free descriptors until the restore
+    succeeds; after each failure nothing is left, and a retry with
+    descriptors to spare succeeds."""
+    dom = env.domain(fmt="qcow2", size=8 * MiB)
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b.qcow2")}))
+    folder = env.path("overlays")
+    os.mkdir(folder)
+    code = SUBPROCESS_PRELUDE + f"""
+import resource
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+for free_fds in range(60):
+    name = "pytest-emfile-{os.urandom(4).hex()}-%d" % free_fds
+    overlay = os.path.join({folder!r}, name + ".qcow2")
+    xml = ("<domainbackup><uuid>{backup_uuid(b)}</uuid><domain name='%s'/><disks>"
+           "<disk name='vda'><target file='%s'/></disk></disks></domainbackup>" % (name, overlay))
+    held = []
+    try:
+        while True:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    for fd in held[:free_fds]:
+        os.close(fd)
+    rc = lib.virDomainBackupRestore(xml.encode(), {NEW | INSTANT})
+    err = last_error()
+    for fd in held[free_fds:]:
+        os.close(fd)
+    if rc == 0:
+        print("DONE", free_fds, flush=True)
+        break
+    print("FAILED", free_fds, os.path.exists(overlay), sorted(os.listdir({folder!r})),
+          repr(err), flush=True)
+    rc = lib.virDomainBackupRestore(xml.encode(), {NEW | INSTANT})
+    print("RETRY", free_fds, rc, repr(last_error()), flush=True)
+    os.unlink(overlay)
+"""
+    r = subprocess.run([sys.executable, "-c", code],
+                       env=dict(os.environ, LIBVIRT_BACKUP_DIR=env.catalog),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines and lines[-1].startswith("DONE"), (r.stdout, r.stderr)
+    failed = [line for line in lines if line.startswith("FAILED")]
+    assert any("Too many open files" in line for line in failed), r.stdout
+    for line in failed:
+        assert line.split()[2:4] == ["False", "[]"], line
+    for line in lines:
+        if line.startswith("RETRY"):
+            assert line.split()[2] == "0", line
+
+
 def test_killed_restore_removes_only_what_it_noted_whatever_the_names(env):
     """Regression: a restore's note named one file a line, so an overlay
     whose name held a line end named two files, the second one anybody's:

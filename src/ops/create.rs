@@ -306,6 +306,7 @@ fn register(
     let mut targets = Vec::new();
     note_dirs(record, disks);
     let lock = catalog.lock_job(&record.domain_uuid, &uuid, domain_lock)?;
+    crate::test_stop!("create-job-locked");
     let prepared = (|| {
         catalog.write_record(record)?;
         create_targets(dom, disks, &mut targets)?;

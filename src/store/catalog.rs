@@ -23,6 +23,15 @@
 //! - `<domain>/`                  its flock is the domain's lock
 //! - `<domain>/merging/<backup>.<disk>` the temporary file of a merge into
 //!   that backup's disk, while it runs
+//! - `.scratch-<export>/`         an export's scratch files (see `exports`
+//!   for `.exports/`, `pins` for `.pins/`)
+//! - `.<name>.tmp`               the temporary file of an atomic write of
+//!   `<name>`, in its folder (`Folder::write_atomic`)
+//!
+//! What a process killed midway leaves (temporary files, the lock file of
+//! a job killed before its record) is swept by the next reader through the
+//! folders' descriptors, only by the names the library makes, and only
+//! under the lock its writers hold (`Catalog::sweep_leftovers`).
 //!
 //! A record that cannot be read is an error naming the file, never skipped.
 //! The catalog only stores and locks: a record in state `running` whose job
@@ -45,7 +54,7 @@ use super::folder::Folder;
 use super::secure;
 use super::summary::{self, Entry};
 use crate::error::{Error, Result};
-use crate::xml::backup::{BackupRecord, DefaultTarget};
+use crate::xml::backup::{BackupRecord, BackupState, DefaultTarget};
 
 const DEFAULT_TARGET_FILE: &str = "default-target.xml";
 /// Folder (in a domain's) of the markers of running merges.
@@ -497,6 +506,11 @@ impl Catalog {
             .map(|l| l.expect("a blocking lock is always taken"))
     }
 
+    /// The catalog-wide lock if nobody else holds it now, else `None`.
+    pub fn try_lock(&self) -> Option<CatalogLock> {
+        self.acquire(".lock", false, false).ok().flatten()
+    }
+
     /// Take a domain's lock (the flock of its folder): held by whatever
     /// changes the domain's records (a job registering or settling, a
     /// delete and its merges, recovery).
@@ -860,6 +874,91 @@ impl Catalog {
             .collect()
     }
 
+    /// What a domain's folder holds besides its records, summary, indexes
+    /// and data folders that a process may have left behind, from one
+    /// read of the folder (see `Leftovers`).
+    pub fn leftovers(&self, domain: &Uuid) -> Leftovers {
+        let mut out = Leftovers::default();
+        let Ok(Some(dir)) = self.domain_folder(domain) else {
+            return out;
+        };
+        let deleting = format!(".{DELETING}");
+        for n in dir.names().unwrap_or_default() {
+            let Some(n) = n.to_str() else { continue };
+            if let Some(stem) = n.strip_suffix(&deleting) {
+                out.deletes |= exact_uuid(stem).is_some();
+            } else if let Some(inner) = n.strip_prefix('.').and_then(|x| x.strip_suffix(".tmp")) {
+                let ours = [summary::SUMMARY_FILE, DEFAULT_TARGET_FILE].contains(&inner)
+                    || inner.strip_suffix(".xml").and_then(exact_uuid).is_some();
+                if ours {
+                    out.temps.push(n.to_string());
+                }
+            } else if let Some(u) = [".lock", ".cancel"]
+                .iter()
+                .find_map(|x| n.strip_suffix(x).and_then(exact_uuid))
+                && !out.jobs.contains(&u)
+            {
+                out.jobs.push(u);
+            }
+        }
+        out
+    }
+
+    /// Remove the temporary files and stale job files of `found` (see
+    /// `Leftovers`): only names the library makes, regular files of ours,
+    /// through the domain's folder. Never the lock file of a live job, nor
+    /// that of a record that says running (the evidence `ops::recovery`
+    /// settles a dead job's record on). Call with the domain's lock held:
+    /// every atomic write and every new job's lock file in the folder is
+    /// made under it. Returns whether nothing is left but live jobs' files.
+    pub fn sweep_leftovers(&self, domain: &Uuid, found: &Leftovers) -> bool {
+        let Ok(Some(dir)) = self.domain_folder(domain) else {
+            return true;
+        };
+        let own = |name: &str| dir.stat(name).is_ok_and(|st| secure::own_private_file(&st));
+        let mut settled = true;
+        let mut removed = false;
+        for t in &found.temps {
+            if own(t) && dir.remove(t).is_ok() {
+                removed = true;
+            } else {
+                settled = false;
+            }
+        }
+        for u in &found.jobs {
+            let lock = format!("{u}.lock");
+            let live = dir
+                .open(&lock, OFlags::RDONLY | OFlags::NONBLOCK)
+                .is_ok_and(|f| f.try_lock().is_err());
+            if live {
+                continue;
+            }
+            match read_record(&dir, &record_name(u)) {
+                Ok(Some(r)) if r.state == BackupState::Running => {
+                    settled = false;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    settled = false;
+                    continue;
+                }
+            }
+            for name in [lock, format!("{u}.cancel")] {
+                if own(&name) && dir.remove(&name).is_ok() {
+                    removed = true;
+                }
+            }
+        }
+        if removed {
+            dir.sync();
+            let _ = self.drop_empty_summary(&dir);
+            drop(dir);
+            self.drop_domain_dir_if_empty(domain);
+        }
+        settled
+    }
+
     /// The records of one domain as stored (a dead job's record still says
     /// running: `ops::recovery` resolves those), oldest first. Reads and
     /// parses every record: listing uses `entries`.
@@ -1093,6 +1192,9 @@ impl Catalog {
     }
 
     pub fn set_default_target(&self, domain: &Uuid, target: &DefaultTarget) -> Result<()> {
+        // Every file of a domain's folder is written under its lock, so
+        // that a sweep of temporary files under it finds none being written.
+        let _guard = self.lock_domain(domain)?;
         self.make_domain_folder(domain)?
             .write_atomic(DEFAULT_TARGET_FILE, target.to_xml().as_bytes())
     }
@@ -1111,6 +1213,26 @@ impl Catalog {
         }
         self.drop_domain_dir_if_empty(domain);
         Ok(())
+    }
+}
+
+/// What a process may have left in a domain's folder (`Catalog::leftovers`).
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Whether there are `<backup>.deleting` notes (deletes cut short).
+    pub deletes: bool,
+    /// Temporary files of atomic writes cut short: `.<backup>.xml.tmp`,
+    /// `.summary.tmp`, `.default-target.xml.tmp`.
+    pub temps: Vec<String>,
+    /// Backups with a `<backup>.lock` or `<backup>.cancel` file: a running
+    /// job's, or one a job killed before it wrote its record (or after it
+    /// settled it) left.
+    pub jobs: Vec<Uuid>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        !self.deletes && self.temps.is_empty() && self.jobs.is_empty()
     }
 }
 
@@ -1277,6 +1399,71 @@ mod tests {
         assert_eq!(files.len(), 3);
         // Cut short: names nothing.
         assert!(read_note(&text[..text.len() - 2]).is_none());
+    }
+
+    #[test]
+    fn leftovers_of_killed_writers_go_and_live_jobs_files_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let keep = record(dom, dir.path().join("k"), BackupState::Completed);
+        cat.write_record(&keep).unwrap();
+        let folder = cat.domain_dir(&dom);
+        // A live job, and a running record whose job died: both keep their
+        // lock files (the second is what recovery settles it by).
+        let dead = record(dom, dir.path().join("d"), BackupState::Running);
+        cat.lock_job(&dom, &dead.uuid, cat.lock_domain_job(&dom).unwrap())
+            .unwrap()
+            .leave_as_killed();
+        cat.write_record(&dead).unwrap();
+        let live = record(dom, dir.path().join("l"), BackupState::Running);
+        let live_lock = cat
+            .lock_job(&dom, &live.uuid, cat.lock_domain_job(&dom).unwrap())
+            .unwrap();
+        cat.write_record(&live).unwrap();
+        // A job killed before its record, one after it completed it, an
+        // atomic write cut short, a cancel request nobody will read.
+        let (early, late, gone) = (Uuid::new_v4(), keep.uuid, Uuid::new_v4());
+        for name in [
+            format!("{early}.lock"),
+            format!("{late}.lock"),
+            format!(".{gone}.xml.tmp"),
+            ".summary.tmp".to_string(),
+            format!("{gone}.cancel"),
+        ] {
+            std::fs::write(folder.join(&name), b"").unwrap();
+            std::fs::set_permissions(
+                folder.join(&name),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        // Not names the library makes: left alone.
+        std::fs::write(folder.join(".notes.tmp"), b"").unwrap();
+        std::fs::write(folder.join("x.lock"), b"").unwrap();
+        let found = cat.leftovers(&dom);
+        assert_eq!(found.temps.len(), 2);
+        assert_eq!(found.jobs.len(), 5);
+        let _g = cat.lock_domain(&dom).unwrap();
+        assert!(
+            !cat.sweep_leftovers(&dom, &found),
+            "the dead job is not settled"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".xml") && n != "summary")
+            .collect();
+        left.sort();
+        let mut want = vec![
+            format!("{}.lock", live.uuid),
+            format!("{}.lock", dead.uuid),
+            ".notes.tmp".to_string(),
+            "x.lock".to_string(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+        drop(live_lock);
     }
 
     #[test]
