@@ -11,13 +11,15 @@ import os
 import signal
 import threading
 
-from conftest import (FINISH_JOB_CHECK, MiB, STATE_RUNNING,
+import pytest
+
+from conftest import (CREATE_WAIT, FINISH_JOB_CHECK, MiB, STATE_RUNNING,
                       VIR_ERR_NO_DOMAIN_BACKUP, assert_same_image,
                       backup_state, backup_uuid, backup_xml_for,
                       catalog_entries_named, count_backups, create,
                       expect_error, free, get_params, kill_process, lib,
-                      list_handles, list_uuids, run_py, start_backup_process,
-                      target_of)
+                      list_handles, list_uuids, py_subprocess, run_py,
+                      start_backup_process, target_of)
 
 
 def test_killed_job_is_discarded(env, big_disk):
@@ -157,3 +159,69 @@ def test_abort_from_another_process(env, big_disk):
         free(h)
     finally:
         kill_process(p)
+
+
+# ------------------------------------------------ killed at the first steps
+def temporary_names(catalog):
+    """What a process killed midway can leave in the catalog besides records
+    and data: temporary files of atomic writes (`.*.tmp`), job lock files
+    and cancel requests in domain folders, restore notes, exports' scratch
+    folders and registrations. (The root's `.lock` and the domains' job
+    locks in `.domain-locks/` are kept for good.)"""
+    out = []
+    for d, dirs, files in os.walk(catalog):
+        rel = os.path.relpath(d, catalog)
+        for n in files:
+            if (n.endswith(".tmp") or n.startswith(".restoring-")
+                    or (rel not in (".", ".domain-locks") and n.endswith((".lock", ".cancel")))
+                    or rel == ".exports"):
+                out.append(os.path.join(rel, n))
+        out += [os.path.join(rel, n) for n in dirs if n.startswith(".scratch-")]
+    return sorted(out)
+
+
+def killed_create(env, uri, dom_name, xml, point):
+    """CreateXML (with WAIT) in a child process of the test build that kills
+    itself (SIGKILL) at the stop `point` (see src/testhook.rs)."""
+    p = py_subprocess(f"""
+        conn = virt.virConnectOpen({uri!r}.encode())
+        d = virt.virDomainLookupByName(conn, {dom_name!r}.encode())
+        b = lib.virDomainBackupCreateXML(d, {xml!r}.encode(), {CREATE_WAIT})
+        print("survived", bool(b), last_error())
+    """, env.catalog, extra_env={"LIBVIRT_BACKUP_TEST_STOP": point})
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL, (point, out, err)
+
+
+# Each step of CreateXML that leaves a file: the job's lock file made, the
+# summary's and the record's temporary files written (the domain's first
+# backup writes the summary first), the target created, and the completed
+# record's temporary file written.
+FIRST_STEPS = ["create-job-locked", "atomic-tmp-written#1", "atomic-tmp-written#2",
+               "create-target-created", "atomic-tmp-written#3"]
+
+
+@pytest.mark.parametrize("point", FIRST_STEPS)
+def test_killed_in_any_step_of_create_leaves_no_temporary_file(env, point):
+    """Regression: a CreateXML killed in its first milliseconds left
+    `<uuid>.lock` and `.<uuid>.xml.tmp` in the domain's folder that nothing
+    ever removed. The next reader of the domain sweeps every temporary name
+    the library makes (and only those), and the backup's UUID is free
+    again."""
+    uri, dom = env.node_domain(size=16 * MiB)
+    u = "3c0e3a62-5d0b-4b8e-9d6f-0d2f1f8f6a01"
+    target = env.path("t.qcow2")
+    xml = backup_xml_for({"vda": target}, uuid=u)
+    killed_create(env, uri, dom.name, xml, point)
+    assert os.path.isdir(os.path.join(env.catalog, dom.uuid))
+    assert temporary_names(env.catalog), "killed before anything was left: nothing tested"
+    folder = os.path.join(env.catalog, dom.uuid)
+    assert list_uuids(dom) == []
+    assert temporary_names(env.catalog) == []
+    assert not os.path.exists(target)
+    assert catalog_entries_named(env, u) == []
+    b = create(dom, xml)
+    assert backup_uuid(b) == u
+    free(b)
+    assert temporary_names(env.catalog) == []
+    assert os.listdir(folder)

@@ -5,13 +5,17 @@ with nbdcopy/nbdinfo; the backup is pinned while it is served; FinishJob and
 AbortJob end it; the backup's domain need not exist."""
 
 import os
+import signal
 import subprocess
+
+import pytest
 
 from conftest import (K64, MiB, Nbd, STATE_RUNNING, VIR_ERR_INVALID_ARG,
                       VIR_ERR_NO_DOMAIN, VIR_ERR_NO_DOMAIN_BACKUP, VIR_ERR_NO_SUPPORT,
                       VIR_ERR_OPERATION_INVALID, assert_byte_exact, backup_uuid, backup_xml_for,
-                      delete, expect_error, free_port, lib, nbd_copy, nbd_exports, nbd_reachable,
-                      param, virt, write_disk, xml_tree)
+                      delete, expect_error, free_port, kill_process, lib, nbd_copy, nbd_exports,
+                      nbd_reachable, param, py_subprocess, virt, wait_until, write_disk,
+                      xml_tree)
 
 DELETE_ALL_CHILDREN = 1 << 1
 
@@ -111,3 +115,115 @@ def test_refusals(env):
     expect_error(VIR_ERR_INVALID_ARG, "stored backup")
     assert lib.virDomainBackupStartUnmanaged(None, None, 0) is None
     expect_error(VIR_ERR_INVALID_ARG, "xmlDesc")
+
+
+# ------------------------------------------------ an export in another process
+def start_exporter(env, xml):
+    """A helper process that exports a stored backup, prints 'serving',
+    serves until a line arrives on its stdin, then ends the export
+    (FinishJob), prints 'ended' and waits to be killed."""
+    p = py_subprocess(f"""
+        import time
+        b = lib.virDomainBackupStartUnmanaged(None, {xml!r}.encode(), 0)
+        assert b, last_error()
+        print("serving", flush=True)
+        sys.stdin.readline()
+        assert lib.virDomainBackupFinishJob(b, 0) == 0, last_error()
+        print("ended", flush=True)
+        time.sleep(300)
+    """, env.catalog, stdin=subprocess.PIPE)
+    line = p.stdout.readline().strip()
+    if line != "serving":
+        kill_process(p)
+        pytest.fail(f"exporter failed: {line!r}")
+    return p
+
+
+def daemons_serving(socket):
+    """The pids of qemu-storage-daemon processes serving on `socket`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"qemu-storage-daemon") and any(
+                socket.encode() in a for a in argv):
+            out.append(int(pid))
+    return out
+
+
+def test_an_export_by_another_process_pins_the_backup(env):
+    """Regression: a stored backup exported by another process could be
+    deleted (its parent merged into it) under the export, which then served
+    other bytes. Every process sees every export (a lock file the exporter
+    holds in the catalog): Delete is refused while it runs, with the same
+    message as for an export of this process, and works once the export
+    ended, or once the exporter was killed (its stale lock file and scratch
+    folder are swept)."""
+    dom = env.domain(size=8 * MiB)
+    full = env.backup(dom, backup_xml_for({"vda": env.path("full.qcow2")}))
+    write_disk(dom.disks[0][1], "raw", [(1 * MiB, K64, 0x61)])
+    inc = env.backup(dom, backup_xml_for({"vda": env.path("inc.qcow2")},
+                                         parent=backup_uuid(full)))
+    at_inc = env.snapshot(dom.disks[0][1], "at-inc.raw")
+    first = Nbd(socket=env.path("first.sock"))
+    p = start_exporter(env, stored_xml(backup_uuid(inc), first))
+    try:
+        # The child is served: neither it nor its parent (merged into it
+        # first) may go.
+        for b, flags in ((inc, 0), (full, 0), (full, DELETE_ALL_CHILDREN)):
+            assert lib.virDomainBackupDelete(b, flags) == -1, "deleted under an export"
+            expect_error(VIR_ERR_OPERATION_INVALID, "being exported", "end the export first")
+        assert_byte_exact(nbd_copy(first.uri("vda"), env.path("got.raw")), "raw", at_inc, "raw")
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "ended"
+        delete(inc)
+    finally:
+        kill_process(p)
+        for pid in daemons_serving(first.socket):
+            os.kill(pid, signal.SIGKILL)
+
+    second = Nbd(socket=env.path("second.sock"))
+    p = start_exporter(env, stored_xml(backup_uuid(full), second))
+    try:
+        assert lib.virDomainBackupDelete(full, 0) == -1
+        expect_error(VIR_ERR_OPERATION_INVALID, "being exported")
+        assert daemons_serving(second.socket)
+    finally:
+        kill_process(p)
+    # The daemon ends with the process that started it.
+    ended = wait_until(lambda: not daemons_serving(second.socket), timeout=10)
+    for pid in daemons_serving(second.socket):
+        os.kill(pid, signal.SIGKILL)
+    assert ended, "the export outlived its process"
+    gone = backup_uuid(full)
+    delete(full)
+    assert os.listdir(os.path.join(env.catalog, ".exports")) == []
+    # The next call that opens the catalog removes the dead export's scratch.
+    assert lib.virDomainBackupLookupByUUID(gone.encode(), 0) is None
+    assert not [n for n in os.listdir(env.catalog) if n.startswith(".scratch")]
+
+
+def test_paths_of_any_spelling_are_served(env, monkeypatch):
+    """The daemon's JSON arguments carry a catalog and targets whose names
+    hold a non-ASCII letter, quotes, a backslash, spaces and a line end."""
+    odd = env.path('f\u00fcr "q" \\ two\nlines')
+    os.mkdir(odd)
+    monkeypatch.setenv("LIBVIRT_BACKUP_DIR", os.path.join(odd, "catalog"))
+    env.catalog = os.path.join(odd, "catalog")
+    dom = env.domain(size=8 * MiB)
+    full = env.backup(dom, "<domainbackup/>")  # in the catalog
+    write_disk(dom.disks[0][1], "raw", [(2 * MiB, K64, 0x62)])
+    inc_target = os.path.join(odd, "inc \u00fc.qcow2")
+    inc = env.backup(dom, (
+        f"<domainbackup><parent><uuid>{backup_uuid(full)}</uuid></parent><disks>"
+        "<disk name='vda'><target file='" + inc_target.replace("\n", "&#10;").replace(
+            '"', "&quot;") + "'/></disk></disks></domainbackup>"))
+    at_inc = env.snapshot(dom.disks[0][1], "at-inc.raw")
+    srv = Nbd(socket=env.path("odd.sock"))
+    e = start_stored(env, stored_xml(backup_uuid(inc), srv))
+    assert_byte_exact(nbd_copy(srv.uri("vda"), env.path("got.raw")), "raw", at_inc, "raw")
+    assert lib.virDomainBackupFinishJob(e, 0) == 0

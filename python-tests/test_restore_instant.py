@@ -14,8 +14,9 @@ import pytest
 from conftest import (K64, MiB, RESTORE_NEW_DOMAIN, VIR_ERR_INVALID_ARG,
                       SUBPROCESS_PRELUDE, VIR_ERR_OPERATION_INVALID, Domain, assert_byte_exact, backing_chain,
                       backup_uuid, backup_xml_for, chain_with_branch, delete, domain_definition,
-                      domain_disks, expect_error, get_xml, img_info, lib, lookup_domain, qemu_io,
-                      restore, restore_fails, restore_xml_for, sha256, virt, write_disk, xml_tree)
+                      domain_disks, expect_error, get_xml, img_info, lib, lookup_domain, make_disk,
+                      qemu_io, restore, restore_fails, restore_xml_for, sha256, target_of, virt,
+                      write_disk, xml_tree)
 
 INSTANT = 1 << 2
 START = 1 << 3
@@ -267,3 +268,191 @@ def test_start_after_a_full_restore_and_an_instant_one(env):
     restore(instant_xml(tip.uuid), INSTANT | START)
     assert h.dom.active()
     virt.virDomainDestroy(h.dom.ptr)
+
+
+# ------------------------------------------------ paths of any spelling
+def xml_attr(s):
+    """`s` as an attribute value between single quotes: white space other
+    than the space as character references, which XML keeps."""
+    for a, b in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("'", "&apos;"),
+                 ('"', "&quot;"), ("\n", "&#10;"), ("\t", "&#9;"), ("\r", "&#13;")):
+        s = s.replace(a, b)
+    return s
+
+
+# A letter qemu-img's JSON escapes as \u00fc, a quote and a backslash it
+# escapes, spaces; and a line end.
+ODD_NAMES = ['f\u00fcr "q" \\ b', "two\nlines \u00fc"]
+
+
+@pytest.mark.parametrize("odd", ODD_NAMES, ids=["quote-backslash-umlaut", "line-end"])
+def test_pins_hold_on_paths_of_any_spelling(env, monkeypatch, odd):
+    """Regression: an instant restore of a backup whose files (the catalog's
+    own folder, a target given, the overlay) have a name with a non-ASCII
+    letter, a quote, a backslash, spaces or a line end records its pin: the
+    chain qemu-img reports is read as JSON, not scanned for quotes. Delete
+    of the backup or its parent is refused while the pin holds. (libvirt
+    writes a line end in a domain's disk path as is, which any XML reader
+    reads back as a space: the domain's files have none.)"""
+    folder = env.path(odd)
+    os.mkdir(folder)
+    catalog = os.path.join(folder, "catalog " + odd)
+    monkeypatch.setenv("LIBVIRT_BACKUP_DIR", catalog)
+    env.catalog = catalog
+    domain_folder = env.path(odd.replace("\n", " "))
+    os.makedirs(domain_folder, exist_ok=True)
+    src = make_disk(os.path.join(domain_folder, f"disk {odd}.qcow2".replace("\n", " ")),
+                    8 * MiB, "qcow2", [(0, 1 * MiB, 0x5C)])
+    dom_name = "pytest-odd-" + os.urandom(4).hex()
+    ptr = virt.virDomainDefineXML(env.conn, (
+        f"<domain type='test'><name>{dom_name}</name><memory>65536</memory>"
+        "<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<driver name='qemu' type='qcow2'/><source file='{xml_attr(src)}'/>"
+        "<target dev='vda'/></disk></devices></domain>").encode())
+    assert ptr
+    env._defined.append(ptr)
+    dom = Domain(ptr, dom_name, [("vda", src, "qcow2")])
+    full = env.backup(dom, "<domainbackup/>")  # the default target, in the catalog
+    full_target = target_of(full)
+    assert full_target.startswith(catalog)
+    write_disk(src, "qcow2", [(2 * MiB, K64, 0x5D)])
+    inc_target = os.path.join(folder, f"inc {odd}.qcow2")
+    inc = env.backup(dom, (
+        f"<domainbackup><parent><uuid>{backup_uuid(full)}</uuid></parent><disks>"
+        f"<disk name='vda'><target file='{xml_attr(inc_target)}'/></disk>"
+        "</disks></domainbackup>"))
+    assert target_of(inc) == inc_target
+    assert backing_chain(inc_target) == [inc_target, full_target]
+
+    name = env.expect_domain("pytest-instant-odd-" + os.urandom(4).hex())
+    overlay = os.path.join(domain_folder, f"overlay {odd}.qcow2".replace("\n", " "))
+    restore((f"<domainbackup><uuid>{backup_uuid(inc)}</uuid><domain name='{name}'/>"
+             f"<disks><disk name='vda'><target file='{xml_attr(overlay)}'/></disk>"
+             "</disks></domainbackup>"), NEW | INSTANT)
+    assert backing_chain(overlay) == [overlay, inc_target, full_target]
+    new = lookup_domain(env.conn, name)
+    assert new
+    try:
+        assert domain_disks(new) == {"vda": (overlay, "qcow2")}
+    finally:
+        virt.virDomainFree(new)
+    assert pinned_by(inc) == [(name, "vda")]
+    assert pinned_by(full) == [(name, "vda")]
+    for b, flags in ((inc, 0), (full, 0), (full, DELETE_ALL_CHILDREN)):
+        delete_fails(b, flags, VIR_ERR_OPERATION_INVALID, name, "'vda'", "in use")
+    assert os.path.exists(inc_target) and os.path.exists(full_target)
+    # Once the domain is gone, the pin goes with it.
+    new = lookup_domain(env.conn, name)
+    assert virt.virDomainUndefine(new) == 0
+    virt.virDomainFree(new)
+    assert pinned_by(full) == []
+    delete(full, DELETE_ALL_CHILDREN)
+    assert not os.path.exists(inc_target) and not os.path.exists(full_target)
+
+
+# ------------------------------------------------ cut short
+def test_killed_while_writing_a_pin_leaves_no_temporary_file(env):
+    """Regression: an instant restore killed while it wrote a pin left
+    `.pins/.<pin>.xml.tmp`, which nothing removed. The next process that
+    opens the catalog removes it, with the overlay (its restore note)."""
+    dom = env.domain(fmt="qcow2", size=8 * MiB)
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b.qcow2")}))
+    name = "pytest-killed-" + os.urandom(4).hex()
+    killed_restore(env, name, b, "atomic-tmp-written#1")
+    pins = os.path.join(env.catalog, ".pins")
+    assert [n for n in os.listdir(pins) if n.endswith(".tmp")], "nothing left to test"
+    assert os.path.exists(env.path(f"{name}-vda.qcow2"))
+    again = lib.virDomainBackupLookupByUUID(backup_uuid(b).encode(), 0)
+    assert again
+    lib.virDomainBackupFree(again)
+    assert os.listdir(pins) == []
+    assert not os.path.exists(env.path(f"{name}-vda.qcow2"))
+    assert [n for n in os.listdir(env.catalog) if n.startswith(".restoring")] == []
+    delete(b)
+
+
+def test_a_restore_failing_for_want_of_descriptors_leaves_nothing(env):
+    """Regression: an instant restore that ran out of file descriptors
+    (EMFILE) once its overlay was made, but before qemu-img had written it,
+    left the empty overlay behind, and a retry was refused ('exists'). A
+    child process tries with 0, 1, 2... free descriptors until the restore
+    succeeds; after each failure nothing is left, and a retry with
+    descriptors to spare succeeds."""
+    dom = env.domain(fmt="qcow2", size=8 * MiB)
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b.qcow2")}))
+    folder = env.path("overlays")
+    os.mkdir(folder)
+    code = SUBPROCESS_PRELUDE + f"""
+import resource
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+for free_fds in range(60):
+    name = "pytest-emfile-{os.urandom(4).hex()}-%d" % free_fds
+    overlay = os.path.join({folder!r}, name + ".qcow2")
+    xml = ("<domainbackup><uuid>{backup_uuid(b)}</uuid><domain name='%s'/><disks>"
+           "<disk name='vda'><target file='%s'/></disk></disks></domainbackup>" % (name, overlay))
+    held = []
+    try:
+        while True:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    for fd in held[:free_fds]:
+        os.close(fd)
+    rc = lib.virDomainBackupRestore(xml.encode(), {NEW | INSTANT})
+    err = last_error()
+    for fd in held[free_fds:]:
+        os.close(fd)
+    if rc == 0:
+        print("DONE", free_fds, flush=True)
+        break
+    print("FAILED", free_fds, os.path.exists(overlay), sorted(os.listdir({folder!r})),
+          repr(err), flush=True)
+    rc = lib.virDomainBackupRestore(xml.encode(), {NEW | INSTANT})
+    print("RETRY", free_fds, rc, repr(last_error()), flush=True)
+    os.unlink(overlay)
+"""
+    r = subprocess.run([sys.executable, "-c", code],
+                       env=dict(os.environ, LIBVIRT_BACKUP_DIR=env.catalog),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines and lines[-1].startswith("DONE"), (r.stdout, r.stderr)
+    failed = [line for line in lines if line.startswith("FAILED")]
+    assert any("Too many open files" in line for line in failed), r.stdout
+    for line in failed:
+        assert line.split()[2:4] == ["False", "[]"], line
+    for line in lines:
+        if line.startswith("RETRY"):
+            assert line.split()[2] == "0", line
+
+
+def test_killed_restore_removes_only_what_it_noted_whatever_the_names(env):
+    """Regression: a restore's note named one file a line, so an overlay
+    whose name held a line end named two files, the second one anybody's:
+    the sweep after a kill removed it. Paths in a note now end with a NUL."""
+    dom = env.domain(fmt="qcow2", size=8 * MiB)
+    b = env.backup(dom, backup_xml_for({"vda": env.path("b.qcow2")}))
+    victim = env.path("victim.qcow2")
+    with open(victim, "wb") as f:
+        f.write(b"not the restore's")
+    os.chmod(victim, 0o600)
+    overlay = env.path("ov\n") + victim
+    os.makedirs(os.path.dirname(overlay))
+    name = "pytest-killed-" + os.urandom(4).hex()
+    code = (SUBPROCESS_PRELUDE + "rc = lib.virDomainBackupRestore(" +
+            repr(f"<domainbackup><uuid>{backup_uuid(b)}</uuid><domain name='{name}'/><disks>"
+                 f"<disk name='vda'><target file='{xml_attr(overlay)}'/></disk>"
+                 "</disks></domainbackup>") +
+            f".encode(), {NEW | INSTANT})\nprint('survived', rc, last_error())\n")
+    r = subprocess.run([sys.executable, "-c", code],
+                       env=dict(os.environ, LIBVIRT_BACKUP_DIR=env.catalog,
+                                LIBVIRT_BACKUP_TEST_STOP="instant-pin-written"),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert "survived" not in r.stdout, (r.stdout, r.stderr)
+    assert os.path.exists(overlay)
+    again = lib.virDomainBackupLookupByUUID(backup_uuid(b).encode(), 0)
+    assert again
+    lib.virDomainBackupFree(again)
+    assert not os.path.exists(overlay)
+    with open(victim, "rb") as f:
+        assert f.read() == b"not the restore's"

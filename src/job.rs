@@ -128,19 +128,20 @@ impl Job {
         Ok(())
     }
 
-    /// Stop the clock (once): the elapsed time recorded in the catalog and
-    /// the one the job reports are then the same.
     /// End of the job's work: under the domain's lock, the record says
-    /// completed only if `result` is Ok. Returns the outcome and the lock,
-    /// which the caller keeps while it cleans up a failure, so that once a
-    /// record says completed, or is gone, every file of the job is final.
+    /// completed only if `result` is Ok. Returns the outcome, the domain's
+    /// lock, and, when the job failed, its job lock: the caller keeps both
+    /// while it removes the failed backup (see `ops::files::discard_failed`),
+    /// so that once a record says completed, or is gone, every file of the
+    /// job is final, and a record that says running always has its job's
+    /// lock file.
     pub fn settle(
         &self,
         catalog: &Catalog,
         record: &mut BackupRecord,
         result: Result<()>,
         lock: JobLock,
-    ) -> (Result<()>, Option<CatalogLock>) {
+    ) -> (Result<()>, Option<CatalogLock>, Option<JobLock>) {
         let guard = catalog.lock_domain(&record.domain_uuid).ok();
         let result = result.and_then(|()| {
             record.state = BackupState::Completed;
@@ -148,10 +149,17 @@ impl Job {
             record.stats = self.stats();
             catalog.write_record(record)
         });
-        drop(lock);
-        (result, guard)
+        match result {
+            Ok(()) => {
+                drop(lock);
+                (Ok(()), guard, None)
+            }
+            Err(e) => (Err(e), guard, Some(lock)),
+        }
     }
 
+    /// Stop the clock (once): the elapsed time recorded in the catalog and
+    /// the one the job reports are then the same.
     pub fn freeze_elapsed(&self) {
         let mut o = self.outcome.lock().unwrap();
         o.elapsed_ms

@@ -27,7 +27,9 @@
 //! export were created, so the pid file plus a successful NBD handshake mean
 //! the export is fully up; any configuration error (port in use, unreadable
 //! image, missing bitmap) makes the daemon exit with the reason on stderr,
-//! which [`StorageDaemonExport::start`] returns.
+//! which [`StorageDaemonExport::start`] returns. The daemon gets SIGTERM
+//! when the process that started it dies: an export never outlives the
+//! process that can stop it.
 //!
 //! # TLS
 //!
@@ -46,6 +48,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::image::disk::{Chain, Source};
@@ -340,11 +344,60 @@ fn spawn_and_wait(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
-    let child = cmd
-        .spawn()
+    let child = spawn_tied_to_process(cmd)
         .map_err(|e| Error::operation_failed(format!("cannot run {DAEMON}: {e}")))?;
 
     wait_until_serving(child, server, &pid_file, &log_path).map(|child| (child, qmp_socket))
+}
+
+/// Start `cmd` so that the child gets SIGTERM when this process dies: an
+/// export ends with the process that runs it (whose registration in the
+/// catalog, `store::exports`, goes stale at the same time), instead of a
+/// daemon serving on with nobody to stop it. Linux signals the child when
+/// the thread that forked it ends, not the process: children are forked by
+/// one thread that lasts as long as the process (one per process, made
+/// anew in a forked child, which has no threads but the forking one).
+fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Request>)>> = Mutex::new(None);
+
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only two system calls, both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+            // The parent died before the line above: nobody would signal.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::other("the parent process ended"));
+            }
+            Ok(())
+        });
+    }
+    let (reply, answer) = mpsc::channel();
+    {
+        let mut spawner = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
+        let me = std::process::id();
+        if spawner.as_ref().is_none_or(|(pid, _)| *pid != me) {
+            let (tx, rx) = mpsc::channel::<Request>();
+            std::thread::Builder::new()
+                .name("lvb-spawner".into())
+                .spawn(move || {
+                    for (mut cmd, reply) in rx {
+                        let _ = reply.send(cmd.spawn());
+                    }
+                })?;
+            *spawner = Some((me, tx));
+        }
+        let (_, tx) = spawner.as_ref().expect("made above");
+        tx.send((cmd, reply))
+            .map_err(|_| io::Error::other("the spawning thread ended"))?;
+    }
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the spawning thread ended"))?
 }
 
 /// Wait until the daemon serves NBD (its pid file appears after every
@@ -408,7 +461,8 @@ fn describe(server: &ExportServer) -> String {
 }
 
 /// The daemon's command line, without `--pidfile`. Order matters: nodes, then
-/// the NBD server, then the exports that need both.
+/// the NBD server, then the exports that need both. Every JSON argument is
+/// built by serde_json, so names and paths are escaped whatever they hold.
 fn daemon_args(
     server: &ExportServer,
     disks: &[ExportDisk],
@@ -418,27 +472,40 @@ fn daemon_args(
     let mut args = Vec::new();
     for (i, d) in disks.iter().enumerate() {
         args.push("--blockdev".into());
-        args.push(format!(
-            r#"{{"driver":"file","node-name":"file{i}","filename":{},"read-only":true}}"#,
-            json_str(&utf8(&d.image)?)
-        ));
+        args.push(
+            json!({
+                "driver": "file",
+                "node-name": format!("file{i}"),
+                "filename": utf8(&d.image)?,
+                "read-only": true,
+            })
+            .to_string(),
+        );
         args.push("--blockdev".into());
-        args.push(format!(
-            r#"{{"driver":"{}","node-name":"disk{i}","file":"file{i}","read-only":true}}"#,
-            d.format.as_str()
-        ));
+        args.push(
+            json!({
+                "driver": d.format.as_str(),
+                "node-name": format!("disk{i}"),
+                "file": format!("file{i}"),
+                "read-only": true,
+            })
+            .to_string(),
+        );
     }
     args.extend(server_args(server, cert_dir)?);
     for (i, d) in disks.iter().enumerate() {
-        let bitmaps = match &d.bitmap {
-            Some(b) => format!(r#","bitmaps":[{}]"#, json_str(b)),
-            None => String::new(),
-        };
+        let mut export = json!({
+            "type": "nbd",
+            "id": format!("export{i}"),
+            "node-name": format!("disk{i}"),
+            "name": d.export_name,
+            "writable": false,
+        });
+        if let Some(b) = &d.bitmap {
+            export["bitmaps"] = json!([b]);
+        }
         args.push("--export".into());
-        args.push(format!(
-            r#"{{"type":"nbd","id":"export{i}","node-name":"disk{i}","name":{},"writable":false{bitmaps}}}"#,
-            json_str(&d.export_name)
-        ));
+        args.push(export.to_string());
     }
     // --chardev takes QemuOpts syntax only: a comma in a value is doubled.
     args.push("--chardev".into());
@@ -456,28 +523,31 @@ fn daemon_args(
 /// `tls-creds`.
 fn server_args(server: &ExportServer, cert_dir: Option<&Path>) -> Result<Vec<String>> {
     let mut args: Vec<String> = Vec::new();
-    let tls = match cert_dir {
-        Some(dir) => {
-            args.push("--object".into());
-            args.push(format!(
-                r#"{{"qom-type":"tls-creds-x509","id":"tls0","dir":{},"endpoint":"server","verify-peer":true}}"#,
-                json_str(&utf8(dir)?)
-            ));
-            r#","tls-creds":"tls0""#
-        }
-        None => "",
+    let addr = match server {
+        ExportServer::Tcp { host, port } => json!({
+            "type": "inet",
+            "host": host,
+            "port": port.to_string(),
+        }),
+        ExportServer::Unix(path) => json!({"type": "unix", "path": utf8(path)?}),
     };
+    let mut nbd = json!({ "addr": addr });
+    if let Some(dir) = cert_dir {
+        args.push("--object".into());
+        args.push(
+            json!({
+                "qom-type": "tls-creds-x509",
+                "id": "tls0",
+                "dir": utf8(dir)?,
+                "endpoint": "server",
+                "verify-peer": true,
+            })
+            .to_string(),
+        );
+        nbd["tls-creds"] = json!("tls0");
+    }
     args.push("--nbd-server".into());
-    args.push(match server {
-        ExportServer::Tcp { host, port } => format!(
-            r#"{{"addr":{{"type":"inet","host":{},"port":"{port}"}}{tls}}}"#,
-            json_str(host)
-        ),
-        ExportServer::Unix(path) => format!(
-            r#"{{"addr":{{"type":"unix","path":{}}}{tls}}}"#,
-            json_str(&utf8(path)?)
-        ),
-    });
+    args.push(nbd.to_string());
     Ok(args)
 }
 
@@ -486,25 +556,6 @@ fn utf8(p: &Path) -> Result<String> {
     p.to_str()
         .map(str::to_owned)
         .ok_or_else(|| Error::invalid_arg(format!("path '{}' is not UTF-8", p.display())))
-}
-
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 const NBD_MAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
@@ -622,11 +673,32 @@ fn remove_socket(path: &Path) {
 mod tests {
     use super::*;
 
+    /// Each JSON argument, parsed back.
+    fn parsed(args: &[String]) -> Vec<serde_json::Value> {
+        args.iter()
+            .filter(|a| a.starts_with('{'))
+            .map(|a| serde_json::from_str(a).unwrap())
+            .collect()
+    }
+
     #[test]
-    fn json_escaping() {
-        assert_eq!(json_str(r#"a"b\c"#), r#""a\"b\\c""#);
-        assert_eq!(json_str("x\u{1}"), r#""x\u0001""#);
-        assert_eq!(json_str("/p,q/é"), r#""/p,q/é""#);
+    fn names_and_paths_of_any_kind_reach_the_daemon_intact() {
+        let odd = "/i/a \"q\" \\ b\n\u{1} f\u{fc}r,x.qcow2";
+        let disks = [ExportDisk {
+            export_name: "v\"d\\a\n\u{fc}".into(),
+            image: odd.into(),
+            format: DiskFormat::Qcow2,
+            bitmap: Some("b\"0".into()),
+        }];
+        let unix = ExportServer::Unix("/s/o \"d\"\\\n\u{fc}.sock".into());
+        let args =
+            daemon_args(&unix, &disks, Some(Path::new("/c/\"x\"")), Path::new("/q")).unwrap();
+        let v = parsed(&args);
+        assert_eq!(v[0]["filename"], odd);
+        assert_eq!(v[3]["addr"]["path"], "/s/o \"d\"\\\n\u{fc}.sock");
+        assert_eq!(v[2]["dir"], "/c/\"x\"");
+        assert_eq!(v[4]["name"], "v\"d\\a\n\u{fc}");
+        assert_eq!(v[4]["bitmaps"][0], "b\"0");
     }
 
     #[test]
@@ -647,18 +719,35 @@ mod tests {
             Path::new("/s,x/qmp.sock"),
         )
         .unwrap();
+        let opts: Vec<&str> = args.iter().step_by(2).map(String::as_str).collect();
         assert_eq!(
-            args,
+            opts,
             [
                 "--blockdev",
-                r#"{"driver":"file","node-name":"file0","filename":"/i/a,b.qcow2","read-only":true}"#,
                 "--blockdev",
-                r#"{"driver":"qcow2","node-name":"disk0","file":"file0","read-only":true}"#,
                 "--nbd-server",
-                r#"{"addr":{"type":"inet","host":"127.0.0.1","port":"10809"}}"#,
                 "--export",
-                r#"{"type":"nbd","id":"export0","node-name":"disk0","name":"vda","writable":false,"bitmaps":["b0"]}"#,
                 "--chardev",
+                "--monitor"
+            ]
+        );
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(
+            parsed(&args),
+            [
+                json(
+                    r#"{"driver":"file","node-name":"file0","filename":"/i/a,b.qcow2","read-only":true}"#
+                ),
+                json(r#"{"driver":"qcow2","node-name":"disk0","file":"file0","read-only":true}"#),
+                json(r#"{"addr":{"type":"inet","host":"127.0.0.1","port":"10809"}}"#),
+                json(
+                    r#"{"type":"nbd","id":"export0","node-name":"disk0","name":"vda","writable":false,"bitmaps":["b0"]}"#
+                ),
+            ]
+        );
+        assert_eq!(
+            args[9..],
+            [
                 "socket,id=qmp0,path=/s,,x/qmp.sock,server=on,wait=off",
                 "--monitor",
                 "chardev=qmp0,mode=control",
@@ -681,12 +770,19 @@ mod tests {
         let dir = Path::new("/etc/pki/a,b");
         let args = daemon_args(&server, &disks, Some(dir), Path::new("/s/q")).unwrap();
         assert_eq!(
-            args[4..8],
+            (args[4].as_str(), args[6].as_str()),
+            ("--object", "--nbd-server")
+        );
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(
+            parsed(&args[4..8]),
             [
-                "--object",
-                r#"{"qom-type":"tls-creds-x509","id":"tls0","dir":"/etc/pki/a,b","endpoint":"server","verify-peer":true}"#,
-                "--nbd-server",
-                r#"{"addr":{"type":"inet","host":"0.0.0.0","port":"10809"},"tls-creds":"tls0"}"#,
+                json(
+                    r#"{"qom-type":"tls-creds-x509","id":"tls0","dir":"/etc/pki/a,b","endpoint":"server","verify-peer":true}"#
+                ),
+                json(
+                    r#"{"addr":{"type":"inet","host":"0.0.0.0","port":"10809"},"tls-creds":"tls0"}"#
+                ),
             ]
         );
     }

@@ -13,7 +13,7 @@ use rustix::fs::OFlags;
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use super::files::{remove_backup, volume_connection};
+use super::files::{discard_failed, volume_connection};
 use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
 use super::recovery;
 use crate::engine::{bitmap, copy, disks, live};
@@ -309,23 +309,19 @@ fn register(
     }
     let mut targets = Vec::new();
     note_dirs(record, disks);
-    let prepared = catalog
-        .lock_job(&record.domain_uuid, &uuid, domain_lock)
-        .and_then(|lock| {
-            catalog.write_record(record)?;
-            create_targets(dom, disks, &mut targets)?;
-            catalog.create_index_dir(&record.domain_uuid, &uuid)?;
-            Ok(lock)
-        });
+    let lock = catalog.lock_job(&record.domain_uuid, &uuid, domain_lock)?;
+    crate::test_stop!("create-job-locked");
+    let prepared = (|| {
+        catalog.write_record(record)?;
+        create_targets(dom, disks, &mut targets)?;
+        catalog.create_index_dir(&record.domain_uuid, &uuid)
+    })();
     match prepared {
-        Ok(lock) => Ok((targets, lock)),
+        Ok(()) => Ok((targets, lock)),
         Err(e) => {
             drop(targets);
-            let _ = remove_backup(
-                catalog,
-                record,
-                volume_connection(record, Some(dom)).as_ref(),
-            );
+            let conn = volume_connection(record, Some(dom));
+            discard_failed(catalog, record, conn.as_ref(), Some(lock));
             Err(e)
         }
     }
@@ -410,8 +406,13 @@ fn run(
         is_live,
         quiesce,
     } = prepared;
-    let discard = |rec: &BackupRecord| {
-        let _ = remove_backup(catalog, rec, volume_connection(rec, Some(dom)).as_ref());
+    let discard = |rec: &BackupRecord, lock: Option<JobLock>| {
+        discard_failed(
+            catalog,
+            rec,
+            volume_connection(rec, Some(dom)).as_ref(),
+            lock,
+        );
     };
     if is_live {
         // QEMU writes the targets: close them first.
@@ -419,8 +420,7 @@ fn run(
         if let Err(e) = begin_live(dom, &record, &disks, &dom_disks, quiesce) {
             // The record goes while the job lock is held: a running record
             // without its lock file reads as damaged.
-            discard(&record);
-            drop(lock);
+            discard(&record, Some(lock));
             return Err(e);
         }
     }
@@ -434,8 +434,13 @@ fn run(
         .collect();
     let (work_catalog, work_record, work_dom) = (catalog.clone(), record.clone(), dom.clone());
     let conn = volume_connection(&record, Some(dom));
+    // The thread takes the job lock from here; if it cannot start, the
+    // lock is still here for the discard.
+    let slot = Arc::new(Mutex::new(Some(lock)));
+    let work_slot = Arc::clone(&slot);
+    let take = move || work_slot.lock().unwrap().take().expect("the job lock");
     let spawned = if is_live {
-        job.spawn(move |job| run_live(job, &work_catalog, work_record, work_dom, lock, conn))
+        job.spawn(move |job| run_live(job, &work_catalog, work_record, work_dom, take(), conn))
     } else {
         job.spawn(move |job| {
             run_copy(
@@ -444,13 +449,13 @@ fn run(
                 work_record,
                 sources,
                 targets,
-                lock,
+                take(),
                 conn,
             )
         })
     };
     if let Err(e) = spawned {
-        discard(&record);
+        discard(&record, slot.lock().unwrap().take());
         return Err(e);
     }
     Ok(job)
@@ -698,12 +703,12 @@ fn run_live(
     lock: JobLock,
     conn: Option<Connect>,
 ) -> Result<()> {
-    let (result, _guard) = job.settle(catalog, &mut record, live::follow(job, &dom), lock);
+    let (result, _guard, lock) = job.settle(catalog, &mut record, live::follow(job, &dom), lock);
     if result.is_err() {
         if let Some(cp) = &record.checkpoint {
             let _ = live::remove_checkpoint(&dom, cp);
         }
-        let _ = remove_backup(catalog, &record, conn.as_ref());
+        discard_failed(catalog, &record, conn.as_ref(), lock);
     }
     result
 }
@@ -760,9 +765,9 @@ fn run_copy(
         let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
         copy_disk(job, &index_path, source, dst, d)
     });
-    let (result, _guard) = job.settle(catalog, &mut record, copied, lock);
+    let (result, _guard, lock) = job.settle(catalog, &mut record, copied, lock);
     if result.is_err() {
-        let _ = remove_backup(catalog, &record, conn.as_ref());
+        discard_failed(catalog, &record, conn.as_ref(), lock);
     } else if let Some(conn) = &conn {
         // Let libvirt see the volumes' real size and allocation.
         for (pool, _) in record.disks.iter().filter_map(|d| d.volume.as_ref()) {

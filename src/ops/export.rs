@@ -28,6 +28,7 @@ use crate::job;
 use crate::ops::export_access;
 use crate::ops::recovery;
 use crate::store::catalog::DomainLock;
+use crate::store::exports::{self, ExportLock};
 use crate::store::index::IndexReader;
 use crate::xml::backup::{
     BackupRecord, BackupState, DiskFormat, NbdServer, UnmanagedRequest, parent_and_domain, path_str,
@@ -84,6 +85,9 @@ pub struct Export {
     ended: Mutex<Option<(BackupState, u64)>>,
     /// The domain's job lock, released when the export ends.
     domain_lock: Mutex<Option<DomainLock>>,
+    /// What tells every process that the export runs (`store::exports`),
+    /// dropped when it ends, after its scratch folder.
+    registered: Mutex<Option<ExportLock>>,
 }
 
 /// Exports of this process, kept until they end (a freed handle does not
@@ -94,7 +98,8 @@ pub fn running(uuid: &Uuid) -> Option<Arc<Export>> {
     EXPORTS.lock().unwrap().get(uuid).cloned()
 }
 
-/// Exports of stored backups running in this process: (backup, export).
+/// Exports of stored backups running in this process: (backup, export)
+/// (every process's are in `store::exports`).
 pub fn stored_exports() -> Vec<(Uuid, Uuid)> {
     EXPORTS
         .lock()
@@ -115,7 +120,19 @@ pub(crate) fn serve_stored(
 ) -> Result<Arc<Export>> {
     let uuid = Uuid::new_v4();
     let list: Vec<ExportDisk> = disks.iter().map(|(_, d)| d.clone()).collect();
-    let scratch = recovery::open_catalog()?.private_dir(&format!(".scratch-{uuid}"))?;
+    let catalog = recovery::open_catalog()?;
+    let registered = {
+        // Under the backup's domain lock, which a Delete holds from its
+        // check of running exports until its files are gone: the backup is
+        // still there, and stays while the export runs.
+        let _guard = catalog.lock_domain(&rec.domain_uuid)?;
+        let still = catalog.record(&rec.domain_uuid, &rec.uuid)?;
+        if still.is_none_or(|r| r.state != BackupState::Completed) {
+            return Err(Error::no_backup(&rec.uuid.to_string()));
+        }
+        exports::register(&catalog, &uuid, Some(&rec.uuid))?
+    };
+    let scratch = catalog.scratch_dir(&uuid)?;
     let daemon = StorageDaemonExport::start_tls(address, &list, cert_dir).inspect_err(|_| {
         let _ = fs::remove_dir_all(&scratch);
     })?;
@@ -141,6 +158,7 @@ pub(crate) fn serve_stored(
         ended: Mutex::new(None),
         // It reads the backup's files, not the domain's: no job on it.
         domain_lock: Mutex::new(None),
+        registered: Mutex::new(Some(registered)),
     });
     EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
     Ok(export)
@@ -269,7 +287,8 @@ pub fn start(
     let catalog = recovery::open_catalog()?;
     let domain_lock = catalog.lock_domain_job(&domain_uuid)?;
     super::check_domain_idle(dom, &domain_uuid, is_live)?;
-    let scratch = catalog.private_dir(&format!(".scratch-{uuid}"))?;
+    let registered = exports::register(&catalog, &uuid, None)?;
+    let scratch = catalog.scratch_dir(&uuid)?;
     let how = (is_live, cert_dir.as_deref());
     let server = start_server(dom, req, &disks, &all, &scratch, how).inspect_err(|_| {
         let _ = fs::remove_dir_all(&scratch);
@@ -302,6 +321,7 @@ pub fn start(
         started: Instant::now(),
         ended: Mutex::new(None),
         domain_lock: Mutex::new(Some(domain_lock)),
+        registered: Mutex::new(Some(registered)),
     });
     EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
     job::hold_domain(uuid, domain_uuid);
@@ -579,6 +599,7 @@ impl Export {
         };
         *ended = Some((state, self.started.elapsed().as_millis() as u64));
         EXPORTS.lock().unwrap().remove(&self.uuid);
+        self.registered.lock().unwrap().take();
         self.domain_lock.lock().unwrap().take();
         job::release_domain(&self.uuid);
         result

@@ -6,7 +6,7 @@ use crate::engine::background;
 use crate::error::Result;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::hv::storage_pool;
-use crate::store::catalog::Catalog;
+use crate::store::catalog::{Catalog, JobLock};
 use crate::xml::backup::BackupRecord;
 
 /// Remove a backup's record and data in crash order (see
@@ -34,6 +34,27 @@ pub(super) fn remove_backup(
     // turn behind other domains' jobs (see `background::pace`).
     catalog.remove_data(rec, &mut background::pace)?;
     catalog.finish_delete(rec)
+}
+
+/// Remove the backup of a job that failed (or never started), its job lock
+/// held until the record is gone. Removing a record writes the summary,
+/// which a full disk refuses: the backup's own files then go first, as a
+/// dead job's would (`Catalog::remove_dead_data`), which frees what the
+/// job filled. If the record still cannot go, the lock file stays behind,
+/// unlocked (`JobLock::abandon`): the next reader settles the record as a
+/// dead job's instead of finding a `running` record with no job, which
+/// would fail every List and Delete of the domain.
+pub(super) fn discard_failed(
+    catalog: &Catalog,
+    rec: &BackupRecord,
+    conn: Option<&Connect>,
+    lock: Option<JobLock>,
+) {
+    let removed = remove_backup(catalog, rec, conn).or_else(|_| catalog.remove_dead_data(rec));
+    match (removed, lock) {
+        (Err(_), Some(lock)) => lock.abandon(),
+        (_, lock) => drop(lock),
+    }
 }
 
 /// A connection for volume work on a backup's pools, if it has any.

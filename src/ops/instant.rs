@@ -230,12 +230,18 @@ pub fn restore(
     let _guard = catalog.lock_domain(&rec.domain_uuid)?;
     let paths: Vec<&Path> = list.iter().map(|o| o.path.as_path()).collect();
     let note = catalog.stage_files_of_domain(&paths, &to.uuid, &to.uri)?;
-    let mut made: Vec<PathBuf> = Vec::new();
+    let (mut overlays, mut pinned): (Vec<&Path>, Vec<PathBuf>) = (Vec::new(), Vec::new());
     let done = (|| {
         for o in &list {
+            // Noted before it is made: an overlay a failure cut short (an
+            // empty file qemu-img never wrote, for want of a descriptor)
+            // goes too, or a retry would find its name taken. A file there
+            // already is not ours to remove (the name was free when checked).
+            if fs::symlink_metadata(&o.path).is_err() {
+                overlays.push(&o.path);
+            }
             create_overlay(o)?;
-            made.push(o.path.clone());
-            made.push(pins::add(catalog, &pin_of(rec, &to, o))?);
+            pinned.push(pins::add(catalog, &pin_of(rec, &to, o))?);
             crate::test_stop!("instant-pin-written");
         }
         define(&to, &xml)
@@ -243,8 +249,12 @@ pub fn restore(
     let dom = match done {
         Ok(dom) => dom,
         Err(e) => {
-            for p in &made {
-                let _ = fs::remove_file(p);
+            for p in &pinned {
+                pins::remove(catalog, p);
+            }
+            // Only a regular file of ours, private, as the overlay is made.
+            for p in overlays {
+                crate::store::secure::remove_own_file(p);
             }
             return Err(e);
         }

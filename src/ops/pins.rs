@@ -1,7 +1,7 @@
 //! What keeps a backup's files in use, checked before they are deleted or
 //! rewritten: disks restored with `VIR_DOMAIN_BACKUP_RESTORE_INSTANT` (their
-//! overlays read through the backup's chain) and exports of stored backups
-//! in this process.
+//! overlays read through the backup's chain) and exports of stored backups,
+//! in any process (`store::exports`).
 //!
 //! Pins are checked lazily, whenever they are read: a pin whose domain no
 //! longer exists, whose disk is gone, or whose disk's backing chain no
@@ -13,12 +13,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use uuid::Uuid;
+
 use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::hv::qemu_tools::{os, run};
 use crate::ops::export;
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
+use crate::store::exports;
 use crate::store::pins::{self, Pin};
 use crate::xml::backup::{BackupRecord, path_str};
 use crate::xml::dom::Element;
@@ -35,17 +38,21 @@ fn image_chain(image: &Path) -> Option<Vec<PathBuf>> {
         image.as_os_str(),
     ];
     let out = run("qemu-img", args).ok()?;
-    let text = String::from_utf8_lossy(&out);
-    // Every layer has one "filename" key; paths are JSON strings.
-    let files = text
-        .match_indices("\"filename\": \"")
-        .filter_map(|(i, m)| {
-            let rest = &text[i + m.len()..];
-            rest.find('"').map(|end| PathBuf::from(&rest[..end]))
+    chain_of_info(&out)
+}
+
+/// The `filename` of every layer of `qemu-img info --backing-chain
+/// --output=json`, resolved; `None` when the output does not parse (the
+/// pin is then kept). Paths are JSON strings, escapes and all.
+fn chain_of_info(json: &[u8]) -> Option<Vec<PathBuf>> {
+    let layers: Vec<serde_json::Value> = serde_json::from_slice(json).ok()?;
+    layers
+        .iter()
+        .map(|layer| {
+            let p = PathBuf::from(layer.get("filename")?.as_str()?);
+            Some(std::fs::canonicalize(&p).unwrap_or(p))
         })
-        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
-        .collect();
-    Some(files)
+        .collect()
 }
 
 /// Whether the pinned disk still reads through one of `files`.
@@ -111,7 +118,7 @@ pub fn check_delete(catalog: &Catalog, doomed: &[&BackupRecord]) -> Result<()> {
             )));
         }
     }
-    for (backup, export) in export::stored_exports() {
+    for (backup, export) in stored_exports(catalog)? {
         let Some(rec) = recovery::find(catalog, &backup)? else {
             continue;
         };
@@ -124,6 +131,20 @@ pub fn check_delete(catalog: &Catalog, doomed: &[&BackupRecord]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Exports of stored backups running in any process, this one's included:
+/// (backup, export).
+fn stored_exports(catalog: &Catalog) -> Result<Vec<(Uuid, Uuid)>> {
+    let mut out = export::stored_exports();
+    for r in exports::running(catalog)? {
+        if let Some(b) = r.backup
+            && !out.iter().any(|(_, e)| *e == r.export)
+        {
+            out.push((b, r.export));
+        }
+    }
+    Ok(out)
 }
 
 /// Add `<pinnedby domain='…' disk='…'/>` to a backup's XML for every
@@ -166,4 +187,29 @@ pub(crate) fn chain_files(catalog: &Catalog, rec: &BackupRecord) -> Result<Vec<P
             .and_then(|p| all.iter().find(|x| x.uuid == p).cloned());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_paths_are_unescaped_json_strings() {
+        // What qemu-img prints for names with a quote, a backslash, a
+        // newline and a non-ASCII letter (as \u escapes).
+        let out = br#"[
+            {"filename": "/b/o \"q\" \\ x\nz/fu\u0308r \u00fc.qcow2", "format": "qcow2"},
+            {"filename": "/b/base.qcow2", "format": "raw"}
+        ]"#;
+        let got = chain_of_info(out).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/b/o \"q\" \\ x\nz/fu\u{308}r \u{fc}.qcow2"),
+                PathBuf::from("/b/base.qcow2")
+            ]
+        );
+        assert!(chain_of_info(b"not json").is_none());
+        assert!(chain_of_info(br#"[{"format": "raw"}]"#).is_none());
+    }
 }

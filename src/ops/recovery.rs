@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 
@@ -20,25 +19,50 @@ use crate::engine::live;
 use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::image::backing::backing_file;
-use crate::store::catalog::{Catalog, JobStatus, NOTE_DOMAIN, NOTE_END};
+use crate::store::catalog::{Catalog, JobStatus, NOTE_DOMAIN, read_note};
+use crate::store::exports;
+use crate::store::pins;
 use crate::store::secure;
 use crate::store::summary::Entry;
 use crate::xml::backup::{BackupRecord, BackupState};
 use crate::xml::domain;
 
-/// The catalog at the configured root, after removing the files of
-/// restores whose process died while writing them.
+/// The catalog at the configured root, after removing what processes
+/// that died left in its root: the files of restores cut short, the
+/// scratch folders and registrations of exports, the temporary files of
+/// pins (a domain's folder is swept when the domain is read: `tidy`).
 pub fn open_catalog() -> Result<Catalog> {
     let catalog = Catalog::open()?;
     sweep_restores(&catalog);
+    sweep_exports(&catalog);
+    pins::sweep(&catalog);
     Ok(catalog)
+}
+
+/// Remove the scratch folders of exports whose process died (and their
+/// registrations, which `exports::running` drops on the way). A scratch
+/// folder is made after its export's registration and removed before it:
+/// one whose export is not running now is a dead exporter's.
+fn sweep_exports(catalog: &Catalog) {
+    let scratch = catalog.scratch_folders();
+    if scratch.is_empty() {
+        return;
+    }
+    let Ok(running) = exports::running(catalog) else {
+        return;
+    };
+    for s in scratch {
+        if !running.iter().any(|r| r.export == s) {
+            catalog.remove_scratch(&s);
+        }
+    }
 }
 
 /// Records of one domain, oldest first, after settling dead jobs.
 pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>> {
     catalog.check_domain_dir(domain)?;
     sweep_merges(catalog, domain);
-    finish_deletes(catalog, domain);
+    tidy(catalog, domain);
     let mut kept = Vec::new();
     for rec in catalog.records(domain)? {
         if is_orphan(catalog, &rec) {
@@ -55,7 +79,7 @@ pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>
 pub fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
     catalog.check_domain_dir(domain)?;
     sweep_merges(catalog, domain);
-    finish_deletes(catalog, domain);
+    tidy(catalog, domain);
     let mut out = catalog.entries(domain)?;
     let mut gone = HashSet::new();
     for e in out.iter_mut().filter(|e| e.state == BackupState::Running) {
@@ -194,17 +218,12 @@ fn sweep_restores(catalog: &Catalog) {
         let mut text = Vec::new();
         let _ = file.read_to_end(&mut text);
         // A note cut short while written names nothing (see `stage_files`).
-        let Some(text) = text.strip_suffix(NOTE_END) else {
+        let Some((head, files)) = read_note(&text) else {
             catalog.remove_note(&note);
             continue;
         };
-        let mut lines = text
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .peekable();
-        let head = lines.next_if(|l| l.starts_with(NOTE_DOMAIN.as_bytes()));
-        let files: Vec<&std::ffi::OsStr> = lines.map(std::ffi::OsStr::from_bytes).collect();
-        match head.map(|h| domain_uses(&String::from_utf8_lossy(h), &files)) {
+        let files: Vec<&std::ffi::OsStr> = files.iter().map(|f| f.as_os_str()).collect();
+        match head.map(|h| domain_uses(&h, &files)) {
             Some(None) => continue, // cannot tell now: a later sweep will
             Some(Some(true)) => {}  // the domain was defined: the files are its disks
             Some(Some(false)) | None => {
@@ -217,9 +236,9 @@ fn sweep_restores(catalog: &Catalog) {
     }
 }
 
-/// Domain folders (see `Catalog::domain_stamp`) seen holding no delete to
-/// finish, one stamp per folder.
-static NO_DELETES: LazyLock<Mutex<Vec<[i64; 4]>>> = LazyLock::new(Default::default);
+/// Domain folders (see `Catalog::domain_stamp`) seen holding nothing to
+/// tidy, one stamp per folder.
+static TIDY: LazyLock<Mutex<Vec<[i64; 4]>>> = LazyLock::new(Default::default);
 
 /// Whether a change time is more than 100 ms old. File times come from a
 /// clock that ticks every 1-10 ms: a folder changed in the tick of our
@@ -232,31 +251,45 @@ fn settled(secs: i64, nanos: i64) -> bool {
     now - (secs * 1_000_000_000 + nanos) > 100_000_000
 }
 
+/// Tidy what dead processes left in the folder of `domain`: finish the
+/// deletes they cut short (`finish_deletes`), remove the temporary files
+/// of atomic writes and the lock files of jobs killed before they wrote
+/// their record (`Catalog::sweep_leftovers`). Skipped while anyone holds
+/// the domain's lock (deletes, jobs registering and every write in the
+/// folder run under it).
+fn tidy(catalog: &Catalog, domain: &Uuid) {
+    // Finding them reads the whole folder (3 entries per backup: 38 % of
+    // a List at 10,000); a folder that has not changed since a look found
+    // nothing to do has nothing to do.
+    let stamp = catalog.domain_stamp(domain);
+    if stamp.is_some_and(|s| TIDY.lock().unwrap().contains(&s)) {
+        return;
+    }
+    let found = catalog.leftovers(domain);
+    let mut done = found.is_empty();
+    if !done {
+        let Some(_guard) = catalog.try_lock_domain(domain) else {
+            return;
+        };
+        if found.deletes {
+            finish_deletes(catalog, domain);
+        }
+        done = catalog.sweep_leftovers(domain, &found) && !found.deletes;
+    }
+    // Only the files of live jobs left (whose end changes the folder), or
+    // nothing: remember the folder as it is now.
+    if done && let Some(s) = catalog.domain_stamp(domain).filter(|s| settled(s[2], s[3])) {
+        let mut seen = TIDY.lock().unwrap();
+        seen.retain(|o| o[..2] != s[..2]);
+        seen.push(s);
+    }
+}
+
 /// Finish the deletes of `domain` a dead process left half done (their
 /// record renamed to `<backup>.deleting`, some data maybe gone): remove what
-/// is left. Skipped while anyone holds the domain's lock (deletes run
-/// under it). A note that cannot be read is left alone: it is not listed, and
-/// whatever it names is better kept than guessed.
+/// is left. Domain lock held. A note that cannot be read is left alone: it
+/// is not listed, and whatever it names is better kept than guessed.
 fn finish_deletes(catalog: &Catalog, domain: &Uuid) {
-    // Finding the notes reads the whole folder (3 entries per backup: 38 %
-    // of a List at 10,000); a folder that has not changed since a look
-    // found none has none.
-    let stamp = catalog.domain_stamp(domain);
-    if stamp.is_some_and(|s| NO_DELETES.lock().unwrap().contains(&s)) {
-        return;
-    }
-    let pending = catalog.pending_deletes(domain);
-    if pending.is_empty() {
-        if let Some(s) = stamp.filter(|s| settled(s[2], s[3])) {
-            let mut seen = NO_DELETES.lock().unwrap();
-            seen.retain(|o| o[..2] != s[..2]);
-            seen.push(s);
-        }
-        return;
-    }
-    let Some(_guard) = catalog.try_lock_domain(domain) else {
-        return;
-    };
     for (_, rec) in catalog.pending_deletes(domain) {
         let Ok(rec) = rec else {
             continue;

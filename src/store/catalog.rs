@@ -23,6 +23,15 @@
 //! - `<domain>/`                  its flock is the domain's lock
 //! - `<domain>/merging/<backup>.<disk>` the temporary file of a merge into
 //!   that backup's disk, while it runs
+//! - `.scratch-<export>/`         an export's scratch files (see `exports`
+//!   for `.exports/`, `pins` for `.pins/`)
+//! - `.<name>.tmp`               the temporary file of an atomic write of
+//!   `<name>`, in its folder (`Folder::write_atomic`)
+//!
+//! What a process killed midway leaves (temporary files, the lock file of
+//! a job killed before its record) is swept by the next reader through the
+//! folders' descriptors, only by the names the library makes, and only
+//! under the lock its writers hold (`Catalog::sweep_leftovers`).
 //!
 //! A record that cannot be read is an error naming the file, never skipped.
 //! The catalog only stores and locks: a record in state `running` whose job
@@ -45,7 +54,7 @@ use super::folder::Folder;
 use super::secure;
 use super::summary::{self, Entry};
 use crate::error::{Error, Result};
-use crate::xml::backup::{BackupRecord, DefaultTarget};
+use crate::xml::backup::{BackupRecord, BackupState, DefaultTarget};
 
 const DEFAULT_TARGET_FILE: &str = "default-target.xml";
 /// Folder (in a domain's) of the markers of running merges.
@@ -113,8 +122,11 @@ impl Drop for CatalogLock {
 /// Name prefix (in the root) of the notes of restores writing new files.
 const RESTORING: &str = ".restoring-";
 
+/// Name prefix (in the root) of exports' scratch folders.
+const SCRATCH: &str = ".scratch-";
+
 /// The first line of a note of files a domain is defined on (paths are
-/// absolute, so no path line starts like this).
+/// absolute, so no path starts like this).
 pub const NOTE_DOMAIN: &str = "domain ";
 
 /// The note of a restore's new files, locked while the restore writes them.
@@ -145,6 +157,8 @@ pub struct JobLock {
     dir: Folder,
     backup: Uuid,
     domain: DomainLock,
+    /// Set by `abandon`: the lock file stays.
+    keep_file: bool,
 }
 
 impl JobLock {
@@ -156,6 +170,16 @@ impl JobLock {
         let _ = self.domain.file.unlock();
         drop(self.domain.foreground.take());
         std::mem::forget(self);
+    }
+
+    /// The job failed and its record could not be removed (a full disk:
+    /// removing a record writes the summary): release the locks but keep
+    /// the lock file, unlocked, as a killed job would. The next reader
+    /// then finds a dead job's record and settles it (`ops::recovery`);
+    /// without the file the record would read as damaged, and every List
+    /// and Delete of the domain would fail on it.
+    pub fn abandon(mut self) {
+        self.keep_file = true;
     }
 }
 
@@ -207,6 +231,27 @@ const DELETING: &str = "deleting";
 /// Last line of a complete restore note.
 pub const NOTE_END: &[u8] = b"end\n";
 
+/// What a complete restore note says: its `domain <uuid> <uri>` line if it
+/// has one, and the files; `None` for a note cut short by a crash while it
+/// was written (it names nothing). Paths end with a NUL; a note without
+/// any NUL is from before that, one path a line.
+pub fn read_note(text: &[u8]) -> Option<(Option<String>, Vec<PathBuf>)> {
+    let mut text = text.strip_suffix(NOTE_END)?;
+    let mut head = None;
+    if text.starts_with(NOTE_DOMAIN.as_bytes()) {
+        let end = text.iter().position(|&b| b == b'\n')?;
+        head = Some(String::from_utf8_lossy(&text[..end]).into_owned());
+        text = &text[end + 1..];
+    }
+    let sep = if text.contains(&0) { 0 } else { b'\n' };
+    let files = text
+        .split(|&b| b == sep)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+        .collect();
+    Some((head, files))
+}
+
 /// Whether the job of a `running` record is alive, died, or never left the
 /// evidence (its lock file) that it existed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,15 +263,17 @@ pub enum JobStatus {
 
 impl Drop for JobLock {
     fn drop(&mut self) {
-        let _ = self.dir.remove(&format!("{}.cancel", self.backup));
-        let _ = self.dir.remove(&format!("{}.lock", self.backup));
+        if !self.keep_file {
+            let _ = self.dir.remove(&format!("{}.cancel", self.backup));
+            let _ = self.dir.remove(&format!("{}.lock", self.backup));
+        }
         let _ = self.file.unlock();
     }
 }
 
 /// Whether `name` in `dir` still is the open `file` (not a folder removed
 /// and made anew while we waited for its lock).
-fn same_file(file: &File, dir: &Folder, name: &str) -> bool {
+pub(crate) fn same_file(file: &File, dir: &Folder, name: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (file.metadata(), dir.stat(name)) {
         (Ok(a), Ok(b)) => a.dev() == b.st_dev && a.ino() == b.st_ino,
@@ -328,9 +375,11 @@ impl Catalog {
             text.extend_from_slice(h.as_bytes());
             text.push(b'\n');
         }
+        // Each path ends with a NUL, the one byte no path holds (a line end
+        // may be part of a name).
         for p in paths {
             text.extend_from_slice(p.as_os_str().as_encoded_bytes());
-            text.push(b'\n');
+            text.push(0);
         }
         // The end mark: a note cut short by a crash while it was written
         // (a path truncated into another file's name) is never acted on.
@@ -457,6 +506,11 @@ impl Catalog {
             .map(|l| l.expect("a blocking lock is always taken"))
     }
 
+    /// The catalog-wide lock if nobody else holds it now, else `None`.
+    pub fn try_lock(&self) -> Option<CatalogLock> {
+        self.acquire(".lock", false, false).ok().flatten()
+    }
+
     /// Take a domain's lock (the flock of its folder): held by whatever
     /// changes the domain's records (a job registering or settling, a
     /// delete and its merges, recovery).
@@ -544,6 +598,7 @@ impl Catalog {
             dir,
             backup: *backup,
             domain: held,
+            keep_file: false,
         })
     }
 
@@ -829,6 +884,91 @@ impl Catalog {
             .collect()
     }
 
+    /// What a domain's folder holds besides its records, summary, indexes
+    /// and data folders that a process may have left behind, from one
+    /// read of the folder (see `Leftovers`).
+    pub fn leftovers(&self, domain: &Uuid) -> Leftovers {
+        let mut out = Leftovers::default();
+        let Ok(Some(dir)) = self.domain_folder(domain) else {
+            return out;
+        };
+        let deleting = format!(".{DELETING}");
+        for n in dir.names().unwrap_or_default() {
+            let Some(n) = n.to_str() else { continue };
+            if let Some(stem) = n.strip_suffix(&deleting) {
+                out.deletes |= exact_uuid(stem).is_some();
+            } else if let Some(inner) = n.strip_prefix('.').and_then(|x| x.strip_suffix(".tmp")) {
+                let ours = [summary::SUMMARY_FILE, DEFAULT_TARGET_FILE].contains(&inner)
+                    || inner.strip_suffix(".xml").and_then(exact_uuid).is_some();
+                if ours {
+                    out.temps.push(n.to_string());
+                }
+            } else if let Some(u) = [".lock", ".cancel"]
+                .iter()
+                .find_map(|x| n.strip_suffix(x).and_then(exact_uuid))
+                && !out.jobs.contains(&u)
+            {
+                out.jobs.push(u);
+            }
+        }
+        out
+    }
+
+    /// Remove the temporary files and stale job files of `found` (see
+    /// `Leftovers`): only names the library makes, regular files of ours,
+    /// through the domain's folder. Never the lock file of a live job, nor
+    /// that of a record that says running (the evidence `ops::recovery`
+    /// settles a dead job's record on). Call with the domain's lock held:
+    /// every atomic write and every new job's lock file in the folder is
+    /// made under it. Returns whether nothing is left but live jobs' files.
+    pub fn sweep_leftovers(&self, domain: &Uuid, found: &Leftovers) -> bool {
+        let Ok(Some(dir)) = self.domain_folder(domain) else {
+            return true;
+        };
+        let own = |name: &str| dir.stat(name).is_ok_and(|st| secure::own_private_file(&st));
+        let mut settled = true;
+        let mut removed = false;
+        for t in &found.temps {
+            if own(t) && dir.remove(t).is_ok() {
+                removed = true;
+            } else {
+                settled = false;
+            }
+        }
+        for u in &found.jobs {
+            let lock = format!("{u}.lock");
+            let live = dir
+                .open(&lock, OFlags::RDONLY | OFlags::NONBLOCK)
+                .is_ok_and(|f| f.try_lock().is_err());
+            if live {
+                continue;
+            }
+            match read_record(&dir, &record_name(u)) {
+                Ok(Some(r)) if r.state == BackupState::Running => {
+                    settled = false;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    settled = false;
+                    continue;
+                }
+            }
+            for name in [lock, format!("{u}.cancel")] {
+                if own(&name) && dir.remove(&name).is_ok() {
+                    removed = true;
+                }
+            }
+        }
+        if removed {
+            dir.sync();
+            let _ = self.drop_empty_summary(&dir);
+            drop(dir);
+            self.drop_domain_dir_if_empty(domain);
+        }
+        settled
+    }
+
     /// The records of one domain as stored (a dead job's record still says
     /// running: `ops::recovery` resolves those), oldest first. Reads and
     /// parses every record: listing uses `entries`.
@@ -980,6 +1120,28 @@ impl Catalog {
         }
     }
 
+    /// An export's scratch folder, `<root>/.scratch-<export>`, made
+    /// private. Make it once the export is registered (`exports`): a
+    /// scratch folder without a live export is a dead exporter's.
+    pub fn scratch_dir(&self, export: &Uuid) -> Result<PathBuf> {
+        self.private_dir(&format!("{SCRATCH}{export}"))
+    }
+
+    /// The exports that have a scratch folder in the root.
+    pub fn scratch_folders(&self) -> Vec<Uuid> {
+        let names = self.dir.names().unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|n| n.to_str()?.strip_prefix(SCRATCH).and_then(exact_uuid))
+            .collect()
+    }
+
+    /// Remove an export's scratch folder and what is in it (a link at its
+    /// name is removed, never followed).
+    pub fn remove_scratch(&self, export: &Uuid) {
+        let _ = self.dir.remove_tree(&format!("{SCRATCH}{export}"));
+    }
+
     /// The notes of staged restore files (see `stage_files`).
     pub fn restore_notes(&self) -> Vec<PathBuf> {
         let names = self.dir.names().unwrap_or_default();
@@ -1041,6 +1203,9 @@ impl Catalog {
 
     pub fn set_default_target(&self, domain: &Uuid, target: &DefaultTarget) -> Result<()> {
         let xml = target.to_xml()?;
+        // Every file of a domain's folder is written under its lock, so
+        // that a sweep of temporary files under it finds none being written.
+        let _guard = self.lock_domain(domain)?;
         self.make_domain_folder(domain)?
             .write_atomic(DEFAULT_TARGET_FILE, xml.as_bytes())
     }
@@ -1060,6 +1225,31 @@ impl Catalog {
         self.drop_domain_dir_if_empty(domain);
         Ok(())
     }
+}
+
+/// What a process may have left in a domain's folder (`Catalog::leftovers`).
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Whether there are `<backup>.deleting` notes (deletes cut short).
+    pub deletes: bool,
+    /// Temporary files of atomic writes cut short: `.<backup>.xml.tmp`,
+    /// `.summary.tmp`, `.default-target.xml.tmp`.
+    pub temps: Vec<String>,
+    /// Backups with a `<backup>.lock` or `<backup>.cancel` file: a running
+    /// job's, or one a job killed before it wrote its record (or after it
+    /// settled it) left.
+    pub jobs: Vec<Uuid>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        !self.deletes && self.temps.is_empty() && self.jobs.is_empty()
+    }
+}
+
+/// A UUID as the library writes it in a file name, and only that.
+fn exact_uuid(s: &str) -> Option<Uuid> {
+    Uuid::parse_str(s).ok().filter(|u| u.to_string() == s)
 }
 
 fn marker_name(child: &BackupRecord, disk: &str) -> String {
@@ -1196,6 +1386,112 @@ mod tests {
             );
             assert!(e.message.contains("damaged"), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn restore_notes_name_any_path_and_old_notes_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let odd = dir.path().join("a\nb \"q\" \\ f\u{fc}r.qcow2");
+        let plain = dir.path().join("plain.qcow2");
+        let dom = Uuid::new_v4();
+        let note = cat
+            .stage_files_of_domain(&[&odd, &plain], &dom, "test:///default")
+            .unwrap();
+        let text = std::fs::read(&cat.restore_notes()[0]).unwrap();
+        let (head, files) = read_note(&text).unwrap();
+        assert_eq!(head, Some(format!("{NOTE_DOMAIN}{dom} test:///default")));
+        assert_eq!(files, vec![odd.clone(), plain.clone()]);
+        note.done();
+        // A note from before paths ended with a NUL: one a line.
+        let old = format!("{}\n{}\nend\n", odd.display(), plain.display());
+        let (head, files) = read_note(old.as_bytes()).unwrap();
+        assert_eq!(head, None);
+        assert_eq!(files.len(), 3);
+        // Cut short: names nothing.
+        assert!(read_note(&text[..text.len() - 2]).is_none());
+    }
+
+    #[test]
+    fn leftovers_of_killed_writers_go_and_live_jobs_files_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let keep = record(dom, dir.path().join("k"), BackupState::Completed);
+        cat.write_record(&keep).unwrap();
+        let folder = cat.domain_dir(&dom);
+        // A live job, and a running record whose job died: both keep their
+        // lock files (the second is what recovery settles it by).
+        let dead = record(dom, dir.path().join("d"), BackupState::Running);
+        cat.lock_job(&dom, &dead.uuid, cat.lock_domain_job(&dom).unwrap())
+            .unwrap()
+            .leave_as_killed();
+        cat.write_record(&dead).unwrap();
+        let live = record(dom, dir.path().join("l"), BackupState::Running);
+        let live_lock = cat
+            .lock_job(&dom, &live.uuid, cat.lock_domain_job(&dom).unwrap())
+            .unwrap();
+        cat.write_record(&live).unwrap();
+        // A job killed before its record, one after it completed it, an
+        // atomic write cut short, a cancel request nobody will read.
+        let (early, late, gone) = (Uuid::new_v4(), keep.uuid, Uuid::new_v4());
+        for name in [
+            format!("{early}.lock"),
+            format!("{late}.lock"),
+            format!(".{gone}.xml.tmp"),
+            ".summary.tmp".to_string(),
+            format!("{gone}.cancel"),
+        ] {
+            std::fs::write(folder.join(&name), b"").unwrap();
+            std::fs::set_permissions(
+                folder.join(&name),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        // Not names the library makes: left alone.
+        std::fs::write(folder.join(".notes.tmp"), b"").unwrap();
+        std::fs::write(folder.join("x.lock"), b"").unwrap();
+        let found = cat.leftovers(&dom);
+        assert_eq!(found.temps.len(), 2);
+        assert_eq!(found.jobs.len(), 5);
+        let _g = cat.lock_domain(&dom).unwrap();
+        assert!(
+            !cat.sweep_leftovers(&dom, &found),
+            "the dead job is not settled"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".xml") && n != "summary")
+            .collect();
+        left.sort();
+        let mut want = vec![
+            format!("{}.lock", live.uuid),
+            format!("{}.lock", dead.uuid),
+            ".notes.tmp".to_string(),
+            "x.lock".to_string(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+        drop(live_lock);
+    }
+
+    #[test]
+    fn an_abandoned_job_lock_keeps_its_file_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let dom = Uuid::new_v4();
+        let rec = record(dom, dir.path().join("t"), BackupState::Running);
+        let lock = cat
+            .lock_job(&dom, &rec.uuid, cat.lock_domain_job(&dom).unwrap())
+            .unwrap();
+        cat.write_record(&rec).unwrap();
+        assert_eq!(cat.job_status(&rec), JobStatus::Alive);
+        lock.abandon();
+        assert_eq!(cat.job_status(&rec), JobStatus::Dead);
+        // The domain's job lock went with it.
+        assert!(cat.lock_domain_job(&dom).is_ok());
     }
 
     #[test]

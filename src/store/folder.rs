@@ -119,6 +119,7 @@ impl Folder {
             let mut f = self.create_new(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
+            crate::test_stop!("atomic-tmp-written");
             self.rename(&tmp, name)?;
             self.sync_io()
         };

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod chain;
+pub mod exports;
 pub mod folder;
 pub mod index;
 pub mod pins;

@@ -64,25 +64,83 @@ impl Pin {
 }
 
 /// Record a pin (replacing one of the same backup, domain and disk).
+/// Written under the catalog-wide lock (pins of every domain share the
+/// folder), under which `list` sweeps temporary files.
 pub fn add(catalog: &Catalog, pin: &Pin) -> Result<PathBuf> {
+    let _guard = catalog.lock()?;
     let dir = catalog.private_folder(PINS)?;
     dir.write_atomic(&pin.file_name(), pin.to_xml()?.as_bytes())?;
     Ok(dir.join(&pin.file_name()))
 }
 
+/// Whether `name` is the temporary file of a pin's atomic write,
+/// `.<backup>-<domain>-<disk>.xml.tmp`.
+fn is_pin_tmp(name: &str) -> bool {
+    let Some(inner) = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".xml.tmp"))
+    else {
+        return false;
+    };
+    let uuid = |s: &str| Uuid::parse_str(s).is_ok_and(|u| u.to_string() == s);
+    inner.len() > 74
+        && inner.is_char_boundary(36)
+        && inner.is_char_boundary(74)
+        && uuid(&inner[..36])
+        && &inner[36..37] == "-"
+        && uuid(&inner[37..73])
+        && &inner[73..74] == "-"
+}
+
+/// Remove the temporary files of pin writes a killed process cut short:
+/// regular files of ours, private, and only while nobody writes a pin.
+fn sweep_temporaries(catalog: &Catalog, dir: &crate::store::folder::Folder, names: &[String]) {
+    let temps: Vec<&String> = names.iter().filter(|n| is_pin_tmp(n)).collect();
+    if temps.is_empty() {
+        return;
+    }
+    let Some(_guard) = catalog.try_lock() else {
+        return;
+    };
+    for t in temps {
+        if dir
+            .stat(t)
+            .is_ok_and(|st| crate::store::secure::own_private_file(&st))
+        {
+            let _ = dir.remove(t);
+        }
+    }
+    dir.sync();
+}
+
+/// Remove the temporary files of pin writes a killed process cut short.
+pub fn sweep(catalog: &Catalog) {
+    let Ok(Some(dir)) = catalog.folder(PINS) else {
+        return;
+    };
+    let names: Vec<String> = (dir.names().unwrap_or_default().iter())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    sweep_temporaries(catalog, &dir, &names);
+}
+
 /// Every pin, with the file that holds it. Unreadable files are skipped
-/// (a half-written one cannot exist: pins are written atomically).
+/// (a half-written one cannot exist: pins are written atomically); the
+/// temporary files of writes a killed process cut short are removed.
 pub fn list(catalog: &Catalog) -> Result<Vec<(PathBuf, Pin)>> {
     let Some(dir) = catalog.folder(PINS)? else {
         return Ok(Vec::new());
     };
-    let names = dir
+    let names: Vec<String> = dir
         .names()
-        .map_err(|e| Error::io("cannot read", dir.path(), e))?;
+        .map_err(|e| Error::io("cannot read", dir.path(), e))?
+        .iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    sweep_temporaries(catalog, &dir, &names);
     let mut out = Vec::new();
     for n in names {
-        let n = n.to_string_lossy();
-        if Path::new(n.as_ref()).extension().is_none_or(|x| x != "xml") {
+        if Path::new(&n).extension().is_none_or(|x| x != "xml") {
             continue;
         }
         if let Some(pin) = dir

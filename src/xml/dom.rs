@@ -956,6 +956,13 @@ mod tests {
     }
 
     #[test]
+    fn attribute_white_space_round_trips() {
+        let path = "/a b/\"q\" \\ t\tn\nr\r\nf\u{fc}r.qcow2";
+        let el = Element::new("source").with_attr("file", path);
+        assert_eq!(parse(&el.to_xml()).unwrap().attr("file"), Some(path));
+    }
+
+    #[test]
     fn malformed_documents_are_refused() {
         for bad in [
             "",
