@@ -959,7 +959,7 @@ mod tests {
     fn attribute_white_space_round_trips() {
         let path = "/a b/\"q\" \\ t\tn\nr\r\nf\u{fc}r.qcow2";
         let el = Element::new("source").with_attr("file", path);
-        assert_eq!(parse(&el.to_xml()).unwrap().attr("file"), Some(path));
+        assert_eq!(parse(&el.to_xml().unwrap()).unwrap().attr("file"), Some(path));
     }
 
     #[test]
