@@ -1127,7 +1127,27 @@ fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
     }
 }
 
+/// Run unattended (standard error not a terminal: a timer, a service), the
+/// library's warnings and errors go to the journal through syslog, unless
+/// its log variables say otherwise (README, "Logging").
+fn log_to_journal_when_unattended() {
+    use std::io::IsTerminal;
+    let asked = ["LIBVIRT_BACKUP_DEBUG", "LIBVIRT_BACKUP_LOG_FILTERS", "LIBVIRT_BACKUP_LOG_OUTPUTS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if asked || std::io::stderr().is_terminal() {
+        return;
+    }
+    // SAFETY: called first thing in `main`, before any other thread exists
+    // or the library reads its environment.
+    unsafe {
+        std::env::set_var("LIBVIRT_BACKUP_DEBUG", "warning");
+        std::env::set_var("LIBVIRT_BACKUP_LOG_OUTPUTS", "syslog:virt-backup");
+    }
+}
+
 fn main() {
+    log_to_journal_when_unattended();
     // Quiet end when the reader of our output goes away (`| head`).
     // SAFETY: restores the default action of a signal; no handler of ours.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
