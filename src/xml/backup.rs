@@ -363,6 +363,19 @@ pub struct BackupRecord {
     pub checkpoint: Option<String>,
 }
 
+impl BackupMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMode::Full => "full",
+            BackupMode::Incremental => "incremental",
+        }
+    }
+}
+
+// The catalog record: the public document (`public_element`) plus what the
+// library needs later. Each element has its format and parse function,
+// side by side; `from_catalog_xml` reads what `to_catalog_xml` writes.
+
 impl BackupRecord {
     /// The document `virDomainBackupGetXMLDesc` returns.
     pub fn public_element(&self) -> Result<Element> {
@@ -383,27 +396,7 @@ impl BackupRecord {
         }
         let mut disks = Element::new("disks");
         for d in &self.disks {
-            let mut target = Element::new("target");
-            if let Some((pool, volume)) = &d.volume {
-                target = target
-                    .with_attr("pool", pool.clone())
-                    .with_attr("volume", volume.clone());
-            }
-            disks.push(
-                Element::new("disk")
-                    .with_attr("name", d.name.clone())
-                    .with_attr("type", if d.volume.is_some() { "volume" } else { "file" })
-                    .with_attr(
-                        "backupmode",
-                        match d.mode {
-                            BackupMode::Full => "full",
-                            BackupMode::Incremental => "incremental",
-                        },
-                    )
-                    .with_child(Element::new("source").with_attr("file", path_str(&d.source)?))
-                    .with_child(target.with_attr("file", path_str(&d.target)?))
-                    .with_child(Element::new("driver").with_attr("type", d.format.as_str())),
-            );
+            disks.push(d.public_element()?);
         }
         root.push(disks);
         Ok(root)
@@ -414,34 +407,13 @@ impl BackupRecord {
         let mut root = self.public_element()?;
         root.push(Element::new("connection").with_attr("uri", self.uri.clone()));
         root.push(Element::new("created").with_attr("ns", self.created_ns.to_string()));
-        let mut disks = Element::new("diskinfo");
+        let mut info = Element::new("diskinfo");
         for d in &self.disks {
-            let mut info = Element::new("disk")
-                .with_attr("name", d.name.clone())
-                .with_attr("sourceformat", d.source_format.as_str())
-                .with_attr("size", d.virtual_size.to_string());
-            for (path, format) in &d.backing {
-                info.push(
-                    Element::new("backingStore")
-                        .with_attr("file", path_str(path)?)
-                        .with_attr("format", format.as_str()),
-                );
-            }
-            disks.push(info);
+            info.push(d.info_element()?);
         }
-        root.push(disks);
-        let mut dirs = Element::new("createddirs");
-        for d in &self.created_dirs {
-            dirs.push(Element::new("dir").with_attr("path", path_str(d)?));
-        }
-        root.push(dirs);
-        root.push(
-            Element::new("stats")
-                .with_attr("total", self.stats.total.to_string())
-                .with_attr("processed", self.stats.processed.to_string())
-                .with_attr("written", self.stats.written.to_string())
-                .with_attr("elapsed", self.stats.elapsed_ms.to_string()),
-        );
+        root.push(info);
+        root.push(created_dirs_element(&self.created_dirs)?);
+        root.push(self.stats.element());
         root.push(Element::new("domainxml").with_text(self.domain_xml.clone()));
         root.to_xml()
     }
@@ -452,90 +424,15 @@ impl BackupRecord {
         // version: bounded like libvirt's documents (it embeds one), not
         // held to the input vocabulary.
         expect_root(&root, "domainbackup")?;
-        let need = |name: &str| {
-            root.child_text(name)
-                .ok_or_else(|| Error::xml(format!("catalog record lacks <{name}>")))
-        };
-        let uuid = parse_uuid(need("uuid")?)?;
-        let creation_time = need("creationTime")?
-            .parse()
-            .map_err(|_| Error::xml("bad <creationTime>"))?;
-        let state = BackupState::parse(need("state")?)?;
-        let dom_el = root
-            .child("domain")
-            .ok_or_else(|| Error::xml("catalog record lacks <domain>"))?;
-        let domain_uuid = parse_uuid(dom_el.attr("uuid").unwrap_or_default())?;
-        let domain_name = dom_el.attr("name").unwrap_or_default().to_string();
-        // One map instead of a search per disk: linear in the disk count.
-        let info: std::collections::HashMap<&str, &Element> = root
-            .child("diskinfo")
-            .into_iter()
-            .flat_map(|i| i.children_named("disk"))
-            .filter_map(|x| Some((x.attr("name")?, x)))
-            .collect();
-        let mut disks = Vec::new();
-        for d in root
-            .child("disks")
-            .into_iter()
-            .flat_map(|d| d.children_named("disk"))
-        {
-            let name = disk_name(d)?;
-            let file_of = |child: &str| {
-                d.child(child)
-                    .and_then(|c| c.attr("file"))
-                    .map(PathBuf::from)
-                    .ok_or_else(|| Error::xml(format!("disk '{name}' lacks <{child} file>")))
-            };
-            let extra = info.get(name.as_str()).copied();
-            let mode = match d.attr("backupmode") {
-                Some("incremental") => BackupMode::Incremental,
-                _ => BackupMode::Full,
-            };
-            disks.push(DiskRecord {
-                source: file_of("source")?,
-                target: file_of("target")?,
-                format: parse_driver(d)?.unwrap_or(DiskFormat::Qcow2),
-                source_format: DiskFormat::parse(
-                    extra.and_then(|x| x.attr("sourceformat")).unwrap_or("raw"),
-                )?,
-                virtual_size: extra
-                    .and_then(|x| x.attr("size"))
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0),
-                mode,
-                volume: d.child("target").and_then(|t| {
-                    Some((t.attr("pool")?.to_string(), t.attr("volume")?.to_string()))
-                }),
-                backing: extra
-                    .into_iter()
-                    .flat_map(|x| x.children_named("backingStore"))
-                    .map(|b| {
-                        let file = b.attr("file").ok_or_else(|| {
-                            Error::xml(format!("disk '{name}': <backingStore> lacks a file"))
-                        })?;
-                        Ok((
-                            PathBuf::from(file),
-                            DiskFormat::parse(b.attr("format").unwrap_or(""))?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-                name,
-            });
-        }
-        let num = |el: Option<&Element>, a: &str| -> u64 {
-            el.and_then(|e| e.attr(a))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        let stats_el = root.child("stats");
+        let uuid = parse_uuid(required_text(&root, "uuid")?)?;
+        let creation_time = parse_creation_time(&root)?;
+        let state = BackupState::parse(required_text(&root, "state")?)?;
+        let (domain_uuid, domain_name) = parse_record_domain(&root)?;
+        let disks = parse_record_disks(&root)?;
         Ok(BackupRecord {
             uuid,
             creation_time,
-            created_ns: root
-                .child("created")
-                .and_then(|c| c.attr("ns"))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(creation_time as u64 * 1_000_000_000),
+            created_ns: parse_created(&root, creation_time),
             description: root.child("description").map(|d| d.text.clone()),
             state,
             parent: parse_parent(&root)?,
@@ -551,24 +448,217 @@ impl BackupRecord {
                 .child("domainxml")
                 .map(|d| d.text.clone())
                 .unwrap_or_default(),
-            stats: JobStats {
-                total: num(stats_el, "total"),
-                processed: num(stats_el, "processed"),
-                written: num(stats_el, "written"),
-                elapsed_ms: num(stats_el, "elapsed"),
-            },
+            stats: JobStats::parse(root.child("stats")),
             checkpoint: root
                 .child("checkpoint")
                 .and_then(|c| c.attr("name"))
                 .map(str::to_string),
-            created_dirs: root
-                .child("createddirs")
-                .into_iter()
-                .flat_map(|d| d.children_named("dir"))
-                .filter_map(|d| d.attr("path").map(PathBuf::from))
-                .collect(),
+            created_dirs: parse_created_dirs(&root),
         })
     }
+}
+
+/// The trimmed text of `root`'s child `name`, which a record must have.
+fn required_text<'a>(root: &'a Element, name: &str) -> Result<&'a str> {
+    root.child_text(name)
+        .ok_or_else(|| Error::xml(format!("catalog record lacks <{name}>")))
+}
+
+/// `<creationTime>`: seconds since 1970.
+fn parse_creation_time(root: &Element) -> Result<i64> {
+    required_text(root, "creationTime")?
+        .parse()
+        .map_err(|_| Error::xml("bad <creationTime>"))
+}
+
+/// `<created ns/>`: the creation time in nanoseconds.
+fn parse_created(root: &Element, creation_time: i64) -> u64 {
+    root.child("created")
+        .and_then(|c| c.attr("ns"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(creation_time as u64 * 1_000_000_000)
+}
+
+/// `<domain uuid name/>` of a record (written by [`parent_and_domain`]).
+fn parse_record_domain(root: &Element) -> Result<(Uuid, String)> {
+    let dom_el = root
+        .child("domain")
+        .ok_or_else(|| Error::xml("catalog record lacks <domain>"))?;
+    let uuid = parse_uuid(dom_el.attr("uuid").unwrap_or_default())?;
+    Ok((uuid, dom_el.attr("name").unwrap_or_default().to_string()))
+}
+
+/// `<createddirs><dir path/>...</createddirs>`.
+fn created_dirs_element(dirs: &[PathBuf]) -> Result<Element> {
+    let mut el = Element::new("createddirs");
+    for d in dirs {
+        el.push(Element::new("dir").with_attr("path", path_str(d)?));
+    }
+    Ok(el)
+}
+
+fn parse_created_dirs(root: &Element) -> Vec<PathBuf> {
+    root.child("createddirs")
+        .into_iter()
+        .flat_map(|d| d.children_named("dir"))
+        .filter_map(|d| d.attr("path").map(PathBuf::from))
+        .collect()
+}
+
+impl JobStats {
+    /// `<stats total processed written elapsed/>`.
+    fn element(&self) -> Element {
+        Element::new("stats")
+            .with_attr("total", self.total.to_string())
+            .with_attr("processed", self.processed.to_string())
+            .with_attr("written", self.written.to_string())
+            .with_attr("elapsed", self.elapsed_ms.to_string())
+    }
+
+    fn parse(el: Option<&Element>) -> JobStats {
+        let num = |a: &str| -> u64 {
+            el.and_then(|e| e.attr(a))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        JobStats {
+            total: num("total"),
+            processed: num("processed"),
+            written: num("written"),
+            elapsed_ms: num("elapsed"),
+        }
+    }
+}
+
+/// What `<diskinfo>` keeps of a disk, beyond its public `<disk>`.
+struct DiskInfo {
+    source_format: DiskFormat,
+    virtual_size: u64,
+    backing: Vec<(PathBuf, DiskFormat)>,
+}
+
+impl DiskRecord {
+    /// `<disk>` of `<disks>`: the public description of the disk.
+    fn public_element(&self) -> Result<Element> {
+        let mut target = Element::new("target");
+        if let Some((pool, volume)) = &self.volume {
+            target = target
+                .with_attr("pool", pool.clone())
+                .with_attr("volume", volume.clone());
+        }
+        let kind = if self.volume.is_some() {
+            "volume"
+        } else {
+            "file"
+        };
+        Ok(Element::new("disk")
+            .with_attr("name", self.name.clone())
+            .with_attr("type", kind)
+            .with_attr("backupmode", self.mode.as_str())
+            .with_child(Element::new("source").with_attr("file", path_str(&self.source)?))
+            .with_child(target.with_attr("file", path_str(&self.target)?))
+            .with_child(Element::new("driver").with_attr("type", self.format.as_str())))
+    }
+
+    /// Read `<disk>` of `<disks>` (named `name`), with what `<diskinfo>`
+    /// keeps of it.
+    fn parse(d: &Element, name: String, info: Option<&Element>) -> Result<DiskRecord> {
+        let mode = match d.attr("backupmode") {
+            Some("incremental") => BackupMode::Incremental,
+            _ => BackupMode::Full,
+        };
+        let info = DiskInfo::parse(info, &name)?;
+        Ok(DiskRecord {
+            source: record_file(d, "source", &name)?,
+            target: record_file(d, "target", &name)?,
+            format: parse_driver(d)?.unwrap_or(DiskFormat::Qcow2),
+            source_format: info.source_format,
+            virtual_size: info.virtual_size,
+            mode,
+            volume: d
+                .child("target")
+                .and_then(|t| Some((t.attr("pool")?.to_string(), t.attr("volume")?.to_string()))),
+            backing: info.backing,
+            name,
+        })
+    }
+
+    /// `<disk>` of `<diskinfo>`: what the library needs later.
+    fn info_element(&self) -> Result<Element> {
+        let mut info = Element::new("disk")
+            .with_attr("name", self.name.clone())
+            .with_attr("sourceformat", self.source_format.as_str())
+            .with_attr("size", self.virtual_size.to_string());
+        for (path, format) in &self.backing {
+            info.push(backing_store_element(path, *format)?);
+        }
+        Ok(info)
+    }
+}
+
+/// The `file` of the `<source>` or `<target>` (`child`) of disk `name`.
+fn record_file(d: &Element, child: &str, name: &str) -> Result<PathBuf> {
+    d.child(child)
+        .and_then(|c| c.attr("file"))
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::xml(format!("disk '{name}' lacks <{child} file>")))
+}
+
+impl DiskInfo {
+    /// Read `<disk>` of `<diskinfo>` for disk `name` (`None`: there is none).
+    fn parse(x: Option<&Element>, name: &str) -> Result<DiskInfo> {
+        Ok(DiskInfo {
+            source_format: DiskFormat::parse(
+                x.and_then(|x| x.attr("sourceformat")).unwrap_or("raw"),
+            )?,
+            virtual_size: x
+                .and_then(|x| x.attr("size"))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            backing: x
+                .into_iter()
+                .flat_map(|x| x.children_named("backingStore"))
+                .map(|b| parse_backing_store(b, name))
+                .collect::<Result<Vec<_>>>()?,
+        })
+    }
+}
+
+/// `<backingStore file format/>`: one image of a disk's backing chain.
+fn backing_store_element(path: &Path, format: DiskFormat) -> Result<Element> {
+    Ok(Element::new("backingStore")
+        .with_attr("file", path_str(path)?)
+        .with_attr("format", format.as_str()))
+}
+
+fn parse_backing_store(b: &Element, name: &str) -> Result<(PathBuf, DiskFormat)> {
+    let file = b
+        .attr("file")
+        .ok_or_else(|| Error::xml(format!("disk '{name}': <backingStore> lacks a file")))?;
+    Ok((
+        PathBuf::from(file),
+        DiskFormat::parse(b.attr("format").unwrap_or(""))?,
+    ))
+}
+
+/// The disks of `<disks>`, with what `<diskinfo>` keeps of each.
+fn parse_record_disks(root: &Element) -> Result<Vec<DiskRecord>> {
+    // One map instead of a search per disk: linear in the disk count.
+    let info: std::collections::HashMap<&str, &Element> = root
+        .child("diskinfo")
+        .into_iter()
+        .flat_map(|i| i.children_named("disk"))
+        .filter_map(|x| Some((x.attr("name")?, x)))
+        .collect();
+    root.child("disks")
+        .into_iter()
+        .flat_map(|d| d.children_named("disk"))
+        .map(|d| {
+            let name = disk_name(d)?;
+            let extra = info.get(name.as_str()).copied();
+            DiskRecord::parse(d, name, extra)
+        })
+        .collect()
 }
 
 /// `<parent><uuid/></parent>` (if any) and `<domain uuid name/>` of a
