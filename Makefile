@@ -37,7 +37,7 @@ TESTSTATICLIB := target/test-hooks/release/liblibvirt_backup.a
 
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
-.PHONY: all bench bench-scale deps header check-header install uninstall demo check test-rust libvirtd stage \
+.PHONY: all bench bench-scale deps header check-header check-functions install uninstall demo check test-rust libvirtd stage \
         c-tests python-tests clean FORCE install-python python-pkg-tests go-tests fuzz
 
 all: $(LIB)
@@ -163,7 +163,15 @@ check: deps
 libvirtd:
 	@sh scripts/start-libvirtd.sh
 
+# No function of the library (src/) or of the command (cli/src/) is longer
+# than this many lines; test code is exempt (scripts/long-functions.py).
+MAX_FUNCTION_LINES := 80
+
+check-functions:
+	$(PYTHON) scripts/long-functions.py --max $(MAX_FUNCTION_LINES) src cli/src
+
 test-rust: libvirtd
+	@$(MAKE) --no-print-directory check-functions
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 	$(CARGO) test --release --locked
 

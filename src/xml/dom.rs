@@ -12,7 +12,7 @@
 //! checked here.
 
 use quick_xml::Reader;
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::{BytesCData, BytesPI, BytesRef, BytesStart, BytesText, Event};
 
 use crate::error::{Error, Result};
 
@@ -723,186 +723,74 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
     }
     // Positions are counted without a byte order mark.
     let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
-    let mut reader = Reader::from_str(xml);
-    let cfg = reader.config_mut();
-    cfg.check_end_names = true;
-    cfg.check_comments = true;
-    cfg.allow_dangling_amp = false;
-    cfg.allow_unmatched_ends = false;
-    cfg.expand_empty_elements = false;
-    cfg.trim_text(false);
-    let mut stack: Vec<Open> = Vec::new();
-    let mut ns = Namespaces::default();
-    let mut root: Option<Element> = None;
-    let mut elements = 0usize;
+    let mut parser = Parser::new(xml, limits, schema);
     let mut first = true;
     loop {
-        let pos = reader.buffer_position() as usize;
-        let ev = match reader.read_event() {
-            Ok(ev) => ev,
-            Err(e) => {
-                return Err(error_at(
-                    xml,
-                    reader.error_position() as usize,
-                    format!("malformed document: {e}"),
-                ));
-            }
-        };
+        let pos = parser.reader.buffer_position() as usize;
+        let ev = parser.reader.read_event().map_err(|e| {
+            error_at(
+                xml,
+                parser.reader.error_position() as usize,
+                format!("malformed document: {e}"),
+            )
+        })?;
         let was_first = std::mem::replace(&mut first, false);
+        if !parser.event(ev, pos, was_first)? {
+            return parser.finish();
+        }
+    }
+}
+
+/// One document being read: the reader, the elements open, the root once
+/// it is closed. Each kind of event has a method of its own.
+struct Parser<'a> {
+    xml: &'a str,
+    reader: Reader<&'a [u8]>,
+    limits: &'a Limits,
+    schema: Option<&'static Schema>,
+    stack: Vec<Open>,
+    ns: Namespaces,
+    root: Option<Element>,
+    /// Elements started so far.
+    elements: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn new(xml: &'a str, limits: &'a Limits, schema: Option<&'static Schema>) -> Self {
+        let mut reader = Reader::from_str(xml);
+        let cfg = reader.config_mut();
+        cfg.check_end_names = true;
+        cfg.check_comments = true;
+        cfg.allow_dangling_amp = false;
+        cfg.allow_unmatched_ends = false;
+        cfg.expand_empty_elements = false;
+        cfg.trim_text(false);
+        Parser {
+            xml,
+            reader,
+            limits,
+            schema,
+            stack: Vec::new(),
+            ns: Namespaces::default(),
+            root: None,
+            elements: 0,
+        }
+    }
+
+    /// Handle the event read at byte `pos` (`first`: the document's first
+    /// event). Ok(false) at the end of the input.
+    fn event(&mut self, ev: Event<'a>, pos: usize, first: bool) -> Result<bool> {
+        let xml = self.xml;
         match ev {
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                if root.is_some() {
-                    return Err(error_at(xml, pos, "extra content after the root element"));
-                }
-                elements += 1;
-                if elements > limits.max_elements {
-                    return Err(error_at(
-                        xml,
-                        pos,
-                        format!("more than {} elements in the document", limits.max_elements),
-                    ));
-                }
-                if stack.len() >= limits.max_depth {
-                    return Err(error_at(
-                        xml,
-                        pos,
-                        format!("elements nested deeper than {} levels", limits.max_depth),
-                    ));
-                }
-                let ns_len = ns.len();
-                let el = StartCheck { xml, ns: &mut ns }.element(e, pos)?;
-                let el_schema = match stack.last_mut() {
-                    Some(parent) => schema_child(xml, pos, &el, parent)?,
-                    None => match schema {
-                        Some(s) if s.name != el.name => {
-                            return Err(error_at(
-                                xml,
-                                pos,
-                                format!("expected root element <{}>, found <{}>", s.name, el.name),
-                            ));
-                        }
-                        s => s,
-                    },
-                };
-                check_attrs(xml, pos, &el, el_schema)?;
-                if matches!(ev, Event::Empty(_)) {
-                    ns.restore(ns_len);
-                    match stack.last_mut() {
-                        Some(parent) => parent.el.children.push(el),
-                        None => root = Some(el),
-                    }
-                } else {
-                    stack.push(Open {
-                        el,
-                        pos,
-                        schema: el_schema,
-                        seen: 0,
-                        ns_len,
-                    });
-                }
-            }
-            Event::End(_) => {
-                // quick-xml has checked that the name matches the open element.
-                let open = stack
-                    .pop()
-                    .ok_or_else(|| error_at(xml, pos, "closing tag without an open element"))?;
-                ns.restore(open.ns_len);
-                match stack.last_mut() {
-                    Some(parent) => parent.el.children.push(open.el),
-                    None => root = Some(open.el),
-                }
-            }
-            Event::Text(ref t) => {
-                let raw: &str = t;
-                if let Some((o, c)) = bad_char(raw) {
-                    return Err(error_at(
-                        xml,
-                        pos + o,
-                        format!("character U+{:04X} is not allowed in XML", c as u32),
-                    ));
-                }
-                if let Some(o) = raw.find("]]>") {
-                    return Err(error_at(xml, pos + o, "']]>' is not allowed in text"));
-                }
-                match stack.last_mut() {
-                    Some(open) => push_text(xml, pos, open, &t.xml10_content())?,
-                    None if is_blank(raw) => {}
-                    None => return Err(error_at(xml, pos, "text outside the root element")),
-                }
-            }
-            Event::CData(c) => {
-                let text = c.into_inner();
-                if let Some((o, ch)) = bad_char(&text) {
-                    return Err(error_at(
-                        xml,
-                        pos + 9 + o,
-                        format!("character U+{:04X} is not allowed in XML", ch as u32),
-                    ));
-                }
-                match stack.last_mut() {
-                    Some(open) => push_text(
-                        xml,
-                        pos,
-                        open,
-                        &text.replace("\r\n", "\n").replace('\r', "\n"),
-                    )?,
-                    None => return Err(error_at(xml, pos, "text outside the root element")),
-                }
-            }
-            Event::GeneralRef(r) => {
-                let body: &str = &r;
-                let ch = match body.strip_prefix('#') {
-                    Some(num) => char_ref(num).ok_or_else(|| {
-                        error_at(xml, pos, format!("bad character reference '&{body};'"))
-                    })?,
-                    None => predefined_entity(body).ok_or_else(|| {
-                        error_at(
-                            xml,
-                            pos,
-                            format!("unknown entity '&{body};' (only the five predefined entities are allowed)"),
-                        )
-                    })?,
-                };
-                match stack.last_mut() {
-                    Some(open) => push_text(xml, pos, open, ch.encode_utf8(&mut [0; 4]))?,
-                    None => return Err(error_at(xml, pos, "text outside the root element")),
-                }
-            }
-            Event::Decl(_) => {
-                if !was_first || pos != 0 {
-                    return Err(error_at(xml, pos, "the XML declaration must come first"));
-                }
-                let end = reader.buffer_position() as usize;
-                // "<?xml" ... "?>"
-                let body = xml.get(pos + 5..end.saturating_sub(2)).unwrap_or("");
-                check_decl(body).map_err(|(o, m)| error_at(xml, pos + 5 + o, m))?;
-            }
-            Event::PI(p) => {
-                let target = p.target();
-                if !is_ncname(target) || target.eq_ignore_ascii_case("xml") {
-                    return Err(error_at(
-                        xml,
-                        pos,
-                        format!("invalid processing instruction target '{target}'"),
-                    ));
-                }
-                if let Some((o, c)) = bad_char(p.content()) {
-                    return Err(error_at(
-                        xml,
-                        pos + o,
-                        format!("character U+{:04X} is not allowed in XML", c as u32),
-                    ));
-                }
-            }
-            Event::Comment(c) => {
-                if let Some((o, ch)) = bad_char(&c) {
-                    return Err(error_at(
-                        xml,
-                        pos + 4 + o,
-                        format!("character U+{:04X} is not allowed in XML", ch as u32),
-                    ));
-                }
-            }
+            Event::Start(ref e) => self.start(e, pos, false)?,
+            Event::Empty(ref e) => self.start(e, pos, true)?,
+            Event::End(_) => self.end(pos)?,
+            Event::Text(ref t) => self.text(t, pos)?,
+            Event::CData(c) => self.cdata(c, pos)?,
+            Event::GeneralRef(r) => self.reference(&r, pos)?,
+            Event::Decl(_) => self.decl(pos, first)?,
+            Event::PI(p) => check_pi(xml, &p, pos)?,
+            Event::Comment(c) => check_comment(xml, &c, pos)?,
             Event::DocType(_) => {
                 return Err(error_at(
                     xml,
@@ -910,20 +798,201 @@ pub fn parse_with(xml: &str, limits: &Limits, schema: Option<&'static Schema>) -
                     "DOCTYPE declarations (and so entity declarations) are not allowed",
                 ));
             }
-            Event::Eof => break,
+            Event::Eof => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// A start tag (`empty`: a whole empty element): counted, bounded,
+    /// checked, then left open or added to its parent.
+    fn start(&mut self, e: &BytesStart<'_>, pos: usize, empty: bool) -> Result<()> {
+        let xml = self.xml;
+        if self.root.is_some() {
+            return Err(error_at(xml, pos, "extra content after the root element"));
+        }
+        self.elements += 1;
+        if self.elements > self.limits.max_elements {
+            let max = self.limits.max_elements;
+            let msg = format!("more than {max} elements in the document");
+            return Err(error_at(xml, pos, msg));
+        }
+        if self.stack.len() >= self.limits.max_depth {
+            let max = self.limits.max_depth;
+            let msg = format!("elements nested deeper than {max} levels");
+            return Err(error_at(xml, pos, msg));
+        }
+        let ns_len = self.ns.len();
+        let el = StartCheck {
+            xml,
+            ns: &mut self.ns,
+        }
+        .element(e, pos)?;
+        let schema = self.schema_of(&el, pos)?;
+        check_attrs(xml, pos, &el, schema)?;
+        if empty {
+            self.ns.restore(ns_len);
+            self.attach(el);
+        } else {
+            self.stack.push(Open {
+                el,
+                pos,
+                schema,
+                seen: 0,
+                ns_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// The schema of a new element `el`: the document's for the root (whose
+    /// name it must have), else what its parent allows.
+    fn schema_of(&mut self, el: &Element, pos: usize) -> Result<Option<&'static Schema>> {
+        match self.stack.last_mut() {
+            Some(parent) => schema_child(self.xml, pos, el, parent),
+            None => match self.schema {
+                Some(s) if s.name != el.name => Err(error_at(
+                    self.xml,
+                    pos,
+                    format!("expected root element <{}>, found <{}>", s.name, el.name),
+                )),
+                s => Ok(s),
+            },
         }
     }
-    if let Some(open) = stack.last() {
+
+    /// A complete element: a child of the open element, or the root.
+    fn attach(&mut self, el: Element) {
+        match self.stack.last_mut() {
+            Some(parent) => parent.el.children.push(el),
+            None => self.root = Some(el),
+        }
+    }
+
+    fn end(&mut self, pos: usize) -> Result<()> {
+        // quick-xml has checked that the name matches the open element.
+        let open = self
+            .stack
+            .pop()
+            .ok_or_else(|| error_at(self.xml, pos, "closing tag without an open element"))?;
+        self.ns.restore(open.ns_len);
+        self.attach(open.el);
+        Ok(())
+    }
+
+    /// Character data (references come as their own events).
+    fn text(&mut self, t: &BytesText<'_>, pos: usize) -> Result<()> {
+        let xml = self.xml;
+        let raw: &str = t;
+        if let Some((o, c)) = bad_char(raw) {
+            return Err(error_at(xml, pos + o, not_allowed(c)));
+        }
+        if let Some(o) = raw.find("]]>") {
+            return Err(error_at(xml, pos + o, "']]>' is not allowed in text"));
+        }
+        match self.stack.last_mut() {
+            Some(open) => push_text(xml, pos, open, &t.xml10_content()),
+            None if is_blank(raw) => Ok(()),
+            None => Err(error_at(xml, pos, "text outside the root element")),
+        }
+    }
+
+    fn cdata(&mut self, c: BytesCData<'_>, pos: usize) -> Result<()> {
+        let xml = self.xml;
+        let text = c.into_inner();
+        if let Some((o, ch)) = bad_char(&text) {
+            // After "<![CDATA[".
+            return Err(error_at(xml, pos + 9 + o, not_allowed(ch)));
+        }
+        // Line ends normalized, as the reader does for other text.
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        match self.stack.last_mut() {
+            Some(open) => push_text(xml, pos, open, &text),
+            None => Err(error_at(xml, pos, "text outside the root element")),
+        }
+    }
+
+    /// An entity or character reference in text.
+    fn reference(&mut self, r: &BytesRef<'_>, pos: usize) -> Result<()> {
+        let xml = self.xml;
+        let body: &str = r;
+        let ch = match body.strip_prefix('#') {
+            Some(num) => char_ref(num)
+                .ok_or_else(|| error_at(xml, pos, format!("bad character reference '&{body};'")))?,
+            None => predefined_entity(body).ok_or_else(|| {
+                error_at(
+                    xml,
+                    pos,
+                    format!(
+                        "unknown entity '&{body};' (only the five predefined entities are allowed)"
+                    ),
+                )
+            })?,
+        };
+        match self.stack.last_mut() {
+            Some(open) => push_text(xml, pos, open, ch.encode_utf8(&mut [0; 4])),
+            None => Err(error_at(xml, pos, "text outside the root element")),
+        }
+    }
+
+    /// The XML declaration, only as the very start of the document.
+    fn decl(&mut self, pos: usize, first: bool) -> Result<()> {
+        let xml = self.xml;
+        if !first || pos != 0 {
+            return Err(error_at(xml, pos, "the XML declaration must come first"));
+        }
+        let end = self.reader.buffer_position() as usize;
+        // "<?xml" ... "?>"
+        let body = xml.get(pos + 5..end.saturating_sub(2)).unwrap_or("");
+        check_decl(body).map_err(|(o, m)| error_at(xml, pos + 5 + o, m))
+    }
+
+    /// The end of the input: the root, if it is complete.
+    fn finish(self) -> Result<Element> {
+        let xml = self.xml;
+        if let Some(open) = self.stack.last() {
+            return Err(error_at(
+                xml,
+                open.pos,
+                format!(
+                    "element <{}> is not closed at the end of the document",
+                    open.el.name
+                ),
+            ));
+        }
+        self.root
+            .ok_or_else(|| error_at(xml, xml.len(), "the document has no root element"))
+    }
+}
+
+/// "character U+XXXX is not allowed in XML".
+fn not_allowed(c: char) -> String {
+    format!("character U+{:04X} is not allowed in XML", c as u32)
+}
+
+/// A processing instruction: a target that is a name other than "xml",
+/// content of XML characters. Its content is ignored.
+fn check_pi(xml: &str, p: &BytesPI<'_>, pos: usize) -> Result<()> {
+    let target = p.target();
+    if !is_ncname(target) || target.eq_ignore_ascii_case("xml") {
         return Err(error_at(
             xml,
-            open.pos,
-            format!(
-                "element <{}> is not closed at the end of the document",
-                open.el.name
-            ),
+            pos,
+            format!("invalid processing instruction target '{target}'"),
         ));
     }
-    root.ok_or_else(|| error_at(xml, xml.len(), "the document has no root element"))
+    match bad_char(p.content()) {
+        Some((o, c)) => Err(error_at(xml, pos + o, not_allowed(c))),
+        None => Ok(()),
+    }
+}
+
+/// A comment: XML characters only (quick-xml checks for "--"). Ignored.
+fn check_comment(xml: &str, c: &BytesText<'_>, pos: usize) -> Result<()> {
+    match bad_char(c) {
+        // After "<!--".
+        Some((o, ch)) => Err(error_at(xml, pos + 4 + o, not_allowed(ch))),
+        None => Ok(()),
+    }
 }
 
 fn push_text(xml: &str, pos: usize, open: &mut Open, text: &str) -> Result<()> {
