@@ -323,7 +323,7 @@ fn a_level_shrinking_while_read_is_an_error_not_zeroes() {
 /// deletes gave blocks back in steps.
 #[test]
 fn a_delete_does_not_shrink_a_level_a_reader_holds() {
-    use libvirt_backup::store::secure::{open_for_removal, shrink_before_removal};
+    use libvirt_backup::store::secure::shrink_before_removal;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (a, c) = two_levels(d, 12);
@@ -332,7 +332,7 @@ fn a_delete_does_not_shrink_a_level_a_reader_holds() {
     // only: a level shrunk before it is read fails the read instead).
     let mut buf = vec![0u8; 13 << 20];
     assert!(r.fill(&mut buf[..1 << 20], 0).unwrap());
-    let f = open_for_removal(&a).unwrap();
+    let f = std::fs::File::options().write(true).open(&a).unwrap();
     shrink_before_removal(&f, &mut || panic!("shrank a level a reader holds"));
     drop(f);
     std::fs::remove_file(&a).unwrap();
@@ -342,7 +342,7 @@ fn a_delete_does_not_shrink_a_level_a_reader_holds() {
     // Nobody reading: the same file gives its blocks back.
     drop(r);
     std::fs::write(&a, vec![1u8; 12 << 20]).unwrap();
-    let f = open_for_removal(&a).unwrap();
+    let f = std::fs::File::options().write(true).open(&a).unwrap();
     let mut steps = 0;
     shrink_before_removal(&f, &mut || steps += 1);
     assert!(steps >= 2, "{steps} steps");
@@ -355,7 +355,7 @@ fn a_delete_does_not_shrink_a_level_a_reader_holds() {
 /// over the child's file; then the parent's file is shrunk (unless a reader
 /// holds it) and removed.
 fn merge_away(parent: &Path, child: &Path, base: Option<&Path>) {
-    use libvirt_backup::store::secure::{open_for_removal, shrink_before_removal};
+    use libvirt_backup::store::secure::shrink_before_removal;
     let tmp = child.with_extension("merge");
     std::fs::copy(child, &tmp).unwrap();
     // A safe rebase writes whatever the new base reads differently.
@@ -367,7 +367,7 @@ fn merge_away(parent: &Path, child: &Path, base: Option<&Path>) {
     args.push(tmp.to_str().unwrap());
     qemu_img(&args);
     std::fs::rename(&tmp, child).unwrap();
-    if let Some(f) = open_for_removal(parent) {
+    if let Ok(f) = std::fs::File::options().write(true).open(parent) {
         shrink_before_removal(&f, &mut || {});
     }
     std::fs::remove_file(parent).unwrap();

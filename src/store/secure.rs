@@ -124,10 +124,19 @@ pub fn own_private_file(st: &rustix::fs::Stat) -> bool {
         && st.st_mode & 0o077 == 0
 }
 
-/// Remove `path` if `removable` allows it.
+/// Remove `path` if `removable` allows it, through the descriptor of its
+/// folder, which must be one nobody else can write
+/// (`Folder::open_outside`): in any other folder the name could be swapped
+/// between the check and the removal.
 pub fn remove_own_file(path: &Path) {
-    if removable(path) {
-        let _ = fs::remove_file(path);
+    if !plain_absolute(path) {
+        return;
+    }
+    let Ok(Some((dir, name))) = Folder::outside_parent(path, "a file to clean up") else {
+        return;
+    };
+    if dir.stat(&name).is_ok_and(|st| own_private_file(&st)) {
+        let _ = dir.remove(&name);
     }
 }
 
@@ -160,19 +169,6 @@ pub fn shrink_before_removal(file: &File, between: &mut dyn FnMut()) {
         }
         between();
     }
-}
-
-/// Open `path` to shrink it before its removal: never through a link at
-/// its name, never blocking (a FIFO), and only if it is the file that
-/// `path` names now.
-pub fn open_for_removal(path: &Path) -> Option<File> {
-    let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let (a, b) = (f.metadata().ok()?, fs::symlink_metadata(path).ok()?);
-    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(f)
 }
 
 /// The real path of `path`, whose last components may not exist yet (a new
@@ -216,7 +212,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("img");
         fs::write(&p, vec![7u8; (3 * SHRINK_STEP + 100) as usize]).unwrap();
-        let f = open_for_removal(&p).unwrap();
+        let f = File::options().write(true).open(&p).unwrap();
         let mut sizes = Vec::new();
         shrink_before_removal(&f, &mut || sizes.push(fs::metadata(&p).unwrap().len()));
         let step = SHRINK_STEP;
@@ -234,31 +230,16 @@ mod tests {
         fs::write(&victim, &data).unwrap();
         let img = dir.path().join("img");
         fs::hard_link(&victim, &img).unwrap();
-        let f = open_for_removal(&img).expect("a hard link is a regular file");
+        let f = File::options().write(true).open(&img).unwrap();
         shrink_before_removal(&f, &mut || panic!("a file with two names was shrunk"));
         assert_eq!(fs::read(&victim).unwrap(), data);
-
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&victim, &link).unwrap();
-        assert!(open_for_removal(&link).is_none(), "followed a link");
-
-        let fifo = dir.path().join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
-        assert!(open_for_removal(&fifo).is_none(), "a FIFO with no reader");
 
         if euid() == 0 {
             // A file someone else owns is theirs to keep whole.
             let theirs = dir.path().join("theirs");
             fs::write(&theirs, &data).unwrap();
             std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
-            let f = open_for_removal(&theirs).unwrap();
+            let f = File::options().write(true).open(&theirs).unwrap();
             shrink_before_removal(&f, &mut || panic!("another user's file was shrunk"));
             assert_eq!(fs::metadata(&theirs).unwrap().len(), data.len() as u64);
         }
