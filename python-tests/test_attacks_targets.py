@@ -108,6 +108,31 @@ def test_rewrite_into_a_folder_another_user_writes_is_refused(env, nobodys, vict
     assert sha256(target) == before
 
 
+def test_a_folder_on_the_way_swapped_for_a_link_is_not_followed(env, nobodys):
+    """The target's own folder is root's, but it lies in nobody's folder:
+    nobody swaps it for a link to a root folder holding a file of the same
+    name. A link at a folder's name is followed only where nobody else
+    could have made it."""
+    _, _, uuid = one_backup(env)
+    sub = os.path.join(nobodys, "sub")
+    os.mkdir(sub, 0o755)
+    elsewhere = tempfile.mkdtemp(prefix="root-images-", dir="/var/tmp")
+    try:
+        victim = os.path.join(elsewhere, "disk.qcow2")
+        with open(victim, "wb") as f:
+            f.write(SECRET)
+        os.chmod(victim, 0o600)
+        r = as_nobody("sh", "-c", f"cd '{nobodys}' && mv sub gone && ln -s '{elsewhere}' sub")
+        assert r.returncode == 0, r.stderr
+        restore_fails(files_xml(uuid, {"vda": (os.path.join(sub, "disk.qcow2"), "qcow2")}),
+                      FILES_ONLY | REWRITE, VIR_ERR_OPERATION_INVALID, "refusing folder", sub,
+                      "symbolic link")
+        assert untouched(victim)
+        assert os.listdir(elsewhere) == ["disk.qcow2"]
+    finally:
+        shutil.rmtree(elsewhere)
+
+
 def test_replacement_keeps_the_owner_and_mode_of_the_file_it_replaces(env):
     """The replace step still gives the new file the old one's owner and
     mode (set on the open file, in a folder only root can write)."""
