@@ -131,13 +131,6 @@ impl Error {
     pub fn io(what: &str, path: &std::path::Path, err: std::io::Error) -> Self {
         Self::operation_failed(format!("{what} '{}': {err}", path.display()))
     }
-
-    /// libvirt's wording for unknown flag bits.
-    pub fn bad_flags(flags: u32, function: &str) -> Self {
-        Self::invalid_arg(format!(
-            "unsupported flags (0x{flags:x}) in function {function}"
-        ))
-    }
 }
 
 impl From<virt::error::Error> for Error {
@@ -149,24 +142,4 @@ impl From<virt::error::Error> for Error {
             message: e.message().to_string(),
         }
     }
-}
-
-/// Check `flags` against the bits a function accepts.
-pub fn check_flags(flags: u32, allowed: u32, function: &str) -> Result<()> {
-    if flags & !allowed != 0 {
-        return Err(Error::bad_flags(flags & !allowed, function));
-    }
-    Ok(())
-}
-
-/// Refuse two mutually exclusive flags given together (libvirt's
-/// VIR_EXCLUSIVE_FLAGS_RET wording).
-pub fn check_exclusive(flags: u32, a: (u32, &str), b: (u32, &str)) -> Result<()> {
-    if flags & a.0 != 0 && flags & b.0 != 0 {
-        return Err(Error::invalid_arg(format!(
-            "Flags '{}' and '{}' are mutually exclusive",
-            a.1, b.1
-        )));
-    }
-    Ok(())
 }

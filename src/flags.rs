@@ -73,7 +73,7 @@ pub enum virDomainBackupState {
     VIR_DOMAIN_BACKUP_STATE_CANCELLED = 4,
 }
 
-/// The same flags as plain bit masks, for the core.
+/// The same flags as plain bit masks, for the C boundary (`capi::options`).
 pub(crate) mod bits {
     use super::*;
 

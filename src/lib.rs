@@ -4,7 +4,9 @@
 //! `capi` (the only `unsafe`/`extern "C"` code) calls `ops` (the operations),
 //! which drive `engine` (how bytes move) over `image` (raw/qcow2/NBD),
 //! `store` (catalog and digest indexes), `hv` (libvirt, pools, qemu tools)
-//! and `job` (background jobs); `xml`, `error` and `flags` serve everyone.
+//! and `job` (background jobs); `xml` and `error` serve everyone. Flag
+//! words stop at `capi`: it alone reads `flags` (the C values) and hands
+//! `ops` typed options (`ops::options`).
 
 pub mod capi;
 pub mod engine;

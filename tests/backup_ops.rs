@@ -4,11 +4,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{WAIT, WORK, disk, domain, identical};
+use common::{
+    DELETE_ONE, LIST_ALL, LIST_FULL, LIST_INCREMENTAL, LIST_LATEST, LIST_LEAVES, WAIT, WORK, disk,
+    domain, forget_backups, identical,
+};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::hv::libvirt::DomainRef;
 use libvirt_backup::ops::backup::{Backup, ParamValue};
+use libvirt_backup::ops::options::{
+    Affect, ChildScope, CreateOptions, FinishMode, UndefineOptions,
+};
 use libvirt_backup::store::catalog::Catalog;
 use uuid::Uuid;
 
@@ -42,14 +48,14 @@ fn full_backup_of_two_disks_lists_and_deletes() {
     assert_eq!(params[0], ("state", ParamValue::Int(2)));
     assert!(params.contains(&("bytes.total", ParamValue::ULLong(48 << 20))));
     assert!(params.contains(&("bytes.written", ParamValue::ULLong(4 << 20))));
-    assert_eq!(Backup::list(&dom, 0).unwrap().len(), 1);
+    assert_eq!(Backup::list(&dom, LIST_ALL).unwrap().len(), 1);
     let found = Backup::lookup(&bk.uuid.to_string()).unwrap();
     assert_eq!(found.xml_desc().unwrap(), bk.xml_desc().unwrap());
-    bk.delete(0).unwrap();
+    bk.delete(DELETE_ONE).unwrap();
     assert!(!rec.disks[0].target.exists());
     assert!(!rec.disks[0].target.parent().unwrap().exists());
     assert!(bk.xml_desc().unwrap_err().is(ErrorCode::NoDomainBackup));
-    assert_eq!(Backup::list(&dom, 0).unwrap().len(), 0);
+    assert_eq!(Backup::list(&dom, LIST_ALL).unwrap().len(), 0);
 }
 
 #[test]
@@ -85,7 +91,7 @@ fn refused_requests_create_nothing() {
         ),
     ];
     for (xml, code) in bad {
-        let err = Backup::create(&dom, xml, 0).unwrap_err();
+        let err = Backup::create(&dom, xml, CreateOptions::default()).unwrap_err();
         assert!(err.is(code), "{xml}: {err:?}");
         assert_eq!(catalog_files(&dom), 0, "{xml} left files behind");
     }
@@ -94,7 +100,7 @@ fn refused_requests_create_nothing() {
     let err = Backup::create(
         &dom,
         "<domainbackup><disks><disk name='vda' type='volume'><target pool='p' volume='v'/></disk></disks></domainbackup>",
-        0,
+        CreateOptions::default(),
     )
     .unwrap_err();
     assert_eq!(err.code, 49, "{err:?}");
@@ -104,7 +110,7 @@ fn refused_requests_create_nothing() {
     let gone = disk("refuse-gone.raw", "raw", "1M", &[]);
     let dom2 = domain("refuse-gone", &[("vda", &gone, "raw")]);
     std::fs::remove_file(&gone).unwrap();
-    let err = Backup::create(&dom2, "<domainbackup/>", 0).unwrap_err();
+    let err = Backup::create(&dom2, "<domainbackup/>", CreateOptions::default()).unwrap_err();
     assert!(
         err.is(ErrorCode::OperationFailed) && err.message.contains("refuse-gone.raw"),
         "{err:?}"
@@ -128,26 +134,29 @@ fn uuid_must_be_unused_and_parent_must_exist() {
         WAIT,
     )
     .unwrap();
-    child.delete(0).unwrap();
+    child.delete(DELETE_ONE).unwrap();
     // A parent of another domain is refused.
     let b = disk("uuid-b.raw", "raw", "4M", &[]);
     let other = domain("uuidcheck-other", &[("vda", &b, "raw")]);
     let err = Backup::create(
         &other,
         &format!("<domainbackup><parent><uuid>{u}</uuid></parent></domainbackup>"),
-        0,
+        CreateOptions::default(),
     )
     .unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
-    bk.delete(0).unwrap();
+    bk.delete(DELETE_ONE).unwrap();
 }
 
 #[test]
 fn cancel_removes_everything() {
     let a = disk("cancel-a.raw", "raw", "1G", &["write -P 0x33 0 1G"]);
     let dom = domain("cancel", &[("vda", &a, "raw")]);
-    let bk = Backup::create(&dom, "<domainbackup/>", 0).unwrap();
-    let target = Backup::list(&dom, 0).unwrap()[0].record().unwrap().disks[0]
+    let bk = Backup::create(&dom, "<domainbackup/>", CreateOptions::default()).unwrap();
+    let target = Backup::list(&dom, LIST_ALL).unwrap()[0]
+        .record()
+        .unwrap()
+        .disks[0]
         .target
         .clone();
     assert!(target.exists());
@@ -155,9 +164,9 @@ fn cancel_removes_everything() {
         Ok(()) => {
             assert_eq!(bk.parameters().unwrap()[0], ("state", ParamValue::Int(4)));
             assert!(!target.exists());
-            assert_eq!(Backup::list(&dom, 0).unwrap().len(), 0);
+            assert_eq!(Backup::list(&dom, LIST_ALL).unwrap().len(), 0);
             assert!(
-                bk.finish_job(0)
+                bk.finish_job(FinishMode::Wait)
                     .unwrap_err()
                     .is(ErrorCode::OperationAborted)
             );
@@ -165,7 +174,7 @@ fn cancel_removes_everything() {
         // The machine was fast enough to finish first.
         Err(e) => {
             assert!(e.is(ErrorCode::OperationInvalid));
-            bk.delete(0).unwrap();
+            bk.delete(DELETE_ONE).unwrap();
         }
     }
     assert!(bk.abort().unwrap_err().is(ErrorCode::OperationInvalid));
@@ -177,19 +186,25 @@ fn list_flags_and_undefine_guard() {
     let dom = domain("flags", &[("vda", &a, "raw")]);
     let first = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
     let second = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
-    let latest = Backup::list(&dom, 1 << 1).unwrap();
+    let latest = Backup::list(&dom, LIST_LATEST).unwrap();
     assert_eq!(latest.len(), 1);
     assert_eq!(latest[0].uuid, second.uuid);
-    assert_eq!(Backup::list(&dom, 1 << 0).unwrap().len(), 2); // FULL
-    assert_eq!(Backup::list(&dom, 1 << 2).unwrap().len(), 0); // INCREMENTAL
-    assert_eq!(Backup::list(&dom, 1 << 3).unwrap().len(), 2); // LEAVES
-    assert_eq!(first.list_children(1 << 4).unwrap().len(), 0);
+    assert_eq!(Backup::list(&dom, LIST_FULL).unwrap().len(), 2);
+    assert_eq!(Backup::list(&dom, LIST_INCREMENTAL).unwrap().len(), 0);
+    assert_eq!(Backup::list(&dom, LIST_LEAVES).unwrap().len(), 2);
+    assert_eq!(
+        first
+            .list_children(ChildScope::Descendants, LIST_ALL)
+            .unwrap()
+            .len(),
+        0
+    );
 
-    let err = libvirt_backup::ops::backup::undefine(&dom, 0).unwrap_err();
+    let err = libvirt_backup::ops::backup::undefine(&dom, UndefineOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid));
     assert!(dom.uuid().is_ok());
     let target = first.record().unwrap().disks[0].target.clone();
-    libvirt_backup::ops::backup::undefine(&dom, 1 << 30).unwrap();
+    libvirt_backup::ops::backup::undefine(&dom, forget_backups()).unwrap();
     assert!(target.exists(), "undefine keeps data files");
     assert!(
         Backup::lookup(&first.uuid.to_string())
@@ -243,12 +258,12 @@ fn full_target_disk_fails_cleanly_and_keeps_earlier_backups() {
         0,
         "partial target left behind"
     );
-    let listed = Backup::list(&dom, 0).unwrap();
+    let listed = Backup::list(&dom, LIST_ALL).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].uuid, earlier.uuid);
     let rec = earlier.record().unwrap();
     assert!(identical(&a, "raw", &rec.disks[0].target, "qcow2"));
-    earlier.delete(0).unwrap();
+    earlier.delete(DELETE_ONE).unwrap();
 }
 
 #[test]
@@ -263,9 +278,9 @@ fn default_targets_live_and_config() {
     use libvirt_backup::ops::backup::set_default_target;
 
     // Inactive domain: LIVE is refused, CURRENT means CONFIG.
-    let err = set_default_target(&dom, &xml(&live_dir), 1).unwrap_err();
+    let err = set_default_target(&dom, &xml(&live_dir), Affect::Live).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
-    set_default_target(&dom, &xml(&config_dir), 0).unwrap();
+    set_default_target(&dom, &xml(&config_dir), Affect::Current).unwrap();
     let b1 = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
     let t1 = b1.record().unwrap().disks[0].target.clone();
     assert_eq!(t1, config_dir.join(b1.uuid.to_string()).join("vda.qcow2"));
@@ -273,7 +288,7 @@ fn default_targets_live_and_config() {
 
     // Running (test driver): LIVE wins over CONFIG while it runs.
     dom.domain().create().unwrap();
-    set_default_target(&dom, &xml(&live_dir), 1).unwrap();
+    set_default_target(&dom, &xml(&live_dir), Affect::Live).unwrap();
     let b2 = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
     let t2 = b2.record().unwrap().disks[0].target.clone();
     assert!(t2.starts_with(&live_dir), "{}", t2.display());
@@ -289,12 +304,16 @@ fn default_targets_live_and_config() {
     );
 
     // An unknown pool and a missing folder are refused.
-    let err = set_default_target(&dom, "<target type='pool'><pool>nopool</pool></target>", 2)
-        .unwrap_err();
+    let err = set_default_target(
+        &dom,
+        "<target type='pool'><pool>nopool</pool></target>",
+        Affect::Config,
+    )
+    .unwrap_err();
     assert_eq!(err.code, 49, "{err:?}");
-    let err = set_default_target(&dom, &xml(&WORK.join("nope")), 2).unwrap_err();
+    let err = set_default_target(&dom, &xml(&WORK.join("nope")), Affect::Config).unwrap_err();
     assert!(err.is(ErrorCode::InvalidArg));
     for b in [b1, b2, b3] {
-        b.delete(0).unwrap();
+        b.delete(DELETE_ONE).unwrap();
     }
 }

@@ -6,14 +6,15 @@
 use std::path::Path;
 
 mod common;
-use common::{WAIT, WORK, child_xml, disk, domain, identical, qemu_io, snapshot};
+use common::{
+    DELETE_ONE, METADATA_ONLY, REWRITE, WAIT, WITH_CHILDREN, WORK, child_xml, disk, domain,
+    identical, qemu_io, snapshot,
+};
 
 use libvirt_backup::ops::backup::Backup;
+use libvirt_backup::ops::options::RestoreOptions;
 use libvirt_backup::store::catalog::Catalog;
 use libvirt_backup::store::index::{IndexReader, parent_of};
-
-const REWRITE: u32 = 1 << 1;
-const METADATA_ONLY: u32 = 1 << 2;
 
 fn magic(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()[..8].to_vec()
@@ -28,7 +29,7 @@ fn restores_to(b: &Backup, name: &str, want: &Path) -> bool {
         b.uuid,
         out.display()
     );
-    Backup::restore(&xml, 0).unwrap();
+    Backup::restore(&xml, RestoreOptions::default()).unwrap();
     identical(&out, "qcow2", want, "qcow2")
 }
 
@@ -76,7 +77,7 @@ fn chains_of_delta_indexes_restore_merge_and_forget_byte_exact() {
     // Deleting i1 merges it into i2: i2's index is rewritten against the
     // full backup's, and i1's index goes.
     let i1_dir = idx(&i1).parent().unwrap().to_path_buf();
-    i1.delete(0).unwrap();
+    i1.delete(DELETE_ONE).unwrap();
     assert!(!i1_dir.exists());
     let p = parent_of(&idx(&i2)).unwrap().unwrap();
     assert_eq!(
@@ -91,5 +92,5 @@ fn chains_of_delta_indexes_restore_merge_and_forget_byte_exact() {
     assert_eq!(magic(&idx(&i2)), b"LVBKDIG1");
     assert!(parent_of(&idx(&i3)).unwrap().is_some());
     assert!(restores_to(&i3, "dix-r3b.qcow2", &t3));
-    i2.delete(1 << 1).unwrap();
+    i2.delete(WITH_CHILDREN).unwrap();
 }

@@ -5,13 +5,16 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{WAIT, WORK, child_xml, disk, domain, identical, qemu_img, qemu_io, snapshot};
+use common::{
+    DELETE_ALL, DELETE_ONE, LIST_ALL, LIST_FULL, LIST_INCREMENTAL, LIST_LEAVES, METADATA_ONLY,
+    WAIT, WAIT_NO_FALLBACK, WITH_CHILDREN, WORK, child_xml, disk, domain, identical, qemu_img,
+    qemu_io, snapshot,
+};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::{Backup, ParamValue};
+use libvirt_backup::ops::options::{ChildScope, DeleteOptions};
 use libvirt_backup::xml::backup::BackupMode;
-
-const NO_FALLBACK: u32 = 1 << 1;
 
 fn backing_chain(p: &Path) -> Vec<String> {
     let out = Command::new("qemu-img")
@@ -87,24 +90,26 @@ fn chain_and_branch_each_equal_the_source_at_their_time() {
     assert!(params.contains(&("incremental", ParamValue::Boolean(true))));
 
     // Tree listings.
-    let direct = full.list_children(0).unwrap();
+    let direct = full.list_children(ChildScope::Children, LIST_ALL).unwrap();
     assert_eq!(direct.len(), 1);
-    let all = full.list_children(1 << 4).unwrap();
+    let all = full
+        .list_children(ChildScope::Descendants, LIST_ALL)
+        .unwrap();
     assert_eq!(all.len(), 3);
-    let leaves = Backup::list(&dom, 1 << 3).unwrap();
+    let leaves = Backup::list(&dom, LIST_LEAVES).unwrap();
     let mut leaf_ids: Vec<_> = leaves.iter().map(|b| b.uuid).collect();
     leaf_ids.sort();
     let mut want = vec![inc2.uuid, branch.uuid];
     want.sort();
     assert_eq!(leaf_ids, want);
-    assert_eq!(Backup::list(&dom, 1 << 2).unwrap().len(), 3);
-    assert_eq!(Backup::list(&dom, 1).unwrap().len(), 1);
-    Backup::list(&dom, 0)
+    assert_eq!(Backup::list(&dom, LIST_INCREMENTAL).unwrap().len(), 3);
+    assert_eq!(Backup::list(&dom, LIST_FULL).unwrap().len(), 1);
+    Backup::list(&dom, LIST_ALL)
         .unwrap()
         .into_iter()
         .next()
         .unwrap()
-        .delete(1)
+        .delete(DELETE_ALL)
         .unwrap();
 }
 
@@ -132,11 +137,11 @@ fn grown_disk_stores_its_tail_shrunk_or_new_disk_falls_back() {
         a.to_str().unwrap(),
         "4M",
     ]);
-    let before = Backup::list(&dom, 0).unwrap().len();
-    let err = Backup::create(&dom, &child_xml(&grown), WAIT | NO_FALLBACK).unwrap_err();
+    let before = Backup::list(&dom, LIST_ALL).unwrap().len();
+    let err = Backup::create(&dom, &child_xml(&grown), WAIT_NO_FALLBACK).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
     assert!(err.message.contains("shrank"), "{}", err.message);
-    assert_eq!(Backup::list(&dom, 0).unwrap().len(), before);
+    assert_eq!(Backup::list(&dom, LIST_ALL).unwrap().len(), before);
     let shrunk = Backup::create(&dom, &child_xml(&grown), WAIT).unwrap();
     let rec = shrunk.record().unwrap();
     assert_eq!(rec.disks[0].mode, BackupMode::Full);
@@ -158,7 +163,7 @@ fn grown_disk_stores_its_tail_shrunk_or_new_disk_falls_back() {
     .unwrap_err();
     assert!(err.is(ErrorCode::InvalidArg), "{err:?}");
     assert!(!raw.exists());
-    full.delete(1 << 1).unwrap();
+    full.delete(WITH_CHILDREN).unwrap();
 }
 
 #[test]
@@ -169,7 +174,7 @@ fn new_disk_and_missing_parent_copy_fall_back_to_full() {
     let full = Backup::create(&one, "<domainbackup/>", WAIT).unwrap();
     // The domain gains a disk.
     let dom = domain("fb", &[("vda", &a, "qcow2"), ("vdb", &b, "qcow2")]);
-    let err = Backup::create(&dom, &child_xml(&full), WAIT | NO_FALLBACK).unwrap_err();
+    let err = Backup::create(&dom, &child_xml(&full), WAIT_NO_FALLBACK).unwrap_err();
     assert!(err.message.contains("vdb"), "{}", err.message);
     let inc = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();
     let rec = inc.record().unwrap();
@@ -179,13 +184,17 @@ fn new_disk_and_missing_parent_copy_fall_back_to_full() {
 
     // The parent's copy deleted behind the library's back.
     std::fs::remove_file(&rec.disks[1].target).unwrap();
-    let err = Backup::create(&dom, &child_xml(&inc), WAIT | NO_FALLBACK).unwrap_err();
+    let err = Backup::create(&dom, &child_xml(&inc), WAIT_NO_FALLBACK).unwrap_err();
     assert!(err.message.contains("missing"), "{}", err.message);
     let again = Backup::create(&dom, &child_xml(&inc), WAIT).unwrap();
     let rec = again.record().unwrap();
     assert_eq!(rec.disks[1].mode, BackupMode::Full);
     assert!(identical(&rec.disks[0].target, "qcow2", &a, "qcow2"));
-    full.delete(1 << 1 | 1 << 2).unwrap();
+    full.delete(DeleteOptions {
+        metadata_only: true,
+        ..WITH_CHILDREN
+    })
+    .unwrap();
 }
 
 #[test]
@@ -205,7 +214,7 @@ fn deleting_inside_a_chain_merges_into_the_children() {
     let mid_files = mid.record().unwrap().disks[0].target.clone();
 
     // The middle goes: both children are re-parented onto the full backup.
-    mid.delete(0).unwrap();
+    mid.delete(DELETE_ONE).unwrap();
     assert!(!mid_files.exists());
     for (b, t) in [(&leaf, &t_leaf), (&branch, &t_branch)] {
         let rec = b.record().unwrap();
@@ -215,7 +224,7 @@ fn deleting_inside_a_chain_merges_into_the_children() {
         assert!(identical(&rec.disks[0].target, "qcow2", t, "qcow2"));
     }
     // The chain root goes: its children become full copies.
-    full.delete(0).unwrap();
+    full.delete(DELETE_ONE).unwrap();
     for (b, t) in [(&leaf, &t_leaf), (&branch, &t_branch)] {
         let rec = b.record().unwrap();
         assert_eq!(rec.parent, None);
@@ -223,7 +232,7 @@ fn deleting_inside_a_chain_merges_into_the_children() {
         assert_eq!(backing_chain(&rec.disks[0].target).len(), 1);
         assert!(identical(&rec.disks[0].target, "qcow2", t, "qcow2"));
     }
-    assert_eq!(Backup::list(&dom, 1).unwrap().len(), 2);
+    assert_eq!(Backup::list(&dom, LIST_FULL).unwrap().len(), 2);
     // A new incremental on a merged backup still works.
     qemu_io("qcow2", &src, "write -P 0x75 0 64k");
     let next = Backup::create(&dom, &child_xml(&branch), WAIT).unwrap();
@@ -233,8 +242,10 @@ fn deleting_inside_a_chain_merges_into_the_children() {
         &src,
         "qcow2"
     ));
-    Backup::list(&dom, 0).unwrap()[0].delete(1).unwrap();
-    assert!(Backup::list(&dom, 0).unwrap().is_empty());
+    Backup::list(&dom, LIST_ALL).unwrap()[0]
+        .delete(DELETE_ALL)
+        .unwrap();
+    assert!(Backup::list(&dom, LIST_ALL).unwrap().is_empty());
 }
 
 #[test]
@@ -249,16 +260,16 @@ fn metadata_only_and_all_children() {
     let t_leaf = snapshot(&src, "mdo-leaf.raw");
     let mid_file = mid.record().unwrap().disks[0].target.clone();
     // Forget the middle: its files stay and the leaf still reads through them.
-    mid.delete(1 << 2).unwrap();
+    mid.delete(METADATA_ONLY).unwrap();
     assert!(mid_file.exists());
     let rec = leaf.record().unwrap();
     assert_eq!(rec.parent, Some(full.uuid));
     assert!(identical(&rec.disks[0].target, "qcow2", &t_leaf, "raw"));
     // The subtree goes at once.
     let full_file = full.record().unwrap().disks[0].target.clone();
-    full.delete(1 << 1).unwrap();
+    full.delete(WITH_CHILDREN).unwrap();
     assert!(!full_file.exists() && !rec.disks[0].target.exists());
-    assert!(Backup::list(&dom, 0).unwrap().is_empty());
+    assert!(Backup::list(&dom, LIST_ALL).unwrap().is_empty());
     std::fs::remove_file(&mid_file).unwrap();
 }
 
@@ -280,7 +291,7 @@ fn a_failed_merge_leaves_the_old_state() {
     let dir_before = std::fs::read_dir(leaf_file.parent().unwrap())
         .unwrap()
         .count();
-    let err = mid.delete(0).unwrap_err();
+    let err = mid.delete(DELETE_ONE).unwrap_err();
     assert!(err.message.contains("digest"), "{}", err.message);
     assert_eq!(std::fs::read(&leaf_file).unwrap(), leaf_bytes);
     assert_eq!(
@@ -292,7 +303,7 @@ fn a_failed_merge_leaves_the_old_state() {
     );
     assert!(mid_file.exists());
     assert_eq!(leaf.record().unwrap().parent, Some(mid.uuid));
-    full.delete(1 << 1).unwrap();
+    full.delete(WITH_CHILDREN).unwrap();
 }
 
 #[test]
@@ -313,5 +324,5 @@ fn a_missing_index_is_rebuilt_from_the_backup() {
         &src,
         "qcow2"
     ));
-    full.delete(1 << 1).unwrap();
+    full.delete(WITH_CHILDREN).unwrap();
 }

@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "ops",
         &[
-            "engine", "image", "store", "hv", "job", "xml", "error", "flags", "testhook",
+            "engine", "image", "store", "hv", "job", "xml", "error", "testhook",
         ],
     ),
     (
@@ -30,16 +30,17 @@ const LAYERS: &[(&str, &[&str])] = &[
             "job",
             "xml",
             "error",
-            "flags",
             "testhook",
         ],
     ),
-    ("job", &["store", "xml", "error", "flags", "testhook"]),
-    ("hv", &["xml", "error", "flags", "testhook"]),
-    ("image", &["xml", "error", "flags", "testhook"]),
-    ("store", &["xml", "error", "flags", "testhook"]),
-    ("xml", &["error", "flags"]),
+    ("job", &["store", "xml", "error", "testhook"]),
+    ("hv", &["xml", "error", "testhook"]),
+    ("image", &["xml", "error", "testhook"]),
+    ("store", &["xml", "error", "testhook"]),
+    ("xml", &["error"]),
     ("error", &[]),
+    // The C flag values: only the C boundary reads flag words (see
+    // `raw_flag_words` below).
     ("flags", &[]),
     // The log's set-up (`log` macros are used everywhere; only the C
     // boundary sets it up).
@@ -338,4 +339,189 @@ fn the_check_catches_upward_imports_and_cycles() {
     ]);
     let p = check(&cyc);
     assert!(p.iter().any(|p| p.starts_with("import cycle: ")), "{p:?}");
+}
+
+/// Flag words stay at the C boundary: `capi` turns each caller's flag word
+/// into the typed options of `ops::options`, and nothing below it takes,
+/// keeps or passes one on. Below `src/capi/`, a name containing `flag`
+/// (a parameter, a field, a binding) may not be typed as a bare 32- or
+/// 64-bit integer, and only `hv` (the libvirt adapter) may hold one of
+/// libvirt's own flag types (`virt::sys::vir…Flags…`), which are libvirt's
+/// words for libvirt's own calls (`virDomainUndefineFlags`,
+/// `virDomainBackupBegin`). The other words that reach the operating system
+/// are listed here, with the call they are for.
+const RAW_FLAG_WORDS_ALLOWED: &[(&str, &str, &str)] = &[(
+    "image/cache.rs",
+    "flags: libc::c_uint",
+    "the kernel's sync_file_range(2) flags",
+)];
+
+/// The integer types a flag word comes as (`unsigned int` is `c_uint`).
+const FLAG_WORD_TYPES: &[&str] = &["u32", "i32", "u64", "i64", "c_uint", "c_int", "c_ulong"];
+
+/// Each `name: Type` in `code` whose name contains `flag` (constants
+/// aside), as the name and the type's path.
+fn flag_annotations(code: &str) -> Vec<(String, String)> {
+    let b = code.as_bytes();
+    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = Vec::new();
+    for (i, _) in code.match_indices(':') {
+        // Not a path separator (`a::b`).
+        if b.get(i + 1) == Some(&b':') || (i > 0 && b[i - 1] == b':') {
+            continue;
+        }
+        let mut end = i;
+        while end > 0 && b[end - 1].is_ascii_whitespace() {
+            end -= 1;
+        }
+        let mut start = end;
+        while start > 0 && is_ident(b[start - 1]) {
+            start -= 1;
+        }
+        let name = &code[start..end];
+        // Constants (`NBD_FLAG_…: u32`) are values, not words in flight.
+        let constant = !name.bytes().any(|c| c.is_ascii_lowercase());
+        if constant || !name.to_ascii_lowercase().contains("flag") {
+            continue;
+        }
+        let ty: String = code[i + 1..]
+            .trim_start()
+            .trim_start_matches('&')
+            .trim_start_matches("mut ")
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        out.push((name.to_string(), ty));
+    }
+    out
+}
+
+/// Problems in a tree given as (path under src/, text) pairs: raw flag
+/// words below the C boundary.
+fn raw_flag_words(files: &[(String, String)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (rel, text) in files {
+        if rel.starts_with("capi/") {
+            continue;
+        }
+        for (name, ty) in flag_annotations(&code_only(text)) {
+            let last = ty.rsplit("::").next().unwrap_or("");
+            let shown = format!("{name}: {ty}");
+            if RAW_FLAG_WORDS_ALLOWED
+                .iter()
+                .any(|(f, a, _)| f == rel && *a == shown)
+            {
+                continue;
+            }
+            if FLAG_WORD_TYPES.contains(&last) {
+                problems.push(format!(
+                    "src/{rel}: `{shown}` is a raw flag word below the C boundary \
+                     (take a type of ops::options; capi converts the flags)"
+                ));
+            } else if last.starts_with("vir") && last.contains("Flags") && !rel.starts_with("hv/") {
+                problems.push(format!(
+                    "src/{rel}: `{shown}` is a libvirt flag word outside hv"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn no_flag_word_below_the_c_boundary() {
+    let root: PathBuf = std::env::var_os("LAYERS_SRC")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let mut files = Vec::new();
+    read_tree(&root, &root, &mut files);
+    assert!(
+        files.len() > 20,
+        "read {} files under {root:?}",
+        files.len()
+    );
+    let problems = raw_flag_words(&files);
+    assert!(problems.is_empty(), "\n{}\n", problems.join("\n"));
+}
+
+#[test]
+fn the_flag_check_catches_raw_words() {
+    let tree = |files: &[(&str, &str)]| -> Vec<(String, String)> {
+        files
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect()
+    };
+    // Clean: typed options, the boundary's own words, libvirt's in hv, the
+    // listed kernel word, paths through `flags::`, other flag types, prose.
+    let ok = tree(&[
+        (
+            "ops/backup.rs",
+            "pub fn delete(&self, opts: DeleteOptions) -> Result<()> { let f = crate::flags::X; }\n\
+             // fn old(flags: u32)\nlet s = \"flags: u32\";",
+        ),
+        (
+            "capi/backup.rs",
+            "pub extern \"C\" fn virDomainBackupDelete(b: Ptr, flags: c_uint) -> c_int {}",
+        ),
+        (
+            "hv/libvirt.rs",
+            "pub fn undefine_raw(flags: virt::sys::virDomainUndefineFlagsValues) {}",
+        ),
+        (
+            "image/cache.rs",
+            "fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> i32 {}",
+        ),
+        (
+            "store/folder.rs",
+            "pub fn open(&self, name: &str, flags: OFlags) {}",
+        ),
+        (
+            "image/nbd.rs",
+            "const NBD_FLAG_C_NO_ZEROES: u32 = 1 << 1;\nChunk { flags: u16, typ: u16, len: u32 },",
+        ),
+    ]);
+    assert_eq!(raw_flag_words(&ok), Vec::<String>::new());
+    // Planted: a raw word in an operation, an engine, a struct field, a
+    // c_uint spelled out, libvirt's word outside hv, and the kernel word
+    // in a file not listed for it.
+    let bad = tree(&[
+        (
+            "ops/backup.rs",
+            "pub fn delete(&self, flags: u32) -> Result<()> {}",
+        ),
+        (
+            "engine/copy.rs",
+            "fn run(mut restore_flags: std::ffi::c_uint) {}",
+        ),
+        (
+            "ops/restore.rs",
+            "struct Untouchable {\n    flags : u32,\n}",
+        ),
+        (
+            "error.rs",
+            "pub fn check_flags(flags: c_uint, allowed: u32) {}",
+        ),
+        (
+            "ops/create.rs",
+            "fn f(flags: virt::sys::virDomainBackupBeginFlags) {}",
+        ),
+        ("image/disk.rs", "fn sync_range(flags: libc::c_uint) {}"),
+    ]);
+    let p = raw_flag_words(&bad);
+    for (file, what) in [
+        ("ops/backup.rs", "`flags: u32`"),
+        ("engine/copy.rs", "`restore_flags: std::ffi::c_uint`"),
+        ("ops/restore.rs", "`flags: u32`"),
+        ("error.rs", "`flags: c_uint`"),
+        ("ops/create.rs", "outside hv"),
+        ("image/disk.rs", "`flags: libc::c_uint`"),
+    ] {
+        assert!(
+            p.iter()
+                .any(|p| p.starts_with(&format!("src/{file}:")) && p.contains(what)),
+            "{file}: {p:?}"
+        );
+    }
+    assert_eq!(p.len(), 6, "{p:?}");
 }

@@ -7,14 +7,15 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{WAIT, WORK, disk, domain, identical, qemu_io, snapshot};
+use common::{
+    DELETE_ONE, LIST_ALL, NEW_DOMAIN, REWRITE, WAIT, WORK, disk, domain, identical, qemu_io,
+    snapshot,
+};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::{Backup, set_default_target};
+use libvirt_backup::ops::options::Affect;
 use libvirt_backup::xml::backup::{BackupRecord, CreateRequest, Target};
-
-const NEW_DOMAIN: u32 = 1;
-const REWRITE: u32 = 1 << 1;
 
 /// Every character an XML reader turns into another unless it is written
 /// as a reference (tab, line feed, carriage return: a space each in an
@@ -117,7 +118,7 @@ fn a_backup_at_an_odd_path_keeps_it_exactly() {
             "<target type='dir'><path>{}</path></target>",
             attr(text(&default_dir))
         ),
-        0,
+        Affect::Current,
     )
     .unwrap();
     let d = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
@@ -130,7 +131,7 @@ fn a_backup_at_an_odd_path_keeps_it_exactly() {
         assert_eq!(rec.disks[0].target, d_target);
         assert_eq!(rec.created_dirs, std::slice::from_ref(&d_dir));
     }
-    d.delete(0).unwrap();
+    d.delete(DELETE_ONE).unwrap();
     assert!(!d_dir.exists());
     assert!(default_dir.is_dir());
 
@@ -168,7 +169,7 @@ fn a_backup_at_an_odd_path_keeps_it_exactly() {
     assert!(wrong.is_err());
 
     // Delete removes the file at its path.
-    b.delete(0).unwrap();
+    b.delete(DELETE_ONE).unwrap();
     assert!(!target.exists());
     assert!(dir.is_dir());
     assert!(
@@ -213,5 +214,5 @@ fn a_target_xml_cannot_carry_is_refused() {
         err.message
     );
     assert!(!target.exists());
-    assert!(Backup::list(&dom, 0).unwrap().is_empty());
+    assert!(Backup::list(&dom, LIST_ALL).unwrap().is_empty());
 }

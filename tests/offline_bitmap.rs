@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::qemu::{QemuDomain, connect, image, snapshot};
-use common::{WAIT, child_xml, identical, qemu_io};
+use common::{WAIT, WITH_CHILDREN, child_xml, identical, qemu_io};
 
 use libvirt_backup::engine::bitmap::dirty_ranges;
 use libvirt_backup::ops::backup::Backup;
@@ -73,7 +73,7 @@ fn offline_incremental_reads_only_what_the_bitmap_marks() {
     let rec = inc.record().unwrap();
     assert_eq!(rec.disks[0].mode, BackupMode::Incremental);
     assert!(identical(&rec.disks[0].target, "qcow2", &t1, "raw"));
-    full.delete(1 << 1).unwrap();
+    full.delete(WITH_CHILDREN).unwrap();
 }
 
 #[test]
@@ -108,5 +108,5 @@ fn a_bitmap_left_in_use_falls_back_to_the_digests() {
     assert_eq!(rec.disks[0].mode, BackupMode::Incremental);
     // Both changes are there: every chunk was compared with the parent's.
     assert!(identical(&rec.disks[0].target, "qcow2", &t1, "raw"));
-    full.delete(1 << 1).unwrap();
+    full.delete(WITH_CHILDREN).unwrap();
 }

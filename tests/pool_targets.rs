@@ -1,10 +1,11 @@
 //! Backups kept as storage-pool volumes, on libvirt's test driver.
 
 mod common;
-use common::{CONN, WAIT, WORK, disk, domain, identical, qemu_io};
+use common::{CONN, DELETE_ONE, LIST_ALL, WAIT, WORK, disk, domain, identical, qemu_io};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::{Backup, set_default_target};
+use libvirt_backup::ops::options::Affect;
 use virt::storage_pool::StoragePool;
 
 fn volumes(pool: &StoragePool) -> Vec<String> {
@@ -67,13 +68,22 @@ fn volume_targets_and_default_pool() {
     )
     .unwrap_err();
     assert!(err.message.contains("nopool"), "{err:?}");
-    assert_eq!(Backup::list(&dom, 0).unwrap().len(), 1);
+    assert_eq!(Backup::list(&dom, LIST_ALL).unwrap().len(), 1);
 
     // A default pool target: later backups (here an incremental) go there.
-    let err = set_default_target(&dom, "<target type='pool'><pool>nopool</pool></target>", 0)
-        .unwrap_err();
+    let err = set_default_target(
+        &dom,
+        "<target type='pool'><pool>nopool</pool></target>",
+        Affect::Current,
+    )
+    .unwrap_err();
     assert!(err.message.contains("nopool"));
-    set_default_target(&dom, "<target type='pool'><pool>bkpool</pool></target>", 0).unwrap();
+    set_default_target(
+        &dom,
+        "<target type='pool'><pool>bkpool</pool></target>",
+        Affect::Current,
+    )
+    .unwrap();
     qemu_io("qcow2", &src, "write -P 0x22 1M 64k");
     let inc = Backup::create(
         &dom,
@@ -90,10 +100,10 @@ fn volume_targets_and_default_pool() {
     assert!(identical(&inc_file, "qcow2", &src, "qcow2"));
 
     // Deleting the backups deletes their volumes (the middle is merged first).
-    full.delete(0).unwrap();
+    full.delete(DELETE_ONE).unwrap();
     assert_eq!(volumes(&pool), [name]);
     assert!(identical(&inc_file, "qcow2", &src, "qcow2"));
-    inc.delete(0).unwrap();
+    inc.delete(DELETE_ONE).unwrap();
     assert!(volumes(&pool).is_empty());
     assert!(!inc_file.exists());
     pool.destroy().unwrap();

@@ -3,11 +3,14 @@
 
 mod common;
 use common::qemu::{QemuDomain, URI, connect, image};
-use common::{WAIT, WORK, identical, qemu_io};
+use common::{
+    DELETE_ONE, LIST_ALL, NEW_DOMAIN, REWRITE, WAIT, WORK, forget_backups, identical, qemu_io,
+};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::hv::libvirt::DomainRef;
 use libvirt_backup::ops::backup::Backup;
+use libvirt_backup::ops::options::UndefineOptions;
 
 #[test]
 fn inactive_qemu_domain_full_backup() {
@@ -46,13 +49,14 @@ fn inactive_qemu_domain_full_backup() {
     qd.dom.domain().create().unwrap();
     let live = Backup::create(&qd.dom, "<domainbackup/>", WAIT).unwrap();
     assert!(live.record().unwrap().checkpoint.is_some());
-    assert_eq!(Backup::list(&qd.dom, 0).unwrap().len(), 2);
+    assert_eq!(Backup::list(&qd.dom, LIST_ALL).unwrap().len(), 2);
     qd.dom.domain().destroy().unwrap();
 
     // Undefine is refused while backups exist, then forgets them.
-    let err = libvirt_backup::ops::backup::undefine(&qd.dom, 0).unwrap_err();
+    let err =
+        libvirt_backup::ops::backup::undefine(&qd.dom, UndefineOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid));
-    libvirt_backup::ops::backup::undefine(&qd.dom, 1 << 30).unwrap();
+    libvirt_backup::ops::backup::undefine(&qd.dom, forget_backups()).unwrap();
     assert!(
         conn.lookup_domain_by_uuid_string(&qd.dom.uuid().unwrap().to_string())
             .is_err()
@@ -122,13 +126,13 @@ fn inactive_qemu_domain_chain_restore_and_pool() {
     // Back to the full backup in place, then to the incremental.
     Backup::restore(
         &format!("<domainbackup><uuid>{}</uuid></domainbackup>", full.uuid),
-        2,
+        REWRITE,
     )
     .unwrap();
     assert!(identical(&a, "qcow2", &t0, "qcow2"));
     Backup::restore(
         &format!("<domainbackup><uuid>{}</uuid></domainbackup>", inc.uuid),
-        2,
+        REWRITE,
     )
     .unwrap();
     assert!(identical(&a, "qcow2", &t1, "qcow2"));
@@ -140,7 +144,7 @@ fn inactive_qemu_domain_chain_restore_and_pool() {
             "<domainbackup><uuid>{}</uuid><domain name='{new_name}'/></domainbackup>",
             inc.uuid
         ),
-        1,
+        NEW_DOMAIN,
     )
     .unwrap();
     let new = QemuDomain {
@@ -162,9 +166,9 @@ fn inactive_qemu_domain_chain_restore_and_pool() {
     qd.dom.domain().destroy().unwrap();
 
     // Deleting the full backup merges it into the incremental volume.
-    full.delete(0).unwrap();
+    full.delete(DELETE_ONE).unwrap();
     assert!(identical(&inc_file, "qcow2", &t1, "qcow2"));
-    inc.delete(0).unwrap();
+    inc.delete(DELETE_ONE).unwrap();
     assert!(!inc_file.exists());
     assert!(pool.0.list_all_volumes(0).unwrap().is_empty());
 }

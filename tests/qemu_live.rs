@@ -4,14 +4,15 @@
 
 mod common;
 use common::qemu::{QemuDomain, connect, image, snapshot};
-use common::{WAIT, child_xml, identical};
+use common::{
+    DELETE_ONE, LIST_ALL, REWRITE, WAIT, WAIT_NO_FALLBACK, WITH_CHILDREN, child_xml,
+    forget_backups, identical,
+};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::{Backup, ParamValue};
+use libvirt_backup::ops::options::{CreateOptions, FinishMode};
 use libvirt_backup::xml::backup::BackupMode;
-
-const QUIESCE: u32 = 1;
-const NO_FALLBACK: u32 = 1 << 1;
 
 fn param(b: &Backup, name: &str) -> ParamValue {
     b.parameters()
@@ -32,10 +33,10 @@ fn full_then_incremental_of_a_running_domain() {
     let t0 = snapshot(&a, "qcow2", "live-t0.raw");
 
     // Started without WAIT: a guest write made while the job runs is not in it.
-    let full = Backup::create(&qd.dom, "<domainbackup/>", 0).unwrap();
-    let running = full.finish_job(1 << 1).unwrap() == 1;
+    let full = Backup::create(&qd.dom, "<domainbackup/>", CreateOptions::default()).unwrap();
+    let running = full.finish_job(FinishMode::Check).unwrap() == 1;
     qd.guest_io("virtio-disk0", "write -P 0xab 0 8M");
-    full.finish_job(0).unwrap();
+    full.finish_job(FinishMode::Wait).unwrap();
     let rec = full.record().unwrap();
     assert!(identical(&rec.disks[0].target, "qcow2", &t0, "raw"));
     assert_eq!(rec.checkpoint.as_deref(), Some(&*full.uuid.to_string()));
@@ -64,16 +65,16 @@ fn full_then_incremental_of_a_running_domain() {
     // Restore into the running domain is refused.
     let err = Backup::restore(
         &format!("<domainbackup><uuid>{}</uuid></domainbackup>", inc.uuid),
-        2,
+        REWRITE,
     )
     .unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
 
     // Deleting removes the checkpoints; the child is merged first.
-    full.delete(0).unwrap();
+    full.delete(DELETE_ONE).unwrap();
     assert!(!qd.checkpoints().contains(&full.uuid.to_string()));
     assert!(identical(&irec.disks[0].target, "qcow2", &t1, "raw"));
-    inc.delete(0).unwrap();
+    inc.delete(DELETE_ONE).unwrap();
     assert!(qd.checkpoints().is_empty());
 }
 
@@ -91,12 +92,12 @@ fn unusable_checkpoints_fall_back_to_full_copies() {
     // A parent taken while the domain was off has no checkpoint.
     let off = Backup::create(&qd.dom, "<domainbackup/>", WAIT).unwrap();
     qd.start();
-    let err = Backup::create(&qd.dom, &child_xml(&off), WAIT | NO_FALLBACK).unwrap_err();
+    let err = Backup::create(&qd.dom, &child_xml(&off), WAIT_NO_FALLBACK).unwrap_err();
     assert!(
         err.is(ErrorCode::OperationInvalid) && err.message.contains("off"),
         "{err:?}"
     );
-    assert_eq!(Backup::list(&qd.dom, 0).unwrap().len(), 1);
+    assert_eq!(Backup::list(&qd.dom, LIST_ALL).unwrap().len(), 1);
     let on = Backup::create(&qd.dom, &child_xml(&off), WAIT).unwrap();
     let rec = on.record().unwrap();
     assert_eq!(rec.parent, Some(off.uuid));
@@ -116,7 +117,7 @@ fn unusable_checkpoints_fall_back_to_full_copies() {
     qd.dom
         .delete_checkpoint(&inc.uuid.to_string(), false)
         .unwrap();
-    let err = Backup::create(&qd.dom, &child_xml(&inc), WAIT | NO_FALLBACK).unwrap_err();
+    let err = Backup::create(&qd.dom, &child_xml(&inc), WAIT_NO_FALLBACK).unwrap_err();
     assert!(err.message.contains("no longer exists"), "{err:?}");
     let after = Backup::create(&qd.dom, &child_xml(&inc), WAIT).unwrap();
     assert!(
@@ -140,7 +141,7 @@ fn unusable_checkpoints_fall_back_to_full_copies() {
         ParamValue::ULLong(64 << 10)
     );
     assert!(identical(&orec.disks[0].target, "qcow2", &a, "qcow2"));
-    off.delete(1 << 1).unwrap();
+    off.delete(WITH_CHILDREN).unwrap();
 }
 
 #[test]
@@ -151,26 +152,35 @@ fn quiesce_without_agent_cancel_and_one_job_at_a_time() {
     qd.start();
 
     // No guest agent: a clear error, nothing created.
-    let err = Backup::create(&qd.dom, "<domainbackup/>", QUIESCE | WAIT).unwrap_err();
+    let err = Backup::create(
+        &qd.dom,
+        "<domainbackup/>",
+        CreateOptions {
+            quiesce: true,
+            wait: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(err.message.contains("quiesce"), "{err:?}");
-    assert!(Backup::list(&qd.dom, 0).unwrap().is_empty());
+    assert!(Backup::list(&qd.dom, LIST_ALL).unwrap().is_empty());
     assert!(qd.checkpoints().is_empty());
 
     // A second job while one runs; then cancel the first.
-    let bk = Backup::create(&qd.dom, "<domainbackup/>", 0).unwrap();
+    let bk = Backup::create(&qd.dom, "<domainbackup/>", CreateOptions::default()).unwrap();
     let target = bk.record().unwrap().disks[0].target.clone();
-    let err = Backup::create(&qd.dom, "<domainbackup/>", 0).unwrap_err();
+    let err = Backup::create(&qd.dom, "<domainbackup/>", CreateOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
     bk.abort().unwrap();
     assert_eq!(param(&bk, "state"), ParamValue::Int(4));
     assert!(!target.exists());
     assert!(qd.checkpoints().is_empty());
-    assert!(Backup::list(&qd.dom, 0).unwrap().is_empty());
+    assert!(Backup::list(&qd.dom, LIST_ALL).unwrap().is_empty());
 
     // Undefine with the backup flag takes the checkpoints' metadata along.
     let kept = Backup::create(&qd.dom, "<domainbackup/>", WAIT).unwrap();
     assert_eq!(qd.checkpoints().len(), 1);
-    libvirt_backup::ops::backup::undefine(&qd.dom, 1 << 30).unwrap();
+    libvirt_backup::ops::backup::undefine(&qd.dom, forget_backups()).unwrap();
     assert!(kept.record().is_err());
 }
 
@@ -194,7 +204,7 @@ fn a_disk_swapped_while_off_falls_back_to_a_full_copy() {
     std::fs::rename(&copy, &a).unwrap();
     qd.start();
     qd.guest_io("virtio-disk0", "write -P 0x42 1M 64k");
-    let err = Backup::create(&qd.dom, &child_xml(&parent), WAIT | NO_FALLBACK).unwrap_err();
+    let err = Backup::create(&qd.dom, &child_xml(&parent), WAIT_NO_FALLBACK).unwrap_err();
     assert!(
         err.is(ErrorCode::OperationInvalid) && err.message.contains("bitmap"),
         "{err:?}"
@@ -204,5 +214,5 @@ fn a_disk_swapped_while_off_falls_back_to_a_full_copy() {
     assert_eq!(rec.disks[0].mode, BackupMode::Full);
     let t = snapshot(&a, "qcow2", "swap-t.raw");
     assert!(identical(&rec.disks[0].target, "qcow2", &t, "raw"));
-    parent.delete(1 << 1).unwrap();
+    parent.delete(WITH_CHILDREN).unwrap();
 }

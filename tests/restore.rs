@@ -4,14 +4,15 @@
 use std::path::Path;
 
 mod common;
-use common::{CONN, WAIT, WORK, child_xml, disk, domain, identical, qemu_io, snapshot};
+use common::{
+    CONN, DELETE_ONE, NEW_DOMAIN, REWRITE, WAIT, WITH_CHILDREN, WORK, child_xml, disk, domain,
+    identical, qemu_io, snapshot,
+};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::Backup;
+use libvirt_backup::ops::options::RestoreOptions;
 use libvirt_backup::xml::domain::parse_disks;
-
-const NEW_DOMAIN: u32 = 1;
-const REWRITE: u32 = 1 << 1;
 
 fn whole(b: &Backup) -> String {
     format!("<domainbackup><uuid>{}</uuid></domainbackup>", b.uuid)
@@ -35,7 +36,7 @@ fn in_place_from_every_backup_of_a_chain() {
 
     // Without REWRITE_EXISTING_DISK: refused, the disk untouched.
     let before = checksum(&src);
-    let err = Backup::restore(&whole(&full), 0).unwrap_err();
+    let err = Backup::restore(&whole(&full), RestoreOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
     assert_eq!(checksum(&src), before);
 
@@ -54,7 +55,7 @@ fn in_place_from_every_backup_of_a_chain() {
     let err = Backup::restore(&whole(&full), REWRITE).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
     dom.domain().destroy().unwrap();
-    full.delete(1 << 1).unwrap();
+    full.delete(WITH_CHILDREN).unwrap();
 }
 
 #[test]
@@ -79,12 +80,12 @@ fn corrupt_backup_is_detected_before_the_disk_is_touched() {
             b.uuid,
             out.display()
         ),
-        0,
+        RestoreOptions::default(),
     )
     .unwrap_err();
     assert!(err.message.contains("digest"), "{}", err.message);
     assert!(!out.exists());
-    b.delete(0).unwrap();
+    b.delete(DELETE_ONE).unwrap();
 }
 
 #[test]
@@ -102,7 +103,7 @@ fn to_new_files_in_each_format_and_subsets() {
         bk.uuid,
         ra.display()
     );
-    Backup::restore(&xml, 0).unwrap();
+    Backup::restore(&xml, RestoreOptions::default()).unwrap();
     assert!(identical(&ra, "raw", &ta, "raw"));
     assert_eq!(std::fs::metadata(&ra).unwrap().len(), 16 << 20);
     // The domain's vda now uses the restored file; vdb was left alone.
@@ -110,7 +111,7 @@ fn to_new_files_in_each_format_and_subsets() {
     assert_eq!(disks[0].source, Some(ra.clone()));
     assert_eq!(disks[1].source, Some(b.clone()));
     // A second restore to the same file needs REWRITE.
-    let err = Backup::restore(&xml, 0).unwrap_err();
+    let err = Backup::restore(&xml, RestoreOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid));
 
     // Format change of an existing disk: replaced by a qcow2 file.
@@ -129,22 +130,22 @@ fn to_new_files_in_each_format_and_subsets() {
         bk.uuid
     );
     assert!(
-        Backup::restore(&bad, 0)
+        Backup::restore(&bad, RestoreOptions::default())
             .unwrap_err()
             .is(ErrorCode::InvalidArg)
     );
     assert!(
-        Backup::restore("<domainbackup>", 0)
+        Backup::restore("<domainbackup>", RestoreOptions::default())
             .unwrap_err()
             .is(ErrorCode::XmlError)
     );
     let none = "<domainbackup><uuid>d2ee2566-bef2-408f-ac7a-eb8004186074</uuid></domainbackup>";
     assert!(
-        Backup::restore(none, 0)
+        Backup::restore(none, RestoreOptions::default())
             .unwrap_err()
             .is(ErrorCode::NoDomainBackup)
     );
-    bk.delete(0).unwrap();
+    bk.delete(DELETE_ONE).unwrap();
 }
 
 #[test]
@@ -187,7 +188,7 @@ fn as_a_new_domain() {
     assert!(identical(&f2, "raw", &t0, "qcow2"));
     dom.domain().destroy().unwrap();
     drop(conn);
-    bk.delete(0).unwrap();
+    bk.delete(DELETE_ONE).unwrap();
 }
 
 #[test]
@@ -208,7 +209,7 @@ fn unmanaged_from_files() {
         "{err:?}"
     );
     assert_eq!(checksum(&a), before);
-    let err = Backup::restore_unmanaged(&dom, &xml, 0).unwrap_err();
+    let err = Backup::restore_unmanaged(&dom, &xml, RestoreOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
     assert_eq!(checksum(&a), before);
     Backup::restore_unmanaged(&dom, &xml, REWRITE).unwrap();

@@ -7,10 +7,11 @@ use std::process::Command;
 
 mod common;
 use common::qemu::{QemuDomain, connect, image, snapshot};
-use common::{WAIT, WORK, disk, domain, identical};
+use common::{DELETE_ONE, LIST_ALL, REWRITE, WAIT, WORK, disk, domain, identical};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::{Backup, ParamValue};
+use libvirt_backup::ops::options::{ExportOptions, FinishMode, RestoreOptions};
 
 /// A tcp port nobody listens on now.
 fn free_port() -> u16 {
@@ -69,25 +70,29 @@ fn test_driver_domain_exported_by_the_storage_daemon() {
         "<domainbackup><server transport='unix' socket='{}'/><disks><disk name='vda' exportname='first'/><disk name='vdb'/></disks></domainbackup>",
         sock.display()
     );
-    let bk = Backup::start_unmanaged(&dom, &xml, 0).unwrap();
+    let bk = Backup::start_unmanaged(&dom, &xml, ExportOptions::default()).unwrap();
     let desc = bk.xml_desc().unwrap();
     assert!(
         desc.contains("exportname='first'") && desc.contains(&*sock.to_string_lossy()),
         "{desc}"
     );
     assert_eq!(state(&bk), ParamValue::Int(1));
-    assert_eq!(bk.finish_job(1 << 1).unwrap(), 1);
+    assert_eq!(bk.finish_job(FinishMode::Check).unwrap(), 1);
     let got = nbd_copy(&unix_uri("first", &sock), "um-first.raw");
     assert!(identical(&got, "raw", &a, "qcow2"));
     let got = nbd_copy(&unix_uri("vdb", &sock), "um-vdb.raw");
     assert!(identical(&got, "raw", &b, "raw"));
     assert!(nbd_map(&unix_uri("first", &sock), "base:allocation").contains("data"));
     // Never listed; catalog operations are refused.
-    assert!(Backup::list(&dom, 0).unwrap().is_empty());
-    assert!(bk.delete(0).unwrap_err().is(ErrorCode::OperationInvalid));
+    assert!(Backup::list(&dom, LIST_ALL).unwrap().is_empty());
+    assert!(
+        bk.delete(DELETE_ONE)
+            .unwrap_err()
+            .is(ErrorCode::OperationInvalid)
+    );
     // A second export of the same domain waits for this one, and so do a
     // managed backup and a restore (which would change the exported images).
-    let err = Backup::start_unmanaged(&dom, &xml, 0).unwrap_err();
+    let err = Backup::start_unmanaged(&dom, &xml, ExportOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
     let err = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
@@ -95,10 +100,10 @@ fn test_driver_domain_exported_by_the_storage_daemon() {
     let from_file = format!(
         "<domainbackup><disks><disk name='vdb'><source file='{src}'><driver type='qcow2'/></source></disk></disks></domainbackup>"
     );
-    let err = Backup::restore_unmanaged(&dom, &from_file, 1 << 1).unwrap_err();
+    let err = Backup::restore_unmanaged(&dom, &from_file, REWRITE).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
 
-    assert_eq!(bk.finish_job(0).unwrap(), 0);
+    assert_eq!(bk.finish_job(FinishMode::Wait).unwrap(), 0);
     assert!(!sock.exists());
     assert_eq!(state(&bk), ParamValue::Int(2));
     assert!(bk.abort().unwrap_err().is(ErrorCode::OperationInvalid));
@@ -120,7 +125,7 @@ fn test_driver_domain_exported_by_the_storage_daemon() {
         ),
     ];
     for (x, code) in bad {
-        let err = Backup::start_unmanaged(&dom, x, 0).unwrap_err();
+        let err = Backup::start_unmanaged(&dom, x, ExportOptions::default()).unwrap_err();
         assert!(err.is(code), "{x}: {err:?}");
     }
 }
@@ -140,7 +145,7 @@ fn running_qemu_domain_pull_mode_with_changes_since_a_parent() {
         "<domainbackup><parent><uuid>{}</uuid></parent><server transport='tcp' name='127.0.0.1' port='{port}'/></domainbackup>",
         parent.uuid
     );
-    let bk = Backup::start_unmanaged(&qd.dom, &xml, 0).unwrap();
+    let bk = Backup::start_unmanaged(&qd.dom, &xml, ExportOptions::default()).unwrap();
     let desc = bk.xml_desc().unwrap();
     assert!(desc.contains("exportbitmap='vda-changes'"), "{desc}");
     // Writes after the start are not in the export.
@@ -158,7 +163,7 @@ fn running_qemu_domain_pull_mode_with_changes_since_a_parent() {
     bk.abort().unwrap();
     assert_eq!(state(&bk), ParamValue::Int(4));
     assert!(!qd.dom.job_info(false).unwrap().is_active());
-    parent.delete(0).unwrap();
+    parent.delete(DELETE_ONE).unwrap();
 }
 
 #[test]
@@ -176,7 +181,7 @@ fn inactive_qemu_domain_exports_the_bitmap_of_a_live_parent() {
         parent.uuid,
         sock.display()
     );
-    let bk = Backup::start_unmanaged(&qd.dom, &xml, 0).unwrap();
+    let bk = Backup::start_unmanaged(&qd.dom, &xml, ExportOptions::default()).unwrap();
     let desc = bk.xml_desc().unwrap();
     let bitmap = parent.uuid.to_string();
     assert!(desc.contains(&format!("exportbitmap='{bitmap}'")), "{desc}");
@@ -189,8 +194,8 @@ fn inactive_qemu_domain_exports_the_bitmap_of_a_live_parent() {
             .any(|l| l.trim_start().starts_with("2097152") && l.contains("dirty")),
         "{map}"
     );
-    bk.finish_job(0).unwrap();
-    parent.delete(0).unwrap();
+    bk.finish_job(FinishMode::Wait).unwrap();
+    parent.delete(DELETE_ONE).unwrap();
 }
 
 #[test]
@@ -206,28 +211,28 @@ fn restore_from_an_nbd_export() {
             "<domainbackup><server transport='unix' socket='{}'/></domainbackup>",
             sock.display()
         ),
-        0,
+        ExportOptions::default(),
     )
     .unwrap();
     let xml = format!(
         "<domainbackup><disks><disk name='vda'><source protocol='nbd' name='vda'><host transport='unix' socket='{}'/></source></disk></disks></domainbackup>",
         sock.display()
     );
-    let err = Backup::restore_unmanaged(&dst_dom, &xml, 0).unwrap_err();
+    let err = Backup::restore_unmanaged(&dst_dom, &xml, RestoreOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid), "{err:?}");
-    Backup::restore_unmanaged(&dst_dom, &xml, 1 << 1).unwrap();
+    Backup::restore_unmanaged(&dst_dom, &xml, REWRITE).unwrap();
     assert!(identical(&b, "raw", &a, "qcow2"));
     // An export that is not there: a clear error, nothing written.
     let before = std::fs::read(&b).unwrap();
     let err = Backup::restore_unmanaged(
         &dst_dom,
         &xml.replace("name='vda'>", "name='nope'>"),
-        1 << 1,
+        REWRITE,
     )
     .unwrap_err();
     assert!(err.message.contains("nope"), "{err:?}");
     assert_eq!(std::fs::read(&b).unwrap(), before);
-    export.finish_job(0).unwrap();
+    export.finish_job(FinishMode::Wait).unwrap();
 }
 
 #[test]
@@ -245,7 +250,7 @@ fn test_driver_export_with_changes_from_the_digest_index() {
             parent.uuid,
             sock.display()
         ),
-        0,
+        ExportOptions::default(),
     )
     .unwrap();
     assert!(
@@ -263,7 +268,7 @@ fn test_driver_export_with_changes_from_the_digest_index() {
         .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
         .collect();
     assert_eq!(dirty, ["4194304 131072", "12582912 65536"], "{map}");
-    bk.finish_job(0).unwrap();
+    bk.finish_job(FinishMode::Wait).unwrap();
     // The domain's image was never written: still a plain qcow2 without bitmaps.
     let info = Command::new("qemu-img")
         .arg("info")
@@ -271,5 +276,5 @@ fn test_driver_export_with_changes_from_the_digest_index() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&info.stdout).contains("bitmaps"));
-    parent.delete(0).unwrap();
+    parent.delete(DELETE_ONE).unwrap();
 }

@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString, c_void};
 use std::time::Duration;
 
 mod common;
-use common::{CONN, WAIT, cpu_time, disk, domain};
+use common::{CONN, cpu_time, disk, domain};
 
 use libvirt_backup::capi::backup::{
     get_xml_desc_dispatch, virDomainBackupCreateXML, virDomainBackupDelete, virDomainBackupFree,
@@ -19,13 +19,14 @@ use libvirt_backup::capi::error::{
 };
 use libvirt_backup::capi::job::virDomainBackupFinishJob;
 use libvirt_backup::capi::restore::{virDomainBackupRestore, virDomainBackupRestoreUnmanaged};
-use libvirt_backup::capi::virDomainBackupPtr;
+use libvirt_backup::capi::{virDomainBackupCreateFlags, virDomainBackupPtr};
 use libvirt_backup::hv::libvirt::DomainRef;
 use libvirt_backup::xml::backup::{BackupRecord, CreateRequest, DefaultTarget, RestoreRequest};
 use libvirt_backup::xml::{dom, domain as domxml};
 use virt::sys;
 
 const VIR_ERR_INVALID_ARG: i32 = 8;
+const WAIT: u32 = virDomainBackupCreateFlags::VIR_DOMAIN_BACKUP_CREATE_WAIT as u32;
 const VIR_ERR_XML_ERROR: i32 = 27;
 
 fn last_code() -> i32 {

@@ -4,12 +4,9 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 
 use virt::sys;
 
-use super::{
-    backup_of, domain_of, ffi_entry, handle_ref, handle_unref, is_ours, malloc_string, new_handle,
-    return_list, str_arg, virDomainBackupPtr,
-};
-use crate::error::{Error, check_exclusive, check_flags};
-use crate::flags::bits::*;
+use super::{ffi_entry, is_ours, malloc_string, new_handle, return_list, virDomainBackupPtr};
+use crate::error::Error;
+use crate::flags::bits::VIR_DOMAIN_XML_SECURE;
 use crate::ops::backup::Backup;
 
 /// virDomainBackupCreateXML:
@@ -59,11 +56,11 @@ pub extern "C" fn virDomainBackupCreateXML(
     xmlDesc: *const c_char,
     flags: c_uint,
 ) -> virDomainBackupPtr {
-    ffi_entry!("virDomainBackupCreateXML", std::ptr::null_mut(), {
-        let dom = domain_of(domain, "virDomainBackupCreateXML")?;
-        let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupCreateXML")?;
-        check_flags(flags, CREATE_FLAGS, "virDomainBackupCreateXML")?;
-        new_handle(Backup::create(&dom, xml, flags)?)
+    ffi_entry!(virDomainBackupCreateXML, std::ptr::null_mut(), |cx| {
+        let dom = cx.domain(domain)?;
+        let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
+        let opts = cx.options(flags)?;
+        new_handle(Backup::create(&dom, xml, opts)?)
     })
 }
 
@@ -149,21 +146,17 @@ pub extern "C" fn virDomainBackupStartUnmanaged(
     xmlDesc: *const c_char,
     flags: c_uint,
 ) -> virDomainBackupPtr {
-    ffi_entry!("virDomainBackupStartUnmanaged", std::ptr::null_mut(), {
+    ffi_entry!(virDomainBackupStartUnmanaged, std::ptr::null_mut(), |cx| {
         if domain.is_null() {
             // The export of a stored backup: the one form without a domain.
-            let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupStartUnmanaged")?;
-            check_flags(flags, 0, "virDomainBackupStartUnmanaged")?;
+            let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
+            cx.check_flags(flags, 0)?;
             return new_handle(Backup::export_stored(xml)?);
         }
-        let dom = domain_of(domain, "virDomainBackupStartUnmanaged")?;
-        let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupStartUnmanaged")?;
-        check_flags(
-            flags,
-            VIR_DOMAIN_BACKUP_CREATE_QUIESCE,
-            "virDomainBackupStartUnmanaged",
-        )?;
-        new_handle(Backup::start_unmanaged(&dom, xml, flags)?)
+        let dom = cx.domain(domain)?;
+        let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
+        let opts = cx.options(flags)?;
+        new_handle(Backup::start_unmanaged(&dom, xml, opts)?)
     })
 }
 
@@ -173,18 +166,6 @@ fn clear_out(backups: *mut *mut virDomainBackupPtr) {
         // SAFETY: a non-NULL out pointer points to writable storage.
         unsafe { *backups = std::ptr::null_mut() };
     }
-}
-
-fn check_list_flags(flags: u32, allowed: u32, func: &str) -> crate::error::Result<()> {
-    check_flags(flags, allowed, func)?;
-    check_exclusive(
-        flags,
-        (VIR_DOMAIN_BACKUP_LIST_FULL, "VIR_DOMAIN_BACKUP_LIST_FULL"),
-        (
-            VIR_DOMAIN_BACKUP_LIST_INCREMENTAL,
-            "VIR_DOMAIN_BACKUP_LIST_INCREMENTAL",
-        ),
-    )
 }
 
 /// virDomainBackupList:
@@ -209,10 +190,10 @@ pub extern "C" fn virDomainBackupList(
     flags: c_uint,
 ) -> c_int {
     clear_out(backups);
-    ffi_entry!("virDomainBackupList", -1, {
-        let dom = domain_of(domain, "virDomainBackupList")?;
-        check_list_flags(flags, LIST_FLAGS, "virDomainBackupList")?;
-        return_list(Backup::list(&dom, flags)?, backups)
+    ffi_entry!(virDomainBackupList, -1, |cx| {
+        let dom = cx.domain(domain)?;
+        let filter = cx.options(flags)?;
+        return_list(cx, Backup::list(&dom, filter)?, backups)
     })
 }
 
@@ -233,10 +214,10 @@ pub extern "C" fn virDomainBackupListChildren(
     flags: c_uint,
 ) -> c_int {
     clear_out(backups);
-    ffi_entry!("virDomainBackupListChildren", -1, {
-        let b = backup_of(backup, "virDomainBackupListChildren")?;
-        check_list_flags(flags, LIST_CHILDREN_FLAGS, "virDomainBackupListChildren")?;
-        return_list(b.list_children(flags)?, backups)
+    ffi_entry!(virDomainBackupListChildren, -1, |cx| {
+        let b = cx.backup(backup)?;
+        let (scope, filter) = cx.options(flags)?;
+        return_list(cx, b.list_children(scope, filter)?, backups)
     })
 }
 
@@ -254,9 +235,9 @@ pub extern "C" fn virDomainBackupLookupByUUID(
     uuid: *const c_char,
     flags: c_uint,
 ) -> virDomainBackupPtr {
-    ffi_entry!("virDomainBackupLookupByUUID", std::ptr::null_mut(), {
-        let uuid = str_arg(uuid, "uuid", "virDomainBackupLookupByUUID")?;
-        check_flags(flags, 0, "virDomainBackupLookupByUUID")?;
+    ffi_entry!(virDomainBackupLookupByUUID, std::ptr::null_mut(), |cx| {
+        let uuid = cx.str_arg(uuid, "uuid")?;
+        cx.check_flags(flags, 0)?;
         new_handle(Backup::lookup(uuid)?)
     })
 }
@@ -276,9 +257,10 @@ pub extern "C" fn virDomainBackupObjGetXMLDesc(
     backup: virDomainBackupPtr,
     flags: c_uint,
 ) -> *mut c_char {
-    ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
-        let b = backup_of(backup, "virDomainBackupGetXMLDesc")?;
-        check_flags(flags, VIR_DOMAIN_XML_SECURE, "virDomainBackupGetXMLDesc")?;
+    // Errors name the function callers know (the header routes it here).
+    ffi_entry!(virDomainBackupGetXMLDesc, std::ptr::null_mut(), |cx| {
+        let b = cx.backup(backup)?;
+        cx.check_flags(flags, VIR_DOMAIN_XML_SECURE)?;
         malloc_string(&b.xml_desc()?)
     })
 }
@@ -326,10 +308,11 @@ pub extern "C" fn get_xml_desc_dispatch(obj: *mut c_void, flags: c_uint) -> *mut
             return unsafe { f(dom, flags) };
         }
     }
-    ffi_entry!("virDomainBackupGetXMLDesc", std::ptr::null_mut(), {
-        Err(Error::invalid_arg(
-            "backup in virDomainBackupGetXMLDesc must be a valid virDomainBackupPtr or virDomainPtr",
-        ))
+    ffi_entry!(virDomainBackupGetXMLDesc, std::ptr::null_mut(), |cx| {
+        Err(Error::invalid_arg(format!(
+            "backup in {} must be a valid virDomainBackupPtr or virDomainPtr",
+            cx.name()
+        )))
     })
 }
 
@@ -343,8 +326,8 @@ pub extern "C" fn get_xml_desc_dispatch(obj: *mut c_void, flags: c_uint) -> *mut
 /// with virDomainBackupLookupByUUID() belongs to a domain that no longer exists).
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupGetDomain(backup: virDomainBackupPtr) -> sys::virDomainPtr {
-    ffi_entry!("virDomainBackupGetDomain", std::ptr::null_mut(), {
-        let b = backup_of(backup, "virDomainBackupGetDomain")?;
+    ffi_entry!(virDomainBackupGetDomain, std::ptr::null_mut(), |cx| {
+        let b = cx.backup(backup)?;
         // SAFETY: the handle keeps its reference on the domain.
         Ok(unsafe { b.domain()?.domain().as_ptr() })
     })
@@ -359,9 +342,9 @@ pub extern "C" fn virDomainBackupGetDomain(backup: virDomainBackupPtr) -> sys::v
 /// backup has been deleted: only Free is left to do with its handle).
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupRef(backup: virDomainBackupPtr) -> c_int {
-    ffi_entry!("virDomainBackupRef", -1, {
-        backup_of(backup, "virDomainBackupRef")?.ensure_exists()?;
-        handle_ref(backup, "virDomainBackupRef")?;
+    ffi_entry!(virDomainBackupRef, -1, |cx| {
+        cx.backup(backup)?.ensure_exists()?;
+        cx.handle_ref(backup)?;
         Ok(0)
     })
 }
@@ -377,8 +360,8 @@ pub extern "C" fn virDomainBackupRef(backup: virDomainBackupPtr) -> c_int {
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupFree(backup: virDomainBackupPtr) -> c_int {
-    ffi_entry!("virDomainBackupFree", -1, {
-        handle_unref(backup, "virDomainBackupFree")?;
+    ffi_entry!(virDomainBackupFree, -1, |cx| {
+        cx.handle_unref(backup)?;
         Ok(0)
     })
 }
@@ -411,18 +394,9 @@ pub extern "C" fn virDomainBackupFree(backup: virDomainBackupPtr) -> c_int {
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupDelete(backup: virDomainBackupPtr, flags: c_uint) -> c_int {
-    ffi_entry!("virDomainBackupDelete", -1, {
-        let b = backup_of(backup, "virDomainBackupDelete")?;
-        check_flags(flags, DELETE_FLAGS, "virDomainBackupDelete")?;
-        check_exclusive(
-            flags,
-            (VIR_DOMAIN_BACKUP_DELETE_ALL, "VIR_DOMAIN_BACKUP_DELETE_ALL"),
-            (
-                VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN,
-                "VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN",
-            ),
-        )?;
-        b.delete(flags)?;
+    ffi_entry!(virDomainBackupDelete, -1, |cx| {
+        let b = cx.backup(backup)?;
+        b.delete(cx.options(flags)?)?;
         Ok(0)
     })
 }

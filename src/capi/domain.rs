@@ -4,9 +4,7 @@ use std::ffi::{c_char, c_int, c_uint};
 
 use virt::sys;
 
-use super::{domain_of, ffi_entry, str_arg};
-use crate::error::check_flags;
-use crate::flags::bits::AFFECT_FLAGS;
+use super::ffi_entry;
 use crate::ops::backup;
 
 /// virDomainSetDefaultTarget:
@@ -38,11 +36,10 @@ pub extern "C" fn virDomainSetDefaultTarget(
     xmlDesc: *const c_char,
     flags: c_uint,
 ) -> c_int {
-    ffi_entry!("virDomainSetDefaultTarget", -1, {
-        let dom = domain_of(domain, "virDomainSetDefaultTarget")?;
-        let xml = str_arg(xmlDesc, "xmlDesc", "virDomainSetDefaultTarget")?;
-        check_flags(flags, AFFECT_FLAGS, "virDomainSetDefaultTarget")?;
-        backup::set_default_target(&dom, xml, flags)?;
+    ffi_entry!(virDomainSetDefaultTarget, -1, |cx| {
+        let dom = cx.domain(domain)?;
+        let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
+        backup::set_default_target(&dom, xml, cx.options(flags)?)?;
         Ok(0)
     })
 }
@@ -61,9 +58,9 @@ pub extern "C" fn virDomainSetDefaultTarget(
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupUndefineFlags(domain: sys::virDomainPtr, flags: c_uint) -> c_int {
-    ffi_entry!("virDomainBackupUndefineFlags", -1, {
-        let dom = domain_of(domain, "virDomainBackupUndefineFlags")?;
-        backup::undefine(&dom, flags)?;
+    ffi_entry!(virDomainBackupUndefineFlags, -1, |cx| {
+        let dom = cx.domain(domain)?;
+        backup::undefine(&dom, cx.options(flags)?)?;
         Ok(0)
     })
 }

@@ -4,9 +4,8 @@ use std::ffi::{c_int, c_uint};
 
 use virt::sys;
 
-use super::{backup_of, ffi_entry, malloc_string, virDomainBackupPtr};
-use crate::error::{Error, Result, check_exclusive, check_flags};
-use crate::flags::bits::*;
+use super::{ffi_entry, malloc_string, virDomainBackupPtr};
+use crate::error::{Error, Result};
 use crate::ops::backup::ParamValue;
 
 /// virDomainBackupFinishJob:
@@ -23,21 +22,9 @@ use crate::ops::backup::ParamValue;
 /// error is the job's) or on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupFinishJob(backup: virDomainBackupPtr, flags: c_uint) -> c_int {
-    ffi_entry!("virDomainBackupFinishJob", -1, {
-        let b = backup_of(backup, "virDomainBackupFinishJob")?;
-        check_flags(flags, FINISH_FLAGS, "virDomainBackupFinishJob")?;
-        check_exclusive(
-            flags,
-            (
-                VIR_DOMAIN_BACKUP_FINISH_JOB_CANCEL,
-                "VIR_DOMAIN_BACKUP_FINISH_JOB_CANCEL",
-            ),
-            (
-                VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK,
-                "VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK",
-            ),
-        )?;
-        b.finish_job(flags)
+    ffi_entry!(virDomainBackupFinishJob, -1, |cx| {
+        let b = cx.backup(backup)?;
+        b.finish_job(cx.options(flags)?)
     })
 }
 
@@ -54,9 +41,9 @@ pub extern "C" fn virDomainBackupFinishJob(backup: virDomainBackupPtr, flags: c_
 /// has already ended).
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupAbortJob(backup: virDomainBackupPtr, flags: c_uint) -> c_int {
-    ffi_entry!("virDomainBackupAbortJob", -1, {
-        let b = backup_of(backup, "virDomainBackupAbortJob")?;
-        check_flags(flags, 0, "virDomainBackupAbortJob")?;
+    ffi_entry!(virDomainBackupAbortJob, -1, |cx| {
+        let b = cx.backup(backup)?;
+        cx.check_flags(flags, 0)?;
         b.abort()?;
         Ok(0)
     })
@@ -116,21 +103,23 @@ pub extern "C" fn virDomainBackupGetParameters(
     nparams: *mut c_int,
     flags: c_uint,
 ) -> c_int {
-    ffi_entry!("virDomainBackupGetParameters", -1, {
-        let b = backup_of(backup, "virDomainBackupGetParameters")?;
+    ffi_entry!(virDomainBackupGetParameters, -1, |cx| {
+        let b = cx.backup(backup)?;
         if nparams.is_null() {
-            return Err(Error::invalid_arg(
-                "nparams in virDomainBackupGetParameters must not be NULL",
-            ));
+            return Err(Error::invalid_arg(format!(
+                "nparams in {} must not be NULL",
+                cx.name()
+            )));
         }
         // SAFETY: checked non-NULL; the caller owns the int.
         let n = unsafe { *nparams };
         if n < 0 || (params.is_null() && n != 0) {
-            return Err(Error::invalid_arg(
-                "params in virDomainBackupGetParameters must not be NULL when nparams is not 0",
-            ));
+            return Err(Error::invalid_arg(format!(
+                "params in {} must not be NULL when nparams is not 0",
+                cx.name()
+            )));
         }
-        check_flags(flags, 0, "virDomainBackupGetParameters")?;
+        cx.check_flags(flags, 0)?;
         let values = b.parameters()?;
         if params.is_null() {
             // SAFETY: as above.

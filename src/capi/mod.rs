@@ -1,7 +1,9 @@
-//! The C boundary: the only place with `extern "C"`, raw pointers and
-//! `unsafe`. Every export goes through [`ffi_entry!`], which follows
-//! libvirt's entry-point order (reset error, check handles, check flags, do,
-//! dispatch error) and turns panics into an error and the sentinel.
+//! The C boundary: the only place with `extern "C"`, raw pointers,
+//! `unsafe` and flag words. Every export goes through [`ffi_entry!`], which
+//! follows libvirt's entry-point order (reset error, check handles, turn the
+//! flags into options, do, dispatch error) and turns panics into an error
+//! and the sentinel. The export names itself once, in the macro: the
+//! [`Call`] it hands the body carries that name to every check and message.
 
 // Exports take raw pointers from C and check them themselves (NULL, handle
 // registry, libvirt's class check), so they are safe to call from Rust's view.
@@ -13,7 +15,7 @@
 )]
 
 use std::collections::HashMap;
-use std::ffi::{CStr, c_char};
+use std::ffi::{CStr, c_char, c_uint};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use virt::domain::Domain;
@@ -22,11 +24,13 @@ use virt::sys;
 use crate::error::{Error, Result};
 use crate::ops::DomainRef;
 use crate::ops::backup::Backup;
+use options::{Flags, FromFlags};
 
 pub mod backup;
 pub mod domain;
 pub mod error;
 pub mod job;
+mod options;
 pub mod restore;
 pub mod verify;
 
@@ -35,10 +39,13 @@ pub use crate::flags::{
     virDomainBackupListFlags, virDomainBackupRestoreFlags, virDomainBackupState,
 };
 
-/// Run the body of an exported function: reset the thread's last error,
-/// catch panics, and on failure record the error and return `$sentinel`.
+/// Run the body of the exported function `$func` (its C name, written
+/// once): reset the thread's last error, hand the body a [`Call`] named
+/// `$func`, catch panics, and on failure record the error and return
+/// `$sentinel`.
 macro_rules! ffi_entry {
-    ($func:expr, $sentinel:expr, $body:block) => {{
+    ($func:ident, $sentinel:expr, |$cx:ident| $body:block) => {{
+        let $cx = $crate::capi::Call::new(stringify!($func));
         $crate::logging::init();
         $crate::capi::error::reset();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
@@ -53,7 +60,7 @@ macro_rules! ffi_entry {
             Err(_) => {
                 $crate::capi::error::set($crate::error::Error::internal(format!(
                     "unexpected failure in {}",
-                    $func
+                    $cx.name()
                 )));
                 $sentinel
             }
@@ -61,6 +68,58 @@ macro_rules! ffi_entry {
     }};
 }
 pub(crate) use ffi_entry;
+
+/// One call of an export: its C name, for every check that names it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call {
+    name: &'static str,
+}
+
+impl Call {
+    pub(crate) fn new(name: &'static str) -> Call {
+        Call { name }
+    }
+
+    /// The export's C name.
+    pub(crate) fn name(self) -> &'static str {
+        self.name
+    }
+
+    /// The options `flags` stands for, after refusing unknown bits and
+    /// exclusive pairs.
+    pub(crate) fn options<T: FromFlags>(self, flags: c_uint) -> Result<T> {
+        T::from_flags(Flags::check(flags, T::ALLOWED, self.name)?)
+    }
+
+    /// Refuse any flag outside `allowed`, for a function whose flags change
+    /// nothing below this boundary (0 for those that take none yet).
+    pub(crate) fn check_flags(self, flags: c_uint, allowed: u32) -> Result<()> {
+        Flags::check(flags, allowed, self.name).map(drop)
+    }
+
+    /// The backup behind a handle.
+    pub(crate) fn backup(self, ptr: virDomainBackupPtr) -> Result<Arc<Backup>> {
+        backup_of(ptr, self.name)
+    }
+
+    /// Borrow a caller's `virDomainPtr`, taking our own reference on it.
+    pub(crate) fn domain(self, ptr: sys::virDomainPtr) -> Result<DomainRef> {
+        domain_of(ptr, self.name)
+    }
+
+    /// The NUL-terminated UTF-8 argument `arg`.
+    pub(crate) fn str_arg<'a>(self, ptr: *const c_char, arg: &str) -> Result<&'a str> {
+        str_arg(ptr, arg, self.name)
+    }
+
+    pub(crate) fn handle_ref(self, ptr: virDomainBackupPtr) -> Result<()> {
+        handle_ref(ptr, self.name)
+    }
+
+    pub(crate) fn handle_unref(self, ptr: virDomainBackupPtr) -> Result<()> {
+        handle_unref(ptr, self.name)
+    }
+}
 
 /// The opaque type behind `virDomainBackupPtr`. Its address is only a
 /// token: the library never reads through it. It lies in read-only
@@ -168,8 +227,7 @@ fn bad_handle(func: &str) -> Error {
     ))
 }
 
-/// The backup behind a handle.
-pub(crate) fn backup_of(ptr: virDomainBackupPtr, func: &str) -> Result<Arc<Backup>> {
+fn backup_of(ptr: virDomainBackupPtr, func: &str) -> Result<Arc<Backup>> {
     let h = lock_handles();
     h.live
         .get(&(ptr as usize))
@@ -177,7 +235,7 @@ pub(crate) fn backup_of(ptr: virDomainBackupPtr, func: &str) -> Result<Arc<Backu
         .ok_or_else(|| bad_handle(func))
 }
 
-pub(crate) fn handle_ref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
+fn handle_ref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
     let mut h = lock_handles();
     let e = h
         .live
@@ -187,7 +245,7 @@ pub(crate) fn handle_ref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn handle_unref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
+fn handle_unref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
     let mut h = lock_handles();
     let key = ptr as usize;
     let e = h.live.get_mut(&key).ok_or_else(|| bad_handle(func))?;
@@ -198,8 +256,7 @@ pub(crate) fn handle_unref(ptr: virDomainBackupPtr, func: &str) -> Result<()> {
     Ok(())
 }
 
-/// Borrow a caller's `virDomainPtr`, taking our own reference on it.
-pub(crate) fn domain_of(ptr: sys::virDomainPtr, func: &str) -> Result<DomainRef> {
+fn domain_of(ptr: sys::virDomainPtr, func: &str) -> Result<DomainRef> {
     let bad = || Error::invalid_arg(format!("domain in {func} must be a valid virDomainPtr"));
     // One of our handles is not handed to libvirt at all.
     if ptr.is_null() || is_ours(ptr as *const virDomainBackup) {
@@ -213,8 +270,7 @@ pub(crate) fn domain_of(ptr: sys::virDomainPtr, func: &str) -> Result<DomainRef>
     Ok(DomainRef::new(unsafe { Domain::from_ptr(ptr) }))
 }
 
-/// A NUL-terminated UTF-8 argument.
-pub(crate) fn str_arg<'a>(ptr: *const c_char, name: &str, func: &str) -> Result<&'a str> {
+fn str_arg<'a>(ptr: *const c_char, name: &str, func: &str) -> Result<&'a str> {
     if ptr.is_null() {
         return Err(Error::invalid_arg(format!(
             "{name} in {func} must not be NULL"
@@ -247,6 +303,7 @@ pub(crate) fn malloc_string(s: &str) -> Result<*mut c_char> {
 /// Fill a caller's list pointer with a NULL-terminated `malloc`'d array of
 /// new handles (or only count them when `out` is NULL).
 pub(crate) fn return_list(
+    cx: Call,
     backups: Vec<Arc<Backup>>,
     out: *mut *mut virDomainBackupPtr,
 ) -> Result<i32> {
@@ -267,7 +324,7 @@ pub(crate) fn return_list(
                 Err(e) => {
                     // Nothing is handed out on failure.
                     for j in 0..i {
-                        let _ = handle_unref(*arr.add(j), "virDomainBackupList");
+                        let _ = cx.handle_unref(*arr.add(j));
                     }
                     libc::free(arr as *mut libc::c_void);
                     return Err(e);

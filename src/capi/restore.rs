@@ -4,9 +4,7 @@ use std::ffi::{c_char, c_int, c_uint};
 
 use virt::sys;
 
-use super::{domain_of, ffi_entry, str_arg};
-use crate::error::{Result, check_exclusive, check_flags};
-use crate::flags::bits::*;
+use super::ffi_entry;
 use crate::ops::backup::Backup;
 
 /// virDomainBackupRestore:
@@ -92,11 +90,9 @@ use crate::ops::backup::Backup;
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) -> c_int {
-    ffi_entry!("virDomainBackupRestore", -1, {
-        let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupRestore")?;
-        check_flags(flags, RESTORE_FLAGS, "virDomainBackupRestore")?;
-        check_files_only(flags)?;
-        Backup::restore(xml, flags)?;
+    ffi_entry!(virDomainBackupRestore, -1, |cx| {
+        let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
+        Backup::restore(xml, cx.options(flags)?)?;
         Ok(0)
     })
 }
@@ -141,44 +137,10 @@ pub extern "C" fn virDomainBackupRestoreUnmanaged(
     xmlDesc: *const c_char,
     flags: c_uint,
 ) -> c_int {
-    ffi_entry!("virDomainBackupRestoreUnmanaged", -1, {
-        let dom = domain_of(domain, "virDomainBackupRestoreUnmanaged")?;
-        let xml = str_arg(xmlDesc, "xmlDesc", "virDomainBackupRestoreUnmanaged")?;
-        check_flags(flags, RESTORE_FLAGS, "virDomainBackupRestoreUnmanaged")?;
-        check_files_only(flags)?;
-        Backup::restore_unmanaged(&dom, xml, flags)?;
+    ffi_entry!(virDomainBackupRestoreUnmanaged, -1, |cx| {
+        let dom = cx.domain(domain)?;
+        let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
+        Backup::restore_unmanaged(&dom, xml, cx.options(flags)?)?;
         Ok(0)
     })
-}
-
-/// FILES_ONLY touches no domain: the flags that make or start one are out.
-fn check_files_only(flags: u32) -> Result<()> {
-    let files = (
-        VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY,
-        "VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY",
-    );
-    check_exclusive(
-        flags,
-        files,
-        (
-            VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN,
-            "VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN",
-        ),
-    )?;
-    check_exclusive(
-        flags,
-        files,
-        (
-            VIR_DOMAIN_BACKUP_RESTORE_INSTANT,
-            "VIR_DOMAIN_BACKUP_RESTORE_INSTANT",
-        ),
-    )?;
-    check_exclusive(
-        flags,
-        files,
-        (
-            VIR_DOMAIN_BACKUP_RESTORE_START,
-            "VIR_DOMAIN_BACKUP_RESTORE_START",
-        ),
-    )
 }

@@ -2,8 +2,7 @@
 
 use std::ffi::{c_int, c_uint};
 
-use super::{backup_of, ffi_entry, virDomainBackupPtr};
-use crate::error::check_flags;
+use super::{ffi_entry, virDomainBackupPtr};
 
 /// virDomainBackupVerify:
 /// @backup: a managed backup object
@@ -31,9 +30,9 @@ use crate::error::check_flags;
 /// or is already being verified in this process).
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupVerify(backup: virDomainBackupPtr, flags: c_uint) -> c_int {
-    ffi_entry!("virDomainBackupVerify", -1, {
-        let b = backup_of(backup, "virDomainBackupVerify")?;
-        check_flags(flags, 0, "virDomainBackupVerify")?;
+    ffi_entry!(virDomainBackupVerify, -1, |cx| {
+        let b = cx.backup(backup)?;
+        cx.check_flags(flags, 0)?;
         b.verify()?;
         Ok(0)
     })

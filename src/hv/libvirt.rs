@@ -9,7 +9,25 @@ use crate::error::{Error, ErrorCode, Result};
 
 /// libvirt's `VIR_DOMAIN_XML_SECURE`: the saved definition keeps secrets so a
 /// restored domain is the same machine.
-use crate::flags::bits::VIR_DOMAIN_XML_SECURE;
+use virt::sys::VIR_DOMAIN_XML_SECURE;
+
+/// The flags of libvirt's own `virDomainUndefineFlags` (its
+/// `virDomainUndefineFlagsValues`), carried from the caller to libvirt
+/// unread: the library only adds the ones its own backups need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UndefineFlags(virt::sys::virDomainUndefineFlagsValues);
+
+impl UndefineFlags {
+    /// A caller's libvirt flags, as given to `virDomainUndefineFlags`.
+    pub fn from_libvirt(flags: virt::sys::virDomainUndefineFlagsValues) -> Self {
+        UndefineFlags(flags)
+    }
+
+    /// Also remove the metadata of the domain's checkpoints.
+    pub fn with_checkpoints_metadata(self) -> Self {
+        UndefineFlags(self.0 | virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+    }
+}
 
 /// A domain handle the library holds a reference on. Clones share it: a
 /// listing hands one to each of thousands of backups, and each libvirt
@@ -78,8 +96,9 @@ impl DomainRef {
         Ok(())
     }
 
-    pub fn undefine(&self, flags: u32) -> Result<()> {
-        Ok(self.dom.undefine_flags(flags)?)
+    /// `virDomainUndefineFlags`.
+    pub fn undefine(&self, flags: UndefineFlags) -> Result<()> {
+        Ok(self.dom.undefine_flags(flags.0)?)
     }
 
     /// Start the (persistent, shut-off) domain.
@@ -194,7 +213,7 @@ impl DomainRef {
         &self,
         backup_xml: &str,
         checkpoint_xml: Option<&str>,
-        flags: u32,
+        flags: virt::sys::virDomainBackupBeginFlags,
     ) -> Result<()> {
         let b = c_string(backup_xml)?;
         let c = checkpoint_xml.map(c_string).transpose()?;

@@ -10,11 +10,14 @@ use super::files::{remove_backup, volume_connection};
 use super::{create, gate};
 use crate::engine::{background, live};
 use crate::error::{Error, ErrorCode, Result};
-use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::hv::storage_pool;
 use crate::job::{self, Job};
 use crate::ops::export;
+use crate::ops::options::{
+    Affect, ChildScope, CreateOptions, DeleteOptions, DeleteScope, ExportOptions, FinishMode,
+    ListFilter, ListKind, RestoreOptions, UndefineOptions,
+};
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
@@ -68,8 +71,8 @@ impl Backup {
     }
 
     /// `virDomainBackupCreateXML` (see `ops::create`).
-    pub fn create(dom: &DomainRef, xml: &str, flags: u32) -> Result<Arc<Backup>> {
-        let created = create::create(dom, xml, flags)?;
+    pub fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<Arc<Backup>> {
+        let created = create::create(dom, xml, opts)?;
         let backup = Arc::new(Backup {
             uuid: created.uuid,
             domain_uuid: created.domain_uuid,
@@ -78,14 +81,14 @@ impl Backup {
             job: Some(created.job),
             export: None,
         });
-        if flags & VIR_DOMAIN_BACKUP_CREATE_WAIT != 0 {
+        if opts.wait {
             backup.job.as_ref().unwrap().wait()?;
         }
         Ok(backup)
     }
 
     /// `virDomainBackupStartUnmanaged`.
-    pub fn start_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<Arc<Backup>> {
+    pub fn start_unmanaged(dom: &DomainRef, xml: &str, opts: ExportOptions) -> Result<Arc<Backup>> {
         let req = UnmanagedRequest::parse(xml)?;
         if req.backup.is_some() {
             return Err(Error::invalid_arg(
@@ -98,12 +101,7 @@ impl Backup {
             Some(p) => Some(create::check_parent(&catalog, &domain_uuid, &p)?),
             None => None,
         };
-        let export = export::start(
-            dom,
-            &req,
-            parent,
-            flags & VIR_DOMAIN_BACKUP_CREATE_QUIESCE != 0,
-        )?;
+        let export = export::start(dom, &req, parent, opts.quiesce)?;
         Ok(Arc::new(Backup {
             uuid: export.uuid,
             domain_uuid,
@@ -138,11 +136,11 @@ impl Backup {
     }
 
     /// `virDomainBackupList`.
-    pub fn list(dom: &DomainRef, flags: u32) -> Result<Vec<Arc<Backup>>> {
+    pub fn list(dom: &DomainRef, filter: ListFilter) -> Result<Vec<Arc<Backup>>> {
         let catalog = recovery::open_catalog()?;
         let domain_uuid = dom.uuid()?;
         let entries = recovery::entries(&catalog, &domain_uuid)?;
-        let chosen = filter_entries(&entries, entries.iter().collect(), flags);
+        let chosen = filter_entries(&entries, entries.iter().collect(), filter);
         Ok(chosen
             .into_iter()
             .map(|e| Backup::new(e.uuid, domain_uuid, Some(dom.clone()), catalog.clone()))
@@ -150,7 +148,7 @@ impl Backup {
     }
 
     /// `virDomainBackupListChildren`.
-    pub fn list_children(&self, flags: u32) -> Result<Vec<Arc<Backup>>> {
+    pub fn list_children(&self, scope: ChildScope, filter: ListFilter) -> Result<Vec<Arc<Backup>>> {
         self.managed_only()?;
         let entries = recovery::entries(&self.catalog, &self.domain_uuid)?;
         if !entries.iter().any(|e| e.uuid == self.uuid) {
@@ -162,13 +160,13 @@ impl Backup {
         while let Some(p) = frontier.pop() {
             for e in children.get(&p).into_iter().flatten() {
                 found.push(e);
-                if flags & VIR_DOMAIN_BACKUP_LIST_DESCENDANTS != 0 {
+                if scope == ChildScope::Descendants {
                     frontier.push(e.uuid);
                 }
             }
         }
         found.sort_by_key(|e| (e.created_ns, e.uuid));
-        let chosen = filter_entries(&entries, found, flags);
+        let chosen = filter_entries(&entries, found, filter);
         Ok(chosen
             .into_iter()
             .map(|e| {
@@ -312,12 +310,12 @@ impl Backup {
     }
 
     /// `virDomainBackupFinishJob`: 0 completed, 1 still running (CHECK).
-    pub fn finish_job(&self, flags: u32) -> Result<i32> {
-        if flags & VIR_DOMAIN_BACKUP_FINISH_JOB_CANCEL != 0 {
+    pub fn finish_job(&self, mode: FinishMode) -> Result<i32> {
+        if mode == FinishMode::Cancel {
             self.abort()?;
             return Ok(0);
         }
-        let check = flags & VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK != 0;
+        let check = mode == FinishMode::Check;
         if let Some(e) = &self.export {
             return match e.state() {
                 BackupState::Running if check => Ok(1),
@@ -398,14 +396,14 @@ impl Backup {
     }
 
     /// `virDomainBackupDelete`.
-    pub fn delete(&self, flags: u32) -> Result<()> {
+    pub fn delete(&self, opts: DeleteOptions) -> Result<()> {
         self.managed_only()?;
         // Only this domain's lock: a merge never holds up other domains.
         let _guard = self.catalog.lock_domain(&self.domain_uuid)?;
         let rec = self.record()?;
         let all = recovery::entries(&self.catalog, &self.domain_uuid)?;
         let children = children_of(&all);
-        let doomed: Vec<&Entry> = if flags & VIR_DOMAIN_BACKUP_DELETE_ALL != 0 {
+        let doomed: Vec<&Entry> = if opts.scope == DeleteScope::All {
             all.iter().collect()
         } else {
             let Some(own) = all.iter().find(|e| e.uuid == rec.uuid) else {
@@ -417,13 +415,13 @@ impl Backup {
                 set.extend(children.get(&set[i].uuid).into_iter().flatten());
                 i += 1;
             }
-            if flags & VIR_DOMAIN_BACKUP_DELETE_ALL_CHILDREN == 0 {
+            if opts.scope != DeleteScope::WithChildren {
                 // Only this backup goes; its children keep their data.
                 set.truncate(1);
             }
             set
         };
-        let metadata_only = flags & VIR_DOMAIN_BACKUP_DELETE_METADATA_ONLY != 0;
+        let metadata_only = opts.metadata_only;
         let records = self.doomed_records(&rec, &doomed)?;
         crate::ops::pins::check_delete(&self.catalog, &records.iter().collect::<Vec<_>>())?;
         if !metadata_only {
@@ -435,7 +433,7 @@ impl Backup {
                 e.uuid
             )));
         }
-        if doomed.len() == 1 && flags & VIR_DOMAIN_BACKUP_DELETE_ALL == 0 {
+        if doomed.len() == 1 && opts.scope != DeleteScope::All {
             self.merge_before_delete(&rec, children.get(&rec.uuid), metadata_only)?;
         }
         if !metadata_only {
@@ -526,13 +524,13 @@ impl Backup {
     }
 
     /// `virDomainBackupRestore`.
-    pub fn restore(xml: &str, flags: u32) -> Result<()> {
-        crate::ops::restore::restore(xml, flags)
+    pub fn restore(xml: &str, opts: RestoreOptions) -> Result<()> {
+        crate::ops::restore::restore(xml, opts)
     }
 
     /// `virDomainBackupRestoreUnmanaged`.
-    pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
-        crate::ops::restore::restore_unmanaged(dom, xml, flags)
+    pub fn restore_unmanaged(dom: &DomainRef, xml: &str, opts: RestoreOptions) -> Result<()> {
+        crate::ops::restore::restore_unmanaged(dom, xml, opts)
     }
 }
 
@@ -547,20 +545,27 @@ fn children_of(all: &[Entry]) -> HashMap<Uuid, Vec<&Entry>> {
     map
 }
 
-/// Keep only the entries `flags` asks for (FULL/INCREMENTAL, LEAVES, LATEST).
-fn filter_entries<'a>(all: &[Entry], candidates: Vec<&'a Entry>, flags: u32) -> Vec<&'a Entry> {
-    // The set of parents is built once: LEAVES stays O(N).
-    let parents: HashSet<Uuid> = match flags & VIR_DOMAIN_BACKUP_LIST_LEAVES {
-        0 => HashSet::new(),
-        _ => all.iter().filter_map(|e| e.parent).collect(),
+/// Keep only the entries `filter` asks for (full/incremental, leaves, latest).
+fn filter_entries<'a>(
+    all: &[Entry],
+    candidates: Vec<&'a Entry>,
+    filter: ListFilter,
+) -> Vec<&'a Entry> {
+    // The set of parents is built once: leaves stays O(N).
+    let parents: HashSet<Uuid> = match filter.leaves {
+        false => HashSet::new(),
+        true => all.iter().filter_map(|e| e.parent).collect(),
     };
     let mut out: Vec<&Entry> = candidates
         .into_iter()
-        .filter(|e| flags & VIR_DOMAIN_BACKUP_LIST_FULL == 0 || e.parent.is_none())
-        .filter(|e| flags & VIR_DOMAIN_BACKUP_LIST_INCREMENTAL == 0 || e.parent.is_some())
-        .filter(|e| flags & VIR_DOMAIN_BACKUP_LIST_LEAVES == 0 || !parents.contains(&e.uuid))
+        .filter(|e| match filter.kind {
+            ListKind::Any => true,
+            ListKind::Full => e.parent.is_none(),
+            ListKind::Incremental => e.parent.is_some(),
+        })
+        .filter(|e| !filter.leaves || !parents.contains(&e.uuid))
         .collect();
-    if flags & VIR_DOMAIN_BACKUP_LIST_LATEST != 0 {
+    if filter.latest {
         out.sort_by_key(|e| (e.created_ns, e.uuid));
         out = out.pop().into_iter().collect();
     }
@@ -580,7 +585,7 @@ fn check_target_folders(records: &[BackupRecord]) -> Result<()> {
 }
 
 /// `virDomainSetDefaultTarget`.
-pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
+pub fn set_default_target(dom: &DomainRef, xml: &str, affect: Affect) -> Result<()> {
     let target = DefaultTarget::parse(xml)?;
     match &target {
         DefaultTarget::Pool(p) => storage_pool::check_pool(&dom.connect()?, p)?,
@@ -600,14 +605,13 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> 
     }
     let uuid = dom.uuid()?;
     let active = dom.is_active()?;
-    let (mut live, mut config) = (
-        flags & VIR_DOMAIN_AFFECT_LIVE != 0,
-        flags & VIR_DOMAIN_AFFECT_CONFIG != 0,
-    );
-    if !live && !config {
-        // VIR_DOMAIN_AFFECT_CURRENT: the live state of a running domain, else its config.
-        (live, config) = (active, !active);
-    }
+    let (live, config) = match affect {
+        // The live state of a running domain, else its config.
+        Affect::Current => (active, !active),
+        Affect::Live => (true, false),
+        Affect::Config => (false, true),
+        Affect::LiveAndConfig => (true, true),
+    };
     if live && !active {
         return Err(Error::operation_invalid("domain is not running"));
     }
@@ -621,12 +625,12 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> 
 }
 
 /// `virDomainBackupUndefineFlags`.
-pub fn undefine(dom: &DomainRef, flags: u32) -> Result<()> {
+pub fn undefine(dom: &DomainRef, opts: UndefineOptions) -> Result<()> {
     let catalog = recovery::open_catalog()?;
     let uuid = dom.uuid()?;
     let _guard = catalog.lock_domain(&uuid)?;
     let records = recovery::list_domain(&catalog, &uuid)?;
-    if flags & VIR_DOMAIN_UNDEFINE_BACKUP == 0 && !records.is_empty() {
+    if !opts.forget_backups && !records.is_empty() {
         return Err(Error::operation_invalid(format!(
             "cannot undefine domain with {} managed backups",
             records.len()
@@ -639,10 +643,10 @@ pub fn undefine(dom: &DomainRef, flags: u32) -> Result<()> {
             "cannot undefine a domain while a backup job runs",
         ));
     }
-    let mut flags = flags & !VIR_DOMAIN_UNDEFINE_BACKUP;
+    let mut flags = opts.libvirt;
     if records.iter().any(|r| r.checkpoint.is_some()) {
         // The checkpoints of our backups go with the backups' metadata.
-        flags |= virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
+        flags = flags.with_checkpoints_metadata();
     }
     dom.undefine(flags)?;
     catalog.forget_domain(&uuid)?;

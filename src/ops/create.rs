@@ -14,11 +14,11 @@ use uuid::Uuid;
 use virt::connect::Connect;
 
 use super::files::{discard_failed, volume_connection};
+use super::options::CreateOptions;
 use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
 use super::recovery;
 use crate::engine::{bitmap, copy, disks, live};
 use crate::error::{Error, Result};
-use crate::flags::bits::*;
 use crate::hv::libvirt::DomainRef;
 use crate::hv::storage_pool;
 use crate::image::disk::{Chain, Source, Target as ImageTarget};
@@ -85,10 +85,10 @@ struct Prepared {
 }
 
 /// `virDomainBackupCreateXML`: parse → plan → register → run.
-pub fn create(dom: &DomainRef, xml: &str, flags: u32) -> Result<Created> {
+pub fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<Created> {
     let req = CreateRequest::parse(xml)?;
     let catalog = recovery::open_catalog()?;
-    let mut prepared = prepare(&catalog, dom, &req, flags)?;
+    let mut prepared = prepare(&catalog, dom, &req, opts)?;
     // One job per domain: the domain's job lock is taken, the check is made
     // again under it, and the job holds it until it ends, so a check and
     // the job it admits are one step for every thread and process (the
@@ -134,7 +134,7 @@ fn prepare(
     catalog: &Catalog,
     dom: &DomainRef,
     req: &CreateRequest,
-    flags: u32,
+    opts: CreateOptions,
 ) -> Result<Prepared> {
     let domain_uuid = dom.uuid()?;
     let parent = match req.parent {
@@ -142,7 +142,7 @@ fn prepare(
         None => None,
     };
     let mut facts = domain_facts(dom)?;
-    let quiesce = flags & VIR_DOMAIN_BACKUP_CREATE_QUIESCE != 0;
+    let quiesce = opts.quiesce;
     plan::check_domain(&facts, quiesce)?;
     super::check_domain_idle(dom, &domain_uuid, facts.is_live)?;
     let domain_xml = dom.xml()?;
@@ -163,9 +163,9 @@ fn prepare(
     if let Some(parent) = &parent {
         for p in &mut disks {
             if facts.is_live {
-                choose_live_mode(dom, parent, p, &facts.disks, flags)?;
+                choose_live_mode(dom, parent, p, &facts.disks, opts)?;
             } else {
-                choose_mode(catalog, parent, p, flags)?;
+                choose_mode(catalog, parent, p, opts)?;
                 use_offline_bitmap(dom, parent, p, &facts.disks);
             }
             record_chain(catalog, parent, p)?;
@@ -539,7 +539,7 @@ fn choose_mode(
     catalog: &Catalog,
     parent: &BackupRecord,
     p: &mut PlannedDisk,
-    flags: u32,
+    opts: CreateOptions,
 ) -> Result<()> {
     let name = &p.record.name;
     let base = parent.disks.iter().find(|d| &d.name == name);
@@ -590,7 +590,7 @@ fn choose_mode(
                 Ok(_) => "the parent's digest index does not match its disk size".to_string(),
                 Err(w) => w,
             };
-            refuse_fallback(name, &why, flags)
+            refuse_fallback(name, &why, opts)
         }
     }
 }
@@ -635,7 +635,7 @@ fn choose_live_mode(
     parent: &BackupRecord,
     p: &mut PlannedDisk,
     dom_disks: &[DomainDisk],
-    flags: u32,
+    opts: CreateOptions,
 ) -> Result<()> {
     let name = p.record.name.clone();
     let base = parent.disks.iter().find(|d| d.name == name);
@@ -656,7 +656,7 @@ fn choose_live_mode(
             p.since = Some(cp);
             Ok(())
         }
-        Err(why) => refuse_fallback(&name, &why, flags),
+        Err(why) => refuse_fallback(&name, &why, opts),
     }
 }
 
@@ -668,8 +668,8 @@ fn raw_incremental(name: &str) -> Error {
 }
 
 /// A disk falls back to a full copy, unless `CREATE_NO_FALLBACK` forbids it.
-fn refuse_fallback(name: &str, why: &str, flags: u32) -> Result<()> {
-    if flags & VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK != 0 {
+fn refuse_fallback(name: &str, why: &str, opts: CreateOptions) -> Result<()> {
+    if opts.no_fallback {
         return Err(Error::operation_invalid(format!(
             "disk '{name}' cannot be backed up incrementally ({why}) and VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK forbids a full copy"
         )));

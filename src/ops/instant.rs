@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{Chain, Source, Target};
+use crate::ops::options::RestoreOptions;
 use crate::ops::restore_steps::{select, start_if_asked};
 use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
@@ -219,7 +220,7 @@ pub fn restore(
     rec: &BackupRecord,
     req: &RestoreRequest,
     own: Option<DomainRef>,
-    flags: u32,
+    opts: RestoreOptions,
 ) -> Result<()> {
     let to = receiver(rec, req, own)?;
     let list = overlays(rec, req, &to)?;
@@ -262,7 +263,7 @@ pub fn restore(
     crate::test_stop!("instant-defined");
     note.done();
     drop(_guard);
-    start_if_asked(&dom, flags)
+    start_if_asked(&dom, opts)
 }
 
 fn pin_of(rec: &BackupRecord, to: &Receiver, o: &Overlay) -> Pin {

@@ -22,6 +22,7 @@ pub mod export_stored;
 mod files;
 pub mod instant;
 pub mod merge;
+pub mod options;
 pub mod pins;
 pub mod plan;
 pub mod recovery;

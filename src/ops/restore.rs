@@ -24,10 +24,10 @@ use virt::connect::Connect;
 
 use crate::engine::copy::{self, Baseline, Rewrite};
 use crate::error::{Error, Result};
-use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
+use crate::ops::options::{RestoreMode, RestoreOptions};
 use crate::ops::recovery;
 use crate::ops::restore_steps::{select, start_if_asked};
 use crate::ops::restore_target::{
@@ -112,7 +112,7 @@ impl DiskPlan {
     ) -> Result<DiskPlan> {
         let place = Place::of(&target)?;
         let exists = !matches!(place.kind, Kind::Missing);
-        if exists && guard.flags & VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK == 0 {
+        if exists && !guard.rewrite {
             return Err(Error::operation_invalid(format!(
                 "disk '{name}': '{}' exists; VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK is needed to write over it",
                 target.display()
@@ -302,15 +302,16 @@ fn tmp_name(path: &Path) -> String {
 /// a source the restore reads (unmanaged). The catalog's files are listed
 /// only once a target exists, the only case where it matters.
 struct Untouchable {
-    flags: u32,
+    /// Whether existing files may be written over (`REWRITE_EXISTING_DISK`).
+    rewrite: bool,
     sources: Vec<FileId>,
     backups: Option<HashSet<FileId>>,
 }
 
 impl Untouchable {
-    fn new(flags: u32, sources: &[PathBuf]) -> Untouchable {
+    fn new(opts: RestoreOptions, sources: &[PathBuf]) -> Untouchable {
         Untouchable {
-            flags,
+            rewrite: opts.rewrite,
             sources: sources.iter().filter_map(|p| file_id(p)).collect(),
             backups: None,
         }
@@ -462,12 +463,12 @@ struct Item<'a> {
 
 /// Restore into `dom` itself (shut off): each disk's current file by
 /// default, repointing the definition at any other file or format.
-fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> {
+fn into_own_domain(dom: &DomainRef, items: Vec<Item>, opts: RestoreOptions) -> Result<()> {
     shut_off(dom)?;
     let now_xml = dom.xml()?;
     let now = domain::parse_disks(&now_xml)?;
     let mut plans = Vec::new();
-    let mut guard = Untouchable::new(flags, &[]);
+    let mut guard = Untouchable::new(opts, &[]);
     for it in items {
         let d = current_disk(&now, it.name)?;
         let given = it.asked.and_then(|a| a.target.clone());
@@ -499,7 +500,7 @@ fn into_own_domain(dom: &DomainRef, items: Vec<Item>, flags: u32) -> Result<()> 
         )?)?;
     }
     note.done();
-    start_if_asked(dom, flags)
+    start_if_asked(dom, opts)
 }
 
 /// Define a new domain named `name` from `base_xml`, its disks restored to
@@ -509,7 +510,7 @@ fn as_new_domain(
     base_xml: &str,
     name: &str,
     items: Vec<Item>,
-    flags: u32,
+    opts: RestoreOptions,
 ) -> Result<()> {
     if name.is_empty() || name.contains('/') {
         return Err(Error::invalid_arg(format!("bad domain name '{name}'")));
@@ -520,7 +521,7 @@ fn as_new_domain(
         )));
     }
     let mut plans = Vec::new();
-    let mut guard = Untouchable::new(flags, &[]);
+    let mut guard = Untouchable::new(opts, &[]);
     for it in items {
         let format = it.asked.and_then(|a| a.format);
         let target = match it.asked.and_then(|a| a.target.clone()) {
@@ -547,7 +548,7 @@ fn as_new_domain(
     match libvirt::define_domain(conn, &xml) {
         Ok(dom) => {
             note.done();
-            start_if_asked(&dom, flags)
+            start_if_asked(&dom, opts)
         }
         Err(e) => {
             for p in plans.iter().filter(|p| matches!(p.how, How::New)) {
@@ -559,8 +560,8 @@ fn as_new_domain(
 }
 
 /// Whether the restore writes files only; a `<target dir>` is only for that.
-fn files_only_asked(flags: u32, dir: &Option<PathBuf>) -> Result<bool> {
-    let asked = flags & VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY != 0;
+fn files_only_asked(mode: RestoreMode, dir: &Option<PathBuf>) -> Result<bool> {
+    let asked = mode.files_only();
     if !asked && dir.is_some() {
         return Err(Error::invalid_arg(
             "<target dir> is only for VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY",
@@ -569,8 +570,8 @@ fn files_only_asked(flags: u32, dir: &Option<PathBuf>) -> Result<bool> {
     Ok(asked)
 }
 
-fn new_domain_asked(flags: u32, name: &Option<String>) -> Result<bool> {
-    let asked = flags & VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN != 0;
+fn new_domain_asked(mode: RestoreMode, name: &Option<String>) -> Result<bool> {
+    let asked = mode.new_domain();
     if !asked && name.is_some() {
         return Err(Error::invalid_arg(
             "<domain name> is only for VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN",
@@ -580,7 +581,7 @@ fn new_domain_asked(flags: u32, name: &Option<String>) -> Result<bool> {
 }
 
 /// `virDomainBackupRestore`.
-pub fn restore(xml: &str, flags: u32) -> Result<()> {
+pub fn restore(xml: &str, opts: RestoreOptions) -> Result<()> {
     let req = RestoreRequest::parse(xml)?;
     let catalog = recovery::open_catalog()?;
     let rec = recovery::find(&catalog, &req.uuid)?
@@ -591,8 +592,8 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             rec.uuid
         )));
     }
-    let files_only = files_only_asked(flags, &req.target_dir)?;
-    let new_domain = new_domain_asked(flags, &req.domain_name)?;
+    let files_only = files_only_asked(opts.mode, &req.target_dir)?;
+    let new_domain = new_domain_asked(opts.mode, &req.domain_name)?;
     // Refuse a running domain before any work (building a missing index).
     let own = match new_domain || files_only {
         true => None,
@@ -602,8 +603,8 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
             Some(dom)
         }
     };
-    if flags & VIR_DOMAIN_BACKUP_RESTORE_INSTANT != 0 {
-        return crate::ops::instant::restore(&catalog, &rec, &req, own, flags);
+    if opts.mode.instant() {
+        return crate::ops::instant::restore(&catalog, &rec, &req, own, opts);
     }
     let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
     let items = select(req.disks.as_deref(), &names, |d| d.name.as_str())?
@@ -626,16 +627,16 @@ pub fn restore(xml: &str, flags: u32) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     if files_only {
-        return write_files(items, req.target_dir.as_deref(), &[], flags);
+        return write_files(items, req.target_dir.as_deref(), &[], opts);
     }
     let Some(dom) = own else {
         let name = req.domain_name.clone().unwrap_or_else(|| {
             format!("{}-restore-{}", rec.domain_name, &rec.uuid.to_string()[..8])
         });
         let conn = libvirt::open_connection(&rec.uri)?;
-        return as_new_domain(&conn, &rec.domain_xml, &name, items, flags);
+        return as_new_domain(&conn, &rec.domain_xml, &name, items, opts);
     };
-    into_own_domain(&dom, items, flags)
+    into_own_domain(&dom, items, opts)
 }
 
 /// Where an unmanaged restore reads one disk from.
@@ -658,7 +659,7 @@ fn unmanaged_origin(r: &UnmanagedRestoreDisk) -> Result<Origin> {
 
 /// `RestoreUnmanaged` with FILES_ONLY: the domain is not asked anything,
 /// disk names only name the files.
-fn unmanaged_to_files(req: &UnmanagedRestoreRequest, flags: u32) -> Result<()> {
+fn unmanaged_to_files(req: &UnmanagedRestoreRequest, opts: RestoreOptions) -> Result<()> {
     let items = req
         .disks
         .iter()
@@ -679,21 +680,21 @@ fn unmanaged_to_files(req: &UnmanagedRestoreRequest, flags: u32) -> Result<()> {
             UnmanagedSource::Nbd { .. } => None,
         })
         .collect();
-    write_files(items, req.target_dir.as_deref(), &sources, flags)
+    write_files(items, req.target_dir.as_deref(), &sources, opts)
 }
 
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
 /// did not make (in the format the caller states, never with a backing file).
-pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
+pub fn restore_unmanaged(dom: &DomainRef, xml: &str, opts: RestoreOptions) -> Result<()> {
     let req = UnmanagedRestoreRequest::parse(xml)?;
-    if flags & VIR_DOMAIN_BACKUP_RESTORE_INSTANT != 0 {
+    if opts.mode.instant() {
         return Err(Error::not_supported_yet(
             "VIR_DOMAIN_BACKUP_RESTORE_INSTANT from unmanaged sources",
         ));
     }
-    let new_domain = new_domain_asked(flags, &req.domain_name)?;
-    if files_only_asked(flags, &req.target_dir)? {
-        return unmanaged_to_files(&req, flags);
+    let new_domain = new_domain_asked(opts.mode, &req.domain_name)?;
+    if files_only_asked(opts.mode, &req.target_dir)? {
+        return unmanaged_to_files(&req, opts);
     }
     let def = dom.xml()?;
     let disks = domain::parse_disks(&def)?;
@@ -721,9 +722,9 @@ pub fn restore_unmanaged(dom: &DomainRef, xml: &str, flags: u32) -> Result<()> {
                 &Uuid::new_v4().to_string()[..8]
             )
         });
-        return as_new_domain(&dom.connect()?, &def, &name, items, flags);
+        return as_new_domain(&dom.connect()?, &def, &name, items, opts);
     }
-    into_own_domain(dom, items, flags)
+    into_own_domain(dom, items, opts)
 }
 
 // `VIR_DOMAIN_BACKUP_RESTORE_FILES_ONLY`: write the selected disks of a
@@ -768,10 +769,10 @@ fn write_files(
     items: Vec<Item>,
     dir: Option<&Path>,
     sources: &[PathBuf],
-    flags: u32,
+    opts: RestoreOptions,
 ) -> Result<()> {
     let mut plans = Vec::new();
-    let mut guard = Untouchable::new(flags, sources);
+    let mut guard = Untouchable::new(opts, sources);
     for it in items {
         let (target, format) = target_of(&it, dir)?;
         plans.push(DiskPlan::new(

@@ -2,8 +2,8 @@
 //! starting the restored domain (`VIR_DOMAIN_BACKUP_RESTORE_START`).
 
 use crate::error::{Error, Result};
-use crate::flags::bits::VIR_DOMAIN_BACKUP_RESTORE_START;
 use crate::hv::libvirt::DomainRef;
+use crate::ops::options::RestoreOptions;
 
 /// Which disks a request selects: each must be one of `available`.
 pub(crate) fn select<'a, T>(
@@ -31,8 +31,8 @@ pub(crate) fn select<'a, T>(
 
 /// `VIR_DOMAIN_BACKUP_RESTORE_START`: start the restored domain. A failure
 /// to start leaves the restore done and says so.
-pub(crate) fn start_if_asked(dom: &DomainRef, flags: u32) -> Result<()> {
-    if flags & VIR_DOMAIN_BACKUP_RESTORE_START == 0 {
+pub(crate) fn start_if_asked(dom: &DomainRef, opts: RestoreOptions) -> Result<()> {
+    if !opts.start {
         return Ok(());
     }
     dom.start().map_err(|mut e| {

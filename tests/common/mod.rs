@@ -10,6 +10,10 @@ use std::sync::{LazyLock, Mutex};
 
 use libvirt_backup::hv::libvirt::DomainRef;
 use libvirt_backup::ops::backup::Backup;
+use libvirt_backup::ops::options::{
+    CreateOptions, DeleteOptions, DeleteScope, ListFilter, ListKind, RestoreMode, RestoreOptions,
+    UndefineOptions,
+};
 use libvirt_backup::xml::backup::NbdServer;
 use virt::connect::Connect;
 
@@ -47,7 +51,69 @@ pub fn identical(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
         .success()
 }
 
-pub const WAIT: u32 = 1 << 2;
+/// The options the tests ask for most, named as the C flags are.
+pub const WAIT: CreateOptions = CreateOptions {
+    quiesce: false,
+    no_fallback: false,
+    wait: true,
+};
+pub const WAIT_NO_FALLBACK: CreateOptions = CreateOptions {
+    no_fallback: true,
+    ..WAIT
+};
+pub const LIST_ALL: ListFilter = ListFilter {
+    kind: ListKind::Any,
+    leaves: false,
+    latest: false,
+};
+pub const LIST_FULL: ListFilter = ListFilter {
+    kind: ListKind::Full,
+    ..LIST_ALL
+};
+pub const LIST_INCREMENTAL: ListFilter = ListFilter {
+    kind: ListKind::Incremental,
+    ..LIST_ALL
+};
+pub const LIST_LEAVES: ListFilter = ListFilter {
+    leaves: true,
+    ..LIST_ALL
+};
+pub const LIST_LATEST: ListFilter = ListFilter {
+    latest: true,
+    ..LIST_ALL
+};
+pub const DELETE_ONE: DeleteOptions = DeleteOptions {
+    scope: DeleteScope::One,
+    metadata_only: false,
+};
+pub const DELETE_ALL: DeleteOptions = DeleteOptions {
+    scope: DeleteScope::All,
+    metadata_only: false,
+};
+pub const WITH_CHILDREN: DeleteOptions = DeleteOptions {
+    scope: DeleteScope::WithChildren,
+    metadata_only: false,
+};
+pub const METADATA_ONLY: DeleteOptions = DeleteOptions {
+    scope: DeleteScope::One,
+    metadata_only: true,
+};
+pub const REWRITE: RestoreOptions = RestoreOptions {
+    mode: RestoreMode::InPlace,
+    rewrite: true,
+    start: false,
+};
+pub const NEW_DOMAIN: RestoreOptions = RestoreOptions {
+    mode: RestoreMode::NewDomain,
+    rewrite: false,
+    start: false,
+};
+pub fn forget_backups() -> UndefineOptions {
+    UndefineOptions {
+        forget_backups: true,
+        ..Default::default()
+    }
+}
 
 /// One catalog and work folder for this test binary (the catalog root is
 /// process-wide, from LIBVIRT_BACKUP_DIR).

@@ -53,7 +53,7 @@ impl Drop for QemuDomain {
         if d.is_active().unwrap_or(false) {
             let _ = d.destroy();
         }
-        let _ = libvirt_backup::ops::backup::undefine(&self.dom, 1 << 30);
+        let _ = libvirt_backup::ops::backup::undefine(&self.dom, super::forget_backups());
         let _ = d.undefine();
     }
 }
