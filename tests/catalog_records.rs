@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 mod common;
-use common::{WAIT, disk, domain};
+use common::{LIST_ALL, WAIT, disk, domain};
 
 use libvirt_backup::error::ErrorCode;
 use libvirt_backup::ops::backup::Backup;
@@ -529,7 +529,7 @@ fn a_damaged_value_fails_lookup_naming_the_file_and_list_still_works() {
     }
     // List answers from the domain's summary: the backup is still listed,
     // and reading it through the listed object names the file too.
-    let listed = Backup::list(&dom, 0).unwrap();
+    let listed = Backup::list(&dom, LIST_ALL).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].uuid, bk.uuid);
     let e = listed[0].xml_desc().unwrap_err();
