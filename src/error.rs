@@ -143,3 +143,16 @@ impl From<virt::error::Error> for Error {
         }
     }
 }
+
+/// Log, as a warning of the calling module, an error the caller can do
+/// nothing more about (a clean-up after another failure, a best-effort
+/// step), with what was being done: such an error is never dropped
+/// unseen (see `logging`).
+#[macro_export]
+macro_rules! warn_if_err {
+    ($result:expr, $($what:tt)+) => {
+        if let Err(e) = $result {
+            ::log::warn!("{}: {}", format_args!($($what)+), e);
+        }
+    };
+}

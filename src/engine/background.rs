@@ -143,7 +143,10 @@ pub fn run_as_housekeeping<T: Send>(
             // Per thread on Linux (who = 0 names the calling thread); a
             // refusal only leaves the priority as it was.
             if let Ok(now) = rustix::process::getpriority_process(None) {
-                let _ = rustix::process::setpriority_process(None, now + HOUSEKEEPING_NICE);
+                crate::warn_if_err!(
+                    rustix::process::setpriority_process(None, now + HOUSEKEEPING_NICE),
+                    "cannot lower the priority of a housekeeping thread"
+                );
             }
             set_idle_io();
             HOUSEKEEPING.with(|h| h.set(true));

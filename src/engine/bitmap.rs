@@ -48,10 +48,14 @@ pub fn dirty_ranges(
             }
             query(&c, size.min(parent_size))
         });
-        let _ = daemon.stop();
+        crate::warn_if_err!(daemon.stop(), "cannot stop the bitmap reader's qemu-storage-daemon");
         ranges
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    crate::warn_if_err!(
+        std::fs::remove_dir_all(&dir),
+        "cannot remove folder '{}'",
+        dir.display()
+    );
     let mut runs = result?;
     let tail = parent_size / DIGEST_CHUNK * DIGEST_CHUNK;
     if tail < size {

@@ -135,7 +135,11 @@ impl StorageDaemonExport {
                 child: Mutex::new(Some(child)),
             }),
             Err(e) => {
-                let _ = fs::remove_dir_all(&scratch);
+                crate::warn_if_err!(
+                    fs::remove_dir_all(&scratch),
+                    "cannot remove scratch folder '{}'",
+                    scratch.display()
+                );
                 if let ExportServer::Unix(path) = server {
                     remove_socket(path);
                 }
@@ -196,7 +200,11 @@ impl StorageDaemonExport {
         if qmp_quit(&self.qmp_socket).is_err() {
             // The monitor is unusable: qemu-storage-daemon also quits cleanly on SIGTERM.
             if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                crate::warn_if_err!(
+                    rustix::process::kill_process(pid, rustix::process::Signal::TERM),
+                    "cannot stop qemu-storage-daemon {}",
+                    self.pid
+                );
             }
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
@@ -207,7 +215,8 @@ impl StorageDaemonExport {
             std::thread::sleep(POLL_INTERVAL);
         }
         // Still there after STOP_TIMEOUT: SIGKILL.
-        let _ = child.kill();
+        ::log::warn!("qemu-storage-daemon {} did not stop: killing it", self.pid);
+        crate::warn_if_err!(child.kill(), "cannot kill qemu-storage-daemon {}", self.pid);
         child.wait().map_err(reap_err)?;
         Ok(())
     }
@@ -215,7 +224,7 @@ impl StorageDaemonExport {
 
 impl Drop for StorageDaemonExport {
     fn drop(&mut self) {
-        let _ = self.stop();
+        crate::warn_if_err!(self.stop(), "cannot stop qemu-storage-daemon {}", self.pid);
     }
 }
 
@@ -386,6 +395,7 @@ fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
                 .name("lvb-spawner".into())
                 .spawn(move || {
                     for (mut cmd, reply) in rx {
+                        // The asker gave up waiting: nothing to tell.
                         let _ = reply.send(cmd.spawn());
                     }
                 })?;
@@ -426,8 +436,8 @@ fn wait_until_serving(
             }
             Ok(None) => {}
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                crate::warn_if_err!(child.kill(), "cannot kill qemu-storage-daemon");
+                crate::warn_if_err!(child.wait(), "cannot reap qemu-storage-daemon");
                 return Err(Error::operation_failed(format!(
                     "cannot wait for {DAEMON}: {e}"
                 )));
@@ -437,8 +447,8 @@ fn wait_until_serving(
             return Ok(child);
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::warn_if_err!(child.kill(), "cannot kill qemu-storage-daemon");
+            crate::warn_if_err!(child.wait(), "cannot reap qemu-storage-daemon");
             let msg = stderr();
             return Err(Error::operation_failed(format!(
                 "{DAEMON} did not serve NBD on {} within {} s{}{}",
@@ -665,7 +675,11 @@ fn remove_socket(path: &Path) {
     if let Ok(m) = fs::symlink_metadata(path)
         && m.file_type().is_socket()
     {
-        let _ = fs::remove_file(path);
+        crate::warn_if_err!(
+            fs::remove_file(path),
+            "cannot remove socket '{}'",
+            path.display()
+        );
     }
 }
 

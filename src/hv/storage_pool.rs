@@ -224,7 +224,7 @@ pub fn create_volume(
         Ok(path) if path.starts_with('/') => PathBuf::from(path),
         other => {
             // Take back what was just created; the original error is the one to report.
-            let _ = vol.delete(0);
+            crate::warn_if_err!(vol.delete(0), "cannot delete volume '{volume}' again");
             return Err(match other {
                 Err(e) => e.into(),
                 Ok(path) => Error::internal(format!(
@@ -245,7 +245,7 @@ pub fn create_volume(
 /// refresh changes nothing for the backup.
 pub fn refresh(conn: &Connect, pool: &str) {
     if let Ok(Some(p)) = find_pool(conn, pool) {
-        let _ = p.refresh(0);
+        crate::warn_if_err!(p.refresh(0), "cannot refresh pool '{pool}'");
     }
 }
 

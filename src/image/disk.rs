@@ -529,6 +529,16 @@ impl Target {
             )));
         }
         let cache = cache_of(&file, path)?;
+        ::log::debug!(
+            "formatting '{}' as {} of {size} bytes{}",
+            path.display(),
+            format.as_str(),
+            backing.map_or(String::new(), |(b, f)| format!(
+                " over '{}' ({})",
+                b.display(),
+                f.as_str()
+            ))
+        );
         let img = match (format, backing) {
             (DiskFormat::Raw, None) => {
                 file.set_len(size)

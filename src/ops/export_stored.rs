@@ -86,7 +86,7 @@ pub fn start(xml: &str) -> Result<Arc<Export>> {
     }
     let export = export::serve_stored(&rec, &req.server, disks, cert_dir.as_deref())?;
     if let Err(e) = export_access::restrict_socket(&req.server) {
-        let _ = export.finish(true);
+        crate::warn_if_err!(export.finish(true), "cannot end the export");
         return Err(e);
     }
     Ok(export)

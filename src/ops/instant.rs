@@ -168,7 +168,11 @@ fn create_overlay(o: &Overlay) -> Result<()> {
     let made = Target::create_from(file, &o.path, DiskFormat::Qcow2, size, backing)
         .and_then(|t| t.finish(&o.path));
     if made.is_err() {
-        let _ = folder.remove(&name);
+        crate::warn_if_err!(
+            folder.remove(&name),
+            "cannot remove overlay '{}'",
+            o.path.display()
+        );
     }
     made
 }

@@ -12,8 +12,7 @@
 //! backup's files; a child record that still names the deleted parent is
 //! merged again (a no-op copy) by the next delete.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{ensure_index, gate};
 use crate::engine::background;
@@ -21,7 +20,8 @@ use crate::engine::copy::{self, Baseline};
 use crate::error::{Error, Result};
 use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
-use crate::store::catalog::{Catalog, sync_dir};
+use crate::store::catalog::Catalog;
+use crate::store::folder::Folder;
 use crate::store::index::{self, IndexReader, IndexVerifier};
 use crate::xml::backup::{BackupMode, BackupRecord, DiskRecord};
 
@@ -42,6 +42,15 @@ fn rewrite_disk(
     let chain = catalog.recorded_chain(child, &d.name)?;
     let src = Source::open(&d.target, d.format, Chain::Recorded(&chain))?;
     let tmp = disk::sibling_tmp(&d.target, "merge");
+    // The new image is made, and renamed over the child's, through the
+    // descriptor of a folder nobody else can write.
+    let Some((folder, name)) = Folder::outside_parent(&d.target, "backup target")? else {
+        return Err(Error::operation_failed(format!(
+            "folder of '{}' is gone",
+            d.target.display()
+        )));
+    };
+    let tmp_name = tmp.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let own_index = ensure_index(catalog, child, &d.name)?;
     catalog.mark_merge(child, &d.name, &tmp)?;
     let work = || -> Result<BackupMode> {
@@ -53,12 +62,23 @@ fn rewrite_disk(
         let backing = base
             .as_ref()
             .map(|b| (b.disk.target.as_path(), b.disk.format));
-        let dst = Target::create(&tmp, d.format, src.size(), backing, false)?;
+        let file = folder
+            .create_new(&tmp_name)
+            .map_err(|e| Error::io("cannot create target image", &tmp, e))?;
+        let dst = Target::create_from(file, &tmp, d.format, src.size(), backing)?;
         let baseline = Baseline::of(parent.as_mut());
         copy::copy_image(&src, &dst, &Progress::default(), baseline, &mut verify)?;
         dst.finish(&tmp)?;
-        fs::rename(&tmp, &d.target).map_err(|e| Error::io("cannot rename over", &d.target, e))?;
-        sync_dir(d.target.parent().unwrap_or(Path::new("/")));
+        folder
+            .rename(&tmp_name, &name)
+            .map_err(|e| Error::io("cannot rename over", &d.target, e))?;
+        folder.sync();
+        ::log::info!(
+            "disk '{}' of backup '{}' merged into a new image at '{}'",
+            d.name,
+            child.uuid,
+            d.target.display()
+        );
         Ok(if base.is_some() {
             BackupMode::Incremental
         } else {
@@ -68,7 +88,11 @@ fn rewrite_disk(
     // Housekeeping: other domains' jobs get the CPU first.
     let result = background::run_as_housekeeping(gate(catalog), work);
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        crate::warn_if_err!(
+            folder.remove(&tmp_name),
+            "cannot remove the merge's file '{}'",
+            tmp.display()
+        );
     }
     catalog.unmark_merge(child, &d.name);
     result.map_err(|mut e| {
