@@ -86,3 +86,47 @@ impl Drop for DomainClaim {
 impl DomainHold for DomainClaim {
     fn release(self: Box<Self>) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hv::libvirt;
+
+    /// The test driver's own domain, "test".
+    fn test_domain() -> (DomainRef, Uuid) {
+        let uuid = Uuid::parse_str("6695eb01-f6a4-8304-79aa-97f2502e193f").unwrap();
+        (
+            libvirt::open_domain("test:///default", &uuid).unwrap(),
+            uuid,
+        )
+    }
+
+    #[test]
+    fn a_claim_refuses_every_other_until_it_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let (dom, uuid) = test_domain();
+        let claim = DomainClaim::take(&cat, &dom, &uuid, false).unwrap();
+        // Another descriptor of the lock, and this process's registry.
+        let other = Catalog::at(dir.path().join("cat")).unwrap();
+        for e in [
+            DomainClaim::take(&other, &dom, &uuid, false).unwrap_err(),
+            DomainClaim::check(&dom, &uuid, false).unwrap_err(),
+        ] {
+            assert!(
+                e.message
+                    .contains("the domain already has a backup job running")
+            );
+        }
+        drop(claim);
+        DomainClaim::check(&dom, &uuid, false).unwrap();
+        // A backup's job keeps its claim until its job lock goes.
+        let claim = DomainClaim::take(&other, &dom, &uuid, false).unwrap();
+        let backup = cat.backup(&uuid, &Uuid::new_v4());
+        let job = backup.lock_job(claim).unwrap();
+        assert!(DomainClaim::check(&dom, &uuid, false).is_err());
+        assert!(DomainClaim::take(&cat, &dom, &uuid, false).is_err());
+        drop(job);
+        drop(DomainClaim::take(&cat, &dom, &uuid, false).unwrap());
+    }
+}

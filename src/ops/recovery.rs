@@ -129,15 +129,15 @@ fn is_orphan(catalog: &Catalog, rec: &BackupRecord) -> bool {
 /// and the targets are there, else discard it with its checkpoint.
 /// Returns the record if it stays.
 fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
-    let backup = catalog.backup_of(rec);
-    let _guard = backup.domain().lock()?;
+    let _guard = catalog.domain(&rec.domain_uuid).lock()?;
     // Re-check under the lock: the job may have finished meanwhile (a
     // failing job drops its lock file before it removes its record, both
     // under the domain's lock).
-    let mut cur = match backup.record()? {
+    let mut cur = match catalog.backup_of(rec).record()? {
         Some(cur) if is_orphan(catalog, &cur) => cur,
         other => return Ok(other),
     };
+    let backup = catalog.backup_of(&cur);
     // The state word alone is no proof that a job ever ran (a job makes its
     // lock file before its record): a record edited to say `running` must
     // not cost its images.

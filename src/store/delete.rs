@@ -101,7 +101,7 @@ impl DomainDir {
                 let marked = records::read_record(&dir, n)
                     .and_then(|r| r.ok_or_else(|| Error::internal("note vanished")))
                     .map(|rec| Marked {
-                        backup: self.backup(&rec.uuid),
+                        backup: self.backup_of(&rec),
                         rec,
                     });
                 (dir.join(n), marked)

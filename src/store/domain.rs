@@ -19,7 +19,7 @@ use super::folder::Folder;
 use super::locks::{self, DomainHold, DomainJobLock, DomainLock, JobLock, JobStatus};
 use super::names;
 use crate::error::{Error, Result};
-use crate::xml::backup::DefaultTarget;
+use crate::xml::backup::{BackupRecord, DefaultTarget};
 
 /// A domain's folder, `<root>/<domain>/`, and what the catalog keeps
 /// about the domain outside it (its job lock).
@@ -73,6 +73,12 @@ impl DomainDir {
             domain: self.clone(),
             uuid: *backup,
         }
+    }
+
+    /// The backup `rec` describes, in the domain it names: a record's own
+    /// word, as a record read from this folder is acted on.
+    pub(super) fn backup_of(&self, rec: &BackupRecord) -> BackupDir {
+        DomainDir::new(self.root.clone(), rec.domain_uuid).backup(&rec.uuid)
     }
 
     /// The folder, open and checked, if it exists.

@@ -127,7 +127,7 @@ impl DomainDir {
     /// stay), and its job lock file.
     pub fn forget(&self) -> Result<()> {
         for rec in self.records()? {
-            self.backup(&rec.uuid).remove_record()?;
+            self.backup_of(&rec).remove_record()?;
         }
         self.remove_job_lock();
         if let Some(dir) = self.folder()? {
