@@ -91,8 +91,10 @@ pub fn create(dom: &DomainRef, xml: &str, flags: u32) -> Result<Created> {
     let req = CreateRequest::parse(xml)?;
     let catalog = recovery::open_catalog()?;
     let mut prepared = prepare(&catalog, dom, &req, flags)?;
-    // One job per domain: the job holds the domain's claim until it ends
-    // (see `claim`; the check in `prepare` only spares the planning).
+    // One job per domain: the domain's job lock is taken, the check is made
+    // again under it, and the job holds it until it ends, so a check and
+    // the job it admits are one step for every thread and process (the
+    // check in `prepare` only spares the planning; see `claim`).
     let domain_uuid = prepared.record.domain_uuid;
     let claim = DomainClaim::take(&catalog, dom, &domain_uuid, prepared.is_live)?;
     let (targets, lock) = register(&catalog, dom, &mut prepared.record, &prepared.disks, claim)?;

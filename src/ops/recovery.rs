@@ -204,7 +204,7 @@ fn domain_uses(owner: &Owner, files: &[PathBuf]) -> Option<bool> {
     Some(disks.iter().any(|d| {
         d.source
             .as_deref()
-            .is_some_and(|s| files.iter().any(|f| f == s))
+            .is_some_and(|s| files.iter().any(|f| f.as_os_str() == s.as_os_str()))
     }))
 }
 

@@ -28,7 +28,6 @@ use crate::flags::bits::*;
 use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
-use crate::ops::claim::DomainClaim;
 use crate::ops::recovery;
 use crate::ops::restore_steps::{select, start_if_asked};
 use crate::ops::restore_target::{
@@ -427,7 +426,7 @@ fn restored<'a>(plans: &'a [DiskPlan]) -> Vec<RestoredDisk<'a>> {
 fn shut_off(dom: &DomainRef) -> Result<()> {
     refuse_running(dom)?;
     // An export of the domain must keep serving its images unchanged.
-    DomainClaim::check(dom, &dom.uuid()?, false)
+    super::claim::DomainClaim::check(dom, &dom.uuid()?, false)
 }
 
 fn refuse_running(dom: &DomainRef) -> Result<()> {
@@ -443,8 +442,8 @@ fn refuse_running(dom: &DomainRef) -> Result<()> {
 /// `shut_off` made again under it: held until the restore ends, it keeps
 /// any backup, export or other restore out. Taken once the request is
 /// checked, so that a refused request leaves no lock file behind.
-fn lock_for_restore(catalog: &Catalog, dom: &DomainRef) -> Result<DomainClaim> {
-    let claim = DomainClaim::take(catalog, dom, &dom.uuid()?, false)?;
+fn lock_for_restore(catalog: &Catalog, dom: &DomainRef) -> Result<super::claim::DomainClaim> {
+    let claim = super::claim::DomainClaim::take(catalog, dom, &dom.uuid()?, false)?;
     refuse_running(dom)?;
     Ok(claim)
 }
