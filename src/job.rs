@@ -9,7 +9,9 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::catalog::{CancelMarker, Catalog, CatalogLock, JobLock};
+use crate::store::catalog::Catalog;
+use crate::store::domain::CancelMarker;
+use crate::store::locks::{DomainLock, JobLock};
 use crate::xml::backup::{BackupRecord, BackupState, JobStats};
 
 #[derive(Debug)]
@@ -47,31 +49,6 @@ pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
         .values()
         .find(|j| j.domain == *domain)
         .cloned()
-}
-
-/// Other work holding a domain (an export), by owner UUID: registered by
-/// whoever runs it, so that one check sees every job of a domain.
-static HOLDERS: LazyLock<Mutex<HashMap<Uuid, Uuid>>> = LazyLock::new(Default::default);
-
-/// Note that `owner` (an export) works on `domain` until `release_domain`.
-pub fn hold_domain(owner: Uuid, domain: Uuid) {
-    HOLDERS.lock().unwrap().insert(owner, domain);
-}
-
-pub fn release_domain(owner: &Uuid) {
-    HOLDERS.lock().unwrap().remove(owner);
-}
-
-/// One backup job per domain: refuse when this process runs a managed job
-/// or holds `domain` otherwise (an export).
-pub fn check_domain_free(domain: &Uuid) -> Result<()> {
-    if running_for_domain(domain).is_some() || HOLDERS.lock().unwrap().values().any(|d| d == domain)
-    {
-        return Err(Error::operation_invalid(
-            "the domain already has a backup job running",
-        ));
-    }
-    Ok(())
 }
 
 impl Job {
@@ -141,13 +118,14 @@ impl Job {
         record: &mut BackupRecord,
         result: Result<()>,
         lock: JobLock,
-    ) -> (Result<()>, Option<CatalogLock>, Option<JobLock>) {
-        let guard = catalog.lock_domain(&record.domain_uuid).ok();
+    ) -> (Result<()>, Option<DomainLock>, Option<JobLock>) {
+        let backup = catalog.backup_of(record);
+        let guard = backup.domain().lock().ok();
         let result = result.and_then(|()| {
             record.state = BackupState::Completed;
             self.freeze_elapsed();
             record.stats = self.stats();
-            catalog.write_record(record)
+            backup.write_record(record)
         });
         match result {
             Ok(()) => {

@@ -19,7 +19,7 @@ use libvirt_backup::store::catalog::Catalog;
 use uuid::Uuid;
 
 fn catalog_files(dom: &DomainRef) -> usize {
-    let dir = Catalog::open().unwrap().domain_dir(&dom.uuid().unwrap());
+    let dir = Catalog::open().unwrap().domain(&dom.uuid().unwrap()).path();
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
@@ -41,7 +41,8 @@ fn full_backup_of_two_disks_lists_and_deletes() {
     // Default location: <catalog>/<domain>/<backup>/<disk>.qcow2
     let expect = Catalog::open()
         .unwrap()
-        .data_dir(&dom.uuid().unwrap(), &bk.uuid)
+        .backup(&dom.uuid().unwrap(), &bk.uuid)
+        .data_dir()
         .join("vda.qcow2");
     assert_eq!(rec.disks[0].target, expect);
     let params = bk.parameters().unwrap();

@@ -39,7 +39,7 @@ fn chains_of_delta_indexes_restore_merge_and_forget_byte_exact() {
     let dom = domain("dix", &[("vda", &src, "qcow2")]);
     let catalog = Catalog::open().unwrap();
     let dom_uuid = dom.uuid().unwrap();
-    let idx = |b: &Backup| catalog.index_path(&dom_uuid, &b.uuid, "vda");
+    let idx = |b: &Backup| catalog.backup(&dom_uuid, &b.uuid).index_path("vda");
 
     let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
     qemu_io("qcow2", &src, "write -P 0x12 1M 64k");

@@ -312,7 +312,7 @@ fn a_missing_index_is_rebuilt_from_the_backup() {
     let dom = domain("reidx", &[("vda", &src, "qcow2")]);
     let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
     let catalog = libvirt_backup::store::catalog::Catalog::open().unwrap();
-    let index = catalog.index_dir(&dom.uuid().unwrap(), &full.uuid);
+    let index = catalog.backup(&dom.uuid().unwrap(), &full.uuid).index_dir();
     std::fs::remove_dir_all(&index).unwrap();
     qemu_io("qcow2", &src, "write -P 0xa2 1M 64k");
     let inc = Backup::create(&dom, &child_xml(&full), WAIT).unwrap();

@@ -376,17 +376,18 @@ impl Backup {
         if rec.state != BackupState::Running {
             return Err(Error::operation_invalid("the backup job has already ended"));
         }
-        self.catalog.request_cancel(&rec)?;
+        let backup = self.catalog.backup_of(&rec);
+        backup.request_cancel()?;
         loop {
             match recovery::reload(&self.catalog, &self.domain_uuid, &self.uuid)? {
                 // The job's process removes the record first and keeps the
                 // domain's lock until its other files are gone: wait for it.
-                None => return self.catalog.lock_domain(&self.domain_uuid).map(drop),
+                None => return backup.domain().lock().map(drop),
                 Some(r) if r.state == BackupState::Running => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Some(_) => {
-                    self.catalog.clear_cancel(&self.domain_uuid, &self.uuid);
+                    backup.clear_cancel();
                     return Err(Error::operation_invalid(
                         "the backup job completed before it could be cancelled",
                     ));
@@ -399,7 +400,7 @@ impl Backup {
     pub fn delete(&self, opts: DeleteOptions) -> Result<()> {
         self.managed_only()?;
         // Only this domain's lock: a merge never holds up other domains.
-        let _guard = self.catalog.lock_domain(&self.domain_uuid)?;
+        let _guard = self.catalog.domain(&self.domain_uuid).lock()?;
         let rec = self.record()?;
         let all = recovery::entries(&self.catalog, &self.domain_uuid)?;
         let children = children_of(&all);
@@ -449,7 +450,7 @@ impl Backup {
                 live::remove_checkpoint(dom, cp)?;
             }
             if metadata_only {
-                self.catalog.remove_record(r)?;
+                self.catalog.backup_of(r).remove_record()?;
             } else {
                 let conn = volume_connection(r, self.domain.as_ref());
                 // Freeing a large image's blocks is housekeeping too; this
@@ -477,9 +478,10 @@ impl Backup {
         let since = doomed.iter().map(|r| r.created_ns).min().unwrap_or(0);
         let known: HashMap<Uuid, u64> = all.iter().map(|e| (e.uuid, e.created_ns)).collect();
         let gone: HashSet<Uuid> = doomed.iter().map(|r| r.uuid).collect();
-        let mut ids = self.catalog.record_ids(&self.domain_uuid)?;
+        let domain = self.catalog.domain(&self.domain_uuid);
+        let mut ids = domain.record_ids()?;
         ids.retain(|u| !gone.contains(u) && known.get(u).is_none_or(|&ns| ns >= since));
-        self.catalog.records_of(&self.domain_uuid, &ids)
+        domain.records_of(&ids)
     }
 
     /// The full records of the backups a delete removes (`rec` and its
@@ -489,7 +491,7 @@ impl Backup {
         for e in doomed {
             if e.uuid == rec.uuid {
                 out.push(rec.clone());
-            } else if let Some(r) = self.catalog.record(&self.domain_uuid, &e.uuid)? {
+            } else if let Some(r) = self.catalog.backup(&self.domain_uuid, &e.uuid).record()? {
                 out.push(r);
             }
         }
@@ -516,7 +518,7 @@ impl Backup {
         }
         let mut near: Vec<BackupRecord> = Vec::with_capacity(children.len() + 1);
         for u in children.iter().map(|e| e.uuid).chain(rec.parent) {
-            if let Some(r) = self.catalog.record(&self.domain_uuid, &u)? {
+            if let Some(r) = self.catalog.backup(&self.domain_uuid, &u).record()? {
                 near.push(r);
             }
         }
@@ -616,7 +618,9 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, affect: Affect) -> Result<
         return Err(Error::operation_invalid("domain is not running"));
     }
     if config {
-        recovery::open_catalog()?.set_default_target(&uuid, &target)?;
+        recovery::open_catalog()?
+            .domain(&uuid)
+            .set_default_target(&target)?;
     }
     if live {
         create::LIVE_TARGETS.lock().unwrap().insert(uuid, target);
@@ -628,7 +632,7 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, affect: Affect) -> Result<
 pub fn undefine(dom: &DomainRef, opts: UndefineOptions) -> Result<()> {
     let catalog = recovery::open_catalog()?;
     let uuid = dom.uuid()?;
-    let _guard = catalog.lock_domain(&uuid)?;
+    let _guard = catalog.domain(&uuid).lock()?;
     let records = recovery::list_domain(&catalog, &uuid)?;
     if !opts.forget_backups && !records.is_empty() {
         return Err(Error::operation_invalid(format!(
@@ -649,7 +653,7 @@ pub fn undefine(dom: &DomainRef, opts: UndefineOptions) -> Result<()> {
         flags = flags.with_checkpoints_metadata();
     }
     dom.undefine(flags)?;
-    catalog.forget_domain(&uuid)?;
+    catalog.domain(&uuid).forget()?;
     create::LIVE_TARGETS.lock().unwrap().remove(&uuid);
     Ok(())
 }

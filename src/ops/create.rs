@@ -13,6 +13,7 @@ use rustix::fs::OFlags;
 use uuid::Uuid;
 use virt::connect::Connect;
 
+use super::claim::DomainClaim;
 use super::files::{discard_failed, volume_connection};
 use super::options::CreateOptions;
 use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
@@ -23,9 +24,10 @@ use crate::hv::libvirt::DomainRef;
 use crate::hv::storage_pool;
 use crate::image::disk::{Chain, Source, Target as ImageTarget};
 use crate::job::Job;
-use crate::store::catalog::{Catalog, DomainLock, JobLock};
+use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
 use crate::store::index::{IndexReader, IndexWriter};
+use crate::store::locks::JobLock;
 use crate::store::secure;
 use crate::xml::backup::{
     BackupMode, BackupRecord, BackupState, CreateRequest, DefaultTarget, DiskFormat, DiskRecord,
@@ -92,16 +94,10 @@ pub fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<Created
     // One job per domain: the domain's job lock is taken, the check is made
     // again under it, and the job holds it until it ends, so a check and
     // the job it admits are one step for every thread and process (the
-    // check in `prepare` only spares the planning).
-    let domain_lock = catalog.lock_domain_job(&prepared.record.domain_uuid)?;
-    super::check_domain_idle(dom, &prepared.record.domain_uuid, prepared.is_live)?;
-    let (targets, lock) = register(
-        &catalog,
-        dom,
-        &mut prepared.record,
-        &prepared.disks,
-        domain_lock,
-    )?;
+    // check in `prepare` only spares the planning; see `claim`).
+    let domain_uuid = prepared.record.domain_uuid;
+    let claim = DomainClaim::take(&catalog, dom, &domain_uuid, prepared.is_live)?;
+    let (targets, lock) = register(&catalog, dom, &mut prepared.record, &prepared.disks, claim)?;
     let job = run(&catalog, dom, prepared, targets, lock)?;
     Ok(Created {
         uuid: job.uuid,
@@ -144,16 +140,17 @@ fn prepare(
     let mut facts = domain_facts(dom)?;
     let quiesce = opts.quiesce;
     plan::check_domain(&facts, quiesce)?;
-    super::check_domain_idle(dom, &domain_uuid, facts.is_live)?;
+    DomainClaim::check(dom, &domain_uuid, facts.is_live)?;
     let domain_xml = dom.xml()?;
     facts.disks = domain::parse_disks(&domain_xml)?;
     let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
     let default_target = effective_default_target(catalog, &domain_uuid, facts.active)?;
+    let data_dir = catalog.backup(&domain_uuid, &uuid).data_dir();
     let plans = plan::plan_disks(
         &facts,
         req.disks.as_deref().unwrap_or(&[]),
         default_target.as_ref(),
-        &catalog.data_dir(&domain_uuid, &uuid),
+        &data_dir,
         &uuid,
     )?;
     let mut disks = plans
@@ -171,7 +168,7 @@ fn prepare(
             record_chain(catalog, parent, p)?;
         }
     }
-    check_targets(catalog, &catalog.data_dir(&domain_uuid, &uuid), &disks)?;
+    check_targets(catalog, &data_dir, &disks)?;
     let record = new_record(
         dom,
         req,
@@ -295,11 +292,12 @@ fn register(
     dom: &DomainRef,
     record: &mut BackupRecord,
     disks: &[PlannedDisk],
-    domain_lock: DomainLock,
+    claim: DomainClaim,
 ) -> Result<(Vec<ImageTarget>, JobLock)> {
     // The domain's lock, then (only to make the UUID unique among all
     // domains) the catalog-wide one, which no data work ever holds.
-    let _guard = catalog.lock_domain(&record.domain_uuid)?;
+    let backup = catalog.backup_of(record);
+    let _guard = backup.domain().lock()?;
     let _names = catalog.lock()?;
     let uuid = record.uuid;
     if catalog.domain_of(&uuid)?.is_some() || crate::job::running(&uuid).is_some() {
@@ -309,12 +307,12 @@ fn register(
     }
     let mut targets = Vec::new();
     note_dirs(record, disks);
-    let lock = catalog.lock_job(&record.domain_uuid, &uuid, domain_lock)?;
+    let lock = backup.lock_job(claim)?;
     crate::test_stop!("create-job-locked");
     let prepared = (|| {
-        catalog.write_record(record)?;
+        backup.write_record(record)?;
         create_targets(dom, disks, &mut targets)?;
-        catalog.create_index_dir(&record.domain_uuid, &uuid)
+        backup.create_index_dir()
     })();
     match prepared {
         Ok(()) => Ok((targets, lock)),
@@ -491,7 +489,7 @@ fn new_job(catalog: &Catalog, record: &BackupRecord) -> Arc<Job> {
             .disks
             .iter()
             .any(|d| d.mode == BackupMode::Incremental),
-        catalog.cancel_marker(&domain, &uuid),
+        catalog.backup(&domain, &uuid).cancel_marker(),
     )
 }
 
@@ -527,7 +525,7 @@ fn effective_default_target(
     if let Some(t) = LIVE_TARGETS.lock().unwrap().get(domain).filter(|_| active) {
         return Ok(Some(t.clone()));
     }
-    catalog.default_target(domain)
+    catalog.domain(domain).default_target()
 }
 
 /// Decide whether a disk of an incremental backup can be stored as a delta
@@ -762,7 +760,7 @@ fn run_copy(
         .zip(&record.disks)
         .collect();
     let copied = disks::copy_disks(work, |((source, dst), d)| {
-        let index_path = catalog.index_path(&record.domain_uuid, &record.uuid, &d.name);
+        let index_path = catalog.backup_of(&record).index_path(&d.name);
         copy_disk(job, &index_path, source, dst, d)
     });
     let (result, _guard, lock) = job.settle(catalog, &mut record, copied, lock);

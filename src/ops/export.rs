@@ -24,10 +24,9 @@ use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{os, run};
 use crate::image::disk::Chain;
-use crate::job;
+use crate::ops::claim::DomainClaim;
 use crate::ops::export_access;
 use crate::ops::recovery;
-use crate::store::catalog::DomainLock;
 use crate::store::exports::{self, ExportLock};
 use crate::store::index::IndexReader;
 use crate::xml::backup::{
@@ -83,8 +82,8 @@ pub struct Export {
     started: Instant,
     /// Running until ended; then the final state and elapsed time.
     ended: Mutex<Option<(BackupState, u64)>>,
-    /// The domain's job lock, released when the export ends.
-    domain_lock: Mutex<Option<DomainLock>>,
+    /// The domain's claim, released when the export ends.
+    claim: Mutex<Option<DomainClaim>>,
     /// What tells every process that the export runs (`store::exports`),
     /// dropped when it ends, after its scratch folder.
     registered: Mutex<Option<ExportLock>>,
@@ -125,8 +124,9 @@ pub(crate) fn serve_stored(
         // Under the backup's domain lock, which a Delete holds from its
         // check of running exports until its files are gone: the backup is
         // still there, and stays while the export runs.
-        let _guard = catalog.lock_domain(&rec.domain_uuid)?;
-        let still = catalog.record(&rec.domain_uuid, &rec.uuid)?;
+        let backup = catalog.backup_of(rec);
+        let _guard = backup.domain().lock()?;
+        let still = backup.record()?;
         if still.is_none_or(|r| r.state != BackupState::Completed) {
             return Err(Error::no_backup(&rec.uuid.to_string()));
         }
@@ -157,7 +157,7 @@ pub(crate) fn serve_stored(
         started: Instant::now(),
         ended: Mutex::new(None),
         // It reads the backup's files, not the domain's: no job on it.
-        domain_lock: Mutex::new(None),
+        claim: Mutex::new(None),
         registered: Mutex::new(Some(registered)),
     });
     EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
@@ -217,7 +217,7 @@ fn check_can_export(
         export_access::Served::Daemon
     };
     let cert_dir = export_access::check_server(req, served)?;
-    super::check_domain_idle(dom, domain_uuid, is_live)?;
+    DomainClaim::check(dom, domain_uuid, is_live)?;
     if quiesce && !is_live {
         return Err(Error::operation_invalid(
             "only a running QEMU domain's file systems can be quiesced",
@@ -282,11 +282,9 @@ pub fn start(
             Ok((d, export.clone(), since.transpose()?))
         })
         .collect::<Result<Vec<_>>>()?;
-    // One job per domain: the check is made again under the domain's job
-    // lock, which the export holds until it ends.
+    // One job per domain: the export holds the domain's claim until it ends.
     let catalog = recovery::open_catalog()?;
-    let domain_lock = catalog.lock_domain_job(&domain_uuid)?;
-    super::check_domain_idle(dom, &domain_uuid, is_live)?;
+    let claim = DomainClaim::take(&catalog, dom, &domain_uuid, is_live)?;
     let registered = exports::register(&catalog, &uuid, None)?;
     let scratch = catalog.scratch_dir(&uuid)?;
     let how = (is_live, cert_dir.as_deref());
@@ -320,11 +318,10 @@ pub fn start(
         server,
         started: Instant::now(),
         ended: Mutex::new(None),
-        domain_lock: Mutex::new(Some(domain_lock)),
+        claim: Mutex::new(Some(claim)),
         registered: Mutex::new(Some(registered)),
     });
     EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
-    job::hold_domain(uuid, domain_uuid);
     Ok(export)
 }
 
@@ -600,8 +597,7 @@ impl Export {
         *ended = Some((state, self.started.elapsed().as_millis() as u64));
         EXPORTS.lock().unwrap().remove(&self.uuid);
         self.registered.lock().unwrap().take();
-        self.domain_lock.lock().unwrap().take();
-        job::release_domain(&self.uuid);
+        self.claim.lock().unwrap().take();
         result
     }
 }

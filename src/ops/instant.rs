@@ -232,7 +232,7 @@ pub fn restore(
     // The backup's domain lock, held until the domain is defined: a Delete
     // (which takes it) cannot slip between the pins and the domain that
     // makes them hold.
-    let _guard = catalog.lock_domain(&rec.domain_uuid)?;
+    let _guard = catalog.domain(&rec.domain_uuid).lock()?;
     let paths: Vec<&Path> = list.iter().map(|o| o.path.as_path()).collect();
     let note = catalog.stage_files_of_domain(&paths, &to.uuid, &to.uri)?;
     let (mut overlays, mut pinned): (Vec<&Path>, Vec<PathBuf>) = (Vec::new(), Vec::new());

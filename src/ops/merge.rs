@@ -52,7 +52,8 @@ fn rewrite_disk(
     };
     let tmp_name = tmp.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let own_index = ensure_index(catalog, child, &d.name)?;
-    catalog.mark_merge(child, &d.name, &tmp)?;
+    let domain = catalog.domain(&child.domain_uuid);
+    domain.mark_merge(&child.uuid, &d.name, &tmp)?;
     let work = || -> Result<BackupMode> {
         let mut verify = IndexVerifier::new(IndexReader::open(&own_index)?);
         let mut parent = base
@@ -94,7 +95,7 @@ fn rewrite_disk(
             tmp.display()
         );
     }
-    catalog.unmark_merge(child, &d.name);
+    domain.unmark_merge(&child.uuid, &d.name);
     result.map_err(|mut e| {
         e.message = format!(
             "cannot merge into disk '{}' of backup '{}': {}",
@@ -114,9 +115,9 @@ fn rebase_indexes(
     grandparent: Option<&BackupRecord>,
     child: &BackupRecord,
 ) -> Result<()> {
-    let doomed_dir = catalog.index_dir(&doomed.domain_uuid, &doomed.uuid);
+    let doomed_dir = catalog.backup_of(doomed).index_dir();
     for d in &child.disks {
-        let own = catalog.index_path(&child.domain_uuid, &child.uuid, &d.name);
+        let own = catalog.backup_of(child).index_path(&d.name);
         if !own.exists() {
             continue;
         }
@@ -128,7 +129,7 @@ fn rebase_indexes(
         }
         let new_parent = grandparent
             .filter(|g| g.disks.iter().any(|x| x.name == d.name))
-            .map(|g| catalog.index_path(&g.domain_uuid, &g.uuid, &d.name))
+            .map(|g| catalog.backup_of(g).index_path(&d.name))
             .filter(|p| p.exists());
         index::rebase(&own, new_parent.as_deref()).map_err(|mut e| {
             e.message = format!(
@@ -185,7 +186,7 @@ pub fn merge_into_children(
             }
         }
         rebase_indexes(catalog, doomed, grandparent, child)?;
-        catalog.write_record(&updated)?;
+        catalog.backup_of(&updated).write_record(&updated)?;
     }
     Ok(())
 }

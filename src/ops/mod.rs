@@ -3,18 +3,16 @@
 
 use std::path::PathBuf;
 
-use uuid::Uuid;
-
 use crate::engine::{background, copy};
 use crate::error::{Error, Result};
 use crate::image::disk::Chain;
-use crate::job;
 use crate::store::catalog::Catalog;
 use crate::xml::backup::BackupRecord;
 
 pub use crate::hv::libvirt::DomainRef;
 
 pub mod backup;
+mod claim;
 pub mod create;
 pub mod export;
 pub mod export_access;
@@ -31,27 +29,12 @@ pub mod restore_steps;
 mod restore_target;
 pub mod verify;
 
-/// One backup job per domain: refuse when this process runs a job or an
-/// export of `domain`, or (with `libvirt`, for a running QEMU domain)
-/// libvirt runs a job on it.
-fn check_domain_idle(dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<()> {
-    job::check_domain_free(domain)?;
-    if libvirt && dom.job_info(false)?.is_active() {
-        return Err(Error::operation_invalid(
-            "the domain already has a job running",
-        ));
-    }
-    Ok(())
-}
-
 /// What housekeeping on `catalog` yields to (see `background::pace`).
 fn gate(catalog: &Catalog) -> Option<background::Gate> {
-    catalog
-        .foreground_probe()
-        .map(|(foreground, waiting)| background::Gate {
-            foreground,
-            waiting,
-        })
+    catalog.foreground_probe().map(|probe| background::Gate {
+        foreground: probe.foreground,
+        waiting: probe.waiting,
+    })
 }
 
 /// The digest index of one disk of a completed backup, built from the
@@ -59,7 +42,8 @@ fn gate(catalog: &Catalog) -> Option<background::Gate> {
 /// domains are written by QEMU, so their index is made the first time an
 /// offline incremental, a restore or a merge needs it).
 pub fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
-    let path = catalog.index_path(&rec.domain_uuid, &rec.uuid, disk);
+    let backup = catalog.backup_of(rec);
+    let path = backup.index_path(disk);
     if path.exists() {
         return Ok(path);
     }
@@ -67,7 +51,7 @@ pub fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result
         rec.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
             Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid))
         })?;
-    catalog.create_index_dir(&rec.domain_uuid, &rec.uuid)?;
+    backup.create_index_dir()?;
     let chain = catalog.recorded_chain(rec, disk)?;
     copy::write_index_file(&path, &d.target, d.format, Chain::Recorded(&chain))?;
     Ok(path)
@@ -81,7 +65,7 @@ pub fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result
 /// its image the first time (`ensure_index`), which proves the data reads
 /// back, not that it is what the guest had.
 pub fn verified_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
-    let path = catalog.index_path(&rec.domain_uuid, &rec.uuid, disk);
+    let path = catalog.backup_of(rec).index_path(disk);
     if rec.checkpoint.is_none() && !path.exists() {
         return Err(Error::operation_failed(format!(
             "digest index of disk '{disk}' of backup '{}' is missing ('{}'): the data cannot be verified",

@@ -1,7 +1,8 @@
 //! Recovery of what a process that died left behind, done by whoever next
 //! reads the catalog: the records of dead jobs (settled by asking the engine
 //! that ran the job), deletes, merges and restores cut short. The catalog
-//! itself only stores and locks.
+//! itself only stores and locks; what it gives recovery to read is
+//! `store::leftovers`, `store::notes` and `store::delete`.
 //!
 //! Damaged metadata must not cost data: cleanup rests on evidence (a dead
 //! job's lock file), a record that cannot be trusted is reported, and a
@@ -9,7 +10,6 @@
 //! still reads through them.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 
@@ -19,8 +19,11 @@ use crate::engine::live;
 use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::image::backing::backing_file;
-use crate::store::catalog::{Catalog, JobStatus, NOTE_DOMAIN, read_note};
+use crate::store::catalog::Catalog;
+use crate::store::delete::DataRemoved;
 use crate::store::exports;
+use crate::store::locks::JobStatus;
+use crate::store::notes::Owner;
 use crate::store::pins;
 use crate::store::secure;
 use crate::store::summary::Entry;
@@ -60,11 +63,11 @@ fn sweep_exports(catalog: &Catalog) {
 
 /// Records of one domain, oldest first, after settling dead jobs.
 pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>> {
-    catalog.check_domain_dir(domain)?;
+    catalog.domain(domain).check()?;
     sweep_merges(catalog, domain);
     tidy(catalog, domain);
     let mut kept = Vec::new();
-    for rec in catalog.records(domain)? {
+    for rec in catalog.domain(domain).records()? {
         if is_orphan(catalog, &rec) {
             kept.extend(resolve_dead(catalog, &rec)?);
         } else {
@@ -77,10 +80,10 @@ pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>
 /// What listing needs of each backup of a domain (its summary), oldest
 /// first, after settling dead jobs: only their records are read.
 pub fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
-    catalog.check_domain_dir(domain)?;
+    catalog.domain(domain).check()?;
     sweep_merges(catalog, domain);
     tidy(catalog, domain);
-    let mut out = catalog.entries(domain)?;
+    let mut out = catalog.domain(domain).entries()?;
     let mut gone = HashSet::new();
     for e in out.iter_mut().filter(|e| e.state == BackupState::Running) {
         match reload(catalog, domain, &e.uuid)? {
@@ -98,8 +101,8 @@ pub fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
 
 /// Current record of a backup, if it is still in the catalog.
 pub fn reload(catalog: &Catalog, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
-    catalog.check_domain_dir(domain)?;
-    match catalog.record(domain, backup)? {
+    catalog.domain(domain).check()?;
+    match catalog.backup(domain, backup).record()? {
         Some(rec) if is_orphan(catalog, &rec) => resolve_dead(catalog, &rec),
         other => Ok(other),
     }
@@ -116,7 +119,7 @@ pub fn find(catalog: &Catalog, backup: &Uuid) -> Result<Option<BackupRecord>> {
 /// A record that says running while nobody holds its job lock (a dead job,
 /// or a record that only says so: `resolve_dead` tells them apart).
 fn is_orphan(catalog: &Catalog, rec: &BackupRecord) -> bool {
-    rec.state == BackupState::Running && catalog.job_status(rec) != JobStatus::Alive
+    rec.state == BackupState::Running && catalog.backup_of(rec).job_status() != JobStatus::Alive
 }
 
 /// A running record whose process died. The library's own copy died
@@ -126,28 +129,26 @@ fn is_orphan(catalog: &Catalog, rec: &BackupRecord) -> bool {
 /// and the targets are there, else discard it with its checkpoint.
 /// Returns the record if it stays.
 fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRecord>> {
-    let _guard = catalog.lock_domain(&rec.domain_uuid)?;
+    let _guard = catalog.domain(&rec.domain_uuid).lock()?;
     // Re-check under the lock: the job may have finished meanwhile (a
     // failing job drops its lock file before it removes its record, both
     // under the domain's lock).
-    let mut cur = match catalog.record(&rec.domain_uuid, &rec.uuid)? {
+    let mut cur = match catalog.backup_of(rec).record()? {
         Some(cur) if is_orphan(catalog, &cur) => cur,
         other => return Ok(other),
     };
+    let backup = catalog.backup_of(&cur);
     // The state word alone is no proof that a job ever ran (a job makes its
     // lock file before its record): a record edited to say `running` must
     // not cost its images.
-    if catalog.job_status(&cur) == JobStatus::NoEvidence {
-        return Err(catalog.damaged(
-            &cur,
-            "it says 'running' but no job of this backup ever left its lock file",
-        ));
+    if backup.job_status() == JobStatus::NoEvidence {
+        return Err(
+            backup.damaged("it says 'running' but no job of this backup ever left its lock file")
+        );
     }
     let outcome = match cur.checkpoint {
         Some(_) => {
-            let cancel = catalog
-                .cancel_marker(&cur.domain_uuid, &cur.uuid)
-                .requested();
+            let cancel = backup.cancel_marker().requested();
             live::orphan_outcome(&cur, cancel)
         }
         None => Some(false),
@@ -156,11 +157,11 @@ fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRe
         None => return Ok(Some(cur)),
         Some(true) => {
             cur.state = BackupState::Completed;
-            catalog.write_record(&cur)?;
+            backup.write_record(&cur)?;
         }
-        Some(false) => catalog.remove_dead_data(&cur)?,
+        Some(false) => backup.remove_dead_data(&cur)?,
     }
-    catalog.clear_job_files(&cur);
+    backup.clear_job_files();
     Ok(outcome.unwrap().then_some(cur))
 }
 
@@ -168,30 +169,33 @@ fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRe
 /// files and markers. Skipped while anyone holds the domain's lock (a
 /// merge runs under it).
 fn sweep_merges(catalog: &Catalog, domain: &Uuid) {
-    let markers = catalog.merge_markers(domain);
+    let dir = catalog.domain(domain);
+    let markers = dir.dead_merges();
     if markers.is_empty() {
         return;
     }
-    let Some(_guard) = catalog.try_lock_domain(domain) else {
+    let Some(_guard) = dir.try_lock() else {
         return;
     };
-    // `merge_markers` names only merge temporary files (an empty path else),
-    // and only a private regular file of ours is removed.
-    for (marker, tmp) in markers {
-        if !tmp.as_os_str().is_empty() {
-            secure::remove_own_file(&tmp);
+    // A marker names only a merge's temporary file (or nothing), and only
+    // a private regular file of ours is removed.
+    for marker in markers {
+        for tmp in &marker.files {
+            secure::remove_own_file(tmp);
         }
-        catalog.remove_merge_marker(domain, &marker);
+        marker.forget();
     }
 }
 
-/// Whether the domain a note names (`domain <uuid> <uri>`) exists and has
-/// one of `files` as a disk; `None` when libvirt cannot say.
-fn domain_uses(head: &str, files: &[&std::ffi::OsStr]) -> Option<bool> {
-    let rest = head.strip_prefix(NOTE_DOMAIN)?;
-    let (uuid, uri) = rest.split_once(' ')?;
-    let uuid = Uuid::parse_str(uuid).ok()?;
-    let dom = match libvirt::open_domain(uri, &uuid) {
+/// Whether the domain a note names exists and has one of `files` as a
+/// disk; `None` when libvirt cannot say (or the note cannot be read).
+fn domain_uses(owner: &Owner, files: &[PathBuf]) -> Option<bool> {
+    let (uuid, uri) = match owner {
+        Owner::Nobody => return Some(false),
+        Owner::Domain { uuid, uri } => (uuid, uri),
+        Owner::Unknown => return None,
+    };
+    let dom = match libvirt::open_domain(uri, uuid) {
         Ok(d) => d,
         Err(e) if e.is(ErrorCode::NoDomain) => return Some(false),
         Err(_) => return None,
@@ -200,43 +204,28 @@ fn domain_uses(head: &str, files: &[&std::ffi::OsStr]) -> Option<bool> {
     Some(disks.iter().any(|d| {
         d.source
             .as_deref()
-            .is_some_and(|s| files.contains(&s.as_os_str()))
+            .is_some_and(|s| files.iter().any(|f| f.as_os_str() == s.as_os_str()))
     }))
 }
 
 /// Remove the files of restores whose process died while writing them
 /// (unless the note names a domain that was defined on them).
 fn sweep_restores(catalog: &Catalog) {
-    for note in catalog.restore_notes() {
-        // Only a note the library wrote: a regular file of ours, 0600.
-        let Some(mut file) = catalog.open_note(&note) else {
-            continue;
-        };
-        if file.try_lock().is_err() {
-            continue; // a restore in progress
-        }
-        let mut text = Vec::new();
-        let _ = file.read_to_end(&mut text);
-        // A note cut short while written names nothing (see `stage_files`).
-        let Some((head, files)) = read_note(&text) else {
-            catalog.remove_note(&note);
-            continue;
-        };
-        let files: Vec<&std::ffi::OsStr> = files.iter().map(|f| f.as_os_str()).collect();
-        match head.map(|h| domain_uses(&h, &files)) {
-            Some(None) => continue, // cannot tell now: a later sweep will
-            Some(Some(true)) => {}  // the domain was defined: the files are its disks
-            Some(Some(false)) | None => {
-                for f in files {
-                    secure::remove_own_file(Path::new(f));
+    for note in catalog.dead_restores() {
+        match domain_uses(&note.owner, &note.files) {
+            None => continue, // cannot tell now: a later sweep will
+            Some(true) => {}  // the domain was defined: the files are its disks
+            Some(false) => {
+                for f in &note.files {
+                    secure::remove_own_file(f);
                 }
             }
         }
-        catalog.remove_note(&note);
+        note.forget();
     }
 }
 
-/// Domain folders (see `Catalog::domain_stamp`) seen holding nothing to
+/// Domain folders (see `DomainDir::stamp`) seen holding nothing to
 /// tidy, one stamp per folder.
 static TIDY: LazyLock<Mutex<Vec<[i64; 4]>>> = LazyLock::new(Default::default);
 
@@ -254,31 +243,32 @@ fn settled(secs: i64, nanos: i64) -> bool {
 /// Tidy what dead processes left in the folder of `domain`: finish the
 /// deletes they cut short (`finish_deletes`), remove the temporary files
 /// of atomic writes and the lock files of jobs killed before they wrote
-/// their record (`Catalog::sweep_leftovers`). Skipped while anyone holds
+/// their record (`DomainDir::sweep_leftovers`). Skipped while anyone holds
 /// the domain's lock (deletes, jobs registering and every write in the
 /// folder run under it).
 fn tidy(catalog: &Catalog, domain: &Uuid) {
     // Finding them reads the whole folder (3 entries per backup: 38 % of
     // a List at 10,000); a folder that has not changed since a look found
     // nothing to do has nothing to do.
-    let stamp = catalog.domain_stamp(domain);
+    let dir = catalog.domain(domain);
+    let stamp = dir.stamp();
     if stamp.is_some_and(|s| TIDY.lock().unwrap().contains(&s)) {
         return;
     }
-    let found = catalog.leftovers(domain);
+    let found = dir.leftovers();
     let mut done = found.is_empty();
     if !done {
-        let Some(_guard) = catalog.try_lock_domain(domain) else {
+        let Some(_guard) = dir.try_lock() else {
             return;
         };
         if found.deletes {
             finish_deletes(catalog, domain);
         }
-        done = catalog.sweep_leftovers(domain, &found) && !found.deletes;
+        done = dir.sweep_leftovers(&found) && !found.deletes;
     }
     // Only the files of live jobs left (whose end changes the folder), or
     // nothing: remember the folder as it is now.
-    if done && let Some(s) = catalog.domain_stamp(domain).filter(|s| settled(s[2], s[3])) {
+    if done && let Some(s) = dir.stamp().filter(|s| settled(s[2], s[3])) {
         let mut seen = TIDY.lock().unwrap();
         seen.retain(|o| o[..2] != s[..2]);
         seen.push(s);
@@ -290,15 +280,13 @@ fn tidy(catalog: &Catalog, domain: &Uuid) {
 /// is left. Domain lock held. A note that cannot be read is left alone: it
 /// is not listed, and whatever it names is better kept than guessed.
 fn finish_deletes(catalog: &Catalog, domain: &Uuid) {
-    for (_, rec) in catalog.pending_deletes(domain) {
-        let Ok(rec) = rec else {
+    for (_, marked) in catalog.domain(domain).pending_deletes() {
+        let Ok(marked) = marked else {
             continue;
         };
         // A note is a record the delete renamed: its volumes lose their
         // files here, and a pool refresh drops them from libvirt's list.
-        let _ = catalog
-            .remove_data(&rec, &mut || {})
-            .and_then(|()| catalog.finish_delete(&rec));
+        let _ = marked.remove_data(&mut || {}).and_then(DataRemoved::finish);
     }
 }
 
@@ -375,25 +363,25 @@ mod tests {
         let dead_target = dir.path().join("dead.qcow2");
         write_private(&dead_target, b"partial");
         let dead = record(dom, dead_target.clone(), BackupState::Running);
-        cat.lock_job(&dom, &dead.uuid, cat.lock_domain_job(&dom).unwrap())
+        let b = cat.backup_of(&dead);
+        b.lock_job(cat.domain(&dom).claim_job().unwrap())
             .unwrap()
             .leave_as_killed();
-        cat.write_record(&dead).unwrap();
+        b.write_record(&dead).unwrap();
 
         // A job still running (we hold its lock).
         let live_target = dir.path().join("live.qcow2");
         write_private(&live_target, b"in progress");
         let live = record(dom, live_target.clone(), BackupState::Running);
-        let lock = cat
-            .lock_job(&dom, &live.uuid, cat.lock_domain_job(&dom).unwrap())
-            .unwrap();
-        cat.write_record(&live).unwrap();
+        let b = cat.backup_of(&live);
+        let lock = b.lock_job(cat.domain(&dom).claim_job().unwrap()).unwrap();
+        b.write_record(&live).unwrap();
 
         // A completed backup.
         let done_target = dir.path().join("done.qcow2");
         write_private(&done_target, b"complete");
         let done = record(dom, done_target.clone(), BackupState::Completed);
-        cat.write_record(&done).unwrap();
+        cat.backup_of(&done).write_record(&done).unwrap();
 
         let listed: Vec<Uuid> = list_domain(&cat, &dom)
             .unwrap()
@@ -421,7 +409,7 @@ mod tests {
         std::fs::write(&target, b"data").unwrap();
         // Says running, but no job ever took its lock.
         let rec = record(dom, target.clone(), BackupState::Running);
-        cat.write_record(&rec).unwrap();
+        cat.backup_of(&rec).write_record(&rec).unwrap();
         let e = list_domain(&cat, &dom).unwrap_err();
         assert!(e.message.contains("damaged") && e.message.contains(&rec.uuid.to_string()));
         assert!(find(&cat, &rec.uuid).is_err());
@@ -436,10 +424,10 @@ mod tests {
         let target = dir.path().join("t.qcow2");
         std::fs::write(&target, b"data").unwrap();
         let rec = record(dom, target.clone(), BackupState::Completed);
-        cat.write_record(&rec).unwrap();
-        cat.mark_deleting(&rec).unwrap();
+        cat.backup_of(&rec).write_record(&rec).unwrap();
+        drop(cat.backup_of(&rec).mark_deleting(&rec).unwrap()); // and the process dies
         assert!(list_domain(&cat, &dom).unwrap().is_empty());
         assert!(!target.exists());
-        assert!(cat.pending_deletes(&dom).is_empty());
+        assert!(cat.domain(&dom).pending_deletes().is_empty());
     }
 }

@@ -33,9 +33,10 @@ use crate::ops::restore_steps::{select, start_if_asked};
 use crate::ops::restore_target::{
     FileId, Kind, Place, backup_files, check_disk_file_name, file_id,
 };
-use crate::store::catalog::{Catalog, DomainLock, StagedFiles};
+use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
 use crate::store::index::{DigestSink, IndexReader, IndexVerifier, NoDigests};
+use crate::store::notes::StagedFiles;
 use crate::store::secure;
 use crate::xml::backup::{
     BackupState, DiskFormat, NbdServer, RestoreDisk, RestoreRequest, UnmanagedRestoreDisk,
@@ -424,23 +425,28 @@ fn restored<'a>(plans: &'a [DiskPlan]) -> Vec<RestoredDisk<'a>> {
 
 /// The shut-off domain a restore writes into.
 fn shut_off(dom: &DomainRef) -> Result<()> {
+    refuse_running(dom)?;
+    // An export of the domain must keep serving its images unchanged.
+    super::claim::DomainClaim::check(dom, &dom.uuid()?, false)
+}
+
+fn refuse_running(dom: &DomainRef) -> Result<()> {
     if dom.is_active()? {
         return Err(Error::operation_invalid(
             "the domain is running; shut it off before restoring its disks",
         ));
     }
-    // An export of the domain must keep serving its images unchanged.
-    super::check_domain_idle(dom, &dom.uuid()?, false)
+    Ok(())
 }
 
-/// The domain's job lock for a restore about to write, with the checks of
+/// The domain's claim for a restore about to write, with the checks of
 /// `shut_off` made again under it: held until the restore ends, it keeps
 /// any backup, export or other restore out. Taken once the request is
 /// checked, so that a refused request leaves no lock file behind.
-fn lock_for_restore(catalog: &Catalog, dom: &DomainRef) -> Result<DomainLock> {
-    let lock = catalog.lock_domain_job(&dom.uuid()?)?;
-    shut_off(dom)?;
-    Ok(lock)
+fn lock_for_restore(catalog: &Catalog, dom: &DomainRef) -> Result<super::claim::DomainClaim> {
+    let claim = super::claim::DomainClaim::take(catalog, dom, &dom.uuid()?, false)?;
+    refuse_running(dom)?;
+    Ok(claim)
 }
 
 fn current_disk<'a>(disks: &'a [DomainDisk], name: &str) -> Result<&'a DomainDisk> {

@@ -164,7 +164,7 @@ fn device_size(path: &Path) -> Result<u64> {
 pub(super) fn backup_files(catalog: &Catalog) -> Result<HashSet<FileId>> {
     let mut out = HashSet::new();
     for domain in catalog.domains()? {
-        for rec in catalog.records(&domain)? {
+        for rec in catalog.domain(&domain).records()? {
             for d in &rec.disks {
                 if let Ok(m) = fs::metadata(&d.target) {
                     out.insert((m.dev(), m.ino()));

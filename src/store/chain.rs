@@ -36,7 +36,7 @@ impl Catalog {
             let parent = cur
                 .parent
                 .map(|p| match self.domain_of(&p)? {
-                    Some(d) => self.record(&d, &p),
+                    Some(d) => self.backup(&d, &p).record(),
                     None => Ok(None),
                 })
                 .transpose()?

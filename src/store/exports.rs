@@ -17,12 +17,12 @@ use std::fs::File;
 use rustix::fs::OFlags;
 use uuid::Uuid;
 
-use super::catalog::{Catalog, same_file};
+use super::catalog::Catalog;
 use super::folder::Folder;
+use super::locks::same_file;
+use super::names;
 use super::secure;
 use crate::error::{Error, Result};
-
-const EXPORTS: &str = ".exports";
 
 /// An export's file, locked; dropping it removes the file.
 #[derive(Debug)]
@@ -47,33 +47,18 @@ pub struct Running {
     pub backup: Option<Uuid>,
 }
 
-fn name_of(export: &Uuid, backup: Option<&Uuid>) -> String {
-    match backup {
-        Some(b) => format!("{export}.{b}"),
-        None => export.to_string(),
-    }
-}
-
-/// A UUID as the library writes it, and only that.
-fn exact_uuid(s: &str) -> Option<Uuid> {
-    Uuid::parse_str(s).ok().filter(|u| u.to_string() == s)
-}
-
 /// The export a file name of `.exports` stands for; `None` for a name the
 /// library does not make.
 fn parse_name(name: &str) -> Option<Running> {
-    let (export, backup) = match name.split_once('.') {
-        Some((e, b)) => (exact_uuid(e)?, Some(exact_uuid(b)?)),
-        None => (exact_uuid(name)?, None),
-    };
+    let (export, backup) = names::parse_export_file(name)?;
     Some(Running { export, backup })
 }
 
 /// Note that `export` runs (serving the stored `backup`, if given) until
 /// the returned lock is dropped.
 pub fn register(catalog: &Catalog, export: &Uuid, backup: Option<&Uuid>) -> Result<ExportLock> {
-    let dir = catalog.private_folder(EXPORTS)?;
-    let name = name_of(export, backup);
+    let dir = catalog.private_folder(names::EXPORTS)?;
+    let name = names::export_file(export, backup);
     let path = dir.join(&name);
     for _ in 0..100 {
         let file = dir
@@ -118,7 +103,7 @@ fn held_or_removed(dir: &Folder, name: &str) -> bool {
 /// The exports running now, in any process (this one's included); the
 /// files of exporters that died are removed on the way.
 pub fn running(catalog: &Catalog) -> Result<Vec<Running>> {
-    let Some(dir) = catalog.folder(EXPORTS)? else {
+    let Some(dir) = catalog.folder(names::EXPORTS)? else {
         return Ok(Vec::new());
     };
     let names = dir

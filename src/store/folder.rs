@@ -111,7 +111,7 @@ impl Folder {
     /// Write `name` so that a crash leaves the old or the new content:
     /// temporary file, fsync, rename, fsync of the folder.
     pub fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
-        let tmp = format!(".{name}.tmp");
+        let tmp = super::names::tmp(name);
         let write = || -> std::io::Result<()> {
             // A stale temporary file (or a link planted at its name) goes
             // first: the new one is created, never opened through a link.

@@ -11,10 +11,9 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::store::catalog::Catalog;
+use crate::store::names::{self, PINS};
 use crate::xml::backup::{parse_uuid, path_str};
 use crate::xml::dom::{self, Element};
-
-const PINS: &str = ".pins";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
@@ -31,7 +30,7 @@ pub struct Pin {
 
 impl Pin {
     fn file_name(&self) -> String {
-        format!("{}-{}-{}.xml", self.backup, self.domain_uuid, self.disk)
+        names::pin_file(&self.backup, &self.domain_uuid, &self.disk)
     }
 
     fn to_xml(&self) -> Result<String> {
@@ -73,29 +72,10 @@ pub fn add(catalog: &Catalog, pin: &Pin) -> Result<PathBuf> {
     Ok(dir.join(&pin.file_name()))
 }
 
-/// Whether `name` is the temporary file of a pin's atomic write,
-/// `.<backup>-<domain>-<disk>.xml.tmp`.
-fn is_pin_tmp(name: &str) -> bool {
-    let Some(inner) = name
-        .strip_prefix('.')
-        .and_then(|n| n.strip_suffix(".xml.tmp"))
-    else {
-        return false;
-    };
-    let uuid = |s: &str| Uuid::parse_str(s).is_ok_and(|u| u.to_string() == s);
-    inner.len() > 74
-        && inner.is_char_boundary(36)
-        && inner.is_char_boundary(74)
-        && uuid(&inner[..36])
-        && &inner[36..37] == "-"
-        && uuid(&inner[37..73])
-        && &inner[73..74] == "-"
-}
-
 /// Remove the temporary files of pin writes a killed process cut short:
 /// regular files of ours, private, and only while nobody writes a pin.
-fn sweep_temporaries(catalog: &Catalog, dir: &crate::store::folder::Folder, names: &[String]) {
-    let temps: Vec<&String> = names.iter().filter(|n| is_pin_tmp(n)).collect();
+fn sweep_temporaries(catalog: &Catalog, dir: &crate::store::folder::Folder, found: &[String]) {
+    let temps: Vec<&String> = found.iter().filter(|n| names::is_pin_tmp(n)).collect();
     if temps.is_empty() {
         return;
     }

@@ -27,10 +27,12 @@ use rustix::fs::OFlags;
 use uuid::Uuid;
 
 use super::folder::Folder;
+use super::names;
 use crate::error::{Error, Result};
 use crate::xml::backup::{BackupRecord, BackupState};
 
-pub const SUMMARY_FILE: &str = "summary";
+/// The file, in a domain's folder.
+const SUMMARY_FILE: &str = names::SUMMARY;
 /// The header names the number of entries when the file was last written
 /// whole: the log is compacted once it is much longer than that.
 const MAGIC: &str = "LVBKSUM1 ";
