@@ -501,10 +501,7 @@ fn records_of_earlier_versions_read_as_before() {
 /// The record file of backup `b`.
 fn record_file(b: &Backup) -> PathBuf {
     let dom = b.record().unwrap().domain_uuid;
-    Catalog::open()
-        .unwrap()
-        .domain_dir(&dom)
-        .join(format!("{}.xml", b.uuid))
+    Catalog::open().unwrap().backup(&dom, &b.uuid).record_path()
 }
 
 #[test]
