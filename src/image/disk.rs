@@ -550,41 +550,7 @@ impl Target {
                 return Err(Error::internal("a raw image cannot have a backing file"));
             }
             (DiskFormat::Qcow2, backing) => {
-                // Formatted through the page cache, then reopened direct:
-                // imago probes a direct file's alignment by reading and
-                // writing back its first bytes, which must exist by then.
-                let direct = reopen_direct(&file);
-                let storage = ImagoFile::from_open_file(
-                    file,
-                    StorageOpenOptions::new().filename(path).write(true),
-                )
-                .map_err(io_err("cannot open target image", path))?;
-                // qcow2 sizes are whole sectors; round up so a raw source's
-                // odd tail is kept (as qemu-img convert does).
-                let mut builder =
-                    Qcow2::<ImagoFile>::create_builder(storage).size(size.div_ceil(512) * 512);
-                if let Some((b, f)) = backing {
-                    builder = builder.backing(path_string(b), f.as_str().to_string());
-                }
-                // The backing file is only named: nothing reads through a
-                // target while it is written (whole 64 KiB clusters, zero
-                // clusters hide the parent), and opening the chain would
-                // cost a descriptor and a cache per level.
-                let q = builder
-                    .create_open(PermissiveImplicitOpenGate::default(), |img| {
-                        Ok(Qcow2::<ImagoFile>::builder(img).write(true).backing(None))
-                    })
-                    .map_err(io_err("cannot format target image", path))?;
-                let q = FormatAccess::new(q);
-                TargetImage::Qcow2(match direct {
-                    Some(d) => {
-                        q.flush()
-                            .map_err(io_err("cannot flush target image", path))?;
-                        drop(q);
-                        FormatAccess::new(reopen_qcow2_direct(d, path)?)
-                    }
-                    None => q,
-                })
+                TargetImage::Qcow2(format_qcow2(file, path, size, backing)?)
             }
         };
         Ok(Target {
@@ -674,6 +640,48 @@ impl Target {
         self.cache.finish(self.created);
         Ok(())
     }
+}
+
+/// Write a new qcow2 image of `size` bytes (over `backing`, named only)
+/// into the empty `file`, and open it for writing (direct where allowed).
+fn format_qcow2(
+    file: File,
+    path: &Path,
+    size: u64,
+    backing: Option<(&Path, DiskFormat)>,
+) -> Result<FormatAccess<ImagoFile>> {
+    // Formatted through the page cache, then reopened direct:
+    // imago probes a direct file's alignment by reading and
+    // writing back its first bytes, which must exist by then.
+    let direct = reopen_direct(&file);
+    let storage =
+        ImagoFile::from_open_file(file, StorageOpenOptions::new().filename(path).write(true))
+            .map_err(io_err("cannot open target image", path))?;
+    // qcow2 sizes are whole sectors; round up so a raw source's
+    // odd tail is kept (as qemu-img convert does).
+    let mut builder = Qcow2::<ImagoFile>::create_builder(storage).size(size.div_ceil(512) * 512);
+    if let Some((b, f)) = backing {
+        builder = builder.backing(path_string(b), f.as_str().to_string());
+    }
+    // The backing file is only named: nothing reads through a
+    // target while it is written (whole 64 KiB clusters, zero
+    // clusters hide the parent), and opening the chain would
+    // cost a descriptor and a cache per level.
+    let q = builder
+        .create_open(PermissiveImplicitOpenGate::default(), |img| {
+            Ok(Qcow2::<ImagoFile>::builder(img).write(true).backing(None))
+        })
+        .map_err(io_err("cannot format target image", path))?;
+    let q = FormatAccess::new(q);
+    Ok(match direct {
+        Some(d) => {
+            q.flush()
+                .map_err(io_err("cannot flush target image", path))?;
+            drop(q);
+            FormatAccess::new(reopen_qcow2_direct(d, path)?)
+        }
+        None => q,
+    })
 }
 
 /// A new file next to `path` to build its replacement in, named after it
