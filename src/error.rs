@@ -2,7 +2,6 @@
 //! it is reported under, and a human-readable message. The core returns
 //! `Result<_, Error>`; the C boundary turns it into the thread-local last error.
 
-
 /// The subset of libvirt's `virErrorNumber` values this library reports.
 /// The numbers are libvirt's ABI and never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,4 +154,25 @@ macro_rules! warn_if_err {
             ::log::warn!("{}: {}", format_args!($($what)+), e);
         }
     };
+}
+
+/// As `warn_if_err!`, at debug level: for a failure that is often the
+/// normal answer (a folder that still holds other files, a file already
+/// gone), worth seeing only when asked.
+#[macro_export]
+macro_rules! debug_if_err {
+    ($result:expr, $($what:tt)+) => {
+        if let Err(e) = $result {
+            ::log::debug!("{}: {}", format_args!($($what)+), e);
+        }
+    };
+}
+
+/// An I/O result where a missing file is no failure (a removal of what
+/// may already be gone).
+pub fn missing_ok(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
 }

@@ -48,7 +48,10 @@ pub fn dirty_ranges(
             }
             query(&c, size.min(parent_size))
         });
-        crate::warn_if_err!(daemon.stop(), "cannot stop the bitmap reader's qemu-storage-daemon");
+        crate::warn_if_err!(
+            daemon.stop(),
+            "cannot stop the bitmap reader's qemu-storage-daemon"
+        );
         ranges
     })();
     crate::warn_if_err!(

@@ -404,7 +404,10 @@ pub fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
             std::thread::sleep(POLL);
         }
         if let Some(cp) = &rec.checkpoint {
-            crate::warn_if_err!(remove_checkpoint(&dom, cp), "cannot remove checkpoint '{cp}'");
+            crate::warn_if_err!(
+                remove_checkpoint(&dom, cp),
+                "cannot remove checkpoint '{cp}'"
+            );
         }
         return Some(false);
     }
@@ -422,7 +425,10 @@ pub fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
     });
     if !(completed && has_checkpoint && readable) {
         if let Some(cp) = &rec.checkpoint {
-            crate::warn_if_err!(remove_checkpoint(&dom, cp), "cannot remove checkpoint '{cp}'");
+            crate::warn_if_err!(
+                remove_checkpoint(&dom, cp),
+                "cannot remove checkpoint '{cp}'"
+            );
         }
         return Some(false);
     }

@@ -445,6 +445,15 @@ impl Backup {
         }
         // Children first, so a crash midway never leaves a child without its parent.
         for r in records.iter().rev() {
+            ::log::info!(
+                "backup {}: deleting {}",
+                r.uuid,
+                if opts.metadata_only {
+                    "its record (its files stay)"
+                } else {
+                    "its record and files"
+                }
+            );
             // A checkpoint nobody will use again only slows the guest's writes.
             if let (Some(cp), Some(dom)) = (&r.checkpoint, &self.domain) {
                 live::remove_checkpoint(dom, cp)?;

@@ -121,6 +121,19 @@ fn domain_facts(dom: &DomainRef) -> Result<DomainFacts> {
         images_quiet,
         disks: Vec::new(),
     };
+    ::log::info!(
+        "domain '{}' ({} driver, {}): {}",
+        facts.name,
+        facts.driver,
+        if active { "running" } else { "shut off" },
+        if is_live {
+            "libvirt's push-mode backup job copies its disks, QEMU writes the targets"
+        } else if images_quiet {
+            "the library copies its disks itself (no writer)"
+        } else {
+            "the library copies its disks itself; the driver gives no backup job"
+        }
+    );
     Ok(facts)
 }
 
@@ -362,6 +375,14 @@ fn create_targets(
         }
         .map_err(|e| Error::io("cannot create target image", path, e))?;
         let backing = p.baseline.as_ref().map(|b| (b.target.as_path(), b.format));
+        ::log::info!(
+            "disk '{}': {} target '{}' ({}){}",
+            p.record.name,
+            if backing.is_some() { "incremental" } else { "full" },
+            path.display(),
+            p.record.format.as_str(),
+            backing.map_or(String::new(), |(b, _)| format!(" over '{}'", b.display()))
+        );
         targets.push(ImageTarget::create_from(
             file,
             path,
@@ -378,7 +399,10 @@ fn create_targets(
 fn create_volume(dom: &DomainRef, pool: &str, volume: &str, d: &DiskRecord) -> Result<()> {
     let v = storage_pool::create_volume(&dom.connect()?, pool, volume, d.format, d.virtual_size)?;
     if v.path != d.target {
-        let _ = storage_pool::delete_volume(Some(&dom.connect()?), &v);
+        crate::warn_if_err!(
+            storage_pool::delete_volume(Some(&dom.connect()?), &v),
+            "cannot delete volume '{volume}' again"
+        );
         return Err(Error::operation_failed(format!(
             "volume '{volume}' was created at '{}', not at '{}'",
             v.path.display(),
@@ -672,6 +696,7 @@ fn refuse_fallback(name: &str, why: &str, opts: CreateOptions) -> Result<()> {
             "disk '{name}' cannot be backed up incrementally ({why}) and VIR_DOMAIN_BACKUP_CREATE_NO_FALLBACK forbids a full copy"
         )));
     }
+    ::log::info!("disk '{name}': a full copy instead of an incremental: {why}");
     Ok(())
 }
 
@@ -690,7 +715,6 @@ fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
     missing
 }
 
-
 /// The body of a live backup job: follow libvirt's job, then complete the
 /// record, or remove the checkpoint, the targets and the record.
 fn run_live(
@@ -704,7 +728,10 @@ fn run_live(
     let (result, _guard, lock) = job.settle(catalog, &mut record, live::follow(job, &dom), lock);
     if result.is_err() {
         if let Some(cp) = &record.checkpoint {
-            let _ = live::remove_checkpoint(&dom, cp);
+            crate::warn_if_err!(
+                live::remove_checkpoint(&dom, cp),
+                "cannot remove checkpoint '{cp}'"
+            );
         }
         discard_failed(catalog, &record, conn.as_ref(), lock);
     }

@@ -134,7 +134,11 @@ pub(crate) fn serve_stored(
     };
     let scratch = catalog.scratch_dir(&uuid)?;
     let daemon = StorageDaemonExport::start_tls(address, &list, cert_dir).inspect_err(|_| {
-        let _ = fs::remove_dir_all(&scratch);
+        crate::warn_if_err!(
+            fs::remove_dir_all(&scratch),
+            "cannot remove scratch folder '{}'",
+            scratch.display()
+        );
     })?;
     let export = Arc::new(Export {
         uuid,
@@ -289,7 +293,11 @@ pub fn start(
     let scratch = catalog.scratch_dir(&uuid)?;
     let how = (is_live, cert_dir.as_deref());
     let server = start_server(dom, req, &disks, &all, &scratch, how).inspect_err(|_| {
-        let _ = fs::remove_dir_all(&scratch);
+        crate::warn_if_err!(
+            fs::remove_dir_all(&scratch),
+            "cannot remove scratch folder '{}'",
+            scratch.display()
+        );
     })?;
     if let Err(e) = export_access::restrict_socket(&req.server) {
         end_server(dom, &server);
@@ -448,7 +456,11 @@ fn changes_overlay(
         .chain(from)
         .chain([o, os(bitmap)]),
     )?;
-    let _ = fs::remove_file(&marks);
+    crate::warn_if_err!(
+        crate::error::missing_ok(fs::remove_file(&marks)),
+        "cannot remove '{}'",
+        marks.display()
+    );
     Ok(overlay)
 }
 
@@ -580,12 +592,20 @@ impl Export {
         let result = match &self.server {
             Server::Libvirt { scratch } => {
                 let stopped = self.domain.as_ref().map_or(Ok(()), stop_pull_job);
-                let _ = fs::remove_dir_all(scratch);
+                crate::warn_if_err!(
+                    fs::remove_dir_all(scratch),
+                    "cannot remove scratch folder '{}'",
+                    scratch.display()
+                );
                 stopped
             }
             Server::Daemon(d, scratch) => {
                 let stopped = d.stop();
-                let _ = fs::remove_dir_all(scratch);
+                crate::warn_if_err!(
+                    fs::remove_dir_all(scratch),
+                    "cannot remove scratch folder '{}'",
+                    scratch.display()
+                );
                 stopped
             }
         };
@@ -606,12 +626,20 @@ impl Export {
 fn end_server(dom: &DomainRef, server: &Server) {
     match server {
         Server::Libvirt { scratch } => {
-            let _ = stop_pull_job(dom);
-            let _ = fs::remove_dir_all(scratch);
+            crate::warn_if_err!(stop_pull_job(dom), "cannot stop the pull-mode backup job");
+            crate::warn_if_err!(
+                fs::remove_dir_all(scratch),
+                "cannot remove scratch folder '{}'",
+                scratch.display()
+            );
         }
         Server::Daemon(d, scratch) => {
-            let _ = d.stop();
-            let _ = fs::remove_dir_all(scratch);
+            crate::warn_if_err!(d.stop(), "cannot stop qemu-storage-daemon");
+            crate::warn_if_err!(
+                fs::remove_dir_all(scratch),
+                "cannot remove scratch folder '{}'",
+                scratch.display()
+            );
         }
     }
 }

@@ -179,14 +179,17 @@ fn create_overlay(o: &Overlay) -> Result<()> {
 
 /// The checked folder of an overlay, and the overlay's name in it.
 fn overlay_folder(path: &Path) -> Result<(Folder, String)> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| {
-            Error::invalid_arg(format!("restore target '{}' does not name a file", path.display()))
-        })?;
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        Error::invalid_arg(format!(
+            "restore target '{}' does not name a file",
+            path.display()
+        ))
+    })?;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    Ok((Folder::open_outside(dir, "restore target")?, name.to_string()))
+    Ok((
+        Folder::open_outside(dir, "restore target")?,
+        name.to_string(),
+    ))
 }
 
 /// The receiver's new definition: disks at the overlays; a new domain gets

@@ -50,7 +50,11 @@ fn rewrite_disk(
             d.target.display()
         )));
     };
-    let tmp_name = tmp.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let tmp_name = tmp
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let own_index = ensure_index(catalog, child, &d.name)?;
     let domain = catalog.domain(&child.domain_uuid);
     domain.mark_merge(&child.uuid, &d.name, &tmp)?;

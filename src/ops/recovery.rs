@@ -286,7 +286,10 @@ fn finish_deletes(catalog: &Catalog, domain: &Uuid) {
         };
         // A note is a record the delete renamed: its volumes lose their
         // files here, and a pool refresh drops them from libvirt's list.
-        let _ = marked.remove_data(&mut || {}).and_then(DataRemoved::finish);
+        crate::warn_if_err!(
+            marked.remove_data(&mut || {}).and_then(DataRemoved::finish),
+            "cannot finish a delete a dead process began"
+        );
     }
 }
 

@@ -151,10 +151,28 @@ impl DiskPlan {
                     let size_now = Source::open(&place.path, now, Chain::Header)?.size();
                     let size = origin.open()?.size();
                     let same = format == now && size_now == size && origin.index.is_some();
-                    (format, if same { How::InPlace } else { replace(&place.path) })
+                    (
+                        format,
+                        if same {
+                            How::InPlace
+                        } else {
+                            replace(&place.path)
+                        },
+                    )
                 }
             },
         };
+        ::log::info!(
+            "disk '{name}': restore to '{}' ({}): {}",
+            place.path.display(),
+            format.as_str(),
+            match how {
+                How::New => "a new file",
+                How::InPlace => "the same format and size: only the chunks that differ",
+                How::Replace { .. } => "a new file renamed over the old one",
+                How::Device => "a block device, written whole in place",
+            }
+        );
         Ok(DiskPlan {
             name: name.to_string(),
             origin,
@@ -281,7 +299,11 @@ impl DiskPlan {
 
     /// Remove a file the first pass created (through the folder).
     fn remove_staged(&self, path: &Path) {
-        let _ = self.place.folder.remove(&tmp_name(path));
+        crate::warn_if_err!(
+            crate::error::missing_ok(self.place.folder.remove(&tmp_name(path))),
+            "cannot remove '{}'",
+            path.display()
+        );
     }
 }
 
@@ -330,7 +352,11 @@ impl Untouchable {
             return Err(Error::invalid_arg(format!(
                 "disk '{name}': '{}' is a file of a backup in the catalog{}; it cannot be a restore target",
                 target.display(),
-                if of_backup { "" } else { " (or a source of this restore)" }
+                if of_backup {
+                    ""
+                } else {
+                    " (or a source of this restore)"
+                }
             )));
         }
         Ok(())
@@ -375,7 +401,9 @@ fn execute(catalog: &Catalog, plans: &[DiskPlan]) -> Result<StagedFiles> {
         return Err(e);
     }
     let mut rewrites = in_place.iter();
-    let mut replacements = staged.iter().filter(|(p, ..)| matches!(p.how, How::Replace { .. }));
+    let mut replacements = staged
+        .iter()
+        .filter(|(p, ..)| matches!(p.how, How::Replace { .. }));
     for p in plans {
         match &p.how {
             How::New => {}

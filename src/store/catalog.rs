@@ -192,7 +192,10 @@ impl Catalog {
     /// Remove an export's scratch folder and what is in it (a link at its
     /// name is removed, never followed).
     pub fn remove_scratch(&self, export: &Uuid) {
-        let _ = self.dir.remove_tree(&names::scratch(export));
+        crate::warn_if_err!(
+            self.dir.remove_tree(&names::scratch(export)),
+            "cannot remove the scratch folder of export {export}"
+        );
     }
 }
 

@@ -79,7 +79,11 @@ impl BackupDir {
     /// the record.
     pub fn remove_dead_data(&self, rec: &BackupRecord) -> Result<()> {
         for d in &rec.disks {
-            let _ = remove_target(self, &d.target, true, &mut || {});
+            crate::warn_if_err!(
+                remove_target(self, &d.target, true, &mut || {}),
+                "cannot remove '{}' of a dead job",
+                d.target.display()
+            );
         }
         remove_created_dirs(self, rec);
         self.remove_record()
@@ -208,10 +212,13 @@ fn remove_created_dirs(backup: &BackupDir, rec: &BackupRecord) {
     for dir in rec.created_dirs.iter().rev() {
         if *dir != data {
             if let Ok(Some((up, name))) = Folder::outside_parent(dir, "backup target") {
-                let _ = up.remove_dir(&name);
+                crate::debug_if_err!(up.remove_dir(&name), "folder '{}' stays", dir.display());
             }
         } else if let Ok(Some(d)) = backup.domain().folder() {
-            let _ = d.remove_dir(&names::data_dir(backup.uuid()));
+            crate::debug_if_err!(
+                d.remove_dir(&names::data_dir(backup.uuid())),
+                "the backup's folder stays"
+            );
         }
     }
 }

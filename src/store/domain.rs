@@ -111,7 +111,9 @@ impl DomainDir {
     /// job of any kind holds it (see `locks::DomainJobLock`; the whole
     /// one-job rule is `ops::claim`).
     pub fn claim_job(&self) -> Result<DomainJobLock> {
-        DomainJobLock::take(&self.root, &self.uuid)
+        let lock = DomainJobLock::take(&self.root, &self.uuid)?;
+        ::log::debug!("domain {}: job lock taken (.domain-locks/{})", self.uuid, self.uuid);
+        Ok(lock)
     }
 
     /// Forget the domain's job lock file (the domain is undefined).
@@ -124,9 +126,12 @@ impl DomainDir {
     pub(super) fn drop_if_empty(&self) {
         let name = names::domain(&self.uuid);
         if let Ok(Some(dir)) = self.root.sub(&name) {
-            let _ = dir.remove_dir(names::MERGING);
+            crate::debug_if_err!(
+                dir.remove_dir(names::MERGING),
+                "the domain's merging folder stays"
+            );
         }
-        let _ = self.root.remove_dir(&name);
+        crate::debug_if_err!(self.root.remove_dir(&name), "domain folder {name} stays");
     }
 
     /// The persistent default target (`VIR_DOMAIN_AFFECT_CONFIG`).
@@ -199,7 +204,9 @@ impl BackupDir {
     /// Take the job lock of a new backup, keeping `held` (the domain's
     /// claim) for the job's lifetime. Call with the domain's lock held.
     pub fn lock_job(&self, held: impl DomainHold + 'static) -> Result<JobLock> {
-        JobLock::take(self.domain.make_folder()?, &self.uuid, Box::new(held))
+        let lock = JobLock::take(self.domain.make_folder()?, &self.uuid, Box::new(held))?;
+        ::log::debug!("backup {}: job lock file {} taken", self.uuid, names::job_lock(&self.uuid));
+        Ok(lock)
     }
 
     /// Whether the job of a running record is alive, died, or never left
@@ -232,15 +239,27 @@ impl BackupDir {
     /// Withdraw a cancel request (its job ended first).
     pub fn clear_cancel(&self) {
         if let Ok(Some(dir)) = self.domain.folder() {
-            let _ = dir.remove(&names::cancel(&self.uuid));
+            crate::warn_if_err!(
+                crate::error::missing_ok(dir.remove(&names::cancel(&self.uuid))),
+                "cannot remove the cancel marker of backup {}",
+                self.uuid
+            );
         }
     }
 
     /// Remove the job lock and cancel request of a job that ended.
     pub fn clear_job_files(&self) {
         if let Ok(Some(dir)) = self.domain.folder() {
-            let _ = dir.remove(&names::job_lock(&self.uuid));
-            let _ = dir.remove(&names::cancel(&self.uuid));
+            crate::warn_if_err!(
+                crate::error::missing_ok(dir.remove(&names::job_lock(&self.uuid))),
+                "cannot remove the job lock of backup {}",
+                self.uuid
+            );
+            crate::warn_if_err!(
+                crate::error::missing_ok(dir.remove(&names::cancel(&self.uuid))),
+                "cannot remove the cancel marker of backup {}",
+                self.uuid
+            );
         }
     }
 }

@@ -34,7 +34,11 @@ pub struct ExportLock {
 
 impl Drop for ExportLock {
     fn drop(&mut self) {
-        let _ = self.dir.remove(&self.name);
+        crate::warn_if_err!(
+            crate::error::missing_ok(self.dir.remove(&self.name)),
+            "cannot remove export registration {}",
+            self.name
+        );
         let _ = self.file.unlock();
     }
 }

@@ -584,7 +584,10 @@ impl IndexReader {
                 self.entries = fresh.entries;
             }
         }
-        Err(unusable(&self.path, "its levels keep being replaced while it is read"))
+        Err(unusable(
+            &self.path,
+            "its levels keep being replaced while it is read",
+        ))
     }
 
     /// Resolve the batch of chunks from `start` on; false when a level was
@@ -695,7 +698,10 @@ pub fn install(tmp: &Path, path: &Path) -> Result<()> {
 /// Remove an index file left half written.
 pub fn discard(path: &Path) {
     if let Ok((dir, name)) = index_folder(path) {
-        let _ = dir.remove(&name);
+        crate::warn_if_err!(
+            crate::error::missing_ok(dir.remove(&name)),
+            "cannot remove index file {name}"
+        );
     }
 }
 

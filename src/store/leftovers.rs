@@ -104,7 +104,10 @@ impl DomainDir {
         }
         if removed {
             dir.sync();
-            let _ = records::drop_empty_summary(&dir);
+            crate::warn_if_err!(
+                records::drop_empty_summary(&dir),
+                "cannot drop an empty summary"
+            );
             drop(dir);
             self.drop_if_empty();
         }

@@ -197,7 +197,10 @@ impl DomainJobLock {
 /// Forget a domain's job lock file (the domain is gone).
 pub(super) fn remove_domain_job_lock(root: &Folder, domain: &Uuid) {
     if let Ok(Some(locks)) = root.sub(names::DOMAIN_LOCKS) {
-        let _ = locks.remove(&names::domain(domain));
+        crate::warn_if_err!(
+            crate::error::missing_ok(locks.remove(&names::domain(domain))),
+            "cannot remove the job lock of domain {domain}"
+        );
     }
 }
 
@@ -273,8 +276,16 @@ impl JobLock {
 impl Drop for JobLock {
     fn drop(&mut self) {
         if !self.keep_file {
-            let _ = self.dir.remove(&names::cancel(&self.backup));
-            let _ = self.dir.remove(&names::job_lock(&self.backup));
+            crate::warn_if_err!(
+                crate::error::missing_ok(self.dir.remove(&names::cancel(&self.backup))),
+                "cannot remove the cancel marker of backup {}",
+                self.backup
+            );
+            crate::warn_if_err!(
+                crate::error::missing_ok(self.dir.remove(&names::job_lock(&self.backup))),
+                "cannot remove the job lock of backup {}",
+                self.backup
+            );
         }
         let _ = self.file.unlock();
         // The domain's claim goes after the job's files.

@@ -53,7 +53,11 @@ impl StagedFiles {
 
 impl Drop for StagedFiles {
     fn drop(&mut self) {
-        let _ = self.root.remove(&self.name);
+        crate::warn_if_err!(
+            crate::error::missing_ok(self.root.remove(&self.name)),
+            "cannot remove restore note {}",
+            self.name
+        );
     }
 }
 
@@ -87,7 +91,11 @@ pub struct Note {
 impl Note {
     /// The files are dealt with: remove the note.
     pub fn forget(self) {
-        let _ = self.folder.remove(&self.name);
+        crate::warn_if_err!(
+            crate::error::missing_ok(self.folder.remove(&self.name)),
+            "cannot remove restore note {}",
+            self.name
+        );
     }
 }
 
@@ -134,7 +142,10 @@ impl Catalog {
             let mut text = Vec::new();
             let _ = file.read_to_end(&mut text);
             let Some((owner, files)) = read_note(&text) else {
-                let _ = root.remove(&name);
+                crate::warn_if_err!(
+                    crate::error::missing_ok(root.remove(&name)),
+                    "cannot remove damaged note {name}"
+                );
                 continue;
             };
             out.push(Note {
@@ -163,7 +174,10 @@ impl DomainDir {
     /// The merge of that disk ended (its file renamed, or removed).
     pub fn unmark_merge(&self, child: &Uuid, disk: &str) {
         if let Some(m) = self.merge_folder() {
-            let _ = m.remove(&names::merge_marker(child, disk));
+            crate::warn_if_err!(
+                crate::error::missing_ok(m.remove(&names::merge_marker(child, disk))),
+                "cannot remove the merge marker of disk '{disk}' of backup {child}"
+            );
         }
     }
 

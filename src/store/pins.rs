@@ -87,7 +87,10 @@ fn sweep_temporaries(catalog: &Catalog, dir: &crate::store::folder::Folder, foun
             .stat(t)
             .is_ok_and(|st| crate::store::secure::own_private_file(&st))
         {
-            let _ = dir.remove(t);
+            crate::warn_if_err!(
+                crate::error::missing_ok(dir.remove(t)),
+                "cannot remove {t:?}"
+            );
         }
     }
     dir.sync();

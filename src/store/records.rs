@@ -44,7 +44,13 @@ impl BackupDir {
         note_pending(&dir, self.uuid())?;
         dir.write_atomic(&names::record(self.uuid()), xml.as_bytes())?;
         summary::note_written(&dir, &Entry::of(rec))?;
-        compact_summary(&dir)
+        compact_summary(&dir)?;
+        ::log::debug!(
+            "backup {}: record written, state {}",
+            rec.uuid,
+            rec.state.as_str()
+        );
+        Ok(())
     }
 
     /// Forget the backup; its data files stay.

@@ -136,7 +136,11 @@ pub fn remove_own_file(path: &Path) {
         return;
     };
     if dir.stat(&name).is_ok_and(|st| own_private_file(&st)) {
-        let _ = dir.remove(&name);
+        crate::warn_if_err!(
+            crate::error::missing_ok(dir.remove(&name)),
+            "cannot remove '{}'",
+            path.display()
+        );
     }
 }
 
