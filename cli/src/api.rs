@@ -9,24 +9,24 @@ use virt::domain::Domain;
 use virt::sys;
 
 #[repr(C)]
-pub struct VirDomainBackup {
+pub(crate) struct VirDomainBackup {
     _opaque: [u8; 0],
 }
-pub type BackupPtr = *mut VirDomainBackup;
+pub(crate) type BackupPtr = *mut VirDomainBackup;
 
-pub const CREATE_QUIESCE: u32 = 1 << 0;
-pub const CREATE_NO_FALLBACK: u32 = 1 << 1;
-pub const LIST_FULL: u32 = 1 << 0;
-pub const LIST_LATEST: u32 = 1 << 1;
-pub const LIST_INCREMENTAL: u32 = 1 << 2;
-pub const LIST_LEAVES: u32 = 1 << 3;
-pub const RESTORE_NEW_DOMAIN: u32 = 1 << 0;
-pub const RESTORE_REWRITE: u32 = 1 << 1;
-pub const DELETE_ALL_CHILDREN: u32 = 1 << 1;
-pub const DELETE_METADATA_ONLY: u32 = 1 << 2;
-pub const FINISH_CHECK: u32 = 1 << 1;
-pub const AFFECT_LIVE: u32 = 1 << 0;
-pub const AFFECT_CONFIG: u32 = 1 << 1;
+pub(crate) const CREATE_QUIESCE: u32 = 1 << 0;
+pub(crate) const CREATE_NO_FALLBACK: u32 = 1 << 1;
+pub(crate) const LIST_FULL: u32 = 1 << 0;
+pub(crate) const LIST_LATEST: u32 = 1 << 1;
+pub(crate) const LIST_INCREMENTAL: u32 = 1 << 2;
+pub(crate) const LIST_LEAVES: u32 = 1 << 3;
+pub(crate) const RESTORE_NEW_DOMAIN: u32 = 1 << 0;
+pub(crate) const RESTORE_REWRITE: u32 = 1 << 1;
+pub(crate) const DELETE_ALL_CHILDREN: u32 = 1 << 1;
+pub(crate) const DELETE_METADATA_ONLY: u32 = 1 << 2;
+pub(crate) const FINISH_CHECK: u32 = 1 << 1;
+pub(crate) const AFFECT_LIVE: u32 = 1 << 0;
+pub(crate) const AFFECT_CONFIG: u32 = 1 << 1;
 
 unsafe extern "C" {
     fn virDomainBackupCreateXML(d: sys::virDomainPtr, xml: *const c_char, f: c_uint) -> BackupPtr;
@@ -57,7 +57,7 @@ unsafe extern "C" {
 
 /// The library's last error on this thread.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub code: i32,
     pub message: String,
 }
@@ -68,9 +68,9 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-pub type Result<T> = std::result::Result<T, ApiError>;
+pub(crate) type Result<T> = std::result::Result<T, ApiError>;
 
-pub fn last_error() -> ApiError {
+pub(crate) fn last_error() -> ApiError {
     // SAFETY: takes no argument; the message is owned by the library, valid
     // until the next call on this thread.
     let msg = unsafe { virDomainBackupGetLastErrorMessage() };
@@ -90,7 +90,7 @@ pub fn last_error() -> ApiError {
     }
 }
 
-pub fn err(message: impl Into<String>) -> ApiError {
+pub(crate) fn err(message: impl Into<String>) -> ApiError {
     ApiError {
         code: 0,
         message: message.into(),
@@ -106,7 +106,7 @@ fn check(rc: c_int) -> Result<c_int> {
 }
 
 /// One reference on a backup object, released on drop.
-pub struct Backup(BackupPtr);
+pub(crate) struct Backup(BackupPtr);
 
 // SAFETY: the library's handles are thread-safe (API.md: "handles may be
 // shared"), and `Backup` only passes its pointer to the library.
@@ -132,7 +132,7 @@ fn wrap(p: BackupPtr) -> Result<Backup> {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Param {
+pub(crate) enum Param {
     Int(i32),
     UInt(u32),
     ULLong(u64),
@@ -141,7 +141,7 @@ pub enum Param {
 }
 
 impl Param {
-    pub fn as_u64(&self) -> Option<u64> {
+    pub(crate) fn as_u64(&self) -> Option<u64> {
         match self {
             Param::Int(v) => Some(*v as u64),
             Param::UInt(v) => Some(*v as u64),
@@ -150,7 +150,7 @@ impl Param {
         }
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         match self {
             Param::Int(v) => (*v).into(),
             Param::UInt(v) => (*v).into(),
@@ -162,28 +162,28 @@ impl Param {
 }
 
 impl Backup {
-    pub fn create(dom: &Domain, xml: &str, flags: u32) -> Result<Backup> {
+    pub(crate) fn create(dom: &Domain, xml: &str, flags: u32) -> Result<Backup> {
         let x = cstr(xml)?;
         // SAFETY: `dom` is a live virDomainPtr borrowed for the call and `x` a
         // NUL-terminated string that outlives it; a null result is checked.
         wrap(unsafe { virDomainBackupCreateXML(dom.as_ptr(), x.as_ptr(), flags) })
     }
 
-    pub fn start_unmanaged(dom: &Domain, xml: &str) -> Result<Backup> {
+    pub(crate) fn start_unmanaged(dom: &Domain, xml: &str) -> Result<Backup> {
         let x = cstr(xml)?;
         // SAFETY: as in `create`: a live domain and a C string that outlive
         // the call; a null result is checked.
         wrap(unsafe { virDomainBackupStartUnmanaged(dom.as_ptr(), x.as_ptr(), 0) })
     }
 
-    pub fn lookup(uuid: &str) -> Result<Backup> {
+    pub(crate) fn lookup(uuid: &str) -> Result<Backup> {
         let u = cstr(uuid)?;
         // SAFETY: `u` is a NUL-terminated string that outlives the call; a
         // null result is checked.
         wrap(unsafe { virDomainBackupLookupByUUID(u.as_ptr(), 0) })
     }
 
-    pub fn list(dom: &Domain, flags: u32) -> Result<Vec<Backup>> {
+    pub(crate) fn list(dom: &Domain, flags: u32) -> Result<Vec<Backup>> {
         let mut arr: *mut BackupPtr = ptr::null_mut();
         // SAFETY: `dom` is a live virDomainPtr borrowed for the call and `arr`
         // a valid place for the library to store its array.
@@ -200,7 +200,7 @@ impl Backup {
         Ok(out)
     }
 
-    pub fn xml(&self) -> Result<String> {
+    pub(crate) fn xml(&self) -> Result<String> {
         // SAFETY: `self.0` is a live handle; a null result is checked.
         let p = unsafe { virDomainBackupObjGetXMLDesc(self.0, 0) };
         if p.is_null() {
@@ -217,27 +217,27 @@ impl Backup {
         s.map_err(|_| err("the library returned a backup description that is not UTF-8"))
     }
 
-    pub fn delete(&self, flags: u32) -> Result<()> {
+    pub(crate) fn delete(&self, flags: u32) -> Result<()> {
         // SAFETY: `self.0` is a live handle; deleting leaves it valid to free.
         check(unsafe { virDomainBackupDelete(self.0, flags) }).map(drop)
     }
 
-    pub fn finish(&self, flags: u32) -> Result<i32> {
+    pub(crate) fn finish(&self, flags: u32) -> Result<i32> {
         // SAFETY: `self.0` is a live handle.
         check(unsafe { virDomainBackupFinishJob(self.0, flags) })
     }
 
-    pub fn abort(&self) -> Result<()> {
+    pub(crate) fn abort(&self) -> Result<()> {
         // SAFETY: `self.0` is a live handle.
         check(unsafe { virDomainBackupAbortJob(self.0, 0) }).map(drop)
     }
 
-    pub fn verify(&self) -> Result<()> {
+    pub(crate) fn verify(&self) -> Result<()> {
         // SAFETY: `self.0` is a live handle.
         check(unsafe { virDomainBackupVerify(self.0, 0) }).map(drop)
     }
 
-    pub fn parameters(&self) -> Result<Vec<(String, Param)>> {
+    pub(crate) fn parameters(&self) -> Result<Vec<(String, Param)>> {
         let mut n: c_int = 0;
         // SAFETY: `self.0` is a live handle; a null array asks only for the
         // count, written to `n`.
@@ -280,17 +280,17 @@ impl Backup {
     }
 }
 
-pub fn param<'a>(params: &'a [(String, Param)], name: &str) -> Option<&'a Param> {
+pub(crate) fn param<'a>(params: &'a [(String, Param)], name: &str) -> Option<&'a Param> {
     params.iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
-pub fn restore(xml: &str, flags: u32) -> Result<()> {
+pub(crate) fn restore(xml: &str, flags: u32) -> Result<()> {
     let x = cstr(xml)?;
     // SAFETY: `x` is a NUL-terminated string that outlives the call.
     check(unsafe { virDomainBackupRestore(x.as_ptr(), flags) }).map(drop)
 }
 
-pub fn set_default_target(dom: &Domain, xml: &str, flags: u32) -> Result<()> {
+pub(crate) fn set_default_target(dom: &Domain, xml: &str, flags: u32) -> Result<()> {
     let x = cstr(xml)?;
     // SAFETY: `dom` is a live virDomainPtr borrowed for the call and `x` a
     // NUL-terminated string that outlives it.

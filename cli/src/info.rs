@@ -4,7 +4,7 @@
 use serde_json::json;
 
 #[derive(Debug, Clone, Default)]
-pub struct DiskInfo {
+pub(crate) struct DiskInfo {
     pub name: String,
     pub mode: String,
     pub target: String,
@@ -14,7 +14,7 @@ pub struct DiskInfo {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct BackupInfo {
+pub(crate) struct BackupInfo {
     pub uuid: String,
     pub creation_time: i64,
     pub description: String,
@@ -25,7 +25,7 @@ pub struct BackupInfo {
 }
 
 impl BackupInfo {
-    pub fn parse(xml: &str) -> Result<BackupInfo, String> {
+    pub(crate) fn parse(xml: &str) -> Result<BackupInfo, String> {
         let doc = roxmltree::Document::parse(xml).map_err(|e| format!("bad backup XML: {e}"))?;
         let root = doc.root_element();
         let text = |name: &str| {
@@ -78,7 +78,7 @@ impl BackupInfo {
         })
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         if self.disks.iter().any(|d| d.mode == "incremental") {
             "incremental"
         } else {
@@ -86,7 +86,7 @@ impl BackupInfo {
         }
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         json!({
             "uuid": self.uuid,
             "creation_time": self.creation_time,
@@ -103,7 +103,7 @@ impl BackupInfo {
 }
 
 /// `ctime`-like local time, as virsh prints creation times.
-pub fn local_time(t: i64) -> String {
+pub(crate) fn local_time(t: i64) -> String {
     let time = t as libc::time_t;
     // SAFETY: libc::tm is a plain C struct (ints and a pointer) for which
     // all zeroes is valid.
@@ -126,7 +126,7 @@ pub fn local_time(t: i64) -> String {
 
 /// The tree of `items` (name, parent) as virsh draws it (vshTreePrint):
 /// roots at the left, each child under "  |" then "  +- name".
-pub fn tree(items: &[(String, Option<String>)]) -> String {
+pub(crate) fn tree(items: &[(String, Option<String>)]) -> String {
     let mut out = String::new();
     let is_root = |p: &Option<String>| {
         p.as_ref()

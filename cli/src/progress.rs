@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub enum Progress {
+pub(crate) enum Progress {
     Bar(ProgressBar),
     Lines {
         label: String,
@@ -19,7 +19,7 @@ pub enum Progress {
 }
 
 impl Progress {
-    pub fn new(label: &str, silent: bool) -> Progress {
+    pub(crate) fn new(label: &str, silent: bool) -> Progress {
         if silent {
             return Progress::Silent;
         }
@@ -45,7 +45,7 @@ impl Progress {
         }
     }
 
-    pub fn update(&mut self, done: u64, total: u64) {
+    pub(crate) fn update(&mut self, done: u64, total: u64) {
         match self {
             Progress::Bar(b) => {
                 b.set_length(total);
@@ -78,7 +78,7 @@ impl Progress {
     /// A display for work whose size the library does not report: a
     /// spinner with the elapsed time on a terminal, one line at the end
     /// otherwise.
-    pub fn spinner(label: &str, silent: bool) -> Progress {
+    pub(crate) fn spinner(label: &str, silent: bool) -> Progress {
         if silent {
             return Progress::Silent;
         }
@@ -94,7 +94,7 @@ impl Progress {
     }
 
     /// Leave the bar as it ended (complete on success) or as it stopped.
-    pub fn finish(&mut self, ok: bool) {
+    pub(crate) fn finish(&mut self, ok: bool) {
         match self {
             Progress::Bar(b) => {
                 if ok {

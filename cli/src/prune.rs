@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub keep_last: usize,
     pub keep_daily: usize,
     pub keep_weekly: usize,
@@ -22,19 +22,19 @@ pub struct Policy {
 impl Policy {
     /// Whether some option keeps a backup (Proxmox Backup Server's
     /// `keeps_something`). A policy that keeps nothing keeps everything.
-    pub fn keeps_something(&self) -> bool {
+    pub(crate) fn keeps_something(&self) -> bool {
         self.keep_last > 0 || self.keep_daily > 0 || self.keep_weekly > 0 || self.keep_monthly > 0
     }
 }
 
 /// Whether a selection (`select`'s result) removes every backup it was given
 /// (and there was one): such a prune needs `--force`.
-pub fn removes_all(keep: &[bool]) -> bool {
+pub(crate) fn removes_all(keep: &[bool]) -> bool {
     !keep.is_empty() && keep.iter().all(|k| !*k)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Period {
+pub(crate) enum Period {
     Day,
     Week,
     Month,
@@ -42,11 +42,11 @@ pub enum Period {
 
 /// The period a timestamp falls in, in local time (`period_key` in tests
 /// takes UTC so that results do not depend on the machine's zone).
-pub fn local_period(t: i64, p: Period) -> String {
+pub(crate) fn local_period(t: i64, p: Period) -> String {
     period_key(t, p, false)
 }
 
-pub fn period_key(t: i64, p: Period, utc: bool) -> String {
+pub(crate) fn period_key(t: i64, p: Period, utc: bool) -> String {
     let fmt = match p {
         Period::Day => c"%Y/%m/%d",
         Period::Week => c"%G/%V",
@@ -121,7 +121,7 @@ fn mark_selections(
 /// For backups given as (creation time, order among equal times), which to
 /// keep: a vector of the same length. `period` names the period of a time.
 /// A policy that keeps nothing keeps them all.
-pub fn select(times: &[i64], policy: &Policy, period: impl Fn(i64, Period) -> String) -> Vec<bool> {
+pub(crate) fn select(times: &[i64], policy: &Policy, period: impl Fn(i64, Period) -> String) -> Vec<bool> {
     if !policy.keeps_something() {
         return vec![true; times.len()];
     }
