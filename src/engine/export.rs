@@ -643,7 +643,7 @@ fn qmp_quit(path: &Path) -> io::Result<()> {
     let mut line = String::new();
 
     reader.read_line(&mut line)?;
-    if !line.contains("\"QMP\"") {
+    if !matches!(qmp_message(&line), Ok(QmpMessage::Greeting)) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "no QMP greeting",
@@ -658,16 +658,57 @@ fn qmp_quit(path: &Path) -> io::Result<()> {
             if reader.read_line(&mut line)? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            if line.contains("\"return\"") {
-                break;
+            match qmp_message(&line)? {
+                QmpMessage::Return => break,
+                QmpMessage::Error(line) => return Err(io::Error::other(line)),
+                // An event: keep reading.
+                QmpMessage::Greeting | QmpMessage::Other => {}
             }
-            if line.contains("\"error\"") {
-                return Err(io::Error::other(line.trim().to_string()));
-            }
-            // An event: keep reading.
         }
     }
     Ok(())
+}
+
+/// One line of the QMP monitor, by the member that says what it is.
+#[derive(Debug, PartialEq, Eq)]
+enum QmpMessage {
+    /// `{"QMP": …}`: the greeting.
+    Greeting,
+    /// `{"return": …}`: the command succeeded.
+    Return,
+    /// `{"error": …}`: the command failed; the line, to report.
+    Error(String),
+    /// Anything else (`{"event": …}`): no answer to a command.
+    Other,
+}
+
+/// Parse one line of the QMP monitor: a JSON object, told apart by its own
+/// members only, so that a value that merely holds "return" (an event's
+/// data, an error's description) is never taken for a command's success.
+/// A line that is not a JSON object is a protocol error.
+fn qmp_message(line: &str) -> io::Result<QmpMessage> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+        bad(format!(
+            "QMP sent a line that is not JSON ({e}): {}",
+            line.trim()
+        ))
+    })?;
+    let Some(members) = value.as_object() else {
+        return Err(bad(format!(
+            "QMP sent a line that is not a JSON object: {}",
+            line.trim()
+        )));
+    };
+    Ok(if members.contains_key("error") {
+        QmpMessage::Error(line.trim().to_string())
+    } else if members.contains_key("return") {
+        QmpMessage::Return
+    } else if members.contains_key("QMP") {
+        QmpMessage::Greeting
+    } else {
+        QmpMessage::Other
+    })
 }
 
 /// Remove a unix socket file (only a socket: never another kind of file).

@@ -145,3 +145,80 @@ fn bad_arguments() {
     assert!(validate(&ExportServer::Unix("/nonexistent-dir/s.sock".into()), &ok).is_err());
     assert!(validate(&tcp(1), &ok).is_ok());
 }
+
+#[test]
+fn qmp_lines_are_told_apart_by_their_own_members() {
+    let greeting = r#"{"QMP": {"version": {"qemu": {"major": 9}}, "capabilities": []}}"#;
+    assert_eq!(qmp_message(greeting).unwrap(), QmpMessage::Greeting);
+    assert_eq!(
+        qmp_message("{\"return\": {}}\r\n").unwrap(),
+        QmpMessage::Return
+    );
+    let refused = r#"{"error": {"class": "GenericError", "desc": "no"}}"#;
+    assert_eq!(
+        qmp_message(&format!("{refused}\r\n")).unwrap(),
+        QmpMessage::Error(refused.into())
+    );
+    // "return" as a string value, or as a member of a value, answers nothing.
+    for line in [
+        r#"{"event": "X", "data": {"id": "return"}}"#,
+        r#"{"event": "return", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}"#,
+        r#"{"event": "X", "data": {"return": {}}}"#,
+        r#"{"event": "X", "data": {"reason": "\"return\": {}"}}"#,
+    ] {
+        assert_eq!(qmp_message(line).unwrap(), QmpMessage::Other, "{line}");
+    }
+    // An error whose description holds "return" is an error.
+    let refused = r#"{"error": {"class": "GenericError", "desc": "\"return\""}}"#;
+    assert_eq!(
+        qmp_message(refused).unwrap(),
+        QmpMessage::Error(refused.into())
+    );
+    // Not a JSON object: a protocol error, not an event to skip.
+    for line in [
+        "",
+        "\n",
+        "return",
+        "\"return\"",
+        "[\"return\"]",
+        "{\"return\": ",
+    ] {
+        let e = qmp_message(line).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{line:?}: {e}");
+    }
+}
+
+/// A monitor that sends, before each answer, an event whose data holds
+/// "return": only the answers count, so "quit" goes out after the answer
+/// to "qmp_capabilities", and the refusal of "quit" is reported.
+#[test]
+fn qmp_quit_waits_for_the_answer_itself() {
+    use std::os::unix::net::UnixListener;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let monitor = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
+        let mut asked = Vec::new();
+        for answer in [
+            r#"{"return": {}}"#,
+            r#"{"error": {"class": "GenericError", "desc": "not now"}}"#,
+        ] {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            asked.push(line.trim().to_string());
+            writeln!(w, r#"{{"event": "X", "data": {{"id": "return"}}}}"#).unwrap();
+            writeln!(w, "{answer}").unwrap();
+        }
+        asked
+    });
+    let e = qmp_quit(&path).unwrap_err();
+    assert!(e.to_string().contains("not now"), "{e}");
+    assert_eq!(
+        monitor.join().unwrap(),
+        [r#"{"execute":"qmp_capabilities"}"#, r#"{"execute":"quit"}"#]
+    );
+}
