@@ -643,7 +643,7 @@ fn qmp_quit(path: &Path) -> io::Result<()> {
     let mut line = String::new();
 
     reader.read_line(&mut line)?;
-    if !line.contains("\"QMP\"") {
+    if !matches!(qmp_message(&line), Ok(QmpMessage::Greeting)) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "no QMP greeting",
@@ -658,16 +658,57 @@ fn qmp_quit(path: &Path) -> io::Result<()> {
             if reader.read_line(&mut line)? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            if line.contains("\"return\"") {
-                break;
+            match qmp_message(&line)? {
+                QmpMessage::Return => break,
+                QmpMessage::Error(line) => return Err(io::Error::other(line)),
+                // An event: keep reading.
+                QmpMessage::Greeting | QmpMessage::Other => {}
             }
-            if line.contains("\"error\"") {
-                return Err(io::Error::other(line.trim().to_string()));
-            }
-            // An event: keep reading.
         }
     }
     Ok(())
+}
+
+/// One line of the QMP monitor, by the member that says what it is.
+#[derive(Debug, PartialEq, Eq)]
+enum QmpMessage {
+    /// `{"QMP": …}`: the greeting.
+    Greeting,
+    /// `{"return": …}`: the command succeeded.
+    Return,
+    /// `{"error": …}`: the command failed; the line, to report.
+    Error(String),
+    /// Anything else (`{"event": …}`): no answer to a command.
+    Other,
+}
+
+/// Parse one line of the QMP monitor: a JSON object, told apart by its own
+/// members only, so that a value that merely holds "return" (an event's
+/// data, an error's description) is never taken for a command's success.
+/// A line that is not a JSON object is a protocol error.
+fn qmp_message(line: &str) -> io::Result<QmpMessage> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+        bad(format!(
+            "QMP sent a line that is not JSON ({e}): {}",
+            line.trim()
+        ))
+    })?;
+    let Some(members) = value.as_object() else {
+        return Err(bad(format!(
+            "QMP sent a line that is not a JSON object: {}",
+            line.trim()
+        )));
+    };
+    Ok(if members.contains_key("error") {
+        QmpMessage::Error(line.trim().to_string())
+    } else if members.contains_key("return") {
+        QmpMessage::Return
+    } else if members.contains_key("QMP") {
+        QmpMessage::Greeting
+    } else {
+        QmpMessage::Other
+    })
 }
 
 /// Remove a unix socket file (only a socket: never another kind of file).
@@ -684,152 +725,4 @@ fn remove_socket(path: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each JSON argument, parsed back.
-    fn parsed(args: &[String]) -> Vec<serde_json::Value> {
-        args.iter()
-            .filter(|a| a.starts_with('{'))
-            .map(|a| serde_json::from_str(a).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn names_and_paths_of_any_kind_reach_the_daemon_intact() {
-        let odd = "/i/a \"q\" \\ b\n\u{1} f\u{fc}r,x.qcow2";
-        let disks = [ExportDisk {
-            export_name: "v\"d\\a\n\u{fc}".into(),
-            image: odd.into(),
-            format: DiskFormat::Qcow2,
-            bitmap: Some("b\"0".into()),
-        }];
-        let unix = ExportServer::Unix("/s/o \"d\"\\\n\u{fc}.sock".into());
-        let args =
-            daemon_args(&unix, &disks, Some(Path::new("/c/\"x\"")), Path::new("/q")).unwrap();
-        let v = parsed(&args);
-        assert_eq!(v[0]["filename"], odd);
-        assert_eq!(v[3]["addr"]["path"], "/s/o \"d\"\\\n\u{fc}.sock");
-        assert_eq!(v[2]["dir"], "/c/\"x\"");
-        assert_eq!(v[4]["name"], "v\"d\\a\n\u{fc}");
-        assert_eq!(v[4]["bitmaps"][0], "b\"0");
-    }
-
-    #[test]
-    fn command_line() {
-        let disks = [ExportDisk {
-            export_name: "vda".into(),
-            image: "/i/a,b.qcow2".into(),
-            format: DiskFormat::Qcow2,
-            bitmap: Some("b0".into()),
-        }];
-        let args = daemon_args(
-            &ExportServer::Tcp {
-                host: "127.0.0.1".into(),
-                port: 10809,
-            },
-            &disks,
-            None,
-            Path::new("/s,x/qmp.sock"),
-        )
-        .unwrap();
-        let opts: Vec<&str> = args.iter().step_by(2).map(String::as_str).collect();
-        assert_eq!(
-            opts,
-            [
-                "--blockdev",
-                "--blockdev",
-                "--nbd-server",
-                "--export",
-                "--chardev",
-                "--monitor"
-            ]
-        );
-        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
-        assert_eq!(
-            parsed(&args),
-            [
-                json(
-                    r#"{"driver":"file","node-name":"file0","filename":"/i/a,b.qcow2","read-only":true}"#
-                ),
-                json(r#"{"driver":"qcow2","node-name":"disk0","file":"file0","read-only":true}"#),
-                json(r#"{"addr":{"type":"inet","host":"127.0.0.1","port":"10809"}}"#),
-                json(
-                    r#"{"type":"nbd","id":"export0","node-name":"disk0","name":"vda","writable":false,"bitmaps":["b0"]}"#
-                ),
-            ]
-        );
-        assert_eq!(
-            args[9..],
-            [
-                "socket,id=qmp0,path=/s,,x/qmp.sock,server=on,wait=off",
-                "--monitor",
-                "chardev=qmp0,mode=control",
-            ]
-        );
-    }
-
-    #[test]
-    fn tls_command_line() {
-        let disks = [ExportDisk {
-            export_name: "vda".into(),
-            image: "/i/a.raw".into(),
-            format: DiskFormat::Raw,
-            bitmap: None,
-        }];
-        let server = ExportServer::Tcp {
-            host: "0.0.0.0".into(),
-            port: 10809,
-        };
-        let dir = Path::new("/etc/pki/a,b");
-        let args = daemon_args(&server, &disks, Some(dir), Path::new("/s/q")).unwrap();
-        assert_eq!(
-            (args[4].as_str(), args[6].as_str()),
-            ("--object", "--nbd-server")
-        );
-        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
-        assert_eq!(
-            parsed(&args[4..8]),
-            [
-                json(
-                    r#"{"qom-type":"tls-creds-x509","id":"tls0","dir":"/etc/pki/a,b","endpoint":"server","verify-peer":true}"#
-                ),
-                json(
-                    r#"{"addr":{"type":"inet","host":"0.0.0.0","port":"10809"},"tls-creds":"tls0"}"#
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn bad_arguments() {
-        let disk = |name: &str, fmt, bitmap: Option<&str>| ExportDisk {
-            export_name: name.into(),
-            image: "/nonexistent.img".into(),
-            format: fmt,
-            bitmap: bitmap.map(Into::into),
-        };
-        let tcp = |port| ExportServer::Tcp {
-            host: "127.0.0.1".into(),
-            port,
-        };
-        let ok = [disk("vda", DiskFormat::Raw, None)];
-        assert!(validate(&tcp(0), &ok).is_err());
-        assert!(validate(&tcp(1), &[]).is_err());
-        assert!(validate(&tcp(1), &[disk("", DiskFormat::Raw, None)]).is_err());
-        assert!(
-            validate(
-                &tcp(1),
-                &[
-                    disk("a", DiskFormat::Raw, None),
-                    disk("a", DiskFormat::Raw, None)
-                ]
-            )
-            .is_err()
-        );
-        assert!(validate(&tcp(1), &[disk("a", DiskFormat::Raw, Some("b0"))]).is_err());
-        assert!(validate(&tcp(1), &[disk("a", DiskFormat::Qcow2, Some(""))]).is_err());
-        assert!(validate(&ExportServer::Unix("/nonexistent-dir/s.sock".into()), &ok).is_err());
-        assert!(validate(&tcp(1), &ok).is_ok());
-    }
-}
+mod tests;

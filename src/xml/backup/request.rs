@@ -1,0 +1,500 @@
+//! The documents callers send, each read into a request:
+//! `virDomainBackupCreateXML` ([`CreateRequest`]),
+//! `virDomainBackupStartUnmanaged` ([`UnmanagedRequest`]),
+//! `virDomainBackupRestore` ([`RestoreRequest`]),
+//! `virDomainBackupRestoreUnmanaged` ([`UnmanagedRestoreRequest`]) and
+//! `virDomainSetDefaultTarget` ([`DefaultTarget`]). Each is read against
+//! the schema of `vocabulary.rs`, then checked for what a schema cannot
+//! say (absolute paths, unique names, values).
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use super::vocabulary::{
+    DEFAULT_TARGET, DOMAINBACKUP, DiskFormat, MAX_DISKS, disk_name, parse_uuid, path_str,
+};
+use crate::error::{Error, Result};
+use crate::xml::dom::{self, Element};
+
+/// Where a disk's backup goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    File(PathBuf),
+    Volume { pool: String, volume: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRequest {
+    pub name: String,
+    pub backup: bool,
+    pub target: Option<Target>,
+    pub format: Option<DiskFormat>,
+}
+
+/// Input of `virDomainBackupCreateXML`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub uuid: Option<Uuid>,
+    pub description: Option<String>,
+    pub parent: Option<Uuid>,
+    /// `None`: every disk with device='disk'.
+    pub disks: Option<Vec<DiskRequest>>,
+}
+
+fn parse_parent(root: &Element) -> Result<Option<Uuid>> {
+    match root.child("parent") {
+        None => Ok(None),
+        Some(p) => {
+            let u = p
+                .child_text("uuid")
+                .ok_or_else(|| Error::xml("<parent> needs a <uuid>"))?;
+            Ok(Some(parse_uuid(u)?))
+        }
+    }
+}
+
+fn absolute_path(s: &str, what: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(s);
+    if !p.is_absolute() {
+        return Err(Error::xml(format!("{what} '{s}' must be an absolute path")));
+    }
+    Ok(p)
+}
+
+fn parse_driver(d: &Element) -> Result<Option<DiskFormat>> {
+    match d.child("driver") {
+        None => Ok(None),
+        Some(drv) => match drv.attr("type") {
+            None => Ok(None),
+            Some(t) => Ok(Some(DiskFormat::parse(t)?)),
+        },
+    }
+}
+
+/// Collect `<disks><disk/></disks>` with unique names (at most [`MAX_DISKS`]).
+fn disk_elements(root: &Element) -> Result<Option<Vec<&Element>>> {
+    let Some(disks) = root.child("disks") else {
+        return Ok(None);
+    };
+    let list: Vec<&Element> = disks.children_named("disk").collect();
+    if list.len() > MAX_DISKS {
+        return Err(Error::xml(format!(
+            "{} disks in one document; at most {MAX_DISKS} are allowed",
+            list.len()
+        )));
+    }
+    let mut names = std::collections::HashSet::with_capacity(list.len());
+    for d in &list {
+        let n = disk_name(d)?;
+        if !names.insert(n) {
+            return Err(Error::xml(format!(
+                "disk '{}' is listed twice",
+                d.attr("name").unwrap_or_default()
+            )));
+        }
+    }
+    Ok(Some(list))
+}
+
+impl CreateRequest {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse_document(xml, &DOMAINBACKUP)?;
+        let uuid = root.child_text("uuid").map(parse_uuid).transpose()?;
+        let description = root.child("description").map(|d| d.text.clone());
+        let parent = parse_parent(&root)?;
+        let disks = match disk_elements(&root)? {
+            None => None,
+            Some(list) => Some(
+                list.into_iter()
+                    .map(parse_disk_request)
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        Ok(CreateRequest {
+            uuid,
+            description,
+            parent,
+            disks,
+        })
+    }
+}
+
+fn parse_disk_request(d: &Element) -> Result<DiskRequest> {
+    let name = disk_name(d)?;
+    let backup = match d.attr("backup") {
+        None | Some("yes") => true,
+        Some("no") => false,
+        Some(o) => {
+            return Err(Error::xml(format!(
+                "disk '{name}': backup='{o}' must be yes or no"
+            )));
+        }
+    };
+    let kind = d.attr("type").unwrap_or("file");
+    let target = match d.child("target") {
+        None => None,
+        Some(t) => Some(match kind {
+            "file" => {
+                let f = t.attr("file").ok_or_else(|| {
+                    Error::xml(format!("disk '{name}': <target> needs a file attribute"))
+                })?;
+                Target::File(absolute_path(f, "target file")?)
+            }
+            "volume" => {
+                let pool = t.attr("pool").unwrap_or_default();
+                let volume = t.attr("volume").unwrap_or_default();
+                if pool.is_empty() || volume.is_empty() {
+                    return Err(Error::xml(format!(
+                        "disk '{name}': <target> needs pool and volume"
+                    )));
+                }
+                Target::Volume {
+                    pool: pool.to_string(),
+                    volume: volume.to_string(),
+                }
+            }
+            o => {
+                return Err(Error::xml(format!(
+                    "disk '{name}': unknown disk type '{o}'"
+                )));
+            }
+        }),
+    };
+    if kind == "volume" && target.is_none() {
+        return Err(Error::xml(format!(
+            "disk '{name}': type='volume' needs a <target pool volume>"
+        )));
+    }
+    Ok(DiskRequest {
+        name,
+        backup,
+        target,
+        format: parse_driver(d)?,
+    })
+}
+
+/// `virDomainSetDefaultTarget` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultTarget {
+    Dir(PathBuf),
+    Pool(String),
+}
+
+impl DefaultTarget {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse_document(xml, &DEFAULT_TARGET)?;
+        match root.attr("type") {
+            Some("dir") => {
+                let p = root
+                    .child_text("path")
+                    .ok_or_else(|| Error::xml("<target type='dir'> needs <path>"))?;
+                Ok(DefaultTarget::Dir(absolute_path(p, "default target path")?))
+            }
+            Some("pool") => {
+                let p = root.child_text("pool").filter(|p| !p.is_empty());
+                Ok(DefaultTarget::Pool(
+                    p.ok_or_else(|| Error::xml("<target type='pool'> needs <pool>"))?
+                        .to_string(),
+                ))
+            }
+            Some(o) => Err(Error::xml(format!(
+                "unknown default target type '{o}' (dir or pool)"
+            ))),
+            None => Err(Error::xml("<target> needs a type attribute (dir or pool)")),
+        }
+    }
+
+    /// The document [`DefaultTarget::parse`] reads back as `self`. A path
+    /// that starts or ends with white space is refused: `<path>` is read
+    /// trimmed (as callers indent it), so it would read back as another
+    /// path. [`DefaultTarget::parse`] never makes one.
+    pub fn to_xml(&self) -> Result<String> {
+        match self {
+            DefaultTarget::Dir(p) => {
+                let s = path_str(p)?;
+                if s.trim() != s {
+                    return Err(Error::invalid_arg(format!(
+                        "default target path \"{}\" starts or ends with white space",
+                        s.escape_debug()
+                    )));
+                }
+                Element::new("target")
+                    .with_attr("type", "dir")
+                    .with_child(Element::new("path").with_text(s))
+            }
+            DefaultTarget::Pool(p) => Element::new("target")
+                .with_attr("type", "pool")
+                .with_child(Element::new("pool").with_text(p.clone())),
+        }
+        .to_xml()
+    }
+}
+
+/// `virDomainBackupRestore` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreRequest {
+    pub uuid: Uuid,
+    pub domain_name: Option<String>,
+    pub disks: Option<Vec<RestoreDisk>>,
+    /// `<target dir='…'/>` under the root: the folder of every disk without
+    /// its own `<target file>` (`<dir>/<disk>.<format>`).
+    pub target_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreDisk {
+    pub name: String,
+    pub target: Option<PathBuf>,
+    pub format: Option<DiskFormat>,
+}
+
+fn parse_domain_name(root: &Element) -> Option<String> {
+    root.child("domain")
+        .and_then(|d| d.attr("name"))
+        .map(str::to_string)
+}
+
+fn parse_target_dir(root: &Element) -> Result<Option<PathBuf>> {
+    match root.child("target") {
+        None => Ok(None),
+        Some(t) => match t.attr("dir") {
+            Some(d) => absolute_path(d, "restore target dir").map(Some),
+            None => Err(Error::xml(
+                "<target> under <domainbackup> needs a dir attribute",
+            )),
+        },
+    }
+}
+
+fn parse_restore_disk(d: &Element) -> Result<RestoreDisk> {
+    Ok(RestoreDisk {
+        name: disk_name(d)?,
+        target: d
+            .child("target")
+            .and_then(|t| t.attr("file"))
+            .map(|f| absolute_path(f, "restore target"))
+            .transpose()?,
+        format: parse_driver(d)?,
+    })
+}
+
+impl RestoreRequest {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse_document(xml, &DOMAINBACKUP)?;
+        let uuid = parse_uuid(
+            root.child_text("uuid")
+                .ok_or_else(|| Error::xml("restore needs the backup's <uuid>"))?,
+        )?;
+        let domain_name = parse_domain_name(&root);
+        let disks = disk_elements(&root)?
+            .map(|list| {
+                list.into_iter()
+                    .map(parse_restore_disk)
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
+        Ok(RestoreRequest {
+            uuid,
+            domain_name,
+            disks,
+            target_dir: parse_target_dir(&root)?,
+        })
+    }
+}
+
+/// An NBD server: where an unmanaged backup exports its disks, or where
+/// `RestoreUnmanaged` reads them from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NbdServer {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+/// NBD's registered port.
+pub const NBD_PORT: u16 = 10809;
+
+impl NbdServer {
+    /// `<server transport='tcp' name='H' port='P'/>`, `<server
+    /// transport='unix' socket='/path'/>` (and the same attributes on a
+    /// restore source's `<host>`).
+    pub fn parse(el: &Element, what: &str) -> Result<Self> {
+        match el.attr("transport").unwrap_or("tcp") {
+            "tcp" => {
+                let host = el.attr("name").unwrap_or("localhost").to_string();
+                let port = match el.attr("port") {
+                    None => NBD_PORT,
+                    Some(p) => p
+                        .parse()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| Error::xml(format!("{what}: bad port '{p}'")))?,
+                };
+                Ok(NbdServer::Tcp { host, port })
+            }
+            "unix" => {
+                let s = el.attr("socket").ok_or_else(|| {
+                    Error::xml(format!("{what}: a unix transport needs a socket"))
+                })?;
+                Ok(NbdServer::Unix(absolute_path(s, "nbd socket")?))
+            }
+            o => Err(Error::xml(format!(
+                "{what}: unknown transport '{o}' (tcp or unix)"
+            ))),
+        }
+    }
+
+    /// The element `parse` reads, named `name`.
+    pub fn element(&self, name: &str) -> Result<Element> {
+        Ok(match self {
+            NbdServer::Tcp { host, port } => Element::new(name)
+                .with_attr("transport", "tcp")
+                .with_attr("name", host.clone())
+                .with_attr("port", port.to_string()),
+            NbdServer::Unix(p) => Element::new(name)
+                .with_attr("transport", "unix")
+                .with_attr("socket", path_str(p)?),
+        })
+    }
+}
+
+/// Where `virDomainBackupRestoreUnmanaged` reads a disk from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnmanagedSource {
+    /// A file and its format, stated by the caller: a format is never
+    /// guessed from bytes a guest may have written.
+    File(PathBuf, DiskFormat),
+    /// The NBD export `name` on `server`.
+    Nbd { name: String, server: NbdServer },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmanagedRestoreDisk {
+    pub disk: RestoreDisk,
+    pub source: UnmanagedSource,
+}
+
+/// `virDomainBackupRestoreUnmanaged` input: the restore document with a
+/// `<source>` in every disk instead of a backup `<uuid>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmanagedRestoreRequest {
+    pub domain_name: Option<String>,
+    pub disks: Vec<UnmanagedRestoreDisk>,
+    /// As in [`RestoreRequest::target_dir`].
+    pub target_dir: Option<PathBuf>,
+}
+
+fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> {
+    if let Some(f) = src.attr("file") {
+        let format = parse_driver(src)?.ok_or_else(|| {
+            Error::xml(format!(
+                "disk '{name}': a <driver type> is required in <source file>: \
+                 the library never guesses the format of a file a guest may have written"
+            ))
+        })?;
+        return Ok(UnmanagedSource::File(
+            absolute_path(f, "source file")?,
+            format,
+        ));
+    }
+    match src.attr("protocol") {
+        Some("nbd") => {}
+        Some(o) => {
+            return Err(Error::xml(format!(
+                "disk '{name}': unknown source protocol '{o}' (nbd)"
+            )));
+        }
+        None => {
+            return Err(Error::xml(format!(
+                "disk '{name}': <source> needs a file or protocol='nbd'"
+            )));
+        }
+    }
+    let host = src
+        .child("host")
+        .ok_or_else(|| Error::xml(format!("disk '{name}': an nbd <source> needs a <host>")))?;
+    Ok(UnmanagedSource::Nbd {
+        name: src.attr("name").unwrap_or_default().to_string(),
+        server: NbdServer::parse(host, &format!("disk '{name}': nbd <host>"))?,
+    })
+}
+
+impl UnmanagedRestoreRequest {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse_document(xml, &DOMAINBACKUP)?;
+        let list = disk_elements(&root)?
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| Error::xml("restoring from unmanaged sources needs <disks>"))?;
+        let disks = list
+            .into_iter()
+            .map(|d| {
+                let disk = parse_restore_disk(d)?;
+                let src = d
+                    .child("source")
+                    .ok_or_else(|| Error::xml(format!("disk '{}' needs a <source>", disk.name)))?;
+                let source = parse_unmanaged_source(&disk.name, src)?;
+                Ok(UnmanagedRestoreDisk { disk, source })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UnmanagedRestoreRequest {
+            domain_name: parse_domain_name(&root),
+            disks,
+            target_dir: parse_target_dir(&root)?,
+        })
+    }
+}
+
+/// `virDomainBackupStartUnmanaged` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmanagedRequest {
+    /// `<uuid>`: the stored backup to export (the form with no domain).
+    pub backup: Option<Uuid>,
+    pub parent: Option<Uuid>,
+    pub server: NbdServer,
+    /// `<server tls='yes'>`.
+    pub tls: bool,
+    /// (disk, export name); `None`: every disk with device='disk', exported
+    /// under its own name.
+    pub disks: Option<Vec<(String, String)>>,
+}
+
+impl UnmanagedRequest {
+    pub fn parse(xml: &str) -> Result<Self> {
+        let root = dom::parse_document(xml, &DOMAINBACKUP)?;
+        let list = disk_elements(&root)?;
+        let server = root
+            .child("server")
+            .ok_or_else(|| Error::xml("unmanaged backup needs a <server>"))?;
+        let tls = match server.attr("tls") {
+            None | Some("no") => false,
+            Some("yes") => true,
+            Some(o) => return Err(Error::xml(format!("<server>: bad tls '{o}' (yes or no)"))),
+        };
+        let server = NbdServer::parse(server, "<server>")?;
+        let disks = match list {
+            None => None,
+            Some(list) => {
+                let mut out: Vec<(String, String)> = Vec::new();
+                let mut exports = std::collections::HashSet::new();
+                for d in list.into_iter().filter(|d| d.attr("backup") != Some("no")) {
+                    let n = disk_name(d)?;
+                    let e = d.attr("exportname").unwrap_or(&n).to_string();
+                    if e.is_empty() || !exports.insert(e.clone()) {
+                        return Err(Error::xml(format!(
+                            "disk '{n}': export name '{e}' is empty or used twice"
+                        )));
+                    }
+                    out.push((n, e));
+                }
+                Some(out)
+            }
+        };
+        Ok(UnmanagedRequest {
+            backup: root.child_text("uuid").map(parse_uuid).transpose()?,
+            parent: parse_parent(&root)?,
+            server,
+            tls,
+            disks,
+        })
+    }
+}

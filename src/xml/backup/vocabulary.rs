@@ -1,0 +1,124 @@
+//! The `<domainbackup>` vocabulary and what every document of it shares:
+//! the schemas callers' documents are held to (and the most disks one may
+//! list), the disk formats, UUIDs, disk names, and paths as the strings
+//! XML carries.
+
+use std::path::Path;
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::xml::dom::{Element, Schema};
+
+/// At most this many `<disk>` elements in one document.
+pub(super) const MAX_DISKS: usize = 1024;
+
+// The <domainbackup> vocabulary: what callers send to CreateXML,
+// StartUnmanaged, Restore and RestoreUnmanaged, and what GetXMLDesc returns
+// (so that a description parses back as input). Anything else is an error,
+// as libvirt's schema validation makes it for its own documents; each
+// document type ignores the parts of the vocabulary it does not use
+// (GetXMLDesc's output-only elements).
+static UUID: Schema = Schema::text("uuid");
+static HOST: Schema = Schema::element("host", &["transport", "name", "port", "socket"], &[]);
+/// The format of a `<source file>` (RestoreUnmanaged), stated by the caller.
+static SOURCE_DRIVER: Schema = Schema::element("driver", &["type"], &[]);
+static DISK: Schema = Schema::element(
+    "disk",
+    &[
+        "name",
+        "backup",
+        "type",
+        "backupmode",
+        "exportname",
+        "exportbitmap",
+    ],
+    &[
+        &Schema::element(
+            "source",
+            &["file", "protocol", "name"],
+            &[&HOST, &SOURCE_DRIVER],
+        ),
+        &Schema::element("target", &["file", "pool", "volume"], &[]),
+        &Schema::element("driver", &["type"], &[]),
+    ],
+)
+.repeated();
+pub static DOMAINBACKUP: Schema = Schema::element(
+    "domainbackup",
+    &[],
+    &[
+        &UUID,
+        &Schema::text("creationTime"),
+        &Schema::text("description"),
+        &Schema::text("state"),
+        &Schema::element("parent", &[], &[&UUID]),
+        &Schema::element("domain", &["uuid", "name"], &[]),
+        &Schema::element("checkpoint", &["name"], &[]),
+        &Schema::element(
+            "server",
+            &["transport", "name", "port", "socket", "tls"],
+            &[],
+        ),
+        &Schema::element("pinnedby", &["domain", "disk", "overlay"], &[]).repeated(),
+        // Restore with FILES_ONLY: the folder of the disks without a file.
+        &Schema::element("target", &["dir"], &[]),
+        &Schema::element("disks", &[], &[&DISK]),
+    ],
+);
+/// virDomainSetDefaultTarget's document.
+pub static DEFAULT_TARGET: Schema = Schema::element(
+    "target",
+    &["type"],
+    &[&Schema::text("path"), &Schema::text("pool")],
+);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "raw" => Ok(DiskFormat::Raw),
+            "qcow2" => Ok(DiskFormat::Qcow2),
+            other => Err(Error::xml(format!(
+                "unsupported disk format '{other}' (raw or qcow2)"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+pub fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s.trim()).map_err(|_| Error::xml(format!("malformed uuid '{}'", s.trim())))
+}
+
+pub(super) fn disk_name(d: &Element) -> Result<String> {
+    match d.attr("name") {
+        Some(n) if !n.is_empty() => Ok(n.to_string()),
+        _ => Err(Error::xml("<disk> needs a non-empty name attribute")),
+    }
+}
+
+/// A path as the string XML carries: exactly the path, never another one.
+/// The library's paths come from XML (callers' documents, libvirt's), so
+/// they are UTF-8; one that is not is a broken invariant, refused with an
+/// internal error naming it (its bytes escaped) rather than written lossily
+/// (a lossy conversion makes it another path, its bad bytes U+FFFD).
+pub fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().ok_or_else(|| {
+        Error::internal(format!(
+            "path '{}' is not valid UTF-8 and cannot be written into XML",
+            p.as_os_str().as_encoded_bytes().escape_ascii()
+        ))
+    })
+}

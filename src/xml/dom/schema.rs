@@ -1,0 +1,79 @@
+//! What a document is read against: the bounds on its size, depth and
+//! element count ([`Limits`]), and for the library's own documents the
+//! elements and attributes their type allows ([`Schema`]).
+
+/// Bounds on a document, checked while it is read.
+/// cbindgen:ignore
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+    pub max_elements: usize,
+}
+
+/// cbindgen:ignore
+impl Limits {
+    /// The library's own documents (`<domainbackup>`, `<target>`): small by
+    /// nature (at most 1024 disks of a few elements each).
+    pub const DOCUMENT: Limits = Limits {
+        max_bytes: 1 << 20,
+        max_depth: 64,
+        max_elements: 16 * 1024,
+    };
+    /// Documents libvirt writes (domain, pool, checkpoint XML) and catalog
+    /// records, which embed a domain definition. libxml2's own default depth
+    /// limit is 256; libvirt's RPC strings are far below the size limit.
+    pub const LIBVIRT: Limits = Limits {
+        max_bytes: 32 << 20,
+        max_depth: 256,
+        max_elements: 1 << 20,
+    };
+}
+
+/// The elements and attributes a document type allows: what libvirt's RNG
+/// schemas do for its own documents. Elements are allowed once unless
+/// `repeat`; non-blank text only where `text`.
+#[derive(Debug)]
+pub struct Schema {
+    pub name: &'static str,
+    pub attrs: &'static [&'static str],
+    pub text: bool,
+    pub repeat: bool,
+    pub children: &'static [&'static Schema],
+}
+
+impl Schema {
+    /// An element with attributes and children, no text.
+    pub const fn element(
+        name: &'static str,
+        attrs: &'static [&'static str],
+        children: &'static [&'static Schema],
+    ) -> Schema {
+        Schema {
+            name,
+            attrs,
+            text: false,
+            repeat: false,
+            children,
+        }
+    }
+
+    /// An element holding only text.
+    pub const fn text(name: &'static str) -> Schema {
+        Schema {
+            name,
+            attrs: &[],
+            text: true,
+            repeat: false,
+            children: &[],
+        }
+    }
+
+    /// The same element, allowed any number of times.
+    pub const fn repeated(self) -> Schema {
+        Schema {
+            repeat: true,
+            ..self
+        }
+    }
+}
