@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::OFlags;
 use uuid::Uuid;
 use virt::connect::Connect;
 
 use super::claim::DomainClaim;
+use super::create_targets::{Baseline, PlannedDisk, create_targets, note_dirs};
 use super::files::{discard_failed, volume_connection};
 use super::options::CreateOptions;
 use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
@@ -44,29 +44,6 @@ fn now() -> (i64, u64) {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     (d.as_secs() as i64, d.as_nanos() as u64)
-}
-
-/// One disk of a backup being prepared: where it comes from and goes to.
-struct PlannedDisk {
-    record: DiskRecord,
-    source: Source,
-    /// Set for an incremental disk: what its target is a delta against.
-    baseline: Option<Baseline>,
-    /// For a live incremental disk: the parent's checkpoint, which libvirt
-    /// copies the changes since.
-    since: Option<String>,
-}
-
-/// The parent's copy of a disk an incremental target builds on, and, for
-/// the library's engine, its digest index, which tells the changes since
-/// (libvirt's engine uses the checkpoint, `PlannedDisk::since`).
-struct Baseline {
-    target: PathBuf,
-    format: DiskFormat,
-    index: Option<IndexReader>,
-    /// Shut-off domain after a live parent: the image and the persistent
-    /// bitmap of the parent's checkpoint in it, which mark the changes.
-    bitmap: Option<(PathBuf, String)>,
 }
 
 /// A backup whose job has started.
@@ -336,80 +313,6 @@ fn register(
             Err(e)
         }
     }
-}
-
-/// Note in `record.created_dirs` the folders the targets need that do not
-/// exist yet, outermost first.
-fn note_dirs(record: &mut BackupRecord, disks: &[PlannedDisk]) {
-    for p in disks {
-        let dir = p.record.target.parent().unwrap_or(Path::new("/"));
-        for d in missing_dirs(dir) {
-            if !record.created_dirs.contains(&d) {
-                record.created_dirs.push(d);
-            }
-        }
-    }
-}
-
-/// Create each disk's target (and its pool volume, and missing folders).
-fn create_targets(
-    dom: &DomainRef,
-    disks: &[PlannedDisk],
-    targets: &mut Vec<ImageTarget>,
-) -> Result<()> {
-    for p in disks {
-        let path = &p.record.target;
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        // Every folder on the way is one only we or root can write, and
-        // the file is made through its folder's descriptor: nobody can
-        // swap a name under a file that Delete later removes.
-        let folder = Folder::make_outside(dir, "backup target")?;
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if let Some((pool, volume)) = &p.record.volume {
-            create_volume(dom, pool, volume, &p.record)?;
-        }
-        // A pool volume libvirt has just created is ours to format.
-        let file = match p.record.volume {
-            Some(_) => folder.open(&name, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC),
-            None => folder.create_new(&name),
-        }
-        .map_err(|e| Error::io("cannot create target image", path, e))?;
-        let backing = p.baseline.as_ref().map(|b| (b.target.as_path(), b.format));
-        ::log::info!(
-            "disk '{}': {} target '{}' ({}){}",
-            p.record.name,
-            if backing.is_some() { "incremental" } else { "full" },
-            path.display(),
-            p.record.format.as_str(),
-            backing.map_or(String::new(), |(b, _)| format!(" over '{}'", b.display()))
-        );
-        targets.push(ImageTarget::create_from(
-            file,
-            path,
-            p.record.format,
-            p.record.virtual_size,
-            backing,
-        )?);
-        crate::test_stop!("create-target-created");
-    }
-    Ok(())
-}
-
-/// Create the pool volume of a disk's target, where the plan expects it.
-fn create_volume(dom: &DomainRef, pool: &str, volume: &str, d: &DiskRecord) -> Result<()> {
-    let v = storage_pool::create_volume(&dom.connect()?, pool, volume, d.format, d.virtual_size)?;
-    if v.path != d.target {
-        crate::warn_if_err!(
-            storage_pool::delete_volume(Some(&dom.connect()?), &v),
-            "cannot delete volume '{volume}' again"
-        );
-        return Err(Error::operation_failed(format!(
-            "volume '{volume}' was created at '{}', not at '{}'",
-            v.path.display(),
-            d.target.display()
-        )));
-    }
-    Ok(())
 }
 
 /// Start the job: libvirt's backup job for a live domain, else the
@@ -698,21 +601,6 @@ fn refuse_fallback(name: &str, why: &str, opts: CreateOptions) -> Result<()> {
     }
     ::log::info!("disk '{name}': a full copy instead of an incremental: {why}");
     Ok(())
-}
-
-/// The folders `dir` and its ancestors that do not exist, outermost first.
-fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut missing = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(d) = cur {
-        if d.exists() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        cur = d.parent();
-    }
-    missing.reverse();
-    missing
 }
 
 /// The body of a live backup job: follow libvirt's job, then complete the

@@ -1,0 +1,132 @@
+//! The disks of a backup being made, and their targets: what each disk
+//! is copied from and against (`PlannedDisk`, `Baseline`), and making the
+//! targets (their folders, pool volumes and image files) through checked
+//! folder descriptors.
+
+use std::path::{Path, PathBuf};
+
+use rustix::fs::OFlags;
+
+use crate::error::{Error, Result};
+use crate::hv::libvirt::DomainRef;
+use crate::hv::storage_pool;
+use crate::image::disk::{Source, Target as ImageTarget};
+use crate::store::folder::Folder;
+use crate::store::index::IndexReader;
+use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord};
+
+/// One disk of a backup being prepared: where it comes from and goes to.
+pub(super) struct PlannedDisk {
+    pub(super) record: DiskRecord,
+    pub(super) source: Source,
+    /// Set for an incremental disk: what its target is a delta against.
+    pub(super) baseline: Option<Baseline>,
+    /// For a live incremental disk: the parent's checkpoint, which libvirt
+    /// copies the changes since.
+    pub(super) since: Option<String>,
+}
+
+/// The parent's copy of a disk an incremental target builds on, and, for
+/// the library's engine, its digest index, which tells the changes since
+/// (libvirt's engine uses the checkpoint, `PlannedDisk::since`).
+pub(super) struct Baseline {
+    pub(super) target: PathBuf,
+    pub(super) format: DiskFormat,
+    pub(super) index: Option<IndexReader>,
+    /// Shut-off domain after a live parent: the image and the persistent
+    /// bitmap of the parent's checkpoint in it, which mark the changes.
+    pub(super) bitmap: Option<(PathBuf, String)>,
+}
+
+/// Note in `record.created_dirs` the folders the targets need that do not
+/// exist yet, outermost first.
+pub(super) fn note_dirs(record: &mut BackupRecord, disks: &[PlannedDisk]) {
+    for p in disks {
+        let dir = p.record.target.parent().unwrap_or(Path::new("/"));
+        for d in missing_dirs(dir) {
+            if !record.created_dirs.contains(&d) {
+                record.created_dirs.push(d);
+            }
+        }
+    }
+}
+
+/// Create each disk's target (and its pool volume, and missing folders).
+pub(super) fn create_targets(
+    dom: &DomainRef,
+    disks: &[PlannedDisk],
+    targets: &mut Vec<ImageTarget>,
+) -> Result<()> {
+    for p in disks {
+        let path = &p.record.target;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        // Every folder on the way is one only we or root can write, and
+        // the file is made through its folder's descriptor: nobody can
+        // swap a name under a file that Delete later removes.
+        let folder = Folder::make_outside(dir, "backup target")?;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if let Some((pool, volume)) = &p.record.volume {
+            create_volume(dom, pool, volume, &p.record)?;
+        }
+        // A pool volume libvirt has just created is ours to format.
+        let file = match p.record.volume {
+            Some(_) => folder.open(&name, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC),
+            None => folder.create_new(&name),
+        }
+        .map_err(|e| Error::io("cannot create target image", path, e))?;
+        let backing = p.baseline.as_ref().map(|b| (b.target.as_path(), b.format));
+        ::log::info!(
+            "disk '{}': {} target '{}' ({}){}",
+            p.record.name,
+            if backing.is_some() {
+                "incremental"
+            } else {
+                "full"
+            },
+            path.display(),
+            p.record.format.as_str(),
+            backing.map_or(String::new(), |(b, _)| format!(" over '{}'", b.display()))
+        );
+        targets.push(ImageTarget::create_from(
+            file,
+            path,
+            p.record.format,
+            p.record.virtual_size,
+            backing,
+        )?);
+        crate::test_stop!("create-target-created");
+    }
+    Ok(())
+}
+
+/// Create the pool volume of a disk's target, where the plan expects it.
+fn create_volume(dom: &DomainRef, pool: &str, volume: &str, d: &DiskRecord) -> Result<()> {
+    let v = storage_pool::create_volume(&dom.connect()?, pool, volume, d.format, d.virtual_size)?;
+    if v.path != d.target {
+        crate::warn_if_err!(
+            storage_pool::delete_volume(Some(&dom.connect()?), &v),
+            "cannot delete volume '{volume}' again"
+        );
+        return Err(Error::operation_failed(format!(
+            "volume '{volume}' was created at '{}', not at '{}'",
+            v.path.display(),
+            d.target.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The folders `dir` and its ancestors that do not exist, outermost first.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.exists() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    missing.reverse();
+    missing
+}
