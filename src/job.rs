@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, ErrorCode, Locked, Result};
 use crate::store::catalog::Catalog;
 use crate::store::domain::CancelMarker;
 use crate::store::locks::{DomainLock, JobLock};
@@ -39,7 +39,7 @@ pub struct Job {
 static RUNNING: LazyLock<Mutex<HashMap<Uuid, Arc<Job>>>> = LazyLock::new(Default::default);
 
 pub fn running(backup: &Uuid) -> Option<Arc<Job>> {
-    RUNNING.lock().unwrap().get(backup).cloned()
+    RUNNING.locked().get(backup).cloned()
 }
 
 pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
@@ -87,7 +87,7 @@ impl Job {
     where
         F: FnOnce(&Job) -> Result<()> + Send + 'static,
     {
-        RUNNING.lock().unwrap().insert(self.uuid, Arc::clone(self));
+        RUNNING.locked().insert(self.uuid, Arc::clone(self));
         let job = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name(format!("backup-{}", &self.uuid.to_string()[..8]))
@@ -97,7 +97,7 @@ impl Job {
                 job.end(result);
             });
         if let Err(e) = spawned {
-            RUNNING.lock().unwrap().remove(&self.uuid);
+            RUNNING.locked().remove(&self.uuid);
             return Err(Error::operation_failed(format!(
                 "cannot start backup job thread: {e}"
             )));
@@ -139,14 +139,14 @@ impl Job {
     /// Stop the clock (once): the elapsed time recorded in the catalog and
     /// the one the job reports are then the same.
     pub fn freeze_elapsed(&self) {
-        let mut o = self.outcome.lock().unwrap();
+        let mut o = self.outcome.locked();
         o.elapsed_ms
             .get_or_insert(self.started.elapsed().as_millis() as u64);
     }
 
     fn end(&self, result: Result<()>) {
         self.freeze_elapsed();
-        let mut o = self.outcome.lock().unwrap();
+        let mut o = self.outcome.locked();
         match result {
             Ok(()) => o.state = BackupState::Completed,
             Err(e) => {
@@ -158,20 +158,20 @@ impl Job {
                 o.error = Some(e);
             }
         }
-        RUNNING.lock().unwrap().remove(&self.uuid);
+        RUNNING.locked().remove(&self.uuid);
         self.ended.notify_all();
     }
 
     pub fn state(&self) -> BackupState {
-        self.outcome.lock().unwrap().state
+        self.outcome.locked().state
     }
 
     pub fn error(&self) -> Option<Error> {
-        self.outcome.lock().unwrap().error.clone()
+        self.outcome.locked().error.clone()
     }
 
     pub fn elapsed_ms(&self) -> u64 {
-        let o = self.outcome.lock().unwrap();
+        let o = self.outcome.locked();
         o.elapsed_ms
             .unwrap_or_else(|| self.started.elapsed().as_millis() as u64)
     }
@@ -187,7 +187,7 @@ impl Job {
 
     /// Block until the job has ended; Ok if it completed, else its error.
     pub fn wait(&self) -> Result<()> {
-        let mut o = self.outcome.lock().unwrap();
+        let mut o = self.outcome.locked();
         while o.state == BackupState::Running {
             o = self.ended.wait(o).unwrap();
         }

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Locked, Result};
 
 /// Nice value added for housekeeping: CFS then weighs such a thread about
 /// 1/10 of a normal one.
@@ -76,7 +76,7 @@ impl Pacer {
     /// `FOREGROUND_PACE` pass since the last piece, checking every
     /// millisecond whether that changed.
     pub fn pace(&self) {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.0.locked();
         let (gate, last) = &mut *g;
         loop {
             if !gate.yields() {

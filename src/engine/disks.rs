@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Locked, Result};
 
 /// Most workers by default: past that, disks compete for the same storage.
 const MAX_DEFAULT_WORKERS: usize = 4;
@@ -36,14 +36,14 @@ pub fn copy_disks<T: Send>(disks: Vec<T>, copy: impl Fn(T) -> Result<()> + Sync)
     let work = || {
         super::copy::share_cores(n > 1);
         loop {
-            if failed.lock().unwrap().is_some() {
+            if failed.locked().is_some() {
                 return;
             }
-            let Some(d) = queue.lock().unwrap().next() else {
+            let Some(d) = queue.locked().next() else {
                 return;
             };
             if let Err(e) = copy(d) {
-                failed.lock().unwrap().get_or_insert(e);
+                failed.locked().get_or_insert(e);
             }
         }
     };
@@ -75,7 +75,7 @@ mod tests {
             most.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(20));
             running.fetch_sub(1, Ordering::SeqCst);
-            done.lock().unwrap().push(i);
+            done.locked().push(i);
             Ok(())
         })
         .unwrap();

@@ -16,6 +16,7 @@
 //! pages that were cached before it are left alone (the host may be using
 //! them), see [`is_cold`].
 
+use crate::error::Locked;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::num::NonZeroU64;
@@ -61,7 +62,7 @@ impl DropBehind {
 
     /// `offset..end` of the file was just written.
     pub fn written(&self, offset: u64, end: u64) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.locked();
         if s.off || end <= offset {
             return;
         }
@@ -93,7 +94,7 @@ impl DropBehind {
             return;
         };
         let start = {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.state.locked();
             std::mem::replace(&mut s.last_end, end)
         };
         self.written(start.min(end), end);
@@ -102,7 +103,7 @@ impl DropBehind {
     /// After the final sync: drop what is still cached of the written
     /// ranges, or of the whole file when it is one the copy created.
     pub fn finish(&self, whole_file: bool) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.locked();
         if whole_file {
             advise(&self.file, 0, 0, Advice::DontNeed);
         } else {

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Locked, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::job;
 use crate::store::catalog::Catalog;
@@ -54,7 +54,7 @@ impl DomainClaim {
         let lock = catalog.domain(domain).claim_job()?;
         DomainClaim::check(dom, domain, libvirt)?;
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        CLAIMS.lock().unwrap().push((id, *domain));
+        CLAIMS.locked().push((id, *domain));
         Ok(DomainClaim { id, _lock: lock })
     }
 
@@ -62,7 +62,7 @@ impl DomainClaim {
     /// it, or (with `libvirt`) libvirt runs a job on it. Takes nothing: a
     /// request is refused before it is planned, and `take` checks again.
     pub fn check(dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<()> {
-        let claimed = CLAIMS.lock().unwrap().iter().any(|(_, d)| d == domain);
+        let claimed = CLAIMS.locked().iter().any(|(_, d)| d == domain);
         if claimed || job::running_for_domain(domain).is_some() {
             return Err(Error::operation_invalid(
                 "the domain already has a backup job running",
@@ -79,7 +79,7 @@ impl DomainClaim {
 
 impl Drop for DomainClaim {
     fn drop(&mut self) {
-        CLAIMS.lock().unwrap().retain(|(id, _)| *id != self.id);
+        CLAIMS.locked().retain(|(id, _)| *id != self.id);
     }
 }
 

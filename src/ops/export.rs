@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::engine::export::{ExportDisk, StorageDaemonExport};
 use crate::engine::live;
-use crate::error::{Error, Result};
+use crate::error::{Error, Locked, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{os, run};
 use crate::image::disk::Chain;
@@ -94,7 +94,7 @@ pub struct Export {
 static EXPORTS: LazyLock<Mutex<HashMap<Uuid, Arc<Export>>>> = LazyLock::new(Default::default);
 
 pub fn running(uuid: &Uuid) -> Option<Arc<Export>> {
-    EXPORTS.lock().unwrap().get(uuid).cloned()
+    EXPORTS.locked().get(uuid).cloned()
 }
 
 /// Exports of stored backups running in this process: (backup, export)
@@ -164,7 +164,7 @@ pub(crate) fn serve_stored(
         claim: Mutex::new(None),
         registered: Mutex::new(Some(registered)),
     });
-    EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
+    EXPORTS.locked().insert(uuid, Arc::clone(&export));
     Ok(export)
 }
 
@@ -329,7 +329,7 @@ pub fn start(
         claim: Mutex::new(Some(claim)),
         registered: Mutex::new(Some(registered)),
     });
-    EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
+    EXPORTS.locked().insert(uuid, Arc::clone(&export));
     Ok(export)
 }
 
@@ -585,7 +585,7 @@ impl Export {
     /// End the export (`cancel`: AbortJob, else FinishJob) and remove its
     /// scratch files. A second call is refused.
     pub fn finish(&self, cancel: bool) -> Result<()> {
-        let mut ended = self.ended.lock().unwrap();
+        let mut ended = self.ended.locked();
         if ended.is_some() {
             return Err(Error::operation_invalid("the export has already ended"));
         }
@@ -615,9 +615,9 @@ impl Export {
             BackupState::Completed
         };
         *ended = Some((state, self.started.elapsed().as_millis() as u64));
-        EXPORTS.lock().unwrap().remove(&self.uuid);
-        self.registered.lock().unwrap().take();
-        self.claim.lock().unwrap().take();
+        EXPORTS.locked().remove(&self.uuid);
+        self.registered.locked().take();
+        self.claim.locked().take();
         result
     }
 }

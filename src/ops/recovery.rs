@@ -16,7 +16,7 @@ use std::sync::{LazyLock, Mutex};
 use uuid::Uuid;
 
 use crate::engine::live;
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, ErrorCode, Locked, Result};
 use crate::hv::libvirt;
 use crate::image::backing::backing_file;
 use crate::store::catalog::Catalog;
@@ -252,7 +252,7 @@ fn tidy(catalog: &Catalog, domain: &Uuid) {
     // nothing to do has nothing to do.
     let dir = catalog.domain(domain);
     let stamp = dir.stamp();
-    if stamp.is_some_and(|s| TIDY.lock().unwrap().contains(&s)) {
+    if stamp.is_some_and(|s| TIDY.locked().contains(&s)) {
         return;
     }
     let found = dir.leftovers();
@@ -269,7 +269,7 @@ fn tidy(catalog: &Catalog, domain: &Uuid) {
     // Only the files of live jobs left (whose end changes the folder), or
     // nothing: remember the folder as it is now.
     if done && let Some(s) = dir.stamp().filter(|s| settled(s[2], s[3])) {
-        let mut seen = TIDY.lock().unwrap();
+        let mut seen = TIDY.locked();
         seen.retain(|o| o[..2] != s[..2]);
         seen.push(s);
     }

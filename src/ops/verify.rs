@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use uuid::Uuid;
 
 use crate::engine::copy::read_digests;
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, ErrorCode, Locked, Result};
 use crate::image::disk::{Chain, Source};
 use crate::job::Progress;
 use crate::store::catalog::Catalog;
@@ -37,8 +37,8 @@ struct Registered(Uuid, Arc<Run>);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        RUNNING.lock().unwrap().remove(&self.0);
-        *self.1.ended.lock().unwrap() = true;
+        RUNNING.locked().remove(&self.0);
+        *self.1.ended.locked() = true;
         self.1.ended_cv.notify_all();
     }
 }
@@ -46,7 +46,7 @@ impl Drop for Registered {
 /// `verify.bytes.total` and `verify.bytes.processed` while a verification
 /// of `backup` runs in this process.
 pub fn parameters(backup: &Uuid) -> Vec<(&'static str, u64)> {
-    let Some(run) = RUNNING.lock().unwrap().get(backup).cloned() else {
+    let Some(run) = RUNNING.locked().get(backup).cloned() else {
         return Vec::new();
     };
     vec![
@@ -61,9 +61,9 @@ pub fn parameters(backup: &Uuid) -> Vec<(&'static str, u64)> {
 /// Stop a verification of `backup` running in this process and wait until
 /// it has returned; `None` when there is none.
 pub fn abort(backup: &Uuid) -> Option<Result<()>> {
-    let run = RUNNING.lock().unwrap().get(backup).cloned()?;
+    let run = RUNNING.locked().get(backup).cloned()?;
     run.progress.cancel.store(true, Ordering::Relaxed);
-    let mut ended = run.ended.lock().unwrap();
+    let mut ended = run.ended.locked();
     while !*ended {
         ended = run.ended_cv.wait(ended).unwrap();
     }
@@ -102,7 +102,7 @@ pub fn verify(rec: &BackupRecord) -> Result<()> {
         sources.push((d, src));
     }
     {
-        let mut running = RUNNING.lock().unwrap();
+        let mut running = RUNNING.locked();
         if running.contains_key(&rec.uuid) {
             return Err(Error::operation_invalid(format!(
                 "backup '{}' is already being verified",
