@@ -170,27 +170,9 @@ macro_rules! debug_if_err {
 
 /// An I/O result where a missing file is no failure (a removal of what
 /// may already be gone).
-pub fn missing_ok(r: std::io::Result<()>) -> std::io::Result<()> {
+pub(crate) fn missing_ok(r: std::io::Result<()>) -> std::io::Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         r => r,
-    }
-}
-
-/// The library's one policy on poisoned locks: a lock never stays
-/// poisoned. A panic is caught where it happens (the C boundary, a job's
-/// thread) and turned into an error; what every lock guards (registries,
-/// counters, a child process handle) is changed in single steps that leave
-/// it whole, so the next caller takes the guard as it is instead of
-/// panicking in turn, which would fail every later call of the process.
-pub trait Locked<T> {
-    /// The guard, poisoned or not.
-    fn locked(&self) -> std::sync::MutexGuard<'_, T>;
-}
-
-impl<T> Locked<T> for std::sync::Mutex<T> {
-    fn locked(&self) -> std::sync::MutexGuard<'_, T> {
-        self.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -65,6 +65,9 @@ pub enum virDomainBackupFinishJobFlags {
 }
 
 /// The "state" typed parameter of virDomainBackupGetParameters().
+// The variants' names are their docs (API.md describes the parameter): a
+// doc comment would also land in the generated header.
+#[allow(missing_docs)]
 #[repr(C)]
 pub enum virDomainBackupState {
     VIR_DOMAIN_BACKUP_STATE_RUNNING = 1,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use crate::error::{Error, ErrorCode, Locked, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::store::catalog::Catalog;
 use crate::store::domain::CancelMarker;
 use crate::store::locks::{DomainLock, JobLock};
@@ -22,7 +22,7 @@ struct Outcome {
 }
 
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     pub uuid: Uuid,
     pub domain: Uuid,
     pub progress: Progress,
@@ -38,11 +38,11 @@ pub struct Job {
 /// backup sees the same job.
 static RUNNING: LazyLock<Mutex<HashMap<Uuid, Arc<Job>>>> = LazyLock::new(Default::default);
 
-pub fn running(backup: &Uuid) -> Option<Arc<Job>> {
-    RUNNING.locked().get(backup).cloned()
+pub(crate) fn running(backup: &Uuid) -> Option<Arc<Job>> {
+    RUNNING.lock().unwrap().get(backup).cloned()
 }
 
-pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
+pub(crate) fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
     RUNNING
         .lock()
         .unwrap()
@@ -53,7 +53,7 @@ pub fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
 
 impl Job {
     /// A new job; `cancel` appearing asks it to stop (see [`Progress`]).
-    pub fn new(
+    pub(crate) fn new(
         uuid: Uuid,
         domain: Uuid,
         total: u64,
@@ -83,11 +83,11 @@ impl Job {
 
     /// Register the job and run `work` on a new thread. `work` returns the
     /// job's result; it must have cleaned up after itself when it fails.
-    pub fn spawn<F>(self: &Arc<Self>, work: F) -> Result<()>
+    pub(crate) fn spawn<F>(self: &Arc<Self>, work: F) -> Result<()>
     where
         F: FnOnce(&Job) -> Result<()> + Send + 'static,
     {
-        RUNNING.locked().insert(self.uuid, Arc::clone(self));
+        RUNNING.lock().unwrap().insert(self.uuid, Arc::clone(self));
         let job = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name(format!("backup-{}", &self.uuid.to_string()[..8]))
@@ -97,7 +97,7 @@ impl Job {
                 job.end(result);
             });
         if let Err(e) = spawned {
-            RUNNING.locked().remove(&self.uuid);
+            RUNNING.lock().unwrap().remove(&self.uuid);
             return Err(Error::operation_failed(format!(
                 "cannot start backup job thread: {e}"
             )));
@@ -112,7 +112,7 @@ impl Job {
     /// so that once a record says completed, or is gone, every file of the
     /// job is final, and a record that says running always has its job's
     /// lock file.
-    pub fn settle(
+    pub(crate) fn settle(
         &self,
         catalog: &Catalog,
         record: &mut BackupRecord,
@@ -138,15 +138,15 @@ impl Job {
 
     /// Stop the clock (once): the elapsed time recorded in the catalog and
     /// the one the job reports are then the same.
-    pub fn freeze_elapsed(&self) {
-        let mut o = self.outcome.locked();
+    pub(crate) fn freeze_elapsed(&self) {
+        let mut o = self.outcome.lock().unwrap();
         o.elapsed_ms
             .get_or_insert(self.started.elapsed().as_millis() as u64);
     }
 
     fn end(&self, result: Result<()>) {
         self.freeze_elapsed();
-        let mut o = self.outcome.locked();
+        let mut o = self.outcome.lock().unwrap();
         match result {
             Ok(()) => o.state = BackupState::Completed,
             Err(e) => {
@@ -158,25 +158,25 @@ impl Job {
                 o.error = Some(e);
             }
         }
-        RUNNING.locked().remove(&self.uuid);
+        RUNNING.lock().unwrap().remove(&self.uuid);
         self.ended.notify_all();
     }
 
-    pub fn state(&self) -> BackupState {
-        self.outcome.locked().state
+    pub(crate) fn state(&self) -> BackupState {
+        self.outcome.lock().unwrap().state
     }
 
-    pub fn error(&self) -> Option<Error> {
-        self.outcome.locked().error.clone()
+    pub(crate) fn error(&self) -> Option<Error> {
+        self.outcome.lock().unwrap().error.clone()
     }
 
-    pub fn elapsed_ms(&self) -> u64 {
-        let o = self.outcome.locked();
+    pub(crate) fn elapsed_ms(&self) -> u64 {
+        let o = self.outcome.lock().unwrap();
         o.elapsed_ms
             .unwrap_or_else(|| self.started.elapsed().as_millis() as u64)
     }
 
-    pub fn stats(&self) -> JobStats {
+    pub(crate) fn stats(&self) -> JobStats {
         JobStats {
             total: self.total.load(Ordering::Relaxed),
             processed: self.progress.processed.load(Ordering::Relaxed),
@@ -186,8 +186,8 @@ impl Job {
     }
 
     /// Block until the job has ended; Ok if it completed, else its error.
-    pub fn wait(&self) -> Result<()> {
-        let mut o = self.outcome.locked();
+    pub(crate) fn wait(&self) -> Result<()> {
+        let mut o = self.outcome.lock().unwrap();
         while o.state == BackupState::Running {
             o = self.ended.wait(o).unwrap();
         }
@@ -201,7 +201,7 @@ impl Job {
     }
 
     /// Ask the job to stop and wait until its partial data is gone.
-    pub fn cancel(&self) -> Result<()> {
+    pub(crate) fn cancel(&self) -> Result<()> {
         if self.state() != BackupState::Running {
             return Err(Error::operation_invalid("the backup job has already ended"));
         }

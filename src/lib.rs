@@ -9,15 +9,65 @@
 //! `ops` typed options (`ops::options`).
 
 pub mod capi;
-pub mod engine;
-pub mod error;
-pub mod flags;
-pub mod hv;
-pub mod image;
-pub mod job;
+pub(crate) mod flags;
 mod logging;
-pub mod ops;
-pub mod store;
+pub(crate) mod testhook;
+
+// The internals. Parts of them are `pub` only for the integration tests
+// (`test_api` below): that surface is no API, so `missing_docs` (which
+// holds for `capi`, the C API) does not apply to it.
+#[allow(missing_docs)]
+pub(crate) mod engine;
+#[allow(missing_docs)]
+pub(crate) mod error;
+#[allow(missing_docs)]
+pub(crate) mod hv;
+#[allow(missing_docs)]
+pub(crate) mod image;
+#[allow(missing_docs)]
+pub(crate) mod job;
+#[allow(missing_docs)]
+pub(crate) mod ops;
+#[allow(missing_docs)]
+pub(crate) mod store;
+#[allow(missing_docs)]
+pub(crate) mod xml;
+
+/// The internals the integration tests in `tests/` drive directly, laid out
+/// as in the crate (`test_api::ops::backup` is `crate::ops::backup`). Not an
+/// API: the C functions of `capi` are.
 #[doc(hidden)]
-pub mod testhook;
-pub mod xml;
+pub mod test_api {
+    /// `crate::engine`: the copy, the offline bitmap, the NBD export.
+    pub mod engine {
+        pub use crate::engine::{bitmap, copy, export};
+    }
+    /// `crate::error`: the library's error and its C codes.
+    pub mod error {
+        pub use crate::error::{Error, ErrorCode, Result};
+    }
+    /// `crate::hv`: libvirt domains and storage pools.
+    pub mod hv {
+        pub use crate::hv::{libvirt, storage_pool};
+    }
+    /// `crate::image`: image files, chains, backing files, the NBD client.
+    pub mod image {
+        pub use crate::image::{backing, chain, disk, nbd};
+    }
+    /// `crate::job`: a job's progress.
+    pub mod job {
+        pub use crate::job::Progress;
+    }
+    /// `crate::ops`: the backup operations and their typed options.
+    pub mod ops {
+        pub use crate::ops::{backup, options};
+    }
+    /// `crate::store`: the catalog, digest indexes, secure removal.
+    pub mod store {
+        pub use crate::store::{catalog, index, secure};
+    }
+    /// `crate::xml`: the backup and domain XML.
+    pub mod xml {
+        pub use crate::xml::{backup, dom, domain};
+    }
+}

@@ -216,7 +216,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Set the log up from the environment, once per process; later calls do
 /// nothing. A process that installed its own `log` logger first keeps it.
-pub fn init() {
+pub(crate) fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let logger = Logger::from_env();

@@ -29,7 +29,7 @@ macro_rules! test_stop {
 }
 
 #[cfg(feature = "test-hooks")]
-pub fn stop(point: &str) {
+pub(crate) fn stop(point: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static HITS: AtomicU64 = AtomicU64::new(0);
     let Ok(want) = std::env::var("LIBVIRT_BACKUP_TEST_STOP") else {

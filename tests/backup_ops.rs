@@ -9,13 +9,13 @@ use common::{
     domain, forget_backups, identical,
 };
 
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::hv::libvirt::DomainRef;
-use libvirt_backup::ops::backup::{Backup, ParamValue};
-use libvirt_backup::ops::options::{
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::hv::libvirt::DomainRef;
+use libvirt_backup::test_api::ops::backup::{Backup, ParamValue};
+use libvirt_backup::test_api::ops::options::{
     Affect, ChildScope, CreateOptions, FinishMode, UndefineOptions,
 };
-use libvirt_backup::store::catalog::Catalog;
+use libvirt_backup::test_api::store::catalog::Catalog;
 use uuid::Uuid;
 
 fn catalog_files(dom: &DomainRef) -> usize {
@@ -201,11 +201,11 @@ fn list_flags_and_undefine_guard() {
         0
     );
 
-    let err = libvirt_backup::ops::backup::undefine(&dom, UndefineOptions::default()).unwrap_err();
+    let err = libvirt_backup::test_api::ops::backup::undefine(&dom, UndefineOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid));
     assert!(dom.uuid().is_ok());
     let target = first.record().unwrap().disks[0].target.clone();
-    libvirt_backup::ops::backup::undefine(&dom, forget_backups()).unwrap();
+    libvirt_backup::test_api::ops::backup::undefine(&dom, forget_backups()).unwrap();
     assert!(target.exists(), "undefine keeps data files");
     assert!(
         Backup::lookup(&first.uuid.to_string())
@@ -276,7 +276,7 @@ fn default_targets_live_and_config() {
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::create_dir_all(&live_dir).unwrap();
     let xml = |d: &Path| format!("<target type='dir'><path>{}</path></target>", d.display());
-    use libvirt_backup::ops::backup::set_default_target;
+    use libvirt_backup::test_api::ops::backup::set_default_target;
 
     // Inactive domain: LIVE is refused, CURRENT means CONFIG.
     let err = set_default_target(&dom, &xml(&live_dir), Affect::Live).unwrap_err();

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 mod common;
 use common::{LIST_ALL, WAIT, disk, domain};
 
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::ops::backup::Backup;
-use libvirt_backup::store::catalog::Catalog;
-use libvirt_backup::xml::backup::{
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::ops::backup::Backup;
+use libvirt_backup::test_api::store::catalog::Catalog;
+use libvirt_backup::test_api::xml::backup::{
     BackupMode, BackupRecord, BackupState, DiskFormat, DiskRecord, JobStats,
 };
 use uuid::Uuid;

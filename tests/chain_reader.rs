@@ -8,12 +8,12 @@ use std::process::Command;
 mod common;
 use common::{identical, qcow2_over, qemu_img, raw_contents, truncate};
 
-use libvirt_backup::engine::copy::{Baseline, copy_image};
-use libvirt_backup::image::chain::{ChainReader, MAX_OPEN};
-use libvirt_backup::image::disk::{Chain, Source, Target};
-use libvirt_backup::job::Progress;
-use libvirt_backup::store::index::NoDigests;
-use libvirt_backup::xml::backup::DiskFormat;
+use libvirt_backup::test_api::engine::copy::{Baseline, copy_image};
+use libvirt_backup::test_api::image::chain::{ChainReader, MAX_OPEN};
+use libvirt_backup::test_api::image::disk::{Chain, Source, Target};
+use libvirt_backup::test_api::job::Progress;
+use libvirt_backup::test_api::store::index::NoDigests;
+use libvirt_backup::test_api::xml::backup::DiskFormat;
 
 const DEPTH: usize = 100;
 const SIZE: u64 = 32 << 20;
@@ -323,7 +323,7 @@ fn a_level_shrinking_while_read_is_an_error_not_zeroes() {
 /// deletes gave blocks back in steps.
 #[test]
 fn a_delete_does_not_shrink_a_level_a_reader_holds() {
-    use libvirt_backup::store::secure::shrink_before_removal;
+    use libvirt_backup::test_api::store::secure::shrink_before_removal;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (a, c) = two_levels(d, 12);
@@ -355,7 +355,7 @@ fn a_delete_does_not_shrink_a_level_a_reader_holds() {
 /// over the child's file; then the parent's file is shrunk (unless a reader
 /// holds it) and removed.
 fn merge_away(parent: &Path, child: &Path, base: Option<&Path>) {
-    use libvirt_backup::store::secure::shrink_before_removal;
+    use libvirt_backup::test_api::store::secure::shrink_before_removal;
     let tmp = child.with_extension("merge");
     std::fs::copy(child, &tmp).unwrap();
     // A safe rebase writes whatever the new base reads differently.

@@ -11,10 +11,10 @@ use common::{
     identical, qemu_io, snapshot,
 };
 
-use libvirt_backup::ops::backup::Backup;
-use libvirt_backup::ops::options::RestoreOptions;
-use libvirt_backup::store::catalog::Catalog;
-use libvirt_backup::store::index::{IndexReader, parent_of};
+use libvirt_backup::test_api::ops::backup::Backup;
+use libvirt_backup::test_api::ops::options::RestoreOptions;
+use libvirt_backup::test_api::store::catalog::Catalog;
+use libvirt_backup::test_api::store::index::{IndexReader, parent_of};
 
 fn magic(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()[..8].to_vec()

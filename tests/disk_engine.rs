@@ -7,13 +7,13 @@ mod common;
 use common::{identical, qcow2_over, qemu_img, qemu_io, truncate};
 use std::sync::atomic::Ordering;
 
-use libvirt_backup::engine::copy::{Baseline, copy_image};
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::image::disk::{Chain, Source, Target};
-use libvirt_backup::job::Progress;
-use libvirt_backup::store::index::NoDigests;
-use libvirt_backup::store::index::is_zero;
-use libvirt_backup::xml::backup::DiskFormat;
+use libvirt_backup::test_api::engine::copy::{Baseline, copy_image};
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::image::disk::{Chain, Source, Target};
+use libvirt_backup::test_api::job::Progress;
+use libvirt_backup::test_api::store::index::NoDigests;
+use libvirt_backup::test_api::store::index::is_zero;
+use libvirt_backup::test_api::xml::backup::DiskFormat;
 
 fn copy(src: &Path, sfmt: DiskFormat, dst: &Path, dfmt: DiskFormat) -> Progress {
     let s = Source::open(src, sfmt, Chain::Header).unwrap();

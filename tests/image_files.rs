@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{identical, qcow2_over, qemu_img, qemu_io};
 
-use libvirt_backup::engine::copy::{
+use libvirt_backup::test_api::engine::copy::{
     Baseline, apply_rewrite, copy_image, plan_rewrite, write_index_file,
 };
-use libvirt_backup::image::backing::backing_file;
-use libvirt_backup::image::chain::ChainReader;
-use libvirt_backup::image::disk::{Chain, Source, Target, use_direct_targets};
-use libvirt_backup::job::Progress;
-use libvirt_backup::store::index::{IndexReader, NoDigests};
-use libvirt_backup::xml::backup::DiskFormat;
+use libvirt_backup::test_api::image::backing::backing_file;
+use libvirt_backup::test_api::image::chain::ChainReader;
+use libvirt_backup::test_api::image::disk::{Chain, Source, Target, use_direct_targets};
+use libvirt_backup::test_api::job::Progress;
+use libvirt_backup::test_api::store::index::{IndexReader, NoDigests};
+use libvirt_backup::test_api::xml::backup::DiskFormat;
 
 const MIB: u64 = 1 << 20;
 /// Set in the child process `hang_free` starts.
@@ -68,7 +68,7 @@ fn mkfifo(path: &Path) {
 }
 
 /// `r` failed with a message naming `path` and saying it is `what`.
-fn refused<T>(r: libvirt_backup::error::Result<T>, path: &Path, what: &str, op: &str) {
+fn refused<T>(r: libvirt_backup::test_api::error::Result<T>, path: &Path, what: &str, op: &str) {
     let Err(e) = r else {
         panic!("{op} of '{}' ({what}) succeeded", path.display())
     };

@@ -11,10 +11,10 @@ use common::{
     qemu_io, snapshot,
 };
 
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::ops::backup::{Backup, ParamValue};
-use libvirt_backup::ops::options::{ChildScope, DeleteOptions};
-use libvirt_backup::xml::backup::BackupMode;
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::ops::backup::{Backup, ParamValue};
+use libvirt_backup::test_api::ops::options::{ChildScope, DeleteOptions};
+use libvirt_backup::test_api::xml::backup::BackupMode;
 
 fn backing_chain(p: &Path) -> Vec<String> {
     let out = Command::new("qemu-img")
@@ -311,7 +311,7 @@ fn a_missing_index_is_rebuilt_from_the_backup() {
     let src = disk("reidx.qcow2", "qcow2", "16M", &["write -P 0xa1 0 4M"]);
     let dom = domain("reidx", &[("vda", &src, "qcow2")]);
     let full = Backup::create(&dom, "<domainbackup/>", WAIT).unwrap();
-    let catalog = libvirt_backup::store::catalog::Catalog::open().unwrap();
+    let catalog = libvirt_backup::test_api::store::catalog::Catalog::open().unwrap();
     let index = catalog.backup(&dom.uuid().unwrap(), &full.uuid).index_dir();
     std::fs::remove_dir_all(&index).unwrap();
     qemu_io("qcow2", &src, "write -P 0xa2 1M 64k");

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use libvirt_backup::store::index::{
+use libvirt_backup::test_api::store::index::{
     Digest, IndexReader, IndexWriter, ZERO_DIGEST, chunks, parent_of, rebase,
 };
 
@@ -76,6 +76,7 @@ fn cpu() -> f64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
@@ -95,6 +96,7 @@ fn recache(path: &Path) {
     use std::os::fd::AsRawFd;
     let mut f = std::fs::File::open(path).unwrap();
     f.sync_data().unwrap();
+    // SAFETY: an open descriptor of `f`; advice only, no memory involved.
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     std::io::copy(&mut (&mut f).take(u64::MAX), &mut std::io::sink()).unwrap();
 }
@@ -110,6 +112,7 @@ fn compare(dir: &Path, what: &str, deep: &Path) {
     }
     // The year's files written back first, so that writeback does not run
     // beside the reads.
+    // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
     files.iter().for_each(|p| recache(p));
     let depth = IndexReader::open(deep).unwrap().depth();

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use libvirt_backup::store::index::{
+use libvirt_backup::test_api::store::index::{
     DIGEST_CHUNK, Digest, IndexReader, IndexWriter, digest, rebase,
 };
 
@@ -37,7 +37,7 @@ fn write(path: &Path, parent: Option<&Path>, ds: &[Digest]) {
     w.finish().unwrap();
 }
 
-fn read_all(r: &mut IndexReader) -> libvirt_backup::error::Result<Vec<Digest>> {
+fn read_all(r: &mut IndexReader) -> libvirt_backup::test_api::error::Result<Vec<Digest>> {
     let mut v = Vec::new();
     while let Some(x) = r.next_digest()? {
         v.push(x);
@@ -106,6 +106,7 @@ fn a_32_deep_delta_index_reads_as_flat_with_one_descriptor_and_names_damage() {
             rlim_cur: 0,
             rlim_max: 0,
         };
+        // SAFETY: `l` is a valid rlimit for getrlimit to fill.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
         (l.rlim_cur, l.rlim_max)
     };
@@ -114,18 +115,19 @@ fn a_32_deep_delta_index_reads_as_flat_with_one_descriptor_and_names_damage() {
             rlim_cur: cur,
             rlim_max: hard,
         };
+        // SAFETY: `l` is a valid rlimit; lowering our own soft limit.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) }, 0);
     };
     limit((before + 16 + 8) as u64);
     let read = (|| {
         let mut readers: Vec<IndexReader> = (0..16)
             .map(|_| IndexReader::open(leaf))
-            .collect::<libvirt_backup::error::Result<_>>()?;
+            .collect::<libvirt_backup::test_api::error::Result<_>>()?;
         let peak = fds();
         for r in &mut readers {
             assert_eq!(read_all(r)?, want);
         }
-        Ok::<_, libvirt_backup::error::Error>(peak)
+        Ok::<_, libvirt_backup::test_api::error::Error>(peak)
     })();
     limit(soft);
     assert_eq!(read.unwrap(), before + 16);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{assert_send_sync, free_port, loopback, qemu_img, raw_contents};
-use libvirt_backup::image::nbd::{NbdAddress, NbdClient};
+use libvirt_backup::test_api::image::nbd::{NbdAddress, NbdClient};
 
 const MIB: u64 = 1 << 20;
 
@@ -431,13 +431,13 @@ mod fake {
     use std::net::{TcpListener, TcpStream};
     use std::thread::JoinHandle;
 
-    pub const SIZE: u64 = 65536 + 300;
-    pub const MIN_BLOCK: u64 = 512;
-    pub const MAX_BLOCK: u64 = 32768;
+    pub(crate) const SIZE: u64 = 65536 + 300;
+    pub(crate) const MIN_BLOCK: u64 = 512;
+    pub(crate) const MAX_BLOCK: u64 = 32768;
     /// Reads touching this range fail with EIO.
-    pub const BAD: (u64, u64) = (8192, 8704);
+    pub(crate) const BAD: (u64, u64) = (8192, 8704);
 
-    pub fn byte(i: u64) -> u8 {
+    pub(crate) fn byte(i: u64) -> u8 {
         (i.wrapping_mul(7) ^ (i >> 9)) as u8
     }
 
@@ -479,7 +479,7 @@ mod fake {
     }
 
     /// Serve one client; `structured`: whether to accept structured replies.
-    pub fn start(structured: bool) -> (u16, JoinHandle<Result<(), String>>) {
+    pub(crate) fn start(structured: bool) -> (u16, JoinHandle<Result<(), String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let t = std::thread::spawn(move || serve(listener, structured));

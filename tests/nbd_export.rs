@@ -7,9 +7,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use common::{assert_send_sync, free_port, image_in, loopback, qemu_io, run, run_ok};
-use libvirt_backup::engine::export::{ExportDisk, ExportServer, StorageDaemonExport};
-use libvirt_backup::error::{ErrorCode, Result};
-use libvirt_backup::xml::backup::DiskFormat;
+use libvirt_backup::test_api::engine::export::{ExportDisk, ExportServer, StorageDaemonExport};
+use libvirt_backup::test_api::error::{ErrorCode, Result};
+use libvirt_backup::test_api::xml::backup::DiskFormat;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -12,10 +12,10 @@ use common::{
     snapshot,
 };
 
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::ops::backup::{Backup, set_default_target};
-use libvirt_backup::ops::options::Affect;
-use libvirt_backup::xml::backup::{BackupRecord, CreateRequest, Target};
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::ops::backup::{Backup, set_default_target};
+use libvirt_backup::test_api::ops::options::Affect;
+use libvirt_backup::test_api::xml::backup::{BackupRecord, CreateRequest, Target};
 
 /// Every character an XML reader turns into another unless it is written
 /// as a reference (tab, line feed, carriage return: a space each in an

@@ -10,9 +10,9 @@ use std::process::Command;
 use common::qemu::{QemuDomain, connect, image, snapshot};
 use common::{WAIT, WITH_CHILDREN, child_xml, identical, qemu_io};
 
-use libvirt_backup::engine::bitmap::dirty_ranges;
-use libvirt_backup::ops::backup::Backup;
-use libvirt_backup::xml::backup::BackupMode;
+use libvirt_backup::test_api::engine::bitmap::dirty_ranges;
+use libvirt_backup::test_api::ops::backup::Backup;
+use libvirt_backup::test_api::xml::backup::BackupMode;
 
 const K64: u64 = 64 << 10;
 

@@ -3,9 +3,9 @@
 mod common;
 use common::{CONN, DELETE_ONE, LIST_ALL, WAIT, WORK, disk, domain, identical, qemu_io};
 
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::ops::backup::{Backup, set_default_target};
-use libvirt_backup::ops::options::Affect;
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::ops::backup::{Backup, set_default_target};
+use libvirt_backup::test_api::ops::options::Affect;
 use virt::storage_pool::StoragePool;
 
 fn volumes(pool: &StoragePool) -> Vec<String> {

@@ -7,10 +7,10 @@ use common::{
     DELETE_ONE, LIST_ALL, NEW_DOMAIN, REWRITE, WAIT, WORK, forget_backups, identical, qemu_io,
 };
 
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::hv::libvirt::DomainRef;
-use libvirt_backup::ops::backup::Backup;
-use libvirt_backup::ops::options::UndefineOptions;
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::hv::libvirt::DomainRef;
+use libvirt_backup::test_api::ops::backup::Backup;
+use libvirt_backup::test_api::ops::options::UndefineOptions;
 
 #[test]
 fn inactive_qemu_domain_full_backup() {
@@ -54,9 +54,9 @@ fn inactive_qemu_domain_full_backup() {
 
     // Undefine is refused while backups exist, then forgets them.
     let err =
-        libvirt_backup::ops::backup::undefine(&qd.dom, UndefineOptions::default()).unwrap_err();
+        libvirt_backup::test_api::ops::backup::undefine(&qd.dom, UndefineOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid));
-    libvirt_backup::ops::backup::undefine(&qd.dom, forget_backups()).unwrap();
+    libvirt_backup::test_api::ops::backup::undefine(&qd.dom, forget_backups()).unwrap();
     assert!(
         conn.lookup_domain_by_uuid_string(&qd.dom.uuid().unwrap().to_string())
             .is_err()

@@ -9,10 +9,10 @@ use common::{
     forget_backups, identical,
 };
 
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::ops::backup::{Backup, ParamValue};
-use libvirt_backup::ops::options::{CreateOptions, FinishMode};
-use libvirt_backup::xml::backup::BackupMode;
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::ops::backup::{Backup, ParamValue};
+use libvirt_backup::test_api::ops::options::{CreateOptions, FinishMode};
+use libvirt_backup::test_api::xml::backup::BackupMode;
 
 fn param(b: &Backup, name: &str) -> ParamValue {
     b.parameters()
@@ -180,7 +180,7 @@ fn quiesce_without_agent_cancel_and_one_job_at_a_time() {
     // Undefine with the backup flag takes the checkpoints' metadata along.
     let kept = Backup::create(&qd.dom, "<domainbackup/>", WAIT).unwrap();
     assert_eq!(qd.checkpoints().len(), 1);
-    libvirt_backup::ops::backup::undefine(&qd.dom, forget_backups()).unwrap();
+    libvirt_backup::test_api::ops::backup::undefine(&qd.dom, forget_backups()).unwrap();
     assert!(kept.record().is_err());
 }
 

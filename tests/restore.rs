@@ -9,10 +9,10 @@ use common::{
     identical, qemu_io, snapshot,
 };
 
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::ops::backup::Backup;
-use libvirt_backup::ops::options::RestoreOptions;
-use libvirt_backup::xml::domain::parse_disks;
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::ops::backup::Backup;
+use libvirt_backup::test_api::ops::options::RestoreOptions;
+use libvirt_backup::test_api::xml::domain::parse_disks;
 
 fn whole(b: &Backup) -> String {
     format!("<domainbackup><uuid>{}</uuid></domainbackup>", b.uuid)

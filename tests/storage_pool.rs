@@ -7,12 +7,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use libvirt_backup::error::{Error, ErrorCode};
-use libvirt_backup::hv::storage_pool::{
+use libvirt_backup::test_api::error::{Error, ErrorCode};
+use libvirt_backup::test_api::hv::storage_pool::{
     PoolVolume, check_new_volume, check_pool, create_volume, default_volume_name, delete_volume,
     refresh,
 };
-use libvirt_backup::xml::backup::DiskFormat;
+use libvirt_backup::test_api::xml::backup::DiskFormat;
 use uuid::Uuid;
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;

@@ -9,9 +9,9 @@ mod common;
 use common::qemu::{QemuDomain, connect, image, snapshot};
 use common::{DELETE_ONE, LIST_ALL, REWRITE, WAIT, WORK, disk, domain, identical};
 
-use libvirt_backup::error::ErrorCode;
-use libvirt_backup::ops::backup::{Backup, ParamValue};
-use libvirt_backup::ops::options::{ExportOptions, FinishMode, RestoreOptions};
+use libvirt_backup::test_api::error::ErrorCode;
+use libvirt_backup::test_api::ops::backup::{Backup, ParamValue};
+use libvirt_backup::test_api::ops::options::{ExportOptions, FinishMode, RestoreOptions};
 
 /// A tcp port nobody listens on now.
 fn free_port() -> u16 {

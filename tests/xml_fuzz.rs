@@ -11,13 +11,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use libvirt_backup::error::Error;
-use libvirt_backup::xml::backup::DiskFormat;
-use libvirt_backup::xml::backup::{
+use libvirt_backup::test_api::error::Error;
+use libvirt_backup::test_api::xml::backup::DiskFormat;
+use libvirt_backup::test_api::xml::backup::{
     BackupRecord, CreateRequest, DefaultTarget, RestoreRequest, UnmanagedRequest,
     UnmanagedRestoreRequest,
 };
-use libvirt_backup::xml::{dom, domain};
+use libvirt_backup::test_api::xml::{dom, domain};
 
 mod common;
 use common::cpu_time;

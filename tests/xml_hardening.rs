@@ -20,9 +20,9 @@ use libvirt_backup::capi::error::{
 use libvirt_backup::capi::job::virDomainBackupFinishJob;
 use libvirt_backup::capi::restore::{virDomainBackupRestore, virDomainBackupRestoreUnmanaged};
 use libvirt_backup::capi::{virDomainBackupCreateFlags, virDomainBackupPtr};
-use libvirt_backup::hv::libvirt::DomainRef;
-use libvirt_backup::xml::backup::{BackupRecord, CreateRequest, DefaultTarget, RestoreRequest};
-use libvirt_backup::xml::{dom, domain as domxml};
+use libvirt_backup::test_api::hv::libvirt::DomainRef;
+use libvirt_backup::test_api::xml::backup::{BackupRecord, CreateRequest, DefaultTarget, RestoreRequest};
+use libvirt_backup::test_api::xml::{dom, domain as domxml};
 use virt::sys;
 
 const VIR_ERR_INVALID_ARG: i32 = 8;
@@ -528,6 +528,7 @@ fn desc(h: virDomainBackupPtr) -> Option<String> {
     }
     // SAFETY: a malloc'd NUL-terminated string, ours to free.
     let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    // SAFETY: `p` came from the library's malloc and is freed once.
     unsafe { libc::free(p as *mut c_void) };
     Some(s)
 }
@@ -547,6 +548,7 @@ fn between(s: &str, a: &str, b: &str) -> String {
 #[test]
 fn get_xml_desc_of_a_wrong_object_sets_an_error() {
     let conn = CONN.lock().unwrap();
+    // SAFETY: the pointer is only passed on, while `conn` lives.
     let conn_ptr = unsafe { conn.as_ptr() } as *mut c_void;
     let p = get_xml_desc_dispatch(conn_ptr, 0);
     assert!(p.is_null());
@@ -560,9 +562,11 @@ fn get_xml_desc_of_a_wrong_object_sets_an_error() {
     // no backup job, and the error is libvirt's, as for any libvirt call.
     let dom = test_domain();
     libvirt_backup::capi::error::virDomainBackupResetLastError();
+    // SAFETY: clears this thread's libvirt error; no arguments.
     unsafe { sys::virResetLastError() };
     let p = get_xml_desc_dispatch(dom_ptr(&dom) as *mut c_void, 0);
     assert!(p.is_null());
+    // SAFETY: reads this thread's libvirt error pointer, not dereferenced.
     assert!(!unsafe { sys::virGetLastError() }.is_null());
     assert_eq!(last_code(), 0);
 }

@@ -498,16 +498,6 @@ fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
     Ok(())
 }
 
-/// `--disk NAME[=TARGET]` arguments: each disk and its target, if given.
-fn disk_args(args: &[String]) -> Vec<(String, Option<String>)> {
-    args.iter()
-        .map(|d| match d.split_once('=') {
-            Some((n, t)) => (n.to_string(), Some(t.to_string())),
-            None => (d.clone(), None),
-        })
-        .collect()
-}
-
 /// The `<domainbackup>` document of `create` without `--xml`.
 fn create_xml(dom: &Domain, a: &CreateArgs) -> Res<String> {
     let mut x = String::from("<domainbackup>");
@@ -531,7 +521,14 @@ fn create_xml(dom: &Domain, a: &CreateArgs) -> Res<String> {
     if let Some(p) = parent {
         x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(&p));
     }
-    let mut disks = disk_args(&a.disks);
+    let mut disks: Vec<(String, Option<String>)> = a
+        .disks
+        .iter()
+        .map(|d| match d.split_once('=') {
+            Some((n, t)) => (n.to_string(), Some(t.to_string())),
+            None => (d.clone(), None),
+        })
+        .collect();
     if disks.is_empty() && a.format.is_some() {
         disks = domain_disks(dom)?.into_iter().map(|n| (n, None)).collect();
     }
@@ -766,7 +763,14 @@ fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
     if a.rewrite {
         flags |= api::RESTORE_REWRITE;
     }
-    let mut disks = disk_args(&a.disks);
+    let mut disks: Vec<(String, Option<String>)> = a
+        .disks
+        .iter()
+        .map(|d| match d.split_once('=') {
+            Some((n, t)) => (n.to_string(), Some(t.to_string())),
+            None => (d.clone(), None),
+        })
+        .collect();
     if disks.is_empty() && a.format.is_some() {
         disks = info.disks.iter().map(|d| (d.name.clone(), None)).collect();
     }

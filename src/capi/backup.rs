@@ -302,6 +302,7 @@ pub extern "C" fn get_xml_desc_dispatch(obj: *mut c_void, flags: c_uint) -> *mut
     // SAFETY: virDomainRef checks the object's class and refuses others;
     // the reference it takes on a domain is dropped at once.
     if unsafe { sys::virDomainRef(dom) } == 0 {
+        // SAFETY: drops the reference virDomainRef just took.
         unsafe { sys::virDomainFree(dom) };
         if let Some(f) = libvirt_backup_get_xml_desc() {
             // SAFETY: a live virDomainPtr, as checked.

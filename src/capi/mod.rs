@@ -21,7 +21,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use virt::domain::Domain;
 use virt::sys;
 
-use crate::error::{Error, Locked, Result};
+use crate::error::{Error, Result};
 use crate::ops::DomainRef;
 use crate::ops::backup::Backup;
 use options::{Flags, FromFlags};
@@ -193,7 +193,7 @@ static HANDLES: LazyLock<Mutex<Handles>> = LazyLock::new(Default::default);
 fn lock_handles() -> std::sync::MutexGuard<'static, Handles> {
     // The table stays consistent across a panic (every change is one
     // insert or remove), so a poisoned lock is still usable.
-    HANDLES.locked()
+    HANDLES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Hand a new handle (holding one reference) to the caller.
@@ -267,6 +267,8 @@ fn domain_of(ptr: sys::virDomainPtr, func: &str) -> Result<DomainRef> {
     if unsafe { sys::virDomainRef(ptr) } < 0 {
         return Err(bad());
     }
+    // SAFETY: `ptr` is a live virDomainPtr whose new reference (just
+    // taken) the Domain owns and frees when dropped.
     Ok(DomainRef::new(unsafe { Domain::from_ptr(ptr) }))
 }
 

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::error::{Locked, Result};
+use crate::error::Result;
 
 /// Nice value added for housekeeping: CFS then weighs such a thread about
 /// 1/10 of a normal one.
@@ -45,7 +45,7 @@ const FOREGROUND_PACE: Duration = Duration::from_millis(10);
 /// waits for runs) and `.waiting` (held shared while anyone is blocked on
 /// a domain's lock, maybe one this housekeeping holds: pacing then would
 /// only slow the job it yields to).
-pub struct Gate {
+pub(crate) struct Gate {
     pub foreground: File,
     pub waiting: File,
 }
@@ -64,19 +64,19 @@ impl Gate {
 /// and the readers): the catalog's probes, and when the last piece of I/O
 /// went.
 #[derive(Clone)]
-pub struct Pacer(Arc<Mutex<(Gate, Instant)>>);
+pub(crate) struct Pacer(Arc<Mutex<(Gate, Instant)>>);
 
 impl Pacer {
     /// The most a paced read or write moves at once.
-    pub fn piece(&self) -> usize {
+    pub(crate) fn piece(&self) -> usize {
         HOUSEKEEPING_WRITE
     }
 
     /// Before a piece of I/O: while the gate says yield, let
     /// `FOREGROUND_PACE` pass since the last piece, checking every
     /// millisecond whether that changed.
-    pub fn pace(&self) {
-        let mut g = self.0.locked();
+    pub(crate) fn pace(&self) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (gate, last) = &mut *g;
         loop {
             if !gate.yields() {
@@ -97,12 +97,12 @@ thread_local! {
 }
 
 /// The calling thread's pacer, for the threads it starts.
-pub fn pacer() -> Option<Pacer> {
+pub(crate) fn pacer() -> Option<Pacer> {
     PACER.with(|p| p.borrow().clone())
 }
 
 /// `pacer().pace()`: a no-op outside housekeeping.
-pub fn pace() {
+pub(crate) fn pace() {
     if let Some(p) = pacer() {
         p.pace();
     }
@@ -114,7 +114,7 @@ fn install(gate: Option<Gate>) -> Option<Pacer> {
 }
 
 /// The largest write the calling thread should issue at once.
-pub fn write_piece() -> usize {
+pub(crate) fn write_piece() -> usize {
     match HOUSEKEEPING.with(|h| h.get()) {
         true => HOUSEKEEPING_WRITE,
         false => usize::MAX,
@@ -124,7 +124,7 @@ pub fn write_piece() -> usize {
 /// Run `work` on the calling thread with its housekeeping steps paced on
 /// `gate` (see `pace`): for work that must keep the caller's locks (they
 /// are per thread), such as freeing a deleted backup's blocks.
-pub fn paced<T>(gate: Option<Gate>, work: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn paced<T>(gate: Option<Gate>, work: impl FnOnce() -> Result<T>) -> Result<T> {
     let before = install(gate);
     let result = work();
     PACER.with(|p| *p.borrow_mut() = before);
@@ -133,7 +133,7 @@ pub fn paced<T>(gate: Option<Gate>, work: impl FnOnce() -> Result<T>) -> Result<
 
 /// Run `work` on a new thread at housekeeping priority and wait for it;
 /// its copies pace themselves on `gate` (see `pace`), if given.
-pub fn run_as_housekeeping<T: Send>(
+pub(crate) fn run_as_housekeeping<T: Send>(
     gate: Option<Gate>,
     work: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {

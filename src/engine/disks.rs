@@ -8,13 +8,13 @@
 
 use std::sync::Mutex;
 
-use crate::error::{Error, Locked, Result};
+use crate::error::{Error, Result};
 
 /// Most workers by default: past that, disks compete for the same storage.
 const MAX_DEFAULT_WORKERS: usize = 4;
 
 /// How many disks are copied at once.
-pub fn workers() -> usize {
+pub(crate) fn workers() -> usize {
     let asked = std::env::var("LIBVIRT_BACKUP_WORKERS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
@@ -29,21 +29,21 @@ pub fn workers() -> usize {
 /// Run `copy` on every disk, `workers()` at a time, in their order. The
 /// first error stops the workers from starting other disks and is returned
 /// once the disks being copied are done.
-pub fn copy_disks<T: Send>(disks: Vec<T>, copy: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
+pub(crate) fn copy_disks<T: Send>(disks: Vec<T>, copy: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
     let n = workers().min(disks.len()).max(1);
     let queue = Mutex::new(disks.into_iter());
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     let work = || {
         super::copy::share_cores(n > 1);
         loop {
-            if failed.locked().is_some() {
+            if failed.lock().unwrap().is_some() {
                 return;
             }
-            let Some(d) = queue.locked().next() else {
+            let Some(d) = queue.lock().unwrap().next() else {
                 return;
             };
             if let Err(e) = copy(d) {
-                failed.locked().get_or_insert(e);
+                failed.lock().unwrap().get_or_insert(e);
             }
         }
     };
@@ -75,7 +75,7 @@ mod tests {
             most.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(20));
             running.fetch_sub(1, Ordering::SeqCst);
-            done.locked().push(i);
+            done.lock().unwrap().push(i);
             Ok(())
         })
         .unwrap();

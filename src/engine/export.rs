@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::error::{Error, Locked, Result};
+use crate::error::{Error, Result};
 use crate::image::disk::{Chain, Source};
 use crate::xml::backup::DiskFormat;
 
@@ -186,7 +186,7 @@ impl StorageDaemonExport {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.locked()
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// End the daemon and reap it.
@@ -387,7 +387,7 @@ fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
     }
     let (reply, answer) = mpsc::channel();
     {
-        let mut spawner = SPAWNER.locked();
+        let mut spawner = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
         let me = std::process::id();
         if spawner.as_ref().is_none_or(|(pid, _)| *pid != me) {
             let (tx, rx) = mpsc::channel::<Request>();

@@ -28,12 +28,12 @@ const OPERATION_BACKUP: i32 = 9;
 
 /// Whether the library hands this domain's backups to libvirt: a running
 /// domain of the QEMU driver.
-pub fn is_live(dom: &DomainRef, active: bool) -> Result<bool> {
+pub(crate) fn is_live(dom: &DomainRef, active: bool) -> Result<bool> {
     Ok(active && dom.driver()?.eq_ignore_ascii_case("qemu"))
 }
 
 /// The checkpoint a backup creates.
-pub fn checkpoint_name(backup: &uuid::Uuid) -> String {
+pub(crate) fn checkpoint_name(backup: &uuid::Uuid) -> String {
     backup.to_string()
 }
 
@@ -91,7 +91,7 @@ fn image_bitmaps(image: &Path) -> Result<Vec<(String, bool)>> {
 /// changes since the checkpoint, i.e. its bitmap exists and is consistent
 /// (a disk swapped while the domain was off, or a crashed QEMU, loses or
 /// spoils it).
-pub fn usable_checkpoint(
+pub(crate) fn usable_checkpoint(
     dom: &DomainRef,
     parent: &BackupRecord,
     base: Option<&DiskRecord>,
@@ -168,7 +168,7 @@ fn checkpoint_of(
 /// For a shut-off domain: the persistent bitmap in the disk's image that
 /// holds its changes since `parent` (same checks as `usable_checkpoint`,
 /// then the image itself must carry the bitmap, not flagged inconsistent).
-pub fn usable_offline_bitmap(
+pub(crate) fn usable_offline_bitmap(
     dom: &DomainRef,
     parent: &BackupRecord,
     base: Option<&DiskRecord>,
@@ -191,7 +191,7 @@ pub fn usable_offline_bitmap(
 }
 
 /// One disk of a live backup.
-pub struct LiveDisk<'a> {
+pub(crate) struct LiveDisk<'a> {
     pub record: &'a DiskRecord,
     /// The checkpoint to copy changes since (an incremental disk).
     pub since: Option<&'a str>,
@@ -200,7 +200,7 @@ pub struct LiveDisk<'a> {
 /// A disk of a libvirt `<domainbackup>`: backed up in full, or (`since`)
 /// incrementally since that checkpoint; `None` for the domain's other
 /// disks, which are named with backup='no'.
-pub fn backup_disk_element(name: &str, since: Option<Option<&str>>) -> Element {
+pub(crate) fn backup_disk_element(name: &str, since: Option<Option<&str>>) -> Element {
     let el = Element::new("disk").with_attr("name", name);
     match since {
         None => el.with_attr("backup", "no"),
@@ -272,7 +272,7 @@ fn documents(
 
 /// Start libvirt's job. With `quiesce` the guest's file systems are frozen
 /// around the start (the point in time), through the guest agent.
-pub fn begin(
+pub(crate) fn begin(
     dom: &DomainRef,
     rec: &BackupRecord,
     disks: &[LiveDisk],
@@ -291,7 +291,7 @@ pub fn begin(
 
 /// Run `start` with the guest's file systems frozen (through its agent)
 /// when `quiesce`; they are thawed whatever happens.
-pub fn quiesced(dom: &DomainRef, quiesce: bool, start: impl FnOnce() -> Result<()>) -> Result<()> {
+pub(crate) fn quiesced(dom: &DomainRef, quiesce: bool, start: impl FnOnce() -> Result<()>) -> Result<()> {
     if !quiesce {
         return start();
     }
@@ -308,7 +308,7 @@ pub fn quiesced(dom: &DomainRef, quiesce: bool, start: impl FnOnce() -> Result<(
 /// drops the bitmaps); for a shut-off domain, whose checkpoints libvirt
 /// cannot delete, forget the metadata and remove the bitmaps from the
 /// images with qemu-img. A checkpoint that is already gone is fine.
-pub fn remove_checkpoint(dom: &DomainRef, name: &str) -> Result<()> {
+pub(crate) fn remove_checkpoint(dom: &DomainRef, name: &str) -> Result<()> {
     let cps = dom.checkpoints()?;
     let Some((_, xml)) = cps.iter().find(|(n, _)| n == name) else {
         return Ok(());
@@ -348,7 +348,7 @@ fn remove_bitmap(image: &Path, bitmap: &str) -> Result<()> {
 
 /// Follow libvirt's job until it ends, mirroring its progress into `job`;
 /// a cancel request aborts it.
-pub fn follow(job: &Job, dom: &DomainRef) -> Result<()> {
+pub(crate) fn follow(job: &Job, dom: &DomainRef) -> Result<()> {
     let mut aborted = false;
     loop {
         if !aborted && job.progress.check_cancel().is_err() {
@@ -391,7 +391,7 @@ pub fn follow(job: &Job, dom: &DomainRef) -> Result<()> {
 /// `Some(false)` failed or gone, `None` still running.
 /// With `cancel` (someone asked to abort it), a job still running is
 /// aborted and the backup discarded.
-pub fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
+pub(crate) fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
     let Ok(dom) = crate::hv::libvirt::open_domain(&rec.uri, &rec.domain_uuid) else {
         return Some(false);
     };

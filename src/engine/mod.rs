@@ -1,9 +1,9 @@
 //! How bytes move: the library's own copy (offline), libvirt push/pull
 //! (live), and the qemu-storage-daemon export.
 
-pub mod background;
+pub(crate) mod background;
 pub mod bitmap;
 pub mod copy;
-pub mod disks;
+pub(crate) mod disks;
 pub mod export;
-pub mod live;
+pub(crate) mod live;

@@ -1,5 +1,10 @@
-//! The libvirt adapter: everything the core asks of a domain, through the
-//! `virt` crate's safe wrappers.
+//! The libvirt adapter: everything the core asks of a domain. Most of it goes
+//! through the `virt` crate's safe wrappers; what `virt` 0.5 does not wrap
+//! goes through raw `virt::sys` calls, each `unsafe` block with its SAFETY
+//! note: `silence` (a connection's error handler), and the second
+//! `impl DomainRef` block: `virDomainBackupBegin`, the job statistics (read
+//! by name, for the job's error message the crate's `JobStats` lacks),
+//! `virDomainAbortJob`, `virDomainFSFreeze`/`Thaw` and the checkpoint calls.
 
 use uuid::Uuid;
 use virt::connect::Connect;

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// libvirt's built-in `default_tls_x509_cert_dir`.
-pub const DEFAULT_CERT_DIR: &str = "/etc/pki/qemu";
+pub(crate) const DEFAULT_CERT_DIR: &str = "/etc/pki/qemu";
 
 /// The TLS settings of libvirt's backup jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupTls {
+pub(crate) struct BackupTls {
     /// `backup_tls_x509_cert_dir`, else `default_tls_x509_cert_dir`, else
     /// `/etc/pki/qemu`.
     pub dir: PathBuf,
@@ -24,7 +24,7 @@ pub struct BackupTls {
 /// `qemu+unix:///system`) reads `/etc/libvirt/qemu.conf`,
 /// `qemu:///session` the user's. `None` for any other URI (a remote
 /// daemon's configuration cannot be read here).
-pub fn conf_of_uri(uri: &str) -> Option<PathBuf> {
+pub(crate) fn conf_of_uri(uri: &str) -> Option<PathBuf> {
     let (scheme, rest) = uri.split_once("://")?;
     if !(scheme == "qemu" || scheme == "qemu+unix") {
         return None;
@@ -39,7 +39,7 @@ pub fn conf_of_uri(uri: &str) -> Option<PathBuf> {
 
 /// The `qemu.conf` of the libvirt daemon this process would use: the
 /// system one for root, else the session one.
-pub fn own_conf() -> PathBuf {
+pub(crate) fn own_conf() -> PathBuf {
     if rustix::process::geteuid().is_root() {
         PathBuf::from("/etc/libvirt/qemu.conf")
     } else {
@@ -59,7 +59,7 @@ fn session_conf() -> PathBuf {
 
 /// The backup TLS settings `conf` gives (a missing file: libvirt's
 /// defaults).
-pub fn backup_tls(conf: &Path) -> Result<BackupTls> {
+pub(crate) fn backup_tls(conf: &Path) -> Result<BackupTls> {
     let text = match std::fs::read_to_string(conf) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -7,12 +7,12 @@ use std::process::Command;
 use crate::error::{Error, Result};
 
 /// Shorthand for building argument lists of strings and paths.
-pub fn os(s: &str) -> &OsStr {
+pub(crate) fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
 /// Run `program` with `args`; its stdout, or an error with its stderr.
-pub fn run<I, S>(program: &str, args: I) -> Result<Vec<u8>>
+pub(crate) fn run<I, S>(program: &str, args: I) -> Result<Vec<u8>>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,

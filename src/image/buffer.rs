@@ -13,7 +13,7 @@ use std::ptr::NonNull;
 pub(crate) const ALIGN: usize = 4096;
 
 /// A zero-filled, fixed-size byte buffer starting on a page boundary.
-pub struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -24,7 +24,7 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    pub fn zeroed(len: usize) -> AlignedBuf {
+    pub(crate) fn zeroed(len: usize) -> AlignedBuf {
         let map_len = Self::map_len(len);
         // SAFETY: a new private anonymous mapping at an address the kernel
         // picks; no existing memory is touched.
@@ -71,7 +71,7 @@ impl Drop for AlignedBuf {
 }
 
 /// Whether `buf` can be written with `O_DIRECT` at `offset`.
-pub fn is_aligned(buf: &[u8], offset: u64) -> bool {
+pub(crate) fn is_aligned(buf: &[u8], offset: u64) -> bool {
     (buf.as_ptr() as usize).is_multiple_of(ALIGN)
         && buf.len().is_multiple_of(ALIGN)
         && offset.is_multiple_of(ALIGN as u64)

@@ -16,7 +16,6 @@
 //! pages that were cached before it are left alone (the host may be using
 //! them), see [`is_cold`].
 
-use crate::error::Locked;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::num::NonZeroU64;
@@ -31,7 +30,7 @@ use rustix::fs::Advice;
 pub(crate) const LAG: u64 = 128 << 20;
 
 /// Drop-behind state of one file being written.
-pub struct DropBehind {
+pub(crate) struct DropBehind {
     file: File,
     state: Mutex<State>,
 }
@@ -49,7 +48,7 @@ struct State {
 
 impl DropBehind {
     /// Track `file` (a second handle on the file being written).
-    pub fn new(file: File) -> DropBehind {
+    pub(crate) fn new(file: File) -> DropBehind {
         let last_end = file.metadata().map(|m| m.len()).unwrap_or(0);
         DropBehind {
             file,
@@ -61,8 +60,8 @@ impl DropBehind {
     }
 
     /// `offset..end` of the file was just written.
-    pub fn written(&self, offset: u64, end: u64) {
-        let mut s = self.state.locked();
+    pub(crate) fn written(&self, offset: u64, end: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.off || end <= offset {
             return;
         }
@@ -89,12 +88,12 @@ impl DropBehind {
 
     /// Whatever was appended to the file since the last call was written
     /// (qcow2 allocates clusters at the end of the file).
-    pub fn appended(&self) {
+    pub(crate) fn appended(&self) {
         let Ok(end) = self.file.metadata().map(|m| m.len()) else {
             return;
         };
         let start = {
-            let mut s = self.state.locked();
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut s.last_end, end)
         };
         self.written(start.min(end), end);
@@ -102,8 +101,8 @@ impl DropBehind {
 
     /// After the final sync: drop what is still cached of the written
     /// ranges, or of the whole file when it is one the copy created.
-    pub fn finish(&self, whole_file: bool) {
-        let mut s = self.state.locked();
+    pub(crate) fn finish(&self, whole_file: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if whole_file {
             advise(&self.file, 0, 0, Advice::DontNeed);
         } else {
@@ -128,7 +127,7 @@ impl DropBehind {
 /// read, [`is_cold`] tells whether any of it is cached; if none was, the
 /// reader drops it once read ([`drop_cached`]), so a backup of a cold disk
 /// leaves the cache as it found it and a warm one's pages stay.
-pub fn is_cold(file: &File, offset: u64, len: u64) -> bool {
+pub(crate) fn is_cold(file: &File, offset: u64, len: u64) -> bool {
     let page = rustix::param::page_size().max(4096) as u64;
     if len == 0 {
         return false;
@@ -161,12 +160,12 @@ pub fn is_cold(file: &File, offset: u64, len: u64) -> bool {
 }
 
 /// Drop `offset..offset+len` of `file` from the page cache.
-pub fn drop_cached(file: &File, offset: u64, len: u64) {
+pub(crate) fn drop_cached(file: &File, offset: u64, len: u64) {
     advise(file, offset, len, Advice::DontNeed);
 }
 
 /// Tell the kernel `file` is read front to back (larger read-ahead).
-pub fn sequential(file: &File) {
+pub(crate) fn sequential(file: &File) {
     advise(file, 0, 0, Advice::Sequential);
 }
 

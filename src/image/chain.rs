@@ -48,7 +48,7 @@ use imago::qcow2::Qcow2;
 use imago::raw::Raw as ImagoRaw;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, StorageOpenOptions};
 
-use crate::error::{Error, Locked, Result};
+use crate::error::{Error, Result};
 use crate::image::file::{self as image_file, Kind};
 use crate::xml::backup::DiskFormat;
 
@@ -172,7 +172,7 @@ pub(crate) fn recorded_at(
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.locked()
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Open a level file read-only (never blocking, only a kind of file an

@@ -15,7 +15,7 @@ use imago::{
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
-use crate::error::{Error, Locked, Result};
+use crate::error::{Error, Result};
 use crate::image::buffer;
 use crate::image::cache::{self, DropBehind};
 use crate::image::chain::{ChainReader, bad_chain, recorded_at};
@@ -283,7 +283,7 @@ impl Source {
                 data_run,
             } => {
                 let end = (*size).min(offset + max);
-                let (start, hole) = *data_run.locked();
+                let (start, hole) = *data_run.lock().unwrap();
                 if (start..hole).contains(&offset) {
                     return Ok((Extent::Data, hole.min(end) - offset));
                 }
@@ -309,7 +309,7 @@ impl Source {
                     }
                     Ok(_) => {
                         let hole = rustix::fs::seek(file, SeekFrom::Hole(offset))?;
-                        *data_run.locked() = (offset, hole);
+                        *data_run.lock().unwrap() = (offset, hole);
                         Ok((Extent::Data, hole.min(end) - offset))
                     }
                 }

@@ -22,7 +22,7 @@ use crate::xml::backup::DiskFormat;
 
 /// Which kinds of file an image may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A regular file only (a qcow2 image: its clusters grow the file).
     Regular,
     /// A regular file or a block device (a raw image, as on a logical
@@ -32,7 +32,7 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds of file an image of `format` may be.
-    pub fn of(format: DiskFormat) -> Kind {
+    pub(crate) fn of(format: DiskFormat) -> Kind {
         match format {
             DiskFormat::Raw => Kind::RegularOrBlock,
             DiskFormat::Qcow2 => Kind::Regular,
@@ -75,7 +75,7 @@ fn describe(t: FileType) -> &'static str {
 /// Fail unless `m` is of a kind of file `kind` allows: the error names
 /// `path` and says what it is ("it is a FIFO, not a regular file"), after
 /// `what` ("cannot open image").
-pub fn check_metadata(m: &Metadata, path: &Path, kind: Kind, what: &str) -> Result<()> {
+pub(crate) fn check_metadata(m: &Metadata, path: &Path, kind: Kind, what: &str) -> Result<()> {
     if kind.accepts(m.file_type()) {
         return Ok(());
     }
@@ -90,7 +90,7 @@ pub fn check_metadata(m: &Metadata, path: &Path, kind: Kind, what: &str) -> Resu
 /// Fail unless `file`, opened from `path`, is a kind of file `kind`
 /// allows; then clear `O_NONBLOCK` on it (reads and writes of what is kept
 /// wait as usual). `what` starts the message ("cannot open image").
-pub fn check(file: &File, path: &Path, kind: Kind, what: &str) -> Result<()> {
+pub(crate) fn check(file: &File, path: &Path, kind: Kind, what: &str) -> Result<()> {
     let m = file
         .metadata()
         .map_err(|e| Error::io("cannot stat image", path, e))?;
@@ -109,7 +109,7 @@ pub fn check(file: &File, path: &Path, kind: Kind, what: &str) -> Result<()> {
 /// refused before it is opened (opening a device can have effects of its
 /// own), and the opened descriptor is checked again (the path may name
 /// another file by then).
-pub fn open(path: &Path, write: bool, kind: Kind, what: &str) -> Result<File> {
+pub(crate) fn open(path: &Path, write: bool, kind: Kind, what: &str) -> Result<File> {
     if let Ok(m) = std::fs::metadata(path) {
         check_metadata(&m, path, kind, what)?;
     }
@@ -125,7 +125,7 @@ pub fn open(path: &Path, write: bool, kind: Kind, what: &str) -> Result<File> {
 
 /// The size of an image file: a block device's is the device's (its
 /// metadata says 0), found with `lseek(SEEK_END)`.
-pub fn size(file: &File) -> std::io::Result<u64> {
+pub(crate) fn size(file: &File) -> std::io::Result<u64> {
     let m = file.metadata()?;
     if !m.file_type().is_block_device() {
         return Ok(m.len());

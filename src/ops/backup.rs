@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::files::{remove_backup, volume_connection};
 use super::{create, gate};
 use crate::engine::{background, live};
-use crate::error::{Error, ErrorCode, Locked, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt::{self, DomainRef};
 use crate::hv::storage_pool;
 use crate::job::{self, Job};
@@ -632,7 +632,7 @@ pub fn set_default_target(dom: &DomainRef, xml: &str, affect: Affect) -> Result<
             .set_default_target(&target)?;
     }
     if live {
-        create::LIVE_TARGETS.locked().insert(uuid, target);
+        create::LIVE_TARGETS.lock().unwrap().insert(uuid, target);
     }
     Ok(())
 }
@@ -663,6 +663,6 @@ pub fn undefine(dom: &DomainRef, opts: UndefineOptions) -> Result<()> {
     }
     dom.undefine(flags)?;
     catalog.domain(&uuid).forget()?;
-    create::LIVE_TARGETS.locked().remove(&uuid);
+    create::LIVE_TARGETS.lock().unwrap().remove(&uuid);
     Ok(())
 }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use uuid::Uuid;
 
-use crate::error::{Error, Locked, Result};
+use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::job;
 use crate::store::catalog::Catalog;
@@ -42,7 +42,7 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A domain claimed for one job; dropping it releases the claim.
 #[derive(Debug)]
-pub struct DomainClaim {
+pub(super) struct DomainClaim {
     id: u64,
     _lock: DomainJobLock,
 }
@@ -50,19 +50,19 @@ pub struct DomainClaim {
 impl DomainClaim {
     /// Claim `domain` (`dom`) in `catalog`; with `libvirt` (a running QEMU
     /// domain), libvirt must run no job on it either.
-    pub fn take(catalog: &Catalog, dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<Self> {
+    pub(super) fn take(catalog: &Catalog, dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<Self> {
         let lock = catalog.domain(domain).claim_job()?;
         DomainClaim::check(dom, domain, libvirt)?;
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        CLAIMS.locked().push((id, *domain));
+        CLAIMS.lock().unwrap().push((id, *domain));
         Ok(DomainClaim { id, _lock: lock })
     }
 
     /// Refuse when this process holds a claim on `domain` or runs a job of
     /// it, or (with `libvirt`) libvirt runs a job on it. Takes nothing: a
     /// request is refused before it is planned, and `take` checks again.
-    pub fn check(dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<()> {
-        let claimed = CLAIMS.locked().iter().any(|(_, d)| d == domain);
+    pub(super) fn check(dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<()> {
+        let claimed = CLAIMS.lock().unwrap().iter().any(|(_, d)| d == domain);
         if claimed || job::running_for_domain(domain).is_some() {
             return Err(Error::operation_invalid(
                 "the domain already has a backup job running",
@@ -79,7 +79,7 @@ impl DomainClaim {
 
 impl Drop for DomainClaim {
     fn drop(&mut self) {
-        CLAIMS.locked().retain(|(id, _)| *id != self.id);
+        CLAIMS.lock().unwrap().retain(|(id, _)| *id != self.id);
     }
 }
 

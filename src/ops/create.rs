@@ -19,7 +19,7 @@ use super::options::CreateOptions;
 use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
 use super::recovery;
 use crate::engine::{bitmap, copy, disks, live};
-use crate::error::{Error, Locked, Result};
+use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::storage_pool;
 use crate::image::disk::{Chain, Source, Target as ImageTarget};
@@ -47,7 +47,7 @@ fn now() -> (i64, u64) {
 }
 
 /// A backup whose job has started.
-pub struct Created {
+pub(crate) struct Created {
     pub uuid: Uuid,
     pub domain_uuid: Uuid,
     pub catalog: Catalog,
@@ -64,7 +64,7 @@ struct Prepared {
 }
 
 /// `virDomainBackupCreateXML`: parse → plan → register → run.
-pub fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<Created> {
+pub(crate) fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<Created> {
     let req = CreateRequest::parse(xml)?;
     let catalog = recovery::open_catalog()?;
     let mut prepared = prepare(&catalog, dom, &req, opts)?;
@@ -363,7 +363,7 @@ fn run(
     // lock is still here for the discard.
     let slot = Arc::new(Mutex::new(Some(lock)));
     let work_slot = Arc::clone(&slot);
-    let take = move || work_slot.locked().take().expect("the job lock");
+    let take = move || work_slot.lock().unwrap().take().expect("the job lock");
     let spawned = if is_live {
         job.spawn(move |job| run_live(job, &work_catalog, work_record, work_dom, take(), conn))
     } else {
@@ -380,7 +380,7 @@ fn run(
         })
     };
     if let Err(e) = spawned {
-        discard(&record, slot.locked().take());
+        discard(&record, slot.lock().unwrap().take());
         return Err(e);
     }
     Ok(job)
@@ -449,7 +449,7 @@ fn effective_default_target(
     domain: &Uuid,
     active: bool,
 ) -> Result<Option<DefaultTarget>> {
-    if let Some(t) = LIVE_TARGETS.locked().get(domain).filter(|_| active) {
+    if let Some(t) = LIVE_TARGETS.lock().unwrap().get(domain).filter(|_| active) {
         return Ok(Some(t.clone()));
     }
     catalog.domain(domain).default_target()

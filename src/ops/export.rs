@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::engine::export::{ExportDisk, StorageDaemonExport};
 use crate::engine::live;
-use crate::error::{Error, Locked, Result};
+use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{os, run};
 use crate::image::disk::Chain;
@@ -65,7 +65,7 @@ enum Since {
 
 /// A running (or ended) export.
 #[derive(Debug)]
-pub struct Export {
+pub(crate) struct Export {
     pub uuid: Uuid,
     pub domain_uuid: Uuid,
     /// `None` for the export of a stored backup (no domain is involved).
@@ -93,13 +93,9 @@ pub struct Export {
 /// stop an export, as a freed libvirt object does not stop its job).
 static EXPORTS: LazyLock<Mutex<HashMap<Uuid, Arc<Export>>>> = LazyLock::new(Default::default);
 
-pub fn running(uuid: &Uuid) -> Option<Arc<Export>> {
-    EXPORTS.locked().get(uuid).cloned()
-}
-
 /// Exports of stored backups running in this process: (backup, export)
 /// (every process's are in `store::exports`).
-pub fn stored_exports() -> Vec<(Uuid, Uuid)> {
+pub(crate) fn stored_exports() -> Vec<(Uuid, Uuid)> {
     EXPORTS
         .lock()
         .unwrap()
@@ -164,7 +160,7 @@ pub(crate) fn serve_stored(
         claim: Mutex::new(None),
         registered: Mutex::new(Some(registered)),
     });
-    EXPORTS.locked().insert(uuid, Arc::clone(&export));
+    EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
     Ok(export)
 }
 
@@ -267,7 +263,7 @@ fn start_server(
 }
 
 /// `virDomainBackupStartUnmanaged`.
-pub fn start(
+pub(crate) fn start(
     dom: &DomainRef,
     req: &UnmanagedRequest,
     parent: Option<BackupRecord>,
@@ -329,7 +325,7 @@ pub fn start(
         claim: Mutex::new(Some(claim)),
         registered: Mutex::new(Some(registered)),
     });
-    EXPORTS.locked().insert(uuid, Arc::clone(&export));
+    EXPORTS.lock().unwrap().insert(uuid, Arc::clone(&export));
     Ok(export)
 }
 
@@ -531,34 +527,30 @@ fn server_element(server: &NbdServer, tls: bool) -> Result<Element> {
 }
 
 impl Export {
-    pub fn state(&self) -> BackupState {
+    pub(crate) fn state(&self) -> BackupState {
         self.ended
             .lock()
             .unwrap()
             .map_or(BackupState::Running, |(s, _)| s)
     }
 
-    pub fn elapsed_ms(&self) -> u64 {
+    pub(crate) fn elapsed_ms(&self) -> u64 {
         self.ended
             .lock()
             .unwrap()
             .map_or(self.started.elapsed().as_millis() as u64, |(_, e)| e)
     }
 
-    pub fn disk_count(&self) -> u32 {
+    pub(crate) fn disk_count(&self) -> u32 {
         self.disks.len() as u32
     }
 
-    pub fn has_bitmaps(&self) -> bool {
+    pub(crate) fn has_bitmaps(&self) -> bool {
         self.disks.iter().any(|d| d.bitmap.is_some())
     }
 
-    pub fn domain(&self) -> Option<&DomainRef> {
-        self.domain.as_ref()
-    }
-
     /// What a third-party tool needs to connect.
-    pub fn xml_desc(&self) -> Result<String> {
+    pub(crate) fn xml_desc(&self) -> Result<String> {
         let mut root = Element::new("domainbackup")
             .with_child(Element::new("uuid").with_text(self.uuid.to_string()))
             .with_child(Element::new("state").with_text(self.state().as_str()));
@@ -584,8 +576,8 @@ impl Export {
 
     /// End the export (`cancel`: AbortJob, else FinishJob) and remove its
     /// scratch files. A second call is refused.
-    pub fn finish(&self, cancel: bool) -> Result<()> {
-        let mut ended = self.ended.locked();
+    pub(crate) fn finish(&self, cancel: bool) -> Result<()> {
+        let mut ended = self.ended.lock().unwrap();
         if ended.is_some() {
             return Err(Error::operation_invalid("the export has already ended"));
         }
@@ -615,9 +607,9 @@ impl Export {
             BackupState::Completed
         };
         *ended = Some((state, self.started.elapsed().as_millis() as u64));
-        EXPORTS.locked().remove(&self.uuid);
-        self.registered.locked().take();
-        self.claim.locked().take();
+        EXPORTS.lock().unwrap().remove(&self.uuid);
+        self.registered.lock().unwrap().take();
+        self.claim.lock().unwrap().take();
         result
     }
 }

@@ -15,12 +15,12 @@ use crate::xml::backup::{NbdServer, UnmanagedRequest};
 
 /// The variable that names the certificate folder of the exports the
 /// library serves itself (tests, unprivileged use).
-pub const TLS_DIR_ENV: &str = "LIBVIRT_BACKUP_TLS_X509_DIR";
+pub(crate) const TLS_DIR_ENV: &str = "LIBVIRT_BACKUP_TLS_X509_DIR";
 
 /// Who serves an export, which decides where a TLS export's certificates
 /// come from.
 #[derive(Debug, Clone, Copy)]
-pub enum Served<'a> {
+pub(crate) enum Served<'a> {
     /// libvirt's pull-mode job, on the connection of this URI: libvirt's
     /// `backup_tls_x509_cert_dir` and `backup_tls_x509_verify`.
     Libvirt { uri: &'a str },
@@ -32,7 +32,7 @@ pub enum Served<'a> {
 /// Refuse a server address or TLS setup the export must not use, before
 /// anything starts. Returns the certificate folder qemu-storage-daemon must
 /// use (`Served::Daemon` with `tls='yes'`), else `None`.
-pub fn check_server(req: &UnmanagedRequest, served: Served) -> Result<Option<PathBuf>> {
+pub(crate) fn check_server(req: &UnmanagedRequest, served: Served) -> Result<Option<PathBuf>> {
     let NbdServer::Tcp { host, port } = &req.server else {
         if req.tls {
             return Err(Error::config_unsupported(
@@ -193,7 +193,7 @@ fn is_loopback(host: &str, port: u16) -> bool {
 
 /// Make the server's unix socket the owner's only (QEMU creates it with
 /// the mode its umask allows), before the export is announced.
-pub fn restrict_socket(server: &NbdServer) -> Result<()> {
+pub(crate) fn restrict_socket(server: &NbdServer) -> Result<()> {
     let NbdServer::Unix(path) = server else {
         return Ok(());
     };

@@ -49,7 +49,7 @@ fn selected(rec: &BackupRecord, req: &UnmanagedRequest) -> Result<Vec<(String, E
 }
 
 /// Start serving the stored backup named by the `<uuid>` of `xml`.
-pub fn start(xml: &str) -> Result<Arc<Export>> {
+pub(crate) fn start(xml: &str) -> Result<Arc<Export>> {
     // Without a <uuid> a NULL domain is just a missing argument.
     if crate::xml::dom::parse(xml)?.child("uuid").is_none() {
         return Err(Error::invalid_arg(

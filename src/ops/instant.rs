@@ -222,7 +222,7 @@ fn define(to: &Receiver, xml: &str) -> Result<DomainRef> {
 }
 
 /// `virDomainBackupRestore` with `VIR_DOMAIN_BACKUP_RESTORE_INSTANT`.
-pub fn restore(
+pub(crate) fn restore(
     catalog: &Catalog,
     rec: &BackupRecord,
     req: &RestoreRequest,

@@ -150,7 +150,7 @@ fn rebase_indexes(
 /// them onto its parent. With `metadata_only` the files stay as they are (the
 /// children keep reading through the doomed backup's files) and only the
 /// records change.
-pub fn merge_into_children(
+pub(crate) fn merge_into_children(
     catalog: &Catalog,
     doomed: &BackupRecord,
     all: &[BackupRecord],

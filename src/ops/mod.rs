@@ -9,27 +9,27 @@ use crate::image::disk::Chain;
 use crate::store::catalog::Catalog;
 use crate::xml::backup::BackupRecord;
 
-pub use crate::hv::libvirt::DomainRef;
+pub(crate) use crate::hv::libvirt::DomainRef;
 
 pub mod backup;
 mod claim;
-pub mod create;
+pub(crate) mod create;
 mod create_targets;
-pub mod export;
-pub mod export_access;
-pub mod export_stored;
+pub(crate) mod export;
+pub(crate) mod export_access;
+pub(crate) mod export_stored;
 mod files;
-pub mod instant;
-pub mod merge;
+pub(crate) mod instant;
+pub(crate) mod merge;
 pub mod options;
-pub mod pins;
-pub mod plan;
-pub mod recovery;
-pub mod restore;
+pub(crate) mod pins;
+pub(crate) mod plan;
+pub(crate) mod recovery;
+pub(crate) mod restore;
 mod restore_plan;
-pub mod restore_steps;
+pub(crate) mod restore_steps;
 mod restore_target;
-pub mod verify;
+pub(crate) mod verify;
 
 /// What housekeeping on `catalog` yields to (see `background::pace`).
 fn gate(catalog: &Catalog) -> Option<background::Gate> {
@@ -43,7 +43,7 @@ fn gate(catalog: &Catalog) -> Option<background::Gate> {
 /// backup's own files if the backup has none yet (backups of running
 /// domains are written by QEMU, so their index is made the first time an
 /// offline incremental, a restore or a merge needs it).
-pub fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
+pub(crate) fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
     let backup = catalog.backup_of(rec);
     let path = backup.index_path(disk);
     if path.exists() {
@@ -66,7 +66,7 @@ pub fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result
 /// QEMU copied (it has a checkpoint) never had one: its index is built from
 /// its image the first time (`ensure_index`), which proves the data reads
 /// back, not that it is what the guest had.
-pub fn verified_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
+pub(crate) fn verified_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
     let path = catalog.backup_of(rec).index_path(disk);
     if rec.checkpoint.is_none() && !path.exists() {
         return Err(Error::operation_failed(format!(

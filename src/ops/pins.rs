@@ -108,7 +108,7 @@ fn uses(rec: &BackupRecord, files: &[PathBuf]) -> bool {
 
 /// Refuse to delete `doomed` (or merge into their children) while a
 /// restored disk or an export reads one of them.
-pub fn check_delete(catalog: &Catalog, doomed: &[&BackupRecord]) -> Result<()> {
+pub(crate) fn check_delete(catalog: &Catalog, doomed: &[&BackupRecord]) -> Result<()> {
     for (pin, files) in live(catalog)? {
         if let Some(r) = doomed.iter().find(|r| uses(r, &files)) {
             return Err(Error::operation_invalid(format!(
@@ -149,7 +149,7 @@ fn stored_exports(catalog: &Catalog) -> Result<Vec<(Uuid, Uuid)>> {
 
 /// Add `<pinnedby domain='…' disk='…'/>` to a backup's XML for every
 /// restored disk that reads its files.
-pub fn add_pinned_by(catalog: &Catalog, rec: &BackupRecord, el: &mut Element) -> Result<()> {
+pub(crate) fn add_pinned_by(catalog: &Catalog, rec: &BackupRecord, el: &mut Element) -> Result<()> {
     for (pin, files) in live(catalog)? {
         if uses(rec, &files) {
             el.push(

@@ -14,7 +14,7 @@ use crate::xml::domain::DomainDisk;
 
 /// What the planner needs to know of the domain.
 #[derive(Debug, Clone)]
-pub struct DomainFacts {
+pub(crate) struct DomainFacts {
     pub name: String,
     pub driver: String,
     pub active: bool,
@@ -27,7 +27,7 @@ pub struct DomainFacts {
 
 /// Where one disk goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetPlan {
+pub(crate) enum TargetPlan {
     /// A file; `checked` is false when the request named it (its folder must
     /// then exist) and true when it is under a default target.
     File { path: PathBuf, checked: bool },
@@ -37,7 +37,7 @@ pub enum TargetPlan {
 
 /// One disk of the backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskPlan {
+pub(crate) struct DiskPlan {
     pub name: String,
     pub source: PathBuf,
     pub source_format: DiskFormat,
@@ -46,7 +46,7 @@ pub struct DiskPlan {
 }
 
 /// Refuse what the domain's state rules out.
-pub fn check_domain(facts: &DomainFacts, quiesce: bool) -> Result<()> {
+pub(crate) fn check_domain(facts: &DomainFacts, quiesce: bool) -> Result<()> {
     if quiesce && !facts.active {
         return Err(Error::operation_invalid(
             "cannot quiesce the file systems of an inactive domain",
@@ -70,7 +70,7 @@ pub fn check_domain(facts: &DomainFacts, quiesce: bool) -> Result<()> {
 /// The disks of backup `backup`: every device='disk' disk unless the request
 /// says `backup='no'`, as libvirt does for checkpoints. `data_dir` is the
 /// backup's folder in the catalog, the target when no default is set.
-pub fn plan_disks(
+pub(crate) fn plan_disks(
     facts: &DomainFacts,
     requested: &[DiskRequest],
     default_target: Option<&DefaultTarget>,
@@ -168,7 +168,7 @@ fn default_plan(
 }
 
 /// Refuse a target given to two disks.
-pub fn check_distinct<'a>(targets: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+pub(crate) fn check_distinct<'a>(targets: impl IntoIterator<Item = &'a Path>) -> Result<()> {
     let mut seen: Vec<&Path> = Vec::new();
     for t in targets {
         if seen.contains(&t) {

@@ -16,7 +16,7 @@ use std::sync::{LazyLock, Mutex};
 use uuid::Uuid;
 
 use crate::engine::live;
-use crate::error::{Error, ErrorCode, Locked, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt;
 use crate::image::backing::backing_file;
 use crate::store::catalog::Catalog;
@@ -34,7 +34,7 @@ use crate::xml::domain;
 /// that died left in its root: the files of restores cut short, the
 /// scratch folders and registrations of exports, the temporary files of
 /// pins (a domain's folder is swept when the domain is read: `tidy`).
-pub fn open_catalog() -> Result<Catalog> {
+pub(crate) fn open_catalog() -> Result<Catalog> {
     let catalog = Catalog::open()?;
     sweep_restores(&catalog);
     sweep_exports(&catalog);
@@ -62,7 +62,7 @@ fn sweep_exports(catalog: &Catalog) {
 }
 
 /// Records of one domain, oldest first, after settling dead jobs.
-pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>> {
+pub(crate) fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>> {
     catalog.domain(domain).check()?;
     sweep_merges(catalog, domain);
     tidy(catalog, domain);
@@ -79,7 +79,7 @@ pub fn list_domain(catalog: &Catalog, domain: &Uuid) -> Result<Vec<BackupRecord>
 
 /// What listing needs of each backup of a domain (its summary), oldest
 /// first, after settling dead jobs: only their records are read.
-pub fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
+pub(crate) fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
     catalog.domain(domain).check()?;
     sweep_merges(catalog, domain);
     tidy(catalog, domain);
@@ -100,7 +100,7 @@ pub fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
 }
 
 /// Current record of a backup, if it is still in the catalog.
-pub fn reload(catalog: &Catalog, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
+pub(crate) fn reload(catalog: &Catalog, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
     catalog.domain(domain).check()?;
     match catalog.backup(domain, backup).record()? {
         Some(rec) if is_orphan(catalog, &rec) => resolve_dead(catalog, &rec),
@@ -109,7 +109,7 @@ pub fn reload(catalog: &Catalog, domain: &Uuid, backup: &Uuid) -> Result<Option<
 }
 
 /// Find a backup of any domain.
-pub fn find(catalog: &Catalog, backup: &Uuid) -> Result<Option<BackupRecord>> {
+pub(crate) fn find(catalog: &Catalog, backup: &Uuid) -> Result<Option<BackupRecord>> {
     match catalog.domain_of(backup)? {
         Some(domain) => reload(catalog, &domain, backup),
         None => Ok(None),
@@ -252,7 +252,7 @@ fn tidy(catalog: &Catalog, domain: &Uuid) {
     // nothing to do has nothing to do.
     let dir = catalog.domain(domain);
     let stamp = dir.stamp();
-    if stamp.is_some_and(|s| TIDY.locked().contains(&s)) {
+    if stamp.is_some_and(|s| TIDY.lock().unwrap().contains(&s)) {
         return;
     }
     let found = dir.leftovers();
@@ -269,7 +269,7 @@ fn tidy(catalog: &Catalog, domain: &Uuid) {
     // Only the files of live jobs left (whose end changes the folder), or
     // nothing: remember the folder as it is now.
     if done && let Some(s) = dir.stamp().filter(|s| settled(s[2], s[3])) {
-        let mut seen = TIDY.locked();
+        let mut seen = TIDY.lock().unwrap();
         seen.retain(|o| o[..2] != s[..2]);
         seen.push(s);
     }
@@ -304,7 +304,7 @@ fn canonical(p: &Path) -> PathBuf {
 /// image of the domain; only direct backing files are checked (an image
 /// reading through a file no record names was re-parented on purpose, with
 /// `DELETE_METADATA_ONLY`).
-pub fn check_no_backing_users(all: &[BackupRecord], doomed: &[&BackupRecord]) -> Result<()> {
+pub(crate) fn check_no_backing_users(all: &[BackupRecord], doomed: &[&BackupRecord]) -> Result<()> {
     let gone: Vec<(PathBuf, &BackupRecord)> = doomed
         .iter()
         .flat_map(|r| r.disks.iter().map(move |d| (canonical(&d.target), *r)))

@@ -200,7 +200,7 @@ fn new_domain_asked(mode: RestoreMode, name: &Option<String>) -> Result<bool> {
 }
 
 /// `virDomainBackupRestore`.
-pub fn restore(xml: &str, opts: RestoreOptions) -> Result<()> {
+pub(crate) fn restore(xml: &str, opts: RestoreOptions) -> Result<()> {
     let req = RestoreRequest::parse(xml)?;
     let catalog = recovery::open_catalog()?;
     let rec = recovery::find(&catalog, &req.uuid)?
@@ -304,7 +304,7 @@ fn unmanaged_to_files(req: &UnmanagedRestoreRequest, opts: RestoreOptions) -> Re
 
 /// `virDomainBackupRestoreUnmanaged`: the same rules, from files the library
 /// did not make (in the format the caller states, never with a backing file).
-pub fn restore_unmanaged(dom: &DomainRef, xml: &str, opts: RestoreOptions) -> Result<()> {
+pub(crate) fn restore_unmanaged(dom: &DomainRef, xml: &str, opts: RestoreOptions) -> Result<()> {
     let req = UnmanagedRestoreRequest::parse(xml)?;
     if opts.mode.instant() {
         return Err(Error::not_supported_yet(

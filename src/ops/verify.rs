@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use uuid::Uuid;
 
 use crate::engine::copy::read_digests;
-use crate::error::{Error, ErrorCode, Locked, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::image::disk::{Chain, Source};
 use crate::job::Progress;
 use crate::store::catalog::Catalog;
@@ -23,7 +23,7 @@ use crate::xml::backup::{BackupRecord, BackupState};
 /// A verification running in this process: what `GetParameters` and
 /// `AbortJob` on the same backup see.
 #[derive(Default)]
-pub struct Run {
+pub(crate) struct Run {
     progress: Progress,
     total: AtomicU64,
     ended: Mutex<bool>,
@@ -37,16 +37,16 @@ struct Registered(Uuid, Arc<Run>);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        RUNNING.locked().remove(&self.0);
-        *self.1.ended.locked() = true;
+        RUNNING.lock().unwrap().remove(&self.0);
+        *self.1.ended.lock().unwrap() = true;
         self.1.ended_cv.notify_all();
     }
 }
 
 /// `verify.bytes.total` and `verify.bytes.processed` while a verification
 /// of `backup` runs in this process.
-pub fn parameters(backup: &Uuid) -> Vec<(&'static str, u64)> {
-    let Some(run) = RUNNING.locked().get(backup).cloned() else {
+pub(crate) fn parameters(backup: &Uuid) -> Vec<(&'static str, u64)> {
+    let Some(run) = RUNNING.lock().unwrap().get(backup).cloned() else {
         return Vec::new();
     };
     vec![
@@ -60,10 +60,10 @@ pub fn parameters(backup: &Uuid) -> Vec<(&'static str, u64)> {
 
 /// Stop a verification of `backup` running in this process and wait until
 /// it has returned; `None` when there is none.
-pub fn abort(backup: &Uuid) -> Option<Result<()>> {
-    let run = RUNNING.locked().get(backup).cloned()?;
+pub(crate) fn abort(backup: &Uuid) -> Option<Result<()>> {
+    let run = RUNNING.lock().unwrap().get(backup).cloned()?;
     run.progress.cancel.store(true, Ordering::Relaxed);
-    let mut ended = run.ended.locked();
+    let mut ended = run.ended.lock().unwrap();
     while !*ended {
         ended = run.ended_cv.wait(ended).unwrap();
     }
@@ -81,7 +81,7 @@ fn in_disk(disk: &str, mut e: Error) -> Error {
 }
 
 /// `virDomainBackupVerify` of the backup `rec` describes.
-pub fn verify(rec: &BackupRecord) -> Result<()> {
+pub(crate) fn verify(rec: &BackupRecord) -> Result<()> {
     if rec.state != BackupState::Completed {
         return Err(Error::operation_invalid(format!(
             "backup '{}' is not completed",
@@ -102,7 +102,7 @@ pub fn verify(rec: &BackupRecord) -> Result<()> {
         sources.push((d, src));
     }
     {
-        let mut running = RUNNING.locked();
+        let mut running = RUNNING.lock().unwrap();
         if running.contains_key(&rec.uuid) {
             return Err(Error::operation_invalid(format!(
                 "backup '{}' is already being verified",

@@ -32,7 +32,7 @@ use super::folder::Folder;
 use super::locks::{CatalogLock, ForegroundProbe};
 use super::names;
 use super::secure;
-use crate::error::{Error, Locked, Result};
+use crate::error::{Error, Result};
 use crate::xml::backup::BackupRecord;
 
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ fn shared_root(fresh: Folder) -> Arc<Folder> {
     static ROOTS: std::sync::Mutex<Vec<std::sync::Weak<Folder>>> =
         std::sync::Mutex::new(Vec::new());
     let id = |f: &Folder| f.own_stat().ok().map(|st| (st.st_dev, st.st_ino));
-    let mut roots = ROOTS.locked();
+    let mut roots = ROOTS.lock().unwrap_or_else(|e| e.into_inner());
     roots.retain(|w| w.strong_count() > 0);
     let want = id(&fresh);
     let same = roots

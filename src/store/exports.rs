@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 
 /// An export's file, locked; dropping it removes the file.
 #[derive(Debug)]
-pub struct ExportLock {
+pub(crate) struct ExportLock {
     file: File,
     dir: Folder,
     name: String,
@@ -46,7 +46,7 @@ impl Drop for ExportLock {
 /// A running export: its UUID, and the stored backup it serves (`None`
 /// for an export of a domain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Running {
+pub(crate) struct Running {
     pub export: Uuid,
     pub backup: Option<Uuid>,
 }
@@ -60,7 +60,7 @@ fn parse_name(name: &str) -> Option<Running> {
 
 /// Note that `export` runs (serving the stored `backup`, if given) until
 /// the returned lock is dropped.
-pub fn register(catalog: &Catalog, export: &Uuid, backup: Option<&Uuid>) -> Result<ExportLock> {
+pub(crate) fn register(catalog: &Catalog, export: &Uuid, backup: Option<&Uuid>) -> Result<ExportLock> {
     let dir = catalog.private_folder(names::EXPORTS)?;
     let name = names::export_file(export, backup);
     let path = dir.join(&name);
@@ -106,7 +106,7 @@ fn held_or_removed(dir: &Folder, name: &str) -> bool {
 
 /// The exports running now, in any process (this one's included); the
 /// files of exporters that died are removed on the way.
-pub fn running(catalog: &Catalog) -> Result<Vec<Running>> {
+pub(crate) fn running(catalog: &Catalog) -> Result<Vec<Running>> {
     let Some(dir) = catalog.folder(names::EXPORTS)? else {
         return Ok(Vec::new());
     };

@@ -4,17 +4,17 @@
 //! `catalog`'s module doc for where each concern lives.
 
 pub mod catalog;
-pub mod chain;
-pub mod delete;
-pub mod domain;
-pub mod exports;
-pub mod folder;
+pub(crate) mod chain;
+pub(crate) mod delete;
+pub(crate) mod domain;
+pub(crate) mod exports;
+pub(crate) mod folder;
 pub mod index;
-pub mod leftovers;
-pub mod locks;
-pub mod names;
-pub mod notes;
-pub mod pins;
-pub mod records;
+pub(crate) mod leftovers;
+pub(crate) mod locks;
+pub(crate) mod names;
+pub(crate) mod notes;
+pub(crate) mod pins;
+pub(crate) mod records;
 pub mod secure;
-pub mod summary;
+pub(crate) mod summary;

@@ -31,24 +31,24 @@
 use uuid::Uuid;
 
 /// In the root: the catalog lock.
-pub const CATALOG_LOCK: &str = ".lock";
+pub(crate) const CATALOG_LOCK: &str = ".lock";
 /// In the root: the folder of the domains' job locks.
-pub const DOMAIN_LOCKS: &str = ".domain-locks";
+pub(crate) const DOMAIN_LOCKS: &str = ".domain-locks";
 /// In `DOMAIN_LOCKS`, where no domain UUID can take its name: held shared
 /// by every running job a user waits for, probed by housekeeping.
-pub const FOREGROUND: &str = ".foreground";
+pub(crate) const FOREGROUND: &str = ".foreground";
 /// In `DOMAIN_LOCKS`: held shared by every thread blocked on a domain lock.
-pub const WAITING: &str = ".waiting";
+pub(crate) const WAITING: &str = ".waiting";
 /// In the root: the folder of running exports' files.
-pub const EXPORTS: &str = ".exports";
+pub(crate) const EXPORTS: &str = ".exports";
 /// In the root: the folder of pins.
-pub const PINS: &str = ".pins";
+pub(crate) const PINS: &str = ".pins";
 /// In a domain's folder: the listing summary.
-pub const SUMMARY: &str = "summary";
+pub(crate) const SUMMARY: &str = "summary";
 /// In a domain's folder: the persistent default target.
-pub const DEFAULT_TARGET: &str = "default-target.xml";
+pub(crate) const DEFAULT_TARGET: &str = "default-target.xml";
 /// In a domain's folder: the folder of running merges' markers.
-pub const MERGING: &str = "merging";
+pub(crate) const MERGING: &str = "merging";
 
 /// Name prefix (in the root) of the notes of restores writing new files.
 const RESTORING: &str = ".restoring-";
@@ -58,101 +58,101 @@ const SCRATCH: &str = ".scratch-";
 const DELETING: &str = "deleting";
 
 /// A UUID as the library writes it in a file name, and only that.
-pub fn exact_uuid(s: &str) -> Option<Uuid> {
+pub(crate) fn exact_uuid(s: &str) -> Option<Uuid> {
     Uuid::parse_str(s).ok().filter(|u| u.to_string() == s)
 }
 
 /// A domain's folder in the root, and its job lock in `DOMAIN_LOCKS`.
-pub fn domain(domain: &Uuid) -> String {
+pub(crate) fn domain(domain: &Uuid) -> String {
     domain.to_string()
 }
 
 /// The domain a folder of the root stands for (any spelling of a UUID).
-pub fn parse_domain(name: &str) -> Option<Uuid> {
+pub(crate) fn parse_domain(name: &str) -> Option<Uuid> {
     Uuid::parse_str(name).ok()
 }
 
 /// A backup's record, in its domain's folder.
-pub fn record(backup: &Uuid) -> String {
+pub(crate) fn record(backup: &Uuid) -> String {
     format!("{backup}.xml")
 }
 
 /// The backup a record's name stands for.
-pub fn parse_record(name: &str) -> Option<Uuid> {
+pub(crate) fn parse_record(name: &str) -> Option<Uuid> {
     name.strip_suffix(".xml").and_then(exact_uuid)
 }
 
 /// A backup's record while the backup is being deleted.
-pub fn deleting(backup: &Uuid) -> String {
+pub(crate) fn deleting(backup: &Uuid) -> String {
     format!("{backup}.{DELETING}")
 }
 
 /// Whether a name of a domain's folder is read as a cut-short delete's
 /// note (any name with that extension: each is read as a record).
-pub fn is_deleting(name: &str) -> bool {
+pub(crate) fn is_deleting(name: &str) -> bool {
     std::path::Path::new(name)
         .extension()
         .is_some_and(|x| x == DELETING)
 }
 
 /// The job lock file of a backup, in its domain's folder.
-pub fn job_lock(backup: &Uuid) -> String {
+pub(crate) fn job_lock(backup: &Uuid) -> String {
     format!("{backup}.lock")
 }
 
 /// The cancel request of a backup's job, in its domain's folder.
-pub fn cancel(backup: &Uuid) -> String {
+pub(crate) fn cancel(backup: &Uuid) -> String {
     format!("{backup}.cancel")
 }
 
 /// The default folder of a backup's images, in its domain's folder.
-pub fn data_dir(backup: &Uuid) -> String {
+pub(crate) fn data_dir(backup: &Uuid) -> String {
     backup.to_string()
 }
 
 /// The folder of a backup's digest indexes, in its domain's folder.
-pub fn index_dir(backup: &Uuid) -> String {
+pub(crate) fn index_dir(backup: &Uuid) -> String {
     format!("{backup}.index")
 }
 
 /// The digest index of one disk, in its backup's index folder.
-pub fn index_file(disk: &str) -> String {
+pub(crate) fn index_file(disk: &str) -> String {
     format!("{disk}.b3")
 }
 
 /// The marker of a merge into `disk` of `child`, in `MERGING`.
-pub fn merge_marker(child: &Uuid, disk: &str) -> String {
+pub(crate) fn merge_marker(child: &Uuid, disk: &str) -> String {
     format!("{child}.{disk}")
 }
 
 /// The temporary file of an atomic write of `name`, in the same folder.
-pub fn tmp(name: &str) -> String {
+pub(crate) fn tmp(name: &str) -> String {
     format!(".{name}.tmp")
 }
 
 /// A new note of a restore's files, in the root.
-pub fn new_restore_note() -> String {
+pub(crate) fn new_restore_note() -> String {
     format!("{RESTORING}{}", Uuid::new_v4())
 }
 
 /// Whether a name of the root is a restore's note.
-pub fn is_restore_note(name: &[u8]) -> bool {
+pub(crate) fn is_restore_note(name: &[u8]) -> bool {
     name.starts_with(RESTORING.as_bytes())
 }
 
 /// An export's scratch folder, in the root.
-pub fn scratch(export: &Uuid) -> String {
+pub(crate) fn scratch(export: &Uuid) -> String {
     format!("{SCRATCH}{export}")
 }
 
 /// The export a scratch folder's name stands for.
-pub fn parse_scratch(name: &str) -> Option<Uuid> {
+pub(crate) fn parse_scratch(name: &str) -> Option<Uuid> {
     name.strip_prefix(SCRATCH).and_then(exact_uuid)
 }
 
 /// An export's file in `EXPORTS`: `<export>` for an export of a domain,
 /// `<export>.<backup>` for one of a stored backup.
-pub fn export_file(export: &Uuid, backup: Option<&Uuid>) -> String {
+pub(crate) fn export_file(export: &Uuid, backup: Option<&Uuid>) -> String {
     match backup {
         Some(b) => format!("{export}.{b}"),
         None => export.to_string(),
@@ -161,7 +161,7 @@ pub fn export_file(export: &Uuid, backup: Option<&Uuid>) -> String {
 
 /// The export (and stored backup) a name of `EXPORTS` stands for; `None`
 /// for a name the library does not make.
-pub fn parse_export_file(name: &str) -> Option<(Uuid, Option<Uuid>)> {
+pub(crate) fn parse_export_file(name: &str) -> Option<(Uuid, Option<Uuid>)> {
     match name.split_once('.') {
         Some((e, b)) => Some((exact_uuid(e)?, Some(exact_uuid(b)?))),
         None => Some((exact_uuid(name)?, None)),
@@ -169,13 +169,13 @@ pub fn parse_export_file(name: &str) -> Option<(Uuid, Option<Uuid>)> {
 }
 
 /// A pin's file in `PINS`.
-pub fn pin_file(backup: &Uuid, domain: &Uuid, disk: &str) -> String {
+pub(crate) fn pin_file(backup: &Uuid, domain: &Uuid, disk: &str) -> String {
     format!("{backup}-{domain}-{disk}.xml")
 }
 
 /// Whether `name` is the temporary file of a pin's atomic write,
 /// `.<backup>-<domain>-<disk>.xml.tmp`.
-pub fn is_pin_tmp(name: &str) -> bool {
+pub(crate) fn is_pin_tmp(name: &str) -> bool {
     let Some(inner) = name
         .strip_prefix('.')
         .and_then(|n| n.strip_suffix(".xml.tmp"))
@@ -194,7 +194,7 @@ pub fn is_pin_tmp(name: &str) -> bool {
 
 /// What a name in a domain's folder is, for crash cleanup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InDomain {
+pub(crate) enum InDomain {
     /// `<backup>.deleting`: a delete cut short.
     Deleting,
     /// `.<name>.tmp` of a file the library writes there atomically.
@@ -206,7 +206,7 @@ pub enum InDomain {
 }
 
 /// What `name`, in a domain's folder, is.
-pub fn in_domain(name: &str) -> InDomain {
+pub(crate) fn in_domain(name: &str) -> InDomain {
     if let Some(stem) = name.strip_suffix(&format!(".{DELETING}")) {
         return match exact_uuid(stem) {
             Some(_) => InDomain::Deleting,

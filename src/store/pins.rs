@@ -16,7 +16,7 @@ use crate::xml::backup::{parse_uuid, path_str};
 use crate::xml::dom::{self, Element};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pin {
+pub(crate) struct Pin {
     /// The backup whose point in time the disk was restored from.
     pub backup: Uuid,
     /// The restored domain, where to find it, and its disk.
@@ -65,7 +65,7 @@ impl Pin {
 /// Record a pin (replacing one of the same backup, domain and disk).
 /// Written under the catalog-wide lock (pins of every domain share the
 /// folder), under which `list` sweeps temporary files.
-pub fn add(catalog: &Catalog, pin: &Pin) -> Result<PathBuf> {
+pub(crate) fn add(catalog: &Catalog, pin: &Pin) -> Result<PathBuf> {
     let _guard = catalog.lock()?;
     let dir = catalog.private_folder(PINS)?;
     dir.write_atomic(&pin.file_name(), pin.to_xml()?.as_bytes())?;
@@ -97,7 +97,7 @@ fn sweep_temporaries(catalog: &Catalog, dir: &crate::store::folder::Folder, foun
 }
 
 /// Remove the temporary files of pin writes a killed process cut short.
-pub fn sweep(catalog: &Catalog) {
+pub(crate) fn sweep(catalog: &Catalog) {
     let Ok(Some(dir)) = catalog.folder(PINS) else {
         return;
     };
@@ -110,7 +110,7 @@ pub fn sweep(catalog: &Catalog) {
 /// Every pin, with the file that holds it. Unreadable files are skipped
 /// (a half-written one cannot exist: pins are written atomically); the
 /// temporary files of writes a killed process cut short are removed.
-pub fn list(catalog: &Catalog) -> Result<Vec<(PathBuf, Pin)>> {
+pub(crate) fn list(catalog: &Catalog) -> Result<Vec<(PathBuf, Pin)>> {
     let Some(dir) = catalog.folder(PINS)? else {
         return Ok(Vec::new());
     };
@@ -139,7 +139,7 @@ pub fn list(catalog: &Catalog) -> Result<Vec<(PathBuf, Pin)>> {
 }
 
 /// Forget the pin `list` found at `path`.
-pub fn remove(catalog: &Catalog, path: &Path) {
+pub(crate) fn remove(catalog: &Catalog, path: &Path) {
     let (Ok(Some(dir)), Some(name)) = (catalog.folder(PINS), path.file_name()) else {
         return;
     };

@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 
 use rustix::fs::OFlags;
 
@@ -68,18 +67,17 @@ impl Entry {
     }
 }
 
-/// A summary as read: the entries, the records to re-read, and how many
-/// lines the log has (to know when to compact it).
-pub struct Replayed {
+/// A summary as read: the entries and the records to re-read (when to
+/// compact the log is read from its header and size: `wants_compaction`).
+pub(crate) struct Replayed {
     pub entries: Entries,
     pub pending: Vec<Uuid>,
-    pub lines: usize,
 }
 
 /// Entries by UUID, kept in the order they were first written (nearly the
 /// order of creation, so that sorting them afterwards is cheap).
 #[derive(Default)]
-pub struct Entries {
+pub(crate) struct Entries {
     slots: Vec<Option<Entry>>,
     at: HashMap<Uuid, usize, BuildUuidHasher>,
 }
@@ -92,7 +90,7 @@ impl Entries {
         }
     }
 
-    pub fn insert(&mut self, e: Entry) {
+    pub(crate) fn insert(&mut self, e: Entry) {
         match self.at.get(&e.uuid) {
             Some(&i) => self.slots[i] = Some(e),
             None => {
@@ -102,29 +100,33 @@ impl Entries {
         }
     }
 
-    pub fn remove(&mut self, u: &Uuid) {
+    pub(crate) fn remove(&mut self, u: &Uuid) {
         if let Some(i) = self.at.remove(u) {
             self.slots[i] = None;
         }
     }
 
-    pub fn get(&self, u: &Uuid) -> Option<&Entry> {
+    // Only the tests look an entry up by UUID.
+    #[cfg(test)]
+    pub(crate) fn get(&self, u: &Uuid) -> Option<&Entry> {
         self.at.get(u).and_then(|&i| self.slots[i].as_ref())
     }
 
-    pub fn len(&self) -> usize {
+    // Only the tests count the entries.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.at.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.at.is_empty()
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &Entry> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Entry> {
         self.slots.iter().flatten()
     }
 
-    pub fn into_vec(self) -> Vec<Entry> {
+    pub(crate) fn into_vec(self) -> Vec<Entry> {
         self.slots.into_iter().flatten().collect()
     }
 }
@@ -142,10 +144,10 @@ impl FromIterator<Entry> for Entries {
 /// UUIDs of backups are random: a few of their bytes are hash enough, and
 /// far cheaper than SipHash over ten thousand of them per listing.
 #[derive(Default, Clone, Copy)]
-pub struct BuildUuidHasher;
+pub(crate) struct BuildUuidHasher;
 
 #[derive(Default)]
-pub struct UuidHasher(u64);
+pub(crate) struct UuidHasher(u64);
 
 impl std::hash::BuildHasher for BuildUuidHasher {
     type Hasher = UuidHasher;
@@ -202,7 +204,7 @@ fn parse_line(line: &str) -> Option<Line> {
 }
 
 /// Replay a summary's text; `None` if it cannot be trusted (rebuild it).
-pub fn replay(text: &str) -> Option<Replayed> {
+pub(crate) fn replay(text: &str) -> Option<Replayed> {
     let (count, body) = text.strip_prefix(MAGIC)?.split_once('\n')?;
     count.parse::<usize>().ok()?;
     // A last line without its newline never reached the disk whole.
@@ -210,9 +212,7 @@ pub fn replay(text: &str) -> Option<Replayed> {
     // About 90 bytes a line.
     let mut entries = Entries::with_capacity(complete.len() / 80);
     let mut pending: HashMap<Uuid, ()> = HashMap::new();
-    let mut lines = 0;
     for line in complete.lines() {
-        lines += 1;
         match parse_line(line)? {
             Line::Upsert(e) => {
                 pending.remove(&e.uuid);
@@ -230,16 +230,17 @@ pub fn replay(text: &str) -> Option<Replayed> {
     Some(Replayed {
         entries,
         pending: pending.into_keys().collect(),
-        lines,
     })
 }
 
-pub fn path(domain_dir: &Path) -> PathBuf {
+// Only the tests look at the file itself (the store goes through `Folder`).
+#[cfg(test)]
+pub(crate) fn path(domain_dir: &std::path::Path) -> std::path::PathBuf {
     domain_dir.join(SUMMARY_FILE)
 }
 
 /// Read a domain's summary; `Ok(None)` when it is missing or untrusted.
-pub fn read(domain_dir: &Folder) -> Result<Option<Replayed>> {
+pub(crate) fn read(domain_dir: &Folder) -> Result<Option<Replayed>> {
     match domain_dir.read(SUMMARY_FILE) {
         // Not UTF-8: damaged, rebuild.
         Ok(text) => Ok(String::from_utf8(text).ok().and_then(|t| replay(&t))),
@@ -254,7 +255,7 @@ pub fn read(domain_dir: &Folder) -> Result<Option<Replayed>> {
 
 /// The whole summary of these entries (a rebuild or a compaction), to be
 /// written atomically under the domain lock.
-pub fn render<'a>(entries: impl Iterator<Item = &'a Entry>) -> String {
+pub(crate) fn render<'a>(entries: impl Iterator<Item = &'a Entry>) -> String {
     let entries: Vec<&Entry> = entries.collect();
     let mut text = format!("{MAGIC}{}\n", entries.len());
     for e in entries {
@@ -295,23 +296,23 @@ fn append(domain_dir: &Folder, text: &str, sync: bool) -> Result<bool> {
 /// Each returns false, writing nothing, when the summary is missing (or
 /// ends in a cut line, which is then removed): the caller rewrites it from
 /// the records first.
-pub fn note_pending(domain_dir: &Folder, backup: &Uuid) -> Result<bool> {
+pub(crate) fn note_pending(domain_dir: &Folder, backup: &Uuid) -> Result<bool> {
     append(domain_dir, &format!("? {backup}\n"), true)
 }
 
 /// After a record was written.
-pub fn note_written(domain_dir: &Folder, entry: &Entry) -> Result<bool> {
+pub(crate) fn note_written(domain_dir: &Folder, entry: &Entry) -> Result<bool> {
     append(domain_dir, &entry.line(), false)
 }
 
 /// After a record was removed.
-pub fn note_removed(domain_dir: &Folder, backup: &Uuid) -> Result<bool> {
+pub(crate) fn note_removed(domain_dir: &Folder, backup: &Uuid) -> Result<bool> {
     append(domain_dir, &format!("- {backup}\n"), false)
 }
 
 /// Whether the log has grown to about twice the lines of its entries (plus
 /// some slack): read from its header and size, not by reading it.
-pub fn wants_compaction(domain_dir: &Folder) -> bool {
+pub(crate) fn wants_compaction(domain_dir: &Folder) -> bool {
     let Ok(f) = domain_dir.open(SUMMARY_FILE, OFlags::RDONLY) else {
         return false;
     };
@@ -368,7 +369,6 @@ mod tests {
         assert_eq!(r.entries.get(&b.uuid), Some(&b_done));
         assert!(r.entries.get(&c.uuid).is_none());
         assert_eq!(r.pending, vec![a.uuid]);
-        assert_eq!(r.lines, 11);
     }
 
     #[test]

@@ -2,23 +2,23 @@
 
 #![allow(dead_code)]
 
-pub mod qemu;
+pub(crate) mod qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{LazyLock, Mutex};
 
-use libvirt_backup::hv::libvirt::DomainRef;
-use libvirt_backup::ops::backup::Backup;
-use libvirt_backup::ops::options::{
+use libvirt_backup::test_api::hv::libvirt::DomainRef;
+use libvirt_backup::test_api::ops::backup::Backup;
+use libvirt_backup::test_api::ops::options::{
     CreateOptions, DeleteOptions, DeleteScope, ListFilter, ListKind, RestoreMode, RestoreOptions,
     UndefineOptions,
 };
-use libvirt_backup::xml::backup::NbdServer;
+use libvirt_backup::test_api::xml::backup::NbdServer;
 use virt::connect::Connect;
 
 /// Run `qemu-img` and require success.
-pub fn qemu_img(args: &[&str]) {
+pub(crate) fn qemu_img(args: &[&str]) {
     let st = Command::new("qemu-img")
         .args(args)
         .status()
@@ -27,7 +27,7 @@ pub fn qemu_img(args: &[&str]) {
 }
 
 /// Run one `qemu-io` command on an image and require success.
-pub fn qemu_io(fmt: &str, path: &Path, cmd: &str) {
+pub(crate) fn qemu_io(fmt: &str, path: &Path, cmd: &str) {
     let out = Command::new("qemu-io")
         .args(["-f", fmt, "-c", cmd])
         .arg(path)
@@ -41,7 +41,7 @@ pub fn qemu_io(fmt: &str, path: &Path, cmd: &str) {
 }
 
 /// Whether two images hold the same data (`qemu-img compare`).
-pub fn identical(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
+pub(crate) fn identical(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
     Command::new("qemu-img")
         .args(["compare", "-q", "-f", fa, "-F", fb])
         .arg(a)
@@ -52,63 +52,63 @@ pub fn identical(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
 }
 
 /// The options the tests ask for most, named as the C flags are.
-pub const WAIT: CreateOptions = CreateOptions {
+pub(crate) const WAIT: CreateOptions = CreateOptions {
     quiesce: false,
     no_fallback: false,
     wait: true,
 };
-pub const WAIT_NO_FALLBACK: CreateOptions = CreateOptions {
+pub(crate) const WAIT_NO_FALLBACK: CreateOptions = CreateOptions {
     no_fallback: true,
     ..WAIT
 };
-pub const LIST_ALL: ListFilter = ListFilter {
+pub(crate) const LIST_ALL: ListFilter = ListFilter {
     kind: ListKind::Any,
     leaves: false,
     latest: false,
 };
-pub const LIST_FULL: ListFilter = ListFilter {
+pub(crate) const LIST_FULL: ListFilter = ListFilter {
     kind: ListKind::Full,
     ..LIST_ALL
 };
-pub const LIST_INCREMENTAL: ListFilter = ListFilter {
+pub(crate) const LIST_INCREMENTAL: ListFilter = ListFilter {
     kind: ListKind::Incremental,
     ..LIST_ALL
 };
-pub const LIST_LEAVES: ListFilter = ListFilter {
+pub(crate) const LIST_LEAVES: ListFilter = ListFilter {
     leaves: true,
     ..LIST_ALL
 };
-pub const LIST_LATEST: ListFilter = ListFilter {
+pub(crate) const LIST_LATEST: ListFilter = ListFilter {
     latest: true,
     ..LIST_ALL
 };
-pub const DELETE_ONE: DeleteOptions = DeleteOptions {
+pub(crate) const DELETE_ONE: DeleteOptions = DeleteOptions {
     scope: DeleteScope::One,
     metadata_only: false,
 };
-pub const DELETE_ALL: DeleteOptions = DeleteOptions {
+pub(crate) const DELETE_ALL: DeleteOptions = DeleteOptions {
     scope: DeleteScope::All,
     metadata_only: false,
 };
-pub const WITH_CHILDREN: DeleteOptions = DeleteOptions {
+pub(crate) const WITH_CHILDREN: DeleteOptions = DeleteOptions {
     scope: DeleteScope::WithChildren,
     metadata_only: false,
 };
-pub const METADATA_ONLY: DeleteOptions = DeleteOptions {
+pub(crate) const METADATA_ONLY: DeleteOptions = DeleteOptions {
     scope: DeleteScope::One,
     metadata_only: true,
 };
-pub const REWRITE: RestoreOptions = RestoreOptions {
+pub(crate) const REWRITE: RestoreOptions = RestoreOptions {
     mode: RestoreMode::InPlace,
     rewrite: true,
     start: false,
 };
-pub const NEW_DOMAIN: RestoreOptions = RestoreOptions {
+pub(crate) const NEW_DOMAIN: RestoreOptions = RestoreOptions {
     mode: RestoreMode::NewDomain,
     rewrite: false,
     start: false,
 };
-pub fn forget_backups() -> UndefineOptions {
+pub(crate) fn forget_backups() -> UndefineOptions {
     UndefineOptions {
         forget_backups: true,
         ..Default::default()
@@ -117,7 +117,7 @@ pub fn forget_backups() -> UndefineOptions {
 
 /// One catalog and work folder for this test binary (the catalog root is
 /// process-wide, from LIBVIRT_BACKUP_DIR).
-pub static WORK: LazyLock<PathBuf> = LazyLock::new(|| {
+pub(crate) static WORK: LazyLock<PathBuf> = LazyLock::new(|| {
     let dir = tempfile::tempdir().unwrap().keep();
     // SAFETY: set once, before any test reads it (all go through WORK).
     unsafe { std::env::set_var("LIBVIRT_BACKUP_DIR", dir.join("catalog")) };
@@ -140,10 +140,10 @@ extern "C" fn remove_work() {
 }
 
 /// The test driver shares one state per process; keep a connection open.
-pub static CONN: LazyLock<Mutex<Connect>> =
+pub(crate) static CONN: LazyLock<Mutex<Connect>> =
     LazyLock::new(|| Mutex::new(Connect::open(Some("test:///default")).unwrap()));
 
-pub fn disk(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
+pub(crate) fn disk(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
     let p = WORK.join(name);
     qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), size]);
     for w in writes {
@@ -153,7 +153,7 @@ pub fn disk(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
 }
 
 /// Define (or redefine, keeping its UUID) a test-driver domain with these disks.
-pub fn domain(name: &str, disks: &[(&str, &Path, &str)]) -> DomainRef {
+pub(crate) fn domain(name: &str, disks: &[(&str, &Path, &str)]) -> DomainRef {
     let mut devs = String::new();
     for (dev, path, fmt) in disks {
         devs.push_str(&format!(
@@ -176,7 +176,7 @@ pub fn domain(name: &str, disks: &[(&str, &Path, &str)]) -> DomainRef {
 }
 
 /// Run a program and return its output, whatever its exit status.
-pub fn run(prog: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn run(prog: &str, args: &[&str]) -> std::process::Output {
     Command::new(prog)
         .args(args)
         .output()
@@ -184,7 +184,7 @@ pub fn run(prog: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// Run a program and require success; its output.
-pub fn run_ok(prog: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn run_ok(prog: &str, args: &[&str]) -> std::process::Output {
     let out = run(prog, args);
     assert!(
         out.status.success(),
@@ -196,7 +196,7 @@ pub fn run_ok(prog: &str, args: &[&str]) -> std::process::Output {
 
 /// Make an image of `size` (qemu-img's notation) at `dir/name` with `writes`
 /// (qemu-io commands) applied.
-pub fn image_in(dir: &Path, name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
+pub(crate) fn image_in(dir: &Path, name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
     let p = dir.join(name);
     qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), size]);
     for w in writes {
@@ -206,14 +206,14 @@ pub fn image_in(dir: &Path, name: &str, fmt: &str, size: &str, writes: &[&str]) 
 }
 
 /// An image's guest-visible bytes: converted to the raw file `out`, read back.
-pub fn raw_contents(img: &Path, fmt: &str, out: &Path) -> Vec<u8> {
+pub(crate) fn raw_contents(img: &Path, fmt: &str, out: &Path) -> Vec<u8> {
     let (from, to) = (img.to_str().unwrap(), out.to_str().unwrap());
     qemu_img(&["convert", "-f", fmt, "-O", "raw", from, to]);
     std::fs::read(out).unwrap()
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on (once this returns).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -222,7 +222,7 @@ pub fn free_port() -> u16 {
 }
 
 /// An NBD server (or export listener) on 127.0.0.1 at `port`.
-pub fn loopback(port: u16) -> NbdServer {
+pub(crate) fn loopback(port: u16) -> NbdServer {
     NbdServer::Tcp {
         host: "127.0.0.1".into(),
         port,
@@ -230,10 +230,10 @@ pub fn loopback(port: u16) -> NbdServer {
 }
 
 /// Fails to compile unless `T` may be shared between threads.
-pub fn assert_send_sync<T: Send + Sync>() {}
+pub(crate) fn assert_send_sync<T: Send + Sync>() {}
 
 /// The XML of an incremental backup of `parent`.
-pub fn child_xml(parent: &Backup) -> String {
+pub(crate) fn child_xml(parent: &Backup) -> String {
     format!(
         "<domainbackup><parent><uuid>{}</uuid></parent></domainbackup>",
         parent.uuid
@@ -241,7 +241,7 @@ pub fn child_xml(parent: &Backup) -> String {
 }
 
 /// A copy of the source as it is now, to compare a backup with later.
-pub fn snapshot(src: &Path, name: &str) -> PathBuf {
+pub(crate) fn snapshot(src: &Path, name: &str) -> PathBuf {
     let p = WORK.join(name);
     std::fs::copy(src, &p).unwrap();
     p
@@ -249,7 +249,7 @@ pub fn snapshot(src: &Path, name: &str) -> PathBuf {
 
 /// CPU time of this thread: the bound on work, unlike wall time, does not
 /// depend on what else the machine runs.
-pub fn cpu_time() -> std::time::Duration {
+pub(crate) fn cpu_time() -> std::time::Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -260,7 +260,7 @@ pub fn cpu_time() -> std::time::Duration {
 }
 
 /// A new qcow2 image at `top` over the qcow2 image `backing`.
-pub fn qcow2_over(top: &Path, backing: &Path) {
+pub(crate) fn qcow2_over(top: &Path, backing: &Path) {
     qemu_img(&[
         "create",
         "-q",
@@ -275,7 +275,7 @@ pub fn qcow2_over(top: &Path, backing: &Path) {
 }
 
 /// Cut the file at `path` to `len` bytes, as a delete's shrinking does.
-pub fn truncate(path: &Path, len: u64) {
+pub(crate) fn truncate(path: &Path, len: u64) {
     std::fs::OpenOptions::new()
         .write(true)
         .open(path)

@@ -4,14 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use libvirt_backup::hv::libvirt::DomainRef;
+use libvirt_backup::test_api::hv::libvirt::DomainRef;
 use virt::connect::Connect;
 
 use super::{WORK, qemu_img, qemu_io};
 
-pub const URI: &str = "qemu:///system";
+pub(crate) const URI: &str = "qemu:///system";
 
-pub fn connect() -> Connect {
+pub(crate) fn connect() -> Connect {
     // The test expects some libvirt calls to fail; keep libvirt from printing them.
     virt::error::clear_error_callback();
     Connect::open(Some(URI)).unwrap_or_else(|e| {
@@ -21,12 +21,12 @@ pub fn connect() -> Connect {
 
 /// A QEMU domain (TCG, no guest OS) that is undefined, stopped and has its
 /// backup metadata forgotten when the test ends, even on failure.
-pub struct QemuDomain {
+pub(crate) struct QemuDomain {
     pub dom: DomainRef,
 }
 
 impl QemuDomain {
-    pub fn define(conn: &Connect, name: &str, disks: &[(&str, &Path, &str)]) -> QemuDomain {
+    pub(crate) fn define(conn: &Connect, name: &str, disks: &[(&str, &Path, &str)]) -> QemuDomain {
         let name = format!("lvb-{name}-{}", std::process::id());
         let mut devs = String::new();
         for (dev, path, fmt) in disks {
@@ -53,12 +53,12 @@ impl Drop for QemuDomain {
         if d.is_active().unwrap_or(false) {
             let _ = d.destroy();
         }
-        let _ = libvirt_backup::ops::backup::undefine(&self.dom, super::forget_backups());
+        let _ = libvirt_backup::test_api::ops::backup::undefine(&self.dom, super::forget_backups());
         let _ = d.undefine();
     }
 }
 
-pub fn image(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
+pub(crate) fn image(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
     let p = WORK.join(name);
     qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), size]);
     for w in writes {
@@ -69,18 +69,18 @@ pub fn image(name: &str, fmt: &str, size: &str, writes: &[&str]) -> PathBuf {
 
 impl QemuDomain {
     /// Start the domain (TCG, no OS: it sits in the firmware).
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         self.dom.domain().create().unwrap();
     }
 
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.dom.domain().destroy().unwrap();
     }
 
     /// Run a `qemu-io` command on a virtio disk through the HMP monitor, so
     /// the write goes through QEMU (and its dirty bitmaps), then flush so
     /// the image file is consistent for readers outside QEMU.
-    pub fn guest_io(&self, device: &str, cmd: &str) {
+    pub(crate) fn guest_io(&self, device: &str, cmd: &str) {
         let name = self.dom.name().unwrap();
         for c in [cmd, "flush"] {
             let hmp = format!("qemu-io -d /machine/peripheral/{device}/virtio-backend \"{c}\"");
@@ -98,7 +98,7 @@ impl QemuDomain {
     }
 
     /// The domain's checkpoints by name.
-    pub fn checkpoints(&self) -> Vec<String> {
+    pub(crate) fn checkpoints(&self) -> Vec<String> {
         self.dom
             .checkpoints()
             .unwrap()
@@ -109,7 +109,7 @@ impl QemuDomain {
 }
 
 /// A raw copy of an image as it is now (readable while QEMU runs, after a flush).
-pub fn snapshot(image: &Path, fmt: &str, name: &str) -> PathBuf {
+pub(crate) fn snapshot(image: &Path, fmt: &str, name: &str) -> PathBuf {
     let p = WORK.join(name);
     let _ = std::fs::remove_file(&p);
     qemu_img(&[
