@@ -1,7 +1,8 @@
 //! libvirt-backup: managed backups for libvirt domains, behind a C ABI.
 //!
 //! Layers, each folder using only those below it (checked by `tests/layers.rs`):
-//! `capi` (the only `unsafe`/`extern "C"` code) calls `ops` (the operations),
+//! `capi` (the only `extern "C"` code; README "How it is built" lists the
+//! files with `unsafe`) calls `ops` (the operations),
 //! which drive `engine` (how bytes move) over `image` (raw/qcow2/NBD),
 //! `store` (catalog and digest indexes), `hv` (libvirt, pools, qemu tools)
 //! and `job` (background jobs); `xml` and `error` serve everyone. Flag

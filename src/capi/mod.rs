@@ -1,5 +1,6 @@
-//! The C boundary: the only place with `extern "C"`, raw pointers,
-//! `unsafe` and flag words. Every export goes through [`ffi_entry!`], which
+//! The C boundary: the only place with `extern "C"` exports, C callers'
+//! raw pointers and flag words (the other files with `unsafe`, system and
+//! libvirt calls, are listed in README "How it is built"). Every export goes through [`ffi_entry!`], which
 //! follows libvirt's entry-point order (reset error, check handles, turn the
 //! flags into options, do, dispatch error) and turns panics into an error
 //! and the sentinel. The export names itself once, in the macro: the
