@@ -37,7 +37,7 @@ def test_one_backup_says_what_was_decided_and_why(env):
     text = "\n".join(lines)
     for what in ("ops::create: domain 'logged' (", "shut off): the library copies",
                  "job lock taken",
-                 "ops::create: disk 'vda': full target",
+                 "ops::create_targets: disk 'vda': full target",
                  "image::disk: formatting",
                  "store::records: backup", "record written, state running",
                  "record written, state completed"):
@@ -52,7 +52,7 @@ def test_filters_pick_modules_and_outputs_a_file(env):
     assert err == ""
     with open(log) as f:
         text = f.read()
-    assert "ops::create: disk 'vda': full target" in text
+    assert "ops::create_targets: disk 'vda': full target" in text
     assert "store::" not in text and "image::" not in text
 
 
