@@ -7,21 +7,32 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum ErrorCode {
+    /// `VIR_ERR_INTERNAL_ERROR`: a bug or a broken invariant.
     InternalError = 1,
+    /// `VIR_ERR_NO_SUPPORT`: a function or feature not supported.
     NoSupport = 3,
+    /// `VIR_ERR_INVALID_ARG`: a bad argument.
     InvalidArg = 8,
+    /// `VIR_ERR_OPERATION_FAILED`: an operation that failed while running.
     OperationFailed = 9,
+    /// `VIR_ERR_XML_ERROR`: XML that cannot be parsed or is not valid.
     XmlError = 27,
+    /// `VIR_ERR_NO_DOMAIN`: a domain that does not exist.
     NoDomain = 42,
+    /// `VIR_ERR_OPERATION_INVALID`: an operation not valid in the current state.
     OperationInvalid = 55,
+    /// `VIR_ERR_CONFIG_UNSUPPORTED`: a configuration the library cannot work with.
     ConfigUnsupported = 67,
+    /// `VIR_ERR_OPERATION_ABORTED`: an operation that was cancelled.
     OperationAborted = 78,
+    /// `VIR_ERR_NO_DOMAIN_BACKUP`: a backup that does not exist.
     NoDomainBackup = 104,
 }
 
 /// libvirt's `VIR_FROM_DOMAIN`: backups are a domain feature, as snapshots are.
 pub(crate) const VIR_FROM_DOMAIN: i32 = 20;
 
+/// An error as libvirt reports one: its number, its domain and its message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
@@ -29,12 +40,15 @@ pub struct Error {
     pub code: i32,
     /// A libvirt `virErrorDomain`.
     pub domain: i32,
+    /// The human-readable message.
     pub message: String,
 }
 
+/// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// An error with `code`, under `VIR_FROM_DOMAIN`, with `message` as it is.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Error {
             code: code as i32,
@@ -43,10 +57,12 @@ impl Error {
         }
     }
 
+    /// Whether the error has `code`.
     pub fn is(&self, code: ErrorCode) -> bool {
         self.code == code as i32
     }
 
+    /// A bad argument (`InvalidArg`).
     pub fn invalid_arg(message: impl Into<String>) -> Self {
         Self::new(
             ErrorCode::InvalidArg,
@@ -54,6 +70,7 @@ impl Error {
         )
     }
 
+    /// Bad XML (`XmlError`).
     pub fn xml(message: impl Into<String>) -> Self {
         Self::new(
             ErrorCode::XmlError,
@@ -61,6 +78,7 @@ impl Error {
         )
     }
 
+    /// No backup with this UUID (`NoDomainBackup`).
     pub fn no_backup(uuid: &str) -> Self {
         Self::new(
             ErrorCode::NoDomainBackup,
@@ -68,6 +86,7 @@ impl Error {
         )
     }
 
+    /// An operation not valid in the current state (`OperationInvalid`).
     pub fn operation_invalid(message: impl Into<String>) -> Self {
         Self::new(
             ErrorCode::OperationInvalid,
@@ -75,6 +94,7 @@ impl Error {
         )
     }
 
+    /// An operation that failed (`OperationFailed`).
     pub fn operation_failed(message: impl Into<String>) -> Self {
         Self::new(
             ErrorCode::OperationFailed,
@@ -82,6 +102,7 @@ impl Error {
         )
     }
 
+    /// An operation that was cancelled (`OperationAborted`).
     pub fn aborted(message: impl Into<String>) -> Self {
         Self::new(
             ErrorCode::OperationAborted,
@@ -100,6 +121,7 @@ impl Error {
         )
     }
 
+    /// Something the library does not support (`NoSupport`).
     pub fn no_support(message: impl Into<String>) -> Self {
         Self::new(
             ErrorCode::NoSupport,
@@ -119,6 +141,7 @@ impl Error {
         )
     }
 
+    /// A bug or broken invariant in the library (`InternalError`).
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             ErrorCode::InternalError,

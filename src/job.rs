@@ -218,7 +218,9 @@ impl Job {
 /// Shared counters of a copy, read by `GetParameters` while it runs.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Bytes of the source read so far.
     pub processed: AtomicU64,
+    /// Bytes written to the target so far.
     pub written: AtomicU64,
     /// Set by a canceller in this process.
     pub cancel: AtomicBool,

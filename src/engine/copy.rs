@@ -435,6 +435,7 @@ pub fn changed_ranges(src: &Source, parent: &mut IndexReader) -> Result<Vec<(u64
 /// Chunks of an existing disk that differ from a backup, one bit each.
 pub struct Rewrite {
     bits: Vec<u64>,
+    /// How many chunks differ.
     pub chunks: u64,
 }
 

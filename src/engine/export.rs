@@ -74,8 +74,11 @@ pub type ExportServer = crate::xml::backup::NbdServer;
 /// One disk image to export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportDisk {
+    /// The name clients ask the server for.
     pub export_name: String,
+    /// The image file to serve.
     pub image: PathBuf,
+    /// The image's format.
     pub format: DiskFormat,
     /// A persistent bitmap already in the (qcow2) image to export as "qemu:dirty-bitmap:<name>".
     pub bitmap: Option<String>,

@@ -43,6 +43,7 @@ pub struct DomainRef {
 }
 
 impl DomainRef {
+    /// Take over a handle, the reference it holds included.
     pub fn new(dom: Domain) -> Self {
         DomainRef {
             dom: std::sync::Arc::new(dom),
@@ -54,12 +55,14 @@ impl DomainRef {
         &self.dom
     }
 
+    /// The domain's UUID.
     pub fn uuid(&self) -> Result<Uuid> {
         let s = self.dom.uuid_string()?;
         Uuid::parse_str(&s)
             .map_err(|_| Error::internal(format!("libvirt returned a bad uuid '{s}'")))
     }
 
+    /// The domain's name.
     pub fn name(&self) -> Result<String> {
         Ok(self.dom.name()?)
     }
@@ -69,10 +72,12 @@ impl DomainRef {
         Ok(self.dom.xml_desc(VIR_DOMAIN_XML_SECURE)?)
     }
 
+    /// Whether the domain is running.
     pub fn is_active(&self) -> Result<bool> {
         Ok(self.dom.is_active()?)
     }
 
+    /// The URI of the domain's connection.
     pub fn uri(&self) -> Result<String> {
         Ok(self.dom.connect()?.uri()?)
     }
@@ -167,12 +172,16 @@ pub struct JobInfo {
     pub kind: i32,
     /// A `virDomainJobOperation` (9 is a backup), when libvirt reports one.
     pub operation: Option<i32>,
+    /// Bytes the job has to copy (disk figures, else data figures; 0 if unknown).
     pub total: u64,
+    /// Bytes the job has copied so far.
     pub processed: u64,
+    /// The job's error message, when libvirt gives one.
     pub error: Option<String>,
 }
 
 impl JobInfo {
+    /// Whether the job is still running (`kind` 1 or 2).
     pub fn is_active(&self) -> bool {
         matches!(self.kind, 1 | 2)
     }

@@ -27,8 +27,11 @@ const FILE_BACKED: [&str; 3] = ["dir", "fs", "netfs"];
 /// Where a backup disk stored in a pool volume lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolVolume {
+    /// The pool's name.
     pub pool: String,
+    /// The volume's name within the pool.
     pub volume: String,
+    /// The volume's file.
     pub path: PathBuf,
 }
 

@@ -354,6 +354,7 @@ impl ChainReader {
         })
     }
 
+    /// The virtual size of the chain's top image, in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }

@@ -168,14 +168,18 @@ fn open_qcow2_storage(
 
 /// A readable disk image.
 pub enum Source {
+    /// A raw image file or block device.
     Raw {
+        /// The open file or device.
         file: File,
+        /// Its size in bytes.
         size: u64,
         /// The last data run `SEEK_HOLE` found (start, end): tmpfs answers
         /// `SEEK_HOLE` by walking every page up to the hole, so asking once
         /// per window would cost the square of the file's size.
         data_run: std::sync::Mutex<(u64, u64)>,
     },
+    /// A qcow2 image read directly, through the backing files its `Chain` allows.
     Qcow2(FormatAccess<ImagoFile>),
     /// A backup's qcow2 image read through its recorded chain, each level
     /// opened only while needed (see `image::chain`).
@@ -232,6 +236,7 @@ impl Source {
         )?)))
     }
 
+    /// The image's virtual size in bytes.
     pub fn size(&self) -> u64 {
         match self {
             Source::Raw { size, .. } => *size,

@@ -281,6 +281,7 @@ impl NbdClient {
         Ok(client)
     }
 
+    /// The export's size in bytes, as the server announced it.
     pub fn size(&self) -> u64 {
         self.size
     }

@@ -31,7 +31,9 @@ use crate::xml::dom::Element;
 /// A backup as seen through a handle.
 #[derive(Debug)]
 pub struct Backup {
+    /// The backup's UUID.
     pub uuid: Uuid,
+    /// The UUID of the backup's domain.
     pub domain_uuid: Uuid,
     /// `None` when the backup was looked up and its domain no longer exists.
     pub domain: Option<DomainRef>,
@@ -45,10 +47,15 @@ pub struct Backup {
 /// Typed parameters of `GetParameters`, in API.md's order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamValue {
+    /// A signed int (`VIR_TYPED_PARAM_INT`).
     Int(i32),
+    /// An unsigned int (`VIR_TYPED_PARAM_UINT`).
     UInt(u32),
+    /// An unsigned long long (`VIR_TYPED_PARAM_ULLONG`).
     ULLong(u64),
+    /// A boolean (`VIR_TYPED_PARAM_BOOLEAN`).
     Boolean(bool),
+    /// A string (`VIR_TYPED_PARAM_STRING`).
     String(String),
 }
 
@@ -240,6 +247,7 @@ impl Backup {
         el.to_xml()
     }
 
+    /// The backup's domain; an error if the backup or its domain no longer exists.
     pub fn domain(&self) -> Result<&DomainRef> {
         self.ensure_exists()?;
         self.domain.as_ref().ok_or_else(|| {

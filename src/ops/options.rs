@@ -40,6 +40,7 @@ pub enum ListKind {
 /// backups to keep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListFilter {
+    /// Full, incremental or both.
     pub kind: ListKind,
     /// Only backups with no children (`LIST_LEAVES`).
     pub leaves: bool,
@@ -84,6 +85,7 @@ pub enum DeleteScope {
 /// `virDomainBackupDelete`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeleteOptions {
+    /// Which backups are deleted.
     pub scope: DeleteScope,
     /// Forget the backups, keep their data files (`DELETE_METADATA_ONLY`).
     pub metadata_only: bool,
@@ -103,7 +105,10 @@ pub enum RestoreMode {
     /// Nothing copied: each disk a new overlay on the backup's chain, for
     /// the own domain or, with `new_domain`, a new one (`RESTORE_INSTANT`,
     /// with `RESTORE_NEW_DOMAIN`).
-    Instant { new_domain: bool },
+    Instant {
+        /// Whether the overlays are for a new domain.
+        new_domain: bool,
+    },
 }
 
 impl RestoreMode {
@@ -115,10 +120,12 @@ impl RestoreMode {
         )
     }
 
+    /// Whether only image files are written.
     pub fn files_only(self) -> bool {
         self == RestoreMode::FilesOnly
     }
 
+    /// Whether the restore is instant (an overlay per disk).
     pub fn instant(self) -> bool {
         matches!(self, RestoreMode::Instant { .. })
     }
@@ -127,6 +134,7 @@ impl RestoreMode {
 /// `virDomainBackupRestore` and `virDomainBackupRestoreUnmanaged`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RestoreOptions {
+    /// Where the disks go, and how.
     pub mode: RestoreMode,
     /// Existing files may be written over (`RESTORE_REWRITE_EXISTING_DISK`).
     pub rewrite: bool,

@@ -35,6 +35,7 @@ use super::secure;
 use crate::error::{Error, Result};
 use crate::xml::backup::BackupRecord;
 
+/// The backup catalog under one root folder; clones share the open root.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     dir: Arc<Folder>,
@@ -91,11 +92,13 @@ impl Catalog {
         Catalog::at(default_root())
     }
 
+    /// The catalog at `root`, created if missing.
     pub fn at(root: PathBuf) -> Result<Catalog> {
         let dir = shared_root(secure::prepare_root(&root)?);
         Ok(Catalog { dir })
     }
 
+    /// The catalog's root folder.
     pub fn root(&self) -> &Path {
         self.dir.path()
     }

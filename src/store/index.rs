@@ -49,6 +49,7 @@ use crate::error::{Error, Result};
 /// the index stays at 1/2048 of the disk and is streamed, never held in memory.
 pub const DIGEST_CHUNK: u64 = 64 << 10;
 
+/// A chunk's BLAKE3 digest (all zeroes for an all-zero chunk).
 pub type Digest = [u8; 32];
 
 /// The stored digest of an all-zero chunk.
@@ -207,6 +208,7 @@ impl IndexWriter {
         })
     }
 
+    /// Write the next chunk's digest (in a delta, only if it differs from the parent's).
     pub fn push(&mut self, d: &Digest) -> Result<()> {
         self.written += 1;
         let wrote = match &mut self.mode {
@@ -712,6 +714,7 @@ pub fn parent_of(path: &Path) -> Result<Option<PathBuf>> {
 
 /// Where a copy sends the digest of each chunk it reads.
 pub trait DigestSink {
+    /// Take the digest of the copy's next chunk.
     fn push(&mut self, d: &Digest) -> Result<()>;
 }
 
@@ -733,11 +736,13 @@ impl DigestSink for NoDigests {
 /// Checks what a copy reads against a stored index: a restore or a merge
 /// proves the data it copies is the data that was backed up.
 pub struct IndexVerifier {
+    /// The index the copy is checked against.
     pub reader: IndexReader,
     chunk: u64,
 }
 
 impl IndexVerifier {
+    /// Check against `reader` from its first chunk.
     pub fn new(reader: IndexReader) -> Self {
         IndexVerifier { reader, chunk: 0 }
     }
