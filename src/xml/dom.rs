@@ -31,11 +31,16 @@ use chars::{
 };
 pub use schema::{Limits, Schema};
 
+/// An XML element: its name, attributes, child elements and text.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Element {
+    /// The element's name.
     pub name: String,
+    /// Its attributes, name and value, in document order.
     pub attrs: Vec<(String, String)>,
+    /// Its child elements, in document order.
     pub children: Vec<Element>,
+    /// Its text (the documents have no mixed content).
     pub text: String,
 }
 
@@ -55,6 +60,7 @@ impl Drop for Element {
 }
 
 impl Element {
+    /// An element named `name`, empty.
     pub fn new(name: &str) -> Self {
         Element {
             name: name.to_string(),
@@ -64,6 +70,7 @@ impl Element {
         }
     }
 
+    /// The value of attribute `name`, if present.
     pub fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
@@ -71,10 +78,12 @@ impl Element {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The first child element named `name`.
     pub fn child(&self, name: &str) -> Option<&Element> {
         self.children.iter().find(|c| c.name == name)
     }
 
+    /// The child elements named `name`, in order.
     pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
         self.children.iter().filter(move |c| c.name == name)
     }
@@ -84,21 +93,25 @@ impl Element {
         self.child(name).map(|c| c.text.trim())
     }
 
+    /// Add an attribute.
     pub fn with_attr(mut self, name: &str, value: impl Into<String>) -> Self {
         self.attrs.push((name.to_string(), value.into()));
         self
     }
 
+    /// Set the text.
     pub fn with_text(mut self, text: impl Into<String>) -> Self {
         self.text = text.into();
         self
     }
 
+    /// Add a child element.
     pub fn with_child(mut self, child: Element) -> Self {
         self.children.push(child);
         self
     }
 
+    /// Add a child element in place.
     pub fn push(&mut self, child: Element) {
         self.children.push(child);
     }

@@ -15,6 +15,7 @@ pub struct DomainDisk {
     pub device: String,
     /// `type` attribute: file, block, network, volume...
     pub kind: String,
+    /// `<source file>` or `<source dev>`, when the disk has one.
     pub source: Option<PathBuf>,
     /// `<driver type>`; libvirt treats a missing one as raw.
     pub format: Option<String>,
@@ -34,6 +35,7 @@ impl DomainDisk {
     }
 }
 
+/// The disks of a domain definition that have a `<target dev>`.
 pub fn parse_disks(xml: &str) -> Result<Vec<DomainDisk>> {
     let root = dom::parse(xml)?;
     if root.name != "domain" {
@@ -67,8 +69,11 @@ pub fn parse_disks(xml: &str) -> Result<Vec<DomainDisk>> {
 
 /// A disk of a restored domain: where its data now lives.
 pub struct RestoredDisk<'a> {
+    /// The disk's name (its `<target dev>`).
     pub name: &'a str,
+    /// Its new image file.
     pub path: &'a Path,
+    /// That file's format.
     pub format: DiskFormat,
 }
 

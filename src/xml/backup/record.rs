@@ -15,15 +15,21 @@ use super::vocabulary::{DiskFormat, disk_name, path_str};
 use crate::error::{Error, Result};
 use crate::xml::dom::{self, Element};
 
+/// Where a backup's job stands; the numbers are the C API's `virDomainBackupState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackupState {
+    /// The job is running.
     Running = 1,
+    /// The job completed.
     Completed = 2,
+    /// The job failed.
     Failed = 3,
+    /// The job was cancelled.
     Cancelled = 4,
 }
 
 impl BackupState {
+    /// The state's name in the XML.
     pub fn as_str(self) -> &'static str {
         match self {
             BackupState::Running => "running",
@@ -33,6 +39,7 @@ impl BackupState {
         }
     }
 
+    /// Read a state from its name in the XML.
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "running" => BackupState::Running,
@@ -44,21 +51,31 @@ impl BackupState {
     }
 }
 
+/// Whether a disk's copy is whole or only what changed since the parent backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackupMode {
+    /// The whole disk.
     Full,
+    /// Only what changed since the parent backup.
     Incremental,
 }
 
 /// One disk as recorded in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskRecord {
+    /// The disk's name in the domain (e.g. "vda").
     pub name: String,
+    /// The image the disk was copied from.
     pub source: PathBuf,
+    /// That image's format.
     pub source_format: DiskFormat,
+    /// The backup's image of the disk.
     pub target: PathBuf,
+    /// The target image's format.
     pub format: DiskFormat,
+    /// Whether this disk's copy is full or incremental.
     pub mode: BackupMode,
+    /// The disk's virtual size in bytes.
     pub virtual_size: u64,
     /// The storage pool and volume the target is, for `type='volume'`.
     pub volume: Option<(String, String)>,
@@ -72,30 +89,43 @@ pub struct DiskRecord {
 /// answers the same from any process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobStats {
+    /// Bytes the job had to copy.
     pub total: u64,
+    /// Bytes it read so far.
     pub processed: u64,
+    /// Bytes it wrote to the targets so far.
     pub written: u64,
+    /// How long it ran (or has run), in milliseconds.
     pub elapsed_ms: u64,
 }
 
 /// A managed backup as the catalog stores it (one file per backup).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupRecord {
+    /// The backup's UUID.
     pub uuid: Uuid,
+    /// Creation time in seconds since 1970.
     pub creation_time: i64,
     /// Creation time in nanoseconds: orders backups taken within a second.
     pub created_ns: u64,
+    /// The caller's description, if any.
     pub description: Option<String>,
+    /// Where the backup's job stands.
     pub state: BackupState,
+    /// The backup this one is incremental to, if any.
     pub parent: Option<Uuid>,
+    /// The UUID of the backup's domain.
     pub domain_uuid: Uuid,
+    /// The domain's name at backup time.
     pub domain_name: String,
+    /// The disks backed up.
     pub disks: Vec<DiskRecord>,
     /// Connection URI the backup was taken through, to find the domain again
     /// from a process that only has the backup's UUID.
     pub uri: String,
     /// The domain definition at backup time (for restore as a new domain).
     pub domain_xml: String,
+    /// The job's final or current numbers.
     pub stats: JobStats,
     /// Files the backup created (targets and folders), removed if it is discarded.
     pub created_dirs: Vec<PathBuf>,
@@ -105,6 +135,7 @@ pub struct BackupRecord {
 }
 
 impl BackupMode {
+    /// The mode's name in the XML.
     pub fn as_str(self) -> &'static str {
         match self {
             BackupMode::Full => "full",
@@ -549,6 +580,7 @@ fn parse_record_disks(root: &Element) -> Result<Vec<DiskRecord>> {
 /// A one-disk record for unit tests of the catalog and of recovery.
 #[cfg(test)]
 impl BackupRecord {
+    /// A record of one disk, backed up to `target`, for `domain`, in `state`.
     pub fn sample(domain: Uuid, target: std::path::PathBuf, state: BackupState) -> BackupRecord {
         BackupRecord {
             uuid: Uuid::new_v4(),

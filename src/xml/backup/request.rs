@@ -20,23 +20,38 @@ use crate::xml::dom::{self, Element};
 /// Where a disk's backup goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
+    /// An image file at this path.
     File(PathBuf),
-    Volume { pool: String, volume: String },
+    /// A volume of a storage pool.
+    Volume {
+        /// The pool's name.
+        pool: String,
+        /// The volume's name within the pool.
+        volume: String,
+    },
 }
 
+/// One `<disk>` of a create request: whether and where it is backed up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskRequest {
+    /// The disk's name in the domain.
     pub name: String,
+    /// Whether the disk is backed up (`backup='yes'`, the default).
     pub backup: bool,
+    /// Where its copy goes; `None`: the default target.
     pub target: Option<Target>,
+    /// The copy's format, from `<driver type>`; `None`: the default.
     pub format: Option<DiskFormat>,
 }
 
 /// Input of `virDomainBackupCreateXML`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CreateRequest {
+    /// The UUID the caller gives the backup; `None`: a new one.
     pub uuid: Option<Uuid>,
+    /// The caller's description.
     pub description: Option<String>,
+    /// The backup an incremental backup follows; `None`: a full backup.
     pub parent: Option<Uuid>,
     /// `None`: every disk with device='disk'.
     pub disks: Option<Vec<DiskRequest>>,
@@ -98,6 +113,7 @@ fn disk_elements(root: &Element) -> Result<Option<Vec<&Element>>> {
 }
 
 impl CreateRequest {
+    /// Read and check a `virDomainBackupCreateXML` document.
     pub fn parse(xml: &str) -> Result<Self> {
         let root = dom::parse_document(xml, &DOMAINBACKUP)?;
         let uuid = root.child_text("uuid").map(parse_uuid).transpose()?;
@@ -177,11 +193,14 @@ fn parse_disk_request(d: &Element) -> Result<DiskRequest> {
 /// `virDomainSetDefaultTarget` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DefaultTarget {
+    /// Backups go into this folder.
     Dir(PathBuf),
+    /// Backups go into this storage pool.
     Pool(String),
 }
 
 impl DefaultTarget {
+    /// Read and check a `virDomainSetDefaultTarget` document.
     pub fn parse(xml: &str) -> Result<Self> {
         let root = dom::parse_document(xml, &DEFAULT_TARGET)?;
         match root.attr("type") {
@@ -234,18 +253,25 @@ impl DefaultTarget {
 /// `virDomainBackupRestore` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreRequest {
+    /// The backup to restore.
     pub uuid: Uuid,
+    /// The name of the new domain (only with `RESTORE_NEW_DOMAIN`).
     pub domain_name: Option<String>,
+    /// The disks to restore; `None`: every disk of the backup.
     pub disks: Option<Vec<RestoreDisk>>,
     /// `<target dir='…'/>` under the root: the folder of every disk without
     /// its own `<target file>` (`<dir>/<disk>.<format>`).
     pub target_dir: Option<PathBuf>,
 }
 
+/// One `<disk>` of a restore request: where it is restored to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreDisk {
+    /// The disk's name in the domain.
     pub name: String,
+    /// The file to restore it to; `None`: the default.
     pub target: Option<PathBuf>,
+    /// The restored file's format; `None`: the default.
     pub format: Option<DiskFormat>,
 }
 
@@ -280,6 +306,7 @@ fn parse_restore_disk(d: &Element) -> Result<RestoreDisk> {
 }
 
 impl RestoreRequest {
+    /// Read and check a `virDomainBackupRestore` document.
     pub fn parse(xml: &str) -> Result<Self> {
         let root = dom::parse_document(xml, &DOMAINBACKUP)?;
         let uuid = parse_uuid(
@@ -307,7 +334,14 @@ impl RestoreRequest {
 /// `RestoreUnmanaged` reads them from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NbdServer {
-    Tcp { host: String, port: u16 },
+    /// A TCP server.
+    Tcp {
+        /// Its host name or address.
+        host: String,
+        /// Its port.
+        port: u16,
+    },
+    /// A Unix socket at this path.
     Unix(PathBuf),
 }
 
@@ -365,12 +399,20 @@ pub enum UnmanagedSource {
     /// guessed from bytes a guest may have written.
     File(PathBuf, DiskFormat),
     /// The NBD export `name` on `server`.
-    Nbd { name: String, server: NbdServer },
+    Nbd {
+        /// The export's name.
+        name: String,
+        /// The server that offers it.
+        server: NbdServer,
+    },
 }
 
+/// One `<disk>` of an unmanaged restore: where it goes and where it is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnmanagedRestoreDisk {
+    /// The disk and where it is restored to.
     pub disk: RestoreDisk,
+    /// Where its data is read from.
     pub source: UnmanagedSource,
 }
 
@@ -378,7 +420,9 @@ pub struct UnmanagedRestoreDisk {
 /// `<source>` in every disk instead of a backup `<uuid>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnmanagedRestoreRequest {
+    /// As in [`RestoreRequest::domain_name`].
     pub domain_name: Option<String>,
+    /// The disks to restore, each with its source.
     pub disks: Vec<UnmanagedRestoreDisk>,
     /// As in [`RestoreRequest::target_dir`].
     pub target_dir: Option<PathBuf>,
@@ -420,6 +464,7 @@ fn parse_unmanaged_source(name: &str, src: &Element) -> Result<UnmanagedSource> 
 }
 
 impl UnmanagedRestoreRequest {
+    /// Read and check a `virDomainBackupRestoreUnmanaged` document.
     pub fn parse(xml: &str) -> Result<Self> {
         let root = dom::parse_document(xml, &DOMAINBACKUP)?;
         let list = disk_elements(&root)?
@@ -449,7 +494,9 @@ impl UnmanagedRestoreRequest {
 pub struct UnmanagedRequest {
     /// `<uuid>`: the stored backup to export (the form with no domain).
     pub backup: Option<Uuid>,
+    /// The backup whose changes since then each export carries as a dirty bitmap; `None`: none.
     pub parent: Option<Uuid>,
+    /// Where the NBD server listens.
     pub server: NbdServer,
     /// `<server tls='yes'>`.
     pub tls: bool,
@@ -459,6 +506,7 @@ pub struct UnmanagedRequest {
 }
 
 impl UnmanagedRequest {
+    /// Read and check a `virDomainBackupStartUnmanaged` document.
     pub fn parse(xml: &str) -> Result<Self> {
         let root = dom::parse_document(xml, &DOMAINBACKUP)?;
         let list = disk_elements(&root)?;

@@ -44,6 +44,7 @@ static DISK: Schema = Schema::element(
     ],
 )
 .repeated();
+/// The schema of `<domainbackup>`, the root of the documents callers send.
 pub static DOMAINBACKUP: Schema = Schema::element(
     "domainbackup",
     &[],
@@ -73,13 +74,17 @@ pub static DEFAULT_TARGET: Schema = Schema::element(
     &[&Schema::text("path"), &Schema::text("pool")],
 );
 
+/// An image's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskFormat {
+    /// Raw bytes, as the guest sees them.
     Raw,
+    /// qcow2.
     Qcow2,
 }
 
 impl DiskFormat {
+    /// Read a format from its name ("raw" or "qcow2").
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "raw" => Ok(DiskFormat::Raw),
@@ -90,6 +95,7 @@ impl DiskFormat {
         }
     }
 
+    /// The format's name in the XML.
     pub fn as_str(self) -> &'static str {
         match self {
             DiskFormat::Raw => "raw",
@@ -98,6 +104,7 @@ impl DiskFormat {
     }
 }
 
+/// Read a UUID, surrounding whitespace allowed.
 pub fn parse_uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s.trim()).map_err(|_| Error::xml(format!("malformed uuid '{}'", s.trim())))
 }

@@ -6,8 +6,11 @@
 /// cbindgen:ignore
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// The most bytes a document may have.
     pub max_bytes: usize,
+    /// The deepest elements may nest.
     pub max_depth: usize,
+    /// The most elements a document may have.
     pub max_elements: usize,
 }
 
@@ -35,10 +38,15 @@ impl Limits {
 /// `repeat`; non-blank text only where `text`.
 #[derive(Debug)]
 pub struct Schema {
+    /// The element's name.
     pub name: &'static str,
+    /// The attributes it allows.
     pub attrs: &'static [&'static str],
+    /// Whether it may hold non-blank text.
     pub text: bool,
+    /// Whether it may appear more than once.
     pub repeat: bool,
+    /// The child elements it allows.
     pub children: &'static [&'static Schema],
 }
 
