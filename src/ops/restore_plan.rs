@@ -281,7 +281,7 @@ impl DiskPlan {
     /// Remove a file the first pass created (through the folder).
     pub(super) fn remove_staged(&self, path: &Path) {
         crate::warn_if_err!(
-            crate::error::missing_ok(self.place.folder.remove(&tmp_name(path))),
+            self.place.folder.remove_if_exists(&tmp_name(path)),
             "cannot remove '{}'",
             path.display()
         );

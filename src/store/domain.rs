@@ -240,7 +240,7 @@ impl BackupDir {
     pub fn clear_cancel(&self) {
         if let Ok(Some(dir)) = self.domain.folder() {
             crate::warn_if_err!(
-                crate::error::missing_ok(dir.remove(&names::cancel(&self.uuid))),
+                dir.remove_if_exists(&names::cancel(&self.uuid)),
                 "cannot remove the cancel marker of backup {}",
                 self.uuid
             );
@@ -251,12 +251,12 @@ impl BackupDir {
     pub fn clear_job_files(&self) {
         if let Ok(Some(dir)) = self.domain.folder() {
             crate::warn_if_err!(
-                crate::error::missing_ok(dir.remove(&names::job_lock(&self.uuid))),
+                dir.remove_if_exists(&names::job_lock(&self.uuid)),
                 "cannot remove the job lock of backup {}",
                 self.uuid
             );
             crate::warn_if_err!(
-                crate::error::missing_ok(dir.remove(&names::cancel(&self.uuid))),
+                dir.remove_if_exists(&names::cancel(&self.uuid)),
                 "cannot remove the cancel marker of backup {}",
                 self.uuid
             );

@@ -35,7 +35,7 @@ pub(crate) struct ExportLock {
 impl Drop for ExportLock {
     fn drop(&mut self) {
         crate::warn_if_err!(
-            crate::error::missing_ok(self.dir.remove(&self.name)),
+            self.dir.remove_if_exists(&self.name),
             "cannot remove export registration {}",
             self.name
         );

@@ -701,7 +701,7 @@ pub fn install(tmp: &Path, path: &Path) -> Result<()> {
 pub fn discard(path: &Path) {
     if let Ok((dir, name)) = index_folder(path) {
         crate::warn_if_err!(
-            crate::error::missing_ok(dir.remove(&name)),
+            dir.remove_if_exists(&name),
             "cannot remove index file {name}"
         );
     }

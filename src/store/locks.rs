@@ -198,7 +198,7 @@ impl DomainJobLock {
 pub(super) fn remove_domain_job_lock(root: &Folder, domain: &Uuid) {
     if let Ok(Some(locks)) = root.sub(names::DOMAIN_LOCKS) {
         crate::warn_if_err!(
-            crate::error::missing_ok(locks.remove(&names::domain(domain))),
+            locks.remove_if_exists(&names::domain(domain)),
             "cannot remove the job lock of domain {domain}"
         );
     }
@@ -277,12 +277,12 @@ impl Drop for JobLock {
     fn drop(&mut self) {
         if !self.keep_file {
             crate::warn_if_err!(
-                crate::error::missing_ok(self.dir.remove(&names::cancel(&self.backup))),
+                self.dir.remove_if_exists(&names::cancel(&self.backup)),
                 "cannot remove the cancel marker of backup {}",
                 self.backup
             );
             crate::warn_if_err!(
-                crate::error::missing_ok(self.dir.remove(&names::job_lock(&self.backup))),
+                self.dir.remove_if_exists(&names::job_lock(&self.backup)),
                 "cannot remove the job lock of backup {}",
                 self.backup
             );

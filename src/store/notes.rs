@@ -54,7 +54,7 @@ impl StagedFiles {
 impl Drop for StagedFiles {
     fn drop(&mut self) {
         crate::warn_if_err!(
-            crate::error::missing_ok(self.root.remove(&self.name)),
+            self.root.remove_if_exists(&self.name),
             "cannot remove restore note {}",
             self.name
         );
@@ -92,7 +92,7 @@ impl Note {
     /// The files are dealt with: remove the note.
     pub fn forget(self) {
         crate::warn_if_err!(
-            crate::error::missing_ok(self.folder.remove(&self.name)),
+            self.folder.remove_if_exists(&self.name),
             "cannot remove restore note {}",
             self.name
         );
@@ -143,7 +143,7 @@ impl Catalog {
             let _ = file.read_to_end(&mut text);
             let Some((owner, files)) = read_note(&text) else {
                 crate::warn_if_err!(
-                    crate::error::missing_ok(root.remove(&name)),
+                    root.remove_if_exists(&name),
                     "cannot remove damaged note {name}"
                 );
                 continue;
@@ -175,7 +175,7 @@ impl DomainDir {
     pub fn unmark_merge(&self, child: &Uuid, disk: &str) {
         if let Some(m) = self.merge_folder() {
             crate::warn_if_err!(
-                crate::error::missing_ok(m.remove(&names::merge_marker(child, disk))),
+                m.remove_if_exists(&names::merge_marker(child, disk)),
                 "cannot remove the merge marker of disk '{disk}' of backup {child}"
             );
         }

@@ -88,7 +88,7 @@ fn sweep_temporaries(catalog: &Catalog, dir: &crate::store::folder::Folder, foun
             .is_ok_and(|st| crate::store::secure::own_private_file(&st))
         {
             crate::warn_if_err!(
-                crate::error::missing_ok(dir.remove(t)),
+                dir.remove_if_exists(t),
                 "cannot remove {t:?}"
             );
         }

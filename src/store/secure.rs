@@ -137,7 +137,7 @@ pub fn remove_own_file(path: &Path) {
     };
     if dir.stat(&name).is_ok_and(|st| own_private_file(&st)) {
         crate::warn_if_err!(
-            crate::error::missing_ok(dir.remove(&name)),
+            dir.remove_if_exists(&name),
             "cannot remove '{}'",
             path.display()
         );
