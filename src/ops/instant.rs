@@ -30,8 +30,8 @@ use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::{Chain, Source, Target};
 use crate::ops::options::RestoreOptions;
 use crate::ops::restore_steps::{select, start_if_asked};
+use crate::ops::restore_target::folder_and_name;
 use crate::store::catalog::Catalog;
-use crate::store::folder::Folder;
 use crate::store::pins::{self, Pin};
 use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord, RestoreRequest};
 use crate::xml::dom;
@@ -144,20 +144,14 @@ fn check_new_file(name: &str, path: &Path) -> Result<()> {
             path.display()
         )));
     }
-    if !path.parent().is_some_and(Path::is_dir) {
-        return Err(Error::invalid_arg(format!(
-            "folder of restore target '{}' does not exist",
-            path.display()
-        )));
-    }
-    overlay_folder(path).map(drop)
+    folder_and_name(path).map(drop)
 }
 
 /// The overlay: empty qcow2, backing file the backup's image, named
 /// explicitly with its format (never probed).
 fn create_overlay(o: &Overlay) -> Result<()> {
     let size = Source::open(&o.disk.target, o.disk.format, Chain::Detached)?.size();
-    let (folder, name) = overlay_folder(&o.path)?;
+    let (folder, name) = folder_and_name(&o.path)?;
     // Created here, private and never through a link, in a folder nobody
     // else can write, and formatted through the descriptor of its
     // creation: no other program opens the path in between.
@@ -175,21 +169,6 @@ fn create_overlay(o: &Overlay) -> Result<()> {
         );
     }
     made
-}
-
-/// The checked folder of an overlay, and the overlay's name in it.
-fn overlay_folder(path: &Path) -> Result<(Folder, String)> {
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-        Error::invalid_arg(format!(
-            "restore target '{}' does not name a file",
-            path.display()
-        ))
-    })?;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    Ok((
-        Folder::open_outside(dir, "restore target")?,
-        name.to_string(),
-    ))
 }
 
 /// The receiver's new definition: disks at the overlays; a new domain gets

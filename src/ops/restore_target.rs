@@ -77,9 +77,8 @@ impl Place {
                 kind,
             });
         }
-        let real = fs::canonicalize(target).map_err(|e| {
-            Error::io("cannot follow the link of restore target", target, e)
-        })?;
+        let real = fs::canonicalize(target)
+            .map_err(|e| Error::io("cannot follow the link of restore target", target, e))?;
         let (folder, name) = folder_and_name(&real)?;
         let st = folder
             .stat(&name)
@@ -106,7 +105,10 @@ impl Place {
     }
 }
 
-fn folder_and_name(target: &Path) -> Result<(Folder, String)> {
+/// The checked folder of a restore target (one of its own, or an
+/// instant restore's overlay), which must exist, and the target's name in
+/// it.
+pub(super) fn folder_and_name(target: &Path) -> Result<(Folder, String)> {
     let name = target
         .file_name()
         .and_then(|n| n.to_str())
