@@ -1,11 +1,11 @@
-"""Managed backups of running QEMU domains on qemu:///system: libvirt copies
-the disks in push mode, with one checkpoint per backup (named after the
-backup) and incremental copies of what changed since the parent's
-checkpoint; disks whose parent checkpoint is unusable are copied in full
-(or, with NO_FALLBACK, nothing is created); quiesce without a guest agent,
-cancel and one job at a time; Delete and undefine drop the checkpoints;
-restore refused into a running domain, restored domains start; and a
-libvirt job that outlives the process that started it.
+"""Managed backups of running QEMU domains on qemu:///system: libvirt serves
+the disks in pull mode and the library copies them, with one checkpoint per
+backup (named libvirt-backup-<uuid>) and incremental copies of what changed
+since the parent's checkpoint; disks whose parent checkpoint is unusable are
+copied in full (or, with NO_FALLBACK, nothing is created); quiesce without a
+guest agent, cancel and one job at a time; Delete and undefine drop the
+checkpoints; restore refused into a running domain, restored domains start;
+and the pull-mode job of a process that was killed, ended at the next open.
 
 Domains are TCG guests without an OS; the guest's writes go through QEMU
 (qemu-io over the HMP monitor, Domain.guest_io). Jobs that must run for a
@@ -38,10 +38,15 @@ def big_domain(env, big_qcow2):
     return env.qemu_domain(disks=[("vda", env.overlay(big_qcow2, "big-vda.qcow2"), "qcow2")])
 
 
+def cp(uuid):
+    """The name of the checkpoint a live backup creates."""
+    return "libvirt-backup-" + uuid
+
+
 def checkpoint_of(backup):
     """The name in the backup's <checkpoint name='...'/> (None if absent)."""
-    cp = xml_tree(backup).find("checkpoint")
-    return None if cp is None else cp.get("name")
+    el = xml_tree(backup).find("checkpoint")
+    return None if el is None else el.get("name")
 
 
 def lookup(uuid):
@@ -57,7 +62,7 @@ def assert_gone(env, dom, uuid, target):
     assert uuid not in list_uuids(dom)
     assert catalog_entries_named(env, uuid) == []
     assert not os.path.exists(target)
-    assert uuid not in dom.checkpoints()
+    assert cp(uuid) not in dom.checkpoints()
 
 
 # ------------------------------------------------------------ push mode
@@ -83,12 +88,12 @@ def test_full_then_incremental_while_the_guest_writes(qenv, big_qcow2):
     # the guest's write.
     assert_byte_exact(full_t, "qcow2", big_qcow2, "qcow2")
     assert disk_modes(full) == {"vda": "full"}
-    assert checkpoint_of(full) == u
-    assert dom.checkpoints() == [u]
+    assert checkpoint_of(full) == cp(u)
+    assert dom.checkpoints() == [cp(u)]
     p = get_params(full)
     assert p["state"][1] == STATE_COMPLETED
     assert p["incremental"][1] == 0
-    assert p["bytes.total"][1] == BIG_DISK_SIZE  # the disk's size, libvirt's figure
+    assert p["bytes.total"][1] == BIG_DISK_SIZE
     assert p["bytes.processed"][1] == BIG_DISK_SIZE
 
     # Incremental: the 4 MiB the guest wrote since the full backup's
@@ -102,13 +107,16 @@ def test_full_then_incremental_while_the_guest_writes(qenv, big_qcow2):
     assert backing_chain(inc_t) == [inc_t, full_t]
     assert_byte_exact(inc_t, "qcow2", now, "qcow2")
     assert param(inc, "incremental") == 1
-    assert param(inc, "bytes.total") == 4 * MiB  # the dirty bytes
-    assert checkpoint_of(inc) == iu
-    assert dom.checkpoints() == sorted([u, iu])
+    # The library read the disk through libvirt's export: only the 4 MiB
+    # the checkpoint's bitmap marks were read and written.
+    assert param(inc, "bytes.total") == BIG_DISK_SIZE
+    assert param(inc, "bytes.written") == 4 * MiB
+    assert checkpoint_of(inc) == cp(iu)
+    assert dom.checkpoints() == sorted([cp(u), cp(iu)])
 
     # Delete removes each backup's checkpoint.
     delete(inc)
-    assert dom.checkpoints() == [u]
+    assert dom.checkpoints() == [cp(u)]
     delete(full)
     assert dom.checkpoints() == []
     assert count_backups(dom) == 0
@@ -124,7 +132,7 @@ def test_cancel_and_one_job_at_a_time(qenv, big_qcow2):
         b = env.backup(dom, backup_xml_for({"vda": target}), 0)
         u = backup_uuid(b)
         assert lib.virDomainBackupFinishJob(b, FINISH_JOB_CHECK) == 1
-        assert dom.checkpoints() == [u]
+        assert dom.checkpoints() == [cp(u)]
 
         # A second job of the same domain, managed or not, is refused.
         second = env.path("second.qcow2")
@@ -199,12 +207,12 @@ def test_unusable_parent_checkpoints_fall_back_to_full_copies(qenv):
     inc = env.backup(dom, backup_xml_for(env.targets("inc", disks), parent=on_u))
     inc_u = backup_uuid(inc)
     assert disk_modes(inc) == {"vda": "incremental", "vdb": "full"}
-    assert param(inc, "bytes.total") == 1 * MiB + 8 * MiB
+    assert param(inc, "bytes.total") == 16 * MiB + 8 * MiB  # both disks read through the export
     assert_backup_holds(inc, env.live_snapshots(dom, "inc"))
     refused("inc-nf", on_u, "vdb")
 
     # The parent's checkpoint deleted behind the library's back.
-    dom.delete_checkpoint(inc_u)
+    dom.delete_checkpoint(cp(inc_u))
     refused("gone", inc_u, "no longer exists")
     after = env.backup(dom, backup_xml_for(env.targets("after", disks), parent=inc_u))
     after_u = backup_uuid(after)
@@ -234,13 +242,13 @@ def test_undefine_drops_the_checkpoints(qenv):
     inc = env.backup(dom, backup_xml_for(parent=fu))
     iu = backup_uuid(inc)
     targets = [target_of(full), target_of(inc)]
-    assert dom.checkpoints() == sorted([fu, iu])
+    assert dom.checkpoints() == sorted([cp(fu), cp(iu)])
 
     # Without the flag: refused, as libvirt does for snapshots.
     assert lib.virDomainBackupUndefineFlags(dom, 0) == -1
     expect_error(VIR_ERR_OPERATION_INVALID)
     assert virt.virDomainIsPersistent(dom) == 1
-    assert dom.checkpoints() == sorted([fu, iu])
+    assert dom.checkpoints() == sorted([cp(fu), cp(iu)])
 
     # libvirt keeps a running domain's checkpoints until it stops: undefine
     # it shut off.
@@ -291,86 +299,34 @@ def test_restore_refused_while_running_restored_domains_start(qenv):
 
 
 # ------------------------------------------------- the process dies
-def test_libvirt_job_outlives_a_killed_process(qenv, big_qcow2):
-    """A process starts a backup and is killed (SIGKILL) as soon as
-    CreateXML returned: libvirt goes on copying. This process sees the
-    backup running while libvirt's job runs, then completed (FinishJob(0)
-    waits for libvirt). A job aborted after its process died, through
-    libvirt or AbortJob, is discarded."""
+def test_pull_job_of_a_killed_process_is_ended_at_the_next_open(qenv, big_qcow2):
+    """A process starts a backup and is killed (SIGKILL) while it copies:
+    the copy died with it, but libvirt's pull-mode job (which runs until
+    someone ends it) and the backup's checkpoint are still there. The next
+    process that reads the catalog ends that job, removes the checkpoint,
+    the scratch folder and the partial backup; the domain's next backup
+    works and is byte-exact."""
     env = qenv
     dom = big_domain(env, big_qcow2)
     vda = dom.disks[0][1]
-    dom.guest_io("write -P 0xcd 32M 4M")
-    then = live_snapshot(vda, "qcow2", env.path("then.qcow2"), base=big_qcow2)
-
     target = env.path("orphan.qcow2")
     p, u, printed = start_backup_process(env, "qemu:///system", dom.name,
                                          backup_xml_for({"vda": target}), stop=False)
     kill_process(p)
     assert printed == target
-    assert list_uuids(dom) == [u]
-    h = lookup(u)
-    try:
-        assert backup_state(h) == "running"
-        assert param(h, "state") == STATE_RUNNING
-        assert dom.job_active(), "libvirt's job ended with the process"
-        assert lib.virDomainBackupFinishJob(h, 0) == 0, lib.virDomainBackupGetLastErrorMessage()
-        assert backup_state(h) == "completed"
-    finally:
-        free(h)
-    assert checkpoint_of_uuid(u) == u
-    assert dom.checkpoints() == [u]
-    assert_byte_exact(target, "qcow2", then, "qcow2")
+    assert dom.job_active(), "libvirt's pull-mode job ended with the process"
+    assert dom.checkpoints() == [cp(u)]
+    assert any(n.startswith(".scratch-" + u) for n in os.listdir(env.catalog))
 
-    # The next ones are aborted after their process died: through libvirt,
-    # behind the library's back, or with AbortJob from this process. They
-    # are discarded.
-    for how in ("libvirt", "library"):
-        target2 = env.path(how + ".qcow2")
-        # The job may end before the abort reaches it (a 2 GiB copy takes
-        # about a second): then that backup completed; drop it, try again.
-        for _attempt in range(3):
-            u2 = start_and_abort_orphan(env, dom, target2, how)
-            if u2 is not None:
-                break
-        assert u2 is not None, "every job ended before it could be aborted"
-        assert list_uuids(dom) == [u]
-        assert_gone(env, dom, u2, target2)
-        assert dom.checkpoints() == [u]
+    # The next open settles it: nothing of the backup is left.
+    assert list_uuids(dom) == []
+    assert not dom.job_active(), "the dead process's pull-mode job was not ended"
+    assert_gone(env, dom, u, target)
+    assert not any(n.startswith(".scratch-") for n in os.listdir(env.catalog))
 
-
-def start_and_abort_orphan(env, dom, target, how):
-    """Start a backup in a process, kill it, abort libvirt's job (`how`:
-    through libvirt, or AbortJob of the library). Returns the backup's
-    UUID, or None if the job completed first (that backup is deleted)."""
-    p, u, _ = start_backup_process(env, "qemu:///system", dom.name,
-                                   backup_xml_for({"vda": target}), stop=False)
-    kill_process(p)
-    if how == "libvirt":
-        aborted = virt.virDomainAbortJob(dom) == 0
-        assert wait_until(lambda: not dom.job_active(), timeout=10)
-    else:
-        h = lookup(u)
-        try:
-            aborted = lib.virDomainBackupAbortJob(h, 0) == 0
-            # Too late: the job ended (VIR_ERR_OPERATION_INVALID).
-            assert aborted or lib.virDomainBackupGetLastErrorCode() == VIR_ERR_OPERATION_INVALID
-        finally:
-            free(h)
-        assert not dom.job_active()
-    if aborted:
-        return u
-    h = lookup(u)
-    try:
-        delete(h)
-    finally:
-        free(h)
-    return None
-
-
-def checkpoint_of_uuid(uuid):
-    h = lookup(uuid)
-    try:
-        return checkpoint_of(h)
-    finally:
-        free(h)
+    dom.guest_io("write -P 0xcd 32M 4M")
+    then = live_snapshot(vda, "qcow2", env.path("then.qcow2"), base=big_qcow2)
+    again = env.path("again.qcow2")
+    b = env.backup(dom, backup_xml_for({"vda": again}))
+    assert_byte_exact(again, "qcow2", then, "qcow2")
+    assert dom.checkpoints() == [cp(backup_uuid(b))]

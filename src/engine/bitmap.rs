@@ -46,7 +46,7 @@ pub fn dirty_ranges(
                     c.size()
                 )));
             }
-            query(&c, size.min(parent_size))
+            changed_ranges(&c, size, parent_size)
         });
         crate::warn_if_err!(
             daemon.stop(),
@@ -59,7 +59,14 @@ pub fn dirty_ranges(
         "cannot remove folder '{}'",
         dir.display()
     );
-    let mut runs = result?;
+    result
+}
+
+/// The ranges the export's dirty bitmap (negotiated at connect) marks,
+/// widened to whole digest chunks and merged, plus everything past
+/// `parent_size` (a disk that grew: the parent had nothing there).
+pub(crate) fn changed_ranges(c: &NbdClient, size: u64, parent_size: u64) -> Result<Vec<(u64, u64)>> {
+    let mut runs = query(c, size.min(parent_size))?;
     let tail = parent_size / DIGEST_CHUNK * DIGEST_CHUNK;
     if tail < size {
         push_run(&mut runs, tail, size);

@@ -1,20 +1,25 @@
-//! Backups of running QEMU domains: libvirt does the data path.
+//! Backups of running QEMU domains: libvirt serves the disks, the library
+//! copies them.
 //!
-//! A managed backup is one `virDomainBackupBegin` in push mode that also
+//! A managed backup is one `virDomainBackupBegin` in pull mode that also
 //! creates a libvirt checkpoint named after the backup (its bitmaps record
-//! every write from that moment on). Targets are created by the library
-//! first (`REUSE_EXTERNAL`), so an incremental target's backing file is the
-//! parent's copy, exactly as for the library's own engine. The backup holds
-//! the disks as they were when `virDomainBackupBegin` returned: QEMU copies
-//! a block before the guest overwrites it.
+//! every write from that moment on). QEMU serves every disk of the backup
+//! over NBD on a unix socket in the backup's scratch folder in the
+//! catalog's private area, as it was when `virDomainBackupBegin` returned
+//! (QEMU moves a block to the disk's scratch file before the guest
+//! overwrites it); for an incremental disk the export carries the changes
+//! since the parent's checkpoint as a dirty bitmap. The library reads the
+//! exports with its own NBD client and writes the targets with the same
+//! copy engine as for a shut-off domain, digest index included; then it
+//! ends libvirt's job, which removes the scratch files' use.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::qemu_tools::{self, os};
-use crate::job::Job;
+use crate::image::nbd::{NbdAddress, NbdClient};
 use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord, path_str};
 use crate::xml::dom::{self, Element};
 use crate::xml::domain::DomainDisk;
@@ -22,9 +27,6 @@ use crate::xml::domain::DomainDisk;
 /// How often the job thread asks libvirt about the job.
 const POLL: Duration = Duration::from_millis(10);
 
-/// libvirt's VIR_DOMAIN_JOB_COMPLETED and VIR_DOMAIN_JOB_OPERATION_BACKUP.
-const JOB_COMPLETED: i32 = 3;
-const OPERATION_BACKUP: i32 = 9;
 
 /// Whether the library hands this domain's backups to libvirt: a running
 /// domain of the QEMU driver.
@@ -32,9 +34,14 @@ pub(crate) fn is_live(dom: &DomainRef, active: bool) -> Result<bool> {
     Ok(active && dom.driver()?.eq_ignore_ascii_case("qemu"))
 }
 
+/// The prefix of the checkpoints this library creates: other tools'
+/// checkpoints on the same domain are recognised by its absence and left
+/// alone.
+pub(crate) const CHECKPOINT_PREFIX: &str = "libvirt-backup-";
+
 /// The checkpoint a backup creates.
 pub(crate) fn checkpoint_name(backup: &uuid::Uuid) -> String {
-    backup.to_string()
+    format!("{CHECKPOINT_PREFIX}{backup}")
 }
 
 /// The bitmap a checkpoint keeps for `disk`, from the checkpoint's XML.
@@ -216,25 +223,41 @@ pub(crate) fn backup_disk_element(name: &str, since: Option<Option<&str>>) -> El
     }
 }
 
-/// The `<domainbackup>` and `<domaincheckpoint>` documents for libvirt:
-/// every disk of the domain is named, those outside the backup with
-/// backup='no' / checkpoint='no'.
+/// The NBD export name of the `i`-th disk of a managed live backup.
+fn export_name(i: usize) -> String {
+    format!("disk{i}")
+}
+
+/// The dirty bitmap an incremental disk's export carries: the changes
+/// since the parent's checkpoint.
+pub(crate) const CHANGES_BITMAP: &str = "libvirt-backup-changes";
+
+/// The `<domainbackup>` (pull mode, served on `socket`, scratch files in
+/// `scratch`) and `<domaincheckpoint>` documents for libvirt: every disk of
+/// the domain is named, those outside the backup with backup='no' /
+/// checkpoint='no'.
 fn documents(
     rec: &BackupRecord,
     disks: &[LiveDisk],
     all: &[DomainDisk],
+    scratch: &Path,
 ) -> Result<(String, String)> {
     let mut bdisks = Element::new("disks");
     let mut cdisks = Element::new("disks");
     for d in all {
-        let ours = disks.iter().find(|l| l.record.name == d.name);
+        let ours = disks.iter().position(|l| l.record.name == d.name);
         let (b, c) = match ours {
-            Some(l) => {
-                let b = backup_disk_element(&d.name, Some(l.since))
-                    .with_child(
-                        Element::new("target").with_attr("file", path_str(&l.record.target)?),
-                    )
-                    .with_child(Element::new("driver").with_attr("type", l.record.format.as_str()));
+            Some(i) => {
+                let since = disks[i].since;
+                let mut b = backup_disk_element(&d.name, Some(since))
+                    .with_attr("exportname", export_name(i));
+                if since.is_some() {
+                    b = b.with_attr("exportbitmap", CHANGES_BITMAP);
+                }
+                // QEMU keeps what the guest overwrites during the backup
+                // here (named by position: a disk name is not a file name).
+                let file = scratch.join(format!("{}.scratch", export_name(i)));
+                let b = b.with_child(Element::new("scratch").with_attr("file", path_str(&file)?));
                 // Only qcow2 images can keep a bitmap: the next backup of
                 // another format is a full copy anyway.
                 let kind = if d.format.as_deref() == Some("qcow2") {
@@ -257,8 +280,12 @@ fn documents(
         bdisks.push(b);
         cdisks.push(c);
     }
+    let server = Element::new("server")
+        .with_attr("transport", "unix")
+        .with_attr("socket", path_str(&socket_path(scratch, &rec.uuid))?);
     let backup = Element::new("domainbackup")
-        .with_attr("mode", "push")
+        .with_attr("mode", "pull")
+        .with_child(server)
         .with_child(bdisks)
         .to_xml()?;
     let mut cp = Element::new("domaincheckpoint")
@@ -270,23 +297,149 @@ fn documents(
     Ok((backup, cp.to_xml()?))
 }
 
-/// Start libvirt's job. With `quiesce` the guest's file systems are frozen
-/// around the start (the point in time), through the guest agent.
-pub(crate) fn begin(
-    dom: &DomainRef,
-    rec: &BackupRecord,
-    disks: &[LiveDisk],
-    all: &[DomainDisk],
-    quiesce: bool,
-) -> Result<()> {
-    let (backup_xml, checkpoint_xml) = documents(rec, disks, all)?;
-    quiesced(dom, quiesce, || {
-        dom.backup_begin(
-            &backup_xml,
-            Some(&checkpoint_xml),
-            virt::sys::VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL,
-        )
-    })
+/// Longest path a unix socket address holds (`sun_path` less its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// The NBD socket of the pull job of `backup`, whose scratch folder is
+/// `scratch`: in that folder, in the catalog's private area, so only this
+/// library (and QEMU, which makes it) can connect. A catalog deep enough
+/// that the path would not fit a socket address gets it in a private
+/// folder of the temporary folder instead (`socket_dir`).
+fn socket_path(scratch: &Path, backup: &uuid::Uuid) -> PathBuf {
+    let p = scratch.join("nbd.sock");
+    if p.as_os_str().len() <= SUN_PATH_MAX {
+        return p;
+    }
+    socket_dir(backup).join("nbd.sock")
+}
+
+/// The folder of a pull job's socket when the scratch folder's path is too
+/// long, named after the backup so that recovery finds it.
+fn socket_dir(backup: &uuid::Uuid) -> PathBuf {
+    std::env::temp_dir().join(format!("libvirt-backup-nbd-{}", backup.simple()))
+}
+
+/// Make the private folder of `socket`'s (mode 0700) if it is not the
+/// scratch folder. One that exists already is used only if it is a folder
+/// of ours that nobody else can enter (a dead job's), never through a link.
+fn make_socket_dir(socket: &Path, scratch: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = socket.parent().unwrap_or(scratch);
+    if dir == scratch {
+        return Ok(());
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(dir)
+                .map_err(|e| Error::io("cannot read folder", dir, e))?;
+            let ours = m.is_dir() && m.uid() == rustix::process::geteuid().as_raw() && m.mode() & 0o077 == 0;
+            if ours {
+                Ok(())
+            } else {
+                Err(Error::operation_invalid(format!(
+                    "refusing folder '{}' for the NBD socket of a backup: it is not a private folder of ours",
+                    dir.display()
+                )))
+            }
+        }
+        Err(e) => Err(Error::io("cannot create folder", dir, e)),
+    }
+}
+
+/// Remove the private socket folder of `backup`'s pull job if it has one
+/// (never following a link).
+pub(crate) fn remove_socket_dir(backup: &uuid::Uuid) {
+    let dir = socket_dir(backup);
+    if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        crate::warn_if_err!(
+            std::fs::remove_dir_all(&dir),
+            "cannot remove folder '{}'",
+            dir.display()
+        );
+    }
+}
+
+/// libvirt's pull-mode backup job of a running domain: QEMU serves each
+/// disk as it was when the job began over NBD (keeping what the guest
+/// overwrites since in scratch files), and the library reads it.
+pub(crate) struct PullJob {
+    socket: PathBuf,
+    /// The export name and bitmap of each disk, in the backup's order.
+    exports: Vec<(String, Option<&'static str>)>,
+}
+
+impl PullJob {
+    /// Start libvirt's job with the backup's checkpoint. With `quiesce`
+    /// the guest's file systems are frozen around the start (the point in
+    /// time), through the guest agent.
+    pub(crate) fn begin(
+        dom: &DomainRef,
+        rec: &BackupRecord,
+        disks: &[LiveDisk],
+        all: &[DomainDisk],
+        scratch: &Path,
+        quiesce: bool,
+    ) -> Result<PullJob> {
+        let socket = socket_path(scratch, &rec.uuid);
+        make_socket_dir(&socket, scratch)?;
+        let (backup_xml, checkpoint_xml) = documents(rec, disks, all, scratch)?;
+        ::log::debug!("pull-mode backup of '{}': {backup_xml}", rec.domain_name);
+        quiesced(dom, quiesce, || {
+            dom.backup_begin(&backup_xml, Some(&checkpoint_xml), 0)
+        })
+        .inspect_err(|_| remove_socket_dir(&rec.uuid))?;
+        Ok(PullJob {
+            socket,
+            exports: disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (export_name(i), d.since.map(|_| CHANGES_BITMAP)))
+                .collect(),
+        })
+    }
+
+    /// Connect to the `i`-th disk's export (with its changes bitmap for an
+    /// incremental disk).
+    pub(crate) fn connect(&self, i: usize) -> Result<NbdClient> {
+        let (export, bitmap) = &self.exports[i];
+        NbdClient::connect(&NbdAddress::Unix(self.socket.clone()), export, *bitmap)
+    }
+}
+
+/// Whether libvirt's current job of `dom` is the pull-mode backup job whose
+/// scratch files are in `scratch` (a backup of this library's).
+pub(crate) fn is_our_pull_job(dom: &DomainRef, scratch: &Path) -> bool {
+    let Ok(xml) = dom.backup_xml() else {
+        return false;
+    };
+    let Ok(root) = dom::parse(&xml) else {
+        return false;
+    };
+    let in_scratch = root.child("disks").is_some_and(|ds| {
+        ds.children_named("disk").any(|d| {
+            d.child("scratch")
+                .and_then(|s| s.attr("file"))
+                .is_some_and(|f| Path::new(f).parent() == Some(scratch))
+        })
+    });
+    root.attr("mode") == Some("pull") && in_scratch
+}
+
+/// End a pull-mode job (it runs until aborted) and wait until libvirt has
+/// removed it. Nothing to do when the domain no longer runs.
+pub(crate) fn end_pull_job(dom: &DomainRef) -> Result<()> {
+    if dom.is_active()? && dom.job_info(false)?.is_active() {
+        dom.abort_job()?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dom.is_active()? && dom.job_info(false)?.is_active() {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::operation_failed("libvirt's backup job does not end"));
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
 }
 
 /// Run `start` with the guest's file systems frozen (through its agent)
@@ -346,91 +499,28 @@ fn remove_bitmap(image: &Path, bitmap: &str) -> Result<()> {
     .map(|_| ())
 }
 
-/// Follow libvirt's job until it ends, mirroring its progress into `job`;
-/// a cancel request aborts it.
-pub(crate) fn follow(job: &Job, dom: &DomainRef) -> Result<()> {
-    let mut aborted = false;
-    loop {
-        if !aborted && job.progress.check_cancel().is_err() {
-            dom.abort_job()?;
-            aborted = true;
-        }
-        let info = dom.job_info(false)?;
-        if !info.is_active() {
-            break;
-        }
-        if info.total > 0 {
-            job.total
-                .store(info.total, std::sync::atomic::Ordering::Relaxed);
-        }
-        job.progress
-            .processed
-            .store(info.processed, std::sync::atomic::Ordering::Relaxed);
-        std::thread::sleep(POLL);
-    }
-    if aborted {
-        return Err(Error::aborted("backup job cancelled"));
-    }
-    let done = dom.job_info(true)?;
-    if done.kind == JOB_COMPLETED && done.operation.is_none_or(|o| o == OPERATION_BACKUP) {
-        use std::sync::atomic::Ordering::Relaxed;
-        job.total.store(done.total, Relaxed);
-        job.progress.processed.store(done.total, Relaxed);
-        // QEMU does not say how much it wrote; what it copied is the best figure.
-        job.progress.written.store(done.processed, Relaxed);
-        return Ok(());
-    }
-    Err(Error::operation_failed(format!(
-        "libvirt backup job failed: {}",
-        done.error.unwrap_or_else(|| "no reason given".into())
-    )))
-}
-
-/// What became of a live backup whose process died while libvirt copied:
-/// `Some(true)` completed (targets present and readable at their size),
-/// `Some(false)` failed or gone, `None` still running.
-/// With `cancel` (someone asked to abort it), a job still running is
-/// aborted and the backup discarded.
-pub(crate) fn orphan_outcome(rec: &BackupRecord, cancel: bool) -> Option<bool> {
+/// End what libvirt still runs for a live backup whose process died: its
+/// copy died with it, so the backup is lost; the pull-mode job it started
+/// (recognised by its NBD socket in `scratch`) is ended and the backup's
+/// checkpoint removed, so that the domain's next backup can start. A job
+/// of the domain that is not this backup's is left alone.
+pub(crate) fn end_orphan(rec: &BackupRecord, scratch: &Path) {
     let Ok(dom) = crate::hv::libvirt::open_domain(&rec.uri, &rec.domain_uuid) else {
-        return Some(false);
+        return;
     };
-    let running = || dom.job_info(false).is_ok_and(|i| i.is_active());
-    if running() {
-        if !cancel || dom.abort_job().is_err() {
-            return None;
-        }
-        while running() {
-            std::thread::sleep(POLL);
-        }
-        if let Some(cp) = &rec.checkpoint {
-            crate::warn_if_err!(
-                remove_checkpoint(&dom, cp),
-                "cannot remove checkpoint '{cp}'"
-            );
-        }
-        return Some(false);
+    let running = dom.job_info(false).is_ok_and(|i| i.is_active());
+    if running && is_our_pull_job(&dom, scratch) {
+        ::log::info!(
+            "ending the pull-mode backup job of domain '{}' left by backup {} whose process died",
+            rec.domain_name,
+            rec.uuid
+        );
+        crate::warn_if_err!(end_pull_job(&dom), "cannot end the pull-mode backup job");
     }
-    let completed = dom.job_info(true).is_ok_and(|i| {
-        i.kind == JOB_COMPLETED && i.operation.is_none_or(|o| o == OPERATION_BACKUP)
-    });
-    let has_checkpoint = rec.checkpoint.as_ref().is_some_and(|cp| {
-        dom.checkpoints()
-            .is_ok_and(|l| l.iter().any(|(n, _)| n == cp))
-    });
-    let readable = rec.disks.iter().all(|d| {
-        // Only the size is checked: the image's own header is enough.
-        crate::image::disk::Source::open(&d.target, d.format, crate::image::disk::Chain::Detached)
-            .is_ok_and(|s| s.size() >= d.virtual_size)
-    });
-    if !(completed && has_checkpoint && readable) {
-        if let Some(cp) = &rec.checkpoint {
-            crate::warn_if_err!(
-                remove_checkpoint(&dom, cp),
-                "cannot remove checkpoint '{cp}'"
-            );
-        }
-        return Some(false);
+    if let Some(cp) = &rec.checkpoint {
+        crate::warn_if_err!(
+            remove_checkpoint(&dom, cp),
+            "cannot remove checkpoint '{cp}'"
+        );
     }
-    Some(true)
 }

@@ -243,6 +243,15 @@ impl DomainRef {
         check(rc).map(|_| ())
     }
 
+    /// `virDomainBackupGetXMLDesc`: the document of the domain's running
+    /// backup job.
+    pub fn backup_xml(&self) -> Result<String> {
+        // SAFETY: valid domain; the result is a string libvirt allocated.
+        let p = unsafe { virt::sys::virDomainBackupGetXMLDesc(self.ptr(), 0) };
+        // SAFETY: NULL or a NUL-terminated string from libvirt's allocator.
+        unsafe { owned_string(p) }.ok_or_else(|| virt::error::Error::last_error().into())
+    }
+
     /// `virDomainGetJobStats` of the current job, or of the last completed
     /// one with `completed`. The `virt` crate's own wrapper is unsound when
     /// no job runs, hence this one.

@@ -104,9 +104,9 @@ fn domain_facts(dom: &DomainRef) -> Result<DomainFacts> {
         facts.driver,
         if active { "running" } else { "shut off" },
         if is_live {
-            "libvirt's push-mode backup job copies its disks, QEMU writes the targets"
+            "libvirt's pull-mode backup job serves its disks, the library copies them"
         } else if images_quiet {
-            "the library copies its disks itself (no writer)"
+            "the library copies its disks' images, locked against writers"
         } else {
             "the library copies its disks itself; the driver gives no backup job"
         }
@@ -150,7 +150,7 @@ fn prepare(
     if let Some(parent) = &parent {
         for p in &mut disks {
             if facts.is_live {
-                choose_live_mode(dom, parent, p, &facts.disks, opts)?;
+                choose_live_mode(catalog, dom, parent, p, &facts.disks, opts)?;
             } else {
                 choose_mode(catalog, parent, p, opts)?;
                 use_offline_bitmap(dom, parent, p, &facts.disks);
@@ -315,13 +315,15 @@ fn register(
     }
 }
 
-/// Start the job: libvirt's backup job for a live domain, else the
-/// library's copy. A failure to start discards the backup.
+/// Start the job: for a live domain libvirt's pull-mode job first (its
+/// failure is CreateXML's), then the library's copy of every disk, from
+/// the job's NBD exports or from the image files. A failure to start
+/// discards the backup.
 fn run(
     catalog: &Catalog,
     dom: &DomainRef,
     prepared: Prepared,
-    mut targets: Vec<ImageTarget>,
+    targets: Vec<ImageTarget>,
     lock: JobLock,
 ) -> Result<Arc<Job>> {
     let Prepared {
@@ -339,69 +341,115 @@ fn run(
             lock,
         );
     };
-    if is_live {
-        // QEMU writes the targets: close them first.
-        targets.clear();
-        if let Err(e) = begin_live(dom, &record, &disks, &dom_disks, quiesce) {
-            // The record goes while the job lock is held: a running record
-            // without its lock file reads as damaged.
-            discard(&record, Some(lock));
-            return Err(e);
+    let live = if is_live {
+        match LiveRun::begin(catalog, dom, &record, &disks, &dom_disks, quiesce) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // The record goes while the job lock is held: a running
+                // record without its lock file reads as damaged.
+                discard(&record, Some(lock));
+                return Err(e);
+            }
         }
-    }
+    } else {
+        None
+    };
     let job = new_job(catalog, &record);
     let sources: Vec<CopySource> = disks
         .into_iter()
-        .map(|p| {
-            let (index, bitmap) = p.baseline.map_or((None, None), |b| (b.index, b.bitmap));
-            (p.source, index, bitmap)
+        .enumerate()
+        .map(|(i, p)| {
+            let (parent, bitmap) = p.baseline.map_or((None, None), |b| (b.index, b.bitmap));
+            let from = match is_live {
+                // The image was opened only to size it: the export is read.
+                true => From::Export(i),
+                false => From::Image(p.source, bitmap),
+            };
+            CopySource { from, parent }
         })
         .collect();
-    let (work_catalog, work_record, work_dom) = (catalog.clone(), record.clone(), dom.clone());
+    let (work_catalog, work_record) = (catalog.clone(), record.clone());
     let conn = volume_connection(&record, Some(dom));
-    // The thread takes the job lock from here; if it cannot start, the
-    // lock is still here for the discard.
-    let slot = Arc::new(Mutex::new(Some(lock)));
+    // The thread takes the job lock and the live run from here; if it
+    // cannot start, they are still here for the discard.
+    let slot = Arc::new(Mutex::new(Some((lock, live))));
     let work_slot = Arc::clone(&slot);
     let take = move || work_slot.lock().unwrap().take().expect("the job lock");
-    let spawned = if is_live {
-        job.spawn(move |job| run_live(job, &work_catalog, work_record, work_dom, take(), conn))
-    } else {
-        job.spawn(move |job| {
-            run_copy(
-                job,
-                &work_catalog,
-                work_record,
-                sources,
-                targets,
-                take(),
-                conn,
-            )
-        })
-    };
+    let spawned = job.spawn(move |job| {
+        let (lock, live) = take();
+        let run = CopyRun {
+            catalog: &work_catalog,
+            lock,
+            conn,
+            live,
+        };
+        run_copy(job, run, work_record, sources, targets)
+    });
     if let Err(e) = spawned {
-        discard(&record, slot.lock().unwrap().take());
+        if let Some((lock, live)) = slot.lock().unwrap().take() {
+            if let Some(live) = live {
+                live.fail(catalog, &record);
+            }
+            discard(&record, Some(lock));
+        }
         return Err(e);
     }
     Ok(job)
 }
 
-/// Start libvirt's push-mode backup job of a running domain.
-fn begin_live(
-    dom: &DomainRef,
-    record: &BackupRecord,
-    disks: &[PlannedDisk],
-    dom_disks: &[DomainDisk],
-    quiesce: bool,
-) -> Result<()> {
-    let live_disks: Vec<live::LiveDisk> = disks
-        .iter()
-        .map(|p| live::LiveDisk {
-            record: &p.record,
-            since: p.since.as_deref(),
-        })
-        .collect();
-    live::begin(dom, record, &live_disks, dom_disks, quiesce)
+/// A live backup's pull-mode job, from its start to its end.
+struct LiveRun {
+    dom: DomainRef,
+    pull: live::PullJob,
+}
+
+impl LiveRun {
+    /// Start libvirt's pull-mode job with the backup's scratch folder.
+    fn begin(
+        catalog: &Catalog,
+        dom: &DomainRef,
+        record: &BackupRecord,
+        disks: &[PlannedDisk],
+        dom_disks: &[DomainDisk],
+        quiesce: bool,
+    ) -> Result<LiveRun> {
+        let live_disks: Vec<live::LiveDisk> = disks
+            .iter()
+            .map(|p| live::LiveDisk {
+                record: &p.record,
+                since: p.since.as_deref(),
+            })
+            .collect();
+        let scratch = catalog.scratch_dir(&record.uuid)?;
+        live::PullJob::begin(dom, record, &live_disks, dom_disks, &scratch, quiesce)
+            .map(|pull| LiveRun {
+                dom: dom.clone(),
+                pull,
+            })
+            .inspect_err(|_| catalog.remove_scratch(&record.uuid))
+    }
+
+    /// End libvirt's job and remove its scratch folder.
+    fn end(&self, catalog: &Catalog, record: &BackupRecord) -> Result<()> {
+        let ended = live::end_pull_job(&self.dom);
+        catalog.remove_scratch(&record.uuid);
+        live::remove_socket_dir(&record.uuid);
+        ended
+    }
+
+    /// End a failed backup's job and remove its checkpoint.
+    fn fail(&self, catalog: &Catalog, record: &BackupRecord) {
+        crate::warn_if_err!(
+            self.end(catalog, record),
+            "cannot end the pull-mode backup job"
+        );
+        if let Some(cp) = &record.checkpoint {
+            crate::warn_if_err!(
+                live::remove_checkpoint(&self.dom, cp),
+                "cannot remove checkpoint '{cp}'"
+            );
+        }
+    }
 }
 
 /// The job of a new backup, its totals taken from the record.
@@ -556,6 +604,7 @@ fn use_offline_bitmap(
 /// The live engine's choice for one disk of an incremental backup (see
 /// `live::usable_checkpoint` for what is checked).
 fn choose_live_mode(
+    catalog: &Catalog,
     dom: &DomainRef,
     parent: &BackupRecord,
     p: &mut PlannedDisk,
@@ -571,11 +620,25 @@ fn choose_live_mode(
                 return Err(raw_incremental(&name));
             }
             let b = base.unwrap();
+            // The parent's index: chunks the bitmap marks but that did
+            // not change are not stored again, and the new index is a
+            // delta against it. A parent from an older version whose
+            // index was never written gets one built from its image.
+            let index = match super::ensure_index(catalog, parent, &b.name)
+                .and_then(|p| IndexReader::open(&p))
+            {
+                Ok(index) if index.size() == b.virtual_size => index,
+                Ok(_) => {
+                    let why = "the parent's digest index does not match its disk size";
+                    return refuse_fallback(&name, why, opts);
+                }
+                Err(e) => return refuse_fallback(&name, &e.message, opts),
+            };
             p.record.mode = BackupMode::Incremental;
             p.baseline = Some(Baseline {
                 target: b.target.clone(),
                 format: b.format,
-                index: None,
+                index: Some(index),
                 bitmap: None,
             });
             p.since = Some(cp);
@@ -603,72 +666,110 @@ fn refuse_fallback(name: &str, why: &str, opts: CreateOptions) -> Result<()> {
     Ok(())
 }
 
-/// The body of a live backup job: follow libvirt's job, then complete the
-/// record, or remove the checkpoint, the targets and the record.
-fn run_live(
-    job: &Job,
-    catalog: &Catalog,
-    mut record: BackupRecord,
-    dom: DomainRef,
-    lock: JobLock,
-    conn: Option<Connect>,
-) -> Result<()> {
-    let (result, _guard, lock) = job.settle(catalog, &mut record, live::follow(job, &dom), lock);
-    if result.is_err() {
-        if let Some(cp) = &record.checkpoint {
-            crate::warn_if_err!(
-                live::remove_checkpoint(&dom, cp),
-                "cannot remove checkpoint '{cp}'"
-            );
-        }
-        discard_failed(catalog, &record, conn.as_ref(), lock);
-    }
-    result
+/// Where a disk's data is read from.
+enum From {
+    /// The image of a shut-off domain, with the image and persistent
+    /// bitmap that mark its changes when usable.
+    Image(Source, Option<(PathBuf, String)>),
+    /// The disk's export (by position) of the backup's pull-mode job.
+    Export(usize),
 }
 
-/// A disk the library copies: its source, the parent's index for an
-/// incremental, and the image and bitmap that mark its changes if usable.
-type CopySource = (Source, Option<IndexReader>, Option<(PathBuf, String)>);
+/// A disk the library copies: where from, and the parent's index for an
+/// incremental.
+struct CopySource {
+    from: From,
+    parent: Option<IndexReader>,
+}
+
+/// The source of a disk and the ranges that may have changed since the
+/// parent (`None`: every range).
+fn open_source(
+    from: From,
+    parent: Option<&IndexReader>,
+    d: &DiskRecord,
+    live: Option<&LiveRun>,
+) -> Result<(Source, Option<Vec<(u64, u64)>>)> {
+    match from {
+        From::Image(src, bitmap) => {
+            let dirty = bitmap.zip(parent).and_then(|((image, name), p)| {
+                // An unreadable bitmap costs time, not correctness: compare all.
+                bitmap::dirty_ranges(&image, &name, src.size(), p.size()).ok()
+            });
+            Ok((src, dirty))
+        }
+        From::Export(i) => {
+            let live = live.ok_or_else(|| Error::internal("an export without a pull job"))?;
+            let client = live.pull.connect(i)?;
+            if client.size() != d.virtual_size {
+                return Err(Error::operation_failed(format!(
+                    "the disk is {} bytes in libvirt's backup job, {} when the backup was planned",
+                    client.size(),
+                    d.virtual_size
+                )));
+            }
+            // The checkpoint's bitmap marks the changes: only those are read.
+            let dirty = match parent {
+                Some(p) => Some(bitmap::changed_ranges(&client, d.virtual_size, p.size())?),
+                None => None,
+            };
+            Ok((Source::Nbd(Box::new(client)), dirty))
+        }
+    }
+}
 
 /// Copy one disk of a backup and write its digest index (a delta against
 /// the parent's for an incremental).
 fn copy_disk(
     job: &Job,
     index_path: &Path,
-    (src, parent, bitmap): CopySource,
+    CopySource { from, parent }: CopySource,
     dst: ImageTarget,
     d: &DiskRecord,
+    live: Option<&LiveRun>,
 ) -> Result<()> {
-    let dirty = bitmap.zip(parent.as_ref()).and_then(|((image, name), p)| {
-        // An unreadable bitmap costs time, not correctness: compare all.
-        bitmap::dirty_ranges(&image, &name, src.size(), p.size()).ok()
-    });
     let mut parent = parent;
-    let parent_index = parent.as_ref().map(|p| p.path().to_path_buf());
-    let baseline = copy::Baseline::of(parent.as_mut());
-    IndexWriter::create_delta(index_path, d.virtual_size, parent_index.as_deref())
-        .and_then(|mut index| {
-            let dirty = dirty.as_deref();
-            copy::copy_changes(&src, &dst, &job.progress, baseline, &mut index, dirty)?;
-            index.finish()
-        })
-        .and_then(|()| dst.finish(&d.target))
-        .map_err(|mut e| {
-            e.message = format!("disk '{}': {}", d.name, e.message);
-            e
-        })
+    (|| {
+        let (src, dirty) = open_source(from, parent.as_ref(), d, live)?;
+        let parent_index = parent.as_ref().map(|p| p.path().to_path_buf());
+        let baseline = copy::Baseline::of(parent.as_mut());
+        let mut index =
+            IndexWriter::create_delta(index_path, d.virtual_size, parent_index.as_deref())?;
+        copy::copy_changes(&src, &dst, &job.progress, baseline, &mut index, dirty.as_deref())?;
+        index.finish()?;
+        dst.finish(&d.target)
+    })()
+    .map_err(|mut e| {
+        e.message = format!("disk '{}': {}", d.name, e.message);
+        e
+    })
 }
 
-/// The body of a backup job on the library's own disk engine.
+/// What a backup job's body works with besides its disks.
+struct CopyRun<'a> {
+    catalog: &'a Catalog,
+    lock: JobLock,
+    conn: Option<Connect>,
+    /// The pull-mode job of a live backup.
+    live: Option<LiveRun>,
+}
+
+/// The body of a backup job: copy every disk, end a live backup's
+/// pull-mode job, then complete the record, or remove the checkpoint, the
+/// targets and the record.
 fn run_copy(
     job: &Job,
-    catalog: &Catalog,
+    run: CopyRun,
     mut record: BackupRecord,
     sources: Vec<CopySource>,
     targets: Vec<ImageTarget>,
-    lock: JobLock,
-    conn: Option<Connect>,
 ) -> Result<()> {
+    let CopyRun {
+        catalog,
+        lock,
+        conn,
+        live,
+    } = run;
     let work: Vec<_> = sources
         .into_iter()
         .zip(targets)
@@ -676,10 +777,19 @@ fn run_copy(
         .collect();
     let copied = disks::copy_disks(work, |((source, dst), d)| {
         let index_path = catalog.backup_of(&record).index_path(&d.name);
-        copy_disk(job, &index_path, source, dst, d)
+        copy_disk(job, &index_path, source, dst, d, live.as_ref())
     });
+    // The pull job ends before the record says anything: a completed
+    // backup leaves no libvirt job behind.
+    let copied = match &live {
+        Some(l) if copied.is_ok() => l.end(catalog, &record),
+        _ => copied,
+    };
     let (result, _guard, lock) = job.settle(catalog, &mut record, copied, lock);
     if result.is_err() {
+        if let Some(l) = &live {
+            l.fail(catalog, &record);
+        }
         discard_failed(catalog, &record, conn.as_ref(), lock);
     } else if let Some(conn) = &conn {
         // Let libvirt see the volumes' real size and allocation.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use uuid::Uuid;
 
@@ -583,7 +583,7 @@ impl Export {
         }
         let result = match &self.server {
             Server::Libvirt { scratch } => {
-                let stopped = self.domain.as_ref().map_or(Ok(()), stop_pull_job);
+                let stopped = self.domain.as_ref().map_or(Ok(()), live::end_pull_job);
                 crate::warn_if_err!(
                     fs::remove_dir_all(scratch),
                     "cannot remove scratch folder '{}'",
@@ -618,7 +618,7 @@ impl Export {
 fn end_server(dom: &DomainRef, server: &Server) {
     match server {
         Server::Libvirt { scratch } => {
-            crate::warn_if_err!(stop_pull_job(dom), "cannot stop the pull-mode backup job");
+            crate::warn_if_err!(live::end_pull_job(dom), "cannot stop the pull-mode backup job");
             crate::warn_if_err!(
                 fs::remove_dir_all(scratch),
                 "cannot remove scratch folder '{}'",
@@ -634,19 +634,4 @@ fn end_server(dom: &DomainRef, server: &Server) {
             );
         }
     }
-}
-
-/// A pull-mode job runs until aborted; wait until libvirt has removed it.
-fn stop_pull_job(dom: &DomainRef) -> Result<()> {
-    if dom.is_active()? && dom.job_info(false)?.is_active() {
-        dom.abort_job()?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while dom.is_active()? && dom.job_info(false)?.is_active() {
-        if Instant::now() > deadline {
-            return Err(Error::operation_failed("libvirt's backup job does not end"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }

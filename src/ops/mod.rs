@@ -39,10 +39,22 @@ fn gate(catalog: &Catalog) -> Option<background::Gate> {
     })
 }
 
+/// Whether QEMU wrote the backup's files (a live backup of an earlier
+/// version, in push mode), so that it has no digest index of its own.
+/// Those have a checkpoint named after the backup alone; this version's
+/// checkpoints carry `live::CHECKPOINT_PREFIX`, and their backups were
+/// indexed as they were written.
+fn made_by_qemu(rec: &BackupRecord) -> bool {
+    rec.checkpoint
+        .as_deref()
+        .is_some_and(|cp| !cp.starts_with(crate::engine::live::CHECKPOINT_PREFIX))
+}
+
 /// The digest index of one disk of a completed backup, built from the
-/// backup's own files if the backup has none yet (backups of running
-/// domains are written by QEMU, so their index is made the first time an
-/// offline incremental, a restore or a merge needs it).
+/// backup's own files if the backup has none. Every backup this version
+/// makes has its index at completion; backups of running domains made by
+/// earlier versions (QEMU wrote them in push mode) have none, and get it
+/// the first time a verify, an incremental, a restore or a merge needs it.
 pub(crate) fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
     let backup = catalog.backup_of(rec);
     let path = backup.index_path(disk);
@@ -53,6 +65,11 @@ pub(crate) fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) ->
         rec.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
             Error::internal(format!("backup '{}' has no disk '{disk}'", rec.uuid))
         })?;
+    ::log::warn!(
+        "backup {} disk '{disk}' has no digest index{}: recording one from its image now; it proves the data reads back, not that it is what the guest had",
+        rec.uuid,
+        if made_by_qemu(rec) { " (QEMU wrote it, for an earlier version)" } else { "" }
+    );
     backup.create_index_dir()?;
     let chain = catalog.recorded_chain(rec, disk)?;
     copy::write_index_file(&path, &d.target, d.format, Chain::Recorded(&chain))?;
@@ -62,13 +79,13 @@ pub(crate) fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) ->
 /// The digest index a restore or a verification checks `disk` of `rec`
 /// against. The library's engine writes it with the backup, so a missing
 /// one means the catalog was damaged: an index rebuilt from the image would
-/// only check the image against itself, so this fails instead. A backup
-/// QEMU copied (it has a checkpoint) never had one: its index is built from
-/// its image the first time (`ensure_index`), which proves the data reads
-/// back, not that it is what the guest had.
+/// only check the image against itself, so this fails instead. A live
+/// backup made by an earlier version (QEMU copied it; it has a checkpoint)
+/// never had one: its index is built from its image the first time
+/// (`ensure_index`, which says so in the log).
 pub(crate) fn verified_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) -> Result<PathBuf> {
     let path = catalog.backup_of(rec).index_path(disk);
-    if rec.checkpoint.is_none() && !path.exists() {
+    if !made_by_qemu(rec) && !path.exists() {
         return Err(Error::operation_failed(format!(
             "digest index of disk '{disk}' of backup '{}' is missing ('{}'): the data cannot be verified",
             rec.uuid,

@@ -55,10 +55,25 @@ fn sweep_exports(catalog: &Catalog) {
         return;
     };
     for s in scratch {
-        if !running.iter().any(|r| r.export == s) {
+        // A live backup's pull-mode job keeps its scratch folder, named
+        // after the backup, while the backup's job lives; a dead one's is
+        // removed when its record is settled (`resolve_dead`).
+        if !running.iter().any(|r| r.export == s) && !is_live_backup(catalog, &s) {
             catalog.remove_scratch(&s);
         }
     }
+}
+
+/// Whether `uuid` is a backup of the catalog whose record says running
+/// (its scratch folder is its pull-mode job's).
+fn is_live_backup(catalog: &Catalog, uuid: &Uuid) -> bool {
+    let Ok(Some(domain)) = catalog.domain_of(uuid) else {
+        return false;
+    };
+    catalog
+        .backup(&domain, uuid)
+        .record()
+        .is_ok_and(|r| r.is_some_and(|r| r.state == BackupState::Running))
 }
 
 /// Records of one domain, oldest first, after settling dead jobs.
@@ -146,23 +161,18 @@ fn resolve_dead(catalog: &Catalog, rec: &BackupRecord) -> Result<Option<BackupRe
             backup.damaged("it says 'running' but no job of this backup ever left its lock file")
         );
     }
-    let outcome = match cur.checkpoint {
-        Some(_) => {
-            let cancel = backup.cancel_marker().requested();
-            live::orphan_outcome(&cur, cancel)
-        }
-        None => Some(false),
-    };
-    match outcome {
-        None => return Ok(Some(cur)),
-        Some(true) => {
-            cur.state = BackupState::Completed;
-            backup.write_record(&cur)?;
-        }
-        Some(false) => backup.remove_dead_data(&cur)?,
+    // The library copied every disk itself: the copy died with its
+    // process, and with it the backup. A live backup's pull-mode job and
+    // checkpoint are ended first, so the domain's next backup can start.
+    if cur.checkpoint.is_some() {
+        live::end_orphan(&cur, &catalog.scratch_path(&cur.uuid));
     }
+    catalog.remove_scratch(&cur.uuid);
+    live::remove_socket_dir(&cur.uuid);
+    cur.state = BackupState::Failed;
+    backup.remove_dead_data(&cur)?;
     backup.clear_job_files();
-    Ok(outcome.unwrap().then_some(cur))
+    Ok(None)
 }
 
 /// Remove what merges cut short by a dead process left: their temporary

@@ -183,6 +183,12 @@ impl Catalog {
         self.private_dir(&names::scratch(export))
     }
 
+    /// Where `scratch_dir` puts the scratch folder of an export or live
+    /// backup (whether or not it exists).
+    pub fn scratch_path(&self, export: &Uuid) -> PathBuf {
+        self.dir.join(&names::scratch(export))
+    }
+
     /// The exports that have a scratch folder in the root.
     pub fn scratch_folders(&self) -> Vec<Uuid> {
         let found = self.dir.names().unwrap_or_default();
