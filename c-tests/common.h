@@ -1172,12 +1172,14 @@ static inline int checkpoint_count(virDomainPtr dom)
     return virDomainListAllCheckpoints(dom, NULL, 0);
 }
 
-/* The domain has a libvirt checkpoint named @name. */
-static inline bool has_checkpoint(virDomainPtr dom, const char *name)
+/* The domain has the libvirt checkpoint of the backup whose UUID is @backup. */
+static inline bool has_checkpoint(virDomainPtr dom, const char *backup)
 {
     virDomainCheckpointPtr *list = NULL;
     int n = virDomainListAllCheckpoints(dom, &list, 0), i;
     bool found = false;
+    char name[128];
+    snprintf(name, sizeof(name), "libvirt-backup-%s", backup);
     for (i = 0; i < n; i++) {
         found = found || strcmp(virDomainCheckpointGetName(list[i]), name) == 0;
         virDomainCheckpointFree(list[i]);

@@ -1,7 +1,7 @@
 /*
  * test-live.c: managed backups of a running QEMU domain on qemu:///system,
- * which libvirt copies (push mode, one checkpoint per backup named after
- * the backup). A full backup started without WAIT while the guest writes
+ * which libvirt serves in pull mode and the library copies (one checkpoint
+ * per backup, named libvirt-backup-<uuid>). A full backup started without WAIT while the guest writes
  * holds the disk as it was when CreateXML returned; an incremental one
  * holds only what changed since (a qcow2 backed by the full one) and
  * reads back as the disk; a cancelled job leaves no target, checkpoint or
@@ -18,7 +18,7 @@
 static bool names_checkpoint(virDomainBackupPtr b, const char *name)
 {
     char *x = virDomainBackupGetXMLDesc(b, 0);
-    bool ok = x && strstr(x, fmt("<checkpoint name='%s'/>", name));
+    bool ok = x && strstr(x, fmt("<checkpoint name='libvirt-backup-%s'/>", name));
     free(x);
     return ok;
 }
@@ -72,7 +72,10 @@ int main(void)
     CHECK(strcmp(backup_parent(inc), full_u) == 0);
     CHECK(strcmp(backing_file(inc_t), full_t) == 0);
     CHECKF(disks_identical(inc_t, "qcow2", now, "qcow2"), "the incremental backup differs");
-    CHECK(backup_total(inc) == 4ULL * MiB);
+    /* Read through libvirt's export: the disk's size to go through, only
+     * the 4 MiB the checkpoint's bitmap marks read and stored. */
+    CHECK(backup_total(inc) == 2ULL * GiB);
+    CHECK(backup_written(inc) == 4ULL * MiB);
     CHECK(backup_incremental(inc) == 1);
     CHECK(names_checkpoint(inc, inc_u));
     CHECK(has_checkpoint(dom, inc_u) && checkpoint_count(dom) == 2);
@@ -85,6 +88,11 @@ int main(void)
         char u[64];
         snprintf(u, sizeof(u), "%s", backup_uuid(c));
         CHECK(virDomainBackupFinishJob(c, VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK) == 1);
+        /* The job's thread makes its index file as it starts copying: wait
+         * for that, so that the refused call is the only one that could
+         * change the catalog while it is looked at. */
+        for (int i = 0; i < 500 && backup_ull(c, "bytes.processed") == 0; i++)
+            usleep(10000);
         EXPECT_CREATE_FAIL(dom, vda_backup_xml(WPATH("second.qcow2"), NULL), 0,
                            VIR_ERR_OPERATION_INVALID);
         CHECKF(virDomainBackupFinishJob(c, VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK) == 1,
