@@ -282,13 +282,13 @@ static void shut_off(struct disk *d)
     d->write = write_offline;
 }
 
-/* The full backup's checkpoint names the bitmap: its uuid. */
+/* The full backup's checkpoint names the bitmap: libvirt-backup-<its uuid>. */
 static void set_bitmap(struct disk *d, const char *how)
 {
     char *xml = virDomainBackupGetXMLDesc(d->full, 0), *u = xml ? strstr(xml, "<uuid>") : NULL;
     if (!u)
         die("virDomainBackupGetXMLDesc");
-    sh("qemu-img bitmap %s -f qcow2 '%s' '%.36s'", how, d->src, u + 6);
+    sh("qemu-img bitmap %s -f qcow2 '%s' 'libvirt-backup-%.36s'", how, d->src, u + 6);
     free(xml);
 }
 

@@ -208,7 +208,7 @@ impl Window {
 /// Threads that read and hash windows, taking turns: on two cores reading
 /// (a copy out of the page cache, or a disk read) and hashing of the next
 /// windows overlap each other and the use of the current one.
-const READERS: usize = 2;
+pub(crate) const READERS: usize = 2;
 
 thread_local! {
     /// Set on the workers of a backup that copies several disks at once.

@@ -255,9 +255,11 @@ fn documents(
                     b = b.with_attr("exportbitmap", CHANGES_BITMAP);
                 }
                 // QEMU keeps what the guest overwrites during the backup
-                // here (named by position: a disk name is not a file name).
-                let file = scratch.join(format!("{}.scratch", export_name(i)));
-                let b = b.with_child(Element::new("scratch").with_attr("file", path_str(&file)?));
+                // here (made by `make_scratch_files`).
+                let file = scratch_file(scratch, i);
+                let b = b
+                    .with_child(Element::new("scratch").with_attr("file", path_str(&file)?))
+                    .with_child(Element::new("driver").with_attr("type", "qcow2"));
                 // Only qcow2 images can keep a bitmap: the next backup of
                 // another format is a full copy anyway.
                 let kind = if d.format.as_deref() == Some("qcow2") {
@@ -295,6 +297,31 @@ fn documents(
     }
     cp.push(cdisks);
     Ok((backup, cp.to_xml()?))
+}
+
+/// The scratch file of the `i`-th disk (named by position: a disk name is
+/// not a file name).
+fn scratch_file(scratch: &Path, i: usize) -> PathBuf {
+    scratch.join(format!("{}.scratch", export_name(i)))
+}
+
+/// Make each disk's scratch file, an empty qcow2 of the disk's size, for
+/// libvirt to reuse (`VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL`): libvirt
+/// would otherwise create them with QEMU's blockdev-create jobs, which
+/// measured 50 ms more per backup.
+fn make_scratch_files(scratch: &Path, disks: &[LiveDisk]) -> Result<()> {
+    for (i, d) in disks.iter().enumerate() {
+        let file = scratch_file(scratch, i);
+        let t = crate::image::disk::Target::create(
+            &file,
+            DiskFormat::Qcow2,
+            d.record.virtual_size,
+            None,
+            false,
+        )?;
+        t.finish(&file)?;
+    }
+    Ok(())
 }
 
 /// Longest path a unix socket address holds (`sun_path` less its NUL).
@@ -382,11 +409,13 @@ impl PullJob {
         quiesce: bool,
     ) -> Result<PullJob> {
         let socket = socket_path(scratch, &rec.uuid);
+        make_scratch_files(scratch, disks)?;
         make_socket_dir(&socket, scratch)?;
         let (backup_xml, checkpoint_xml) = documents(rec, disks, all, scratch)?;
         ::log::debug!("pull-mode backup of '{}': {backup_xml}", rec.domain_name);
         quiesced(dom, quiesce, || {
-            dom.backup_begin(&backup_xml, Some(&checkpoint_xml), 0)
+            let reuse = virt::sys::VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL;
+            dom.backup_begin(&backup_xml, Some(&checkpoint_xml), reuse)
         })
         .inspect_err(|_| remove_socket_dir(&rec.uuid))?;
         Ok(PullJob {

@@ -432,6 +432,7 @@ impl LiveRun {
     /// End libvirt's job and remove its scratch folder.
     fn end(&self, catalog: &Catalog, record: &BackupRecord) -> Result<()> {
         let ended = live::end_pull_job(&self.dom);
+        ::log::debug!("backup {}: libvirt's pull-mode job ended", record.uuid);
         catalog.remove_scratch(&record.uuid);
         live::remove_socket_dir(&record.uuid);
         ended
@@ -700,20 +701,33 @@ fn open_source(
         }
         From::Export(i) => {
             let live = live.ok_or_else(|| Error::internal("an export without a pull job"))?;
-            let client = live.pull.connect(i)?;
-            if client.size() != d.virtual_size {
+            // One connection per reader thread of the copy engine.
+            let clients = (0..copy::READERS)
+                .map(|_| live.pull.connect(i))
+                .collect::<Result<Vec<_>>>()?;
+            let size = clients[0].size();
+            if size != d.virtual_size {
                 return Err(Error::operation_failed(format!(
-                    "the disk is {} bytes in libvirt's backup job, {} when the backup was planned",
-                    client.size(),
+                    "the disk is {size} bytes in libvirt's backup job, {} when the backup was planned",
                     d.virtual_size
                 )));
             }
             // The checkpoint's bitmap marks the changes: only those are read.
             let dirty = match parent {
-                Some(p) => Some(bitmap::changed_ranges(&client, d.virtual_size, p.size())?),
+                Some(p) => Some(bitmap::changed_ranges(&clients[0], size, p.size())?),
                 None => None,
             };
-            Ok((Source::Nbd(Box::new(client)), dirty))
+            ::log::debug!(
+                "disk '{}': reading libvirt's export '{}' over {} connections{}",
+                d.name,
+                i,
+                copy::READERS,
+                dirty.as_ref().map_or(String::new(), |r| format!(
+                    ", {} bytes the checkpoint's bitmap marks",
+                    r.iter().map(|(_, l)| l).sum::<u64>()
+                ))
+            );
+            Ok((Source::nbd(clients)?, dirty))
         }
     }
 }
@@ -737,7 +751,9 @@ fn copy_disk(
             IndexWriter::create_delta(index_path, d.virtual_size, parent_index.as_deref())?;
         copy::copy_changes(&src, &dst, &job.progress, baseline, &mut index, dirty.as_deref())?;
         index.finish()?;
-        dst.finish(&d.target)
+        dst.finish(&d.target)?;
+        ::log::debug!("disk '{}': copied", d.name);
+        Ok::<(), Error>(())
     })()
     .map_err(|mut e| {
         e.message = format!("disk '{}': {}", d.name, e.message);
