@@ -429,9 +429,22 @@ impl LiveRun {
             .inspect_err(|_| catalog.remove_scratch(&record.uuid))
     }
 
+    /// Run `call` on the domain; if the connection to libvirt broke (the
+    /// daemon was restarted during the copy), once more on the domain
+    /// opened again, so that the job and checkpoint are still ended.
+    fn on_domain<T>(&self, record: &BackupRecord, call: impl Fn(&DomainRef) -> Result<T>) -> Result<T> {
+        call(&self.dom).or_else(|e| {
+            let Ok(dom) = crate::hv::libvirt::open_domain(&record.uri, &record.domain_uuid) else {
+                return Err(e);
+            };
+            ::log::info!("the connection to libvirt broke ({}): trying again on a new one", e.message);
+            call(&dom)
+        })
+    }
+
     /// End libvirt's job and remove its scratch folder.
     fn end(&self, catalog: &Catalog, record: &BackupRecord) -> Result<()> {
-        let ended = live::end_pull_job(&self.dom);
+        let ended = self.on_domain(record, live::end_pull_job);
         ::log::debug!("backup {}: libvirt's pull-mode job ended", record.uuid);
         catalog.remove_scratch(&record.uuid);
         live::remove_socket_dir(&record.uuid);
@@ -446,7 +459,7 @@ impl LiveRun {
         );
         if let Some(cp) = &record.checkpoint {
             crate::warn_if_err!(
-                live::remove_checkpoint(&self.dom, cp),
+                self.on_domain(record, |d| live::remove_checkpoint(d, cp)),
                 "cannot remove checkpoint '{cp}'"
             );
         }
