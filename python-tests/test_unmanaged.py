@@ -122,11 +122,12 @@ def test_inactive_qemu_domain_storage_daemon(qenv):
     unix = Nbd(socket=env.path("off.sock"))
     ex = env.start_unmanaged(dom, unmanaged_xml(unix, parent=pu))
     # The bitmap of the parent's checkpoint, in the image.
-    assert export_of(ex) == ({"transport": "unix", "socket": unix.socket}, {"vda": ("vda", pu)})
+    cp = "libvirt-backup-" + pu
+    assert export_of(ex) == ({"transport": "unix", "socket": unix.socket}, {"vda": ("vda", cp)})
     check_running(ex, dom)
     got = nbd_copy(unix.uri("vda"), env.path("got.raw"))
     assert_byte_exact(got, "raw", then, "qcow2")
-    assert nbd_dirty(unix.uri("vda"), pu) == [(2 * MiB, K64)]
+    assert nbd_dirty(unix.uri("vda"), cp) == [(2 * MiB, K64)]
     assert lib.virDomainBackupFinishJob(ex, 0) == 0
     check_ended(env, ex, unix, STATE_COMPLETED)
 
