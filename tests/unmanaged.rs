@@ -183,7 +183,7 @@ fn inactive_qemu_domain_exports_the_bitmap_of_a_live_parent() {
     );
     let bk = Backup::start_unmanaged(&qd.dom, &xml, ExportOptions::default()).unwrap();
     let desc = bk.xml_desc().unwrap();
-    let bitmap = parent.uuid.to_string();
+    let bitmap = format!("libvirt-backup-{}", parent.uuid);
     assert!(desc.contains(&format!("exportbitmap='{bitmap}'")), "{desc}");
     let uri = unix_uri("vda", &sock);
     let got = nbd_copy(&uri, "umi-got.raw");
