@@ -143,3 +143,48 @@ def test_checkpoints_of_other_tools_are_left_alone(qenv, big_qcow2):
     delete(full)
     delete(inc)
     assert dom.checkpoints() == ["virtnbdbackup.0"]
+
+
+def hmp(dom, cmd):
+    """An HMP command on the domain's monitor; its output (errors included)."""
+    return subprocess.run(["virsh", "-c", "qemu:///system", "qemu-monitor-command", dom.name,
+                           "--hmp", cmd], capture_output=True, text=True).stdout
+
+
+def test_scratch_files_disk_full(qenv, big_qcow2, monkeypatch):
+    """The catalog (where QEMU keeps what the guest overwrites during the
+    backup) on a 48 MiB file system while the guest overwrites 64 MiB the
+    copy has not reached yet. QEMU then either fails the backup job (the
+    library's copy fails, nothing is recorded) or refuses the guest's
+    write (the backup is still one point in time): never a completed
+    backup mixing the two."""
+    env = qenv
+    catalog = env.path("small-catalog")
+    os.makedirs(catalog)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", catalog],
+                   check=True)
+    try:
+        monkeypatch.setenv("LIBVIRT_BACKUP_DIR", catalog)
+        env.catalog = catalog
+        dom = big_domain(env, big_qcow2, "sf")
+        vda = dom.disks[0][1]
+        then = live_snapshot(vda, "qcow2", env.path("sf-then.qcow2"), base=big_qcow2)
+        target = env.path("sf-full.qcow2")
+        b, u = started(env, dom, target)
+        out = hmp(dom, 'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend '
+                       '"write -P 0x77 1024M 64M"')
+        rc = lib.virDomainBackupFinishJob(b, 0)
+        if rc == 0:
+            # QEMU kept the point in time at the guest's expense.
+            assert "rror" in out, f"the guest's write went through: {out!r}"
+            assert_byte_exact(target, "qcow2", then, "qcow2")
+            delete(b)
+        else:
+            expect_error(VIR_ERR_OPERATION_FAILED)
+            assert_nothing_left(env, dom, u, target)
+        assert not dom.job_active()
+        assert scratch_folders(env) == []
+        next_backup_works(env, dom, big_qcow2, "sf")
+        dom.stop()
+    finally:
+        subprocess.run(["umount", "-l", catalog], check=False)

@@ -122,9 +122,7 @@ fn unusable_checkpoints_fall_back_to_full_copies() {
     assert!(identical(&irec.disks[0].target, "qcow2", &ta, "raw"));
 
     // The checkpoint deleted behind the library's back.
-    qd.dom
-        .delete_checkpoint(&cp(&inc), false)
-        .unwrap();
+    qd.dom.delete_checkpoint(&cp(&inc), false).unwrap();
     let err = Backup::create(&qd.dom, &child_xml(&inc), WAIT_NO_FALLBACK).unwrap_err();
     assert!(err.message.contains("no longer exists"), "{err:?}");
     let after = Backup::create(&qd.dom, &child_xml(&inc), WAIT).unwrap();

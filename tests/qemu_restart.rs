@@ -35,7 +35,11 @@ fn restart_libvirtd() {
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/start-libvirtd.sh");
     let out = Command::new("sh").arg(script).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn scratch_folders() -> Vec<String> {
@@ -59,7 +63,11 @@ fn libvirtd_restarted_mid_copy() {
     let then = snapshot(&a, "qcow2", "rs-then.raw");
 
     let b = Backup::create(&qd.dom, "<domainbackup/>", CreateOptions::default()).unwrap();
-    assert_eq!(b.finish_job(FinishMode::Check).unwrap(), 1, "the job ended at once");
+    assert_eq!(
+        b.finish_job(FinishMode::Check).unwrap(),
+        1,
+        "the job ended at once"
+    );
     restart_libvirtd();
     let outcome = b.finish_job(FinishMode::Wait);
 

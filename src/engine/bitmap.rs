@@ -65,7 +65,11 @@ pub fn dirty_ranges(
 /// The ranges the export's dirty bitmap (negotiated at connect) marks,
 /// widened to whole digest chunks and merged, plus everything past
 /// `parent_size` (a disk that grew: the parent had nothing there).
-pub(crate) fn changed_ranges(c: &NbdClient, size: u64, parent_size: u64) -> Result<Vec<(u64, u64)>> {
+pub(crate) fn changed_ranges(
+    c: &NbdClient,
+    size: u64,
+    parent_size: u64,
+) -> Result<Vec<(u64, u64)>> {
     let mut runs = query(c, size.min(parent_size))?;
     let tail = parent_size / DIGEST_CHUNK * DIGEST_CHUNK;
     if tail < size {

@@ -27,7 +27,6 @@ use crate::xml::domain::DomainDisk;
 /// How often the job thread asks libvirt about the job.
 const POLL: Duration = Duration::from_millis(10);
 
-
 /// Whether the library hands this domain's backups to libvirt: a running
 /// domain of the QEMU driver.
 pub(crate) fn is_live(dom: &DomainRef, active: bool) -> Result<bool> {
@@ -360,7 +359,9 @@ fn make_socket_dir(socket: &Path, scratch: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let m = std::fs::symlink_metadata(dir)
                 .map_err(|e| Error::io("cannot read folder", dir, e))?;
-            let ours = m.is_dir() && m.uid() == rustix::process::geteuid().as_raw() && m.mode() & 0o077 == 0;
+            let ours = m.is_dir()
+                && m.uid() == rustix::process::geteuid().as_raw()
+                && m.mode() & 0o077 == 0;
             if ours {
                 Ok(())
             } else {
@@ -455,6 +456,29 @@ pub(crate) fn is_our_pull_job(dom: &DomainRef, scratch: &Path) -> bool {
     root.attr("mode") == Some("pull") && in_scratch
 }
 
+/// End the pull-mode job of a backup whose copy is done, after checking
+/// that it still ran all along: a job that ended on its own (its scratch
+/// file's disk full, QEMU's copy-before-write failing, the domain stopped)
+/// may have served blocks of two points in time, so the backup fails.
+pub(crate) fn finish_pull_job(dom: &DomainRef, scratch: &Path) -> Result<()> {
+    if !dom.is_active()? {
+        return Err(Error::operation_failed(
+            "the domain stopped during the backup",
+        ));
+    }
+    if !dom.job_info(false)?.is_active() || !is_our_pull_job(dom, scratch) {
+        let why = dom
+            .job_info(true)
+            .ok()
+            .and_then(|i| i.error)
+            .unwrap_or_else(|| "no reason given".into());
+        return Err(Error::operation_failed(format!(
+            "libvirt's backup job ended on its own during the copy: {why}"
+        )));
+    }
+    end_pull_job(dom)
+}
+
 /// End a pull-mode job (it runs until aborted) and wait until libvirt has
 /// removed it. Nothing to do when the domain no longer runs.
 pub(crate) fn end_pull_job(dom: &DomainRef) -> Result<()> {
@@ -473,7 +497,11 @@ pub(crate) fn end_pull_job(dom: &DomainRef) -> Result<()> {
 
 /// Run `start` with the guest's file systems frozen (through its agent)
 /// when `quiesce`; they are thawed whatever happens.
-pub(crate) fn quiesced(dom: &DomainRef, quiesce: bool, start: impl FnOnce() -> Result<()>) -> Result<()> {
+pub(crate) fn quiesced(
+    dom: &DomainRef,
+    quiesce: bool,
+    start: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     if !quiesce {
         return start();
     }

@@ -258,7 +258,9 @@ impl Source {
     pub fn nbd(clients: Vec<NbdClient>) -> Result<Source> {
         let size = clients.first().map(NbdClient::size);
         if size.is_none() || clients.iter().any(|c| Some(c.size()) != size) {
-            return Err(Error::internal("NBD connections to one export of different sizes"));
+            return Err(Error::internal(
+                "NBD connections to one export of different sizes",
+            ));
         }
         Ok(Source::Nbd(Box::new(NbdConnections(clients))))
     }

@@ -50,7 +50,12 @@ pub(super) struct DomainClaim {
 impl DomainClaim {
     /// Claim `domain` (`dom`) in `catalog`; with `libvirt` (a running QEMU
     /// domain), libvirt must run no job on it either.
-    pub(super) fn take(catalog: &Catalog, dom: &DomainRef, domain: &Uuid, libvirt: bool) -> Result<Self> {
+    pub(super) fn take(
+        catalog: &Catalog,
+        dom: &DomainRef,
+        domain: &Uuid,
+        libvirt: bool,
+    ) -> Result<Self> {
         let lock = catalog.domain(domain).claim_job()?;
         DomainClaim::check(dom, domain, libvirt)?;
         let id = NEXT.fetch_add(1, Ordering::Relaxed);

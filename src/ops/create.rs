@@ -432,23 +432,45 @@ impl LiveRun {
     /// Run `call` on the domain; if the connection to libvirt broke (the
     /// daemon was restarted during the copy), once more on the domain
     /// opened again, so that the job and checkpoint are still ended.
-    fn on_domain<T>(&self, record: &BackupRecord, call: impl Fn(&DomainRef) -> Result<T>) -> Result<T> {
+    fn on_domain<T>(
+        &self,
+        record: &BackupRecord,
+        call: impl Fn(&DomainRef) -> Result<T>,
+    ) -> Result<T> {
         call(&self.dom).or_else(|e| {
             let Ok(dom) = crate::hv::libvirt::open_domain(&record.uri, &record.domain_uuid) else {
                 return Err(e);
             };
-            ::log::info!("the connection to libvirt broke ({}): trying again on a new one", e.message);
+            ::log::info!(
+                "the connection to libvirt broke ({}): trying again on a new one",
+                e.message
+            );
             call(&dom)
         })
+    }
+
+    /// End libvirt's job of a backup whose copy is done (failing the
+    /// backup if the job did not run all along) and remove its scratch
+    /// folder.
+    fn finish(&self, catalog: &Catalog, record: &BackupRecord) -> Result<()> {
+        let scratch = catalog.scratch_path(&record.uuid);
+        let ended = self.on_domain(record, |d| live::finish_pull_job(d, &scratch));
+        Self::tidy(catalog, record);
+        ended
     }
 
     /// End libvirt's job and remove its scratch folder.
     fn end(&self, catalog: &Catalog, record: &BackupRecord) -> Result<()> {
         let ended = self.on_domain(record, live::end_pull_job);
+        Self::tidy(catalog, record);
+        ended
+    }
+
+    /// Remove the scratch folder (and socket folder) of an ended job.
+    fn tidy(catalog: &Catalog, record: &BackupRecord) {
         ::log::debug!("backup {}: libvirt's pull-mode job ended", record.uuid);
         catalog.remove_scratch(&record.uuid);
         live::remove_socket_dir(&record.uuid);
-        ended
     }
 
     /// End a failed backup's job and remove its checkpoint.
@@ -696,6 +718,9 @@ struct CopySource {
     parent: Option<IndexReader>,
 }
 
+/// Ranges of a disk (offset, length), sorted.
+type Ranges = Vec<(u64, u64)>;
+
 /// The source of a disk and the ranges that may have changed since the
 /// parent (`None`: every range).
 fn open_source(
@@ -703,7 +728,7 @@ fn open_source(
     parent: Option<&IndexReader>,
     d: &DiskRecord,
     live: Option<&LiveRun>,
-) -> Result<(Source, Option<Vec<(u64, u64)>>)> {
+) -> Result<(Source, Option<Ranges>)> {
     match from {
         From::Image(src, bitmap) => {
             let dirty = bitmap.zip(parent).and_then(|((image, name), p)| {
@@ -762,7 +787,14 @@ fn copy_disk(
         let baseline = copy::Baseline::of(parent.as_mut());
         let mut index =
             IndexWriter::create_delta(index_path, d.virtual_size, parent_index.as_deref())?;
-        copy::copy_changes(&src, &dst, &job.progress, baseline, &mut index, dirty.as_deref())?;
+        copy::copy_changes(
+            &src,
+            &dst,
+            &job.progress,
+            baseline,
+            &mut index,
+            dirty.as_deref(),
+        )?;
         index.finish()?;
         dst.finish(&d.target)?;
         ::log::debug!("disk '{}': copied", d.name);
@@ -811,7 +843,7 @@ fn run_copy(
     // The pull job ends before the record says anything: a completed
     // backup leaves no libvirt job behind.
     let copied = match &live {
-        Some(l) if copied.is_ok() => l.end(catalog, &record),
+        Some(l) if copied.is_ok() => l.finish(catalog, &record),
         _ => copied,
     };
     let (result, _guard, lock) = job.settle(catalog, &mut record, copied, lock);

@@ -618,7 +618,10 @@ impl Export {
 fn end_server(dom: &DomainRef, server: &Server) {
     match server {
         Server::Libvirt { scratch } => {
-            crate::warn_if_err!(live::end_pull_job(dom), "cannot stop the pull-mode backup job");
+            crate::warn_if_err!(
+                live::end_pull_job(dom),
+                "cannot stop the pull-mode backup job"
+            );
             crate::warn_if_err!(
                 fs::remove_dir_all(scratch),
                 "cannot remove scratch folder '{}'",

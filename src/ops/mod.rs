@@ -68,7 +68,11 @@ pub(crate) fn ensure_index(catalog: &Catalog, rec: &BackupRecord, disk: &str) ->
     ::log::warn!(
         "backup {} disk '{disk}' has no digest index{}: recording one from its image now; it proves the data reads back, not that it is what the guest had",
         rec.uuid,
-        if made_by_qemu(rec) { " (QEMU wrote it, for an earlier version)" } else { "" }
+        if made_by_qemu(rec) {
+            " (QEMU wrote it, for an earlier version)"
+        } else {
+            ""
+        }
     );
     backup.create_index_dir()?;
     let chain = catalog.recorded_chain(rec, disk)?;

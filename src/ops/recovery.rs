@@ -115,7 +115,11 @@ pub(crate) fn entries(catalog: &Catalog, domain: &Uuid) -> Result<Vec<Entry>> {
 }
 
 /// Current record of a backup, if it is still in the catalog.
-pub(crate) fn reload(catalog: &Catalog, domain: &Uuid, backup: &Uuid) -> Result<Option<BackupRecord>> {
+pub(crate) fn reload(
+    catalog: &Catalog,
+    domain: &Uuid,
+    backup: &Uuid,
+) -> Result<Option<BackupRecord>> {
     catalog.domain(domain).check()?;
     match catalog.backup(domain, backup).record()? {
         Some(rec) if is_orphan(catalog, &rec) => resolve_dead(catalog, &rec),
