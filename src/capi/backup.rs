@@ -16,17 +16,19 @@ use crate::ops::backup::Backup;
 ///
 /// Start a managed backup of @domain's disks. Everything is checked first
 /// (XML, disk names, parent, targets); on any problem nothing is created.
-/// A running QEMU domain is backed up by libvirt (push mode) with one new
-/// libvirt checkpoint per backup, named after the backup's UUID: the backup
-/// holds the disks as they were when this call returned.
+/// A running QEMU domain's disks are served by libvirt's pull-mode backup
+/// job (one new libvirt checkpoint per backup, named
+/// "libvirt-backup-<backup uuid>") and copied by the library: the backup
+/// holds the disks as they were when this call returned. Every backup's
+/// digest index is written as its data is.
 /// VIR_DOMAIN_BACKUP_CREATE_QUIESCE freezes the guest's file systems through
 /// its agent around that moment; without an agent the call fails and
 /// creates nothing. Inactive domains, and domains of drivers without backup
 /// jobs (the test driver), are copied by the library itself.
 /// With a <parent>, each disk is stored as a qcow2 delta whose backing file
 /// is the parent's copy of that disk, holding only the 64 KiB chunks whose
-/// digest differs from the parent's digest index (running QEMU domains: the
-/// blocks the parent's checkpoint bitmap marks). A disk that is new, shrank,
+/// digest differs from the parent's digest index (running QEMU domains:
+/// among the blocks the parent's checkpoint bitmap marks). A disk that is new, shrank,
 /// changed format, or whose parent copy, index or checkpoint is gone or
 /// unusable (a parent taken while the domain was off, a raw disk, a broken
 /// bitmap) is copied in full (backupmode='full');

@@ -11,10 +11,11 @@ use super::{ffi_entry, virDomainBackupPtr};
 /// Re-read every stored block of the completed backup @backup through its
 /// chain (an incremental backup's disks read through their parents' files,
 /// as a restore reads them) and check each 64 KiB chunk against the digest
-/// index recorded at backup time. Synchronous. A backup written by QEMU (of
-/// a running domain) has no index until something first reads it: the first
-/// verification records it from the files, later ones check against it. A
-/// backup the library copied whose index is missing fails with
+/// index recorded at backup time. Synchronous. Only a backup of a running
+/// domain made by an earlier version (QEMU wrote it) has no index: the
+/// first verification records it from the files (and logs a warning),
+/// later ones check against it. Any other backup whose index is missing
+/// fails with
 /// VIR_ERR_OPERATION_FAILED ("the data cannot be verified"): its index is
 /// never rebuilt from the images it should check.
 ///
