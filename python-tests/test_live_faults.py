@@ -188,3 +188,28 @@ def test_scratch_files_disk_full(qenv, big_qcow2, monkeypatch):
         dom.stop()
     finally:
         subprocess.run(["umount", "-l", catalog], check=False)
+
+
+def test_old_live_backup_without_index_gets_one_at_first_verify(qenv, big_qcow2):
+    """A live backup made by an earlier version (QEMU wrote it: no digest
+    index, a checkpoint named after the bare UUID) still verifies: its first
+    verification records the index and says so in the log. The same missing
+    index on a backup of this version is damage: Verify refuses."""
+    env = qenv
+    dom = big_domain(env, big_qcow2, "old")
+    b = env.backup(dom, backup_xml_for({"vda": env.path("old-full.qcow2")}))
+    u = backup_uuid(b)
+    [index] = index_files(env, u)
+    os.unlink(index)
+    assert lib.virDomainBackupVerify(b, 0) == -1
+    expect_error(VIR_ERR_OPERATION_FAILED, "digest index", "is missing")
+
+    [record] = [p for p in catalog_entries_named(env, u) if p.endswith(u + ".xml")]
+    with open(record) as f:
+        text = f.read()
+    assert f"'{cp(u)}'" in text, text
+    with open(record, "w") as f:
+        f.write(text.replace(f"'{cp(u)}'", f"'{u}'"))
+    assert lib.virDomainBackupVerify(b, 0) == 0, lib.virDomainBackupGetLastErrorMessage()
+    assert os.path.exists(index)
+    assert lib.virDomainBackupVerify(b, 0) == 0
