@@ -579,6 +579,14 @@ void print_cells(const char *label, const char *ours, const char *peer,
     fflush(stdout);
 }
 
+/* The main table's header (the live rows print it again after the copy rows). */
+void print_header(void)
+{
+    print_cells("row", "ours", "peer", "ratio", "target", "notes");
+    print_cells("--------------------------------------------------------", "----------",
+                "----------", "-------", "--------", "-----");
+}
+
 /* "n/a" for NA, else @v in @fmt; into @buf. */
 static const char *cell(char *buf, size_t size, const char *fmt, double v)
 {
@@ -849,9 +857,7 @@ int main(int argc, char **argv)
 
     printf("libvirt-backup benchmark: %ld MiB disk, %ld%% data, best of %d runs%s\n\n",
            size_mb, data_pct, runs, live_summary());
-    print_cells("row", "ours", "peer", "ratio", "target", "notes");
-    print_cells("--------------------------------------------------------", "----------",
-                "----------", "-------", "--------", "-----");
+    print_header();
     for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]) && env_long("BENCH_MAIN", 1); r++)
         for (size_t i = 0; i < ndisks; i++)
             bench_row(&rows[r], &disks[i]);

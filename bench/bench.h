@@ -66,6 +66,7 @@ void forget(virDomainBackupPtr *b);
 double full_ours(struct disk *d);
 double incr_ours(struct disk *d);
 void bench_row(const struct row *r, struct disk *d);
+void print_header(void);
 void print_cells(const char *label, const char *ours, const char *peer,
                  const char *ratio, const char *target, const char *notes);
 void rss_row(const char *uri, const char *domain, const char *fmt, const char *src,

@@ -339,10 +339,10 @@ static void run_copy_row(const struct copy_row *r, struct copy_src *s, int runs)
     snprintf(cells[1], 32, "%.3f/%.3f", mb, minimum(tb, runs));
     snprintf(cells[2], 32, "%.2fx", ma / mb);
     snprintf(cells[3], 32, "<= %.1fx", r->target);
-    snprintf(notes, sizeof(notes), "%s; min ratio %.2fx; cache +%.0f MiB (peer +%.0f)",
+    snprintf(notes, sizeof(notes), "%s; min ratio %.2fx; cache %+.0f MiB (peer %+.0f)",
              wrong ? "MISMATCH" : ma / mb <= r->target ? "met" : "MISSED",
              minimum(ta, runs) / minimum(tb, runs), median(ca, runs), median(cb, runs));
-    printf("| %-60s | %13s | %13s | %6s | %7s | %s\n", label, cells[0], cells[1], cells[2],
+    printf("| %-64s | %13s | %13s | %6s | %7s | %s\n", label, cells[0], cells[1], cells[2],
            cells[3], notes);
     fflush(stdout);
 }
@@ -360,7 +360,7 @@ int copy_rows(virConnectPtr conn)
     runs = runs < 1 ? 1 : runs > COPY_MAX_RUNS ? COPY_MAX_RUNS : runs;
     printf("\ncopy engine: raw sources of 2x their data, median/min of %d runs "
            "(seconds), ratio of medians\n\n", runs);
-    printf("| %-60s | %13s | %13s | %6s | %7s | %s\n", "row", "ours med/min", "peer med/min",
+    printf("| %-64s | %13s | %13s | %6s | %7s | %s\n", "row", "ours med/min", "peer med/min",
            "ratio", "target", "notes");
     for (int l = CONTIGUOUS; l <= SPARSE; l++) {
         if (only && !strstr(only, layout_names[l]))
