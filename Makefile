@@ -135,7 +135,9 @@ bench:
 	@rm -rf $(BUILD)/bench-catalog
 	LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog $(BUILD)/bench; \
 	    rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
-	@# The digest index rows (delta chains), from a Rust bench test.
+	@# The digest index at write time vs the same copy without it, then the
+	@# digest index rows (delta chains), from Rust bench tests.
+	$(CARGO) test --release --locked --test copy_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 	$(CARGO) test --release --locked --test index_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 	@# Instant restore next to a full one (QEMU domain on qemu:///system).
 	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then \

@@ -6,7 +6,7 @@
  * library copies the data itself). For each source, one row per question:
  *
  *  1. full backup (CREATE_WAIT) vs `qemu-img convert -O qcow2` + sync of
- *     the same image;
+ *     the same image (target <= 0.8x);
  *  2. incremental backup (parent: that full backup) after 1% of the data
  *     changed vs that full backup (ours vs ours); the notes give the
  *     incremental's bytes.written;
@@ -18,21 +18,40 @@
  *     changed vs a full rewrite, `qemu-img convert -n` + sync of the same
  *     content over the disk.
  *
- * Then, on one running QEMU domain (qemu:///system, TCG, no guest OS; see
- * live.c), whose virtio qcow2 disk libvirt backs up in push mode:
+ * Then the memory rows (BENCH_RSS=0 skips them): a full backup of each of
+ * those disks in a child process (this program again, `bench rss-child`),
+ * on its own test:///default; the row shows the child's peak RSS over the
+ * backup (VmHWM, reset through /proc/self/clear_refs just before it) less
+ * its RSS before it, against 64 MiB per disk-copy.
  *
- *  5. full backup vs the same push-mode backup driven by hand through
- *     libvirt (virDomainBackupBegin with a checkpoint, job polled);
- *  6. full backup vs `virtnbdbackup -l full` (pull mode over NBD);
- *  7. incremental backup after 1% of the data changed vs that full backup;
+ * Then, on one running QEMU domain (qemu:///system, TCG, no guest OS; see
+ * live.c), whose virtio qcow2 disk the library backs up through libvirt's
+ * pull mode (libvirt's backup job exports the disk over NBD; the library
+ * reads it with its own client, writes the target and the digest index, and
+ * fsyncs the target before the backup completes):
+ *
+ *  5. full backup vs libvirt's push-mode backup driven by hand
+ *     (virDomainBackupBegin with a checkpoint, job polled; QEMU writes the
+ *     target) + an fdatasync of its target, as ours is durable when it
+ *     completes; the notes give the peer's time without the fdatasync
+ *     (target <= 1.0x);
+ *  6. full backup vs `virtnbdbackup -l full` (pull mode over NBD too;
+ *     target <= 0.33x, 3x faster);
+ *  7. incremental backup after 1% of the data changed vs that full backup
+ *     (target <= 0.08x);
+ *     then the memory row of a full backup of the running domain, in a
+ *     child process as above (the reads over NBD happen in it);
  *  8. the domain shut off, 1% changed offline (qemu-io on its image): an
  *     incremental through the checkpoint's persistent bitmap vs the same
  *     with the bitmap disabled (every chunk compared with the digests).
  *
  * Then the copy engine's rows (copy.c: data layouts x sizes, medians and
- * minima, page-cache growth, raw targets, an O_DIRECT dd peer) and the
- * digest index rows (tests/index_bench.rs: a 30-deep delta chain read vs a
- * flat index, a year of daily incrementals' index size).
+ * minima, page-cache growth, raw targets, an O_DIRECT dd peer), the cost of
+ * the digest index at write time (tests/copy_bench.rs: the same copy with
+ * and without hashing and the index file, target <= 1.10x) and the digest
+ * index rows (tests/index_bench.rs: a 30-deep delta chain read vs a flat
+ * index, a year of daily incrementals' index size); `make bench` runs the
+ * two Rust bench tests after this program.
  *
  * "1% changed" is 1% of the data, written by qemu-io as 64 KiB blocks spread
  * evenly over the disk, with a new pattern byte each time (on the running
@@ -56,10 +75,11 @@
  * BENCH_DATA_PCT (share of the disk holding data, default 50),
  * BENCH_RUNS (default 4), BENCH_DIR (parent of the work folder, default
  * /var/tmp), BENCH_VERBOSE (print every run), BENCH_LIVE_SIZE_MB (the
- * running domain's disk, default 2048), BENCH_LIVE=0 (skip rows 5-7; by
+ * running domain's disk, default 2048), BENCH_LIVE=0 (skip rows 5-8; by
  * default they run and an unreachable libvirtd is an error), BENCH_MAIN=0
- * (skip rows 1-4), and the copy engine's rows' knobs (see copy.c:
- * BENCH_COPY_MAX_MB, BENCH_COPY_RUNS, BENCH_COPY_LAYOUTS).
+ * (skip rows 1-4), BENCH_RSS=0 (skip the memory rows), and the copy
+ * engine's rows' knobs (see copy.c: BENCH_COPY_MAX_MB, BENCH_COPY_RUNS,
+ * BENCH_COPY_LAYOUTS).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -71,6 +91,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -157,10 +178,11 @@ double timed_sh(const char *fmt, ...)
     return t0;
 }
 
-static void fsync_path(const char *path)
+/* fsync() @path (fdatasync() if @data_only); exit on failure. */
+void fsync_path(const char *path, int data_only)
 {
     int fd = open(path, O_RDONLY);
-    if (fd < 0 || fsync(fd) < 0)
+    if (fd < 0 || (data_only ? fdatasync(fd) : fsync(fd)) < 0)
         die(path);
     close(fd);
 }
@@ -368,7 +390,7 @@ static double restore(struct disk *d, const char *disks, unsigned int flags, con
         snprintf(d->note, sizeof(d->note), "n/a (%s)", msg);
         t0 = NA;
     } else {
-        fsync_path(written);
+        fsync_path(written, 0);
         t0 = now() - t0;
     }
     free(xml);
@@ -542,7 +564,7 @@ static int verify_inplace(struct disk *d)
 }
 
 static const struct row rows[] = {
-    { "full backup vs qemu-img convert", 1.1, NULL, full_ours, full_peer, verify_leaf },
+    { "full backup vs qemu-img convert + sync", 0.8, NULL, full_ours, full_peer, verify_leaf },
     { "incremental, 1% changed, vs full backup", 0.2, NULL, incr_ours, NULL, verify_leaf },
     { "restore 5-deep chain vs convert of leaf", 1.1, extend_chain, chain_ours, chain_peer,
       verify_restored },
@@ -550,11 +572,19 @@ static const struct row rows[] = {
       verify_inplace },
 };
 
-static void print_cells(const char *label, const char *ours, const char *peer,
-                        const char *ratio, const char *target, const char *notes)
+void print_cells(const char *label, const char *ours, const char *peer,
+                 const char *ratio, const char *target, const char *notes)
 {
-    printf("| %-48s | %10s | %10s | %7s | %8s | %s\n", label, ours, peer, ratio, target, notes);
+    printf("| %-56s | %10s | %10s | %7s | %8s | %s\n", label, ours, peer, ratio, target, notes);
     fflush(stdout);
+}
+
+/* The main table's header (the live rows print it again after the copy rows). */
+void print_header(void)
+{
+    print_cells("row", "ours", "peer", "ratio", "target", "notes");
+    print_cells("--------------------------------------------------------", "----------",
+                "----------", "-------", "--------", "-----");
 }
 
 /* "n/a" for NA, else @v in @fmt; into @buf. */
@@ -651,6 +681,136 @@ static void exit_on_signals(void)
     sigaction(SIGHUP, &sa, NULL);
 }
 
+/* Memory rows: one full backup in a child process, its peak RSS. */
+
+/* A "Vm...:" field of /proc/self/status, in KiB (-1 if absent). */
+static long status_kib(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    if (!f)
+        die("/proc/self/status");
+    while (fgets(line, sizeof(line), f))
+        if (!strncmp(line, field, strlen(field)) && sscanf(line + strlen(field), "%ld", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+/*
+ * The child (`bench rss-child URI DOMAIN TARGET FMT SOURCE`): connect to
+ * URI, define DOMAIN (a domain XML, for test:///default) or look it up (a
+ * name), reset the peak RSS (5 into /proc/self/clear_refs), back vda up
+ * into TARGET (CREATE_WAIT), and print "RSS-before peak-RSS" in KiB and
+ * the backup's seconds on stdout; then check the backup against SOURCE
+ * (format FMT) and delete it. Exit 0 if the backup was right.
+ */
+static int rss_child(char **argv)
+{
+    const char *uri = argv[0], *domain = argv[1], *target = argv[2];
+    char *xml = xprintf("<domainbackup><disks><disk name='vda'><target file='%s'/>"
+                        "<driver type='qcow2'/></disk></disks></domainbackup>", target);
+    virConnectPtr c = virConnectOpen(uri);
+    virDomainPtr dom;
+    virDomainBackupPtr b;
+    long before;
+    int fd, rc;
+    double t0;
+    if (!c)
+        die(uri);
+    dom = strchr(domain, '<') ? virDomainDefineXML(c, domain) : virDomainLookupByName(c, domain);
+    if (!dom)
+        die("the memory row's domain");
+    sync();
+    before = status_kib("VmRSS:");
+    if ((fd = open("/proc/self/clear_refs", O_WRONLY)) >= 0) {
+        if (write(fd, "5", 1) != 1)
+            fprintf(stderr, "bench: could not reset the peak RSS: %s\n", strerror(errno));
+        close(fd);
+    }
+    t0 = now();
+    if (!(b = virDomainBackupCreateXML(dom, xml, VIR_DOMAIN_BACKUP_CREATE_WAIT)))
+        die("virDomainBackupCreateXML");
+    t0 = now() - t0;
+    printf("%ld %ld %.3f\n", before, status_kib("VmHWM:"), t0);
+    fflush(stdout);
+    rc = compare(argv[3], argv[4], "qcow2", target);
+    if (virDomainBackupDelete(b, 0) < 0)
+        die("virDomainBackupDelete");
+    virDomainBackupFree(b);
+    if (strchr(domain, '<') && virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_BACKUP) < 0)
+        die("virDomainUndefineFlags");
+    virDomainFree(dom);
+    virConnectClose(c);
+    free(xml);
+    return rc ? 1 : 0;
+}
+
+/*
+ * A memory row: a full backup of @domain's vda (see rss_child) on @uri in a
+ * child process; its peak RSS over the backup less its RSS before. @src
+ * (@fmt) holds what the backup must hold; @d names the row and gets its note.
+ */
+void rss_row(const char *uri, const char *domain, const char *fmt, const char *src,
+             struct disk *d)
+{
+    char *target = fresh_file(d, "rss"), label[96], mib[32], notes[300];
+    long before = 0, peak = 0;
+    double t = 0, grew;
+    int fds[2], st, got;
+    pid_t pid;
+    FILE *f;
+    if (pipe(fds) < 0)
+        die("pipe");
+    fflush(NULL);
+    if ((pid = fork()) < 0)
+        die("fork");
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execl("/proc/self/exe", "bench", "rss-child", uri, domain, target, fmt, src, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    if (!(f = fdopen(fds[0], "r")))
+        die("fdopen");
+    got = fscanf(f, "%ld %ld %lf", &before, &peak, &t) == 3;
+    fclose(f);
+    if (waitpid(pid, &st, 0) < 0)
+        die("waitpid");
+    if (!got || !WIFEXITED(st) || (WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 1)) {
+        fprintf(stderr, "bench: the memory row's child failed (status %d)\n", st);
+        exit(1);
+    }
+    mismatches += WEXITSTATUS(st) != 0;
+    grew = (peak - before) / 1024.0;
+    snprintf(label, sizeof(label), "memory per disk-copy, peak RSS (%s)", d->name);
+    snprintf(mib, sizeof(mib), "%.1f MiB", grew);
+    snprintf(notes, sizeof(notes), "%s; full backup of a %ld MiB disk in a child process, "
+             "%.3f s; RSS %.1f MiB before, peak %.1f MiB",
+             WEXITSTATUS(st) ? "MISMATCH (result differs from the source)"
+             : grew <= RSS_TARGET_MIB ? "met" : "MISSED",
+             d->size_mb, t, before / 1024.0, peak / 1024.0);
+    print_cells(label, mib, "-", "-", "<=" XSTR(RSS_TARGET_MIB) " MiB", notes);
+    free(target);
+}
+
+/* The memory rows of the offline disks: each defined anew in the child's
+ * own test:///default (the driver's state is per process). */
+static void offline_rss_rows(struct disk *disks, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *xml = xprintf("<domain type='test'><name>bench-rss-%s</name><memory>65536</memory>"
+                            "<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
+                            "<driver name='qemu' type='%s'/><source file='%s'/><target dev='vda'/>"
+                            "</disk></devices></domain>", disks[i].fmt, disks[i].fmt, disks[i].src);
+        rss_row("test:///default", xml, disks[i].fmt, disks[i].src, &disks[i]);
+        free(xml);
+    }
+}
+
 static void make_workdir(void)
 {
     const char *parent = getenv("BENCH_DIR") && *getenv("BENCH_DIR") ? getenv("BENCH_DIR") : "/var/tmp";
@@ -660,13 +820,16 @@ static void make_workdir(void)
     atexit(remove_workdir);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     struct disk disks[] = { { .name = "raw", .fmt = "raw", .write = write_image },
                             { .name = "qcow2", .fmt = "qcow2", .write = write_image } };
     const size_t ndisks = sizeof(disks) / sizeof(disks[0]);
     virConnectPtr conn;
     struct rusage ru;
+
+    if (argc == 7 && !strcmp(argv[1], "rss-child"))
+        return rss_child(argv + 2);
 
     size_mb = env_long("BENCH_SIZE_MB", 2048);
     data_pct = env_long("BENCH_DATA_PCT", 50);
@@ -694,12 +857,12 @@ int main(void)
 
     printf("libvirt-backup benchmark: %ld MiB disk, %ld%% data, best of %d runs%s\n\n",
            size_mb, data_pct, runs, live_summary());
-    print_cells("row", "ours", "peer", "ratio", "target", "notes");
-    print_cells("------------------------------------------------", "----------",
-                "----------", "-------", "--------", "-----");
+    print_header();
     for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]) && env_long("BENCH_MAIN", 1); r++)
         for (size_t i = 0; i < ndisks; i++)
             bench_row(&rows[r], &disks[i]);
+    if (env_long("BENCH_RSS", 1))
+        offline_rss_rows(disks, ndisks);
     mismatches += copy_rows(conn);
     /* The whole process: the copies ran in it, with their bounded buffers
      * (the live rows' copies run in QEMU). */

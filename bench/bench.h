@@ -10,6 +10,9 @@
 #define MiB (1024LL * 1024)
 #define CHUNK (64 * 1024LL)   /* size and alignment of the scattered writes */
 #define NA (-1.0)             /* a timing that could not be taken */
+#define RSS_TARGET_MIB 64     /* memory rows: peak RSS over one disk's backup */
+#define STR(x) #x
+#define XSTR(x) STR(x)
 
 /* One source image, its domain, and the backups made of it so far. */
 struct disk {
@@ -50,6 +53,7 @@ char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 double timed_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 long long *spaced(long long n, long long stride, long long first);
+void fsync_path(const char *path, int data_only);
 void qemu_io_writes(const char *fmt, const char *path, int pattern,
                     const long long *offsets, long long n, long long len);
 int compare(const char *fmt_a, const char *a, const char *fmt_b, const char *b);
@@ -62,6 +66,11 @@ void forget(virDomainBackupPtr *b);
 double full_ours(struct disk *d);
 double incr_ours(struct disk *d);
 void bench_row(const struct row *r, struct disk *d);
+void print_header(void);
+void print_cells(const char *label, const char *ours, const char *peer,
+                 const char *ratio, const char *target, const char *notes);
+void rss_row(const char *uri, const char *domain, const char *fmt, const char *src,
+             struct disk *d);
 
 /* copy.c: the copy engine's rows (layouts x sizes); rows that gave a wrong result. */
 int copy_rows(virConnectPtr conn);

@@ -11,7 +11,8 @@ use crate::image::buffer::AlignedBuf;
 use crate::image::disk::{Chain, Source, Target};
 use crate::job::Progress;
 use crate::store::index::{
-    DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, ZERO_DIGEST, digest,
+    DIGEST_CHUNK, Digest, DigestSink, IndexReader, IndexWriter, UNHASHED, ZERO_DIGEST, digest,
+    is_zero,
 };
 use crate::xml::backup::DiskFormat;
 
@@ -191,15 +192,18 @@ impl Window {
         })
     }
 
-    fn hash(&mut self) {
+    /// The digest of each chunk; without `hash`, only zeroes told from
+    /// data ([`UNHASHED`]).
+    fn hash(&mut self, hash: bool) {
         self.clean.clear();
         self.sums.clear();
         for start in (0..self.len).step_by(DIGEST_CHUNK as usize) {
-            let end = (start + DIGEST_CHUNK as usize).min(self.len);
-            self.sums.push(if self.has_data {
-                digest(&self.buf[start..end])
-            } else {
-                ZERO_DIGEST
+            let chunk = &self.buf[start..(start + DIGEST_CHUNK as usize).min(self.len)];
+            self.sums.push(match (self.has_data, hash) {
+                (false, _) => ZERO_DIGEST,
+                (true, true) => digest(chunk),
+                (true, false) if is_zero(chunk) => ZERO_DIGEST,
+                (true, false) => UNHASHED,
             });
         }
     }
@@ -237,11 +241,11 @@ const WINDOWS_PER_READER: usize = 2;
 /// Call `use_window` on each window of `src` in order, while reader
 /// threads read and hash the next ones. Cancel is checked per window.
 /// Reader `r` of `n`'s share of the copy: every `n`-th window, filled
-/// into the buffers the consumer hands back.
+/// into the buffers the consumer hands back, hashed if `hash`.
 fn read_windows(
     src: &Source,
     (r, n): (usize, usize),
-    dirty: Option<&[(u64, u64)]>,
+    (dirty, hash): (Option<&[(u64, u64)]>, bool),
     free_rx: &std::sync::mpsc::Receiver<Window>,
     full_tx: &std::sync::mpsc::SyncSender<Result<Window>>,
     pacer: Option<background::Pacer>,
@@ -261,7 +265,7 @@ fn read_windows(
             Some(runs) => w.fill_dirty(src, runs).map(|()| w),
             None => fill_paced(src, &mut w.buf[..w.len], offset, pacer.as_ref()).map(|has_data| {
                 w.has_data = has_data;
-                w.hash();
+                w.hash(hash);
                 w
             }),
         };
@@ -281,14 +285,15 @@ fn for_each_window(
     progress: &Progress,
     use_window: impl FnMut(&Window) -> Result<()>,
 ) -> Result<()> {
-    for_each_window_of(src, progress, None, use_window)
+    for_each_window_of(src, progress, (None, true), use_window)
 }
 
-/// [`for_each_window`], reading only the chunks `dirty` touches if given.
+/// [`for_each_window`], reading only the chunks `dirty` touches if given
+/// (and hashing them), else every chunk, hashed if `hash`.
 fn for_each_window_of(
     src: &Source,
     progress: &Progress,
-    dirty: Option<&[(u64, u64)]>,
+    (dirty, hash): (Option<&[(u64, u64)]>, bool),
     mut use_window: impl FnMut(&Window) -> Result<()>,
 ) -> Result<()> {
     use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
@@ -306,7 +311,9 @@ fn for_each_window_of(
             full.push(full_rx);
             free.push(free_tx);
             let pacer = background::pacer();
-            scope.spawn(move || read_windows(src, (r, n), dirty, &free_rx, &full_tx, pacer));
+            scope.spawn(move || {
+                read_windows(src, (r, n), (dirty, hash), &free_rx, &full_tx, pacer)
+            });
         }
         let result = (|| {
             let windows = size.div_ceil(COPY_CHUNK);
@@ -344,7 +351,8 @@ pub fn copy_image(
 
 /// [`copy_image`] where a dirty bitmap tells which chunks may differ from
 /// `baseline` (sorted, chunk-aligned runs): only those are read; the
-/// others keep the parent's digest.
+/// others keep the parent's digest. A copy whose `index` drops the
+/// digests and that compares against no parent index does not hash.
 pub fn copy_changes(
     src: &Source,
     dst: &Target,
@@ -359,7 +367,8 @@ pub fn copy_changes(
         progress,
         run: None,
     };
-    for_each_window_of(src, progress, dirty, |win| {
+    let hash = index.wants_digests() || matches!(baseline, Baseline::Index(_));
+    for_each_window_of(src, progress, (dirty, hash), |win| {
         let buf = &win.buf;
         for (k, (start, end, d)) in win.digests().enumerate() {
             let old = match &mut baseline {

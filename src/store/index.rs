@@ -716,7 +716,19 @@ pub fn parent_of(path: &Path) -> Result<Option<PathBuf>> {
 pub trait DigestSink {
     /// Take the digest of the copy's next chunk.
     fn push(&mut self, d: &Digest) -> Result<()>;
+
+    /// Whether the digests are used. A copy into a sink that drops them,
+    /// and that compares against no parent index, does not hash: it only
+    /// tells zeroes from data, and pushes [`UNHASHED`] for each chunk of
+    /// data.
+    fn wants_digests(&self) -> bool {
+        true
+    }
 }
+
+/// What a copy that does not hash pushes for a chunk holding data (never
+/// equal to [`ZERO_DIGEST`]).
+pub const UNHASHED: Digest = [0xff; 32];
 
 impl DigestSink for IndexWriter {
     fn push(&mut self, d: &Digest) -> Result<()> {
@@ -730,6 +742,10 @@ pub struct NoDigests;
 impl DigestSink for NoDigests {
     fn push(&mut self, _: &Digest) -> Result<()> {
         Ok(())
+    }
+
+    fn wants_digests(&self) -> bool {
+        false
     }
 }
 
