@@ -212,7 +212,7 @@ impl Window {
 /// Threads that read and hash windows, taking turns: on two cores reading
 /// (a copy out of the page cache, or a disk read) and hashing of the next
 /// windows overlap each other and the use of the current one.
-pub(crate) const READERS: usize = 2;
+const READERS: usize = 2;
 
 thread_local! {
     /// Set on the workers of a backup that copies several disks at once.
@@ -228,10 +228,10 @@ pub fn share_cores(sharing: bool) {
     SHARING_CORES.with(|c| c.set(sharing));
 }
 
-fn readers() -> usize {
+fn readers(src: &Source) -> usize {
     match SHARING_CORES.with(|c| c.get()) {
         true => 1,
-        false => READERS,
+        false => src.readers().unwrap_or(READERS),
     }
 }
 /// Buffers per reader: one being filled, one waiting. With the one in use,
@@ -301,7 +301,7 @@ fn for_each_window_of(
     let mut full: Vec<Receiver<Result<Window>>> = Vec::new();
     let mut free: Vec<Sender<Window>> = Vec::new();
     std::thread::scope(|scope| {
-        let n = readers();
+        let n = readers(src);
         for r in 0..n {
             let (full_tx, full_rx) = sync_channel::<Result<Window>>(WINDOWS_PER_READER);
             let (free_tx, free_rx) = channel::<Window>();

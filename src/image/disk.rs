@@ -265,6 +265,17 @@ impl Source {
         Ok(Source::Nbd(Box::new(NbdConnections(clients))))
     }
 
+    /// How many threads should read it at once, when that is not the copy
+    /// engine's default: one per connection to an NBD export (each
+    /// connection has one request in flight, and a reader mostly waits for
+    /// the server's reply).
+    pub(crate) fn readers(&self) -> Option<usize> {
+        match self {
+            Source::Nbd(c) => Some(c.0.len()),
+            _ => None,
+        }
+    }
+
     /// The image's virtual size in bytes.
     pub fn size(&self) -> u64 {
         match self {

@@ -718,6 +718,11 @@ struct CopySource {
     parent: Option<IndexReader>,
 }
 
+/// Connections to each export of a pull-mode job, read by as many threads
+/// of the copy engine. Measured on a 1 GiB disk with 512 MiB of data:
+/// see README "Backups of running QEMU domains".
+const NBD_CONNECTIONS: usize = 4;
+
 /// Ranges of a disk (offset, length), sorted.
 type Ranges = Vec<(u64, u64)>;
 
@@ -739,8 +744,8 @@ fn open_source(
         }
         From::Export(i) => {
             let live = live.ok_or_else(|| Error::internal("an export without a pull job"))?;
-            // One connection per reader thread of the copy engine.
-            let clients = (0..copy::READERS)
+            // The copy engine reads with one thread per connection.
+            let clients = (0..NBD_CONNECTIONS)
                 .map(|_| live.pull.connect(i))
                 .collect::<Result<Vec<_>>>()?;
             let size = clients[0].size();
@@ -759,7 +764,7 @@ fn open_source(
                 "disk '{}': reading libvirt's export '{}' over {} connections{}",
                 d.name,
                 i,
-                copy::READERS,
+                NBD_CONNECTIONS,
                 dirty.as_ref().map_or(String::new(), |r| format!(
                     ", {} bytes the checkpoint's bitmap marks",
                     r.iter().map(|(_, l)| l).sum::<u64>()
