@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -25,9 +25,12 @@ struct Outcome {
 pub(crate) struct Job {
     pub uuid: Uuid,
     pub domain: Uuid,
-    pub progress: Progress,
+    /// The whole job's counters: the sum of its disks' (see [`Job::disk`]).
+    pub progress: Arc<Progress>,
     pub total: AtomicU64,
     pub disks: u32,
+    /// Each disk's name, size and counters, in the record's disk order.
+    pub disk_progress: Vec<DiskProgress>,
     pub incremental: bool,
     started: Instant,
     outcome: Mutex<Outcome>,
@@ -51,26 +54,53 @@ pub(crate) fn running_for_domain(domain: &Uuid) -> Option<Arc<Job>> {
         .cloned()
 }
 
+/// One disk of a job, as `GetParameters` reports it.
+#[derive(Debug)]
+pub(crate) struct DiskProgress {
+    /// The disk's name in the domain.
+    pub name: String,
+    /// Its size: the bytes its copy examines.
+    pub total: u64,
+    /// Its copy's counters, counted into the job's too.
+    pub progress: Progress,
+}
+
+/// What a job is made of: its backup, domain, disks (name and size, in
+/// the record's order) and rate limit.
+pub(crate) struct JobPlan {
+    pub uuid: Uuid,
+    pub domain: Uuid,
+    pub disks: Vec<(String, u64)>,
+    pub incremental: bool,
+    /// Bytes per second all the job's disk copies read together; `None`:
+    /// no limit.
+    pub bandwidth: Option<u64>,
+}
+
 impl Job {
     /// A new job; `cancel` appearing asks it to stop (see [`Progress`]).
-    pub(crate) fn new(
-        uuid: Uuid,
-        domain: Uuid,
-        total: u64,
-        disks: u32,
-        incremental: bool,
-        cancel: CancelMarker,
-    ) -> Arc<Job> {
+    pub(crate) fn new(plan: JobPlan, cancel: CancelMarker) -> Arc<Job> {
+        let progress = Arc::new(Progress {
+            cancel_file: Some(cancel),
+            ..Progress::limited(plan.bandwidth)
+        });
+        let disk_progress = plan
+            .disks
+            .into_iter()
+            .map(|(name, total)| DiskProgress {
+                name,
+                total,
+                progress: Progress::part_of(&progress),
+            })
+            .collect::<Vec<_>>();
         Arc::new(Job {
-            uuid,
-            domain,
-            progress: Progress {
-                cancel_file: Some(cancel),
-                ..Progress::default()
-            },
-            total: AtomicU64::new(total),
-            disks,
-            incremental,
+            uuid: plan.uuid,
+            domain: plan.domain,
+            total: AtomicU64::new(disk_progress.iter().map(|d| d.total).sum()),
+            disks: disk_progress.len() as u32,
+            disk_progress,
+            progress,
+            incremental: plan.incremental,
             started: Instant::now(),
             outcome: Mutex::new(Outcome {
                 state: BackupState::Running,
@@ -162,6 +192,20 @@ impl Job {
         self.ended.notify_all();
     }
 
+    /// The counters of the disk named `name`, else the whole job's: a copy
+    /// counted there shows in the job's and in the disk's figures.
+    pub(crate) fn disk(&self, name: &str) -> &Progress {
+        self.disk_progress
+            .iter()
+            .find(|d| d.name == name)
+            .map_or(&self.progress, |d| &d.progress)
+    }
+
+    /// The job's rate limit in bytes per second, if it has one.
+    pub(crate) fn bandwidth(&self) -> Option<u64> {
+        self.progress.limit.as_ref().map(|l| l.rate())
+    }
+
     pub(crate) fn state(&self) -> BackupState {
         self.outcome.lock().unwrap().state
     }
@@ -227,9 +271,56 @@ pub struct Progress {
     /// A file whose existence asks the copy to stop: how another process
     /// cancels (one look per chunk).
     pub cancel_file: Option<CancelMarker>,
+    /// The most bytes per second the copy reads from its source (see
+    /// [`Progress::throttle`]); a disk's copy shares its job's.
+    pub limit: Option<Arc<RateLimit>>,
+    /// The job these counters are one disk of: what is counted here is
+    /// counted there too, and a cancel asked there stops this copy.
+    pub job: Option<Arc<Progress>>,
 }
 
+/// How far ahead of its rate a job's reads may run after a pause: a
+/// reader held up (by its writer, by the CPU) catches up this much.
+const JOB_BURST: Duration = Duration::from_millis(100);
+
+/// How often a copy waiting for its rate limit looks for a cancel.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
 impl Progress {
+    /// Counters of a copy that reads at most `bandwidth` bytes per second,
+    /// as a job's do (`None`: no limit).
+    pub fn limited(bandwidth: Option<u64>) -> Progress {
+        Progress {
+            limit: bandwidth.map(|b| Arc::new(RateLimit::new(b, JOB_BURST))),
+            ..Progress::default()
+        }
+    }
+
+    /// Counters of one disk of `job`, counting into it and sharing its
+    /// rate limit and cancel.
+    pub fn part_of(job: &Arc<Progress>) -> Progress {
+        Progress {
+            job: Some(Arc::clone(job)),
+            ..Progress::default()
+        }
+    }
+
+    /// Count `n` bytes of the source read (and the job's, for a disk).
+    pub fn add_processed(&self, n: u64) {
+        self.processed.fetch_add(n, Ordering::Relaxed);
+        if let Some(job) = &self.job {
+            job.add_processed(n);
+        }
+    }
+
+    /// Count `n` bytes written to the target (and the job's, for a disk).
+    pub fn add_written(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::Relaxed);
+        if let Some(job) = &self.job {
+            job.add_written(n);
+        }
+    }
+
     /// An `OperationAborted` error once a cancel was asked for.
     pub fn check_cancel(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed)
@@ -240,6 +331,162 @@ impl Progress {
         {
             return Err(Error::aborted("backup job cancelled"));
         }
-        Ok(())
+        match &self.job {
+            Some(job) => job.check_cancel(),
+            None => Ok(()),
+        }
+    }
+
+    /// The rate limit the copy reads under: its own, else its job's.
+    pub fn rate_limit(&self) -> Option<&RateLimit> {
+        self.limit
+            .as_deref()
+            .or_else(|| self.job.as_ref().and_then(|j| j.rate_limit()))
+    }
+
+    /// After reading `n` bytes of data from the source: wait until the
+    /// rate limit allows them (at once without one). A cancel asked
+    /// meanwhile ends the wait with its error.
+    pub fn throttle(&self, n: u64) -> Result<()> {
+        match self.rate_limit() {
+            Some(limit) if !limit.take(n, CANCEL_POLL, || self.check_cancel().is_err()) => {
+                self.check_cancel()
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A limit on bytes per second: a token bucket, kept as the time at which
+/// the bytes taken so far are paid for (the generic cell rate algorithm).
+/// Taking `n` bytes moves that time `n / rate` later, from now at the
+/// earliest (a pause earns nothing beyond `burst`), and waits until it is
+/// at most `burst` ahead of now. Shared by threads: each waits for its own
+/// bytes, and together they move at most `rate` bytes per second, plus
+/// `burst` worth once.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: u64,
+    burst: Duration,
+    paid: Mutex<Instant>,
+}
+
+impl RateLimit {
+    /// A limit of `rate` bytes per second (at least 1), allowing a burst
+    /// of `burst` worth of bytes.
+    pub fn new(rate: u64, burst: Duration) -> RateLimit {
+        RateLimit {
+            rate: rate.max(1),
+            burst,
+            paid: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Bytes per second.
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// How long `n` bytes take at the rate.
+    fn cost(&self, n: u64) -> Duration {
+        let nanos = u128::from(n) * 1_000_000_000 / u128::from(self.rate);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// Take `n` bytes and wait until they are paid for, looking at `stop`
+    /// every `poll`. False when `stop` ended the wait: the bytes not yet
+    /// paid for are then given back (a limit only delays; it never
+    /// charges a wait that did not happen).
+    pub fn take(&self, n: u64, poll: Duration, mut stop: impl FnMut() -> bool) -> bool {
+        let due = {
+            let mut paid = self.paid.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            *paid = (*paid).max(now) + self.cost(n);
+            paid.checked_sub(self.burst).unwrap_or(now)
+        };
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                return true;
+            }
+            if stop() {
+                let mut paid = self.paid.lock().unwrap_or_else(|p| p.into_inner());
+                *paid = (*paid).min(now);
+                return false;
+            }
+            std::thread::sleep((due - now).min(poll));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_paces_bytes_shared_by_threads() {
+        // 8 MiB/s, no burst: 16 pieces of 256 KiB from 4 threads take
+        // 0.5 s (the last piece paid for after it is taken).
+        let limit = RateLimit::new(8 << 20, Duration::ZERO);
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..4 {
+                        assert!(limit.take(256 << 10, CANCEL_POLL, || false));
+                    }
+                });
+            }
+        });
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_millis(800), "{took:?}");
+        // A burst: that much goes at once after a pause.
+        let limit = RateLimit::new(8 << 20, Duration::from_millis(100));
+        let t = Instant::now();
+        assert!(limit.take(512 << 10, CANCEL_POLL, || false));
+        assert!(t.elapsed() < Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_wait_ends_on_stop_and_gives_back_what_it_did_not_wait() {
+        let limit = RateLimit::new(1 << 20, Duration::ZERO);
+        let t = Instant::now();
+        let mut polls = 0;
+        // 10 s worth: stopped at the third look.
+        assert!(!limit.take(10 << 20, Duration::from_millis(10), || {
+            polls += 1;
+            polls == 3
+        }));
+        assert!(t.elapsed() < Duration::from_millis(500));
+        // Nothing owed: the next small take goes at once (1 KiB: ~1 ms).
+        let t = Instant::now();
+        assert!(limit.take(1 << 10, CANCEL_POLL, || false));
+        assert!(t.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn disk_counters_add_up_to_the_job_and_share_its_limit_and_cancel() {
+        let job = Arc::new(Progress {
+            limit: Some(Arc::new(RateLimit::new(1 << 20, Duration::ZERO))),
+            ..Progress::default()
+        });
+        let (a, b) = (Progress::part_of(&job), Progress::part_of(&job));
+        a.add_processed(5);
+        b.add_processed(7);
+        b.add_written(3);
+        assert_eq!(job.processed.load(Ordering::Relaxed), 12);
+        assert_eq!(job.written.load(Ordering::Relaxed), 3);
+        assert_eq!(a.processed.load(Ordering::Relaxed), 5);
+        assert_eq!(a.rate_limit().map(RateLimit::rate), Some(1 << 20));
+        // A cancel on the job stops a disk's wait for the limit.
+        job.cancel.store(true, Ordering::Relaxed);
+        assert!(b.check_cancel().is_err());
+        let t = Instant::now();
+        let e = b.throttle(100 << 20).unwrap_err();
+        assert!(e.is(ErrorCode::OperationAborted));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // No limit: no wait.
+        assert!(Progress::default().throttle(u64::MAX).is_ok());
     }
 }

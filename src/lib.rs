@@ -47,9 +47,9 @@ pub mod test_api {
     pub mod image {
         pub use crate::image::{backing, chain, disk, nbd};
     }
-    /// `crate::job`: a job's progress.
+    /// `crate::job`: a job's progress and rate limit.
     pub mod job {
-        pub use crate::job::Progress;
+        pub use crate::job::{Progress, RateLimit};
     }
     /// `crate::ops`: the backup operations and their typed options.
     pub mod ops {

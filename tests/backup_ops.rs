@@ -46,9 +46,9 @@ fn full_backup_of_two_disks_lists_and_deletes() {
         .join("vda.qcow2");
     assert_eq!(rec.disks[0].target, expect);
     let params = bk.parameters().unwrap();
-    assert_eq!(params[0], ("state", ParamValue::Int(2)));
-    assert!(params.contains(&("bytes.total", ParamValue::ULLong(48 << 20))));
-    assert!(params.contains(&("bytes.written", ParamValue::ULLong(4 << 20))));
+    assert_eq!(params[0], ("state".into(), ParamValue::Int(2)));
+    assert!(params.contains(&("bytes.total".into(), ParamValue::ULLong(48 << 20))));
+    assert!(params.contains(&("bytes.written".into(), ParamValue::ULLong(4 << 20))));
     assert_eq!(Backup::list(&dom, LIST_ALL).unwrap().len(), 1);
     let found = Backup::lookup(&bk.uuid.to_string()).unwrap();
     assert_eq!(found.xml_desc().unwrap(), bk.xml_desc().unwrap());
@@ -163,7 +163,10 @@ fn cancel_removes_everything() {
     assert!(target.exists());
     match bk.abort() {
         Ok(()) => {
-            assert_eq!(bk.parameters().unwrap()[0], ("state", ParamValue::Int(4)));
+            assert_eq!(
+                bk.parameters().unwrap()[0],
+                ("state".into(), ParamValue::Int(4))
+            );
             assert!(!target.exists());
             assert_eq!(Backup::list(&dom, LIST_ALL).unwrap().len(), 0);
             assert!(

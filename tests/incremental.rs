@@ -33,7 +33,7 @@ fn written(b: &Backup) -> u64 {
     b.parameters()
         .unwrap()
         .into_iter()
-        .find_map(|(k, v)| match (k, v) {
+        .find_map(|(k, v)| match (k.as_str(), v) {
             ("bytes.written", ParamValue::ULLong(n)) => Some(n),
             _ => None,
         })
@@ -87,7 +87,7 @@ fn chain_and_branch_each_equal_the_source_at_their_time() {
             .contains("backupmode='incremental'")
     );
     let params = inc2.parameters().unwrap();
-    assert!(params.contains(&("incremental", ParamValue::Boolean(true))));
+    assert!(params.contains(&("incremental".into(), ParamValue::Boolean(true))));
 
     // Tree listings.
     let direct = full.list_children(ChildScope::Children, LIST_ALL).unwrap();

@@ -88,8 +88,11 @@ fn fill(slot: &mut sys::virTypedParameter, name: &str, value: &ParamValue) -> Re
 ///
 /// Describe the backup job: "state" (int, a virDomainBackupState),
 /// "incremental" (boolean), "bytes.total", "bytes.processed", "bytes.written",
-/// "time.elapsed" (ullong; milliseconds), "disks" (uint) and, only when the
-/// state is FAILED, "error" (string). Values are live while the job runs.
+/// "time.elapsed" (ullong; milliseconds), "disks" (uint), for each disk i
+/// from 0 in the backup's disk order "disk.<i>.name" (string),
+/// "disk.<i>.bytes.total" and "disk.<i>.bytes.processed" (ullong; the job's
+/// "bytes.processed" is their sum) and, only when the state is FAILED,
+/// "error" (string). Values are live while the job runs.
 /// While virDomainBackupVerify() runs on the backup in this process, also
 /// "verify.bytes.total" and "verify.bytes.processed" (ullong).
 /// With @params NULL and *nparams 0, *nparams is set to the number available.

@@ -23,9 +23,10 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::Result;
+use crate::job::RateLimit;
 
 /// Nice value added for housekeeping: CFS then weighs such a thread about
 /// 1/10 of a normal one.
@@ -61,33 +62,35 @@ impl Gate {
 }
 
 /// The pace of one housekeeping task, shared by its threads (the writer
-/// and the readers): the catalog's probes, and when the last piece of I/O
-/// went.
+/// and the readers): the catalog's probes, and a rate limit of one piece
+/// per `FOREGROUND_PACE` (the job's own kind, with no burst) that holds
+/// only while they say yield.
 #[derive(Clone)]
-pub(crate) struct Pacer(Arc<Mutex<(Gate, Instant)>>);
+pub(crate) struct Pacer(Arc<(Mutex<Gate>, RateLimit)>);
 
 impl Pacer {
+    fn new(gate: Gate) -> Pacer {
+        let rate = HOUSEKEEPING_WRITE as u128 * 1_000_000_000 / FOREGROUND_PACE.as_nanos();
+        let limit = RateLimit::new(rate as u64, Duration::ZERO);
+        Pacer(Arc::new((Mutex::new(gate), limit)))
+    }
+
     /// The most a paced read or write moves at once.
     pub(crate) fn piece(&self) -> usize {
         HOUSEKEEPING_WRITE
     }
 
-    /// Before a piece of I/O: while the gate says yield, let
-    /// `FOREGROUND_PACE` pass since the last piece, checking every
-    /// millisecond whether that changed.
+    /// After a piece of I/O: while the gate says yield, let
+    /// `FOREGROUND_PACE` pass since the last piece was paid for, checking
+    /// every millisecond whether that changed.
     pub(crate) fn pace(&self) {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (gate, last) = &mut *g;
-        loop {
-            if !gate.yields() {
-                break;
-            }
-            if last.elapsed() >= FOREGROUND_PACE {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        let (gate, limit) = &*self.0;
+        let gate = gate.lock().unwrap_or_else(|p| p.into_inner());
+        if gate.yields() {
+            limit.take(HOUSEKEEPING_WRITE as u64, Duration::from_millis(1), || {
+                !gate.yields()
+            });
         }
-        *last = Instant::now();
     }
 }
 
@@ -109,7 +112,7 @@ pub(crate) fn pace() {
 }
 
 fn install(gate: Option<Gate>) -> Option<Pacer> {
-    let new = gate.map(|f| Pacer(Arc::new(Mutex::new((f, Instant::now())))));
+    let new = gate.map(Pacer::new);
     PACER.with(|p| p.replace(new))
 }
 
@@ -187,6 +190,7 @@ fn io_class() -> libc::c_long {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn housekeeping_paces_itself_only_while_a_foreground_job_runs() {

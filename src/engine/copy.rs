@@ -3,7 +3,6 @@
 //! fixed-size buffer, and plans and applies in-place restores.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use crate::engine::background;
 use crate::error::{Error, Result};
@@ -73,9 +72,7 @@ impl Writer<'_> {
                     ))
                 })?;
             }
-            self.progress
-                .written
-                .fetch_add((e - s) as u64, Ordering::Relaxed);
+            self.progress.add_written((e - s) as u64);
         }
         Ok(())
     }
@@ -96,24 +93,36 @@ fn fill_window(src: &Source, buf: &mut [u8], offset: u64) -> Result<bool> {
     src.fill(buf, offset)
 }
 
-/// [`fill_window`] for housekeeping: in pieces of `pacer.piece()` bytes,
-/// pacing after each piece that held data (holes cost no I/O).
+/// The piece a rate-limited read pays for at a time: small enough that
+/// the wait after each keeps the rate even and a cancel prompt.
+const RATE_PIECE: usize = 512 << 10;
+
+/// [`fill_window`] for a copy whose reads are paced: by housekeeping
+/// (`pacer`, see `background`) or by the job's rate limit (`progress`, see
+/// [`Progress::throttle`]). In pieces, each that held data paid for once
+/// read: a piece that is all hole was not read and costs nothing; one
+/// that holds some data counts whole.
 fn fill_paced(
     src: &Source,
     buf: &mut [u8],
     offset: u64,
     pacer: Option<&background::Pacer>,
+    progress: &Progress,
 ) -> Result<bool> {
-    let Some(pacer) = pacer else {
+    let limited = progress.rate_limit().is_some();
+    if pacer.is_none() && !limited {
         return fill_window(src, buf, offset);
-    };
-    let piece = pacer.piece();
+    }
+    let piece = pacer.map_or(RATE_PIECE, background::Pacer::piece);
     let mut holes = Vec::new();
     let mut any = false;
     for (i, part) in buf.chunks_mut(piece).enumerate() {
         if fill_window(src, part, offset + (i * piece) as u64)? {
             any = true;
-            pacer.pace();
+            if let Some(pacer) = pacer {
+                pacer.pace();
+            }
+            progress.throttle(part.len() as u64)?;
         } else {
             holes.push(i);
         }
@@ -157,8 +166,14 @@ impl Window {
     }
 
     /// Read and hash only the chunks of the window that `dirty` (sorted,
-    /// chunk-aligned runs) touches; mark the others clean.
-    fn fill_dirty(&mut self, src: &Source, dirty: &[(u64, u64)]) -> Result<()> {
+    /// chunk-aligned runs) touches; mark the others clean. Each chunk read
+    /// that holds data is paid for under the rate limit.
+    fn fill_dirty(
+        &mut self,
+        src: &Source,
+        dirty: &[(u64, u64)],
+        progress: &Progress,
+    ) -> Result<()> {
         let (offset, len) = (self.offset, self.len as u64);
         self.clean.clear();
         self.sums.clear();
@@ -176,6 +191,7 @@ impl Window {
             self.sums.push(if !hit {
                 ZERO_DIGEST
             } else if fill_window(src, part, a)? {
+                progress.throttle(part.len() as u64)?;
                 digest(part)
             } else {
                 part.fill(0);
@@ -245,7 +261,7 @@ const WINDOWS_PER_READER: usize = 2;
 fn read_windows(
     src: &Source,
     (r, n): (usize, usize),
-    (dirty, hash): (Option<&[(u64, u64)]>, bool),
+    (dirty, hash, progress): (Option<&[(u64, u64)]>, bool, &Progress),
     free_rx: &std::sync::mpsc::Receiver<Window>,
     full_tx: &std::sync::mpsc::SyncSender<Result<Window>>,
     pacer: Option<background::Pacer>,
@@ -262,12 +278,15 @@ fn read_windows(
         let len = w.len as u64;
         let cold = src.is_cold(offset, len);
         let filled = match dirty {
-            Some(runs) => w.fill_dirty(src, runs).map(|()| w),
-            None => fill_paced(src, &mut w.buf[..w.len], offset, pacer.as_ref()).map(|has_data| {
-                w.has_data = has_data;
-                w.hash(hash);
-                w
-            }),
+            Some(runs) => w.fill_dirty(src, runs, progress).map(|()| w),
+            None => {
+                let buf = &mut w.buf[..w.len];
+                fill_paced(src, buf, offset, pacer.as_ref(), progress).map(|has_data| {
+                    w.has_data = has_data;
+                    w.hash(hash);
+                    w
+                })
+            }
         };
         if cold {
             src.drop_cached(offset, len);
@@ -311,9 +330,8 @@ fn for_each_window_of(
             full.push(full_rx);
             free.push(free_tx);
             let pacer = background::pacer();
-            scope.spawn(move || {
-                read_windows(src, (r, n), (dirty, hash), &free_rx, &full_tx, pacer)
-            });
+            let what = (dirty, hash, progress);
+            scope.spawn(move || read_windows(src, (r, n), what, &free_rx, &full_tx, pacer));
         }
         let result = (|| {
             let windows = size.div_ceil(COPY_CHUNK);
@@ -323,9 +341,7 @@ fn for_each_window_of(
                     .recv()
                     .map_err(|_| Error::internal("a reader thread stopped"))??;
                 use_window(&w)?;
-                progress
-                    .processed
-                    .fetch_add(w.len as u64, Ordering::Relaxed);
+                progress.add_processed(w.len as u64);
                 let _ = free[k % n].send(w);
             }
             Ok(())

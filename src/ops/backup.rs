@@ -244,6 +244,14 @@ impl Backup {
         let rec = self.record()?;
         let mut el = rec.public_element()?;
         crate::ops::pins::add_pinned_by(&self.catalog, &rec, &mut el)?;
+        // A running job's rate limit (the record does not keep it).
+        let running = self
+            .job
+            .as_ref()
+            .filter(|j| j.state() == BackupState::Running);
+        if let Some(bytes) = running.and_then(|j| j.bandwidth()) {
+            el.push(Element::new("bandwidth").with_attr("bytes", bytes.to_string()));
+        }
         el.to_xml()
     }
 
@@ -262,8 +270,10 @@ impl Backup {
     }
 
     /// `virDomainBackupGetParameters`, all of them.
-    pub fn parameters(&self) -> Result<Vec<(&'static str, ParamValue)>> {
+    pub fn parameters(&self) -> Result<Vec<(String, ParamValue)>> {
         self.ensure_exists()?;
+        let mut out: Vec<(String, ParamValue)> = Vec::new();
+        let mut add = |k: &str, v| out.push((k.to_string(), v));
         let (state, stats, disks, incremental, error) = match (&self.job, &self.export) {
             (_, Some(e)) => (
                 e.state(),
@@ -294,27 +304,59 @@ impl Backup {
                 )
             }
         };
-        let mut out = vec![
-            ("state", ParamValue::Int(state as i32)),
-            ("incremental", ParamValue::Boolean(incremental)),
-            ("bytes.total", ParamValue::ULLong(stats.total)),
-            ("bytes.processed", ParamValue::ULLong(stats.processed)),
-            ("bytes.written", ParamValue::ULLong(stats.written)),
-            ("time.elapsed", ParamValue::ULLong(stats.elapsed_ms)),
-            ("disks", ParamValue::UInt(disks)),
-        ];
+        add("state", ParamValue::Int(state as i32));
+        add("incremental", ParamValue::Boolean(incremental));
+        add("bytes.total", ParamValue::ULLong(stats.total));
+        add("bytes.processed", ParamValue::ULLong(stats.processed));
+        add("bytes.written", ParamValue::ULLong(stats.written));
+        add("time.elapsed", ParamValue::ULLong(stats.elapsed_ms));
+        add("disks", ParamValue::UInt(disks));
+        for (i, (name, total, processed)) in self.disk_figures()?.into_iter().enumerate() {
+            add(&format!("disk.{i}.name"), ParamValue::String(name));
+            add(&format!("disk.{i}.bytes.total"), ParamValue::ULLong(total));
+            add(
+                &format!("disk.{i}.bytes.processed"),
+                ParamValue::ULLong(processed),
+            );
+        }
         if state == BackupState::Failed {
             let msg = error
                 .map(|e| e.message)
                 .unwrap_or_else(|| "backup job failed".into());
-            out.push(("error", ParamValue::String(msg)));
+            add("error", ParamValue::String(msg));
         }
-        out.extend(
-            super::verify::parameters(&self.uuid)
-                .into_iter()
-                .map(|(k, v)| (k, ParamValue::ULLong(v))),
-        );
+        for (k, v) in super::verify::parameters(&self.uuid) {
+            add(k, ParamValue::ULLong(v));
+        }
         Ok(out)
+    }
+
+    /// Each disk's name, size and bytes examined, in the record's disk
+    /// order: a job's counters while it runs in this process (their sum is
+    /// the job's), else the record's (a completed backup examined all of
+    /// each disk; a job running in another process shows none here, as
+    /// its job-wide figures). An export shows none.
+    fn disk_figures(&self) -> Result<Vec<(String, u64, u64)>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.export.is_some() {
+            return Ok(Vec::new());
+        }
+        if let Some(job) = &self.job {
+            return Ok((job.disk_progress.iter())
+                .map(|d| (d.name.clone(), d.total, d.progress.processed.load(Relaxed)))
+                .collect());
+        }
+        let rec = self.record()?;
+        let done = rec.state == BackupState::Completed;
+        Ok((rec.disks.into_iter())
+            .map(|d| {
+                (
+                    d.name,
+                    d.virtual_size,
+                    if done { d.virtual_size } else { 0 },
+                )
+            })
+            .collect())
     }
 
     /// `virDomainBackupFinishJob`: 0 completed, 1 still running (CHECK).

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::storage_pool;
 use crate::image::disk::{Chain, Source, Target as ImageTarget};
-use crate::job::Job;
+use crate::job::{Job, JobPlan};
 use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
 use crate::store::index::{IndexReader, IndexWriter};
@@ -61,6 +61,8 @@ struct Prepared {
     dom_disks: Vec<DomainDisk>,
     is_live: bool,
     quiesce: bool,
+    /// The job's rate limit (`<bandwidth>`), bytes per second.
+    bandwidth: Option<u64>,
 }
 
 /// `virDomainBackupCreateXML`: parse → plan → register → run.
@@ -174,6 +176,7 @@ fn prepare(
         dom_disks: facts.disks,
         is_live: facts.is_live,
         quiesce,
+        bandwidth: req.bandwidth,
     })
 }
 
@@ -332,6 +335,7 @@ fn run(
         dom_disks,
         is_live,
         quiesce,
+        bandwidth,
     } = prepared;
     let discard = |rec: &BackupRecord, lock: Option<JobLock>| {
         discard_failed(
@@ -354,7 +358,7 @@ fn run(
     } else {
         None
     };
-    let job = new_job(catalog, &record);
+    let job = new_job(catalog, &record, bandwidth);
     let sources: Vec<CopySource> = disks
         .into_iter()
         .enumerate()
@@ -488,20 +492,19 @@ impl LiveRun {
     }
 }
 
-/// The job of a new backup, its totals taken from the record.
-fn new_job(catalog: &Catalog, record: &BackupRecord) -> Arc<Job> {
+/// The job of a new backup, its disks and totals taken from the record.
+fn new_job(catalog: &Catalog, record: &BackupRecord, bandwidth: Option<u64>) -> Arc<Job> {
     let (uuid, domain) = (record.uuid, record.domain_uuid);
-    Job::new(
+    let plan = JobPlan {
         uuid,
         domain,
-        record.disks.iter().map(|d| d.virtual_size).sum(),
-        record.disks.len() as u32,
-        record
-            .disks
-            .iter()
-            .any(|d| d.mode == BackupMode::Incremental),
-        catalog.backup(&domain, &uuid).cancel_marker(),
-    )
+        disks: (record.disks.iter())
+            .map(|d| (d.name.clone(), d.virtual_size))
+            .collect(),
+        incremental: (record.disks.iter()).any(|d| d.mode == BackupMode::Incremental),
+        bandwidth,
+    };
+    Job::new(plan, catalog.backup(&domain, &uuid).cancel_marker())
 }
 
 /// Check that `parent` can be the parent of a new backup of `domain`.
@@ -792,14 +795,10 @@ fn copy_disk(
         let baseline = copy::Baseline::of(parent.as_mut());
         let mut index =
             IndexWriter::create_delta(index_path, d.virtual_size, parent_index.as_deref())?;
-        copy::copy_changes(
-            &src,
-            &dst,
-            &job.progress,
-            baseline,
-            &mut index,
-            dirty.as_deref(),
-        )?;
+        // Counted as the disk's (the job adds up its disks'), under the
+        // job's rate limit.
+        let progress = job.disk(&d.name);
+        copy::copy_changes(&src, &dst, progress, baseline, &mut index, dirty.as_deref())?;
         index.finish()?;
         dst.finish(&d.target)?;
         ::log::debug!("disk '{}': copied", d.name);

@@ -55,6 +55,35 @@ pub struct CreateRequest {
     pub parent: Option<Uuid>,
     /// `None`: every disk with device='disk'.
     pub disks: Option<Vec<DiskRequest>>,
+    /// `<bandwidth bytes='N'/>`: the most bytes per second the job reads
+    /// from all its disks together; `None`: no limit.
+    pub bandwidth: Option<u64>,
+}
+
+/// `<bandwidth bytes='N'/>`: N a positive integer in decimal digits (no
+/// sign, space or unit), at most `u64::MAX`. Zero is refused: no limit is
+/// said by leaving the element out.
+fn parse_bandwidth(root: &Element) -> Result<Option<u64>> {
+    let Some(el) = root.child("bandwidth") else {
+        return Ok(None);
+    };
+    let v = el
+        .attr("bytes")
+        .ok_or_else(|| Error::xml("<bandwidth> needs a bytes attribute (bytes per second)"))?;
+    let bad = |why: &str| Error::xml(format!("<bandwidth bytes='{}'>: {why}", v.escape_debug()));
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("not a positive integer of bytes per second"));
+    }
+    match v.parse::<u64>() {
+        Ok(0) => Err(bad(
+            "a limit of 0 bytes per second; leave <bandwidth> out for no limit",
+        )),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(bad(&format!(
+            "too large (at most {} bytes per second)",
+            u64::MAX
+        ))),
+    }
 }
 
 fn parse_parent(root: &Element) -> Result<Option<Uuid>> {
@@ -132,6 +161,7 @@ impl CreateRequest {
             description,
             parent,
             disks,
+            bandwidth: parse_bandwidth(&root)?,
         })
     }
 }

@@ -281,3 +281,46 @@ fn default_target_forms() {
     assert!(DefaultTarget::parse("<target type='nfs'/>").is_err());
     assert!(DefaultTarget::parse("<target type='dir'><path>rel</path></target>").is_err());
 }
+
+#[test]
+fn reads_the_bandwidth_strictly() {
+    let doc = |inner: &str| format!("<domainbackup>{inner}</domainbackup>");
+    let bw = |inner: &str| CreateRequest::parse(&doc(inner)).map(|r| r.bandwidth);
+    assert_eq!(bw("").unwrap(), None);
+    assert_eq!(bw("<bandwidth bytes='1'/>").unwrap(), Some(1));
+    assert_eq!(
+        bw("<bandwidth bytes='104857600'/>").unwrap(),
+        Some(100 << 20)
+    );
+    assert_eq!(
+        bw("<bandwidth bytes='18446744073709551615'/>").unwrap(),
+        Some(u64::MAX)
+    );
+    for (bad, says) in [
+        ("<bandwidth/>", "needs a bytes attribute"),
+        ("<bandwidth bytes=''/>", "bytes=''>: not a positive integer"),
+        ("<bandwidth bytes='0'/>", "bytes='0'>: a limit of 0"),
+        ("<bandwidth bytes='000'/>", "bytes='000'>: a limit of 0"),
+        (
+            "<bandwidth bytes='-5'/>",
+            "bytes='-5'>: not a positive integer",
+        ),
+        ("<bandwidth bytes='+5'/>", "bytes='+5'>: not a positive"),
+        ("<bandwidth bytes=' 5'/>", "bytes=' 5'>: not a positive"),
+        ("<bandwidth bytes='1.5'/>", "bytes='1.5'>: not a positive"),
+        ("<bandwidth bytes='100M'/>", "bytes='100M'>: not a positive"),
+        ("<bandwidth bytes='fast'/>", "bytes='fast'>: not a positive"),
+        ("<bandwidth bytes='0x10'/>", "bytes='0x10'>: not a positive"),
+        (
+            "<bandwidth bytes='18446744073709551616'/>",
+            "bytes='18446744073709551616'>: too large",
+        ),
+        ("<bandwidth bytes='1' rate='2'/>", "rate"),
+        ("<bandwidth bytes='1'>5</bandwidth>", "bandwidth"),
+        ("<bandwidth bytes='1'/><bandwidth bytes='2'/>", "bandwidth"),
+    ] {
+        let e = bw(bad).unwrap_err();
+        assert!(e.is(crate::error::ErrorCode::XmlError), "{bad}: {e:?}");
+        assert!(e.message.contains(says), "{bad}: {}", e.message);
+    }
+}

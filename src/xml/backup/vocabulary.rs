@@ -56,6 +56,8 @@ pub static DOMAINBACKUP: Schema = Schema::element(
         &Schema::element("parent", &[], &[&UUID]),
         &Schema::element("domain", &["uuid", "name"], &[]),
         &Schema::element("checkpoint", &["name"], &[]),
+        // CreateXML: the job's rate limit (and a running job's description).
+        &Schema::element("bandwidth", &["bytes"], &[]),
         &Schema::element(
             "server",
             &["transport", "name", "port", "socket", "tls"],
