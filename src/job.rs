@@ -25,7 +25,9 @@ struct Outcome {
 pub(crate) struct Job {
     pub uuid: Uuid,
     pub domain: Uuid,
-    /// The whole job's counters: the sum of its disks' (see [`Job::disk`]).
+    /// The job's own counters (a copy that knows no disks counts here),
+    /// its cancel and its rate limit; its figures add up these and the
+    /// disks' (see [`Job::snapshot`]).
     pub progress: Arc<Progress>,
     pub total: AtomicU64,
     pub disks: u32,
@@ -61,7 +63,7 @@ pub(crate) struct DiskProgress {
     pub name: String,
     /// Its size: the bytes its copy examines.
     pub total: u64,
-    /// Its copy's counters, counted into the job's too.
+    /// Its copy's counters, which the job's figures add up.
     pub progress: Progress,
 }
 
@@ -192,8 +194,8 @@ impl Job {
         self.ended.notify_all();
     }
 
-    /// The counters of the disk named `name`, else the whole job's: a copy
-    /// counted there shows in the job's and in the disk's figures.
+    /// The counters of the disk named `name`, else the job's own: a copy
+    /// counted in either shows in the job's figures.
     pub(crate) fn disk(&self, name: &str) -> &Progress {
         self.disk_progress
             .iter()
@@ -221,12 +223,25 @@ impl Job {
     }
 
     pub(crate) fn stats(&self) -> JobStats {
-        JobStats {
-            total: self.total.load(Ordering::Relaxed),
-            processed: self.progress.processed.load(Ordering::Relaxed),
-            written: self.progress.written.load(Ordering::Relaxed),
+        self.snapshot().0
+    }
+
+    /// The job's figures and each disk's bytes processed, all read once:
+    /// the job's processed and written are what was counted on the job
+    /// itself (by a copy that knows no disks) plus each disk's, so the
+    /// figures of one reading always add up.
+    pub(crate) fn snapshot(&self) -> (JobStats, Vec<u64>) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let disks: Vec<(u64, u64)> = (self.disk_progress.iter())
+            .map(|d| (load(&d.progress.processed), load(&d.progress.written)))
+            .collect();
+        let stats = JobStats {
+            total: load(&self.total),
+            processed: load(&self.progress.processed) + disks.iter().map(|d| d.0).sum::<u64>(),
+            written: load(&self.progress.written) + disks.iter().map(|d| d.1).sum::<u64>(),
             elapsed_ms: self.elapsed_ms(),
-        }
+        };
+        (stats, disks.into_iter().map(|d| d.0).collect())
     }
 
     /// Block until the job has ended; Ok if it completed, else its error.
@@ -274,8 +289,9 @@ pub struct Progress {
     /// The most bytes per second the copy reads from its source (see
     /// [`Progress::throttle`]); a disk's copy shares its job's.
     pub limit: Option<Arc<RateLimit>>,
-    /// The job these counters are one disk of: what is counted here is
-    /// counted there too, and a cancel asked there stops this copy.
+    /// The job these counters are one disk of: a cancel asked there stops
+    /// this copy, its rate limit paces it (the job adds up its disks'
+    /// counters when read: `Job::snapshot`).
     pub job: Option<Arc<Progress>>,
 }
 
@@ -296,8 +312,7 @@ impl Progress {
         }
     }
 
-    /// Counters of one disk of `job`, counting into it and sharing its
-    /// rate limit and cancel.
+    /// Counters of one disk of `job`, sharing its rate limit and cancel.
     pub fn part_of(job: &Arc<Progress>) -> Progress {
         Progress {
             job: Some(Arc::clone(job)),
@@ -305,20 +320,14 @@ impl Progress {
         }
     }
 
-    /// Count `n` bytes of the source read (and the job's, for a disk).
+    /// Count `n` bytes of the source read.
     pub fn add_processed(&self, n: u64) {
         self.processed.fetch_add(n, Ordering::Relaxed);
-        if let Some(job) = &self.job {
-            job.add_processed(n);
-        }
     }
 
-    /// Count `n` bytes written to the target (and the job's, for a disk).
+    /// Count `n` bytes written to the target.
     pub fn add_written(&self, n: u64) {
         self.written.fetch_add(n, Ordering::Relaxed);
-        if let Some(job) = &self.job {
-            job.add_written(n);
-        }
     }
 
     /// An `OperationAborted` error once a cancel was asked for.
@@ -466,18 +475,9 @@ mod tests {
     }
 
     #[test]
-    fn disk_counters_add_up_to_the_job_and_share_its_limit_and_cancel() {
-        let job = Arc::new(Progress {
-            limit: Some(Arc::new(RateLimit::new(1 << 20, Duration::ZERO))),
-            ..Progress::default()
-        });
+    fn disk_counters_share_the_job_limit_and_cancel() {
+        let job = Arc::new(Progress::limited(Some(1 << 20)));
         let (a, b) = (Progress::part_of(&job), Progress::part_of(&job));
-        a.add_processed(5);
-        b.add_processed(7);
-        b.add_written(3);
-        assert_eq!(job.processed.load(Ordering::Relaxed), 12);
-        assert_eq!(job.written.load(Ordering::Relaxed), 3);
-        assert_eq!(a.processed.load(Ordering::Relaxed), 5);
         assert_eq!(a.rate_limit().map(RateLimit::rate), Some(1 << 20));
         // A cancel on the job stops a disk's wait for the limit.
         job.cancel.store(true, Ordering::Relaxed);

@@ -44,6 +44,17 @@ pub struct Backup {
     export: Option<Arc<export::Export>>,
 }
 
+/// A job's figures as `GetParameters` reports them (see `Backup::figures`).
+struct Figures {
+    state: BackupState,
+    stats: JobStats,
+    disks: u32,
+    incremental: bool,
+    error: Option<Error>,
+    /// Each disk's name, bytes to examine and examined.
+    per_disk: Vec<(String, u64, u64)>,
+}
+
 /// Typed parameters of `GetParameters`, in API.md's order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamValue {
@@ -272,46 +283,17 @@ impl Backup {
     /// `virDomainBackupGetParameters`, all of them.
     pub fn parameters(&self) -> Result<Vec<(String, ParamValue)>> {
         self.ensure_exists()?;
+        let f = self.figures()?;
         let mut out: Vec<(String, ParamValue)> = Vec::new();
         let mut add = |k: &str, v| out.push((k.to_string(), v));
-        let (state, stats, disks, incremental, error) = match (&self.job, &self.export) {
-            (_, Some(e)) => (
-                e.state(),
-                JobStats {
-                    elapsed_ms: e.elapsed_ms(),
-                    ..JobStats::default()
-                },
-                e.disk_count(),
-                e.has_bitmaps(),
-                None,
-            ),
-            (Some(job), None) => (
-                job.state(),
-                job.stats(),
-                job.disks,
-                job.incremental,
-                job.error(),
-            ),
-            (None, None) => {
-                let rec = self.record()?;
-                let incremental = rec.disks.iter().any(|d| d.mode == BackupMode::Incremental);
-                (
-                    rec.state,
-                    rec.stats,
-                    rec.disks.len() as u32,
-                    incremental,
-                    None,
-                )
-            }
-        };
-        add("state", ParamValue::Int(state as i32));
-        add("incremental", ParamValue::Boolean(incremental));
-        add("bytes.total", ParamValue::ULLong(stats.total));
-        add("bytes.processed", ParamValue::ULLong(stats.processed));
-        add("bytes.written", ParamValue::ULLong(stats.written));
-        add("time.elapsed", ParamValue::ULLong(stats.elapsed_ms));
-        add("disks", ParamValue::UInt(disks));
-        for (i, (name, total, processed)) in self.disk_figures()?.into_iter().enumerate() {
+        add("state", ParamValue::Int(f.state as i32));
+        add("incremental", ParamValue::Boolean(f.incremental));
+        add("bytes.total", ParamValue::ULLong(f.stats.total));
+        add("bytes.processed", ParamValue::ULLong(f.stats.processed));
+        add("bytes.written", ParamValue::ULLong(f.stats.written));
+        add("time.elapsed", ParamValue::ULLong(f.stats.elapsed_ms));
+        add("disks", ParamValue::UInt(f.disks));
+        for (i, (name, total, processed)) in f.per_disk.into_iter().enumerate() {
             add(&format!("disk.{i}.name"), ParamValue::String(name));
             add(&format!("disk.{i}.bytes.total"), ParamValue::ULLong(total));
             add(
@@ -319,10 +301,8 @@ impl Backup {
                 ParamValue::ULLong(processed),
             );
         }
-        if state == BackupState::Failed {
-            let msg = error
-                .map(|e| e.message)
-                .unwrap_or_else(|| "backup job failed".into());
+        if f.state == BackupState::Failed {
+            let msg = (f.error.map(|e| e.message)).unwrap_or_else(|| "backup job failed".into());
             add("error", ParamValue::String(msg));
         }
         for (k, v) in super::verify::parameters(&self.uuid) {
@@ -331,32 +311,57 @@ impl Backup {
         Ok(out)
     }
 
-    /// Each disk's name, size and bytes examined, in the record's disk
-    /// order: a job's counters while it runs in this process (their sum is
-    /// the job's), else the record's (a completed backup examined all of
-    /// each disk; a job running in another process shows none here, as
-    /// its job-wide figures). An export shows none.
-    fn disk_figures(&self) -> Result<Vec<(String, u64, u64)>> {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.export.is_some() {
-            return Ok(Vec::new());
+    /// What `parameters` reports, read once. Each disk's name, size and
+    /// bytes examined, in the record's disk order: a job's counters while
+    /// it runs (or ran) in this process, read together with the job's
+    /// figures, which add them up; else the record's (a completed backup
+    /// examined all of each disk; a job running in another process shows
+    /// none here, as in its job-wide figures). An export shows none.
+    fn figures(&self) -> Result<Figures> {
+        if let Some(e) = &self.export {
+            return Ok(Figures {
+                state: e.state(),
+                stats: JobStats {
+                    elapsed_ms: e.elapsed_ms(),
+                    ..JobStats::default()
+                },
+                disks: e.disk_count(),
+                incremental: e.has_bitmaps(),
+                error: None,
+                per_disk: Vec::new(),
+            });
         }
         if let Some(job) = &self.job {
-            return Ok((job.disk_progress.iter())
-                .map(|d| (d.name.clone(), d.total, d.progress.processed.load(Relaxed)))
-                .collect());
+            let (stats, processed) = job.snapshot();
+            return Ok(Figures {
+                state: job.state(),
+                stats,
+                disks: job.disks,
+                incremental: job.incremental,
+                error: job.error(),
+                per_disk: (job.disk_progress.iter().zip(processed))
+                    .map(|(d, p)| (d.name.clone(), d.total, p))
+                    .collect(),
+            });
         }
         let rec = self.record()?;
         let done = rec.state == BackupState::Completed;
-        Ok((rec.disks.into_iter())
-            .map(|d| {
-                (
-                    d.name,
-                    d.virtual_size,
-                    if done { d.virtual_size } else { 0 },
-                )
-            })
-            .collect())
+        Ok(Figures {
+            state: rec.state,
+            stats: rec.stats,
+            disks: rec.disks.len() as u32,
+            incremental: rec.disks.iter().any(|d| d.mode == BackupMode::Incremental),
+            error: None,
+            per_disk: (rec.disks.into_iter())
+                .map(|d| {
+                    (
+                        d.name,
+                        d.virtual_size,
+                        if done { d.virtual_size } else { 0 },
+                    )
+                })
+                .collect(),
+        })
     }
 
     /// `virDomainBackupFinishJob`: 0 completed, 1 still running (CHECK).
