@@ -1,7 +1,9 @@
 /*
  * test-job.c: background jobs. CreateXML without WAIT, the running state,
  * FinishJob (0, CHECK, CANCEL), AbortJob, GetParameters (every field, its
- * type and value), a failed job, and the errors of each call.
+ * type and value, the per-disk string and numbers, strings freed by
+ * virTypedParamsClear from a full or a cut-short array), a job under a
+ * <bandwidth> limit, a failed job, and the errors of each call.
  */
 #include "common.h"
 
@@ -113,7 +115,7 @@ int main(int argc, char **argv)
     {
         int count = 0;
         CHECK(virDomainBackupGetParameters(b, NULL, &count, 0) == 0);
-        CHECKF(count == 7, "%d parameters, want 7", count);
+        CHECKF(count == 10, "%d parameters, want 10 (7 + 3 for the disk)", count);
     }
     {
         unsigned long long last = 0;
@@ -130,6 +132,9 @@ int main(int argc, char **argv)
             last = p_ull(&pr, "bytes.processed");
             CHECK(last <= p_ull(&pr, "bytes.total"));
             CHECK(p_ull(&pr, "bytes.written") <= (unsigned long long)stored);
+            /* One disk: its figures are the job's. */
+            CHECK(p_ull(&pr, "disk.0.bytes.processed") == last);
+            CHECK(p_ull(&pr, "disk.0.bytes.total") == 512ULL * MiB);
             free_params(&pr);
             if (n != VIR_DOMAIN_BACKUP_STATE_RUNNING)
                 break;
@@ -146,7 +151,7 @@ int main(int argc, char **argv)
     pr = GET_PARAMS(b);
     if (pr.p) {
         virTypedParameterPtr p;
-        CHECKF(pr.n == 7, "%d parameters, want 7", pr.n);
+        CHECKF(pr.n == 10, "%d parameters, want 10", pr.n);
         CHECK(p_state(&pr) == VIR_DOMAIN_BACKUP_STATE_COMPLETED);
         p = param(&pr, "incremental", VIR_TYPED_PARAM_BOOLEAN);
         CHECK(p && p->value.b == 0);
@@ -160,11 +165,17 @@ int main(int argc, char **argv)
         p = param(&pr, "disks", VIR_TYPED_PARAM_UINT);
         CHECK(p && p->value.ui == 1);
         CHECKF(virTypedParamsGet(pr.p, pr.n, "error") == NULL, "'error' on a completed job");
+        p = param(&pr, "disk.0.name", VIR_TYPED_PARAM_STRING);
+        CHECKF(p && p->value.s && strcmp(p->value.s, "vda") == 0, "disk.0.name '%s'",
+               p && p->value.s ? p->value.s : "(null)");
+        CHECK(p_ull(&pr, "disk.0.bytes.total") == 512ULL * MiB);
+        CHECK(p_ull(&pr, "disk.0.bytes.processed") == 512ULL * MiB);
         /* The field names are exactly API.md's, in its order. */
         {
             const char *names[] = { "state", "incremental", "bytes.total", "bytes.processed",
-                                    "bytes.written", "time.elapsed", "disks" };
-            for (i = 0; i < 7 && i < pr.n; i++)
+                                    "bytes.written", "time.elapsed", "disks", "disk.0.name",
+                                    "disk.0.bytes.total", "disk.0.bytes.processed" };
+            for (i = 0; i < 10 && i < pr.n; i++)
                 CHECKF(strcmp(pr.p[i].field, names[i]) == 0, "parameter %d is '%s', want '%s'",
                        i, pr.p[i].field, names[i]);
         }
@@ -189,6 +200,13 @@ int main(int argc, char **argv)
             CHECK(p_ull(&lp, "bytes.total") == p_ull(&pr, "bytes.total"));
             CHECK(p_ull(&lp, "bytes.processed") == p_ull(&pr, "bytes.processed"));
             CHECK(p_ull(&lp, "bytes.written") == p_ull(&pr, "bytes.written"));
+            /* From the record: the same per-disk figures. */
+            {
+                virTypedParameterPtr s = param(&lp, "disk.0.name", VIR_TYPED_PARAM_STRING);
+                CHECK(s && s->value.s && strcmp(s->value.s, "vda") == 0);
+                CHECK(p_ull(&lp, "disk.0.bytes.processed") == p_ull(&pr, "disk.0.bytes.processed"));
+                CHECK(p_ull(&lp, "disk.0.bytes.total") == p_ull(&pr, "disk.0.bytes.total"));
+            }
             /* Same backup, same job: the same duration (within a few ms:
              * the catalog keeps the value taken when the record is written,
              * a job handle the one taken when the job ends). */
@@ -214,6 +232,19 @@ int main(int argc, char **argv)
         CHECKF(nn == 3, "filled %d of 3 slots", nn);
         CHECK(strcmp(few[0].field, "state") == 0);
         virTypedParamsClear(few, nn);
+        /* Cut short right after the disk's name: the one string filled is
+         * the caller's, freed by virTypedParamsClear (valgrind checks). */
+        {
+            virTypedParameter eight[8];
+            memset(eight, 0, sizeof(eight));
+            nn = 8;
+            CHECK(virDomainBackupGetParameters(b, eight, &nn, 0) == 0);
+            CHECKF(nn == 8, "filled %d of 8 slots", nn);
+            CHECK(strcmp(eight[7].field, "disk.0.name") == 0);
+            CHECK(eight[7].type == VIR_TYPED_PARAM_STRING && eight[7].value.s &&
+                  strcmp(eight[7].value.s, "vda") == 0);
+            virTypedParamsClear(eight, nn);
+        }
         nn = 5;
         EXPECT_INT_FAIL(virDomainBackupGetParameters(b, NULL, &nn, 0), VIR_ERR_INVALID_ARG);
         EXPECT_INT_FAIL(virDomainBackupGetParameters(b, few, NULL, 0), VIR_ERR_INVALID_ARG);
@@ -398,6 +429,91 @@ int main(int argc, char **argv)
     }
 
     /* ---------------------------------------------------------------- */
+    section("two disks under a <bandwidth> limit: per-disk figures while it runs");
+    {
+        char da[1024], db[1024];
+        test_disk d2[2] = { { "vda", da, "raw", NULL }, { "vdb", db, "raw", NULL } };
+        virDomainPtr two;
+        int polls = 0, both = 0;
+        snprintf(da, sizeof(da), "%s/bw-vda.raw", w);
+        snprintf(db, sizeof(db), "%s/bw-vdb.raw", w);
+        make_image(da, "raw", 4 * MiB);
+        make_image(db, "raw", 2 * MiB);
+        write_data(da, "raw", 0, 4 * MiB, 0x21);
+        write_data(db, "raw", 0, 2 * MiB, 0x22);
+        two = define_domain(conn, "job-bw", d2, 2);
+        /* Refused, naming the value, and nothing made. */
+        EXPECT_CREATE_FAIL(two, "<domainbackup><bandwidth bytes='0'/></domainbackup>", 0,
+                           VIR_ERR_XML_ERROR);
+        EXPECT_MSG_CONTAINS("bytes='0'");
+        EXPECT_CREATE_FAIL(two, "<domainbackup><bandwidth bytes='-5'/></domainbackup>", 0,
+                           VIR_ERR_XML_ERROR);
+        EXPECT_CREATE_FAIL(two, "<domainbackup><bandwidth bytes='1M'/></domainbackup>", 0,
+                           VIR_ERR_XML_ERROR);
+        EXPECT_MSG_CONTAINS("bytes='1M'");
+        /* 6 MiB at 2 MiB/s: about 3 s. */
+        snprintf(xml, sizeof(xml),
+                 "<domainbackup><bandwidth bytes='%lld'/><disks>"
+                 "<disk name='vda'><target file='%s'/></disk>"
+                 "<disk name='vdb'><target file='%s'/></disk></disks></domainbackup>",
+                 2 * MiB, WPATH("bw-a.qcow2"), WPATH("bw-b.qcow2"));
+        b = virDomainBackupCreateXML(two, xml, 0);
+        REQUIRE(b != NULL);
+        {
+            char *x = virDomainBackupGetXMLDesc(b, 0);
+            char want[64];
+            snprintf(want, sizeof(want), "<bandwidth bytes='%lld'/>", 2 * MiB);
+            CHECKF(x && (strstr(x, want) || strcmp(xml_state(b), "completed") == 0),
+                   "no %s in the running job's description: %s", want, x ? x : "(null)");
+            free(x);
+        }
+        do {
+            virTypedParameterPtr na, nb;
+            unsigned long long pa, pb;
+            pr = GET_PARAMS(b);
+            if (!pr.p)
+                break;
+            n = p_state(&pr);
+            CHECKF(pr.n == 7 + 6, "%d parameters, want 13", pr.n);
+            na = param(&pr, "disk.0.name", VIR_TYPED_PARAM_STRING);
+            nb = param(&pr, "disk.1.name", VIR_TYPED_PARAM_STRING);
+            CHECK(na && na->value.s && strcmp(na->value.s, "vda") == 0);
+            CHECK(nb && nb->value.s && strcmp(nb->value.s, "vdb") == 0);
+            CHECK(p_ull(&pr, "disk.0.bytes.total") == 4ULL * MiB);
+            CHECK(p_ull(&pr, "disk.1.bytes.total") == 2ULL * MiB);
+            pa = p_ull(&pr, "disk.0.bytes.processed");
+            pb = p_ull(&pr, "disk.1.bytes.processed");
+            CHECKF(pa + pb == p_ull(&pr, "bytes.processed"), "%llu + %llu != %llu", pa, pb,
+                   p_ull(&pr, "bytes.processed"));
+            CHECK(pa <= 4ULL * MiB && pb <= 2ULL * MiB);
+            if (n == VIR_DOMAIN_BACKUP_STATE_RUNNING && pa + pb > 0)
+                both++;
+            free_params(&pr);
+            if (n != VIR_DOMAIN_BACKUP_STATE_RUNNING)
+                break;
+            sleep_ms(100);
+        } while (++polls < 600);
+        CHECKF(both > 0, "never saw the job running with bytes processed (%d polls)", polls);
+        CHECK(virDomainBackupFinishJob(b, 0) == 0);
+        pr = GET_PARAMS(b);
+        if (pr.p) {
+            CHECK(p_ull(&pr, "disk.0.bytes.processed") == 4ULL * MiB);
+            CHECK(p_ull(&pr, "disk.1.bytes.processed") == 2ULL * MiB);
+            CHECK(p_ull(&pr, "bytes.processed") == 6ULL * MiB);
+        }
+        free_params(&pr);
+        {
+            char *x = virDomainBackupGetXMLDesc(b, 0);
+            CHECKF(x && !strstr(x, "<bandwidth"), "a limit in an ended job's description");
+            free(x);
+        }
+        CHECK(images_equal(da, "raw", WPATH("bw-a.qcow2"), "qcow2"));
+        CHECK(images_equal(db, "raw", WPATH("bw-b.qcow2"), "qcow2"));
+        virDomainBackupFree(b);
+        drop_domain(two);
+    }
+
+    /* ---------------------------------------------------------------- */
     /* A job that fails while it copies: the process may not write files
      * larger than 32 MiB (RLIMIT_FSIZE), so writing the target fails with
      * EFBIG once 32 MiB of its 256 MiB of data are stored. */
@@ -424,7 +540,7 @@ int main(int argc, char **argv)
             pr = GET_PARAMS(b);
             if (pr.p) {
                 virTypedParameterPtr e;
-                CHECKF(pr.n == 8, "%d parameters on a failed job, want 8 (with 'error')", pr.n);
+                CHECKF(pr.n == 11, "%d parameters on a failed job, want 11 (with 'error')", pr.n);
                 CHECK(p_state(&pr) == VIR_DOMAIN_BACKUP_STATE_FAILED);
                 e = param(&pr, "error", VIR_TYPED_PARAM_STRING);
                 CHECKF(e && e->value.s && *e->value.s, "no error text");

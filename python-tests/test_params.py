@@ -6,7 +6,8 @@ from ctypes import byref, c_int
 
 from conftest import (MiB, STATE_COMPLETED, VIR_ERR_INVALID_ARG,
                       VIR_TYPED_PARAM_BOOLEAN, VIR_TYPED_PARAM_INT,
-                      VIR_TYPED_PARAM_UINT, VIR_TYPED_PARAM_ULLONG,
+                      VIR_TYPED_PARAM_STRING, VIR_TYPED_PARAM_UINT,
+                      VIR_TYPED_PARAM_ULLONG,
                       backup_uuid, backup_xml_for, create, expect_error, free,
                       get_params, lib, list_handles, virt, virTypedParameter)
 
@@ -18,6 +19,10 @@ EXPECTED_TYPES = {
     "bytes.written": VIR_TYPED_PARAM_ULLONG,
     "time.elapsed": VIR_TYPED_PARAM_ULLONG,
     "disks": VIR_TYPED_PARAM_UINT,
+    # One disk (the tests' default domain): disk.<i>.* for i = 0.
+    "disk.0.name": VIR_TYPED_PARAM_STRING,
+    "disk.0.bytes.total": VIR_TYPED_PARAM_ULLONG,
+    "disk.0.bytes.processed": VIR_TYPED_PARAM_ULLONG,
 }
 
 
@@ -51,6 +56,9 @@ def test_values_of_completed_backup(env):
         assert p["bytes.processed"][1] == size
         assert 0 < p["bytes.written"][1] <= data
         assert p["disks"][1] == 1
+        assert p["disk.0.name"][1] == "vda"
+        assert p["disk.0.bytes.total"][1] == size
+        assert p["disk.0.bytes.processed"][1] == size
         assert p["time.elapsed"][1] >= 0
         assert "error" not in p
     finally:
@@ -68,6 +76,13 @@ def test_values_qcow2_source_two_disks(env):
         assert p["bytes.total"][1] == 48 * MiB
         assert p["bytes.processed"][1] == 48 * MiB
         assert 0 < p["bytes.written"][1] <= 3 * MiB
+        # Per disk, in the record's order; the job's figure is their sum.
+        assert [p[f"disk.{i}.name"][1] for i in range(2)] == ["vda", "vdb"]
+        assert p["disk.0.bytes.total"][1] == 32 * MiB
+        assert p["disk.1.bytes.total"][1] == 16 * MiB
+        assert (p["disk.0.bytes.processed"][1] + p["disk.1.bytes.processed"][1]
+                == p["bytes.processed"][1])
+        assert "disk.2.name" not in p
     finally:
         free(b)
 
@@ -105,6 +120,8 @@ def test_same_values_from_other_handles(env):
             assert other["bytes.written"] == p["bytes.written"]
             assert other["disks"] == p["disks"]
             assert other["incremental"] == p["incremental"]
+            for k in ("disk.0.name", "disk.0.bytes.total", "disk.0.bytes.processed"):
+                assert other[k] == p[k], k
     finally:
         free(b)
 
