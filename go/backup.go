@@ -198,6 +198,17 @@ type BackupParameters struct {
 	VerifySet            bool
 	VerifyBytesTotal     uint64
 	VerifyBytesProcessed uint64
+
+	// Each disk's progress, "disk.<i>.*", in the backup's disk order; their
+	// BytesProcessed add up to the job's.
+	DiskProgress []DiskProgress
+}
+
+// DiskProgress is one disk of a backup job (its "disk.<i>.*" parameters).
+type DiskProgress struct {
+	Name           string // "disk.<i>.name": the disk's name in the domain
+	BytesTotal     uint64 // "disk.<i>.bytes.total": the disk's size
+	BytesProcessed uint64 // "disk.<i>.bytes.processed": examined so far
 }
 
 // Parameters describes the backup's job; flags: 0.
@@ -222,8 +233,21 @@ func (b *Backup) Parameters(flags uint32) (params *BackupParameters, err error) 
 		}
 		if cp.error != nil {
 			params.Error = C.GoString(cp.error)
-			C.free(unsafe.Pointer(cp.error))
 		}
+		if cp.ndisk > 0 {
+			disks := unsafe.Slice(cp.disk, int(cp.ndisk))
+			params.DiskProgress = make([]DiskProgress, len(disks))
+			for i, d := range disks {
+				params.DiskProgress[i] = DiskProgress{
+					BytesTotal:     uint64(d.bytes_total),
+					BytesProcessed: uint64(d.bytes_processed),
+				}
+				if d.name != nil {
+					params.DiskProgress[i].Name = C.GoString(d.name)
+				}
+			}
+		}
+		C.lvb_params_free(&cp)
 		return nil
 	})
 	return

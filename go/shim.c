@@ -251,6 +251,73 @@ int lvb_free(virDomainBackupPtr backup, lvbError *err)
     return r;
 }
 
+/* The index i of a "disk.<i>.<rest>" parameter name, @rest set to <rest>;
+ * -1 for any other name. */
+static int disk_index(const char *field, const char **rest)
+{
+    char *end;
+    unsigned long i;
+    if (strncmp(field, "disk.", 5) != 0 || field[5] < '0' || field[5] > '9')
+        return -1;
+    i = strtoul(field + 5, &end, 10);
+    if (*end != '.' || i >= 1UL << 20)
+        return -1;
+    *rest = end + 1;
+    return (int)i;
+}
+
+/* The "disk.<i>.*" parameters, in one pass over @params (a disk with no
+ * name gets ""). Returns -1 when out of memory (what was copied stays in
+ * @out, for lvb_params_free). */
+static int get_disk_params(virTypedParameterPtr params, int n, lvbParams *out)
+{
+    const char *rest;
+    int i, k, count = 0;
+
+    for (i = 0; i < n; i++) {
+        k = disk_index(params[i].field, &rest);
+        if (k >= count)
+            count = k + 1;
+    }
+    if (count == 0)
+        return 0;
+    out->disk = calloc((size_t)count, sizeof(*out->disk));
+    if (!out->disk)
+        return -1;
+    out->ndisk = (unsigned int)count;
+    for (i = 0; i < n; i++) {
+        virTypedParameterPtr p = &params[i];
+        lvbDiskParams *d;
+        k = disk_index(p->field, &rest);
+        if (k < 0)
+            continue;
+        d = &out->disk[k];
+        if (strcmp(rest, "name") == 0 && p->type == VIR_TYPED_PARAM_STRING && p->value.s) {
+            free(d->name);
+            d->name = strdup(p->value.s);
+            if (!d->name)
+                return -1;
+        } else if (strcmp(rest, "bytes.total") == 0 && p->type == VIR_TYPED_PARAM_ULLONG) {
+            d->bytes_total = p->value.ul;
+        } else if (strcmp(rest, "bytes.processed") == 0 && p->type == VIR_TYPED_PARAM_ULLONG) {
+            d->bytes_processed = p->value.ul;
+        }
+    }
+    return 0;
+}
+
+void lvb_params_free(lvbParams *p)
+{
+    unsigned int i;
+    for (i = 0; i < p->ndisk; i++)
+        free(p->disk[i].name);
+    free(p->disk);
+    free(p->error);
+    p->disk = NULL;
+    p->ndisk = 0;
+    p->error = NULL;
+}
+
 int lvb_get_parameters(virDomainBackupPtr backup, lvbParams *out, unsigned int flags,
                        lvbError *err)
 {
@@ -293,6 +360,16 @@ int lvb_get_parameters(virDomainBackupPtr backup, lvbParams *out, unsigned int f
     if (virTypedParamsGetULLong(params, n, "verify.bytes.total", &out->verify_total) == 1)
         out->has_verify = 1;
     virTypedParamsGetULLong(params, n, "verify.bytes.processed", &out->verify_processed);
+    if (get_disk_params(params, n, out) < 0) {
+        virTypedParamsClear(params, n);
+        free(params);
+        lvb_params_free(out);
+        err->code = VIR_ERR_NO_MEMORY;
+        err->domain = VIR_FROM_NONE;
+        err->level = VIR_ERR_ERROR;
+        err->message = strdup("out of memory");
+        return -1;
+    }
     virTypedParamsClear(params, n);
     free(params);
     return 0;

@@ -21,8 +21,16 @@ typedef struct lvbError {
     char *message;
 } lvbError;
 
+/* One disk's "disk.<i>.*" parameters; name is malloc'd. */
+typedef struct lvbDiskParams {
+    char *name;
+    unsigned long long bytes_total;
+    unsigned long long bytes_processed;
+} lvbDiskParams;
+
 /* virDomainBackupGetParameters() decoded: no typed-parameter union reaches
- * Go. error is malloc'd (NULL when absent). */
+ * Go. error is malloc'd (NULL when absent); disk is a malloc'd array of
+ * ndisk entries (NULL when none), released with lvb_params_free(). */
 typedef struct lvbParams {
     int state;
     int incremental;
@@ -35,6 +43,8 @@ typedef struct lvbParams {
     int has_verify;
     unsigned long long verify_total;
     unsigned long long verify_processed;
+    lvbDiskParams *disk;
+    unsigned int ndisk;
 } lvbParams;
 
 void lvb_init(void);
@@ -70,6 +80,8 @@ int lvb_delete(virDomainBackupPtr backup, unsigned int flags, lvbError *err);
 int lvb_free(virDomainBackupPtr backup, lvbError *err);
 int lvb_get_parameters(virDomainBackupPtr backup, lvbParams *out, unsigned int flags,
                        lvbError *err);
+/* Free what lvb_get_parameters() allocated in @p (not @p itself). */
+void lvb_params_free(lvbParams *p);
 int lvb_verify(virDomainBackupPtr backup, unsigned int flags, lvbError *err);
 
 /* Entry i of a NULL-terminated array from lvb_list*(). */

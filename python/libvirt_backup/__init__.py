@@ -345,8 +345,10 @@ class Backup:
         """The job's typed parameters: ``state`` (a
         ``VIR_DOMAIN_BACKUP_STATE_*``), ``incremental`` (bool),
         ``bytes.total``, ``bytes.processed``, ``bytes.written``,
-        ``time.elapsed`` (ms), ``disks``, and ``error`` (str, failed jobs);
-        live while the job runs."""
+        ``time.elapsed`` (ms), ``disks``, for each disk *i* from 0
+        ``disk.<i>.name`` (str), ``disk.<i>.bytes.total`` and
+        ``disk.<i>.bytes.processed`` (see :meth:`diskProgress`), and
+        ``error`` (str, failed jobs); live while the job runs."""
         with self._use() as p:
             n = c_int(0)
             if lib.virDomainBackupGetParameters(p, None, byref(n), 0) < 0:
@@ -359,6 +361,14 @@ class Backup:
             return {arr[i].field.decode(): _typed_value(arr[i]) for i in range(n.value)}
         finally:
             virt.virTypedParamsClear(arr, n.value)
+
+    def diskProgress(self, params: Optional[Dict[str, ParamValue]] = None
+                     ) -> List[Dict[str, ParamValue]]:
+        """Each disk's progress, in the backup's disk order:
+        ``{"name": str, "bytes.total": int, "bytes.processed": int}``, from
+        `params` (a result of :meth:`parameters`, whose job-wide
+        ``bytes.processed`` is the sum of these) or a new reading."""
+        return _disk_progress(self.parameters() if params is None else params)
 
     # ---------------------------------------------------------- jobs
     def finishJob(self, flags: int = 0) -> int:
@@ -421,6 +431,18 @@ class Backup:
             if lib.virDomainBackupVerify(p, flags) < 0:
                 raise _error("virDomainBackupVerify")
         return 0
+
+
+def _disk_progress(params: Dict[str, ParamValue]) -> List[Dict[str, ParamValue]]:
+    """The ``disk.<i>.*`` entries of :meth:`Backup.parameters`, one dict
+    per disk in order: ``name``, ``bytes.total``, ``bytes.processed``."""
+    out: List[Dict[str, ParamValue]] = []
+    while f"disk.{len(out)}.name" in params:
+        i = len(out)
+        out.append({k: params[f"disk.{i}.{k}"]
+                    for k in ("name", "bytes.total", "bytes.processed")
+                    if f"disk.{i}.{k}" in params})
+    return out
 
 
 def _typed_value(p: "_capi.virTypedParameter") -> ParamValue:

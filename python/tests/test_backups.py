@@ -119,6 +119,11 @@ def test_parameters_are_typed(env):
     for k in ("state", "disks", "bytes.total", "bytes.processed", "bytes.written", "time.elapsed"):
         assert type(p[k]) is int, k
     assert "error" not in p
+    # Per disk: the name a str, the figures ints.
+    assert p["disk.0.name"] == "vda"
+    assert p["disk.0.bytes.total"] == p["disk.0.bytes.processed"] == 16 * MiB
+    assert b.diskProgress(p) == b.diskProgress() == [
+        {"name": "vda", "bytes.total": 16 * MiB, "bytes.processed": 16 * MiB}]
 
 
 def test_parameters_during_a_job_and_finish(env, big_disk):
@@ -130,6 +135,9 @@ def test_parameters_during_a_job_and_finish(env, big_disk):
     assert p["state"] == lb.VIR_DOMAIN_BACKUP_STATE_RUNNING
     assert p["bytes.total"] == 2 << 30
     assert 0 <= p["bytes.processed"] < p["bytes.total"]
+    (d,) = b.diskProgress(p)
+    assert d["name"] == "vda" and d["bytes.total"] == 2 << 30
+    assert d["bytes.processed"] == p["bytes.processed"]
     assert ET.fromstring(b.getXMLDesc()).findtext("state") == "running"
     assert uuids(lb.listBackups(dom)) == [b.UUIDString()]
     assert b.finishJob() == 0
