@@ -9,6 +9,7 @@ mod api;
 mod info;
 mod progress;
 mod prune;
+mod rate;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -119,8 +120,11 @@ struct CreateArgs {
     /// A description kept with the backup
     #[arg(long, value_name = "TEXT")]
     description: Option<String>,
-    /// Use this <domainbackup> document as is
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "format", "parent", "incremental", "description"])]
+    /// Read at most RATE bytes/s from all disks together, e.g. 100M, 1G (units: --help)
+    #[arg(long, value_name = "RATE", value_parser = rate::parse_rate, long_help = rate::RATE_HELP)]
+    rate: Option<u64>,
+    /// Use this <domainbackup> document as is (a limit goes in its <bandwidth>)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "format", "parent", "incremental", "description", "rate"])]
     xml: Option<PathBuf>,
 }
 
@@ -407,6 +411,9 @@ fn follow(
                     .and_then(Param::as_u64)
                     .unwrap_or(0)
             };
+            if prefix == "bytes" {
+                bar.update_disks(progress::disk_figures(&p));
+            }
             bar.update(get("processed"), get("total"));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -440,6 +447,7 @@ fn watch_job(ctx: &Ctx, b: &Backup, label: &str, abort: bool) -> Res<()> {
     let result = b.finish(0).map(drop);
     if let Ok(p) = b.parameters() {
         let get = |n: &str| api::param(&p, n).and_then(Param::as_u64).unwrap_or(0);
+        bar.update_disks(progress::disk_figures(&p));
         bar.update(get("bytes.processed"), get("bytes.total"));
     }
     bar.finish(result.is_ok());
@@ -520,6 +528,9 @@ fn create_xml(dom: &Domain, a: &CreateArgs) -> Res<String> {
     };
     if let Some(p) = parent {
         x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(&p));
+    }
+    if let Some(rate) = a.rate {
+        x += &format!("<bandwidth bytes='{rate}'/>");
     }
     let mut disks: Vec<(String, Option<String>)> = a
         .disks

@@ -484,3 +484,46 @@ def test_sigint_during_restore_leaves_nothing(env):
     assert not os.path.exists(target)
     assert virsh("dominfo", name, check=False).returncode != 0
     assert not [f for f in os.listdir(os.environ["LIBVIRT_BACKUP_DIR"]) if f.startswith(".restoring-")]
+
+
+def test_rate_limit_and_per_disk_progress(env):
+    """--rate: parsed with units (bad values are usage errors, nothing
+    made), the job held to it; each disk's progress on the lines (not a
+    terminal), as bars (a terminal), and in `status`."""
+    vda = env.disk("r-vda.qcow2", 48 * MiB, writes=(("0x41", 0, 48 * MiB),))
+    vdb = env.disk("r-vdb.qcow2", 16 * MiB, writes=(("0x42", 0, 16 * MiB),))
+    dom = env.domain([("vda", vda), ("vdb", vdb)])
+    for bad in ("0", "1.5G", "10X", "fast", "", "18446744073709551616"):
+        p = vb("create", dom, "--rate", bad, rc=2)
+        assert "--rate" in p.stderr, p.stderr
+    p = vb("create", dom, "--rate", "0M", rc=2)
+    assert "more than 0" in p.stderr, p.stderr
+    vb("create", dom, "--rate", "1M", "--xml", env.path("none.xml"), rc=2)
+    assert vbj("list", dom) == [] and catalog_files(env) == []
+
+    # 64 MiB at 24 MiB/s: about 2.7 s. Lines name each disk.
+    ta, tb = env.path("r-a.qcow2"), env.path("r-b.qcow2")
+    t = time.monotonic()
+    p = vb("create", dom, "--rate", "24M", "--disk", f"vda={ta}", "--disk", f"vdb={tb}")
+    took = time.monotonic() - t
+    assert took >= 2.4, took
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("backup: ") and "%)" in ln]
+    assert lines and all(re.search(r"\(\d+%\) \[vda \d+%, vdb \d+%\]$", ln) for ln in lines), \
+        p.stdout
+    assert "\x1b" not in p.stdout and "\r" not in p.stdout
+    assert same(ta, vda) and same(tb, vdb)
+    uuid = re.search(r"Backup (\S+) completed", p.stdout).group(1)
+    s = vbj("status", uuid)
+    assert (s["disk.0.name"], s["disk.1.name"]) == ("vda", "vdb")
+    assert s["disk.0.bytes.total"] == s["disk.0.bytes.processed"] == 48 * MiB
+    assert s["disk.1.bytes.total"] == s["disk.1.bytes.processed"] == 16 * MiB
+    assert s["bytes.processed"] == 64 * MiB
+
+    # On a terminal: a bar per disk, under the job's.
+    rc, out = pty_run([VB, "-c", URI, "create", dom, "--rate", "32MiB/s"])
+    assert rc == 0, out
+    out = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out)  # colours and cursor moves
+    assert re.search(r"vda +\[[=> ]+\] +100% 48\.00 MiB/48\.00 MiB", out), repr(out[-1500:])
+    assert re.search(r"vdb +\[[=> ]+\] +100% 16\.00 MiB/16\.00 MiB", out), repr(out[-1500:])
+    assert re.search(r"64\.00 MiB/64\.00 MiB", out), repr(out[-1500:])
+    assert out.rstrip().endswith("written)"), repr(out[-300:])
