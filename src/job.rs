@@ -295,9 +295,13 @@ pub struct Progress {
     pub job: Option<Arc<Progress>>,
 }
 
-/// How far ahead of its rate a job's reads may run after a pause: a
-/// reader held up (by its writer, by the CPU) catches up this much.
-const JOB_BURST: Duration = Duration::from_millis(100);
+/// How far behind its schedule a job's reads may fall and still catch up
+/// at full speed: a reader held up (by its writer, by the CPU of a loaded
+/// machine) loses no more than what it was held up beyond this. The
+/// bucket starts empty, so a job never reads faster than its limit from
+/// its start; over any span of time it reads at most the limit's worth
+/// for that span plus this.
+const JOB_BURST: Duration = Duration::from_millis(500);
 
 /// How often a copy waiting for its rate limit looks for a cancel.
 const CANCEL_POLL: Duration = Duration::from_millis(50);
@@ -366,13 +370,14 @@ impl Progress {
     }
 }
 
-/// A limit on bytes per second: a token bucket, kept as the time at which
-/// the bytes taken so far are paid for (the generic cell rate algorithm).
-/// Taking `n` bytes moves that time `n / rate` later, from now at the
-/// earliest (a pause earns nothing beyond `burst`), and waits until it is
-/// at most `burst` ahead of now. Shared by threads: each waits for its own
-/// bytes, and together they move at most `rate` bytes per second, plus
-/// `burst` worth once.
+/// A limit on bytes per second: a token bucket of `burst` worth of bytes,
+/// starting empty, kept as the time at which the bytes taken so far are
+/// paid for (the generic cell rate algorithm). Taking `n` bytes moves that
+/// time `n / rate` later, from now at the earliest (a pause earns nothing
+/// beyond `burst`), and waits until it is at most `burst` ahead of now.
+/// Shared by threads: each waits for its own bytes, and together they move
+/// at most `rate` bytes per second from the start, and over any span at
+/// most `burst` worth more than the span's share.
 #[derive(Debug)]
 pub struct RateLimit {
     rate: u64,
@@ -381,13 +386,13 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// A limit of `rate` bytes per second (at least 1), allowing a burst
-    /// of `burst` worth of bytes.
+    /// A limit of `rate` bytes per second (at least 1), whose bucket holds
+    /// `burst` worth of bytes once a pause has filled it.
     pub fn new(rate: u64, burst: Duration) -> RateLimit {
         RateLimit {
             rate: rate.max(1),
             burst,
-            paid: Mutex::new(Instant::now()),
+            paid: Mutex::new(Instant::now() + burst),
         }
     }
 
@@ -450,11 +455,20 @@ mod tests {
         let took = t.elapsed();
         assert!(took >= Duration::from_millis(500), "{took:?}");
         assert!(took < Duration::from_millis(800), "{took:?}");
-        // A burst: that much goes at once after a pause.
+        // A burst: the bucket starts empty (the first 512 KiB wait their
+        // 62.5 ms), and after a pause that much goes at once.
         let limit = RateLimit::new(8 << 20, Duration::from_millis(100));
         let t = Instant::now();
         assert!(limit.take(512 << 10, CANCEL_POLL, || false));
-        assert!(t.elapsed() < Duration::from_millis(30));
+        assert!(
+            t.elapsed() >= Duration::from_millis(60),
+            "{:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        let t = Instant::now();
+        assert!(limit.take(512 << 10, CANCEL_POLL, || false));
+        assert!(t.elapsed() < Duration::from_millis(30), "{:?}", t.elapsed());
     }
 
     #[test]
