@@ -278,3 +278,62 @@ fn cancel_ends_a_wait_for_the_limit() {
     assert!(ull(&p, "bytes.processed") < 64 * MIB);
     assert!(Backup::list(&dom, Default::default()).unwrap().is_empty());
 }
+
+#[test]
+fn a_running_domain_is_read_under_the_limit_and_reported_per_disk() {
+    use common::qemu::{QemuDomain, connect, image, snapshot};
+    // Read from libvirt's pull-mode export by the same engine: 48 MiB of
+    // data on two disks at 16 MiB/s take about 3 s.
+    let conn = connect();
+    let a = image("rl-live-a.qcow2", "qcow2", "64M", &["write -P 0x51 0 32M"]);
+    let b = image("rl-live-b.qcow2", "qcow2", "32M", &["write -P 0x52 0 16M"]);
+    let qd = QemuDomain::define(
+        &conn,
+        "rl-live",
+        &[("vda", &a, "qcow2"), ("vdb", &b, "qcow2")],
+    );
+    qd.start();
+    let (ta, tb) = (
+        snapshot(&a, "qcow2", "rl-live-a.raw"),
+        snapshot(&b, "qcow2", "rl-live-b.raw"),
+    );
+    let start = Instant::now();
+    let bk = Backup::create(
+        &qd.dom,
+        &format!(
+            "<domainbackup><bandwidth bytes='{}'/></domainbackup>",
+            16 * MIB
+        ),
+        CreateOptions::default(),
+    )
+    .unwrap();
+    let mut moving = 0;
+    loop {
+        let p = params(&bk);
+        let (d0, d1) = (
+            ull(&p, "disk.0.bytes.processed"),
+            ull(&p, "disk.1.bytes.processed"),
+        );
+        assert_eq!(d0 + d1, ull(&p, "bytes.processed"));
+        if !matches!(p[0].1, ParamValue::Int(1)) {
+            break;
+        }
+        moving += usize::from(d0 + d1 > 0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bk.finish_job(Default::default()).unwrap();
+    let took = start.elapsed();
+    eprintln!("running domain, 48 MiB of data on two disks at 16 MiB/s: {took:.3?}");
+    assert!(took >= Duration::from_millis(2700), "{took:?}");
+    assert!(moving >= 5, "{moving} looks with bytes processed");
+    let p = params(&bk);
+    assert_eq!(
+        (text(&p, "disk.0.name"), text(&p, "disk.1.name")),
+        ("vda", "vdb")
+    );
+    assert_eq!(ull(&p, "disk.0.bytes.processed"), 64 * MIB);
+    assert_eq!(ull(&p, "disk.1.bytes.processed"), 32 * MIB);
+    let rec = bk.record().unwrap();
+    assert!(identical(&rec.disks[0].target, "qcow2", &ta, "raw"));
+    assert!(identical(&rec.disks[1].target, "qcow2", &tb, "raw"));
+}
