@@ -43,9 +43,10 @@ pub mod test_api {
     pub mod hv {
         pub use crate::hv::{libvirt, storage_pool};
     }
-    /// `crate::image`: image files, chains, backing files, the NBD client.
+    /// `crate::image`: image files, chains, backing files, the NBD client,
+    /// QEMU's image locks.
     pub mod image {
-        pub use crate::image::{backing, chain, disk, nbd};
+        pub use crate::image::{backing, chain, disk, nbd, qemu_lock};
     }
     /// `crate::job`: a job's progress and rate limit.
     pub mod job {

@@ -408,6 +408,7 @@ pub fn copy_changes(
         }
         w.flush(buf)?;
         dst.written(win.offset, win.offset + win.len as u64);
+        crate::test_pause!("copy-window");
         Ok(())
     })?;
     // A source that shrank while it was read would have read as holes.

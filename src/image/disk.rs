@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
@@ -21,6 +22,7 @@ use crate::image::cache::{self, DropBehind};
 use crate::image::chain::{ChainReader, bad_chain, recorded_at};
 use crate::image::file::{self as image_file, Kind};
 use crate::image::nbd::{NbdAddress, NbdClient};
+use crate::image::qemu_lock::DiskLocks;
 use crate::xml::backup::DiskFormat;
 
 /// What a range of a source image holds.
@@ -47,6 +49,10 @@ pub enum Chain<'a> {
     /// the format the header records (as libvirt requires); a header naming
     /// a backing file without a format is refused, never probed.
     Header,
+    /// A shut-off domain's disk a backup reads: as `Header`, each file
+    /// locked as QEMU locks it before anything of it is read (see
+    /// `image::qemu_lock`).
+    HeaderLocked(&'a DiskLocks),
     /// Only the image's own header and clusters (checks of its size).
     Detached,
 }
@@ -70,7 +76,9 @@ fn open_backing(
     depth: usize,
 ) -> Result<Option<FormatAccess<ImagoFile>>> {
     let (file, format, below) = match (*chain, header) {
-        (Chain::Detached, _) | (Chain::None | Chain::Header, None) => return Ok(None),
+        (Chain::Detached, _) | (Chain::None | Chain::Header | Chain::HeaderLocked(_), None) => {
+            return Ok(None);
+        }
         (Chain::None, Some((b, _))) => {
             return Err(Error::invalid_arg(format!(
                 "'{}' is a qcow2 image with a backing file ('{}'): images given to the library must be complete (no backing file)",
@@ -84,7 +92,7 @@ fn open_backing(
             let (want, f) = &list[at];
             (want.clone(), *f, Chain::Recorded(&list[at + 1..]))
         }
-        (Chain::Header, Some((b, None))) => {
+        (Chain::Header | Chain::HeaderLocked(_), Some((b, None))) => {
             return Err(bad_chain(
                 path,
                 format!(
@@ -93,20 +101,20 @@ fn open_backing(
                 ),
             ));
         }
-        (Chain::Header, Some((b, Some(f)))) => {
+        (Chain::Header | Chain::HeaderLocked(_), Some((b, Some(f)))) => {
             let f = DiskFormat::parse(&f).map_err(|_| {
                 bad_chain(
                     path,
                     format!("backing file '{}' has format '{f}'", b.display()),
                 )
             })?;
-            (b, f, Chain::Header)
+            (b, f, *chain)
         }
     };
     if depth >= MAX_CHAIN {
         return Err(bad_chain(path, "its backing chain is too deep".into()));
     }
-    let storage = open_storage(&file, format, false)?;
+    let storage = open_storage(&file, format, false, chain)?;
     Ok(Some(match format {
         DiskFormat::Raw => FormatAccess::new(
             ImagoRaw::builder(storage)
@@ -119,9 +127,13 @@ fn open_backing(
 
 /// The image file at `path` for imago, opened by the library (never
 /// blocking, only a kind of file an image of `format` can be: see
-/// `image::file`), never by imago from a path.
-fn open_storage(path: &Path, format: DiskFormat, write: bool) -> Result<ImagoFile> {
+/// `image::file`), never by imago from a path; locked first if `chain`
+/// says so.
+fn open_storage(path: &Path, format: DiskFormat, write: bool, chain: &Chain) -> Result<ImagoFile> {
     let file = image_file::open(path, write, Kind::of(format), "cannot open image")?;
+    if let Chain::HeaderLocked(locks) = chain {
+        locks.lock(&file, path, Kind::of(format))?;
+    }
     storage_of(file, path, write)
 }
 
@@ -140,7 +152,7 @@ fn open_qcow2(
     chain: &Chain,
     depth: usize,
 ) -> Result<FormatAccess<ImagoFile>> {
-    let storage = open_storage(path, DiskFormat::Qcow2, write)?;
+    let storage = open_storage(path, DiskFormat::Qcow2, write, chain)?;
     open_qcow2_storage(path, storage, write, chain, depth)
 }
 
@@ -188,6 +200,9 @@ pub enum Source {
     /// running domain's disk served by libvirt's pull-mode job), through
     /// one or more connections.
     Nbd(Box<NbdConnections>),
+    /// A shut-off domain's disk, read with QEMU's image locks held on
+    /// every file it reads (see `Source::open_locked`).
+    Locked(Box<Source>, Arc<DiskLocks>),
 }
 
 /// Connections to one NBD export. Each connection has one request in
@@ -229,9 +244,11 @@ impl Source {
                 let size = image_file::size(&file)
                     .map_err(io_err("cannot find the size of source image", path))?;
                 cache::sequential(&file);
-                if let Chain::Recorded(_) = chain {
+                match chain {
                     // A backup's own file: see `chain::open_file`.
-                    let _ = file.try_lock_shared();
+                    Chain::Recorded(_) => drop(file.try_lock_shared()),
+                    Chain::HeaderLocked(locks) => locks.lock(&file, path, Kind::of(format))?,
+                    _ => {}
                 }
                 Ok(Source::Raw {
                     file,
@@ -245,6 +262,26 @@ impl Source {
                 }
                 _ => Ok(Source::Qcow2(open_qcow2(path, false, &chain, 0)?)),
             },
+        }
+    }
+
+    /// A shut-off domain's disk `disk`, opened for a backup (as with
+    /// `Chain::Header`) with QEMU's image locks taken on every file it
+    /// reads, so that neither the domain nor a QEMU tool can write or
+    /// resize them while they are held: until the source and every
+    /// `locks()` of it are dropped. Refused when another process writes
+    /// or resizes one of them (see `image::qemu_lock`).
+    pub fn open_locked(path: &Path, format: DiskFormat, disk: &str) -> Result<Source> {
+        let locks = DiskLocks::new(disk);
+        let src = Source::open(path, format, Chain::HeaderLocked(&locks))?;
+        Ok(Source::Locked(Box::new(src), Arc::new(locks)))
+    }
+
+    /// The image locks a source of `open_locked` holds.
+    pub fn locks(&self) -> Option<Arc<DiskLocks>> {
+        match self {
+            Source::Locked(_, locks) => Some(Arc::clone(locks)),
+            _ => None,
         }
     }
 
@@ -283,6 +320,7 @@ impl Source {
             Source::Qcow2(q) => q.size(),
             Source::Chain(c) => c.size(),
             Source::Nbd(c) => c.0[0].size(),
+            Source::Locked(s, _) => s.size(),
         }
     }
 
@@ -290,8 +328,10 @@ impl Source {
     /// filled with zeroes. Returns false when the whole range is a hole
     /// (and `buf` was left as it was).
     pub(crate) fn fill(&self, buf: &mut [u8], offset: u64) -> Result<bool> {
-        if let Source::Chain(c) = self {
-            return c.fill(buf, offset);
+        match self {
+            Source::Chain(c) => return c.fill(buf, offset),
+            Source::Locked(s, _) => return s.fill(buf, offset),
+            _ => {}
         }
         let end = offset + buf.len() as u64;
         let mut pos = offset;
@@ -373,6 +413,7 @@ impl Source {
             }
             // Not reached: `fill` reads a chain itself.
             Source::Chain(_) => Ok((Extent::Data, max)),
+            Source::Locked(s, _) => s.extent(offset, max),
         }
     }
 
@@ -383,6 +424,7 @@ impl Source {
             Source::Qcow2(q) => Ok(q.size()),
             Source::Chain(c) => Ok(c.size()),
             Source::Nbd(c) => Ok(c.0[0].size()),
+            Source::Locked(s, _) => s.current_size(),
         }
     }
 
@@ -392,14 +434,17 @@ impl Source {
     pub(crate) fn is_cold(&self, offset: u64, len: u64) -> bool {
         match self {
             Source::Raw { file, .. } => cache::is_cold(file, offset, len),
+            Source::Locked(s, _) => s.is_cold(offset, len),
             _ => false,
         }
     }
 
     /// Drop `offset..offset+len`, found cold before it was read.
     pub(crate) fn drop_cached(&self, offset: u64, len: u64) {
-        if let Source::Raw { file, .. } = self {
-            cache::drop_cached(file, offset, len);
+        match self {
+            Source::Raw { file, .. } => cache::drop_cached(file, offset, len),
+            Source::Locked(s, _) => s.drop_cached(offset, len),
+            _ => {}
         }
     }
 
@@ -417,6 +462,7 @@ impl Source {
                 Err(e) => Err(std::io::Error::other(e.message)),
             },
             Source::Nbd(c) => c.at(offset).read_at(buf, offset).map_err(nbd_io),
+            Source::Locked(s, _) => s.read_at(buf, offset),
         }
     }
 }
@@ -742,54 +788,4 @@ fn path_string(p: &Path) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::image::buffer::AlignedBuf;
-
-    /// A thread that asked for direct targets gets them on a disk file
-    /// system (its aligned writes leave nothing in the page cache); on a
-    /// disk and on tmpfs, odd tails, unaligned buffers, zeroes and data
-    /// read back as written.
-    #[test]
-    fn direct_targets_where_allowed_and_the_same_bytes_either_way() {
-        const SIZE: u64 = (3 << 20) + 1234;
-        use_direct_targets();
-        for root in ["/var/tmp", "/dev/shm"] {
-            let Ok(dir) = tempfile::tempdir_in(root) else {
-                continue;
-            };
-            for format in [DiskFormat::Raw, DiskFormat::Qcow2] {
-                let path = dir.path().join(format!("t.{}", format.as_str()));
-                let t = Target::create(&path, format, SIZE, None, false).unwrap();
-                if let (TargetImage::Raw { direct, .. }, "/var/tmp") = (&t.img, root) {
-                    assert!(direct.is_some(), "no O_DIRECT on {root}");
-                }
-                let mut data = AlignedBuf::zeroed(1 << 20);
-                data.iter_mut()
-                    .enumerate()
-                    .for_each(|(i, b)| *b = (i % 251) as u8 + 1);
-                t.write_at(&data, 1 << 20).unwrap();
-                t.write_at(&data[..1234], SIZE - 1234).unwrap();
-                t.write_at(&data[7..4096 + 7], 5000).unwrap();
-                t.write_zeroes(1 << 20, 64 << 10).unwrap();
-                if let (TargetImage::Raw { file, .. }, "/var/tmp") = (&t.img, root) {
-                    assert!(
-                        cache::is_cold(file, 2 << 20, 1 << 20),
-                        "direct writes were cached"
-                    );
-                }
-                t.finish(&path).unwrap();
-
-                let mut want = vec![0u8; SIZE as usize];
-                want[1 << 20..2 << 20].copy_from_slice(&data);
-                want[(SIZE - 1234) as usize..].copy_from_slice(&data[..1234]);
-                want[5000..5000 + 4096].copy_from_slice(&data[7..4096 + 7]);
-                want[1 << 20..(1 << 20) + (64 << 10)].fill(0);
-                let src = Source::open(&path, format, Chain::None).unwrap();
-                let mut got = vec![0u8; SIZE as usize];
-                src.read_at(&mut got, 0).unwrap();
-                assert!(got == want, "{root} {}: bytes differ", format.as_str());
-            }
-        }
-    }
-}
+mod tests;

@@ -7,3 +7,4 @@ pub mod chain;
 pub mod disk;
 pub(crate) mod file;
 pub mod nbd;
+pub mod qemu_lock;

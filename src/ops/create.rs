@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::storage_pool;
 use crate::image::disk::{Chain, Source, Target as ImageTarget};
+use crate::image::qemu_lock::DiskLocks;
 use crate::job::{Job, JobPlan};
 use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
@@ -147,7 +148,7 @@ fn prepare(
     )?;
     let mut disks = plans
         .into_iter()
-        .map(|p| resolve_disk(dom, p))
+        .map(|p| resolve_disk(dom, p, !facts.is_live))
         .collect::<Result<Vec<_>>>()?;
     if let Some(parent) = &parent {
         for p in &mut disks {
@@ -181,8 +182,9 @@ fn prepare(
 }
 
 /// A planned disk checked against the world: the folder of a file target
-/// exists, a volume can be made, the source opens (which gives its size).
-fn resolve_disk(dom: &DomainRef, p: DiskPlan) -> Result<PlannedDisk> {
+/// exists, a volume can be made, the source opens (which gives its size);
+/// one the library copies (`copied`) is locked as QEMU locks it.
+fn resolve_disk(dom: &DomainRef, p: DiskPlan, copied: bool) -> Result<PlannedDisk> {
     let (target, volume) = match p.target {
         TargetPlan::File { path, checked } => {
             let dir = path.parent().unwrap_or(Path::new("/"));
@@ -203,7 +205,12 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan) -> Result<PlannedDisk> {
         }
     };
     // The format libvirt's definition states (raw when it states none).
-    let src = Source::open(&p.source, p.source_format, Chain::Header)?;
+    // A disk the library copies is locked from here to the end of its job
+    // (see `image::qemu_lock`): the domain cannot start meanwhile.
+    let src = match copied {
+        true => Source::open_locked(&p.source, p.source_format, &p.name)?,
+        false => Source::open(&p.source, p.source_format, Chain::Header)?,
+    };
     Ok(PlannedDisk {
         record: DiskRecord {
             name: p.name,
@@ -372,7 +379,7 @@ fn run(
             CopySource { from, parent }
         })
         .collect();
-    let (work_catalog, work_record) = (catalog.clone(), record.clone());
+    let (work_catalog, work_record, work_dom) = (catalog.clone(), record.clone(), dom.clone());
     let conn = volume_connection(&record, Some(dom));
     // The thread takes the job lock and the live run from here; if it
     // cannot start, they are still here for the discard.
@@ -383,6 +390,7 @@ fn run(
         let (lock, live) = take();
         let run = CopyRun {
             catalog: &work_catalog,
+            dom: &work_dom,
             lock,
             conn,
             live,
@@ -813,6 +821,7 @@ fn copy_disk(
 /// What a backup job's body works with besides its disks.
 struct CopyRun<'a> {
     catalog: &'a Catalog,
+    dom: &'a DomainRef,
     lock: JobLock,
     conn: Option<Connect>,
     /// The pull-mode job of a live backup.
@@ -831,10 +840,20 @@ fn run_copy(
 ) -> Result<()> {
     let CopyRun {
         catalog,
+        dom,
         lock,
         conn,
         live,
     } = run;
+    // Held until the record is written: each source drops its own at the
+    // end of its disk's copy.
+    let locks: Vec<_> = sources
+        .iter()
+        .filter_map(|s| match &s.from {
+            From::Image(src, _) => src.locks(),
+            From::Export(_) => None,
+        })
+        .collect();
     let work: Vec<_> = sources
         .into_iter()
         .zip(targets)
@@ -848,6 +867,7 @@ fn run_copy(
     // backup leaves no libvirt job behind.
     let copied = match &live {
         Some(l) if copied.is_ok() => l.finish(catalog, &record),
+        None => copied.and_then(|()| check_sources_kept(dom, &locks)),
         _ => copied,
     };
     let (result, _guard, lock) = job.settle(catalog, &mut record, copied, lock);
@@ -863,4 +883,17 @@ fn run_copy(
         }
     }
     result
+}
+
+/// The end of a copy, before its record says completed: the domain did not
+/// start, and every file read is as it was and still locked (see
+/// `image::qemu_lock`); else the job fails and nothing is recorded.
+fn check_sources_kept(dom: &DomainRef, locks: &[Arc<DiskLocks>]) -> Result<()> {
+    if !dom.images_are_quiet(dom.is_active()?)? {
+        return Err(Error::operation_failed(format!(
+            "domain '{}' was started while its disks were copied; the backup is discarded",
+            dom.name()?
+        )));
+    }
+    locks.iter().try_for_each(|l| l.check_unchanged())
 }
