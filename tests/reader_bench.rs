@@ -2,13 +2,15 @@
 //! reader_bench -- --ignored --nocapture`): a shut-off domain's disk read
 //! by the library itself with QEMU's image locks (`Source::open_locked`)
 //! against the same disk read through a read-only `qemu-storage-daemon`
-//! over NBD on a unix socket (which takes QEMU's locks by itself), each
+//! (which takes QEMU's locks by itself) over NBD on a unix socket, one
+//! connection per reader thread (READER_BENCH_CONNS, default 2); each
 //! copied in full into a new qcow2 target by the copy engine. A 1 GiB disk
 //! (READER_BENCH_MIB) in three layouts (one long run of data, 64 KiB runs
 //! every 128 KiB, 5 % in 64 KiB runs), raw and qcow2; the source's pages
 //! are dropped before each copy (a backup reads a cold disk), the two
 //! readers alternate, READER_BENCH_RUNS (default 3) copies each; the
-//! median is shown, with the daemon's start and stop counted in.
+//! median and the best time are shown, with the daemon's start and stop
+//! counted in, and the median CPU time (this process's and the daemon's).
 
 mod common;
 use common::qemu_img;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use libvirt_backup::test_api::engine::copy::{Baseline, copy_image};
 use libvirt_backup::test_api::engine::export::{ExportDisk, StorageDaemonExport};
 use libvirt_backup::test_api::image::disk::{Source, Target};
+use libvirt_backup::test_api::image::nbd::NbdClient;
 use libvirt_backup::test_api::job::Progress;
 use libvirt_backup::test_api::store::index::NoDigests;
 use libvirt_backup::test_api::xml::backup::{DiskFormat, NbdServer};
@@ -77,18 +80,35 @@ fn copy(src: &Source, dst: &Path) {
     t.finish(dst).unwrap();
 }
 
-fn direct(img: &Path, fmt: DiskFormat, dst: &Path) -> Duration {
+/// CPU time used so far by this process and its waited-for children (the
+/// storage daemons), in seconds.
+fn cpu() -> f64 {
+    let used = |who| {
+        // SAFETY: `getrusage` fills the zeroed struct it is given.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `r` is a valid, writable `struct rusage`.
+        unsafe { libc::getrusage(who, &mut r) };
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        t(r.ru_utime) + t(r.ru_stime)
+    };
+    used(libc::RUSAGE_SELF) + used(libc::RUSAGE_CHILDREN)
+}
+
+/// One copy's wall time and CPU seconds (ours and the daemon's).
+type Run = (Duration, f64);
+
+fn direct(img: &Path, fmt: DiskFormat, dst: &Path) -> Run {
     drop_cache(img);
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu());
     let src = Source::open_locked(img, fmt, "vda").unwrap();
     copy(&src, dst);
     drop(src);
-    t.elapsed()
+    (t.elapsed(), cpu() - c)
 }
 
-fn nbd(img: &Path, fmt: DiskFormat, dst: &Path, dir: &Path) -> Duration {
+fn nbd(img: &Path, fmt: DiskFormat, dst: &Path, dir: &Path, conns: u64) -> Run {
     drop_cache(img);
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu());
     let server = NbdServer::Unix(dir.join("nbd.sock"));
     let disk = ExportDisk {
         export_name: "vda".into(),
@@ -97,18 +117,26 @@ fn nbd(img: &Path, fmt: DiskFormat, dst: &Path, dir: &Path) -> Duration {
         bitmap: None,
     };
     let daemon = StorageDaemonExport::start(&server, &[disk]).unwrap();
-    let src = Source::open_nbd(&server, "vda").unwrap();
+    // Two: one per reader thread of the copy engine, as a running domain's
+    // export is read.
+    let clients = (0..conns)
+        .map(|_| NbdClient::connect(&server, "vda", None).unwrap())
+        .collect();
+    let src = Source::nbd(clients).unwrap();
     copy(&src, dst);
     drop(src);
     daemon.stop().unwrap();
-    t.elapsed()
+    (t.elapsed(), cpu() - c)
 }
 
-/// The median and the minimum (the run least disturbed by the machine's
-/// other work).
-fn median_min(mut v: Vec<Duration>) -> (Duration, Duration) {
-    v.sort();
-    (v[v.len() / 2], v[0])
+/// The median and the minimum time (the run least disturbed by the
+/// machine's other work), and the median CPU seconds.
+fn summary(v: &[Run]) -> (Duration, Duration, f64) {
+    let mut t: Vec<Duration> = v.iter().map(|r| r.0).collect();
+    let mut c: Vec<f64> = v.iter().map(|r| r.1).collect();
+    t.sort();
+    c.sort_by(f64::total_cmp);
+    (t[t.len() / 2], t[0], c[c.len() / 2])
 }
 
 /// The data runs (offset, length) of a layout.
@@ -119,6 +147,7 @@ type Layout = Box<dyn Iterator<Item = (u64, u64)>>;
 fn direct_read_with_locks_vs_storage_daemon_over_nbd() {
     let size = env_u64("READER_BENCH_MIB", 1024) * MIB;
     let runs = env_u64("READER_BENCH_RUNS", 3);
+    let conns = env_u64("READER_BENCH_CONNS", 2);
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let k64 = 64 << 10;
     let layouts: [(&str, Layout); 3] = [
@@ -133,7 +162,7 @@ fn direct_read_with_locks_vs_storage_daemon_over_nbd() {
         ),
     ];
     println!(
-        "layout          format  data MiB  direct MiB/s (median, best)  nbd MiB/s (median, best)  speed ratio direct/nbd (median, best)"
+        "layout          format  data MiB  direct MiB/s (median, best), CPU s  nbd MiB/s (median, best), CPU s  speed ratio direct/nbd (median, best)"
     );
     for (name, layout) in layouts {
         let raw = dir.path().join(format!("{name}.raw"));
@@ -154,19 +183,21 @@ fn direct_read_with_locks_vs_storage_daemon_over_nbd() {
             let (mut d, mut n) = (Vec::new(), Vec::new());
             for _ in 0..runs {
                 d.push(direct(img, fmt, &dst));
-                n.push(nbd(img, fmt, &dst, dir.path()));
+                n.push(nbd(img, fmt, &dst, dir.path(), conns));
             }
-            let (d, n) = (median_min(d), median_min(n));
+            let (d, n) = (summary(&d), summary(&n));
             let rate = |t: Duration| size as f64 / MIB as f64 / t.as_secs_f64();
             let ratio = |d: Duration, n: Duration| n.as_secs_f64() / d.as_secs_f64();
             println!(
-                "{name:<15} {:<7} {:>8}  {:>6.0} {:>6.0}  {:>6.0} {:>6.0}  {:>5.2} {:>5.2}",
+                "{name:<15} {:<7} {:>8}  {:>6.0} {:>6.0} {:>5.2}  {:>6.0} {:>6.0} {:>5.2}  {:>5.2} {:>5.2}",
                 fmt.as_str(),
                 data / MIB,
                 rate(d.0),
                 rate(d.1),
+                d.2,
                 rate(n.0),
                 rate(n.1),
+                n.2,
                 ratio(d.0, n.0),
                 ratio(d.1, n.1)
             );
