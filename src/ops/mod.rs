@@ -14,6 +14,7 @@ pub(crate) use crate::hv::libvirt::DomainRef;
 pub mod backup;
 mod claim;
 pub(crate) mod create;
+mod create_job;
 mod create_targets;
 pub(crate) mod export;
 pub(crate) mod export_access;
