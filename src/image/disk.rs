@@ -20,6 +20,10 @@ use crate::error::{Error, Result};
 use crate::image::buffer;
 use crate::image::cache::{self, DropBehind};
 use crate::image::chain::{ChainReader, bad_chain, recorded_at};
+#[cfg(test)]
+pub(crate) use crate::image::direct::direct_wanted;
+pub use crate::image::direct::use_direct_targets;
+use crate::image::direct::{reopen_direct, reopen_qcow2_direct};
 use crate::image::file::{self as image_file, Kind};
 use crate::image::nbd::{NbdAddress, NbdClient};
 use crate::image::qemu_lock::DiskLocks;
@@ -486,70 +490,6 @@ enum TargetImage {
     Qcow2(FormatAccess<ImagoFile>),
 }
 
-/// Whether new targets are written with `O_DIRECT`. Measured here
-/// (2 cores, virtio disk): direct writes leave no dirty data for another
-/// domain's fsync to wait behind (ext4's ordered mode writes it out at
-/// every journal commit) and equal buffered ones on long runs, but each is
-/// synchronous, so a source of scattered 64 KiB runs copied 2-4x slower
-/// than buffered writes with drop-behind (`image::cache`). Backups and
-/// restores are written buffered with drop-behind; housekeeping (a
-/// delete's merge, see `engine::background`) asks for direct targets on
-/// its thread. `LIBVIRT_BACKUP_DIRECT=1` or `=0` forces either way; a file
-/// system that refuses `O_DIRECT` gets buffered writes.
-pub(crate) fn direct_wanted() -> bool {
-    match std::env::var_os("LIBVIRT_BACKUP_DIRECT") {
-        Some(v) => v != "0",
-        None => DIRECT_TARGETS.with(|d| d.get()),
-    }
-}
-
-thread_local! {
-    static DIRECT_TARGETS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Targets the calling thread creates from now on are written with
-/// `O_DIRECT` where the file system allows it.
-pub fn use_direct_targets() {
-    DIRECT_TARGETS.with(|d| d.set(true));
-}
-
-/// A new qcow2 target formatted through the page cache, opened again for
-/// its data writes through `direct` (imago aligns what needs it: header
-/// updates, odd tails).
-fn reopen_qcow2_direct(direct: File, path: &Path) -> Result<Qcow2<ImagoFile>> {
-    let storage = ImagoFile::from_open_file(
-        direct,
-        StorageOpenOptions::new()
-            .filename(path)
-            .write(true)
-            .direct(true),
-    )
-    .map_err(io_err("cannot open target image", path))?;
-    Qcow2::<ImagoFile>::builder(storage)
-        .write(true)
-        .backing(None)
-        .open(DenyImplicitOpenGate::default())
-        .map_err(io_err("cannot open target image", path))
-}
-
-/// `file` opened again with `O_DIRECT`, through its descriptor: the magic
-/// link `/proc/self/fd/N` opens the very file the descriptor is on (even
-/// one renamed over or unlinked since), never what a path names now.
-/// Nothing else in `Target` opens a file: `create_from` and `open_existing`
-/// hand imago the descriptor they have. None where `O_DIRECT` is refused.
-fn reopen_direct(file: &File) -> Option<File> {
-    use std::os::fd::AsRawFd;
-    if !direct_wanted() {
-        return None;
-    }
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .ok()
-}
-
 /// A second handle on `file` for the page-cache calls.
 fn cache_of(file: &File, path: &Path) -> Result<DropBehind> {
     let dup = file
@@ -598,7 +538,7 @@ impl Target {
     /// through a checked folder descriptor with `O_EXCL|O_NOFOLLOW`), as an
     /// image of `format` and `size`; a qcow2 image may get a `backing` file
     /// (named in its header as given). `path` only names the file in
-    /// messages: nothing opens it by its path (see `reopen_direct`). A
+    /// messages: nothing opens it by its path (see `direct::reopen_direct`). A
     /// file that is not regular or not empty is refused.
     pub fn create_from(
         file: File,
@@ -634,7 +574,7 @@ impl Target {
             (DiskFormat::Raw, None) => {
                 file.set_len(size)
                     .map_err(io_err("cannot size target image", path))?;
-                let direct = reopen_direct(&file);
+                let direct = reopen_direct(&file, path);
                 TargetImage::Raw { file, direct }
             }
             (DiskFormat::Raw, Some(_)) => {
@@ -744,7 +684,7 @@ fn format_qcow2(
     // Formatted through the page cache, then reopened direct:
     // imago probes a direct file's alignment by reading and
     // writing back its first bytes, which must exist by then.
-    let direct = reopen_direct(&file);
+    let direct = reopen_direct(&file, path);
     let storage =
         ImagoFile::from_open_file(file, StorageOpenOptions::new().filename(path).write(true))
             .map_err(io_err("cannot open target image", path))?;

@@ -4,6 +4,7 @@ pub mod backing;
 pub(crate) mod buffer;
 pub(crate) mod cache;
 pub mod chain;
+pub(crate) mod direct;
 pub mod disk;
 pub(crate) mod file;
 pub mod nbd;
