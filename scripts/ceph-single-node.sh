@@ -98,11 +98,13 @@ osd memory target = 939524096
 bluestore cache autotune = false
 bluestore cache size = 134217728
 mgr initial modules =
+mds cache memory limit = 268435456
 [mon]
 keyring = $DIR/\$name/keyring
 [client]
 log file = $DIR/log/\$name.log
 client mount timeout = 20
+client oc size = 67108864
 EOF
 }
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what building and testing libvirt-backup needs on Debian 12, as root.
 # Idempotent and quick: it only calls apt-get or cargo for what is missing.
-#   install-deps.sh        everything `make check` needs
+#   install-deps.sh        everything `make check` needs (Ceph's daemons and
+#                          ceph-fuse: scripts/ceph-single-node.sh)
 #   install-deps.sh demo   only what building and `make demo` need
 #   install-deps.sh bench  what `make check` needs, plus virtnbdbackup (for `make bench`)
 set -eu
@@ -11,7 +12,8 @@ PACKAGES="build-essential pkg-config libvirt-dev libvirt0 qemu-utils"
 if [ "${1:-}" != demo ]; then
     PACKAGES="$PACKAGES g++ libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
 qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest python3-libvirt
-python3-venv python3-pip python3-setuptools strace golang-go openssl"
+python3-venv python3-pip python3-setuptools strace golang-go openssl
+ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse"
 fi
 if [ "${1:-}" = bench ]; then
     PACKAGES="$PACKAGES virtnbdbackup"
