@@ -161,7 +161,8 @@ class Shared:
 
     def create(self, host, parent=None, **kw):
         """A backup of the domain by `host` (CREATE_WAIT), into default
-        targets in the catalog: (uuid, its vda target as recorded)."""
+        targets in the catalog: {uuid, target (vda's, as recorded), parent,
+        modes}."""
         r = self.one(host, f"""
             b = create(dom, backup_xml_for(parent={parent!r}))
             out(uuid=backup_uuid(b), target=target_of(b), parent=parent_of(b),
@@ -201,10 +202,12 @@ def restore_to(shared, host, u, path):
 # ------------------------------------------------------------------ tests
 def test_merge_through_one_host_then_verify_through_the_other(shared):
     """A delete through host A merges the full backup into its child (a new
-    file renamed over the child's); host B, whose client had read the old
-    files before, then verifies and restores the child. With the merge's
-    O_DIRECT writes, B read stale data ("does not match its digest index
-    at offset 0"); the library now writes buffered on FUSE and CephFS."""
+    image renamed over the child's); then each host, B having read the old
+    images before, verifies and restores the child. With the merge's
+    O_DIRECT writes, host A's client served stale pages of the new image
+    (those of its buffered formatting): "backup data does not match its
+    digest index at offset 0" there, B right. The library now writes
+    buffered on FUSE and CephFS."""
     dom = shared.domain()
     src = dom.disks[0][1]
     full = shared.create("a")
