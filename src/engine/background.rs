@@ -37,9 +37,18 @@ const HOUSEKEEPING_NICE: i32 = 10;
 /// already dispatched): ~10 ms per fsync here, ~9 fsyncs per backup.
 const HOUSEKEEPING_WRITE: usize = 512 << 10;
 
-/// Least time between two pieces of I/O of a housekeeping copy while a job
-/// a user waits for runs: at 512 KiB pieces, at most ~50 MiB/s.
+/// Least time between the starts of two pieces of I/O of a housekeeping
+/// task while a job a user waits for runs: at 512 KiB pieces, at most
+/// ~50 MiB/s.
 const FOREGROUND_PACE: Duration = Duration::from_millis(10);
+
+/// While a job a user waits for runs, a piece that kept the task busy for
+/// `d` is followed by at least `IDLE_PER_BUSY * d` with none of its I/O.
+/// The fixed pace alone assumed a piece is short: on a disk that other
+/// hosts' or processes' I/O slows (a 512 KiB write of the merge took up to
+/// 335 ms here), the merge then had a piece in the device's queue most of
+/// the time, and each of B's syncs waited behind it.
+const IDLE_PER_BUSY: u32 = 3;
 
 /// The catalog's probes: `.foreground` (held shared while a job a user
 /// waits for runs) and `.waiting` (held shared while anyone is blocked on
@@ -60,11 +69,20 @@ impl Gate {
     }
 }
 
+/// What a housekeeping task's threads share: the catalog's probes, and
+/// when its next piece of I/O may start.
+struct Pace {
+    gate: Gate,
+    next: Instant,
+}
+
 /// The pace of one housekeeping task, shared by its threads (the writer
-/// and the readers): the catalog's probes, and when the last piece of I/O
-/// went.
+/// and the readers). Its lock is also the turn: while the gate says yield,
+/// a piece of I/O runs holding it, so the task has one piece in flight at
+/// a time (its readers and its writer each had one, and the readers'
+/// read-ahead more).
 #[derive(Clone)]
-pub(crate) struct Pacer(Arc<Mutex<(Gate, Instant)>>);
+pub(crate) struct Pacer(Arc<Mutex<Pace>>);
 
 impl Pacer {
     /// The most a paced read or write moves at once.
@@ -72,22 +90,37 @@ impl Pacer {
         HOUSEKEEPING_WRITE
     }
 
-    /// Before a piece of I/O: while the gate says yield, let
-    /// `FOREGROUND_PACE` pass since the last piece, checking every
-    /// millisecond whether that changed.
-    pub(crate) fn pace(&self) {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (gate, last) = &mut *g;
+    /// Run one piece of I/O, `f`, which returns whether it touched the
+    /// disk (a hole read costs nothing and leaves the pace as it was).
+    /// While the gate says yield, `f` waits until the pace lets it start,
+    /// checking every millisecond whether that changed, and runs holding
+    /// the turn; otherwise it runs at once.
+    pub(crate) fn io<T>(&self, f: impl FnOnce() -> (T, bool)) -> T {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if !gate.yields() {
-                break;
+            if !p.gate.yields() {
+                drop(p);
+                return f().0;
             }
-            if last.elapsed() >= FOREGROUND_PACE {
+            if Instant::now() >= p.next {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        *last = Instant::now();
+        let start = Instant::now();
+        let (out, touched) = f();
+        if touched {
+            let busy = start.elapsed();
+            p.next = (start + FOREGROUND_PACE).max(Instant::now() + busy * IDLE_PER_BUSY);
+        }
+        out
+    }
+
+    /// A step that costs the disk later (a truncation, whose blocks are
+    /// discarded at the next journal commit): wait for the pace, then let
+    /// `FOREGROUND_PACE` pass before the next piece.
+    pub(crate) fn pace(&self) {
+        self.io(|| ((), true));
     }
 }
 
@@ -108,8 +141,21 @@ pub(crate) fn pace() {
     }
 }
 
+/// `pacer().io(f)`: `f` at once outside housekeeping.
+pub(crate) fn io<T>(f: impl FnOnce() -> (T, bool)) -> T {
+    match pacer() {
+        Some(p) => p.io(f),
+        None => f().0,
+    }
+}
+
 fn install(gate: Option<Gate>) -> Option<Pacer> {
-    let new = gate.map(|f| Pacer(Arc::new(Mutex::new((f, Instant::now())))));
+    let new = gate.map(|gate| {
+        Pacer(Arc::new(Mutex::new(Pace {
+            gate,
+            next: Instant::now(),
+        })))
+    });
     PACER.with(|p| p.replace(new))
 }
 
@@ -227,6 +273,56 @@ mod tests {
         job.lock_shared().unwrap();
         assert!(pacer().is_none());
         pace();
+    }
+
+    /// While a job runs: a slow piece is followed by `IDLE_PER_BUSY`
+    /// times its length of nothing, the task's threads take turns (one
+    /// piece in flight), and holes cost no waiting.
+    #[test]
+    fn a_slow_piece_is_followed_by_idle_time_and_pieces_take_turns() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let (gate, wait) = (dir.path().join(".foreground"), dir.path().join(".waiting"));
+        let job = File::create(&gate).unwrap();
+        File::create(&wait).unwrap();
+        job.lock_shared().unwrap();
+        let probe = Gate {
+            foreground: File::open(&gate).unwrap(),
+            waiting: File::open(&wait).unwrap(),
+        };
+        let busy = FOREGROUND_PACE * 3;
+        paced(Some(probe), || {
+            let p = pacer().unwrap();
+            p.io(|| (std::thread::sleep(busy), true));
+            let ended = Instant::now();
+            p.io(|| ((), true));
+            assert!(
+                ended.elapsed() >= busy * IDLE_PER_BUSY,
+                "no idle time after a slow piece"
+            );
+            let t = Instant::now();
+            (0..100).for_each(|_| p.io(|| ((), false)));
+            assert!(t.elapsed() < FOREGROUND_PACE * 3, "holes were paced");
+            let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    let (p, inside, most) = (p.clone(), &inside, &most);
+                    s.spawn(move || {
+                        for _ in 0..3 {
+                            p.io(|| {
+                                most.fetch_max(inside.fetch_add(1, SeqCst) + 1, SeqCst);
+                                std::thread::sleep(Duration::from_millis(2));
+                                inside.fetch_sub(1, SeqCst);
+                                ((), true)
+                            });
+                        }
+                    });
+                }
+            });
+            assert_eq!(most.load(SeqCst), 1, "pieces overlapped while yielding");
+            Ok(())
+        })
+        .unwrap();
     }
 
     #[test]

@@ -63,10 +63,9 @@ impl Writer<'_> {
         if let Some((offset, s, e)) = self.run.take() {
             let piece = background::write_piece();
             for at in (s..e).step_by(piece) {
-                background::pace();
                 let end = e.min(at.saturating_add(piece));
                 let pos = offset + (at - s) as u64;
-                self.dst.write_at(&buf[at..end], pos).map_err(|e| {
+                background::io(|| (self.dst.write_at(&buf[at..end], pos), true)).map_err(|e| {
                     Error::operation_failed(format!(
                         "cannot write target image at offset {pos}: {e}"
                     ))
@@ -96,7 +95,7 @@ fn fill_window(src: &Source, buf: &mut [u8], offset: u64) -> Result<bool> {
 }
 
 /// [`fill_window`] for housekeeping: in pieces of `pacer.piece()` bytes,
-/// pacing after each piece that held data (holes cost no I/O).
+/// each a paced piece of I/O when it held data (holes cost no I/O).
 fn fill_paced(
     src: &Source,
     buf: &mut [u8],
@@ -110,9 +109,14 @@ fn fill_paced(
     let mut holes = Vec::new();
     let mut any = false;
     for (i, part) in buf.chunks_mut(piece).enumerate() {
-        if fill_window(src, part, offset + (i * piece) as u64)? {
+        let at = offset + (i * piece) as u64;
+        let read = pacer.io(|| {
+            let read = fill_window(src, part, at);
+            let touched = matches!(read, Ok(true));
+            (read, touched)
+        });
+        if read? {
             any = true;
-            pacer.pace();
         } else {
             holes.push(i);
         }
@@ -248,6 +252,8 @@ fn read_windows(
 ) {
     let size = src.size();
     let mut offset = r as u64 * COPY_CHUNK;
+    // A paced reader's reads go to the disk at its pace, not ahead of it.
+    crate::image::cache::no_read_ahead(pacer.is_some());
     while offset < size {
         // The consumer has stopped when it drops its channels.
         let Ok(mut w) = free_rx.recv() else { return };

@@ -645,6 +645,7 @@ impl Resolved {
                         open = Some((level, self.file(level)?));
                     }
                     let f = &open.as_ref().unwrap().1;
+                    super::cache::before_read(f);
                     f.read_exact_at(part, host)
                         .map_err(|e| self.read_failed("cannot read", level, a, e))?;
                 }
