@@ -19,6 +19,19 @@
 //! it reads or writes at most one piece per `FOREGROUND_PACE` instead of
 //! back to back (its reads from disk delayed B as much as its writes). It
 //! never stops: pruning still ends under constant load.
+//!
+//! With B making full backups back to back while A's delete merged 384 MiB
+//! (block-layer traces of both), B waited for no lock (its flocks took at
+//! most 4 ms) but at its syncs, behind A's requests in the device: the
+//! pace bounded when A's pieces started, not how many were in flight nor
+//! how long they took. The writer and both readers each had one, the
+//! readers' read-ahead sent 4 MiB reads 8-16 MiB ahead of the pace, and on
+//! a disk other processes kept busy a 512 KiB write took up to 335 ms and
+//! a 4 MiB discard of the removal 284 ms, with the next piece 10 ms later.
+//! So while a job runs, the task's pieces take turns (one in flight),
+//! each is followed by three times its length with none, and paced readers
+//! read without read-ahead: A's device time overlapping B's syncs fell
+//! from 5.3 to 2.9 ms per backup of B (95th percentile 23.5 to 14.1 ms).
 
 use std::cell::RefCell;
 use std::fs::File;
