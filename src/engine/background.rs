@@ -29,9 +29,12 @@
 //! a disk other processes kept busy a 512 KiB write took up to 335 ms and
 //! a 4 MiB discard of the removal 284 ms, with the next piece 10 ms later.
 //! So while a job runs, the task's pieces take turns (one in flight),
-//! each is followed by three times its length with none, and paced readers
-//! read without read-ahead: A's device time overlapping B's syncs fell
-//! from 5.3 to 2.9 ms per backup of B (95th percentile 23.5 to 14.1 ms).
+//! each is followed by at least its own length with none, and paced
+//! readers read without read-ahead: A's device time overlapping B's syncs
+//! fell from 2.8-10.1 ms to 1.7-3.2 ms per backup of B on average, its
+//! 95th percentile from 10.6-61.3 to 5.8-18.1 ms (traced runs on a busy
+//! machine). Three times its length instead gave about the same overlap
+//! (1.5-2.7 ms, 95th percentile 5.0-16.4 ms) and merges up to 2.4x slower.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -56,12 +59,13 @@ const HOUSEKEEPING_WRITE: usize = 512 << 10;
 const FOREGROUND_PACE: Duration = Duration::from_millis(10);
 
 /// While a job a user waits for runs, a piece that kept the task busy for
-/// `d` is followed by at least `IDLE_PER_BUSY * d` with none of its I/O.
-/// The fixed pace alone assumed a piece is short: on a disk that other
-/// hosts' or processes' I/O slows (a 512 KiB write of the merge took up to
-/// 335 ms here), the merge then had a piece in the device's queue most of
-/// the time, and each of B's syncs waited behind it.
-const IDLE_PER_BUSY: u32 = 3;
+/// `d` is followed by at least `IDLE_PER_BUSY * d` with none of its I/O:
+/// the task then holds at most half the disk's time. The fixed pace alone
+/// assumed a piece is short: on a disk that other processes' I/O slows (a
+/// 512 KiB write of the merge took up to 335 ms here), the merge had a
+/// piece in the device's queue nearly all the time, and each of B's syncs
+/// queued behind it.
+const IDLE_PER_BUSY: u32 = 1;
 
 /// The catalog's probes: `.foreground` (held shared while a job a user
 /// waits for runs) and `.waiting` (held shared while anyone is blocked on
