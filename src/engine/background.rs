@@ -240,6 +240,7 @@ pub(crate) fn run_as_housekeeping<T: Send>(
             }
             set_idle_io();
             HOUSEKEEPING.with(|h| h.set(true));
+            crate::image::cache::no_read_ahead(true);
             crate::image::disk::use_direct_targets();
             work()
         });

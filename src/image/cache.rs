@@ -173,10 +173,13 @@ thread_local! {
     static NO_READ_AHEAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The calling thread's reads bring in only what they ask for (a paced
-/// housekeeping reader): read-ahead (8 MiB here, twice that for a file
-/// read `sequential`) sent the disk 4 MiB reads well ahead of the pace,
-/// which another job's syncs then waited behind.
+/// The calling thread's reads bring in only what they ask for (a
+/// housekeeping merge and its readers): read-ahead (8 MiB here, twice that
+/// for a file read `sequential`) sent the disk 4 MiB reads well ahead of
+/// the pace, which another job's syncs then waited behind. The advice
+/// goes on each file before its first read: read-ahead that a metadata
+/// read starts marks pages from which later reads go on reading ahead,
+/// whatever the advice by then.
 pub(crate) fn no_read_ahead(on: bool) {
     NO_READ_AHEAD.with(|c| c.set(on));
 }
