@@ -95,8 +95,9 @@ fn rewrite_disk(
     // Housekeeping: other domains' jobs get the CPU first.
     let result = background::run_as_housekeeping(gate(catalog), work);
     if result.is_err() {
+        // The work may have failed before it made the file.
         crate::warn_if_err!(
-            folder.remove(&tmp_name),
+            folder.remove_if_exists(&tmp_name),
             "cannot remove the merge's file '{}'",
             tmp.display()
         );
