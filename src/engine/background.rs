@@ -22,19 +22,23 @@
 //!
 //! With B making full backups back to back while A's delete merged 384 MiB
 //! (block-layer traces of both), B waited for no lock (its flocks took at
-//! most 4 ms) but at its syncs, behind A's requests in the device: the
-//! pace bounded when A's pieces started, not how many were in flight nor
-//! how long they took. The writer and both readers each had one, the
-//! readers' read-ahead sent 4 MiB reads 8-16 MiB ahead of the pace, and on
-//! a disk other processes kept busy a 512 KiB write took up to 335 ms and
-//! a 4 MiB discard of the removal 284 ms, with the next piece 10 ms later.
-//! So while a job runs, the task's pieces take turns (one in flight),
-//! each is followed by at least its own length with none, and paced
-//! readers read without read-ahead: A's device time overlapping B's syncs
-//! fell from 2.8-10.1 ms to 1.7-3.2 ms per backup of B on average, its
-//! 95th percentile from 10.6-61.3 to 5.8-18.1 ms (traced runs on a busy
-//! machine). Three times its length instead gave about the same overlap
-//! (1.5-2.7 ms, 95th percentile 5.0-16.4 ms) and merges up to 2.4x slower.
+//! most 4 ms) but at its syncs, behind A's requests in the device: the pace
+//! bounded when A's pieces started, not what they sent nor how long they
+//! took. The readers' read-ahead (8 MiB here, twice that for a file read
+//! sequentially) sent 4 MiB reads well ahead of the pace (and went on doing
+//! so when told `POSIX_FADV_RANDOM` only before each data read: the levels
+//! had been opened and their metadata read before), the writer and both
+//! readers each had a piece in flight, and on a disk other processes kept
+//! busy a 512 KiB write took up to 335 ms and a 4 MiB discard of the
+//! removal 284 ms, the next piece going 10 ms later. So a merge reads its
+//! levels without read-ahead from their opening, and while a job runs its
+//! pieces take turns (one in flight), each followed by at least its own
+//! length with none. A's device time overlapping B's syncs, per backup of
+//! B: 1.5-5.2 ms on average before, 95th percentile 10-27 ms, worst 26-112
+//! ms; after, 0.6-1.2 ms, 1.7-3.1 ms and 3.7-89 ms (one write that other
+//! I/O held up); the merge took as long (13.9-17.8 s before, 13.2-14.9 s
+//! after). Three times its length of idle time instead of once changed the
+//! overlap little and made merges up to 2.4x slower on a busy disk.
 
 use std::cell::RefCell;
 use std::fs::File;
