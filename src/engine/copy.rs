@@ -63,10 +63,9 @@ impl Writer<'_> {
         if let Some((offset, s, e)) = self.run.take() {
             let piece = background::write_piece();
             for at in (s..e).step_by(piece) {
-                background::pace();
                 let end = e.min(at.saturating_add(piece));
                 let pos = offset + (at - s) as u64;
-                self.dst.write_at(&buf[at..end], pos).map_err(|e| {
+                background::io(|| (self.dst.write_at(&buf[at..end], pos), true)).map_err(|e| {
                     Error::operation_failed(format!(
                         "cannot write target image at offset {pos}: {e}"
                     ))
@@ -98,7 +97,8 @@ fn fill_window(src: &Source, buf: &mut [u8], offset: u64) -> Result<bool> {
 const RATE_PIECE: usize = 512 << 10;
 
 /// [`fill_window`] for a copy whose reads are paced: by housekeeping
-/// (`pacer`, see `background`) or by the job's rate limit (`progress`, see
+/// (`pacer`, see `background`: each piece that held data is a paced piece
+/// of I/O) or by the job's rate limit (`progress`, see
 /// [`Progress::throttle`]). In pieces, each that held data paid for once
 /// read: a piece that is all hole was not read and costs nothing; one
 /// that holds some data counts whole.
@@ -117,11 +117,17 @@ fn fill_paced(
     let mut holes = Vec::new();
     let mut any = false;
     for (i, part) in buf.chunks_mut(piece).enumerate() {
-        if fill_window(src, part, offset + (i * piece) as u64)? {
+        let at = offset + (i * piece) as u64;
+        let read = match pacer {
+            Some(pacer) => pacer.io(|| {
+                let read = fill_window(src, part, at);
+                let touched = matches!(read, Ok(true));
+                (read, touched)
+            }),
+            None => fill_window(src, part, at),
+        };
+        if read? {
             any = true;
-            if let Some(pacer) = pacer {
-                pacer.pace();
-            }
             progress.throttle(part.len() as u64)?;
         } else {
             holes.push(i);
@@ -268,6 +274,8 @@ fn read_windows(
 ) {
     let size = src.size();
     let mut offset = r as u64 * COPY_CHUNK;
+    // A paced reader's reads go to the disk at its pace, not ahead of it.
+    crate::image::cache::no_read_ahead(pacer.is_some());
     while offset < size {
         // The consumer has stopped when it drops its channels.
         let Ok(mut w) = free_rx.recv() else { return };

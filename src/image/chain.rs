@@ -180,6 +180,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// it if it can; its identity (`FileId`).
 fn open_file(path: &Path, format: DiskFormat) -> Result<(File, FileId)> {
     let file = image_file::open(path, false, Kind::of(format), "cannot open image")?;
+    // Before any read of it, metadata ones included: a read-ahead they
+    // start marks pages that later data reads would go on from.
+    super::cache::before_read(&file);
     // While held, a delete leaves the file whole (it only unlinks it: see
     // `store::secure::shrink_before_removal`). Not had: `unchanged` tells.
     let _ = file.try_lock_shared();

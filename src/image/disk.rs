@@ -454,7 +454,10 @@ impl Source {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         match self {
-            Source::Raw { file, .. } => file.read_exact_at(buf, offset),
+            Source::Raw { file, .. } => {
+                cache::before_read(file);
+                file.read_exact_at(buf, offset)
+            }
             Source::Qcow2(q) => q.read(buf, offset),
             // Not reached: `fill` reads a chain itself.
             Source::Chain(c) => match c.fill(buf, offset) {

@@ -40,7 +40,6 @@ fn rewrite_disk(
     base: Option<Base>,
 ) -> Result<BackupMode> {
     let chain = catalog.recorded_chain(child, &d.name)?;
-    let src = Source::open(&d.target, d.format, Chain::Recorded(&chain))?;
     let tmp = disk::sibling_tmp(&d.target, "merge");
     // The new image is made, and renamed over the child's, through the
     // descriptor of a folder nobody else can write.
@@ -59,6 +58,9 @@ fn rewrite_disk(
     let domain = catalog.domain(&child.domain_uuid);
     domain.mark_merge(&child.uuid, &d.name, &tmp)?;
     let work = || -> Result<BackupMode> {
+        // Opened on the housekeeping thread: its reads of the levels go
+        // without read-ahead from the first one (see `cache::no_read_ahead`).
+        let src = Source::open(&d.target, d.format, Chain::Recorded(&chain))?;
         let mut verify = IndexVerifier::new(IndexReader::open(&own_index)?);
         let mut parent = base
             .as_ref()
@@ -93,8 +95,9 @@ fn rewrite_disk(
     // Housekeeping: other domains' jobs get the CPU first.
     let result = background::run_as_housekeeping(gate(catalog), work);
     if result.is_err() {
+        // The work may have failed before it made the file.
         crate::warn_if_err!(
-            folder.remove(&tmp_name),
+            folder.remove_if_exists(&tmp_name),
             "cannot remove the merge's file '{}'",
             tmp.display()
         );
