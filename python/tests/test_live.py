@@ -54,7 +54,7 @@ def test_running_qemu_domain(qenv, qemu_conn):
     at_full = snapshot(disk, env.path("at-full.raw"))
     assert same_image(full_t, "qcow2", at_full, "raw")
     assert full.parameters()["incremental"] is False
-    assert [c.getName() for c in dom.listAllCheckpoints()] == [full.UUIDString()]
+    assert [c.getName() for c in dom.listAllCheckpoints()] == ["libvirt-backup-" + full.UUIDString()]
 
     guest_write(dom, "write -P 0xcd 32M 4M")
     at_inc = snapshot(disk, env.path("at-inc.raw"))
