@@ -49,6 +49,7 @@ use imago::raw::Raw as ImagoRaw;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, StorageOpenOptions};
 
 use crate::error::{Error, Result};
+use crate::image::backing::lexical;
 use crate::image::file::{self as image_file, Kind};
 use crate::xml::backup::DiskFormat;
 
@@ -152,14 +153,25 @@ pub(crate) fn bad_chain(path: &Path, why: String) -> Error {
 /// may be a deeper level than the next (a merge removed the levels in
 /// between; after a crash the record may not say so yet), never a file the
 /// catalog did not record.
+///
+/// A relative name (`../<backup>/<file>` between a catalog's backup
+/// folders) comes here joined to the folder of `above`: it matches a
+/// recorded path equal to it once `.` and `..` are taken lexically (only
+/// to find the level; the file opened is always the recorded path).
 pub(crate) fn recorded_at(
     above: &Path,
     recorded: &[(PathBuf, DiskFormat)],
     named: &Path,
 ) -> Result<usize> {
+    let lexical = lexical(named);
     recorded
         .iter()
         .position(|(p, _)| p == named)
+        .or_else(|| {
+            recorded
+                .iter()
+                .position(|(p, _)| self::lexical(p) == lexical)
+        })
         .ok_or_else(|| {
             bad_chain(
                 above,

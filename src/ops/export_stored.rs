@@ -75,6 +75,7 @@ pub(crate) fn start(xml: &str) -> Result<Arc<Export>> {
             "backup '{uuid}' is not completed"
         )));
     }
+    super::moved::check(&catalog, &rec)?;
     let disks = selected(&rec, &req)?;
     for (name, d) in &disks {
         if !d.image.is_file() {

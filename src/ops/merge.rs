@@ -66,9 +66,12 @@ fn rewrite_disk(
             .as_ref()
             .map(|b| IndexReader::open(&b.index))
             .transpose()?;
-        let backing = base
-            .as_ref()
-            .map(|b| (b.disk.target.as_path(), b.disk.format));
+        // Named as a new incremental names its parent (relative between
+        // the catalog's backup folders).
+        let backing_name = (base.as_ref()).map(|b| catalog.backing_name(&d.target, &b.disk.target));
+        let backing = (base.as_ref())
+            .zip(backing_name.as_deref())
+            .map(|(b, name)| (name, b.disk.format));
         let file = folder
             .create_new(&tmp_name)
             .map_err(|e| Error::io("cannot create target image", &tmp, e))?;
