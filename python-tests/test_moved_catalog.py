@@ -164,6 +164,16 @@ def test_each_way_of_copying_keeps_the_catalog_whole(env, monkeypatch, how):
         out = env.path(f"{how}-{u}.raw")
         restore(restore_xml_for(u, {"vda": (out, "raw")}), FILES_ONLY)
         assert_byte_exact(out, "raw", want, "raw")
+    # New backups go on in the moved catalog: an incremental on the last.
+    write_disk(dom.disks[0][1], "raw", [(6 * MiB, 2 * K64, 0x3A)])
+    nxt = env.backup(dom, backup_xml_for(parent=taken[-1][0]))
+    at_nxt = env.snapshot(dom.disks[0][1], f"{how}-at-next.raw")
+    assert disk_modes(nxt) == {"vda": "incremental"}
+    assert target_of(nxt).startswith(env.catalog + "/")
+    verify(nxt)
+    out = env.path(f"{how}-next.raw")
+    restore(restore_xml_for(backup_uuid(nxt), {"vda": (out, "raw")}), FILES_ONLY)
+    assert_byte_exact(out, "raw", at_nxt, "raw")
 
 
 def test_targets_outside_the_catalog_keep_their_absolute_names(env, monkeypatch):
