@@ -51,18 +51,11 @@ fn full_backup_of_two_disks_lists_and_deletes() {
     assert!(params.contains(&("bytes.written".into(), ParamValue::ULLong(4 << 20))));
     assert_eq!(Backup::list(&dom, LIST_ALL).unwrap().len(), 1);
     let found = Backup::lookup(&bk.uuid.to_string()).unwrap();
-    assert_eq!(
-        found.xml_desc(Default::default()).unwrap(),
-        bk.xml_desc(Default::default()).unwrap()
-    );
+    assert_eq!(found.xml_desc().unwrap(), bk.xml_desc().unwrap());
     bk.delete(DELETE_ONE).unwrap();
     assert!(!rec.disks[0].target.exists());
     assert!(!rec.disks[0].target.parent().unwrap().exists());
-    assert!(
-        bk.xml_desc(Default::default())
-            .unwrap_err()
-            .is(ErrorCode::NoDomainBackup)
-    );
+    assert!(bk.xml_desc().unwrap_err().is(ErrorCode::NoDomainBackup));
     assert_eq!(Backup::list(&dom, LIST_ALL).unwrap().len(), 0);
 }
 
@@ -211,8 +204,7 @@ fn list_flags_and_undefine_guard() {
         0
     );
 
-    let err = libvirt_backup::test_api::ops::backup::undefine(&dom, UndefineOptions::default())
-        .unwrap_err();
+    let err = libvirt_backup::test_api::ops::backup::undefine(&dom, UndefineOptions::default()).unwrap_err();
     assert!(err.is(ErrorCode::OperationInvalid));
     assert!(dom.uuid().is_ok());
     let target = first.record().unwrap().disks[0].target.clone();
@@ -233,13 +225,7 @@ impl SmallFs {
         let dir = WORK.join(format!("fs-{}", Uuid::new_v4()));
         std::fs::create_dir(&dir).unwrap();
         let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
             .arg(&dir)
             .status()
             .unwrap();

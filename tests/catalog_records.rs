@@ -529,7 +529,7 @@ fn a_damaged_value_fails_lookup_naming_the_file_and_list_still_works() {
     let listed = Backup::list(&dom, LIST_ALL).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].uuid, bk.uuid);
-    let e = listed[0].xml_desc(Default::default()).unwrap_err();
+    let e = listed[0].xml_desc().unwrap_err();
     assert!(e.is(ErrorCode::OperationFailed), "{e:?}");
     assert!(
         e.message.contains(&*path.display().to_string()),

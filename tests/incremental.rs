@@ -82,7 +82,7 @@ fn chain_and_branch_each_equal_the_source_at_their_time() {
         "inc2 -> inc1 -> full"
     );
     assert!(
-        inc2.xml_desc(Default::default())
+        inc2.xml_desc()
             .unwrap()
             .contains("backupmode='incremental'")
     );
@@ -145,12 +145,7 @@ fn grown_disk_stores_its_tail_shrunk_or_new_disk_falls_back() {
     let shrunk = Backup::create(&dom, &child_xml(&grown), WAIT).unwrap();
     let rec = shrunk.record().unwrap();
     assert_eq!(rec.disks[0].mode, BackupMode::Full);
-    assert!(
-        shrunk
-            .xml_desc(Default::default())
-            .unwrap()
-            .contains("backupmode='full'")
-    );
+    assert!(shrunk.xml_desc().unwrap().contains("backupmode='full'"));
     assert!(identical(&rec.disks[0].target, "qcow2", &a, "raw"));
     assert_eq!(backing_chain(&rec.disks[0].target).len(), 1);
 

@@ -98,10 +98,10 @@ fn a_backup_at_an_odd_path_keeps_it_exactly() {
     assert!(identical(&target, "qcow2", &src, "raw"));
 
     // GetXMLDesc names it exactly, from this handle and from a new one.
-    let desc = b.xml_desc(Default::default()).unwrap();
+    let desc = b.xml_desc().unwrap();
     assert_eq!(described_target(&desc), target, "{desc}");
     let found = Backup::lookup(&uuid).unwrap();
-    assert_eq!(found.xml_desc(Default::default()).unwrap(), desc);
+    assert_eq!(found.xml_desc().unwrap(), desc);
     // And the catalog record, as the library reloads it and as its file reads.
     for rec in [b.record().unwrap(), catalog_record(&uuid)] {
         assert_eq!(rec.disks[0].target, target);
@@ -126,10 +126,7 @@ fn a_backup_at_an_odd_path_keeps_it_exactly() {
     let d_target = d_dir.join("vda.qcow2");
     assert!(d_target.is_file(), "no backup at {d_target:?}");
     assert!(identical(&d_target, "qcow2", &src, "raw"));
-    assert_eq!(
-        described_target(&d.xml_desc(Default::default()).unwrap()),
-        d_target
-    );
+    assert_eq!(described_target(&d.xml_desc().unwrap()), d_target);
     for rec in [d.record().unwrap(), catalog_record(&d.uuid.to_string())] {
         assert_eq!(rec.disks[0].target, d_target);
         assert_eq!(rec.created_dirs, std::slice::from_ref(&d_dir));

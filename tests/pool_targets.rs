@@ -46,7 +46,7 @@ fn volume_targets_and_default_pool() {
     let rec = full.record().unwrap();
     assert_eq!(rec.disks[0].target, dir.join("full.qcow2"));
     assert!(identical(&rec.disks[0].target, "qcow2", &src, "qcow2"));
-    let xml = full.xml_desc(Default::default()).unwrap();
+    let xml = full.xml_desc().unwrap();
     assert!(
         xml.contains("type='volume'") && xml.contains("volume='full.qcow2'"),
         "{xml}"

@@ -120,11 +120,7 @@ fn unusable_checkpoints_fall_back_to_full_copies() {
     let rec = on.record().unwrap();
     assert_eq!(rec.parent, Some(off.uuid));
     assert!(rec.disks.iter().all(|d| d.mode == BackupMode::Full));
-    assert!(
-        on.xml_desc(Default::default())
-            .unwrap()
-            .contains("backupmode='full'")
-    );
+    assert!(on.xml_desc().unwrap().contains("backupmode='full'"));
 
     // A raw disk keeps no bitmap: full; the qcow2 disk goes incremental.
     qd.guest_io("virtio-disk0", "write -P 0x23 1M 1M");

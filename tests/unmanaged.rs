@@ -71,7 +71,7 @@ fn test_driver_domain_exported_by_the_storage_daemon() {
         sock.display()
     );
     let bk = Backup::start_unmanaged(&dom, &xml, ExportOptions::default()).unwrap();
-    let desc = bk.xml_desc(Default::default()).unwrap();
+    let desc = bk.xml_desc().unwrap();
     assert!(
         desc.contains("exportname='first'") && desc.contains(&*sock.to_string_lossy()),
         "{desc}"
@@ -146,7 +146,7 @@ fn running_qemu_domain_pull_mode_with_changes_since_a_parent() {
         parent.uuid
     );
     let bk = Backup::start_unmanaged(&qd.dom, &xml, ExportOptions::default()).unwrap();
-    let desc = bk.xml_desc(Default::default()).unwrap();
+    let desc = bk.xml_desc().unwrap();
     assert!(desc.contains("exportbitmap='vda-changes'"), "{desc}");
     // Writes after the start are not in the export.
     qd.guest_io("virtio-disk0", "write -P 0x53 0 4M");
@@ -182,7 +182,7 @@ fn inactive_qemu_domain_exports_the_bitmap_of_a_live_parent() {
         sock.display()
     );
     let bk = Backup::start_unmanaged(&qd.dom, &xml, ExportOptions::default()).unwrap();
-    let desc = bk.xml_desc(Default::default()).unwrap();
+    let desc = bk.xml_desc().unwrap();
     let bitmap = format!("libvirt-backup-{}", parent.uuid);
     assert!(desc.contains(&format!("exportbitmap='{bitmap}'")), "{desc}");
     let uri = unix_uri("vda", &sock);
@@ -254,7 +254,7 @@ fn test_driver_export_with_changes_from_the_digest_index() {
     )
     .unwrap();
     assert!(
-        bk.xml_desc(Default::default())
+        bk.xml_desc()
             .unwrap()
             .contains("exportbitmap='vda-changes'")
     );

@@ -1100,13 +1100,9 @@ fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
 /// its log variables say otherwise (README, "Logging").
 fn log_to_journal_when_unattended() {
     use std::io::IsTerminal;
-    let asked = [
-        "LIBVIRT_BACKUP_DEBUG",
-        "LIBVIRT_BACKUP_LOG_FILTERS",
-        "LIBVIRT_BACKUP_LOG_OUTPUTS",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some());
+    let asked = ["LIBVIRT_BACKUP_DEBUG", "LIBVIRT_BACKUP_LOG_FILTERS", "LIBVIRT_BACKUP_LOG_OUTPUTS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
     if asked || std::io::stderr().is_terminal() {
         return;
     }

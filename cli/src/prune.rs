@@ -121,11 +121,7 @@ fn mark_selections(
 /// For backups given as (creation time, order among equal times), which to
 /// keep: a vector of the same length. `period` names the period of a time.
 /// A policy that keeps nothing keeps them all.
-pub(crate) fn select(
-    times: &[i64],
-    policy: &Policy,
-    period: impl Fn(i64, Period) -> String,
-) -> Vec<bool> {
+pub(crate) fn select(times: &[i64], policy: &Policy, period: impl Fn(i64, Period) -> String) -> Vec<bool> {
     if !policy.keeps_something() {
         return vec![true; times.len()];
     }

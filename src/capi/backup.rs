@@ -281,7 +281,7 @@ pub extern "C" fn virDomainBackupObjGetXMLDesc(
     // Errors name the function callers know (the header routes it here).
     ffi_entry!(virDomainBackupGetXMLDesc, std::ptr::null_mut(), |cx| {
         let b = cx.backup(backup)?;
-        malloc_string(&b.xml_desc(cx.options(flags)?)?)
+        malloc_string(&b.xml_desc_with(cx.options(flags)?)?)
     })
 }
 

@@ -274,9 +274,14 @@ impl Backup {
         }
     }
 
+    /// `virDomainBackupGetXMLDesc` with flags 0 (see `xml_desc_with`).
+    pub fn xml_desc(&self) -> Result<String> {
+        self.xml_desc_with(XmlOptions::default())
+    }
+
     /// `virDomainBackupGetXMLDesc`: the record's description, with the
     /// backups pinning it and the domain's saved definition.
-    pub fn xml_desc(&self, opts: XmlOptions) -> Result<String> {
+    pub fn xml_desc_with(&self, opts: XmlOptions) -> Result<String> {
         if let Some(e) = &self.export {
             return e.xml_desc();
         }

@@ -117,11 +117,7 @@ impl DomainDir {
     /// one-job rule is `ops::claim`).
     pub fn claim_job(&self) -> Result<DomainJobLock> {
         let lock = DomainJobLock::take(&self.root, &self.uuid)?;
-        ::log::debug!(
-            "domain {}: job lock taken (.domain-locks/{})",
-            self.uuid,
-            self.uuid
-        );
+        ::log::debug!("domain {}: job lock taken (.domain-locks/{})", self.uuid, self.uuid);
         Ok(lock)
     }
 
@@ -214,11 +210,7 @@ impl BackupDir {
     /// claim) for the job's lifetime. Call with the domain's lock held.
     pub fn lock_job(&self, held: impl DomainHold + 'static) -> Result<JobLock> {
         let lock = JobLock::take(self.domain.make_folder()?, &self.uuid, Box::new(held))?;
-        ::log::debug!(
-            "backup {}: job lock file {} taken",
-            self.uuid,
-            names::job_lock(&self.uuid)
-        );
+        ::log::debug!("backup {}: job lock file {} taken", self.uuid, names::job_lock(&self.uuid));
         Ok(lock)
     }
 

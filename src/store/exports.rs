@@ -60,11 +60,7 @@ fn parse_name(name: &str) -> Option<Running> {
 
 /// Note that `export` runs (serving the stored `backup`, if given) until
 /// the returned lock is dropped.
-pub(crate) fn register(
-    catalog: &Catalog,
-    export: &Uuid,
-    backup: Option<&Uuid>,
-) -> Result<ExportLock> {
+pub(crate) fn register(catalog: &Catalog, export: &Uuid, backup: Option<&Uuid>) -> Result<ExportLock> {
     let dir = catalog.private_folder(names::EXPORTS)?;
     let name = names::export_file(export, backup);
     let path = dir.join(&name);

@@ -265,12 +265,12 @@ impl Folder {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(Error::io("cannot create folder", &path, e.into())),
         }
-        let fd = rustix::fs::openat(&self.fd, name, dir_flags(), Mode::empty()).map_err(
-            |e| match e {
+        let fd = rustix::fs::openat(&self.fd, name, dir_flags(), Mode::empty()).map_err(|e| {
+            match e {
                 Errno::LOOP | Errno::NOTDIR => refuse_outside(&path, what, "it is not a folder"),
                 e => Error::io("cannot open folder", &path, e.into()),
-            },
-        )?;
+            }
+        })?;
         check_outside(&fd, &path, what)?;
         Ok(Folder { fd, path })
     }
@@ -411,18 +411,11 @@ fn refuse_outside(path: &Path, what: &str, why: &str) -> Error {
 fn check_outside(fd: &OwnedFd, path: &Path, what: &str) -> Result<()> {
     let st = rustix::fs::fstat(fd).map_err(|e| Error::io("cannot inspect", path, e.into()))?;
     if !owner_ok(st.st_uid) {
-        let why = format!(
-            "it is owned by uid {}, not by uid {} or root",
-            st.st_uid,
-            euid()
-        );
+        let why = format!("it is owned by uid {}, not by uid {} or root", st.st_uid, euid());
         return Err(refuse_outside(path, what, &why));
     }
     if st.st_mode & 0o022 != 0 {
-        let why = format!(
-            "other users can write in it (mode {:o})",
-            st.st_mode & 0o7777
-        );
+        let why = format!("other users can write in it (mode {:o})", st.st_mode & 0o7777);
         return Err(refuse_outside(path, what, &why));
     }
     Ok(())

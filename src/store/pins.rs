@@ -87,7 +87,10 @@ fn sweep_temporaries(catalog: &Catalog, dir: &crate::store::folder::Folder, foun
             .stat(t)
             .is_ok_and(|st| crate::store::secure::own_private_file(&st))
         {
-            crate::warn_if_err!(dir.remove_if_exists(t), "cannot remove {t:?}");
+            crate::warn_if_err!(
+                dir.remove_if_exists(t),
+                "cannot remove {t:?}"
+            );
         }
     }
     dir.sync();
