@@ -314,6 +314,22 @@ fn resolve_once(top: &Path, recorded: &[(PathBuf, DiskFormat)], keep: usize) -> 
     Ok((levels, files, size))
 }
 
+/// The levels below the qcow2 image `top` as its headers name them now,
+/// nearest first, each one `recorded` holds, in its recorded format (see
+/// `resolve`): the chain to hand a tool that must not follow a header's
+/// name itself.
+pub fn resolved_below(
+    top: &Path,
+    recorded: &[(PathBuf, DiskFormat)],
+) -> Result<Vec<(PathBuf, DiskFormat)>> {
+    let (levels, _, _) = resolve(top, recorded, 0)?;
+    Ok(levels
+        .into_iter()
+        .skip(1)
+        .map(|l| (l.path, l.format))
+        .collect())
+}
+
 /// Append `a..b` to `runs`, joining it to the last run it continues.
 fn push_run(runs: &mut Vec<(u64, u64, Piece)>, a: u64, b: u64, p: Piece) {
     if let Some((s, e, last)) = runs.last_mut()
