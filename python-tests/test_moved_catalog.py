@@ -198,6 +198,25 @@ def test_targets_outside_the_catalog_keep_their_absolute_names(env, monkeypatch)
     assert_byte_exact(out, "raw", at_inc, "raw")
 
 
+def test_an_image_outside_on_a_parent_inside_explains_a_move(env, monkeypatch):
+    """An incremental a user placed outside the catalog, on a backup in a
+    default folder: its header names the parent by its absolute path, which
+    a move leaves behind; its backup says so, the parent is unaffected."""
+    dom = env.domain(size=8 * MiB)
+    full = env.backup(dom, "<domainbackup/>")
+    u_full = backup_uuid(full)
+    write_disk(dom.disks[0][1], "raw", [(1 * MiB, K64, 0x4D)])
+    outside = env.path("outside-inc.qcow2")
+    inc = env.backup(dom, backup_xml_for({"vda": outside}, parent=u_full))
+    u_inc = backup_uuid(inc)
+    assert backing_chain(outside)[1] == target_of(full)
+    old, new = move_catalog(env, monkeypatch)
+    verify(lookup(env, u_full))
+    assert lib.virDomainBackupVerify(lookup(env, u_inc), 0) == -1
+    expect_error(VIR_ERR_OPERATION_FAILED, f"its image '{outside}' names its backing file",
+                 f"'{old}'", f"'{new}'")
+
+
 def old_record(env, dom, backup, target, source, size):
     """A record as the versions before relative names wrote it (this
     version's format, absolute paths), for a full qcow2 copy of vda."""
@@ -262,7 +281,7 @@ def test_an_old_record_with_absolute_names_reads_in_place_and_explains_a_move(en
     assert target_of(h) == target  # the record's word, as written
     assert lib.virDomainBackupVerify(h, 0) == -1
     msg = expect_error(VIR_ERR_OPERATION_FAILED, "earlier version", f"'{old}'", f"'{new}'",
-                       target.replace(old, new))
+                       f"its record names the file '{target}'", target.replace(old, new))
     assert "symbolic link" in msg
     restore_fails(restore_xml_for(u, {"vda": (env.path("x.raw"), "raw")}), FILES_ONLY,
                   VIR_ERR_OPERATION_FAILED, "earlier version", f"'{old}'")

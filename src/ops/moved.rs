@@ -1,9 +1,11 @@
-//! Backups an earlier version wrote, in a catalog that has moved since.
+//! Backups that name the catalog's files by absolute paths, in a catalog
+//! that has moved since.
 //!
 //! This version names the files of the catalog's backup folders relative
 //! to the root (`store::paths`), in records and in qcow2 headers alike.
-//! Earlier versions wrote absolute paths: once such a catalog is copied
-//! or moved, its old records and images name files under the root it
+//! Earlier versions wrote absolute paths, and an image a user placed
+//! outside the catalog names a parent inside it by its absolute path: once
+//! the catalog is copied or moved, those name files under the root it
 //! left. Before a backup's images are read, served or removed, that is
 //! said plainly (where the catalog was, where it is, where the file is
 //! now) rather than as an image that cannot be opened.
@@ -35,9 +37,6 @@ pub(crate) fn check(catalog: &Catalog, rec: &BackupRecord) -> Result<()> {
                 let what = format!("its record names the file '{}'", p.display());
                 return Err(explained(catalog, rec, &what, &l));
             }
-        }
-        if !catalog.is_data_path(&rec.domain_uuid, &d.target) {
-            continue;
         }
         if let Some(b) = backing_file(&d.target)
             && let Some(l) = left_behind(catalog, &rec.domain_uuid, &b)
@@ -77,11 +76,12 @@ fn left_behind(catalog: &Catalog, domain: &Uuid, path: &Path) -> Option<LeftBehi
 
 fn explained(catalog: &Catalog, rec: &BackupRecord, what: &str, l: &LeftBehind) -> Error {
     Error::operation_failed(format!(
-        "backup '{}' was written by an earlier version of libvirt-backup, which named the \
-         catalog's files by absolute paths: {what} in the catalog at '{}', which is gone; the \
-         catalog is now at '{}' (moved or copied), where that file is '{}'. Only names written \
-         by this version move with the catalog: to use this backup, put the catalog back at \
-         '{}' (or make that path a symbolic link to '{}')",
+        "backup '{}' names a file of the catalog by its absolute path, as an earlier version \
+         of libvirt-backup wrote them (and as an image outside the catalog names a parent in \
+         it): {what} in the catalog at '{}', which is gone; the catalog is now at '{}' (moved \
+         or copied), where that file is '{}'. Only relative names move with the catalog: to \
+         use this backup, put the catalog back at '{}' (or make that path a symbolic link to \
+         '{}')",
         rec.uuid,
         l.old_root.display(),
         catalog.root().display(),
