@@ -1,7 +1,9 @@
 /*
- * test-list.c: virDomainBackupList, virDomainBackupListChildren,
- * virDomainBackupLookupByUUID (same process and a fresh one),
- * virDomainBackupGetDomain, virDomainBackupRef / virDomainBackupFree.
+ * test-list.c: virDomainBackupList (of a domain, and with a NULL domain of
+ * the whole catalog, the backups of an undefined domain included),
+ * virDomainBackupListChildren, virDomainBackupLookupByUUID (same process
+ * and a fresh one), virDomainBackupGetDomain, virDomainBackupRef /
+ * virDomainBackupFree.
  *
  * Run with the argument "child NODE-URI UUID1 UUID2" it is the fresh process:
  * it looks the backups up again with nothing but their UUIDs.
@@ -112,6 +114,98 @@ static void *worker_body(void *arg)
             worker_fail(wk, "Free");
     }
     return NULL;
+}
+
+/* The UUID of the backup @other's domain has, listed with a NULL domain
+ * (the newest of the catalog). */
+static char other_backup[VIR_UUID_STRING_BUFLEN];
+
+/* virDomainBackupList(NULL, ...): every backup of @dom (U1, U2, U3) and
+ * @other (one, the newest), oldest first, under the same flags; then
+ * @other is undefined behind the library's back (as virsh undefine does):
+ * its backup is still listed, its GetDomain fails with VIR_ERR_NO_DOMAIN,
+ * its XML names the domain and holds its saved definition, and it is
+ * restored as a new domain. */
+static void whole_catalog(virConnectPtr conn, virDomainPtr dom, virDomainPtr other)
+{
+    virDomainBackupPtr *list;
+    int i;
+    char xml[512];
+
+    list = list_expect(NULL, 0, 4, "NULL domain");
+    if (list) {
+        const char *want[] = { U1, U2, U3 };
+        for (i = 0; i < 3 && list[i]; i++)
+            CHECKF(strcmp(uuid_of(list[i]), want[i]) == 0,
+                   "NULL-domain List entry %d is %s, want %s (oldest first)", i,
+                   uuid_of(list[i]), want[i]);
+        if (list[3]) {
+            virDomainPtr d = virDomainBackupGetDomain(list[3]);
+            snprintf(other_backup, sizeof(other_backup), "%s", uuid_of(list[3]));
+            CHECKF(d && strcmp(virDomainGetName(d), "list-other") == 0,
+                   "GetDomain of a listed backup of a defined domain: %s",
+                   d ? virDomainGetName(d) : virDomainBackupGetLastErrorMessage());
+        }
+        if (list[0]) {
+            virDomainPtr d = virDomainBackupGetDomain(list[0]);
+            CHECK(d != NULL && strcmp(dom_uuid(d), dom_uuid(dom)) == 0);
+        }
+    }
+    free_list(list);
+    list = list_expect(NULL, VIR_DOMAIN_BACKUP_LIST_LATEST, 1, "NULL LATEST");
+    if (list && list[0])
+        CHECKF(strcmp(uuid_of(list[0]), other_backup) == 0,
+               "NULL LATEST gave %s, want the catalog's newest %s", uuid_of(list[0]),
+               other_backup);
+    free_list(list);
+    free_list(list_expect(NULL, VIR_DOMAIN_BACKUP_LIST_FULL, 4, "NULL FULL"));
+    free_list(list_expect(NULL, VIR_DOMAIN_BACKUP_LIST_LEAVES, 4, "NULL LEAVES"));
+    free_list(list_expect(NULL, VIR_DOMAIN_BACKUP_LIST_INCREMENTAL, 0, "NULL INCREMENTAL"));
+    list_refused(NULL, VIR_DOMAIN_BACKUP_LIST_FULL | VIR_DOMAIN_BACKUP_LIST_INCREMENTAL,
+                 VIR_ERR_INVALID_ARG);
+    list_refused(NULL, VIR_DOMAIN_BACKUP_LIST_DESCENDANTS, VIR_ERR_INVALID_ARG);
+    list_refused(NULL, 1 << 10, VIR_ERR_INVALID_ARG);
+
+    section("NULL-domain List of an undefined domain's backup");
+    CHECK(virDomainUndefine(other) == 0); /* libvirt's own: backups stay */
+    list = list_expect(NULL, 0, 4, "after undefine");
+    if (list && list[3]) {
+        virDomainBackupPtr b = list[3];
+        char *x;
+        CHECK(strcmp(uuid_of(b), other_backup) == 0);
+        CHECK(virDomainBackupGetDomain(b) == NULL);
+        CHECKF(virDomainBackupGetLastErrorCode() == VIR_ERR_NO_DOMAIN,
+               "GetDomain of an undefined domain's backup: %s (%d)",
+               virDomainBackupGetLastErrorMessage(), virDomainBackupGetLastErrorCode());
+        x = virDomainBackupGetXMLDesc(b, 0);
+        CHECKF(x && strstr(x, "name='list-other'") && strstr(x, "<definition>") &&
+                   strstr(x, "<name>list-other</name>"),
+               "XML of an undefined domain's backup: %s", x ? x : "(null)");
+        free(x);
+        /* The same handle from LookupByUUID. */
+        b = virDomainBackupLookupByUUID(other_backup, 0);
+        CHECK(b != NULL);
+        if (b) {
+            CHECK(virDomainBackupGetDomain(b) == NULL);
+            CHECK(virDomainBackupGetLastErrorCode() == VIR_ERR_NO_DOMAIN);
+            virDomainBackupFree(b);
+        }
+    }
+    free_list(list);
+    /* Its domain's own List is gone with it; the catalog restores it. */
+    snprintf(xml, sizeof(xml),
+             "<domainbackup><uuid>%s</uuid><domain name='list-other-back'/></domainbackup>",
+             other_backup);
+    CHECKF(virDomainBackupRestore(xml, VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN) == 0,
+           "restore of an undefined domain's backup as a new domain: %s",
+           virDomainBackupGetLastErrorMessage());
+    {
+        virDomainPtr back = virDomainLookupByName(conn, "list-other-back");
+        CHECK(back != NULL);
+        if (back)
+            CHECK(virDomainBackupList(back, NULL, 0) == 0);
+        drop_domain(back);
+    }
 }
 
 /* The fresh process. */
@@ -259,13 +353,12 @@ int main(int argc, char **argv)
     list_refused(dom, VIR_DOMAIN_BACKUP_LIST_DESCENDANTS, VIR_ERR_INVALID_ARG);
     list_refused(dom, 1 << 10, VIR_ERR_INVALID_ARG);
     EXPECT_MSG_CONTAINS("unsupported flags");
-    {
-        virDomainBackupPtr *l = (virDomainBackupPtr *)&l;
-        EXPECT_INT_FAIL(virDomainBackupList(NULL, &l, 0), VIR_ERR_INVALID_ARG);
-        CHECK(l == NULL);
-        /* Wrong kind of libvirt object. */
-        EXPECT_INT_FAIL(virDomainBackupList((virDomainPtr)conn, NULL, 0), VIR_ERR_INVALID_ARG);
-    }
+    /* Wrong kind of libvirt object. */
+    EXPECT_INT_FAIL(virDomainBackupList((virDomainPtr)conn, NULL, 0), VIR_ERR_INVALID_ARG);
+
+    /* ---------------------------------------------------------------- */
+    section("List with a NULL domain: the whole catalog");
+    whole_catalog(conn, dom, other);
 
     /* ---------------------------------------------------------------- */
     section("ListChildren");

@@ -96,6 +96,24 @@ func LookupByUUID(uuid string, flags uint32) (*Backup, error) {
 	return newBackup(h, false), nil
 }
 
+// ListAllBackups gives every managed backup of the catalog, of every
+// domain, whether the domain is still defined or not (virDomainBackupList
+// with a NULL domain), oldest first. The flags filter as for Domain.List
+// (DOMAIN_BACKUP_LIST_LATEST: the newest backup of the whole catalog).
+// Domain of a backup whose domain no longer exists fails with
+// ERR_NO_DOMAIN; its XMLDesc still names the domain and holds its saved
+// <definition>, and Restore with DOMAIN_BACKUP_RESTORE_NEW_DOMAIN brings
+// it back. Free each one.
+func ListAllBackups(flags DomainBackupListFlags) ([]*Backup, error) {
+	var arr *C.virDomainBackupPtr
+	var cerr C.lvbError
+	n := C.lvb_list(nil, &arr, C.uint(flags), &cerr)
+	if n < 0 {
+		return nil, takeError(&cerr)
+	}
+	return takeArray(arr, n), nil
+}
+
 // Restore restores the managed backup the XML names (<uuid>) into its own
 // shut-off domain or, with DOMAIN_BACKUP_RESTORE_NEW_DOMAIN, as a new
 // domain (virDomainBackupRestore).

@@ -662,3 +662,84 @@ func TestUnmanagedExport(t *testing.T) {
 		t.Fatalf("export after the abort: %+v", p)
 	}
 }
+
+// ListAllBackups lists every backup of the catalog, those of a domain that
+// no longer exists included: its Domain fails with ERR_NO_DOMAIN and its
+// XML names the domain and holds its saved definition. The domain lives in
+// a test-driver node file: once the file no longer defines it, no new
+// connection (the library's) finds it, as after virsh undefine.
+func TestListAllBackups(t *testing.T) {
+	dir := workDir(t)
+	path := makeDisk(t, filepath.Join(dir, "gone.raw"), "raw", 4*MiB, write{0, MiB, 0x61})
+	node := filepath.Join(dir, "node.xml")
+	name, domUUID := "lvb-go-gone-"+randomHex(4), randomUUID()
+	def := strings.Replace(domainXML("test", name, disk{"vda", path, "raw"}), "<name>",
+		"<uuid>"+domUUID+"</uuid><name>", 1)
+	def = strings.Replace(def, "</domain>", "<test:runstate xmlns:test="+
+		"'http://libvirt.org/schemas/domain/test/1.0'>5</test:runstate></domain>", 1)
+	if err := os.WriteFile(node, []byte("<node>"+def+"</node>"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := LookupDomain("test://"+node, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := mustCreate(t, gone, "", DOMAIN_BACKUP_CREATE_WAIT)
+	inc := mustCreate(t, gone, backupXML("", uuidOf(t, full)), DOMAIN_BACKUP_CREATE_WAIT)
+	gone.Close()
+	if err := os.WriteFile(node, []byte("<node></node>"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kept, _ := simpleDomain(t, dir, "raw", 4*MiB)
+	other := mustCreate(t, kept, "", DOMAIN_BACKUP_CREATE_WAIT)
+	want := []string{uuidOf(t, full), uuidOf(t, inc), uuidOf(t, other)}
+
+	list, err := ListAllBackups(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine []*Backup
+	for _, b := range list {
+		if u := uuidOf(t, b); u == want[0] || u == want[1] || u == want[2] {
+			mine = append(mine, b)
+		} else {
+			b.Free()
+		}
+	}
+	got := []string{}
+	for _, b := range mine {
+		got = append(got, uuidOf(t, b))
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("ListAllBackups: mine in the order %v, want %v (oldest first)", got, want)
+	}
+	for _, b := range mine[:2] {
+		_, err := b.Domain()
+		wantError(t, err, ERR_NO_DOMAIN)
+		if d := doc(t, b); d.Domain.Name != name || d.Domain.UUID != domUUID {
+			t.Errorf("the XML of a gone domain's backup names %+v", d.Domain)
+		}
+		if x, _ := b.XMLDesc(0); !strings.Contains(x, "<definition>") ||
+			!strings.Contains(x, "<name>"+name+"</name>") {
+			t.Errorf("no saved definition in %s", x)
+		}
+	}
+	if d, err := mine[2].Domain(); err != nil {
+		t.Errorf("Domain of a defined domain's backup: %v", err)
+	} else {
+		d.Close()
+	}
+	for _, b := range mine {
+		b.Free()
+	}
+	latest, err := ListAllBackups(DOMAIN_BACKUP_LIST_LATEST)
+	if got := uuids(t, latest, err); !reflect.DeepEqual(got, []string{want[2]}) {
+		t.Errorf("ListAllBackups(LATEST) = %v, want %v", got, want[2:])
+	}
+	_, err = ListAllBackups(DOMAIN_BACKUP_LIST_DESCENDANTS)
+	wantError(t, err, ERR_INVALID_ARG)
+	// The catalog forgets them (no domain is needed for that).
+	if err := full.Delete(DOMAIN_BACKUP_DELETE_ALL); err != nil {
+		t.Fatal(err)
+	}
+}

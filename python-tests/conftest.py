@@ -655,6 +655,27 @@ def backing_chain(path):
     return [i["filename"] for i in json.loads(out)]
 
 
+def header_chain(path):
+    """`path` and the images its qcow2 headers name, each backing name read
+    from the header itself and a relative one joined to its image's folder
+    with `..` resolved (QEMU joins it to the path it reached the image by,
+    `..` and all: a deep chain of relative names, as the catalog's images
+    have, grows past PATH_MAX in qemu-img's hands)."""
+    out = [str(path)]
+    while True:
+        with open(out[-1], "rb") as f:
+            head = f.read(20)
+            if head[:4] != b"QFI\xfb":
+                return out
+            offset = int.from_bytes(head[8:16], "big")
+            size = int.from_bytes(head[16:20], "big")
+            if not offset or not size:
+                return out
+            f.seek(offset)
+            name = f.read(size).decode()
+        out.append(os.path.normpath(os.path.join(os.path.dirname(out[-1]), name)))
+
+
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()

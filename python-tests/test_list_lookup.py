@@ -1,14 +1,16 @@
-"""virDomainBackupList, ListChildren, LookupByUUID, GetDomain, Ref/Free."""
+"""virDomainBackupList (of a domain, and of the whole catalog with a NULL
+domain), ListChildren, LookupByUUID, GetDomain, Ref/Free."""
 
 import ctypes
 import uuid as uuidlib
 
 from conftest import (BackupArray, VIR_ERR_NO_DOMAIN, LIST_FULL, LIST_INCREMENTAL, LIST_LATEST,
-                      LIST_LEAVES, LIST_DESCENDANTS, VIR_ERR_INVALID_ARG,
-                      VIR_ERR_NO_DOMAIN_BACKUP, assert_same_image,
-                      backup_uuid, backup_xml_for, count_backups, create,
-                      domain_uuid, expect_error, free, get_xml, lib, libc,
-                      list_handles, list_uuids, run_py, target_of, xml_tree,
+                      LIST_LEAVES, LIST_DESCENDANTS, RESTORE_NEW_DOMAIN, VIR_DOMAIN_XML_SECURE,
+                      VIR_ERR_INVALID_ARG, VIR_ERR_NO_DOMAIN_BACKUP, assert_byte_exact,
+                      assert_same_image, backup_uuid, backup_xml_for, children_uuids,
+                      count_backups, create, domain_disks, domain_uuid, expect_error, free,
+                      get_xml, lib, libc, list_handles, list_uuids, lookup_domain, restore,
+                      restore_xml_for, run_py, target_of, virt, write_disk, xml_tree,
                       MiB)
 from ctypes import byref, c_void_p
 
@@ -355,3 +357,108 @@ def test_lookup_when_domain_is_gone(env):
     """, env.catalog)
     assert f"XML {u}" in out
     assert f"DOMAIN None {VIR_ERR_NO_DOMAIN}" in out
+
+
+def default_backups(dom, n=1):
+    """`n` full backups of `dom` to the catalog's default folders."""
+    uuids = []
+    for _ in range(n):
+        b = create(dom, "<domainbackup/>")
+        uuids.append(backup_uuid(b))
+        free(b)
+    return uuids
+
+
+def test_list_with_a_null_domain_gives_the_whole_catalog(env):
+    """virDomainBackupList(NULL, ...): every backup of every domain, oldest
+    first across domains, the flags applied to the whole set (LATEST: the
+    catalog's newest); each handle's GetDomain is its own domain."""
+    d1, d2 = env.domain(), env.domain()
+    a = default_backups(d1)
+    b = default_backups(d2)
+    a += default_backups(d1)
+    everything = [a[0], b[0], a[1]]
+    assert list_uuids(None) == everything
+    assert count_backups(None) == 3
+    assert list_uuids(None, LIST_LATEST) == [a[1]]
+    assert list_uuids(None, LIST_FULL) == everything
+    assert list_uuids(None, LIST_INCREMENTAL) == []
+    assert list_uuids(None, LIST_LEAVES) == everything
+    for h in list_handles(None):
+        try:
+            d = lib.virDomainBackupGetDomain(h)
+            assert d, lib.virDomainBackupGetLastErrorMessage()
+            want = d1.uuid if backup_uuid(h) in a else d2.uuid
+            assert domain_uuid(d) == want
+        finally:
+            free(h)
+    # Children through a handle of the whole listing.
+    inc = create(d1, backup_xml_for({"vda": env.path("inc-null.qcow2")}, parent=a[1]))
+    u_inc = backup_uuid(inc)
+    free(inc)
+    assert list_uuids(None, LIST_INCREMENTAL) == [u_inc]
+    assert list_uuids(None, LIST_LEAVES) == [a[0], b[0], u_inc]
+    (h,) = [h for h in list_handles(None, LIST_FULL | LIST_LATEST)]
+    assert children_uuids(h) == [u_inc]
+    free(h)
+    assert lib.virDomainBackupList(None, None, LIST_DESCENDANTS) == -1
+    expect_error(VIR_ERR_INVALID_ARG, "unsupported flags (0x10)")
+    assert lib.virDomainBackupList(None, None, LIST_FULL | LIST_INCREMENTAL) == -1
+    expect_error(VIR_ERR_INVALID_ARG)
+
+
+def test_an_undefined_domains_backups_stay_listed_and_restorable(env):
+    """virsh undefine knows nothing of backups: the domain's backups stay
+    in the catalog, listed with a NULL domain; GetDomain fails with
+    VIR_ERR_NO_DOMAIN; the XML names the domain and holds its saved
+    definition (secrets only with VIR_DOMAIN_XML_SECURE); restored as a
+    new domain, byte for byte."""
+    graphics = "<graphics type='vnc' port='-1' passwd='s3cret-pw'/>"
+    dom = env.domain(devices=graphics)
+    other = env.domain()
+    full = create(dom, "<domainbackup/>")
+    u_full = backup_uuid(full)
+    free(full)
+    write_disk(dom.disks[0][1], "raw", [(1 * MiB, 64 << 10, 0x6A)])
+    inc = create(dom, backup_xml_for(parent=u_full))
+    u_inc = backup_uuid(inc)
+    free(inc)
+    at_inc = env.snapshot(dom.disks[0][1], "undef-at-inc.raw")
+    (u_other,) = default_backups(other)
+    assert virt.virDomainUndefine(dom.ptr) == 0
+    assert lookup_domain(env.conn, dom.name) is None
+
+    assert list_uuids(None) == [u_full, u_inc, u_other]
+    handles = list_handles(None)
+    try:
+        gone, kept = handles[:2], handles[2]
+        for h in gone:
+            assert lib.virDomainBackupGetDomain(h) is None
+            expect_error(VIR_ERR_NO_DOMAIN, dom.uuid)
+            root = xml_tree(h)
+            assert root.find("domain").attrib == {"uuid": dom.uuid, "name": dom.name}
+            saved = root.find("definition").find("domain")
+            assert saved.findtext("name") == dom.name
+            assert saved.findtext("uuid") == dom.uuid
+            assert "s3cret-pw" not in get_xml(h)
+            assert "s3cret-pw" in get_xml(h, VIR_DOMAIN_XML_SECURE)
+        assert domain_uuid(lib.virDomainBackupGetDomain(kept)) == other.uuid
+        assert children_uuids(gone[0]) == [u_inc]
+    finally:
+        for h in handles:
+            free(h)
+    # By UUID, the same.
+    h = lib.virDomainBackupLookupByUUID(u_inc.encode(), 0)
+    assert h and lib.virDomainBackupGetDomain(h) is None
+    expect_error(VIR_ERR_NO_DOMAIN)
+    free(h)
+
+    name = env.expect_domain(dom.name + "-back")
+    restore(restore_xml_for(u_inc, domain=name), RESTORE_NEW_DOMAIN)
+    back = lookup_domain(env.conn, name)
+    assert back
+    try:
+        (disk, _fmt), = domain_disks(back).values()
+        assert_byte_exact(disk, "qcow2", at_inc, "raw")
+    finally:
+        virt.virDomainFree(back)

@@ -7,8 +7,8 @@ import resource
 import time
 from ctypes import c_int, c_uint, c_void_p
 
-from conftest import (MiB, _decl, assert_byte_exact, backing_chain, backup_uuid,
-                      backup_xml_for, create, delete, free, last_error, lib, restore,
+from conftest import (MiB, Nbd, _decl, assert_byte_exact, backup_uuid, backup_xml_for,
+                      create, delete, free, header_chain, last_error, lib, nbd_copy, restore,
                       restore_xml_for, write_disk)
 
 _decl(lib, "virDomainBackupVerify", c_int, c_void_p, c_uint)
@@ -46,7 +46,7 @@ def test_deep_chains_of_many_disks_back_up_under_a_low_descriptor_limit(env):
     restore(restore_xml_for(ids[-1], {"vdp": (leaf, "raw")}))
     assert_byte_exact(leaf, "raw", disks[-1][1], "raw")
     target = os.path.join(env.catalog, dom.uuid, ids[-1], "vdp.qcow2")
-    assert len(backing_chain(target)) == DEPTH
+    assert len(header_chain(target)) == DEPTH
 
 
 DEEP = 200
@@ -64,9 +64,23 @@ def test_deep_chains_of_many_disks_back_up_restore_merge_and_verify_under_a_low_
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, hard))
     try:
-        deep_chain_under_the_limit(env, names, disks, dom)
+        leaf = deep_chain_under_the_limit(env, names, disks, dom)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # Served over NBD from the catalog: the daemon is handed the 199 levels
+    # node by node (following the images' relative backing names itself,
+    # QEMU would grow their paths past PATH_MAX).
+    nbd = Nbd(socket=env.path("deep.sock"))
+    xml = (f"<domainbackup><uuid>{leaf}</uuid>{nbd.server_xml()}"
+           "<disks><disk name='vdp' exportname='vdp'/></disks></domainbackup>")
+    e = lib.virDomainBackupStartUnmanaged(None, xml.encode(), 0)
+    assert e, last_error()
+    try:
+        assert_byte_exact(nbd_copy(nbd.uri("vdp"), env.path("deep-nbd.raw")), "raw",
+                          disks[-1][1], "raw")
+    finally:
+        assert lib.virDomainBackupFinishJob(e, 0) == 0, last_error()
+        free(e)
 
 
 def deep_chain_under_the_limit(env, names, disks, dom):
@@ -81,7 +95,7 @@ def deep_chain_under_the_limit(env, names, disks, dom):
     built = time.monotonic() - started
     leaf = backup_uuid(handles[-1])
     top = os.path.join(env.catalog, dom.uuid, leaf, "vdp.qcow2")
-    assert len(backing_chain(top)) == DEEP, f"chain built in {built:.1f} s"
+    assert len(header_chain(top)) == DEEP, f"chain built in {built:.1f} s"
 
     def restore_all(tag):
         targets = {n: env.path(f"{tag}-{n}.raw") for n in names}
@@ -95,10 +109,11 @@ def deep_chain_under_the_limit(env, names, disks, dom):
         middle = handles.pop(DEEP // 2)
         delete(middle)
         free(middle)
-        assert len(backing_chain(top)) == DEEP - 1
+        assert len(header_chain(top)) == DEEP - 1
         restore_all("again")
         assert lib.virDomainBackupVerify(handles[-1], 0) == 0, last_error()
         assert len(os.listdir("/proc/self/fd")) < LIMIT // 2
     finally:
         for b in handles:
             free(b)
+    return leaf

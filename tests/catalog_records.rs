@@ -539,3 +539,104 @@ fn a_damaged_value_fails_lookup_naming_the_file_and_list_still_works() {
     // Nothing was removed.
     assert!(path.exists() && rec.disks[0].target.exists());
 }
+
+/// A record of today's format as versions before relative names wrote
+/// it, for a catalog at `root`: its files in the catalog (the image of the
+/// default folder, the parent's image it reads through, the folder it made)
+/// by absolute paths, and an image a user named outside the catalog.
+fn absolute_names_record(root: &std::path::Path) -> String {
+    format!(
+        "<domainbackup>
+  <uuid>9b1d3c52-3f0e-4c1a-9d6e-0a5b7c2e4f11</uuid>
+  <creationTime>1764300000</creationTime>
+  <state>completed</state>
+  <parent><uuid>5e2a7d10-6c4b-4f8e-a1d3-2b9c8e7f6a05</uuid></parent>
+  <domain uuid='c7a5fdbd-cdaf-9455-926a-d65c16db1809' name='vm1'/>
+  <disks>
+    <disk name='vda' type='file' backupmode='incremental'>
+      <source file='/var/lib/libvirt/images/vm1.qcow2'/>
+      <target file='{r}/c7a5fdbd-cdaf-9455-926a-d65c16db1809/9b1d3c52-3f0e-4c1a-9d6e-0a5b7c2e4f11/vda.qcow2'/>
+      <driver type='qcow2'/>
+    </disk>
+    <disk name='vdb' type='file' backupmode='full'>
+      <source file='/var/lib/libvirt/images/vm1-b.raw'/>
+      <target file='/backups/vm1/vdb.qcow2'/>
+      <driver type='qcow2'/>
+    </disk>
+  </disks>
+  <connection uri='qemu:///system'/>
+  <created ns='1764300000000000001'/>
+  <diskinfo>
+    <disk name='vda' sourceformat='qcow2' size='1073741824'>
+      <backingStore file='{r}/c7a5fdbd-cdaf-9455-926a-d65c16db1809/5e2a7d10-6c4b-4f8e-a1d3-2b9c8e7f6a05/vda.qcow2' format='qcow2'/>
+    </disk>
+  </diskinfo>
+  <createddirs><dir path='{r}/c7a5fdbd-cdaf-9455-926a-d65c16db1809/9b1d3c52-3f0e-4c1a-9d6e-0a5b7c2e4f11'/></createddirs>
+  <stats total='1' processed='1' written='1' elapsed='1'/>
+  <domainxml>&lt;domain/&gt;</domainxml>
+</domainbackup>
+",
+        r = root.display()
+    )
+}
+
+#[test]
+fn absolute_names_of_earlier_versions_read_in_place_and_are_written_relative() {
+    use std::os::unix::fs::DirBuilderExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("catalog");
+    let (dom, b) = (
+        uuid("c7a5fdbd-cdaf-9455-926a-d65c16db1809"),
+        uuid("9b1d3c52-3f0e-4c1a-9d6e-0a5b7c2e4f11"),
+    );
+    let folder = root.join(dom.to_string());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&folder)
+        .unwrap();
+    let record = folder.join(format!("{b}.xml"));
+    std::fs::write(&record, absolute_names_record(&root)).unwrap();
+    let catalog = Catalog::at(root.clone()).unwrap();
+    let own = folder.join(b.to_string());
+    let parent = folder.join("5e2a7d10-6c4b-4f8e-a1d3-2b9c8e7f6a05/vda.qcow2");
+
+    // In place: the record reads as it was written.
+    let rec = catalog.backup(&dom, &b).record().unwrap().unwrap();
+    assert_eq!(rec.disks[0].target, own.join("vda.qcow2"));
+    assert_eq!(
+        rec.disks[0].backing,
+        vec![(parent.clone(), DiskFormat::Qcow2)]
+    );
+    assert_eq!(rec.disks[1].target, PathBuf::from("/backups/vm1/vdb.qcow2"));
+    assert_eq!(rec.created_dirs, vec![own.clone()]);
+
+    // Written again (any change does), the catalog's files are named
+    // relative to the root, the user's file absolute; it reads the same.
+    catalog.backup(&dom, &b).write_record(&rec).unwrap();
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(!text.contains(&*root.display().to_string()), "{text}");
+    assert!(
+        text.contains(&format!("<target file='{dom}/{b}/vda.qcow2'/>")),
+        "{text}"
+    );
+    assert!(
+        text.contains("<target file='/backups/vm1/vdb.qcow2'/>"),
+        "{text}"
+    );
+    assert_eq!(catalog.backup(&dom, &b).record().unwrap().unwrap(), rec);
+
+    // Moved, the relative names follow; the user's file stays where it is.
+    let moved = tmp.path().join("elsewhere");
+    std::fs::rename(&root, &moved).unwrap();
+    let there = Catalog::at(moved.clone()).unwrap();
+    let rec = there.backup(&dom, &b).record().unwrap().unwrap();
+    let here = moved.join(dom.to_string());
+    assert_eq!(rec.disks[0].target, here.join(format!("{b}/vda.qcow2")));
+    assert_eq!(
+        rec.disks[0].backing[0].0,
+        here.join("5e2a7d10-6c4b-4f8e-a1d3-2b9c8e7f6a05/vda.qcow2")
+    );
+    assert_eq!(rec.disks[1].target, PathBuf::from("/backups/vm1/vdb.qcow2"));
+    assert_eq!(rec.created_dirs, vec![here.join(b.to_string())]);
+}

@@ -36,6 +36,7 @@ fn disk(name: &str, image: &Path, format: DiskFormat, bitmap: Option<&str>) -> E
         image: image.to_path_buf(),
         format,
         bitmap: bitmap.map(Into::into),
+        backing: None,
     }
 }
 

@@ -66,8 +66,18 @@ fn full_then_incremental_of_a_running_domain() {
         .arg(&irec.disks[0].target)
         .output()
         .unwrap();
+    // Both in the catalog's default folders: the parent is named relative
+    // to the incremental's folder (the catalog can move whole).
+    let parent = &rec.disks[0].target;
+    let named = format!(
+        "backing file: ../{}/{}",
+        full.uuid,
+        parent.file_name().unwrap().to_string_lossy()
+    );
     assert!(
-        String::from_utf8_lossy(&info.stdout).contains(&*rec.disks[0].target.to_string_lossy())
+        String::from_utf8_lossy(&info.stdout).contains(&named),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
     );
 
     // Restore into the running domain is refused.

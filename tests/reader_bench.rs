@@ -115,6 +115,7 @@ fn nbd(img: &Path, fmt: DiskFormat, dst: &Path, dir: &Path, conns: u64) -> Run {
         image: img.to_path_buf(),
         format: fmt,
         bitmap: None,
+        backing: None,
     };
     let daemon = StorageDaemonExport::start(&server, &[disk]).unwrap();
     // Two: one per reader thread of the copy engine, as a running domain's

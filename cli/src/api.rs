@@ -184,10 +184,21 @@ impl Backup {
     }
 
     pub(crate) fn list(dom: &Domain, flags: u32) -> Result<Vec<Backup>> {
+        // SAFETY: the pointer of a live domain, borrowed for the call.
+        Self::list_of(unsafe { dom.as_ptr() }, flags)
+    }
+
+    /// Every backup of the catalog (virDomainBackupList with a NULL domain).
+    pub(crate) fn list_all(flags: u32) -> Result<Vec<Backup>> {
+        Self::list_of(ptr::null_mut(), flags)
+    }
+
+    fn list_of(dom: sys::virDomainPtr, flags: u32) -> Result<Vec<Backup>> {
         let mut arr: *mut BackupPtr = ptr::null_mut();
-        // SAFETY: `dom` is a live virDomainPtr borrowed for the call and `arr`
-        // a valid place for the library to store its array.
-        let n = check(unsafe { virDomainBackupList(dom.as_ptr(), &mut arr, flags) })?;
+        // SAFETY: `dom` is a live virDomainPtr borrowed for the call (or
+        // NULL: the whole catalog) and `arr` a valid place for the library
+        // to store its array.
+        let n = check(unsafe { virDomainBackupList(dom, &mut arr, flags) })?;
         let mut out = Vec::with_capacity(n as usize);
         for i in 0..n as usize {
             // SAFETY: on success `arr` holds `n` handles, each a reference

@@ -21,6 +21,7 @@ pub(crate) struct BackupInfo {
     pub state: String,
     pub parent: Option<String>,
     pub domain: String,
+    pub domain_uuid: String,
     pub disks: Vec<DiskInfo>,
 }
 
@@ -41,12 +42,14 @@ impl BackupInfo {
             .and_then(|p| p.children().find(|n| n.has_tag_name("uuid")))
             .and_then(|u| u.text())
             .map(str::to_string);
-        let domain = root
-            .children()
-            .find(|n| n.has_tag_name("domain"))
-            .and_then(|d| d.attribute("name"))
-            .unwrap_or_default()
-            .to_string();
+        let domain_el = root.children().find(|n| n.has_tag_name("domain"));
+        let domain_attr = |a: &str| {
+            domain_el
+                .and_then(|d| d.attribute(a))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (domain, domain_uuid) = (domain_attr("name"), domain_attr("uuid"));
         let mut disks = Vec::new();
         if let Some(ds) = root.children().find(|n| n.has_tag_name("disks")) {
             for d in ds.children().filter(|n| n.has_tag_name("disk")) {
@@ -74,6 +77,7 @@ impl BackupInfo {
             state: text("state"),
             parent,
             domain,
+            domain_uuid,
             disks,
         })
     }
@@ -94,6 +98,7 @@ impl BackupInfo {
             "state": self.state,
             "parent": self.parent,
             "domain": self.domain,
+            "domain_uuid": self.domain_uuid,
             "kind": self.kind(),
             "disks": self.disks.iter().map(|d| json!({
                 "name": d.name, "mode": d.mode, "target": d.target, "format": d.format,

@@ -7,6 +7,7 @@
 
 mod api;
 mod info;
+mod list;
 mod progress;
 mod prune;
 mod rate;
@@ -53,7 +54,7 @@ struct Cli {
 enum Command {
     /// Back up a domain's disks (full, or incremental on a parent)
     Create(CreateArgs),
-    /// List a domain's backups
+    /// List a domain's backups (one that no longer exists from the catalog), or all (--all)
     List(ListArgs),
     /// Print a backup's XML description
     Info { uuid: String },
@@ -130,7 +131,13 @@ struct CreateArgs {
 
 #[derive(Args)]
 struct ListArgs {
-    domain: String,
+    /// Domain name, UUID or id; a domain that no longer exists is found in
+    /// the catalog by the name or UUID its backups recorded
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    domain: Option<String>,
+    /// Every backup of every domain in the catalog, defined or not
+    #[arg(long)]
+    all: bool,
     /// Draw the backups as a tree (like virsh snapshot-list --tree)
     #[arg(long)]
     tree: bool,
@@ -666,56 +673,6 @@ fn report_to_parent(msg: &str) {
     }
 }
 
-fn cmd_list(ctx: &mut Ctx, a: &ListArgs) -> Res<()> {
-    let dom = ctx.domain(&a.domain)?;
-    let mut flags = 0;
-    for (on, f) in [
-        (a.full, api::LIST_FULL),
-        (a.incremental, api::LIST_INCREMENTAL),
-        (a.leaves, api::LIST_LEAVES),
-        (a.latest, api::LIST_LATEST),
-    ] {
-        if on {
-            flags |= f;
-        }
-    }
-    let mut infos = Backup::list(&dom, flags)?
-        .iter()
-        .map(info_of)
-        .collect::<Res<Vec<_>>>()?;
-    infos.sort_by_key(|i| i.creation_time);
-    if ctx.json {
-        ctx.print_json(json!(
-            infos.iter().map(BackupInfo::to_json).collect::<Vec<_>>()
-        ));
-        return Ok(());
-    }
-    if a.tree {
-        let items: Vec<(String, Option<String>)> = infos
-            .iter()
-            .map(|i| (i.uuid.clone(), i.parent.clone()))
-            .collect();
-        print!("{}", info::tree(&items));
-        return Ok(());
-    }
-    println!(
-        " {:<36}   {:<25}   {:<11}   {:<9}   Description",
-        "UUID", "Creation Time", "Kind", "State"
-    );
-    println!("{}", "-".repeat(110));
-    for i in &infos {
-        println!(
-            " {:<36}   {:<25}   {:<11}   {:<9}   {}",
-            i.uuid,
-            info::local_time(i.creation_time),
-            i.kind(),
-            i.state,
-            i.description
-        );
-    }
-    Ok(())
-}
-
 fn cmd_info(ctx: &mut Ctx, uuid: &str) -> Res<()> {
     let b = Backup::lookup(uuid)?;
     let xml = b.xml()?;
@@ -1179,7 +1136,7 @@ fn main() {
     };
     let r = match &cli.command {
         Command::Create(a) => cmd_create(&mut ctx, a),
-        Command::List(a) => cmd_list(&mut ctx, a),
+        Command::List(a) => list::cmd_list(&mut ctx, a),
         Command::Info { uuid } => cmd_info(&mut ctx, uuid),
         Command::Status { uuid } => cmd_status(&mut ctx, uuid),
         Command::Restore(a) => cmd_restore(&mut ctx, a),

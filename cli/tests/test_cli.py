@@ -527,3 +527,48 @@ def test_rate_limit_and_per_disk_progress(env):
     assert re.search(r"vdb +\[[=> ]+\] +100% 16\.00 MiB/16\.00 MiB", out), repr(out[-1500:])
     assert re.search(r"64\.00 MiB/64\.00 MiB", out), repr(out[-1500:])
     assert out.rstrip().endswith("written)"), repr(out[-300:])
+
+
+def test_list_all_and_a_domain_that_no_longer_exists(env):
+    """`list --all` lists every backup of the catalog with its domain;
+    `list NAME|UUID` of a domain undefined with virsh (which knows nothing
+    of backups) answers from the catalog; its backups restore as a new
+    domain."""
+    vda = env.disk("vda.qcow2", writes=(("0x21", 0, MiB),))
+    gone = env.domain([("vda", vda)])
+    gone_uuid = virsh("domuuid", gone).stdout.strip()
+    kept = env.domain([("vda", env.disk("kept.qcow2"))])
+    full = vbj("create", gone)
+    qemu_io(vda, f"write -q -P 0x22 {2 * MiB} {MiB}")
+    inc = vbj("create", gone, "--incremental")
+    at_inc = env.snapshot(vda, "gone-at-inc.raw")
+    other = vbj("create", kept)
+    virsh("undefine", gone)
+
+    everything = vbj("list", "--all")
+    assert [b["uuid"] for b in everything] == [full["uuid"], inc["uuid"], other["uuid"]]
+    assert [b["domain"] for b in everything] == [gone, gone, kept]
+    assert everything[0]["domain_uuid"] == gone_uuid
+    table = vb("list", "--all").stdout
+    assert "Domain" in table and gone in table and kept in table
+    assert [b["uuid"] for b in vbj("list", "--all", "--latest")] == [other["uuid"]]
+
+    # By the name or the UUID the backups recorded.
+    for key in (gone, gone_uuid, gone_uuid.upper()):
+        assert [b["uuid"] for b in vbj("list", key)] == [full["uuid"], inc["uuid"]]
+    assert [b["uuid"] for b in vbj("list", gone, "--latest")] == [inc["uuid"]]
+    assert [b["uuid"] for b in vbj("list", gone, "--full")] == [full["uuid"]]
+    p = vb("list", gone)
+    assert "is not defined here" in p.stderr and inc["uuid"] in p.stdout
+    assert vb("list", gone, "--tree").stdout.startswith(full["uuid"])
+    # A name nobody recorded is still an unknown domain.
+    p = vb("list", "no-such-domain-" + uuidlib.uuid4().hex[:6], rc=1)
+    assert p.stderr.startswith("error: failed to get domain"), p.stderr
+    # list DOMAIN and --all are exclusive, one of them is needed.
+    assert subprocess.run([VB, "list"], capture_output=True).returncode == 2
+    assert subprocess.run([VB, "list", kept, "--all"], capture_output=True).returncode == 2
+
+    name = env.expect_domain(gone + "-back")
+    vb("restore", inc["uuid"], "--new-domain", name)
+    src = virsh("domblklist", name).stdout.split()[1]
+    assert same(src, at_inc)

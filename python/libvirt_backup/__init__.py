@@ -60,7 +60,7 @@ from ._capi import lib, virt
 
 __all__ = [
     "Backup", "libvirtBackupError", "createXML", "startUnmanaged", "listBackups",
-    "lookupByUUID", "restore", "restoreUnmanaged", "setDefaultTarget", "undefine",
+    "listAllBackups", "lookupByUUID", "restore", "restoreUnmanaged", "setDefaultTarget", "undefine",
 ]
 
 # --------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def _same_uri(conn: Optional["libvirt.virConnect"], uri: str) -> bool:
 class Backup:
     """A backup handle (``virDomainBackupPtr``), obtained from
     :func:`createXML`, :func:`startUnmanaged`, :func:`listBackups`,
-    :meth:`listChildren` or :func:`lookupByUUID`. The handle is released
+    :func:`listAllBackups`, :meth:`listChildren` or :func:`lookupByUUID`. The handle is released
     when the object is garbage collected or at the end of a ``with`` block
     (after which every method raises ``VIR_ERR_INVALID_ARG``); releasing it
     does not touch the backup itself or a running job. Thread-safe."""
@@ -523,6 +523,18 @@ def listBackups(dom: "libvirt.virDomain", flags: int = 0) -> List[Backup]:
     ptr = _domain_ptr(dom, "listBackups")
     return _collect(lib.virDomainBackupList, ptr, _flags(flags), "virDomainBackupList",
                     dom.connect())
+
+
+def listAllBackups(flags: int = 0) -> List[Backup]:
+    """Every managed backup of the catalog, of every domain, whether the
+    domain is still defined or not (``virDomainBackupList`` with a NULL
+    domain), oldest first, filtered by ``VIR_DOMAIN_BACKUP_LIST_*`` flags
+    as :func:`listBackups` (``VIR_DOMAIN_BACKUP_LIST_LATEST``: the newest of
+    the whole catalog). :meth:`Backup.domain` of a backup whose domain no
+    longer exists raises ``VIR_ERR_NO_DOMAIN``; its :meth:`Backup.getXMLDesc`
+    still names the domain and holds its saved ``<definition>``, and it
+    restores as a new domain."""
+    return _collect(lib.virDomainBackupList, None, _flags(flags), "virDomainBackupList", None)
 
 
 def lookupByUUID(uuid: str, flags: int = 0) -> Backup:

@@ -310,3 +310,39 @@ def test_unmanaged_export_and_restore_from_it(env):
                              "</disk></disks></domainbackup>",
                         lb.VIR_DOMAIN_BACKUP_RESTORE_REWRITE_EXISTING_DISK)
     assert same_image(src, "raw", at_export, "raw")
+
+
+def test_list_all_backups_of_the_catalog_and_of_an_undefined_domain(env):
+    """listAllBackups: every backup of the catalog, oldest first across
+    domains, the flags as for listBackups; a domain undefined with
+    libvirt-python's own undefine (which knows nothing of backups) keeps its
+    backups listed: domain() raises VIR_ERR_NO_DOMAIN, the XML names the
+    domain and holds its saved definition, and it restores as a new domain."""
+    gone, kept = env.domain(), env.domain()
+    src = disk_of(gone)
+    full = lb.createXML(gone, "<domainbackup/>", WAIT)
+    write_disk(src, "raw", [(3 * MiB, 64 << 10, 0x5C)])
+    inc = lb.createXML(gone, bxml(parent=full), WAIT)
+    at_inc = env.copy(src, "gone-at-inc.raw")
+    other = lb.createXML(kept, "<domainbackup/>", WAIT)
+    name, uuid = gone.name(), gone.UUIDString()
+    gone.undefine()
+
+    everything = lb.listAllBackups()
+    assert uuids(everything) == uuids([full, inc, other])
+    assert uuids(lb.listAllBackups(lb.VIR_DOMAIN_BACKUP_LIST_LATEST)) == [other.UUIDString()]
+    assert uuids(lb.listAllBackups(lb.VIR_DOMAIN_BACKUP_LIST_INCREMENTAL)) == [inc.UUIDString()]
+    assert everything[2].domain().UUIDString() == kept.UUIDString()
+    for b in everything[:2]:
+        with pytest.raises(libvirt.libvirtError) as e:
+            b.domain()
+        assert e.value.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+        root = ET.fromstring(b.getXMLDesc())
+        assert root.find("domain").attrib == {"uuid": uuid, "name": name}
+        assert root.find("definition/domain").findtext("name") == name
+    assert uuids(everything[0].listChildren()) == [inc.UUIDString()]
+
+    new_name = env.expect_domain(name + "-back")
+    lb.restore(f"<domainbackup><uuid>{inc.UUIDString()}</uuid><domain name='{new_name}'/>"
+               "</domainbackup>", lb.VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN)
+    assert same_image(disk_of(env.conn.lookupByName(new_name)), "qcow2", at_inc, "raw")

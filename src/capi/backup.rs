@@ -6,7 +6,6 @@ use virt::sys;
 
 use super::{ffi_entry, is_ours, malloc_string, new_handle, return_list, virDomainBackupPtr};
 use crate::error::Error;
-use crate::flags::bits::VIR_DOMAIN_XML_SECURE;
 use crate::ops::backup::Backup;
 
 /// virDomainBackupCreateXML:
@@ -171,12 +170,22 @@ fn clear_out(backups: *mut *mut virDomainBackupPtr) {
 }
 
 /// virDomainBackupList:
-/// @domain: a domain object
+/// @domain: a domain object, or NULL for every domain in the catalog
 /// @backups: where to store the array of backups, or NULL to only count them
 /// @flags: bitwise-OR of virDomainBackupListFlags (FULL and INCREMENTAL
 ///         exclude each other; DESCENDANTS is for virDomainBackupListChildren())
 ///
 /// Collect @domain's managed backups (completed and running), oldest first.
+/// With a NULL @domain, collect every backup of every domain in the
+/// catalog, whether the domain is still defined or not (e.g. undefined
+/// with virsh undefine, which knows nothing of backups), oldest first
+/// across domains; the flags filter the same way (LATEST gives the one
+/// newest backup of the whole catalog). Each backup's domain is looked up
+/// again through the connection URI the backup was taken with:
+/// virDomainBackupGetDomain() of a backup whose domain is gone fails with
+/// VIR_ERR_NO_DOMAIN, and its XML still names the domain (name and UUID)
+/// and holds its saved definition. Such a backup restores as a new domain
+/// (VIR_DOMAIN_BACKUP_RESTORE_NEW_DOMAIN) or to files.
 /// If @backups is non-NULL, *backups is set to a malloc'd array of
 /// count + 1 entries, the last NULL: free each entry with
 /// virDomainBackupFree(), then the array with free(). On error *backups is NULL.
@@ -193,6 +202,11 @@ pub extern "C" fn virDomainBackupList(
 ) -> c_int {
     clear_out(backups);
     ffi_entry!(virDomainBackupList, -1, |cx| {
+        if domain.is_null() {
+            // The whole catalog: the one form without a domain.
+            let filter = cx.options(flags)?;
+            return return_list(cx, Backup::list_all(filter)?, backups);
+        }
         let dom = cx.domain(domain)?;
         let filter = cx.options(flags)?;
         return_list(cx, Backup::list(&dom, filter)?, backups)
@@ -251,7 +265,12 @@ pub extern "C" fn virDomainBackupLookupByUUID(
 /// The unambiguous name of virDomainBackupGetXMLDesc() for backup objects
 /// (libvirt >= 6.0 has a function of that name taking a virDomainPtr; see the
 /// header). Describes the backup as a <domainbackup> document, which parses
-/// back as virDomainBackupCreateXML() input.
+/// back as virDomainBackupCreateXML() input. The document ends with
+/// <definition>: the domain's definition as it was saved at backup time (a
+/// libvirt <domain> document, what a restore as a new domain defines),
+/// there whether or not the domain still exists; without
+/// VIR_DOMAIN_XML_SECURE it leaves out what libvirt shows only with that
+/// flag (graphics passwords, network disks' cookies).
 ///
 /// Returns a malloc'd string the caller must free(), or NULL on error.
 #[unsafe(no_mangle)]
@@ -262,8 +281,7 @@ pub extern "C" fn virDomainBackupObjGetXMLDesc(
     // Errors name the function callers know (the header routes it here).
     ffi_entry!(virDomainBackupGetXMLDesc, std::ptr::null_mut(), |cx| {
         let b = cx.backup(backup)?;
-        cx.check_flags(flags, VIR_DOMAIN_XML_SECURE)?;
-        malloc_string(&b.xml_desc()?)
+        malloc_string(&b.xml_desc_with(cx.options(flags)?)?)
     })
 }
 
@@ -326,7 +344,9 @@ pub extern "C" fn get_xml_desc_dispatch(obj: *mut c_void, flags: c_uint) -> *mut
 /// valid as long as @backup is.
 ///
 /// Returns the domain, or NULL on error (VIR_ERR_NO_DOMAIN if a backup found
-/// with virDomainBackupLookupByUUID() belongs to a domain that no longer exists).
+/// with virDomainBackupLookupByUUID() or listed with a NULL domain by
+/// virDomainBackupList() belongs to a domain that no longer exists, or
+/// for the export of a stored backup).
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainBackupGetDomain(backup: virDomainBackupPtr) -> sys::virDomainPtr {
     ffi_entry!(virDomainBackupGetDomain, std::ptr::null_mut(), |cx| {

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::ops::options::{
     Affect, ChildScope, CreateOptions, DeleteOptions, DeleteScope, ExportOptions, FinishMode,
-    ListFilter, ListKind, RestoreMode, RestoreOptions, UndefineFlags, UndefineOptions,
+    ListFilter, ListKind, RestoreMode, RestoreOptions, UndefineFlags, UndefineOptions, XmlOptions,
 };
 
 /// A caller's flag word, its unknown bits already refused.
@@ -131,6 +131,17 @@ impl FromFlags for ListFilter {
             kind,
             leaves: f.has(VIR_DOMAIN_BACKUP_LIST_LEAVES),
             latest: f.has(VIR_DOMAIN_BACKUP_LIST_LATEST),
+        })
+    }
+}
+
+/// `virDomainBackupGetXMLDesc`.
+impl FromFlags for XmlOptions {
+    const ALLOWED: u32 = VIR_DOMAIN_XML_SECURE;
+
+    fn from_flags(f: Flags) -> Result<Self> {
+        Ok(XmlOptions {
+            secure: f.has(VIR_DOMAIN_XML_SECURE),
         })
     }
 }

@@ -36,6 +36,7 @@ pub fn dirty_ranges(
                 image: image.to_path_buf(),
                 format: DiskFormat::Qcow2,
                 bitmap: Some(bitmap.to_string()),
+                backing: None,
             }],
         )?;
         let ranges = NbdClient::connect(&server, "disk", Some(bitmap)).and_then(|c| {

@@ -82,6 +82,13 @@ pub struct ExportDisk {
     pub format: DiskFormat,
     /// A persistent bitmap already in the (qcow2) image to export as "qemu:dirty-bitmap:<name>".
     pub bitmap: Option<String>,
+    /// The images a qcow2 `image` reads through, nearest first, as the
+    /// library resolved them (a stored backup's chain): each is given to
+    /// the daemon as a node of its own, so the daemon never follows a
+    /// header's backing name (QEMU joins a relative one to the path it
+    /// reached the image by, `..` and all, which a deep chain of relative
+    /// names grows past PATH_MAX). `None`: the daemon follows the headers.
+    pub backing: Option<Vec<(PathBuf, DiskFormat)>>,
 }
 
 /// A running `qemu-storage-daemon` serving read-only NBD exports.
@@ -123,9 +130,14 @@ impl StorageDaemonExport {
         validate(server, disks)?;
         // The daemon follows qcow2 backing files as their headers name
         // them: only chains whose every level records its format (never
-        // probed) are served.
+        // probed) are served. A chain given node by node is the one the
+        // headers must name.
         for d in disks {
-            Source::open(&d.image, d.format, Chain::Header)?;
+            let chain = match &d.backing {
+                Some(levels) => Chain::Recorded(levels),
+                None => Chain::Header,
+            };
+            Source::open(&d.image, d.format, chain)?;
         }
 
         let scratch = make_scratch_dir()?;
@@ -484,26 +496,7 @@ fn daemon_args(
 ) -> Result<Vec<String>> {
     let mut args = Vec::new();
     for (i, d) in disks.iter().enumerate() {
-        args.push("--blockdev".into());
-        args.push(
-            json!({
-                "driver": "file",
-                "node-name": format!("file{i}"),
-                "filename": utf8(&d.image)?,
-                "read-only": true,
-            })
-            .to_string(),
-        );
-        args.push("--blockdev".into());
-        args.push(
-            json!({
-                "driver": d.format.as_str(),
-                "node-name": format!("disk{i}"),
-                "file": format!("file{i}"),
-                "read-only": true,
-            })
-            .to_string(),
-        );
+        args.extend(disk_nodes(i, d)?);
     }
     args.extend(server_args(server, cert_dir)?);
     for (i, d) in disks.iter().enumerate() {
@@ -528,6 +521,50 @@ fn daemon_args(
     ));
     args.push("--monitor".into());
     args.push("chardev=qmp0,mode=control".into());
+    Ok(args)
+}
+
+/// The `--blockdev` arguments of disk `i`: a read-only file node and a
+/// format node (`disk<i>`, what the export serves) for its image, and, for
+/// a chain given node by node (`ExportDisk::backing`), the same for each
+/// level below (`disk<i>.<level>`, deepest first), each qcow2 node naming
+/// the next as its backing (the last none), so no header's name is
+/// followed.
+fn disk_nodes(i: usize, d: &ExportDisk) -> Result<Vec<String>> {
+    let mut levels = vec![(d.image.as_path(), d.format)];
+    if let Some(b) = &d.backing {
+        levels.extend(b.iter().map(|(p, f)| (p.as_path(), *f)));
+    }
+    let name = |kind: &str, l: usize| match l {
+        0 => format!("{kind}{i}"),
+        l => format!("{kind}{i}.{l}"),
+    };
+    let node = |l: usize| name("disk", l);
+    let mut args = Vec::new();
+    // Deepest first: a node names its backing node once that exists.
+    for (l, (path, format)) in levels.iter().enumerate().rev() {
+        let file = name("file", l);
+        let mut image = json!({
+            "driver": format.as_str(),
+            "node-name": node(l),
+            "file": file,
+            "read-only": true,
+        });
+        if d.backing.is_some() && *format == DiskFormat::Qcow2 {
+            image["backing"] = match l + 1 < levels.len() {
+                true => json!(node(l + 1)),
+                false => serde_json::Value::Null,
+            };
+        }
+        let file_node = json!({
+            "driver": "file",
+            "node-name": file,
+            "filename": utf8(path)?,
+            "read-only": true,
+        });
+        args.extend(["--blockdev".into(), file_node.to_string()]);
+        args.extend(["--blockdev".into(), image.to_string()]);
+    }
     Ok(args)
 }
 

@@ -149,7 +149,12 @@ pub fn define_domain(conn: &Connect, xml: &str) -> Result<DomainRef> {
 
 /// Find a domain again from a process that has only the URI and UUID.
 pub fn open_domain(uri: &str, uuid: &Uuid) -> Result<DomainRef> {
-    let conn = open_connection(uri)?;
+    lookup_domain(&open_connection(uri)?, uri, uuid)
+}
+
+/// The domain `uuid` on `conn` (opened from `uri`): `VIR_ERR_NO_DOMAIN`
+/// when there is none.
+pub fn lookup_domain(conn: &Connect, uri: &str, uuid: &Uuid) -> Result<DomainRef> {
     match conn.lookup_domain_by_uuid_string(&uuid.to_string()) {
         Ok(d) => Ok(DomainRef::new(d)),
         Err(e) => {
@@ -161,6 +166,23 @@ pub fn open_domain(uri: &str, uuid: &Uuid) -> Result<DomainRef> {
                 );
             }
             Err(err)
+        }
+    }
+}
+
+/// Connections of the library's own, opened once per URI: for finding
+/// many domains again (a listing of the whole catalog).
+#[derive(Default)]
+pub struct Connections(std::collections::HashMap<String, std::result::Result<Connect, Error>>);
+
+impl Connections {
+    /// The domain `uuid` on `uri`: `VIR_ERR_NO_DOMAIN` when there is none
+    /// there, the connection's error when `uri` cannot be reached.
+    pub fn domain(&mut self, uri: &str, uuid: &Uuid) -> Result<DomainRef> {
+        let conn = (self.0.entry(uri.to_string())).or_insert_with(|| open_connection(uri));
+        match conn {
+            Ok(c) => lookup_domain(c, uri, uuid),
+            Err(e) => Err(e.clone()),
         }
     }
 }

@@ -40,6 +40,26 @@ pub fn backing_file(path: &Path) -> Option<PathBuf> {
     })
 }
 
+/// `path` with its `.` components dropped and each `..` taking away the
+/// name before it, as text alone (no link is followed): how two names of
+/// a backing file are compared, never how a file is opened.
+pub(crate) fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +122,17 @@ mod tests {
         assert_eq!(backing_file(&p("base.qcow2")), None);
         assert_eq!(backing_file(&p("raw.img")), None);
         assert_eq!(backing_file(&p("missing.qcow2")), None);
+    }
+
+    #[test]
+    fn lexical_names() {
+        let l = |s: &str| lexical(Path::new(s));
+        assert_eq!(
+            l("/c/d/b2/../b1/vda.qcow2"),
+            PathBuf::from("/c/d/b1/vda.qcow2")
+        );
+        assert_eq!(l("/c/./d//x"), PathBuf::from("/c/d/x"));
+        assert_eq!(l("/../x"), PathBuf::from("/../x"));
+        assert_eq!(l("../../x"), PathBuf::from("../../x"));
     }
 }

@@ -49,6 +49,7 @@ use imago::raw::Raw as ImagoRaw;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, StorageOpenOptions};
 
 use crate::error::{Error, Result};
+use crate::image::backing::lexical;
 use crate::image::file::{self as image_file, Kind};
 use crate::xml::backup::DiskFormat;
 
@@ -152,14 +153,25 @@ pub(crate) fn bad_chain(path: &Path, why: String) -> Error {
 /// may be a deeper level than the next (a merge removed the levels in
 /// between; after a crash the record may not say so yet), never a file the
 /// catalog did not record.
+///
+/// A relative name (`../<backup>/<file>` between a catalog's backup
+/// folders) comes here joined to the folder of `above`: it matches a
+/// recorded path equal to it once `.` and `..` are taken lexically (only
+/// to find the level; the file opened is always the recorded path).
 pub(crate) fn recorded_at(
     above: &Path,
     recorded: &[(PathBuf, DiskFormat)],
     named: &Path,
 ) -> Result<usize> {
+    let lexical = lexical(named);
     recorded
         .iter()
         .position(|(p, _)| p == named)
+        .or_else(|| {
+            recorded
+                .iter()
+                .position(|(p, _)| self::lexical(p) == lexical)
+        })
         .ok_or_else(|| {
             bad_chain(
                 above,
@@ -300,6 +312,22 @@ fn resolve_once(top: &Path, recorded: &[(PathBuf, DiskFormat)], keep: usize) -> 
         levels.push(Level { path, format, id });
     }
     Ok((levels, files, size))
+}
+
+/// The levels below the qcow2 image `top` as its headers name them now,
+/// nearest first, each one `recorded` holds, in its recorded format (see
+/// `resolve`): the chain to hand a tool that must not follow a header's
+/// name itself.
+pub fn resolved_below(
+    top: &Path,
+    recorded: &[(PathBuf, DiskFormat)],
+) -> Result<Vec<(PathBuf, DiskFormat)>> {
+    let (levels, _, _) = resolve(top, recorded, 0)?;
+    Ok(levels
+        .into_iter()
+        .skip(1)
+        .map(|l| (l.path, l.format))
+        .collect())
 }
 
 /// Append `a..b` to `runs`, joining it to the last run it continues.

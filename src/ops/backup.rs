@@ -16,7 +16,7 @@ use crate::job::{self, Job};
 use crate::ops::export;
 use crate::ops::options::{
     Affect, ChildScope, CreateOptions, DeleteOptions, DeleteScope, ExportOptions, FinishMode,
-    ListFilter, ListKind, RestoreOptions, UndefineOptions,
+    ListFilter, ListKind, RestoreOptions, UndefineOptions, XmlOptions,
 };
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
@@ -165,6 +165,40 @@ impl Backup {
             .collect())
     }
 
+    /// `virDomainBackupList(NULL, …)`: the backups of every domain in the
+    /// catalog, whether the domain is still defined or not, under the same
+    /// filter and order as `list`: oldest first across domains, LATEST the
+    /// newest of them all, LEAVES those no backup builds on. Each domain is
+    /// looked up once, through the connection URI its newest listed
+    /// backup's record keeps (one connection per URI); one that cannot be
+    /// found there leaves its backups without a domain (`domain`:
+    /// `VIR_ERR_NO_DOMAIN`).
+    pub fn list_all(filter: ListFilter) -> Result<Vec<Arc<Backup>>> {
+        let catalog = recovery::open_catalog()?;
+        let mut all: Vec<(Uuid, Entry)> = Vec::new();
+        for domain in catalog.domains()? {
+            let entries = recovery::entries(&catalog, &domain)?;
+            all.extend(entries.into_iter().map(|e| (domain, e)));
+        }
+        all.sort_by_key(|(_, e)| (e.created_ns, e.uuid));
+        let domain_of: HashMap<Uuid, Uuid> = all.iter().map(|(d, e)| (e.uuid, *d)).collect();
+        let entries: Vec<Entry> = all.into_iter().map(|(_, e)| e).collect();
+        let chosen = filter_entries(&entries, entries.iter().collect(), filter);
+        let mut conns = libvirt::Connections::default();
+        let mut found: HashMap<Uuid, Option<DomainRef>> = HashMap::new();
+        for e in chosen.iter().rev() {
+            let d = domain_of[&e.uuid];
+            (found.entry(d)).or_insert_with(|| find_domain(&catalog, &mut conns, &d, &e.uuid));
+        }
+        Ok(chosen
+            .into_iter()
+            .map(|e| {
+                let d = domain_of[&e.uuid];
+                Backup::new(e.uuid, d, found[&d].clone(), catalog.clone())
+            })
+            .collect())
+    }
+
     /// `virDomainBackupListChildren`.
     pub fn list_children(&self, scope: ChildScope, filter: ListFilter) -> Result<Vec<Arc<Backup>>> {
         self.managed_only()?;
@@ -240,8 +274,14 @@ impl Backup {
         }
     }
 
-    /// `virDomainBackupGetXMLDesc`.
+    /// `virDomainBackupGetXMLDesc` with flags 0 (see `xml_desc_with`).
     pub fn xml_desc(&self) -> Result<String> {
+        self.xml_desc_with(XmlOptions::default())
+    }
+
+    /// `virDomainBackupGetXMLDesc`: the record's description, with the
+    /// backups pinning it and the domain's saved definition.
+    pub fn xml_desc_with(&self, opts: XmlOptions) -> Result<String> {
         if let Some(e) = &self.export {
             return e.xml_desc();
         }
@@ -263,6 +303,7 @@ impl Backup {
         if let Some(bytes) = running.and_then(|j| j.bandwidth()) {
             el.push(Element::new("bandwidth").with_attr("bytes", bytes.to_string()));
         }
+        el.children.extend(rec.definition_element(opts.secure));
         el.to_xml()
     }
 
@@ -481,6 +522,9 @@ impl Backup {
         let records = self.doomed_records(&rec, &doomed)?;
         crate::ops::pins::check_delete(&self.catalog, &records.iter().collect::<Vec<_>>())?;
         if !metadata_only {
+            for r in &records {
+                super::moved::check(&self.catalog, r)?;
+            }
             check_target_folders(&records)?;
         }
         if let Some(e) = doomed.iter().find(|e| e.state == BackupState::Running) {
@@ -583,6 +627,9 @@ impl Backup {
         let mut near: Vec<BackupRecord> = Vec::with_capacity(children.len() + 1);
         for u in children.iter().map(|e| e.uuid).chain(rec.parent) {
             if let Some(r) = self.catalog.backup(&self.domain_uuid, &u).record()? {
+                if !metadata_only {
+                    super::moved::check(&self.catalog, &r)?;
+                }
                 near.push(r);
             }
         }
@@ -597,6 +644,28 @@ impl Backup {
     /// `virDomainBackupRestoreUnmanaged`.
     pub fn restore_unmanaged(dom: &DomainRef, xml: &str, opts: RestoreOptions) -> Result<()> {
         crate::ops::restore::restore_unmanaged(dom, xml, opts)
+    }
+}
+
+/// The domain of `backup` (of `domain`), found through the connection URI
+/// its record keeps; `None` when it cannot be found (its error logged).
+fn find_domain(
+    catalog: &Catalog,
+    conns: &mut libvirt::Connections,
+    domain: &Uuid,
+    backup: &Uuid,
+) -> Option<DomainRef> {
+    let found = catalog
+        .backup(domain, backup)
+        .record()
+        .and_then(|r| r.ok_or_else(|| Error::no_backup(&backup.to_string())))
+        .and_then(|r| conns.domain(&r.uri, domain));
+    match found {
+        Ok(d) => Some(d),
+        Err(e) => {
+            ::log::debug!("domain {domain} of backup {backup}: {}", e.message);
+            None
+        }
     }
 }
 

@@ -311,7 +311,7 @@ fn register(
     crate::test_stop!("create-job-locked");
     let prepared = (|| {
         backup.write_record(record)?;
-        create_targets(dom, disks, &mut targets)?;
+        create_targets(catalog, dom, disks, &mut targets)?;
         backup.create_index_dir()
     })();
     match prepared {

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::storage_pool;
 use crate::image::disk::{Source, Target as ImageTarget};
+use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
 use crate::store::index::IndexReader;
 use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord};
@@ -52,7 +53,10 @@ pub(super) fn note_dirs(record: &mut BackupRecord, disks: &[PlannedDisk]) {
 }
 
 /// Create each disk's target (and its pool volume, and missing folders).
+/// An incremental target in the catalog names its parent's image in the
+/// catalog relative to its own folder (`Catalog::backing_name`).
 pub(super) fn create_targets(
+    catalog: &Catalog,
     dom: &DomainRef,
     disks: &[PlannedDisk],
     targets: &mut Vec<ImageTarget>,
@@ -74,7 +78,10 @@ pub(super) fn create_targets(
             None => folder.create_new(&name),
         }
         .map_err(|e| Error::io("cannot create target image", path, e))?;
-        let backing = p.baseline.as_ref().map(|b| (b.target.as_path(), b.format));
+        let backing_name = (p.baseline.as_ref()).map(|b| catalog.backing_name(path, &b.target));
+        let backing = (p.baseline.as_ref())
+            .zip(backing_name.as_deref())
+            .map(|(b, name)| (name, b.format));
         ::log::info!(
             "disk '{}': {} target '{}' ({}){}",
             p.record.name,
@@ -85,7 +92,8 @@ pub(super) fn create_targets(
             },
             path.display(),
             p.record.format.as_str(),
-            backing.map_or(String::new(), |(b, _)| format!(" over '{}'", b.display()))
+            (p.baseline.as_ref())
+                .map_or(String::new(), |b| format!(" over '{}'", b.target.display()))
         );
         targets.push(ImageTarget::create_from(
             file,

@@ -375,12 +375,14 @@ fn daemon_disks(
                     image,
                     format,
                     bitmap: None,
+                    backing: None,
                 },
                 Some(Since::Bitmap(b)) | Some(Since::Checkpoint(b)) => ExportDisk {
                     export_name: export.clone(),
                     image,
                     format,
                     bitmap: Some(b.clone()),
+                    backing: None,
                 },
                 Some(Since::Digests(parent)) => {
                     let bitmap = bitmap_name(export);
@@ -390,6 +392,7 @@ fn daemon_disks(
                         image: overlay,
                         format: DiskFormat::Qcow2,
                         bitmap: Some(bitmap),
+                        backing: None,
                     }
                 }
             })

@@ -1,7 +1,8 @@
 //! Export of a stored backup (`virDomainBackupStartUnmanaged(NULL, xml, 0)`):
 //! one point in time of the catalog served read-only over NBD by
-//! qemu-storage-daemon, each disk through its backup's own chain (the
-//! daemon opens the newest file and follows its backing files). Nothing is
+//! qemu-storage-daemon, each disk through its backup's own chain, given to
+//! the daemon level by level as the library resolves it (the daemon
+//! follows no header's backing name). Nothing is
 //! copied and no domain or hypervisor connection is involved; the backup's
 //! files are opened read-only. While the export runs, Delete of the backup
 //! or of one of its ancestors is refused (see `ops::pins`).
@@ -10,10 +11,11 @@ use std::sync::Arc;
 
 use crate::engine::export::ExportDisk;
 use crate::error::{Error, Result};
+use crate::image::chain;
 use crate::ops::export::{self, Export};
 use crate::ops::export_access;
 use crate::ops::recovery;
-use crate::xml::backup::{BackupRecord, BackupState, UnmanagedRequest};
+use crate::xml::backup::{BackupRecord, BackupState, DiskFormat, UnmanagedRequest};
 
 /// The disks to serve: the request's (each must be one of the backup's),
 /// else all of them under their own names.
@@ -42,6 +44,7 @@ fn selected(rec: &BackupRecord, req: &UnmanagedRequest) -> Result<Vec<(String, E
                     image: d.target.clone(),
                     format: d.format,
                     bitmap: None,
+                    backing: None,
                 },
             ))
         })
@@ -75,14 +78,24 @@ pub(crate) fn start(xml: &str) -> Result<Arc<Export>> {
             "backup '{uuid}' is not completed"
         )));
     }
-    let disks = selected(&rec, &req)?;
-    for (name, d) in &disks {
+    super::moved::check(&catalog, &rec)?;
+    let mut disks = selected(&rec, &req)?;
+    for (name, d) in &mut disks {
         if !d.image.is_file() {
             return Err(Error::operation_failed(format!(
                 "disk '{name}' of backup '{uuid}': '{}' is missing",
                 d.image.display()
             )));
         }
+        // The chain as the library resolves it, level by level: the daemon
+        // follows no header's name (relative names of a deep chain would
+        // grow past PATH_MAX in QEMU's hands).
+        d.backing = Some(match d.format {
+            DiskFormat::Qcow2 => {
+                chain::resolved_below(&d.image, &catalog.recorded_chain(&rec, name)?)?
+            }
+            DiskFormat::Raw => Vec::new(),
+        });
     }
     let export = export::serve_stored(&rec, &req.server, disks, cert_dir.as_deref())?;
     if let Err(e) = export_access::restrict_socket(&req.server) {

@@ -66,9 +66,9 @@ fn rewrite_disk(
             .as_ref()
             .map(|b| IndexReader::open(&b.index))
             .transpose()?;
-        let backing = base
-            .as_ref()
-            .map(|b| (b.disk.target.as_path(), b.disk.format));
+        // Named as a new incremental names its parent (`backing_name`).
+        let named = (base.as_ref()).map(|b| (catalog.backing_name(&d.target, &b.disk.target), b));
+        let backing = (named.as_ref()).map(|(n, b)| (n.as_path(), b.disk.format));
         let file = folder
             .create_new(&tmp_name)
             .map_err(|e| Error::io("cannot create target image", &tmp, e))?;

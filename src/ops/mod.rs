@@ -22,6 +22,7 @@ pub(crate) mod export_stored;
 mod files;
 pub(crate) mod instant;
 pub(crate) mod merge;
+pub(crate) mod moved;
 pub mod options;
 pub(crate) mod pins;
 pub(crate) mod plan;

@@ -48,6 +48,14 @@ pub struct ListFilter {
     pub latest: bool,
 }
 
+/// `virDomainBackupGetXMLDesc`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XmlOptions {
+    /// Show what libvirt only shows with `VIR_DOMAIN_XML_SECURE` in the
+    /// saved domain definition.
+    pub secure: bool,
+}
+
 /// `virDomainBackupListChildren`: how far down from the backup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ChildScope {

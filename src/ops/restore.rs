@@ -211,6 +211,7 @@ pub(crate) fn restore(xml: &str, opts: RestoreOptions) -> Result<()> {
             rec.uuid
         )));
     }
+    super::moved::check(&catalog, &rec)?;
     let files_only = files_only_asked(opts.mode, &req.target_dir)?;
     let new_domain = new_domain_asked(opts.mode, &req.domain_name)?;
     // Refuse a running domain before any work (building a missing index).

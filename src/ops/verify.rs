@@ -89,6 +89,7 @@ pub(crate) fn verify(rec: &BackupRecord) -> Result<()> {
         )));
     }
     let catalog = Catalog::open()?;
+    super::moved::check(&catalog, rec)?;
     // Open every disk first: the total is known before anyone can ask.
     let run = Arc::new(Run::default());
     let mut sources = Vec::new();

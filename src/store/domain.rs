@@ -61,6 +61,11 @@ impl DomainDir {
         &self.uuid
     }
 
+    /// The catalog root's path (what names in the catalog are relative to).
+    pub(super) fn root_path(&self) -> &std::path::Path {
+        self.root.path()
+    }
+
     /// The folder's path (for messages and tests: every use goes through
     /// the descriptors).
     pub fn path(&self) -> PathBuf {

@@ -14,6 +14,7 @@ pub(crate) mod leftovers;
 pub(crate) mod locks;
 pub(crate) mod names;
 pub(crate) mod notes;
+pub(crate) mod paths;
 pub(crate) mod pins;
 pub(crate) mod records;
 pub mod secure;

@@ -10,6 +10,9 @@
 //! <root>/<domain>/<backup>.cancel         a request to stop that job (`CancelMarker`)
 //! <root>/<domain>/<backup>.deleting       the record of a backup being deleted (`delete`)
 //! <root>/<domain>/<backup>/               default folder of the backup's images
+//!                                         (named `<domain>/<backup>/<file>`, relative
+//!                                         to the root, in what the catalog writes:
+//!                                         `check_data_path`, `paths`)
 //! <root>/<domain>/<backup>.index/<disk>.b3  digest index of each disk (`index`)
 //! <root>/<domain>/summary                 the listing summary (`summary`)
 //! <root>/<domain>/default-target.xml      the persistent default target
@@ -108,6 +111,27 @@ pub(crate) fn cancel(backup: &Uuid) -> String {
 /// The default folder of a backup's images, in its domain's folder.
 pub(crate) fn data_dir(backup: &Uuid) -> String {
     backup.to_string()
+}
+
+/// Check that `rel` names, relative to the root, a file (or the folder
+/// itself) of a backup's default folder of `domain`, as records, qcow2
+/// headers and merge markers name it (`paths`):
+/// `<domain>/<backup>[/<name>...]`, the domain's and the backup's UUIDs as
+/// the library writes them, then plain names (none empty, `.` or `..`), so
+/// that it names nothing outside that backup's folder. The error says why
+/// it is not.
+pub(crate) fn check_data_path(domain: &Uuid, rel: &str) -> Result<(), &'static str> {
+    let mut parts = rel.split('/');
+    if parts.next() != Some(self::domain(domain).as_str()) {
+        return Err("it does not start with the folder of the record's domain");
+    }
+    if parts.next().and_then(exact_uuid).is_none() {
+        return Err("its second name is not the folder of a backup");
+    }
+    match parts.any(|p| p.is_empty() || p == "." || p == "..") {
+        true => Err("it has an empty, '.' or '..' component"),
+        false => Ok(()),
+    }
 }
 
 /// The folder of a backup's digest indexes, in its domain's folder.
@@ -256,5 +280,26 @@ mod tests {
         assert!(is_restore_note(new_restore_note().as_bytes()));
         assert!(is_pin_tmp(&tmp(&pin_file(&b, &d, "vda"))));
         assert!(!is_pin_tmp(&pin_file(&b, &d, "vda")));
+    }
+
+    #[test]
+    fn data_paths_stay_in_their_backups_folder() {
+        let (b, d) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(check_data_path(&d, &format!("{d}/{b}/vda.qcow2")), Ok(()));
+        assert_eq!(check_data_path(&d, &format!("{d}/{b}")), Ok(()));
+        let upper = b.to_string().to_uppercase();
+        for bad in [
+            format!("{b}/{b}/vda.qcow2"),
+            format!("{d}/{upper}/vda.qcow2"),
+            format!("{d}/{b}.index/vda.b3"),
+            format!("{d}/{b}/../../etc/shadow"),
+            format!("{d}/{b}/./vda"),
+            format!("{d}/{b}//vda"),
+            format!("{d}/{b}/"),
+            format!("{d}"),
+            String::new(),
+        ] {
+            assert!(check_data_path(&d, &bad).is_err(), "{bad}");
+        }
     }
 }

@@ -30,6 +30,7 @@ use super::catalog::Catalog;
 use super::domain::DomainDir;
 use super::folder::Folder;
 use super::names;
+use super::paths;
 use crate::error::{Error, Result};
 
 /// The first line of a note of files a domain is defined on (paths are
@@ -164,10 +165,13 @@ impl DomainDir {
     /// Note, before a merge writes `tmp` for `disk` of the backup `child`,
     /// where that temporary file is: if the process dies, the next reader
     /// removes it.
+    /// A file of a backup's folder in the catalog is named relative to the
+    /// root (`paths`), any other by its absolute path.
     pub fn mark_merge(&self, child: &Uuid, disk: &str, tmp: &Path) -> Result<()> {
+        let name = paths::stored_name(self.root_path(), self.uuid(), tmp);
         self.make_folder()?.make_sub(names::MERGING)?.write_atomic(
             &names::merge_marker(child, disk),
-            tmp.as_os_str().as_encoded_bytes(),
+            name.as_os_str().as_encoded_bytes(),
         )
     }
 
@@ -194,6 +198,8 @@ impl DomainDir {
             let name = n.to_string_lossy().into_owned();
             let tmp = dir.read(&name).unwrap_or_default();
             let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
+            // A relative name that is not a backup folder's names nothing.
+            let tmp = paths::resolved_name(self.root_path(), self.uuid(), &tmp).unwrap_or_default();
             Note {
                 owner: Owner::Nobody,
                 files: is_merge_tmp(&tmp).then_some(tmp).into_iter().collect(),
@@ -388,5 +394,31 @@ mod tests {
             n.forget();
         }
         assert!(dom.dead_merges().is_empty());
+
+        // A merge's file in a backup's folder of the catalog is noted
+        // relative to the root, and read back under it; a relative name
+        // leading out of the domain's backup folders names nothing.
+        let id = Uuid::new_v4();
+        let in_catalog = dom
+            .path()
+            .join(child.uuid.to_string())
+            .join(format!(".vda.qcow2.merge-{id}"));
+        dom.mark_merge(&child.uuid, "vdc", &in_catalog).unwrap();
+        let marker = dom
+            .path()
+            .join(names::MERGING)
+            .join(names::merge_marker(&child.uuid, "vdc"));
+        let text = std::fs::read_to_string(&marker).unwrap();
+        assert_eq!(
+            text,
+            format!("{}/{}/.vda.qcow2.merge-{id}", child.domain_uuid, child.uuid)
+        );
+        assert_eq!(dom.dead_merges()[0].files, vec![in_catalog]);
+        let escape = format!(
+            "{}/{}/../../x/.vda.qcow2.merge-{id}",
+            child.domain_uuid, child.uuid
+        );
+        std::fs::write(&marker, escape).unwrap();
+        assert_eq!(dom.dead_merges()[0].files, Vec::<PathBuf>::new());
     }
 }

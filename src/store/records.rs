@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::domain::{BackupDir, DomainDir};
 use super::folder::Folder;
 use super::names;
+use super::paths;
 use super::summary::{self, Entry};
 use crate::error::{Error, Result};
 use crate::xml::backup::BackupRecord;
@@ -37,8 +38,10 @@ impl BackupDir {
     /// Write the backup's record, and note it in the domain's summary.
     pub fn write_record(&self, rec: &BackupRecord) -> Result<()> {
         debug_assert!(rec.uuid == *self.uuid() && rec.domain_uuid == *self.domain().uuid());
-        // Refused (a value XML cannot carry) before anything is noted.
-        let xml = rec.to_catalog_xml()?;
+        // Refused (a value XML cannot carry) before anything is noted. Its
+        // files in the catalog are named relative to the root (`paths`).
+        let root = self.domain().root_path();
+        let xml = paths::to_stored(root, rec).to_catalog_xml()?;
         let _guard = self.domain().lock()?;
         let dir = self.domain().make_folder()?;
         note_pending(&dir, self.uuid())?;
@@ -230,7 +233,10 @@ pub(super) fn remove_index(dir: &Folder, backup: &Uuid) -> Result<()> {
 
 /// The record `name` in `dir` (a record, or a cut-short delete's note):
 /// `None` if there is none, an error naming the file if it cannot be read
-/// or parsed.
+/// or parsed, or names a file in the catalog by anything but a name the
+/// library gives one (`paths::resolve`: relative names are resolved
+/// against the root, `dir`'s parent, and never lead out of a backup's
+/// folder).
 pub(super) fn read_record(dir: &Folder, name: &str) -> Result<Option<BackupRecord>> {
     let path = dir.join(name);
     let text = match dir.read(name).and_then(|t| {
@@ -240,9 +246,10 @@ pub(super) fn read_record(dir: &Folder, name: &str) -> Result<Option<BackupRecor
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(damaged(&path, &e.to_string())),
     };
-    BackupRecord::from_catalog_xml(&text)
-        .map(Some)
-        .map_err(|e| damaged(&path, &e.message))
+    let mut rec = BackupRecord::from_catalog_xml(&text).map_err(|e| damaged(&path, &e.message))?;
+    let root = dir.path().parent().unwrap_or(Path::new("/"));
+    paths::resolve(root, &mut rec).map_err(|why| damaged(&path, &why))?;
+    Ok(Some(rec))
 }
 
 /// The backups that have a record file in a domain's folder.

@@ -407,7 +407,7 @@ fn schema_child(
     el: &Element,
     parent: &mut Open,
 ) -> Result<Option<&'static Schema>> {
-    let Some(ps) = parent.schema else {
+    let Some(ps) = parent.schema.filter(|s| !s.any) else {
         return Ok(None);
     };
     let Some(i) = ps.children.iter().position(|c| c.name == el.name) else {

@@ -19,6 +19,7 @@ fn names_and_paths_of_any_kind_reach_the_daemon_intact() {
         image: odd.into(),
         format: DiskFormat::Qcow2,
         bitmap: Some("b\"0".into()),
+        backing: None,
     }];
     let unix = ExportServer::Unix("/s/o \"d\"\\\n\u{fc}.sock".into());
     let args = daemon_args(&unix, &disks, Some(Path::new("/c/\"x\"")), Path::new("/q")).unwrap();
@@ -37,6 +38,7 @@ fn command_line() {
         image: "/i/a,b.qcow2".into(),
         format: DiskFormat::Qcow2,
         bitmap: Some("b0".into()),
+        backing: None,
     }];
     let args = daemon_args(
         &ExportServer::Tcp {
@@ -91,6 +93,7 @@ fn tls_command_line() {
         image: "/i/a.raw".into(),
         format: DiskFormat::Raw,
         bitmap: None,
+        backing: None,
     }];
     let server = ExportServer::Tcp {
         host: "0.0.0.0".into(),
@@ -121,6 +124,7 @@ fn bad_arguments() {
         image: "/nonexistent.img".into(),
         format: fmt,
         bitmap: bitmap.map(Into::into),
+        backing: None,
     };
     let tcp = |port| ExportServer::Tcp {
         host: "127.0.0.1".into(),
@@ -221,4 +225,46 @@ fn qmp_quit_waits_for_the_answer_itself() {
         monitor.join().unwrap(),
         [r#"{"execute":"qmp_capabilities"}"#, r#"{"execute":"quit"}"#]
     );
+}
+
+#[test]
+fn a_chain_given_level_by_level_is_one_node_each_and_no_header_is_followed() {
+    let disks = [ExportDisk {
+        export_name: "vda".into(),
+        image: "/c/d/b2/vda.qcow2".into(),
+        format: DiskFormat::Qcow2,
+        bitmap: None,
+        backing: Some(vec![
+            ("/c/d/b1/vda.qcow2".into(), DiskFormat::Qcow2),
+            ("/c/d/b0/vda.raw".into(), DiskFormat::Raw),
+        ]),
+    }];
+    let unix = ExportServer::Unix("/s.sock".into());
+    let args = daemon_args(&unix, &disks, None, Path::new("/q")).unwrap();
+    let v = parsed(&args);
+    // Deepest first: the daemon knows a node before another names it.
+    let nodes: Vec<_> = v[..6].iter().map(|n| n["node-name"].clone()).collect();
+    assert_eq!(
+        nodes,
+        ["file0.2", "disk0.2", "file0.1", "disk0.1", "file0", "disk0"]
+    );
+    assert_eq!(v[5]["backing"], "disk0.1");
+    assert_eq!(v[3]["backing"], "disk0.2");
+    assert_eq!(v[3]["file"], "file0.1");
+    assert_eq!(v[2]["filename"], "/c/d/b1/vda.qcow2");
+    // A raw level takes no backing option; the export serves the top.
+    assert!(v[1].get("backing").is_none());
+    assert_eq!(v[1]["driver"], "raw");
+    let export = v.iter().find(|a| a["type"] == "nbd").unwrap();
+    assert_eq!(export["node-name"], "disk0", "{args:?}");
+    // A qcow2 chain's last level says it has none.
+    let last = ExportDisk {
+        export_name: "vda".into(),
+        image: "/c/d/b2/vda.qcow2".into(),
+        format: DiskFormat::Qcow2,
+        bitmap: None,
+        backing: Some(vec![("/c/d/b1/vda.qcow2".into(), DiskFormat::Qcow2)]),
+    };
+    let v = parsed(&daemon_args(&unix, &[last], None, Path::new("/q")).unwrap());
+    assert!(v[1]["backing"].is_null() && v[1].get("backing").is_some());
 }

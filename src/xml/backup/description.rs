@@ -7,7 +7,21 @@ use uuid::Uuid;
 use super::record::{BackupRecord, DiskRecord};
 use super::vocabulary::path_str;
 use crate::error::Result;
-use crate::xml::dom::Element;
+use crate::xml::dom::{self, Element};
+
+/// What libvirt shows of a domain only with `VIR_DOMAIN_XML_SECURE`: the
+/// attribute `passwd` of `<graphics>` and the `<cookies>` of a network
+/// disk's `<source>`.
+fn redact(root: &mut Element) {
+    let mut stack: Vec<&mut Element> = vec![root];
+    while let Some(el) = stack.pop() {
+        if el.name == "graphics" {
+            el.attrs.retain(|(k, _)| k != "passwd");
+        }
+        el.children.retain(|c| c.name != "cookies");
+        stack.extend(el.children.iter_mut());
+    }
+}
 
 impl BackupRecord {
     /// The document `virDomainBackupGetXMLDesc` returns.
@@ -33,6 +47,32 @@ impl BackupRecord {
         }
         root.push(disks);
         Ok(root)
+    }
+
+    /// `<definition>`: the domain's definition saved at backup time (a
+    /// libvirt `<domain>` document, kept in its secure form), what a
+    /// restore as a new domain defines; `None` when none was saved or it
+    /// does not read as XML. Without `secure`, what libvirt shows only with
+    /// `VIR_DOMAIN_XML_SECURE` is left out (`redact`).
+    pub fn definition_element(&self, secure: bool) -> Option<Element> {
+        if self.domain_xml.trim().is_empty() {
+            return None;
+        }
+        let mut def = match dom::parse(&self.domain_xml) {
+            Ok(d) => d,
+            Err(e) => {
+                ::log::warn!(
+                    "backup {}: its saved domain definition is left out of its description: {}",
+                    self.uuid,
+                    e.message
+                );
+                return None;
+            }
+        };
+        if !secure {
+            redact(&mut def);
+        }
+        Some(Element::new("definition").with_child(def))
     }
 }
 

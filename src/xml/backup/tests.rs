@@ -102,6 +102,43 @@ fn catalog_record_round_trips_and_public_form_parses_as_input() {
     );
 }
 
+#[test]
+fn the_description_carries_the_saved_definition_secrets_only_when_secure() {
+    let mut rec = BackupRecord::sample(
+        Uuid::new_v4(),
+        "/b/vda.qcow2".into(),
+        BackupState::Completed,
+    );
+    rec.domain_xml = "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\
+        <name>vm1</name><devices><graphics type='vnc' port='-1' passwd='s3cret'/>\
+        <disk type='network'><source protocol='https' name='x'><host name='h'/>\
+        <cookies><cookie name='c'>v4lue</cookie></cookies></source></disk></devices>\
+        <qemu:commandline><qemu:arg value='-s'/></qemu:commandline></domain>"
+        .into();
+    for secure in [false, true] {
+        let mut el = rec.public_element().unwrap();
+        el.children.extend(rec.definition_element(secure));
+        let xml = el.to_xml().unwrap();
+        assert_eq!(xml.contains("s3cret"), secure, "{xml}");
+        assert_eq!(xml.contains("v4lue"), secure, "{xml}");
+        assert!(xml.contains("<qemu:arg value='-s'/>"), "{xml}");
+        // It parses back as input, the definition ignored.
+        let input = CreateRequest::parse(&xml).unwrap();
+        assert_eq!(input.uuid, Some(rec.uuid));
+        let def = crate::xml::dom::parse(&xml).unwrap();
+        let def = def
+            .child("definition")
+            .and_then(|d| d.child("domain"))
+            .unwrap();
+        assert_eq!(def.child_text("name"), Some("vm1"));
+    }
+    // None saved, or one that does not read: no <definition>.
+    for text in ["", "<domain>"] {
+        rec.domain_xml = text.into();
+        assert!(rec.definition_element(true).is_none());
+    }
+}
+
 /// Absolute paths with every character an XML reader would otherwise
 /// change or misread.
 const ODD_PATHS: &[&str] = &[

@@ -67,6 +67,8 @@ pub static DOMAINBACKUP: Schema = Schema::element(
         // Restore with FILES_ONLY: the folder of the disks without a file.
         &Schema::element("target", &["dir"], &[]),
         &Schema::element("disks", &[], &[&DISK]),
+        // GetXMLDesc: the domain's saved definition (ignored as input).
+        &Schema::any("definition"),
     ],
 );
 /// virDomainSetDefaultTarget's document.

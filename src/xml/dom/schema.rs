@@ -35,7 +35,9 @@ impl Limits {
 
 /// The elements and attributes a document type allows: what libvirt's RNG
 /// schemas do for its own documents. Elements are allowed once unless
-/// `repeat`; non-blank text only where `text`.
+/// `repeat`; non-blank text only where `text`; anything at all inside an
+/// element that is `any` (a document of another vocabulary it carries,
+/// bounded by the limits alone).
 #[derive(Debug)]
 pub struct Schema {
     /// The element's name.
@@ -48,6 +50,8 @@ pub struct Schema {
     pub repeat: bool,
     /// The child elements it allows.
     pub children: &'static [&'static Schema],
+    /// Whether it may hold any elements, attributes and text below it.
+    pub any: bool,
 }
 
 impl Schema {
@@ -63,6 +67,20 @@ impl Schema {
             text: false,
             repeat: false,
             children,
+            any: false,
+        }
+    }
+
+    /// An element without attributes that may hold anything: a document
+    /// of another vocabulary (a libvirt `<domain>`).
+    pub const fn any(name: &'static str) -> Schema {
+        Schema {
+            name,
+            attrs: &[],
+            text: true,
+            repeat: false,
+            children: &[],
+            any: true,
         }
     }
 
@@ -74,6 +92,7 @@ impl Schema {
             text: true,
             repeat: false,
             children: &[],
+            any: false,
         }
     }
 
