@@ -244,9 +244,6 @@ def test_created_on_one_host_listed_verified_restored_deleted_on_the_other(share
     assert not os.path.exists(image_dir)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "records keep absolute paths (targets, backing files): a host that mounts "
-    "CephFS elsewhere reads the catalog but not the images it names"))
 def test_catalog_at_a_different_path_on_each_host(shared):
     """The same catalog, at <mount A>/... on host A and <mount B>/... on
     host B (each host without the other's mount)."""
