@@ -25,6 +25,10 @@ use crate::xml::domain::DomainDisk;
 
 use super::create_targets::PlannedDisk;
 
+/// How long ending a live backup's job keeps trying to reach libvirt again
+/// when the connection broke (a restarted libvirtd answers within seconds).
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A live backup's pull-mode job, from its start to its end.
 pub(super) struct LiveRun {
     dom: DomainRef,
@@ -66,11 +70,19 @@ impl LiveRun {
         call: impl Fn(&DomainRef) -> Result<T>,
     ) -> Result<T> {
         call(&self.dom).or_else(|e| {
-            let Ok(dom) = crate::hv::libvirt::open_domain(&record.uri, &record.domain_uuid) else {
-                return Err(e);
+            // A restarting daemon takes a few seconds to answer again.
+            let deadline = std::time::Instant::now() + RECONNECT_FOR;
+            let dom = loop {
+                match crate::hv::libvirt::open_domain(&record.uri, &record.domain_uuid) {
+                    Ok(dom) => break dom,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                    Err(_) => return Err(e),
+                }
             };
             ::log::info!(
-                "the connection to libvirt broke ({}): trying again on a new one",
+                "the call to libvirt failed ({}): trying again on a new connection",
                 e.message
             );
             call(&dom)
