@@ -213,7 +213,7 @@ pub enum Source {
 /// flight at a time, so the reads of a window go through the connection its
 /// offset maps to: the copy engine's reader threads, each reading every
 /// n-th window, then each use a connection of their own and overlap their
-/// requests. Measured on a running domain's export: ... (see README).
+/// requests.
 pub struct NbdConnections(Vec<NbdClient>);
 
 /// The stripe that maps offsets to connections: the copy engine's window.
