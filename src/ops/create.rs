@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use super::claim::DomainClaim;
-use super::create_job::{CopyRun, CopySource, From, LiveRun, run_copy};
+use super::create_job::{CopyRun, CopySource, LiveRun, ReadFrom, run_copy};
 use super::create_targets::{Baseline, PlannedDisk, create_targets, note_dirs};
 use super::files::{discard_failed, volume_connection};
 use super::options::CreateOptions;
@@ -373,8 +373,8 @@ fn run(
             let (parent, bitmap) = p.baseline.map_or((None, None), |b| (b.index, b.bitmap));
             let from = match is_live {
                 // The image was opened only to size it: the export is read.
-                true => From::Export(i),
-                false => From::Image(p.source, bitmap),
+                true => ReadFrom::Export(i),
+                false => ReadFrom::Image(p.source, bitmap),
             };
             CopySource { from, parent }
         })

@@ -11,7 +11,7 @@ use virt::connect::Connect;
 
 use super::files::discard_failed;
 use crate::engine::{bitmap, copy, disks, live};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::storage_pool;
 use crate::image::disk::{Source, Target as ImageTarget};
@@ -61,9 +61,11 @@ impl LiveRun {
             .inspect_err(|_| catalog.remove_scratch(&record.uuid))
     }
 
-    /// Run `call` on the domain; if the connection to libvirt broke (the
-    /// daemon was restarted during the copy), once more on the domain
-    /// opened again, so that the job and checkpoint are still ended.
+    /// Run `call` on the domain; if it fails, once more on the domain
+    /// opened again (waiting up to `RECONNECT_FOR` for libvirt to answer:
+    /// the daemon may have been restarted during the copy), so that the
+    /// job and checkpoint are still ended. A domain that no longer exists
+    /// is not waited for.
     fn on_domain<T>(
         &self,
         record: &BackupRecord,
@@ -75,7 +77,10 @@ impl LiveRun {
             let dom = loop {
                 match crate::hv::libvirt::open_domain(&record.uri, &record.domain_uuid) {
                     Ok(dom) => break dom,
-                    Err(_) if std::time::Instant::now() < deadline => {
+                    Err(again)
+                        if !again.is(ErrorCode::NoDomain)
+                            && std::time::Instant::now() < deadline =>
+                    {
                         std::thread::sleep(std::time::Duration::from_millis(200));
                     }
                     Err(_) => return Err(e),
@@ -129,7 +134,7 @@ impl LiveRun {
 }
 
 /// Where a disk's data is read from.
-pub(super) enum From {
+pub(super) enum ReadFrom {
     /// The image of a shut-off domain, with the image and persistent
     /// bitmap that mark its changes when usable.
     Image(Source, Option<(PathBuf, String)>),
@@ -140,7 +145,7 @@ pub(super) enum From {
 /// A disk the library copies: where from, and the parent's index for an
 /// incremental.
 pub(super) struct CopySource {
-    pub(super) from: From,
+    pub(super) from: ReadFrom,
     pub(super) parent: Option<IndexReader>,
 }
 
@@ -157,20 +162,20 @@ type Ranges = Vec<(u64, u64)>;
 /// The source of a disk and the ranges that may have changed since the
 /// parent (`None`: every range).
 fn open_source(
-    from: From,
+    from: ReadFrom,
     parent: Option<&IndexReader>,
     d: &DiskRecord,
     live: Option<&LiveRun>,
 ) -> Result<(Source, Option<Ranges>)> {
     match from {
-        From::Image(src, bitmap) => {
+        ReadFrom::Image(src, bitmap) => {
             let dirty = bitmap.zip(parent).and_then(|((image, name), p)| {
                 // An unreadable bitmap costs time, not correctness: compare all.
                 bitmap::dirty_ranges(&image, &name, src.size(), p.size()).ok()
             });
             Ok((src, dirty))
         }
-        From::Export(i) => {
+        ReadFrom::Export(i) => {
             let live = live.ok_or_else(|| Error::internal("an export without a pull job"))?;
             // The copy engine reads with one thread per connection.
             let clients = (0..NBD_CONNECTIONS)
@@ -267,8 +272,8 @@ pub(super) fn run_copy(
     let locks: Vec<_> = sources
         .iter()
         .filter_map(|s| match &s.from {
-            From::Image(src, _) => src.locks(),
-            From::Export(_) => None,
+            ReadFrom::Image(src, _) => src.locks(),
+            ReadFrom::Export(_) => None,
         })
         .collect();
     let work: Vec<_> = sources
