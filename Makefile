@@ -251,15 +251,17 @@ cli: $(LIB)
 install: install-cli
 
 install-cli: cli
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(BASHCOMPDIR)
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/virt-backup
 	install -m 0644 man/virt-backup.1 $(DESTDIR)$(MANDIR)/man1/virt-backup.1
+	install -m 0644 man/virt-backup.toml.5 $(DESTDIR)$(MANDIR)/man5/virt-backup.toml.5
 	install -m 0644 $(BUILD)/virt-backup.bash $(DESTDIR)$(BASHCOMPDIR)/virt-backup
 
 uninstall: uninstall-cli
 
 uninstall-cli:
 	rm -f $(DESTDIR)$(BINDIR)/virt-backup $(DESTDIR)$(MANDIR)/man1/virt-backup.1 \
+	    $(DESTDIR)$(MANDIR)/man5/virt-backup.toml.5 \
 	    $(DESTDIR)$(BASHCOMPDIR)/virt-backup
 
 # Unit tests (prune selection, tree drawing), then the installed command run

@@ -53,6 +53,29 @@ unsafe extern "C" {
     ) -> c_int;
     fn virDomainBackupRestore(xml: *const c_char, f: c_uint) -> c_int;
     fn virDomainBackupVerify(b: BackupPtr, f: c_uint) -> c_int;
+    fn virDomainBackupGetJobHistory(d: sys::virDomainPtr, f: c_uint) -> *mut c_char;
+}
+
+pub(crate) const JOB_HISTORY_FAILED: u32 = 1 << 0;
+
+/// The catalog's job history document (every domain's when `dom` is None).
+pub(crate) fn job_history(dom: Option<&Domain>, flags: u32) -> Result<String> {
+    // SAFETY: `d` is null or the live handle of a domain borrowed for the
+    // call; a null result is checked.
+    let p = unsafe {
+        let d = dom.map_or(ptr::null_mut(), |d| d.as_ptr());
+        virDomainBackupGetJobHistory(d, flags)
+    };
+    if p.is_null() {
+        return Err(last_error());
+    }
+    // SAFETY: not null, a NUL-terminated string the library malloc'd for
+    // us; copied out before it is freed.
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    // SAFETY: malloc'd by the library for the caller to free, once; not
+    // read after this.
+    unsafe { libc::free(p as *mut libc::c_void) };
+    Ok(s)
 }
 
 /// The library's last error on this thread.

@@ -6,11 +6,17 @@
 //! Python or Go program can do.
 
 mod api;
+mod config;
+mod history;
+mod hooks;
 mod info;
 mod list;
 mod progress;
 mod prune;
+mod prune_cmd;
 mod rate;
+mod run;
+mod run_domain;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -85,12 +91,32 @@ enum Command {
         #[arg(value_name = "UUID|DOMAIN")]
         what: String,
     },
+    /// Apply the configuration's policies: back up, verify and prune the
+    /// domains they cover (what virt-backup.timer runs)
+    Run(run::RunArgs),
+    /// Show the catalog's job history (every job, failed ones too)
+    Log(history::LogArgs),
+    /// Check the configuration file `run` reads
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
     /// Clean up after an interrupted restore (run by `restore` itself)
     #[command(hide = true)]
     RestoreInterrupted { uuid: String },
     /// Print a shell completion script (bash, zsh, fish)
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Read the file and check every value; print the policies as understood
+    Check {
+        /// The configuration file
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -231,8 +257,11 @@ struct DefaultTargetArgs {
 struct PruneArgs {
     domain: String,
     /// Keep the N newest backups
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", default_value_t = 0)]
     keep_last: usize,
+    /// Keep the newest backup of each of the last N hours that have backups
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_hourly: usize,
     /// Keep the newest backup of each of the last N days that have backups
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_daily: usize,
@@ -242,6 +271,9 @@ struct PruneArgs {
     /// Keep the newest backup of each of the last N months that have backups
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_monthly: usize,
+    /// Keep the newest backup of each of the last N years that have backups
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_yearly: usize,
     /// Only print what would be kept and removed
     #[arg(long)]
     dry_run: bool,
@@ -956,82 +988,6 @@ fn cmd_default_target(ctx: &mut Ctx, a: &DefaultTargetArgs) -> Res<()> {
     Ok(())
 }
 
-fn cmd_prune(ctx: &mut Ctx, a: &PruneArgs) -> Res<()> {
-    let dom = ctx.domain(&a.domain)?;
-    let all = Backup::list(&dom, 0)?;
-    let mut items = Vec::new();
-    for b in all {
-        let i = info_of(&b)?;
-        if i.state == "completed" {
-            items.push((b, i));
-        }
-    }
-    // Oldest first: equal times keep the list's order.
-    items.sort_by_key(|(_, i)| i.creation_time);
-    let times: Vec<i64> = items.iter().map(|(_, i)| i.creation_time).collect();
-    let policy = prune::Policy {
-        keep_last: a.keep_last,
-        keep_daily: a.keep_daily,
-        keep_weekly: a.keep_weekly,
-        keep_monthly: a.keep_monthly,
-    };
-    let keep = prune::select(&times, &policy, prune::local_period);
-    // Proxmox's rule: no option keeps anything, so nothing is pruned.
-    let keep_all = !policy.keeps_something();
-    if keep_all {
-        ctx.say(&format!(
-            "no --keep-* option keeps a backup (all are 0): keeping all {} backups of {}",
-            items.len(),
-            a.domain
-        ));
-    }
-    // A safety net under the selection: never every backup without --force.
-    if prune::removes_all(&keep) && !a.force {
-        return Err(err(format!(
-            "this prune would remove all {} backups of {} and keep none: refused \
-             (give --force to remove them all)",
-            items.len(),
-            a.domain
-        )));
-    }
-    let kept: Vec<&str> = items
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .map(|((_, i), _)| i.uuid.as_str())
-        .collect();
-    let removed: Vec<&str> = items
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| !**k)
-        .map(|((_, i), _)| i.uuid.as_str())
-        .collect();
-    if !ctx.silent() {
-        for ((_, i), k) in items.iter().zip(&keep) {
-            println!(
-                "{} {}  {}",
-                if *k { "keep  " } else { "remove" },
-                i.uuid,
-                info::local_time(i.creation_time)
-            );
-        }
-    }
-    if !a.dry_run {
-        // Newest first: each delete merges the backup into its children, so
-        // a kept child is rebased step by step instead of made full each time.
-        for ((b, i), k) in items.iter().zip(&keep).rev() {
-            if !*k {
-                b.delete(0)
-                    .map_err(|e| err(format!("cannot delete backup {}: {}", i.uuid, e.message)))?;
-            }
-        }
-    }
-    ctx.print_json(json!({
-        "keep": kept, "remove": removed, "dry_run": a.dry_run, "keep_all": keep_all,
-    }));
-    Ok(())
-}
-
 fn verify_one(ctx: &Ctx, b: Backup, uuid: &str) -> Res<()> {
     let b = std::sync::Arc::new(b);
     let worker = {
@@ -1145,8 +1101,13 @@ fn main() {
         Command::Wait { uuid } => cmd_wait(&mut ctx, uuid),
         Command::Export(a) => cmd_export(&mut ctx, a),
         Command::DefaultTarget(a) => cmd_default_target(&mut ctx, a),
-        Command::Prune(a) => cmd_prune(&mut ctx, a),
+        Command::Prune(a) => prune_cmd::cmd_prune(&mut ctx, a),
         Command::Verify { what } => cmd_verify(&mut ctx, what),
+        Command::Run(a) => run::cmd_run(&mut ctx, a),
+        Command::Log(a) => history::cmd_log(&mut ctx, a),
+        Command::Config {
+            what: ConfigCommand::Check { config },
+        } => config::cmd_check(&ctx, config),
         Command::RestoreInterrupted { uuid } => cmd_restore_interrupted(uuid),
         Command::Completions { shell } => {
             use clap::CommandFactory;

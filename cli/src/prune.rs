@@ -1,8 +1,10 @@
 //! Which backups a retention policy keeps, with the rules of Proxmox Backup
 //! Server's prune options: the options run in the order keep-last,
-//! keep-daily, keep-weekly, keep-monthly, over the backups newest first.
+//! keep-hourly, keep-daily, keep-weekly, keep-monthly, keep-yearly, over
+//! the backups newest first.
 //! keep-last keeps the N newest. Each period option then keeps the newest
-//! backup of each of the last N periods (day, ISO week, month in local time)
+//! backup of each of the last N periods (hour, day, ISO week, month, year in
+//! local time)
 //! that have backups, skipping periods that already hold a backup kept by an
 //! earlier option and backups an earlier option already decided about; the
 //! other backups of a period it covered are removed. Whatever no option kept
@@ -14,16 +16,23 @@ use std::collections::{HashMap, HashSet};
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Policy {
     pub keep_last: usize,
+    pub keep_hourly: usize,
     pub keep_daily: usize,
     pub keep_weekly: usize,
     pub keep_monthly: usize,
+    pub keep_yearly: usize,
 }
 
 impl Policy {
     /// Whether some option keeps a backup (Proxmox Backup Server's
     /// `keeps_something`). A policy that keeps nothing keeps everything.
     pub(crate) fn keeps_something(&self) -> bool {
-        self.keep_last > 0 || self.keep_daily > 0 || self.keep_weekly > 0 || self.keep_monthly > 0
+        self.keep_last > 0
+            || self.keep_hourly > 0
+            || self.keep_daily > 0
+            || self.keep_weekly > 0
+            || self.keep_monthly > 0
+            || self.keep_yearly > 0
     }
 }
 
@@ -35,9 +44,11 @@ pub(crate) fn removes_all(keep: &[bool]) -> bool {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Period {
+    Hour,
     Day,
     Week,
     Month,
+    Year,
 }
 
 /// The period a timestamp falls in, in local time (`period_key` in tests
@@ -48,9 +59,11 @@ pub(crate) fn local_period(t: i64, p: Period) -> String {
 
 pub(crate) fn period_key(t: i64, p: Period, utc: bool) -> String {
     let fmt = match p {
+        Period::Hour => c"%Y/%m/%d/%H",
         Period::Day => c"%Y/%m/%d",
         Period::Week => c"%G/%V",
         Period::Month => c"%Y/%m",
+        Period::Year => c"%Y",
     };
     let time = t as libc::time_t;
     // SAFETY: libc::tm is a plain C struct (ints and a pointer) for which
@@ -121,7 +134,11 @@ fn mark_selections(
 /// For backups given as (creation time, order among equal times), which to
 /// keep: a vector of the same length. `period` names the period of a time.
 /// A policy that keeps nothing keeps them all.
-pub(crate) fn select(times: &[i64], policy: &Policy, period: impl Fn(i64, Period) -> String) -> Vec<bool> {
+pub(crate) fn select(
+    times: &[i64],
+    policy: &Policy,
+    period: impl Fn(i64, Period) -> String,
+) -> Vec<bool> {
     if !policy.keeps_something() {
         return vec![true; times.len()];
     }
@@ -131,9 +148,11 @@ pub(crate) fn select(times: &[i64], policy: &Policy, period: impl Fn(i64, Period
     let mut marks = HashMap::new();
     mark_selections(&mut marks, &order, policy.keep_last, |i, _| i.to_string());
     for (n, p) in [
+        (policy.keep_hourly, Period::Hour),
         (policy.keep_daily, Period::Day),
         (policy.keep_weekly, Period::Week),
         (policy.keep_monthly, Period::Month),
+        (policy.keep_yearly, Period::Year),
     ] {
         if n > 0 {
             mark_selections(&mut marks, &order, n, |_, t| period(t, p));
@@ -215,6 +234,7 @@ mod tests {
             keep_daily: 3,
             keep_weekly: 2,
             keep_monthly: 2,
+            ..Policy::default()
         };
         let k = kept(&times, p);
         // Day 0 is Mon 2026-01-05 (ISO week 2), day 39 Fri 2026-02-13
@@ -249,9 +269,11 @@ mod tests {
             Policy::default(),
             Policy {
                 keep_last: 0,
+                keep_hourly: 0,
                 keep_daily: 0,
                 keep_weekly: 0,
                 keep_monthly: 0,
+                keep_yearly: 0,
             },
         ] {
             assert!(!p.keeps_something());
@@ -277,6 +299,14 @@ mod tests {
                 keep_monthly: 1,
                 ..Policy::default()
             },
+            Policy {
+                keep_hourly: 1,
+                ..Policy::default()
+            },
+            Policy {
+                keep_yearly: 1,
+                ..Policy::default()
+            },
         ] {
             assert!(p.keeps_something());
             assert_eq!(kept(&times, p), vec![4]);
@@ -291,5 +321,25 @@ mod tests {
         assert!(!removes_all(&[true]));
         // Nothing to remove is not removing everything.
         assert!(!removes_all(&[]));
+    }
+
+    #[test]
+    fn hourly_and_yearly_periods() {
+        // Four backups an hour apart, then one a year and a day later.
+        let mut times: Vec<i64> = (0..4).map(|h| MON + h * 3600).collect();
+        times.push(MON + 366 * DAY);
+        let p = Policy {
+            keep_hourly: 2,
+            ..Policy::default()
+        };
+        // The newest (next year) and the newest hour before it.
+        assert_eq!(kept(&times, p), vec![3, 4]);
+        let p = Policy {
+            keep_yearly: 5,
+            ..Policy::default()
+        };
+        assert_eq!(kept(&times, p), vec![3, 4]);
+        assert_eq!(utc(MON, Period::Hour), "2026/01/05/00");
+        assert_eq!(utc(MON, Period::Year), "2026");
     }
 }
