@@ -23,6 +23,9 @@ else
 PYTHONDIR ?= $(PREFIX)/lib/python3/dist-packages
 endif
 PYPKG := python/libvirt_backup
+# What the installed Python package loads: the installed library by path,
+# or (Debian's package, Architecture: all) its soname through the loader.
+PYLIBRARY ?= $(LIBDIR)/$(SONAME)
 
 BUILD := build
 STAGE := $(abspath $(BUILD)/stage)
@@ -102,7 +105,7 @@ install: $(LIB) $(BUILD)/libvirt-backup.pc
 install-python:
 	install -d $(DESTDIR)$(PYTHONDIR)/libvirt_backup
 	install -m 0644 $(PYPKG)/__init__.py $(PYPKG)/_capi.py $(PYPKG)/py.typed $(DESTDIR)$(PYTHONDIR)/libvirt_backup/
-	printf '# Written by make install.\nLIBRARY = "%s"\n' '$(LIBDIR)/$(SONAME)' \
+	printf '# Written by make install.\nLIBRARY = "%s"\n' '$(PYLIBRARY)' \
 	    > $(DESTDIR)$(PYTHONDIR)/libvirt_backup/_paths.py
 
 uninstall:
@@ -239,7 +242,7 @@ MANDIR ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 CLI_STAGE := $(abspath $(BUILD)/cli-stage)
 
-.PHONY: cli install-cli uninstall-cli cli-tests
+.PHONY: cli install-cli uninstall-cli cli-tests deb deb-check
 
 all: cli
 
@@ -273,3 +276,13 @@ cli-tests: cli libvirtd
 	@$(MAKE) --no-print-directory install PREFIX=$(CLI_STAGE) >/dev/null
 	VIRT_BACKUP=$(CLI_STAGE)/bin/virt-backup LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) \
 	    $(PYTHON) -m pytest -q cli/tests; rc=$$?; rm -rf $(CLI_STAGE); exit $$rc
+
+# The Debian packages (debian/: libvirt-backup0, libvirt-backup-dev,
+# virt-backup, python3-libvirt-backup), built with dpkg-buildpackage from a
+# copy of the tree into build/deb; deb-check adds lintian (no error) and
+# uses them from a clean root (scripts/deb-check.sh).
+deb: $(LIB)
+	DEB_BUILD_ONLY=1 sh scripts/deb-check.sh $(BUILD)/deb
+
+deb-check: $(LIB)
+	sh scripts/deb-check.sh $(BUILD)/deb

@@ -13,7 +13,8 @@ if [ "${1:-}" != demo ]; then
     PACKAGES="$PACKAGES g++ libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
 qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest python3-libvirt
 python3-venv python3-pip python3-setuptools strace golang-go openssl rsync
-ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse faketime"
+ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse faketime
+debhelper dh-python lintian"
 fi
 if [ "${1:-}" = bench ]; then
     PACKAGES="$PACKAGES virtnbdbackup"
