@@ -20,7 +20,8 @@
 //!   (`backup_summary` makes the usual one) or the command's error:
 //!   `create vm1: completed: backup UUID (incremental, 1048576 bytes
 //!   written)` (info), `create vm1: failed: backup UUID: MESSAGE` (err),
-//!   `create vm1: interrupted by SIGTERM: backup UUID: MESSAGE` (warning).
+//!   `create vm1: interrupted by SIGTERM: MESSAGE` (warning; the message
+//!   says what was cleaned up).
 //! - `command_failed(line)`: the final error line of a command, sent only
 //!   when no `job_ended` reported a failure already.
 //!
@@ -183,8 +184,9 @@ fn ended_line(
         Ok(s) => (INFO, format!("{kind} {domain}: completed: {s}")),
         Err(e) if signals::is_stopped(e) => (
             WARNING,
+            // The message names the backup when there is one.
             format!(
-                "{kind} {domain}: interrupted by {}{backup}: {}",
+                "{kind} {domain}: interrupted by {}: {}",
                 signals::name(signals::received()),
                 e.message
             ),
