@@ -1153,15 +1153,20 @@ fn verify_all(ctx: &Ctx, targets: Vec<(Backup, String)>) -> Res<String> {
     let total = targets.len();
     let mut results = Vec::new();
     let mut failed = None;
+    let stop = |results: &Vec<serde_json::Value>, what: String| {
+        ctx.print_json(json!({"ok": false, "backups": results}));
+        Err(signals::stopped(format!(
+            "{what} ({} of {total} backups verified; nothing to clean up)",
+            results.len()
+        )))
+    };
     for (b, uuid) in targets {
+        if interrupted() {
+            return stop(&results, "verification stopped".into());
+        }
         match verify_one(ctx, b, &uuid) {
-            _ if interrupted() => {
-                ctx.print_json(json!({"ok": false, "backups": results}));
-                return Err(signals::stopped(format!(
-                    "verification stopped at backup {uuid} ({} of {total} verified before; \
-                     nothing to clean up)",
-                    results.len()
-                )));
+            Err(_) if interrupted() => {
+                return stop(&results, format!("verification of backup {uuid} stopped"));
             }
             Ok(()) => {
                 ctx.say(&format!("Backup {uuid}: OK"));

@@ -10,6 +10,7 @@ Domains, catalog and helpers as in test_cli.py (qemu:///system TCG
 domains, a private catalog through LIBVIRT_BACKUP_DIR)."""
 
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -159,7 +160,9 @@ def test_sigterm_stops_verify(env):
     p = popen("verify", dom)
     first_line(p, "verify ")
     _, line = stopped(p, signal.SIGTERM)
-    assert "verification stopped at backup" in line and "nothing to clean up" in line, line
+    m = re.fullmatch(r"interrupted by SIGTERM: verification of backup (\S+) stopped "
+                     r"\(([01]) of 2 backups verified; nothing to clean up\)", line)
+    assert m and m.group(1) == uuids[int(m.group(2))], line
     # The backups are untouched: they verify.
     assert vbj("verify", dom)["ok"] is True
     assert [x["uuid"] for x in vbj("list", dom)] == uuids
