@@ -240,9 +240,13 @@ CLI := target/release/virt-backup
 BINDIR ?= $(PREFIX)/bin
 MANDIR ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+# virt-backup.service/.timer and the per-domain virt-backup@.service/.timer
+# (systemd/), with ExecStart naming $(BINDIR)/virt-backup.
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+UNITS := virt-backup.service virt-backup.timer virt-backup@.service virt-backup@.timer
 CLI_STAGE := $(abspath $(BUILD)/cli-stage)
 
-.PHONY: cli install-cli uninstall-cli cli-tests deb deb-check
+.PHONY: cli install-cli uninstall-cli cli-tests units deb deb-check
 
 all: cli
 
@@ -253,19 +257,28 @@ cli: $(LIB)
 
 install: install-cli
 
-install-cli: cli
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(BASHCOMPDIR)
+# The units with the binary's installed path (a .in file has @BINDIR@).
+units:
+	@mkdir -p $(BUILD)/systemd
+	@for u in $(UNITS); do \
+	    if [ -f systemd/$$u.in ]; then src=systemd/$$u.in; else src=systemd/$$u; fi; \
+	    sed -e 's|@BINDIR@|$(BINDIR)|g' $$src > $(BUILD)/systemd/$$u; done
+
+install-cli: cli units
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(BASHCOMPDIR) \
+	    $(DESTDIR)$(SYSTEMDUNITDIR)
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/virt-backup
 	install -m 0644 man/virt-backup.1 $(DESTDIR)$(MANDIR)/man1/virt-backup.1
 	install -m 0644 man/virt-backup.toml.5 $(DESTDIR)$(MANDIR)/man5/virt-backup.toml.5
 	install -m 0644 $(BUILD)/virt-backup.bash $(DESTDIR)$(BASHCOMPDIR)/virt-backup
+	install -m 0644 $(addprefix $(BUILD)/systemd/,$(UNITS)) $(DESTDIR)$(SYSTEMDUNITDIR)/
 
 uninstall: uninstall-cli
 
 uninstall-cli:
 	rm -f $(DESTDIR)$(BINDIR)/virt-backup $(DESTDIR)$(MANDIR)/man1/virt-backup.1 \
 	    $(DESTDIR)$(MANDIR)/man5/virt-backup.toml.5 \
-	    $(DESTDIR)$(BASHCOMPDIR)/virt-backup
+	    $(DESTDIR)$(BASHCOMPDIR)/virt-backup $(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(UNITS))
 
 # Unit tests (prune selection, tree drawing), then the installed command run
 # as a user runs it, on test:///default and qemu:///system domains.

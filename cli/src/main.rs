@@ -10,6 +10,7 @@ mod config;
 mod history;
 mod hooks;
 mod info;
+mod journal;
 mod list;
 mod progress;
 mod prune;
@@ -17,10 +18,11 @@ mod prune_cmd;
 mod rate;
 mod run;
 mod run_domain;
+mod signals;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -31,6 +33,7 @@ use virt::domain::Domain;
 use api::{ApiError, Backup, Param};
 use info::BackupInfo;
 use progress::Progress;
+use signals::interrupted;
 
 #[derive(Parser)]
 #[command(
@@ -40,7 +43,8 @@ use progress::Progress;
     long_about = "Managed backups of libvirt domains: full and incremental backups kept in a \
                   catalog, listed as a tree, verified, restored, pruned and exported over NBD. \
                   Built on libvirt-backup's public C API.\n\n\
-                  Exit status: 0 done, 1 failed (message on stderr), 2 bad usage."
+                  Exit status: 0 done, 1 failed (message on stderr), 2 bad usage, 128+N \
+                  stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."
 )]
 struct Cli {
     /// Hypervisor connection URI (default: $LIBVIRT_DEFAULT_URI, else libvirt's default)
@@ -52,6 +56,13 @@ struct Cli {
     /// Print nothing but errors
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Job lines and the library's log to the journal: auto (when stderr is
+    /// not a terminal), syslog (always) or stderr (never)
+    #[arg(long, global = true, value_name = "WHERE")]
+    log: Option<journal::LogMode>,
+    /// The library's log level (sets LIBVIRT_BACKUP_DEBUG)
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<journal::LogLevel>,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,7 +114,11 @@ enum Command {
     },
     /// Clean up after an interrupted restore (run by `restore` itself)
     #[command(hide = true)]
-    RestoreInterrupted { uuid: String },
+    RestoreInterrupted {
+        uuid: String,
+        #[arg(default_value_t = libc::SIGINT)]
+        signal: i32,
+    },
     /// Print a shell completion script (bash, zsh, fish)
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
@@ -283,32 +298,6 @@ struct PruneArgs {
     force: bool,
 }
 
-/// SIGINT count: the first asks the running job to stop, the second exits.
-static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    if INTERRUPTS.fetch_add(1, Ordering::SeqCst) >= 1 {
-        // SAFETY: _exit is async-signal-safe and takes no pointer.
-        unsafe { libc::_exit(130) };
-    }
-}
-
-fn interrupted() -> bool {
-    INTERRUPTS.load(Ordering::SeqCst) > 0
-}
-
-fn catch_sigint() {
-    // SAFETY: `sa` is a zeroed plain C struct (valid for sigaction), filled
-    // with a handler that only touches an atomic and calls _exit, both
-    // async-signal-safe; the pointers passed live across each call.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigint as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-    }
-}
-
 type Res<T> = Result<T, ApiError>;
 use api::err;
 
@@ -424,8 +413,8 @@ fn domain_disks(dom: &Domain) -> Res<Vec<String>> {
 }
 
 /// Follow a job through GetParameters (`prefix`: "bytes" or
-/// "verify.bytes") until `done` says it ended; Ctrl-C calls `on_interrupt`
-/// once.
+/// "verify.bytes") until `done` says it ended; a stopping signal (Ctrl-C,
+/// SIGTERM, SIGHUP) calls `on_interrupt` once.
 fn follow(
     b: &Backup,
     prefix: &str,
@@ -464,7 +453,8 @@ fn job_running(b: &Backup) -> Res<bool> {
     Ok(b.finish(api::FINISH_CHECK)? == 1)
 }
 
-/// Wait for a job with a progress display; Ctrl-C aborts it when `abort`.
+/// Wait for a job with a progress display; a stopping signal aborts it
+/// when `abort`, else stops the waiting and leaves the job running.
 fn watch_job(ctx: &Ctx, b: &Backup, label: &str, abort: bool) -> Res<()> {
     let mut bar = follow(
         b,
@@ -472,16 +462,23 @@ fn watch_job(ctx: &Ctx, b: &Backup, label: &str, abort: bool) -> Res<()> {
         label,
         ctx.silent(),
         || match job_running(b) {
+            _ if !abort && interrupted() => Ok(true),
             Ok(r) => Ok(!r),
             Err(_) => Ok(true),
         },
         || {
             if abort {
-                eprintln!("\ninterrupted: aborting the backup job (Ctrl-C again to exit at once)");
+                signals::notice("aborting the backup job");
                 let _ = b.abort();
             }
         },
     )?;
+    if !abort && interrupted() {
+        bar.finish(false);
+        return Err(signals::stopped(
+            "stopped waiting; the backup job goes on (`virt-backup abort` cancels it)",
+        ));
+    }
     // The final answer, with the job's own error.
     let result = b.finish(0).map(drop);
     if let Ok(p) = b.parameters() {
@@ -490,13 +487,20 @@ fn watch_job(ctx: &Ctx, b: &Backup, label: &str, abort: bool) -> Res<()> {
         bar.update(get("bytes.processed"), get("bytes.total"));
     }
     bar.finish(result.is_ok());
-    if !abort && interrupted() {
-        return Err(err("interrupted"));
-    }
     result
 }
 
 fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
+    journal::job_started("create", &a.domain);
+    let mut uuid = None;
+    let r = create_job(ctx, a, &mut uuid);
+    journal::job_ended("create", &a.domain, uuid.as_deref(), r.as_deref());
+    r.map(drop)
+}
+
+/// `create`: the backup's summary for the journal, its UUID in `uuid` once
+/// the job has started.
+fn create_job(ctx: &mut Ctx, a: &CreateArgs, uuid_out: &mut Option<String>) -> Res<String> {
     let dom = ctx.domain(&a.domain)?;
     let xml = match &a.xml {
         Some(f) => std::fs::read_to_string(f)
@@ -510,22 +514,23 @@ fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
     if a.no_fallback {
         flags |= api::CREATE_NO_FALLBACK;
     }
+    if interrupted() {
+        return Err(signals::stopped("no backup job was started"));
+    }
     let b = Backup::create(&dom, &xml, flags)?;
     let uuid = info_of(&b)?.uuid;
+    *uuid_out = Some(uuid.clone());
     if a.no_wait {
         // In the detached process (see `detach`): hand the UUID to the
-        // parent, then keep the job's thread alive until the job ends.
+        // parent, then keep the job's thread alive until the job ends (a
+        // signal aborts it), silently: its output goes nowhere now.
         report_to_parent(&format!("OK {uuid}"));
-        let _ = b.finish(0);
-        std::process::exit(0);
+        ctx.quiet = true;
     }
     let r = watch_job(ctx, &b, "backup", true);
-    if interrupted() {
-        return Err(err(format!(
-            "backup {uuid} aborted: {}",
-            r.err()
-                .map(|e| e.message)
-                .unwrap_or_else(|| "completed before the abort".into())
+    if interrupted() && r.is_err() {
+        return Err(signals::stopped(format!(
+            "backup job {uuid} aborted, its partial data removed"
         )));
     }
     r?;
@@ -542,7 +547,7 @@ fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
     let mut j = info.to_json();
     j["bytes_written"] = written.into();
     ctx.print_json(j);
-    Ok(())
+    Ok(journal::backup_summary(info.kind(), written))
 }
 
 /// The `<domainbackup>` document of `create` without `--xml`.
@@ -653,6 +658,7 @@ fn detach(json_out: bool, quiet: bool) {
                 libc::setsid();
             }
             PARENT_PIPE.store(fds[1], Ordering::SeqCst);
+            signals::detached();
         }
         _ => {
             // SAFETY: the parent's copy of the write end, owned by nothing
@@ -792,6 +798,8 @@ fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
     drop(b);
     // The restore call is synchronous and has no job handle: it runs on a
     // thread while this one shows that it is alive and watches for Ctrl-C.
+    let domain = info.domain.clone();
+    journal::job_started("restore", &domain);
     let worker = std::thread::spawn(move || api::restore(&x, flags));
     let mut bar = Progress::spinner("restore", ctx.silent());
     while !worker.is_finished() {
@@ -802,6 +810,7 @@ fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
     }
     let r = worker.join().unwrap();
     bar.finish(r.is_ok());
+    journal::job_ended("restore", &domain, Some(&a.uuid), r.as_ref().map(|_| ""));
     r?;
     ctx.say(&format!("Backup {} restored", a.uuid));
     ctx.print_json(json!({"uuid": a.uuid, "restored": true, "new_domain": a.new_domain}));
@@ -812,21 +821,23 @@ fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
 /// files of a restore whose process is gone are removed by the next process
 /// that opens the catalog. So this process becomes that next process: it
 /// replaces itself (exec: the restore's thread and its locks are gone) with
-/// `virt-backup restore-interrupted UUID`, which opens the catalog.
+/// `virt-backup restore-interrupted UUID SIGNAL`, which opens the catalog.
 fn restart_after_interrupted_restore(uuid: &str) -> ! {
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok());
+    let sig = std::ffi::CString::new(signals::received().to_string()).unwrap();
     if let (Some(exe), Ok(u)) = (exe, std::ffi::CString::new(uuid)) {
         let args = [
             exe.as_ptr(),
             c"restore-interrupted".as_ptr(),
             u.as_ptr(),
+            sig.as_ptr(),
             std::ptr::null(),
         ];
-        // SAFETY: `exe` and `u` are C strings that outlive the call and
-        // `args` is a null-terminated array of pointers to them (or to a
-        // static C string).
+        // SAFETY: `exe`, `u` and `sig` are C strings that outlive the call
+        // and `args` is a null-terminated array of pointers to them (or to
+        // a static C string).
         unsafe { libc::execv(exe.as_ptr(), args.as_ptr()) };
     }
     eprintln!("error: restore interrupted");
@@ -835,17 +846,28 @@ fn restart_after_interrupted_restore(uuid: &str) -> ! {
     unsafe { libc::_exit(1) }
 }
 
-fn cmd_restore_interrupted(uuid: &str) -> Res<()> {
+fn cmd_restore_interrupted(uuid: &str, signal: i32) -> Res<()> {
+    signals::set_received(signal);
     // Opening the catalog (any lookup does) removes the unfinished files.
-    let _ = Backup::lookup(uuid);
-    Err(err(format!(
-        "restore of backup {uuid} interrupted: the new files it was writing are removed; \
-         a disk it was rewriting in place may be partly restored (restoring again completes it)"
-    )))
+    let domain = Backup::lookup(uuid)
+        .ok()
+        .and_then(|b| info_of(&b).ok())
+        .map(|i| i.domain)
+        .unwrap_or_default();
+    let e = signals::stopped(format!(
+        "restore of backup {uuid} stopped, the new files it was writing removed \
+         (a disk it was rewriting in place may be partly restored: restoring again completes it)"
+    ));
+    journal::job_ended("restore", &domain, Some(uuid), Err(&e));
+    Err(e)
 }
 
+/// A signal during the delete lets it finish (a delete is one call, and a
+/// whole one): the command ends as the delete does.
 fn cmd_delete(ctx: &mut Ctx, a: &DeleteArgs) -> Res<()> {
     let b = Backup::lookup(&a.uuid)?;
+    let domain = info_of(&b)?.domain;
+    journal::job_started("delete", &domain);
     let mut flags = 0;
     if a.children {
         flags |= api::DELETE_ALL_CHILDREN;
@@ -853,7 +875,9 @@ fn cmd_delete(ctx: &mut Ctx, a: &DeleteArgs) -> Res<()> {
     if a.metadata_only {
         flags |= api::DELETE_METADATA_ONLY;
     }
-    b.delete(flags)?;
+    let r = b.delete(flags);
+    journal::job_ended("delete", &domain, Some(&a.uuid), r.as_ref().map(|_| ""));
+    r?;
     ctx.say(&format!("Backup {} deleted", a.uuid));
     ctx.print_json(json!({"uuid": a.uuid, "deleted": true}));
     Ok(())
@@ -925,7 +949,21 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
         .transpose()?;
     let dom = ctx.domain(&a.domain)?;
     let x = export_xml(&dom, a, unix)?;
-    let b = Backup::start_unmanaged(&dom, &x)?;
+    journal::job_started("export", &a.domain);
+    let r = serve_export(ctx, a, &dom, &x, unix);
+    journal::job_ended("export", &a.domain, None, r.as_ref().map(|_| ""));
+    r
+}
+
+/// `export` once its document is made: serve until a signal or --timeout.
+fn serve_export(
+    ctx: &mut Ctx,
+    a: &ExportArgs,
+    dom: &Domain,
+    x: &str,
+    unix: Option<&str>,
+) -> Res<()> {
+    let b = Backup::start_unmanaged(dom, x)?;
     let info = info_of(&b)?;
     if ctx.json {
         ctx.print_json(json!({
@@ -960,6 +998,11 @@ fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
     }
     b.finish(0)?;
     ctx.say("export ended");
+    if interrupted() {
+        return Err(signals::stopped(
+            "export ended: its backup job and NBD server stopped",
+        ));
+    }
     Ok(())
 }
 
@@ -1001,7 +1044,7 @@ fn verify_one(ctx: &Ctx, b: Backup, uuid: &str) -> Res<()> {
         ctx.silent(),
         || Ok(worker.is_finished()),
         || {
-            eprintln!("\ninterrupted: stopping the verification");
+            signals::notice("stopping the verification");
             let _ = b.abort();
         },
     )?;
@@ -1011,7 +1054,17 @@ fn verify_one(ctx: &Ctx, b: Backup, uuid: &str) -> Res<()> {
 }
 
 fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
-    let targets: Vec<(Backup, String)> = match Backup::lookup(what) {
+    let targets = verify_targets(ctx, what)?;
+    journal::job_started("verify", what);
+    let r = verify_all(ctx, targets);
+    journal::job_ended("verify", what, None, r.as_deref());
+    r.map(drop)
+}
+
+/// The backup `what` names, or the completed backups of the domain it
+/// names, oldest first.
+fn verify_targets(ctx: &mut Ctx, what: &str) -> Res<Vec<(Backup, String)>> {
+    Ok(match Backup::lookup(what) {
         Ok(b) => vec![(b, what.to_string())],
         Err(e) if e.code != 0 && what.len() == 36 && ctx.domain(what).is_err() => return Err(e),
         Err(_) => {
@@ -1026,11 +1079,30 @@ fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
             v.sort_by_key(|t| t.0);
             v.into_iter().map(|(_, b, u)| (b, u)).collect()
         }
-    };
+    })
+}
+
+/// Verify each backup in turn; a signal stops the one being verified and
+/// the ones after it. The summary for the journal.
+fn verify_all(ctx: &Ctx, targets: Vec<(Backup, String)>) -> Res<String> {
+    let total = targets.len();
     let mut results = Vec::new();
     let mut failed = None;
+    let stop = |results: &Vec<serde_json::Value>, what: String| {
+        ctx.print_json(json!({"ok": false, "backups": results}));
+        Err(signals::stopped(format!(
+            "{what} ({} of {total} backups verified; nothing to clean up)",
+            results.len()
+        )))
+    };
     for (b, uuid) in targets {
+        if interrupted() {
+            return stop(&results, "verification stopped".into());
+        }
         match verify_one(ctx, b, &uuid) {
+            Err(_) if interrupted() => {
+                return stop(&results, format!("verification of backup {uuid} stopped"));
+            }
             Ok(()) => {
                 ctx.say(&format!("Backup {uuid}: OK"));
                 results.push(json!({"uuid": uuid, "ok": true}));
@@ -1038,47 +1110,26 @@ fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
             Err(e) => {
                 results.push(json!({"uuid": uuid, "ok": false, "error": e.message}));
                 failed.get_or_insert(err(format!("backup {uuid}: {}", e.message)));
-                if interrupted() {
-                    break;
-                }
             }
         }
     }
     ctx.print_json(json!({"ok": failed.is_none(), "backups": results}));
     match failed {
         Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// Run unattended (standard error not a terminal: a timer, a service), the
-/// library's warnings and errors go to the journal through syslog, unless
-/// its log variables say otherwise (README, "Logging").
-fn log_to_journal_when_unattended() {
-    use std::io::IsTerminal;
-    let asked = ["LIBVIRT_BACKUP_DEBUG", "LIBVIRT_BACKUP_LOG_FILTERS", "LIBVIRT_BACKUP_LOG_OUTPUTS"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
-    if asked || std::io::stderr().is_terminal() {
-        return;
-    }
-    // SAFETY: called first thing in `main`, before any other thread exists
-    // or the library reads its environment.
-    unsafe {
-        std::env::set_var("LIBVIRT_BACKUP_DEBUG", "warning");
-        std::env::set_var("LIBVIRT_BACKUP_LOG_OUTPUTS", "syslog:virt-backup");
+        None => Ok(format!("{total} backups verified")),
     }
 }
 
 fn main() {
-    log_to_journal_when_unattended();
     // Quiet end when the reader of our output goes away (`| head`).
     // SAFETY: restores the default action of a signal; no handler of ours.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    // Before the first call into the library, which reads its log variables.
+    journal::setup(cli.log, cli.log_level);
     // libvirt's default handler prints every error; ours are printed once, below.
     virt::error::clear_error_callback();
-    catch_sigint();
+    signals::install();
     if let Command::Create(a) = &cli.command
         && a.no_wait
     {
@@ -1108,7 +1159,7 @@ fn main() {
         Command::Config {
             what: ConfigCommand::Check { config },
         } => config::cmd_check(&ctx, config),
-        Command::RestoreInterrupted { uuid } => cmd_restore_interrupted(uuid),
+        Command::RestoreInterrupted { uuid, signal } => cmd_restore_interrupted(uuid, *signal),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -1121,10 +1172,15 @@ fn main() {
         }
     };
     if let Err(e) = r {
-        report_to_parent(&format!("ERR {}", e.message));
+        // `error: ...` (exit status 1), or `interrupted by SIGTERM: ...`
+        // (128 + the signal's number).
+        let (line, status) = signals::exit_status(&e);
+        report_to_parent(&format!("ERR {}", line.trim_start_matches("error: ")));
+        journal::command_failed(&line);
         let _ = std::io::stdout().flush();
-        eprintln!("error: {}", e.message);
-        std::process::exit(1);
+        // Not eprintln: after a hang-up (SIGHUP) the terminal may be gone.
+        let _ = writeln!(std::io::stderr(), "{line}");
+        std::process::exit(status);
     }
 }
 

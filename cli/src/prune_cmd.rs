@@ -58,16 +58,36 @@ pub(crate) fn prune_domain(
         list.push(i.uuid.clone());
     }
     if !dry_run {
-        // Newest first: each delete merges the backup into its children, so
-        // a kept child is rebased step by step instead of made full each time.
-        for ((b, i), k) in items.iter().zip(&keep).rev() {
-            if !*k {
-                b.delete(0)
-                    .map_err(|e| err(format!("cannot delete backup {}: {}", i.uuid, e.message)))?;
-            }
-        }
+        crate::journal::job_started("prune", name);
+        let r = delete_unkept(&items, &keep);
+        let done = format!("{} removed, {} kept", out.removed.len(), out.kept.len());
+        crate::journal::job_ended("prune", name, None, r.as_ref().map(|_| done.as_str()));
+        r?;
     }
     Ok(out)
+}
+
+/// Delete what `keep` does not keep, newest first: each delete merges the
+/// backup into its children, so a kept child is rebased step by step
+/// instead of made full each time. A signal stops it between two deletes.
+fn delete_unkept(items: &[(Backup, BackupInfo)], keep: &[bool]) -> Res<()> {
+    let total = keep.iter().filter(|k| !**k).count();
+    let mut deleted = 0;
+    for ((b, i), k) in items.iter().zip(keep).rev() {
+        if *k {
+            continue;
+        }
+        if crate::interrupted() {
+            return Err(crate::signals::stopped(format!(
+                "prune stopped after deleting {deleted} of {total} backups \
+                 (each delete done is whole; the others are kept)"
+            )));
+        }
+        b.delete(0)
+            .map_err(|e| err(format!("cannot delete backup {}: {}", i.uuid, e.message)))?;
+        deleted += 1;
+    }
+    Ok(())
 }
 
 pub(crate) fn cmd_prune(ctx: &mut Ctx, a: &PruneArgs) -> Res<()> {
