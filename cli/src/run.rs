@@ -338,9 +338,11 @@ pub(crate) fn cmd_run(ctx: &mut Ctx, a: &RunArgs) -> Res<()> {
         "notification_error": notified.as_ref().err(),
     }));
     if crate::interrupted() {
-        return Err(err(
-            "interrupted: the running jobs were aborted, the rest not started",
-        ));
+        return Err(crate::signals::stopped(format!(
+            "run: the running jobs were aborted (their partial data removed), \
+             the other domains not started; {failed} of {} domains not done",
+            reports.len()
+        )));
     }
     match (failed, notified) {
         (0, Ok(())) => Ok(()),

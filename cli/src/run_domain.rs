@@ -16,7 +16,7 @@ use crate::api::{self, Backup, Param};
 use crate::config::{Config, Level, Policy};
 use crate::info::BackupInfo;
 use crate::run::Item;
-use crate::{history, hooks, info_of, interrupted, xml_escape};
+use crate::{history, hooks, info_of, interrupted, journal, xml_escape};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -359,11 +359,34 @@ pub(crate) fn run(cfg: &Config, item: &Item, dry_run: bool) -> Report {
         r.error = Some(e.clone());
     } else if interrupted() {
         r.error = Some("not started: interrupted".into());
-    } else if let Err(e) = steps(cfg, item, dry_run, &mut r) {
-        r.outcome = Outcome::Failed;
-        r.error = Some(e);
+    } else {
+        if !dry_run {
+            journal::job_started("run", &item.domain);
+        }
+        if let Err(e) = steps(cfg, item, dry_run, &mut r) {
+            r.outcome = Outcome::Failed;
+            r.error = Some(e);
+        }
     }
     r.seconds = start.elapsed().as_secs_f64();
+    if !dry_run {
+        let summary = format!("{}: {}", item.label, r.line());
+        let failed = r
+            .error
+            .as_ref()
+            .map(|e| crate::err(format!("{}: {e}", item.label)));
+        let result = match &failed {
+            Some(e) if interrupted() => Err(crate::signals::stopped(e.message.clone())),
+            Some(e) => Err(e.clone()),
+            None => Ok(summary),
+        };
+        journal::job_ended(
+            "run",
+            &item.domain,
+            r.backup.as_deref(),
+            result.as_ref().map(String::as_str),
+        );
+    }
     r
 }
 
