@@ -53,7 +53,22 @@ unsafe extern "C" {
     ) -> c_int;
     fn virDomainBackupRestore(xml: *const c_char, f: c_uint) -> c_int;
     fn virDomainBackupVerify(b: BackupPtr, f: c_uint) -> c_int;
-    fn virDomainBackupGetJobHistory(d: sys::virDomainPtr, f: c_uint) -> *mut c_char;
+}
+
+// TEMPORARY until virDomainBackupGetJobHistory lands in the library: looked
+// up at run time so that the command links without it.
+#[allow(non_snake_case)]
+unsafe fn virDomainBackupGetJobHistory(d: sys::virDomainPtr, f: c_uint) -> *mut c_char {
+    // SAFETY: dlsym with RTLD_DEFAULT and a static C string.
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"virDomainBackupGetJobHistory".as_ptr()) };
+    if sym.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: the symbol has this C signature (the header).
+    let f2: unsafe extern "C" fn(sys::virDomainPtr, c_uint) -> *mut c_char =
+        unsafe { std::mem::transmute(sym) };
+    // SAFETY: as the caller's.
+    unsafe { f2(d, f) }
 }
 
 pub(crate) const JOB_HISTORY_FAILED: u32 = 1 << 0;
