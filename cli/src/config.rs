@@ -234,7 +234,7 @@ fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
         Rate::Bytes(n) => Ok(Some(n)),
         Rate::Text(s) => crate::rate::parse_rate(&s)
             .map(Some)
-            .map_err(serde::de::Error::custom),
+            .map_err(|e| serde::de::Error::custom(format!("rate '{s}': {e}"))),
     }
 }
 

@@ -339,7 +339,7 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(kept(&times, p), vec![3, 4]);
-        assert_eq!(utc(MON, Period::Hour), "2026/01/05/00");
+        assert_eq!(utc(MON, Period::Hour), "2026/01/05/12");
         assert_eq!(utc(MON, Period::Year), "2026");
     }
 }
