@@ -1,6 +1,6 @@
 """`virt-backup run` and its configuration file, as a timer runs them:
 policies over a running and a shut-off qemu:///system domain (by name and
-by pattern) and every domain of test:///default, run several times with
+by pattern) and every domain of a test:// driver node, run several times with
 the clock moved by libfaketime (the library, in the same process, records
 the faked times, so retention and "full after N days" see them); hooks,
 notifications (a command and sendmail), the job history (`log`), and two
@@ -77,6 +77,26 @@ def test_config_check_reports_mistakes_with_their_line(env):
     assert "cannot read the configuration" in p.stderr
 
 
+def test_node(env, names):
+    """A test:// driver node of shut-off domains with real raw disks: every
+    process that opens it sees the same domains (fixed UUIDs)."""
+    doms = ""
+    for n in names:
+        disk = env.path(n + ".raw")
+        with open(disk, "wb") as f:
+            f.truncate(8 * MiB)
+            f.write(n.encode() * 1000)
+        doms += (f"<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
+                 f"<name>{n}</name><uuid>{uuidlib.uuid4()}</uuid><memory>65536</memory>"
+                 f"<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
+                 f"<driver name='qemu' type='raw'/><source file='{disk}'/><target dev='vda'/>"
+                 f"</disk></devices><test:runstate>5</test:runstate></domain>")
+    node = env.path("node.xml")
+    with open(node, "w") as f:
+        f.write(f"<node>{doms}</node>")
+    return "test://" + node
+
+
 def chain(dom):
     """The domain's backups, oldest first: (kind, parent, uuid)."""
     return [(b["kind"], b["parent"], b["uuid"]) for b in vbj("list", dom)]
@@ -88,6 +108,7 @@ def test_run_three_times_with_the_clock_moved(env):
     off_disk = env.disk("off.qcow2", 32 * MiB)
     off = env.domain([("vda", off_disk), ("vdb", env.disk("off-b.qcow2", 16 * MiB))],
                      name=tag + "-off1")
+    node = test_node(env, ["tn-1", "tn-2"])
     cfg = write_config(env, f"""
         [run]
         parallel = 2
@@ -105,7 +126,7 @@ def test_run_three_times_with_the_clock_moved(env):
         retention = {{ keep-daily = 2 }}
         [[policy]]
         name = "test-driver"
-        connect = "test:///default"
+        connect = "{node}"
         all = true
         level = "full"
         retention = {{ keep-last = 1 }}
@@ -115,7 +136,7 @@ def test_run_three_times_with_the_clock_moved(env):
     p = by_domain(plan)
     assert p[on]["result"] == "planned" and p[on]["level"] == "full"
     assert p[off]["reason"] == "no earlier backup" and p[off]["policy"] == "by-pattern"
-    assert p["test"]["policy"] == "test-driver"
+    assert p["tn-1"]["policy"] == p["tn-2"]["policy"] == "test-driver"
     assert chain(on) == [] and chain(off) == []
 
     days = ["2026-01-05 03:00:00", "2026-01-06 03:00:00", "2026-01-14 03:00:00"]
@@ -130,7 +151,7 @@ def test_run_three_times_with_the_clock_moved(env):
             made[d].append((r[d]["level"], r[d]["uuid"]))
         copies[r[off]["uuid"]] = env.snapshot(off_disk, f"off-at-{n}.raw")
         assert r[on]["verified"] == [r[on]["uuid"]]
-        assert r["test"]["level"] == "full"
+        assert r["tn-1"]["level"] == r["tn-2"]["level"] == "full"
     # max-chain 2: full, incremental, then full again.
     assert [lv for lv, _ in made[on]] == ["full", "incremental", "full"], made[on]
     # full-after-days 7: full on day 0, incremental on day 1, full on day 9.
@@ -149,9 +170,10 @@ def test_run_three_times_with_the_clock_moved(env):
     # The times the library recorded are the faked ones.
     times = [b["creation_time"] for b in vbj("list", off)]
     assert time.strftime("%Y-%m-%d", time.localtime(times[-1])) == "2026-01-14", times
-    # test:///default: its one domain, full each time, one kept.
-    listed = run(VB, "-c", "test:///default", "--json", "list", "test").stdout
-    assert len(json.loads(listed)) == 1, listed
+    # Every domain of the test:// node: full each time, one kept.
+    for n in ("tn-1", "tn-2"):
+        listed = json.loads(run(VB, "-c", node, "--json", "list", n).stdout)
+        assert len(listed) == 1 and listed[0]["kind"] == "full", listed
     # The history has every job of the three runs.
     log = json.loads(vb("--json", "log", off).stdout)
     kinds = [(j["kind"], j["state"]) for j in log]
