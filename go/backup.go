@@ -8,7 +8,6 @@ import "C"
 
 import (
 	"context"
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"runtime"
@@ -142,28 +141,6 @@ func (b *Backup) XMLDesc(flags DomainBackupXMLFlags) (desc string, err error) {
 		return nil
 	})
 	return
-}
-
-// UUIDString gives the backup's UUID (read once from its XML).
-func (b *Backup) UUIDString() (string, error) {
-	b.uuidMu.Lock()
-	defer b.uuidMu.Unlock()
-	if b.uuid != "" {
-		return b.uuid, nil
-	}
-	desc, err := b.XMLDesc(0)
-	if err != nil {
-		return "", err
-	}
-	var doc struct {
-		UUID string `xml:"uuid"`
-	}
-	if err := xml.Unmarshal([]byte(desc), &doc); err != nil || doc.UUID == "" {
-		return "", &Error{Code: ERR_XML_ERROR, Domain: FROM_DOMAIN, Level: ERR_ERROR,
-			Message: fmt.Sprintf("XML error: backup XML without a <uuid>: %v", err)}
-	}
-	b.uuid = doc.UUID
-	return b.uuid, nil
 }
 
 // Domain gives the backup's domain (virDomainBackupGetDomain) with a

@@ -5,8 +5,24 @@
 // bindings mirror libvirt: one method per C function, flags as typed
 // constants with the C names less the VIR_ prefix, errors as *Error.
 //
-// Build: cgo with pkg-config (libvirt-backup and libvirt must be found by
-// pkg-config, e.g. PKG_CONFIG_PATH=<prefix>/lib/pkgconfig).
+// Import path: libvirt.org/go/libvirtbackup. The module is not published:
+// use it from a source checkout of libvirt-backup with, in your go.mod,
+//
+//	require libvirt.org/go/libvirtbackup v0.0.0
+//	replace libvirt.org/go/libvirtbackup => /path/to/libvirt-backup/go
+//
+// Build: cgo with pkg-config, against the installed library
+// (libvirt-backup and libvirt must be found by pkg-config, e.g.
+// PKG_CONFIG_PATH=<prefix>/lib/pkgconfig).
+//
+// # Backup details
+//
+// Backup.Info reads a backup's XML into a BackupInfo (kind, creation time,
+// state, description, domain, disks); Backup.UUID, UUIDString and
+// GetParent are the C accessors virDomainBackupGetUUID,
+// virDomainBackupGetUUIDString and virDomainBackupGetParent. The XML
+// carries no sizes: BackupDisk.StoredSize is what the target file takes on
+// disk according to stat(2), -1 when it cannot be read.
 //
 // # Errors and goroutines
 //
@@ -49,7 +65,7 @@
 // A *Backup holds one reference on the C handle: release it with Free
 // (a finalizer frees a forgotten one, but do not count on it). The other
 // methods of a freed Backup return ERR_INVALID_ARG.
-package libvirtbackup
+package libvirtbackup // import "libvirt.org/go/libvirtbackup"
 
 /*
 #cgo pkg-config: libvirt-backup libvirt

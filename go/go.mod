@@ -1,3 +1,3 @@
-module libvirtbackup
+module libvirt.org/go/libvirtbackup
 
 go 1.19

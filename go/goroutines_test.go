@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"libvirtbackup/internal/twocalls"
+	"libvirt.org/go/libvirtbackup/internal/twocalls"
 )
 
 const (

@@ -401,3 +401,27 @@ virDomainBackupPtr lvb_array_get(virDomainBackupPtr *array, int i)
 {
     return array[i];
 }
+
+int lvb_get_uuid(virDomainBackupPtr backup, unsigned char *uuid, lvbError *err)
+{
+    int r = virDomainBackupGetUUID(backup, uuid);
+    if (r < 0)
+        take(err);
+    return r;
+}
+
+int lvb_get_uuid_string(virDomainBackupPtr backup, char *buf, lvbError *err)
+{
+    int r = virDomainBackupGetUUIDString(backup, buf);
+    if (r < 0)
+        take(err);
+    return r;
+}
+
+virDomainBackupPtr lvb_get_parent(virDomainBackupPtr backup, unsigned int flags, lvbError *err)
+{
+    virDomainBackupPtr p = virDomainBackupGetParent(backup, flags);
+    if (!p)
+        take(err);
+    return p;
+}

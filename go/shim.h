@@ -83,6 +83,10 @@ int lvb_get_parameters(virDomainBackupPtr backup, lvbParams *out, unsigned int f
 /* Free what lvb_get_parameters() allocated in @p (not @p itself). */
 void lvb_params_free(lvbParams *p);
 int lvb_verify(virDomainBackupPtr backup, unsigned int flags, lvbError *err);
+/* The accessors: @uuid holds VIR_UUID_BUFLEN bytes, @buf VIR_UUID_STRING_BUFLEN. */
+int lvb_get_uuid(virDomainBackupPtr backup, unsigned char *uuid, lvbError *err);
+int lvb_get_uuid_string(virDomainBackupPtr backup, char *buf, lvbError *err);
+virDomainBackupPtr lvb_get_parent(virDomainBackupPtr backup, unsigned int flags, lvbError *err);
 
 /* Entry i of a NULL-terminated array from lvb_list*(). */
 virDomainBackupPtr lvb_array_get(virDomainBackupPtr *array, int i);

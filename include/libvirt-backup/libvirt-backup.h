@@ -141,6 +141,60 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * virDomainBackupGetUUID:
+ * @backup: a backup object
+ * @uuid: where to store the UUID: a buffer of VIR_UUID_BUFLEN (16) bytes
+ *        owned by the caller
+ *
+ * Get the UUID of @backup in its raw form (16 bytes, no NUL), as
+ * virDomainGetUUID() does for domains. An unmanaged backup (an export)
+ * has a UUID of its own, the one its XML shows.
+ *
+ * Returns 0 on success, -1 on error (VIR_ERR_INVALID_ARG for a NULL or
+ * invalid @backup or a NULL @uuid, VIR_ERR_NO_DOMAIN_BACKUP once the
+ * backup has been deleted). Nothing is allocated: the caller owns @uuid.
+ */
+int virDomainBackupGetUUID(virDomainBackupPtr backup, unsigned char *uuid);
+
+/**
+ * virDomainBackupGetUUIDString:
+ * @backup: a backup object
+ * @buf: where to store the UUID: a buffer of VIR_UUID_STRING_BUFLEN (37)
+ *       bytes owned by the caller
+ *
+ * Get the UUID of @backup as a NUL-terminated string in its canonical
+ * form (36 lower-case characters, e.g.
+ * "54c70d40-26bb-48cd-9639-b3a1e9adf650"), as virDomainGetUUIDString()
+ * does for domains: the <uuid> of virDomainBackupGetXMLDesc() and what
+ * virDomainBackupLookupByUUID() takes.
+ *
+ * Returns 0 on success, -1 on error (VIR_ERR_INVALID_ARG for a NULL or
+ * invalid @backup or a NULL @buf, VIR_ERR_NO_DOMAIN_BACKUP once the backup
+ * has been deleted). Nothing is allocated: the caller owns @buf.
+ */
+int virDomainBackupGetUUIDString(virDomainBackupPtr backup, char *buf);
+
+/**
+ * virDomainBackupGetParent:
+ * @backup: a backup object
+ * @flags: extra flags; not used yet, so callers should always pass 0
+ *
+ * Get the backup @backup was made on: the parent of an incremental backup
+ * (its <parent> in virDomainBackupGetXMLDesc(), as it is now: deleting a
+ * backup re-parents its children onto its own parent), or, for an
+ * unmanaged export started with a <parent>, that managed backup. As
+ * virDomainSnapshotGetParent() does for snapshots.
+ *
+ * Returns a new backup object holding one reference, which the caller
+ * releases with virDomainBackupFree(), or NULL on error:
+ * VIR_ERR_NO_DOMAIN_BACKUP when @backup has no parent (a full backup, an
+ * export without <parent>), when its parent was deleted meanwhile, or when
+ * @backup itself has been deleted; VIR_ERR_INVALID_ARG for a NULL or
+ * invalid @backup or unknown @flags.
+ */
+virDomainBackupPtr virDomainBackupGetParent(virDomainBackupPtr backup, unsigned int flags);
+
+/**
  * virDomainBackupCreateXML:
  * @domain: a domain object
  * @xmlDesc: a <domainbackup> document describing the backup

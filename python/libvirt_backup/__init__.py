@@ -47,8 +47,10 @@ running*: call ``finishJob()`` again, or ``abortJob()``.
 """
 
 import ctypes
+import os
 import threading
 import time
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from ctypes import byref, c_int, c_void_p
 from typing import Dict, List, Optional, Tuple, Union
@@ -294,13 +296,134 @@ class Backup:
 
     # ---------------------------------------------------------- queries
     def UUIDString(self) -> str:
-        """The backup's UUID, as a string."""
+        """The backup's UUID, as a string (``virDomainBackupGetUUIDString``;
+        read once, then kept). An unmanaged export has a UUID of its own."""
         if self._uuid is None:
-            u = ET.fromstring(self.getXMLDesc()).findtext("uuid")
-            if u is None:  # an unmanaged export has no UUID of its own
-                raise _own_error(libvirt.VIR_ERR_NO_SUPPORT, "this backup has no UUID")
-            self._uuid = u.strip()
+            if _capi.HAVE_ACCESSORS:
+                buf = ctypes.create_string_buffer(37)  # VIR_UUID_STRING_BUFLEN
+                with self._use() as p:
+                    if lib.virDomainBackupGetUUIDString(p, buf) < 0:
+                        raise _error("virDomainBackupGetUUIDString")
+                self._uuid = buf.value.decode()
+            else:  # a library older than the accessors
+                u = self._desc().findtext("uuid")
+                if u is None:
+                    raise _own_error(libvirt.VIR_ERR_NO_SUPPORT, "this backup has no UUID")
+                self._uuid = u.strip()
         return self._uuid
+
+    def UUID(self) -> bytes:
+        """The backup's UUID, as its 16 raw bytes (``virDomainBackupGetUUID``;
+        libvirt-python's ``virDomain.UUID()``)."""
+        if not _capi.HAVE_ACCESSORS:
+            return uuidlib.UUID(self.UUIDString()).bytes
+        buf = ctypes.create_string_buffer(16)  # VIR_UUID_BUFLEN
+        with self._use() as p:
+            if lib.virDomainBackupGetUUID(p, buf) < 0:
+                raise _error("virDomainBackupGetUUID")
+        return buf.raw
+
+    def getParent(self, flags: int = 0) -> "Backup":
+        """The backup this one was made on (``virDomainBackupGetParent``,
+        as libvirt-python's ``virDomainSnapshot.getParent()``): a new
+        :class:`Backup`. Raises ``VIR_ERR_NO_DOMAIN_BACKUP`` for a full
+        backup (see :attr:`parent` for ``None`` instead)."""
+        flags = _flags(flags)
+        if not _capi.HAVE_ACCESSORS:  # a library older than the accessors
+            u = self._desc().findtext("parent/uuid")
+            if u is None or flags:
+                raise _own_error(libvirt.VIR_ERR_NO_DOMAIN_BACKUP if u is None
+                                 else libvirt.VIR_ERR_INVALID_ARG, "virDomainBackupGetParent failed")
+            b = lookupByUUID(u.strip())
+            b._conn = self._conn
+            return b
+        with self._use() as p:
+            h = lib.virDomainBackupGetParent(p, flags)
+            if not h:
+                raise _error("virDomainBackupGetParent")
+        return Backup(h, self._conn)
+
+    # ---------------------------------------------------------- properties
+    # Each reads the backup's XML again (or asks the library): a running
+    # backup's state changes, a deleted one raises VIR_ERR_NO_DOMAIN_BACKUP.
+    def _desc(self) -> ET.Element:
+        return ET.fromstring(self.getXMLDesc())
+
+    @property
+    def uuid(self) -> str:
+        """The backup's UUID (:meth:`UUIDString`)."""
+        return self.UUIDString()
+
+    @property
+    def parent(self) -> Optional["Backup"]:
+        """The backup this one was made on, a new :class:`Backup`, or
+        ``None`` for a full backup (``virDomainBackupGetParent``). Deleting
+        a parent re-parents its children, so this follows merges."""
+        try:
+            return self.getParent()
+        except libvirtBackupError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_BACKUP:
+                raise
+        # No parent, or the parent was deleted meanwhile (the child then has
+        # a new one): the XML tells, and raises if this backup is gone.
+        if self._desc().find("parent") is None:
+            return None
+        return self.getParent()
+
+    @property
+    def kind(self) -> str:
+        """``"incremental"`` for a backup made on a parent (a
+        ``VIR_DOMAIN_BACKUP_LIST_INCREMENTAL`` one), ``"full"`` for a chain
+        root (``VIR_DOMAIN_BACKUP_LIST_FULL``). How each disk was copied is
+        its ``mode`` in :attr:`disks`."""
+        return "incremental" if self._desc().find("parent") is not None else "full"
+
+    @property
+    def time(self) -> Optional[int]:
+        """Creation time, seconds since 1970 (``<creationTime>``); ``None``
+        for an unmanaged export."""
+        t = self._desc().findtext("creationTime")
+        return int(t) if t is not None else None
+
+    @property
+    def state(self) -> str:
+        """``"running"``, ``"completed"``, ``"failed"`` or ``"cancelled"``."""
+        return (self._desc().findtext("state") or "").strip()
+
+    @property
+    def description(self) -> Optional[str]:
+        """The ``<description>`` given at creation, or ``None``."""
+        return self._desc().findtext("description")
+
+    @property
+    def domainName(self) -> Optional[str]:
+        """The domain's name at backup time (also when the domain is gone)."""
+        d = self._desc().find("domain")
+        return d.get("name") if d is not None else None
+
+    @property
+    def domainUUID(self) -> Optional[str]:
+        """The domain's UUID (also when the domain is gone)."""
+        d = self._desc().find("domain")
+        return d.get("uuid") if d is not None else None
+
+    @property
+    def disks(self) -> List[Dict[str, Union[str, int, None]]]:
+        """One dict per disk, in the backup's order: ``name``, ``type``
+        (``file``/``volume``), ``mode`` (``full``/``incremental``),
+        ``source``, ``target`` (files), ``format`` (``qcow2``/``raw``),
+        ``pool``/``volume`` for a volume target, ``exportname``/
+        ``exportbitmap`` for an unmanaged export (absent values are
+        ``None``), and ``storedSize``: see :func:`_disk_of`."""
+        return [_disk_of(d) for d in self._desc().findall("disks/disk")]
+
+    @property
+    def storedSize(self) -> Optional[int]:
+        """Bytes this backup's own target files take on disk (the sum of
+        its disks' ``storedSize``; an incremental's parents are not
+        counted), ``None`` when no target file could be read."""
+        sizes = [d["storedSize"] for d in self.disks if d["storedSize"] is not None]
+        return sum(sizes) if sizes else None
 
     def getXMLDesc(self, flags: int = 0) -> str:
         """The ``<domainbackup>`` document of the backup (flags: 0 or
@@ -433,6 +556,42 @@ class Backup:
         return 0
 
 
+def _disk_of(el: ET.Element) -> Dict[str, Union[str, int, None]]:
+    """A ``<disk>`` of a backup's XML as a dict (:attr:`Backup.disks`).
+
+    Sizes: the XML carries none, so ``storedSize`` is what the target file
+    takes on disk, from ``os.stat`` (allocated blocks x 512, as ``du``
+    counts): an incremental's own delta, not its chain. It is ``None`` when
+    the file cannot be stat'ed by this process (another host's path, no
+    permission on its folder, a deleted file) and for an unmanaged export,
+    which stores nothing."""
+    target, source, driver = el.find("target"), el.find("source"), el.find("driver")
+    d: Dict[str, Union[str, int, None]] = {
+        "name": el.get("name"),
+        "type": el.get("type"),
+        "mode": el.get("backupmode"),
+        "source": source.get("file") if source is not None else None,
+        "target": target.get("file") if target is not None else None,
+        "format": driver.get("type") if driver is not None else None,
+    }
+    if target is not None and target.get("pool") is not None:
+        d["pool"], d["volume"] = target.get("pool"), target.get("volume")
+    if el.get("exportname") is not None:
+        d["exportname"], d["exportbitmap"] = el.get("exportname"), el.get("exportbitmap")
+    d["storedSize"] = _stored_size(d["target"])
+    return d
+
+
+def _stored_size(path: Union[str, int, None]) -> Optional[int]:
+    if not isinstance(path, str):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_blocks * 512
+
+
 def _disk_progress(params: Dict[str, ParamValue]) -> List[Dict[str, ParamValue]]:
     """The ``disk.<i>.*`` entries of :meth:`Backup.parameters`, one dict
     per disk in order: ``name``, ``bytes.total``, ``bytes.processed``."""
@@ -482,13 +641,15 @@ def _collect(func, obj: int, flags: int, name: str,
 # --------------------------------------------------------------------------
 # Functions
 # --------------------------------------------------------------------------
-def createXML(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> Backup:
+def createXML(dom: "libvirt.virDomain", xml: Optional[str] = None, flags: int = 0) -> Backup:
     """Start a managed backup of `dom` described by a ``<domainbackup>``
-    document (flags: ``VIR_DOMAIN_BACKUP_CREATE_*``). Returns at once with
-    the job running, or, with ``VIR_DOMAIN_BACKUP_CREATE_WAIT``, when it has
-    completed (raises if it failed). Ctrl-C during that wait aborts the job."""
+    document (flags: ``VIR_DOMAIN_BACKUP_CREATE_*``); ``""`` or ``None``
+    means ``<domainbackup/>``: every disk, to its default target. Returns
+    at once with the job running, or, with ``VIR_DOMAIN_BACKUP_CREATE_WAIT``,
+    when it has completed (raises if it failed). Ctrl-C during that wait
+    aborts the job."""
     ptr = _domain_ptr(dom, "createXML")
-    x, flags = _cstr(xml, "xml"), _flags(flags)
+    x, flags = _cstr(xml or "<domainbackup/>", "xml"), _flags(flags)
     # WAIT is done here, in slices, so that Ctrl-C is not held up.
     h = lib.virDomainBackupCreateXML(ptr, x, flags & ~VIR_DOMAIN_BACKUP_CREATE_WAIT)
     if not h:
@@ -507,14 +668,17 @@ def createXML(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> Backup:
     return b
 
 
-def startUnmanaged(dom: "libvirt.virDomain", xml: str, flags: int = 0) -> Backup:
+def startUnmanaged(dom: Optional["libvirt.virDomain"], xml: str, flags: int = 0) -> Backup:
     """Start a read-only NBD export of `dom`'s disks (a ``<server>`` and
-    the disks in `xml`); end it with ``finishJob()`` or ``abortJob()``."""
-    ptr = _domain_ptr(dom, "startUnmanaged")
+    the disks in `xml`); end it with ``finishJob()`` or ``abortJob()``.
+    With `dom` ``None``, export a stored backup instead: `xml` names a
+    completed managed backup by its ``<uuid>`` and that point in time is
+    served (``virDomainBackupStartUnmanaged`` with a NULL domain)."""
+    ptr = None if dom is None else _domain_ptr(dom, "startUnmanaged")
     h = lib.virDomainBackupStartUnmanaged(ptr, _cstr(xml, "xml"), _flags(flags))
     if not h:
         raise _error("virDomainBackupStartUnmanaged")
-    return Backup(h, dom.connect(), _unmanaged=True)
+    return Backup(h, None if dom is None else dom.connect(), _unmanaged=True)
 
 
 def listBackups(dom: "libvirt.virDomain", flags: int = 0) -> List[Backup]:
@@ -537,13 +701,42 @@ def listAllBackups(flags: int = 0) -> List[Backup]:
     return _collect(lib.virDomainBackupList, None, _flags(flags), "virDomainBackupList", None)
 
 
-def lookupByUUID(uuid: str, flags: int = 0) -> Backup:
+def lookupByUUID(*args, flags: int = 0) -> Backup:
     """The managed backup with this UUID, of any domain (raises
-    ``VIR_ERR_NO_DOMAIN_BACKUP`` if there is none)."""
+    ``VIR_ERR_NO_DOMAIN_BACKUP`` if there is none). Called as
+    ``lookupByUUID(uuid[, flags])`` or, in libvirt-python's
+    ``conn.lookupByUUID`` habit, ``lookupByUUID(conn, uuid[, flags])``: the
+    catalog is the same whatever the connection, which is only kept to
+    find :meth:`Backup.domain` on. `uuid` is a string or the 16 raw bytes
+    (``Backup.UUID()``, ``virDomain.UUID()``'s form); a ``uuid.UUID``
+    works too."""
+    conn, uuid, flags = _lookup_args(args, flags)
     h = lib.virDomainBackupLookupByUUID(_cstr(uuid, "uuid"), _flags(flags))
     if not h:
         raise _error("virDomainBackupLookupByUUID")
-    return Backup(h)
+    return Backup(h, conn)
+
+
+def _lookup_args(args: Tuple, flags: int) -> Tuple[Optional["libvirt.virConnect"], str, int]:
+    """(conn, uuid as a str, flags) from lookupByUUID's arguments."""
+    args = list(args)
+    conn = None
+    if args and (args[0] is None or isinstance(args[0], libvirt.virConnect)):
+        conn = args.pop(0)
+    if not args:
+        raise TypeError("lookupByUUID() missing its uuid argument")
+    if len(args) > 2 or (len(args) == 2 and flags):
+        raise TypeError("lookupByUUID() takes ([conn,] uuid[, flags])")
+    uuid = args[0]
+    if len(args) == 2:
+        flags = args[1]
+    if isinstance(uuid, uuidlib.UUID):
+        uuid = str(uuid)
+    elif isinstance(uuid, (bytes, bytearray)):
+        if len(uuid) != 16:
+            raise TypeError(f"uuid must be a str or 16 raw bytes, not {len(uuid)} bytes")
+        uuid = str(uuidlib.UUID(bytes=bytes(uuid)))
+    return conn, uuid, flags
 
 
 def restore(xml: str, flags: int = 0) -> int:

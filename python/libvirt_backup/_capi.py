@@ -100,6 +100,15 @@ HAVE_VERIFY = hasattr(lib, "virDomainBackupVerify")
 if HAVE_VERIFY:
     _decl(lib, "virDomainBackupVerify", c_int, c_void_p, c_uint)
 
+# The accessors (API.md EXTENSIONS) are newer too; the package falls back on
+# the XML without them.
+HAVE_ACCESSORS = all(hasattr(lib, n) for n in (
+    "virDomainBackupGetUUID", "virDomainBackupGetUUIDString", "virDomainBackupGetParent"))
+if HAVE_ACCESSORS:
+    _decl(lib, "virDomainBackupGetUUID", c_int, c_void_p, POINTER(c_char))
+    _decl(lib, "virDomainBackupGetUUIDString", c_int, c_void_p, POINTER(c_char))
+    _decl(lib, "virDomainBackupGetParent", c_void_p, c_void_p, c_uint)
+
 _decl(virt, "virDomainGetUUIDString", c_int, c_void_p, c_char_p)
 _decl(virt, "virDomainGetConnect", c_void_p, c_void_p)
 _decl(virt, "virConnectGetURI", c_void_p, c_void_p)

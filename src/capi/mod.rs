@@ -27,6 +27,7 @@ use crate::ops::DomainRef;
 use crate::ops::backup::Backup;
 use options::{Flags, FromFlags};
 
+pub mod accessors;
 pub mod backup;
 pub mod domain;
 pub mod error;

@@ -28,6 +28,8 @@ use crate::xml::backup::{
 };
 use crate::xml::dom::Element;
 
+mod parent;
+
 /// A backup as seen through a handle.
 #[derive(Debug)]
 pub struct Backup {

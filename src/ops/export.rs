@@ -73,7 +73,8 @@ pub(crate) struct Export {
     domain_name: String,
     /// The stored backup served, for an export of one.
     pub stored: Option<Uuid>,
-    parent: Option<Uuid>,
+    /// The managed backup whose changes are exported as dirty bitmaps.
+    pub parent: Option<Uuid>,
     address: NbdServer,
     /// Served with TLS (`<server tls='yes'>`).
     tls: bool,

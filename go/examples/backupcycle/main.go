@@ -6,7 +6,7 @@ import (
 	"log"
 	"os"
 
-	lvb "libvirtbackup"
+	lvb "libvirt.org/go/libvirtbackup"
 )
 
 func must[T any](v T, err error) T { check(err); return v }
