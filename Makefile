@@ -168,6 +168,7 @@ check: deps
 	@$(MAKE) --no-print-directory python-pkg-tests
 	@$(MAKE) --no-print-directory go-tests
 	@$(MAKE) --no-print-directory cli-tests
+	@$(MAKE) --no-print-directory deb-check
 	@echo "make check: all suites passed"
 
 # libvirtd with the QEMU driver, for tests on qemu:///system domains.
@@ -291,8 +292,8 @@ cli-tests: cli libvirtd
 	    $(PYTHON) -m pytest -q cli/tests; rc=$$?; rm -rf $(CLI_STAGE); exit $$rc
 
 # The Debian packages (debian/: libvirt-backup0, libvirt-backup-dev,
-# virt-backup, python3-libvirt-backup), built with dpkg-buildpackage from a
-# copy of the tree into build/deb; deb-check adds lintian (no error) and
+# virt-backup, python3-libvirt-backup), built with dpkg-buildpackage in the
+# tree, the results in build/deb; deb-check adds lintian (no error) and
 # uses them from a clean root (scripts/deb-check.sh).
 deb: $(LIB)
 	DEB_BUILD_ONLY=1 sh scripts/deb-check.sh $(BUILD)/deb

@@ -2,8 +2,8 @@
 # Build the Debian packages (dpkg-buildpackage -us -uc -b), check them with
 # lintian (no error allowed), then unpack them into a clean root and use
 # them from there only: `virt-backup --help`, a C program built through
-# the packaged pkg-config file, `import libvirt_backup`, and a backup on
-# test:///default through the packaged Python module.
+# the packaged pkg-config file, and a backup on test:///default through the
+# packaged Python module.
 #
 #   sh scripts/deb-check.sh [OUT]      (make deb-check; OUT: build/deb)
 #   DEB_BUILD_ONLY=1 sh scripts/deb-check.sh [OUT]   (make deb: only build)
@@ -12,19 +12,17 @@ cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:-build/deb}" && cd "${1:-build/deb}" && pwd)
 rm -rf "$OUT"/*
 
-# dpkg-buildpackage writes its results next to the source tree: build from
-# a copy of the tree under OUT so nothing lands outside it. cargo's target/
-# is shared through CARGO_TARGET_DIR-free symlinks to keep the build quick.
-SRC=$OUT/src/libvirt-backup
-mkdir -p "$SRC"
-git ls-files -z | xargs -0 cp --parents -t "$SRC"
-[ -d target ] && ln -s "$(pwd)/target" "$SRC/target"
-[ -d build ] && mkdir -p "$SRC/build" && for f in build/libvirt-backup.so.0 build/libvirt-backup.so; do
-    [ -e "$f" ] && cp -a "$f" "$SRC/build/"; done
-(cd "$SRC" && dpkg-buildpackage -us -uc -b >"$OUT/build.log" 2>&1) || {
+# Built in the tree (cargo's target/ is reused: a build from nothing takes
+# minutes); dh_builddeb and dpkg-genchanges put the results in OUT, not in
+# the tree's parent folder.
+rm -f debian/files
+DEB_OUT="$OUT" dpkg-buildpackage -us -uc -b \
+    --changes-option=-u"$OUT" --buildinfo-option=-u"$OUT" --buildinfo-option=-O"$OUT/libvirt-backup.buildinfo" \
+    >"$OUT/build.log" 2>&1 || {
     tail -40 "$OUT/build.log"; echo "deb-check: dpkg-buildpackage failed (log: $OUT/build.log)" >&2; exit 1; }
-mv "$OUT"/src/*.deb "$OUT"/src/*.changes "$OUT"/src/*.buildinfo "$OUT"/
-rm -rf "$OUT/src"
+mv ../libvirt-backup_*_*.changes "$OUT/" 2>/dev/null || true
+# What debhelper left in debian/ goes (the tree is as it was).
+debian/rules clean >/dev/null 2>&1
 ls "$OUT"/*.deb
 if [ "${DEB_BUILD_ONLY:-}" = 1 ]; then exit 0; fi
 
@@ -71,12 +69,19 @@ PKG_CONFIG_SYSROOT_DIR=$ROOT PKG_CONFIG_PATH=$ARCHLIB/pkgconfig \
     sh -c 'cc -std=c11 -Wall -Werror -include stdlib.h -o "$1/prog" "$1/prog.c" $(pkg-config --cflags --libs libvirt-backup)' _ "$OUT"
 LIBVIRT_BACKUP_DIR=$OUT/catalog "$OUT/prog" | grep -q "backups: 0"
 
-PYTHONPATH=$ROOT/usr/lib/python3/dist-packages LIBVIRT_BACKUP_DIR=$OUT/catalog /usr/bin/python3 - <<'PY'
-import libvirt, libvirt_backup
+truncate -s 8M "$OUT/disk.raw"
+printf 'deb-check' | dd of="$OUT/disk.raw" conv=notrunc 2>/dev/null
+PYTHONPATH=$ROOT/usr/lib/python3/dist-packages LIBVIRT_BACKUP_DIR=$OUT/catalog DISK=$OUT/disk.raw /usr/bin/python3 - <<'PY'
+import os, libvirt, libvirt_backup
 conn = libvirt.open("test:///default")
-b = libvirt_backup.createXML(conn.lookupByName("test"), "<domainbackup/>")
+dom = conn.defineXML(
+    "<domain type='test'><name>deb-check</name><memory>65536</memory><os><type>hvm</type></os>"
+    "<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+    f"<source file='{os.environ['DISK']}'/><target dev='vda'/></disk></devices></domain>")
+b = libvirt_backup.createXML(dom, "")
 b.finishJob()
-assert [x.UUIDString() for x in libvirt_backup.listBackups(conn.lookupByName("test"))] == [b.UUIDString()]
-print("python3-libvirt-backup: backup", b.UUIDString())
+assert [x.UUIDString() for x in libvirt_backup.listBackups(dom)] == [b.UUIDString()]
+assert b.kind == "full" and b.state == "completed", (b.kind, b.state)
+print("python3-libvirt-backup: backup", b.UUIDString(), "of", dom.name())
 PY
 echo "deb-check: OK ($(ls "$OUT"/*.deb | wc -l) packages built, lintian clean of errors, used from a clean root)"
