@@ -158,6 +158,13 @@ fn report_done(ctx: &Ctx, b: &Backup, uuid: &str, plan: Option<&Plan>) -> Res<St
 
 /// The domain's newest completed backup, if any.
 fn latest_completed(dom: &Domain) -> Res<Option<String>> {
+    // The library's newest (by the nanosecond), when it is completed.
+    if let Some(b) = Backup::list(dom, api::LIST_LATEST)?.first() {
+        let i = info_of(b)?;
+        if i.state == "completed" {
+            return Ok(Some(i.uuid));
+        }
+    }
     let mut best = None;
     for b in Backup::list(dom, 0)? {
         let i = info_of(&b)?;
