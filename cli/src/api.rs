@@ -345,3 +345,38 @@ pub(crate) fn set_default_target(dom: &Domain, xml: &str, flags: u32) -> Result<
     // NUL-terminated string that outlives it.
     check(unsafe { virDomainSetDefaultTarget(dom.as_ptr(), x.as_ptr(), flags) }).map(drop)
 }
+
+// Restore modes of API.md's EXTENSIONS.
+pub(crate) const RESTORE_INSTANT: u32 = 1 << 2;
+pub(crate) const RESTORE_START: u32 = 1 << 3;
+pub(crate) const RESTORE_FILES_ONLY: u32 = 1 << 4;
+
+unsafe extern "C" {
+    fn virDomainGetDefaultTarget(d: sys::virDomainPtr, f: c_uint) -> *mut c_char;
+}
+
+/// The export of a stored backup: StartUnmanaged with no domain, the
+/// backup's `<uuid>` in `xml`.
+pub(crate) fn start_stored_export(xml: &str) -> Result<Backup> {
+    let x = cstr(xml)?;
+    // SAFETY: a null domain (the backup is named in the document) and a C
+    // string that outlives the call; a null result is checked.
+    wrap(unsafe { virDomainBackupStartUnmanaged(ptr::null_mut(), x.as_ptr(), 0) })
+}
+
+/// A domain's default target, as the document SetDefaultTarget takes
+/// (`<target type='none'/>`: none).
+pub(crate) fn get_default_target(dom: &Domain, flags: u32) -> Result<String> {
+    // SAFETY: `dom` is a live virDomainPtr borrowed for the call; a null
+    // result is checked.
+    let p = unsafe { virDomainGetDefaultTarget(dom.as_ptr(), flags) };
+    if p.is_null() {
+        return Err(last_error());
+    }
+    // SAFETY: not null, a NUL-terminated string the library malloc'd for
+    // us; copied out before it is freed.
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    // SAFETY: malloc'd by the library for the caller to free, once.
+    unsafe { libc::free(p as *mut libc::c_void) };
+    Ok(s)
+}

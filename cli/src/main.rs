@@ -7,6 +7,9 @@
 
 mod api;
 mod config;
+mod create;
+mod default_target;
+mod export;
 mod history;
 mod hooks;
 mod info;
@@ -16,6 +19,7 @@ mod progress;
 mod prune;
 mod prune_cmd;
 mod rate;
+mod restore;
 mod run;
 mod run_domain;
 mod signals;
@@ -23,7 +27,7 @@ mod signals;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -70,7 +74,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Back up a domain's disks (full, or incremental on a parent)
-    Create(CreateArgs),
+    Create(create::CreateArgs),
     /// List a domain's backups (one that no longer exists from the catalog), or all (--all)
     List(ListArgs),
     /// Print a backup's XML description
@@ -78,7 +82,7 @@ enum Command {
     /// Print a backup job's typed parameters
     Status { uuid: String },
     /// Restore a backup into its (shut off) domain or as a new domain
-    Restore(RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// Delete a backup (its children keep their data: it is merged into them)
     Delete(DeleteArgs),
     /// Cancel a running backup job and remove its partial data
@@ -86,9 +90,9 @@ enum Command {
     /// Wait for a backup job to end, showing its progress
     Wait { uuid: String },
     /// Serve a domain's disks read-only over NBD until Ctrl-C or --timeout
-    Export(ExportArgs),
+    Export(export::ExportArgs),
     /// Set where a domain's backups go by default
-    DefaultTarget(DefaultTargetArgs),
+    DefaultTarget(default_target::DefaultTargetArgs),
     /// Delete the backups a retention policy does not keep
     #[command(
         after_help = "A policy in which every --keep-* is 0 keeps every backup (as Proxmox \
@@ -135,42 +139,6 @@ enum ConfigCommand {
 }
 
 #[derive(Args)]
-struct CreateArgs {
-    /// Domain name, UUID or id
-    domain: String,
-    /// A disk to back up, with its target file or storage pool (repeatable)
-    #[arg(long = "disk", value_name = "NAME[=PATH|=pool:POOL]")]
-    disks: Vec<String>,
-    /// Format of the target images
-    #[arg(long, value_parser = ["qcow2", "raw"])]
-    format: Option<String>,
-    /// Incremental on top of this backup
-    #[arg(long, value_name = "UUID", conflicts_with = "incremental")]
-    parent: Option<String>,
-    /// Incremental on top of the domain's latest backup
-    #[arg(long)]
-    incremental: bool,
-    /// Freeze the guest's file systems (guest agent)
-    #[arg(long)]
-    quiesce: bool,
-    /// Fail rather than copy in full a disk whose parent is unusable
-    #[arg(long)]
-    no_fallback: bool,
-    /// Return as soon as the job has started (print its UUID)
-    #[arg(long)]
-    no_wait: bool,
-    /// A description kept with the backup
-    #[arg(long, value_name = "TEXT")]
-    description: Option<String>,
-    /// Read at most RATE bytes/s from all disks together, e.g. 100M, 1G (units: --help)
-    #[arg(long, value_name = "RATE", value_parser = rate::parse_rate, long_help = rate::RATE_HELP)]
-    rate: Option<u64>,
-    /// Use this <domainbackup> document as is (a limit goes in its <bandwidth>)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "format", "parent", "incremental", "description", "rate"])]
-    xml: Option<PathBuf>,
-}
-
-#[derive(Args)]
 struct ListArgs {
     /// Domain name, UUID or id; a domain that no longer exists is found in
     /// the catalog by the name or UUID its backups recorded
@@ -197,23 +165,6 @@ struct ListArgs {
 }
 
 #[derive(Args)]
-struct RestoreArgs {
-    uuid: String,
-    /// Define a new domain (default name: <name>-restore-<uuid prefix>)
-    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
-    new_domain: Option<String>,
-    /// Restore this disk (repeatable; default: all), optionally to PATH
-    #[arg(long = "disk", value_name = "NAME[=PATH]")]
-    disks: Vec<String>,
-    /// Write over existing files
-    #[arg(long)]
-    rewrite: bool,
-    /// Format of the restored images
-    #[arg(long, value_parser = ["qcow2", "raw"])]
-    format: Option<String>,
-}
-
-#[derive(Args)]
 struct DeleteArgs {
     uuid: String,
     /// Delete its descendants too
@@ -222,50 +173,6 @@ struct DeleteArgs {
     /// Forget the backup but keep its files
     #[arg(long)]
     metadata_only: bool,
-}
-
-#[derive(Args)]
-struct ExportArgs {
-    domain: String,
-    /// Listen on HOST:PORT
-    #[arg(
-        long,
-        value_name = "HOST:PORT",
-        required_unless_present = "unix",
-        conflicts_with = "unix"
-    )]
-    tcp: Option<String>,
-    /// Listen on a UNIX socket at exactly PATH (which must be valid UTF-8:
-    /// it goes into the XML the library reads)
-    #[arg(long, value_name = "PATH")]
-    unix: Option<PathBuf>,
-    /// Serve over TLS to clients with a certificate of the CA (--tcp only;
-    /// then HOST may be any address)
-    #[arg(long, requires = "tcp")]
-    tls: bool,
-    /// Also export the changes since this backup as a dirty bitmap
-    #[arg(long, value_name = "UUID")]
-    parent: Option<String>,
-    /// Name each export <disk>-SUFFIX (default SUFFIX: the domain's name)
-    #[arg(long, value_name = "SUFFIX", num_args = 0..=1, default_missing_value = "")]
-    name_suffix: Option<String>,
-    /// End the export after this many seconds
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<u64>,
-}
-
-#[derive(Args)]
-struct DefaultTargetArgs {
-    domain: String,
-    /// A folder, or pool:POOL
-    #[arg(value_name = "DIR|pool:POOL")]
-    target: String,
-    /// For this process only (while the domain runs)
-    #[arg(long, conflicts_with = "config")]
-    live: bool,
-    /// Persistently
-    #[arg(long)]
-    config: bool,
 }
 
 #[derive(Args)]
@@ -490,144 +397,6 @@ fn watch_job(ctx: &Ctx, b: &Backup, label: &str, abort: bool) -> Res<()> {
     result
 }
 
-fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
-    journal::job_started("create", &a.domain);
-    let mut uuid = None;
-    let r = create_job(ctx, a, &mut uuid);
-    journal::job_ended("create", &a.domain, uuid.as_deref(), r.as_deref());
-    r.map(drop)
-}
-
-/// `create`: the backup's summary for the journal, its UUID in `uuid` once
-/// the job has started.
-fn create_job(ctx: &mut Ctx, a: &CreateArgs, uuid_out: &mut Option<String>) -> Res<String> {
-    let dom = ctx.domain(&a.domain)?;
-    let xml = match &a.xml {
-        Some(f) => std::fs::read_to_string(f)
-            .map_err(|e| err(format!("cannot read '{}': {e}", f.display())))?,
-        None => create_xml(&dom, a)?,
-    };
-    let mut flags = 0;
-    if a.quiesce {
-        flags |= api::CREATE_QUIESCE;
-    }
-    if a.no_fallback {
-        flags |= api::CREATE_NO_FALLBACK;
-    }
-    if interrupted() {
-        return Err(signals::stopped("no backup job was started"));
-    }
-    let b = Backup::create(&dom, &xml, flags)?;
-    let uuid = info_of(&b)?.uuid;
-    *uuid_out = Some(uuid.clone());
-    if a.no_wait {
-        // In the detached process (see `detach`): hand the UUID to the
-        // parent, then keep the job's thread alive until the job ends (a
-        // signal aborts it), silently: its output goes nowhere now.
-        report_to_parent(&format!("OK {uuid}"));
-        ctx.quiet = true;
-    }
-    let r = watch_job(ctx, &b, "backup", true);
-    if interrupted() && r.is_err() {
-        return Err(signals::stopped(format!(
-            "backup job {uuid} aborted, its partial data removed"
-        )));
-    }
-    r?;
-    let info = info_of(&b)?;
-    let written = b
-        .parameters()
-        .ok()
-        .and_then(|p| api::param(&p, "bytes.written").and_then(Param::as_u64))
-        .unwrap_or(0);
-    ctx.say(&format!(
-        "Backup {uuid} completed ({}, {written} bytes written)",
-        info.kind()
-    ));
-    let mut j = info.to_json();
-    j["bytes_written"] = written.into();
-    ctx.print_json(j);
-    Ok(journal::backup_summary(info.kind(), written))
-}
-
-/// The `<domainbackup>` document of `create` without `--xml`.
-fn create_xml(dom: &Domain, a: &CreateArgs) -> Res<String> {
-    let mut x = String::from("<domainbackup>");
-    if let Some(d) = &a.description {
-        x += &format!("<description>{}</description>", xml_escape(d));
-    }
-    let parent = match (&a.parent, a.incremental) {
-        (Some(p), _) => Some(p.clone()),
-        (None, true) => {
-            let latest = Backup::list(dom, api::LIST_LATEST)?;
-            let b = latest.first().ok_or_else(|| {
-                err(format!(
-                    "domain '{}' has no backup to be incremental on",
-                    a.domain
-                ))
-            })?;
-            Some(info_of(b)?.uuid)
-        }
-        _ => None,
-    };
-    if let Some(p) = parent {
-        x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(&p));
-    }
-    if let Some(rate) = a.rate {
-        x += &format!("<bandwidth bytes='{rate}'/>");
-    }
-    let mut disks: Vec<(String, Option<String>)> = a
-        .disks
-        .iter()
-        .map(|d| match d.split_once('=') {
-            Some((n, t)) => (n.to_string(), Some(t.to_string())),
-            None => (d.clone(), None),
-        })
-        .collect();
-    if disks.is_empty() && a.format.is_some() {
-        disks = domain_disks(dom)?.into_iter().map(|n| (n, None)).collect();
-    }
-    if !disks.is_empty() {
-        x += "<disks>";
-        let dom_name = dom.name().unwrap_or_default();
-        for (name, target) in &disks {
-            x += &create_disk_xml(a, &dom_name, name, target.as_deref());
-        }
-        x += "</disks>";
-    }
-    Ok(x + "</domainbackup>")
-}
-
-/// One `<disk>` of `create_xml`: `target` a file, `pool:NAME` (a new
-/// volume named after the domain, the disk and the time), or none.
-fn create_disk_xml(a: &CreateArgs, dom_name: &str, name: &str, target: Option<&str>) -> String {
-    let n = xml_escape(name);
-    let fmt = a.format.clone().unwrap_or_else(|| "qcow2".into());
-    let driver = a
-        .format
-        .as_ref()
-        .map(|f| format!("<driver type='{}'/>", xml_escape(f)))
-        .unwrap_or_default();
-    match target {
-        Some(t) if t.starts_with("pool:") => {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            format!(
-                "<disk name='{n}' type='volume'><target pool='{}' volume='{}'/>{driver}</disk>",
-                xml_escape(&t[5..]),
-                xml_escape(&format!("{dom_name}-{name}-{stamp}.{fmt}"))
-            )
-        }
-        Some(t) => format!(
-            "<disk name='{n}' type='file'><target file='{}'/>{driver}</disk>",
-            xml_escape(t)
-        ),
-        None => format!("<disk name='{n}'>{driver}</disk>"),
-    }
-}
-
 /// The pipe to the parent of a detached `create --no-wait` (-1: none).
 static PARENT_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
@@ -755,68 +524,6 @@ fn cmd_status(ctx: &mut Ctx, uuid: &str) -> Res<()> {
     Ok(())
 }
 
-fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
-    let b = Backup::lookup(&a.uuid)?;
-    let info = info_of(&b)?;
-    let mut x = format!("<domainbackup><uuid>{}</uuid>", xml_escape(&a.uuid));
-    let mut flags = 0;
-    if let Some(n) = &a.new_domain {
-        flags |= api::RESTORE_NEW_DOMAIN;
-        if !n.is_empty() {
-            x += &format!("<domain name='{}'/>", xml_escape(n));
-        }
-    }
-    if a.rewrite {
-        flags |= api::RESTORE_REWRITE;
-    }
-    let mut disks: Vec<(String, Option<String>)> = a
-        .disks
-        .iter()
-        .map(|d| match d.split_once('=') {
-            Some((n, t)) => (n.to_string(), Some(t.to_string())),
-            None => (d.clone(), None),
-        })
-        .collect();
-    if disks.is_empty() && a.format.is_some() {
-        disks = info.disks.iter().map(|d| (d.name.clone(), None)).collect();
-    }
-    if !disks.is_empty() {
-        x += "<disks>";
-        for (n, t) in &disks {
-            x += &format!("<disk name='{}'>", xml_escape(n));
-            if let Some(t) = t {
-                x += &format!("<target file='{}'/>", xml_escape(t));
-            }
-            if let Some(f) = &a.format {
-                x += &format!("<driver type='{}'/>", xml_escape(f));
-            }
-            x += "</disk>";
-        }
-        x += "</disks>";
-    }
-    x += "</domainbackup>";
-    drop(b);
-    // The restore call is synchronous and has no job handle: it runs on a
-    // thread while this one shows that it is alive and watches for Ctrl-C.
-    let domain = info.domain.clone();
-    journal::job_started("restore", &domain);
-    let worker = std::thread::spawn(move || api::restore(&x, flags));
-    let mut bar = Progress::spinner("restore", ctx.silent());
-    while !worker.is_finished() {
-        if interrupted() {
-            restart_after_interrupted_restore(&a.uuid);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let r = worker.join().unwrap();
-    bar.finish(r.is_ok());
-    journal::job_ended("restore", &domain, Some(&a.uuid), r.as_ref().map(|_| ""));
-    r?;
-    ctx.say(&format!("Backup {} restored", a.uuid));
-    ctx.print_json(json!({"uuid": a.uuid, "restored": true, "new_domain": a.new_domain}));
-    Ok(())
-}
-
 /// The library has no abort for a restore. What it does promise: the new
 /// files of a restore whose process is gone are removed by the next process
 /// that opens the catalog. So this process becomes that next process: it
@@ -895,139 +602,6 @@ fn cmd_wait(ctx: &mut Ctx, uuid: &str) -> Res<()> {
     watch_job(ctx, &b, "backup", false)?;
     ctx.say(&format!("Backup {uuid} completed"));
     ctx.print_json(json!({"uuid": uuid, "state": "completed"}));
-    Ok(())
-}
-
-/// The `<domainbackup>` document of `export`.
-fn export_xml(dom: &Domain, a: &ExportArgs, unix: Option<&str>) -> Res<String> {
-    let mut x = String::from("<domainbackup>");
-    if let Some(p) = &a.parent {
-        x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(p));
-    }
-    match (&a.tcp, unix) {
-        (Some(hp), _) => {
-            let (h, p) = hp
-                .rsplit_once(':')
-                .ok_or_else(|| err(format!("--tcp wants HOST:PORT, not '{hp}'")))?;
-            x += &format!(
-                "<server transport='tcp' name='{}' port='{}'{}/>",
-                xml_escape(h),
-                xml_escape(p),
-                if a.tls { " tls='yes'" } else { "" }
-            );
-        }
-        (None, Some(path)) => {
-            x += &format!("<server transport='unix' socket='{}'/>", xml_escape(path));
-        }
-        _ => unreachable!("clap requires one"),
-    }
-    if let Some(s) = &a.name_suffix {
-        let suffix = if s.is_empty() {
-            dom.name().unwrap_or_default()
-        } else {
-            s.clone()
-        };
-        x += "<disks>";
-        for d in domain_disks(dom)? {
-            x += &format!(
-                "<disk name='{}' exportname='{}'/>",
-                xml_escape(&d),
-                xml_escape(&format!("{d}-{suffix}"))
-            );
-        }
-        x += "</disks>";
-    }
-    Ok(x + "</domainbackup>")
-}
-
-fn cmd_export(ctx: &mut Ctx, a: &ExportArgs) -> Res<()> {
-    // Checked before anything starts: never serve at another path.
-    let unix = a
-        .unix
-        .as_deref()
-        .map(|p| utf8_path("--unix", p))
-        .transpose()?;
-    let dom = ctx.domain(&a.domain)?;
-    let x = export_xml(&dom, a, unix)?;
-    journal::job_started("export", &a.domain);
-    let r = serve_export(ctx, a, &dom, &x, unix);
-    journal::job_ended("export", &a.domain, None, r.as_ref().map(|_| ""));
-    r
-}
-
-/// `export` once its document is made: serve until a signal or --timeout.
-fn serve_export(
-    ctx: &mut Ctx,
-    a: &ExportArgs,
-    dom: &Domain,
-    x: &str,
-    unix: Option<&str>,
-) -> Res<()> {
-    let b = Backup::start_unmanaged(dom, x)?;
-    let info = info_of(&b)?;
-    if ctx.json {
-        ctx.print_json(json!({
-            "server": match (&a.tcp, unix) {
-                (Some(t), _) => json!({"tcp": t, "tls": a.tls}),
-                (None, u) => json!({"unix": u}),
-            },
-            "exports": info.disks.iter().map(|d| json!({
-                "disk": d.name, "exportname": d.exportname, "exportbitmap": d.exportbitmap,
-            })).collect::<Vec<_>>(),
-        }));
-    } else if !ctx.quiet {
-        for d in &info.disks {
-            if d.exportbitmap.is_empty() {
-                println!("disk {}: export '{}'", d.name, d.exportname);
-            } else {
-                println!(
-                    "disk {}: export '{}' bitmap '{}'",
-                    d.name, d.exportname, d.exportbitmap
-                );
-            }
-        }
-        println!("serving; Ctrl-C ends the export");
-    }
-    let _ = std::io::stdout().flush();
-    let start = Instant::now();
-    while !interrupted()
-        && a.timeout
-            .is_none_or(|t| start.elapsed() < Duration::from_secs(t))
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    b.finish(0)?;
-    ctx.say("export ended");
-    if interrupted() {
-        return Err(signals::stopped(
-            "export ended: its backup job and NBD server stopped",
-        ));
-    }
-    Ok(())
-}
-
-fn cmd_default_target(ctx: &mut Ctx, a: &DefaultTargetArgs) -> Res<()> {
-    let dom = ctx.domain(&a.domain)?;
-    let x = match a.target.strip_prefix("pool:") {
-        Some(p) => format!(
-            "<target type='pool'><pool>{}</pool></target>",
-            xml_escape(p)
-        ),
-        None => format!(
-            "<target type='dir'><path>{}</path></target>",
-            xml_escape(&a.target)
-        ),
-    };
-    let flags = if a.live {
-        api::AFFECT_LIVE
-    } else if a.config {
-        api::AFFECT_CONFIG
-    } else {
-        0
-    };
-    api::set_default_target(&dom, &x, flags)?;
-    ctx.say(&format!("Default backup target of {} set", a.domain));
-    ctx.print_json(json!({"domain": a.domain, "target": a.target}));
     Ok(())
 }
 
@@ -1142,16 +716,16 @@ fn main() {
         conn: None,
     };
     let r = match &cli.command {
-        Command::Create(a) => cmd_create(&mut ctx, a),
+        Command::Create(a) => create::cmd_create(&mut ctx, a),
         Command::List(a) => list::cmd_list(&mut ctx, a),
         Command::Info { uuid } => cmd_info(&mut ctx, uuid),
         Command::Status { uuid } => cmd_status(&mut ctx, uuid),
-        Command::Restore(a) => cmd_restore(&mut ctx, a),
+        Command::Restore(a) => restore::cmd_restore(&mut ctx, a),
         Command::Delete(a) => cmd_delete(&mut ctx, a),
         Command::Abort { uuid } => cmd_abort(&mut ctx, uuid),
         Command::Wait { uuid } => cmd_wait(&mut ctx, uuid),
-        Command::Export(a) => cmd_export(&mut ctx, a),
-        Command::DefaultTarget(a) => cmd_default_target(&mut ctx, a),
+        Command::Export(a) => export::cmd_export(&mut ctx, a),
+        Command::DefaultTarget(a) => default_target::cmd_default_target(&mut ctx, a),
         Command::Prune(a) => prune_cmd::cmd_prune(&mut ctx, a),
         Command::Verify { what } => cmd_verify(&mut ctx, what),
         Command::Run(a) => run::cmd_run(&mut ctx, a),

@@ -493,9 +493,32 @@ int virDomainBackupDelete(virDomainBackupPtr backup, unsigned int flags);
  * over the limits (1 MiB, 64 levels) is refused with
  * VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
  *
+ * <target type='none'/> clears the setting (LIVE, CONFIG or both, as
+ * above): backups without a <target> then go to the catalog (or, after
+ * clearing the LIVE one only, to the CONFIG one). Clearing a setting
+ * that is not there is no error.
+ *
  * Returns 0 on success, -1 on error.
  */
 int virDomainSetDefaultTarget(virDomainPtr domain, const char *xmlDesc, unsigned int flags);
+
+/**
+ * virDomainGetDefaultTarget:
+ * @domain: a domain object
+ * @flags: one of virDomainModificationImpact
+ *
+ * Where backups of @domain go when a disk has no <target>, as the
+ * document virDomainSetDefaultTarget() takes: <target type='dir'>,
+ * <target type='pool'>, or <target type='none'/> when nothing is set.
+ * VIR_DOMAIN_AFFECT_CONFIG gives the persistent setting (kept in the
+ * catalog), VIR_DOMAIN_AFFECT_LIVE the one of this process (the domain
+ * must be running), VIR_DOMAIN_AFFECT_CURRENT the one in force: the live
+ * one of a running domain if set, else the persistent one. LIVE with
+ * CONFIG is refused (VIR_ERR_INVALID_ARG).
+ *
+ * Returns the document, to be freed with free(), or NULL on error.
+ */
+char *virDomainGetDefaultTarget(virDomainPtr domain, unsigned int flags);
 
 /**
  * virDomainBackupUndefineFlags:

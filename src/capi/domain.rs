@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_int, c_uint};
 
 use virt::sys;
 
-use super::ffi_entry;
+use super::{ffi_entry, malloc_string};
 use crate::ops::backup;
 
 /// virDomainSetDefaultTarget:
@@ -29,6 +29,11 @@ use crate::ops::backup;
 /// over the limits (1 MiB, 64 levels) is refused with
 /// VIR_ERR_XML_ERROR naming its line and column, and nothing is done.
 ///
+/// <target type='none'/> clears the setting (LIVE, CONFIG or both, as
+/// above): backups without a <target> then go to the catalog (or, after
+/// clearing the LIVE one only, to the CONFIG one). Clearing a setting
+/// that is not there is no error.
+///
 /// Returns 0 on success, -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn virDomainSetDefaultTarget(
@@ -41,6 +46,31 @@ pub extern "C" fn virDomainSetDefaultTarget(
         let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
         backup::set_default_target(&dom, xml, cx.options(flags)?)?;
         Ok(0)
+    })
+}
+
+/// virDomainGetDefaultTarget:
+/// @domain: a domain object
+/// @flags: one of virDomainModificationImpact
+///
+/// Where backups of @domain go when a disk has no <target>, as the
+/// document virDomainSetDefaultTarget() takes: <target type='dir'>,
+/// <target type='pool'>, or <target type='none'/> when nothing is set.
+/// VIR_DOMAIN_AFFECT_CONFIG gives the persistent setting (kept in the
+/// catalog), VIR_DOMAIN_AFFECT_LIVE the one of this process (the domain
+/// must be running), VIR_DOMAIN_AFFECT_CURRENT the one in force: the live
+/// one of a running domain if set, else the persistent one. LIVE with
+/// CONFIG is refused (VIR_ERR_INVALID_ARG).
+///
+/// Returns the document, to be freed with free(), or NULL on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn virDomainGetDefaultTarget(
+    domain: sys::virDomainPtr,
+    flags: c_uint,
+) -> *mut c_char {
+    ffi_entry!(virDomainGetDefaultTarget, std::ptr::null_mut(), |cx| {
+        let dom = cx.domain(domain)?;
+        malloc_string(&backup::default_target(&dom, cx.options(flags)?)?)
     })
 }
 

@@ -117,7 +117,11 @@ impl DomainDir {
     /// one-job rule is `ops::claim`).
     pub fn claim_job(&self) -> Result<DomainJobLock> {
         let lock = DomainJobLock::take(&self.root, &self.uuid)?;
-        ::log::debug!("domain {}: job lock taken (.domain-locks/{})", self.uuid, self.uuid);
+        ::log::debug!(
+            "domain {}: job lock taken (.domain-locks/{})",
+            self.uuid,
+            self.uuid
+        );
         Ok(lock)
     }
 
@@ -155,6 +159,15 @@ impl DomainDir {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("cannot read", &path, e)),
+        }
+    }
+
+    /// Forget the persistent default target (none set: nothing to do).
+    pub fn clear_default_target(&self) -> Result<()> {
+        let _guard = self.lock()?;
+        match self.folder()? {
+            Some(dir) => dir.remove_if_exists(names::DEFAULT_TARGET),
+            None => Ok(()),
         }
     }
 
@@ -210,7 +223,11 @@ impl BackupDir {
     /// claim) for the job's lifetime. Call with the domain's lock held.
     pub fn lock_job(&self, held: impl DomainHold + 'static) -> Result<JobLock> {
         let lock = JobLock::take(self.domain.make_folder()?, &self.uuid, Box::new(held))?;
-        ::log::debug!("backup {}: job lock file {} taken", self.uuid, names::job_lock(&self.uuid));
+        ::log::debug!(
+            "backup {}: job lock file {} taken",
+            self.uuid,
+            names::job_lock(&self.uuid)
+        );
         Ok(lock)
     }
 

@@ -230,6 +230,22 @@ pub enum DefaultTarget {
 }
 
 impl DefaultTarget {
+    /// Read and check a `virDomainSetDefaultTarget` document: a target, or
+    /// None for `<target type='none'/>` (no default target: clear it).
+    pub fn parse_setting(xml: &str) -> Result<Option<Self>> {
+        let root = dom::parse_document(xml, &DEFAULT_TARGET)?;
+        if root.attr("type") == Some("none") {
+            if root.child("path").is_some() || root.child("pool").is_some() {
+                return Err(Error::xml("<target type='none'> takes no <path> or <pool>"));
+            }
+            return Ok(None);
+        }
+        Self::parse(xml).map(Some)
+    }
+
+    /// The document [`DefaultTarget::parse_setting`] reads as no target.
+    pub const NONE_XML: &'static str = "<target type='none'/>";
+
     /// Read and check a `virDomainSetDefaultTarget` document.
     pub fn parse(xml: &str) -> Result<Self> {
         let root = dom::parse_document(xml, &DEFAULT_TARGET)?;
@@ -248,7 +264,7 @@ impl DefaultTarget {
                 ))
             }
             Some(o) => Err(Error::xml(format!(
-                "unknown default target type '{o}' (dir or pool)"
+                "unknown default target type '{o}' (dir, pool or none)"
             ))),
             None => Err(Error::xml("<target> needs a type attribute (dir or pool)")),
         }
