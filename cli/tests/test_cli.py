@@ -185,8 +185,9 @@ def test_shut_off_domain_backup_verify_restore_prune(env):
     assert [b["uuid"] for b in vbj("list", dom, "--leaves")] == [uuids[-1]]
     assert [b["uuid"] for b in vbj("list", dom, "--full")] == [uuids[0]]
     status = vbj("status", uuids[1])
-    assert status["state"] == 2 and status["incremental"] is True
-    assert "<domainbackup>" in vb("info", uuids[1]).stdout
+    assert status["state"] == "completed" and status["kind"] == "incremental"
+    assert "<domainbackup>" in vb("info", "--xml", uuids[1]).stdout
+    assert f"Parent:         {uuids[0]}" in vb("info", uuids[1]).stdout
 
     # verify: all good, then one flipped byte in the full backup's raw file
     # (guest offset = file offset), seen through every child's chain.
