@@ -46,16 +46,30 @@ fn domain_names(ctx: &mut Ctx) -> Option<Vec<String>> {
 }
 
 /// Print the completion script for `shell`.
-pub(crate) fn print(shell: clap_complete::Shell, mut cmd: Command) {
+pub(crate) fn print(shell: clap_complete::Shell, cmd: Command) {
     let name = "virt-backup";
-    match shell {
-        clap_complete::Shell::Bash => print!("{}", bash(cmd)),
-        clap_complete::Shell::Fish => {
-            clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
-            print!("{}", fish_dynamic(cmd));
-        }
-        _ => clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout()),
+    if shell == clap_complete::Shell::Bash {
+        print!("{}", bash(cmd));
+        return;
     }
+    // clap_complete's scripts offer hidden subcommands too: left out.
+    let mut shown = without_hidden(&cmd);
+    clap_complete::generate(shell, &mut shown, name, &mut std::io::stdout());
+    if shell == clap_complete::Shell::Fish {
+        print!("{}", fish_dynamic(cmd));
+    }
+}
+
+/// `cmd` without its hidden subcommands.
+fn without_hidden(cmd: &Command) -> Command {
+    let mut out = Command::new("virt-backup")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(cmd.get_arguments().cloned())
+        .subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(a) = cmd.get_about() {
+        out = out.about(a.clone());
+    }
+    out
 }
 
 /// What goes where an argument's value goes.
@@ -328,5 +342,13 @@ mod tests {
         assert!(s.contains("_virt_backup_words backups"));
         assert!(!s.contains("restore-interrupted"));
         assert!(s.contains("complete -F _virt_backup virt-backup"));
+    }
+
+    #[test]
+    fn zsh_and_fish_leave_hidden_subcommands_out() {
+        let shown = without_hidden(&crate::Cli::command());
+        let names: Vec<&str> = shown.get_subcommands().map(|s| s.get_name()).collect();
+        assert!(names.contains(&"create") && names.contains(&"verify"));
+        assert!(!names.contains(&"complete-words") && !names.contains(&"completions"));
     }
 }
