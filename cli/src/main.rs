@@ -830,7 +830,8 @@ fn cmd_restore_interrupted(uuid: &str, signal: i32) -> Res<()> {
 /// whole one): the command ends as the delete does.
 fn cmd_delete(ctx: &mut Ctx, a: &DeleteArgs) -> Res<()> {
     let b = Backup::lookup(&a.uuid)?;
-    let domain = info_of(&b)?.domain;
+    let info = info_of(&b)?;
+    let (domain, uuid) = (info.domain, info.uuid);
     journal::job_started("delete", &domain);
     let mut flags = 0;
     if a.children {
@@ -840,15 +841,17 @@ fn cmd_delete(ctx: &mut Ctx, a: &DeleteArgs) -> Res<()> {
         flags |= api::DELETE_METADATA_ONLY;
     }
     let r = b.delete(flags);
-    journal::job_ended("delete", &domain, Some(&a.uuid), r.as_ref().map(|_| ""));
+    journal::job_ended("delete", &domain, Some(&uuid), r.as_ref().map(|_| ""));
     r?;
-    ctx.say(&format!("Backup {} deleted", a.uuid));
-    ctx.print_json(json!({"uuid": a.uuid, "deleted": true}));
+    ctx.say(&format!("Backup {uuid} deleted"));
+    ctx.print_json(json!({"uuid": uuid, "deleted": true}));
     Ok(())
 }
 
 fn cmd_abort(ctx: &mut Ctx, uuid: &str) -> Res<()> {
-    Backup::lookup(uuid)?.abort()?;
+    let b = Backup::lookup(uuid)?;
+    let uuid = b.uuid()?;
+    b.abort()?;
     ctx.say(&format!("Backup job {uuid} aborted"));
     ctx.print_json(json!({"uuid": uuid, "aborted": true}));
     Ok(())
@@ -856,6 +859,7 @@ fn cmd_abort(ctx: &mut Ctx, uuid: &str) -> Res<()> {
 
 fn cmd_wait(ctx: &mut Ctx, uuid: &str) -> Res<()> {
     let b = Backup::lookup(uuid)?;
+    let uuid = b.uuid()?;
     watch_job(ctx, &b, "backup", false)?;
     ctx.say(&format!("Backup {uuid} completed"));
     ctx.print_json(json!({"uuid": uuid, "state": "completed"}));
