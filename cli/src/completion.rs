@@ -54,11 +54,72 @@ pub(crate) fn print(shell: clap_complete::Shell, cmd: Command) {
     }
     // clap_complete's scripts offer hidden subcommands too: left out.
     let mut shown = without_hidden(&cmd);
-    clap_complete::generate(shell, &mut shown, name, &mut std::io::stdout());
-    if shell == clap_complete::Shell::Fish {
-        print!("{}", fish_dynamic(cmd));
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut shown, name, &mut script);
+    let script = String::from_utf8_lossy(&script);
+    match shell {
+        clap_complete::Shell::Fish => print!("{script}{}", fish_dynamic(cmd)),
+        clap_complete::Shell::Zsh => print!("{}", zsh_dynamic(&script)),
+        _ => print!("{script}"),
     }
 }
+
+/// clap_complete's zsh script with domain names and backup UUIDs where
+/// they go: its `_default` action of the arguments named domain, uuid and
+/// what (UUID|DOMAIN) and of the options whose value is a UUID replaced
+/// by functions that ask `complete-words`.
+fn zsh_dynamic(script: &str) -> String {
+    let mut out = String::new();
+    for line in script.lines() {
+        let t = line.trim_start();
+        let action = if t.starts_with("':domain") {
+            Some("_virt-backup_domains")
+        } else if t.starts_with("':uuid") {
+            Some("_virt-backup_backups")
+        } else if t.starts_with("':what") {
+            Some("_virt-backup_domains_or_backups")
+        } else if t.contains(":UUID:_default'") {
+            Some("_virt-backup_backups")
+        } else {
+            None
+        };
+        match action {
+            Some(f) if line.contains(":_default'") => {
+                out += &line.replacen(":_default'", &format!(":{f}'"), 1);
+            }
+            _ => out += line,
+        }
+        out.push('\n');
+        if line.starts_with("#compdef") {
+            out += ZSH_WORDS;
+        }
+    }
+    out
+}
+
+const ZSH_WORDS: &str = r#"
+# Domain names (of the connection -c names on the line) and backup UUIDs,
+# from `virt-backup complete-words`.
+_virt-backup_complete_words() {
+    local -a line_words opts found
+    local i
+    line_words=(${(z)BUFFER})
+    for ((i = 2; i <= ${#line_words}; i++)); do
+        case "${line_words[i]}" in
+            -c|--connect) opts=(-c "${(Q)line_words[i+1]}") ;;
+            --connect=*) opts=(-c "${(Q)line_words[i]#--connect=}") ;;
+        esac
+    done
+    found=(${(f)"$(${(Q)line_words[1]:-virt-backup} $opts -q complete-words $1 2>/dev/null)"})
+    compadd -a found
+}
+_virt-backup_domains() { _virt-backup_complete_words domains }
+_virt-backup_backups() { _virt-backup_complete_words backups }
+_virt-backup_domains_or_backups() {
+    _virt-backup_complete_words domains
+    _virt-backup_complete_words backups
+}
+"#;
 
 /// `cmd` without its hidden subcommands.
 fn without_hidden(cmd: &Command) -> Command {

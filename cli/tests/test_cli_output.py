@@ -210,11 +210,24 @@ def test_zsh_and_fish_scripts_parse():
     assert os.path.exists(zsh) and os.path.exists(fish)
     assert "prune" in open(zsh).read() and "complete-words" in open(fish).read()
     checked = False
+    path = os.path.dirname(os.path.abspath(VB)) + os.pathsep + os.environ["PATH"]
     if shutil.which("zsh"):
         subprocess.run(["zsh", "-n", zsh], check=True)
         checked = True
+        # Domain names of the connection on the line, compadd stubbed.
+        prog = (f"compdef() {{ :; }}; compadd() {{ print -l -- $found }}; source '{zsh}'; "
+                f"BUFFER='{VB} -c test:///default list '; _virt-backup_domains")
+        p = subprocess.run(["zsh", "-f", "-c", prog], capture_output=True, text=True,
+                           timeout=60)
+        assert p.stdout.split() == ["test"], p
     if shutil.which("fish"):
         subprocess.run(["fish", "--no-execute", fish], check=True)
         checked = True
+        p = subprocess.run(["fish", "--no-config", "-c",
+                            f"source '{fish}'; complete -C 'virt-backup list '"],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PATH": path,
+                                "LIBVIRT_DEFAULT_URI": "test:///default"})
+        assert "test" in [ln.split("\t")[0] for ln in p.stdout.splitlines()], p
     if not checked:
         pytest.skip("neither zsh nor fish is installed")
