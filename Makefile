@@ -241,6 +241,8 @@ CLI := target/release/virt-backup
 BINDIR ?= $(PREFIX)/bin
 MANDIR ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 # virt-backup.service/.timer and the per-domain virt-backup@.service/.timer
 # (systemd/), with ExecStart naming $(BINDIR)/virt-backup.
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
@@ -253,8 +255,9 @@ all: cli
 
 cli: $(LIB)
 	$(CARGO) build --release --locked --manifest-path cli/Cargo.toml --target-dir target
-	LD_LIBRARY_PATH=$(BUILD) $(CLI) completions bash > $(BUILD)/virt-backup.bash.tmp
-	mv $(BUILD)/virt-backup.bash.tmp $(BUILD)/virt-backup.bash
+	@for sh in bash zsh fish; do \
+	    LD_LIBRARY_PATH=$(BUILD) $(CLI) completions $$sh > $(BUILD)/virt-backup.$$sh.tmp && \
+	    mv $(BUILD)/virt-backup.$$sh.tmp $(BUILD)/virt-backup.$$sh || exit 1; done
 
 install: install-cli
 
@@ -267,11 +270,13 @@ units:
 
 install-cli: cli units
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(BASHCOMPDIR) \
-	    $(DESTDIR)$(SYSTEMDUNITDIR)
+	    $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) $(DESTDIR)$(SYSTEMDUNITDIR)
 	install -m 0755 $(CLI) $(DESTDIR)$(BINDIR)/virt-backup
 	install -m 0644 man/virt-backup.1 $(DESTDIR)$(MANDIR)/man1/virt-backup.1
 	install -m 0644 man/virt-backup.toml.5 $(DESTDIR)$(MANDIR)/man5/virt-backup.toml.5
 	install -m 0644 $(BUILD)/virt-backup.bash $(DESTDIR)$(BASHCOMPDIR)/virt-backup
+	install -m 0644 $(BUILD)/virt-backup.zsh $(DESTDIR)$(ZSHCOMPDIR)/_virt-backup
+	install -m 0644 $(BUILD)/virt-backup.fish $(DESTDIR)$(FISHCOMPDIR)/virt-backup.fish
 	install -m 0644 $(addprefix $(BUILD)/systemd/,$(UNITS)) $(DESTDIR)$(SYSTEMDUNITDIR)/
 
 uninstall: uninstall-cli
@@ -279,7 +284,8 @@ uninstall: uninstall-cli
 uninstall-cli:
 	rm -f $(DESTDIR)$(BINDIR)/virt-backup $(DESTDIR)$(MANDIR)/man1/virt-backup.1 \
 	    $(DESTDIR)$(MANDIR)/man5/virt-backup.toml.5 \
-	    $(DESTDIR)$(BASHCOMPDIR)/virt-backup $(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(UNITS))
+	    $(DESTDIR)$(BASHCOMPDIR)/virt-backup $(DESTDIR)$(ZSHCOMPDIR)/_virt-backup \
+	    $(DESTDIR)$(FISHCOMPDIR)/virt-backup.fish $(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(UNITS))
 
 # Unit tests (prune selection, tree drawing), then the installed command run
 # as a user runs it, on test:///default and qemu:///system domains.

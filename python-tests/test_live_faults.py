@@ -19,10 +19,10 @@ image (a full copy runs for a second or two)."""
 import os
 import subprocess
 
-from conftest import (FINISH_JOB_CHECK, K64, MiB, VIR_ERR_OPERATION_FAILED, _decl,
-                      assert_byte_exact, backup_uuid, backup_xml_for, catalog_entries_named,
-                      count_backups, delete, expect_error, lib, list_uuids, live_snapshot,
-                      wait_until)
+from conftest import (FINISH_JOB_CHECK, K64, MiB, VIR_ERR_OPERATION_FAILED,
+                      VIR_TYPED_PARAM_BOOLEAN, _decl, assert_byte_exact, backup_uuid,
+                      backup_xml_for, catalog_entries_named, count_backups, delete,
+                      expect_error, get_params, lib, list_uuids, live_snapshot, wait_until)
 from test_verify import flip_byte, host_offset
 from ctypes import c_int, c_uint, c_void_p
 
@@ -212,4 +212,7 @@ def test_old_live_backup_without_index_gets_one_at_first_verify(qenv, big_qcow2)
         f.write(text.replace(f"'{cp(u)}'", f"'{u}'"))
     assert lib.virDomainBackupVerify(b, 0) == 0, lib.virDomainBackupGetLastErrorMessage()
     assert os.path.exists(index)
+    # GetParameters tells a caller that this verification recorded the index.
+    assert get_params(b)["verify.recorded"] == (VIR_TYPED_PARAM_BOOLEAN, 1)
     assert lib.virDomainBackupVerify(b, 0) == 0
+    assert get_params(b)["verify.recorded"] == (VIR_TYPED_PARAM_BOOLEAN, 0)

@@ -53,6 +53,21 @@ unsafe extern "C" {
     ) -> c_int;
     fn virDomainBackupRestore(xml: *const c_char, f: c_uint) -> c_int;
     fn virDomainBackupVerify(b: BackupPtr, f: c_uint) -> c_int;
+    fn virDomainBackupGetUUIDString(b: BackupPtr, buf: *mut c_char) -> c_int;
+}
+
+/// libvirt's virErrorNumber for a bad argument (VIR_ERR_INVALID_ARG).
+pub(crate) const ERR_INVALID_ARG: i32 = 8;
+/// libvirt's virErrorNumber for a backup that does not exist
+/// (VIR_ERR_NO_DOMAIN_BACKUP, as the library reports it).
+pub(crate) const ERR_NO_DOMAIN_BACKUP: i32 = 104;
+/// The fewest characters of a UUID prefix `Backup::lookup` takes.
+pub(crate) const MIN_PREFIX: usize = 4;
+
+/// Whether `s` can be (the start of) a backup UUID as the command prints
+/// it: hexadecimal digits and dashes, at least `MIN_PREFIX` of them.
+pub(crate) fn is_uuid_prefix(s: &str) -> bool {
+    s.len() >= MIN_PREFIX && s.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-')
 }
 
 // TEMPORARY until virDomainBackupGetJobHistory lands in the library: looked
@@ -143,6 +158,33 @@ fn check(rc: c_int) -> Result<c_int> {
     if rc < 0 { Err(last_error()) } else { Ok(rc) }
 }
 
+/// The one of `uuids` that starts with `prefix` (case aside): an error
+/// when none does, or several (naming them).
+pub(crate) fn pick_prefix(prefix: &str, uuids: &[&str]) -> Result<usize> {
+    let want = prefix.to_ascii_lowercase();
+    let found: Vec<usize> = (0..uuids.len())
+        .filter(|&i| uuids[i].to_ascii_lowercase().starts_with(&want))
+        .collect();
+    match found[..] {
+        [] => Err(ApiError {
+            code: ERR_NO_DOMAIN_BACKUP,
+            message: format!("no backup with UUID prefix '{prefix}'"),
+        }),
+        [i] => Ok(i),
+        _ => {
+            let mut names: Vec<&str> = found.iter().map(|&i| uuids[i]).collect();
+            names.sort_unstable();
+            Err(ApiError {
+                code: ERR_INVALID_ARG,
+                message: format!(
+                    "UUID prefix '{prefix}' is ambiguous: it matches backups {}",
+                    names.join(", ")
+                ),
+            })
+        }
+    }
+}
+
 /// One reference on a backup object, released on drop.
 pub(crate) struct Backup(BackupPtr);
 
@@ -214,11 +256,42 @@ impl Backup {
         wrap(unsafe { virDomainBackupStartUnmanaged(dom.as_ptr(), x.as_ptr(), 0) })
     }
 
+    /// The backup a UUID names, or the one backup of the catalog whose
+    /// UUID starts with `uuid` (at least `MIN_PREFIX` hexadecimal digits,
+    /// dashes as printed): an ambiguous prefix is refused, naming the
+    /// backups it matches.
     pub(crate) fn lookup(uuid: &str) -> Result<Backup> {
+        if uuid.len() >= 32 || !is_uuid_prefix(uuid) {
+            return Self::lookup_uuid(uuid);
+        }
+        let mut all = Vec::new();
+        for b in Self::list_all(0)? {
+            let u = b.uuid()?;
+            all.push((b, u));
+        }
+        let names: Vec<&str> = all.iter().map(|(_, u)| u.as_str()).collect();
+        let i = pick_prefix(uuid, &names)?;
+        Ok(all.swap_remove(i).0)
+    }
+
+    /// virDomainBackupLookupByUUID.
+    fn lookup_uuid(uuid: &str) -> Result<Backup> {
         let u = cstr(uuid)?;
         // SAFETY: `u` is a NUL-terminated string that outlives the call; a
         // null result is checked.
         wrap(unsafe { virDomainBackupLookupByUUID(u.as_ptr(), 0) })
+    }
+
+    /// The backup's UUID in its canonical form (virDomainBackupGetUUIDString).
+    pub(crate) fn uuid(&self) -> Result<String> {
+        let mut buf = [0 as c_char; 37];
+        // SAFETY: `self.0` is a live handle and `buf` the
+        // VIR_UUID_STRING_BUFLEN bytes the library writes a NUL-terminated
+        // string into.
+        check(unsafe { virDomainBackupGetUUIDString(self.0, buf.as_mut_ptr()) })?;
+        // SAFETY: on success `buf` holds a NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        Ok(s.to_string_lossy().into_owned())
     }
 
     pub(crate) fn list(dom: &Domain, flags: u32) -> Result<Vec<Backup>> {
@@ -379,4 +452,27 @@ pub(crate) fn get_default_target(dom: &Domain, flags: u32) -> Result<String> {
     // SAFETY: malloc'd by the library for the caller to free, once.
     unsafe { libc::free(p as *mut libc::c_void) };
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_prefixes() {
+        let u = [
+            "6802055a-dcb3-4a24-9fa7-5f8f025204ae",
+            "68020000-dcb3-4a24-9fa7-5f8f025204ae",
+            "77bd4d61-558c-4ed6-ba2e-e07de31d7438",
+        ];
+        assert_eq!(pick_prefix("77bd", &u).unwrap(), 2);
+        assert_eq!(pick_prefix("6802055A", &u).unwrap(), 0);
+        let e = pick_prefix("6802", &u).unwrap_err();
+        assert_eq!(e.code, ERR_INVALID_ARG);
+        assert!(e.message.contains(u[0]) && e.message.contains(u[1]), "{e}");
+        let e = pick_prefix("ffff", &u).unwrap_err();
+        assert_eq!(e.code, ERR_NO_DOMAIN_BACKUP);
+        assert_eq!(e.message, "no backup with UUID prefix 'ffff'");
+        assert!(is_uuid_prefix("6802-05") && !is_uuid_prefix("680") && !is_uuid_prefix("vm-1"));
+    }
 }

@@ -179,9 +179,11 @@ fn latest_completed(dom: &Domain) -> Res<Option<String>> {
 fn plan(dom: &Domain, a: &CreateArgs) -> Res<Plan> {
     let level = match (a.level, a.incremental, &a.parent) {
         (_, _, Some(p)) => {
+            // A prefix as the CLI prints UUIDs: the document wants the whole.
+            let p = crate::api::Backup::lookup(p)?.uuid()?;
             return Ok(Plan {
-                parent: Some(p.clone()),
                 reason: format!("on backup {p}, as asked"),
+                parent: Some(p),
             });
         }
         (Some(l), _, _) => l,

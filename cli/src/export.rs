@@ -111,7 +111,8 @@ fn export_xml(src: &Source, a: &ExportArgs, unix: Option<&str>) -> Res<String> {
         x += &format!("<uuid>{}</uuid>", xml_escape(&i.uuid));
     }
     if let Some(p) = &a.parent {
-        x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(p));
+        let p = Backup::lookup(p)?.uuid()?;
+        x += &format!("<parent><uuid>{}</uuid></parent>", xml_escape(&p));
     }
     match (&a.tcp, unix) {
         (Some(hp), _) => {

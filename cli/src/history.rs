@@ -46,9 +46,9 @@ pub(crate) struct Job {
 impl Job {
     fn to_json(&self) -> serde_json::Value {
         json!({
-            "id": self.id, "kind": self.kind, "state": self.state,
+            "id": self.id, "job": self.kind, "state": self.state,
             "domain": self.domain, "domain_uuid": self.domain_uuid, "uuid": self.backup,
-            "start": self.start, "end": self.end, "bytes": self.bytes,
+            "start": self.start, "end": self.end, "bytes_processed": self.bytes,
             "bytes_written": self.written, "host": self.host, "pid": self.pid,
             "error": self.error,
         })

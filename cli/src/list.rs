@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::api::{self, Backup, err};
 use crate::info::{self, BackupInfo};
+use crate::output::{Described, human};
 use crate::{Ctx, ListArgs, Res, info_of};
 
 pub(crate) fn cmd_list(ctx: &mut Ctx, a: &ListArgs) -> Res<()> {
@@ -91,9 +92,12 @@ fn from_catalog(name: &str, flags: u32) -> Res<Option<Vec<BackupInfo>>> {
 /// Print the list: JSON, a tree, or a table (with each backup's domain for
 /// `--all`).
 fn show(ctx: &Ctx, a: &ListArgs, infos: &[BackupInfo]) {
+    let described: Vec<Described> = (infos.iter())
+        .map(|i| Described::new(i.clone(), &[]))
+        .collect();
     if ctx.json {
         ctx.print_json(json!(
-            infos.iter().map(BackupInfo::to_json).collect::<Vec<_>>()
+            described.iter().map(Described::to_json).collect::<Vec<_>>()
         ));
         return;
     }
@@ -110,22 +114,25 @@ fn show(ctx: &Ctx, a: &ListArgs, infos: &[BackupInfo]) {
         false => String::new(),
     };
     println!(
-        " {:<36}   {}{:<25}   {:<11}   {:<9}   Description",
+        " {:<36}   {}{:<25}   {:<11}   {:<9}   {:>10}   Description",
         "UUID",
         domain("Domain"),
         "Creation Time",
         "Kind",
-        "State"
+        "State",
+        "Size"
     );
-    println!("{}", "-".repeat(if a.all { 133 } else { 110 }));
-    for i in infos {
+    println!("{}", "-".repeat(if a.all { 146 } else { 123 }));
+    for d in &described {
+        let i = &d.info;
         println!(
-            " {:<36}   {}{:<25}   {:<11}   {:<9}   {}",
+            " {:<36}   {}{:<25}   {:<11}   {:<9}   {:>10}   {}",
             i.uuid,
             domain(&i.domain),
             info::local_time(i.creation_time),
             i.kind(),
             i.state,
+            human(d.stored()),
             i.description
         );
     }

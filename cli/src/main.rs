@@ -6,6 +6,7 @@
 //! Python or Go program can do.
 
 mod api;
+mod completion;
 mod config;
 mod create;
 mod default_target;
@@ -15,6 +16,7 @@ mod hooks;
 mod info;
 mod journal;
 mod list;
+mod output;
 mod progress;
 mod prune;
 mod prune_cmd;
@@ -77,10 +79,13 @@ enum Command {
     Create(create::CreateArgs),
     /// List a domain's backups (one that no longer exists from the catalog), or all (--all)
     List(ListArgs),
-    /// Print a backup's XML description
-    Info { uuid: String },
+    /// Describe a backup: kind, time, parent, state, sizes, disks (--xml: its XML)
+    Info(output::InfoArgs),
     /// Print a backup job's typed parameters
-    Status { uuid: String },
+    Status {
+        /// A backup UUID, or an unambiguous prefix of one
+        uuid: String,
+    },
     /// Restore a backup into its (shut off) domain or as a new domain
     Restore(restore::RestoreArgs),
     /// Delete a backup (its children keep their data: it is merged into them)
@@ -126,6 +131,9 @@ enum Command {
     /// Print a shell completion script (bash, zsh, fish)
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
+    /// Print the words a completion offers: domain names or backup UUIDs
+    #[command(hide = true)]
+    CompleteWords { what: completion::Words },
 }
 
 #[derive(Subcommand)]
@@ -480,50 +488,6 @@ fn report_to_parent(msg: &str) {
     }
 }
 
-fn cmd_info(ctx: &mut Ctx, uuid: &str) -> Res<()> {
-    let b = Backup::lookup(uuid)?;
-    let xml = b.xml()?;
-    if ctx.json {
-        ctx.print_json(info_of(&b)?.to_json());
-    } else {
-        println!("{xml}");
-    }
-    Ok(())
-}
-
-fn state_name(v: i32) -> &'static str {
-    match v {
-        1 => "running",
-        2 => "completed",
-        3 => "failed",
-        4 => "cancelled",
-        _ => "unknown",
-    }
-}
-
-fn cmd_status(ctx: &mut Ctx, uuid: &str) -> Res<()> {
-    let b = Backup::lookup(uuid)?;
-    let params = b.parameters()?;
-    if ctx.json {
-        let mut m = serde_json::Map::new();
-        for (n, v) in &params {
-            m.insert(n.clone(), v.to_json());
-        }
-        ctx.print_json(m.into());
-        return Ok(());
-    }
-    for (n, v) in &params {
-        let shown = match (n.as_str(), v) {
-            ("state", Param::Int(s)) => format!("{s} ({})", state_name(*s)),
-            (_, Param::Bool(b)) => (if *b { "yes" } else { "no" }).to_string(),
-            (_, Param::Str(s)) => s.clone(),
-            (_, v) => v.as_u64().unwrap_or(0).to_string(),
-        };
-        println!("{:<24} {shown}", format!("{n}:"));
-    }
-    Ok(())
-}
-
 /// The library has no abort for a restore. What it does promise: the new
 /// files of a restore whose process is gone are removed by the next process
 /// that opens the catalog. So this process becomes that next process: it
@@ -573,7 +537,8 @@ fn cmd_restore_interrupted(uuid: &str, signal: i32) -> Res<()> {
 /// whole one): the command ends as the delete does.
 fn cmd_delete(ctx: &mut Ctx, a: &DeleteArgs) -> Res<()> {
     let b = Backup::lookup(&a.uuid)?;
-    let domain = info_of(&b)?.domain;
+    let info = info_of(&b)?;
+    let (domain, uuid) = (info.domain, info.uuid);
     journal::job_started("delete", &domain);
     let mut flags = 0;
     if a.children {
@@ -583,15 +548,17 @@ fn cmd_delete(ctx: &mut Ctx, a: &DeleteArgs) -> Res<()> {
         flags |= api::DELETE_METADATA_ONLY;
     }
     let r = b.delete(flags);
-    journal::job_ended("delete", &domain, Some(&a.uuid), r.as_ref().map(|_| ""));
+    journal::job_ended("delete", &domain, Some(&uuid), r.as_ref().map(|_| ""));
     r?;
-    ctx.say(&format!("Backup {} deleted", a.uuid));
-    ctx.print_json(json!({"uuid": a.uuid, "deleted": true}));
+    ctx.say(&format!("Backup {uuid} deleted"));
+    ctx.print_json(json!({"uuid": uuid, "deleted": true}));
     Ok(())
 }
 
 fn cmd_abort(ctx: &mut Ctx, uuid: &str) -> Res<()> {
-    Backup::lookup(uuid)?.abort()?;
+    let b = Backup::lookup(uuid)?;
+    let uuid = b.uuid()?;
+    b.abort()?;
     ctx.say(&format!("Backup job {uuid} aborted"));
     ctx.print_json(json!({"uuid": uuid, "aborted": true}));
     Ok(())
@@ -599,13 +566,17 @@ fn cmd_abort(ctx: &mut Ctx, uuid: &str) -> Res<()> {
 
 fn cmd_wait(ctx: &mut Ctx, uuid: &str) -> Res<()> {
     let b = Backup::lookup(uuid)?;
+    let uuid = b.uuid()?;
     watch_job(ctx, &b, "backup", false)?;
     ctx.say(&format!("Backup {uuid} completed"));
     ctx.print_json(json!({"uuid": uuid, "state": "completed"}));
     Ok(())
 }
 
-fn verify_one(ctx: &Ctx, b: Backup, uuid: &str) -> Res<()> {
+/// Verify one backup; whether the verification recorded its digest index
+/// (a backup that had none: made by an earlier version) rather than
+/// checking the one kept with it.
+fn verify_one(ctx: &Ctx, b: Backup, uuid: &str) -> Res<bool> {
     let b = std::sync::Arc::new(b);
     let worker = {
         let b = std::sync::Arc::clone(&b);
@@ -624,7 +595,9 @@ fn verify_one(ctx: &Ctx, b: Backup, uuid: &str) -> Res<()> {
     )?;
     let r = worker.join().unwrap();
     bar.finish(r.is_ok());
-    r
+    r?;
+    let params = b.parameters().unwrap_or_default();
+    Ok(api::param(&params, "verify.recorded") == Some(&Param::Bool(true)))
 }
 
 fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
@@ -639,8 +612,13 @@ fn cmd_verify(ctx: &mut Ctx, what: &str) -> Res<()> {
 /// names, oldest first.
 fn verify_targets(ctx: &mut Ctx, what: &str) -> Res<Vec<(Backup, String)>> {
     Ok(match Backup::lookup(what) {
-        Ok(b) => vec![(b, what.to_string())],
-        Err(e) if e.code != 0 && what.len() == 36 && ctx.domain(what).is_err() => return Err(e),
+        Ok(b) => {
+            let uuid = b.uuid()?;
+            vec![(b, uuid)]
+        }
+        Err(e) if e.code != 0 && api::is_uuid_prefix(what) && ctx.domain(what).is_err() => {
+            return Err(e);
+        }
         Err(_) => {
             let dom = ctx.domain(what)?;
             let mut v = Vec::new();
@@ -677,9 +655,15 @@ fn verify_all(ctx: &Ctx, targets: Vec<(Backup, String)>) -> Res<String> {
             Err(_) if interrupted() => {
                 return stop(&results, format!("verification of backup {uuid} stopped"));
             }
-            Ok(()) => {
-                ctx.say(&format!("Backup {uuid}: OK"));
-                results.push(json!({"uuid": uuid, "ok": true}));
+            Ok(recorded) => {
+                ctx.say(&match recorded {
+                    true => format!(
+                        "Backup {uuid}: index recorded (it had none, made by an earlier \
+                         version): the data reads back; the next verify checks it"
+                    ),
+                    false => format!("Backup {uuid}: OK"),
+                });
+                results.push(json!({"uuid": uuid, "ok": true, "recorded": recorded}));
             }
             Err(e) => {
                 results.push(json!({"uuid": uuid, "ok": false, "error": e.message}));
@@ -718,8 +702,8 @@ fn main() {
     let r = match &cli.command {
         Command::Create(a) => create::cmd_create(&mut ctx, a),
         Command::List(a) => list::cmd_list(&mut ctx, a),
-        Command::Info { uuid } => cmd_info(&mut ctx, uuid),
-        Command::Status { uuid } => cmd_status(&mut ctx, uuid),
+        Command::Info(a) => output::cmd_info(&mut ctx, a),
+        Command::Status { uuid } => output::cmd_status(&mut ctx, uuid),
         Command::Restore(a) => restore::cmd_restore(&mut ctx, a),
         Command::Delete(a) => cmd_delete(&mut ctx, a),
         Command::Abort { uuid } => cmd_abort(&mut ctx, uuid),
@@ -736,12 +720,11 @@ fn main() {
         Command::RestoreInterrupted { uuid, signal } => cmd_restore_interrupted(uuid, *signal),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "virt-backup",
-                &mut std::io::stdout(),
-            );
+            completion::print(*shell, Cli::command());
+            Ok(())
+        }
+        Command::CompleteWords { what } => {
+            completion::words(&mut ctx, *what);
             Ok(())
         }
     };
@@ -753,7 +736,11 @@ fn main() {
         journal::command_failed(&line);
         let _ = std::io::stdout().flush();
         // Not eprintln: after a hang-up (SIGHUP) the terminal may be gone.
-        let _ = writeln!(std::io::stderr(), "{line}");
+        let shown = match cli.json {
+            true => output::error_json(&e, &line, status),
+            false => line,
+        };
+        let _ = writeln!(std::io::stderr(), "{shown}");
         std::process::exit(status);
     }
 }

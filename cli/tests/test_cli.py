@@ -185,8 +185,9 @@ def test_shut_off_domain_backup_verify_restore_prune(env):
     assert [b["uuid"] for b in vbj("list", dom, "--leaves")] == [uuids[-1]]
     assert [b["uuid"] for b in vbj("list", dom, "--full")] == [uuids[0]]
     status = vbj("status", uuids[1])
-    assert status["state"] == 2 and status["incremental"] is True
-    assert "<domainbackup>" in vb("info", uuids[1]).stdout
+    assert status["state"] == "completed" and status["kind"] == "incremental"
+    assert "<domainbackup>" in vb("info", "--xml", uuids[1]).stdout
+    assert f"Parent:         {uuids[0]}" in vb("info", uuids[1]).stdout
 
     # verify: all good, then one flipped byte in the full backup's raw file
     # (guest offset = file offset), seen through every child's chain.
@@ -445,7 +446,7 @@ def test_no_wait_wait_abort_and_default_target(env):
     assert j["state"] == "running"
     assert vbj("list", dom)[0]["state"] == "running"
     vb("wait", j["uuid"])
-    assert vbj("status", j["uuid"])["state"] == 2
+    assert vbj("status", j["uuid"])["state"] == "completed"
     assert same(t1, vda)
 
     t2 = env.path("bg2.qcow2")
@@ -514,10 +515,10 @@ def test_rate_limit_and_per_disk_progress(env):
     assert same(ta, vda) and same(tb, vdb)
     uuid = re.search(r"Backup (\S+) completed", p.stdout).group(1)
     s = vbj("status", uuid)
-    assert (s["disk.0.name"], s["disk.1.name"]) == ("vda", "vdb")
-    assert s["disk.0.bytes.total"] == s["disk.0.bytes.processed"] == 48 * MiB
-    assert s["disk.1.bytes.total"] == s["disk.1.bytes.processed"] == 16 * MiB
-    assert s["bytes.processed"] == 64 * MiB
+    assert [d["name"] for d in s["disks"]] == ["vda", "vdb"]
+    assert s["disks"][0]["bytes_total"] == s["disks"][0]["bytes_processed"] == 48 * MiB
+    assert s["disks"][1]["bytes_total"] == s["disks"][1]["bytes_processed"] == 16 * MiB
+    assert s["bytes_processed"] == 64 * MiB
 
     # On a terminal: a bar per disk, under the job's.
     rc, out = pty_run([VB, "-c", URI, "create", dom, "--rate", "32MiB/s"])

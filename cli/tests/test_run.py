@@ -77,7 +77,7 @@ def test_config_check_reports_mistakes_with_their_line(env):
     assert "cannot read the configuration" in p.stderr
 
 
-def test_node(env, names):
+def node_of_domains(env, names):
     """A test:// driver node of shut-off domains with real raw disks: every
     process that opens it sees the same domains (fixed UUIDs)."""
     doms = ""
@@ -108,7 +108,7 @@ def test_run_three_times_with_the_clock_moved(env):
     off_disk = env.disk("off.qcow2", 32 * MiB)
     off = env.domain([("vda", off_disk), ("vdb", env.disk("off-b.qcow2", 16 * MiB))],
                      name=tag + "-off1")
-    node = test_node(env, ["tn-1", "tn-2"])
+    node = node_of_domains(env, ["tn-1", "tn-2"])
     cfg = write_config(env, f"""
         [run]
         parallel = 2
@@ -176,7 +176,7 @@ def test_run_three_times_with_the_clock_moved(env):
         assert len(listed) == 1 and listed[0]["kind"] == "full", listed
     # The history has every job of the three runs.
     log = json.loads(vb("--json", "log", off).stdout)
-    kinds = [(j["kind"], j["state"]) for j in log]
+    kinds = [(j["job"], j["state"]) for j in log]
     assert kinds.count(("create", "completed")) == 3 and ("delete", "completed") in kinds, kinds
 
 
@@ -237,7 +237,7 @@ def test_failed_backup_in_log_and_notified_by_mail(env):
     assert f"Subject: virt-backup on" in mail and f"FAILED ({dom})" in mail, mail
     assert "no-such-pool" in mail
     failed = json.loads(vb("--json", "log", dom, "--failed").stdout)
-    assert [(f["kind"], f["state"]) for f in failed] == [("create", "failed")], failed
+    assert [(f["job"], f["state"]) for f in failed] == [("create", "failed")], failed
     assert "no-such-pool" in failed[0]["error"]
     assert "no-such-pool" in vb("log", "--failed", "--since", "1h").stdout
     assert json.loads(vb("--json", "log", dom, "--since", "2000-01-01").stdout)

@@ -211,13 +211,13 @@ def test_wait_stops_waiting_and_no_wait_child_ignores_sighup(env):
     assert p.poll() is None, p.communicate()
     _, line = stopped(p, signal.SIGTERM)
     assert "stopped waiting; the backup job goes on" in line, line
-    assert vbj("status", j["uuid"])["state"] == 1
+    assert vbj("status", j["uuid"])["state"] == "running"
 
     pid = detached_pid(target)
     os.kill(pid, signal.SIGHUP)
     time.sleep(1.5)
     assert not gone(pid, 0), "SIGHUP ended the detached process"
-    assert vbj("status", j["uuid"])["state"] == 1
+    assert vbj("status", j["uuid"])["state"] == "running"
     os.kill(pid, signal.SIGTERM)
     assert gone(pid), "SIGTERM did not end the detached process"
     assert vbj("list", dom) == []

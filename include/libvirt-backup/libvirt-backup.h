@@ -620,7 +620,12 @@ int virDomainBackupAbortJob(virDomainBackupPtr backup, unsigned int flags);
  * "bytes.processed" is their sum) and, only when the state is FAILED,
  * "error" (string). Values are live while the job runs.
  * While virDomainBackupVerify() runs on the backup in this process, also
- * "verify.bytes.total" and "verify.bytes.processed" (ullong).
+ * "verify.bytes.total" and "verify.bytes.processed" (ullong). Once
+ * virDomainBackupVerify() has returned 0 for the backup in this process,
+ * "verify.recorded" (boolean): whether that verification recorded the
+ * backup's digest index (a live backup made by an earlier version has
+ * none until then, see virDomainBackupVerify()) rather than checking the
+ * one kept with the backup.
  * With @params NULL and *nparams 0, *nparams is set to the number available.
  * String values are malloc'd: release them with virTypedParamsClear().
  *
@@ -773,7 +778,10 @@ int virDomainBackupRestoreUnmanaged(virDomainPtr domain, const char *xmlDesc, un
  * While it runs, virDomainBackupGetParameters() on @backup (from another
  * thread, on any handle of the backup) also reports "verify.bytes.total"
  * and "verify.bytes.processed" (ullong), and virDomainBackupAbortJob()
- * stops it.
+ * stops it. Once it has returned 0, GetParameters reports
+ * "verify.recorded" (boolean): true when this verification recorded the
+ * index (so it proves the data reads back, not that it is what the guest
+ * had), false when it checked the one kept with the backup.
  *
  * Returns 0 when every disk matches; -1 with VIR_ERR_OPERATION_FAILED
  * naming the first mismatching disk and guest offset, with

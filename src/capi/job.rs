@@ -94,7 +94,12 @@ fn fill(slot: &mut sys::virTypedParameter, name: &str, value: &ParamValue) -> Re
 /// "bytes.processed" is their sum) and, only when the state is FAILED,
 /// "error" (string). Values are live while the job runs.
 /// While virDomainBackupVerify() runs on the backup in this process, also
-/// "verify.bytes.total" and "verify.bytes.processed" (ullong).
+/// "verify.bytes.total" and "verify.bytes.processed" (ullong). Once
+/// virDomainBackupVerify() has returned 0 for the backup in this process,
+/// "verify.recorded" (boolean): whether that verification recorded the
+/// backup's digest index (a live backup made by an earlier version has
+/// none until then, see virDomainBackupVerify()) rather than checking the
+/// one kept with the backup.
 /// With @params NULL and *nparams 0, *nparams is set to the number available.
 /// String values are malloc'd: release them with virTypedParamsClear().
 ///

@@ -22,7 +22,10 @@ use super::{ffi_entry, virDomainBackupPtr};
 /// While it runs, virDomainBackupGetParameters() on @backup (from another
 /// thread, on any handle of the backup) also reports "verify.bytes.total"
 /// and "verify.bytes.processed" (ullong), and virDomainBackupAbortJob()
-/// stops it.
+/// stops it. Once it has returned 0, GetParameters reports
+/// "verify.recorded" (boolean): true when this verification recorded the
+/// index (so it proves the data reads back, not that it is what the guest
+/// had), false when it checked the one kept with the backup.
 ///
 /// Returns 0 when every disk matches; -1 with VIR_ERR_OPERATION_FAILED
 /// naming the first mismatching disk and guest offset, with

@@ -351,6 +351,9 @@ impl Backup {
         for (k, v) in super::verify::parameters(&self.uuid) {
             add(k, ParamValue::ULLong(v));
         }
+        if let Some(r) = super::verify::recorded(&self.uuid) {
+            add("verify.recorded", ParamValue::Boolean(r));
+        }
         Ok(out)
     }
 

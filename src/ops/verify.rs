@@ -32,6 +32,17 @@ pub(crate) struct Run {
 
 static RUNNING: LazyLock<Mutex<HashMap<Uuid, Arc<Run>>>> = LazyLock::new(Default::default);
 
+/// Whether the last successful verification of each backup in this process
+/// recorded its digest index (a backup without one, made by an earlier
+/// version): `verify.recorded`.
+static RECORDED: LazyLock<Mutex<HashMap<Uuid, bool>>> = LazyLock::new(Default::default);
+
+/// `verify.recorded` once a verification of `backup` succeeded in this
+/// process: whether it recorded the digest index it then checked.
+pub(crate) fn recorded(backup: &Uuid) -> Option<bool> {
+    RECORDED.lock().unwrap().get(backup).copied()
+}
+
 /// Removes the run from the registry and wakes aborters, however `verify` ends.
 struct Registered(Uuid, Arc<Run>);
 
@@ -113,8 +124,10 @@ pub(crate) fn verify(rec: &BackupRecord) -> Result<()> {
         running.insert(rec.uuid, Arc::clone(&run));
     }
     let _registered = Registered(rec.uuid, Arc::clone(&run));
+    let mut recorded = false;
     for (d, src) in &sources {
         let checked = (|| {
+            recorded |= !catalog.backup_of(rec).index_path(&d.name).exists();
             let index = IndexReader::open(&super::verified_index(&catalog, rec, &d.name)?)?;
             if index.size() != src.size() {
                 return Err(Error::operation_failed(format!(
@@ -133,5 +146,6 @@ pub(crate) fn verify(rec: &BackupRecord) -> Result<()> {
             }
         })?;
     }
+    RECORDED.lock().unwrap().insert(rec.uuid, recorded);
     Ok(())
 }
