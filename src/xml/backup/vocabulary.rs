@@ -133,3 +133,39 @@ pub fn path_str(p: &Path) -> Result<&str> {
         ))
     })
 }
+
+/// How a backup's qcow2 image stores its clusters (`<compression type>`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain clusters (no `<compression>`, or `type='none'`).
+    #[default]
+    None,
+    /// Compressed clusters, deflate (qcow2 compression type 0).
+    Zlib,
+    /// Compressed clusters, zstd (qcow2 compression type 1, QEMU 5.1+).
+    Zstd,
+}
+
+impl Compression {
+    /// Read a compression from its name (zstd, zlib or none).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Compression::None),
+            "zlib" => Ok(Compression::Zlib),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(Error::xml(format!(
+                "<compression type='{}'>: unknown compression (zstd, zlib or none)",
+                other.escape_debug()
+            ))),
+        }
+    }
+
+    /// The compression's name in the XML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zlib => "zlib",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
