@@ -9,6 +9,6 @@ pub(crate) mod direct;
 pub mod disk;
 pub(crate) mod file;
 pub mod nbd;
-pub mod qemu_lock;
 pub(crate) mod qcow2_compressed;
 pub(crate) mod qcow2_decode;
+pub mod qemu_lock;

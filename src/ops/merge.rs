@@ -18,6 +18,7 @@ use super::{ensure_index, gate};
 use crate::engine::background;
 use crate::engine::copy::{self, Baseline};
 use crate::error::{Error, Result};
+use crate::image::codec::Codec;
 use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
 use crate::store::catalog::Catalog;
@@ -72,7 +73,11 @@ fn rewrite_disk(
         let file = folder
             .create_new(&tmp_name)
             .map_err(|e| Error::io("cannot create target image", &tmp, e))?;
-        let dst = Target::create_from(file, &tmp, d.format, src.size(), backing)?;
+        // The child's image stays as it was stored: compressed or not.
+        let dst = match Codec::of(d.compression) {
+            Some(codec) => Target::create_compressed(file, &tmp, src.size(), backing, codec)?,
+            None => Target::create_from(file, &tmp, d.format, src.size(), backing)?,
+        };
         let baseline = Baseline::of(parent.as_mut());
         copy::copy_image(&src, &dst, &Progress::default(), baseline, &mut verify)?;
         dst.finish(&tmp)?;
