@@ -192,7 +192,10 @@ impl CompressedWriter {
     fn clusters(&self, offset: u64, len: u64) -> io::Result<std::ops::Range<u64>> {
         let end = offset + len;
         let tail = end.div_ceil(512) * 512 == self.size;
-        if offset % CLUSTER != 0 || (end % CLUSTER != 0 && !tail) || end > self.size {
+        if !offset.is_multiple_of(CLUSTER)
+            || (!end.is_multiple_of(CLUSTER) && !tail)
+            || end > self.size
+        {
             return Err(invalid(format!(
                 "compressed image: write of {len} bytes at {offset} is not whole clusters"
             )));

@@ -604,6 +604,7 @@ impl BackupRecord {
                 virtual_size: 1,
                 volume: None,
                 backing: vec![],
+                compression: Default::default(),
             }],
             uri: "test:///default".into(),
             domain_xml: String::new(),
