@@ -122,6 +122,7 @@ def ours(dom, disk, target, comp):
         fail("backup")
     size = os.path.getsize(target)
     same(target, "qcow2", disk)
+    # Delete removes the target too.
     lib.virDomainBackupDelete(b, 0)
     lib.virDomainBackupFree(b)
     return t, size
@@ -172,12 +173,10 @@ def main():
             for side, comp in (sides if i % 2 == 0 else sides[::-1]):
                 if side == "ours":
                     r = ours(dom, disk, target, comp)
-                    os.unlink(target)
                 else:
                     r = peer(disk, os.path.join(work, "peer.qcow2"), comp)
                 res.setdefault((side, comp), []).append(r)
         plain = ours(dom, disk, target, None)[1]
-        os.unlink(target)
         virt.virDomainUndefine(dom)
         virt.virDomainFree(dom)
 
