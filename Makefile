@@ -142,6 +142,9 @@ bench:
 	@# digest index rows (delta chains), from Rust bench tests.
 	$(CARGO) test --release --locked --test copy_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 	$(CARGO) test --release --locked --test index_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
+	@# Compressed full backups vs qemu-img convert -c (bench/compression.py).
+	LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \
+	    $(PYTHON) bench/compression.py; rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
 	@# Instant restore next to a full one (QEMU domain on qemu:///system).
 	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then \
 	    LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \

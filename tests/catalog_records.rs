@@ -46,6 +46,7 @@ fn sample() -> BackupRecord {
                 virtual_size: 1 << 30,
                 volume: None,
                 backing: vec![("/b/parent-vda.qcow2".into(), DiskFormat::Qcow2)],
+                compression: Default::default(),
             },
             DiskRecord {
                 name: "vdb".into(),
@@ -57,6 +58,7 @@ fn sample() -> BackupRecord {
                 virtual_size: 5 << 20,
                 volume: Some(("p".into(), "v".into())),
                 backing: vec![],
+                compression: Default::default(),
             },
         ],
         uri: "qemu:///system".into(),
@@ -273,6 +275,7 @@ fn minimal_record() -> BackupRecord {
             virtual_size: 0,
             volume: None,
             backing: vec![],
+            compression: Default::default(),
         }],
         uri: String::new(),
         domain_xml: String::new(),
@@ -380,6 +383,7 @@ fn first_format_record() -> BackupRecord {
         virtual_size: size,
         volume: None,
         backing: vec![],
+        compression: Default::default(),
     };
     BackupRecord {
         uuid: uuid("0b6e7ff5-33a4-4c4f-9bd5-5b3f2a5cf9a1"),
@@ -470,6 +474,7 @@ fn volume_format_record() -> BackupRecord {
             virtual_size: 10 << 30,
             volume: Some(("backups".into(), "vm1-vda.qcow2".into())),
             backing: vec![],
+            compression: Default::default(),
         }],
         uri: "qemu:///system".into(),
         domain_xml: "<domain/>".into(),

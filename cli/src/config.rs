@@ -94,6 +94,8 @@ pub(crate) struct Policy {
     /// else the catalog.
     pub target: Option<String>,
     pub format: Option<Format>,
+    /// How the qcow2 targets store their clusters (`<compression>`).
+    pub compression: Option<Compression>,
     #[serde(default)]
     pub exclude_disks: Vec<String>,
     /// Bytes per second, with the units of `create --rate`.
@@ -107,6 +109,26 @@ pub(crate) struct Policy {
     pub verify: Verify,
     #[serde(default)]
     pub hooks: Hooks,
+}
+
+/// `compression = "zstd" | "zlib" | "none"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Compression {
+    Zstd,
+    Zlib,
+    None,
+}
+
+impl Compression {
+    /// Its name in `<compression type>`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Zlib => "zlib",
+            Compression::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -34,6 +34,11 @@ pub(crate) struct CreateArgs {
     /// Format of the target images
     #[arg(long, value_parser = ["qcow2", "raw"])]
     format: Option<String>,
+    /// Store the qcow2 targets' clusters compressed: zstd (the default of
+    /// --compress alone; read by QEMU 5.1 and later), zlib, or none
+    #[arg(long, value_name = "TYPE", num_args = 0..=1, default_missing_value = "zstd",
+          require_equals = true, value_parser = ["zstd", "zlib", "none"])]
+    compress: Option<String>,
     /// full (default), incremental (on the latest backup), or auto
     /// (incremental when the domain has a completed backup, else full)
     #[arg(long, value_enum, value_name = "LEVEL", conflicts_with_all = ["incremental", "parent"])]
@@ -60,7 +65,7 @@ pub(crate) struct CreateArgs {
     #[arg(long, value_name = "RATE", value_parser = rate::parse_rate, long_help = rate::RATE_HELP)]
     rate: Option<u64>,
     /// Use this <domainbackup> document as is (a limit goes in its <bandwidth>)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "exclude", "format", "parent", "incremental", "level", "description", "rate"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "exclude", "format", "compress", "parent", "incremental", "level", "description", "rate"])]
     xml: Option<PathBuf>,
 }
 
@@ -275,8 +280,14 @@ fn create_xml(dom: &Domain, a: &CreateArgs, plan: &Plan) -> Res<String> {
         x += &format!("<bandwidth bytes='{rate}'/>");
     }
     let disks = disk_selection(dom, a)?;
-    if !disks.is_empty() {
+    let compression = a
+        .compress
+        .as_ref()
+        .map(|c| format!("<compression type='{}'/>", xml_escape(c)))
+        .unwrap_or_default();
+    if !disks.is_empty() || !compression.is_empty() {
         x += "<disks>";
+        x += &compression;
         let dom_name = dom.name().unwrap_or_default();
         for (name, target, on) in &disks {
             if *on {

@@ -261,6 +261,9 @@ fn backup_xml(
         .map(|f| format!("<driver type='{}'/>", f.name()))
         .unwrap_or_default();
     x += "<disks>";
+    if let Some(c) = p.compression {
+        x += &format!("<compression type='{}'/>", c.name());
+    }
     for d in &disks {
         let n = xml_escape(d);
         if p.exclude_disks.contains(d) {

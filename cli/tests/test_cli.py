@@ -573,3 +573,23 @@ def test_list_all_and_a_domain_that_no_longer_exists(env):
     vb("restore", inc["uuid"], "--new-domain", name)
     src = virsh("domblklist", name).stdout.split()[1]
     assert same(src, at_inc)
+
+
+def test_create_compress(env):
+    """--compress alone is zstd, --compress=zlib zlib: qcow2 targets of
+    compressed clusters QEMU reads (`qemu-img check`, compare); a raw
+    target with --compress is refused, an unknown name is a usage error."""
+    vda = env.disk("c.qcow2", 16 * MiB)
+    dom = env.domain([("vda", vda)])
+    for opt, kind in (("--compress", "zstd"), ("--compress=zlib", "zlib")):
+        target = env.path(f"c-{kind}.qcow2")
+        vb("create", dom, opt, "--disk", f"vda={target}")
+        run("qemu-img", "check", "-q", target)
+        info = json.loads(run("qemu-img", "info", "--output=json", target).stdout)
+        assert info["format-specific"]["data"]["compression-type"] == kind
+        assert same(target, vda)
+        assert os.path.getsize(target) < 2 * MiB, "4 MiB of one byte shrinks"
+    p = vb("create", dom, "--compress", "--format", "raw", rc=1)
+    assert "raw target" in p.stderr, p.stderr
+    p = vb("create", dom, "--compress=lz4", rc=2)
+    assert "lz4" in p.stderr

@@ -293,3 +293,27 @@ def test_reverify_outdated_backups(env):
     assert c["verified"] == [b["uuid"]]  # a's check is a day old
     d = by_domain(run_json(cfg, dom, at="2026-02-06 03:00:00"))[dom]
     assert sorted(d["verified"]) == sorted([a["uuid"], c["uuid"]]), d  # a: 4 days
+
+
+def test_policy_compression(env):
+    """A policy's `compression` puts <compression> on every disk of its
+    backups; an unknown value is a configuration error."""
+    disk = env.disk("z.qcow2", 16 * MiB)
+    dom = env.domain([("vda", disk)], name="lvb-run-z-" + uuidlib.uuid4().hex[:6])
+    cfg = write_config(env, f"""
+        [[policy]]
+        domains = ["{dom}"]
+        level = "full"
+        compression = "zstd"
+        """)
+    run_json(cfg, "--all")
+    [b] = vbj("list", dom)
+    xml = vb("info", b["uuid"]).stdout
+    assert "<compression type='zstd'/>" in xml, xml
+    bad = write_config(env, f"""
+        [[policy]]
+        domains = ["{dom}"]
+        compression = "lz4"
+        """)
+    p = vb("config", "check", "--config", bad, rc=1)
+    assert "lz4" in p.stdout + p.stderr

@@ -51,6 +51,7 @@ use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, St
 use crate::error::{Error, Result};
 use crate::image::backing::lexical;
 use crate::image::file::{self as image_file, Kind};
+use crate::image::qcow2_decode::{Map, Qcow2Image, needs_own_reader};
 use crate::xml::backup::DiskFormat;
 
 /// Levels whose metadata (imago's caches) is open at once.
@@ -70,7 +71,49 @@ const FOLLOWS: usize = 16;
 /// Times a chain that changes while it is resolved is resolved again.
 const RESOLVES: usize = 4;
 
-type Image = Arc<FormatAccess<ImagoFile>>;
+type Image = Arc<LevelImage>;
+
+/// A level's metadata: through imago, or, for an image of zstd clusters
+/// (which imago does not open), through the library's own reader.
+enum LevelImage {
+    Imago(FormatAccess<ImagoFile>),
+    Own(Qcow2Image),
+}
+
+impl LevelImage {
+    fn size(&self) -> u64 {
+        match self {
+            LevelImage::Imago(i) => i.size(),
+            LevelImage::Own(q) => q.size(),
+        }
+    }
+
+    /// What `pos..pos+max` holds from `pos` on, and for how long; past
+    /// the image's end: zeroes up to `max`.
+    fn mapping(&self, pos: u64, max: u64) -> std::io::Result<(Map, u64)> {
+        let img = match self {
+            LevelImage::Own(q) => return q.mapping(pos, max),
+            LevelImage::Imago(img) => img,
+        };
+        let (m, len) = img.get_mapping(pos, max)?;
+        Ok(match m {
+            Mapping::Zero {
+                explicit: false, ..
+            } => (Map::Unallocated, len),
+            Mapping::Zero { .. } => (Map::Zero, len),
+            Mapping::Eof { .. } => (Map::Zero, max),
+            Mapping::Raw { offset, .. } => (Map::Plain(offset), len),
+            _ => (Map::Compressed, len),
+        })
+    }
+
+    fn read(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+        match self {
+            LevelImage::Imago(i) => i.read(buf, pos),
+            LevelImage::Own(q) => q.read(buf, pos),
+        }
+    }
+}
 
 /// Where a run of the disk reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,12 +269,21 @@ fn image_of(file: &File, path: &Path, format: DiskFormat) -> Result<(Image, Opti
     let storage =
         ImagoFile::from_open_file(dup, StorageOpenOptions::new().filename(path).write(false))
             .map_err(io("cannot open image"))?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
     Ok(match format {
         DiskFormat::Raw => {
             let raw = ImagoRaw::builder(storage)
                 .open(DenyImplicitOpenGate::default())
                 .map_err(io("cannot open backing image"))?;
-            (Arc::new(FormatAccess::new(raw)), None)
+            (Arc::new(LevelImage::Imago(FormatAccess::new(raw))), None)
+        }
+        DiskFormat::Qcow2 if needs_own_reader(file).map_err(io("cannot read image"))? => {
+            let dup = file
+                .try_clone()
+                .map_err(io("cannot duplicate the handle of image"))?;
+            let q = Qcow2Image::open(dup).map_err(io("cannot open qcow2 image"))?;
+            let below = q.backing().map(|name| dir.join(name));
+            (Arc::new(LevelImage::Own(q)), below)
         }
         DiskFormat::Qcow2 => {
             let q = Qcow2::<ImagoFile>::builder(storage)
@@ -239,9 +291,8 @@ fn image_of(file: &File, path: &Path, format: DiskFormat) -> Result<(Image, Opti
                 .backing(None)
                 .open(DenyImplicitOpenGate::default())
                 .map_err(io("cannot open qcow2 image"))?;
-            let dir = path.parent().unwrap_or(Path::new("/"));
             let below = q.implicit_backing_file().map(|name| dir.join(name));
-            (Arc::new(FormatAccess::new(q)), below)
+            (Arc::new(LevelImage::Imago(FormatAccess::new(q))), below)
         }
     })
 }
@@ -566,25 +617,19 @@ impl Resolved {
                 let mut pos = a;
                 while pos < b {
                     let (m, len) = img
-                        .get_mapping(pos, b - pos)
+                        .mapping(pos, b - pos)
                         .map_err(|e| self.read_failed("cannot map", l, pos, e))?;
-                    // Past a lower level's end the disk reads as zeroes.
-                    let len = match m {
-                        Mapping::Eof { .. } => b - pos,
-                        _ => len.clamp(1, b - pos),
-                    };
+                    let len = len.clamp(1, b - pos);
                     let piece = match m {
-                        Mapping::Zero {
-                            explicit: false, ..
-                        } => None,
-                        Mapping::Zero { .. } | Mapping::Eof { .. } => Some(Piece::Zero),
+                        Map::Unallocated => None,
+                        Map::Zero => Some(Piece::Zero),
                         // In the level's own file: an image with an
                         // external data file does not open (deny gate).
-                        Mapping::Raw { offset, .. } => Some(Piece::File {
+                        Map::Plain(offset) => Some(Piece::File {
                             level: l,
                             host: offset,
                         }),
-                        _ => Some(Piece::Driver { level: l }),
+                        Map::Compressed => Some(Piece::Driver { level: l }),
                     };
                     match piece {
                         Some(p) => runs.push((pos, pos + len, p)),

@@ -20,12 +20,15 @@ use crate::error::{Error, Result};
 use crate::image::buffer;
 use crate::image::cache::{self, DropBehind};
 use crate::image::chain::{ChainReader, bad_chain, recorded_at};
+use crate::image::codec::Codec;
 #[cfg(test)]
 pub(crate) use crate::image::direct::direct_wanted;
 pub use crate::image::direct::use_direct_targets;
 use crate::image::direct::{reopen_direct, reopen_qcow2_direct};
 use crate::image::file::{self as image_file, Kind};
 use crate::image::nbd::{NbdAddress, NbdClient};
+use crate::image::qcow2_compressed::CompressedWriter;
+use crate::image::qcow2_decode::{Qcow2Image, needs_own_reader};
 use crate::image::qemu_lock::DiskLocks;
 use crate::xml::backup::DiskFormat;
 
@@ -491,6 +494,8 @@ enum TargetImage {
         direct: Option<File>,
     },
     Qcow2(FormatAccess<ImagoFile>),
+    /// A new qcow2 image of compressed clusters (see `qcow2_compressed`).
+    Compressed(CompressedWriter),
 }
 
 /// A second handle on `file` for the page-cache calls.
@@ -594,6 +599,31 @@ impl Target {
         })
     }
 
+    /// Format `file` as `create_from` does a qcow2 image, but one whose
+    /// clusters `codec` compresses (written by the library's own writer:
+    /// whole clusters, in guest order, as a backup's copy writes them).
+    pub(crate) fn create_compressed(
+        file: File,
+        path: &Path,
+        size: u64,
+        backing: Option<(&Path, DiskFormat)>,
+        codec: Codec,
+    ) -> Result<Target> {
+        image_file::check(&file, path, Kind::Regular, "cannot create target image")?;
+        let cache = cache_of(&file, path)?;
+        ::log::debug!(
+            "formatting '{}' as qcow2 ({codec:?} clusters) of {size} bytes",
+            path.display()
+        );
+        let w = CompressedWriter::create(file, size, backing, codec)
+            .map_err(io_err("cannot format target image", path))?;
+        Ok(Target {
+            img: TargetImage::Compressed(w),
+            cache,
+            created: true,
+        })
+    }
+
     /// Open an existing image to write into it (in-place restore); its
     /// backing files, read-only, as `chain` allows. Only a regular file,
     /// or for a raw image a block device (a logical volume: written in
@@ -626,7 +656,7 @@ impl Target {
     pub(crate) fn written(&self, offset: u64, end: u64) {
         match self.img {
             TargetImage::Raw { .. } => self.cache.written(offset, end),
-            TargetImage::Qcow2(_) => self.cache.appended(),
+            TargetImage::Qcow2(_) | TargetImage::Compressed(_) => self.cache.appended(),
         }
     }
 
@@ -637,6 +667,7 @@ impl Target {
             } if buffer::is_aligned(buf, offset) => d.write_all_at(buf, offset),
             TargetImage::Raw { file, .. } => file.write_all_at(buf, offset),
             TargetImage::Qcow2(q) => q.write(buf, offset),
+            TargetImage::Compressed(w) => w.write(buf, offset),
         }
     }
 
@@ -656,6 +687,7 @@ impl Target {
                 file.write_all_at(&zeroes, offset)
             }
             TargetImage::Qcow2(q) => q.write_zeroes(offset, len),
+            TargetImage::Compressed(w) => w.write_zeroes(offset, len),
         }
     }
 
@@ -670,6 +702,9 @@ impl Target {
                     .map_err(io_err("cannot flush target image", path))?;
                 q.sync().map_err(io_err("cannot sync target image", path))?
             }
+            TargetImage::Compressed(w) => w
+                .finish()
+                .map_err(io_err("cannot finish target image", path))?,
         }
         self.cache.finish(self.created);
         Ok(())
@@ -716,6 +751,19 @@ fn format_qcow2(
         }
         None => q,
     })
+}
+
+/// The virtual size of the image at `path` from its own header (no
+/// backing file opened), whether imago reads it or not (zstd clusters).
+pub fn image_size(path: &Path, format: DiskFormat) -> Result<u64> {
+    if format == DiskFormat::Qcow2 {
+        let file = image_file::open(path, false, Kind::Regular, "cannot open image")?;
+        if needs_own_reader(&file).map_err(io_err("cannot read image", path))? {
+            let q = Qcow2Image::open(file).map_err(io_err("cannot open qcow2 image", path))?;
+            return Ok(q.size());
+        }
+    }
+    Ok(Source::open(path, format, Chain::Detached)?.size())
 }
 
 /// A new file next to `path` to build its replacement in, named after it

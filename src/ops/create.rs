@@ -69,6 +69,11 @@ struct Prepared {
 /// `virDomainBackupCreateXML`: parse → plan → register → run.
 pub(crate) fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<Created> {
     let req = CreateRequest::parse(xml)?;
+    if req.encryption {
+        return Err(Error::config_unsupported(
+            "encryption of backups is not supported yet",
+        ));
+    }
     let catalog = recovery::open_catalog()?;
     let mut prepared = prepare(&catalog, dom, &req, opts)?;
     // One job per domain: the domain's job lock is taken, the check is made
@@ -141,7 +146,7 @@ fn prepare(
     let data_dir = catalog.backup(&domain_uuid, &uuid).data_dir();
     let plans = plan::plan_disks(
         &facts,
-        req.disks.as_deref().unwrap_or(&[]),
+        (req.disks.as_deref().unwrap_or(&[]), req.compression),
         default_target.as_ref(),
         &data_dir,
         &uuid,
@@ -222,6 +227,7 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan, copied: bool) -> Result<PlannedDis
             virtual_size: src.size(),
             volume,
             backing: Vec::new(),
+            compression: p.compression,
         },
         source: src,
         baseline: None,

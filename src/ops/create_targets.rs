@@ -10,6 +10,7 @@ use rustix::fs::OFlags;
 use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
 use crate::hv::storage_pool;
+use crate::image::codec::Codec;
 use crate::image::disk::{Source, Target as ImageTarget};
 use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
@@ -95,16 +96,25 @@ pub(super) fn create_targets(
             (p.baseline.as_ref())
                 .map_or(String::new(), |b| format!(" over '{}'", b.target.display()))
         );
-        targets.push(ImageTarget::create_from(
-            file,
-            path,
-            p.record.format,
-            p.record.virtual_size,
-            backing,
-        )?);
+        targets.push(new_target(file, &p.record, backing)?);
         crate::test_stop!("create-target-created");
     }
     Ok(())
+}
+
+/// Format the new `file` as `d`'s target: qcow2 of compressed clusters
+/// when its record says so (see `image::qcow2_compressed`).
+pub(super) fn new_target(
+    file: std::fs::File,
+    d: &DiskRecord,
+    backing: Option<(&Path, DiskFormat)>,
+) -> Result<ImageTarget> {
+    match Codec::of(d.compression) {
+        Some(codec) => {
+            ImageTarget::create_compressed(file, &d.target, d.virtual_size, backing, codec)
+        }
+        None => ImageTarget::create_from(file, &d.target, d.format, d.virtual_size, backing),
+    }
 }
 
 /// Create the pool volume of a disk's target, where the plan expects it.

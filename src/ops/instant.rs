@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::hv::libvirt::{self, DomainRef};
-use crate::image::disk::{Chain, Source, Target};
+use crate::image::disk::Target;
 use crate::ops::options::RestoreOptions;
 use crate::ops::restore_steps::{select, start_if_asked};
 use crate::ops::restore_target::folder_and_name;
@@ -150,7 +150,7 @@ fn check_new_file(name: &str, path: &Path) -> Result<()> {
 /// The overlay: empty qcow2, backing file the backup's image, named
 /// explicitly with its format (never probed).
 fn create_overlay(o: &Overlay) -> Result<()> {
-    let size = Source::open(&o.disk.target, o.disk.format, Chain::Detached)?.size();
+    let size = crate::image::disk::image_size(&o.disk.target, o.disk.format)?;
     let (folder, name) = folder_and_name(&o.path)?;
     // Created here, private and never through a link, in a folder nobody
     // else can write, and formatted through the descriptor of its

@@ -12,18 +12,19 @@
 //! backup's files; a child record that still names the deleted parent is
 //! merged again (a no-op copy) by the next delete.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{ensure_index, gate};
 use crate::engine::background;
 use crate::engine::copy::{self, Baseline};
 use crate::error::{Error, Result};
+use crate::image::codec::Codec;
 use crate::image::disk::{self, Chain, Source, Target};
 use crate::job::Progress;
 use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
 use crate::store::index::{self, IndexReader, IndexVerifier};
-use crate::xml::backup::{BackupMode, BackupRecord, DiskRecord};
+use crate::xml::backup::{BackupMode, BackupRecord, DiskFormat, DiskRecord};
 
 /// What a rewritten child disk is a delta against, if anything.
 struct Base<'a> {
@@ -32,6 +33,21 @@ struct Base<'a> {
 }
 
 /// Rewrite one incremental disk of a child so it no longer reads through
+/// The new image of the child's disk `d` at `tmp`: compressed as the
+/// child's was, or not.
+fn merged_target(
+    file: std::fs::File,
+    tmp: &Path,
+    d: &DiskRecord,
+    size: u64,
+    backing: Option<(&Path, DiskFormat)>,
+) -> Result<Target> {
+    match Codec::of(d.compression) {
+        Some(codec) => Target::create_compressed(file, tmp, size, backing, codec),
+        None => Target::create_from(file, tmp, d.format, size, backing),
+    }
+}
+
 /// the deleted backup. Returns the disk's new mode.
 fn rewrite_disk(
     catalog: &Catalog,
@@ -72,7 +88,7 @@ fn rewrite_disk(
         let file = folder
             .create_new(&tmp_name)
             .map_err(|e| Error::io("cannot create target image", &tmp, e))?;
-        let dst = Target::create_from(file, &tmp, d.format, src.size(), backing)?;
+        let dst = merged_target(file, &tmp, d, src.size(), backing)?;
         let baseline = Baseline::of(parent.as_mut());
         copy::copy_image(&src, &dst, &Progress::default(), baseline, &mut verify)?;
         dst.finish(&tmp)?;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::hv::storage_pool;
-use crate::xml::backup::{DefaultTarget, DiskFormat, DiskRequest, Target};
+use crate::xml::backup::{Compression, DefaultTarget, DiskFormat, DiskRequest, Target};
 use crate::xml::domain::DomainDisk;
 
 /// What the planner needs to know of the domain.
@@ -43,6 +43,9 @@ pub(crate) struct DiskPlan {
     pub source_format: DiskFormat,
     pub format: DiskFormat,
     pub target: TargetPlan,
+    /// How its target stores clusters: the disk's `<compression>`, else
+    /// that of `<disks>`, else none.
+    pub compression: Compression,
 }
 
 /// Refuse what the domain's state rules out.
@@ -72,7 +75,7 @@ pub(crate) fn check_domain(facts: &DomainFacts, quiesce: bool) -> Result<()> {
 /// backup's folder in the catalog, the target when no default is set.
 pub(crate) fn plan_disks(
     facts: &DomainFacts,
-    requested: &[DiskRequest],
+    (requested, all): (&[DiskRequest], Option<Compression>),
     default_target: Option<&DefaultTarget>,
     data_dir: &Path,
     backup: &Uuid,
@@ -93,6 +96,7 @@ pub(crate) fn plan_disks(
             continue;
         }
         let format = asked.and_then(|r| r.format).unwrap_or(DiskFormat::Qcow2);
+        let compression = compression_of(&d.name, asked, all, format)?;
         let target = match asked.and_then(|r| r.target.clone()) {
             Some(Target::File(path)) => TargetPlan::File {
                 path,
@@ -109,12 +113,35 @@ pub(crate) fn plan_disks(
             source_format: d.image_format()?,
             format,
             target,
+            compression,
         });
     }
     if plans.is_empty() {
         return Err(Error::invalid_arg("the backup would include no disk"));
     }
     Ok(plans)
+}
+
+/// The compression of disk `name`'s target: its own `<compression>`, else
+/// `all` (that of `<disks>`); refused for a raw target, which has no
+/// clusters to compress.
+fn compression_of(
+    name: &str,
+    asked: Option<&DiskRequest>,
+    all: Option<Compression>,
+    format: DiskFormat,
+) -> Result<Compression> {
+    let c = asked
+        .and_then(|r| r.compression)
+        .or(all)
+        .unwrap_or_default();
+    if c != Compression::None && format == DiskFormat::Raw {
+        return Err(Error::config_unsupported(format!(
+            "disk '{name}': <compression type='{}'> needs a qcow2 target; a raw target cannot be compressed",
+            c.as_str()
+        )));
+    }
+    Ok(c)
 }
 
 /// Whether a domain disk is part of the backup; an error for a disk the
@@ -214,6 +241,7 @@ mod tests {
             backup: true,
             target: None,
             format: None,
+            compression: None,
         }
     }
 
@@ -224,7 +252,28 @@ mod tests {
         req: &[DiskRequest],
         def: Option<&DefaultTarget>,
     ) -> Result<Vec<DiskPlan>> {
-        plan_disks(f, req, def, Path::new(DATA), &Uuid::nil())
+        plan_disks(f, (req, None), def, Path::new(DATA), &Uuid::nil())
+    }
+
+    /// A disk's own `<compression>` over that of `<disks>`; a raw target
+    /// with compression refused.
+    #[test]
+    fn compression_per_disk_or_for_all() {
+        let f = facts(vec![
+            disk("vda", "disk", "file", Some("qcow2")),
+            disk("vdb", "disk", "file", Some("qcow2")),
+        ]);
+        let mut a = ask("vda");
+        a.compression = Some(Compression::Zlib);
+        let all = Some(Compression::Zstd);
+        let p = plan_disks(&f, (&[a.clone()], all), None, Path::new(DATA), &Uuid::nil()).unwrap();
+        assert_eq!(p[0].compression, Compression::Zlib);
+        assert_eq!(p[1].compression, Compression::Zstd);
+        let p = plan(&f, &[], None).unwrap();
+        assert_eq!(p[0].compression, Compression::None);
+        a.format = Some(DiskFormat::Raw);
+        let e = plan_disks(&f, (&[a], None), None, Path::new(DATA), &Uuid::nil()).unwrap_err();
+        assert!(e.message.contains("raw target"), "{}", e.message);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use request::{
     CreateRequest, DefaultTarget, DiskRequest, NBD_PORT, NbdServer, RestoreDisk, RestoreRequest,
     Target, UnmanagedRequest, UnmanagedRestoreDisk, UnmanagedRestoreRequest, UnmanagedSource,
 };
-pub use vocabulary::{DEFAULT_TARGET, DOMAINBACKUP, DiskFormat, parse_uuid, path_str};
+pub use vocabulary::{Compression, DEFAULT_TARGET, DOMAINBACKUP, DiskFormat, parse_uuid, path_str};
 
 #[cfg(test)]
 mod tests;

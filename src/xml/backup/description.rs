@@ -5,7 +5,7 @@
 use uuid::Uuid;
 
 use super::record::{BackupRecord, DiskRecord};
-use super::vocabulary::path_str;
+use super::vocabulary::{compression_element, path_str};
 use crate::error::Result;
 use crate::xml::dom::{self, Element};
 
@@ -90,13 +90,17 @@ impl DiskRecord {
         } else {
             "file"
         };
-        Ok(Element::new("disk")
+        let mut disk = Element::new("disk")
             .with_attr("name", self.name.clone())
             .with_attr("type", kind)
             .with_attr("backupmode", self.mode.as_str())
             .with_child(Element::new("source").with_attr("file", path_str(&self.source)?))
             .with_child(target.with_attr("file", path_str(&self.target)?))
-            .with_child(Element::new("driver").with_attr("type", self.format.as_str())))
+            .with_child(Element::new("driver").with_attr("type", self.format.as_str()));
+        if let Some(c) = compression_element(self.compression) {
+            disk.push(c);
+        }
+        Ok(disk)
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::vocabulary::{DiskFormat, disk_name, path_str};
+use super::vocabulary::{Compression, DiskFormat, disk_name, parse_compression, path_str};
 use crate::error::{Error, Result};
 use crate::xml::dom::{self, Element};
 
@@ -77,6 +77,8 @@ pub struct DiskRecord {
     pub mode: BackupMode,
     /// The disk's virtual size in bytes.
     pub virtual_size: u64,
+    /// How the target stores its clusters (`<compression type>`).
+    pub compression: Compression,
     /// The storage pool and volume the target is, for `type='volume'`.
     pub volume: Option<(String, String)>,
     /// The images the target reads through, nearest first (the parent's
@@ -428,6 +430,7 @@ impl DiskRecord {
             mode,
             volume: parse_record_volume(d, &name)?,
             backing: info.backing,
+            compression: parse_compression(d)?.unwrap_or_default(),
             name,
         })
     }
@@ -601,6 +604,7 @@ impl BackupRecord {
                 virtual_size: 1,
                 volume: None,
                 backing: vec![],
+                compression: Default::default(),
             }],
             uri: "test:///default".into(),
             domain_xml: String::new(),

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use uuid::Uuid;
 
 use super::vocabulary::{
-    DEFAULT_TARGET, DOMAINBACKUP, DiskFormat, MAX_DISKS, disk_name, parse_uuid, path_str,
+    Compression, DEFAULT_TARGET, DOMAINBACKUP, DiskFormat, MAX_DISKS, disk_name, parse_compression,
+    parse_uuid, path_str,
 };
 use crate::error::{Error, Result};
 use crate::xml::dom::{self, Element};
@@ -42,6 +43,8 @@ pub struct DiskRequest {
     pub target: Option<Target>,
     /// The copy's format, from `<driver type>`; `None`: the default.
     pub format: Option<DiskFormat>,
+    /// `<compression type>` of the disk; `None`: that of `<disks>`.
+    pub compression: Option<Compression>,
 }
 
 /// Input of `virDomainBackupCreateXML`.
@@ -58,6 +61,10 @@ pub struct CreateRequest {
     /// `<bandwidth bytes='N'/>`: the most bytes per second the job reads
     /// from all its disks together; `None`: no limit.
     pub bandwidth: Option<u64>,
+    /// `<disks><compression type>`: every disk's unless it says its own.
+    pub compression: Option<Compression>,
+    /// Whether an `<encryption>` was given (on `<disks>` or a disk).
+    pub encryption: bool,
 }
 
 /// `<bandwidth bytes='N'/>`: N a positive integer in decimal digits (no
@@ -156,12 +163,20 @@ impl CreateRequest {
                     .collect::<Result<Vec<_>>>()?,
             ),
         };
+        let all = root.child("disks");
+        let encryption = all.is_some_and(|d| {
+            d.child("encryption").is_some()
+                || d.children_named("disk")
+                    .any(|k| k.child("encryption").is_some())
+        });
         Ok(CreateRequest {
             uuid,
             description,
             parent,
             disks,
             bandwidth: parse_bandwidth(&root)?,
+            compression: all.map(parse_compression).transpose()?.flatten(),
+            encryption,
         })
     }
 }
@@ -217,6 +232,7 @@ fn parse_disk_request(d: &Element) -> Result<DiskRequest> {
         backup,
         target,
         format: parse_driver(d)?,
+        compression: parse_compression(d)?,
     })
 }
 

@@ -41,9 +41,19 @@ static DISK: Schema = Schema::element(
         ),
         &Schema::element("target", &["file", "pool", "volume"], &[]),
         &Schema::element("driver", &["type"], &[]),
+        &COMPRESSION,
+        &ENCRYPTION,
     ],
 )
 .repeated();
+/// `<compression type>` of a `<disk>` or of `<disks>` (every disk).
+static COMPRESSION: Schema = Schema::element("compression", &["type"], &[]);
+/// `<encryption>` as libvirt's (read, then refused: not supported yet).
+static ENCRYPTION: Schema = Schema::element(
+    "encryption",
+    &["format"],
+    &[&Schema::element("secret", &["type", "uuid", "usage"], &[])],
+);
 /// The schema of `<domainbackup>`, the root of the documents callers send.
 pub static DOMAINBACKUP: Schema = Schema::element(
     "domainbackup",
@@ -66,7 +76,7 @@ pub static DOMAINBACKUP: Schema = Schema::element(
         &Schema::element("pinnedby", &["domain", "disk", "overlay"], &[]).repeated(),
         // Restore with FILES_ONLY: the folder of the disks without a file.
         &Schema::element("target", &["dir"], &[]),
-        &Schema::element("disks", &[], &[&DISK]),
+        &Schema::element("disks", &[], &[&DISK, &COMPRESSION, &ENCRYPTION]),
         // GetXMLDesc: the domain's saved definition (ignored as input).
         &Schema::any("definition"),
     ],
@@ -132,4 +142,59 @@ pub fn path_str(p: &Path) -> Result<&str> {
             p.as_os_str().as_encoded_bytes().escape_ascii()
         ))
     })
+}
+
+/// How a backup's qcow2 image stores its clusters (`<compression type>`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain clusters (no `<compression>`, or `type='none'`).
+    #[default]
+    None,
+    /// Compressed clusters, deflate (qcow2 compression type 0).
+    Zlib,
+    /// Compressed clusters, zstd (qcow2 compression type 1, QEMU 5.1+).
+    Zstd,
+}
+
+impl Compression {
+    /// Read a compression from its name (zstd, zlib or none).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Compression::None),
+            "zlib" => Ok(Compression::Zlib),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(Error::xml(format!(
+                "<compression type='{}'>: unknown compression (zstd, zlib or none)",
+                other.escape_debug()
+            ))),
+        }
+    }
+
+    /// The compression's name in the XML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zlib => "zlib",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// `<compression type='…'/>` of a disk; none for plain clusters (the
+/// element left out, as records before it had none).
+pub(super) fn compression_element(c: Compression) -> Option<Element> {
+    (c != Compression::None).then(|| Element::new("compression").with_attr("type", c.as_str()))
+}
+
+/// The `<compression type>` child of `el` (a `<disk>` or `<disks>`), if any.
+pub(super) fn parse_compression(el: &Element) -> Result<Option<Compression>> {
+    match el.child("compression") {
+        None => Ok(None),
+        Some(c) => match c.attr("type") {
+            Some(t) => Compression::parse(t).map(Some),
+            None => Err(Error::xml(
+                "<compression> needs a type (zstd, zlib or none)",
+            )),
+        },
+    }
 }
