@@ -308,7 +308,7 @@ def test_policy_compression(env):
         """)
     run_json(cfg, "--all")
     [b] = vbj("list", dom)
-    xml = vb("info", b["uuid"]).stdout
+    xml = vb("info", "--xml", b["uuid"]).stdout
     assert "<compression type='zstd'/>" in xml, xml
     bad = write_config(env, f"""
         [[policy]]
