@@ -228,14 +228,7 @@ fn plan(dom: &Domain, a: &CreateArgs) -> Res<Plan> {
 /// The disks of `--disk`/`--exclude` (each must be one of the domain's),
 /// as (name, target, backed up); empty when neither is given.
 fn disk_selection(dom: &Domain, a: &CreateArgs) -> Res<Vec<(String, Option<String>, bool)>> {
-    let asked: Vec<(String, Option<String>)> = a
-        .disks
-        .iter()
-        .map(|d| match d.split_once('=') {
-            Some((n, t)) => (n.to_string(), Some(t.to_string())),
-            None => (d.clone(), None),
-        })
-        .collect();
+    let asked = crate::disk_args(&a.disks);
     if asked.is_empty() && a.exclude.is_empty() && a.format.is_none() {
         return Ok(Vec::new());
     }

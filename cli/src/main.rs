@@ -307,6 +307,16 @@ fn utf8_path<'a>(option: &str, path: &'a std::path::Path) -> Res<&'a str> {
     })
 }
 
+/// `--disk NAME[=PATH]` arguments as (name, path).
+fn disk_args(args: &[String]) -> Vec<(String, Option<String>)> {
+    args.iter()
+        .map(|d| match d.split_once('=') {
+            Some((n, t)) => (n.to_string(), Some(t.to_string())),
+            None => (d.clone(), None),
+        })
+        .collect()
+}
+
 fn info_of(b: &Backup) -> Res<BackupInfo> {
     BackupInfo::parse(&b.xml()?).map_err(err)
 }

@@ -122,14 +122,7 @@ fn restore_request(a: &RestoreArgs, info: &BackupInfo) -> Res<(String, u32, Opti
 
 /// The `<disks>` of a restore (none: every disk, as the library decides).
 fn disks_xml(a: &RestoreArgs, info: &BackupInfo) -> String {
-    let mut disks: Vec<(String, Option<String>)> = a
-        .disks
-        .iter()
-        .map(|d| match d.split_once('=') {
-            Some((n, t)) => (n.to_string(), Some(t.to_string())),
-            None => (d.clone(), None),
-        })
-        .collect();
+    let mut disks = crate::disk_args(&a.disks);
     if disks.is_empty() && a.format.is_some() {
         disks = info.disks.iter().map(|d| (d.name.clone(), None)).collect();
     }
