@@ -127,6 +127,16 @@ typedef enum {
 } virDomainBackupFinishJobFlags;
 
 /**
+ * Flags of virDomainBackupGetJobHistory().
+ */
+typedef enum {
+  /**
+   * Only jobs that failed, were cancelled or were interrupted.
+   */
+  VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED = (1 << 0),
+} virDomainBackupJobHistoryFlags;
+
+/**
  * The "state" typed parameter of virDomainBackupGetParameters().
  */
 typedef enum {
@@ -496,6 +506,37 @@ int virDomainBackupGetLastErrorCode(void);
  * Forget the last error of this thread.
  */
 void virDomainBackupResetLastError(void);
+
+/**
+ * virDomainBackupGetJobHistory:
+ * @domain: a domain object, or NULL for every domain in the catalog
+ * @flags: 0 or VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED (only jobs that
+ *         failed, were cancelled or were interrupted)
+ *
+ * Describe the jobs the catalog remembers, oldest first: every managed
+ * backup's job (virDomainBackupCreateXML()), virDomainBackupDelete()
+ * (with the merges into children it makes), virDomainBackupVerify(),
+ * the restores (virDomainBackupRestore() in every mode,
+ * virDomainBackupRestoreUnmanaged()) and the exports
+ * (virDomainBackupStartUnmanaged() of a domain or of a stored backup, up
+ * to virDomainBackupFinishJob() or virDomainBackupAbortJob()), of any
+ * process or host sharing the catalog. Each is a
+ * <job id='…' kind='create|delete|verify|restore|export'
+ * state='running|completed|failed|cancelled|interrupted'> in a
+ * <jobhistory> document, with <domain uuid='…' name='…'/>,
+ * <backup uuid='…'/> (the backup the job is about; for the export of a
+ * domain, the export's own UUID), <start> and <end> (Unix seconds),
+ * <bytes> (bytes read, copied or verified), <written> (bytes written, by a
+ * backup's job), <host>, <pid> and <error code='N'>message</error>; an
+ * element is absent when unknown (<end> while the job runs, or when its
+ * process died: "interrupted", which a job of this host whose process no
+ * longer exists shows; one of another host shows "running"). The history
+ * is bounded: about the last 1 to 2 MiB of it is kept.
+ *
+ * Returns the document, malloc'd: the caller releases it with free(); or
+ * NULL on error.
+ */
+char *virDomainBackupGetJobHistory(virDomainPtr domain, unsigned int flags);
 
 /**
  * virDomainBackupFinishJob:

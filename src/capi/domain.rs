@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, c_uint};
 use virt::sys;
 
 use super::ffi_entry;
-use crate::ops::backup;
+use crate::ops::domain_settings;
 
 /// virDomainSetDefaultTarget:
 /// @domain: a domain object
@@ -39,7 +39,7 @@ pub extern "C" fn virDomainSetDefaultTarget(
     ffi_entry!(virDomainSetDefaultTarget, -1, |cx| {
         let dom = cx.domain(domain)?;
         let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
-        backup::set_default_target(&dom, xml, cx.options(flags)?)?;
+        domain_settings::set_default_target(&dom, xml, cx.options(flags)?)?;
         Ok(0)
     })
 }
@@ -60,7 +60,7 @@ pub extern "C" fn virDomainSetDefaultTarget(
 pub extern "C" fn virDomainBackupUndefineFlags(domain: sys::virDomainPtr, flags: c_uint) -> c_int {
     ffi_entry!(virDomainBackupUndefineFlags, -1, |cx| {
         let dom = cx.domain(domain)?;
-        backup::undefine(&dom, cx.options(flags)?)?;
+        domain_settings::undefine(&dom, cx.options(flags)?)?;
         Ok(0)
     })
 }

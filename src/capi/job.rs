@@ -7,6 +7,7 @@ use virt::sys;
 use super::{ffi_entry, malloc_string, virDomainBackupPtr};
 use crate::error::{Error, Result};
 use crate::ops::backup::ParamValue;
+use crate::ops::history;
 
 /// virDomainBackupFinishJob:
 /// @backup: a backup object
@@ -24,7 +25,7 @@ use crate::ops::backup::ParamValue;
 pub extern "C" fn virDomainBackupFinishJob(backup: virDomainBackupPtr, flags: c_uint) -> c_int {
     ffi_entry!(virDomainBackupFinishJob, -1, |cx| {
         let b = cx.backup(backup)?;
-        b.finish_job(cx.options(flags)?)
+        history::finish_job(&b, cx.options(flags)?)
     })
 }
 
@@ -44,7 +45,7 @@ pub extern "C" fn virDomainBackupAbortJob(backup: virDomainBackupPtr, flags: c_u
     ffi_entry!(virDomainBackupAbortJob, -1, |cx| {
         let b = cx.backup(backup)?;
         cx.check_flags(flags, 0)?;
-        b.abort()?;
+        history::abort(&b)?;
         Ok(0)
     })
 }

@@ -30,6 +30,7 @@ use options::{Flags, FromFlags};
 pub mod backup;
 pub mod domain;
 pub mod error;
+pub mod history;
 pub mod job;
 mod options;
 pub mod restore;
@@ -37,7 +38,8 @@ pub mod verify;
 
 pub use crate::flags::{
     virDomainBackupCreateFlags, virDomainBackupDeleteFlags, virDomainBackupFinishJobFlags,
-    virDomainBackupListFlags, virDomainBackupRestoreFlags, virDomainBackupState,
+    virDomainBackupJobHistoryFlags, virDomainBackupListFlags, virDomainBackupRestoreFlags,
+    virDomainBackupState,
 };
 
 /// Run the body of the exported function `$func` (its C name, written
