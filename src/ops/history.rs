@@ -49,16 +49,25 @@ fn domain_of_handle(b: &Backup) -> Option<(Uuid, String)> {
 
 /// How a job that returned `result` ended.
 fn end_of<T>(result: &Result<T>, bytes: Option<u64>) -> JobEnd {
-    let state = match result {
-        Ok(_) => JobState::Completed,
-        Err(e) if e.is(ErrorCode::OperationAborted) => JobState::Cancelled,
-        Err(_) => JobState::Failed,
-    };
+    match result {
+        Ok(_) => JobEnd {
+            state: Some(JobState::Completed),
+            bytes,
+            ..JobEnd::default()
+        },
+        Err(e) => failure(e),
+    }
+}
+
+/// How a job that failed with `e` ended.
+fn failure(e: &Error) -> JobEnd {
     JobEnd {
-        state: Some(state),
-        bytes: bytes.filter(|_| result.is_ok()),
-        written: None,
-        error: result.as_ref().err().map(|e| (e.code, e.message.clone())),
+        state: Some(match e.is(ErrorCode::OperationAborted) {
+            true => JobState::Cancelled,
+            false => JobState::Failed,
+        }),
+        error: Some((e.code, e.message.clone())),
+        ..JobEnd::default()
     }
 }
 
@@ -72,6 +81,15 @@ fn start(entry: JobEntry) -> Option<Started> {
             None
         }
     }
+}
+
+/// Note a job that failed before it started (its start and end at once);
+/// returns its error.
+fn refused(entry: JobEntry, e: Error) -> Error {
+    if let Some(s) = start(entry) {
+        s.finish(failure(&e));
+    }
+    e
 }
 
 /// Run `work` as a job of the history: its start noted, then its end.
@@ -103,11 +121,7 @@ pub(crate) fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<
     );
     let b = match created {
         Ok(b) => b,
-        Err(e) => {
-            let failed: Result<()> = Err(e);
-            start(entry).map(|s| s.finish(end_of(&failed, None)));
-            return Err(failed.unwrap_err());
-        }
+        Err(e) => return Err(refused(entry, e)),
     };
     entry.backup = Some(b.uuid);
     let job = b.job().expect("a new backup's job").clone();
@@ -165,11 +179,7 @@ fn export_started(entry: JobEntry, started: Result<Arc<Backup>>) -> Result<Arc<B
             }
             Ok(b)
         }
-        Err(e) => {
-            let failed: Result<()> = Err(e);
-            start(entry).map(|s| s.finish(end_of(&failed, None)));
-            Err(failed.unwrap_err())
-        }
+        Err(e) => Err(refused(entry, e)),
     }
 }
 
