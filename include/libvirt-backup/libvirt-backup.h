@@ -582,7 +582,10 @@ int virDomainBackupAbortJob(virDomainBackupPtr backup, unsigned int flags);
  * from 0 in the backup's disk order "disk.<i>.name" (string),
  * "disk.<i>.bytes.total" and "disk.<i>.bytes.processed" (ullong; the job's
  * "bytes.processed" is their sum) and, only when the state is FAILED,
- * "error" (string). Values are live while the job runs.
+ * "error" (string). Values are live while the job runs: from a process
+ * other than the job's (virDomainBackupLookupByUUID(),
+ * virDomainBackupList()), the figures the job publishes twice a second
+ * next to its record.
  * While virDomainBackupVerify() runs on the backup in this process, also
  * "verify.bytes.total" and "verify.bytes.processed" (ullong).
  * With @params NULL and *nparams 0, *nparams is set to the number available.
