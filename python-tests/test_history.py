@@ -12,13 +12,15 @@ import signal
 import time
 import xml.etree.ElementTree as ET
 
-from conftest import (MiB, c_uint, c_void_p, get_params, kill_process, last_error,
-                      lib, py_subprocess, select, take_string)
+from conftest import (MiB, Nbd, backup_uuid, c_uint, c_void_p, free_port, get_params,
+                      kill_process, last_error, lib, py_subprocess, select, take_string,
+                      unmanaged_xml)
 
 lib.virDomainBackupGetJobHistory.argtypes = [c_void_p, c_uint]
 lib.virDomainBackupGetJobHistory.restype = c_void_p
 JOB_HISTORY_FAILED = 1 << 0
 STATE_RUNNING, STATE_COMPLETED = 1, 2
+RESTORE_FILES_ONLY = 1 << 4
 
 
 def history(dom=None, flags=0):
@@ -136,3 +138,40 @@ def test_a_job_whose_process_was_killed_is_interrupted(env):
     assert int(job.findtext("start")) <= int(time.time())
     (failed,) = history(flags=JOB_HISTORY_FAILED)
     assert failed.get("id") == job.get("id")
+
+
+def test_restores_and_exports_are_jobs_of_the_history(env):
+    """A files-only restore (completed), a restore of an unknown backup
+    (failed, no domain), an export ended by FinishJob (completed, the
+    export's UUID as its backup) and one ended by AbortJob (cancelled)."""
+    dom = env.domain(size=4 * MiB)
+    b = env.backup(dom, "<domainbackup/>")
+    u = backup_uuid(b)
+    out = env.path("out")
+    os.mkdir(out)
+    xml = f"<domainbackup><uuid>{u}</uuid><target dir='{out}'/></domainbackup>"
+    assert lib.virDomainBackupRestore(xml.encode(), RESTORE_FILES_ONLY) == 0, last_error()
+    unknown = "<domainbackup><uuid>0b0b0b0b-0000-4000-8000-000000000000</uuid></domainbackup>"
+    assert lib.virDomainBackupRestore(unknown.encode(), 0) == -1
+    exports = []
+    for end in (lib.virDomainBackupFinishJob, lib.virDomainBackupAbortJob):
+        ex = env.start_unmanaged(dom, unmanaged_xml(Nbd(port=free_port())))
+        exports.append(backup_uuid(ex))
+        (running,) = [j for j in history() if j.get("kind") == "export"
+                      and j.get("state") == "running"]
+        assert running.find("backup").get("uuid") == exports[-1]
+        assert end(ex, 0) == 0, last_error()
+    jobs = [(j.get("kind"), j.get("state")) for j in history()]
+    assert jobs == [("create", "completed"), ("restore", "completed"),
+                    ("restore", "failed"), ("export", "completed"),
+                    ("export", "cancelled")], jobs
+    restored, failed, finished, aborted = history()[1:]
+    assert restored.find("backup").get("uuid") == u
+    assert restored.find("domain").get("uuid") == dom.uuid
+    assert failed.find("domain") is None
+    assert failed.find("error").get("code") == "104"
+    assert [finished.find("backup").get("uuid"), aborted.find("backup").get("uuid")] == exports
+    assert all(j.find("end") is not None for j in (finished, aborted))
+    # Only this domain's jobs, and only the failures.
+    assert len(history(dom)) == 4
+    assert [j.get("state") for j in history(flags=JOB_HISTORY_FAILED)] == ["failed", "cancelled"]
