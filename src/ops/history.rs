@@ -71,11 +71,14 @@ fn failure(e: &Error) -> JobEnd {
     }
 }
 
-/// Note `entry`'s start in the history (`None` without a catalog: the
-/// reason is logged).
+/// Note `entry`'s start in the history; `None` while there is no catalog
+/// (a job that needs none, such as a files-only restore on a host
+/// without backups, makes none for its history) or it cannot be opened
+/// (the reason is logged).
 fn start(entry: JobEntry) -> Option<Started> {
-    match Catalog::open() {
-        Ok(catalog) => Some(history::start(&catalog, entry)),
+    match Catalog::open_existing() {
+        Ok(Some(catalog)) => Some(history::start(&catalog, entry)),
+        Ok(None) => None,
         Err(e) => {
             ::log::warn!("cannot write the job history: {e}");
             None
@@ -98,9 +101,10 @@ fn journal<T>(
     work: impl FnOnce() -> Result<T>,
     bytes: fn(&T) -> Option<u64>,
 ) -> Result<T> {
-    let started = start(entry);
+    let started = start(entry.clone());
     let result = work();
-    if let Some(s) = started {
+    // A catalog the job made (the first of a host) has its line too.
+    if let Some(s) = started.or_else(|| start(entry)) {
         s.finish(end_of(&result, result.as_ref().ok().and_then(bytes)));
     }
     result
@@ -288,10 +292,11 @@ fn job_element(j: &JobEntry) -> Element {
 /// `virDomainBackupGetJobHistory`: the history of `domain` (every
 /// domain's with `None`), oldest first, as XML.
 pub(crate) fn history_xml(domain: Option<&DomainRef>, filter: HistoryFilter) -> Result<String> {
-    let catalog = recovery::open_catalog()?;
     let want = domain.map(|d| d.uuid()).transpose()?;
     let mut root = Element::new("jobhistory");
-    for j in history::read(&catalog) {
+    // No catalog yet: no history, and none is made for reading it.
+    let jobs = Catalog::open_existing()?.map_or_else(Vec::new, |c| history::read(&c));
+    for j in jobs {
         let mine = want.is_none_or(|w| j.domain.as_ref().is_some_and(|(u, _)| *u == w));
         if mine && (!filter.failed_only || j.state.is_failure()) {
             root.push(job_element(&j));
