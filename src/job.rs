@@ -184,16 +184,21 @@ impl Job {
             o = self.outcome.lock().unwrap();
         }
         drop(o);
-        self.stop_publishing();
+        if self.stop_publishing() {
+            self.remove_published();
+        }
     }
 
-    /// Publish no more, and remove what was published: the job's record
-    /// is about to say how it ended.
-    fn stop_publishing(&self) {
-        let mut allowed = self.publishing.lock().unwrap();
-        if std::mem::replace(&mut *allowed, false)
-            && let Some(file) = &self.published
-        {
+    /// Publish no more (the job's record is about to say how it ended);
+    /// whether it still did.
+    fn stop_publishing(&self) -> bool {
+        std::mem::replace(&mut *self.publishing.lock().unwrap(), false)
+    }
+
+    /// Remove what the job published, once its record says how it ended
+    /// (a reader in between still sees the last figures).
+    fn remove_published(&self) {
+        if let Some(file) = &self.published {
             file.remove();
         }
     }
@@ -252,6 +257,7 @@ impl Job {
             record.stats = self.stats();
             backup.write_record(record)
         });
+        self.remove_published();
         match result {
             Ok(()) => {
                 drop(lock);
