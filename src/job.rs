@@ -641,6 +641,62 @@ mod tests {
     }
 
     #[test]
+    fn figures_published_read_back_in_another_handle_and_go_when_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let mut rec =
+            BackupRecord::sample(Uuid::new_v4(), dir.path().join("t"), BackupState::Running);
+        let backup = cat.backup_of(&rec);
+        backup.write_record(&rec).unwrap();
+        let plan = JobPlan {
+            uuid: rec.uuid,
+            domain: rec.domain_uuid,
+            disks: rec.disks.iter().map(|d| (d.name.clone(), 1000)).collect(),
+            incremental: false,
+            bandwidth: None,
+            publish: Some(backup.progress_file()),
+        };
+        let job = Job::new(plan, backup.cancel_marker());
+        assert!(
+            published_figures(&cat, &rec).is_none(),
+            "nothing published yet"
+        );
+        job.disk_progress[0].progress.add_processed(300);
+        job.progress.add_written(7);
+        let (stats, disks) = job.snapshot();
+        let file = backup.progress_file();
+        file.publish(published(&stats, &disks).as_bytes()).unwrap();
+        let (seen, per_disk) = published_figures(&cat, &rec).unwrap();
+        assert_eq!(
+            (seen.total, seen.processed, seen.written),
+            (stats.total, 300, 7)
+        );
+        assert_eq!(per_disk[0], 300);
+        assert!(seen.elapsed_ms >= stats.elapsed_ms);
+        // Junk, or a link in its place, reads as nothing published.
+        file.publish(b"{not json").unwrap();
+        assert!(published_figures(&cat, &rec).is_none());
+        let path = backup
+            .domain()
+            .path()
+            .join(format!("{}.progress", rec.uuid));
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("t"), &path).unwrap();
+        std::fs::write(dir.path().join("t"), published(&stats, &disks)).unwrap();
+        assert!(published_figures(&cat, &rec).is_none());
+        std::fs::remove_file(&path).unwrap();
+        // Settling removes what was published and stops the publisher.
+        file.publish(published(&stats, &disks).as_bytes()).unwrap();
+        let lock = backup
+            .lock_job(backup.domain().claim_job().unwrap())
+            .unwrap();
+        let (result, _, _) = job.settle(&cat, &mut rec, Ok(()), lock);
+        result.unwrap();
+        assert!(!path.exists());
+        assert!(!*job.publishing.lock().unwrap());
+    }
+
+    #[test]
     fn disk_counters_share_the_job_limit_and_cancel() {
         let job = Arc::new(Progress::limited(Some(1 << 20)));
         let (a, b) = (Progress::part_of(&job), Progress::part_of(&job));
