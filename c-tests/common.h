@@ -478,8 +478,9 @@ static inline void t_walk(const char *dir, char ***names, size_t *n, size_t *cap
         struct stat st;
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
-        /* The catalog's writer lock is created by any catalog access. */
-        if (strcmp(e->d_name, ".lock") == 0)
+        /* The catalog's writer lock is created by any catalog access; the
+         * job history records every call that is a job, failed ones too. */
+        if (strcmp(e->d_name, ".lock") == 0 || strcmp(e->d_name, ".history") == 0)
             continue;
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
         if (*n == *cap) {
@@ -559,11 +560,12 @@ static inline int catalog_records(void)
 }
 
 /* "<sha256>  <path>" for every regular file under the catalog and the work
- * folder, sorted (malloc'd): what a refused call must leave as it was. */
+ * folder, sorted (malloc'd): what a refused call must leave as it was (the
+ * job history, which notes it, aside). */
 static inline char *content_snapshot(void)
 {
-    return cmd_output(fmt("find '%s' '%s' -type f ! -name .lock -print0 | sort -z | "
-                          "xargs -0r sha256sum", catalog_dir(), workdir()));
+    return cmd_output(fmt("find '%s' '%s' -name .history -prune -o -type f ! -name .lock "
+                          "-print0 | sort -z | xargs -0r sha256sum", catalog_dir(), workdir()));
 }
 
 /* Check that every file has the content it had in @before; frees @before. */

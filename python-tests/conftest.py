@@ -1006,10 +1006,12 @@ class Env:
         """tree_state of the whole workspace (disks, targets, catalog), but
         the catalog's lock files: `.lock` (made by the first call that
         writes) and the domains' job locks in `.domain-locks/` (made by the
-        first job, backup, export or restore, that asks for one)."""
+        first job, backup, export or restore, that asks for one), and the
+        job history in `.history/`, which notes failed calls too."""
         return {p: h for p, h in tree_state(self.tmp).items()
                 if p != os.path.join("catalog", ".lock")
-                and not p.startswith(os.path.join("catalog", ".domain-locks") + os.sep)}
+                and not p.startswith(os.path.join("catalog", ".domain-locks") + os.sep)
+                and not p.startswith(os.path.join("catalog", ".history") + os.sep)}
 
     def disk(self, name, size=64 * MiB, fmt="raw", writes=None):
         if writes is None:

@@ -167,13 +167,14 @@ def temporary_names(catalog):
     and data: temporary files of atomic writes (`.*.tmp`), job lock files
     and cancel requests in domain folders, restore notes, exports' scratch
     folders and registrations. (The root's `.lock` and the domains' job
-    locks in `.domain-locks/` are kept for good.)"""
+    locks in `.domain-locks/` and the job history's lock in `.history/` are
+    kept for good.)"""
     out = []
     for d, dirs, files in os.walk(catalog):
         rel = os.path.relpath(d, catalog)
         for n in files:
             if (n.endswith(".tmp") or n.startswith(".restoring-")
-                    or (rel not in (".", ".domain-locks") and n.endswith((".lock", ".cancel")))
+                    or (rel not in (".", ".domain-locks", ".history") and n.endswith((".lock", ".cancel")))
                     or rel == ".exports"):
                 out.append(os.path.join(rel, n))
         out += [os.path.join(rel, n) for n in dirs if n.startswith(".scratch-")]

@@ -64,6 +64,13 @@ pub enum virDomainBackupFinishJobFlags {
     VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK = 1 << 1,
 }
 
+/// Flags of virDomainBackupGetJobHistory().
+#[repr(C)]
+pub enum virDomainBackupJobHistoryFlags {
+    /// Only jobs that failed, were cancelled or were interrupted.
+    VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED = 1 << 0,
+}
+
 /// The "state" typed parameter of virDomainBackupGetParameters().
 // The variants' names are their docs (API.md describes the parameter): a
 // doc comment would also land in the generated header.
@@ -120,6 +127,9 @@ pub(crate) mod bits {
         virDomainBackupFinishJobFlags::VIR_DOMAIN_BACKUP_FINISH_JOB_CANCEL as u32;
     pub(crate) const VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK: u32 =
         virDomainBackupFinishJobFlags::VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK as u32;
+
+    pub(crate) const VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED: u32 =
+        virDomainBackupJobHistoryFlags::VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED as u32;
 
     pub(crate) const VIR_DOMAIN_UNDEFINE_BACKUP: u32 = 1 << 30;
 

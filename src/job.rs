@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::catalog::Catalog;
-use crate::store::domain::CancelMarker;
+use crate::store::domain::{CancelMarker, ProgressFile};
+use crate::store::history::{JobEnd, JobState, Started};
 use crate::store::locks::{DomainLock, JobLock};
 use crate::xml::backup::{BackupRecord, BackupState, JobStats};
 
@@ -37,7 +38,16 @@ pub(crate) struct Job {
     started: Instant,
     outcome: Mutex<Outcome>,
     ended: Condvar,
+    /// The job's start in the history, whose end it writes when it ends.
+    history: Mutex<Option<Started>>,
+    /// Where the job publishes its figures for other processes, while the
+    /// flag says it still may (see `Job::publish_loop`).
+    published: Option<ProgressFile>,
+    publishing: Mutex<bool>,
 }
+
+/// How often a job publishes its figures for other processes.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 /// Jobs running in this process, by backup UUID, so every handle on a
 /// backup sees the same job.
@@ -77,6 +87,8 @@ pub(crate) struct JobPlan {
     /// Bytes per second all the job's disk copies read together; `None`:
     /// no limit.
     pub bandwidth: Option<u64>,
+    /// Where the job publishes its figures while it runs.
+    pub publish: Option<ProgressFile>,
 }
 
 impl Job {
@@ -110,6 +122,9 @@ impl Job {
                 elapsed_ms: None,
             }),
             ended: Condvar::new(),
+            history: Mutex::new(None),
+            published: plan.publish,
+            publishing: Mutex::new(true),
         })
     }
 
@@ -134,7 +149,89 @@ impl Job {
                 "cannot start backup job thread: {e}"
             )));
         }
+        if let Some(file) = self.published.clone() {
+            let job = Arc::clone(self);
+            let publisher = std::thread::Builder::new()
+                .name(format!("progress-{}", &self.uuid.to_string()[..8]))
+                .spawn(move || job.publish_loop(&file));
+            crate::warn_if_err!(publisher, "cannot start the progress publisher");
+        }
         Ok(())
+    }
+
+    /// Publish the job's figures to `file` every `PUBLISH_EVERY` until
+    /// the job settles (`stop_publishing`) or ends.
+    fn publish_loop(&self, file: &ProgressFile) {
+        let mut o = self.outcome.lock().unwrap();
+        loop {
+            o = self.ended.wait_timeout(o, PUBLISH_EVERY).unwrap().0;
+            if o.state != BackupState::Running {
+                break;
+            }
+            drop(o);
+            {
+                let allowed = self.publishing.lock().unwrap();
+                if !*allowed {
+                    return;
+                }
+                let (stats, disks) = self.snapshot();
+                crate::debug_if_err!(
+                    file.publish(published(&stats, &disks).as_bytes()),
+                    "cannot publish the progress of backup {}",
+                    self.uuid
+                );
+            }
+            o = self.outcome.lock().unwrap();
+        }
+        drop(o);
+        if self.stop_publishing() {
+            self.remove_published();
+        }
+    }
+
+    /// Publish no more (the job's record is about to say how it ended);
+    /// whether it still did.
+    fn stop_publishing(&self) -> bool {
+        std::mem::replace(&mut *self.publishing.lock().unwrap(), false)
+    }
+
+    /// Remove what the job published, once its record says how it ended
+    /// (a reader in between still sees the last figures).
+    fn remove_published(&self) {
+        if let Some(file) = &self.published {
+            file.remove();
+        }
+    }
+
+    /// Write the job's end in the history when it ends (at once if it
+    /// already has), after `started`, its start line.
+    pub(crate) fn record_end(&self, started: Started) {
+        let o = self.outcome.lock().unwrap();
+        match o.state {
+            BackupState::Running => *self.history.lock().unwrap() = Some(started),
+            _ => started.finish(self.end_of(&o)),
+        }
+    }
+
+    /// How the job ended, for the history.
+    fn end_of(&self, o: &Outcome) -> JobEnd {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let sum = |f: fn(&Progress) -> &AtomicU64| {
+            load(f(&self.progress))
+                + (self.disk_progress.iter())
+                    .map(|d| load(f(&d.progress)))
+                    .sum::<u64>()
+        };
+        JobEnd {
+            state: Some(match o.state {
+                BackupState::Completed => JobState::Completed,
+                BackupState::Cancelled => JobState::Cancelled,
+                _ => JobState::Failed,
+            }),
+            bytes: Some(sum(|p| &p.processed)),
+            written: Some(sum(|p| &p.written)),
+            error: o.error.as_ref().map(|e| (e.code, e.message.clone())),
+        }
     }
 
     /// End of the job's work: under the domain's lock, the record says
@@ -151,6 +248,7 @@ impl Job {
         result: Result<()>,
         lock: JobLock,
     ) -> (Result<()>, Option<DomainLock>, Option<JobLock>) {
+        self.stop_publishing();
         let backup = catalog.backup_of(record);
         let guard = backup.domain().lock().ok();
         let result = result.and_then(|()| {
@@ -159,6 +257,7 @@ impl Job {
             record.stats = self.stats();
             backup.write_record(record)
         });
+        self.remove_published();
         match result {
             Ok(()) => {
                 drop(lock);
@@ -191,6 +290,9 @@ impl Job {
             }
         }
         RUNNING.lock().unwrap().remove(&self.uuid);
+        if let Some(h) = self.history.lock().unwrap().take() {
+            h.finish(self.end_of(&o));
+        }
         self.ended.notify_all();
     }
 
@@ -272,6 +374,56 @@ impl Job {
             Err(_) => Ok(()),
         }
     }
+}
+
+/// The figures a job publishes for other processes (see
+/// `Job::publish_loop`): one JSON object, `{"v":1,"total":…,
+/// "processed":…,"written":…,"elapsed":ms,"at":unix ms,"disks":[each
+/// disk's bytes processed]}`.
+fn published(stats: &JobStats, disks: &[u64]) -> String {
+    serde_json::json!({
+        "v": 1,
+        "total": stats.total,
+        "processed": stats.processed,
+        "written": stats.written,
+        "elapsed": stats.elapsed_ms,
+        "at": unix_ms(),
+        "disks": disks,
+    })
+    .to_string()
+}
+
+fn unix_ms() -> u64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    d.map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The figures a job running in another process published last for the
+/// backup `rec` (whose record says running): its stats (the elapsed time
+/// brought up to now) and each disk's bytes processed. `None` when it
+/// published nothing readable.
+pub(crate) fn published_figures(
+    catalog: &Catalog,
+    rec: &BackupRecord,
+) -> Option<(JobStats, Vec<u64>)> {
+    let text = catalog.backup_of(rec).progress_file().read()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+    if n("v") != Some(1) {
+        return None;
+    }
+    let since = unix_ms().saturating_sub(n("at")?).min(3_600_000);
+    let stats = JobStats {
+        total: n("total")?,
+        processed: n("processed")?,
+        written: n("written")?,
+        elapsed_ms: n("elapsed")?.saturating_add(since),
+    };
+    let disks = (v.get("disks")?.as_array()?.iter())
+        .map(|d| d.as_u64().unwrap_or(0))
+        .take(rec.disks.len())
+        .collect();
+    Some((stats, disks))
 }
 
 /// Shared counters of a copy, read by `GetParameters` while it runs.
@@ -486,6 +638,62 @@ mod tests {
         let t = Instant::now();
         assert!(limit.take(1 << 10, CANCEL_POLL, || false));
         assert!(t.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn figures_published_read_back_in_another_handle_and_go_when_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::at(dir.path().join("cat")).unwrap();
+        let mut rec =
+            BackupRecord::sample(Uuid::new_v4(), dir.path().join("t"), BackupState::Running);
+        let backup = cat.backup_of(&rec);
+        backup.write_record(&rec).unwrap();
+        let plan = JobPlan {
+            uuid: rec.uuid,
+            domain: rec.domain_uuid,
+            disks: rec.disks.iter().map(|d| (d.name.clone(), 1000)).collect(),
+            incremental: false,
+            bandwidth: None,
+            publish: Some(backup.progress_file()),
+        };
+        let job = Job::new(plan, backup.cancel_marker());
+        assert!(
+            published_figures(&cat, &rec).is_none(),
+            "nothing published yet"
+        );
+        job.disk_progress[0].progress.add_processed(300);
+        job.progress.add_written(7);
+        let (stats, disks) = job.snapshot();
+        let file = backup.progress_file();
+        file.publish(published(&stats, &disks).as_bytes()).unwrap();
+        let (seen, per_disk) = published_figures(&cat, &rec).unwrap();
+        assert_eq!(
+            (seen.total, seen.processed, seen.written),
+            (stats.total, 300, 7)
+        );
+        assert_eq!(per_disk[0], 300);
+        assert!(seen.elapsed_ms >= stats.elapsed_ms);
+        // Junk, or a link in its place, reads as nothing published.
+        file.publish(b"{not json").unwrap();
+        assert!(published_figures(&cat, &rec).is_none());
+        let path = backup
+            .domain()
+            .path()
+            .join(format!("{}.progress", rec.uuid));
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("t"), &path).unwrap();
+        std::fs::write(dir.path().join("t"), published(&stats, &disks)).unwrap();
+        assert!(published_figures(&cat, &rec).is_none());
+        std::fs::remove_file(&path).unwrap();
+        // Settling removes what was published and stops the publisher.
+        file.publish(published(&stats, &disks).as_bytes()).unwrap();
+        let lock = backup
+            .lock_job(backup.domain().claim_job().unwrap())
+            .unwrap();
+        let (result, _, _) = job.settle(&cat, &mut rec, Ok(()), lock);
+        result.unwrap();
+        assert!(!path.exists());
+        assert!(!*job.publishing.lock().unwrap());
     }
 
     #[test]

@@ -70,20 +70,8 @@ pub(crate) fn is_uuid_prefix(s: &str) -> bool {
     s.len() >= MIN_PREFIX && s.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-')
 }
 
-// TEMPORARY until virDomainBackupGetJobHistory lands in the library: looked
-// up at run time so that the command links without it.
-#[allow(non_snake_case)]
-unsafe fn virDomainBackupGetJobHistory(d: sys::virDomainPtr, f: c_uint) -> *mut c_char {
-    // SAFETY: dlsym with RTLD_DEFAULT and a static C string.
-    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"virDomainBackupGetJobHistory".as_ptr()) };
-    if sym.is_null() {
-        return ptr::null_mut();
-    }
-    // SAFETY: the symbol has this C signature (the header).
-    let f2: unsafe extern "C" fn(sys::virDomainPtr, c_uint) -> *mut c_char =
-        unsafe { std::mem::transmute(sym) };
-    // SAFETY: as the caller's.
-    unsafe { f2(d, f) }
+unsafe extern "C" {
+    fn virDomainBackupGetJobHistory(d: sys::virDomainPtr, f: c_uint) -> *mut c_char;
 }
 
 pub(crate) const JOB_HISTORY_FAILED: u32 = 1 << 0;

@@ -127,6 +127,16 @@ typedef enum {
 } virDomainBackupFinishJobFlags;
 
 /**
+ * Flags of virDomainBackupGetJobHistory().
+ */
+typedef enum {
+  /**
+   * Only jobs that failed, were cancelled or were interrupted.
+   */
+  VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED = (1 << 0),
+} virDomainBackupJobHistoryFlags;
+
+/**
  * The "state" typed parameter of virDomainBackupGetParameters().
  */
 typedef enum {
@@ -575,6 +585,37 @@ int virDomainBackupGetLastErrorCode(void);
 void virDomainBackupResetLastError(void);
 
 /**
+ * virDomainBackupGetJobHistory:
+ * @domain: a domain object, or NULL for every domain in the catalog
+ * @flags: 0 or VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED (only jobs that
+ *         failed, were cancelled or were interrupted)
+ *
+ * Describe the jobs the catalog remembers, oldest first: every managed
+ * backup's job (virDomainBackupCreateXML()), virDomainBackupDelete()
+ * (with the merges into children it makes), virDomainBackupVerify(),
+ * the restores (virDomainBackupRestore() in every mode,
+ * virDomainBackupRestoreUnmanaged()) and the exports
+ * (virDomainBackupStartUnmanaged() of a domain or of a stored backup, up
+ * to virDomainBackupFinishJob() or virDomainBackupAbortJob()), of any
+ * process or host sharing the catalog. Each is a
+ * <job id='…' kind='create|delete|verify|restore|export'
+ * state='running|completed|failed|cancelled|interrupted'> in a
+ * <jobhistory> document, with <domain uuid='…' name='…'/>,
+ * <backup uuid='…'/> (the backup the job is about; for the export of a
+ * domain, the export's own UUID), <start> and <end> (Unix seconds),
+ * <bytes> (bytes read, copied or verified), <written> (bytes written, by a
+ * backup's job), <host>, <pid> and <error code='N'>message</error>; an
+ * element is absent when unknown (<end> while the job runs, or when its
+ * process died: "interrupted", which a job of this host whose process no
+ * longer exists shows; one of another host shows "running"). The history
+ * is bounded: about the last 1 to 2 MiB of it is kept.
+ *
+ * Returns the document, malloc'd: the caller releases it with free(); or
+ * NULL on error.
+ */
+char *virDomainBackupGetJobHistory(virDomainPtr domain, unsigned int flags);
+
+/**
  * virDomainBackupFinishJob:
  * @backup: a backup object
  * @flags: 0, VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK or VIR_DOMAIN_BACKUP_FINISH_JOB_CANCEL
@@ -618,7 +659,10 @@ int virDomainBackupAbortJob(virDomainBackupPtr backup, unsigned int flags);
  * from 0 in the backup's disk order "disk.<i>.name" (string),
  * "disk.<i>.bytes.total" and "disk.<i>.bytes.processed" (ullong; the job's
  * "bytes.processed" is their sum) and, only when the state is FAILED,
- * "error" (string). Values are live while the job runs.
+ * "error" (string). Values are live while the job runs: from a process
+ * other than the job's (virDomainBackupLookupByUUID(),
+ * virDomainBackupList()), the figures the job publishes twice a second
+ * next to its record.
  * While virDomainBackupVerify() runs on the backup in this process, also
  * "verify.bytes.total" and "verify.bytes.processed" (ullong). Once
  * virDomainBackupVerify() has returned 0 for the backup in this process,

@@ -7,6 +7,7 @@ use virt::sys;
 use super::{ffi_entry, is_ours, malloc_string, new_handle, return_list, virDomainBackupPtr};
 use crate::error::Error;
 use crate::ops::backup::Backup;
+use crate::ops::history;
 
 /// virDomainBackupCreateXML:
 /// @domain: a domain object
@@ -61,7 +62,7 @@ pub extern "C" fn virDomainBackupCreateXML(
         let dom = cx.domain(domain)?;
         let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
         let opts = cx.options(flags)?;
-        new_handle(Backup::create(&dom, xml, opts)?)
+        new_handle(history::create(&dom, xml, opts)?)
     })
 }
 
@@ -152,12 +153,12 @@ pub extern "C" fn virDomainBackupStartUnmanaged(
             // The export of a stored backup: the one form without a domain.
             let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
             cx.check_flags(flags, 0)?;
-            return new_handle(Backup::export_stored(xml)?);
+            return new_handle(history::export_stored(xml)?);
         }
         let dom = cx.domain(domain)?;
         let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
         let opts = cx.options(flags)?;
-        new_handle(Backup::start_unmanaged(&dom, xml, opts)?)
+        new_handle(history::start_unmanaged(&dom, xml, opts)?)
     })
 }
 
@@ -419,7 +420,7 @@ pub extern "C" fn virDomainBackupFree(backup: virDomainBackupPtr) -> c_int {
 pub extern "C" fn virDomainBackupDelete(backup: virDomainBackupPtr, flags: c_uint) -> c_int {
     ffi_entry!(virDomainBackupDelete, -1, |cx| {
         let b = cx.backup(backup)?;
-        b.delete(cx.options(flags)?)?;
+        history::delete(&b, cx.options(flags)?)?;
         Ok(0)
     })
 }

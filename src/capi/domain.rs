@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, c_uint};
 use virt::sys;
 
 use super::{ffi_entry, malloc_string};
-use crate::ops::backup;
+use crate::ops::domain_settings;
 
 /// virDomainSetDefaultTarget:
 /// @domain: a domain object
@@ -44,7 +44,7 @@ pub extern "C" fn virDomainSetDefaultTarget(
     ffi_entry!(virDomainSetDefaultTarget, -1, |cx| {
         let dom = cx.domain(domain)?;
         let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
-        backup::set_default_target(&dom, xml, cx.options(flags)?)?;
+        domain_settings::set_default_target(&dom, xml, cx.options(flags)?)?;
         Ok(0)
     })
 }
@@ -70,7 +70,7 @@ pub extern "C" fn virDomainGetDefaultTarget(
 ) -> *mut c_char {
     ffi_entry!(virDomainGetDefaultTarget, std::ptr::null_mut(), |cx| {
         let dom = cx.domain(domain)?;
-        malloc_string(&backup::default_target(&dom, cx.options(flags)?)?)
+        malloc_string(&domain_settings::default_target(&dom, cx.options(flags)?)?)
     })
 }
 
@@ -90,7 +90,7 @@ pub extern "C" fn virDomainGetDefaultTarget(
 pub extern "C" fn virDomainBackupUndefineFlags(domain: sys::virDomainPtr, flags: c_uint) -> c_int {
     ffi_entry!(virDomainBackupUndefineFlags, -1, |cx| {
         let dom = cx.domain(domain)?;
-        backup::undefine(&dom, cx.options(flags)?)?;
+        domain_settings::undefine(&dom, cx.options(flags)?)?;
         Ok(0)
     })
 }

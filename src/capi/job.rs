@@ -7,6 +7,7 @@ use virt::sys;
 use super::{ffi_entry, malloc_string, virDomainBackupPtr};
 use crate::error::{Error, Result};
 use crate::ops::backup::ParamValue;
+use crate::ops::history;
 
 /// virDomainBackupFinishJob:
 /// @backup: a backup object
@@ -24,7 +25,7 @@ use crate::ops::backup::ParamValue;
 pub extern "C" fn virDomainBackupFinishJob(backup: virDomainBackupPtr, flags: c_uint) -> c_int {
     ffi_entry!(virDomainBackupFinishJob, -1, |cx| {
         let b = cx.backup(backup)?;
-        b.finish_job(cx.options(flags)?)
+        history::finish_job(&b, cx.options(flags)?)
     })
 }
 
@@ -44,7 +45,7 @@ pub extern "C" fn virDomainBackupAbortJob(backup: virDomainBackupPtr, flags: c_u
     ffi_entry!(virDomainBackupAbortJob, -1, |cx| {
         let b = cx.backup(backup)?;
         cx.check_flags(flags, 0)?;
-        b.abort()?;
+        history::abort(&b)?;
         Ok(0)
     })
 }
@@ -92,7 +93,10 @@ fn fill(slot: &mut sys::virTypedParameter, name: &str, value: &ParamValue) -> Re
 /// from 0 in the backup's disk order "disk.<i>.name" (string),
 /// "disk.<i>.bytes.total" and "disk.<i>.bytes.processed" (ullong; the job's
 /// "bytes.processed" is their sum) and, only when the state is FAILED,
-/// "error" (string). Values are live while the job runs.
+/// "error" (string). Values are live while the job runs: from a process
+/// other than the job's (virDomainBackupLookupByUUID(),
+/// virDomainBackupList()), the figures the job publishes twice a second
+/// next to its record.
 /// While virDomainBackupVerify() runs on the backup in this process, also
 /// "verify.bytes.total" and "verify.bytes.processed" (ullong). Once
 /// virDomainBackupVerify() has returned 0 for the backup in this process,

@@ -31,6 +31,7 @@ pub mod accessors;
 pub mod backup;
 pub mod domain;
 pub mod error;
+pub mod history;
 pub mod job;
 mod options;
 pub mod restore;
@@ -38,7 +39,8 @@ pub mod verify;
 
 pub use crate::flags::{
     virDomainBackupCreateFlags, virDomainBackupDeleteFlags, virDomainBackupFinishJobFlags,
-    virDomainBackupListFlags, virDomainBackupRestoreFlags, virDomainBackupState,
+    virDomainBackupJobHistoryFlags, virDomainBackupListFlags, virDomainBackupRestoreFlags,
+    virDomainBackupState,
 };
 
 /// Run the body of the exported function `$func` (its C name, written

@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 use crate::flags::bits::*;
 use crate::ops::options::{
     Affect, ChildScope, CreateOptions, DeleteOptions, DeleteScope, ExportOptions, FinishMode,
-    ListFilter, ListKind, RestoreMode, RestoreOptions, UndefineFlags, UndefineOptions, XmlOptions,
+    HistoryFilter, ListFilter, ListKind, RestoreMode, RestoreOptions, UndefineFlags,
+    UndefineOptions, XmlOptions,
 };
 
 /// A caller's flag word, its unknown bits already refused.
@@ -110,6 +111,17 @@ impl FromFlags for ExportOptions {
     fn from_flags(f: Flags) -> Result<Self> {
         Ok(ExportOptions {
             quiesce: f.has(VIR_DOMAIN_BACKUP_CREATE_QUIESCE),
+        })
+    }
+}
+
+/// `virDomainBackupGetJobHistory`.
+impl FromFlags for HistoryFilter {
+    const ALLOWED: u32 = VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED;
+
+    fn from_flags(f: Flags) -> Result<Self> {
+        Ok(HistoryFilter {
+            failed_only: f.has(VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED),
         })
     }
 }

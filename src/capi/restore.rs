@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, c_uint};
 use virt::sys;
 
 use super::ffi_entry;
-use crate::ops::backup::Backup;
+use crate::ops::history;
 
 /// virDomainBackupRestore:
 /// @xmlDesc: a <domainbackup> document naming the backup (<uuid>) and,
@@ -92,7 +92,7 @@ use crate::ops::backup::Backup;
 pub extern "C" fn virDomainBackupRestore(xmlDesc: *const c_char, flags: c_uint) -> c_int {
     ffi_entry!(virDomainBackupRestore, -1, |cx| {
         let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
-        Backup::restore(xml, cx.options(flags)?)?;
+        history::restore(xml, cx.options(flags)?)?;
         Ok(0)
     })
 }
@@ -140,7 +140,7 @@ pub extern "C" fn virDomainBackupRestoreUnmanaged(
     ffi_entry!(virDomainBackupRestoreUnmanaged, -1, |cx| {
         let dom = cx.domain(domain)?;
         let xml = cx.str_arg(xmlDesc, "xmlDesc")?;
-        Backup::restore_unmanaged(&dom, xml, cx.options(flags)?)?;
+        history::restore_unmanaged(&dom, xml, cx.options(flags)?)?;
         Ok(0)
     })
 }

@@ -3,6 +3,7 @@
 use std::ffi::{c_int, c_uint};
 
 use super::{ffi_entry, virDomainBackupPtr};
+use crate::ops::history;
 
 /// virDomainBackupVerify:
 /// @backup: a managed backup object
@@ -37,7 +38,7 @@ pub extern "C" fn virDomainBackupVerify(backup: virDomainBackupPtr, flags: c_uin
     ffi_entry!(virDomainBackupVerify, -1, |cx| {
         let b = cx.backup(backup)?;
         cx.check_flags(flags, 0)?;
-        b.verify()?;
+        history::verify(&b)?;
         Ok(0)
     })
 }

@@ -7,31 +7,26 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::files::{remove_backup, volume_connection};
+// The per-domain settings, where the integration tests find them.
+pub use super::domain_settings::{set_default_target, undefine};
 use super::{create, gate};
 use crate::engine::{background, live};
 use crate::error::{Error, ErrorCode, Result};
 use crate::hv::libvirt::{self, DomainRef};
-use crate::hv::storage_pool;
 use crate::job::{self, Job};
 use crate::ops::export;
 use crate::ops::options::{
-    Affect, ChildScope, CreateOptions, DeleteOptions, DeleteScope, ExportOptions, FinishMode,
-    ListFilter, ListKind, RestoreOptions, UndefineOptions, XmlOptions,
+    ChildScope, CreateOptions, DeleteOptions, DeleteScope, ExportOptions, FinishMode, ListFilter,
+    ListKind, RestoreOptions, XmlOptions,
 };
 use crate::ops::recovery;
 use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
-use crate::store::secure;
 use crate::store::summary::Entry;
-use crate::xml::backup::{
-    BackupMode, BackupRecord, BackupState, DefaultTarget, JobStats, UnmanagedRequest,
-};
+use crate::xml::backup::{BackupMode, BackupRecord, BackupState, JobStats, UnmanagedRequest};
 use crate::xml::dom::Element;
 
-mod default_target;
 mod parent;
-
-pub use default_target::{default_target, set_default_target};
 
 /// A backup as seen through a handle.
 #[derive(Debug)]
@@ -395,19 +390,21 @@ impl Backup {
         }
         let rec = self.record()?;
         let done = rec.state == BackupState::Completed;
+        // A job of another process: the figures it published, if any.
+        let live = (rec.state == BackupState::Running)
+            .then(|| job::published_figures(&self.catalog, &rec))
+            .flatten();
+        let seen = |i: usize| live.as_ref().map(|l| l.1.get(i).copied().unwrap_or(0));
         Ok(Figures {
             state: rec.state,
-            stats: rec.stats,
+            stats: live.as_ref().map_or(rec.stats, |l| l.0),
             disks: rec.disks.len() as u32,
             incremental: rec.disks.iter().any(|d| d.mode == BackupMode::Incremental),
             error: None,
-            per_disk: (rec.disks.into_iter())
-                .map(|d| {
-                    (
-                        d.name,
-                        d.virtual_size,
-                        if done { d.virtual_size } else { 0 },
-                    )
+            per_disk: (rec.disks.into_iter().enumerate())
+                .map(|(i, d)| {
+                    let done = if done { d.virtual_size } else { 0 };
+                    (d.name, d.virtual_size, seen(i).unwrap_or(done))
                 })
                 .collect(),
         })
@@ -456,9 +453,19 @@ impl Backup {
         }
     }
 
+    /// The job of the backup, when it runs (or ran) in this process.
+    pub(crate) fn job(&self) -> Option<&Arc<Job>> {
+        self.job.as_ref()
+    }
+
+    /// The state of an unmanaged backup (an export); `None` for a managed one.
+    pub(crate) fn export_state(&self) -> Option<BackupState> {
+        self.export.as_ref().map(|e| e.state())
+    }
+
     /// `virDomainBackupVerify`: every stored block checked against the
-    /// backup's digest index.
-    pub fn verify(&self) -> Result<()> {
+    /// backup's digest index; the bytes read.
+    pub fn verify(&self) -> Result<u64> {
         super::verify::verify(&self.record()?)
     }
 
@@ -724,35 +731,5 @@ fn check_target_folders(records: &[BackupRecord]) -> Result<()> {
             Folder::outside_parent(&d.target, "backup target")?;
         }
     }
-    Ok(())
-}
-
-/// `virDomainBackupUndefineFlags`.
-pub fn undefine(dom: &DomainRef, opts: UndefineOptions) -> Result<()> {
-    let catalog = recovery::open_catalog()?;
-    let uuid = dom.uuid()?;
-    let _guard = catalog.domain(&uuid).lock()?;
-    let records = recovery::list_domain(&catalog, &uuid)?;
-    if !opts.forget_backups && !records.is_empty() {
-        return Err(Error::operation_invalid(format!(
-            "cannot undefine domain with {} managed backups",
-            records.len()
-        )));
-    }
-    if job::running_for_domain(&uuid).is_some()
-        || records.iter().any(|r| r.state == BackupState::Running)
-    {
-        return Err(Error::operation_invalid(
-            "cannot undefine a domain while a backup job runs",
-        ));
-    }
-    let mut flags = opts.libvirt;
-    if records.iter().any(|r| r.checkpoint.is_some()) {
-        // The checkpoints of our backups go with the backups' metadata.
-        flags = flags.with_checkpoints_metadata();
-    }
-    dom.undefine(flags)?;
-    catalog.domain(&uuid).forget()?;
-    create::LIVE_TARGETS.lock().unwrap().remove(&uuid);
     Ok(())
 }

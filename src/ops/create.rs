@@ -426,6 +426,7 @@ fn new_job(catalog: &Catalog, record: &BackupRecord, bandwidth: Option<u64>) -> 
             .collect(),
         incremental: (record.disks.iter()).any(|d| d.mode == BackupMode::Incremental),
         bandwidth,
+        publish: Some(catalog.backup(&domain, &uuid).progress_file()),
     };
     Job::new(plan, catalog.backup(&domain, &uuid).cancel_marker())
 }

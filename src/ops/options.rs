@@ -90,6 +90,13 @@ pub enum DeleteScope {
     All,
 }
 
+/// What `virDomainBackupGetJobHistory` returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryFilter {
+    /// Only jobs that failed, were cancelled or were interrupted.
+    pub failed_only: bool,
+}
+
 /// `virDomainBackupDelete`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeleteOptions {

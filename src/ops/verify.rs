@@ -91,8 +91,8 @@ fn in_disk(disk: &str, mut e: Error) -> Error {
     e
 }
 
-/// `virDomainBackupVerify` of the backup `rec` describes.
-pub(crate) fn verify(rec: &BackupRecord) -> Result<()> {
+/// `virDomainBackupVerify` of the backup `rec` describes; the bytes read.
+pub(crate) fn verify(rec: &BackupRecord) -> Result<u64> {
     if rec.state != BackupState::Completed {
         return Err(Error::operation_invalid(format!(
             "backup '{}' is not completed",
@@ -147,5 +147,5 @@ pub(crate) fn verify(rec: &BackupRecord) -> Result<()> {
         })?;
     }
     RECORDED.lock().unwrap().insert(rec.uuid, recorded);
-    Ok(())
+    Ok(run.progress.processed.load(Ordering::Relaxed))
 }

@@ -92,6 +92,16 @@ impl Catalog {
         Catalog::at(default_root())
     }
 
+    /// The catalog at the configured root if it exists (nothing is
+    /// created); `None` if it does not.
+    pub fn open_existing() -> Result<Option<Catalog>> {
+        let root = default_root();
+        match std::fs::symlink_metadata(&root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => Catalog::at(root).map(Some),
+        }
+    }
+
     /// The catalog at `root`, created if missing.
     pub fn at(root: PathBuf) -> Result<Catalog> {
         let dir = shared_root(secure::prepare_root(&root)?);

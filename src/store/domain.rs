@@ -52,6 +52,55 @@ impl CancelMarker {
     }
 }
 
+/// Where a running job publishes its figures for other processes: the
+/// file `<domain>/<backup>.progress`, replaced whole (a temporary file
+/// renamed over it) at each publication and removed when the job ends.
+/// Its content is the job's business (`job`); a reader gets at most
+/// `PROGRESS_LIMIT` bytes of a regular file of ours.
+#[derive(Debug, Clone)]
+pub struct ProgressFile {
+    domain: DomainDir,
+    uuid: Uuid,
+}
+
+/// The most bytes of a progress file read.
+const PROGRESS_LIMIT: u64 = 1 << 20;
+
+impl ProgressFile {
+    /// Replace the published figures with `data`.
+    pub fn publish(&self, data: &[u8]) -> Result<()> {
+        let path = || self.domain.path().join(names::progress(&self.uuid));
+        let dir = self.domain.folder()?.ok_or_else(|| {
+            Error::io(
+                "cannot publish",
+                &path(),
+                std::io::ErrorKind::NotFound.into(),
+            )
+        })?;
+        let (name, tmp) = (names::progress(&self.uuid), names::progress_tmp(&self.uuid));
+        dir.replace(&name, &tmp, data)
+            .map_err(|e| Error::io("cannot publish", &path(), e))
+    }
+
+    /// The figures published last, if any.
+    pub fn read(&self) -> Option<Vec<u8>> {
+        let dir = self.domain.folder().ok()??;
+        dir.read_own(&names::progress(&self.uuid), PROGRESS_LIMIT)
+            .ok()
+    }
+
+    /// Remove the file (the job ended).
+    pub fn remove(&self) {
+        if let Ok(Some(dir)) = self.domain.folder() {
+            crate::warn_if_err!(
+                dir.remove_if_exists(&names::progress(&self.uuid)),
+                "cannot remove the progress file of backup {}",
+                self.uuid
+            );
+        }
+    }
+}
+
 impl DomainDir {
     pub(super) fn new(root: Arc<Folder>, uuid: Uuid) -> DomainDir {
         DomainDir { root, uuid }
@@ -245,6 +294,14 @@ impl BackupDir {
         }
     }
 
+    /// Where the backup's job publishes its figures (see `ProgressFile`).
+    pub fn progress_file(&self) -> ProgressFile {
+        ProgressFile {
+            domain: self.domain.clone(),
+            uuid: self.uuid,
+        }
+    }
+
     /// Ask the backup's running job, in whatever process, to stop.
     pub fn request_cancel(&self) -> Result<()> {
         let name = names::cancel(&self.uuid);
@@ -280,6 +337,11 @@ impl BackupDir {
             crate::warn_if_err!(
                 dir.remove_if_exists(&names::cancel(&self.uuid)),
                 "cannot remove the cancel marker of backup {}",
+                self.uuid
+            );
+            crate::warn_if_err!(
+                dir.remove_if_exists(&names::progress(&self.uuid)),
+                "cannot remove the progress file of backup {}",
                 self.uuid
             );
         }

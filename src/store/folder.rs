@@ -108,6 +108,35 @@ impl Folder {
         Ok(out)
     }
 
+    /// At most `limit` bytes of the file `name`, which must be a regular
+    /// file of ours (never a link, nor a FIFO that would block the open).
+    pub fn read_own(&self, name: &str, limit: u64) -> std::io::Result<Vec<u8>> {
+        let f = self.open(name, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        let st = rustix::fs::fstat(&f)?;
+        let regular = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
+        if !regular || st.st_uid != euid() || st.st_mode & 0o077 != 0 {
+            return Err(std::io::Error::other("not a private regular file of ours"));
+        }
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, limit), &mut out)?;
+        Ok(out)
+    }
+
+    /// Replace `name` with `data` through the temporary file `tmp`
+    /// (created anew, then renamed over it), without syncing: for files
+    /// that only matter while their writer lives.
+    pub fn replace(&self, name: &str, tmp: &str, data: &[u8]) -> std::io::Result<()> {
+        let _ = self.remove(tmp);
+        let written = self.create_new(tmp).and_then(|mut f| f.write_all(data));
+        match written.and_then(|()| self.rename(tmp, name)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.remove(tmp);
+                Err(e)
+            }
+        }
+    }
+
     /// Write `name` so that a crash leaves the old or the new content:
     /// temporary file, fsync, rename, fsync of the folder.
     pub fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
@@ -265,12 +294,12 @@ impl Folder {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(Error::io("cannot create folder", &path, e.into())),
         }
-        let fd = rustix::fs::openat(&self.fd, name, dir_flags(), Mode::empty()).map_err(|e| {
-            match e {
+        let fd = rustix::fs::openat(&self.fd, name, dir_flags(), Mode::empty()).map_err(
+            |e| match e {
                 Errno::LOOP | Errno::NOTDIR => refuse_outside(&path, what, "it is not a folder"),
                 e => Error::io("cannot open folder", &path, e.into()),
-            }
-        })?;
+            },
+        )?;
         check_outside(&fd, &path, what)?;
         Ok(Folder { fd, path })
     }
@@ -411,11 +440,18 @@ fn refuse_outside(path: &Path, what: &str, why: &str) -> Error {
 fn check_outside(fd: &OwnedFd, path: &Path, what: &str) -> Result<()> {
     let st = rustix::fs::fstat(fd).map_err(|e| Error::io("cannot inspect", path, e.into()))?;
     if !owner_ok(st.st_uid) {
-        let why = format!("it is owned by uid {}, not by uid {} or root", st.st_uid, euid());
+        let why = format!(
+            "it is owned by uid {}, not by uid {} or root",
+            st.st_uid,
+            euid()
+        );
         return Err(refuse_outside(path, what, &why));
     }
     if st.st_mode & 0o022 != 0 {
-        let why = format!("other users can write in it (mode {:o})", st.st_mode & 0o7777);
+        let why = format!(
+            "other users can write in it (mode {:o})",
+            st.st_mode & 0o7777
+        );
         return Err(refuse_outside(path, what, &why));
     }
     Ok(())

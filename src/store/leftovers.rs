@@ -27,8 +27,8 @@ pub struct Leftovers {
     /// Temporary files of atomic writes cut short: `.<backup>.xml.tmp`,
     /// `.summary.tmp`, `.default-target.xml.tmp`.
     pub temps: Vec<String>,
-    /// Backups with a `<backup>.lock` or `<backup>.cancel` file: a running
-    /// job's, or one a job killed before it wrote its record (or after it
+    /// Backups with a `<backup>.lock`, `<backup>.cancel` or
+    /// `<backup>.progress` file (or its temporary file): a running job's, or one a job killed before it wrote its record (or after it
     /// settled it) left.
     pub jobs: Vec<Uuid>,
 }
@@ -96,7 +96,8 @@ impl DomainDir {
                     continue;
                 }
             }
-            for name in [names::job_lock(u), names::cancel(u)] {
+            let files = [names::job_lock(u), names::cancel(u), names::progress(u)];
+            for name in files.into_iter().chain([names::progress_tmp(u)]) {
                 if own(&name) && dir.remove(&name).is_ok() {
                     removed = true;
                 }

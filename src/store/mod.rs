@@ -9,6 +9,7 @@ pub(crate) mod delete;
 pub(crate) mod domain;
 pub(crate) mod exports;
 pub(crate) mod folder;
+pub(crate) mod history;
 pub mod index;
 pub(crate) mod leftovers;
 pub(crate) mod locks;

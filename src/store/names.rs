@@ -24,6 +24,10 @@
 //! <root>/.scratch-<export>/               an export's scratch files
 //! <root>/.exports/<export>[.<backup>]     a running export (`exports`)
 //! <root>/.pins/<backup>-<domain>-<disk>.xml  a pin (`pins`)
+//! <root>/.history/jobs.jsonl              the job history, one JSON line per event (`history`)
+//! <root>/.history/jobs.jsonl.1            the history before the last rotation
+//! <root>/.history/.lock                   flock of the history's writers and readers
+//! <root>/<domain>/<backup>.progress       a running job's figures for other processes
 //! <folder>/.<name>.tmp                    temporary file of an atomic write of <name>
 //! ```
 //!
@@ -46,6 +50,15 @@ pub(crate) const WAITING: &str = ".waiting";
 pub(crate) const EXPORTS: &str = ".exports";
 /// In the root: the folder of pins.
 pub(crate) const PINS: &str = ".pins";
+/// In the root: the folder of the job history (`history`).
+pub(crate) const HISTORY: &str = ".history";
+/// In `HISTORY`: the history file appended to.
+pub(crate) const HISTORY_FILE: &str = "jobs.jsonl";
+/// In `HISTORY`: the history file before the last rotation.
+pub(crate) const HISTORY_OLD: &str = "jobs.jsonl.1";
+/// In `HISTORY`: the lock of the history's writers (exclusive) and
+/// readers (shared).
+pub(crate) const HISTORY_LOCK: &str = ".lock";
 /// In a domain's folder: the listing summary.
 pub(crate) const SUMMARY: &str = "summary";
 /// In a domain's folder: the persistent default target.
@@ -106,6 +119,16 @@ pub(crate) fn job_lock(backup: &Uuid) -> String {
 /// The cancel request of a backup's job, in its domain's folder.
 pub(crate) fn cancel(backup: &Uuid) -> String {
     format!("{backup}.cancel")
+}
+
+/// The figures a backup's running job publishes, in its domain's folder.
+pub(crate) fn progress(backup: &Uuid) -> String {
+    format!("{backup}.progress")
+}
+
+/// The temporary file `progress` is written to before its rename.
+pub(crate) fn progress_tmp(backup: &Uuid) -> String {
+    tmp(&progress(backup))
 }
 
 /// The default folder of a backup's images, in its domain's folder.
@@ -223,7 +246,8 @@ pub(crate) enum InDomain {
     Deleting,
     /// `.<name>.tmp` of a file the library writes there atomically.
     Temp,
-    /// `<backup>.lock` or `<backup>.cancel`: a job's files.
+    /// `<backup>.lock`, `<backup>.cancel`, `<backup>.progress` or its
+    /// temporary file: a job's files.
     JobFile(Uuid),
     /// Anything else (records, folders, names the library does not make).
     Other,
@@ -238,13 +262,17 @@ pub(crate) fn in_domain(name: &str) -> InDomain {
         };
     }
     if let Some(inner) = name.strip_prefix('.').and_then(|x| x.strip_suffix(".tmp")) {
+        if let Some(u) = inner.strip_suffix(".progress").and_then(exact_uuid) {
+            // Written without the domain's lock: only a dead job's goes.
+            return InDomain::JobFile(u);
+        }
         let ours = [SUMMARY, DEFAULT_TARGET].contains(&inner) || parse_record(inner).is_some();
         return match ours {
             true => InDomain::Temp,
             false => InDomain::Other,
         };
     }
-    [".lock", ".cancel"]
+    [".lock", ".cancel", ".progress"]
         .iter()
         .find_map(|x| name.strip_suffix(x).and_then(exact_uuid))
         .map_or(InDomain::Other, InDomain::JobFile)
@@ -263,6 +291,8 @@ mod tests {
         assert!(is_deleting(&deleting(&b)));
         assert_eq!(in_domain(&job_lock(&b)), InDomain::JobFile(b));
         assert_eq!(in_domain(&cancel(&b)), InDomain::JobFile(b));
+        assert_eq!(in_domain(&progress(&b)), InDomain::JobFile(b));
+        assert_eq!(in_domain(&progress_tmp(&b)), InDomain::JobFile(b));
         assert_eq!(in_domain(&tmp(&record(&b))), InDomain::Temp);
         assert_eq!(in_domain(&tmp(SUMMARY)), InDomain::Temp);
         assert_eq!(in_domain(&tmp(DEFAULT_TARGET)), InDomain::Temp);

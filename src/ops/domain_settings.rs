@@ -1,8 +1,18 @@
-//! A domain's default backup target (`virDomainSetDefaultTarget`,
-//! `virDomainGetDefaultTarget`): kept in the catalog for CONFIG, in this
-//! process for LIVE.
+//! What is set on a domain rather than on one backup: its default
+//! target (`virDomainSetDefaultTarget`), and the removal of its backups'
+//! metadata with the domain (`virDomainBackupUndefineFlags`).
 
-use super::*;
+use super::create;
+use crate::error::{Error, Result};
+use crate::hv::libvirt::DomainRef;
+use crate::hv::storage_pool;
+use crate::job;
+use crate::ops::options::{Affect, UndefineOptions};
+use crate::ops::recovery;
+use crate::store::catalog::Catalog;
+use crate::store::folder::Folder;
+use crate::store::secure;
+use crate::xml::backup::{BackupState, DefaultTarget};
 
 /// `virDomainSetDefaultTarget`; `<target type='none'/>` clears the setting.
 pub fn set_default_target(dom: &DomainRef, xml: &str, affect: Affect) -> Result<()> {
@@ -70,7 +80,7 @@ fn check_default_target(dom: &DomainRef, target: &DefaultTarget) -> Result<()> {
 /// SetDefaultTarget takes, `<target type='none'/>` when there is none.
 /// CURRENT is the one in force: the live one of a running domain, else the
 /// persistent one; LIVE and CONFIG together are refused.
-pub fn default_target(dom: &DomainRef, affect: Affect) -> Result<String> {
+pub(crate) fn default_target(dom: &DomainRef, affect: Affect) -> Result<String> {
     let uuid = dom.uuid()?;
     let active = dom.is_active()?;
     let live = || {
@@ -104,3 +114,32 @@ pub fn default_target(dom: &DomainRef, affect: Affect) -> Result<String> {
     }
 }
 
+/// `virDomainBackupUndefineFlags`.
+pub fn undefine(dom: &DomainRef, opts: UndefineOptions) -> Result<()> {
+    let catalog = recovery::open_catalog()?;
+    let uuid = dom.uuid()?;
+    let _guard = catalog.domain(&uuid).lock()?;
+    let records = recovery::list_domain(&catalog, &uuid)?;
+    if !opts.forget_backups && !records.is_empty() {
+        return Err(Error::operation_invalid(format!(
+            "cannot undefine domain with {} managed backups",
+            records.len()
+        )));
+    }
+    if job::running_for_domain(&uuid).is_some()
+        || records.iter().any(|r| r.state == BackupState::Running)
+    {
+        return Err(Error::operation_invalid(
+            "cannot undefine a domain while a backup job runs",
+        ));
+    }
+    let mut flags = opts.libvirt;
+    if records.iter().any(|r| r.checkpoint.is_some()) {
+        // The checkpoints of our backups go with the backups' metadata.
+        flags = flags.with_checkpoints_metadata();
+    }
+    dom.undefine(flags)?;
+    catalog.domain(&uuid).forget()?;
+    create::LIVE_TARGETS.lock().unwrap().remove(&uuid);
+    Ok(())
+}
