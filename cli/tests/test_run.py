@@ -268,6 +268,15 @@ def test_two_runs_at_once_one_skips_the_busy_domain(env):
     deadline = time.time() + 30
     while not vbj("list", dom) and time.time() < deadline:
         time.sleep(0.2)
+    # Another process sees the running job's progress (its published figures).
+    running = vbj("list", dom)[0]["uuid"]
+    seen = []
+    while len(seen) < 3 and time.time() < deadline:
+        st = vbj("status", running)
+        if st["state"] == "running" and st["bytes_processed"] > 0:
+            seen.append(st["bytes_processed"])
+        time.sleep(0.6)
+    assert len(seen) == 3 and seen == sorted(seen) and seen[-1] > seen[0], seen
     second = run_json(cfg, dom)
     r = by_domain(second)[dom]
     assert r["result"] == "skipped" and f"(pid {first.pid})" in r["reason"], second
@@ -291,8 +300,8 @@ def test_reverify_outdated_backups(env):
     assert b["verified"] == [a["uuid"]]  # never verified: outdated
     c = by_domain(run_json(cfg, dom, at="2026-02-03 03:00:00"))[dom]
     assert c["verified"] == [b["uuid"]]  # a's check is a day old
-    d = by_domain(run_json(cfg, dom, at="2026-02-06 03:00:00"))[dom]
-    assert sorted(d["verified"]) == sorted([a["uuid"], c["uuid"]]), d  # a: 4 days
+    d = by_domain(run_json(cfg, dom, at="2026-02-05 12:00:00"))[dom]
+    assert sorted(d["verified"]) == sorted([a["uuid"], c["uuid"]]), d  # a: 3.4 days, b: 2.4
 
 
 def test_policy_compression(env):
