@@ -190,9 +190,17 @@ mount_host() {
         umount -l "$m" 2>/dev/null || true
     fi
     mkdir -p "$m"
-    ceph-fuse -c "$CONF" -n "client.$h" "$m" >>"$DIR/log/client.$h.stderr" 2>&1 ||
-        die "ceph-fuse for client.$h failed (see $DIR/log/client.$h.stderr and .log)"
-    mount_works "$m" || die "CephFS at $m does not answer"
+    # A client started while the MDS is still settling (a cluster just
+    # started, a loaded machine) can fail its first session: try again.
+    try=1
+    until ceph-fuse -c "$CONF" -n "client.$h" "$m" >>"$DIR/log/client.$h.stderr" 2>&1 &&
+        mount_works "$m"; do
+        [ $try -lt 3 ] || die "ceph-fuse for client.$h failed 3 times (see $DIR/log/client.$h.stderr and .log)"
+        echo "ceph-single-node: ceph-fuse for client.$h failed; trying again" >&2
+        umount -l "$m" 2>/dev/null || true
+        try=$((try + 1))
+        sleep 3
+    done
 }
 
 wait_healthy() {
