@@ -78,7 +78,9 @@ def test_progress_of_a_job_running_in_another_process(env):
         lib.virDomainBackupFree(h)
         live = [s for s in seen if s[0] > 0]
         assert len(live) >= 3, f"no live figures seen from another process: {seen}"
-        assert all(0 < s[0] < 48 * MiB for s in live), seen
+        # The copy may be whole while the job still fsyncs and records.
+        assert all(0 < s[0] <= 48 * MiB for s in live), seen
+        assert [s for s in live if s[0] < 48 * MiB], f"no figure seen mid-copy: {seen}"
         assert live[-1][0] > live[0][0], f"bytes.processed did not grow: {seen}"
         assert all(a[0] <= b[0] for a, b in zip(live, live[1:])), seen
         assert all(s[1] == s[0] for s in live), "one disk: its figures are the job's"
