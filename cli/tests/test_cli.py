@@ -130,8 +130,9 @@ def catalog_files(env):
     root = os.environ["LIBVIRT_BACKUP_DIR"]
     out = []
     for d, _, files in os.walk(root):
-        # The catalog's lock and the domains' job locks stay, empty.
-        if os.path.relpath(d, root) == ".domain-locks":
+        # The catalog's lock and the domains' job locks stay, empty; the job
+        # history records every job, the aborted ones too.
+        if os.path.relpath(d, root) in (".domain-locks", ".history"):
             continue
         out += [os.path.relpath(os.path.join(d, f), root) for f in files if f != ".lock"]
     return sorted(out)

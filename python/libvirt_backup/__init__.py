@@ -62,7 +62,7 @@ from ._capi import lib, virt
 
 __all__ = [
     "Backup", "libvirtBackupError", "createXML", "startUnmanaged", "listBackups",
-    "listAllBackups", "lookupByUUID", "restore", "restoreUnmanaged", "setDefaultTarget", "undefine",
+    "listAllBackups", "getJobHistory", "lookupByUUID", "restore", "restoreUnmanaged", "setDefaultTarget", "undefine",
 ]
 
 # --------------------------------------------------------------------------
@@ -96,6 +96,8 @@ VIR_DOMAIN_BACKUP_STATE_RUNNING = 1
 VIR_DOMAIN_BACKUP_STATE_COMPLETED = 2
 VIR_DOMAIN_BACKUP_STATE_FAILED = 3
 VIR_DOMAIN_BACKUP_STATE_CANCELLED = 4
+# virDomainBackupJobHistoryFlags
+VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED = 1 << 0
 # virDomainBackupUndefineFlags(): with libvirt's virDomainUndefineFlagsValues
 VIR_DOMAIN_UNDEFINE_BACKUP = 1 << 30
 
@@ -699,6 +701,18 @@ def listAllBackups(flags: int = 0) -> List[Backup]:
     still names the domain and holds its saved ``<definition>``, and it
     restores as a new domain."""
     return _collect(lib.virDomainBackupList, None, _flags(flags), "virDomainBackupList", None)
+
+
+def getJobHistory(dom: Optional["libvirt.virDomain"] = None, flags: int = 0) -> str:
+    """The catalog's job history as a ``<jobhistory>`` document, oldest
+    first (``virDomainBackupGetJobHistory``): `dom`'s jobs, or every
+    domain's with None; ``VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED``: only jobs
+    that failed, were cancelled or were interrupted."""
+    ptr = None if dom is None else _domain_ptr(dom, "getJobHistory")
+    s = _capi.take_string(lib.virDomainBackupGetJobHistory(ptr, _flags(flags)))
+    if s is None:
+        raise _error("virDomainBackupGetJobHistory")
+    return s
 
 
 def lookupByUUID(*args, flags: int = 0) -> Backup:

@@ -85,6 +85,7 @@ _decl(lib, "virDomainBackupFree", c_int, c_void_p)
 # The unambiguous name: libvirt's virDomainBackupGetXMLDesc takes a domain.
 _decl(lib, "virDomainBackupObjGetXMLDesc", c_void_p, c_void_p, c_uint)
 _decl(lib, "virDomainBackupLookupByUUID", c_void_p, c_char_p, c_uint)
+_decl(lib, "virDomainBackupGetJobHistory", c_void_p, c_void_p, c_uint)
 _decl(lib, "virDomainBackupGetDomain", c_void_p, c_void_p)
 _decl(lib, "virDomainBackupFinishJob", c_int, c_void_p, c_uint)
 _decl(lib, "virDomainBackupAbortJob", c_int, c_void_p, c_uint)

@@ -161,3 +161,20 @@ def test_start_unmanaged_without_a_domain_exports_a_stored_backup(env):
     assert code_of(lambda: lb.startUnmanaged(
         None, f"<domainbackup><server transport='unix' socket='{sock}'/></domainbackup>")
     ) == libvirt.VIR_ERR_INVALID_ARG
+
+
+def test_job_history(env):
+    """getJobHistory: the catalog's jobs as a document, a domain's or all,
+    failed ones only with the flag."""
+    dom = env.domain()
+    b = lb.createXML(dom, "", WAIT)
+    with pytest.raises(lb.libvirtBackupError):
+        lb.createXML(dom, "<domainbackup><disks><disk name='vdz'/></disks></domainbackup>")
+    jobs = ET.fromstring(lb.getJobHistory(dom)).findall("job")
+    assert [(j.get("kind"), j.get("state")) for j in jobs][-2:] == [
+        ("create", "completed"), ("create", "failed")]
+    assert jobs[-2].find("backup").get("uuid") == b.UUIDString()
+    failed = ET.fromstring(lb.getJobHistory(None, lb.VIR_DOMAIN_BACKUP_JOB_HISTORY_FAILED))
+    assert [j.get("state") for j in failed.findall("job")][-1] == "failed"
+    with pytest.raises(lb.libvirtBackupError):
+        lb.getJobHistory(dom, 1 << 7)
