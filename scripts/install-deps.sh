@@ -14,7 +14,7 @@ if [ "${1:-}" != demo ]; then
 qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest python3-libvirt
 python3-venv python3-pip python3-setuptools strace golang-go openssl rsync
 ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse faketime
-debhelper dh-python lintian zsh fish"
+chrpath debhelper dh-python lintian zsh fish"
 fi
 if [ "${1:-}" = bench ]; then
     PACKAGES="$PACKAGES virtnbdbackup"
