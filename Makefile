@@ -163,15 +163,10 @@ bench-ceph: $(LIB) ceph
 	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) bench/ceph.py
 
 check: deps
-	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory check-header
-	@$(MAKE) --no-print-directory test-rust
-	@$(MAKE) --no-print-directory c-tests
-	@$(MAKE) --no-print-directory python-tests
-	@$(MAKE) --no-print-directory python-pkg-tests
-	@$(MAKE) --no-print-directory go-tests
-	@$(MAKE) --no-print-directory cli-tests
-	@$(MAKE) --no-print-directory deb-check
+	@for t in all check-header test-rust c-tests python-tests python-pkg-tests go-tests \
+	          cli-tests deb-check; do \
+	    s=$$(date +%s); $(MAKE) --no-print-directory $$t || exit 1; \
+	    echo "make check: $$t passed in $$(( $$(date +%s) - s )) s"; done
 	@echo "make check: all suites passed"
 
 # libvirtd with the QEMU driver, for tests on qemu:///system domains.
