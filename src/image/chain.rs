@@ -629,7 +629,7 @@ impl Resolved {
                             level: l,
                             host: offset,
                         }),
-                        Map::Compressed => Some(Piece::Driver { level: l }),
+                        Map::Compressed | Map::Encrypted => Some(Piece::Driver { level: l }),
                     };
                     match piece {
                         Some(p) => runs.push((pos, pos + len, p)),
