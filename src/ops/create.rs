@@ -69,7 +69,14 @@ struct Prepared {
 /// `virDomainBackupCreateXML`: parse → plan → register → run.
 pub(crate) fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<Created> {
     let req = CreateRequest::parse(xml)?;
-    if req.encryption {
+    if req.encrypted() && req.compressed() {
+        return Err(Error::config_unsupported(
+            "<compression> and <encryption> together: QEMU never encrypts a \
+             compressed cluster, so compressed clusters would be stored in clear; \
+             choose one",
+        ));
+    }
+    if req.encrypted() {
         return Err(Error::config_unsupported(
             "encryption of backups is not supported yet",
         ));

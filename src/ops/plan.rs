@@ -242,6 +242,7 @@ mod tests {
             target: None,
             format: None,
             compression: None,
+            encryption: None,
         }
     }
 
