@@ -276,20 +276,24 @@ fn written_by_qemu_read_here() {
     let path = dir.path().join("q.qcow2");
     let data = disk();
     std::fs::write(&raw, &data[..5 * CLUSTER]).unwrap();
-    run(Command::new("qemu-img")
-        .args([
-            "convert",
-            "--object",
-            "secret,id=s0,data=qemu pass",
-            "-O",
-            "qcow2",
-        ])
-        .args([
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-        ])
-        .arg(&raw)
-        .arg(&path));
+    // QEMU times its PBKDF2 to pick the iterations; on a busy machine the
+    // timing may fail ("Unable to get accurate CPU usage"): tried again.
+    for attempt in 1.. {
+        let _ = std::fs::remove_file(&path);
+        let out = Command::new("qemu-img")
+            .args(["convert", "--object", "secret,id=s0,data=qemu pass"])
+            .args(["-O", "qcow2", "-o"])
+            .arg("encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100")
+            .arg(&raw)
+            .arg(&path)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(attempt < 5 && why.contains("accurate CPU usage"), "{out:?}");
+    }
     let bytes = std::fs::read(&path).unwrap();
     assert!(!contains(&bytes, &MARKER[..16]));
     let img = Qcow2Image::open_with_key(File::open(&path).unwrap(), Some(b"qemu pass")).unwrap();
