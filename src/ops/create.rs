@@ -235,6 +235,7 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan, copied: bool) -> Result<PlannedDis
             volume,
             backing: Vec::new(),
             compression: p.compression,
+            encryption: None,
         },
         source: src,
         baseline: None,

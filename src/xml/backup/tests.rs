@@ -81,6 +81,9 @@ fn catalog_record_round_trips_and_public_form_parses_as_input() {
             volume: None,
             backing: vec![],
             compression: Compression::Zstd,
+            encryption: Some(super::Encryption {
+                secret: super::SecretId::Usage("backup key".into()),
+            }),
         }],
         uri: "test:///default".into(),
         domain_xml: "<domain><name>vm1</name></domain>".into(),
@@ -95,12 +98,16 @@ fn catalog_record_round_trips_and_public_form_parses_as_input() {
     };
     let back = BackupRecord::from_catalog_xml(&rec.to_catalog_xml().unwrap()).unwrap();
     assert_eq!(back, rec);
-    let input = CreateRequest::parse(&rec.public_element().unwrap().to_xml().unwrap()).unwrap();
-    assert_eq!(input.uuid, Some(rec.uuid));
-    assert_eq!(
-        input.disks.unwrap()[0].target,
-        Some(Target::File("/b/vda.qcow2".into()))
+    let public = rec.public_element().unwrap().to_xml().unwrap();
+    assert!(
+        public.contains("<secret type='passphrase' usage='backup key'/>"),
+        "{public}"
     );
+    let input = CreateRequest::parse(&public).unwrap();
+    assert_eq!(input.uuid, Some(rec.uuid));
+    let disk = &input.disks.unwrap()[0];
+    assert_eq!(disk.target, Some(Target::File("/b/vda.qcow2".into())));
+    assert_eq!(disk.encryption, rec.disks[0].encryption);
 }
 
 #[test]
