@@ -86,9 +86,6 @@ struct State {
 }
 
 /// How the data clusters are stored.
-// Encrypted backups are not wired into the copy yet: the writer's
-// encryption is reached from its tests only.
-#[cfg_attr(not(test), allow(dead_code))]
 enum Packing {
     Compress(Codec),
     /// Encrypted with this key, whose LUKS header area lies at this
@@ -187,7 +184,6 @@ impl CompressedWriter {
     /// Format `file` (new and empty) as a LUKS-encrypted qcow2 image of
     /// `size` bytes, whose key slot opens with `passphrase` after
     /// `iterations` of PBKDF2, over `backing` (named only).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn create_encrypted(
         file: File,
         size: u64,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::claim::DomainClaim;
 use super::create_job::{CopyRun, CopySource, LiveRun, ReadFrom, run_copy};
-use super::create_targets::{Baseline, PlannedDisk, create_targets, note_dirs};
+use super::create_targets::{self, Baseline, PlannedDisk, create_targets, note_dirs};
 use super::files::{discard_failed, volume_connection};
 use super::options::CreateOptions;
 use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
@@ -74,11 +74,6 @@ pub(crate) fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<
             "<compression> and <encryption> together: QEMU never encrypts a \
              compressed cluster, so compressed clusters would be stored in clear; \
              choose one",
-        ));
-    }
-    if req.encrypted() {
-        return Err(Error::config_unsupported(
-            "encryption of backups is not supported yet",
         ));
     }
     let catalog = recovery::open_catalog()?;
@@ -173,6 +168,7 @@ fn prepare(
             record_chain(catalog, parent, p)?;
         }
     }
+    create_targets::choose_encryption(dom, req, parent.as_ref(), &mut disks)?;
     check_targets(catalog, &data_dir, &disks)?;
     let record = new_record(
         dom,
@@ -240,6 +236,7 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan, copied: bool) -> Result<PlannedDis
         source: src,
         baseline: None,
         since: None,
+        passphrase: None,
     })
 }
 

@@ -21,6 +21,7 @@ pub(crate) mod export_access;
 pub(crate) mod export_stored;
 mod files;
 pub(crate) mod instant;
+pub(crate) mod keys;
 pub(crate) mod merge;
 pub(crate) mod moved;
 pub mod options;

@@ -148,8 +148,6 @@ fn compression_of(
 /// `all` (that of `<disks>`), else `parent`'s (an incremental keeps its
 /// parent's secret unless it names one); refused for a raw target, which
 /// has no LUKS header.
-// Encrypted backups are not wired into create yet: reached from its tests.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn encryption_of(
     name: &str,
     (own, all, parent): (

@@ -10,7 +10,7 @@ use crate::xml::backup::vocabulary::parse_uuid;
 use crate::xml::dom::Element;
 
 /// The libvirt secret a backup's passphrase is read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SecretId {
     /// `<secret uuid='...'/>`.
     Uuid(Uuid),
