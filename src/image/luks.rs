@@ -15,9 +15,8 @@
 use std::io;
 
 use aes::Aes256;
-use aes::cipher::KeyInit;
+use aes::cipher::{Block, BlockDecrypt, BlockEncrypt, KeyInit};
 use sha2::{Digest, Sha256};
-use xts_mode::{Xts128, get_tweak_default};
 
 /// Bytes of an encryption sector.
 pub(crate) const SECTOR: usize = 512;
@@ -74,34 +73,75 @@ fn bad(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// The master key of an image: encrypts and decrypts its data sectors.
+/// AES blocks of a sector.
+const BLOCKS: usize = SECTOR / 16;
+
+/// The master key of an image: encrypts and decrypts its data sectors
+/// (XTS: the data key, and the tweak key that encrypts each sector's IV).
 pub(crate) struct LuksKey {
-    xts: Xts128<Aes256>,
+    data: Aes256,
+    tweak: Aes256,
+}
+
+/// The tweaks of the blocks of a sector whose encrypted IV is `t`: `t`
+/// multiplied by alpha once more for each block (GF(2^128), little-endian
+/// as XTS has it).
+fn tweaks(t: &Block<Aes256>) -> [u128; BLOCKS] {
+    let mut x = u128::from_le_bytes((*t).into());
+    std::array::from_fn(|_| {
+        let this = x;
+        x = (x << 1) ^ ((x >> 127) * 0x87);
+        this
+    })
 }
 
 impl LuksKey {
     fn new(key: &[u8]) -> LuksKey {
         let (a, b) = key.split_at(key.len() / 2);
         LuksKey {
-            xts: Xts128::new(
-                Aes256::new_from_slice(a).expect("32-byte key"),
-                Aes256::new_from_slice(b).expect("32-byte key"),
-            ),
+            data: Aes256::new_from_slice(a).expect("32-byte key"),
+            tweak: Aes256::new_from_slice(b).expect("32-byte key"),
+        }
+    }
+
+    /// XTS over each sector of `buf`, the IV of the first `first_sector`:
+    /// the blocks XORed with their tweaks, `cipher` (the data key) over
+    /// all of them at once, XORed again.
+    fn xts(&self, buf: &mut [u8], first_sector: u64, cipher: impl Fn(&mut [Block<Aes256>])) {
+        let sectors = buf.len() / SECTOR;
+        // The encrypted IVs of all the sectors, then every block's tweak.
+        let mut ivs: Vec<Block<Aes256>> = (0..sectors as u64)
+            // plain64: the sector number, little-endian, in 16 bytes.
+            .map(|i| ((first_sector + i) as u128).to_le_bytes().into())
+            .collect();
+        self.tweak.encrypt_blocks(&mut ivs);
+        let tw: Vec<u128> = ivs.iter().flat_map(tweaks).collect();
+        let mut blocks: Vec<Block<Aes256>> = buf[..sectors * SECTOR]
+            .chunks_exact(16)
+            .zip(&tw)
+            .map(|(b, t)| {
+                (u128::from_le_bytes(b.try_into().unwrap_or_default()) ^ t)
+                    .to_le_bytes()
+                    .into()
+            })
+            .collect();
+        cipher(&mut blocks);
+        for ((out, b), t) in buf.chunks_exact_mut(16).zip(&blocks).zip(&tw) {
+            let v = u128::from_le_bytes((*b).into()) ^ t;
+            out.copy_from_slice(&v.to_le_bytes());
         }
     }
 
     /// Encrypt `buf` (whole sectors) in place; its first sector's IV is
     /// `first_sector`.
     pub(crate) fn encrypt(&self, buf: &mut [u8], first_sector: u64) {
-        self.xts
-            .encrypt_area(buf, SECTOR, first_sector as u128, get_tweak_default);
+        self.xts(buf, first_sector, |b| self.data.encrypt_blocks(b));
     }
 
     /// Decrypt `buf` (whole sectors) in place; its first sector's IV is
     /// `first_sector`.
     pub(crate) fn decrypt(&self, buf: &mut [u8], first_sector: u64) {
-        self.xts
-            .decrypt_area(buf, SECTOR, first_sector as u128, get_tweak_default);
+        self.xts(buf, first_sector, |b| self.data.decrypt_blocks(b));
     }
 }
 

@@ -322,8 +322,18 @@ impl CompressedWriter {
             let mut data = buf.to_vec();
             data.resize(places.len() * CLUSTER as usize, 0);
             encrypt_all(key, &mut data, &places);
-            for ((c, at), piece) in clusters.zip(&places).zip(data.chunks(CLUSTER as usize)) {
-                self.file.write_all_at(piece, *at)?;
+            // Runs of clusters contiguous in the file, each in one write.
+            let mut i = 0;
+            while i < places.len() {
+                let n = (i + 1..places.len())
+                    .take_while(|&j| places[j] == places[i] + (j - i) as u64 * CLUSTER)
+                    .count()
+                    + 1;
+                let piece = &data[i * CLUSTER as usize..(i + n) * CLUSTER as usize];
+                self.file.write_all_at(piece, places[i])?;
+                i += n;
+            }
+            for (c, at) in clusters.zip(&places) {
                 st.set_entry(&self.file, c, COPIED | at)?;
             }
             Ok(())
