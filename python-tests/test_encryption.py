@@ -10,7 +10,8 @@ bytes; GetXMLDesc shows the secret's id, the catalog never its value;
 Verify passes; restores (files only) byte-exact; a changed secret value
 ("wrong key") and a deleted secret (VIR_ERR_NO_SECRET) fail clearly with
 nothing written or removed; a delete merges the encrypted full into its
-child, which stays encrypted and exact; instant restore, export,
+child, which stays encrypted and exact (refused, nothing removed, while
+the secret is missing); instant restore, export,
 compression with encryption and raw targets with encryption refused."""
 
 import os
@@ -188,6 +189,10 @@ def test_full_incremental_restore_wrong_key_delete(qenv, secret):
                  VIR_ERR_NO_SECRET, secret.uuid)
     restore_fails(restore_xml_for(u0, {"vda": (out, "qcow2")}), FILES_ONLY,
                   VIR_ERR_NO_SECRET, secret.uuid)
+    # A delete that must merge the full into its child reads both: refused,
+    # nothing removed.
+    assert lib.virDomainBackupDelete(full, 0) == -1
+    expect_error(VIR_ERR_NO_SECRET, secret.uuid)
     assert count_backups(dom) == n
     assert tree_state(env.tmp) == before
     secret.define_again()
