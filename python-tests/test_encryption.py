@@ -20,7 +20,7 @@ import uuid as uuidlib
 
 import pytest
 
-from conftest import (CREATE_WAIT, MiB, RESTORE_NEW_DOMAIN, VIR_ERR_OPERATION_FAILED, _decl,
+from conftest import (CREATE_WAIT, MiB, Nbd, RESTORE_NEW_DOMAIN, VIR_ERR_OPERATION_FAILED, _decl,
                       backing_chain,
                       backup_uuid, count_backups, create_fails, delete, disk_element,
                       expect_error, img_info, lib, restore, restore_fails, restore_xml_for, run,
@@ -200,6 +200,11 @@ def test_full_incremental_restore_wrong_key_delete(qenv, secret):
     # Instant restore and export of an encrypted backup: not yet.
     restore_fails(restore_xml_for(u1, domain="lvb-pytest-no-" + u1[:8]),
                   RESTORE_NEW_DOMAIN | INSTANT, VIR_ERR_NO_SUPPORT, "encrypted")
+    sock = Nbd(socket=env.path("nbd.sock"))
+    assert lib.virDomainBackupStartUnmanaged(
+        None, f"<domainbackup><uuid>{u1}</uuid>{sock.server_xml()}</domainbackup>".encode(),
+        0) is None
+    expect_error(VIR_ERR_NO_SUPPORT, "encrypted")
 
     # The full deleted: merged into its child, still encrypted and exact.
     delete(full)
