@@ -28,7 +28,7 @@ const SLOT_SECTORS: u64 = ((KEY_LEN * STRIPES) as u64)
     .div_ceil(SECTOR as u64)
     .next_multiple_of(8);
 const MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
-const KEY_LEN: usize = 64;
+pub(crate) const KEY_LEN: usize = 64;
 const STRIPES: usize = 4000;
 const SLOTS: usize = 8;
 const DIGEST_LEN: usize = 20;
@@ -96,7 +96,8 @@ fn tweaks(t: &Block<Aes256>) -> [u128; BLOCKS] {
 }
 
 impl LuksKey {
-    fn new(key: &[u8]) -> LuksKey {
+    /// The key of master key (or slot key) `key`: 64 bytes.
+    pub(crate) fn new(key: &[u8]) -> LuksKey {
         let (a, b) = key.split_at(key.len() / 2);
         LuksKey {
             data: Aes256::new_from_slice(a).expect("32-byte key"),
@@ -214,9 +215,27 @@ fn field(h: &[u8], at: usize, len: usize) -> &[u8] {
 
 /// A new header area (`HEADER_AREA` bytes) whose first key slot opens
 /// with `passphrase`, and the master key it keeps.
+#[cfg(test)]
 pub(crate) fn create(passphrase: &[u8], it: Iterations) -> io::Result<(Vec<u8>, LuksKey)> {
+    let master = new_master()?;
+    Ok((header_area(&master, passphrase, it)?, LuksKey::new(&master)))
+}
+
+/// A new random master key (its `LuksKey` and header come from it).
+pub(crate) fn new_master() -> io::Result<[u8; KEY_LEN]> {
     let mut master = [0u8; KEY_LEN];
     random(&mut master)?;
+    Ok(master)
+}
+
+/// The header area keeping `master`, whose first key slot opens with
+/// `passphrase`: the costly part of `create` (PBKDF2), which a writer
+/// runs while it encrypts the data with `LuksKey::new(master)`.
+pub(crate) fn header_area(
+    master: &[u8; KEY_LEN],
+    passphrase: &[u8],
+    it: Iterations,
+) -> io::Result<Vec<u8>> {
     let mut area = vec![0u8; HEADER_AREA as usize];
     let h = &mut area[..HEADER_LEN];
     h[..6].copy_from_slice(MAGIC);
@@ -228,7 +247,7 @@ pub(crate) fn create(passphrase: &[u8], it: Iterations) -> io::Result<(Vec<u8>, 
     h[108..112].copy_from_slice(&(KEY_LEN as u32).to_be_bytes());
     random(&mut h[132..164])?;
     let salt = h[132..164].to_vec();
-    pbkdf2(&master, &salt, it.digest, &mut h[112..132]);
+    pbkdf2(master, &salt, it.digest, &mut h[112..132]);
     h[164..168].copy_from_slice(&it.digest.to_be_bytes());
     put_str(h, 168, &uuid::Uuid::new_v4().to_string());
     for i in 0..SLOTS {
@@ -246,13 +265,13 @@ pub(crate) fn create(passphrase: &[u8], it: Iterations) -> io::Result<(Vec<u8>, 
     h[216..248].copy_from_slice(&slot_salt);
     let mut slot_key = [0u8; KEY_LEN];
     pbkdf2(passphrase, &slot_salt, it.slot, &mut slot_key);
-    let mut material = af_split(&master, STRIPES)?;
+    let mut material = af_split(master, STRIPES)?;
     material.resize((SLOT_SECTORS as usize) * SECTOR, 0);
     LuksKey::new(&slot_key).encrypt(&mut material, 0);
     let at = 8 * SECTOR;
     let len = KEY_LEN * STRIPES;
     area[at..at + len].copy_from_slice(&material[..len]);
-    Ok((area, LuksKey::new(&master)))
+    Ok(area)
 }
 
 /// Where the header area's key material of the active slots lies, and the

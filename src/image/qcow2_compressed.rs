@@ -89,9 +89,13 @@ struct State {
 enum Packing {
     Compress(Codec),
     /// Encrypted with this key, whose LUKS header area lies at this
-    /// host offset.
-    Encrypt(Box<LuksKey>, u64),
+    /// host offset; the area, made on a thread of its own meanwhile, is
+    /// written by `finish`.
+    Encrypt(Box<LuksKey>, u64, Mutex<Option<HeaderJob>>),
 }
+
+/// The thread making an encrypted image's LUKS header area.
+type HeaderJob = std::thread::JoinHandle<io::Result<Vec<u8>>>;
 
 /// A new qcow2 image of compressed (or encrypted) clusters being written.
 pub(crate) struct CompressedWriter {
@@ -137,7 +141,7 @@ fn header_bytes(
     put32(&mut h, 96, 4);
     put32(&mut h, 100, HEADER_LEN);
     h[104] = codec.type_byte();
-    if let Packing::Encrypt(_, at) = packing {
+    if let Packing::Encrypt(_, at, _) = packing {
         // LUKS (crypt_method 2) and the full disk encryption extension.
         put32(&mut h, 32, 2);
         h.extend_from_slice(&0x0537_BE77u32.to_be_bytes());
@@ -191,14 +195,16 @@ impl CompressedWriter {
         passphrase: &[u8],
         iterations: luks::Iterations,
     ) -> io::Result<CompressedWriter> {
-        let (area, key) = luks::create(passphrase, iterations)?;
-        file.write_all_at(&area, CLUSTER)?;
-        Self::create_packed(
-            file,
-            size,
-            backing,
-            Packing::Encrypt(Box::new(key), CLUSTER),
-        )
+        // The data is encrypted with the master key while the key slot's
+        // PBKDF2 runs (a fifth of a second); `finish` writes the area.
+        let master = luks::new_master()?;
+        let key = Box::new(LuksKey::new(&master));
+        let passphrase = passphrase.to_vec();
+        let job = std::thread::Builder::new()
+            .name("luks-header".into())
+            .spawn(move || luks::header_area(&master, &passphrase, iterations))?;
+        let packing = Packing::Encrypt(key, CLUSTER, Mutex::new(Some(job)));
+        Self::create_packed(file, size, backing, packing)
     }
 
     fn create_packed(
@@ -276,7 +282,7 @@ impl CompressedWriter {
         let clusters = self.clusters(offset, buf.len() as u64)?;
         let codec = match &self.packing {
             Packing::Compress(c) => *c,
-            Packing::Encrypt(key, _) => return self.write_encrypted(key, buf, clusters),
+            Packing::Encrypt(key, ..) => return self.write_encrypted(key, buf, clusters),
         };
         let packed = compress_all(codec, buf)?;
         let mut st = self.state()?;
@@ -357,6 +363,14 @@ impl CompressedWriter {
     /// Write the metadata and the header, and make the file durable.
     pub(crate) fn finish(&self) -> io::Result<()> {
         let mut st = self.state()?;
+        if let Packing::Encrypt(_, at, job) = &self.packing {
+            let job = job.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let area = job
+                .ok_or_else(|| io::Error::other("LUKS header already written"))?
+                .join()
+                .map_err(|_| io::Error::other("the LUKS header thread panicked"))??;
+            self.file.write_all_at(&area, *at)?;
+        }
         st.flush_l2(&self.file)?;
         let l1: Vec<u8> = st.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
         let l1_off = st.reserve(&self.file, l1.len() as u64, true)?;
