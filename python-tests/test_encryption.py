@@ -7,11 +7,11 @@ and equal (qemu-img compare, with `--object secret` and `--image-opts`,
 the incremental through its chain) to a copy of the disk taken when it
 was made; no plaintext of a marker written in the disk in the image
 bytes; GetXMLDesc shows the secret's id, the catalog never its value;
-Verify passes; restores (files only) byte-exact; a changed secret value
-("wrong key") and a deleted secret (VIR_ERR_NO_SECRET) fail clearly with
-nothing written or removed; a delete merges the encrypted full into its
-child, which stays encrypted and exact (refused, nothing removed, while
-the secret is missing); instant restore, export,
+Verify passes; restores (files only, new domain) byte-exact; a changed
+secret value ("wrong key") and a deleted secret (VIR_ERR_NO_SECRET) fail
+clearly with nothing written or removed; a delete merges the encrypted
+full into its child, which stays encrypted and exact (refused, nothing
+removed, while the secret is missing); instant restore, export,
 compression with encryption and raw targets with encryption refused."""
 
 import os
@@ -23,8 +23,8 @@ import pytest
 from conftest import (CREATE_WAIT, MiB, Nbd, RESTORE_NEW_DOMAIN, VIR_ERR_OPERATION_FAILED, _decl,
                       backing_chain,
                       backup_uuid, count_backups, create_fails, delete, disk_element,
-                      expect_error, img_info, lib, restore, restore_fails, restore_xml_for, run,
-                      sha256, tree_state)
+                      expect_error, img_info, lib, lookup_domain, restore, restore_fails,
+                      restore_xml_for, run, sha256, tree_state, virt)
 from ctypes import c_int, c_uint, c_void_p
 
 libvirt = pytest.importorskip("libvirt")
@@ -170,6 +170,17 @@ def test_full_incremental_restore_wrong_key_delete(qenv, secret):
         restore(restore_xml_for(u, {"vda": (out, "qcow2")}), FILES_ONLY)
         r = run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", want, out])
         assert r.returncode == 0
+
+    # Restore as a new domain: its disk written in clear from the chain.
+    name = env.expect_domain(f"{dom.name}-restore-{u1[:8]}", env.qemu)
+    restore(restore_xml_for(u1), RESTORE_NEW_DOMAIN)
+    new = lookup_domain(env.qemu, name)
+    assert new
+    virt.virDomainFree(new)
+    restored = env.path(f"{name}-vda.qcow2")
+    r = run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", t1, restored])
+    assert r.returncode == 0
+    os.unlink(restored)
 
     # Wrong key: Verify and restore fail, nothing written.
     secret.set(b"not the key")
