@@ -145,6 +145,11 @@ bench:
 	@# Compressed full backups vs qemu-img convert -c (bench/compression.py).
 	LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \
 	    $(PYTHON) bench/compression.py; rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
+	@# Encrypted full backup vs a plain one (QEMU domain on qemu:///system,
+	@# whose libvirt keeps the secret: bench/encryption.py).
+	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then \
+	    LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \
+	    $(PYTHON) bench/encryption.py; rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc; fi
 	@# Instant restore next to a full one (QEMU domain on qemu:///system).
 	@if [ "$${BENCH_LIVE:-1}" != 0 ]; then \
 	    LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \

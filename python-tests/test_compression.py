@@ -7,7 +7,9 @@ disk taken when it was made, and verified; a flipped byte inside a
 compressed cluster fails Verify naming the disk and the offset; restores
 (files only, new domain, instant) byte-exact; a compressed parent deleted
 with a merge keeps its child exact; unknown compressions, compression of a
-raw target and <encryption> refused with nothing written."""
+raw target, <encryption> of a secret that does not exist, <compression>
+with <encryption> (QEMU leaves compressed clusters in clear) and other
+encryption formats refused with nothing written."""
 
 import json
 import os
@@ -24,6 +26,7 @@ from ctypes import c_int, c_uint, c_void_p
 
 _decl(lib, "virDomainBackupVerify", c_int, c_void_p, c_uint)
 VIR_ERR_CONFIG_UNSUPPORTED = 67
+VIR_ERR_NO_SECRET = 66
 FILES_ONLY = 1 << 4
 INSTANT = 1 << 2
 SIZE = 32 * MiB
@@ -213,6 +216,10 @@ def test_running_domain_zstd_then_incremental(qenv):
     check_backup(zb, z_t, t2, "raw", "zlib")
 
 
+ENC = ("<encryption format='luks'><secret type='passphrase' "
+       "uuid='00000000-0000-0000-0000-000000000001'/></encryption>")
+
+
 def test_refusals_write_nothing(env):
     dom = env.domain(fmt="qcow2", size=8 * MiB)
     before = env.files()
@@ -222,9 +229,13 @@ def test_refusals_write_nothing(env):
             (xml({"vda": t}, per_disk={"vda": "lz77"}), VIR_ERR_XML_ERROR, "zstd, zlib or none"),
             (xml({"vda": env.path("r.raw")}, comp="zstd"), VIR_ERR_CONFIG_UNSUPPORTED,
              "raw target"),
-            (xml({"vda": t}, extra="<encryption format='luks'><secret type='passphrase' "
-                                   "uuid='00000000-0000-0000-0000-000000000001'/></encryption>"),
-             VIR_ERR_CONFIG_UNSUPPORTED, "encryption of backups is not supported yet")):
+            (xml({"vda": t}, extra=ENC), VIR_ERR_NO_SECRET, "secret not found"),
+            (xml({"vda": t}, comp="zstd", extra=ENC), VIR_ERR_CONFIG_UNSUPPORTED,
+             "compressed clusters would be stored in clear"),
+            (xml({"vda": t}, per_disk={"vda": "zlib"}, extra=ENC), VIR_ERR_CONFIG_UNSUPPORTED,
+             "<compression> and <encryption> together"),
+            (xml({"vda": t}, extra=ENC.replace("luks", "qcow")), VIR_ERR_CONFIG_UNSUPPORTED,
+             "'luks' only")):
         create_fails(dom, doc, CREATE_WAIT, code, frag)
         assert count_backups(dom) == 0
         assert env.files() == before

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     NoDomain = 42,
     /// `VIR_ERR_OPERATION_INVALID`: an operation not valid in the current state.
     OperationInvalid = 55,
+    /// `VIR_ERR_NO_SECRET`: a libvirt secret that does not exist or has no value.
+    NoSecret = 66,
     /// `VIR_ERR_CONFIG_UNSUPPORTED`: a configuration the library cannot work with.
     ConfigUnsupported = 67,
     /// `VIR_ERR_OPERATION_ABORTED`: an operation that was cancelled.

@@ -47,6 +47,7 @@ fn sample() -> BackupRecord {
                 volume: None,
                 backing: vec![("/b/parent-vda.qcow2".into(), DiskFormat::Qcow2)],
                 compression: Default::default(),
+                encryption: None,
             },
             DiskRecord {
                 name: "vdb".into(),
@@ -59,6 +60,7 @@ fn sample() -> BackupRecord {
                 volume: Some(("p".into(), "v".into())),
                 backing: vec![],
                 compression: Default::default(),
+                encryption: None,
             },
         ],
         uri: "qemu:///system".into(),
@@ -276,6 +278,7 @@ fn minimal_record() -> BackupRecord {
             volume: None,
             backing: vec![],
             compression: Default::default(),
+            encryption: None,
         }],
         uri: String::new(),
         domain_xml: String::new(),
@@ -384,6 +387,7 @@ fn first_format_record() -> BackupRecord {
         volume: None,
         backing: vec![],
         compression: Default::default(),
+        encryption: None,
     };
     BackupRecord {
         uuid: uuid("0b6e7ff5-33a4-4c4f-9bd5-5b3f2a5cf9a1"),
@@ -475,6 +479,7 @@ fn volume_format_record() -> BackupRecord {
             volume: Some(("backups".into(), "vm1-vda.qcow2".into())),
             backing: vec![],
             compression: Default::default(),
+            encryption: None,
         }],
         uri: "qemu:///system".into(),
         domain_xml: "<domain/>".into(),

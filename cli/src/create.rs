@@ -39,6 +39,11 @@ pub(crate) struct CreateArgs {
     #[arg(long, value_name = "TYPE", num_args = 0..=1, default_missing_value = "zstd",
           require_equals = true, value_parser = ["zstd", "zlib", "none"])]
     compress: Option<String>,
+    /// Encrypt the qcow2 targets (LUKS, as QEMU reads them) with the value
+    /// of this libvirt secret, named by its UUID or its usage id (an
+    /// incremental keeps its parent's secret without this)
+    #[arg(long, value_name = "UUID|USAGE", conflicts_with = "compress")]
+    encrypt_secret: Option<String>,
     /// full (default), incremental (on the latest backup), or auto
     /// (incremental when the domain has a completed backup, else full)
     #[arg(long, value_enum, value_name = "LEVEL", conflicts_with_all = ["incremental", "parent"])]
@@ -65,7 +70,7 @@ pub(crate) struct CreateArgs {
     #[arg(long, value_name = "RATE", value_parser = rate::parse_rate, long_help = rate::RATE_HELP)]
     rate: Option<u64>,
     /// Use this <domainbackup> document as is (a limit goes in its <bandwidth>)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "exclude", "format", "compress", "parent", "incremental", "level", "description", "rate"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "exclude", "format", "compress", "encrypt_secret", "parent", "incremental", "level", "description", "rate"])]
     xml: Option<PathBuf>,
 }
 
@@ -260,6 +265,21 @@ fn disk_selection(dom: &Domain, a: &CreateArgs) -> Res<Vec<(String, Option<Strin
         .collect())
 }
 
+/// `<encryption>` of `--encrypt-secret`: a UUID names the secret by
+/// uuid, anything else by usage id.
+fn encryption_xml(id: &str) -> String {
+    let uuid = id.len() == 36
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    let attr = match uuid {
+        true => format!("uuid='{id}'"),
+        false => format!("usage='{}'", xml_escape(id)),
+    };
+    format!("<encryption format='luks'><secret type='passphrase' {attr}/></encryption>")
+}
+
 /// The `<domainbackup>` document of `create` without `--xml`.
 fn create_xml(dom: &Domain, a: &CreateArgs, plan: &Plan) -> Res<String> {
     let mut x = String::from("<domainbackup>");
@@ -273,14 +293,19 @@ fn create_xml(dom: &Domain, a: &CreateArgs, plan: &Plan) -> Res<String> {
         x += &format!("<bandwidth bytes='{rate}'/>");
     }
     let disks = disk_selection(dom, a)?;
-    let compression = a
+    // What every disk takes: <compression>, <encryption>.
+    let for_all = a
         .compress
         .as_ref()
         .map(|c| format!("<compression type='{}'/>", xml_escape(c)))
-        .unwrap_or_default();
-    if !disks.is_empty() || !compression.is_empty() {
+        .unwrap_or_default()
+        + &a.encrypt_secret
+            .as_deref()
+            .map(encryption_xml)
+            .unwrap_or_default();
+    if !disks.is_empty() || !for_all.is_empty() {
         x += "<disks>";
-        x += &compression;
+        x += &for_all;
         let dom_name = dom.name().unwrap_or_default();
         for (name, target, on) in &disks {
             if *on {

@@ -594,3 +594,38 @@ def test_create_compress(env):
     assert "raw target" in p.stderr, p.stderr
     p = vb("create", dom, "--compress=lz4", rc=2)
     assert "lz4" in p.stderr
+
+
+def test_create_encrypt_secret(env):
+    """--encrypt-secret UUID (or usage id): a LUKS-encrypted qcow2 target
+    QEMU reads with the secret's value; the next --incremental keeps the
+    secret; --compress with it is a usage error."""
+    import libvirt
+    conn = libvirt.open(URI)
+    u = str(uuidlib.uuid4())
+    usage = "lvb-cli-key-" + u[:8]
+    s = conn.secretDefineXML(
+        f"<secret ephemeral='yes' private='no'><uuid>{u}</uuid>"
+        f"<usage type='volume'><volume>{usage}</volume></usage></secret>")
+    try:
+        s.setValue(b"cli key")
+        vda = env.disk("e.qcow2", 16 * MiB)
+        dom = env.domain([("vda", vda)])
+        full = env.path("e-full.qcow2")
+        vb("create", dom, "--encrypt-secret", u, "--disk", f"vda={full}")
+        obj = ["--object", "secret,id=s0,data=cli key", "--image-opts"]
+        opts = f"driver=qcow2,file.filename={full},encrypt.key-secret=s0"
+        run("qemu-img", "check", "-q", *obj, opts)
+        p = run("qemu-img", "compare", *obj, opts, f"driver=qcow2,file.filename={vda}",
+                check=False)
+        assert p.returncode == 0, p.stdout
+        inc = env.path("e-inc.qcow2")
+        vb("create", dom, "--incremental", "--disk", f"vda={inc}")
+        assert json.loads(run("qemu-img", "info", "--output=json", inc).stdout)["encrypted"]
+        by_usage = env.path("e-usage.qcow2")
+        vb("create", dom, "--encrypt-secret", usage, "--disk", f"vda={by_usage}")
+        assert json.loads(run("qemu-img", "info", "--output=json", by_usage).stdout)["encrypted"]
+        p = vb("create", dom, "--encrypt-secret", u, "--compress", rc=2)
+        assert "--compress" in p.stderr
+    finally:
+        s.undefine()

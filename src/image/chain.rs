@@ -281,7 +281,9 @@ fn image_of(file: &File, path: &Path, format: DiskFormat) -> Result<(Image, Opti
             let dup = file
                 .try_clone()
                 .map_err(io("cannot duplicate the handle of image"))?;
-            let q = Qcow2Image::open(dup).map_err(io("cannot open qcow2 image"))?;
+            let key = crate::image::keys::passphrase(path);
+            let q = Qcow2Image::open_with_key(dup, key.as_ref().map(|k| k.as_slice()))
+                .map_err(io("cannot open qcow2 image"))?;
             let below = q.backing().map(|name| dir.join(name));
             (Arc::new(LevelImage::Own(q)), below)
         }
@@ -629,7 +631,7 @@ impl Resolved {
                             level: l,
                             host: offset,
                         }),
-                        Map::Compressed => Some(Piece::Driver { level: l }),
+                        Map::Compressed | Map::Encrypted => Some(Piece::Driver { level: l }),
                     };
                     match piece {
                         Some(p) => runs.push((pos, pos + len, p)),

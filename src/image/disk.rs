@@ -778,5 +778,6 @@ fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+mod encrypted;
 #[cfg(test)]
 mod tests;

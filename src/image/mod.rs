@@ -8,6 +8,8 @@ pub(crate) mod codec;
 pub(crate) mod direct;
 pub mod disk;
 pub(crate) mod file;
+pub(crate) mod keys;
+pub(crate) mod luks;
 pub mod nbd;
 pub(crate) mod qcow2_compressed;
 pub(crate) mod qcow2_decode;

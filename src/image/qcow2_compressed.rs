@@ -22,6 +22,13 @@
 //!
 //! Clusters of one write are compressed on two threads, then written in
 //! order.
+//!
+//! The same writer writes LUKS-encrypted images (`encrypt.format=luks`,
+//! see `luks`): crypt_method 2, the full disk encryption header extension
+//! naming the LUKS header area (the clusters right after the header), and
+//! every data cluster stored whole, encrypted with the IV of each sector
+//! its host offset / 512. Such images have no compressed clusters: QEMU
+//! never encrypts a compressed cluster, so they would be stored in clear.
 
 use std::fs::File;
 use std::io;
@@ -30,6 +37,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::image::codec::{Codec, Compressor};
+use crate::image::luks::{self, LuksKey};
 use crate::xml::backup::DiskFormat;
 
 /// log2 of the cluster size.
@@ -77,10 +85,22 @@ struct State {
     failed: bool,
 }
 
-/// A new qcow2 image of compressed clusters being written.
+/// How the data clusters are stored.
+enum Packing {
+    Compress(Codec),
+    /// Encrypted with this key, whose LUKS header area lies at this
+    /// host offset; the area, made on a thread of its own meanwhile, is
+    /// written by `finish`.
+    Encrypt(Box<LuksKey>, u64, Mutex<Option<HeaderJob>>),
+}
+
+/// The thread making an encrypted image's LUKS header area.
+type HeaderJob = std::thread::JoinHandle<io::Result<Vec<u8>>>;
+
+/// A new qcow2 image of compressed (or encrypted) clusters being written.
 pub(crate) struct CompressedWriter {
     file: File,
-    codec: Codec,
+    packing: Packing,
     size: u64,
     state: Mutex<State>,
     /// The header cluster: the fixed header, extensions, backing name.
@@ -90,7 +110,7 @@ pub(crate) struct CompressedWriter {
 /// The header cluster: `l1`/`rc` are the L1 table's and the refcount
 /// table's offset and size (zero before they are written).
 fn header_bytes(
-    codec: Codec,
+    packing: &Packing,
     size: u64,
     backing: Option<(&str, DiskFormat)>,
     (l1_off, l1_len): (u64, u32),
@@ -109,6 +129,10 @@ fn header_bytes(
     put64(&mut h, 40, l1_off);
     put64(&mut h, 48, rc_off);
     put32(&mut h, 56, rc_clusters);
+    let codec = match packing {
+        Packing::Compress(c) => *c,
+        Packing::Encrypt(..) => Codec::Zlib,
+    };
     let incompatible = match codec {
         Codec::Zstd => 1 << 3,
         Codec::Zlib => 0,
@@ -117,14 +141,27 @@ fn header_bytes(
     put32(&mut h, 96, 4);
     put32(&mut h, 100, HEADER_LEN);
     h[104] = codec.type_byte();
-    if let Some((name, format)) = backing {
-        // The backing format extension, then the end of the extensions.
+    if let Packing::Encrypt(_, at, _) = packing {
+        // LUKS (crypt_method 2) and the full disk encryption extension.
+        put32(&mut h, 32, 2);
+        h.extend_from_slice(&0x0537_BE77u32.to_be_bytes());
+        h.extend_from_slice(&16u32.to_be_bytes());
+        h.extend_from_slice(&at.to_be_bytes());
+        h.extend_from_slice(&luks::HEADER_AREA.to_be_bytes());
+    }
+    if let Some((_, format)) = backing {
+        // The backing format extension.
         let f = format.as_str().as_bytes();
         h.extend_from_slice(&0xE279_2ACAu32.to_be_bytes());
         h.extend_from_slice(&(f.len() as u32).to_be_bytes());
         h.extend_from_slice(f);
         h.resize(h.len().next_multiple_of(8), 0);
+    }
+    if h.len() > HEADER_LEN as usize {
+        // The end of the extensions.
         h.extend_from_slice(&[0; 8]);
+    }
+    if let Some((name, _)) = backing {
         let at = h.len();
         h.extend_from_slice(name.as_bytes());
         if h.len() as u64 > CLUSTER {
@@ -145,6 +182,37 @@ impl CompressedWriter {
         backing: Option<(&Path, DiskFormat)>,
         codec: Codec,
     ) -> io::Result<CompressedWriter> {
+        Self::create_packed(file, size, backing, Packing::Compress(codec))
+    }
+
+    /// Format `file` (new and empty) as a LUKS-encrypted qcow2 image of
+    /// `size` bytes, whose key slot opens with `passphrase` after
+    /// `iterations` of PBKDF2, over `backing` (named only).
+    pub(crate) fn create_encrypted(
+        file: File,
+        size: u64,
+        backing: Option<(&Path, DiskFormat)>,
+        passphrase: &[u8],
+        iterations: luks::Iterations,
+    ) -> io::Result<CompressedWriter> {
+        // The data is encrypted with the master key while the key slot's
+        // PBKDF2 runs (a fifth of a second); `finish` writes the area.
+        let master = luks::new_master()?;
+        let key = Box::new(LuksKey::new(&master));
+        let passphrase = passphrase.to_vec();
+        let job = std::thread::Builder::new()
+            .name("luks-header".into())
+            .spawn(move || luks::header_area(&master, &passphrase, iterations))?;
+        let packing = Packing::Encrypt(key, CLUSTER, Mutex::new(Some(job)));
+        Self::create_packed(file, size, backing, packing)
+    }
+
+    fn create_packed(
+        file: File,
+        size: u64,
+        backing: Option<(&Path, DiskFormat)>,
+        packing: Packing,
+    ) -> io::Result<CompressedWriter> {
         let name = backing
             .map(|(p, f)| {
                 p.to_str()
@@ -155,18 +223,23 @@ impl CompressedWriter {
         // qcow2 sizes are whole sectors: a raw source's odd tail is kept
         // (as `qemu-img convert` does).
         let size = size.div_ceil(512) * 512;
-        let header = header_bytes(codec, size, name, (0, 0), (0, 0))?;
+        let header = header_bytes(&packing, size, name, (0, 0), (0, 0))?;
         file.write_all_at(&header, 0)?;
         let mut counts = vec![0u16; RC_ENTRIES as usize];
-        counts[0] = 1;
+        // The header cluster and the LUKS header area's.
+        let first = match packing {
+            Packing::Compress(_) => 1,
+            Packing::Encrypt(..) => 1 + luks::HEADER_AREA.div_ceil(CLUSTER),
+        };
+        counts[..first as usize].fill(1);
         let l1_len = size.div_ceil(CLUSTER * L2_ENTRIES).max(1);
         Ok(CompressedWriter {
             file,
-            codec,
+            packing,
             size,
             header,
             state: Mutex::new(State {
-                cursor: CLUSTER,
+                cursor: first * CLUSTER,
                 l1: vec![0; l1_len as usize],
                 l2: None,
                 rc: Refcounts {
@@ -207,7 +280,11 @@ impl CompressedWriter {
     /// cluster compressed, or stored as it is if that does not shrink it.
     pub(crate) fn write(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let clusters = self.clusters(offset, buf.len() as u64)?;
-        let packed = compress_all(self.codec, buf)?;
+        let codec = match &self.packing {
+            Packing::Compress(c) => *c,
+            Packing::Encrypt(key, ..) => return self.write_encrypted(key, buf, clusters),
+        };
+        let packed = compress_all(codec, buf)?;
         let mut st = self.state()?;
         let r = (|| {
             for (c, data) in clusters.zip(packed) {
@@ -234,6 +311,43 @@ impl CompressedWriter {
         r
     }
 
+    /// Write the clusters `clusters` of `buf` encrypted with `key`, each at
+    /// the next whole host cluster.
+    fn write_encrypted(
+        &self,
+        key: &LuksKey,
+        buf: &[u8],
+        clusters: std::ops::Range<u64>,
+    ) -> io::Result<()> {
+        let mut st = self.state()?;
+        let r = (|| {
+            let mut places = Vec::new();
+            for _ in clusters.clone() {
+                places.push(st.reserve(&self.file, CLUSTER, true)?);
+            }
+            let mut data = buf.to_vec();
+            data.resize(places.len() * CLUSTER as usize, 0);
+            encrypt_all(key, &mut data, &places);
+            // Runs of clusters contiguous in the file, each in one write.
+            let mut i = 0;
+            while i < places.len() {
+                let n = (i + 1..places.len())
+                    .take_while(|&j| places[j] == places[i] + (j - i) as u64 * CLUSTER)
+                    .count()
+                    + 1;
+                let piece = &data[i * CLUSTER as usize..(i + n) * CLUSTER as usize];
+                self.file.write_all_at(piece, places[i])?;
+                i += n;
+            }
+            for (c, at) in clusters.zip(&places) {
+                st.set_entry(&self.file, c, COPIED | at)?;
+            }
+            Ok(())
+        })();
+        st.failed |= r.is_err();
+        r
+    }
+
     /// Make `offset..offset+len` (whole clusters) read as zeroes, hiding
     /// the backing file's data.
     pub(crate) fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -249,6 +363,14 @@ impl CompressedWriter {
     /// Write the metadata and the header, and make the file durable.
     pub(crate) fn finish(&self) -> io::Result<()> {
         let mut st = self.state()?;
+        if let Packing::Encrypt(_, at, job) = &self.packing {
+            let job = job.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let area = job
+                .ok_or_else(|| io::Error::other("LUKS header already written"))?
+                .join()
+                .map_err(|_| io::Error::other("the LUKS header thread panicked"))??;
+            self.file.write_all_at(&area, *at)?;
+        }
         st.flush_l2(&self.file)?;
         let l1: Vec<u8> = st.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
         let l1_off = st.reserve(&self.file, l1.len() as u64, true)?;
@@ -271,13 +393,14 @@ impl CompressedWriter {
         self.file.set_len(align_up(st.cursor))?;
         self.file.sync_all()?;
         let mut header = header_bytes(
-            self.codec,
+            &self.packing,
             self.size,
             None,
             (l1_off, st.l1.len() as u32),
             (rc_off, rc_clusters as u32),
         )?;
         // The extensions and backing name as written first.
+        header.truncate(HEADER_LEN as usize);
         header.extend_from_slice(&self.header[HEADER_LEN as usize..]);
         header[8..20].copy_from_slice(&self.header[8..20]);
         self.file.write_all_at(&header, 0)?;
@@ -374,6 +497,24 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// Encrypt each cluster of `data` for host offset `places[i]`, on up to
+/// `THREADS` threads.
+fn encrypt_all(key: &LuksKey, data: &mut [u8], places: &[u64]) {
+    let per = places.len().div_ceil(THREADS).max(1) * CLUSTER as usize;
+    std::thread::scope(|s| {
+        for (part, at) in data
+            .chunks_mut(per)
+            .zip(places.chunks(per / CLUSTER as usize))
+        {
+            s.spawn(move || {
+                for (cluster, at) in part.chunks_mut(CLUSTER as usize).zip(at) {
+                    key.encrypt(cluster, at / luks::SECTOR as u64);
+                }
+            });
+        }
+    });
 }
 
 /// One cluster of a write, ready to be stored.

@@ -8,6 +8,11 @@
 //! Read-only, version 3 images only, without external data file or
 //! extended L2 entries (the incompatible features other than bit 3 are
 //! refused), as `qcow2_compressed` writes and QEMU writes them.
+//!
+//! LUKS-encrypted images (crypt_method 2, see `luks`) are read here too:
+//! opened with the passphrase, their clusters are decrypted (the IV of a
+//! sector is its host offset / 512); opened without, their map reads but
+//! their data does not.
 
 use std::fs::File;
 use std::io;
@@ -15,6 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use crate::image::codec::{self, Codec};
+use crate::image::luks::{self, LuksKey, UnlockError};
 
 const COPIED: u64 = 1 << 63;
 const COMPRESSED: u64 = 1 << 62;
@@ -34,6 +40,8 @@ pub(crate) enum Map {
     Plain(u64),
     /// Compressed clusters.
     Compressed,
+    /// Encrypted clusters: read through `Qcow2Image::read` only.
+    Encrypted,
 }
 
 /// One qcow2 image, read through its own file only.
@@ -45,6 +53,15 @@ pub(crate) struct Qcow2Image {
     l1: Vec<u64>,
     backing: Option<String>,
     l2: Mutex<Vec<(usize, Arc<Vec<u64>>)>>,
+    crypt: Crypt,
+}
+
+/// Whether and how the data clusters are encrypted.
+enum Crypt {
+    Clear,
+    /// Opened without the passphrase: the data does not read.
+    Locked,
+    Luks(Box<LuksKey>),
 }
 
 fn bad(what: String) -> io::Error {
@@ -84,13 +101,64 @@ pub(crate) fn needs_own_reader(file: &File) -> io::Result<bool> {
     read_upto(file, &mut h, 0)?;
     Ok(&h[0..4] == b"QFI\xfb"
         && be32(&h, 4) >= 3
-        && be32(&h, 100) > 104
-        && (h[104] != 0 || be64(&h, 72) & (1 << 3) != 0))
+        && (be32(&h, 32) == 2
+            || (be32(&h, 100) > 104 && (h[104] != 0 || be64(&h, 72) & (1 << 3) != 0))))
+}
+
+/// The error of a passphrase that opens none of an image's key slots.
+pub(crate) fn wrong_key() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "wrong key: the passphrase opens no key slot of the encrypted image",
+    )
+}
+
+/// The LUKS header area named by the header extensions of `h` (the
+/// header cluster), unlocked with `passphrase`.
+fn unlock(file: &File, h: &[u8], passphrase: &[u8]) -> io::Result<LuksKey> {
+    let mut at = be32(h, 100) as usize;
+    let area = loop {
+        if at + 8 > h.len() {
+            return Err(bad(
+                "encrypted image without its LUKS header extension".into()
+            ));
+        }
+        let (kind, len) = (be32(h, at), be32(h, at + 4) as usize);
+        match kind {
+            0 => {
+                return Err(bad(
+                    "encrypted image without its LUKS header extension".into()
+                ));
+            }
+            0x0537_BE77 if len == 16 && at + 24 <= h.len() => {
+                break (be64(h, at + 8), be64(h, at + 16));
+            }
+            _ => at += 8 + len.next_multiple_of(8),
+        }
+    };
+    let read_at = |buf: &mut [u8], off: u64| -> io::Result<()> {
+        if off + buf.len() as u64 > area.1 {
+            return Err(bad("LUKS key material past the header area".into()));
+        }
+        read_upto(file, buf, area.0 + off)
+    };
+    match luks::unlock(&read_at, passphrase) {
+        Ok(k) => Ok(k),
+        Err(UnlockError::WrongKey) => Err(wrong_key()),
+        Err(UnlockError::Io(e)) => Err(e),
+    }
 }
 
 impl Qcow2Image {
     /// Read the header and L1 table of the qcow2 image in `file`.
     pub(crate) fn open(file: File) -> io::Result<Qcow2Image> {
+        Self::open_with_key(file, None)
+    }
+
+    /// Read the header and L1 table of the qcow2 image in `file`; an
+    /// encrypted one is unlocked with `passphrase` (without one, its data
+    /// does not read).
+    pub(crate) fn open_with_key(file: File, passphrase: Option<&[u8]>) -> io::Result<Qcow2Image> {
         let mut h = vec![0u8; 112];
         read_upto(&file, &mut h, 0)?;
         if &h[0..4] != b"QFI\xfb" || be32(&h, 4) != 3 {
@@ -106,9 +174,19 @@ impl Qcow2Image {
                 "unsupported incompatible features {incompatible:#x}"
             )));
         }
-        if be32(&h, 32) != 0 || be32(&h, 96) != 4 {
-            return Err(bad("encrypted image or refcounts not of 16 bits".into()));
+        if be32(&h, 96) != 4 {
+            return Err(bad("refcounts not of 16 bits".into()));
         }
+        let crypt = match (be32(&h, 32), passphrase) {
+            (0, _) => Crypt::Clear,
+            (2, None) => Crypt::Locked,
+            (2, Some(p)) => {
+                let mut cluster = vec![0u8; 1 << cluster_bits];
+                read_upto(&file, &mut cluster, 0)?;
+                Crypt::Luks(Box::new(unlock(&file, &cluster, p)?))
+            }
+            (m, _) => return Err(bad(format!("unsupported encryption method {m}"))),
+        };
         let codec = match be32(&h, 100) > 104 {
             true => Codec::from_type_byte(h[104])?,
             false => Codec::Zlib,
@@ -143,6 +221,7 @@ impl Qcow2Image {
             l1,
             backing,
             l2: Mutex::new(Vec::new()),
+            crypt,
         })
     }
 
@@ -195,7 +274,10 @@ impl Qcow2Image {
         } else if entry & 1 != 0 {
             Map::Zero
         } else if entry & OFFSET_MASK != 0 {
-            Map::Plain(entry & OFFSET_MASK)
+            match self.crypt {
+                Crypt::Clear => Map::Plain(entry & OFFSET_MASK),
+                _ => Map::Encrypted,
+            }
         } else {
             Map::Unallocated
         }
@@ -248,6 +330,10 @@ impl Qcow2Image {
             match self.kind(e & !COPIED) {
                 Map::Unallocated | Map::Zero => out.fill(0),
                 Map::Plain(at) => read_upto(&self.file, out, at + within as u64)?,
+                Map::Encrypted => {
+                    self.read_encrypted(e & OFFSET_MASK, &mut cluster)?;
+                    out.copy_from_slice(&cluster[within..within + n]);
+                }
                 Map::Compressed => {
                     self.read_compressed(e, &mut cluster)?;
                     out.copy_from_slice(&cluster[within..within + n]);
@@ -255,6 +341,19 @@ impl Qcow2Image {
             }
             pos += n as u64;
         }
+        Ok(())
+    }
+
+    /// Read and decrypt the encrypted cluster at host offset `at`.
+    fn read_encrypted(&self, at: u64, out: &mut [u8]) -> io::Result<()> {
+        let Crypt::Luks(key) = &self.crypt else {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "encrypted image opened without its key",
+            ));
+        };
+        read_upto(&self.file, out, at)?;
+        key.decrypt(out, at / luks::SECTOR as u64);
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::claim::DomainClaim;
 use super::create_job::{CopyRun, CopySource, LiveRun, ReadFrom, run_copy};
-use super::create_targets::{Baseline, PlannedDisk, create_targets, note_dirs};
+use super::create_targets::{self, Baseline, PlannedDisk, create_targets, note_dirs};
 use super::files::{discard_failed, volume_connection};
 use super::options::CreateOptions;
 use super::plan::{self, DiskPlan, DomainFacts, TargetPlan};
@@ -69,9 +69,11 @@ struct Prepared {
 /// `virDomainBackupCreateXML`: parse → plan → register → run.
 pub(crate) fn create(dom: &DomainRef, xml: &str, opts: CreateOptions) -> Result<Created> {
     let req = CreateRequest::parse(xml)?;
-    if req.encryption {
+    if req.encrypted() && req.compressed() {
         return Err(Error::config_unsupported(
-            "encryption of backups is not supported yet",
+            "<compression> and <encryption> together: QEMU never encrypts a \
+             compressed cluster, so compressed clusters would be stored in clear; \
+             choose one",
         ));
     }
     let catalog = recovery::open_catalog()?;
@@ -166,6 +168,7 @@ fn prepare(
             record_chain(catalog, parent, p)?;
         }
     }
+    create_targets::choose_encryption(dom, req, parent.as_ref(), &mut disks)?;
     check_targets(catalog, &data_dir, &disks)?;
     let record = new_record(
         dom,
@@ -228,10 +231,12 @@ fn resolve_disk(dom: &DomainRef, p: DiskPlan, copied: bool) -> Result<PlannedDis
             volume,
             backing: Vec::new(),
             compression: p.compression,
+            encryption: None,
         },
         source: src,
         baseline: None,
         since: None,
+        passphrase: None,
     })
 }
 

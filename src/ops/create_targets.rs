@@ -9,13 +9,15 @@ use rustix::fs::OFlags;
 
 use crate::error::{Error, Result};
 use crate::hv::libvirt::DomainRef;
+use crate::hv::secret;
 use crate::hv::storage_pool;
 use crate::image::codec::Codec;
 use crate::image::disk::{Source, Target as ImageTarget};
+use crate::ops::plan;
 use crate::store::catalog::Catalog;
 use crate::store::folder::Folder;
 use crate::store::index::IndexReader;
-use crate::xml::backup::{BackupRecord, DiskFormat, DiskRecord};
+use crate::xml::backup::{BackupRecord, Compression, CreateRequest, DiskFormat, DiskRecord};
 
 /// One disk of a backup being prepared: where it comes from and goes to.
 pub(super) struct PlannedDisk {
@@ -26,6 +28,8 @@ pub(super) struct PlannedDisk {
     /// For a live incremental disk: the parent's checkpoint, which libvirt
     /// copies the changes since.
     pub(super) since: Option<String>,
+    /// For an encrypted target: its passphrase, read from libvirt.
+    pub(super) passphrase: Option<Vec<u8>>,
 }
 
 /// The parent's copy of a disk an incremental target builds on, and, for
@@ -96,25 +100,77 @@ pub(super) fn create_targets(
             (p.baseline.as_ref())
                 .map_or(String::new(), |b| format!(" over '{}'", b.target.display()))
         );
-        targets.push(new_target(file, &p.record, backing)?);
+        targets.push(new_target(
+            file,
+            &p.record,
+            backing,
+            p.passphrase.as_deref(),
+        )?);
         crate::test_stop!("create-target-created");
     }
     Ok(())
 }
 
 /// Format the new `file` as `d`'s target: qcow2 of compressed clusters
-/// when its record says so (see `image::qcow2_compressed`).
+/// when its record says so (see `image::qcow2_compressed`), encrypted
+/// with `passphrase` when it has one (see `image::luks`).
 pub(super) fn new_target(
     file: std::fs::File,
     d: &DiskRecord,
     backing: Option<(&Path, DiskFormat)>,
+    passphrase: Option<&[u8]>,
 ) -> Result<ImageTarget> {
+    if let Some(p) = passphrase {
+        return ImageTarget::create_encrypted(file, &d.target, d.virtual_size, backing, p);
+    }
     match Codec::of(d.compression) {
         Some(codec) => {
             ImageTarget::create_compressed(file, &d.target, d.virtual_size, backing, codec)
         }
         None => ImageTarget::create_from(file, &d.target, d.format, d.virtual_size, backing),
     }
+}
+
+/// Each disk's encryption (its own `<encryption>`, that of `<disks>`, or
+/// its parent's copy's) and its passphrase, read from libvirt on the
+/// domain's connection now, before anything is written.
+pub(super) fn choose_encryption(
+    dom: &DomainRef,
+    req: &CreateRequest,
+    parent: Option<&BackupRecord>,
+    disks: &mut [PlannedDisk],
+) -> Result<()> {
+    let mut conn = None;
+    for p in disks.iter_mut() {
+        let name = p.record.name.clone();
+        let own = (req.disks.iter().flatten())
+            .find(|r| r.name == name)
+            .and_then(|r| r.encryption.as_ref());
+        let inherited = (parent.iter().flat_map(|r| r.disks.iter()))
+            .find(|d| d.name == name)
+            .and_then(|d| d.encryption.as_ref());
+        let all = req.encryption.as_ref();
+        let chosen = plan::encryption_of(&name, (own, all, inherited), p.record.format)?;
+        let Some(e) = chosen else { continue };
+        if p.record.compression != Compression::None {
+            return Err(Error::config_unsupported(format!(
+                "disk '{name}': compressed and encrypted (its parent's secret) together: \
+                 QEMU never encrypts a compressed cluster; ask for <compression type='none'/>"
+            )));
+        }
+        if conn.is_none() {
+            conn = Some(dom.connect()?);
+        }
+        let conn = conn
+            .as_ref()
+            .ok_or_else(|| Error::internal("no connection"))?;
+        p.passphrase = Some(secret::passphrase(conn, &e.secret).map_err(|mut err| {
+            err.message = format!("disk '{name}': {}", err.message);
+            err
+        })?);
+        p.record.encryption = Some(e);
+    }
+    Ok(())
 }
 
 /// Create the pool volume of a disk's target, where the plan expects it.

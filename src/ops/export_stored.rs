@@ -73,6 +73,12 @@ pub(crate) fn start(xml: &str) -> Result<Arc<Export>> {
     let catalog = recovery::open_catalog()?;
     let rec =
         recovery::find(&catalog, &uuid)?.ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
+    let find = |u: &uuid::Uuid| recovery::find(&catalog, u).ok().flatten();
+    if super::keys::encrypted_chain(&rec, &find) {
+        return Err(Error::not_supported_yet(
+            "the export of an encrypted backup",
+        ));
+    }
     if rec.state != BackupState::Completed {
         return Err(Error::operation_invalid(format!(
             "backup '{uuid}' is not completed"

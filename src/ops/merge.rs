@@ -42,6 +42,11 @@ fn merged_target(
     size: u64,
     backing: Option<(&Path, DiskFormat)>,
 ) -> Result<Target> {
+    if d.encryption.is_some() {
+        let key = crate::image::keys::passphrase(&d.target)
+            .ok_or_else(|| Error::internal(format!("no key lent for '{}'", d.target.display())))?;
+        return Target::create_encrypted(file, tmp, size, backing, &key);
+    }
     match Codec::of(d.compression) {
         Some(codec) => Target::create_compressed(file, tmp, size, backing, codec),
         None => Target::create_from(file, tmp, d.format, size, backing),
@@ -176,7 +181,13 @@ pub(crate) fn merge_into_children(
     metadata_only: bool,
 ) -> Result<()> {
     let grandparent = doomed.parent.and_then(|p| all.iter().find(|r| r.uuid == p));
+    let find = |u: &uuid::Uuid| (all.iter().chain([doomed])).find(|r| &r.uuid == u).cloned();
     for child in all.iter().filter(|r| r.parent == Some(doomed.uuid)) {
+        // An encrypted chain's keys, read again from libvirt.
+        let _keys = match metadata_only {
+            true => None,
+            false => Some(super::keys::lend_chain(child, &find)?),
+        };
         let mut updated = child.clone();
         updated.parent = doomed.parent;
         if !metadata_only {

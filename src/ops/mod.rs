@@ -23,6 +23,7 @@ pub(crate) mod export_stored;
 mod files;
 pub(crate) mod history;
 pub(crate) mod instant;
+pub(crate) mod keys;
 pub(crate) mod merge;
 pub(crate) mod moved;
 pub mod options;

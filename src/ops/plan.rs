@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::hv::storage_pool;
-use crate::xml::backup::{Compression, DefaultTarget, DiskFormat, DiskRequest, Target};
+use crate::xml::backup::{Compression, DefaultTarget, DiskFormat, DiskRequest, Encryption, Target};
 use crate::xml::domain::DomainDisk;
 
 /// What the planner needs to know of the domain.
@@ -144,6 +144,28 @@ fn compression_of(
     Ok(c)
 }
 
+/// The encryption of disk `name`'s target: its own `<encryption>`, else
+/// `all` (that of `<disks>`), else `parent`'s (an incremental keeps its
+/// parent's secret unless it names one); refused for a raw target, which
+/// has no LUKS header.
+pub(crate) fn encryption_of(
+    name: &str,
+    (own, all, parent): (
+        Option<&Encryption>,
+        Option<&Encryption>,
+        Option<&Encryption>,
+    ),
+    format: DiskFormat,
+) -> Result<Option<Encryption>> {
+    let e = own.or(all).or(parent).cloned();
+    if e.is_some() && format == DiskFormat::Raw {
+        return Err(Error::config_unsupported(format!(
+            "disk '{name}': <encryption> needs a qcow2 target; a raw target cannot be encrypted"
+        )));
+    }
+    Ok(e)
+}
+
 /// Whether a domain disk is part of the backup; an error for a disk the
 /// request asks for that cannot be backed up.
 fn included(d: &DomainDisk, asked: Option<&DiskRequest>) -> Result<bool> {
@@ -242,6 +264,7 @@ mod tests {
             target: None,
             format: None,
             compression: None,
+            encryption: None,
         }
     }
 
@@ -253,6 +276,30 @@ mod tests {
         def: Option<&DefaultTarget>,
     ) -> Result<Vec<DiskPlan>> {
         plan_disks(f, (req, None), def, Path::new(DATA), &Uuid::nil())
+    }
+
+    /// A disk's own `<encryption>` over that of `<disks>`, over its
+    /// parent's; a raw target with encryption refused.
+    #[test]
+    fn encryption_own_all_or_inherited() {
+        use crate::xml::backup::{Encryption, SecretId};
+        let e = |u: &str| Encryption {
+            secret: SecretId::Usage(u.into()),
+        };
+        let (own, all, parent) = (e("own"), e("all"), e("parent"));
+        let q = DiskFormat::Qcow2;
+        let of = |o, a, p| encryption_of("vda", (o, a, p), q).unwrap();
+        assert_eq!(of(Some(&own), Some(&all), Some(&parent)), Some(own.clone()));
+        assert_eq!(of(None, Some(&all), Some(&parent)), Some(all.clone()));
+        assert_eq!(of(None, None, Some(&parent)), Some(parent.clone()));
+        assert_eq!(of(None, None, None), None);
+        let raw = encryption_of("vda", (None, Some(&all), None), DiskFormat::Raw).unwrap_err();
+        assert!(
+            raw.is(crate::error::ErrorCode::ConfigUnsupported),
+            "{}",
+            raw.message
+        );
+        assert!(encryption_of("vda", (None, None, None), DiskFormat::Raw).is_ok());
     }
 
     /// A disk's own `<compression>` over that of `<disks>`; a raw target

@@ -223,9 +223,17 @@ pub(crate) fn restore(xml: &str, opts: RestoreOptions) -> Result<()> {
             Some(dom)
         }
     };
+    let find = |u: &uuid::Uuid| recovery::find(&catalog, u).ok().flatten();
     if opts.mode.instant() {
+        if super::keys::encrypted_chain(&rec, &find) {
+            return Err(Error::not_supported_yet(
+                "instant restore of an encrypted backup (QEMU would need its secrets)",
+            ));
+        }
         return crate::ops::instant::restore(&catalog, &rec, &req, own, opts);
     }
+    // An encrypted backup's keys, read again from libvirt.
+    let _keys = super::keys::lend_chain(&rec, &find)?;
     let names: Vec<&str> = rec.disks.iter().map(|d| d.name.as_str()).collect();
     let items = select(req.disks.as_deref(), &names, |d| d.name.as_str())?
         .into_iter()

@@ -101,6 +101,9 @@ pub(crate) fn verify(rec: &BackupRecord) -> Result<u64> {
     }
     let catalog = Catalog::open()?;
     super::moved::check(&catalog, rec)?;
+    // An encrypted backup's keys, read again from libvirt.
+    let find = |u: &Uuid| super::recovery::find(&catalog, u).ok().flatten();
+    let _keys = super::keys::lend_chain(rec, &find)?;
     // Open every disk first: the total is known before anyone can ask.
     let run = Arc::new(Run::default());
     let mut sources = Vec::new();

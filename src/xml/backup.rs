@@ -17,11 +17,13 @@
 //! types); this one only gathers them.
 
 mod description;
+mod encryption;
 mod record;
 mod request;
 mod vocabulary;
 
 pub use description::parent_and_domain;
+pub use encryption::{Encryption, SecretId};
 pub use record::{BackupMode, BackupRecord, BackupState, DiskRecord, JobStats};
 pub use request::{
     CreateRequest, DefaultTarget, DiskRequest, NBD_PORT, NbdServer, RestoreDisk, RestoreRequest,

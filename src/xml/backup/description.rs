@@ -100,6 +100,9 @@ impl DiskRecord {
         if let Some(c) = compression_element(self.compression) {
             disk.push(c);
         }
+        if let Some(e) = &self.encryption {
+            disk.push(e.to_element());
+        }
         Ok(disk)
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use super::encryption::{Encryption, parse_encryption};
 use super::vocabulary::{Compression, DiskFormat, disk_name, parse_compression, path_str};
 use crate::error::{Error, Result};
 use crate::xml::dom::{self, Element};
@@ -79,6 +80,9 @@ pub struct DiskRecord {
     pub virtual_size: u64,
     /// How the target stores its clusters (`<compression type>`).
     pub compression: Compression,
+    /// The libvirt secret whose value encrypts the target (`<encryption>`:
+    /// its id only, never its value).
+    pub encryption: Option<Encryption>,
     /// The storage pool and volume the target is, for `type='volume'`.
     pub volume: Option<(String, String)>,
     /// The images the target reads through, nearest first (the parent's
@@ -431,6 +435,7 @@ impl DiskRecord {
             volume: parse_record_volume(d, &name)?,
             backing: info.backing,
             compression: parse_compression(d)?.unwrap_or_default(),
+            encryption: parse_encryption(d)?,
             name,
         })
     }
@@ -605,6 +610,7 @@ impl BackupRecord {
                 volume: None,
                 backing: vec![],
                 compression: Default::default(),
+                encryption: None,
             }],
             uri: "test:///default".into(),
             domain_xml: String::new(),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
+use super::encryption::{Encryption, parse_encryption};
 use super::vocabulary::{
     Compression, DEFAULT_TARGET, DOMAINBACKUP, DiskFormat, MAX_DISKS, disk_name, parse_compression,
     parse_uuid, path_str,
@@ -45,6 +46,8 @@ pub struct DiskRequest {
     pub format: Option<DiskFormat>,
     /// `<compression type>` of the disk; `None`: that of `<disks>`.
     pub compression: Option<Compression>,
+    /// `<encryption>` of the disk; `None`: that of `<disks>`.
+    pub encryption: Option<Encryption>,
 }
 
 /// Input of `virDomainBackupCreateXML`.
@@ -63,8 +66,8 @@ pub struct CreateRequest {
     pub bandwidth: Option<u64>,
     /// `<disks><compression type>`: every disk's unless it says its own.
     pub compression: Option<Compression>,
-    /// Whether an `<encryption>` was given (on `<disks>` or a disk).
-    pub encryption: bool,
+    /// `<disks><encryption>`: every disk's unless it says its own.
+    pub encryption: Option<Encryption>,
 }
 
 /// `<bandwidth bytes='N'/>`: N a positive integer in decimal digits (no
@@ -164,11 +167,6 @@ impl CreateRequest {
             ),
         };
         let all = root.child("disks");
-        let encryption = all.is_some_and(|d| {
-            d.child("encryption").is_some()
-                || d.children_named("disk")
-                    .any(|k| k.child("encryption").is_some())
-        });
         Ok(CreateRequest {
             uuid,
             description,
@@ -176,8 +174,19 @@ impl CreateRequest {
             disks,
             bandwidth: parse_bandwidth(&root)?,
             compression: all.map(parse_compression).transpose()?.flatten(),
-            encryption,
+            encryption: all.map(parse_encryption).transpose()?.flatten(),
         })
+    }
+
+    /// Whether `<encryption>` is asked for, on `<disks>` or on a disk.
+    pub fn encrypted(&self) -> bool {
+        self.encryption.is_some() || self.disks.iter().flatten().any(|d| d.encryption.is_some())
+    }
+
+    /// Whether a compression other than none is asked for anywhere.
+    pub fn compressed(&self) -> bool {
+        let on = |c: &Option<Compression>| c.is_some_and(|c| c != Compression::None);
+        on(&self.compression) || self.disks.iter().flatten().any(|d| on(&d.compression))
     }
 }
 
@@ -233,6 +242,7 @@ fn parse_disk_request(d: &Element) -> Result<DiskRequest> {
         target,
         format: parse_driver(d)?,
         compression: parse_compression(d)?,
+        encryption: parse_encryption(d)?,
     })
 }
 

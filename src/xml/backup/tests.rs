@@ -81,6 +81,9 @@ fn catalog_record_round_trips_and_public_form_parses_as_input() {
             volume: None,
             backing: vec![],
             compression: Compression::Zstd,
+            encryption: Some(super::Encryption {
+                secret: super::SecretId::Usage("backup key".into()),
+            }),
         }],
         uri: "test:///default".into(),
         domain_xml: "<domain><name>vm1</name></domain>".into(),
@@ -95,12 +98,16 @@ fn catalog_record_round_trips_and_public_form_parses_as_input() {
     };
     let back = BackupRecord::from_catalog_xml(&rec.to_catalog_xml().unwrap()).unwrap();
     assert_eq!(back, rec);
-    let input = CreateRequest::parse(&rec.public_element().unwrap().to_xml().unwrap()).unwrap();
-    assert_eq!(input.uuid, Some(rec.uuid));
-    assert_eq!(
-        input.disks.unwrap()[0].target,
-        Some(Target::File("/b/vda.qcow2".into()))
+    let public = rec.public_element().unwrap().to_xml().unwrap();
+    assert!(
+        public.contains("<secret type='passphrase' usage='backup key'/>"),
+        "{public}"
     );
+    let input = CreateRequest::parse(&public).unwrap();
+    assert_eq!(input.uuid, Some(rec.uuid));
+    let disk = &input.disks.unwrap()[0];
+    assert_eq!(disk.target, Some(Target::File("/b/vda.qcow2".into())));
+    assert_eq!(disk.encryption, rec.disks[0].encryption);
 }
 
 #[test]
@@ -375,10 +382,10 @@ fn compression_parses_and_formats() {
     )
     .unwrap();
     assert_eq!(req.compression, Some(Compression::Zlib));
+    assert!(!req.encrypted() && req.compressed());
     let disks = req.disks.unwrap();
     assert_eq!(disks[0].compression, Some(Compression::Zstd));
     assert_eq!(disks[1].compression, None);
-    assert!(!req.encryption);
     for c in [Compression::None, Compression::Zlib, Compression::Zstd] {
         assert_eq!(Compression::parse(c.as_str()).unwrap(), c);
     }
@@ -394,5 +401,66 @@ fn compression_parses_and_formats() {
          <secret type='passphrase' usage='x'/></encryption></disk></disks></domainbackup>",
     )
     .unwrap();
-    assert!(enc.encryption);
+    assert!(enc.encrypted() && !enc.compressed());
+}
+
+/// `<encryption format='luks'>` on `<disks>` or a disk: the secret by uuid
+/// or usage, kept as its id; other formats and secrets refused.
+#[test]
+fn encryption_secret_ids() {
+    use super::{Encryption, SecretId};
+    let u = "0a81f5b2-8403-4e69-9a5c-2e5f3d9b1c01";
+    let req = CreateRequest::parse(&format!(
+        "<domainbackup><disks><encryption format='luks'>\
+         <secret type='passphrase' uuid='{u}'/></encryption>\
+         <disk name='vda'><encryption format='luks'>\
+         <secret type='passphrase' usage='backups'/></encryption></disk>\
+         <disk name='vdb'/></disks></domainbackup>"
+    ))
+    .unwrap();
+    let all = req.encryption.clone().unwrap();
+    assert_eq!(all.secret, SecretId::Uuid(u.parse().unwrap()));
+    let disks = req.disks.clone().unwrap();
+    assert_eq!(
+        disks[0].encryption,
+        Some(Encryption {
+            secret: SecretId::Usage("backups".into())
+        })
+    );
+    assert_eq!(disks[1].encryption, None);
+    assert!(req.encrypted());
+    let shown = all.to_element();
+    assert_eq!(shown.attr("format"), Some("luks"));
+    let s = shown.child("secret").unwrap();
+    assert_eq!(
+        (s.attr("type"), s.attr("uuid")),
+        (Some("passphrase"), Some(u))
+    );
+    let bad = |inner: &str| {
+        CreateRequest::parse(&format!(
+            "<domainbackup><disks><encryption{inner}</encryption></disks></domainbackup>"
+        ))
+        .unwrap_err()
+    };
+    let e = bad(" format='qcow'><secret type='passphrase' usage='x'/>");
+    assert!(
+        e.is(crate::error::ErrorCode::ConfigUnsupported),
+        "{}",
+        e.message
+    );
+    for inner in [
+        "><secret type='passphrase' usage='x'/>",
+        " format='luks'>",
+        " format='luks'><secret type='volume' usage='x'/>",
+        " format='luks'><secret type='passphrase'/>",
+        &format!(" format='luks'><secret type='passphrase' usage='x' uuid='{u}'/>"),
+        " format='luks'><secret type='passphrase' uuid='nope'/>",
+    ] {
+        let e = bad(inner);
+        assert!(
+            e.is(crate::error::ErrorCode::XmlError),
+            "{inner}: {}",
+            e.message
+        );
+    }
 }
