@@ -479,8 +479,13 @@ static inline void t_walk(const char *dir, char ***names, size_t *n, size_t *cap
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
         /* The catalog's writer lock is created by any catalog access; the
-         * job history records every call that is a job, failed ones too. */
-        if (strcmp(e->d_name, ".lock") == 0 || strcmp(e->d_name, ".history") == 0)
+         * job history records every call that is a job, failed ones too;
+         * a running job publishes its figures (<backup>.progress) twice a
+         * second, whatever other calls do. */
+        size_t len = strlen(e->d_name);
+        if (strcmp(e->d_name, ".lock") == 0 || strcmp(e->d_name, ".history") == 0 ||
+            (len > 9 && strcmp(e->d_name + len - 9, ".progress") == 0) ||
+            (len > 13 && strcmp(e->d_name + len - 13, ".progress.tmp") == 0))
             continue;
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
         if (*n == *cap) {
@@ -565,6 +570,7 @@ static inline int catalog_records(void)
 static inline char *content_snapshot(void)
 {
     return cmd_output(fmt("find '%s' '%s' -name .history -prune -o -type f ! -name .lock "
+                          "! -name '*.progress' ! -name '*.progress.tmp' "
                           "-print0 | sort -z | xargs -0r sha256sum", catalog_dir(), workdir()));
 }
 

@@ -1007,11 +1007,14 @@ class Env:
         the catalog's lock files: `.lock` (made by the first call that
         writes) and the domains' job locks in `.domain-locks/` (made by the
         first job, backup, export or restore, that asks for one), and the
-        job history in `.history/`, which notes failed calls too."""
+        job history in `.history/`, which notes failed calls too; and a
+        running job's published figures (`<backup>.progress`), rewritten
+        twice a second whatever other calls do."""
         return {p: h for p, h in tree_state(self.tmp).items()
                 if p != os.path.join("catalog", ".lock")
                 and not p.startswith(os.path.join("catalog", ".domain-locks") + os.sep)
-                and not p.startswith(os.path.join("catalog", ".history") + os.sep)}
+                and not p.startswith(os.path.join("catalog", ".history") + os.sep)
+                and not p.endswith((".progress", ".progress.tmp"))}
 
     def disk(self, name, size=64 * MiB, fmt="raw", writes=None):
         if writes is None:
