@@ -24,7 +24,7 @@ from conftest import (CREATE_WAIT, MiB, Nbd, RESTORE_NEW_DOMAIN, VIR_ERR_OPERATI
                       backing_chain,
                       backup_uuid, count_backups, create_fails, delete, disk_element,
                       expect_error, img_info, lib, lookup_domain, restore, restore_fails,
-                      restore_xml_for, run, sha256, tree_state, virt)
+                      restore_xml_for, run, sha256, virt)
 from ctypes import c_int, c_uint, c_void_p
 
 libvirt = pytest.importorskip("libvirt")
@@ -184,14 +184,14 @@ def test_full_incremental_restore_wrong_key_delete(qenv, secret):
 
     # Wrong key: Verify and restore fail, nothing written.
     secret.set(b"not the key")
-    before = tree_state(env.tmp)
+    before = env.files()
     assert lib.virDomainBackupVerify(inc, 0) == -1
     expect_error(VIR_ERR_OPERATION_FAILED, "wrong key")
     out = env.path("wrong.qcow2")
     restore_fails(restore_xml_for(u1, {"vda": (out, "qcow2")}), FILES_ONLY,
                   VIR_ERR_OPERATION_FAILED, "wrong key")
     assert not os.path.exists(out)
-    assert tree_state(env.tmp) == before
+    assert env.files() == before
 
     # Deleted secret: no new backup, no restore, nothing written or removed.
     secret.undefine()
@@ -205,7 +205,7 @@ def test_full_incremental_restore_wrong_key_delete(qenv, secret):
     assert lib.virDomainBackupDelete(full, 0) == -1
     expect_error(VIR_ERR_NO_SECRET, secret.uuid)
     assert count_backups(dom) == n
-    assert tree_state(env.tmp) == before
+    assert env.files() == before
     secret.define_again()
 
     # Instant restore and export of an encrypted backup: not yet.
