@@ -94,9 +94,9 @@ enum Command {
     Abort { uuid: String },
     /// Wait for a backup job to end, showing its progress
     Wait { uuid: String },
-    /// Serve a domain's disks read-only over NBD until Ctrl-C or --timeout
+    /// Serve a domain's disks, or a stored backup, read-only over NBD until Ctrl-C or --timeout
     Export(export::ExportArgs),
-    /// Set where a domain's backups go by default
+    /// Set (persistently), show (--show) or clear (--clear) where a domain's backups go by default
     DefaultTarget(default_target::DefaultTargetArgs),
     /// Delete the backups a retention policy does not keep
     #[command(
