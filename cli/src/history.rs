@@ -114,10 +114,7 @@ pub(crate) fn last_verified(dom: &Domain) -> api::Result<HashMap<String, i64>> {
 pub(crate) struct Since(i64);
 
 fn parse_since(s: &str) -> Result<Since, String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = crate::run_domain::now();
     let s = s.trim();
     for (suffix, unit) in [("m", 60), ("h", 3600), ("d", 86400), ("w", 7 * 86400)] {
         if let Some(n) = s.strip_suffix(suffix)
@@ -201,7 +198,7 @@ pub(crate) fn cmd_log(ctx: &mut Ctx, a: &LogArgs) -> Res<()> {
             j.backup.as_deref().map(short).unwrap_or("-"),
             j.state,
             took,
-            j.bytes.map(crate::run::human).unwrap_or("-".into()),
+            crate::output::human(j.bytes),
             j.error.as_deref().unwrap_or("")
         );
     }

@@ -187,7 +187,7 @@ fn summary(reports: &[Report]) -> String {
                 .map(|u| u[..8.min(u.len())].to_string())
                 .unwrap_or("-".into()),
             if r.backup.is_some() {
-                human(r.written)
+                crate::output::human(Some(r.written))
             } else {
                 "-".into()
             },
@@ -216,22 +216,6 @@ fn summary(reports: &[Report]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Bytes for people: 1.5 GiB.
-pub(crate) fn human(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 fn host_name() -> String {

@@ -86,7 +86,7 @@ impl Report {
         if self.outcome == Outcome::Completed {
             s += &format!(
                 ", {} written in {:.1} s",
-                crate::run::human(self.written),
+                crate::output::human(Some(self.written)),
                 self.seconds
             );
         }
@@ -112,7 +112,7 @@ impl Report {
     }
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
