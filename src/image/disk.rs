@@ -495,7 +495,7 @@ enum TargetImage {
     },
     Qcow2(FormatAccess<ImagoFile>),
     /// A new qcow2 image of compressed clusters (see `qcow2_compressed`).
-    Compressed(CompressedWriter),
+    Compressed(Box<CompressedWriter>),
 }
 
 /// A second handle on `file` for the page-cache calls.
@@ -618,7 +618,7 @@ impl Target {
         let w = CompressedWriter::create(file, size, backing, codec)
             .map_err(io_err("cannot format target image", path))?;
         Ok(Target {
-            img: TargetImage::Compressed(w),
+            img: TargetImage::Compressed(Box::new(w)),
             cache,
             created: true,
         })

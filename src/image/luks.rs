@@ -15,6 +15,7 @@
 use std::io;
 
 use aes::Aes256;
+use aes::cipher::inout::InOutBuf;
 use aes::cipher::{Block, BlockDecrypt, BlockEncrypt, KeyInit};
 use sha2::{Digest, Sha256};
 
@@ -73,9 +74,6 @@ fn bad(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// AES blocks of a sector.
-const BLOCKS: usize = SECTOR / 16;
-
 /// The master key of an image: encrypts and decrypts its data sectors
 /// (XTS: the data key, and the tweak key that encrypts each sector's IV).
 pub(crate) struct LuksKey {
@@ -83,17 +81,41 @@ pub(crate) struct LuksKey {
     tweak: Aes256,
 }
 
-/// The tweaks of the blocks of a sector whose encrypted IV is `t`: `t`
-/// multiplied by alpha once more for each block (GF(2^128), little-endian
-/// as XTS has it).
-fn tweaks(t: &Block<Aes256>) -> [u128; BLOCKS] {
-    let mut x = u128::from_le_bytes((*t).into());
-    std::array::from_fn(|_| {
-        let this = x;
-        x = (x << 1) ^ ((x >> 127) * 0x87);
-        this
-    })
+/// One sector of XTS from `src` into `dst`: the tweak of each block is
+/// the sector's encrypted IV `iv` multiplied by alpha once more for each
+/// block (GF(2^128), little-endian as XTS has it); the blocks XORed with
+/// their tweaks on their way into `dst`, `cipher` over all of them at
+/// once, in place, XORed again.
+fn xts_sector(
+    src: &[u8],
+    dst: &mut [u8],
+    iv: &Block<Aes256>,
+    cipher: &impl Fn(InOutBuf<'_, '_, Block<Aes256>>),
+) {
+    // The tweaks are computed again in each pass rather than kept in an
+    // array: a u128 stored as two halves and loaded whole stalls the
+    // store forwarding.
+    let t0 = u128::from_le_bytes((*iv).into());
+    let times_alpha = |t: u128| (t << 1) ^ u128::from(((t >> 127) as u64).wrapping_neg() & 0x87);
+    let (ins, _) = src.as_chunks::<16>();
+    let (outs, _) = dst.as_chunks_mut::<16>();
+    let mut t = t0;
+    for (o, i) in outs.iter_mut().zip(ins) {
+        *o = (u128::from_le_bytes(*i) ^ t).to_le_bytes();
+        t = times_alpha(t);
+    }
+    let (blocks, _) = InOutBuf::from(&mut *dst).into_chunks();
+    cipher(blocks);
+    let (outs, _) = dst.as_chunks_mut::<16>();
+    let mut t = t0;
+    for o in outs {
+        *o = (u128::from_le_bytes(*o) ^ t).to_le_bytes();
+        t = times_alpha(t);
+    }
 }
+
+/// Sectors whose IVs are encrypted at once (a 64 KiB cluster's).
+const IV_BATCH: usize = 128;
 
 impl LuksKey {
     /// The key of master key (or slot key) `key`: 64 bytes.
@@ -105,44 +127,58 @@ impl LuksKey {
         }
     }
 
-    /// XTS over each sector of `buf`, the IV of the first `first_sector`:
-    /// the blocks XORed with their tweaks, `cipher` (the data key) over
-    /// all of them at once, XORed again.
-    fn xts(&self, buf: &mut [u8], first_sector: u64, cipher: impl Fn(&mut [Block<Aes256>])) {
-        let sectors = buf.len() / SECTOR;
-        // The encrypted IVs of all the sectors, then every block's tweak.
-        let mut ivs: Vec<Block<Aes256>> = (0..sectors as u64)
-            // plain64: the sector number, little-endian, in 16 bytes.
-            .map(|i| ((first_sector + i) as u128).to_le_bytes().into())
-            .collect();
-        self.tweak.encrypt_blocks(&mut ivs);
-        let tw: Vec<u128> = ivs.iter().flat_map(tweaks).collect();
-        let mut blocks: Vec<Block<Aes256>> = buf[..sectors * SECTOR]
-            .chunks_exact(16)
-            .zip(&tw)
-            .map(|(b, t)| {
-                (u128::from_le_bytes(b.try_into().unwrap_or_default()) ^ t)
-                    .to_le_bytes()
-                    .into()
-            })
-            .collect();
-        cipher(&mut blocks);
-        for ((out, b), t) in buf.chunks_exact_mut(16).zip(&blocks).zip(&tw) {
-            let v = u128::from_le_bytes((*b).into()) ^ t;
-            out.copy_from_slice(&v.to_le_bytes());
+    /// XTS over each sector of `src` into `dst` (as long), the IV of the
+    /// first `first_sector`. Nothing is allocated: this runs over every
+    /// byte of an encrypted backup.
+    fn xts(
+        &self,
+        src: Option<&[u8]>,
+        dst: &mut [u8],
+        first_sector: u64,
+        cipher: impl Fn(InOutBuf<'_, '_, Block<Aes256>>),
+    ) {
+        let mut ivs = [Block::<Aes256>::default(); IV_BATCH];
+        let mut sector = [0u8; SECTOR];
+        let whole = dst.len() / SECTOR * SECTOR;
+        for (batch, sectors) in dst[..whole].chunks_mut(SECTOR * IV_BATCH).enumerate() {
+            let n = sectors.len() / SECTOR;
+            let first = first_sector + (batch * IV_BATCH) as u64;
+            for (i, iv) in ivs[..n].iter_mut().enumerate() {
+                // plain64: the sector number, little-endian, in 16 bytes.
+                *iv = ((first + i as u64) as u128).to_le_bytes().into();
+            }
+            self.tweak.encrypt_blocks(&mut ivs[..n]);
+            for (i, (out, iv)) in sectors.chunks_exact_mut(SECTOR).zip(&ivs[..n]).enumerate() {
+                match src {
+                    Some(src) => {
+                        let at = (batch * IV_BATCH + i) * SECTOR;
+                        xts_sector(&src[at..at + SECTOR], out, iv, &cipher);
+                    }
+                    None => {
+                        sector.copy_from_slice(out);
+                        xts_sector(&sector, out, iv, &cipher);
+                    }
+                }
+            }
         }
     }
 
     /// Encrypt `buf` (whole sectors) in place; its first sector's IV is
     /// `first_sector`.
     pub(crate) fn encrypt(&self, buf: &mut [u8], first_sector: u64) {
-        self.xts(buf, first_sector, |b| self.data.encrypt_blocks(b));
+        self.xts(None, buf, first_sector, |b| self.data.encrypt_blocks_inout(b));
+    }
+
+    /// Encrypt `src` (whole sectors) into `dst`, as long: the copy and
+    /// the encryption in one pass over the data.
+    pub(crate) fn encrypt_into(&self, src: &[u8], dst: &mut [u8], first_sector: u64) {
+        self.xts(Some(src), dst, first_sector, |b| self.data.encrypt_blocks_inout(b));
     }
 
     /// Decrypt `buf` (whole sectors) in place; its first sector's IV is
     /// `first_sector`.
     pub(crate) fn decrypt(&self, buf: &mut [u8], first_sector: u64) {
-        self.xts(buf, first_sector, |b| self.data.decrypt_blocks(b));
+        self.xts(None, buf, first_sector, |b| self.data.decrypt_blocks_inout(b));
     }
 }
 

@@ -83,6 +83,8 @@ struct State {
     rc: Refcounts,
     /// A write failed: nothing more is written.
     failed: bool,
+    /// The buffer an encrypted write's clusters are encrypted into.
+    scratch: Vec<u8>,
 }
 
 /// How the data clusters are stored.
@@ -248,6 +250,7 @@ impl CompressedWriter {
                     blocks: Vec::new(),
                 },
                 failed: false,
+                scratch: Vec::new(),
             }),
         })
     }
@@ -325,9 +328,11 @@ impl CompressedWriter {
             for _ in clusters.clone() {
                 places.push(st.reserve(&self.file, CLUSTER, true)?);
             }
-            let mut data = buf.to_vec();
+            // The encrypted copy goes to a buffer kept from write to
+            // write: a new one each time would fault its pages in again.
+            let mut data = std::mem::take(&mut st.scratch);
             data.resize(places.len() * CLUSTER as usize, 0);
-            encrypt_all(key, &mut data, &places);
+            encrypt_all(key, buf, &mut data, &places);
             // Runs of clusters contiguous in the file, each in one write.
             let mut i = 0;
             while i < places.len() {
@@ -342,6 +347,7 @@ impl CompressedWriter {
             for (c, at) in clusters.zip(&places) {
                 st.set_entry(&self.file, c, COPIED | at)?;
             }
+            st.scratch = data;
             Ok(())
         })();
         st.failed |= r.is_err();
@@ -501,16 +507,29 @@ impl State {
 
 /// Encrypt each cluster of `data` for host offset `places[i]`, on up to
 /// `THREADS` threads.
-fn encrypt_all(key: &LuksKey, data: &mut [u8], places: &[u64]) {
+fn encrypt_all(key: &LuksKey, src: &[u8], data: &mut [u8], places: &[u64]) {
     let per = places.len().div_ceil(THREADS).max(1) * CLUSTER as usize;
     std::thread::scope(|s| {
-        for (part, at) in data
+        for (k, (part, at)) in data
             .chunks_mut(per)
             .zip(places.chunks(per / CLUSTER as usize))
+            .enumerate()
         {
+            let src = &src[(k * per).min(src.len())..((k + 1) * per).min(src.len())];
             s.spawn(move || {
-                for (cluster, at) in part.chunks_mut(CLUSTER as usize).zip(at) {
-                    key.encrypt(cluster, at / luks::SECTOR as u64);
+                for (i, (cluster, at)) in part.chunks_mut(CLUSTER as usize).zip(at).enumerate() {
+                    let from = &src[(i * CLUSTER as usize).min(src.len())
+                        ..((i + 1) * CLUSTER as usize).min(src.len())];
+                    let sector = at / luks::SECTOR as u64;
+                    match from.len() == cluster.len() {
+                        true => key.encrypt_into(from, cluster, sector),
+                        // The disk's last cluster, padded with zeroes.
+                        false => {
+                            cluster[..from.len()].copy_from_slice(from);
+                            cluster[from.len()..].fill(0);
+                            key.encrypt(cluster, sector);
+                        }
+                    }
                 }
             });
         }

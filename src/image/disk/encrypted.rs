@@ -31,7 +31,7 @@ impl Target {
             CompressedWriter::create_encrypted(file, size, backing, passphrase, DEFAULT_ITERATIONS)
                 .map_err(io_err("cannot format target image", path))?;
         Ok(Target {
-            img: TargetImage::Compressed(w),
+            img: TargetImage::Compressed(Box::new(w)),
             cache,
             created: true,
         })
