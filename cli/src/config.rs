@@ -384,8 +384,13 @@ fn check_encryption(p: &Policy, name: &str) -> Result<(), String> {
     if p.encrypt_secret.as_deref() == Some("") {
         return Err(format!("policy{name}: encrypt-secret names no secret"));
     }
-    if p.encrypt_key_file.as_ref().is_some_and(|f| !f.is_absolute()) {
-        return Err(format!("policy{name}: encrypt-key-file must be an absolute path"));
+    if p.encrypt_key_file
+        .as_ref()
+        .is_some_and(|f| !f.is_absolute())
+    {
+        return Err(format!(
+            "policy{name}: encrypt-key-file must be an absolute path"
+        ));
     }
     if p.compression.is_some() {
         return Err(format!(

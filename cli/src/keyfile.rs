@@ -88,9 +88,7 @@ fn read_key(path: &Path) -> Result<Wiped, String> {
             Some(libc::ELOOP) => format!("key file {shown} is a symlink: refused"),
             _ => format!("cannot open the key file {shown}: {e}"),
         })?;
-    let md = f
-        .metadata()
-        .map_err(|e| format!("key file {shown}: {e}"))?;
+    let md = f.metadata().map_err(|e| format!("key file {shown}: {e}"))?;
     // SAFETY: geteuid takes nothing and cannot fail.
     let uid = unsafe { libc::geteuid() };
     if !md.file_type().is_file() {
@@ -132,7 +130,10 @@ fn read_key(path: &Path) -> Result<Wiped, String> {
 
 /// The usage id and the UUID of a key's secret.
 fn names(key: &[u8]) -> (String, String) {
-    let d = Sha256::new().chain_update(DOMAIN).chain_update(key).finalize();
+    let d = Sha256::new()
+        .chain_update(DOMAIN)
+        .chain_update(key)
+        .finalize();
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let usage = format!("virt-backup/key-{}", hex(&d[..8]));
     let mut u = [0u8; 16];
@@ -213,9 +214,12 @@ pub(crate) fn register(conn: &Connect, path: &Path) -> Result<KeySecret, String>
          <description>virt-backup key file</description>\
          <usage type='volume'><volume>{usage}</volume></usage></secret>"
     );
-    let s = conn
-        .define_secret_xml(&xml, 0)
-        .map_err(|e| format!("cannot define the libvirt secret of the key file: {}", e.message()))?;
+    let s = conn.define_secret_xml(&xml, 0).map_err(|e| {
+        format!(
+            "cannot define the libvirt secret of the key file: {}",
+            e.message()
+        )
+    })?;
     set(&s, &key, uuid, usage).inspect_err(|_| {
         let _ = s.undefine();
     })
@@ -223,8 +227,12 @@ pub(crate) fn register(conn: &Connect, path: &Path) -> Result<KeySecret, String>
 
 /// Give `s` the key as its value.
 fn set(s: &Secret, key: &Wiped, uuid: String, usage: String) -> Result<KeySecret, String> {
-    s.set_value(&key.0, 0)
-        .map_err(|e| format!("cannot set the value of libvirt secret {uuid}: {}", e.message()))?;
+    s.set_value(&key.0, 0).map_err(|e| {
+        format!(
+            "cannot set the value of libvirt secret {uuid}: {}",
+            e.message()
+        )
+    })?;
     Ok(KeySecret {
         uuid,
         usage,
