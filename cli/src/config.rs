@@ -96,6 +96,11 @@ pub(crate) struct Policy {
     pub format: Option<Format>,
     /// How the qcow2 targets store their clusters (`<compression>`).
     pub compression: Option<Compression>,
+    /// Encrypt the backups with this libvirt secret (UUID or usage id).
+    pub encrypt_secret: Option<String>,
+    /// Encrypt the backups with the key in this file, registered as a
+    /// libvirt secret (see `create --encrypt-key-file`).
+    pub encrypt_key_file: Option<PathBuf>,
     #[serde(default)]
     pub exclude_disks: Vec<String>,
     /// Bytes per second, with the units of `create --rate`.
@@ -362,6 +367,43 @@ fn check_policy(p: &Policy) -> Result<(), String> {
     if p.target.as_deref() == Some("pool:") {
         return Err(format!("policy{name}: target 'pool:' names no pool"));
     }
+    check_encryption(p, &name)
+}
+
+/// `encrypt-secret` or `encrypt-key-file`: one of them, on qcow2 targets
+/// without compression.
+fn check_encryption(p: &Policy, name: &str) -> Result<(), String> {
+    if p.encrypt_secret.is_none() && p.encrypt_key_file.is_none() {
+        return Ok(());
+    }
+    if p.encrypt_secret.is_some() && p.encrypt_key_file.is_some() {
+        return Err(format!(
+            "policy{name}: give encrypt-secret or encrypt-key-file, not both"
+        ));
+    }
+    if p.encrypt_secret.as_deref() == Some("") {
+        return Err(format!("policy{name}: encrypt-secret names no secret"));
+    }
+    if p.encrypt_key_file
+        .as_ref()
+        .is_some_and(|f| !f.is_absolute())
+    {
+        return Err(format!(
+            "policy{name}: encrypt-key-file must be an absolute path"
+        ));
+    }
+    if p.compression.is_some() {
+        return Err(format!(
+            "policy{name}: an encrypted backup stores no compressed clusters: \
+             drop compression or the encryption"
+        ));
+    }
+    if p.format == Some(Format::Raw) {
+        return Err(format!(
+            "policy{name}: format = \"raw\" has no header to keep a key in: \
+             encrypted backups are qcow2"
+        ));
+    }
     Ok(())
 }
 
@@ -479,6 +521,12 @@ fn describe(p: &Policy, i: usize) -> String {
     } else {
         format!("; keep {}", keeps.join(", "))
     };
+    if let Some(sec) = &p.encrypt_secret {
+        s += &format!("; encrypted with secret {sec}");
+    }
+    if let Some(f) = &p.encrypt_key_file {
+        s += &format!("; encrypted with the key file {}", f.display());
+    }
     if p.verify.new {
         s += "; verifies new backups";
     }
@@ -518,6 +566,7 @@ level = "auto"
 max-chain = 6
 full-after-days = 7
 target = "/srv/backup"
+encrypt-key-file = "/etc/virt-backup/web.key"
 exclude-disks = ["vdb"]
 rate = "100M"
 retention = { keep-last = 3, keep-daily = 7, keep-yearly = 1 }
@@ -577,6 +626,26 @@ format = "raw"
                 "absolute",
             ),
             ("[[policy]]\nall = true\nformat = \"raw\"\n", 1, "only full"),
+            (
+                "[[policy]]\nall = true\nencrypt-secret = \"k\"\nencrypt-key-file = \"/k\"\n",
+                1,
+                "not both",
+            ),
+            (
+                "[[policy]]\nall = true\nencrypt-key-file = \"k\"\n",
+                1,
+                "absolute",
+            ),
+            (
+                "[[policy]]\nall = true\nencrypt-secret = \"k\"\ncompression = \"zstd\"\n",
+                1,
+                "compressed",
+            ),
+            (
+                "[[policy]]\nall = true\nlevel = \"full\"\nformat = \"raw\"\nencrypt-key-file = \"/k\"\n",
+                1,
+                "no header",
+            ),
         ] {
             let e = check(text).unwrap_err();
             assert!(e.starts_with(&format!("c.toml:{line}:")), "{text:?}: {e}");

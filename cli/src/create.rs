@@ -44,6 +44,12 @@ pub(crate) struct CreateArgs {
     /// incremental keeps its parent's secret without this)
     #[arg(long, value_name = "UUID|USAGE", conflicts_with = "compress")]
     encrypt_secret: Option<String>,
+    /// Encrypt the qcow2 targets with the key in FILE (its bytes as they
+    /// are; a file of ours that only we may read, not a symlink),
+    /// registered as a libvirt secret on the domain's connection, or found
+    /// there when registered before
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["compress", "encrypt_secret"])]
+    encrypt_key_file: Option<PathBuf>,
     /// full (default), incremental (on the latest backup), or auto
     /// (incremental when the domain has a completed backup, else full)
     #[arg(long, value_enum, value_name = "LEVEL", conflicts_with_all = ["incremental", "parent"])]
@@ -70,7 +76,7 @@ pub(crate) struct CreateArgs {
     #[arg(long, value_name = "RATE", value_parser = rate::parse_rate, long_help = rate::RATE_HELP)]
     rate: Option<u64>,
     /// Use this <domainbackup> document as is (a limit goes in its <bandwidth>)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "exclude", "format", "compress", "encrypt_secret", "parent", "incremental", "level", "description", "rate"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["disks", "exclude", "format", "compress", "encrypt_secret", "encrypt_key_file", "parent", "incremental", "level", "description", "rate"])]
     xml: Option<PathBuf>,
 }
 
@@ -102,6 +108,16 @@ pub(crate) fn cmd_create(ctx: &mut Ctx, a: &CreateArgs) -> Res<()> {
 /// the job has started.
 fn create_job(ctx: &mut Ctx, a: &CreateArgs, uuid_out: &mut Option<String>) -> Res<String> {
     let dom = ctx.domain(&a.domain)?;
+    let key = match &a.encrypt_key_file {
+        Some(f) => {
+            let k = crate::keyfile::register(ctx.conn()?, f).map_err(err)?;
+            ctx.say(&k.line(f));
+            Some(k)
+        }
+        None => None,
+    };
+    let secret = key.as_ref().map(|k| k.uuid.as_str());
+    let secret = secret.or(a.encrypt_secret.as_deref());
     let (xml, plan) = match &a.xml {
         Some(f) => {
             let x = std::fs::read_to_string(f)
@@ -110,7 +126,7 @@ fn create_job(ctx: &mut Ctx, a: &CreateArgs, uuid_out: &mut Option<String>) -> R
         }
         None => {
             let plan = plan(&dom, a)?;
-            (create_xml(&dom, a, &plan)?, Some(plan))
+            (create_xml(&dom, a, &plan, secret)?, Some(plan))
         }
     };
     let mut flags = 0;
@@ -140,11 +156,17 @@ fn create_job(ctx: &mut Ctx, a: &CreateArgs, uuid_out: &mut Option<String>) -> R
         )));
     }
     r.map_err(crate::restore::in_cli_terms)?;
-    report_done(ctx, &b, &uuid, plan.as_ref())
+    report_done(ctx, &b, &uuid, plan.as_ref(), key.as_ref())
 }
 
 /// The line (or JSON document) of a completed backup; the journal's summary.
-fn report_done(ctx: &Ctx, b: &Backup, uuid: &str, plan: Option<&Plan>) -> Res<String> {
+fn report_done(
+    ctx: &Ctx,
+    b: &Backup,
+    uuid: &str,
+    plan: Option<&Plan>,
+    key: Option<&crate::keyfile::KeySecret>,
+) -> Res<String> {
     let info = info_of(b)?;
     let written = b
         .parameters()
@@ -161,6 +183,9 @@ fn report_done(ctx: &Ctx, b: &Backup, uuid: &str, plan: Option<&Plan>) -> Res<St
     if let Some(p) = plan {
         j["level"] = p.level().into();
         j["reason"] = p.reason.clone().into();
+    }
+    if let Some(k) = key {
+        j["secret"] = k.to_json();
     }
     ctx.print_json(j);
     Ok(crate::journal::backup_summary(info.kind(), written))
@@ -267,7 +292,7 @@ fn disk_selection(dom: &Domain, a: &CreateArgs) -> Res<Vec<(String, Option<Strin
 
 /// `<encryption>` of `--encrypt-secret`: a UUID names the secret by
 /// uuid, anything else by usage id.
-fn encryption_xml(id: &str) -> String {
+pub(crate) fn encryption_xml(id: &str) -> String {
     let uuid = id.len() == 36
         && id.char_indices().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => c == '-',
@@ -281,7 +306,8 @@ fn encryption_xml(id: &str) -> String {
 }
 
 /// The `<domainbackup>` document of `create` without `--xml`.
-fn create_xml(dom: &Domain, a: &CreateArgs, plan: &Plan) -> Res<String> {
+/// `secret`: the UUID or usage id of --encrypt-secret or --encrypt-key-file.
+fn create_xml(dom: &Domain, a: &CreateArgs, plan: &Plan, secret: Option<&str>) -> Res<String> {
     let mut x = String::from("<domainbackup>");
     if let Some(d) = &a.description {
         x += &format!("<description>{}</description>", xml_escape(d));
@@ -299,10 +325,7 @@ fn create_xml(dom: &Domain, a: &CreateArgs, plan: &Plan) -> Res<String> {
         .as_ref()
         .map(|c| format!("<compression type='{}'/>", xml_escape(c)))
         .unwrap_or_default()
-        + &a.encrypt_secret
-            .as_deref()
-            .map(encryption_xml)
-            .unwrap_or_default();
+        + &secret.map(encryption_xml).unwrap_or_default();
     if !disks.is_empty() || !for_all.is_empty() {
         x += "<disks>";
         x += &for_all;

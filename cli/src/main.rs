@@ -2,8 +2,8 @@
 //!
 //! Every operation goes through libvirt-backup's public C API (linked
 //! dynamically, as a C program links it), and libvirt's own API for the
-//! connection and the domain lookup: whatever this command does, a C,
-//! Python or Go program can do.
+//! connection, the domain lookup and a key file's secret: whatever this
+//! command does, a C, Python or Go program can do.
 
 mod api;
 mod completion;
@@ -15,6 +15,7 @@ mod history;
 mod hooks;
 mod info;
 mod journal;
+mod keyfile;
 mod list;
 mod output;
 mod progress;

@@ -56,6 +56,11 @@ pub(crate) struct RestoreArgs {
     /// Start the restored domain when done
     #[arg(long)]
     start: bool,
+    /// Register the key in FILE as its libvirt secret first, as `create
+    /// --encrypt-key-file` does (an encrypted backup read on a host that
+    /// does not have the secret yet)
+    #[arg(long, value_name = "FILE")]
+    encrypt_key_file: Option<PathBuf>,
 }
 
 /// The library's flag names in a message, and the options that stand for them.
@@ -146,6 +151,10 @@ fn disks_xml(a: &RestoreArgs, info: &BackupInfo) -> String {
 pub(crate) fn cmd_restore(ctx: &mut Ctx, a: &RestoreArgs) -> Res<()> {
     let b = Backup::lookup(&a.uuid)?;
     let info = info_of(&b)?;
+    if let Some(f) = &a.encrypt_key_file {
+        let k = crate::keyfile::register(ctx.conn()?, f).map_err(err)?;
+        ctx.say(&k.line(f));
+    }
     let (x, flags, new_name) = restore_request(a, &info)?;
     drop(b);
     // The restore call is synchronous and has no job handle: it runs on a

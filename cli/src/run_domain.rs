@@ -264,6 +264,7 @@ fn backup_xml(
     if let Some(c) = p.compression {
         x += &format!("<compression type='{}'/>", c.name());
     }
+    x += &encryption(p, dom)?;
     for d in &disks {
         let n = xml_escape(d);
         if p.exclude_disks.contains(d) {
@@ -297,6 +298,21 @@ fn backup_xml(
         };
     }
     Ok(x + "</disks></domainbackup>")
+}
+
+/// The `<encryption>` of a policy's `encrypt-secret` or `encrypt-key-file`
+/// (its key registered as a libvirt secret on the domain's connection, or
+/// found there), or nothing.
+fn encryption(p: &Policy, dom: &Domain) -> Result<String, String> {
+    let secret = match (&p.encrypt_secret, &p.encrypt_key_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(f)) => {
+            let conn = dom.connect().map_err(|e| e.message().to_string())?;
+            crate::keyfile::register(&conn, f)?.uuid
+        }
+        (None, None) => return Ok(String::new()),
+    };
+    Ok(crate::create::encryption_xml(&secret))
 }
 
 fn new_uuid() -> Result<String, String> {
