@@ -240,6 +240,13 @@ def test_usage_id_and_refusals(qenv, secret):
         create_fails(dom, doc, CREATE_WAIT, code, frag)
         assert count_backups(dom) == 0
         assert env.files() == before
+    # A value QEMU could not take as a passphrase (not UTF-8 text).
+    secret.set(b"\xff\x00binary key")
+    create_fails(dom, xml(env.path("b.qcow2"), extra=enc(f"uuid='{secret.uuid}'")),
+                 CREATE_WAIT, VIR_ERR_CONFIG_UNSUPPORTED, "is not text")
+    assert count_backups(dom) == 0
+    assert env.files() == before
+    secret.set(KEY)
     t0 = env.snapshot(vda, "t0.qcow2")
     t = env.path("usage.qcow2")
     b = env.backup(dom, xml(t, per_disk=enc(f"usage='{secret.usage}'")))

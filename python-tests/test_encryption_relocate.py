@@ -104,7 +104,8 @@ def test_relocated_encrypted_catalog_needs_its_secret_on_the_new_host(
     with open(xml_file, "w") as f:
         f.write(sxml)
     virsh("secret-define", xml_file)
-    key = os.urandom(32)
+    # Text, as QEMU takes a LUKS passphrase: random bytes in base64.
+    key = base64.b64encode(os.urandom(32))
     virsh("secret-set-value", "--secret", su, "--base64", base64.b64encode(key).decode())
     # What the first host's admin keeps somewhere safe.
     kept = virsh("secret-get-value", su).strip()

@@ -164,10 +164,21 @@ pub(super) fn choose_encryption(
         let conn = conn
             .as_ref()
             .ok_or_else(|| Error::internal("no connection"))?;
-        p.passphrase = Some(secret::passphrase(conn, &e.secret).map_err(|mut err| {
+        let key = secret::passphrase(conn, &e.secret).map_err(|mut err| {
             err.message = format!("disk '{name}': {}", err.message);
             err
-        })?);
+        })?;
+        // QEMU takes a LUKS passphrase only as UTF-8 text without NUL:
+        // with any other value qemu-img, an instant restore and an export
+        // (all QEMU) could not open the backup.
+        if std::str::from_utf8(&key).is_err() || key.contains(&0) {
+            return Err(Error::config_unsupported(format!(
+                "disk '{name}': the value of the secret is not text (UTF-8, no NUL): QEMU \
+                 opens LUKS images only with a text passphrase; give the secret a text \
+                 value, e.g. base64 of random bytes"
+            )));
+        }
+        p.passphrase = Some(key);
         p.record.encryption = Some(e);
     }
     Ok(())
