@@ -10,11 +10,15 @@ compression_type=zstd` + sync of the same disk:
   - the same time and size rows with zlib, for reference (no target).
 
 The disk (raw, the vda of an inactive test:///default domain, virtual size
-twice its data): the bench's scattered layout (runs of 1-16 MiB between
-holes of 1-16 MiB), the runs filled with the contents of the files under
-/usr/share and /usr/lib concatenated (text and binaries), every eighth run
-random bytes (which do not compress). Every backup and every convert is
-checked with qemu-img compare against the disk.
+twice its data; make_root_disk): an ext4 root file system built by
+mkfs.ext4 -d from the packages installed on this machine (7/8 of the data:
+/usr/share's text, /usr/bin's and /usr/lib/x86_64-linux-gnu's binaries and
+libraries, half each), then the bench's layouts filled with random bytes,
+which do not compress (1/8: one long run, then 64 KiB runs a MiB apart),
+holes between. Every backup and every convert is checked with qemu-img
+compare against the disk. (make_disk, the encryption rows' disk: the
+same files' contents concatenated into scattered runs, every eighth run
+random.)
 
 Environment: LIBVIRT_BACKUP_LIB (the library), LIBVIRT_BACKUP_DIR (catalog),
 BENCH_DIR (work folder), BENCH_COMPRESS_MB (data, 1024), BENCH_COMPRESS_RUNS
@@ -107,6 +111,69 @@ def make_disk(path, data):
         os.fsync(fh.fileno())
 
 
+def stage_files(stage, tops, budget):
+    """Hard links (copies across file systems) in `stage` of the files
+    under `tops`, in sorted order, up to `budget` bytes: bytes staged."""
+    n = 0
+    for top in tops:
+        for root, dirs, files in os.walk(top):
+            dirs.sort()
+            for f in sorted(files):
+                p = os.path.join(root, f)
+                if os.path.islink(p) or not os.path.isfile(p):
+                    continue
+                size = os.path.getsize(p)
+                if n + size > budget:
+                    continue
+                dst = os.path.join(stage, os.path.relpath(p, "/"))
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                try:
+                    os.link(p, dst)
+                except OSError:
+                    try:
+                        shutil.copyfile(p, dst)
+                    except OSError:
+                        continue
+                n += size
+                if n >= budget:
+                    return n
+    return n
+
+
+def make_root_disk(path, data):
+    """A disk as a guest's: an ext4 file system built by mkfs.ext4 -d from
+    this machine's installed packages (7/8 of `data`: half /usr/share, half
+    the binaries and libraries of /usr/bin and /usr/lib/x86_64-linux-gnu),
+    then the bench's layouts of random bytes (which do not compress; 1/8
+    of `data`: one long run, then 64 KiB runs every MiB), holes between;
+    virtual size twice `data`."""
+    work = os.path.dirname(path)
+    stage = tempfile.mkdtemp(prefix="root-", dir=work)
+    try:
+        fs = data * 7 // 8
+        n = stage_files(stage, ["/usr/share"], fs // 2)
+        n += stage_files(stage, ["/usr/bin", "/usr/lib/x86_64-linux-gnu"], fs - n)
+        # Room for the file system's metadata and some free space.
+        fs_size = (n * 5 // 4 + 64 * MiB) // MiB * MiB
+        with open(path, "wb") as fh:
+            fh.truncate(fs_size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", stage, path], check=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    long_run, small = data // 16, data // 16 // (64 << 10)
+    with open(path, "r+b") as fh:
+        fh.truncate(max(2 * data, fs_size + 2 * MiB + long_run + small * MiB))
+        pos = fs_size + MiB
+        fh.seek(pos)
+        fh.write(os.urandom(long_run))
+        pos += long_run + MiB
+        for _ in range(small):
+            fh.seek(pos)
+            fh.write(os.urandom(64 << 10))
+            pos += MiB
+        os.fsync(fh.fileno())
+
+
 def same(a, fa, b):
     subprocess.run(["qemu-img", "compare", "-q", "-f", fa, "-F", "raw", a, b], check=True)
 
@@ -145,11 +212,13 @@ def peer(disk, out, comp):
     return t, size
 
 
-def restore_times(dom, disk, work, comp):
-    """A files-only restore of a `comp` backup into a raw file, and
-    `qemu-img convert` of the same backup file to raw + sync: seconds each."""
+def restore_times(dom, disk, work, disks_extra, peer_source):
+    """A files-only restore of a backup made with `disks_extra` in its
+    <disks> (its <compression> or <encryption>) into a raw file, and
+    `qemu-img convert` of the same backup file (`peer_source(path)`: the
+    convert's source arguments) to raw + sync: seconds each."""
     target = os.path.join(work, "restore-src.qcow2")
-    xml = (f"<domainbackup><disks><compression type='{comp}'/><disk name='vda'>"
+    xml = (f"<domainbackup><disks>{disks_extra}<disk name='vda'>"
            f"<target file='{target}'/></disk></disks></domainbackup>")
     b = lib.virDomainBackupCreateXML(dom, xml.encode(), 1 << 2)
     if not b:
@@ -169,7 +238,7 @@ def restore_times(dom, disk, work, comp):
     t_ours = time.monotonic() - t
     os.sync()
     t = time.monotonic()
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", target, peer_out],
+    subprocess.run(["qemu-img", "convert", *peer_source(target), "-O", "raw", peer_out],
                    check=True)
     subprocess.run(["sync", peer_out], check=True)
     t_peer = time.monotonic() - t
@@ -197,7 +266,7 @@ def main():
     conn = virt.virConnectOpen(b"test:///default")
     try:
         disk = os.path.join(work, "mixed.raw")
-        make_disk(disk, data)
+        make_root_disk(disk, data)
         dom = virt.virDomainDefineXML(conn, (
             f"<domain type='test'><name>bench-compress-{uuid.uuid4().hex[:8]}</name>"
             "<memory>65536</memory><os><type>hvm</type></os><devices>"
@@ -216,7 +285,8 @@ def main():
                     r = peer(disk, os.path.join(work, "peer.qcow2"), comp)
                 res.setdefault((side, comp), []).append(r)
         plain = ours(dom, disk, target, None)[1]
-        restores = [restore_times(dom, disk, work, "zstd") for _ in range(runs)]
+        restores = [restore_times(dom, disk, work, "<compression type='zstd'/>",
+                                   lambda t: ["-f", "qcow2", t]) for _ in range(runs)]
         virt.virDomainUndefine(dom)
         virt.virDomainFree(dom)
 

@@ -4,7 +4,7 @@
 #   install-deps.sh        everything `make check` needs (Ceph's daemons and
 #                          ceph-fuse: scripts/ceph-single-node.sh)
 #   install-deps.sh demo   only what building and `make demo` need
-#   install-deps.sh bench  what `make check` needs, plus virtnbdbackup (for `make bench`)
+#   install-deps.sh bench  what `make check` needs, plus virtnbdbackup and mkfs.ext4 (for `make bench`)
 set -eu
 
 # Debian packages, by name.
@@ -17,7 +17,7 @@ ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse faketime
 chrpath debhelper dh-python lintian zsh fish"
 fi
 if [ "${1:-}" = bench ]; then
-    PACKAGES="$PACKAGES virtnbdbackup"
+    PACKAGES="$PACKAGES virtnbdbackup e2fsprogs"
 fi
 
 # cbindgen from crates.io: Debian's 0.24 cannot parse Rust 2024 sources.
