@@ -427,8 +427,21 @@ def test_instant_restore_and_export_without_the_key_leave_nothing(qenv, secret):
         assert daemons_serving(sock.socket) == []
         assert not os.path.exists(sock.socket)
         assert env.files() == before
-    # The key back: both work again.
+    # A wrong key, and a binary one QEMU could not take: refused alike,
+    # before anything is made.
     secret.define_again()
+    for value, code, frag in ((b"not the key", VIR_ERR_OPERATION_FAILED, "wrong key"),
+                              (b"\xff\x00binary", VIR_ERR_CONFIG_UNSUPPORTED, "UTF-8")):
+        secret.set(value)
+        restore_fails(restore_xml_for(u1, domain=name), RESTORE_NEW_DOMAIN | INSTANT | START,
+                      code, frag)
+        assert not lookup_domain(env.qemu, name)
+        assert stored_export(u1, sock) is None
+        expect_error(code, frag)
+        assert daemons_serving(sock.socket) == []
+        assert env.files() == before
+    # The key back: both work again.
+    secret.set(KEY)
     e = stored_export(u1, sock)
     assert e, lib.virDomainBackupGetLastErrorMessage()
     env._handles.append(e)
