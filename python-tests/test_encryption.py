@@ -15,8 +15,10 @@ removed, while the secret is missing); compression with encryption and
 raw targets with encryption refused. Instant restore of an encrypted chain
 (a new domain, started under TCG: libvirt hands QEMU every level's key,
 the overlay encrypted too) and export of one (qemu-storage-daemon given
-the keys through pipes, none on its command line), both byte-exact; both
-refused with nothing left behind while the secret is missing."""
+the keys through pipes, none on its command line), both byte-exact, and
+an instant restore into the backup's own shut-off domain; both refused
+with nothing left behind while the secret is missing, wrong, or binary
+(which QEMU cannot take)."""
 
 import json
 import os
@@ -446,3 +448,21 @@ def test_instant_restore_and_export_without_the_key_leave_nothing(qenv, secret):
     assert e, lib.virDomainBackupGetLastErrorMessage()
     env._handles.append(e)
     assert lib.virDomainBackupFinishJob(e, 0) == 0
+
+
+def test_instant_restore_of_encrypted_backup_into_its_own_domain(qenv, secret):
+    env = qenv
+    dom, full, inc, t0, t1 = encrypted_chain(env, enc(f"uuid='{secret.uuid}'"))
+    full_t = env.path("full.qcow2")
+    u0 = backup_uuid(full)
+    restore(restore_xml_for(u0), INSTANT | START)
+    assert dom.active(), "START did not start the domain: QEMU could not open the chain"
+    overlay = env.path(f"{dom.name}-vda-instant-{u0}.qcow2")
+    assert disk_secrets(dom.name) == [(overlay, secret.uuid), (full_t, secret.uuid)]
+    # Its disk, through QEMU's overlay, is the disk at the full backup.
+    r = subprocess.run(["qemu-img", "compare", "-U", "--object",
+                        "secret,id=s0,data=" + KEY.decode(), "--image-opts",
+                        f"driver=qcow2,file.filename={overlay},encrypt.key-secret=s0,"
+                        "backing.encrypt.key-secret=s0", f"driver=qcow2,file.filename={t0}"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert r.returncode == 0, r.stdout
