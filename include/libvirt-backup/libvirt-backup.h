@@ -313,12 +313,15 @@ virDomainBackupPtr virDomainBackupCreateXML(virDomainPtr domain,
  * backup and a <server>: that stored point in time is served read-only
  * (same <disks>/exportname rules, every disk of the backup by default),
  * each disk through the backup's own chain of files, by
- * qemu-storage-daemon; no domain and no hypervisor connection are used, and
- * nothing is copied. @flags must be 0; a <parent> is not supported yet
- * there. While it runs, deleting the backup or one of its ancestors fails
- * with VIR_ERR_OPERATION_INVALID. It ends with FinishJob or AbortJob; its
- * virDomainBackupGetDomain() fails with VIR_ERR_NO_DOMAIN. A <uuid> with a
- * non-NULL @domain is VIR_ERR_INVALID_ARG.
+ * qemu-storage-daemon; no domain is used, no hypervisor connection but
+ * for an encrypted backup's keys (libvirt secrets, missing:
+ * VIR_ERR_NO_SECRET before anything starts; handed to the daemon through
+ * pipes, never on its command line), and nothing is copied. @flags must
+ * be 0; a <parent> is not supported yet there. While it runs, deleting
+ * the backup or one of its ancestors fails with
+ * VIR_ERR_OPERATION_INVALID. It ends with FinishJob or AbortJob; its
+ * virDomainBackupGetDomain() fails with VIR_ERR_NO_DOMAIN. A <uuid> with
+ * a non-NULL @domain is VIR_ERR_INVALID_ARG.
  *
  * The document is checked as libvirt's schema validation checks libvirt's:
  * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities
@@ -752,7 +755,12 @@ int virDomainBackupGetParameters(virDomainBackupPtr backup,
  * virDomainBlockPull (virsh blockpull --wait) on the running domain makes
  * the disk independent; the pin is dropped the next time pins are read
  * once no disk of the domain reads the backup's files (or the domain is
- * gone). The backup's images must be readable by the hypervisor.
+ * gone). The backup's images must be readable by the hypervisor. For an
+ * encrypted backup the overlay is encrypted too (the key of the nearest
+ * encrypted level) and the definition names every level's libvirt secret
+ * (`<encryption>` in each `<source>` of an explicit `<backingStore>`
+ * chain), so libvirt hands QEMU the keys; a missing secret is
+ * VIR_ERR_NO_SECRET, with no overlay and no domain.
  *
  * The document is checked as libvirt's schema validation checks libvirt's:
  * one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities

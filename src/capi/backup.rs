@@ -125,12 +125,15 @@ pub extern "C" fn virDomainBackupCreateXML(
 /// backup and a <server>: that stored point in time is served read-only
 /// (same <disks>/exportname rules, every disk of the backup by default),
 /// each disk through the backup's own chain of files, by
-/// qemu-storage-daemon; no domain and no hypervisor connection are used, and
-/// nothing is copied. @flags must be 0; a <parent> is not supported yet
-/// there. While it runs, deleting the backup or one of its ancestors fails
-/// with VIR_ERR_OPERATION_INVALID. It ends with FinishJob or AbortJob; its
-/// virDomainBackupGetDomain() fails with VIR_ERR_NO_DOMAIN. A <uuid> with a
-/// non-NULL @domain is VIR_ERR_INVALID_ARG.
+/// qemu-storage-daemon; no domain is used, no hypervisor connection but
+/// for an encrypted backup's keys (libvirt secrets, missing:
+/// VIR_ERR_NO_SECRET before anything starts; handed to the daemon through
+/// pipes, never on its command line), and nothing is copied. @flags must
+/// be 0; a <parent> is not supported yet there. While it runs, deleting
+/// the backup or one of its ancestors fails with
+/// VIR_ERR_OPERATION_INVALID. It ends with FinishJob or AbortJob; its
+/// virDomainBackupGetDomain() fails with VIR_ERR_NO_DOMAIN. A <uuid> with
+/// a non-NULL @domain is VIR_ERR_INVALID_ARG.
 ///
 /// The document is checked as libvirt's schema validation checks libvirt's:
 /// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities

@@ -78,7 +78,12 @@ use crate::ops::history;
 /// virDomainBlockPull (virsh blockpull --wait) on the running domain makes
 /// the disk independent; the pin is dropped the next time pins are read
 /// once no disk of the domain reads the backup's files (or the domain is
-/// gone). The backup's images must be readable by the hypervisor.
+/// gone). The backup's images must be readable by the hypervisor. For an
+/// encrypted backup the overlay is encrypted too (the key of the nearest
+/// encrypted level) and the definition names every level's libvirt secret
+/// (`<encryption>` in each `<source>` of an explicit `<backingStore>`
+/// chain), so libvirt hands QEMU the keys; a missing secret is
+/// VIR_ERR_NO_SECRET, with no overlay and no domain.
 ///
 /// The document is checked as libvirt's schema validation checks libvirt's:
 /// one that is not well-formed XML 1.0 (UTF-8; no DOCTYPE, so no entities

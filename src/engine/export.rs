@@ -42,6 +42,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::image::disk::{Chain, Source};
 use crate::xml::backup::DiskFormat;
+use secrets::KeyPipes;
 
 /// The program started; found through `PATH`.
 const DAEMON: &str = "qemu-storage-daemon";
@@ -360,16 +362,19 @@ fn spawn_and_wait(
 
     // Through sh for its umask: the NBD socket the daemon creates is its
     // owner's from the start (anyone who can connect reads the disks).
+    let keys = KeyPipes::of(disks)?;
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "umask 077 && exec \"$0\" \"$@\"", DAEMON])
-        .args(daemon_args(server, disks, cert_dir, &qmp_socket)?)
+        .args(daemon_args(server, disks, cert_dir, &qmp_socket, &keys)?)
         .arg("--pidfile")
         .arg(&pid_file)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
-    let child = spawn_tied_to_process(cmd)
+    let child = spawn_tied_to_process(cmd, keys.fds())
         .map_err(|e| Error::operation_failed(format!("cannot run {DAEMON}: {e}")))?;
+    // The daemon has its own read ends (it reads them as it starts).
+    drop(keys);
 
     wait_until_serving(child, server, &pid_file, &log_path).map(|child| (child, qmp_socket))
 }
@@ -381,7 +386,8 @@ fn spawn_and_wait(
 /// the thread that forked it ends, not the process: children are forked by
 /// one thread that lasts as long as the process (one per process, made
 /// anew in a forked child, which has no threads but the forking one).
-fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
+/// The descriptors `inherit` (close on exec here) stay open in the child.
+fn spawn_tied_to_process(mut cmd: Command, inherit: Vec<RawFd>) -> io::Result<Child> {
     use std::os::unix::process::CommandExt;
     use std::sync::mpsc;
     type Request = (Command, mpsc::Sender<io::Result<Child>>);
@@ -389,9 +395,14 @@ fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
 
     let parent = rustix::process::getpid();
     // SAFETY: the closure runs in the forked child before exec and makes
-    // only two system calls, both async-signal-safe.
+    // only system calls, all async-signal-safe (no allocation: `inherit`
+    // is only read); the descriptors of `inherit` are open in the child,
+    // as the caller holds them open until the spawn returns.
     unsafe {
         cmd.pre_exec(move || {
+            for &fd in &inherit {
+                rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(fd), rustix::io::FdFlags::empty())?;
+            }
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
             // The parent died before the line above: nobody would signal.
             if rustix::process::getppid() != Some(parent) {
@@ -493,10 +504,11 @@ fn daemon_args(
     disks: &[ExportDisk],
     cert_dir: Option<&Path>,
     qmp_socket: &Path,
+    keys: &KeyPipes,
 ) -> Result<Vec<String>> {
-    let mut args = Vec::new();
+    let mut args = keys.args().to_vec();
     for (i, d) in disks.iter().enumerate() {
-        args.extend(disk_nodes(i, d)?);
+        args.extend(disk_nodes(i, d, keys)?);
     }
     args.extend(server_args(server, cert_dir)?);
     for (i, d) in disks.iter().enumerate() {
@@ -529,8 +541,8 @@ fn daemon_args(
 /// a chain given node by node (`ExportDisk::backing`), the same for each
 /// level below (`disk<i>.<level>`, deepest first), each qcow2 node naming
 /// the next as its backing (the last none), so no header's name is
-/// followed.
-fn disk_nodes(i: usize, d: &ExportDisk) -> Result<Vec<String>> {
+/// followed. A qcow2 level whose key is lent is opened with it (`secrets`).
+fn disk_nodes(i: usize, d: &ExportDisk, keys: &KeyPipes) -> Result<Vec<String>> {
     let mut levels = vec![(d.image.as_path(), d.format)];
     if let Some(b) = &d.backing {
         levels.extend(b.iter().map(|(p, f)| (p.as_path(), *f)));
@@ -550,6 +562,12 @@ fn disk_nodes(i: usize, d: &ExportDisk) -> Result<Vec<String>> {
             "file": file,
             "read-only": true,
         });
+        if let Some(e) = (*format == DiskFormat::Qcow2)
+            .then(|| keys.encrypt(path))
+            .flatten()
+        {
+            image["encrypt"] = e;
+        }
         if d.backing.is_some() && *format == DiskFormat::Qcow2 {
             image["backing"] = match l + 1 < levels.len() {
                 true => json!(node(l + 1)),
@@ -764,5 +782,6 @@ fn remove_socket(path: &Path) {
     }
 }
 
+mod secrets;
 #[cfg(test)]
 mod tests;

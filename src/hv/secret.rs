@@ -49,28 +49,34 @@ fn value(secret: &Secret) -> std::result::Result<Vec<u8>, virt::error::Error> {
     Ok(v)
 }
 
-/// The value of the secret `id` names on `conn`: VIR_ERR_NO_SECRET when
-/// there is no such secret or it has no value (an empty one counts as
-/// none); libvirt's VIR_ERR_INVALID_SECRET for a private one, whose value
-/// only libvirt reads. A usage id is matched whatever the secret's usage
-/// type.
-pub(crate) fn passphrase(conn: &Connect, id: &SecretId) -> Result<Vec<u8>> {
+/// The secret `id` names on `conn`: VIR_ERR_NO_SECRET when there is none.
+/// A usage id is matched whatever the secret's usage type.
+fn lookup(conn: &Connect, id: &SecretId) -> Result<Secret> {
     let missing = |why: String| {
         Error::new(
             ErrorCode::NoSecret,
             format!("secret not found: no secret with {} ({why})", named(id)),
         )
     };
-    let secret = match id {
+    match id {
         SecretId::Uuid(u) => conn
             .lookup_secret_by_uuid_string(&u.to_string())
-            .map_err(|e| missing(e.message().to_string()))?,
+            .map_err(|e| missing(e.message().to_string())),
         SecretId::Usage(usage) => conn
             .list_all_secrets(0)?
             .into_iter()
             .find(|s| usage_id(s).is_some_and(|u| &u == usage))
-            .ok_or_else(|| missing("none has that usage id".into()))?,
-    };
+            .ok_or_else(|| missing("none has that usage id".into())),
+    }
+}
+
+/// The value of the secret `id` names on `conn`: VIR_ERR_NO_SECRET when
+/// there is no such secret or it has no value (an empty one counts as
+/// none); libvirt's VIR_ERR_INVALID_SECRET for a private one, whose value
+/// only libvirt reads. A usage id is matched whatever the secret's usage
+/// type.
+pub(crate) fn passphrase(conn: &Connect, id: &SecretId) -> Result<Vec<u8>> {
+    let secret = lookup(conn, id)?;
     let value = value(&secret).map_err(|e| {
         let mut err = Error::from(e);
         err.message = match err.code == virt::sys::VIR_ERR_INVALID_SECRET as i32 {
@@ -90,9 +96,37 @@ pub(crate) fn passphrase(conn: &Connect, id: &SecretId) -> Result<Vec<u8>> {
         err
     })?;
     match value.is_empty() {
-        true => Err(missing("its value is empty".into())),
+        true => Err(Error::new(
+            ErrorCode::NoSecret,
+            format!(
+                "secret not found: no secret with {} (its value is empty)",
+                named(id)
+            ),
+        )),
         false => Ok(value),
     }
+}
+
+/// The uuid of the secret `id` names on `conn`, as a domain definition
+/// names it for QEMU: libvirt looks a disk's secret up as a volume
+/// secret, and refuses one of another usage type when the domain starts,
+/// so it is refused here first (VIR_ERR_CONFIG_UNSUPPORTED); a usage id
+/// (which the library matches whatever the usage type) becomes the uuid.
+pub(crate) fn uuid_for_disk(conn: &Connect, id: &SecretId) -> Result<uuid::Uuid> {
+    let secret = lookup(conn, id)?;
+    let kind = secret.usage_type()?;
+    if kind != virt::sys::VIR_SECRET_USAGE_TYPE_NONE
+        && kind != virt::sys::VIR_SECRET_USAGE_TYPE_VOLUME
+    {
+        return Err(Error::config_unsupported(format!(
+            "secret {} is not a volume secret (usage type {kind}): libvirt gives QEMU a \
+             disk's key only from a secret of usage type 'volume' (or none)",
+            named(id)
+        )));
+    }
+    let u = secret.uuid_string()?;
+    ::log::debug!("secret {} is uuid {u} for QEMU", named(id));
+    uuid::Uuid::parse_str(&u).map_err(|e| Error::internal(format!("secret uuid '{u}': {e}")))
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 //! qemu-storage-daemon, each disk through its backup's own chain, given to
 //! the daemon level by level as the library resolves it (the daemon
 //! follows no header's backing name). Nothing is
-//! copied and no domain or hypervisor connection is involved; the backup's
-//! files are opened read-only. While the export runs, Delete of the backup
-//! or of one of its ancestors is refused (see `ops::pins`).
+//! copied and no domain is involved; the backup's files are opened
+//! read-only. A hypervisor connection is opened only for an encrypted
+//! chain, whose keys are libvirt secrets (read before the daemon starts,
+//! handed to it through pipes). While the export runs, Delete of the
+//! backup or of one of its ancestors is refused (see `ops::pins`).
 
 use std::sync::Arc;
 
@@ -74,17 +76,16 @@ pub(crate) fn start(xml: &str) -> Result<Arc<Export>> {
     let rec =
         recovery::find(&catalog, &uuid)?.ok_or_else(|| Error::no_backup(&uuid.to_string()))?;
     let find = |u: &uuid::Uuid| recovery::find(&catalog, u).ok().flatten();
-    if super::keys::encrypted_chain(&rec, &find) {
-        return Err(Error::not_supported_yet(
-            "the export of an encrypted backup",
-        ));
-    }
     if rec.state != BackupState::Completed {
         return Err(Error::operation_invalid(format!(
             "backup '{uuid}' is not completed"
         )));
     }
     super::moved::check(&catalog, &rec)?;
+    // An encrypted chain's keys, read again from libvirt before anything
+    // starts, lent until the daemon has started: it gets them through
+    // pipes (`engine::export::secrets`), never on its command line.
+    let (_keys, _) = super::keys::lend_chain_for_qemu(&rec, &find, false)?;
     let mut disks = selected(&rec, &req)?;
     for (name, d) in &mut disks {
         if !d.image.is_file() {

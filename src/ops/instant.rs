@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::hv::libvirt::{self, DomainRef};
 use crate::image::disk::Target;
+use crate::ops::instant_keys::InstantKeys;
 use crate::ops::options::RestoreOptions;
 use crate::ops::restore_steps::{select, start_if_asked};
 use crate::ops::restore_target::folder_and_name;
@@ -148,8 +149,9 @@ fn check_new_file(name: &str, path: &Path) -> Result<()> {
 }
 
 /// The overlay: empty qcow2, backing file the backup's image, named
-/// explicitly with its format (never probed).
-fn create_overlay(o: &Overlay) -> Result<()> {
+/// explicitly with its format (never probed); LUKS-encrypted with `key`
+/// when given (an encrypted backup's: see `ops::instant_keys`).
+fn create_overlay(o: &Overlay, key: Option<&[u8]>) -> Result<()> {
     let size = crate::image::disk::image_size(&o.disk.target, o.disk.format)?;
     let (folder, name) = folder_and_name(&o.path)?;
     // Created here, private and never through a link, in a folder nobody
@@ -159,8 +161,11 @@ fn create_overlay(o: &Overlay) -> Result<()> {
         .create_new(&name)
         .map_err(|e| Error::io("cannot create overlay", &o.path, e))?;
     let backing = Some((o.disk.target.as_path(), o.disk.format));
-    let made = Target::create_from(file, &o.path, DiskFormat::Qcow2, size, backing)
-        .and_then(|t| t.finish(&o.path));
+    let made = match key {
+        Some(k) => Target::create_encrypted(file, &o.path, size, backing, k),
+        None => Target::create_from(file, &o.path, DiskFormat::Qcow2, size, backing),
+    }
+    .and_then(|t| t.finish(&o.path));
     if made.is_err() {
         crate::warn_if_err!(
             folder.remove(&name),
@@ -210,7 +215,13 @@ pub(crate) fn restore(
 ) -> Result<()> {
     let to = receiver(rec, req, own)?;
     let list = overlays(rec, req, &to)?;
-    let xml = definition(&to, &list)?;
+    // An encrypted chain's keys, read (and checked) before anything is made.
+    let names: Vec<&str> = list.iter().map(|o| o.disk.name.as_str()).collect();
+    let keys = InstantKeys::read(catalog, rec, &names)?;
+    let mut xml = definition(&to, &list)?;
+    if let Some(k) = &keys {
+        xml = k.definition(&xml)?;
+    }
     // The backup's domain lock, held until the domain is defined: a Delete
     // (which takes it) cannot slip between the pins and the domain that
     // makes them hold.
@@ -227,7 +238,8 @@ pub(crate) fn restore(
             if fs::symlink_metadata(&o.path).is_err() {
                 overlays.push(&o.path);
             }
-            create_overlay(o)?;
+            let key = keys.as_ref().and_then(|k| k.overlay_key(&o.disk.name));
+            create_overlay(o, key.as_ref().map(|k| k.as_slice()))?;
             pinned.push(pins::add(catalog, &pin_of(rec, &to, o))?);
             crate::test_stop!("instant-pin-written");
         }

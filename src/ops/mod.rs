@@ -23,6 +23,7 @@ pub(crate) mod export_stored;
 mod files;
 pub(crate) mod history;
 pub(crate) mod instant;
+mod instant_keys;
 pub(crate) mod keys;
 pub(crate) mod merge;
 pub(crate) mod moved;

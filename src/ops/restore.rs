@@ -225,11 +225,6 @@ pub(crate) fn restore(xml: &str, opts: RestoreOptions) -> Result<()> {
     };
     let find = |u: &uuid::Uuid| recovery::find(&catalog, u).ok().flatten();
     if opts.mode.instant() {
-        if super::keys::encrypted_chain(&rec, &find) {
-            return Err(Error::not_supported_yet(
-                "instant restore of an encrypted backup (QEMU would need its secrets)",
-            ));
-        }
         return crate::ops::instant::restore(&catalog, &rec, &req, own, opts);
     }
     // An encrypted backup's keys, read again from libvirt.

@@ -22,7 +22,14 @@ fn names_and_paths_of_any_kind_reach_the_daemon_intact() {
         backing: None,
     }];
     let unix = ExportServer::Unix("/s/o \"d\"\\\n\u{fc}.sock".into());
-    let args = daemon_args(&unix, &disks, Some(Path::new("/c/\"x\"")), Path::new("/q")).unwrap();
+    let args = daemon_args(
+        &unix,
+        &disks,
+        Some(Path::new("/c/\"x\"")),
+        Path::new("/q"),
+        &KeyPipes::default(),
+    )
+    .unwrap();
     let v = parsed(&args);
     assert_eq!(v[0]["filename"], odd);
     assert_eq!(v[3]["addr"]["path"], "/s/o \"d\"\\\n\u{fc}.sock");
@@ -48,6 +55,7 @@ fn command_line() {
         &disks,
         None,
         Path::new("/s,x/qmp.sock"),
+        &KeyPipes::default(),
     )
     .unwrap();
     let opts: Vec<&str> = args.iter().step_by(2).map(String::as_str).collect();
@@ -100,7 +108,14 @@ fn tls_command_line() {
         port: 10809,
     };
     let dir = Path::new("/etc/pki/a,b");
-    let args = daemon_args(&server, &disks, Some(dir), Path::new("/s/q")).unwrap();
+    let args = daemon_args(
+        &server,
+        &disks,
+        Some(dir),
+        Path::new("/s/q"),
+        &KeyPipes::default(),
+    )
+    .unwrap();
     assert_eq!(
         (args[4].as_str(), args[6].as_str()),
         ("--object", "--nbd-server")
@@ -240,7 +255,7 @@ fn a_chain_given_level_by_level_is_one_node_each_and_no_header_is_followed() {
         ]),
     }];
     let unix = ExportServer::Unix("/s.sock".into());
-    let args = daemon_args(&unix, &disks, None, Path::new("/q")).unwrap();
+    let args = daemon_args(&unix, &disks, None, Path::new("/q"), &KeyPipes::default()).unwrap();
     let v = parsed(&args);
     // Deepest first: the daemon knows a node before another names it.
     let nodes: Vec<_> = v[..6].iter().map(|n| n["node-name"].clone()).collect();
@@ -265,6 +280,7 @@ fn a_chain_given_level_by_level_is_one_node_each_and_no_header_is_followed() {
         bitmap: None,
         backing: Some(vec![("/c/d/b1/vda.qcow2".into(), DiskFormat::Qcow2)]),
     };
-    let v = parsed(&daemon_args(&unix, &[last], None, Path::new("/q")).unwrap());
+    let v =
+        parsed(&daemon_args(&unix, &[last], None, Path::new("/q"), &KeyPipes::default()).unwrap());
     assert!(v[1]["backing"].is_null() && v[1].get("backing").is_some());
 }
