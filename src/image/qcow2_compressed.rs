@@ -332,18 +332,7 @@ impl CompressedWriter {
             // write: a new one each time would fault its pages in again.
             let mut data = std::mem::take(&mut st.scratch);
             data.resize(places.len() * CLUSTER as usize, 0);
-            encrypt_all(key, buf, &mut data, &places);
-            // Runs of clusters contiguous in the file, each in one write.
-            let mut i = 0;
-            while i < places.len() {
-                let n = (i + 1..places.len())
-                    .take_while(|&j| places[j] == places[i] + (j - i) as u64 * CLUSTER)
-                    .count()
-                    + 1;
-                let piece = &data[i * CLUSTER as usize..(i + n) * CLUSTER as usize];
-                self.file.write_all_at(piece, places[i])?;
-                i += n;
-            }
+            encrypt_all(key, buf, &mut data, &places, &self.file)?;
             for (c, at) in clusters.zip(&places) {
                 st.set_entry(&self.file, c, COPIED | at)?;
             }
@@ -507,33 +496,68 @@ impl State {
 
 /// Encrypt each cluster of `data` for host offset `places[i]`, on up to
 /// `THREADS` threads.
-fn encrypt_all(key: &LuksKey, src: &[u8], data: &mut [u8], places: &[u64]) {
+/// Encrypt the clusters of `src` (the last one padded with zeroes) into
+/// `data`, each with the IVs of its host offset in `places`, and write
+/// them there: on up to `THREADS` threads, each writing its share as soon
+/// as it is encrypted (one thread's write overlaps the other's AES).
+fn encrypt_all(
+    key: &LuksKey,
+    src: &[u8],
+    data: &mut [u8],
+    places: &[u64],
+    file: &File,
+) -> io::Result<()> {
     let per = places.len().div_ceil(THREADS).max(1) * CLUSTER as usize;
-    std::thread::scope(|s| {
-        for (k, (part, at)) in data
-            .chunks_mut(per)
-            .zip(places.chunks(per / CLUSTER as usize))
-            .enumerate()
-        {
-            let src = &src[(k * per).min(src.len())..((k + 1) * per).min(src.len())];
-            s.spawn(move || {
-                for (i, (cluster, at)) in part.chunks_mut(CLUSTER as usize).zip(at).enumerate() {
-                    let from = &src[(i * CLUSTER as usize).min(src.len())
-                        ..((i + 1) * CLUSTER as usize).min(src.len())];
-                    let sector = at / luks::SECTOR as u64;
-                    match from.len() == cluster.len() {
-                        true => key.encrypt_into(from, cluster, sector),
-                        // The disk's last cluster, padded with zeroes.
-                        false => {
-                            cluster[..from.len()].copy_from_slice(from);
-                            cluster[from.len()..].fill(0);
-                            key.encrypt(cluster, sector);
-                        }
-                    }
+    let part = |k: usize, part: &mut [u8], at: &[u64]| -> io::Result<()> {
+        let src = &src[(k * per).min(src.len())..((k + 1) * per).min(src.len())];
+        for (i, (cluster, at)) in part.chunks_mut(CLUSTER as usize).zip(at).enumerate() {
+            let from = &src[(i * CLUSTER as usize).min(src.len())
+                ..((i + 1) * CLUSTER as usize).min(src.len())];
+            let sector = at / luks::SECTOR as u64;
+            match from.len() == cluster.len() {
+                true => key.encrypt_into(from, cluster, sector),
+                // The disk's last cluster, padded with zeroes.
+                false => {
+                    cluster[..from.len()].copy_from_slice(from);
+                    cluster[from.len()..].fill(0);
+                    key.encrypt(cluster, sector);
                 }
-            });
+            }
         }
-    });
+        // Runs of clusters contiguous in the file, each in one write.
+        let mut i = 0;
+        while i < at.len() {
+            let n = (i + 1..at.len())
+                .take_while(|&j| at[j] == at[i] + (j - i) as u64 * CLUSTER)
+                .count()
+                + 1;
+            file.write_all_at(
+                &part[i * CLUSTER as usize..(i + n) * CLUSTER as usize],
+                at[i],
+            )?;
+            i += n;
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        let mut parts = data
+            .chunks_mut(per)
+            .zip(places.chunks(per / CLUSTER as usize));
+        let first = parts.next();
+        let others: Vec<_> = parts
+            .enumerate()
+            .map(|(k, (d, at))| s.spawn(move || part(k + 1, d, at)))
+            .collect();
+        let mut r = first.map_or(Ok(()), |(d, at)| part(0, d, at));
+        for h in others {
+            let done = h
+                .join()
+                .map_err(|_| io::Error::other("encryption thread panicked"))
+                .and_then(|x| x);
+            r = r.and(done);
+        }
+        r
+    })
 }
 
 /// One cluster of a write, ready to be stored.
