@@ -1348,3 +1348,29 @@ def assert_new_domain_starts(conn, name, disk_file, want):
         assert virt.virDomainCreate(dom) == 0
     finally:
         virt.virDomainFree(dom)
+
+
+def daemons_serving(socket):
+    """The pids of qemu-storage-daemon processes serving on `socket`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"qemu-storage-daemon") and any(
+                socket.encode() in a for a in argv):
+            out.append(int(pid))
+    return out
+
+
+def hmp(dom_name, cmd):
+    """A qemu-io command (then a flush) on a running domain's vda, through
+    its monitor."""
+    for c in (cmd, "flush"):
+        r = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "qemu-monitor-command", dom_name, "--hmp",
+             f'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "{c}"'],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert r.returncode == 0 and "rror" not in r.stdout and "failed" not in r.stdout, r.stdout

@@ -27,7 +27,7 @@ import uuid as uuidlib
 
 import pytest
 
-from conftest import (CREATE_WAIT, MiB, Nbd, RESTORE_NEW_DOMAIN, VIR_ERR_OPERATION_FAILED, _decl,
+from conftest import (CREATE_WAIT, daemons_serving, hmp, MiB, Nbd, RESTORE_NEW_DOMAIN, VIR_ERR_OPERATION_FAILED, _decl,
                       Domain, assert_byte_exact, backing_chain,
                       backup_uuid, count_backups, create_fails, delete, disk_element,
                       expect_error, img_info, lib, lookup_domain, nbd_copy, nbd_reachable,
@@ -292,16 +292,6 @@ def encrypted_chain(env, full_enc, inc_enc=""):
     return dom, full, inc, t0, t1
 
 
-def hmp_io(name, cmd):
-    """A qemu-io command on the running domain's disk, through QEMU."""
-    for c in (cmd, "flush"):
-        r = subprocess.run(
-            ["virsh", "-c", "qemu:///system", "qemu-monitor-command", name, "--hmp",
-             f'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "{c}"'],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert r.returncode == 0 and "rror" not in r.stdout and "failed" not in r.stdout, r.stdout
-
-
 def disk_secrets(name):
     """[(file, secret uuid or None)] of the source and each <backingStore>
     level of the domain's vda, as libvirt keeps the definition."""
@@ -346,7 +336,7 @@ def test_instant_restore_of_encrypted_chain_starts(qenv, secret):
     pattern = env.path("marker.bin")
     with open(pattern, "wb") as f:
         f.write(MARKER * (65536 // len(MARKER) + 1))
-    hmp_io(name, f"write -s {pattern} 6M 64k")
+    hmp(name, f"write -s {pattern} 6M 64k")
     run(["qemu-io", "-f", "qcow2", "-c", f"write -s {pattern} 6M 64k", t1])
     with open(overlay, "rb") as f:
         assert MARKER[:24] not in f.read(), "plaintext in the overlay"
@@ -365,21 +355,6 @@ def test_instant_restore_of_encrypted_chain_starts(qenv, secret):
     for b in (inc, full):
         assert [(p.get("domain"), p.get("disk")) for p in xml_tree(b).iter("pinnedby")] \
             == [(name, "vda")]
-
-
-def daemons_serving(socket):
-    """The pids of qemu-storage-daemon processes serving on `socket`."""
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"qemu-storage-daemon") and any(
-                socket.encode() in a for a in argv):
-            out.append(int(pid))
-    return out
 
 
 def stored_export(uuid, sock):

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import (K64, MiB, Nbd, STATE_RUNNING, VIR_ERR_INVALID_ARG,
+from conftest import (K64, daemons_serving, MiB, Nbd, STATE_RUNNING, VIR_ERR_INVALID_ARG,
                       VIR_ERR_NO_DOMAIN, VIR_ERR_NO_DOMAIN_BACKUP, VIR_ERR_NO_SUPPORT,
                       VIR_ERR_OPERATION_INVALID, assert_byte_exact, backup_uuid, backup_xml_for,
                       delete, expect_error, free_port, kill_process, lib, nbd_copy, nbd_exports,
@@ -137,21 +137,6 @@ def start_exporter(env, xml):
         kill_process(p)
         pytest.fail(f"exporter failed: {line!r}")
     return p
-
-
-def daemons_serving(socket):
-    """The pids of qemu-storage-daemon processes serving on `socket`."""
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"qemu-storage-daemon") and any(
-                socket.encode() in a for a in argv):
-            out.append(int(pid))
-    return out
 
 
 def test_an_export_by_another_process_pins_the_backup(env):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import (K64, MiB, RESTORE_NEW_DOMAIN, VIR_ERR_INVALID_ARG,
+from conftest import (K64, hmp, MiB, RESTORE_NEW_DOMAIN, VIR_ERR_INVALID_ARG,
                       SUBPROCESS_PRELUDE, VIR_ERR_OPERATION_INVALID, Domain, assert_byte_exact, backing_chain,
                       backup_uuid, backup_xml_for, chain_with_branch, delete, domain_definition,
                       domain_disks, expect_error, get_xml, img_info, lib, lookup_domain, make_disk,
@@ -122,15 +122,6 @@ def test_refusals_leave_nothing(env):
 
 
 # ------------------------------------------------ qemu:///system, running
-def hmp(dom_name, cmd):
-    for c in (cmd, "flush"):
-        r = subprocess.run(
-            ["virsh", "-c", "qemu:///system", "qemu-monitor-command", dom_name, "--hmp",
-             f'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "{c}"'],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert r.returncode == 0 and "rror" not in r.stdout and "failed" not in r.stdout, r.stdout
-
-
 def test_instant_start_guest_writes_blockpull_releases_pin(qenv):
     env = qenv
     dom = env.qemu_domain(size=64 * MiB, start=False,
