@@ -142,6 +142,9 @@ bench:
 	@# digest index rows (delta chains), from Rust bench tests.
 	$(CARGO) test --release --locked --test copy_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 	$(CARGO) test --release --locked --test index_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
+	@# The rate limit in wall time: the rate a copy ran at next to the rate
+	@# asked (tests/rate_bench.rs; the tests check its schedule instead).
+	$(CARGO) test --release --locked --test rate_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 	@# Compressed full backups vs qemu-img convert -c (bench/compression.py).
 	LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \
 	    $(PYTHON) bench/compression.py; rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
