@@ -40,7 +40,8 @@ TESTSTATICLIB := target/test-hooks/release/liblibvirt_backup.a
 
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
-.PHONY: all bench bench-scale bench-ceph deps header check-header check-functions install uninstall demo check test-rust libvirtd ceph ceph-stop stage \
+.PHONY: all bench bench-scale bench-ceph deps header check-header check-functions install uninstall demo check test-rust \
+        test-rust-build test-rust-run libvirtd ceph ceph-stop stage \
         c-tests python-tests clean FORCE install-python python-pkg-tests go-tests fuzz
 
 all: $(LIB)
@@ -142,6 +143,9 @@ bench:
 	@# digest index rows (delta chains), from Rust bench tests.
 	$(CARGO) test --release --locked --test copy_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 	$(CARGO) test --release --locked --test index_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
+	@# The rate limit in wall time: the rate a copy ran at next to the rate
+	@# asked (tests/rate_bench.rs; the tests check its schedule instead).
+	$(CARGO) test --release --locked --test rate_bench -- --ignored --nocapture 2>/dev/null | grep '^|'
 	@# Compressed full backups vs qemu-img convert -c (bench/compression.py).
 	LIBVIRT_BACKUP_LIB=$(STAGE)/lib/$(SONAME) LIBVIRT_BACKUP_DIR=$(abspath $(BUILD))/bench-catalog \
 	    $(PYTHON) bench/compression.py; rc=$$?; rm -rf $(BUILD)/bench-catalog; exit $$rc
@@ -167,12 +171,20 @@ bench-scale: $(LIB)
 bench-ceph: $(LIB) ceph
 	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) bench/ceph.py
 
-# The suites one after another, but the Python package's and the Go
-# package's side by side (short, mostly waiting on libvirt; they share only
-# the staged install, made once).
+# The suites one after another, with what can share the two cores side by
+# side (make -j2, each part's output shown when it ends): the Rust tests run
+# (mostly waiting on libvirt, QEMU and rate limits) beside the build of the
+# test-hooks library python-tests need, then the start of the single-node
+# Ceph they also need, once the Rust tests were built (two compilers at
+# once would only take turns); the Python package's and the Go package's
+# tests (short, mostly waiting on libvirt; they share only the staged
+# install, made once). A step fails when any of its parts does (make -j2
+# waits for the other part, then fails).
+CHECK_STEPS := all check-header test-rust-build "test-rust-run $(TESTLIB) ceph" c-tests python-tests \
+    "python-pkg-tests go-tests" cli-tests deb-check
+
 check: deps
-	@for t in all check-header test-rust c-tests python-tests "python-pkg-tests go-tests" \
-	          cli-tests deb-check; do \
+	@for t in $(CHECK_STEPS); do \
 	    case "$$t" in *" "*) j="-j2 --output-sync=target" ;; *) j= ;; esac; \
 	    s=$$(date +%s); $(MAKE) --no-print-directory $$j $$t || exit 1; \
 	    echo "make check: $$t passed in $$(( $$(date +%s) - s )) s"; done
@@ -202,9 +214,19 @@ MAX_FUNCTION_LINES := 80
 check-functions:
 	$(PYTHON) scripts/long-functions.py --max $(MAX_FUNCTION_LINES) src cli/src
 
-test-rust: libvirtd
+# The Rust tests: check-functions and clippy, the test binaries built
+# (test-rust-build), then run (test-rust-run; `make check` runs the two
+# steps apart, building the test-hooks library beside the run).
+test-rust:
+	@$(MAKE) --no-print-directory test-rust-build
+	@$(MAKE) --no-print-directory test-rust-run
+
+test-rust-build:
 	@$(MAKE) --no-print-directory check-functions
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) test --release --locked --no-run
+
+test-rust-run: libvirtd
 	$(CARGO) test --release --locked
 
 c-tests: stage libvirtd

@@ -7,7 +7,6 @@ until virsh blockpull flattens the disk or the domain goes."""
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -136,16 +135,18 @@ def test_instant_start_guest_writes_blockpull_releases_pin(qenv):
     digests = {p: sha256(p) for p in files}
     name = env.expect_domain("lvb-pytest-instant-" + os.urandom(4).hex(), conn=env.qemu)
 
-    t0 = time.monotonic()
+    # How fast an instant restore is: bench/instant_restore.py (make bench).
     restore(instant_xml(backup_uuid(inc), name), NEW | INSTANT | START)
-    elapsed = time.monotonic() - t0
     ptr = lookup_domain(env.qemu, name)
     assert ptr
     new = Domain(ptr, name, [], env.qemu, "qemu")
     env._defined.append(ptr)
     assert new.active(), "START did not start the domain"
-    assert elapsed < 5, elapsed  # measured well under a second; slack for a busy host
     overlay = env.path(f"{name}-vda.qcow2")
+    # Nothing copied: the new disk is an overlay on the backup's chain.
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", overlay],
+                          stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert "backing-filename" in info, info
 
     # The guest writes through the running restored domain.
     hmp(name, "write -P 0xcd 16M 1M")

@@ -468,6 +468,15 @@ impl Progress {
         }
     }
 
+    /// The same on `clock`: a test's [`ManualClock`], on which the limit's
+    /// waits take no time.
+    pub fn limited_on(bandwidth: u64, clock: Arc<dyn Clock>) -> Progress {
+        Progress {
+            limit: Some(Arc::new(RateLimit::with_clock(bandwidth, JOB_BURST, clock))),
+            ..Progress::default()
+        }
+    }
+
     /// Counters of one disk of `job`, sharing its rate limit and cancel.
     pub fn part_of(job: &Arc<Progress>) -> Progress {
         Progress {
@@ -522,6 +531,84 @@ impl Progress {
     }
 }
 
+/// What a rate limit reads the time from and waits on: the system's
+/// monotonic clock ([`SystemClock`]), or a clock that moves only when
+/// waited on ([`ManualClock`]), with which a test sees the limit's own
+/// schedule instead of a machine's speed.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The time now.
+    fn now(&self) -> Instant;
+    /// Return at `until` or later.
+    fn sleep_until(&self, until: Instant);
+}
+
+/// The system's monotonic clock: `Instant::now` and `thread::sleep`.
+#[derive(Debug)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, until: Instant) {
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// A clock that stands still until someone waits on it (or `advance`s it):
+/// a wait moves it to the wait's end at once, so it reads the latest time
+/// anyone waited for. What it reads since it was made is the schedule of
+/// the limit that waited on it, whatever the machine's speed.
+#[derive(Debug)]
+pub struct ManualClock {
+    start: Instant,
+    now: Mutex<Instant>,
+    waits: AtomicU64,
+}
+
+impl Default for ManualClock {
+    fn default() -> ManualClock {
+        let start = Instant::now();
+        ManualClock {
+            start,
+            now: Mutex::new(start),
+            waits: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ManualClock {
+    /// How far the clock moved since it was made.
+    pub fn elapsed(&self) -> Duration {
+        self.now() - self.start
+    }
+
+    /// How many waits moved it.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    /// Move it `d` later: time that passes without anyone waiting.
+    pub fn advance(&self, d: Duration) {
+        *self.now.lock().unwrap() += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        *self.now.lock().unwrap()
+    }
+
+    fn sleep_until(&self, until: Instant) {
+        let mut now = self.now.lock().unwrap();
+        if until > *now {
+            *now = until;
+            self.waits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A limit on bytes per second: a token bucket of `burst` worth of bytes,
 /// starting empty, kept as the time at which the bytes taken so far are
 /// paid for (the generic cell rate algorithm). Taking `n` bytes moves that
@@ -535,22 +622,37 @@ pub struct RateLimit {
     rate: u64,
     burst: Duration,
     paid: Mutex<Instant>,
+    /// Bytes taken so far (those of a stopped wait too).
+    taken: AtomicU64,
+    clock: Arc<dyn Clock>,
 }
 
 impl RateLimit {
     /// A limit of `rate` bytes per second (at least 1), whose bucket holds
     /// `burst` worth of bytes once a pause has filled it.
     pub fn new(rate: u64, burst: Duration) -> RateLimit {
+        RateLimit::with_clock(rate, burst, Arc::new(SystemClock))
+    }
+
+    /// The same limit on another clock (a test's [`ManualClock`]).
+    pub fn with_clock(rate: u64, burst: Duration, clock: Arc<dyn Clock>) -> RateLimit {
         RateLimit {
             rate: rate.max(1),
             burst,
-            paid: Mutex::new(Instant::now() + burst),
+            paid: Mutex::new(clock.now() + burst),
+            taken: AtomicU64::new(0),
+            clock,
         }
     }
 
     /// Bytes per second.
     pub fn rate(&self) -> u64 {
         self.rate
+    }
+
+    /// Bytes taken so far: what the copies charged to the limit.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
     }
 
     /// How long `n` bytes take at the rate.
@@ -566,12 +668,13 @@ impl RateLimit {
     pub fn take(&self, n: u64, poll: Duration, mut stop: impl FnMut() -> bool) -> bool {
         let due = {
             let mut paid = self.paid.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
+            let now = self.clock.now();
             *paid = (*paid).max(now) + self.cost(n);
+            self.taken.fetch_add(n, Ordering::Relaxed);
             paid.checked_sub(self.burst).unwrap_or(now)
         };
         loop {
-            let now = Instant::now();
+            let now = self.clock.now();
             if now >= due {
                 return true;
             }
@@ -580,7 +683,7 @@ impl RateLimit {
                 *paid = (*paid).min(now);
                 return false;
             }
-            std::thread::sleep((due - now).min(poll));
+            self.clock.sleep_until(due.min(now + poll));
         }
     }
 }
@@ -589,55 +692,75 @@ impl RateLimit {
 mod tests {
     use super::*;
 
+    /// A limit of `rate` on a clock of its own.
+    fn on_manual(rate: u64, burst: Duration) -> (RateLimit, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        (RateLimit::with_clock(rate, burst, clock.clone()), clock)
+    }
+
     #[test]
     fn a_rate_limit_paces_bytes_shared_by_threads() {
-        // 8 MiB/s, no burst: 16 pieces of 256 KiB from 4 threads take
-        // 0.5 s (the last piece paid for after it is taken).
-        let limit = RateLimit::new(8 << 20, Duration::ZERO);
-        let t = Instant::now();
+        // 8 MiB/s, no burst: 16 pieces of 256 KiB from 4 threads are paid
+        // for after 0.5 s (the last piece once it is taken), and at every
+        // return the bytes that went are no more than the time allows.
+        let (limit, clock) = on_manual(8 << 20, Duration::ZERO);
+        let went = AtomicU64::new(0);
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..4 {
                         assert!(limit.take(256 << 10, CANCEL_POLL, || false));
+                        let sent = went.fetch_add(256 << 10, Ordering::SeqCst) + (256 << 10);
+                        let allowed = clock.elapsed().as_nanos() * (8 << 20) / 1_000_000_000;
+                        assert!(u128::from(sent) <= allowed, "{sent} > {allowed}");
                     }
                 });
             }
         });
-        let took = t.elapsed();
-        assert!(took >= Duration::from_millis(500), "{took:?}");
-        assert!(took < Duration::from_millis(800), "{took:?}");
+        assert_eq!(clock.elapsed(), Duration::from_millis(500));
+        assert_eq!(limit.taken(), 4 << 20);
         // A burst: the bucket starts empty (the first 512 KiB wait their
         // 62.5 ms), and after a pause that much goes at once.
-        let limit = RateLimit::new(8 << 20, Duration::from_millis(100));
-        let t = Instant::now();
+        let (limit, clock) = on_manual(8 << 20, Duration::from_millis(100));
         assert!(limit.take(512 << 10, CANCEL_POLL, || false));
-        assert!(
-            t.elapsed() >= Duration::from_millis(60),
-            "{:?}",
-            t.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(150));
-        let t = Instant::now();
+        assert_eq!(clock.elapsed(), Duration::from_micros(62_500));
+        clock.advance(Duration::from_millis(150));
+        let (at, waits) = (clock.elapsed(), clock.waits());
         assert!(limit.take(512 << 10, CANCEL_POLL, || false));
-        assert!(t.elapsed() < Duration::from_millis(30), "{:?}", t.elapsed());
+        assert_eq!((clock.elapsed(), clock.waits()), (at, waits), "waited");
+        // ... but no more than the burst: the next 512 KiB wait 62.5 ms
+        // less the 100 ms - 62.5 ms left in the bucket.
+        assert!(limit.take(512 << 10, CANCEL_POLL, || false));
+        assert_eq!(clock.elapsed() - at, Duration::from_millis(25));
     }
 
     #[test]
     fn a_wait_ends_on_stop_and_gives_back_what_it_did_not_wait() {
-        let limit = RateLimit::new(1 << 20, Duration::ZERO);
-        let t = Instant::now();
+        let (limit, clock) = on_manual(1 << 20, Duration::ZERO);
         let mut polls = 0;
-        // 10 s worth: stopped at the third look.
+        // 10 s worth: stopped at the third look, after two polls.
         assert!(!limit.take(10 << 20, Duration::from_millis(10), || {
             polls += 1;
             polls == 3
         }));
-        assert!(t.elapsed() < Duration::from_millis(500));
-        // Nothing owed: the next small take goes at once (1 KiB: ~1 ms).
-        let t = Instant::now();
+        assert_eq!(clock.elapsed(), Duration::from_millis(20));
+        // Nothing owed: the next small take waits its own cost only.
+        let at = clock.elapsed();
         assert!(limit.take(1 << 10, CANCEL_POLL, || false));
-        assert!(t.elapsed() < Duration::from_millis(100));
+        assert_eq!(clock.elapsed() - at, Duration::from_nanos(976_562));
+    }
+
+    #[test]
+    fn the_system_clock_waits_for_the_limit() {
+        // On the real clock a wait is a sleep, at least as long as asked.
+        let limit = RateLimit::new(8 << 20, Duration::ZERO);
+        let t = Instant::now();
+        assert!(limit.take(1 << 20, CANCEL_POLL, || false));
+        assert!(
+            t.elapsed() >= Duration::from_millis(125),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
@@ -698,16 +821,22 @@ mod tests {
 
     #[test]
     fn disk_counters_share_the_job_limit_and_cancel() {
-        let job = Arc::new(Progress::limited(Some(1 << 20)));
+        let clock = Arc::new(ManualClock::default());
+        let job = Arc::new(Progress::limited_on(1 << 20, clock.clone()));
         let (a, b) = (Progress::part_of(&job), Progress::part_of(&job));
         assert_eq!(a.rate_limit().map(RateLimit::rate), Some(1 << 20));
-        // A cancel on the job stops a disk's wait for the limit.
+        // Both disks' bytes are charged to the job's limit.
+        a.throttle(1 << 20).unwrap();
+        b.throttle(1 << 20).unwrap();
+        assert_eq!(job.rate_limit().map(RateLimit::taken), Some(2 << 20));
+        assert_eq!(clock.elapsed(), Duration::from_secs(2));
+        // A cancel on the job stops a disk's wait for the limit at its
+        // first look: 100 s worth, no time waited.
         job.cancel.store(true, Ordering::Relaxed);
         assert!(b.check_cancel().is_err());
-        let t = Instant::now();
         let e = b.throttle(100 << 20).unwrap_err();
         assert!(e.is(ErrorCode::OperationAborted));
-        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(clock.elapsed(), Duration::from_secs(2));
         // No limit: no wait.
         assert!(Progress::default().throttle(u64::MAX).is_ok());
     }

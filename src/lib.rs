@@ -50,7 +50,7 @@ pub mod test_api {
     }
     /// `crate::job`: a job's progress and rate limit.
     pub mod job {
-        pub use crate::job::{Progress, RateLimit};
+        pub use crate::job::{Clock, ManualClock, Progress, RateLimit, SystemClock};
     }
     /// `crate::ops`: the backup operations and their typed options.
     pub mod ops {
