@@ -1159,12 +1159,23 @@ static inline void live_snapshot(const char *image, const char *base, const char
         FATAL("qemu-img convert of %s failed", image);
 }
 
-/* A 2 GiB qcow2 image with 1.5 GiB of data: a libvirt backup job of a
- * domain on it (or on an overlay of it) runs for about 2 s. */
+/* A 2 GiB qcow2 image with BIG_DATA bytes of data: a backup job of a
+ * domain on it (or on an overlay of it) under a <bandwidth> of BIG_RATE
+ * runs for about 4 s, however fast the machine (or slow valgrind) is. */
+#define BIG_DATA (128 * MiB)
+#define BIG_RATE (32 * MiB)
 static inline void make_big_image(const char *path)
 {
     make_image(path, "qcow2", 2 * GiB);
-    write_data(path, "qcow2", 0, 1536 * MiB, 0x31);
+    write_data(path, "qcow2", 0, BIG_DATA, 0x31);
+}
+
+/* A full backup of vda into @target under a <bandwidth> of BIG_RATE. */
+static inline const char *vda_slow_backup_xml(const char *target)
+{
+    return fmt("<domainbackup><bandwidth bytes='%lld'/><disks><disk name='vda'>"
+               "<target file='%s'/></disk></disks></domainbackup>",
+               (long long)BIG_RATE, target);
 }
 
 /* A qcow2 overlay @path backed by the qcow2 image @base. */

@@ -9,8 +9,9 @@
  * Delete removes the backup's checkpoint.
  *
  * The domain (TCG, no guest OS) runs on an overlay of a 2 GiB image with
- * 1.5 GiB of data, so that a full copy runs for about 2 s. Guest writes
- * go through QEMU's monitor (qemu-io).
+ * 128 MiB of data; the full and the cancelled jobs copy it under a
+ * <bandwidth> limit, so that they run for about 4 s. Guest writes go
+ * through QEMU's monitor (qemu-io).
  */
 #include "common.h"
 
@@ -41,7 +42,7 @@ int main(void)
 
     /* ---------------------------------------------------------------- */
     section("full backup of a running domain, the guest writing during the job");
-    full = virDomainBackupCreateXML(dom, vda_backup_xml(full_t, NULL), 0);
+    full = virDomainBackupCreateXML(dom, vda_slow_backup_xml(full_t), 0);
     REQUIRE(full != NULL);
     snprintf(full_u, sizeof(full_u), "%s", backup_uuid(full));
     CHECK(virDomainBackupFinishJob(full, VIR_DOMAIN_BACKUP_FINISH_JOB_CHECK) == 1);
@@ -82,7 +83,7 @@ int main(void)
 
     /* ---------------------------------------------------------------- */
     section("cancel, and one job at a time");
-    c = virDomainBackupCreateXML(dom, vda_backup_xml(WPATH("cancel.qcow2"), NULL), 0);
+    c = virDomainBackupCreateXML(dom, vda_slow_backup_xml(WPATH("cancel.qcow2")), 0);
     REQUIRE(c != NULL);
     {
         char u[64];

@@ -11,6 +11,7 @@ has done what it wants to the disk."""
 
 import os
 import subprocess
+import tempfile
 
 import pytest
 
@@ -105,14 +106,27 @@ def test_backing_file_is_locked_too(qenv, paused):
 
 
 def hold_open(path, fmt):
-    """A qemu-io that holds `path` open for writing (its stdin a pipe)."""
-    p = subprocess.Popen(["qemu-io", "-f", fmt, path], stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-    # Once it has the image, a reader that does not share writes is refused.
-    assert wait_until(lambda: subprocess.run(
-        ["qemu-img", "info", path], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL).returncode != 0, timeout=10)
-    return p
+    """A qemu-io that holds `path` open for writing (its stdin a pipe).
+
+    Started again if it exits before holding the image (seen once in a
+    full run, without its reason: its stderr is kept to tell it next time)."""
+    errors = []
+    for _ in range(3):
+        with tempfile.TemporaryFile("w+") as err:
+            p = subprocess.Popen(["qemu-io", "-f", fmt, path], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=err, text=True)
+            # Once it has the image, a reader that does not share writes is
+            # refused.
+            if wait_until(lambda: p.poll() is not None or subprocess.run(
+                    ["qemu-img", "info", path], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL).returncode != 0, timeout=30) \
+                    and p.poll() is None:
+                return p
+            p.kill()
+            p.wait()
+            err.seek(0)
+            errors.append(f"qemu-io exited {p.returncode}: {err.read().strip()!r}")
+    raise AssertionError(f"qemu-io never held {path}: {errors}")
 
 
 def test_writer_holding_the_image_refuses_the_backup(qenv):
