@@ -54,13 +54,16 @@ $(STATICLIB): FORCE
 
 # The shared object is linked here rather than by rustc so that our version
 # script (symbol version LIBVIRT_BACKUP_0.1, only the public API exported)
-# and -Bsymbolic apply; rustc's cdylib script would replace ours.
+# and -Bsymbolic apply; rustc's cdylib script would replace ours. zstd is
+# Debian's libzstd (zstd-sys's pkg-config feature), linked here as rustc
+# would have; -z defs makes a library missing from this line fail the link
+# rather than a user's program.
 define link_so
 	@mkdir -p $(dir $@)
-	$(CC) -shared -o $@.tmp -Wl,-soname,$(SONAME) -Wl,-Bsymbolic \
+	$(CC) -shared -o $@.tmp -Wl,-soname,$(SONAME) -Wl,-Bsymbolic -Wl,-z,defs \
 	    -Wl,--version-script=libvirt-backup.map -Wl,--gc-sections \
 	    -Wl,--whole-archive $< -Wl,--no-whole-archive \
-	    $$(pkg-config --libs libvirt) -lpthread -ldl -lm -lgcc_s -lc
+	    $$(pkg-config --libs libvirt libzstd) -lpthread -ldl -lm -lgcc_s -lc
 	mv $@.tmp $@
 	ln -sf $(SONAME) $(dir $@)libvirt-backup.so
 endef

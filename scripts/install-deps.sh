@@ -8,7 +8,8 @@
 set -eu
 
 # Debian packages, by name.
-PACKAGES="build-essential pkg-config libvirt-dev libvirt0 qemu-utils"
+# libzstd-dev: the zstd library the crate links (not built from its sources).
+PACKAGES="build-essential pkg-config libvirt-dev libvirt0 libzstd-dev qemu-utils"
 if [ "${1:-}" != demo ]; then
     PACKAGES="$PACKAGES g++ libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
 qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest python3-libvirt
