@@ -40,7 +40,7 @@ TESTSTATICLIB := target/test-hooks/release/liblibvirt_backup.a
 
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
-.PHONY: all bench bench-scale bench-ceph deps header check-header check-functions install uninstall demo check test-rust \
+.PHONY: check-side-lane all bench bench-scale bench-ceph deps header check-header check-functions install uninstall demo check test-rust \
         test-rust-build test-rust-run libvirtd ceph ceph-stop stage \
         c-tests python-tests clean FORCE install-python python-pkg-tests go-tests fuzz
 
@@ -179,12 +179,15 @@ bench-ceph: $(LIB) ceph
 # (mostly waiting on libvirt, QEMU and rate limits) beside the build of the
 # test-hooks library python-tests need, then the start of the single-node
 # Ceph they also need, once the Rust tests were built (two compilers at
-# once would only take turns); the Python package's and the Go package's
-# tests (short, mostly waiting on libvirt; they share only the staged
-# install, made once). A step fails when any of its parts does (make -j2
-# waits for the other part, then fails).
-CHECK_STEPS := all check-header test-rust-build "test-rust-run $(TESTLIB) ceph" c-tests python-tests \
-    "python-pkg-tests go-tests" cli-tests deb-check
+# once would only take turns); python-tests (six minutes, mostly waiting on
+# libvirt and QEMU) on one lane while the other (check-side-lane) runs the
+# command's build and tests, the Debian packages and the Python and Go
+# packages' tests one after another. Every suite names its own domains and
+# catalogs, and none restarts libvirtd, so they share nothing but the
+# daemons. A step fails when any of its parts does (make -j2 waits for the
+# other part, then fails).
+CHECK_STEPS := all check-header test-rust-build "test-rust-run $(TESTLIB) ceph" c-tests \
+    "python-tests check-side-lane"
 
 check: deps
 	@for t in $(CHECK_STEPS); do \
@@ -192,6 +195,13 @@ check: deps
 	    s=$$(date +%s); $(MAKE) --no-print-directory $$j $$t || exit 1; \
 	    echo "make check: $$t passed in $$(( $$(date +%s) - s )) s"; done
 	@echo "make check: all suites passed"
+
+# One suite after another, each timed (cli-tests and deb-check both build
+# and install the command into build/: never at once).
+check-side-lane:
+	@for t in cli-tests deb-check python-pkg-tests go-tests; do \
+	    s=$$(date +%s); $(MAKE) --no-print-directory $$t || exit 1; \
+	    echo "make check: $$t passed in $$(( $$(date +%s) - s )) s"; done
 
 # libvirtd with the QEMU driver, for tests on qemu:///system domains.
 libvirtd:
