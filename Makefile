@@ -249,10 +249,16 @@ c-tests: stage libvirtd
 	STAGE=$(STAGE) BUILD=$(abspath $(BUILD)) CC=$(CC) sh c-tests/run.sh
 
 # On the test build (crash tests stop it at named points); the release
-# library is named too, to check that it has no stop points.
+# library is named too, to check that it has no stop points. Two pytest
+# workers (pytest-xdist), each taking whole files (a file's module
+# fixtures, e.g. the Ceph mounts, are made once): the tests mostly wait on
+# libvirt and QEMU, and every test has its own domains, catalog and
+# sockets (so too cli-tests). PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 python-tests: $(LIB) $(TESTLIB) libvirtd ceph
 	LIBVIRT_BACKUP_LIB=$(abspath $(TESTLIB)) LIBVIRT_BACKUP_RELEASE_LIB=$(abspath $(LIB)) \
-	    $(PYTHON) -m pytest -q python-tests
+	    $(PYTHON) -m pytest -q $(PYTEST_PARALLEL) python-tests
 
 # The libvirt_backup package (python/), through libvirt-python objects.
 python-pkg-tests: $(LIB) libvirtd
@@ -340,7 +346,7 @@ cli-tests: cli libvirtd
 	@rm -rf $(CLI_STAGE)
 	@$(MAKE) --no-print-directory install PREFIX=$(CLI_STAGE) >/dev/null
 	VIRT_BACKUP=$(CLI_STAGE)/bin/virt-backup LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) \
-	    $(PYTHON) -m pytest -q cli/tests; rc=$$?; rm -rf $(CLI_STAGE); exit $$rc
+	    $(PYTHON) -m pytest -q $(PYTEST_PARALLEL) cli/tests; rc=$$?; rm -rf $(CLI_STAGE); exit $$rc
 
 # The Debian packages (debian/: libvirt-backup0, libvirt-backup-dev,
 # virt-backup, python3-libvirt-backup), built with dpkg-buildpackage in the

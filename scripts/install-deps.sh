@@ -12,7 +12,7 @@ set -eu
 PACKAGES="build-essential pkg-config libvirt-dev libvirt0 libzstd-dev qemu-utils"
 if [ "${1:-}" != demo ]; then
     PACKAGES="$PACKAGES g++ libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
-qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest python3-libvirt
+qemu-system-x86 qemu-system-common libnbd-bin valgrind python3 python3-pytest python3-pytest-xdist python3-libvirt
 python3-venv python3-pip python3-setuptools strace golang-go openssl rsync
 ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse faketime
 chrpath debhelper dh-python lintian zsh fish"
