@@ -175,18 +175,20 @@ bench-ceph: $(LIB) ceph
 	LIBVIRT_BACKUP_LIB=$(abspath $(LIB)) $(PYTHON) bench/ceph.py
 
 # The suites one after another, with what can share the two cores side by
-# side (make -j2, each part's output shown when it ends): the Rust tests run
-# (mostly waiting on libvirt, QEMU and rate limits) beside the build of the
-# test-hooks library python-tests need, then the start of the single-node
-# Ceph they also need, once the Rust tests were built (two compilers at
-# once would only take turns); python-tests (six minutes, mostly waiting on
-# libvirt and QEMU) on one lane while the other (check-side-lane) runs the
-# command's build and tests, the Debian packages and the Python and Go
-# packages' tests one after another. Every suite names its own domains and
-# catalogs, and none restarts libvirtd, so they share nothing but the
-# daemons. A step fails when any of its parts does (make -j2 waits for the
-# other part, then fails).
-CHECK_STEPS := all check-header test-rust-build "test-rust-run $(TESTLIB) ceph" c-tests \
+# side (make -j2, each part's output shown when it ends):
+# - the Rust tests run (mostly waiting on libvirt, QEMU and rate limits)
+#   beside the build of the test-hooks library python-tests need, then the
+#   start of the single-node Ceph they also need, then the C tests (two
+#   lanes under valgrind), once the Rust tests were built (two compilers at
+#   once would only take turns);
+# - python-tests (on two pytest workers, mostly waiting on libvirt and
+#   QEMU) beside check-side-lane: the command's build and tests, the Debian
+#   packages, the Python and Go packages' tests, one after another.
+# Every suite names its own domains, catalogs and sockets, and none
+# restarts libvirtd, so they share nothing but the daemons. A step fails
+# when any of its parts does (make -j2 starts nothing more, waits for what
+# runs, then fails). About 14 minutes from a clean clone on 2 cores.
+CHECK_STEPS := all check-header test-rust-build "test-rust-run $(TESTLIB) ceph c-tests" \
     "python-tests check-side-lane"
 
 check: deps
