@@ -244,10 +244,12 @@ fn scratch_folder_is_private() {
             assert!(log.is_empty(), "{log}");
         }
     }
-    // A graceful stop (QMP quit) is quick; the SIGKILL fallback waits 5 s.
+    // A graceful stop (QMP quit) takes milliseconds; the SIGKILL fallback
+    // takes at least its 5 s wait, so anything under that was graceful
+    // (the margin is for a loaded machine).
     let t = std::time::Instant::now();
     exp.stop().unwrap();
-    assert!(t.elapsed().as_secs_f64() < 3.0, "{:?}", t.elapsed());
+    assert!(t.elapsed().as_secs_f64() < 4.9, "{:?}", t.elapsed());
 }
 
 #[test]
