@@ -189,7 +189,7 @@ bench-ceph: $(LIB) ceph
 # Every suite names its own domains, catalogs and sockets, and none
 # restarts libvirtd, so they share nothing but the daemons. A step fails
 # when any of its parts does (make -j2 starts nothing more, waits for what
-# runs, then fails). About 14 minutes from a clean clone on 2 cores.
+# runs, then fails). About 15 minutes from a clean clone on 2 cores.
 CHECK_STEPS := all check-header test-rust-build "test-rust-run $(TESTLIB) ceph" c-tests \
     "python-tests check-side-lane"
 
