@@ -193,19 +193,24 @@ bench-ceph: $(LIB) ceph
 CHECK_STEPS := all check-header test-rust-build "test-rust-run $(TESTLIB) ceph" c-tests \
     "python-tests check-side-lane"
 
+# $(call timed_steps,STEP...): each step made in turn and timed, stopping
+# at the first that fails; a quoted step of several targets is made with
+# -j2, each target's output shown when it ends.
+define timed_steps
+for t in $(1); do \
+    case "$$t" in *" "*) j="-j2 --output-sync=target" ;; *) j= ;; esac; \
+    s=$$(date +%s); $(MAKE) --no-print-directory $$j $$t || exit 1; \
+    echo "make check: $$t passed in $$(( $$(date +%s) - s )) s"; done
+endef
+
 check: deps
-	@for t in $(CHECK_STEPS); do \
-	    case "$$t" in *" "*) j="-j2 --output-sync=target" ;; *) j= ;; esac; \
-	    s=$$(date +%s); $(MAKE) --no-print-directory $$j $$t || exit 1; \
-	    echo "make check: $$t passed in $$(( $$(date +%s) - s )) s"; done
+	@$(call timed_steps,$(CHECK_STEPS))
 	@echo "make check: all suites passed"
 
 # One suite after another, each timed (cli-tests and deb-check both build
 # and install the command into build/: never at once).
 check-side-lane:
-	@for t in cli-tests deb-check python-pkg-tests go-tests; do \
-	    s=$$(date +%s); $(MAKE) --no-print-directory $$t || exit 1; \
-	    echo "make check: $$t passed in $$(( $$(date +%s) - s )) s"; done
+	@$(call timed_steps,cli-tests deb-check python-pkg-tests go-tests)
 
 # libvirtd with the QEMU driver, for tests on qemu:///system domains.
 libvirtd:
